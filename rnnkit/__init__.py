@@ -1,0 +1,1 @@
+"""rnnkit: recurrent neural networks on PyTorch."""
