@@ -1,1 +1,24 @@
-"""rnnkit: recurrent neural networks on PyTorch."""
+"""rnnkit: every recurrent network of the textbook behind torch.nn's interface.
+
+``rnnkit.LSTM`` & co. are drop-in replacements for their ``torch.nn`` namesakes; extra
+features are extra keyword arguments whose defaults change nothing.
+"""
+
+from ._checks import RecurrentInputError
+from .layers import RecurrentStack
+from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, StepCell
+from .state import detach_state
+
+__version__ = "0.1.0"
+__all__ = [
+    "RNN",
+    "LSTM",
+    "GRU",
+    "RNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "RecurrentStack",
+    "StepCell",
+    "RecurrentInputError",
+    "detach_state",
+]

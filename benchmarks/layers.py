@@ -1,0 +1,116 @@
+"""Layer speed: rnnkit vs torch.nn vs rnnkit's reference loop, interleaved in one run.
+
+For every case and shape it times the forward pass and the training step (forward +
+backward of ``output.sum()``) of three contestants:
+
+* ``rnnkit``  — the layer as users build it (``impl="auto"``: torch's kernels when the
+  configuration is standard, rnnkit's fastest path otherwise);
+* ``torch``   — the ``torch.nn`` layer of the same family and shape (the yardstick);
+* ``loop``    — the same rnnkit layer forced onto the reference loop (``impl="loop"``).
+
+Repetitions are interleaved (a round of every contestant, repeated) and the median is
+reported, so slow drifts of a shared machine hit all of them alike.
+
+    python benchmarks/layers.py                   # all cases, all shapes
+    python benchmarks/layers.py --shapes small --cases lstm,gru --repeat 5
+
+Other modules add rows by appending to ``CASES`` (name, family, rnnkit constructor kwargs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+import rnnkit
+
+SHAPES = {  # name: (T, B, I, H)
+    "small": (64, 8, 32, 64),
+    "medium": (100, 32, 128, 256),
+    "large": (100, 64, 512, 512),
+}
+FAMILIES = {
+    "rnn": (rnnkit.RNN, nn.RNN),
+    "lstm": (rnnkit.LSTM, nn.LSTM),
+    "gru": (rnnkit.GRU, nn.GRU),
+}
+# (case name, family, extra rnnkit kwargs). Variants of later issues append here.
+CASES: list[tuple[str, str, dict]] = [("rnn", "rnn", {}), ("lstm", "lstm", {}), ("gru", "gru", {})]
+
+
+def _timer(fn: Callable[[nn.Module], object], m: nn.Module) -> float:
+    t0 = time.perf_counter()
+    fn(m)
+    return time.perf_counter() - t0
+
+
+def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repeat: int):
+    T, B, I, H = shape
+    ours_cls, torch_cls = FAMILIES[family]
+    torch.manual_seed(0)
+    models = {
+        "rnnkit": ours_cls(I, H, **kwargs),
+        "torch": torch_cls(I, H),
+        "loop": ours_cls(I, H, impl="loop", **kwargs),
+    }
+    for m in models.values():
+        m.train()
+    x = torch.randn(T, B, I)
+
+    def fwd(m):
+        with torch.no_grad():
+            m(x)
+
+    def train(m):
+        xr = x.detach().requires_grad_(True)
+        m(xr)[0].sum().backward()
+        m.zero_grad(set_to_none=True)
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for m in models.values():  # warm-up
+        fwd(m)
+        train(m)
+    for _ in range(repeat):
+        for name, m in models.items():
+            times.setdefault((name, "fwd"), []).append(_timer(fwd, m))
+            times.setdefault((name, "train"), []).append(_timer(train, m))
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    wanted = set(filter(None, args.cases.split(",")))
+    print(f"torch {torch.__version__}, {args.threads} threads, float32, median of {args.repeat}")
+    print(
+        "| case | shape | rnnkit fwd ms | torch fwd ms | loop fwd ms | rnnkit train ms | "
+        "torch train ms | loop train ms | fwd rnnkit/torch | train rnnkit/torch | train loop/rnnkit |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, family, kwargs in CASES:
+        if wanted and name not in wanted:
+            continue
+        for sname in args.shapes.split(","):
+            r = bench_case(family, kwargs, SHAPES[sname], args.repeat)
+            print(
+                f"| {name} | {sname} | {r['rnnkit', 'fwd']:.2f} | {r['torch', 'fwd']:.2f} | "
+                f"{r['loop', 'fwd']:.2f} | {r['rnnkit', 'train']:.2f} | {r['torch', 'train']:.2f} | "
+                f"{r['loop', 'train']:.2f} | {r['rnnkit', 'fwd'] / r['torch', 'fwd']:.3f} | "
+                f"{r['rnnkit', 'train'] / r['torch', 'train']:.3f} | "
+                f"{r['loop', 'train'] / r['rnnkit', 'train']:.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

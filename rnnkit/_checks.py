@@ -1,0 +1,92 @@
+"""Input validation shared by every layer: clear errors naming expected and received values.
+
+:class:`RecurrentInputError` subclasses both ``ValueError`` (what rnnkit promises) and
+``RuntimeError`` (what ``torch.nn`` raises for the same mistakes), so code written for either
+keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class RecurrentInputError(ValueError, RuntimeError):
+    """Bad input or state given to an rnnkit layer or cell."""
+
+
+def fail(msg: str) -> None:
+    raise RecurrentInputError(msg)
+
+
+def check_tensor(x: object, what: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        fail(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+    return x  # type: ignore[return-value]
+
+
+def check_like(x: Tensor, ref: Tensor, what: str) -> None:
+    """Same dtype and device as the module's parameters (no silent casts or copies)."""
+    if x.dtype != ref.dtype and not torch.is_autocast_enabled():
+        fail(
+            f"{what} has dtype {x.dtype} but the parameters are {ref.dtype}; convert it with "
+            f".to({ref.dtype}) or the module with .to({x.dtype})"
+        )
+    if x.device != ref.device:
+        fail(f"{what} is on {x.device} but the parameters are on {ref.device}")
+
+
+def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor) -> None:
+    check_tensor(x, "input")
+    if packed:
+        if x.dim() != 2:
+            fail(f"packed input data must be 2-D (total_steps, {input_size}), got {tuple(x.shape)}")
+    elif x.dim() not in (2, 3):
+        fail(
+            "input must be 3-D (L, N, H_in) / (N, L, H_in) with batch_first, or 2-D (L, H_in) "
+            f"unbatched; got {x.dim()}-D input of shape {tuple(x.shape)}"
+        )
+    if x.shape[-1] != input_size:
+        fail(
+            f"input has {x.shape[-1]} features in its last dimension but the layer expects "
+            f"input_size={input_size} (input shape {tuple(x.shape)})"
+        )
+    if x.numel() == 0:
+        fail(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
+    check_like(x, ref, "input")
+
+
+def check_state(
+    hx: object, names: Sequence[str], shapes: Sequence[tuple[int, ...]], ref: Tensor
+) -> tuple[Tensor, ...]:
+    """``hx`` is a tensor (one state) or a tuple (several); each must match its shape."""
+    if len(names) == 1:
+        if isinstance(hx, (tuple, list)):
+            fail(f"the initial state must be a single tensor {names[0]}_0, got a {type(hx).__name__}")
+        states = (hx,)
+    else:
+        if not isinstance(hx, (tuple, list)) or len(hx) != len(names):
+            got = type(hx).__name__ + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+            fail(f"the initial state must be a tuple ({', '.join(n + '_0' for n in names)}), got {got}")
+        states = tuple(hx)
+    for s, name, shape in zip(states, names, shapes):
+        check_tensor(s, f"{name}_0")
+        if tuple(s.shape) != tuple(shape):
+            fail(f"expected {name}_0 of shape {tuple(shape)}, got {tuple(s.shape)}")
+        check_like(s, ref, f"{name}_0")
+    return states  # type: ignore[return-value]
+
+
+def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
+    if not isinstance(lengths, Tensor):
+        lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.shape[0] != batch:
+        fail(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
+    if lengths.is_floating_point() or lengths.is_complex():
+        fail(f"lengths must be integers, got dtype {lengths.dtype}")
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 1 or hi > max_len:
+        fail(f"lengths must lie in [1, {max_len}] (the padded length), got values in [{lo}, {hi}]")
+    return lengths.cpu().long()

@@ -1,0 +1,81 @@
+"""The single dispatch point: which implementation runs a layer call.
+
+* ``"torch"`` — torch's own fused kernels (``_VF.lstm`` & co., cuDNN on GPUs), used whenever
+  the configuration is exactly a ``torch.nn`` one: same numbers, same speed as ``torch.nn``.
+* ``"loop"`` — the reference loop of :mod:`rnnkit.loop`, correct for every cell and option.
+
+``impl="auto"`` (every layer's default) picks the first that applies; a layer built with
+``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import _VF, Tensor
+
+from . import _checks
+from .cells.base import State, StepContext
+from .loop import run_direction as loop_direction
+
+IMPLS = ("auto", "torch", "loop")
+_TORCH_FNS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
+
+
+def check_impl(impl: str) -> None:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+
+
+def torch_mode(module) -> str | None:
+    """torch's mode name when ``module`` computes exactly a ``torch.nn`` layer, else None."""
+    modes = {cell.torch_mode() for cell in module.cells}
+    if len(modes) != 1 or module.needs_custom_loop():
+        return None
+    return modes.pop()
+
+
+def select(module, x: Tensor) -> str:
+    """Choose the implementation of one forward call of a ``RecurrentStack``."""
+    if module.impl == "auto":
+        return "torch" if torch_mode(module) else "loop"
+    if module.impl == "torch" and torch_mode(module) is None:
+        _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
+    return module.impl
+
+
+def run_torch(module, x: Tensor, batch_sizes: Tensor | None, state: State, batch_first: bool):
+    """Whole stack on torch's kernel; returns ``(output, final_state_tuple)``."""
+    mode = torch_mode(module)
+    fn = _TORCH_FNS[mode]  # type: ignore[index]
+    hx = state if mode == "LSTM" else state[0]
+    args = (
+        module.flat_weights(),
+        module.bias,
+        module.num_layers,
+        module.dropout,
+        module.training,
+        module.bidirectional,
+    )
+    if batch_sizes is None:
+        res = fn(x, hx, *args, batch_first)
+    else:
+        res = fn(x, batch_sizes, hx, *args)
+    return res[0], tuple(res[1:])
+
+
+def run_direction(
+    module,
+    impl: str,
+    layer: int,
+    direction: int,
+    data: Tensor,
+    batch_sizes: Sequence[int],
+    h0: State,
+) -> tuple[Tensor, State]:
+    """One layer-direction over packed time-major ``data`` ``(sum(batch_sizes), I)``."""
+    cell = module.cells[layer]
+    p = module.layer_params(layer, direction)
+    xp = cell.project_input(p, data)
+    ctx = StepContext(training=module.training)
+    return loop_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1, ctx=ctx)

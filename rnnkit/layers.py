@@ -1,0 +1,234 @@
+"""The layer machinery: the stacked module that runs any cell (through :mod:`rnnkit.loop`).
+
+``RecurrentStack`` composes cell -> direction -> layer -> stack (as in PyTorch's
+``benchmarks/fastrnns/custom_lstms.py``), registers parameters under torch's names, parses
+every input form ``torch.nn`` accepts, and asks :mod:`rnnkit.dispatch` which implementation
+runs the call: torch's fused kernels, a fused rnnkit kernel, or this reference loop.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import _checks, dispatch
+from .cells.base import Cell, State
+
+
+class RecurrentStack(nn.Module):
+    """A stack of (optionally bidirectional) recurrent layers of any cell.
+
+    ``make_cell(layer_input_size)`` builds the cell of one layer. Input, state and output
+    conventions are exactly ``torch.nn.LSTM``'s (see :class:`rnnkit.LSTM`).
+    """
+
+    def __init__(
+        self,
+        make_cell: Callable[[int], Cell],
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__()
+        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        dispatch.check_impl(impl)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                stacklevel=3,
+            )
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size, self.impl = bidirectional, proj_size, impl
+        D = 2 if bidirectional else 1
+        out = proj_size or hidden_size
+        self.cells: list[Cell] = [make_cell(input_size if k == 0 else out * D) for k in range(num_layers)]
+        self._names: list[list[dict[str, str]]] = []  # [layer][direction] base name -> attribute
+        factory = {"device": device, "dtype": dtype}
+        for k, cell in enumerate(self.cells):
+            self._names.append([])
+            for d in range(D):
+                names = {}
+                for spec in cell.param_specs():
+                    attr = f"{spec.name}_l{k}{'_reverse' if d else ''}"
+                    t = torch.empty(spec.shape, **factory)
+                    if spec.buffer:
+                        self.register_buffer(attr, t)
+                    else:
+                        self.register_parameter(attr, nn.Parameter(t))
+                    names[spec.name] = attr
+                self._names[k].append(names)
+        self.reset_parameters()
+
+    # -- parameters ------------------------------------------------------------------
+    def reset_parameters(self) -> None:
+        for k, cell in enumerate(self.cells):
+            for d in range(self.num_directions):
+                cell.reset_parameters(self.layer_params(k, d))
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def layer_params(self, layer: int, direction: int) -> dict[str, Tensor]:
+        """The tensors of one layer-direction, keyed by the cell's base names."""
+        return {base: getattr(self, attr) for base, attr in self._names[layer][direction].items()}
+
+    def flat_weights(self) -> list[Tensor]:
+        """Parameters in torch's ``_flat_weights`` order (for torch's fused kernels)."""
+        return [
+            getattr(self, attr) for per_layer in self._names for names in per_layer for attr in names.values()
+        ]
+
+    @property
+    def _ref(self) -> Tensor:
+        return getattr(self, self._names[0][0]["weight_ih"])
+
+    def state_shapes(self, batch: int | None) -> list[tuple[int, ...]]:
+        LD = self.num_layers * self.num_directions
+        sizes = self.cells[-1].state_sizes()
+        return [(LD, s) if batch is None else (LD, batch, s) for s in sizes]
+
+    def needs_custom_loop(self) -> bool:
+        """True when an option (a regularizer, say) rules out torch's fused kernels."""
+        return False
+
+    # -- forward ---------------------------------------------------------------------
+    def forward(self, input, hx=None, *, lengths=None):  # noqa: C901 - mirrors torch's branches
+        """Run the stack. See :class:`rnnkit.LSTM` for the shapes; ``lengths`` (a 1-D tensor of
+        ``B`` ints) marks padded sequences of a dense batch: outputs past each length are zero
+        and the final state is taken at each sequence's last valid step."""
+        if lengths is not None:
+            return self._forward_padded(input, hx, lengths)
+        packed = isinstance(input, PackedSequence)
+        sorted_idx = unsorted_idx = batch_sizes = None
+        if packed:
+            x, batch_sizes, sorted_idx, unsorted_idx = input
+            _checks.check_input(x, self.input_size, True, self._ref)
+            batch, unbatched = int(batch_sizes[0]), False
+        else:
+            x = input
+            _checks.check_input(x, self.input_size, False, self._ref)
+            unbatched = x.dim() == 2
+            if unbatched:
+                x = x.unsqueeze(1)
+            batch = x.shape[0] if (self.batch_first and not unbatched) else x.shape[1]
+        if unbatched:  # time-major (L, 1, H_in) from here on, whatever batch_first says
+            batch_first = False
+        else:
+            batch_first = self.batch_first and not packed
+        state = self._initial_state(hx, batch, unbatched, x)
+        if sorted_idx is not None:
+            state = tuple(s.index_select(1, sorted_idx) for s in state)
+
+        impl = dispatch.select(self, x)
+        if impl == "torch":
+            out, final = dispatch.run_torch(self, x, batch_sizes, state, batch_first)
+        else:
+            out, final = self._run_layers(x, batch_sizes, state, batch_first, impl)
+
+        if unsorted_idx is not None:
+            final = tuple(s.index_select(1, unsorted_idx) for s in final)
+        if packed:
+            out = PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx)
+        elif unbatched:
+            out, final = out.squeeze(1), tuple(s.squeeze(1) for s in final)
+        return out, (final if len(final) > 1 else final[0])
+
+    def _initial_state(self, hx, batch: int, unbatched: bool, x: Tensor) -> State:
+        names = self.cells[-1].state_names
+        if hx is None:
+            return tuple(x.new_zeros(s) for s in self.state_shapes(batch))
+        states = _checks.check_state(hx, names, self.state_shapes(None if unbatched else batch), self._ref)
+        return tuple(s.unsqueeze(1) for s in states) if unbatched else states
+
+    def _run_layers(self, x, batch_sizes, state: State, batch_first: bool, impl: str):
+        """The reference path: project, loop, stack; dense input is flattened time-major."""
+        if batch_sizes is None:
+            if batch_first:
+                x = x.transpose(0, 1)
+            T, B = x.shape[0], x.shape[1]
+            steps, data = [B] * T, x.reshape(T * B, -1)
+        else:
+            steps, data = batch_sizes.tolist(), x
+        finals: list[list[Tensor]] = [[] for _ in state]
+        D = self.num_directions
+        for k in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                idx = k * D + d
+                out, fin = dispatch.run_direction(self, impl, k, d, data, steps, tuple(s[idx] for s in state))
+                outs.append(out)
+                for i, f in enumerate(fin):
+                    finals[i].append(f)
+            data = outs[0] if D == 1 else torch.cat(outs, 1)
+            if self.dropout and self.training and k < self.num_layers - 1:
+                data = F.dropout(data, self.dropout, True)
+        final = tuple(torch.stack(f) for f in finals)
+        if batch_sizes is None:
+            data = data.view(T, B, -1)
+            if batch_first:
+                data = data.transpose(0, 1)
+        return data, final
+
+    def _forward_padded(self, input, hx, lengths):
+        _checks.check_input(input, self.input_size, False, self._ref)
+        if input.dim() != 3:
+            _checks.fail(f"lengths= needs a batched 3-D input, got shape {tuple(input.shape)}")
+        T = input.shape[1] if self.batch_first else input.shape[0]
+        B = input.shape[0] if self.batch_first else input.shape[1]
+        lengths = _checks.check_lengths(lengths, B, T)
+        packed = pack_padded_sequence(input, lengths, self.batch_first, enforce_sorted=False)
+        out, state = self.forward(packed, hx)
+        out, _ = pad_packed_sequence(out, self.batch_first, total_length=T)
+        return out, state
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for key, default in [
+            ("proj_size", 0),
+            ("num_layers", 1),
+            ("bias", True),
+            ("batch_first", False),
+            ("dropout", 0.0),
+            ("bidirectional", False),
+            ("impl", "auto"),
+        ]:
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)}"
+        extra = self.cells[0].describe()
+        return s + (f", {extra}" if extra else "")
+
+
+def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+    for name, v in [
+        ("input_size", input_size),
+        ("hidden_size", hidden_size),
+        ("num_layers", num_layers),
+    ]:
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    for name, v in [("bias", bias), ("batch_first", batch_first)]:
+        if not isinstance(v, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+        raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
+    if not isinstance(proj_size, int) or proj_size < 0:
+        raise ValueError(f"proj_size must be a non-negative int, got {proj_size!r}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size ({proj_size}) must be smaller than hidden_size ({hidden_size})")

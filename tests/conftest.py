@@ -1,0 +1,45 @@
+"""Shared helpers: build an rnnkit layer and its torch.nn oracle with identical weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+
+PAIRS = {
+    "RNN_TANH": (rnnkit.RNN, nn.RNN),
+    "RNN_RELU": (rnnkit.RNN, nn.RNN),
+    "LSTM": (rnnkit.LSTM, nn.LSTM),
+    "GRU": (rnnkit.GRU, nn.GRU),
+}
+
+
+def make_pair(mode: str, *args, impl: str = "auto", seed: int = 0, **kwargs):
+    """(rnnkit layer, torch.nn layer) built from the same seed: identical parameters."""
+    ours, theirs = PAIRS[mode]
+    if mode.startswith("RNN"):
+        kwargs["nonlinearity"] = mode[4:].lower()
+    torch.manual_seed(seed)
+    a = ours(*args, impl=impl, **kwargs)
+    torch.manual_seed(seed)
+    b = theirs(*args, **kwargs)
+    return a, b
+
+
+def flat(out):
+    """All tensors of an (output, state) result, PackedSequence data included."""
+    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
+        return [out.data]
+    if isinstance(out, torch.Tensor):
+        return [out]
+    return [t for o in out for t in flat(o)]
+
+
+@pytest.fixture(autouse=True)
+def _float64_default():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

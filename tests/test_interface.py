@@ -1,0 +1,181 @@
+"""Drop-in interface: names, init, state_dict both ways, variable lengths, cells, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+
+from .conftest import make_pair
+
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kw", [{}, {"bidirectional": True}, {"bias": False}, {"proj_size": 2}])
+def test_names_shapes_init_match_torch(mode, kw):
+    if "proj_size" in kw and mode != "LSTM":
+        pytest.skip("proj_size is LSTM-only, as in torch")
+    a, b = make_pair(mode, 3, 4, 3, **kw)
+    na, nb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert list(na) == list(nb)
+    for k in na:
+        assert na[k].shape == nb[k].shape and torch.equal(na[k], nb[k]), k
+    assert type(a).__name__ == type(b).__name__
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_state_dict_round_trip(mode):
+    a, b = make_pair(mode, 3, 4, 2, bidirectional=True, seed=1)
+    _, c = make_pair(mode, 3, 4, 2, bidirectional=True, seed=2)
+    c.load_state_dict(a.state_dict())  # rnnkit -> torch
+    a2, _ = make_pair(mode, 3, 4, 2, bidirectional=True, seed=3)
+    a2.load_state_dict(b.state_dict())  # torch -> rnnkit
+    x = torch.randn(5, 2, 3)
+    for u, v in zip(a(x)[0], c(x)[0]):
+        torch.testing.assert_close(u, v)
+    torch.testing.assert_close(a2(x)[0], b(x)[0])
+
+
+@pytest.mark.parametrize("impl", ["auto", "loop"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidir", [False, True])
+def test_packed_equals_each_sequence_alone(impl, mode, bidir):
+    a, _ = make_pair(mode, 3, 4, 2, bidirectional=bidir, impl=impl, batch_first=True)
+    lengths = torch.tensor([3, 6, 1, 4])
+    x = torch.randn(4, 6, 3)
+    out, hn = a(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    padded, _ = pad_packed_sequence(out, batch_first=True)
+    hn = hn[0] if mode == "LSTM" else hn
+    for i, n in enumerate(lengths.tolist()):
+        alone, h_alone = a(x[i : i + 1, :n])
+        h_alone = h_alone[0] if mode == "LSTM" else h_alone
+        torch.testing.assert_close(padded[i : i + 1, :n], alone)
+        assert torch.all(padded[i, n:] == 0)
+        torch.testing.assert_close(hn[:, i], h_alone[:, 0])
+    # the rnnkit extra: lengths= on a padded batch gives the same result
+    out2, hn2 = a(x, lengths=lengths)
+    torch.testing.assert_close(out2, padded)
+    torch.testing.assert_close(hn2[0] if mode == "LSTM" else hn2, hn)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bidirectional_is_forward_plus_reversed(mode):
+    a, _ = make_pair(mode, 3, 4, 1, bidirectional=True, impl="loop")
+    f, _ = make_pair(mode, 3, 4, 1, impl="loop")
+    r, _ = make_pair(mode, 3, 4, 1, impl="loop")
+    sd = a.state_dict()
+    f.load_state_dict({k: v for k, v in sd.items() if not k.endswith("_reverse")})
+    r.load_state_dict({k.removesuffix("_reverse"): v for k, v in sd.items() if k.endswith("_reverse")})
+    x = torch.randn(5, 2, 3)
+    out, _ = a(x)
+    torch.testing.assert_close(out[..., :4], f(x)[0])
+    torch.testing.assert_close(out[..., 4:], r(x.flip(0))[0].flip(0))
+
+
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_cells_match_torch(name, bias):
+    torch.manual_seed(0)
+    a = getattr(rnnkit, name)(3, 4, bias=bias)
+    torch.manual_seed(0)
+    b = getattr(nn, name)(3, 4, bias=bias)
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    x = torch.randn(2, 3, requires_grad=True)
+    for hx in [
+        None,
+        (torch.randn(2, 4), torch.randn(2, 4)) if name == "LSTMCell" else torch.randn(2, 4),
+    ]:
+        for inp, h in [
+            (x, hx),
+            (
+                x[0],
+                None if hx is None else (tuple(s[0] for s in hx) if isinstance(hx, tuple) else hx[0]),
+            ),
+        ]:
+            ya, yb = a(inp, h), b(inp, h)
+            ya, yb = (ya, yb) if isinstance(ya, tuple) else ((ya,), (yb,))
+            for u, v in zip(ya, yb):
+                torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+    # the generic step (no torch kernel) computes the same
+    ref = a.cell
+    p = a.params()
+    state = tuple(torch.zeros(2, 4) for _ in ref.state_names)
+    new = ref.step(p, ref.project_input(p, x), state, rnnkit.cells.StepContext())
+    want = b(x)
+    want = want if isinstance(want, tuple) else (want,)
+    for u, v in zip(new, want):
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+
+
+def test_detach_state():
+    h = torch.zeros(2, requires_grad=True) * 2
+    assert rnnkit.detach_state(None) is None
+    assert not rnnkit.detach_state(h).requires_grad
+    hs = rnnkit.detach_state((h, [h, h]))
+    assert isinstance(hs, tuple) and isinstance(hs[1], list)
+    assert not any(t.requires_grad for t in (hs[0], *hs[1]))
+    with pytest.raises(TypeError):
+        rnnkit.detach_state("h")
+
+
+# -- bad input: clear errors naming expected and received values ------------------------
+BAD = [
+    (lambda m: m(torch.randn(5, 2, 4)), "input_size=3"),
+    (lambda m: m(torch.randn(5, 2, 3, 1)), "got 4-D"),
+    (lambda m: m(torch.randn(5, 2, 3, dtype=torch.float32)), "dtype torch.float32"),
+    (lambda m: m(torch.randn(0, 2, 3)), "at least one time step"),
+    (
+        lambda m: m(torch.randn(5, 2, 3), (torch.zeros(2, 2, 4), torch.zeros(1, 2, 4))),
+        r"\(2, 2, 4\)",
+    ),
+    (lambda m: m(torch.randn(5, 2, 3), torch.zeros(2, 2, 4)), "tuple"),
+    (
+        lambda m: m(torch.randn(5, 3), (torch.zeros(2, 2, 4),) * 2),
+        r"expected h_0 of shape \(2, 4\)",
+    ),
+    (lambda m: m(torch.randn(5, 2, 3), lengths=[5, 6]), r"\[1, 5\]"),
+    (lambda m: m(torch.randn(5, 2, 3), lengths=[5]), "one entry per sequence"),
+    (lambda m: m(torch.randn(5, 2, 3), lengths=[0, 2]), r"\[1, 5\]"),
+    (lambda m: m([[1.0]]), "torch.Tensor"),
+]
+
+
+@pytest.mark.parametrize("call,msg", BAD)
+def test_bad_input_is_a_clear_value_error(call, msg):
+    m = rnnkit.LSTM(3, 4, 2)
+    with pytest.raises(ValueError, match=msg) as e:
+        call(m)
+    assert isinstance(e.value, RuntimeError)  # torch raises RuntimeError for these: both work
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"proj_size": 4}, "proj_size"),
+        ({"impl": "fast"}, "impl"),
+    ],
+)
+def test_bad_config(kw, msg):
+    args = {"input_size": 3, "hidden_size": 4, **kw}
+    with pytest.raises(ValueError, match=msg):
+        rnnkit.LSTM(**args)
+
+
+def test_dropout_single_layer_warns_like_torch():
+    with pytest.warns(UserWarning, match="num_layers greater than 1"):
+        rnnkit.GRU(3, 4, dropout=0.5)
+
+
+def test_cell_bad_input():
+    with pytest.raises(ValueError, match="input_size=3"):
+        rnnkit.GRUCell(3, 4)(torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 4\)"):
+        rnnkit.GRUCell(3, 4)(torch.randn(2, 3), torch.zeros(3, 4))
