@@ -8,6 +8,7 @@ runs the call: torch's fused kernels, a fused rnnkit kernel, or this reference l
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ class RecurrentStack(nn.Module):
         proj_size: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
         impl: str = "auto",
     ) -> None:
         super().__init__()
@@ -74,6 +76,12 @@ class RecurrentStack(nn.Module):
                     names[spec.name] = attr
                 self._names[k].append(names)
         self.reset_parameters()
+
+    @classmethod
+    def layer_option_names(cls) -> frozenset[str]:
+        """Keyword-only options of the layer machinery (the rest are cell options)."""
+        sig = inspect.signature(RecurrentStack.__init__)
+        return frozenset(n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY)
 
     # -- parameters ------------------------------------------------------------------
     def reset_parameters(self) -> None:

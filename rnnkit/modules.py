@@ -27,50 +27,39 @@ _SHAPES = """
 """
 
 
-class RNN(RecurrentStack):
-    (
-        """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU).
+def split_options(options: dict) -> tuple[dict, dict]:
+    """Split extra keywords into (cell options, layer options).
 
-    Drop-in for :class:`torch.nn.RNN`.
+    Layer options are the keyword-only parameters of :class:`RecurrentStack` (regularizers
+    and the like); everything else goes to the cell, whose constructor rejects unknown names.
     """
-        + _SHAPES
-    )
+    layer_keys = RecurrentStack.layer_option_names()
+    cell = {k: v for k, v in options.items() if k not in layer_keys}
+    return cell, {k: v for k, v in options.items() if k in layer_keys}
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        impl: str = "auto",
-    ) -> None:
+
+class RNN(RecurrentStack):
+    """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU).
+
+    Drop-in for :class:`torch.nn.RNN`; extra keywords select cell options (see the README's
+    table of cells) and layer options (regularizers).
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None,
+                 *, impl: str = "auto", **options) -> None:  # fmt: skip
         self.nonlinearity = nonlinearity
+        cell_opts, layer_opts = split_options(options)
         super().__init__(
-            lambda n: RNNCellMath(n, hidden_size, bias, nonlinearity),
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            0,
-            device,
-            dtype,
-            impl,
-        )
+            lambda n: RNNCellMath(n, hidden_size, bias, nonlinearity, **cell_opts),
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            0, device, dtype, impl=impl, **layer_opts,
+        )  # fmt: skip
 
 
 class LSTM(RecurrentStack):
-    (
-        """Long short-term memory; drop-in for :class:`torch.nn.LSTM`.
+    """Long short-term memory; drop-in for :class:`torch.nn.LSTM`.
 
     Equations (gate order i, f, g, o as torch)::
 
@@ -80,80 +69,41 @@ class LSTM(RecurrentStack):
     ``hx`` is a tuple ``(h_0, c_0)``; ``c_0`` has ``hidden_size`` features, ``h_0``
     ``proj_size or hidden_size``. Returns ``output, (h_n, c_n)``.
     """
-        + _SHAPES
-    )
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
-        *,
-        impl: str = "auto",
-    ) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 proj_size: int = 0, device=None, dtype=None, *, impl: str = "auto",
+                 **options) -> None:  # fmt: skip
+        cell_opts, layer_opts = split_options(options)
         super().__init__(
-            lambda n: LSTMCellMath(n, hidden_size, bias, proj_size),
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            proj_size,
-            device,
-            dtype,
-            impl,
-        )
+            lambda n: LSTMCellMath(n, hidden_size, bias, proj_size, **cell_opts),
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device, dtype, impl=impl, **layer_opts,
+        )  # fmt: skip
 
 
 class GRU(RecurrentStack):
-    (
-        """Gated recurrent unit in torch's form; drop-in for :class:`torch.nn.GRU`.
+    """Gated recurrent unit in torch's form; drop-in for :class:`torch.nn.GRU`.
 
     Equations (gate order r, z, n as torch)::
 
         r, z = σ(W_i· x_t + b_i· + W_h· h_{t-1} + b_h·)
         n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn));  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
     """
-        + _SHAPES
-    )
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        device=None,
-        dtype=None,
-        *,
-        impl: str = "auto",
-    ) -> None:
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, impl: str = "auto", **options) -> None:  # fmt: skip
+        cell_opts, layer_opts = split_options(options)
         super().__init__(
-            lambda n: GRUCellMath(n, hidden_size, bias),
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            0,
-            device,
-            dtype,
-            impl,
-        )
+            lambda n: GRUCellMath(n, hidden_size, bias, **cell_opts),
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            0, device, dtype, impl=impl, **layer_opts,
+        )  # fmt: skip
+
+
+for _cls in (RNN, LSTM, GRU):
+    _cls.__doc__ = (_cls.__doc__ or "") + _SHAPES
 
 
 class StepCell(nn.Module):
@@ -227,28 +177,24 @@ class StepCell(nn.Module):
 class RNNCell(StepCell):
     """One Elman step; drop-in for :class:`torch.nn.RNNCell`."""
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        nonlinearity: str = "tanh",
-        device=None,
-        dtype=None,
-    ) -> None:
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
+                 nonlinearity: str = "tanh", device=None, dtype=None, **options) -> None:  # fmt: skip
         self.nonlinearity = nonlinearity
-        super().__init__(RNNCellMath(input_size, hidden_size, bias, nonlinearity), device, dtype)
+        cell = RNNCellMath(input_size, hidden_size, bias, nonlinearity, **options)
+        super().__init__(cell, device, dtype)
 
 
 class LSTMCell(StepCell):
     """One LSTM step; drop-in for :class:`torch.nn.LSTMCell`. Returns ``(h_1, c_1)``."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__(LSTMCellMath(input_size, hidden_size, bias), device, dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 **options) -> None:  # fmt: skip
+        super().__init__(LSTMCellMath(input_size, hidden_size, bias, **options), device, dtype)
 
 
 class GRUCell(StepCell):
     """One GRU step; drop-in for :class:`torch.nn.GRUCell`."""
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__(GRUCellMath(input_size, hidden_size, bias), device, dtype)
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
+                 **options) -> None:  # fmt: skip
+        super().__init__(GRUCellMath(input_size, hidden_size, bias, **options), device, dtype)
