@@ -103,6 +103,35 @@ class RecurrentStack(nn.Module):
             getattr(self, attr) for per_layer in self._names for names in per_layer for attr in names.values()
         ]
 
+    def flatten_parameters(self) -> None:
+        """Like ``torch.nn.RNNBase.flatten_parameters``: on CUDA with cuDNN, move the weights of
+        a torch-compatible configuration into one contiguous buffer; a no-op elsewhere."""
+        mode, ws = dispatch.torch_mode(self), self.flat_weights()
+        if mode is None or not all(
+            w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w) for w in ws
+        ):
+            return
+        if len({w.data_ptr() for w in ws}) != len(ws) or not torch._use_cudnn_rnn_flatten_weight():
+            return
+        from torch.backends.cudnn import rnn as cudnn_rnn
+
+        with torch.cuda.device_of(ws[0]), torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(
+                ws, (4 if self.bias else 2) + (1 if self.proj_size else 0), self.input_size,
+                cudnn_rnn.get_cudnn_mode(mode), self.hidden_size, self.proj_size, self.num_layers,
+                self.batch_first, self.bidirectional,
+            )  # fmt: skip
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self.flatten_parameters()  # as torch.nn does after .cuda() / .to()
+        return ret
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Parameters grouped per layer-direction, as ``torch.nn.RNNBase.all_weights``."""
+        return [[getattr(self, a) for a in names.values()] for per in self._names for names in per]
+
     @property
     def _ref(self) -> Tensor:
         return getattr(self, self._names[0][0]["weight_ih"])
