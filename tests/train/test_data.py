@@ -81,7 +81,10 @@ def test_variable_length_windows():
 
 
 def test_pad_collate_sequences_and_targets():
-    items = [(torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])), (torch.tensor([5]), torch.tensor([6]))]
+    items = [
+        (torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])),
+        (torch.tensor([5]), torch.tensor([6])),
+    ]
     b = pad_collate(items)
     assert b.inputs.tolist() == [[1, 5], [2, 0], [3, 0]]  # (T, B)
     assert b.targets.tolist() == [[2, 6], [3, -100], [4, -100]]
