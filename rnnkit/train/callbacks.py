@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rnnkit.train.plots import plot_loss_curve
 
 if TYPE_CHECKING:
+    from rnnkit.train.config import TrainConfig
     from rnnkit.train.trainer import Trainer
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "TensorBoardLogger",
     "LossCurvePlot",
     "tensorboard_available",
+    "default_callbacks",
 ]
 
 log = logging.getLogger("rnnkit.train")
@@ -223,3 +225,19 @@ class LossCurvePlot(Callback):
         if trainer.history:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             plot_loss_curve(trainer.history, self.path)
+
+
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """What the trainer adds on rank 0: a progress bar, and with ``out_dir`` the metric
+    files, TensorBoard (when installed and enabled) and the loss-curve PNG."""
+    cbs: list[Callback] = [ProgressBar(cfg.progress)]
+    if cfg.out_dir is not None:
+        out = Path(cfg.out_dir)
+        cbs += [JSONLLogger(out / "metrics.jsonl"), CSVLogger(out / "metrics.csv")]
+        if cfg.tensorboard and tensorboard_available():
+            cbs.append(TensorBoardLogger(out / "tensorboard"))
+        elif cfg.tensorboard:
+            log.info("tensorboard is not installed: no TensorBoard logging")
+        if cfg.plot:
+            cbs.append(LossCurvePlot(out / "loss.png"))
+    return cbs

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from rnnkit.data.batching import bptt_batches
-from rnnkit.train.state import lm_loss
+from rnnkit.train.state import count_tokens, lm_loss, move_to
 
-__all__ = ["evaluate_lm"]
+__all__ = ["evaluate_lm", "evaluate_batches"]
 
 
 @torch.no_grad()
@@ -51,3 +52,32 @@ def evaluate_lm(
     finally:
         model.train(was_training)
     return total / tokens
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    data: Iterable[Any],
+    forward: Callable[[nn.Module, Any, Any], tuple[Tensor, Any]],
+    *,
+    carry_state: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[float, int]:
+    """Sum of ``loss * tokens`` and the token count over ``data`` in eval mode.
+
+    ``forward(model, batch, state) -> (mean loss, new_state)``; the state is carried
+    from batch to batch when ``carry_state``. The train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    total, tokens, state = 0.0, 0, None
+    try:
+        for batch in data:
+            batch = move_to(batch, device)
+            loss, state = forward(model, batch, state)
+            n = count_tokens(batch)
+            total, tokens = total + float(loss) * n, tokens + n
+            state = state if carry_state else None
+    finally:
+        model.train(was_training)
+    return total, tokens

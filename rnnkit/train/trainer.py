@@ -21,20 +21,14 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from rnnkit.train import distributed as dist
-from rnnkit.train.callbacks import (
-    Callback,
-    CSVLogger,
-    JSONLLogger,
-    LossCurvePlot,
-    ProgressBar,
-    TensorBoardLogger,
-    tensorboard_available,
-)
+from rnnkit.train.callbacks import Callback, default_callbacks
 from rnnkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rnnkit.train.config import TrainConfig
+from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.seed import get_rng_state, set_rng_state
 from rnnkit.train.state import count_tokens, detach_state, lm_loss, move_to
+from rnnkit.train.tbptt import tbptt_batch
 
 __all__ = ["Trainer", "StepFn"]
 
@@ -75,7 +69,7 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.is_main = dist.is_main_process()
-        self.callbacks = list(callbacks) + (self._default_callbacks() if self.is_main else [])
+        self.callbacks = list(callbacks) + (default_callbacks(cfg) if self.is_main else [])
         self.ntasgd = NTASGD(self.raw_model, cfg.nonmono) if cfg.nt_asgd else None
         # Progress counters; all of them go into checkpoints.
         self.step = self.epoch = self.batch_in_epoch = self.tokens_seen = 0
@@ -91,18 +85,6 @@ class Trainer:
         self._last_saved = -1
 
     # ------------------------------------------------------------------ setup
-    def _default_callbacks(self) -> list[Callback]:
-        cfg = self.config
-        cbs: list[Callback] = [ProgressBar(cfg.progress)]
-        if cfg.out_dir is not None:
-            out = Path(cfg.out_dir)
-            cbs += [JSONLLogger(out / "metrics.jsonl"), CSVLogger(out / "metrics.csv")]
-            if cfg.tensorboard and tensorboard_available():
-                cbs.append(TensorBoardLogger(out / "tensorboard"))
-            if cfg.plot:
-                cbs.append(LossCurvePlot(out / "loss.png"))
-        return cbs
-
     @property
     def checkpoint_dir(self) -> Path | None:
         return Path(self.config.out_dir) / "checkpoints" if self.config.out_dir else None
@@ -138,18 +120,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
-        if cfg.clip_norm is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
-        else:
-            norm = (
-                float(
-                    torch.linalg.vector_norm(
-                        torch.stack([torch.linalg.vector_norm(p.grad) for p in params])
-                    )
-                )
-                if params
-                else 0.0
-            )
+        # with max_norm=inf this only measures the norm (grads are scaled by exactly 1.0)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or math.inf))
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -176,41 +148,11 @@ class Trainer:
             self.state = detach_state(state)
             n = count_tokens(batch)
             return float(loss.detach()) * n, n, norm
-        return self._tbptt(batch, state, lr_scale, time_dim)
-
-    def _tbptt(self, batch: Any, state: Any, lr_scale: float, td: int) -> tuple[float, int, float]:
-        """TBPTT(k1, k2) inside one long batch: an update every k1 steps over the last k2.
-
-        Detached states are kept at update boundaries; when k2 > k1 the window
-        ``[t - k2, t)`` is recomputed from the stored state at ``t - k2`` (reached without
-        gradient from the nearest earlier boundary) and only the newest k1 outputs
-        enter the loss, so each of them backpropagates at least k2 - k1 steps.
-        """
-        inputs, targets = batch[0], batch[1]
-        T, k1 = inputs.shape[td], self.config.tbptt_k1
-        k2 = self.config.tbptt_k2 or k1
-        snaps = {0: state}
-        loss_sum, tokens, norm, prev = 0.0, 0, 0.0, 0
-        while prev < T:
-            t = min(prev + k1, T)
-            s = max(0, t - k2)
-            b = max(p for p in snaps if p <= s)
-            st = snaps[b]
-            if b < s:
-                with torch.no_grad():
-                    _, st = self.model(inputs.narrow(td, b, s - b), st)
-            out, new = self.model(inputs.narrow(td, s, t - s), st)
-            tgt = targets.narrow(td, prev, t - prev)
-            loss = self.loss_fn(out.narrow(td, prev - s, t - prev), tgt)
-            norm = self._update(loss, lr_scale)
-            snaps[t] = detach_state(new)
-            n = count_tokens((None, tgt))
-            loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
-            keep_from = max(p for p in snaps if p <= max(0, t + k1 - k2))
-            snaps = {p: v for p, v in snaps.items() if p >= keep_from}
-            prev = t
-        self.state = snaps[T]
-        return loss_sum, tokens, norm
+        loss_sum, n, norm, self.state = tbptt_batch(
+            self.model, self.loss_fn, lambda loss: self._update(loss, lr_scale),
+            batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
+        )  # fmt: skip
+        return loss_sum, n, norm
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -218,19 +160,11 @@ class Trainer:
         """Token-weighted mean loss over ``data`` (NT-ASGD averages swapped in), summed
         over ranks. Returns ``{"loss", "ppl", "tokens"}``. The state is carried across
         batches when ``carry_state`` (evaluate LM streams in order)."""
-        model, was_training = self.raw_model, self.raw_model.training
-        model.eval()
-        total, tokens, state = 0.0, 0, None
-        try:
-            with self.ntasgd.swapped() if self.ntasgd else nullcontext():
-                for batch in data:
-                    batch = move_to(batch, self.device)
-                    loss, state = self._forward(model, batch, state)
-                    n = count_tokens(batch)
-                    total, tokens = total + float(loss) * n, tokens + n
-                    state = state if self.config.carry_state else None
-        finally:
-            model.train(was_training)
+        with self.ntasgd.swapped() if self.ntasgd else nullcontext():
+            total, tokens = evaluate_batches(
+                self.raw_model, data, lambda m, batch, st: self._forward(m, batch, st),
+                carry_state=self.config.carry_state, device=self.device,
+            )  # fmt: skip
         total, tokens = dist.all_reduce_sum([total, tokens], self._reduce_device())
         if tokens == 0:
             raise ValueError("evaluate() got no batches (empty validation data)")
@@ -306,15 +240,8 @@ class Trainer:
                     self.losses.append(loss)
                     self._acc = [self._acc[0] + loss_sum, self._acc[1] + n, self._acc[2] + 1]
                     if self.is_main:
-                        self._emit(
-                            "on_step_end",
-                            {
-                                "step": self.step,
-                                "loss": loss,
-                                "tokens": int(n),
-                                "seq_len": _seq_len(batch),
-                            },
-                        )
+                        info = {"step": self.step, "loss": loss, "tokens": int(n)}
+                        self._emit("on_step_end", {**info, "seq_len": _seq_len(batch)})
                     if self.step % cfg.log_every == 0:
                         last_log_time = self._log(batch, norm, last_log_time)
                     if val_data is not None and cfg.val_every and self.step % cfg.val_every == 0:
