@@ -61,7 +61,7 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
 
         self.bar = tqdm(
             total=trainer.expected_steps(),

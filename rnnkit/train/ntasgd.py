@@ -94,7 +94,12 @@ class NTASGD:
         self.history = list(state["history"])
         self.triggered_at = state["triggered_at"]
         self.n_averaged = state["n_averaged"]
+        if len(state["averages"]) not in (0, len(self.params)):
+            raise ValueError(
+                f"NT-ASGD state has {len(state['averages'])} averaged tensors, "
+                f"the model has {len(self.params)} trainable parameters"
+            )
         self.averages = [
             a.to(device=p.device, dtype=p.dtype)
-            for a, p in zip(state["averages"], self.params, strict=True)
+            for a, p in zip(state["averages"], self.params[: len(state["averages"])], strict=True)
         ]

@@ -174,6 +174,11 @@ def test_nt_asgd_unit():
     with avg2.swapped():
         assert model.weight.item() == pytest.approx(start)
     assert model.weight.item() == 6.0
+    fresh = NTASGD(model, nonmono=2)
+    fresh.load_state_dict(NTASGD(model).state_dict())  # untriggered: nothing averaged yet
+    assert not fresh.triggered and fresh.averages == []
+    fresh.load_state_dict(avg2.state_dict())
+    assert fresh.triggered and torch.equal(fresh.averages[0], avg2.averages[0])
 
 
 def test_nt_asgd_in_trainer_averages_weights():
