@@ -119,8 +119,8 @@ def test_detach_state():
     hs = rnnkit.detach_state((h, [h, h]))
     assert isinstance(hs, tuple) and isinstance(hs[1], list)
     assert not any(t.requires_grad for t in (hs[0], *hs[1]))
-    with pytest.raises(TypeError):
-        rnnkit.detach_state("h")
+    assert rnnkit.detach_state({"h": h})["h"].requires_grad is False
+    assert rnnkit.detach_state(3) == 3  # non-tensors pass through
 
 
 # -- bad input: clear errors naming expected and received values ------------------------

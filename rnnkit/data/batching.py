@@ -42,8 +42,7 @@ def _as_1d(data: Tensor | Sequence[int]) -> Tensor:
     data = data if isinstance(data, Tensor) else torch.as_tensor(data)
     if data.dim() != 1:
         raise ValueError(
-            f"data must be a 1-D tensor of tokens, got a {data.dim()}-D tensor of shape "
-            f"{tuple(data.shape)}"
+            f"data must be a 1-D tensor of tokens, got a {data.dim()}-D tensor of shape {tuple(data.shape)}"
         )
     return data
 

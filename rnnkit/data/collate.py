@@ -29,9 +29,7 @@ class PaddedBatch(NamedTuple):
     packed: PackedSequence | None = None
 
 
-def length_mask(
-    lengths: Tensor, max_len: int | None = None, *, batch_first: bool = False
-) -> Tensor:
+def length_mask(lengths: Tensor, max_len: int | None = None, *, batch_first: bool = False) -> Tensor:
     """Boolean mask, True on real steps: ``(T, B)``, or ``(B, T)`` with ``batch_first``."""
     max_len = int(lengths.max()) if max_len is None else max_len
     mask = torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
@@ -71,9 +69,7 @@ class PadCollate:
         targets = None
         if paired:
             tgts = [torch.as_tensor(it[1]) for it in items]
-            if all(
-                t.dim() >= 1 and t.shape[0] == s.shape[0] for t, s in zip(tgts, seqs, strict=True)
-            ):
+            if all(t.dim() >= 1 and t.shape[0] == s.shape[0] for t, s in zip(tgts, seqs, strict=True)):
                 targets = pad_sequence(
                     tgts, batch_first=self.batch_first, padding_value=self.target_padding_value
                 )
@@ -81,9 +77,7 @@ class PadCollate:
                 targets = torch.stack(tgts)
         packed = None
         if self.pack:
-            packed = pack_padded_sequence(
-                inputs, lengths, batch_first=self.batch_first, enforce_sorted=False
-            )
+            packed = pack_padded_sequence(inputs, lengths, batch_first=self.batch_first, enforce_sorted=False)
         return PaddedBatch(inputs, targets, lengths, packed)
 
 

@@ -40,9 +40,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(
-                f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}"
-            )
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
         if len(lengths) == 0:
             raise ValueError("lengths is empty")
         self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)

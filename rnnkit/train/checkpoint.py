@@ -177,9 +177,7 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint in {path} (expected step-*/state.json)")
     doc = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     if doc.get("format") != FORMAT:
-        raise ValueError(
-            f"{ckpt}: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}"
-        )
+        raise ValueError(f"{ckpt}: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}")
     if model is not None:
         load_model(unwrap_model(model), str(ckpt / "model.safetensors"), strict=strict)
     if optimizer is not None or scheduler is not None:

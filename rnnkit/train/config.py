@@ -77,9 +77,7 @@ class TrainConfig:
             if not self.stateful:
                 raise ValueError("tbptt_k1 needs a stateful model (stateful=True)")
             if self.tbptt_k2 is not None and self.tbptt_k2 < self.tbptt_k1:
-                raise ValueError(
-                    f"tbptt_k2 must be >= tbptt_k1, got k1={self.tbptt_k1}, k2={self.tbptt_k2}"
-                )
+                raise ValueError(f"tbptt_k2 must be >= tbptt_k1, got k1={self.tbptt_k1}, k2={self.tbptt_k2}")
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (where the checkpoints are)")
 

@@ -44,8 +44,7 @@ class TeacherForcingSchedule:
     ) -> None:
         if kind not in ("constant", "linear", "exponential", "inverse_sigmoid"):
             raise ValueError(
-                "kind must be one of 'constant', 'linear', 'exponential', 'inverse_sigmoid', "
-                f"got {kind!r}"
+                f"kind must be one of 'constant', 'linear', 'exponential', 'inverse_sigmoid', got {kind!r}"
             )
         for name, v in (("p", p), ("start", start), ("end", end)):
             if not 0.0 <= v <= 1.0:

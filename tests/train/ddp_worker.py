@@ -38,9 +38,7 @@ def _train(out_dir: str, info) -> None:
     seed_everything(0)
     model = TinyLM(vocab=11, hidden=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
-    data = bptt_batches(
-        tokens(4 * 60), GLOBAL_BATCH, SEQ_LEN, rank=info.rank, world_size=info.world_size
-    )
+    data = bptt_batches(tokens(4 * 60), GLOBAL_BATCH, SEQ_LEN, rank=info.rank, world_size=info.world_size)
     val = bptt_batches(tokens(80, seed=3), 2, SEQ_LEN, rank=info.rank, world_size=info.world_size)
     tr = Trainer(
         model,

@@ -176,12 +176,10 @@ def test_resume_gives_the_same_losses(tmp_path):
     for a, b in zip(ref_model.parameters(), res_model.parameters(), strict=True):
         assert torch.equal(a, b)
     steps = [
-        json.loads(line)["step"]
-        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     ref_steps = [
-        json.loads(line)["step"]
-        for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
+        json.loads(line)["step"] for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == ref_steps  # redone steps were not logged twice
 

@@ -52,9 +52,7 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     torch.testing.assert_close(
         torch.tensor(ddp["losses"]), torch.tensor(single["losses"]), rtol=0, atol=1e-10
     )
-    torch.testing.assert_close(
-        torch.tensor(ddp["val"]), torch.tensor(single["val"]), rtol=0, atol=1e-10
-    )
+    torch.testing.assert_close(torch.tensor(ddp["val"]), torch.tensor(single["val"]), rtol=0, atol=1e-10)
     p_ddp, p_one = (load_file(str(d / "params.safetensors")) for d in (ddp_dir, single_dir))
     for k in p_one:
         torch.testing.assert_close(p_ddp[k], p_one[k], rtol=0, atol=1e-10)

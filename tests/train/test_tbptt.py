@@ -61,9 +61,7 @@ def test_k2_greater_than_k1_gradient(k2):
     a, b = _pair()
     T, k1 = 10, 2
     x, y = tokens(2 * T).view(T, 2), tokens(2 * T, seed=1).view(T, 2)
-    tr = Trainer(
-        a, torch.optim.SGD(a.parameters(), lr=0.0), tbptt_k1=k1, tbptt_k2=k2, progress=False
-    )
+    tr = Trainer(a, torch.optim.SGD(a.parameters(), lr=0.0), tbptt_k1=k1, tbptt_k2=k2, progress=False)
     tr.fit([(x, y)])  # lr=0: weights fixed, p.grad holds the last update's gradient
     s = max(0, T - k2)
     with torch.no_grad():
@@ -107,9 +105,7 @@ def test_memory_flat_over_thousands_of_windows(model_fn):
         return loss
 
     data = tokens(2000, vocab=5)
-    tr = Trainer(
-        model, torch.optim.SGD(model.parameters(), lr=0.01), loss_fn=loss_fn, progress=False
-    )
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), loss_fn=loss_fn, progress=False)
     tr.fit(bptt_batches(data, 1, 1))
     assert len(sizes) == 2000
     assert sizes[4] == sizes[-1] == max(sizes[1:])

@@ -74,9 +74,7 @@ def test_padded_batches_with_bucketing_and_fresh_state():
         def on_step_end(self, trainer, logs):
             seen.append(logs["tokens"])
 
-    tr = Trainer(
-        model, _sgd(model), carry_state=False, max_epochs=2, callbacks=[Spy()], progress=False
-    )
+    tr = Trainer(model, _sgd(model), carry_state=False, max_epochs=2, callbacks=[Spy()], progress=False)
     tr.fit(loader)
     assert tr.step == 10 and sum(seen) == 2 * sum(len(x) for x, _ in ds)  # padding not counted
     assert sampler.epoch == 1  # set_epoch reached the batch sampler
@@ -137,9 +135,7 @@ def test_scheduler_and_early_stopping_and_time_budget():
     model = TinyLM()
     opt = _sgd(model, 0.0)  # lr 0: the validation loss never improves
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=1.0)
-    tr = Trainer(
-        model, opt, scheduler=sched, val_every=2, patience=2, max_epochs=10, progress=False
-    )
+    tr = Trainer(model, opt, scheduler=sched, val_every=2, patience=2, max_epochs=10, progress=False)
     out = tr.fit(bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(50), 1, 5))
     assert out["stop_reason"] == "early_stopping" and tr.step == 6  # 1 best + 2 bad evals
     assert sched.last_epoch == 6
@@ -184,9 +180,7 @@ def test_nt_asgd_unit():
 def test_nt_asgd_in_trainer_averages_weights():
     torch.manual_seed(0)
     model = TinyLM()
-    tr = Trainer(
-        model, _sgd(model, 0.5), nt_asgd=True, nonmono=1, val_every=1, max_steps=6, progress=False
-    )
+    tr = Trainer(model, _sgd(model, 0.5), nt_asgd=True, nonmono=1, val_every=1, max_steps=6, progress=False)
     scripted = iter([2.0, 3.0, 2.5, 2.4, 2.3, 2.2])
     tr.evaluate = lambda data: {"loss": next(scripted), "ppl": 1.0, "tokens": 1}
     snaps = []
@@ -210,9 +204,7 @@ def test_out_dir_files_and_tensorboard_missing(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install tensorboard"):
         TensorBoardLogger(tmp_path / "tb")
     model = TinyLM()
-    tr = Trainer(
-        model, _sgd(model), out_dir=str(tmp_path), log_every=2, max_epochs=2, progress=False
-    )
+    tr = Trainer(model, _sgd(model), out_dir=str(tmp_path), log_every=2, max_epochs=2, progress=False)
     tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(60), 1, 10))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
@@ -229,9 +221,7 @@ def test_out_dir_files_and_tensorboard_missing(tmp_path, monkeypatch):
 
 def test_progress_bar_shows_loss(capsys):
     model = TinyLM()
-    Trainer(model, _sgd(model), progress=True, log_every=1, max_steps=3).fit(
-        bptt_batches(tokens(200), 2, 5)
-    )
+    Trainer(model, _sgd(model), progress=True, log_every=1, max_steps=3).fit(bptt_batches(tokens(200), 2, 5))
     err = capsys.readouterr().err
     assert "3/3" in err and "loss=" in err and "tok_s=" in err
 
