@@ -126,6 +126,10 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         from .report import write_report
 
         written = write_report(study, records, out, steps=steps, trials=K)
+    if world > 1:
+        from rnnkit.train import cleanup_distributed
+
+        cleanup_distributed()
     return {"out": out, "steps": steps, "records": records, "skipped": len(specs) - len(todo), **written}
 
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from rnnkit.arch import build_recurrent
 
 from . import arith, music
+from .memory import available, memory_run
 from .runner import Arch, Spec, Study
 
 
@@ -203,3 +204,27 @@ def get_study(name: str) -> Study:
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; choose one of {', '.join(STUDIES)}")
     return STUDIES[name]
+
+
+# -- memory horizon ---------------------------------------------------------------------------
+MEMORY_ARCHS = [
+    Arch("Tanh", _cfg("rnn")),
+    Arch("ReLU", _cfg("rnn", nonlinearity="relu")),
+    Arch("LSTM", _cfg("lstm")),
+    Arch("LSTM-b", _cfg("lstm", forget_bias=1.0)),
+    Arch("LSTM-peep", _cfg("lstm", peephole=True)),
+    Arch("GRU", _cfg("gru")),
+    Arch("MUT1", _cfg("gru", variant="mut1")),
+    Arch("minGRU", _cfg("mingru")),
+    Arch("minLSTM", _cfg("minlstm")),
+    Arch("QRNN", _cfg("qrnn")),
+    Arch("LRU", _cfg("lru")),
+]
+
+register(Study(
+    "memory", "Memory horizon (copy-memory, +1 detection) of every cell family", available(MEMORY_ARCHS),
+    {"hidden_size": 32, "batch": 32, "steps": 300, "threshold": 0.9, "lags": [5, 10, 20, 40, 80],
+     "tasks": ["copy", "plus_one"], "lr": [3e-3, 3e-2]},
+    _lr_hidden_space, "horizon", True, {}, "no paper numbers: the textbook's ordering (gated > tanh)", "LSTM",
+    run_fn=memory_run, default_seeds=2,
+))  # fmt: skip
