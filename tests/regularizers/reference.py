@@ -45,11 +45,16 @@ def _template(family: str, I: int, H: int, bias: bool, nonlinearity: str) -> nn.
 
 
 def _family(layer) -> str:
-    return {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}[type(layer).__name__]
+    """Torch's family name; "custom" for any other cell (it brings ``reference_step``)."""
+    return {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn", "RNNCell": "rnn", "LSTMCell": "lstm"}.get(
+        type(layer).__name__, "custom"
+    )
 
 
 def step(layer, family: str, p: dict, x, state, rec):
     """One step of layer-direction params ``p`` on ``x (1, I)``; ``rec`` masks ``h_{t-1}``."""
+    if family == "custom":
+        return layer.cells[0].reference_step(p, x, state, rec)
     sig, tanh = torch.sigmoid, torch.tanh
     h = state[0]
     hd = h if rec is None else h * rec

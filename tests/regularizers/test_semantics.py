@@ -221,3 +221,26 @@ def test_locked_dropout_single_layer_warns():
 def test_repr_lists_options():
     s = repr(rnnkit.LSTM(2, 3, 2, weight_drop=0.5, zoneout=(0.1, 0.2)))
     assert "weight_drop=0.5" in s and "zoneout=(0.1, 0.2)" in s and "recurrent_dropout" not in s
+
+
+@pytest.mark.parametrize("impl", ["auto", "loop"])
+def test_gradcheck_training_with_every_regularizer(impl):
+    """Masks fixed by reseeding inside the function, so every evaluation draws the same ones."""
+    layer = rnnkit.LSTM(2, 3, 2, bidirectional=True, impl=impl, proj_size=2, **ALL).train()
+    x = torch.randn(3, 2, 2, requires_grad=True)
+    h0 = torch.randn(4, 2, 2, requires_grad=True)
+    c0 = torch.randn(4, 2, 3, requires_grad=True)
+
+    def f(x, h, c):
+        torch.manual_seed(0)
+        out, (hn, cn) = layer(x, (h, c))
+        return out, hn, cn
+
+    assert torch.autograd.gradcheck(f, (x, h0, c0))
+    w = layer.weight_hh_l0
+
+    def g(w_hh):
+        torch.manual_seed(0)
+        return torch.func.functional_call(layer, {"weight_hh_l0": w_hh}, (x,))[0]
+
+    assert torch.autograd.gradcheck(g, (w.detach().clone().requires_grad_(True),))
