@@ -164,7 +164,7 @@ def test_recurrent_mask_is_shared_over_time_observably():
 )
 def test_mask_rates_and_values(recorder, opts, kind, p):  # noqa: F811
     layer = rnnkit.LSTM(16, 32, 2, bidirectional=True, **opts).train()
-    layer(torch.randn(20, 16, 16))
+    layer(torch.randn(8, 16, 16))
     masks = [m for k, m in recorder if k == kind]
     assert masks and all(k == kind for k, _ in recorder)
     m = torch.cat([m.flatten() for m in masks])
