@@ -41,6 +41,20 @@ FAMILIES = {
 }
 # (case name, family, extra rnnkit kwargs). Variants of later issues append here.
 CASES: list[tuple[str, str, dict]] = [("rnn", "rnn", {}), ("lstm", "lstm", {}), ("gru", "gru", {})]
+# Regularizers (training-step cost; the torch contestant is the same layout, unregularized).
+CASES += [
+    ("lstm+weight_drop", "lstm", {"weight_drop": 0.5}),
+    ("lstm2", "lstm", {"num_layers": 2}),
+    ("lstm2+locked_dropout", "lstm", {"num_layers": 2, "locked_dropout": 0.3}),
+    ("lstm2+awd", "lstm", {"num_layers": 2, "weight_drop": 0.5, "locked_dropout": 0.3}),
+    ("lstm+recurrent_dropout", "lstm", {"recurrent_dropout": 0.25}),
+    ("lstm+zoneout", "lstm", {"zoneout": (0.15, 0.05)}),
+    ("gru+weight_drop", "gru", {"weight_drop": 0.5}),
+    ("gru+recurrent_dropout", "gru", {"recurrent_dropout": 0.25}),
+    ("gru+zoneout", "gru", {"zoneout": 0.1}),
+]
+# Layout keywords that the torch.nn contestant gets too (everything else is rnnkit-only).
+LAYOUT = ("num_layers", "bidirectional", "batch_first", "proj_size", "dropout")
 
 
 def _timer(fn: Callable[[nn.Module], object], m: nn.Module) -> float:
@@ -55,7 +69,7 @@ def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repe
     torch.manual_seed(0)
     models = {
         "rnnkit": ours_cls(I, H, **kwargs),
-        "torch": torch_cls(I, H),
+        "torch": torch_cls(I, H, **{k: v for k, v in kwargs.items() if k in LAYOUT}),
         "loop": ours_cls(I, H, impl="loop", **kwargs),
     }
     for m in models.values():
