@@ -125,8 +125,11 @@ class StepCell(nn.Module):
         self.cell = cell
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         for spec in cell.param_specs():
-            t = nn.Parameter(torch.empty(spec.shape, device=device, dtype=dtype))
-            self.register_parameter(spec.name, t)
+            t = torch.empty(spec.shape, device=device, dtype=dtype)
+            if spec.buffer:  # running statistics (recurrent batch norm)
+                self.register_buffer(spec.name, t)
+            else:
+                self.register_parameter(spec.name, nn.Parameter(t))
         self.reset_parameters()
 
     def params(self) -> dict[str, Tensor]:
@@ -135,7 +138,9 @@ class StepCell(nn.Module):
     def reset_parameters(self) -> None:
         self.cell.reset_parameters(self.params())
 
-    def forward(self, input: Tensor, hx=None):
+    def forward(self, input: Tensor, hx=None, *, step: int = 0):
+        """``step`` (rnnkit extra) is the time index, for cells whose math depends on it
+        (``norm='batch'`` uses that step's running statistics)."""
         _checks.check_tensor(input, "input")
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")
@@ -161,7 +166,8 @@ class StepCell(nn.Module):
             new = tuple(out) if mode == "LSTM" else (out,)
         else:
             p = self.params()
-            new = self.cell.step(p, self.cell.project_input(p, x), state, StepContext(training=self.training))
+            ctx = StepContext(t=step, training=self.training, extra={"step": step})
+            new = self.cell.step(p, self.cell.project_input(p, x), state, ctx)
         if unbatched:
             new = tuple(s.squeeze(0) for s in new)
         return new if len(new) > 1 else new[0]
