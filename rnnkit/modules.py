@@ -42,7 +42,8 @@ class RNN(RecurrentStack):
     """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU).
 
     Drop-in for :class:`torch.nn.RNN`; extra keywords select cell options (see the README's
-    table of cells) and layer options (regularizers).
+    table of cells) and layer options (regularizers). Cell option: ``norm='layer'`` (Ba et al.
+    2016), see :mod:`rnnkit.cells.rnn`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -68,6 +69,12 @@ class LSTM(RecurrentStack):
 
     ``hx`` is a tuple ``(h_0, c_0)``; ``c_0`` has ``hidden_size`` features, ``h_0``
     ``proj_size or hidden_size``. Returns ``output, (h_n, c_n)``.
+
+    Cell options (keywords; see :mod:`rnnkit.cells.lstm` and :mod:`rnnkit.cells.greff` for
+    equations and parameter layout): ``peephole``, ``norm='layer'|'batch'`` (``max_len``),
+    ``forget_bias``, and Greff et al.'s ablations ``input_gate``, ``forget_gate``,
+    ``output_gate``, ``input_activation``, ``output_activation``, ``coupled_gates``,
+    ``full_gate_recurrence`` (whose state is ``(h, c, gates)``).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -89,6 +96,9 @@ class GRU(RecurrentStack):
 
         r, z = σ(W_i· x_t + b_i· + W_h· h_{t-1} + b_h·)
         n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn));  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+    Cell options (see :mod:`rnnkit.cells.gru`): ``reset_after=False`` (Cho et al. 2014),
+    ``norm='layer'``, ``variant='mut1'|'mut2'|'mut3'`` (Jozefowicz et al. 2015).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
