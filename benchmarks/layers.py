@@ -55,6 +55,27 @@ CASES += [
 ]
 # Layout keywords that the torch.nn contestant gets too (everything else is rnnkit-only).
 LAYOUT = ("num_layers", "bidirectional", "batch_first", "proj_size", "dropout")
+# The cell zoo (issue 3): every option of rnnkit.cells, on the reference loop until the
+# fused-path issue gives them kernels.
+CASES += [
+    ("lstm-peephole", "lstm", {"peephole": True}),
+    ("lstm-layernorm", "lstm", {"norm": "layer"}),
+    ("lstm-batchnorm", "lstm", {"norm": "batch"}),
+    ("lstm-forget_bias", "lstm", {"forget_bias": 1.0}),
+    ("lstm-nig", "lstm", {"input_gate": False}),
+    ("lstm-nfg", "lstm", {"forget_gate": False}),
+    ("lstm-nog", "lstm", {"output_gate": False}),
+    ("lstm-niaf", "lstm", {"input_activation": False}),
+    ("lstm-noaf", "lstm", {"output_activation": False}),
+    ("lstm-cifg", "lstm", {"coupled_gates": True}),
+    ("lstm-fgr", "lstm", {"full_gate_recurrence": True}),
+    ("gru-reset_before", "gru", {"reset_after": False}),
+    ("gru-layernorm", "gru", {"norm": "layer"}),
+    ("gru-mut1", "gru", {"variant": "mut1"}),
+    ("gru-mut2", "gru", {"variant": "mut2"}),
+    ("gru-mut3", "gru", {"variant": "mut3"}),
+    ("rnn-layernorm", "rnn", {"norm": "layer"}),
+]
 
 
 def _timer(fn: Callable[[nn.Module], object], m: nn.Module) -> float:

@@ -45,7 +45,8 @@ class RNN(RecurrentStack):
     """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU).
 
     Drop-in for :class:`torch.nn.RNN`; extra keywords select cell options (see the README's
-    table of cells) and layer options (regularizers).
+    table of cells) and layer options (regularizers). Cell option: ``norm='layer'`` (Ba et al.
+    2016), see :mod:`rnnkit.cells.rnn`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -71,6 +72,12 @@ class LSTM(RecurrentStack):
 
     ``hx`` is a tuple ``(h_0, c_0)``; ``c_0`` has ``hidden_size`` features, ``h_0``
     ``proj_size or hidden_size``. Returns ``output, (h_n, c_n)``.
+
+    Cell options (keywords; see :mod:`rnnkit.cells.lstm` and :mod:`rnnkit.cells.greff` for
+    equations and parameter layout): ``peephole``, ``norm='layer'|'batch'`` (``max_len``),
+    ``forget_bias``, and Greff et al.'s ablations ``input_gate``, ``forget_gate``,
+    ``output_gate``, ``input_activation``, ``output_activation``, ``coupled_gates``,
+    ``full_gate_recurrence`` (whose state is ``(h, c, gates)``).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -92,6 +99,9 @@ class GRU(RecurrentStack):
 
         r, z = σ(W_i· x_t + b_i· + W_h· h_{t-1} + b_h·)
         n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn));  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+    Cell options (see :mod:`rnnkit.cells.gru`): ``reset_after=False`` (Cho et al. 2014),
+    ``norm='layer'``, ``variant='mut1'|'mut2'|'mut3'`` (Jozefowicz et al. 2015).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -148,8 +158,11 @@ class StepCell(nn.Module):
         self.zoneout = zoneout
         self.zoneout_probs = regularizers.zoneout_probs(zoneout, cell.state_names)
         for spec in cell.param_specs():
-            t = nn.Parameter(torch.empty(spec.shape, device=device, dtype=dtype))
-            self.register_parameter(spec.name, t)
+            t = torch.empty(spec.shape, device=device, dtype=dtype)
+            if spec.buffer:  # running statistics (recurrent batch norm)
+                self.register_buffer(spec.name, t)
+            else:
+                self.register_parameter(spec.name, nn.Parameter(t))
         self.reset_parameters()
 
     @classmethod
@@ -208,7 +221,10 @@ class StepCell(nn.Module):
         p = {n: w * masks.weights[n] if n in masks.weights else w for n, w in p.items()}
         return p, masks.recurrent
 
-    def forward(self, input: Tensor, hx=None, masks: StepMasks | None = None):
+    def forward(self, input: Tensor, hx=None, masks: StepMasks | None = None, *, step: int = 0):
+        """One step. rnnkit extras: ``masks`` (from :meth:`sample_masks`) for recurrent dropout
+        and weight-drop in training; ``step``, the time index, for cells whose math depends on
+        it (``norm='batch'`` uses that step's running statistics)."""
         _checks.check_tensor(input, "input")
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")
@@ -233,7 +249,7 @@ class StepCell(nn.Module):
             )
             new = tuple(out) if mode == "LSTM" else (out,)
         else:
-            ctx = StepContext(training=self.training, recurrent_mask=rec)
+            ctx = StepContext(t=step, training=self.training, recurrent_mask=rec, extra={"step": step})
             new = self.cell.step(p, self.cell.project_input(p, x), state, ctx)
         if any(self.zoneout_probs):
             new = self._zoneout(state, new, like=x)
