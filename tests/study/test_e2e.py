@@ -29,9 +29,9 @@ def check_outputs(out, res, n_runs, archs):
 
 def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "j"
-    archs = ["Tanh", "LSTM"]
+    archs = ["Tanh", "LSTM", "MUT1"]
     res = run_study("jozefowicz", out, steps=3, seeds=1, archs=archs, settings=TINY_ARITH, progress=False)
-    check_outputs(out, res, 2, archs)
+    check_outputs(out, res, 3, archs)
     rec = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
     assert rec["steps"] == 3 and rec["hidden"] == 8 and 0 <= rec["metric"] <= 1
     assert [c[1] for c in rec["curve"]] == [0, 1, 2, 3]  # step 0, then every steps // n_evals
@@ -40,7 +40,7 @@ def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
     real = runner.fit
     monkeypatch.setattr(runner, "fit", lambda st, spec, *a: calls.append(spec.key) or real(st, spec, *a))
     res2 = run_study("jozefowicz", out, seeds=2, progress=False)
-    assert calls == ["Tanh#1", "LSTM#1"] and res2["skipped"] == 2 and len(res2["records"]) == 4
+    assert calls == ["Tanh#1", "LSTM#1", "MUT1#1"] and res2["skipped"] == 3 and len(res2["records"]) == 6
     # the hyperparameters of a trial are shared by every architecture
     by = {r["key"]: r["hparams"] for r in res2["records"]}
     assert by["Tanh#1"] == by["LSTM#1"] != by["LSTM#0"]
@@ -56,7 +56,9 @@ def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
         run_study("chung", out)
 
 
-@pytest.mark.parametrize("name, archs", [("greff", ["NP"]), ("chung", ["Tanh", "GRU", "LSTM"])])
+@pytest.mark.parametrize(
+    "name, archs", [("greff", ["V", "NFG", "NP", "CIFG"]), ("chung", ["Tanh", "GRU", "LSTM"])]
+)
 def test_music_studies_end_to_end(tmp_path, tiny_rolls, name, archs):
     out = tmp_path / name
     res = run_study(

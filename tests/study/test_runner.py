@@ -68,3 +68,39 @@ def test_summary_table_round_trip():
     with pytest.raises(ValueError, match="no Markdown table"):
         report.parse_table("no table here")
     json.dumps(rows)  # plain data
+
+
+@pytest.mark.parametrize("name", ["jozefowicz", "greff", "chung", "memory"])
+def test_every_architecture_builds_and_runs(name):
+    import torch
+
+    from rnnkit.study.studies import SeqModel
+
+    study = get_study(name)
+    for arch in study.archs:
+        m = SeqModel({**arch.config, "hidden": 4}, 3, 2)
+        assert m(torch.randn(5, 2, 3)).shape == (5, 2, 2), arch.name
+
+
+def test_greff_variants_change_one_thing_of_the_peephole_lstm():
+    from rnnkit.study.studies import SeqModel
+
+    study = get_study("greff")
+    names = {a.name: {n for n, _ in SeqModel({**a.config, "hidden": 4}, 3, 2).named_parameters()}
+             for a in study.archs}  # fmt: skip
+    rows = {a.name: SeqModel({**a.config, "hidden": 4}, 3, 2).rnn.weight_ih_l0.shape[0] for a in study.archs}
+    assert any("peephole" in n for n in names["V"]) and not any("peephole" in n for n in names["NP"])
+    assert all(
+        any("peephole" in n for n in names[v]) for v in ("NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG", "FGR")
+    )
+    assert rows == {
+        "V": 16,
+        "NIG": 12,
+        "NFG": 12,
+        "NOG": 12,
+        "NIAF": 16,
+        "NOAF": 16,
+        "NP": 16,
+        "CIFG": 12,
+        "FGR": 16,
+    }
