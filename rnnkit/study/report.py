@@ -120,7 +120,7 @@ def _save(fig, path: Path) -> Path:
 
 def box_plot(study: Study, rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Greff-style box plot of every architecture's test metric (see the module docstring)."""
-    fig = _figure(max(4.0, 0.75 * len(rows) + 1.5), 4.2)
+    fig = _figure(max(5.0, 0.75 * len(rows) + 1.5), 4.2)
     ax = fig.add_subplot(1, 1, 1)
     data = [np.asarray(r["values"]) for r in rows]
     bp = ax.boxplot(data, whis=(0, 100), patch_artist=True, widths=0.6, showfliers=False,
@@ -137,19 +137,21 @@ def box_plot(study: Study, rows: list[dict], path: str | os.PathLike, title: str
             ax.plot(i, paper, "x", color="green", ms=8, mew=2)
     ax.set_xticks(range(1, len(rows) + 1), [r["arch"] for r in rows], rotation=30 if len(rows) > 6 else 0)
     ax.set_ylabel(_LABELS.get(study.metric, study.metric))
-    ax.set_title(title or study.title, fontsize=10)
+    ax.set_title(title or study.title, fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     return _save(fig, Path(path))
 
 
 def curve_plot(study: Study, records: list[dict], path: str | os.PathLike) -> Path:
-    """Validation metric vs training wall-clock, one line per run, one colour per architecture."""
+    """Validation metric vs training wall-clock (from the first evaluation on), one line per
+    run, one colour per architecture."""
     fig = _figure(6.0, 4.2)
     ax = fig.add_subplot(1, 1, 1)
     colors = {a.name: f"C{i}" for i, a in enumerate(study.archs)}
     seen = set()
     for r in sorted(records, key=lambda r: (r["arch"], r["trial"])):
-        pts = [(t, v) for t, _, v in r.get("curve", []) if v is not None and math.isfinite(v)]
+        # from the first evaluation after step 0 on: the untrained model's loss would set the scale
+        pts = [(t, v) for t, k, v in r.get("curve", []) if k > 0 and v is not None and math.isfinite(v)]
         if not pts:
             continue
         label = r["arch"] if r["arch"] not in seen else None
