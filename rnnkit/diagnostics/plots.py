@@ -152,8 +152,9 @@ def plot_power_iteration(pi: PowerIteration, path, title: str = "W_hh") -> str:
     ref = pi.angles[0] * pi.rate**k
     left.semilogy(k, _positive(ref), "k--", label=f"|λ₂/λ₁|^k, ratio {pi.rate:.2f}")
     left.set_xlabel("iteration k of h ← W h / ‖W h‖")
-    kind = "complex pair" if pi.subspace.shape[1] == 2 else "real"
-    left.set_title(f"power iteration on {title}: λ₁ = {pi.eigenvalues[0]:.2f} ({kind})", fontsize=9)
+    lam = pi.eigenvalues[0]
+    lam_s = f"{lam:.2f} (complex pair)" if pi.subspace.shape[1] == 2 else f"{lam.real:.2f}"
+    left.set_title(f"power iteration on {title}: λ₁ = {lam_s}", fontsize=9)
     left.legend(fontsize=7)
     left.grid(True, alpha=0.3)
     lim = np.abs(pi.iterates).max()
@@ -162,7 +163,10 @@ def plot_power_iteration(pi: PowerIteration, path, title: str = "W_hh") -> str:
     )
     right.set_xlabel("iteration k")
     right.set_ylabel("unit")
-    right.set_title("iterates h_k (converge to the eigenvector's pattern)", fontsize=9)
+    if pi.subspace.shape[1] == 2:
+        right.set_title("iterates h_k: rotate inside the dominant eigen-plane", fontsize=9)
+    else:
+        right.set_title("iterates h_k: converge to ±the dominant eigenvector", fontsize=9)
     fig.colorbar(im, ax=right)
     return _save(fig, path)
 
@@ -218,8 +222,9 @@ def plot_activity(
             ax.tick_params(labelsize=6)
             fig.colorbar(im, ax=ax, fraction=0.04)
         axes[-1][c].set_xlabel("time step")
-        if act.note:
-            axes[-1][c].text(0.0, -0.45, act.note, transform=axes[-1][c].transAxes, fontsize=7)
+        if act.note:  # in the top title: text below the last axes would collide with its label
+            top = axes[0][c]
+            top.set_title(f"{top.get_title()}  ({act.note})", fontsize=8)
     return _save(fig, path)
 
 

@@ -266,8 +266,8 @@ def _run(args: argparse.Namespace) -> int:
     files.append(plots.plot_power_iteration(pi, out / "power_iteration.png", title=f"{label} {block}"))
     lines.append("")
     lines.append(
-        f"power iteration on {label} {block}: λ₁ = {pi.eigenvalues[0]:.3f}, |λ₂/λ₁| = {pi.rate:.3f}, "
-        f"sin∠ after {len(pi.angles) - 1} steps: {pi.angles[-1]:.2e}"
+        f"power iteration on {label} {block}: λ₁ = {_fmt_complex(pi.eigenvalues[0])}, "
+        f"|λ₂/λ₁| = {pi.rate:.3f}, sin∠ after {len(pi.angles) - 1} steps: {pi.angles[-1]:.2e}"
     )
     result = {"snapshots": {m: {s: _snap_json(sn) for s, sn in per.items()} for m, per in snaps.items()}}
     if not args.no_horizon and not args.checkpoint:
@@ -284,6 +284,10 @@ def _run(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     print(text, end="")
     return 0
+
+
+def _fmt_complex(z: complex) -> str:
+    return f"{z.real:.3f}" if z.imag == 0 else f"{z:.3f}"
 
 
 def _snap_json(sn: Snapshot) -> dict:
