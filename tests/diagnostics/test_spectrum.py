@@ -67,9 +67,18 @@ def test_jacobian_of_elman_rnn_is_diag_act_prime_times_w(nonlin):
     assert names == ("h",)
     W = m.weight_hh_l0.detach().numpy()
     h = out[:, 1].detach().numpy()
+    Js = []
     for t in range(6):
         d = 1 - h[t] ** 2 if nonlin == "tanh" else (h[t] > 0).astype(float)
-        np.testing.assert_allclose(jacs[t], np.diag(d) @ W, atol=1e-12)
+        Js.append(np.diag(d) @ W)
+        np.testing.assert_allclose(jacs[t], Js[-1], atol=1e-12)
+    # product norms: ‖J_5 J_4 ⋯ J_(6-k)‖ (the order backpropagation applies them; not commutative)
+    js = jacobian_spectrum(m, x, sample=1)
+    for k in range(1, 7):
+        P = np.eye(4)
+        for J in Js[6 - k :]:
+            P = J @ P
+        np.testing.assert_allclose(js.product_norms[k - 1], np.linalg.norm(P, 2), rtol=1e-10)
 
 
 def test_jacobian_of_lstm_matches_torch_cell_and_reverse_direction():
