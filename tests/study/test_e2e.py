@@ -126,3 +126,15 @@ def test_bad_arguments(tmp_path):
         run_study("jozefowicz", tmp_path, archs=["LSTN"])
     with pytest.raises(ValueError, match="unknown study"):
         run_study("nope", tmp_path)
+
+
+def test_memory_end_to_end(tmp_path):
+    pytest.importorskip("rnnkit.diagnostics.memory")
+    out = tmp_path / "memory"
+    tiny = {"hidden_size": 4, "batch": 4, "lags": [2, 3], "tasks": ["copy", "plus_one"]}
+    res = run_study("memory", out, steps=3, seeds=1, archs=["Tanh", "LSTM"], settings=tiny, progress=False)
+    check_outputs(out, res, 2, ["Tanh", "LSTM"])
+    for r in res["records"]:
+        assert set(r["horizons"]) == {"copy", "plus_one"} and r["metric"] in (0, 1, 1.5, 2, 2.5, 3)
+        assert r["metric"] == sum(r["horizons"].values()) / 2
+        assert {row["lag"] for row in r["lags"]} <= {2, 3}
