@@ -20,6 +20,7 @@ from rnnkit.cli.common import (
     add_run_arguments,
     device_of,
     echo,
+    final_validation,
     find_run_dir,
     finish,
     load_model_weights,
@@ -176,7 +177,6 @@ def _valid_batches(ids: torch.Tensor, batch_size: int, seq_len: int):
 
 def train_charlm(args: argparse.Namespace) -> int:
     from rnnkit.data import bptt_batches
-    from rnnkit.train import evaluate_lm
 
     charlm, CharVocab, *_ = _charlm()
     train_text, valid_text, source = _load_text(args.data, args.cache_dir)
@@ -223,8 +223,8 @@ def train_charlm(args: argparse.Namespace) -> int:
         scheduler = BudgetLR(opt, lambda q: charlm.lr_at(recipe, q), progress)
     trainer = make_trainer(args, model, opt, scheduler=scheduler, batch_first=True)
     result = trainer.fit(train, valid)
-    nats = evaluate_lm(model, valid_ids, batch_size=valid.batch_size, seq_len=valid.seq_len, batch_first=True)
-    finish(args, result, {"valid_nats_per_char": nats, "valid_bits_per_char": nats / LN2})
+    nats = final_validation(args, trainer, valid)  # the whole validation text, state carried
+    finish(args, trainer, result, {"valid_nats_per_char": nats, "valid_bits_per_char": nats / LN2})
     return 0
 
 

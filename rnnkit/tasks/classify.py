@@ -175,10 +175,14 @@ def step_fn(model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, None]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
+    from rnnkit.train import move_to
+
     model.eval()
+    dev = next(model.parameters()).device
     preds, gold = [], []
     for batch in data:
+        batch = move_to(batch, dev)
         logits, _ = model(batch[0], None, lengths=getattr(batch, "lengths", None))
-        preds.append(logits.argmax(-1))
-        gold.append(batch[1])
+        preds.append(logits.argmax(-1).cpu())
+        gold.append(batch[1].cpu())
     return {"valid_accuracy": accuracy(torch.cat(preds), torch.cat(gold))}

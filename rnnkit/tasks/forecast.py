@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -169,7 +170,8 @@ def rolling_forecasts(model: Forecaster, s: Series, window: int, horizon: int) -
     model.eval()
     z = s.norm(s.values)
     ctx = torch.stack([z[t - window : t] for t in origins(s, horizon)])[..., None]
-    return s.denorm(model.forecast(ctx, horizon)[..., 0])
+    ctx = ctx.to(next(model.parameters()).device)
+    return s.denorm(model.forecast(ctx, horizon)[..., 0].cpu())
 
 
 def truth(s: Series, horizon: int) -> Tensor:
@@ -197,7 +199,7 @@ def arima_forecasts(s: Series, horizon: int, order: tuple[int, int, int]) -> Ten
             full.get_prediction(start=t, end=t + horizon - 1, dynamic=True).predicted_mean
             for t in origins(s, horizon)
         ]
-    return torch.tensor(rows, dtype=torch.float32)
+    return torch.from_numpy(np.stack(rows)).float()
 
 
 def rmse(pred: Tensor, target: Tensor) -> float:

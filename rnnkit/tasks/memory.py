@@ -177,7 +177,8 @@ def loss_fn(task: str):
 def evaluate(task: MemoryTask, model: nn.Module, batch_size: int = 256) -> dict[str, float]:
     """The task's metric on the validation set (model in eval mode)."""
     model.eval()
-    x, y = task.valid
+    dev = next(model.parameters()).device
+    x, y = task.valid[0].to(dev), task.valid[1].to(dev)
     outs = [model(x[i : i + batch_size])[0] for i in range(0, len(x), batch_size)]
     out = torch.cat(outs)
     if task.name == "adding":

@@ -189,5 +189,5 @@ def exact_match(
         src, tgt, lengths = collate(chunk)
         max_len = tgt.shape[1] + 2
         preds = greedy_decode(model, src.to(device), lengths, max_len)
-        right += sum(p == t[:-1].tolist() for p, (_, t) in zip(preds, chunk))
+        right += sum(p == t[:-1].tolist() for p, (_, t) in zip(preds, chunk, strict=True))
     return right / len(items)

@@ -129,9 +129,13 @@ def step_fn(model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, None]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
+    from rnnkit.train import move_to
+
     model.eval()
+    dev = next(model.parameters()).device
     right = total = 0
     for b in data:
+        b = move_to(b, dev)
         logits, _ = model(b.inputs, None, lengths=b.lengths)
         keep = b.targets != -100
         right += int((logits.argmax(-1)[keep] == b.targets[keep]).sum())
