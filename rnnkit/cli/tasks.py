@@ -22,7 +22,6 @@ from rnnkit.cli.common import (
     positive_int,
     prepare_out,
     require,
-    warn,
 )
 
 __all__ = ["add_train_parsers"]
@@ -72,7 +71,10 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=positive_int, default=24, help="context length (default 24)")
     p.add_argument("--horizon", type=positive_int, default=12, help="steps forecast (default 12)")
     p.add_argument(
-        "--arima-order", default="3,0,0", metavar="P,D,Q", help="ARIMA baseline order (default 3,0,0)"
+        "--arima-order",
+        default="3,0,0",
+        metavar="P,D,Q",
+        help="ARIMA baseline order, or none (default 3,0,0)",
     )
     _add_sampling(p, "inverse_sigmoid")
     add_arch_arguments(p, hidden=64, layers=1)
@@ -166,11 +168,16 @@ def train_forecast(args: argparse.Namespace) -> int:
     from rnnkit.tasks import forecast as F
 
     values, source = F.load_series(args.data, args.column)
-    try:
-        order = tuple(int(v) for v in args.arima_order.split(","))
-        assert len(order) == 3
-    except (ValueError, AssertionError):
-        raise ValueError(f"--arima-order expects P,D,Q (three integers), got {args.arima_order!r}") from None
+    order = None
+    if args.arima_order.lower() != "none":
+        try:
+            order = tuple(int(v) for v in args.arima_order.split(","))
+        except ValueError:
+            order = ()
+        if len(order) != 3 or min(order) < 0:
+            raise ValueError(
+                f"--arima-order expects P,D,Q (three integers >= 0) or none, got {args.arima_order!r}"
+            )
     s = F.Series.split(values, args.window, args.horizon)
     run = prepare_out(
         args,
@@ -211,11 +218,9 @@ def train_forecast(args: argparse.Namespace) -> int:
         "rnnkit": F.rolling_forecasts(model, s, args.window, args.horizon),
         "persistence": F.persistence(s, args.horizon),
     }
-    try:
-        require("statsmodels", "the ARIMA baseline")
+    if order is not None:
+        require("statsmodels", "the ARIMA baseline (or pass --arima-order none)")
         preds["ARIMA" + str(order)] = F.arima_forecasts(s, args.horizon, order)
-    except Exception as e:  # the baseline is optional: report and carry on
-        warn(f"ARIMA baseline skipped: {' '.join(str(e).split())}")
     metrics = {f"test_rmse_{k.split('(')[0].lower()}": F.rmse(v, target) for k, v in preds.items()}
     metrics["test_origins"] = len(target)
     F.plot_forecast(

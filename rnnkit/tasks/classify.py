@@ -104,7 +104,7 @@ def load_classification(
         except ImportError:
             raise ImportError("--data digits needs scikit-learn: pip install 'rnnkit[tasks]'") from None
         d = load_digits()
-        x = torch.tensor(d.images, dtype=torch.float32) / 16.0  # (N, 8 rows, 8 columns)
+        x = torch.tensor(d.images, dtype=torch.get_default_dtype()) / 16.0  # (N, 8 rows, 8 columns)
         y = torch.tensor(d.target, dtype=torch.long)
         tr, va = _split(len(x), valid_fraction, seed)
         return ClassifyData(

@@ -48,7 +48,7 @@ def load_series(data: str, column: str | None = None) -> tuple[Tensor, str]:
         except ImportError:
             raise ImportError("--data sunspots needs statsmodels: pip install 'rnnkit[tasks]'") from None
         values = sunspots.load_pandas().data["SUNACTIVITY"].to_numpy()
-        return torch.tensor(values, dtype=torch.float32), "sunspots (statsmodels, yearly)"
+        return torch.tensor(values, dtype=torch.get_default_dtype()), "sunspots (statsmodels, yearly)"
     p = Path(data)
     if not p.is_file():
         raise FileNotFoundError(f"--data {data!r}: no such file (or use --data sunspots)")
@@ -67,7 +67,7 @@ def load_series(data: str, column: str | None = None) -> tuple[Tensor, str]:
                     raise ValueError(f"{data}:{i}: {column}={row[column]!r} is not a number") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"{data} is not valid UTF-8 (byte {e.start})") from None
-    return torch.tensor(out, dtype=torch.float32), f"{p.name}:{column}"
+    return torch.tensor(out, dtype=torch.get_default_dtype()), f"{p.name}:{column}"
 
 
 @dataclass
@@ -199,7 +199,7 @@ def arima_forecasts(s: Series, horizon: int, order: tuple[int, int, int]) -> Ten
             full.get_prediction(start=t, end=t + horizon - 1, dynamic=True).predicted_mean
             for t in origins(s, horizon)
         ]
-    return torch.from_numpy(np.stack(rows)).float()
+    return torch.from_numpy(np.stack(rows)).to(s.values.dtype)
 
 
 def rmse(pred: Tensor, target: Tensor) -> float:

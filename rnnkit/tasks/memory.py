@@ -49,7 +49,7 @@ def _copy_memory(n: int, lag: int, n_symbols: int, n_copy: int, seed: int) -> tu
 
 def _plus_one(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
     p = 1.0 - 0.5 ** (1.0 / length)  # P(no 1 in the sequence) = 1/2
-    x = (torch.rand(n, length, 1, generator=_gen(seed)) < p).float()
+    x = (torch.rand(n, length, 1, generator=_gen(seed)) < p).to(torch.get_default_dtype())
     return x, (x.sum((1, 2)) > 0).long()
 
 
