@@ -48,6 +48,28 @@ def arch_names() -> list[str]:
     return [*fams, "tcn", *(f"conv-{f}" for f in fams)]
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def probability(text: str) -> float:
+    """argparse type: a float in [0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {v}")
+    return v
+
+
 def parse_opt(text: str) -> tuple[str, Any]:
     """``"norm=layer"`` -> ``("norm", "layer")``; values are Python literals when they parse."""
     if "=" not in text:
@@ -68,18 +90,24 @@ def add_arch_arguments(
         "--arch", "--cell", dest="cell", default=cell, metavar="ARCH",
         help=f"{', '.join(arch_names())} (default {cell})",
     )  # fmt: skip
-    g.add_argument("--hidden", type=int, default=hidden, help=f"hidden units per layer (default {hidden})")
-    g.add_argument("--layers", type=int, default=layers, help=f"recurrent layers (default {layers})")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout between layers (torch semantics)")
+    g.add_argument(
+        "--hidden", type=positive_int, default=hidden, help=f"hidden units per layer (default {hidden})"
+    )
+    g.add_argument("--layers", type=positive_int, default=layers, help=f"recurrent layers (default {layers})")
+    g.add_argument(
+        "--dropout", type=probability, default=0.0, help="dropout between layers (torch semantics)"
+    )
     g.add_argument(
         "--opt", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
         help="any cell or layer option, e.g. --opt peephole=True --opt norm=layer --opt zoneout=0.1",
     )  # fmt: skip
-    g.add_argument("--kernel-size", type=int, default=3, help="tcn / conv front end kernel size (default 3)")
     g.add_argument(
-        "--conv-channels", type=int, default=None, help="conv front end channels (default: --hidden)"
+        "--kernel-size", type=positive_int, default=3, help="tcn / conv front end kernel size (default 3)"
     )
-    g.add_argument("--conv-layers", type=int, default=1, help="conv front end layers (default 1)")
+    g.add_argument(
+        "--conv-channels", type=positive_int, default=None, help="conv front end channels (default: --hidden)"
+    )
+    g.add_argument("--conv-layers", type=positive_int, default=1, help="conv front end layers (default 1)")
 
 
 def arch_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnkit.arch import positive_int
 from rnnkit.cli import CLIError
 
 __all__ = [
@@ -29,16 +30,6 @@ __all__ = [
 ]
 
 RUN_FILE = "run.json"
-
-
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def positive_float(text: str) -> float:

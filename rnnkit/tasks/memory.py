@@ -90,10 +90,11 @@ def arith_greedy(model: nn.Module, x: Tensor, y: Tensor, digits: int) -> Tensor:
     q = 2 * digits + 2
     logits, state = model(x[:, :q])
     tok, outs = logits[:, -1].argmax(-1), []
-    for _ in range(digits + 1):
+    for i in range(digits + 1):
         outs.append(tok)
-        logits, state = model(tok[:, None], state)
-        tok = logits[:, -1].argmax(-1)
+        if i < digits:
+            logits, state = model(tok[:, None], state)
+            tok = logits[:, -1].argmax(-1)
     return torch.stack(outs, 1)
 
 
