@@ -4,6 +4,11 @@
   the configuration is exactly a ``torch.nn`` one: same numbers, same speed as ``torch.nn``.
 * ``"loop"`` — the reference loop of :mod:`rnnkit.loop`, correct for every cell and option.
 
+Regularizers (:mod:`rnnkit.regularizers`) reach every path through the call's ``plan``:
+weight-dropped ``W_hh`` go into the weights a path receives (so weight-drop alone still runs
+on torch's kernels), locked dropout between layers runs torch's kernel layer by layer, and
+recurrent dropout and zoneout need the reference loop (``needs_custom_loop``).
+
 ``impl="auto"`` (every layer's default) picks the first that applies; a layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 """
@@ -12,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import _VF, Tensor
 
 from . import _checks
 from .cells.base import State, StepContext
 from .loop import run_direction as loop_direction
+from .regularizers import CallPlan, apply_sequence_mask
 
 IMPLS = ("auto", "torch", "loop")
 _TORCH_FNS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
@@ -44,19 +51,47 @@ def select(module, x: Tensor) -> str:
     return module.impl
 
 
-def run_torch(module, x: Tensor, batch_sizes: Tensor | None, state: State, batch_first: bool):
-    """Whole stack on torch's kernel; returns ``(output, final_state_tuple)``."""
+def run_torch(
+    module,
+    x: Tensor,
+    batch_sizes: Tensor | None,
+    state: State,
+    batch_first: bool,
+    plan: CallPlan | None = None,
+):
+    """Whole stack on torch's kernel; returns ``(output, final_state_tuple)``.
+
+    With a ``plan``, its (weight-dropped) tensors replace the parameters; with locked dropout
+    the stack runs one layer per kernel call and the locked mask is applied in between."""
     mode = torch_mode(module)
     fn = _TORCH_FNS[mode]  # type: ignore[index]
+    L, D = module.num_layers, module.num_directions
+    if plan is None:
+        weights = module.flat_weights()
+    else:
+        weights = [w for per_layer in plan.params for p in per_layer for w in p.values()]
+    locked = plan is not None and any(m is not None for m in plan.locked)
+    if not locked:
+        return _torch_call(fn, mode, module, x, batch_sizes, state, batch_first, weights, L)
+    per_layer = len(weights) // L
+    finals: list[list[Tensor]] = [[] for _ in state]
+    for k in range(L):
+        st = tuple(s[k * D : (k + 1) * D] for s in state)
+        w = weights[k * per_layer : (k + 1) * per_layer]
+        x, fin = _torch_call(fn, mode, module, x, batch_sizes, st, batch_first, w, 1)
+        for i, f in enumerate(fin):
+            finals[i].append(f)
+        if k < L - 1:
+            if module.dropout and module.training:
+                x = torch.nn.functional.dropout(x, module.dropout, True)
+            if plan.locked[k] is not None:
+                x = apply_sequence_mask(x, plan.locked[k], batch_sizes, batch_first)
+    return x, tuple(torch.cat(f) for f in finals)
+
+
+def _torch_call(fn, mode, module, x, batch_sizes, state, batch_first, weights, num_layers):
     hx = state if mode == "LSTM" else state[0]
-    args = (
-        module.flat_weights(),
-        module.bias,
-        module.num_layers,
-        module.dropout,
-        module.training,
-        module.bidirectional,
-    )
+    args = (weights, module.bias, num_layers, module.dropout, module.training, module.bidirectional)
     if batch_sizes is None:
         res = fn(x, hx, *args, batch_first)
     else:
@@ -72,10 +107,18 @@ def run_direction(
     data: Tensor,
     batch_sizes: Sequence[int],
     h0: State,
+    plan: CallPlan | None = None,
 ) -> tuple[Tensor, State]:
     """One layer-direction over packed time-major ``data`` ``(sum(batch_sizes), I)``."""
     cell = module.cells[layer]
-    p = module.layer_params(layer, direction)
+    if plan is None:
+        p, rec, zmasks = module.layer_params(layer, direction), None, None
+    else:
+        p = plan.params[layer][direction]
+        rec, zmasks = plan.recurrent[layer][direction], plan.zoneout[layer][direction]
     xp = cell.project_input(p, data)
-    ctx = StepContext(training=module.training)
-    return loop_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1, ctx=ctx)
+    ctx = StepContext(training=module.training, recurrent_mask=rec)
+    zoneout = module.zoneout_probs[layer]
+    return loop_direction(
+        cell, p, xp, batch_sizes, h0, reverse=direction == 1, ctx=ctx, zoneout=zoneout, zoneout_masks=zmasks
+    )
