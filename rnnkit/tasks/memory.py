@@ -11,7 +11,8 @@
   ``"04690"``; the model is trained as a language model on the answer characters and
   scored by exact match of its greedy (free-running) answer.
 
-Every generator is deterministic in ``seed`` (its own ``torch.Generator``).
+The first three generators are :mod:`rnnkit.datasets.synthetic`'s; every generator is
+deterministic in ``seed`` (its own ``torch.Generator``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.datasets import synthetic
 from rnnkit.tasks._common import SequenceNet, accuracy
 
 __all__ = ["MemoryTask", "TASKS", "make_task", "arith", "ARITH_VOCAB", "arith_greedy", "memory_model"]
@@ -36,30 +38,15 @@ def _gen(seed: int) -> torch.Generator:
 
 
 def _copy_memory(n: int, lag: int, n_symbols: int, n_copy: int, seed: int) -> tuple[Tensor, Tensor]:
-    # blank 0, delimiter 1, symbols 2..n_symbols+1; length lag + 2 n_copy
-    L = lag + 2 * n_copy
-    syms = torch.randint(2, n_symbols + 2, (n, n_copy), generator=_gen(seed))
-    x = torch.zeros(n, L, dtype=torch.long)
-    x[:, :n_copy] = syms
-    x[:, lag + n_copy - 1] = 1
-    y = torch.zeros(n, L, dtype=torch.long)
-    y[:, -n_copy:] = syms
-    return x, y
+    return synthetic.copy_memory(n, lag, n_symbols=n_symbols, n_copy=n_copy, seed=seed)
 
 
 def _plus_one(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
-    p = 1.0 - 0.5 ** (1.0 / length)  # P(no 1 in the sequence) = 1/2
-    x = (torch.rand(n, length, 1, generator=_gen(seed)) < p).to(torch.get_default_dtype())
-    return x, (x.sum((1, 2)) > 0).long()
+    return synthetic.plus_one(n, length, seed=seed)  # balanced p; default dtype
 
 
 def _adding(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
-    g, half, rows = _gen(seed), length // 2, torch.arange(n)
-    values = torch.rand(n, length, generator=g)
-    first, second = torch.randint(0, half, (n,), generator=g), torch.randint(half, length, (n,), generator=g)
-    markers = torch.zeros(n, length)
-    markers[rows, first] = markers[rows, second] = 1.0
-    return torch.stack([values, markers], -1), values[rows, first] + values[rows, second]
+    return synthetic.adding(n, length, seed=seed)
 
 
 def arith(n: int, digits: int, seed: int = 0) -> tuple[Tensor, Tensor]:

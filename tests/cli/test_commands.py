@@ -143,3 +143,9 @@ def test_existing_run_needs_resume(cli, tmp_path):
     assert cli(*args).rc == 0
     r = cli(*args)
     assert r.rc == 1 and "pass --resume" in r.err
+
+
+def test_diagnose_is_wired(cli):
+    pytest.importorskip("rnnkit.diagnostics")
+    r = cli("diagnose", "--help")
+    assert r.rc == 0 and "--variants" in r.out
