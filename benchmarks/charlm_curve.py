@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -154,11 +155,13 @@ def main(argv: list[str] | None = None) -> None:
             val = evaluate(model, valid_ids, args.eval_streams)
             r = {"minutes": train_s / 60, "tokens": tokens, "val": val,
                  "tok_s": tokens / max(train_s, 1e-9), "train_ema": loss_ema,
-                 "eval_s": time.perf_counter() - t0, "mark": mark}  # fmt: skip
+                 "eval_s": time.perf_counter() - t0, "mark": mark,
+                 "load1": os.getloadavg()[0]}  # fmt: skip
             results.append(r)
             print(
                 f"mark={mark:g} min={r['minutes']:.2f} tokens={tokens} val={val:.4f} "
-                f"train~{loss_ema or math.nan:.3f} tok/s={r['tok_s']:.0f} eval={r['eval_s']:.1f}s",
+                f"train~{loss_ema or math.nan:.3f} tok/s={r['tok_s']:.0f} eval={r['eval_s']:.1f}s "
+                f"load1={r['load1']:.1f}",
                 flush=True,
             )
             if not marks:
