@@ -22,3 +22,6 @@ __all__ = [
     "RecurrentInputError",
     "detach_state",
 ]
+from .parallel import LRU, QRNN, MinGRU, MinLSTM  # noqa: E402  (time-parallel layers, issue 10)
+
+__all__ += ["MinGRU", "MinLSTM", "QRNN", "LRU"]

@@ -57,36 +57,43 @@ void bwd_kernel(const scalar_t* __restrict__ G, const scalar_t* __restrict__ A,
                 int64_t T, int64_t N, bool reverse) {
   at::parallel_for(0, N, grain_for(N), [&](int64_t lo, int64_t hi) {
     for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = reverse ? s : T - 1 - s;           // opposite order to the forward
-      const int64_t tn = reverse ? t - 1 : t + 1;          // the forward's next step
-      const int64_t tp = reverse ? t + 1 : t - 1;          // the forward's previous step
+      const int64_t t = reverse ? s : T - 1 - s;  // opposite order to the forward
+      const bool first = s == T - 1;              // the forward's first step
       const scalar_t* __restrict__ gt = G + t * N;
+      const scalar_t* __restrict__ an = s == 0 ? nullptr : A + (reverse ? t - 1 : t + 1) * N;
+      const scalar_t* __restrict__ dbn = s == 0 ? nullptr : DB + (reverse ? t - 1 : t + 1) * N;
+      const scalar_t* __restrict__ hp = first ? H0 : H + (reverse ? t + 1 : t - 1) * N;
       scalar_t* __restrict__ dbt = DB + t * N;
       scalar_t* __restrict__ dat = DA + t * N;
-      if (s == 0) {
-        for (int64_t i = lo; i < hi; ++i) dbt[i] = gt[i];
-      } else {
-        const scalar_t* __restrict__ an = A + tn * N;
-        const scalar_t* __restrict__ dbn = DB + tn * N;
+      // one fused pass per step; four variants so that every inner loop is branch-free
+      if (an != nullptr && hp != nullptr) {
+        for (int64_t i = lo; i < hi; ++i) {
+          const scalar_t p = cj(an[i]) * dbn[i];
+          const scalar_t g = p + gt[i];
+          dbt[i] = g;
+          dat[i] = g * cj(hp[i]);
+        }
+      } else if (an != nullptr) {
         for (int64_t i = lo; i < hi; ++i) {
           const scalar_t p = cj(an[i]) * dbn[i];
           dbt[i] = p + gt[i];
+          dat[i] = scalar_t(0);
         }
-      }
-      const bool first = s == T - 1;                       // the forward's first step
-      const scalar_t* __restrict__ hp = first ? H0 : H + tp * N;
-      if (hp == nullptr) {
-        for (int64_t i = lo; i < hi; ++i) dat[i] = scalar_t(0);
+      } else if (hp != nullptr) {
+        for (int64_t i = lo; i < hi; ++i) {
+          dbt[i] = gt[i];
+          dat[i] = gt[i] * cj(hp[i]);
+        }
       } else {
-        for (int64_t i = lo; i < hi; ++i) dat[i] = dbt[i] * cj(hp[i]);
+        for (int64_t i = lo; i < hi; ++i) {
+          dbt[i] = gt[i];
+          dat[i] = scalar_t(0);
+        }
       }
       if (first) {
         const scalar_t* __restrict__ a0 = A + t * N;
         for (int64_t i = lo; i < hi; ++i) DH0[i] = cj(a0[i]) * dbt[i];
       }
-    }
-    if (T == 0) {
-      for (int64_t i = lo; i < hi; ++i) DH0[i] = scalar_t(0);
     }
   });
 }
