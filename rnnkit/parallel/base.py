@@ -66,7 +66,8 @@ class ParallelRecurrent(nn.Module):
                 names = {}
                 for base, shape in self.param_shapes(n_in).items():
                     attr = f"{base}_l{k}{'_reverse' if d else ''}"
-                    self.register_parameter(attr, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+                    t = torch.empty(shape, device=device, dtype=dtype)
+                    self.register_parameter(attr, nn.Parameter(t))
                     names[base] = attr
                 self._names[k].append(names)
         self.reset_parameters()

@@ -42,7 +42,7 @@ def minlstm(module, p, x, h):
 
 def qrnn(module, p, x, c):
     """Bradbury et al. (2017): masked convolution over time, then fo-pooling."""
-    k, (T, B, I) = module.window, x.shape
+    k, (T, _, I) = module.window, x.shape
     W = p["weight_ih"].view(-1, k, I)  # (3H, window, I): column blocks x_{t-1}, x_t
     xc = F.pad(x.permute(1, 2, 0), (k - 1, 0))  # (B, I, T + k − 1), causal: zeros before t = 0
     u = F.conv1d(xc, W.permute(0, 2, 1), p.get("bias_ih")).permute(2, 0, 1)  # (T, B, 3H)

@@ -71,8 +71,8 @@ def test_step_loop_matches_whole_sequence(name):
     x = torch.randn(9, 2, m.input_size)
     h0 = state(m, 2, positive="log" in name).detach()
     out, h_n = m(x, h0)
-    s = h0 if m.num_layers and getattr(m, "window", 1) == 1 else (h0, None)
-    if isinstance(s, tuple):  # QRNN(window=2): the state also holds each layer's previous input
+    s = h0
+    if getattr(m, "window", 1) == 2:  # QRNN: the state also holds each layer's previous input
         s = (h0, (torch.zeros(2, 3), torch.zeros(2, m.hidden_size)))
     ys = []
     for t in range(x.shape[0]):
