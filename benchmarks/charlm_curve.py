@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     recipe = build_recipe(args)
 
-    text = load_text_file(args.data) if args.data else load_shakespeare(args.cache_dir)
+    try:
+        text = load_text_file(args.data) if args.data else load_shakespeare(args.cache_dir)
+    except (OSError, ValueError, RuntimeError) as exc:
+        sys.exit(f"error: {exc}")
     vocab = CharVocab.from_text(text)
     train_text, valid_text = char_lm_split(text)
     train_ids, valid_ids = vocab.encode(train_text), vocab.encode(valid_text[: args.eval_chars])

@@ -173,11 +173,12 @@ BASELINE = CharLMRecipe(
 )  # fmt: skip
 
 #: rnnkit's tuned defaults for a 3-30 minute budget on 2 CPU cores (docs/charlm.md).
-#: Measured (torch.nn.LSTM, 2 threads, AMD EPYC Zen 5): 2x384 trains at ~24.5k tok/s
-#: vs ~16k for the 2x512 baseline (batch 32..64 barely changes tok/s on CPU, so the
-#: smaller batch, i.e. more updates, wins). At the token count each shape processes in
-#: 3 quiet minutes, 2x384 (4.4M tokens) reaches 1.468 nats/char and 2x256 (8M) 1.455,
-#: vs 1.72 for the baseline; 2x384 is kept because the extra capacity pays at 9-30 min.
+#: Measured (torch.nn.LSTM, 2 threads, AMD EPYC Zen 5, quiet): 2x384 trains at 24.5k
+#: tok/s vs 16.1k for the 2x512 baseline; batch 32..128 barely changes tok/s on CPU, so
+#: the small batch (more updates) wins. At the token count of 3 quiet minutes (4.4M)
+#: this recipe reaches 1.468 nats/char on the 200k validation chars, vs 1.72 for the
+#: quoted baseline and 1.495 for our reproduction of it (Adam 2e-3, 2.9M tokens);
+#: 2x256 (8M tokens) gets 1.455 at 3 min but 2x384 keeps capacity for 9-30 min budgets.
 RECIPE = CharLMRecipe(
     hidden_size=384, num_layers=2, embedding_dim=64, batch_size=32, seq_len=100,
     lr=3e-3, clip=1.0, warmup=0.02, final_lr_ratio=0.05, schedule="cosine",
