@@ -1,0 +1,61 @@
+"""The main job's learning curve: ``rnnkit train charlm`` on Shakespeare per wall-clock budget.
+
+Runs the real command line once per budget (each run's learning-rate schedule spans its own
+budget), then prints a table of the final validation loss (the whole 200,000-character
+validation text, nats/char) and, per run, the validation points against training time. The
+training clock of ``rnnkit train charlm`` includes its periodic validations and checkpoints.
+
+    python benchmarks/main_job_curve.py --minutes 3,9,30 --out runs/curve
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def read_curve(out: Path) -> tuple[float, list[tuple[float, float]]]:
+    """(final valid nats/char, [(training minutes, valid nats/char), ...]) of one run."""
+    elapsed, points = {}, []
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("split") == "train":
+            elapsed[rec["step"]] = rec["elapsed_s"]
+        elif rec.get("split") == "val" and rec["step"] in elapsed:
+            points.append((elapsed[rec["step"]] / 60, rec["loss"]))
+    return json.loads((out / "results.json").read_text())["valid_nats_per_char"], points
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", default="3,9,30")
+    ap.add_argument("--out", default="runs/curve")
+    ap.add_argument("--val-every", type=int, default=500)
+    ap.add_argument("extra", nargs="*", help="more flags for `rnnkit train charlm` (after --)")
+    args = ap.parse_args(argv)
+    rows = []
+    for m in [float(x) for x in args.minutes.split(",")]:
+        out = Path(args.out) / f"{m:g}min"
+        cmd = [sys.executable, "-m", "rnnkit", "train", "charlm", "--max-minutes", f"{m:g}"]
+        cmd += ["--out", str(out), "--val-every", str(args.val_every), "--no-progress", *args.extra]
+        if not (out / "results.json").exists():
+            print("$", " ".join(cmd[1:]), flush=True)
+            t0 = time.time()
+            subprocess.run(cmd, check=True)
+            print(f"  wall {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}", flush=True)
+        final, points = read_curve(out)
+        rows.append((m, final, points))
+    print("\n| budget (min) | final valid nats/char | bits/char | validation points (training min: nats) |")
+    print("|---:|---:|---:|---|")
+    for m, final, points in rows:
+        pts = ", ".join(f"{t:.1f}: {v:.3f}" for t, v in points)
+        print(f"| {m:g} | {final:.3f} | {final / 0.6931471805599453:.3f} | {pts} |")
+
+
+if __name__ == "__main__":
+    main()
