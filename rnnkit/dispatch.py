@@ -2,6 +2,9 @@
 
 * ``"torch"`` — torch's own fused kernels (``_VF.lstm`` & co., cuDNN on GPUs), used whenever
   the configuration is exactly a ``torch.nn`` one: same numbers, same speed as ``torch.nn``.
+* ``"fused"`` — rnnkit's fused kernels (:mod:`rnnkit.kernels`): per layer-direction, one
+  op for the whole time loop with explicit BPTT (compiled C++ on the CPU, pure PyTorch as
+  fallback); packed input runs without padding.
 * ``"loop"`` — the reference loop of :mod:`rnnkit.loop`, correct for every cell and option.
 
 ``impl="auto"`` (every layer's default) picks the first that applies; a layer built with
@@ -14,11 +17,11 @@ from collections.abc import Sequence
 
 from torch import _VF, Tensor
 
-from . import _checks
+from . import _checks, kernels
 from .cells.base import State, StepContext
 from .loop import run_direction as loop_direction
 
-IMPLS = ("auto", "torch", "loop")
+IMPLS = ("auto", "torch", "fused", "loop")
 _TORCH_FNS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 
 
@@ -35,12 +38,19 @@ def torch_mode(module) -> str | None:
     return modes.pop()
 
 
+def fused_supported(module) -> bool:
+    """Whether every layer of ``module`` has a fused kernel."""
+    return all(kernels.supports(cell) for cell in module.cells) and not module.needs_custom_loop()
+
+
 def select(module, x: Tensor) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack``."""
     if module.impl == "auto":
         return "torch" if torch_mode(module) else "loop"
     if module.impl == "torch" and torch_mode(module) is None:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
+    if module.impl == "fused" and not fused_supported(module):
+        _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
     return module.impl
 
 
@@ -76,6 +86,9 @@ def run_direction(
     """One layer-direction over packed time-major ``data`` ``(sum(batch_sizes), I)``."""
     cell = module.cells[layer]
     p = module.layer_params(layer, direction)
+    if impl == "fused":
+        xp = kernels.project_input(cell, p, data)
+        return kernels.run_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1)
     xp = cell.project_input(p, data)
     ctx = StepContext(training=module.training)
     return loop_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1, ctx=ctx)

@@ -1,0 +1,170 @@
+"""Fused recurrent kernels: one layer-direction, forward and explicit BPTT, in one op.
+
+:func:`run_direction` is a drop-in for :func:`rnnkit.loop.run_direction` on the standard
+cells (LSTM with or without ``proj_size``, GRU in torch's form, RNN tanh/relu), over the same
+packed time-major layout: ``xp (sum(batch_sizes), G)`` already projected by
+``cell.project_input`` (whose GEMM over all steps, and its gradient, stay with autograd),
+``batch_sizes`` non-increasing, an initial state, ``reverse``. Each step runs one recurrent
+GEMM and a fused element-wise pass; backward is explicit BPTT with one GEMM per step and the
+recurrent weight gradients as single GEMMs over the whole sequence after the loop
+(``dW_hh = Σ_t da_tᵀ h_{t-1}``, stacked).
+
+Two implementations compute the same numbers: the C++ extension (:mod:`.ext`, compiled at
+first use; CPU, float32/float64) and pure PyTorch (:mod:`.lstm`, :mod:`.gru`, :mod:`.rnn`;
+any device), used when the extension cannot be built, for other devices/dtypes, or when
+``RNNKIT_NO_EXT=1``. An optional per-sequence recurrent-dropout mask ``(B, P)`` multiplies
+``h_{t-1}`` right before the recurrent GEMM (Gal & Ghahramani 2016).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..cells.base import Cell, Params, State
+from ..cells.gru import GRUCellMath
+from ..cells.lstm import LSTMCellMath
+from ..cells.rnn import RNNCellMath
+from . import _gemm, ext, gru, lstm, rnn
+
+__all__ = ["supports", "project_input", "run_direction", "backend", "KINDS"]
+
+KINDS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+_STANDARD = (LSTMCellMath, GRUCellMath, RNNCellMath)
+_EXT_DTYPES = (torch.float32, torch.float64)
+
+
+def kind_of(cell: Cell) -> str | None:
+    """The fused kernel of ``cell``, or ``None`` when it has none (a variant or option)."""
+    if type(cell) not in _STANDARD or cell.torch_mode() is None:
+        return None
+    mode = cell.torch_mode()
+    return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}.get(mode or "")
+
+
+def supports(cell: Cell) -> bool:
+    """Whether :func:`run_direction` can run ``cell``."""
+    return kind_of(cell) is not None
+
+
+def backend(x: Tensor) -> str:
+    """``"ext"`` (compiled kernels) or ``"pure"`` (PyTorch ops) for data like ``x``."""
+    if x.device.type == "cpu" and x.dtype in _EXT_DTYPES and ext.ops() is not None:
+        return "ext"
+    return "pure"
+
+
+def _opt(t: Tensor) -> Tensor | None:
+    return t if t.numel() else None
+
+
+class _Direction(torch.autograd.Function):
+    """Autograd node of one fused direction; inputs ``xp, h0, c0, w_hh, b_hh, w_hr, mask``."""
+
+    @staticmethod
+    def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask):  # noqa: D401
+        ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext = kind, batch_sizes, reverse, use_ext
+        ctx.has_bias = b_hh is not None
+        ctx.onednn = _gemm.use_onednn(xp)
+        xp, h0 = xp.contiguous(), h0.contiguous()
+        if use_ext:
+            e = ext.ops()
+            res = e.forward(KINDS[kind], xp, h0, c0.contiguous() if c0 is not None else h0.new_empty(0),
+                            w_hh, b_hh, w_hr, mask, list(batch_sizes), reverse, ctx.onednn)  # fmt: skip
+            out, hn, cn, saved = res[0], res[1], res[2], tuple(res[3:])
+        elif kind == "lstm":
+            out, hn, cn, saved = lstm.forward(xp, h0, c0, w_hh, w_hr, mask, batch_sizes, reverse)
+        elif kind == "gru":
+            out, hn, saved = gru.forward(xp, h0, w_hh, b_hh, mask, batch_sizes, reverse)
+            cn = h0.new_empty(0)
+        else:
+            out, hn, saved = rnn.forward(xp, h0, w_hh, mask, kind == "rnn_relu", batch_sizes, reverse)
+            cn = h0.new_empty(0)
+        ctx.n_saved = len(saved)
+        empty = w_hh.new_empty(0)
+        ctx.save_for_backward(*saved, w_hh, empty if w_hr is None else w_hr, empty if mask is None else mask)
+        if kind != "lstm":
+            ctx.mark_non_differentiable(cn)
+        return out, hn, cn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout, ghn, gcn):
+        *saved, w_hh, w_hr, mask = ctx.saved_tensors
+        w_hr, mask = _opt(w_hr), _opt(mask)
+        kind, bsz, rev = ctx.kind, ctx.batch_sizes, ctx.reverse
+        gout, ghn = gout.contiguous(), ghn.contiguous()
+        dc0 = db = dw_hr = None
+        if ctx.use_ext:
+            gcn = gcn.contiguous() if kind == "lstm" else ghn.new_empty(0)
+            r = ext.ops().backward(KINDS[kind], gout, ghn, gcn, saved, w_hh, w_hr, mask,  # type: ignore[union-attr]
+                                   ctx.has_bias, list(bsz), rev, ctx.onednn)  # fmt: skip
+            dxp, dh0, dw_hh = r[0], r[1], r[3]
+            dc0, db, dw_hr = _opt(r[2]), _opt(r[4]), _opt(r[5])
+        elif kind == "lstm":
+            dxp, dh0, dc0, dw_hh, dw_hr = lstm.backward(gout, ghn, gcn.contiguous(), saved, w_hh, w_hr, mask,
+                                                        bsz, rev)  # fmt: skip
+        elif kind == "gru":
+            dxp, dh0, dw_hh, db = gru.backward(gout, ghn, saved, w_hh, ctx.has_bias, mask, bsz, rev)
+        else:
+            dxp, dh0, dw_hh = rnn.backward(gout, ghn, saved, w_hh, mask, kind == "rnn_relu", bsz, rev)
+        return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None
+
+
+def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
+    """``cell.project_input(p, x)`` for a standard cell, with oneDNN GEMMs where they apply.
+
+    Same math as the cells: ``x W_ihᵀ + b_ih (+ b_hh for LSTM/RNN)``, one GEMM for all rows.
+    """
+    kind = kind_of(cell)
+    if kind is None:
+        return cell.project_input(p, x)
+    b = p.get("bias_ih")
+    if b is not None and kind != "gru":
+        b = b + p["bias_hh"]
+    return _gemm.linear(x, p["weight_ih"], b)
+
+
+def run_direction(
+    cell: Cell,
+    p: Params,
+    xp: Tensor,
+    batch_sizes: Sequence[int],
+    h0: State,
+    reverse: bool = False,
+    mask: Tensor | None = None,
+    use_ext: bool | None = None,
+) -> tuple[Tensor, State]:
+    """Fused twin of :func:`rnnkit.loop.run_direction` for the standard cells.
+
+    Args:
+        xp: ``cell.project_input(p, x)``, ``(N, G)`` with ``N = sum(batch_sizes)``.
+        batch_sizes: active sequences per step, non-increasing.
+        h0: initial state, each ``(batch_sizes[0], S_i)``.
+        mask: optional recurrent-dropout mask ``(batch_sizes[0], S_0)`` applied to
+            ``h_{t-1}`` before the recurrent GEMM.
+        use_ext: force the compiled (``True``) or pure (``False``) kernels; default: the
+            compiled ones when available for ``xp``'s device and dtype.
+    Returns:
+        outputs ``(N, S_0)`` and the final state, as the reference loop.
+    """
+    kind = kind_of(cell)
+    if kind is None:
+        raise ValueError(
+            f"the fused kernels support the standard LSTM/GRU/RNN cells, got {type(cell).__name__}"
+        )
+    if use_ext is None:
+        use_ext = backend(xp) == "ext"
+    elif use_ext and ext.ops() is None:
+        raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
+    bsz = tuple(int(b) for b in batch_sizes)
+    c0 = h0[1] if kind == "lstm" else None
+    b_hh = p.get("bias_hh") if kind == "gru" else None
+    w_hr = p.get("weight_hr") if kind == "lstm" else None
+    out, hn, cn = _Direction.apply(
+        kind, bsz, reverse, use_ext, xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask
+    )
+    return out, ((hn, cn) if kind == "lstm" else (hn,))

@@ -1,0 +1,101 @@
+"""Fused LSTM direction in pure PyTorch: explicit BPTT with preallocated buffers.
+
+Forward per step (``xp`` already holds ``W_ih x_t + b_ih + b_hh``, gate order i, f, g, o)::
+
+    a_t = xp_t + (h_{t-1} ⊙ m) W_hhᵀ            (one GEMM, see _gemm)
+    i, f, o = σ(a_i, a_f, a_o);  g = tanh(a_g)   (in place)
+    c_t = f ⊙ c_{t-1} + i ⊙ g;  h_t = o ⊙ tanh(c_t)   (h_t = h_t W_hrᵀ with proj_size)
+
+Backward per step (``dh`` = output grad + recurrent grad; ``ĥ`` = o ⊙ tanh c before the
+projection)::
+
+    dĥ = dh W_hr (proj) or dh;   dc += dĥ ⊙ o ⊙ (1 - tanh²c)
+    da_o = dĥ ⊙ tanh c ⊙ o(1-o);  da_i = dc ⊙ g ⊙ i(1-i)
+    da_f = dc ⊙ c_{t-1} ⊙ f(1-f); da_g = dc ⊙ i ⊙ (1-g²)
+    dc_{t-1} = dc ⊙ f;  dh_{t-1} = (da W_hh) ⊙ m
+
+and after the loop the weight gradients as single GEMMs over all ``N`` rows:
+``dW_hh = daᵀ (h_prev ⊙ m)``, ``dW_hr = dhᵀ ĥ``; ``d xp = da`` flows back through
+``cell.project_input`` by autograd. ``m`` is the optional recurrent-dropout mask ``(B, P)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._common import schedule
+from ._gemm import Linear, mm_tn
+
+
+def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
+            mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
+    """Returns ``out (N, P), h_n (B, P), c_n (B, H)`` and the saved tensors."""
+    N, H, P = xp.shape[0], c0.shape[1], h0.shape[1]
+    new = xp.new_empty
+    gates, cprev, tanhc, hprev = new(N, 4 * H), new(N, H), new(N, H), new(N, P)
+    out = new(N, P)
+    hraw = new(N, H) if w_hr is not None else out
+    hbuf, cbuf = h0.clone(), c0.clone()
+    lin = Linear(w_hh, h0.shape[0])
+    lin_r = Linear(w_hr, h0.shape[0]) if w_hr is not None else None
+    for off, bs in schedule(batch_sizes, reverse):
+        s = slice(off, off + bs)
+        hp, g, cb = hprev[s], gates[s], cbuf[:bs]
+        if mask is None:
+            hp.copy_(hbuf[:bs])
+        else:
+            torch.mul(hbuf[:bs], mask[:bs], out=hp)
+        a = lin(hp, base=xp[s])
+        torch.sigmoid(a[:, : 2 * H], out=g[:, : 2 * H])
+        torch.tanh(a[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])
+        torch.sigmoid(a[:, 3 * H :], out=g[:, 3 * H :])
+        cprev[s].copy_(cb)
+        cb.mul_(g[:, H : 2 * H]).addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
+        tc = tanhc[s]
+        torch.tanh(cb, out=tc)
+        torch.mul(g[:, 3 * H :], tc, out=hraw[s])
+        if lin_r is not None:
+            out[s].copy_(lin_r(hraw[s]))
+        hbuf[:bs].copy_(out[s])
+    return out, hbuf, cbuf, (gates, cprev, tanhc, hprev, hraw)
+
+
+def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: Tensor | None,
+             mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
+    """Returns ``d xp, d h0, d c0, d W_hh, d W_hr`` (the last ``None`` without projection)."""
+    gates, cprev, tanhc, hprev, hraw = saved
+    H = tanhc.shape[1]
+    dgates = torch.empty_like(gates)
+    dh_all = torch.empty_like(hprev) if w_hr is not None else None
+    dhbuf, dcbuf = ghn.clone(), gcn.clone()
+    t1, t2 = gates.new_empty(ghn.shape[0], H), gates.new_empty(ghn.shape[0], H)
+    lin_t = Linear(w_hh.t(), ghn.shape[0])
+    lin_rt = Linear(w_hr.t(), ghn.shape[0]) if w_hr is not None else None
+    for off, bs in reversed(schedule(batch_sizes, reverse)):
+        s = slice(off, off + bs)
+        g, dg, tc, dc, a, b = gates[s], dgates[s], tanhc[s], dcbuf[:bs], t1[:bs], t2[:bs]
+        i, f, gg, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
+        di, df, dgg, do = dg[:, :H], dg[:, H : 2 * H], dg[:, 2 * H : 3 * H], dg[:, 3 * H :]
+        if w_hr is None:
+            dh = b
+            torch.add(gout[s], dhbuf[:bs], out=dh)
+        else:
+            dhp = dh_all[s]  # type: ignore[index]
+            torch.add(gout[s], dhbuf[:bs], out=dhp)
+            dh = lin_rt(dhp)  # type: ignore[misc]
+        torch.addcmul(o, o, o, value=-1, out=a)  # o(1-o)
+        torch.mul(dh, tc, out=do).mul_(a)
+        torch.mul(tc, tc, out=a).neg_().add_(1).mul_(o).mul_(dh)  # dh o (1 - tanh²c)
+        dc.add_(a)
+        torch.addcmul(i, i, i, value=-1, out=di).mul_(gg).mul_(dc)
+        torch.addcmul(f, f, f, value=-1, out=df).mul_(cprev[s]).mul_(dc)
+        torch.mul(gg, gg, out=dgg).neg_().add_(1).mul_(i).mul_(dc)
+        dc.mul_(f)
+        if mask is None:
+            dhbuf[:bs].copy_(lin_t(dg))
+        else:
+            torch.mul(lin_t(dg), mask[:bs], out=dhbuf[:bs])
+    dw_hh = mm_tn(dgates, hprev)
+    dw_hr = mm_tn(dh_all, hraw) if dh_all is not None else None
+    return dgates, dhbuf, dcbuf, dw_hh, dw_hr
