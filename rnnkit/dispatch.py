@@ -7,7 +7,9 @@
   fallback); packed input runs without padding.
 * ``"loop"`` — the reference loop of :mod:`rnnkit.loop`, correct for every cell and option.
 
-``impl="auto"`` (every layer's default) picks the first that applies; a layer built with
+``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
+(except CPU float32 training of GRU/RNN, where the fused path is faster: see
+:func:`fused_for_training`), else the loop; a layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import _VF, Tensor
 
 from . import _checks, kernels
@@ -43,10 +46,33 @@ def fused_supported(module) -> bool:
     return all(kernels.supports(cell) for cell in module.cells) and not module.needs_custom_loop()
 
 
+# Families whose fused kernels train faster than torch's own CPU kernels (benchmarks/layers.py,
+# docs/fused.md): torch's GRU/RNN backward runs per-op autograd, its LSTM runs oneDNN's fused
+# LSTM, which the fused path only matches at medium size and trails at small size.
+FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
+
+
+def fused_for_training(module, x: Tensor, mode: str | None) -> bool:
+    """``impl="auto"``: take the fused path for a CPU float32 training call of a family listed
+    in :data:`FUSED_TRAINING_MODES`, when the compiled kernels are available."""
+    return (
+        mode in FUSED_TRAINING_MODES
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and any(p.requires_grad for p in module.parameters())
+        and fused_supported(module)
+        and kernels.backend(x) == "ext"
+    )
+
+
 def select(module, x: Tensor) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack``."""
     if module.impl == "auto":
-        return "torch" if torch_mode(module) else "loop"
+        mode = torch_mode(module)
+        if fused_for_training(module, x, mode):
+            return "fused"
+        return "torch" if mode else "loop"
     if module.impl == "torch" and torch_mode(module) is None:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):

@@ -6,7 +6,9 @@ oneDNN (mkldnn), whose GEMMs were 1.6-2.7x faster than MKL's on the development 
 compared fairly with torch the fused kernels use the same library: the recurrent weight is
 packed once per call (``mkldnn::_reorder_linear_weight``) and every step is one
 ``mkldnn::_linear_pointwise`` (the op torch.compile's CPU backend emits for linear layers).
-float64, other devices, builds without oneDNN, or ``RNNKIT_NO_ONEDNN=1`` use ``torch.mm``.
+float64, other devices, builds without oneDNN, or ``RNNKIT_NO_ONEDNN=1`` use ``torch.mm``, and
+so do small products (``rows * in * out < 2**20``), where oneDNN's fixed cost per call (about
+10 µs) exceeds BLAS's whole run time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 
 import torch
 from torch import Tensor
+
+ONEDNN_MIN_WORK = 1 << 20  # rows * in * out below which BLAS wins (measured: crossover ~1e6)
 
 
 def use_onednn(t: Tensor) -> bool:
@@ -32,14 +36,17 @@ class Linear:
     """``x ↦ x Wᵀ`` for a fixed ``W (out, in)`` applied to many small ``x``."""
 
     def __init__(self, w: Tensor, batch: int) -> None:
-        self.w = w
+        self.w, self.batch = w, batch
         self.dnn = use_onednn(w)
-        if self.dnn:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().contiguous(), batch)
+        self.packed: Tensor | None = None  # packed on first use: packing costs ~0.1-0.2 ms
 
     def __call__(self, x: Tensor, base: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
         """``base + x Wᵀ + bias`` as a new tensor (``base``/``bias`` optional, not both)."""
-        if self.dnn:
+        if self.dnn and x.shape[0] * self.w.numel() >= ONEDNN_MIN_WORK:
+            if self.packed is None:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(
+                    self.w.detach().contiguous(), self.batch
+                )
             if base is not None:
                 return torch.ops.mkldnn._linear_pointwise.binary(x, base, self.packed, None, "add")
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
@@ -50,14 +57,16 @@ class Linear:
 
 def mm_tn(a: Tensor, b: Tensor) -> Tensor:
     """``aᵀ b`` for tall ``a (N, M)``, ``b (N, K)``: a weight gradient summed over all rows."""
-    if use_onednn(a):  # as (bᵀ a)ᵀ: oneDNN then copies the narrower operand only
+    if (
+        use_onednn(a) and a.numel() * b.shape[1] >= ONEDNN_MIN_WORK
+    ):  # as (bᵀ a)ᵀ: oneDNN then copies the narrower operand only
         return torch.ops.mkldnn._linear_pointwise(b.t(), a.t(), None, "none", [], "").t().contiguous()
     return torch.mm(a.t(), b)
 
 
 def mm(a: Tensor, w: Tensor) -> Tensor:
     """``a w`` for tall ``a (N, M)`` and a weight ``w (M, K)``."""
-    if use_onednn(a):
+    if use_onednn(a) and a.numel() * w.shape[1] >= ONEDNN_MIN_WORK:
         return torch.ops.mkldnn._linear_pointwise(a, w.t().contiguous(), None, "none", [], "")
     return torch.mm(a, w)
 
@@ -83,6 +92,6 @@ class _ProjectInput(torch.autograd.Function):
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """``x Wᵀ + b`` for 2-D ``x``, differentiable; oneDNN GEMMs when they apply."""
-    if use_onednn(x) and x.dim() == 2 and x.shape[0] > 0 and not torch.is_inference_mode_enabled():
+    if use_onednn(x) and x.dim() == 2 and x.numel() * w.shape[0] >= ONEDNN_MIN_WORK:
         return _ProjectInput.apply(x, w, b)
     return x @ w.t() if b is None else torch.addmm(b, x, w.t())

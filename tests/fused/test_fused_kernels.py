@@ -187,3 +187,21 @@ def test_no_ext_env_selects_pure_in_subprocess():
     env = dict(os.environ, RNNKIT_NO_EXT="1", PYTHONPATH=os.getcwd())
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
+
+
+def test_auto_picks_fused_for_cpu_float32_training_of_gru_and_rnn(monkeypatch):
+    monkeypatch.setattr(K, "backend", lambda x: "ext")  # as if compiled (selection only)
+    from rnnkit import dispatch
+
+    x = torch.randn(3, 2, 3, dtype=torch.float32)
+    gru, lstm = rnnkit.GRU(3, 4, dtype=torch.float32), rnnkit.LSTM(3, 4, dtype=torch.float32)
+    rnn = rnnkit.RNN(3, 4, nonlinearity="relu", dtype=torch.float32)
+    assert dispatch.select(gru, x) == "fused" and dispatch.select(rnn, x) == "fused"
+    assert dispatch.select(lstm, x) == "torch"  # torch's oneDNN LSTM is as fast or faster
+    with torch.no_grad():
+        assert dispatch.select(gru, x) == "torch"  # inference: torch's kernels
+    assert dispatch.select(gru, x.double()) == "torch"
+    gru.requires_grad_(False)
+    assert dispatch.select(gru, x) == "torch"
+    monkeypatch.setattr(K, "backend", lambda x: "pure")
+    assert dispatch.select(rnn, x) == "torch"  # the pure kernels are not faster than torch

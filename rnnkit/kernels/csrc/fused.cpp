@@ -52,21 +52,29 @@ bool use_onednn(const Tensor& t, bool allowed) {
          op_reorder();
 }
 
-// x -> x W^T for a fixed W (out, in), applied to many small x.
+// rows * in * out below which BLAS beats oneDNN's fixed cost per call (as _gemm.py).
+constexpr int64_t kOneDnnMinWork = 1 << 20;
+
+// x -> x W^T for a fixed W (out, in), applied to many small x; W packed for oneDNN on first use.
 struct Linear {
-  Tensor w, packed;
+  Tensor w;
+  mutable Tensor packed;
+  int64_t batch;
   bool dnn;
-  Linear(const Tensor& W, int64_t batch, bool allowed) : w(W), dnn(use_onednn(W, allowed)) {
-    if (dnn) packed = call(op_reorder(), {W.contiguous(), c10::IValue(batch)});
+  Linear(const Tensor& W, int64_t batch_, bool allowed) : w(W), batch(batch_), dnn(use_onednn(W, allowed)) {}
+  bool use(const Tensor& x) const {
+    if (!dnn || x.size(0) * w.numel() < kOneDnnMinWork) return false;
+    if (!packed.defined()) packed = call(op_reorder(), {w.contiguous(), c10::IValue(batch)});
+    return true;
   }
   // base + x W^T (base: same shape as the result).
   Tensor add(const Tensor& x, const Tensor& base) const {
-    if (dnn) return call(op_linear_add(), {x, base, packed, c10::IValue(), std::string("add")});
+    if (use(x)) return call(op_linear_add(), {x, base, packed, c10::IValue(), std::string("add")});
     return at::addmm(base, x, w.t());
   }
   // x W^T + bias.
   Tensor operator()(const Tensor& x, const std::optional<Tensor>& bias = std::nullopt) const {
-    if (dnn) {
+    if (use(x)) {
       c10::IValue b = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
       return call(op_linear(), {x, packed, b, std::string("none"), c10::List<std::optional<c10::Scalar>>(),
                                 c10::IValue(std::string(""))});
@@ -77,7 +85,7 @@ struct Linear {
 
 // a^T b over all N rows (a weight gradient), as one GEMM.
 Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
-  if (use_onednn(a, allowed))
+  if (use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
     return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
                               c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))})
         .t()
