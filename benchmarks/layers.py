@@ -45,6 +45,41 @@ FAMILIES = {
 }
 # (case name, family, extra rnnkit kwargs). Variants of later issues append here.
 CASES: list[tuple[str, str, dict]] = [("rnn", "rnn", {}), ("lstm", "lstm", {}), ("gru", "gru", {})]
+# Regularizers (training-step cost; the torch contestant is the same layout, unregularized).
+CASES += [
+    ("lstm+weight_drop", "lstm", {"weight_drop": 0.5}),
+    ("lstm2", "lstm", {"num_layers": 2}),
+    ("lstm2+locked_dropout", "lstm", {"num_layers": 2, "locked_dropout": 0.3}),
+    ("lstm2+awd", "lstm", {"num_layers": 2, "weight_drop": 0.5, "locked_dropout": 0.3}),
+    ("lstm+recurrent_dropout", "lstm", {"recurrent_dropout": 0.25}),
+    ("lstm+zoneout", "lstm", {"zoneout": (0.15, 0.05)}),
+    ("gru+weight_drop", "gru", {"weight_drop": 0.5}),
+    ("gru+recurrent_dropout", "gru", {"recurrent_dropout": 0.25}),
+    ("gru+zoneout", "gru", {"zoneout": 0.1}),
+]
+# Layout keywords that the torch.nn contestant gets too (everything else is rnnkit-only).
+LAYOUT = ("num_layers", "bidirectional", "batch_first", "proj_size", "dropout")
+# The cell zoo (issue 3): every option of rnnkit.cells, on the reference loop until the
+# fused-path issue gives them kernels.
+CASES += [
+    ("lstm-peephole", "lstm", {"peephole": True}),
+    ("lstm-layernorm", "lstm", {"norm": "layer"}),
+    ("lstm-batchnorm", "lstm", {"norm": "batch"}),
+    ("lstm-forget_bias", "lstm", {"forget_bias": 1.0}),
+    ("lstm-nig", "lstm", {"input_gate": False}),
+    ("lstm-nfg", "lstm", {"forget_gate": False}),
+    ("lstm-nog", "lstm", {"output_gate": False}),
+    ("lstm-niaf", "lstm", {"input_activation": False}),
+    ("lstm-noaf", "lstm", {"output_activation": False}),
+    ("lstm-cifg", "lstm", {"coupled_gates": True}),
+    ("lstm-fgr", "lstm", {"full_gate_recurrence": True}),
+    ("gru-reset_before", "gru", {"reset_after": False}),
+    ("gru-layernorm", "gru", {"norm": "layer"}),
+    ("gru-mut1", "gru", {"variant": "mut1"}),
+    ("gru-mut2", "gru", {"variant": "mut2"}),
+    ("gru-mut3", "gru", {"variant": "mut3"}),
+    ("rnn-layernorm", "rnn", {"norm": "layer"}),
+]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -63,7 +98,7 @@ def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repe
     torch.manual_seed(0)
     models = {
         "rnnkit": ours_cls(I, H, **kwargs),
-        "torch": torch_cls(I, H),
+        "torch": torch_cls(I, H, **{k: v for k, v in kwargs.items() if k in LAYOUT}),
         "loop": ours_cls(I, H, impl="loop", **kwargs),
     }
     fused = ours_cls(I, H, impl="loop", **kwargs)

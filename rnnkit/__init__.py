@@ -4,9 +4,11 @@
 features are extra keyword arguments whose defaults change nothing.
 """
 
+from . import losses
 from ._checks import RecurrentInputError
 from .layers import RecurrentStack
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, StepCell
+from .regularizers import EmbeddingDropout, LockedDropout
 from .state import detach_state
 
 __version__ = "0.1.0"
@@ -21,4 +23,7 @@ __all__ = [
     "StepCell",
     "RecurrentInputError",
     "detach_state",
+    "LockedDropout",
+    "EmbeddingDropout",
+    "losses",
 ]

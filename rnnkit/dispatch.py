@@ -7,9 +7,16 @@
   fallback); packed input runs without padding.
 * ``"loop"`` — the reference loop of :mod:`rnnkit.loop`, correct for every cell and option.
 
+Regularizers (:mod:`rnnkit.regularizers`) reach every path through the call's ``plan``:
+weight-dropped ``W_hh`` go into the weights a path receives (so weight-drop alone still runs
+on torch's kernels), locked dropout between layers runs torch's kernel layer by layer,
+recurrent dropout runs on the fused path (its mask is an input of the fused kernels) or the
+loop, and zoneout needs the reference loop.
+
 ``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
 (except CPU float32 training of GRU/RNN, where the fused path is faster: see
-:func:`fused_for_training`), else the loop; a layer built with
+:func:`fused_for_training`), the fused path for the standard cells with recurrent dropout
+(when the compiled kernels are available), else the loop; a layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 """
 
@@ -23,6 +30,7 @@ from torch import _VF, Tensor
 from . import _checks, kernels
 from .cells.base import State, StepContext
 from .loop import run_direction as loop_direction
+from .regularizers import CallPlan, apply_sequence_mask
 
 IMPLS = ("auto", "torch", "fused", "loop")
 _TORCH_FNS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
@@ -42,8 +50,9 @@ def torch_mode(module) -> str | None:
 
 
 def fused_supported(module) -> bool:
-    """Whether every layer of ``module`` has a fused kernel."""
-    return all(kernels.supports(cell) for cell in module.cells) and not module.needs_custom_loop()
+    """Whether every layer of ``module`` (cells and regularizers) has a fused kernel."""
+    zoneout = any(any(z) for z in getattr(module, "zoneout_probs", []))
+    return all(kernels.supports(cell) for cell in module.cells) and not zoneout
 
 
 # Families whose fused kernels train faster than torch's own CPU kernels (benchmarks/layers.py,
@@ -72,7 +81,13 @@ def select(module, x: Tensor) -> str:
         mode = torch_mode(module)
         if fused_for_training(module, x, mode):
             return "fused"
-        return "torch" if mode else "loop"
+        if mode:
+            return "torch"
+        # A standard cell that needs a custom loop (recurrent dropout): the compiled fused
+        # kernels beat the Python loop; the pure ones only at larger sizes, so not them.
+        if fused_supported(module) and x.device.type == "cpu" and kernels.backend(x) == "ext":
+            return "fused"
+        return "loop"
     if module.impl == "torch" and torch_mode(module) is None:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
@@ -80,19 +95,47 @@ def select(module, x: Tensor) -> str:
     return module.impl
 
 
-def run_torch(module, x: Tensor, batch_sizes: Tensor | None, state: State, batch_first: bool):
-    """Whole stack on torch's kernel; returns ``(output, final_state_tuple)``."""
+def run_torch(
+    module,
+    x: Tensor,
+    batch_sizes: Tensor | None,
+    state: State,
+    batch_first: bool,
+    plan: CallPlan | None = None,
+):
+    """Whole stack on torch's kernel; returns ``(output, final_state_tuple)``.
+
+    With a ``plan``, its (weight-dropped) tensors replace the parameters; with locked dropout
+    the stack runs one layer per kernel call and the locked mask is applied in between."""
     mode = torch_mode(module)
     fn = _TORCH_FNS[mode]  # type: ignore[index]
+    L, D = module.num_layers, module.num_directions
+    if plan is None:
+        weights = module.flat_weights()
+    else:
+        weights = [w for per_layer in plan.params for p in per_layer for w in p.values()]
+    locked = plan is not None and any(m is not None for m in plan.locked)
+    if not locked:
+        return _torch_call(fn, mode, module, x, batch_sizes, state, batch_first, weights, L)
+    per_layer = len(weights) // L
+    finals: list[list[Tensor]] = [[] for _ in state]
+    for k in range(L):
+        st = tuple(s[k * D : (k + 1) * D] for s in state)
+        w = weights[k * per_layer : (k + 1) * per_layer]
+        x, fin = _torch_call(fn, mode, module, x, batch_sizes, st, batch_first, w, 1)
+        for i, f in enumerate(fin):
+            finals[i].append(f)
+        if k < L - 1:
+            if module.dropout and module.training:
+                x = torch.nn.functional.dropout(x, module.dropout, True)
+            if plan.locked[k] is not None:
+                x = apply_sequence_mask(x, plan.locked[k], batch_sizes, batch_first)
+    return x, tuple(torch.cat(f) for f in finals)
+
+
+def _torch_call(fn, mode, module, x, batch_sizes, state, batch_first, weights, num_layers):
     hx = state if mode == "LSTM" else state[0]
-    args = (
-        module.flat_weights(),
-        module.bias,
-        module.num_layers,
-        module.dropout,
-        module.training,
-        module.bidirectional,
-    )
+    args = (weights, module.bias, num_layers, module.dropout, module.training, module.bidirectional)
     if batch_sizes is None:
         res = fn(x, hx, *args, batch_first)
     else:
@@ -108,13 +151,21 @@ def run_direction(
     data: Tensor,
     batch_sizes: Sequence[int],
     h0: State,
+    plan: CallPlan | None = None,
 ) -> tuple[Tensor, State]:
     """One layer-direction over packed time-major ``data`` ``(sum(batch_sizes), I)``."""
     cell = module.cells[layer]
-    p = module.layer_params(layer, direction)
+    if plan is None:
+        p, rec, zmasks = module.layer_params(layer, direction), None, None
+    else:
+        p = plan.params[layer][direction]
+        rec, zmasks = plan.recurrent[layer][direction], plan.zoneout[layer][direction]
     if impl == "fused":
         xp = kernels.project_input(cell, p, data)
-        return kernels.run_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1)
+        return kernels.run_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1, mask=rec)
     xp = cell.project_input(p, data)
-    ctx = StepContext(training=module.training)
-    return loop_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1, ctx=ctx)
+    ctx = StepContext(training=module.training, recurrent_mask=rec)
+    zoneout = module.zoneout_probs[layer]
+    return loop_direction(
+        cell, p, xp, batch_sizes, h0, reverse=direction == 1, ctx=ctx, zoneout=zoneout, zoneout_masks=zmasks
+    )

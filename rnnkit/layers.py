@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _checks, dispatch
+from . import _checks, dispatch, regularizers
 from .cells.base import Cell, State
 
 
@@ -26,6 +26,20 @@ class RecurrentStack(nn.Module):
 
     ``make_cell(layer_input_size)`` builds the cell of one layer. Input, state and output
     conventions are exactly ``torch.nn.LSTM``'s (see :class:`rnnkit.LSTM`).
+
+    Regularizers (keyword-only, all off by default; see :mod:`rnnkit.regularizers`):
+
+    * ``locked_dropout`` — between layers, one dropout mask per sequence for all steps.
+    * ``recurrent_dropout`` — one mask per sequence on ``h_{t-1}`` before ``W_hh`` (Gal &
+      Ghahramani 2016), through the cell's ``StepContext.recurrent_mask``.
+    * ``weight_drop`` — DropConnect on every ``weight_hh*`` tensor, one mask per forward call,
+      scaled by ``1 / (1 - p)`` (Merity et al. 2017); parameters themselves are untouched.
+    * ``zoneout`` — a number, ``(p_c, p_h)`` for LSTM, or ``{state name: p}``: each state unit
+      keeps its previous value with probability ``p`` in training, and the state is the
+      expectation ``p s_{t-1} + (1 - p) s̃_t`` in evaluation (Krueger et al. 2017).
+
+    In ``eval()`` dropout-type regularizers are off; masks come from torch's RNG and are
+    redrawn at every forward call. Independent masks per layer and direction.
     """
 
     def __init__(
@@ -43,6 +57,10 @@ class RecurrentStack(nn.Module):
         dtype: torch.dtype | None = None,
         *,
         impl: str = "auto",
+        locked_dropout: float = 0.0,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        zoneout: float | tuple[float, float] | dict[str, float] = 0.0,
     ) -> None:
         super().__init__()
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
@@ -54,12 +72,24 @@ class RecurrentStack(nn.Module):
                 f"num_layers={num_layers}",
                 stacklevel=3,
             )
+        if locked_dropout and num_layers == 1:
+            warnings.warn(
+                "locked_dropout acts between recurrent layers, so it expects num_layers greater "
+                f"than 1, but got locked_dropout={locked_dropout} and num_layers={num_layers}; "
+                "use rnnkit.LockedDropout on the layer's input or output instead",
+                stacklevel=3,
+            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.impl = bidirectional, proj_size, impl
         D = 2 if bidirectional else 1
         out = proj_size or hidden_size
         self.cells: list[Cell] = [make_cell(input_size if k == 0 else out * D) for k in range(num_layers)]
+        self.locked_dropout = regularizers.check_prob("locked_dropout", locked_dropout)
+        self.recurrent_dropout = regularizers.check_prob("recurrent_dropout", recurrent_dropout)
+        self.weight_drop = regularizers.check_prob("weight_drop", weight_drop)
+        self.zoneout = zoneout
+        self.zoneout_probs = [regularizers.zoneout_probs(zoneout, c.state_names) for c in self.cells]
         self._names: list[list[dict[str, str]]] = []  # [layer][direction] base name -> attribute
         factory = {"device": device, "dtype": dtype}
         for k, cell in enumerate(self.cells):
@@ -103,6 +133,35 @@ class RecurrentStack(nn.Module):
             getattr(self, attr) for per_layer in self._names for names in per_layer for attr in names.values()
         ]
 
+    def flatten_parameters(self) -> None:
+        """Like ``torch.nn.RNNBase.flatten_parameters``: on CUDA with cuDNN, move the weights of
+        a torch-compatible configuration into one contiguous buffer; a no-op elsewhere."""
+        mode, ws = dispatch.torch_mode(self), self.flat_weights()
+        if mode is None or not all(
+            w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w) for w in ws
+        ):
+            return
+        if len({w.data_ptr() for w in ws}) != len(ws) or not torch._use_cudnn_rnn_flatten_weight():
+            return
+        from torch.backends.cudnn import rnn as cudnn_rnn
+
+        with torch.cuda.device_of(ws[0]), torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(
+                ws, (4 if self.bias else 2) + (1 if self.proj_size else 0), self.input_size,
+                cudnn_rnn.get_cudnn_mode(mode), self.hidden_size, self.proj_size, self.num_layers,
+                self.batch_first, self.bidirectional,
+            )  # fmt: skip
+
+    def _apply(self, fn, recurse=True):
+        ret = super()._apply(fn, recurse)
+        self.flatten_parameters()  # as torch.nn does after .cuda() / .to()
+        return ret
+
+    @property
+    def all_weights(self) -> list[list[Tensor]]:
+        """Parameters grouped per layer-direction, as ``torch.nn.RNNBase.all_weights``."""
+        return [[getattr(self, a) for a in names.values()] for per in self._names for names in per]
+
     @property
     def _ref(self) -> Tensor:
         return getattr(self, self._names[0][0]["weight_ih"])
@@ -113,8 +172,14 @@ class RecurrentStack(nn.Module):
         return [(LD, s) if batch is None else (LD, batch, s) for s in sizes]
 
     def needs_custom_loop(self) -> bool:
-        """True when an option (a regularizer, say) rules out torch's fused kernels."""
-        return False
+        """True when an option rules out torch's fused kernels: zoneout (it changes the state
+        between steps, in evaluation too) and recurrent dropout in training."""
+        return any(any(z) for z in self.zoneout_probs) or (self.training and self.recurrent_dropout > 0)
+
+    def _regularized(self) -> bool:
+        return bool(self.locked_dropout or self.recurrent_dropout or self.weight_drop) or any(
+            any(z) for z in self.zoneout_probs
+        )
 
     # -- forward ---------------------------------------------------------------------
     def forward(self, input, hx=None, *, lengths=None):  # noqa: C901 - mirrors torch's branches
@@ -145,10 +210,14 @@ class RecurrentStack(nn.Module):
             state = tuple(s.index_select(1, sorted_idx) for s in state)
 
         impl = dispatch.select(self, x)
+        plan = None
+        if self._regularized():
+            steps = len(batch_sizes) if packed else x.shape[1 if batch_first else 0]
+            plan = regularizers.sample_plan(self, batch, steps, x, sorted_idx)
         if impl == "torch":
-            out, final = dispatch.run_torch(self, x, batch_sizes, state, batch_first)
+            out, final = dispatch.run_torch(self, x, batch_sizes, state, batch_first, plan)
         else:
-            out, final = self._run_layers(x, batch_sizes, state, batch_first, impl)
+            out, final = self._run_layers(x, batch_sizes, state, batch_first, impl, plan)
 
         if unsorted_idx is not None:
             final = tuple(s.index_select(1, unsorted_idx) for s in final)
@@ -165,7 +234,7 @@ class RecurrentStack(nn.Module):
         states = _checks.check_state(hx, names, self.state_shapes(None if unbatched else batch), self._ref)
         return tuple(s.unsqueeze(1) for s in states) if unbatched else states
 
-    def _run_layers(self, x, batch_sizes, state: State, batch_first: bool, impl: str):
+    def _run_layers(self, x, batch_sizes, state: State, batch_first: bool, impl: str, plan=None):
         """The reference path: project, loop, stack; dense input is flattened time-major."""
         if batch_sizes is None:
             if batch_first:
@@ -180,13 +249,16 @@ class RecurrentStack(nn.Module):
             outs = []
             for d in range(D):
                 idx = k * D + d
-                out, fin = dispatch.run_direction(self, impl, k, d, data, steps, tuple(s[idx] for s in state))
+                h0 = tuple(s[idx] for s in state)
+                out, fin = dispatch.run_direction(self, impl, k, d, data, steps, h0, plan)
                 outs.append(out)
                 for i, f in enumerate(fin):
                     finals[i].append(f)
             data = outs[0] if D == 1 else torch.cat(outs, 1)
             if self.dropout and self.training and k < self.num_layers - 1:
                 data = F.dropout(data, self.dropout, True)
+            if plan is not None and k < self.num_layers - 1 and plan.locked[k] is not None:
+                data = regularizers.apply_sequence_mask(data, plan.locked[k], batch_sizes, False)
         final = tuple(torch.stack(f) for f in finals)
         if batch_sizes is None:
             data = data.view(T, B, -1)
@@ -216,6 +288,10 @@ class RecurrentStack(nn.Module):
             ("dropout", 0.0),
             ("bidirectional", False),
             ("impl", "auto"),
+            ("locked_dropout", 0.0),
+            ("recurrent_dropout", 0.0),
+            ("weight_drop", 0.0),
+            ("zoneout", 0.0),
         ]:
             if getattr(self, key) != default:
                 s += f", {key}={getattr(self, key)}"

@@ -4,6 +4,11 @@ The loop works on the *packed* time-major layout that ``torch.nn.utils.rnn`` use
 ``t`` holds the first ``batch_sizes[t]`` sequences (sorted by decreasing length), so a padded
 batch is the special case ``batch_sizes == [B] * T`` and variable lengths cost no padding.
 Every faster path is tested against this loop.
+
+Zoneout (Krueger et al. 2017) lives here because it acts on the state between steps, for
+any cell: with per-component probability ``p_i`` and keep-mask ``d_t`` (1 = keep),
+``s_t = d_t ⊙ s_{t-1} + (1 - d_t) ⊙ s̃_t`` in training and ``s_t = p_i s_{t-1} + (1 - p_i) s̃_t``
+(the expectation) in evaluation, where ``s̃_t`` is the cell's new state.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ def run_direction(
     h0: State,
     reverse: bool = False,
     ctx: StepContext | None = None,
+    zoneout: Sequence[float] | None = None,
+    zoneout_masks: Sequence[Tensor | None] | None = None,
 ) -> tuple[Tensor, State]:
     """Run ``cell`` over one direction of a (packed) sequence batch.
 
@@ -31,6 +38,9 @@ def run_direction(
         xp: projected inputs ``(sum(batch_sizes), G)``, time-major.
         batch_sizes: active sequences per step, non-increasing.
         h0: initial state, each ``(batch_sizes[0], S_i)``.
+        zoneout: per-state-component probabilities, or None.
+        zoneout_masks: in training, per component a keep-mask ``(T, batch_sizes[0], S_i)``
+            (rows in packed order) or None where ``p_i == 0``; None in evaluation.
     Returns:
         outputs ``(sum(batch_sizes), S_0)`` in the same layout, and the final state of every
         sequence (its last valid step; step 0 when ``reverse``).
@@ -42,6 +52,7 @@ def run_direction(
     else:
         steps = xp.split(list(batch_sizes))
     outs: list[Tensor] = [xp] * T
+    zo = zoneout if zoneout is not None and any(zoneout) else None
     if not reverse:
         state, finished = h0, []
         for t in range(T):
@@ -50,7 +61,8 @@ def run_direction(
                 finished.append(tuple(s[bs:] for s in state))
                 state = tuple(s[:bs] for s in state)
             ctx.t = t
-            state = cell.step(p, steps[t], state, ctx)
+            new = cell.step(p, steps[t], state, ctx)
+            state = new if zo is None else _zoneout(state, new, t, zo, zoneout_masks)
             outs[t] = state[0]
         if finished:
             state = tuple(torch.cat([s, *(f[i] for f in reversed(finished))]) for i, s in enumerate(state))
@@ -61,6 +73,20 @@ def run_direction(
             if bs > cur:  # longer sequences start here, from their initial state
                 state = tuple(torch.cat([s, s0[cur:bs]]) for s, s0 in zip(state, h0))
             ctx.t = t
-            state = cell.step(p, steps[t], state, ctx)
+            new = cell.step(p, steps[t], state, ctx)
+            state = new if zo is None else _zoneout(state, new, t, zo, zoneout_masks)
             outs[t] = state[0]
     return torch.cat(outs), state
+
+
+def _zoneout(prev: State, new: State, t: int, probs: Sequence[float], masks) -> State:
+    """Mix the previous and the new state component-wise (see the module docstring)."""
+    out = []
+    for i, (s0, s1) in enumerate(zip(prev, new)):
+        if not probs[i]:
+            out.append(s1)
+        elif masks is None:  # evaluation: the expectation
+            out.append(torch.lerp(s1, s0, probs[i]))
+        else:  # lerp is exact at weights 0 and 1: kept units are exactly s_{t-1}
+            out.append(torch.lerp(s1, s0, masks[i][t, : s1.shape[0]]))
+    return tuple(out)

@@ -8,12 +8,15 @@ arguments, parameter names and shapes, initialization, inputs, outputs and numbe
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import _VF, Tensor, nn
 
-from . import _checks
+from . import _checks, regularizers
 from .cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from .layers import RecurrentStack
+from .regularizers import StepMasks
 
 _SHAPES = """
     Inputs: ``input, hx``
@@ -42,7 +45,8 @@ class RNN(RecurrentStack):
     """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU).
 
     Drop-in for :class:`torch.nn.RNN`; extra keywords select cell options (see the README's
-    table of cells) and layer options (regularizers).
+    table of cells) and layer options (regularizers). Cell option: ``norm='layer'`` (Ba et al.
+    2016), see :mod:`rnnkit.cells.rnn`.
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
@@ -68,6 +72,12 @@ class LSTM(RecurrentStack):
 
     ``hx`` is a tuple ``(h_0, c_0)``; ``c_0`` has ``hidden_size`` features, ``h_0``
     ``proj_size or hidden_size``. Returns ``output, (h_n, c_n)``.
+
+    Cell options (keywords; see :mod:`rnnkit.cells.lstm` and :mod:`rnnkit.cells.greff` for
+    equations and parameter layout): ``peephole``, ``norm='layer'|'batch'`` (``max_len``),
+    ``forget_bias``, and Greff et al.'s ablations ``input_gate``, ``forget_gate``,
+    ``output_gate``, ``input_activation``, ``output_activation``, ``coupled_gates``,
+    ``full_gate_recurrence`` (whose state is ``(h, c, gates)``).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -89,6 +99,9 @@ class GRU(RecurrentStack):
 
         r, z = σ(W_i· x_t + b_i· + W_h· h_{t-1} + b_h·)
         n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn));  h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
+
+    Cell options (see :mod:`rnnkit.cells.gru`): ``reset_after=False`` (Cho et al. 2014),
+    ``norm='layer'``, ``variant='mut1'|'mut2'|'mut3'`` (Jozefowicz et al. 2015).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
@@ -109,8 +122,15 @@ for _cls in (RNN, LSTM, GRU):
 class StepCell(nn.Module):
     """One time step of any cell, with parameters under the cell's base names.
 
-    ``forward(input (N, H_in) or (H_in,), hx=None)`` returns the new state: a tensor for
-    one-state cells, a tuple ``(h, c)`` for LSTM — exactly like ``torch.nn.*Cell``.
+    ``forward(input (N, H_in) or (H_in,), hx=None, masks=None)`` returns the new state: a
+    tensor for one-state cells, a tuple ``(h, c)`` for LSTM — exactly like ``torch.nn.*Cell``.
+
+    Regularizers (keyword-only, off by default), with the semantics of the layer options:
+    ``recurrent_dropout`` and ``weight_drop`` use one mask *per sequence*, which a one-step
+    module cannot know, so the caller holds them: ``masks = cell.sample_masks(batch)`` at the
+    start of each sequence, then ``cell(x_t, state, masks=masks)`` at every step (required in
+    training, ignored in evaluation). ``zoneout`` needs no masks from the caller: a new one is
+    drawn at every step (its expectation is used in evaluation).
     """
 
     _TORCH_CELLS = {
@@ -120,14 +140,39 @@ class StepCell(nn.Module):
         "RNN_RELU": _VF.rnn_relu_cell,
     }
 
-    def __init__(self, cell: Cell, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        cell: Cell,
+        device=None,
+        dtype=None,
+        *,
+        recurrent_dropout: float = 0.0,
+        weight_drop: float = 0.0,
+        zoneout: float | tuple[float, float] | dict[str, float] = 0.0,
+    ) -> None:
         super().__init__()
         self.cell = cell
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
+        self.recurrent_dropout = regularizers.check_prob("recurrent_dropout", recurrent_dropout)
+        self.weight_drop = regularizers.check_prob("weight_drop", weight_drop)
+        self.zoneout = zoneout
+        self.zoneout_probs = regularizers.zoneout_probs(zoneout, cell.state_names)
         for spec in cell.param_specs():
-            t = nn.Parameter(torch.empty(spec.shape, device=device, dtype=dtype))
-            self.register_parameter(spec.name, t)
+            t = torch.empty(spec.shape, device=device, dtype=dtype)
+            if spec.buffer:  # running statistics (recurrent batch norm)
+                self.register_buffer(spec.name, t)
+            else:
+                self.register_parameter(spec.name, nn.Parameter(t))
         self.reset_parameters()
+
+    @classmethod
+    def split_options(cls, options: dict) -> tuple[dict, dict]:
+        """Split extra keywords into (cell options, step options such as regularizers)."""
+        sig = inspect.signature(StepCell.__init__)
+        keys = {n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+        return {k: v for k, v in options.items() if k not in keys}, {
+            k: v for k, v in options.items() if k in keys
+        }
 
     def params(self) -> dict[str, Tensor]:
         return {s.name: getattr(self, s.name) for s in self.cell.param_specs()}
@@ -135,7 +180,51 @@ class StepCell(nn.Module):
     def reset_parameters(self) -> None:
         self.cell.reset_parameters(self.params())
 
-    def forward(self, input: Tensor, hx=None):
+    def needs_custom_loop(self) -> bool:
+        """Recurrent dropout in training needs the cell's own step (torch's has no mask)."""
+        return self.training and self.recurrent_dropout > 0
+
+    def sample_masks(self, batch_size: int = 1) -> StepMasks:
+        """Draw the per-sequence masks of ``batch_size`` sequences (1 for unbatched input)
+        from torch's RNG: ``(batch_size, S_0)`` for recurrent dropout, one per ``weight_hh*``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        like = self.weight_ih
+        rec = None
+        if self.recurrent_dropout:
+            shape = (batch_size, self.cell.state_sizes()[0])
+            rec = regularizers.sample_mask("recurrent", shape, self.recurrent_dropout, like)
+        weights = {}
+        if self.weight_drop:
+            for n, w in self.params().items():
+                if n.startswith("weight_hh"):
+                    weights[n] = regularizers.sample_mask("weight_drop", w.shape, self.weight_drop, like)
+        return StepMasks(batch_size, rec, weights)
+
+    def _masked_params(self, masks: StepMasks | None, batch: int) -> tuple[dict[str, Tensor], Tensor | None]:
+        p = self.params()
+        if not self.training or not (self.recurrent_dropout or self.weight_drop):
+            return p, None
+        if not isinstance(masks, StepMasks):
+            _checks.fail(
+                f"{type(self).__name__} with recurrent_dropout={self.recurrent_dropout} / weight_drop="
+                f"{self.weight_drop} needs per-sequence masks in training: call masks = "
+                f"cell.sample_masks({batch}) once per sequence and pass masks=masks at every step "
+                f"(got masks={type(masks).__name__})"
+            )
+        if masks.batch_size != batch:
+            _checks.fail(f"masks were sampled for batch_size={masks.batch_size}, but the input has {batch}")
+        if (self.recurrent_dropout > 0) != (masks.recurrent is not None) or (self.weight_drop > 0) != bool(
+            masks.weights
+        ):
+            _checks.fail("masks were not sampled by this cell (its regularizer options differ)")
+        p = {n: w * masks.weights[n] if n in masks.weights else w for n, w in p.items()}
+        return p, masks.recurrent
+
+    def forward(self, input: Tensor, hx=None, masks: StepMasks | None = None, *, step: int = 0):
+        """One step. rnnkit extras: ``masks`` (from :meth:`sample_masks`) for recurrent dropout
+        and weight-drop in training; ``step``, the time index, for cells whose math depends on
+        it (``norm='batch'`` uses that step's running statistics)."""
         _checks.check_tensor(input, "input")
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")
@@ -151,26 +240,41 @@ class StepCell(nn.Module):
             state = _checks.check_state(hx, names, shapes, ref)
             if unbatched:
                 state = tuple(s.unsqueeze(0) for s in state)
+        p, rec = self._masked_params(masks, B)
         mode = self.cell.torch_mode()
-        if mode is not None and not getattr(self, "needs_custom_loop", lambda: False)():
-            p = self.params()
+        if mode is not None and not self.needs_custom_loop():
             hx_ = state if mode == "LSTM" else state[0]
             out = self._TORCH_CELLS[mode](
                 x, hx_, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
             )
             new = tuple(out) if mode == "LSTM" else (out,)
         else:
-            p = self.params()
-            new = self.cell.step(p, self.cell.project_input(p, x), state, StepContext(training=self.training))
+            ctx = StepContext(t=step, training=self.training, recurrent_mask=rec, extra={"step": step})
+            new = self.cell.step(p, self.cell.project_input(p, x), state, ctx)
+        if any(self.zoneout_probs):
+            new = self._zoneout(state, new, like=x)
         if unbatched:
             new = tuple(s.squeeze(0) for s in new)
         return new if len(new) > 1 else new[0]
+
+    def _zoneout(self, prev: tuple[Tensor, ...], new: tuple[Tensor, ...], like: Tensor) -> tuple[Tensor, ...]:
+        out = []
+        for s0, s1, p in zip(prev, new, self.zoneout_probs):
+            if p and self.training:
+                s1 = torch.lerp(s1, s0, regularizers.sample_mask("zoneout", s1.shape, p, like))
+            elif p:
+                s1 = torch.lerp(s1, s0, p)
+            out.append(s1)
+        return tuple(out)
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
         extra = self.cell.describe()
+        for key in ("recurrent_dropout", "weight_drop", "zoneout"):
+            if getattr(self, key) != 0.0:
+                s += f", {key}={getattr(self, key)}"
         return s + (f", {extra}" if extra else "")
 
 
@@ -180,8 +284,9 @@ class RNNCell(StepCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None, **options) -> None:  # fmt: skip
         self.nonlinearity = nonlinearity
-        cell = RNNCellMath(input_size, hidden_size, bias, nonlinearity, **options)
-        super().__init__(cell, device, dtype)
+        cell_opts, step_opts = StepCell.split_options(options)
+        cell = RNNCellMath(input_size, hidden_size, bias, nonlinearity, **cell_opts)
+        super().__init__(cell, device, dtype, **step_opts)
 
 
 class LSTMCell(StepCell):
@@ -189,7 +294,8 @@ class LSTMCell(StepCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  **options) -> None:  # fmt: skip
-        super().__init__(LSTMCellMath(input_size, hidden_size, bias, **options), device, dtype)
+        cell_opts, step_opts = StepCell.split_options(options)
+        super().__init__(LSTMCellMath(input_size, hidden_size, bias, **cell_opts), device, dtype, **step_opts)
 
 
 class GRUCell(StepCell):
@@ -197,4 +303,5 @@ class GRUCell(StepCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  **options) -> None:  # fmt: skip
-        super().__init__(GRUCellMath(input_size, hidden_size, bias, **options), device, dtype)
+        cell_opts, step_opts = StepCell.split_options(options)
+        super().__init__(GRUCellMath(input_size, hidden_size, bias, **cell_opts), device, dtype, **step_opts)

@@ -119,8 +119,8 @@ def test_detach_state():
     hs = rnnkit.detach_state((h, [h, h]))
     assert isinstance(hs, tuple) and isinstance(hs[1], list)
     assert not any(t.requires_grad for t in (hs[0], *hs[1]))
-    with pytest.raises(TypeError):
-        rnnkit.detach_state("h")
+    assert rnnkit.detach_state({"h": h})["h"].requires_grad is False
+    assert rnnkit.detach_state(3) == 3  # non-tensors pass through
 
 
 # -- bad input: clear errors naming expected and received values ------------------------
@@ -179,3 +179,21 @@ def test_cell_bad_input():
         rnnkit.GRUCell(3, 4)(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 4\)"):
         rnnkit.GRUCell(3, 4)(torch.randn(2, 3), torch.zeros(3, 4))
+
+
+def test_copy_pickle_and_all_weights(tmp_path):
+    import copy
+
+    a, b = make_pair("LSTM", 3, 4, 2, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    for m in (copy.deepcopy(a), _reload(a, tmp_path)):
+        torch.testing.assert_close(m(x)[0], a(x)[0])
+    assert [[w.shape for w in ws] for ws in a.all_weights] == [[w.shape for w in ws] for ws in b.all_weights]
+    a.flatten_parameters()  # CPU: a no-op, as in torch
+    a.to(torch.float32)
+    assert a.weight_ih_l0.dtype == torch.float32
+
+
+def _reload(m, tmp_path):
+    torch.save(m, tmp_path / "m.pt")
+    return torch.load(tmp_path / "m.pt", weights_only=False)

@@ -1,6 +1,7 @@
-"""Long short-term memory (Hochreiter & Schmidhuber 1997; forget gate: Gers et al. 2000).
+"""Long short-term memory (Hochreiter & Schmidhuber 1997; forget gate: Gers et al. 2000) and
+its textbook variants.
 
-Gate order and parameter names are torch's (``i, f, g, o``)::
+The classic step, gate order and parameter names as torch (``i, f, g, o``)::
 
     i_t = σ(W_ii x_t + b_ii + W_hi h_{t-1} + b_hi)
     f_t = σ(W_if x_t + b_if + W_hf h_{t-1} + b_hf)
@@ -11,6 +12,34 @@ Gate order and parameter names are torch's (``i, f, g, o``)::
 
 Shapes: ``weight_ih (4H, I)``, ``weight_hh (4H, P)``, ``bias_ih/bias_hh (4H,)``,
 ``weight_hr (P, H)``; state ``(h (B, P), c (B, H))`` with ``P = proj_size or H``.
+
+Options (keywords of :class:`LSTMCellMath`, of ``rnnkit.LSTM`` and ``rnnkit.LSTMCell``):
+
+* ``peephole=True`` — Gers & Schmidhuber (2000), "Recurrent nets that time and count":
+  ``i_t, f_t`` get ``+ p_i ⊙ c_{t-1}``, ``p_f ⊙ c_{t-1}`` and ``o_t`` gets ``+ p_o ⊙ c_t``
+  inside the sigmoid. ``weight_peephole (3H,)`` in the order ``i, f, o`` (only the gates
+  that exist), initialized to zero.
+* ``norm='layer'`` — Ba et al. (2016) eq. 20–22::
+
+      (i, f, g, o) = LN(W_ih x_t; γ_ih, β_ih) + LN(W_hh h_{t-1}; γ_hh, β_hh) + b_ih + b_hh
+      h_t = o_t ⊙ tanh(LN(c_t; γ_c, β_c))       (c_t itself is carried unnormalized)
+
+  ``weight_ln_ih/bias_ln_ih (G,)``, ``weight_ln_hh/bias_ln_hh (G,)``, ``weight_ln_c/bias_ln_c
+  (H,)``; gains init 1, shifts 0. ``G`` is the number of gate rows (4H for the classic cell).
+* ``norm='batch'`` — Cooijmans et al. (2016), recurrent batch normalization: the same three
+  places with batch norm, statistics per time step up to ``max_len`` (default 512), gains
+  ``weight_bn_ih/hh (G,)``, ``weight_bn_c (H,)`` init 0.1, a shift ``bias_bn_c (H,)`` only for
+  ``c_t`` (the paper sets β_x = β_h = 0: the gate biases already shift), and buffers
+  ``running_mean_*/running_var_* (max_len, ·)``. See :mod:`rnnkit.cells.norm`.
+* ``forget_bias=1.0`` — added to the forget-gate rows of ``bias_ih`` at initialization
+  (Jozefowicz et al. 2015; Keras' ``unit_forget_bias``). Init only: the math is torch's.
+* The ablations of Greff et al. (2017), "LSTM: A Search Space Odyssey" — see
+  :mod:`rnnkit.cells.greff` for their equations: ``input_gate=False`` (NIG),
+  ``forget_gate=False`` (NFG), ``output_gate=False`` (NOG), ``input_activation=False``
+  (NIAF), ``output_activation=False`` (NOAF), ``coupled_gates=True`` (CIFG),
+  ``full_gate_recurrence=True`` (FGR). A removed gate's rows do not exist: the gate vector
+  holds the present gates in the order ``i, f, g, o``. Greff's *vanilla* LSTM is
+  ``peephole=True``.
 """
 
 from __future__ import annotations
@@ -18,48 +47,173 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import greff
 from .base import Cell, Params, ParamSpec, State, StepContext, linear
+from .norm import batch_norm, check_norm, layer_norm, norm_specs, step_slots
+
+_DEFAULTS = {
+    "peephole": False,
+    "norm": None,
+    "forget_bias": 0.0,
+    "max_len": 512,
+    "input_gate": True,
+    "forget_gate": True,
+    "output_gate": True,
+    "input_activation": True,
+    "output_activation": True,
+    "coupled_gates": False,
+    "full_gate_recurrence": False,
+}
 
 
 class LSTMCellMath(Cell):
-    """The classic LSTM step, exactly ``torch.nn.LSTM``'s."""
+    """The LSTM step: torch's by default, any combination of the options above otherwise."""
 
     family = "lstm"
-    state_names = ("h", "c")
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, proj_size: int = 0) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        proj_size: int = 0,
+        *,
+        peephole: bool = False,
+        norm: str | None = None,
+        forget_bias: float = 0.0,
+        max_len: int = 512,
+        input_gate: bool = True,
+        forget_gate: bool = True,
+        output_gate: bool = True,
+        input_activation: bool = True,
+        output_activation: bool = True,
+        coupled_gates: bool = False,
+        full_gate_recurrence: bool = False,
+    ) -> None:
         super().__init__(input_size, hidden_size, bias)
+        check_norm(norm)
+        options = {
+            "peephole": peephole,
+            "norm": norm,
+            "forget_bias": forget_bias,
+            "max_len": max_len,
+            "input_gate": input_gate,
+            "forget_gate": forget_gate,
+            "output_gate": output_gate,
+            "input_activation": input_activation,
+            "output_activation": output_activation,
+            "coupled_gates": coupled_gates,
+            "full_gate_recurrence": full_gate_recurrence,
+        }
+        for k, v in options.items():
+            if isinstance(_DEFAULTS[k], bool) and not isinstance(v, bool):
+                raise ValueError(f"{k} must be a bool, got {v!r}")
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+            raise ValueError(f"forget_bias must be a number, got {forget_bias!r}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+            raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         self.proj_size = proj_size
+        self.norm, self.forget_bias, self.max_len = norm, float(forget_bias), max_len
+        self.layout = greff.GateLayout(
+            input_gate, forget_gate, output_gate, coupled_gates, full_gate_recurrence, peephole
+        )
+        self.peephole = peephole
+        self.input_activation, self.output_activation = input_activation, output_activation
+        if self.forget_bias and not (bias and forget_gate):
+            raise ValueError(
+                f"forget_bias={forget_bias} needs bias=True and a forget gate "
+                f"(got bias={bias}, forget_gate={forget_gate})"
+            )
+        self.state_names = ("h", "c", "gates") if full_gate_recurrence else ("h", "c")
+        options["forget_bias"] = self.forget_bias
+        self._options = options
+        # Exactly torch's math (forget_bias only changes the initialization; max_len is unused).
+        self.plain = all(options[k] == d for k, d in _DEFAULTS.items() if k not in ("forget_bias", "max_len"))
 
+    # -- parameters ------------------------------------------------------------------
     def param_specs(self) -> list[ParamSpec]:
-        H, P = self.hidden_size, self.proj_size or self.hidden_size
-        specs = [
-            ParamSpec("weight_ih", (4 * H, self.input_size)),
-            ParamSpec("weight_hh", (4 * H, P)),
-        ]
+        H, P, G = self.hidden_size, self.proj_size or self.hidden_size, self.layout.rows(self.hidden_size)
+        specs = [ParamSpec("weight_ih", (G, self.input_size)), ParamSpec("weight_hh", (G, P))]
         if self.bias:
-            specs += [ParamSpec("bias_ih", (4 * H,)), ParamSpec("bias_hh", (4 * H,))]
+            specs += [ParamSpec("bias_ih", (G,)), ParamSpec("bias_hh", (G,))]
         if self.proj_size:
             specs.append(ParamSpec("weight_hr", (self.proj_size, H)))
+        # Options' parameters come after torch's so a default layer draws the RNG as torch.
+        specs += self.layout.extra_specs(H)
+        if self.norm is not None:
+            shift = self.norm == "layer"
+            specs += norm_specs(self.norm, "ih", G, shift, self.max_len)
+            specs += norm_specs(self.norm, "hh", G, shift, self.max_len)
+            specs += norm_specs(self.norm, "c", H, True, self.max_len)
         return specs
 
+    def reset_parameters(self, params) -> None:
+        super().reset_parameters(params)
+        if self.forget_bias:
+            f = self.layout.gates.index("f") * self.hidden_size
+            with torch.no_grad():
+                params["bias_ih"][f : f + self.hidden_size] += self.forget_bias
+
     def state_sizes(self) -> tuple[int, ...]:
-        return (self.proj_size or self.hidden_size, self.hidden_size)
+        sizes = (self.proj_size or self.hidden_size, self.hidden_size)
+        if self.layout.full_recurrence:
+            return (*sizes, len(self.layout.sigmoid_gates) * self.hidden_size)
+        return sizes
+
+    # -- math ------------------------------------------------------------------------
+    def _bias(self, p: Params) -> Tensor | None:
+        return p["bias_ih"] + p["bias_hh"] if self.bias else None
 
     def project_input(self, p: Params, x: Tensor) -> Tensor:
-        # Both biases are constant over time: fold them into the one big input GEMM.
-        b = p["bias_ih"] + p["bias_hh"] if self.bias else None
-        return linear(x, p["weight_ih"], b)
+        if self.norm is None:  # both biases are constant over time: fold them into the GEMM
+            return linear(x, p["weight_ih"], self._bias(p))
+        a = x @ p["weight_ih"].t()
+        if self.norm == "batch":  # needs the time step: normalized in step()
+            return a
+        a = layer_norm(p, "ih", a)
+        b = self._bias(p)
+        return a if b is None else a + b
 
     def step(self, p: Params, xp: Tensor, state: State, ctx: StepContext) -> State:
-        h, c = state
-        gates = torch.addmm(xp, ctx.drop_recurrent(h), p["weight_hh"].t())
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
+        h, c = state[0], state[1]
+        hd = ctx.drop_recurrent(h)
+        if self.plain:  # torch's LSTM: one GEMM, four chunks
+            gates = torch.addmm(xp, hd, p["weight_hh"].t())
+            i, f, g, o = gates.chunk(4, 1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            return (h @ p["weight_hr"].t() if self.proj_size else h), c
+        slots = None
+        if self.norm is None:
+            a = torch.addmm(xp, hd, p["weight_hh"].t())
+        elif self.norm == "layer":
+            a = xp + layer_norm(p, "hh", hd @ p["weight_hh"].t())
+        else:
+            slots = step_slots(ctx, h.shape[0], self.max_len)
+            a = batch_norm(p, "ih", xp, slots, ctx.training)
+            a = a + batch_norm(p, "hh", hd @ p["weight_hh"].t(), slots, ctx.training)
+            if self.bias:
+                a = a + self._bias(p)
+        prev = state[2] if self.layout.full_recurrence else None
+        act_in = torch.tanh if self.input_activation else None
+        c, o, acts = self.layout.cell_update(p, a, c, prev, act_in)
+        if self.norm == "layer":
+            cn = layer_norm(p, "c", c)
+        elif self.norm == "batch":
+            cn = batch_norm(p, "c", c, slots, ctx.training)  # type: ignore[arg-type]
+        else:
+            cn = c
+        y = torch.tanh(cn) if self.output_activation else cn
+        h = y if o is None else o * y
         if self.proj_size:
             h = h @ p["weight_hr"].t()
-        return h, c
+        return (h, c, acts) if prev is not None else (h, c)
 
     def torch_mode(self) -> str | None:
-        return "LSTM"
+        return "LSTM" if self.plain else None
+
+    def describe(self) -> str:
+        shown = {k: v for k, v in self._options.items() if v != _DEFAULTS[k]}
+        if self.norm != "batch":
+            shown.pop("max_len", None)
+        return ", ".join(f"{k}={v!r}" for k, v in shown.items())

@@ -143,9 +143,9 @@ def test_fused_rejects_unsupported_and_dispatches(monkeypatch):
     monkeypatch.setattr(K, "run_direction", lambda *a, **k: calls.append(1) or orig(*a, **k))
     m(torch.randn(2, 1, 3))
     assert calls == [1]
-    monkeypatch.setattr(m, "needs_custom_loop", lambda: True)
-    with pytest.raises(ValueError, match="impl='fused'"):
-        m(torch.randn(2, 1, 3))
+    for bad in (rnnkit.LSTM(3, 4, impl="fused", zoneout=0.1), rnnkit.LSTM(3, 4, impl="fused", peephole=True)):
+        with pytest.raises(ValueError, match="impl='fused'"):
+            bad(torch.randn(2, 1, 3))
     with pytest.raises(ValueError, match="standard"):
         K.run_direction(object(), {}, torch.zeros(1, 4), [1], (torch.zeros(1, 1),))  # type: ignore[arg-type]
 

@@ -1,0 +1,213 @@
+"""Language-model batching: contiguous streams cut into BPTT windows.
+
+The 1-D token tensor is cut into ``batch_size`` contiguous streams (the scheme of
+Zaremba et al. and PyTorch's word-LM example). Each step yields the next window of
+every stream as input and the same window shifted by one token as target, so a
+recurrent state carried from one window to the next sees an unbroken text.
+
+Shapes: ``inputs``/``targets`` are ``(T, B)`` (time-major, the default) or ``(B, T)``
+with ``batch_first=True``; ``T`` is the window length of the step (``seq_len``, or
+shorter for the last window, or random with ``variable_length=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["LMBatch", "BPTTBatches", "bptt_batches", "make_streams"]
+
+
+class LMBatch(NamedTuple):
+    """One BPTT window of every stream.
+
+    ``inputs`` and ``targets``: ``(T, B)`` or ``(B, T)`` (``batch_first``).
+    ``seq_len``: ``T`` for this step. ``lr_scale``: ``T / base seq_len`` -- multiply the
+    learning rate by it when window lengths vary (Merity et al. 2018, sec. 4.1), so
+    every token weighs the same. ``position``: offset of the window in each stream.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    seq_len: int
+    lr_scale: float
+    position: int
+
+
+def _as_1d(data: Tensor | Sequence[int]) -> Tensor:
+    data = data if isinstance(data, Tensor) else torch.as_tensor(data)
+    if data.dim() != 1:
+        raise ValueError(
+            f"data must be a 1-D tensor of tokens, got a {data.dim()}-D tensor of shape {tuple(data.shape)}"
+        )
+    return data
+
+
+def make_streams(
+    data: Tensor | Sequence[int], batch_size: int, *, rank: int = 0, world_size: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Cut ``data`` (N,) into streams; returns ``(inputs, targets)``, each ``(B_local, L)``.
+
+    ``L = N // batch_size``; the tokens beyond ``batch_size * L`` are dropped. The target
+    of token ``i`` is token ``i + 1``; only the very last target, which has no next token,
+    wraps around to ``data[0]``. With ``world_size > 1`` each rank keeps its contiguous
+    slice of ``batch_size // world_size`` streams (the global batch is split, not copied).
+    """
+    data = _as_1d(data)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+    if batch_size % world_size:
+        raise ValueError(
+            f"batch_size (the global batch) must be divisible by world_size, got "
+            f"batch_size={batch_size}, world_size={world_size}"
+        )
+    n = data.numel()
+    length = n // batch_size
+    if length < 1:
+        raise ValueError(f"data has {n} tokens, fewer than batch_size={batch_size}")
+    kept = batch_size * length
+    # Cyclic shift by one: the next token where there is one, data[0] after the end.
+    target_idx = torch.arange(1, kept + 1) % n
+    inputs = data[:kept].view(batch_size, length)
+    targets = data[target_idx].view(batch_size, length)
+    per_rank = batch_size // world_size
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    return inputs[rows], targets[rows]
+
+
+class BPTTBatches:
+    """Re-iterable BPTT windows over a token tensor; see :func:`bptt_batches`."""
+
+    def __init__(
+        self,
+        data: Tensor | Sequence[int],
+        batch_size: int,
+        seq_len: int,
+        *,
+        batch_first: bool = False,
+        variable_length: bool = False,
+        p: float = 0.95,
+        std: float = 5.0,
+        min_len: int = 5,
+        max_len: int | None = None,
+        drop_last: bool = False,
+        seed: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        data = _as_1d(data)
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if data.numel() < batch_size * seq_len:
+            raise ValueError(
+                f"data has {data.numel()} tokens, fewer than batch_size * seq_len = "
+                f"{batch_size} * {seq_len} = {batch_size * seq_len}"
+            )
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.inputs, self.targets = make_streams(data, batch_size, rank=rank, world_size=world_size)
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.batch_first, self.drop_last = batch_first, drop_last
+        self.variable_length, self.p, self.std = variable_length, p, std
+        self.min_len = max(1, min(min_len, seq_len))
+        # AWD-LSTM caps the drawn length (seq_len + 40) so one window cannot blow memory.
+        self.max_len = max_len if max_len is not None else seq_len + 40
+        self.seed, self.epoch = seed, 0
+
+    @property
+    def stream_len(self) -> int:
+        """Tokens per stream, ``L``."""
+        return self.inputs.shape[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the random window lengths of this epoch a function of ``(seed, epoch)``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        # Exact for fixed windows; for variable windows an estimate (used by progress bars).
+        n = self.stream_len / self.seq_len
+        return math.floor(n) if self.drop_last else math.ceil(n)
+
+    def _draw_len(self, gen: torch.Generator) -> int:
+        base = self.seq_len if torch.rand((), generator=gen).item() < self.p else self.seq_len / 2
+        drawn = int(torch.normal(float(base), float(self.std), (), generator=gen).item())
+        return min(self.max_len, max(self.min_len, drawn))
+
+    def __iter__(self) -> Iterator[LMBatch]:
+        gen = None
+        if self.variable_length:
+            gen = torch.Generator()
+            if self.seed is None:
+                # Drawn from the global RNG so that seed_everything() governs it.
+                gen.manual_seed(int(torch.randint(0, 2**62, ()).item()))
+            else:
+                gen.manual_seed(self.seed * 1_000_003 + self.epoch)
+        pos, total = 0, self.stream_len
+        while pos < total:
+            length = self._draw_len(gen) if gen is not None else self.seq_len
+            length = min(length, total - pos)
+            if self.drop_last and length < (self.min_len if gen is not None else self.seq_len):
+                return
+            x = self.inputs[:, pos : pos + length]
+            y = self.targets[:, pos : pos + length]
+            if not self.batch_first:
+                x, y = x.t().contiguous(), y.t().contiguous()
+            yield LMBatch(x, y, length, length / self.seq_len, pos)
+            pos += length
+
+
+def bptt_batches(
+    data: Tensor | Sequence[int],
+    batch_size: int,
+    seq_len: int,
+    *,
+    batch_first: bool = False,
+    variable_length: bool = False,
+    p: float = 0.95,
+    std: float = 5.0,
+    min_len: int = 5,
+    max_len: int | None = None,
+    drop_last: bool = False,
+    seed: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> BPTTBatches:
+    """Language-model batches of a 1-D token tensor ``data`` (N,).
+
+    Iterating yields :class:`LMBatch` windows: ``inputs``/``targets`` ``(T, B)``, or
+    ``(B, T)`` with ``batch_first``. Example: data 1..12, ``batch_size=2``, ``seq_len=3``
+    gives inputs ``[[1,2,3],[7,8,9]]`` / targets ``[[2,3,4],[8,9,10]]``, then inputs
+    ``[[4,5,6],[10,11,12]]`` / targets ``[[5,6,7],[11,12,1]]`` (shown batch-first).
+
+    ``variable_length=True`` draws each window length as in AWD-LSTM: base ``seq_len``
+    with probability ``p`` else ``seq_len / 2``, then ``N(base, std)``, clamped to
+    ``[min_len, max_len]`` (default ``seq_len + 40``); ``LMBatch.lr_scale`` reports
+    ``T / seq_len`` for rescaling the learning rate. Lengths come from ``seed`` and the
+    epoch set by ``set_epoch`` (or from the global torch RNG when ``seed`` is None).
+
+    The last window of a stream may be shorter than ``seq_len``; ``drop_last`` drops it.
+    ``rank``/``world_size`` shard the global ``batch_size`` streams for DDP.
+    """
+    return BPTTBatches(
+        data,
+        batch_size,
+        seq_len,
+        batch_first=batch_first,
+        variable_length=variable_length,
+        p=p,
+        std=std,
+        min_len=min_len,
+        max_len=max_len,
+        drop_last=drop_last,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )

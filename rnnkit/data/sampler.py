@@ -1,0 +1,87 @@
+"""Length-bucketing batch sampler: batches of similar lengths keep padding small."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = ["BucketBatchSampler"]
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Yield lists of dataset indices whose sequence lengths are close.
+
+    Each epoch the indices are shuffled, cut into pools of ``bucket_size`` (default
+    ``50 * batch_size``), every pool is sorted by length and cut into batches, and the
+    batch order is shuffled. Sorting within pools (not globally) keeps some randomness.
+    Use it as ``DataLoader(ds, batch_sampler=..., collate_fn=PadCollate())``.
+
+    For DDP pass ``num_replicas``/``rank``: ``batch_size`` is the global batch, every
+    global batch is cut into ``num_replicas`` contiguous shards and each rank yields its
+    own; all ranks see the same number of batches (a short last batch is padded with
+    indices from its start). Call ``set_epoch`` each epoch; the order is a function of
+    ``(seed, epoch)``.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        bucket_size: int | None = None,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
+        if len(lengths) == 0:
+            raise ValueError("lengths is empty")
+        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        self.batch_size = batch_size
+        self.bucket_size = max(batch_size, bucket_size or 50 * batch_size)
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        batches: list[list[int]] = []
+        for start in range(0, n, self.bucket_size):
+            pool = order[start : start + self.bucket_size]
+            # stable sort: ties keep the shuffled order
+            pool = pool[torch.sort(self.lengths[pool], stable=True).indices]
+            for b in range(0, len(pool), self.batch_size):
+                batch = pool[b : b + self.batch_size].tolist()
+                if len(batch) < self.batch_size and self.drop_last:
+                    continue
+                batches.append(batch)
+        if self.shuffle:
+            perm = torch.randperm(len(batches), generator=gen).tolist()
+            batches = [batches[i] for i in perm]
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._global_batches():
+            if self.num_replicas == 1:
+                yield batch
+                continue
+            if len(batch) < self.num_replicas:  # every rank needs at least one item
+                batch = (batch * self.num_replicas)[: self.num_replicas]
+            per = -(-len(batch) // self.num_replicas)
+            shard = batch[self.rank * per : (self.rank + 1) * per]
+            yield shard or batch[-1:]
+
+    def __len__(self) -> int:
+        # Pools can each leave a short batch, so count by building the (cheap) plan.
+        return len(self._global_batches())

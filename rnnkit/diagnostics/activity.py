@@ -1,0 +1,115 @@
+"""Activity over a sequence: hidden state, cell state and every gate, per unit and step.
+
+Gates are not outputs of the fused layers, so they are recomputed from each step's
+previous state and projected input (the states come from
+:func:`rnnkit.diagnostics.trace.replay`):
+
+* standard cells (``cell.torch_mode()`` is not ``None``: torch's RNN/LSTM/GRU, and every
+  ``torch.nn`` module) — the step math is replayed here in torch's gate order::
+
+      LSTM: i, f, o = σ(·), g = tanh(·) of  W_ih x_t + b_ih + W_hh h_{t-1} + b_hh  (chunks i f g o)
+      GRU:  r, z = σ(W_ir/z x_t + b_ir/z + W_hr/z h_{t-1} + b_hr/z)
+            n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn))
+
+* any cell may offer the hook ``cell.gates(p, xp, state) -> dict[str, Tensor]``
+  (``p``: its parameter dict, ``xp``: ``project_input`` of one step ``(B, G)``, ``state``:
+  the state tuple *before* the step; values ``(B, units)``). It is used whenever present,
+  so the zoo's variants can show their own gates;
+* other cells (``torch_mode()`` is ``None`` and no hook): states only, with a note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..cells.base import Cell
+from .trace import layer_labels, layer_views, replay
+
+
+@dataclass
+class LayerActivity:
+    """One layer-direction: ``states[name]`` and ``gates[name]`` are ``(T, units)`` arrays
+    in time order; ``note`` says why gates are missing, if they are."""
+
+    label: str
+    family: str
+    states: dict[str, np.ndarray]
+    gates: dict[str, np.ndarray]
+    note: str = ""
+
+
+def standard_gates(
+    cell: Cell, p: dict[str, Tensor], xp: Tensor, state: tuple[Tensor, ...]
+) -> dict[str, Tensor]:
+    """Gate values of torch's LSTM (``i f g o``) or GRU (``r z n``) step; ``{}`` for the RNN."""
+    H = cell.hidden_size
+    if cell.family == "lstm":
+        pre = xp + state[0] @ p["weight_hh"].t()
+        i, f, g, o = pre.chunk(4, 1)
+        return {"i": torch.sigmoid(i), "f": torch.sigmoid(f), "g": torch.tanh(g), "o": torch.sigmoid(o)}
+    if cell.family == "gru":
+        hh = state[0] @ p["weight_hh"].t()
+        if p.get("bias_hh") is not None:
+            hh = hh + p["bias_hh"]
+        r = torch.sigmoid(xp[:, :H] + hh[:, :H])
+        z = torch.sigmoid(xp[:, H : 2 * H] + hh[:, H : 2 * H])
+        n = torch.tanh(xp[:, 2 * H :] + r * hh[:, 2 * H :])
+        return {"r": r, "z": z, "n": n}
+    return {}
+
+
+def gate_source(cell: Cell) -> str:
+    """``"hook"`` (the cell's ``gates``), ``"standard"`` (replayed here) or ``"none"``."""
+    if callable(getattr(cell, "gates", None)):
+        return "hook"
+    if cell.torch_mode() is not None and cell.family in ("rnn", "lstm", "gru"):
+        return "standard"
+    return "none"
+
+
+def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> list[LayerActivity]:
+    """States and gates of every layer-direction of ``module`` for one sequence.
+
+    ``inputs`` as for the layer (``(T, B, I)``, batch-first, or unbatched); ``sample``
+    picks the sequence. Returns one :class:`LayerActivity` per layer-direction."""
+    views = layer_views(module)
+    with torch.no_grad():
+        _, _, tr = replay(module, inputs, hx)
+        B = tr.inputs[0].shape[1]
+        if not 0 <= sample < B:
+            raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        result = []
+        for k, d, label in layer_labels(module):
+            cell, p = views[k].cell, views[k].params[d]
+            steps = tr.states[k][d]
+            T = len(steps)
+            states = {
+                name: np.stack([s[i][sample].double().cpu().numpy() for s in steps])
+                for i, name in enumerate(tr.state_names)
+            }
+            source, gates, note = gate_source(cell), {}, ""
+            if source == "none":
+                note = f"{type(cell).__name__} is not a standard cell and has no gates() hook: states only"
+            else:
+                x = tr.inputs[k][:, sample : sample + 1]
+                xp = cell.project_input(p, x.reshape(T, -1))
+                per_t = []
+                for t in range(T):
+                    prev_t = t + 1 if d else t - 1
+                    prev = tr.initial[k][d] if prev_t in (-1, T) else steps[prev_t]
+                    prev = tuple(s[sample : sample + 1] for s in prev)
+                    fn = (
+                        cell.gates
+                        if source == "hook"
+                        else lambda p_, x_, s_, c=cell: standard_gates(c, p_, x_, s_)
+                    )
+                    per_t.append(fn(p, xp[t : t + 1], prev))
+                gates = {n: np.stack([g[n][0].double().cpu().numpy() for g in per_t]) for n in per_t[0]}
+                if not gates:
+                    note = "the Elman RNN has no gates"
+            result.append(LayerActivity(label, cell.family, states, gates, note))
+    return result

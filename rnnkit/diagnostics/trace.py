@@ -1,0 +1,207 @@
+"""Step-by-step replay of a recurrent layer, exposing every state ``h_t`` (and ``c_t``).
+
+The fused layers (torch's kernels, and rnnkit's fused paths) return only the output
+sequence and the final state; diagnostics need each layer's state at *every* step and
+the tensors themselves, so that ``∂L/∂h_t`` can be read off with ``retain_grad``. This
+module therefore re-runs a layer in Python, one ``cell.step`` at a time, with the layer's
+own cells and parameter tensors (so gradients reach the real parameters). It is the same
+math as :func:`rnnkit.loop.run_direction` for dense (non-packed) input, which the tests
+check against the layer's own forward.
+
+Works for :class:`rnnkit.RecurrentStack` (``RNN``/``LSTM``/``GRU`` and every cell of the
+zoo) and for ``torch.nn.RNN``/``LSTM``/``GRU`` (whose parameters are wrapped in rnnkit's
+standard cells: same names, same gate order). Not replayed: ``PackedSequence`` input and
+layer-level options that change the step outside the cell (e.g. regularizer masks) — the
+replay runs the plain cell math.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from ..cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
+from ..layers import RecurrentStack
+
+State = tuple[Tensor, ...]
+
+
+@dataclass
+class LayerView:
+    """One layer of a stack: its cell and the parameter dict of each direction."""
+
+    cell: Cell
+    params: list[dict[str, Tensor]]
+
+
+def is_recurrent(module: nn.Module) -> bool:
+    """True for the layers the diagnostics can replay."""
+    return isinstance(module, (RecurrentStack, nn.RNNBase))
+
+
+def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every replayable recurrent layer in ``model`` (not nested)."""
+    found: list[tuple[str, nn.Module]] = []
+
+    def walk(prefix: str, m: nn.Module) -> None:
+        if is_recurrent(m):
+            found.append((prefix, m))
+            return
+        for name, child in m.named_children():
+            walk(f"{prefix}.{name}" if prefix else name, child)
+
+    walk("", model)
+    return found
+
+
+def layer_views(module: nn.Module) -> list[LayerView]:
+    """The cell and parameters of every layer of an rnnkit stack or a ``torch.nn`` RNN."""
+    if isinstance(module, RecurrentStack):
+        D = module.num_directions
+        return [
+            LayerView(c, [module.layer_params(k, d) for d in range(D)]) for k, c in enumerate(module.cells)
+        ]
+    if isinstance(module, nn.RNNBase):
+        D = 2 if module.bidirectional else 1
+        H, P = module.hidden_size, getattr(module, "proj_size", 0)
+        views = []
+        for k in range(module.num_layers):
+            n_in = module.input_size if k == 0 else (P or H) * D
+            if module.mode == "LSTM":
+                cell: Cell = LSTMCellMath(n_in, H, module.bias, P)
+            elif module.mode == "GRU":
+                cell = GRUCellMath(n_in, H, module.bias)
+            elif module.mode in ("RNN_TANH", "RNN_RELU"):
+                cell = RNNCellMath(n_in, H, module.bias, module.mode[4:].lower())
+            else:
+                raise ValueError(f"unsupported torch.nn recurrent mode {module.mode!r}")
+            params = []
+            for d in range(D):
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+                params.append({s.name: getattr(module, s.name + sfx) for s in cell.param_specs()})
+            views.append(LayerView(cell, params))
+        return views
+    raise ValueError(
+        "expected an rnnkit recurrent layer (RNN/LSTM/GRU/RecurrentStack) or torch.nn.RNN/LSTM/GRU, "
+        f"got {type(module).__name__}"
+    )
+
+
+def num_directions(module: nn.Module) -> int:
+    return 2 if module.bidirectional else 1
+
+
+def layer_labels(module: nn.Module, prefix: str = "") -> list[tuple[int, int, str]]:
+    """``(layer, direction, label)`` with labels ``l0``, ``l0_reverse``... (torch's suffixes)."""
+    pre = f"{prefix}." if prefix else ""
+    D = num_directions(module)
+    return [
+        (k, d, f"{pre}l{k}" + ("_reverse" if d else "")) for k in range(module.num_layers) for d in range(D)
+    ]
+
+
+@dataclass
+class Trace:
+    """States of every step: ``states[k][d][t]`` is the state tuple after step ``t``
+    (each ``(B, S_i)``) of layer ``k``, direction ``d``; ``inputs[k]`` is layer ``k``'s
+    input ``(T, B, I_k)``; ``initial[k][d]`` the state before the first step."""
+
+    states: list[list[list[State]]]
+    inputs: list[Tensor]
+    initial: list[list[State]]
+    state_names: tuple[str, ...]
+
+
+def _as_time_major(module: nn.Module, x: Tensor) -> tuple[Tensor, bool]:
+    if isinstance(x, PackedSequence):
+        raise ValueError("diagnostics replay dense (padded) input only, got a PackedSequence")
+    if not isinstance(x, Tensor) or x.dim() not in (2, 3):
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"expected input of shape (T, B, I), (B, T, I) with batch_first, or (T, I); got {shape}"
+        )
+    if x.shape[-1] != module.input_size:
+        raise ValueError(
+            f"input has {x.shape[-1]} features but the layer expects input_size={module.input_size}"
+        )
+    if x.dim() == 2:
+        return x.unsqueeze(1), True
+    return (x.transpose(0, 1) if module.batch_first else x), False
+
+
+def _initial(module: nn.Module, views: list[LayerView], hx, B: int, ref: Tensor, unbatched: bool):
+    names = views[-1].cell.state_names
+    sizes = views[-1].cell.state_sizes()
+    LD = module.num_layers * num_directions(module)
+    if hx is None:
+        return tuple(ref.new_zeros(LD, B, s) for s in sizes)
+    states = (hx,) if isinstance(hx, Tensor) else tuple(hx)
+    if len(states) != len(names):
+        raise ValueError(f"expected an initial state of {len(names)} tensor(s) {names}, got {len(states)}")
+    if unbatched:
+        states = tuple(s.unsqueeze(1) for s in states)
+    for s, name, size in zip(states, names, sizes):
+        if tuple(s.shape) != (LD, B, size):
+            raise ValueError(f"expected {name}_0 of shape {(LD, B, size)}, got {tuple(s.shape)}")
+    return states
+
+
+def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, track: bool = False):
+    """Run ``module`` on dense input ``x`` one step at a time.
+
+    Returns ``(output, h_n, trace)`` where ``output, h_n`` are exactly what
+    ``module(x, hx)`` returns (same layout; ``h_n`` a tuple ``(h_n, c_n)`` for LSTM) and
+    ``trace`` a :class:`Trace`. With ``retain_grad`` every state tensor keeps its ``.grad``
+    after ``backward()``. ``track`` makes an initial state that does not require grad a
+    leaf that does, so that every state is in the autograd graph even with frozen
+    parameters (the values are unchanged).
+    """
+    views = layer_views(module)
+    data, unbatched = _as_time_major(module, x)
+    T, B = data.shape[0], data.shape[1]
+    h0 = _initial(module, views, hx, B, data, unbatched)
+    if track or retain_grad:
+        if not torch.is_grad_enabled():
+            raise ValueError("tracking gradients through the replay needs autograd (not torch.no_grad())")
+        h0 = tuple(s if s.requires_grad else s.detach().requires_grad_() for s in h0)
+    D = num_directions(module)
+    ctx = StepContext(training=module.training)
+    finals: list[list[Tensor]] = [[] for _ in h0]
+    trace = Trace([], [], [], views[-1].cell.state_names)
+    for k, view in enumerate(views):
+        trace.inputs.append(data)
+        outs, per_dir, init_dir = [], [], []
+        for d in range(D):
+            p = view.params[d]
+            xp = view.cell.project_input(p, data.reshape(T * B, -1)).view(T, B, -1)
+            state = tuple(s[k * D + d] for s in h0)
+            init_dir.append(state)
+            steps: list[State] = [()] * T
+            for t in range(T - 1, -1, -1) if d else range(T):
+                ctx.t = t
+                state = view.cell.step(p, xp[t], state, ctx)
+                if retain_grad:
+                    for s in state:
+                        if s.requires_grad:
+                            s.retain_grad()
+                steps[t] = state
+            for i, s in enumerate(state):
+                finals[i].append(s)
+            per_dir.append(steps)
+            outs.append(torch.stack([s[0] for s in steps]))
+        trace.states.append(per_dir)
+        trace.initial.append(init_dir)
+        data = outs[0] if D == 1 else torch.cat(outs, 2)
+        if module.dropout and module.training and k < len(views) - 1:
+            data = F.dropout(data, module.dropout, True)
+    final = tuple(torch.stack(f) for f in finals)
+    out = data
+    if unbatched:
+        out, final = out.squeeze(1), tuple(s.squeeze(1) for s in final)
+    elif module.batch_first:
+        out = out.transpose(0, 1)
+    return out, (final if len(final) > 1 else final[0]), trace

@@ -1,0 +1,85 @@
+"""Activation regularization (AR) and temporal activation regularization (TAR).
+
+Merity, McCann & Socher (2017), "Revisiting Activation Regularization for Language RNNs",
+used in AWD-LSTM (Merity et al. 2017)::
+
+    AR  = α · mean_t,b,f( (m ⊙ h_t)^2 )          on the (dropped) output of the last layer
+    TAR = β · mean_t,b,f( (h_t − h_{t−1})^2 )    on the undropped output, t ≥ 1
+
+Both accept dense outputs ``(T, B, F)`` (``(B, T, F)`` with ``batch_first``), optionally with
+``lengths`` ``(B,)`` so padding is ignored, or a ``PackedSequence``. The mean runs over the
+valid elements only; for dense input without ``lengths`` it is exactly AWD-LSTM's
+``h.pow(2).mean()`` and ``(h[1:] - h[:-1]).pow(2).mean()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from .regularizers import packed_rows
+
+__all__ = ["activation_regularization", "temporal_activation_regularization", "ar", "tar"]
+
+
+def _time_major(output: Tensor, batch_first: bool) -> Tensor:
+    if not isinstance(output, Tensor) or output.dim() != 3:
+        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(f"expected a 3-D output (T, B, F) or (B, T, F) with batch_first, got {got}")
+    return output.transpose(0, 1) if batch_first else output
+
+
+def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
+    """``(T, B)`` boolean mask of valid steps, or None when every step is valid."""
+    if lengths is None:
+        return None
+    lengths = torch.as_tensor(lengths, device=device)
+    if lengths.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    return torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)
+
+
+def activation_regularization(
+    output: Tensor | PackedSequence, alpha: float = 2.0, *, batch_first: bool = False, lengths=None
+) -> Tensor:
+    """AR: ``alpha`` times the mean square of ``output`` over its valid elements (a scalar)."""
+    if isinstance(output, PackedSequence):
+        return alpha * output.data.pow(2).mean()
+    h = _time_major(output, batch_first)
+    valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
+    if valid is None:
+        return alpha * h.pow(2).mean()
+    return alpha * h[valid].pow(2).mean()
+
+
+def temporal_activation_regularization(
+    output: Tensor | PackedSequence, beta: float = 1.0, *, batch_first: bool = False, lengths=None
+) -> Tensor:
+    """TAR: ``beta`` times the mean square of ``h_t − h_{t−1}`` over consecutive valid steps of
+    each sequence (a scalar; zero when no sequence has two steps)."""
+    if isinstance(output, PackedSequence):
+        data, bs = output.data, output.batch_sizes
+        if len(bs) < 2:
+            return data.new_zeros(())
+        starts = torch.cumsum(bs, 0) - bs
+        # Row of (t + 1, j) minus row of (t, j) for every sequence j alive at step t + 1.
+        nxt = torch.arange(int(bs[0]), int(bs.sum()))
+        t_next = torch.repeat_interleave(torch.arange(1, len(bs)), bs[1:])
+        prev = starts[t_next - 1] + packed_rows(bs)[nxt]
+        nxt, prev = nxt.to(data.device), prev.to(data.device)
+        return beta * (data[nxt] - data[prev]).pow(2).mean()
+    h = _time_major(output, batch_first)
+    if h.shape[0] < 2:
+        return h.new_zeros(())
+    diff = h[1:] - h[:-1]
+    valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
+    if valid is None:
+        return beta * diff.pow(2).mean()
+    if not bool(valid[1:].any()):
+        return h.new_zeros(())
+    return beta * diff[valid[1:]].pow(2).mean()
+
+
+ar = activation_regularization
+tar = temporal_activation_regularization

@@ -1,0 +1,274 @@
+"""Regularizers of recurrent networks: masks, model-level modules and the per-call mask plan.
+
+Model-level modules (used around the recurrent layers):
+
+* :class:`LockedDropout` — *variational* (locked) dropout of a sequence: one Bernoulli mask
+  per sequence, shared by every time step (Gal & Ghahramani 2016, "A Theoretically Grounded
+  Application of Dropout in Recurrent Neural Networks"; Merity et al. 2017, AWD-LSTM).
+* :class:`EmbeddingDropout` — drops whole rows of an embedding matrix, i.e. every
+  occurrence of a word in the batch (Gal & Ghahramani 2016; Merity et al. 2017).
+
+Layer options of every :class:`rnnkit.layers.RecurrentStack` (``rnnkit.LSTM(...,
+locked_dropout=, recurrent_dropout=, weight_drop=, zoneout=)``) are implemented through
+:func:`sample_plan`, which draws every mask of one forward call up front, in a fixed order,
+from torch's RNG (so ``torch.manual_seed`` reproduces a run and every implementation of
+the layer consumes the RNG identically):
+
+    for each layer k, for each direction d:
+        "weight_drop"  one mask per parameter whose name starts with ``weight_hh`` (shape of W)
+        "recurrent"    (B, S_0)      one mask per sequence on h_{t-1} before W_hh
+        "zoneout"      (T, B, S_i)   one per state component i with p_i > 0 (new every step)
+    then, between layer k and k+1:
+        "locked"       (B, D * S_0)  one mask per sequence on the next layer's input
+
+Per-sequence masks are drawn in the caller's batch order; for a ``PackedSequence`` with
+``sorted_indices`` their rows are then permuted to the packed (sorted) order, so a mask row
+belongs to a *sequence*, not to a position in the packed batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+KINDS = ("weight_drop", "recurrent", "zoneout", "locked", "embedding")
+
+
+def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tensor:
+    """Draw one mask from torch's RNG, with ``like``'s dtype and device.
+
+    For dropout kinds the mask holds ``0`` (dropped, probability ``p``) or ``1 / (1 - p)``
+    (kept, inverted-dropout scaling); for ``"zoneout"`` it holds ``1`` (the unit keeps its
+    previous value, probability ``p``) or ``0``. Every regularizer of rnnkit draws its masks
+    here, so tests can record or replace them by monkeypatching this one function.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
+    m = torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+    if kind == "zoneout":
+        return m.bernoulli_(p)
+    if p >= 1:  # everything dropped; avoid 0 * inf
+        return m.zero_()
+    return m.bernoulli_(1 - p).div_(1 - p)
+
+
+def check_prob(name: str, p: object) -> float:
+    """``p`` as a float in ``[0, 1]``, else a ``ValueError`` naming ``name``."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
+    return float(p)
+
+
+def zoneout_probs(zoneout: object, state_names: Sequence[str]) -> tuple[float, ...]:
+    """Per-state-component zoneout probabilities, in the order of ``state_names``.
+
+    ``zoneout`` is a number (every component), a ``dict`` ``{state name: p}`` (missing
+    names get 0), or — for cells whose state holds ``h`` and ``c`` (the LSTM family) — a pair
+    ``(p_c, p_h)`` in the order of Krueger et al. (2017).
+    """
+    names = tuple(state_names)
+    if isinstance(zoneout, dict):
+        unknown = set(zoneout) - set(names)
+        if unknown:
+            raise ValueError(f"zoneout keys must be state names {names}, got {sorted(unknown)}")
+        return tuple(check_prob(f"zoneout[{n!r}]", zoneout.get(n, 0.0)) for n in names)
+    if isinstance(zoneout, (tuple, list)):
+        if len(zoneout) != 2 or not {"h", "c"} <= set(names):
+            raise ValueError(
+                "zoneout=(p_c, p_h) needs a cell whose state holds h and c (LSTM); this cell's "
+                f"state is {names}: pass a number or a dict {{state name: p}}, got {zoneout!r}"
+            )
+        by_name = {"c": check_prob("zoneout p_c", zoneout[0]), "h": check_prob("zoneout p_h", zoneout[1])}
+        return tuple(by_name.get(n, 0.0) for n in names)
+    p = check_prob("zoneout", zoneout)
+    return (p,) * len(names)
+
+
+def packed_rows(batch_sizes: Tensor | Sequence[int]) -> Tensor:
+    """Index of the sequence (sorted position) of every row of packed data.
+
+    Row ``r`` of step ``t`` belongs to sorted sequence ``r - offset_t``; indexing a per-sequence
+    mask ``(B, F)`` with the result gives the mask of every packed row, ``(sum(batch_sizes), F)``.
+    """
+    bs = torch.as_tensor(batch_sizes, dtype=torch.long, device="cpu")
+    starts = torch.cumsum(bs, 0) - bs
+    return torch.arange(int(bs.sum())) - torch.repeat_interleave(starts, bs)
+
+
+def apply_sequence_mask(x: Tensor, mask: Tensor, batch_sizes: Tensor | None, batch_first: bool) -> Tensor:
+    """``x ⊙ mask`` with one mask row per sequence, broadcast over time.
+
+    ``mask`` is ``(B, F)`` in the rows' order (sorted order for packed data); ``x`` is dense
+    ``(T, B, F)`` / ``(B, T, F)`` (``batch_first``), time-major flat ``(T * B, F)``, or packed
+    data ``(sum(batch_sizes), F)``.
+    """
+    if batch_sizes is not None:
+        return x * mask[packed_rows(batch_sizes).to(mask.device)]
+    if x.dim() == 3:
+        return x * (mask.unsqueeze(1) if batch_first else mask.unsqueeze(0))
+    B = mask.shape[0]
+    return (x.view(-1, B, x.shape[-1]) * mask).view(x.shape)
+
+
+class LockedDropout(nn.Module):
+    """Locked (variational) dropout: one mask per sequence, shared over the time axis.
+
+    ``y[t, b, f] = x[t, b, f] · m[b, f] / (1 - p)`` with ``m[b, f] ~ Bernoulli(1 - p)`` drawn
+    once per forward call (Gal & Ghahramani 2016; Merity et al. 2017). Input: ``(T, B, F)``,
+    ``(B, T, F)`` with ``batch_first``, ``(T, F)`` unbatched, or a ``PackedSequence`` (one
+    mask per sequence broadcast over its steps; the row belongs to the sequence). Identity in
+    ``eval()`` or when ``p == 0``.
+    """
+
+    def __init__(self, p: float = 0.5, batch_first: bool = False) -> None:
+        super().__init__()
+        self.p = check_prob("p", p)
+        self.batch_first = batch_first
+
+    def forward(self, x: Tensor | PackedSequence) -> Tensor | PackedSequence:
+        if not self.training or self.p == 0:
+            return x
+        if isinstance(x, PackedSequence):
+            data, bs, sorted_idx, unsorted_idx = x
+            mask = sample_mask("locked", (int(bs[0]), data.shape[-1]), self.p, data)
+            if sorted_idx is not None:
+                mask = mask.index_select(0, sorted_idx)
+            return PackedSequence(apply_sequence_mask(data, mask, bs, False), bs, sorted_idx, unsorted_idx)
+        if x.dim() == 2:  # unbatched (T, F): one mask over features
+            return x * sample_mask("locked", (1, x.shape[-1]), self.p, x)
+        if x.dim() != 3:
+            raise ValueError(
+                f"LockedDropout expects (T, B, F), (B, T, F) or (T, F) input, got {tuple(x.shape)}"
+            )
+        B = x.shape[0] if self.batch_first else x.shape[1]
+        return apply_sequence_mask(
+            x, sample_mask("locked", (B, x.shape[-1]), self.p, x), None, self.batch_first
+        )
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + (", batch_first=True" if self.batch_first else "")
+
+
+def embedding_dropout(weight: Tensor, p: float, training: bool = True) -> Tensor:
+    """``weight ⊙ m / (1 - p)`` with one ``m[v] ~ Bernoulli(1 - p)`` per row (word) ``v``.
+
+    ``weight`` is ``(V, E)``; returns the dropped matrix ``(V, E)`` (e.g. to share with a tied
+    decoder). Identity when not ``training`` or ``p == 0``.
+    """
+    if not training or p == 0:
+        return weight
+    return weight * sample_mask("embedding", (weight.shape[0], 1), p, weight)
+
+
+class EmbeddingDropout(nn.Module):
+    """Embedding dropout: drops whole rows of an embedding matrix (Merity et al. 2017, §4.3).
+
+    Every occurrence of a dropped word in the batch gets a zero vector, the kept rows are
+    scaled by ``1 / (1 - p)``; a new mask is drawn at every forward call. Call it with the
+    embedding (an ``nn.Embedding``, whose ``padding_idx``, ``max_norm`` ... are honoured, or a
+    ``(V, E)`` weight tensor) and the indices ``(*)``; returns ``(*, E)``::
+
+        emb, edrop = nn.Embedding(V, E), rnnkit.EmbeddingDropout(0.1)
+        x = edrop(emb, tokens)           # instead of emb(tokens)
+    """
+
+    def __init__(self, p: float = 0.1) -> None:
+        super().__init__()
+        self.p = check_prob("p", p)
+
+    def forward(self, embedding: nn.Embedding | Tensor, input: Tensor) -> Tensor:
+        if isinstance(embedding, nn.Embedding):
+            e = embedding
+            w = embedding_dropout(e.weight, self.p, self.training)
+            return F.embedding(
+                input, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse
+            )
+        if not isinstance(embedding, Tensor) or embedding.dim() != 2:
+            got = tuple(embedding.shape) if isinstance(embedding, Tensor) else type(embedding).__name__
+            raise ValueError(f"EmbeddingDropout expects an nn.Embedding or a (V, E) weight, got {got}")
+        return F.embedding(input, embedding_dropout(embedding, self.p, self.training))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+# -- layer options: the masks of one forward call -------------------------------------------
+@dataclass
+class CallPlan:
+    """Everything the regularizers of one ``RecurrentStack`` forward call need.
+
+    ``params[k][d]`` are layer ``k`` direction ``d``'s tensors with dropped ``weight_hh*``;
+    ``recurrent[k][d]`` is ``(B, S_0)`` or ``None``; ``zoneout[k][d]`` is a tuple of keep
+    masks ``(T, B, S_i)`` (or ``None`` per component) in training, ``None`` in evaluation;
+    ``locked[k]`` the mask ``(B, D * S_0)`` between layers ``k`` and ``k + 1``. All masks are in
+    the rows' order (sorted for packed input).
+    """
+
+    params: list[list[dict[str, Tensor]]]
+    recurrent: list[list[Tensor | None]] = field(default_factory=list)
+    zoneout: list[list[tuple[Tensor | None, ...] | None]] = field(default_factory=list)
+    locked: list[Tensor | None] = field(default_factory=list)
+
+
+def drop_weights(params: dict[str, Tensor], p: float, like: Tensor) -> dict[str, Tensor]:
+    """DropConnect (Wan et al. 2013) on every ``weight_hh*`` entry, one mask per tensor."""
+    if p == 0:
+        return params
+    return {
+        n: (w * sample_mask("weight_drop", w.shape, p, like) if n.startswith("weight_hh") else w)
+        for n, w in params.items()
+    }
+
+
+def sample_plan(module, batch: int, steps: int, like: Tensor, sorted_idx: Tensor | None) -> CallPlan:
+    """Draw every mask of one forward call of ``module`` (a ``RecurrentStack``), in the
+    documented order; ``steps`` is the number of time steps, ``batch`` of sequences."""
+    L, D, train = module.num_layers, module.num_directions, module.training
+
+    def rows(m: Tensor, dim: int = 0) -> Tensor:  # caller's order -> packed (sorted) order
+        return m if sorted_idx is None else m.index_select(dim, sorted_idx)
+
+    plan = CallPlan(params=[[module.layer_params(k, d) for d in range(D)] for k in range(L)])
+    for k, cell in enumerate(module.cells):
+        sizes = cell.state_sizes()
+        zp = module.zoneout_probs[k]
+        plan.recurrent.append([])
+        plan.zoneout.append([])
+        for d in range(D):
+            if train:
+                plan.params[k][d] = drop_weights(plan.params[k][d], module.weight_drop, like)
+            rec = None
+            if train and module.recurrent_dropout:
+                rec = rows(sample_mask("recurrent", (batch, sizes[0]), module.recurrent_dropout, like))
+            plan.recurrent[k].append(rec)
+            zo = None
+            if train and any(zp):
+                zo = tuple(
+                    rows(sample_mask("zoneout", (steps, batch, s), p, like), 1) if p else None
+                    for s, p in zip(sizes, zp)
+                )
+            plan.zoneout[k].append(zo)
+        if k < L - 1:
+            lp = module.locked_dropout
+            m = rows(sample_mask("locked", (batch, D * sizes[0]), lp, like)) if train and lp else None
+            plan.locked.append(m)
+    return plan
+
+
+@dataclass(frozen=True)
+class StepMasks:
+    """The per-sequence masks of a single-step cell, held by the caller across steps.
+
+    Drawn by ``StepCell.sample_masks(batch_size)`` at the start of each sequence and passed
+    to every step as ``cell(x_t, state, masks=masks)``: ``recurrent`` is ``(B, S_0)`` (on
+    ``h_{t-1}``), ``weights`` maps each ``weight_hh*`` name to a mask of its shape.
+    """
+
+    batch_size: int
+    recurrent: Tensor | None = None
+    weights: dict[str, Tensor] = field(default_factory=dict)

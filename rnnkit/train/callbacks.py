@@ -1,0 +1,243 @@
+"""Callbacks: progress bar, metric files (JSONL, CSV), TensorBoard, loss-curve PNG.
+
+The trainer calls callbacks on rank 0 only. Hooks receive the trainer and a ``logs``
+dict: training rows ``{"split": "train", "step", "epoch", "loss", "ppl", "lr",
+"tokens_per_s", "grad_norm", "seq_len", "elapsed_s"}`` (loss averaged per token over the
+last ``log_every`` steps) and validation rows ``{"split": "val", "step", "epoch",
+"loss", "ppl"}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rnnkit.train.plots import plot_loss_curve
+
+if TYPE_CHECKING:
+    from rnnkit.train.config import TrainConfig
+    from rnnkit.train.trainer import Trainer
+
+__all__ = [
+    "Callback",
+    "ProgressBar",
+    "JSONLLogger",
+    "CSVLogger",
+    "TensorBoardLogger",
+    "LossCurvePlot",
+    "tensorboard_available",
+    "default_callbacks",
+]
+
+log = logging.getLogger("rnnkit.train")
+
+
+class Callback:
+    """Base class: override the hooks you need. Set ``trainer.should_stop = True`` to stop."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        """Every step; ``logs`` has this step's ``loss``, ``tokens``, ``seq_len``."""
+
+    def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        """Every ``log_every`` steps with averaged training metrics."""
+
+    def on_validation_end(self, trainer: Trainer, logs: dict[str, Any]) -> None: ...
+
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class ProgressBar(Callback):
+    """tqdm bar with loss and tokens/s. ``enabled=None``: only when stderr is a TTY."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(
+            total=trainer.expected_steps(),
+            initial=trainer.step,
+            disable=not self.enabled,
+            unit="step",
+            dynamic_ncols=True,
+        )
+
+    def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{logs['loss']:.3f}", tok_s=f"{logs['tokens_per_s']:.0f}", refresh=False
+            )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _drop_rows_after(path: Path, step: int, read_step) -> None:
+    """A resumed run redoes the steps after its checkpoint: drop their old rows."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [ln for ln in lines if (s := read_step(ln)) is None or s <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+class JSONLLogger(Callback):
+    """Append one JSON object per log/validation row to ``path`` (flushed each row)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.file = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def step_of(line: str) -> int | None:
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                return None
+
+        if trainer.step > 0:
+            _drop_rows_after(self.path, trainer.step, step_of)
+        else:
+            self.path.unlink(missing_ok=True)
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in on_fit_end
+
+    def _write(self, logs: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(logs) + "\n")
+            self.file.flush()
+
+    def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        self._write(logs)
+
+    def on_validation_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        self._write(logs)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class CSVLogger(JSONLLogger):
+    """Same rows as :class:`JSONLLogger`, as CSV with fixed columns (train and val rows)."""
+
+    FIELDS = (
+        "split",
+        "step",
+        "epoch",
+        "loss",
+        "ppl",
+        "lr",
+        "tokens_per_s",
+        "grad_norm",
+        "seq_len",
+        "elapsed_s",
+    )
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def step_of(line: str) -> int | None:
+            parts = line.split(",")
+            return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+
+        if trainer.step > 0:
+            _drop_rows_after(self.path, trainer.step, step_of)
+        else:
+            self.path.unlink(missing_ok=True)
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        self.file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self.writer = csv.DictWriter(self.file, self.FIELDS, extrasaction="ignore")
+        if new:
+            self.writer.writeheader()
+
+    def _write(self, logs: dict[str, Any]) -> None:
+        if self.file is not None:
+            self.writer.writerow(logs)
+            self.file.flush()
+
+
+def tensorboard_available() -> bool:
+    """True when ``torch.utils.tensorboard`` imports (the ``tensorboard`` package is there)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TensorBoardLogger(Callback):
+    """Scalars to TensorBoard. Raises ``ImportError`` with a hint when it is not installed;
+    the trainer only adds it when :func:`tensorboard_available`."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(
+                "TensorBoardLogger needs the 'tensorboard' package (pip install tensorboard)"
+            ) from e
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def _write(self, logs: dict[str, Any]) -> None:
+        for k, v in logs.items():
+            if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
+                self.writer.add_scalar(f"{logs['split']}/{k}", v, logs["step"])
+
+    def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        self._write(logs)
+
+    def on_validation_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
+        self._write(logs)
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.close()
+
+
+class LossCurvePlot(Callback):
+    """Write the loss curve of ``trainer.history`` to a PNG at the end of fit."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if trainer.history:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            plot_loss_curve(trainer.history, self.path)
+
+
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """What the trainer adds on rank 0: a progress bar, and with ``out_dir`` the metric
+    files, TensorBoard (when installed and enabled) and the loss-curve PNG."""
+    cbs: list[Callback] = [ProgressBar(cfg.progress)]
+    if cfg.out_dir is not None:
+        out = Path(cfg.out_dir)
+        cbs += [JSONLLogger(out / "metrics.jsonl"), CSVLogger(out / "metrics.csv")]
+        if cfg.tensorboard and tensorboard_available():
+            cbs.append(TensorBoardLogger(out / "tensorboard"))
+        elif cfg.tensorboard:
+            log.info("tensorboard is not installed: no TensorBoard logging")
+        if cfg.plot:
+            cbs.append(LossCurvePlot(out / "loss.png"))
+    return cbs

@@ -1,0 +1,194 @@
+"""Atomic, pickle-free checkpoints.
+
+A checkpoint is a directory ``<root>/step-000001234/`` holding
+
+* ``model.safetensors`` -- the weights (tied weights handled by ``safetensors``);
+* ``optimizer.safetensors`` -- the tensors of the optimizer and scheduler state dicts;
+* ``state.safetensors`` -- tensors of the trainer state (recurrent state, averages), if any;
+* ``state.json`` -- everything else: step, config, the optimizer/scheduler structure,
+  the trainer state (epoch, data position, RNG states, metrics).
+
+It is written into a temporary directory, every file fsynced, then renamed into place
+with ``os.replace``, so a crash never leaves a half-written ``step-*`` directory. A
+``latest`` file (also replaced atomically) names the newest one; ``keep_last`` rotates
+old ones out. Loading reads only JSON and safetensors: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from rnnkit.train.serialize import (
+    flatten,
+    fsync_dir,
+    load_tensors,
+    save_tensors,
+    unflatten,
+    write_json,
+)
+
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "unwrap_model",
+]
+
+FORMAT = "rnnkit-checkpoint-1"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module under DDP / ``torch.compile`` wrappers (their keys have prefixes)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint directories under ``root``, oldest (lowest step) first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The checkpoint named by ``root/latest``, else the highest step, else ``None``."""
+    root = Path(root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        candidate = root / pointer.read_text(encoding="utf-8").strip()
+        if (candidate / "state.json").is_file():
+            return candidate
+    ckpts = list_checkpoints(root)
+    return ckpts[-1] if ckpts else None
+
+
+def _write_latest(root: Path, name: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".latest-", dir=root)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / "latest")
+    fsync_dir(root)
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    model: nn.Module,
+    optimizer: Any | None = None,
+    scheduler: Any | None = None,
+    *,
+    step: int,
+    state: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    keep_last: int | None = 3,
+) -> Path:
+    """Write ``root/step-<step>/`` atomically, point ``root/latest`` at it, rotate.
+
+    ``state`` may hold tensors anywhere (they go to ``state.safetensors``); the rest
+    must be JSON data. ``config`` is stored verbatim for humans and for the CLI.
+    ``keep_last``: number of newest checkpoints kept (``None`` keeps all). Returns the
+    checkpoint directory.
+    """
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:09d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+    try:
+        save_model(unwrap_model(model), str(tmp / "model.safetensors"))
+        with open(tmp / "model.safetensors", "rb+") as f:
+            os.fsync(f.fileno())
+        doc: dict[str, Any] = {"format": FORMAT, "step": step, "config": config or {}}
+        opt_tensors: dict = {}
+        if optimizer is not None:
+            doc["optimizer"], t = flatten(optimizer.state_dict(), "optimizer")
+            opt_tensors.update(t)
+        if scheduler is not None:
+            doc["scheduler"], t = flatten(scheduler.state_dict(), "scheduler")
+            opt_tensors.update(t)
+        if optimizer is not None or scheduler is not None:
+            save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+        doc["state"], state_tensors = flatten(state or {}, "state")
+        if state_tensors:
+            save_tensors(state_tensors, tmp / "state.safetensors")
+        write_json(doc, tmp / "state.json")  # last: its presence marks a complete checkpoint
+        fsync_dir(tmp)
+        final = root / name
+        if final.exists():  # re-saving a step (e.g. after a resume): swap, then delete
+            trash = Path(tempfile.mkdtemp(prefix=f".old-{name}-", dir=root))
+            os.replace(final, trash / name)
+            os.replace(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_latest(root, name)
+    if keep_last is not None:
+        for old in list_checkpoints(root)[:-keep_last]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module | None = None,
+    optimizer: Any | None = None,
+    scheduler: Any | None = None,
+    *,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint (a ``step-*`` directory, or a root: then its latest one).
+
+    Weights, optimizer and scheduler are loaded in place when given. Returns the
+    ``state.json`` document with ``state`` decoded (tensors on CPU) and ``path`` added.
+    Raises ``FileNotFoundError`` when there is no checkpoint.
+    """
+    path = Path(path)
+    ckpt = path if (path / "state.json").is_file() else latest_checkpoint(path)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {path} (expected step-*/state.json)")
+    doc = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{ckpt}: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}")
+    if model is not None:
+        load_model(unwrap_model(model), str(ckpt / "model.safetensors"), strict=strict)
+    if optimizer is not None or scheduler is not None:
+        tensors = load_tensors(ckpt / "optimizer.safetensors")
+        for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
+            if obj is None:
+                continue
+            if key not in doc:
+                raise ValueError(f"{ckpt} has no {key} state")
+            obj.load_state_dict(unflatten(doc[key], tensors))
+    st_file = ckpt / "state.safetensors"
+    doc["state"] = unflatten(doc["state"], load_tensors(st_file) if st_file.is_file() else {})
+    doc["path"] = str(ckpt)
+    return doc

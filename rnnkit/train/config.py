@@ -1,0 +1,85 @@
+"""TrainConfig: every knob of the training loop, JSON-serializable (stored in checkpoints)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Training-loop settings. ``None`` means "off" unless stated.
+
+    Model protocol: ``stateful=True``: ``model(inputs, state) -> (output, new_state)``
+    (``state`` is None at the start); ``stateful=False``: ``model(inputs) -> output``.
+    ``carry_state``: carry the state from batch to batch (LM streams from
+    ``bptt_batches``), detached in between; False starts every batch from ``None``
+    (independent sequences). The state is reset at every epoch start.
+
+    Truncated BPTT (Williams & Peng): across batches, every ``bptt_batches`` window is
+    one TBPTT(k1=k2=seq_len) segment. Within a batch, ``tbptt_k1`` splits a long batch
+    into updates every ``k1`` steps, each backpropagating ``tbptt_k2`` (>= k1, default
+    k1) steps; k2 > k1 recomputes the overlap from a stored state.
+    """
+
+    max_epochs: int = 1
+    max_steps: int | None = None  # a step = one batch
+    max_minutes: float | None = None  # time budget; stops cleanly (and checkpoints)
+    stateful: bool = True
+    carry_state: bool = True
+    batch_first: bool = False  # time dimension of inputs/outputs: 1 if True else 0
+    tbptt_k1: int | None = None
+    tbptt_k2: int | None = None
+    clip_norm: float | None = None  # clip_grad_norm_ (L2 over all parameters)
+    clip_value: float | None = None  # clip_grad_value_
+    scale_lr_by_seq_len: bool = True  # multiply lr by batch.lr_scale (variable windows)
+    val_every: int | None = None  # validate every N steps; None: at each epoch end
+    patience: int | None = None  # early stopping: validations without improvement
+    min_delta: float = 0.0
+    nt_asgd: bool = False  # AWD-LSTM's non-monotonically triggered averaging
+    nonmono: int = 5
+    log_every: int = 10
+    out_dir: str | None = None  # metrics.jsonl/.csv, loss.png, tensorboard/, checkpoints/
+    checkpoint_every: int | None = None  # steps; a final checkpoint is always written
+    keep_last: int = 3
+    resume: bool = False  # continue from out_dir/checkpoints if there is one
+    progress: bool | None = None  # None: when stderr is a TTY
+    tensorboard: bool = True  # when installed and out_dir is set
+    plot: bool = True  # loss.png in out_dir at the end
+    device: str | None = None  # None: where the model's parameters are
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {v}")
+
+        for name in (
+            "max_steps",
+            "max_minutes",
+            "tbptt_k1",
+            "tbptt_k2",
+            "clip_norm",
+            "clip_value",
+            "val_every",
+            "patience",
+            "checkpoint_every",
+        ):
+            positive(name)
+        for name in ("max_epochs", "log_every", "keep_last", "nonmono"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tbptt_k2 is not None and self.tbptt_k1 is None:
+            raise ValueError("tbptt_k2 needs tbptt_k1 (the number of steps between updates)")
+        if self.tbptt_k1 is not None:
+            if not self.stateful:
+                raise ValueError("tbptt_k1 needs a stateful model (stateful=True)")
+            if self.tbptt_k2 is not None and self.tbptt_k2 < self.tbptt_k1:
+                raise ValueError(f"tbptt_k2 must be >= tbptt_k1, got k1={self.tbptt_k1}, k2={self.tbptt_k2}")
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume=True needs out_dir (where the checkpoints are)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,83 @@
+"""Evaluation of a language model over a whole token tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.data.batching import bptt_batches
+from rnnkit.train.state import count_tokens, lm_loss, move_to
+
+__all__ = ["evaluate_lm", "evaluate_batches"]
+
+
+@torch.no_grad()
+def evaluate_lm(
+    model: nn.Module,
+    data: Tensor | Sequence[int],
+    batch_size: int = 1,
+    seq_len: int = 70,
+    *,
+    batch_first: bool = False,
+    stateful: bool = True,
+    device: torch.device | str | None = None,
+) -> float:
+    """Mean cross-entropy in nats/token of ``model`` over all of ``data`` (N,).
+
+    The data is cut as by :func:`rnnkit.data.bptt_batches` and the state carried
+    through the windows (``model(inputs, state) -> (logits, state)``; with
+    ``stateful=False``, ``model(inputs) -> logits``); logits are ``(T, B, V)`` or
+    ``(B, T, V)``. Every token of the ``batch_size`` streams is scored once, the last
+    one against the wrap-around target. ``exp`` of the result is the perplexity.
+    The model's train/eval mode is restored afterwards.
+    """
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    total, tokens, state = 0.0, 0, None
+    try:
+        for batch in bptt_batches(data, batch_size, seq_len, batch_first=batch_first):
+            x, y = batch.inputs.to(device), batch.targets.to(device)
+            if stateful:
+                logits, state = model(x, state)
+            else:
+                logits = model(x)
+            total += float(lm_loss(logits, y)) * y.numel()
+            tokens += y.numel()
+    finally:
+        model.train(was_training)
+    return total / tokens
+
+
+@torch.no_grad()
+def evaluate_batches(
+    model: nn.Module,
+    data: Iterable[Any],
+    forward: Callable[[nn.Module, Any, Any], tuple[Tensor, Any]],
+    *,
+    carry_state: bool = True,
+    device: torch.device | str | None = None,
+) -> tuple[float, int]:
+    """Sum of ``loss * tokens`` and the token count over ``data`` in eval mode.
+
+    ``forward(model, batch, state) -> (mean loss, new_state)``; the state is carried
+    from batch to batch when ``carry_state``. The train/eval mode is restored.
+    """
+    was_training = model.training
+    model.eval()
+    total, tokens, state = 0.0, 0, None
+    try:
+        for batch in data:
+            batch = move_to(batch, device)
+            loss, state = forward(model, batch, state)
+            n = count_tokens(batch)
+            total, tokens = total + float(loss) * n, tokens + n
+            state = state if carry_state else None
+    finally:
+        model.train(was_training)
+    return total, tokens

@@ -1,0 +1,105 @@
+"""NT-ASGD: non-monotonically triggered averaging (Merity et al., 2018, AWD-LSTM).
+
+Training runs with the given optimizer (SGD in the paper). At each validation, if the
+loss is worse than the best of all but the last ``nonmono`` validations, averaging is
+triggered: from then on a running mean of the weights is kept after every optimizer
+step. Validation uses the averaged weights, and they replace the weights at the end.
+This is AWD-LSTM's switch to ``torch.optim.ASGD(t0=0, lambd=0)``, done without swapping
+the optimizer object, so it composes with any optimizer, scheduler and checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["NTASGD"]
+
+
+class NTASGD:
+    def __init__(self, model: nn.Module, nonmono: int = 5) -> None:
+        if nonmono < 1:
+            raise ValueError(f"nonmono must be >= 1, got {nonmono}")
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.nonmono = nonmono
+        self.history: list[float] = []
+        self.triggered_at: int | None = None  # training step of the trigger
+        self.n_averaged = 0
+        self.averages: list[torch.Tensor] = []
+
+    @property
+    def triggered(self) -> bool:
+        return self.triggered_at is not None
+
+    def observe(self, val_loss: float, step: int) -> bool:
+        """Record a validation loss; returns True when this one triggers averaging."""
+        fire = (
+            not self.triggered
+            and len(self.history) > self.nonmono
+            and val_loss > min(self.history[: -self.nonmono])
+        )
+        self.history.append(float(val_loss))
+        if fire:
+            self.triggered_at = step
+            self.n_averaged = 0
+            self.averages = [p.detach().clone() for p in self.params]
+        return fire
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the current weights into the running mean (call after optimizer.step)."""
+        if not self.triggered:
+            return
+        self.n_averaged += 1
+        for avg, p in zip(self.averages, self.params, strict=True):
+            avg.add_(p.detach() - avg, alpha=1.0 / (self.n_averaged + 1))
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """Temporarily put the averaged weights into the model (for evaluation)."""
+        if not self.triggered:
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p, avg in zip(self.params, self.averages, strict=True):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(self.params, saved, strict=True):
+                    p.copy_(s)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Copy the averaged weights into the model for good (end of training)."""
+        for p, avg in zip(self.params, self.averages, strict=True):
+            p.copy_(avg)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "nonmono": self.nonmono,
+            "history": list(self.history),
+            "triggered_at": self.triggered_at,
+            "n_averaged": self.n_averaged,
+            "averages": list(self.averages),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state["history"])
+        self.triggered_at = state["triggered_at"]
+        self.n_averaged = state["n_averaged"]
+        if len(state["averages"]) not in (0, len(self.params)):
+            raise ValueError(
+                f"NT-ASGD state has {len(state['averages'])} averaged tensors, "
+                f"the model has {len(self.params)} trainable parameters"
+            )
+        self.averages = [
+            a.to(device=p.device, dtype=p.dtype)
+            for a, p in zip(state["averages"], self.params[: len(state["averages"])], strict=True)
+        ]

@@ -1,0 +1,151 @@
+"""Teacher forcing and scheduled sampling (Bengio et al., 2015).
+
+An autoregressive decoder is fed, at step ``t``, either the ground-truth token ``y[t-1]``
+(teacher forcing) or its own previous prediction. Scheduled sampling starts with
+mostly ground truth and moves towards the model's own predictions: at training step
+``i`` the ground truth is used with probability ``eps(i)``, where ``eps`` decays
+
+* ``constant``:         ``eps(i) = p``
+* ``linear``:           ``eps(i) = max(end, start - (start - end) * i / steps)``
+* ``exponential``:      ``eps(i) = max(end, k ** i)``                        (k < 1)
+* ``inverse_sigmoid``:  ``eps(i) = k / (k + exp(i / k))``                    (k >= 1)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+__all__ = ["TeacherForcingSchedule", "ScheduledSampler", "autoregressive_unroll"]
+
+Kind = Literal["constant", "linear", "exponential", "inverse_sigmoid"]
+
+
+class TeacherForcingSchedule:
+    """Probability of feeding the ground truth at training step ``i``: ``schedule(i)``.
+
+    ``p`` (constant), ``start``/``end``/``steps`` (linear), ``k`` (exponential,
+    inverse_sigmoid; also used by linear's floor ``end``).
+    """
+
+    def __init__(
+        self,
+        kind: Kind = "constant",
+        *,
+        p: float = 1.0,
+        start: float = 1.0,
+        end: float = 0.0,
+        steps: int = 10_000,
+        k: float | None = None,
+    ) -> None:
+        if kind not in ("constant", "linear", "exponential", "inverse_sigmoid"):
+            raise ValueError(
+                f"kind must be one of 'constant', 'linear', 'exponential', 'inverse_sigmoid', got {kind!r}"
+            )
+        for name, v in (("p", p), ("start", start), ("end", end)):
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
+        if kind == "linear" and steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if kind == "exponential":
+            k = 0.999 if k is None else k
+            if not 0.0 < k < 1.0:
+                raise ValueError(f"exponential schedule needs 0 < k < 1, got k={k}")
+        if kind == "inverse_sigmoid":
+            k = 1000.0 if k is None else k
+            if k < 1.0:
+                raise ValueError(f"inverse_sigmoid schedule needs k >= 1, got k={k}")
+        self.kind, self.p, self.start, self.end, self.steps, self.k = kind, p, start, end, steps, k
+
+    def __call__(self, step: int) -> float:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if self.kind == "constant":
+            return self.p
+        if self.kind == "linear":
+            return max(self.end, self.start - (self.start - self.end) * step / self.steps)
+        if self.kind == "exponential":
+            return max(self.end, self.k**step)
+        # inverse sigmoid; exp overflows past ~709, where the value is 0 anyway
+        x = step / self.k
+        return 0.0 if x > 700 else self.k / (self.k + math.exp(x))
+
+    def __repr__(self) -> str:
+        return f"TeacherForcingSchedule({self.kind!r}, p={self.p}, k={self.k})"
+
+
+class ScheduledSampler:
+    """Decides, per decoding step, between ground truth and the model's prediction.
+
+    ``schedule``: a :class:`TeacherForcingSchedule`, any ``step -> probability`` callable,
+    or a float (constant). ``per_example=True`` flips one coin per sequence in the
+    batch (Bengio et al.); ``False`` one coin for the whole batch.
+    """
+
+    def __init__(
+        self,
+        schedule: Callable[[int], float] | float = 1.0,
+        *,
+        per_example: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if isinstance(schedule, (int, float)):
+            schedule = TeacherForcingSchedule("constant", p=float(schedule))
+        self.schedule, self.per_example, self.generator = schedule, per_example, generator
+
+    def probability(self, step: int) -> float:
+        return float(self.schedule(step))
+
+    def choose(self, step: int, ground_truth: Tensor, prediction: Tensor) -> Tensor:
+        """``ground_truth``/``prediction``: ``(B, *)``; returns the ``(B, *)`` next input."""
+        if ground_truth.shape != prediction.shape:
+            raise ValueError(
+                f"ground_truth shape {tuple(ground_truth.shape)} != prediction shape "
+                f"{tuple(prediction.shape)}"
+            )
+        p = self.probability(step)
+        if p >= 1.0:
+            return ground_truth
+        if p <= 0.0:
+            return prediction
+        n = ground_truth.shape[0] if self.per_example and ground_truth.dim() > 0 else 1
+        coins = torch.rand(n, generator=self.generator).to(ground_truth.device) < p
+        mask = coins.view(-1, *([1] * (ground_truth.dim() - 1))) if ground_truth.dim() else coins[0]
+        return torch.where(mask, ground_truth, prediction)
+
+
+def autoregressive_unroll(
+    step_fn: Callable[[Tensor, Any], tuple[Tensor, Any]],
+    first_input: Tensor,
+    targets: Tensor,
+    state: Any = None,
+    *,
+    sampler: ScheduledSampler | None = None,
+    step: int = 0,
+    to_input: Callable[[Tensor], Tensor] | None = None,
+    batch_first: bool = False,
+) -> tuple[Tensor, Any]:
+    """Run a one-step decoder over ``targets`` with teacher forcing / scheduled sampling.
+
+    ``step_fn(x_t, state) -> (logits_t, state)`` with ``x_t``: ``(B, *)`` and
+    ``logits_t``: ``(B, V)``. ``first_input``: ``(B, *)`` (e.g. BOS tokens).
+    ``targets``: ``(T, B, *)`` or ``(B, T, *)``. Input ``t > 0`` is ``targets[t-1]`` or
+    ``to_input(logits_{t-1})`` (default: argmax, detached -- no gradient through the
+    sampling) as ``sampler`` decides at training ``step``; no sampler = full teacher
+    forcing. Returns logits ``(T, B, V)`` / ``(B, T, V)`` and the final state.
+    """
+    sampler = sampler or ScheduledSampler(1.0)
+    to_input = to_input or (lambda logits: logits.argmax(-1))
+    tgt = targets.transpose(0, 1) if batch_first else targets
+    x, outs = first_input, []
+    for t in range(tgt.shape[0]):
+        logits, state = step_fn(x, state)
+        outs.append(logits)
+        if t + 1 < tgt.shape[0]:
+            x = sampler.choose(step, tgt[t], to_input(logits.detach()).to(tgt.dtype))
+    out = torch.stack(outs, dim=1 if batch_first else 0)
+    return out, state

@@ -1,0 +1,108 @@
+"""Pickle-free serialization of nested state: tensors to safetensors, the rest to JSON.
+
+``flatten(obj)`` returns ``(structure, tensors)``: ``structure`` is plain JSON data in
+which every tensor is replaced by ``{"__tensor__": name}`` and ``tensors`` maps those
+names to tensors. Dict keys keep their type (optimizer states are keyed by int), tuples
+stay tuples and non-finite floats survive strict JSON. Loading needs only ``json`` and
+``safetensors``, so a checkpoint can never execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+__all__ = ["flatten", "unflatten", "save_tensors", "load_tensors", "write_json", "fsync_dir"]
+
+
+def flatten(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(o: Any, path: str) -> Any:
+        if isinstance(o, torch.Tensor):
+            name = path or "tensor"
+            # copy: safetensors refuses tensors sharing storage, and the caller keeps going
+            tensors[name] = o.detach().to("cpu", copy=True).contiguous()
+            return {"__tensor__": name}
+        if isinstance(o, bool) or o is None or isinstance(o, (int, str)):
+            return o
+        if isinstance(o, float):
+            return o if math.isfinite(o) else {"__float__": repr(o)}
+        if isinstance(o, dict):
+            items = []
+            for k, v in o.items():
+                if not isinstance(k, (str, int)) or isinstance(k, bool):
+                    raise TypeError(f"cannot serialize dict key {k!r} at {path or '<root>'}")
+                items.append([k, enc(v, f"{path}.{k}" if path else str(k))])
+            return {"__dict__": items}
+        if isinstance(o, tuple):
+            return {"__tuple__": [enc(v, f"{path}.{i}") for i, v in enumerate(o)]}
+        if isinstance(o, list):
+            return [enc(v, f"{path}.{i}") for i, v in enumerate(o)]
+        raise TypeError(
+            f"cannot serialize {type(o).__name__} at {path or '<root>'}: only tensors, "
+            "numbers, strings, None and dicts/lists/tuples of them are supported"
+        )
+
+    return enc(obj, prefix), tensors
+
+
+def unflatten(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    def dec(o: Any) -> Any:
+        if isinstance(o, list):
+            return [dec(v) for v in o]
+        if isinstance(o, dict):
+            if "__tensor__" in o:
+                return tensors[o["__tensor__"]]
+            if "__float__" in o:
+                return float(o["__float__"])
+            if "__tuple__" in o:
+                return tuple(dec(v) for v in o["__tuple__"])
+            if "__dict__" in o:
+                return {k: dec(v) for k, v in o["__dict__"]}
+            raise ValueError(f"malformed serialized state: unexpected object {sorted(o)}")
+        return o
+
+    return dec(structure)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    save_file(tensors, str(path))
+    _fsync_file(path)
+
+
+def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return load_file(str(path), device=str(device))
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write JSON and fsync it (the caller renames it into place)."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, allow_nan=False)
+        f.flush()
+        os.fsync(f.fileno())

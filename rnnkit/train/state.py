@@ -1,0 +1,74 @@
+"""Model-agnostic helpers for recurrent states and batches.
+
+A recurrent *state* is whatever a model returns next to its output: ``None``, a tensor
+(RNN/GRU ``h``), a tuple ``(h, c)`` (LSTM), or any nesting of tuples/lists/dicts of
+tensors. These helpers never look inside a cell; they only walk the containers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rnnkit.state import detach_state
+
+__all__ = ["detach_state", "move_to", "count_tokens", "lm_loss", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index; PadCollate pads targets with it
+
+
+def move_to(obj: Any, device: torch.device | str | None) -> Any:
+    """Move every tensor in a (nested) batch/state to ``device``; ``None`` = leave as is.
+
+    ``PackedSequence`` and other objects with a ``.to`` method are moved with it.
+    """
+    if device is None or obj is None:
+        return obj
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(move_to(o, device) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(move_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
+        return obj.to(device)
+    return obj
+
+
+def count_tokens(batch: Any) -> int:
+    """Number of predicted tokens in a batch (for tokens/s and token-weighted means).
+
+    Uses ``batch.lengths`` when present, else the targets (``batch[1]``) not equal to
+    ``IGNORE_INDEX`` for integer targets, else ``numel`` of the targets or inputs.
+    """
+    lengths = getattr(batch, "lengths", None)
+    if isinstance(lengths, Tensor):
+        return int(lengths.sum())
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
+        tgt = batch[1]
+        if not tgt.is_floating_point():
+            return int((tgt != IGNORE_INDEX).sum())
+        return tgt.numel()
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return first.numel() if isinstance(first, Tensor) else 1
+
+
+def lm_loss(output: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy in nats over all non-ignored positions.
+
+    ``output``: logits ``(..., V)``; ``targets``: class indices with shape
+    ``output.shape[:-1]`` (any layout, as long as the two agree), ``-100`` ignored.
+    """
+    if output.shape[:-1] != targets.shape:
+        raise ValueError(
+            f"logits shape {tuple(output.shape)} does not match targets shape "
+            f"{tuple(targets.shape)}: expected logits (*targets.shape, V)"
+        )
+    return F.cross_entropy(
+        output.reshape(-1, output.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )

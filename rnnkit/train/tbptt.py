@@ -1,0 +1,67 @@
+"""Truncated BPTT(k1, k2) inside one long batch (Williams & Peng, 1990).
+
+Notation of Sutskever (2013): an update every ``k1`` time steps, each backpropagating
+through the last ``k2 >= k1`` steps. The model is a black box
+``model(inputs, state) -> (output, new_state)`` whose output is time-aligned with its
+inputs; nothing of the cell is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.train.state import count_tokens, detach_state
+
+__all__ = ["tbptt_batch"]
+
+
+def tbptt_batch(
+    model: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    update: Callable[[Tensor], float],
+    inputs: Tensor,
+    targets: Tensor,
+    state: Any,
+    k1: int,
+    k2: int | None = None,
+    time_dim: int = 0,
+) -> tuple[float, int, float, Any]:
+    """Train on ``inputs``/``targets`` (time along ``time_dim``) with TBPTT(k1, k2).
+
+    ``update(loss) -> grad_norm`` does backward + optimizer step. Detached states are
+    kept at update boundaries. With ``k2 == k1`` (the fast path) every chunk of k1 steps
+    runs once from the previous chunk's detached state. With ``k2 > k1`` the window
+    ``[t - k2, t)`` is recomputed from the stored state at ``t - k2`` (reached without
+    gradient from the nearest earlier boundary) and only the newest k1 outputs enter
+    the loss, so each of them backpropagates at least ``k2 - k1`` steps.
+
+    Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``.
+    """
+    td, T = time_dim, inputs.shape[time_dim]
+    k2 = k2 or k1
+    snaps = {0: state}
+    loss_sum, tokens, norm, prev = 0.0, 0, 0.0, 0
+    while prev < T:
+        t = min(prev + k1, T)
+        s = max(0, t - k2)
+        b = max(p for p in snaps if p <= s)
+        st = snaps[b]
+        if b < s:
+            with torch.no_grad():
+                _, st = model(inputs.narrow(td, b, s - b), st)
+        out, new = model(inputs.narrow(td, s, t - s), st)
+        tgt = targets.narrow(td, prev, t - prev)
+        loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)
+        norm = update(loss)
+        snaps[t] = detach_state(new)
+        n = count_tokens((None, tgt))
+        loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
+        # keep only the boundaries the next windows can start from
+        keep_from = max(p for p in snaps if p <= max(0, t + k1 - k2))
+        snaps = {p: v for p, v in snaps.items() if p >= keep_from}
+        prev = t
+    return loss_sum, tokens, norm, snaps[T]

@@ -1,0 +1,397 @@
+"""The training loop: any ``nn.Module`` + a loss, truncated BPTT, clipping, validation,
+early stopping, NT-ASGD, callbacks, exact resume and DDP.
+
+Read ``fit`` top to bottom: it is the whole loop. A batch is anything whose ``[0]`` is the
+input and ``[1]`` the target (``LMBatch``, ``PaddedBatch``, a ``(x, y)`` tuple); pass
+``step_fn(model, batch, state) -> (loss, new_state)`` for anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from rnnkit.train import distributed as dist
+from rnnkit.train.callbacks import Callback, default_callbacks
+from rnnkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rnnkit.train.config import TrainConfig
+from rnnkit.train.evaluate import evaluate_batches
+from rnnkit.train.ntasgd import NTASGD
+from rnnkit.train.seed import get_rng_state, set_rng_state
+from rnnkit.train.state import count_tokens, detach_state, lm_loss, move_to
+from rnnkit.train.tbptt import tbptt_batch
+
+__all__ = ["Trainer", "StepFn"]
+
+StepFn = Callable[[nn.Module, Any, Any], tuple[Tensor, Any]]
+
+
+class Trainer:
+    """``Trainer(model, optimizer, config, **overrides).fit(train_data, val_data)``.
+
+    ``loss_fn(output, targets) -> scalar`` (default: token cross-entropy, ``-100``
+    ignored). ``scheduler``: any LR scheduler, stepped once per step, or with the
+    validation loss if it is ``ReduceLROnPlateau``. ``overrides`` replace fields of
+    ``config`` (e.g. ``Trainer(m, opt, max_steps=100)``). Under ``torchrun`` the model
+    is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig | None = None,
+        *,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = lm_loss,
+        scheduler: Any | None = None,
+        step_fn: StepFn | None = None,
+        callbacks: Iterable[Callback] = (),
+        **overrides: Any,
+    ) -> None:
+        self.config = cfg = replace(config or TrainConfig(), **overrides)
+        if step_fn is not None and cfg.tbptt_k1 is not None:
+            raise ValueError("tbptt_k1 splits batches for the default step; not with step_fn")
+        self.raw_model = model  # the bare module: evaluation, averaging, checkpoints
+        self.device = torch.device(cfg.device) if cfg.device else _model_device(model)
+        model.to(self.device)
+        if dist.is_distributed() and not isinstance(model, DistributedDataParallel):
+            ids = [self.device] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.loss_fn, self.step_fn = loss_fn, step_fn
+        self.is_main = dist.is_main_process()
+        self.callbacks = list(callbacks) + (default_callbacks(cfg) if self.is_main else [])
+        self.ntasgd = NTASGD(self.raw_model, cfg.nonmono) if cfg.nt_asgd else None
+        # Progress counters; all of them go into checkpoints.
+        self.step = self.epoch = self.batch_in_epoch = self.tokens_seen = 0
+        self.elapsed = 0.0
+        self.best_val, self.bad_evals = math.inf, 0
+        self.losses: list[float] = []  # training loss of every step
+        self.history: list[dict[str, Any]] = []  # logged rows (train and val)
+        self.state: Any = None  # the recurrent state carried between batches
+        self.should_stop, self.stop_reason = False, None
+        self._acc = [0.0, 0.0, 0]  # loss*tokens, tokens, steps since the last log
+        self._epoch_rng: dict | None = None
+        self._resume: dict | None = None
+        self._last_saved = -1
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return Path(self.config.out_dir) / "checkpoints" if self.config.out_dir else None
+
+    def expected_steps(self, data: Any = None) -> int | None:
+        if self.config.max_steps is not None:
+            return self.config.max_steps
+        data = data if data is not None else getattr(self, "_train_data", None)
+        try:
+            return len(data) * self.config.max_epochs
+        except TypeError:
+            return None
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, Any]:
+        """Loss (a scalar mean) and new state of one batch, with the configured protocol."""
+        if self.step_fn is not None:
+            return self.step_fn(model, batch, state)
+        inputs, targets = batch[0], batch[1]
+        if self.config.stateful:
+            output, state = model(inputs, state)
+        else:
+            output = model(inputs)
+        return self.loss_fn(output, targets), state
+
+    def _update(self, loss: Tensor, lr_scale: float) -> float:
+        """Backward, clip, optimizer step; returns the gradient norm (before clipping)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        # with max_norm=inf this only measures the norm (grads are scaled by exactly 1.0)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or math.inf))
+        if cfg.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if lr_scale != 1.0:  # AWD-LSTM: longer windows get a proportionally larger step
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * lr_scale
+        self.optimizer.step()
+        for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            g["lr"] = lr
+        if self.ntasgd is not None:
+            self.ntasgd.update()
+        return norm
+
+    def _train_batch(self, batch: Any) -> tuple[float, int, float]:
+        """One batch: returns (summed loss * tokens, tokens, grad norm)."""
+        cfg = self.config
+        lr_scale = float(getattr(batch, "lr_scale", 1.0)) if cfg.scale_lr_by_seq_len else 1.0
+        state = self.state if cfg.carry_state else None
+        time_dim = 1 if cfg.batch_first else 0
+        k1 = cfg.tbptt_k1
+        if k1 is None or batch[0].shape[time_dim] <= k1:  # the common, simple path
+            loss, state = self._forward(self.model, batch, state)
+            norm = self._update(loss, lr_scale)
+            self.state = detach_state(state)
+            n = count_tokens(batch)
+            return float(loss.detach()) * n, n, norm
+        loss_sum, n, norm, self.state = tbptt_batch(
+            self.model, self.loss_fn, lambda loss: self._update(loss, lr_scale),
+            batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
+        )  # fmt: skip
+        return loss_sum, n, norm
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
+        """Token-weighted mean loss over ``data`` (NT-ASGD averages swapped in), summed
+        over ranks. Returns ``{"loss", "ppl", "tokens"}``. The state is carried across
+        batches when ``carry_state`` (evaluate LM streams in order)."""
+        with self.ntasgd.swapped() if self.ntasgd else nullcontext():
+            total, tokens = evaluate_batches(
+                self.raw_model, data, lambda m, batch, st: self._forward(m, batch, st),
+                carry_state=self.config.carry_state, device=self.device,
+            )  # fmt: skip
+        total, tokens = dist.all_reduce_sum([total, tokens], self._reduce_device())
+        if tokens == 0:
+            raise ValueError("evaluate() got no batches (empty validation data)")
+        mean = total / tokens
+        return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": tokens}
+
+    def _reduce_device(self) -> torch.device | None:
+        return self.device if self.device.type == "cuda" else None
+
+    def _validate(self, val_data: Iterable[Any]) -> None:
+        cfg = self.config
+        res = self.evaluate(val_data)
+        row = {
+            "split": "val",
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": res["loss"],
+            "ppl": res["ppl"],
+        }
+        self.history.append(row)
+        if self.ntasgd is not None and self.ntasgd.observe(res["loss"], self.step):
+            row["nt_asgd_triggered"] = True
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(res["loss"])
+        if res["loss"] < self.best_val - cfg.min_delta:
+            self.best_val, self.bad_evals = res["loss"], 0
+        else:
+            self.bad_evals += 1
+            if cfg.patience is not None and self.bad_evals >= cfg.patience:
+                self.should_stop, self.stop_reason = True, "early_stopping"
+        if self.is_main:
+            self._emit("on_validation_end", row)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> dict:
+        """Train until ``max_epochs``/``max_steps``/``max_minutes``/early stopping.
+
+        Returns ``{"step", "epoch", "best_val", "stop_reason", "history"}``. With
+        ``resume=True`` it first loads the latest checkpoint of ``out_dir`` (if any)
+        and continues exactly where it was: same data position, RNG and state.
+        """
+        cfg = self.config
+        self._train_data = train_data
+        if cfg.resume and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
+            self.load(self.checkpoint_dir)
+        self.should_stop, self.stop_reason = False, None
+        start = time.perf_counter() - self.elapsed
+        last_log_time = time.perf_counter()
+        self.raw_model.train()
+        if self.is_main:
+            self._emit("on_fit_start")
+        try:
+            while not self.should_stop and self.epoch < cfg.max_epochs:
+                if hasattr(train_data, "set_epoch"):
+                    train_data.set_epoch(self.epoch)
+                elif hasattr(getattr(train_data, "batch_sampler", None), "set_epoch"):
+                    train_data.batch_sampler.set_epoch(self.epoch)
+                elif hasattr(getattr(train_data, "sampler", None), "set_epoch"):
+                    train_data.sampler.set_epoch(self.epoch)
+                batches = self._start_epoch(train_data)
+                for batch in batches:
+                    batch = move_to(batch, self.device)
+                    loss_sum, n, norm = self._train_batch(batch)
+                    loss_sum, n = dist.all_reduce_sum([loss_sum, n], self._reduce_device())
+                    if self.scheduler is not None and not isinstance(
+                        self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+                    ):
+                        self.scheduler.step()
+                    self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
+                    self.tokens_seen += int(n)
+                    self.elapsed = time.perf_counter() - start
+                    loss = loss_sum / max(n, 1)
+                    self.losses.append(loss)
+                    self._acc = [self._acc[0] + loss_sum, self._acc[1] + n, self._acc[2] + 1]
+                    if self.is_main:
+                        info = {"step": self.step, "loss": loss, "tokens": int(n)}
+                        self._emit("on_step_end", {**info, "seq_len": _seq_len(batch)})
+                    if self.step % cfg.log_every == 0:
+                        last_log_time = self._log(batch, norm, last_log_time)
+                    if val_data is not None and cfg.val_every and self.step % cfg.val_every == 0:
+                        self._validate(val_data)
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                        self.save()
+                    if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                        self.should_stop, self.stop_reason = True, "max_steps"
+                    elif cfg.max_minutes is not None and self.elapsed >= 60 * cfg.max_minutes:
+                        self.should_stop, self.stop_reason = True, "max_minutes"
+                    if self.should_stop:
+                        break
+                else:  # the epoch ran to its end
+                    if val_data is not None and not cfg.val_every:
+                        self._validate(val_data)
+                    self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.stop_reason = self.stop_reason or "max_epochs"
+            if self.ntasgd is not None and self.ntasgd.triggered:
+                self.ntasgd.apply()  # the averaged weights are the result (AWD-LSTM)
+            if self.checkpoint_dir is not None and self._last_saved != self.step:
+                self.save()
+        finally:
+            if self.is_main:
+                self._emit("on_fit_end")
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "best_val": self.best_val,
+            "stop_reason": self.stop_reason,
+            "history": self.history,
+        }
+
+    def _start_epoch(self, train_data: Iterable[Any]):
+        """Iterator over this epoch's batches; on resume, positioned after the saved batch.
+
+        The global RNG state at the epoch's ``iter()`` is remembered: replaying it and
+        skipping the consumed batches reproduces a shuffled DataLoader's order exactly.
+        """
+        res, self._resume = self._resume, None
+        if res is not None and self.batch_in_epoch == 0:  # saved between epochs
+            set_rng_state(res["rng"])
+            res = None
+        if res is not None:
+            set_rng_state(res["epoch_rng"])
+        self._epoch_rng = get_rng_state()
+        it = iter(train_data)
+        if res is None:
+            self.state, self.batch_in_epoch = None, 0
+            return it
+        for i in range(self.batch_in_epoch):
+            if next(it, None) is None:
+                raise ValueError(
+                    f"resume: the data has fewer than {self.batch_in_epoch} "
+                    f"batches in epoch {self.epoch} (it changed? got {i})"
+                )
+        set_rng_state(res["rng"])
+        self.state = move_to(res["hidden"], self.device)
+        return it
+
+    def _log(self, batch: Any, norm: float, last_time: float) -> float:
+        now = time.perf_counter()
+        loss_sum, n, steps = self._acc
+        mean = loss_sum / max(n, 1)
+        row = {
+            "split": "train",
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": mean,
+            "ppl": math.exp(min(mean, 700.0)),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens_per_s": n / max(now - last_time, 1e-9),
+            "grad_norm": norm,
+            "seq_len": _seq_len(batch),
+            "elapsed_s": self.elapsed,
+        }
+        self.history.append(row)
+        self._acc = [0.0, 0.0, 0]
+        if self.is_main:
+            self._emit("on_log", row)
+        return now
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, root: str | Path | None = None) -> Path | None:
+        """Checkpoint everything needed to continue exactly (rank 0 writes; all ranks
+        must call it, as it gathers every rank's RNG and recurrent state)."""
+        root = Path(root) if root is not None else self.checkpoint_dir
+        if root is None:
+            raise ValueError("no checkpoint directory: set out_dir or pass root")
+        mine = {
+            "rng": get_rng_state(),
+            "epoch_rng": self._epoch_rng,
+            "hidden": move_to(self.state, "cpu"),
+        }
+        ranks = dist.all_gather_object(mine)
+        path = None
+        if self.is_main:
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "tokens_seen": self.tokens_seen,
+                "elapsed_s": self.elapsed,
+                "best_val": self.best_val,
+                "bad_evals": self.bad_evals,
+                "acc": self._acc,
+                "losses": self.losses,
+                "history": self.history,
+                "ranks": ranks,
+                "ntasgd": self.ntasgd.state_dict() if self.ntasgd else None,
+            }
+            path = save_checkpoint(
+                root,
+                self.raw_model,
+                self.optimizer,
+                self.scheduler,
+                step=self.step,
+                state=state,
+                config=self.config.to_dict(),
+                keep_last=self.config.keep_last,
+            )
+        self._last_saved = self.step
+        dist.barrier()
+        return path
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Load a checkpoint (directory or root) to continue training from it."""
+        doc = load_checkpoint(path, self.raw_model, self.optimizer, self.scheduler)
+        st = doc["state"]
+        self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self.tokens_seen, self.elapsed = st["tokens_seen"], st["elapsed_s"]
+        self.best_val, self.bad_evals, self._acc = st["best_val"], st["bad_evals"], st["acc"]
+        self.losses, self.history = list(st["losses"]), list(st["history"])
+        if self.ntasgd is not None and st["ntasgd"] is not None:
+            self.ntasgd.load_state_dict(st["ntasgd"])
+        ranks, rank = st["ranks"], dist.get_rank()
+        if len(ranks) != dist.get_world_size():
+            raise ValueError(
+                f"checkpoint was written by {len(ranks)} processes, "
+                f"resuming with {dist.get_world_size()}: cannot continue exactly"
+            )
+        self._resume = ranks[rank]
+        self._last_saved = self.step
+        return doc
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _seq_len(batch: Any) -> int | None:
+    n = getattr(batch, "seq_len", None)
+    return int(n) if n is not None else None

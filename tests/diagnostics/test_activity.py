@@ -1,0 +1,87 @@
+"""Activity: states and gates replayed from the parameters, checked against the layer's output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.diagnostics import activity
+
+from .cells import FakeLSTM, GatedLinearCell, LinearCell, stack
+
+
+def _outputs(m, x, hx=None):
+    out, hn = m(x, hx) if hx is not None else m(x)
+    return out.detach().numpy()
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, nn.LSTM])
+def test_lstm_gates_reproduce_the_states(cls):
+    """c_t = f c_{t-1} + i g and h_t = o tanh(c_t) from the reported gates, and h equals the
+    layer's own output (torch.nn's for nn.LSTM), for both directions of both layers."""
+    torch.manual_seed(0)
+    m = cls(2, 3, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 2, 2)
+    c0 = torch.randn(4, 2, 3)
+    acts = activity(m, x, sample=1, hx=(torch.zeros(4, 2, 3), c0))
+    out = _outputs(m, x, (torch.zeros(4, 2, 3), c0))
+    assert [a.label for a in acts] == ["l0", "l0_reverse", "l1", "l1_reverse"]
+    for idx, a in enumerate(acts):
+        k, d = divmod(idx, 2)
+        assert set(a.gates) == set("ifgo") and a.note == ""
+        i, f, g, o = (a.gates[n] for n in "ifgo")
+        c = a.states["c"]
+        c_prev = (
+            np.concatenate([c0[idx, 1][None].numpy(), c[:-1]])
+            if d == 0
+            else np.concatenate([c[1:], c0[idx, 1][None].numpy()])
+        )
+        np.testing.assert_allclose(c, f * c_prev + i * g, atol=1e-12)
+        np.testing.assert_allclose(a.states["h"], o * np.tanh(c), atol=1e-12)
+        if k == 1:
+            np.testing.assert_allclose(a.states["h"], out[:, 1, 3 * d : 3 * d + 3], atol=1e-12)
+        for n in "ifo":
+            assert np.all((a.gates[n] > 0) & (a.gates[n] < 1))
+
+
+@pytest.mark.parametrize("cls", [rnnkit.GRU, nn.GRU])
+def test_gru_gates_reproduce_the_states(cls):
+    m = cls(2, 4, batch_first=True)
+    x = torch.randn(3, 6, 2)
+    (a,) = activity(m, x, sample=2)
+    out = _outputs(m, x)[2]
+    r, z, n = (a.gates[k] for k in "rzn")
+    h_prev = np.concatenate([np.zeros((1, 4)), out[:-1]])
+    np.testing.assert_allclose(a.states["h"], out, atol=1e-12)
+    np.testing.assert_allclose(out, (1 - z) * n + z * h_prev, atol=1e-12)
+    # n from the paper's equation with the reported r
+    W_in, W_hn = m.weight_ih_l0.detach().numpy()[8:], m.weight_hh_l0.detach().numpy()[8:]
+    b_in, b_hn = m.bias_ih_l0.detach().numpy()[8:], m.bias_hh_l0.detach().numpy()[8:]
+    n_ref = np.tanh(x[2].numpy() @ W_in.T + b_in + r * (h_prev @ W_hn.T + b_hn))
+    np.testing.assert_allclose(n, n_ref, atol=1e-12)
+
+
+def test_rnn_has_states_and_a_note():
+    (a,) = activity(nn.RNN(2, 3), torch.randn(4, 1, 2))
+    assert a.gates == {} and "no gates" in a.note and a.states["h"].shape == (4, 3)
+
+
+def test_nonstandard_cells_fall_back_or_use_the_hook():
+    x = torch.randn(4, 2, 2)
+    (plain,) = activity(stack(LinearCell, 2, 3), x)
+    assert plain.gates == {} and "no gates() hook" in plain.note
+    (fake,) = activity(stack(FakeLSTM, 2, 3), x)  # family 'lstm' but not torch's: no replay
+    assert fake.gates == {} and "FakeLSTM" in fake.note
+    m = stack(GatedLinearCell, 2, 3)
+    (hooked,) = activity(m, x, sample=1)
+    assert set(hooked.gates) == {"a", "hook_t"} and hooked.note == ""
+    np.testing.assert_allclose(hooked.gates["hook_t"], 7.0)
+    h = hooked.states["h"]
+    xp = (x[:, 1] @ m.weight_ih_l0.t()).detach().numpy()
+    h_prev = np.concatenate([np.zeros((1, 3)), h[:-1]])
+    np.testing.assert_allclose(hooked.gates["a"], 1 / (1 + np.exp(-(h_prev + xp))), atol=1e-12)
+    with pytest.raises(ValueError, match="sample"):
+        activity(m, x, sample=2)

@@ -1,0 +1,93 @@
+"""``rnnkit diagnose``: the default (fresh cells) run and checkpoint mode, end to end."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_model
+from torch import nn
+
+import rnnkit
+from rnnkit.diagnostics import add_arguments, gradient_flow, load_weights, main, run
+
+PNGS = [
+    "gradient_flow",
+    "jacobian_spectrum",
+    "eigenvalues",
+    "power_iteration",
+    "activity_rnn",
+    "activity_lstm",
+]
+
+
+def test_quick_run_writes_pngs_and_a_consistent_summary(tmp_path, capsys):
+    out = tmp_path / "diag"
+    assert main(["--quick", "--out", str(out), "--variants", "rnn", "lstm", "--lags", "2", "3"]) == 0
+    for name in [*PNGS, "memory_horizon"]:
+        png = out / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+    text = (out / "summary.txt").read_text()
+    assert text == capsys.readouterr().out
+    assert "rnn" in text and "lstm" in text and "memory horizon" in text and "cell state" in text
+    data = json.loads((out / "summary.json").read_text())
+    snaps = data["snapshots"]
+    assert set(snaps) == {"rnn", "lstm"} and set(snaps["lstm"]) == {"init", "trained"}
+    assert 0.0 <= snaps["lstm"]["trained"]["accuracy"] <= 1.0
+    norms = np.array(snaps["rnn"]["init"]["grad_norms"]["last"]["l0"]["h"])
+    assert norms.shape == (12,) and np.all(np.isfinite(norms)) and np.all(norms > 0)
+    assert set(data["memory_horizon"]["horizon"]) == {"rnn", "lstm"}
+
+
+def test_checkpoint_mode_loads_prefixed_weights(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Linear(3, 3)
+            self.rnn = rnnkit.GRU(3, 5, num_layers=2)
+
+    torch.manual_seed(4)
+    net = Net()
+    ckpt = tmp_path / "run" / "step-000000010"
+    ckpt.mkdir(parents=True)
+    save_model(net, str(ckpt / "model.safetensors"))
+    (ckpt / "state.json").write_text("{}")
+    (tmp_path / "run" / "latest").write_text("step-000000010\n")
+
+    fresh = rnnkit.GRU(3, 5, num_layers=2)
+    load_weights(fresh, tmp_path / "run")  # root -> latest -> prefix "rnn." stripped
+    for (n, p), q in zip(fresh.named_parameters(), net.rnn.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+    with pytest.raises(ValueError, match=r"weight_hh_l0: expected \(18, 6\), got \(15, 5\)"):
+        load_weights(rnnkit.GRU(3, 6, num_layers=2), ckpt)
+    with pytest.raises(ValueError, match="does not hold the weights"):
+        load_weights(rnnkit.GRU(3, 5, num_layers=3), ckpt)
+    with pytest.raises(FileNotFoundError):
+        load_weights(fresh, tmp_path / "nothing")
+
+    out = tmp_path / "diag"
+    argv = ["--checkpoint", str(ckpt), "--family", "gru", "--input-size", "3", "--hidden-size", "5"]
+    assert main([*argv, "--num-layers", "2", "--quick", "--out", str(out)]) == 0
+    data = json.loads((out / "summary.json").read_text())
+    assert list(data["snapshots"]["gru"]) == ["checkpoint"]
+    # the reported gradient profile is that of the checkpoint's weights
+    x = torch.randn(4, 12, 3, generator=torch.Generator().manual_seed(0))
+    x = x.to(torch.get_default_dtype())
+    ref = gradient_flow(net.rnn, x.transpose(0, 1)).norms["l1"]["h"]
+    np.testing.assert_allclose(data["snapshots"]["gru"]["checkpoint"]["grad_norms"]["last"]["l1"]["h"], ref)
+    assert (out / "activity_gru.png").is_file() and not (out / "memory_horizon.png").exists()
+
+
+def test_add_arguments_on_a_subparser_and_bad_values(tmp_path):
+    parser = argparse.ArgumentParser(prog="rnnkit")
+    sub = parser.add_subparsers(dest="cmd")
+    add_arguments(sub.add_parser("diagnose"))
+    args = parser.parse_args(
+        ["diagnose", "--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "gru"]
+    )
+    assert run(args) == 0 and (tmp_path / "activity_gru.png").is_file()
+    with pytest.raises(SystemExit):
+        main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "elman"])

@@ -1,0 +1,146 @@
+"""Step Jacobians, recurrent eigenvalues and power iteration against numpy and the equations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.diagnostics import jacobian_spectrum, power_iteration, recurrent_eigenvalues, step_jacobians
+
+from .cells import LinearCell, orthogonal, stack
+
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+
+
+def _same_set(a, b):
+    """Compare eigenvalue multisets (order-free) by sorting on (real, imag) after rounding."""
+    key = lambda v: sorted(v, key=lambda z: (round(z.real, 8), round(z.imag, 8)))  # noqa: E731
+    np.testing.assert_allclose(key(a), key(b), atol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.RNN, nn.RNN, rnnkit.LSTM, nn.LSTM, rnnkit.GRU, nn.GRU])
+def test_eigenvalues_against_numpy(cls):
+    torch.manual_seed(0)
+    m = cls(3, 4, num_layers=2, bidirectional=True)
+    ev = recurrent_eigenvalues(m)
+    assert list(ev) == ["l0", "l0_reverse", "l1", "l1_reverse"]
+    names = {"RNN": ["W_hh"], "LSTM": list("ifgo"), "GRU": list("rzn")}[cls.__name__]
+    for label in ev:
+        W = getattr(m, "weight_hh_" + label).detach().numpy()
+        assert list(ev[label]) == names
+        for g, name in enumerate(names):
+            _same_set(ev[label][name], np.linalg.eigvals(W[4 * g : 4 * (g + 1)]))
+            assert np.all(np.diff(np.abs(ev[label][name])) <= 1e-12)  # by decreasing modulus
+
+
+def test_eigenvalues_lstm_projection_and_custom_cell():
+    m = nn.LSTM(3, 4, proj_size=2)
+    ev = recurrent_eigenvalues(m)["l0"]
+    W, Wr = m.weight_hh_l0.detach().numpy(), m.weight_hr_l0.detach().numpy()  # (16, 2), (2, 4)
+    _same_set(ev["f"], np.linalg.eigvals(W[4:8] @ Wr))
+    lin = stack(LinearCell, 2, 3)
+    _same_set(recurrent_eigenvalues(lin)["l0"]["W_hh"], np.linalg.eigvals(lin.weight_hh_l0.detach().numpy()))
+
+
+def test_jacobian_of_linear_cell_is_w_hh():
+    m = stack(LinearCell, 2, 4)
+    with torch.no_grad():
+        m.weight_hh_l0.copy_(0.5 * orthogonal(4) @ torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0])))
+    js = jacobian_spectrum(m, torch.randn(5, 2, 2))
+    W = m.weight_hh_l0.detach().numpy()
+    for J in js.jacobians:
+        np.testing.assert_allclose(J, W, atol=1e-12)
+    np.testing.assert_allclose(js.singular_values, np.tile([2.0, 1.5, 1.0, 0.5], (5, 1)), rtol=1e-12)
+    expect = [np.linalg.norm(np.linalg.matrix_power(W, k), 2) for k in range(1, 6)]
+    np.testing.assert_allclose(js.product_norms, expect, rtol=1e-10)
+
+
+@pytest.mark.parametrize("nonlin", ["tanh", "relu"])
+def test_jacobian_of_elman_rnn_is_diag_act_prime_times_w(nonlin):
+    m = nn.RNN(2, 4, nonlinearity=nonlin)
+    x = torch.randn(6, 3, 2)
+    out, _ = m(x)
+    jacs, names = step_jacobians(m, x, sample=1)
+    assert names == ("h",)
+    W = m.weight_hh_l0.detach().numpy()
+    h = out[:, 1].detach().numpy()
+    Js = []
+    for t in range(6):
+        d = 1 - h[t] ** 2 if nonlin == "tanh" else (h[t] > 0).astype(float)
+        Js.append(np.diag(d) @ W)
+        np.testing.assert_allclose(jacs[t], Js[-1], atol=1e-12)
+    # product norms: ‖J_5 J_4 ⋯ J_(6-k)‖ (the order backpropagation applies them; not commutative)
+    js = jacobian_spectrum(m, x, sample=1)
+    for k in range(1, 7):
+        P = np.eye(4)
+        for J in Js[6 - k :]:
+            P = J @ P
+        np.testing.assert_allclose(js.product_norms[k - 1], np.linalg.norm(P, 2), rtol=1e-10)
+
+
+def test_jacobian_of_lstm_matches_torch_cell_and_reverse_direction():
+    m = nn.LSTM(2, 3, bidirectional=True)
+    x = torch.randn(4, 1, 2)
+    cell = nn.LSTMCell(2, 3)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(m, name + "_l0_reverse"))
+    out, _ = m(x)
+    jacs, names = step_jacobians(m, x, direction=1)
+    assert names == ("h", "c") and jacs.shape == (4, 6, 6)
+    # reverse direction: processing order is t = 3, 2, 1, 0; state before t=3 is zero
+    h, c = torch.zeros(1, 3), torch.zeros(1, 3)
+    for i, t in enumerate([3, 2, 1, 0]):
+        J = torch.autograd.functional.jacobian(
+            lambda s, t=t: torch.cat(cell(x[t], (s[:, :3], s[:, 3:])), -1), torch.cat([h, c], -1)
+        )[0, :, 0, :]
+        np.testing.assert_allclose(jacs[i], J.numpy(), atol=1e-12)
+        h, c = cell(x[t], (h, c))
+        torch.testing.assert_close(h.detach(), out[t, :, 3:].detach())
+    with pytest.raises(ValueError, match="no layer"):
+        step_jacobians(m, x, layer=1)
+    with pytest.raises(ValueError, match="sample"):
+        step_jacobians(m, x, sample=3)
+
+
+def test_power_iteration_converges_to_dominant_eigenvector_at_rate_lambda2_over_lambda1():
+    Q = orthogonal(5).numpy()
+    W = Q @ np.diag([3.0, -2.0, 1.0, 0.5, 0.1]) @ Q.T
+    pi = power_iteration(W, steps=40, seed=1)
+    assert pi.rate == pytest.approx(2 / 3)
+    assert pi.eigenvalues[0] == pytest.approx(3.0)
+    # the error in direction of the second eigenvector shrinks by exactly |λ₂/λ₁| per step,
+    # up to normalization: tan(angle) is exact
+    tan = pi.angles / np.sqrt(1 - pi.angles**2)
+    coeffs = Q.T @ pi.iterates[0]
+    lam = np.array([3.0, -2.0, 1.0, 0.5, 0.1])
+    for k in (1, 10, 40):
+        ck = coeffs * lam**k
+        np.testing.assert_allclose(tan[k], np.linalg.norm(ck[1:]) / abs(ck[0]), rtol=1e-8, atol=1e-14)
+    assert tan[40] < 1e-6 < tan[10]
+    assert abs(abs(Q[:, 0] @ pi.iterates[-1]) - 1) < 1e-12
+    np.testing.assert_allclose(pi.gains[-1], 3.0, rtol=1e-6)
+
+
+def test_power_iteration_complex_pair_converges_to_the_plane():
+    R = np.array([[np.cos(1.0), -np.sin(1.0)], [np.sin(1.0), np.cos(1.0)]]) * 2.0
+    W = np.zeros((4, 4))
+    W[:2, :2], W[2, 2], W[3, 3] = R, 1.0, -0.5
+    Q = orthogonal(4, 3).numpy()
+    pi = power_iteration(Q @ W @ Q.T, steps=50)
+    assert pi.subspace.shape == (4, 2) and pi.rate == pytest.approx(0.5)
+    assert pi.angles[-1] < 1e-12 < pi.angles[0]
+    # the iterate keeps rotating inside the plane: consecutive iterates differ by ~1 radian
+    assert np.arccos(np.clip(pi.iterates[-1] @ pi.iterates[-2], -1, 1)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_power_iteration_errors():
+    with pytest.raises(ValueError, match="square"):
+        power_iteration(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="h0"):
+        power_iteration(np.eye(2), h0=np.zeros(2))
+    with pytest.raises(ValueError, match="steps"):
+        power_iteration(np.eye(2), steps=0)

@@ -1,0 +1,141 @@
+"""Model-level regularizers: LockedDropout, EmbeddingDropout, AR/TAR losses, mask sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from rnnkit import losses, regularizers
+
+
+def _two_valued(r: torch.Tensor, scale: float) -> bool:
+    """Every entry is 0 or ``scale`` (up to rounding of the ratio that measured it)."""
+    return bool((r.eq(0) | torch.isclose(r, torch.full_like(r, scale))).all())
+
+
+# -- LockedDropout ----------------------------------------------------------------------------
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_locked_dropout_one_mask_over_time(batch_first):
+    T, B, F, p = 7, 30, 40, 0.4
+    ld = rnnkit.LockedDropout(p, batch_first=batch_first)
+    x = torch.rand(B, T, F) + 0.5 if batch_first else torch.rand(T, B, F) + 0.5
+    x.requires_grad_(True)
+    y = ld(x)
+    ratio = (y / x).transpose(0, 1) if batch_first else y / x  # (T, B, F)
+    torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio))  # the same at every step
+    assert _two_valued(ratio, 1 / (1 - p))
+    drop = (ratio[0] == 0).double().mean().item()
+    assert abs(drop - p) < 5 * (p * (1 - p) / (B * F)) ** 0.5
+    assert not torch.equal(ratio[0, 0], ratio[0, 1])  # one mask per sequence
+    (g,) = torch.autograd.grad(y.sum(), x)  # gradient only through kept units
+    torch.testing.assert_close(g, (y / x).detach())
+
+
+def test_locked_dropout_eval_p0_unbatched_and_reproducible():
+    x = torch.randn(5, 3, 4)
+    assert rnnkit.LockedDropout(0.5).eval()(x) is x
+    assert rnnkit.LockedDropout(0.0)(x) is x
+    ld = rnnkit.LockedDropout(0.5)
+    torch.manual_seed(3)
+    a = ld(x)
+    torch.manual_seed(3)
+    torch.testing.assert_close(a, ld(x), rtol=0, atol=0)
+    u = ld(torch.ones(6, 10))  # unbatched (T, F)
+    torch.testing.assert_close(u, u[:1].expand_as(u))
+    with pytest.raises(ValueError, match=r"expects \(T, B, F\).*got \(2, 3, 4, 5\)"):
+        ld(torch.randn(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="p must be a number in"):
+        rnnkit.LockedDropout(2.0)
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_locked_dropout_packed_row_belongs_to_the_sequence(enforce_sorted):
+    """Packed input draws the dense mask (same seed) and keeps each row with its sequence."""
+    lengths = torch.tensor([5, 3, 2, 1]) if enforce_sorted else torch.tensor([2, 5, 1, 3])
+    x = torch.randn(5, 4, 6)
+    ld = rnnkit.LockedDropout(0.5)
+    torch.manual_seed(0)
+    dense = ld(x)
+    torch.manual_seed(0)
+    packed = ld(pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted))
+    out, _ = pad_packed_sequence(packed, total_length=5)
+    valid = (torch.arange(5).unsqueeze(1) < lengths).unsqueeze(-1)
+    torch.testing.assert_close(out, dense * valid)
+
+
+# -- EmbeddingDropout ---------------------------------------------------------------------------
+def test_embedding_dropout_drops_whole_rows():
+    V, E, p = 500, 8, 0.3
+    emb = nn.Embedding(V, E)
+    ed = rnnkit.EmbeddingDropout(p)
+    words = torch.arange(V).repeat(3, 1)  # every word three times
+    y = ed(emb, words)
+    ratio = y / emb.weight[words]
+    row = ratio[0, :, 0]
+    torch.testing.assert_close(ratio, row.view(1, V, 1).expand_as(ratio))  # whole rows, all uses
+    assert _two_valued(row, 1 / (1 - p))
+    assert abs((row == 0).double().mean().item() - p) < 5 * (p * (1 - p) / V) ** 0.5
+    y.sum().backward()
+    dropped = row == 0
+    assert (emb.weight.grad[dropped] == 0).all() and (emb.weight.grad[~dropped] != 0).all()
+
+
+def test_embedding_dropout_eval_weight_tensor_and_padding_idx():
+    emb = nn.Embedding(10, 4, padding_idx=0)
+    ids = torch.tensor([[0, 1, 2], [3, 0, 9]])
+    ed = rnnkit.EmbeddingDropout(0.5)
+    torch.testing.assert_close(ed.eval()(emb, ids), emb(ids))
+    ed.train()
+    torch.manual_seed(1)
+    a = ed(emb, ids)
+    torch.manual_seed(1)
+    b = ed(emb.weight, ids)  # a raw (V, E) weight
+    torch.testing.assert_close(a, b)
+    a.sum().backward()
+    assert (emb.weight.grad[0] == 0).all()  # padding_idx honoured
+    with pytest.raises(ValueError, match=r"nn.Embedding or a \(V, E\) weight, got \(10,\)"):
+        ed(torch.randn(10), ids)
+
+
+# -- losses -------------------------------------------------------------------------------------
+def test_ar_tar_are_awd_lstm_formulas():
+    h = torch.randn(6, 3, 5)
+    torch.testing.assert_close(losses.ar(h, 2.0), 2.0 * h.pow(2).mean())
+    torch.testing.assert_close(losses.tar(h, 1.5), 1.5 * (h[1:] - h[:-1]).pow(2).mean())
+    torch.testing.assert_close(losses.ar(h.transpose(0, 1), 2.0, batch_first=True), losses.ar(h, 2.0))
+    hb = h.transpose(0, 1)
+    torch.testing.assert_close(losses.tar(hb, batch_first=True), losses.tar(h))
+    assert losses.tar(h[:1]).item() == 0.0
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_ar_tar_ignore_padding_and_accept_packed(enforce_sorted):
+    lengths = torch.tensor([6, 4, 4, 1]) if enforce_sorted else torch.tensor([4, 6, 1, 4])
+    h = torch.randn(6, 4, 3)
+    seqs = [h[: int(n), b] for b, n in enumerate(lengths)]
+    ar = torch.cat(seqs).pow(2).mean()
+    tar = torch.cat([s[1:] - s[:-1] for s in seqs]).pow(2).mean()
+    torch.testing.assert_close(losses.ar(h, 1.0, lengths=lengths), ar)
+    torch.testing.assert_close(losses.tar(h, 1.0, lengths=lengths), tar)
+    packed = pack_padded_sequence(h, lengths, enforce_sorted=enforce_sorted)
+    torch.testing.assert_close(losses.ar(packed, 1.0), ar)
+    torch.testing.assert_close(losses.tar(packed, 1.0), tar)
+    with pytest.raises(ValueError, match=r"lengths must have shape \(4,\), got \(3,\)"):
+        losses.ar(h, lengths=torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"expected a 3-D output"):
+        losses.tar(torch.randn(3, 4))
+
+
+# -- mask sampler ---------------------------------------------------------------------------------
+def test_sample_mask_values_and_errors():
+    like = torch.zeros(())
+    m = regularizers.sample_mask("recurrent", (1000,), 0.25, like)
+    assert set(m.unique().tolist()) <= {0.0, 1 / 0.75} and m.dtype == like.dtype
+    assert (regularizers.sample_mask("locked", (5,), 1.0, like) == 0).all()
+    z = regularizers.sample_mask("zoneout", (1000,), 1.0, like)
+    assert (z == 1).all()
+    with pytest.raises(ValueError, match="mask kind must be one of"):
+        regularizers.sample_mask("nope", (2,), 0.5, like)

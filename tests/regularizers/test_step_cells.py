@@ -1,0 +1,128 @@
+"""Regularizers of the single-step cells: caller-held per-sequence masks, per-step zoneout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.regularizers import StepMasks
+
+from .reference import grads, recorder, step  # noqa: F401 - recorder is a fixture
+
+CELLS = {
+    "rnn": (rnnkit.RNNCell, nn.RNNCell),
+    "lstm": (rnnkit.LSTMCell, nn.LSTMCell),
+    "gru": (rnnkit.GRUCell, nn.GRUCell),
+}
+OPTS = [
+    {"recurrent_dropout": 0.5},
+    {"weight_drop": 0.5},
+    {"zoneout": 0.4},
+    {"recurrent_dropout": 0.3, "weight_drop": 0.3, "zoneout": 0.3},
+]
+
+
+def _as_tuple(s):
+    return s if isinstance(s, tuple) else (s,)
+
+
+@pytest.mark.parametrize("opts", OPTS, ids=lambda o: "+".join(o))
+@pytest.mark.parametrize("family", list(CELLS))
+def test_steps_match_reference(recorder, family, opts):  # noqa: F811
+    torch.manual_seed(0)
+    cell = CELLS[family][0](3, 4, **opts).train()
+    T, B = 4, 3
+    xs = torch.randn(T, B, 3, requires_grad=True)
+    h0 = tuple(torch.randn(B, s, requires_grad=True) for s in cell.cell.state_sizes())
+    masks = cell.sample_masks(B)
+    state, outs = h0, []
+    for t in range(T):
+        state = _as_tuple(cell(xs[t], state if len(state) > 1 else state[0], masks=masks))
+        outs.append(state[0])
+    got = [torch.stack(outs), *state]
+
+    log = list(recorder)
+    rec = log.pop(0)[1] if cell.recurrent_dropout else None
+    p = cell.params()
+    if cell.weight_drop:
+        p = dict(p, weight_hh=p["weight_hh"] * log.pop(0)[1])
+    state, outs = h0, []
+    for t in range(T):
+        new = step(cell, family, p, xs[t], state, rec)
+        if cell.zoneout:
+            new = tuple(
+                m * s0 + (1 - m) * s1 for s0, s1, (_, m) in zip(state, new, [log.pop(0) for _ in new])
+            )
+        state = new
+        outs.append(state[0])
+    assert not log
+    exp = [torch.stack(outs), *state]
+    for u, v in zip(got, exp):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+    leaves = [xs, *h0, *cell.parameters()]
+    for u, v in zip(grads(got, leaves), grads(exp, leaves)):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("family", list(CELLS))
+def test_eval_ignores_masks_and_equals_torch(family):
+    torch.manual_seed(0)
+    ours = CELLS[family][0](3, 4, recurrent_dropout=0.5, weight_drop=0.5)
+    torch.manual_seed(0)
+    theirs = CELLS[family][1](3, 4)
+    ours.eval()
+    x = torch.randn(2, 3)
+    masks = ours.sample_masks(2)
+    for a, b in zip(_as_tuple(ours(x, masks=masks)), _as_tuple(theirs(x))):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(_as_tuple(ours(x)), _as_tuple(theirs(x))):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    "zoneout,probs", [(0.3, (0.3, 0.3)), ((0.2, 0.6), (0.6, 0.2)), ({"h": 0.5}, (0.5, 0.0))]
+)
+def test_lstm_cell_zoneout_eval_expectation_unbatched(zoneout, probs):
+    torch.manual_seed(0)
+    ours = rnnkit.LSTMCell(3, 4, zoneout=zoneout).eval()
+    torch.manual_seed(0)
+    theirs = nn.LSTMCell(3, 4)
+    x, h, c = torch.randn(3), torch.randn(4), torch.randn(4)
+    h1, c1 = theirs(x, (h, c))
+    got = ours(x, (h, c))  # unbatched, no masks needed
+    torch.testing.assert_close(got[0], probs[0] * h + (1 - probs[0]) * h1)
+    torch.testing.assert_close(got[1], probs[1] * c + (1 - probs[1]) * c1)
+
+
+def test_missing_or_wrong_masks_are_clear_errors():
+    cell = rnnkit.LSTMCell(3, 4, recurrent_dropout=0.5).train()
+    x = torch.randn(2, 3)
+    with pytest.raises(ValueError, match=r"call masks = cell.sample_masks\(2\) once per sequence"):
+        cell(x)
+    with pytest.raises(ValueError, match="masks were sampled for batch_size=3, but the input has 2"):
+        cell(x, masks=cell.sample_masks(3))
+    other = rnnkit.LSTMCell(3, 4, weight_drop=0.5)
+    with pytest.raises(ValueError, match="masks were not sampled by this cell"):
+        cell(x, masks=other.sample_masks(2))
+    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
+        cell.sample_masks(0)
+    with pytest.raises(ValueError, match=r"zoneout=\(p_c, p_h\) needs a cell whose state holds h and c"):
+        rnnkit.GRUCell(3, 4, zoneout=(0.1, 0.2))
+    with pytest.raises(TypeError):
+        rnnkit.GRUCell(3, 4, not_an_option=1)
+
+
+def test_masks_are_per_sequence_and_reproducible():
+    cell = rnnkit.GRUCell(3, 50, recurrent_dropout=0.5, weight_drop=0.5)
+    torch.manual_seed(0)
+    a = cell.sample_masks(4)
+    torch.manual_seed(0)
+    b = cell.sample_masks(4)
+    assert isinstance(a, StepMasks) and a.recurrent.shape == (4, 50) and set(a.weights) == {"weight_hh"}
+    assert torch.equal(a.recurrent, b.recurrent) and torch.equal(
+        a.weights["weight_hh"], b.weights["weight_hh"]
+    )
+    assert not torch.equal(a.recurrent[0], a.recurrent[1])
+    assert "recurrent_dropout=0.5" in repr(cell)

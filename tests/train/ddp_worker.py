@@ -1,0 +1,66 @@
+"""Worker for test_ddp: the same tiny float64 LM run, launched by torchrun or in-process.
+
+Usage: ``torchrun --nproc_per_node 2 ... ddp_worker.py OUT_DIR`` (or called via ``run``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # torchrun runs this file as a script
+
+from rnnkit.data import bptt_batches  # noqa: E402
+from rnnkit.train import Trainer, cleanup_distributed, seed_everything, setup_distributed  # noqa: E402
+from tests.train.models import TinyLM, tokens  # noqa: E402
+
+GLOBAL_BATCH, SEQ_LEN = 4, 6
+
+
+def run(out_dir: str) -> None:
+    torch.set_num_threads(1)
+    info = setup_distributed(device="cpu")
+    old_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _train(out_dir, info)
+    finally:
+        torch.set_default_dtype(old_dtype)
+        cleanup_distributed()
+
+
+def _train(out_dir: str, info) -> None:
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    data = bptt_batches(tokens(4 * 60), GLOBAL_BATCH, SEQ_LEN, rank=info.rank, world_size=info.world_size)
+    val = bptt_batches(tokens(80, seed=3), 2, SEQ_LEN, rank=info.rank, world_size=info.world_size)
+    tr = Trainer(
+        model,
+        opt,
+        clip_norm=1.0,
+        max_epochs=2,
+        val_every=5,
+        out_dir=str(Path(out_dir) / "run"),
+        progress=False,
+        plot=False,
+    )
+    tr.fit(data, val)
+    if info.is_main:
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()},
+            str(Path(out_dir) / "params.safetensors"),
+        )
+        vals = [r["loss"] for r in tr.history if r["split"] == "val"]
+        (Path(out_dir) / "result.json").write_text(
+            json.dumps({"losses": tr.losses, "val": vals, "world_size": info.world_size})
+        )
+
+
+if __name__ == "__main__":
+    run(sys.argv[1])

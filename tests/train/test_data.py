@@ -1,0 +1,137 @@
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence
+
+from rnnkit.data import BucketBatchSampler, PadCollate, bptt_batches, length_mask, pad_collate
+
+
+def test_issue_example_batch_first():
+    steps = list(bptt_batches(torch.arange(1, 13), 2, 3, batch_first=True))
+    assert len(steps) == 2
+    assert steps[0].inputs.tolist() == [[1, 2, 3], [7, 8, 9]]
+    assert steps[0].targets.tolist() == [[2, 3, 4], [8, 9, 10]]
+    assert steps[1].inputs.tolist() == [[4, 5, 6], [10, 11, 12]]
+    assert steps[1].targets.tolist() == [[5, 6, 7], [11, 12, 1]]
+    assert [s.seq_len for s in steps] == [3, 3] and [s.lr_scale for s in steps] == [1.0, 1.0]
+    assert [s.position for s in steps] == [0, 3]
+
+
+def test_issue_example_time_major():
+    steps = list(bptt_batches(torch.arange(1, 13), 2, 3))
+    assert steps[0].inputs.shape == (3, 2)
+    assert steps[0].inputs.t().tolist() == [[1, 2, 3], [7, 8, 9]]
+    assert steps[1].targets.t().tolist() == [[5, 6, 7], [11, 12, 1]]
+    assert steps[0].inputs.is_contiguous()
+
+
+def test_trailing_tokens_are_the_next_target_and_short_last_window():
+    steps = list(bptt_batches(torch.arange(1, 14), 2, 4, batch_first=True))  # 13 tokens
+    assert [s.seq_len for s in steps] == [4, 2]
+    assert steps[-1].targets.tolist() == [[6, 7], [12, 13]]  # 13 exists: no wrap yet
+    assert len(bptt_batches(torch.arange(1, 14), 2, 4)) == 2
+    assert len(list(bptt_batches(torch.arange(1, 14), 2, 4, drop_last=True))) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (torch.zeros(3, 4, dtype=torch.long), "1-D tensor.*shape \\(3, 4\\)"),
+        (torch.arange(5), "5 tokens, fewer than batch_size \\* seq_len = 2 \\* 3 = 6"),
+    ],
+)
+def test_bad_data(data, match):
+    with pytest.raises(ValueError, match=match):
+        bptt_batches(data, 2, 3)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="seq_len must be >= 1, got 0"):
+        bptt_batches(torch.arange(10), 2, 0)
+    with pytest.raises(ValueError, match="divisible by world_size.*batch_size=3, world_size=2"):
+        bptt_batches(torch.arange(30), 3, 2, world_size=2)
+
+
+def test_rank_shards_tile_the_global_batch():
+    data = torch.arange(64)
+    full = list(bptt_batches(data, 4, 5))
+    parts = [list(bptt_batches(data, 4, 5, rank=r, world_size=2)) for r in range(2)]
+    for i, step in enumerate(full):
+        assert torch.equal(torch.cat([parts[0][i].inputs, parts[1][i].inputs], 1), step.inputs)
+        assert torch.equal(torch.cat([parts[0][i].targets, parts[1][i].targets], 1), step.targets)
+
+
+def test_variable_length_windows():
+    data = torch.arange(2000)
+    b = bptt_batches(data, 2, 20, variable_length=True, seed=3, batch_first=True)
+    steps = list(b)
+    lens = [s.seq_len for s in steps]
+    assert len(set(lens)) > 3 and min(lens) >= 5 and max(lens) <= 60
+    assert all(s.lr_scale == pytest.approx(s.seq_len / 20) for s in steps)
+    # every token exactly once, in order
+    assert torch.equal(torch.cat([s.inputs[0] for s in steps]), torch.arange(1000))
+    assert lens == [s.seq_len for s in b]  # same epoch: same draws
+    b.set_epoch(1)
+    assert lens != [s.seq_len for s in b]
+    # unseeded: follows the global torch RNG
+    torch.manual_seed(0)
+    a1 = [s.seq_len for s in bptt_batches(data, 2, 20, variable_length=True)]
+    torch.manual_seed(0)
+    a2 = [s.seq_len for s in bptt_batches(data, 2, 20, variable_length=True)]
+    assert a1 == a2
+
+
+def test_pad_collate_sequences_and_targets():
+    items = [
+        (torch.tensor([1, 2, 3]), torch.tensor([2, 3, 4])),
+        (torch.tensor([5]), torch.tensor([6])),
+    ]
+    b = pad_collate(items)
+    assert b.inputs.tolist() == [[1, 5], [2, 0], [3, 0]]  # (T, B)
+    assert b.targets.tolist() == [[2, 6], [3, -100], [4, -100]]
+    assert b.lengths.tolist() == [3, 1] and b.packed is None
+    bf = pad_collate(items, batch_first=True, pack=True, padding_value=9)
+    assert bf.inputs.tolist() == [[1, 2, 3], [5, 9, 9]]
+    assert isinstance(bf.packed, PackedSequence)
+    assert bf.packed.batch_sizes.tolist() == [2, 1, 1]
+    assert length_mask(b.lengths).tolist() == [[True, True], [True, False], [True, False]]
+
+
+def test_pad_collate_labels_and_features():
+    items = [(torch.randn(4, 3), 1), (torch.randn(2, 3), 0)]
+    b = PadCollate(batch_first=True)(items)
+    assert b.inputs.shape == (2, 4, 3) and b.targets.tolist() == [1, 0]
+    assert torch.equal(b.inputs[1, 2:], torch.zeros(2, 3))
+    single = pad_collate([torch.arange(2), torch.arange(3)])
+    assert single.targets is None and single.inputs.shape == (3, 2)
+    with pytest.raises(ValueError, match="item 1: expected a sequence"):
+        pad_collate([torch.arange(2), torch.tensor(5)])
+
+
+def test_bucket_sampler_covers_all_and_reduces_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 100, (500,), generator=g).tolist()
+    s = BucketBatchSampler(lengths, 10, bucket_size=100, seed=1)
+    batches = list(s)
+    assert len(batches) == len(s) == 50
+    assert sorted(i for b in batches for i in b) == list(range(500))
+
+    def padding(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    perm = torch.randperm(500, generator=g).tolist()
+    random_batches = [perm[i : i + 10] for i in range(0, 500, 10)]
+    assert padding(batches) < padding(random_batches) / 5
+    assert list(s) == batches  # deterministic per epoch
+    s.set_epoch(1)
+    assert list(s) != batches
+
+
+def test_bucket_sampler_ddp_shards():
+    lengths = list(range(1, 24))
+    full = list(BucketBatchSampler(lengths, 4, seed=2))
+    shards = [list(BucketBatchSampler(lengths, 4, seed=2, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(full)
+    for f, a, b in zip(full, *shards, strict=True):
+        assert a + b == f or len(f) < 2
+    with pytest.raises(ValueError, match="rank=2, num_replicas=2"):
+        BucketBatchSampler(lengths, 4, num_replicas=2, rank=2)

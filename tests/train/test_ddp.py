@@ -1,0 +1,66 @@
+"""DDP: 2 gloo processes on 127.0.0.1 == 1 process with the same global batch."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from rnnkit.train import latest_checkpoint, list_checkpoints, load_checkpoint
+
+from . import ddp_worker
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_equal_single_process(tmp_path):
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(Path(ddp_worker.__file__)),
+        str(ddp_dir),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    single_dir.mkdir()
+    ddp_worker.run(str(single_dir))  # no torchrun variables: one process, whole batch
+
+    ddp, single = (json.loads((d / "result.json").read_text()) for d in (ddp_dir, single_dir))
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert len(ddp["losses"]) == len(single["losses"]) == 20
+    torch.testing.assert_close(
+        torch.tensor(ddp["losses"]), torch.tensor(single["losses"]), rtol=0, atol=1e-10
+    )
+    torch.testing.assert_close(torch.tensor(ddp["val"]), torch.tensor(single["val"]), rtol=0, atol=1e-10)
+    p_ddp, p_one = (load_file(str(d / "params.safetensors")) for d in (ddp_dir, single_dir))
+    for k in p_one:
+        torch.testing.assert_close(p_ddp[k], p_one[k], rtol=0, atol=1e-10)
+    # rank 0 alone wrote the checkpoint, with both ranks' RNG and recurrent states
+    ckpt = latest_checkpoint(ddp_dir / "run" / "checkpoints")
+    assert len(list_checkpoints(ddp_dir / "run" / "checkpoints")) == 1
+    ranks = load_checkpoint(ckpt)["state"]["ranks"]
+    assert len(ranks) == 2
+    h0, h1 = ranks[0]["hidden"][0], ranks[1]["hidden"][0]  # LSTM (h, c), per rank's streams
+    assert h0.shape == h1.shape == (1, 2, 8) and not torch.equal(h0, h1)
+    assert (ddp_dir / "run" / "metrics.jsonl").is_file()

@@ -1,0 +1,74 @@
+"""Teacher forcing / scheduled sampling schedules and the unroll helper."""
+
+import math
+
+import pytest
+import torch
+
+from rnnkit.train import ScheduledSampler, TeacherForcingSchedule, autoregressive_unroll
+
+
+def test_schedules():
+    assert TeacherForcingSchedule("constant", p=0.7)(12345) == 0.7
+    lin = TeacherForcingSchedule("linear", start=1.0, end=0.2, steps=100)
+    assert [lin(i) for i in (0, 50, 100, 1000)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
+    exp = TeacherForcingSchedule("exponential", k=0.9)
+    assert exp(0) == 1.0 and exp(10) == pytest.approx(0.9**10)
+    inv = TeacherForcingSchedule("inverse_sigmoid", k=10)
+    assert inv(0) == pytest.approx(10 / 11) and inv(50) == pytest.approx(10 / (10 + math.e**5))
+    vals = [inv(i) for i in range(0, 200, 10)]
+    assert all(a > b for a, b in zip(vals, vals[1:], strict=False)) and inv(10**9) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"kind": "cosine"}, "kind must be one of"),
+        ({"kind": "inverse_sigmoid", "k": 0.5}, "k >= 1, got k=0.5"),
+        ({"kind": "exponential", "k": 1.5}, "0 < k < 1, got k=1.5"),
+        ({"p": 1.5}, "p must be in \\[0, 1\\], got 1.5"),
+    ],
+)
+def test_schedule_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TeacherForcingSchedule(**kw)
+
+
+def test_sampler_mixes_per_example():
+    gt, pred = torch.zeros(4000, dtype=torch.long), torch.ones(4000, dtype=torch.long)
+    assert torch.equal(ScheduledSampler(1.0).choose(0, gt, pred), gt)
+    assert torch.equal(ScheduledSampler(0.0).choose(0, gt, pred), pred)
+    s = ScheduledSampler(
+        TeacherForcingSchedule("linear", steps=10), generator=torch.Generator().manual_seed(0)
+    )
+    frac_gt = (s.choose(3, gt, pred) == 0).float().mean().item()  # p = 0.7
+    assert frac_gt == pytest.approx(0.7, abs=0.03)
+    whole = ScheduledSampler(0.5, per_example=False, generator=torch.Generator().manual_seed(1))
+    out = whole.choose(0, gt[:8], pred[:8])
+    assert out.unique().numel() == 1  # one coin for the batch
+    with pytest.raises(ValueError, match="shape"):
+        s.choose(0, gt[:3], pred[:4])
+
+
+def test_autoregressive_unroll():
+    torch.manual_seed(0)
+    emb, cell, head = torch.nn.Embedding(5, 4), torch.nn.GRUCell(4, 4), torch.nn.Linear(4, 5)
+    inputs_seen = []
+
+    def step_fn(x, h):
+        inputs_seen.append(x.clone())
+        h = cell(emb(x), h)
+        return head(h), h
+
+    bos = torch.zeros(2, dtype=torch.long)
+    targets = torch.tensor([[1, 2], [3, 4], [2, 1]])  # (T, B)
+    logits, h = autoregressive_unroll(step_fn, bos, targets)
+    assert logits.shape == (3, 2, 5) and h.shape == (2, 4)
+    assert [x.tolist() for x in inputs_seen] == [[0, 0], [1, 2], [3, 4]]  # teacher forcing
+    inputs_seen.clear()
+    logits, _ = autoregressive_unroll(
+        step_fn, bos, targets.t(), sampler=ScheduledSampler(0.0), batch_first=True
+    )
+    assert logits.shape == (2, 3, 5)
+    assert torch.equal(inputs_seen[1], logits[:, 0].argmax(-1))  # own prediction fed back
+    logits.sum().backward()  # differentiable through the logits

@@ -1,0 +1,242 @@
+"""Trainer: protocols, clipping, LR scaling, validation, early stopping, NT-ASGD, logging."""
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from rnnkit.data import BucketBatchSampler, PadCollate, bptt_batches
+from rnnkit.train import (
+    NTASGD,
+    Callback,
+    TensorBoardLogger,
+    TrainConfig,
+    Trainer,
+    evaluate_lm,
+    lm_loss,
+    tensorboard_available,
+)
+
+from .models import Stateless, TinyLM, tokens
+
+
+def _sgd(model, lr=0.5):
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def test_stateful_lm_learns_and_evaluate_lm_matches():
+    torch.manual_seed(0)
+    model = TinyLM(hidden=16)
+    data, val = tokens(1200), tokens(300, seed=5)
+    before = evaluate_lm(model, val, 2, 10)
+    tr = Trainer(model, torch.optim.Adam(model.parameters(), lr=0.03), max_epochs=3, progress=False)
+    out = tr.fit(bptt_batches(data, 4, 10), bptt_batches(val, 2, 10))
+    after = evaluate_lm(model, val, 2, 10)
+    assert after < before - 1.0 and out["stop_reason"] == "max_epochs"
+    # evaluate over the same windows with carried state == evaluate_lm
+    assert tr.evaluate(bptt_batches(val, 2, 10))["loss"] == pytest.approx(after, rel=1e-6)
+    assert [r["split"] for r in tr.history].count("val") == 3
+    assert model.training  # evaluate restored the mode
+
+
+def test_stateless_model_and_custom_step_fn():
+    torch.manual_seed(0)
+    model = Stateless()
+    tr = Trainer(model, _sgd(model, 1.0), stateful=False, max_epochs=5, progress=False)
+    tr.fit(bptt_batches(tokens(400), 4, 10))
+    assert tr.losses[-1] < tr.losses[0]
+
+    calls = []
+
+    def step_fn(m, batch, state):
+        calls.append(state)
+        out = m(batch.inputs)
+        return lm_loss(out, batch.targets), ("carried", len(calls))
+
+    tr = Trainer(model, _sgd(model), step_fn=step_fn, max_steps=3, progress=False)
+    tr.fit(bptt_batches(tokens(400), 4, 10))
+    assert calls == [None, ("carried", 1), ("carried", 2)]
+
+
+def test_padded_batches_with_bucketing_and_fresh_state():
+    torch.manual_seed(0)
+    seqs = [tokens(n, seed=n) for n in range(5, 25)]
+    ds = [(s[:-1], s[1:]) for s in seqs]
+    sampler = BucketBatchSampler([len(x) for x, _ in ds], 4, seed=0)
+    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=PadCollate())
+    model = TinyLM()
+    seen = []
+
+    class Spy(Callback):
+        def on_step_end(self, trainer, logs):
+            seen.append(logs["tokens"])
+
+    tr = Trainer(model, _sgd(model), carry_state=False, max_epochs=2, callbacks=[Spy()], progress=False)
+    tr.fit(loader)
+    assert tr.step == 10 and sum(seen) == 2 * sum(len(x) for x, _ in ds)  # padding not counted
+    assert sampler.epoch == 1  # set_epoch reached the batch sampler
+
+
+def test_clip_by_norm_and_value():
+    torch.manual_seed(0)
+    model = TinyLM()
+    before = [p.detach().clone() for p in model.parameters()]
+    logs = []
+
+    class Spy(Callback):
+        def on_log(self, trainer, row):
+            logs.append(row)
+
+    big = lambda out, y: 1e3 * lm_loss(out, y)  # noqa: E731
+    tr = Trainer(
+        model,
+        _sgd(model, 1.0),
+        loss_fn=big,
+        clip_norm=0.1,
+        max_steps=1,
+        log_every=1,
+        callbacks=[Spy()],
+        progress=False,
+    )
+    tr.fit(bptt_batches(tokens(100), 2, 5))
+    delta = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+    assert delta.norm().item() == pytest.approx(0.1, rel=1e-5)
+    assert logs[0]["grad_norm"] > 0.1
+
+    before = [p.detach().clone() for p in model.parameters()]
+    tr = Trainer(model, _sgd(model, 1.0), loss_fn=big, clip_value=0.01, max_steps=1, progress=False)
+    tr.fit(bptt_batches(tokens(100), 2, 5))
+    delta = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
+    assert delta.abs().max().item() == pytest.approx(0.01, rel=1e-6)
+
+
+def test_lr_scaled_by_window_length_then_restored():
+    seen = []
+
+    class SpySGD(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    model = TinyLM()
+    opt = SpySGD(model.parameters(), lr=0.1)
+    batches = bptt_batches(tokens(1000), 2, 10, variable_length=True, seed=0)
+    tr = Trainer(model, opt, max_steps=5, progress=False)
+    tr.fit(batches)
+    expected = [0.1 * b.lr_scale for b in list(batches)[:5]]
+    assert seen == pytest.approx(expected) and len(set(seen)) > 1
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_scheduler_and_early_stopping_and_time_budget():
+    model = TinyLM()
+    opt = _sgd(model, 0.0)  # lr 0: the validation loss never improves
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=1.0)
+    tr = Trainer(model, opt, scheduler=sched, val_every=2, patience=2, max_epochs=10, progress=False)
+    out = tr.fit(bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(50), 1, 5))
+    assert out["stop_reason"] == "early_stopping" and tr.step == 6  # 1 best + 2 bad evals
+    assert sched.last_epoch == 6
+
+    opt = _sgd(model)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
+    tr = Trainer(model, opt, scheduler=plateau, max_epochs=3, progress=False)
+    tr.fit(bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(50), 1, 5))
+    assert plateau.last_epoch == 3
+
+    tr = Trainer(model, _sgd(model), max_minutes=1e-9, max_epochs=5, progress=False)
+    assert tr.fit(bptt_batches(tokens(200), 2, 5))["stop_reason"] == "max_minutes"
+    assert tr.step == 1
+
+
+def test_nt_asgd_unit():
+    model = torch.nn.Linear(1, 1, bias=False)
+    avg = NTASGD(model, nonmono=2)
+    # fires when worse than the best of all but the last `nonmono` losses (AWD-LSTM)
+    fired = [avg.observe(v, step=i) for i, v in enumerate([5.0, 4.0, 3.0, 3.5, 4.5, 3.1])]
+    assert fired == [False, False, False, False, True, False] and avg.triggered_at == 4
+    avg2 = NTASGD(model, nonmono=1)
+    assert [avg2.observe(v, 0) for v in [2.0, 3.0, 2.5]] == [False, False, True]
+    ws = []
+    with torch.no_grad():
+        for w in [1.0, 2.0, 6.0]:
+            model.weight.fill_(w)
+            avg2.update()
+            ws.append(w)
+    start = avg2.averages[0].item()
+    # averaged = mean(weight at trigger, updates...)
+    with avg2.swapped():
+        assert model.weight.item() == pytest.approx(start)
+    assert model.weight.item() == 6.0
+    fresh = NTASGD(model, nonmono=2)
+    fresh.load_state_dict(NTASGD(model).state_dict())  # untriggered: nothing averaged yet
+    assert not fresh.triggered and fresh.averages == []
+    fresh.load_state_dict(avg2.state_dict())
+    assert fresh.triggered and torch.equal(fresh.averages[0], avg2.averages[0])
+
+
+def test_nt_asgd_in_trainer_averages_weights():
+    torch.manual_seed(0)
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model, 0.5), nt_asgd=True, nonmono=1, val_every=1, max_steps=6, progress=False)
+    scripted = iter([2.0, 3.0, 2.5, 2.4, 2.3, 2.2])
+    tr.evaluate = lambda data: {"loss": next(scripted), "ppl": 1.0, "tokens": 1}
+    snaps = []
+
+    class Snap(Callback):
+        def on_step_end(self, trainer, logs):
+            snaps.append([p.detach().clone() for p in model.parameters()])
+
+    tr.callbacks.append(Snap())
+    tr.fit(bptt_batches(tokens(200), 2, 5), val_data=[None])
+    assert tr.ntasgd.triggered_at == 3
+    # trigger at step 3 (after its update): average of the weights after steps 3..6
+    for i, p in enumerate(model.parameters()):
+        expected = torch.stack([s[i] for s in snaps[2:]]).mean(0)
+        torch.testing.assert_close(p.detach(), expected)
+
+
+def test_out_dir_files_and_tensorboard_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # "not installed"
+    assert not tensorboard_available()
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        TensorBoardLogger(tmp_path / "tb")
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model), out_dir=str(tmp_path), log_every=2, max_epochs=2, progress=False)
+    tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(60), 1, 10))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(2, 21, 2))
+    assert {"loss", "ppl", "lr", "tokens_per_s", "grad_norm", "seq_len"} <= set(train[0])
+    assert math.isclose(train[0]["ppl"], math.exp(train[0]["loss"]))
+    assert sum(r["split"] == "val" for r in rows) == 2
+    csv_lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("split,step,epoch,loss") and len(csv_lines) == len(rows) + 1
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "tensorboard").exists()
+    assert (tmp_path / "checkpoints" / "latest").is_file()
+
+
+def test_progress_bar_shows_loss(capsys):
+    model = TinyLM()
+    Trainer(model, _sgd(model), progress=True, log_every=1, max_steps=3).fit(bptt_batches(tokens(200), 2, 5))
+    err = capsys.readouterr().err
+    assert "3/3" in err and "loss=" in err and "tok_s=" in err
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"tbptt_k1": 4, "tbptt_k2": 2}, "tbptt_k2 must be >= tbptt_k1, got k1=4, k2=2"),
+        ({"tbptt_k2": 2}, "tbptt_k2 needs tbptt_k1"),
+        ({"tbptt_k1": 2, "stateful": False}, "needs a stateful model"),
+        ({"clip_norm": -1.0}, "clip_norm must be > 0 or None, got -1.0"),
+        ({"resume": True}, "resume=True needs out_dir"),
+        ({"max_epochs": 0}, "max_epochs must be >= 1, got 0"),
+    ],
+)
+def test_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kw)
