@@ -10,8 +10,8 @@
 Regularizers (:mod:`rnnkit.regularizers`) reach every path through the call's ``plan``:
 weight-dropped ``W_hh`` go into the weights a path receives (so weight-drop alone still runs
 on torch's kernels), locked dropout between layers runs torch's kernel layer by layer,
-recurrent dropout runs on the fused path (its mask is an input of the fused kernels) or the
-loop, and zoneout needs the reference loop.
+recurrent dropout and zoneout run on the fused path (their masks are inputs of the fused
+kernels) or the loop.
 
 ``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
 (except CPU float32 training of GRU/RNN, where the fused path is faster: see
@@ -51,8 +51,7 @@ def torch_mode(module) -> str | None:
 
 def fused_supported(module) -> bool:
     """Whether every layer of ``module`` (cells and regularizers) has a fused kernel."""
-    zoneout = any(any(z) for z in getattr(module, "zoneout_probs", []))
-    return all(kernels.supports(cell) for cell in module.cells) and not zoneout
+    return all(kernels.supports(cell) for cell in module.cells)
 
 
 # Families whose fused kernels train faster than torch's own CPU kernels (benchmarks/layers.py,
@@ -83,7 +82,7 @@ def select(module, x: Tensor) -> str:
             return "fused"
         if mode:
             return "torch"
-        # A standard cell that needs a custom loop (recurrent dropout): the compiled fused
+        # A standard cell that needs a custom loop (recurrent dropout, zoneout): the compiled fused
         # kernels beat the Python loop; the pure ones only at larger sizes, so not them.
         if fused_supported(module) and x.device.type == "cpu" and kernels.backend(x) == "ext":
             return "fused"
@@ -162,7 +161,10 @@ def run_direction(
         rec, zmasks = plan.recurrent[layer][direction], plan.zoneout[layer][direction]
     if impl == "fused":
         xp = kernels.project_input(cell, p, data)
-        return kernels.run_direction(cell, p, xp, batch_sizes, h0, reverse=direction == 1, mask=rec)
+        zoneout = module.zoneout_probs[layer]
+        return kernels.run_direction(
+            cell, p, xp, batch_sizes, h0, direction == 1, rec, zoneout=zoneout, zoneout_masks=zmasks
+        )
     xp = cell.project_input(p, data)
     ctx = StepContext(training=module.training, recurrent_mask=rec)
     zoneout = module.zoneout_probs[layer]

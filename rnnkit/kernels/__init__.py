@@ -65,27 +65,31 @@ class _Direction(torch.autograd.Function):
     """Autograd node of one fused direction; inputs ``xp, h0, c0, w_hh, b_hh, w_hr, mask``."""
 
     @staticmethod
-    def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask):  # noqa: D401
+    def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc):
         ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext = kind, batch_sizes, reverse, use_ext
         ctx.has_bias = b_hh is not None
         ctx.onednn = _gemm.use_onednn(xp)
         xp, h0 = xp.contiguous(), h0.contiguous()
         if use_ext:
             e = ext.ops()
-            res = e.forward(KINDS[kind], xp, h0, c0.contiguous() if c0 is not None else h0.new_empty(0),
-                            w_hh, b_hh, w_hr, mask, list(batch_sizes), reverse, ctx.onednn)  # fmt: skip
+            c0_ = c0.contiguous() if c0 is not None else h0.new_empty(0)
+            bsz = list(batch_sizes)
+            res = e.forward(
+                KINDS[kind], xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, bsz, reverse, ctx.onednn
+            )
             out, hn, cn, saved = res[0], res[1], res[2], tuple(res[3:])
         elif kind == "lstm":
-            out, hn, cn, saved = lstm.forward(xp, h0, c0, w_hh, w_hr, mask, batch_sizes, reverse)
+            out, hn, cn, saved = lstm.forward(xp, h0, c0, w_hh, w_hr, mask, batch_sizes, reverse, zh, zc)
         elif kind == "gru":
-            out, hn, saved = gru.forward(xp, h0, w_hh, b_hh, mask, batch_sizes, reverse)
+            out, hn, saved = gru.forward(xp, h0, w_hh, b_hh, mask, batch_sizes, reverse, zh)
             cn = h0.new_empty(0)
         else:
-            out, hn, saved = rnn.forward(xp, h0, w_hh, mask, kind == "rnn_relu", batch_sizes, reverse)
+            out, hn, saved = rnn.forward(xp, h0, w_hh, mask, kind == "rnn_relu", batch_sizes, reverse, zh)
             cn = h0.new_empty(0)
         ctx.n_saved = len(saved)
         empty = w_hh.new_empty(0)
-        ctx.save_for_backward(*saved, w_hh, empty if w_hr is None else w_hr, empty if mask is None else mask)
+        opt = [empty if t is None else t for t in (w_hr, mask, zh, zc)]
+        ctx.save_for_backward(*saved, w_hh, *opt)
         if kind != "lstm":
             ctx.mark_non_differentiable(cn)
         return out, hn, cn
@@ -93,25 +97,25 @@ class _Direction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gout, ghn, gcn):
-        *saved, w_hh, w_hr, mask = ctx.saved_tensors
-        w_hr, mask = _opt(w_hr), _opt(mask)
+        *saved, w_hh, w_hr, mask, zh, zc = ctx.saved_tensors
+        w_hr, mask, zh, zc = _opt(w_hr), _opt(mask), _opt(zh), _opt(zc)
         kind, bsz, rev = ctx.kind, ctx.batch_sizes, ctx.reverse
         gout, ghn = gout.contiguous(), ghn.contiguous()
         dc0 = db = dw_hr = None
         if ctx.use_ext:
             gcn = gcn.contiguous() if kind == "lstm" else ghn.new_empty(0)
-            r = ext.ops().backward(KINDS[kind], gout, ghn, gcn, saved, w_hh, w_hr, mask,  # type: ignore[union-attr]
+            r = ext.ops().backward(KINDS[kind], gout, ghn, gcn, saved, w_hh, w_hr, mask, zh, zc,  # type: ignore[union-attr]
                                    ctx.has_bias, list(bsz), rev, ctx.onednn)  # fmt: skip
             dxp, dh0, dw_hh = r[0], r[1], r[3]
             dc0, db, dw_hr = _opt(r[2]), _opt(r[4]), _opt(r[5])
         elif kind == "lstm":
             dxp, dh0, dc0, dw_hh, dw_hr = lstm.backward(gout, ghn, gcn.contiguous(), saved, w_hh, w_hr, mask,
-                                                        bsz, rev)  # fmt: skip
+                                                        bsz, rev, zh, zc)  # fmt: skip
         elif kind == "gru":
-            dxp, dh0, dw_hh, db = gru.backward(gout, ghn, saved, w_hh, ctx.has_bias, mask, bsz, rev)
+            dxp, dh0, dw_hh, db = gru.backward(gout, ghn, saved, w_hh, ctx.has_bias, mask, bsz, rev, zh)
         else:
-            dxp, dh0, dw_hh = rnn.backward(gout, ghn, saved, w_hh, mask, kind == "rnn_relu", bsz, rev)
-        return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None
+            dxp, dh0, dw_hh = rnn.backward(gout, ghn, saved, w_hh, mask, kind == "rnn_relu", bsz, rev, zh)
+        return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None
 
 
 def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
@@ -137,6 +141,8 @@ def run_direction(
     reverse: bool = False,
     mask: Tensor | None = None,
     use_ext: bool | None = None,
+    zoneout: Sequence[float] | None = None,
+    zoneout_masks: Sequence[Tensor | None] | None = None,
 ) -> tuple[Tensor, State]:
     """Fused twin of :func:`rnnkit.loop.run_direction` for the standard cells.
 
@@ -148,6 +154,9 @@ def run_direction(
             ``h_{t-1}`` before the recurrent GEMM.
         use_ext: force the compiled (``True``) or pure (``False``) kernels; default: the
             compiled ones when available for ``xp``'s device and dtype.
+        zoneout, zoneout_masks: as :func:`rnnkit.loop.run_direction`: per state component a
+            probability, and in training a keep-mask ``(T, B, S_i)`` (``None`` in evaluation,
+            where the state is the expectation ``lerp(s̃_t, s_{t-1}, p)``).
     Returns:
         outputs ``(N, S_0)`` and the final state, as the reference loop.
     """
@@ -164,7 +173,28 @@ def run_direction(
     c0 = h0[1] if kind == "lstm" else None
     b_hh = p.get("bias_hh") if kind == "gru" else None
     w_hr = p.get("weight_hr") if kind == "lstm" else None
-    out, hn, cn = _Direction.apply(
-        kind, bsz, reverse, use_ext, xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask
-    )
+    zh, zc = _zoneout_rows(xp, bsz, h0, zoneout, zoneout_masks)
+    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc)
+    out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, *args)
     return out, ((hn, cn) if kind == "lstm" else (hn,))
+
+
+def _zoneout_rows(xp, bsz, h0, probs, masks) -> tuple[Tensor | None, Tensor | None]:
+    """Zoneout weights per packed row ``(N, S_i)`` for ``h`` and ``c`` (``None`` where off)."""
+    res: list[Tensor | None] = [None, None]
+    if probs is None:
+        return None, None
+    if len(probs) > len(h0) or len(probs) > 2:
+        raise ValueError(f"zoneout: at most one probability per state component (h, c), got {list(probs)}")
+    dense = all(b == bsz[0] for b in bsz)
+    for i, prob in enumerate(probs):
+        if not prob:
+            continue
+        m = None if masks is None else masks[i]
+        if m is None:  # evaluation: the expectation, a constant weight
+            res[i] = xp.new_full((xp.shape[0], h0[i].shape[1]), float(prob))
+        elif dense:
+            res[i] = m.reshape(-1, m.shape[-1]).to(xp.dtype).contiguous()
+        else:
+            res[i] = torch.cat([m[t, :b] for t, b in enumerate(bsz)]).to(xp.dtype)
+    return res[0], res[1]

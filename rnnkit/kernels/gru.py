@@ -26,8 +26,9 @@ from ._gemm import Linear, mm_tn
 
 
 def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mask: Tensor | None,
-            batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
-    """Returns ``out (N, H), h_n (B, H)`` and the saved tensors."""
+            batch_sizes: tuple[int, ...], reverse: bool, zh: Tensor | None = None):  # fmt: skip
+    """Returns ``out (N, H), h_n (B, H)`` and the saved tensors; ``zh (N, H)`` optional
+    zoneout weights: ``h_t = lerp(h̃_t, h_{t-1}, zh_t)``."""
     N, H = xp.shape[0], h0.shape[1]
     new = xp.new_empty
     gates, hh, hprev, out = new(N, 3 * H), new(N, 3 * H), new(N, H), new(N, H)
@@ -44,12 +45,14 @@ def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mask: Ten
         n = g[:, 2 * H :]
         torch.addcmul(x[:, 2 * H :], g[:, :H], a[:, 2 * H :], out=n).tanh_()
         torch.lerp(n, hp, g[:, H : 2 * H], out=out[s])
+        if zh is not None:
+            out[s].lerp_(hp, zh[s])
         hbuf[:bs].copy_(out[s])
     return out, hbuf, (gates, hh, hprev, hprev_m)
 
 
 def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, has_bias: bool, mask: Tensor | None,
-             batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
+             batch_sizes: tuple[int, ...], reverse: bool, zh: Tensor | None = None):  # fmt: skip
     """Returns ``d xp, d h0, d W_hh, d b_hh`` (``None`` without bias)."""
     gates, hh, hprev, hprev_m = saved
     H = hprev.shape[1]
@@ -57,12 +60,16 @@ def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, has_bias: bool, mas
     dhbuf = ghn.clone()
     t1, t2 = hprev.new_empty(ghn.shape[0], H), hprev.new_empty(ghn.shape[0], H)
     lin_t = Linear(w_hh.t(), ghn.shape[0])
+    dhz = torch.empty_like(ghn)
     for off, bs in reversed(schedule(batch_sizes, reverse)):
         s = slice(off, off + bs)
         g, dx, da, dh, tmp = gates[s], dxp[s], dhh[s], t1[:bs], t2[:bs]
         r, z, n = g[:, :H], g[:, H : 2 * H], g[:, 2 * H :]
         dr, dz, dn = dx[:, :H], dx[:, H : 2 * H], dx[:, 2 * H :]
         torch.add(gout[s], dhbuf[:bs], out=dh)
+        if zh is not None:  # h_t = lerp(h̃_t, h_{t-1}, zh): split the gradient
+            torch.mul(dh, zh[s], out=dhz[:bs])
+            dh.sub_(dhz[:bs])
         torch.mul(n, n, out=dn).neg_().add_(1).mul_(dh)  # dh (1 - n²)
         torch.addcmul(dn, dn, z, value=-1, out=dn)  # ... ⊙ (1 - z)
         torch.addcmul(z, z, z, value=-1, out=dz).mul_(dh)  # dh z(1-z)
@@ -77,6 +84,8 @@ def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, has_bias: bool, mas
         else:
             torch.mul(lin_t(da), mask[:bs], out=db)
         db.addcmul_(dh, z)
+        if zh is not None:
+            db.add_(dhz[:bs])
     dw_hh = mm_tn(dhh, hprev_m)
     db_hh = dhh.sum(0) if has_bias else None
     return dxp, dhbuf, dw_hh, db_hh

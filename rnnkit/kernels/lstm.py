@@ -29,8 +29,13 @@ from ._gemm import Linear, mm_tn
 
 
 def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
-            mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
-    """Returns ``out (N, P), h_n (B, P), c_n (B, H)`` and the saved tensors."""
+            mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool,
+            zh: Tensor | None = None, zc: Tensor | None = None):  # fmt: skip
+    """Returns ``out (N, P), h_n (B, P), c_n (B, H)`` and the saved tensors.
+
+    ``zh (N, P)``, ``zc (N, H)``: optional zoneout weights per output row (Krueger et al.
+    2017): ``h_t = lerp(h̃_t, h_{t-1}, zh_t)``, ``c_t = lerp(c̃_t, c_{t-1}, zc_t)``.
+    """
     N, H, P = xp.shape[0], c0.shape[1], h0.shape[1]
     new = xp.new_empty
     gates, cprev, tanhc, hprev = new(N, 4 * H), new(N, H), new(N, H), new(N, P)
@@ -57,12 +62,17 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | Non
         torch.mul(g[:, 3 * H :], tc, out=hraw[s])
         if lin_r is not None:
             out[s].copy_(lin_r(hraw[s]))
+        if zc is not None:
+            cb.lerp_(cprev[s], zc[s])
+        if zh is not None:
+            out[s].lerp_(hbuf[:bs], zh[s])
         hbuf[:bs].copy_(out[s])
     return out, hbuf, cbuf, (gates, cprev, tanhc, hprev, hraw)
 
 
 def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: Tensor | None,
-             mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
+             mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool,
+             zh: Tensor | None = None, zc: Tensor | None = None):  # fmt: skip
     """Returns ``d xp, d h0, d c0, d W_hh, d W_hr`` (the last ``None`` without projection)."""
     gates, cprev, tanhc, hprev, hraw = saved
     H = tanhc.shape[1]
@@ -70,6 +80,7 @@ def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: 
     dh_all = torch.empty_like(hprev) if w_hr is not None else None
     dhbuf, dcbuf = ghn.clone(), gcn.clone()
     t1, t2 = gates.new_empty(ghn.shape[0], H), gates.new_empty(ghn.shape[0], H)
+    dhz, dcz = torch.empty_like(ghn), torch.empty_like(gcn)  # zoneout's direct paths to t-1
     lin_t = Linear(w_hh.t(), ghn.shape[0])
     lin_rt = Linear(w_hr.t(), ghn.shape[0]) if w_hr is not None else None
     for off, bs in reversed(schedule(batch_sizes, reverse)):
@@ -77,13 +88,15 @@ def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: 
         g, dg, tc, dc, a, b = gates[s], dgates[s], tanhc[s], dcbuf[:bs], t1[:bs], t2[:bs]
         i, f, gg, o = g[:, :H], g[:, H : 2 * H], g[:, 2 * H : 3 * H], g[:, 3 * H :]
         di, df, dgg, do = dg[:, :H], dg[:, H : 2 * H], dg[:, 2 * H : 3 * H], dg[:, 3 * H :]
-        if w_hr is None:
-            dh = b
-            torch.add(gout[s], dhbuf[:bs], out=dh)
-        else:
-            dhp = dh_all[s]  # type: ignore[index]
-            torch.add(gout[s], dhbuf[:bs], out=dhp)
-            dh = lin_rt(dhp)  # type: ignore[misc]
+        dhp = b if w_hr is None else dh_all[s]  # type: ignore[index]
+        torch.add(gout[s], dhbuf[:bs], out=dhp)
+        if zh is not None:  # h_t = lerp(h̃_t, h_{t-1}, zh): split the gradient
+            torch.mul(dhp, zh[s], out=dhz[:bs])
+            dhp.sub_(dhz[:bs])
+        if zc is not None:
+            torch.mul(dc, zc[s], out=dcz[:bs])
+            dc.sub_(dcz[:bs])
+        dh = dhp if w_hr is None else lin_rt(dhp)  # type: ignore[misc]
         torch.addcmul(o, o, o, value=-1, out=a)  # o(1-o)
         torch.mul(dh, tc, out=do).mul_(a)
         torch.mul(tc, tc, out=a).neg_().add_(1).mul_(o).mul_(dh)  # dh o (1 - tanh²c)
@@ -92,10 +105,14 @@ def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: 
         torch.addcmul(f, f, f, value=-1, out=df).mul_(cprev[s]).mul_(dc)
         torch.mul(gg, gg, out=dgg).neg_().add_(1).mul_(i).mul_(dc)
         dc.mul_(f)
+        if zc is not None:
+            dc.add_(dcz[:bs])
         if mask is None:
             dhbuf[:bs].copy_(lin_t(dg))
         else:
             torch.mul(lin_t(dg), mask[:bs], out=dhbuf[:bs])
+        if zh is not None:
+            dhbuf[:bs].add_(dhz[:bs])
     dw_hh = mm_tn(dgates, hprev)
     dw_hr = mm_tn(dh_all, hraw) if dh_all is not None else None
     return dgates, dhbuf, dcbuf, dw_hh, dw_hr

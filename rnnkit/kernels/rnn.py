@@ -16,36 +16,44 @@ from ._gemm import Linear, mm_tn
 
 
 def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, mask: Tensor | None, relu: bool,
-            batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
-    """Returns ``out (N, H), h_n (B, H)`` and the saved tensors."""
+            batch_sizes: tuple[int, ...], reverse: bool, zh: Tensor | None = None):  # fmt: skip
+    """Returns ``out (N, H), h_n (B, H)`` and the saved tensors; ``zh (N, H)`` optional
+    zoneout weights: ``h_t = lerp(h̃_t, h_{t-1}, zh_t)``."""
     N, H = xp.shape[0], h0.shape[1]
     out, hprev = xp.new_empty(N, H), xp.new_empty(N, H)
+    hnew = out if zh is None else xp.new_empty(N, H)  # h̃ (for act'), before zoneout
     hbuf = h0.clone()
     lin = Linear(w_hh, h0.shape[0])
     for off, bs in schedule(batch_sizes, reverse):
         s = slice(off, off + bs)
-        hp, o = hprev[s], out[s]
+        hp, o = hprev[s], hnew[s]
         if mask is None:
             hp.copy_(hbuf[:bs])
         else:
             torch.mul(hbuf[:bs], mask[:bs], out=hp)
         a = lin(hp, base=xp[s])
         torch.clamp(a, min=0, out=o) if relu else torch.tanh(a, out=o)
-        hbuf[:bs].copy_(o)
-    return out, hbuf, (out, hprev)
+        if zh is not None:
+            torch.lerp(o, hbuf[:bs], zh[s], out=out[s])
+        hbuf[:bs].copy_(out[s])
+    return out, hbuf, (hnew, hprev)
 
 
 def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, mask: Tensor | None, relu: bool,
-             batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
+             batch_sizes: tuple[int, ...], reverse: bool, zh: Tensor | None = None):  # fmt: skip
     """Returns ``d xp, d h0, d W_hh``."""
     out, hprev = saved
     da_all = torch.empty_like(out)
     dhbuf = ghn.clone()
     lin_t = Linear(w_hh.t(), ghn.shape[0])
+    dhz = torch.empty_like(ghn)
     for off, bs in reversed(schedule(batch_sizes, reverse)):
         s = slice(off, off + bs)
         da, o = da_all[s], out[s]
         torch.add(gout[s], dhbuf[:bs], out=da)
+        if zh is not None:  # h_t = lerp(h̃_t, h_{t-1}, zh): split the gradient
+            torch.mul(da, zh[s], out=dhz[:bs])
+            da.sub_(dhz[:bs])
         if relu:
             da.mul_(o > 0)
         else:
@@ -54,4 +62,6 @@ def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, mask: Tensor | None
             dhbuf[:bs].copy_(lin_t(da))
         else:
             torch.mul(lin_t(da), mask[:bs], out=dhbuf[:bs])
+        if zh is not None:
+            dhbuf[:bs].add_(dhz[:bs])
     return da_all, dhbuf, mm_tn(da_all, hprev)

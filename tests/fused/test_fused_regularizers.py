@@ -1,9 +1,10 @@
 """The fused path with regularizers against the reference loop, under the same seed.
 
-Recurrent dropout (the mask is an input of the fused kernels), weight-drop (the dropped
-``W_hh`` is what the kernels receive) and locked dropout (between layers): float64, forward
-and all gradients, dense and packed, bidirectional, multi-layer. Both paths draw the call's
-masks from torch's RNG in the same order, so they must agree to rounding.
+Recurrent dropout and zoneout (their masks are inputs of the fused kernels), weight-drop
+(the dropped ``W_hh`` is what the kernels receive) and locked dropout (between layers):
+float64, forward and all gradients, dense and packed, bidirectional, multi-layer, training
+and evaluation, on both fused backends. Both paths draw the call's masks from torch's RNG in
+the same order, so they must agree to rounding.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
+import rnnkit.kernels as K
 from rnnkit import dispatch
 
 FAMILIES = {
@@ -27,14 +29,27 @@ REGS = [
     {"recurrent_dropout": 0.4},
     {"weight_drop": 0.5, "locked_dropout": 0.3},
     {"recurrent_dropout": 0.3, "weight_drop": 0.3, "locked_dropout": 0.2},
+    {"zoneout": 0.3},
+    {"zoneout": 0.25, "recurrent_dropout": 0.3},
 ]
 
 
-def _pair(family, reg, bidir):
+@pytest.fixture(params=["ext", "pure"])
+def backend(request, monkeypatch):
+    if request.param == "ext":
+        from .test_fused_kernels import require_ext
+
+        require_ext()
+    else:
+        monkeypatch.setattr(K, "backend", lambda x: "pure")
+    return request.param
+
+
+def _pair(family, reg, bidir, training=True):
     cls, kw = FAMILIES[family]
     torch.manual_seed(0)
-    a = cls(3, 4, 2, bidirectional=bidir, impl="fused", **kw, **reg).train()
-    b = cls(3, 4, 2, bidirectional=bidir, impl="loop", **kw, **reg).train()
+    a = cls(3, 4, 2, bidirectional=bidir, impl="fused", **kw, **reg).train(training)
+    b = cls(3, 4, 2, bidirectional=bidir, impl="loop", **kw, **reg).train(training)
     b.load_state_dict(a.state_dict())
     return a, b
 
@@ -46,11 +61,13 @@ def _outputs(m, x, seed):
     return [out, *(st if isinstance(st, tuple) else (st,))]
 
 
-@pytest.mark.parametrize(
-    "family,reg,bidir,packed", list(itertools.product(FAMILIES, REGS, [False, True], [False, True]))
-)
-def test_fused_equals_loop_under_same_seed(family, reg, bidir, packed):
-    a, b = _pair(family, reg, bidir)
+CASES = list(itertools.product(FAMILIES, REGS, [False, True], [False, True], [True]))
+CASES += [(f, REGS[-1], True, packed, False) for f in FAMILIES for packed in (False, True)]  # eval
+
+
+@pytest.mark.parametrize("family,reg,bidir,packed,training", CASES)
+def test_fused_equals_loop_under_same_seed(backend, family, reg, bidir, packed, training):
+    a, b = _pair(family, reg, bidir, training)
     assert dispatch.select(a, torch.zeros(1, 1, 3)) == "fused"
     data = torch.randn(5, 3, 3)
     if packed:

@@ -124,6 +124,7 @@ Tensor none(const Tensor& like) { return at::empty({0}, like.options()); }
 std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tensor& c0,
                             const Tensor& w_hh, const std::optional<Tensor>& b_hh,
                             const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
+                            const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
                             std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
   const auto steps = schedule(batch_sizes, reverse);
   const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0);
@@ -164,7 +165,9 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
         Tensor hr = hraw.narrow(0, off, bs), o = out.narrow(0, off, bs);
         at::mul_out(hr, g.narrow(1, 3 * H, H), tc);
         if (lin_r.has_value()) o.copy_((*lin_r)(hr));
-        hbuf.narrow(0, 0, bs).copy_(out.narrow(0, off, bs));
+        if (zc.has_value()) cbuf.narrow(0, 0, bs).lerp_(cprev.narrow(0, off, bs), zc->narrow(0, off, bs));
+        if (zh.has_value()) o.lerp_(hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
+        hbuf.narrow(0, 0, bs).copy_(o);
       }
     });
     return {out, hbuf, cbuf, gates, cprev, tanhc, hprev, hraw};
@@ -201,25 +204,34 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
             }
           }
         });
+        if (zh.has_value()) {  // zoneout: h_t = lerp(h~_t, h_{t-1}, zh)
+          Tensor o = out.narrow(0, off, bs);
+          o.lerp_(hp, zh->narrow(0, off, bs));
+          hbuf.narrow(0, 0, bs).copy_(o);
+        }
       }
     });
     return {out, hbuf, none(xp), gates, hh, hprev, hprev_m};
   }
+  // Elman RNN; hnew holds h~ (for act'), which zoneout mixes into the output.
+  Tensor hnew = zh.has_value() ? at::empty({N, P}, xp.options()) : out;
   for (const auto& st : steps) {
-        const int64_t off = st.first, bs = st.second;  // Elman RNN
-    Tensor hp = hprev.narrow(0, off, bs), o = out.narrow(0, off, bs);
+    const int64_t off = st.first, bs = st.second;
+    Tensor hp = hprev.narrow(0, off, bs), o = hnew.narrow(0, off, bs), y = out.narrow(0, off, bs);
     load_prev(hp, hbuf, mask, bs);
     const Tensor a = lin.add(hp, xp.narrow(0, off, bs));
     if (kind == 3) at::clamp_min_out(o, a, 0); else at::tanh_out(o, a);
-    hbuf.narrow(0, 0, bs).copy_(o);
+    if (zh.has_value()) at::lerp_out(y, o, hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
+    hbuf.narrow(0, 0, bs).copy_(y);
   }
-  return {out, hbuf, none(xp), out, hprev};
+  return {out, hbuf, none(xp), hnew, hprev};
 }
 
 std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
                              std::vector<Tensor> saved, const Tensor& w_hh,
                              const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
-                             bool has_bias, std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+                             const std::optional<Tensor>& zh, const std::optional<Tensor>& zc, bool has_bias,
+                             std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
   auto steps = schedule(batch_sizes, reverse);
   std::reverse(steps.begin(), steps.end());
   Tensor dhbuf = ghn.clone();
@@ -234,11 +246,26 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       dhp.copy_(lin_t(da));
     return dhp;
   };
+  // Zoneout on h: dL/dh~ = dh ⊙ (1 - zh) into `dst`, the direct part dh ⊙ zh into dhz.
+  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn), dht = at::empty_like(ghn);
+  auto split_h = [&](Tensor dst, int64_t off, int64_t bs) {
+    at::add_out(dst, gout.narrow(0, off, bs), dhbuf.narrow(0, 0, bs));
+    if (zh.has_value()) {
+      Tensor z = dhz.narrow(0, 0, bs);
+      at::mul_out(z, dst, zh->narrow(0, off, bs));
+      dst.sub_(z);
+    }
+    return dst;
+  };
+  auto add_direct = [&](int64_t bs) {
+    if (zh.has_value()) dhbuf.narrow(0, 0, bs).add_(dhz.narrow(0, 0, bs));
+  };
   if (kind == 0) {
     const Tensor &gates = saved[0], &cprev = saved[1], &tanhc = saved[2], &hprev = saved[3], &hraw = saved[4];
     const int64_t H = tanhc.size(1);
     const bool proj = w_hr.has_value();
     Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone();
+    Tensor dcz = zc.has_value() ? at::empty_like(gcn) : none(gcn);
     Tensor dh_all = proj ? at::empty_like(hprev) : none(gates);
     const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_bwd", [&] {
@@ -247,15 +274,19 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         const scalar_t* DH;  // dL/d(o ⊙ tanh c) for the active rows
         const scalar_t *GO = nullptr, *DHB = nullptr;
         Tensor d;
-        if (proj) {
-          Tensor dhp = dh_all.narrow(0, off, bs);
-          at::add_out(dhp, gout.narrow(0, off, bs), dhbuf.narrow(0, 0, bs));
-          d = (*lin_rt)(dhp).contiguous();
+        if (proj || zh.has_value()) {
+          Tensor dhp = split_h(proj ? dh_all.narrow(0, off, bs) : dht.narrow(0, 0, bs), off, bs);
+          d = proj ? (*lin_rt)(dhp).contiguous() : dhp;
           DH = d.data_ptr<scalar_t>();
         } else {
           DH = nullptr;
           GO = gout.data_ptr<scalar_t>() + off * P;
           DHB = dhbuf.data_ptr<scalar_t>();
+        }
+        if (zc.has_value()) {  // c_t = lerp(c~_t, c_{t-1}, zc)
+          Tensor dc = dcbuf.narrow(0, 0, bs), z = dcz.narrow(0, 0, bs);
+          at::mul_out(z, dc, zc->narrow(0, off, bs));
+          dc.sub_(z);
         }
         const scalar_t* G = gates.data_ptr<scalar_t>() + off * 4 * H;
         const scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
@@ -279,7 +310,9 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
             }
           }
         });
+        if (zc.has_value()) dcbuf.narrow(0, 0, bs).add_(dcz.narrow(0, 0, bs));
         recur(dgates.narrow(0, off, bs), bs);
+        add_direct(bs);
       }
     });
     Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates);
@@ -297,6 +330,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         const scalar_t* HP = hprev.data_ptr<scalar_t>() + off * H;
         const scalar_t* GO = gout.data_ptr<scalar_t>() + off * H;
         scalar_t* DHB = dhbuf.data_ptr<scalar_t>();
+        const scalar_t* DT = zh.has_value() ? split_h(dht.narrow(0, 0, bs), off, bs).data_ptr<scalar_t>() : nullptr;
         scalar_t* DX = dxp.data_ptr<scalar_t>() + off * 3 * H;
         scalar_t* DA = dhh.data_ptr<scalar_t>() + off * 3 * H;
         scalar_t* DZ = dz.data_ptr<scalar_t>();
@@ -306,7 +340,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
             scalar_t *dx = DX + b * 3 * H, *da = DA + b * 3 * H;
             for (int64_t j = 0; j < H; ++j) {
               const int64_t k = b * H + j;
-              const scalar_t dh = GO[k] + DHB[k];
+              const scalar_t dh = DT ? DT[k] : GO[k] + DHB[k];
               const scalar_t r = g[j], z = g[H + j], n = g[2 * H + j];
               const scalar_t dn = dh * (1 - n * n) * (1 - z);
               const scalar_t dzp = dh * (z - z * z) * (HP[k] - n);
@@ -320,6 +354,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
           }
         });
         recur(dhh.narrow(0, off, bs), bs).add_(dz.narrow(0, 0, bs));
+        add_direct(bs);
       }
     });
     Tensor db = has_bias ? dhh.sum(0) : none(gates);
@@ -330,18 +365,20 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
   Tensor da_all = at::empty_like(out);
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_rnn_bwd", [&] {
     for (const auto& st : steps) {
-        const int64_t off = st.first, bs = st.second;
+      const int64_t off = st.first, bs = st.second;
       const scalar_t* O = out.data_ptr<scalar_t>() + off * H;
       const scalar_t* GO = gout.data_ptr<scalar_t>() + off * H;
       const scalar_t* DHB = dhbuf.data_ptr<scalar_t>();
+      const scalar_t* DT = zh.has_value() ? split_h(dht.narrow(0, 0, bs), off, bs).data_ptr<scalar_t>() : nullptr;
       scalar_t* DA = da_all.data_ptr<scalar_t>() + off * H;
       rows(bs, H, [&](int64_t b0, int64_t b1) {
         for (int64_t k = b0 * H; k < b1 * H; ++k) {
-          const scalar_t o = O[k], dh = GO[k] + DHB[k];
+          const scalar_t o = O[k], dh = DT ? DT[k] : GO[k] + DHB[k];
           DA[k] = kind == 3 ? (o > 0 ? dh : scalar_t(0)) : dh * (1 - o * o);
         }
       });
       recur(da_all.narrow(0, off, bs), bs);
+      add_direct(bs);
     }
   });
   return {da_all, dhbuf, none(out), mm_tn(da_all, hprev, onednn), none(out), none(out)};
@@ -352,10 +389,10 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
 TORCH_LIBRARY(rnnkit_ext, m) {
   m.def(
       "forward(int kind, Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
-      "Tensor? mask, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "Tensor? mask, Tensor? zh, Tensor? zc, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
       &forward);
   m.def(
       "backward(int kind, Tensor gout, Tensor ghn, Tensor gcn, Tensor[] saved, Tensor w_hh, Tensor? w_hr, "
-      "Tensor? mask, bool has_bias, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "Tensor? mask, Tensor? zh, Tensor? zc, bool has_bias, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
       &backward);
 }
