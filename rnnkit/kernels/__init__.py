@@ -26,6 +26,7 @@ from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
+from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
 from . import _gemm, ext, gru, lstm, rnn
@@ -37,8 +38,20 @@ _STANDARD = (LSTMCellMath, GRUCellMath, RNNCellMath)
 _EXT_DTYPES = (torch.float32, torch.float64)
 
 
+def _is_peephole_lstm(cell: Cell) -> bool:
+    """An LSTM whose only option is ``peephole=True`` (Greff's *vanilla* LSTM)."""
+    opts = getattr(cell, "_options", None)
+    if type(cell) is not LSTMCellMath or not opts or not opts.get("peephole"):
+        return False
+    return all(
+        opts[k] == d for k, d in _LSTM_DEFAULTS.items() if k not in ("peephole", "forget_bias", "max_len")
+    )
+
+
 def kind_of(cell: Cell) -> str | None:
     """The fused kernel of ``cell``, or ``None`` when it has none (a variant or option)."""
+    if _is_peephole_lstm(cell):
+        return "lstm"
     if type(cell) not in _STANDARD or cell.torch_mode() is None:
         return None
     mode = cell.torch_mode()
@@ -65,7 +78,7 @@ class _Direction(torch.autograd.Function):
     """Autograd node of one fused direction; inputs ``xp, h0, c0, w_hh, b_hh, w_hr, mask``."""
 
     @staticmethod
-    def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc):
+    def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep):
         ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext = kind, batch_sizes, reverse, use_ext
         ctx.has_bias = b_hh is not None
         ctx.onednn = _gemm.use_onednn(xp)
@@ -75,11 +88,13 @@ class _Direction(torch.autograd.Function):
             c0_ = c0.contiguous() if c0 is not None else h0.new_empty(0)
             bsz = list(batch_sizes)
             res = e.forward(
-                KINDS[kind], xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, bsz, reverse, ctx.onednn
+                KINDS[kind], xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, bsz, reverse, ctx.onednn
             )
             out, hn, cn, saved = res[0], res[1], res[2], tuple(res[3:])
         elif kind == "lstm":
-            out, hn, cn, saved = lstm.forward(xp, h0, c0, w_hh, w_hr, mask, batch_sizes, reverse, zh, zc)
+            out, hn, cn, saved = lstm.forward(
+                xp, h0, c0, w_hh, w_hr, mask, batch_sizes, reverse, zh, zc, w_peep
+            )
         elif kind == "gru":
             out, hn, saved = gru.forward(xp, h0, w_hh, b_hh, mask, batch_sizes, reverse, zh)
             cn = h0.new_empty(0)
@@ -88,7 +103,7 @@ class _Direction(torch.autograd.Function):
             cn = h0.new_empty(0)
         ctx.n_saved = len(saved)
         empty = w_hh.new_empty(0)
-        opt = [empty if t is None else t for t in (w_hr, mask, zh, zc)]
+        opt = [empty if t is None else t for t in (w_hr, mask, zh, zc, w_peep)]
         ctx.save_for_backward(*saved, w_hh, *opt)
         if kind != "lstm":
             ctx.mark_non_differentiable(cn)
@@ -97,25 +112,27 @@ class _Direction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gout, ghn, gcn):
-        *saved, w_hh, w_hr, mask, zh, zc = ctx.saved_tensors
-        w_hr, mask, zh, zc = _opt(w_hr), _opt(mask), _opt(zh), _opt(zc)
+        *saved, w_hh, w_hr, mask, zh, zc, w_peep = ctx.saved_tensors
+        w_hr, mask, zh, zc, w_peep = _opt(w_hr), _opt(mask), _opt(zh), _opt(zc), _opt(w_peep)
         kind, bsz, rev = ctx.kind, ctx.batch_sizes, ctx.reverse
         gout, ghn = gout.contiguous(), ghn.contiguous()
-        dc0 = db = dw_hr = None
+        dc0 = db = dw_hr = dw_peep = None
         if ctx.use_ext:
             gcn = gcn.contiguous() if kind == "lstm" else ghn.new_empty(0)
-            r = ext.ops().backward(KINDS[kind], gout, ghn, gcn, saved, w_hh, w_hr, mask, zh, zc,  # type: ignore[union-attr]
+            r = ext.ops().backward(KINDS[kind], gout, ghn, gcn, saved, w_hh, w_hr, mask, zh, zc, w_peep,  # type: ignore[union-attr]
                                    ctx.has_bias, list(bsz), rev, ctx.onednn)  # fmt: skip
             dxp, dh0, dw_hh = r[0], r[1], r[3]
-            dc0, db, dw_hr = _opt(r[2]), _opt(r[4]), _opt(r[5])
+            dc0, db, dw_hr, dw_peep = _opt(r[2]), _opt(r[4]), _opt(r[5]), _opt(r[6])
         elif kind == "lstm":
-            dxp, dh0, dc0, dw_hh, dw_hr = lstm.backward(gout, ghn, gcn.contiguous(), saved, w_hh, w_hr, mask,
-                                                        bsz, rev, zh, zc)  # fmt: skip
+            grads = lstm.backward(
+                gout, ghn, gcn.contiguous(), saved, w_hh, w_hr, mask, bsz, rev, zh, zc, w_peep
+            )
+            dxp, dh0, dc0, dw_hh, dw_hr, dw_peep = grads
         elif kind == "gru":
             dxp, dh0, dw_hh, db = gru.backward(gout, ghn, saved, w_hh, ctx.has_bias, mask, bsz, rev, zh)
         else:
             dxp, dh0, dw_hh = rnn.backward(gout, ghn, saved, w_hh, mask, kind == "rnn_relu", bsz, rev, zh)
-        return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None
+        return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep
 
 
 def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
@@ -174,7 +191,8 @@ def run_direction(
     b_hh = p.get("bias_hh") if kind == "gru" else None
     w_hr = p.get("weight_hr") if kind == "lstm" else None
     zh, zc = _zoneout_rows(xp, bsz, h0, zoneout, zoneout_masks)
-    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc)
+    w_peep = p.get("weight_peephole") if kind == "lstm" else None
+    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, w_peep)
     out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, *args)
     return out, ((hn, cn) if kind == "lstm" else (hn,))
 

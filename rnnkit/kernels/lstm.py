@@ -30,8 +30,11 @@ from ._gemm import Linear, mm_tn
 
 def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
             mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool,
-            zh: Tensor | None = None, zc: Tensor | None = None):  # fmt: skip
+            zh: Tensor | None = None, zc: Tensor | None = None, w_peep: Tensor | None = None):  # fmt: skip
     """Returns ``out (N, P), h_n (B, P), c_n (B, H)`` and the saved tensors.
+
+    ``w_peep (3H,)``: optional peephole weights ``p_i, p_f, p_o`` (Gers & Schmidhuber 2000):
+    ``i, f = σ(a_i + p_i ⊙ c_{t-1}, a_f + p_f ⊙ c_{t-1})``, ``o = σ(a_o + p_o ⊙ c_t)``.
 
     ``zh (N, P)``, ``zc (N, H)``: optional zoneout weights per output row (Krueger et al.
     2017): ``h_t = lerp(h̃_t, h_{t-1}, zh_t)``, ``c_t = lerp(c̃_t, c_{t-1}, zc_t)``.
@@ -42,6 +45,8 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | Non
     out = new(N, P)
     hraw = new(N, H) if w_hr is not None else out
     hbuf, cbuf = h0.clone(), c0.clone()
+    peep = None if w_peep is None else w_peep.split(H)
+    cnew = new(N, H) if peep is not None else new(0)  # c_t, for p_o's gradient
     lin = Linear(w_hh, h0.shape[0])
     lin_r = Linear(w_hr, h0.shape[0]) if w_hr is not None else None
     for off, bs in schedule(batch_sizes, reverse):
@@ -52,11 +57,18 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | Non
         else:
             torch.mul(hbuf[:bs], mask[:bs], out=hp)
         a = lin(hp, base=xp[s])
+        if peep is not None:
+            a[:, :H].addcmul_(peep[0], cb)
+            a[:, H : 2 * H].addcmul_(peep[1], cb)
         torch.sigmoid(a[:, : 2 * H], out=g[:, : 2 * H])
         torch.tanh(a[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])
-        torch.sigmoid(a[:, 3 * H :], out=g[:, 3 * H :])
+        if peep is None:
+            torch.sigmoid(a[:, 3 * H :], out=g[:, 3 * H :])
         cprev[s].copy_(cb)
         cb.mul_(g[:, H : 2 * H]).addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
+        if peep is not None:
+            cnew[s].copy_(cb)
+            torch.sigmoid(a[:, 3 * H :].addcmul_(peep[2], cb), out=g[:, 3 * H :])
         tc = tanhc[s]
         torch.tanh(cb, out=tc)
         torch.mul(g[:, 3 * H :], tc, out=hraw[s])
@@ -67,14 +79,14 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | Non
         if zh is not None:
             out[s].lerp_(hbuf[:bs], zh[s])
         hbuf[:bs].copy_(out[s])
-    return out, hbuf, cbuf, (gates, cprev, tanhc, hprev, hraw)
+    return out, hbuf, cbuf, (gates, cprev, tanhc, hprev, hraw, cnew)
 
 
 def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: Tensor | None,
              mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool,
-             zh: Tensor | None = None, zc: Tensor | None = None):  # fmt: skip
-    """Returns ``d xp, d h0, d c0, d W_hh, d W_hr`` (the last ``None`` without projection)."""
-    gates, cprev, tanhc, hprev, hraw = saved
+             zh: Tensor | None = None, zc: Tensor | None = None, w_peep: Tensor | None = None):  # fmt: skip
+    """Returns ``d xp, d h0, d c0, d W_hh, d W_hr, d w_peep`` (``None`` where absent)."""
+    gates, cprev, tanhc, hprev, hraw, cnew = saved
     H = tanhc.shape[1]
     dgates = torch.empty_like(gates)
     dh_all = torch.empty_like(hprev) if w_hr is not None else None
@@ -101,10 +113,14 @@ def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: 
         torch.mul(dh, tc, out=do).mul_(a)
         torch.mul(tc, tc, out=a).neg_().add_(1).mul_(o).mul_(dh)  # dh o (1 - tanh²c)
         dc.add_(a)
+        if w_peep is not None:  # o's pre-activation saw c_t
+            dc.addcmul_(do, w_peep[2 * H :])
         torch.addcmul(i, i, i, value=-1, out=di).mul_(gg).mul_(dc)
         torch.addcmul(f, f, f, value=-1, out=df).mul_(cprev[s]).mul_(dc)
         torch.mul(gg, gg, out=dgg).neg_().add_(1).mul_(i).mul_(dc)
         dc.mul_(f)
+        if w_peep is not None:  # i's and f's pre-activations saw c_{t-1}
+            dc.addcmul_(di, w_peep[:H]).addcmul_(df, w_peep[H : 2 * H])
         if zc is not None:
             dc.add_(dcz[:bs])
         if mask is None:
@@ -115,4 +131,8 @@ def backward(gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor, w_hr: 
             dhbuf[:bs].add_(dhz[:bs])
     dw_hh = mm_tn(dgates, hprev)
     dw_hr = mm_tn(dh_all, hraw) if dh_all is not None else None
-    return dgates, dhbuf, dcbuf, dw_hh, dw_hr
+    dw_peep = None
+    if w_peep is not None:
+        dif = dgates[:, : 2 * H].view(-1, 2, H).mul(cprev.unsqueeze(1)).sum(0).reshape(-1)
+        dw_peep = torch.cat([dif, (dgates[:, 3 * H :] * cnew).sum(0)])
+    return dgates, dhbuf, dcbuf, dw_hh, dw_hr, dw_peep

@@ -38,6 +38,8 @@ CELLS = {
     "lstm": lambda I, H: LSTMCellMath(I, H),
     "lstm_proj": lambda I, H: LSTMCellMath(I, H, proj_size=H - 1),
     "lstm_nobias": lambda I, H: LSTMCellMath(I, H, bias=False),
+    "lstm_peep": lambda I, H: LSTMCellMath(I, H, peephole=True),
+    "lstm_peep_proj": lambda I, H: LSTMCellMath(I, H, peephole=True, proj_size=H - 1, bias=False),
     "gru": lambda I, H: GRUCellMath(I, H),
     "gru_nobias": lambda I, H: GRUCellMath(I, H, bias=False),
     "rnn_tanh": lambda I, H: RNNCellMath(I, H),
@@ -50,6 +52,8 @@ def _setup(name, dtype=torch.float64, seed=0, I=3, H=5):
     cell = CELLS[name](I, H)
     p = {s.name: torch.empty(s.shape, dtype=dtype, requires_grad=True) for s in cell.param_specs()}
     cell.reset_parameters(p)
+    if "weight_peephole" in p:  # initialized to zero: make the peepholes matter
+        p["weight_peephole"].data.uniform_(-0.5, 0.5)
     x = torch.randn(sum(BATCH_SIZES), I, dtype=dtype, requires_grad=True)
     h0 = tuple(torch.randn(4, s, dtype=dtype, requires_grad=True) for s in cell.state_sizes())
     mask = torch.bernoulli(torch.full((4, cell.state_sizes()[0]), 0.7, dtype=dtype)) / 0.7
@@ -99,7 +103,7 @@ def test_kernels_match_loop_and_each_other(name, reverse, use_mask):
         _close(got, got2, 1e-13)
 
 
-@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "gru", "rnn_relu"])
+@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "lstm_peep", "gru", "rnn_relu"])
 def test_float32_onednn_path_matches_loop(name):
     """float32 runs the oneDNN GEMMs (where available): same results to float32 rounding."""
     cell, p, x, h0, mask = _setup(name, torch.float32)
@@ -120,7 +124,7 @@ def test_float32_onednn_path_matches_loop(name):
 
 
 @pytest.mark.parametrize("use_ext", [False, True])
-@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "lstm_peep", "gru", "rnn_tanh"])
 def test_gradcheck(name, use_ext):
     if use_ext:
         require_ext()
@@ -137,7 +141,7 @@ def test_gradcheck(name, use_ext):
 
 
 @pytest.mark.parametrize("use_ext", [False, True])
-@pytest.mark.parametrize("name", ["lstm_proj", "gru", "rnn_tanh"])
+@pytest.mark.parametrize("name", ["lstm_proj", "lstm_peep", "gru", "rnn_tanh"])
 def test_gradcheck_zoneout(name, use_ext):
     """Zoneout with fractional weights (as in evaluation) exercises both gradient paths."""
     if use_ext:
@@ -165,7 +169,7 @@ def test_fused_rejects_unsupported_and_dispatches(monkeypatch):
     m(torch.randn(2, 1, 3))
     assert calls == [1]
     with pytest.raises(ValueError, match="impl='fused'"):
-        rnnkit.LSTM(3, 4, impl="fused", peephole=True)(torch.randn(2, 1, 3))
+        rnnkit.LSTM(3, 4, impl="fused", norm="layer")(torch.randn(2, 1, 3))
     with pytest.raises(ValueError, match="standard"):
         K.run_direction(object(), {}, torch.zeros(1, 4), [1], (torch.zeros(1, 1),))  # type: ignore[arg-type]
 

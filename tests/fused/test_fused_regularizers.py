@@ -1,4 +1,5 @@
-"""The fused path with regularizers against the reference loop, under the same seed.
+"""The fused path with regularizers (and the peephole LSTM) against the reference loop, under
+the same seed.
 
 Recurrent dropout and zoneout (their masks are inputs of the fused kernels), weight-drop
 (the dropped ``W_hh`` is what the kernels receive) and locked dropout (between layers):
@@ -22,6 +23,7 @@ from rnnkit import dispatch
 FAMILIES = {
     "lstm": (rnnkit.LSTM, {}),
     "lstm_proj": (rnnkit.LSTM, {"proj_size": 2}),
+    "lstm_peephole": (rnnkit.LSTM, {"peephole": True}),
     "gru": (rnnkit.GRU, {}),
     "rnn": (rnnkit.RNN, {"nonlinearity": "relu"}),
 }
@@ -50,6 +52,9 @@ def _pair(family, reg, bidir, training=True):
     torch.manual_seed(0)
     a = cls(3, 4, 2, bidirectional=bidir, impl="fused", **kw, **reg).train(training)
     b = cls(3, 4, 2, bidirectional=bidir, impl="loop", **kw, **reg).train(training)
+    for name, w in a.named_parameters():
+        if "peephole" in name:  # initialized to zero: make the peepholes matter
+            w.data.uniform_(-0.5, 0.5)
     b.load_state_dict(a.state_dict())
     return a, b
 

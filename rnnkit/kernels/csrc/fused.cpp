@@ -125,7 +125,8 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
                             const Tensor& w_hh, const std::optional<Tensor>& b_hh,
                             const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
                             const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
-                            std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+                            const std::optional<Tensor>& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
+                            bool onednn) {
   const auto steps = schedule(batch_sizes, reverse);
   const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0);
   const Linear lin(w_hh, B, onednn);
@@ -136,17 +137,24 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
     Tensor cbuf = c0.clone(), gates = at::empty({N, 4 * H}, xp.options());
     Tensor cprev = at::empty({N, H}, xp.options()), tanhc = at::empty({N, H}, xp.options());
     Tensor hraw = w_hr.has_value() ? at::empty({N, H}, xp.options()) : out;
+    const bool peep = w_peep.has_value();  // peepholes: i, f see c_{t-1}; o sees c_t
+    Tensor cnew = peep ? at::empty({N, H}, xp.options()) : none(xp);
     const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_fwd", [&] {
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
         Tensor hp = hprev.narrow(0, off, bs), g = gates.narrow(0, off, bs);
         load_prev(hp, hbuf, mask, bs);
-        const Tensor a = lin.add(hp, xp.narrow(0, off, bs));
+        Tensor a = lin.add(hp, xp.narrow(0, off, bs));
+        Tensor cb = cbuf.narrow(0, 0, bs);
+        if (peep) {
+          a.narrow(1, 0, H).addcmul_(w_peep->narrow(0, 0, H), cb);
+          a.narrow(1, H, H).addcmul_(w_peep->narrow(0, H, H), cb);
+        }
         Tensor g_if = g.narrow(1, 0, 2 * H), g_g = g.narrow(1, 2 * H, H), g_o = g.narrow(1, 3 * H, H);
         at::sigmoid_out(g_if, a.narrow(1, 0, 2 * H));
         at::tanh_out(g_g, a.narrow(1, 2 * H, H));
-        at::sigmoid_out(g_o, a.narrow(1, 3 * H, H));
+        if (!peep) at::sigmoid_out(g_o, a.narrow(1, 3 * H, H));
         scalar_t* G = g.data_ptr<scalar_t>();
         scalar_t* C = cbuf.data_ptr<scalar_t>();
         scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
@@ -160,8 +168,12 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
             }
           }
         });
+        if (peep) {
+          cnew.narrow(0, off, bs).copy_(cb);
+          at::sigmoid_out(g_o, a.narrow(1, 3 * H, H).addcmul_(w_peep->narrow(0, 2 * H, H), cb));
+        }
         Tensor tc = tanhc.narrow(0, off, bs);
-        at::tanh_out(tc, cbuf.narrow(0, 0, bs));
+        at::tanh_out(tc, cb);
         Tensor hr = hraw.narrow(0, off, bs), o = out.narrow(0, off, bs);
         at::mul_out(hr, g.narrow(1, 3 * H, H), tc);
         if (lin_r.has_value()) o.copy_((*lin_r)(hr));
@@ -170,7 +182,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
         hbuf.narrow(0, 0, bs).copy_(o);
       }
     });
-    return {out, hbuf, cbuf, gates, cprev, tanhc, hprev, hraw};
+    return {out, hbuf, cbuf, gates, cprev, tanhc, hprev, hraw, cnew};
   }
   if (kind == 1) {
     const int64_t H = P;
@@ -230,8 +242,9 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
 std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
                              std::vector<Tensor> saved, const Tensor& w_hh,
                              const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
-                             const std::optional<Tensor>& zh, const std::optional<Tensor>& zc, bool has_bias,
-                             std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+                             const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
+                             const std::optional<Tensor>& w_peep, bool has_bias, std::vector<int64_t> batch_sizes,
+                             bool reverse, bool onednn) {
   auto steps = schedule(batch_sizes, reverse);
   std::reverse(steps.begin(), steps.end());
   Tensor dhbuf = ghn.clone();
@@ -262,6 +275,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
   };
   if (kind == 0) {
     const Tensor &gates = saved[0], &cprev = saved[1], &tanhc = saved[2], &hprev = saved[3], &hraw = saved[4];
+    const Tensor& cnew = saved[5];
     const int64_t H = tanhc.size(1);
     const bool proj = w_hr.has_value();
     Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone();
@@ -293,6 +307,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         const scalar_t* TC = tanhc.data_ptr<scalar_t>() + off * H;
         scalar_t* DG = dgates.data_ptr<scalar_t>() + off * 4 * H;
         scalar_t* DC = dcbuf.data_ptr<scalar_t>();
+        const scalar_t* PI = w_peep.has_value() ? w_peep->data_ptr<scalar_t>() : nullptr;
         rows(bs, 4 * H, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             const scalar_t* g = G + b * 4 * H;
@@ -301,12 +316,15 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
               const int64_t k = b * H + j;
               const scalar_t dh = DH ? DH[k] : GO[k] + DHB[k];
               const scalar_t i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], tc = TC[k];
-              const scalar_t dc = DC[k] + dh * o * (1 - tc * tc);
-              dg[j] = dc * gg * (i - i * i);
-              dg[H + j] = dc * CP[k] * (f - f * f);
+              const scalar_t dop = dh * tc * (o - o * o);
+              scalar_t dc = DC[k] + dh * o * (1 - tc * tc);
+              if (PI) dc += dop * PI[2 * H + j];
+              const scalar_t dip = dc * gg * (i - i * i), dfp = dc * CP[k] * (f - f * f);
+              dg[j] = dip;
+              dg[H + j] = dfp;
               dg[2 * H + j] = dc * i * (1 - gg * gg);
-              dg[3 * H + j] = dh * tc * (o - o * o);
-              DC[k] = dc * f;
+              dg[3 * H + j] = dop;
+              DC[k] = PI ? dc * f + dip * PI[j] + dfp * PI[H + j] : dc * f;
             }
           }
         });
@@ -315,8 +333,11 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         add_direct(bs);
       }
     });
-    Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates);
-    return {dgates, dhbuf, dcbuf, mm_tn(dgates, hprev, onednn), none(gates), dw_hr};
+    Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates), dw_peep = none(gates);
+    if (w_peep.has_value())
+      dw_peep = at::cat({(dgates.narrow(1, 0, H) * cprev).sum(0), (dgates.narrow(1, H, H) * cprev).sum(0),
+                         (dgates.narrow(1, 3 * H, H) * cnew).sum(0)});
+    return {dgates, dhbuf, dcbuf, mm_tn(dgates, hprev, onednn), none(gates), dw_hr, dw_peep};
   }
   if (kind == 1) {
     const Tensor &gates = saved[0], &hh = saved[1], &hprev = saved[2], &hprev_m = saved[3];
@@ -358,7 +379,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       }
     });
     Tensor db = has_bias ? dhh.sum(0) : none(gates);
-    return {dxp, dhbuf, none(gates), mm_tn(dhh, hprev_m, onednn), db, none(gates)};
+    return {dxp, dhbuf, none(gates), mm_tn(dhh, hprev_m, onednn), db, none(gates), none(gates)};
   }
   const Tensor &out = saved[0], &hprev = saved[1];
   const int64_t H = P;
@@ -381,7 +402,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       add_direct(bs);
     }
   });
-  return {da_all, dhbuf, none(out), mm_tn(da_all, hprev, onednn), none(out), none(out)};
+  return {da_all, dhbuf, none(out), mm_tn(da_all, hprev, onednn), none(out), none(out), none(out)};
 }
 
 }  // namespace
@@ -389,10 +410,11 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
 TORCH_LIBRARY(rnnkit_ext, m) {
   m.def(
       "forward(int kind, Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
-      "Tensor? mask, Tensor? zh, Tensor? zc, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
       &forward);
   m.def(
       "backward(int kind, Tensor gout, Tensor ghn, Tensor gcn, Tensor[] saved, Tensor w_hh, Tensor? w_hr, "
-      "Tensor? mask, Tensor? zh, Tensor? zc, bool has_bias, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, bool has_bias, int[] batch_sizes, bool reverse, "
+      "bool onednn) -> Tensor[]",
       &backward);
 }
