@@ -16,7 +16,8 @@ kernels) or the loop.
 ``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
 (except CPU float32 training of GRU/RNN, where the fused path is faster: see
 :func:`fused_for_training`), the fused path for the standard cells with recurrent dropout
-(when the compiled kernels are available), else the loop; a layer built with
+(when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
+fused path wherever it applies: its custom ops keep the graph whole. A layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 """
 
@@ -77,6 +78,8 @@ def fused_for_training(module, x: Tensor, mode: str | None) -> bool:
 def select(module, x: Tensor) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack``."""
     if module.impl == "auto":
+        if torch.compiler.is_compiling() and fused_supported(module):
+            return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         mode = torch_mode(module)
         if fused_for_training(module, x, mode):
             return "fused"

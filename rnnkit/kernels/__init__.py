@@ -29,13 +29,12 @@ from ..cells.gru import GRUCellMath
 from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from . import _gemm, ext, gru, lstm, rnn
+from . import _gemm, ext, ops
 
 __all__ = ["supports", "project_input", "run_direction", "backend", "KINDS"]
 
-KINDS = {"lstm": 0, "gru": 1, "rnn_tanh": 2, "rnn_relu": 3}
+KINDS = ops.KINDS
 _STANDARD = (LSTMCellMath, GRUCellMath, RNNCellMath)
-_EXT_DTYPES = (torch.float32, torch.float64)
 
 
 def _is_peephole_lstm(cell: Cell) -> bool:
@@ -65,43 +64,20 @@ def supports(cell: Cell) -> bool:
 
 def backend(x: Tensor) -> str:
     """``"ext"`` (compiled kernels) or ``"pure"`` (PyTorch ops) for data like ``x``."""
-    if x.device.type == "cpu" and x.dtype in _EXT_DTYPES and ext.ops() is not None:
-        return "ext"
-    return "pure"
-
-
-def _opt(t: Tensor) -> Tensor | None:
-    return t if t.numel() else None
+    return "ext" if ops.use_ext_for(x) else "pure"
 
 
 class _Direction(torch.autograd.Function):
-    """Autograd node of one fused direction; inputs ``xp, h0, c0, w_hh, b_hh, w_hr, mask``."""
+    """Autograd node of one fused direction (eager mode; ``rnnkit::fused_direction`` is the
+    same computation as a custom op, for torch.compile)."""
 
     @staticmethod
     def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep):
         ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext = kind, batch_sizes, reverse, use_ext
         ctx.has_bias = b_hh is not None
         ctx.onednn = _gemm.use_onednn(xp)
-        xp, h0 = xp.contiguous(), h0.contiguous()
-        if use_ext:
-            e = ext.ops()
-            c0_ = c0.contiguous() if c0 is not None else h0.new_empty(0)
-            bsz = list(batch_sizes)
-            res = e.forward(
-                KINDS[kind], xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, bsz, reverse, ctx.onednn
-            )
-            out, hn, cn, saved = res[0], res[1], res[2], tuple(res[3:])
-        elif kind == "lstm":
-            out, hn, cn, saved = lstm.forward(
-                xp, h0, c0, w_hh, w_hr, mask, batch_sizes, reverse, zh, zc, w_peep
-            )
-        elif kind == "gru":
-            out, hn, saved = gru.forward(xp, h0, w_hh, b_hh, mask, batch_sizes, reverse, zh)
-            cn = h0.new_empty(0)
-        else:
-            out, hn, saved = rnn.forward(xp, h0, w_hh, mask, kind == "rnn_relu", batch_sizes, reverse, zh)
-            cn = h0.new_empty(0)
-        ctx.n_saved = len(saved)
+        args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep)
+        out, hn, cn, saved = ops.forward_impl(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args)
         empty = w_hh.new_empty(0)
         opt = [empty if t is None else t for t in (w_hr, mask, zh, zc, w_peep)]
         ctx.save_for_backward(*saved, w_hh, *opt)
@@ -113,25 +89,12 @@ class _Direction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gout, ghn, gcn):
         *saved, w_hh, w_hr, mask, zh, zc, w_peep = ctx.saved_tensors
-        w_hr, mask, zh, zc, w_peep = _opt(w_hr), _opt(mask), _opt(zh), _opt(zc), _opt(w_peep)
-        kind, bsz, rev = ctx.kind, ctx.batch_sizes, ctx.reverse
-        gout, ghn = gout.contiguous(), ghn.contiguous()
-        dc0 = db = dw_hr = dw_peep = None
-        if ctx.use_ext:
-            gcn = gcn.contiguous() if kind == "lstm" else ghn.new_empty(0)
-            r = ext.ops().backward(KINDS[kind], gout, ghn, gcn, saved, w_hh, w_hr, mask, zh, zc, w_peep,  # type: ignore[union-attr]
-                                   ctx.has_bias, list(bsz), rev, ctx.onednn)  # fmt: skip
-            dxp, dh0, dw_hh = r[0], r[1], r[3]
-            dc0, db, dw_hr, dw_peep = _opt(r[2]), _opt(r[4]), _opt(r[5]), _opt(r[6])
-        elif kind == "lstm":
-            grads = lstm.backward(
-                gout, ghn, gcn.contiguous(), saved, w_hh, w_hr, mask, bsz, rev, zh, zc, w_peep
-            )
-            dxp, dh0, dc0, dw_hh, dw_hr, dw_peep = grads
-        elif kind == "gru":
-            dxp, dh0, dw_hh, db = gru.backward(gout, ghn, saved, w_hh, ctx.has_bias, mask, bsz, rev, zh)
-        else:
-            dxp, dh0, dw_hh = rnn.backward(gout, ghn, saved, w_hh, mask, kind == "rnn_relu", bsz, rev, zh)
+        opt = [ops._opt(t) for t in (w_hr, mask, zh, zc, w_peep)]
+        grads = ops.backward_impl(
+            ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext, ctx.onednn, ctx.has_bias, gout, ghn, gcn,
+            saved, w_hh, *opt,
+        )  # fmt: skip
+        dxp, dh0, dc0, dw_hh, db, dw_hr, dw_peep = grads
         return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep
 
 
@@ -182,10 +145,6 @@ def run_direction(
         raise ValueError(
             f"the fused kernels support the standard LSTM/GRU/RNN cells, got {type(cell).__name__}"
         )
-    if use_ext is None:
-        use_ext = backend(xp) == "ext"
-    elif use_ext and ext.ops() is None:
-        raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
     bsz = tuple(int(b) for b in batch_sizes)
     c0 = h0[1] if kind == "lstm" else None
     b_hh = p.get("bias_hh") if kind == "gru" else None
@@ -193,7 +152,14 @@ def run_direction(
     zh, zc = _zoneout_rows(xp, bsz, h0, zoneout, zoneout_masks)
     w_peep = p.get("weight_peephole") if kind == "lstm" else None
     args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, w_peep)
-    out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, *args)
+    if torch.compiler.is_compiling():  # one opaque custom op per direction in the graph
+        out, hn, cn = ops.fused_direction(kind, *args, list(bsz), reverse)[:3]
+    else:
+        if use_ext is None:
+            use_ext = backend(xp) == "ext"
+        elif use_ext and ext.ops() is None:
+            raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
+        out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, *args)
     return out, ((hn, cn) if kind == "lstm" else (hn,))
 
 

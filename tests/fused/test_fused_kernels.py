@@ -31,6 +31,9 @@ def require_ext() -> None:
         pytest.skip("RNNKIT_NO_EXT is set")
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         pytest.skip("no C++ compiler on this machine")
+    ext._ensure_ninja_on_path()
+    if shutil.which("ninja") is None:
+        pytest.skip("ninja is not installed (pip install ninja)")
     assert ext.ops() is not None, "the C++ extension failed to build (see the rnnkit log warning)"
 
 
@@ -94,7 +97,7 @@ def test_kernels_match_loop_and_each_other(name, reverse, use_mask):
     got = _run(pure, cell, p, x, h0, reverse, weights)
     _close(ref, got, 1e-12)
     if not (ext.disabled() or shutil.which(os.environ.get("CXX", "c++")) is None):
-        require_ext()
+        require_ext()  # skips without ninja
 
         def compiled(c, p_, xp, bs, h, rev):
             return K.run_direction(c, p_, xp, bs, h, rev, mask=m, use_ext=True)
