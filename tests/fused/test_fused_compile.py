@@ -110,3 +110,23 @@ def test_compile_fullgraph_matches_eager_loop(monkeypatch):
     gb = torch.autograd.grad(y_ref.sum(), list(ref.parameters()))
     for u, v in zip(ga, gb):
         torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+
+
+def test_export_graph_holds_the_custom_op():
+    """torch.export of a GRU model: one ``rnnkit.fused_direction`` node per direction."""
+
+    class Model(torch.nn.Module):
+        def __init__(self, impl):
+            super().__init__()
+            torch.manual_seed(0)
+            self.rnn = rnnkit.GRU(3, 5, 2, bidirectional=True, impl=impl)
+
+        def forward(self, x):
+            out, h = self.rnn(x)
+            return out.sum(0) + h.sum()
+
+    x = torch.randn(6, 4, 3)
+    ep = torch.export.export(Model("auto").eval(), (x,))
+    nodes = [n for n in ep.graph.nodes if "rnnkit.fused_direction" in str(n.target)]
+    assert len(nodes) == 4
+    torch.testing.assert_close(ep.module()(x), Model("loop").eval()(x), atol=1e-10, rtol=1e-10)
