@@ -57,9 +57,10 @@ class Linear:
 
 def mm_tn(a: Tensor, b: Tensor) -> Tensor:
     """``aᵀ b`` for tall ``a (N, M)``, ``b (N, K)``: a weight gradient summed over all rows."""
-    if (
-        use_onednn(a) and a.numel() * b.shape[1] >= ONEDNN_MIN_WORK
-    ):  # as (bᵀ a)ᵀ: oneDNN then copies the narrower operand only
+    # oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
+    # As (bᵀ a)ᵀ: oneDNN then copies the narrower operand only.
+    dense = a.is_contiguous() and b.is_contiguous()
+    if dense and use_onednn(a) and a.numel() * b.shape[1] >= ONEDNN_MIN_WORK:
         return torch.ops.mkldnn._linear_pointwise(b.t(), a.t(), None, "none", [], "").t().contiguous()
     return torch.mm(a.t(), b)
 

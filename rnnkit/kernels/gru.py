@@ -31,16 +31,18 @@ def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mask: Ten
     zoneout weights: ``h_t = lerp(h̃_t, h_{t-1}, zh_t)``."""
     N, H = xp.shape[0], h0.shape[1]
     new = xp.new_empty
-    gates, hh, hprev, out = new(N, 3 * H), new(N, 3 * H), new(N, H), new(N, H)
+    # a_n (the n-part of the recurrent GEMM) is all backward needs of it: (N, H), not (N, 3H)
+    gates, an, hprev, out = new(N, 3 * H), new(N, H), new(N, H), new(N, H)
     hprev_m = hprev if mask is None else new(N, H)
     hbuf = h0.clone()
     lin = Linear(w_hh, h0.shape[0])
     for off, bs in schedule(batch_sizes, reverse):
         s = slice(off, off + bs)
-        hp, g, a, x = hprev[s], gates[s], hh[s], xp[s]
+        hp, g, x = hprev[s], gates[s], xp[s]
         hp.copy_(hbuf[:bs])
         hm = hp if mask is None else torch.mul(hp, mask[:bs], out=hprev_m[s])
-        a.copy_(lin(hm, bias=b_hh))
+        a = lin(hm, bias=b_hh)
+        an[s].copy_(a[:, 2 * H :])
         torch.add(x[:, : 2 * H], a[:, : 2 * H], out=g[:, : 2 * H]).sigmoid_()
         n = g[:, 2 * H :]
         torch.addcmul(x[:, 2 * H :], g[:, :H], a[:, 2 * H :], out=n).tanh_()
@@ -48,22 +50,23 @@ def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mask: Ten
         if zh is not None:
             out[s].lerp_(hp, zh[s])
         hbuf[:bs].copy_(out[s])
-    return out, hbuf, (gates, hh, hprev, hprev_m)
+    return out, hbuf, (gates, an, hprev, hprev_m)
 
 
 def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, has_bias: bool, mask: Tensor | None,
              batch_sizes: tuple[int, ...], reverse: bool, zh: Tensor | None = None):  # fmt: skip
     """Returns ``d xp, d h0, d W_hh, d b_hh`` (``None`` without bias)."""
-    gates, hh, hprev, hprev_m = saved
+    gates, an, hprev, hprev_m = saved
     H = hprev.shape[1]
-    dxp, dhh = torch.empty_like(gates), torch.empty_like(hh)
+    # d a = [dr', dz', dn' ⊙ r]: its r, z parts are d xp's, so only the n-part is stacked
+    dxp, dan, dat = torch.empty_like(gates), torch.empty_like(an), gates.new_empty(ghn.shape[0], 3 * H)
     dhbuf = ghn.clone()
     t1, t2 = hprev.new_empty(ghn.shape[0], H), hprev.new_empty(ghn.shape[0], H)
     lin_t = Linear(w_hh.t(), ghn.shape[0])
     dhz = torch.empty_like(ghn)
     for off, bs in reversed(schedule(batch_sizes, reverse)):
         s = slice(off, off + bs)
-        g, dx, da, dh, tmp = gates[s], dxp[s], dhh[s], t1[:bs], t2[:bs]
+        g, dx, da, dh, tmp = gates[s], dxp[s], dat[:bs], t1[:bs], t2[:bs]
         r, z, n = g[:, :H], g[:, H : 2 * H], g[:, 2 * H :]
         dr, dz, dn = dx[:, :H], dx[:, H : 2 * H], dx[:, 2 * H :]
         torch.add(gout[s], dhbuf[:bs], out=dh)
@@ -75,9 +78,10 @@ def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, has_bias: bool, mas
         torch.addcmul(z, z, z, value=-1, out=dz).mul_(dh)  # dh z(1-z)
         torch.sub(hprev[s], n, out=tmp)
         dz.mul_(tmp)
-        torch.addcmul(r, r, r, value=-1, out=dr).mul_(dn).mul_(hh[s][:, 2 * H :])
+        torch.addcmul(r, r, r, value=-1, out=dr).mul_(dn).mul_(an[s])
         da[:, : 2 * H].copy_(dx[:, : 2 * H])
-        torch.mul(dn, r, out=da[:, 2 * H :])
+        torch.mul(dn, r, out=dan[s])
+        da[:, 2 * H :].copy_(dan[s])
         db = dhbuf[:bs]
         if mask is None:
             db.copy_(lin_t(da))
@@ -86,6 +90,7 @@ def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, has_bias: bool, mas
         db.addcmul_(dh, z)
         if zh is not None:
             db.add_(dhz[:bs])
-    dw_hh = mm_tn(dhh, hprev_m)
-    db_hh = dhh.sum(0) if has_bias else None
+    drz = dxp[:, : 2 * H]
+    dw_hh = torch.cat([mm_tn(drz, hprev_m), mm_tn(dan, hprev_m)])
+    db_hh = torch.cat([drz.sum(0), dan.sum(0)]) if has_bias else None
     return dxp, dhbuf, dw_hh, db_hh

@@ -134,7 +134,7 @@ def _(kind, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, batch_sizes, rev
             e(B, P),
             e(0),
             e(N, 3 * P),
-            e(N, 3 * P),
+            e(N, P),  # a_n
             e(N, P),
             e(N, P) if mask is not None else e(0),
         ]

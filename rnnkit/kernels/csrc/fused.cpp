@@ -85,7 +85,9 @@ struct Linear {
 
 // a^T b over all N rows (a weight gradient), as one GEMM.
 Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
-  if (use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
+  // oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
+  const bool dense = a.is_contiguous() && b.is_contiguous();
+  if (dense && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
     return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
                               c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))})
         .t()
@@ -186,16 +188,18 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
   }
   if (kind == 1) {
     const int64_t H = P;
-    Tensor gates = at::empty({N, 3 * H}, xp.options()), hh = at::empty({N, 3 * H}, xp.options());
+    // a_n (the n-part of the recurrent GEMM) is all backward needs of it: (N, H), not (N, 3H)
+    Tensor gates = at::empty({N, 3 * H}, xp.options()), an = at::empty({N, H}, xp.options());
     Tensor hprev_m = mask.has_value() ? at::empty({N, H}, xp.options()) : hprev;
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_fwd", [&] {
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
         Tensor hp = hprev.narrow(0, off, bs), hm = hprev_m.narrow(0, off, bs);
-        Tensor a = hh.narrow(0, off, bs), g = gates.narrow(0, off, bs);
+        Tensor g = gates.narrow(0, off, bs);
         hp.copy_(hbuf.narrow(0, 0, bs));
         if (mask.has_value()) at::mul_out(hm, hp, mask->narrow(0, 0, bs));
-        a.copy_(lin(hm, b_hh));
+        const Tensor a = lin(hm, b_hh);
+        an.narrow(0, off, bs).copy_(a.narrow(1, 2 * H, H));
         Tensor x = xp.narrow(0, off, bs), rz = g.narrow(1, 0, 2 * H), n = g.narrow(1, 2 * H, H);
         at::add_out(rz, x.narrow(1, 0, 2 * H), a.narrow(1, 0, 2 * H));
         rz.sigmoid_();
@@ -223,7 +227,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
         }
       }
     });
-    return {out, hbuf, none(xp), gates, hh, hprev, hprev_m};
+    return {out, hbuf, none(xp), gates, an, hprev, hprev_m};
   }
   // Elman RNN; hnew holds h~ (for act'), which zoneout mixes into the output.
   Tensor hnew = zh.has_value() ? at::empty({N, P}, xp.options()) : out;
@@ -340,24 +344,28 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
     return {dgates, dhbuf, dcbuf, mm_tn(dgates, hprev, onednn), none(gates), dw_hr, dw_peep};
   }
   if (kind == 1) {
-    const Tensor &gates = saved[0], &hh = saved[1], &hprev = saved[2], &hprev_m = saved[3];
+    const Tensor &gates = saved[0], &an = saved[1], &hprev = saved[2], &hprev_m = saved[3];
     const int64_t H = P;
-    Tensor dxp = at::empty_like(gates), dhh = at::empty_like(hh), dz = at::empty({B, H}, gates.options());
+    // d a = [dr', dz', dn' ⊙ r] per step in `dat`; its r, z parts are d xp's, so only the
+    // n-part is stacked over the sequence (dan) for the weight gradient.
+    Tensor dxp = at::empty_like(gates), dan = at::empty_like(an), dz = at::empty({B, H}, gates.options());
+    Tensor dat = at::empty({B, 3 * H}, gates.options());
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_bwd", [&] {
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
         const scalar_t* G = gates.data_ptr<scalar_t>() + off * 3 * H;
-        const scalar_t* A = hh.data_ptr<scalar_t>() + off * 3 * H;
+        const scalar_t* AN = an.data_ptr<scalar_t>() + off * H;
         const scalar_t* HP = hprev.data_ptr<scalar_t>() + off * H;
         const scalar_t* GO = gout.data_ptr<scalar_t>() + off * H;
         scalar_t* DHB = dhbuf.data_ptr<scalar_t>();
         const scalar_t* DT = zh.has_value() ? split_h(dht.narrow(0, 0, bs), off, bs).data_ptr<scalar_t>() : nullptr;
         scalar_t* DX = dxp.data_ptr<scalar_t>() + off * 3 * H;
-        scalar_t* DA = dhh.data_ptr<scalar_t>() + off * 3 * H;
+        scalar_t* DA = dat.data_ptr<scalar_t>();
+        scalar_t* DAN = dan.data_ptr<scalar_t>() + off * H;
         scalar_t* DZ = dz.data_ptr<scalar_t>();
         rows(bs, 3 * H, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            const scalar_t *g = G + b * 3 * H, *a = A + b * 3 * H;
+            const scalar_t* g = G + b * 3 * H;
             scalar_t *dx = DX + b * 3 * H, *da = DA + b * 3 * H;
             for (int64_t j = 0; j < H; ++j) {
               const int64_t k = b * H + j;
@@ -365,21 +373,23 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
               const scalar_t r = g[j], z = g[H + j], n = g[2 * H + j];
               const scalar_t dn = dh * (1 - n * n) * (1 - z);
               const scalar_t dzp = dh * (z - z * z) * (HP[k] - n);
-              const scalar_t drp = dn * a[2 * H + j] * (r - r * r);
+              const scalar_t drp = dn * AN[k] * (r - r * r);
               dx[j] = da[j] = drp;
               dx[H + j] = da[H + j] = dzp;
               dx[2 * H + j] = dn;
-              da[2 * H + j] = dn * r;
+              da[2 * H + j] = DAN[k] = dn * r;
               DZ[k] = dh * z;
             }
           }
         });
-        recur(dhh.narrow(0, off, bs), bs).add_(dz.narrow(0, 0, bs));
+        recur(dat.narrow(0, 0, bs), bs).add_(dz.narrow(0, 0, bs));
         add_direct(bs);
       }
     });
-    Tensor db = has_bias ? dhh.sum(0) : none(gates);
-    return {dxp, dhbuf, none(gates), mm_tn(dhh, hprev_m, onednn), db, none(gates), none(gates)};
+    const Tensor drz = dxp.narrow(1, 0, 2 * H);
+    Tensor db = has_bias ? at::cat({drz.sum(0), dan.sum(0)}) : none(gates);
+    Tensor dw = at::cat({mm_tn(drz, hprev_m, onednn), mm_tn(dan, hprev_m, onednn)});
+    return {dxp, dhbuf, none(gates), dw, db, none(gates), none(gates)};
   }
   const Tensor &out = saved[0], &hprev = saved[1];
   const int64_t H = P;
