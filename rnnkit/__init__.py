@@ -27,3 +27,6 @@ __all__ = [
     "EmbeddingDropout",
     "losses",
 ]
+from .parallel import LRU, QRNN, MinGRU, MinLSTM  # noqa: E402  (time-parallel layers, issue 10)
+
+__all__ += ["MinGRU", "MinLSTM", "QRNN", "LRU"]

@@ -1,7 +1,11 @@
 """Build a recurrent stack from command-line style options (shared by every CLI task).
 
-``--cell`` picks the family, ``--opt key=value`` passes any cell or layer option (the cell
-zoo and the regularizers), the common ones have their own flags. Everything ends up as
+``--arch`` (alias ``--cell``) picks the family: a recurrent one (``lstm``, ``gru``, ``rnn``
+and whatever else the installed rnnkit provides), ``tcn`` (a dilated causal convolution
+stack, :class:`rnnkit.baselines.TCN`) or ``conv-<family>`` (a causal convolution front end
+feeding that recurrent family, :class:`rnnkit.baselines.ConvRecurrent`). ``--opt key=value``
+passes any cell or layer option (the cell zoo and the regularizers), the common ones have
+their own flags. Everything ends up as
 keyword arguments of ``rnnkit.RNN``/``LSTM``/``GRU`` (or of the parallel-in-time layers), so
 the CLI never knows a cell's internals.
 """
@@ -16,6 +20,17 @@ from typing import Any
 from torch import nn
 
 import rnnkit
+from rnnkit.baselines import TCN, ConvRecurrent
+
+__all__ = [
+    "add_arch_arguments",
+    "arch_config",
+    "arch_names",
+    "build_recurrent",
+    "describe_arch",
+    "parse_opt",
+    "recurrent_families",
+]
 
 
 def recurrent_families() -> dict[str, Callable[..., nn.Module]]:
@@ -25,6 +40,34 @@ def recurrent_families() -> dict[str, Callable[..., nn.Module]]:
         if hasattr(rnnkit, name):
             fams[name.lower()] = getattr(rnnkit, name)
     return fams
+
+
+def arch_names() -> list[str]:
+    """Every ``--arch`` value: the recurrent families, ``tcn`` and ``conv-<family>``."""
+    fams = list(recurrent_families())
+    return [*fams, "tcn", *(f"conv-{f}" for f in fams)]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def probability(text: str) -> float:
+    """argparse type: a float in [0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {v}")
+    return v
 
 
 def parse_opt(text: str) -> tuple[str, Any]:
@@ -44,33 +87,78 @@ def add_arch_arguments(
 ) -> None:
     g = p.add_argument_group("architecture")
     g.add_argument(
-        "--cell", default=cell, help=f"recurrent family: {', '.join(recurrent_families())} (default {cell})"
+        "--arch", "--cell", dest="cell", default=cell, metavar="ARCH",
+        help=f"{', '.join(arch_names())} (default {cell})",
+    )  # fmt: skip
+    g.add_argument(
+        "--hidden", type=positive_int, default=hidden, help=f"hidden units per layer (default {hidden})"
     )
-    g.add_argument("--hidden", type=int, default=hidden, help=f"hidden units per layer (default {hidden})")
-    g.add_argument("--layers", type=int, default=layers, help=f"recurrent layers (default {layers})")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout between layers (torch semantics)")
+    g.add_argument("--layers", type=positive_int, default=layers, help=f"recurrent layers (default {layers})")
+    g.add_argument(
+        "--dropout", type=probability, default=0.0, help="dropout between layers (torch semantics)"
+    )
     g.add_argument(
         "--opt", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
         help="any cell or layer option, e.g. --opt peephole=True --opt norm=layer --opt zoneout=0.1",
     )  # fmt: skip
+    g.add_argument(
+        "--kernel-size", type=positive_int, default=3, help="tcn / conv front end kernel size (default 3)"
+    )
+    g.add_argument(
+        "--conv-channels", type=positive_int, default=None, help="conv front end channels (default: --hidden)"
+    )
+    g.add_argument("--conv-layers", type=positive_int, default=1, help="conv front end layers (default 1)")
 
 
 def arch_config(args: argparse.Namespace) -> dict[str, Any]:
     """The JSON-able architecture of parsed ``args`` (stored in checkpoints)."""
     return {"cell": args.cell, "hidden": args.hidden, "layers": args.layers, "dropout": args.dropout,
-            "options": dict(args.opt)}  # fmt: skip
+            "options": dict(args.opt), "kernel_size": args.kernel_size,
+            "conv_channels": args.conv_channels or args.hidden, "conv_layers": args.conv_layers}  # fmt: skip
 
 
 def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn.Module:
-    """``rnnkit.<Family>(input_size, hidden, layers, dropout=..., **options, **extra)``."""
-    fams = recurrent_families()
+    """The sequence encoder of ``config`` (from :func:`arch_config`).
+
+    Recurrent families: ``rnnkit.<Family>(input_size, hidden, layers, dropout=...,
+    **options, **extra)``. ``tcn``: :class:`~rnnkit.baselines.TCN` with ``layers`` levels.
+    ``conv-<family>``: :class:`~rnnkit.baselines.ConvRecurrent`. ``extra`` is typically
+    ``batch_first=True`` and/or ``bidirectional=True`` (for the convolutions: centred,
+    non-causal kernels). Every result is called as ``module(x, state) -> (out, state)``.
+    """
     cell = config["cell"]
+    for key in ("hidden", "layers"):
+        if int(config[key]) < 1:
+            raise ValueError(f"--{key} must be >= 1, got {config[key]}")
+    if cell == "tcn":
+        if config.get("options"):
+            raise ValueError(f"--arch tcn takes no --opt options, got {sorted(config['options'])}")
+        return TCN(input_size, config["hidden"], config["layers"], kernel_size=config.get("kernel_size", 3),
+                   dropout=config.get("dropout", 0.0), **extra)  # fmt: skip
+    if cell.startswith("conv-"):
+        inner = {**config, "cell": cell[len("conv-") :]}
+        fb = {k: extra[k] for k in ("batch_first", "bidirectional") if k in extra}
+        return ConvRecurrent(
+            input_size, lambda n: build_recurrent(inner, n, **extra),
+            conv_channels=config.get("conv_channels") or config["hidden"],
+            kernel_size=config.get("kernel_size", 3), conv_layers=config.get("conv_layers", 1), **fb,
+        )  # fmt: skip
+    fams = recurrent_families()
     if cell not in fams:
-        raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(fams)}")
+        raise ValueError(f"unknown --arch {cell!r}; choose one of {', '.join(arch_names())}")
     kwargs = {**config.get("options", {}), **extra}
-    if config.get("dropout"):
+    if config.get("dropout") and config["layers"] > 1:  # torch warns about dropout with 1 layer
         kwargs["dropout"] = config["dropout"]
     try:
         return fams[cell](input_size, config["hidden"], num_layers=config["layers"], **kwargs)
     except TypeError as e:  # an unknown option: say which family rejected it
-        raise ValueError(f"--cell {cell} does not accept these options {sorted(kwargs)}: {e}") from e
+        raise ValueError(f"--arch {cell} does not accept these options {sorted(kwargs)}: {e}") from e
+
+
+def describe_arch(module: nn.Module) -> str:
+    """One line about an encoder; for convolutions it includes the receptive field."""
+    name = type(module).__name__
+    n = sum(p.numel() for p in module.parameters())
+    rf = getattr(module, "receptive_field", None)
+    extra = f", receptive field {rf} steps" if rf is not None else ""
+    return f"{name}: {n:,} parameters{extra}"

@@ -1,0 +1,205 @@
+"""Non-recurrent baselines with the recurrent layers' calling convention.
+
+* :class:`TCN` -- a temporal convolutional network (Bai, Kolter & Koltun 2018, "An
+  empirical evaluation of generic convolutional and recurrent networks"): residual
+  blocks of two dilated causal convolutions, dilation ``2**level``. Its receptive field
+  is ``1 + 2 * (kernel_size - 1) * (2**levels - 1)`` steps: an output at time ``t`` sees
+  inputs ``t - R + 1 .. t`` and nothing else.
+* :class:`ConvRecurrent` -- a causal convolution front end (local features, a few steps
+  wide) feeding a recurrent stack (the "CNN + RNN" pattern).
+
+Both are called like ``rnnkit.LSTM``: ``forward(x, state=None) -> (out, state)`` with
+``x`` ``(T, B, F)`` or ``(B, T, F)`` (``batch_first``). The *state* of a causal
+convolution is the tail of its past inputs (``(B, C, (k-1)*d)`` per convolution), so
+running a sequence in pieces with the state carried gives exactly the outputs of one
+run over the whole sequence -- step-by-step sampling and truncated BPTT work as for a
+recurrent layer. ``causal=False`` centres the kernels instead (a bidirectional-style
+encoder for tagging); it has no state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CausalConv1d", "TCN", "ConvRecurrent", "tcn_receptive_field"]
+
+
+def tcn_receptive_field(levels: int, kernel_size: int) -> int:
+    """``1 + 2 (k - 1) (2^levels - 1)``: two convolutions of dilation ``2^i`` per level."""
+    return 1 + 2 * (kernel_size - 1) * (2**levels - 1)
+
+
+class CausalConv1d(nn.Conv1d):
+    """``Conv1d`` over ``(B, C, T)`` whose output at ``t`` depends on inputs ``<= t``.
+
+    The input is left-padded by ``(k - 1) * dilation`` steps: with zeros when
+    ``past is None``, else with ``past`` -- the previous call's last inputs, returned
+    as the new ``past``. ``causal=False`` pads both sides (``(k-1)*d`` must be even).
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, *, causal: bool = True
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        self.causal = causal
+        self.context = (kernel_size - 1) * dilation
+        if not causal and self.context % 2:
+            raise ValueError(f"a centred convolution needs an odd kernel_size, got {kernel_size}")
+
+    def forward(self, x: Tensor, past: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
+        if not self.causal:
+            if past is not None:
+                raise ValueError("a non-causal convolution has no state to carry")
+            return super().forward(F.pad(x, (self.context // 2, self.context // 2))), None
+        if past is None:
+            past = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        full = torch.cat([past, x], dim=2)
+        new_past = full[:, :, full.shape[2] - self.context :] if self.context else past
+        return super().forward(full), new_past
+
+
+class _TemporalBlock(nn.Module):
+    """Two dilated causal convolutions with ReLU and dropout, plus a residual connection."""
+
+    def __init__(self, cin: int, cout: int, k: int, d: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        self.conv1 = CausalConv1d(cin, cout, k, d, causal=causal)
+        self.conv2 = CausalConv1d(cout, cout, k, d, causal=causal)
+        self.drop = nn.Dropout(dropout)
+        self.down = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: Tensor, past: tuple | None) -> tuple[Tensor, tuple]:
+        p1, p2 = past if past is not None else (None, None)
+        y, p1 = self.conv1(x, p1)
+        y, p2 = self.conv2(self.drop(F.relu(y)), p2)
+        return F.relu(self.drop(F.relu(y)) + self.down(x)), (p1, p2)
+
+
+def _to_bct(x: Tensor, batch_first: bool) -> Tensor:
+    if x.dim() != 3:
+        raise ValueError(f"expected a 3-D input (T, B, F) or (B, T, F), got shape {tuple(x.shape)}")
+    return x.permute(0, 2, 1) if batch_first else x.permute(1, 2, 0)
+
+
+def _from_bct(y: Tensor, batch_first: bool) -> Tensor:
+    return y.permute(0, 2, 1) if batch_first else y.permute(2, 0, 1)
+
+
+class TCN(nn.Module):
+    """Temporal convolutional network: ``levels`` residual blocks, dilations 1, 2, 4, ...
+
+    ``forward(x (T, B, F) | (B, T, F), state=None) -> (y (.., hidden_size), state)``.
+    ``receptive_field`` is the number of input steps one output sees. Signature mirrors
+    ``rnnkit.LSTM`` (``num_layers`` = levels) so it can replace a recurrent stack;
+    ``bidirectional=True`` means non-causal (centred) kernels, output still ``hidden_size``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 4,
+        *,
+        kernel_size: int = 3,
+        dropout: float = 0.0,
+        batch_first: bool = False,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, v in (
+            ("input_size", input_size),
+            ("hidden_size", hidden_size),
+            ("num_layers", num_layers),
+            ("kernel_size", kernel_size),
+        ):
+            if v < 1:
+                raise ValueError(f"TCN {name} must be >= 1, got {v}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.kernel_size, self.batch_first, self.causal = kernel_size, batch_first, not bidirectional
+        self.blocks = nn.ModuleList(
+            _TemporalBlock(
+                input_size if i == 0 else hidden_size, hidden_size, kernel_size, 2**i, dropout, self.causal
+            )
+            for i in range(num_layers)
+        )
+
+    @property
+    def receptive_field(self) -> int:
+        return tcn_receptive_field(self.num_layers, self.kernel_size)
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
+    def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+        """``lengths`` is accepted for interface parity and unused: a causal output at a
+        valid step never sees the padding after it (centred kernels near the end do)."""
+        y = _to_bct(x, self.batch_first)
+        pasts = state if state is not None else [None] * len(self.blocks)
+        new = []
+        for block, past in zip(self.blocks, pasts, strict=True):
+            y, p = block(y, past)
+            new.append(p)
+        return _from_bct(y, self.batch_first), (tuple(new) if self.causal else None)
+
+
+class ConvRecurrent(nn.Module):
+    """Causal convolution front end (``conv_layers`` x Conv1d + ReLU) feeding a recurrent stack.
+
+    ``make_recurrent(conv_channels) -> module`` builds the recurrent part (same
+    ``batch_first``). State: ``(conv pasts, recurrent state)``.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        make_recurrent: Callable[[int], nn.Module],
+        *,
+        conv_channels: int = 64,
+        kernel_size: int = 3,
+        conv_layers: int = 1,
+        batch_first: bool = False,
+        bidirectional: bool = False,
+    ) -> None:
+        super().__init__()
+        if conv_layers < 1 or conv_channels < 1 or kernel_size < 1:
+            raise ValueError(
+                f"conv front end needs conv_layers, conv_channels, kernel_size >= 1, got "
+                f"{conv_layers}, {conv_channels}, {kernel_size}"
+            )
+        self.batch_first, self.causal = batch_first, not bidirectional
+        self.convs = nn.ModuleList(
+            CausalConv1d(
+                input_size if i == 0 else conv_channels, conv_channels, kernel_size, causal=self.causal
+            )
+            for i in range(conv_layers)
+        )
+        self.rnn = make_recurrent(conv_channels)
+        self.receptive_field = 1 + conv_layers * (kernel_size - 1)  # of the front end alone
+
+    @property
+    def output_size(self) -> int:
+        return encoder_output_size(self.rnn)
+
+    def forward(self, x: Tensor, state: Any = None, **kwargs: Any) -> tuple[Tensor, Any]:
+        pasts, rstate = state if state is not None else ([None] * len(self.convs), None)
+        y, new = _to_bct(x, self.batch_first), []
+        for conv, past in zip(self.convs, pasts, strict=True):
+            y, p = conv(y, past)
+            y = F.relu(y)
+            new.append(p)
+        out, rstate = self.rnn(_from_bct(y, self.batch_first), rstate, **kwargs)
+        return out, ((tuple(new) if self.causal else [None] * len(self.convs)), rstate)
+
+
+def encoder_output_size(module: nn.Module) -> int:
+    """Features per step of a recurrent stack / baseline's output."""
+    if hasattr(module, "output_size"):
+        return int(module.output_size)
+    out = getattr(module, "proj_size", 0) or module.hidden_size
+    return out * (2 if getattr(module, "bidirectional", False) else 1)

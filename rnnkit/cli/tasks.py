@@ -1,0 +1,373 @@
+"""``rnnkit train forecast|classify|tag|seq2seq|memory``: one thin function per task.
+
+Each builds its data and model from :mod:`rnnkit.tasks`, trains with
+:class:`rnnkit.train.Trainer` into ``--out`` and prints/writes the task's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from rnnkit.arch import add_arch_arguments, arch_config, describe_arch
+from rnnkit.cli.common import (
+    add_run_arguments,
+    echo,
+    finish,
+    make_trainer,
+    positive_int,
+    prepare_out,
+    require,
+)
+
+__all__ = ["add_train_parsers"]
+
+SAMPLING = ("teacher", "linear", "exponential", "inverse_sigmoid")
+
+
+def _add_sampling(p: argparse.ArgumentParser, default: str) -> None:
+    g = p.add_argument_group("teacher forcing / scheduled sampling (Bengio et al. 2015)")
+    g.add_argument(
+        "--sampling",
+        choices=SAMPLING,
+        default=default,
+        help=f"'teacher' = always feed the truth; else the decay of P(truth) (default {default})",
+    )
+    g.add_argument(
+        "--sampling-k", type=float, default=None, help="k of exponential (<1) / inverse_sigmoid (>=1)"
+    )
+    g.add_argument(
+        "--sampling-steps", type=positive_int, default=1000, help="linear: steps to reach the floor"
+    )
+    g.add_argument("--sampling-min", type=float, default=0.0, help="linear/exponential floor of P(truth)")
+
+
+def _sampler(args: argparse.Namespace):
+    from rnnkit.train import ScheduledSampler, TeacherForcingSchedule
+
+    if args.sampling == "teacher":
+        return ScheduledSampler(1.0)
+    return ScheduledSampler(
+        TeacherForcingSchedule(
+            args.sampling, k=args.sampling_k, steps=args.sampling_steps, end=args.sampling_min
+        )
+    )
+
+
+def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
+    p = tsub.add_parser(
+        "forecast",
+        help="multi-step time-series forecasting (sunspots or a CSV column)",
+        description="Autoregressive multi-step forecasting; RMSE against persistence and ARIMA.",
+    )
+    p.add_argument(
+        "--data", default="sunspots", metavar="CSV|sunspots", help="(default sunspots, statsmodels)"
+    )
+    p.add_argument("--column", default=None, help="the CSV column to forecast")
+    p.add_argument("--window", type=positive_int, default=24, help="context length (default 24)")
+    p.add_argument("--horizon", type=positive_int, default=12, help="steps forecast (default 12)")
+    p.add_argument(
+        "--arima-order",
+        default="3,0,0",
+        metavar="P,D,Q",
+        help="ARIMA baseline order, or none (default 3,0,0)",
+    )
+    _add_sampling(p, "inverse_sigmoid")
+    add_arch_arguments(p, hidden=64, layers=1)
+    add_run_arguments(p, task="forecast", lr=3e-3, batch_size=32, epochs=30)
+    p.set_defaults(func=train_forecast, sampling_k=50.0)
+
+    p = tsub.add_parser(
+        "classify",
+        help="many-to-one classification (digits, anyplus1, text CSV)",
+        description="Sequence classification from the output at the last valid step.",
+    )
+    p.add_argument(
+        "--data",
+        default="digits",
+        metavar="digits|anyplus1|FILE.csv",
+        help="digits (scikit-learn, rows as steps), anyplus1, or a CSV of text,label rows",
+    )
+    p.add_argument(
+        "--tokens", choices=("word", "char"), default="word", help="CSV text tokens (default word)"
+    )
+    p.add_argument("--length", type=positive_int, default=32, help="anyplus1 sequence length (default 32)")
+    p.add_argument("--n", type=positive_int, default=4000, help="anyplus1 sequences (default 4000)")
+    p.add_argument("--embedding-dim", type=positive_int, default=32)
+    add_arch_arguments(p, hidden=64, layers=1)
+    add_run_arguments(p, task="classify", lr=3e-3, batch_size=32, epochs=10)
+    p.set_defaults(func=train_classify)
+
+    p = tsub.add_parser(
+        "tag",
+        help="part-of-speech tagging from CoNLL-U (bidirectional LSTM)",
+        description="Many-to-many tagging with a bidirectional encoder.",
+    )
+    p.add_argument("--data", required=True, metavar="FILE.conllu", help="training sentences (CoNLL-U)")
+    p.add_argument(
+        "--valid", default=None, metavar="FILE.conllu", help="validation file (default: 10%% split)"
+    )
+    p.add_argument("--tag-column", choices=("upos", "xpos"), default="upos")
+    p.add_argument("--embedding-dim", type=positive_int, default=64)
+    add_arch_arguments(p, hidden=64, layers=1)
+    add_run_arguments(p, task="tag", lr=3e-3, batch_size=32, epochs=10)
+    p.set_defaults(func=train_tag)
+
+    p = tsub.add_parser(
+        "seq2seq",
+        help="encoder-decoder: English number words <-> digits",
+        description="Encoder-decoder with teacher forcing / scheduled sampling, greedy decoding.",
+    )
+    p.add_argument("--direction", choices=("words2digits", "digits2words"), default="words2digits")
+    p.add_argument(
+        "--max-number", type=positive_int, default=10_000, help="numbers in [0, N) (default 10000)"
+    )
+    p.add_argument("--n-train", type=positive_int, default=5000)
+    p.add_argument("--n-valid", type=positive_int, default=500)
+    p.add_argument("--embedding-dim", type=positive_int, default=32)
+    _add_sampling(p, "teacher")
+    add_arch_arguments(p, hidden=128, layers=1)
+    add_run_arguments(p, task="seq2seq", lr=3e-3, batch_size=64, epochs=20)
+    p.set_defaults(func=train_seq2seq)
+
+    from rnnkit.tasks.memory import TASKS
+
+    p = tsub.add_parser(
+        "memory",
+        help="synthetic memory benchmarks: adding, copy, plus1, arith",
+        description="Long-range memory benchmarks generated on the fly (deterministic in --seed).",
+    )
+    p.add_argument("--task", choices=TASKS, default="adding")
+    p.add_argument(
+        "--length", type=positive_int, default=50, help="sequence length (copy: the lag; default 50)"
+    )
+    p.add_argument("--digits", type=positive_int, default=3, help="arith: digits per operand (default 3)")
+    p.add_argument("--n-symbols", type=positive_int, default=8, help="copy: alphabet size (default 8)")
+    p.add_argument("--n-copy", type=positive_int, default=10, help="copy: symbols to remember (default 10)")
+    p.add_argument("--n-train", type=positive_int, default=10_000)
+    p.add_argument("--n-valid", type=positive_int, default=1000)
+    add_arch_arguments(p, hidden=128, layers=1)
+    add_run_arguments(p, task="memory", lr=1e-3, batch_size=64, epochs=10)
+    p.set_defaults(func=train_memory)
+
+
+def _describe(model: torch.nn.Module, encoder: torch.nn.Module) -> None:
+    echo(f"model {describe_arch(encoder)}; total {sum(p.numel() for p in model.parameters()):,} parameters")
+
+
+def _optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=args.lr)
+
+
+# ---------------------------------------------------------------------------- forecast
+def train_forecast(args: argparse.Namespace) -> int:
+    from rnnkit.tasks import forecast as F
+
+    values, source = F.load_series(args.data, args.column)
+    order = None
+    if args.arima_order.lower() != "none":
+        try:
+            order = tuple(int(v) for v in args.arima_order.split(","))
+        except ValueError:
+            order = ()
+        if len(order) != 3 or min(order) < 0:
+            raise ValueError(
+                f"--arima-order expects P,D,Q (three integers >= 0) or none, got {args.arima_order!r}"
+            )
+    s = F.Series.split(values, args.window, args.horizon)
+    run = prepare_out(
+        args,
+        {
+            "task": "forecast",
+            "data": source,
+            "model": {"arch": arch_config(args)},
+            "window": args.window,
+            "horizon": args.horizon,
+        },
+    )
+    model = F.Forecaster(run["model"]["arch"])
+    _describe(model, model.net.encoder)
+    length = args.window + args.horizon
+    train = DataLoader(
+        TensorDataset(s.windows(0, s.n_train, length)), batch_size=args.batch_size, shuffle=True
+    )
+    valid = DataLoader(
+        TensorDataset(s.windows(s.n_train - args.window, s.n_valid_end, length)), batch_size=256
+    )
+    echo(
+        f"data {source}: {len(values)} values; train {s.n_train}, valid {s.n_valid_end - s.n_train}, "
+        f"test {len(values) - s.n_valid_end}; {len(train.dataset)} training windows"
+    )
+    from rnnkit.train import ScheduledSampler
+
+    sampler, free = _sampler(args), ScheduledSampler(0.0)
+    trainer = None
+
+    def step_fn(m, batch, state):  # validation is free-running: the metric that matters
+        smp, step = (sampler, trainer.step) if m.training else (free, 0)
+        return m.loss(batch[0], args.horizon, smp, step), None
+
+    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=step_fn, carry_state=False)
+    result = trainer.fit(train, valid)
+    target = F.truth(s, args.horizon)
+    preds = {
+        "rnnkit": F.rolling_forecasts(model, s, args.window, args.horizon),
+        "persistence": F.persistence(s, args.horizon),
+    }
+    if order is not None:
+        require("statsmodels", "the ARIMA baseline (or pass --arima-order none)")
+        preds["ARIMA" + str(order)] = F.arima_forecasts(s, args.horizon, order)
+    metrics = {f"test_rmse_{k.split('(')[0].lower()}": F.rmse(v, target) for k, v in preds.items()}
+    metrics["test_origins"] = len(target)
+    F.plot_forecast(
+        s, args.horizon, preds, Path(args.out) / "forecast.png", title=f"{source}: {args.horizon}-step"
+    )
+    finish(args, trainer, result, metrics, valid)
+    return 0
+
+
+# ---------------------------------------------------------------------------- classify
+def train_classify(args: argparse.Namespace) -> int:
+    from rnnkit.tasks import classify as C
+
+    if args.data == "digits":
+        require("sklearn", "--data digits")
+    cd = C.load_classification(args.data, tokens=args.tokens, length=args.length, n=args.n, seed=args.seed)
+    run = prepare_out(
+        args,
+        {
+            "task": "classify",
+            "data": cd.name,
+            "classes": cd.classes,
+            "vocab": cd.vocab,
+            "model": {
+                "arch": arch_config(args),
+                **cd.model_kwargs,
+                **({"embedding_dim": args.embedding_dim} if cd.vocab else {}),
+            },
+        },
+    )
+    mk = {k: v for k, v in run["model"].items() if k != "arch"}
+    model = C.classifier(run["model"]["arch"], len(cd.classes), mk)
+    _describe(model, model.encoder)
+    echo(
+        f"data {cd.name}: {len(cd.train)} train / {len(cd.valid)} valid sequences, {len(cd.classes)} classes"
+    )
+    train = C.loader(cd, "train", args.batch_size, shuffle=True, seed=args.seed)
+    valid = C.loader(cd, "valid", 256, shuffle=False)
+    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=C.step_fn, carry_state=False)
+    result = trainer.fit(train, valid)
+    finish(args, trainer, result, C.evaluate(model, valid), valid)
+    return 0
+
+
+# ---------------------------------------------------------------------------- tag
+def train_tag(args: argparse.Namespace) -> int:
+    from rnnkit.tasks import tag as T
+
+    td = T.load_tagging(args.data, valid=args.valid, seed=args.seed, column=args.tag_column)
+    run = prepare_out(
+        args,
+        {
+            "task": "tag",
+            "data": str(args.data),
+            "tags": td.tags,
+            "words": len(td.words),
+            "model": {"arch": arch_config(args), "embedding_dim": args.embedding_dim},
+        },
+    )
+    model = T.tagger(run["model"]["arch"], len(td.words), len(td.tags), run["model"]["embedding_dim"])
+    _describe(model, model.encoder)
+    echo(f"data {args.data}: {len(td.train)} train / {len(td.valid)} valid sentences, {len(td.tags)} tags")
+    train = T.loader(td.train, args.batch_size, shuffle=True, seed=args.seed)
+    valid = T.loader(td.valid, 256, shuffle=False)
+    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=T.step_fn, carry_state=False)
+    result = trainer.fit(train, valid)
+    finish(args, trainer, result, T.evaluate(model, valid), valid)
+    return 0
+
+
+# ---------------------------------------------------------------------------- seq2seq
+def train_seq2seq(args: argparse.Namespace) -> int:
+    from rnnkit.tasks import seq2seq as S
+    from rnnkit.train import ScheduledSampler, lm_loss
+
+    data = S.Seq2SeqData.generate(
+        args.n_train, args.n_valid, max_number=args.max_number, direction=args.direction, seed=args.seed
+    )
+    run = prepare_out(
+        args,
+        {
+            "task": "seq2seq",
+            "direction": args.direction,
+            "model": {
+                "arch": arch_config(args),
+                "embedding_dim": args.embedding_dim,
+                "src_vocab": data.src_vocab,
+                "tgt_vocab": data.tgt_vocab,
+            },
+        },
+    )
+    m = run["model"]
+    model = S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"])
+    _describe(model, model.encoder)
+    train = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, collate_fn=S.collate)
+    valid = DataLoader(data.valid, batch_size=256, collate_fn=S.collate)
+    sampler, free = _sampler(args), ScheduledSampler(0.0)
+    trainer = None
+
+    def step_fn(mod, batch, state):  # validation decodes free-running (its own predictions)
+        src, tgt, lengths = batch
+        smp, step = (sampler, trainer.step) if mod.training else (free, 0)
+        return lm_loss(mod(src, lengths, tgt, smp, step), tgt), None
+
+    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=step_fn, carry_state=False)
+    result = trainer.fit(train, valid)
+    acc = S.exact_match(model, data.valid, device=trainer.device)
+    finish(args, trainer, result, {"valid_exact_match": acc}, valid)
+    return 0
+
+
+# ---------------------------------------------------------------------------- memory
+def train_memory(args: argparse.Namespace) -> int:
+    from rnnkit.tasks import memory as M
+
+    task = M.make_task(
+        args.task,
+        length=args.length,
+        n_train=args.n_train,
+        n_valid=args.n_valid,
+        seed=args.seed,
+        n_symbols=args.n_symbols,
+        n_copy=args.n_copy,
+        digits=args.digits,
+    )
+    run = prepare_out(
+        args,
+        {
+            "task": "memory",
+            "benchmark": task.name,
+            "params": task.params,
+            "model": {"arch": arch_config(args)},
+        },
+    )
+    model = M.memory_model(task.name, run["model"]["arch"], task.params)
+    _describe(model, model.encoder)
+    echo(
+        f"task {task.name} {task.params}: {args.n_train} train / {args.n_valid} valid; "
+        f"baseline {task.baseline}"
+    )
+    train = DataLoader(TensorDataset(*task.train), batch_size=args.batch_size, shuffle=True)
+    valid = DataLoader(TensorDataset(*task.valid), batch_size=256)
+    trainer = make_trainer(
+        args, model, _optimizer(args, model), loss_fn=M.loss_fn(task.name), carry_state=False
+    )
+    result = trainer.fit(train, valid)
+    metrics: dict[str, Any] = M.evaluate(task, model)
+    metrics.update({f"baseline_{k}": v for k, v in task.baseline.items()})
+    finish(args, trainer, result, metrics, valid)
+    return 0

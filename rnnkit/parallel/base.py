@@ -1,0 +1,233 @@
+"""The shared layer machinery of the time-parallel recurrences (minGRU, minLSTM, QRNN, LRU).
+
+Each of those layers computes, for one layer-direction, a diagonal *linear* recurrence
+``s_t = a_t ⊙ s_{t-1} + b_t`` whose ``a_t, b_t`` depend on the input only, so a whole
+sequence costs a few GEMMs, a few elementwise passes and one :func:`rnnkit.ops.linear_scan`
+— no Python loop over time. :class:`ParallelRecurrent` gives them ``torch.nn``'s interface,
+exactly as :class:`rnnkit.RecurrentStack` does for the classic cells:
+
+* input ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, ``(L, H_in)`` unbatched, or a
+  ``PackedSequence`` (output packed the same way);
+* ``hx``: initial state ``(D * num_layers, N, S)`` (``(D * num_layers, S)`` unbatched), zeros
+  when omitted; ``h_n`` is shaped alike (layer-major, direction-minor, as torch);
+* ``num_layers``, ``bidirectional`` (the reverse direction scans with ``reverse=True``, its
+  parameters carry torch's ``_reverse`` suffix), inter-layer ``dropout``;
+* ``step(x_t, state)`` for streaming inference: the same numbers as the whole-sequence call.
+
+Variable lengths: a packed batch is padded time-major and masked — a padded step becomes the
+identity ``a = 1, b = 0``, so the forward direction's state stays at each sequence's last
+valid step and the reverse direction starts each sequence from ``h0`` at its own end.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .. import _checks
+from ..layers import _check_config
+from ..ops import linear_scan
+
+Params = dict[str, Tensor]
+
+
+class ParallelRecurrent(nn.Module):
+    """Base class: subclasses declare parameters and the math of one layer-direction.
+
+    Subclasses implement :meth:`param_shapes`, :meth:`init_params`, :meth:`run` (whole
+    sequence) and :meth:`step_layer` (one step); :attr:`state_size` and :attr:`state_dtype`
+    describe the recurrent state.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None) -> None:  # fmt: skip
+        super().__init__()
+        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, 0)
+        if dropout > 0 and num_layers == 1:
+            warnings.warn(
+                "dropout option adds dropout after all but last recurrent layer, so non-zero "
+                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+                f"num_layers={num_layers}",
+                stacklevel=3,
+            )
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional = bidirectional
+        self._names: list[list[dict[str, str]]] = []
+        for k in range(num_layers):
+            n_in = input_size if k == 0 else hidden_size * self.num_directions
+            self._names.append([])
+            for d in range(self.num_directions):
+                names = {}
+                for base, shape in self.param_shapes(n_in).items():
+                    attr = f"{base}_l{k}{'_reverse' if d else ''}"
+                    t = torch.empty(shape, device=device, dtype=dtype)
+                    self.register_parameter(attr, nn.Parameter(t))
+                    names[base] = attr
+                self._names[k].append(names)
+        self.reset_parameters()
+
+    # -- what subclasses provide -----------------------------------------------------------
+    def param_shapes(self, layer_input_size: int) -> dict[str, tuple[int, ...]]:  # pragma: no cover
+        raise NotImplementedError
+
+    def init_params(self, p: Params, layer_input_size: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
+        """One layer-direction over ``x (T, B, I)``: ``(y (T, B, H), s_final (B, S))``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of one layer: ``x (B, I)``, ``s (B, S)`` -> ``(y (B, H), s_new)``."""
+        raise NotImplementedError  # pragma: no cover
+
+    @property
+    def state_size(self) -> int:
+        return self.hidden_size
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        return self._ref.dtype
+
+    # -- parameters --------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _ref(self) -> Tensor:
+        return next(iter(self.parameters()))
+
+    def layer_params(self, layer: int, direction: int = 0) -> Params:
+        return {base: getattr(self, attr) for base, attr in self._names[layer][direction].items()}
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for k in range(self.num_layers):
+                n_in = self.input_size if k == 0 else self.hidden_size * self.num_directions
+                for d in range(self.num_directions):
+                    self.init_params(self.layer_params(k, d), n_in)
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for ``torch.nn`` recurrent layers."""
+
+    # -- shared math -------------------------------------------------------------------------
+    @staticmethod
+    def scan(a: Tensor, b: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
+        """``s_t = a_t ⊙ s_{t∓1} + b_t`` over ``(T, B, S)``; padded steps (``mask`` False)
+        are the identity. Returns all states and the final one (``(B, S)``)."""
+        if mask is not None:
+            a = torch.where(mask, a, torch.ones((), dtype=a.dtype, device=a.device))
+            b = torch.where(mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
+        s = linear_scan(a, b, h0, reverse=reverse)
+        return s, s[0 if reverse else -1]
+
+    # -- forward -----------------------------------------------------------------------------
+    def _state_ref(self) -> Tensor:
+        return self._ref.new_empty(0, dtype=self.state_dtype)
+
+    def _initial_state(self, hx, batch: int | None) -> Tensor | None:
+        if hx is None:
+            return None
+        LD = self.num_layers * self.num_directions
+        shape = (LD, self.state_size) if batch is None else (LD, batch, self.state_size)
+        (h,) = _checks.check_state(hx, ("h",), [shape], self._state_ref())
+        return h if batch is not None else h.unsqueeze(1)
+
+    def forward(self, input, hx=None):
+        """Whole sequence; see the module docstring for shapes. Returns ``(output, h_n)``."""
+        packed = isinstance(input, PackedSequence)
+        mask = None
+        if packed:
+            _checks.check_input(input.data, self.input_size, True, self._ref)
+            x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
+            T = x.shape[0]
+            mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)
+            unbatched = False
+        else:
+            _checks.check_input(input, self.input_size, False, self._ref)
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else input
+            if self.batch_first and not unbatched:
+                x = x.transpose(0, 1)
+        h0 = self._initial_state(hx, None if unbatched else x.shape[1])
+        out, h_n = self._run_layers(x, h0, mask)
+        if packed:
+            out = _repack(out, lengths, input)
+        elif unbatched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, h_n
+
+    def _run_layers(self, x: Tensor, h0: Tensor | None, mask: Tensor | None):
+        D, finals = self.num_directions, []
+        for k in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                s0 = None if h0 is None else h0[k * D + d]
+                y, s = self.run(self.layer_params(k, d), x, s0, mask, reverse=d == 1)
+                outs.append(y)
+                finals.append(s)
+            x = outs[0] if D == 1 else torch.cat(outs, -1)
+            if k < self.num_layers - 1:
+                if mask is not None:  # padded steps feed the next layer zeros, like fresh padding
+                    x = x * mask
+                if self.dropout and self.training:
+                    x = F.dropout(x, self.dropout, True)
+        return x, torch.stack(finals)
+
+    # -- streaming ---------------------------------------------------------------------------
+    def _check_step_input(self, input) -> tuple[Tensor, bool]:
+        if self.bidirectional:
+            _checks.fail("step() streams forward in time; a bidirectional layer needs the whole sequence")
+        _checks.check_tensor(input, "input")
+        if input.dim() not in (1, 2):
+            _checks.fail(f"step() expects one time step (N, H_in) or (H_in,), got shape {tuple(input.shape)}")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        _checks.check_input(x, self.input_size, True, self._ref)
+        return x, unbatched
+
+    def step(self, input: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One time step: ``input (N, H_in)`` (or ``(H_in,)``), ``state`` shaped like ``h_n``
+        (zeros when ``None``) -> ``(y_t (N, H), state)``. Forward direction only."""
+        x, unbatched = self._check_step_input(input)
+        s = self._initial_state(state, None if unbatched else x.shape[0])
+        new = []
+        for k in range(self.num_layers):
+            sk = s[k] if s is not None else x.new_zeros(x.shape[0], self.state_size, dtype=self.state_dtype)
+            x, sk = self.step_layer(self.layer_params(k), x, sk)
+            new.append(sk)
+            if self.dropout and self.training and k < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, True)
+        out = torch.stack(new)
+        return (x.squeeze(0), out.squeeze(1)) if unbatched else (x, out)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for key, default in [("num_layers", 1), ("bias", True), ("batch_first", False),
+                             ("dropout", 0.0), ("bidirectional", False)]:  # fmt: skip
+            if getattr(self, key) != default:
+                s += f", {key}={getattr(self, key)}"
+        return s
+
+
+def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
+    """Pack padded time-major ``out`` (caller's batch order) in ``like``'s layout."""
+    if like.sorted_indices is not None:
+        out, lengths = out.index_select(1, like.sorted_indices), lengths[like.sorted_indices.cpu()]
+    data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def uniform_(t: Tensor, hidden_size: int) -> None:
+    """torch's recurrent-layer initialization, U(-1/sqrt(H), 1/sqrt(H))."""
+    bound = hidden_size**-0.5
+    t.uniform_(-bound, bound)

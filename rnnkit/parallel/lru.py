@@ -1,0 +1,110 @@
+"""LRU (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks for Long Sequences",
+arXiv:2303.06349): a diagonal complex linear recurrence::
+
+    h_t = λ ⊙ h_{t−1} + γ ⊙ (B x_t),   y_t = Re(C h_t) + D x_t
+    λ = exp(−exp(ν) + iθ),   γ = sqrt(1 − |λ|²)
+
+``λ`` is initialized uniformly on the ring ``r_min ≤ |λ| ≤ r_max`` (``ν = log(−½ log(u₁(r_max² −
+r_min²) + r_min²))``) with phase ``θ = max_phase · u₂``; ``B = (B_re + i B_im)``, entries
+``N(0, 1/(2 H_in))``; ``C = (C_re + i C_im)``, entries ``N(0, 1/S)``; ``D`` ``N(0, 1)``. ``γ`` is
+recomputed from ``λ`` at every call (the normalization stays exact while ``ν`` trains; the
+paper's code instead trains ``log γ`` from that initial value). ``D`` is diagonal ``(H,)`` as in
+the paper when ``input_size == hidden_size`` and a dense ``(H, H_in)`` matrix otherwise.
+
+The state ``h`` is complex, of ``state_size`` features (default ``hidden_size``); ``h_0`` and
+``h_n`` are complex ``(D·num_layers, N, S)``. The output ``y`` is real, ``hidden_size`` wide.
+The stack is the plain recurrent stack (the paper's MLP/GLU blocks and norms are left to the
+model). Parameters per layer-direction: ``nu_log, theta (S,)``, ``B_re, B_im (S, H_in)``,
+``C_re, C_im (H, S)``, ``D``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import ParallelRecurrent, Params
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+class LRU(ParallelRecurrent):
+    """Linear Recurrent Unit stack; ``forward(input, h0=None) -> (output, h_n)``, ``h`` complex.
+
+    Args: ``input_size, hidden_size, num_layers, batch_first, dropout, bidirectional, device,
+    dtype`` as :class:`torch.nn.GRU` (no bias: the LRU has ``D x_t`` instead); keyword-only
+    ``state_size`` (S), ``r_min``, ``r_max``, ``max_phase``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
+                 state_size: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
+                 max_phase: float = 2 * math.pi) -> None:  # fmt: skip
+        if not 0 <= r_min < r_max <= 1:
+            raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
+        if state_size is not None and (not isinstance(state_size, int) or state_size <= 0):
+            raise ValueError(f"state_size must be a positive int, got {state_size!r}")
+        self._state_size = state_size or hidden_size
+        self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
+        super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
+                         device, dtype)  # fmt: skip
+        if self.state_dtype is None:
+            raise ValueError(f"LRU needs float32 or float64 parameters, got {self._ref.dtype}")
+
+    @property
+    def state_size(self) -> int:
+        return self._state_size
+
+    @property
+    def state_dtype(self) -> torch.dtype:
+        return _COMPLEX.get(self._ref.dtype)  # type: ignore[return-value]
+
+    def param_shapes(self, n_in: int) -> dict[str, tuple[int, ...]]:
+        S, H = self.state_size, self.hidden_size
+        D = (H,) if n_in == H else (H, n_in)
+        return {"nu_log": (S,), "theta": (S,), "B_re": (S, n_in), "B_im": (S, n_in),
+                "C_re": (H, S), "C_im": (H, S), "D": D}  # fmt: skip
+
+    def init_params(self, p: Params, n_in: int) -> None:
+        u1, u2 = torch.rand_like(p["nu_log"]), torch.rand_like(p["theta"])
+        p["nu_log"].copy_(torch.log(-0.5 * torch.log(u1 * (self.r_max**2 - self.r_min**2) + self.r_min**2)))
+        p["theta"].copy_(self.max_phase * u2)
+        for name, std in (("B_re", (2 * n_in) ** -0.5), ("B_im", (2 * n_in) ** -0.5),
+                          ("C_re", self.state_size**-0.5), ("C_im", self.state_size**-0.5)):  # fmt: skip
+            p[name].normal_(0.0, std)
+        p["D"].normal_(0.0, 1.0 if p["D"].dim() == 1 else n_in**-0.5)
+
+    def coefficients(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``λ (S,)`` and ``γ ⊙ B x`` ``(..., S)`` (complex)."""
+        nu = torch.exp(p["nu_log"])
+        lam = torch.exp(torch.complex(-nu, p["theta"]))
+        gamma = torch.sqrt(-torch.expm1(-2 * nu))  # sqrt(1 − |λ|²), accurate as |λ| -> 1
+        flat = x.reshape(-1, x.shape[-1])
+        w = torch.cat([p["B_re"], p["B_im"]]) * gamma.repeat(2).unsqueeze(1)  # (2S, I)
+        u = (flat @ w.t()).view(*x.shape[:-1], 2, self.state_size)
+        return lam, torch.complex(u[..., 0, :], u[..., 1, :])
+
+    def readout(self, p: Params, h: Tensor, x: Tensor) -> Tensor:
+        """``Re(C h) + D x``: one real GEMM on the interleaved (re, im) state."""
+        w = torch.stack([p["C_re"], -p["C_im"]], -1).reshape(self.hidden_size, 2 * self.state_size)
+        y = (torch.view_as_real(h).reshape(-1, 2 * self.state_size) @ w.t()).view(*h.shape[:-1], -1)
+        D = p["D"]
+        return torch.addcmul(y, x, D) if D.dim() == 1 else y + x @ D.t()
+
+    def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
+        lam, b = self.coefficients(p, x)
+        h, h_n = self.scan(lam.expand_as(b), b, h0, mask, reverse)
+        return self.readout(p, h, x), h_n
+
+    def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        lam, b = self.coefficients(p, x)
+        h = lam * s + b
+        return self.readout(p, h, x), h
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr().replace(", bias=False", "")
+        if self.state_size != self.hidden_size:
+            s += f", state_size={self.state_size}"
+        return s + f", r_min={self.r_min}, r_max={self.r_max}, max_phase={self.max_phase:.4g}"

@@ -1,0 +1,146 @@
+"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?", arXiv:2410.01201), eq. for minGRU::
+
+    z_t = σ(W_z x_t + b_z),   h̃_t = W_h x_t + b_h,   h_t = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ h̃_t
+
+The gates depend on ``x_t`` only, so the recurrence is the linear scan
+``a_t = 1 − z_t, b_t = z_t ⊙ h̃_t``. With ``log_space=True`` the paper's log-space form is
+used instead: ``h̃_t = g(W_h x_t + b_h)`` with ``g(v) = v + 0.5`` for ``v ≥ 0`` and ``σ(v)``
+otherwise (so the state stays positive), and the scan runs on logarithms (Heinsen's
+``cumsum`` + ``logcumsumexp``), ``log h_t = a*_t + logcumsumexp_{k≤t}(log b_k − a*_k)``,
+``a*_t = Σ_{k≤t} log a_k``. That form is the paper's GPU recipe; on the CPU ``logcumsumexp``
+is slow and ``a*`` loses absolute precision over very long sequences, so the default is the
+ordinary scan. Parameters: ``weight_ih_l{k} (2H, H_in)`` (rows ``z`` then ``h̃``),
+``bias_ih_l{k} (2H,)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import _checks
+from ..cells.base import linear
+from .base import ParallelRecurrent, Params, uniform_
+
+
+def g(v: Tensor) -> Tensor:
+    """The paper's positive activation: ``v + 0.5`` if ``v ≥ 0`` else ``σ(v)``."""
+    return torch.where(v >= 0, v + 0.5, torch.sigmoid(v))
+
+
+def log_g(v: Tensor) -> Tensor:
+    """``log g(v)``, computed without forming ``g(v)`` for negative ``v``."""
+    return torch.where(v >= 0, torch.log(F.relu(v) + 0.5), -F.softplus(-v))
+
+
+def log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
+    """The log-space scan ``h_t = a_t h_{t−1} + b_t`` over ``(T, B, S)`` for positive
+    ``a, b, h0`` given as logarithms; returns ``(h, h_final)`` in linear space."""
+    if mask is not None:  # padded steps: a = 1, b = 0 (a very small finite log keeps grads finite)
+        tiny = torch.finfo(log_b.dtype).min / 4
+        log_a = torch.where(mask, log_a, torch.zeros((), dtype=log_a.dtype))
+        log_b = torch.where(mask, log_b, torch.full((), tiny, dtype=log_b.dtype))
+    if reverse:
+        log_a, log_b = log_a.flip(0), log_b.flip(0)
+    if h0 is not None:  # h0 is step −1: a step with a = 1 and b = h0
+        log_a = torch.cat([torch.zeros_like(log_a[:1]), log_a])
+        log_b = torch.cat([torch.log(h0).unsqueeze(0), log_b])
+    a_star = torch.cumsum(log_a, 0)
+    h = torch.exp(a_star + torch.logcumsumexp(log_b - a_star, 0))
+    if h0 is not None:
+        h = h[1:]
+    if reverse:
+        h = h.flip(0)
+    return h, h[0 if reverse else -1]
+
+
+def check_positive_state(s: Tensor | None) -> None:
+    if s is not None and not bool((s > 0).all()):
+        _checks.fail("log_space=True keeps the state positive: the initial state must be > 0 everywhere")
+
+
+class _MinGRUScan(torch.autograd.Function):
+    """``u = [k, h̃] (T, B, 2H) -> h``, with a hand-written backward: training is memory-bound,
+    so it keeps 3 saved tensors (``u, a, h``) and writes ``∂u`` in place (autograd's
+    composition would allocate ~8 full-size temporaries)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
+        k, v = u.chunk(2, -1)
+        a = torch.sigmoid(-k)
+        h = torch.ops.rnnkit.linear_scan(a, torch.addcmul(v, a, v, value=-1), h0, 0, reverse)
+        ctx.save_for_backward(u, a, h, h0)
+        ctx.reverse = reverse
+        return h
+
+    @staticmethod
+    def backward(ctx, gh: Tensor):
+        u, a, h, h0 = ctx.saved_tensors
+        v = u.chunk(2, -1)[1]
+        da, db, dh0 = torch.ops.rnnkit.linear_scan_backward(gh, a, h, h0, 0, ctx.reverse)
+        du = torch.empty_like(u)
+        dk, dv = du.chunk(2, -1)
+        dv.copy_(db).addcmul_(db, a, value=-1)  # ∂h̃ = ∂b ⊙ z  (in place: no temporaries)
+        dz = da.neg_().addcmul_(db, v).mul_(a)  # (∂b ⊙ h̃ − ∂a) ⊙ (1 − z)
+        dk.copy_(dz).addcmul_(dz, a, value=-1)  # ... ⊙ z: ∂k = ∂z σ'(k)
+        return du, (dh0 if h0 is not None else None), None
+
+
+class MinGRU(ParallelRecurrent):
+    """minGRU layer stack; ``forward(input, h0=None) -> (output, h_n)`` like ``torch.nn.GRU``.
+
+    Args: as :class:`torch.nn.GRU`, plus ``log_space`` (the paper's positive log-space form).
+    Shapes: ``output (L, N, D*H)``, ``h_n (D*num_layers, N, H)``.
+    """
+
+    gates = 2
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+                 device=None, dtype=None, *, log_space: bool = False) -> None:  # fmt: skip
+        self.log_space = bool(log_space)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         device, dtype)  # fmt: skip
+
+    def param_shapes(self, n_in: int) -> dict[str, tuple[int, ...]]:
+        G = self.gates * self.hidden_size
+        return {"weight_ih": (G, n_in), **({"bias_ih": (G,)} if self.bias else {})}
+
+    def init_params(self, p: Params, n_in: int) -> None:
+        for t in p.values():
+            uniform_(t, self.hidden_size)
+
+    def project(self, p: Params, x: Tensor) -> Tensor:
+        """All gates of all steps in one GEMM: ``(..., I) -> (..., G)``."""
+        flat = x.reshape(-1, x.shape[-1])
+        return linear(flat, p["weight_ih"], p.get("bias_ih")).view(*x.shape[:-1], -1)
+
+    def coefficients(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``(a, b)`` (or ``(log a, log b)`` in log space) from the projected gates ``u``."""
+        k, v = u.chunk(2, -1)
+        if self.log_space:
+            return -F.softplus(k), -F.softplus(-k) + log_g(v)
+        a = torch.sigmoid(-k)  # 1 − z
+        return a, torch.addcmul(v, a, v, value=-1)  # z ⊙ h̃ = h̃ − (1 − z) ⊙ h̃
+
+    def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
+        u = self.project(p, x)
+        if type(self) is MinGRU and not self.log_space and mask is None:
+            h = _MinGRUScan.apply(u, h0, reverse)  # the same numbers, fewer passes and buffers
+            return h, h[0 if reverse else -1]
+        a, b = self.coefficients(u)
+        if self.log_space:
+            check_positive_state(h0)
+            return log_scan(a, b, h0, mask, reverse)
+        return self.scan(a, b, h0, mask, reverse)
+
+    def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        a, b = self.coefficients(self.project(p, x))
+        if self.log_space:
+            a, b = a.exp(), b.exp()
+        h = torch.addcmul(b, a, s)
+        return h, h
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", log_space=True" if self.log_space else "")

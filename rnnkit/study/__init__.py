@@ -1,0 +1,175 @@
+"""``rnnkit study NAME``: reproduce the textbook's comparisons of recurrent architectures.
+
+Studies: ``jozefowicz`` (Arith accuracy), ``greff`` (LSTM variants, Bach chorales NLL),
+``chung`` (tanh/GRU/LSTM at matched size, NLL vs wall-clock), ``memory`` (memory horizon).
+Each runs a budgeted grid (architectures × trials, one shared random hyperparameter search)
+and writes ``runs.jsonl`` (every run), ``results.md`` (table beside the paper's numbers),
+``boxplot.png`` (Greff's style) and, for ``chung``, ``curves.png``. A restarted study
+resumes from ``runs.jsonl``. See ``docs/study.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rnnkit.arch import parse_opt
+
+from .runner import (
+    Arch,
+    Spec,
+    Study,
+    calibrate,
+    read_records,
+    run_grid,
+    sample_hparams,
+    save_json,
+    steps_for_budget,
+)
+from .studies import STUDIES, get_study
+
+__all__ = ["Arch", "Spec", "Study", "STUDIES", "get_study", "run_study", "add_arguments", "run", "main"]
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size) under torchrun (process group initialized), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    from rnnkit.train import setup_distributed
+
+    info = setup_distributed("gloo", device="cpu")
+    return info.rank, info.world_size
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None = None,
+              seeds: int | None = None, steps: int | None = None, archs: Sequence[str] | None = None,
+              settings: dict | None = None, workers: int = 1, threads: int = 1,
+              progress: bool | None = None, report: bool = True) -> dict:  # fmt: skip
+    """Run (or resume) study ``name`` in directory ``out``; returns ``{"steps", "records", ...}``.
+
+    ``steps`` fixes the steps per run instead of deriving them from ``budget_minutes``;
+    ``settings`` override the study's task settings (e.g. ``{"digits": 4}``); ``archs``
+    picks a subset of its architectures (by name).
+    """
+    study = get_study(name)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    s = dict(study.settings)
+    for k, v in (settings or {}).items():
+        if k not in s:
+            raise ValueError(f"study {name!r} has no setting {k!r}; its settings are {sorted(s)}")
+        s[k] = v
+    names = list(archs) if archs else [a.name for a in study.archs]
+    known = [a.name for a in study.archs]
+    for n in names:
+        if n not in known:
+            raise ValueError(f"study {name!r} has no architecture {n!r}; choose from {known}")
+    meta_path = out / "study.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if meta is not None:  # resume: the grid is defined by what was stored
+        if meta["study"] != name:
+            raise ValueError(f"{out} holds study {meta['study']!r}, not {name!r}; use another --out")
+        stored = json.loads(json.dumps(s, default=str))
+        if settings and stored != meta["settings"]:
+            raise ValueError(
+                f"{out} was run with settings {meta['settings']}, now {stored}; use another --out"
+            )
+        if steps is not None and steps != meta["steps"]:
+            raise ValueError(
+                f"{out} was run with {meta['steps']} steps per run, not {steps}; use another --out"
+            )
+        s, steps = meta["settings"], meta["steps"]
+        names = list(archs) if archs else meta["archs"]
+    arch_list = [a for a in study.archs if a.name in names]
+    K = seeds or (meta["seeds"] if meta else study.default_seeds)
+    budget = budget_minutes or (meta["budget_minutes"] if meta else study.default_budget_minutes)
+    rank, world = _dist()
+    parallel = max(workers, world)
+    costs = dict(meta.get("costs", {})) if meta else {}
+    if steps is None and rank == 0:
+        if study.run_fn is not None:  # own loop: scale its default step count with the budget
+            steps = max(1, round(s["steps"] * budget / study.default_budget_minutes))
+        else:
+            costs = calibrate(study, s, arch_list)
+            steps = steps_for_budget(costs, K, budget * 60, parallel, s.get("n_evals", 10),
+                                     s.get("min_steps", 1), s.get("max_steps", 10**9))  # fmt: skip
+    if rank == 0:
+        save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": K, "archs": names,
+                              "budget_minutes": budget, "parallel": parallel, "costs": costs})  # fmt: skip
+    _barrier(world)
+    if rank != 0:
+        meta = json.loads(meta_path.read_text())
+        steps, s, costs = meta["steps"], meta["settings"], meta["costs"]
+    space = study.space(s)
+    specs = [Spec(name, a, k, sample_hparams(space, k), s) for k in range(K) for a in arch_list]
+    done = {r["key"] for r in read_records(out)}
+    todo = [sp for sp in specs if sp.key not in done]
+    done_n = len(specs) - len(todo)
+    opts = {"workers": workers, "threads": threads, "rank": rank, "world": world, "progress": progress}
+    for _ in run_grid(study, todo, done_n, len(specs), steps, out, costs, **opts):
+        pass
+    _barrier(world)
+    records = [r for r in read_records(out) if r["key"] in {sp.key for sp in specs}]
+    written = {}
+    if report and rank == 0:
+        from .report import write_report
+
+        written = write_report(study, records, out, steps=steps, trials=K)
+    if world > 1:
+        from rnnkit.train import cleanup_distributed
+
+        cleanup_distributed()
+    return {"out": out, "steps": steps, "records": records, "skipped": len(specs) - len(todo), **written}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``rnnkit study`` (shared by the ``rnnkit`` command and ``python -m``)."""
+    p.add_argument("name", choices=sorted(STUDIES), help="which study")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help="wall-clock for the whole grid (default: the study's, 30)")  # fmt: skip
+    p.add_argument("--seeds", type=int, default=None, help="trials per architecture (default: the study's)")
+    p.add_argument(
+        "--out", default=None, help="output directory (default runs/study-NAME); resumed if it exists"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="fixed training steps per run (overrides the budget)"
+    )
+    p.add_argument("--archs", default=None, help="comma-separated subset of the study's architectures")
+    p.add_argument("--set", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
+                   help="override a task setting, e.g. --set digits=4 --set hidden=[128]")  # fmt: skip
+    p.add_argument("--workers", type=int, default=1, help="processes running runs in parallel")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out = args.out or f"runs/study-{args.name}"
+    res = run_study(
+        args.name, out, budget_minutes=args.budget_minutes, seeds=args.seeds, steps=args.steps,
+        archs=args.archs.split(",") if args.archs else None, settings=dict(args.set), workers=args.workers,
+        threads=args.threads, progress=False if args.no_progress else None,
+    )  # fmt: skip
+    print(f"{len(res['records'])} runs ({res['skipped']} resumed), {res['steps']} steps each -> {out}")
+    if "table" in res:
+        print(res["table"])
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="rnnkit study", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))

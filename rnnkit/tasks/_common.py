@@ -1,0 +1,71 @@
+"""A generic sequence network shared by the task models: input -> encoder -> head.
+
+The encoder is anything :func:`rnnkit.arch.build_recurrent` builds (a recurrent stack,
+a TCN, a conv front end + recurrent stack), always batch-first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.arch import build_recurrent
+from rnnkit.baselines import encoder_output_size
+
+__all__ = ["SequenceNet", "last_valid", "accuracy"]
+
+
+def last_valid(out: Tensor, lengths: Tensor | None) -> Tensor:
+    """``out`` (B, T, H) -> (B, H): the output at each sequence's last valid step."""
+    if lengths is None:
+        return out[:, -1]
+    idx = (lengths.to(out.device).long() - 1).clamp(min=0)
+    return out[torch.arange(out.shape[0], device=out.device), idx]
+
+
+class SequenceNet(nn.Module):
+    """``(B, T)`` token ids (``vocab_size``) or ``(B, T, F)`` features (``input_size``)
+    -> encoder (``arch``) -> linear head of ``out_size``.
+
+    ``many_to_one=True``: ``forward`` returns ``(B, out_size)`` from the last valid step
+    (``lengths``); else ``(B, T, out_size)``. Called ``model(x, state=None, lengths=None)
+    -> (output, state)``.
+    """
+
+    def __init__(
+        self,
+        arch: dict[str, Any],
+        out_size: int,
+        *,
+        vocab_size: int | None = None,
+        input_size: int | None = None,
+        embedding_dim: int = 32,
+        many_to_one: bool = False,
+        bidirectional: bool = False,
+        padding_idx: int | None = None,
+    ) -> None:
+        super().__init__()
+        if (vocab_size is None) == (input_size is None):
+            raise ValueError("give exactly one of vocab_size (token inputs) or input_size (features)")
+        self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx) if vocab_size else None
+        extra = {"batch_first": True, **({"bidirectional": True} if bidirectional else {})}
+        self.encoder = build_recurrent(arch, embedding_dim if vocab_size else input_size, **extra)
+        self.head = nn.Linear(encoder_output_size(self.encoder), out_size)
+        self.many_to_one = many_to_one
+
+    def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+        h = self.embed(x) if self.embed is not None else x
+        kw = {"lengths": lengths.cpu()} if lengths is not None else {}
+        out, state = self.encoder(h, state, **kw)
+        if self.many_to_one:
+            out = last_valid(out, lengths)
+        return self.head(out), state
+
+
+@torch.no_grad()
+def accuracy(pred: Tensor, target: Tensor, ignore_index: int = -100) -> float:
+    """Fraction of ``pred == target`` over positions where ``target != ignore_index``."""
+    keep = target != ignore_index
+    return float((pred[keep] == target[keep]).float().mean()) if keep.any() else float("nan")

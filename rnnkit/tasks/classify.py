@@ -1,0 +1,188 @@
+"""Many-to-one sequence classification: the last valid step's output -> class logits.
+
+Data sources (:func:`load_classification`):
+
+* ``digits`` -- scikit-learn's 8x8 handwritten digits (1,797 images), each read row by
+  row: a sequence of 8 steps of 8 pixel intensities (scaled to [0, 1]); 10 classes.
+* ``anyplus1`` -- "does the sequence contain a +1?" (Bernoulli inputs, balanced labels).
+* ``FILE.csv`` -- rows ``text,label`` (a header row ``text,label`` is skipped): word or
+  character tokens, variable-length sequences batched by length and run packed
+  (``lengths=``), so padding never enters the recurrence.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from rnnkit.tasks._common import SequenceNet, accuracy
+from rnnkit.tasks.memory import _plus_one
+
+__all__ = ["ClassifyData", "load_classification", "read_text_csv", "tokenize", "classifier"]
+
+PAD, UNK = 0, 1
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def tokenize(text: str, tokens: str) -> list[str]:
+    """``"word"``: lower-cased words and punctuation marks; ``"char"``: characters."""
+    if tokens == "char":
+        return list(text)
+    if tokens == "word":
+        return _WORD.findall(text.lower())
+    raise ValueError(f"tokens must be 'word' or 'char', got {tokens!r}")
+
+
+def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
+    """Rows ``(text, label)`` of a CSV file; raises ``ValueError`` naming the bad line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"CSV file {str(p)!r} does not exist")
+    rows: list[tuple[str, str]] = []
+    try:
+        with open(p, encoding="utf-8", newline="") as f:
+            for i, row in enumerate(csv.reader(f), 1):
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != 2:
+                    raise ValueError(f"{p}:{i}: expected 2 columns text,label, got {len(row)}")
+                if i == 1 and [c.strip().lower() for c in row] == ["text", "label"]:
+                    continue
+                rows.append((row[0], row[1].strip()))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
+    except csv.Error as e:
+        raise ValueError(f"{p}: not a readable CSV file: {e}") from None
+    if len(rows) < 2:
+        raise ValueError(f"{p}: need at least 2 rows text,label, got {len(rows)}")
+    return rows
+
+
+@dataclass
+class ClassifyData:
+    """Train/valid datasets of ``(x, label)`` items and how to build the model."""
+
+    name: str
+    train: Any
+    valid: Any
+    classes: list[str]
+    model_kwargs: dict[str, Any]
+    variable_length: bool = False
+    vocab: list[str] = field(default_factory=list)
+
+
+def _split(n: int, valid_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    if not 0 < valid_fraction < 1:
+        raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    k = min(n - 1, max(1, round(n * valid_fraction)))
+    return perm[k:], perm[:k]
+
+
+def load_classification(
+    data: str,
+    *,
+    tokens: str = "word",
+    length: int = 32,
+    n: int = 4000,
+    valid_fraction: float = 0.2,
+    seed: int = 0,
+    min_count: int = 1,
+) -> ClassifyData:
+    """Load ``digits``, ``anyplus1`` (``n`` sequences of ``length``) or a ``text,label`` CSV."""
+    if data == "digits":
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            raise ImportError("--data digits needs scikit-learn: pip install 'rnnkit[tasks]'") from None
+        d = load_digits()
+        x = torch.tensor(d.images, dtype=torch.get_default_dtype()) / 16.0  # (N, 8 rows, 8 columns)
+        y = torch.tensor(d.target, dtype=torch.long)
+        tr, va = _split(len(x), valid_fraction, seed)
+        return ClassifyData(
+            "digits",
+            TensorDataset(x[tr], y[tr]),
+            TensorDataset(x[va], y[va]),
+            [str(i) for i in range(10)],
+            {"input_size": 8},
+        )
+    if data == "anyplus1":
+        x, y = _plus_one(n, length, seed)
+        tr, va = _split(n, valid_fraction, seed)
+        return ClassifyData(
+            "anyplus1",
+            TensorDataset(x[tr], y[tr]),
+            TensorDataset(x[va], y[va]),
+            ["no +1", "+1"],
+            {"input_size": 1},
+        )
+    if not data.lower().endswith(".csv"):
+        raise ValueError(f"--data must be digits, anyplus1 or a FILE.csv of text,label rows, got {data!r}")
+    rows = read_text_csv(data)
+    toks = [tokenize(t, tokens) for t, _ in rows]
+    empty = [i for i, t in enumerate(toks) if not t]
+    if empty:
+        raise ValueError(f"{data}: row {empty[0] + 1} has no {tokens} tokens")
+    classes = sorted({lab for _, lab in rows})
+    if len(classes) < 2:
+        raise ValueError(f"{data}: need at least 2 distinct labels, got {classes}")
+    tr, va = _split(len(rows), valid_fraction, seed)
+    counts = Counter(t for i in tr.tolist() for t in toks[i])
+    vocab = ["<pad>", "<unk>", *sorted(w for w, c in counts.items() if c >= min_count)]
+    stoi = {w: i for i, w in enumerate(vocab)}
+    cid = {c: i for i, c in enumerate(classes)}
+    items = [(torch.tensor([stoi.get(t, UNK) for t in ts]), cid[lab]) for ts, (_, lab) in zip(toks, rows)]
+    return ClassifyData(
+        Path(data).name,
+        [items[i] for i in tr.tolist()],
+        [items[i] for i in va.tolist()],
+        classes,
+        {"vocab_size": len(vocab), "padding_idx": PAD},
+        True,
+        vocab,
+    )
+
+
+def classifier(arch: dict[str, Any], n_classes: int, model_kwargs: dict[str, Any]) -> SequenceNet:
+    return SequenceNet(arch, n_classes, many_to_one=True, **model_kwargs)
+
+
+def loader(cd: ClassifyData, split: str, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches of ``split``: ``(x, y)`` tensors, or ``PaddedBatch`` (bucketed by length)."""
+    from rnnkit.data import BucketBatchSampler, PadCollate
+
+    ds = cd.train if split == "train" else cd.valid
+    if not cd.variable_length:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle)
+    sampler = BucketBatchSampler([len(x) for x, _ in ds], batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(ds, batch_sampler=sampler, collate_fn=PadCollate(batch_first=True, padding_value=PAD))
+
+
+def step_fn(model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, None]:
+    """Cross-entropy of one batch; padded batches pass their lengths (packed recurrence)."""
+    lengths = getattr(batch, "lengths", None)
+    logits, _ = model(batch[0], None, lengths=lengths)
+    return nn.functional.cross_entropy(logits, batch[1]), None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
+    from rnnkit.train import move_to
+
+    model.eval()
+    dev = next(model.parameters()).device
+    preds, gold = [], []
+    for batch in data:
+        batch = move_to(batch, dev)
+        logits, _ = model(batch[0], None, lengths=getattr(batch, "lengths", None))
+        preds.append(logits.argmax(-1).cpu())
+        gold.append(batch[1].cpu())
+    return {"valid_accuracy": accuracy(torch.cat(preds), torch.cat(gold))}

@@ -1,0 +1,185 @@
+"""Synthetic long-range memory benchmarks as datasets, with the model and metric of each.
+
+* ``adding`` -- Hochreiter & Schmidhuber (1997): two channels (values ``U(0,1)``,
+  markers); regress the sum of the two marked values. Predicting 1 scores MSE 1/6.
+* ``copy`` -- copy memory (Hochreiter & Schmidhuber 1997; Arjovsky et al. 2016's form):
+  read ``n_copy`` symbols, wait ``lag`` steps, reproduce them after a delimiter. A
+  memoryless model reaches ``n_copy * ln(n_symbols) / L`` nats per step.
+* ``plus1`` -- does a Bernoulli(p) sequence contain a 1? (balanced ``p``); chance 0.5.
+* ``arith`` -- multi-digit addition read and answered one character at a time
+  (Jozefowicz, Zaremba & Sutskever 2015, "Arith"): input ``"0123+4567="`` then the answer
+  ``"04690"``; the model is trained as a language model on the answer characters and
+  scored by exact match of its greedy (free-running) answer.
+
+The first three generators are :mod:`rnnkit.datasets.synthetic`'s; every generator is
+deterministic in ``seed`` (its own ``torch.Generator``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from rnnkit.datasets import synthetic
+from rnnkit.tasks._common import SequenceNet, accuracy
+
+__all__ = ["MemoryTask", "TASKS", "make_task", "arith", "ARITH_VOCAB", "arith_greedy", "memory_model"]
+
+ARITH_VOCAB = "0123456789+="  # ids 0..11
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _copy_memory(n: int, lag: int, n_symbols: int, n_copy: int, seed: int) -> tuple[Tensor, Tensor]:
+    return synthetic.copy_memory(n, lag, n_symbols=n_symbols, n_copy=n_copy, seed=seed)
+
+
+def _plus_one(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
+    return synthetic.plus_one(n, length, seed=seed)  # balanced p; default dtype
+
+
+def _adding(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
+    return synthetic.adding(n, length, seed=seed)
+
+
+def arith(n: int, digits: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Addition of two random ``digits``-digit numbers as character sequences.
+
+    Returns ``(inputs (n, L), targets (n, L))`` of ids into :data:`ARITH_VOCAB`, with
+    ``L = 2 digits + 2 + digits + 1 - 1``: the input is question + answer without its
+    last character, the target the next character on answer positions and ``-100``
+    elsewhere (question characters are not predicted).
+    """
+    if digits < 1:
+        raise ValueError(f"digits must be >= 1, got {digits}")
+    g = _gen(seed)
+    hi = 10**digits
+    a, b = torch.randint(0, hi, (n,), generator=g), torch.randint(0, hi, (n,), generator=g)
+    seqs = [f"{x:0{digits}d}+{y:0{digits}d}={x + y:0{digits + 1}d}" for x, y in zip(a.tolist(), b.tolist())]
+    ids = torch.tensor([[ARITH_VOCAB.index(c) for c in s] for s in seqs], dtype=torch.long)
+    q = 2 * digits + 2  # question length, the answer starts there
+    x, y = ids[:, :-1], ids[:, 1:].clone()
+    y[:, : q - 1] = -100
+    return x, y
+
+
+@torch.no_grad()
+def arith_greedy(model: nn.Module, x: Tensor, y: Tensor, digits: int) -> Tensor:
+    """Free-running answers: feed the question, then the model's own argmax characters.
+    Returns ``(n, digits + 1)`` predicted answer ids."""
+    q = 2 * digits + 2
+    logits, state = model(x[:, :q])
+    tok, outs = logits[:, -1].argmax(-1), []
+    for i in range(digits + 1):
+        outs.append(tok)
+        if i < digits:
+            logits, state = model(tok[:, None], state)
+            tok = logits[:, -1].argmax(-1)
+    return torch.stack(outs, 1)
+
+
+@dataclass
+class MemoryTask:
+    """A generated benchmark: train/valid tensors, the model's input/output, loss and metric."""
+
+    name: str
+    train: tuple[Tensor, Tensor]
+    valid: tuple[Tensor, Tensor]
+    params: dict[str, Any]
+    baseline: dict[str, float]
+
+
+TASKS = ("adding", "copy", "plus1", "arith")
+
+
+def make_task(
+    name: str,
+    *,
+    length: int,
+    n_train: int,
+    n_valid: int,
+    seed: int = 0,
+    n_symbols: int = 8,
+    n_copy: int = 10,
+    digits: int = 3,
+) -> MemoryTask:
+    """Build task ``name`` (one of :data:`TASKS`); ``length`` is the sequence length (the
+    lag for ``copy``; unused by ``arith``, whose length follows ``digits``)."""
+    for k, v in (("length", length), ("n_train", n_train), ("n_valid", n_valid)):
+        if v < 1:
+            raise ValueError(f"{k} must be >= 1, got {v}")
+    if name == "adding":
+        if length < 2:
+            raise ValueError(f"adding needs length >= 2, got {length}")
+        tr, va = _adding(n_train, length, seed), _adding(n_valid, length, seed + 1)
+        return MemoryTask(name, tr, va, {"length": length}, {"mse_predict_1": 1 / 6})
+    if name == "copy":
+        tr = _copy_memory(n_train, length, n_symbols, n_copy, seed)
+        va = _copy_memory(n_valid, length, n_symbols, n_copy, seed + 1)
+        L = length + 2 * n_copy
+        base = {
+            "memoryless_nats_per_step": n_copy * math.log(n_symbols) / L,
+            "chance_accuracy": 1 / n_symbols,
+        }
+        return MemoryTask(name, tr, va, {"lag": length, "n_symbols": n_symbols, "n_copy": n_copy}, base)
+    if name == "plus1":
+        tr, va = _plus_one(n_train, length, seed), _plus_one(n_valid, length, seed + 1)
+        return MemoryTask(name, tr, va, {"length": length}, {"chance_accuracy": 0.5})
+    if name == "arith":
+        tr, va = arith(n_train, digits, seed), arith(n_valid, digits, seed + 1)
+        return MemoryTask(name, tr, va, {"digits": digits}, {"chance_digit_accuracy": 0.1})
+    raise ValueError(f"unknown memory task {name!r}; choose one of {', '.join(TASKS)}")
+
+
+def memory_model(task: str, arch: dict[str, Any], params: dict[str, Any]) -> SequenceNet:
+    """The network for ``task``: features or tokens in, the task's head out."""
+    if task == "adding":
+        return SequenceNet(arch, 1, input_size=2, many_to_one=True)
+    if task == "plus1":
+        return SequenceNet(arch, 2, input_size=1, many_to_one=True)
+    if task == "copy":
+        v = params["n_symbols"] + 2
+        return SequenceNet(arch, v, vocab_size=v)
+    if task == "arith":
+        return SequenceNet(arch, len(ARITH_VOCAB), vocab_size=len(ARITH_VOCAB))
+    raise ValueError(f"unknown memory task {task!r}")
+
+
+def loss_fn(task: str):
+    """``loss(output, target)``: MSE for ``adding``, token cross-entropy otherwise."""
+    if task == "adding":
+        return lambda out, y: F.mse_loss(out.squeeze(-1), y)
+    from rnnkit.train import lm_loss
+
+    return lm_loss
+
+
+@torch.no_grad()
+def evaluate(task: MemoryTask, model: nn.Module, batch_size: int = 256) -> dict[str, float]:
+    """The task's metric on the validation set (model in eval mode)."""
+    model.eval()
+    dev = next(model.parameters()).device
+    x, y = task.valid[0].to(dev), task.valid[1].to(dev)
+    outs = [model(x[i : i + batch_size])[0] for i in range(0, len(x), batch_size)]
+    out = torch.cat(outs)
+    if task.name == "adding":
+        return {"valid_mse": float(F.mse_loss(out.squeeze(-1), y))}
+    if task.name == "plus1":
+        return {"valid_accuracy": accuracy(out.argmax(-1), y)}
+    if task.name == "copy":
+        k = task.params["n_copy"]
+        return {"valid_recall_accuracy": accuracy(out[:, -k:].argmax(-1), y[:, -k:])}
+    d = task.params["digits"]
+    pred = torch.cat([arith_greedy(model, x[i : i + batch_size], y, d) for i in range(0, len(x), batch_size)])
+    answer = y[:, -(d + 1) :]
+    return {
+        "valid_exact_match": float((pred == answer).all(1).float().mean()),
+        "valid_digit_accuracy": accuracy(pred, answer),
+    }

@@ -1,0 +1,193 @@
+"""Encoder-decoder on a generated translation task: English number words <-> digits.
+
+``"two thousand forty one" <-> "2 0 4 1"`` for integers below ``max_number``; the train
+and validation numbers are disjoint. The encoder reads the source; its output at the
+last valid step is the summary ``c``, which the decoder receives at every step next to
+the previous target token (Cho et al. 2014), so any ``--arch`` works on both sides.
+Training unrolls the decoder with teacher forcing / scheduled sampling
+(:func:`rnnkit.train.autoregressive_unroll`); evaluation decodes greedily and scores
+exact match of the whole output sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from rnnkit.arch import build_recurrent
+from rnnkit.baselines import encoder_output_size
+from rnnkit.tasks._common import last_valid
+
+__all__ = [
+    "number_to_words",
+    "make_pairs",
+    "Seq2SeqData",
+    "Seq2Seq",
+    "collate",
+    "greedy_decode",
+    "exact_match",
+]
+
+PAD, BOS, EOS = 0, 1, 2
+SPECIALS = ["<pad>", "<bos>", "<eos>"]
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen"
+).split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_to_words(n: int) -> list[str]:
+    """``0 <= n < 10**9`` in English words (no "and", no hyphens): 341 -> three hundred forty one."""
+    if not 0 <= n < 10**9:
+        raise ValueError(f"n must be in [0, 10**9), got {n}")
+    if n < 20:
+        return [_ONES[n]]
+    if n < 100:
+        return [_TENS[n // 10]] + ([_ONES[n % 10]] if n % 10 else [])
+    if n < 1000:
+        return [_ONES[n // 100], "hundred"] + (number_to_words(n % 100) if n % 100 else [])
+    for size, name in ((10**6, "million"), (1000, "thousand")):
+        if n >= size:
+            return number_to_words(n // size) + [name] + (number_to_words(n % size) if n % size else [])
+    raise AssertionError(n)
+
+
+def make_pairs(numbers: list[int], direction: str) -> list[tuple[list[str], list[str]]]:
+    """(source tokens, target tokens) for ``words2digits`` or ``digits2words``."""
+    pairs = [(number_to_words(n), list(str(n))) for n in numbers]
+    if direction == "words2digits":
+        return pairs
+    if direction == "digits2words":
+        return [(d, w) for w, d in pairs]
+    raise ValueError(f"direction must be 'words2digits' or 'digits2words', got {direction!r}")
+
+
+@dataclass
+class Seq2SeqData:
+    train: list[tuple[Tensor, Tensor]]
+    valid: list[tuple[Tensor, Tensor]]
+    src_vocab: list[str]
+    tgt_vocab: list[str]
+
+    @classmethod
+    def generate(
+        cls,
+        n_train: int,
+        n_valid: int,
+        *,
+        max_number: int = 10_000,
+        direction: str = "words2digits",
+        seed: int = 0,
+    ) -> Seq2SeqData:
+        if n_train < 1 or n_valid < 1 or n_train + n_valid > max_number:
+            raise ValueError(
+                f"need 1 <= n_train, n_valid and n_train + n_valid <= max_number, got "
+                f"{n_train}, {n_valid}, {max_number}"
+            )
+        perm = torch.randperm(max_number, generator=torch.Generator().manual_seed(seed)).tolist()
+        if not 1 <= max_number <= 10**9:
+            raise ValueError(f"max_number must be in [1, 10**9], got {max_number}")
+        words = sorted(set(_ONES + _TENS[2:] + ["hundred", "thousand", "million"]))
+        src_tokens, tgt_tokens = (words, list("0123456789"))
+        if direction == "digits2words":
+            src_tokens, tgt_tokens = tgt_tokens, words
+        sv, tv = SPECIALS + src_tokens, SPECIALS + tgt_tokens
+        si, ti = {t: i for i, t in enumerate(sv)}, {t: i for i, t in enumerate(tv)}
+
+        def enc(nums: list[int]) -> list[tuple[Tensor, Tensor]]:
+            return [
+                (torch.tensor([si[t] for t in s]), torch.tensor([ti[t] for t in d] + [EOS]))
+                for s, d in make_pairs(nums, direction)
+            ]
+
+        return cls(enc(perm[:n_train]), enc(perm[n_train : n_train + n_valid]), sv, tv)
+
+
+def collate(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """``(src (B, S) padded with PAD, tgt (B, T) padded with -100, src lengths (B,))``."""
+    src = pad_sequence([s for s, _ in items], batch_first=True, padding_value=PAD)
+    tgt = pad_sequence([t for _, t in items], batch_first=True, padding_value=-100)
+    return src, tgt, torch.tensor([len(s) for s, _ in items])
+
+
+class Seq2Seq(nn.Module):
+    """Encoder (embedding -> ``arch``) -> summary ``c`` -> decoder fed ``[embed(y_{t-1}), c]``."""
+
+    def __init__(self, arch: dict[str, Any], src_vocab: int, tgt_vocab: int, embedding_dim: int = 32) -> None:
+        super().__init__()
+        self.src_embed = nn.Embedding(src_vocab, embedding_dim, padding_idx=PAD)
+        self.tgt_embed = nn.Embedding(tgt_vocab, embedding_dim, padding_idx=PAD)
+        self.encoder = build_recurrent(arch, embedding_dim, batch_first=True)
+        c = encoder_output_size(self.encoder)
+        self.decoder = build_recurrent(arch, embedding_dim + c, batch_first=True)
+        self.out = nn.Linear(encoder_output_size(self.decoder), tgt_vocab)
+
+    def encode(self, src: Tensor, lengths: Tensor) -> Tensor:
+        """``src`` (B, S) -> summary ``c`` (B, C)."""
+        out, _ = self.encoder(self.src_embed(src), None, lengths=lengths.cpu())
+        return last_valid(out, lengths)
+
+    def decode_step(self, c: Tensor, y_prev: Tensor, state: Any) -> tuple[Tensor, Any]:
+        """``y_prev`` (B,) token ids (negative = padding) -> (logits (B, V), state)."""
+        x = torch.cat([self.tgt_embed(y_prev.clamp(min=0)), c], -1)[:, None]
+        out, state = self.decoder(x, state)
+        return self.out(out[:, 0]), state
+
+    def forward(
+        self, src: Tensor, lengths: Tensor, tgt: Tensor, sampler: Any = None, step: int = 0
+    ) -> Tensor:
+        """Training unroll: logits ``(B, T, V)`` for targets ``tgt`` (B, T)."""
+        from rnnkit.train import autoregressive_unroll
+
+        c = self.encode(src, lengths)
+        bos = torch.full_like(tgt[:, 0], BOS)
+        logits, _ = autoregressive_unroll(
+            lambda y, st: self.decode_step(c, y, st),
+            bos,
+            tgt,
+            None,
+            sampler=sampler,
+            step=step,
+            batch_first=True,
+        )
+        return logits
+
+
+@torch.no_grad()
+def greedy_decode(model: Seq2Seq, src: Tensor, lengths: Tensor, max_len: int) -> list[list[int]]:
+    """Argmax decoding until EOS (or ``max_len`` tokens); returns token ids without EOS."""
+    model.eval()
+    c = model.encode(src, lengths)
+    y, state = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device), None
+    steps = []
+    for _ in range(max_len):
+        logits, state = model.decode_step(c, y, state)
+        y = logits.argmax(-1)
+        steps.append(y)
+    out = []
+    for row in torch.stack(steps, 1).tolist():
+        out.append(row[: row.index(EOS)] if EOS in row else row)
+    return out
+
+
+@torch.no_grad()
+def exact_match(
+    model: Seq2Seq,
+    items: list[tuple[Tensor, Tensor]],
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+) -> float:
+    """Fraction of sources whose greedy output equals the target exactly."""
+    right = 0
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        src, tgt, lengths = collate(chunk)
+        max_len = tgt.shape[1] + 2
+        preds = greedy_decode(model, src.to(device), lengths, max_len)
+        right += sum(p == t[:-1].tolist() for p, (_, t) in zip(preds, chunk, strict=True))
+    return right / len(items)

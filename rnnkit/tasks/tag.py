@@ -1,0 +1,143 @@
+"""Many-to-many tagging (part of speech) with a bidirectional encoder over CoNLL-U data.
+
+Every token gets the tag of the output at its position of a bidirectional LSTM (or any
+``--arch``; convolutions become centred, non-causal). Words are lower-cased; words seen
+fewer than ``min_count`` times in training map to ``<unk>``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from rnnkit.tasks._common import SequenceNet
+
+__all__ = ["read_conllu", "TagData", "load_tagging", "tagger", "loader", "step_fn", "evaluate"]
+
+PAD, UNK = 0, 1
+
+
+def read_conllu(path: str | Path, column: str = "upos") -> list[list[tuple[str, str]]]:
+    """Sentences of ``(form, tag)`` from a CoNLL-U file (``upos`` or ``xpos`` column).
+
+    Comment lines, multi-word token ranges (``1-2``) and empty nodes (``1.1``) are skipped.
+    Raises ``ValueError`` naming the line of a malformed token line.
+    """
+    col = {"upos": 3, "xpos": 4}.get(column)
+    if col is None:
+        raise ValueError(f"tag column must be 'upos' or 'xpos', got {column!r}")
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"CoNLL-U file {str(p)!r} does not exist")
+    sents: list[list[tuple[str, str]]] = []
+    cur: list[tuple[str, str]] = []
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
+    for i, line in enumerate(lines, 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            if cur:
+                sents.append(cur)
+                cur = []
+            continue
+        if line.startswith("#"):
+            continue
+        parts = line.split("\t")
+        if len(parts) != 10:
+            raise ValueError(f"{p}:{i}: a CoNLL-U token line has 10 tab-separated fields, got {len(parts)}")
+        if "-" in parts[0] or "." in parts[0]:
+            continue
+        cur.append((parts[1], parts[col]))
+    if cur:
+        sents.append(cur)
+    if len(sents) < 2:
+        raise ValueError(f"{p}: need at least 2 sentences, found {len(sents)}")
+    return sents
+
+
+@dataclass
+class TagData:
+    train: list[tuple[Tensor, Tensor]]
+    valid: list[tuple[Tensor, Tensor]]
+    words: list[str]
+    tags: list[str]
+
+
+def load_tagging(
+    path: str | Path,
+    *,
+    valid: str | Path | None = None,
+    valid_fraction: float = 0.1,
+    seed: int = 0,
+    min_count: int = 1,
+    column: str = "upos",
+) -> TagData:
+    """Encode a CoNLL-U file (and an optional separate validation file) as id tensors."""
+    sents = read_conllu(path, column)
+    if valid is not None:
+        tr_s, va_s = sents, read_conllu(valid, column)
+    else:
+        perm = torch.randperm(len(sents), generator=torch.Generator().manual_seed(seed)).tolist()
+        k = min(len(sents) - 1, max(1, round(len(sents) * valid_fraction)))
+        tr_s, va_s = [sents[i] for i in perm[k:]], [sents[i] for i in perm[:k]]
+    counts = Counter(w.lower() for s in tr_s for w, _ in s)
+    words = ["<pad>", "<unk>", *sorted(w for w, c in counts.items() if c >= min_count)]
+    tags = sorted({t for s in tr_s for _, t in s})
+    wid, tid = {w: i for i, w in enumerate(words)}, {t: i for i, t in enumerate(tags)}
+
+    def enc(s: list[tuple[str, str]]) -> tuple[Tensor, Tensor]:
+        # a tag unseen in training can never be predicted: it counts as an error (-1 never matches)
+        return (
+            torch.tensor([wid.get(w.lower(), UNK) for w, _ in s]),
+            torch.tensor([tid.get(t, -1) for _, t in s]),
+        )
+
+    return TagData([enc(s) for s in tr_s], [enc(s) for s in va_s], words, tags)
+
+
+def tagger(arch: dict[str, Any], n_words: int, n_tags: int, embedding_dim: int = 64) -> SequenceNet:
+    """Embedding -> bidirectional encoder -> per-token tag logits ``(B, T, n_tags)``."""
+    return SequenceNet(
+        arch, n_tags, vocab_size=n_words, embedding_dim=embedding_dim, bidirectional=True, padding_idx=PAD
+    )
+
+
+def loader(items: list, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    from rnnkit.data import BucketBatchSampler, PadCollate
+
+    sampler = BucketBatchSampler([len(x) for x, _ in items], batch_size, shuffle=shuffle, seed=seed)
+    return DataLoader(
+        items, batch_sampler=sampler, collate_fn=PadCollate(batch_first=True, padding_value=PAD)
+    )
+
+
+def step_fn(model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, None]:
+    """Token cross-entropy; padding (-100) and unseen tags (-1) are ignored."""
+    from rnnkit.train import lm_loss
+
+    logits, _ = model(batch.inputs, None, lengths=batch.lengths)
+    return lm_loss(logits, batch.targets.masked_fill(batch.targets < 0, -100)), None
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
+    from rnnkit.train import move_to
+
+    model.eval()
+    dev = next(model.parameters()).device
+    right = total = 0
+    for b in data:
+        b = move_to(b, dev)
+        logits, _ = model(b.inputs, None, lengths=b.lengths)
+        keep = b.targets != -100
+        right += int((logits.argmax(-1)[keep] == b.targets[keep]).sum())
+        total += int(keep.sum())
+    return {"valid_accuracy": right / max(total, 1)}

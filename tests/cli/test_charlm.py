@@ -1,0 +1,77 @@
+"""``rnnkit train charlm`` / ``sample`` / ``eval`` end to end on a tiny text file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.cli.conftest import assert_one_line_error, assert_run_files, results
+
+pytest.importorskip("rnnkit.tasks.charlm", reason="rnnkit.tasks.charlm (branch charlm) is not merged yet")
+
+LM = ["--hidden", "16", "--layers", "1", "--seq-len", "16", "--batch-size", "4", "--embedding-dim", "8",
+      "--no-progress"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, text_file):
+    from rnnkit.cli import main
+
+    out = tmp_path_factory.mktemp("lm") / "run"
+    assert (
+        main(["train", "charlm", "--data", str(text_file), "--out", str(out), "--max-steps", "3", *LM]) == 0
+    )
+    return out
+
+
+def test_train_writes_files_and_bits(trained):
+    assert_run_files(trained)
+    res = results(trained)
+    assert res["valid_bits_per_char"] == pytest.approx(res["valid_nats_per_char"] / 0.6931471805599453)
+    run = json.loads((trained / "run.json").read_text())
+    assert run["task"] == "charlm" and len(run["vocab"]["chars"]) == run["model"]["vocab_size"]
+
+
+def test_sample_is_deterministic_with_seed(cli, trained):
+    a = cli("sample", "--checkpoint", trained, "--length", 50, "--seed", 3, "--prime", "to be")
+    b = cli(
+        "sample", "--checkpoint", trained / "checkpoints", "--length", 50, "--seed", 3, "--prime", "to be"
+    )
+    c = cli("sample", "--checkpoint", trained, "--length", 50, "--seed", 4, "--prime", "to be")
+    assert a.rc == b.rc == c.rc == 0
+    assert a.out == b.out and a.out.startswith("to be") and len(a.out) == len("to be") + 50 + 1
+    assert a.out != c.out
+
+
+def test_sample_bad_prime_and_length(cli, trained):
+    assert_one_line_error(cli("sample", "--checkpoint", trained, "--prime", "ZQ#"), "vocabulary")
+    assert_one_line_error(cli("sample", "--checkpoint", trained, "--length", -1), "--length")
+
+
+def test_eval_prints_nats_and_bits(cli, trained, text_file, tmp_path):
+    r = cli("eval", "--checkpoint", trained, "--data", text_file)
+    assert r.rc == 0, r.err
+    assert "nats/char" in r.out and "bits/char" in r.out
+    other = tmp_path / "other.txt"
+    other.write_text("XYZ not in the vocabulary", encoding="utf-8")
+    assert_one_line_error(cli("eval", "--checkpoint", trained, "--data", other), "vocabulary")
+    assert_one_line_error(cli("eval", "--checkpoint", trained, "--data", tmp_path / "none.txt"), "none.txt")
+
+
+def test_resume_and_tcn(cli, tmp_path, text_file):
+    out = tmp_path / "lm"
+    assert cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 2, *LM).rc == 0
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 4, "--resume", *LM)
+    assert r.rc == 0, r.err
+    assert results(out)["step"] == 4
+    tcn = tmp_path / "tcn"
+    r = cli("train", "charlm", "--data", text_file, "--out", tcn, "--max-steps", 2, "--arch", "tcn", *LM)
+    assert r.rc == 0 and "receptive field" in r.out
+    assert cli("sample", "--checkpoint", tcn, "--length", 10, "--seed", 0).rc == 0
+
+
+def test_bad_text_file(cli, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    assert_one_line_error(cli("train", "charlm", "--data", empty, "--out", tmp_path / "o", *LM), "empty")

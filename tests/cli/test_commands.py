@@ -1,0 +1,151 @@
+"""Every ``rnnkit train`` task end to end on tiny data (a few steps, tiny models)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli.conftest import TINY, assert_run_files, results
+
+
+def test_python_m_rnnkit_help():
+    r = subprocess.run(
+        [sys.executable, "-m", "rnnkit", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    for cmd in ("train", "sample", "eval"):
+        assert cmd in r.stdout
+
+
+def test_train_help_lists_every_task(cli):
+    r = cli("train", "--help")
+    assert r.rc == 0
+    for task in ("charlm", "forecast", "classify", "tag", "seq2seq", "memory"):
+        assert task in r.out
+
+
+@pytest.mark.parametrize(
+    "task, arch, metric",
+    [
+        ("adding", "lstm", "valid_mse"),
+        ("copy", "gru", "valid_recall_accuracy"),
+        ("plus1", "conv-rnn", "valid_accuracy"),
+        ("arith", "tcn", "valid_exact_match"),
+    ],
+)
+def test_memory(cli, tmp_path, task, arch, metric):
+    out = tmp_path / "run"
+    r = cli("train", "memory", "--task", task, "--arch", arch, "--length", 6, "--n-copy", 2, "--digits", 2,
+            "--n-train", 64, "--n-valid", 16, "--batch-size", 16, "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    assert_run_files(out)
+    res = results(out)
+    assert res["step"] == 3 and res["stop_reason"] == "max_steps"
+    assert metric in res and "valid_loss" in res
+    if arch == "tcn":
+        assert "receptive field" in r.out
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"]["arch"]["cell"] == arch
+
+
+def test_forecast_sunspots_writes_plot_and_baselines(cli, tmp_path):
+    pytest.importorskip("statsmodels")
+    out = tmp_path / "f"
+    r = cli("train", "forecast", "--data", "sunspots", "--window", 12, "--horizon", 6, "--out", out, *TINY)
+    assert r.rc == 0, r.err
+    assert_run_files(out, "forecast.png")
+    res = results(out)
+    for k in ("test_rmse_rnnkit", "test_rmse_persistence", "test_rmse_arima"):
+        assert res[k] > 0
+    assert res["test_origins"] == 309 - int(309 * 0.8) - 6 + 1
+
+
+def test_forecast_csv_column_teacher_forcing(cli, tmp_path, series_csv):
+    out = tmp_path / "f"
+    r = cli("train", "forecast", "--data", series_csv, "--column", "value", "--window", 8, "--horizon", 4,
+            "--sampling", "teacher", "--arch", "tcn", "--arima-order", "none",
+            "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    assert_run_files(out, "forecast.png")
+    assert "receptive field" in r.out
+    res = results(out)
+    assert "test_rmse_persistence" in res and "test_rmse_arima" not in res
+
+
+@pytest.mark.parametrize("data", ["digits", "anyplus1"])
+def test_classify_builtin(cli, tmp_path, data):
+    if data == "digits":
+        pytest.importorskip("sklearn")
+    out = tmp_path / "c"
+    r = cli("train", "classify", "--data", data, "--n", 64, "--length", 8, "--out", out, *TINY)
+    assert r.rc == 0, r.err
+    assert_run_files(out)
+    assert 0.0 <= results(out)["valid_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("tokens, arch", [("word", "lstm"), ("char", "conv-gru")])
+def test_classify_text_csv(cli, tmp_path, text_csv, tokens, arch):
+    out = tmp_path / "c"
+    r = cli("train", "classify", "--data", text_csv, "--tokens", tokens, "--arch", arch, "--out", out, *TINY)
+    assert r.rc == 0, r.err
+    run = json.loads((out / "run.json").read_text())
+    assert run["classes"] == ["neg", "pos"]
+    assert ("great" in run["vocab"]) == (tokens == "word")
+
+
+@pytest.mark.parametrize("arch", ["lstm", "tcn"])
+def test_tag_conllu(cli, tmp_path, conllu, arch):
+    out = tmp_path / "t"
+    r = cli("train", "tag", "--data", conllu, "--arch", arch, "--out", out, *TINY)
+    assert r.rc == 0, r.err
+    assert_run_files(out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["tags"] == ["ADJ", "DET", "NOUN", "PUNCT", "VERB"]  # the empty node's X is skipped
+
+
+@pytest.mark.parametrize("direction, sampling", [("words2digits", "teacher"), ("digits2words", "linear")])
+def test_seq2seq(cli, tmp_path, direction, sampling):
+    out = tmp_path / "s"
+    r = cli("train", "seq2seq", "--direction", direction, "--sampling", sampling, "--n-train", 64,
+            "--n-valid", 16, "--batch-size", 16, "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    assert_run_files(out)
+    assert 0.0 <= results(out)["valid_exact_match"] <= 1.0
+
+
+def _losses(out):
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["split"], r["step"], round(r["loss"], 10)) for r in rows]
+
+
+def test_resume_continues_exactly(cli, tmp_path):
+    """2 steps + resume to 5 steps == 5 steps uninterrupted (same metrics, same weights)."""
+    args = ["train", "memory", "--task", "adding", "--length", 6, "--n-train", 64, "--n-valid", 16,
+            "--batch-size", 8, "--hidden", 8, "--log-every", 1, "--no-progress"]  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli(*args, "--out", a, "--max-steps", 5).rc == 0
+    assert cli(*args, "--out", b, "--max-steps", 2).rc == 0
+    r = cli(*args, "--out", b, "--max-steps", 5, "--resume")
+    assert r.rc == 0, r.err
+    assert results(b)["step"] == 5
+    train_a = [x for x in _losses(a) if x[0] == "train"]
+    train_b = [x for x in _losses(b) if x[0] == "train"]
+    assert train_a == train_b and len(train_a) == 5
+    assert results(a)["valid_mse"] == pytest.approx(results(b)["valid_mse"], abs=1e-12)
+
+
+def test_existing_run_needs_resume(cli, tmp_path):
+    args = ["train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8, "--out",
+            tmp_path, *TINY]  # fmt: skip
+    assert cli(*args).rc == 0
+    r = cli(*args)
+    assert r.rc == 1 and "pass --resume" in r.err
+
+
+def test_diagnose_is_wired(cli):
+    pytest.importorskip("rnnkit.diagnostics")
+    r = cli("diagnose", "--help")
+    assert r.rc == 0 and "--variants" in r.out

@@ -1,0 +1,102 @@
+"""Bad arguments and bad files: one line ``rnnkit: error: ...`` on stderr, non-zero exit."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cli.conftest import TINY, assert_one_line_error
+
+MEM = ["train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8]
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        ([], ["required"]),
+        (["frobnicate"], ["invalid choice", "frobnicate"]),
+        (["train", "nosuchtask"], ["invalid choice"]),
+        ([*MEM, "--hidden", "0"], ["--hidden", "positive"]),
+        ([*MEM, "--max-steps", "-3"], ["--max-steps"]),
+        ([*MEM, "--lr", "abc"], ["--lr"]),
+        ([*MEM, "--task", "juggle"], ["--task", "juggle"]),
+        (["train", "classify", "--tokens", "bytes"], ["--tokens"]),
+        (["train", "tag"], ["--data"]),
+        (["sample"], ["--checkpoint"]),
+    ],
+)
+def test_usage_errors_exit_2(cli, argv, fragments):
+    r = cli(*argv)
+    assert r.rc == 2
+    assert_one_line_error(r, *fragments)
+
+
+def test_unknown_arch_and_option(cli, tmp_path):
+    assert_one_line_error(
+        cli(*MEM, "--arch", "transformer", "--out", tmp_path / "a", *TINY), "transformer", "tcn"
+    )
+    r = cli(*MEM, "--opt", "no_such_option=1", "--out", tmp_path / "b", *TINY)
+    assert_one_line_error(r, "no_such_option")
+    r = cli(*MEM, "--opt", "novalue", "--out", tmp_path / "c", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, "key=value")
+
+
+def test_missing_and_bad_files(cli, tmp_path, conllu):
+    missing = tmp_path / "nope.csv"
+    assert_one_line_error(
+        cli("train", "classify", "--data", missing, "--out", tmp_path / "o", *TINY), "nope.csv"
+    )
+    assert_one_line_error(
+        cli("train", "tag", "--data", tmp_path / "x.conllu", "--out", tmp_path / "o"), "x.conllu"
+    )
+    bad = tmp_path / "bad.conllu"
+    bad.write_text("1\tword\tonly-three-fields\n\n", encoding="utf-8")
+    assert_one_line_error(cli("train", "tag", "--data", bad, "--out", tmp_path / "o"), "bad.conllu:1", "10")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncaf\xe9,a\nna\xefve,b\n".encode("latin-1"))
+    assert_one_line_error(cli("train", "classify", "--data", latin, "--out", tmp_path / "o"), "UTF-8")
+    three = tmp_path / "three.csv"
+    three.write_text("a,b,c\nd,e,f\n", encoding="utf-8")
+    assert_one_line_error(cli("train", "classify", "--data", three, "--out", tmp_path / "o"), "2 columns")
+    assert_one_line_error(cli("train", "classify", "--data", "mnist", "--out", tmp_path / "o"), "digits")
+
+
+def test_forecast_bad_column_and_values(cli, tmp_path, series_csv):
+    out = tmp_path / "o"
+    assert_one_line_error(cli("train", "forecast", "--data", series_csv, "--out", out), "--column")
+    r = cli("train", "forecast", "--data", series_csv, "--column", "price", "--out", out)
+    assert_one_line_error(r, "price", "value")
+    text = tmp_path / "t.csv"
+    text.write_text("value\n1\n2\nthree\n", encoding="utf-8")
+    assert_one_line_error(
+        cli("train", "forecast", "--data", text, "--column", "value", "--out", out), "t.csv:4"
+    )
+    r = cli("train", "forecast", "--data", series_csv, "--column", "value", "--window", 200, "--out", out)
+    assert_one_line_error(r, "too short")
+    r = cli(
+        "train", "forecast", "--data", series_csv, "--column", "value", "--arima-order", "1,2", "--out", out
+    )
+    assert_one_line_error(r, "--arima-order")
+
+
+def test_checkpoint_errors(cli, tmp_path):
+    assert_one_line_error(cli("sample", "--checkpoint", tmp_path / "missing"), "does not exist")
+    assert_one_line_error(cli("eval", "--checkpoint", tmp_path, "--data", tmp_path / "x.txt"), "run.json")
+    (tmp_path / "run.json").write_text("{not json", encoding="utf-8")
+    assert_one_line_error(cli("sample", "--checkpoint", tmp_path), "not valid JSON")
+    out = tmp_path / "mem"
+    assert cli(*MEM, "--out", out, *TINY).rc == 0
+    assert_one_line_error(cli("sample", "--checkpoint", out), "'memory' run")
+    assert_one_line_error(cli(*MEM, "--out", tmp_path / "fresh", "--resume", *TINY), "no checkpoint")
+
+
+def test_out_is_a_file(cli, tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert_one_line_error(cli(*MEM, "--out", f, *TINY), "not a directory")
+
+
+def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("RNNKIT_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        cli("train", "classify", "--data", tmp_path / "nope.csv", "--out", tmp_path / "o", *TINY)

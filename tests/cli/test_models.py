@@ -1,0 +1,126 @@
+"""The baselines (TCN, conv front end), ``--arch`` building, and the task model files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnkit.arch import arch_names, build_recurrent
+from rnnkit.baselines import TCN, tcn_receptive_field
+
+
+def cfg(cell, **kw):
+    return {"cell": cell, "hidden": 5, "layers": 2, "dropout": 0.0, "options": {}, "kernel_size": 3,
+            "conv_channels": 4, "conv_layers": 2, **kw}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru", "lstm"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_streaming_equals_one_pass(arch, batch_first):
+    """Running in chunks with the state carried == one run over the whole sequence."""
+    torch.manual_seed(0)
+    m = build_recurrent(cfg(arch), 3, batch_first=batch_first)
+    x = torch.randn(2, 11, 3) if batch_first else torch.randn(11, 2, 3)
+    full, _ = m(x)
+    td = 1 if batch_first else 0
+    parts, state = [], None
+    for chunk in x.split([4, 1, 6], dim=td):
+        y, state = m(chunk, state)
+        parts.append(y)
+    torch.testing.assert_close(torch.cat(parts, td), full, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("levels, k", [(1, 2), (3, 3), (2, 5)])
+def test_tcn_receptive_field_is_exact_and_causal(levels, k):
+    """d y_t / d x_s is non-zero exactly for t - R < s <= t."""
+    torch.manual_seed(0)
+    m = TCN(1, 4, levels, kernel_size=k, batch_first=True)
+    for p in m.parameters():  # positive weights and inputs: every ReLU is active, no zero gradient by chance
+        p.data.uniform_(0.1, 1.0)
+    R = m.receptive_field
+    assert R == tcn_receptive_field(levels, k) == 1 + 2 * (k - 1) * (2**levels - 1)
+    T = R + 6
+    x = (torch.rand(1, T, 1) + 0.1).requires_grad_()
+    y, _ = m(x)
+    t = T - 2
+    (g,) = torch.autograd.grad(y[0, t].sum(), x)
+    seen = (g[0, :, 0] != 0).nonzero().flatten().tolist()
+    assert seen == list(range(t - R + 1, t + 1))
+
+
+def test_tcn_gradcheck_and_noncausal():
+    torch.manual_seed(0)
+    m = TCN(2, 3, 2, kernel_size=3, batch_first=True)
+    x = torch.randn(2, 7, 2, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp: m(inp)[0], (x,))
+    nc = TCN(1, 3, 2, kernel_size=3, batch_first=True, bidirectional=True)
+    x = torch.randn(1, 15, 1, requires_grad=True)
+    y, state = nc(x)
+    assert state is None
+    (g,) = torch.autograd.grad(y[0, 7].sum(), x)
+    assert g[0, 8:, 0].abs().sum() > 0  # sees the future
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        TCN(1, 3, 1, kernel_size=2, bidirectional=True)
+
+
+def test_arch_names_and_errors():
+    names = arch_names()
+    assert {"lstm", "gru", "rnn", "tcn", "conv-lstm"} <= set(names)
+    with pytest.raises(ValueError, match="unknown --arch 'conv-xyz'|unknown --arch 'xyz'"):
+        build_recurrent(cfg("conv-xyz"), 3)
+    with pytest.raises(ValueError, match="takes no --opt"):
+        build_recurrent(cfg("tcn", options={"zoneout": 0.1}), 3)
+    with pytest.raises(ValueError, match="--hidden must be >= 1"):
+        build_recurrent(cfg("lstm", hidden=0), 3)
+    # dropout with one layer is not passed on (torch would warn; warnings are errors here)
+    build_recurrent(cfg("lstm", layers=1, dropout=0.5), 3)
+
+
+def test_number_words_and_pairs():
+    from rnnkit.tasks.seq2seq import Seq2SeqData, make_pairs, number_to_words
+
+    assert number_to_words(0) == ["zero"]
+    assert " ".join(number_to_words(2041)) == "two thousand forty one"
+    assert " ".join(number_to_words(1_300_015)) == "one million three hundred thousand fifteen"
+    assert make_pairs([17], "digits2words") == [(["1", "7"], ["seventeen"])]
+    d = Seq2SeqData.generate(50, 20, max_number=100)
+    src = {tuple(s.tolist()) for s, _ in d.train}
+    assert not src & {tuple(s.tolist()) for s, _ in d.valid}  # held-out numbers
+
+
+def test_arith_layout_and_greedy_oracle():
+    from rnnkit.tasks.memory import ARITH_VOCAB, arith, arith_greedy
+
+    x, y = arith(5, 2, seed=1)
+    text = "".join(ARITH_VOCAB[i] for i in x[0].tolist()) + ARITH_VOCAB[y[0, -1]]
+    a, rest = text.split("+")
+    b, ans = rest.split("=")
+    assert int(a) + int(b) == int(ans) and len(ans) == 3
+    assert (y[:, :5] == -100).all() and (y[:, 5:] >= 0).all()
+
+    class Oracle(torch.nn.Module):  # predicts the true next character from the full sequences
+        def forward(self, inp, state=None):
+            t0 = 0 if state is None else state
+            idx = torch.cat([x, y[:, -1:]], 1)[:, t0 + 1 : t0 + 1 + inp.shape[1]]
+            return torch.nn.functional.one_hot(idx, 12).double(), t0 + inp.shape[1]
+
+    torch.testing.assert_close(arith_greedy(Oracle(), x, y, 2), y[:, -3:])
+
+
+def test_forecast_baselines():
+    from rnnkit.tasks.forecast import Series, origins, persistence, truth
+
+    v = torch.arange(100.0)
+    s = Series.split(v, window=10, horizon=5)
+    o = origins(s, 5)
+    assert o[0] == s.n_valid_end and o[-1] == 95
+    torch.testing.assert_close(persistence(s, 5)[0], torch.full((5,), float(o[0] - 1)))
+    torch.testing.assert_close(truth(s, 5)[0], v[o[0] : o[0] + 5])
+
+
+def test_conllu_reader_skips_ranges_and_empty_nodes(conllu):
+    from rnnkit.tasks.tag import read_conllu
+
+    sents = read_conllu(conllu)
+    assert len(sents) == 30 and all(len(s) == 7 for s in sents)
+    assert [t for _, t in sents[0]] == ["DET", "ADJ", "NOUN", "VERB", "DET", "NOUN", "PUNCT"]

@@ -1,0 +1,207 @@
+"""MinGRU, MinLSTM, QRNN and LRU: paper references, step loops, packing, directions, lengths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+
+from . import references
+
+LAYERS = {
+    "mingru": (rnnkit.MinGRU, {}),
+    "mingru_log": (rnnkit.MinGRU, {"log_space": True}),
+    "minlstm": (rnnkit.MinLSTM, {}),
+    "minlstm_log": (rnnkit.MinLSTM, {"log_space": True}),
+    "qrnn": (rnnkit.QRNN, {}),
+    "qrnn_w1": (rnnkit.QRNN, {"window": 1}),
+    "lru": (rnnkit.LRU, {"r_min": 0.5}),
+    "lru_dense_d": (rnnkit.LRU, {"state_size": 3}),
+}
+NAMES = list(LAYERS)
+
+
+def make(name, I=3, H=4, seed=0, **kw):
+    cls, opts = LAYERS[name]
+    torch.manual_seed(seed)
+    return cls(I, H if name != "lru" else I, **{**opts, **kw})
+
+
+def state(m, B=None, positive=False):
+    shape = (m.num_layers * m.num_directions, *(() if B is None else (B,)), m.state_size)
+    s = torch.randn(shape, dtype=m.state_dtype)
+    return (s.abs() + 0.1 if positive else s).requires_grad_(True)
+
+
+def _close_all(got, want, tol=1e-9):
+    assert len(got) == len(want)
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("L,bidir", [(1, False), (2, True)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_matches_paper_reference(name, L, bidir, with_h0):
+    """Forward, final state and every gradient (input, h0, parameters) in float64."""
+    m = make(name, num_layers=L, bidirectional=bidir)
+    x = torch.randn(7, 2, m.input_size, requires_grad=True)
+    h0 = state(m, 2, positive="log" in name) if with_h0 else None
+    got = m(x, h0)
+    want = references.stack(m, x, h0)
+    _close_all(got, want)
+    leaves = [x, *([h0] if with_h0 else []), *m.parameters()]
+    w = [torch.randn_like(t) for t in want]
+    _close_all(torch.autograd.grad(got, leaves, w), torch.autograd.grad(want, leaves, w))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradcheck(name):
+    m = make(name, H=3, num_layers=2, bidirectional=True)
+    x = torch.randn(4, 2, m.input_size, requires_grad=True)
+    h0 = state(m, 2, positive="log" in name)
+    assert torch.autograd.gradcheck(lambda x, h0: m(x, h0)[0], (x, h0))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_step_loop_matches_whole_sequence(name):
+    m = make(name, num_layers=2, dropout=0.3).eval()
+    x = torch.randn(9, 2, m.input_size)
+    h0 = state(m, 2, positive="log" in name).detach()
+    out, h_n = m(x, h0)
+    s = h0
+    if getattr(m, "window", 1) == 2:  # QRNN: the state also holds each layer's previous input
+        s = (h0, (torch.zeros(2, 3), torch.zeros(2, m.hidden_size)))
+    ys = []
+    for t in range(x.shape[0]):
+        y, s = m.step(x[t], s)
+        ys.append(y)
+    torch.testing.assert_close(torch.stack(ys), out)
+    torch.testing.assert_close(s[0] if isinstance(s, tuple) else s, h_n)
+    y1, _ = m.step(x[0, 0])  # unbatched step from zeros == the batched whole sequence's first step
+    torch.testing.assert_close(y1, m(x[:1, :1])[0][0, 0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_packed_equals_each_sequence_alone(name):
+    m = make(name, num_layers=2, bidirectional=True)
+    lengths = torch.tensor([3, 6, 1, 4])
+    x = torch.randn(6, 4, m.input_size)
+    h0 = state(m, 4, positive="log" in name).detach()
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, h_n = m(packed, h0)
+    assert torch.equal(out.batch_sizes, packed.batch_sizes)
+    assert torch.equal(out.unsorted_indices, packed.unsorted_indices)
+    padded, _ = pad_packed_sequence(out)
+    for i, n in enumerate(lengths.tolist()):
+        y, h = m(x[:n, i], h0[:, i])  # unbatched, alone
+        torch.testing.assert_close(padded[:n, i], y)
+        torch.testing.assert_close(h_n[:, i], h)
+        assert not padded[n:, i].any()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bidirectional_is_forward_plus_reversed(name):
+    m = make(name, bidirectional=True)
+    fwd, bwd = make(name), make(name)
+    with torch.no_grad():
+        for k, v in m.layer_params(0, 1).items():
+            getattr(bwd, f"{k}_l0").copy_(v)
+        for k, v in m.layer_params(0, 0).items():
+            getattr(fwd, f"{k}_l0").copy_(v)
+    x = torch.randn(5, 3, m.input_size)
+    out, h_n = m(x)
+    H = out.shape[-1] // 2
+    yf, hf = fwd(x)
+    yb, hb = bwd(x.flip(0))
+    torch.testing.assert_close(out[..., :H], yf)
+    torch.testing.assert_close(out[..., H:], yb.flip(0))
+    torch.testing.assert_close(h_n, torch.cat([hf, hb]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_first_and_unbatched(name):
+    m = make(name, num_layers=2)
+    mb = make(name, num_layers=2, batch_first=True)
+    x = torch.randn(5, 3, m.input_size)
+    out, h = m(x)
+    outb, hb = mb(x.transpose(0, 1))
+    torch.testing.assert_close(outb.transpose(0, 1), out)
+    torch.testing.assert_close(hb, h)
+    o1, h1 = m(x[:, 1])
+    torch.testing.assert_close(o1, out[:, 1])
+    torch.testing.assert_close(h1, h[:, 1])
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm", "qrnn", "lru", "mingru_log"])
+def test_long_sequence_stays_finite(name):
+    torch.set_default_dtype(torch.float32)
+    m = make(name, H=4)
+    x = (torch.randn(100_000, 2, m.input_size) * 3).requires_grad_(True)
+    out, h = m(x)
+    assert torch.isfinite(out).all() and torch.isfinite(torch.view_as_real(h) if h.is_complex() else h).all()
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_ext_and_fallback_give_identical_layer_numbers(monkeypatch):
+    from rnnkit.ops import backend
+
+    if backend(torch.zeros(1)) != "ext":
+        pytest.skip("C++ kernel unavailable")
+    res = []
+    for env in ("0", "1"):
+        monkeypatch.setenv("RNNKIT_NO_EXT", env)
+        m = make("mingru", num_layers=2, bidirectional=True, dtype=torch.float32)
+        x = torch.randn(20, 3, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+        out, h = m(x)
+        res.append([out, h, *torch.autograd.grad(out.square().sum(), list(m.parameters()))])
+    for u, v in zip(*res):
+        assert torch.equal(u, v)
+
+
+def test_dropout_and_zoneout_only_in_training():
+    m = make("qrnn", num_layers=2, dropout=0.5, zoneout=0.5)
+    x = torch.randn(6, 2, 3)
+    m.eval()
+    ref = make("qrnn", num_layers=2).eval()
+    torch.testing.assert_close(m(x)[0], ref(x)[0])
+    m.train()
+    assert not torch.allclose(m(x)[0], ref(x)[0])
+    # zoneout: f_t = 1 (state kept exactly) for about half of the units
+    m1 = make("qrnn_w1", H=200, zoneout=0.5).train()
+    c0 = torch.randn(1, 4, 200)
+    _, c1 = m1.step(torch.randn(4, 3), c0)
+    kept = (c1 == c0).double().mean()
+    assert 0.4 < kept < 0.6
+
+
+# torch's dynamo instantiates autograd.Function classes itself and trips its own deprecation
+@pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
+def test_compile_fullgraph():
+    m = make("mingru", num_layers=2)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    f = torch.compile(lambda x: m(x)[0].square().sum(), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(torch.autograd.grad(f(x), x), torch.autograd.grad(m(x)[0].square().sum(), x))
+
+
+def test_clear_errors():
+    m = make("mingru", bidirectional=True)
+    with pytest.raises(ValueError, match="input_size=3"):
+        m(torch.randn(5, 2, 4))
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 2, 4\)"):
+        m(torch.randn(5, 2, 3), torch.randn(1, 2, 4))
+    with pytest.raises(ValueError, match="bidirectional"):
+        m.step(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="window must be 1 or 2"):
+        rnnkit.QRNN(3, 4, window=3)
+    with pytest.raises(ValueError, match="zoneout"):
+        rnnkit.QRNN(3, 4, zoneout=1.0)
+    with pytest.raises(ValueError, match="r_min"):
+        rnnkit.LRU(3, 4, r_min=0.9, r_max=0.5)
+    with pytest.raises(ValueError, match="must be > 0"):
+        make("mingru_log")(torch.randn(5, 2, 3), -torch.ones(1, 2, 4))
+    with pytest.raises(ValueError, match="complex"):
+        make("lru")(torch.randn(5, 2, 3), torch.zeros(1, 2, 3))

@@ -1,0 +1,140 @@
+"""Every study end to end on a tiny grid: files written, table parses, resume skips runs."""
+
+import json
+
+import pytest
+
+import rnnkit.study.runner as runner
+from rnnkit.study import main, run_study
+from rnnkit.study.report import parse_table
+
+TINY_ARITH = {"digits": 2, "hidden": [8], "embed": 4, "batch": 8, "n_valid": 20, "n_test": 20, "n_evals": 2}
+
+
+def tiny_music(path):
+    return {"data": str(path), "batch": 2, "window": 8, "n_evals": 2}
+
+
+def check_outputs(out, res, n_runs, archs):
+    for name in ("runs.jsonl", "results.md", "boxplot.png", "study.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "boxplot.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == n_runs
+    rows = parse_table((out / "results.md").read_text())
+    assert [r["architecture"] for r in rows] == archs
+    assert all(int(r["runs"]) == n_runs // len(archs) for r in rows)
+    assert res["steps"] == 3
+
+
+def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
+    out = tmp_path / "j"
+    archs = ["Tanh", "LSTM", "MUT1"]
+    res = run_study("jozefowicz", out, steps=3, seeds=1, archs=archs, settings=TINY_ARITH, progress=False)
+    check_outputs(out, res, 3, archs)
+    rec = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    assert rec["steps"] == 3 and rec["hidden"] == 8 and 0 <= rec["metric"] <= 1
+    assert [c[1] for c in rec["curve"]] == [0, 1, 2, 3]  # step 0, then every steps // n_evals
+    # Resume: the finished runs are skipped; a second trial is added to the same grid.
+    calls = []
+    real = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda st, spec, *a: calls.append(spec.key) or real(st, spec, *a))
+    res2 = run_study("jozefowicz", out, seeds=2, progress=False)
+    assert calls == ["Tanh#1", "LSTM#1", "MUT1#1"] and res2["skipped"] == 3 and len(res2["records"]) == 6
+    # the hyperparameters of a trial are shared by every architecture
+    by = {r["key"]: r["hparams"] for r in res2["records"]}
+    assert by["Tanh#1"] == by["LSTM#1"] != by["LSTM#0"]
+    # a run killed while its record was being written is run again, nothing else
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    (out / "runs.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])
+    calls.clear()
+    run_study("jozefowicz", out, progress=False, report=False)
+    assert calls == [json.loads(lines[-1])["key"]]
+    with pytest.raises(ValueError, match="steps per run"):
+        run_study("jozefowicz", out, steps=5)
+    with pytest.raises(ValueError, match="holds study"):
+        run_study("chung", out)
+
+
+@pytest.mark.parametrize(
+    "name, archs", [("greff", ["V", "NFG", "NP", "CIFG"]), ("chung", ["Tanh", "GRU", "LSTM"])]
+)
+def test_music_studies_end_to_end(tmp_path, tiny_rolls, name, archs):
+    out = tmp_path / name
+    res = run_study(
+        name, out, steps=3, seeds=1, archs=archs, settings=tiny_music(tiny_rolls[0]), progress=False
+    )
+    check_outputs(out, res, len(archs), archs)
+    recs = res["records"]
+    assert all(r["metric"] > 0 for r in recs)  # NLL in nats per frame
+    if name == "chung":
+        assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+        params = [r["params"] for r in recs]  # matched sizes: within a few percent of 20k
+        assert max(params) / min(params) < 1.1 and abs(params[0] - 20000) < 1000
+
+
+def test_budget_calibration_and_cli(tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = [
+        "jozefowicz",
+        "--out",
+        str(out),
+        "--budget-minutes",
+        "0.05",
+        "--seeds",
+        "1",
+        "--archs",
+        "LSTM",
+        "--no-progress",
+    ] + [f"--set={k}={v}" for k, v in {**TINY_ARITH, "min_steps": 2, "max_steps": 4}.items()]
+    assert main(argv) == 0
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["costs"]["LSTM"][0] > 0 and 2 <= meta["steps"] <= 4 and meta["settings"]["digits"] == 2
+    assert "| LSTM | 1 |" in capsys.readouterr().out
+
+
+def test_process_pool(tmp_path, monkeypatch):
+    """The pool path, with threads standing in for processes (spawning two interpreters that
+    import torch takes ~20 s here); what crosses the process boundary must pickle."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    sent = []
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, workers, mp_context, initializer, initargs):
+            assert mp_context.get_start_method() == "spawn" and initargs == (1,)
+            super().__init__(workers)
+
+        def submit(self, fn, *args):
+            sent.append(pickle.loads(pickle.dumps(args)))
+            return super().submit(fn, *args)
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
+    out = tmp_path / "pool"
+    res = run_study("jozefowicz", out, steps=2, seeds=2, archs=["LSTM"], settings=TINY_ARITH, workers=2,
+                    progress=False)  # fmt: skip
+    assert sorted(r["key"] for r in res["records"]) == ["LSTM#0", "LSTM#1"]
+    assert len(sent) == 2 and sent[0][0].name == "jozefowicz"
+    assert len((out / "runs.jsonl").read_text().splitlines()) == 2  # the parent wrote them
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="no setting 'digitz'"):
+        run_study("jozefowicz", tmp_path, settings={"digitz": 3})
+    with pytest.raises(ValueError, match="no architecture 'LSTN'"):
+        run_study("jozefowicz", tmp_path, archs=["LSTN"])
+    with pytest.raises(ValueError, match="unknown study"):
+        run_study("nope", tmp_path)
+
+
+def test_memory_end_to_end(tmp_path):
+    pytest.importorskip("rnnkit.diagnostics.memory")
+    out = tmp_path / "memory"
+    tiny = {"hidden_size": 4, "batch": 4, "lags": [2, 3], "tasks": ["copy", "plus_one"]}
+    res = run_study("memory", out, steps=3, seeds=1, archs=["Tanh", "LSTM"], settings=tiny, progress=False)
+    check_outputs(out, res, 2, ["Tanh", "LSTM"])
+    for r in res["records"]:
+        assert set(r["horizons"]) == {"copy", "plus_one"} and r["metric"] in (0, 1, 1.5, 2, 2.5, 3)
+        assert r["metric"] == sum(r["horizons"].values()) / 2
+        assert {row["lag"] for row in r["lags"]} <= {2, 3}

@@ -1,0 +1,106 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rnnkit.study import report, runner
+from rnnkit.study.studies import get_study
+
+SPACE = {"lr": ("log", 1e-4, 1e-1), "hidden": ("choice", [8, 16, 32]), "p": ("uniform", 0.0, 0.5)}
+
+
+def test_hparams_depend_on_the_trial_only():
+    draws = [runner.sample_hparams(SPACE, k) for k in range(200)]
+    assert draws[3] == runner.sample_hparams(dict(reversed(list(SPACE.items()))), 3)
+    assert draws[3] != draws[4]
+    lr = np.array([d["lr"] for d in draws])
+    assert lr.min() >= 1e-4 and lr.max() <= 1e-1
+    assert 0.3 < np.mean(lr < 1e-2) < 0.9  # log-uniform: 2/3 of the mass below 1e-2
+    assert {d["hidden"] for d in draws} == {8, 16, 32}
+    assert all(0 <= d["p"] <= 0.5 for d in draws)
+    with pytest.raises(ValueError, match="kind must be"):
+        runner.sample_hparams({"x": ("normal", 0, 1)}, 0)
+
+
+def test_steps_for_budget():
+    costs = {"a": [0.01, 0.5], "b": [0.03, 0.5]}  # seconds per step, per evaluation
+    # 2 trials: per grid step 2 * 0.04 s; evaluations 2 * (10 + 2) * 1.0 s = 24 s
+    steps = runner.steps_for_budget(costs, 2, 600, 1, 10, 1, 10**6)
+    assert steps == int((0.9 * 600 - 24) / 0.08)
+    assert runner.steps_for_budget(costs, 2, 600, 2, 10, 1, 10**6) > 2 * steps
+    assert runner.steps_for_budget(costs, 2, 1, 1, 10, 7, 10**6) == 7
+    assert runner.steps_for_budget(costs, 2, 10**6, 1, 10, 7, 100) == 100
+
+
+def test_records_survive_a_cut_line(tmp_path):
+    runner.append_record(tmp_path / "runs.jsonl", {"key": "a#0", "metric": 1.0})
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write('{"key": "b#0", "met')  # killed while writing
+    runner.append_record(tmp_path / "runs.rank1.jsonl", {"key": "c#0", "metric": float("nan")})
+    recs = runner.read_records(tmp_path)
+    assert [r["key"] for r in recs] == ["a#0", "c#0"] and math.isnan(recs[1]["metric"])
+
+
+def test_welch_p_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    a, b = [0.1, 0.3, 0.25, 0.2], [0.5, 0.45, 0.7]
+    assert report.welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert math.isnan(report.welch_p([1.0], b))
+
+
+def test_summary_table_round_trip():
+    study = get_study("jozefowicz")
+    recs = [
+        {"arch": a, "metric": m, "trial": k}
+        for k, (a, m) in enumerate(
+            [("LSTM", 0.8), ("LSTM", 0.9), ("Tanh", 0.1), ("Tanh", 0.3), ("Tanh", float("nan"))]
+        )
+    ]
+    rows = report.summarize(study, recs)
+    assert [r["arch"] for r in rows] == ["Tanh", "LSTM"]  # the study's order, absent ones left out
+    table = report.parse_table(report.markdown_table(study, rows))
+    tanh = table[0]
+    assert tanh["architecture"] == "Tanh" and tanh["runs"] == "2"  # the NaN run is left out
+    assert tanh["accuracy mean ± std"] == f"0.200 ± {np.std([0.1, 0.3], ddof=1):.3f}"
+    assert tanh["best"] == "0.300" and tanh["paper"] == "0.290"
+    assert table[1]["Welch p vs LSTM"] == "—"
+    with pytest.raises(ValueError, match="no Markdown table"):
+        report.parse_table("no table here")
+    json.dumps(rows)  # plain data
+
+
+@pytest.mark.parametrize("name", ["jozefowicz", "greff", "chung", "memory"])
+def test_every_architecture_builds_and_runs(name):
+    import torch
+
+    from rnnkit.study.studies import SeqModel
+
+    study = get_study(name)
+    for arch in study.archs:
+        m = SeqModel({**arch.config, "hidden": 4}, 3, 2)
+        assert m(torch.randn(5, 2, 3)).shape == (5, 2, 2), arch.name
+
+
+def test_greff_variants_change_one_thing_of_the_peephole_lstm():
+    from rnnkit.study.studies import SeqModel
+
+    study = get_study("greff")
+    names = {a.name: {n for n, _ in SeqModel({**a.config, "hidden": 4}, 3, 2).named_parameters()}
+             for a in study.archs}  # fmt: skip
+    rows = {a.name: SeqModel({**a.config, "hidden": 4}, 3, 2).rnn.weight_ih_l0.shape[0] for a in study.archs}
+    assert any("peephole" in n for n in names["V"]) and not any("peephole" in n for n in names["NP"])
+    assert all(
+        any("peephole" in n for n in names[v]) for v in ("NIG", "NFG", "NOG", "NIAF", "NOAF", "CIFG", "FGR")
+    )
+    assert rows == {
+        "V": 16,
+        "NIG": 12,
+        "NFG": 12,
+        "NOG": 12,
+        "NIAF": 16,
+        "NOAF": 16,
+        "NP": 16,
+        "CIFG": 12,
+        "FGR": 16,
+    }

@@ -1,0 +1,98 @@
+"""Fast tests of the character language model and sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rnnkit.datasets import CharVocab
+from rnnkit.tasks import BASELINE, RECIPE, CharLM, detach_state, lr_at, sample
+
+VOCAB = CharVocab.from_text("abcdefgh \n")
+
+
+def _model(factory=nn.LSTM, layers: int = 2) -> CharLM:
+    torch.manual_seed(0)
+    return CharLM(len(VOCAB), hidden_size=16, num_layers=layers, embedding_dim=8,
+                  rnn_factory=factory).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("factory", [nn.LSTM, nn.GRU, nn.RNN])
+def test_shapes_and_state_carry(factory) -> None:
+    model = _model(factory)
+    x = torch.randint(0, len(VOCAB), (3, 10))
+    logits, state = model(x)
+    assert logits.shape == (3, 10, len(VOCAB))
+    h = state[0] if isinstance(state, tuple) else state
+    assert h.shape == (2, 3, 16)
+    first, s = model(x[:, :4])
+    second, s = model(x[:, 4:], s)
+    torch.testing.assert_close(torch.cat([first, second], 1), logits)
+
+
+def test_factory_receives_standard_arguments() -> None:
+    seen = {}
+
+    def factory(*args, **kw):
+        seen.update(args=args, kw=kw)
+        return nn.LSTM(*args, **kw)
+
+    CharLM(10, 32, 3, 8, dropout=0.1, rnn_factory=factory)
+    assert seen["args"] == (8, 32)
+    assert seen["kw"] == {"num_layers": 3, "batch_first": True, "dropout": 0.1}
+
+
+def test_detach_state() -> None:
+    h = torch.zeros(2, requires_grad=True) * 2
+    out = detach_state((h, h))
+    assert isinstance(out, tuple) and not out[0].requires_grad
+    assert detach_state(None) is None and not detach_state(h).requires_grad
+
+
+def test_sample_deterministic_and_streaming() -> None:
+    model = _model()
+    model.train()
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    it = sample(model, VOCAB, "abc", 20, 1.0, g1)
+    first = next(it)
+    assert isinstance(first, str) and len(first) == 1
+    a = first + "".join(it)
+    b = "".join(sample(model, VOCAB, "abc", 20, 1.0, g2))
+    assert a == b and len(a) == 20 and set(a) <= set(VOCAB.chars)
+    assert model.training  # mode restored
+    greedy = "".join(sample(model, VOCAB, "abc", 10, 0.0))
+    assert greedy == "".join(sample(model, VOCAB, "abc", 10, 0.0))
+
+
+def test_sample_matches_full_forward() -> None:
+    """Streaming with state equals rerunning the whole sequence (greedy)."""
+    model = _model()
+    out = "".join(sample(model, VOCAB, "ab", 5, 0.0))
+    seq = "ab"
+    for ch in out:
+        logits, _ = model(VOCAB.encode(seq).unsqueeze(0))
+        assert VOCAB.chars[int(logits[0, -1].argmax())] == ch
+        seq += ch
+
+
+def test_sample_errors() -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="prime"):
+        next(sample(model, VOCAB, "", 5))
+    with pytest.raises(ValueError, match="temperature"):
+        next(sample(model, VOCAB, "a", 5, -1.0))
+    with pytest.raises(ValueError, match="vocabulary"):
+        next(sample(model, VOCAB, "xyz", 5))
+
+
+def test_lr_schedule() -> None:
+    assert lr_at(RECIPE, 1.0) == pytest.approx(RECIPE.lr * RECIPE.final_lr_ratio)
+    peak = max(lr_at(RECIPE, i / 1000) for i in range(1001))
+    assert peak == pytest.approx(RECIPE.lr, rel=1e-3)
+    assert lr_at(RECIPE, 0.0) < RECIPE.lr
+    assert lr_at(BASELINE, 0.0) == lr_at(BASELINE, 0.7) == BASELINE.lr
+    lrs = [lr_at(RECIPE, i / 100) for i in range(100)]
+    top = lrs.index(max(lrs))
+    assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1 :], strict=False))
+    assert RECIPE.to_dict()["hidden_size"] == RECIPE.hidden_size
