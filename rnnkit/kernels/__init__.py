@@ -1,9 +1,9 @@
 """Fused recurrent kernels: one layer-direction, forward and explicit BPTT, in one op.
 
 :func:`run_direction` is a drop-in for :func:`rnnkit.loop.run_direction` on the standard
-cells (LSTM with or without ``proj_size``, GRU in torch's form, RNN tanh/relu), over the same
-packed time-major layout: ``xp (sum(batch_sizes), G)`` already projected by
-``cell.project_input`` (whose GEMM over all steps, and its gradient, stay with autograd),
+cells (LSTM with or without ``proj_size``, peephole LSTM, GRU in torch's form, RNN tanh/relu),
+over the same packed time-major layout: ``xp (sum(batch_sizes), G)`` already projected by
+:func:`project_input` (whose GEMM over all steps, and its gradient, stay with autograd),
 ``batch_sizes`` non-increasing, an initial state, ``reverse``. Each step runs one recurrent
 GEMM and a fused element-wise pass; backward is explicit BPTT with one GEMM per step and the
 recurrent weight gradients as single GEMMs over the whole sequence after the loop
@@ -13,7 +13,9 @@ Two implementations compute the same numbers: the C++ extension (:mod:`.ext`, co
 first use; CPU, float32/float64) and pure PyTorch (:mod:`.lstm`, :mod:`.gru`, :mod:`.rnn`;
 any device), used when the extension cannot be built, for other devices/dtypes, or when
 ``RNNKIT_NO_EXT=1``. An optional per-sequence recurrent-dropout mask ``(B, P)`` multiplies
-``h_{t-1}`` right before the recurrent GEMM (Gal & Ghahramani 2016).
+``h_{t-1}`` right before the recurrent GEMM (Gal & Ghahramani 2016); optional zoneout weights
+mix each new state with the previous one (Krueger et al. 2017). Under ``torch.compile`` the
+same computation runs as the custom op ``rnnkit::fused_direction`` (:mod:`.ops`).
 """
 
 from __future__ import annotations
