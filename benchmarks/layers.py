@@ -6,13 +6,16 @@ backward of ``output.sum()``) of three contestants:
 * ``rnnkit``  — the layer as users build it (``impl="auto"``: torch's kernels when the
   configuration is standard, rnnkit's fastest path otherwise);
 * ``torch``   — the ``torch.nn`` layer of the same family and shape (the yardstick);
-* ``loop``    — the same rnnkit layer forced onto the reference loop (``impl="loop"``).
+* ``loop``    — the same rnnkit layer forced onto the reference loop (``impl="loop"``);
+* ``fused``   — the same rnnkit layer forced onto the fused kernels (``impl="fused"``,
+  :mod:`rnnkit.kernels`), for the cases that have one (else its columns show ``-``).
 
 Repetitions are interleaved (a round of every contestant, repeated) and the median is
 reported, so slow drifts of a shared machine hit all of them alike.
 
     python benchmarks/layers.py                   # all cases, all shapes
     python benchmarks/layers.py --shapes small --cases lstm,gru --repeat 5
+    python benchmarks/layers.py --threads 1 --clock cpu  # steadier on a busy machine
 
 Other modules add rows by appending to ``CASES`` (name, family, rnnkit constructor kwargs).
 """
@@ -28,6 +31,7 @@ import torch
 from torch import nn
 
 import rnnkit
+from rnnkit import dispatch
 
 SHAPES = {  # name: (T, B, I, H)
     "small": (64, 8, 32, 64),
@@ -78,10 +82,14 @@ CASES += [
 ]
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
 def _timer(fn: Callable[[nn.Module], object], m: nn.Module) -> float:
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn(m)
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repeat: int):
@@ -93,6 +101,10 @@ def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repe
         "torch": torch_cls(I, H, **{k: v for k, v in kwargs.items() if k in LAYOUT}),
         "loop": ours_cls(I, H, impl="loop", **kwargs),
     }
+    fused = ours_cls(I, H, impl="loop", **kwargs)
+    if dispatch.fused_supported(fused):
+        fused.impl = "fused"
+        models["fused"] = fused
     for m in models.values():
         m.train()
     x = torch.randn(T, B, I)
@@ -117,34 +129,61 @@ def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repe
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def _fmt(r: dict, key: tuple[str, str], den: tuple[str, str] | None = None, spec: str = ".2f") -> str:
+    if key not in r or (den is not None and den not in r):
+        return "-"
+    return format(r[key] / r[den] if den else r[key], spec)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall time, or this process's CPU time (steadier on a shared machine; use --threads 1)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global _clock
+    _clock = CLOCKS[args.clock]
     wanted = set(filter(None, args.cases.split(",")))
-    print(f"torch {torch.__version__}, {args.threads} threads, float32, median of {args.repeat}")
     print(
-        "| case | shape | rnnkit fwd ms | torch fwd ms | loop fwd ms | rnnkit train ms | "
-        "torch train ms | loop train ms | fwd rnnkit/torch | train rnnkit/torch | train loop/rnnkit |"
+        f"torch {torch.__version__}, {args.threads} threads, float32, "
+        f"median of {args.repeat}, {args.clock} clock"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| case | shape | rnnkit fwd ms | torch fwd ms | loop fwd ms | fused fwd ms | rnnkit train ms | "
+        "torch train ms | loop train ms | fused train ms | fwd rnnkit/torch | train rnnkit/torch | "
+        "train loop/rnnkit | fwd fused/torch | train fused/torch | train loop/fused |"
+    )
+    print("|---|---|" + "---:|" * 14)
     for name, family, kwargs in CASES:
         if wanted and name not in wanted:
             continue
         for sname in args.shapes.split(","):
             r = bench_case(family, kwargs, SHAPES[sname], args.repeat)
-            print(
-                f"| {name} | {sname} | {r['rnnkit', 'fwd']:.2f} | {r['torch', 'fwd']:.2f} | "
-                f"{r['loop', 'fwd']:.2f} | {r['rnnkit', 'train']:.2f} | {r['torch', 'train']:.2f} | "
-                f"{r['loop', 'train']:.2f} | {r['rnnkit', 'fwd'] / r['torch', 'fwd']:.3f} | "
-                f"{r['rnnkit', 'train'] / r['torch', 'train']:.3f} | "
-                f"{r['loop', 'train'] / r['rnnkit', 'train']:.2f} |",
-                flush=True,
-            )
+            cells = [
+                _fmt(r, ("rnnkit", "fwd")),
+                _fmt(r, ("torch", "fwd")),
+                _fmt(r, ("loop", "fwd")),
+                _fmt(r, ("fused", "fwd")),
+                _fmt(r, ("rnnkit", "train")),
+                _fmt(r, ("torch", "train")),
+                _fmt(r, ("loop", "train")),
+                _fmt(r, ("fused", "train")),
+                _fmt(r, ("rnnkit", "fwd"), ("torch", "fwd"), ".3f"),
+                _fmt(r, ("rnnkit", "train"), ("torch", "train"), ".3f"),
+                _fmt(r, ("loop", "train"), ("rnnkit", "train")),
+                _fmt(r, ("fused", "fwd"), ("torch", "fwd"), ".3f"),
+                _fmt(r, ("fused", "train"), ("torch", "train"), ".3f"),
+                _fmt(r, ("loop", "train"), ("fused", "train")),
+            ]
+            print(f"| {name} | {sname} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,22 @@
 
 * ``"torch"`` — torch's own fused kernels (``_VF.lstm`` & co., cuDNN on GPUs), used whenever
   the configuration is exactly a ``torch.nn`` one: same numbers, same speed as ``torch.nn``.
+* ``"fused"`` — rnnkit's fused kernels (:mod:`rnnkit.kernels`): per layer-direction, one
+  op for the whole time loop with explicit BPTT (compiled C++ on the CPU, pure PyTorch as
+  fallback); packed input runs without padding.
 * ``"loop"`` — the reference loop of :mod:`rnnkit.loop`, correct for every cell and option.
 
 Regularizers (:mod:`rnnkit.regularizers`) reach every path through the call's ``plan``:
 weight-dropped ``W_hh`` go into the weights a path receives (so weight-drop alone still runs
-on torch's kernels), locked dropout between layers runs torch's kernel layer by layer, and
-recurrent dropout and zoneout need the reference loop (``needs_custom_loop``).
+on torch's kernels), locked dropout between layers runs torch's kernel layer by layer,
+recurrent dropout and zoneout run on the fused path (their masks are inputs of the fused
+kernels) or the loop.
 
-``impl="auto"`` (every layer's default) picks the first that applies; a layer built with
+``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
+(except CPU float32 training of GRU/RNN, where the fused path is faster: see
+:func:`fused_for_training`), the fused path for the standard cells with recurrent dropout
+(when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
+fused path wherever it applies: its custom ops keep the graph whole. A layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 """
 
@@ -20,12 +28,12 @@ from collections.abc import Sequence
 import torch
 from torch import _VF, Tensor
 
-from . import _checks
+from . import _checks, kernels
 from .cells.base import State, StepContext
 from .loop import run_direction as loop_direction
 from .regularizers import CallPlan, apply_sequence_mask
 
-IMPLS = ("auto", "torch", "loop")
+IMPLS = ("auto", "torch", "fused", "loop")
 _TORCH_FNS = {"LSTM": _VF.lstm, "GRU": _VF.gru, "RNN_TANH": _VF.rnn_tanh, "RNN_RELU": _VF.rnn_relu}
 
 
@@ -42,12 +50,50 @@ def torch_mode(module) -> str | None:
     return modes.pop()
 
 
+def fused_supported(module) -> bool:
+    """Whether every layer of ``module`` (cells and regularizers) has a fused kernel."""
+    return all(kernels.supports(cell) for cell in module.cells)
+
+
+# Families whose fused kernels train faster than torch's own CPU kernels (benchmarks/layers.py,
+# docs/fused.md): torch's GRU/RNN backward runs per-op autograd, its LSTM runs oneDNN's fused
+# LSTM, which the fused path only matches at medium size and trails at small size.
+FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
+
+
+def fused_for_training(module, x: Tensor, mode: str | None) -> bool:
+    """``impl="auto"``: take the fused path for a CPU float32 training call of a family listed
+    in :data:`FUSED_TRAINING_MODES`, when the compiled kernels are available."""
+    return (
+        mode in FUSED_TRAINING_MODES
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and any(p.requires_grad for p in module.parameters())
+        and fused_supported(module)
+        and kernels.backend(x) == "ext"
+    )
+
+
 def select(module, x: Tensor) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack``."""
     if module.impl == "auto":
-        return "torch" if torch_mode(module) else "loop"
+        if torch.compiler.is_compiling() and fused_supported(module):
+            return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
+        mode = torch_mode(module)
+        if fused_for_training(module, x, mode):
+            return "fused"
+        if mode:
+            return "torch"
+        # A standard cell that needs a custom loop (recurrent dropout, zoneout): the compiled fused
+        # kernels beat the Python loop; the pure ones only at larger sizes, so not them.
+        if fused_supported(module) and x.device.type == "cpu" and kernels.backend(x) == "ext":
+            return "fused"
+        return "loop"
     if module.impl == "torch" and torch_mode(module) is None:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
+    if module.impl == "fused" and not fused_supported(module):
+        _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
     return module.impl
 
 
@@ -116,6 +162,12 @@ def run_direction(
     else:
         p = plan.params[layer][direction]
         rec, zmasks = plan.recurrent[layer][direction], plan.zoneout[layer][direction]
+    if impl == "fused":
+        xp = kernels.project_input(cell, p, data)
+        zoneout = module.zoneout_probs[layer]
+        return kernels.run_direction(
+            cell, p, xp, batch_sizes, h0, direction == 1, rec, zoneout=zoneout, zoneout_masks=zmasks
+        )
     xp = cell.project_input(p, data)
     ctx = StepContext(training=module.training, recurrent_mask=rec)
     zoneout = module.zoneout_probs[layer]

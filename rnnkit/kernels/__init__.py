@@ -1,0 +1,186 @@
+"""Fused recurrent kernels: one layer-direction, forward and explicit BPTT, in one op.
+
+:func:`run_direction` is a drop-in for :func:`rnnkit.loop.run_direction` on the standard
+cells (LSTM with or without ``proj_size``, peephole LSTM, GRU in torch's form, RNN tanh/relu),
+over the same packed time-major layout: ``xp (sum(batch_sizes), G)`` already projected by
+:func:`project_input` (whose GEMM over all steps, and its gradient, stay with autograd),
+``batch_sizes`` non-increasing, an initial state, ``reverse``. Each step runs one recurrent
+GEMM and a fused element-wise pass; backward is explicit BPTT with one GEMM per step and the
+recurrent weight gradients as single GEMMs over the whole sequence after the loop
+(``dW_hh = Σ_t da_tᵀ h_{t-1}``, stacked).
+
+Two implementations compute the same numbers: the C++ extension (:mod:`.ext`, compiled at
+first use; CPU, float32/float64) and pure PyTorch (:mod:`.lstm`, :mod:`.gru`, :mod:`.rnn`;
+any device), used when the extension cannot be built, for other devices/dtypes, or when
+``RNNKIT_NO_EXT=1``. An optional per-sequence recurrent-dropout mask ``(B, P)`` multiplies
+``h_{t-1}`` right before the recurrent GEMM (Gal & Ghahramani 2016); optional zoneout weights
+mix each new state with the previous one (Krueger et al. 2017). Under ``torch.compile`` the
+same computation runs as the custom op ``rnnkit::fused_direction`` (:mod:`.ops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from ..cells.base import Cell, Params, State
+from ..cells.gru import GRUCellMath
+from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
+from ..cells.lstm import LSTMCellMath
+from ..cells.rnn import RNNCellMath
+from . import _gemm, ext, ops
+
+__all__ = ["supports", "project_input", "run_direction", "backend", "KINDS"]
+
+KINDS = ops.KINDS
+_STANDARD = (LSTMCellMath, GRUCellMath, RNNCellMath)
+
+
+def _is_peephole_lstm(cell: Cell) -> bool:
+    """An LSTM whose only option is ``peephole=True`` (Greff's *vanilla* LSTM)."""
+    opts = getattr(cell, "_options", None)
+    if type(cell) is not LSTMCellMath or not opts or not opts.get("peephole"):
+        return False
+    return all(
+        opts[k] == d for k, d in _LSTM_DEFAULTS.items() if k not in ("peephole", "forget_bias", "max_len")
+    )
+
+
+def kind_of(cell: Cell) -> str | None:
+    """The fused kernel of ``cell``, or ``None`` when it has none (a variant or option)."""
+    if _is_peephole_lstm(cell):
+        return "lstm"
+    if type(cell) not in _STANDARD or cell.torch_mode() is None:
+        return None
+    mode = cell.torch_mode()
+    return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}.get(mode or "")
+
+
+def supports(cell: Cell) -> bool:
+    """Whether :func:`run_direction` can run ``cell``."""
+    return kind_of(cell) is not None
+
+
+def backend(x: Tensor) -> str:
+    """``"ext"`` (compiled kernels) or ``"pure"`` (PyTorch ops) for data like ``x``."""
+    return "ext" if ops.use_ext_for(x) else "pure"
+
+
+class _Direction(torch.autograd.Function):
+    """Autograd node of one fused direction (eager mode; ``rnnkit::fused_direction`` is the
+    same computation as a custom op, for torch.compile)."""
+
+    @staticmethod
+    def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep):
+        ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext = kind, batch_sizes, reverse, use_ext
+        ctx.has_bias = b_hh is not None
+        ctx.onednn = _gemm.use_onednn(xp)
+        args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep)
+        out, hn, cn, saved = ops.forward_impl(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args)
+        empty = w_hh.new_empty(0)
+        opt = [empty if t is None else t for t in (w_hr, mask, zh, zc, w_peep)]
+        ctx.save_for_backward(*saved, w_hh, *opt)
+        if kind != "lstm":
+            ctx.mark_non_differentiable(cn)
+        return out, hn, cn
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gout, ghn, gcn):
+        *saved, w_hh, w_hr, mask, zh, zc, w_peep = ctx.saved_tensors
+        opt = [ops._opt(t) for t in (w_hr, mask, zh, zc, w_peep)]
+        grads = ops.backward_impl(
+            ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext, ctx.onednn, ctx.has_bias, gout, ghn, gcn,
+            saved, w_hh, *opt,
+        )  # fmt: skip
+        dxp, dh0, dc0, dw_hh, db, dw_hr, dw_peep = grads
+        return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep
+
+
+def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
+    """``cell.project_input(p, x)`` for a standard cell, with oneDNN GEMMs where they apply.
+
+    Same math as the cells: ``x W_ihᵀ + b_ih (+ b_hh for LSTM/RNN)``, one GEMM for all rows.
+    """
+    kind = kind_of(cell)
+    if kind is None:
+        return cell.project_input(p, x)
+    b = p.get("bias_ih")
+    if b is not None and kind != "gru":
+        b = b + p["bias_hh"]
+    return _gemm.linear(x, p["weight_ih"], b)
+
+
+def run_direction(
+    cell: Cell,
+    p: Params,
+    xp: Tensor,
+    batch_sizes: Sequence[int],
+    h0: State,
+    reverse: bool = False,
+    mask: Tensor | None = None,
+    use_ext: bool | None = None,
+    zoneout: Sequence[float] | None = None,
+    zoneout_masks: Sequence[Tensor | None] | None = None,
+) -> tuple[Tensor, State]:
+    """Fused twin of :func:`rnnkit.loop.run_direction` for the standard cells.
+
+    Args:
+        xp: ``cell.project_input(p, x)``, ``(N, G)`` with ``N = sum(batch_sizes)``.
+        batch_sizes: active sequences per step, non-increasing.
+        h0: initial state, each ``(batch_sizes[0], S_i)``.
+        mask: optional recurrent-dropout mask ``(batch_sizes[0], S_0)`` applied to
+            ``h_{t-1}`` before the recurrent GEMM.
+        use_ext: force the compiled (``True``) or pure (``False``) kernels; default: the
+            compiled ones when available for ``xp``'s device and dtype.
+        zoneout, zoneout_masks: as :func:`rnnkit.loop.run_direction`: per state component a
+            probability, and in training a keep-mask ``(T, B, S_i)`` (``None`` in evaluation,
+            where the state is the expectation ``lerp(s̃_t, s_{t-1}, p)``).
+    Returns:
+        outputs ``(N, S_0)`` and the final state, as the reference loop.
+    """
+    kind = kind_of(cell)
+    if kind is None:
+        raise ValueError(
+            f"the fused kernels support the standard LSTM/GRU/RNN cells, got {type(cell).__name__}"
+        )
+    bsz = tuple(int(b) for b in batch_sizes)
+    c0 = h0[1] if kind == "lstm" else None
+    b_hh = p.get("bias_hh") if kind == "gru" else None
+    w_hr = p.get("weight_hr") if kind == "lstm" else None
+    zh, zc = _zoneout_rows(xp, bsz, h0, zoneout, zoneout_masks)
+    w_peep = p.get("weight_peephole") if kind == "lstm" else None
+    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, w_peep)
+    if torch.compiler.is_compiling():  # one opaque custom op per direction in the graph
+        out, hn, cn = ops.fused_direction(kind, *args, list(bsz), reverse)[:3]
+    else:
+        if use_ext is None:
+            use_ext = backend(xp) == "ext"
+        elif use_ext and ext.ops() is None:
+            raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
+        out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, *args)
+    return out, ((hn, cn) if kind == "lstm" else (hn,))
+
+
+def _zoneout_rows(xp, bsz, h0, probs, masks) -> tuple[Tensor | None, Tensor | None]:
+    """Zoneout weights per packed row ``(N, S_i)`` for ``h`` and ``c`` (``None`` where off)."""
+    res: list[Tensor | None] = [None, None]
+    if probs is None:
+        return None, None
+    if len(probs) > len(h0) or len(probs) > 2:
+        raise ValueError(f"zoneout: at most one probability per state component (h, c), got {list(probs)}")
+    dense = all(b == bsz[0] for b in bsz)
+    for i, prob in enumerate(probs):
+        if not prob:
+            continue
+        m = None if masks is None else masks[i]
+        if m is None:  # evaluation: the expectation, a constant weight
+            res[i] = xp.new_full((xp.shape[0], h0[i].shape[1]), float(prob))
+        elif dense:
+            res[i] = m.reshape(-1, m.shape[-1]).to(xp.dtype).contiguous()
+        else:
+            res[i] = torch.cat([m[t, :b] for t, b in enumerate(bsz)]).to(xp.dtype)
+    return res[0], res[1]

@@ -1,0 +1,24 @@
+"""Shared helpers of the fused kernels: the step schedule of a packed direction.
+
+Packed time-major data holds step ``t`` in rows ``offsets[t] : offsets[t] + batch_sizes[t]``,
+and the active sequences of a step are always the *first* ``batch_sizes[t]`` rows of the
+batch (sorted by decreasing length). So one running state buffer of ``B`` rows serves both
+directions: a step updates rows ``[:bs]`` in place, rows past ``bs`` keep the final state of
+sequences that ended (forward) or the initial state of sequences that have not started yet
+(reverse). Backward walks the same schedule in the opposite order with running gradient
+buffers, which end up holding the gradients of the initial state.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=256)
+def schedule(batch_sizes: tuple[int, ...], reverse: bool) -> tuple[tuple[int, int], ...]:
+    """``(offset, batch)`` of every step in processing order (forward pass order)."""
+    offs, acc = [], 0
+    for bs in batch_sizes:
+        offs.append((acc, bs))
+        acc += bs
+    return tuple(reversed(offs)) if reverse else tuple(offs)

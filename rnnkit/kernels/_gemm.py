@@ -1,0 +1,100 @@
+"""The GEMMs of the fused kernels: oneDNN's inner product where it applies, else BLAS.
+
+On the CPU in float32 torch routes ``mm``/``addmm`` to MKL, while ``torch.nn.LSTM`` runs on
+oneDNN (mkldnn), whose GEMMs were 1.6-2.7x faster than MKL's on the development machine
+(an AMD EPYC, where MKL avoids its best code paths) at the shapes of an RNN step. To be
+compared fairly with torch the fused kernels use the same library: the recurrent weight is
+packed once per call (``mkldnn::_reorder_linear_weight``) and every step is one
+``mkldnn::_linear_pointwise`` (the op torch.compile's CPU backend emits for linear layers).
+float64, other devices, builds without oneDNN, or ``RNNKIT_NO_ONEDNN=1`` use ``torch.mm``, and
+so do small products (``rows * in * out < 2**20``), where oneDNN's fixed cost per call (about
+10 µs) exceeds BLAS's whole run time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+ONEDNN_MIN_WORK = 1 << 20  # rows * in * out below which BLAS wins (measured: crossover ~1e6)
+
+
+def use_onednn(t: Tensor) -> bool:
+    """Whether GEMMs on tensors like ``t`` go through oneDNN."""
+    return (
+        t.dtype == torch.float32
+        and t.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and os.environ.get("RNNKIT_NO_ONEDNN", "") in ("", "0")
+    )
+
+
+class Linear:
+    """``x ↦ x Wᵀ`` for a fixed ``W (out, in)`` applied to many small ``x``."""
+
+    def __init__(self, w: Tensor, batch: int) -> None:
+        self.w, self.batch = w, batch
+        self.dnn = use_onednn(w)
+        self.packed: Tensor | None = None  # packed on first use: packing costs ~0.1-0.2 ms
+
+    def __call__(self, x: Tensor, base: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+        """``base + x Wᵀ + bias`` as a new tensor (``base``/``bias`` optional, not both)."""
+        if self.dnn and x.shape[0] * self.w.numel() >= ONEDNN_MIN_WORK:
+            if self.packed is None:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(
+                    self.w.detach().contiguous(), self.batch
+                )
+            if base is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, base, self.packed, None, "add")
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        if base is not None:
+            return torch.addmm(base, x, self.w.t())
+        return torch.mm(x, self.w.t()) if bias is None else torch.addmm(bias, x, self.w.t())
+
+
+def mm_tn(a: Tensor, b: Tensor) -> Tensor:
+    """``aᵀ b`` for tall ``a (N, M)``, ``b (N, K)``: a weight gradient summed over all rows."""
+    # oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
+    # As (bᵀ a)ᵀ: oneDNN then copies the narrower operand only.
+    dense = a.is_contiguous() and b.is_contiguous()
+    if dense and use_onednn(a) and a.numel() * b.shape[1] >= ONEDNN_MIN_WORK:
+        return torch.ops.mkldnn._linear_pointwise(b.t(), a.t(), None, "none", [], "").t().contiguous()
+    return torch.mm(a.t(), b)
+
+
+def mm(a: Tensor, w: Tensor) -> Tensor:
+    """``a w`` for tall ``a (N, M)`` and a weight ``w (M, K)``."""
+    if use_onednn(a) and a.numel() * w.shape[1] >= ONEDNN_MIN_WORK:
+        return torch.ops.mkldnn._linear_pointwise(a, w.t().contiguous(), None, "none", [], "")
+    return torch.mm(a, w)
+
+
+class _ProjectInput(torch.autograd.Function):
+    """``x Wᵀ + b`` with oneDNN GEMMs forward and backward (the input projection)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = mm(dy, w) if ctx.needs_input_grad[0] else None
+        dw = mm_tn(dy, x) if ctx.needs_input_grad[1] else None
+        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x Wᵀ + b`` for 2-D ``x``, differentiable; oneDNN GEMMs when they apply."""
+    if torch.compiler.is_compiling():  # the compiler picks the GEMM itself
+        return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+    if use_onednn(x) and x.dim() == 2 and x.numel() * w.shape[0] >= ONEDNN_MIN_WORK:
+        return _ProjectInput.apply(x, w, b)
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())

@@ -1,0 +1,430 @@
+// rnnkit fused recurrent directions: forward and explicit BPTT, looping over time in C++.
+//
+// Mirrors rnnkit/kernels/{lstm,gru,rnn}.py exactly (same buffers, same schedule, same
+// equations): per step one GEMM for the recurrent term (oneDNN for float32, else BLAS), ATen's
+// vectorized sigmoid/tanh for the transcendental parts, and plain fused loops over B*H rows (split across
+// threads with at::parallel_for) for the element-wise arithmetic. Backward needs no
+// transcendental function at all: one fused loop per step computes every gate gradient.
+// Weight gradients are single GEMMs over all steps after the loop.
+//
+// kind: 0 = LSTM, 1 = GRU (torch form), 2 = RNN tanh, 3 = RNN relu.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <optional>
+#include <utility>
+#include <vector>
+
+using at::Tensor;
+using Steps = std::vector<std::pair<int64_t, int64_t>>;  // (offset, batch) in forward order
+
+namespace {
+
+// ---- GEMMs: oneDNN inner product for float32 (as torch.nn.LSTM on the CPU), else BLAS. ----
+// Same policy as rnnkit/kernels/_gemm.py (see there why).
+const c10::OperatorHandle* find_op(const char* name, const char* overload) {
+  auto h = c10::Dispatcher::singleton().findSchema({name, overload});
+  return h.has_value() ? new c10::OperatorHandle(*h) : nullptr;
+}
+const c10::OperatorHandle* op_linear() {
+  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "");
+  return h;
+}
+const c10::OperatorHandle* op_linear_add() {
+  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "binary");
+  return h;
+}
+const c10::OperatorHandle* op_reorder() {
+  static const c10::OperatorHandle* h = find_op("mkldnn::_reorder_linear_weight", "");
+  return h;
+}
+
+Tensor call(const c10::OperatorHandle* op, std::vector<c10::IValue> stack) {
+  op->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+bool use_onednn(const Tensor& t, bool allowed) {
+  return allowed && t.scalar_type() == at::kFloat && at::hasMKLDNN() && op_linear() && op_linear_add() &&
+         op_reorder();
+}
+
+// rows * in * out below which BLAS beats oneDNN's fixed cost per call (as _gemm.py).
+constexpr int64_t kOneDnnMinWork = 1 << 20;
+
+// x -> x W^T for a fixed W (out, in), applied to many small x; W packed for oneDNN on first use.
+struct Linear {
+  Tensor w;
+  mutable Tensor packed;
+  int64_t batch;
+  bool dnn;
+  Linear(const Tensor& W, int64_t batch_, bool allowed) : w(W), batch(batch_), dnn(use_onednn(W, allowed)) {}
+  bool use(const Tensor& x) const {
+    if (!dnn || x.size(0) * w.numel() < kOneDnnMinWork) return false;
+    if (!packed.defined()) packed = call(op_reorder(), {w.contiguous(), c10::IValue(batch)});
+    return true;
+  }
+  // base + x W^T (base: same shape as the result).
+  Tensor add(const Tensor& x, const Tensor& base) const {
+    if (use(x)) return call(op_linear_add(), {x, base, packed, c10::IValue(), std::string("add")});
+    return at::addmm(base, x, w.t());
+  }
+  // x W^T + bias.
+  Tensor operator()(const Tensor& x, const std::optional<Tensor>& bias = std::nullopt) const {
+    if (use(x)) {
+      c10::IValue b = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
+      return call(op_linear(), {x, packed, b, std::string("none"), c10::List<std::optional<c10::Scalar>>(),
+                                c10::IValue(std::string(""))});
+    }
+    return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  }
+};
+
+// a^T b over all N rows (a weight gradient), as one GEMM.
+Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
+  // oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
+  const bool dense = a.is_contiguous() && b.is_contiguous();
+  if (dense && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
+    return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
+                              c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))})
+        .t()
+        .contiguous();  // as (b^T a)^T: oneDNN then copies the narrower operand only
+  return at::mm(a.t(), b);
+}
+
+Steps schedule(const std::vector<int64_t>& bsz, bool reverse) {
+  Steps s;
+  int64_t off = 0;
+  for (int64_t b : bsz) {
+    s.emplace_back(off, b);
+    off += b;
+  }
+  if (reverse) std::reverse(s.begin(), s.end());
+  return s;
+}
+
+// Run f(b0, b1) over rows [0, rows) of width `width`, in parallel when the step is big enough.
+template <typename F>
+void rows(int64_t n, int64_t width, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
+  at::parallel_for(0, n, grain, f);
+}
+
+// h_prev (as fed to the GEMM) for the active rows: hbuf[:bs] (times the mask).
+void load_prev(Tensor& dst, const Tensor& hbuf, const std::optional<Tensor>& mask, int64_t bs) {
+  if (mask.has_value())
+    at::mul_out(dst, hbuf.narrow(0, 0, bs), mask->narrow(0, 0, bs));
+  else
+    dst.copy_(hbuf.narrow(0, 0, bs));
+}
+
+Tensor none(const Tensor& like) { return at::empty({0}, like.options()); }
+
+std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tensor& c0,
+                            const Tensor& w_hh, const std::optional<Tensor>& b_hh,
+                            const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
+                            const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
+                            const std::optional<Tensor>& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
+                            bool onednn) {
+  const auto steps = schedule(batch_sizes, reverse);
+  const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0);
+  const Linear lin(w_hh, B, onednn);
+  Tensor hbuf = h0.clone(), out = at::empty({N, P}, xp.options());
+  Tensor hprev = at::empty({N, P}, xp.options());
+  if (kind == 0) {
+    const int64_t H = c0.size(1);
+    Tensor cbuf = c0.clone(), gates = at::empty({N, 4 * H}, xp.options());
+    Tensor cprev = at::empty({N, H}, xp.options()), tanhc = at::empty({N, H}, xp.options());
+    Tensor hraw = w_hr.has_value() ? at::empty({N, H}, xp.options()) : out;
+    const bool peep = w_peep.has_value();  // peepholes: i, f see c_{t-1}; o sees c_t
+    Tensor cnew = peep ? at::empty({N, H}, xp.options()) : none(xp);
+    const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
+    AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_fwd", [&] {
+      for (const auto& st : steps) {
+        const int64_t off = st.first, bs = st.second;
+        Tensor hp = hprev.narrow(0, off, bs), g = gates.narrow(0, off, bs);
+        load_prev(hp, hbuf, mask, bs);
+        Tensor a = lin.add(hp, xp.narrow(0, off, bs));
+        Tensor cb = cbuf.narrow(0, 0, bs);
+        if (peep) {
+          a.narrow(1, 0, H).addcmul_(w_peep->narrow(0, 0, H), cb);
+          a.narrow(1, H, H).addcmul_(w_peep->narrow(0, H, H), cb);
+        }
+        Tensor g_if = g.narrow(1, 0, 2 * H), g_g = g.narrow(1, 2 * H, H), g_o = g.narrow(1, 3 * H, H);
+        at::sigmoid_out(g_if, a.narrow(1, 0, 2 * H));
+        at::tanh_out(g_g, a.narrow(1, 2 * H, H));
+        if (!peep) at::sigmoid_out(g_o, a.narrow(1, 3 * H, H));
+        scalar_t* G = g.data_ptr<scalar_t>();
+        scalar_t* C = cbuf.data_ptr<scalar_t>();
+        scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
+        rows(bs, 4 * H, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const scalar_t* gr = G + b * 4 * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const scalar_t cp = C[b * H + j];
+              CP[b * H + j] = cp;
+              C[b * H + j] = gr[H + j] * cp + gr[j] * gr[2 * H + j];
+            }
+          }
+        });
+        if (peep) {
+          cnew.narrow(0, off, bs).copy_(cb);
+          at::sigmoid_out(g_o, a.narrow(1, 3 * H, H).addcmul_(w_peep->narrow(0, 2 * H, H), cb));
+        }
+        Tensor tc = tanhc.narrow(0, off, bs);
+        at::tanh_out(tc, cb);
+        Tensor hr = hraw.narrow(0, off, bs), o = out.narrow(0, off, bs);
+        at::mul_out(hr, g.narrow(1, 3 * H, H), tc);
+        if (lin_r.has_value()) o.copy_((*lin_r)(hr));
+        if (zc.has_value()) cbuf.narrow(0, 0, bs).lerp_(cprev.narrow(0, off, bs), zc->narrow(0, off, bs));
+        if (zh.has_value()) o.lerp_(hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
+        hbuf.narrow(0, 0, bs).copy_(o);
+      }
+    });
+    return {out, hbuf, cbuf, gates, cprev, tanhc, hprev, hraw, cnew};
+  }
+  if (kind == 1) {
+    const int64_t H = P;
+    // a_n (the n-part of the recurrent GEMM) is all backward needs of it: (N, H), not (N, 3H)
+    Tensor gates = at::empty({N, 3 * H}, xp.options()), an = at::empty({N, H}, xp.options());
+    Tensor hprev_m = mask.has_value() ? at::empty({N, H}, xp.options()) : hprev;
+    AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_fwd", [&] {
+      for (const auto& st : steps) {
+        const int64_t off = st.first, bs = st.second;
+        Tensor hp = hprev.narrow(0, off, bs), hm = hprev_m.narrow(0, off, bs);
+        Tensor g = gates.narrow(0, off, bs);
+        hp.copy_(hbuf.narrow(0, 0, bs));
+        if (mask.has_value()) at::mul_out(hm, hp, mask->narrow(0, 0, bs));
+        const Tensor a = lin(hm, b_hh);
+        an.narrow(0, off, bs).copy_(a.narrow(1, 2 * H, H));
+        Tensor x = xp.narrow(0, off, bs), rz = g.narrow(1, 0, 2 * H), n = g.narrow(1, 2 * H, H);
+        at::add_out(rz, x.narrow(1, 0, 2 * H), a.narrow(1, 0, 2 * H));
+        rz.sigmoid_();
+        at::addcmul_out(n, x.narrow(1, 2 * H, H), g.narrow(1, 0, H), a.narrow(1, 2 * H, H));
+        n.tanh_();
+        const scalar_t* G = g.data_ptr<scalar_t>();
+        const scalar_t* HP = hp.data_ptr<scalar_t>();
+        scalar_t* O = out.data_ptr<scalar_t>() + off * H;
+        scalar_t* HB = hbuf.data_ptr<scalar_t>();
+        rows(bs, 3 * H, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const scalar_t* gr = G + b * 3 * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const scalar_t n = gr[2 * H + j];
+              const scalar_t h = n + gr[H + j] * (HP[b * H + j] - n);
+              O[b * H + j] = h;
+              HB[b * H + j] = h;
+            }
+          }
+        });
+        if (zh.has_value()) {  // zoneout: h_t = lerp(h~_t, h_{t-1}, zh)
+          Tensor o = out.narrow(0, off, bs);
+          o.lerp_(hp, zh->narrow(0, off, bs));
+          hbuf.narrow(0, 0, bs).copy_(o);
+        }
+      }
+    });
+    return {out, hbuf, none(xp), gates, an, hprev, hprev_m};
+  }
+  // Elman RNN; hnew holds h~ (for act'), which zoneout mixes into the output.
+  Tensor hnew = zh.has_value() ? at::empty({N, P}, xp.options()) : out;
+  for (const auto& st : steps) {
+    const int64_t off = st.first, bs = st.second;
+    Tensor hp = hprev.narrow(0, off, bs), o = hnew.narrow(0, off, bs), y = out.narrow(0, off, bs);
+    load_prev(hp, hbuf, mask, bs);
+    const Tensor a = lin.add(hp, xp.narrow(0, off, bs));
+    if (kind == 3) at::clamp_min_out(o, a, 0); else at::tanh_out(o, a);
+    if (zh.has_value()) at::lerp_out(y, o, hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
+    hbuf.narrow(0, 0, bs).copy_(y);
+  }
+  return {out, hbuf, none(xp), hnew, hprev};
+}
+
+std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
+                             std::vector<Tensor> saved, const Tensor& w_hh,
+                             const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
+                             const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
+                             const std::optional<Tensor>& w_peep, bool has_bias, std::vector<int64_t> batch_sizes,
+                             bool reverse, bool onednn) {
+  auto steps = schedule(batch_sizes, reverse);
+  std::reverse(steps.begin(), steps.end());
+  Tensor dhbuf = ghn.clone();
+  const int64_t B = ghn.size(0), P = ghn.size(1);
+  const Linear lin_t(w_hh.t(), B, onednn);
+  // dh_{t-1} = (da W_hh) ⊙ m for the active rows.
+  auto recur = [&](const Tensor& da, int64_t bs) {
+    Tensor dhp = dhbuf.narrow(0, 0, bs);
+    if (mask.has_value())
+      at::mul_out(dhp, lin_t(da), mask->narrow(0, 0, bs));
+    else
+      dhp.copy_(lin_t(da));
+    return dhp;
+  };
+  // Zoneout on h: dL/dh~ = dh ⊙ (1 - zh) into `dst`, the direct part dh ⊙ zh into dhz.
+  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn), dht = at::empty_like(ghn);
+  auto split_h = [&](Tensor dst, int64_t off, int64_t bs) {
+    at::add_out(dst, gout.narrow(0, off, bs), dhbuf.narrow(0, 0, bs));
+    if (zh.has_value()) {
+      Tensor z = dhz.narrow(0, 0, bs);
+      at::mul_out(z, dst, zh->narrow(0, off, bs));
+      dst.sub_(z);
+    }
+    return dst;
+  };
+  auto add_direct = [&](int64_t bs) {
+    if (zh.has_value()) dhbuf.narrow(0, 0, bs).add_(dhz.narrow(0, 0, bs));
+  };
+  if (kind == 0) {
+    const Tensor &gates = saved[0], &cprev = saved[1], &tanhc = saved[2], &hprev = saved[3], &hraw = saved[4];
+    const Tensor& cnew = saved[5];
+    const int64_t H = tanhc.size(1);
+    const bool proj = w_hr.has_value();
+    Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone();
+    Tensor dcz = zc.has_value() ? at::empty_like(gcn) : none(gcn);
+    Tensor dh_all = proj ? at::empty_like(hprev) : none(gates);
+    const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_bwd", [&] {
+      for (const auto& st : steps) {
+        const int64_t off = st.first, bs = st.second;
+        const scalar_t* DH;  // dL/d(o ⊙ tanh c) for the active rows
+        const scalar_t *GO = nullptr, *DHB = nullptr;
+        Tensor d;
+        if (proj || zh.has_value()) {
+          Tensor dhp = split_h(proj ? dh_all.narrow(0, off, bs) : dht.narrow(0, 0, bs), off, bs);
+          d = proj ? (*lin_rt)(dhp).contiguous() : dhp;
+          DH = d.data_ptr<scalar_t>();
+        } else {
+          DH = nullptr;
+          GO = gout.data_ptr<scalar_t>() + off * P;
+          DHB = dhbuf.data_ptr<scalar_t>();
+        }
+        if (zc.has_value()) {  // c_t = lerp(c~_t, c_{t-1}, zc)
+          Tensor dc = dcbuf.narrow(0, 0, bs), z = dcz.narrow(0, 0, bs);
+          at::mul_out(z, dc, zc->narrow(0, off, bs));
+          dc.sub_(z);
+        }
+        const scalar_t* G = gates.data_ptr<scalar_t>() + off * 4 * H;
+        const scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
+        const scalar_t* TC = tanhc.data_ptr<scalar_t>() + off * H;
+        scalar_t* DG = dgates.data_ptr<scalar_t>() + off * 4 * H;
+        scalar_t* DC = dcbuf.data_ptr<scalar_t>();
+        const scalar_t* PI = w_peep.has_value() ? w_peep->data_ptr<scalar_t>() : nullptr;
+        rows(bs, 4 * H, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const scalar_t* g = G + b * 4 * H;
+            scalar_t* dg = DG + b * 4 * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const int64_t k = b * H + j;
+              const scalar_t dh = DH ? DH[k] : GO[k] + DHB[k];
+              const scalar_t i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], tc = TC[k];
+              const scalar_t dop = dh * tc * (o - o * o);
+              scalar_t dc = DC[k] + dh * o * (1 - tc * tc);
+              if (PI) dc += dop * PI[2 * H + j];
+              const scalar_t dip = dc * gg * (i - i * i), dfp = dc * CP[k] * (f - f * f);
+              dg[j] = dip;
+              dg[H + j] = dfp;
+              dg[2 * H + j] = dc * i * (1 - gg * gg);
+              dg[3 * H + j] = dop;
+              DC[k] = PI ? dc * f + dip * PI[j] + dfp * PI[H + j] : dc * f;
+            }
+          }
+        });
+        if (zc.has_value()) dcbuf.narrow(0, 0, bs).add_(dcz.narrow(0, 0, bs));
+        recur(dgates.narrow(0, off, bs), bs);
+        add_direct(bs);
+      }
+    });
+    Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates), dw_peep = none(gates);
+    if (w_peep.has_value())
+      dw_peep = at::cat({(dgates.narrow(1, 0, H) * cprev).sum(0), (dgates.narrow(1, H, H) * cprev).sum(0),
+                         (dgates.narrow(1, 3 * H, H) * cnew).sum(0)});
+    return {dgates, dhbuf, dcbuf, mm_tn(dgates, hprev, onednn), none(gates), dw_hr, dw_peep};
+  }
+  if (kind == 1) {
+    const Tensor &gates = saved[0], &an = saved[1], &hprev = saved[2], &hprev_m = saved[3];
+    const int64_t H = P;
+    // d a = [dr', dz', dn' ⊙ r] per step in `dat`; its r, z parts are d xp's, so only the
+    // n-part is stacked over the sequence (dan) for the weight gradient.
+    Tensor dxp = at::empty_like(gates), dan = at::empty_like(an), dz = at::empty({B, H}, gates.options());
+    Tensor dat = at::empty({B, 3 * H}, gates.options());
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_bwd", [&] {
+      for (const auto& st : steps) {
+        const int64_t off = st.first, bs = st.second;
+        const scalar_t* G = gates.data_ptr<scalar_t>() + off * 3 * H;
+        const scalar_t* AN = an.data_ptr<scalar_t>() + off * H;
+        const scalar_t* HP = hprev.data_ptr<scalar_t>() + off * H;
+        const scalar_t* GO = gout.data_ptr<scalar_t>() + off * H;
+        scalar_t* DHB = dhbuf.data_ptr<scalar_t>();
+        const scalar_t* DT = zh.has_value() ? split_h(dht.narrow(0, 0, bs), off, bs).data_ptr<scalar_t>() : nullptr;
+        scalar_t* DX = dxp.data_ptr<scalar_t>() + off * 3 * H;
+        scalar_t* DA = dat.data_ptr<scalar_t>();
+        scalar_t* DAN = dan.data_ptr<scalar_t>() + off * H;
+        scalar_t* DZ = dz.data_ptr<scalar_t>();
+        rows(bs, 3 * H, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b) {
+            const scalar_t* g = G + b * 3 * H;
+            scalar_t *dx = DX + b * 3 * H, *da = DA + b * 3 * H;
+            for (int64_t j = 0; j < H; ++j) {
+              const int64_t k = b * H + j;
+              const scalar_t dh = DT ? DT[k] : GO[k] + DHB[k];
+              const scalar_t r = g[j], z = g[H + j], n = g[2 * H + j];
+              const scalar_t dn = dh * (1 - n * n) * (1 - z);
+              const scalar_t dzp = dh * (z - z * z) * (HP[k] - n);
+              const scalar_t drp = dn * AN[k] * (r - r * r);
+              dx[j] = da[j] = drp;
+              dx[H + j] = da[H + j] = dzp;
+              dx[2 * H + j] = dn;
+              da[2 * H + j] = DAN[k] = dn * r;
+              DZ[k] = dh * z;
+            }
+          }
+        });
+        recur(dat.narrow(0, 0, bs), bs).add_(dz.narrow(0, 0, bs));
+        add_direct(bs);
+      }
+    });
+    const Tensor drz = dxp.narrow(1, 0, 2 * H);
+    Tensor db = has_bias ? at::cat({drz.sum(0), dan.sum(0)}) : none(gates);
+    Tensor dw = at::cat({mm_tn(drz, hprev_m, onednn), mm_tn(dan, hprev_m, onednn)});
+    return {dxp, dhbuf, none(gates), dw, db, none(gates), none(gates)};
+  }
+  const Tensor &out = saved[0], &hprev = saved[1];
+  const int64_t H = P;
+  Tensor da_all = at::empty_like(out);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_rnn_bwd", [&] {
+    for (const auto& st : steps) {
+      const int64_t off = st.first, bs = st.second;
+      const scalar_t* O = out.data_ptr<scalar_t>() + off * H;
+      const scalar_t* GO = gout.data_ptr<scalar_t>() + off * H;
+      const scalar_t* DHB = dhbuf.data_ptr<scalar_t>();
+      const scalar_t* DT = zh.has_value() ? split_h(dht.narrow(0, 0, bs), off, bs).data_ptr<scalar_t>() : nullptr;
+      scalar_t* DA = da_all.data_ptr<scalar_t>() + off * H;
+      rows(bs, H, [&](int64_t b0, int64_t b1) {
+        for (int64_t k = b0 * H; k < b1 * H; ++k) {
+          const scalar_t o = O[k], dh = DT ? DT[k] : GO[k] + DHB[k];
+          DA[k] = kind == 3 ? (o > 0 ? dh : scalar_t(0)) : dh * (1 - o * o);
+        }
+      });
+      recur(da_all.narrow(0, off, bs), bs);
+      add_direct(bs);
+    }
+  });
+  return {da_all, dhbuf, none(out), mm_tn(da_all, hprev, onednn), none(out), none(out), none(out)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(rnnkit_ext, m) {
+  m.def(
+      "forward(int kind, Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
+      "Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      &forward);
+  m.def(
+      "backward(int kind, Tensor gout, Tensor ghn, Tensor gcn, Tensor[] saved, Tensor w_hh, Tensor? w_hr, "
+      "Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, bool has_bias, int[] batch_sizes, bool reverse, "
+      "bool onednn) -> Tensor[]",
+      &backward);
+}

@@ -1,0 +1,94 @@
+"""Loader of the C++ extension (``csrc/fused.cpp``): compiled at first use, cached, optional.
+
+The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a
+fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/<torch>-<source hash>``
+(override the root with ``RNNKIT_EXT_DIR``), so later processes only load the shared
+library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain
+``TORCH_LIBRARY`` ops, no pybind11: fewer headers, faster build). The build is silent on
+success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
+compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+_SRC = Path(__file__).parent / "csrc" / "fused.cpp"
+_LOG = logging.getLogger("rnnkit")
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ops": the op namespace or None once tried
+
+
+def disabled() -> bool:
+    """True when ``RNNKIT_NO_EXT`` is set to a non-empty value other than ``0``."""
+    return os.environ.get("RNNKIT_NO_EXT", "") not in ("", "0")
+
+
+def build_dir() -> Path:
+    """Cache directory of the build, keyed by torch version and source hash."""
+    root = os.environ.get("RNNKIT_EXT_DIR") or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
+    digest = hashlib.sha256(_SRC.read_bytes()).hexdigest()[:12]
+    tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
+    return Path(root) / tag
+
+
+def _ensure_ninja_on_path() -> None:
+    # cpp_extension runs `ninja` from PATH; the pip package installs it next to the
+    # interpreter, which is not on PATH when the venv is not activated (`make test`).
+    if shutil.which("ninja") is None:
+        candidates = [os.path.dirname(sys.executable)]
+        try:
+            import ninja  # type: ignore[import-not-found]
+
+            candidates.insert(0, ninja.BIN_DIR)
+        except ImportError:
+            pass
+        for d in candidates:
+            if os.path.exists(os.path.join(d, "ninja")):
+                os.environ["PATH"] = d + os.pathsep + os.environ.get("PATH", "")
+                break
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    _ensure_ninja_on_path()
+    d = build_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name="rnnkit_ext",
+        sources=[str(_SRC)],
+        build_directory=str(d),
+        extra_cflags=["-O2"],
+        is_python_module=False,
+        verbose=False,
+    )
+    return torch.ops.rnnkit_ext
+
+
+def ops():
+    """The extension's op namespace, building it on first call; ``None`` if unavailable."""
+    if disabled():
+        return None
+    if "ops" not in _state:
+        with _lock:
+            if "ops" not in _state:
+                try:
+                    _state["ops"] = _build()
+                except Exception as e:  # noqa: BLE001 - any build failure means: use the pure path
+                    _LOG.warning("rnnkit: C++ extension unavailable, using pure-PyTorch kernels (%s)", e)
+                    _state["ops"] = None
+    return _state["ops"]
+
+
+def available() -> bool:
+    """Whether the compiled kernels are (or can be made) available; builds on first call."""
+    return ops() is not None

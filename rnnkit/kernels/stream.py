@@ -1,0 +1,87 @@
+"""Streaming inference: one time step at a time, the state kept by the caller.
+
+``Stream(layer)`` wraps a unidirectional :class:`rnnkit.RecurrentStack` (``rnnkit.LSTM``
+& co.) for online use: ``y_t, state = stream.step(x_t, state)``. For the standard cells each
+layer is one call of torch's fused cell kernel (``_VF.lstm_cell`` & co., what
+``torch.nn.LSTMCell`` runs), so a step costs about one bare cell call per layer; other cells
+run their own :meth:`Cell.step`. Stepping through a sequence gives exactly the layer's
+output on the whole sequence (evaluation semantics: dropout-type regularizers are off and
+zoneout uses its expectation ``lerp(s̃_t, s_{t-1}, p)``, as the layer does in ``eval()``).
+
+Shapes: ``x_t`` is ``(B, input_size)`` or ``(input_size,)``; ``state`` is what the layer
+takes as ``hx`` — ``(h, c)`` for LSTM, ``h`` otherwise, each ``(num_layers, B, S)`` (or
+``(num_layers, S)`` unbatched) — or ``None`` for zeros; ``y_t`` is ``(B, H_out)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import _VF, Tensor
+
+from ..cells.base import StepContext
+
+_CELLS = {
+    "LSTM": _VF.lstm_cell,
+    "GRU": _VF.gru_cell,
+    "RNN_TANH": _VF.rnn_tanh_cell,
+    "RNN_RELU": _VF.rnn_relu_cell,
+}
+
+
+class Stream:
+    """Stateful single-step runner of a unidirectional recurrent layer stack."""
+
+    def __init__(self, layer) -> None:
+        if layer.bidirectional:
+            raise ValueError(
+                "Stream needs a unidirectional layer (bidirectional=False), got bidirectional=True"
+            )
+        self.layer = layer
+        # torch's cell kernels; not with proj_size (lstm_cell sizes its gates from h)
+        self._fast = [None if getattr(c, "proj_size", 0) else c.torch_mode() for c in layer.cells]
+
+    def step(self, x: Tensor, state=None):
+        """One step of every layer: returns ``(y_t, new_state)`` (state shaped like ``hx``)."""
+        m = self.layer
+        if m.training and m._regularized():
+            raise ValueError("Stream runs evaluation semantics: call layer.eval() when it has regularizers")
+        unbatched = x.dim() == 1
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.dim() != 2 or x.shape[1] != m.input_size:
+            raise ValueError(f"x_t must be (B, {m.input_size}) or ({m.input_size},), got {tuple(x.shape)}")
+        names = m.cells[-1].state_names
+        if state is None:
+            shapes = m.state_shapes(x.shape[0])
+            comps = tuple(x.new_zeros(s) for s in shapes)
+        else:
+            comps = tuple(state) if isinstance(state, (tuple, list)) else (state,)
+            if len(comps) != len(names):
+                raise ValueError(f"state must hold {names}, got {len(comps)} tensor(s)")
+            if unbatched:
+                comps = tuple(s.unsqueeze(1) for s in comps)
+        new: list[list[Tensor]] = [[] for _ in comps]
+        for k, cell in enumerate(m.cells):
+            p = m.layer_params(k, 0)
+            prev = tuple(s[k] for s in comps)
+            mode = self._fast[k]
+            if mode is not None:
+                args = (p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh"))
+                if mode == "LSTM":
+                    cur: tuple[Tensor, ...] = tuple(_CELLS[mode](x, prev[:2], *args))
+                else:
+                    cur = (_CELLS[mode](x, prev[0], *args),)
+            else:
+                cur = cell.step(p, cell.project_input(p, x), prev, StepContext(training=m.training))
+            probs = m.zoneout_probs[k]
+            if any(probs):  # evaluation zoneout: the expectation
+                cur = tuple(torch.lerp(s1, s0, q) if q else s1 for s0, s1, q in zip(prev, cur, probs))
+            for i, s in enumerate(cur):
+                new[i].append(s)
+            x = cur[0]
+            if m.dropout and m.training and k < m.num_layers - 1:
+                x = torch.nn.functional.dropout(x, m.dropout, True)
+        out = tuple(torch.stack(s) for s in new)
+        if unbatched:
+            x, out = x.squeeze(0), tuple(s.squeeze(1) for s in out)
+        return x, (out if len(out) > 1 else out[0])
