@@ -13,8 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The main job: a character LSTM on Shakespeare (`MINUTES=30 make demo` for a longer run),
+# then a sample from it. Each run gets its own output directory (nothing is overwritten).
+MINUTES ?= 5
+OUT := runs/charlm-$(shell date +%Y%m%d-%H%M%S)
 demo: setup
-	$(PY) examples/anyplus1.py
+	$(VENV)/bin/rnnkit train charlm --max-minutes $(MINUTES) --out $(OUT)
+	$(VENV)/bin/rnnkit sample --checkpoint $(OUT) --prime "ROMEO:" --temperature 0.8 --length 400 --seed 0
 
 test: setup
 	$(PY) -m pytest

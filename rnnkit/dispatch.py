@@ -19,6 +19,10 @@ kernels) or the loop.
 (when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
 fused path wherever it applies: its custom ops keep the graph whole. A layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
+
+The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks
+:func:`select_scan` here too: the compiled CPU kernel, its pure-PyTorch loop, or the chunked
+parallel scan on other devices.
 """
 
 from __future__ import annotations
@@ -174,3 +178,12 @@ def run_direction(
     return loop_direction(
         cell, p, xp, batch_sizes, h0, reverse=direction == 1, ctx=ctx, zoneout=zoneout, zoneout_masks=zmasks
     )
+
+
+def select_scan(x: Tensor) -> str:
+    """Implementation of :func:`rnnkit.ops.linear_scan` for tensors like ``x``: ``"ext"``
+    (compiled CPU kernel), ``"loop"`` (pure PyTorch, same numbers) or ``"chunked"`` (parallel
+    scan for GPUs); ``RNNKIT_SCAN_IMPL`` / ``RNNKIT_NO_EXT`` override."""
+    from .ops.scan import backend
+
+    return backend(x)

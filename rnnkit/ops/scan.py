@@ -40,7 +40,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .. import _checks
+from .. import _checks, dispatch
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -178,7 +178,7 @@ def _py_bwd(grad: Tensor, a: Tensor, h: Tensor, h0: Tensor | None, reverse: bool
 def _forward(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
     if b.shape[0] == 0:
         return torch.empty_like(b)
-    impl = backend(b)
+    impl = dispatch.select_scan(b)
     if impl == "ext":
         return load_extension().forward(a, b, h0, reverse)  # type: ignore[union-attr]
     return (_loop_fwd if impl == "loop" else _chunked_fwd)(a, b, h0, reverse)
@@ -187,7 +187,7 @@ def _forward(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
 def _backward(grad: Tensor, a: Tensor, h: Tensor, h0: Tensor | None, reverse: bool):
     if a.shape[0] == 0:
         return torch.zeros_like(a), torch.zeros_like(a), a.new_zeros(a.shape[1:])
-    impl = backend(a)
+    impl = dispatch.select_scan(a)
     if impl == "ext":
         da, db, dh0 = load_extension().backward(grad, a, h, h0, reverse)  # type: ignore[union-attr]
         return da, db, dh0.view(a.shape[1:])

@@ -15,20 +15,12 @@ import torch
 from torch import nn
 
 from rnnkit.datasets.shakespeare import CharVocab
+from rnnkit.state import detach_state
 
 __all__ = ["RECIPE", "BASELINE", "CharLM", "CharLMRecipe", "detach_state", "lr_at", "sample"]
 
 State = Any  # a Tensor (L, B, H), a tuple of them (LSTM: (h, c)), or None
 RNNFactory = Callable[..., nn.Module]
-
-
-def detach_state(state: State) -> State:
-    """Cut the autograd history of a recurrent state (tensor, tuple/list of tensors or None)."""
-    if state is None:
-        return None
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    return type(state)(detach_state(s) for s in state)
 
 
 class CharLM(nn.Module):
