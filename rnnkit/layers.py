@@ -65,13 +65,6 @@ class RecurrentStack(nn.Module):
         super().__init__()
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
         dispatch.check_impl(impl)
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero "
-                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-                f"num_layers={num_layers}",
-                stacklevel=3,
-            )
         if locked_dropout and num_layers == 1:
             warnings.warn(
                 "locked_dropout acts between recurrent layers, so it expects num_layers greater "
@@ -314,5 +307,12 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
     if not isinstance(proj_size, int) or proj_size < 0:
         raise ValueError(f"proj_size must be a non-negative int, got {proj_size!r}")
+    if dropout > 0 and num_layers == 1:  # torch.nn's warning, pointing at the user's constructor call
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero "
+            f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers}",
+            stacklevel=4,
+        )
     if proj_size >= hidden_size:
         raise ValueError(f"proj_size ({proj_size}) must be smaller than hidden_size ({hidden_size})")

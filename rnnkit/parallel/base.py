@@ -21,8 +21,6 @@ valid step and the reverse direction starts each sequence from ``h0`` at its own
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,13 +46,6 @@ class ParallelRecurrent(nn.Module):
                  device=None, dtype=None) -> None:  # fmt: skip
         super().__init__()
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, 0)
-        if dropout > 0 and num_layers == 1:
-            warnings.warn(
-                "dropout option adds dropout after all but last recurrent layer, so non-zero "
-                f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-                f"num_layers={num_layers}",
-                stacklevel=3,
-            )
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
