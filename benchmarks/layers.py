@@ -84,13 +84,21 @@ CASES += [
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
+DEVICE = torch.device("cpu")  # --device
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":  # kernels run asynchronously: time until they are done
+        torch.cuda.synchronize()
 
 
 def _timer(fn: Callable[[nn.Module], object], m: nn.Module, inner: int = 1) -> float:
     """Mean time of ``inner`` back-to-back calls (sub-millisecond calls need several)."""
+    _sync()
     t0 = _clock()
     for _ in range(inner):
         fn(m)
+    _sync()
     return (_clock() - t0) / inner
 
 
@@ -108,8 +116,8 @@ def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repe
         fused.impl = "fused"
         models["fused"] = fused
     for m in models.values():
-        m.train()
-    x = torch.randn(T, B, I)
+        m.to(DEVICE).train()
+    x = torch.randn(T, B, I, device=DEVICE)
 
     def fwd(m):
         with torch.no_grad():
@@ -153,15 +161,15 @@ def main(argv: list[str] | None = None) -> None:
         default="wall",
         help="wall time, or this process's CPU time (steadier on a shared machine; use --threads 1)",
     )
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (wall clock, synchronized)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    global _clock
+    global _clock, DEVICE
     _clock = CLOCKS[args.clock]
+    DEVICE = torch.device(args.device)
     wanted = set(filter(None, args.cases.split(",")))
-    print(
-        f"torch {torch.__version__}, {args.threads} threads, float32, "
-        f"median of {args.repeat}, {args.clock} clock"
-    )
+    where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{args.threads} threads"
+    print(f"torch {torch.__version__}, {where}, float32, median of {args.repeat}, {args.clock} clock")
     print(
         "| case | shape | rnnkit fwd ms | torch fwd ms | loop fwd ms | fused fwd ms | rnnkit train ms | "
         "torch train ms | loop train ms | fused train ms | fwd rnnkit/torch | train rnnkit/torch | "

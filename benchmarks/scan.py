@@ -38,6 +38,14 @@ import rnnkit
 from rnnkit.ops import backend, linear_scan
 
 B, I, H = 16, 256, 256
+DEVICE = torch.device("cpu")  # --device; every module and tensor is made here
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 LAYERS = {
     "mingru": lambda: rnnkit.MinGRU(I, H),
     "minlstm": lambda: rnnkit.MinLSTM(I, H),
@@ -69,8 +77,8 @@ def loop_step(m: nn.Module, x: torch.Tensor) -> None:
 
 
 def floor_fn(name: str) -> Callable[[torch.Tensor], None]:
-    ws = [(torch.randn(o, i) * i**-0.5).requires_grad_(True) for i, o in FLOOR_SHAPES[name]]
-    bias = [torch.zeros(o, requires_grad=True) for _, o in FLOOR_SHAPES[name]]
+    ws = [(torch.randn(o, i, device=DEVICE) * i**-0.5).requires_grad_(True) for i, o in FLOOR_SHAPES[name]]
+    bias = [torch.zeros(o, device=DEVICE, requires_grad=True) for _, o in FLOOR_SHAPES[name]]
 
     def run(x: torch.Tensor) -> None:
         xr = x.detach().requires_grad_(True)
@@ -88,33 +96,35 @@ def contestants(
 ) -> dict[str, Callable[[torch.Tensor], None]]:
     out: dict[str, Callable[[torch.Tensor], None]] = {}
     for name in names:
-        m = LAYERS[name]()
+        m = LAYERS[name]().to(DEVICE)
         out[name] = lambda x, m=m: train_step(m, x)
         out[f"{name}-floor"] = floor_fn(name)
         if T <= loop_max_t:
             out[f"{name}-loop"] = lambda x, m=m: loop_step(m, x)
     if T <= slow_max_t:
         for name, make in TORCH.items():
-            m = make()
+            m = make().to(DEVICE)
             out[name] = lambda x, m=m: train_step(m, x)
     return out
 
 
 def bench(T: int, names: list[str], repeat: int, slow_max_t: int, loop_max_t: int) -> dict[str, float]:
     torch.manual_seed(0)
-    x = torch.randn(T, B, I)
+    x = torch.randn(T, B, I, device=DEVICE)
     fns = contestants(names, T, slow_max_t, loop_max_t)
     if T == 1024:  # the scan alone vs one elementwise pass over the same tensors
-        a, b = torch.rand(T, B, H), torch.randn(T, B, H)
+        a, b = torch.rand(T, B, H, device=DEVICE), torch.randn(T, B, H, device=DEVICE)
         fns["scan-fwd"] = lambda _: linear_scan(a, b)
         fns["addcmul"] = lambda _: torch.addcmul(b, a, b)
     for f in fns.values():
         f(x)  # warm-up
+    sync()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
         for k, f in fns.items():
             t0 = time.perf_counter()
             f(x)
+            sync()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()} | {
         f"{k}:spread": (max(v) - min(v)) / statistics.median(v) for k, v in times.items()
@@ -123,7 +133,20 @@ def bench(T: int, names: list[str], repeat: int, slow_max_t: int, loop_max_t: in
 
 def peak_memory(contestant: str, T: int) -> float:
     """Extra peak RSS (MiB) of one training step (after a warm-up step) in a fresh process:
-    the high-water mark is reset through /proc/self/clear_refs (Linux)."""
+    the high-water mark is reset through /proc/self/clear_refs (Linux). On CUDA: the extra
+    peak of torch's allocator in this process."""
+    if DEVICE.type == "cuda":
+        layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
+        torch.manual_seed(0)
+        x = torch.randn(T, B, I, device=DEVICE)
+        f = contestants(layers, T, T, T)[contestant]
+        f(x)
+        sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        f(x)
+        sync()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
     layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
     code = (
         "import sys,torch;sys.path.insert(0,'.');import benchmarks.scan as s;"
@@ -167,15 +190,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slow-max-t", type=int, default=2048, help="largest T for nn.LSTM/GRU")
     ap.add_argument("--loop-max-t", type=int, default=512, help="largest T for the step loops")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (times synchronize the device)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at T=1024")
     ap.add_argument("--plot", default=str(Path(__file__).with_name("scan.png")))
     ap.add_argument("--json", default="", help="also write the raw results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     names = args.layers.split(",")
     ts = [int(t) for t in args.ts.split(",")]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, scan backend "
-          f"{backend(torch.zeros(1))}, B={B}, H_in=H={H}, float32, median of {args.repeat} "
+    where = (
+        torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
+    )
+    print(f"torch {torch.__version__}, {where}, scan backend "
+          f"{backend(torch.zeros(1, device=DEVICE))}, B={B}, H_in=H={H}, float32, median of {args.repeat} "
           "interleaved rounds (± half the max-min spread)")  # fmt: skip
     results = {}
     for T in ts:
@@ -197,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nT=1024 scan forward {r['scan-fwd']:.2f} ms vs addcmul {r['addcmul']:.2f} ms: "
               f"ratio {r['scan-fwd'] / r['addcmul']:.2f}")  # fmt: skip
     if args.memory:
-        print("\n| contestant (T=1024) | extra peak RSS MiB |\n|---|---:|")
+        unit = "extra peak CUDA memory MiB" if DEVICE.type == "cuda" else "extra peak RSS MiB"
+        print(f"\n| contestant (T=1024) | {unit} |\n|---|---:|")
         for c in [*names, "nn.LSTM", "nn.GRU"]:
             print(f"| {c} | {peak_memory(c, 1024):.0f} |", flush=True)
     if args.json:

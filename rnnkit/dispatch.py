@@ -27,6 +27,8 @@ parallel scan on other devices.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -122,13 +124,15 @@ def run_torch(
         weights = [w for per_layer in plan.params for p in per_layer for w in p.values()]
     locked = plan is not None and any(m is not None for m in plan.locked)
     if not locked:
-        return _torch_call(fn, mode, module, x, batch_sizes, state, batch_first, weights, L)
+        with _compaction_expected(plan is not None and x.is_cuda):
+            return _torch_call(fn, mode, module, x, batch_sizes, state, batch_first, weights, L)
     per_layer = len(weights) // L
     finals: list[list[Tensor]] = [[] for _ in state]
     for k in range(L):
         st = tuple(s[k * D : (k + 1) * D] for s in state)
         w = weights[k * per_layer : (k + 1) * per_layer]
-        x, fin = _torch_call(fn, mode, module, x, batch_sizes, st, batch_first, w, 1)
+        with _compaction_expected(x.is_cuda):
+            x, fin = _torch_call(fn, mode, module, x, batch_sizes, st, batch_first, w, 1)
         for i, f in enumerate(fin):
             finals[i].append(f)
         if k < L - 1:
@@ -137,6 +141,19 @@ def run_torch(
             if plan.locked[k] is not None:
                 x = apply_sequence_mask(x, plan.locked[k], batch_sizes, batch_first)
     return x, tuple(torch.cat(f) for f in finals)
+
+
+@contextlib.contextmanager
+def _compaction_expected(active: bool):
+    """cuDNN warns when a call's weights are not one flat buffer in its layout and copies them
+    into one. With weight-drop (fresh weights every call) or one layer of a flattened stack
+    per call (locked dropout) that copy is the expected cost, not a user error: silence it."""
+    if not active:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk of memory")
+        yield
 
 
 def _torch_call(fn, mode, module, x, batch_sizes, state, batch_first, weights, num_layers):

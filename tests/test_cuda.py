@@ -1,0 +1,207 @@
+"""CUDA: the same oracles as on the CPU, on a GPU. Skipped where CUDA is absent (CI).
+
+Run on a GPU machine with ``python -m pytest tests/test_cuda.py``. Covers what only a GPU
+exercises: torch's cuDNN path behind ``impl="auto"`` (parity with torch.nn, flattened
+weights, no compaction warnings), the pure-PyTorch fused kernels and the reference loop on
+CUDA, regularizers whose weights change every call (weight-drop, locked dropout), the
+chunked linear scan and the parallel-in-time layers, CPU↔CUDA agreement, and a short
+training run of the kit on the device.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from rnnkit.ops import backend, linear_scan
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEV = torch.device("cuda")
+TORCH = {"LSTM": (rnnkit.LSTM, nn.LSTM), "GRU": (rnnkit.GRU, nn.GRU), "RNN": (rnnkit.RNN, nn.RNN)}
+
+
+def _pair(mode, dtype, **kw):
+    torch.manual_seed(0)
+    ours_cls, ref_cls = TORCH[mode]
+    impl = kw.pop("impl", "auto")
+    ref = ref_cls(5, 7, **kw).to(DEV, dtype)
+    ours = ours_cls(5, 7, impl=impl, **kw).to(DEV, dtype)
+    ours.load_state_dict(ref.state_dict())
+    return ours, ref
+
+
+def _close(a, b, tol):
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, atol=tol, rtol=tol)
+
+
+def _run(m, inp, x):
+    """Output, final state and the gradients of every parameter and of the leaf ``x``."""
+    out, h = m(inp)
+    if isinstance(out, nn.utils.rnn.PackedSequence):
+        out = pad_packed_sequence(out)[0]
+    hs = h if isinstance(h, tuple) else (h,)
+    loss = out.square().sum() + sum(s.square().sum() for s in hs)
+    grads = torch.autograd.grad(loss, [*m.parameters(), x])
+    return [out, *hs, *grads]
+
+
+@pytest.mark.parametrize("impl", ["auto", "loop", "fused"])
+@pytest.mark.parametrize("mode", list(TORCH))
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-4)])
+def test_matches_torch_on_cuda(impl, mode, dtype, tol):
+    """Forward, final state and every gradient, 2 layers, bidirectional, batch_first."""
+    ours, ref = _pair(mode, dtype, impl=impl, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(3, 6, 5, device=DEV, dtype=dtype, requires_grad=True)
+    _close(_run(ours, x, x), _run(ref, x, x), tol)
+
+
+@pytest.mark.parametrize("impl", ["auto", "loop", "fused"])
+@pytest.mark.parametrize("mode", list(TORCH))
+def test_packed_matches_torch_on_cuda(impl, mode):
+    ours, ref = _pair(mode, torch.float64, impl=impl, num_layers=2, bidirectional=True)
+    x = torch.randn(6, 4, 5, device=DEV, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([6, 2, 5, 3])  # unsorted, on the CPU as torch requires
+    pack = lambda: pack_padded_sequence(x, lengths, enforce_sorted=False)  # noqa: E731
+    _close(_run(ours, pack(), x), _run(ref, pack(), x), 1e-9)
+
+
+def test_lstm_proj_on_cuda():
+    ours, ref = _pair("LSTM", torch.float64, num_layers=2, proj_size=3)
+    x = torch.randn(6, 4, 5, device=DEV, dtype=torch.float64, requires_grad=True)
+    _close(_run(ours, x, x), _run(ref, x, x), 1e-9)
+
+
+def test_auto_runs_cudnn_with_flattened_weights():
+    """After ``.to('cuda')`` the weights share one cuDNN buffer, as torch.nn's do, so the
+    call neither compacts nor warns (pytest turns warnings into errors)."""
+    ours, _ = _pair("LSTM", torch.float32, num_layers=2)
+    ws = [p for p in ours.parameters()]
+    assert len({w.untyped_storage().data_ptr() for w in ws}) == 1
+    ours(torch.randn(4, 3, 5, device=DEV))[0].sum().backward()
+
+
+@pytest.mark.parametrize("opts", [{"weight_drop": 0.5}, {"locked_dropout": 0.3}, {"dropout": 0.2}])
+def test_regularized_layers_train_on_cuda(opts):
+    torch.manual_seed(0)
+    m = rnnkit.LSTM(5, 7, num_layers=2, **opts).to(DEV)
+    x = torch.randn(4, 3, 5, device=DEV)
+    m(x)[0].sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    m.eval()
+    a, b = m(x)[0], m(x)[0]
+    torch.testing.assert_close(a, b)  # deterministic in evaluation
+
+
+@pytest.mark.parametrize(
+    "cls,opts",
+    [
+        (rnnkit.LSTM, {"peephole": True, "recurrent_dropout": 0.2}),
+        (rnnkit.LSTM, {"zoneout": (0.1, 0.05)}),
+        (rnnkit.LSTM, {"norm": "layer"}),
+        (rnnkit.GRU, {"reset_after": False}),
+        (rnnkit.GRU, {"variant": "mut1"}),
+        (rnnkit.RNN, {"norm": "layer"}),
+    ],
+)
+def test_options_same_numbers_on_cpu_and_cuda(cls, opts):
+    """Every impl the dispatch picks on CUDA computes what the CPU computes (float64, eval)."""
+    torch.manual_seed(0)
+    cpu = cls(5, 7, num_layers=2, dtype=torch.float64, **opts).eval()
+    gpu = cls(5, 7, num_layers=2, dtype=torch.float64, **opts).to(DEV).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(6, 3, 5, dtype=torch.float64)
+    ya, yb = cpu(x)[0], gpu(x.to(DEV))[0]
+    torch.testing.assert_close(yb.cpu(), ya, atol=1e-10, rtol=1e-10)
+    gpu.train()
+    yb = gpu(x.to(DEV))[0]
+    yb.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in gpu.parameters() if p.grad is not None)
+
+
+# -- the linear scan and the parallel-in-time layers ------------------------------------------
+def _seq_scan(a, b, h0, reverse):
+    h, out = h0 if h0 is not None else torch.zeros_like(b[0]), []
+    ts = range(a.shape[0] - 1, -1, -1) if reverse else range(a.shape[0])
+    for t in ts:
+        h = a[t] * h + b[t]
+        out.append(h)
+    return torch.stack(out[::-1] if reverse else out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T", [1, 7, 64, 1000])
+def test_chunked_scan_on_cuda_matches_sequential(dtype, reverse, T):
+    torch.manual_seed(0)
+    a = torch.rand(T, 3, 4, dtype=dtype, device=DEV).requires_grad_()
+    b = torch.randn(T, 3, 4, dtype=dtype, device=DEV).requires_grad_()
+    h0 = torch.randn(3, 4, dtype=dtype, device=DEV).requires_grad_()
+    assert backend(a) == "chunked"
+    got, ref = linear_scan(a, b, h0, reverse=reverse), _seq_scan(a, b, h0, reverse)
+    torch.testing.assert_close(got, ref)
+    g = torch.randn_like(ref)
+    _close(torch.autograd.grad(got, (a, b, h0), g), torch.autograd.grad(ref, (a, b, h0), g), 1e-9)
+
+
+def test_chunked_scan_long_float32_is_finite_and_accurate():
+    torch.manual_seed(0)
+    T = 100_000
+    a = torch.rand(T, 2, 8, device=DEV) * 0.1 + 0.9
+    b = torch.randn(T, 2, 8, device=DEV)
+    h = linear_scan(a, b)
+    assert torch.isfinite(h).all()
+    ref = linear_scan(a.double().cpu(), b.double().cpu())
+    err = (h.double().cpu() - ref).abs().max() / ref.abs().max()
+    assert err < 1e-4, err
+
+
+@pytest.mark.parametrize("name", ["MinGRU", "MinLSTM", "QRNN", "LRU"])
+def test_parallel_layers_on_cuda_match_cpu(name):
+    torch.manual_seed(0)
+    cpu = getattr(rnnkit, name)(5, 7, num_layers=2, bidirectional=True, dtype=torch.float64)
+    gpu = getattr(rnnkit, name)(5, 7, num_layers=2, bidirectional=True, dtype=torch.float64).to(DEV)
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(9, 3, 5, dtype=torch.float64, requires_grad=True)
+    xg = x.detach().to(DEV).requires_grad_()
+    ya, yb = cpu(x)[0], gpu(xg)[0]
+    torch.testing.assert_close(yb.cpu(), ya, atol=1e-10, rtol=1e-10)
+    ga = torch.autograd.grad(ya.square().sum(), [x, *cpu.parameters()])
+    gb = torch.autograd.grad(yb.square().sum(), [xg, *gpu.parameters()])
+    _close([g.cpu() for g in gb], ga, 1e-9)
+    # step() on the device gives the whole-sequence numbers
+    single = getattr(rnnkit, name)(5, 7, dtype=torch.float64).to(DEV)
+    y, state, ys = single(xg)[0], None, []
+    for t in range(xg.shape[0]):
+        yt, state = single.step(xg[t], state)
+        ys.append(yt)
+    torch.testing.assert_close(torch.stack(ys), y)
+
+
+def test_trainer_runs_on_cuda(tmp_path):
+    """The char-LM task through the CLI's training entry point, a few steps on the GPU."""
+    from rnnkit.cli import main
+
+    text = tmp_path / "tiny.txt"
+    text.write_text("to be or not to be, that is the question. " * 200)
+    out = tmp_path / "run"
+    args = ["--max-steps", "20", "--hidden", "32", "--layers", "1", "--seq-len", "16", "--batch-size", "4"]
+    rc = main(
+        [
+            "train",
+            "charlm",
+            "--data",
+            str(text),
+            "--device",
+            "cuda",
+            "--out",
+            str(out),
+            "--no-progress",
+            *args,
+        ]
+    )
+    assert rc == 0
+    assert (out / "run.json").exists()
