@@ -23,6 +23,16 @@ DEV = torch.device("cuda")
 TORCH = {"LSTM": (rnnkit.LSTM, nn.LSTM), "GRU": (rnnkit.GRU, nn.GRU), "RNN": (rnnkit.RNN, nn.RNN)}
 
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """cuDNN's RNNs use TF32 for float32 by default (10-bit mantissa products), torch's
+    matmuls do not: compare full float32 with full float32."""
+    old = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = old
+
+
 def _pair(mode, dtype, **kw):
     torch.manual_seed(0)
     ours_cls, ref_cls = TORCH[mode]
@@ -81,7 +91,7 @@ def test_auto_runs_cudnn_with_flattened_weights():
     ours, _ = _pair("LSTM", torch.float32, num_layers=2)
     ws = [p for p in ours.parameters()]
     assert len({w.untyped_storage().data_ptr() for w in ws}) == 1
-    ours(torch.randn(4, 3, 5, device=DEV))[0].sum().backward()
+    ours(torch.randn(4, 3, 5, device=DEV, dtype=torch.float32))[0].sum().backward()
 
 
 @pytest.mark.parametrize("opts", [{"weight_drop": 0.5}, {"locked_dropout": 0.3}, {"dropout": 0.2}])
@@ -132,26 +142,49 @@ def _seq_scan(a, b, h0, reverse):
     return torch.stack(out[::-1] if reverse else out)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+def test_scan_backend_on_cuda():
+    assert backend(torch.zeros(1, device=DEV)) == "triton"  # CUDA builds of torch ship Triton
+    assert backend(torch.zeros(1, device=DEV, dtype=torch.complex64)) == "chunked"
+
+
+@pytest.mark.parametrize(
+    "impl,dtype",
+    [("triton", torch.float64), ("triton", torch.float32), ("chunked", torch.float64),
+     ("chunked", torch.complex128)],
+)  # fmt: skip
+@pytest.mark.parametrize("h0", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("T", [1, 7, 64, 1000])
-def test_chunked_scan_on_cuda_matches_sequential(dtype, reverse, T):
+@pytest.mark.parametrize("T", [1, 7, 64, 65, 1000])
+def test_scan_on_cuda_matches_sequential(monkeypatch, impl, dtype, h0, reverse, T):
+    """Forward and every gradient against the step loop; ``T`` around the tile size (64)."""
+    monkeypatch.setenv("RNNKIT_SCAN_IMPL", impl)
     torch.manual_seed(0)
-    a = torch.rand(T, 3, 4, dtype=dtype, device=DEV).requires_grad_()
-    b = torch.randn(T, 3, 4, dtype=dtype, device=DEV).requires_grad_()
-    h0 = torch.randn(3, 4, dtype=dtype, device=DEV).requires_grad_()
-    assert backend(a) == "chunked"
-    got, ref = linear_scan(a, b, h0, reverse=reverse), _seq_scan(a, b, h0, reverse)
-    torch.testing.assert_close(got, ref)
+    a = torch.rand(T, 3, 37, dtype=dtype, device=DEV).requires_grad_()  # 111 columns: 4 blocks
+    b = torch.randn(T, 3, 37, dtype=dtype, device=DEV).requires_grad_()
+    s0 = torch.randn(3, 37, dtype=dtype, device=DEV).requires_grad_() if h0 else None
+    got, ref = linear_scan(a, b, s0, reverse=reverse), _seq_scan(a, b, s0, reverse)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(got, ref, atol=tol, rtol=tol)
     g = torch.randn_like(ref)
-    _close(torch.autograd.grad(got, (a, b, h0), g), torch.autograd.grad(ref, (a, b, h0), g), 1e-9)
+    leaves = (a, b) + ((s0,) if h0 else ())
+    _close(torch.autograd.grad(got, leaves, g), torch.autograd.grad(ref, leaves, g), tol * 10)
 
 
-def test_chunked_scan_long_float32_is_finite_and_accurate():
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inductor imports torch.jit.script_method
+def test_scan_under_torch_compile_on_cuda():
+    torch.manual_seed(0)
+    a, b = torch.rand(50, 4, 8, device=DEV), torch.randn(50, 4, 8, device=DEV)
+    f = torch.compile(lambda a, b: linear_scan(a, b, dim=0) * 2, fullgraph=True)
+    torch.testing.assert_close(f(a, b), linear_scan(a, b) * 2)
+
+
+@pytest.mark.parametrize("impl", ["triton", "chunked"])
+def test_scan_long_float32_is_finite_and_accurate(monkeypatch, impl):
+    monkeypatch.setenv("RNNKIT_SCAN_IMPL", impl)
     torch.manual_seed(0)
     T = 100_000
-    a = torch.rand(T, 2, 8, device=DEV) * 0.1 + 0.9
-    b = torch.randn(T, 2, 8, device=DEV)
+    a = torch.rand(T, 2, 8, device=DEV, dtype=torch.float32) * 0.1 + 0.9
+    b = torch.randn(T, 2, 8, device=DEV, dtype=torch.float32)
     h = linear_scan(a, b)
     assert torch.isfinite(h).all()
     ref = linear_scan(a.double().cpu(), b.double().cpu())

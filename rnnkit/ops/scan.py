@@ -17,13 +17,16 @@ the gradient of a holomorphic function.) Three implementations, one set of numbe
 * ``"loop"`` — the pure-PyTorch fallback: the same loop in Python, one ``mul`` + ``add_`` per
   step, bit-identical to ``"ext"`` for real dtypes. Chosen when the build fails, or forced
   with ``RNNKIT_NO_EXT=1``.
-* ``"chunked"`` — a chunked parallel scan for accelerators (CUDA): Hillis–Steele within
-  chunks of ``CHUNK`` steps, then a scan of the chunk carries (recursively), then one
-  fix-up — ``O(log T)`` kernel launches and no Python loop over time.
+* ``"triton"`` — the CUDA kernel (:mod:`.scan_triton`): one launch, tiles of time steps
+  scanned in registers, the carry passed from tile to tile. Real float32/float64 on CUDA
+  when Triton is installed (it ships with CUDA builds of torch).
+* ``"chunked"`` — a chunked parallel scan in PyTorch for other accelerators and complex
+  tensors: Hillis–Steele within chunks of ``CHUNK`` steps, then a scan of the chunk carries
+  (recursively), then one fix-up — ``O(log T)`` kernel launches and no Python loop over time.
 
 Numerics: every path only multiplies and adds (no division by cumulative products, no
 logs), so any sign of ``b`` is fine and ``|a_t| ≤ 1`` keeps ``|h_t| ≤ Σ|b|`` — no overflow or
-NaN at ``T = 100,000``. ``RNNKIT_SCAN_IMPL=ext|loop|chunked`` forces a path (tests use it).
+NaN at ``T = 100,000``. ``RNNKIT_SCAN_IMPL=ext|loop|chunked|triton`` forces a path (tests use it).
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from .. import _checks, dispatch
 
 log = logging.getLogger(__name__)
 CHUNK = 64
-IMPLS = ("ext", "loop", "chunked")
+IMPLS = ("ext", "loop", "chunked", "triton")
 _ext_lock = threading.Lock()
 _ext_state: dict[str, object] = {}
 
@@ -93,17 +96,33 @@ def load_extension() -> ModuleType | None:
 
 def backend(x: Tensor) -> str:
     """The implementation :func:`linear_scan` uses for tensors like ``x``: ``"ext"``,
-    ``"loop"`` or ``"chunked"`` (see the module docstring). This is the hook for
+    ``"loop"``, ``"triton"`` or ``"chunked"`` (see the module docstring). This is the hook for
     :mod:`rnnkit.dispatch`."""
     forced = os.environ.get("RNNKIT_SCAN_IMPL", "")
     if forced:
         if forced not in IMPLS:
             raise ValueError(f"RNNKIT_SCAN_IMPL must be one of {IMPLS}, got {forced!r}")
+        if forced == "triton" and not _triton_ok(x):
+            raise ValueError("RNNKIT_SCAN_IMPL=triton needs real float32/float64 CUDA tensors and Triton")
         if forced != "ext" or (x.device.type == "cpu" and load_extension() is not None):
             return forced
     if x.device.type != "cpu":
-        return "chunked"
+        return "triton" if _triton_ok(x) else "chunked"
     return "ext" if load_extension() is not None else "loop"
+
+
+def _triton_ok(x: Tensor) -> bool:
+    if x.device.type != "cuda" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    from . import scan_triton
+
+    return scan_triton.available()
+
+
+def _triton_fwd(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
+    from . import scan_triton
+
+    return scan_triton.forward(a, b, h0, reverse)
 
 
 # -- the pure-PyTorch paths (time-major contiguous tensors) ---------------------------------
@@ -153,6 +172,9 @@ def _chunked_fwd(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tens
     return h.reshape(K * C, *b.shape[1:])[:T]
 
 
+_FWD = {"loop": _loop_fwd, "chunked": _chunked_fwd, "triton": _triton_fwd}  # all but "ext"
+
+
 def _shift(x: Tensor, first: Tensor | None, reverse: bool) -> Tensor:
     """``x`` one step later in scan order: out_t = x_{t-1} (x_{t+1} if reverse), ``first``
     (or zeros) where there is none."""
@@ -163,7 +185,7 @@ def _shift(x: Tensor, first: Tensor | None, reverse: bool) -> Tensor:
 def _py_bwd(grad: Tensor, a: Tensor, h: Tensor, h0: Tensor | None, reverse: bool, impl: str):
     """Backward of the pure-PyTorch paths: a reverse scan, then elementwise products."""
     ac = a.conj() if a.is_complex() else a
-    fwd = _loop_fwd if impl == "loop" else _chunked_fwd
+    fwd = _FWD[impl]
     # g_t = grad_t + conj(a_next) g_next: a scan in the opposite order with a shifted by one
     a_next = _shift(ac, None, not reverse)
     g = fwd(a_next, grad, None, not reverse)
@@ -181,7 +203,7 @@ def _forward(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
     impl = dispatch.select_scan(b)
     if impl == "ext":
         return load_extension().forward(a, b, h0, reverse)  # type: ignore[union-attr]
-    return (_loop_fwd if impl == "loop" else _chunked_fwd)(a, b, h0, reverse)
+    return _FWD[impl](a, b, h0, reverse)
 
 
 def _backward(grad: Tensor, a: Tensor, h: Tensor, h0: Tensor | None, reverse: bool):

@@ -2,7 +2,7 @@
 
 A checkpoint is a directory ``<root>/step-000001234/`` holding
 
-* ``model.safetensors`` -- the weights (tied weights handled by ``safetensors``);
+* ``model.safetensors`` -- the weights (``state_dict`` names; tied weights under each name);
 * ``optimizer.safetensors`` -- the tensors of the optimizer and scheduler state dicts;
 * ``state.safetensors`` -- tensors of the trainer state (recurrent state, averages), if any;
 * ``state.json`` -- everything else: step, config, the optimizer/scheduler structure,
@@ -24,13 +24,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_model, save_model
 from torch import nn
 
 from rnnkit.train.serialize import (
     flatten,
     fsync_dir,
+    load_module,
     load_tensors,
+    save_module,
     save_tensors,
     unflatten,
     write_json,
@@ -119,9 +120,7 @@ def save_checkpoint(
     name = f"step-{step:09d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
     try:
-        save_model(unwrap_model(model), str(tmp / "model.safetensors"))
-        with open(tmp / "model.safetensors", "rb+") as f:
-            os.fsync(f.fileno())
+        save_module(unwrap_model(model), tmp / "model.safetensors")
         doc: dict[str, Any] = {"format": FORMAT, "step": step, "config": config or {}}
         opt_tensors: dict = {}
         if optimizer is not None:
@@ -179,7 +178,7 @@ def load_checkpoint(
     if doc.get("format") != FORMAT:
         raise ValueError(f"{ckpt}: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}")
     if model is not None:
-        load_model(unwrap_model(model), str(ckpt / "model.safetensors"), strict=strict)
+        load_module(unwrap_model(model), ckpt / "model.safetensors", strict=strict)
     if optimizer is not None or scheduler is not None:
         tensors = load_tensors(ckpt / "optimizer.safetensors")
         for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):

@@ -106,3 +106,30 @@ def write_json(obj: Any, path: Path) -> None:
         json.dump(obj, f, indent=1, allow_nan=False)
         f.flush()
         os.fsync(f.fileno())
+
+
+def save_module(module: torch.nn.Module, path: Path) -> None:
+    """``module.state_dict()`` to a safetensors file, each tensor an independent CPU copy.
+
+    ``safetensors.torch.save_model`` keeps one name per storage and refuses tensors that are
+    parts of a storage no single name covers, which is exactly what a recurrent layer's
+    weights are on CUDA once ``flatten_parameters`` has put them in one cuDNN buffer (torch.nn's
+    layers too). Tied weights are written under each of their names (a few bytes more)."""
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+    save_tensors(tensors, path)
+
+
+def load_module(module: torch.nn.Module, path: Path, strict: bool = True):
+    """Load a file of :func:`save_module` (or of ``safetensors.torch.save_model``, which
+    stores tied weights under one name only) into ``module``; returns ``load_state_dict``'s
+    result."""
+    tensors = load_tensors(path)
+    groups: dict[tuple, list[str]] = {}  # names of the module that are one tensor (tied)
+    for k, v in module.state_dict().items():
+        if v.numel():
+            groups.setdefault((v.data_ptr(), tuple(v.shape), v.stride()), []).append(k)
+    for names in groups.values():
+        have = [n for n in names if n in tensors]
+        for n in names if have else ():
+            tensors.setdefault(n, tensors[have[0]])
+    return module.load_state_dict(tensors, strict=strict)

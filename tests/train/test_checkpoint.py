@@ -81,6 +81,39 @@ def test_save_load_model_optimizer_scheduler(tmp_path):
     assert sched2.state_dict() == sched.state_dict()
 
 
+def test_weights_sharing_one_buffer_save_and_load(tmp_path):
+    """On CUDA, ``flatten_parameters`` makes a recurrent layer's weights views of one cuDNN
+    buffer; safetensors' ``save_model`` refuses such parts of a storage. Simulated on the CPU:
+    every parameter a view of one flat tensor."""
+    torch.manual_seed(0)
+    model = torch.nn.LSTM(3, 4, num_layers=2)
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    off = 0
+    for p in model.parameters():
+        p.data = flat[off : off + p.numel()].view_as(p)
+        off += p.numel()
+    assert len({p.untyped_storage().data_ptr() for p in model.parameters()}) == 1
+    save_checkpoint(tmp_path, model, step=1)
+    model2 = torch.nn.LSTM(3, 4, num_layers=2)
+    load_checkpoint(tmp_path, model2)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_files_of_save_model_with_one_name_per_tied_weight_still_load(tmp_path):
+    from safetensors.torch import save_model
+
+    torch.manual_seed(0)
+    model = TinyLM(tie=True)
+    path = save_checkpoint(tmp_path, model, step=1)
+    save_model(model, str(path / "model.safetensors"))  # the format of earlier rnnkit versions
+    model2 = TinyLM(tie=True)
+    load_checkpoint(tmp_path, model2)
+    assert model2.out.weight is model2.emb.weight
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_loading_never_unpickles(tmp_path, monkeypatch):
     model = TinyLM()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
