@@ -21,8 +21,8 @@ fused path wherever it applies: its custom ops keep the graph whole. A layer bui
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 
 The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks
-:func:`select_scan` here too: the compiled CPU kernel, its pure-PyTorch loop, or the chunked
-parallel scan on other devices.
+:func:`select_scan` here too: the compiled CPU kernel, its pure-PyTorch loop, the Triton
+kernel on CUDA, or the chunked parallel scan (complex tensors, other devices).
 """
 
 from __future__ import annotations
@@ -199,8 +199,9 @@ def run_direction(
 
 def select_scan(x: Tensor) -> str:
     """Implementation of :func:`rnnkit.ops.linear_scan` for tensors like ``x``: ``"ext"``
-    (compiled CPU kernel), ``"loop"`` (pure PyTorch, same numbers) or ``"chunked"`` (parallel
-    scan for GPUs); ``RNNKIT_SCAN_IMPL`` / ``RNNKIT_NO_EXT`` override."""
+    (compiled CPU kernel), ``"loop"`` (pure PyTorch, same numbers), ``"triton"`` (CUDA kernel)
+    or ``"chunked"`` (parallel scan in PyTorch); ``RNNKIT_SCAN_IMPL`` / ``RNNKIT_NO_EXT``
+    override."""
     from .ops.scan import backend
 
     return backend(x)
