@@ -82,9 +82,12 @@ class LRU(ParallelRecurrent):
         lam = torch.exp(torch.complex(-nu, p["theta"]))
         gamma = torch.sqrt(-torch.expm1(-2 * nu))  # sqrt(1 − |λ|²), accurate as |λ| -> 1
         flat = x.reshape(-1, x.shape[-1])
-        w = torch.cat([p["B_re"], p["B_im"]]) * gamma.repeat(2).unsqueeze(1)  # (2S, I)
-        u = (flat @ w.t()).view(*x.shape[:-1], 2, self.state_size)
-        return lam, torch.complex(u[..., 0, :], u[..., 1, :])
+        # rows interleaved (re, im) per state feature: the GEMM's output *is* the complex
+        # tensor (view_as_complex), no second full-size copy at peak memory
+        w = torch.stack([p["B_re"], p["B_im"]], 1).reshape(2 * self.state_size, -1)
+        w = w * gamma.repeat_interleave(2).unsqueeze(1)  # (2S, I)
+        u = (flat @ w.t()).view(*x.shape[:-1], self.state_size, 2)
+        return lam, torch.view_as_complex(u)
 
     def readout(self, p: Params, h: Tensor, x: Tensor) -> Tensor:
         """``Re(C h) + D x``: one real GEMM on the interleaved (re, im) state."""
