@@ -80,7 +80,9 @@ def layer_decay(module: ParallelRecurrent, p: dict[str, Tensor], x: Tensor, reve
     return a.exp() if module.log_space else a
 
 
-def layer_gates(module: ParallelRecurrent, p: dict[str, Tensor], x: Tensor, reverse: bool) -> dict[str, Tensor]:
+def layer_gates(
+    module: ParallelRecurrent, p: dict[str, Tensor], x: Tensor, reverse: bool
+) -> dict[str, Tensor]:
     """The gates of one layer-direction, ``{name: (T, B, H)}``: MinGRU ``z``; MinLSTM the
     normalized ``f′, i′`` (``f′ + i′ = 1``); QRNN ``f, o``; LRU none."""
     if isinstance(module, LRU):
@@ -115,7 +117,11 @@ def replay_parallel(module: ParallelRecurrent, x: Tensor, hx=None, *, retain_gra
         for d in range(D):
             p = module.layer_params(k, d)
             xs = step_inputs(module, data, d == 1)
-            s = h0[k * D + d] if h0 is not None else data.new_zeros(B, module.state_size, dtype=module.state_dtype)
+            s = (
+                h0[k * D + d]
+                if h0 is not None
+                else data.new_zeros(B, module.state_size, dtype=module.state_dtype)
+            )
             if (track or retain_grad) and not s.requires_grad:
                 s = s.detach().requires_grad_()
             init_dir.append((s,))
