@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..parallel import LRU, QRNN, MinGRU, MinLSTM, ParallelRecurrent
+from ..parallel.mingru import check_positive_state
 
 DECAY_NAMES = {MinLSTM: "f′ = f/(f+i)", MinGRU: "1 − z", QRNN: "f", LRU: "λ"}
 
@@ -106,6 +107,8 @@ def replay_parallel(module: ParallelRecurrent, x: Tensor, hx=None, *, retain_gra
     data, unbatched = _as_time_major(module, x)
     T, B = data.shape[0], data.shape[1]
     h0 = module._initial_state(hx, None if unbatched else B)  # validates shape and dtype
+    if getattr(module, "log_space", False):
+        check_positive_state(h0)  # as the forward does
     if (track or retain_grad) and not torch.is_grad_enabled():
         raise ValueError("tracking gradients through the replay needs autograd (not torch.no_grad())")
     D, names = module.num_directions, state_names(module)
