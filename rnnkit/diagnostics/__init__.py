@@ -1,8 +1,11 @@
 """Diagnostics: vanishing/exploding gradients, the recurrent spectrum, gate activity and
-the memory horizon of any recurrent layer (rnnkit's or ``torch.nn``'s).
+the memory horizon of any recurrent layer (rnnkit's, the time-parallel MinGRU/MinLSTM/
+QRNN/LRU, or ``torch.nn``'s).
 
 * :func:`gradient_flow` — ``‖∂L/∂h_t‖`` for every step and layer;
 * :func:`jacobian_spectrum`, :func:`recurrent_eigenvalues`, :func:`power_iteration`;
+* :func:`decay_spectrum` — the data-dependent decay ``a_t`` of the diagonal linear
+  recurrences (MinGRU, MinLSTM, QRNN, LRU), their counterpart of the spectrum;
 * :func:`activity` — hidden/cell state and gate values per unit and step;
 * :func:`memory_horizon` — the longest lag a cell learns the copy-memory and +1 tasks at;
 * :mod:`~rnnkit.diagnostics.plots` — headless PNGs of all of them;
@@ -11,9 +14,11 @@ the memory horizon of any recurrent layer (rnnkit's or ``torch.nn``'s).
 """
 
 from .activity import LayerActivity, activity, standard_gates
+from .checkpoint import checkpoint_layer, load_weights
 from .gradient_flow import GradientFlow, gradient_flow, readout_loss
 from .memory import Budget, HorizonResult, Variant, memory_horizon, parse_variant
-from .report import add_arguments, load_weights, main, run
+from .parallel import DecaySpectrum, decay_spectrum
+from .report import add_arguments, main, run
 from .spectrum import (
     JacobianSpectrum,
     PowerIteration,
@@ -36,6 +41,8 @@ __all__ = [
     "recurrent_matrices",
     "power_iteration",
     "PowerIteration",
+    "decay_spectrum",
+    "DecaySpectrum",
     "activity",
     "LayerActivity",
     "standard_gates",
@@ -48,6 +55,7 @@ __all__ = [
     "Trace",
     "find_recurrent",
     "load_weights",
+    "checkpoint_layer",
     "add_arguments",
     "run",
     "main",

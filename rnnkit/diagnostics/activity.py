@@ -15,7 +15,11 @@ previous state and projected input (the states come from
   (``p``: its parameter dict, ``xp``: ``project_input`` of one step ``(B, G)``, ``state``:
   the state tuple *before* the step; values ``(B, units)``). It is used whenever present,
   so the zoo's variants can show their own gates;
-* other cells (``torch_mode()`` is ``None`` and no hook): states only, with a note.
+* other cells (``torch_mode()`` is ``None`` and no hook): states only, with a note;
+* the time-parallel layers (:mod:`rnnkit.diagnostics.parallel`): MinGRU ``z``; MinLSTM the
+  normalized ``f′, i′`` (named ``f``, ``i``; ``f′ + i′ = 1``); QRNN ``f, o`` with states
+  ``h`` (the output ``o ⊙ c``) and ``c``; the LRU has no gates, its states are ``Re h``,
+  ``Im h`` and its output ``y``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from ..cells.base import Cell
+from ..parallel import LRU, QRNN, ParallelRecurrent
+from .parallel import layer_gates
 from .trace import layer_labels, layer_views, replay
 
 
@@ -76,6 +82,8 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> 
 
     ``inputs`` as for the layer (``(T, B, I)``, batch-first, or unbatched); ``sample``
     picks the sequence. Returns one :class:`LayerActivity` per layer-direction."""
+    if isinstance(module, ParallelRecurrent):
+        return _parallel_activity(module, inputs, sample, hx)
     views = layer_views(module)
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
@@ -112,4 +120,31 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> 
                 if not gates:
                     note = "the Elman RNN has no gates"
             result.append(LayerActivity(label, cell.family, states, gates, note))
+    return result
+
+
+def _parallel_activity(module: ParallelRecurrent, inputs: Tensor, sample: int, hx) -> list[LayerActivity]:
+    with torch.no_grad():
+        _, _, tr = replay(module, inputs, hx)
+        B = tr.inputs[0].shape[1]
+        if not 0 <= sample < B:
+            raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        result = []
+        for k, d, label in layer_labels(module):
+            s = torch.stack([st[0][sample] for st in tr.states[k][d]])  # (T, S)
+            y = tr.outputs[k][d][:, sample]
+            if isinstance(module, LRU):
+                states = {"y": y, "Re h": s.real, "Im h": s.imag}
+            elif isinstance(module, QRNN):
+                states = {"h": y, "c": s}
+            else:
+                states = {"h": s}
+            x = tr.inputs[k][:, sample : sample + 1]
+            gates = {n: g[:, 0] for n, g in layer_gates(module, module.layer_params(k, d), x, d == 1).items()}
+            note = "the LRU has no gates (its decay λ is fixed: recurrent_eigenvalues)" if not gates else ""
+            result.append(LayerActivity(
+                label, type(module).__name__.lower(),
+                {n: v.double().cpu().numpy() for n, v in states.items()},
+                {n: v.double().cpu().numpy() for n, v in gates.items()}, note,
+            ))  # fmt: skip
     return result

@@ -18,6 +18,11 @@ model every recurrent submodule is replayed inside a forward hook that substitut
 replayed (numerically identical) output, so ``loss_fn`` sees the usual model output.
 For LSTM, ``∂L/∂h_t`` holds ``c_t`` fixed, and ``∂L/∂c_t`` is reported as well (the full
 gradient of ``c_t``, including its path through ``h_t = o_t ⊙ tanh(c_t)``).
+
+The time-parallel layers (MinGRU, MinLSTM, QRNN, LRU) are replayed with their own
+``step_layer`` (:mod:`rnnkit.diagnostics.parallel`); their recurrent state is ``h``
+(``c`` for the QRNN, whose output ``h_t = o_t ⊙ c_t`` does not feed back). The LRU's state
+is complex: its norm is that of the real gradient with respect to ``(Re h_t, Im h_t)``.
 """
 
 from __future__ import annotations
@@ -54,18 +59,23 @@ class GradientFlow:
 
     def distance(self, label: str) -> np.ndarray:
         """Steps between ``t`` and the end of that direction's pass (``T-1-t``; ``t`` reversed)."""
-        T = len(self.norms[label]["h"])
+        T = len(next(iter(self.norms[label].values())))
         t = np.arange(T)
         return t if self.reverse[label] else T - 1 - t
 
-    def per_step_factor(self, label: str | None = None, state: str = "h") -> float:
+    def state(self, label: str) -> str:
+        """The state reported first for ``label``: ``h`` (``c`` for the QRNN)."""
+        return next(iter(self.norms[label]))
+
+    def per_step_factor(self, label: str | None = None, state: str | None = None) -> float:
         """Average factor by which the norm changes per step away from the loss: the
         exponential of the least-squares slope of ``log ‖∂L/∂h_t‖`` against distance
         (``< 1`` vanishing, ``> 1`` exploding). NaN when fewer than two nonzero norms.
-        ``label`` defaults to the forward direction of the last layer."""
+        ``label`` defaults to the forward direction of the last layer, ``state`` to
+        :meth:`state`."""
         if label is None:  # the top layer's forward direction
             label = [lb for lb in self.labels if not self.reverse[lb]][-1]
-        n, dist = self.norms[label][state], self.distance(label)
+        n, dist = self.norms[label][state or self.state(label)], self.distance(label)
         ok = (n > 0) & np.isfinite(n)
         if ok.sum() < 2:
             return float("nan")
@@ -114,8 +124,9 @@ def gradient_flow(
     """``‖∂L/∂h_t‖`` for every step of every recurrent layer of ``model``.
 
     Args:
-        model: an rnnkit ``RNN``/``LSTM``/``GRU``/``RecurrentStack``, a ``torch.nn``
-            ``RNN``/``LSTM``/``GRU``, or any module containing such layers (dense input).
+        model: an rnnkit ``RNN``/``LSTM``/``GRU``/``RecurrentStack``, ``MinGRU``/``MinLSTM``/
+            ``QRNN``/``LRU``, a ``torch.nn`` ``RNN``/``LSTM``/``GRU``, or any module containing
+            such layers (dense input).
         inputs: what ``model`` is called with (a tuple is splatted), e.g. ``(T, B, I)``.
         loss_fn: maps the model's output (for a recurrent layer: ``(output, h_n)``) to a
             scalar. ``None`` (recurrent layers only): a fixed linear probe of the output,
@@ -156,7 +167,9 @@ def gradient_flow(
         label: {n: np.zeros(T) for n in names} for label, (_, T, names) in meta.items()
     }
     for (label, name, t), g in zip(keys, grads):
-        norms[label][name][t] = 0.0 if g is None else float(g.detach().double().norm())
+        if g is not None:  # |g| first: a complex (LRU) gradient must not be cast to real
+            g = g.detach()
+            norms[label][name][t] = float((g.abs() if g.is_complex() else g).double().norm())
     return GradientFlow(
         labels=list(meta),
         norms=norms,

@@ -24,15 +24,18 @@ from torch import Tensor, nn
 
 from ..datasets import synthetic
 from ..modules import GRU, LSTM, RNN
+from ..parallel import LRU, QRNN, MinGRU, MinLSTM
 
 TASKS = ("copy", "plus_one")
-FAMILIES = {"rnn": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU}
+FAMILIES = {"rnn": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU,
+            "mingru": MinGRU, "minlstm": MinLSTM, "qrnn": QRNN, "lru": LRU}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Variant:
     """A recurrent layer to benchmark: ``family`` in ``rnn``, ``rnn_relu``, ``lstm``, ``gru``
-    plus extra keyword ``options`` (the zoo's cell options, layer options)."""
+    or a time-parallel layer (``mingru``, ``minlstm``, ``qrnn``, ``lru``), plus extra keyword
+    ``options`` (the zoo's cell options, layer options, e.g. ``qrnn:window=1``)."""
 
     label: str
     family: str

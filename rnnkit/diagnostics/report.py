@@ -3,8 +3,10 @@ memory horizon, for freshly initialized cells (default) or for a checkpoint.
 
 Default mode: RNN vs LSTM vs GRU (or ``--variants``), each at initialization and after a
 short training on the "+1 detection" task, then the memory-horizon benchmark. With
-``--checkpoint DIR``: one model built from ``--family/--input-size/--hidden-size/...``
-gets the checkpoint's weights (:func:`load_weights`) and is diagnosed as it is.
+``--checkpoint DIR``: one layer, described by the ``run.json`` of the training run (or by
+``--cell/--input-size/--hidden-size/...``, which override it), gets the checkpoint's
+weights (:func:`load_weights`) and is diagnosed as it is. Every family works, the
+time-parallel ``mingru``, ``minlstm``, ``qrnn`` and ``lru`` included.
 The CLI calls :func:`add_arguments` and :func:`run`; ``python -m rnnkit.diagnostics``
 calls :func:`main`.
 """
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,10 @@ from torch import nn
 from ..datasets import synthetic
 from . import plots
 from .activity import LayerActivity, activity
+from .checkpoint import checkpoint_layer
 from .gradient_flow import GradientFlow, gradient_flow
-from .memory import Budget, TaskModel, Variant, memory_horizon, parse_variant, train_task
+from .memory import Budget, TaskModel, memory_horizon, parse_variant, train_task
+from .parallel import DecaySpectrum, decay_spectrum, is_parallel
 from .spectrum import (
     JacobianSpectrum,
     jacobian_spectrum,
@@ -34,47 +37,6 @@ from .spectrum import (
     recurrent_eigenvalues,
     recurrent_matrices,
 )
-
-
-def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load ``model.safetensors`` of a checkpoint into an already built ``module``.
-
-    ``path``: a ``.safetensors`` file, a checkpoint directory holding ``model.safetensors``,
-    or a checkpoint root (its ``latest`` pointer, else its highest ``step-*``). Keys may
-    carry a prefix (a recurrent layer saved inside a larger model, ``rnn.weight_ih_l0``):
-    the prefix under which all of ``module``'s keys are found is stripped."""
-    from safetensors.torch import load_file
-
-    p = Path(path)
-    if p.is_dir() and not (p / "model.safetensors").is_file():
-        latest = p / "latest"
-        steps = sorted(d for d in p.glob("step-*") if (d / "model.safetensors").is_file())
-        if latest.is_file() and (p / latest.read_text().strip() / "model.safetensors").is_file():
-            p = p / latest.read_text().strip()
-        elif steps:
-            p = steps[-1]
-    f = p / "model.safetensors" if p.is_dir() else p
-    if not f.is_file():
-        raise FileNotFoundError(f"no model.safetensors found at {path}")
-    tensors = load_file(str(f))
-    want = set(module.state_dict())
-    prefixes = sorted({k[: len(k) - len(w)] for k in tensors for w in want if k.endswith(w)}, key=len)
-    for pre in prefixes:
-        if pre and not pre.endswith("."):
-            continue
-        sub = {k[len(pre) :]: v for k, v in tensors.items() if k.startswith(pre)}
-        if want <= set(sub):
-            state = module.state_dict()
-            bad = [f"{k}: expected {tuple(state[k].shape)}, got {tuple(sub[k].shape)}"
-                   for k in sorted(want) if sub[k].shape != state[k].shape]  # fmt: skip
-            if bad:
-                raise ValueError(f"{f} has weights of another size for this module: " + "; ".join(bad))
-            module.load_state_dict({k: sub[k] for k in want})
-            return module
-    raise ValueError(
-        f"{f} does not hold the weights of this module: expected keys {sorted(want)} (optionally under a "
-        f"common prefix), found {sorted(tensors)[:12]}"
-    )
 
 
 @dataclass
@@ -87,6 +49,7 @@ class Snapshot:
     activity: list[LayerActivity]
     inputs: np.ndarray
     accuracy: float | None = None
+    decay: DecaySpectrum | None = None
 
 
 def probe_sequence(x: torch.Tensor) -> torch.Tensor:
@@ -104,13 +67,19 @@ def snapshot(rnn: nn.Module, x: torch.Tensor, accuracy: float | None = None) -> 
     """Gradient flow (both losses), Jacobian spectrum, eigenvalues of ``rnn`` on batch-first
     ``x``; activity for its first sequence (see :func:`probe_sequence`)."""
     xt = x if rnn.batch_first else x.transpose(0, 1)
+    decay = decay_spectrum(rnn, xt) if is_parallel(rnn) else None
+    if decay is None or decay.name == "λ":
+        eigenvalues = recurrent_eigenvalues(rnn)
+    else:  # data-dependent decays of the first sequence: the step Jacobians' eigenvalues
+        eigenvalues = {lb: {f"a_t = {decay.name}": a[:, 0].ravel()} for lb, a in decay.decays.items()}
     return Snapshot(
         flows={k: gradient_flow(rnn, xt, loss=k) for k in ("last", "per_step")},
         spectrum=jacobian_spectrum(rnn, xt, sample=0),
-        eigenvalues=recurrent_eigenvalues(rnn),
+        eigenvalues=eigenvalues,
         activity=activity(rnn, xt, sample=0),
         inputs=x[0].double().numpy(),
         accuracy=accuracy,
+        decay=decay,
     )
 
 
@@ -121,10 +90,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a(
         "--variants",
         nargs="+",
-        default=["rnn", "lstm", "gru"],
-        help="cells to compare: family[:key=value,...] or label=family:key=value (default: rnn lstm gru)",
+        default=None,
+        help="cells to compare: family[:key=value,...] or label=family:key=value; families rnn, rnn_relu, "
+        "lstm, gru, mingru, minlstm, qrnn, lru (default: rnn lstm gru)",
     )
-    a("--hidden-size", type=int, default=16, help="hidden units of the compared cells (default: %(default)s)")
+    a("--cell", "--arch", "--family", dest="family", default=None, metavar="CELL",
+      help="one family to diagnose (the same as --variants CELL); in checkpoint mode the checkpoint's "
+      "family (default: from its run.json, else lstm)")  # fmt: skip
+    a(
+        "--hidden-size",
+        type=int,
+        default=None,
+        help="hidden units (default: 16, or the checkpoint's run.json)",
+    )
     a("--seq-len", type=int, default=40, help="length of the +1 sequences analysed (default: %(default)s)")
     a("--batch", type=int, default=16, help="sequences per analysed batch (default: %(default)s)")
     a(
@@ -141,9 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--quick", action="store_true", help="tiny sizes and budgets (a smoke test of a few seconds)")
     g = parser.add_argument_group("checkpoint mode")
     g.add_argument("--checkpoint", default=None, help="checkpoint dir/root or .safetensors file to diagnose")
-    g.add_argument("--family", default="lstm", help="rnn, rnn_relu, lstm or gru (checkpoint mode)")
-    g.add_argument("--input-size", type=int, default=1, help="input features (checkpoint mode)")
-    g.add_argument("--num-layers", type=int, default=1)
+    g.add_argument("--input-size", type=int, default=None,
+                   help="input features (default: read off the checkpoint's weights)")  # fmt: skip
+    g.add_argument("--num-layers", type=int, default=None, help="(default: run.json's, else 1)")
     g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword of the layer (cell or layer option), repeatable")  # fmt: skip
     return parser
@@ -151,13 +129,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _configure(args) -> tuple[Budget, Budget]:
     """(training budget of the +1 run, memory-horizon budget)."""
+    if args.family and args.variants and not args.checkpoint:
+        raise ValueError(f"give --cell or --variants, not both (got --cell {args.family} and --variants)")
+    if not args.checkpoint:
+        args.variants = args.variants or ([args.family] if args.family else ["rnn", "lstm", "gru"])
+    if args.hidden_size is None and not args.checkpoint:
+        args.hidden_size = 16
+    if args.quick and not args.checkpoint:
+        args.hidden_size = min(args.hidden_size, 6)
     if args.quick:
-        args.hidden_size, args.seq_len, args.batch = min(args.hidden_size, 6), min(args.seq_len, 12), 4
+        args.seq_len, args.batch = min(args.seq_len, 12), 4
         args.train_steps = min(args.train_steps, 20)
-    for name in ("hidden_size", "seq_len", "batch", "train_steps"):
-        if getattr(args, name) < 1:
+    for name in ("hidden_size", "seq_len", "batch", "train_steps", "input_size", "num_layers"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    train = Budget(hidden_size=args.hidden_size, steps=args.train_steps, lr=5e-3, threshold=0.99,
+    train = Budget(hidden_size=args.hidden_size or 16, steps=args.train_steps, lr=5e-3, threshold=0.99,
                    seed=args.seed)  # fmt: skip
     lags = tuple(args.lags) if args.lags else ((3, 6) if args.quick else (5, 10, 20, 40, 80))
     steps = args.horizon_steps or (20 if args.quick else 400)
@@ -169,7 +155,8 @@ def _configure(args) -> tuple[Budget, Budget]:
 def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
     gf = snap.flows["last"]
     top = [lb for lb in gf.labels if not gf.reverse[lb]][-1]
-    n = gf.norms[top]["h"]
+    st = gf.state(top)
+    n = gf.norms[top][st]
     rho = {
         layer: max((float(np.abs(ev).max()) for ev in blocks.values()), default=float("nan"))
         for layer, blocks in snap.eigenvalues.items()
@@ -177,14 +164,21 @@ def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
     acc = "" if snap.accuracy is None else f"  +1 accuracy {snap.accuracy:.3f}"
     lines = [
         f"{label:>8} {stage:>10}:{acc}",
-        f"{'':>20}loss at last step: ‖∂L/∂h_0‖/‖∂L/∂h_T-1‖ = {n[0] / n[-1]:.3g}, "
+        f"{'':>20}loss at last step: ‖∂L/∂{st}_0‖/‖∂L/∂{st}_T-1‖ = {n[0] / n[-1]:.3g}, "
         f"per-step factor {gf.per_step_factor():.3f}",
         f"{'':>20}step Jacobian: mean σ_max {snap.spectrum.singular_values[:, 0].mean():.3f}, "
         f"‖J_T-1⋯J_0‖ = {snap.spectrum.product_norms[-1]:.3g}",
-        f"{'':>20}spectral radius of the recurrent blocks: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()),
     ]
-    if "c" in gf.norms[top]:
+    if snap.decay is None or snap.decay.name == "λ":
+        lines.append(f"{'':>20}spectral radius of the recurrent blocks: "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()))  # fmt: skip
+    if snap.decay is not None:  # the diagonal recurrences: the distribution of a_t is the spectrum
+        d = snap.decay
+        q = d.modulus_quantiles(d.labels[0])
+        tau = np.median(d.timescales(d.labels[0]))
+        lines.append(f"{'':>20}decay a_t = {d.name} ({d.labels[0]}): |a| 5/50/95% {q[0]:.3f}/{q[1]:.3f}/"
+                     f"{q[2]:.3f}, median memory time −1/log|a| {tau:.3g} steps")  # fmt: skip
+    if "c" in gf.norms[top] and st != "c":
         c = gf.norms[top]["c"]
         lines.append(f"{'':>20}cell state: ‖∂L/∂c_0‖/‖∂L/∂c_T-1‖ = {c[0] / c[-1]:.3g}")
     return lines
@@ -216,17 +210,16 @@ def _run(args: argparse.Namespace) -> int:
     ]
     power_w = None
     if args.checkpoint:
-        opts = parse_variant(f"{args.family}:" + ",".join(args.option)).options
-        v = Variant(args.family, args.family, {"num_layers": args.num_layers, **opts})
-        rnn = load_weights(v.build(args.input_size, args.hidden_size), args.checkpoint)
-        if args.input_size == 1:
+        v, rnn, note = checkpoint_layer(args)
+        lines.insert(1, note)
+        if rnn.input_size == 1:
             x, _ = synthetic.plus_one(args.batch, args.seq_len, seed=args.seed)
         else:
             g = torch.Generator().manual_seed(args.seed)
-            x = torch.randn(args.batch, args.seq_len, args.input_size, generator=g)
-        x = probe_sequence(x)
+            x = torch.randn(args.batch, args.seq_len, rnn.input_size, generator=g)
+        x = probe_sequence(x.to(next(rnn.parameters()).dtype))
         snaps[v.label] = {"checkpoint": snapshot(rnn, x)}
-        power_w = (v.label, rnn)
+        power_w = None if is_parallel(rnn) else (v.label, rnn)
     else:
         variants = [parse_variant(s) for s in args.variants]
         x, _ = synthetic.plus_one(args.batch, args.seq_len, seed=args.seed + 1)
@@ -237,6 +230,8 @@ def _run(args: argparse.Namespace) -> int:
             snaps[v.label] = {"init": snapshot(model.rnn, x)}
             acc, _ = train_task(model, "plus_one", args.seq_len, train_b)
             snaps[v.label]["trained"] = snapshot(model.rnn, x, acc)
+            if is_parallel(model.rnn):  # no recurrent matrix to iterate
+                continue
             if power_w is None or v.family.startswith("rnn") and not power_w[0].startswith("rnn"):
                 power_w = (v.label, model.rnn)
     files = [
@@ -259,16 +254,19 @@ def _run(args: argparse.Namespace) -> int:
     for m, per in snaps.items():
         for stage, sn in per.items():
             lines += _summary_lines(m, stage, sn)
-    label, rnn = power_w
-    blocks = recurrent_matrices(rnn)["l0"]
-    block = "W_hh" if "W_hh" in blocks else next(iter(blocks))
-    pi = power_iteration(blocks[block], steps=60, seed=args.seed)
-    files.append(plots.plot_power_iteration(pi, out / "power_iteration.png", title=f"{label} {block}"))
     lines.append("")
-    lines.append(
-        f"power iteration on {label} {block}: λ₁ = {_fmt_complex(pi.eigenvalues[0])}, "
-        f"|λ₂/λ₁| = {pi.rate:.3f}, sin∠ after {len(pi.angles) - 1} steps: {pi.angles[-1]:.2e}"
-    )
+    if power_w is None:
+        lines.append("power iteration: skipped (a diagonal recurrence has no recurrent matrix to iterate)")
+    else:
+        label, rnn = power_w
+        blocks = recurrent_matrices(rnn)["l0"]
+        block = "W_hh" if "W_hh" in blocks else next(iter(blocks))
+        pi = power_iteration(blocks[block], steps=60, seed=args.seed)
+        files.append(plots.plot_power_iteration(pi, out / "power_iteration.png", title=f"{label} {block}"))
+        lines.append(
+            f"power iteration on {label} {block}: λ₁ = {_fmt_complex(pi.eigenvalues[0])}, "
+            f"|λ₂/λ₁| = {pi.rate:.3f}, sin∠ after {len(pi.angles) - 1} steps: {pi.angles[-1]:.2e}"
+        )
     result = {"snapshots": {m: {s: _snap_json(sn) for s, sn in per.items()} for m, per in snaps.items()}}
     if not args.no_horizon and not args.checkpoint:
         hz = memory_horizon([parse_variant(s) for s in args.variants], budget=horizon_b)
@@ -303,6 +301,11 @@ def _snap_json(sn: Snapshot) -> dict:
             lb: {b: float(np.abs(ev).max()) for b, ev in blocks.items()}
             for lb, blocks in sn.eigenvalues.items()
         },  # fmt: skip
+        "decay_modulus_quantiles": None
+        if sn.decay is None
+        else {
+            lb: sn.decay.modulus_quantiles(lb).tolist() for lb in sn.decay.labels
+        },  # 5 / 50 / 95 % of |a_t| (the parallel layers)
     }
 
 

@@ -12,6 +12,12 @@
   eigenvector (to the dominant real invariant plane when the top eigenvalue is a complex
   pair) at rate ``|λ₂/λ₁|`` per step: what many steps of a linear recurrence do to any
   initial state.
+
+The time-parallel layers (MinGRU, MinLSTM, QRNN, LRU) have the step Jacobian
+``diag(a_t)`` (see :mod:`rnnkit.diagnostics.parallel`): :func:`jacobian_spectrum` reports
+it, :func:`recurrent_eigenvalues` gives the LRU's ``λ``, and for the other three, whose
+``a_t`` depends on the input, :func:`rnnkit.diagnostics.decay_spectrum` takes the role of
+the eigenvalues (the functions that need a fixed matrix say so).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import StepContext
+from ..parallel import LRU
+from .parallel import is_parallel, lru_eigenvalues, no_matrix_error, step_jacobians_parallel
 from .trace import layer_labels, layer_views, replay
 
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
@@ -43,7 +51,10 @@ class JacobianSpectrum:
 def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, direction: int = 0,
                    sample: int = 0, hx=None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """``J_t = ∂s_t/∂s_{t-1}`` ``(T, S, S)`` for one sequence of the batch, ``S = Σ state sizes``,
-    in processing order (reversed time for ``direction=1``)."""
+    in processing order (reversed time for ``direction=1``). For a parallel layer
+    ``J_t = diag(a_t)`` (complex for the LRU)."""
+    if is_parallel(module):
+        return step_jacobians_parallel(module, inputs, layer=layer, direction=direction, sample=sample, hx=hx)
     views = layer_views(module)
     if not 0 <= layer < len(views) or direction not in range(2 if module.bidirectional else 1):
         raise ValueError(f"no layer {layer} direction {direction} in {type(module).__name__}")
@@ -94,7 +105,10 @@ def recurrent_matrices(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
 
     Blocks are ``W_hh`` (RNN), the gates ``i f g o`` (LSTM; ``W_hg W_hr`` with a
     projection) or ``r z n`` (GRU); other cells' ``weight_hh (G·H, H)`` is cut into ``G``
-    square blocks named by their index (none when it has another shape)."""
+    square blocks named by their index (none when it has another shape). The parallel
+    layers have no such matrix: a ``ValueError`` says what to use instead."""
+    if is_parallel(module):
+        raise no_matrix_error(module, "recurrent_matrices")
     result: dict[str, dict[str, np.ndarray]] = {}
     views = layer_views(module)
     for k, d, label in layer_labels(module):
@@ -117,7 +131,13 @@ def recurrent_matrices(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
 
 
 def recurrent_eigenvalues(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
-    """Eigenvalues (complex, by decreasing modulus) of each matrix of :func:`recurrent_matrices`."""
+    """Eigenvalues (complex, by decreasing modulus) of each matrix of :func:`recurrent_matrices`;
+    for the LRU ``{label: {"λ": λ}}`` (its recurrence is ``diag(λ)``). MinGRU, MinLSTM and
+    QRNN have input-dependent decays instead: a ``ValueError`` points at ``decay_spectrum``."""
+    if isinstance(module, LRU):
+        return lru_eigenvalues(module)
+    if is_parallel(module):
+        raise no_matrix_error(module, "recurrent_eigenvalues")
     out = {}
     for label, blocks in recurrent_matrices(module).items():
         out[label] = {}

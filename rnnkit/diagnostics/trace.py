@@ -9,15 +9,17 @@ math as :func:`rnnkit.loop.run_direction` for dense (non-packed) input, which th
 check against the layer's own forward.
 
 Works for :class:`rnnkit.RecurrentStack` (``RNN``/``LSTM``/``GRU`` and every cell of the
-zoo) and for ``torch.nn.RNN``/``LSTM``/``GRU`` (whose parameters are wrapped in rnnkit's
-standard cells: same names, same gate order). Not replayed: ``PackedSequence`` input and
+zoo), for ``torch.nn.RNN``/``LSTM``/``GRU`` (whose parameters are wrapped in rnnkit's
+standard cells: same names, same gate order) and for the time-parallel layers
+``MinGRU``/``MinLSTM``/``QRNN``/``LRU`` (their own ``step_layer``, see
+:mod:`rnnkit.diagnostics.parallel`). Not replayed: ``PackedSequence`` input and
 layer-level options that change the step outside the cell (e.g. regularizer masks) — the
 replay runs the plain cell math.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from ..cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from ..layers import RecurrentStack
+from ..parallel import ParallelRecurrent
 
 State = tuple[Tensor, ...]
 
@@ -40,7 +43,7 @@ class LayerView:
 
 def is_recurrent(module: nn.Module) -> bool:
     """True for the layers the diagnostics can replay."""
-    return isinstance(module, (RecurrentStack, nn.RNNBase))
+    return isinstance(module, (RecurrentStack, nn.RNNBase, ParallelRecurrent))
 
 
 def find_recurrent(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -65,6 +68,11 @@ def layer_views(module: nn.Module) -> list[LayerView]:
         return [
             LayerView(c, [module.layer_params(k, d) for d in range(D)]) for k, c in enumerate(module.cells)
         ]
+    if isinstance(module, ParallelRecurrent):
+        raise ValueError(
+            f"{type(module).__name__} is a diagonal linear recurrence, not a stack of cells: the diagnostics "
+            "replay it with rnnkit.diagnostics.parallel.replay_parallel"
+        )
     if isinstance(module, nn.RNNBase):
         D = 2 if module.bidirectional else 1
         H, P = module.hidden_size, getattr(module, "proj_size", 0)
@@ -86,7 +94,8 @@ def layer_views(module: nn.Module) -> list[LayerView]:
             views.append(LayerView(cell, params))
         return views
     raise ValueError(
-        "expected an rnnkit recurrent layer (RNN/LSTM/GRU/RecurrentStack) or torch.nn.RNN/LSTM/GRU, "
+        "expected an rnnkit recurrent layer (RNN/LSTM/GRU/RecurrentStack, MinGRU/MinLSTM/QRNN/LRU) or "
+        "torch.nn.RNN/LSTM/GRU, "
         f"got {type(module).__name__}"
     )
 
@@ -108,12 +117,15 @@ def layer_labels(module: nn.Module, prefix: str = "") -> list[tuple[int, int, st
 class Trace:
     """States of every step: ``states[k][d][t]`` is the state tuple after step ``t``
     (each ``(B, S_i)``) of layer ``k``, direction ``d``; ``inputs[k]`` is layer ``k``'s
-    input ``(T, B, I_k)``; ``initial[k][d]`` the state before the first step."""
+    input ``(T, B, I_k)``; ``initial[k][d]`` the state before the first step;
+    ``outputs[k][d]`` the output ``(T, B, H)`` of a parallel layer's direction (empty for
+    the classic cells, whose output is ``h``)."""
 
     states: list[list[list[State]]]
     inputs: list[Tensor]
     initial: list[list[State]]
     state_names: tuple[str, ...]
+    outputs: list[list[Tensor]] = field(default_factory=list)
 
 
 def _as_time_major(module: nn.Module, x: Tensor) -> tuple[Tensor, bool]:
@@ -160,6 +172,10 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
     leaf that does, so that every state is in the autograd graph even with frozen
     parameters (the values are unchanged).
     """
+    if isinstance(module, ParallelRecurrent):  # MinGRU, MinLSTM, QRNN, LRU: their own step math
+        from .parallel import replay_parallel
+
+        return replay_parallel(module, x, hx, retain_grad=retain_grad, track=track)
     views = layer_views(module)
     data, unbatched = _as_time_major(module, x)
     T, B = data.shape[0], data.shape[1]
