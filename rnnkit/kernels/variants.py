@@ -49,7 +49,9 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     return cell.project_input(p, x)
 
 
-def forward_impl(kind, flags, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep):
+def forward_impl(
+    kind, flags, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep
+):
     """``(out, h_n, c_n, saved)``; ``c_n`` is empty for the GRU kernels."""
     xp, h0 = xp.contiguous(), h0.contiguous()
     if use_ext:
@@ -70,14 +72,29 @@ def backward_impl(kind, flags, bsz, reverse, use_ext, onednn, has_bias, gout, gh
     gout, ghn = gout.contiguous(), ghn.contiguous()
     if use_ext:
         gcn = gcn.contiguous() if kind == "lstm_v" else ghn.new_empty(0)
-        args = (KINDS[kind], flags, gout, ghn, gcn, list(saved), w_hh.contiguous(), w_hr, mask, zh, zc, w_peep)
+        args = (
+            KINDS[kind],
+            flags,
+            gout,
+            ghn,
+            gcn,
+            list(saved),
+            w_hh.contiguous(),
+            w_hr,
+            mask,
+            zh,
+            zc,
+            w_peep,
+        )
         r = ext.ops().variant_backward(*args, has_bias, list(bsz), reverse, onednn)  # type: ignore[union-attr]
         return r[0], r[1], _opt(r[2]), r[3], _opt(r[4]), _opt(r[5]), _opt(r[6])
     if kind == "lstm_v":
         args = (gout, ghn, gcn.contiguous(), saved, w_hh, w_hr, mask, bsz, reverse, zh, zc, w_peep)
         dxp, dh0, dc0, dw_hh, dw_hr, dw_peep = lstm_variants.backward(flags, *args)
         return dxp, dh0, dc0, dw_hh, None, dw_hr, dw_peep
-    dxp, dh0, dw_hh, db = gru_variants.backward(flags, gout, ghn, saved, w_hh, has_bias, mask, bsz, reverse, zh)
+    dxp, dh0, dw_hh, db = gru_variants.backward(
+        flags, gout, ghn, saved, w_hh, has_bias, mask, bsz, reverse, zh
+    )
     return dxp, dh0, None, dw_hh, db, None, None
 
 
@@ -103,7 +120,9 @@ class _Direction(torch.autograd.Function):
         opt = [_opt(t) for t in (w_hr, mask, zh, zc, w_peep)]
         if gcn is None or kind != "lstm_v":
             gcn = ghn.new_zeros(ghn.shape[0], saved[1].shape[1]) if kind == "lstm_v" else ghn.new_empty(0)
-        g = backward_impl(kind, flags, bsz, reverse, use_ext, onednn, has_bias, gout, ghn, gcn, saved, w_hh, *opt)
+        g = backward_impl(
+            kind, flags, bsz, reverse, use_ext, onednn, has_bias, gout, ghn, gcn, saved, w_hh, *opt
+        )
         dxp, dh0, dc0, dw_hh, db, dw_hr, dw_peep = g
         return (None,) * 5 + (dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep)
 
@@ -236,8 +255,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grads):
     kind, flags, batch_sizes, reverse, has_bias = ctx.meta
-    saved, (w_hh, w_hr, mask, zh, zc, w_peep) = ctx.saved_tensors[: ctx.n_saved], ctx.saved_tensors[ctx.n_saved :]
-    B, N, P = batch_sizes[0], saved[3 if kind == "lstm_v" else 1].shape[0], saved[3 if kind == "lstm_v" else 1].shape[1]
+    saved, (w_hh, w_hr, mask, zh, zc, w_peep) = (
+        ctx.saved_tensors[: ctx.n_saved],
+        ctx.saved_tensors[ctx.n_saved :],
+    )
+    B, N, P = (
+        batch_sizes[0],
+        saved[3 if kind == "lstm_v" else 1].shape[0],
+        saved[3 if kind == "lstm_v" else 1].shape[1],
+    )
     gout = saved[0].new_zeros(N, P) if grads[0] is None else grads[0]
     ghn = saved[0].new_zeros(B, P) if grads[1] is None else grads[1]
     if kind != "lstm_v":
