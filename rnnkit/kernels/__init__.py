@@ -147,7 +147,9 @@ def run_direction(
             f"the fused kernels support the standard LSTM/GRU/RNN cells, got {type(cell).__name__}"
         )
     if kind in variants.KINDS:
-        return variants.run_direction(cell, p, xp, batch_sizes, h0, reverse, mask, use_ext, zoneout, zoneout_masks)
+        return variants.run_direction(
+            cell, p, xp, batch_sizes, h0, reverse, mask, use_ext, zoneout, zoneout_masks
+        )
     bsz = tuple(int(b) for b in batch_sizes)
     c0 = h0[1] if kind == "lstm" else None
     b_hh = p.get("bias_hh") if kind == "gru" else None

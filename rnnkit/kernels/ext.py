@@ -1,4 +1,4 @@
-"""Loader of the C++ extension (``csrc/*.cpp``: ``fused.cpp``, ``variants.cpp``): compiled at first use, cached, optional.
+"""Loader of the C++ extension (every ``csrc/*.cpp``): compiled at first use, cached, optional.
 
 The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a
 fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/<torch>-<source hash>``

@@ -346,7 +346,8 @@ def test_no_ext_env_selects_pure_in_subprocess():
         "ext._build = lambda: 1 / 0\n"
         "for cls, kw in [(rnnkit.LSTM, {'coupled_gates': True}), (rnnkit.GRU, {'variant': 'mut2'})]:\n"
         "    torch.manual_seed(0); a = cls(3, 4, 2, impl='fused', **kw)\n"
-        "    b = cls(3, 4, 2, impl='loop', **kw); b.load_state_dict(a.state_dict()); x = torch.randn(5, 2, 3)\n"
+        "    b = cls(3, 4, 2, impl='loop', **kw); b.load_state_dict(a.state_dict())\n"
+        "    x = torch.randn(5, 2, 3)\n"
         "    torch.testing.assert_close(a(x)[0], b(x)[0], atol=1e-12, rtol=1e-12)\n"
         "print('OK')\n"
     )
