@@ -16,6 +16,11 @@ any device), used when the extension cannot be built, for other devices/dtypes, 
 ``h_{t-1}`` right before the recurrent GEMM (Gal & Ghahramani 2016); optional zoneout weights
 mix each new state with the previous one (Krueger et al. 2017). Under ``torch.compile`` the
 same computation runs as the custom op ``rnnkit::fused_direction`` (:mod:`.ops`).
+
+The Greff et al. LSTM ablations (NIG, NFG, NOG, NIAF, NOAF, CIFG, combined with peepholes and
+``proj_size``) and the GRU variants (``reset_after=False``, MUT1–3) run on two generalized
+kernels parameterized by layout flags, :mod:`.variants` (custom op
+``rnnkit::fused_variant_direction``); :func:`kind_of` names them ``"lstm_v"`` / ``"gru_v"``.
 """
 
 from __future__ import annotations
