@@ -40,13 +40,13 @@ from ..cells.lstm import LSTMCellMath
 from ._common import schedule
 from ._gemm import Linear, mm_tn
 
-HAS_I, HAS_F, HAS_O, COUPLED, IN_ACT, OUT_ACT, PEEPHOLE = 1, 2, 4, 8, 16, 32, 64
+HAS_I, HAS_F, HAS_O, COUPLED, IN_ACT, OUT_ACT, PEEPHOLE, FGR = 1, 2, 4, 8, 16, 32, 64, 128
 STANDARD = HAS_I | HAS_F | HAS_O | IN_ACT | OUT_ACT  # torch's LSTM
 
 
 def flags_of(cell: Cell) -> int | None:
-    """The layout bits of an LSTM cell this kernel runs, ``None`` for others (norm, FGR)."""
-    if type(cell) is not LSTMCellMath or cell.norm is not None or cell.layout.full_recurrence:
+    """The layout bits of an LSTM cell this kernel runs, ``None`` for others (normalized)."""
+    if type(cell) is not LSTMCellMath or cell.norm is not None:
         return None
     lay, f = cell.layout, 0
     for k, bit in (("i", HAS_I), ("f", HAS_F), ("o", HAS_O)):
@@ -55,6 +55,7 @@ def flags_of(cell: Cell) -> int | None:
     f |= IN_ACT if cell.input_activation else 0
     f |= OUT_ACT if cell.output_activation else 0
     f |= PEEPHOLE if lay.peephole else 0
+    f |= FGR if lay.full_recurrence else 0
     return f
 
 
@@ -65,12 +66,16 @@ class Layout:
         present = [k for k, b in (("i", HAS_I), ("f", HAS_F), ("g", 0), ("o", HAS_O)) if b == 0 or flags & b]
         self.idx = {k: n for n, k in enumerate(present)}
         self.sig = [k for k in "ifo" if k in self.idx]
-        self.coupled, self.peep = bool(flags & COUPLED), bool(flags & PEEPHOLE)
+        self.coupled, self.peep, self.fgr = bool(flags & COUPLED), bool(flags & PEEPHOLE), bool(flags & FGR)
         self.in_act, self.out_act = bool(flags & IN_ACT), bool(flags & OUT_ACT)
         self.ngates = len(present)
 
     def block(self, t: Tensor, k: str, H: int) -> Tensor:
         return t[:, self.idx[k] * H : (self.idx[k] + 1) * H]
+
+    def sig_cols(self, t: Tensor, H: int) -> list[Tensor]:
+        """The sigmoid gates' blocks of ``t``, in FGR's state order ``i, f, o``."""
+        return [self.block(t, k, H) for k in self.sig]
 
     def peepholes(self, w_peep: Tensor | None, H: int) -> dict[str, Tensor]:
         return dict(zip(self.sig, w_peep.split(H))) if self.peep and w_peep is not None else {}
@@ -78,8 +83,14 @@ class Layout:
 
 def forward(flags: int, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
             mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool,
-            zh: Tensor | None, zc: Tensor | None, w_peep: Tensor | None):  # fmt: skip
-    """Returns ``out (N, P), h_n (B, P), c_n (B, H)`` and the saved tensors (module doc).
+            zh: Tensor | None, zc: Tensor | None, w_peep: Tensor | None,
+            a0: Tensor | None = None, w_gg: Tensor | None = None, zg: Tensor | None = None):  # fmt: skip
+    """Returns ``out (N, P), h_n (B, P), c_n (B, H)``, FGR's ``gates_n (B, S)`` (else empty)
+    and the saved tensors (module doc).
+
+    FGR (``a0 (B, S)`` the previous sigmoid-gate activations, ``w_gg (S, S)``, ``zg (N, S)``
+    its zoneout weights): ``a_k += (a_{t-1} W_ggᵀ)_k`` for the sigmoid gates before their
+    peepholes; the new gate state is ``lerp([i, f, o]_t, a_{t-1}, zg)``.
 
     ``zh (N, P)``, ``zc (N, H)``: optional zoneout weights per row (Krueger et al. 2017):
     ``h_t = lerp(h̃_t, h_{t-1}, zh_t)``, ``c_t = lerp(c̃_t, c_{t-1}, zc_t)``.
@@ -94,6 +105,10 @@ def forward(flags: int, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: 
     hbuf, cbuf, tmp = h0.clone(), c0.clone(), new(h0.shape[0], H)
     lin = Linear(w_hh, h0.shape[0])
     lin_r = Linear(w_hr, h0.shape[0]) if w_hr is not None else None
+    if L.fgr:
+        abuf, aprev, lin_g = a0.clone(), new(N, a0.shape[1]), Linear(w_gg, h0.shape[0])  # type: ignore[union-attr]
+    else:
+        abuf, aprev = new(0), new(0)
     for off, bs in schedule(batch_sizes, reverse):
         s = slice(off, off + bs)
         hp, g, cb = hprev[s], gates[s], cbuf[:bs]
@@ -102,6 +117,10 @@ def forward(flags: int, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: 
         else:
             torch.mul(hbuf[:bs], mask[:bs], out=hp)
         a = lin(hp, base=xp[s])
+        if L.fgr:
+            aprev[s].copy_(abuf[:bs])
+            for ak, rk in zip(L.sig_cols(a, H), lin_g(aprev[s]).split(H, 1)):
+                ak.add_(rk)
         for k in ("i", "f"):
             if k in L.idx:
                 ak = L.block(a, k, H)
@@ -143,14 +162,20 @@ def forward(flags: int, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: 
         if zh is not None:
             out[s].lerp_(hbuf[:bs], zh[s])
         hbuf[:bs].copy_(out[s])
-    return out, hbuf, cbuf, (gates, cprev, y, hprev, hraw, cnew)
+        if L.fgr:
+            torch.cat(L.sig_cols(g, H), 1, out=abuf[:bs])
+            if zg is not None:
+                abuf[:bs].lerp_(aprev[s], zg[s])
+    return out, hbuf, cbuf, abuf, (gates, cprev, y, hprev, hraw, cnew, aprev)
 
 
-def backward(flags: int, gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Tensor,
+def backward(flags: int, gout: Tensor, ghn: Tensor, gcn: Tensor, gan: Tensor | None, saved, w_hh: Tensor,
              w_hr: Tensor | None, mask: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool,
-             zh: Tensor | None, zc: Tensor | None, w_peep: Tensor | None):  # fmt: skip
-    """Returns ``d xp, d h0, d c0, d W_hh, d W_hr, d w_peep`` (``None`` where absent)."""
-    gates, cprev, y, hprev, hraw, cnew = saved
+             zh: Tensor | None, zc: Tensor | None, w_peep: Tensor | None,
+             w_gg: Tensor | None = None, zg: Tensor | None = None):  # fmt: skip
+    """Returns ``d xp, d h0, d c0, d a0, d W_hh, d W_hr, d w_peep, d W_gg`` (``None`` where
+    absent); ``gan`` is the gradient of FGR's final gate state."""
+    gates, cprev, y, hprev, hraw, cnew, aprev = saved
     L = Layout(flags)
     H, B = y.shape[1], ghn.shape[0]
     pk = L.peepholes(w_peep, H)
@@ -161,6 +186,10 @@ def backward(flags: int, gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Te
     dhz, dcz = torch.empty_like(ghn), torch.empty_like(gcn)  # zoneout's direct paths to t-1
     lin_t = Linear(w_hh.t(), B)
     lin_rt = Linear(w_hr.t(), B) if w_hr is not None else None
+    dsig = dabuf = dacts = daz = None
+    if L.fgr:  # d a_{t}: running gradient of the gate state; dsig: stacked for dW_gg
+        dsig, dabuf, lin_gt = torch.empty_like(aprev), gan.clone(), Linear(w_gg.t(), B)  # type: ignore[union-attr]
+        dacts, daz = torch.empty_like(dabuf), torch.empty_like(dabuf)
     for off, bs in reversed(schedule(batch_sizes, reverse)):
         s = slice(off, off + bs)
         g, dg, yy, dc, a, b, iv = gates[s], dgates[s], y[s], dcbuf[:bs], t1[:bs], t2[:bs], t3[:bs]
@@ -173,10 +202,21 @@ def backward(flags: int, gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Te
             torch.mul(dc, zc[s], out=dcz[:bs])
             dc.sub_(dcz[:bs])
         dh = dhp if lin_rt is None else lin_rt(dhp)
+        da = None  # FGR: dL/d[i, f, o]_t through the gate state
+        if dabuf is not None:
+            da = dacts[:bs]  # type: ignore[index]
+            da.copy_(dabuf[:bs])
+            if zg is not None:  # a_t = lerp([i, f, o]_t, a_{t-1}, zg)
+                torch.mul(da, zg[s], out=daz[:bs])  # type: ignore[index]
+                da.sub_(daz[:bs])  # type: ignore[index]
+        dsg = dict(zip(L.sig, da.split(H, 1))) if da is not None else {}
         if "o" in L.idx:
             o, do = L.block(g, "o", H), L.block(dg, "o", H)
             torch.addcmul(o, o, o, value=-1, out=a)  # o(1-o)
-            torch.mul(dh, yy, out=do).mul_(a)
+            torch.mul(dh, yy, out=do)
+            if "o" in dsg:
+                do.add_(dsg["o"])
+            do.mul_(a)
             dy = torch.mul(dh, o, out=a)
         else:
             dy = dh
@@ -189,8 +229,11 @@ def backward(flags: int, gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Te
         z, dz = L.block(g, "g", H), L.block(dg, "g", H)
         f = L.block(g, "f", H) if "f" in L.idx else None
         if "i" in L.idx:
-            i = L.block(g, "i", H)
-            torch.addcmul(i, i, i, value=-1, out=L.block(dg, "i", H)).mul_(z).mul_(dc)
+            i, di = L.block(g, "i", H), L.block(dg, "i", H)
+            torch.mul(dc, z, out=di)
+            if "i" in dsg:
+                di.add_(dsg["i"])
+            di.mul_(torch.addcmul(i, i, i, value=-1, out=a))
         elif L.coupled:
             i = torch.neg(f, out=iv).add_(1)  # type: ignore[arg-type]
         else:
@@ -204,6 +247,8 @@ def backward(flags: int, gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Te
             torch.mul(dc, cprev[s], out=df)
             if L.coupled:  # i = 1 - f also depends on f
                 df.addcmul_(dc, z, value=-1)
+            if "f" in dsg:
+                df.add_(dsg["f"])
             df.mul_(torch.addcmul(f, f, f, value=-1, out=a))
         if L.in_act:
             dz.mul_(torch.mul(z, z, out=a).neg_().add_(1))
@@ -220,10 +265,16 @@ def backward(flags: int, gout: Tensor, ghn: Tensor, gcn: Tensor, saved, w_hh: Te
             torch.mul(lin_t(dg), mask[:bs], out=dhbuf[:bs])
         if zh is not None:
             dhbuf[:bs].add_(dhz[:bs])
+        if dabuf is not None:  # a_{t-1} fed the sigmoid gates through W_gg (and zoneout)
+            torch.cat(L.sig_cols(dg, H), 1, out=dsig[s])  # type: ignore[index]
+            dabuf[:bs].copy_(lin_gt(dsig[s]))  # type: ignore[index]
+            if zg is not None:
+                dabuf[:bs].add_(daz[:bs])  # type: ignore[index]
     dw_hh = mm_tn(dgates, hprev)
     dw_hr = mm_tn(dh_all, hraw) if dh_all is not None else None
     dw_peep = None
     if pk:
         parts = [(L.block(dgates, k, H) * (cnew if k == "o" else cprev)).sum(0) for k in L.sig]
         dw_peep = torch.cat(parts)
-    return dgates, dhbuf, dcbuf, dw_hh, dw_hr, dw_peep
+    dw_gg = mm_tn(dsig, aprev) if dsig is not None else None
+    return dgates, dhbuf, dcbuf, dabuf, dw_hh, dw_hr, dw_peep, dw_gg

@@ -5,9 +5,10 @@ equations and tested against them in ``tests/cells``). Float64, forward, final s
 gradients (input, initial state, every parameter):
 
 * kernel level, every layout: each ablation alone and every valid combination with
-  peepholes and ``proj_size``; every GRU variant with both reset placements, with and
-  without bias; packed batch sizes, both directions, recurrent-dropout mask and zoneout;
-  both backends (C++ extension, pure PyTorch), the two also against each other;
+  peepholes and ``proj_size``, FGR (state ``(h, c, gates)``) alone and combined; every GRU
+  variant with both reset placements, with and without bias; packed batch sizes, both
+  directions, recurrent-dropout mask and zoneout; both backends (C++ extension, pure
+  PyTorch), the two also against each other;
 * layer level: ``impl="fused"`` vs ``impl="loop"`` under the same seed, 2 layers,
   bidirectional, padded and packed (unsorted), training with recurrent dropout and zoneout;
 * gradcheck, ``torch.library.opcheck`` on both custom ops, ``torch.compile(fullgraph=True)``,
@@ -38,6 +39,7 @@ BS = [4, 4, 3, 1, 1]  # packed: lengths 5, 3, 3, 1
 ABLATIONS = {
     "nig": {"input_gate": False},
     "nfg": {"forget_gate": False},
+    "fgr": {"full_gate_recurrence": True},
     "nog": {"output_gate": False},
     "niaf": {"input_activation": False},
     "noaf": {"output_activation": False},
@@ -94,7 +96,7 @@ GRU_VARIANTS = {
 def _cell(family, kw, I=3, H=4):
     kw = dict(kw)
     bias = kw.pop("bias", True)
-    if family == "lstm":
+    if family in ("lstm", "fgr"):
         return LSTMCellMath(I, H, bias, kw.pop("proj_size", 0), **kw)
     return GRUCellMath(I, H, bias, **kw)
 
@@ -115,7 +117,7 @@ def _setup(cell, dtype=torch.float64):
 
 def _results(cell, fn, reverse, regs):
     p, x, h0, mask, zmasks = _setup(cell)
-    kw = {"zoneout": (0.3, 0.2)[: len(h0)], "zoneout_masks": zmasks} if regs else {}
+    kw = {"zoneout": (0.3, 0.2, 0.4)[: len(h0)], "zoneout_masks": zmasks} if regs else {}
     out, state = fn(cell, p, x, h0, reverse, mask if regs else None, kw)
     res = [out, *state]
     torch.manual_seed(1)
@@ -175,6 +177,10 @@ LAYERS = {
     "cifg+peep+forget_bias": (rnnkit.LSTM, {"coupled_gates": True, "peephole": True, "forget_bias": 1.0}),
     "nog+noaf+proj": (rnnkit.LSTM, {"output_gate": False, "output_activation": False, "proj_size": 2}),
     "nfg+niaf+peep": (rnnkit.LSTM, {"forget_gate": False, "input_activation": False, "peephole": True}),
+    "fgr+cifg+peep+proj": (
+        rnnkit.LSTM,
+        {"full_gate_recurrence": True, "coupled_gates": True, "peephole": True, "proj_size": 2},
+    ),  # fmt: skip
     "gru_cho": (rnnkit.GRU, {"reset_after": False}),
     **{m: (rnnkit.GRU, {"variant": m}) for m in ("mut1", "mut2", "mut3")},
     "mut3-ra": (rnnkit.GRU, {"variant": "mut3", "reset_after": True}),
@@ -227,6 +233,7 @@ def test_layer_fused_equals_loop(backend, name, packed):
 # -- gradcheck, custom ops -------------------------------------------------------------------------
 GRADCHECK = {
     "lstm": {"coupled_gates": True, "peephole": True, "proj_size": 2, "output_activation": False},
+    "fgr": {"full_gate_recurrence": True, "peephole": True, "input_gate": False},
     "gru": {"variant": "mut3", "reset_after": False},
 }
 
@@ -243,7 +250,9 @@ def test_gradcheck(family, use_ext):
     def f(x, *rest):
         hs, ps = rest[: len(h0)], dict(zip(names, rest[len(h0) :]))
         xp = K.project_input(cell, ps, x)
-        out, st = K.run_direction(cell, ps, xp, BS, hs, True, mask, use_ext, zoneout=(0.3, 0.6)[: len(h0)])
+        out, st = K.run_direction(
+            cell, ps, xp, BS, hs, True, mask, use_ext, zoneout=(0.3, 0.6, 0.5)[: len(h0)]
+        )
         return (out, *st)
 
     assert torch.autograd.gradcheck(f, (x, *h0, *p.values()))
@@ -257,10 +266,11 @@ def _op_args(family, kw):
     xp = K.project_input(cell, {k: v.detach() for k, v in p.items()}, x.detach()).requires_grad_(True)
     N = xp.shape[0]
     zh, zc = torch.rand(N, h0[0].shape[1]), (torch.rand(N, h0[1].shape[1]) if kind == "lstm_v" else None)
-    lstm = kind == "lstm_v"
+    lstm, fgr = kind == "lstm_v", len(h0) == 3
     return (
         kind, flags, xp, h0[0], h0[1] if lstm else None, p["weight_hh"], None if lstm else p.get("bias_hh"),
-        p.get("weight_hr"), mask, zh, zc, p.get("weight_peephole"),
+        p.get("weight_hr"), mask, zh, zc, p.get("weight_peephole"), h0[2] if fgr else None,
+        p.get("weight_gg"), torch.rand(N, h0[2].shape[1]) if fgr else None,
     )  # fmt: skip
 
 
@@ -270,6 +280,7 @@ OP_CASES = [
     ("gru", {"reset_after": False}),
     ("gru", {"variant": "mut1"}),
     ("gru", {"variant": "mut3", "reset_after": True}),
+    ("fgr", {"full_gate_recurrence": True, "coupled_gates": True, "peephole": True, "proj_size": 2}),
 ]
 
 
@@ -279,18 +290,35 @@ def test_opcheck(case):
     args = _op_args(*OP_CASES[case])
     torch.library.opcheck(variants.fused_variant_direction, (*args, BS, case % 2 == 0))
     res = variants.fused_variant_direction(*args, BS, False)
-    out, hn, cn, saved = res[0].detach(), res[1], res[2], [s.detach() for s in res[3:]]
+    out, hn, cn, gn, saved = res[0].detach(), res[1], res[2], res[3], [s.detach() for s in res[4:]]
     lstm = args[0] == "lstm_v"
     g = (torch.randn_like(out), torch.randn_like(hn), torch.randn_like(cn) if lstm else cn.new_empty(0))
-    kind, flags, _, _, _, w_hh, b_hh, w_hr, mask, zh, zc, w_peep = args
-    det = [t.detach() if t is not None else None for t in (w_hh, w_hr, w_peep)]
-    bw = (kind, flags, *g, saved, det[0], b_hh is not None, det[1], mask, zh, zc, det[2], BS, False)
+    g += (torch.randn_like(gn),)
+    kind, flags, _, _, _, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, _, w_gg, zg = args
+    det = [t.detach() if t is not None else None for t in (w_hh, w_hr, w_peep, w_gg)]
+    bw = (
+        kind,
+        flags,
+        *g,
+        saved,
+        det[0],
+        b_hh is not None,
+        det[1],
+        mask,
+        zh,
+        zc,
+        det[2],
+        det[3],
+        zg,
+        BS,
+        False,
+    )
     torch.library.opcheck(variants.fused_variant_direction_backward, bw)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_compile_fullgraph_matches_eager_loop(monkeypatch):
-    """A CIFG-LSTM + MUT1-GRU model under torch.compile(fullgraph=True) runs the variant op
+    """A CIFG-FGR-LSTM + MUT1-GRU model under torch.compile(fullgraph=True) runs the variant op
     (one per direction) and matches the reference loop, forward and gradients."""
     calls = []
     orig = variants.forward_impl
@@ -300,13 +328,15 @@ def test_compile_fullgraph_matches_eager_loop(monkeypatch):
         def __init__(self, impl):
             super().__init__()
             torch.manual_seed(0)
-            self.lstm = rnnkit.LSTM(3, 4, bidirectional=True, impl=impl, coupled_gates=True)
+            self.lstm = rnnkit.LSTM(
+                3, 4, bidirectional=True, impl=impl, coupled_gates=True, full_gate_recurrence=True
+            )
             self.gru = rnnkit.GRU(8, 3, impl=impl, variant="mut1")
 
         def forward(self, x):
-            y, (h, c) = self.lstm(x)
+            y, (h, c, g) = self.lstm(x)
             z, hg = self.gru(y)
-            return z.sum(0) + hg.sum() + c.sum()
+            return z.sum(0) + hg.sum() + c.sum() + g.sum()
 
     compiled, ref = Model("auto"), Model("loop")
     x = torch.randn(5, 2, 3)
@@ -326,12 +356,10 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(K, "backend", lambda x: "ext")  # as if compiled (selection only)
     for cls, kw in LAYERS.values():
         assert dispatch.select(cls(3, 4, **kw), x) == "fused"
-    fgr = rnnkit.LSTM(3, 4, full_gate_recurrence=True)
-    assert dispatch.select(fgr, x) == "loop" and K.kind_of(fgr.cells[0]) is None  # FGR: loop only
-    with pytest.raises(ValueError, match="impl='fused'"):
-        rnnkit.LSTM(3, 4, impl="fused", full_gate_recurrence=True)(x)
+    rnn = rnnkit.RNN(3, 4)
+    assert variants.kind_of(rnn.cells[0]) is None
     with pytest.raises(ValueError, match="no fused variant kernel"):
-        variants.run_direction(fgr.cells[0], {}, x[0], [2], (x[0],))
+        variants.run_direction(rnn.cells[0], {}, x[0], [2], (x[0],))
     monkeypatch.setattr(K, "backend", lambda x: "pure")
     assert dispatch.select(rnnkit.GRU(3, 4, variant="mut2"), x) == "loop"  # pure: not faster
 

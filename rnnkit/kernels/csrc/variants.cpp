@@ -100,7 +100,7 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
     if (zh.has_value()) o.lerp_(hp, zh->narrow(0, off, bs));
     hbuf.narrow(0, 0, bs).copy_(o);
   }
-  return {out, hbuf, none(xp), gates, hprev, hprev_m, an, th};
+  return {out, hbuf, none(xp), none(xp), gates, hprev, hprev_m, an, th};
 }
 
 std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const Tensor& ghn,
@@ -213,42 +213,46 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
     if (has_bias) dbs.push_back(dblk.sum(0));
   }
   Tensor db = has_bias ? at::cat(dbs) : none(gates);
-  return {dxp, dhbuf, none(gates), at::cat(dws), db, none(gates), none(gates)};
+  return {dxp, dhbuf, none(gates), none(gates), at::cat(dws), db, none(gates), none(gates), none(gates)};
 }
 
 std::vector<Tensor> variant_forward(int64_t family, int64_t flags, const Tensor& xp, const Tensor& h0,
                                     const OptT& c0, const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr,
                                     const OptT& mask, const OptT& zh, const OptT& zc, const OptT& w_peep,
+                                    const OptT& a0, const OptT& w_gg, const OptT& zg,
                                     std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
   const auto steps = schedule(batch_sizes, reverse);
   if (family == 0)
-    return rnnkit_variants::lstm_forward(flags, xp, h0, *c0, w_hh, w_hr, mask, zh, zc, w_peep, steps, onednn);
+    return rnnkit_variants::lstm_forward(flags, xp, h0, *c0, w_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg, steps,
+                                         onednn);
   return gru_forward(GruLayout(flags), xp, h0, w_hh, b_hh, mask, zh, steps, onednn);
 }
 
 std::vector<Tensor> variant_backward(int64_t family, int64_t flags, const Tensor& gout, const Tensor& ghn,
-                                     const Tensor& gcn, std::vector<Tensor> saved, const Tensor& w_hh,
-                                     const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
-                                     const OptT& w_peep, bool has_bias, std::vector<int64_t> batch_sizes,
-                                     bool reverse, bool onednn) {
+                                     const Tensor& gcn, const Tensor& gan, std::vector<Tensor> saved,
+                                     const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
+                                     const OptT& zc, const OptT& w_peep, const OptT& w_gg, const OptT& zg,
+                                     bool has_bias, std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
   const auto steps = schedule(batch_sizes, reverse);
   if (family == 0)
-    return rnnkit_variants::lstm_backward(flags, gout, ghn, gcn, saved, w_hh, w_hr, mask, zh, zc, w_peep, steps,
-                         onednn);
+    return rnnkit_variants::lstm_backward(flags, gout, ghn, gcn, gan, saved, w_hh, w_hr, mask, zh, zc, w_peep, w_gg,
+                                          zg, steps, onednn);
   return gru_backward(GruLayout(flags), gout, ghn, saved, w_hh, mask, zh, has_bias, steps, onednn);
 }
 
 }  // namespace
 
+// Outputs: forward [out, h_n, c_n, gates_n, *saved]; backward [d xp, d h0, d c0, d a0, d W_hh,
+// d b_hh, d W_hr, d w_peep, d W_gg] (empty tensors where absent), as rnnkit/kernels/variants.py.
 TORCH_LIBRARY_FRAGMENT(rnnkit_ext, m) {
   m.def(
       "variant_forward(int family, int flags, Tensor xp, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, "
-      "Tensor? w_hr, Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, int[] batch_sizes, bool reverse, "
-      "bool onednn) -> Tensor[]",
+      "Tensor? w_hr, Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, Tensor? a0, Tensor? w_gg, Tensor? zg, "
+      "int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
       &variant_forward);
   m.def(
-      "variant_backward(int family, int flags, Tensor gout, Tensor ghn, Tensor gcn, Tensor[] saved, "
-      "Tensor w_hh, Tensor? w_hr, Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, bool has_bias, "
-      "int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "variant_backward(int family, int flags, Tensor gout, Tensor ghn, Tensor gcn, Tensor gan, Tensor[] saved, "
+      "Tensor w_hh, Tensor? w_hr, Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, Tensor? w_gg, "
+      "Tensor? zg, bool has_bias, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
       &variant_backward);
 }
