@@ -17,7 +17,7 @@ any device), used when the extension cannot be built, for other devices/dtypes, 
 mix each new state with the previous one (Krueger et al. 2017). Under ``torch.compile`` the
 same computation runs as the custom op ``rnnkit::fused_direction`` (:mod:`.ops`).
 
-The Greff et al. LSTM ablations (NIG, NFG, NOG, NIAF, NOAF, CIFG, combined with peepholes and
+The Greff et al. LSTM ablations (NIG, NFG, NOG, NIAF, NOAF, CIFG, FGR, combined with peepholes and
 ``proj_size``) and the GRU variants (``reset_after=False``, MUT1–3) run on two generalized
 kernels parameterized by layout flags, :mod:`.variants` (custom op
 ``rnnkit::fused_variant_direction``); :func:`kind_of` names them ``"lstm_v"`` / ``"gru_v"``.
@@ -49,7 +49,7 @@ def _is_peephole_lstm(cell: Cell) -> bool:
 
 
 def kind_of(cell: Cell) -> str | None:
-    """The fused kernel of ``cell``, or ``None`` when it has none (a norm, FGR).
+    """The fused kernel of ``cell``, or ``None`` when it has none (a normalized cell).
 
     ``"lstm_v"`` / ``"gru_v"``: the Greff ablations and GRU variants (:mod:`.variants`)."""
     if _is_peephole_lstm(cell):

@@ -23,7 +23,8 @@ Backward per step (``dh`` after the projection and the zoneout split)::
 
 and after the loop ``dW_hh = daᵀ (h_prev ⊙ m)``, ``dW_hr = dhᵀ (o ⊙ y)``,
 ``dp_k = Σ da_k ⊙ c`` (``c_{t-1}`` for ``i, f``; ``c_t`` for ``o``), each one reduction over
-all rows. FGR (state ``(h, c, gates)``) is not covered: it runs on the reference loop.
+all rows. FGR (state ``(h, c, gates)``, Hochreiter & Schmidhuber 1997) adds
+``a_{t-1} W_ggᵀ`` to the sigmoid gates (``a`` their previous activations, see :func:`forward`).
 
 Saved tensors: ``gates (N, G)`` (activations), ``c_{t-1} (N, H)``, ``y (N, H)``,
 ``h_prev ⊙ m (N, P)``, and where they exist ``o ⊙ y (N, H)`` (projection) and ``c_t (N, H)``
