@@ -28,7 +28,7 @@ all rows. FGR (state ``(h, c, gates)``, Hochreiter & Schmidhuber 1997) adds
 
 Saved tensors: ``gates (N, G)`` (activations), ``c_{t-1} (N, H)``, ``y (N, H)``,
 ``h_prev ⊙ m (N, P)``, and where they exist ``o ⊙ y (N, H)`` (projection) and ``c_t (N, H)``
-(output-gate peephole); never aliases of each other or of the output.
+(output-gate peephole), ``a_{t-1} (N, S)`` (FGR); never aliases of each other or of the output.
 """
 
 from __future__ import annotations
