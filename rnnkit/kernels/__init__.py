@@ -16,6 +16,11 @@ any device), used when the extension cannot be built, for other devices/dtypes, 
 ``h_{t-1}`` right before the recurrent GEMM (Gal & Ghahramani 2016); optional zoneout weights
 mix each new state with the previous one (Krueger et al. 2017). Under ``torch.compile`` the
 same computation runs as the custom op ``rnnkit::fused_direction`` (:mod:`.ops`).
+
+The Greff et al. LSTM ablations (NIG, NFG, NOG, NIAF, NOAF, CIFG, FGR, combined with peepholes and
+``proj_size``) and the GRU variants (``reset_after=False``, MUT1–3) run on two generalized
+kernels parameterized by layout flags, :mod:`.variants` (custom op
+``rnnkit::fused_variant_direction``); :func:`kind_of` names them ``"lstm_v"`` / ``"gru_v"``.
 """
 
 from __future__ import annotations
@@ -28,10 +33,9 @@ from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
-from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from . import _gemm, ext, ops
+from . import _gemm, ext, lstm_variants, ops, variants
 
 __all__ = ["supports", "project_input", "run_direction", "backend", "KINDS"]
 
@@ -41,20 +45,18 @@ _STANDARD = (LSTMCellMath, GRUCellMath, RNNCellMath)
 
 def _is_peephole_lstm(cell: Cell) -> bool:
     """An LSTM whose only option is ``peephole=True`` (Greff's *vanilla* LSTM)."""
-    opts = getattr(cell, "_options", None)
-    if type(cell) is not LSTMCellMath or not opts or not opts.get("peephole"):
-        return False
-    return all(
-        opts[k] == d for k, d in _LSTM_DEFAULTS.items() if k not in ("peephole", "forget_bias", "max_len")
-    )
+    return lstm_variants.flags_of(cell) == lstm_variants.STANDARD | lstm_variants.PEEPHOLE
 
 
 def kind_of(cell: Cell) -> str | None:
-    """The fused kernel of ``cell``, or ``None`` when it has none (a variant or option)."""
+    """The fused kernel of ``cell``, or ``None`` when it has none (a normalized cell).
+
+    ``"lstm_v"`` / ``"gru_v"``: the Greff ablations and GRU variants (:mod:`.variants`)."""
     if _is_peephole_lstm(cell):
         return "lstm"
     if type(cell) not in _STANDARD or cell.torch_mode() is None:
-        return None
+        found = variants.kind_of(cell)
+        return None if found is None else found[0]
     mode = cell.torch_mode()
     return {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu"}.get(mode or "")
 
@@ -108,6 +110,8 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     kind = kind_of(cell)
     if kind is None:
         return cell.project_input(p, x)
+    if kind in variants.KINDS:
+        return variants.project_input(cell, p, x)
     b = p.get("bias_ih")
     if b is not None and kind != "gru":
         b = b + p["bias_hh"]
@@ -146,6 +150,10 @@ def run_direction(
     if kind is None:
         raise ValueError(
             f"the fused kernels support the standard LSTM/GRU/RNN cells, got {type(cell).__name__}"
+        )
+    if kind in variants.KINDS:
+        return variants.run_direction(
+            cell, p, xp, batch_sizes, h0, reverse, mask, use_ext, zoneout, zoneout_masks
         )
     bsz = tuple(int(b) for b in batch_sizes)
     c0 = h0[1] if kind == "lstm" else None

@@ -1,0 +1,109 @@
+// Helpers shared by the variant kernels (variants.cpp): GEMM policy, step schedule, row loops.
+// Same policy as rnnkit/kernels/_gemm.py and the copies in fused.cpp (kept there unchanged so
+// that parallel work on fused.cpp merges cleanly; they can be folded into this header later).
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <algorithm>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace rnnkit_common {
+
+using at::Tensor;
+using Steps = std::vector<std::pair<int64_t, int64_t>>;  // (offset, batch) in forward order
+
+inline const c10::OperatorHandle* find_op(const char* name, const char* overload) {
+  auto h = c10::Dispatcher::singleton().findSchema({name, overload});
+  return h.has_value() ? new c10::OperatorHandle(*h) : nullptr;
+}
+inline const c10::OperatorHandle* op_linear() {
+  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "");
+  return h;
+}
+inline const c10::OperatorHandle* op_linear_add() {
+  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "binary");
+  return h;
+}
+inline const c10::OperatorHandle* op_reorder() {
+  static const c10::OperatorHandle* h = find_op("mkldnn::_reorder_linear_weight", "");
+  return h;
+}
+
+inline Tensor call(const c10::OperatorHandle* op, std::vector<c10::IValue> stack) {
+  op->callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+inline bool use_onednn(const Tensor& t, bool allowed) {
+  return allowed && t.scalar_type() == at::kFloat && at::hasMKLDNN() && op_linear() && op_linear_add() &&
+         op_reorder();
+}
+
+// rows * in * out below which BLAS beats oneDNN's fixed cost per call (as _gemm.py).
+constexpr int64_t kOneDnnMinWork = 1 << 20;
+
+// x -> x W^T for a fixed W (out, in), applied to many small x; W packed for oneDNN on first use.
+struct Linear {
+  Tensor w;
+  mutable Tensor packed;
+  int64_t batch;
+  bool dnn;
+  Linear(const Tensor& W, int64_t batch_, bool allowed) : w(W), batch(batch_), dnn(use_onednn(W, allowed)) {}
+  bool use(const Tensor& x) const {
+    if (!dnn || !x.is_contiguous() || x.size(0) * w.numel() < kOneDnnMinWork) return false;
+    if (!packed.defined()) packed = call(op_reorder(), {w.contiguous(), c10::IValue(batch)});
+    return true;
+  }
+  // base + x W^T (base: same shape as the result).
+  Tensor add(const Tensor& x, const Tensor& base) const {
+    if (use(x)) return call(op_linear_add(), {x, base, packed, c10::IValue(), std::string("add")});
+    return at::addmm(base, x, w.t());
+  }
+  // x W^T + bias.
+  Tensor operator()(const Tensor& x, const std::optional<Tensor>& bias = std::nullopt) const {
+    if (use(x)) {
+      c10::IValue b = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
+      return call(op_linear(), {x, packed, b, std::string("none"), c10::List<std::optional<c10::Scalar>>(),
+                                c10::IValue(std::string(""))});
+    }
+    return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
+  }
+};
+
+// a^T b over all N rows (a weight gradient), as one GEMM; oneDNN only on dense operands.
+inline Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
+  const bool dense = a.is_contiguous() && b.is_contiguous();
+  if (dense && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
+    return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
+                              c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))})
+        .t()
+        .contiguous();
+  return at::mm(a.t(), b);
+}
+
+inline Steps schedule(const std::vector<int64_t>& bsz, bool reverse) {
+  Steps s;
+  int64_t off = 0;
+  for (int64_t b : bsz) {
+    s.emplace_back(off, b);
+    off += b;
+  }
+  if (reverse) std::reverse(s.begin(), s.end());
+  return s;
+}
+
+// Run f(b0, b1) over rows [0, n) of width `width`, in parallel when the step is big enough.
+template <typename F>
+void rows(int64_t n, int64_t width, const F& f) {
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
+  at::parallel_for(0, n, grain, f);
+}
+
+inline Tensor none(const Tensor& like) { return at::empty({0}, like.options()); }
+
+}  // namespace rnnkit_common

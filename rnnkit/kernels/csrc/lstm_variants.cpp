@@ -1,0 +1,280 @@
+// rnnkit fused LSTM directions for the gate layouts of Greff et al. (2017): NIG, NFG, NOG, NIAF,
+// NOAF, CIFG, with peepholes and projection; forward and explicit BPTT. Mirrors
+// rnnkit/kernels/lstm_variants.py (same flags, buffers and equations); registered as ops by
+// variants.cpp.
+#include "variants.h"
+
+using namespace rnnkit_common;
+using at::Tensor;
+using OptT = std::optional<Tensor>;
+
+namespace {
+// ---- LSTM layouts (flags as lstm_variants.py) ----
+struct LstmLayout {
+  bool has_i, has_f, has_o, coupled, in_act, out_act, peep, fgr;
+  int64_t ii = -1, fi = -1, gi = -1, oi = -1, ng = 0;  // column block of each present gate
+  int64_t pi = -1, pf = -1, po = -1;                   // block of each peephole in w_peep
+  std::vector<int64_t> sig;                            // column blocks of the sigmoid gates (i, f, o)
+  explicit LstmLayout(int64_t f)
+      : has_i(f & 1), has_f(f & 2), has_o(f & 4), coupled(f & 8), in_act(f & 16), out_act(f & 32), peep(f & 64),
+        fgr(f & 128) {
+    if (has_i) ii = ng++;
+    if (has_f) fi = ng++;
+    gi = ng++;
+    if (has_o) oi = ng++;
+    for (int64_t k : {ii, fi, oi})
+      if (k >= 0) sig.push_back(k);
+    int64_t np = 0;
+    if (peep) {
+      if (has_i) pi = np++;
+      if (has_f) pf = np++;
+      if (has_o) po = np++;
+    }
+  }
+};
+
+std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
+                                 const OptT& zc, const OptT& w_peep_, const OptT& a0, const OptT& w_gg,
+                                 const OptT& zg, const Steps& steps, bool onednn) {
+  const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0), H = c0.size(1);
+  const auto opt = xp.options();
+  const Linear lin(w_hh, B, onednn);
+  const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
+  Tensor hbuf = h0.clone(), cbuf = c0.clone(), out = at::empty({N, P}, opt), hprev = at::empty({N, P}, opt);
+  Tensor gates = at::empty({N, L.ng * H}, opt), cprev = at::empty({N, H}, opt), y = at::empty({N, H}, opt);
+  Tensor hraw = w_hr.has_value() ? at::empty({N, H}, opt) : none(xp);
+  const bool peep_o = L.peep && L.has_o;
+  Tensor cnew = peep_o ? at::empty({N, H}, opt) : none(xp);
+  Tensor w_peep = L.peep ? w_peep_->contiguous() : none(xp);
+  auto blk = [&](const Tensor& t, int64_t k) { return t.narrow(1, k * H, H); };
+  // FGR: the sigmoid gates also see the previous gate state a_{t-1} through W_gg.
+  Tensor abuf = L.fgr ? a0->clone() : none(xp), aprev = L.fgr ? at::empty({N, a0->size(1)}, opt) : none(xp);
+  const std::optional<Linear> lin_g = L.fgr ? std::optional<Linear>(Linear(*w_gg, B, onednn)) : std::nullopt;
+  const int64_t nfront = (L.has_i ? 1 : 0) + (L.has_f ? 1 : 0);  // i, f: the first blocks
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_v_fwd", [&] {
+    for (const auto& st : steps) {
+      const int64_t off = st.first, bs = st.second;
+      Tensor hp = hprev.narrow(0, off, bs), g = gates.narrow(0, off, bs), cb = cbuf.narrow(0, 0, bs);
+      if (mask.has_value())
+        at::mul_out(hp, hbuf.narrow(0, 0, bs), mask->narrow(0, 0, bs));
+      else
+        hp.copy_(hbuf.narrow(0, 0, bs));
+      Tensor a = lin.add(hp, xp.narrow(0, off, bs));
+      if (L.fgr) {
+        Tensor ap = aprev.narrow(0, off, bs);
+        ap.copy_(abuf.narrow(0, 0, bs));
+        const Tensor rec = (*lin_g)(ap);
+        for (size_t q = 0; q < L.sig.size(); ++q) blk(a, L.sig[q]).add_(rec.narrow(1, q * H, H));
+      }
+      if (L.peep && L.has_i) blk(a, L.ii).addcmul_(w_peep.narrow(0, L.pi * H, H), cb);
+      if (L.peep && L.has_f) blk(a, L.fi).addcmul_(w_peep.narrow(0, L.pf * H, H), cb);
+      if (nfront) {
+        Tensor gf = g.narrow(1, 0, nfront * H);
+        at::sigmoid_out(gf, a.narrow(1, 0, nfront * H));
+      }
+      Tensor gz = blk(g, L.gi);
+      if (L.in_act)
+        at::tanh_out(gz, blk(a, L.gi));
+      else
+        gz.copy_(blk(a, L.gi));
+      if (L.has_o && !peep_o) {
+        Tensor go = blk(g, L.oi);
+        at::sigmoid_out(go, blk(a, L.oi));
+      }
+      const scalar_t* G = g.data_ptr<scalar_t>();
+      scalar_t* C = cbuf.data_ptr<scalar_t>();
+      scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
+      const int64_t W = L.ng * H;
+      rows(bs, W, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const scalar_t* gr = G + b * W;
+          for (int64_t j = 0; j < H; ++j) {
+            const int64_t k = b * H + j;
+            const scalar_t cp = C[k], z = gr[L.gi * H + j];
+            const scalar_t f = L.has_f ? gr[L.fi * H + j] : scalar_t(1);
+            const scalar_t i = L.has_i ? gr[L.ii * H + j] : (L.coupled ? 1 - f : scalar_t(1));
+            CP[k] = cp;
+            C[k] = f * cp + i * z;
+          }
+        }
+      });
+      if (peep_o) {
+        cnew.narrow(0, off, bs).copy_(cb);
+        Tensor go = blk(g, L.oi);
+        at::sigmoid_out(go, blk(a, L.oi).addcmul_(w_peep.narrow(0, L.po * H, H), cb));
+      }
+      Tensor yy = y.narrow(0, off, bs), o = out.narrow(0, off, bs);
+      if (L.out_act)
+        at::tanh_out(yy, cb);
+      else
+        yy.copy_(cb);
+      Tensor hr = lin_r.has_value() ? hraw.narrow(0, off, bs) : o;
+      if (L.has_o)
+        at::mul_out(hr, blk(g, L.oi), yy);
+      else
+        hr.copy_(yy);
+      if (lin_r.has_value()) o.copy_((*lin_r)(hr));
+      if (zc.has_value()) cb.lerp_(cprev.narrow(0, off, bs), zc->narrow(0, off, bs));
+      if (zh.has_value()) o.lerp_(hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
+      hbuf.narrow(0, 0, bs).copy_(o);
+      if (L.fgr) {
+        Tensor ab = abuf.narrow(0, 0, bs);
+        for (size_t q = 0; q < L.sig.size(); ++q) ab.narrow(1, q * H, H).copy_(blk(g, L.sig[q]));
+        if (zg.has_value()) ab.lerp_(aprev.narrow(0, off, bs), zg->narrow(0, off, bs));
+      }
+    }
+  });
+  return {out, hbuf, cbuf, abuf, gates, cprev, y, hprev, hraw, cnew, aprev};
+}
+
+std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
+                                  const Tensor& gan, const std::vector<Tensor>& saved, const Tensor& w_hh,
+                                  const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
+                                  const OptT& w_peep_, const OptT& w_gg, const OptT& zg, const Steps& steps,
+                                  bool onednn) {
+  const Tensor &gates = saved[0], &cprev = saved[1], &y = saved[2], &hprev = saved[3], &hraw = saved[4];
+  const Tensor &cnew = saved[5], &aprev = saved[6];
+  const int64_t B = ghn.size(0), P = ghn.size(1), H = y.size(1), W = L.ng * H;
+  const bool proj = w_hr.has_value(), peep_o = L.peep && L.has_o;
+  const Linear lin_t(w_hh.t(), B, onednn);
+  const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
+  Tensor dhbuf = ghn.clone(), dcbuf = gcn.clone(), dgates = at::empty_like(gates);
+  Tensor dh_all = proj ? at::empty_like(hprev) : none(gates), dht = at::empty_like(ghn);
+  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn), dcz = zc.has_value() ? at::empty_like(gcn) : none(gcn);
+  Tensor w_peep = L.peep ? w_peep_->contiguous() : none(gates);
+  // FGR: running gradient of the gate state (dabuf), its part through [i, f, o]_t (dacts),
+  // zoneout's direct part (daz), and the sigmoid gates' gradients stacked for dW_gg (dsig).
+  const int64_t S = L.fgr ? aprev.size(1) : 0;
+  Tensor dabuf = L.fgr ? gan.clone() : none(gates), dacts = at::empty({B, S}, gates.options());
+  Tensor daz = at::empty({B, S}, gates.options()), dsig = at::empty({L.fgr ? aprev.size(0) : 0, S}, gates.options());
+  const std::optional<Linear> lin_gt = L.fgr ? std::optional<Linear>(Linear(w_gg->t(), B, onednn)) : std::nullopt;
+  int64_t qi = -1, qf = -1, qo = -1;  // position of each sigmoid gate in the gate state
+  for (size_t q = 0; q < L.sig.size(); ++q) {
+    if (L.sig[q] == L.ii) qi = q;
+    if (L.sig[q] == L.fi) qf = q;
+    if (L.sig[q] == L.oi) qo = q;
+  }
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_v_bwd", [&] {
+    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+      const int64_t off = it->first, bs = it->second;
+      const scalar_t *DH = nullptr, *GO = gout.data_ptr<scalar_t>() + off * P, *DHB = dhbuf.data_ptr<scalar_t>();
+      Tensor d;
+      if (proj || zh.has_value()) {  // dL/d(o ⊙ y) materialized: zoneout split, projection
+        Tensor dhp = proj ? dh_all.narrow(0, off, bs) : dht.narrow(0, 0, bs);
+        at::add_out(dhp, gout.narrow(0, off, bs), dhbuf.narrow(0, 0, bs));
+        if (zh.has_value()) {
+          Tensor z = dhz.narrow(0, 0, bs);
+          at::mul_out(z, dhp, zh->narrow(0, off, bs));
+          dhp.sub_(z);
+        }
+        d = proj ? (*lin_rt)(dhp).contiguous() : dhp;
+        DH = d.data_ptr<scalar_t>();
+      }
+      if (zc.has_value()) {  // c_t = lerp(c~_t, c_{t-1}, zc)
+        Tensor dc = dcbuf.narrow(0, 0, bs), z = dcz.narrow(0, 0, bs);
+        at::mul_out(z, dc, zc->narrow(0, off, bs));
+        dc.sub_(z);
+      }
+      const scalar_t* DA = nullptr;
+      if (L.fgr) {  // a_t = lerp([i, f, o]_t, a_{t-1}, zg): split the gradient
+        Tensor da = dacts.narrow(0, 0, bs);
+        da.copy_(dabuf.narrow(0, 0, bs));
+        if (zg.has_value()) {
+          Tensor z = daz.narrow(0, 0, bs);
+          at::mul_out(z, da, zg->narrow(0, off, bs));
+          da.sub_(z);
+        }
+        DA = da.data_ptr<scalar_t>();
+      }
+      const scalar_t* G = gates.data_ptr<scalar_t>() + off * W;
+      const scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
+      const scalar_t* Y = y.data_ptr<scalar_t>() + off * H;
+      scalar_t* DG = dgates.data_ptr<scalar_t>() + off * W;
+      scalar_t* DC = dcbuf.data_ptr<scalar_t>();
+      const scalar_t* PW = L.peep ? w_peep.data_ptr<scalar_t>() : nullptr;
+      rows(bs, W, [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const scalar_t* g = G + b * W;
+          scalar_t* dg = DG + b * W;
+          for (int64_t j = 0; j < H; ++j) {
+            const int64_t k = b * H + j;
+            const scalar_t dh = DH ? DH[k] : GO[k] + DHB[k], yv = Y[k];
+            scalar_t dy = dh, dop = 0;
+            if (L.has_o) {
+              const scalar_t o = g[L.oi * H + j];
+              dop = (DA ? dh * yv + DA[b * S + qo * H + j] : dh * yv) * (o - o * o);
+              dg[L.oi * H + j] = dop;
+              dy = dh * o;
+            }
+            scalar_t dc = DC[k] + (L.out_act ? dy * (1 - yv * yv) : dy);
+            if (peep_o) dc += dop * PW[L.po * H + j];
+            const scalar_t z = g[L.gi * H + j], f = L.has_f ? g[L.fi * H + j] : scalar_t(1);
+            const scalar_t i = L.has_i ? g[L.ii * H + j] : (L.coupled ? 1 - f : scalar_t(1));
+            const scalar_t dz = dc * i;
+            dg[L.gi * H + j] = L.in_act ? dz * (1 - z * z) : dz;
+            scalar_t dcn = L.has_f ? dc * f : dc;
+            if (L.has_i) {
+              const scalar_t dip = (DA ? dc * z + DA[b * S + qi * H + j] : dc * z) * (i - i * i);
+              dg[L.ii * H + j] = dip;
+              if (L.peep) dcn += dip * PW[L.pi * H + j];
+            }
+            if (L.has_f) {
+              scalar_t dfv = L.coupled ? dc * CP[k] - dc * z : dc * CP[k];
+              if (DA) dfv += DA[b * S + qf * H + j];
+              const scalar_t dfp = dfv * (f - f * f);
+              dg[L.fi * H + j] = dfp;
+              if (L.peep) dcn += dfp * PW[L.pf * H + j];
+            }
+            DC[k] = dcn;
+          }
+        }
+      });
+      if (zc.has_value()) dcbuf.narrow(0, 0, bs).add_(dcz.narrow(0, 0, bs));
+      Tensor dhp = dhbuf.narrow(0, 0, bs);
+      if (mask.has_value())
+        at::mul_out(dhp, lin_t(dgates.narrow(0, off, bs)), mask->narrow(0, 0, bs));
+      else
+        dhp.copy_(lin_t(dgates.narrow(0, off, bs)));
+      if (zh.has_value()) dhp.add_(dhz.narrow(0, 0, bs));
+      if (L.fgr) {  // a_{t-1} fed the sigmoid gates through W_gg (and zoneout)
+        Tensor ds = dsig.narrow(0, off, bs), dg = dgates.narrow(0, off, bs), dab = dabuf.narrow(0, 0, bs);
+        for (size_t q = 0; q < L.sig.size(); ++q) ds.narrow(1, q * H, H).copy_(dg.narrow(1, L.sig[q] * H, H));
+        dab.copy_((*lin_gt)(ds));
+        if (zg.has_value()) dab.add_(daz.narrow(0, 0, bs));
+      }
+    }
+  });
+  Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates), dw_peep = none(gates);
+  if (L.peep) {
+    std::vector<Tensor> parts;
+    if (L.has_i) parts.push_back((dgates.narrow(1, L.ii * H, H) * cprev).sum(0));
+    if (L.has_f) parts.push_back((dgates.narrow(1, L.fi * H, H) * cprev).sum(0));
+    if (L.has_o) parts.push_back((dgates.narrow(1, L.oi * H, H) * cnew).sum(0));
+    dw_peep = at::cat(parts);
+  }
+  Tensor dw_gg = L.fgr ? mm_tn(dsig, aprev, onednn) : none(gates);
+  return {dgates, dhbuf, dcbuf, dabuf, mm_tn(dgates, hprev, onednn), none(gates), dw_hr, dw_peep, dw_gg};
+}
+
+}  // namespace
+
+namespace rnnkit_variants {
+
+std::vector<Tensor> lstm_forward(int64_t flags, const Tensor& xp, const Tensor& h0, const Tensor& c0,
+                                 const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
+                                 const OptT& zc, const OptT& w_peep, const OptT& a0, const OptT& w_gg,
+                                 const OptT& zg, const Steps& steps, bool onednn) {
+  return forward_impl(LstmLayout(flags), xp, h0, c0, w_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg, steps, onednn);
+}
+
+std::vector<Tensor> lstm_backward(int64_t flags, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
+                                  const Tensor& gan, const std::vector<Tensor>& saved, const Tensor& w_hh,
+                                  const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
+                                  const OptT& w_peep, const OptT& w_gg, const OptT& zg, const Steps& steps,
+                                  bool onednn) {
+  return backward_impl(LstmLayout(flags), gout, ghn, gcn, gan, saved, w_hh, w_hr, mask, zh, zc, w_peep, w_gg, zg,
+                       steps, onednn);
+}
+
+}  // namespace rnnkit_variants
