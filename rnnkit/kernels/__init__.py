@@ -31,7 +31,7 @@ from ..cells.gru import GRUCellMath
 from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from . import _gemm, ext, ops
+from . import _gemm, ext, norm_ops, ops
 
 __all__ = ["supports", "project_input", "run_direction", "backend", "KINDS"]
 
@@ -51,6 +51,8 @@ def _is_peephole_lstm(cell: Cell) -> bool:
 
 def kind_of(cell: Cell) -> str | None:
     """The fused kernel of ``cell``, or ``None`` when it has none (a variant or option)."""
+    if getattr(cell, "norm", None) is not None:  # layer/batch norm: kernels/norm_ops.py
+        return norm_ops.kind_of(cell)
     if _is_peephole_lstm(cell):
         return "lstm"
     if type(cell) not in _STANDARD or cell.torch_mode() is None:
@@ -106,6 +108,8 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     Same math as the cells: ``x W_ihᵀ + b_ih (+ b_hh for LSTM/RNN)``, one GEMM for all rows.
     """
     kind = kind_of(cell)
+    if kind in norm_ops.NORM_KINDS:
+        return norm_ops.project_input(cell, p, x)
     if kind is None:
         return cell.project_input(p, x)
     b = p.get("bias_ih")
@@ -125,6 +129,7 @@ def run_direction(
     use_ext: bool | None = None,
     zoneout: Sequence[float] | None = None,
     zoneout_masks: Sequence[Tensor | None] | None = None,
+    training: bool = False,
 ) -> tuple[Tensor, State]:
     """Fused twin of :func:`rnnkit.loop.run_direction` for the standard cells.
 
@@ -139,6 +144,7 @@ def run_direction(
         zoneout, zoneout_masks: as :func:`rnnkit.loop.run_direction`: per state component a
             probability, and in training a keep-mask ``(T, B, S_i)`` (``None`` in evaluation,
             where the state is the expectation ``lerp(s̃_t, s_{t-1}, p)``).
+        training: the layer's mode (batch norm: batch or running statistics).
     Returns:
         outputs ``(N, S_0)`` and the final state, as the reference loop.
     """
@@ -148,6 +154,9 @@ def run_direction(
             f"the fused kernels support the standard LSTM/GRU/RNN cells, got {type(cell).__name__}"
         )
     bsz = tuple(int(b) for b in batch_sizes)
+    if kind in norm_ops.NORM_KINDS:
+        zrows = _zoneout_rows(xp, bsz, h0, zoneout, zoneout_masks)
+        return norm_ops.run_direction(cell, p, xp, bsz, h0, reverse, mask, zrows, training)
     c0 = h0[1] if kind == "lstm" else None
     b_hh = p.get("bias_hh") if kind == "gru" else None
     w_hr = p.get("weight_hr") if kind == "lstm" else None
