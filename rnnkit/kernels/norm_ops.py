@@ -30,12 +30,11 @@ from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
 from ..cells.lstm import LSTMCellMath
 from ..cells.norm import EPS, MOMENTUM, layer_norm
 from ..cells.rnn import RNNCellMath
-from . import _gemm, ext
+from . import _gemm
 from . import norm as pure
 from .norm import BN_EVAL, BN_TRAIN, LN
 
 NORM_KINDS = ("lstm_ln", "lstm_bn", "gru_ln", "rnn_tanh_ln", "rnn_relu_ln")
-_EXT_DTYPES = (torch.float32, torch.float64)
 
 
 def kind_of(cell: Cell) -> str | None:
@@ -68,7 +67,11 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
 
 
 def use_ext_for(x: Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in _EXT_DTYPES and ext.ops() is not None
+    """The compiled kernels for CPU float32/float64 data when available (``kernels.backend``,
+    looked up per call so that tests can pin a backend)."""
+    from .. import kernels
+
+    return kernels.backend(x) == "ext"
 
 
 def run_direction(
