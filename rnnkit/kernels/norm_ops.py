@@ -146,8 +146,10 @@ def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool,
     if training:
         if all(b == B for b in bsz):  # dense: one reduction over the batch axis
             a3 = a.view(T, B, -1)
-            var, mean = torch.var_mean(a3, 1, correction=0, keepdim=True)
-            y = ((a3 - mean) * torch.rsqrt(var + EPS)).view(N, -1)
+            mean = a3.mean(1, keepdim=True)  # (var_mean over a middle axis is slow on the CPU)
+            d = a3 - mean
+            var = (d * d).mean(1, keepdim=True)
+            y = (d * torch.rsqrt(var + EPS)).view(N, -1)
             mean, var = mean.squeeze(1), var.squeeze(1)
         else:  # packed: segment sums over each step's rows
             counts = torch.tensor(bsz, device=a.device)
@@ -307,6 +309,7 @@ def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc
 def _setup_context(ctx, inputs, output):
     kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, bsz, rev = inputs
     ctx.kind, ctx.mode, ctx.batch_sizes, ctx.reverse = kind, mode, bsz, rev
+    ctx.set_materialize_grads(False)  # no zero gradients for the saved outputs (large, never used)
     ctx.flags = (b_hh is not None, s_hh is not None, s_c is not None)
     ctx.n_saved = len(output) - 7
     ctx.save_for_backward(output[0], *output[7:], w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c)

@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <utility>
@@ -103,43 +104,131 @@ struct Group {
   Tensor xh, rs, mean, var;
   Group(int64_t mode_, int64_t N, int64_t T, int64_t F_, const Tensor& like, const Tensor& g_, const OptT& s_,
         const OptT& st_)
-      : mode(mode_), F(F_), g(g_), s(s_), st(st_) {
+      : mode(mode_), F(F_), g(g_.contiguous()) {
+    if (s_.has_value()) s = s_->contiguous();
+    if (st_.has_value()) st = st_->contiguous();
     auto o = like.options();
     xh = at::empty({N, F}, o);
     rs = mode == kLN ? at::empty({N, 1}, o) : mode == kBNTrain ? at::empty({T, F}, o) : none(like);
     mean = mode == kBNTrain ? at::empty({T, F}, o) : none(like);
     var = mode == kBNTrain ? at::empty({T, F}, o) : none(like);
   }
-  Tensor operator()(const Tensor& r, int64_t off, int64_t bs, int64_t k) {
-    Tensor x = xh.narrow(0, off, bs);
-    if (mode == kLN) {
-      auto res = at::native_layer_norm(r, {F}, std::nullopt, std::nullopt, kEps);
-      x.copy_(std::get<0>(res));
-      rs.narrow(0, off, bs).copy_(std::get<2>(res));
-    } else if (mode == kBNTrain) {
-      static const int64_t kDim0[] = {0};
-      auto vm = at::var_mean(r, at::IntArrayRef(kDim0), c10::Scalar(0), false);
-      Tensor v = std::get<0>(vm), m = std::get<1>(vm), rk = rs.select(0, k);
-      mean.select(0, k).copy_(m);
-      var.select(0, k).copy_(v);
-      at::rsqrt_out(rk, v + kEps);
-      at::sub_out(x, r, m).mul_(rk);
-    } else {
-      at::sub_out(x, r, st->select(0, 0).narrow(0, off, bs)).mul_(st->select(0, 1).narrow(0, off, bs));
-    }
-    return s.has_value() ? at::addcmul(*s, x, g) : x * g;
+  // y = g ⊙ x^ (+ s) of the raw group r (bs, F) at rows [off, off + bs), processing step k;
+  // x^, rho (and the step's statistics) saved. One pass over r per statistic, no temporaries.
+  // `add` (bs, F) contiguous rows and `addv` (F,) are optional terms added to y.
+  Tensor operator()(const Tensor& r_, int64_t off, int64_t bs, int64_t k, const Tensor* add = nullptr,
+                    const Tensor* addv = nullptr) {
+    const Tensor r = r_.contiguous();
+    Tensor y = at::empty({bs, F}, r.options());
+    AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "rnnkit_norm_fwd", [&] {
+      using acc = double;
+      const scalar_t* R = r.data_ptr<scalar_t>();
+      scalar_t* X = xh.data_ptr<scalar_t>() + off * F;
+      scalar_t* Y = y.data_ptr<scalar_t>();
+      const scalar_t* Gm = g.data_ptr<scalar_t>();
+      const scalar_t* S = s.has_value() ? s->data_ptr<scalar_t>() : nullptr;
+      if (mode == kLN) {  // ATen's vectorized layer norm (no affine): x^ and rho of every row
+        auto res = at::native_layer_norm(r, {F}, std::nullopt, std::nullopt, kEps);
+        std::copy_n(std::get<0>(res).data_ptr<scalar_t>(), bs * F, X);
+        std::copy_n(std::get<2>(res).data_ptr<scalar_t>(), bs, rs.data_ptr<scalar_t>() + off);
+      } else if (mode == kBNTrain) {
+        std::vector<acc> m(F, 0), v(F, 0);
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < F; ++j) m[j] += R[b * F + j];
+        for (int64_t j = 0; j < F; ++j) m[j] /= bs;
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < F; ++j) v[j] += (R[b * F + j] - m[j]) * (R[b * F + j] - m[j]);
+        scalar_t *M = mean.data_ptr<scalar_t>() + k * F, *V = var.data_ptr<scalar_t>() + k * F;
+        scalar_t* RS = rs.data_ptr<scalar_t>() + k * F;
+        for (int64_t j = 0; j < F; ++j) {
+          M[j] = scalar_t(m[j]);
+          V[j] = scalar_t(v[j] / bs);
+          RS[j] = scalar_t(1 / std::sqrt(v[j] / bs + kEps));
+        }
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < F; ++j) X[b * F + j] = (R[b * F + j] - M[j]) * RS[j];
+      } else {
+        const int64_t N = st->size(1);
+        const scalar_t* MU = st->data_ptr<scalar_t>() + off * F;
+        const scalar_t* RH = MU + N * F;
+        for (int64_t i = 0; i < bs * F; ++i) X[i] = (R[i] - MU[i]) * RH[i];
+      }
+      const scalar_t* A = add ? add->data_ptr<scalar_t>() : nullptr;
+      const scalar_t* AV = addv ? addv->data_ptr<scalar_t>() : nullptr;
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j) {
+          scalar_t y = X[b * F + j] * Gm[j];
+          if (S) y += S[j];
+          if (A) y += A[b * F + j];
+          if (AV) y += AV[j];
+          Y[b * F + j] = y;
+        }
+    });
+    return y;
   }
 };
 
-Tensor norm_backward(int64_t mode, const Tensor& dy, const Tensor& xh, const Tensor& rs, const Tensor& g, Tensor out) {
-  Tensor dxh = at::mul_out(out, dy, g);
-  if (mode != kBNEval) {
-    const int64_t dim = mode == kLN ? 1 : 0;
-    Tensor m1 = dxh.mean(dim, true);
-    Tensor m2 = (dxh * xh).mean(dim, true);
-    dxh.sub_(m1).sub_(xh * m2);
-  }
-  return dxh.mul_(rs);
+// dr of one step's group into `out` (bs, F), from dy (the gradient of y): dx^ = g ⊙ dy,
+// dr = rho ⊙ (dx^ - mean(dx^) - x^ ⊙ mean(dx^ ⊙ x^)) (means over features for layer norm, over
+// rows for batch norm in training), dr = rho ⊙ dx^ with given statistics.
+// Also accumulates the affine gradients of the whole sequence: dgam += dy ⊙ x^, dbet += dy
+// (float64 accumulators of shape (F,)).
+Tensor norm_backward(int64_t mode, const Tensor& dy_, const Tensor& xh, const Tensor& rs, const Tensor& g, Tensor out,
+                     Tensor& dgam, Tensor& dbet) {
+  const Tensor dy = dy_.contiguous();
+  const int64_t bs = dy.size(0), F = dy.size(1);
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "rnnkit_norm_bwd", [&] {
+    using acc = double;
+    acc *DGA = dgam.data_ptr<acc>(), *DBE = dbet.data_ptr<acc>();
+    for (int64_t b = 0; b < bs; ++b) {
+      const scalar_t *d = dy.data_ptr<scalar_t>() + b * F, *x = xh.data_ptr<scalar_t>() + b * F;
+      for (int64_t j = 0; j < F; ++j) {
+        DGA[j] += acc(d[j]) * x[j];
+        DBE[j] += d[j];
+      }
+    }
+    const scalar_t *D = dy.data_ptr<scalar_t>(), *X = xh.data_ptr<scalar_t>(), *Gm = g.data_ptr<scalar_t>();
+    const scalar_t* RS = rs.data_ptr<scalar_t>();  // LN (bs, 1); BN train (F,); BN eval (bs, F)
+    scalar_t* O = out.data_ptr<scalar_t>();
+    if (mode == kLN) {
+      for (int64_t b = 0; b < bs; ++b) {
+        const scalar_t *d = D + b * F, *x = X + b * F;
+        acc p1[4] = {0, 0, 0, 0}, p2[4] = {0, 0, 0, 0};  // independent partial sums: no add chain
+        int64_t j = 0;
+        for (; j + 4 <= F; j += 4)
+          for (int u = 0; u < 4; ++u) {
+            const scalar_t t = d[j + u] * Gm[j + u];
+            p1[u] += t;
+            p2[u] += acc(t) * x[j + u];
+          }
+        for (; j < F; ++j) {
+          const scalar_t t = d[j] * Gm[j];
+          p1[0] += t;
+          p2[0] += acc(t) * x[j];
+        }
+        const scalar_t a = scalar_t((p1[0] + p1[1] + p1[2] + p1[3]) / F);
+        const scalar_t c = scalar_t((p2[0] + p2[1] + p2[2] + p2[3]) / F), rho = RS[b];
+        for (j = 0; j < F; ++j) O[b * F + j] = rho * (d[j] * Gm[j] - a - x[j] * c);
+      }
+    } else if (mode == kBNTrain) {
+      std::vector<acc> m1(F, 0), m2(F, 0);
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j) {
+          const scalar_t d = D[b * F + j] * Gm[j];
+          m1[j] += d;
+          m2[j] += d * X[b * F + j];
+        }
+      std::vector<scalar_t> a(F), c(F);
+      for (int64_t j = 0; j < F; ++j) a[j] = scalar_t(m1[j] / bs), c[j] = scalar_t(m2[j] / bs);
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j)
+          O[b * F + j] = RS[j] * (D[b * F + j] * Gm[j] - a[j] - X[b * F + j] * c[j]);
+    } else {
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j) O[b * F + j] = D[b * F + j] * Gm[j] * RS[b * F + j];
+    }
+  });
+  return out;
 }
 
 Tensor rho(int64_t mode, const Tensor& rs, const OptT& st, int64_t off, int64_t bs, int64_t k) {
@@ -171,26 +260,38 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp, co
     Tensor gates = at::empty({N, 4 * H}, o), cprev = at::empty({N, H}, o), tanhc = at::empty({N, H}, o);
     Tensor hraw = w_hr.has_value() ? at::empty({N, H}, o) : e(), cbuf = c0->clone();
     const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t off = steps[k].first, bs = steps[k].second;
-      Tensor hp = prev(hbuf, mask, bs, hprev.narrow(0, off, bs)), g = gates.narrow(0, off, bs);
-      Tensor cb = cbuf.narrow(0, 0, bs);
-      Tensor a = hh(lin(hp), off, bs, k).add_(xp.narrow(0, off, bs));
-      sigmoid_o(g.narrow(1, 0, 2 * H), a.narrow(1, 0, 2 * H));
-      tanh_o(g.narrow(1, 2 * H, H), a.narrow(1, 2 * H, H));
-      sigmoid_o(g.narrow(1, 3 * H, H), a.narrow(1, 3 * H, H));
-      cprev.narrow(0, off, bs).copy_(cb);
-      cb.mul_(g.narrow(1, H, H)).addcmul_(g.narrow(1, 0, H), g.narrow(1, 2 * H, H));
-      Tensor tc = tanh_o(tanhc.narrow(0, off, bs), cg(cb, off, bs, k));
-      Tensor y = out.narrow(0, off, bs);
-      if (lin_r.has_value())
-        y.copy_((*lin_r)(mul_o(hraw.narrow(0, off, bs), g.narrow(1, 3 * H, H), tc)));
-      else
-        at::mul_out(y, g.narrow(1, 3 * H, H), tc);
-      if (zc.has_value()) cb.lerp_(cprev.narrow(0, off, bs), zc->narrow(0, off, bs));
-      if (zh.has_value()) y.lerp_(hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
-      hbuf.narrow(0, 0, bs).copy_(y);
-    }
+    AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_norm_lstm_fwd", [&] {
+      scalar_t *C = cbuf.data_ptr<scalar_t>(), *HB = hbuf.data_ptr<scalar_t>();
+      const scalar_t* M = mask.has_value() ? mask->data_ptr<scalar_t>() : nullptr;
+      for (int64_t k = 0; k < T; ++k) {
+        const int64_t off = steps[k].first, bs = steps[k].second;
+        Tensor hp = hprev.narrow(0, off, bs), g = gates.narrow(0, off, bs), x = xp.narrow(0, off, bs);
+        scalar_t* HP = hp.data_ptr<scalar_t>();
+        for (int64_t i = 0; i < bs * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
+        const Tensor a = hh(lin(hp), off, bs, k, &x);  // norm_hh(r) + xp
+        sigmoid_o(g, a);  // i, f, o (the g block is overwritten next)
+        tanh_o(g.narrow(1, 2 * H, H), a.narrow(1, 2 * H, H));
+        const scalar_t* Gt = g.data_ptr<scalar_t>();
+        scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t* gr = Gt + b * 4 * H;
+            const scalar_t cp = C[b * H + j];
+            CP[b * H + j] = cp;
+            C[b * H + j] = gr[H + j] * cp + gr[j] * gr[2 * H + j];
+          }
+        Tensor tc = tanh_o(tanhc.narrow(0, off, bs), cg(cbuf.narrow(0, 0, bs), off, bs, k));
+        Tensor y = out.narrow(0, off, bs), hr = w_hr.has_value() ? hraw.narrow(0, off, bs) : y;
+        const scalar_t* TC = tc.data_ptr<scalar_t>();
+        scalar_t* HR = hr.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < H; ++j) HR[b * H + j] = Gt[b * 4 * H + 3 * H + j] * TC[b * H + j];
+        if (lin_r.has_value()) y.copy_((*lin_r)(hr));
+        if (zc.has_value()) cbuf.narrow(0, 0, bs).lerp_(cprev.narrow(0, off, bs), zc->narrow(0, off, bs));
+        if (zh.has_value()) y.lerp_(hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
+        std::copy_n(y.data_ptr<scalar_t>(), bs * P, HB);
+      }
+    });
     return {out, hbuf, cbuf, hh.mean, hh.var, cg.mean, cg.var, gates, cprev, tanhc, hprev, hraw, hh.xh, hh.rs,
             cg.xh, cg.rs};
   }
@@ -241,7 +342,13 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
   const auto steps = schedule(batch_sizes, reverse);
   Tensor dhbuf = ghn.clone(), dhz = at::empty_like(ghn);
   const Linear lin_t(w_hh.t(), B, onednn);
+  const Tensor gh = g_hh.contiguous(), gc = g_c.has_value() ? g_c->contiguous() : none(out);
+  const OptT sth = st_hh.has_value() ? OptT(st_hh->contiguous()) : st_hh;
+  const OptT stc = st_c.has_value() ? OptT(st_c->contiguous()) : st_c;
   Tensor dr_all = at::empty({out.size(0), w_hh.size(0)}, out.options());
+  const auto acc_opts = out.options().dtype(at::kDouble);
+  auto cast = [&](const Tensor& t) { return t.to(out.scalar_type(), false, true); };  // a copy: no aliasing
+  Tensor dgam = at::zeros({w_hh.size(0)}, acc_opts), dbet = at::zeros({w_hh.size(0)}, acc_opts);
   auto split_h = [&](Tensor dst, int64_t off, int64_t bs) {
     at::add_out(dst, gout.narrow(0, off, bs), dhbuf.narrow(0, 0, bs));
     if (zh.has_value()) {
@@ -270,51 +377,71 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
     const Tensor &gates = saved[0], &cprev = saved[1], &tanhc = saved[2], &hprev = saved[3], &hraw = saved[4];
     const Tensor &xc = saved[7], &rc = saved[8];
     const int64_t H = tanhc.size(1);
-    Tensor dgates = at::empty_like(gates), dyc = at::empty_like(tanhc);
+    Tensor dgates = at::empty_like(gates), dyc = at::empty({B, H}, tanhc.options());  // d y_c of a step
+    Tensor dgam_c = at::zeros({H}, acc_opts), dbet_c = at::zeros({H}, acc_opts);
     Tensor dcbuf = gcn.clone(), dcz = at::empty_like(gcn), tmp = at::empty({B, H}, gcn.options());
     Tensor t2 = at::empty({B, H}, gcn.options());
     Tensor dh_all = w_hr.has_value() ? at::empty_like(hprev) : none(out);
     const std::optional<Linear> lin_rt = w_hr.has_value() ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
-    for (int64_t k = T - 1; k >= 0; --k) {
-      const int64_t off = steps[k].first, bs = steps[k].second;
-      Tensor g = gates.narrow(0, off, bs), dg = dgates.narrow(0, off, bs), tc = tanhc.narrow(0, off, bs);
-      Tensor dc = dcbuf.narrow(0, 0, bs);
-      Tensor i = g.narrow(1, 0, H), f = g.narrow(1, H, H), gg = g.narrow(1, 2 * H, H), og = g.narrow(1, 3 * H, H);
-      Tensor di = dg.narrow(1, 0, H), df = dg.narrow(1, H, H), dgg = dg.narrow(1, 2 * H, H), dog = dg.narrow(1, 3 * H, H);
-      Tensor dhp = split_h(w_hr.has_value() ? dh_all.narrow(0, off, bs) : tmp.narrow(0, 0, bs), off, bs);
-      if (zc.has_value()) {
-        mul_o(dcz.narrow(0, 0, bs), dc, zc->narrow(0, off, bs));
-        dc.sub_(dcz.narrow(0, 0, bs));
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_norm_lstm_bwd", [&] {
+      scalar_t* DC = dcbuf.data_ptr<scalar_t>();
+      for (int64_t k = T - 1; k >= 0; --k) {
+        const int64_t off = steps[k].first, bs = steps[k].second;
+        Tensor dc = dcbuf.narrow(0, 0, bs), dg = dgates.narrow(0, off, bs), dy = dyc.narrow(0, 0, bs);
+        Tensor dhp = split_h(w_hr.has_value() ? dh_all.narrow(0, off, bs) : tmp.narrow(0, 0, bs), off, bs);
+        if (zc.has_value()) {  // c_t = lerp(c~_t, c_{t-1}, zc): the direct part waits in dcz
+          mul_o(dcz.narrow(0, 0, bs), dc, zc->narrow(0, off, bs));
+          dc.sub_(dcz.narrow(0, 0, bs));
+        }
+        const Tensor dh = lin_rt.has_value() ? (*lin_rt)(dhp).contiguous() : dhp;
+        const scalar_t* Gt = gates.data_ptr<scalar_t>() + off * 4 * H;
+        const scalar_t* TC = tanhc.data_ptr<scalar_t>() + off * H;
+        const scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
+        const scalar_t* DH = dh.data_ptr<scalar_t>();
+        scalar_t *DG = dg.data_ptr<scalar_t>(), *DY = dy.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < H; ++j) {  // d o' = dh tanh(y_c) o(1-o);  d y_c = dh o (1 - tanh²)
+            const int64_t q = b * H + j;
+            const scalar_t o = Gt[b * 4 * H + 3 * H + j], tc = TC[q];
+            DG[b * 4 * H + 3 * H + j] = (o - o * o) * DH[q] * tc;
+            DY[q] = (1 - tc * tc) * o * DH[q];
+          }
+        const Tensor dcn = norm_backward(mode, dy, xc.narrow(0, off, bs), rho(mode, rc, stc, off, bs, k), gc,
+                                         t2.narrow(0, 0, bs), dgam_c, dbet_c);
+        const scalar_t* DN = dcn.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < H; ++j) {
+            const int64_t q = b * H + j;
+            const scalar_t* gr = Gt + b * 4 * H;
+            scalar_t* dgr = DG + b * 4 * H;
+            const scalar_t i = gr[j], f = gr[H + j], gg = gr[2 * H + j], d = DC[q] + DN[q];
+            dgr[j] = (i - i * i) * gg * d;
+            dgr[H + j] = (f - f * f) * CP[q] * d;
+            dgr[2 * H + j] = (1 - gg * gg) * i * d;
+            DC[q] = d * f;
+          }
+        if (zc.has_value()) dc.add_(dcz.narrow(0, 0, bs));
+        recur(norm_backward(mode, dg, xh.narrow(0, off, bs), rho(mode, rs, sth, off, bs, k), gh,
+                            dr_all.narrow(0, off, bs), dgam, dbet),
+              bs);
+        direct(bs);
       }
-      Tensor dh = lin_rt.has_value() ? (*lin_rt)(dhp) : dhp;
-      at::addcmul_out(dog, og, og, og, -1).mul_(dh).mul_(tc);
-      Tensor dy = mul_o(dyc.narrow(0, off, bs), tc, tc).neg_().add_(1).mul_(og).mul_(dh);
-      dc.add_(norm_backward(mode, dy, xc.narrow(0, off, bs), rho(mode, rc, st_c, off, bs, k), *g_c, t2.narrow(0, 0, bs)));
-      at::addcmul_out(di, i, i, i, -1).mul_(gg).mul_(dc);
-      at::addcmul_out(df, f, f, f, -1).mul_(cprev.narrow(0, off, bs)).mul_(dc);
-      at::mul_out(dgg, gg, gg).neg_().add_(1).mul_(i).mul_(dc);
-      dc.mul_(f);
-      if (zc.has_value()) dc.add_(dcz.narrow(0, 0, bs));
-      recur(norm_backward(mode, dg, xh.narrow(0, off, bs), rho(mode, rs, st_hh, off, bs, k), g_hh,
-                          dr_all.narrow(0, off, bs)),
-            bs);
-      direct(bs);
-    }
+    });
     res[0] = dgates;
     res[2] = dcbuf;
     if (w_hr.has_value()) res[5] = mm_tn(dh_all, hraw, onednn);
-    res[8] = (dyc * xc).sum(0);
-    if (shift_c) res[9] = dyc.sum(0);
+    res[8] = cast(dgam_c);
+    if (shift_c) res[9] = cast(dbet_c);
     da_all = dgates;
     hin = hprev;
   } else if (kind == "gru") {
     const Tensor &gates = saved[0], &an = saved[1], &hprev = saved[2], &hprev_m = saved[3];
     const int64_t H = hprev.size(1);
     Tensor dxp = at::empty_like(gates), dh = at::empty({B, H}, hprev.options()), tmp = at::empty({B, H}, hprev.options());
-    da_all = at::empty_like(gates);
+    Tensor dat = at::empty({B, 3 * H}, gates.options());  // d of the normalized group, this step
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t off = steps[k].first, bs = steps[k].second;
-      Tensor g = gates.narrow(0, off, bs), dx = dxp.narrow(0, off, bs), da = da_all.narrow(0, off, bs);
+      Tensor g = gates.narrow(0, off, bs), dx = dxp.narrow(0, off, bs), da = dat.narrow(0, 0, bs);
       Tensor d = dh.narrow(0, 0, bs);
       Tensor r = g.narrow(1, 0, H), z = g.narrow(1, H, H), n = g.narrow(1, 2 * H, H);
       Tensor dr_ = dx.narrow(1, 0, H), dz = dx.narrow(1, H, H), dn = dx.narrow(1, 2 * H, H);
@@ -325,13 +452,13 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
       at::addcmul_out(dr_, r, r, r, -1).mul_(dn).mul_(an.narrow(0, off, bs));
       da.narrow(1, 0, 2 * H).copy_(dx.narrow(1, 0, 2 * H));
       mul_o(da.narrow(1, 2 * H, H), dn, r);
-      Tensor dr = norm_backward(mode, da, xh.narrow(0, off, bs), rho(mode, rs, st_hh, off, bs, k), g_hh,
-                                dr_all.narrow(0, off, bs));
+      Tensor dr = norm_backward(mode, da, xh.narrow(0, off, bs), rho(mode, rs, sth, off, bs, k), gh,
+                                dr_all.narrow(0, off, bs), dgam, dbet);
       recur(dr, bs).addcmul_(d, z);
       direct(bs);
     }
     res[0] = dxp;
-    if (has_bias) res[4] = da_all.sum(0);
+    if (has_bias) res[4] = cast(dbet);  // b_hh is added right after the shift
     hin = mask.has_value() ? hprev_m : hprev;
   } else {
     const Tensor &hnew = saved[0], &hprev = saved[1];
@@ -344,8 +471,8 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
         da.mul_(o > 0);
       else
         da.mul_(at::addcmul(at::ones_like(o), o, o, -1));
-      recur(norm_backward(mode, da, xh.narrow(0, off, bs), rho(mode, rs, st_hh, off, bs, k), g_hh,
-                          dr_all.narrow(0, off, bs)),
+      recur(norm_backward(mode, da, xh.narrow(0, off, bs), rho(mode, rs, sth, off, bs, k), gh,
+                          dr_all.narrow(0, off, bs), dgam, dbet),
             bs);
       direct(bs);
     }
@@ -354,8 +481,8 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
   }
   res[1] = dhbuf;
   res[3] = mm_tn(dr_all, hin, onednn);
-  res[6] = (da_all * xh).sum(0);
-  if (shift_hh) res[7] = da_all.sum(0);
+  res[6] = cast(dgam);
+  if (shift_hh) res[7] = cast(dbet);
   return res;
 }
 
