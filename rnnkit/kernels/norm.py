@@ -176,7 +176,8 @@ def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_h
 def backward(kind: str, mode: int, gout: Tensor, ghn: Tensor, gcn: Tensor, out: Tensor, saved,
              w_hh: Tensor, has_bias: bool, w_hr: Tensor | None, mask: Tensor | None, zh: Tensor | None,
              zc: Tensor | None, g_hh: Tensor, shift_hh: bool, g_c: Tensor | None, shift_c: bool,
-             st_hh: Tensor | None, st_c: Tensor | None, batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
+             st_hh: Tensor | None, st_c: Tensor | None, batch_sizes: tuple[int, ...],
+             reverse: bool):  # fmt: skip
     """``[d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, dγ_hh, dβ_hh, dγ_c, dβ_c]`` (``None`` where
     absent). ``out`` is the forward's output (the RNN's ``h̃`` without zoneout)."""
     B = ghn.shape[0]
@@ -265,7 +266,10 @@ def backward(kind: str, mode: int, gout: Tensor, ghn: Tensor, gcn: Tensor, out: 
         for k, (off, bs) in steps:
             s = slice(off, off + bs)
             da, o = split_h(da_all[s], s, bs), h[s]
-            da.mul_(o > 0) if kind == "rnn_relu" else da.mul_(torch.addcmul(torch.ones_like(o), o, o, value=-1))
+            if kind == "rnn_relu":
+                da.mul_(o > 0)
+            else:
+                da.mul_(torch.addcmul(torch.ones_like(o), o, o, value=-1))
             recur(norm_backward(mode, da, xh[s], _rho(mode, rs, st_hh, s, k), g_hh, dr_all[s]), bs)
             if zh is not None:
                 dhbuf[:bs].add_(dhz[:bs])

@@ -107,8 +107,8 @@ def run_direction(
     b_hh = p.get("bias_hh") if base == "gru" else None
     w_hr = p.get("weight_hr") if lstm else None
     zh, zc = zoneout_rows
-    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, p[f"weight_{g}_hh"], p.get(f"bias_{g}_hh"))
-    args += (p.get(f"weight_{g}_c"), p.get(f"bias_{g}_c"), st_hh, st_c)
+    gains = (p[f"weight_{g}_hh"], p.get(f"bias_{g}_hh"), p.get(f"weight_{g}_c"), p.get(f"bias_{g}_c"))
+    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, *gains, st_hh, st_c)
     res = fused_norm_direction(base, mode, *args, bsz, reverse)
     out, hn, cn = res[:3]
     if mode == BN_TRAIN:
@@ -226,8 +226,8 @@ def fused_norm_direction(
     norm, training), 3 (batch norm, evaluation with per-row statistics ``st (2, N, F)``);
     ``g_*, s_*`` the gains and shifts of the recurrent group and of the cell (LSTM).
     """
-    args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, batch_sizes, reverse)
-    return forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args)
+    args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c)
+    return forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, batch_sizes, reverse)
 
 
 @fused_norm_direction.register_fake
@@ -281,14 +281,15 @@ def fused_norm_direction_backward(
     args = (gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c, shift_c)
     if use_ext_for(gout):
         onednn = _gemm.use_onednn(gout)
-        return list(torch.ops.rnnkit_norm.backward(kind, mode, *args, st_hh, st_c, batch_sizes, reverse, onednn))
+        ext_bwd = torch.ops.rnnkit_norm.backward
+        return list(ext_bwd(kind, mode, *args, st_hh, st_c, batch_sizes, reverse, onednn))
     res = pure.backward(kind, mode, *args, st_hh, st_c, tuple(batch_sizes), reverse)
     return [gout.new_empty(0) if g is None else g for g in res]
 
 
 @fused_norm_direction_backward.register_fake
-def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c, shift_c,
-      st_hh, st_c, batch_sizes, reverse):  # fmt: skip
+def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c,
+      shift_c, st_hh, st_c, batch_sizes, reverse):  # fmt: skip
     e = gout.new_empty
     G = w_hh.shape[0]
     lstm = kind == "lstm"
@@ -307,7 +308,7 @@ def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc
 
 
 def _setup_context(ctx, inputs, output):
-    kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, bsz, rev = inputs
+    kind, mode, _, _, _, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, bsz, rev = inputs
     ctx.kind, ctx.mode, ctx.batch_sizes, ctx.reverse = kind, mode, bsz, rev
     ctx.set_materialize_grads(False)  # no zero gradients for the saved outputs (large, never used)
     ctx.flags = (b_hh is not None, s_hh is not None, s_c is not None)
@@ -331,8 +332,9 @@ def _backward(ctx, grads):
         shift_hh, g_c, shift_c, st_hh, st_c, list(ctx.batch_sizes), ctx.reverse,
     )  # fmt: skip
     o = [g if g.numel() else None for g in r]
-    # inputs: kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, bsz, rev
-    return None, None, r[0], r[1], o[2], r[3], o[4], o[5], None, None, None, r[6], o[7], o[8], o[9], None, None, None, None
+    # inputs: kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_*, bsz, rev
+    return (None, None, r[0], r[1], o[2], r[3], o[4], o[5], None, None, None, r[6], o[7], o[8], o[9],
+            None, None, None, None)  # fmt: skip
 
 
 fused_norm_direction.register_autograd(_backward, setup_context=_setup_context)
