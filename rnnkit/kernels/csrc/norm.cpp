@@ -96,6 +96,17 @@ Tensor addcmul_o(Tensor out, const Tensor& a, const Tensor& b, const Tensor& c, 
   return at::addcmul_out(out, a, b, c, v);
 }
 
+// Σ_j f(j) for j < n with four independent partial sums (no single chain of dependent adds).
+template <typename acc, typename Fn>
+acc sum4(int64_t n, const Fn& f) {
+  acc p[4] = {0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4)
+    for (int u = 0; u < 4; ++u) p[u] += f(j + u);
+  for (; j < n; ++j) p[0] += f(j);
+  return (p[0] + p[1]) + (p[2] + p[3]);
+}
+
 // One normalized group over a direction (norm.py's _Group): saved x^ (N, F), rho, stats.
 struct Group {
   int64_t mode, F;
@@ -127,10 +138,16 @@ struct Group {
       scalar_t* Y = y.data_ptr<scalar_t>();
       const scalar_t* Gm = g.data_ptr<scalar_t>();
       const scalar_t* S = s.has_value() ? s->data_ptr<scalar_t>() : nullptr;
-      if (mode == kLN) {  // ATen's vectorized layer norm (no affine): x^ and rho of every row
-        auto res = at::native_layer_norm(r, {F}, std::nullopt, std::nullopt, kEps);
-        std::copy_n(std::get<0>(res).data_ptr<scalar_t>(), bs * F, X);
-        std::copy_n(std::get<2>(res).data_ptr<scalar_t>(), bs, rs.data_ptr<scalar_t>() + off);
+      if (mode == kLN) {  // two passes per row (mean, then centred variance), 4 partial sums each
+        scalar_t* RS = rs.data_ptr<scalar_t>() + off;
+        for (int64_t b = 0; b < bs; ++b) {
+          const scalar_t* row = R + b * F;
+          const acc m = sum4<acc>(F, [&](int64_t j) { return acc(row[j]); }) / F;
+          const acc v = sum4<acc>(F, [&](int64_t j) { return (row[j] - m) * (row[j] - m); }) / F;
+          const scalar_t rho = scalar_t(1 / std::sqrt(v + kEps)), mu = scalar_t(m);
+          RS[b] = rho;
+          for (int64_t j = 0; j < F; ++j) X[b * F + j] = (row[j] - mu) * rho;
+        }
       } else if (mode == kBNTrain) {
         std::vector<acc> m(F, 0), v(F, 0);
         for (int64_t b = 0; b < bs; ++b)
@@ -299,29 +316,51 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp, co
     const int64_t H = P;
     Tensor gates = at::empty({N, 3 * H}, o), an = at::empty({N, H}, o);
     Tensor hprev_m = mask.has_value() ? at::empty({N, H}, o) : e();
-    for (int64_t k = 0; k < T; ++k) {
-      const int64_t off = steps[k].first, bs = steps[k].second;
-      Tensor hp = hprev.narrow(0, off, bs).copy_(hbuf.narrow(0, 0, bs)), g = gates.narrow(0, off, bs);
-      Tensor x = xp.narrow(0, off, bs);
-      Tensor hm = mask.has_value() ? mul_o(hprev_m.narrow(0, off, bs), hp, mask->narrow(0, 0, bs)) : hp;
-      Tensor a = hh(lin(hm), off, bs, k);
-      if (b_hh.has_value()) a.add_(*b_hh);
-      an.narrow(0, off, bs).copy_(a.narrow(1, 2 * H, H));
-      add_o(g.narrow(1, 0, 2 * H), x.narrow(1, 0, 2 * H), a.narrow(1, 0, 2 * H)).sigmoid_();
-      Tensor n = addcmul_o(g.narrow(1, 2 * H, H), x.narrow(1, 2 * H, H), g.narrow(1, 0, H), a.narrow(1, 2 * H, H));
-      n.tanh_();
-      Tensor y = out.narrow(0, off, bs);
-      at::lerp_out(y, n, hp, g.narrow(1, H, H));
-      if (zh.has_value()) y.lerp_(hp, zh->narrow(0, off, bs));
-      hbuf.narrow(0, 0, bs).copy_(y);
-    }
+    const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : Tensor();
+    AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_norm_gru_fwd", [&] {
+      scalar_t* HB = hbuf.data_ptr<scalar_t>();
+      const scalar_t* M = mask.has_value() ? mask->data_ptr<scalar_t>() : nullptr;
+      for (int64_t k = 0; k < T; ++k) {
+        const int64_t off = steps[k].first, bs = steps[k].second;
+        Tensor hp = hprev.narrow(0, off, bs), g = gates.narrow(0, off, bs);
+        Tensor hm = M ? hprev_m.narrow(0, off, bs) : hp;
+        scalar_t *HP = hp.data_ptr<scalar_t>(), *HM = hm.data_ptr<scalar_t>();
+        for (int64_t i = 0; i < bs * H; ++i) {
+          HP[i] = HB[i];
+          if (M) HM[i] = HB[i] * M[i];
+        }
+        const Tensor a = hh(lin(hm), off, bs, k, nullptr, b_hh.has_value() ? &bh : nullptr);  // norm + b_hh
+        const scalar_t *A = a.data_ptr<scalar_t>(), *X = xp.data_ptr<scalar_t>() + off * 3 * H;
+        scalar_t *Gt = g.data_ptr<scalar_t>(), *AN = an.data_ptr<scalar_t>() + off * H;
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < 2 * H; ++j) Gt[b * 3 * H + j] = X[b * 3 * H + j] + A[b * 3 * H + j];
+        g.narrow(1, 0, 2 * H).sigmoid_();  // r, z
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < H; ++j) {
+            const int64_t q = b * 3 * H + 2 * H + j;
+            AN[b * H + j] = A[q];
+            Gt[q] = X[q] + Gt[b * 3 * H + j] * A[q];
+          }
+        g.narrow(1, 2 * H, H).tanh_();  // n
+        Tensor y = out.narrow(0, off, bs);
+        scalar_t* O = y.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < H; ++j) {  // lerp(n, h_{t-1}, z), in at::lerp's two-sided form
+            const scalar_t n = Gt[b * 3 * H + 2 * H + j], z = Gt[b * 3 * H + H + j], h = HP[b * H + j];
+            O[b * H + j] = z < scalar_t(0.5) ? n + z * (h - n) : h - (h - n) * (1 - z);
+          }
+        if (zh.has_value()) y.lerp_(hp, zh->narrow(0, off, bs));
+        std::copy_n(O, bs * H, HB);
+      }
+    });
     return {out, hbuf, e(), hh.mean, hh.var, e(), e(), gates, an, hprev, hprev_m, hh.xh, hh.rs};
   }
   Tensor hnew = zh.has_value() ? at::empty({N, P}, o) : e();
   for (int64_t k = 0; k < T; ++k) {
     const int64_t off = steps[k].first, bs = steps[k].second;
     Tensor hp = prev(hbuf, mask, bs, hprev.narrow(0, off, bs));
-    Tensor a = hh(lin(hp), off, bs, k).add_(xp.narrow(0, off, bs));
+    const Tensor x = xp.narrow(0, off, bs);
+    Tensor a = hh(lin(hp), off, bs, k, &x);
     Tensor y = out.narrow(0, off, bs), h = zh.has_value() ? hnew.narrow(0, off, bs) : y;
     if (kind == "rnn_relu")
       at::clamp_min_out(h, a, 0);
@@ -439,24 +478,33 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
     const int64_t H = hprev.size(1);
     Tensor dxp = at::empty_like(gates), dh = at::empty({B, H}, hprev.options()), tmp = at::empty({B, H}, hprev.options());
     Tensor dat = at::empty({B, 3 * H}, gates.options());  // d of the normalized group, this step
-    for (int64_t k = T - 1; k >= 0; --k) {
-      const int64_t off = steps[k].first, bs = steps[k].second;
-      Tensor g = gates.narrow(0, off, bs), dx = dxp.narrow(0, off, bs), da = dat.narrow(0, 0, bs);
-      Tensor d = dh.narrow(0, 0, bs);
-      Tensor r = g.narrow(1, 0, H), z = g.narrow(1, H, H), n = g.narrow(1, 2 * H, H);
-      Tensor dr_ = dx.narrow(1, 0, H), dz = dx.narrow(1, H, H), dn = dx.narrow(1, 2 * H, H);
-      split_h(d, off, bs);
-      at::mul_out(dn, n, n).neg_().add_(1).mul_(d);
-      at::addcmul_out(dn, dn, dn, z, -1);
-      at::addcmul_out(dz, z, z, z, -1).mul_(d).mul_(sub_o(tmp.narrow(0, 0, bs), hprev.narrow(0, off, bs), n));
-      at::addcmul_out(dr_, r, r, r, -1).mul_(dn).mul_(an.narrow(0, off, bs));
-      da.narrow(1, 0, 2 * H).copy_(dx.narrow(1, 0, 2 * H));
-      mul_o(da.narrow(1, 2 * H, H), dn, r);
-      Tensor dr = norm_backward(mode, da, xh.narrow(0, off, bs), rho(mode, rs, sth, off, bs, k), gh,
-                                dr_all.narrow(0, off, bs), dgam, dbet);
-      recur(dr, bs).addcmul_(d, z);
-      direct(bs);
-    }
+    AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_norm_gru_bwd", [&] {
+      scalar_t* DZ = tmp.data_ptr<scalar_t>();  // dh ⊙ z: h's direct path to h_{t-1}
+      for (int64_t k = T - 1; k >= 0; --k) {
+        const int64_t off = steps[k].first, bs = steps[k].second;
+        const Tensor d = split_h(dh.narrow(0, 0, bs), off, bs);
+        const scalar_t *Gt = gates.data_ptr<scalar_t>() + off * 3 * H, *AN = an.data_ptr<scalar_t>() + off * H;
+        const scalar_t *HP = hprev.data_ptr<scalar_t>() + off * H, *D = d.data_ptr<scalar_t>();
+        scalar_t *DX = dxp.data_ptr<scalar_t>() + off * 3 * H, *DA = dat.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t j = 0; j < H; ++j) {
+            const int64_t q = b * H + j, g0 = b * 3 * H + j;
+            const scalar_t r = Gt[g0], z = Gt[g0 + H], n = Gt[g0 + 2 * H], dh = D[q];
+            const scalar_t dn = (1 - n * n) * dh * (1 - z);
+            const scalar_t dz = (z - z * z) * dh * (HP[q] - n);
+            const scalar_t dr = (r - r * r) * dn * AN[q];
+            DX[g0] = DA[g0] = dr;
+            DX[g0 + H] = DA[g0 + H] = dz;
+            DX[g0 + 2 * H] = dn;
+            DA[g0 + 2 * H] = dn * r;
+            DZ[q] = dh * z;
+          }
+        const Tensor dr = norm_backward(mode, dat.narrow(0, 0, bs), xh.narrow(0, off, bs),
+                                        rho(mode, rs, sth, off, bs, k), gh, dr_all.narrow(0, off, bs), dgam, dbet);
+        recur(dr, bs).add_(tmp.narrow(0, 0, bs));
+        direct(bs);
+      }
+    });
     res[0] = dxp;
     if (has_bias) res[4] = cast(dbet);  // b_hh is added right after the shift
     hin = mask.has_value() ? hprev_m : hprev;
@@ -467,10 +515,13 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
     for (int64_t k = T - 1; k >= 0; --k) {
       const int64_t off = steps[k].first, bs = steps[k].second;
       Tensor da = split_h(da_all.narrow(0, off, bs), off, bs), o = h.narrow(0, off, bs);
-      if (kind == "rnn_relu")
-        da.mul_(o > 0);
-      else
-        da.mul_(at::addcmul(at::ones_like(o), o, o, -1));
+      AT_DISPATCH_FLOATING_TYPES(o.scalar_type(), "rnnkit_norm_rnn_act", [&] {  // da = dh ⊙ act'(h~)
+        scalar_t* DA = da.data_ptr<scalar_t>();
+        const scalar_t* O = o.data_ptr<scalar_t>();
+        const bool relu = kind == "rnn_relu";
+        for (int64_t i = 0; i < bs * o.size(1); ++i)
+          DA[i] = relu ? (O[i] > 0 ? DA[i] : scalar_t(0)) : DA[i] * (1 - O[i] * O[i]);
+      });
       recur(norm_backward(mode, da, xh.narrow(0, off, bs), rho(mode, rs, sth, off, bs, k), gh,
                           dr_all.narrow(0, off, bs), dgam, dbet),
             bs);
