@@ -1,11 +1,16 @@
 // rnnkit fused directions of the normalized cells (layer norm, recurrent batch norm):
 // forward and explicit BPTT, looping over time in C++.
 //
-// Mirrors rnnkit/kernels/norm.py op for op (same buffers, schedule and ATen calls, so the
-// same numbers); see there for the equations. Per step: one GEMM for the recurrent group
-// r_t = (h_{t-1} ⊙ m) W_hh^T (oneDNN for float32, else BLAS), its normalization (mode 1
-// layer norm via at::native_layer_norm; 2 batch norm with the step's statistics; 3 batch
-// norm with given per-row statistics), the gates, and for the LSTM the normalization of c_t.
+// The same buffers, schedule and equations as rnnkit/kernels/norm.py (see there), so the same
+// numbers up to rounding (float64: 1e-12, batch norm of a few rows 1e-10). Per step: one GEMM
+// for the recurrent group r_t = (h_{t-1} ⊙ m) W_hh^T (oneDNN for large float32 products, else
+// BLAS); ATen's vectorized sigmoid/tanh on whole gate blocks; everything else in plain loops
+// over the step's rows: the normalization (mode 1 layer norm, 2 batch norm with the step's
+// statistics, 3 batch norm with given per-row statistics) fused with the terms added to it,
+// the cell update, and in backward the gate gradients, the normalization's gradient and the
+// accumulation of the gain/shift gradients (float64 accumulators). Few tensor ops per step:
+// at small sizes their fixed cost is the bottleneck. Compiled with csrc/fused.cpp into one
+// library (rnnkit/kernels/ext.py); ops torch.ops.rnnkit_norm.forward/backward.
 // kind: "lstm", "gru" (torch form), "rnn_tanh", "rnn_relu".
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -90,11 +95,6 @@ Tensor none(const Tensor& like) { return at::empty({0}, like.options()); }
 Tensor sigmoid_o(Tensor out, const Tensor& a) { return at::sigmoid_out(out, a); }
 Tensor tanh_o(Tensor out, const Tensor& a) { return at::tanh_out(out, a); }
 Tensor mul_o(Tensor out, const Tensor& a, const Tensor& b) { return at::mul_out(out, a, b); }
-Tensor add_o(Tensor out, const Tensor& a, const Tensor& b) { return at::add_out(out, a, b); }
-Tensor sub_o(Tensor out, const Tensor& a, const Tensor& b) { return at::sub_out(out, a, b); }
-Tensor addcmul_o(Tensor out, const Tensor& a, const Tensor& b, const Tensor& c, double v = 1) {
-  return at::addcmul_out(out, a, b, c, v);
-}
 
 // Σ_j f(j) for j < n with four independent partial sums (no single chain of dependent adds).
 template <typename acc, typename Fn>
@@ -471,7 +471,6 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
     if (w_hr.has_value()) res[5] = mm_tn(dh_all, hraw, onednn);
     res[8] = cast(dgam_c);
     if (shift_c) res[9] = cast(dbet_c);
-    da_all = dgates;
     hin = hprev;
   } else if (kind == "gru") {
     const Tensor &gates = saved[0], &an = saved[1], &hprev = saved[2], &hprev_m = saved[3];
