@@ -172,7 +172,7 @@ def run_direction(
         return kernels.run_direction(
             cell, p, xp, batch_sizes, h0, direction == 1, rec, zoneout=zoneout, zoneout_masks=zmasks,
             training=module.training,
-        )
+        )  # fmt: skip
     xp = cell.project_input(p, data)
     ctx = StepContext(training=module.training, recurrent_mask=rec)
     zoneout = module.zoneout_probs[layer]

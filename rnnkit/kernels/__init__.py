@@ -16,6 +16,10 @@ any device), used when the extension cannot be built, for other devices/dtypes, 
 ``h_{t-1}`` right before the recurrent GEMM (Gal & Ghahramani 2016); optional zoneout weights
 mix each new state with the previous one (Krueger et al. 2017). Under ``torch.compile`` the
 same computation runs as the custom op ``rnnkit::fused_direction`` (:mod:`.ops`).
+
+The normalized cells (``norm="layer"`` LSTM/GRU/RNN, ``norm="batch"`` LSTM) have their own
+kernels and op, ``rnnkit::fused_norm_direction`` (:mod:`.norm_ops`, :mod:`.norm`); the
+functions below route them there.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loader of the C++ extension (``csrc/fused.cpp``): compiled at first use, cached, optional.
+"""Loader of the C++ extension (every ``csrc/*.cpp``): compiled at first use, cached, optional.
 
 The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a
 fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/<torch>-<source hash>``
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 _SRC = Path(__file__).parent / "csrc" / "fused.cpp"
-_SOURCES = sorted(_SRC.parent.glob("*.cpp"))  # fused.cpp and every other kernel file: one library
+_CSRC = Path(__file__).parent / "csrc"  # every *.cpp is one source; headers count for the hash
 _LOG = logging.getLogger("rnnkit")
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ops": the op namespace or None once tried
@@ -36,7 +36,7 @@ def disabled() -> bool:
 def build_dir() -> Path:
     """Cache directory of the build, keyed by torch version and source hash."""
     root = os.environ.get("RNNKIT_EXT_DIR") or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in _SOURCES)).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))).hexdigest()[:12]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
     return Path(root) / tag
 
@@ -66,7 +66,7 @@ def _build():
     d.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(
         name="rnnkit_ext",
-        sources=[str(f) for f in _SOURCES],
+        sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
         build_directory=str(d),
         extra_cflags=["-O2"],
         is_python_module=False,
