@@ -229,6 +229,25 @@ def test_compile_fullgraph_layer_norm_model():
         torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_fullgraph_batch_norm_updates_running_stats():
+    """Batch norm under torch.compile(fullgraph=True): the buffer updates happen in the graph,
+    equal to the eager loop's, in training; evaluation uses them."""
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(3, 4, 2, norm="batch", bidirectional=True, max_len=3)
+    b = rnnkit.LSTM(3, 4, 2, norm="batch", bidirectional=True, max_len=3, impl="loop")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 3, 3)
+    torch._dynamo.reset()
+    f = torch.compile(lambda v: a(v)[0], fullgraph=True, backend="aot_eager")
+    for training in (True, False):
+        a.train(training), b.train(training)
+        torch.testing.assert_close(f(x), b(x)[0], atol=1e-10, rtol=1e-10)
+        for u, v in zip(a.buffers(), b.buffers()):
+            torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+    assert not torch.equal(a.running_var_c_l1, torch.ones_like(a.running_var_c_l1))
+
+
 # -- dispatch and fallback ---------------------------------------------------------------------
 def test_dispatch(monkeypatch):
     x = torch.zeros(2, 1, 3)
