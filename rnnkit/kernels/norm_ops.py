@@ -10,7 +10,7 @@ zoneout. Per layer-direction:
   running statistics of each row's slot (evaluation), then ``+ b_ih + b_hh``;
 * the time loop — recurrent GEMM, normalization of ``r_t`` and (LSTM) of ``c_t``, gates —
   is one call of the custom op (forward and explicit BPTT: :mod:`.norm` in pure PyTorch, or
-  ``csrc/norm.cpp`` compiled, same numbers);
+  ``csrc/norm.cpp`` compiled; the same numbers up to rounding);
 * in batch-norm training the running statistics of every group are then updated exactly as
   :func:`rnnkit.cells.norm.batch_norm` does step by step (momentum 0.1, unbiased variance,
   slot ``min(k, max_len - 1)`` for the ``k``-th processed step, variance untouched when a
