@@ -81,6 +81,8 @@ CASES += [
     ("gru-mut3", "gru", {"variant": "mut3"}),
     ("rnn-layernorm", "rnn", {"norm": "layer"}),
 ]
+# Normalized cells with a regularizer: both run on the fused path (kernels/norm_ops.py).
+CASES += [("lstm-layernorm+recurrent_dropout", "lstm", {"norm": "layer", "recurrent_dropout": 0.25})]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

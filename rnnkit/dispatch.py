@@ -187,8 +187,9 @@ def run_direction(
         xp = kernels.project_input(cell, p, data)
         zoneout = module.zoneout_probs[layer]
         return kernels.run_direction(
-            cell, p, xp, batch_sizes, h0, direction == 1, rec, zoneout=zoneout, zoneout_masks=zmasks
-        )
+            cell, p, xp, batch_sizes, h0, direction == 1, rec, zoneout=zoneout, zoneout_masks=zmasks,
+            training=module.training,
+        )  # fmt: skip
     xp = cell.project_input(p, data)
     ctx = StepContext(training=module.training, recurrent_mask=rec)
     zoneout = module.zoneout_probs[layer]

@@ -21,6 +21,9 @@ The Greff et al. LSTM ablations (NIG, NFG, NOG, NIAF, NOAF, CIFG, FGR, combined 
 ``proj_size``) and the GRU variants (``reset_after=False``, MUT1–3) run on two generalized
 kernels parameterized by layout flags, :mod:`.variants` (custom op
 ``rnnkit::fused_variant_direction``); :func:`kind_of` names them ``"lstm_v"`` / ``"gru_v"``.
+The normalized cells (``norm="layer"`` LSTM/GRU/RNN, ``norm="batch"`` LSTM) have their own
+kernels and op, ``rnnkit::fused_norm_direction`` (:mod:`.norm_ops`, :mod:`.norm`); the
+functions below route them there.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from . import _gemm, ext, lstm_variants, ops, variants
+from . import _gemm, ext, lstm_variants, norm_ops, ops, variants
 
 __all__ = ["supports", "project_input", "run_direction", "backend", "KINDS"]
 
@@ -49,9 +52,13 @@ def _is_peephole_lstm(cell: Cell) -> bool:
 
 
 def kind_of(cell: Cell) -> str | None:
-    """The fused kernel of ``cell``, or ``None`` when it has none (a normalized cell).
+    """The fused kernel of ``cell``, or ``None`` when it has none (e.g. a normalized cell
+    with peepholes or an ablation).
 
-    ``"lstm_v"`` / ``"gru_v"``: the Greff ablations and GRU variants (:mod:`.variants`)."""
+    ``"lstm_v"`` / ``"gru_v"``: the Greff ablations and GRU variants (:mod:`.variants`); the
+    normalized cells' kinds come from :mod:`.norm_ops`."""
+    if getattr(cell, "norm", None) is not None:  # layer/batch norm: kernels/norm_ops.py
+        return norm_ops.kind_of(cell)
     if _is_peephole_lstm(cell):
         return "lstm"
     if type(cell) not in _STANDARD or cell.torch_mode() is None:
@@ -108,6 +115,8 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     Same math as the cells: ``x W_ihᵀ + b_ih (+ b_hh for LSTM/RNN)``, one GEMM for all rows.
     """
     kind = kind_of(cell)
+    if kind in norm_ops.NORM_KINDS:
+        return norm_ops.project_input(cell, p, x)
     if kind is None:
         return cell.project_input(p, x)
     if kind in variants.KINDS:
@@ -129,6 +138,7 @@ def run_direction(
     use_ext: bool | None = None,
     zoneout: Sequence[float] | None = None,
     zoneout_masks: Sequence[Tensor | None] | None = None,
+    training: bool = False,
 ) -> tuple[Tensor, State]:
     """Fused twin of :func:`rnnkit.loop.run_direction` for the standard cells.
 
@@ -143,6 +153,7 @@ def run_direction(
         zoneout, zoneout_masks: as :func:`rnnkit.loop.run_direction`: per state component a
             probability, and in training a keep-mask ``(T, B, S_i)`` (``None`` in evaluation,
             where the state is the expectation ``lerp(s̃_t, s_{t-1}, p)``).
+        training: the layer's mode (batch norm: batch or running statistics).
     Returns:
         outputs ``(N, S_0)`` and the final state, as the reference loop.
     """
@@ -156,6 +167,9 @@ def run_direction(
             cell, p, xp, batch_sizes, h0, reverse, mask, use_ext, zoneout, zoneout_masks
         )
     bsz = tuple(int(b) for b in batch_sizes)
+    if kind in norm_ops.NORM_KINDS:
+        zrows = _zoneout_rows(xp, bsz, h0, zoneout, zoneout_masks)
+        return norm_ops.run_direction(cell, p, xp, bsz, h0, reverse, mask, zrows, training)
     c0 = h0[1] if kind == "lstm" else None
     b_hh = p.get("bias_hh") if kind == "gru" else None
     w_hr = p.get("weight_hr") if kind == "lstm" else None

@@ -1,0 +1,340 @@
+"""Fused path of the normalized cells: dispatch glue and the custom op ``rnnkit::fused_norm_direction``.
+
+Covers ``norm="layer"`` for the LSTM (incl. ``proj_size``, ``bias=False``), the GRU (torch
+form) and the RNN (tanh/relu), and ``norm="batch"`` for the LSTM, with recurrent dropout and
+zoneout. Per layer-direction:
+
+* the **input group** is normalized for all steps at once, with autograd: layer norm in
+  :func:`project_input` (``LN(x W_ihᵀ) + b``, as ``cell.project_input``); batch norm in
+  :func:`run_direction`, which needs the steps: per-step batch statistics (training) or the
+  running statistics of each row's slot (evaluation), then ``+ b_ih + b_hh``;
+* the time loop — recurrent GEMM, normalization of ``r_t`` and (LSTM) of ``c_t``, gates —
+  is one call of the custom op (forward and explicit BPTT: :mod:`.norm` in pure PyTorch, or
+  ``csrc/norm.cpp`` compiled; the same numbers up to rounding);
+* in batch-norm training the running statistics of every group are then updated exactly as
+  :func:`rnnkit.cells.norm.batch_norm` does step by step (momentum 0.1, unbiased variance,
+  slot ``min(k, max_len - 1)`` for the ``k``-th processed step, variance untouched when a
+  step has one row), from the per-step statistics the op returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..cells.base import Cell, Params, State
+from ..cells.gru import GRUCellMath
+from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
+from ..cells.lstm import LSTMCellMath
+from ..cells.norm import EPS, MOMENTUM, layer_norm
+from ..cells.rnn import RNNCellMath
+from . import _gemm
+from . import norm as pure
+from .norm import BN_EVAL, BN_TRAIN, LN
+
+NORM_KINDS = ("lstm_ln", "lstm_bn", "gru_ln", "rnn_tanh_ln", "rnn_relu_ln")
+
+
+def kind_of(cell: Cell) -> str | None:
+    """``"lstm_ln"``, ``"lstm_bn"``, ``"gru_ln"``, ``"rnn_tanh_ln"``, ``"rnn_relu_ln"`` or None."""
+    norm = getattr(cell, "norm", None)
+    if norm is None:
+        return None
+    if type(cell) is LSTMCellMath:
+        opts = cell._options
+        free = ("norm", "forget_bias", "max_len")
+        if all(opts[k] == d for k, d in _LSTM_DEFAULTS.items() if k not in free):
+            return "lstm_ln" if norm == "layer" else "lstm_bn"
+        return None
+    if type(cell) is GRUCellMath and cell.variant is None and cell.reset_after and norm == "layer":
+        return "gru_ln"
+    if type(cell) is RNNCellMath and norm == "layer":
+        return f"rnn_{cell.nonlinearity}_ln"
+    return None
+
+
+def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
+    """``LN(x W_ihᵀ) + biases`` (layer norm) or ``x W_ihᵀ`` (batch norm: see run_direction)."""
+    a = _gemm.linear(x, p["weight_ih"], None)
+    if kind_of(cell) == "lstm_bn":
+        return a
+    a = layer_norm(p, "ih", a)
+    if not cell.bias:
+        return a
+    return a + (p["bias_ih"] if isinstance(cell, GRUCellMath) else p["bias_ih"] + p["bias_hh"])
+
+
+def use_ext_for(x: Tensor) -> bool:
+    """The compiled kernels for CPU float32/float64 data when available (``kernels.backend``,
+    looked up per call so that tests can pin a backend)."""
+    from .. import kernels
+
+    return kernels.backend(x) == "ext"
+
+
+def run_direction(
+    cell: Cell,
+    p: Params,
+    xp: Tensor,
+    batch_sizes: Sequence[int],
+    h0: State,
+    reverse: bool = False,
+    mask: Tensor | None = None,
+    zoneout_rows: tuple[Tensor | None, Tensor | None] = (None, None),
+    training: bool = False,
+) -> tuple[Tensor, State]:
+    """One direction of a normalized cell over packed time-major ``xp`` (see the module doc);
+    ``zoneout_rows``: the per-row zoneout weights ``(zh, zc)`` of :mod:`rnnkit.kernels`."""
+    kind = kind_of(cell)
+    if kind is None:
+        raise ValueError(f"no fused normalized kernel for {type(cell).__name__}({cell.describe()})")
+    bsz = [int(b) for b in batch_sizes]
+    base = kind[: -len("_ln")]
+    lstm = base == "lstm"
+    st_hh = st_c = None
+    if kind == "lstm_bn":
+        mode = BN_TRAIN if training else BN_EVAL
+        xp = _batch_norm_input(cell, p, xp, bsz, reverse, training)
+        if not training:
+            slots = _row_slots(bsz, reverse, cell.max_len, xp.device)  # type: ignore[attr-defined]
+            st_hh, st_c = (_eval_stats(p, grp, slots) for grp in ("hh", "c"))
+        g = "bn"
+    else:
+        mode, g = LN, "ln"
+    c0 = h0[1] if lstm else None
+    b_hh = p.get("bias_hh") if base == "gru" else None
+    w_hr = p.get("weight_hr") if lstm else None
+    zh, zc = zoneout_rows
+    gains = (p[f"weight_{g}_hh"], p.get(f"bias_{g}_hh"), p.get(f"weight_{g}_c"), p.get(f"bias_{g}_c"))
+    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, *gains, st_hh, st_c)
+    res = fused_norm_direction(base, mode, *args, bsz, reverse)
+    out, hn, cn = res[:3]
+    if mode == BN_TRAIN:
+        ns = bsz[::-1] if reverse else bsz
+        for grp, (mean, var) in (("hh", res[3:5]), ("c", res[5:7])):
+            _update_running(p, grp, mean, var, ns)
+    return out, ((hn, cn) if lstm else (hn,))
+
+
+# -- batch norm outside the loop --------------------------------------------------------------
+def _row_slots(bsz: list[int], reverse: bool, max_len: int, device) -> Tensor:
+    """Running-statistics slot of every packed row in evaluation (as ``step_slots``): the
+    number of steps its sequence has taken in this direction, clamped to ``max_len - 1``."""
+    T, B = len(bsz), bsz[0]
+    counts = torch.tensor(bsz, device=device)
+    t = torch.repeat_interleave(torch.arange(T, device=device), counts)
+    if not reverse:
+        return t.clamp(max=max_len - 1)
+    offsets = torch.cumsum(counts, 0) - counts
+    b = torch.arange(t.shape[0], device=device) - offsets[t]
+    lengths = (counts.unsqueeze(0) > torch.arange(B, device=device).unsqueeze(1)).sum(1)
+    return (lengths[b] - 1 - t).clamp(max=max_len - 1)
+
+
+def _eval_stats(p: Params, grp: str, slots: Tensor) -> Tensor:
+    """``(2, N, F)``: per row the running mean and ``1 / sqrt(running var + ε)`` of its slot."""
+    mean, var = p[f"running_mean_{grp}"][slots], p[f"running_var_{grp}"][slots]
+    return torch.stack([mean, torch.rsqrt(var + EPS)])
+
+
+def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool, training: bool) -> Tensor:
+    """``BN_t(x W_ihᵀ) + b_ih + b_hh`` for all rows at once (autograd), updating the running
+    statistics of ``ih`` in training."""
+    T, B, N = len(bsz), bsz[0], a.shape[0]
+    if training:
+        if all(b == B for b in bsz):  # dense: one reduction over the batch axis
+            a3 = a.view(T, B, -1)
+            mean = a3.mean(1, keepdim=True)  # (var_mean over a middle axis is slow on the CPU)
+            d = a3 - mean
+            var = (d * d).mean(1, keepdim=True)
+            y = (d * torch.rsqrt(var + EPS)).view(N, -1)
+            mean, var = mean.squeeze(1), var.squeeze(1)
+        else:  # packed: segment sums over each step's rows
+            counts = torch.tensor(bsz, device=a.device)
+            t = torch.repeat_interleave(torch.arange(T, device=a.device), counts)
+            n = counts.to(a.dtype).unsqueeze(1)
+            mean = a.new_zeros(T, a.shape[1]).index_add(0, t, a) / n
+            d = a - mean[t]
+            var = a.new_zeros(T, a.shape[1]).index_add(0, t, d * d) / n
+            y = d * torch.rsqrt(var + EPS)[t]
+        if reverse:  # processing order
+            mean, var = mean.flip(0), var.flip(0)
+        _update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)
+    else:
+        mean, rs = _eval_stats(p, "ih", _row_slots(bsz, reverse, cell.max_len, a.device))
+        y = (a - mean) * rs
+    y = y * p["weight_bn_ih"]
+    return y + (p["bias_ih"] + p["bias_hh"]) if cell.bias else y
+
+
+def _update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]) -> None:
+    """``running ← lerp(running, batch statistic, 0.1)`` for steps in processing order ``k`` at
+    slot ``min(k, max_len - 1)``; steps past the last slot update it one after the other."""
+    rm, rv = p[f"running_mean_{grp}"], p[f"running_var_{grp}"]
+    T, K = mean.shape[0], min(mean.shape[0], rm.shape[0] - 1)
+    with torch.no_grad():
+        mean, var = mean.detach(), var.detach()
+        unbiased = var * torch.tensor([n / (n - 1) if n > 1 else 0.0 for n in ns], dtype=var.dtype,
+                                      device=var.device).unsqueeze(1)  # fmt: skip
+        keep = torch.tensor([n > 1 for n in ns], device=var.device).unsqueeze(1)
+        rm[:K].lerp_(mean[:K], MOMENTUM)
+        rv[:K].copy_(torch.where(keep[:K], rv[:K].lerp(unbiased[:K], MOMENTUM), rv[:K]))
+        for k in range(K, T):
+            rm[-1].lerp_(mean[k], MOMENTUM)
+            if ns[k] > 1:
+                rv[-1].lerp_(unbiased[k], MOMENTUM)
+
+
+# -- the custom op ----------------------------------------------------------------------------
+def forward_impl(base, mode, use_ext, onednn, *args):
+    """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]``."""
+    *tensors, bsz, reverse = args
+    tensors[0], tensors[1] = tensors[0].contiguous(), tensors[1].contiguous()
+    if use_ext:
+        return list(torch.ops.rnnkit_norm.forward(base, mode, *tensors, bsz, reverse, onednn))
+    out, hn, cn, stats, saved = pure.forward(base, mode, *tensors, tuple(bsz), reverse)
+    return [out, hn, cn, *stats, *saved]
+
+
+@torch.library.custom_op("rnnkit::fused_norm_direction", mutates_args=())
+def fused_norm_direction(
+    kind: str,
+    mode: int,
+    xp: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    mask: Tensor | None,
+    zh: Tensor | None,
+    zc: Tensor | None,
+    g_hh: Tensor,
+    s_hh: Tensor | None,
+    g_c: Tensor | None,
+    s_c: Tensor | None,
+    st_hh: Tensor | None,
+    st_c: Tensor | None,
+    batch_sizes: list[int],
+    reverse: bool,
+) -> list[Tensor]:
+    """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]`` of one normalized direction.
+
+    ``kind`` ``"lstm" | "gru" | "rnn_tanh" | "rnn_relu"``, ``mode`` 1 (layer norm), 2 (batch
+    norm, training), 3 (batch norm, evaluation with per-row statistics ``st (2, N, F)``);
+    ``g_*, s_*`` the gains and shifts of the recurrent group and of the cell (LSTM).
+    """
+    args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c)
+    return forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, batch_sizes, reverse)
+
+
+@fused_norm_direction.register_fake
+def _(kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, batch_sizes,
+      reverse):  # fmt: skip
+    N, B, P, T, G = xp.shape[0], h0.shape[0], h0.shape[1], len(batch_sizes), w_hh.shape[0]
+    e = xp.new_empty
+
+    def group(F):  # x̂, ρ
+        return [e(N, F), e(N, 1) if mode == LN else e(T, F) if mode == BN_TRAIN else e(0)]
+
+    def stats(F):
+        return [e(T, F), e(T, F)] if mode == BN_TRAIN else [e(0), e(0)]
+
+    if kind == "lstm":
+        H = c0.shape[1]
+        saved = [e(N, 4 * H), e(N, H), e(N, H), e(N, P), e(N, H) if w_hr is not None else e(0)]
+        return [e(N, P), e(B, P), e(B, H), *stats(G), *stats(H), *saved, *group(G), *group(H)]
+    head = [e(N, P), e(B, P), e(0), *stats(G), e(0), e(0)]
+    if kind == "gru":
+        return [*head, e(N, 3 * P), e(N, P), e(N, P), e(N, P) if mask is not None else e(0), *group(G)]
+    return [*head, e(N, P) if zh is not None else e(0), e(N, P), *group(G)]
+
+
+@torch.library.custom_op("rnnkit::fused_norm_direction_backward", mutates_args=())
+def fused_norm_direction_backward(
+    kind: str,
+    mode: int,
+    gout: Tensor,
+    ghn: Tensor,
+    gcn: Tensor,
+    out: Tensor,
+    saved: list[Tensor],
+    w_hh: Tensor,
+    has_bias: bool,
+    w_hr: Tensor | None,
+    mask: Tensor | None,
+    zh: Tensor | None,
+    zc: Tensor | None,
+    g_hh: Tensor,
+    shift_hh: bool,
+    g_c: Tensor | None,
+    shift_c: bool,
+    st_hh: Tensor | None,
+    st_c: Tensor | None,
+    batch_sizes: list[int],
+    reverse: bool,
+) -> list[Tensor]:
+    """``[d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, dγ_hh, dβ_hh, dγ_c, dβ_c]`` (empty where absent)."""
+    gout, ghn, gcn = gout.contiguous(), ghn.contiguous(), gcn.contiguous()
+    args = (gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c, shift_c)
+    if use_ext_for(gout):
+        onednn = _gemm.use_onednn(gout)
+        ext_bwd = torch.ops.rnnkit_norm.backward
+        return list(ext_bwd(kind, mode, *args, st_hh, st_c, batch_sizes, reverse, onednn))
+    res = pure.backward(kind, mode, *args, st_hh, st_c, tuple(batch_sizes), reverse)
+    return [gout.new_empty(0) if g is None else g for g in res]
+
+
+@fused_norm_direction_backward.register_fake
+def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c,
+      shift_c, st_hh, st_c, batch_sizes, reverse):  # fmt: skip
+    e = gout.new_empty
+    G = w_hh.shape[0]
+    lstm = kind == "lstm"
+    return [
+        e(gout.shape[0], 4 * gcn.shape[1] if lstm else 3 * ghn.shape[1] if kind == "gru" else ghn.shape[1]),
+        e(ghn.shape),
+        e(gcn.shape) if lstm else e(0),
+        e(w_hh.shape),
+        e(G) if has_bias and kind == "gru" else e(0),
+        e(w_hr.shape) if w_hr is not None else e(0),
+        e(G),
+        e(G) if shift_hh else e(0),
+        e(g_c.shape) if lstm else e(0),
+        e(g_c.shape) if lstm and shift_c else e(0),
+    ]
+
+
+def _setup_context(ctx, inputs, output):
+    kind, mode, _, _, _, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, bsz, rev = inputs
+    ctx.kind, ctx.mode, ctx.batch_sizes, ctx.reverse = kind, mode, bsz, rev
+    ctx.set_materialize_grads(False)  # no zero gradients for the saved outputs (large, never used)
+    ctx.flags = (b_hh is not None, s_hh is not None, s_c is not None)
+    ctx.n_saved = len(output) - 7
+    ctx.save_for_backward(output[0], *output[7:], w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c)
+
+
+def _backward(ctx, grads):
+    out, *rest = ctx.saved_tensors
+    saved, (w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c) = rest[: ctx.n_saved], rest[ctx.n_saved :]
+    B, P = ctx.batch_sizes[0], out.shape[1]
+    gout = torch.zeros_like(out) if grads[0] is None else grads[0]
+    ghn = out.new_zeros(B, P) if grads[1] is None else grads[1]
+    if ctx.kind != "lstm":
+        gcn = out.new_empty(0)
+    else:  # saved[1] is c_{t-1} (N, H)
+        gcn = out.new_zeros(B, saved[1].shape[1]) if grads[2] is None else grads[2]
+    has_bias, shift_hh, shift_c = ctx.flags
+    r = fused_norm_direction_backward(
+        ctx.kind, ctx.mode, gout, ghn, gcn, out, list(saved), w_hh, has_bias, w_hr, mask, zh, zc, g_hh,
+        shift_hh, g_c, shift_c, st_hh, st_c, list(ctx.batch_sizes), ctx.reverse,
+    )  # fmt: skip
+    o = [g if g.numel() else None for g in r]
+    # inputs: kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_*, bsz, rev
+    return (None, None, r[0], r[1], o[2], r[3], o[4], o[5], None, None, None, r[6], o[7], o[8], o[9],
+            None, None, None, None)  # fmt: skip
+
+
+fused_norm_direction.register_autograd(_backward, setup_context=_setup_context)

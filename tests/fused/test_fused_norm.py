@@ -1,0 +1,293 @@
+"""Fused kernels of the normalized cells (layer norm, recurrent batch norm) against the
+reference loop, which runs the cells' own step (``rnnkit.cells.norm``) one op at a time.
+
+Float64, 2 layers, forward outputs, final states, every gradient (input, initial states,
+weights, biases, norm gains and shifts) and the running statistics of batch norm after the
+call, on both fused backends (compiled extension and pure PyTorch), dense and packed
+(unsorted), one and two directions, with recurrent dropout and zoneout, in training and in
+evaluation. Plus: the custom op under ``torch.library.opcheck``, gradcheck, a
+``torch.compile(fullgraph=True)`` model, dispatch, and the fallback without the extension.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+import rnnkit.kernels as K
+from rnnkit import dispatch
+from rnnkit.kernels import norm_ops
+
+FAMILIES = {
+    "lstm_ln": (rnnkit.LSTM, {"norm": "layer"}),
+    "lstm_ln_proj_nobias": (rnnkit.LSTM, {"norm": "layer", "proj_size": 2, "bias": False}),
+    "lstm_bn": (rnnkit.LSTM, {"norm": "batch", "max_len": 3}),  # T = 5 > max_len: shared last slot
+    "gru_ln": (rnnkit.GRU, {"norm": "layer"}),
+    "rnn_ln_tanh": (rnnkit.RNN, {"norm": "layer"}),
+    "rnn_ln_relu": (rnnkit.RNN, {"norm": "layer", "nonlinearity": "relu", "bias": False}),
+}
+REGS = [{}, {"recurrent_dropout": 0.3, "zoneout": 0.2}]
+
+
+@pytest.fixture(params=["ext", "pure"])
+def backend(request, monkeypatch):
+    if request.param == "ext":
+        from .test_fused_kernels import require_ext
+
+        require_ext()
+    else:
+        monkeypatch.setattr(K, "backend", lambda x: "pure")
+    return request.param
+
+
+def _pair(family, reg, bidir, training):
+    cls, kw = FAMILIES[family]
+    torch.manual_seed(0)
+    a = cls(3, 4, 2, bidirectional=bidir, impl="fused", **kw, **reg).train(training)
+    b = cls(3, 4, 2, bidirectional=bidir, impl="loop", **kw, **reg).train(training)
+    with torch.no_grad():  # gains 1 / shifts 0 at init would hide mistakes in their use
+        for name, w in a.named_parameters():
+            if "_ln_" in name or "_bn_" in name:
+                w.uniform_(0.5, 1.5) if name.startswith("weight") else w.uniform_(-0.5, 0.5)
+        for buf in a.buffers():
+            buf.uniform_(0.2, 1.0)
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _outputs(m, x, seed):
+    torch.manual_seed(seed)
+    out, st = m(x)
+    out = out.data if hasattr(out, "batch_sizes") else out
+    return [out, *(st if isinstance(st, tuple) else (st,))]
+
+
+# Every family in both layouts (dense + one direction, packed + two) and with and without the
+# regularizers, in two combinations to stay fast; batch norm in training and evaluation.
+CASES = [
+    (f, reg, bidir, packed, training)
+    for f in FAMILIES
+    for reg, bidir, packed in ((REGS[0], False, True), (REGS[1], True, False))
+    for training in ((True, False) if f == "lstm_bn" else (True,))
+]
+CASES += [(f, REGS[1], True, True, False) for f in FAMILIES if f != "lstm_bn"]  # evaluation: zoneout's mean
+
+
+@pytest.mark.parametrize("family,reg,bidir,packed,training", CASES)
+def test_fused_norm_equals_loop(backend, family, reg, bidir, packed, training):
+    a, b = _pair(family, reg, bidir, training)
+    assert dispatch.fused_supported(a)
+    data = torch.randn(5, 3, 3)
+    if packed:  # lengths unsorted: rows are permuted into packed order and back
+        x = pack_padded_sequence(data, torch.tensor([2, 5, 3]), enforce_sorted=False)
+        x.data.requires_grad_(True)
+        leaf = x.data
+    else:
+        x = leaf = data.requires_grad_(True)
+    h = torch.randn(4 if bidir else 2, 3, a.proj_size or 4, requires_grad=True)
+    hx = (h, torch.randn(h.shape[0], 3, 4, requires_grad=True)) if a.cells[0].family == "lstm" else h
+    calls = []
+    orig = norm_ops.fused_norm_direction
+    norm_ops.fused_norm_direction = lambda *args: calls.append(args[0]) or orig(*args)
+    try:
+        ta, tb = _outputs(lambda v: a(v, hx), x, 7), _outputs(lambda v: b(v, hx), x, 7)
+    finally:
+        norm_ops.fused_norm_direction = orig
+    assert len(calls) == 2 * (2 if bidir else 1)  # the fused path ran, once per layer-direction
+    tol = 1e-8 if "bn" in family and training else 1e-10  # batch norm of 1-3 rows: ill-conditioned
+    for u, v in zip(ta, tb):
+        torch.testing.assert_close(u, v, atol=tol, rtol=tol)
+    ws = [torch.randn_like(t) for t in ta]
+    leaves = [leaf, *(hx if isinstance(hx, tuple) else (hx,))]
+    ga = torch.autograd.grad(ta, [*leaves, *a.parameters()], ws)
+    gb = torch.autograd.grad(tb, [*leaves, *b.parameters()], ws)
+    assert len(ga) == len(leaves) + len(list(a.parameters()))
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, atol=tol, rtol=tol)
+    for (name, u), v in zip(a.named_buffers(), b.buffers()):  # running statistics, updated alike
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12, msg=name)
+    if "bn" in family and training:
+        fresh = _pair(family, reg, bidir, training)[0]
+        assert not torch.equal(a.running_mean_hh_l0, fresh.running_mean_hh_l0)  # they did move
+
+
+def test_backends_agree_and_gradients_flow_to_gains():
+    """ext == pure (both run the same equations), and the gains' gradients are not zero."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    res = []
+    for be in ("ext", "pure"):
+        torch.manual_seed(0)
+        m = rnnkit.LSTM(3, 4, impl="fused", norm="layer", recurrent_dropout=0.2)
+        x = pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 3, 2]))
+        orig = K.backend
+        K.backend = (lambda v: "pure") if be == "pure" else orig
+        try:
+            torch.manual_seed(1)
+            out = m(x)[0].data
+            grads = torch.autograd.grad(out.pow(2).sum(), list(m.parameters()))
+        finally:
+            K.backend = orig
+        res.append([out, *grads])
+    for u, v in zip(*res):
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+    names = [n for n, _ in m.named_parameters()]
+    assert all(g.abs().sum() > 0 for n, g in zip(names, res[0][1:]) if "_ln_" in n)
+
+
+# -- the custom op ---------------------------------------------------------------------------
+BS = [3, 2, 1, 1]  # packed batch sizes: N = 7 rows, B = 3
+
+
+def _op_args(kind, mode, grad=True):
+    N, B, H, T = sum(BS), BS[0], 3, len(BS)
+
+    def t(*shape):
+        return torch.randn(*shape, requires_grad=grad)
+
+    P = H
+    G = {"lstm": 4 * H, "gru": 3 * H}.get(kind, H)
+    lstm = kind == "lstm"
+    st_hh = st_c = None
+    if mode == 3:  # per-row (mean, 1/std)
+        st_hh = torch.stack([torch.randn(N, G), torch.rand(N, G) + 0.5])
+        st_c = torch.stack([torch.randn(N, H), torch.rand(N, H) + 0.5]) if lstm else None
+    return (
+        kind, mode, t(N, G), t(B, P), t(B, H) if lstm else None, t(G, P), t(G) if kind == "gru" else None,
+        None, torch.rand(B, P), torch.rand(N, P), torch.rand(N, H) if lstm else None,
+        t(G), t(G) if mode == 1 else None, t(H) if lstm else None, t(H) if lstm else None, st_hh, st_c,
+    )  # fmt: skip
+    del T
+
+
+OP_CASES = [("lstm", 1), ("lstm", 2), ("lstm", 3), ("gru", 1), ("rnn_tanh", 1), ("rnn_relu", 1)]
+
+
+@pytest.mark.parametrize("kind,mode,reverse", [(k, m, i % 2 == 1) for i, (k, m) in enumerate(OP_CASES)])
+def test_opcheck(kind, mode, reverse):
+    torch.manual_seed(0)
+    torch.library.opcheck(norm_ops.fused_norm_direction, (*_op_args(kind, mode), BS, reverse))
+
+
+def test_opcheck_backward():
+    torch.manual_seed(0)
+    args = _op_args("lstm", 2, grad=False)
+    res = norm_ops.fused_norm_direction(*args, BS, True)
+    out, saved = res[0], list(res[7:])
+    kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c = args
+    g = (torch.randn_like(out), torch.randn(h0.shape), torch.randn(c0.shape))
+    bw = (kind, mode, *g, out, saved, w_hh, False, w_hr, mask, zh, zc, g_hh, False, g_c, True, st_hh, st_c)
+    bw += (BS, True)
+    torch.library.opcheck(norm_ops.fused_norm_direction_backward, bw)
+
+
+@pytest.mark.parametrize("kind,mode", OP_CASES)
+def test_gradcheck(backend, kind, mode):
+    torch.manual_seed(0)
+    args = _op_args(kind, mode)
+    leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+    fn = lambda *_: norm_ops.fused_norm_direction(*args, BS, False)[:3]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_fullgraph_layer_norm_model():
+    """A 2-layer bidirectional layer-norm LSTM + head under torch.compile(fullgraph=True): one
+    custom op per layer-direction, the reference loop's numbers and gradients."""
+
+    class Model(torch.nn.Module):
+        def __init__(self, impl):
+            super().__init__()
+            torch.manual_seed(0)
+            self.rnn = rnnkit.LSTM(3, 4, 2, bidirectional=True, norm="layer", impl=impl)
+            self.head = torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            out, (h, c) = self.rnn(x)
+            return self.head(out).sum(0) + c.sum()
+
+    compiled, ref = Model("auto"), Model("loop")
+    x = torch.randn(5, 3, 3)
+    torch._dynamo.reset()
+    cnt = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
+    y = torch.compile(compiled, fullgraph=True, backend=cnt)(x)
+    assert cnt.frame_count == 1
+    ops = [n for g in cnt.graphs for n in g.graph.nodes if "fused_norm_direction" in str(n.target)]
+    assert len(ops) == 4
+    y_ref = ref(x)
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-10)
+    ga = torch.autograd.grad(y.sum(), list(compiled.parameters()))
+    gb = torch.autograd.grad(y_ref.sum(), list(ref.parameters()))
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_fullgraph_batch_norm_updates_running_stats():
+    """Batch norm under torch.compile(fullgraph=True): the buffer updates happen in the graph,
+    equal to the eager loop's, in training; evaluation uses them."""
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(3, 4, 2, norm="batch", bidirectional=True, max_len=3)
+    b = rnnkit.LSTM(3, 4, 2, norm="batch", bidirectional=True, max_len=3, impl="loop")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 3, 3)
+    torch._dynamo.reset()
+    f = torch.compile(lambda v: a(v)[0], fullgraph=True, backend="aot_eager")
+    for training in (True, False):
+        a.train(training), b.train(training)
+        torch.testing.assert_close(f(x), b(x)[0], atol=1e-10, rtol=1e-10)
+        for u, v in zip(a.buffers(), b.buffers()):
+            torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+    assert not torch.equal(a.running_var_c_l1, torch.ones_like(a.running_var_c_l1))
+
+
+# -- dispatch and fallback ---------------------------------------------------------------------
+def test_dispatch(monkeypatch):
+    x = torch.zeros(2, 1, 3)
+    for norm, kind in (("layer", "lstm_ln"), ("batch", "lstm_bn")):
+        assert norm_ops.kind_of(rnnkit.LSTM(3, 4, norm=norm).cells[0]) == kind
+    monkeypatch.setattr(K, "backend", lambda v: "ext")  # as if compiled: auto takes the fused path
+    covered = (
+        rnnkit.LSTM(3, 4, norm="batch"),
+        rnnkit.GRU(3, 4, norm="layer"),
+        rnnkit.RNN(3, 4, norm="layer"),
+    )
+    for m in covered:
+        assert dispatch.select(m, x) == "fused"
+    monkeypatch.setattr(K, "backend", lambda v: "pure")  # the pure kernels: auto keeps the loop
+    assert dispatch.select(rnnkit.GRU(3, 4, norm="layer"), x) == "loop"
+    unsupported = (
+        rnnkit.LSTM(3, 4, norm="layer", peephole=True),
+        rnnkit.LSTM(3, 4, norm="batch", input_gate=False),
+    )
+    for m in unsupported:
+        assert norm_ops.kind_of(m.cells[0]) is None
+        with pytest.raises(ValueError, match="impl='fused'"):
+            type(m)(3, 4, impl="fused", **{k: v for k, v in m.cells[0]._options.items()})(x)
+
+
+def test_no_ext_env_falls_back_to_pure_in_subprocess():
+    code = (
+        "import torch, rnnkit, rnnkit.kernels as K\n"
+        "from rnnkit.kernels import ext\n"
+        "torch.set_default_dtype(torch.float64)\n"
+        "assert ext.disabled() and ext.ops() is None and K.backend(torch.zeros(1)) == 'pure'\n"
+        "ext._build = lambda: 1 / 0\n"
+        "for kw in ({'norm': 'layer'}, {'norm': 'batch'}):\n"
+        "    a = rnnkit.LSTM(3, 4, 2, impl='fused', **kw); b = rnnkit.LSTM(3, 4, 2, impl='loop', **kw)\n"
+        "    b.load_state_dict(a.state_dict()); x = torch.randn(5, 2, 3)\n"
+        "    torch.testing.assert_close(a(x)[0], b(x)[0], atol=1e-10, rtol=1e-10)\n"
+        "    torch.testing.assert_close(a.running_mean_hh_l1 if kw['norm'] == 'batch' else x,\n"
+        "                               b.running_mean_hh_l1 if kw['norm'] == 'batch' else x)\n"
+        "print('OK')\n"
+    )
+    env = dict(os.environ, RNNKIT_NO_EXT="1", PYTHONPATH=os.getcwd())
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
