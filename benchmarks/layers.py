@@ -59,9 +59,8 @@ CASES += [
 ]
 # Layout keywords that the torch.nn contestant gets too (everything else is rnnkit-only).
 LAYOUT = ("num_layers", "bidirectional", "batch_first", "proj_size", "dropout")
-# The cell zoo (issue 3): every option of rnnkit.cells. Peephole, the Greff ablations and the
-# GRU variants (reset_before, MUT1-3) have fused kernels (rnnkit.kernels.variants); the norms and
-# FGR run on the reference loop (their "fused" columns show "-").
+# The cell zoo (issue 3): every option of rnnkit.cells. All have fused kernels: peephole, the
+# Greff ablations and the GRU variants (rnnkit.kernels.variants), the norms (kernels.norm_ops).
 CASES += [
     ("lstm-peephole", "lstm", {"peephole": True}),
     ("lstm-layernorm", "lstm", {"norm": "layer"}),
