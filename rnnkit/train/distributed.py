@@ -65,7 +65,11 @@ def setup_distributed(backend: str | None = None, *, device: str | None = None) 
 
 
 def cleanup_distributed() -> None:
+    """Tear the process group down, after every rank got here: a rank that destroys its
+    group while another still talks to it can abort the other (gloo's threads terminate)."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
