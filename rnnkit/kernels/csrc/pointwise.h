@@ -1,0 +1,93 @@
+// Row-wise sigmoid / tanh over raw pointers, for the per-step element-wise passes of the fused
+// kernels (fused.cpp). At small shapes (B*H ~ 512) one ATen call per gate block costs more in
+// dispatcher and TensorImpl overhead (~1-3 us) than its arithmetic; these helpers do the same
+// math with no Tensor at all.
+//
+// Same numbers as ATen's CPU kernels: with AVX2 they call the SLEEF routines ATen's vectorized
+// sigmoid/tanh use (Sleef_{exp,tanh}{f8,d4}_u10, exported by libtorch_cpu, which dispatches on
+// the CPU at run time), with ATen's formula sigmoid(x) = 1 / (1 + exp(-x)). The extension is
+// compiled for baseline x86-64, so only these functions are built for AVX2 (target pragma) and
+// are chosen at run time; elsewhere a scalar std::exp / std::tanh loop runs.
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RNNKIT_SLEEF 1
+#include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("avx2")
+extern "C" {
+__m256 Sleef_expf8_u10(__m256);
+__m256 Sleef_tanhf8_u10(__m256);
+__m256d Sleef_expd4_u10(__m256d);
+__m256d Sleef_tanhd4_u10(__m256d);
+}
+namespace rnnkit_pw {
+// y[0:n] = f(x[0:n]); x == y allowed. Tails shorter than a vector run scalar.
+inline void sigmoid_avx2(const float* x, float* y, int64_t n) {
+  const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 e = Sleef_expf8_u10(_mm256_xor_ps(sign, _mm256_loadu_ps(x + j)));
+    _mm256_storeu_ps(y + j, _mm256_div_ps(one, _mm256_add_ps(one, e)));
+  }
+  for (; j < n; ++j) y[j] = 1.f / (1.f + std::exp(-x[j]));
+}
+inline void sigmoid_avx2(const double* x, double* y, int64_t n) {
+  const __m256d one = _mm256_set1_pd(1.), sign = _mm256_set1_pd(-0.);
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    const __m256d e = Sleef_expd4_u10(_mm256_xor_pd(sign, _mm256_loadu_pd(x + j)));
+    _mm256_storeu_pd(y + j, _mm256_div_pd(one, _mm256_add_pd(one, e)));
+  }
+  for (; j < n; ++j) y[j] = 1. / (1. + std::exp(-x[j]));
+}
+inline void tanh_avx2(const float* x, float* y, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, Sleef_tanhf8_u10(_mm256_loadu_ps(x + j)));
+  for (; j < n; ++j) y[j] = std::tanh(x[j]);
+}
+inline void tanh_avx2(const double* x, double* y, int64_t n) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) _mm256_storeu_pd(y + j, Sleef_tanhd4_u10(_mm256_loadu_pd(x + j)));
+  for (; j < n; ++j) y[j] = std::tanh(x[j]);
+}
+}  // namespace rnnkit_pw
+#pragma GCC pop_options
+#endif
+
+namespace rnnkit_pw {
+
+inline bool has_avx2() {
+#ifdef RNNKIT_SLEEF
+  static const bool ok = __builtin_cpu_supports("avx2");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+inline void sigmoid(const T* x, T* y, int64_t n) {
+#ifdef RNNKIT_SLEEF
+  if (has_avx2()) return sigmoid_avx2(x, y, n);
+#endif
+  for (int64_t j = 0; j < n; ++j) y[j] = T(1) / (T(1) + std::exp(-x[j]));
+}
+
+template <typename T>
+inline void tanh(const T* x, T* y, int64_t n) {
+#ifdef RNNKIT_SLEEF
+  if (has_avx2()) return tanh_avx2(x, y, n);
+#endif
+  for (int64_t j = 0; j < n; ++j) y[j] = std::tanh(x[j]);
+}
+
+// ATen's scalar lerp: self + w (end - self), from the other end when |w| >= 1/2.
+template <typename T>
+inline T lerp(T self, T end, T w) {
+  return std::abs(w) < T(0.5) ? self + w * (end - self) : end - (end - self) * (T(1) - w);
+}
+
+}  // namespace rnnkit_pw
