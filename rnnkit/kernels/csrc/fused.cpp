@@ -87,6 +87,36 @@ struct Linear {
   }
 };
 
+// Column-major BLAS (MKL's, exported by libtorch_cpu: the routine addmm/mm end in for float32 /
+// float64 when oneDNN is not used). Called directly on raw pointers in the LSTM step loop: at
+// 8x64x256 the GEMM itself takes ~1 us, the addmm/mm call around it (narrow views, dispatch,
+// output checks) several more.
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*);
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                      const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+// Row-major C (n, m) = beta C + X (n, k) W^T for W (m, k), all dense: in column-major terms
+// C^T = W^T' X^T with W read as (k, m), transposed.
+template <typename T>
+void gemm_xwt(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k, T beta) {
+  blas_gemm('T', 'N', int(m), int(n), int(k), T(1), w, int(k), x, int(k), beta, c, int(m));
+}
+// Row-major C (n, m) = X (n, k) W for W (k, m), all dense.
+template <typename T>
+void gemm_xw(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k) {
+  blas_gemm('N', 'N', int(m), int(n), int(k), T(1), w, int(m), x, int(k), T(0), c, int(m));
+}
+
 // a^T b over all N rows (a weight gradient), as one GEMM.
 Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
   // oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
@@ -150,7 +180,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
     const bool peep = w_peep.has_value();  // peepholes: i, f see c_{t-1}; o sees c_t
     Tensor cnew = peep ? at::empty({N, H}, opt) : none(xp);
     const std::optional<Linear> lin_r = proj ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
-    const Tensor xc = xp.contiguous(), wt = w_hh.t(), abuf = at::empty({B, G4}, opt);
+    const Tensor xc = xp.contiguous(), wc = w_hh.contiguous(), abuf = at::empty({B, G4}, opt);
     const Tensor wp = peep ? w_peep->contiguous() : none(xp), m = mask.has_value() ? mask->contiguous() : none(xp);
     const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_fwd", [&] {
@@ -163,18 +193,21 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
       const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* PW = peep ? wp.data_ptr<scalar_t>() : nullptr;
+      const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>();
+      scalar_t* AB = abuf.data_ptr<scalar_t>();
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
         scalar_t* HP = HPV + off * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
         for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
-        Tensor a;
+        Tensor a;  // a = xp_t + h_{t-1} W_hh^T
+        scalar_t* A = AB;
         if (lin.use_rows(bs)) {
           a = lin.add(hprev.narrow(0, off, bs), xc.narrow(0, off, bs)).contiguous();
+          A = a.data_ptr<scalar_t>();
         } else {
-          a = abuf.narrow(0, 0, bs);
-          at::addmm_out(a, xc.narrow(0, off, bs), hprev.narrow(0, off, bs), wt);
+          std::copy(XP + off * G4, XP + (off + bs) * G4, A);
+          gemm_xwt<scalar_t>(HP, W, A, bs, G4, P, scalar_t(1));
         }
-        scalar_t* A = a.data_ptr<scalar_t>();
         rows(bs, G4, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             scalar_t *ar = A + b * G4, *g = GT + (off + b) * G4, *c = C + b * H, *cp = CPV + (off + b) * H;
@@ -325,7 +358,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
     const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
     const Tensor goc = gout.contiguous(), m = mask.has_value() ? mask->contiguous() : none(gates);
     const Tensor zhc = zh.has_value() ? zh->contiguous() : none(gates), zcc = zc.has_value() ? zc->contiguous() : none(gates);
-    const Tensor wp = w_peep.has_value() ? w_peep->contiguous() : none(gates);
+    const Tensor wp = w_peep.has_value() ? w_peep->contiguous() : none(gates), wc = w_hh.contiguous();
     AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_bwd", [&] {
       const scalar_t *GV = gates.data_ptr<scalar_t>(), *CPV = cprev.data_ptr<scalar_t>();
       const scalar_t* TCV = tanhc.data_ptr<scalar_t>();
@@ -336,6 +369,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* PI = w_peep.has_value() ? wp.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* W = wc.data_ptr<scalar_t>();
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
         const scalar_t* GO = GOV + off * P;
@@ -392,11 +426,10 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
           }
         });
         // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part)
-        Tensor dhp = dhbuf.narrow(0, 0, bs), da = dgates.narrow(0, off, bs);
         if (lin_t.use_rows(bs))
-          dhp.copy_(lin_t(da));
+          dhbuf.narrow(0, 0, bs).copy_(lin_t(dgates.narrow(0, off, bs)));
         else
-          at::mm_out(dhp, da, w_hh);
+          gemm_xw<scalar_t>(DG, W, DHB, bs, P, G4);
         if (M || DHZ)
           for (int64_t k = 0; k < bs * P; ++k) {
             const scalar_t v = M ? DHB[k] * M[k] : DHB[k];
