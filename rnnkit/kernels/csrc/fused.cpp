@@ -87,36 +87,6 @@ struct Linear {
   }
 };
 
-// Column-major BLAS (MKL's, exported by libtorch_cpu: the routine addmm/mm end in for float32 /
-// float64 when oneDNN is not used). Called directly on raw pointers in the LSTM step loop: at
-// 8x64x256 the GEMM itself takes ~1 us, the addmm/mm call around it (narrow views, dispatch,
-// output checks) several more.
-extern "C" {
-void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
-            const float*, const int*, const float*, float*, const int*);
-void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
-            const int*, const double*, const int*, const double*, double*, const int*);
-}
-inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
-                      int ldb, float beta, float* c, int ldc) {
-  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
-                      const double* b, int ldb, double beta, double* c, int ldc) {
-  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
-}
-// Row-major C (n, m) = beta C + X (n, k) W^T for W (m, k), all dense: in column-major terms
-// C^T = W^T' X^T with W read as (k, m), transposed.
-template <typename T>
-void gemm_xwt(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k, T beta) {
-  blas_gemm('T', 'N', int(m), int(n), int(k), T(1), w, int(k), x, int(k), beta, c, int(m));
-}
-// Row-major C (n, m) = X (n, k) W for W (k, m), all dense.
-template <typename T>
-void gemm_xw(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k) {
-  blas_gemm('N', 'N', int(m), int(n), int(k), T(1), w, int(m), x, int(k), T(0), c, int(m));
-}
-
 // a^T b over all N rows (a weight gradient), as one GEMM.
 Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
   // oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
@@ -206,7 +176,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
           A = a.data_ptr<scalar_t>();
         } else {
           std::copy(XP + off * G4, XP + (off + bs) * G4, A);
-          gemm_xwt<scalar_t>(HP, W, A, bs, G4, P, scalar_t(1));
+          rnnkit_pw::gemm_xwt<scalar_t>(HP, W, A, bs, G4, P, scalar_t(1));
         }
         rows(bs, G4, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
@@ -429,7 +399,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         if (lin_t.use_rows(bs))
           dhbuf.narrow(0, 0, bs).copy_(lin_t(dgates.narrow(0, off, bs)));
         else
-          gemm_xw<scalar_t>(DG, W, DHB, bs, P, G4);
+          rnnkit_pw::gemm_xw<scalar_t>(DG, W, DHB, bs, P, G4);
         if (M || DHZ)
           for (int64_t k = 0; k < bs * P; ++k) {
             const scalar_t v = M ? DHB[k] * M[k] : DHB[k];

@@ -1,5 +1,5 @@
-// Row-wise sigmoid / tanh over raw pointers, for the per-step element-wise passes of the fused
-// kernels (fused.cpp). At small shapes (B*H ~ 512) one ATen call per gate block costs more in
+// Row-wise sigmoid / tanh and the recurrent GEMM over raw pointers, for the per-step passes of
+// the fused LSTM kernels (fused.cpp, lstm_variants.cpp). At small shapes (B*H ~ 512) one ATen call per gate block costs more in
 // dispatcher and TensorImpl overhead (~1-3 us) than its arithmetic; these helpers do the same
 // math with no Tensor at all.
 //
@@ -88,6 +88,38 @@ inline void tanh(const T* x, T* y, int64_t n) {
 template <typename T>
 inline T lerp(T self, T end, T w) {
   return std::abs(w) < T(0.5) ? self + w * (end - self) : end - (end - self) * (T(1) - w);
+}
+
+// Column-major BLAS (MKL's, exported by libtorch_cpu: the routine addmm/mm end in for float32 /
+// float64 when oneDNN is not used). Called directly on raw pointers in the LSTM step loop: at
+// 8x64x256 the GEMM itself takes ~1 us, the addmm/mm call around it (narrow views, dispatch,
+// output checks) several more.
+}  // namespace rnnkit_pw
+extern "C" {
+void sgemm_(const char*, const char*, const int*, const int*, const int*, const float*, const float*, const int*,
+            const float*, const int*, const float*, float*, const int*);
+void dgemm_(const char*, const char*, const int*, const int*, const int*, const double*, const double*,
+            const int*, const double*, const int*, const double*, double*, const int*);
+}
+namespace rnnkit_pw {
+inline void blas_gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void blas_gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                      const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+// Row-major C (n, m) = beta C + X (n, k) W^T for W (m, k), all dense: in column-major terms
+// C^T = W^T' X^T with W read as (k, m), transposed.
+template <typename T>
+void gemm_xwt(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k, T beta) {
+  blas_gemm('T', 'N', int(m), int(n), int(k), T(1), w, int(k), x, int(k), beta, c, int(m));
+}
+// Row-major C (n, m) = X (n, k) W for W (k, m), all dense.
+template <typename T>
+void gemm_xw(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k) {
+  blas_gemm('N', 'N', int(m), int(n), int(k), T(1), w, int(m), x, int(k), T(0), c, int(m));
 }
 
 }  // namespace rnnkit_pw
