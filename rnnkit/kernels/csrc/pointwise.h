@@ -3,9 +3,11 @@
 // dispatcher and TensorImpl overhead (~1-3 us) than its arithmetic; these helpers do the same
 // math with no Tensor at all.
 //
-// Same numbers as ATen's CPU kernels: with AVX2 they call the SLEEF routines ATen's vectorized
-// sigmoid/tanh use (Sleef_{exp,tanh}{f8,d4}_u10, exported by libtorch_cpu, which dispatches on
-// the CPU at run time), with ATen's formula sigmoid(x) = 1 / (1 + exp(-x)). The extension is
+// With AVX2 they call SLEEF (exported by libtorch_cpu, which dispatches on the CPU at run time):
+// sigmoid exactly as ATen's vectorized kernel, 1 / (1 + Sleef_exp*_u10(-x)); tanh through
+// SLEEF's 3.5-ulp routine (Sleef_tanh*_u35), 3x faster than the 1-ulp one ATen uses (measured:
+// 1.1 vs 3.7 us for 2048 floats, one core) and at the small shape ~1.3 us of a ~7 us step; it
+// differs from ATen's tanh in the last few bits only (float64 fused vs pure stays ~1e-15). The extension is
 // compiled for baseline x86-64, so only these functions are built for AVX2 (target pragma) and
 // are chosen at run time; elsewhere a scalar std::exp / std::tanh loop runs.
 #pragma once
@@ -19,9 +21,9 @@
 #pragma GCC target("avx2")
 extern "C" {
 __m256 Sleef_expf8_u10(__m256);
-__m256 Sleef_tanhf8_u10(__m256);
+__m256 Sleef_tanhf8_u35(__m256);
 __m256d Sleef_expd4_u10(__m256d);
-__m256d Sleef_tanhd4_u10(__m256d);
+__m256d Sleef_tanhd4_u35(__m256d);
 }
 namespace rnnkit_pw {
 // y[0:n] = f(x[0:n]); x == y allowed. Tails shorter than a vector run scalar.
@@ -45,12 +47,12 @@ inline void sigmoid_avx2(const double* x, double* y, int64_t n) {
 }
 inline void tanh_avx2(const float* x, float* y, int64_t n) {
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, Sleef_tanhf8_u10(_mm256_loadu_ps(x + j)));
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, Sleef_tanhf8_u35(_mm256_loadu_ps(x + j)));
   for (; j < n; ++j) y[j] = std::tanh(x[j]);
 }
 inline void tanh_avx2(const double* x, double* y, int64_t n) {
   int64_t j = 0;
-  for (; j + 4 <= n; j += 4) _mm256_storeu_pd(y + j, Sleef_tanhd4_u10(_mm256_loadu_pd(x + j)));
+  for (; j + 4 <= n; j += 4) _mm256_storeu_pd(y + j, Sleef_tanhd4_u35(_mm256_loadu_pd(x + j)));
   for (; j < n; ++j) y[j] = std::tanh(x[j]);
 }
 }  // namespace rnnkit_pw
