@@ -194,6 +194,8 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
     Tensor cnew = peep ? at::empty({N, H}, opt) : none(xp);
     const std::optional<Linear> lin_r = proj ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
     const Tensor xc = xp.contiguous(), wc = w_hh.contiguous(), abuf = at::empty({B, G4}, opt);
+    // W_hh^T dense: the float32 step GEMM (brgemm, pointwise.h) reads it as (P, G)
+    const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;
     const Tensor wp = peep ? w_peep->contiguous() : none(xp), m = mask.has_value() ? mask->contiguous() : none(xp);
     const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_fwd", [&] {
@@ -206,7 +208,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
       const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* PW = peep ? wp.data_ptr<scalar_t>() : nullptr;
-      const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>();
+      const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
       scalar_t* AB = abuf.data_ptr<scalar_t>();
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
@@ -219,7 +221,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
           A = a.data_ptr<scalar_t>();
         } else {
           std::copy(XP + off * G4, XP + (off + bs) * G4, A);
-          rnnkit_pw::gemm_xwt<scalar_t>(HP, W, A, bs, G4, P, scalar_t(1));
+          rnnkit_pw::gemm_xwt(HP, W, WT, A, bs, G4, P, scalar_t(1));
         }
         rows(bs, G4, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
@@ -423,7 +425,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         if (lin_t.use_rows(bs))
           dhbuf.narrow(0, 0, bs).copy_(lin_t(dgates.narrow(0, off, bs)));
         else
-          rnnkit_pw::gemm_xw<scalar_t>(DG, W, DHB, bs, P, G4);
+          rnnkit_pw::gemm_xw(DG, W, DHB, bs, P, G4);
         if (M || DHZ)
           for (int64_t k = 0; k < bs * P; ++k) {
             const scalar_t v = M ? DHB[k] * M[k] : DHB[k];

@@ -57,6 +57,8 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   // per row over raw pointers for everything element-wise (see pointwise.h); FGR's extra GEMM
   // and gate-state bookkeeping stay ATen calls.
   const Tensor xc = xp.contiguous(), wc = w_hh.contiguous(), stepbuf = at::empty({B, L.ng * H}, opt);
+  // W_hh^T dense: the float32 step GEMM (brgemm, pointwise.h) reads it as (P, G)
+  const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;
   const Tensor m = mask.has_value() ? mask->contiguous() : none(xp);
   const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_v_fwd", [&] {
@@ -70,7 +72,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
     const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* PW = L.peep ? w_peep.data_ptr<scalar_t>() : nullptr;
-    const scalar_t *XP = xc.data_ptr<scalar_t>(), *WH = wc.data_ptr<scalar_t>();
+    const scalar_t *XP = xc.data_ptr<scalar_t>(), *WH = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
     scalar_t* AB = stepbuf.data_ptr<scalar_t>();
     for (const auto& st : steps) {
       const int64_t off = st.first, bs = st.second;
@@ -83,7 +85,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
         A = a.data_ptr<scalar_t>();
       } else {
         std::copy(XP + off * W, XP + (off + bs) * W, A);
-        gemm_xwt<scalar_t>(HP, WH, A, bs, W, P, scalar_t(1));
+        gemm_xwt(HP, WH, WT, A, bs, W, P, scalar_t(1));
         if (L.fgr) a = stepbuf.narrow(0, 0, bs);
       }
       if (L.fgr) {
@@ -270,7 +272,7 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
       if (lin_t.use_rows(bs))
         dhbuf.narrow(0, 0, bs).copy_(lin_t(dgates.narrow(0, off, bs)));
       else
-        rnnkit_pw::gemm_xw<scalar_t>(DG, WH, DHB, bs, P, W);
+        rnnkit_pw::gemm_xw(DG, WH, DHB, bs, P, W);
       if (M || DHZ)
         for (int64_t k = 0; k < bs * P; ++k) {
           const scalar_t v = M ? DHB[k] * M[k] : DHB[k];
