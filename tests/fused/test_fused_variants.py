@@ -384,12 +384,14 @@ def test_no_ext_env_selects_pure_in_subprocess():
     assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
 
 
+@pytest.mark.parametrize("H", [5, 128])
 @pytest.mark.parametrize(
     "family,kw", [("lstm", {"coupled_gates": True, "peephole": True}), ("gru", {"variant": "mut3"})]
 )
-def test_float32_onednn_sizes_match_loop(family, kw):
-    """float32 at a size where the step GEMMs take oneDNN (B·rows·in ≥ 2²⁰) where available."""
-    cell = _cell(family, kw, I=8, H=128)
+def test_float32_onednn_sizes_match_loop(family, kw, H):
+    """float32 at a size where the step GEMMs take oneDNN (B·rows·in ≥ 2²⁰) where available,
+    and at a small one (H=5: the LSTM step GEMM goes to the brgemm micro-kernel)."""
+    cell = _cell(family, kw, I=8, H=H)
     p = _setup(cell, torch.float32)[0]
     bs = [16, 16, 9]
     x = torch.randn(sum(bs), 8, dtype=torch.float32)

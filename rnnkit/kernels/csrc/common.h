@@ -54,8 +54,10 @@ struct Linear {
   int64_t batch;
   bool dnn;
   Linear(const Tensor& W, int64_t batch_, bool allowed) : w(W), batch(batch_), dnn(use_onednn(W, allowed)) {}
-  bool use(const Tensor& x) const {
-    if (!dnn || !x.is_contiguous() || x.size(0) * w.numel() < kOneDnnMinWork) return false;
+  bool use(const Tensor& x) const { return x.is_contiguous() && use_rows(x.size(0)); }
+  // Whether a dense x of `n` rows goes to oneDNN (else BLAS).
+  bool use_rows(int64_t n) const {
+    if (!dnn || n * w.numel() < kOneDnnMinWork) return false;
     if (!packed.defined()) packed = call(op_reorder(), {w.contiguous(), c10::IValue(batch)});
     return true;
   }

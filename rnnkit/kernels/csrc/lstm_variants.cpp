@@ -2,7 +2,14 @@
 // NOAF, CIFG, with peepholes and projection; forward and explicit BPTT. Mirrors
 // rnnkit/kernels/lstm_variants.py (same flags, buffers and equations); registered as ops by
 // variants.cpp.
+#include "pointwise.h"
 #include "variants.h"
+
+// The per-step element-wise passes are plain loops over H on raw pointers: GCC vectorizes them
+// at -O3 only (the extension's -O2 vectorizes nothing that needs a remainder loop; scalar, they
+// made the large shape's forward ~30% slower). No -ffast-math and no FMA in the baseline ISA,
+// so the arithmetic is unchanged.
+#pragma GCC optimize("O3")
 
 using namespace rnnkit_common;
 using at::Tensor;
@@ -52,74 +59,96 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   Tensor abuf = L.fgr ? a0->clone() : none(xp), aprev = L.fgr ? at::empty({N, a0->size(1)}, opt) : none(xp);
   const std::optional<Linear> lin_g = L.fgr ? std::optional<Linear>(Linear(*w_gg, B, onednn)) : std::nullopt;
   const int64_t nfront = (L.has_i ? 1 : 0) + (L.has_f ? 1 : 0);  // i, f: the first blocks
+  // Per step: the recurrent GEMM (straight to BLAS on raw pointers unless oneDNN), then one pass
+  // per row over raw pointers for everything element-wise (see pointwise.h); FGR's extra GEMM
+  // and gate-state bookkeeping stay ATen calls.
+  const Tensor xc = xp.contiguous(), wc = w_hh.contiguous(), stepbuf = at::empty({B, L.ng * H}, opt);
+  // W_hh^T dense: the float32 step GEMM (brgemm, pointwise.h) reads it as (P, G)
+  const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;
+  const Tensor m = mask.has_value() ? mask->contiguous() : none(xp);
+  const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_v_fwd", [&] {
+    using namespace rnnkit_pw;
+    const int64_t W = L.ng * H;
+    scalar_t *HB = hbuf.data_ptr<scalar_t>(), *C = cbuf.data_ptr<scalar_t>(), *GT = gates.data_ptr<scalar_t>();
+    scalar_t *CPV = cprev.data_ptr<scalar_t>(), *YV = y.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
+    scalar_t *HPV = hprev.data_ptr<scalar_t>(), *HRV = w_hr.has_value() ? hraw.data_ptr<scalar_t>() : O;
+    scalar_t* CN = peep_o ? cnew.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* PW = L.peep ? w_peep.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *XP = xc.data_ptr<scalar_t>(), *WH = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
+    scalar_t* AB = stepbuf.data_ptr<scalar_t>();
     for (const auto& st : steps) {
       const int64_t off = st.first, bs = st.second;
-      Tensor hp = hprev.narrow(0, off, bs), g = gates.narrow(0, off, bs), cb = cbuf.narrow(0, 0, bs);
-      if (mask.has_value())
-        at::mul_out(hp, hbuf.narrow(0, 0, bs), mask->narrow(0, 0, bs));
-      else
-        hp.copy_(hbuf.narrow(0, 0, bs));
-      Tensor a = lin.add(hp, xp.narrow(0, off, bs));
+      scalar_t* HP = HPV + off * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
+      for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
+      Tensor a;  // a = xp_t + h_{t-1} W_hh^T
+      scalar_t* A = AB;
+      if (lin.use_rows(bs)) {
+        a = lin.add(hprev.narrow(0, off, bs), xc.narrow(0, off, bs)).contiguous();
+        A = a.data_ptr<scalar_t>();
+      } else {
+        std::copy(XP + off * W, XP + (off + bs) * W, A);
+        gemm_xwt(HP, WH, WT, A, bs, W, P, scalar_t(1));
+        if (L.fgr) a = stepbuf.narrow(0, 0, bs);
+      }
       if (L.fgr) {
         Tensor ap = aprev.narrow(0, off, bs);
         ap.copy_(abuf.narrow(0, 0, bs));
         const Tensor rec = (*lin_g)(ap);
         for (size_t q = 0; q < L.sig.size(); ++q) blk(a, L.sig[q]).add_(rec.narrow(1, q * H, H));
       }
-      if (L.peep && L.has_i) blk(a, L.ii).addcmul_(w_peep.narrow(0, L.pi * H, H), cb);
-      if (L.peep && L.has_f) blk(a, L.fi).addcmul_(w_peep.narrow(0, L.pf * H, H), cb);
-      if (nfront) {
-        Tensor gf = g.narrow(1, 0, nfront * H);
-        at::sigmoid_out(gf, a.narrow(1, 0, nfront * H));
-      }
-      Tensor gz = blk(g, L.gi);
-      if (L.in_act)
-        at::tanh_out(gz, blk(a, L.gi));
-      else
-        gz.copy_(blk(a, L.gi));
-      if (L.has_o && !peep_o) {
-        Tensor go = blk(g, L.oi);
-        at::sigmoid_out(go, blk(a, L.oi));
-      }
-      const scalar_t* G = g.data_ptr<scalar_t>();
-      scalar_t* C = cbuf.data_ptr<scalar_t>();
-      scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
-      const int64_t W = L.ng * H;
       rows(bs, W, [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* gr = G + b * W;
+          scalar_t *ar = A + b * W, *g = GT + (off + b) * W, *c = C + b * H, *cp = CPV + (off + b) * H;
+          scalar_t *yr = YV + (off + b) * H, *hr = HRV + (off + b) * H;
+          if (PW && L.has_i)
+            for (int64_t j = 0; j < H; ++j) ar[L.ii * H + j] = ar[L.ii * H + j] + PW[L.pi * H + j] * c[j];
+          if (PW && L.has_f)
+            for (int64_t j = 0; j < H; ++j) ar[L.fi * H + j] = ar[L.fi * H + j] + PW[L.pf * H + j] * c[j];
+          if (nfront) sigmoid(ar, g, nfront * H);
+          if (L.in_act)
+            tanh(ar + L.gi * H, g + L.gi * H, H);
+          else
+            std::copy(ar + L.gi * H, ar + (L.gi + 1) * H, g + L.gi * H);
+          if (L.has_o && !peep_o) sigmoid(ar + L.oi * H, g + L.oi * H, H);
           for (int64_t j = 0; j < H; ++j) {
-            const int64_t k = b * H + j;
-            const scalar_t cp = C[k], z = gr[L.gi * H + j];
-            const scalar_t f = L.has_f ? gr[L.fi * H + j] : scalar_t(1);
-            const scalar_t i = L.has_i ? gr[L.ii * H + j] : (L.coupled ? 1 - f : scalar_t(1));
-            CP[k] = cp;
-            C[k] = f * cp + i * z;
+            const scalar_t cv = c[j], z = g[L.gi * H + j];
+            const scalar_t f = L.has_f ? g[L.fi * H + j] : scalar_t(1);
+            const scalar_t i = L.has_i ? g[L.ii * H + j] : (L.coupled ? 1 - f : scalar_t(1));
+            cp[j] = cv;
+            c[j] = f * cv + i * z;
+          }
+          if (peep_o) {
+            scalar_t* cn = CN + (off + b) * H;
+            for (int64_t j = 0; j < H; ++j) {
+              cn[j] = c[j];
+              ar[L.oi * H + j] = ar[L.oi * H + j] + PW[L.po * H + j] * c[j];
+            }
+            sigmoid(ar + L.oi * H, g + L.oi * H, H);
+          }
+          if (L.out_act)
+            tanh(c, yr, H);
+          else
+            std::copy(c, c + H, yr);
+          if (L.has_o)
+            for (int64_t j = 0; j < H; ++j) hr[j] = g[L.oi * H + j] * yr[j];
+          else
+            std::copy(yr, yr + H, hr);
+          if (ZC) {
+            const scalar_t* z = ZC + (off + b) * H;
+            for (int64_t j = 0; j < H; ++j) c[j] = lerp(c[j], cp[j], z[j]);
           }
         }
       });
-      if (peep_o) {
-        cnew.narrow(0, off, bs).copy_(cb);
-        Tensor go = blk(g, L.oi);
-        at::sigmoid_out(go, blk(a, L.oi).addcmul_(w_peep.narrow(0, L.po * H, H), cb));
-      }
-      Tensor yy = y.narrow(0, off, bs), o = out.narrow(0, off, bs);
-      if (L.out_act)
-        at::tanh_out(yy, cb);
-      else
-        yy.copy_(cb);
-      Tensor hr = lin_r.has_value() ? hraw.narrow(0, off, bs) : o;
-      if (L.has_o)
-        at::mul_out(hr, blk(g, L.oi), yy);
-      else
-        hr.copy_(yy);
-      if (lin_r.has_value()) o.copy_((*lin_r)(hr));
-      if (zc.has_value()) cb.lerp_(cprev.narrow(0, off, bs), zc->narrow(0, off, bs));
-      if (zh.has_value()) o.lerp_(hbuf.narrow(0, 0, bs), zh->narrow(0, off, bs));
-      hbuf.narrow(0, 0, bs).copy_(o);
+      if (lin_r.has_value()) out.narrow(0, off, bs).copy_((*lin_r)(hraw.narrow(0, off, bs)));
+      // zoneout on h (after the projection): h_t = lerp(h~_t, h_{t-1}, zh); then h_t -> hbuf
+      scalar_t* o = O + off * P;
+      for (int64_t k = 0; k < bs * P; ++k) HB[k] = o[k] = ZH ? lerp(o[k], HB[k], ZH[off * P + k]) : o[k];
       if (L.fgr) {
-        Tensor ab = abuf.narrow(0, 0, bs);
+        Tensor ab = abuf.narrow(0, 0, bs), g = gates.narrow(0, off, bs);
         for (size_t q = 0; q < L.sig.size(); ++q) ab.narrow(1, q * H, H).copy_(blk(g, L.sig[q]));
         if (zg.has_value()) ab.lerp_(aprev.narrow(0, off, bs), zg->narrow(0, off, bs));
       }
@@ -141,7 +170,7 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
   const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
   Tensor dhbuf = ghn.clone(), dcbuf = gcn.clone(), dgates = at::empty_like(gates);
   Tensor dh_all = proj ? at::empty_like(hprev) : none(gates), dht = at::empty_like(ghn);
-  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn), dcz = zc.has_value() ? at::empty_like(gcn) : none(gcn);
+  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn);
   Tensor w_peep = L.peep ? w_peep_->contiguous() : none(gates);
   // FGR: running gradient of the gate state (dabuf), its part through [i, f, o]_t (dacts),
   // zoneout's direct part (daz), and the sigmoid gates' gradients stacked for dW_gg (dsig).
@@ -155,26 +184,38 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
     if (L.sig[q] == L.fi) qf = q;
     if (L.sig[q] == L.oi) qo = q;
   }
+  const Tensor goc = gout.contiguous(), wc = w_hh.contiguous(), m = mask.has_value() ? mask->contiguous() : none(gates);
+  const Tensor zhc = zh.has_value() ? zh->contiguous() : none(gates), zcc = zc.has_value() ? zc->contiguous() : none(gates);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_v_bwd", [&] {
+    const scalar_t *GOV = goc.data_ptr<scalar_t>(), *WH = wc.data_ptr<scalar_t>();
+    scalar_t *DHB = dhbuf.data_ptr<scalar_t>(), *DHT = dht.data_ptr<scalar_t>();
+    scalar_t* DHZ = zh.has_value() ? dhz.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
     for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
       const int64_t off = it->first, bs = it->second;
-      const scalar_t *DH = nullptr, *GO = gout.data_ptr<scalar_t>() + off * P, *DHB = dhbuf.data_ptr<scalar_t>();
+      const scalar_t *DH = nullptr, *GO = GOV + off * P;
       Tensor d;
-      if (proj || zh.has_value()) {  // dL/d(o ⊙ y) materialized: zoneout split, projection
-        Tensor dhp = proj ? dh_all.narrow(0, off, bs) : dht.narrow(0, 0, bs);
-        at::add_out(dhp, gout.narrow(0, off, bs), dhbuf.narrow(0, 0, bs));
-        if (zh.has_value()) {
-          Tensor z = dhz.narrow(0, 0, bs);
-          at::mul_out(z, dhp, zh->narrow(0, off, bs));
-          dhp.sub_(z);
+      if (proj || ZH) {  // dL/d(o ⊙ y) materialized: zoneout split (direct part -> dhz), projection
+        scalar_t* dst = proj ? dh_all.data_ptr<scalar_t>() + off * P : DHT;
+        for (int64_t k = 0; k < bs * P; ++k) {
+          const scalar_t t = GO[k] + DHB[k];
+          if (ZH) {
+            const scalar_t z = t * ZH[off * P + k];
+            DHZ[k] = z;
+            dst[k] = t - z;
+          } else {
+            dst[k] = t;
+          }
         }
-        d = proj ? (*lin_rt)(dhp).contiguous() : dhp;
-        DH = d.data_ptr<scalar_t>();
-      }
-      if (zc.has_value()) {  // c_t = lerp(c~_t, c_{t-1}, zc)
-        Tensor dc = dcbuf.narrow(0, 0, bs), z = dcz.narrow(0, 0, bs);
-        at::mul_out(z, dc, zc->narrow(0, off, bs));
-        dc.sub_(z);
+        if (proj) {
+          const Tensor dhp = dh_all.narrow(0, off, bs);
+          d = lin_rt->use(dhp) ? (*lin_rt)(dhp).contiguous() : at::mm(dhp, *w_hr);
+          DH = d.data_ptr<scalar_t>();
+        } else {
+          DH = DHT;
+        }
       }
       const scalar_t* DA = nullptr;
       if (L.fgr) {  // a_t = lerp([i, f, o]_t, a_{t-1}, zg): split the gradient
@@ -197,9 +238,12 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
         for (int64_t b = b0; b < b1; ++b) {
           const scalar_t* g = G + b * W;
           scalar_t* dg = DG + b * W;
+          const scalar_t* zc_row = ZC ? ZC + (off + b) * H : nullptr;
           for (int64_t j = 0; j < H; ++j) {
             const int64_t k = b * H + j;
             const scalar_t dh = DH ? DH[k] : GO[k] + DHB[k], yv = Y[k];
+            // c_t = lerp(c~_t, c_{t-1}, zc): dL/dc~ = dc - dc ⊙ zc; dc ⊙ zc goes straight to c_{t-1}
+            const scalar_t dcz = zc_row ? DC[k] * zc_row[j] : scalar_t(0);
             scalar_t dy = dh, dop = 0;
             if (L.has_o) {
               const scalar_t o = g[L.oi * H + j];
@@ -207,7 +251,7 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
               dg[L.oi * H + j] = dop;
               dy = dh * o;
             }
-            scalar_t dc = DC[k] + (L.out_act ? dy * (1 - yv * yv) : dy);
+            scalar_t dc = (zc_row ? DC[k] - dcz : DC[k]) + (L.out_act ? dy * (1 - yv * yv) : dy);
             if (peep_o) dc += dop * PW[L.po * H + j];
             const scalar_t z = g[L.gi * H + j], f = L.has_f ? g[L.fi * H + j] : scalar_t(1);
             const scalar_t i = L.has_i ? g[L.ii * H + j] : (L.coupled ? 1 - f : scalar_t(1));
@@ -226,17 +270,20 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
               dg[L.fi * H + j] = dfp;
               if (L.peep) dcn += dfp * PW[L.pf * H + j];
             }
-            DC[k] = dcn;
+            DC[k] = zc_row ? dcn + dcz : dcn;
           }
         }
       });
-      if (zc.has_value()) dcbuf.narrow(0, 0, bs).add_(dcz.narrow(0, 0, bs));
-      Tensor dhp = dhbuf.narrow(0, 0, bs);
-      if (mask.has_value())
-        at::mul_out(dhp, lin_t(dgates.narrow(0, off, bs)), mask->narrow(0, 0, bs));
+      // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part)
+      if (lin_t.use_rows(bs))
+        dhbuf.narrow(0, 0, bs).copy_(lin_t(dgates.narrow(0, off, bs)));
       else
-        dhp.copy_(lin_t(dgates.narrow(0, off, bs)));
-      if (zh.has_value()) dhp.add_(dhz.narrow(0, 0, bs));
+        rnnkit_pw::gemm_xw(DG, WH, DHB, bs, P, W);
+      if (M || DHZ)
+        for (int64_t k = 0; k < bs * P; ++k) {
+          const scalar_t v = M ? DHB[k] * M[k] : DHB[k];
+          DHB[k] = DHZ ? v + DHZ[k] : v;
+        }
       if (L.fgr) {  // a_{t-1} fed the sigmoid gates through W_gg (and zoneout)
         Tensor ds = dsig.narrow(0, off, bs), dg = dgates.narrow(0, off, bs), dab = dabuf.narrow(0, 0, bs);
         for (size_t q = 0; q < L.sig.size(); ++q) ds.narrow(1, q * H, H).copy_(dg.narrow(1, L.sig[q] * H, H));
