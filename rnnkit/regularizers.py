@@ -49,12 +49,14 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     """
     if kind not in KINDS:
         raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
-    m = torch.empty(tuple(shape), dtype=like.dtype, device=like.device)
+    # ``rand < p`` rather than ``bernoulli_``: the same distribution, ~2x faster on the CPU
+    # (zoneout draws two masks per call; at small sizes that was a third of the step)
+    u = torch.rand(tuple(shape), device=like.device)
     if kind == "zoneout":
-        return m.bernoulli_(p)
+        return (u < p).to(like.dtype)
     if p >= 1:  # everything dropped; avoid 0 * inf
-        return m.zero_()
-    return m.bernoulli_(1 - p).div_(1 - p)
+        return torch.zeros_like(u, dtype=like.dtype)
+    return (u >= p).to(like.dtype).div_(1 - p)
 
 
 def check_prob(name: str, p: object) -> float:
