@@ -1,6 +1,5 @@
-// Helpers shared by the variant kernels (variants.cpp): GEMM policy, step schedule, row loops.
-// Same policy as rnnkit/kernels/_gemm.py and the copies in fused.cpp (kept there unchanged so
-// that parallel work on fused.cpp merges cleanly; they can be folded into this header later).
+// Helpers shared by the fused kernels (fused.cpp, variants.cpp, lstm_variants.cpp): GEMM
+// policy, step schedule, row loops. Same policy as rnnkit/kernels/_gemm.py.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "common.h"  // GEMM policy (oneDNN / BLAS), step schedule, row loops
 #include "pointwise.h"
 
 // The per-step element-wise passes are plain loops over H on raw pointers: GCC vectorizes them
@@ -27,71 +28,9 @@
 #pragma GCC optimize("O3")
 
 using at::Tensor;
-using Steps = std::vector<std::pair<int64_t, int64_t>>;  // (offset, batch) in forward order
+using namespace rnnkit_common;
 
 namespace {
-
-// ---- GEMMs: oneDNN inner product for float32 (as torch.nn.LSTM on the CPU), else BLAS. ----
-// Same policy as rnnkit/kernels/_gemm.py (see there why).
-const c10::OperatorHandle* find_op(const char* name, const char* overload) {
-  auto h = c10::Dispatcher::singleton().findSchema({name, overload});
-  return h.has_value() ? new c10::OperatorHandle(*h) : nullptr;
-}
-const c10::OperatorHandle* op_linear() {
-  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "");
-  return h;
-}
-const c10::OperatorHandle* op_linear_add() {
-  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "binary");
-  return h;
-}
-const c10::OperatorHandle* op_reorder() {
-  static const c10::OperatorHandle* h = find_op("mkldnn::_reorder_linear_weight", "");
-  return h;
-}
-
-Tensor call(const c10::OperatorHandle* op, std::vector<c10::IValue> stack) {
-  op->callBoxed(&stack);
-  return stack[0].toTensor();
-}
-
-bool use_onednn(const Tensor& t, bool allowed) {
-  return allowed && t.scalar_type() == at::kFloat && at::hasMKLDNN() && op_linear() && op_linear_add() &&
-         op_reorder();
-}
-
-// rows * in * out below which BLAS beats oneDNN's fixed cost per call (as _gemm.py).
-constexpr int64_t kOneDnnMinWork = 1 << 20;
-
-// x -> x W^T for a fixed W (out, in), applied to many small x; W packed for oneDNN on first use.
-struct Linear {
-  Tensor w;
-  mutable Tensor packed;
-  int64_t batch;
-  bool dnn;
-  Linear(const Tensor& W, int64_t batch_, bool allowed) : w(W), batch(batch_), dnn(use_onednn(W, allowed)) {}
-  bool use(const Tensor& x) const { return use_rows(x.size(0)); }
-  // Whether x W^T for x of `n` rows goes to oneDNN (else BLAS, through addmm/mm).
-  bool use_rows(int64_t n) const {
-    if (!dnn || n * w.numel() < kOneDnnMinWork) return false;
-    if (!packed.defined()) packed = call(op_reorder(), {w.contiguous(), c10::IValue(batch)});
-    return true;
-  }
-  // base + x W^T (base: same shape as the result).
-  Tensor add(const Tensor& x, const Tensor& base) const {
-    if (use(x)) return call(op_linear_add(), {x, base, packed, c10::IValue(), std::string("add")});
-    return at::addmm(base, x, w.t());
-  }
-  // x W^T + bias.
-  Tensor operator()(const Tensor& x, const std::optional<Tensor>& bias = std::nullopt) const {
-    if (use(x)) {
-      c10::IValue b = bias.has_value() ? c10::IValue(*bias) : c10::IValue();
-      return call(op_linear(), {x, packed, b, std::string("none"), c10::List<std::optional<c10::Scalar>>(),
-                                c10::IValue(std::string(""))});
-    }
-    return bias.has_value() ? at::addmm(*bias, x, w.t()) : at::mm(x, w.t());
-  }
-};
 
 // One row of the LSTM backward step (see backward(): every gate gradient and the cell
 // gradient), templated on the options so that the loop over H has no branch and vectorizes
@@ -133,36 +72,6 @@ BwdRow<T> pick_bwd_row(bool dh, bool zc, bool pi) {
   return table[(dh ? 4 : 0) + (zc ? 2 : 0) + (pi ? 1 : 0)];
 }
 
-// a^T b over all N rows (a weight gradient), as one GEMM.
-Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
-  // oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
-  const bool dense = a.is_contiguous() && b.is_contiguous();
-  if (dense && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
-    return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
-                              c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))})
-        .t()
-        .contiguous();  // as (b^T a)^T: oneDNN then copies the narrower operand only
-  return at::mm(a.t(), b);
-}
-
-Steps schedule(const std::vector<int64_t>& bsz, bool reverse) {
-  Steps s;
-  int64_t off = 0;
-  for (int64_t b : bsz) {
-    s.emplace_back(off, b);
-    off += b;
-  }
-  if (reverse) std::reverse(s.begin(), s.end());
-  return s;
-}
-
-// Run f(b0, b1) over rows [0, rows) of width `width`, in parallel when the step is big enough.
-template <typename F>
-void rows(int64_t n, int64_t width, const F& f) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(width, 1));
-  at::parallel_for(0, n, grain, f);
-}
-
 // h_prev (as fed to the GEMM) for the active rows: hbuf[:bs] (times the mask).
 void load_prev(Tensor& dst, const Tensor& hbuf, const std::optional<Tensor>& mask, int64_t bs) {
   if (mask.has_value())
@@ -170,8 +79,6 @@ void load_prev(Tensor& dst, const Tensor& hbuf, const std::optional<Tensor>& mas
   else
     dst.copy_(hbuf.narrow(0, 0, bs));
 }
-
-Tensor none(const Tensor& like) { return at::empty({0}, like.options()); }
 
 std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tensor& c0,
                             const Tensor& w_hh, const std::optional<Tensor>& b_hh,

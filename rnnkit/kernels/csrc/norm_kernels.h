@@ -1,8 +1,10 @@
-// Building blocks of csrc/norm.cpp: the GEMMs (the policy of rnnkit/kernels/_gemm.py), the
-// step schedule, and one normalized group's forward (Group) and backward (norm_backward).
+// Building blocks of csrc/norm.cpp: one normalized group's forward (Group) and backward
+// (norm_backward); the GEMMs and the step schedule come from common.h.
 #pragma once
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+
+#include "common.h"
 
 #include <algorithm>
 #include <cmath>
@@ -16,68 +18,14 @@ using at::Tensor;
 using OptT = std::optional<Tensor>;
 namespace {
 
-
 constexpr double kEps = 1e-5;  // rnnkit.cells.norm.EPS
 constexpr int64_t kLN = 1, kBNTrain = 2, kBNEval = 3;
 
-// ---- GEMMs: the policy of rnnkit/kernels/_gemm.py (oneDNN for large float32 products). ----
-const c10::OperatorHandle* find_op(const char* name, const char* overload) {
-  auto h = c10::Dispatcher::singleton().findSchema({name, overload});
-  return h.has_value() ? new c10::OperatorHandle(*h) : nullptr;
-}
-const c10::OperatorHandle* op_linear() {
-  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "");
-  return h;
-}
-const c10::OperatorHandle* op_reorder() {
-  static const c10::OperatorHandle* h = find_op("mkldnn::_reorder_linear_weight", "");
-  return h;
-}
-Tensor call(const c10::OperatorHandle* op, std::vector<c10::IValue> stack) {
-  op->callBoxed(&stack);
-  return stack[0].toTensor();
-}
-bool use_onednn(const Tensor& t, bool allowed) {
-  return allowed && t.scalar_type() == at::kFloat && at::hasMKLDNN() && op_linear() && op_reorder();
-}
-constexpr int64_t kOneDnnMinWork = 1 << 20;
-c10::IValue no_scalars() { return c10::List<std::optional<c10::Scalar>>(); }
-
-struct Linear {  // x -> x W^T for a fixed W (out, in)
-  Tensor w;
-  mutable Tensor packed;
-  int64_t batch;
-  bool dnn;
-  Linear(const Tensor& W, int64_t b, bool allowed) : w(W), batch(b), dnn(use_onednn(W, allowed)) {}
-  Tensor operator()(const Tensor& x) const {
-    if (dnn && x.size(0) * w.numel() >= kOneDnnMinWork) {
-      if (!packed.defined()) packed = call(op_reorder(), {w.contiguous(), c10::IValue(batch)});
-      return call(op_linear(), {x, packed, c10::IValue(), std::string("none"), no_scalars(), std::string("")});
-    }
-    return at::mm(x, w.t());
-  }
-};
-
-Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {  // a^T b over all rows
-  if (a.is_contiguous() && b.is_contiguous() && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
-    return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"), no_scalars(), std::string("")})
-        .t()
-        .contiguous();
-  return at::mm(a.t(), b);
-}
-
-std::vector<std::pair<int64_t, int64_t>> schedule(const std::vector<int64_t>& bsz, bool reverse) {
-  std::vector<std::pair<int64_t, int64_t>> s;
-  int64_t off = 0;
-  for (int64_t b : bsz) {
-    s.emplace_back(off, b);
-    off += b;
-  }
-  if (reverse) std::reverse(s.begin(), s.end());
-  return s;
-}
-
-Tensor none(const Tensor& like) { return at::empty({0}, like.options()); }
+// GEMMs (the policy of rnnkit/kernels/_gemm.py), the step schedule: csrc/common.h.
+using rnnkit_common::Linear;
+using rnnkit_common::mm_tn;
+using rnnkit_common::none;
+using rnnkit_common::schedule;
 
 // Out-variants that take the destination by value (a narrow()ed view is an rvalue).
 Tensor sigmoid_o(Tensor out, const Tensor& a) { return at::sigmoid_out(out, a); }
