@@ -67,11 +67,13 @@ def fused_supported(module) -> bool:
 FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
 
 
-def fused_for_training(module, x: Tensor, mode: str | None) -> bool:
+def fused_for_training(module, x: Tensor, mode: str | None, packed: bool = False) -> bool:
     """``impl="auto"``: take the fused path for a CPU float32 training call of a family listed
-    in :data:`FUSED_TRAINING_MODES`, when the compiled kernels are available."""
+    in :data:`FUSED_TRAINING_MODES`, or of an LSTM on packed input (torch's packed CPU LSTM
+    trains 5.6–7.7x slower than its padded one, the fused path 1.1–1.25x:
+    benchmarks/packed_memory.py), when the compiled kernels are available."""
     return (
-        mode in FUSED_TRAINING_MODES
+        (mode in FUSED_TRAINING_MODES or (packed and mode == "LSTM"))
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and torch.is_grad_enabled()
@@ -81,13 +83,14 @@ def fused_for_training(module, x: Tensor, mode: str | None) -> bool:
     )
 
 
-def select(module, x: Tensor) -> str:
-    """Choose the implementation of one forward call of a ``RecurrentStack``."""
+def select(module, x: Tensor, packed: bool = False) -> str:
+    """Choose the implementation of one forward call of a ``RecurrentStack`` (``x``: the
+    input, or a packed input's data)."""
     if module.impl == "auto":
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         mode = torch_mode(module)
-        if fused_for_training(module, x, mode):
+        if fused_for_training(module, x, mode, packed):
             return "fused"
         if mode:
             return "torch"

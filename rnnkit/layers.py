@@ -202,7 +202,7 @@ class RecurrentStack(nn.Module):
         if sorted_idx is not None:
             state = tuple(s.index_select(1, sorted_idx) for s in state)
 
-        impl = dispatch.select(self, x)
+        impl = dispatch.select(self, x, packed)
         plan = None
         if self._regularized():
             steps = len(batch_sizes) if packed else x.shape[1 if batch_first else 0]

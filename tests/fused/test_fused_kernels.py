@@ -225,10 +225,32 @@ def test_auto_picks_fused_for_cpu_float32_training_of_gru_and_rnn(monkeypatch):
     rnn = rnnkit.RNN(3, 4, nonlinearity="relu", dtype=torch.float32)
     assert dispatch.select(gru, x) == "fused" and dispatch.select(rnn, x) == "fused"
     assert dispatch.select(lstm, x) == "torch"  # torch's oneDNN LSTM is as fast or faster
+    assert dispatch.select(lstm, x, packed=True) == "fused"  # torch's packed CPU LSTM is slow
     with torch.no_grad():
+        assert dispatch.select(lstm, x, packed=True) == "torch"
         assert dispatch.select(gru, x) == "torch"  # inference: torch's kernels
     assert dispatch.select(gru, x.double()) == "torch"
     gru.requires_grad_(False)
     assert dispatch.select(gru, x) == "torch"
     monkeypatch.setattr(K, "backend", lambda x: "pure")
     assert dispatch.select(rnn, x) == "torch"  # the pure kernels are not faster than torch
+
+
+def test_packed_lstm_training_through_auto_equals_the_loop():
+    """The path ``impl="auto"`` now takes for packed CPU LSTM training: same numbers."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float32)
+    b = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float32, impl="loop")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(6, 3, 3, dtype=torch.float32)
+    lengths = torch.tensor([4, 6, 2])
+    outs = []
+    for m in (a, b):
+        y = pad_packed_sequence(m(pack_padded_sequence(x, lengths, enforce_sorted=False))[0])[0]
+        y.square().sum().backward()
+        outs.append((y, [p.grad for p in m.parameters()]))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
+    for ga, gb in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(ga, gb, atol=1e-4, rtol=1e-4)
