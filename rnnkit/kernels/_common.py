@@ -1,4 +1,5 @@
-"""Shared helpers of the fused kernels: the step schedule of a packed direction.
+"""Shared helpers of the pure fused kernels: the step schedule of a packed direction, and
+the recurrent input of a step.
 
 Packed time-major data holds step ``t`` in rows ``offsets[t] : offsets[t] + batch_sizes[t]``,
 and the active sequences of a step are always the *first* ``batch_sizes[t]`` rows of the
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import torch
+from torch import Tensor
+
 
 @lru_cache(maxsize=256)
 def schedule(batch_sizes: tuple[int, ...], reverse: bool) -> tuple[tuple[int, int], ...]:
@@ -22,3 +26,9 @@ def schedule(batch_sizes: tuple[int, ...], reverse: bool) -> tuple[tuple[int, in
         offs.append((acc, bs))
         acc += bs
     return tuple(reversed(offs)) if reverse else tuple(offs)
+
+
+def load_prev(hbuf: Tensor, mask: Tensor | None, bs: int, dst: Tensor) -> Tensor:
+    """``dst = h_{t-1}`` of the step's ``bs`` active rows as the recurrent GEMM reads it:
+    ``hbuf[:bs]``, times the recurrent-dropout mask when there is one."""
+    return dst.copy_(hbuf[:bs]) if mask is None else torch.mul(hbuf[:bs], mask[:bs], out=dst)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import schedule
+from ._common import load_prev, schedule
 from ._gemm import Linear, mm_tn
 
 
@@ -52,10 +52,7 @@ def forward(xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | Non
     for off, bs in schedule(batch_sizes, reverse):
         s = slice(off, off + bs)
         hp, g, cb = hprev[s], gates[s], cbuf[:bs]
-        if mask is None:
-            hp.copy_(hbuf[:bs])
-        else:
-            torch.mul(hbuf[:bs], mask[:bs], out=hp)
+        load_prev(hbuf, mask, bs, hp)
         a = lin(hp, base=xp[s])
         if peep is not None:
             a[:, :H].addcmul_(peep[0], cb)

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from ..cells.base import Cell
 from ..cells.lstm import LSTMCellMath
-from ._common import schedule
+from ._common import load_prev, schedule
 from ._gemm import Linear, mm_tn
 
 HAS_I, HAS_F, HAS_O, COUPLED, IN_ACT, OUT_ACT, PEEPHOLE, FGR = 1, 2, 4, 8, 16, 32, 64, 128
@@ -113,10 +113,7 @@ def forward(flags: int, xp: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: 
     for off, bs in schedule(batch_sizes, reverse):
         s = slice(off, off + bs)
         hp, g, cb = hprev[s], gates[s], cbuf[:bs]
-        if mask is None:
-            hp.copy_(hbuf[:bs])
-        else:
-            torch.mul(hbuf[:bs], mask[:bs], out=hp)
+        load_prev(hbuf, mask, bs, hp)
         a = lin(hp, base=xp[s])
         if L.fgr:
             aprev[s].copy_(abuf[:bs])

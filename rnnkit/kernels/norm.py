@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ..cells.norm import EPS
-from ._common import schedule
+from ._common import load_prev, schedule
 from ._gemm import Linear, mm_tn
 
 LN, BN_TRAIN, BN_EVAL = 1, 2, 3
@@ -94,10 +94,6 @@ def _affine_grads(dy: Tensor, xh: Tensor, shift: bool) -> tuple[Tensor, Tensor |
     return (dy * xh).sum(0), (dy.sum(0) if shift else None)
 
 
-def _prev(hbuf, mask, bs, dst):
-    return dst.copy_(hbuf[:bs]) if mask is None else torch.mul(hbuf[:bs], mask[:bs], out=dst)
-
-
 def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor,
             b_hh: Tensor | None, w_hr: Tensor | None, mask: Tensor | None, zh: Tensor | None,
             zc: Tensor | None, g_hh: Tensor, s_hh: Tensor | None, g_c: Tensor | None,
@@ -121,7 +117,7 @@ def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_h
         lin_r = Linear(w_hr, B) if w_hr is not None else None
         for k, (off, bs) in enumerate(steps):
             s = slice(off, off + bs)
-            hp, g, cb = _prev(hbuf, mask, bs, hprev[s]), gates[s], cbuf[:bs]
+            hp, g, cb = load_prev(hbuf, mask, bs, hprev[s]), gates[s], cbuf[:bs]
             a = hh(lin(hp), s, k).add_(xp[s])
             torch.sigmoid(a[:, : 2 * H], out=g[:, : 2 * H])
             torch.tanh(a[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])
@@ -163,7 +159,7 @@ def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_h
     hnew = e(N, P) if zh is not None else e(0)  # h̃ (for act') before zoneout, else out
     for k, (off, bs) in enumerate(steps):
         s = slice(off, off + bs)
-        hp = _prev(hbuf, mask, bs, hprev[s])
+        hp = load_prev(hbuf, mask, bs, hprev[s])
         a = hh(lin(hp), s, k).add_(xp[s])
         o = out[s] if zh is None else hnew[s]
         torch.clamp(a, min=0, out=o) if kind == "rnn_relu" else torch.tanh(a, out=o)

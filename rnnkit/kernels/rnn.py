@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._common import schedule
+from ._common import load_prev, schedule
 from ._gemm import Linear, mm_tn
 
 
@@ -27,10 +27,7 @@ def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, mask: Tensor | None, relu: boo
     for off, bs in schedule(batch_sizes, reverse):
         s = slice(off, off + bs)
         hp, o = hprev[s], hnew[s]
-        if mask is None:
-            hp.copy_(hbuf[:bs])
-        else:
-            torch.mul(hbuf[:bs], mask[:bs], out=hp)
+        load_prev(hbuf, mask, bs, hp)
         a = lin(hp, base=xp[s])
         torch.clamp(a, min=0, out=o) if relu else torch.tanh(a, out=o)
         if zh is not None:
