@@ -304,16 +304,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         if (proj || ZH) {
           // dh = gout + dh_next; zoneout on h: dL/dh~ = dh - dh ⊙ zh, the direct part dh ⊙ zh -> dhz
           scalar_t* dst = proj ? dh_all.data_ptr<scalar_t>() + off * P : DHT;
-          for (int64_t k = 0; k < bs * P; ++k) {
-            const scalar_t t = GO[k] + DHB[k];
-            if (ZH) {
-              const scalar_t z = t * ZH[off * P + k];
-              DHZ[k] = z;
-              dst[k] = t - z;
-            } else {
-              dst[k] = t;
-            }
-          }
+          rnnkit_pw::dh_step(bs * P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, dst);
           if (proj) {
             const Tensor dhp = dh_all.narrow(0, off, bs);
             d = lin_rt->use_rows(bs) ? (*lin_rt)(dhp).contiguous() : at::mm(dhp, *w_hr);

@@ -199,16 +199,7 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
       Tensor d;
       if (proj || ZH) {  // dL/d(o ⊙ y) materialized: zoneout split (direct part -> dhz), projection
         scalar_t* dst = proj ? dh_all.data_ptr<scalar_t>() + off * P : DHT;
-        for (int64_t k = 0; k < bs * P; ++k) {
-          const scalar_t t = GO[k] + DHB[k];
-          if (ZH) {
-            const scalar_t z = t * ZH[off * P + k];
-            DHZ[k] = z;
-            dst[k] = t - z;
-          } else {
-            dst[k] = t;
-          }
-        }
+        rnnkit_pw::dh_step(bs * P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, dst);
         if (proj) {
           const Tensor dhp = dh_all.narrow(0, off, bs);
           d = lin_rt->use(dhp) ? (*lin_rt)(dhp).contiguous() : at::mm(dhp, *w_hr);

@@ -94,6 +94,23 @@ inline T lerp(T self, T end, T w) {
   return std::abs(w) < T(0.5) ? self + w * (end - self) : end - (end - self) * (T(1) - w);
 }
 
+// dst = gout + dh_next over n values (the LSTM backward's dL/dh of a step). With zoneout on h
+// (zh not null), h_t = lerp(h~_t, h_{t-1}, zh): dst = dL/dh~ = t - t zh, and the direct part
+// t zh goes to dhz.
+template <typename T>
+inline void dh_step(int64_t n, const T* go, const T* dhb, const T* zh, T* dhz, T* dst) {
+  for (int64_t k = 0; k < n; ++k) {
+    const T t = go[k] + dhb[k];
+    if (zh) {
+      const T z = t * zh[k];
+      dhz[k] = z;
+      dst[k] = t - z;
+    } else {
+      dst[k] = t;
+    }
+  }
+}
+
 // Column-major BLAS (MKL's, exported by libtorch_cpu: the routine addmm/mm end in for float32 /
 // float64 when oneDNN is not used). Called directly on raw pointers in the LSTM step loop: at
 // 8x64x256 the GEMM itself takes ~1 us, the addmm/mm call around it (narrow views, dispatch,
