@@ -129,9 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     vocab = CharVocab.from_text(text)
     train_text, valid_text = char_lm_split(text)
     train_ids, valid_ids = vocab.encode(train_text), vocab.encode(valid_text[: args.eval_chars])
-    model = CharLM(
-        len(vocab), recipe.hidden_size, recipe.num_layers, recipe.embedding_dim, recipe.dropout
-    )
+    model = CharLM(len(vocab), recipe.hidden_size, recipe.num_layers, recipe.embedding_dim, recipe.dropout)
     opt = torch.optim.Adam(
         model.parameters(), lr=lr_at(recipe, 0.0), betas=recipe.betas,
         weight_decay=recipe.weight_decay,

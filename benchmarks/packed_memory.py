@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
@@ -27,6 +25,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
+
+try:
+    from ._rss import peak_rss_mib
+except ImportError:  # run as a script
+    from _rss import peak_rss_mib
 
 B, I, H = 32, 128, 256
 FAMILIES = {"lstm": (nn.LSTM, rnnkit.LSTM), "gru": (nn.GRU, rnnkit.GRU), "rnn": (nn.RNN, rnnkit.RNN)}
@@ -75,17 +78,12 @@ def packed_vs_padded(repeat: int) -> None:
 
 
 def peak_memory(family: str, who: str, threads: int) -> float:
-    code = (
-        "import sys,torch;sys.path.insert(0,'.');import benchmarks.packed_memory as s;"
-        f"torch.set_num_threads({threads});torch.manual_seed(0);"
-        f"m=s.make({family!r},{who!r});s.step_fn(m,torch.randn(2,s.B,s.I),None)();"
-        "x=torch.randn(100,s.B,s.I);f=s.step_fn(m,x,None);"
-        "kb=lambda k:int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]);"
-        "open('/proc/self/clear_refs','w').write('5');base=kb('VmRSS');f();"
-        "print((kb('VmHWM')-base)/1024)"
+    setup = (
+        f"import torch;import benchmarks.packed_memory as s;torch.set_num_threads({threads});"
+        f"torch.manual_seed(0);m=s.make({family!r},{who!r});s.step_fn(m,torch.randn(2,s.B,s.I),None)();"
+        "x=torch.randn(100,s.B,s.I);f=s.step_fn(m,x,None)"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(res.stdout.split()[-1])
+    return peak_rss_mib(setup, "f()")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,8 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +34,11 @@ from torch import nn
 
 import rnnkit
 from rnnkit.ops import backend, linear_scan
+
+try:
+    from ._rss import peak_rss_mib
+except ImportError:  # run as a script
+    from _rss import peak_rss_mib
 
 B, I, H = 16, 256, 256
 DEVICE = torch.device("cpu")  # --device; every module and tensor is made here
@@ -148,16 +151,11 @@ def peak_memory(contestant: str, T: int) -> float:
         sync()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
-    code = (
-        "import sys,torch;sys.path.insert(0,'.');import benchmarks.scan as s;"
-        f"torch.manual_seed(0);x=torch.randn({T},s.B,s.I);"
-        f"f=s.contestants({layers!r},{T},{T},{T})[{contestant!r}];f(x);"
-        "kb=lambda k:int(next(l for l in open('/proc/self/status') if l.startswith(k)).split()[1]);"
-        "open('/proc/self/clear_refs','w').write('5');base=kb('VmRSS');f(x);"
-        "print((kb('VmHWM')-base)/1024)"
+    setup = (
+        f"import torch;import benchmarks.scan as s;torch.manual_seed(0);x=torch.randn({T},s.B,s.I);"
+        f"f=s.contestants({layers!r},{T},{T},{T})[{contestant!r}];f(x)"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(res.stdout.split()[-1])
+    return peak_rss_mib(setup, "f(x)")
 
 
 def plot(results: dict[int, dict[str, float]], path: Path, names: list[str]) -> None:
