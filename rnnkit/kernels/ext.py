@@ -33,10 +33,23 @@ def disabled() -> bool:
     return os.environ.get("RNNKIT_NO_EXT", "") not in ("", "0")
 
 
+def _flags() -> tuple[list[str], list[str]]:
+    """Compiler and linker flags.
+
+    ``-fopenmp`` wherever ATen itself runs on OpenMP: ``at::parallel_for`` is a header-inline
+    ``#pragma omp parallel``, so without the flag every parallel loop of the extension runs on
+    one thread. At run time the extension shares libtorch's ``libgomp.so.1`` (same soname), so
+    ``torch.set_num_threads`` governs it too.
+    """
+    omp = sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info()
+    return ["-O2"] + (["-fopenmp"] if omp else []), (["-fopenmp"] if omp else [])
+
+
 def build_dir() -> Path:
-    """Cache directory of the build, keyed by torch version and source hash."""
+    """Cache directory of the build, keyed by torch version, flags and source hash."""
     root = os.environ.get("RNNKIT_EXT_DIR") or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))).hexdigest()[:12]
+    sources = b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))
+    digest = hashlib.sha256(sources + repr(_flags()).encode()).hexdigest()[:12]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
     return Path(root) / tag
 
@@ -64,11 +77,13 @@ def _build():
     _ensure_ninja_on_path()
     d = build_dir()
     d.mkdir(parents=True, exist_ok=True)
+    cflags, ldflags = _flags()
     cpp_extension.load(
         name="rnnkit_ext",
         sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
         build_directory=str(d),
-        extra_cflags=["-O2"],
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
         is_python_module=False,
         verbose=False,
     )
