@@ -88,7 +88,11 @@ class _Direction(torch.autograd.Function):
         ctx.has_bias = b_hh is not None
         ctx.onednn = _gemm.use_onednn(xp)
         args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep)
-        out, hn, cn, saved = ops.forward_impl(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args)
+        save = any(ctx.needs_input_grad)
+        impl = ops.forward_impl
+        out, hn, cn, saved = impl(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args, save=save)
+        if not save:
+            saved = ()
         empty = w_hh.new_empty(0)
         opt = [empty if t is None else t for t in (w_hr, mask, zh, zc, w_peep)]
         ctx.save_for_backward(*saved, w_hh, *opt)

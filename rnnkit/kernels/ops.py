@@ -33,12 +33,22 @@ def use_ext_for(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _EXT_DTYPES and ext.ops() is not None
 
 
-def forward_impl(kind, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep):
-    """``(out, h_n, c_n, saved)``; ``c_n`` is empty unless ``kind == "lstm"``."""
+NO_SAVE = 16  # added to the C++ kind: inference, the LSTM kernel saves nothing for backward
+
+
+def forward_impl(
+    kind, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, save=True
+):
+    """``(out, h_n, c_n, saved)``; ``c_n`` is empty unless ``kind == "lstm"``.
+
+    ``save=False`` (no gradient wanted) lets the compiled LSTM kernel skip writing the buffers
+    backward would read (gates, c_{t-1}, tanh c, h_{t-1}): at the medium shape they are most of
+    a forward step's memory traffic. ``saved`` is then not to be used."""
     xp, h0 = xp.contiguous(), h0.contiguous()
     if use_ext:
         c0_ = c0.contiguous() if c0 is not None else h0.new_empty(0)
-        args = (KINDS[kind], xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, list(bsz), reverse, onednn)
+        code = KINDS[kind] + (0 if save or kind != "lstm" else NO_SAVE)
+        args = (code, xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, list(bsz), reverse, onednn)
         res = ext.ops().forward(*args)  # type: ignore[union-attr]
         return res[0], res[1], res[2], tuple(res[3:])
     if kind == "lstm":

@@ -18,7 +18,9 @@
 #include <utility>
 #include <vector>
 
+#include "blocked.h"  // the step GEMM split over threads by blocks of hidden units
 #include "common.h"  // GEMM policy (oneDNN / BLAS), step schedule, row loops
+#include "lstm_row.h"  // the element-wise part of a forward step
 #include "pointwise.h"
 
 // The per-step element-wise passes are plain loops over H on raw pointers: GCC vectorizes them
@@ -86,26 +88,29 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
                             const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
                             const std::optional<Tensor>& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
                             bool onednn) {
+  const bool save = !(kind & 16);  // else inference: the LSTM saves nothing for backward
+  kind &= 15;
   const auto steps = schedule(batch_sizes, reverse);
   const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0);
   const Linear lin(w_hh, B, onednn);
   Tensor hbuf = h0.clone(), out = at::empty({N, P}, xp.options());
-  Tensor hprev = at::empty({N, P}, xp.options());
+  Tensor hprev = at::empty({save ? N : B, P}, xp.options());
   if (kind == 0) {
-    // One GEMM per step, then one pass per row over raw pointers for everything element-wise
-    // (no Tensor per step on the BLAS path: see pointwise.h for why).
+    // One parallel region per step: each thread runs the recurrent GEMM for the gates of its own
+    // block of hidden units (blocked.h) and then everything element-wise for them, on raw pointers.
     const int64_t H = c0.size(1), G4 = 4 * H;
     const auto opt = xp.options();
-    Tensor cbuf = c0.clone(), gates = at::empty({N, G4}, opt);
-    Tensor cprev = at::empty({N, H}, opt), tanhc = at::empty({N, H}, opt);
+    const int64_t NS = save ? N : 0;  // rows of the buffers only backward reads
+    Tensor cbuf = c0.clone(), gates = at::empty({NS, G4}, opt);
+    Tensor cprev = at::empty({NS, H}, opt), tanhc = at::empty({NS, H}, opt);
     const bool proj = w_hr.has_value();
     Tensor hraw = proj ? at::empty({N, H}, opt) : out;
     const bool peep = w_peep.has_value();  // peepholes: i, f see c_{t-1}; o sees c_t
-    Tensor cnew = peep ? at::empty({N, H}, opt) : none(xp);
+    Tensor cnew = peep ? at::empty({NS, H}, opt) : none(xp);
     const std::optional<Linear> lin_r = proj ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
-    const Tensor xc = xp.contiguous(), wc = w_hh.contiguous(), abuf = at::empty({B, G4}, opt);
-    // W_hh^T dense: the float32 step GEMM (brgemm, pointwise.h) reads it as (P, G)
-    const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;
+    const int64_t work = B * P * G4;  // multiply-adds of a full step
+    const rnnkit_blk::GateBlocks wb(w_hh.contiguous(), 4, rnnkit_blk::blocks_for(work, G4));
+    const Tensor xc = xp.contiguous(), abuf = at::empty({B, G4}, opt);
     const Tensor wp = peep ? w_peep->contiguous() : none(xp), m = mask.has_value() ? mask->contiguous() : none(xp);
     const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
     AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_fwd", [&] {
@@ -118,52 +123,27 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
       const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* PW = peep ? wp.data_ptr<scalar_t>() : nullptr;
-      const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
+      const scalar_t* XP = xc.data_ptr<scalar_t>();
       scalar_t* AB = abuf.data_ptr<scalar_t>();
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
-        scalar_t* HP = HPV + off * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
+        scalar_t* HP = HPV + (save ? off : 0) * P;  // h_{t-1} (times the recurrent-dropout mask), for the GEMM
         for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
-        Tensor a;  // a = xp_t + h_{t-1} W_hh^T
-        scalar_t* A = AB;
-        if (lin.use_rows(bs)) {
-          a = lin.add(hprev.narrow(0, off, bs), xc.narrow(0, off, bs)).contiguous();
-          A = a.data_ptr<scalar_t>();
-        } else {
-          std::copy(XP + off * G4, XP + (off + bs) * G4, A);
-          rnnkit_pw::gemm_xwt(HP, W, WT, A, bs, G4, P, scalar_t(1));
-        }
-        rows(bs, G4, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            scalar_t *ar = A + b * G4, *g = GT + (off + b) * G4, *c = C + b * H, *cp = CPV + (off + b) * H;
-            scalar_t *tc = TCV + (off + b) * H, *hr = HR + (off + b) * H;
-            if (PW)
-              for (int64_t j = 0; j < H; ++j) {
-                ar[j] = ar[j] + PW[j] * c[j];
-                ar[H + j] = ar[H + j] + PW[H + j] * c[j];
-              }
-            sigmoid(ar, g, 2 * H);
-            tanh(ar + 2 * H, g + 2 * H, H);
-            if (!PW) sigmoid(ar + 3 * H, g + 3 * H, H);
-            for (int64_t j = 0; j < H; ++j) {
-              const scalar_t cv = c[j];
-              cp[j] = cv;
-              c[j] = g[H + j] * cv + g[j] * g[2 * H + j];
-            }
-            if (PW) {
-              scalar_t* cn = CN + (off + b) * H;
-              for (int64_t j = 0; j < H; ++j) {
-                cn[j] = c[j];
-                ar[3 * H + j] = ar[3 * H + j] + PW[2 * H + j] * c[j];
-              }
-              sigmoid(ar + 3 * H, g + 3 * H, H);
-            }
-            tanh(c, tc, H);
-            for (int64_t j = 0; j < H; ++j) hr[j] = g[3 * H + j] * tc[j];
-            if (ZC) {
-              const scalar_t* z = ZC + (off + b) * H;
-              for (int64_t j = 0; j < H; ++j) c[j] = lerp(c[j], cp[j], z[j]);
-            }
+        rnnkit_blk::each_block(wb.n(), bs * P * G4, [&](int64_t k) {
+          const int64_t j0 = wb.j[k], w = wb.width(k);
+          scalar_t* A = AB + B * 4 * j0;  // this block's (bs, 4 w) pre-activations [i | f | g | o]
+          // the input term is streamed from memory: ask for it now, it arrives during the GEMM
+          for (int64_t b = 0; b < bs; ++b)
+            for (int64_t q = 0; q < 4; ++q) rnnkit_pw::prefetch(XP + (off + b) * G4 + q * H + j0, w);
+          wb.gemm(k, HP, bs, A);
+          for (int64_t b = 0; b < bs; ++b) {
+            const int64_t r = off + b;
+            auto sv = [&](scalar_t* p, int64_t width) { return save && p ? p + r * width + j0 : nullptr; };
+            rnnkit_row::lstm_fwd<scalar_t>(
+                w, H,
+                {A + b * 4 * w, XP + r * G4 + j0, sv(GT, G4), C + b * H + j0, sv(CPV, H), sv(TCV, H), HR + r * H + j0,
+                 PW ? PW + j0 : nullptr, sv(CN, H), ZC ? ZC + r * H + j0 : nullptr, proj ? nullptr : HB + b * P + j0,
+                 ZH && !proj ? ZH + r * P + j0 : nullptr});
           }
         });
         if (proj) {
@@ -172,10 +152,10 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
             o.copy_((*lin_r)(hr));
           else
             at::mm_out(o, hr, w_hr->t());
+          // zoneout on h (after the projection): h_t = lerp(h~_t, h_{t-1}, zh); then h_t -> hbuf
+          scalar_t* o_ = O + off * P;
+          for (int64_t k = 0; k < bs * P; ++k) HB[k] = o_[k] = ZH ? lerp(o_[k], HB[k], ZH[off * P + k]) : o_[k];
         }
-        // zoneout on h (after the projection): h_t = lerp(h~_t, h_{t-1}, zh); then h_t -> hbuf
-        scalar_t* o = O + off * P;
-        for (int64_t k = 0; k < bs * P; ++k) HB[k] = o[k] = ZH ? lerp(o[k], HB[k], ZH[off * P + k]) : o[k];
       }
     });
     return {out, hbuf, cbuf, gates, cprev, tanhc, hprev, hraw, cnew};
@@ -296,6 +276,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       const scalar_t* PI = w_peep.has_value() ? wp.data_ptr<scalar_t>() : nullptr;
       const scalar_t* W = wc.data_ptr<scalar_t>();
       const BwdRow<scalar_t> row = pick_bwd_row<scalar_t>(proj || ZH, ZC != nullptr, PI != nullptr);
+      const std::vector<int64_t> pcols = rnnkit_blk::split(P, rnnkit_blk::blocks_for(B * P * G4, P));
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
         const scalar_t* GO = GOV + off * P;
@@ -322,16 +303,17 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
             row(H, G + b * G4, DH ? DH + b * H : GO + b * P, DHB + b * P, TC + b * H, CP + b * H,
                 ZC ? ZC + (off + b) * H : nullptr, PI, DG + b * G4, DC + b * H);
         });
-        // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part)
-        if (lin_t.use_rows(bs))
-          dhbuf.narrow(0, 0, bs).copy_(lin_t(dgates.narrow(0, off, bs)));
-        else
-          rnnkit_pw::gemm_xw(DG, W, DHB, bs, P, G4);
-        if (M || DHZ)
-          for (int64_t k = 0; k < bs * P; ++k) {
-            const scalar_t v = M ? DHB[k] * M[k] : DHB[k];
-            DHB[k] = DHZ ? v + DHZ[k] : v;
-          }
+        // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part), split over blocks of columns of W_hh
+        rnnkit_blk::each_block(static_cast<int64_t>(pcols.size()) - 1, bs * P * G4, [&](int64_t k) {
+          const int64_t p0 = pcols[k], pw = pcols[k + 1] - p0;
+          rnnkit_blk::gemm_ld(DG, G4, W + p0, P, DHB + p0, P, bs, pw, G4);
+          if (M || DHZ)
+            for (int64_t b = 0; b < bs; ++b)
+              for (int64_t q = b * P + p0; q < b * P + p0 + pw; ++q) {
+                const scalar_t v = M ? DHB[q] * M[q] : DHB[q];
+                DHB[q] = DHZ ? v + DHZ[q] : v;
+              }
+        });
       }
     });
     Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates), dw_peep = none(gates);

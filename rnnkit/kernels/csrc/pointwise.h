@@ -59,6 +59,49 @@ inline void tanh_avx2(const double* x, double* y, int64_t n) {
 }
 }  // namespace rnnkit_pw
 #pragma GCC pop_options
+
+// The same on 16 floats (8 doubles) at a time where the CPU has AVX-512 (SLEEF's avx512f
+// routines, also exported by libtorch_cpu): on cores with full-width AVX-512 units (Zen 5,
+// recent Xeons) twice the throughput of the AVX2 routines, the same results lane by lane.
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+extern "C" {
+__m512 Sleef_expf16_u10avx512f(__m512);
+__m512 Sleef_tanhf16_u35avx512f(__m512);
+__m512d Sleef_expd8_u10avx512f(__m512d);
+__m512d Sleef_tanhd8_u35avx512f(__m512d);
+}
+namespace rnnkit_pw {
+inline void sigmoid_avx512(const float* x, float* y, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 e = Sleef_expf16_u10avx512f(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(x + j)));
+    _mm512_storeu_ps(y + j, _mm512_div_ps(one, _mm512_add_ps(one, e)));
+  }
+  if (j < n) sigmoid_avx2(x + j, y + j, n - j);
+}
+inline void sigmoid_avx512(const double* x, double* y, int64_t n) {
+  const __m512d one = _mm512_set1_pd(1.);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m512d e = Sleef_expd8_u10avx512f(_mm512_sub_pd(_mm512_setzero_pd(), _mm512_loadu_pd(x + j)));
+    _mm512_storeu_pd(y + j, _mm512_div_pd(one, _mm512_add_pd(one, e)));
+  }
+  if (j < n) sigmoid_avx2(x + j, y + j, n - j);
+}
+inline void tanh_avx512(const float* x, float* y, int64_t n) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(y + j, Sleef_tanhf16_u35avx512f(_mm512_loadu_ps(x + j)));
+  if (j < n) tanh_avx2(x + j, y + j, n - j);
+}
+inline void tanh_avx512(const double* x, double* y, int64_t n) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm512_storeu_pd(y + j, Sleef_tanhd8_u35avx512f(_mm512_loadu_pd(x + j)));
+  if (j < n) tanh_avx2(x + j, y + j, n - j);
+}
+}  // namespace rnnkit_pw
+#pragma GCC pop_options
 #endif
 
 namespace rnnkit_pw {
@@ -71,10 +114,19 @@ inline bool has_avx2() {
   return false;
 #endif
 }
+inline bool has_avx512() {
+#ifdef RNNKIT_SLEEF
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2");
+  return ok;
+#else
+  return false;
+#endif
+}
 
 template <typename T>
 inline void sigmoid(const T* x, T* y, int64_t n) {
 #ifdef RNNKIT_SLEEF
+  if (has_avx512()) return sigmoid_avx512(x, y, n);
   if (has_avx2()) return sigmoid_avx2(x, y, n);
 #endif
   for (int64_t j = 0; j < n; ++j) y[j] = T(1) / (T(1) + std::exp(-x[j]));
@@ -83,9 +135,17 @@ inline void sigmoid(const T* x, T* y, int64_t n) {
 template <typename T>
 inline void tanh(const T* x, T* y, int64_t n) {
 #ifdef RNNKIT_SLEEF
+  if (has_avx512()) return tanh_avx512(x, y, n);
   if (has_avx2()) return tanh_avx2(x, y, n);
 #endif
   for (int64_t j = 0; j < n; ++j) y[j] = std::tanh(x[j]);
+}
+
+// Prefetch n values from p into the cache (one request per 64-byte line).
+template <typename T>
+inline void prefetch(const T* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) __builtin_prefetch(c + k, 0, 2);
 }
 
 // ATen's scalar lerp: self + w (end - self), from the other end when |w| >= 1/2.

@@ -1,0 +1,74 @@
+"""The compiled kernels with two threads, at shapes where their work is split between threads.
+
+The other fused tests run at tiny sizes, where every parallel region of the C++ kernels stays
+on one thread. Here B and H are big enough that the step GEMM and the element-wise passes are
+split (rnnkit/kernels/csrc/blocked.h: more than 2**20 multiply-adds per step), so a race or a
+wrong block offset shows up as a mismatch against the generic loop (float64, forward and all
+gradients, packed, bidirectional, training with masks drawn under the same seed).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+
+from .test_fused_kernels import require_ext
+
+I, H, B = 24, 96, 40  # one LSTM step: 40 * 96 * 384 = 1.5M multiply-adds
+CASES = {
+    "lstm": (rnnkit.LSTM, {}),
+    "lstm_proj": (rnnkit.LSTM, {"proj_size": 40}),
+    "lstm_peephole": (rnnkit.LSTM, {"peephole": True}),
+    "lstm_regs": (rnnkit.LSTM, {"recurrent_dropout": 0.3, "zoneout": (0.2, 0.1)}),
+    "lstm_peephole_zoneout": (rnnkit.LSTM, {"peephole": True, "zoneout": 0.2}),
+    "lstm_cifg": (rnnkit.LSTM, {"coupled_gates": True, "recurrent_dropout": 0.2}),
+    "lstm_nfg": (rnnkit.LSTM, {"forget_gate": False}),
+    "lstm_fgr": (rnnkit.LSTM, {"full_gate_recurrence": True}),
+    "lstm_layernorm": (rnnkit.LSTM, {"norm": "layer", "recurrent_dropout": 0.2}),
+    "lstm_batchnorm": (rnnkit.LSTM, {"norm": "batch"}),
+    "gru": (rnnkit.GRU, {"recurrent_dropout": 0.2}),
+    "gru_zoneout": (rnnkit.GRU, {"zoneout": 0.2}),
+    "gru_mut2": (rnnkit.GRU, {"variant": "mut2"}),
+    "gru_reset_before": (rnnkit.GRU, {"reset_after": False}),
+    "gru_layernorm": (rnnkit.GRU, {"norm": "layer"}),
+    "rnn": (rnnkit.RNN, {"zoneout": 0.2}),
+    "rnn_layernorm": (rnnkit.RNN, {"norm": "layer"}),
+}
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_two_threads_match_the_loop(name, two_threads):
+    require_ext()
+    cls, kw = CASES[name]
+    torch.manual_seed(0)
+    fused = cls(I, H, bidirectional=True, impl="fused", dtype=torch.float64, **kw)
+    loop = cls(I, H, bidirectional=True, impl="loop", dtype=torch.float64, **kw)
+    for pname, w in fused.named_parameters():
+        if "peephole" in pname:  # initialized to zero: make the peepholes matter
+            w.data.uniform_(-0.5, 0.5)
+    loop.load_state_dict(fused.state_dict())
+    lengths = torch.tensor([7] * 20 + [5] * 12 + [2] * 8)  # batch 40, 40, 32, 32, 32, 20, 20
+    x = torch.randn(7, B, I, dtype=torch.float64)
+    results = []
+    for m in (fused, loop):
+        torch.manual_seed(1)  # the same masks for both
+        xi = x.clone().requires_grad_()
+        out, state = m(pack_padded_sequence(xi, lengths))
+        states = state if isinstance(state, tuple) else (state,)
+        loss = (out.data * torch.linspace(-1, 1, out.data.shape[-1], dtype=x.dtype)).sum()
+        loss = loss + sum((s * s).sum() for s in states)
+        grads = torch.autograd.grad(loss, [xi, *m.parameters()])
+        results.append([out.data, *states, *grads])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
