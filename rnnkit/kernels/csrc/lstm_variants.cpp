@@ -2,6 +2,7 @@
 // NOAF, CIFG, with peepholes and projection; forward and explicit BPTT. Mirrors
 // rnnkit/kernels/lstm_variants.py (same flags, buffers and equations); registered as ops by
 // variants.cpp.
+#include "blocked.h"
 #include "pointwise.h"
 #include "variants.h"
 
@@ -46,7 +47,6 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
                                  const OptT& zg, const Steps& steps, bool onednn) {
   const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0), H = c0.size(1);
   const auto opt = xp.options();
-  const Linear lin(w_hh, B, onednn);
   const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
   Tensor hbuf = h0.clone(), cbuf = c0.clone(), out = at::empty({N, P}, opt), hprev = at::empty({N, P}, opt);
   Tensor gates = at::empty({N, L.ng * H}, opt), cprev = at::empty({N, H}, opt), y = at::empty({N, H}, opt);
@@ -54,103 +54,115 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   const bool peep_o = L.peep && L.has_o;
   Tensor cnew = peep_o ? at::empty({N, H}, opt) : none(xp);
   Tensor w_peep = L.peep ? w_peep_->contiguous() : none(xp);
-  auto blk = [&](const Tensor& t, int64_t k) { return t.narrow(1, k * H, H); };
   // FGR: the sigmoid gates also see the previous gate state a_{t-1} through W_gg.
-  Tensor abuf = L.fgr ? a0->clone() : none(xp), aprev = L.fgr ? at::empty({N, a0->size(1)}, opt) : none(xp);
-  const std::optional<Linear> lin_g = L.fgr ? std::optional<Linear>(Linear(*w_gg, B, onednn)) : std::nullopt;
+  const int64_t S = L.fgr ? a0->size(1) : 0, nsig = static_cast<int64_t>(L.sig.size());
+  Tensor abuf = L.fgr ? a0->clone() : none(xp), aprev = L.fgr ? at::empty({N, S}, opt) : none(xp);
   const int64_t nfront = (L.has_i ? 1 : 0) + (L.has_f ? 1 : 0);  // i, f: the first blocks
-  // Per step: the recurrent GEMM (straight to BLAS on raw pointers unless oneDNN), then one pass
-  // per row over raw pointers for everything element-wise (see pointwise.h); FGR's extra GEMM
-  // and gate-state bookkeeping stay ATen calls.
-  const Tensor xc = xp.contiguous(), wc = w_hh.contiguous(), stepbuf = at::empty({B, L.ng * H}, opt);
-  // W_hh^T dense: the float32 step GEMM (brgemm, pointwise.h) reads it as (P, G)
-  const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;
+  // Per step one parallel region (blocked.h): each thread runs the recurrent GEMM (and FGR's)
+  // for the gates of its block of hidden units, then everything element-wise for them.
+  const int64_t W = L.ng * H, parts = rnnkit_blk::blocks_for(B * P * W, W);
+  const rnnkit_blk::GateBlocks wb(w_hh.contiguous(), L.ng, parts);
+  const std::optional<rnnkit_blk::GateBlocks> wg =
+      L.fgr ? std::optional<rnnkit_blk::GateBlocks>(rnnkit_blk::GateBlocks(w_gg->contiguous(), nsig, parts))
+            : std::nullopt;
+  const bool proj = w_hr.has_value();
+  const Tensor xc = xp.contiguous(), stepbuf = at::empty({B, W}, opt), recbuf = at::empty({B, S}, opt);
   const Tensor m = mask.has_value() ? mask->contiguous() : none(xp);
   const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
+  const Tensor zgc = zg.has_value() ? zg->contiguous() : none(xp);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_v_fwd", [&] {
     using namespace rnnkit_pw;
-    const int64_t W = L.ng * H;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *C = cbuf.data_ptr<scalar_t>(), *GT = gates.data_ptr<scalar_t>();
     scalar_t *CPV = cprev.data_ptr<scalar_t>(), *YV = y.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
-    scalar_t *HPV = hprev.data_ptr<scalar_t>(), *HRV = w_hr.has_value() ? hraw.data_ptr<scalar_t>() : O;
+    scalar_t *HPV = hprev.data_ptr<scalar_t>(), *HRV = proj ? hraw.data_ptr<scalar_t>() : O;
     scalar_t* CN = peep_o ? cnew.data_ptr<scalar_t>() : nullptr;
     const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
     const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZG = zg.has_value() ? zgc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* PW = L.peep ? w_peep.data_ptr<scalar_t>() : nullptr;
-    const scalar_t *XP = xc.data_ptr<scalar_t>(), *WH = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
-    scalar_t* AB = stepbuf.data_ptr<scalar_t>();
+    const scalar_t* XP = xc.data_ptr<scalar_t>();
+    scalar_t *AB = stepbuf.data_ptr<scalar_t>(), *RB = L.fgr ? recbuf.data_ptr<scalar_t>() : nullptr;
+    scalar_t *ABUF = L.fgr ? abuf.data_ptr<scalar_t>() : nullptr, *APV = L.fgr ? aprev.data_ptr<scalar_t>() : nullptr;
     for (const auto& st : steps) {
       const int64_t off = st.first, bs = st.second;
       scalar_t* HP = HPV + off * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
       for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
-      Tensor a;  // a = xp_t + h_{t-1} W_hh^T
-      scalar_t* A = AB;
-      if (lin.use_rows(bs)) {
-        a = lin.add(hprev.narrow(0, off, bs), xc.narrow(0, off, bs)).contiguous();
-        A = a.data_ptr<scalar_t>();
-      } else {
-        std::copy(XP + off * W, XP + (off + bs) * W, A);
-        gemm_xwt(HP, WH, WT, A, bs, W, P, scalar_t(1));
-        if (L.fgr) a = stepbuf.narrow(0, 0, bs);
-      }
-      if (L.fgr) {
-        Tensor ap = aprev.narrow(0, off, bs);
-        ap.copy_(abuf.narrow(0, 0, bs));
-        const Tensor rec = (*lin_g)(ap);
-        for (size_t q = 0; q < L.sig.size(); ++q) blk(a, L.sig[q]).add_(rec.narrow(1, q * H, H));
-      }
-      rows(bs, W, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          scalar_t *ar = A + b * W, *g = GT + (off + b) * W, *c = C + b * H, *cp = CPV + (off + b) * H;
-          scalar_t *yr = YV + (off + b) * H, *hr = HRV + (off + b) * H;
-          if (PW && L.has_i)
-            for (int64_t j = 0; j < H; ++j) ar[L.ii * H + j] = ar[L.ii * H + j] + PW[L.pi * H + j] * c[j];
-          if (PW && L.has_f)
-            for (int64_t j = 0; j < H; ++j) ar[L.fi * H + j] = ar[L.fi * H + j] + PW[L.pf * H + j] * c[j];
-          if (nfront) sigmoid(ar, g, nfront * H);
+      scalar_t* AP = L.fgr ? APV + off * S : nullptr;  // a_{t-1}, the FGR gate state
+      if (AP) std::copy(ABUF, ABUF + bs * S, AP);
+      rnnkit_blk::each_block(wb.n(), bs * P * W, [&](int64_t k) {
+        const int64_t j0 = wb.j[k], w = wb.width(k);
+        scalar_t* A = AB + B * L.ng * j0;  // this block's (bs, ng w) pre-activations
+        wb.gemm(k, HP, bs, A);
+        scalar_t* R = L.fgr ? RB + B * nsig * j0 : nullptr;  // (bs, nsig w): a_{t-1} W_gg^T
+        if (R) wg->gemm(k, AP, bs, R);
+        for (int64_t b = 0; b < bs; ++b) {
+          const int64_t r = off + b;
+          scalar_t *ar = A + b * L.ng * w, *g = GT + r * W + j0, *c = C + b * H + j0, *cp = CPV + r * H + j0;
+          scalar_t *yr = YV + r * H + j0, *hr = HRV + r * H + j0;
+          const scalar_t *xr = XP + r * W + j0, *pw = PW ? PW + j0 : nullptr;
+          for (int64_t q = 0; q < L.ng; ++q)
+            for (int64_t u = 0; u < w; ++u) ar[q * w + u] += xr[q * H + u];
+          if (R)
+            for (int64_t q = 0; q < nsig; ++q)
+              for (int64_t u = 0; u < w; ++u) ar[L.sig[q] * w + u] += R[b * nsig * w + q * w + u];
+          if (pw && L.has_i)
+            for (int64_t u = 0; u < w; ++u) ar[L.ii * w + u] += pw[L.pi * H + u] * c[u];
+          if (pw && L.has_f)
+            for (int64_t u = 0; u < w; ++u) ar[L.fi * w + u] += pw[L.pf * H + u] * c[u];
+          for (int64_t q = 0; q < nfront; ++q) sigmoid(ar + q * w, g + q * H, w);
           if (L.in_act)
-            tanh(ar + L.gi * H, g + L.gi * H, H);
+            tanh(ar + L.gi * w, g + L.gi * H, w);
           else
-            std::copy(ar + L.gi * H, ar + (L.gi + 1) * H, g + L.gi * H);
-          if (L.has_o && !peep_o) sigmoid(ar + L.oi * H, g + L.oi * H, H);
-          for (int64_t j = 0; j < H; ++j) {
-            const scalar_t cv = c[j], z = g[L.gi * H + j];
-            const scalar_t f = L.has_f ? g[L.fi * H + j] : scalar_t(1);
-            const scalar_t i = L.has_i ? g[L.ii * H + j] : (L.coupled ? 1 - f : scalar_t(1));
-            cp[j] = cv;
-            c[j] = f * cv + i * z;
+            std::copy(ar + L.gi * w, ar + (L.gi + 1) * w, g + L.gi * H);
+          if (L.has_o && !peep_o) sigmoid(ar + L.oi * w, g + L.oi * H, w);
+          for (int64_t u = 0; u < w; ++u) {
+            const scalar_t cv = c[u], z = g[L.gi * H + u];
+            const scalar_t f = L.has_f ? g[L.fi * H + u] : scalar_t(1);
+            const scalar_t i = L.has_i ? g[L.ii * H + u] : (L.coupled ? 1 - f : scalar_t(1));
+            cp[u] = cv;
+            c[u] = f * cv + i * z;
           }
           if (peep_o) {
-            scalar_t* cn = CN + (off + b) * H;
-            for (int64_t j = 0; j < H; ++j) {
-              cn[j] = c[j];
-              ar[L.oi * H + j] = ar[L.oi * H + j] + PW[L.po * H + j] * c[j];
+            scalar_t* cn = CN + r * H + j0;
+            for (int64_t u = 0; u < w; ++u) {
+              cn[u] = c[u];
+              ar[L.oi * w + u] += pw[L.po * H + u] * c[u];
             }
-            sigmoid(ar + L.oi * H, g + L.oi * H, H);
+            sigmoid(ar + L.oi * w, g + L.oi * H, w);
           }
           if (L.out_act)
-            tanh(c, yr, H);
+            tanh(c, yr, w);
           else
-            std::copy(c, c + H, yr);
+            std::copy(c, c + w, yr);
           if (L.has_o)
-            for (int64_t j = 0; j < H; ++j) hr[j] = g[L.oi * H + j] * yr[j];
+            for (int64_t u = 0; u < w; ++u) hr[u] = g[L.oi * H + u] * yr[u];
           else
-            std::copy(yr, yr + H, hr);
+            std::copy(yr, yr + w, hr);
           if (ZC) {
-            const scalar_t* z = ZC + (off + b) * H;
-            for (int64_t j = 0; j < H; ++j) c[j] = lerp(c[j], cp[j], z[j]);
+            const scalar_t* z = ZC + r * H + j0;
+            for (int64_t u = 0; u < w; ++u) c[u] = lerp(c[u], cp[u], z[u]);
           }
+          if (!proj) {  // h_t = lerp(h~_t, h_{t-1}, zh) (zoneout), into out (== hraw) and hbuf
+            scalar_t* hb = HB + b * P + j0;
+            const scalar_t* z = ZH ? ZH + r * P + j0 : nullptr;
+            for (int64_t u = 0; u < w; ++u) hb[u] = hr[u] = z ? lerp(hr[u], hb[u], z[u]) : hr[u];
+          }
+          if (L.fgr)  // the next gate state a_t = lerp([i, f, o]_t, a_{t-1}, zg)
+            for (int64_t q = 0; q < nsig; ++q) {
+              const int64_t at = b * S + q * H + j0;
+              for (int64_t u = 0; u < w; ++u) {
+                const scalar_t v = g[L.sig[q] * H + u];
+                ABUF[at + u] = ZG ? lerp(v, AP[at + u], ZG[off * S + at + u]) : v;
+              }
+            }
         }
       });
-      if (lin_r.has_value()) out.narrow(0, off, bs).copy_((*lin_r)(hraw.narrow(0, off, bs)));
-      // zoneout on h (after the projection): h_t = lerp(h~_t, h_{t-1}, zh); then h_t -> hbuf
-      scalar_t* o = O + off * P;
-      for (int64_t k = 0; k < bs * P; ++k) HB[k] = o[k] = ZH ? lerp(o[k], HB[k], ZH[off * P + k]) : o[k];
-      if (L.fgr) {
-        Tensor ab = abuf.narrow(0, 0, bs), g = gates.narrow(0, off, bs);
-        for (size_t q = 0; q < L.sig.size(); ++q) ab.narrow(1, q * H, H).copy_(blk(g, L.sig[q]));
-        if (zg.has_value()) ab.lerp_(aprev.narrow(0, off, bs), zg->narrow(0, off, bs));
+      if (proj) {
+        out.narrow(0, off, bs).copy_((*lin_r)(hraw.narrow(0, off, bs)));
+        // zoneout on h (after the projection): h_t = lerp(h~_t, h_{t-1}, zh); then h_t -> hbuf
+        scalar_t* o = O + off * P;
+        for (int64_t k = 0; k < bs * P; ++k) HB[k] = o[k] = ZH ? lerp(o[k], HB[k], ZH[off * P + k]) : o[k];
       }
     }
   });
@@ -166,7 +178,6 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
   const Tensor &cnew = saved[5], &aprev = saved[6];
   const int64_t B = ghn.size(0), P = ghn.size(1), H = y.size(1), W = L.ng * H;
   const bool proj = w_hr.has_value(), peep_o = L.peep && L.has_o;
-  const Linear lin_t(w_hh.t(), B, onednn);
   const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
   Tensor dhbuf = ghn.clone(), dcbuf = gcn.clone(), dgates = at::empty_like(gates);
   Tensor dh_all = proj ? at::empty_like(hprev) : none(gates), dht = at::empty_like(ghn);
@@ -177,7 +188,8 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
   const int64_t S = L.fgr ? aprev.size(1) : 0;
   Tensor dabuf = L.fgr ? gan.clone() : none(gates), dacts = at::empty({B, S}, gates.options());
   Tensor daz = at::empty({B, S}, gates.options()), dsig = at::empty({L.fgr ? aprev.size(0) : 0, S}, gates.options());
-  const std::optional<Linear> lin_gt = L.fgr ? std::optional<Linear>(Linear(w_gg->t(), B, onednn)) : std::nullopt;
+  const Tensor wgc = L.fgr ? w_gg->contiguous() : none(gates), zgc = zg.has_value() ? zg->contiguous() : none(gates);
+  const Tensor zero = at::zeros({B, S}, gates.options());
   int64_t qi = -1, qf = -1, qo = -1;  // position of each sigmoid gate in the gate state
   for (size_t q = 0; q < L.sig.size(); ++q) {
     if (L.sig[q] == L.ii) qi = q;
@@ -193,6 +205,9 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
     const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
     const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
+    const std::vector<int64_t> pcols = rnnkit_blk::split(P, rnnkit_blk::blocks_for(B * P * W, P));
+    const std::vector<int64_t> scols = rnnkit_blk::split(S, rnnkit_blk::blocks_for(B * S * S, S));
+    const scalar_t* WG = L.fgr ? wgc.data_ptr<scalar_t>() : nullptr;
     for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
       const int64_t off = it->first, bs = it->second;
       const scalar_t *DH = nullptr, *GO = GOV + off * P;
@@ -209,15 +224,11 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
         }
       }
       const scalar_t* DA = nullptr;
-      if (L.fgr) {  // a_t = lerp([i, f, o]_t, a_{t-1}, zg): split the gradient
-        Tensor da = dacts.narrow(0, 0, bs);
-        da.copy_(dabuf.narrow(0, 0, bs));
-        if (zg.has_value()) {
-          Tensor z = daz.narrow(0, 0, bs);
-          at::mul_out(z, da, zg->narrow(0, off, bs));
-          da.sub_(z);
-        }
-        DA = da.data_ptr<scalar_t>();
+      if (L.fgr) {  // a_t = lerp([i, f, o]_t, a_{t-1}, zg): split the gradient (direct part -> daz)
+        scalar_t *da = dacts.data_ptr<scalar_t>(), *dz = daz.data_ptr<scalar_t>();
+        rnnkit_pw::dh_step(bs * S, dabuf.data_ptr<scalar_t>(), zero.data_ptr<scalar_t>(),
+                           zg.has_value() ? zgc.data_ptr<scalar_t>() + off * S : nullptr, dz, da);
+        DA = da;
       }
       const scalar_t* G = gates.data_ptr<scalar_t>() + off * W;
       const scalar_t* CP = cprev.data_ptr<scalar_t>() + off * H;
@@ -265,21 +276,30 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
           }
         }
       });
-      // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part)
-      if (lin_t.use_rows(bs))
-        dhbuf.narrow(0, 0, bs).copy_(lin_t(dgates.narrow(0, off, bs)));
-      else
-        rnnkit_pw::gemm_xw(DG, WH, DHB, bs, P, W);
-      if (M || DHZ)
-        for (int64_t k = 0; k < bs * P; ++k) {
-          const scalar_t v = M ? DHB[k] * M[k] : DHB[k];
-          DHB[k] = DHZ ? v + DHZ[k] : v;
-        }
-      if (L.fgr) {  // a_{t-1} fed the sigmoid gates through W_gg (and zoneout)
-        Tensor ds = dsig.narrow(0, off, bs), dg = dgates.narrow(0, off, bs), dab = dabuf.narrow(0, 0, bs);
-        for (size_t q = 0; q < L.sig.size(); ++q) ds.narrow(1, q * H, H).copy_(dg.narrow(1, L.sig[q] * H, H));
-        dab.copy_((*lin_gt)(ds));
-        if (zg.has_value()) dab.add_(daz.narrow(0, 0, bs));
+      // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part), split over blocks of columns of W_hh
+      rnnkit_blk::each_block(static_cast<int64_t>(pcols.size()) - 1, bs * P * W, [&](int64_t k) {
+        const int64_t p0 = pcols[k], pw = pcols[k + 1] - p0;
+        rnnkit_blk::gemm_ld(DG, W, WH + p0, P, DHB + p0, P, bs, pw, W);
+        if (M || DHZ)
+          for (int64_t b = 0; b < bs; ++b)
+            for (int64_t q = b * P + p0; q < b * P + p0 + pw; ++q) {
+              const scalar_t v = M ? DHB[q] * M[q] : DHB[q];
+              DHB[q] = DHZ ? v + DHZ[q] : v;
+            }
+      });
+      if (L.fgr) {  // a_{t-1} fed the sigmoid gates through W_gg (and zoneout): da_{t-1} = dsig W_gg (+ direct)
+        scalar_t *DS = dsig.data_ptr<scalar_t>() + off * S, *DAB = dabuf.data_ptr<scalar_t>();
+        const scalar_t* DZ = daz.data_ptr<scalar_t>();
+        for (int64_t b = 0; b < bs; ++b)
+          for (int64_t q = 0; q < static_cast<int64_t>(L.sig.size()); ++q)
+            std::copy(DG + b * W + L.sig[q] * H, DG + b * W + (L.sig[q] + 1) * H, DS + b * S + q * H);
+        rnnkit_blk::each_block(static_cast<int64_t>(scols.size()) - 1, bs * S * S, [&](int64_t k) {
+          const int64_t s0 = scols[k], sw = scols[k + 1] - s0;
+          rnnkit_blk::gemm_ld(DS, S, WG + s0, S, DAB + s0, S, bs, sw, S);
+          if (zg.has_value())
+            for (int64_t b = 0; b < bs; ++b)
+              for (int64_t q = b * S + s0; q < b * S + s0 + sw; ++q) DAB[q] += DZ[q];
+        });
       }
     }
   });
