@@ -41,10 +41,10 @@ namespace {
 // the scalar loop. dh: the materialized dL/d(o ⊙ tanh c) row (kDH), else gout's row with
 // dhb, the running dh, added.
 template <typename T, bool kDH, bool kZC, bool kPI>
-void lstm_bwd_row(int64_t H, const T* __restrict__ g, const T* __restrict__ dh_, const T* __restrict__ dhb,
+void lstm_bwd_row(int64_t w, int64_t H, const T* __restrict__ g, const T* __restrict__ dh_, const T* __restrict__ dhb,
                   const T* __restrict__ tc_, const T* __restrict__ cp, const T* __restrict__ zc,
                   const T* __restrict__ pw, T* __restrict__ dg, T* __restrict__ dcv) {
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < w; ++j) {
     const T dh = kDH ? dh_[j] : dh_[j] + dhb[j];
     // c_t = lerp(c~_t, c_{t-1}, zc): dL/dc~ = dc - dc ⊙ zc; dc ⊙ zc goes straight to c_{t-1}
     const T dcz = kZC ? dcv[j] * zc[j] : T(0);
@@ -63,7 +63,7 @@ void lstm_bwd_row(int64_t H, const T* __restrict__ g, const T* __restrict__ dh_,
   }
 }
 template <typename T>
-using BwdRow = void (*)(int64_t, const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*, T*);
+using BwdRow = void (*)(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*, T*);
 template <typename T>
 BwdRow<T> pick_bwd_row(bool dh, bool zc, bool pi) {
   static const BwdRow<T> table[8] = {
@@ -276,7 +276,10 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       const scalar_t* PI = w_peep.has_value() ? wp.data_ptr<scalar_t>() : nullptr;
       const scalar_t* W = wc.data_ptr<scalar_t>();
       const BwdRow<scalar_t> row = pick_bwd_row<scalar_t>(proj || ZH, ZC != nullptr, PI != nullptr);
-      const std::vector<int64_t> pcols = rnnkit_blk::split(P, rnnkit_blk::blocks_for(B * P * G4, P));
+      const std::vector<int64_t> units = rnnkit_blk::split(H, rnnkit_blk::blocks_for(B * P * G4, G4));
+      const int64_t nblk = static_cast<int64_t>(units.size()) - 1;
+      Tensor parts = at::empty({nblk, B, P}, gates.options());
+      scalar_t* PART = parts.data_ptr<scalar_t>();
       for (const auto& st : steps) {
         const int64_t off = st.first, bs = st.second;
         const scalar_t* GO = GOV + off * P;
@@ -298,22 +301,26 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         const scalar_t* CP = CPV + off * H;
         const scalar_t* TC = TCV + off * H;
         scalar_t* DG = DGV + off * G4;
-        rows(bs, G4, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b)
-            row(H, G + b * G4, DH ? DH + b * H : GO + b * P, DHB + b * P, TC + b * H, CP + b * H,
-                ZC ? ZC + (off + b) * H : nullptr, PI, DG + b * G4, DC + b * H);
+        // One parallel region per step: each thread takes a block of hidden units (as in the
+        // forward): every gate gradient of its units, then their part of dh_{t-1} = da W_hh, a
+        // GEMM over its rows of W_hh only (partial sums, added up after the region).
+        rnnkit_blk::each_block(nblk, bs * P * G4, [&](int64_t k) {
+          const int64_t j0 = units[k], w = units[k + 1] - j0;
+          for (int64_t b = 0; b < bs; ++b)
+            row(w, H, G + b * G4 + j0, (DH ? DH + b * H : GO + b * P) + j0, DHB + b * P + j0, TC + b * H + j0,
+                CP + b * H + j0, ZC ? ZC + (off + b) * H + j0 : nullptr, PI ? PI + j0 : nullptr, DG + b * G4 + j0,
+                DC + b * H + j0);
+          scalar_t* part = PART + k * B * P;
+          for (int64_t q = 0; q < 4; ++q)
+            rnnkit_blk::gemm_ld(DG + q * H + j0, G4, W + (q * H + j0) * P, P, part, P, bs, P, w, q > 0);
         });
-        // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part), split over blocks of columns of W_hh
-        rnnkit_blk::each_block(static_cast<int64_t>(pcols.size()) - 1, bs * P * G4, [&](int64_t k) {
-          const int64_t p0 = pcols[k], pw = pcols[k + 1] - p0;
-          rnnkit_blk::gemm_ld(DG, G4, W + p0, P, DHB + p0, P, bs, pw, G4);
-          if (M || DHZ)
-            for (int64_t b = 0; b < bs; ++b)
-              for (int64_t q = b * P + p0; q < b * P + p0 + pw; ++q) {
-                const scalar_t v = M ? DHB[q] * M[q] : DHB[q];
-                DHB[q] = DHZ ? v + DHZ[q] : v;
-              }
-        });
+        // dh_{t-1} = (Σ partial) ⊙ m (+ zoneout's direct part)
+        for (int64_t q = 0; q < bs * P; ++q) {
+          scalar_t v = PART[q];
+          for (int64_t k = 1; k < nblk; ++k) v += PART[k * B * P + q];
+          if (M) v *= M[q];
+          DHB[q] = DHZ ? v + DHZ[q] : v;
+        }
       }
     });
     Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates), dw_peep = none(gates);
