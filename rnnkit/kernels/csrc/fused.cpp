@@ -34,46 +34,6 @@ using namespace rnnkit_common;
 
 namespace {
 
-// One row of the LSTM backward step (see backward(): every gate gradient and the cell
-// gradient), templated on the options so that the loop over H has no branch and vectorizes
-// (this file is compiled at -O3, see the top). No
-// -ffast-math and no FMA in the baseline ISA: the same arithmetic, in the same order, as
-// the scalar loop. dh: the materialized dL/d(o ⊙ tanh c) row (kDH), else gout's row with
-// dhb, the running dh, added.
-template <typename T, bool kDH, bool kZC, bool kPI>
-void lstm_bwd_row(int64_t w, int64_t H, const T* __restrict__ g, const T* __restrict__ dh_, const T* __restrict__ dhb,
-                  const T* __restrict__ tc_, const T* __restrict__ cp, const T* __restrict__ zc,
-                  const T* __restrict__ pw, T* __restrict__ dg, T* __restrict__ dcv) {
-  for (int64_t j = 0; j < w; ++j) {
-    const T dh = kDH ? dh_[j] : dh_[j] + dhb[j];
-    // c_t = lerp(c~_t, c_{t-1}, zc): dL/dc~ = dc - dc ⊙ zc; dc ⊙ zc goes straight to c_{t-1}
-    const T dcz = kZC ? dcv[j] * zc[j] : T(0);
-    const T dcin = kZC ? dcv[j] - dcz : dcv[j];
-    const T i = g[j], f = g[H + j], gg = g[2 * H + j], o = g[3 * H + j], tc = tc_[j];
-    const T dop = dh * tc * (o - o * o);
-    T dc = dcin + dh * o * (1 - tc * tc);
-    if (kPI) dc += dop * pw[2 * H + j];
-    const T dip = dc * gg * (i - i * i), dfp = dc * cp[j] * (f - f * f);
-    dg[j] = dip;
-    dg[H + j] = dfp;
-    dg[2 * H + j] = dc * i * (1 - gg * gg);
-    dg[3 * H + j] = dop;
-    const T dcn = kPI ? dc * f + dip * pw[j] + dfp * pw[H + j] : dc * f;
-    dcv[j] = kZC ? dcn + dcz : dcn;
-  }
-}
-template <typename T>
-using BwdRow = void (*)(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*, T*);
-template <typename T>
-BwdRow<T> pick_bwd_row(bool dh, bool zc, bool pi) {
-  static const BwdRow<T> table[8] = {
-      lstm_bwd_row<T, false, false, false>, lstm_bwd_row<T, false, false, true>,
-      lstm_bwd_row<T, false, true, false>,  lstm_bwd_row<T, false, true, true>,
-      lstm_bwd_row<T, true, false, false>,  lstm_bwd_row<T, true, false, true>,
-      lstm_bwd_row<T, true, true, false>,   lstm_bwd_row<T, true, true, true>};
-  return table[(dh ? 4 : 0) + (zc ? 2 : 0) + (pi ? 1 : 0)];
-}
-
 // h_prev (as fed to the GEMM) for the active rows: hbuf[:bs] (times the mask).
 void load_prev(Tensor& dst, const Tensor& hbuf, const std::optional<Tensor>& mask, int64_t bs) {
   if (mask.has_value())
@@ -275,7 +235,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
       const scalar_t* PI = w_peep.has_value() ? wp.data_ptr<scalar_t>() : nullptr;
       const scalar_t* W = wc.data_ptr<scalar_t>();
-      const BwdRow<scalar_t> row = pick_bwd_row<scalar_t>(proj || ZH, ZC != nullptr, PI != nullptr);
+      const rnnkit_row::BwdRow<scalar_t> row = rnnkit_row::pick_bwd_row<scalar_t>(proj || ZH, ZC != nullptr, PI != nullptr);
       const std::vector<int64_t> units = rnnkit_blk::split(H, rnnkit_blk::blocks_for(B * P * G4, G4));
       const int64_t nblk = static_cast<int64_t>(units.size()) - 1;
       Tensor parts = at::empty({nblk, B, P}, gates.options());

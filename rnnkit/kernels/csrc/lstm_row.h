@@ -17,6 +17,9 @@
 
 #include "pointwise.h"
 
+// Loops over a block of units on raw pointers: GCC vectorizes them at -O3 only.
+#pragma GCC optimize("O3")
+
 namespace rnnkit_row {
 
 template <typename T>
@@ -131,6 +134,42 @@ inline void lstm_fwd_avx512(int64_t w, int64_t H, const LstmFwdRow<float>& r) {
 }
 #pragma GCC pop_options
 #endif
+
+namespace base {
+#include "lstm_bwd_row.h"
+}  // namespace base
+#ifdef RNNKIT_SLEEF
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace avx512 {
+#include "lstm_bwd_row.h"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+template <typename T>
+using BwdRow = void (*)(int64_t, int64_t, const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*, T*);
+// The backward row for the options (materialized dh, zoneout on c, peepholes), for this CPU.
+template <typename T>
+BwdRow<T> pick_bwd_row(bool dh, bool zc, bool pi) {
+  const int k = (dh ? 4 : 0) + (zc ? 2 : 0) + (pi ? 1 : 0);
+#ifdef RNNKIT_SLEEF
+  if (rnnkit_pw::has_avx512()) {
+    using namespace avx512;
+    static const BwdRow<T> t[8] = {lstm_bwd_row<T, false, false, false>, lstm_bwd_row<T, false, false, true>,
+                                   lstm_bwd_row<T, false, true, false>,  lstm_bwd_row<T, false, true, true>,
+                                   lstm_bwd_row<T, true, false, false>,  lstm_bwd_row<T, true, false, true>,
+                                   lstm_bwd_row<T, true, true, false>,   lstm_bwd_row<T, true, true, true>};
+    return t[k];
+  }
+#endif
+  using namespace base;
+  static const BwdRow<T> t[8] = {lstm_bwd_row<T, false, false, false>, lstm_bwd_row<T, false, false, true>,
+                                 lstm_bwd_row<T, false, true, false>,  lstm_bwd_row<T, false, true, true>,
+                                 lstm_bwd_row<T, true, false, false>,  lstm_bwd_row<T, true, false, true>,
+                                 lstm_bwd_row<T, true, true, false>,   lstm_bwd_row<T, true, true, true>};
+  return t[k];
+}
 
 template <typename T>
 inline void lstm_fwd(int64_t w, int64_t H, const LstmFwdRow<T>& r) {
