@@ -236,7 +236,10 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       const scalar_t* PI = w_peep.has_value() ? wp.data_ptr<scalar_t>() : nullptr;
       const scalar_t* W = wc.data_ptr<scalar_t>();
       const rnnkit_row::BwdRow<scalar_t> row = rnnkit_row::pick_bwd_row<scalar_t>(proj || ZH, ZC != nullptr, PI != nullptr);
-      const std::vector<int64_t> units = rnnkit_blk::split(H, rnnkit_blk::blocks_for(B * P * G4, G4));
+      // one block of units per thread (brgemm chunks K itself; more blocks = more partial sums)
+      const int64_t work = B * P * G4;
+      const std::vector<int64_t> units =
+          rnnkit_blk::split(H, work >= rnnkit_blk::kParallelWork ? at::get_num_threads() : 1);
       const int64_t nblk = static_cast<int64_t>(units.size()) - 1;
       Tensor parts = at::empty({nblk, B, P}, gates.options());
       scalar_t* PART = parts.data_ptr<scalar_t>();
@@ -274,13 +277,15 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
           for (int64_t q = 0; q < 4; ++q)
             rnnkit_blk::gemm_ld(DG + q * H + j0, G4, W + (q * H + j0) * P, P, part, P, bs, P, w, q > 0);
         });
-        // dh_{t-1} = (Σ partial) ⊙ m (+ zoneout's direct part)
-        for (int64_t q = 0; q < bs * P; ++q) {
-          scalar_t v = PART[q];
-          for (int64_t k = 1; k < nblk; ++k) v += PART[k * B * P + q];
-          if (M) v *= M[q];
-          DHB[q] = DHZ ? v + DHZ[q] : v;
-        }
+        // dh_{t-1} = (Σ partial) ⊙ m (+ zoneout's direct part), over rows in parallel when large
+        rnnkit_blk::each_block(bs, bs * P * nblk * 64, [&](int64_t b) {
+          for (int64_t q = b * P; q < (b + 1) * P; ++q) {
+            scalar_t v = PART[q];
+            for (int64_t k = 1; k < nblk; ++k) v += PART[k * B * P + q];
+            if (M) v *= M[q];
+            DHB[q] = DHZ ? v + DHZ[q] : v;
+          }
+        });
       }
     });
     Tensor dw_hr = proj ? mm_tn(dh_all, hraw, onednn) : none(gates), dw_peep = none(gates);
