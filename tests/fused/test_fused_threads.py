@@ -72,3 +72,25 @@ def test_two_threads_match_the_loop(name, two_threads):
         results.append([out.data, *states, *grads])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "lstm_peephole", "lstm_regs", "lstm_cifg"])
+def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads):
+    """Without gradients the LSTM kernel skips the buffers backward reads: same numbers."""
+    require_ext()
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        cls, kw = CASES[name]
+        torch.manual_seed(0)
+        m = cls(I, H, impl="fused", **kw).eval()  # float32: the AVX-512 row where the CPU has it
+        x = torch.randn(9, B, I)
+        with torch.no_grad():
+            y0, s0 = m(x)
+        y1, s1 = m(x.requires_grad_())
+        torch.testing.assert_close(y0, y1.detach(), atol=0, rtol=0)
+        for a, b in zip(s0, s1):
+            torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
+    finally:
+        torch.set_num_threads(old)
