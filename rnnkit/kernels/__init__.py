@@ -83,12 +83,13 @@ class _Direction(torch.autograd.Function):
     same computation as a custom op, for torch.compile)."""
 
     @staticmethod
-    def forward(ctx, kind, batch_sizes, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep):
+    def forward(
+        ctx, kind, batch_sizes, reverse, use_ext, save, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep
+    ):
         ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext = kind, batch_sizes, reverse, use_ext
         ctx.has_bias = b_hh is not None
         ctx.onednn = _gemm.use_onednn(xp)
         args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep)
-        save = any(ctx.needs_input_grad)
         impl = ops.forward_impl
         out, hn, cn, saved = impl(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args, save=save)
         if not save:
@@ -110,7 +111,7 @@ class _Direction(torch.autograd.Function):
             saved, w_hh, *opt,
         )  # fmt: skip
         dxp, dh0, dc0, dw_hh, db, dw_hr, dw_peep = grads
-        return None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep
+        return None, None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep
 
 
 def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
@@ -187,7 +188,9 @@ def run_direction(
             use_ext = backend(xp) == "ext"
         elif use_ext and ext.ops() is None:
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
-        out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, *args)
+        # save for backward only when a gradient can flow (needs_input_grad ignores no_grad)
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
+        out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, save, *args)
     return out, ((hn, cn) if kind == "lstm" else (hn,))
 
 

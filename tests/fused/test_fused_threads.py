@@ -76,9 +76,19 @@ def test_two_threads_match_the_loop(name, two_threads):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", ["lstm", "lstm_proj", "lstm_peephole", "lstm_regs", "lstm_cifg"])
-def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads):
+def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, monkeypatch):
     """Without gradients the LSTM kernel skips the buffers backward reads: same numbers."""
     require_ext()
+    from rnnkit.kernels import ops
+
+    seen = []
+    real = ops.forward_impl
+
+    def spy(*args, save=True):
+        seen.append(save)
+        return real(*args, save=save)
+
+    monkeypatch.setattr(ops, "forward_impl", spy)
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -89,6 +99,8 @@ def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads):
         with torch.no_grad():
             y0, s0 = m(x)
         y1, s1 = m(x.requires_grad_())
+        if "cifg" not in name:  # the Greff kernels always save
+            assert seen == [False, True]
         torch.testing.assert_close(y0, y1.detach(), atol=0, rtol=0)
         for a, b in zip(s0, s1):
             torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
