@@ -16,8 +16,6 @@
 
 #include "norm_kernels.h"
 
-#pragma GCC optimize("O3")  // the row loops vectorize at -O3 only (see fused.cpp)
-
 namespace rnnkit_norm {
 namespace {
 

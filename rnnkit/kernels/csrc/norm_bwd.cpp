@@ -9,8 +9,6 @@
 // single GEMMs over all steps after the loop.
 #include "norm_kernels.h"
 
-#pragma GCC optimize("O3")  // the row loops vectorize at -O3 only (see fused.cpp)
-
 namespace rnnkit_norm {
 
 std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_, const Tensor& ghn,

@@ -12,6 +12,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "common.h"
+#include "norm_avx2.h"
 #include "pointwise.h"
 
 #include <algorithm>
@@ -21,6 +22,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#pragma GCC optimize("O3")  // the row loops vectorize at -O3 only (see fused.cpp)
 
 namespace rnnkit_norm {
 using at::Tensor;
@@ -46,11 +49,12 @@ const T* ptr(const OptT& t) {
 }
 
 // f(b0, b1) over rows [0, n) of `width` values each: on the threads when a step has at least
-// ~32k values (medium: 32 x 1024), else inline (a fork/join costs a few us, the whole small
-// step ~10 us).
+// 8k values (the medium shape's RNN: 32 x 256), else inline (a fork/join costs a few us, the
+// small shape's whole LSTM step ~4 us).
+constexpr int64_t kRowsMin = 8192;
 template <typename F>
 void prows(int64_t n, int64_t width, const F& f) {
-  if (n * width < 32768 || at::get_num_threads() < 2 || at::in_parallel_region())
+  if (n * width < kRowsMin || n < 2 || at::get_num_threads() < 2 || at::in_parallel_region())
     f(int64_t(0), n);
   else
     at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1)), f);
@@ -137,8 +141,20 @@ struct NormG {
   void row(const T* r, int64_t n, int64_t k, const T* add, const T* addv, T* y) const {
     T* x = X + n * F;
     if (mode == kLN) {  // two passes (mean, then centred variance), 4 partial sums each
-      const double m = sum4<double>(F, [&](int64_t j) { return double(r[j]); }) / F;
-      const double v = sum4<double>(F, [&](int64_t j) { return (r[j] - m) * (r[j] - m); }) / F;
+      double m, v;
+#ifdef RNNKIT_SLEEF
+      if (rnnkit_pw::has_avx2()) {
+        m = rnnkit_norm_avx2::sum(r, F) / F;
+        v = rnnkit_norm_avx2::sqdev(r, F, m) / F;
+        const T rho = T(1 / std::sqrt(v + kEps));
+        RS[n] = rho;
+        return rnnkit_norm_avx2::affine(r, T(m), rho, Gm, S, add, addv, x, y, F);
+      } else
+#endif
+      {
+        m = sum4<double>(F, [&](int64_t j) { return double(r[j]); }) / F;
+        v = sum4<double>(F, [&](int64_t j) { return (r[j] - m) * (r[j] - m); }) / F;
+      }
       const T rho = T(1 / std::sqrt(v + kEps)), mu = T(m);
       RS[n] = rho;
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - mu) * rho;
@@ -200,6 +216,13 @@ struct NormB {
       return;
     }
     double *DGA = mine(), *DBE = DGA + F;
+#ifdef RNNKIT_SLEEF
+    if (mode == kLN && rnnkit_pw::has_avx2()) {
+      double s1, s2;
+      rnnkit_norm_avx2::bwd_sums(d, x, Gm, F, DGA, DBE, s1, s2);
+      return rnnkit_norm_avx2::lnb_out(d, x, Gm, T(s1 / F), T(s2 / F), RS[n], out, F);
+    }
+#endif
     for (int64_t j = 0; j < F; ++j) {
       DGA[j] += double(d[j]) * x[j];
       DBE[j] += d[j];
