@@ -198,7 +198,8 @@ class _NormDirection(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kind, mode, bsz, reverse, *args):
-        res = forward_impl(kind, mode, use_ext_for(args[0]), _gemm.use_onednn(args[0]), *args, list(bsz), reverse)
+        xp = args[0]
+        res = forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, list(bsz), reverse)
         _setup_context(ctx, (kind, mode, *args, bsz, reverse), res)
         ctx.mark_non_differentiable(*res[3:7], *res[7:])
         if kind != "lstm":
@@ -306,8 +307,8 @@ def fused_norm_direction_backward(
     )  # fmt: skip
 
 
-def backward_impl(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c,
-                  shift_c, st_hh, st_c, batch_sizes, reverse):  # fmt: skip
+def backward_impl(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh,
+                  g_c, shift_c, st_hh, st_c, batch_sizes, reverse):  # fmt: skip
     """The backward op's computation (compiled or pure kernels)."""
     gout, ghn, gcn = gout.contiguous(), ghn.contiguous(), gcn.contiguous()
     args = (gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c, shift_c)

@@ -19,7 +19,7 @@ BS = [40, 40, 33, 21]  # packed batch sizes: B = 40, shrinking
 
 
 def _args(kind: str, mode: int, H: int):
-    N, B, T = sum(BS), BS[0], len(BS)
+    N, B = sum(BS), BS[0]
     G = {"lstm": 4 * H, "gru": 3 * H}.get(kind, H)
     lstm = kind == "lstm"
     g = torch.Generator().manual_seed(1)
@@ -37,7 +37,8 @@ def _args(kind: str, mode: int, H: int):
     return [
         t(N, G), t(B, H), t(B, H) if lstm else None, t(G, H, scale=H**-0.5), t(G) if kind == "gru" else None,
         None, (u(B, H) > 0.25).double() / 0.75, u(N, H) * 0.3, u(N, H) * 0.3 if lstm else None,
-        u(G) + 0.5, t(G) if mode == 1 else None, u(H) + 0.5 if lstm else None, t(H) if lstm else None, st_hh, st_c,
+        u(G) + 0.5, t(G) if mode == 1 else None, u(H) + 0.5 if lstm else None, t(H) if lstm else None,
+        st_hh, st_c,
     ]  # fmt: skip
 
 
