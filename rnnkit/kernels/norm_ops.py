@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -61,10 +62,12 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     a = _gemm.linear(x, p["weight_ih"], None)
     if kind_of(cell) == "lstm_bn":
         return a
-    a = layer_norm(p, "ih", a)
     if not cell.bias:
-        return a
-    return a + (p["bias_ih"] if isinstance(cell, GRUCellMath) else p["bias_ih"] + p["bias_hh"])
+        return layer_norm(p, "ih", a)
+    # the biases folded into the layer norm's shift: one pass over (N, G) less (γ x̂ + (β + b))
+    b = p["bias_ih"] if isinstance(cell, GRUCellMath) else p["bias_ih"] + p["bias_hh"]
+    s = p.get("bias_ln_ih")
+    return F.layer_norm(a, a.shape[-1:], p["weight_ln_ih"], b if s is None else s + b, EPS)
 
 
 def use_ext_for(x: Tensor) -> bool:
@@ -199,7 +202,9 @@ class _NormDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kind, mode, bsz, reverse, *args):
         xp = args[0]
-        res = forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, list(bsz), reverse)
+        save = any(ctx.needs_input_grad)  # else (inference) the kernels keep nothing for backward
+        res = forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, list(bsz), reverse,
+                           save=save)  # fmt: skip
         _setup_context(ctx, (kind, mode, *args, bsz, reverse), res)
         ctx.mark_non_differentiable(*res[3:7], *res[7:])
         if kind != "lstm":
@@ -212,12 +217,13 @@ class _NormDirection(torch.autograd.Function):
         return (None, None, None, None, *_backward(ctx, grads, backward_impl)[2:-2])
 
 
-def forward_impl(base, mode, use_ext, onednn, *args):
-    """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]``."""
+def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True):
+    """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]``; without ``save`` (no gradient
+    wanted) the compiled kernels return the saved tensors as step-sized scratch only."""
     *tensors, bsz, reverse = args
     tensors[0], tensors[1] = tensors[0].contiguous(), tensors[1].contiguous()
     if use_ext:
-        return list(torch.ops.rnnkit_norm.forward(base, mode, *tensors, bsz, reverse, onednn))
+        return list(torch.ops.rnnkit_norm.forward(base, mode, *tensors, bsz, reverse, onednn, save))
     out, hn, cn, stats, saved = pure.forward(base, mode, *tensors, tuple(bsz), reverse)
     return [out, hn, cn, *stats, *saved]
 

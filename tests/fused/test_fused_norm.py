@@ -94,7 +94,7 @@ def test_fused_norm_equals_loop(backend, family, reg, bidir, packed, training):
     hx = (h, torch.randn(h.shape[0], 3, 4, requires_grad=True)) if a.cells[0].family == "lstm" else h
     calls = []
     orig = norm_ops.forward_impl
-    norm_ops.forward_impl = lambda *args: calls.append(args[0]) or orig(*args)
+    norm_ops.forward_impl = lambda *args, **kw: calls.append(args[0]) or orig(*args, **kw)
     try:
         ta, tb = _outputs(lambda v: a(v, hx), x, 7), _outputs(lambda v: b(v, hx), x, 7)
     finally:

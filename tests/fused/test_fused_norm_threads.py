@@ -1,4 +1,5 @@
-"""The compiled normalized kernels on two threads against the pure-PyTorch twin (float64).
+"""The compiled normalized kernels on two threads against the pure-PyTorch twin (float64),
+with and without the tensors saved for backward.
 
 ``csrc/norm.cpp`` / ``norm_bwd.cpp`` split a step's rows over the threads and the step GEMMs
 over column blocks once a step is big enough (``norm_kernels.h``: >= 8192 values per step for
@@ -57,6 +58,11 @@ def test_two_threads_equal_pure(kind, mode, H):
         ref = norm_ops.forward_impl(kind, mode, False, False, *args, BS, True)
         for a, b in zip(ext, ref):
             torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+        # inference: nothing saved for backward (step-sized scratch), the same outputs
+        lean = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True, save=False)
+        for a, b in zip(lean[:7], ref[:7]):
+            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+        assert lean[7].shape[0] == BS[0] < ext[7].shape[0]
         lstm = kind == "lstm"
         g = torch.Generator().manual_seed(2)
         gout = torch.randn(ext[0].shape, generator=g, dtype=torch.float64)

@@ -25,9 +25,13 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
                             const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask_,
                             const OptT& zh_, const OptT& zc_, const Tensor& g_hh, const OptT& s_hh,
                             const OptT& g_c, const OptT& s_c, const OptT& st_hh, const OptT& st_c,
-                            std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+                            std::vector<int64_t> batch_sizes, bool reverse, bool onednn, bool save) {
   (void)onednn;  // the step GEMMs are raw brgemm/dgemm calls (norm_kernels.h)
   const int64_t N = xp_.size(0), B = h0.size(0), P = h0.size(1), T = batch_sizes.size(), G = w_hh.size(0);
+  // Without `save` (inference) the tensors that only backward reads (x^, gates, c_{t-1}, ...)
+  // are step-sized scratch, (B, F) rather than (N, F): at the medium shape ~40 MB less to
+  // allocate and fault in per call. Step k's rows live at [so, so + bs), so = off or 0.
+  const int64_t NS = save ? N : B;
   auto o = xp_.options();
   auto e = [&] { return none(xp_); };  // a fresh placeholder each time: outputs may not alias
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
@@ -35,9 +39,9 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   const Tensor WT = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : W;  // brgemm reads W^T (P, G)
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), gh = cont(g_hh), sh = cont(s_hh);
   const OptT sth = cont(st_hh), stc = cont(st_c);
-  Tensor hbuf = h0.clone(), out = at::empty({N, P}, o), hprev = at::empty({N, P}, o), rbuf = at::empty({B, G}, o);
+  Tensor hbuf = h0.clone(), out = at::empty({N, P}, o), hprev = at::empty({NS, P}, o), rbuf = at::empty({B, G}, o);
   auto group = [&](int64_t F) {  // x^, rho, mean, var
-    return std::vector<Tensor>{at::empty({N, F}, o),
+    return std::vector<Tensor>{at::empty({NS, F}, o),
                                mode == kLN ? at::empty({N, 1}, o) : mode == kBNTrain ? at::empty({T, F}, o) : e(),
                                mode == kBNTrain ? at::empty({T, F}, o) : e(),
                                mode == kBNTrain ? at::empty({T, F}, o) : e()};
@@ -59,29 +63,29 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const Tensor gcc = g_c->contiguous();
       const OptT scc = cont(s_c);
       const NormG<T_> nc(mode, H, cg[0], cg[1], cg[2], cg[3], gcc, scc, stc);
-      Tensor gates = at::empty({N, G4}, o), cprev = at::empty({N, H}, o), tanhc = at::empty({N, H}, o);
-      Tensor hraw = proj ? at::empty({N, H}, o) : e(), cbuf = c0->clone();
+      Tensor gates = at::empty({NS, G4}, o), cprev = at::empty({NS, H}, o), tanhc = at::empty({NS, H}, o);
+      Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone();
       const Tensor WR = proj ? w_hr->contiguous() : e();
       const Tensor WRT = proj && xp.scalar_type() == at::kFloat ? w_hr->t().contiguous() : WR;
       T_ *C = cbuf.data_ptr<T_>(), *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>();
-      T_ *TCV = tanhc.data_ptr<T_>(), *HRV = proj ? hraw.data_ptr<T_>() : O;
+      T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
       for (int64_t k = 0; k < T; ++k) {
-        const int64_t off = steps[k].first, bs = steps[k].second;
-        T_* HP = HPV + off * P;
+        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0;
+        T_* HP = HPV + so * P;
         for (int64_t i = 0; i < bs * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
         step_xwt(HP, Wp, WTp, R, bs, G4, P);
         nh.stats(R, bs, k);
         // h_t of row b from its normalized cell: tanh(norm_c(c_t)), o ⊙ it, zoneout on c (and
         // on h without projection)
         auto out_row = [&](int64_t b) {
-          const int64_t n = off + b;
-          T_ *c = C + b * H, *tc = TCV + n * H, *hr = HRV + n * H;
-          const T_* g = GT + n * G4;
-          nc.row(c, n, k, nullptr, nullptr, tc);
+          const int64_t n = off + b, ns = so + b;
+          T_ *c = C + b * H, *tc = TCV + ns * H, *hr = proj ? HRW + ns * H : O + n * H;
+          const T_* g = GT + ns * G4;
+          nc.row(c, n, ns, k, nullptr, nullptr, tc);
           tanh(tc, tc, H);
           for (int64_t j = 0; j < H; ++j) hr[j] = g[3 * H + j] * tc[j];
           if (ZC) {
-            const T_ *cp = CPV + n * H, *z = ZC + n * H;
+            const T_ *cp = CPV + ns * H, *z = ZC + n * H;
             for (int64_t j = 0; j < H; ++j) c[j] = lerp(c[j], cp[j], z[j]);
           }
           if (!proj)
@@ -89,9 +93,9 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
         };
         prows(bs, G4, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            const int64_t n = off + b;
-            T_ *r = R + b * G4, *g = GT + n * G4, *c = C + b * H, *cp = CPV + n * H;
-            nh.row(r, n, k, XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
+            const int64_t n = off + b, ns = so + b;
+            T_ *r = R + b * G4, *g = GT + ns * G4, *c = C + b * H, *cp = CPV + ns * H;
+            nh.row(r, n, ns, k, XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
             sigmoid(r, g, 2 * H);
             tanh(r + 2 * H, g + 2 * H, H);
             sigmoid(r + 3 * H, g + 3 * H, H);
@@ -111,7 +115,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
         }
         if (proj) {  // out = hraw W_hr^T, then zoneout on h
           T_* y = O + off * P;
-          step_xwt(HRV + off * H, WR.data_ptr<T_>(), WRT.data_ptr<T_>(), y, bs, P, H);
+          step_xwt(HRW + so * H, WR.data_ptr<T_>(), WRT.data_ptr<T_>(), y, bs, P, H);
           for (int64_t i = 0; i < bs * P; ++i) HB[i] = y[i] = ZH ? lerp(y[i], HB[i], ZH[off * P + i]) : y[i];
         }
       }
@@ -119,14 +123,14 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
              cg[0], cg[1]};
     } else if (kind == "gru") {
       const int64_t H = P;
-      Tensor gates = at::empty({N, 3 * H}, o), an = at::empty({N, H}, o);
-      Tensor hprev_m = M ? at::empty({N, H}, o) : e();
+      Tensor gates = at::empty({NS, 3 * H}, o), an = at::empty({NS, H}, o);
+      Tensor hprev_m = M ? at::empty({NS, H}, o) : e();
       const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : e();
       T_ *GT = gates.data_ptr<T_>(), *AN = an.data_ptr<T_>(), *HMV = M ? hprev_m.data_ptr<T_>() : HPV;
       const T_* BH = b_hh.has_value() ? bh.data_ptr<T_>() : nullptr;
       for (int64_t k = 0; k < T; ++k) {
-        const int64_t off = steps[k].first, bs = steps[k].second;
-        T_ *HP = HPV + off * H, *HM = HMV + off * H;
+        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0;
+        T_ *HP = HPV + so * H, *HM = HMV + so * H;
         for (int64_t i = 0; i < bs * H; ++i) {
           HP[i] = HB[i];
           if (M) HM[i] = HB[i] * M[i];
@@ -135,10 +139,10 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
         nh.stats(R, bs, k);
         prows(bs, G, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
-            const int64_t n = off + b;
-            T_ *r = R + b * G, *g = GT + n * G, *ar = AN + n * H, *y = O + n * H;
+            const int64_t n = off + b, ns = so + b;
+            T_ *r = R + b * G, *g = GT + ns * G, *ar = AN + ns * H, *y = O + n * H;
             const T_ *x = XP + n * G, *hp = HP + b * H;
-            nh.row(r, n, k, nullptr, BH, r);  // a = norm_hh(r) + b_hh
+            nh.row(r, n, ns, k, nullptr, BH, r);  // a = norm_hh(r) + b_hh
             for (int64_t j = 0; j < 2 * H; ++j) g[j] = x[j] + r[j];
             sigmoid(g, g, 2 * H);  // r, z
             for (int64_t j = 0; j < H; ++j) {
@@ -158,19 +162,19 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       res = {out, hbuf, e(), hh[2], hh[3], e(), e(), gates, an, hprev, hprev_m, hh[0], hh[1]};
     } else {
       const bool relu = kind == "rnn_relu";
-      Tensor hnew = ZH ? at::empty({N, P}, o) : e();
+      Tensor hnew = ZH ? at::empty({NS, P}, o) : e();
       T_* HN = ZH ? hnew.data_ptr<T_>() : O;
       for (int64_t k = 0; k < T; ++k) {
-        const int64_t off = steps[k].first, bs = steps[k].second;
-        T_* HP = HPV + off * P;
+        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0;
+        T_* HP = HPV + so * P;
         for (int64_t i = 0; i < bs * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
         step_xwt(HP, Wp, WTp, R, bs, G, P);
         nh.stats(R, bs, k);
         prows(bs, G, [&](int64_t b0, int64_t b1) {
           for (int64_t b = b0; b < b1; ++b) {
             const int64_t n = off + b;
-            T_ *r = R + b * G, *h = HN + n * P, *y = O + n * P, *hb = HB + b * P;
-            nh.row(r, n, k, XP + n * G, nullptr, r);  // a = norm_hh(r) + xp
+            T_ *r = R + b * G, *h = ZH ? HN + (so + b) * P : O + n * P, *y = O + n * P, *hb = HB + b * P;
+            nh.row(r, n, so + b, k, XP + n * G, nullptr, r);  // a = norm_hh(r) + xp
             if (relu)
               for (int64_t j = 0; j < P; ++j) h[j] = r[j] < T_(0) ? T_(0) : r[j];
             else
@@ -192,7 +196,7 @@ TORCH_LIBRARY(rnnkit_norm, m) {
   m.def(
       "forward(str kind, int mode, Tensor xp, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
       "Tensor? mask, Tensor? zh, Tensor? zc, Tensor g_hh, Tensor? s_hh, Tensor? g_c, Tensor? s_c, Tensor? st_hh, "
-      "Tensor? st_c, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "Tensor? st_c, int[] batch_sizes, bool reverse, bool onednn, bool save=True) -> Tensor[]",
       &rnnkit_norm::forward);
   m.def(
       "backward(str kind, int mode, Tensor gout, Tensor ghn, Tensor gcn, Tensor out, Tensor[] saved, Tensor w_hh, "

@@ -136,10 +136,11 @@ struct NormG {
       Q[j] = T(1 / std::sqrt(v[j] / bs + kEps));
     }
   }
-  // One row r (F) at packed row n of step k: x^ saved, y = (g ⊙ x^ (+ s)) (+ add) (+ addv) into
-  // y (may be r itself).
-  void row(const T* r, int64_t n, int64_t k, const T* add, const T* addv, T* y) const {
-    T* x = X + n * F;
+  // One row r (F) at packed row n of step k: x^ saved at row ns (n, or the row's slot in a
+  // step-sized scratch when nothing is saved), y = (g ⊙ x^ (+ s)) (+ add) (+ addv) into y (may
+  // be r itself).
+  void row(const T* r, int64_t n, int64_t ns, int64_t k, const T* add, const T* addv, T* y) const {
+    T* x = X + ns * F;
     if (mode == kLN) {  // two passes (mean, then centred variance), 4 partial sums each
       double m, v;
 #ifdef RNNKIT_SLEEF
