@@ -112,13 +112,13 @@ acc sum4(int64_t n, const Fn& f) {
 // st (2, N, F) (per row: mean, 1/std).
 template <typename T>
 struct NormG {
-  int64_t mode, F, N;
+  int64_t mode, F, N;  // N: rows of st (BN eval)
   T *X, *RS, *MEAN, *VAR;
   const T *Gm, *S, *ST;
   NormG(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& mean, const Tensor& var,
         const Tensor& g, const OptT& s, const OptT& st)
-      : mode(mode_), F(F_), N(xh.size(0)), X(xh.data_ptr<T>()), RS(rs.numel() ? rs.data_ptr<T>() : nullptr),
-        MEAN(mean.numel() ? mean.data_ptr<T>() : nullptr), VAR(var.numel() ? var.data_ptr<T>() : nullptr),
+      : mode(mode_), F(F_), N(st.has_value() ? st->size(1) : 0), X(xh.data_ptr<T>()),
+        RS(rs.numel() ? rs.data_ptr<T>() : nullptr), MEAN(mean.numel() ? mean.data_ptr<T>() : nullptr), VAR(var.numel() ? var.data_ptr<T>() : nullptr),
         Gm(g.data_ptr<T>()), S(ptr<T>(s)), ST(ptr<T>(st)) {}
   // BN train: the statistics over the bs rows of R (bs, F) of processing step k (float64 sums).
   void stats(const T* R, int64_t bs, int64_t k) const {
