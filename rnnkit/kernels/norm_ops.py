@@ -150,6 +150,13 @@ def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool,
     """``BN_t(x W_ihᵀ) + b_ih + b_hh`` for all rows at once (autograd), updating the running
     statistics of ``ih`` in training."""
     T, B, N = len(bsz), bsz[0], a.shape[0]
+    bias = (p["bias_ih"] + p["bias_hh"]) if cell.bias else None
+    if training and use_ext_for(a) and not torch.compiler.is_compiling():  # the same in C++
+        y, mean, var = _BNInput.apply(a, p["weight_bn_ih"], bias, bsz)
+        if reverse:
+            mean, var = mean.flip(0), var.flip(0)
+        _update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)
+        return y
     if training:
         if all(b == B for b in bsz):  # dense: one reduction over the batch axis
             a3 = a.view(T, B, -1)
@@ -173,7 +180,27 @@ def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool,
         mean, rs = _eval_stats(p, "ih", _row_slots(bsz, reverse, cell.max_len, a.device))
         y = (a - mean) * rs
     y = y * p["weight_bn_ih"]
-    return y + (p["bias_ih"] + p["bias_hh"]) if cell.bias else y
+    return y if bias is None else y + bias
+
+
+class _BNInput(torch.autograd.Function):
+    """``BN_t(a) ⊙ γ (+ b)`` with per-step statistics in training, on the compiled kernels
+    (``csrc/norm_input.cpp``): ``(y, mean, var)``, statistics ``(T, G)`` in time order."""
+
+    @staticmethod
+    def forward(ctx, a, w, b, bsz):
+        y, xh, mean, var, rs = torch.ops.rnnkit_norm.bn_input_forward(a, w, b, list(bsz))
+        ctx.save_for_backward(xh, rs, w)
+        ctx.bsz, ctx.has_bias = list(bsz), b is not None
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, _m, _v):
+        xh, rs, w = ctx.saved_tensors
+        da, dw, db = torch.ops.rnnkit_norm.bn_input_backward(dy, xh, rs, w, ctx.has_bias, ctx.bsz)
+        return da, dw, db if ctx.has_bias else None, None
 
 
 def _update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]) -> None:

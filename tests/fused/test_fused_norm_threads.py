@@ -81,3 +81,37 @@ def test_two_threads_equal_pure(kind, mode, H):
                     torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_batch_norm_input_two_threads():
+    """The input group's batch norm (``csrc/norm_input.cpp``, steps in parallel) against its
+    PyTorch expression with autograd: outputs, statistics and every gradient."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    g = torch.Generator().manual_seed(3)
+    N, G = sum(BS), 384
+    a = torch.randn(N, G, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(G, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    b = torch.randn(G, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(N, G, generator=g, dtype=torch.float64)
+    ys, means, vars_ = [], [], []
+    for r in torch.split(a, BS):  # the paper's equations, step by step
+        var, mean = torch.var_mean(r, 0, correction=0)
+        ys.append((r - mean) / torch.sqrt(var + 1e-5) * w + b)
+        means.append(mean)
+        vars_.append(var)
+    ref = torch.autograd.grad(torch.cat(ys), [a, w, b], dy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y, mean, var = norm_ops._BNInput.apply(a, w, b, BS)
+        torch.testing.assert_close(y, torch.cat(ys), atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(mean, torch.stack(means), atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(var, torch.stack(vars_), atol=1e-12, rtol=1e-12)
+        for _ in range(3):
+            got = torch.autograd.grad(y, [a, w, b], dy, retain_graph=True)
+            for u, v in zip(got, ref):
+                torch.testing.assert_close(u, v, atol=1e-11, rtol=1e-11)
+    finally:
+        torch.set_num_threads(threads)
