@@ -116,7 +116,8 @@ def run_direction(
     if torch.compiler.is_compiling():  # one opaque custom op per direction in the graph
         res = fused_norm_direction(base, mode, *args, bsz, reverse)
     else:  # eager: the same computation without the custom-op machinery (~0.1 ms a call)
-        res = _NormDirection.apply(base, mode, bsz, reverse, *args)
+        save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
+        res = _NormDirection.apply(base, mode, bsz, reverse, save, *args)
     out, hn, cn = res[:3]
     if mode == BN_TRAIN:
         ns = bsz[::-1] if reverse else bsz
@@ -227,9 +228,8 @@ class _NormDirection(torch.autograd.Function):
     Python dispatch costs ~0.1 ms a call: at the small shape a fifth of the layer's time)."""
 
     @staticmethod
-    def forward(ctx, kind, mode, bsz, reverse, *args):
-        xp = args[0]
-        save = any(ctx.needs_input_grad)  # else (inference) the kernels keep nothing for backward
+    def forward(ctx, kind, mode, bsz, reverse, save, *args):
+        xp = args[0]  # without `save` (no gradient wanted) the kernels keep nothing for backward
         res = forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, list(bsz), reverse,
                            save=save)  # fmt: skip
         _setup_context(ctx, (kind, mode, *args, bsz, reverse), res)
@@ -241,7 +241,7 @@ class _NormDirection(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, *grads):
-        return (None, None, None, None, *_backward(ctx, grads, backward_impl)[2:-2])
+        return (None, None, None, None, None, *_backward(ctx, grads, backward_impl)[2:-2])
 
 
 def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True):
