@@ -148,6 +148,43 @@ inline void lnb_out(const double* d, const double* x, const double* g, double a,
   }
   for (; j < F; ++j) out[j] = rho * (d[j] * g[j] - a - x[j] * c);
 }
+
+// Batch norm's column sums over a step's rows, one row at a time (float64 accumulators per
+// feature): acc += r; acc += (r - m)²; and backward's m1 += d g, m2 += (d g) x, dga += d x,
+// dbe += d.
+template <typename T>
+void col_sum(const T* r, double* acc, int64_t F) {
+  int64_t j = 0;
+  for (; j + 4 <= F; j += 4) st4(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), ld4(r + j)));
+  for (; j < F; ++j) acc[j] += r[j];
+}
+template <typename T>
+void col_sqdev(const T* r, const double* m, double* acc, int64_t F) {
+  int64_t j = 0;
+  for (; j + 4 <= F; j += 4) {
+    const __m256d u = _mm256_sub_pd(ld4(r + j), _mm256_loadu_pd(m + j));
+    st4(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), _mm256_mul_pd(u, u)));
+  }
+  for (; j < F; ++j) acc[j] += (r[j] - m[j]) * (r[j] - m[j]);
+}
+template <typename T>
+void col_bwd(const T* d, const T* x, const T* g, int64_t F, double* m1, double* m2, double* dga, double* dbe) {
+  int64_t j = 0;
+  for (; j + 4 <= F; j += 4) {
+    const __m256d dv = ld4(d + j), xv = ld4(x + j), tv = mul4(d + j, g + j);
+    st4(m1 + j, _mm256_add_pd(_mm256_loadu_pd(m1 + j), tv));
+    st4(m2 + j, _mm256_add_pd(_mm256_loadu_pd(m2 + j), _mm256_mul_pd(tv, xv)));
+    st4(dga + j, _mm256_add_pd(_mm256_loadu_pd(dga + j), _mm256_mul_pd(dv, xv)));
+    st4(dbe + j, _mm256_add_pd(_mm256_loadu_pd(dbe + j), dv));
+  }
+  for (; j < F; ++j) {
+    const T t = d[j] * g[j];
+    m1[j] += t;
+    m2[j] += double(t) * x[j];
+    dga[j] += double(d[j]) * x[j];
+    dbe[j] += d[j];
+  }
+}
 }  // namespace rnnkit_norm_avx2
 #pragma GCC pop_options
 #endif

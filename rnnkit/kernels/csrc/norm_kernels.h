@@ -131,11 +131,20 @@ struct NormG {
   void stats(const T* R, int64_t bs, int64_t k) const {
     if (mode != kBNTrain) return;
     std::vector<double> m(F, 0), v(F, 0);
-    for (int64_t b = 0; b < bs; ++b)
-      for (int64_t j = 0; j < F; ++j) m[j] += R[b * F + j];
-    for (int64_t j = 0; j < F; ++j) m[j] /= bs;
-    for (int64_t b = 0; b < bs; ++b)
-      for (int64_t j = 0; j < F; ++j) v[j] += (R[b * F + j] - m[j]) * (R[b * F + j] - m[j]);
+#ifdef RNNKIT_SLEEF
+    if (rnnkit_pw::has_avx2()) {
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sum(R + b * F, m.data(), F);
+      for (int64_t j = 0; j < F; ++j) m[j] /= bs;
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sqdev(R + b * F, m.data(), v.data(), F);
+    } else
+#endif
+    {
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j) m[j] += R[b * F + j];
+      for (int64_t j = 0; j < F; ++j) m[j] /= bs;
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j) v[j] += (R[b * F + j] - m[j]) * (R[b * F + j] - m[j]);
+    }
     T *M = MEAN + k * F, *V = VAR + k * F, *Q = RS + k * F;
     for (int64_t j = 0; j < F; ++j) {
       M[j] = T(m[j]);
@@ -205,14 +214,22 @@ struct NormB {
     std::vector<double> m1(F, 0), m2(F, 0);
     double *DGA = mine(), *DBE = DGA + F;
     const T* Xs = X + off * F;
-    for (int64_t b = 0; b < bs; ++b)
-      for (int64_t j = 0; j < F; ++j) {
-        const T d = D[b * F + j], x = Xs[b * F + j], t = d * Gm[j];
-        DGA[j] += double(d) * x;
-        DBE[j] += d;
-        m1[j] += t;
-        m2[j] += t * x;
-      }
+#ifdef RNNKIT_SLEEF
+    if (rnnkit_pw::has_avx2()) {
+      for (int64_t b = 0; b < bs; ++b)
+        rnnkit_norm_avx2::col_bwd(D + b * F, Xs + b * F, Gm, F, m1.data(), m2.data(), DGA, DBE);
+    } else
+#endif
+    {
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j) {
+          const T d = D[b * F + j], x = Xs[b * F + j], t = d * Gm[j];
+          DGA[j] += double(d) * x;
+          DBE[j] += d;
+          m1[j] += t;
+          m2[j] += t * x;
+        }
+    }
     for (int64_t j = 0; j < F; ++j) ca[j] = T(m1[j] / bs), cc[j] = T(m2[j] / bs);
   }
   // dr (F) of the row d (F) at packed row n of step k.
