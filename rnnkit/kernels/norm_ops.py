@@ -22,7 +22,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
@@ -60,10 +62,12 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     a = _gemm.linear(x, p["weight_ih"], None)
     if kind_of(cell) == "lstm_bn":
         return a
-    a = layer_norm(p, "ih", a)
     if not cell.bias:
-        return a
-    return a + (p["bias_ih"] if isinstance(cell, GRUCellMath) else p["bias_ih"] + p["bias_hh"])
+        return layer_norm(p, "ih", a)
+    # the biases folded into the layer norm's shift: one pass over (N, G) less (γ x̂ + (β + b))
+    b = p["bias_ih"] if isinstance(cell, GRUCellMath) else p["bias_ih"] + p["bias_hh"]
+    s = p.get("bias_ln_ih")
+    return F.layer_norm(a, a.shape[-1:], p["weight_ln_ih"], b if s is None else s + b, EPS)
 
 
 def use_ext_for(x: Tensor) -> bool:
@@ -109,7 +113,11 @@ def run_direction(
     zh, zc = zoneout_rows
     gains = (p[f"weight_{g}_hh"], p.get(f"bias_{g}_hh"), p.get(f"weight_{g}_c"), p.get(f"bias_{g}_c"))
     args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, *gains, st_hh, st_c)
-    res = fused_norm_direction(base, mode, *args, bsz, reverse)
+    if torch.compiler.is_compiling():  # one opaque custom op per direction in the graph
+        res = fused_norm_direction(base, mode, *args, bsz, reverse)
+    else:  # eager: the same computation without the custom-op machinery (~0.1 ms a call)
+        save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
+        res = _NormDirection.apply(base, mode, bsz, reverse, save, *args)
     out, hn, cn = res[:3]
     if mode == BN_TRAIN:
         ns = bsz[::-1] if reverse else bsz
@@ -143,6 +151,13 @@ def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool,
     """``BN_t(x W_ihᵀ) + b_ih + b_hh`` for all rows at once (autograd), updating the running
     statistics of ``ih`` in training."""
     T, B, N = len(bsz), bsz[0], a.shape[0]
+    bias = (p["bias_ih"] + p["bias_hh"]) if cell.bias else None
+    if training and use_ext_for(a) and not torch.compiler.is_compiling():  # the same in C++
+        y, mean, var = _BNInput.apply(a, p["weight_bn_ih"], bias, bsz)
+        if reverse:
+            mean, var = mean.flip(0), var.flip(0)
+        _update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)
+        return y
     if training:
         if all(b == B for b in bsz):  # dense: one reduction over the batch axis
             a3 = a.view(T, B, -1)
@@ -166,7 +181,27 @@ def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool,
         mean, rs = _eval_stats(p, "ih", _row_slots(bsz, reverse, cell.max_len, a.device))
         y = (a - mean) * rs
     y = y * p["weight_bn_ih"]
-    return y + (p["bias_ih"] + p["bias_hh"]) if cell.bias else y
+    return y if bias is None else y + bias
+
+
+class _BNInput(torch.autograd.Function):
+    """``BN_t(a) ⊙ γ (+ b)`` with per-step statistics in training, on the compiled kernels
+    (``csrc/norm_input.cpp``): ``(y, mean, var)``, statistics ``(T, G)`` in time order."""
+
+    @staticmethod
+    def forward(ctx, a, w, b, bsz):
+        y, xh, mean, var, rs = torch.ops.rnnkit_norm.bn_input_forward(a, w, b, list(bsz))
+        ctx.save_for_backward(xh, rs, w)
+        ctx.bsz, ctx.has_bias = list(bsz), b is not None
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, _m, _v):
+        xh, rs, w = ctx.saved_tensors
+        da, dw, db = torch.ops.rnnkit_norm.bn_input_backward(dy, xh, rs, w, ctx.has_bias, ctx.bsz)
+        return da, dw, db if ctx.has_bias else None, None
 
 
 def _update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]) -> None:
@@ -188,12 +223,34 @@ def _update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int
 
 
 # -- the custom op ----------------------------------------------------------------------------
-def forward_impl(base, mode, use_ext, onednn, *args):
-    """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]``."""
+class _NormDirection(torch.autograd.Function):
+    """Eager twin of ``rnnkit::fused_norm_direction`` and its autograd formula (the custom op's
+    Python dispatch costs ~0.1 ms a call: at the small shape a fifth of the layer's time)."""
+
+    @staticmethod
+    def forward(ctx, kind, mode, bsz, reverse, save, *args):
+        xp = args[0]  # without `save` (no gradient wanted) the kernels keep nothing for backward
+        res = forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, list(bsz), reverse,
+                           save=save)  # fmt: skip
+        _setup_context(ctx, (kind, mode, *args, bsz, reverse), res)
+        ctx.mark_non_differentiable(*res[3:7], *res[7:])
+        if kind != "lstm":
+            ctx.mark_non_differentiable(res[2])
+        return tuple(res)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *grads):
+        return (None, None, None, None, None, *_backward(ctx, grads, backward_impl)[2:-2])
+
+
+def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True):
+    """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]``; without ``save`` (no gradient
+    wanted) the compiled kernels return the saved tensors as step-sized scratch only."""
     *tensors, bsz, reverse = args
     tensors[0], tensors[1] = tensors[0].contiguous(), tensors[1].contiguous()
     if use_ext:
-        return list(torch.ops.rnnkit_norm.forward(base, mode, *tensors, bsz, reverse, onednn))
+        return list(torch.ops.rnnkit_norm.forward(base, mode, *tensors, bsz, reverse, onednn, save))
     out, hn, cn, stats, saved = pure.forward(base, mode, *tensors, tuple(bsz), reverse)
     return [out, hn, cn, *stats, *saved]
 
@@ -277,6 +334,15 @@ def fused_norm_direction_backward(
     reverse: bool,
 ) -> list[Tensor]:
     """``[d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, dγ_hh, dβ_hh, dγ_c, dβ_c]`` (empty where absent)."""
+    return backward_impl(
+        kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c,
+        shift_c, st_hh, st_c, batch_sizes, reverse,
+    )  # fmt: skip
+
+
+def backward_impl(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh,
+                  g_c, shift_c, st_hh, st_c, batch_sizes, reverse):  # fmt: skip
+    """The backward op's computation (compiled or pure kernels)."""
     gout, ghn, gcn = gout.contiguous(), ghn.contiguous(), gcn.contiguous()
     args = (gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c, shift_c)
     if use_ext_for(gout):
@@ -316,7 +382,9 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(output[0], *output[7:], w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c)
 
 
-def _backward(ctx, grads):
+def _backward(ctx, grads, bw=None):
+    """The custom op's autograd formula (through the backward custom op, traceable), or with
+    ``bw`` another function of the same signature (the eager Function: :func:`backward_impl`)."""
     out, *rest = ctx.saved_tensors
     saved, (w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c) = rest[: ctx.n_saved], rest[ctx.n_saved :]
     B, P = ctx.batch_sizes[0], out.shape[1]
@@ -327,7 +395,7 @@ def _backward(ctx, grads):
     else:  # saved[1] is c_{t-1} (N, H)
         gcn = out.new_zeros(B, saved[1].shape[1]) if grads[2] is None else grads[2]
     has_bias, shift_hh, shift_c = ctx.flags
-    r = fused_norm_direction_backward(
+    r = (bw or fused_norm_direction_backward)(
         ctx.kind, ctx.mode, gout, ghn, gcn, out, list(saved), w_hh, has_bias, w_hr, mask, zh, zc, g_hh,
         shift_hh, g_c, shift_c, st_hh, st_c, list(ctx.batch_sizes), ctx.reverse,
     )  # fmt: skip

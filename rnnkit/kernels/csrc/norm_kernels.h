@@ -1,36 +1,107 @@
-// Building blocks of csrc/norm.cpp: one normalized group's forward (Group) and backward
-// (norm_backward); the GEMMs and the step schedule come from common.h.
+// Building blocks of the normalized kernels (csrc/norm.cpp forward, csrc/norm_bwd.cpp
+// backward): the step GEMM on raw pointers split over threads by output columns, the row-wise
+// parallel loop, and one normalized group's forward (NormG) and backward (NormB) on raw rows.
+//
+// Why raw pointers: at the small shape a whole step (8 rows x 256 features) takes a few us,
+// and every ATen call below that size costs ~1-3 us of dispatch and TensorImpl overhead (see
+// docs/fused.md "Per-step overhead"); at the medium shape the step GEMM dominates, and
+// brgemm split by column blocks over the threads runs it ~2.5x faster than addmm.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include "common.h"
+#include "norm_avx2.h"
+#include "pointwise.h"
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#pragma GCC optimize("O3")  // the row loops vectorize at -O3 only (see fused.cpp)
+
 namespace rnnkit_norm {
 using at::Tensor;
 using OptT = std::optional<Tensor>;
+
+std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout, const Tensor& ghn,
+                             const Tensor& gcn, const Tensor& out, std::vector<Tensor> saved, const Tensor& w_hh,
+                             bool has_bias, const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
+                             const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
+                             const OptT& st_c, std::vector<int64_t> batch_sizes, bool reverse, bool onednn);
 namespace {
 
 constexpr double kEps = 1e-5;  // rnnkit.cells.norm.EPS
 constexpr int64_t kLN = 1, kBNTrain = 2, kBNEval = 3;
 
-// GEMMs (the policy of rnnkit/kernels/_gemm.py), the step schedule: csrc/common.h.
-using rnnkit_common::Linear;
 using rnnkit_common::mm_tn;
 using rnnkit_common::none;
 using rnnkit_common::schedule;
 
-// Out-variants that take the destination by value (a narrow()ed view is an rvalue).
-Tensor sigmoid_o(Tensor out, const Tensor& a) { return at::sigmoid_out(out, a); }
-Tensor tanh_o(Tensor out, const Tensor& a) { return at::tanh_out(out, a); }
-Tensor mul_o(Tensor out, const Tensor& a, const Tensor& b) { return at::mul_out(out, a, b); }
+template <typename T>
+const T* ptr(const OptT& t) {
+  return t.has_value() && t->numel() ? t->data_ptr<T>() : nullptr;
+}
+
+// f(b0, b1) over rows [0, n) of `width` values each: on the threads when a step has at least
+// 8k values (the medium shape's RNN: 32 x 256), else inline (a fork/join costs a few us, the
+// small shape's whole LSTM step ~4 us).
+constexpr int64_t kRowsMin = 8192;
+template <typename F>
+void prows(int64_t n, int64_t width, const F& f) {
+  if (n * width < kRowsMin || n < 2 || at::get_num_threads() < 2 || at::in_parallel_region())
+    f(int64_t(0), n);
+  else
+    at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1)), f);
+}
+
+// Column blocks [c0, c1) of an m-wide output: on the threads when the product is big enough
+// (n*m*k >= 2^20, i.e. the medium shape's 32x1024x256; the small one's 8x256x64 stays whole),
+// one or two blocks a thread, and of at most 512 columns (brgemm runs faster on those: one
+// thread, 32x256 @ 256x1024, 10 ms per 100 steps whole against 7.1 ms as two blocks; see
+// blocked.h on main).
+template <typename F>
+void pcols(int64_t n, int64_t m, int64_t k, const F& f) {
+  const bool par = at::get_num_threads() > 1 && n * m * k >= (int64_t(1) << 20) && !at::in_parallel_region();
+  const int64_t nb = std::max<int64_t>(par ? 2 * at::get_num_threads() : 1, (m + 511) / 512);
+  const int64_t w = std::max<int64_t>(16, (m + nb - 1) / nb + 15) / 16 * 16, nblk = (m + w - 1) / w;
+  auto run = [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) f(b * w, std::min(m, (b + 1) * w));
+  };
+  if (par && nblk > 1)
+    at::parallel_for(0, nblk, 1, run);
+  else
+    run(0, nblk);
+}
+
+// C (n, m) = X (n, k) W^T for W (m, k); wt = W^T (k, m) dense (float32's brgemm reads it).
+inline void step_xwt(const double* x, const double* w, const double*, double* c, int64_t n, int64_t m, int64_t k) {
+  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
+    rnnkit_pw::blas_gemm('T', 'N', int(c1 - c0), int(n), int(k), 1., w + c0 * k, int(k), x, int(k), 0., c + c0,
+                         int(m));
+  });
+}
+inline void step_xwt(const float* x, const float*, const float* wt, float* c, int64_t n, int64_t m, int64_t k) {
+  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
+    at::native::cpublas::brgemm(n, c1 - c0, k, k, m, m, false, x + 0, wt + c0, c + c0, false);
+  });
+}
+// C (n, m) = X (n, k) W for W (k, m) dense.
+inline void step_xw(const double* x, const double* w, double* c, int64_t n, int64_t m, int64_t k) {
+  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
+    rnnkit_pw::blas_gemm('N', 'N', int(c1 - c0), int(n), int(k), 1., w + c0, int(m), x, int(k), 0., c + c0, int(m));
+  });
+}
+inline void step_xw(const float* x, const float* w, float* c, int64_t n, int64_t m, int64_t k) {
+  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
+    at::native::cpublas::brgemm(n, c1 - c0, k, k, m, m, false, x, w + c0, c + c0, false);
+  });
+}
 
 // Σ_j f(j) for j < n with four independent partial sums (no single chain of dependent adds).
 template <typename acc, typename Fn>
@@ -43,157 +114,174 @@ acc sum4(int64_t n, const Fn& f) {
   return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
-// One normalized group over a direction (norm.py's _Group): saved x^ (N, F), rho, stats.
-struct Group {
-  int64_t mode, F;
-  Tensor g;
-  OptT s, st;
-  Tensor xh, rs, mean, var;
-  Group(int64_t mode_, int64_t N, int64_t T, int64_t F_, const Tensor& like, const Tensor& g_, const OptT& s_,
-        const OptT& st_)
-      : mode(mode_), F(F_), g(g_.contiguous()) {
-    if (s_.has_value()) s = s_->contiguous();
-    if (st_.has_value()) st = st_->contiguous();
-    auto o = like.options();
-    xh = at::empty({N, F}, o);
-    rs = mode == kLN ? at::empty({N, 1}, o) : mode == kBNTrain ? at::empty({T, F}, o) : none(like);
-    mean = mode == kBNTrain ? at::empty({T, F}, o) : none(like);
-    var = mode == kBNTrain ? at::empty({T, F}, o) : none(like);
-  }
-  // y = g ⊙ x^ (+ s) of the raw group r (bs, F) at rows [off, off + bs), processing step k;
-  // x^, rho (and the step's statistics) saved. One pass over r per statistic, no temporaries.
-  // `add` (bs, F) contiguous rows and `addv` (F,) are optional terms added to y.
-  Tensor operator()(const Tensor& r_, int64_t off, int64_t bs, int64_t k, const Tensor* add = nullptr,
-                    const Tensor* addv = nullptr) {
-    const Tensor r = r_.contiguous();
-    Tensor y = at::empty({bs, F}, r.options());
-    AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "rnnkit_norm_fwd", [&] {
-      using acc = double;
-      const scalar_t* R = r.data_ptr<scalar_t>();
-      scalar_t* X = xh.data_ptr<scalar_t>() + off * F;
-      scalar_t* Y = y.data_ptr<scalar_t>();
-      const scalar_t* Gm = g.data_ptr<scalar_t>();
-      const scalar_t* S = s.has_value() ? s->data_ptr<scalar_t>() : nullptr;
-      if (mode == kLN) {  // two passes per row (mean, then centred variance), 4 partial sums each
-        scalar_t* RS = rs.data_ptr<scalar_t>() + off;
-        for (int64_t b = 0; b < bs; ++b) {
-          const scalar_t* row = R + b * F;
-          const acc m = sum4<acc>(F, [&](int64_t j) { return acc(row[j]); }) / F;
-          const acc v = sum4<acc>(F, [&](int64_t j) { return (row[j] - m) * (row[j] - m); }) / F;
-          const scalar_t rho = scalar_t(1 / std::sqrt(v + kEps)), mu = scalar_t(m);
-          RS[b] = rho;
-          for (int64_t j = 0; j < F; ++j) X[b * F + j] = (row[j] - mu) * rho;
-        }
-      } else if (mode == kBNTrain) {
-        std::vector<acc> m(F, 0), v(F, 0);
-        for (int64_t b = 0; b < bs; ++b)
-          for (int64_t j = 0; j < F; ++j) m[j] += R[b * F + j];
-        for (int64_t j = 0; j < F; ++j) m[j] /= bs;
-        for (int64_t b = 0; b < bs; ++b)
-          for (int64_t j = 0; j < F; ++j) v[j] += (R[b * F + j] - m[j]) * (R[b * F + j] - m[j]);
-        scalar_t *M = mean.data_ptr<scalar_t>() + k * F, *V = var.data_ptr<scalar_t>() + k * F;
-        scalar_t* RS = rs.data_ptr<scalar_t>() + k * F;
-        for (int64_t j = 0; j < F; ++j) {
-          M[j] = scalar_t(m[j]);
-          V[j] = scalar_t(v[j] / bs);
-          RS[j] = scalar_t(1 / std::sqrt(v[j] / bs + kEps));
-        }
-        for (int64_t b = 0; b < bs; ++b)
-          for (int64_t j = 0; j < F; ++j) X[b * F + j] = (R[b * F + j] - M[j]) * RS[j];
-      } else {
-        const int64_t N = st->size(1);
-        const scalar_t* MU = st->data_ptr<scalar_t>() + off * F;
-        const scalar_t* RH = MU + N * F;
-        for (int64_t i = 0; i < bs * F; ++i) X[i] = (R[i] - MU[i]) * RH[i];
-      }
-      const scalar_t* A = add ? add->data_ptr<scalar_t>() : nullptr;
-      const scalar_t* AV = addv ? addv->data_ptr<scalar_t>() : nullptr;
+// Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved
+// x^ (N, F), rho (LN (N, 1), BN train (T, F)) and BN train statistics (T, F); BN eval reads
+// st (2, N, F) (per row: mean, 1/std).
+template <typename T>
+struct NormG {
+  int64_t mode, F, N;  // N: rows of st (BN eval)
+  T *X, *RS, *MEAN, *VAR;
+  const T *Gm, *S, *ST;
+  NormG(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& mean, const Tensor& var,
+        const Tensor& g, const OptT& s, const OptT& st)
+      : mode(mode_), F(F_), N(st.has_value() ? st->size(1) : 0), X(xh.data_ptr<T>()),
+        RS(rs.numel() ? rs.data_ptr<T>() : nullptr), MEAN(mean.numel() ? mean.data_ptr<T>() : nullptr), VAR(var.numel() ? var.data_ptr<T>() : nullptr),
+        Gm(g.data_ptr<T>()), S(ptr<T>(s)), ST(ptr<T>(st)) {}
+  // BN train: the statistics over the bs rows of R (bs, F) of processing step k (float64 sums).
+  void stats(const T* R, int64_t bs, int64_t k) const {
+    if (mode != kBNTrain) return;
+    std::vector<double> m(F, 0), v(F, 0);
+#ifdef RNNKIT_SLEEF
+    if (rnnkit_pw::has_avx2()) {
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sum(R + b * F, m.data(), F);
+      for (int64_t j = 0; j < F; ++j) m[j] /= bs;
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sqdev(R + b * F, m.data(), v.data(), F);
+    } else
+#endif
+    {
       for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < F; ++j) {
-          scalar_t y = X[b * F + j] * Gm[j];
-          if (S) y += S[j];
-          if (A) y += A[b * F + j];
-          if (AV) y += AV[j];
-          Y[b * F + j] = y;
-        }
-    });
-    return y;
+        for (int64_t j = 0; j < F; ++j) m[j] += R[b * F + j];
+      for (int64_t j = 0; j < F; ++j) m[j] /= bs;
+      for (int64_t b = 0; b < bs; ++b)
+        for (int64_t j = 0; j < F; ++j) v[j] += (R[b * F + j] - m[j]) * (R[b * F + j] - m[j]);
+    }
+    T *M = MEAN + k * F, *V = VAR + k * F, *Q = RS + k * F;
+    for (int64_t j = 0; j < F; ++j) {
+      M[j] = T(m[j]);
+      V[j] = T(v[j] / bs);
+      Q[j] = T(1 / std::sqrt(v[j] / bs + kEps));
+    }
+  }
+  // One row r (F) at packed row n of step k: x^ saved at row ns (n, or the row's slot in a
+  // step-sized scratch when nothing is saved), y = (g ⊙ x^ (+ s)) (+ add) (+ addv) into y (may
+  // be r itself).
+  void row(const T* r, int64_t n, int64_t ns, int64_t k, const T* add, const T* addv, T* y) const {
+    T* x = X + ns * F;
+    if (mode == kLN) {  // two passes (mean, then centred variance), 4 partial sums each
+      double m, v;
+#ifdef RNNKIT_SLEEF
+      if (rnnkit_pw::has_avx2()) {
+        m = rnnkit_norm_avx2::sum(r, F) / F;
+        v = rnnkit_norm_avx2::sqdev(r, F, m) / F;
+        const T rho = T(1 / std::sqrt(v + kEps));
+        RS[n] = rho;
+        return rnnkit_norm_avx2::affine(r, T(m), rho, Gm, S, add, addv, x, y, F);
+      } else
+#endif
+      {
+        m = sum4<double>(F, [&](int64_t j) { return double(r[j]); }) / F;
+        v = sum4<double>(F, [&](int64_t j) { return (r[j] - m) * (r[j] - m); }) / F;
+      }
+      const T rho = T(1 / std::sqrt(v + kEps)), mu = T(m);
+      RS[n] = rho;
+      for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - mu) * rho;
+    } else if (mode == kBNTrain) {
+      const T *M = MEAN + k * F, *Q = RS + k * F;
+      for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - M[j]) * Q[j];
+    } else {
+      const T *MU = ST + n * F, *RH = ST + (N + n) * F;
+      for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - MU[j]) * RH[j];
+    }
+    if (S)
+      for (int64_t j = 0; j < F; ++j) y[j] = x[j] * Gm[j] + S[j];
+    else
+      for (int64_t j = 0; j < F; ++j) y[j] = x[j] * Gm[j];
+    if (add)
+      for (int64_t j = 0; j < F; ++j) y[j] += add[j];
+    if (addv)
+      for (int64_t j = 0; j < F; ++j) y[j] += addv[j];
   }
 };
 
-// dr of one step's group into `out` (bs, F), from dy (the gradient of y): dx^ = g ⊙ dy,
-// dr = rho ⊙ (dx^ - mean(dx^) - x^ ⊙ mean(dx^ ⊙ x^)) (means over features for layer norm, over
-// rows for batch norm in training), dr = rho ⊙ dx^ with given statistics.
-// Also accumulates the affine gradients of the whole sequence: dgam += dy ⊙ x^, dbet += dy
-// (float64 accumulators of shape (F,)).
-Tensor norm_backward(int64_t mode, const Tensor& dy_, const Tensor& xh, const Tensor& rs, const Tensor& g, Tensor out,
-                     Tensor& dgam, Tensor& dbet) {
-  const Tensor dy = dy_.contiguous();
-  const int64_t bs = dy.size(0), F = dy.size(1);
-  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "rnnkit_norm_bwd", [&] {
-    using acc = double;
-    acc *DGA = dgam.data_ptr<acc>(), *DBE = dbet.data_ptr<acc>();
-    for (int64_t b = 0; b < bs; ++b) {
-      const scalar_t *d = dy.data_ptr<scalar_t>() + b * F, *x = xh.data_ptr<scalar_t>() + b * F;
-      for (int64_t j = 0; j < F; ++j) {
-        DGA[j] += acc(d[j]) * x[j];
-        DBE[j] += d[j];
-      }
-    }
-    const scalar_t *D = dy.data_ptr<scalar_t>(), *X = xh.data_ptr<scalar_t>(), *Gm = g.data_ptr<scalar_t>();
-    const scalar_t* RS = rs.data_ptr<scalar_t>();  // LN (bs, 1); BN train (F,); BN eval (bs, F)
-    scalar_t* O = out.data_ptr<scalar_t>();
-    if (mode == kLN) {
-      for (int64_t b = 0; b < bs; ++b) {
-        const scalar_t *d = D + b * F, *x = X + b * F;
-        acc p1[4] = {0, 0, 0, 0}, p2[4] = {0, 0, 0, 0};  // independent partial sums: no add chain
-        int64_t j = 0;
-        for (; j + 4 <= F; j += 4)
-          for (int u = 0; u < 4; ++u) {
-            const scalar_t t = d[j + u] * Gm[j + u];
-            p1[u] += t;
-            p2[u] += acc(t) * x[j + u];
-          }
-        for (; j < F; ++j) {
-          const scalar_t t = d[j] * Gm[j];
-          p1[0] += t;
-          p2[0] += acc(t) * x[j];
-        }
-        const scalar_t a = scalar_t((p1[0] + p1[1] + p1[2] + p1[3]) / F);
-        const scalar_t c = scalar_t((p2[0] + p2[1] + p2[2] + p2[3]) / F), rho = RS[b];
-        for (j = 0; j < F; ++j) O[b * F + j] = rho * (d[j] * Gm[j] - a - x[j] * c);
-      }
-    } else if (mode == kBNTrain) {
-      std::vector<acc> m1(F, 0), m2(F, 0);
+// Backward of one group: dr = rho ⊙ (dx^ - mean(dx^) - x^ ⊙ mean(dx^ ⊙ x^)) with dx^ = g ⊙ dy
+// (means over the row's features for LN, over the step's rows for BN train; dr = rho ⊙ dx^ for
+// BN eval), and the affine gradients dgam += dy ⊙ x^, dbet += dy accumulated in float64, one
+// (2, F) accumulator per thread (summed at the end: no race, no lock).
+template <typename T>
+struct NormB {
+  int64_t mode, F, N;
+  const T *X, *RS, *Gm, *ST;
+  std::vector<double> acc;  // (threads, 2, F)
+  std::vector<T> ca, cc;    // BN train: the step's column means of dx^ and dx^ ⊙ x^
+  NormB(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& g, const OptT& st)
+      : mode(mode_), F(F_), N(xh.size(0)), X(xh.data_ptr<T>()), RS(rs.numel() ? rs.data_ptr<T>() : nullptr),
+        Gm(g.data_ptr<T>()), ST(ptr<T>(st)), acc(size_t(2 * F * at::get_num_threads()), 0.), ca(F), cc(F) {}
+  double* mine() { return acc.data() + 2 * F * at::get_thread_num(); }
+  // BN train: column means of the step's rows D (bs, F) at packed rows [off, off + bs), and
+  // the affine gradients of those rows.
+  void stats(const T* D, int64_t off, int64_t bs) {
+    if (mode != kBNTrain) return;
+    std::vector<double> m1(F, 0), m2(F, 0);
+    double *DGA = mine(), *DBE = DGA + F;
+    const T* Xs = X + off * F;
+#ifdef RNNKIT_SLEEF
+    if (rnnkit_pw::has_avx2()) {
+      for (int64_t b = 0; b < bs; ++b)
+        rnnkit_norm_avx2::col_bwd(D + b * F, Xs + b * F, Gm, F, m1.data(), m2.data(), DGA, DBE);
+    } else
+#endif
+    {
       for (int64_t b = 0; b < bs; ++b)
         for (int64_t j = 0; j < F; ++j) {
-          const scalar_t d = D[b * F + j] * Gm[j];
-          m1[j] += d;
-          m2[j] += d * X[b * F + j];
+          const T d = D[b * F + j], x = Xs[b * F + j], t = d * Gm[j];
+          DGA[j] += double(d) * x;
+          DBE[j] += d;
+          m1[j] += t;
+          m2[j] += t * x;
         }
-      std::vector<scalar_t> a(F), c(F);
-      for (int64_t j = 0; j < F; ++j) a[j] = scalar_t(m1[j] / bs), c[j] = scalar_t(m2[j] / bs);
-      for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < F; ++j)
-          O[b * F + j] = RS[j] * (D[b * F + j] * Gm[j] - a[j] - X[b * F + j] * c[j]);
-    } else {
-      for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < F; ++j) O[b * F + j] = D[b * F + j] * Gm[j] * RS[b * F + j];
     }
-  });
-  return out;
-}
-
-Tensor rho(int64_t mode, const Tensor& rs, const OptT& st, int64_t off, int64_t bs, int64_t k) {
-  if (mode == kLN) return rs.narrow(0, off, bs);
-  if (mode == kBNTrain) return rs.select(0, k);
-  return st->select(0, 1).narrow(0, off, bs);
-}
-
-Tensor prev(const Tensor& hbuf, const OptT& mask, int64_t bs, Tensor dst) {
-  if (mask.has_value()) return at::mul_out(dst, hbuf.narrow(0, 0, bs), mask->narrow(0, 0, bs));
-  return dst.copy_(hbuf.narrow(0, 0, bs));
-}
+    for (int64_t j = 0; j < F; ++j) ca[j] = T(m1[j] / bs), cc[j] = T(m2[j] / bs);
+  }
+  // dr (F) of the row d (F) at packed row n of step k.
+  void row(const T* d, int64_t n, int64_t k, T* out) {
+    const T* x = X + n * F;
+    if (mode == kBNTrain) {
+      const T* Q = RS + k * F;
+      for (int64_t j = 0; j < F; ++j) out[j] = Q[j] * (d[j] * Gm[j] - ca[j] - x[j] * cc[j]);
+      return;
+    }
+    double *DGA = mine(), *DBE = DGA + F;
+#ifdef RNNKIT_SLEEF
+    if (mode == kLN && rnnkit_pw::has_avx2()) {
+      double s1, s2;
+      rnnkit_norm_avx2::bwd_sums(d, x, Gm, F, DGA, DBE, s1, s2);
+      return rnnkit_norm_avx2::lnb_out(d, x, Gm, T(s1 / F), T(s2 / F), RS[n], out, F);
+    }
+#endif
+    for (int64_t j = 0; j < F; ++j) {
+      DGA[j] += double(d[j]) * x[j];
+      DBE[j] += d[j];
+    }
+    if (mode == kLN) {
+      double p1[4] = {0, 0, 0, 0}, p2[4] = {0, 0, 0, 0};  // independent partial sums: no add chain
+      int64_t j = 0;
+      for (; j + 4 <= F; j += 4)
+        for (int u = 0; u < 4; ++u) {
+          const T t = d[j + u] * Gm[j + u];
+          p1[u] += t;
+          p2[u] += double(t) * x[j + u];
+        }
+      for (; j < F; ++j) {
+        const T t = d[j] * Gm[j];
+        p1[0] += t;
+        p2[0] += double(t) * x[j];
+      }
+      const T a = T((p1[0] + p1[1] + p1[2] + p1[3]) / F), c = T((p2[0] + p2[1] + p2[2] + p2[3]) / F), rho = RS[n];
+      for (j = 0; j < F; ++j) out[j] = rho * (d[j] * Gm[j] - a - x[j] * c);
+    } else {
+      const T* RH = ST + (N + n) * F;
+      for (int64_t j = 0; j < F; ++j) out[j] = d[j] * Gm[j] * RH[j];
+    }
+  }
+  // (dgam, dbet) summed over the threads, as float64 tensors (F,).
+  std::pair<Tensor, Tensor> grads() const {
+    Tensor dg = at::zeros({F}, at::kDouble), db = at::zeros({F}, at::kDouble);
+    double *G = dg.data_ptr<double>(), *Bt = db.data_ptr<double>();
+    for (size_t t = 0; t < acc.size() / (2 * F); ++t)
+      for (int64_t j = 0; j < F; ++j) G[j] += acc[t * 2 * F + j], Bt[j] += acc[t * 2 * F + F + j];
+    return {dg, db};
+  }
+};
 
 }  // namespace
 }  // namespace rnnkit_norm

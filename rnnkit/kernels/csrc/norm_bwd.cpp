@@ -1,0 +1,201 @@
+// Explicit BPTT of the normalized directions (forward: norm.cpp), the equations of
+// rnnkit/kernels/norm.py's backward. Per step, with no Tensor created: one pass per row (rows
+// split over the threads, prows) for dL/dh (gout + the carried dh, zoneout's split), the gate
+// gradients, the cell norm's backward and the recurrent norm's backward (dr_t), the gain/shift
+// gradients accumulated in float64 per thread (NormB); then dh_{t-1} = dr_t W_hh (step_xw,
+// split over the threads by output columns) and one pass for the mask and zoneout's direct
+// part. Batch norm in training needs the step's column means of dx^ before a row's dr, so
+// there the row pass is cut in two or three with those means in between. Weight gradients are
+// single GEMMs over all steps after the loop.
+#include "norm_kernels.h"
+
+namespace rnnkit_norm {
+
+std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_, const Tensor& ghn,
+                             const Tensor& gcn, const Tensor& out, std::vector<Tensor> saved, const Tensor& w_hh,
+                             bool has_bias, const OptT& w_hr, const OptT& mask_, const OptT& zh_, const OptT& zc_,
+                             const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
+                             const OptT& st_c, std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+  const int64_t B = ghn.size(0), P = ghn.size(1), T = batch_sizes.size(), N = out.size(0), G = w_hh.size(0);
+  const auto steps = schedule(batch_sizes, reverse);
+  auto o = out.options();
+  auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
+  const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), sth = cont(st_hh), stc = cont(st_c);
+  const Tensor gout = gout_.contiguous(), W = w_hh.contiguous(), gh = g_hh.contiguous();
+  Tensor dhbuf = ghn.clone(), dhz = at::empty({B, P}, o), dr_all = at::empty({N, G}, o);
+  auto cast = [&](const Tensor& t) { return t.to(out.scalar_type(), false, true); };  // a copy: no aliasing
+  std::vector<Tensor> res;
+  for (int i = 0; i < 10; ++i) res.push_back(none(out));
+  const bool lstm = kind == "lstm";
+  Tensor xh = saved[saved.size() - 2 - (lstm ? 2 : 0)], rs = saved[saved.size() - 1 - (lstm ? 2 : 0)], hin;
+  std::pair<Tensor, Tensor> ab, ab_c;
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_norm_bwd", [&] {
+    using T_ = scalar_t;
+    using rnnkit_pw::dh_step;
+    NormB<T_> nh(mode, G, xh, rs, gh, sth);
+    T_ *DHB = dhbuf.data_ptr<T_>(), *DHZ = dhz.data_ptr<T_>(), *DR = dr_all.data_ptr<T_>();
+    const T_ *GO = gout.data_ptr<T_>(), *Wp = W.data_ptr<T_>();
+    const T_ *M = ptr<T_>(mask), *ZH = ptr<T_>(zh), *ZC = ptr<T_>(zc);
+    // dh_{t-1} = (dr_t W_hh) ⊙ m (+ extra) (+ zoneout's direct part)
+    auto recur = [&](int64_t off, int64_t bs, const T_* extra) {
+      step_xw(DR + off * G, Wp, DHB, bs, P, G);
+      if (M || extra || ZH)
+        for (int64_t i = 0; i < bs * P; ++i) {
+          T_ v = M ? DHB[i] * M[i] : DHB[i];
+          if (extra) v += extra[i];
+          DHB[i] = ZH ? v + DHZ[i] : v;
+        }
+    };
+    // rows [0, bs) of one step through f1 (every row), then (batch norm in training) the
+    // column means, then f2, and so on; for layer norm all in one pass per row
+    auto passes = [&](int64_t bs, int64_t width, const std::vector<std::function<void(int64_t)>>& fs,
+                      const std::vector<std::function<void()>>& between) {
+      if (mode == kBNTrain) {
+        for (size_t i = 0; i < fs.size(); ++i) {
+          if (i) between[i - 1]();
+          prows(bs, width, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = b0; b < b1; ++b) fs[i](b);
+          });
+        }
+      } else {
+        prows(bs, width, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            for (const auto& f : fs) f(b);
+        });
+      }
+    };
+    if (lstm) {
+      const Tensor &gates = saved[0], &cprev = saved[1], &tanhc = saved[2], &hprev = saved[3], &hraw = saved[4];
+      const Tensor &xc = saved[7], &rc = saved[8];
+      const int64_t H = tanhc.size(1), G4 = 4 * H;
+      const bool proj = w_hr.has_value();
+      const Tensor gcc = g_c->contiguous(), WR = proj ? w_hr->contiguous() : none(out);
+      NormB<T_> nc(mode, H, xc, rc, gcc, stc);
+      Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone(), dh_all = proj ? at::empty_like(hprev) : none(out);
+      Tensor dht = at::empty({B, std::max(P, H)}, o), dyc = at::empty({B, H}, o), dcn = at::empty({B, H}, o);
+      Tensor dcz = at::empty({B, H}, o);
+      T_ *DG = dgates.data_ptr<T_>(), *DC = dcbuf.data_ptr<T_>(), *DHT = dht.data_ptr<T_>();
+      T_ *DY = dyc.data_ptr<T_>(), *DCN = dcn.data_ptr<T_>(), *DCZ = dcz.data_ptr<T_>();
+      T_* DHA = proj ? dh_all.data_ptr<T_>() : nullptr;
+      const T_ *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>(), *TCV = tanhc.data_ptr<T_>();
+      for (int64_t k = T - 1; k >= 0; --k) {
+        const int64_t off = steps[k].first, bs = steps[k].second;
+        if (proj) {  // dL/dh~ for all rows, then through the projection: dh = dh~ W_hr
+          dh_step(bs * P, GO + off * P, DHB, ZH ? ZH + off * P : nullptr, DHZ, DHA + off * P);
+          step_xw(DHA + off * P, WR.data_ptr<T_>(), DHT, bs, H, P);
+        }
+        auto f1 = [&](int64_t b) {  // d o', d y_c (the cell norm's output)
+          const int64_t n = off + b;
+          T_ *dh = DHT + b * H, *dc = DC + b * H, *dy = DY + b * H, *dg = DG + n * G4;
+          if (!proj) dh_step(H, GO + n * H, DHB + b * H, ZH ? ZH + n * H : nullptr, DHZ + b * H, dh);
+          if (ZC)  // c_t = lerp(c~_t, c_{t-1}, zc): the direct part waits in dcz
+            for (int64_t j = 0; j < H; ++j) {
+              DCZ[b * H + j] = dc[j] * ZC[n * H + j];
+              dc[j] -= DCZ[b * H + j];
+            }
+          const T_ *g = GT + n * G4, *tc = TCV + n * H;
+          for (int64_t j = 0; j < H; ++j) {  // d o' = dh tanh(y_c) o(1-o);  d y_c = dh o (1 - tanh²)
+            const T_ ov = g[3 * H + j], t = tc[j];
+            dg[3 * H + j] = (ov - ov * ov) * dh[j] * t;
+            dy[j] = (1 - t * t) * ov * dh[j];
+          }
+        };
+        auto f2 = [&](int64_t b) {  // the cell's gradient, the other gate gradients
+          const int64_t n = off + b;
+          T_ *dc = DC + b * H, *dn = DCN + b * H, *dg = DG + n * G4;
+          nc.row(DY + b * H, n, k, dn);
+          const T_ *g = GT + n * G4, *cp = CPV + n * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const T_ i = g[j], f = g[H + j], gg = g[2 * H + j], d = dc[j] + dn[j];
+            dg[j] = (i - i * i) * gg * d;
+            dg[H + j] = (f - f * f) * cp[j] * d;
+            dg[2 * H + j] = (1 - gg * gg) * i * d;
+            dc[j] = d * f;
+          }
+          if (ZC)
+            for (int64_t j = 0; j < H; ++j) dc[j] += DCZ[b * H + j];
+        };
+        auto f3 = [&](int64_t b) { nh.row(DG + (off + b) * G4, off + b, k, DR + (off + b) * G4); };
+        passes(bs, G4, {f1, f2, f3}, {[&] { nc.stats(DY, off, bs); }, [&] { nh.stats(DG + off * G4, off, bs); }});
+        recur(off, bs, nullptr);
+      }
+      res[0] = dgates;
+      res[2] = dcbuf;
+      if (proj) res[5] = mm_tn(dh_all, hraw, onednn);
+      ab_c = nc.grads();
+      hin = hprev;
+    } else if (kind == "gru") {
+      const Tensor &gates = saved[0], &an = saved[1], &hprev = saved[2], &hprev_m = saved[3];
+      const int64_t H = P;
+      Tensor dxp = at::empty_like(gates), dat = at::empty({B, G}, o), dz = at::empty({B, H}, o);
+      T_ *DX = dxp.data_ptr<T_>(), *DA = dat.data_ptr<T_>(), *DZ = dz.data_ptr<T_>();
+      const T_ *GT = gates.data_ptr<T_>(), *ANV = an.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>();
+      for (int64_t k = T - 1; k >= 0; --k) {
+        const int64_t off = steps[k].first, bs = steps[k].second;
+        auto f1 = [&](int64_t b) {
+          const int64_t n = off + b;
+          T_ *dx = DX + n * G, *da = DA + b * G, *dzr = DZ + b * H, *dhz = DHZ + b * H;
+          const T_ *g = GT + n * G, *anr = ANV + n * H, *hp = HPV + n * H, *go = GO + n * H, *dhb = DHB + b * H;
+          const T_* zhr = ZH ? ZH + n * H : nullptr;
+          for (int64_t j = 0; j < H; ++j) {
+            T_ dh = go[j] + dhb[j];
+            if (zhr) {
+              const T_ z = dh * zhr[j];
+              dhz[j] = z;
+              dh = dh - z;
+            }
+            const T_ r = g[j], z = g[H + j], nv = g[2 * H + j];
+            const T_ dn = (1 - nv * nv) * dh * (1 - z);
+            const T_ dzp = (z - z * z) * dh * (hp[j] - nv);
+            const T_ drp = (r - r * r) * dn * anr[j];
+            dx[j] = da[j] = drp;
+            dx[H + j] = da[H + j] = dzp;
+            dx[2 * H + j] = dn;
+            da[2 * H + j] = dn * r;
+            dzr[j] = dh * z;
+          }
+        };
+        auto f3 = [&](int64_t b) { nh.row(DA + b * G, off + b, k, DR + (off + b) * G); };
+        passes(bs, G, {f1, f3}, {[&] { nh.stats(DA, off, bs); }});
+        recur(off, bs, DZ);
+      }
+      res[0] = dxp;
+      hin = mask.has_value() ? hprev_m : hprev;
+    } else {
+      const Tensor &hnew = saved[0], &hprev = saved[1];
+      const Tensor& h = zh.has_value() ? hnew : out;
+      const bool relu = kind == "rnn_relu";
+      Tensor da_all = at::empty_like(out);
+      T_* DA = da_all.data_ptr<T_>();
+      const T_* HV = h.data_ptr<T_>();
+      for (int64_t k = T - 1; k >= 0; --k) {
+        const int64_t off = steps[k].first, bs = steps[k].second;
+        auto f1 = [&](int64_t b) {  // da = dh ⊙ act'(h~)
+          const int64_t n = off + b;
+          T_* da = DA + n * P;
+          const T_* hv = HV + n * P;
+          dh_step(P, GO + n * P, DHB + b * P, ZH ? ZH + n * P : nullptr, DHZ + b * P, da);
+          for (int64_t j = 0; j < P; ++j) da[j] = relu ? (hv[j] > 0 ? da[j] : T_(0)) : da[j] * (1 - hv[j] * hv[j]);
+        };
+        auto f3 = [&](int64_t b) { nh.row(DA + (off + b) * P, off + b, k, DR + (off + b) * P); };
+        passes(bs, P, {f1, f3}, {[&] { nh.stats(DA + off * P, off, bs); }});
+        recur(off, bs, nullptr);
+      }
+      res[0] = da_all;
+      hin = hprev;
+    }
+    ab = nh.grads();
+  });
+  res[1] = dhbuf;
+  res[3] = mm_tn(dr_all, hin, onednn);
+  res[6] = cast(ab.first);
+  if (shift_hh) res[7] = cast(ab.second);
+  if (kind == "gru" && has_bias) res[4] = cast(ab.second);  // b_hh is added right after the shift
+  if (lstm) {
+    res[8] = cast(ab_c.first);
+    if (shift_c) res[9] = cast(ab_c.second);
+  }
+  return res;
+}
+
+}  // namespace rnnkit_norm

@@ -1,0 +1,85 @@
+// Batch norm of the input group of the recurrent batch-norm LSTM in training (Cooijmans et al.
+// 2016): y = BN_t(a) ⊙ γ (+ b) for all steps at once, with per-step statistics over the step's
+// rows, and its backward. Ops torch.ops.rnnkit_norm.bn_input_forward/backward, used by
+// rnnkit/kernels/norm_ops.py's _batch_norm_input in eager mode (its PyTorch expression, which
+// these compute up to rounding, stays for torch.compile and the pure backend). At the small
+// shape that expression and its autograd backward (a dozen ATen calls each way) took ~40% of
+// the layer's training step; here the steps run in parallel, one pass per statistic.
+#include <torch/library.h>
+
+#include "norm_kernels.h"
+
+namespace rnnkit_norm {
+namespace {
+
+std::vector<int64_t> offsets(const std::vector<int64_t>& bsz) {
+  std::vector<int64_t> off(bsz.size() + 1, 0);
+  for (size_t t = 0; t < bsz.size(); ++t) off[t + 1] = off[t] + bsz[t];
+  return off;
+}
+
+// [y (N, G), x^ (N, G), mean (T, G), biased var (T, G), rho (T, G)] of a (N, G), packed
+// time-major with batch sizes bsz; statistics in time order.
+std::vector<Tensor> bn_input_forward(const Tensor& a_, const Tensor& w_, const OptT& b_, std::vector<int64_t> bsz) {
+  const Tensor a = a_.contiguous(), w = w_.contiguous();
+  const OptT b = b_.has_value() ? OptT(b_->contiguous()) : b_;
+  const int64_t N = a.size(0), G = a.size(1), T = bsz.size();
+  auto o = a.options();
+  Tensor y = at::empty({N, G}, o), xh = at::empty({N, G}, o), mean = at::empty({T, G}, o), var = at::empty({T, G}, o);
+  Tensor rs = at::empty({T, G}, o);
+  const auto off = offsets(bsz);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "rnnkit_bn_input_fwd", [&] {
+    using T_ = scalar_t;
+    const NormG<T_> ng(kBNTrain, G, xh, rs, mean, var, w, b, std::nullopt);
+    const T_* A = a.data_ptr<T_>();
+    T_* Y = y.data_ptr<T_>();
+    at::parallel_for(0, T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, bsz[0] * G)), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        ng.stats(A + off[t] * G, bsz[t], t);
+        for (int64_t n = off[t]; n < off[t + 1]; ++n) ng.row(A + n * G, n, n, t, nullptr, nullptr, Y + n * G);
+      }
+    });
+  });
+  return {y, xh, mean, var, rs};
+}
+
+// [d a, dγ, dβ (empty without bias)] from dy (N, G) and the forward's x^, rho.
+std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh, const Tensor& rs, const Tensor& w_,
+                                      bool has_bias, std::vector<int64_t> bsz) {
+  const Tensor dy = dy_.contiguous(), w = w_.contiguous();
+  const int64_t N = dy.size(0), G = dy.size(1), T = bsz.size();
+  Tensor da = at::empty({N, G}, dy.options());
+  const auto off = offsets(bsz);
+  std::pair<Tensor, Tensor> ab;
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "rnnkit_bn_input_bwd", [&] {
+    using T_ = scalar_t;
+    const T_* D = dy.data_ptr<T_>();
+    T_* DA = da.data_ptr<T_>();
+    NormB<T_> nb(kBNTrain, G, xh, rs, w, std::nullopt);  // its per-thread accumulators
+    at::parallel_for(0, T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, bsz[0] * G)), [&](int64_t t0, int64_t t1) {
+      NormB<T_> local(kBNTrain, G, xh, rs, w, std::nullopt);  // this thread's column means
+      local.acc.assign(local.acc.size(), 0.);
+      for (int64_t t = t0; t < t1; ++t) {
+        local.stats(D + off[t] * G, off[t], bsz[t]);
+        for (int64_t n = off[t]; n < off[t + 1]; ++n) local.row(D + n * G, n, t, DA + n * G);
+      }
+      double* mine = nb.mine();  // this thread's slot of the shared accumulators
+      const double* got = local.mine();
+      for (int64_t j = 0; j < 2 * G; ++j) mine[j] += got[j];
+    });
+    ab = nb.grads();
+  });
+  const auto cast = [&](const Tensor& t) { return t.to(dy.scalar_type(), false, true); };
+  return {da, cast(ab.first), has_bias ? cast(ab.second) : none(dy)};
+}
+
+}  // namespace
+}  // namespace rnnkit_norm
+
+TORCH_LIBRARY_FRAGMENT(rnnkit_norm, m) {
+  m.def("bn_input_forward(Tensor a, Tensor w, Tensor? b, int[] batch_sizes) -> Tensor[]",
+        &rnnkit_norm::bn_input_forward);
+  m.def(
+      "bn_input_backward(Tensor dy, Tensor xh, Tensor rs, Tensor w, bool has_bias, int[] batch_sizes) -> Tensor[]",
+      &rnnkit_norm::bn_input_backward);
+}

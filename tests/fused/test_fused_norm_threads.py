@@ -1,0 +1,117 @@
+"""The compiled normalized kernels on two threads against the pure-PyTorch twin (float64),
+with and without the tensors saved for backward.
+
+``csrc/norm.cpp`` / ``norm_bwd.cpp`` split a step's rows over the threads and the step GEMMs
+over column blocks once a step is big enough (``norm_kernels.h``: >= 8192 values per step for
+the rows, >= 2^20 multiply-adds for a GEMM). The shapes here pass both thresholds, and the
+batch shrinks over the steps (packed), so a race on a row, on a per-thread accumulator of the
+gain/shift gradients or on a column block would show up as a mismatch at float64 precision.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnkit.kernels import norm as pure
+from rnnkit.kernels import norm_ops
+
+BS = [40, 40, 33, 21]  # packed batch sizes: B = 40, shrinking
+
+
+def _args(kind: str, mode: int, H: int):
+    N, B = sum(BS), BS[0]
+    G = {"lstm": 4 * H, "gru": 3 * H}.get(kind, H)
+    lstm = kind == "lstm"
+    g = torch.Generator().manual_seed(1)
+
+    def t(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    def u(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    st_hh = st_c = None
+    if mode == 3:
+        st_hh = torch.stack([t(N, G), u(N, G) + 0.5])
+        st_c = torch.stack([t(N, H), u(N, H) + 0.5]) if lstm else None
+    return [
+        t(N, G), t(B, H), t(B, H) if lstm else None, t(G, H, scale=H**-0.5), t(G) if kind == "gru" else None,
+        None, (u(B, H) > 0.25).double() / 0.75, u(N, H) * 0.3, u(N, H) * 0.3 if lstm else None,
+        u(G) + 0.5, t(G) if mode == 1 else None, u(H) + 0.5 if lstm else None, t(H) if lstm else None,
+        st_hh, st_c,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "kind,mode,H", [("lstm", 1, 96), ("lstm", 2, 96), ("lstm", 3, 96), ("gru", 1, 96), ("rnn_tanh", 1, 256)]
+)
+def test_two_threads_equal_pure(kind, mode, H):
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    args = _args(kind, mode, H)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ext = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True)
+        ref = norm_ops.forward_impl(kind, mode, False, False, *args, BS, True)
+        for a, b in zip(ext, ref):
+            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+        # inference: nothing saved for backward (step-sized scratch), the same outputs
+        lean = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True, save=False)
+        for a, b in zip(lean[:7], ref[:7]):
+            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+        assert lean[7].shape[0] == BS[0] < ext[7].shape[0]
+        lstm = kind == "lstm"
+        g = torch.Generator().manual_seed(2)
+        gout = torch.randn(ext[0].shape, generator=g, dtype=torch.float64)
+        ghn = torch.randn(args[1].shape, generator=g, dtype=torch.float64)
+        gcn = torch.randn(args[2].shape, generator=g, dtype=torch.float64) if lstm else gout.new_empty(0)
+        xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c = args
+        common = (gout, ghn, gcn, ext[0], ext[7:], w_hh, b_hh is not None, w_hr, mask, zh, zc, g_hh)
+        tail = (s_hh is not None, g_c, s_c is not None, st_hh, st_c)
+        d_ref = pure.backward(kind, mode, *common, *tail, tuple(BS), True)
+        for _ in range(3):  # a race need not show every time
+            d_ext = torch.ops.rnnkit_norm.backward(kind, mode, *common, *tail, BS, True, False)
+            for a, b in zip(d_ext, d_ref):
+                if b is None:
+                    assert a.numel() == 0
+                else:
+                    torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_batch_norm_input_two_threads():
+    """The input group's batch norm (``csrc/norm_input.cpp``, steps in parallel) against its
+    PyTorch expression with autograd: outputs, statistics and every gradient."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    g = torch.Generator().manual_seed(3)
+    N, G = sum(BS), 384
+    a = torch.randn(N, G, generator=g, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(G, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    b = torch.randn(G, generator=g, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(N, G, generator=g, dtype=torch.float64)
+    ys, means, vars_ = [], [], []
+    for r in torch.split(a, BS):  # the paper's equations, step by step
+        var, mean = torch.var_mean(r, 0, correction=0)
+        ys.append((r - mean) / torch.sqrt(var + 1e-5) * w + b)
+        means.append(mean)
+        vars_.append(var)
+    ref = torch.autograd.grad(torch.cat(ys), [a, w, b], dy)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        y, mean, var = norm_ops._BNInput.apply(a, w, b, BS)
+        torch.testing.assert_close(y, torch.cat(ys), atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(mean, torch.stack(means), atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(var, torch.stack(vars_), atol=1e-12, rtol=1e-12)
+        for _ in range(3):
+            got = torch.autograd.grad(y, [a, w, b], dy, retain_graph=True)
+            for u, v in zip(got, ref):
+                torch.testing.assert_close(u, v, atol=1e-11, rtol=1e-11)
+    finally:
+        torch.set_num_threads(threads)
