@@ -31,17 +31,7 @@ using OptT = std::optional<Tensor>;
 
 namespace {
 
-// Rows per thread below which the batch is not split: a thread's share of a step must outweigh
-// the one fork/join of the call and the lower GEMM efficiency of few rows.
-constexpr int64_t kMinRowsPerThread = 4;
-
-// f(b0, b1) over batch rows [0, B): one contiguous block per thread when the batch is big enough.
-template <typename F>
-void batch_blocks(int64_t B, int64_t width, const F& f) {
-  // tiny steps (B * width under ~2k values) stay on one thread: the fork/join costs more
-  const int64_t grain = B * width < 2048 ? B : kMinRowsPerThread;
-  at::parallel_for(0, B, std::max<int64_t>(grain, 1), f);
-}
+using rnnkit_gru_rnn::batch_blocks;
 
 template <typename T>
 const T* ptr_or_null(const std::optional<Tensor>& t, const Tensor& c) {
@@ -114,7 +104,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor
     const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
     const scalar_t *BH = ptr_or_null<scalar_t>(b_hh, bc), *M = ptr_or_null<scalar_t>(mask, m);
     const scalar_t* ZH = ptr_or_null<scalar_t>(zh, zc);
-    batch_blocks(B, G, [&](int64_t b0, int64_t b1) {
+    batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0;
         if (n <= 0) continue;  // packed: this thread's rows have all ended (or not started)
@@ -170,7 +160,7 @@ std::vector<Tensor> gru_backward(const Tensor& gout, const Tensor& ghn, const st
     const scalar_t *M = ptr_or_null<scalar_t>(mask, m), *ZH = ptr_or_null<scalar_t>(zh, zc);
     scalar_t *DX = dxp.data_ptr<scalar_t>(), *DAN = dan.data_ptr<scalar_t>(), *DHB = dhbuf.data_ptr<scalar_t>();
     scalar_t *DA = dat.data_ptr<scalar_t>(), *DZ = dz.data_ptr<scalar_t>(), *DHZ = dhz.data_ptr<scalar_t>();
-    batch_blocks(B, G, [&](int64_t b0, int64_t b1) {
+    batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0;
         if (n <= 0) continue;
@@ -233,7 +223,7 @@ std::vector<Tensor> rnn_forward(bool relu, const Tensor& xp, const Tensor& h0, c
     scalar_t* HPV = hprev.data_ptr<scalar_t>();
     const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
     const scalar_t *M = ptr_or_null<scalar_t>(mask, m), *ZH = ptr_or_null<scalar_t>(zh, zc);
-    batch_blocks(B, H, [&](int64_t b0, int64_t b1) {
+    batch_blocks(B, H, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0, r0 = (off + b0) * H, r1 = (off + b0 + n) * H;
         if (n <= 0) continue;
@@ -272,7 +262,7 @@ std::vector<Tensor> rnn_backward(bool relu, const Tensor& gout, const Tensor& gh
     const scalar_t *HN = hnew.data_ptr<scalar_t>(), *GO = goc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>();
     const scalar_t *M = ptr_or_null<scalar_t>(mask, m), *ZH = ptr_or_null<scalar_t>(zh, zc);
     scalar_t *DA = da_all.data_ptr<scalar_t>(), *DHB = dhbuf.data_ptr<scalar_t>(), *DHZ = dhz.data_ptr<scalar_t>();
-    batch_blocks(B, H, [&](int64_t b0, int64_t b1) {
+    batch_blocks(B, H, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0, r0 = (off + b0) * H;
         if (n <= 0) continue;

@@ -9,6 +9,7 @@
 // family: 0 = LSTM layouts ("lstm_v"), 1 = GRU variants ("gru_v").
 #include <torch/library.h>
 
+#include "gru_rnn.h"
 #include "pointwise.h"
 #include "variants.h"
 
@@ -51,13 +52,7 @@ struct Wblk {
   Wblk(const Tensor& w_, bool f32) : w(w_.contiguous()), wt(f32 ? w_.t().contiguous() : w) {}
 };
 
-// f(b0, b1) over batch rows [0, B): one block of rows per thread for the whole time loop (each
-// row of a step depends only on the same row of the previous step), kept on one thread for
-// tiny steps where the fork/join would cost more (as gru_rnn.cpp).
-template <typename F>
-void batch_blocks(int64_t B, int64_t width, const F& f) {
-  at::parallel_for(0, B, B * width < 2048 ? std::max<int64_t>(B, 1) : 4, f);
-}
+using rnnkit_gru_rnn::batch_blocks;  // one block of batch rows per thread for the whole loop
 
 // Per step, for this thread's rows: the GEMM(s) on raw pointers (brgemm / dgemm_), and row
 // passes for everything else: no Tensor is created in the time loop.
@@ -98,7 +93,7 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
     const scalar_t *WN = !L.reset_after ? wn.w.data_ptr<scalar_t>() : nullptr;
     const scalar_t* WNT = !L.reset_after ? wn.wt.data_ptr<scalar_t>() : nullptr;
     const int64_t DW = nD * H;
-    batch_blocks(B, G, [&](int64_t b0, int64_t b1) {
+    batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0;
         if (n <= 0) continue;  // packed: this thread's rows have ended (or not started)
@@ -195,7 +190,7 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
     scalar_t *DD = dd.data_ptr<scalar_t>(), *DIR = dir.data_ptr<scalar_t>(), *DNB = dnb.data_ptr<scalar_t>();
     scalar_t *DZB = dzb.data_ptr<scalar_t>(), *EX = ex.data_ptr<scalar_t>(), *DHM = dhm.data_ptr<scalar_t>();
     scalar_t *DZ2 = dz2.data_ptr<scalar_t>(), *DHZ = dhz.data_ptr<scalar_t>(), *DHB = dhbuf.data_ptr<scalar_t>();
-    batch_blocks(B, G, [&](int64_t b0, int64_t b1) {
+    batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
         const int64_t off = it->first, n = std::min(b1, it->second) - b0;
         if (n <= 0) continue;
