@@ -148,7 +148,9 @@ def _(kind, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, batch_sizes, rev
             e(N, P),
             e(N, P) if mask is not None else e(0),
         ]
-    return [e(N, P), e(B, P), e(0), e(N, P) if zh is not None else e(0), e(N, P)]
+    # h_{t-1} is stored only with a mask or zoneout; else slot 4 is a copy of h0 (rnn.forward)
+    keep_prev = mask is not None or zh is not None
+    return [e(N, P), e(B, P), e(0), e(N, P) if zh is not None else e(0), e(N, P) if keep_prev else e(B, P)]
 
 
 @torch.library.custom_op("rnnkit::fused_direction_backward", mutates_args=())

@@ -4,6 +4,10 @@ Forward per step: ``h_t = act(xp_t + (h_{t-1} ⊙ m) W_hhᵀ)`` (one GEMM, activ
 place); ``xp`` holds ``W_ih x_t + b_ih + b_hh``. Backward per step:
 ``da = dh ⊙ act'(h_t)`` (``1 - h²`` for tanh, ``[h > 0]`` for relu),
 ``dh_{t-1} = (da W_hh) ⊙ m``; after the loop ``dW_hh = daᵀ (h_prev ⊙ m)`` in one GEMM.
+
+``h_{t-1}`` is stored (``hprev``, N x H) only with a mask or zoneout; otherwise it is the
+previous step's output rows (or ``h0``), so the second saved tensor is a copy of ``h0`` and
+``dW_hh`` reads ``h_{t-1}`` back from ``out`` in a few GEMMs (:func:`prev_segments`).
 """
 
 from __future__ import annotations
@@ -20,14 +24,16 @@ def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, mask: Tensor | None, relu: boo
     """Returns ``out (N, H), h_n (B, H)`` and the saved tensors; ``zh (N, H)`` optional
     zoneout weights: ``h_t = lerp(h̃_t, h_{t-1}, zh_t)``."""
     N, H = xp.shape[0], h0.shape[1]
-    out, hprev = xp.new_empty(N, H), xp.new_empty(N, H)
+    keep_prev = mask is not None or zh is not None
+    out = xp.new_empty(N, H)
+    hprev = xp.new_empty(N, H) if keep_prev else h0.clone()
     hnew = out if zh is None else xp.new_empty(N, H)  # h̃ (for act'), before zoneout
     hbuf = h0.clone()
     lin = Linear(w_hh, h0.shape[0])
     for off, bs in schedule(batch_sizes, reverse):
         s = slice(off, off + bs)
-        hp, o = hprev[s], hnew[s]
-        load_prev(hbuf, mask, bs, hp)
+        o = hnew[s]
+        hp = load_prev(hbuf, mask, bs, hprev[s]) if keep_prev else hbuf[:bs]
         a = lin(hp, base=xp[s])
         torch.clamp(a, min=0, out=o) if relu else torch.tanh(a, out=o)
         if zh is not None:
@@ -61,4 +67,37 @@ def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, mask: Tensor | None
             torch.mul(lin_t(da), mask[:bs], out=dhbuf[:bs])
         if zh is not None:
             dhbuf[:bs].add_(dhz[:bs])
-    return da_all, dhbuf, mm_tn(da_all, hprev)
+    if hprev.shape[0] == out.shape[0]:
+        return da_all, dhbuf, mm_tn(da_all, hprev)
+    dw = None  # h_{t-1} not stored: read back from out (== h̃ here) and h0 (= hprev)
+    for da_off, n, from_h0, src_off in prev_segments(batch_sizes, reverse):
+        part = mm_tn(da_all[da_off : da_off + n], (hprev if from_h0 else out)[src_off : src_off + n])
+        dw = part if dw is None else dw.add_(part)
+    return da_all, dhbuf, dw if dw is not None else w_hh.new_zeros(w_hh.shape)
+
+
+def prev_segments(batch_sizes: tuple[int, ...], reverse: bool) -> list[tuple[int, int, bool, int]]:
+    """Where ``h_{t-1}`` of every row lives when it was not stored: ``(da_off, n, from_h0,
+    src_off)`` row blocks, ``da[da_off : da_off + n]`` pairing with ``src[src_off : ...]``,
+    ``src`` the output rows or ``h0``. A step of ``bs`` rows after one (processing order) of
+    ``pbs`` rows reads rows ``[0, min)`` from that step's output and rows ``[pbs, bs)`` (a
+    reverse packed direction: sequences that start here) from ``h0``; blocks contiguous in both
+    merge, so a padded batch gives two."""
+    segs = []
+    steps = schedule(batch_sizes, reverse)
+    for i, (off, bs) in enumerate(steps):
+        if i == 0:
+            segs.append((off, bs, True, 0))
+            continue
+        poff, pbs = steps[i - 1]
+        segs.append((off, min(bs, pbs), False, poff))
+        if bs > pbs:
+            segs.append((off + pbs, bs - pbs, True, pbs))
+    merged: list[list] = []
+    for da_off, n, h0_, src in sorted(segs):
+        last = merged[-1] if merged else None
+        if last and last[2] == h0_ and last[0] + last[1] == da_off and last[3] + last[1] == src:
+            last[1] += n
+        else:
+            merged.append([da_off, n, h0_, src])
+    return [tuple(m) for m in merged]  # type: ignore[misc]

@@ -9,7 +9,12 @@
 // family: 0 = LSTM layouts ("lstm_v"), 1 = GRU variants ("gru_v").
 #include <torch/library.h>
 
+#include "gru_rnn.h"
+#include "pointwise.h"
 #include "variants.h"
+
+// Row passes vectorize at -O3 only (as fused.cpp; no -ffast-math, no FMA: same arithmetic).
+#pragma GCC optimize("O3")
 
 using namespace rnnkit_common;
 using at::Tensor;
@@ -40,66 +45,119 @@ struct GruLayout {
   }
 };
 
+// A block of W_hh as the raw-pointer step GEMMs read it: W (rows, H) dense, and for float32's
+// brgemm W^T (H, rows) dense (rnnkit_pw::gemm_xwt).
+struct Wblk {
+  Tensor w, wt;
+  Wblk(const Tensor& w_, bool f32) : w(w_.contiguous()), wt(f32 ? w_.t().contiguous() : w) {}
+};
+
+using rnnkit_gru_rnn::batch_blocks;  // one block of batch rows per thread for the whole loop
+
+// Per step, for this thread's rows: the GEMM(s) on raw pointers (brgemm / dgemm_), and row
+// passes for everything else: no Tensor is created in the time loop.
 std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tensor& h0, const Tensor& w_hh,
                                 const OptT& b_hh, const OptT& mask, const OptT& zh, const Steps& steps,
-                                bool onednn) {
-  const int64_t N = xp.size(0), B = h0.size(0), H = h0.size(1), nD = L.D.size();
+                                bool /*onednn*/) {
+  const int64_t N = xp.size(0), B = h0.size(0), H = h0.size(1), nD = L.D.size(), G = 3 * H;
   const auto opt = xp.options();
-  Tensor gates = at::empty({N, 3 * H}, opt), hprev = at::empty({N, H}, opt), out = at::empty({N, H}, opt);
+  const bool f32 = xp.scalar_type() == at::kFloat;
+  Tensor gates = at::empty({N, G}, opt), hprev = at::empty({N, H}, opt), out = at::empty({N, H}, opt);
   Tensor hprev_m = mask.has_value() ? at::empty({N, H}, opt) : none(xp);
   Tensor an = L.reset_after ? at::empty({N, H}, opt) : none(xp);
   Tensor th = L.zsrc == 2 ? at::empty({N, H}, opt) : none(xp);
-  Tensor rh = at::empty({B, H}, opt), hbuf = h0.clone();
-  const Linear lin_d(L.rows(w_hh, L.D, H), B, onednn);
-  const OptT b_d = L.rows(b_hh, L.D, H);
-  const std::optional<Linear> lin_z =
-      L.zsrc == 2 ? std::optional<Linear>(Linear(L.rows(w_hh, "z", H), B, onednn)) : std::nullopt;
-  const std::optional<Linear> lin_n =
-      !L.reset_after ? std::optional<Linear>(Linear(L.rows(w_hh, "n", H), B, onednn)) : std::nullopt;
-  const OptT b_z = L.zsrc == 2 ? L.rows(b_hh, "z", H) : std::nullopt;
-  const OptT b_n = !L.reset_after ? L.rows(b_hh, "n", H) : std::nullopt;
-  for (const auto& st : steps) {
-    const int64_t off = st.first, bs = st.second;
-    Tensor hp = hprev.narrow(0, off, bs), g = gates.narrow(0, off, bs), x = xp.narrow(0, off, bs);
-    hp.copy_(hbuf.narrow(0, 0, bs));
-    Tensor hm = hp;
-    if (mask.has_value()) {
-      hm = hprev_m.narrow(0, off, bs);
-      at::mul_out(hm, hp, mask->narrow(0, 0, bs));
-    }
-    const Tensor a = lin_d(hm, b_d);
-    Tensor r = g.narrow(1, 0, H), z = g.narrow(1, H, H), n = g.narrow(1, 2 * H, H);
-    at::add_out(r, x.narrow(1, 0, H), a.narrow(1, 0, H));
-    r.sigmoid_();
-    if (L.zsrc == 1) {
-      at::add_out(z, x.narrow(1, H, H), a.narrow(1, H, H));
-      z.sigmoid_();
-    } else if (L.zsrc == 2) {
-      Tensor t = th.narrow(0, off, bs);
-      at::tanh_out(t, hm);
-      at::add_out(z, x.narrow(1, H, H), (*lin_z)(t, b_z));
-      z.sigmoid_();
-    } else {
-      at::sigmoid_out(z, x.narrow(1, H, H));
-    }
-    if (L.reset_after) {
-      Tensor ans = an.narrow(0, off, bs);
-      ans.copy_(a.narrow(1, (nD - 1) * H, H));
-      at::addcmul_out(n, x.narrow(1, 2 * H, H), r, ans);
-    } else {
-      Tensor rb = rh.narrow(0, 0, bs);
-      at::mul_out(rb, r, hm);
-      at::add_out(n, x.narrow(1, 2 * H, H), (*lin_n)(rb, b_n));
-    }
-    n.tanh_();
-    Tensor o = out.narrow(0, off, bs);
-    if (L.cand_z)  // h + z (n - h): z gates the candidate
-      at::lerp_out(o, hp, n, z);
-    else  // n + z (h - n), as torch
-      at::lerp_out(o, n, hp, z);
-    if (zh.has_value()) o.lerp_(hp, zh->narrow(0, off, bs));
-    hbuf.narrow(0, 0, bs).copy_(o);
-  }
+  Tensor hbuf = h0.clone(), abuf = at::empty({B, nD * H}, opt), sbuf = at::empty({B, H}, opt);
+  Tensor s2buf = at::empty({B, H}, opt);
+  const Wblk wd(L.rows(w_hh, L.D, H), f32);
+  const Wblk wz(L.zsrc == 2 ? L.rows(w_hh, "z", H) : none(xp), f32);
+  const Wblk wn(!L.reset_after ? L.rows(w_hh, "n", H) : none(xp), f32);
+  const bool bias = b_hh.has_value();
+  const Tensor bd = bias ? L.rows(*b_hh, L.D, H) : none(xp);
+  const Tensor bz = bias && L.zsrc == 2 ? L.rows(*b_hh, "z", H) : none(xp);
+  const Tensor bn = bias && !L.reset_after ? L.rows(*b_hh, "n", H) : none(xp);
+  const Tensor xc = xp.contiguous(), m = mask.has_value() ? mask->contiguous() : none(xp);
+  const Tensor zc = zh.has_value() ? zh->contiguous() : none(xp);
+  const int64_t zcol = L.zsrc == 1 ? 1 : -1, ncol = nD - 1;
+  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_v_fwd", [&] {
+    using namespace rnnkit_pw;
+    scalar_t *HB = hbuf.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>(), *GT = gates.data_ptr<scalar_t>();
+    scalar_t *HPV = hprev.data_ptr<scalar_t>(), *HMV = mask.has_value() ? hprev_m.data_ptr<scalar_t>() : HPV;
+    scalar_t *AN = L.reset_after ? an.data_ptr<scalar_t>() : nullptr, *TH = L.zsrc == 2 ? th.data_ptr<scalar_t>() : nullptr;
+    scalar_t *AB = abuf.data_ptr<scalar_t>(), *SB = sbuf.data_ptr<scalar_t>(), *S2 = s2buf.data_ptr<scalar_t>();
+    const scalar_t *XP = xc.data_ptr<scalar_t>(), *M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZH = zh.has_value() ? zc.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *BD = bias ? bd.data_ptr<scalar_t>() : nullptr, *BZ = bz.numel() ? bz.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* BN = bn.numel() ? bn.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *WD = wd.w.data_ptr<scalar_t>(), *WDT = wd.wt.data_ptr<scalar_t>();
+    const scalar_t *WZ = L.zsrc == 2 ? wz.w.data_ptr<scalar_t>() : nullptr, *WZT = L.zsrc == 2 ? wz.wt.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *WN = !L.reset_after ? wn.w.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* WNT = !L.reset_after ? wn.wt.data_ptr<scalar_t>() : nullptr;
+    const int64_t DW = nD * H;
+    batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
+      for (const auto& st : steps) {
+        const int64_t off = st.first, n = std::min(b1, st.second) - b0;
+        if (n <= 0) continue;  // packed: this thread's rows have ended (or not started)
+        for (int64_t b = b0; b < b0 + n; ++b) {  // h_{t-1} (saved), h̄ = h_{t-1} ⊙ m, MUT3's tanh h̄
+          const scalar_t* h = HB + b * H;
+          scalar_t *hp = HPV + (off + b) * H, *hm = HMV + (off + b) * H;
+          std::copy(h, h + H, hp);
+          if (M)
+            for (int64_t j = 0; j < H; ++j) hm[j] = h[j] * M[b * H + j];
+          if (TH) tanh(hm, TH + (off + b) * H, H);
+        }
+        gemm_xwt(HMV + (off + b0) * H, WD, WDT, AB + b0 * DW, n, DW, H, scalar_t(0));  // a_D = h̄ W_D^T
+        if (TH) gemm_xwt(TH + (off + b0) * H, WZ, WZT, S2 + b0 * H, n, H, H, scalar_t(0));  // tanh h̄ W_z^T
+        for (int64_t b = b0; b < b0 + n; ++b) {  // r, z (and n with reset_after)
+          scalar_t *a = AB + b * DW, *g = GT + (off + b) * G, *s2 = S2 + b * H;
+          const scalar_t* x = XP + (off + b) * G;
+          if (BD)
+            for (int64_t j = 0; j < DW; ++j) a[j] += BD[j];
+          for (int64_t j = 0; j < H; ++j) a[j] = x[j] + a[j];
+          sigmoid(a, g, H);
+          if (zcol >= 0) {
+            for (int64_t j = 0; j < H; ++j) a[H + j] = x[H + j] + a[H + j];
+            sigmoid(a + H, g + H, H);
+          } else if (TH) {
+            for (int64_t j = 0; j < H; ++j) s2[j] = x[H + j] + (BZ ? s2[j] + BZ[j] : s2[j]);
+            sigmoid(s2, g + H, H);
+          } else {
+            sigmoid(x + H, g + H, H);
+          }
+          if (L.reset_after) {
+            scalar_t *anr = AN + (off + b) * H, *an_ = a + ncol * H;
+            for (int64_t j = 0; j < H; ++j) {
+              anr[j] = an_[j];
+              an_[j] = x[2 * H + j] + g[j] * an_[j];
+            }
+            tanh(an_, g + 2 * H, H);
+          } else {  // n reads r ⊙ h̄ through its own GEMM, after this pass
+            const scalar_t* hm = HMV + (off + b) * H;
+            scalar_t* rh = SB + b * H;
+            for (int64_t j = 0; j < H; ++j) rh[j] = g[j] * hm[j];
+          }
+        }
+        if (!L.reset_after) {
+          gemm_xwt(SB + b0 * H, WN, WNT, S2 + b0 * H, n, H, H, scalar_t(0));  // (r ⊙ h̄) W_n^T
+          for (int64_t b = b0; b < b0 + n; ++b) {
+            scalar_t *s2 = S2 + b * H, *g = GT + (off + b) * G;
+            const scalar_t* x = XP + (off + b) * G;
+            for (int64_t j = 0; j < H; ++j) s2[j] = x[2 * H + j] + (BN ? s2[j] + BN[j] : s2[j]);
+            tanh(s2, g + 2 * H, H);
+          }
+        }
+        for (int64_t b = b0; b < b0 + n; ++b) {  // h_t, zoneout
+          const scalar_t *g = GT + (off + b) * G, *hp = HPV + (off + b) * H;
+          const scalar_t* z = ZH ? ZH + (off + b) * H : nullptr;
+          scalar_t *o = O + (off + b) * H, *h = HB + b * H;
+          for (int64_t j = 0; j < H; ++j) {
+            // MUT: h + z (n - h), z gates the candidate; Cho / torch: n + z (h - n)
+            const scalar_t v = L.cand_z ? lerp(hp[j], g[2 * H + j], g[H + j]) : lerp(g[2 * H + j], hp[j], g[H + j]);
+            h[j] = o[j] = z ? lerp(v, hp[j], z[j]) : v;
+          }
+        }
+      }
+    });
+  });
   return {out, hbuf, none(xp), none(xp), gates, hprev, hprev_m, an, th};
 }
 
@@ -107,95 +165,91 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
                                  const std::vector<Tensor>& saved, const Tensor& w_hh, const OptT& mask,
                                  const OptT& zh, bool has_bias, const Steps& steps, bool onednn) {
   const Tensor &gates = saved[0], &hprev = saved[1], &hprev_m = saved[2], &an = saved[3], &th = saved[4];
-  const int64_t B = ghn.size(0), H = hprev.size(1), nD = L.D.size();
+  const int64_t B = ghn.size(0), H = hprev.size(1), nD = L.D.size(), G = 3 * H, DW = nD * H;
   const Tensor& hm_all = mask.has_value() ? hprev_m : hprev;
   const auto opt = gates.options();
   Tensor dxp = at::empty_like(gates), dan = L.reset_after ? at::empty_like(hprev) : none(gates);
-  Tensor dd = at::empty({B, nD * H}, opt), dir = at::empty({B, H}, opt), dnb = at::empty({B, H}, opt);
-  Tensor dzb = at::empty({B, H}, opt), ex = at::empty({B, H}, opt), dht = at::empty({B, H}, opt);
-  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn), dhbuf = ghn.clone();
-  const Linear lin_d(L.rows(w_hh, L.D, H).t(), B, onednn);
-  const std::optional<Linear> lin_z =
-      L.zsrc == 2 ? std::optional<Linear>(Linear(L.rows(w_hh, "z", H).t(), B, onednn)) : std::nullopt;
-  const std::optional<Linear> lin_n =
-      !L.reset_after ? std::optional<Linear>(Linear(L.rows(w_hh, "n", H).t(), B, onednn)) : std::nullopt;
+  Tensor dd = at::empty({B, DW}, opt), dir = at::empty({B, H}, opt), dnb = at::empty({B, H}, opt);
+  Tensor dzb = at::empty({B, H}, opt), ex = at::empty({B, H}, opt), dhm = at::empty({B, H}, opt);
+  Tensor dz2 = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt), dhbuf = ghn.clone();
+  const Tensor wd = L.rows(w_hh, L.D, H).contiguous();
+  const Tensor wz = L.zsrc == 2 ? L.rows(w_hh, "z", H).contiguous() : none(gates);
+  const Tensor wn = !L.reset_after ? L.rows(w_hh, "n", H).contiguous() : none(gates);
+  const Tensor goc = gout.contiguous(), m = mask.has_value() ? mask->contiguous() : none(gates);
+  const Tensor zc = zh.has_value() ? zh->contiguous() : none(gates);
   const int64_t zcol = L.zsrc == 1 ? 1 : -1, ncol = nD - 1;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_v_bwd", [&] {
-    for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
-      const int64_t off = it->first, bs = it->second;
-      const scalar_t* DT = nullptr;
-      if (zh.has_value()) {  // h_t = lerp(h~_t, h_{t-1}, zh): split the gradient
-        Tensor dst = dht.narrow(0, 0, bs), z = dhz.narrow(0, 0, bs);
-        at::add_out(dst, gout.narrow(0, off, bs), dhbuf.narrow(0, 0, bs));
-        at::mul_out(z, dst, zh->narrow(0, off, bs));
-        dst.sub_(z);
-        DT = dst.data_ptr<scalar_t>();
-      }
-      const scalar_t* GO = gout.data_ptr<scalar_t>() + off * H;
-      const scalar_t* DHB = dhbuf.data_ptr<scalar_t>();
-      const scalar_t* G = gates.data_ptr<scalar_t>() + off * 3 * H;
-      const scalar_t* HP = hprev.data_ptr<scalar_t>() + off * H;
-      const scalar_t* HM = hm_all.data_ptr<scalar_t>() + off * H;
-      const scalar_t* AN = L.reset_after ? an.data_ptr<scalar_t>() + off * H : nullptr;
-      scalar_t* DAN = L.reset_after ? dan.data_ptr<scalar_t>() + off * H : nullptr;
-      scalar_t *DX = dxp.data_ptr<scalar_t>() + off * 3 * H, *DD = dd.data_ptr<scalar_t>();
-      scalar_t *DIR = dir.data_ptr<scalar_t>(), *DNB = dnb.data_ptr<scalar_t>(), *DZB = dzb.data_ptr<scalar_t>();
-      rows(bs, 3 * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const scalar_t* g = G + b * 3 * H;
-          scalar_t *dx = DX + b * 3 * H, *da = DD + b * nD * H;
+    using rnnkit_pw::gemm_xw;
+    const scalar_t *GV = gates.data_ptr<scalar_t>(), *HPV = hprev.data_ptr<scalar_t>(), *HMV = hm_all.data_ptr<scalar_t>();
+    const scalar_t *ANV = L.reset_after ? an.data_ptr<scalar_t>() : nullptr, *THV = L.zsrc == 2 ? th.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *GO = goc.data_ptr<scalar_t>(), *M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* ZH = zh.has_value() ? zc.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *WD = wd.data_ptr<scalar_t>(), *WZ = THV ? wz.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* WN = !L.reset_after ? wn.data_ptr<scalar_t>() : nullptr;
+    scalar_t *DX = dxp.data_ptr<scalar_t>(), *DANV = L.reset_after ? dan.data_ptr<scalar_t>() : nullptr;
+    scalar_t *DD = dd.data_ptr<scalar_t>(), *DIR = dir.data_ptr<scalar_t>(), *DNB = dnb.data_ptr<scalar_t>();
+    scalar_t *DZB = dzb.data_ptr<scalar_t>(), *EX = ex.data_ptr<scalar_t>(), *DHM = dhm.data_ptr<scalar_t>();
+    scalar_t *DZ2 = dz2.data_ptr<scalar_t>(), *DHZ = dhz.data_ptr<scalar_t>(), *DHB = dhbuf.data_ptr<scalar_t>();
+    batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
+      for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+        const int64_t off = it->first, n = std::min(b1, it->second) - b0;
+        if (n <= 0) continue;
+        for (int64_t b = b0; b < b0 + n; ++b) {
+          const int64_t r0 = (off + b) * H;
+          const scalar_t *g = GV + (off + b) * G, *hpr = HPV + r0, *go = GO + r0;
+          const scalar_t *zr = ZH ? ZH + r0 : nullptr, *anr = ANV ? ANV + r0 : nullptr;
+          scalar_t *dx = DX + (off + b) * G, *da = DD + b * DW, *dhb = DHB + b * H;
           for (int64_t j = 0; j < H; ++j) {
             const int64_t k = b * H + j;
-            const scalar_t dh = DT ? DT[k] : GO[k] + DHB[k];
-            const scalar_t r = g[j], z = g[H + j], n = g[2 * H + j], hp = HP[k];
-            const scalar_t dnp = dh * (1 - n * n) * (L.cand_z ? z : 1 - z);
-            const scalar_t dzp = dh * (z - z * z) * (L.cand_z ? n - hp : hp - n);
+            scalar_t dh = go[j] + dhb[j];
+            if (zr) {  // h_t = lerp(h~_t, h_{t-1}, zh): dh ⊙ zh goes straight to h_{t-1}
+              DHZ[k] = dh * zr[j];
+              dh = dh - DHZ[k];
+            }
+            const scalar_t r = g[j], z = g[H + j], nn = g[2 * H + j], hp = hpr[j];
+            const scalar_t dnp = dh * (1 - nn * nn) * (L.cand_z ? z : 1 - z);
+            const scalar_t dzp = dh * (z - z * z) * (L.cand_z ? nn - hp : hp - nn);
             DIR[k] = L.cand_z ? dh - dh * z : dh * z;
             dx[H + j] = dzp;
             dx[2 * H + j] = dnp;
             if (zcol >= 0) da[zcol * H + j] = dzp;
             DZB[k] = dzp;
             if (L.reset_after) {
-              const scalar_t drp = dnp * AN[k] * (r - r * r);
+              const scalar_t drp = dnp * anr[j] * (r - r * r);
               dx[j] = da[j] = drp;
-              DAN[k] = da[ncol * H + j] = dnp * r;
+              DANV[r0 + j] = da[ncol * H + j] = dnp * r;
             } else {
               DNB[k] = dnp;
             }
           }
         }
-      });
-      if (!L.reset_after) {  // n read r ⊙ h: its GEMM's gradient feeds r's
-        const Tensor grh = (*lin_n)(dnb.narrow(0, 0, bs)).contiguous();
-        const scalar_t* GR = grh.data_ptr<scalar_t>();
-        scalar_t* EX = ex.data_ptr<scalar_t>();
-        rows(bs, H, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
-            const scalar_t* g = G + b * 3 * H;
-            scalar_t *dx = DX + b * 3 * H, *da = DD + b * nD * H;
+        if (!L.reset_after) {  // n read r ⊙ h̄: its GEMM's gradient feeds r's
+          gemm_xw(DNB + b0 * H, WN, EX + b0 * H, n, H, H);  // dn' W_n, into EX, then EX = that ⊙ r
+          for (int64_t b = b0; b < b0 + n; ++b) {
+            const scalar_t *g = GV + (off + b) * G, *hm = HMV + (off + b) * H;
+            scalar_t *dx = DX + (off + b) * G, *da = DD + b * DW, *ex = EX + b * H;
             for (int64_t j = 0; j < H; ++j) {
-              const int64_t k = b * H + j;
-              const scalar_t r = g[j];
-              dx[j] = da[j] = GR[k] * HM[k] * (r - r * r);
-              EX[k] = GR[k] * r;
+              const scalar_t r = g[j], gr = ex[j];
+              dx[j] = da[j] = gr * hm[j] * (r - r * r);
+              ex[j] = gr * r;
             }
           }
-        });
+        }
+        gemm_xw(DD + b0 * DW, WD, DHM + b0 * H, n, H, DW);  // dh̄ = da_D W_D
+        if (THV) gemm_xw(DZB + b0 * H, WZ, DZ2 + b0 * H, n, H, H);
+        for (int64_t b = b0; b < b0 + n; ++b) {
+          const scalar_t* t = THV ? THV + (off + b) * H : nullptr;
+          for (int64_t j = 0; j < H; ++j) {
+            const int64_t k = b * H + j;
+            scalar_t v = DHM[k];
+            if (!L.reset_after) v = v + EX[k];
+            if (t) v = v + DZ2[k] * -(t[j] * t[j] - 1);  // MUT3: (dz' W_z) ⊙ (1 - tanh² h̄)
+            v = (M ? v * M[k] : v) + DIR[k];
+            DHB[k] = ZH ? v + DHZ[k] : v;
+          }
+        }
       }
-      Tensor dhm = lin_d(dd.narrow(0, 0, bs));
-      if (!L.reset_after) dhm.add_(ex.narrow(0, 0, bs));
-      if (L.zsrc == 2) {
-        const Tensor t = th.narrow(0, off, bs);
-        dhm.addcmul_((*lin_z)(dzb.narrow(0, 0, bs)), at::mul(t, t).neg_().add_(1));
-      }
-      Tensor dhp = dhbuf.narrow(0, 0, bs);
-      if (mask.has_value())
-        at::mul_out(dhp, dhm, mask->narrow(0, 0, bs));
-      else
-        dhp.copy_(dhm);
-      dhp.add_(dir.narrow(0, 0, bs));
-      if (zh.has_value()) dhp.add_(dhz.narrow(0, 0, bs));
-    }
+    });
   });
   // weight gradients: each hidden block against its source, one GEMM over all rows
   std::vector<Tensor> dws, dbs;
