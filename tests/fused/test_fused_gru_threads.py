@@ -31,14 +31,6 @@ CELLS = {
 }
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("option", ["plain", "mask", "zoneout"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("name", list(CELLS))

@@ -46,44 +46,39 @@ def _args(kind: str, mode: int, H: int):
 @pytest.mark.parametrize(
     "kind,mode,H", [("lstm", 1, 96), ("lstm", 2, 96), ("lstm", 3, 96), ("gru", 1, 96), ("rnn_tanh", 1, 256)]
 )
-def test_two_threads_equal_pure(kind, mode, H):
+def test_two_threads_equal_pure(kind, mode, H, two_threads):
     from .test_fused_kernels import require_ext
 
     require_ext()
     args = _args(kind, mode, H)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ext = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True)
-        ref = norm_ops.forward_impl(kind, mode, False, False, *args, BS, True)
-        for a, b in zip(ext, ref):
-            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
-        # inference: nothing saved for backward (step-sized scratch), the same outputs
-        lean = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True, save=False)
-        for a, b in zip(lean[:7], ref[:7]):
-            torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
-        assert lean[7].shape[0] == BS[0] < ext[7].shape[0]
-        lstm = kind == "lstm"
-        g = torch.Generator().manual_seed(2)
-        gout = torch.randn(ext[0].shape, generator=g, dtype=torch.float64)
-        ghn = torch.randn(args[1].shape, generator=g, dtype=torch.float64)
-        gcn = torch.randn(args[2].shape, generator=g, dtype=torch.float64) if lstm else gout.new_empty(0)
-        xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c = args
-        common = (gout, ghn, gcn, ext[0], ext[7:], w_hh, b_hh is not None, w_hr, mask, zh, zc, g_hh)
-        tail = (s_hh is not None, g_c, s_c is not None, st_hh, st_c)
-        d_ref = pure.backward(kind, mode, *common, *tail, tuple(BS), True)
-        for _ in range(3):  # a race need not show every time
-            d_ext = torch.ops.rnnkit_norm.backward(kind, mode, *common, *tail, BS, True, False)
-            for a, b in zip(d_ext, d_ref):
-                if b is None:
-                    assert a.numel() == 0
-                else:
-                    torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
-    finally:
-        torch.set_num_threads(threads)
+    ext = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True)
+    ref = norm_ops.forward_impl(kind, mode, False, False, *args, BS, True)
+    for a, b in zip(ext, ref):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    # inference: nothing saved for backward (step-sized scratch), the same outputs
+    lean = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True, save=False)
+    for a, b in zip(lean[:7], ref[:7]):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
+    assert lean[7].shape[0] == BS[0] < ext[7].shape[0]
+    lstm = kind == "lstm"
+    g = torch.Generator().manual_seed(2)
+    gout = torch.randn(ext[0].shape, generator=g, dtype=torch.float64)
+    ghn = torch.randn(args[1].shape, generator=g, dtype=torch.float64)
+    gcn = torch.randn(args[2].shape, generator=g, dtype=torch.float64) if lstm else gout.new_empty(0)
+    xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c = args
+    common = (gout, ghn, gcn, ext[0], ext[7:], w_hh, b_hh is not None, w_hr, mask, zh, zc, g_hh)
+    tail = (s_hh is not None, g_c, s_c is not None, st_hh, st_c)
+    d_ref = pure.backward(kind, mode, *common, *tail, tuple(BS), True)
+    for _ in range(3):  # a race need not show every time
+        d_ext = torch.ops.rnnkit_norm.backward(kind, mode, *common, *tail, BS, True, False)
+        for a, b in zip(d_ext, d_ref):
+            if b is None:
+                assert a.numel() == 0
+            else:
+                torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
 
 
-def test_batch_norm_input_two_threads():
+def test_batch_norm_input_two_threads(num_threads):
     """The input group's batch norm (``csrc/norm_input.cpp``, steps in parallel) against its
     PyTorch expression with autograd: outputs, statistics and every gradient."""
     from .test_fused_kernels import require_ext
@@ -102,16 +97,12 @@ def test_batch_norm_input_two_threads():
         means.append(mean)
         vars_.append(var)
     ref = torch.autograd.grad(torch.cat(ys), [a, w, b], dy)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        y, mean, var = norm_ops._BNInput.apply(a, w, b, BS)
-        torch.testing.assert_close(y, torch.cat(ys), atol=1e-12, rtol=1e-12)
-        torch.testing.assert_close(mean, torch.stack(means), atol=1e-12, rtol=1e-12)
-        torch.testing.assert_close(var, torch.stack(vars_), atol=1e-12, rtol=1e-12)
-        for _ in range(3):
-            got = torch.autograd.grad(y, [a, w, b], dy, retain_graph=True)
-            for u, v in zip(got, ref):
-                torch.testing.assert_close(u, v, atol=1e-11, rtol=1e-11)
-    finally:
-        torch.set_num_threads(threads)
+    num_threads(2)
+    y, mean, var = norm_ops._BNInput.apply(a, w, b, BS)
+    torch.testing.assert_close(y, torch.cat(ys), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(mean, torch.stack(means), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(var, torch.stack(vars_), atol=1e-12, rtol=1e-12)
+    for _ in range(3):
+        got = torch.autograd.grad(y, [a, w, b], dy, retain_graph=True)
+        for u, v in zip(got, ref):
+            torch.testing.assert_close(u, v, atol=1e-11, rtol=1e-11)

@@ -39,14 +39,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_two_threads_match_the_loop(name, two_threads):
     require_ext()
@@ -76,7 +68,7 @@ def test_two_threads_match_the_loop(name, two_threads):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", ["lstm", "lstm_proj", "lstm_peephole", "lstm_regs", "lstm_cifg"])
-def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, monkeypatch):
+def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, monkeypatch, num_threads):
     """Without gradients the LSTM kernel skips the buffers backward reads: same numbers."""
     require_ext()
     from rnnkit.kernels import ops
@@ -89,20 +81,16 @@ def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, m
         return real(*args, save=save)
 
     monkeypatch.setattr(ops, "forward_impl", spy)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        cls, kw = CASES[name]
-        torch.manual_seed(0)
-        m = cls(I, H, impl="fused", **kw).eval()  # float32: the AVX-512 row where the CPU has it
-        x = torch.randn(9, B, I)
-        with torch.no_grad():
-            y0, s0 = m(x)
-        y1, s1 = m(x.requires_grad_())
-        if "cifg" not in name:  # the Greff kernels always save
-            assert seen == [False, True]
-        torch.testing.assert_close(y0, y1.detach(), atol=0, rtol=0)
-        for a, b in zip(s0, s1):
-            torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
-    finally:
-        torch.set_num_threads(old)
+    num_threads(threads)
+    cls, kw = CASES[name]
+    torch.manual_seed(0)
+    m = cls(I, H, impl="fused", **kw).eval()  # float32: the AVX-512 row where the CPU has it
+    x = torch.randn(9, B, I)
+    with torch.no_grad():
+        y0, s0 = m(x)
+    y1, s1 = m(x.requires_grad_())
+    if "cifg" not in name:  # the Greff kernels always save
+        assert seen == [False, True]
+    torch.testing.assert_close(y0, y1.detach(), atol=0, rtol=0)
+    for a, b in zip(s0, s1):
+        torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
