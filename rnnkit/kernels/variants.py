@@ -50,6 +50,9 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     return cell.project_input(p, x)
 
 
+NO_SAVE = 1024  # an LSTM-layout flag for the C++ kernel: inference, save nothing for backward
+
+
 def forward_impl(kind, flags, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc,
                  w_peep, a0=None, w_gg=None, zg=None):  # fmt: skip
     """``(out, h_n, c_n, gates_n, saved)``; ``c_n`` is empty for the GRU kernels, ``gates_n``
@@ -211,6 +214,9 @@ def run_direction(
             use_ext = use_ext_for(xp)
         elif use_ext and ext.ops() is None:
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
+        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
+        if lstm and use_ext and not grad:
+            flags |= NO_SAVE  # inference: the C++ kernel keeps step-sized scratch, nothing for backward
         out, hn, cn, gn = _Direction.apply(kind, flags, bsz, reverse, use_ext, *args)
     return out, ((hn, cn, gn) if fgr else (hn, cn) if lstm else (hn,))
 

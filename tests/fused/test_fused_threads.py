@@ -67,20 +67,27 @@ def test_two_threads_match_the_loop(name, two_threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("name", ["lstm", "lstm_proj", "lstm_peephole", "lstm_regs", "lstm_cifg"])
+@pytest.mark.parametrize(
+    "name", ["lstm", "lstm_proj", "lstm_peephole", "lstm_regs", "lstm_cifg", "lstm_nfg", "lstm_fgr"]
+)
 def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, monkeypatch, num_threads):
     """Without gradients the LSTM kernel skips the buffers backward reads: same numbers."""
     require_ext()
-    from rnnkit.kernels import ops
+    from rnnkit.kernels import ops, variants
 
     seen = []
-    real = ops.forward_impl
+    real, real_v = ops.forward_impl, variants.forward_impl
 
     def spy(*args, save=True):
         seen.append(save)
         return real(*args, save=save)
 
+    def spy_v(kind, flags, *args):  # the Greff kernels: a flag bit
+        seen.append(not flags & variants.NO_SAVE)
+        return real_v(kind, flags, *args)
+
     monkeypatch.setattr(ops, "forward_impl", spy)
+    monkeypatch.setattr(variants, "forward_impl", spy_v)
     num_threads(threads)
     cls, kw = CASES[name]
     torch.manual_seed(0)
@@ -89,8 +96,7 @@ def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, m
     with torch.no_grad():
         y0, s0 = m(x)
     y1, s1 = m(x.requires_grad_())
-    if "cifg" not in name:  # the Greff kernels always save
-        assert seen == [False, True]
+    assert seen == [False, True]
     torch.testing.assert_close(y0, y1.detach(), atol=0, rtol=0)
     for a, b in zip(s0, s1):
         torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)

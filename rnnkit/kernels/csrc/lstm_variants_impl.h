@@ -3,13 +3,13 @@
 // over a block of units vectorize 16 floats wide. (No include guard on purpose.)
 // ---- LSTM layouts (flags as lstm_variants.py) ----
 struct LstmLayout {
-  bool has_i, has_f, has_o, coupled, in_act, out_act, peep, fgr;
+  bool has_i, has_f, has_o, coupled, in_act, out_act, peep, fgr, save;
   int64_t ii = -1, fi = -1, gi = -1, oi = -1, ng = 0;  // column block of each present gate
   int64_t pi = -1, pf = -1, po = -1;                   // block of each peephole in w_peep
   std::vector<int64_t> sig;                            // column blocks of the sigmoid gates (i, f, o)
   explicit LstmLayout(int64_t f)
       : has_i(f & 1), has_f(f & 2), has_o(f & 4), coupled(f & 8), in_act(f & 16), out_act(f & 32), peep(f & 64),
-        fgr(f & 128) {
+        fgr(f & 128), save(!(f & 1024)) {  // 1024: inference, nothing saved for backward
     if (has_i) ii = ng++;
     if (has_f) fi = ng++;
     gi = ng++;
@@ -32,15 +32,17 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0), H = c0.size(1);
   const auto opt = xp.options();
   const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
-  Tensor hbuf = h0.clone(), cbuf = c0.clone(), out = at::empty({N, P}, opt), hprev = at::empty({N, P}, opt);
-  Tensor gates = at::empty({N, L.ng * H}, opt), cprev = at::empty({N, H}, opt), y = at::empty({N, H}, opt);
+  // the buffers only backward reads: (N, .) when saving, else step-sized scratch (row offset 0)
+  const int64_t NS = L.save ? N : B;
+  Tensor hbuf = h0.clone(), cbuf = c0.clone(), out = at::empty({N, P}, opt), hprev = at::empty({NS, P}, opt);
+  Tensor gates = at::empty({NS, L.ng * H}, opt), cprev = at::empty({NS, H}, opt), y = at::empty({NS, H}, opt);
   Tensor hraw = w_hr.has_value() ? at::empty({N, H}, opt) : none(xp);
   const bool peep_o = L.peep && L.has_o;
-  Tensor cnew = peep_o ? at::empty({N, H}, opt) : none(xp);
+  Tensor cnew = peep_o ? at::empty({NS, H}, opt) : none(xp);
   Tensor w_peep = L.peep ? w_peep_->contiguous() : none(xp);
   // FGR: the sigmoid gates also see the previous gate state a_{t-1} through W_gg.
   const int64_t S = L.fgr ? a0->size(1) : 0, nsig = static_cast<int64_t>(L.sig.size());
-  Tensor abuf = L.fgr ? a0->clone() : none(xp), aprev = L.fgr ? at::empty({N, S}, opt) : none(xp);
+  Tensor abuf = L.fgr ? a0->clone() : none(xp), aprev = L.fgr ? at::empty({NS, S}, opt) : none(xp);
   const int64_t nfront = (L.has_i ? 1 : 0) + (L.has_f ? 1 : 0);  // i, f: the first blocks
   // Per step one parallel region (blocked.h): each thread runs the recurrent GEMM (and FGR's)
   // for the gates of its block of hidden units, then everything element-wise for them.
@@ -70,9 +72,10 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
     scalar_t *ABUF = L.fgr ? abuf.data_ptr<scalar_t>() : nullptr, *APV = L.fgr ? aprev.data_ptr<scalar_t>() : nullptr;
     for (const auto& st : steps) {
       const int64_t off = st.first, bs = st.second;
-      scalar_t* HP = HPV + off * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
+      const int64_t so = L.save ? off : 0;  // first row of this step in the saved buffers
+      scalar_t* HP = HPV + so * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
       for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
-      scalar_t* AP = L.fgr ? APV + off * S : nullptr;  // a_{t-1}, the FGR gate state
+      scalar_t* AP = L.fgr ? APV + so * S : nullptr;  // a_{t-1}, the FGR gate state
       if (AP) std::copy(ABUF, ABUF + bs * S, AP);
       rnnkit_blk::each_block(wb.n(), bs * P * W, [&](int64_t k) {
         const int64_t j0 = wb.j[k], w = wb.width(k);
@@ -82,8 +85,9 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
         if (R) wg->gemm(k, AP, bs, R);
         for (int64_t b = 0; b < bs; ++b) {
           const int64_t r = off + b;
-          scalar_t *ar = A + b * L.ng * w, *g = GT + r * W + j0, *c = C + b * H + j0, *cp = CPV + r * H + j0;
-          scalar_t *yr = YV + r * H + j0, *hr = HRV + r * H + j0;
+          const int64_t rs = so + b;  // the row in the saved buffers
+          scalar_t *ar = A + b * L.ng * w, *g = GT + rs * W + j0, *c = C + b * H + j0, *cp = CPV + rs * H + j0;
+          scalar_t *yr = YV + rs * H + j0, *hr = HRV + r * H + j0;
           const scalar_t *xr = XP + r * W + j0, *pw = PW ? PW + j0 : nullptr;
           for (int64_t q = 0; q < L.ng; ++q)
             for (int64_t u = 0; u < w; ++u) ar[q * w + u] += xr[q * H + u];
@@ -108,7 +112,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
             c[u] = f * cv + i * z;
           }
           if (peep_o) {
-            scalar_t* cn = CN + r * H + j0;
+            scalar_t* cn = CN + rs * H + j0;
             for (int64_t u = 0; u < w; ++u) {
               cn[u] = c[u];
               ar[L.oi * w + u] += pw[L.po * H + u] * c[u];
