@@ -160,20 +160,9 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
     for (const auto& st : steps) {
       const int64_t off = st.first, bs = st.second;
       const scalar_t* GO = GOV + off * P;
-      const scalar_t* DH = nullptr;  // dL/d(o ⊙ tanh c) for the active rows, when materialized
-      Tensor d;
-      if (proj || ZH) {
-        // dh = gout + dh_next; zoneout on h: dL/dh~ = dh - dh ⊙ zh, the direct part dh ⊙ zh -> dhz
-        scalar_t* dst = proj ? dh_all.data_ptr<scalar_t>() + off * P : DHT;
-        rnnkit_pw::dh_step(bs * P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, dst);
-        if (proj) {
-          const Tensor dhp = dh_all.narrow(0, off, bs);
-          d = lin_rt->use_rows(bs) ? (*lin_rt)(dhp).contiguous() : at::mm(dhp, *w_hr);
-          DH = d.data_ptr<scalar_t>();
-        } else {
-          DH = DHT;
-        }
-      }
+      Tensor d;  // dL/d(o ⊙ tanh c) for the active rows, when materialized (zoneout on h, projection)
+      const scalar_t* DH = rnnkit_row::lstm_step_dh(off, bs, P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, DHT,
+                                                    dh_all, lin_rt, w_hr, d);
       const scalar_t* G = GV + off * G4;
       const scalar_t* CP = CPV + off * H;
       const scalar_t* TC = TCV + off * H;

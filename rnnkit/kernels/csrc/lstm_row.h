@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "common.h"
 #include "pointwise.h"
 
 // Loops over a block of units on raw pointers: GCC vectorizes them at -O3 only.
@@ -169,6 +170,25 @@ BwdRow<T> pick_bwd_row(bool dh, bool zc, bool pi) {
                                  lstm_bwd_row<T, true, false, false>,  lstm_bwd_row<T, true, false, true>,
                                  lstm_bwd_row<T, true, true, false>,   lstm_bwd_row<T, true, true, true>};
   return t[k];
+}
+
+// dL/d(o ⊙ tanh c) of a backward step's rows where the row pass cannot form it on the fly:
+// dh = gout + dh_next, split by zoneout on h (h_t = lerp(h~_t, h_{t-1}, zh): dL/dh~ = dh - dh ⊙ zh,
+// the direct part dh ⊙ zh to dhz) and, with a projection, mapped back through W_hr (the result
+// kept alive in `keep`). go, dhb: the step's gout rows and the running dh; zh: the step's rows.
+// Returns the rows' dh (stride H), or nullptr: the row pass adds gout and dh_next itself.
+template <typename T>
+const T* lstm_step_dh(int64_t off, int64_t bs, int64_t P, const T* go, const T* dhb, const T* zh, T* dhz, T* dht,
+                      const at::Tensor& dh_all, const std::optional<rnnkit_common::Linear>& lin_rt,
+                      const std::optional<at::Tensor>& w_hr, at::Tensor& keep) {
+  const bool proj = w_hr.has_value();
+  if (!proj && !zh) return nullptr;
+  T* dst = proj ? dh_all.data_ptr<T>() + off * P : dht;
+  rnnkit_pw::dh_step(bs * P, go, dhb, zh, dhz, dst);
+  if (!proj) return dht;
+  const at::Tensor dhp = dh_all.narrow(0, off, bs);
+  keep = lin_rt->use_rows(bs) ? (*lin_rt)(dhp).contiguous() : at::mm(dhp, *w_hr);
+  return keep.data_ptr<T>();
 }
 
 template <typename T>

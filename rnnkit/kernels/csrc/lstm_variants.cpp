@@ -3,6 +3,7 @@
 // rnnkit/kernels/lstm_variants.py (same flags, buffers and equations); registered as ops by
 // variants.cpp.
 #include "blocked.h"
+#include "lstm_row.h"  // lstm_step_dh
 #include "pointwise.h"
 #include "variants.h"
 

@@ -198,19 +198,10 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
     const scalar_t* WG = L.fgr ? wgc.data_ptr<scalar_t>() : nullptr;
     for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
       const int64_t off = it->first, bs = it->second;
-      const scalar_t *DH = nullptr, *GO = GOV + off * P;
-      Tensor d;
-      if (proj || ZH) {  // dL/d(o ⊙ y) materialized: zoneout split (direct part -> dhz), projection
-        scalar_t* dst = proj ? dh_all.data_ptr<scalar_t>() + off * P : DHT;
-        rnnkit_pw::dh_step(bs * P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, dst);
-        if (proj) {
-          const Tensor dhp = dh_all.narrow(0, off, bs);
-          d = lin_rt->use(dhp) ? (*lin_rt)(dhp).contiguous() : at::mm(dhp, *w_hr);
-          DH = d.data_ptr<scalar_t>();
-        } else {
-          DH = DHT;
-        }
-      }
+      const scalar_t* GO = GOV + off * P;
+      Tensor d;  // dL/d(o ⊙ y) for the active rows, when materialized (zoneout on h, projection)
+      const scalar_t* DH = rnnkit_row::lstm_step_dh(off, bs, P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, DHT,
+                                                    dh_all, lin_rt, w_hr, d);
       const scalar_t* DA = nullptr;
       if (L.fgr) {  // a_t = lerp([i, f, o]_t, a_{t-1}, zg): split the gradient (direct part -> daz)
         scalar_t *da = dacts.data_ptr<scalar_t>(), *dz = daz.data_ptr<scalar_t>();
