@@ -38,7 +38,7 @@ from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from . import _gemm, ext, lstm_variants, norm_ops, ops, variants
+from . import _common, _gemm, ext, lstm_variants, norm_ops, ops, variants
 
 __all__ = ["supports", "project_input", "run_direction", "backend", "KINDS"]
 
@@ -188,9 +188,7 @@ def run_direction(
             use_ext = backend(xp) == "ext"
         elif use_ext and ext.ops() is None:
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
-        # save for backward only when a gradient can flow (needs_input_grad ignores no_grad)
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
-        out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, save, *args)
+        out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, _common.wants_grad(args), *args)
     return out, ((hn, cn) if kind == "lstm" else (hn,))
 
 

@@ -32,3 +32,10 @@ def load_prev(hbuf: Tensor, mask: Tensor | None, bs: int, dst: Tensor) -> Tensor
     """``dst = h_{t-1}`` of the step's ``bs`` active rows as the recurrent GEMM reads it:
     ``hbuf[:bs]``, times the recurrent-dropout mask when there is one."""
     return dst.copy_(hbuf[:bs]) if mask is None else torch.mul(hbuf[:bs], mask[:bs], out=dst)
+
+
+def wants_grad(tensors) -> bool:
+    """Whether a kernel call must save for backward: grad mode on and some input needing a
+    gradient (``ctx.needs_input_grad`` inside an ``autograd.Function`` ignores ``no_grad``, so
+    the eager wrappers decide this before calling ``apply``)."""
+    return torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in tensors)

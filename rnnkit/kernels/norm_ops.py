@@ -32,7 +32,7 @@ from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
 from ..cells.lstm import LSTMCellMath
 from ..cells.norm import EPS, MOMENTUM, layer_norm
 from ..cells.rnn import RNNCellMath
-from . import _gemm
+from . import _common, _gemm
 from . import norm as pure
 from .norm import BN_EVAL, BN_TRAIN, LN
 
@@ -116,8 +116,7 @@ def run_direction(
     if torch.compiler.is_compiling():  # one opaque custom op per direction in the graph
         res = fused_norm_direction(base, mode, *args, bsz, reverse)
     else:  # eager: the same computation without the custom-op machinery (~0.1 ms a call)
-        save = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in args)
-        res = _NormDirection.apply(base, mode, bsz, reverse, save, *args)
+        res = _NormDirection.apply(base, mode, bsz, reverse, _common.wants_grad(args), *args)
     out, hn, cn = res[:3]
     if mode == BN_TRAIN:
         ns = bsz[::-1] if reverse else bsz

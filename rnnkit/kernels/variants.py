@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Params, State
-from . import _gemm, ext, gru_variants, lstm_variants
+from . import _common, _gemm, ext, gru_variants, lstm_variants
 from .ops import _opt, use_ext_for
 
 KINDS = {"lstm_v": 0, "gru_v": 1}
@@ -214,8 +214,7 @@ def run_direction(
             use_ext = use_ext_for(xp)
         elif use_ext and ext.ops() is None:
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
-        grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args)
-        if lstm and use_ext and not grad:
+        if lstm and use_ext and not _common.wants_grad(args):
             flags |= NO_SAVE  # inference: the C++ kernel keeps step-sized scratch, nothing for backward
         out, hn, cn, gn = _Direction.apply(kind, flags, bsz, reverse, use_ext, *args)
     return out, ((hn, cn, gn) if fgr else (hn, cn) if lstm else (hn,))
