@@ -43,11 +43,16 @@ inline std::vector<int64_t> split(int64_t n, int64_t parts) {
 // 100 steps: N = 1024 in one block 10 ms, as two blocks of 512 7.1 ms).
 constexpr int64_t kMaxColumns = 512;
 
+// Threads a step of `work` multiply-adds is worth: all of them, or one below kParallelWork.
+inline int64_t threads_for(int64_t work) {
+  return work >= kParallelWork ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+}
+
 // Number of blocks for a step GEMM of `work` multiply-adds (at the full batch) and `cols` output
 // columns: at least one per thread when the work is worth splitting, and blocks of at most
 // kMaxColumns columns, a multiple of the thread count.
 inline int64_t blocks_for(int64_t work, int64_t cols) {
-  const int64_t threads = work >= kParallelWork ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+  const int64_t threads = threads_for(work);
   const int64_t n = std::max(threads, (cols + kMaxColumns - 1) / kMaxColumns);
   return (n + threads - 1) / threads * threads;
 }

@@ -152,8 +152,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
     const rnnkit_row::BwdRow<scalar_t> row = rnnkit_row::pick_bwd_row<scalar_t>(proj || ZH, ZC != nullptr, PI != nullptr);
     // one block of units per thread (brgemm chunks K itself; more blocks = more partial sums)
     const int64_t work = B * P * G4;
-    const std::vector<int64_t> units =
-        rnnkit_blk::split(H, work >= rnnkit_blk::kParallelWork ? at::get_num_threads() : 1);
+    const std::vector<int64_t> units = rnnkit_blk::split(H, rnnkit_blk::threads_for(work));
     const int64_t nblk = static_cast<int64_t>(units.size()) - 1;
     Tensor parts = at::empty({nblk, B, P}, gates.options());
     scalar_t* PART = parts.data_ptr<scalar_t>();
