@@ -49,11 +49,11 @@ inline int64_t threads_for(int64_t work) {
 }
 
 // Number of blocks for a step GEMM of `work` multiply-adds (at the full batch) and `cols` output
-// columns: at least one per thread when the work is worth splitting, and blocks of at most
-// kMaxColumns columns, a multiple of the thread count.
-inline int64_t blocks_for(int64_t work, int64_t cols) {
+// columns: at least `per_thread` per thread when the work is worth splitting, and blocks of at
+// most kMaxColumns columns, a multiple of the thread count.
+inline int64_t blocks_for(int64_t work, int64_t cols, int64_t per_thread = 1) {
   const int64_t threads = threads_for(work);
-  const int64_t n = std::max(threads, (cols + kMaxColumns - 1) / kMaxColumns);
+  const int64_t n = std::max(threads > 1 ? threads * per_thread : 1, (cols + kMaxColumns - 1) / kMaxColumns);
   return (n + threads - 1) / threads * threads;
 }
 

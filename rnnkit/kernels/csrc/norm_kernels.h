@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include "blocked.h"
 #include "common.h"
 #include "norm_avx2.h"
 #include "pointwise.h"
@@ -60,25 +61,21 @@ void prows(int64_t n, int64_t width, const F& f) {
     at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1)), f);
 }
 
-// Column blocks [c0, c1) of an m-wide output: on the threads when the product is big enough
-// (n*m*k >= 2^20, i.e. the medium shape's 32x1024x256; the small one's 8x256x64 stays whole),
-// one or two blocks a thread, and of at most 512 columns (brgemm runs faster on those: one
-// thread, 32x256 @ 256x1024, 10 ms per 100 steps whole against 7.1 ms as two blocks; see
-// blocked.h on main).
+// Column blocks [c0, c1) of an m-wide step output (n x k @ k x m): blocked.h's split — on the
+// threads from 2^20 multiply-adds (the medium shape), two blocks a thread, blocks of at most
+// 512 columns (brgemm runs faster on those).
 template <typename F>
 void pcols(int64_t n, int64_t m, int64_t k, const F& f) {
-  const bool par = at::get_num_threads() > 1 && n * m * k >= (int64_t(1) << 20) && !at::in_parallel_region();
-  const int64_t nb = std::max<int64_t>(par ? 2 * at::get_num_threads() : 1, (m + 511) / 512);
-  const int64_t w = std::max<int64_t>(16, (m + nb - 1) / nb + 15) / 16 * 16, nblk = (m + w - 1) / w;
-  auto run = [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) f(b * w, std::min(m, (b + 1) * w));
-  };
-  if (par && nblk > 1)
-    at::parallel_for(0, nblk, 1, run);
-  else
-    run(0, nblk);
+  const int64_t work = n * m * k;
+  const std::vector<int64_t> c = rnnkit_blk::split(m, rnnkit_blk::blocks_for(work, m, 2));
+  rnnkit_blk::each_block(static_cast<int64_t>(c.size()) - 1, work, [&](int64_t b) { f(c[b], c[b + 1]); });
 }
 
+// C (n, m) = X (n, k) W for W (k, m) dense.
+template <typename T>
+void step_xw(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k) {
+  pcols(n, m, k, [&](int64_t c0, int64_t c1) { rnnkit_blk::gemm_ld(x, k, w + c0, m, c + c0, m, n, c1 - c0, k); });
+}
 // C (n, m) = X (n, k) W^T for W (m, k); wt = W^T (k, m) dense (float32's brgemm reads it).
 inline void step_xwt(const double* x, const double* w, const double*, double* c, int64_t n, int64_t m, int64_t k) {
   pcols(n, m, k, [&](int64_t c0, int64_t c1) {
@@ -87,20 +84,7 @@ inline void step_xwt(const double* x, const double* w, const double*, double* c,
   });
 }
 inline void step_xwt(const float* x, const float*, const float* wt, float* c, int64_t n, int64_t m, int64_t k) {
-  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
-    at::native::cpublas::brgemm(n, c1 - c0, k, k, m, m, false, x + 0, wt + c0, c + c0, false);
-  });
-}
-// C (n, m) = X (n, k) W for W (k, m) dense.
-inline void step_xw(const double* x, const double* w, double* c, int64_t n, int64_t m, int64_t k) {
-  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
-    rnnkit_pw::blas_gemm('N', 'N', int(c1 - c0), int(n), int(k), 1., w + c0, int(m), x, int(k), 0., c + c0, int(m));
-  });
-}
-inline void step_xw(const float* x, const float* w, float* c, int64_t n, int64_t m, int64_t k) {
-  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
-    at::native::cpublas::brgemm(n, c1 - c0, k, k, m, m, false, x, w + c0, c + c0, false);
-  });
+  step_xw(x, wt, c, n, m, k);
 }
 
 // Σ_j f(j) for j < n with four independent partial sums (no single chain of dependent adds).
