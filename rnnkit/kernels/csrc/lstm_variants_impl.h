@@ -177,7 +177,6 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
   Tensor dabuf = L.fgr ? gan.clone() : none(gates), dacts = at::empty({B, S}, gates.options());
   Tensor daz = at::empty({B, S}, gates.options()), dsig = at::empty({L.fgr ? aprev.size(0) : 0, S}, gates.options());
   const Tensor wgc = L.fgr ? w_gg->contiguous() : none(gates), zgc = zg.has_value() ? zg->contiguous() : none(gates);
-  const Tensor zero = at::zeros({B, S}, gates.options());
   int64_t qi = -1, qf = -1, qo = -1;  // position of each sigmoid gate in the gate state
   for (size_t q = 0; q < L.sig.size(); ++q) {
     if (L.sig[q] == L.ii) qi = q;
@@ -205,7 +204,7 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
       const scalar_t* DA = nullptr;
       if (L.fgr) {  // a_t = lerp([i, f, o]_t, a_{t-1}, zg): split the gradient (direct part -> daz)
         scalar_t *da = dacts.data_ptr<scalar_t>(), *dz = daz.data_ptr<scalar_t>();
-        rnnkit_pw::dh_step(bs * S, dabuf.data_ptr<scalar_t>(), zero.data_ptr<scalar_t>(),
+        rnnkit_pw::dh_step(bs * S, dabuf.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
                            zg.has_value() ? zgc.data_ptr<scalar_t>() + off * S : nullptr, dz, da);
         DA = da;
       }

@@ -156,11 +156,11 @@ inline T lerp(T self, T end, T w) {
 
 // dst = gout + dh_next over n values (the LSTM backward's dL/dh of a step). With zoneout on h
 // (zh not null), h_t = lerp(h~_t, h_{t-1}, zh): dst = dL/dh~ = t - t zh, and the direct part
-// t zh goes to dhz.
+// t zh goes to dhz. dhb null: t = gout alone.
 template <typename T>
 inline void dh_step(int64_t n, const T* go, const T* dhb, const T* zh, T* dhz, T* dst) {
   for (int64_t k = 0; k < n; ++k) {
-    const T t = go[k] + dhb[k];
+    const T t = dhb ? go[k] + dhb[k] : go[k];
     if (zh) {
       const T z = t * zh[k];
       dhz[k] = z;
