@@ -187,10 +187,9 @@ def run_direction(
         p = plan.params[layer][direction]
         rec, zmasks = plan.recurrent[layer][direction], plan.zoneout[layer][direction]
     if impl == "fused":
-        xp = kernels.project_input(cell, p, data)
         zoneout = module.zoneout_probs[layer]
-        return kernels.run_direction(
-            cell, p, xp, batch_sizes, h0, direction == 1, rec, zoneout=zoneout, zoneout_masks=zmasks,
+        return kernels.run_layer_direction(
+            cell, p, data, batch_sizes, h0, direction == 1, rec, zoneout=zoneout, zoneout_masks=zmasks,
             training=module.training,
         )  # fmt: skip
     xp = cell.project_input(p, data)

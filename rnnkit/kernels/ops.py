@@ -37,20 +37,28 @@ NO_SAVE = 16  # added to the C++ kind: inference, the LSTM kernel saves nothing 
 
 
 def forward_impl(
-    kind, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, save=True
-):
+    kind, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, save=True,
+    proj=None,
+):  # fmt: skip
     """``(out, h_n, c_n, saved)``; ``c_n`` is empty unless ``kind == "lstm"``.
 
     ``save=False`` (no gradient wanted) lets the compiled LSTM kernel skip writing the buffers
     backward would read (gates, c_{t-1}, tanh c, h_{t-1}): at the medium shape they are most of
-    a forward step's memory traffic. ``saved`` is then not to be used."""
+    a forward step's memory traffic. ``saved`` is then not to be used.
+
+    ``proj = (x, W_ih, b)`` (compiled LSTM kernel only): ``xp`` is not given (empty) and the
+    kernel computes ``x W_ihᵀ + b`` itself, a chunk of steps at a time, in cache."""
     xp, h0 = xp.contiguous(), h0.contiguous()
     if use_ext:
         c0_ = c0.contiguous() if c0 is not None else h0.new_empty(0)
         code = KINDS[kind] + (0 if save or kind != "lstm" else NO_SAVE)
         args = (code, xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, list(bsz), reverse, onednn)
+        if proj is not None:
+            args += (proj[0].contiguous(), proj[1], proj[2])
         res = ext.ops().forward(*args)  # type: ignore[union-attr]
         return res[0], res[1], res[2], tuple(res[3:])
+    if proj is not None:
+        raise ValueError("forward_impl: proj needs the compiled LSTM kernel")
     if kind == "lstm":
         return lstm.forward(xp, h0, c0, w_hh, w_hr, mask, bsz, reverse, zh, zc, w_peep)
     if kind == "gru":

@@ -167,8 +167,8 @@ def test_gradcheck_zoneout(name, use_ext):
 def test_fused_rejects_unsupported_and_dispatches(monkeypatch):
     m = rnnkit.LSTM(3, 4, impl="fused")
     calls = []
-    orig = K.run_direction
-    monkeypatch.setattr(K, "run_direction", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    orig = K.run_layer_direction
+    monkeypatch.setattr(K, "run_layer_direction", lambda *a, **k: calls.append(1) or orig(*a, **k))
     m(torch.randn(2, 1, 3))
     assert calls == [1]
     with pytest.raises(ValueError, match="impl='fused'"):

@@ -78,9 +78,9 @@ def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, m
     seen = []
     real, real_v = ops.forward_impl, variants.forward_impl
 
-    def spy(*args, save=True):
+    def spy(*args, save=True, **kw):
         seen.append(save)
-        return real(*args, save=save)
+        return real(*args, save=save, **kw)
 
     def spy_v(kind, flags, *args):  # the Greff kernels: a flag bit
         seen.append(not flags & variants.NO_SAVE)

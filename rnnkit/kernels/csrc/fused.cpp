@@ -41,18 +41,22 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
                             const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
                             const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
                             const std::optional<Tensor>& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
-                            bool onednn) {
+                            bool onednn, const std::optional<Tensor>& x, const std::optional<Tensor>& w_ih,
+                            const std::optional<Tensor>& b_in) {
   const bool save = !(kind & 16);  // else inference: the LSTM saves nothing for backward
   kind &= 15;
   const auto steps = schedule(batch_sizes, reverse);
+  TORCH_CHECK(kind == 0 || !x.has_value(), "rnnkit_ext::forward: only the LSTM projects its input itself");
   if (kind != 0) return rnnkit_gru_rnn::forward(kind, xp, h0, w_hh, b_hh, mask, zh, steps, onednn);
-  const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0);
-  Tensor hbuf = h0.clone(), out = at::empty({N, P}, xp.options());
-  Tensor hprev = at::empty({save ? N : B, P}, xp.options());
+  // x given: the kernel computes xp = x W_ih^T + b itself, a chunk of steps at a time (InputChunks)
+  const Tensor& ref = x.has_value() ? *x : xp;
+  const int64_t N = ref.size(0), P = h0.size(1), B = h0.size(0);
+  Tensor hbuf = h0.clone(), out = at::empty({N, P}, ref.options());
+  Tensor hprev = at::empty({save ? N : B, P}, ref.options());
   // One parallel region per step: each thread runs the recurrent GEMM for the gates of its own
   // block of hidden units (blocked.h) and then everything element-wise for them, on raw pointers.
   const int64_t H = c0.size(1), G4 = 4 * H;
-  const auto opt = xp.options();
+  const auto opt = ref.options();
   const int64_t NS = save ? N : 0;  // rows of the buffers only backward reads
   Tensor cbuf = c0.clone(), gates = at::empty({NS, G4}, opt);
   Tensor cprev = at::empty({NS, H}, opt), tanhc = at::empty({NS, H}, opt);
@@ -62,11 +66,14 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
   Tensor cnew = peep ? at::empty({NS, H}, opt) : none(xp);
   const std::optional<Linear> lin_r = proj ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
   const int64_t work = B * P * G4;  // multiply-adds of a full step
-  const rnnkit_blk::GateBlocks wb(w_hh.contiguous(), 4, rnnkit_blk::blocks_for(work, G4));
-  const Tensor xc = xp.contiguous(), abuf = at::empty({B, G4}, opt);
+  const int64_t nblk = rnnkit_blk::blocks_for(work, G4);
+  const rnnkit_blk::GateBlocks wb(w_hh.contiguous(), 4, nblk);
+  const std::optional<rnnkit_blk::InputChunks> xin =
+      x.has_value() ? std::optional<rnnkit_blk::InputChunks>(std::in_place, *w_ih, b_in, 4, nblk, steps) : std::nullopt;
+  const Tensor xc = ref.contiguous(), abuf = at::empty({xin ? 0 : B, G4}, opt);
   const Tensor wp = peep ? w_peep->contiguous() : none(xp), m = mask.has_value() ? mask->contiguous() : none(xp);
   const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "rnnkit_lstm_fwd", [&] {
     using namespace rnnkit_pw;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *C = cbuf.data_ptr<scalar_t>();
     scalar_t *GT = gates.data_ptr<scalar_t>(), *CPV = cprev.data_ptr<scalar_t>();
@@ -78,23 +85,25 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
     const scalar_t* PW = peep ? wp.data_ptr<scalar_t>() : nullptr;
     const scalar_t* XP = xc.data_ptr<scalar_t>();
     scalar_t* AB = abuf.data_ptr<scalar_t>();
-    for (const auto& st : steps) {
-      const int64_t off = st.first, bs = st.second;
+    for (size_t s = 0; s < steps.size(); ++s) {
+      const int64_t off = steps[s].first, bs = steps[s].second;
       scalar_t* HP = HPV + (save ? off : 0) * P;  // h_{t-1} (times the recurrent-dropout mask), for the GEMM
       for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
       rnnkit_blk::each_block(wb.n(), bs * P * G4, [&](int64_t k) {
         const int64_t j0 = wb.j[k], w = wb.width(k);
-        scalar_t* A = AB + B * 4 * j0;  // this block's (bs, 4 w) pre-activations [i | f | g | o]
-        // the input term is streamed from memory: ask for it now, it arrives during the GEMM
-        for (int64_t b = 0; b < bs; ++b)
-          for (int64_t q = 0; q < 4; ++q) rnnkit_pw::prefetch(XP + (off + b) * G4 + q * H + j0, w);
-        wb.gemm(k, HP, bs, A);
+        // this block's (bs, 4 w) pre-activations [i | f | g | o]: the GEMM onto the input term
+        // (InputChunks), or the GEMM alone and the row adds the input term from xp
+        scalar_t* A = xin ? xin->step(k, s, off, XP) : AB + B * 4 * j0;
+        if (!xin)  // xp is streamed from memory: ask for it now, it arrives during the GEMM
+          for (int64_t b = 0; b < bs; ++b)
+            for (int64_t q = 0; q < 4; ++q) rnnkit_pw::prefetch(XP + (off + b) * G4 + q * H + j0, w);
+        wb.gemm(k, HP, bs, A, xin.has_value());
         for (int64_t b = 0; b < bs; ++b) {
           const int64_t r = off + b;
           auto sv = [&](scalar_t* p, int64_t width) { return save && p ? p + r * width + j0 : nullptr; };
           rnnkit_row::lstm_fwd<scalar_t>(
               w, H,
-              {A + b * 4 * w, XP + r * G4 + j0, sv(GT, G4), C + b * H + j0, sv(CPV, H), sv(TCV, H), HR + r * H + j0,
+              {A + b * 4 * w, xin ? nullptr : XP + r * G4 + j0, sv(GT, G4), C + b * H + j0, sv(CPV, H), sv(TCV, H), HR + r * H + j0,
                PW ? PW + j0 : nullptr, sv(CN, H), ZC ? ZC + r * H + j0 : nullptr, proj ? nullptr : HB + b * P + j0,
                ZH && !proj ? ZH + r * P + j0 : nullptr});
         }
@@ -202,7 +211,8 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
 TORCH_LIBRARY(rnnkit_ext, m) {
   m.def(
       "forward(int kind, Tensor xp, Tensor h0, Tensor c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
-      "Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, int[] batch_sizes, bool reverse, bool onednn, "
+      "Tensor? x=None, Tensor? w_ih=None, Tensor? b_ih=None) -> Tensor[]",
       &forward);
   m.def(
       "backward(int kind, Tensor gout, Tensor ghn, Tensor gcn, Tensor[] saved, Tensor w_hh, Tensor? w_hr, "

@@ -26,7 +26,7 @@ namespace rnnkit_row {
 template <typename T>
 struct LstmFwdRow {
   T* a;         // (4, w): the GEMM's pre-activations [i | f | g | o], overwritten
-  const T* x;   // input term of gate q at x + q H
+  const T* x;   // input term of gate q at x + q H; null when already in a (fused.cpp, InputChunks)
   T* g;         // saved activations, gate q at g + q H (null: inference, nothing saved)
   T* c;         // in: c_{t-1}; out: c_t
   T* cp;        // saved c_{t-1}, or null
@@ -43,8 +43,9 @@ template <typename T>
 void lstm_fwd_generic(int64_t w, int64_t H, const LstmFwdRow<T>& r) {
   using namespace rnnkit_pw;
   T *ar = r.a, *c = r.c;  // activations in place in ar: [i | f | g | o], then tanh(c~) in the i slot
-  for (int64_t q = 0; q < 4; ++q)
-    for (int64_t u = 0; u < w; ++u) ar[q * w + u] += r.x[q * H + u];
+  if (r.x)
+    for (int64_t q = 0; q < 4; ++q)
+      for (int64_t u = 0; u < w; ++u) ar[q * w + u] += r.x[q * H + u];
   if (r.pw)
     for (int64_t u = 0; u < w; ++u) {
       ar[u] += r.pw[u] * c[u];
@@ -104,9 +105,11 @@ inline void lstm_fwd_avx512(int64_t w, int64_t H, const LstmFwdRow<float>& r) {
       else
         st(p, v);
     };
-    __m512 ai = _mm512_add_ps(ld(r.a), ld(r.x)), af = _mm512_add_ps(ld(r.a + w), ld(r.x + H));
-    const __m512 ag = _mm512_add_ps(ld(r.a + 2 * w), ld(r.x + 2 * H));
-    __m512 ao = _mm512_add_ps(ld(r.a + 3 * w), ld(r.x + 3 * H));
+    // pre-activation of gate q: the GEMM's output plus the input term (unless already in it)
+    auto pre = [&](int64_t q) { return r.x ? _mm512_add_ps(ld(r.a + q * w), ld(r.x + q * H)) : ld(r.a + q * w); };
+    __m512 ai = pre(0), af = pre(1);
+    const __m512 ag = pre(2);
+    __m512 ao = pre(3);
     const __m512 cv = ld(r.c);
     if (r.pw) {
       ai = _mm512_add_ps(ai, _mm512_mul_ps(ld(r.pw), cv));
