@@ -36,11 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .kernels import rng
+
 KINDS = ("weight_drop", "recurrent", "zoneout", "locked", "embedding")
 
 
 def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tensor:
-    """Draw one mask from torch's RNG, with ``like``'s dtype and device.
+    """Draw one mask, with ``like``'s dtype and device, reproducibly under ``torch.manual_seed``.
+
+    On the CPU (eager) from the counter-based generator of :mod:`rnnkit.kernels.rng`, seeded
+    from torch's generator; elsewhere (CUDA, under torch.compile) from ``torch.rand``.
 
     For dropout kinds the mask holds ``0`` (dropped, probability ``p``) or ``1 / (1 - p)``
     (kept, inverted-dropout scaling); for ``"zoneout"`` it holds ``1`` (the unit keeps its
@@ -49,6 +54,11 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     """
     if kind not in KINDS:
         raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
+    if like.device.type == "cpu" and not torch.compiler.is_compiling():
+        # a counter-based generator seeded from torch's: ~25x faster than torch.rand on the CPU
+        if kind == "zoneout":
+            return rng.bernoulli_mask(shape, p, 1.0, 0.0, like.dtype)
+        return rng.bernoulli_mask(shape, p, 0.0, 1 / (1 - p) if p < 1 else 0.0, like.dtype)
     # ``rand < p`` rather than ``bernoulli_``: the same distribution, ~2x faster on the CPU
     # (zoneout draws two masks per call; at small sizes that was a third of the step)
     # The comparisons run in place (a float 1/0 where true/false): no bool tensor and no

@@ -43,3 +43,11 @@ def _float64_default():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def num_threads():
+    """``num_threads(n)`` runs the rest of the test on ``n`` threads; restored afterwards."""
+    old = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(old)

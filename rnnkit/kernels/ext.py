@@ -105,6 +105,12 @@ def ops():
     return _state["ops"]
 
 
+def loaded_ops():
+    """The op namespace if the extension is already built and loaded in this process, else
+    ``None`` (never builds)."""
+    return None if disabled() else _state.get("ops")
+
+
 def available() -> bool:
     """Whether the compiled kernels are (or can be made) available; builds on first call."""
     return ops() is not None

@@ -1,17 +1,8 @@
-"""Fixtures of the fused-kernel tests."""
+"""Fixtures of the fused-kernel tests (``num_threads`` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-
-
-@pytest.fixture
-def num_threads():
-    """``num_threads(n)`` runs the rest of the test on ``n`` threads; restored afterwards."""
-    old = torch.get_num_threads()
-    yield torch.set_num_threads
-    torch.set_num_threads(old)
 
 
 @pytest.fixture

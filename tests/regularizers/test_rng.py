@@ -1,0 +1,98 @@
+"""The counter-based mask generator (rnnkit/kernels/rng.py, csrc/rng.cpp).
+
+Oracles: SplitMix64 written out below with Python integers straight from its definition
+(Steele, Lea & Flood 2014); the C++ kernel and the int64 tensor version must give the very
+same masks; the masks' statistics (rate, independence of neighbours, of successive masks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rnnkit import regularizers
+from rnnkit.kernels import ext, rng
+
+from ..fused.test_fused_kernels import require_ext
+
+MASK64 = (1 << 64) - 1
+
+
+def splitmix64(seed: int, n: int) -> list[int]:
+    """The first ``n`` outputs of SplitMix64 from state ``seed`` (unsigned 64-bit)."""
+    out, z = [], seed & MASK64
+    for _ in range(n):
+        z = (z + 0x9E3779B97F4A7C15) & MASK64
+        x = z
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+        out.append(x ^ (x >> 31))
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1234567, -1, -(1 << 63), (1 << 63) - 1])
+def test_tensor_version_is_splitmix64(seed):
+    high = rng.splitmix_high(seed, 300).tolist()
+    assert high == [v >> 32 for v in splitmix64(seed, 300)]
+
+
+def _with_ext(monkeypatch, on: bool):
+    if on:
+        require_ext()
+        ext.ops()
+    else:
+        monkeypatch.setattr(ext, "loaded_ops", lambda: None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.0, 1e-9, 0.15, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("n", [1, 17, 1000, 70001])  # 70001: several parallel chunks of 2**15
+def test_extension_and_tensor_ops_give_the_same_mask(n, p, dtype, monkeypatch, num_threads):
+    num_threads(2)
+    masks = []
+    for on in (True, False):
+        _with_ext(monkeypatch, on)
+        torch.manual_seed(3)
+        masks.append(rng.bernoulli_mask((n,), p, 0.0, 1 / (1 - p) if p < 1 else 0.0, dtype))
+        monkeypatch.undo()
+    assert masks[0].dtype == masks[1].dtype == dtype
+    assert torch.equal(masks[0], masks[1])
+    seed_state = torch.manual_seed(3)  # the same seed as the masks: the first draw is the seed
+    seed = int(torch.randint(-(1 << 63), (1 << 63) - 1, (), dtype=torch.int64, generator=seed_state))
+    torch.manual_seed(3)
+    expect = [(v >> 32) < int(p * 2**32) for v in splitmix64(seed, min(n, 500))]
+    assert (masks[0][: len(expect)] == 0).tolist() == expect
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_masks_are_bernoulli_and_independent(on, monkeypatch):
+    _with_ext(monkeypatch, on)
+    n, p = 1 << 20, 0.15
+    torch.manual_seed(0)
+    a = regularizers.sample_mask("zoneout", (n,), p, torch.zeros((), dtype=torch.float32))
+    b = regularizers.sample_mask("zoneout", (n,), p, torch.zeros((), dtype=torch.float32))
+    sd = math.sqrt(p * (1 - p) / n)
+    assert abs(a.mean().item() - p) < 5 * sd and abs(b.mean().item() - p) < 5 * sd
+    for x, y in ((a[1:], a[:-1]), (a[64:], a[:-64]), (a, b)):  # neighbours, lag 64, two masks
+        r = torch.corrcoef(torch.stack([x, y]).double())[0, 1].item()
+        assert abs(r) < 5 / math.sqrt(n), r
+    torch.manual_seed(0)
+    assert torch.equal(regularizers.sample_mask("zoneout", (n,), p, a), a)  # reproducible
+
+
+def test_a_mask_never_builds_the_extension(monkeypatch):
+    monkeypatch.setattr(ext, "_state", {})
+
+    def no_build():
+        raise AssertionError("a mask tried to build the extension")
+
+    monkeypatch.setattr(ext, "_build", no_build)
+    m = regularizers.sample_mask("recurrent", (4, 5), 0.5, torch.zeros(()))
+    assert m.shape == (4, 5) and set(m.unique().tolist()) <= {0.0, 2.0}
+
+
+def test_rejects_bad_probability():
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
+        rng.bernoulli_mask((3,), 1.5, 1.0, 0.0, torch.float32)
