@@ -84,11 +84,17 @@ class _ProjectInput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, w = ctx.saved_tensors
-        dy = dy.contiguous()
-        dx = mm(dy, w) if ctx.needs_input_grad[0] else None
-        dw = mm_tn(dy, x) if ctx.needs_input_grad[1] else None
-        db = dy.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db
+        return linear_grads(dy, x, w, ctx.has_bias, ctx.needs_input_grad)
+
+
+def linear_grads(dy: Tensor, x: Tensor, w: Tensor, has_bias: bool, needs) -> tuple:
+    """``(dx, dW, db)`` of ``y = x Wᵀ + b`` from ``dy``; ``needs``: which of the three are wanted
+    (``None`` where not, or where there is no bias)."""
+    dy = dy.contiguous()
+    dx = mm(dy, w) if needs[0] else None
+    dw = mm_tn(dy, x) if needs[1] else None
+    db = dy.sum(0) if has_bias and needs[2] else None
+    return dx, dw, db
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:

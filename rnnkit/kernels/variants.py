@@ -54,9 +54,10 @@ NO_SAVE = 1024  # an LSTM-layout flag for the C++ kernel: inference, save nothin
 
 
 def forward_impl(kind, flags, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc,
-                 w_peep, a0=None, w_gg=None, zg=None):  # fmt: skip
+                 w_peep, a0=None, w_gg=None, zg=None, proj=None):  # fmt: skip
     """``(out, h_n, c_n, gates_n, saved)``; ``c_n`` is empty for the GRU kernels, ``gates_n``
-    (FGR's final gate state) without FGR."""
+    (FGR's final gate state) without FGR. ``proj = (x, W_ih, b)``: the compiled LSTM-layout
+    kernel projects the input itself (``xp`` empty), as :func:`rnnkit.kernels.ops.forward_impl`."""
     xp, h0 = xp.contiguous(), h0.contiguous()
     a0 = a0.contiguous() if a0 is not None else None
     if use_ext:
@@ -78,8 +79,11 @@ def forward_impl(kind, flags, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b
             w_gg,
             zg,
         )
-        res = ext.ops().variant_forward(*args, list(bsz), reverse, onednn)  # type: ignore[union-attr]
+        extra = () if proj is None else (proj[0].contiguous(), proj[1], proj[2])
+        res = ext.ops().variant_forward(*args, list(bsz), reverse, onednn, *extra)  # type: ignore[union-attr]
         return res[0], res[1], res[2], res[3], tuple(res[4:])
+    if proj is not None:
+        raise ValueError("forward_impl: proj needs the compiled LSTM-layout kernel")
     if kind == "lstm_v":
         args = (xp, h0, c0.contiguous(), w_hh, w_hr, mask, bsz, reverse, zh, zc, w_peep, a0, w_gg, zg)
         return lstm_variants.forward(flags, *args)
@@ -143,13 +147,19 @@ class _Direction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, kind, flags, bsz, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, *fgr
-    ):
-        ctx.meta = (kind, flags, bsz, reverse, use_ext, _gemm.use_onednn(xp), b_hh is not None)
-        args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, *fgr)
-        out, hn, cn, gn, saved = forward_impl(kind, flags, bsz, reverse, use_ext, ctx.meta[5], *args)
+        ctx, kind, flags, bsz, reverse, use_ext, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg,
+        zg, x, w_ih, b_in,
+    ):  # fmt: skip
+        ctx.meta = (kind, flags, bsz, reverse, use_ext, _gemm.use_onednn(h0), b_hh is not None)
+        ctx.fused_input, ctx.has_b_in = x is not None, b_in is not None
+        proj = (x, w_ih, b_in) if x is not None else None
+        if proj is not None:
+            xp = x.new_empty(0)
+        args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg)
+        run = forward_impl
+        out, hn, cn, gn, saved = run(kind, flags, bsz, reverse, use_ext, ctx.meta[5], *args, proj=proj)
         e = w_hh.new_empty(0)
-        opt = (w_hr, mask, zh, zc, w_peep, *fgr[1:])  # fgr: a0, w_gg, zg
+        opt = (w_hr, mask, zh, zc, w_peep, w_gg, zg, x, w_ih)
         ctx.save_for_backward(*saved, w_hh, *(e if t is None else t for t in opt))
         ctx.n_saved = len(saved)
         if kind != "lstm_v":
@@ -163,15 +173,19 @@ class _Direction(torch.autograd.Function):
     def backward(ctx, gout, ghn, gcn, gan):
         saved, (w_hh, *rest) = ctx.saved_tensors[: ctx.n_saved], ctx.saved_tensors[ctx.n_saved :]
         kind, flags, bsz, reverse, use_ext, onednn, has_bias = ctx.meta
-        opt = [_opt(t) for t in rest] + [None] * (7 - len(rest))
+        *opt, x, w_ih = [_opt(t) for t in rest]
         if kind != "lstm_v":
             gcn = ghn.new_empty(0)
         args = (has_bias, gout, ghn, gcn, gan, saved, w_hh, *opt)
         dxp, dh0, dc0, da0, dw_hh, db, dw_hr, dw_peep, dw_gg = backward_impl(
             kind, flags, bsz, reverse, use_ext, onednn, *args
         )
+        dx = dw_ih = db_in = None
+        if ctx.fused_input:  # the projection's gradients, as _gemm.linear's backward
+            dx, dw_ih, db_in = _gemm.linear_grads(dxp, x, w_ih, ctx.has_b_in, ctx.needs_input_grad[18:])
+            dxp = None
         grads = (dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep, da0, dw_gg, None)
-        return (None,) * 5 + grads[: len(ctx.needs_input_grad) - 5]
+        return (None,) * 5 + grads + (dx, dw_ih, db_in)
 
 
 def run_direction(
@@ -185,9 +199,12 @@ def run_direction(
     use_ext: bool | None = None,
     zoneout: Sequence[float] | None = None,
     zoneout_masks: Sequence[Tensor | None] | None = None,
+    proj: tuple[Tensor, Tensor, Tensor | None] | None = None,
 ) -> tuple[Tensor, State]:
     """:func:`rnnkit.kernels.run_direction` for the variant cells (same arguments; FGR's
-    state is ``(h, c, gates)``, with an optional third zoneout probability and mask)."""
+    state is ``(h, c, gates)``, with an optional third zoneout probability and mask).
+    ``proj = (x, W_ih, b)`` with ``xp=None``: the compiled LSTM-layout kernel projects the
+    input itself (eager mode; :func:`rnnkit.kernels.run_layer_direction`)."""
     from . import _zoneout_rows
 
     found = kind_of(cell)
@@ -196,12 +213,13 @@ def run_direction(
     kind, flags = found
     bsz = tuple(int(b) for b in batch_sizes)
     lstm, fgr = kind == "lstm_v", len(h0) == 3
+    ref = xp if proj is None else proj[0]  # rows and dtype of the direction
     zmasks = None if zoneout_masks is None else zoneout_masks[:2]
-    zh, zc = _zoneout_rows(xp, bsz, h0[:2], None if zoneout is None else zoneout[:2], zmasks)
+    zh, zc = _zoneout_rows(ref, bsz, h0[:2], None if zoneout is None else zoneout[:2], zmasks)
     zg = None
     if fgr and zoneout is not None and len(zoneout) == 3:  # zoneout on the gate state
         zmasks = None if zoneout_masks is None else zoneout_masks[2:]
-        zg = _zoneout_rows(xp, bsz, h0[2:], zoneout[2:], zmasks)[0]
+        zg = _zoneout_rows(ref, bsz, h0[2:], zoneout[2:], zmasks)[0]
     args = (
         xp, h0[0], h0[1] if lstm else None, p["weight_hh"], None if lstm else p.get("bias_hh"),
         p.get("weight_hr") if lstm else None, mask, zh, zc, p.get("weight_peephole") if lstm else None,
@@ -211,12 +229,13 @@ def run_direction(
         out, hn, cn, gn = fused_variant_direction(kind, flags, *args, list(bsz), reverse)[:4]
     else:
         if use_ext is None:
-            use_ext = use_ext_for(xp)
+            use_ext = use_ext_for(ref)
         elif use_ext and ext.ops() is None:
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
-        if lstm and use_ext and not _common.wants_grad(args):
+        proj = proj or (None, None, None)
+        if lstm and use_ext and not _common.wants_grad(args + proj):
             flags |= NO_SAVE  # inference: the C++ kernel keeps step-sized scratch, nothing for backward
-        out, hn, cn, gn = _Direction.apply(kind, flags, bsz, reverse, use_ext, *args)
+        out, hn, cn, gn = _Direction.apply(kind, flags, bsz, reverse, use_ext, *args, *proj)
     return out, ((hn, cn, gn) if fgr else (hn, cn) if lstm else (hn,))
 
 

@@ -1,11 +1,11 @@
-"""The compiled LSTM kernel projecting its own input (``run_layer_direction``, ``InputChunks``).
+"""The compiled LSTM kernels projecting their own input (``run_layer_direction``, ``InputChunks``).
 
-On the extension, ``rnnkit.kernels.run_layer_direction`` hands the layer input ``x`` and
-``W_ih, b_ih + b_hh`` to the kernel, which computes ``x W_ihᵀ + b`` a chunk of steps (at most
-128 rows) at a time. Checked against ``project_input`` + ``run_direction`` (the projection
-outside the kernel) and the reference loop, in float64, for every chunk layout: many steps
-per chunk, a chunk boundary inside a packed batch, a single step larger than a chunk, both
-directions, one and two threads.
+On the extension (standard and Greff-layout LSTM kernels),
+``rnnkit.kernels.run_layer_direction`` hands the layer input ``x`` and ``W_ih, b_ih + b_hh`` to
+the kernel, which computes ``x W_ihᵀ + b`` a chunk of steps (at most 128 rows) at a time.
+Checked against ``project_input`` + ``run_direction`` (the projection outside the kernel) and
+the reference loop, in float64, for every chunk layout: many steps per chunk, a chunk boundary
+inside a packed batch, a single step larger than a chunk, both directions, one and two threads.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 import rnnkit.kernels as K
 from rnnkit.cells import LSTMCellMath
-from rnnkit.kernels import ops
+from rnnkit.kernels import ops, variants
 from rnnkit.loop import run_direction as loop_direction
 
 from .test_fused_kernels import require_ext
@@ -29,6 +29,10 @@ CELLS = {
     "lstm": {},
     "peephole_proj": {"peephole": True, "proj_size": 5},
     "nobias": {"bias": False},
+    # the Greff layouts (csrc/lstm_variants_impl.h): 3 gates, 4 gates, FGR's gate recurrence
+    "cifg_peephole": {"coupled_gates": True, "peephole": True},
+    "niaf_proj": {"input_activation": False, "proj_size": 5},
+    "fgr_nobias": {"full_gate_recurrence": True, "bias": False},
 }
 
 
@@ -42,15 +46,18 @@ def _params(cell, dtype=torch.float64):
 
 @pytest.fixture
 def projections(monkeypatch):
-    """The ``proj`` argument of every ``ops.forward_impl`` call (None: ``xp`` from outside)."""
+    """The ``proj`` argument of every kernel call (None: ``xp`` from outside)."""
     seen = []
-    real = ops.forward_impl
 
-    def spy(*args, proj=None, **kw):
-        seen.append(proj)
-        return real(*args, proj=proj, **kw)
+    def spy(real):
+        def run(*args, proj=None, **kw):
+            seen.append(proj)
+            return real(*args, proj=proj, **kw)
 
-    monkeypatch.setattr(ops, "forward_impl", spy)
+        return run
+
+    monkeypatch.setattr(ops, "forward_impl", spy(ops.forward_impl))
+    monkeypatch.setattr(variants, "forward_impl", spy(variants.forward_impl))
     return seen
 
 
@@ -71,17 +78,18 @@ def test_in_kernel_projection_matches(name, layout, reverse, threads, num_thread
     h0 = tuple(torch.randn(bsz[0], s, dtype=torch.float64, requires_grad=True) for s in S)
     mask = torch.rand(bsz[0], S[0], dtype=torch.float64).ge(0.3).double() / 0.7
     zm = [torch.rand(len(bsz), bsz[0], s).lt(0.2).double() for s in S]
+    zo = (0.2, 0.1, 0.15)[: len(S)]  # h, c (and FGR's gate state)
 
     def run(mode):
         if mode == "inside":
-            return K.run_layer_direction(cell, p, x, bsz, h0, reverse, mask, (0.2, 0.1), zm)
+            return K.run_layer_direction(cell, p, x, bsz, h0, reverse, mask, zo, zm)
         if mode == "outside":
             xp = K.project_input(cell, p, x)
-            return K.run_direction(cell, p, xp, bsz, h0, reverse, mask, None, (0.2, 0.1), zm)
+            return K.run_direction(cell, p, xp, bsz, h0, reverse, mask, None, zo, zm)
         from rnnkit.cells import StepContext
 
         ctx = StepContext(training=True, recurrent_mask=mask)
-        return loop_direction(cell, p, cell.project_input(p, x), bsz, h0, reverse, ctx, (0.2, 0.1), zm)
+        return loop_direction(cell, p, cell.project_input(p, x), bsz, h0, reverse, ctx, zo, zm)
 
     results = {}
     for mode in ("inside", "outside", "loop"):

@@ -82,9 +82,9 @@ def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, m
         seen.append(save)
         return real(*args, save=save, **kw)
 
-    def spy_v(kind, flags, *args):  # the Greff kernels: a flag bit
+    def spy_v(kind, flags, *args, **kw):  # the Greff kernels: a flag bit
         seen.append(not flags & variants.NO_SAVE)
-        return real_v(kind, flags, *args)
+        return real_v(kind, flags, *args, **kw)
 
     monkeypatch.setattr(ops, "forward_impl", spy)
     monkeypatch.setattr(variants, "forward_impl", spy_v)

@@ -45,14 +45,15 @@ namespace rnnkit_variants {
 std::vector<Tensor> lstm_forward(int64_t flags, const Tensor& xp, const Tensor& h0, const Tensor& c0,
                                  const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
                                  const OptT& zc, const OptT& w_peep, const OptT& a0, const OptT& w_gg,
-                                 const OptT& zg, const Steps& steps, bool onednn) {
+                                 const OptT& zg, const Steps& steps, bool onednn, const OptT& x,
+                                 const OptT& w_ih, const OptT& b_in) {
 #ifdef RNNKIT_SLEEF
   if (wide())
     return avx512::forward_impl(avx512::LstmLayout(flags), xp, h0, c0, w_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg,
-                                steps, onednn);
+                                steps, onednn, x, w_ih, b_in);
 #endif
   return base::forward_impl(base::LstmLayout(flags), xp, h0, c0, w_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg,
-                            steps, onednn);
+                            steps, onednn, x, w_ih, b_in);
 }
 
 std::vector<Tensor> lstm_backward(int64_t flags, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,

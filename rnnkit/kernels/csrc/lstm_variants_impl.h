@@ -28,9 +28,12 @@ struct LstmLayout {
 std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Tensor& h0, const Tensor& c0,
                                  const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
                                  const OptT& zc, const OptT& w_peep_, const OptT& a0, const OptT& w_gg,
-                                 const OptT& zg, const Steps& steps, bool onednn) {
-  const int64_t N = xp.size(0), P = h0.size(1), B = h0.size(0), H = c0.size(1);
-  const auto opt = xp.options();
+                                 const OptT& zg, const Steps& steps, bool onednn, const OptT& x, const OptT& w_ih,
+                                 const OptT& b_in) {
+  // x given: the kernel computes xp = x W_ih^T + b itself, a chunk of steps at a time (InputChunks)
+  const Tensor& ref = x.has_value() ? *x : xp;
+  const int64_t N = ref.size(0), P = h0.size(1), B = h0.size(0), H = c0.size(1);
+  const auto opt = ref.options();
   const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
   // the buffers only backward reads: (N, .) when saving, else step-sized scratch (row offset 0)
   const int64_t NS = L.save ? N : B;
@@ -48,15 +51,18 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   // for the gates of its block of hidden units, then everything element-wise for them.
   const int64_t W = L.ng * H, parts = rnnkit_blk::blocks_for(B * P * W, W);
   const rnnkit_blk::GateBlocks wb(w_hh.contiguous(), L.ng, parts);
+  const std::optional<rnnkit_blk::InputChunks> xin =
+      x.has_value() ? std::optional<rnnkit_blk::InputChunks>(std::in_place, *w_ih, b_in, L.ng, parts, steps)
+                    : std::nullopt;
   const std::optional<rnnkit_blk::GateBlocks> wg =
       L.fgr ? std::optional<rnnkit_blk::GateBlocks>(rnnkit_blk::GateBlocks(w_gg->contiguous(), nsig, parts))
             : std::nullopt;
   const bool proj = w_hr.has_value();
-  const Tensor xc = xp.contiguous(), stepbuf = at::empty({B, W}, opt), recbuf = at::empty({B, S}, opt);
+  const Tensor xc = ref.contiguous(), stepbuf = at::empty({xin ? 0 : B, W}, opt), recbuf = at::empty({B, S}, opt);
   const Tensor m = mask.has_value() ? mask->contiguous() : none(xp);
   const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
   const Tensor zgc = zg.has_value() ? zg->contiguous() : none(xp);
-  AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_lstm_v_fwd", [&] {
+  AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "rnnkit_lstm_v_fwd", [&] {
     using namespace rnnkit_pw;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *C = cbuf.data_ptr<scalar_t>(), *GT = gates.data_ptr<scalar_t>();
     scalar_t *CPV = cprev.data_ptr<scalar_t>(), *YV = y.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>();
@@ -70,8 +76,8 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
     const scalar_t* XP = xc.data_ptr<scalar_t>();
     scalar_t *AB = stepbuf.data_ptr<scalar_t>(), *RB = L.fgr ? recbuf.data_ptr<scalar_t>() : nullptr;
     scalar_t *ABUF = L.fgr ? abuf.data_ptr<scalar_t>() : nullptr, *APV = L.fgr ? aprev.data_ptr<scalar_t>() : nullptr;
-    for (const auto& st : steps) {
-      const int64_t off = st.first, bs = st.second;
+    for (size_t s = 0; s < steps.size(); ++s) {
+      const int64_t off = steps[s].first, bs = steps[s].second;
       const int64_t so = L.save ? off : 0;  // first row of this step in the saved buffers
       scalar_t* HP = HPV + so * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
       for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
@@ -79,8 +85,10 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
       if (AP) std::copy(ABUF, ABUF + bs * S, AP);
       rnnkit_blk::each_block(wb.n(), bs * P * W, [&](int64_t k) {
         const int64_t j0 = wb.j[k], w = wb.width(k);
-        scalar_t* A = AB + B * L.ng * j0;  // this block's (bs, ng w) pre-activations
-        wb.gemm(k, HP, bs, A);
+        // this block's (bs, ng w) pre-activations: the GEMM onto the input term (InputChunks), or
+        // the GEMM alone and the input term added from xp below
+        scalar_t* A = xin ? xin->step(k, s, off, XP) : AB + B * L.ng * j0;
+        wb.gemm(k, HP, bs, A, xin.has_value());
         scalar_t* R = L.fgr ? RB + B * nsig * j0 : nullptr;  // (bs, nsig w): a_{t-1} W_gg^T
         if (R) wg->gemm(k, AP, bs, R);
         for (int64_t b = 0; b < bs; ++b) {
@@ -89,8 +97,9 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
           scalar_t *ar = A + b * L.ng * w, *g = GT + rs * W + j0, *c = C + b * H + j0, *cp = CPV + rs * H + j0;
           scalar_t *yr = YV + rs * H + j0, *hr = HRV + r * H + j0;
           const scalar_t *xr = XP + r * W + j0, *pw = PW ? PW + j0 : nullptr;
-          for (int64_t q = 0; q < L.ng; ++q)
-            for (int64_t u = 0; u < w; ++u) ar[q * w + u] += xr[q * H + u];
+          if (!xin)
+            for (int64_t q = 0; q < L.ng; ++q)
+              for (int64_t u = 0; u < w; ++u) ar[q * w + u] += xr[q * H + u];
           if (R)
             for (int64_t q = 0; q < nsig; ++q)
               for (int64_t u = 0; u < w; ++u) ar[L.sig[q] * w + u] += R[b * nsig * w + q * w + u];

@@ -274,11 +274,13 @@ std::vector<Tensor> variant_forward(int64_t family, int64_t flags, const Tensor&
                                     const OptT& c0, const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr,
                                     const OptT& mask, const OptT& zh, const OptT& zc, const OptT& w_peep,
                                     const OptT& a0, const OptT& w_gg, const OptT& zg,
-                                    std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+                                    std::vector<int64_t> batch_sizes, bool reverse, bool onednn, const OptT& x,
+                                    const OptT& w_ih, const OptT& b_in) {
   const auto steps = schedule(batch_sizes, reverse);
   if (family == 0)
     return rnnkit_variants::lstm_forward(flags, xp, h0, *c0, w_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg, steps,
-                                         onednn);
+                                         onednn, x, w_ih, b_in);
+  TORCH_CHECK(!x.has_value(), "variant_forward: only the LSTM layouts project their input themselves");
   return gru_forward(GruLayout(flags), xp, h0, w_hh, b_hh, mask, zh, steps, onednn);
 }
 
@@ -302,7 +304,8 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_ext, m) {
   m.def(
       "variant_forward(int family, int flags, Tensor xp, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, "
       "Tensor? w_hr, Tensor? mask, Tensor? zh, Tensor? zc, Tensor? w_peep, Tensor? a0, Tensor? w_gg, Tensor? zg, "
-      "int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "int[] batch_sizes, bool reverse, bool onednn, Tensor? x=None, Tensor? w_ih=None, Tensor? b_ih=None) "
+      "-> Tensor[]",
       &variant_forward);
   m.def(
       "variant_backward(int family, int flags, Tensor gout, Tensor ghn, Tensor gcn, Tensor gan, Tensor[] saved, "

@@ -12,7 +12,8 @@ using rnnkit_common::Steps;
 std::vector<Tensor> lstm_forward(int64_t flags, const Tensor& xp, const Tensor& h0, const Tensor& c0,
                                  const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
                                  const OptT& zc, const OptT& w_peep, const OptT& a0, const OptT& w_gg,
-                                 const OptT& zg, const Steps& steps, bool onednn);
+                                 const OptT& zg, const Steps& steps, bool onednn, const OptT& x = std::nullopt,
+                                 const OptT& w_ih = std::nullopt, const OptT& b_in = std::nullopt);
 std::vector<Tensor> lstm_backward(int64_t flags, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
                                   const Tensor& gan, const std::vector<Tensor>& saved, const Tensor& w_hh,
                                   const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
