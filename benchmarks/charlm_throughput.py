@@ -5,11 +5,15 @@ rounds visit all configs in turn, and the median and best step time over rounds
 are reported, so that load from other jobs hits every config alike::
 
     python benchmarks/charlm_throughput.py --configs 512x2b32,384x2b64,256x2b64 --rounds 8
+
+``--impls torch,auto,fused`` runs each config with ``torch.nn.LSTM`` (the default) and/or
+``rnnkit.LSTM(impl=...)`` (``auto``: what the main job runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import rnnkit  # noqa: E402
 from rnnkit.tasks.charlm import CharLM, detach_state  # noqa: E402
 
 
@@ -38,15 +43,19 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="steps per config per round")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--emb", type=int, default=64)
+    p.add_argument("--impls", default="torch", help="torch (torch.nn.LSTM) and/or rnnkit impl names")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     setups = []
     for cfg in args.configs.split(","):
         h, layers, b, t = parse(cfg)
-        model = CharLM(84, h, layers, args.emb)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        x = torch.randint(0, 84, (b, t + 1))
-        setups.append([cfg, model, opt, x, None, []])
+        for impl in args.impls.split(","):
+            torch.manual_seed(0)
+            factory = torch.nn.LSTM if impl == "torch" else functools.partial(rnnkit.LSTM, impl=impl)
+            model = CharLM(84, h, layers, args.emb, rnn_factory=factory)
+            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+            x = torch.randint(0, 84, (b, t + 1))
+            setups.append([f"{cfg} {impl}", model, opt, x, None, []])
 
     def step(s: list) -> None:
         _, model, opt, x, state, _ = s
@@ -69,7 +78,7 @@ def main() -> None:
     for cfg, _, _, x, _, times in setups:
         toks = x.size(0) * (x.size(1) - 1)
         med, best = statistics.median(times), min(times)
-        print(f"{cfg:>14}  median {toks / med:8.0f} tok/s   best {toks / best:8.0f} tok/s")
+        print(f"{cfg:>20}  median {toks / med:8.0f} tok/s   best {toks / best:8.0f} tok/s")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ recurrent dropout and zoneout run on the fused path (their masks are inputs of t
 kernels) or the loop.
 
 ``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
-(except CPU float32 training of GRU/RNN, where the fused path is faster: see
-:func:`fused_for_training`), the fused path for the standard cells with recurrent dropout
+(except CPU float32 training of GRU/RNN, and of LSTMs of the shapes where the fused path is
+faster: see :func:`fused_for_training`), the fused path for the standard cells with recurrent dropout
 (when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
 fused path wherever it applies: its custom ops keep the graph whole. A layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
@@ -67,13 +67,33 @@ def fused_supported(module) -> bool:
 FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
 
 
+# The standard LSTM's training shapes where the fused path beat torch's oneDNN LSTM on the
+# development machine in two runs (benchmarks/lstm_dispatch.py: 0.79-0.92x torch's time inside;
+# around it 0.84-1.30x, mostly losses): at least 16 sequences, and a step's recurrent GEMM
+# B x H x 4H of 2^22 to under 2^25 multiply-adds (B=16, H=256 .. B=16, H=512, B=64, H=128 ..
+# B=64, H=256; the main job's 2x384 at B=32 trains 7-8% faster).
+LSTM_FUSED_BATCH = 16
+LSTM_FUSED_WORK = (1 << 22, 1 << 25)
+
+
+def lstm_fused_trains_faster(module, x: Tensor, packed: bool = False) -> bool:
+    """Whether a standard LSTM's training call of this shape is faster on the fused path
+    (packed input always is: torch's packed CPU LSTM trains 5–8x slower than its padded one,
+    the fused path 1.07x, benchmarks/packed_memory.py)."""
+    if packed:
+        return True
+    if getattr(module, "proj_size", 0) or x.dim() != 3:
+        return False
+    B, H = x.shape[0 if module.batch_first else 1], module.hidden_size
+    return B >= LSTM_FUSED_BATCH and LSTM_FUSED_WORK[0] <= 4 * B * H * H < LSTM_FUSED_WORK[1]
+
+
 def fused_for_training(module, x: Tensor, mode: str | None, packed: bool = False) -> bool:
     """``impl="auto"``: take the fused path for a CPU float32 training call of a family listed
-    in :data:`FUSED_TRAINING_MODES`, or of an LSTM on packed input (torch's packed CPU LSTM
-    trains 5.6–7.7x slower than its padded one, the fused path 1.1–1.25x:
-    benchmarks/packed_memory.py), when the compiled kernels are available."""
+    in :data:`FUSED_TRAINING_MODES`, or of an LSTM whose shape trains faster there
+    (:func:`lstm_fused_trains_faster`), when the compiled kernels are available."""
     return (
-        (mode in FUSED_TRAINING_MODES or (packed and mode == "LSTM"))
+        (mode in FUSED_TRAINING_MODES or (mode == "LSTM" and lstm_fused_trains_faster(module, x, packed)))
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and torch.is_grad_enabled()

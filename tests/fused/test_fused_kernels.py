@@ -236,6 +236,31 @@ def test_auto_picks_fused_for_cpu_float32_training_of_gru_and_rnn(monkeypatch):
     assert dispatch.select(rnn, x) == "torch"  # the pure kernels are not faster than torch
 
 
+@pytest.mark.parametrize(
+    ("batch", "hidden", "batch_first", "proj", "expect"),
+    [
+        (32, 256, False, 0, "fused"),  # the medium shape: B x H x 4H = 2^23
+        (16, 256, True, 0, "fused"),  # 2^22, the lower corner; batch_first reads dim 0
+        (32, 384, False, 0, "fused"),  # 2^24.2: the main job's shape
+        (8, 256, False, 0, "torch"),  # too few sequences
+        (32, 512, False, 0, "torch"),  # 2^25: a tie
+        (64, 512, False, 0, "torch"),  # 2^26: torch's oneDNN LSTM wins
+        (32, 128, False, 0, "torch"),  # 2^21
+        (32, 256, False, 100, "torch"),  # projection: not measured, torch's kernels
+    ],
+)
+def test_auto_trains_lstm_shapes_where_fused_is_faster(batch, hidden, batch_first, proj, expect, monkeypatch):
+    monkeypatch.setattr(K, "backend", lambda x: "ext")  # as if compiled (selection only)
+    from rnnkit import dispatch
+
+    m = rnnkit.LSTM(3, hidden, batch_first=batch_first, proj_size=proj, dtype=torch.float32)
+    x = torch.zeros((batch, 5, 3) if batch_first else (5, batch, 3), dtype=torch.float32)
+    assert dispatch.select(m, x) == expect
+    with torch.no_grad():
+        assert dispatch.select(m, x) == "torch"  # inference: torch's kernels
+    assert dispatch.select(m, x[0]) == "torch"  # unbatched
+
+
 def test_packed_lstm_training_through_auto_equals_the_loop():
     """The path ``impl="auto"`` now takes for packed CPU LSTM training: same numbers."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
