@@ -68,10 +68,10 @@ FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
 
 
 # The standard LSTM's training shapes where the fused path beat torch's oneDNN LSTM on the
-# development machine in two runs (benchmarks/lstm_dispatch.py: 0.79-0.92x torch's time inside;
-# around it 0.84-1.30x, mostly losses): at least 16 sequences, and a step's recurrent GEMM
-# B x H x 4H of 2^22 to under 2^25 multiply-adds (B=16, H=256 .. B=16, H=512, B=64, H=128 ..
-# B=64, H=256; the main job's 2x384 at B=32 trains 7-8% faster).
+# development machine (benchmarks/lstm_dispatch.py, three runs: 0.78-0.92x torch's time on
+# average inside, ties or losses around): at least 16 sequences, and a step's recurrent GEMM
+# B x H x 4H of 2^22 to under 2^25 multiply-adds (B=16 with H=256..512, B=32 with H=256 or 384,
+# B=64 with H=128 or 256; the main job's 2x384 at B=32 trains 4-8% faster).
 LSTM_FUSED_BATCH = 16
 LSTM_FUSED_WORK = (1 << 22, 1 << 25)
 
