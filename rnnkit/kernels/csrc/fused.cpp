@@ -103,8 +103,8 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
           auto sv = [&](scalar_t* p, int64_t width) { return save && p ? p + r * width + j0 : nullptr; };
           rnnkit_row::lstm_fwd<scalar_t>(
               w, H,
-              {A + b * 4 * w, xin ? nullptr : XP + r * G4 + j0, sv(GT, G4), C + b * H + j0, sv(CPV, H), sv(TCV, H), HR + r * H + j0,
-               PW ? PW + j0 : nullptr, sv(CN, H), ZC ? ZC + r * H + j0 : nullptr, proj ? nullptr : HB + b * P + j0,
+              {A + b * 4 * w, xin ? nullptr : XP + r * G4 + j0, sv(GT, G4), C + b * H + j0, sv(CPV, H), sv(TCV, H),
+               HR + r * H + j0, PW ? PW + j0 : nullptr, sv(CN, H), ZC ? ZC + r * H + j0 : nullptr, proj ? nullptr : HB + b * P + j0,
                ZH && !proj ? ZH + r * P + j0 : nullptr});
         }
       });

@@ -106,7 +106,9 @@ inline void lstm_fwd_avx512(int64_t w, int64_t H, const LstmFwdRow<float>& r) {
         st(p, v);
     };
     // pre-activation of gate q: the GEMM's output plus the input term (unless already in it)
-    auto pre = [&](int64_t q) { return r.x ? _mm512_add_ps(ld(r.a + q * w), ld(r.x + q * H)) : ld(r.a + q * w); };
+    auto pre = [&](int64_t q) {
+      return r.x ? _mm512_add_ps(ld(r.a + q * w), ld(r.x + q * H)) : ld(r.a + q * w);
+    };
     __m512 ai = pre(0), af = pre(1);
     const __m512 ag = pre(2);
     __m512 ao = pre(3);

@@ -1,7 +1,7 @@
 // Bernoulli masks from a counter-based generator (SplitMix64), for the regularizers' masks.
 //
 // torch's CPU generator (mt19937) is serial, ~2 ns per number: zoneout's two (T, B, H) masks
-// cost ~5 ms of a ~16 ms medium-shape forward. Here element i of a mask depends only on
+// cost 3.5-5 ms of a 12-16 ms medium-shape forward. Here element i of a mask depends only on
 // (seed, i): output i of SplitMix64 started at `seed` (Steele, Lea & Flood 2014; passes
 // BigCrush), so any number of threads gives the same mask, and rnnkit/kernels/rng.py computes
 // the very same bits with int64 tensor ops where the extension is not loaded.
