@@ -39,7 +39,9 @@ class CausalConv1d(nn.Conv1d):
 
     The input is left-padded by ``(k - 1) * dilation`` steps: with zeros when
     ``past is None``, else with ``past`` -- the previous call's last inputs, returned
-    as the new ``past``. ``causal=False`` pads both sides (``(k-1)*d`` must be even).
+    as the new ``past``. ``causal=False`` pads both sides (``(k-1)*d`` must be even); there
+    ``valid`` ``(B, 1, T)`` (1 at a sequence's steps, 0 at its padding) zeroes the padding first,
+    so that a centred kernel near a sequence's end sees zeros, as for the sequence alone.
     """
 
     def __init__(
@@ -51,10 +53,14 @@ class CausalConv1d(nn.Conv1d):
         if not causal and self.context % 2:
             raise ValueError(f"a centred convolution needs an odd kernel_size, got {kernel_size}")
 
-    def forward(self, x: Tensor, past: Tensor | None = None) -> tuple[Tensor, Tensor | None]:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        self, x: Tensor, past: Tensor | None = None, valid: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         if not self.causal:
             if past is not None:
                 raise ValueError("a non-causal convolution has no state to carry")
+            if valid is not None:
+                x = x * valid
             return super().forward(F.pad(x, (self.context // 2, self.context // 2))), None
         if past is None:
             past = x.new_zeros(x.shape[0], x.shape[1], self.context)
@@ -73,10 +79,10 @@ class _TemporalBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.down = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, past: tuple | None) -> tuple[Tensor, tuple]:
+    def forward(self, x: Tensor, past: tuple | None, valid: Tensor | None = None) -> tuple[Tensor, tuple]:
         p1, p2 = past if past is not None else (None, None)
-        y, p1 = self.conv1(x, p1)
-        y, p2 = self.conv2(self.drop(F.relu(y)), p2)
+        y, p1 = self.conv1(x, p1, valid)
+        y, p2 = self.conv2(self.drop(F.relu(y)), p2, valid)
         return F.relu(self.drop(F.relu(y)) + self.down(x)), (p1, p2)
 
 
@@ -88,6 +94,14 @@ def _to_bct(x: Tensor, batch_first: bool) -> Tensor:
 
 def _from_bct(y: Tensor, batch_first: bool) -> Tensor:
     return y.permute(0, 2, 1) if batch_first else y.permute(2, 0, 1)
+
+
+def _valid_mask(lengths: Tensor | None, y: Tensor) -> Tensor | None:
+    """``(B, 1, T)``: 1 at the steps of each sequence of ``y (B, C, T)``, 0 at its padding."""
+    if lengths is None:
+        return None
+    steps = torch.arange(y.shape[2], device=y.device)
+    return (steps < lengths.to(y.device).view(-1, 1)).unsqueeze(1).to(y.dtype)
 
 
 class TCN(nn.Module):
@@ -137,13 +151,15 @@ class TCN(nn.Module):
         return self.hidden_size
 
     def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
-        """``lengths`` is accepted for interface parity and unused: a causal output at a
-        valid step never sees the padding after it (centred kernels near the end do)."""
+        """``lengths`` (padded batches): centred kernels see zeros past each sequence's end, so
+        its valid outputs are those of the sequence alone; a causal output at a valid step never
+        sees the padding after it."""
         y = _to_bct(x, self.batch_first)
+        valid = None if self.causal else _valid_mask(lengths, y)
         pasts = state if state is not None else [None] * len(self.blocks)
         new = []
         for block, past in zip(self.blocks, pasts, strict=True):
-            y, p = block(y, past)
+            y, p = block(y, past, valid)
             new.append(p)
         return _from_bct(y, self.batch_first), (tuple(new) if self.causal else None)
 
@@ -189,8 +205,9 @@ class ConvRecurrent(nn.Module):
     def forward(self, x: Tensor, state: Any = None, **kwargs: Any) -> tuple[Tensor, Any]:
         pasts, rstate = state if state is not None else ([None] * len(self.convs), None)
         y, new = _to_bct(x, self.batch_first), []
+        valid = None if self.causal else _valid_mask(kwargs.get("lengths"), y)  # see CausalConv1d
         for conv, past in zip(self.convs, pasts, strict=True):
-            y, p = conv(y, past)
+            y, p = conv(y, past, valid)
             y = F.relu(y)
             new.append(p)
         out, rstate = self.rnn(_from_bct(y, self.batch_first), rstate, **kwargs)

@@ -30,6 +30,24 @@ def test_streaming_equals_one_pass(arch, batch_first):
     torch.testing.assert_close(torch.cat(parts, td), full, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_bidirectional_padded_batch_equals_each_sequence_alone(arch, batch_first):
+    """Centred kernels (the tagger's bidirectional encoders) never see another step's padding:
+    with ``lengths`` a padded sequence's valid outputs are those of the sequence alone."""
+    torch.manual_seed(0)
+    m = build_recurrent(cfg(arch), 3, batch_first=batch_first, bidirectional=True)
+    lengths = torch.tensor([9, 4, 6])
+    xs = [torch.randn(int(n), 3) for n in lengths]
+    pad = torch.nn.utils.rnn.pad_sequence(xs, batch_first=batch_first, padding_value=5.0)  # loud padding
+    out, _ = m(pad, None, lengths=lengths)
+    for i, (x, n) in enumerate(zip(xs, lengths.tolist(), strict=True)):
+        alone, _ = m(x.unsqueeze(0 if batch_first else 1), None, lengths=lengths[i : i + 1])
+        got = out[i, :n] if batch_first else out[:n, i]
+        want = alone[0] if batch_first else alone[:, 0]
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("levels, k", [(1, 2), (3, 3), (2, 5)])
 def test_tcn_receptive_field_is_exact_and_causal(levels, k):
     """d y_t / d x_s is non-zero exactly for t - R < s <= t."""
