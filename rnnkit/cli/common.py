@@ -136,6 +136,17 @@ def write_json(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _same_data(a: Any, b: Any) -> bool:
+    """Whether two runs' ``data`` descriptions name the same data (a file may be spelled two
+    ways: ``x.txt``, ``./x.txt``, an absolute path)."""
+    if a == b:
+        return True
+    try:
+        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """Create ``--out``, refuse to overwrite an existing run without ``--resume``, and
     return the run description to use (the stored one when resuming, so the model is
@@ -152,6 +163,11 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         stored = read_run(out)
         if stored["task"] != run["task"]:
             raise CLIError(f"--resume: {out} holds a '{stored['task']}' run, not '{run['task']}'")
+        if not _same_data(stored.get("data"), run.get("data")):  # other data: not a continuation
+            raise CLIError(
+                f"--resume: {out} was trained on {stored.get('data')!r}, this command loads "
+                f"{run.get('data')!r}; pass the data flags of the original run"
+            )
         if stored.get("model") != run.get("model"):
             echo(f"resuming with the model stored in {out / RUN_FILE} (command-line architecture ignored)")
         run = stored

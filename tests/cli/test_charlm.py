@@ -62,8 +62,14 @@ def test_eval_prints_nats_and_bits(cli, trained, text_file, tmp_path):
 def test_resume_and_tcn(cli, tmp_path, text_file):
     out = tmp_path / "lm"
     assert cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 2, *LM).rc == 0
-    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 4, "--resume", *LM)
+    spelled = str(text_file.parent / ".." / text_file.parent.name / text_file.name)  # the same file
+    r = cli("train", "charlm", "--data", spelled, "--out", out, "--max-steps", 4, "--resume", *LM)
     assert r.rc == 0, r.err
+    assert results(out)["step"] == 4
+    other = tmp_path / "other.txt"  # resuming on other data is refused, not silently mixed
+    other.write_text(text_file.read_text(encoding="utf-8")[::-1], encoding="utf-8")
+    r = cli("train", "charlm", "--data", other, "--out", out, "--max-steps", 6, "--resume", *LM)
+    assert_one_line_error(r, "was trained on")
     assert results(out)["step"] == 4
     tcn = tmp_path / "tcn"
     r = cli("train", "charlm", "--data", text_file, "--out", tcn, "--max-steps", 2, "--arch", "tcn", *LM)
