@@ -101,6 +101,12 @@ def add_run_arguments(
         default=None,
         help="progress bar (default: when stderr is a terminal)",
     )
+    g.add_argument(
+        "--tune-malloc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed memory in the process, no page faults per step (default on; see tune_malloc)",
+    )
     g.add_argument("--epochs-default", dest="epochs_default", default=epochs, help=argparse.SUPPRESS)
 
 
@@ -150,7 +156,7 @@ def _same_data(a: Any, b: Any) -> bool:
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """Create ``--out``, refuse to overwrite an existing run without ``--resume``, and
     return the run description to use (the stored one when resuming, so the model is
-    rebuilt exactly as it was). Seeds everything from ``--seed``."""
+    rebuilt exactly as it was). Seeds everything from ``--seed``; ``--tune-malloc``."""
     from rnnkit.train import latest_checkpoint, seed_everything
 
     out = Path(args.out)
@@ -176,6 +182,10 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     write_json(run, out / RUN_FILE)
     seed_everything(args.seed)
+    if getattr(args, "tune_malloc", False):
+        from rnnkit.train import tune_malloc
+
+        tune_malloc()
     return run
 
 

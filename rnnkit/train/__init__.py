@@ -30,6 +30,7 @@ from rnnkit.train.distributed import (
     setup_distributed,
 )
 from rnnkit.train.evaluate import evaluate_lm
+from rnnkit.train.malloc import tune_malloc
 from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.plots import plot_loss_curve
 from rnnkit.train.schedule import ScheduledSampler, TeacherForcingSchedule, autoregressive_unroll
@@ -38,6 +39,7 @@ from rnnkit.train.state import count_tokens, detach_state, lm_loss, move_to
 from rnnkit.train.trainer import StepFn, Trainer
 
 __all__ = [
+    "tune_malloc",
     "CSVLogger",
     "Callback",
     "DistInfo",

@@ -18,6 +18,17 @@ torch.set_num_threads(1)
 TINY = ["--hidden", "8", "--max-steps", "3", "--no-progress"]
 
 
+@pytest.fixture(autouse=True)
+def malloc_calls(monkeypatch):
+    """``rnnkit train`` tunes the process's malloc (process-wide, irreversible): in-process
+    tests record the calls instead (tests/train/test_malloc.py checks the real thing)."""
+    import rnnkit.train
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(rnnkit.train, "tune_malloc", lambda *a: calls.append(a) or True)
+    return calls
+
+
 class Run:
     def __init__(self, rc: int, out: str, err: str) -> None:
         self.rc, self.out, self.err = rc, out, err

@@ -137,6 +137,12 @@ def test_resume_continues_exactly(cli, tmp_path):
     assert results(a)["valid_mse"] == pytest.approx(results(b)["valid_mse"], abs=1e-12)
 
 
+def test_train_tunes_malloc_unless_told_not_to(cli, tmp_path, malloc_calls):
+    args = ("train", "memory", "--task", "adding", "--length", 5, "--n-train", 64, "--n-valid", 16, *TINY)
+    assert cli(*args, "--out", tmp_path / "a").rc == 0 and len(malloc_calls) == 1
+    assert cli(*args, "--out", tmp_path / "b", "--no-tune-malloc").rc == 0 and len(malloc_calls) == 1
+
+
 def test_existing_run_needs_resume(cli, tmp_path):
     args = ["train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8, "--out",
             tmp_path, *TINY]  # fmt: skip
