@@ -5,9 +5,9 @@ backward, gradients) every iteration. glibc's malloc serves blocks above its mma
 (dynamic, up to 32 MiB) with fresh ``mmap`` pages and trims the heap top above its trim
 threshold, so each step can fault its buffers in again, page by page, zero-filled by the
 kernel. Measured on the development machine (2 cores, T=100, B=32, I=128, H=256, one training
-step; benchmarks/RESULTS.md): ``torch.nn.LSTM`` 31.0 → 21.4 ms (8,192 → 0 minor faults per
-step), rnnkit's layer-norm LSTM 43.6 → 30.2 ms (9,569 → 1); rnnkit's fused LSTM/GRU kernels
-had none to begin with.
+step; benchmarks/malloc_faults.py): ``torch.nn.LSTM`` 31.5 → 21.7 ms (8,174 → 0 minor faults
+per step), rnnkit's layer-norm LSTM 45.5 → 32.3 ms (12,801 → 1), batch norm 52.2 → 38.7 ms;
+rnnkit's fused LSTM/GRU kernels fault less (0–6,110).
 
 :func:`tune_malloc` raises both thresholds (the same as ``MALLOC_MMAP_THRESHOLD_=33554432
 MALLOC_TRIM_THRESHOLD_=1073741824`` in the environment): freed blocks stay in the process for
