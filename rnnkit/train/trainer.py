@@ -144,15 +144,26 @@ class Trainer:
         k1 = cfg.tbptt_k1
         if k1 is None or batch[0].shape[time_dim] <= k1:  # the common, simple path
             loss, state = self._forward(self.model, batch, state)
-            norm = self._update(loss, lr_scale)
-            self.state = detach_state(state)
             n = count_tokens(batch)
+            w = self._rank_weight(n)
+            norm = self._update(loss if w == 1.0 else loss * w, lr_scale)
+            self.state = detach_state(state)
             return float(loss.detach()) * n, n, norm
         loss_sum, n, norm, self.state = tbptt_batch(
             self.model, self.loss_fn, lambda loss: self._update(loss, lr_scale),
             batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
         )  # fmt: skip
         return loss_sum, n, norm
+
+    def _rank_weight(self, n: int) -> float:
+        """DDP averages the ranks' gradients, each of its rank's *mean* loss. With batches of
+        unequal token counts (padded sequences) a rank's mean weighs ``n W / N`` (its ``n`` of the
+        step's ``N`` tokens, ``W`` ranks), so the update is that of the token-weighted mean over
+        the global batch, as in one process. 1.0 without DDP or with equal counts."""
+        if not dist.is_distributed():
+            return 1.0
+        (total,) = dist.all_reduce_sum([n], self._reduce_device())
+        return n * dist.get_world_size() / max(total, 1.0)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

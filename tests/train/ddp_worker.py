@@ -15,20 +15,20 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # torchrun runs this file as a script
 
-from rnnkit.data import bptt_batches  # noqa: E402
+from rnnkit.data import bptt_batches, pad_collate  # noqa: E402
 from rnnkit.train import Trainer, cleanup_distributed, seed_everything, setup_distributed  # noqa: E402
 from tests.train.models import TinyLM, tokens  # noqa: E402
 
 GLOBAL_BATCH, SEQ_LEN = 4, 6
 
 
-def run(out_dir: str) -> None:
+def run(out_dir: str, mode: str = "bptt") -> None:
     torch.set_num_threads(1)
     info = setup_distributed(device="cpu")
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        _train(out_dir, info)
+        (_train if mode == "bptt" else _train_padded)(out_dir, info)
     finally:
         torch.set_default_dtype(old_dtype)
         cleanup_distributed()
@@ -62,5 +62,27 @@ def _train(out_dir: str, info) -> None:
         )
 
 
+def _train_padded(out_dir: str, info) -> None:
+    """Padded batches of unequal token counts per rank: rank r gets sequences 2r, 2r + 1 of each
+    global batch of four (lengths 9, 8 | 3, 2 tokens predicted), padded to its own longest."""
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for _ in range(6):
+        seqs = [torch.randint(0, 11, (n + 1,), generator=g) for n in (9, 8, 3, 2)]
+        items = [(s[:-1], s[1:]) for s in seqs]
+        mine = items if info.world_size == 1 else items[2 * info.rank : 2 * info.rank + 2]
+        batches.append(pad_collate(mine))
+    out = Path(out_dir)
+    run_dir = str(out / "run")
+    tr = Trainer(model, opt, max_epochs=1, carry_state=False, out_dir=run_dir, progress=False, plot=False)
+    tr.fit(batches)
+    if info.is_main:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "params.safetensors"))
+        (out / "result.json").write_text(json.dumps({"losses": tr.losses, "world_size": info.world_size}))
+
+
 if __name__ == "__main__":
-    run(sys.argv[1])
+    run(sys.argv[1], *sys.argv[2:])

@@ -21,9 +21,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_equal_single_process(tmp_path):
-    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    ddp_dir.mkdir()
+def _torchrun(out: Path, *extra: str) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -37,11 +35,18 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
         "--master_port",
         str(_free_port()),
         str(Path(ddp_worker.__file__)),
-        str(ddp_dir),
+        str(out),
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_ddp_two_processes_equal_single_process(tmp_path):
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    _torchrun(ddp_dir)
 
     single_dir.mkdir()
     ddp_worker.run(str(single_dir))  # no torchrun variables: one process, whole batch
@@ -64,3 +69,20 @@ def test_ddp_two_processes_equal_single_process(tmp_path):
     h0, h1 = ranks[0]["hidden"][0], ranks[1]["hidden"][0]  # LSTM (h, c), per rank's streams
     assert h0.shape == h1.shape == (1, 2, 8) and not torch.equal(h0, h1)
     assert (ddp_dir / "run" / "metrics.jsonl").is_file()
+
+
+def test_ddp_padded_batches_weigh_every_token_alike(tmp_path):
+    """Ranks with fewer tokens: the update is that of the token-weighted mean loss over the
+    global batch (each rank's mean loss weighs its share of the tokens), as in one process."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    _torchrun(ddp_dir, "padded")
+    single_dir.mkdir()
+    ddp_worker.run(str(single_dir), "padded")
+    ddp, single = (json.loads((d / "result.json").read_text()) for d in (ddp_dir, single_dir))
+    assert ddp["world_size"] == 2 and len(ddp["losses"]) == len(single["losses"]) == 6
+    losses = (torch.tensor(ddp["losses"]), torch.tensor(single["losses"]))
+    torch.testing.assert_close(*losses, rtol=0, atol=1e-10)
+    p_ddp, p_one = (load_file(str(d / "params.safetensors")) for d in (ddp_dir, single_dir))
+    for k in p_one:
+        torch.testing.assert_close(p_ddp[k], p_one[k], rtol=0, atol=1e-10)
