@@ -68,7 +68,7 @@ FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
 
 
 # The standard LSTM's training shapes where the fused path beat torch's oneDNN LSTM on the
-# development machine (benchmarks/lstm_dispatch.py, four runs, two of them with
+# development machine (benchmarks/lstm_dispatch.py, five runs, two of them with
 # rnnkit.train.tune_malloc's settings: 0.70-0.905x torch's time inside, but one 1.02; ties or
 # losses around, B=16 among them): at least 32 sequences, and a step's recurrent GEMM
 # B x H x 4H of 2^22 to under 2^25 multiply-adds (B=32 with H=256 or 384, B=64 with H=128 or
