@@ -135,35 +135,37 @@ class Trainer:
             self.ntasgd.update()
         return norm
 
-    def _train_batch(self, batch: Any) -> tuple[float, int, float]:
-        """One batch: returns (summed loss * tokens, tokens, grad norm)."""
+    def _train_batch(self, batch: Any) -> tuple[float, float, float]:
+        """One batch: returns (summed loss * tokens, tokens) over all ranks, and the grad norm."""
         cfg = self.config
         lr_scale = float(getattr(batch, "lr_scale", 1.0)) if cfg.scale_lr_by_seq_len else 1.0
         state = self.state if cfg.carry_state else None
         time_dim = 1 if cfg.batch_first else 0
         k1 = cfg.tbptt_k1
+        dev = self._reduce_device()
         if k1 is None or batch[0].shape[time_dim] <= k1:  # the common, simple path
             loss, state = self._forward(self.model, batch, state)
-            n = count_tokens(batch)
-            w = self._rank_weight(n)
-            norm = self._update(loss if w == 1.0 else loss * w, lr_scale)
+            if dist.is_distributed():
+                # DDP averages the ranks' gradients, each of its rank's *mean* loss. With batches of
+                # unequal token counts (padded sequences) a rank's mean weighs n W / N (its n of the
+                # step's N tokens, W ranks), so the update is that of the token-weighted mean over
+                # the global batch, as in one process. The step's sums are needed before backward.
+                n = count_tokens(batch)
+                loss_sum, total = dist.all_reduce_sum([float(loss.detach()) * n, n], dev)
+                w = n * dist.get_world_size() / max(total, 1.0)
+                norm = self._update(loss if w == 1.0 else loss * w, lr_scale)
+                self.state = detach_state(state)
+                return loss_sum, total, norm
+            norm = self._update(loss, lr_scale)
             self.state = detach_state(state)
+            n = count_tokens(batch)
             return float(loss.detach()) * n, n, norm
         loss_sum, n, norm, self.state = tbptt_batch(
             self.model, self.loss_fn, lambda loss: self._update(loss, lr_scale),
             batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
         )  # fmt: skip
+        loss_sum, n = dist.all_reduce_sum([loss_sum, n], dev)
         return loss_sum, n, norm
-
-    def _rank_weight(self, n: int) -> float:
-        """DDP averages the ranks' gradients, each of its rank's *mean* loss. With batches of
-        unequal token counts (padded sequences) a rank's mean weighs ``n W / N`` (its ``n`` of the
-        step's ``N`` tokens, ``W`` ranks), so the update is that of the token-weighted mean over
-        the global batch, as in one process. 1.0 without DDP or with equal counts."""
-        if not dist.is_distributed():
-            return 1.0
-        (total,) = dist.all_reduce_sum([n], self._reduce_device())
-        return n * dist.get_world_size() / max(total, 1.0)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -239,7 +241,6 @@ class Trainer:
                 for batch in batches:
                     batch = move_to(batch, self.device)
                     loss_sum, n, norm = self._train_batch(batch)
-                    loss_sum, n = dist.all_reduce_sum([loss_sum, n], self._reduce_device())
                     if self.scheduler is not None and not isinstance(
                         self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
                     ):
