@@ -10,6 +10,10 @@ gain/shift gradients or on a column block would show up as a mismatch at float64
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -44,7 +48,16 @@ def _args(kind: str, mode: int, H: int):
 
 
 @pytest.mark.parametrize(
-    "kind,mode,H", [("lstm", 1, 96), ("lstm", 2, 96), ("lstm", 3, 96), ("gru", 1, 96), ("rnn_tanh", 1, 256)]
+    "kind,mode,H",
+    [
+        ("lstm", 1, 96),
+        ("lstm", 2, 96),
+        ("lstm", 3, 96),
+        ("lstm", 2, 100),
+        ("lstm", 3, 100),
+        ("gru", 1, 96),
+        ("rnn_tanh", 1, 256),
+    ],
 )
 def test_two_threads_equal_pure(kind, mode, H, two_threads):
     from .test_fused_kernels import require_ext
@@ -106,3 +119,37 @@ def test_batch_norm_input_two_threads(num_threads):
         got = torch.autograd.grad(y, [a, w, b], dy, retain_graph=True)
         for u, v in zip(got, ref):
             torch.testing.assert_close(u, v, atol=1e-11, rtol=1e-11)
+
+
+DEFAULT_THREADS = """
+import torch, rnnkit
+assert torch.get_num_threads() >= 2
+torch.manual_seed(0)
+a = rnnkit.LSTM(32, 64, norm="batch", impl="fused").double()
+b = rnnkit.LSTM(32, 64, norm="batch", impl="loop").double()
+b.load_state_dict(a.state_dict())
+x = torch.randn(64, 8, 32, dtype=torch.float64)  # 64 steps of 8 x 256: the input group in parallel
+for m in (a, b):
+    y, _ = m(x)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+for (name, p), q in zip(a.named_parameters(), b.parameters()):
+    torch.testing.assert_close(p.grad, q.grad, atol=1e-9, rtol=1e-9, msg=name)
+print("ok")
+"""
+
+
+def test_batch_norm_training_with_default_threads():
+    """Regression: with torch's thread count never set (the default), ATen reports one thread
+    inside a parallel region, and the input group's batch-norm backward sized a per-thread
+    accumulator by that: the second thread wrote past it (heap corruption, wrong gradients of
+    the input gain). A fresh interpreter, as users run it."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two cores for two threads")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    r = subprocess.run(
+        [sys.executable, "-c", DEFAULT_THREADS], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

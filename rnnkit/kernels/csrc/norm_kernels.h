@@ -187,10 +187,17 @@ struct NormB {
   const T *X, *RS, *Gm, *ST;
   std::vector<double> acc;  // (threads, 2, F)
   std::vector<T> ca, cc;    // BN train: the step's column means of dx^ and dx^ ⊙ x^
-  NormB(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& g, const OptT& st)
+  // slots: one (2, F) accumulator per thread id. Inside a parallel region ATen may report one
+  // thread (torch's thread count never set), so a NormB made there for its own thread takes 1.
+  NormB(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& g, const OptT& st,
+        int64_t slots = at::get_num_threads())
       : mode(mode_), F(F_), N(xh.size(0)), X(xh.data_ptr<T>()), RS(rs.numel() ? rs.data_ptr<T>() : nullptr),
-        Gm(g.data_ptr<T>()), ST(ptr<T>(st)), acc(size_t(2 * F * at::get_num_threads()), 0.), ca(F), cc(F) {}
-  double* mine() { return acc.data() + 2 * F * at::get_thread_num(); }
+        Gm(g.data_ptr<T>()), ST(ptr<T>(st)), acc(size_t(2 * F * slots), 0.), ca(F), cc(F) {}
+  double* mine() {
+    const int64_t slot = acc.size() == size_t(2 * F) ? 0 : at::get_thread_num();
+    TORCH_CHECK(size_t(2 * F * (slot + 1)) <= acc.size(), "rnnkit_norm: no accumulator for thread ", slot);
+    return acc.data() + 2 * F * slot;
+  }
   // BN train: column means of the step's rows D (bs, F) at packed rows [off, off + bs), and
   // the affine gradients of those rows.
   void stats(const T* D, int64_t off, int64_t bs) {
