@@ -20,6 +20,7 @@ inline double hsum(__m256d a) {
 inline __m256d ld4(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
 inline __m256d ld4(const double* p) { return _mm256_loadu_pd(p); }
 inline void st4(double* p, __m256d v) { _mm256_storeu_pd(p, v); }
+inline void st4(float* p, __m256d v) { _mm_storeu_ps(p, _mm256_cvtpd_ps(v)); }  // rounded to nearest, as T(v)
 // a ⊙ b rounded to the row's type, as float64
 inline __m256d mul4(const float* a, const float* b) {
   return _mm256_cvtps_pd(_mm_mul_ps(_mm_loadu_ps(a), _mm_loadu_ps(b)));
@@ -127,6 +128,35 @@ inline void affine(const double* r, double mu, double rho, const double* g, cons
     y[j] = yv;
   }
 }
+// Batch norm's affine of a row with per-column statistics: x = (r - mu) rho, y = x g (+ s) (+ add)
+// (+ addv) (y may be r), 32 bytes at a time in GCC vector types (the typedef's alignment is T's:
+// unaligned loads), the scalar loop's arithmetic.
+template <typename T>
+void affine_cols(const T* r, const T* mu, const T* rho, const T* g, const T* s, const T* add, const T* addv, T* x,
+                 T* y, int64_t F) {
+  typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
+  constexpr int64_t L = 32 / sizeof(T);
+  int64_t j = 0;
+  for (; j + L <= F; j += L) {
+    const V xv = (*reinterpret_cast<const V*>(r + j) - *reinterpret_cast<const V*>(mu + j)) *
+                 *reinterpret_cast<const V*>(rho + j);
+    V yv = xv * *reinterpret_cast<const V*>(g + j);
+    if (s) yv += *reinterpret_cast<const V*>(s + j);
+    if (add) yv += *reinterpret_cast<const V*>(add + j);
+    if (addv) yv += *reinterpret_cast<const V*>(addv + j);
+    *reinterpret_cast<V*>(x + j) = xv;
+    *reinterpret_cast<V*>(y + j) = yv;
+  }
+  for (; j < F; ++j) {
+    const T xv = (r[j] - mu[j]) * rho[j];
+    T yv = xv * g[j];
+    if (s) yv += s[j];
+    if (add) yv += add[j];
+    if (addv) yv += addv[j];
+    x[j] = xv;
+    y[j] = yv;
+  }
+}
 // dr = rho (d g - a - x c) over a row.
 inline void lnb_out(const float* d, const float* x, const float* g, float a, float c, float rho, float* out,
                     int64_t F) {
@@ -183,6 +213,26 @@ void col_bwd(const T* d, const T* x, const T* g, int64_t F, double* m1, double* 
     m2[j] += double(t) * x[j];
     dga[j] += double(d[j]) * x[j];
     dbe[j] += d[j];
+  }
+}
+
+// Batch norm's step statistics from float64 column means m and sums of squared deviations v over
+// n rows: M = m, V = v / n, Q = 1 / sqrt(v / n + eps), 4 columns at a time (IEEE division and
+// square root: the scalar loop's values).
+template <typename T>
+void stats_out(const double* m, const double* v, double n, double eps, T* M, T* V, T* Q, int64_t F) {
+  const __m256d nv = _mm256_set1_pd(n), e = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.);
+  int64_t j = 0;
+  for (; j + 4 <= F; j += 4) {
+    const __m256d var = _mm256_div_pd(_mm256_loadu_pd(v + j), nv);
+    st4(M + j, _mm256_loadu_pd(m + j));
+    st4(V + j, var);
+    st4(Q + j, _mm256_div_pd(one, _mm256_sqrt_pd(_mm256_add_pd(var, e))));
+  }
+  for (; j < F; ++j) {
+    M[j] = T(m[j]);
+    V[j] = T(v[j] / n);
+    Q[j] = T(1 / std::sqrt(v[j] / n + eps));
   }
 }
 }  // namespace rnnkit_norm_avx2

@@ -98,6 +98,22 @@ acc sum4(int64_t n, const Fn& f) {
   return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
+// Batch norm's statistics of a step from float64 column sums over its n rows: mean M = m, biased
+// variance V = v / n and Q = 1 / sqrt(v / n + eps) (m: the means, v: the sums of squared
+// deviations); rnnkit_norm_avx2::stats_out is the same arithmetic 4 columns at a time (at the
+// small shape the scalar square roots and divisions were ~40% of a step's statistics).
+template <typename T>
+void bn_stats_out(const double* m, const double* v, double n, T* M, T* V, T* Q, int64_t F) {
+#ifdef RNNKIT_SLEEF
+  if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::stats_out(m, v, n, kEps, M, V, Q, F);
+#endif
+  for (int64_t j = 0; j < F; ++j) {
+    M[j] = T(m[j]);
+    V[j] = T(v[j] / n);
+    Q[j] = T(1 / std::sqrt(v[j] / n + kEps));
+  }
+}
+
 // Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved
 // x^ (N, F), rho (LN (N, 1), BN train (T, F)) and BN train statistics (T, F); BN eval reads
 // st (2, N, F) (per row: mean, 1/std).
@@ -129,12 +145,7 @@ struct NormG {
       for (int64_t b = 0; b < bs; ++b)
         for (int64_t j = 0; j < F; ++j) v[j] += (R[b * F + j] - m[j]) * (R[b * F + j] - m[j]);
     }
-    T *M = MEAN + k * F, *V = VAR + k * F, *Q = RS + k * F;
-    for (int64_t j = 0; j < F; ++j) {
-      M[j] = T(m[j]);
-      V[j] = T(v[j] / bs);
-      Q[j] = T(1 / std::sqrt(v[j] / bs + kEps));
-    }
+    bn_stats_out(m.data(), v.data(), double(bs), MEAN + k * F, VAR + k * F, RS + k * F, F);
   }
   // One row r (F) at packed row n of step k: x^ saved at row ns (n, or the row's slot in a
   // step-sized scratch when nothing is saved), y = (g ⊙ x^ (+ s)) (+ add) (+ addv) into y (may
@@ -159,11 +170,11 @@ struct NormG {
       const T rho = T(1 / std::sqrt(v + kEps)), mu = T(m);
       RS[n] = rho;
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - mu) * rho;
-    } else if (mode == kBNTrain) {
-      const T *M = MEAN + k * F, *Q = RS + k * F;
-      for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - M[j]) * Q[j];
-    } else {
-      const T *MU = ST + n * F, *RH = ST + (N + n) * F;
+    } else {  // batch norm: per-column statistics, the step's (training) or the row's own (evaluation)
+      const T *MU = mode == kBNTrain ? MEAN + k * F : ST + n * F, *RH = mode == kBNTrain ? RS + k * F : ST + (N + n) * F;
+#ifdef RNNKIT_SLEEF
+      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::affine_cols(r, MU, RH, Gm, S, add, addv, x, y, F);
+#endif
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - MU[j]) * RH[j];
     }
     if (S)
