@@ -157,6 +157,18 @@ void affine_cols(const T* r, const T* mu, const T* rho, const T* g, const T* s, 
     y[j] = yv;
   }
 }
+// Batch norm's backward of a row in training: out = q (d g - a - x c) with per-column q, a, c
+// (the step's 1/std and column means of dx^ and dx^ ⊙ x^), 32 bytes at a time.
+template <typename T>
+void bnb_out_cols(const T* d, const T* x, const T* g, const T* a, const T* c, const T* q, T* out, int64_t F) {
+  typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
+  constexpr int64_t L = 32 / sizeof(T);
+  auto at = [](const T* p) { return *reinterpret_cast<const V*>(p); };
+  int64_t j = 0;
+  for (; j + L <= F; j += L)
+    *reinterpret_cast<V*>(out + j) = at(q + j) * (at(d + j) * at(g + j) - at(a + j) - at(x + j) * at(c + j));
+  for (; j < F; ++j) out[j] = q[j] * (d[j] * g[j] - a[j] - x[j] * c[j]);
+}
 // dr = rho (d g - a - x c) over a row.
 inline void lnb_out(const float* d, const float* x, const float* g, float a, float c, float rho, float* out,
                     int64_t F) {

@@ -239,6 +239,9 @@ struct NormB {
     const T* x = X + n * F;
     if (mode == kBNTrain) {
       const T* Q = RS + k * F;
+#ifdef RNNKIT_SLEEF
+      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::bnb_out_cols(d, x, Gm, ca.data(), cc.data(), Q, out, F);
+#endif
       for (int64_t j = 0; j < F; ++j) out[j] = Q[j] * (d[j] * Gm[j] - ca[j] - x[j] * cc[j]);
       return;
     }
