@@ -7,7 +7,8 @@ are reported, so that load from other jobs hits every config alike::
     python benchmarks/charlm_throughput.py --configs 512x2b32,384x2b64,256x2b64 --rounds 8
 
 ``--impls torch,auto,fused`` runs each config with ``torch.nn.LSTM`` (the default) and/or
-``rnnkit.LSTM(impl=...)`` (``auto``: what the main job runs).
+``rnnkit.LSTM(impl=...)`` (``auto``: what the main job runs); ``--tune-malloc`` as ``rnnkit
+train`` does (else torch's LSTM faults its workspace in every step at the medium shapes).
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--emb", type=int, default=64)
     p.add_argument("--impls", default="torch", help="torch (torch.nn.LSTM) and/or rnnkit impl names")
+    p.add_argument("--tune-malloc", action="store_true", help="tune_malloc() first (as rnnkit train)")
     args = p.parse_args()
+    if args.tune_malloc:
+        from rnnkit.train import tune_malloc
+
+        tune_malloc()
     torch.set_num_threads(args.threads)
     setups = []
     for cfg in args.configs.split(","):

@@ -3,9 +3,13 @@
 For a grid of batch sizes and hidden sizes (2 layers, T=100, input 64, float32) it times one
 training step (forward + backward of ``output.sum()``) of ``torch.nn.LSTM`` (oneDNN's fused
 LSTM on this build) and of ``rnnkit.LSTM(impl="fused")``, interleaved, and prints the ratio
-beside what ``impl="auto"`` picks (rnnkit/dispatch.py, ``lstm_fused_trains_faster``)::
+beside what ``impl="auto"`` picks (rnnkit/dispatch.py)::
 
-    python benchmarks/lstm_dispatch.py --batches 8,16,32,64 --hidden 128,256,384,512
+    python benchmarks/lstm_dispatch.py --batches 8,16,32,64 --hidden 128,256,384,512 --tune-malloc
+
+Without ``--tune-malloc`` (``rnnkit.train.tune_malloc()``, as ``rnnkit train`` runs) glibc
+mmaps torch's ~33 MiB LSTM workspace afresh every step at the medium shapes and the kernel
+faults it in page by page: the comparison then measures the allocator, not the kernels.
 """
 
 from __future__ import annotations
@@ -29,11 +33,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tune-malloc", action="store_true", help="rnnkit.train.tune_malloc() first")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        from rnnkit.train import tune_malloc
+
+        if not tune_malloc():
+            raise SystemExit("tune_malloc() is not available here (no glibc mallopt)")
     T, I, L = args.steps, args.input, args.layers
     print(f"torch {torch.__version__}, {args.threads} threads, float32, {L} layers, T={T}, I={I}, median of "
-          f"{args.repeat}, wall clock")  # fmt: skip
+          f"{args.repeat}, wall clock, tune_malloc {'on' if args.tune_malloc else 'off'}")  # fmt: skip
     print("| B | H | torch train ms | fused train ms | fused/torch | auto picks |")
     print("|---:|---:|---:|---:|---:|---|")
     for B in map(int, args.batches.split(",")):

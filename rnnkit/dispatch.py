@@ -67,34 +67,20 @@ def fused_supported(module) -> bool:
 FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
 
 
-# The standard LSTM's training shapes where the fused path beat torch's oneDNN LSTM on the
-# development machine (benchmarks/lstm_dispatch.py, five runs, two of them with
-# rnnkit.train.tune_malloc's settings: 0.70-0.905x torch's time inside, but one 1.02; ties or
-# losses around, B=16 among them): at least 32 sequences, and a step's recurrent GEMM
-# B x H x 4H of 2^22 to under 2^25 multiply-adds (B=32 with H=256 or 384, B=64 with H=128 or
-# 256; the main job's 2x384 at B=32 trains 4-8% faster).
-LSTM_FUSED_BATCH = 32
-LSTM_FUSED_WORK = (1 << 22, 1 << 25)
-
-
-def lstm_fused_trains_faster(module, x: Tensor, packed: bool = False) -> bool:
-    """Whether a standard LSTM's training call of this shape is faster on the fused path
-    (packed input always is: torch's packed CPU LSTM trains 5–8x slower than its padded one,
-    the fused path 1.07x, benchmarks/packed_memory.py)."""
-    if packed:
-        return True
-    if getattr(module, "proj_size", 0) or x.dim() != 3:
-        return False
-    B, H = x.shape[0 if module.batch_first else 1], module.hidden_size
-    return B >= LSTM_FUSED_BATCH and LSTM_FUSED_WORK[0] <= 4 * B * H * H < LSTM_FUSED_WORK[1]
+# The standard LSTM trains on torch's kernels (oneDNN's fused LSTM), except on packed input:
+# torch's packed CPU LSTM trains 5-8x slower than its padded one, the fused path 1.07x
+# (benchmarks/packed_memory.py). Padded, the fused path measured 0.72-0.97x torch's time only
+# while torch faulted its ~33 MiB workspace in every step (glibc mmaps blocks above 32 MiB);
+# with rnnkit.train.tune_malloc() nobody faults and torch is faster at every shape measured,
+# the fused path 1.07-1.23x its time (benchmarks/lstm_dispatch.py --tune-malloc).
 
 
 def fused_for_training(module, x: Tensor, mode: str | None, packed: bool = False) -> bool:
     """``impl="auto"``: take the fused path for a CPU float32 training call of a family listed
-    in :data:`FUSED_TRAINING_MODES`, or of an LSTM whose shape trains faster there
-    (:func:`lstm_fused_trains_faster`), when the compiled kernels are available."""
+    in :data:`FUSED_TRAINING_MODES`, or of an LSTM on packed input, when the compiled kernels
+    are available."""
     return (
-        (mode in FUSED_TRAINING_MODES or (mode == "LSTM" and lstm_fused_trains_faster(module, x, packed)))
+        (mode in FUSED_TRAINING_MODES or (mode == "LSTM" and packed))
         and x.dtype == torch.float32
         and x.device.type == "cpu"
         and torch.is_grad_enabled()
