@@ -98,7 +98,8 @@ class _Direction(torch.autograd.Function):
             xp = x.new_empty(0)
         args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep)
         run = ops.forward_impl
-        out, hn, cn, saved = run(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args, save=save, proj=proj)
+        out, hn, cn, saved = run(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args, save=save, proj=proj,
+                                 col_hprev=True)  # fmt: skip
         if not save:
             saved = ()
         empty = w_hh.new_empty(0)
@@ -113,14 +114,20 @@ class _Direction(torch.autograd.Function):
     def backward(ctx, gout, ghn, gcn):
         *saved, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih = ctx.saved_tensors
         opt = [ops._opt(t) for t in (w_hr, mask, zh, zc, w_peep)]
+        # the compiled LSTM kernel sums the input bias's gradient itself (has_bias for the LSTM)
+        kernel_db = ctx.fused_input and ctx.has_b_in and ctx.use_ext and ctx.kind == "lstm"
+        has_bias = ctx.has_bias or kernel_db
         grads = ops.backward_impl(
-            ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext, ctx.onednn, ctx.has_bias, gout, ghn, gcn,
-            saved, w_hh, *opt,
+            ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext, ctx.onednn, has_bias, gout, ghn, gcn, saved,
+            w_hh, *opt,
         )  # fmt: skip
         dxp, dh0, dc0, dw_hh, db, dw_hr, dw_peep = grads
         dx = dw_ih = db_in = None
         if ctx.fused_input:  # the projection's gradients, as _gemm.linear's backward
-            dx, dw_ih, db_in = _gemm.linear_grads(dxp, x, w_ih, ctx.has_b_in, ctx.needs_input_grad[15:])
+            has_b = ctx.has_b_in and not kernel_db
+            dx, dw_ih, db_in = _gemm.linear_grads(dxp, x, w_ih, has_b, ctx.needs_input_grad[15:])
+            if kernel_db:
+                db_in, db = db, None
             dxp = None
         return (None, None, None, None, None, dxp, dh0, dc0, dw_hh, db, dw_hr, None, None, None, dw_peep,
                 dx, dw_ih, db_in)  # fmt: skip

@@ -34,11 +34,15 @@ def use_ext_for(x: Tensor) -> bool:
 
 
 NO_SAVE = 16  # added to the C++ kind: inference, the LSTM kernel saves nothing for backward
+# added to the C++ kind by the eager path: the LSTM kernel saves h_{t-1} column-major (its
+# transpose dense: no transposed copy before the weight-gradient GEMM); the custom op keeps
+# row-major outputs, as its fake implementation and the compilers assume
+COL_HPREV = 32
 
 
 def forward_impl(
     kind, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, save=True,
-    proj=None,
+    proj=None, col_hprev=False,
 ):  # fmt: skip
     """``(out, h_n, c_n, saved)``; ``c_n`` is empty unless ``kind == "lstm"``.
 
@@ -51,7 +55,7 @@ def forward_impl(
     xp, h0 = xp.contiguous(), h0.contiguous()
     if use_ext:
         c0_ = c0.contiguous() if c0 is not None else h0.new_empty(0)
-        code = KINDS[kind] + (0 if save or kind != "lstm" else NO_SAVE)
+        code = KINDS[kind] + (0 if save or kind != "lstm" else NO_SAVE) + (COL_HPREV if col_hprev else 0)
         args = (code, xp, h0, c0_, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, list(bsz), reverse, onednn)
         if proj is not None:
             args += (proj[0].contiguous(), proj[1], proj[2])

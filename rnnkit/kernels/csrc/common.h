@@ -78,7 +78,9 @@ struct Linear {
 
 // a^T b over all N rows (a weight gradient), as one GEMM; oneDNN only on dense operands.
 inline Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
-  const bool dense = a.is_contiguous() && b.is_contiguous();
+  // b may also be column-major (b^T dense, the LSTM kernel's saved h_{t-1}): oneDNN then reads
+  // it without the transposed copy it makes of a row-major b
+  const bool dense = a.is_contiguous() && (b.is_contiguous() || b.t().is_contiguous());
   if (dense && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
     return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
                               c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))})
