@@ -136,15 +136,15 @@ void affine_cols(const T* r, const T* mu, const T* rho, const T* g, const T* s, 
                  T* y, int64_t F) {
   typedef T V __attribute__((vector_size(32), aligned(sizeof(T)), may_alias));
   constexpr int64_t L = 32 / sizeof(T);
+  auto at = [](const T* p) { return *reinterpret_cast<const V*>(p); };
   int64_t j = 0;
   for (; j + L <= F; j += L) {
-    const V xv = (*reinterpret_cast<const V*>(r + j) - *reinterpret_cast<const V*>(mu + j)) *
-                 *reinterpret_cast<const V*>(rho + j);
-    V yv = xv * *reinterpret_cast<const V*>(g + j);
-    if (s) yv += *reinterpret_cast<const V*>(s + j);
-    if (add) yv += *reinterpret_cast<const V*>(add + j);
-    if (addv) yv += *reinterpret_cast<const V*>(addv + j);
-    *reinterpret_cast<V*>(x + j) = xv;
+    const V xv = (at(r + j) - at(mu + j)) * at(rho + j);
+    V yv = xv * at(g + j);
+    if (s) yv += at(s + j);
+    if (add) yv += at(add + j);
+    if (addv) yv += at(addv + j);
+    *reinterpret_cast<V*>(x + j) = xv;  // after the loads: y may be r
     *reinterpret_cast<V*>(y + j) = yv;
   }
   for (; j < F; ++j) {
