@@ -34,12 +34,10 @@ def test_freed_blocks_are_reused_without_page_faults():
         assert r.returncode == 0, r.stderr
         return int(r.stdout.strip())
 
-    # 8 MiB blocks, untuned: glibc serves them from the heap (its mmap threshold has risen to
-    # 8 MiB after the first free) but trims the 32 MiB freed at its top (above twice that): every
-    # step faults its 8,192 pages in again; tuned, they stay
-    tuned, untuned = run("1", 8), run("0", 8)
-    assert tuned < 100, tuned
-    assert untuned > 3 * 8192 // 2, untuned
+    # 8 MiB blocks: untuned, glibc serves them from the heap (its mmap threshold has risen to 8 MiB
+    # after the first free) and trims them when they end up at its top, which depends on what
+    # else the process allocated (most runs fault every step, not all); tuned, they stay
+    assert run("1", 8) < 100
     # 48 MiB blocks (oneDNN's LSTM workspace is ~33 MiB at the medium shape): above the 32 MiB
     # that caps glibc's dynamic threshold, so mmap'd, and faulted in, every time unless tuned
     tuned, untuned = run("1", 48), run("0", 48)
