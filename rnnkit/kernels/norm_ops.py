@@ -210,16 +210,15 @@ def _update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int
     T, K = mean.shape[0], min(mean.shape[0], rm.shape[0] - 1)
     with torch.no_grad():
         mean, var = mean.detach(), var.detach()
+        rm[:K].lerp_(mean[:K], MOMENTUM)
         n0 = ns[0]
         if n0 > 1 and all(n == n0 for n in ns):  # a full batch every step: scalar correction, no mask
             unbiased = var * (n0 / (n0 - 1))
-            rm[:K].lerp_(mean[:K], MOMENTUM)
             rv[:K].lerp_(unbiased[:K], MOMENTUM)
         else:
             unbiased = var * torch.tensor([n / (n - 1) if n > 1 else 0.0 for n in ns], dtype=var.dtype,
                                           device=var.device).unsqueeze(1)  # fmt: skip
             keep = torch.tensor([n > 1 for n in ns], device=var.device).unsqueeze(1)
-            rm[:K].lerp_(mean[:K], MOMENTUM)
             rv[:K].copy_(torch.where(keep[:K], rv[:K].lerp(unbiased[:K], MOMENTUM), rv[:K]))
         for k in range(K, T):
             rm[-1].lerp_(mean[k], MOMENTUM)
