@@ -82,10 +82,6 @@ void lstm_fwd_generic(int64_t w, int64_t H, const LstmFwdRow<T>& r) {
 #ifdef RNNKIT_SLEEF
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-inline __m512 sig16(__m512 x) {
-  const __m512 one = _mm512_set1_ps(1.f);
-  return _mm512_div_ps(one, _mm512_add_ps(one, Sleef_expf16_u10avx512f(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-}
 // ATen's lerp: s + w (e - s) where |w| < 1/2, else e - (e - s)(1 - w).
 inline __m512 lerp16(__m512 s, __m512 e, __m512 w) {
   const __m512 d = _mm512_sub_ps(e, s);
@@ -117,13 +113,13 @@ inline void lstm_fwd_avx512(int64_t w, int64_t H, const LstmFwdRow<float>& r) {
       ai = _mm512_add_ps(ai, _mm512_mul_ps(ld(r.pw), cv));
       af = _mm512_add_ps(af, _mm512_mul_ps(ld(r.pw + H), cv));
     }
-    const __m512 i = sig16(ai), f = sig16(af), gg = Sleef_tanhf16_u35avx512f(ag);
+    const __m512 i = rnnkit_act::sigmoid16(ai), f = rnnkit_act::sigmoid16(af), gg = rnnkit_act::tanh16(ag);
     const __m512 cn = _mm512_add_ps(_mm512_mul_ps(f, cv), _mm512_mul_ps(i, gg));
     if (r.pw) {
       ao = _mm512_add_ps(ao, _mm512_mul_ps(ld(r.pw + 2 * H), cn));
       if (r.cn) st(r.cn, cn);
     }
-    const __m512 o = sig16(ao), t = Sleef_tanhf16_u35avx512f(cn);
+    const __m512 o = rnnkit_act::sigmoid16(ao), t = rnnkit_act::tanh16(cn);
     __m512 h = _mm512_mul_ps(o, t);
     if (r.g) {  // saved for backward, read only after the whole forward: past the cache
       stream(r.g, i), stream(r.g + H, f), stream(r.g + 2 * H, gg), stream(r.g + 3 * H, o);

@@ -1,0 +1,82 @@
+"""The fused kernels' σ and tanh (``csrc/pointwise.h``; float32 on AVX-512 CPUs: ``act512.h``'s
+polynomials) against float64, through ``rnnkit_ext::activation``.
+
+The stated accuracy: float32 within 3 ulp of the correctly rounded value wherever that is a
+normal number; float64 (SLEEF) within 4 ulp of torch's float64. NaN propagates, the
+infinities map to the limits.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnkit.kernels import ext
+
+pytestmark = pytest.mark.skipif(not ext.available(), reason="C++ extension not available")
+
+FUNCS = {0: torch.sigmoid, 1: torch.tanh}
+
+
+def _act(x: torch.Tensor, which: int) -> torch.Tensor:
+    return torch.ops.rnnkit_ext.activation(x, which)
+
+
+def _ulps(y: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """|y - exact| in units of the last place of exact rounded to y's dtype (normal range only)."""
+    r = exact.to(y.dtype)
+    ulp = (torch.nextafter(r.abs(), torch.full_like(r, float("inf"))) - r.abs()).double()
+    return (y.double() - exact).abs() / ulp
+
+
+def _grid(dtype: torch.dtype) -> torch.Tensor:
+    # dense where the functions bend, every binade down to 1e-30, and a row length that is not a
+    # multiple of 16 (the masked tail)
+    dense = torch.linspace(-100, 100, 2_000_003, dtype=torch.float64)
+    tiny = torch.logspace(-30, 1, 20_001, dtype=torch.float64)
+    return torch.cat([dense, tiny, -tiny]).to(dtype)
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["sigmoid", "tanh"])
+@pytest.mark.parametrize("dtype,bound", [(torch.float32, 3.0), (torch.float64, 4.0)])
+def test_accuracy_against_float64(which, dtype, bound):
+    x = _grid(dtype)
+    # float64's yardstick is torch's own float64 routine (within an ulp of exact itself)
+    exact = FUNCS[which](x.double())
+    err = _ulps(_act(x, which), exact)
+    normal = exact.abs() >= torch.finfo(dtype).tiny
+    worst = err[normal].max().item()
+    at = x[normal][err[normal].argmax()].item()
+    assert worst <= bound, f"{FUNCS[which].__name__}: {worst:.2f} ulp at x = {at}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_special_values(dtype):
+    inf, nan = float("inf"), float("nan")
+    # (-0 and +0 both give 0.5; tanh keeps the sign of zero)
+    x = torch.tensor([0.0, -0.0, inf, -inf, nan, 1e30, -1e30, 20.0, -20.0], dtype=dtype)
+    s, t = _act(x, 0), _act(x, 1)
+    assert s[0] == 0.5 and s[1] == 0.5 and s[2] == 1 and s[5] == 1 and torch.isnan(s[4])
+    # below -88.7 the float32 σ stays at σ(-88.7) ≈ 3e-39 (act512.h): zero in every practical sense
+    assert 0 <= s[3] <= 3.1e-39 and 0 <= s[6] <= 3.1e-39
+    assert torch.equal(t[[2, 3, 5, 6]], torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=dtype))
+    assert torch.isnan(t[4])
+    assert t[0] == 0 and t[1] == 0 and torch.signbit(t[1]) and not torch.signbit(t[0])
+    torch.testing.assert_close(s[7:], torch.sigmoid(x[7:]), rtol=4e-7, atol=0)
+    torch.testing.assert_close(t[7:], torch.tanh(x[7:]), rtol=4e-7, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 33])
+def test_position_in_the_row_does_not_change_the_value(n, dtype):
+    """The vector body and the masked tail compute the same function: a value gives the same
+    bits wherever it sits in the row."""
+    x = torch.randn(n, generator=torch.Generator().manual_seed(n), dtype=dtype) * 4
+    for which in (0, 1):
+        alone = torch.stack([_act(v.reshape(1), which)[0] for v in x])
+        assert torch.equal(_act(x, which), alone)
+
+
+def test_rejects_an_unknown_function():
+    with pytest.raises(RuntimeError, match="which must be 0 .sigmoid. or 1 .tanh., got 2"):
+        _act(torch.zeros(3), 2)
