@@ -69,7 +69,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status
+    (a rank of a ``torchrun`` job leaves with it instead: :func:`rnnkit.train.finish_process`)."""
+    from rnnkit.train.distributed import finish_process
+
+    return finish_process(_run(argv))
+
+
+def _run(argv: Sequence[str] | None) -> int:
     debug = os.environ.get("RNNKIT_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)

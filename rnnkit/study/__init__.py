@@ -163,9 +163,10 @@ def run(args: argparse.Namespace) -> int:
         archs=args.archs.split(",") if args.archs else None, settings=dict(args.set), workers=args.workers,
         threads=args.threads, progress=False if args.no_progress else None,
     )  # fmt: skip
-    print(f"{len(res['records'])} runs ({res['skipped']} resumed), {res['steps']} steps each -> {out}")
-    if "table" in res:
-        print(res["table"])
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one summary, from rank 0
+        print(f"{len(res['records'])} runs ({res['skipped']} resumed), {res['steps']} steps each -> {out}")
+        if "table" in res:
+            print(res["table"])
     return 0
 
 

@@ -24,6 +24,7 @@ from rnnkit.train.config import TrainConfig
 from rnnkit.train.distributed import (
     DistInfo,
     cleanup_distributed,
+    finish_process,
     get_rank,
     get_world_size,
     is_main_process,
@@ -55,6 +56,7 @@ __all__ = [
     "Trainer",
     "autoregressive_unroll",
     "cleanup_distributed",
+    "finish_process",
     "count_tokens",
     "detach_state",
     "evaluate_lm",

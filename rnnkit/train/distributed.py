@@ -10,6 +10,7 @@ runs with ``python train.py``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,11 @@ __all__ = [
     "barrier",
     "all_reduce_sum",
     "all_gather_object",
+    "joined_process_group",
+    "finish_process",
 ]
+
+_JOINED = False  # whether setup_distributed initialized a process group in this process
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,31 @@ def setup_distributed(backend: str | None = None, *, device: str | None = None) 
     if world > 1 and not dist.is_initialized():
         backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        global _JOINED
+        _JOINED = True
     return DistInfo(rank, world, local, dev)
+
+
+def joined_process_group() -> bool:
+    """Whether :func:`setup_distributed` initialized a process group in this process (it
+    may have been destroyed since)."""
+    return _JOINED
+
+
+def finish_process(code: int) -> int:
+    """Return ``code``, or, in a process that joined a process group, flush stdout/stderr and
+    leave at once with ``os._exit(code)``: for entry points (the ``rnnkit`` command,
+    ``python -m rnnkit.study``), called once everything is written and closed.
+
+    gloo's background threads can abort interpreter finalization after the work is done
+    ("terminate called without an active exception", SIGABRT; pytorch #190489), and torchrun
+    then reports the whole finished job as failed. Skipping finalization avoids it.
+    """
+    if _JOINED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cleanup_distributed() -> None:

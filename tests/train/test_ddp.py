@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -21,32 +20,19 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, *extra: str) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nnodes",
-        "1",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        str(Path(ddp_worker.__file__)),
-        str(out),
-        *extra,
-    ]
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 def test_ddp_two_processes_equal_single_process(tmp_path):
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     ddp_dir.mkdir()
-    _torchrun(ddp_dir)
+    _torchrun(ddp_worker.__file__, str(ddp_dir))
 
     single_dir.mkdir()
     ddp_worker.run(str(single_dir))  # no torchrun variables: one process, whole batch
@@ -76,7 +62,7 @@ def test_ddp_padded_batches_weigh_every_token_alike(tmp_path):
     global batch (each rank's mean loss weighs its share of the tokens), as in one process."""
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     ddp_dir.mkdir()
-    _torchrun(ddp_dir, "padded")
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "padded")
     single_dir.mkdir()
     ddp_worker.run(str(single_dir), "padded")
     ddp, single = (json.loads((d / "result.json").read_text()) for d in (ddp_dir, single_dir))
@@ -86,3 +72,40 @@ def test_ddp_padded_batches_weigh_every_token_alike(tmp_path):
     p_ddp, p_one = (load_file(str(d / "params.safetensors")) for d in (ddp_dir, single_dir))
     for k in p_one:
         torch.testing.assert_close(p_ddp[k], p_one[k], rtol=0, atol=1e-10)
+
+
+def test_study_under_torchrun_splits_the_grid_and_exits_cleanly(tmp_path):
+    """``torchrun -m rnnkit.study``: the ranks share the grid, rank 0 writes the report, and
+    every rank leaves with status 0 (``finish_process``: no finalization for gloo to abort)."""
+    out = tmp_path / "s"
+    sets = ["--set", "digits=2", "--set", "hidden=[8]", "--set", "embed=4", "--set", "batch=8"]
+    sets += ["--set", "n_valid=20", "--set", "n_test=20", "--set", "n_evals=2"]
+    study = ["jozefowicz", "--steps", "2", "--seeds", "1", "--archs", "Tanh,LSTM", "--out", str(out)]
+    proc = _torchrun("-m", "rnnkit.study", *study, "--no-progress", *sets)
+    ranks = [[json.loads(line)["key"] for line in (out / f"runs.rank{r}.jsonl").read_text().splitlines()]
+             for r in (0, 1)]  # fmt: skip
+    assert sorted(ranks[0] + ranks[1]) == ["LSTM#0", "Tanh#0"] and ranks[0] and ranks[1]
+    table = (out / "results.md").read_text()
+    assert "| Tanh | 1 |" in table and "| LSTM | 1 |" in table
+    assert proc.stdout.count(" runs (0 resumed)") == 1  # the summary from rank 0 only
+
+
+def test_finish_process_leaves_with_the_code_after_flushing(tmp_path):
+    """In a process that joined a group, finish_process flushes and exits at once with the
+    code (no atexit handlers run); elsewhere it returns the code."""
+    from rnnkit.train import finish_process
+
+    assert finish_process(3) == 3
+    script = (
+        "import atexit, sys\n"
+        "import rnnkit.train.distributed as d\n"
+        "atexit.register(lambda: print('finalized'))\n"
+        "d._JOINED = True\n"
+        "print('partial line', end='')\n"
+        "sys.stderr.write('err')\n"
+        "d.finish_process(7)\n"
+        "print('not reached')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 7
+    assert proc.stdout == "partial line" and proc.stderr == "err"
