@@ -1,23 +1,25 @@
 // float32 exp, σ and tanh on 16 lanes (AVX-512F), inlined into the fused kernels' row passes.
 //
 // SLEEF's routines (what ATen's vectorized kernels call) are out-of-line calls with their own
-// range handling, and σ = 1 / (1 + e^-x) pays a full-precision division: at the medium LSTM shape
-// the gate activations were ~1 ms of a ~8 ms forward, where oneDNN's JIT-compiled LSTM spends
-// almost nothing. Here (oneDNN's approach, our own polynomials, fitted by weighted least squares
-// towards minimax in float64):
+// range handling, and σ = 1 / (1 + e^-x) paid a full-precision division; in a perf profile of
+// the medium LSTM forward SLEEF's tanh and exp took ~5% of the cycles and the row pass around
+// them (divisions included) ~11%, where oneDNN's JIT-compiled LSTM inlines its activations.
+// Here (oneDNN's approach, our own polynomials, fitted by weighted least squares towards
+// minimax in float64):
 //
 //   e^x   = 2^n (1 + r + r² P(r)),  n = round(x / ln 2),  r = x - n ln 2 (two-part ln 2), deg P = 5
-//   1 / d = r0 (2 - d r0),          r0 = rcp14(d): one Newton step from 14 bits to ~28
+//   1 / d = r0 + r0 (1 - d r0),     r0 = rcp14(d): one Newton step from 14 bits to ~28
 //   σ(x)  = 1 / (1 + e^-x)
 //   tanh  = x + x³ R(x²) for |x| < 0.625 (deg R = 4, no cancellation near 0),
 //           else sign(x) (1 - 2 / (1 + e^2|x|))
 //
 // Accuracy against float64 over [-100, 100] and special values (tests/fused/test_activations.py):
-// σ and tanh within 3 ulp of the rounded exact value (ATen's: within 1; SLEEF's tanh_u35 within
-// 3.5). NaN propagates (vmaxps/vminps return their second operand, x, when it is NaN);
-// tanh(±inf) = ±1, σ(+inf) = 1; below x = -88.7, σ(x) stays at σ(-88.7) ≈ 3e-39 (a subnormal)
-// instead of falling to 0: the clamp that keeps 1 + e^-x finite. float64 keeps SLEEF (pointwise.h): the float64 tests hold
-// the fused kernels to ~1e-15 of the reference loop.
+// σ and tanh within 3 ulp of the rounded exact value (measured the same way: ATen's float32 σ
+// 2.5 ulp, its tanh 0.5; SLEEF's tanh_u35 is specified within 3.5). NaN propagates
+// (vmaxps/vminps return their second operand, x, when it is NaN); tanh(±inf) = ±1,
+// σ(+inf) = 1; below x = -88.7, σ(x) stays at σ(-88.7) ≈ 3e-39 (a subnormal) instead of
+// falling to 0: the clamp that keeps 1 + e^-x finite. float64 keeps SLEEF (pointwise.h): the
+// float64 tests hold the fused kernels to ~1e-15 of the reference loop.
 #pragma once
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
