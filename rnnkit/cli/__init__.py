@@ -80,6 +80,15 @@ def _run(argv: Sequence[str] | None) -> int:
     debug = os.environ.get("RNNKIT_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if args.command == "train" and world > 1:  # before anything is read or written
+            raise CLIError(
+                f"rnnkit train runs one process, but WORLD_SIZE={world} (torchrun): every rank would "
+                "train its own copy into the same --out. For data-parallel training use "
+                "rnnkit.train.Trainer in a script under torchrun (docs/train.md, 'Distributed data "
+                "parallel'); rnnkit study splits its grid over torchrun's ranks",
+                code=2,
+            )
         result = args.func(args)
         return int(result or 0)
     except CLIError as e:
