@@ -1,5 +1,6 @@
-"""The fused kernels' σ and tanh (``csrc/pointwise.h``; float32 on AVX-512 CPUs: ``act512.h``'s
-polynomials) against float64, through ``rnnkit_ext::activation``.
+"""The fused kernels' σ and tanh (``csrc/pointwise.h``; float32: ``act512.h``'s polynomials on
+AVX-512 CPUs, ``act256.h``'s on AVX2) against float64, through ``rnnkit_ext::activation``; the
+AVX2 paths again in a process with ``RNNKIT_NO_AVX512=1``.
 
 The stated accuracy: float32 within 3 ulp of the correctly rounded value wherever that is a
 normal number; float64 (SLEEF) within 4 ulp of torch's float64. NaN propagates, the
@@ -57,8 +58,9 @@ def test_special_values(dtype):
     x = torch.tensor([0.0, -0.0, inf, -inf, nan, 1e30, -1e30, 20.0, -20.0], dtype=dtype)
     s, t = _act(x, 0), _act(x, 1)
     assert s[0] == 0.5 and s[1] == 0.5 and s[2] == 1 and s[5] == 1 and torch.isnan(s[4])
-    # below -88.7 the float32 σ stays at σ(-88.7) ≈ 3e-39 (act512.h): zero in every practical sense
-    assert 0 <= s[3] <= 3.1e-39 and 0 <= s[6] <= 3.1e-39
+    # far below -88 the float32 σ stays at a subnormal (act512.h: σ(-88.7) ≈ 3e-39; act256.h:
+    # σ(-88.3) ≈ 4.5e-39): zero in every practical sense
+    assert 0 <= s[3] <= 5e-39 and 0 <= s[6] <= 5e-39
     assert torch.equal(t[[2, 3, 5, 6]], torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=dtype))
     assert torch.isnan(t[4])
     assert t[0] == 0 and t[1] == 0 and torch.signbit(t[1]) and not torch.signbit(t[0])
@@ -80,3 +82,30 @@ def test_position_in_the_row_does_not_change_the_value(n, dtype):
 def test_rejects_an_unknown_function():
     with pytest.raises(RuntimeError, match="which must be 0 .sigmoid. or 1 .tanh., got 2"):
         _act(torch.zeros(3), 2)
+
+
+def test_the_avx2_paths_too(tmp_path):
+    """The same tests, and the fused LSTM/GRU against the loop, with the AVX2 code paths forced
+    (``RNNKIT_NO_AVX512=1``, read once per process: a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "RNNKIT_NO_AVX512": "1"}
+    tests = [__file__ + "::" + name for name in ("test_accuracy_against_float64", "test_special_values",
+             "test_position_in_the_row_does_not_change_the_value")]  # fmt: skip
+    tests.append(str(root / "tests/fused/test_fused_kernels.py"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    # and the switch took: on an AVX-512 CPU the two σ differ in some last bits (act256.h
+    # divides, act512.h takes a Newton step from rcp14)
+    out = tmp_path / "avx2.pt"
+    code = "import sys, torch; from rnnkit.kernels import ext; ext.available()"
+    code += "; torch.save(torch.ops.rnnkit_ext.activation(torch.linspace(-30, 30, 100001), 0), sys.argv[1])"
+    run = subprocess.run([sys.executable, "-c", code, str(out)], cwd=root, env=env, timeout=300)
+    assert run.returncode == 0
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+        assert not torch.equal(torch.load(out), _act(torch.linspace(-30, 30, 100001), 0))

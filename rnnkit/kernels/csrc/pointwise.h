@@ -3,64 +3,63 @@
 // dispatcher and TensorImpl overhead (~1-3 us) than its arithmetic; these helpers do the same
 // math with no Tensor at all.
 //
-// With AVX2 they call SLEEF (exported by libtorch_cpu, which dispatches on the CPU at run time):
-// sigmoid exactly as ATen's vectorized kernel, 1 / (1 + Sleef_exp*_u10(-x)); tanh through
+// float32 goes to inlined polynomials within 3 ulp (act512.h on AVX-512, act256.h on AVX2 +
+// FMA); float64 calls SLEEF (exported by libtorch_cpu, which dispatches on the CPU at run
+// time): sigmoid exactly as ATen's vectorized kernel, 1 / (1 + Sleef_exp*_u10(-x)); tanh through
 // SLEEF's 3.5-ulp routine (Sleef_tanh*_u35), 3x faster than the 1-ulp one ATen uses (measured:
-// 1.1 vs 3.7 us for 2048 floats, one core) and at the small shape ~1.3 us of a ~7 us step; it
-// differs from ATen's tanh in the last few bits only (float64 fused vs pure stays ~1e-15). Where
-// the CPU has AVX-512, float32 goes to act512.h's inlined routines instead (within 3 ulp).
-// The extension is compiled for baseline x86-64, so only these functions are built for AVX2 /
-// AVX-512 (target pragmas) and are chosen at run time; elsewhere a scalar std::exp / std::tanh
-// loop runs.
+// 1.1 vs 3.7 us for 2048 floats, one core); float64 fused vs pure stays ~1e-15. The extension
+// is compiled for baseline x86-64, so only these functions are built for AVX2 / AVX-512 (target
+// pragmas) and are chosen at run time; elsewhere a scalar std::exp / std::tanh loop runs.
 #pragma once
 #include <ATen/native/CPUBlas.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <string>
 
+#include "act256.h"
 #include "act512.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define RNNKIT_SLEEF 1
 #include <immintrin.h>
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,fma")
 extern "C" {
-__m256 Sleef_expf8_u10(__m256);
-__m256 Sleef_tanhf8_u35(__m256);
 __m256d Sleef_expd4_u10(__m256d);
 __m256d Sleef_tanhd4_u35(__m256d);
 }
 namespace rnnkit_pw {
-// y[0:n] = f(x[0:n]); x == y allowed. Tails shorter than a vector run scalar.
-inline void sigmoid_avx2(const float* x, float* y, int64_t n) {
-  const __m256 one = _mm256_set1_ps(1.f), sign = _mm256_set1_ps(-0.f);
+// y = f(x) 8 floats (4 doubles) at a time, the tail through a lane mask (the same bits wherever
+// a value sits in the row); x == y allowed. float32: act256.h; float64: SLEEF's routines.
+template <typename F>
+inline void map8(const float* x, float* y, int64_t n, const F& f) {
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8) {
-    const __m256 e = Sleef_expf8_u10(_mm256_xor_ps(sign, _mm256_loadu_ps(x + j)));
-    _mm256_storeu_ps(y + j, _mm256_div_ps(one, _mm256_add_ps(one, e)));
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, f(_mm256_loadu_ps(x + j)));
+  if (j < n) {
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(n - j)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(y + j, m, f(_mm256_maskload_ps(x + j, m)));
   }
-  for (; j < n; ++j) y[j] = 1.f / (1.f + std::exp(-x[j]));
 }
+template <typename F>
+inline void map4(const double* x, double* y, int64_t n, const F& f) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) _mm256_storeu_pd(y + j, f(_mm256_loadu_pd(x + j)));
+  if (j < n) {
+    const __m256i m = _mm256_cmpgt_epi64(_mm256_set1_epi64x(n - j), _mm256_setr_epi64x(0, 1, 2, 3));
+    _mm256_maskstore_pd(y + j, m, f(_mm256_maskload_pd(x + j, m)));
+  }
+}
+inline void sigmoid_avx2(const float* x, float* y, int64_t n) { map8(x, y, n, rnnkit_act::sigmoid8); }
 inline void sigmoid_avx2(const double* x, double* y, int64_t n) {
-  const __m256d one = _mm256_set1_pd(1.), sign = _mm256_set1_pd(-0.);
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) {
-    const __m256d e = Sleef_expd4_u10(_mm256_xor_pd(sign, _mm256_loadu_pd(x + j)));
-    _mm256_storeu_pd(y + j, _mm256_div_pd(one, _mm256_add_pd(one, e)));
-  }
-  for (; j < n; ++j) y[j] = 1. / (1. + std::exp(-x[j]));
+  map4(x, y, n, [](__m256d v) {
+    const __m256d one = _mm256_set1_pd(1.);
+    return _mm256_div_pd(one, _mm256_add_pd(one, Sleef_expd4_u10(_mm256_sub_pd(_mm256_setzero_pd(), v))));
+  });
 }
-inline void tanh_avx2(const float* x, float* y, int64_t n) {
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(y + j, Sleef_tanhf8_u35(_mm256_loadu_ps(x + j)));
-  for (; j < n; ++j) y[j] = std::tanh(x[j]);
-}
-inline void tanh_avx2(const double* x, double* y, int64_t n) {
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) _mm256_storeu_pd(y + j, Sleef_tanhd4_u35(_mm256_loadu_pd(x + j)));
-  for (; j < n; ++j) y[j] = std::tanh(x[j]);
-}
+inline void tanh_avx2(const float* x, float* y, int64_t n) { map8(x, y, n, rnnkit_act::tanh8); }
+inline void tanh_avx2(const double* x, double* y, int64_t n) { map4(x, y, n, Sleef_tanhd4_u35); }
 }  // namespace rnnkit_pw
 #pragma GCC pop_options
 
@@ -110,17 +109,21 @@ inline void tanh_avx512(const double* x, double* y, int64_t n) { map8(x, y, n, S
 
 namespace rnnkit_pw {
 
-inline bool has_avx2() {
+inline bool has_avx2() {  // with FMA (every AVX2 CPU in practice): act256.h and the row passes use it
 #ifdef RNNKIT_SLEEF
-  static const bool ok = __builtin_cpu_supports("avx2");
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 #else
   return false;
 #endif
 }
+// RNNKIT_NO_AVX512=1 (read once per process) makes an AVX-512 CPU take the AVX2 paths, so that
+// tests can run them here (tests/fused/test_activations.py).
 inline bool has_avx512() {
 #ifdef RNNKIT_SLEEF
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2");
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+                         !(std::getenv("RNNKIT_NO_AVX512") && std::string(std::getenv("RNNKIT_NO_AVX512")) != "0" &&
+                           std::string(std::getenv("RNNKIT_NO_AVX512")) != "");
   return ok;
 #else
   return false;
