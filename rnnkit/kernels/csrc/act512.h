@@ -5,7 +5,7 @@
 // the medium LSTM forward SLEEF's tanh and exp took ~5% of the cycles and the row pass around
 // them (divisions included) ~11%, where oneDNN's JIT-compiled LSTM inlines its activations.
 // Here (oneDNN's approach, our own polynomials, fitted by weighted least squares towards
-// minimax in float64):
+// minimax in float64; the constants in act_coeffs.h):
 //
 //   e^x   = 2^n (1 + r + r² P(r)),  n = round(x / ln 2),  r = x - n ln 2 (two-part ln 2), deg P = 5
 //   1 / d = r0 + r0 (1 - d r0),     r0 = rcp14(d): one Newton step from 14 bits to ~28
@@ -24,6 +24,8 @@
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 
+#include "act_coeffs.h"
+
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 namespace rnnkit_act {
@@ -32,16 +34,12 @@ inline __m512 exp16(__m512 x) {
   // e^-103.9 underflows through the subnormals like expf; e^88.7 stays finite, so 1 + e^x never
   // reaches inf (rcp16(inf) would make 0 * inf = NaN)
   x = _mm512_min_ps(_mm512_set1_ps(88.7f), _mm512_max_ps(_mm512_set1_ps(-103.9f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);  // ln 2, high bits exact
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.428606765330187e-06f), r);      // ln 2, the rest
-  __m512 p = _mm512_set1_ps(1.9790352962445468e-04f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3944648671895266e-03f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.333496749401093e-03f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166629537940025e-02f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666666567325592e-01f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), x);  // ln 2, high bits exact
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);      // ln 2, the rest
+  __m512 p = _mm512_set1_ps(kExpP[0]);
+  for (int k = 1; k < 6; ++k) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP[k]));
   p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);  // r + r² P(r)
   return _mm512_scalef_ps(_mm512_add_ps(p, _mm512_set1_ps(1.f)), n);
 }
@@ -58,15 +56,14 @@ inline __m512 sigmoid16(__m512 x) {
 inline __m512 tanh16(__m512 x) {
   // on |x|, the sign put back at the end (so tanh(-0) = -0)
   const __m512 a = _mm512_abs_ps(x), u = _mm512_mul_ps(x, x);
-  __m512 q = _mm512_set1_ps(-5.704985465854406e-03f);
-  q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(2.063908614218235e-02f));
-  q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-5.373971536755562e-02f));
-  q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(1.3331441581249237e-01f));
-  q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(-3.333328068256378e-01f));
+  __m512 q = _mm512_set1_ps(kTanhR[0]);
+  for (int k = 1; k < 5; ++k) q = _mm512_fmadd_ps(q, u, _mm512_set1_ps(kTanhR[k]));
   const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(a, u), q, a);
   const __m512 one = _mm512_set1_ps(1.f);
-  const __m512 big = _mm512_fnmadd_ps(_mm512_set1_ps(2.f), rcp16(_mm512_add_ps(one, exp16(_mm512_add_ps(a, a)))), one);
-  const __m512 t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, _mm512_set1_ps(0.625f), _CMP_LT_OQ), big, small);
+  const __m512 e2a = exp16(_mm512_add_ps(a, a));
+  const __m512 big = _mm512_fnmadd_ps(_mm512_set1_ps(2.f), rcp16(_mm512_add_ps(one, e2a)), one);
+  const __mmask16 near0 = _mm512_cmp_ps_mask(a, _mm512_set1_ps(kTanhSmall), _CMP_LT_OQ);
+  const __m512 t = _mm512_mask_blend_ps(near0, big, small);
   const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(int(0x80000000u)));
   return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(t), sign));
 }

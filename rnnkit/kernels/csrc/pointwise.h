@@ -65,8 +65,9 @@ inline void tanh_avx2(const double* x, double* y, int64_t n) { map4(x, y, n, Sle
 
 // The same on 16 floats (8 doubles) at a time where the CPU has AVX-512: float32 through
 // act512.h's inlined polynomials (within 3 ulp; the LSTM family's forward 3-10% faster at
-// medium than with SLEEF's routines, benchmarks/RESULTS.md), float64 through SLEEF's avx512f routines (also exported by libtorch_cpu; on cores with
-// full-width AVX-512 units twice the AVX2 routines' throughput, the same results lane by lane).
+// medium than with SLEEF's routines, benchmarks/RESULTS.md), float64 through SLEEF's avx512f
+// routines (also exported by libtorch_cpu; on cores with full-width AVX-512 units twice the
+// AVX2 routines' throughput, the same results lane by lane).
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 extern "C" {
