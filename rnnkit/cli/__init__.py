@@ -18,6 +18,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from rnnkit.train.distributed import finish_process, launched_world_size
+
 __all__ = ["main", "build_parser", "CLIError"]
 
 
@@ -71,8 +73,6 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status
     (a rank of a ``torchrun`` job leaves with it instead: :func:`rnnkit.train.finish_process`)."""
-    from rnnkit.train.distributed import finish_process
-
     return finish_process(_run(argv))
 
 
@@ -80,7 +80,7 @@ def _run(argv: Sequence[str] | None) -> int:
     debug = os.environ.get("RNNKIT_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        world = launched_world_size()
         if args.command == "train" and world > 1:  # before anything is read or written
             raise CLIError(
                 f"rnnkit train runs one process, but WORLD_SIZE={world} (torchrun): every rank would "

@@ -36,10 +36,10 @@ __all__ = ["Arch", "Spec", "Study", "STUDIES", "get_study", "run_study", "add_ar
 
 def _dist() -> tuple[int, int]:
     """(rank, world size) under torchrun (process group initialized), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    from rnnkit.train.distributed import launched_world_size, setup_distributed
+
+    if launched_world_size() <= 1:
         return 0, 1
-    from rnnkit.train import setup_distributed
 
     info = setup_distributed("gloo", device="cpu")
     return info.rank, info.world_size
@@ -130,7 +130,8 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         from rnnkit.train import cleanup_distributed
 
         cleanup_distributed()
-    return {"out": out, "steps": steps, "records": records, "skipped": len(specs) - len(todo), **written}
+    return {"out": out, "steps": steps, "records": records, "skipped": len(specs) - len(todo), "rank": rank,
+            **written}  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -163,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         archs=args.archs.split(",") if args.archs else None, settings=dict(args.set), workers=args.workers,
         threads=args.threads, progress=False if args.no_progress else None,
     )  # fmt: skip
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun: one summary, from rank 0
+    if res["rank"] == 0:  # under torchrun: one summary, from rank 0
         print(f"{len(res['records'])} runs ({res['skipped']} resumed), {res['steps']} steps each -> {out}")
         if "table" in res:
             print(res["table"])

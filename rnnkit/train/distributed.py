@@ -28,7 +28,7 @@ __all__ = [
     "barrier",
     "all_reduce_sum",
     "all_gather_object",
-    "joined_process_group",
+    "launched_world_size",
     "finish_process",
 ]
 
@@ -53,7 +53,7 @@ def setup_distributed(backend: str | None = None, *, device: str | None = None) 
     ``backend`` defaults to ``nccl`` with CUDA, else ``gloo``. On GPU each process uses
     ``cuda:LOCAL_RANK``. Returns the rank, world size and device of this process.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and device != "cpu"
@@ -71,10 +71,9 @@ def setup_distributed(backend: str | None = None, *, device: str | None = None) 
     return DistInfo(rank, world, local, dev)
 
 
-def joined_process_group() -> bool:
-    """Whether :func:`setup_distributed` initialized a process group in this process (it
-    may have been destroyed since)."""
-    return _JOINED
+def launched_world_size() -> int:
+    """The ``WORLD_SIZE`` torchrun set for this process; 1 without torchrun (no group needed)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def finish_process(code: int) -> int:
