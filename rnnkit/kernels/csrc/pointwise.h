@@ -122,9 +122,11 @@ inline bool has_avx2() {  // with FMA (every AVX2 CPU in practice): act256.h and
 // tests can run them here (tests/fused/test_activations.py).
 inline bool has_avx512() {
 #ifdef RNNKIT_SLEEF
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-                         !(std::getenv("RNNKIT_NO_AVX512") && std::string(std::getenv("RNNKIT_NO_AVX512")) != "0" &&
-                           std::string(std::getenv("RNNKIT_NO_AVX512")) != "");
+  static const bool ok = [] {
+    const char* off = std::getenv("RNNKIT_NO_AVX512");
+    const bool forced_off = off && *off && std::string(off) != "0";
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && !forced_off;
+  }();
   return ok;
 #else
   return false;
