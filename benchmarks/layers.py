@@ -104,7 +104,14 @@ def _timer(fn: Callable[[nn.Module], object], m: nn.Module, inner: int = 1) -> f
     return (_clock() - t0) / inner
 
 
-def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repeat: int, loop: bool = True):
+def bench_case(
+    family: str,
+    kwargs: dict,
+    shape: tuple[int, int, int, int],
+    repeat: int,
+    loop: bool = True,
+    graphs: bool = False,
+):
     T, B, I, H = shape
     ours_cls, torch_cls = FAMILIES[family]
     torch.manual_seed(0)
@@ -118,6 +125,8 @@ def bench_case(family: str, kwargs: dict, shape: tuple[int, int, int, int], repe
     if dispatch.fused_supported(fused):
         fused.impl = "fused"
         models["fused"] = fused
+    if graphs:  # the layer as users build it, replayed as CUDA graphs (rnnkit.cuda_graphed)
+        models["graphed"] = rnnkit.cuda_graphed(ours_cls(I, H, **kwargs))
     for m in models.values():
         m.to(DEVICE).train()
     x = torch.randn(T, B, I, device=DEVICE)
@@ -166,7 +175,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--device", default="cpu", help="cpu or cuda (wall clock, synchronized)")
     ap.add_argument("--no-loop", action="store_true", help="skip the generic-loop contestant")
+    ap.add_argument(
+        "--graphs", action="store_true", help="CUDA: add rnnkit.cuda_graphed(layer) (three more columns)"
+    )
     args = ap.parse_args(argv)
+    if args.graphs and args.device == "cpu":
+        ap.error("--graphs needs --device cuda")
     torch.set_num_threads(args.threads)
     global _clock, DEVICE
     _clock = CLOCKS[args.clock]
@@ -178,13 +192,14 @@ def main(argv: list[str] | None = None) -> None:
         "| case | shape | rnnkit fwd ms | torch fwd ms | loop fwd ms | fused fwd ms | rnnkit train ms | "
         "torch train ms | loop train ms | fused train ms | fwd rnnkit/torch | train rnnkit/torch | "
         "train loop/rnnkit | fwd fused/torch | train fused/torch | train loop/fused |"
+        + (" graphed fwd ms | graphed train ms | train graphed/torch |" if args.graphs else "")
     )
-    print("|---|---|" + "---:|" * 14)
+    print("|---|---|" + "---:|" * (17 if args.graphs else 14))
     for name, family, kwargs in CASES:
         if wanted and name not in wanted:
             continue
         for sname in args.shapes.split(","):
-            r = bench_case(family, kwargs, SHAPES[sname], args.repeat, loop=not args.no_loop)
+            r = bench_case(family, kwargs, SHAPES[sname], args.repeat, not args.no_loop, args.graphs)
             cells = [
                 _fmt(r, ("rnnkit", "fwd")),
                 _fmt(r, ("torch", "fwd")),
@@ -201,6 +216,12 @@ def main(argv: list[str] | None = None) -> None:
                 _fmt(r, ("fused", "train"), ("torch", "train"), ".3f"),
                 _fmt(r, ("loop", "train"), ("fused", "train")),
             ]
+            if args.graphs:
+                cells += [
+                    _fmt(r, ("graphed", "fwd")),
+                    _fmt(r, ("graphed", "train")),
+                    _fmt(r, ("graphed", "train"), ("torch", "train"), ".3f"),
+                ]
             print(f"| {name} | {sname} | " + " | ".join(cells) + " |", flush=True)
 
 

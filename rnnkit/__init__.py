@@ -6,6 +6,7 @@ features are extra keyword arguments whose defaults change nothing.
 
 from . import losses
 from ._checks import RecurrentInputError
+from .graphs import CUDAGraphed, cuda_graphed
 from .layers import RecurrentStack
 from .modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, StepCell
 from .regularizers import EmbeddingDropout, LockedDropout
@@ -23,6 +24,8 @@ __all__ = [
     "StepCell",
     "RecurrentInputError",
     "detach_state",
+    "cuda_graphed",
+    "CUDAGraphed",
     "LockedDropout",
     "EmbeddingDropout",
     "losses",

@@ -239,3 +239,85 @@ def test_trainer_runs_on_cuda(tmp_path):
     )
     assert rc == 0
     assert (out / "run.json").exists()
+
+
+# -- rnnkit.cuda_graphed -----------------------------------------------------------------------
+def _flat_state(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize(
+    "cls,opts",
+    [
+        (rnnkit.LSTM, {}),  # cuDNN inside the graph
+        (rnnkit.LSTM, {"peephole": True, "num_layers": 2, "bidirectional": True}),
+        (rnnkit.LSTM, {"norm": "layer"}),
+        (rnnkit.GRU, {"variant": "mut1"}),
+        (rnnkit.RNN, {"norm": "layer", "num_layers": 2}),
+    ],
+)
+def test_cuda_graphed_matches_eager(cls, opts):
+    """Replays give the eager layer's outputs, states and gradients (inputs, h0, parameters),
+    call after call with new data, and gradients accumulate like eager ones."""
+    torch.manual_seed(0)
+    eager = cls(5, 7, **opts).to(DEV)
+    graphed = rnnkit.cuda_graphed(cls(5, 7, **opts).to(DEV))
+    graphed.load_state_dict(eager.state_dict())
+    layers = opts.get("num_layers", 1) * (2 if opts.get("bidirectional") else 1)
+    for _ in range(3):
+        x = torch.randn(6, 3, 5, device=DEV)
+        h0 = [torch.randn(layers, 3, 7, device=DEV) for _ in range(2 if cls is rnnkit.LSTM else 1)]
+        results = []
+        for m in (eager, graphed):
+            xr, hr = x.clone().requires_grad_(), [h.clone().requires_grad_() for h in h0]
+            out, state = m(xr, tuple(hr) if len(hr) == 2 else hr[0])
+            (out.square().sum() + sum(s.sum() for s in _flat_state(state))).backward()
+            results.append([out, *_flat_state(state), xr.grad, *(h.grad for h in hr)])
+        _close(results[1], results[0], 1e-5)
+    # no zero_grad between the calls: the parameters' gradients are sums of three
+    for a, b in zip(graphed.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+    assert len(graphed._graphs) == 1
+    with torch.no_grad():  # another signature: a forward-only graph
+        torch.testing.assert_close(graphed(x)[0], eager(x)[0], atol=1e-5, rtol=1e-5)
+    assert len(graphed._graphs) == 2
+
+
+@pytest.mark.parametrize("opts", [{"zoneout": (0.2, 0.1)}, {"recurrent_dropout": 0.3}, {"weight_drop": 0.5}])
+def test_cuda_graphed_draws_fresh_masks_each_replay(opts):
+    def run(seed):
+        torch.manual_seed(seed)
+        m = rnnkit.cuda_graphed(rnnkit.LSTM(5, 7, **opts).to(DEV))
+        x = torch.ones(6, 3, 5, device=DEV)
+        outs = []
+        for _ in range(3):
+            y = m(x)[0]
+            y.sum().backward()
+            outs.append(y.detach())
+        return outs
+
+    a, b = run(0), run(0)
+    _close(a, b, 0)  # reproducible under a seed
+    assert not torch.equal(a[1], a[2])  # but each replay draws its own masks
+    assert all(torch.isfinite(y).all() for y in a)
+
+
+def test_cuda_graphed_refuses_a_stale_backward():
+    m = rnnkit.cuda_graphed(rnnkit.LSTM(5, 7, peephole=True).to(DEV))
+    x = torch.randn(6, 3, 5, device=DEV)
+    y1 = m(x)[0]
+    y2 = m(x)[0]  # same signature: the replay overwrites y1's saved activations
+    with pytest.raises(RuntimeError, match="overwritten by a later call"):
+        y1.sum().backward()
+    y2.sum().backward()  # the latest one is fine
+
+
+def test_cuda_graphed_keeps_max_graphs_signatures():
+    m = rnnkit.cuda_graphed(rnnkit.GRU(5, 7, norm="layer").to(DEV), max_graphs=2)
+    for t in (3, 4, 5, 3):
+        m(torch.randn(t, 2, 5, device=DEV))[0].sum().backward()
+    assert len(m._graphs) == 2
+    m.eval()  # the training flag is part of the signature
+    with torch.no_grad():
+        ref = m.layer(torch.ones(3, 2, 5, device=DEV))[0]
+        torch.testing.assert_close(m(torch.ones(3, 2, 5, device=DEV))[0], ref)

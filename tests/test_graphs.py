@@ -1,0 +1,52 @@
+"""rnnkit.cuda_graphed where no GPU is needed: eager fallback, checkpoints, arguments.
+
+The graphs themselves are tested on a GPU in tests/test_cuda.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN])
+def test_cpu_calls_run_the_layer_itself(cls):
+    torch.manual_seed(0)
+    layer = cls(3, 4, num_layers=2)
+    g = rnnkit.cuda_graphed(layer)
+    x = torch.randn(5, 2, 3)
+    out, state = g(x)
+    ref_out, ref_state = layer(x)
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
+    for a, b in zip(
+        state if isinstance(state, tuple) else (state,),
+        ref_state if isinstance(ref_state, tuple) else (ref_state,),
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    packed = pack_padded_sequence(x, torch.tensor([5, 3]))
+    torch.testing.assert_close(g(packed)[0].data, layer(packed)[0].data, rtol=0, atol=0)
+    assert not g._graphs  # nothing captured off the GPU
+
+
+def test_checkpoints_have_the_layers_own_keys():
+    """A wrapped layer saves and loads the same keys as the bare layer, also nested."""
+    torch.manual_seed(0)
+    bare = nn.Sequential(rnnkit.LSTM(3, 4, peephole=True))
+    wrapped = nn.Sequential(rnnkit.cuda_graphed(rnnkit.LSTM(3, 4, peephole=True)))
+    assert list(wrapped.state_dict()) == list(bare.state_dict())
+    wrapped.load_state_dict(bare.state_dict())  # strict: no missing or unexpected keys
+    for a, b in zip(wrapped.parameters(), bare.parameters(), strict=True):
+        assert torch.equal(a, b)
+    bare.load_state_dict(wrapped.state_dict())
+    with pytest.raises(RuntimeError, match="Missing key"):
+        wrapped.load_state_dict({})
+
+
+@pytest.mark.parametrize("kw", [{"max_graphs": 0}, {"warmup": 0}])
+def test_bad_arguments(kw):
+    with pytest.raises(ValueError, match="max_graphs and warmup must be >= 1"):
+        rnnkit.cuda_graphed(rnnkit.LSTM(3, 4), **kw)
