@@ -1,11 +1,13 @@
 """The compiled normalized kernels on two threads against the pure-PyTorch twin (float64),
 with and without the tensors saved for backward.
 
-``csrc/norm.cpp`` / ``norm_bwd.cpp`` split a step's rows over the threads and the step GEMMs
-over column blocks once a step is big enough (``norm_kernels.h``: >= 8192 values per step for
-the rows, >= 2^20 multiply-adds for a GEMM). The shapes here pass both thresholds, and the
-batch shrinks over the steps (packed), so a race on a row, on a per-thread accumulator of the
-gain/shift gradients or on a column block would show up as a mismatch at float64 precision.
+``csrc/norm.cpp`` / ``norm_bwd.cpp`` use the threads once a step is big enough
+(``norm_kernels.h``: >= 8192 values per step): layer norm and batch norm's evaluation give each
+thread a block of batch rows for the whole loop (``over_steps``), batch norm in training splits each step's rows and its GEMMs'
+column blocks (>= 2^20 multiply-adds). The shapes here pass the thresholds, and the batch
+shrinks over the steps (packed), so a race on a row, on a per-thread accumulator of the
+gain/shift gradients or on a column block, or a row block reading another's rows, would show
+up as a mismatch at float64 precision.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from rnnkit.kernels import norm_ops
 BS = [40, 40, 33, 21]  # packed batch sizes: B = 40, shrinking
 
 
-def _args(kind: str, mode: int, H: int):
+def _args(kind: str, mode: int, H: int, P: int | None = None):
+    """The op's arguments; ``P``: an LSTM with ``proj_size=P`` (h has P features, c has H)."""
     N, B = sum(BS), BS[0]
+    P = P or H
     G = {"lstm": 4 * H, "gru": 3 * H}.get(kind, H)
     lstm = kind == "lstm"
     g = torch.Generator().manual_seed(1)
@@ -40,30 +44,33 @@ def _args(kind: str, mode: int, H: int):
         st_hh = torch.stack([t(N, G), u(N, G) + 0.5])
         st_c = torch.stack([t(N, H), u(N, H) + 0.5]) if lstm else None
     return [
-        t(N, G), t(B, H), t(B, H) if lstm else None, t(G, H, scale=H**-0.5), t(G) if kind == "gru" else None,
-        None, (u(B, H) > 0.25).double() / 0.75, u(N, H) * 0.3, u(N, H) * 0.3 if lstm else None,
+        t(N, G), t(B, P), t(B, H) if lstm else None, t(G, P, scale=P**-0.5), t(G) if kind == "gru" else None,
+        t(P, H, scale=H**-0.5) if P != H else None, (u(B, P) > 0.25).double() / 0.75, u(N, P) * 0.3,
+        u(N, H) * 0.3 if lstm else None,
         u(G) + 0.5, t(G) if mode == 1 else None, u(H) + 0.5 if lstm else None, t(H) if lstm else None,
         st_hh, st_c,
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "kind,mode,H",
+    "kind,mode,H,P",
     [
-        ("lstm", 1, 96),
-        ("lstm", 2, 96),
-        ("lstm", 3, 96),
-        ("lstm", 2, 100),
-        ("lstm", 3, 100),
-        ("gru", 1, 96),
-        ("rnn_tanh", 1, 256),
+        ("lstm", 1, 96, None),
+        ("lstm", 1, 96, 40),  # proj_size: the projection GEMM on each thread's rows too
+        ("lstm", 2, 96, 40),
+        ("lstm", 2, 96, None),
+        ("lstm", 3, 96, None),
+        ("lstm", 2, 100, None),
+        ("lstm", 3, 100, None),
+        ("gru", 1, 96, None),
+        ("rnn_tanh", 1, 256, None),
     ],
 )
-def test_two_threads_equal_pure(kind, mode, H, two_threads):
+def test_two_threads_equal_pure(kind, mode, H, P, two_threads):
     from .test_fused_kernels import require_ext
 
     require_ext()
-    args = _args(kind, mode, H)
+    args = _args(kind, mode, H, P)
     ext = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True)
     ref = norm_ops.forward_impl(kind, mode, False, False, *args, BS, True)
     for a, b in zip(ext, ref):

@@ -13,33 +13,7 @@ namespace rnnkit_gru_rnn {
 using at::Tensor;
 using rnnkit_common::Steps;
 
-// f(b0, b1) over batch rows [0, B): one contiguous block of rows per thread for the WHOLE time
-// loop (row b of a step depends only on row b of the previous step, forward and backward), so
-// one fork/join per call and no barrier inside the loop. Packed input: rows are sorted by
-// decreasing length, so the cuts balance the row-steps (sum over steps of the active rows in a
-// block), not the rows. Steps under 2048 values (B * width) stay on one thread: the fork/join
-// (~5 us) would cost more than it saves; else at least 4 rows per thread.
-template <typename F>
-void batch_blocks(int64_t B, int64_t width, const Steps& steps, const F& f) {
-  constexpr int64_t kMinRows = 4;
-  const int64_t k = B * width < 2048 ? 1 : std::min<int64_t>(at::get_num_threads(), B / kMinRows);
-  if (k <= 1 || at::in_parallel_region()) return f(int64_t(0), B);
-  std::vector<int64_t> len(B, 0), cut(k + 1, B);  // len[b]: steps in which row b is active
-  for (const auto& st : steps)
-    for (int64_t b = 0; b < std::min(st.second, B); ++b) ++len[b];
-  int64_t total = 0, acc = 0, i = 1;
-  for (int64_t b = 0; b < B; ++b) total += len[b];
-  cut[0] = 0;
-  for (int64_t b = 0; b < B && i < k; ++b) {
-    acc += len[b];
-    for (; i < k && acc * k >= total * i; ++i) cut[i] = b + 1;
-  }
-  for (int64_t j = 1; j <= k; ++j) cut[j] = std::min(std::max(cut[j], cut[j - 1]), B);
-  at::parallel_for(0, k, 1, [&](int64_t i0, int64_t i1) {
-    for (int64_t j = i0; j < i1; ++j)
-      if (cut[j + 1] > cut[j]) f(cut[j], cut[j + 1]);
-  });
-}
+using rnnkit_common::batch_blocks;
 
 using OptT = std::optional<Tensor>;
 

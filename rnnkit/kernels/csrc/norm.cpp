@@ -4,13 +4,15 @@
 // The same buffers, schedule and equations as rnnkit/kernels/norm.py (see there), so the same
 // numbers up to rounding (float64: 1e-12, batch norm of a few rows 1e-10). Per step, with no
 // Tensor created: h_{t-1} (times the dropout mask) -> the recurrent group r_t = h W_hh^T
-// (csrc/norm_kernels.h step_xwt: brgemm for float32, dgemm for float64, split by output
-// columns over the threads at the medium shape and up) -> one pass per row, the rows split over
-// the threads (prows): the normalization of r_t (mode 1 layer norm: the row's own statistics;
+// (csrc/norm_kernels.h step_xwt: brgemm for float32, dgemm for float64) -> one pass per row:
+// the normalization of r_t (mode 1 layer norm: the row's own statistics;
 // 2 batch norm: the step's column statistics, computed just before; 3 given per-row statistics)
 // with gain, shift and the added terms, the gate activations (SLEEF, pointwise.h), the cell
-// update, the cell's normalization and tanh, the output and zoneout. Batch norm computes its
-// column statistics between the passes, so an LSTM step there takes two row passes.
+// update, the cell's normalization and tanh, the output and zoneout. Threads (over_steps):
+// layer norm and batch norm in evaluation give each thread one block of batch rows for the whole
+// loop (a row depends only on its own past); batch norm in training computes its column statistics between the passes, so there the
+// threads split each step (the GEMM by output columns, the row passes by rows) and an LSTM step
+// takes two row passes.
 // kind: "lstm", "gru" (torch form), "rnn_tanh", "rnn_relu".
 #include <torch/library.h>
 
@@ -69,11 +71,11 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const Tensor WRT = proj && xp.scalar_type() == at::kFloat ? w_hr->t().contiguous() : WR;
       T_ *C = cbuf.data_ptr<T_>(), *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>();
       T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
-      for (int64_t k = 0; k < T; ++k) {
-        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0;
+      over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
+        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
         T_* HP = HPV + so * P;
-        for (int64_t i = 0; i < bs * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
-        step_xwt(HP, Wp, WTp, R, bs, G4, P);
+        for (int64_t i = r0 * P; i < r1 * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
+        step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P);
         nh.stats(R, bs, k);
         // h_t of row b from its normalized cell: tanh(norm_c(c_t)), o ⊙ it, zoneout on c (and
         // on h without projection)
@@ -91,8 +93,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
           if (!proj)
             for (int64_t j = 0; j < H; ++j) HB[b * H + j] = hr[j] = ZH ? lerp(hr[j], HB[b * H + j], ZH[n * H + j]) : hr[j];
         };
-        prows(bs, G4, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
+        prows(nr, G4, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
             const int64_t n = off + b, ns = so + b;
             T_ *r = R + b * G4, *g = GT + ns * G4, *c = C + b * H, *cp = CPV + ns * H;
             nh.row(r, n, ns, k, XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
@@ -109,16 +111,16 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
         });
         if (mode != kLN) {
           nc.stats(C, bs, k);
-          prows(bs, G4, [&](int64_t b0, int64_t b1) {
-            for (int64_t b = b0; b < b1; ++b) out_row(b);
+          prows(nr, G4, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = r0 + b0; b < r0 + b1; ++b) out_row(b);
           });
         }
         if (proj) {  // out = hraw W_hr^T, then zoneout on h
           T_* y = O + off * P;
-          step_xwt(HRW + so * H, WR.data_ptr<T_>(), WRT.data_ptr<T_>(), y, bs, P, H);
-          for (int64_t i = 0; i < bs * P; ++i) HB[i] = y[i] = ZH ? lerp(y[i], HB[i], ZH[off * P + i]) : y[i];
+          step_xwt(HRW + (so + r0) * H, WR.data_ptr<T_>(), WRT.data_ptr<T_>(), y + r0 * P, nr, P, H);
+          for (int64_t i = r0 * P; i < r1 * P; ++i) HB[i] = y[i] = ZH ? lerp(y[i], HB[i], ZH[off * P + i]) : y[i];
         }
-      }
+      });
       res = {out, hbuf, cbuf, hh[2], hh[3], cg[2], cg[3], gates, cprev, tanhc, hprev, hraw, hh[0], hh[1],
              cg[0], cg[1]};
     } else if (kind == "gru") {
@@ -128,17 +130,17 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const Tensor bh = b_hh.has_value() ? b_hh->contiguous() : e();
       T_ *GT = gates.data_ptr<T_>(), *AN = an.data_ptr<T_>(), *HMV = M ? hprev_m.data_ptr<T_>() : HPV;
       const T_* BH = b_hh.has_value() ? bh.data_ptr<T_>() : nullptr;
-      for (int64_t k = 0; k < T; ++k) {
-        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0;
+      over_steps(mode != kBNTrain, B, G, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
+        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
         T_ *HP = HPV + so * H, *HM = HMV + so * H;
-        for (int64_t i = 0; i < bs * H; ++i) {
+        for (int64_t i = r0 * H; i < r1 * H; ++i) {
           HP[i] = HB[i];
           if (M) HM[i] = HB[i] * M[i];
         }
-        step_xwt(HM, Wp, WTp, R, bs, G, H);
+        step_xwt(HM + r0 * H, Wp, WTp, R + r0 * G, nr, G, H);
         nh.stats(R, bs, k);
-        prows(bs, G, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
+        prows(nr, G, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
             const int64_t n = off + b, ns = so + b;
             T_ *r = R + b * G, *g = GT + ns * G, *ar = AN + ns * H, *y = O + n * H;
             const T_ *x = XP + n * G, *hp = HP + b * H;
@@ -158,20 +160,20 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
             }
           }
         });
-      }
+      });
       res = {out, hbuf, e(), hh[2], hh[3], e(), e(), gates, an, hprev, hprev_m, hh[0], hh[1]};
     } else {
       const bool relu = kind == "rnn_relu";
       Tensor hnew = ZH ? at::empty({NS, P}, o) : e();
       T_* HN = ZH ? hnew.data_ptr<T_>() : O;
-      for (int64_t k = 0; k < T; ++k) {
-        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0;
+      over_steps(mode != kBNTrain, B, G, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
+        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
         T_* HP = HPV + so * P;
-        for (int64_t i = 0; i < bs * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
-        step_xwt(HP, Wp, WTp, R, bs, G, P);
+        for (int64_t i = r0 * P; i < r1 * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
+        step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G, nr, G, P);
         nh.stats(R, bs, k);
-        prows(bs, G, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b) {
+        prows(nr, G, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
             const int64_t n = off + b;
             T_ *r = R + b * G, *h = ZH ? HN + (so + b) * P : O + n * P, *y = O + n * P, *hb = HB + b * P;
             nh.row(r, n, so + b, k, XP + n * G, nullptr, r);  // a = norm_hh(r) + xp
@@ -182,7 +184,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
             for (int64_t j = 0; j < P; ++j) y[j] = hb[j] = ZH ? lerp(h[j], hb[j], ZH[n * P + j]) : h[j];
           }
         });
-      }
+      });
       res = {out, hbuf, e(), hh[2], hh[3], e(), e(), hnew, hprev, hh[0], hh[1]};
     }
   });

@@ -1,11 +1,12 @@
 // Explicit BPTT of the normalized directions (forward: norm.cpp), the equations of
-// rnnkit/kernels/norm.py's backward. Per step, with no Tensor created: one pass per row (rows
-// split over the threads, prows) for dL/dh (gout + the carried dh, zoneout's split), the gate
+// rnnkit/kernels/norm.py's backward. Per step, with no Tensor created: one pass per row for dL/dh (gout + the carried dh, zoneout's split), the gate
 // gradients, the cell norm's backward and the recurrent norm's backward (dr_t), the gain/shift
-// gradients accumulated in float64 per thread (NormB); then dh_{t-1} = dr_t W_hh (step_xw,
-// split over the threads by output columns) and one pass for the mask and zoneout's direct
-// part. Batch norm in training needs the step's column means of dx^ before a row's dr, so
-// there the row pass is cut in two or three with those means in between. Weight gradients are
+// gradients accumulated in float64 per thread (NormB); then dh_{t-1} = dr_t W_hh (step_xw) and
+// one pass for the mask and zoneout's direct part. Threads as in the forward (over_steps): layer
+// norm and batch norm with given statistics, one block of batch rows per thread for the whole
+// loop; batch norm in training needs the
+// step's column means of dx^ before a row's dr, so there the row pass is cut in two or three
+// with those means in between, each pass split by rows and the GEMM by output columns. Weight gradients are
 // single GEMMs over all steps after the loop.
 #include "norm_kernels.h"
 
@@ -16,7 +17,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
                              bool has_bias, const OptT& w_hr, const OptT& mask_, const OptT& zh_, const OptT& zc_,
                              const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
                              const OptT& st_c, std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
-  const int64_t B = ghn.size(0), P = ghn.size(1), T = batch_sizes.size(), N = out.size(0), G = w_hh.size(0);
+  const int64_t B = ghn.size(0), P = ghn.size(1), N = out.size(0), G = w_hh.size(0);
   const auto steps = schedule(batch_sizes, reverse);
   auto o = out.options();
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
@@ -37,29 +38,29 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
     const T_ *GO = gout.data_ptr<T_>(), *Wp = W.data_ptr<T_>();
     const T_ *M = ptr<T_>(mask), *ZH = ptr<T_>(zh), *ZC = ptr<T_>(zc);
     // dh_{t-1} = (dr_t W_hh) ⊙ m (+ extra) (+ zoneout's direct part)
-    auto recur = [&](int64_t off, int64_t bs, const T_* extra) {
-      step_xw(DR + off * G, Wp, DHB, bs, P, G);
+    auto recur = [&](int64_t off, int64_t r0, int64_t r1, const T_* extra) {
+      step_xw(DR + (off + r0) * G, Wp, DHB + r0 * P, r1 - r0, P, G);
       if (M || extra || ZH)
-        for (int64_t i = 0; i < bs * P; ++i) {
+        for (int64_t i = r0 * P; i < r1 * P; ++i) {
           T_ v = M ? DHB[i] * M[i] : DHB[i];
           if (extra) v += extra[i];
           DHB[i] = ZH ? v + DHZ[i] : v;
         }
     };
-    // rows [0, bs) of one step through f1 (every row), then (batch norm in training) the
-    // column means, then f2, and so on; for layer norm all in one pass per row
-    auto passes = [&](int64_t bs, int64_t width, const std::vector<std::function<void(int64_t)>>& fs,
+    // rows [r0, r1) of one step through f1 (every row), then (batch norm in training: all
+    // the step's rows) the column means, then f2, and so on; otherwise all in one pass per row
+    auto passes = [&](int64_t r0, int64_t r1, int64_t width, const std::vector<std::function<void(int64_t)>>& fs,
                       const std::vector<std::function<void()>>& between) {
       if (mode == kBNTrain) {
         for (size_t i = 0; i < fs.size(); ++i) {
           if (i) between[i - 1]();
-          prows(bs, width, [&](int64_t b0, int64_t b1) {
-            for (int64_t b = b0; b < b1; ++b) fs[i](b);
+          prows(r1 - r0, width, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = r0 + b0; b < r0 + b1; ++b) fs[i](b);
           });
         }
       } else {
-        prows(bs, width, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = b0; b < b1; ++b)
+        prows(r1 - r0, width, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = r0 + b0; b < r0 + b1; ++b)
             for (const auto& f : fs) f(b);
         });
       }
@@ -78,11 +79,11 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       T_ *DY = dyc.data_ptr<T_>(), *DCN = dcn.data_ptr<T_>(), *DCZ = dcz.data_ptr<T_>();
       T_* DHA = proj ? dh_all.data_ptr<T_>() : nullptr;
       const T_ *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>(), *TCV = tanhc.data_ptr<T_>();
-      for (int64_t k = T - 1; k >= 0; --k) {
-        const int64_t off = steps[k].first, bs = steps[k].second;
-        if (proj) {  // dL/dh~ for all rows, then through the projection: dh = dh~ W_hr
-          dh_step(bs * P, GO + off * P, DHB, ZH ? ZH + off * P : nullptr, DHZ, DHA + off * P);
-          step_xw(DHA + off * P, WR.data_ptr<T_>(), DHT, bs, H, P);
+      over_steps(mode != kBNTrain, B, G4, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
+        const int64_t off = steps[k].first, bs = steps[k].second, o0 = off + r0;
+        if (proj) {  // dL/dh~ for the rows, then through the projection: dh = dh~ W_hr
+          dh_step((r1 - r0) * P, GO + o0 * P, DHB + r0 * P, ZH ? ZH + o0 * P : nullptr, DHZ + r0 * P, DHA + o0 * P);
+          step_xw(DHA + o0 * P, WR.data_ptr<T_>(), DHT + r0 * H, r1 - r0, H, P);
         }
         auto f1 = [&](int64_t b) {  // d o', d y_c (the cell norm's output)
           const int64_t n = off + b;
@@ -116,9 +117,10 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
             for (int64_t j = 0; j < H; ++j) dc[j] += DCZ[b * H + j];
         };
         auto f3 = [&](int64_t b) { nh.row(DG + (off + b) * G4, off + b, k, DR + (off + b) * G4); };
-        passes(bs, G4, {f1, f2, f3}, {[&] { nc.stats(DY, off, bs); }, [&] { nh.stats(DG + off * G4, off, bs); }});
-        recur(off, bs, nullptr);
-      }
+        passes(r0, r1, G4, {f1, f2, f3},
+               {[&] { nc.stats(DY, off, bs); }, [&] { nh.stats(DG + off * G4, off, bs); }});
+        recur(off, r0, r1, nullptr);
+      });
       res[0] = dgates;
       res[2] = dcbuf;
       if (proj) res[5] = mm_tn(dh_all, hraw, onednn);
@@ -130,7 +132,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       Tensor dxp = at::empty_like(gates), dat = at::empty({B, G}, o), dz = at::empty({B, H}, o);
       T_ *DX = dxp.data_ptr<T_>(), *DA = dat.data_ptr<T_>(), *DZ = dz.data_ptr<T_>();
       const T_ *GT = gates.data_ptr<T_>(), *ANV = an.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>();
-      for (int64_t k = T - 1; k >= 0; --k) {
+      over_steps(mode != kBNTrain, B, G, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second;
         auto f1 = [&](int64_t b) {
           const int64_t n = off + b;
@@ -156,9 +158,9 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
           }
         };
         auto f3 = [&](int64_t b) { nh.row(DA + b * G, off + b, k, DR + (off + b) * G); };
-        passes(bs, G, {f1, f3}, {[&] { nh.stats(DA, off, bs); }});
-        recur(off, bs, DZ);
-      }
+        passes(r0, r1, G, {f1, f3}, {[&] { nh.stats(DA, off, bs); }});
+        recur(off, r0, r1, DZ);
+      });
       res[0] = dxp;
       hin = mask.has_value() ? hprev_m : hprev;
     } else {
@@ -168,7 +170,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       Tensor da_all = at::empty_like(out);
       T_* DA = da_all.data_ptr<T_>();
       const T_* HV = h.data_ptr<T_>();
-      for (int64_t k = T - 1; k >= 0; --k) {
+      over_steps(mode != kBNTrain, B, P, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second;
         auto f1 = [&](int64_t b) {  // da = dh ⊙ act'(h~)
           const int64_t n = off + b;
@@ -178,9 +180,9 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
           for (int64_t j = 0; j < P; ++j) da[j] = relu ? (hv[j] > 0 ? da[j] : T_(0)) : da[j] * (1 - hv[j] * hv[j]);
         };
         auto f3 = [&](int64_t b) { nh.row(DA + (off + b) * P, off + b, k, DR + (off + b) * P); };
-        passes(bs, P, {f1, f3}, {[&] { nh.stats(DA + off * P, off, bs); }});
-        recur(off, bs, nullptr);
-      }
+        passes(r0, r1, P, {f1, f3}, {[&] { nh.stats(DA + off * P, off, bs); }});
+        recur(off, r0, r1, nullptr);
+      });
       res[0] = da_all;
       hin = hprev;
     }

@@ -61,6 +61,30 @@ void prows(int64_t n, int64_t width, const F& f) {
     at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1)), f);
 }
 
+// f(k, b0, b1) for every step k of a direction (processing order; `backwards`: the last first)
+// on the step's rows [b0, b1). Layer norm, or batch norm with given (running) statistics
+// (`rowwise`): a row's statistics are its own or fixed, so row b of a step depends only on row b
+// of the steps before it (forward and backward) — one block of batch rows per thread for the
+// whole loop (rnnkit_common::batch_blocks: one fork/join per call instead of two per step, no
+// barrier inside the loop; each thread's step GEMM is its rows times all of W_hh). Batch norm in
+// training needs a step's column statistics over all its rows: f sees the whole step, and the
+// threads work inside it (pcols, prows; within a block of rows they run inline).
+template <typename F>
+void over_steps(bool rowwise, int64_t B, int64_t width, const rnnkit_common::Steps& steps, bool backwards,
+                const F& f) {
+  const int64_t T = steps.size();
+  auto loop = [&](int64_t b0, int64_t b1) {
+    for (int64_t i = 0; i < T; ++i) {
+      const int64_t k = backwards ? T - 1 - i : i, e = std::min(b1, steps[k].second);
+      if (e > b0) f(k, b0, e);  // packed: this block's rows may have ended (or not started)
+    }
+  };
+  if (rowwise && B * width >= kRowsMin)  // below, one thread (as prows): the small shape's steps
+    rnnkit_common::batch_blocks(B, width, steps, loop);
+  else
+    loop(0, B);
+}
+
 // Column blocks [c0, c1) of an m-wide step output (n x k @ k x m): blocked.h's split — on the
 // threads from 2^20 multiply-adds (the medium shape), two blocks a thread, blocks of at most
 // 512 columns (brgemm runs faster on those).
