@@ -2,12 +2,12 @@
 with and without the tensors saved for backward.
 
 ``csrc/norm.cpp`` / ``norm_bwd.cpp`` use the threads once a step is big enough
-(``norm_kernels.h``: >= 8192 values per step): layer norm and batch norm's evaluation give each
-thread a block of batch rows for the whole loop (``over_steps``), batch norm in training splits each step's rows and its GEMMs'
-column blocks (>= 2^20 multiply-adds). The shapes here pass the thresholds, and the batch
-shrinks over the steps (packed), so a race on a row, on a per-thread accumulator of the
-gain/shift gradients or on a column block, or a row block reading another's rows, would show
-up as a mismatch at float64 precision.
+(``norm_kernels.h``: >= 8192 values per step): layer norm and batch norm's evaluation give
+each thread a block of batch rows for the whole loop (``over_steps``), batch norm in training
+splits each step's rows and its GEMMs' column blocks (>= 2^20 multiply-adds). The shapes here
+pass the thresholds, and the batch shrinks over the steps (packed), so a race on a row, on a
+per-thread accumulator of the gain/shift gradients or on a column block, or a row block
+reading another's rows, would show up as a mismatch at float64 precision.
 """
 
 from __future__ import annotations
