@@ -6,6 +6,7 @@ A thin layer over the library: each command parses its flags, builds a model fro
     rnnkit train charlm|forecast|classify|tag|seq2seq|memory [options] --out DIR
     rnnkit sample --checkpoint DIR [--prime TEXT] [--temperature T] [--length N] [--seed S]
     rnnkit eval   --checkpoint DIR --data FILE
+    rnnkit predict --checkpoint DIR [--input FILE]   (forecast, classify, tag, seq2seq runs)
 
 Bad arguments and bad files print one line ``rnnkit: error: ...`` on stderr and exit
 with status 2 (usage) or 1 (anything else); set ``RNNKIT_DEBUG=1`` for the traceback.
@@ -41,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from rnnkit import __version__
-    from rnnkit.cli import charlm, tasks
+    from rnnkit.cli import charlm, predict, tasks
 
     parser = _Parser(
         prog="rnnkit",
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     charlm.add_train_parser(tsub)
     tasks.add_train_parsers(tsub)
     charlm.add_use_parsers(sub)
+    predict.add_predict_parser(sub)
     from rnnkit import diagnostics, study
 
     d = sub.add_parser("diagnose", help="gradient-flow and memory diagnostics of a recurrent model")

@@ -187,6 +187,8 @@ def train_forecast(args: argparse.Namespace) -> int:
             "model": {"arch": arch_config(args)},
             "window": args.window,
             "horizon": args.horizon,
+            # the training part's statistics: `rnnkit predict` normalizes new data with them
+            "normalization": {"mean": s.mean, "std": s.std},
         },
     )
     model = F.Forecaster(run["model"]["arch"])
@@ -244,6 +246,7 @@ def train_classify(args: argparse.Namespace) -> int:
             "data": cd.name,
             "classes": cd.classes,
             "vocab": cd.vocab,
+            "tokens": args.tokens if cd.vocab else None,
             "model": {
                 "arch": arch_config(args),
                 **cd.model_kwargs,
@@ -277,6 +280,7 @@ def train_tag(args: argparse.Namespace) -> int:
             "data": str(args.data),
             "tags": td.tags,
             "words": len(td.words),
+            "vocab": td.words,  # `rnnkit predict` encodes new sentences with it
             "model": {"arch": arch_config(args), "embedding_dim": args.embedding_dim},
         },
     )

@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from rnnkit.tasks._common import SequenceNet, accuracy
 from rnnkit.tasks.memory import _plus_one
 
-__all__ = ["ClassifyData", "load_classification", "read_text_csv", "tokenize", "classifier"]
+__all__ = [
+    "ClassifyData",
+    "load_classification",
+    "read_text_csv",
+    "tokenize",
+    "classifier",
+    "predict_texts",
+]
 
 PAD, UNK = 0, 1
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -186,3 +193,35 @@ def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
         preds.append(logits.argmax(-1).cpu())
         gold.append(batch[1].cpu())
     return {"valid_accuracy": accuracy(torch.cat(preds), torch.cat(gold))}
+
+
+@torch.no_grad()
+def predict_texts(
+    model: nn.Module,
+    texts: list[str],
+    vocab: list[str],
+    tokens: str,
+    classes: list[str],
+    batch_size: int = 256,
+) -> list[tuple[str, float]]:
+    """``(label, probability)`` of each text for a model trained on a ``text,label`` CSV.
+
+    Texts are tokenized as in training; tokens outside ``vocab`` become ``<unk>``.
+    """
+    stoi = {w: i for i, w in enumerate(vocab)}
+    ids = []
+    for i, text in enumerate(texts, 1):
+        ts = tokenize(text, tokens)
+        if not ts:
+            raise ValueError(f"input {i}: no {tokens} tokens in {text!r}")
+        ids.append(torch.tensor([stoi.get(t, UNK) for t in ts]))
+    model.eval()
+    dev = next(model.parameters()).device
+    out: list[tuple[str, float]] = []
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i : i + batch_size]
+        x = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=PAD).to(dev)
+        logits, _ = model(x, None, lengths=torch.tensor([len(c) for c in chunk]))
+        prob, label = logits.softmax(-1).max(-1)
+        out += [(classes[k], p) for k, p in zip(label.tolist(), prob.tolist(), strict=True)]
+    return out

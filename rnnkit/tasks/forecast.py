@@ -33,6 +33,7 @@ __all__ = [
     "Series",
     "Forecaster",
     "rolling_forecasts",
+    "forecast_next",
     "persistence",
     "arima_forecasts",
     "rmse",
@@ -172,6 +173,19 @@ def rolling_forecasts(model: Forecaster, s: Series, window: int, horizon: int) -
     ctx = torch.stack([z[t - window : t] for t in origins(s, horizon)])[..., None]
     ctx = ctx.to(next(model.parameters()).device)
     return s.denorm(model.forecast(ctx, horizon)[..., 0].cpu())
+
+
+@torch.no_grad()
+def forecast_next(
+    model: Forecaster, values: Tensor, window: int, horizon: int, mean: float, std: float
+) -> Tensor:
+    """The ``horizon`` values after the end of ``values`` (original units), forecast from its
+    last ``window`` values normalized with the training part's ``mean``/``std``."""
+    if values.ndim != 1 or len(values) < window:
+        raise ValueError(f"need a series of at least --window {window} values, got {tuple(values.shape)}")
+    model.eval()
+    ctx = ((values[-window:] - mean) / std)[None, :, None].to(next(model.parameters()).device)
+    return model.forecast(ctx, horizon)[0, :, 0].cpu() * std + mean
 
 
 def truth(s: Series, horizon: int) -> Tensor:

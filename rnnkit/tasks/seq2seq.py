@@ -30,6 +30,7 @@ __all__ = [
     "collate",
     "greedy_decode",
     "exact_match",
+    "translate",
 ]
 
 PAD, BOS, EOS = 0, 1, 2
@@ -191,3 +192,32 @@ def exact_match(
         preds = greedy_decode(model, src.to(device), lengths, max_len)
         right += sum(p == t[:-1].tolist() for p, (_, t) in zip(preds, chunk, strict=True))
     return right / len(items)
+
+
+@torch.no_grad()
+def translate(
+    model: Seq2Seq,
+    sources: list[list[str]],
+    src_vocab: list[str],
+    tgt_vocab: list[str],
+    max_len: int = 40,
+    batch_size: int = 256,
+) -> list[list[str]]:
+    """Greedy translations of token lists; a token outside ``src_vocab`` is an error that
+    names it (the model has never seen it)."""
+    si = {t: i for i, t in enumerate(src_vocab)}
+    ids = []
+    for i, src in enumerate(sources, 1):
+        unknown = [t for t in src if t not in si or si[t] < len(SPECIALS)]
+        if not src or unknown:
+            what = f"unknown token {unknown[0]!r}" if unknown else "no tokens"
+            raise ValueError(f"input {i}: {what}; the source vocabulary is {src_vocab[len(SPECIALS) :]}")
+        ids.append(torch.tensor([si[t] for t in src]))
+    dev = next(model.parameters()).device
+    out: list[list[str]] = []
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i : i + batch_size]
+        src = pad_sequence(chunk, batch_first=True, padding_value=PAD).to(dev)
+        for row in greedy_decode(model, src, torch.tensor([len(c) for c in chunk]), max_len):
+            out.append([tgt_vocab[k] for k in row])
+    return out

@@ -18,7 +18,16 @@ from torch.utils.data import DataLoader
 
 from rnnkit.tasks._common import SequenceNet
 
-__all__ = ["read_conllu", "TagData", "load_tagging", "tagger", "loader", "step_fn", "evaluate"]
+__all__ = [
+    "read_conllu",
+    "TagData",
+    "load_tagging",
+    "tagger",
+    "loader",
+    "step_fn",
+    "evaluate",
+    "predict_tags",
+]
 
 PAD, UNK = 0, 1
 
@@ -141,3 +150,28 @@ def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
         right += int((logits.argmax(-1)[keep] == b.targets[keep]).sum())
         total += int(keep.sum())
     return {"valid_accuracy": right / max(total, 1)}
+
+
+@torch.no_grad()
+def predict_tags(
+    model: nn.Module, sentences: list[list[str]], words: list[str], tags: list[str], batch_size: int = 256
+) -> list[list[str]]:
+    """The tag of every token of each sentence (tokens as in CoNLL-U's FORM column; words
+    are lower-cased as in training, unknown ones become ``<unk>``)."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    wid = {w: i for i, w in enumerate(words)}
+    for i, s in enumerate(sentences, 1):
+        if not s:
+            raise ValueError(f"input {i}: an empty sentence")
+    model.eval()
+    dev = next(model.parameters()).device
+    out: list[list[str]] = []
+    for i in range(0, len(sentences), batch_size):
+        chunk = sentences[i : i + batch_size]
+        ids = [torch.tensor([wid.get(w.lower(), UNK) for w in s]) for s in chunk]
+        x = pad_sequence(ids, batch_first=True, padding_value=PAD).to(dev)
+        logits, _ = model(x, None, lengths=torch.tensor([len(s) for s in chunk]))
+        best = logits.argmax(-1).tolist()
+        out += [[tags[k] for k in row[: len(s)]] for row, s in zip(best, chunk, strict=True)]
+    return out

@@ -1,0 +1,157 @@
+"""``rnnkit predict``: use a model trained by ``rnnkit train forecast|classify|tag|seq2seq``.
+
+The run directory's ``run.json`` says which task it is and how to rebuild the model; the
+latest checkpoint (or the step directory given) supplies the weights. Input comes from
+``--input`` (default: standard input), one item per line; results go to standard output,
+one line per item, tab-separated:
+
+    rnnkit predict --checkpoint runs/news --input headlines.txt     # label <TAB> p <TAB> text
+    rnnkit predict --checkpoint runs/pos  --input sentences.txt     # word/TAG word/TAG ...
+    echo "three hundred twelve" | rnnkit predict --checkpoint runs/s2s   # 312
+    rnnkit predict --checkpoint runs/sun  --horizon 24              # step <TAB> forecast
+
+The character LM has its own commands (``rnnkit sample``, ``rnnkit eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rnnkit.cli.common import device_of, find_run_dir, load_model_weights, positive_int, read_run
+
+__all__ = ["add_predict_parser"]
+
+
+def add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="use a trained forecast/classify/tag/seq2seq model on new data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory (--out) or checkpoint")
+    p.add_argument(
+        "--input",
+        default=None,
+        metavar="FILE|-",
+        help="items, one per line ('-' or absent: standard input); forecast: a CSV file or "
+        "'sunspots' (default: the run's own series when it was sunspots)",
+    )
+    p.add_argument("--column", default=None, help="forecast: the CSV column (default: the run's)")
+    p.add_argument("--horizon", type=positive_int, default=None, help="forecast: steps (default: the run's)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=predict_cmd)
+
+
+def _lines(path: str | None) -> list[str]:
+    """Non-empty lines of ``path`` (or standard input), stripped."""
+    if path in (None, "-"):
+        text = sys.stdin.read()
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"--input {path}: no such file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"--input {path} is not valid UTF-8 (byte {e.start})") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        raise ValueError(f"--input {path or '-'}: no lines to predict")
+    return lines
+
+
+def _need(run: dict[str, Any], key: str, run_dir: Path) -> Any:
+    if run.get(key) is None:
+        raise ValueError(
+            f"{run_dir}/run.json has no {key!r}: the run was trained by an older rnnkit that did not "
+            "store what prediction needs; train it again"
+        )
+    return run[key]
+
+
+def predict_cmd(args: argparse.Namespace) -> int:
+    run_dir = find_run_dir(args.checkpoint)
+    run = read_run(run_dir)
+    task = run["task"]
+    if task not in _TASKS:
+        hint = "use rnnkit sample / rnnkit eval" if task == "charlm" else "its inputs are synthetic"
+        raise ValueError(f"rnnkit predict: {run_dir} is a {task!r} run ({hint})")
+    model, use = _TASKS[task](run, run_dir, args)
+    load_model_weights(args.checkpoint, run_dir, model)
+    model.to(device_of(args)).eval()
+    for line in use(model):
+        print(line)
+    return 0
+
+
+def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
+    from rnnkit.tasks import forecast as F
+
+    norm = _need(run, "normalization", run_dir)
+    data = args.input or ("sunspots" if str(run.get("data", "")).startswith("sunspots") else None)
+    if data is None:
+        raise ValueError(f"{run_dir} was trained on {run.get('data')!r}: pass --input FILE.csv --column NAME")
+    column = args.column
+    if column is None and data != "sunspots":
+        column = str(run.get("data", "")).rpartition(":")[2] or None
+    values, _ = F.load_series(data, column)
+    horizon = args.horizon or run["horizon"]
+
+    def use(model):
+        pred = F.forecast_next(model, values, run["window"], horizon, norm["mean"], norm["std"])
+        return [f"{k}\t{v:.6g}" for k, v in enumerate(pred.tolist(), 1)]
+
+    return F.Forecaster(run["model"]["arch"]), use
+
+
+def _classify(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
+    from rnnkit.tasks import classify as C
+
+    if not run.get("vocab"):
+        raise ValueError(f"{run_dir} classifies {run.get('data')!r}: only text-CSV models take lines of text")
+    tokens = _need(run, "tokens", run_dir)
+    mk = {k: v for k, v in run["model"].items() if k != "arch"}
+    texts = _lines(args.input)
+
+    def use(model):
+        res = C.predict_texts(model, texts, run["vocab"], tokens, run["classes"])
+        return [f"{label}\t{p:.4f}\t{text}" for (label, p), text in zip(res, texts, strict=True)]
+
+    return C.classifier(run["model"]["arch"], len(run["classes"]), mk), use
+
+
+def _tag(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
+    from rnnkit.tasks import tag as T
+
+    words = _need(run, "vocab", run_dir)
+    sentences = [ln.split() for ln in _lines(args.input)]
+
+    def use(model):
+        res = T.predict_tags(model, sentences, words, run["tags"])
+        return [" ".join(f"{w}/{t}" for w, t in zip(s, ts, strict=True)) for s, ts in zip(sentences, res)]
+
+    return T.tagger(run["model"]["arch"], run["words"], len(run["tags"]), run["model"]["embedding_dim"]), use
+
+
+def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
+    from rnnkit.tasks import seq2seq as S
+
+    m = run["model"]
+    digits_in = run.get("direction") == "digits2words"
+    # words2digits reads words and writes digits ("312"); digits2words the other way round
+    lines = _lines(args.input)
+    words = [ln.lower().replace("-", " ").split() for ln in lines]
+    sources = [list(ln.replace(" ", "")) for ln in lines] if digits_in else words
+    joiner = " " if digits_in else ""
+
+    def use(model):
+        return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
+
+    return S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"]), use
+
+
+_TASKS = {"forecast": _forecast, "classify": _classify, "tag": _tag, "seq2seq": _seq2seq}

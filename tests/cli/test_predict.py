@@ -1,0 +1,144 @@
+"""``rnnkit predict``: a trained run used on new inputs, checked against the library.
+
+Each test trains a tiny model for a few steps, runs ``rnnkit predict`` on inputs of different
+lengths (so batching, padding and lengths matter), and compares every output line with the
+same model applied to each input alone, encoded the way training encoded it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from rnnkit.cli.common import load_model_weights
+from rnnkit.tasks import classify as C
+from rnnkit.tasks import forecast as F
+from rnnkit.tasks import seq2seq as S
+from rnnkit.tasks import tag as T
+
+from .conftest import TINY, assert_one_line_error
+
+
+def _stdin(monkeypatch, lines):
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+
+
+def _run(out):
+    return json.loads((out / "run.json").read_text())
+
+
+def test_classify_text(cli, tmp_path, text_csv, monkeypatch):
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, *TINY).rc == 0
+    run = _run(out)
+    assert run["tokens"] == "word"
+    texts = ["A great film", "boring, awful, an awful movie and words never seen", "lovely"]
+    _stdin(monkeypatch, ["", *texts])  # blank lines are skipped
+    r = cli("predict", "--checkpoint", out)
+    assert r.rc == 0, r.err
+    lines = r.out.splitlines()
+    assert len(lines) == len(texts)
+    model = C.classifier(run["model"]["arch"], 2, {k: v for k, v in run["model"].items() if k != "arch"})
+    load_model_weights(out, out, model)
+    model.eval()
+    stoi = {w: i for i, w in enumerate(run["vocab"])}
+    for line, text in zip(lines, texts, strict=True):
+        ids = torch.tensor([[stoi.get(t, C.UNK) for t in C.tokenize(text, "word")]])
+        with torch.no_grad():
+            probs = model(ids, None)[0].softmax(-1)[0]
+        label, p, echoed = line.split("\t")
+        assert label == run["classes"][int(probs.argmax())]
+        assert float(p) == pytest.approx(float(probs.max()), abs=1e-4)
+        assert echoed == text
+
+
+def test_tag_sentences(cli, tmp_path, conllu):
+    out = tmp_path / "t"
+    assert cli("train", "tag", "--data", conllu, "--out", out, *TINY).rc == 0
+    run = _run(out)
+    sents = ["The big dog sees a cat .", "a tree", "unseen words here"]
+    inp = tmp_path / "in.txt"
+    inp.write_text("\n".join(sents), encoding="utf-8")
+    r = cli("predict", "--checkpoint", out, "--input", inp)
+    assert r.rc == 0, r.err
+    model = T.tagger(run["model"]["arch"], run["words"], len(run["tags"]), run["model"]["embedding_dim"])
+    load_model_weights(out, out, model)
+    model.eval()
+    wid = {w: i for i, w in enumerate(run["vocab"])}
+    for line, sent in zip(r.out.splitlines(), sents, strict=True):
+        words = sent.split()
+        ids = torch.tensor([[wid.get(w.lower(), T.UNK) for w in words]])
+        with torch.no_grad():
+            best = model(ids, None)[0].argmax(-1)[0].tolist()
+        assert line == " ".join(f"{w}/{run['tags'][k]}" for w, k in zip(words, best, strict=True))
+
+
+@pytest.mark.parametrize("direction", ["words2digits", "digits2words"])
+def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direction):
+    out = tmp_path / "s"
+    r = cli("train", "seq2seq", "--direction", direction, "--n-train", 64, "--n-valid", 16,
+            "--batch-size", 16, "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    m = _run(out)["model"]
+    if direction == "words2digits":
+        inputs, sources = (
+            ["three hundred twelve", "Twenty-One"],
+            [["three", "hundred", "twelve"], ["twenty", "one"]],
+        )
+    else:
+        inputs, sources = ["312", "2 1"], [list("312"), list("21")]
+    _stdin(monkeypatch, inputs)
+    r = cli("predict", "--checkpoint", out)
+    assert r.rc == 0, r.err
+    model = S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"])
+    load_model_weights(out, out, model)
+    si = {t: i for i, t in enumerate(m["src_vocab"])}
+    joiner = "" if direction == "words2digits" else " "
+    for line, src in zip(r.out.splitlines(), sources, strict=True):
+        ids = torch.tensor([[si[t] for t in src]])
+        (row,) = S.greedy_decode(model, ids, torch.tensor([len(src)]), 40)
+        assert line == joiner.join(m["tgt_vocab"][k] for k in row)
+    _stdin(monkeypatch, ["three hundred banana"] if direction == "words2digits" else ["3x"])
+    assert_one_line_error(cli("predict", "--checkpoint", out), "input 1: unknown token")
+
+
+def test_forecast_continues_the_series(cli, tmp_path, series_csv):
+    out = tmp_path / "f"
+    r = cli("train", "forecast", "--data", series_csv, "--column", "value", "--window", 8, "--horizon", 4,
+            "--arima-order", "none", "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    run = _run(out)
+    values, _ = F.load_series(str(series_csv), "value")
+    s = F.Series.split(values, 8, 4)
+    assert run["normalization"] == {"mean": s.mean, "std": s.std}
+    r = cli("predict", "--checkpoint", out, "--input", series_csv, "--horizon", 6)  # column: the run's
+    assert r.rc == 0, r.err
+    model = F.Forecaster(run["model"]["arch"])
+    load_model_weights(out, out, model)
+    want = F.forecast_next(model, values, 8, 6, s.mean, s.std)
+    got = [line.split("\t") for line in r.out.splitlines()]
+    assert [int(k) for k, _ in got] == list(range(1, 7))
+    assert [float(v) for _, v in got] == pytest.approx(want.tolist(), rel=1e-5)
+    assert_one_line_error(cli("predict", "--checkpoint", out), "pass --input FILE.csv --column NAME")
+
+
+def test_runs_it_cannot_use(cli, tmp_path, text_file, text_csv):
+    lm = tmp_path / "lm"
+    assert cli("train", "charlm", "--data", text_file, "--out", lm, *TINY).rc == 0
+    assert_one_line_error(cli("predict", "--checkpoint", lm), "'charlm' run", "rnnkit sample")
+    c = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", c, *TINY).rc == 0
+    run = _run(c)
+    del run["tokens"]  # as written by rnnkit before predict existed
+    (c / "run.json").write_text(json.dumps(run))
+    assert_one_line_error(
+        cli("predict", "--checkpoint", c, "--input", text_csv), "no 'tokens'", "train it again"
+    )
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    run["tokens"] = "word"
+    (c / "run.json").write_text(json.dumps(run))
+    assert_one_line_error(cli("predict", "--checkpoint", c, "--input", empty), "no lines to predict")
