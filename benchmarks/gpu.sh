@@ -13,3 +13,4 @@ timeout 150 python3 benchmarks/scan.py --device cuda --ts 128,512,1024,2048,4096
 timeout 240 python3 benchmarks/layers.py --device cuda --graphs --shapes medium,large --repeat 5 \
     --cases lstm,gru,lstm+weight_drop,lstm+recurrent_dropout,lstm+zoneout,lstm-peephole,lstm-layernorm,gru-layernorm \
     2>&1 | tee "$OUT/layers_cuda.log"
+timeout 150 python3 benchmarks/graphs_train.py 2>&1 | tee "$OUT/graphs_train.log"

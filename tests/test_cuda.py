@@ -321,3 +321,34 @@ def test_cuda_graphed_keeps_max_graphs_signatures():
     with torch.no_grad():
         ref = m.layer(torch.ones(3, 2, 5, device=DEV))[0]
         torch.testing.assert_close(m(torch.ones(3, 2, 5, device=DEV))[0], ref)
+
+
+def test_cuda_graphed_trains_like_eager_in_the_trainer():
+    """The kit's truncated-BPTT loop (state carried from window to window, detached; gradient
+    clipping; Adam) on a graphed layer ends with the eager layer's parameters."""
+    from rnnkit.data import bptt_batches
+    from rnnkit.train import Trainer
+
+    class LM(nn.Module):
+        def __init__(self, rnn):
+            super().__init__()
+            self.emb, self.rnn, self.out = nn.Embedding(20, 16), rnn, nn.Linear(24, 20)
+
+        def forward(self, x, state=None):
+            y, state = self.rnn(self.emb(x), state)
+            return self.out(y), state
+
+    ids = torch.randint(0, 20, (4000,), generator=torch.Generator().manual_seed(0))
+    trained = []
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        rnn = rnnkit.LSTM(16, 24, num_layers=2, peephole=True).to(DEV)
+        model = LM(rnnkit.cuda_graphed(rnn) if graphed else rnn).to(DEV)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        Trainer(model, opt, max_steps=15, clip_norm=1.0, progress=False).fit(bptt_batches(ids, 8, 20))
+        trained.append(model)
+    got, want = trained[1].state_dict(), trained[0].state_dict()
+    assert list(got) == list(want)  # the wrapper leaves the checkpoint keys alone
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=name)
+    assert len(trained[1].rnn._graphs) == 2  # the first window (no state) and the others
