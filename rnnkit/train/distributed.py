@@ -27,6 +27,7 @@ __all__ = [
     "is_main_process",
     "barrier",
     "all_reduce_sum",
+    "all_reduce_max",
     "all_gather_object",
     "launched_world_size",
     "finish_process",
@@ -130,6 +131,15 @@ def all_reduce_sum(values: list[float], device: torch.device | None = None) -> l
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def all_reduce_max(value: float, device: torch.device | None = None) -> float:
+    """The largest of the ranks' ``value`` (float64), on every rank."""
+    if not is_distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

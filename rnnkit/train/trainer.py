@@ -248,6 +248,10 @@ class Trainer:
                     self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
                     self.tokens_seen += int(n)
                     self.elapsed = time.perf_counter() - start
+                    if cfg.max_minutes is not None:
+                        # one clock for all ranks (the slowest's): each rank's own would stop
+                        # them at different steps, leaving the others in the next collective
+                        self.elapsed = dist.all_reduce_max(self.elapsed, self._reduce_device())
                     loss = loss_sum / max(n, 1)
                     self.losses.append(loss)
                     self._acc = [self._acc[0] + loss_sum, self._acc[1] + n, self._acc[2] + 1]

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +25,16 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    # its own process group: a hung job is killed with its workers, not left spinning
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                          start_new_session=True) as p:  # fmt: skip
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            raise AssertionError(f"torchrun timed out:\n{out[-3000:]}{err[-3000:]}") from None
+    proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -72,6 +82,14 @@ def test_ddp_padded_batches_weigh_every_token_alike(tmp_path):
     p_ddp, p_one = (load_file(str(d / "params.safetensors")) for d in (ddp_dir, single_dir))
     for k in p_one:
         torch.testing.assert_close(p_ddp[k], p_one[k], rtol=0, atol=1e-10)
+
+
+def test_ddp_time_budget_stops_every_rank_at_the_same_step(tmp_path):
+    """``max_minutes`` under DDP: the ranks' clocks differ, yet all stop at the same step (a
+    rank that stopped alone would leave the others waiting in the next collective)."""
+    _torchrun(ddp_worker.__file__, str(tmp_path), "budget")
+    r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1 and r0["why"] == "max_minutes" and r0["step"] > 10
 
 
 def test_study_under_torchrun_splits_the_grid_and_exits_cleanly(tmp_path):
