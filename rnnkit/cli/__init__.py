@@ -83,12 +83,13 @@ def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         world = launched_world_size()
-        if args.command == "train" and world > 1:  # before anything is read or written
+        if args.command == "train" and args.task != "charlm" and world > 1:  # before any I/O
             raise CLIError(
-                f"rnnkit train runs one process, but WORLD_SIZE={world} (torchrun): every rank would "
-                "train its own copy into the same --out. For data-parallel training use "
-                "rnnkit.train.Trainer in a script under torchrun (docs/train.md, 'Distributed data "
-                "parallel'); rnnkit study splits its grid over torchrun's ranks",
+                f"rnnkit train {args.task} runs one process, but WORLD_SIZE={world} (torchrun): every "
+                "rank would train its own copy into the same --out. Data-parallel from the command "
+                "line: rnnkit train charlm; else rnnkit.train.Trainer in a script under torchrun "
+                "(docs/train.md, 'Distributed data parallel'); rnnkit study splits its grid over "
+                "torchrun's ranks",
                 code=2,
             )
         result = args.func(args)

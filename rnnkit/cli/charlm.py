@@ -171,16 +171,38 @@ class BudgetLR:
         self.step()
 
 
-def _valid_batches(ids: torch.Tensor, batch_size: int, seq_len: int):
+def _valid_batches(ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
     from rnnkit.data import bptt_batches
 
     bs = max(1, min(batch_size, ids.numel() // max(seq_len, 1)))
-    return bptt_batches(ids, bs, min(seq_len, ids.numel() // bs), batch_first=True)
+    bs = max(world, bs // world * world)  # the streams are split over the ranks
+    return bptt_batches(
+        ids, bs, min(seq_len, ids.numel() // bs), batch_first=True, rank=rank, world_size=world
+    )
 
 
 def train_charlm(args: argparse.Namespace) -> int:
+    """``rnnkit train charlm``; under ``torchrun`` data-parallel: ``--batch-size`` is the global
+    number of streams, split over the ranks; rank 0 alone prints and writes."""
+    from rnnkit.train.distributed import cleanup_distributed, launched_world_size, setup_distributed
+
+    if launched_world_size() > 1:
+        info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
+        args.device = str(info.device)  # cuda:LOCAL_RANK on GPUs
+        try:
+            return _train_charlm(args, info.rank, info.world_size)
+        finally:
+            cleanup_distributed()
+    return _train_charlm(args, 0, 1)
+
+
+def _train_charlm(args: argparse.Namespace, rank: int, world: int) -> int:
     from rnnkit.data import bptt_batches
 
+    if args.batch_size % world:
+        raise CLIError(
+            f"--batch-size {args.batch_size} (the global batch) must be a multiple of the {world} ranks"
+        )
     charlm, CharVocab, *_ = _charlm()
     budget = charlm.recipe_for(args.max_minutes)
     args.hidden = budget.hidden_size if args.hidden is None else args.hidden
@@ -205,8 +227,10 @@ def train_charlm(args: argparse.Namespace) -> int:
             f"--data has {train_ids.numel()} training characters, fewer than --batch-size x --seq-len "
             f"= {args.batch_size * args.seq_len}; use a smaller batch or window"
         )
-    train = bptt_batches(train_ids, args.batch_size, args.seq_len, batch_first=True)
-    valid = _valid_batches(valid_ids, args.batch_size, args.seq_len)
+    train = bptt_batches(
+        train_ids, args.batch_size, args.seq_len, batch_first=True, rank=rank, world_size=world
+    )
+    valid = _valid_batches(valid_ids, args.batch_size, args.seq_len, rank, world)
     r = _recipe()
     opt = torch.optim.Adam(
         model.parameters(),

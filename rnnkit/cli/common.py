@@ -111,7 +111,11 @@ def add_run_arguments(
 
 
 def echo(*parts: Any) -> None:
-    print(*parts, flush=True)
+    """Print (rank 0 only under torchrun: every rank runs the same command)."""
+    from rnnkit.train.distributed import is_main_process
+
+    if is_main_process():
+        print(*parts, flush=True)
 
 
 def require(module: str, what: str) -> Any:
@@ -158,6 +162,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     return the run description to use (the stored one when resuming, so the model is
     rebuilt exactly as it was). Seeds everything from ``--seed``; ``--tune-malloc``."""
     from rnnkit.train import latest_checkpoint, seed_everything
+    from rnnkit.train.distributed import is_main_process
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -179,8 +184,9 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         run = stored
     elif has_ckpt:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(run, out / RUN_FILE)
+    if is_main_process():  # under torchrun every rank checked the same files above; one writes
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(run, out / RUN_FILE)
     seed_everything(args.seed)
     if getattr(args, "tune_malloc", False):
         from rnnkit.train import tune_malloc
@@ -229,8 +235,9 @@ def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> floa
         "ppl": res["ppl"],
     }
     trainer.history.append(row)
-    with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    if trainer.is_main:
+        with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
     return float(res["loss"])
 
 
@@ -245,12 +252,13 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
         final_validation(args, trainer, valid)
     val_rows = [r for r in trainer.history if r.get("split") == "val"]
     train_rows = [{"split": "train", "step": i + 1, "loss": v} for i, v in enumerate(trainer.losses)]
-    if train_rows or val_rows:
+    if (train_rows or val_rows) and trainer.is_main:
         plot_loss_curve(train_rows + val_rows, out / "loss.png", title=f"{out.name}: loss per step")
     if val_rows:
         metrics = {"valid_loss": val_rows[-1]["loss"], **metrics}
     doc = {"stop_reason": result["stop_reason"], "step": result["step"], "epoch": result["epoch"], **metrics}
-    write_json(doc, out / "results.json")
+    if trainer.is_main:
+        write_json(doc, out / "results.json")
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {shown}")
     echo(f"wrote {out}/ (checkpoints/, metrics.jsonl, loss.png, results.json)")

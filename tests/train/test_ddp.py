@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -90,6 +91,38 @@ def test_ddp_time_budget_stops_every_rank_at_the_same_step(tmp_path):
     _torchrun(ddp_worker.__file__, str(tmp_path), "budget")
     r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
     assert r0 == r1 and r0["why"] == "max_minutes" and r0["step"] > 10
+
+
+def _losses(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["split"], r["step"], r["loss"]) for r in rows]
+
+
+def test_cli_charlm_under_torchrun_equals_one_process(tmp_path):
+    """``torchrun -m rnnkit train charlm``: 2 ranks share the 4 streams of the global batch and
+    log/validate/finish as one process with the whole batch (float32: to rounding)."""
+    text = tmp_path / "t.txt"
+    text.write_text("to be or not to be, that is the question; whether tis nobler in the mind. " * 60)
+    flags = ["--data", str(text), "--max-steps", "8", "--hidden", "16", "--batch-size", "4",
+             "--seq-len", "16", "--dropout", "0", "--val-every", "4", "--log-every", "1",
+             "--no-progress", "--seed", "0"]  # fmt: skip
+    proc = _torchrun("-m", "rnnkit", "train", "charlm", *flags, "--out", str(tmp_path / "ddp"))
+    assert proc.stdout.count("stopped (max_steps) after 8 steps") == 1  # rank 0 alone prints
+    cmd = [sys.executable, "-m", "rnnkit", "train", "charlm", *flags, "--out", str(tmp_path / "one")]
+    # a process of its own, as the ranks: one thread, float32 (this test process runs float64)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=120).returncode == 0
+    ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
+    assert [r[:2] for r in ddp] == [r[:2] for r in one] and len(ddp) > 8
+    torch.testing.assert_close(
+        torch.tensor([r[2] for r in ddp]), torch.tensor([r[2] for r in one]), atol=1e-5, rtol=0
+    )
+    res = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("ddp", "one")]
+    assert res[0]["valid_nats_per_char"] == pytest.approx(res[1]["valid_nats_per_char"], abs=1e-5)
+    # a time budget (the learning-rate schedule follows it): every rank stops at the same step
+    flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = ["--max-minutes", "0.03"]
+    _torchrun("-m", "rnnkit", "train", "charlm", *flags, "--out", str(tmp_path / "budget"))
+    assert json.loads((tmp_path / "budget" / "results.json").read_text())["stop_reason"] == "max_minutes"
 
 
 def test_study_under_torchrun_splits_the_grid_and_exits_cleanly(tmp_path):
