@@ -24,8 +24,9 @@ backward whose activations were overwritten by a later replay of the same graph 
 Random masks (dropout, zoneout) are drawn inside the graph from torch's CUDA generator, whose
 replays advance its offset: every replay draws fresh masks, reproducibly under a seed.
 
-Runs eagerly instead (same results, no graphs): on the CPU, for packed sequences, under
-``torch.compile``, and while another CUDA graph is being captured.
+Runs eagerly instead (same results, no graphs): on the CPU, for packed sequences and padded
+batches with ``lengths=``, under ``torch.compile``, and while another CUDA graph is being
+captured.
 """
 
 from __future__ import annotations
@@ -109,14 +110,19 @@ class CUDAGraphed(nn.Module):
         self.register_state_dict_post_hook(_drop_layer_prefix)
         self.register_load_state_dict_pre_hook(_add_layer_prefix)
 
-    def forward(self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, ...] | None = None):
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, ...] | None = None, **kwargs: Any
+    ):
+        """``layer(input, hx, **kwargs)``, replayed; keyword arguments (rnnkit's ``lengths=``
+        for padded batches) and packed input run the layer eagerly."""
         if (
-            isinstance(input, PackedSequence)
+            kwargs
+            or isinstance(input, PackedSequence)
             or not input.is_cuda
             or torch.compiler.is_compiling()
             or torch.cuda.is_current_stream_capturing()
         ):
-            return self.layer(input, hx)
+            return self.layer(input, hx, **kwargs)
         args = (input,) if hx is None else (input, hx) if isinstance(hx, Tensor) else (input, *hx)
         n_state = -1 if hx is None else 0 if isinstance(hx, Tensor) else len(hx)
         params = [p for p in self.layer.parameters() if p.requires_grad]

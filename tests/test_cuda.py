@@ -352,3 +352,32 @@ def test_cuda_graphed_trains_like_eager_in_the_trainer():
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-4, rtol=1e-4, msg=name)
     assert len(trained[1].rnn._graphs) == 2  # the first window (no state) and the others
+
+
+def test_cli_cuda_graphs_trains_as_without(tmp_path):
+    """``rnnkit train charlm --cuda-graphs``: the same losses as without (a peephole LSTM, on the
+    loop path on CUDA); a classifier on padded text (``lengths=``: eager inside) runs too."""
+    import json
+
+    from rnnkit.cli import main
+
+    text = tmp_path / "tiny.txt"
+    text.write_text("to be or not to be, that is the question. " * 200)
+    args = ["--data", str(text), "--device", "cuda", "--max-steps", "12", "--hidden", "32", "--layers", "2",
+            "--dropout", "0", "--seq-len", "16", "--batch-size", "4", "--opt", "peephole=True",
+            "--log-every", "1", "--no-progress"]  # fmt: skip
+    losses = []
+    for extra in ([], ["--cuda-graphs"]):
+        out = tmp_path / f"run{len(extra)}"
+        assert main(["train", "charlm", *args, *extra, "--out", str(out)]) == 0
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        losses.append(torch.tensor([r["loss"] for r in rows]))
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-4, rtol=1e-4)
+    csv = tmp_path / "t.csv"
+    csv.write_text(
+        "text,label\n" + "".join(f'"good film {k}",pos\n"bad one {k} here",neg\n' for k in range(20))
+    )
+    out = tmp_path / "cls"
+    cls = ["train", "classify", "--data", str(csv), "--device", "cuda", "--cuda-graphs", "--max-steps", "4",
+           "--hidden", "8", "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(cls) == 0

@@ -50,3 +50,28 @@ def test_checkpoints_have_the_layers_own_keys():
 def test_bad_arguments(kw):
     with pytest.raises(ValueError, match="max_graphs and warmup must be >= 1"):
         rnnkit.cuda_graphed(rnnkit.LSTM(3, 4), **kw)
+
+
+def test_the_cli_wraps_every_recurrent_layer_in_place():
+    """``--cuda-graphs``: every recurrent layer of a task model is wrapped (nested ones too),
+    parameters and checkpoint keys unchanged; ``lengths=`` (padded batches) runs the layer."""
+    from rnnkit.cli.common import graph_recurrent_layers
+    from rnnkit.tasks._common import SequenceNet
+
+    torch.manual_seed(0)
+    net = SequenceNet({"cell": "conv-lstm", "hidden": 8, "layers": 1}, 3, vocab_size=10, many_to_one=True)
+    keys, params = list(net.state_dict()), list(net.parameters())
+    x, lengths = torch.randint(0, 10, (2, 5)), torch.tensor([5, 3])
+    want = net(x, None, lengths=lengths)[0]
+    assert graph_recurrent_layers(net) == 1 and graph_recurrent_layers(net) == 0  # not twice
+    assert sum(isinstance(m, rnnkit.CUDAGraphed) for m in net.modules()) == 1
+    assert list(net.state_dict()) == keys and list(net.parameters()) == params
+    torch.testing.assert_close(net(x, None, lengths=lengths)[0], want, rtol=0, atol=0)
+
+
+def test_cli_refuses_cuda_graphs_off_cuda(tmp_path, capsys):
+    from rnnkit.cli import main
+
+    rc = main(["train", "memory", "--cuda-graphs", "--max-steps", "1", "--out", str(tmp_path / "m")])
+    assert rc == 2 and "--cuda-graphs needs a CUDA --device" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # refused before anything is written

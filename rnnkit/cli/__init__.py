@@ -92,6 +92,8 @@ def _run(argv: Sequence[str] | None) -> int:
                 "torchrun's ranks",
                 code=2,
             )
+        if getattr(args, "cuda_graphs", False) and not str(args.device).startswith("cuda"):
+            raise CLIError(f"--cuda-graphs needs a CUDA --device, got {args.device}", code=2)
         result = args.func(args)
         return int(result or 0)
     except CLIError as e:

@@ -33,6 +33,8 @@ from rnnkit.cli.common import (
 __all__ = ["add_train_parser", "add_use_parsers", "build_model", "BudgetLR"]
 
 LN2 = math.log(2.0)
+#: The training budget when neither --max-minutes nor --max-steps is given (the main job).
+DEFAULT_MINUTES = 5.0
 
 # Used only while rnnkit.tasks.charlm is not importable (its RECIPE wins when it is).
 _PLACEHOLDER = {
@@ -86,7 +88,10 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
     add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by)
     p.add_argument("--embedding-dim", type=positive_int, default=r["embedding_dim"])
     p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
-    add_run_arguments(p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=5.0)
+    add_run_arguments(
+        p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None,
+        minutes_help=f"wall-clock training budget (default {DEFAULT_MINUTES:g} unless --max-steps is given)",
+    )  # fmt: skip
     p.set_defaults(clip=r.get("clip") or 0.0, val_every=250, func=train_charlm)
 
 
@@ -203,6 +208,8 @@ def _train_charlm(args: argparse.Namespace, rank: int, world: int) -> int:
         raise CLIError(
             f"--batch-size {args.batch_size} (the global batch) must be a multiple of the {world} ranks"
         )
+    if args.max_minutes is None and args.max_steps is None:
+        args.max_minutes = DEFAULT_MINUTES
     charlm, CharVocab, *_ = _charlm()
     budget = charlm.recipe_for(args.max_minutes)
     args.hidden = budget.hidden_size if args.hidden is None else args.hidden
@@ -243,12 +250,13 @@ def _train_charlm(args: argparse.Namespace, rank: int, world: int) -> int:
     if "schedule" in r and (args.max_minutes or args.max_steps):
         recipe = charlm.CharLMRecipe(**{**r, "lr": args.lr, "betas": tuple(r["betas"])})
 
-        def progress() -> float:
+        def progress() -> float:  # the share of the budget spent: whichever ends training first
             if trainer is None:
                 return 0.0
+            spent = [trainer.step / args.max_steps] if args.max_steps else []
             if args.max_minutes:
-                return trainer.elapsed / (60 * args.max_minutes)
-            return trainer.step / args.max_steps
+                spent.append(trainer.elapsed / (60 * args.max_minutes))
+            return max(spent)
 
         scheduler = BudgetLR(opt, lambda q: charlm.lr_at(recipe, q), progress)
     trainer = make_trainer(args, model, opt, scheduler=scheduler, batch_first=True)

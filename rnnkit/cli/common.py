@@ -50,6 +50,7 @@ def add_run_arguments(
     batch_size: int,
     max_minutes: float | None = None,
     epochs: int = 1,
+    minutes_help: str | None = None,
 ) -> None:
     """``--out --resume --max-minutes --max-steps --epochs --seed --device --lr ...``."""
     g = p.add_argument_group("run")
@@ -65,7 +66,7 @@ def add_run_arguments(
         type=positive_float,
         default=max_minutes,
         metavar="M",
-        help=f"wall-clock training budget (default {max_minutes})",
+        help=minutes_help or f"wall-clock training budget (default {max_minutes})",
     )
     g.add_argument("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N updates")
     g.add_argument(
@@ -106,6 +107,12 @@ def add_run_arguments(
         action=argparse.BooleanOptionalAction,
         default=True,
         help="keep freed memory in the process, no page faults per step (default on; see tune_malloc)",
+    )
+    g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA: replay each recurrent layer as CUDA graphs (rnnkit.cuda_graphed; ~5x faster "
+        "training steps with recurrent dropout, zoneout or layer norm; packed batches run eagerly)",
     )
     g.add_argument("--epochs-default", dest="epochs_default", default=epochs, help=argparse.SUPPRESS)
 
@@ -195,9 +202,26 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     return run
 
 
+def graph_recurrent_layers(model: nn.Module) -> int:
+    """Wrap every rnnkit/torch.nn recurrent layer of ``model`` in :func:`rnnkit.cuda_graphed`,
+    in place (parameters and checkpoint keys unchanged); returns how many were wrapped."""
+    import rnnkit
+
+    layers = (nn.RNNBase, rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU)
+    found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+             if isinstance(child, layers) and not isinstance(parent, rnnkit.CUDAGraphed)]  # fmt: skip
+    for parent, name, child in found:
+        setattr(parent, name, rnnkit.cuda_graphed(child))
+    return len(found)
+
+
 def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, **kw: Any):
-    """A :class:`rnnkit.train.Trainer` writing into ``--out`` with the run flags."""
+    """A :class:`rnnkit.train.Trainer` writing into ``--out`` with the run flags (``--cuda-graphs``:
+    the model's recurrent layers wrapped first)."""
     from rnnkit.train import Trainer
+
+    if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
+        echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 
     bounded = args.max_minutes is not None or args.max_steps is not None
     epochs = args.epochs or (10**9 if bounded else int(args.epochs_default))

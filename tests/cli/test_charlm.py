@@ -97,3 +97,22 @@ def test_bad_text_file(cli, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n", encoding="utf-8")
     assert_one_line_error(cli("train", "charlm", "--data", empty, "--out", tmp_path / "o", *LM), "empty")
+
+
+def test_max_steps_alone_schedules_by_steps(cli, tmp_path, text_file):
+    """``--max-steps`` without ``--max-minutes``: the learning rate follows the steps (warm-up,
+    cosine down to its floor at the last step), so a run is reproducible; before, the default
+    5-minute clock drove it, and a 12-step run never left the warm-up."""
+    rows = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        r = cli(
+            "train", "charlm", "--data", text_file, "--out", out, "--max-steps", "12", "--log-every", "1", *LM
+        )
+        assert r.rc == 0, r.err
+        rows.append([json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()])
+    train = [r for r in rows[0] if r["split"] == "train"]
+    lrs = [r["lr"] for r in train]
+    assert max(lrs) == pytest.approx(3e-3, rel=0.05)  # the recipe's peak, reached
+    assert lrs[-1] < 0.2 * max(lrs)  # and decayed by the last step
+    assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]  # no clock in the schedule

@@ -115,10 +115,10 @@ def test_cli_charlm_under_torchrun_equals_one_process(tmp_path):
     ddp, one = _losses(tmp_path / "ddp"), _losses(tmp_path / "one")
     assert [r[:2] for r in ddp] == [r[:2] for r in one] and len(ddp) > 8
     torch.testing.assert_close(
-        torch.tensor([r[2] for r in ddp]), torch.tensor([r[2] for r in one]), atol=1e-5, rtol=0
-    )
+        torch.tensor([r[2] for r in ddp]), torch.tensor([r[2] for r in one]), atol=1e-4, rtol=0
+    )  # float32 GEMMs over 2 rows a rank against 4 in one process round differently (~2e-5)
     res = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("ddp", "one")]
-    assert res[0]["valid_nats_per_char"] == pytest.approx(res[1]["valid_nats_per_char"], abs=1e-5)
+    assert res[0]["valid_nats_per_char"] == pytest.approx(res[1]["valid_nats_per_char"], abs=1e-4)
     # a time budget (the learning-rate schedule follows it): every rank stops at the same step
     flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = ["--max-minutes", "0.03"]
     _torchrun("-m", "rnnkit", "train", "charlm", *flags, "--out", str(tmp_path / "budget"))
