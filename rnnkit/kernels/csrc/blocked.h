@@ -93,13 +93,29 @@ struct GateBlocks {
   int64_t G, H, P;
   std::vector<int64_t> j;  // block k: units [j[k], j[k+1])
   Tensor wb;               // block k: dense (P, G w_k) at offset P G j[k]
+  // Block k's (P, G w_k) is the transpose of W's rows g H + j0_k + u (u < w_k) for each gate g,
+  // written in 16 x 16 tiles (both sides stay in L1), the (block, gate) pairs over the threads:
+  // ~4x faster than ATen's copy of the permuted view plus a cat (medium LSTM: ~140 us a call).
   GateBlocks(const Tensor& w_hh, int64_t G_, int64_t parts) : G(G_), H(w_hh.size(0) / G_), P(w_hh.size(1)) {
     j = split(H, parts);
-    const Tensor w3 = w_hh.view({G, H, P});
-    std::vector<Tensor> flat;
-    for (size_t k = 0; k + 1 < j.size(); ++k)
-      flat.push_back(w3.narrow(1, j[k], j[k + 1] - j[k]).permute({2, 0, 1}).reshape({-1}));
-    wb = flat.size() == 1 ? flat[0].contiguous() : at::cat(flat);
+    TORCH_CHECK(w_hh.is_contiguous(), "GateBlocks: W must be contiguous");
+    wb = at::empty({G * H * P}, w_hh.options());
+    AT_DISPATCH_FLOATING_TYPES(w_hh.scalar_type(), "rnnkit_gate_blocks", [&] {
+      const scalar_t* W = w_hh.data_ptr<scalar_t>();
+      scalar_t* D = wb.data_ptr<scalar_t>();
+      at::parallel_for(0, n() * G, 1, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t k = q / G, g = q % G, j0 = j[k], w = width(k);
+          scalar_t* dst = D + P * G * j0 + g * w;  // element (p, u) at dst[p G w + u]
+          const scalar_t* src = W + (g * H + j0) * P;  // element (u, p) at src[u P + p]
+          constexpr int64_t t = 16;
+          for (int64_t u0 = 0; u0 < w; u0 += t)
+            for (int64_t p0 = 0; p0 < P; p0 += t)
+              for (int64_t p = p0; p < std::min(p0 + t, P); ++p)
+                for (int64_t u = u0; u < std::min(u0 + t, w); ++u) dst[p * G * w + u] = src[u * P + p];
+        }
+      });
+    });
   }
   int64_t n() const { return static_cast<int64_t>(j.size()) - 1; }
   int64_t width(int64_t k) const { return j[k + 1] - j[k]; }
