@@ -386,7 +386,14 @@ def test_no_ext_env_selects_pure_in_subprocess():
 
 @pytest.mark.parametrize("H", [5, 128])
 @pytest.mark.parametrize(
-    "family,kw", [("lstm", {"coupled_gates": True, "peephole": True}), ("gru", {"variant": "mut3"})]
+    "family,kw",
+    [
+        ("lstm", {"coupled_gates": True, "peephole": True}),
+        ("gru", {"variant": "mut3"}),
+        ("gru", {"variant": "mut1"}),  # no recurrent term in z: an empty block of W_hh
+        ("gru", {"variant": "mut2"}),
+        ("gru", {"reset_after": False}),
+    ],
 )
 def test_float32_onednn_sizes_match_loop(family, kw, H):
     """float32 at a size where the step GEMMs take oneDNN (B·rows·in ≥ 2²⁰) where available,
