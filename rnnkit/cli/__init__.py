@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from rnnkit.train.distributed import finish_process, launched_world_size
+from rnnkit.train.distributed import finish_process
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -79,22 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
+    from rnnkit.cli.common import run_train
+
     debug = os.environ.get("RNNKIT_DEBUG", "") not in ("", "0")
     try:
         args = build_parser().parse_args(argv)
-        world = launched_world_size()
-        if args.command == "train" and args.task != "charlm" and world > 1:  # before any I/O
-            raise CLIError(
-                f"rnnkit train {args.task} runs one process, but WORLD_SIZE={world} (torchrun): every "
-                "rank would train its own copy into the same --out. Data-parallel from the command "
-                "line: rnnkit train charlm; else rnnkit.train.Trainer in a script under torchrun "
-                "(docs/train.md, 'Distributed data parallel'); rnnkit study splits its grid over "
-                "torchrun's ranks",
-                code=2,
-            )
         if getattr(args, "cuda_graphs", False) and not str(args.device).startswith("cuda"):
             raise CLIError(f"--cuda-graphs needs a CUDA --device, got {args.device}", code=2)
-        result = args.func(args)
+        result = run_train(args) if args.command == "train" else args.func(args)
         return int(result or 0)
     except CLIError as e:
         print(f"rnnkit: error: {_one_line(e)}", file=sys.stderr)

@@ -27,6 +27,7 @@ from rnnkit.cli.common import (
     make_trainer,
     positive_int,
     prepare_out,
+    ranks,
     read_run,
 )
 
@@ -187,22 +188,12 @@ def _valid_batches(ids: torch.Tensor, batch_size: int, seq_len: int, rank: int =
 
 
 def train_charlm(args: argparse.Namespace) -> int:
-    """``rnnkit train charlm``; under ``torchrun`` data-parallel: ``--batch-size`` is the global
-    number of streams, split over the ranks; rank 0 alone prints and writes."""
-    from rnnkit.train.distributed import cleanup_distributed, launched_world_size, setup_distributed
-
-    if launched_world_size() > 1:
-        info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
-        args.device = str(info.device)  # cuda:LOCAL_RANK on GPUs
-        try:
-            return _train_charlm(args, info.rank, info.world_size)
-        finally:
-            cleanup_distributed()
-    return _train_charlm(args, 0, 1)
-
-
-def _train_charlm(args: argparse.Namespace, rank: int, world: int) -> int:
+    """``rnnkit train charlm``; under ``torchrun`` (:func:`rnnkit.cli.common.run_train`) the
+    global ``--batch-size`` streams and the validation streams are split over the ranks."""
     from rnnkit.data import bptt_batches
+
+    shard = ranks()
+    world, rank = shard["num_replicas"], shard["rank"]
 
     if args.batch_size % world:
         raise CLIError(

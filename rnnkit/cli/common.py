@@ -202,6 +202,29 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     return run
 
 
+def run_train(args: argparse.Namespace) -> int:
+    """``args.func(args)`` of ``rnnkit train``; under torchrun (``WORLD_SIZE`` > 1) in a process
+    group, data-parallel: ``--batch-size`` is the global batch, each rank trains on its share
+    (:func:`ranks`), rank 0 alone prints and writes; ``--device cuda`` means ``cuda:LOCAL_RANK``."""
+    from rnnkit.train.distributed import cleanup_distributed, launched_world_size, setup_distributed
+
+    if launched_world_size() <= 1:
+        return args.func(args)
+    info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
+    args.device = str(info.device)
+    try:
+        return args.func(args)
+    finally:
+        cleanup_distributed()
+
+
+def ranks() -> dict[str, int]:
+    """``num_replicas``/``rank`` of this process for the task loaders (1/0 without torchrun)."""
+    from rnnkit.train.distributed import get_rank, get_world_size
+
+    return {"num_replicas": get_world_size(), "rank": get_rank()}
+
+
 def graph_recurrent_layers(model: nn.Module) -> int:
     """Wrap every rnnkit/torch.nn recurrent layer of ``model`` in :func:`rnnkit.cuda_graphed`,
     in place (parameters and checkpoint keys unchanged); returns how many were wrapped."""

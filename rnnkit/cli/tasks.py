@@ -1,7 +1,9 @@
 """``rnnkit train forecast|classify|tag|seq2seq|memory``: one thin function per task.
 
 Each builds its data and model from :mod:`rnnkit.tasks`, trains with
-:class:`rnnkit.train.Trainer` into ``--out`` and prints/writes the task's metrics.
+:class:`rnnkit.train.Trainer` into ``--out`` and prints/writes the task's metrics. Under
+torchrun each rank trains on its share of every global batch (``**ranks()``) and validates on
+the whole validation set (the ranks' identical sums average to the one-process value).
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from rnnkit.cli.common import (
     make_trainer,
     positive_int,
     prepare_out,
+    ranks,
     require,
 )
+from rnnkit.tasks._common import batches
 
 __all__ = ["add_train_parsers"]
 
@@ -194,8 +198,12 @@ def train_forecast(args: argparse.Namespace) -> int:
     model = F.Forecaster(run["model"]["arch"])
     _describe(model, model.net.encoder)
     length = args.window + args.horizon
-    train = DataLoader(
-        TensorDataset(s.windows(0, s.n_train, length)), batch_size=args.batch_size, shuffle=True
+    train = batches(
+        TensorDataset(s.windows(0, s.n_train, length)),
+        args.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        **ranks(),
     )
     valid = DataLoader(
         TensorDataset(s.windows(s.n_train - args.window, s.n_valid_end, length)), batch_size=256
@@ -225,9 +233,9 @@ def train_forecast(args: argparse.Namespace) -> int:
         preds["ARIMA" + str(order)] = F.arima_forecasts(s, args.horizon, order)
     metrics = {f"test_rmse_{k.split('(')[0].lower()}": F.rmse(v, target) for k, v in preds.items()}
     metrics["test_origins"] = len(target)
-    F.plot_forecast(
-        s, args.horizon, preds, Path(args.out) / "forecast.png", title=f"{source}: {args.horizon}-step"
-    )
+    if trainer.is_main:
+        title = f"{source}: {args.horizon}-step"
+        F.plot_forecast(s, args.horizon, preds, Path(args.out) / "forecast.png", title=title)
     finish(args, trainer, result, metrics, valid)
     return 0
 
@@ -260,7 +268,7 @@ def train_classify(args: argparse.Namespace) -> int:
     echo(
         f"data {cd.name}: {len(cd.train)} train / {len(cd.valid)} valid sequences, {len(cd.classes)} classes"
     )
-    train = C.loader(cd, "train", args.batch_size, shuffle=True, seed=args.seed)
+    train = C.loader(cd, "train", args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = C.loader(cd, "valid", 256, shuffle=False)
     trainer = make_trainer(args, model, _optimizer(args, model), step_fn=C.step_fn, carry_state=False)
     result = trainer.fit(train, valid)
@@ -287,7 +295,7 @@ def train_tag(args: argparse.Namespace) -> int:
     model = T.tagger(run["model"]["arch"], len(td.words), len(td.tags), run["model"]["embedding_dim"])
     _describe(model, model.encoder)
     echo(f"data {args.data}: {len(td.train)} train / {len(td.valid)} valid sentences, {len(td.tags)} tags")
-    train = T.loader(td.train, args.batch_size, shuffle=True, seed=args.seed)
+    train = T.loader(td.train, args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = T.loader(td.valid, 256, shuffle=False)
     trainer = make_trainer(args, model, _optimizer(args, model), step_fn=T.step_fn, carry_state=False)
     result = trainer.fit(train, valid)
@@ -319,7 +327,9 @@ def train_seq2seq(args: argparse.Namespace) -> int:
     m = run["model"]
     model = S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"])
     _describe(model, model.encoder)
-    train = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, collate_fn=S.collate)
+    train = batches(
+        data.train, args.batch_size, shuffle=True, seed=args.seed, collate_fn=S.collate, **ranks()
+    )
     valid = DataLoader(data.valid, batch_size=256, collate_fn=S.collate)
     sampler, free = _sampler(args), ScheduledSampler(0.0)
     trainer = None
@@ -365,7 +375,7 @@ def train_memory(args: argparse.Namespace) -> int:
         f"task {task.name} {task.params}: {args.n_train} train / {args.n_valid} valid; "
         f"baseline {task.baseline}"
     )
-    train = DataLoader(TensorDataset(*task.train), batch_size=args.batch_size, shuffle=True)
+    train = batches(TensorDataset(*task.train), args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = DataLoader(TensorDataset(*task.valid), batch_size=256)
     trainer = make_trainer(
         args, model, _optimizer(args, model), loss_fn=M.loss_fn(task.name), carry_state=False

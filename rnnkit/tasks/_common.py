@@ -14,7 +14,32 @@ from torch import Tensor, nn
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size
 
-__all__ = ["SequenceNet", "last_valid", "accuracy"]
+__all__ = ["SequenceNet", "last_valid", "accuracy", "batches"]
+
+
+def batches(
+    ds: Any,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    collate_fn: Any = None,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> torch.utils.data.DataLoader:
+    """Batches of ``ds``; with ``num_replicas > 1`` (DDP) rank ``rank``'s share of every global
+    batch of ``batch_size`` (a multiple of ``num_replicas``): a ``DistributedSampler`` seeded by
+    ``seed``, every rank the same number of batches (the last one padded with repeats)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    if num_replicas == 1:
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_fn)
+    if batch_size % num_replicas:
+        raise ValueError(
+            f"batch size {batch_size} (the global batch) must be a multiple of {num_replicas} ranks"
+        )
+    sampler = DistributedSampler(ds, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+    return DataLoader(ds, batch_size=batch_size // num_replicas, sampler=sampler, collate_fn=collate_fn)
 
 
 def last_valid(out: Tensor, lengths: Tensor | None) -> Tensor:

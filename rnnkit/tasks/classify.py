@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.tasks._common import SequenceNet, accuracy
+from rnnkit.tasks._common import SequenceNet, accuracy, batches
 from rnnkit.tasks.memory import _plus_one
 
 __all__ = [
@@ -162,14 +162,21 @@ def classifier(arch: dict[str, Any], n_classes: int, model_kwargs: dict[str, Any
     return SequenceNet(arch, n_classes, many_to_one=True, **model_kwargs)
 
 
-def loader(cd: ClassifyData, split: str, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Batches of ``split``: ``(x, y)`` tensors, or ``PaddedBatch`` (bucketed by length)."""
+def loader(
+    cd: ClassifyData, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
+    num_replicas: int = 1, rank: int = 0,
+) -> DataLoader:  # fmt: skip
+    """Batches of ``split``: ``(x, y)`` tensors, or ``PaddedBatch`` (bucketed by length); with
+    ``num_replicas > 1`` this rank's share of every global batch of ``batch_size`` (DDP)."""
     from rnnkit.data import BucketBatchSampler, PadCollate
 
     ds = cd.train if split == "train" else cd.valid
     if not cd.variable_length:
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle)
-    sampler = BucketBatchSampler([len(x) for x, _ in ds], batch_size, shuffle=shuffle, seed=seed)
+        return batches(ds, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)
+    lengths = [len(x) for x, _ in ds]
+    sampler = BucketBatchSampler(
+        lengths, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank
+    )
     return DataLoader(ds, batch_sampler=sampler, collate_fn=PadCollate(batch_first=True, padding_value=PAD))
 
 

@@ -119,10 +119,16 @@ def tagger(arch: dict[str, Any], n_words: int, n_tags: int, embedding_dim: int =
     )
 
 
-def loader(items: list, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+def loader(
+    items: list, batch_size: int, *, shuffle: bool, seed: int = 0, num_replicas: int = 1, rank: int = 0
+) -> DataLoader:
+    """Padded batches bucketed by length; ``num_replicas > 1``: this rank's share (DDP)."""
     from rnnkit.data import BucketBatchSampler, PadCollate
 
-    sampler = BucketBatchSampler([len(x) for x, _ in items], batch_size, shuffle=shuffle, seed=seed)
+    lengths = [len(x) for x, _ in items]
+    sampler = BucketBatchSampler(
+        lengths, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank
+    )
     return DataLoader(
         items, batch_sampler=sampler, collate_fn=PadCollate(batch_first=True, padding_value=PAD)
     )

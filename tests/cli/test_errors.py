@@ -100,17 +100,3 @@ def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNKIT_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         cli("train", "classify", "--data", tmp_path / "nope.csv", "--out", tmp_path / "o", *TINY)
-
-
-def test_train_under_torchrun_is_refused_before_writing(cli, tmp_path, monkeypatch):
-    """``rnnkit train`` of a task other than charlm is one process: under torchrun every rank
-    would train its own copy into the same --out, so it refuses (exit 2) before reading data or
-    writing anything (charlm runs data-parallel: tests/train/test_ddp.py)."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    out = tmp_path / "run"
-    r = cli("train", "forecast", "--data", tmp_path / "missing.csv", "--out", out, "--max-steps", 1)
-    assert_one_line_error(r, "WORLD_SIZE=2", "rnnkit train charlm", "rnnkit.train.Trainer")
-    assert r.rc == 2 and not out.exists()
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    r = cli("train", "forecast", "--data", tmp_path / "missing.csv", "--out", out, "--max-steps", 1)
-    assert_one_line_error(r, "missing.csv")  # one process: on to the usual checks

@@ -125,6 +125,39 @@ def test_cli_charlm_under_torchrun_equals_one_process(tmp_path):
     assert json.loads((tmp_path / "budget" / "results.json").read_text())["stop_reason"] == "max_minutes"
 
 
+def test_cli_other_tasks_under_torchrun(tmp_path):
+    """Every ``rnnkit train`` task runs under torchrun: each rank its share of the global batch
+    (a DistributedSampler, or the length buckets of padded text), rank 0 alone writing."""
+    csv = tmp_path / "t.csv"
+    csv.write_text(
+        "text,label\n" + "".join(f'"good film {k}",pos\n"a bad, bad one {k}",neg\n' for k in range(30))
+    )
+    runs = {
+        "memory": ["memory", "--task", "adding", "--length", "10", "--n-train", "64", "--n-valid", "16"],
+        "classify": ["classify", "--data", str(csv)],
+    }
+    for name, argv in runs.items():
+        out = tmp_path / name
+        proc = _torchrun("-m", "rnnkit", "train", *argv, "--max-steps", "4", "--batch-size", "8",
+                         "--hidden", "8", "--no-progress", "--out", str(out))  # fmt: skip
+        assert proc.stdout.count("stopped (max_steps) after 4 steps") == 1, proc.stdout
+        assert json.loads((out / "results.json").read_text())["step"] == 4
+    bad = [
+        "-m",
+        "rnnkit",
+        "train",
+        "memory",
+        "--batch-size",
+        "7",
+        "--max-steps",
+        "1",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    with pytest.raises(AssertionError, match="must be a multiple of 2 ranks"):
+        _torchrun(*bad)
+
+
 def test_study_under_torchrun_splits_the_grid_and_exits_cleanly(tmp_path):
     """``torchrun -m rnnkit.study``: the ranks share the grid, rank 0 writes the report, and
     every rank leaves with status 0 (``finish_process``: no finalization for gloo to abort)."""
