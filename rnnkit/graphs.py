@@ -24,6 +24,10 @@ backward whose activations were overwritten by a later replay of the same graph 
 Random masks (dropout, zoneout) are drawn inside the graph from torch's CUDA generator, whose
 replays advance its offset: every replay draws fresh masks, reproducibly under a seed.
 
+Known limit: each capture runs ``warmup`` eager calls first, and a layer whose forward updates
+buffers — recurrent batch norm's running statistics in training — updates them for those
+calls too (``warmup`` extra momentum steps per captured signature; not yet tested on a GPU).
+
 Runs eagerly instead (same results, no graphs): on the CPU, for packed sequences and padded
 batches with ``lengths=``, under ``torch.compile``, and while another CUDA graph is being
 captured.
@@ -106,6 +110,7 @@ class CUDAGraphed(nn.Module):
         self.layer = layer
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: OrderedDict[tuple, _Graphs] = OrderedDict()
+        self._state_kind: str | int = "tensor"  # the layer's state: a tensor, or a tuple of n
         # The wrapper is invisible in checkpoints: the layer's own keys, loadable either way.
         self.register_state_dict_post_hook(_drop_layer_prefix)
         self.register_load_state_dict_pre_hook(_add_layer_prefix)
