@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -142,3 +143,15 @@ def test_runs_it_cannot_use(cli, tmp_path, text_file, text_csv):
     run["tokens"] = "word"
     (c / "run.json").write_text(json.dumps(run))
     assert_one_line_error(cli("predict", "--checkpoint", c, "--input", empty), "no lines to predict")
+
+
+def test_forecast_of_a_sunspots_run_needs_no_input(cli, tmp_path):
+    pytest.importorskip("statsmodels")
+    out = tmp_path / "sun"
+    r = cli("train", "forecast", "--data", "sunspots", "--window", 12, "--horizon", 3,
+            "--arima-order", "none", "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    r = cli("predict", "--checkpoint", out)
+    assert r.rc == 0, r.err
+    steps = [line.split("\t") for line in r.out.splitlines()]
+    assert [int(k) for k, _ in steps] == [1, 2, 3] and all(math.isfinite(float(v)) for _, v in steps)
