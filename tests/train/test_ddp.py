@@ -125,6 +125,20 @@ def test_cli_charlm_under_torchrun_equals_one_process(tmp_path):
     assert json.loads((tmp_path / "budget" / "results.json").read_text())["stop_reason"] == "max_minutes"
 
 
+def test_cli_resume_under_torchrun_continues_exactly(tmp_path):
+    """A data-parallel command-line run stopped at step 3 and resumed to 6 logs what an
+    uninterrupted 6-step run logs (every rank's sampler position, RNG and state restored).
+    The memory task: a constant learning rate (charlm's schedule spans the budget given)."""
+    flags = ["train", "memory", "--task", "adding", "--length", "6", "--n-train", "64", "--n-valid", "16",
+             "--batch-size", "8", "--hidden", "8", "--log-every", "1", "--no-progress"]  # fmt: skip
+    _torchrun("-m", "rnnkit", *flags, "--max-steps", "6", "--out", str(tmp_path / "whole"))
+    _torchrun("-m", "rnnkit", *flags, "--max-steps", "3", "--out", str(tmp_path / "split"))
+    _torchrun("-m", "rnnkit", *flags, "--max-steps", "6", "--resume", "--out", str(tmp_path / "split"))
+    whole, split = _losses(tmp_path / "whole"), _losses(tmp_path / "split")
+    train = [r for r in whole if r[0] == "train"]
+    assert train == [r for r in split if r[0] == "train"] and len(train) == 6
+
+
 def test_cli_other_tasks_under_torchrun(tmp_path):
     """Every ``rnnkit train`` task runs under torchrun: each rank its share of the global batch
     (a DistributedSampler, or the length buckets of padded text), rank 0 alone writing."""
