@@ -152,7 +152,9 @@ def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool,
     T, B, N = len(bsz), bsz[0], a.shape[0]
     bias = (p["bias_ih"] + p["bias_hh"]) if cell.bias else None
     if training and use_ext_for(a) and not torch.compiler.is_compiling():  # the same in C++
-        y, mean, var = _BNInput.apply(a, p["weight_bn_ih"], bias, bsz)
+        w = p["weight_bn_ih"]
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, w, bias))
+        y, mean, var = _BNInput.apply(a, w, bias, bsz, save)
         if reverse:
             mean, var = mean.flip(0), var.flip(0)
         _update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)
@@ -188,8 +190,10 @@ class _BNInput(torch.autograd.Function):
     (``csrc/norm_input.cpp``): ``(y, mean, var)``, statistics ``(T, G)`` in time order."""
 
     @staticmethod
-    def forward(ctx, a, w, b, bsz):
-        y, xh, mean, var, rs = torch.ops.rnnkit_norm.bn_input_forward(a, w, b, list(bsz))
+    def forward(ctx, a, w, b, bsz, save=True):
+        # save=False (no gradient wanted, decided by the caller: needs_input_grad ignores
+        # no_grad): x^ is not kept, backward is never called
+        y, xh, mean, var, rs = torch.ops.rnnkit_norm.bn_input_forward(a, w, b, list(bsz), save)
         ctx.save_for_backward(xh, rs, w)
         ctx.bsz, ctx.has_bias = list(bsz), b is not None
         ctx.mark_non_differentiable(mean, var)
@@ -200,7 +204,7 @@ class _BNInput(torch.autograd.Function):
     def backward(ctx, dy, _m, _v):
         xh, rs, w = ctx.saved_tensors
         da, dw, db = torch.ops.rnnkit_norm.bn_input_backward(dy, xh, rs, w, ctx.has_bias, ctx.bsz)
-        return da, dw, db if ctx.has_bias else None, None
+        return da, dw, db if ctx.has_bias else None, None, None
 
 
 def _update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]) -> None:

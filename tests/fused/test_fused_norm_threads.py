@@ -126,6 +126,11 @@ def test_batch_norm_input_two_threads(num_threads):
         got = torch.autograd.grad(y, [a, w, b], dy, retain_graph=True)
         for u, v in zip(got, ref):
             torch.testing.assert_close(u, v, atol=1e-11, rtol=1e-11)
+    # without a gradient wanted, x^ is not kept (a scratch row per thread) and nothing else changes
+    lean = torch.ops.rnnkit_norm.bn_input_forward(a.detach(), w.detach(), b.detach(), BS, False)
+    assert lean[1].numel() == 0
+    for u, v in zip([lean[0], lean[2], lean[3]], [y, mean, var], strict=True):
+        torch.testing.assert_close(u, v, atol=0, rtol=0)
 
 
 DEFAULT_THREADS = """
