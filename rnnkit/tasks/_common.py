@@ -6,6 +6,7 @@ a TCN, a conv front end + recurrent stack), always batch-first.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -14,7 +15,20 @@ from torch import Tensor, nn
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size
 
-__all__ = ["SequenceNet", "last_valid", "accuracy", "batches"]
+__all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches"]
+
+
+def padded_batches(
+    ids: list[Tensor], batch_size: int, device: torch.device, padding_value: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """``(x (B, T_max) padded with padding_value on device, lengths (B,) on the CPU)`` for
+    consecutive chunks of ``batch_size`` id sequences, in order (inference over many inputs)."""
+    from torch.nn.utils.rnn import pad_sequence
+
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i : i + batch_size]
+        x = pad_sequence(chunk, batch_first=True, padding_value=padding_value).to(device)
+        yield x, torch.tensor([len(c) for c in chunk])
 
 
 def batches(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.tasks._common import SequenceNet, accuracy, batches
+from rnnkit.tasks._common import SequenceNet, accuracy, batches, padded_batches
 from rnnkit.tasks.memory import _plus_one
 
 __all__ = [
@@ -225,10 +225,8 @@ def predict_texts(
     model.eval()
     dev = next(model.parameters()).device
     out: list[tuple[str, float]] = []
-    for i in range(0, len(ids), batch_size):
-        chunk = ids[i : i + batch_size]
-        x = torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True, padding_value=PAD).to(dev)
-        logits, _ = model(x, None, lengths=torch.tensor([len(c) for c in chunk]))
+    for x, lengths in padded_batches(ids, batch_size, dev, PAD):
+        logits, _ = model(x, None, lengths=lengths)
         prob, label = logits.softmax(-1).max(-1)
         out += [(classes[k], p) for k, p in zip(label.tolist(), prob.tolist(), strict=True)]
     return out

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size
-from rnnkit.tasks._common import last_valid
+from rnnkit.tasks._common import last_valid, padded_batches
 
 __all__ = [
     "number_to_words",
@@ -215,9 +215,6 @@ def translate(
         ids.append(torch.tensor([si[t] for t in src]))
     dev = next(model.parameters()).device
     out: list[list[str]] = []
-    for i in range(0, len(ids), batch_size):
-        chunk = ids[i : i + batch_size]
-        src = pad_sequence(chunk, batch_first=True, padding_value=PAD).to(dev)
-        for row in greedy_decode(model, src, torch.tensor([len(c) for c in chunk]), max_len):
-            out.append([tgt_vocab[k] for k in row])
+    for src, lengths in padded_batches(ids, batch_size, dev, PAD):
+        out += [[tgt_vocab[k] for k in row] for row in greedy_decode(model, src, lengths, max_len)]
     return out

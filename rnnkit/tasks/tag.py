@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from rnnkit.tasks._common import SequenceNet
+from rnnkit.tasks._common import SequenceNet, padded_batches
 
 __all__ = [
     "read_conllu",
@@ -164,20 +164,15 @@ def predict_tags(
 ) -> list[list[str]]:
     """The tag of every token of each sentence (tokens as in CoNLL-U's FORM column; words
     are lower-cased as in training, unknown ones become ``<unk>``)."""
-    from torch.nn.utils.rnn import pad_sequence
-
     wid = {w: i for i, w in enumerate(words)}
     for i, s in enumerate(sentences, 1):
         if not s:
             raise ValueError(f"input {i}: an empty sentence")
+    ids = [torch.tensor([wid.get(w.lower(), UNK) for w in s]) for s in sentences]
     model.eval()
     dev = next(model.parameters()).device
     out: list[list[str]] = []
-    for i in range(0, len(sentences), batch_size):
-        chunk = sentences[i : i + batch_size]
-        ids = [torch.tensor([wid.get(w.lower(), UNK) for w in s]) for s in chunk]
-        x = pad_sequence(ids, batch_first=True, padding_value=PAD).to(dev)
-        logits, _ = model(x, None, lengths=torch.tensor([len(s) for s in chunk]))
-        best = logits.argmax(-1).tolist()
-        out += [[tags[k] for k in row[: len(s)]] for row, s in zip(best, chunk, strict=True)]
+    for x, lengths in padded_batches(ids, batch_size, dev, PAD):
+        best = model(x, None, lengths=lengths)[0].argmax(-1).tolist()
+        out += [[tags[k] for k in row[:n]] for row, n in zip(best, lengths.tolist(), strict=True)]
     return out
