@@ -58,10 +58,15 @@ class _Graphs:
         self.grad_inputs: list[Tensor | None] = []  # what it writes (args, then parameters)
         self.replays = 0  # forward replays so far: a backward must belong to the latest
 
-    def load(self, args: tuple[Tensor, ...]) -> None:
+    def run(self, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Replay the forward on ``args``; the outputs are copies (the next replay overwrites
+        the graph's own)."""
         for static, a in zip(self.inputs, args, strict=True):
             if static.data_ptr() != a.data_ptr():
                 static.copy_(a)
+        self.fwd.replay()
+        self.replays += 1
+        return tuple(o.clone() for o in self.outputs)
 
 
 class _Replay(torch.autograd.Function):
@@ -69,11 +74,8 @@ class _Replay(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, g: _Graphs, *inputs: Tensor) -> tuple[Tensor, ...]:
-        g.load(inputs[: g.n_args])
-        g.fwd.replay()
-        g.replays += 1
+        outs = g.run(inputs[: g.n_args])
         ctx.graphs, ctx.replay = g, g.replays
-        outs = tuple(o.clone() for o in g.outputs)  # the next replay overwrites g.outputs
         ctx.mark_non_differentiable(*(o for o, d in zip(outs, g.differentiable) if not d))
         return outs
 
@@ -146,12 +148,7 @@ class CUDAGraphed(nn.Module):
             if len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
         self._graphs.move_to_end(key)
-        if grad:
-            flat = _Replay.apply(g, *args, *params)
-        else:
-            g.load(args)
-            g.fwd.replay()
-            flat = tuple(o.clone() for o in g.outputs)
+        flat = _Replay.apply(g, *args, *params) if grad else g.run(args)
         return self._unflatten(flat)
 
     # -- capture ---------------------------------------------------------------------------
