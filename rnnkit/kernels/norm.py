@@ -10,7 +10,7 @@ the cell ``c_t`` (``H`` features)::
     x̂ = (r - μ) ⊙ ρ,   y = γ ⊙ x̂ (+ β)                            ρ = 1/sqrt(σ² + ε)
     mode LN        μ, σ² over the features of each row             ρ saved (N, 1)
     mode BN_TRAIN  μ, σ² over the rows of the step (biased σ²)     μ, σ², ρ saved (T, F)
-    mode BN_EVAL   μ, ρ given per row (running statistics)         ``st (2, N, F)``
+    mode BN_EVAL   μ, ρ given per slot (running statistics)        ``st (2, S, F)``
 
 Backward of a group, from ``dy`` (gradient of ``y``): ``dx̂ = γ ⊙ dy`` and
 ``dr = ρ ⊙ (dx̂ - mean(dx̂) - x̂ ⊙ mean(dx̂ ⊙ x̂))`` with means over the same axis as the
@@ -31,6 +31,8 @@ statistics, see :func:`rnnkit.cells.norm.step_slots`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -86,6 +88,28 @@ def norm_backward(mode: int, dy: Tensor, xh: Tensor, rs: Tensor, g: Tensor, out:
     return dxh.mul_(rs)
 
 
+def row_slots(bsz: Sequence[int], reverse: bool, slots: int, device=None) -> Tensor:
+    """Running-statistics slot of every packed row in evaluation (as
+    :func:`rnnkit.cells.norm.step_slots`): the number of steps its sequence has taken in this
+    direction, clamped to ``slots - 1``."""
+    T, B = len(bsz), bsz[0]
+    counts = torch.tensor(list(bsz), device=device)
+    t = torch.repeat_interleave(torch.arange(T, device=device), counts)
+    if not reverse:
+        return t.clamp(max=slots - 1)
+    offsets = torch.cumsum(counts, 0) - counts
+    b = torch.arange(t.shape[0], device=device) - offsets[t]
+    lengths = (counts.unsqueeze(0) > torch.arange(B, device=device).unsqueeze(1)).sum(1)
+    return (lengths[b] - 1 - t).clamp(max=slots - 1)
+
+
+def _per_row(mode: int, st: Tensor | None, bsz: Sequence[int], reverse: bool) -> Tensor | None:
+    """BN_EVAL's per-slot statistics ``(2, S, F)`` gathered per row ``(2, N, F)``."""
+    if mode != BN_EVAL or st is None:
+        return st
+    return st[:, row_slots(bsz, reverse, st.shape[1], st.device)]
+
+
 def _rho(mode: int, rs: Tensor, st: Tensor | None, s: slice, k: int) -> Tensor:
     return rs[s] if mode == LN else rs[k] if mode == BN_TRAIN else st[1, s]  # type: ignore[index]
 
@@ -103,6 +127,7 @@ def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_h
     μ_c, σ²_c]`` (``(T, F)`` in processing order, else empty) and the saved tensors."""
     N, B, P, T = xp.shape[0], h0.shape[0], h0.shape[1], len(batch_sizes)
     G = w_hh.shape[0]
+    st_hh, st_c = (_per_row(mode, st, batch_sizes, reverse) for st in (st_hh, st_c))
     e = xp.new_empty
     hbuf, out, hprev = h0.clone(), e(N, P), e(N, P)
     hh = _Group(mode, N, T, G, xp, g_hh, s_hh, st_hh)
@@ -177,6 +202,7 @@ def backward(kind: str, mode: int, gout: Tensor, ghn: Tensor, gcn: Tensor, out: 
     """``[d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, dγ_hh, dβ_hh, dγ_c, dβ_c]`` (``None`` where
     absent). ``out`` is the forward's output (the RNN's ``h̃`` without zoneout)."""
     B = ghn.shape[0]
+    st_hh, st_c = (_per_row(mode, st, batch_sizes, reverse) for st in (st_hh, st_c))
     steps = list(enumerate(schedule(batch_sizes, reverse)))[::-1]
     dhbuf = ghn.clone()
     dhz = torch.empty_like(ghn)  # zoneout's direct path to h_{t-1}

@@ -34,7 +34,7 @@ from ..cells.norm import EPS, MOMENTUM, layer_norm
 from ..cells.rnn import RNNCellMath
 from . import _common, _gemm
 from . import norm as pure
-from .norm import BN_EVAL, BN_TRAIN, LN
+from .norm import BN_EVAL, BN_TRAIN, LN, row_slots
 
 NORM_KINDS = ("lstm_ln", "lstm_bn", "gru_ln", "rnn_tanh_ln", "rnn_relu_ln")
 
@@ -102,8 +102,7 @@ def run_direction(
         mode = BN_TRAIN if training else BN_EVAL
         xp = _batch_norm_input(cell, p, xp, bsz, reverse, training)
         if not training:
-            slots = _row_slots(bsz, reverse, cell.max_len, xp.device)  # type: ignore[attr-defined]
-            st_hh, st_c = (_eval_stats(p, grp, slots) for grp in ("hh", "c"))
+            st_hh, st_c = (_eval_stats(p, grp, len(bsz)) for grp in ("hh", "c"))
         g = "bn"
     else:
         mode, g = LN, "ln"
@@ -126,23 +125,11 @@ def run_direction(
 
 
 # -- batch norm outside the loop --------------------------------------------------------------
-def _row_slots(bsz: list[int], reverse: bool, max_len: int, device) -> Tensor:
-    """Running-statistics slot of every packed row in evaluation (as ``step_slots``): the
-    number of steps its sequence has taken in this direction, clamped to ``max_len - 1``."""
-    T, B = len(bsz), bsz[0]
-    counts = torch.tensor(bsz, device=device)
-    t = torch.repeat_interleave(torch.arange(T, device=device), counts)
-    if not reverse:
-        return t.clamp(max=max_len - 1)
-    offsets = torch.cumsum(counts, 0) - counts
-    b = torch.arange(t.shape[0], device=device) - offsets[t]
-    lengths = (counts.unsqueeze(0) > torch.arange(B, device=device).unsqueeze(1)).sum(1)
-    return (lengths[b] - 1 - t).clamp(max=max_len - 1)
-
-
-def _eval_stats(p: Params, grp: str, slots: Tensor) -> Tensor:
-    """``(2, N, F)``: per row the running mean and ``1 / sqrt(running var + ε)`` of its slot."""
-    mean, var = p[f"running_mean_{grp}"][slots], p[f"running_var_{grp}"][slots]
+def _eval_stats(p: Params, grp: str, steps: int) -> Tensor:
+    """``(2, S, F)``: per running-statistics slot the mean and ``1 / sqrt(var + ε)``, for the
+    ``S = min(steps, max_len)`` slots a direction of ``steps`` steps can reach (the kernels look
+    each row's slot up: see :func:`.norm.row_slots`)."""
+    mean, var = p[f"running_mean_{grp}"][:steps], p[f"running_var_{grp}"][:steps]
     return torch.stack([mean, torch.rsqrt(var + EPS)])
 
 
@@ -178,9 +165,16 @@ def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool,
         if reverse:  # processing order
             mean, var = mean.flip(0), var.flip(0)
         _update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)
-    else:
-        mean, rs = _eval_stats(p, "ih", _row_slots(bsz, reverse, cell.max_len, a.device))
-        y = (a - mean) * rs
+    else:  # y = a ⊙ scale + shift with per-slot scale = γ ρ, shift = b - μ scale: one pass over a
+        mean, rs = _eval_stats(p, "ih", T)
+        scale = rs * p["weight_bn_ih"]
+        shift = -mean * scale if bias is None else bias - mean * scale
+        if all(b == B for b in bsz):  # dense: every step's rows share its slot
+            k = torch.arange(T, device=a.device)
+            k = (T - 1 - k if reverse else k).clamp_(max=scale.shape[0] - 1)
+            return torch.addcmul(shift[k].unsqueeze(1), a.view(T, B, -1), scale[k].unsqueeze(1)).view(N, -1)
+        slots = row_slots(bsz, reverse, scale.shape[0], a.device)
+        return torch.addcmul(shift[slots], a, scale[slots])
     y = y * p["weight_bn_ih"]
     return y if bias is None else y + bias
 
@@ -288,7 +282,7 @@ def fused_norm_direction(
     """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]`` of one normalized direction.
 
     ``kind`` ``"lstm" | "gru" | "rnn_tanh" | "rnn_relu"``, ``mode`` 1 (layer norm), 2 (batch
-    norm, training), 3 (batch norm, evaluation with per-row statistics ``st (2, N, F)``);
+    norm, training), 3 (batch norm, evaluation with per-slot statistics ``st (2, S, F)``);
     ``g_*, s_*`` the gains and shifts of the recurrent group and of the cell (LSTM).
     """
     args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c)

@@ -76,7 +76,8 @@ CASES = [
     for reg, bidir, packed in ((REGS[0], False, True), (REGS[1], True, False))
     for training in ((True, False) if f == "lstm_bn" else (True,))
 ]
-CASES += [(f, REGS[1], True, True, False) for f in FAMILIES if f != "lstm_bn"]  # evaluation: zoneout's mean
+# evaluation, bidirectional and packed: zoneout's mean; batch norm's per-row slots in reverse
+CASES += [(f, REGS[1], True, True, False) for f in FAMILIES]
 
 
 @pytest.mark.parametrize("family,reg,bidir,packed,training", CASES)
@@ -156,9 +157,9 @@ def _op_args(kind, mode, grad=True):
     G = {"lstm": 4 * H, "gru": 3 * H}.get(kind, H)
     lstm = kind == "lstm"
     st_hh = st_c = None
-    if mode == 3:  # per-row (mean, 1/std)
-        st_hh = torch.stack([torch.randn(N, G), torch.rand(N, G) + 0.5])
-        st_c = torch.stack([torch.randn(N, H), torch.rand(N, H) + 0.5]) if lstm else None
+    if mode == 3:  # per slot (mean, 1/std); 3 slots for T = 4 steps: the last one shared
+        st_hh = torch.stack([torch.randn(3, G), torch.rand(3, G) + 0.5])
+        st_c = torch.stack([torch.randn(3, H), torch.rand(3, H) + 0.5]) if lstm else None
     return (
         kind, mode, t(N, G), t(B, P), t(B, H) if lstm else None, t(G, P), t(G) if kind == "gru" else None,
         None, torch.rand(B, P), torch.rand(N, P), torch.rand(N, H) if lstm else None,

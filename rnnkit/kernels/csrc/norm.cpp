@@ -6,7 +6,7 @@
 // Tensor created: h_{t-1} (times the dropout mask) -> the recurrent group r_t = h W_hh^T
 // (csrc/norm_kernels.h step_xwt: brgemm for float32, dgemm for float64) -> one pass per row:
 // the normalization of r_t (mode 1 layer norm: the row's own statistics;
-// 2 batch norm: the step's column statistics, computed just before; 3 given per-row statistics)
+// 2 batch norm: the step's column statistics, computed just before; 3 the running statistics of the row's slot)
 // with gain, shift and the added terms, the gate activations (SLEEF, pointwise.h), the cell
 // update, the cell's normalization and tanh, the output and zoneout. Threads (over_steps):
 // layer norm and batch norm in evaluation give each thread one block of batch rows for the whole
@@ -41,6 +41,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   const Tensor WT = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : W;  // brgemm reads W^T (P, G)
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), gh = cont(g_hh), sh = cont(s_hh);
   const OptT sth = cont(st_hh), stc = cont(st_c);
+  const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
   Tensor hbuf = h0.clone(), out = at::empty({N, P}, o), hprev = at::empty({NS, P}, o), rbuf = at::empty({B, G}, o);
   auto group = [&](int64_t F) {  // x^, rho, mean, var
     return std::vector<Tensor>{at::empty({NS, F}, o),
@@ -54,7 +55,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_norm_fwd", [&] {
     using T_ = scalar_t;
     using namespace rnnkit_pw;
-    const NormG<T_> nh(mode, G, hh[0], hh[1], hh[2], hh[3], *gh, sh, sth);
+    const NormG<T_> nh(mode, G, hh[0], hh[1], hh[2], hh[3], *gh, sh, sth, slots);
     T_ *HB = hbuf.data_ptr<T_>(), *O = out.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>(), *R = rbuf.data_ptr<T_>();
     const T_ *XP = xp.data_ptr<T_>(), *Wp = W.data_ptr<T_>(), *WTp = WT.data_ptr<T_>();
     const T_ *M = ptr<T_>(mask), *ZH = ptr<T_>(zh), *ZC = ptr<T_>(zc);
@@ -64,7 +65,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const auto cg = group(H);
       const Tensor gcc = g_c->contiguous();
       const OptT scc = cont(s_c);
-      const NormG<T_> nc(mode, H, cg[0], cg[1], cg[2], cg[3], gcc, scc, stc);
+      const NormG<T_> nc(mode, H, cg[0], cg[1], cg[2], cg[3], gcc, scc, stc, slots);
       Tensor gates = at::empty({NS, G4}, o), cprev = at::empty({NS, H}, o), tanhc = at::empty({NS, H}, o);
       Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone();
       const Tensor WR = proj ? w_hr->contiguous() : e();

@@ -22,6 +22,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
   auto o = out.options();
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), sth = cont(st_hh), stc = cont(st_c);
+  const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
   const Tensor gout = gout_.contiguous(), W = w_hh.contiguous(), gh = g_hh.contiguous();
   Tensor dhbuf = ghn.clone(), dhz = at::empty({B, P}, o), dr_all = at::empty({N, G}, o);
   auto cast = [&](const Tensor& t) { return t.to(out.scalar_type(), false, true); };  // a copy: no aliasing
@@ -33,7 +34,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "rnnkit_norm_bwd", [&] {
     using T_ = scalar_t;
     using rnnkit_pw::dh_step;
-    NormB<T_> nh(mode, G, xh, rs, gh, sth);
+    NormB<T_> nh(mode, G, xh, rs, gh, sth, slots);
     T_ *DHB = dhbuf.data_ptr<T_>(), *DHZ = dhz.data_ptr<T_>(), *DR = dr_all.data_ptr<T_>();
     const T_ *GO = gout.data_ptr<T_>(), *Wp = W.data_ptr<T_>();
     const T_ *M = ptr<T_>(mask), *ZH = ptr<T_>(zh), *ZC = ptr<T_>(zc);
@@ -71,7 +72,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       const int64_t H = tanhc.size(1), G4 = 4 * H;
       const bool proj = w_hr.has_value();
       const Tensor gcc = g_c->contiguous(), WR = proj ? w_hr->contiguous() : none(out);
-      NormB<T_> nc(mode, H, xc, rc, gcc, stc);
+      NormB<T_> nc(mode, H, xc, rc, gcc, stc, slots);
       Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone(), dh_all = proj ? at::empty_like(hprev) : none(out);
       Tensor dht = at::empty({B, std::max(P, H)}, o), dyc = at::empty({B, H}, o), dcn = at::empty({B, H}, o);
       Tensor dcz = at::empty({B, H}, o);

@@ -63,7 +63,7 @@ std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh, const
     T_* DA = da.data_ptr<T_>();
     NormB<T_> nb(kBNTrain, G, xh, rs, w, std::nullopt);  // its per-thread accumulators
     at::parallel_for(0, T, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, bsz[0] * G)), [&](int64_t t0, int64_t t1) {
-      NormB<T_> local(kBNTrain, G, xh, rs, w, std::nullopt, 1);  // this thread's column means
+      NormB<T_> local(kBNTrain, G, xh, rs, w, std::nullopt, {}, 1);  // this thread's column means
       for (int64_t t = t0; t < t1; ++t) {
         local.stats(D + off[t] * G, off[t], bsz[t]);
         for (int64_t n = off[t]; n < off[t + 1]; ++n) local.row(D + n * G, n, t, DA + n * G);

@@ -138,19 +138,47 @@ void bn_stats_out(const double* m, const double* v, double n, T* M, T* V, T* Q, 
   }
 }
 
+// BN eval: the running-statistics slot of every packed row (rnnkit/kernels/norm.py row_slots):
+// the steps its sequence has taken in this direction (t, or length - 1 - t in reverse), clamped
+// to S - 1. Rows index a (2, S, F) table of slots, not a (2, N, F) copy of it per row: at the
+// medium shape that copy was ~26 MB to build and read on every call.
+inline std::vector<int64_t> row_slots(const std::vector<int64_t>& bsz, bool reverse, int64_t S) {
+  const int64_t T = bsz.size(), B = T ? bsz[0] : 0;
+  std::vector<int64_t> len(B, 0), slot;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < bsz[t]; ++b) ++len[b];
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t b = 0; b < bsz[t]; ++b) slot.push_back(std::min(reverse ? len[b] - 1 - t : t, S - 1));
+  return slot;
+}
+
+// The row slots of a direction when `st` holds BN eval statistics (2, S, F), else none.
+inline std::vector<int64_t> eval_slots(int64_t mode, const OptT& st, const std::vector<int64_t>& bsz, bool reverse) {
+  if (mode != kBNEval) return {};
+  TORCH_CHECK(st.has_value() && st->dim() == 3 && st->size(0) == 2 && st->size(1) > 0,
+              "rnnkit_norm: batch norm in evaluation needs statistics of shape (2, slots, features), got ",
+              st.has_value() ? st->sizes() : at::IntArrayRef{});
+  return row_slots(bsz, reverse, st->size(1));
+}
+
 // Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved
 // x^ (N, F), rho (LN (N, 1), BN train (T, F)) and BN train statistics (T, F); BN eval reads
-// st (2, N, F) (per row: mean, 1/std).
+// st (2, S, F) (per slot: mean, 1/std) at row n's slot SL[n].
 template <typename T>
 struct NormG {
-  int64_t mode, F, N;  // N: rows of st (BN eval)
+  int64_t mode, F, S;  // S: slots of st (BN eval)
   T *X, *RS, *MEAN, *VAR;
-  const T *Gm, *S, *ST;
+  const T *Gm, *Sh, *ST;
+  const int64_t* SL;
   NormG(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& mean, const Tensor& var,
-        const Tensor& g, const OptT& s, const OptT& st)
-      : mode(mode_), F(F_), N(st.has_value() ? st->size(1) : 0), X(xh.data_ptr<T>()),
+        const Tensor& g, const OptT& s, const OptT& st, const std::vector<int64_t>& slots = {})
+      : mode(mode_), F(F_), S(st.has_value() ? st->size(1) : 0), X(xh.data_ptr<T>()),
         RS(rs.numel() ? rs.data_ptr<T>() : nullptr), MEAN(mean.numel() ? mean.data_ptr<T>() : nullptr), VAR(var.numel() ? var.data_ptr<T>() : nullptr),
-        Gm(g.data_ptr<T>()), S(ptr<T>(s)), ST(ptr<T>(st)) {}
+        Gm(g.data_ptr<T>()), Sh(ptr<T>(s)), ST(ptr<T>(st)), SL(slots.data()) {
+    TORCH_CHECK(mode != kBNEval || (ST && st->size(2) == F && !slots.empty() &&
+                                    *std::max_element(slots.begin(), slots.end()) < S),
+                "rnnkit_norm: batch norm in evaluation needs statistics (2, slots, ", F, ")");
+  }
   // BN train: the statistics over the bs rows of R (bs, F) of processing step k (float64 sums).
   void stats(const T* R, int64_t bs, int64_t k) const {
     if (mode != kBNTrain) return;
@@ -184,7 +212,7 @@ struct NormG {
         v = rnnkit_norm_avx2::sqdev(r, F, m) / F;
         const T rho = T(1 / std::sqrt(v + kEps));
         RS[n] = rho;
-        return rnnkit_norm_avx2::affine(r, T(m), rho, Gm, S, add, addv, x, y, F);
+        return rnnkit_norm_avx2::affine(r, T(m), rho, Gm, Sh, add, addv, x, y, F);
       } else
 #endif
       {
@@ -195,14 +223,14 @@ struct NormG {
       RS[n] = rho;
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - mu) * rho;
     } else {  // batch norm: per-column statistics, the step's (training) or the row's own (evaluation)
-      const T *MU = mode == kBNTrain ? MEAN + k * F : ST + n * F, *RH = mode == kBNTrain ? RS + k * F : ST + (N + n) * F;
+      const T *MU = mode == kBNTrain ? MEAN + k * F : ST + SL[n] * F, *RH = mode == kBNTrain ? RS + k * F : ST + (S + SL[n]) * F;
 #ifdef RNNKIT_SLEEF
-      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::affine_cols(r, MU, RH, Gm, S, add, addv, x, y, F);
+      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::affine_cols(r, MU, RH, Gm, Sh, add, addv, x, y, F);
 #endif
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - MU[j]) * RH[j];
     }
-    if (S)
-      for (int64_t j = 0; j < F; ++j) y[j] = x[j] * Gm[j] + S[j];
+    if (Sh)
+      for (int64_t j = 0; j < F; ++j) y[j] = x[j] * Gm[j] + Sh[j];
     else
       for (int64_t j = 0; j < F; ++j) y[j] = x[j] * Gm[j];
     if (add)
@@ -218,16 +246,18 @@ struct NormG {
 // (2, F) accumulator per thread (summed at the end: no race, no lock).
 template <typename T>
 struct NormB {
-  int64_t mode, F, N;
+  int64_t mode, F, S;
   const T *X, *RS, *Gm, *ST;
+  const int64_t* SL;        // BN eval: row n's slot of st (2, S, F), as NormG
   std::vector<double> acc;  // (threads, 2, F)
   std::vector<T> ca, cc;    // BN train: the step's column means of dx^ and dx^ ⊙ x^
-  // slots: one (2, F) accumulator per thread id. Inside a parallel region ATen may report one
+  // threads: one (2, F) accumulator per thread id. Inside a parallel region ATen may report one
   // thread (torch's thread count never set), so a NormB made there for its own thread takes 1.
   NormB(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& g, const OptT& st,
-        int64_t slots = at::get_num_threads())
-      : mode(mode_), F(F_), N(xh.size(0)), X(xh.data_ptr<T>()), RS(rs.numel() ? rs.data_ptr<T>() : nullptr),
-        Gm(g.data_ptr<T>()), ST(ptr<T>(st)), acc(size_t(2 * F * slots), 0.), ca(F), cc(F) {}
+        const std::vector<int64_t>& slots = {}, int64_t threads = at::get_num_threads())
+      : mode(mode_), F(F_), S(st.has_value() ? st->size(1) : 0), X(xh.data_ptr<T>()),
+        RS(rs.numel() ? rs.data_ptr<T>() : nullptr), Gm(g.data_ptr<T>()), ST(ptr<T>(st)), SL(slots.data()),
+        acc(size_t(2 * F * threads), 0.), ca(F), cc(F) {}
   double* mine() {
     const int64_t slot = acc.size() == size_t(2 * F) ? 0 : at::get_thread_num();
     TORCH_CHECK(size_t(2 * F * (slot + 1)) <= acc.size(), "rnnkit_norm: no accumulator for thread ", slot);
@@ -298,7 +328,7 @@ struct NormB {
       const T a = T((p1[0] + p1[1] + p1[2] + p1[3]) / F), c = T((p2[0] + p2[1] + p2[2] + p2[3]) / F), rho = RS[n];
       for (j = 0; j < F; ++j) out[j] = rho * (d[j] * Gm[j] - a - x[j] * c);
     } else {
-      const T* RH = ST + (N + n) * F;
+      const T* RH = ST + (S + SL[n]) * F;
       for (int64_t j = 0; j < F; ++j) out[j] = d[j] * Gm[j] * RH[j];
     }
   }
