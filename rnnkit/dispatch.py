@@ -14,8 +14,8 @@ recurrent dropout and zoneout run on the fused path (their masks are inputs of t
 kernels) or the loop.
 
 ``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
-(except CPU float32 training of GRU/RNN, and of LSTMs of the shapes where the fused path is
-faster: see :func:`fused_for_training`), the fused path for the standard cells with recurrent dropout
+(except on the CPU in float32, where GRU/RNN and packed LSTMs run faster on the fused path:
+see :func:`fused_by_default`), the fused path for the standard cells with recurrent dropout
 (when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
 fused path wherever it applies: its custom ops keep the graph whole. A layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
@@ -61,30 +61,31 @@ def fused_supported(module) -> bool:
     return all(kernels.supports(cell) for cell in module.cells)
 
 
-# Families whose fused kernels train faster than torch's own CPU kernels (benchmarks/layers.py,
-# docs/fused.md): torch's GRU/RNN backward runs per-op autograd, its LSTM runs oneDNN's fused
-# LSTM, which the fused path only matches at medium size and trails at small size.
-FUSED_TRAINING_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
+# Families whose fused kernels run faster than torch's own CPU kernels, forward and training
+# (benchmarks/layers.py, docs/fused.md): torch's GRU/RNN run a generic per-step loop (and
+# per-op autograd backward); its LSTM runs oneDNN's fused LSTM, which the fused path matches
+# at medium size and trails at small size. Measured (2 threads, float32, no grad): GRU forward
+# 0.46-0.64x torch's time, RNN 0.30-0.44x.
+FUSED_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
 
 
-# The standard LSTM trains on torch's kernels (oneDNN's fused LSTM), except on packed input:
+# The standard LSTM runs on torch's kernels (oneDNN's fused LSTM), except on packed input:
 # torch's packed CPU LSTM trains 5-8x slower than its padded one, the fused path 1.07x
-# (benchmarks/packed_memory.py). Padded, the fused path measured 0.72-0.97x torch's time only
+# (benchmarks/packed_memory.py), and runs forward 2.8x slower (the fused path 0.3x torch's
+# time, benchmarks/packed_memory.py --inference). Padded, the fused path measured 0.72-0.97x torch's time only
 # while torch faulted its ~33 MiB workspace in every step (glibc mmaps blocks above 32 MiB);
 # with rnnkit.train.tune_malloc() nobody faults and torch is faster at every shape measured,
 # the fused path 1.07-1.23x its time (benchmarks/lstm_dispatch.py --tune-malloc).
 
 
-def fused_for_training(module, x: Tensor, mode: str | None, packed: bool = False) -> bool:
-    """``impl="auto"``: take the fused path for a CPU float32 training call of a family listed
-    in :data:`FUSED_TRAINING_MODES`, or of an LSTM on packed input, when the compiled kernels
-    are available."""
+def fused_by_default(module, x: Tensor, mode: str | None, packed: bool = False) -> bool:
+    """``impl="auto"``: take the fused path for a CPU float32 call (forward or training) of a
+    family listed in :data:`FUSED_MODES`, or of an LSTM on packed input, when the compiled
+    kernels are available."""
     return (
-        (mode in FUSED_TRAINING_MODES or (mode == "LSTM" and packed))
+        (mode in FUSED_MODES or (mode == "LSTM" and packed))
         and x.dtype == torch.float32
         and x.device.type == "cpu"
-        and torch.is_grad_enabled()
-        and any(p.requires_grad for p in module.parameters())
         and fused_supported(module)
         and kernels.backend(x) == "ext"
     )
@@ -97,7 +98,7 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         mode = torch_mode(module)
-        if fused_for_training(module, x, mode, packed):
+        if fused_by_default(module, x, mode, packed):
             return "fused"
         if mode:
             return "torch"

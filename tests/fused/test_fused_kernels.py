@@ -216,7 +216,7 @@ def test_no_ext_env_selects_pure_in_subprocess():
     assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr
 
 
-def test_auto_picks_fused_for_cpu_float32_training_of_gru_and_rnn(monkeypatch):
+def test_auto_picks_fused_for_cpu_float32_gru_rnn_and_packed_lstm(monkeypatch):
     monkeypatch.setattr(K, "backend", lambda x: "ext")  # as if compiled (selection only)
     from rnnkit import dispatch
 
@@ -226,12 +226,12 @@ def test_auto_picks_fused_for_cpu_float32_training_of_gru_and_rnn(monkeypatch):
     assert dispatch.select(gru, x) == "fused" and dispatch.select(rnn, x) == "fused"
     assert dispatch.select(lstm, x) == "torch"  # torch's oneDNN LSTM is as fast or faster
     assert dispatch.select(lstm, x, packed=True) == "fused"  # torch's packed CPU LSTM is slow
-    with torch.no_grad():
-        assert dispatch.select(lstm, x, packed=True) == "torch"
-        assert dispatch.select(gru, x) == "torch"  # inference: torch's kernels
-    assert dispatch.select(gru, x.double()) == "torch"
+    with torch.no_grad():  # inference too (benchmarks/inference.py)
+        assert dispatch.select(lstm, x, packed=True) == "fused" and dispatch.select(lstm, x) == "torch"
+        assert dispatch.select(gru, x) == "fused" and dispatch.select(rnn, x) == "fused"
     gru.requires_grad_(False)
-    assert dispatch.select(gru, x) == "torch"
+    assert dispatch.select(gru, x) == "fused"
+    assert dispatch.select(gru, x.double()) == "torch"  # float64: torch's kernels, the oracle's
     monkeypatch.setattr(K, "backend", lambda x: "pure")
     assert dispatch.select(rnn, x) == "torch"  # the pure kernels are not faster than torch
 
