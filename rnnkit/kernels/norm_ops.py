@@ -36,6 +36,8 @@ from . import _common, _gemm
 from . import norm as pure
 from .norm import BN_EVAL, BN_TRAIN, LN, row_slots
 
+COL_HPREV = 32  # mode flag of rnnkit_norm::forward: save h_{t-1} column-major (csrc/norm.cpp)
+
 NORM_KINDS = ("lstm_ln", "lstm_bn", "gru_ln", "rnn_tanh_ln", "rnn_relu_ln")
 
 
@@ -233,7 +235,7 @@ class _NormDirection(torch.autograd.Function):
     def forward(ctx, kind, mode, bsz, reverse, save, *args):
         xp = args[0]  # without `save` (no gradient wanted) the kernels keep nothing for backward
         res = forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, list(bsz), reverse,
-                           save=save)  # fmt: skip
+                           save=save, col_hprev=True)  # fmt: skip
         _setup_context(ctx, (kind, mode, *args, bsz, reverse), res)
         ctx.mark_non_differentiable(*res[3:7], *res[7:])
         if kind != "lstm":
@@ -246,13 +248,16 @@ class _NormDirection(torch.autograd.Function):
         return (None, None, None, None, None, *_backward(ctx, grads, backward_impl)[2:-2])
 
 
-def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True):
+def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True, col_hprev: bool = False):
     """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]``; without ``save`` (no gradient
-    wanted) the compiled kernels return the saved tensors as step-sized scratch only."""
+    wanted) the compiled kernels return the saved tensors as step-sized scratch only. With
+    ``col_hprev`` (eager only: the custom op's outputs are row-major, as its fake says) the
+    compiled LSTM/RNN kernels save ``h_{t-1}`` column-major (csrc/norm.cpp)."""
     *tensors, bsz, reverse = args
     tensors[0], tensors[1] = tensors[0].contiguous(), tensors[1].contiguous()
     if use_ext:
-        return list(torch.ops.rnnkit_norm.forward(base, mode, *tensors, bsz, reverse, onednn, save))
+        code = mode + (COL_HPREV if col_hprev else 0)
+        return list(torch.ops.rnnkit_norm.forward(base, code, *tensors, bsz, reverse, onednn, save))
     out, hn, cn, stats, saved = pure.forward(base, mode, *tensors, tuple(bsz), reverse)
     return [out, hn, cn, *stats, *saved]
 

@@ -29,6 +29,12 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
                             const OptT& g_c, const OptT& s_c, const OptT& st_hh, const OptT& st_c,
                             std::vector<int64_t> batch_sizes, bool reverse, bool onednn, bool save) {
   (void)onednn;  // the step GEMMs are raw brgemm/dgemm calls (norm_kernels.h)
+  // kColHprev in `mode` (LSTM, RNN): h_{t-1} saved column-major, (N, P) with strides (1, N), so
+  // that backward's dW_hh = dr^T h_{t-1} reads it without oneDNN's transposed copy (~0.75 ms
+  // of a medium training step); each step's GEMM reads a row-major (B, P) copy. The GRU reads
+  // h_{t-1} row by row in backward: row-major.
+  const bool col = save && (mode & kColHprev) && kind != "gru";
+  mode &= ~kColHprev;
   const int64_t N = xp_.size(0), B = h0.size(0), P = h0.size(1), T = batch_sizes.size(), G = w_hh.size(0);
   // Without `save` (inference) the tensors that only backward reads (x^, gates, c_{t-1}, ...)
   // are step-sized scratch, (B, F) rather than (N, F): at the medium shape ~40 MB less to
@@ -42,7 +48,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), gh = cont(g_hh), sh = cont(s_hh);
   const OptT sth = cont(st_hh), stc = cont(st_c);
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
-  Tensor hbuf = h0.clone(), out = at::empty({N, P}, o), hprev = at::empty({NS, P}, o), rbuf = at::empty({B, G}, o);
+  Tensor hbuf = h0.clone(), out = at::empty({N, P}, o), rbuf = at::empty({B, G}, o);
+  Tensor hprev = col ? at::empty({P, N}, o).t() : at::empty({NS, P}, o), hstep = col ? at::empty({B, P}, o) : e();
   auto group = [&](int64_t F) {  // x^, rho, mean, var
     return std::vector<Tensor>{at::empty({NS, F}, o),
                                mode == kLN ? at::empty({N, 1}, o) : mode == kBNTrain ? at::empty({T, F}, o) : e(),
@@ -59,6 +66,17 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
     T_ *HB = hbuf.data_ptr<T_>(), *O = out.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>(), *R = rbuf.data_ptr<T_>();
     const T_ *XP = xp.data_ptr<T_>(), *Wp = W.data_ptr<T_>(), *WTp = WT.data_ptr<T_>();
     const T_ *M = ptr<T_>(mask), *ZH = ptr<T_>(zh), *ZC = ptr<T_>(zc);
+    T_* HS = col ? hstep.data_ptr<T_>() : nullptr;
+    // h_{t-1} ⊙ m of rows [r0, r1) into the (B, P) rows the step GEMM reads (returned), and into
+    // the saved h_{t-1}: row-major in place, or column-major from that copy
+    auto load_h = [&](int64_t so, int64_t off, int64_t r0, int64_t r1) {
+      T_* HP = col ? HS : HPV + so * P;
+      for (int64_t i = r0 * P; i < r1 * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
+      if (col)
+        for (int64_t j = 0; j < P; ++j)
+          for (int64_t b = r0; b < r1; ++b) HPV[j * N + off + b] = HP[b * P + j];
+      return HP;
+    };
     if (kind == "lstm") {
       const int64_t H = c0->size(1), G4 = 4 * H;
       const bool proj = w_hr.has_value();
@@ -74,8 +92,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
       over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
-        T_* HP = HPV + so * P;
-        for (int64_t i = r0 * P; i < r1 * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
+        const T_* HP = load_h(so, off, r0, r1);
         step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P);
         nh.stats(R, bs, k);
         // h_t of row b from its normalized cell: tanh(norm_c(c_t)), o ⊙ it, zoneout on c (and
@@ -169,8 +186,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       T_* HN = ZH ? hnew.data_ptr<T_>() : O;
       over_steps(mode != kBNTrain, B, G, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
-        T_* HP = HPV + so * P;
-        for (int64_t i = r0 * P; i < r1 * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
+        const T_* HP = load_h(so, off, r0, r1);
         step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G, nr, G, P);
         nh.stats(R, bs, k);
         prows(nr, G, [&](int64_t b0, int64_t b1) {
@@ -199,7 +215,7 @@ TORCH_LIBRARY(rnnkit_norm, m) {
   m.def(
       "forward(str kind, int mode, Tensor xp, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
       "Tensor? mask, Tensor? zh, Tensor? zc, Tensor g_hh, Tensor? s_hh, Tensor? g_c, Tensor? s_c, Tensor? st_hh, "
-      "Tensor? st_c, int[] batch_sizes, bool reverse, bool onednn, bool save=True) -> Tensor[]",
+      "Tensor? st_c, int[] batch_sizes, bool reverse, bool onednn, bool save=True) -> Tensor[]",  // mode: + kColHprev
       &rnnkit_norm::forward);
   m.def(
       "backward(str kind, int mode, Tensor gout, Tensor ghn, Tensor gcn, Tensor out, Tensor[] saved, Tensor w_hh, "

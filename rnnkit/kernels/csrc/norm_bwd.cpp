@@ -73,7 +73,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       const bool proj = w_hr.has_value();
       const Tensor gcc = g_c->contiguous(), WR = proj ? w_hr->contiguous() : none(out);
       NormB<T_> nc(mode, H, xc, rc, gcc, stc, slots);
-      Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone(), dh_all = proj ? at::empty_like(hprev) : none(out);
+      Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone(), dh_all = proj ? at::empty(hprev.sizes(), o) : none(out);
       Tensor dht = at::empty({B, std::max(P, H)}, o), dyc = at::empty({B, H}, o), dcn = at::empty({B, H}, o);
       Tensor dcz = at::empty({B, H}, o);
       T_ *DG = dgates.data_ptr<T_>(), *DC = dcbuf.data_ptr<T_>(), *DHT = dht.data_ptr<T_>();
