@@ -93,8 +93,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
         const T_* HP = load_h(so, off, r0, r1);
-        step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P);
-        nh.stats(R, bs, k);
+        step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P,
+                 [&](int64_t c0, int64_t c1) { nh.stats(R, bs, k, c0, c1); });  // BN train: its columns' statistics
         // h_t of row b from its normalized cell: tanh(norm_c(c_t)), o ⊙ it, zoneout on c (and
         // on h without projection)
         auto out_row = [&](int64_t b) {
@@ -155,8 +155,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
           HP[i] = HB[i];
           if (M) HM[i] = HB[i] * M[i];
         }
-        step_xwt(HM + r0 * H, Wp, WTp, R + r0 * G, nr, G, H);
-        nh.stats(R, bs, k);
+        step_xwt(HM + r0 * H, Wp, WTp, R + r0 * G, nr, G, H,
+                 [&](int64_t c0, int64_t c1) { nh.stats(R, bs, k, c0, c1); });  // BN train: its columns' statistics
         prows(nr, G, [&](int64_t b0, int64_t b1) {
           for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
             const int64_t n = off + b, ns = so + b;
@@ -187,8 +187,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       over_steps(mode != kBNTrain, B, G, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
         const T_* HP = load_h(so, off, r0, r1);
-        step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G, nr, G, P);
-        nh.stats(R, bs, k);
+        step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G, nr, G, P,
+                 [&](int64_t c0, int64_t c1) { nh.stats(R, bs, k, c0, c1); });  // BN train: its columns' statistics
         prows(nr, G, [&](int64_t b0, int64_t b1) {
           for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
             const int64_t n = off + b;

@@ -96,20 +96,34 @@ void pcols(int64_t n, int64_t m, int64_t k, const F& f) {
   rnnkit_blk::each_block(static_cast<int64_t>(c.size()) - 1, work, [&](int64_t b) { f(c[b], c[b + 1]); });
 }
 
+// `after(c0, c1)` runs on the thread that computed output columns [c0, c1), while they are in
+// its cache (batch norm's column statistics).
+struct NoAfter {
+  void operator()(int64_t, int64_t) const {}
+};
+
 // C (n, m) = X (n, k) W for W (k, m) dense.
-template <typename T>
-void step_xw(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k) {
-  pcols(n, m, k, [&](int64_t c0, int64_t c1) { rnnkit_blk::gemm_ld(x, k, w + c0, m, c + c0, m, n, c1 - c0, k); });
+template <typename T, typename A = NoAfter>
+void step_xw(const T* x, const T* w, T* c, int64_t n, int64_t m, int64_t k, const A& after = A()) {
+  pcols(n, m, k, [&](int64_t c0, int64_t c1) {
+    rnnkit_blk::gemm_ld(x, k, w + c0, m, c + c0, m, n, c1 - c0, k);
+    after(c0, c1);
+  });
 }
 // C (n, m) = X (n, k) W^T for W (m, k); wt = W^T (k, m) dense (float32's brgemm reads it).
-inline void step_xwt(const double* x, const double* w, const double*, double* c, int64_t n, int64_t m, int64_t k) {
+template <typename A = NoAfter>
+void step_xwt(const double* x, const double* w, const double*, double* c, int64_t n, int64_t m, int64_t k,
+              const A& after = A()) {
   pcols(n, m, k, [&](int64_t c0, int64_t c1) {
     rnnkit_pw::blas_gemm('T', 'N', int(c1 - c0), int(n), int(k), 1., w + c0 * k, int(k), x, int(k), 0., c + c0,
                          int(m));
+    after(c0, c1);
   });
 }
-inline void step_xwt(const float* x, const float*, const float* wt, float* c, int64_t n, int64_t m, int64_t k) {
-  step_xw(x, wt, c, n, m, k);
+template <typename A = NoAfter>
+void step_xwt(const float* x, const float*, const float* wt, float* c, int64_t n, int64_t m, int64_t k,
+              const A& after = A()) {
+  step_xw(x, wt, c, n, m, k, after);
 }
 
 // Σ_j f(j) for j < n with four independent partial sums (no single chain of dependent adds).
@@ -180,25 +194,30 @@ struct NormG {
                                     *std::max_element(slots.begin(), slots.end()) < S),
                 "rnnkit_norm: batch norm in evaluation needs statistics (2, slots, ", F, ")");
   }
-  // BN train: the statistics over the bs rows of R (bs, F) of processing step k (float64 sums).
-  void stats(const T* R, int64_t bs, int64_t k) const {
+  // BN train: the statistics of columns [c0, c1) (default all) over the bs rows of R (bs, F) of
+  // processing step k (float64 sums).
+  void stats(const T* R, int64_t bs, int64_t k, int64_t c0 = 0, int64_t c1 = -1) const {
     if (mode != kBNTrain) return;
-    std::vector<double> m(F, 0), v(F, 0);
+    if (c1 < 0) c1 = F;
+    const int64_t w = c1 - c0;
+    const T* Rc = R + c0;
+    std::vector<double> m(w, 0), v(w, 0);
 #ifdef RNNKIT_SLEEF
     if (rnnkit_pw::has_avx2()) {
-      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sum(R + b * F, m.data(), F);
-      for (int64_t j = 0; j < F; ++j) m[j] /= bs;
-      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sqdev(R + b * F, m.data(), v.data(), F);
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sum(Rc + b * F, m.data(), w);
+      for (int64_t j = 0; j < w; ++j) m[j] /= bs;
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sqdev(Rc + b * F, m.data(), v.data(), w);
     } else
 #endif
     {
       for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < F; ++j) m[j] += R[b * F + j];
-      for (int64_t j = 0; j < F; ++j) m[j] /= bs;
+        for (int64_t j = 0; j < w; ++j) m[j] += Rc[b * F + j];
+      for (int64_t j = 0; j < w; ++j) m[j] /= bs;
       for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < F; ++j) v[j] += (R[b * F + j] - m[j]) * (R[b * F + j] - m[j]);
+        for (int64_t j = 0; j < w; ++j) v[j] += (Rc[b * F + j] - m[j]) * (Rc[b * F + j] - m[j]);
     }
-    bn_stats_out(m.data(), v.data(), double(bs), MEAN + k * F, VAR + k * F, RS + k * F, F);
+    const int64_t o = k * F + c0;
+    bn_stats_out(m.data(), v.data(), double(bs), MEAN + o, VAR + o, RS + o, w);
   }
   // One row r (F) at packed row n of step k: x^ saved at row ns (n, or the row's slot in a
   // step-sized scratch when nothing is saved), y = (g ⊙ x^ (+ s)) (+ add) (+ addv) into y (may
