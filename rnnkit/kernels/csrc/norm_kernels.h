@@ -287,26 +287,35 @@ struct NormB {
   // the affine gradients of those rows.
   void stats(const T* D, int64_t off, int64_t bs) {
     if (mode != kBNTrain) return;
-    std::vector<double> m1(F, 0), m2(F, 0);
-    double *DGA = mine(), *DBE = DGA + F;
-    const T* Xs = X + off * F;
+    // split by columns over the threads (each column's sums in the same order: the same bits);
+    // a thread adds into its own accumulators, and ca, cc are per column
+    if (bs * F < kRowsMin || at::get_num_threads() < 2 || at::in_parallel_region() || acc.size() == size_t(2 * F))
+      return stats_cols(D, off, bs, 0, F);
+    at::parallel_for(0, F, std::max<int64_t>(64, F / at::get_num_threads()),
+                     [&](int64_t c0, int64_t c1) { stats_cols(D, off, bs, c0, c1); });
+  }
+  void stats_cols(const T* D, int64_t off, int64_t bs, int64_t c0, int64_t c1) {
+    const int64_t w = c1 - c0;
+    std::vector<double> m1(w, 0), m2(w, 0);
+    double *DGA = mine() + c0, *DBE = DGA + F;
+    const T *Xs = X + off * F + c0, *Dc = D + c0, *Gc = Gm + c0;
 #ifdef RNNKIT_SLEEF
     if (rnnkit_pw::has_avx2()) {
       for (int64_t b = 0; b < bs; ++b)
-        rnnkit_norm_avx2::col_bwd(D + b * F, Xs + b * F, Gm, F, m1.data(), m2.data(), DGA, DBE);
+        rnnkit_norm_avx2::col_bwd(Dc + b * F, Xs + b * F, Gc, w, m1.data(), m2.data(), DGA, DBE);
     } else
 #endif
     {
       for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < F; ++j) {
-          const T d = D[b * F + j], x = Xs[b * F + j], t = d * Gm[j];
+        for (int64_t j = 0; j < w; ++j) {
+          const T d = Dc[b * F + j], x = Xs[b * F + j], t = d * Gc[j];
           DGA[j] += double(d) * x;
           DBE[j] += d;
           m1[j] += t;
           m2[j] += t * x;
         }
     }
-    for (int64_t j = 0; j < F; ++j) ca[j] = T(m1[j] / bs), cc[j] = T(m2[j] / bs);
+    for (int64_t j = 0; j < w; ++j) ca[c0 + j] = T(m1[j] / bs), cc[c0 + j] = T(m2[j] / bs);
   }
   // dr (F) of the row d (F) at packed row n of step k.
   void row(const T* d, int64_t n, int64_t k, T* out) {
