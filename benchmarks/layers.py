@@ -16,6 +16,7 @@ reported, so slow drifts of a shared machine hit all of them alike.
     python benchmarks/layers.py                   # all cases, all shapes
     python benchmarks/layers.py --shapes small --cases lstm,gru --repeat 5
     python benchmarks/layers.py --threads 1 --clock cpu  # steadier on a busy machine
+    python benchmarks/layers.py --eval --cases lstm-batchnorm  # forward in evaluation mode
 
 Other modules add rows by appending to ``CASES`` (name, family, rnnkit constructor kwargs).
 """
@@ -87,6 +88,7 @@ CASES += [("lstm-layernorm+recurrent_dropout", "lstm", {"norm": "layer", "recurr
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _clock = time.perf_counter
 DEVICE = torch.device("cpu")  # --device
+EVAL = False  # --eval: forward in evaluation mode
 
 
 def _sync() -> None:
@@ -133,7 +135,11 @@ def bench_case(
 
     def fwd(m):
         with torch.no_grad():
+            if EVAL:  # batch norm's running statistics, no dropout/zoneout masks
+                m.eval()
             m(x)
+            if EVAL:
+                m.train()
 
     def train(m):
         xr = x.detach().requires_grad_(True)
@@ -175,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--device", default="cpu", help="cpu or cuda (wall clock, synchronized)")
     ap.add_argument("--no-loop", action="store_true", help="skip the generic-loop contestant")
+    ap.add_argument("--eval", action="store_true", help="time the forward in evaluation mode (m.eval())")
     ap.add_argument(
         "--graphs", action="store_true", help="CUDA: add rnnkit.cuda_graphed(layer) (three more columns)"
     )
@@ -182,7 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.graphs and args.device == "cpu":
         ap.error("--graphs needs --device cuda")
     torch.set_num_threads(args.threads)
-    global _clock, DEVICE
+    global _clock, DEVICE, EVAL
+    EVAL = args.eval
     _clock = CLOCKS[args.clock]
     DEVICE = torch.device(args.device)
     wanted = set(filter(None, args.cases.split(",")))

@@ -64,15 +64,15 @@ def fused_supported(module) -> bool:
 # Families whose fused kernels run faster than torch's own CPU kernels, forward and training
 # (benchmarks/layers.py, docs/fused.md): torch's GRU/RNN run a generic per-step loop (and
 # per-op autograd backward); its LSTM runs oneDNN's fused LSTM, which the fused path matches
-# at medium size and trails at small size. Measured (2 threads, float32, no grad): GRU forward
-# 0.46-0.64x torch's time, RNN 0.30-0.44x.
+# at medium size and trails at small size. Measured (2 threads, float32, no grad,
+# benchmarks/inference.py): GRU forward 0.38-0.55x torch's time, RNN 0.27-0.44x.
 FUSED_MODES = frozenset({"GRU", "RNN_TANH", "RNN_RELU"})
 
 
 # The standard LSTM runs on torch's kernels (oneDNN's fused LSTM), except on packed input:
 # torch's packed CPU LSTM trains 5-8x slower than its padded one, the fused path 1.07x
-# (benchmarks/packed_memory.py), and runs forward 2.8x slower (the fused path 0.3x torch's
-# time, benchmarks/packed_memory.py --inference). Padded, the fused path measured 0.72-0.97x torch's time only
+# (benchmarks/packed_memory.py), and its forward too (the fused path takes 0.23-0.40x its time:
+# benchmarks/inference.py). Padded, the fused path measured 0.72-0.97x torch's time only
 # while torch faulted its ~33 MiB workspace in every step (glibc mmaps blocks above 32 MiB);
 # with rnnkit.train.tune_malloc() nobody faults and torch is faster at every shape measured,
 # the fused path 1.07-1.23x its time (benchmarks/lstm_dispatch.py --tune-malloc).
