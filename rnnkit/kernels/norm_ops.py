@@ -30,11 +30,12 @@ from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import _DEFAULTS as _LSTM_DEFAULTS
 from ..cells.lstm import LSTMCellMath
-from ..cells.norm import EPS, MOMENTUM, layer_norm
+from ..cells.norm import EPS, layer_norm
 from ..cells.rnn import RNNCellMath
 from . import _common, _gemm
 from . import norm as pure
-from .norm import BN_EVAL, BN_TRAIN, LN, row_slots
+from .norm import BN_EVAL, BN_TRAIN, LN
+from .norm_input import batch_norm_input, eval_stats, update_running, use_ext_for
 
 COL_HPREV = 32  # mode flag of rnnkit_norm::forward: save h_{t-1} column-major (csrc/norm.cpp)
 
@@ -72,14 +73,6 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
     return F.layer_norm(a, a.shape[-1:], p["weight_ln_ih"], b if s is None else s + b, EPS)
 
 
-def use_ext_for(x: Tensor) -> bool:
-    """The compiled kernels for CPU float32/float64 data when available (``kernels.backend``,
-    looked up per call so that tests can pin a backend)."""
-    from .. import kernels
-
-    return kernels.backend(x) == "ext"
-
-
 def run_direction(
     cell: Cell,
     p: Params,
@@ -102,9 +95,9 @@ def run_direction(
     st_hh = st_c = None
     if kind == "lstm_bn":
         mode = BN_TRAIN if training else BN_EVAL
-        xp = _batch_norm_input(cell, p, xp, bsz, reverse, training)
+        xp = batch_norm_input(cell, p, xp, bsz, reverse, training)
         if not training:
-            st_hh, st_c = (_eval_stats(p, grp, len(bsz)) for grp in ("hh", "c"))
+            st_hh, st_c = (eval_stats(p, grp, len(bsz)) for grp in ("hh", "c"))
         g = "bn"
     else:
         mode, g = LN, "ln"
@@ -122,108 +115,8 @@ def run_direction(
     if mode == BN_TRAIN:
         ns = bsz[::-1] if reverse else bsz
         for grp, (mean, var) in (("hh", res[3:5]), ("c", res[5:7])):
-            _update_running(p, grp, mean, var, ns)
+            update_running(p, grp, mean, var, ns)
     return out, ((hn, cn) if lstm else (hn,))
-
-
-# -- batch norm outside the loop --------------------------------------------------------------
-def _eval_stats(p: Params, grp: str, steps: int) -> Tensor:
-    """``(2, S, F)``: per running-statistics slot the mean and ``1 / sqrt(var + ε)``, for the
-    ``S = min(steps, max_len)`` slots a direction of ``steps`` steps can reach (the kernels look
-    each row's slot up: see :func:`.norm.row_slots`)."""
-    mean, var = p[f"running_mean_{grp}"][:steps], p[f"running_var_{grp}"][:steps]
-    return torch.stack([mean, torch.rsqrt(var + EPS)])
-
-
-def _batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool, training: bool) -> Tensor:
-    """``BN_t(x W_ihᵀ) + b_ih + b_hh`` for all rows at once (autograd), updating the running
-    statistics of ``ih`` in training."""
-    T, B, N = len(bsz), bsz[0], a.shape[0]
-    bias = (p["bias_ih"] + p["bias_hh"]) if cell.bias else None
-    if training and use_ext_for(a) and not torch.compiler.is_compiling():  # the same in C++
-        w = p["weight_bn_ih"]
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, w, bias))
-        y, mean, var = _BNInput.apply(a, w, bias, bsz, save)
-        if reverse:
-            mean, var = mean.flip(0), var.flip(0)
-        _update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)
-        return y
-    if training:
-        if all(b == B for b in bsz):  # dense: one reduction over the batch axis
-            a3 = a.view(T, B, -1)
-            mean = a3.mean(1, keepdim=True)  # (var_mean over a middle axis is slow on the CPU)
-            d = a3 - mean
-            var = (d * d).mean(1, keepdim=True)
-            y = (d * torch.rsqrt(var + EPS)).view(N, -1)
-            mean, var = mean.squeeze(1), var.squeeze(1)
-        else:  # packed: segment sums over each step's rows
-            counts = torch.tensor(bsz, device=a.device)
-            t = torch.repeat_interleave(torch.arange(T, device=a.device), counts)
-            n = counts.to(a.dtype).unsqueeze(1)
-            mean = a.new_zeros(T, a.shape[1]).index_add(0, t, a) / n
-            d = a - mean[t]
-            var = a.new_zeros(T, a.shape[1]).index_add(0, t, d * d) / n
-            y = d * torch.rsqrt(var + EPS)[t]
-        if reverse:  # processing order
-            mean, var = mean.flip(0), var.flip(0)
-        _update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)
-    else:  # y = a ⊙ scale + shift with per-slot scale = γ ρ, shift = b - μ scale: one pass over a
-        mean, rs = _eval_stats(p, "ih", T)
-        scale = rs * p["weight_bn_ih"]
-        shift = -mean * scale if bias is None else bias - mean * scale
-        if all(b == B for b in bsz):  # dense: every step's rows share its slot
-            k = torch.arange(T, device=a.device)
-            k = (T - 1 - k if reverse else k).clamp_(max=scale.shape[0] - 1)
-            return torch.addcmul(shift[k].unsqueeze(1), a.view(T, B, -1), scale[k].unsqueeze(1)).view(N, -1)
-        slots = row_slots(bsz, reverse, scale.shape[0], a.device)
-        return torch.addcmul(shift[slots], a, scale[slots])
-    y = y * p["weight_bn_ih"]
-    return y if bias is None else y + bias
-
-
-class _BNInput(torch.autograd.Function):
-    """``BN_t(a) ⊙ γ (+ b)`` with per-step statistics in training, on the compiled kernels
-    (``csrc/norm_input.cpp``): ``(y, mean, var)``, statistics ``(T, G)`` in time order."""
-
-    @staticmethod
-    def forward(ctx, a, w, b, bsz, save=True):
-        # save=False (no gradient wanted, decided by the caller: needs_input_grad ignores
-        # no_grad): x^ is not kept, backward is never called
-        y, xh, mean, var, rs = torch.ops.rnnkit_norm.bn_input_forward(a, w, b, list(bsz), save)
-        ctx.save_for_backward(xh, rs, w)
-        ctx.bsz, ctx.has_bias = list(bsz), b is not None
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, _m, _v):
-        xh, rs, w = ctx.saved_tensors
-        da, dw, db = torch.ops.rnnkit_norm.bn_input_backward(dy, xh, rs, w, ctx.has_bias, ctx.bsz)
-        return da, dw, db if ctx.has_bias else None, None, None
-
-
-def _update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]) -> None:
-    """``running ← lerp(running, batch statistic, 0.1)`` for steps in processing order ``k`` at
-    slot ``min(k, max_len - 1)``; steps past the last slot update it one after the other."""
-    rm, rv = p[f"running_mean_{grp}"], p[f"running_var_{grp}"]
-    T, K = mean.shape[0], min(mean.shape[0], rm.shape[0] - 1)
-    with torch.no_grad():
-        mean, var = mean.detach(), var.detach()
-        rm[:K].lerp_(mean[:K], MOMENTUM)
-        n0 = ns[0]
-        if n0 > 1 and all(n == n0 for n in ns):  # a full batch every step: scalar correction, no mask
-            unbiased = var * (n0 / (n0 - 1))
-            rv[:K].lerp_(unbiased[:K], MOMENTUM)
-        else:
-            unbiased = var * torch.tensor([n / (n - 1) if n > 1 else 0.0 for n in ns], dtype=var.dtype,
-                                          device=var.device).unsqueeze(1)  # fmt: skip
-            keep = torch.tensor([n > 1 for n in ns], device=var.device).unsqueeze(1)
-            rv[:K].copy_(torch.where(keep[:K], rv[:K].lerp(unbiased[:K], MOMENTUM), rv[:K]))
-        for k in range(K, T):
-            rm[-1].lerp_(mean[k], MOMENTUM)
-            if ns[k] > 1:
-                rv[-1].lerp_(unbiased[k], MOMENTUM)
 
 
 # -- the custom op ----------------------------------------------------------------------------

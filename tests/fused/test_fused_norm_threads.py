@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from rnnkit.kernels import norm as pure
-from rnnkit.kernels import norm_ops
+from rnnkit.kernels import norm_input, norm_ops
 
 BS = [40, 40, 33, 21]  # packed batch sizes: B = 40, shrinking
 
@@ -118,7 +118,7 @@ def test_batch_norm_input_two_threads(num_threads):
         vars_.append(var)
     ref = torch.autograd.grad(torch.cat(ys), [a, w, b], dy)
     num_threads(2)
-    y, mean, var = norm_ops._BNInput.apply(a, w, b, BS)
+    y, mean, var = norm_input.BNInput.apply(a, w, b, BS)
     torch.testing.assert_close(y, torch.cat(ys), atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(mean, torch.stack(means), atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(var, torch.stack(vars_), atol=1e-12, rtol=1e-12)

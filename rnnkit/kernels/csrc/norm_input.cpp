@@ -1,7 +1,7 @@
 // Batch norm of the input group of the recurrent batch-norm LSTM in training (Cooijmans et al.
 // 2016): y = BN_t(a) ⊙ γ (+ b) for all steps at once, with per-step statistics over the step's
 // rows, and its backward. Ops torch.ops.rnnkit_norm.bn_input_forward/backward, used by
-// rnnkit/kernels/norm_ops.py's _batch_norm_input in eager mode (its PyTorch expression, which
+// rnnkit/kernels/norm_input.py's batch_norm_input in eager mode (its PyTorch expression, which
 // these compute up to rounding, stays for torch.compile and the pure backend). At the small
 // shape that expression and its autograd backward (a dozen ATen calls each way) took ~40% of
 // the layer's training step; here the steps run in parallel, one pass per statistic.
