@@ -236,6 +236,31 @@ def test_auto_picks_fused_for_cpu_float32_gru_rnn_and_packed_lstm(monkeypatch):
     assert dispatch.select(rnn, x) == "torch"  # the pure kernels are not faster than torch
 
 
+@pytest.mark.parametrize("ctx", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize(("name", "packed"), [("GRU", False), ("RNN", True), ("LSTM", True)])
+def test_auto_inference_on_the_fused_path_equals_torch(name, packed, ctx):
+    """Inference that ``impl="auto"`` sends to the fused kernels (CPU float32 GRU/RNN, packed
+    LSTM) runs there — under ``no_grad`` and ``inference_mode`` — and gives torch.nn's outputs
+    and states to float32 rounding (bidirectional, 2 layers, batch_first, eval-mode dropout)."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from rnnkit import dispatch
+
+    require_ext()
+    torch.manual_seed(0)
+    kw = dict(num_layers=2, bidirectional=True, batch_first=True, dropout=0.3, dtype=torch.float32)
+    ours, ref = getattr(rnnkit, name)(5, 7, **kw).eval(), getattr(torch.nn, name)(5, 7, **kw).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, 5, dtype=torch.float32)
+    inp = pack_padded_sequence(x, torch.tensor([6, 4, 2]), batch_first=True) if packed else x
+    with ctx():
+        assert dispatch.select(ours, inp.data if packed else inp, packed=packed) == "fused"
+        (ya, sa), (yb, sb) = ours(inp), ref(inp)
+    states = list(zip(sa, sb)) if name == "LSTM" else [(sa, sb)]
+    for u, v in [(ya.data if packed else ya, yb.data if packed else yb), *states]:
+        torch.testing.assert_close(u, v, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("batch", "hidden", "batch_first"), [(32, 256, False), (64, 128, True), (32, 384, False)]
 )
