@@ -32,7 +32,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
@@ -110,7 +109,7 @@ class _Direction(torch.autograd.Function):
         return out, hn, cn
 
     @staticmethod
-    @once_differentiable
+    @_common.first_order_only
     def backward(ctx, gout, ghn, gcn):
         *saved, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih = ctx.saved_tensors
         opt = [ops._opt(t) for t in (w_hr, mask, zh, zc, w_peep)]

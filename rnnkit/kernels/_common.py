@@ -12,10 +12,39 @@ buffers, which end up holding the gradients of the initial state.
 
 from __future__ import annotations
 
+import functools
 from functools import lru_cache
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+SECOND_ORDER = (
+    "rnnkit's fused kernels compute first-order gradients only (their backward is explicit BPTT, "
+    "not a differentiable graph); for double backward (a gradient penalty, MAML, Hessian-vector "
+    "products) build the layer with impl='torch' (standard configurations) or impl='loop'"
+)
+
+
+def first_order_only(backward):
+    """``torch.autograd.function.once_differentiable`` for the fused kernels' autograd nodes, with
+    an error that says what to do instead: differentiating their gradients again (a graph
+    built with ``create_graph=True``) raises ``RuntimeError(SECOND_ORDER)`` when it is used."""
+    delayed = getattr(getattr(torch._C, "_functions", None), "DelayedError", None)
+    if delayed is None:  # torch without the private hook: torch's own message
+        return once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *args):
+        with torch.no_grad():
+            outputs = backward(ctx, *args)
+        if not torch.is_grad_enabled() or not any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            return outputs
+        outs = outputs if isinstance(outputs, tuple) else (outputs,)
+        fake = [None if v is None else v.detach().requires_grad_(True) for v in outs]
+        return delayed(SECOND_ORDER.encode(), len(outs))(*fake)  # as once_differentiable does
+
+    return wrapper
 
 
 @lru_cache(maxsize=256)

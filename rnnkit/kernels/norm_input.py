@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells.base import Params
 from ..cells.norm import EPS, MOMENTUM
+from . import _common
 from .norm import row_slots
 
 
@@ -95,7 +95,7 @@ class BNInput(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
-    @once_differentiable
+    @_common.first_order_only
     def backward(ctx, dy, _m, _v):
         xh, rs, w = ctx.saved_tensors
         da, dw, db = torch.ops.rnnkit_norm.bn_input_backward(dy, xh, rs, w, ctx.has_bias, ctx.bsz)

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
@@ -136,7 +135,7 @@ class _NormDirection(torch.autograd.Function):
         return tuple(res)
 
     @staticmethod
-    @once_differentiable
+    @_common.first_order_only
     def backward(ctx, *grads):
         return (None, None, None, None, None, *_backward(ctx, grads, backward_impl)[2:-2])
 

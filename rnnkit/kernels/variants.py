@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..cells.base import Cell, Params, State
 from . import _common, _gemm, ext, gru_variants, lstm_variants
@@ -169,7 +168,7 @@ class _Direction(torch.autograd.Function):
         return out, hn, cn, gn
 
     @staticmethod
-    @once_differentiable
+    @_common.first_order_only
     def backward(ctx, gout, ghn, gcn, gan):
         saved, (w_hh, *rest) = ctx.saved_tensors[: ctx.n_saved], ctx.saved_tensors[ctx.n_saved :]
         kind, flags, bsz, reverse, use_ext, onednn, has_bias = ctx.meta
