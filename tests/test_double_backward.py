@@ -1,8 +1,11 @@
 """Second-order gradients (gradient penalties, MAML, Hessian-vector products).
 
 The reference loop and torch's kernels are ordinary autograd graphs, so they differentiate twice
-(``gradgradcheck`` in float64). The fused kernels' backward is explicit BPTT: differentiating it
-again must fail with an error that says what to use instead — never return wrong numbers.
+(``gradgradcheck`` in float64). The fused kernels' backward is explicit BPTT: for the standard
+cells a gradient taken with ``create_graph=True`` recomputes the direction differentiably
+(rnnkit/kernels/second_order.py), checked by ``gradgradcheck`` and against torch.nn; for the
+options differentiating it again must fail with an error that says what to use instead —
+never return wrong numbers.
 """
 
 from __future__ import annotations
@@ -51,22 +54,16 @@ def test_torch_kernels_differentiate_twice(name):
 @pytest.mark.parametrize("backend", ["ext", "pure"])
 @pytest.mark.parametrize(
     ("cls", "kw"),
-    [(rnnkit.GRU, {}), (rnnkit.RNN, {}), (rnnkit.LSTM, {}), (rnnkit.LSTM, {"norm": "batch"}),
-     (rnnkit.GRU, {"variant": "mut2"}), (rnnkit.LSTM, {"zoneout": 0.2})],
+    [(rnnkit.LSTM, {"norm": "batch"}), (rnnkit.GRU, {"norm": "layer"}), (rnnkit.GRU, {"variant": "mut2"}),
+     (rnnkit.LSTM, {"zoneout": 0.2}), (rnnkit.GRU, {"recurrent_dropout": 0.2}),
+     (rnnkit.LSTM, {"peephole": True})],
 )  # fmt: skip
 def test_fused_kernels_refuse_second_order_with_a_clear_error(cls, kw, backend, monkeypatch):
-    import rnnkit.kernels as K
-
-    if backend == "ext":
-        from tests.fused.test_fused_kernels import require_ext
-
-        require_ext()
-    else:
-        monkeypatch.setattr(K, "backend", lambda x: "pure")
+    _backend(backend, monkeypatch)
     torch.manual_seed(0)
     m = cls(2, 3, impl="fused", **kw)
     x = torch.randn(4, 2, 2, requires_grad=True)
-    torch.manual_seed(1)  # the same zoneout masks in both calls
+    torch.manual_seed(1)  # the same masks in both calls
     (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)  # first order: fine
     m.impl = "loop"
     torch.manual_seed(1)
@@ -75,3 +72,71 @@ def test_fused_kernels_refuse_second_order_with_a_clear_error(cls, kw, backend, 
     with pytest.raises(RuntimeError, match="first-order gradients only") as err:
         g.pow(2).sum().backward()
     assert str(err.value) == SECOND_ORDER
+
+
+def _backend(backend, monkeypatch):
+    import rnnkit.kernels as K
+
+    if backend == "ext":
+        from tests.fused.test_fused_kernels import require_ext
+
+        require_ext()
+    else:
+        monkeypatch.setattr(K, "backend", lambda x: "pure")
+
+
+@pytest.mark.parametrize("backend", ["ext", "pure"])
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [("GRU", {}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}), ("LSTM", {"proj_size": 2})],
+)
+def test_fused_standard_cells_differentiate_twice(name, kw, backend, monkeypatch):
+    """gradgradcheck through the fused path (2 layers, bidirectional, packed, initial state):
+    the second-order graph comes from the recomputed direction."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    _backend(backend, monkeypatch)
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(2, 3, num_layers=2, bidirectional=True, impl="fused", **kw)
+    data = torch.randn(4, 3, 2)
+    h = torch.randn(4, 3, kw.get("proj_size", 3), requires_grad=True)
+    params = dict(m.named_parameters())
+    w = params.pop("weight_hh_l1_reverse")
+
+    def f(x, h, w):
+        packed = pack_padded_sequence(x, torch.tensor([4, 3, 1]))
+        state = (h, torch.zeros(4, 3, 3)) if name == "LSTM" else h
+        out, _ = torch.func.functional_call(m, {**params, "weight_hh_l1_reverse": w}, (packed, state))
+        return out.data
+
+    x = data.requires_grad_(True)
+    # the recomputed graph's first-order gradients are the fused backward's ...
+    out = f(x, h, w)
+    dy = torch.randn_like(out)
+    plain = torch.autograd.grad(out, (x, h, w), dy, retain_graph=True)
+    graph = torch.autograd.grad(out, (x, h, w), dy, create_graph=True)
+    for u, v in zip(plain, graph):
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-10)
+    # ... and differentiating them again is right
+    assert torch.autograd.gradgradcheck(f, (x, h, w), fast_mode=True)
+
+
+@pytest.mark.parametrize("name", ["GRU", "RNN"])
+def test_auto_float32_gradient_penalty_equals_torch(name):
+    """A gradient penalty through the default-dispatched (fused) float32 GRU/RNN gives torch.nn's
+    first- and second-order gradients."""
+    from tests.fused.test_fused_kernels import require_ext
+
+    require_ext()
+    torch.manual_seed(0)
+    ours = getattr(rnnkit, name)(3, 4, dtype=torch.float32)
+    ref = getattr(torch.nn, name)(3, 4, dtype=torch.float32)
+    ref.load_state_dict(ours.state_dict())
+    res = []
+    for m in (ours, ref):
+        x = torch.linspace(-1, 1, 30, dtype=torch.float32).reshape(5, 2, 3).requires_grad_(True)
+        (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+        g.pow(2).sum().backward()
+        res.append([g.detach(), x.grad, *(p.grad for p in m.parameters())])
+    for u, v in zip(*res):
+        torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)

@@ -37,7 +37,7 @@ from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from . import _common, _gemm, ext, lstm_variants, norm_ops, ops, variants
+from . import _common, _gemm, ext, lstm_variants, norm_ops, ops, second_order, variants
 
 __all__ = ["supports", "project_input", "run_direction", "run_layer_direction", "backend", "KINDS"]
 
@@ -81,8 +81,11 @@ class _Direction(torch.autograd.Function):
     """Autograd node of one fused direction (eager mode; ``rnnkit::fused_direction`` is the
     same computation as a custom op, for torch.compile).
 
-    Either ``xp`` is given, or (compiled LSTM kernel) ``x, w_ih, b_in`` and the kernel projects
-    the input itself; backward then maps ``d xp`` (the gate gradients) to ``d x, d W_ih, d b``."""
+    Either ``xp`` is given, or ``x, w_ih, b_in``: the compiled LSTM kernel projects the input
+    itself, other kernels get ``xp`` computed here; backward then maps ``d xp`` (the gate
+    gradients) to ``d x, d W_ih, d b``. With the input (and no recurrent dropout, zoneout or
+    peephole), a gradient taken with ``create_graph=True`` is itself differentiable
+    (:mod:`.second_order` recomputes the direction); else differentiating it raises."""
 
     @staticmethod
     def forward(
@@ -92,9 +95,11 @@ class _Direction(torch.autograd.Function):
         ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext = kind, batch_sizes, reverse, use_ext
         ctx.has_bias, ctx.fused_input, ctx.has_b_in = b_hh is not None, x is not None, b_in is not None
         ctx.onednn = _gemm.use_onednn(h0)
-        proj = (x, w_ih, b_in) if x is not None else None
-        if proj is not None:
-            xp = x.new_empty(0)
+        ctx.kernel_proj = x is not None and kind == "lstm" and use_ext
+        ctx.second_order = x is not None and all(t is None for t in (mask, zh, zc, w_peep))
+        proj = (x, w_ih, b_in) if ctx.kernel_proj else None
+        if x is not None:
+            xp = x.new_empty(0) if ctx.kernel_proj else _gemm.linear_nograd(x, w_ih, b_in)
         args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep)
         run = ops.forward_impl
         out, hn, cn, saved = run(kind, batch_sizes, reverse, use_ext, ctx.onednn, *args, save=save, proj=proj,
@@ -103,18 +108,28 @@ class _Direction(torch.autograd.Function):
             saved = ()
         empty = w_hh.new_empty(0)
         opt = [empty if t is None else t for t in (w_hr, mask, zh, zc, w_peep, x, w_ih)]
-        ctx.save_for_backward(*saved, w_hh, *opt)
+        extra = [empty if t is None else t for t in (h0, c0, b_hh, b_in)] if ctx.second_order else []
+        ctx.save_for_backward(*saved, w_hh, *opt, *extra)  # extra: small (states, biases)
         if kind != "lstm":
             ctx.mark_non_differentiable(cn)
         return out, hn, cn
 
     @staticmethod
-    @_common.first_order_only
     def backward(ctx, gout, ghn, gcn):
-        *saved, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih = ctx.saved_tensors
+        if torch.is_grad_enabled() and ctx.second_order:  # create_graph=True: a differentiable graph
+            *_, w_hh, w_hr, _m, _zh, _zc, _p, x, w_ih, h0, c0, b_hh, b_in = ctx.saved_tensors
+            vals = dict(h0=h0, c0=c0, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr, x=x, w_ih=w_ih, b_in=b_in)
+            return second_order.backward(ctx, {k: ops._opt(v) for k, v in vals.items()}, gout, ghn, gcn)
+        return _Direction.first_order(ctx, gout, ghn, gcn)
+
+    @staticmethod
+    @_common.first_order_only
+    def first_order(ctx, gout, ghn, gcn):
+        tensors = ctx.saved_tensors  # less the 4 extra of second_order
+        *saved, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih = tensors[: len(tensors) - 4 * ctx.second_order]
         opt = [ops._opt(t) for t in (w_hr, mask, zh, zc, w_peep)]
         # the compiled LSTM kernel sums the input bias's gradient itself (has_bias for the LSTM)
-        kernel_db = ctx.fused_input and ctx.has_b_in and ctx.use_ext and ctx.kind == "lstm"
+        kernel_db = ctx.kernel_proj and ctx.has_b_in
         has_bias = ctx.has_bias or kernel_db
         grads = ops.backward_impl(
             ctx.kind, ctx.batch_sizes, ctx.reverse, ctx.use_ext, ctx.onednn, has_bias, gout, ghn, gcn, saved,
@@ -217,19 +232,20 @@ def run_layer_direction(
     read back (medium shape: 13 MB per call; the forward 8.4 → 7.5 ms). Elsewhere the two calls.
     Same numbers up to float rounding."""
     kind = kind_of(cell)
-    if kind not in ("lstm", "lstm_v") or torch.compiler.is_compiling() or backend(x) != "ext":
+    standard = kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")
+    if torch.compiler.is_compiling() or not (standard or (kind == "lstm_v" and backend(x) == "ext")):
         xp = project_input(cell, p, x)
         zo = (zoneout, zoneout_masks)
         return run_direction(cell, p, xp, batch_sizes, h0, reverse, mask, None, *zo, training)
-    b = p.get("bias_ih")  # the cells' project_input: x W_ihᵀ + b_ih + b_hh
-    proj = (x, p["weight_ih"], None if b is None else b + p["bias_hh"])
+    b = p.get("bias_ih")  # the cells' project_input: x W_ihᵀ + b_ih (+ b_hh but for the GRU)
+    proj = (x, p["weight_ih"], b if b is None or kind == "gru" else b + p["bias_hh"])
     if kind == "lstm_v":  # the Greff layouts: the same in-kernel projection
         return variants.run_direction(
             cell, p, None, batch_sizes, h0, reverse, mask, True, zoneout, zoneout_masks, proj
         )  # type: ignore[arg-type]
     bsz = tuple(int(b) for b in batch_sizes)
     zrows = _zoneout_rows(x, bsz, h0, zoneout, zoneout_masks)
-    return _standard(kind, p, None, bsz, h0, reverse, mask, True, zrows, proj)
+    return _standard(kind, p, None, bsz, h0, reverse, mask, None, zrows, proj)
 
 
 def _standard(kind, p, xp, bsz, h0, reverse, mask, use_ext, zrows, proj=None) -> tuple[Tensor, State]:
@@ -245,7 +261,7 @@ def _standard(kind, p, xp, bsz, h0, reverse, mask, use_ext, zrows, proj=None) ->
         out, hn, cn = ops.fused_direction(kind, *args, list(bsz), reverse)[:3]
     else:
         if use_ext is None:
-            use_ext = backend(xp) == "ext"
+            use_ext = backend(xp if xp is not None else proj[0]) == "ext"  # type: ignore[index]
         elif use_ext and ext.ops() is None:
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
         proj = proj or (None, None, None)

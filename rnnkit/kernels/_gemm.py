@@ -97,6 +97,14 @@ def linear_grads(dy: Tensor, x: Tensor, w: Tensor, has_bias: bool, needs) -> tup
     return dx, dw, db
 
 
+def linear_nograd(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x Wᵀ + b`` for 2-D ``x`` by the very GEMM :func:`linear` would run, outside autograd
+    (inside an autograd node that differentiates it itself)."""
+    if use_onednn(x) and x.numel() * w.shape[0] >= ONEDNN_MIN_WORK:
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+
+
 def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """``x Wᵀ + b`` for 2-D ``x``, differentiable; oneDNN GEMMs when they apply."""
     if torch.compiler.is_compiling():  # the compiler picks the GEMM itself

@@ -1,0 +1,75 @@
+"""Second-order gradients through the fused standard kernels, by recomputation.
+
+The fused kernels' backward is explicit BPTT (C++, or in-place PyTorch): a first-order
+gradient, not a graph autograd can differentiate again. When a gradient is taken with
+``create_graph=True`` (gradient penalties, MAML, Hessian-vector products), the autograd node of
+a standard direction (:class:`rnnkit.kernels._Direction` that projected its own input, without
+recurrent dropout, zoneout or peepholes) recomputes the direction here with plain
+differentiable ops from its saved inputs ``x, W_ih, b, h0, c0, W_hh, b_hh, W_hr`` and lets
+autograd differentiate that, as torch.nn's per-op CPU GRU/RNN do anyway. A Python loop over
+the steps: slower than the fused backward, and only taken under ``create_graph=True``.
+Elsewhere (the options) differentiating twice raises :data:`._common.SECOND_ORDER`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+# positions of the differentiable inputs of _Direction.forward (after ctx)
+_INPUTS = {"h0": 6, "c0": 7, "w_hh": 8, "b_hh": 9, "w_hr": 10, "x": 15, "w_ih": 16, "b_in": 17}
+N_INPUTS = 18
+
+
+def direction(kind: str, bsz: Sequence[int], reverse: bool, xp: Tensor, h0: Tensor, c0: Tensor | None,
+              w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None):  # fmt: skip
+    """Differentiable ``out (N, P), h_n, c_n`` (``None`` unless LSTM) of one direction over packed
+    ``xp`` (``x W_ihᵀ + b``): the cells' equations in torch's gate order (LSTM i, f, g, o; GRU
+    r, z, n with ``r ⊙ (h W_hnᵀ + b_hn)``), rows past a step's batch keeping their state."""
+    offs = [0]
+    for b in bsz:
+        offs.append(offs[-1] + b)
+    h, c, outs = h0, c0, [xp] * len(bsz)
+    for t in reversed(range(len(bsz))) if reverse else range(len(bsz)):
+        bs = bsz[t]
+        xt, hb, r = xp[offs[t] : offs[t] + bs], h[:bs], h[:bs] @ w_hh.t()
+        if kind == "lstm":
+            H = c.shape[1]  # type: ignore[union-attr]
+            a = xt + r
+            i, f, o = (torch.sigmoid(a[:, k * H : (k + 1) * H]) for k in (0, 1, 3))
+            cn = f * c[:bs] + i * torch.tanh(a[:, 2 * H : 3 * H])  # type: ignore[index]
+            hn = o * torch.tanh(cn)
+            if w_hr is not None:
+                hn = hn @ w_hr.t()
+            c = torch.cat([cn, c[bs:]])  # type: ignore[index]
+        elif kind == "gru":
+            H = hb.shape[1]
+            r = r if b_hh is None else r + b_hh
+            rz = torch.sigmoid(xt[:, : 2 * H] + r[:, : 2 * H])
+            n = torch.tanh(xt[:, 2 * H :] + rz[:, :H] * r[:, 2 * H :])
+            hn = n + rz[:, H:] * (hb - n)  # (1 - z) n + z h
+        else:
+            hn = torch.relu(xt + r) if kind == "rnn_relu" else torch.tanh(xt + r)
+        h = torch.cat([hn, h[bs:]])
+        outs[t] = hn
+    return torch.cat(outs), h, c
+
+
+def backward(ctx, saved: dict[str, Tensor | None], gout: Tensor, ghn: Tensor, gcn: Tensor) -> tuple:
+    """The gradients ``_Direction.backward`` returns, as a differentiable graph: the direction
+    recomputed from ``saved`` (its inputs by name) and differentiated with ``create_graph``."""
+    x, w_ih, b_in = saved["x"], saved["w_ih"], saved["b_in"]
+    with torch.enable_grad():
+        xp = x @ w_ih.t() if b_in is None else torch.addmm(b_in, x, w_ih.t())  # type: ignore[union-attr]
+        out, hn, cn = direction(ctx.kind, ctx.batch_sizes, ctx.reverse, xp, saved["h0"], saved["c0"],  # type: ignore[arg-type]
+                                saved["w_hh"], saved["b_hh"], saved["w_hr"])  # type: ignore[arg-type]  # fmt: skip
+        names = [n for n, i in _INPUTS.items() if ctx.needs_input_grad[i] and saved[n] is not None]
+        outputs, grads = ([out, hn, cn], [gout, ghn, gcn]) if cn is not None else ([out, hn], [gout, ghn])
+        inputs = [saved[n] for n in names]
+        found = torch.autograd.grad(outputs, inputs, grads, create_graph=True, allow_unused=True)
+    res: list[Tensor | None] = [None] * N_INPUTS
+    for n, g in zip(names, found):
+        res[_INPUTS[n]] = g
+    return tuple(res)
