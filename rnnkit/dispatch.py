@@ -91,6 +91,15 @@ def fused_by_default(module, x: Tensor, mode: str | None, packed: bool = False) 
     )
 
 
+def _functorch_active() -> bool:
+    """Inside a ``torch.func`` transform (``grad``, ``jacrev``, ``vmap``, ...). The fused kernels'
+    autograd nodes run C++ kernels that functorch cannot see through; torch's kernels and the
+    reference loop are plain ops (``jacrev`` of torch.nn.GRU works; ``vmap`` of it has no
+    batching rule in torch either)."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active and active())
+
+
 def select(module, x: Tensor, packed: bool = False) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack`` (``x``: the
     input, or a packed input's data)."""
@@ -98,6 +107,8 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         mode = torch_mode(module)
+        if _functorch_active():  # torch.func.grad/jacrev/vmap: plain autograd ops, no custom node
+            return "loop"
         if fused_by_default(module, x, mode, packed):
             return "fused"
         if mode:
