@@ -91,13 +91,18 @@ def fused_by_default(module, x: Tensor, mode: str | None, packed: bool = False) 
     )
 
 
-def _functorch_active() -> bool:
-    """Inside a ``torch.func`` transform (``grad``, ``jacrev``, ``vmap``, ...). The fused kernels'
-    autograd nodes run C++ kernels that functorch cannot see through; torch's kernels and the
-    reference loop are plain ops (``jacrev`` of torch.nn.GRU works; ``vmap`` of it has no
-    batching rule in torch either)."""
+def _plain_ops_needed() -> bool:
+    """Inside a ``torch.func`` transform (``grad``, ``jacrev``, ``vmap``, ...) or a forward-mode
+    AD level (``torch.autograd.forward_ad.dual_level``). The fused kernels' autograd nodes run
+    C++ kernels that functorch cannot see through and have no forward-mode derivative; the
+    reference loop is plain ops (torch.nn's GRU supports ``jacrev`` and forward AD, not ``vmap``:
+    its ops have no batching rule)."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active and active())
+    if active is not None and active():
+        return True
+    from torch.autograd import forward_ad
+
+    return getattr(forward_ad, "_current_level", -1) >= 0
 
 
 def select(module, x: Tensor, packed: bool = False) -> str:
@@ -107,7 +112,7 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         mode = torch_mode(module)
-        if _functorch_active():  # torch.func.grad/jacrev/vmap: plain autograd ops, no custom node
+        if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
             return "loop"
         if fused_by_default(module, x, mode, packed):
             return "fused"

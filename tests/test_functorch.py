@@ -1,9 +1,11 @@
-"""rnnkit layers under ``torch.func`` transforms (``grad``, ``jacrev``, ``vmap``).
+"""rnnkit layers under ``torch.func`` transforms (``grad``, ``jacrev``, ``vmap``, ``jvp``) and
+forward-mode AD.
 
-Inside a transform ``impl="auto"`` takes the reference loop (plain ops functorch can see
-through; the fused kernels' autograd nodes cannot be), so the results equal torch.nn's
-where torch.nn works (``jacrev``) and also where it does not (``vmap``: torch has no batching
-rule for its RNN ops): per-sample gradients of a recurrent model in one call.
+There ``impl="auto"`` takes the reference loop (plain ops functorch and forward AD can see
+through; the fused kernels' autograd nodes cannot be), so the results equal torch.nn's where
+torch.nn works (``jacrev``, forward AD of its GRU/RNN) and also where it does not (``vmap``:
+torch has no batching rule for its RNN ops): per-sample gradients of a recurrent model in one
+call.
 """
 
 from __future__ import annotations
@@ -54,3 +56,24 @@ def test_auto_takes_the_loop_inside_a_transform(monkeypatch):
     assert dispatch.select(m, x) == "fused"  # outside: the fused kernels (CPU float32 GRU)
     grad(lambda v: seen.append(dispatch.select(m, v)) or v.sum())(x)
     assert seen == ["loop"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual
+@pytest.mark.parametrize(("name", "kw"), [("GRU", {}), ("RNN", {}), ("LSTM", {"norm": "layer"})])
+def test_forward_mode_ad(name, kw):
+    """Dual numbers give the jvp of torch.func (and torch.nn's tangent where it has one)."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    f32 = torch.float32  # the dtype impl="auto" otherwise sends to the fused GRU/RNN kernels
+    ours = getattr(rnnkit, name)(3, 4, dtype=f32, **kw)
+    x, t = torch.randn(5, 2, 3, dtype=f32), torch.randn(5, 2, 3, dtype=f32)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(ours(fwAD.make_dual(x, t))[0]).tangent
+    _, jvp = torch.func.jvp(lambda v: ours(v)[0], (x,), (t,))
+    torch.testing.assert_close(tangent, jvp)
+    if not kw:
+        ref = getattr(torch.nn, name)(3, 4, dtype=f32)
+        ref.load_state_dict(ours.state_dict())
+        with fwAD.dual_level():
+            torch.testing.assert_close(tangent, fwAD.unpack_dual(ref(fwAD.make_dual(x, t))[0]).tangent)
