@@ -38,7 +38,9 @@ def check_like(x: Tensor, ref: Tensor, what: str) -> None:
         fail(f"{what} is on {x.device} but the parameters are on {ref.device}")
 
 
-def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor) -> None:
+def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim: int | None = None) -> None:
+    """``batch_dim``: the batch dimension of a batched dense input (a layer's or a cell's), which
+    may be empty, as torch.nn allows (empty outputs and states); zero time steps never are."""
     check_tensor(x, "input")
     if packed:
         if x.dim() != 2:
@@ -53,7 +55,8 @@ def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor) -> None:
             f"input has {x.shape[-1]} features in its last dimension but the layer expects "
             f"input_size={input_size} (input shape {tuple(x.shape)})"
         )
-    if x.numel() == 0:
+    empty_other = any(n == 0 for i, n in enumerate(x.shape[:-1]) if i != batch_dim)
+    if x.numel() == 0 and (batch_dim is None or empty_other):
         fail(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
     check_like(x, ref, "input")
 

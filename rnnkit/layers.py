@@ -188,8 +188,9 @@ class RecurrentStack(nn.Module):
             _checks.check_input(x, self.input_size, True, self._ref)
             batch, unbatched = int(batch_sizes[0]), False
         else:
-            x = input
-            _checks.check_input(x, self.input_size, False, self._ref)
+            x = _checks.check_tensor(input, "input")
+            batch_dim = (0 if self.batch_first else 1) if x.dim() == 3 else None  # may be empty
+            _checks.check_input(x, self.input_size, False, self._ref, batch_dim)
             unbatched = x.dim() == 2
             if unbatched:
                 x = x.unsqueeze(1)
@@ -202,6 +203,8 @@ class RecurrentStack(nn.Module):
         if sorted_idx is not None:
             state = tuple(s.index_select(1, sorted_idx) for s in state)
 
+        if batch == 0:  # no sequence (dense input): torch.nn's empty outputs and states
+            return self._empty_batch(x, state, batch_first, unbatched)
         impl = dispatch.select(self, x, packed)
         plan = None
         if self._regularized():
@@ -218,6 +221,19 @@ class RecurrentStack(nn.Module):
             out = PackedSequence(out, batch_sizes, sorted_idx, unsorted_idx)
         elif unbatched:
             out, final = out.squeeze(1), tuple(s.squeeze(1) for s in final)
+        return out, (final if len(final) > 1 else final[0])
+
+    def _empty_batch(self, x: Tensor, state: State, batch_first: bool, unbatched: bool):
+        """``(output, final state)`` for a dense batch of zero sequences, shaped as torch.nn's;
+        the output is tied (by a zero) to the input and the first parameter, so that a loss over
+        it backpropagates as torch.nn's does (to zero gradients)."""
+        T = x.shape[1] if batch_first else x.shape[0]
+        O = (self.proj_size or self.hidden_size) * self.num_directions
+        out = x.new_zeros((0, T, O) if batch_first else (T, 0, O))
+        if torch.is_grad_enabled():
+            w = next(self.parameters(), None)
+            out = out + (x.sum() + (w.sum() if w is not None else 0)) * 0
+        final = tuple(s.clone() for s in state)
         return out, (final if len(final) > 1 else final[0])
 
     def _initial_state(self, hx, batch: int, unbatched: bool, x: Tensor) -> State:

@@ -231,7 +231,7 @@ class StepCell(nn.Module):
         ref = self.weight_ih
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
-        _checks.check_input(x, self.input_size, True, ref)
+        _checks.check_input(x, self.input_size, True, ref, batch_dim=0)
         B, names, sizes = x.shape[0], self.cell.state_names, self.cell.state_sizes()
         if hx is None:
             state = tuple(x.new_zeros(B, s) for s in sizes)

@@ -123,6 +123,35 @@ def test_detach_state():
     assert rnnkit.detach_state(3) == 3  # non-tensors pass through
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("kw", [{}, {"batch_first": True, "num_layers": 2, "bidirectional": True}])
+def test_a_batch_of_no_sequences_gives_torch_empty_results(name, kw):
+    """torch.nn accepts a dense batch of zero sequences (an empty bucket): empty outputs and
+    final states, given or not, and a loss over them backpropagates (zero gradients)."""
+    torch.manual_seed(0)
+    ours, ref = getattr(rnnkit, name)(3, 2, **kw), getattr(nn, name)(3, 2, **kw)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn((0, 4, 3) if kw.get("batch_first") else (4, 0, 3), requires_grad=True)
+    L = 2 * kw.get("num_layers", 1) if kw.get("bidirectional") else 1
+    h0 = torch.zeros(L, 0, 2)
+    for hx in (None, (h0, h0) if name == "LSTM" else h0):
+        (ya, sa), (yb, sb) = ours(x, hx), ref(x, hx)
+        assert ya.shape == yb.shape and ya.requires_grad and ya.dtype == yb.dtype
+        for u, v in zip(sa if name == "LSTM" else (sa,), sb if name == "LSTM" else (sb,)):
+            assert u.shape == v.shape
+        ya.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_cell_on_no_sequences_gives_torch_empty_results(name):
+    ours, ref = getattr(rnnkit, name)(3, 2), getattr(nn, name)(3, 2)
+    ya, yb = ours(torch.randn(0, 3)), ref(torch.randn(0, 3))
+    assert [t.shape for t in (ya if isinstance(ya, tuple) else (ya,))] == [
+        t.shape for t in (yb if isinstance(yb, tuple) else (yb,))
+    ]
+
+
 # -- bad input: clear errors naming expected and received values ------------------------
 BAD = [
     (lambda m: m(torch.randn(5, 2, 4)), "input_size=3"),
