@@ -229,8 +229,11 @@ def run_layer_direction(
     On the compiled LSTM kernels (standard and Greff layouts; eager mode) the kernel projects
     the input itself, a chunk of steps at a time, right before the steps that read it
     (``InputChunks``, csrc/blocked.h): the ``(N, 4H)`` projection is never written to memory and
-    read back (medium shape: 13 MB per call; the forward 8.4 → 7.5 ms). Elsewhere the two calls.
-    Same numbers up to float rounding."""
+    read back (medium shape: 13 MB per call; the forward 8.4 → 7.5 ms). The other standard
+    kinds (GRU, RNN, and the LSTM on the pure kernels) get the same GEMM inside their autograd
+    node, which so holds ``x`` and ``W_ih`` for second-order gradients (:mod:`.second_order`).
+    Elsewhere (variants, normalized cells, torch.compile) the two calls. Same numbers up to
+    float rounding."""
     kind = kind_of(cell)
     standard = kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")
     if torch.compiler.is_compiling() or not (standard or (kind == "lstm_v" and backend(x) == "ext")):
