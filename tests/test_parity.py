@@ -1,7 +1,9 @@
 """rnnkit.RNN/LSTM/GRU against torch.nn, the oracle: forward, final state and every gradient.
 
-Both of rnnkit's paths are checked: ``impl="auto"`` (torch's kernels for these standard
-configurations) and ``impl="loop"`` (the reference loop every fused path is tested against).
+Both of rnnkit's paths are checked: ``impl="auto"`` (in float64 torch's kernels for these
+standard configurations; in float32 on the CPU also the fused kernels that ``auto`` picks for
+GRU/RNN and packed LSTMs) and ``impl="loop"`` (the reference loop every fused path is tested
+against).
 """
 
 from __future__ import annotations
@@ -116,6 +118,40 @@ def test_loop_matches_torch_property(mode, T, B, I, H, L, bidir, batch_first):
     a, b = make_pair(mode, I, H, L, bidirectional=bidir, batch_first=batch_first, impl="loop")
     x = torch.randn((B, T, I) if batch_first else (T, B, I), requires_grad=True)
     _compare(a, b, x, _state(mode, L, 2 if bidir else 1, B, H))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    mode=st.sampled_from(MODES),
+    T=st.integers(1, 6),
+    B=st.integers(1, 4),
+    I=st.integers(1, 5),
+    H=st.integers(1, 6),
+    L=st.integers(1, 2),
+    bidir=st.booleans(),
+    batch_first=st.booleans(),
+    packed=st.booleans(),
+    grad=st.booleans(),
+)
+def test_float32_auto_matches_torch_property(mode, T, B, I, H, L, bidir, batch_first, packed, grad):
+    """What users get in float32 on the CPU: ``impl="auto"`` (the fused kernels for GRU/RNN and
+    packed LSTMs, forward and training) against torch.nn, to float32 rounding."""
+    f32 = torch.float32
+    a, b = make_pair(mode, I, H, L, bidirectional=bidir, batch_first=batch_first, dtype=f32)
+    x = torch.randn((B, T, I) if batch_first else (T, B, I), dtype=f32, requires_grad=grad)
+    hx = _state(mode, L, 2 if bidir else 1, B, H)
+    hx = tuple(h.detach().float().requires_grad_(grad) for h in (hx if mode == "LSTM" else (hx,)))
+    hx = hx if mode == "LSTM" else hx[0]
+    if packed:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        x = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False)
+    if grad:
+        _compare(a, b, x, hx, tol=2e-5)
+        return
+    with torch.no_grad():
+        for u, v in zip(flat(a(x, hx)), flat(b(x, hx))):
+            torch.testing.assert_close(u, v, atol=2e-5, rtol=2e-5)
 
 
 def test_gradcheck_loop_lstm():
