@@ -116,6 +116,15 @@ class RecurrentStack(nn.Module):
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
 
+    @property
+    def mode(self) -> str:
+        """torch.nn's name of the layer's family, whatever its options: ``"LSTM"``, ``"GRU"``,
+        ``"RNN_TANH"`` or ``"RNN_RELU"`` (code written for ``nn.RNNBase.mode`` reads it)."""
+        cell = self.cells[0]
+        if cell.family == "rnn":
+            return f"RNN_{cell.nonlinearity.upper()}"  # type: ignore[attr-defined]
+        return cell.family.upper()
+
     def layer_params(self, layer: int, direction: int) -> dict[str, Tensor]:
         """The tensors of one layer-direction, keyed by the cell's base names."""
         return {base: getattr(self, attr) for base, attr in self._names[layer][direction].items()}

@@ -143,6 +143,16 @@ def test_a_batch_of_no_sequences_gives_torch_empty_results(name, kw):
     assert x.grad is not None and x.grad.shape == x.shape
 
 
+def test_mode_is_torch_mode_whatever_the_options():
+    pairs = [
+        (rnnkit.LSTM(3, 4, norm="layer", peephole=False), nn.LSTM(3, 4)),
+        (rnnkit.GRU(3, 4, variant="mut1"), nn.GRU(3, 4)),
+        (rnnkit.RNN(3, 4, nonlinearity="relu"), nn.RNN(3, 4, nonlinearity="relu")),
+        (rnnkit.RNN(3, 4), nn.RNN(3, 4)),
+    ]
+    assert [a.mode for a, _ in pairs] == [b.mode for _, b in pairs]
+
+
 @pytest.mark.parametrize("name", ["LSTMCell", "GRUCell", "RNNCell"])
 def test_a_cell_on_no_sequences_gives_torch_empty_results(name):
     ours, ref = getattr(rnnkit, name)(3, 2), getattr(nn, name)(3, 2)
