@@ -24,9 +24,10 @@ backward whose activations were overwritten by a later replay of the same graph 
 Random masks (dropout, zoneout) are drawn inside the graph from torch's CUDA generator, whose
 replays advance its offset: every replay draws fresh masks, reproducibly under a seed.
 
-Known limit: each capture runs ``warmup`` eager calls first, and a layer whose forward updates
-buffers — recurrent batch norm's running statistics in training — updates them for those
-calls too (``warmup`` extra momentum steps per captured signature; not yet tested on a GPU).
+Each capture runs ``warmup`` eager calls first; buffers they update (recurrent batch norm's
+running statistics in training) are restored afterwards, so a graphed layer's statistics move
+once per call, as the eager layer's (tests/test_cuda.py; written without a GPU at hand and
+not yet run on one).
 
 Runs eagerly instead (same results, no graphs): on the CPU, for packed sequences and padded
 batches with ``lengths=``, under ``torch.compile``, and while another CUDA graph is being
@@ -176,12 +177,19 @@ class CUDAGraphed(nn.Module):
 
         # Warm up on a side stream (lazy initializations such as cuDNN's plans and the
         # allocator's first blocks must not land in the graph), then capture.
+        # The warm-up calls must not count as training calls: buffers they update (recurrent
+        # batch norm's running statistics) are put back as they were.
+        buffers = [b for b in self.layer.buffers() if b.is_floating_point()]
+        before = [b.detach().clone() for b in buffers]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.set_grad_enabled(grad):
             for _ in range(self.warmup):
                 step()
         torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for b, v in zip(buffers, before):
+                b.copy_(v)
         with torch.set_grad_enabled(grad):
             with torch.cuda.graph(g.fwd):
                 outs = self._call(g.inputs, n_state)

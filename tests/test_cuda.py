@@ -283,6 +283,24 @@ def test_cuda_graphed_matches_eager(cls, opts):
     assert len(graphed._graphs) == 2
 
 
+def test_cuda_graphed_batch_norm_running_statistics_move_once_per_call():
+    """The warm-up calls before a capture do not update the running statistics: after three
+    training calls they equal the eager layer's (and so do the outputs in evaluation)."""
+    torch.manual_seed(0)
+    eager = rnnkit.LSTM(5, 7, norm="batch", max_len=4).to(DEV)
+    graphed = rnnkit.cuda_graphed(rnnkit.LSTM(5, 7, norm="batch", max_len=4).to(DEV))
+    graphed.load_state_dict(eager.state_dict())
+    for _ in range(3):
+        x = torch.randn(6, 3, 5, device=DEV)
+        for m in (eager, graphed):
+            m(x)[0].sum().backward()
+    for (name, a), b in zip(graphed.named_buffers(), eager.buffers(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
+    graphed.eval(), eager.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(graphed(x)[0], eager(x)[0], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("opts", [{"zoneout": (0.2, 0.1)}, {"recurrent_dropout": 0.3}, {"weight_drop": 0.5}])
 def test_cuda_graphed_draws_fresh_masks_each_replay(opts):
     def run(seed):
