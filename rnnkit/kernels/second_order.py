@@ -31,7 +31,7 @@ def direction(kind: str, bsz: Sequence[int], reverse: bool, xp: Tensor, h0: Tens
     offs = [0]
     for b in bsz:
         offs.append(offs[-1] + b)
-    h, c, outs = h0, c0, [xp] * len(bsz)
+    h, c, outs = h0, c0, [xp] * len(bsz)  # outs: placeholders, one per step, all replaced
     for t in reversed(range(len(bsz))) if reverse else range(len(bsz)):
         bs = bsz[t]
         xt, hb, r = xp[offs[t] : offs[t] + bs], h[:bs], h[:bs] @ w_hh.t()
@@ -60,11 +60,12 @@ def direction(kind: str, bsz: Sequence[int], reverse: bool, xp: Tensor, h0: Tens
 def backward(ctx, saved: dict[str, Tensor | None], gout: Tensor, ghn: Tensor, gcn: Tensor) -> tuple:
     """The gradients ``_Direction.backward`` returns, as a differentiable graph: the direction
     recomputed from ``saved`` (its inputs by name) and differentiated with ``create_graph``."""
-    x, w_ih, b_in = saved["x"], saved["w_ih"], saved["b_in"]
+    s: dict = saved
     with torch.enable_grad():
-        xp = x @ w_ih.t() if b_in is None else torch.addmm(b_in, x, w_ih.t())  # type: ignore[union-attr]
-        out, hn, cn = direction(ctx.kind, ctx.batch_sizes, ctx.reverse, xp, saved["h0"], saved["c0"],  # type: ignore[arg-type]
-                                saved["w_hh"], saved["b_hh"], saved["w_hr"])  # type: ignore[arg-type]  # fmt: skip
+        xp = s["x"] @ s["w_ih"].t() if s["b_in"] is None else torch.addmm(s["b_in"], s["x"], s["w_ih"].t())
+        out, hn, cn = direction(
+            ctx.kind, ctx.batch_sizes, ctx.reverse, xp, s["h0"], s["c0"], s["w_hh"], s["b_hh"], s["w_hr"]
+        )
         names = [n for n, i in _INPUTS.items() if ctx.needs_input_grad[i] and saved[n] is not None]
         outputs, grads = ([out, hn, cn], [gout, ghn, gcn]) if cn is not None else ([out, hn], [gout, ghn])
         inputs = [saved[n] for n in names]
