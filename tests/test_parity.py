@@ -102,8 +102,8 @@ def test_float32_matches_torch(impl, mode):
     _compare(a, b, x, None, tol=1e-5)
 
 
-@settings(max_examples=25, deadline=None)
-@given(
+# shapes and layouts of the property tests
+LAYERS = dict(
     mode=st.sampled_from(MODES),
     T=st.integers(1, 6),
     B=st.integers(1, 4),
@@ -113,6 +113,10 @@ def test_float32_matches_torch(impl, mode):
     bidir=st.booleans(),
     batch_first=st.booleans(),
 )
+
+
+@settings(max_examples=25, deadline=None)
+@given(**LAYERS)
 def test_loop_matches_torch_property(mode, T, B, I, H, L, bidir, batch_first):
     torch.set_default_dtype(torch.float64)
     a, b = make_pair(mode, I, H, L, bidirectional=bidir, batch_first=batch_first, impl="loop")
@@ -121,18 +125,7 @@ def test_loop_matches_torch_property(mode, T, B, I, H, L, bidir, batch_first):
 
 
 @settings(max_examples=30, deadline=None)
-@given(
-    mode=st.sampled_from(MODES),
-    T=st.integers(1, 6),
-    B=st.integers(1, 4),
-    I=st.integers(1, 5),
-    H=st.integers(1, 6),
-    L=st.integers(1, 2),
-    bidir=st.booleans(),
-    batch_first=st.booleans(),
-    packed=st.booleans(),
-    grad=st.booleans(),
-)
+@given(**LAYERS, packed=st.booleans(), grad=st.booleans())
 def test_float32_auto_matches_torch_property(mode, T, B, I, H, L, bidir, batch_first, packed, grad):
     """What users get in float32 on the CPU: ``impl="auto"`` (the fused kernels for GRU/RNN and
     packed LSTMs, forward and training) against torch.nn, to float32 rounding."""
