@@ -127,6 +127,11 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
         _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
+    if module.impl == "fused" and _plain_ops_needed() and not torch.compiler.is_compiling():
+        _checks.fail(
+            "impl='fused' cannot run inside torch.func transforms or forward-mode AD (its autograd "
+            "nodes are opaque to them); build the layer with impl='auto' or impl='loop'"
+        )
     return module.impl
 
 

@@ -77,3 +77,9 @@ def test_forward_mode_ad(name, kw):
         ref.load_state_dict(ours.state_dict())
         with fwAD.dual_level():
             torch.testing.assert_close(tangent, fwAD.unpack_dual(ref(fwAD.make_dual(x, t))[0]).tangent)
+
+
+def test_forced_fused_path_refuses_transforms_clearly():
+    m = rnnkit.GRU(3, 4, impl="fused")
+    with pytest.raises(ValueError, match="impl='fused' cannot run inside torch.func"):
+        grad(lambda v: m(v)[0].sum())(torch.randn(5, 2, 3))
