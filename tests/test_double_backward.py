@@ -2,10 +2,11 @@
 
 The reference loop and torch's kernels are ordinary autograd graphs, so they differentiate twice
 (``gradgradcheck`` in float64). The fused kernels' backward is explicit BPTT: for the standard
-cells a gradient taken with ``create_graph=True`` recomputes the direction differentiably
-(rnnkit/kernels/second_order.py), checked by ``gradgradcheck`` and against torch.nn; for the
-options differentiating it again must fail with an error that says what to use instead —
-never return wrong numbers.
+cells — with recurrent dropout, zoneout and peepholes too — a gradient taken with
+``create_graph=True`` recomputes the direction differentiably (rnnkit/kernels/second_order.py),
+checked by ``gradgradcheck``, against torch.nn and against the loop; for the variants and the
+normalized cells differentiating it again must fail with an error that says what to use
+instead — never return wrong numbers.
 """
 
 from __future__ import annotations
@@ -55,8 +56,7 @@ def test_torch_kernels_differentiate_twice(name):
 @pytest.mark.parametrize(
     ("cls", "kw"),
     [(rnnkit.LSTM, {"norm": "batch"}), (rnnkit.GRU, {"norm": "layer"}), (rnnkit.GRU, {"variant": "mut2"}),
-     (rnnkit.LSTM, {"zoneout": 0.2}), (rnnkit.GRU, {"recurrent_dropout": 0.2}),
-     (rnnkit.LSTM, {"peephole": True})],
+     (rnnkit.LSTM, {"input_gate": False, "zoneout": 0.2}), (rnnkit.RNN, {"norm": "layer", "zoneout": 0.1})],
 )  # fmt: skip
 def test_fused_kernels_refuse_second_order_with_a_clear_error(cls, kw, backend, monkeypatch):
     _backend(backend, monkeypatch)
@@ -145,11 +145,16 @@ def test_auto_float32_gradient_penalty_equals_torch(name):
 @pytest.mark.parametrize(
     ("name", "kw"),
     [("GRU", {"weight_drop": 0.5}), ("LSTM", {"weight_drop": 0.3, "dropout": 0.2, "num_layers": 2}),
-     ("RNN", {"locked_dropout": 0.3, "num_layers": 2})],
+     ("RNN", {"locked_dropout": 0.3, "num_layers": 2}), ("LSTM", {"zoneout": (0.2, 0.1)}),
+     ("LSTM", {"peephole": True, "recurrent_dropout": 0.3}),
+     ("GRU", {"zoneout": 0.2, "recurrent_dropout": 0.2}),
+     ("RNN", {"zoneout": 0.3, "recurrent_dropout": 0.2, "nonlinearity": "relu"}),
+     ("LSTM", {"proj_size": 2, "zoneout": (0.2, 0.1), "recurrent_dropout": 0.2, "bidirectional": True})],
 )  # fmt: skip
-def test_second_order_with_regularizers_outside_the_kernel(name, kw):
-    """Weight-drop, inter-layer and locked dropout act on the kernel's inputs: the fused path's
-    second-order gradients (same masks) equal the reference loop's."""
+def test_second_order_with_regularizers_and_peepholes_equals_loop(name, kw):
+    """Weight-drop, inter-layer and locked dropout (on the kernel's inputs), recurrent dropout,
+    zoneout and peepholes (inside it): the fused path's second-order gradients (same masks)
+    equal the reference loop's."""
     res = []
     for impl in ("fused", "loop"):
         torch.manual_seed(0)

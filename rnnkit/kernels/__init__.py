@@ -83,9 +83,9 @@ class _Direction(torch.autograd.Function):
 
     Either ``xp`` is given, or ``x, w_ih, b_in``: the compiled LSTM kernel projects the input
     itself, other kernels get ``xp`` computed here; backward then maps ``d xp`` (the gate
-    gradients) to ``d x, d W_ih, d b``. With the input (and no recurrent dropout, zoneout or
-    peephole), a gradient taken with ``create_graph=True`` is itself differentiable
-    (:mod:`.second_order` recomputes the direction); else differentiating it raises."""
+    gradients) to ``d x, d W_ih, d b``. With the input, a gradient taken with
+    ``create_graph=True`` is itself differentiable (:mod:`.second_order` recomputes the
+    direction); without it (``xp`` given) differentiating it raises."""
 
     @staticmethod
     def forward(
@@ -96,7 +96,7 @@ class _Direction(torch.autograd.Function):
         ctx.has_bias, ctx.fused_input, ctx.has_b_in = b_hh is not None, x is not None, b_in is not None
         ctx.onednn = _gemm.use_onednn(h0)
         ctx.kernel_proj = x is not None and kind == "lstm" and use_ext
-        ctx.second_order = x is not None and all(t is None for t in (mask, zh, zc, w_peep))
+        ctx.second_order = x is not None
         proj = (x, w_ih, b_in) if ctx.kernel_proj else None
         if x is not None:
             xp = x.new_empty(0) if ctx.kernel_proj else _gemm.linear_nograd(x, w_ih, b_in)
@@ -117,8 +117,9 @@ class _Direction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gout, ghn, gcn):
         if torch.is_grad_enabled() and ctx.second_order:  # create_graph=True: a differentiable graph
-            *_, w_hh, w_hr, _m, _zh, _zc, _p, x, w_ih, h0, c0, b_hh, b_in = ctx.saved_tensors
-            vals = dict(h0=h0, c0=c0, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr, x=x, w_ih=w_ih, b_in=b_in)
+            *_, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih, h0, c0, b_hh, b_in = ctx.saved_tensors
+            vals = dict(h0=h0, c0=c0, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr, x=x, w_ih=w_ih, b_in=b_in, mask=mask,
+                        zh=zh, zc=zc, w_peep=w_peep)  # fmt: skip
             return second_order.backward(ctx, {k: ops._opt(v) for k, v in vals.items()}, gout, ghn, gcn)
         return _Direction.first_order(ctx, gout, ghn, gcn)
 
