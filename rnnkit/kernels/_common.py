@@ -20,9 +20,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 SECOND_ORDER = (
-    "rnnkit's fused kernels compute first-order gradients only (their backward is explicit BPTT, "
-    "not a differentiable graph); for double backward (a gradient penalty, MAML, Hessian-vector "
-    "products) build the layer with impl='torch' (standard configurations) or impl='loop'"
+    "rnnkit's fused kernels of this configuration compute first-order gradients only (their "
+    "backward is explicit BPTT, not a differentiable graph); for double backward (a gradient "
+    "penalty, MAML, Hessian-vector products) build the layer with impl='loop'"
 )
 
 
