@@ -189,7 +189,7 @@ struct NormG {
         const Tensor& g, const OptT& s, const OptT& st, const std::vector<int64_t>& slots = {})
       : mode(mode_), F(F_), S(st.has_value() ? st->size(1) : 0), X(xh.data_ptr<T>()),
         RS(rs.numel() ? rs.data_ptr<T>() : nullptr), MEAN(mean.numel() ? mean.data_ptr<T>() : nullptr), VAR(var.numel() ? var.data_ptr<T>() : nullptr),
-        Gm(g.data_ptr<T>()), Sh(ptr<T>(s)), ST(ptr<T>(st)), SL(slots.data()) {
+        Gm(g.data_ptr<T>()), Sh(ptr<T>(s)), ST(ptr<T>(st)), SL(slots.empty() ? nullptr : slots.data()) {
     TORCH_CHECK(mode != kBNEval || (ST && st->size(2) == F && !slots.empty() &&
                                     *std::max_element(slots.begin(), slots.end()) < S),
                 "rnnkit_norm: batch norm in evaluation needs statistics (2, slots, ", F, ")");
@@ -276,7 +276,7 @@ struct NormB {
   NormB(int64_t mode_, int64_t F_, const Tensor& xh, const Tensor& rs, const Tensor& g, const OptT& st,
         const std::vector<int64_t>& slots = {}, int64_t threads = at::get_num_threads())
       : mode(mode_), F(F_), S(st.has_value() ? st->size(1) : 0), X(xh.data_ptr<T>()),
-        RS(rs.numel() ? rs.data_ptr<T>() : nullptr), Gm(g.data_ptr<T>()), ST(ptr<T>(st)), SL(slots.data()),
+        RS(rs.numel() ? rs.data_ptr<T>() : nullptr), Gm(g.data_ptr<T>()), ST(ptr<T>(st)), SL(slots.empty() ? nullptr : slots.data()),
         acc(size_t(2 * F * threads), 0.), ca(F), cc(F) {}
   double* mine() {
     const int64_t slot = acc.size() == size_t(2 * F) ? 0 : at::get_thread_num();
