@@ -96,7 +96,6 @@ class _Direction(torch.autograd.Function):
         ctx.has_bias, ctx.fused_input, ctx.has_b_in = b_hh is not None, x is not None, b_in is not None
         ctx.onednn = _gemm.use_onednn(h0)
         ctx.kernel_proj = x is not None and kind == "lstm" and use_ext
-        ctx.second_order = x is not None
         proj = (x, w_ih, b_in) if ctx.kernel_proj else None
         if x is not None:
             xp = x.new_empty(0) if ctx.kernel_proj else _gemm.linear_nograd(x, w_ih, b_in)
@@ -108,7 +107,7 @@ class _Direction(torch.autograd.Function):
             saved = ()
         empty = w_hh.new_empty(0)
         opt = [empty if t is None else t for t in (w_hr, mask, zh, zc, w_peep, x, w_ih)]
-        extra = [empty if t is None else t for t in (h0, c0, b_hh, b_in)] if ctx.second_order else []
+        extra = [empty if t is None else t for t in (h0, c0, b_hh, b_in)] if ctx.fused_input else []
         ctx.save_for_backward(*saved, w_hh, *opt, *extra)  # extra: small (states, biases)
         if kind != "lstm":
             ctx.mark_non_differentiable(cn)
@@ -116,7 +115,7 @@ class _Direction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout, ghn, gcn):
-        if torch.is_grad_enabled() and ctx.second_order:  # create_graph=True: a differentiable graph
+        if torch.is_grad_enabled() and ctx.fused_input:  # create_graph=True: a differentiable graph
             *_, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih, h0, c0, b_hh, b_in = ctx.saved_tensors
             vals = dict(h0=h0, c0=c0, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr, x=x, w_ih=w_ih, b_in=b_in, mask=mask,
                         zh=zh, zc=zc, w_peep=w_peep)  # fmt: skip
@@ -126,8 +125,8 @@ class _Direction(torch.autograd.Function):
     @staticmethod
     @_common.first_order_only
     def first_order(ctx, gout, ghn, gcn):
-        tensors = ctx.saved_tensors  # less the 4 extra of second_order
-        *saved, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih = tensors[: len(tensors) - 4 * ctx.second_order]
+        tensors = ctx.saved_tensors  # less the 4 extra that second_order reads
+        *saved, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih = tensors[: len(tensors) - 4 * ctx.fused_input]
         opt = [ops._opt(t) for t in (w_hr, mask, zh, zc, w_peep)]
         # the compiled LSTM kernel sums the input bias's gradient itself (has_bias for the LSTM)
         kernel_db = ctx.kernel_proj and ctx.has_b_in
