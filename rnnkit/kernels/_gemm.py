@@ -79,7 +79,7 @@ class _ProjectInput(torch.autograd.Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return linear_nograd(x, w, b)
 
     @staticmethod
     def backward(ctx, dy):
@@ -97,18 +97,26 @@ def linear_grads(dy: Tensor, x: Tensor, w: Tensor, has_bias: bool, needs) -> tup
     return dx, dw, db
 
 
+def _on_onednn(x: Tensor, w: Tensor) -> bool:
+    """Whether :func:`linear` runs ``x Wᵀ`` as oneDNN's inner product (2-D CPU float32 ``x``,
+    enough work)."""
+    return use_onednn(x) and x.dim() == 2 and x.numel() * w.shape[0] >= ONEDNN_MIN_WORK
+
+
+def _plain(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+
+
 def linear_nograd(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """``x Wᵀ + b`` for 2-D ``x`` by the very GEMM :func:`linear` would run, outside autograd
     (inside an autograd node that differentiates it itself)."""
-    if use_onednn(x) and x.numel() * w.shape[0] >= ONEDNN_MIN_WORK:
+    if _on_onednn(x, w):
         return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+    return _plain(x, w, b)
 
 
 def linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """``x Wᵀ + b`` for 2-D ``x``, differentiable; oneDNN GEMMs when they apply."""
     if torch.compiler.is_compiling():  # the compiler picks the GEMM itself
-        return x @ w.t() if b is None else torch.addmm(b, x, w.t())
-    if use_onednn(x) and x.dim() == 2 and x.numel() * w.shape[0] >= ONEDNN_MIN_WORK:
-        return _ProjectInput.apply(x, w, b)
-    return x @ w.t() if b is None else torch.addmm(b, x, w.t())
+        return _plain(x, w, b)
+    return _ProjectInput.apply(x, w, b) if _on_onednn(x, w) else _plain(x, w, b)
