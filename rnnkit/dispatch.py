@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import _VF, Tensor
+from torch.autograd import forward_ad
 
 from . import _checks, kernels
 from .cells.base import State, StepContext
@@ -100,8 +101,6 @@ def _plain_ops_needed() -> bool:
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     if active is not None and active():
         return True
-    from torch.autograd import forward_ad
-
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
