@@ -51,3 +51,18 @@ def num_threads():
     old = torch.get_num_threads()
     yield torch.set_num_threads
     torch.set_num_threads(old)
+
+
+@pytest.fixture(params=["ext", "pure"])
+def backend(request, monkeypatch):
+    """Run the test on one fused backend: the compiled kernels (skipped only where they cannot
+    be built) or the pure-PyTorch ones (``rnnkit.kernels.backend`` pinned to ``"pure"``)."""
+    import rnnkit.kernels as K
+
+    if request.param == "ext":
+        from .fused.test_fused_kernels import require_ext
+
+        require_ext()
+    else:
+        monkeypatch.setattr(K, "backend", lambda x: "pure")
+    return request.param

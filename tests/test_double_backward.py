@@ -52,14 +52,12 @@ def test_torch_kernels_differentiate_twice(name):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("backend", ["ext", "pure"])
 @pytest.mark.parametrize(
     ("cls", "kw"),
     [(rnnkit.LSTM, {"norm": "batch"}), (rnnkit.GRU, {"norm": "layer"}), (rnnkit.GRU, {"variant": "mut2"}),
      (rnnkit.LSTM, {"input_gate": False, "zoneout": 0.2}), (rnnkit.RNN, {"norm": "layer", "zoneout": 0.1})],
 )  # fmt: skip
-def test_fused_kernels_refuse_second_order_with_a_clear_error(cls, kw, backend, monkeypatch):
-    _backend(backend, monkeypatch)
+def test_fused_kernels_refuse_second_order_with_a_clear_error(cls, kw, backend):
     torch.manual_seed(0)
     m = cls(2, 3, impl="fused", **kw)
     x = torch.randn(4, 2, 2, requires_grad=True)
@@ -74,28 +72,15 @@ def test_fused_kernels_refuse_second_order_with_a_clear_error(cls, kw, backend, 
     assert str(err.value) == SECOND_ORDER
 
 
-def _backend(backend, monkeypatch):
-    import rnnkit.kernels as K
-
-    if backend == "ext":
-        from tests.fused.test_fused_kernels import require_ext
-
-        require_ext()
-    else:
-        monkeypatch.setattr(K, "backend", lambda x: "pure")
-
-
-@pytest.mark.parametrize("backend", ["ext", "pure"])
 @pytest.mark.parametrize(
     ("name", "kw"),
     [("GRU", {}), ("RNN", {"nonlinearity": "relu"}), ("LSTM", {}), ("LSTM", {"proj_size": 2})],
 )
-def test_fused_standard_cells_differentiate_twice(name, kw, backend, monkeypatch):
+def test_fused_standard_cells_differentiate_twice(name, kw, backend):
     """gradgradcheck through the fused path (2 layers, bidirectional, packed, initial state):
     the second-order graph comes from the recomputed direction."""
     from torch.nn.utils.rnn import pack_padded_sequence
 
-    _backend(backend, monkeypatch)
     torch.manual_seed(0)
     m = getattr(rnnkit, name)(2, 3, num_layers=2, bidirectional=True, impl="fused", **kw)
     data = torch.randn(4, 3, 2)

@@ -35,17 +35,6 @@ FAMILIES = {
 REGS = [{}, {"recurrent_dropout": 0.3, "zoneout": 0.2}]
 
 
-@pytest.fixture(params=["ext", "pure"])
-def backend(request, monkeypatch):
-    if request.param == "ext":
-        from .test_fused_kernels import require_ext
-
-        require_ext()
-    else:
-        monkeypatch.setattr(K, "backend", lambda x: "pure")
-    return request.param
-
-
 def _pair(family, reg, bidir, training):
     cls, kw = FAMILIES[family]
     torch.manual_seed(0)

@@ -14,24 +14,10 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-import rnnkit.kernels as K
-
 from ..conftest import flat, make_pair
 
 MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
-
-
-@pytest.fixture(params=["ext", "pure"])
-def backend(request, monkeypatch):
-    """Run the test on one fused backend (the extension is skipped only where unbuildable)."""
-    if request.param == "ext":
-        from .test_fused_kernels import require_ext
-
-        require_ext()
-    else:
-        monkeypatch.setattr(K, "backend", lambda x: "pure")
-    return request.param
 
 
 def _state(mode, LD, B, H, P=0, unbatched=False):

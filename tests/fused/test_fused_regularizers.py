@@ -17,7 +17,6 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
-import rnnkit.kernels as K
 from rnnkit import dispatch
 
 FAMILIES = {
@@ -34,17 +33,6 @@ REGS = [
     {"zoneout": 0.3},
     {"zoneout": 0.25, "recurrent_dropout": 0.3},
 ]
-
-
-@pytest.fixture(params=["ext", "pure"])
-def backend(request, monkeypatch):
-    if request.param == "ext":
-        from .test_fused_kernels import require_ext
-
-        require_ext()
-    else:
-        monkeypatch.setattr(K, "backend", lambda x: "pure")
-    return request.param
 
 
 def _pair(family, reg, bidir, training=True):
