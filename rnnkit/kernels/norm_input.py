@@ -70,11 +70,10 @@ def batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool, 
         mean, rs = eval_stats(p, "ih", T)
         scale = rs * p["weight_bn_ih"]
         shift = -mean * scale if bias is None else bias - mean * scale
-        if all(b == B for b in bsz):  # dense: every step's rows share its slot
-            k = torch.arange(T, device=a.device)
-            k = (T - 1 - k if reverse else k).clamp_(max=scale.shape[0] - 1)
-            return torch.addcmul(shift[k].unsqueeze(1), a.view(T, B, -1), scale[k].unsqueeze(1)).view(N, -1)
         slots = row_slots(bsz, reverse, scale.shape[0], a.device)
+        if all(b == B for b in bsz):  # dense: every step's rows share its slot, broadcast it
+            k = slots.view(T, B)[:, 0]
+            return torch.addcmul(shift[k].unsqueeze(1), a.view(T, B, -1), scale[k].unsqueeze(1)).view(N, -1)
         return torch.addcmul(shift[slots], a, scale[slots])
     y = y * p["weight_bn_ih"]
     return y if bias is None else y + bias
