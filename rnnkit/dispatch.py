@@ -121,6 +121,13 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         # kernels beat the Python loop; the pure ones only at larger sizes, so not them.
         if fused_supported(module) and x.device.type == "cpu" and kernels.backend(x) == "ext":
             return "fused"
+        # On CUDA the loop and the pure fused kernels are both launch-bound and about level, except
+        # batch norm, whose loop takes the batch statistics op by op: the fused kernels train
+        # 2.0-2.3x faster (H100, medium/large, two runs: 71-93 ms against 151-185; RESULTS.md,
+        # "On a GPU, ninth session").
+        batch_norm = any(getattr(cell, "norm", None) == "batch" for cell in module.cells)
+        if x.is_cuda and batch_norm and fused_supported(module):
+            return "fused"
         return "loop"
     if module.impl == "torch" and torch_mode(module) is None:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")

@@ -399,3 +399,85 @@ def test_cli_cuda_graphs_trains_as_without(tmp_path):
     cls = ["train", "classify", "--data", str(csv), "--device", "cuda", "--cuda-graphs", "--max-steps", "4",
            "--hidden", "8", "--no-progress", "--out", str(out)]  # fmt: skip
     assert main(cls) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [("GRU", {}), ("LSTM", {"proj_size": 2, "zoneout": (0.2, 0.1), "recurrent_dropout": 0.2}),
+     ("RNN", {"nonlinearity": "relu"})],
+)  # fmt: skip
+def test_second_order_through_fused_path_on_cuda(name, kw):
+    """A gradient penalty through the fused kernels on CUDA (recomputed differentiably) gives the
+    reference loop's first- and second-order gradients (same masks), in float64."""
+    res = []
+    for impl in ("fused", "loop"):
+        torch.manual_seed(0)
+        m = getattr(rnnkit, name)(3, 4, impl=impl, bidirectional=True, **kw).to(DEV, torch.float64)
+        x = torch.linspace(-1, 1, 30, dtype=torch.float64, device=DEV).reshape(5, 2, 3).requires_grad_(True)
+        torch.manual_seed(5)
+        (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+        g.pow(2).sum().backward()
+        res.append([g.detach(), x.grad, *(p.grad for p in m.parameters())])
+    _close(res[0], res[1], 1e-10)
+
+
+def test_per_sample_gradients_with_vmap_on_cuda():
+    """torch.func on CUDA: impl="auto" leaves cuDNN for the reference loop inside the transform,
+    and vmap(grad(loss)) gives each sample's own gradient."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    m = rnnkit.LSTM(3, 4, num_layers=2).to(DEV)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    x = torch.randn(5, 3, 3, device=DEV)
+
+    def loss(p, xi):
+        return functional_call(m, p, (xi.unsqueeze(1),))[0].pow(2).sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 1))(params, x)
+    for b in range(3):
+        alone = grad(loss)(params, x[:, b])
+        for k in params:
+            torch.testing.assert_close(per_sample[k][b], alone[k], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", list(TORCH))
+def test_empty_batch_on_cuda(mode):
+    """A batch of zero sequences gives torch.nn's empty outputs and states (shapes, device)."""
+    ours, _ = _pair(mode, torch.float32, num_layers=2)
+    out, h = ours(torch.randn(4, 0, 5, device=DEV, dtype=torch.float32))
+    assert out.shape == (4, 0, 7) and out.device.type == "cuda"
+    for s in h if isinstance(h, tuple) else (h,):
+        assert s.shape == (2, 0, 7) and s.device.type == "cuda"
+
+
+def test_auto_takes_the_fused_kernels_for_batch_norm_on_cuda():
+    """On CUDA, impl="auto" runs batch norm on the fused kernels (its loop is 2x slower there)
+    and the other options cuDNN lacks on the loop."""
+    from rnnkit import dispatch
+
+    x = torch.randn(6, 3, 5, device=DEV)
+    assert dispatch.select(rnnkit.LSTM(5, 7, norm="batch").to(DEV), x) == "fused"
+    assert dispatch.select(rnnkit.LSTM(5, 7, norm="layer").to(DEV), x) == "loop"
+    assert dispatch.select(rnnkit.LSTM(5, 7, zoneout=0.1).to(DEV), x) == "loop"
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_batch_norm_trains_on_cuda_as_the_loop_on_cpu(packed):
+    """Batch norm's default CUDA path (fused kernels) equals the CPU reference loop in training,
+    float64: outputs, final states, every gradient and the running statistics; padded to the
+    longest sequence or packed, 2 layers, bidirectional."""
+    torch.manual_seed(0)
+    cpu = rnnkit.LSTM(5, 7, num_layers=2, bidirectional=True, norm="batch", max_len=8, impl="loop")
+    gpu = rnnkit.LSTM(5, 7, num_layers=2, bidirectional=True, norm="batch", max_len=8).to(DEV)
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(6, 4, 5, requires_grad=True)
+    xg = x.detach().to(DEV).requires_grad_(True)
+    inputs = [x, xg]
+    if packed:
+        lengths = torch.tensor([6, 5, 3, 2])
+        inputs = [pack_padded_sequence(x, lengths), pack_padded_sequence(xg, lengths)]
+    res = [_run(cpu, inputs[0], x), _run(gpu, inputs[1], xg)]
+    _close([r.cpu() for r in res[1]], res[0], 1e-9)
+    for (name, a), b in zip(gpu.named_buffers(), cpu.buffers(), strict=True):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-12, rtol=1e-10, msg=name)

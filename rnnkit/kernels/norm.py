@@ -93,6 +93,9 @@ def row_slots(bsz: Sequence[int], reverse: bool, slots: int, device=None) -> Ten
     :func:`rnnkit.cells.norm.step_slots`): the number of steps its sequence has taken in this
     direction, clamped to ``slots - 1``."""
     T, B = len(bsz), bsz[0]
+    if bsz[-1] == B:  # dense: built on the device, no host-to-device copy (none in a CUDA graph)
+        t = torch.arange(T, device=device).unsqueeze(1).expand(T, B).reshape(-1)
+        return (T - 1 - t if reverse else t).clamp(max=slots - 1)
     counts = torch.tensor(list(bsz), device=device)
     t = torch.repeat_interleave(torch.arange(T, device=device), counts)
     if not reverse:
