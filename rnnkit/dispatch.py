@@ -17,7 +17,9 @@ kernels) or the loop.
 (except on the CPU in float32, where GRU/RNN and packed LSTMs run faster on the fused path:
 see :func:`fused_by_default`), the fused path for the standard cells with recurrent dropout
 (when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
-fused path wherever it applies: its custom ops keep the graph whole. A layer built with
+fused path wherever it applies: its custom ops keep the graph whole; under ``torch.onnx.export``
+torch's kernels for standard configurations, else the loop (ONNX has no translation of the
+custom ops), and under ``torch.jit.trace`` torch's kernels for standard ones. A layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 
 The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks
@@ -104,10 +106,25 @@ def _plain_ops_needed() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
+def _exporting() -> bool:
+    """Inside ``torch.onnx.export`` (either exporter) or ``torch.jit.trace``."""
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 def select(module, x: Tensor, packed: bool = False) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack`` (``x``: the
     input, or a packed input's data)."""
     if module.impl == "auto":
+        if _exporting():
+            # torch's RNN ops become ONNX's LSTM/GRU/RNN (any length) and a traced TorchScript
+            # model that loads without rnnkit; the fused custom ops have no ONNX translation, so
+            # other configurations export the reference loop (plain ops, unrolled over time), as
+            # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them)
+            onnx = torch.onnx.is_in_onnx_export()
+            if torch_mode(module) and not (onnx and module.proj_size):
+                return "torch"
+            if onnx:
+                return "loop"
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         mode = torch_mode(module)

@@ -184,7 +184,7 @@ class RecurrentStack(nn.Module):
         )
 
     # -- forward ---------------------------------------------------------------------
-    def forward(self, input, hx=None, *, lengths=None):  # noqa: C901 - mirrors torch's branches
+    def forward(self, input, hx=None, lengths=None):  # noqa: C901 - mirrors torch's branches
         """Run the stack. See :class:`rnnkit.LSTM` for the shapes; ``lengths`` (a 1-D tensor of
         ``B`` ints) marks padded sequences of a dense batch: outputs past each length are zero
         and the final state is taken at each sequence's last valid step."""

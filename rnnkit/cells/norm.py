@@ -52,7 +52,8 @@ def norm_specs(kind: str, group: str, size: int, shift: bool, max_len: int = 0) 
 
 def layer_norm(p: Params, group: str, a: Tensor) -> Tensor:
     """``LN(a)`` over the last dimension with the group's gain and (optional) shift."""
-    return F.layer_norm(a, a.shape[-1:], p[f"weight_ln_{group}"], p.get(f"bias_ln_{group}"), EPS)
+    gain = p[f"weight_ln_{group}"]  # its shape, not a's: a constant when traced for ONNX
+    return F.layer_norm(a, gain.shape, gain, p.get(f"bias_ln_{group}"), EPS)
 
 
 def step_slots(ctx: StepContext, batch: int, max_len: int) -> int | Tensor:
