@@ -188,6 +188,7 @@ class RecurrentStack(nn.Module):
         """Run the stack. See :class:`rnnkit.LSTM` for the shapes; ``lengths`` (a 1-D tensor of
         ``B`` ints) marks padded sequences of a dense batch: outputs past each length are zero
         and the final state is taken at each sequence's last valid step."""
+        # no keyword-only parameters: torch.onnx.export(dynamo=False) passes every one by position
         if lengths is not None:
             return self._forward_padded(input, hx, lengths)
         packed = isinstance(input, PackedSequence)

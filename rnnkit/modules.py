@@ -221,10 +221,11 @@ class StepCell(nn.Module):
         p = {n: w * masks.weights[n] if n in masks.weights else w for n, w in p.items()}
         return p, masks.recurrent
 
-    def forward(self, input: Tensor, hx=None, masks: StepMasks | None = None, *, step: int = 0):
+    def forward(self, input: Tensor, hx=None, masks: StepMasks | None = None, step: int = 0):
         """One step. rnnkit extras: ``masks`` (from :meth:`sample_masks`) for recurrent dropout
         and weight-drop in training; ``step``, the time index, for cells whose math depends on
         it (``norm='batch'`` uses that step's running statistics)."""
+        # no keyword-only parameters: torch.onnx.export(dynamo=False) passes every one by position
         _checks.check_tensor(input, "input")
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")

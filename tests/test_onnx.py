@@ -60,14 +60,14 @@ def _layer(name, kw):
     return m.eval()
 
 
-def _export(m, x, dynamo):
+def _export(m, x, dynamo, dims=None):
     """The ONNX model's bytes; the TorchScript exporter with length and batch dynamic."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
             return torch.onnx.export(m, (x,), dynamo=True, verbose=False).model_proto.SerializeToString()
         f = io.BytesIO()
-        dims = {0: "B", 1: "T"} if m.batch_first else {0: "T", 1: "B"}
+        dims = dims or ({0: "B", 1: "T"} if m.batch_first else {0: "T", 1: "B"})
         torch.onnx.export(m, (x,), f, dynamo=False, input_names=["x"], dynamic_axes={"x": dims})
         return f.getvalue()
 
@@ -131,3 +131,21 @@ def test_jit_trace_records_torch_ops(name):
     assert {"LSTM": "aten::lstm", "GRU": "aten::gru", "RNN": "aten::rnn_tanh"}[name] in kinds
     assert not any(k.startswith("rnnkit") for k in kinds), kinds
     _close(list(traced(x)[:1]), _eager(m, x)[:1])
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize(("name", "kw"), [("LSTMCell", {}), ("GRUCell", {}), ("RNNCell", {}),
+                                          ("LSTMCell", {"norm": "layer", "peephole": True})])  # fmt: skip
+def test_cells_export(name, kw, dynamo):
+    """Single-step cells export too; standard ones give torch.nn's cell's numbers."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(3, 4, dtype=torch.float32, **kw).eval()
+    x = _randn(2, 3)
+    model = _export(m, x, dynamo, dims={0: "B"})
+    with torch.no_grad():
+        want = m(x)
+        if not kw:
+            ref = getattr(torch.nn, name)(3, 4, dtype=torch.float32)
+            ref.load_state_dict(m.state_dict())
+            torch.testing.assert_close(want, ref(x))
+    _close(_run(model, x), list(want) if isinstance(want, tuple) else [want])
