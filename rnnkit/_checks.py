@@ -29,7 +29,7 @@ def check_tensor(x: object, what: str) -> Tensor:
 
 def check_like(x: Tensor, ref: Tensor, what: str) -> None:
     """Same dtype and device as the module's parameters (no silent casts or copies)."""
-    if x.dtype != ref.dtype and not torch.is_autocast_enabled():
+    if x.dtype != ref.dtype and not torch.is_autocast_enabled(x.device.type):
         fail(
             f"{what} has dtype {x.dtype} but the parameters are {ref.dtype}; convert it with "
             f".to({ref.dtype}) or the module with .to({x.dtype})"

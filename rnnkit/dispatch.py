@@ -130,6 +130,8 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         mode = torch_mode(module)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
             return "loop"
+        if mode and torch.is_autocast_enabled(x.device.type):
+            return "torch"  # autocast's own rules for torch's RNN ops, exactly as torch.nn
         if fused_by_default(module, x, mode, packed):
             return "fused"
         if mode:

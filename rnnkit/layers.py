@@ -8,6 +8,7 @@ runs the call: torch's fused kernels, a fused rnnkit kernel, or this reference l
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from collections.abc import Callable
@@ -216,6 +217,13 @@ class RecurrentStack(nn.Module):
         if batch == 0:  # no sequence (dense input): torch.nn's empty outputs and states
             return self._empty_batch(x, state, batch_first, unbatched)
         impl = dispatch.select(self, x, packed)
+        precision = contextlib.nullcontext()
+        if impl != "torch" and torch.is_autocast_enabled(x.device.type):
+            # autocast has no rule for the options torch lacks (mixed dtypes inside a step, kernels
+            # in float32/64): they run in the parameters' dtype, autocast off, as torch.nn's CPU GRU
+            dtype = self._ref.dtype
+            x, state = x.to(dtype), tuple(s.to(dtype) for s in state)
+            precision = torch.autocast(x.device.type, enabled=False)
         plan = None
         if self._regularized():
             steps = len(batch_sizes) if packed else x.shape[1 if batch_first else 0]
@@ -223,7 +231,8 @@ class RecurrentStack(nn.Module):
         if impl == "torch":
             out, final = dispatch.run_torch(self, x, batch_sizes, state, batch_first, plan)
         else:
-            out, final = self._run_layers(x, batch_sizes, state, batch_first, impl, plan)
+            with precision:
+                out, final = self._run_layers(x, batch_sizes, state, batch_first, impl, plan)
 
         if unsorted_idx is not None:
             final = tuple(s.index_select(1, unsorted_idx) for s in final)

@@ -481,3 +481,38 @@ def test_batch_norm_trains_on_cuda_as_the_loop_on_cpu(packed):
     _close([r.cpu() for r in res[1]], res[0], 1e-9)
     for (name, a), b in zip(gpu.named_buffers(), cpu.buffers(), strict=True):
         torch.testing.assert_close(a.cpu(), b, atol=1e-12, rtol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("mode", list(TORCH))
+def test_standard_layers_follow_autocast_like_torch_on_cuda(mode):
+    """float16 autocast on CUDA: cuDNN in half precision, the same dtypes and numbers as torch.nn."""
+    ours, ref = _pair(mode, torch.float32, num_layers=2)
+    x = torch.randn(6, 3, 5, device=DEV, dtype=torch.float32, requires_grad=True)
+    res = []
+    for m in (ours, ref):
+        with torch.autocast("cuda", dtype=torch.float16):
+            out, h = m(x)
+        hs = h if isinstance(h, tuple) else (h,)
+        assert out.dtype == torch.float16
+        res.append([out, *hs, *torch.autograd.grad(out.float().sum(), [*m.parameters(), x])])
+    _close(res[0], res[1], 1e-3)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [(rnnkit.LSTM, {"norm": "batch", "max_len": 8}), (rnnkit.LSTM, {"norm": "layer"}),
+     (rnnkit.LSTM, {"zoneout": (0.2, 0.1), "peephole": True}), (rnnkit.GRU, {"variant": "mut1"})],
+)  # fmt: skip
+def test_options_run_in_float32_under_autocast_on_cuda(cls, kw):
+    """Options cuDNN lacks: under float16 autocast the layer's own float32 numbers (same masks)."""
+    torch.manual_seed(0)
+    m = cls(5, 7, num_layers=2, dtype=torch.float32, **kw).to(DEV)
+    x = torch.randn(6, 3, 5, device=DEV, dtype=torch.float32)
+    res = []
+    for amp in (False, True):
+        torch.manual_seed(1)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            out = m(x)[0]
+        assert out.dtype == torch.float32
+        res.append([out, *torch.autograd.grad(out.sum(), list(m.parameters()))])
+    _close(res[1], res[0], 1e-5)

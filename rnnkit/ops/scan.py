@@ -108,6 +108,8 @@ def backend(x: Tensor) -> str:
             return forced
     if x.device.type != "cpu":
         return "triton" if _triton_ok(x) else "chunked"
+    if x.dtype in (torch.float16, torch.bfloat16):  # the compiled kernel: float32/64, complex
+        return "loop"
     return "ext" if load_extension() is not None else "loop"
 
 

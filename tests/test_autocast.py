@@ -1,0 +1,140 @@
+"""Mixed precision: ``torch.autocast`` and half-precision models.
+
+Under autocast a standard configuration runs torch's kernels, so autocast's rules for them
+apply exactly as to torch.nn (on the CPU in bfloat16 its LSTM and RNN run in bfloat16, its GRU
+in float32): the oracle is torch.nn under the same autocast. Autocast has no rule for the
+options torch lacks; they run in the parameters' dtype with autocast off, so their numbers are
+the layer's own without autocast, whatever the input's dtype. The parallel-in-time layers in
+bfloat16/float16 take the scan's pure loop (the compiled kernel is float32/64 and complex).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+from rnnkit import dispatch
+
+F32, BF16 = torch.float32, torch.bfloat16
+STANDARD = [
+    ("LSTM", {}),
+    ("GRU", {}),
+    ("RNN", {}),
+    ("RNN", {"nonlinearity": "relu"}),
+    ("LSTM", {"num_layers": 2, "bidirectional": True, "proj_size": 3}),
+    ("GRU", {"num_layers": 2, "batch_first": True, "weight_drop": 0.3}),
+]
+OPTIONS = [
+    ("LSTM", {"norm": "layer"}),
+    ("LSTM", {"norm": "batch", "max_len": 8, "num_layers": 2}),
+    ("LSTM", {"peephole": True, "bidirectional": True}),
+    ("LSTM", {"zoneout": (0.2, 0.1), "recurrent_dropout": 0.2}),
+    ("LSTM", {"coupled_gates": True}),
+    ("GRU", {"variant": "mut1"}),
+    ("GRU", {"norm": "layer", "recurrent_dropout": 0.2}),
+    ("RNN", {"norm": "layer"}),
+]
+
+
+def _grads(m, x, run):
+    """Outputs, states and the gradients of the parameters and the input of ``run(m, x)``."""
+    x = x.detach().requires_grad_(True)
+    out, h = run(m, x)
+    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
+        out = out.data
+    hs = list(h) if isinstance(h, tuple) else [h]
+    loss = out.float().square().sum() + sum(s.float().sum() for s in hs)
+    return [out, *hs, *torch.autograd.grad(loss, [*m.parameters(), x])]
+
+
+def _autocast(m, x):
+    with torch.autocast("cpu", dtype=BF16):
+        return m(x)
+
+
+def _same(got, want):
+    for u, v in zip(got, want, strict=True):
+        assert u.dtype == v.dtype
+        # float32 rounding only (GEMM blocking may differ with the buffers); bfloat16 is ~1e-2
+        torch.testing.assert_close(u, v.to(u.dtype), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")  # torch.nn's too
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize(("name", "kw"), STANDARD)
+def test_standard_layers_follow_autocast_like_torch(name, kw, packed):
+    """bfloat16 autocast on the CPU: the same dtypes and numbers as torch.nn, gradients too."""
+    kw = dict(kw)
+    wd = kw.pop("weight_drop", 0)
+    torch.manual_seed(0)
+    ours = getattr(rnnkit, name)(5, 7, dtype=F32, weight_drop=wd, **kw).eval()
+    ref = getattr(torch.nn, name)(5, 7, dtype=F32, **kw).eval()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, 5, dtype=F32) if kw.get("batch_first") else torch.randn(6, 3, 5, dtype=F32)
+
+    def run(m, v):
+        if packed:
+            v = pack_padded_sequence(v, torch.tensor([6, 4, 2]), batch_first=kw.get("batch_first", False))
+        return _autocast(m, v)
+
+    _same(_grads(ours, x, run), _grads(ref, x, run))
+
+
+@pytest.mark.parametrize("impl", ["auto", "loop", "fused"])
+@pytest.mark.parametrize(("name", "kw"), OPTIONS)
+def test_options_run_in_the_parameters_dtype_under_autocast(name, kw, impl):
+    """Options torch has no kernel for: under autocast the layer's own float32 numbers (same
+    masks), for a float32 or a bfloat16 input; gradients in the input's dtype."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(5, 7, dtype=F32, impl=impl, **kw)
+    x = torch.randn(6, 3, 5, dtype=F32)
+
+    def plain(m, v):
+        torch.manual_seed(1)
+        return m(v.float())
+
+    def mixed(m, v):
+        torch.manual_seed(1)
+        return _autocast(m, v)
+
+    want = _grads(m, x, plain)
+    _same(_grads(m, x, mixed), want)
+    got = _grads(m, x.to(BF16), mixed)
+    assert got[-1].dtype == BF16  # the input's gradient
+    _same(got[:-1], _grads(m, x.to(BF16).float(), plain)[:-1])
+
+
+def test_autocast_takes_torch_kernels_for_standard_configurations():
+    """On the CPU a float32 GRU runs rnnkit's fused kernels, under autocast torch's (whose GRU
+    autocast keeps in float32, like torch.nn's)."""
+    m, x = rnnkit.GRU(5, 7, dtype=F32), torch.randn(6, 3, 5, dtype=F32)
+    with torch.autocast("cpu", dtype=BF16):
+        assert dispatch.select(m, x) == "torch"
+        assert dispatch.select(rnnkit.LSTM(5, 7, norm="layer", dtype=F32), x) in ("fused", "loop")
+
+
+def test_a_bfloat16_input_outside_autocast_still_needs_matching_parameters():
+    m = rnnkit.LSTM(5, 7, dtype=F32)
+    with pytest.raises(ValueError, match="dtype torch.bfloat16 but the parameters are torch.float32"):
+        m(torch.randn(6, 3, 5, dtype=BF16))
+
+
+@pytest.mark.parametrize("name", ["MinGRU", "MinLSTM", "QRNN"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_parallel_layers_in_half_precision(name, dtype):
+    """Half-precision parallel layers (the scan's pure loop) stay close to float32 and train."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(5, 7, dtype=F32)
+    half = getattr(rnnkit, name)(5, 7, dtype=dtype)
+    half.load_state_dict(m.state_dict())
+    x = torch.randn(6, 3, 5, dtype=F32)
+    out, got = m(x)[0], half(x.to(dtype))[0]
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), out, atol=0.05, rtol=0.05)
+    got.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in half.parameters())
+    with torch.autocast("cpu", dtype=BF16):
+        mixed = m(x)[0]
+    torch.testing.assert_close(mixed.float(), out, atol=0.05, rtol=0.05)
