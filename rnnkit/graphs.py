@@ -12,8 +12,9 @@ them as one, which removes most of that overhead (5-6x faster on an H100, same n
 
 The wrapper keeps one forward graph (and, when gradients are wanted, one backward graph) per
 *signature*: the training flag, whether grad mode is on, each argument's shape, dtype and
-``requires_grad``, and the parameters' storage (so ``.half()`` or re-created parameters are
-captured afresh). Up to ``max_graphs`` signatures are kept, the least recently used dropped.
+``requires_grad``, the parameters' storage (so ``.half()`` or re-created parameters are
+captured afresh) and CUDA autocast's state (on, and its dtype). Up to ``max_graphs``
+signatures are kept, the least recently used dropped.
 
 Why not ``torch.cuda.make_graphed_callables``: it hands out its static output and gradient
 buffers, which the next replay overwrites (a parameter's ``.grad`` may *be* such a buffer,
@@ -141,6 +142,7 @@ class CUDAGraphed(nn.Module):
             n_state,
             tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args),
             tuple((p.data_ptr(), p.shape, p.dtype) for p in self.layer.parameters()),
+            torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda"),
         )
         g = self._graphs.get(key)
         if g is None:
@@ -172,9 +174,18 @@ class CUDAGraphed(nn.Module):
             outs = self._call(g.inputs, n_state)
             if grad:  # autograd.grad, not backward: no .grad is touched by warm-up or capture
                 diff = [o for o in outs if o.requires_grad]
-                torch.autograd.grad(diff, wrt, [torch.ones_like(o) for o in diff], allow_unused=True)
+                with _no_autocast():
+                    torch.autograd.grad(diff, wrt, [torch.ones_like(o) for o in diff], allow_unused=True)
             return outs
 
+        # Under autocast, casts must not come from its cache: a weight cast by a warm-up call would
+        # be read by every replay, stale after the optimizer's next step.
+        amp = torch.is_autocast_enabled("cuda")
+        with torch.autocast("cuda", torch.get_autocast_dtype("cuda"), enabled=amp, cache_enabled=False):
+            return self._warm_up_and_capture(g, n_state, params, grad, wrt, step)
+
+    def _warm_up_and_capture(self, g: _Graphs, n_state: int, params: list[Tensor], grad: bool,
+                             wrt: list[Tensor], step: Any) -> _Graphs:  # fmt: skip
         # Warm up on a side stream (lazy initializations such as cuDNN's plans and the
         # allocator's first blocks must not land in the graph), then capture.
         # The warm-up calls must not count as training calls: buffers they update (recurrent
@@ -198,7 +209,7 @@ class CUDAGraphed(nn.Module):
                 diff = [o for o in outs if o.requires_grad]
                 g.grad_outputs = [torch.empty_like(o) for o in diff]
                 g.bwd = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g.bwd, pool=g.fwd.pool()):
+                with torch.cuda.graph(g.bwd, pool=g.fwd.pool()), _no_autocast():
                     grads = torch.autograd.grad(diff, wrt, g.grad_outputs, allow_unused=True)
                 it = iter(grads)
                 g.grad_inputs = [next(it) if a.requires_grad else None for a in g.inputs]
@@ -207,6 +218,12 @@ class CUDAGraphed(nn.Module):
         # the parameters' gradient accumulators, created on the capture stream).
         g.outputs = [o.detach() for o in outs]
         return g
+
+
+def _no_autocast():
+    """Backward as users run it, outside autocast: the engine runs a backward with the calling
+    thread's autocast state, which would cast a float32 layer's gradient products to half."""
+    return torch.autocast("cuda", enabled=False)
 
 
 def _drop_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:

@@ -516,3 +516,30 @@ def test_options_run_in_float32_under_autocast_on_cuda(cls, kw):
         assert out.dtype == torch.float32
         res.append([out, *torch.autograd.grad(out.sum(), list(m.parameters()))])
     _close(res[1], res[0], 1e-5)
+
+
+@pytest.mark.parametrize("opts", [{}, {"norm": "layer"}])
+def test_cuda_graphed_under_autocast_follows_weight_updates(opts):
+    """Under float16 autocast a graphed layer gives the eager layer's outputs and gradients call
+    after call while an optimizer changes the weights (no stale cast from autocast's cache);
+    without autocast it captures another signature, in float32."""
+    torch.manual_seed(0)
+    eager = rnnkit.LSTM(5, 7, dtype=torch.float32, **opts).to(DEV)
+    graphed = rnnkit.cuda_graphed(rnnkit.LSTM(5, 7, dtype=torch.float32, **opts).to(DEV))
+    graphed.load_state_dict(eager.state_dict())
+    opts_ = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (eager, graphed)]
+    for _ in range(3):
+        x = torch.randn(6, 3, 5, device=DEV, dtype=torch.float32)
+        results = []
+        for m, opt in zip((eager, graphed), opts_):
+            opt.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16):
+                out = m(x)[0]
+            out.float().square().sum().backward()
+            results.append([out, *(p.grad for p in m.parameters())])
+            opt.step()
+        _close(results[1], results[0], 1e-3)
+    assert len(graphed._graphs) == 1
+    del results, out  # no autograd graph of an earlier call alive across the next capture
+    out = graphed(torch.randn(6, 3, 5, device=DEV, dtype=torch.float32))[0]
+    assert out.dtype == torch.float32 and len(graphed._graphs) == 2
