@@ -93,7 +93,7 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None,
         minutes_help=f"wall-clock training budget (default {DEFAULT_MINUTES:g} unless --max-steps is given)",
     )  # fmt: skip
-    p.set_defaults(clip=r.get("clip") or 0.0, val_every=250, func=train_charlm)
+    p.set_defaults(clip=r.get("clip") or 0.0, val_every=250, amp="auto", func=train_charlm)
 
 
 def add_use_parsers(sub: argparse._SubParsersAction) -> None:

@@ -114,6 +114,14 @@ def add_run_arguments(
         help="CUDA: replay each recurrent layer as CUDA graphs (rnnkit.cuda_graphed; ~5x faster "
         "training steps with recurrent dropout, zoneout or layer norm; packed batches run eagerly)",
     )
+    g.add_argument(
+        "--amp",
+        choices=["auto", "off", "bf16", "fp16"],
+        default="off",
+        help="mixed precision of the forward (torch.autocast; fp16 with loss scaling); auto: bf16 "
+        "where the device computes it natively (CPUs with AVX512-BF16 or AMX), else off (default off; "
+        "charlm: auto)",
+    )
     g.add_argument("--epochs-default", dest="epochs_default", default=epochs, help=argparse.SUPPRESS)
 
 
@@ -246,6 +254,9 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 
+    amp = resolve_amp(getattr(args, "amp", "off"), device_of(args))
+    if amp:
+        echo(f"mixed precision: {amp} autocast of the forward")
     bounded = args.max_minutes is not None or args.max_steps is not None
     epochs = args.epochs or (10**9 if bounded else int(args.epochs_default))
     kw.setdefault("clip_norm", args.clip if args.clip and args.clip > 0 else None)
@@ -263,8 +274,22 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
         val_every=args.val_every,
         checkpoint_every=args.checkpoint_every,
         tensorboard=False,
+        amp=amp,
         **kw,
     )
+
+
+def resolve_amp(amp: str, device: torch.device) -> str | None:
+    """``--amp`` as ``TrainConfig.amp``: ``auto`` is bfloat16 on CPUs with native bfloat16
+    arithmetic (there a 2x512 LSTM step takes 0.65x the float32 time, and the character LM
+    learns the same per step: benchmarks/RESULTS.md), else off."""
+    if amp == "auto":
+        native = (
+            getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+            or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+        )
+        return "bf16" if device.type == "cpu" and native else None
+    return None if amp == "off" else amp
 
 
 def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rnnkit.train.precision import check_amp
+
 __all__ = ["TrainConfig"]
 
 
@@ -49,6 +51,7 @@ class TrainConfig:
     tensorboard: bool = True  # when installed and out_dir is set
     plot: bool = True  # loss.png in out_dir at the end
     device: str | None = None  # None: where the model's parameters are
+    amp: str | None = None  # mixed precision: "bf16" or "fp16" autocast of the forward (precision.py)
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -71,6 +74,7 @@ class TrainConfig:
         for name in ("max_epochs", "log_every", "keep_last", "nonmono"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_amp(self.amp)
         if self.tbptt_k2 is not None and self.tbptt_k1 is None:
             raise ValueError("tbptt_k2 needs tbptt_k1 (the number of steps between updates)")
         if self.tbptt_k1 is not None:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rnnkit.train.state import count_tokens, detach_state
 
@@ -20,7 +20,7 @@ __all__ = ["tbptt_batch"]
 
 
 def tbptt_batch(
-    model: nn.Module,
+    model: Callable[..., tuple[Tensor, Any]],
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     update: Callable[[Tensor], float],
     inputs: Tensor,

@@ -26,6 +26,7 @@ from rnnkit.train.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.ntasgd import NTASGD
+from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.seed import get_rng_state, set_rng_state
 from rnnkit.train.state import count_tokens, detach_state, lm_loss, move_to
 from rnnkit.train.tbptt import tbptt_batch
@@ -71,6 +72,7 @@ class Trainer:
         self.is_main = dist.is_main_process()
         self.callbacks = list(callbacks) + (default_callbacks(cfg) if self.is_main else [])
         self.ntasgd = NTASGD(self.raw_model, cfg.nonmono) if cfg.nt_asgd else None
+        self.precision = MixedPrecision(cfg.amp, self.device)
         # Progress counters; all of them go into checkpoints.
         self.step = self.epoch = self.batch_in_epoch = self.tokens_seen = 0
         self.elapsed = 0.0
@@ -106,19 +108,22 @@ class Trainer:
     def _forward(self, model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, Any]:
         """Loss (a scalar mean) and new state of one batch, with the configured protocol."""
         if self.step_fn is not None:
-            return self.step_fn(model, batch, state)
+            with self.precision.autocast():
+                loss, state = self.step_fn(model, batch, state)
+            return loss.float(), state
         inputs, targets = batch[0], batch[1]
         if self.config.stateful:
-            output, state = model(inputs, state)
+            output, state = self.precision.call(model, inputs, state)
         else:
-            output = model(inputs)
+            output = self.precision.call(model, inputs)
         return self.loss_fn(output, targets), state
 
     def _update(self, loss: Tensor, lr_scale: float) -> float:
         """Backward, clip, optimizer step; returns the gradient norm (before clipping)."""
         cfg = self.config
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss)
+        self.precision.unscale_(self.optimizer)
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
         # with max_norm=inf this only measures the norm (grads are scaled by exactly 1.0)
         norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or math.inf))
@@ -128,7 +133,7 @@ class Trainer:
         if lr_scale != 1.0:  # AWD-LSTM: longer windows get a proportionally larger step
             for g in self.optimizer.param_groups:
                 g["lr"] = g["lr"] * lr_scale
-        self.optimizer.step()
+        self.precision.step(self.optimizer)
         for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             g["lr"] = lr
         if self.ntasgd is not None:
@@ -161,8 +166,8 @@ class Trainer:
             n = count_tokens(batch)
             return float(loss.detach()) * n, n, norm
         loss_sum, n, norm, self.state = tbptt_batch(
-            self.model, self.loss_fn, lambda loss: self._update(loss, lr_scale),
-            batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
+            lambda *args: self.precision.call(self.model, *args), self.loss_fn,
+            lambda loss: self._update(loss, lr_scale), batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
         )  # fmt: skip
         loss_sum, n = dist.all_reduce_sum([loss_sum, n], dev)
         return loss_sum, n, norm
@@ -367,6 +372,7 @@ class Trainer:
                 "history": self.history,
                 "ranks": ranks,
                 "ntasgd": self.ntasgd.state_dict() if self.ntasgd else None,
+                "grad_scaler": self.precision.state_dict(),
             }
             path = save_checkpoint(
                 root,
@@ -392,6 +398,7 @@ class Trainer:
         self.losses, self.history = list(st["losses"]), list(st["history"])
         if self.ntasgd is not None and st["ntasgd"] is not None:
             self.ntasgd.load_state_dict(st["ntasgd"])
+        self.precision.load_state_dict(st.get("grad_scaler"))
         ranks, rank = st["ranks"], dist.get_rank()
         if len(ranks) != dist.get_world_size():
             raise ValueError(

@@ -116,3 +116,22 @@ def test_max_steps_alone_schedules_by_steps(cli, tmp_path, text_file):
     assert max(lrs) == pytest.approx(3e-3, rel=0.05)  # the recipe's peak, reached
     assert lrs[-1] < 0.2 * max(lrs)  # and decayed by the last step
     assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]  # no clock in the schedule
+
+
+def test_amp_flag(cli, tmp_path, text_file, monkeypatch):
+    """--amp auto: bfloat16 on CPUs with native bfloat16 arithmetic, else off; explicit values
+    pass through; training runs with it (the run prints the precision)."""
+    import torch
+
+    from rnnkit.cli.common import resolve_amp
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for native, want in ((True, "bf16"), (False, None)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        assert resolve_amp("auto", cpu) == want
+    assert resolve_amp("auto", torch.device("cuda")) is None
+    assert [resolve_amp(a, cpu) for a in ("off", "fp16", "bf16")] == [None, "fp16", "bf16"]
+    out = tmp_path / "amp"
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 2, "--amp", "bf16", *LM)
+    assert r.rc == 0 and "mixed precision: bf16 autocast" in r.out

@@ -1,0 +1,82 @@
+"""Mixed precision for the training loop: autocast of the forward, loss scaling for float16.
+
+``MixedPrecision(amp, device)`` with ``amp`` one of ``None`` (off), ``"bf16"`` or ``"fp16"``:
+
+* :meth:`call` runs ``model(*args)`` under ``torch.autocast(device, dtype)`` and returns its
+  floating outputs (and recurrent states) in float32, so the loss and the carried state never
+  live in half precision; the backward runs outside autocast, as PyTorch recommends (autocast
+  would otherwise cast the backward's products too).
+* ``"fp16"`` scales the loss (``torch.amp.GradScaler``): float16's narrow exponent range would
+  flush small gradients to zero. bfloat16 has float32's range and needs no scaling.
+
+The parameters and the optimizer's state stay in float32 (rnnkit's layers run the options
+torch has no kernel for in float32 under autocast; torch's own kernels follow autocast's rules).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import Tensor
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_amp(amp: str | None) -> None:
+    if amp is not None and amp not in AMP_DTYPES:
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+
+
+def _to_float(x: Any) -> Any:
+    if isinstance(x, Tensor):
+        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_float(v) for v in x)
+    return x
+
+
+class MixedPrecision:
+    """Autocast and (for float16) loss scaling, or nothing when ``amp`` is None."""
+
+    def __init__(self, amp: str | None, device: torch.device) -> None:
+        check_amp(amp)
+        self.amp, self.device = amp, device
+        self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
+
+    def call(self, model: Any, *args: Any) -> Any:
+        """``model(*args)`` under autocast, floating outputs returned in float32."""
+        if self.amp is None:
+            return model(*args)
+        with self.autocast():
+            out = model(*args)
+        return _to_float(out)
+
+    def backward(self, loss: Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients at their true size (before clipping or measuring them)."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``; with loss scaling, skipped on inf/NaN gradients."""
+        if self.scaler is None:
+            optimizer.step()
+            return
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self.scaler.state_dict() if self.scaler is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self.scaler is not None and state:
+            self.scaler.load_state_dict(state)

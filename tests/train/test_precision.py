@@ -1,0 +1,111 @@
+"""Mixed precision in the training loop (``TrainConfig.amp``): bfloat16 and float16 autocast of
+the forward, loss scaling for float16, float32 parameters, losses and carried states, exact
+resume (the loss scaler's state is in the checkpoint)."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.data import bptt_batches
+from rnnkit.train import Trainer, seed_everything
+from rnnkit.train.precision import MixedPrecision
+
+from .models import TinyLM, tokens
+from .test_checkpoint import Interrupt
+
+
+@pytest.fixture(autouse=True)
+def _float32():
+    """Autocast casts float32 (not the suite's float64 default)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_default_dtype(old)
+
+
+class _RnnkitLM(TinyLM):
+    def __init__(self, **kw):
+        super().__init__(hidden=16)
+        self.rnn = rnnkit.LSTM(16, 16, **kw)
+
+
+def _run(amp, out_dir=None, interrupt_at=None, resume=False, model=None, **kw):
+    seed_everything(0)
+    # float16 on the CPU: torch's LSTM has no float16 kernel there (oneDNN refuses it), its GRU
+    # stays in float32 under autocast; the linear head runs in float16
+    model = model or TinyLM(hidden=16, cell="gru" if amp == "fp16" else "lstm")
+    seen = []
+    model.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    files = {"out_dir": str(out_dir), "checkpoint_every": 5} if out_dir else {}
+    tr = Trainer(model, opt, amp=amp, max_epochs=2, progress=False, plot=False, clip_norm=1.0, resume=resume,
+                 callbacks=[Interrupt(interrupt_at)] if interrupt_at else [], **files, **kw)  # fmt: skip
+    data, val = bptt_batches(tokens(600), 3, 12), bptt_batches(tokens(60, seed=9), 1, 12)
+    if interrupt_at:
+        with pytest.raises(KeyboardInterrupt):
+            tr.fit(data, val)
+    else:
+        tr.fit(data, val)
+    return tr, model, seen
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_in_half_with_float32_state(amp):
+    tr, model, seen = _run(amp)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float32}[amp]  # torch's CPU GRU: float32
+    assert set(seen) == {half}  # the recurrent layer ran under autocast's rule for it
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    states = tr.state if isinstance(tr.state, tuple) else (tr.state,)
+    assert all(s.dtype == torch.float32 for s in states)  # the carried state
+    assert all(torch.isfinite(torch.tensor(v)) for v in tr.losses)
+    assert tr.losses[-1] < tr.losses[0] - 0.3
+    fp32, _, _ = _run(None)  # close to the float32 run, not equal to it
+    assert tr.losses != fp32.losses
+    assert tr.losses[-1] == pytest.approx(fp32.losses[-1], abs=0.2)
+
+
+def test_options_train_under_autocast_in_float32():
+    """A layer-norm LSTM (no torch kernel) runs in float32 inside the autocast forward."""
+    _, _, seen = _run("bf16", model=_RnnkitLM(norm="layer"))
+    assert set(seen) == {torch.float32}
+
+
+def test_mixed_precision_with_truncated_bptt():
+    tr, _, seen = _run("bf16", tbptt_k1=4)
+    assert set(seen) == {torch.bfloat16} and tr.losses[-1] < tr.losses[0]
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_resume_with_mixed_precision_is_exact(amp, tmp_path, monkeypatch):
+    """fp16: the loss scale (and its growth tracker) resume from the checkpoint; the scale
+    grows every 2 steps here, so it moves (and overflows) within the run."""
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, growth_interval=2))
+    ref, ref_model, _ = _run(amp, tmp_path / "ref")
+    _run(amp, tmp_path / "run", interrupt_at=13)
+    res, res_model, _ = _run(amp, tmp_path / "run", resume=True)
+    assert res.losses == ref.losses
+    for a, b in zip(ref_model.parameters(), res_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    if amp == "fp16":
+        assert res.precision.scaler.get_scale() == ref.precision.scaler.get_scale()
+
+
+def test_float16_scaler_skips_overflowing_steps():
+    """A step whose scaled gradients overflow is skipped and the scale halves."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1)
+    mp = MixedPrecision("fp16", torch.device("cpu"))
+    scale = mp.scaler.get_scale()
+    mp.backward((w * 1e38).sum())  # scaled by 65536: inf
+    mp.unscale_(opt)
+    mp.step(opt)
+    assert torch.equal(w.detach(), torch.ones(3)) and mp.scaler.get_scale() == scale / 2
+
+
+def test_amp_must_be_known():
+    with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
+        Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), amp="fp8")
