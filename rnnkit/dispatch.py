@@ -19,7 +19,8 @@ see :func:`fused_by_default`), the fused path for the standard cells with recurr
 (when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
 fused path wherever it applies: its custom ops keep the graph whole; under ``torch.onnx.export``
 torch's kernels for standard configurations, else the loop (ONNX has no translation of the
-custom ops), and under ``torch.jit.trace`` torch's kernels for standard ones. A layer built with
+custom ops), and under ``torch.jit.trace`` or ``torch.autocast`` torch's kernels for standard
+ones (the layer runs the other paths in its parameters' dtype, autocast off). A layer built with
 ``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
 
 The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks

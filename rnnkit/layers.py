@@ -220,7 +220,8 @@ class RecurrentStack(nn.Module):
         precision = contextlib.nullcontext()
         if impl != "torch" and torch.is_autocast_enabled(x.device.type):
             # autocast has no rule for the options torch lacks (mixed dtypes inside a step, kernels
-            # in float32/64): they run in the parameters' dtype, autocast off, as torch.nn's CPU GRU
+            # in float32/64): they run in the parameters' dtype with autocast off, as autocast
+            # leaves torch.nn's CPU GRU in float32
             dtype = self._ref.dtype
             x, state = x.to(dtype), tuple(s.to(dtype) for s in state)
             precision = torch.autocast(x.device.type, enabled=False)

@@ -13,6 +13,7 @@ import rnnkit
 from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer, seed_everything
 from rnnkit.train.precision import MixedPrecision
+from tests.conftest import default_dtype
 
 from .models import TinyLM, tokens
 from .test_checkpoint import Interrupt
@@ -21,10 +22,8 @@ from .test_checkpoint import Interrupt
 @pytest.fixture(autouse=True)
 def _float32():
     """Autocast casts float32 (not the suite's float64 default)."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_default_dtype(old)
+    with default_dtype(torch.float32):
+        yield
 
 
 class _RnnkitLM(TinyLM):

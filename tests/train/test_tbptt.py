@@ -9,14 +9,6 @@ from rnnkit.train import Trainer, detach_state, lm_loss
 from .models import NestedStateLM, TinyLM, tokens
 
 
-@pytest.fixture(autouse=True)
-def _float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def _pair(seed=0, **kw):
     torch.manual_seed(seed)
     a = TinyLM(**kw)
