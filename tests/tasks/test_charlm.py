@@ -99,9 +99,13 @@ def test_lr_schedule() -> None:
 
 
 def test_recipe_by_budget() -> None:
-    """Below 12 minutes 2x384 without dropout; from 12 on 2x512 with dropout 0.2, the rest equal."""
+    """Below 12 minutes (bf16: 9) 2x384 without dropout, from there on 2x512 with dropout 0.2, the
+    rest equal."""
     assert recipe_for(None) is recipe_for(5) is recipe_for(11.9) is RECIPE
     assert recipe_for(12) is recipe_for(30) is RECIPE_LONG
+    # under bfloat16 autocast (faster steps) the larger model pays off from 9 minutes
+    assert recipe_for(8.9, bf16=True) is recipe_for(None, bf16=True) is RECIPE
+    assert recipe_for(9, bf16=True) is recipe_for(30, bf16=True) is RECIPE_LONG
     assert (RECIPE_LONG.hidden_size, RECIPE_LONG.dropout, RECIPE.dropout) == (512, 0.2, 0.0)
     rest = {k: v for k, v in RECIPE.to_dict().items() if k not in ("hidden_size", "dropout")}
     assert {k: v for k, v in RECIPE_LONG.to_dict().items() if k in rest} == rest
