@@ -203,6 +203,8 @@ def train_charlm(args: argparse.Namespace) -> int:
     if args.max_minutes is None and args.max_steps is None:
         args.max_minutes = DEFAULT_MINUTES
     charlm, CharVocab, *_ = _charlm()
+    if args.amp == "auto" and args.max_minutes is not None and args.max_minutes >= charlm.BF16_BELOW_MINUTES:
+        args.amp = "off"  # long budgets: float32 ends lower (charlm.BF16_BELOW_MINUTES)
     budget = charlm.recipe_for(args.max_minutes, bf16=resolve_amp(args.amp, device_of(args)) == "bf16")
     args.hidden = budget.hidden_size if args.hidden is None else args.hidden
     args.dropout = budget.dropout if args.dropout is None else args.dropout

@@ -91,6 +91,8 @@ def test_model_size_follows_the_budget_unless_given(cli, tmp_path, text_file):
     assert (a["hidden"], a["dropout"]) == (512, 0.2)
     a = arch(tmp_path / "bf16", "--max-minutes", 10, "--amp", "bf16")
     assert (a["hidden"], a["dropout"]) == (512, 0.2)
+    a = arch(tmp_path / "auto-long", "--max-minutes", 25, "--amp", "auto")  # float32 from 20 minutes
+    assert (a["hidden"], a["dropout"]) == (512, 0.2)
     a = arch(tmp_path / "fp32", "--max-minutes", 10, "--amp", "off")
     assert (a["hidden"], a["dropout"]) == (384, 0.0)
     a = arch(tmp_path / "given", "--max-minutes", 25, "--hidden", 16, "--dropout", 0.1)
@@ -139,3 +141,9 @@ def test_amp_flag(cli, tmp_path, text_file, monkeypatch):
     out = tmp_path / "amp"
     r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 2, "--amp", "bf16", *LM)
     assert r.rc == 0 and "mixed precision: bf16 autocast" in r.out
+    # charlm's auto: bf16 below BF16_BELOW_MINUTES (20), float32 from there on
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    for minutes, amp in ((1, True), (20, False)):
+        budget = ["--max-steps", 1, "--max-minutes", minutes]
+        r = cli("train", "charlm", "--data", text_file, "--out", tmp_path / f"auto{minutes}", *budget, *LM)
+        assert r.rc == 0 and ("mixed precision: bf16" in r.out) == amp
