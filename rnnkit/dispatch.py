@@ -107,28 +107,23 @@ def _plain_ops_needed() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
-def _exporting() -> bool:
-    """Inside ``torch.onnx.export`` (either exporter) or ``torch.jit.trace``."""
-    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
-
-
 def select(module, x: Tensor, packed: bool = False) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack`` (``x``: the
     input, or a packed input's data)."""
     if module.impl == "auto":
-        if _exporting():
+        mode = torch_mode(module)
+        onnx = torch.onnx.is_in_onnx_export()  # either exporter
+        if onnx or torch.jit.is_tracing():
             # torch's RNN ops become ONNX's LSTM/GRU/RNN (any length) and a traced TorchScript
             # model that loads without rnnkit; the fused custom ops have no ONNX translation, so
             # other configurations export the reference loop (plain ops, unrolled over time), as
             # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them)
-            onnx = torch.onnx.is_in_onnx_export()
-            if torch_mode(module) and not (onnx and module.proj_size):
+            if mode and not (onnx and module.proj_size):
                 return "torch"
             if onnx:
                 return "loop"
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
-        mode = torch_mode(module)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
             return "loop"
         if mode and torch.is_autocast_enabled(x.device.type):

@@ -27,8 +27,7 @@ replays advance its offset: every replay draws fresh masks, reproducibly under a
 
 Each capture runs ``warmup`` eager calls first; buffers they update (recurrent batch norm's
 running statistics in training) are restored afterwards, so a graphed layer's statistics move
-once per call, as the eager layer's (tests/test_cuda.py; written without a GPU at hand and
-not yet run on one).
+once per call, as the eager layer's (tests/test_cuda.py, run on an H100).
 
 Runs eagerly instead (same results, no graphs): on the CPU, for packed sequences and padded
 batches with ``lengths=``, under ``torch.compile``, and while another CUDA graph is being
