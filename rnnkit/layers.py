@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _checks, dispatch, regularizers
+from ._nn_compat import RNNBaseCompat
 from .cells.base import Cell, State
 
 
-class RecurrentStack(nn.Module):
+class RecurrentStack(RNNBaseCompat, nn.Module):
     """A stack of (optionally bidirectional) recurrent layers of any cell.
 
     ``make_cell(layer_input_size)`` builds the cell of one layer. Input, state and output

@@ -91,6 +91,10 @@ class LSTM(RecurrentStack):
             proj_size, device, dtype, impl=impl, **layer_opts,
         )  # fmt: skip
 
+    def get_expected_cell_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """``(num_layers * num_directions, batch, hidden_size)``, as :class:`torch.nn.LSTM`'s."""
+        return self.state_shapes(self._mini_batch(input, batch_sizes))[1]  # type: ignore[return-value]
+
 
 class GRU(RecurrentStack):
     """Gated recurrent unit in torch's form; drop-in for :class:`torch.nn.GRU`.
