@@ -1,0 +1,163 @@
+"""Property test: the fused path equals the reference loop for random combinations of cell
+option, regularizers, layout and input form (float64, forward, final states, batch-norm
+running statistics and every gradient), on both fused backends.
+
+The parametrized tests of this folder pin each feature on its own or in a few chosen pairs;
+this one lets hypothesis combine them (e.g. a layer-norm GRU, bidirectional, with zoneout and
+weight-drop, on unsorted packed input in evaluation), so that an interaction no table listed
+still meets the oracle. Both paths draw the call's masks from torch's RNG in the same order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnkit
+import rnnkit.kernels as K
+from rnnkit import dispatch
+
+from .test_fused_kernels import require_ext
+
+CELL_OPTIONS = {
+    "lstm": [
+        {},
+        {"peephole": True},
+        {"norm": "layer"},
+        {"norm": "batch", "max_len": 3},
+        {"forget_bias": 1.0},
+        {"input_gate": False},
+        {"forget_gate": False},
+        {"output_gate": False},
+        {"input_activation": False},
+        {"output_activation": False},
+        {"coupled_gates": True},
+        {"full_gate_recurrence": True},
+    ],
+    "gru": [
+        {},
+        {"reset_after": False},
+        {"variant": "mut1"},
+        {"variant": "mut2"},
+        {"variant": "mut3"},
+        {"norm": "layer"},
+    ],  # fmt: skip
+    "rnn": [
+        {"nonlinearity": "tanh"},
+        {"nonlinearity": "relu"},
+        {"norm": "layer"},
+        {"norm": "layer", "nonlinearity": "relu"},
+    ],  # fmt: skip
+}
+CLASSES = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}
+
+
+@st.composite
+def configs(draw):
+    family = draw(st.sampled_from(sorted(CELL_OPTIONS)))
+    kw = dict(draw(st.sampled_from(CELL_OPTIONS[family])))
+    L = draw(st.integers(1, 2))
+    if family == "lstm" and draw(st.booleans()):
+        kw["proj_size"] = 2
+    kw.update(
+        num_layers=L,
+        bidirectional=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        recurrent_dropout=draw(st.sampled_from([0.0, 0.3])),
+        zoneout=draw(st.sampled_from([0.0, 0.2])),
+        weight_drop=draw(st.sampled_from([0.0, 0.4])),
+    )
+    if L == 2:
+        kw["locked_dropout"] = draw(st.sampled_from([0.0, 0.3]))
+        kw["dropout"] = draw(st.sampled_from([0.0, 0.25]))
+    return family, kw
+
+
+def _outputs(m, x, hx, lengths, seed):
+    torch.manual_seed(seed)
+    out, state = m(x, hx) if lengths is None else m(x, hx, lengths)
+    out = out.data if isinstance(out, PackedSequence) else out
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cfg=configs(),
+    T=st.integers(1, 5),
+    B=st.integers(1, 4),
+    form=st.sampled_from(["dense", "packed", "lengths"]),
+    with_state=st.booleans(),
+    training=st.booleans(),
+    use_ext=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_equals_loop_property(cfg, T, B, form, with_state, training, use_ext, seed):
+    family, kw = cfg
+    if use_ext:
+        require_ext()
+    torch.manual_seed(seed)
+    a = CLASSES[family](3, 4, impl="fused", **kw).train(training)
+    assume(dispatch.fused_supported(a))  # the rest run on the loop anyway
+    b = CLASSES[family](3, 4, impl="loop", **kw).train(training)
+    with torch.no_grad():  # no parameter at a special value (zero peepholes, unit gains)
+        for p in a.parameters():
+            p.uniform_(-0.6, 0.6)
+    b.load_state_dict(a.state_dict())
+
+    bf = kw["batch_first"]
+    data = torch.randn((B, T, 3) if bf else (T, B, 3))
+    lengths = None
+    if form != "dense":
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[torch.randint(B, ())] = T
+    leaf = data.clone().requires_grad_(True)
+
+    def inp():  # packed anew per model: each backward then has its own packing node
+        if form != "packed":
+            return leaf
+        return pack_padded_sequence(leaf, lengths, batch_first=bf, enforce_sorted=False)
+
+    hx = None
+    if with_state:
+        hx = tuple(torch.randn(s, requires_grad=True) for s in a.state_shapes(B))
+        hx = hx if len(hx) > 1 else hx[0]
+    lens = lengths if form == "lengths" else None
+
+    pure = mock.patch.object(K, "backend", lambda x: "pure") if not use_ext else contextlib.nullcontext()
+    with pure:
+        got = _outputs(a, inp(), hx, lens, seed + 1)
+    want = _outputs(b, inp(), hx, lens, seed + 1)
+    # batch norm in training: statistics of steps with few rows are ill-conditioned (docs/fused.md)
+    tol = 1e-8 if kw.get("norm") == "batch" and training else 1e-10
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=tol, rtol=tol)
+    for (name, u), v in zip(a.named_buffers(), b.buffers()):  # batch norm's running statistics
+        torch.testing.assert_close(u, v, atol=tol, rtol=tol, msg=name)
+
+    weights = [torch.randn_like(t) for t in want]
+    inputs = [leaf, *(hx if isinstance(hx, tuple) else (hx,) if hx is not None else ())]
+    with pure:
+        ga = torch.autograd.grad(sum((t * w).sum() for t, w in zip(got, weights)), [*inputs, *a.parameters()],
+                                 allow_unused=True)  # fmt: skip
+    gb = torch.autograd.grad(sum((t * w).sum() for t, w in zip(want, weights)), [*inputs, *b.parameters()],
+                             allow_unused=True)  # fmt: skip
+    names = ["input", *(f"state{i}" for i in range(len(inputs) - 1)), *(n for n, _ in a.named_parameters())]
+    for name, u, v in zip(names, ga, gb):
+        if u is None or v is None:
+            assert u is None and v is None or (u if v is None else v).abs().max() == 0, name
+            continue
+        torch.testing.assert_close(u, v, atol=tol * 10, rtol=tol * 10, msg=name)
+
+
+@pytest.mark.parametrize("family", sorted(CELL_OPTIONS))
+def test_every_listed_option_has_a_fused_kernel(family):
+    """The strategy's options are the fused ones: a dropped kernel would make the property above
+    skip (``assume``) instead of fail."""
+    for opts in CELL_OPTIONS[family]:
+        assert dispatch.fused_supported(CLASSES[family](3, 4, **opts)), opts
