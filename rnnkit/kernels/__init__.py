@@ -50,6 +50,7 @@ def _is_peephole_lstm(cell: Cell) -> bool:
     return lstm_variants.flags_of(cell) == lstm_variants.STANDARD | lstm_variants.PEEPHOLE
 
 
+@_common.per_cell
 def kind_of(cell: Cell) -> str | None:
     """The fused kernel of ``cell``, or ``None`` when it has none (e.g. a normalized cell
     with peepholes or an ablation).
@@ -280,6 +281,8 @@ def _zoneout_rows(xp, bsz, h0, probs, masks) -> tuple[Tensor | None, Tensor | No
         return None, None
     if len(probs) > len(h0) or len(probs) > 2:
         raise ValueError(f"zoneout: at most one probability per state component (h, c), got {list(probs)}")
+    if not any(probs):
+        return None, None
     dense = all(b == bsz[0] for b in bsz)
     for i, prob in enumerate(probs):
         if not prob:

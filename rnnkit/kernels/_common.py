@@ -26,6 +26,24 @@ SECOND_ORDER = (
 )
 
 
+def per_cell(fn):
+    """Memoize ``fn(cell)`` on the cell: its kernel kind depends only on options fixed when the
+    cell is built, and dispatch asks for it several times per layer call (a few us of the small
+    shape's ~400 us layer-norm forward)."""
+    key = f"_memo_{fn.__module__}_{fn.__qualname__}".replace(".", "_")
+
+    @functools.wraps(fn)
+    def memo(cell):
+        d = getattr(cell, "__dict__", None)
+        if d is None or torch.compiler.is_compiling():  # not a cell (the callee says what it
+            return fn(cell)  # expected); or traced, where a write to the cell is a side effect
+        if key not in d:
+            d[key] = fn(cell)
+        return d[key]
+
+    return memo
+
+
 def first_order_only(backward):
     """``torch.autograd.function.once_differentiable`` for the fused kernels' autograd nodes, with
     an error that says what to do instead: differentiating their gradients again (a graph

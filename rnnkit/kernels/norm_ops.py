@@ -41,6 +41,7 @@ COL_HPREV = 32  # mode flag of rnnkit_norm::forward: save h_{t-1} column-major (
 NORM_KINDS = ("lstm_ln", "lstm_bn", "gru_ln", "rnn_tanh_ln", "rnn_relu_ln")
 
 
+@_common.per_cell
 def kind_of(cell: Cell) -> str | None:
     """``"lstm_ln"``, ``"lstm_bn"``, ``"gru_ln"``, ``"rnn_tanh_ln"``, ``"rnn_relu_ln"`` or None."""
     norm = getattr(cell, "norm", None)

@@ -30,6 +30,7 @@ from .ops import _opt, use_ext_for
 KINDS = {"lstm_v": 0, "gru_v": 1}
 
 
+@_common.per_cell
 def kind_of(cell: Cell) -> tuple[str, int] | None:
     """``(kind, flags)`` of a cell one of the variant kernels runs, else ``None``."""
     f = lstm_variants.flags_of(cell)
