@@ -83,6 +83,8 @@ CASES += [
 ]
 # Normalized cells with a regularizer: both run on the fused path (kernels/norm_ops.py).
 CASES += [("lstm-layernorm+recurrent_dropout", "lstm", {"norm": "layer", "recurrent_dropout": 0.25})]
+# A normalized cell with peepholes: on the fused path since the tenth session.
+CASES += [("lstm-layernorm+peephole", "lstm", {"norm": "layer", "peephole": True})]
 
 
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

@@ -52,8 +52,8 @@ def _is_peephole_lstm(cell: Cell) -> bool:
 
 @_common.per_cell
 def kind_of(cell: Cell) -> str | None:
-    """The fused kernel of ``cell``, or ``None`` when it has none (e.g. a normalized cell
-    with peepholes or an ablation).
+    """The fused kernel of ``cell``, or ``None`` when it has none (a normalized cell with a
+    Greff ablation).
 
     ``"lstm_v"`` / ``"gru_v"``: the Greff ablations and GRU variants (:mod:`.variants`); the
     normalized cells' kinds come from :mod:`.norm_ops`."""

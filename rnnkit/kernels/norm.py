@@ -21,6 +21,7 @@ Per family (``a`` the recurrent group after normalization)::
 
     LSTM  a = xp + y_hh;  i, f, o = σ(.), g = tanh(.);  c_t = f c_{t-1} + i g
           h_t = o ⊙ tanh(y_c)   with y_c = norm_c(c_t)   (c_t carried unnormalized; proj_size)
+          peepholes p (3H,): a_i, a_f += p_i ⊙ c_{t-1}, p_f ⊙ c_{t-1};  a_o += p_o ⊙ c̃_t
     GRU   a = y_hh + b_hh;  r, z = σ(xp_rz + a_rz);  n = tanh(xp_n + r ⊙ a_n);  h = lerp(n, h, z)
     RNN   h_t = act(xp + y_hh)
 
@@ -88,6 +89,17 @@ def norm_backward(mode: int, dy: Tensor, xh: Tensor, rs: Tensor, g: Tensor, out:
     return dxh.mul_(rs)
 
 
+def peephole_grad(dxp: Tensor, gates: Tensor, cprev: Tensor) -> Tensor:
+    """``d p (3H,)`` of the LSTM's peepholes ``(p_i, p_f, p_o)`` after the loop, from the gate
+    gradients ``d xp (N, 4H)`` (of the pre-activations), the saved gates and ``c_{t-1}``:
+    ``Σ da_i ⊙ c_{t-1}``, ``Σ da_f ⊙ c_{t-1}``, ``Σ da_o ⊙ c~_t`` with ``c~_t = f c_{t-1} + i g``."""
+    H = cprev.shape[1]
+    i, f, g = gates[:, :H], gates[:, H : 2 * H], gates[:, 2 * H : 3 * H]
+    ct = torch.addcmul(f * cprev, i, g)
+    dif = (dxp[:, : 2 * H].view(-1, 2, H) * cprev.unsqueeze(1)).sum(0).reshape(-1)
+    return torch.cat([dif, (dxp[:, 3 * H :] * ct).sum(0)])
+
+
 def row_slots(bsz: Sequence[int], reverse: bool, slots: int, device=None) -> Tensor:
     """Running-statistics slot of every packed row in evaluation (as
     :func:`rnnkit.cells.norm.step_slots`): the number of steps its sequence has taken in this
@@ -124,7 +136,7 @@ def _affine_grads(dy: Tensor, xh: Tensor, shift: bool) -> tuple[Tensor, Tensor |
 def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_hh: Tensor,
             b_hh: Tensor | None, w_hr: Tensor | None, mask: Tensor | None, zh: Tensor | None,
             zc: Tensor | None, g_hh: Tensor, s_hh: Tensor | None, g_c: Tensor | None,
-            s_c: Tensor | None, st_hh: Tensor | None, st_c: Tensor | None,
+            s_c: Tensor | None, st_hh: Tensor | None, st_c: Tensor | None, w_peep: Tensor | None,
             batch_sizes: tuple[int, ...], reverse: bool):  # fmt: skip
     """``out (N, P), h_n, c_n`` (empty unless LSTM), the BN_TRAIN statistics ``[μ_hh, σ²_hh,
     μ_c, σ²_c]`` (``(T, F)`` in processing order, else empty) and the saved tensors."""
@@ -147,11 +159,16 @@ def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_h
             s = slice(off, off + bs)
             hp, g, cb = load_prev(hbuf, mask, bs, hprev[s]), gates[s], cbuf[:bs]
             a = hh(lin(hp), s, k).add_(xp[s])
+            if w_peep is not None:  # i, f see c_{t-1}
+                a[:, :H].addcmul_(w_peep[:H], cb)
+                a[:, H : 2 * H].addcmul_(w_peep[H : 2 * H], cb)
             torch.sigmoid(a[:, : 2 * H], out=g[:, : 2 * H])
             torch.tanh(a[:, 2 * H : 3 * H], out=g[:, 2 * H : 3 * H])
-            torch.sigmoid(a[:, 3 * H :], out=g[:, 3 * H :])
             cprev[s].copy_(cb)
             cb.mul_(g[:, H : 2 * H]).addcmul_(g[:, :H], g[:, 2 * H : 3 * H])
+            if w_peep is not None:  # o sees the candidate c~_t (before zoneout)
+                a[:, 3 * H :].addcmul_(w_peep[2 * H :], cb)
+            torch.sigmoid(a[:, 3 * H :], out=g[:, 3 * H :])
             tc = torch.tanh(cg(cb, s, k), out=tanhc[s])
             if lin_r is None:
                 torch.mul(g[:, 3 * H :], tc, out=out[s])
@@ -200,10 +217,12 @@ def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_h
 def backward(kind: str, mode: int, gout: Tensor, ghn: Tensor, gcn: Tensor, out: Tensor, saved,
              w_hh: Tensor, has_bias: bool, w_hr: Tensor | None, mask: Tensor | None, zh: Tensor | None,
              zc: Tensor | None, g_hh: Tensor, shift_hh: bool, g_c: Tensor | None, shift_c: bool,
-             st_hh: Tensor | None, st_c: Tensor | None, batch_sizes: tuple[int, ...],
+             st_hh: Tensor | None, st_c: Tensor | None, w_peep: Tensor | None, batch_sizes: tuple[int, ...],
              reverse: bool):  # fmt: skip
     """``[d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, dγ_hh, dβ_hh, dγ_c, dβ_c]`` (``None`` where
-    absent). ``out`` is the forward's output (the RNN's ``h̃`` without zoneout)."""
+    absent). ``out`` is the forward's output (the RNN's ``h̃`` without zoneout). With peepholes
+    the recurrence carries their terms; their own gradient is left to the caller (from ``d xp``,
+    the gates and ``c_{t-1}``: :func:`peephole_grad`)."""
     B = ghn.shape[0]
     st_hh, st_c = (_per_row(mode, st, batch_sizes, reverse) for st in (st_hh, st_c))
     steps = list(enumerate(schedule(batch_sizes, reverse)))[::-1]
@@ -246,10 +265,14 @@ def backward(kind: str, mode: int, gout: Tensor, ghn: Tensor, gcn: Tensor, out: 
             torch.addcmul(o, o, o, value=-1, out=do).mul_(dh).mul_(tc)  # dh tanh(y_c) o(1-o)
             dy = torch.mul(tc, tc, out=dyc[s]).neg_().add_(1).mul_(o).mul_(dh)  # d y_c
             dc.add_(norm_backward(mode, dy, xc[s], _rho(mode, rc, st_c, s, k), g_c, t2[:bs]))  # type: ignore[arg-type]
+            if w_peep is not None:  # o's peephole on c~_t
+                dc.addcmul_(do, w_peep[2 * H :])
             torch.addcmul(i, i, i, value=-1, out=di).mul_(gg).mul_(dc)
             torch.addcmul(f, f, f, value=-1, out=df).mul_(cprev[s]).mul_(dc)
             torch.mul(gg, gg, out=dgg).neg_().add_(1).mul_(i).mul_(dc)
             dc.mul_(f)
+            if w_peep is not None:  # i's and f's on c_{t-1}
+                dc.addcmul_(di, w_peep[:H]).addcmul_(df, w_peep[H : 2 * H])
             if zc is not None:
                 dc.add_(dcz[:bs])
             dr = norm_backward(mode, dg, xh[s], _rho(mode, rs, st_hh, s, k), g_hh, dr_all[s])

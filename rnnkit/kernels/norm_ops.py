@@ -1,8 +1,8 @@
 """Fused path of the normalized cells: dispatch glue and the custom op ``rnnkit::fused_norm_direction``.
 
-Covers ``norm="layer"`` for the LSTM (incl. ``proj_size``, ``bias=False``), the GRU (torch
-form) and the RNN (tanh/relu), and ``norm="batch"`` for the LSTM, with recurrent dropout and
-zoneout. Per layer-direction:
+Covers ``norm="layer"`` for the LSTM (incl. ``proj_size``, ``bias=False``, ``peephole``), the
+GRU (torch form) and the RNN (tanh/relu), and ``norm="batch"`` for the LSTM (also with
+peepholes), with recurrent dropout and zoneout. Per layer-direction:
 
 * the **input group** is normalized for all steps at once, with autograd: layer norm in
   :func:`project_input` (``LN(x W_ihᵀ) + b``, as ``cell.project_input``); batch norm in
@@ -49,7 +49,7 @@ def kind_of(cell: Cell) -> str | None:
         return None
     if type(cell) is LSTMCellMath:
         opts = cell._options
-        free = ("norm", "forget_bias", "max_len")
+        free = ("norm", "forget_bias", "max_len", "peephole")
         if all(opts[k] == d for k, d in _LSTM_DEFAULTS.items() if k not in free):
             return "lstm_ln" if norm == "layer" else "lstm_bn"
         return None
@@ -106,7 +106,8 @@ def run_direction(
     w_hr = p.get("weight_hr") if lstm else None
     zh, zc = zoneout_rows
     gains = (p[f"weight_{g}_hh"], p.get(f"bias_{g}_hh"), p.get(f"weight_{g}_c"), p.get(f"bias_{g}_c"))
-    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, *gains, st_hh, st_c)
+    w_peep = p.get("weight_peephole") if lstm else None
+    args = (xp, h0[0], c0, p["weight_hh"], b_hh, w_hr, mask, zh, zc, *gains, st_hh, st_c, w_peep)
     if torch.compiler.is_compiling():  # one opaque custom op per direction in the graph
         res = fused_norm_direction(base, mode, *args, bsz, reverse)
     else:  # eager: the same computation without the custom-op machinery (~0.1 ms a call)
@@ -174,6 +175,7 @@ def fused_norm_direction(
     s_c: Tensor | None,
     st_hh: Tensor | None,
     st_c: Tensor | None,
+    w_peep: Tensor | None,
     batch_sizes: list[int],
     reverse: bool,
 ) -> list[Tensor]:
@@ -181,15 +183,16 @@ def fused_norm_direction(
 
     ``kind`` ``"lstm" | "gru" | "rnn_tanh" | "rnn_relu"``, ``mode`` 1 (layer norm), 2 (batch
     norm, training), 3 (batch norm, evaluation with per-slot statistics ``st (2, S, F)``);
-    ``g_*, s_*`` the gains and shifts of the recurrent group and of the cell (LSTM).
+    ``g_*, s_*`` the gains and shifts of the recurrent group and of the cell (LSTM); ``w_peep``
+    the LSTM's peepholes ``(3H,)`` (i, f, o), added after the normalization.
     """
-    args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c)
+    args = (xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, w_peep)
     return forward_impl(kind, mode, use_ext_for(xp), _gemm.use_onednn(xp), *args, batch_sizes, reverse)
 
 
 @fused_norm_direction.register_fake
-def _(kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, batch_sizes,
-      reverse):  # fmt: skip
+def _(kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, w_peep,
+      batch_sizes, reverse):  # fmt: skip
     N, B, P, T, G = xp.shape[0], h0.shape[0], h0.shape[1], len(batch_sizes), w_hh.shape[0]
     e = xp.new_empty
 
@@ -230,32 +233,38 @@ def fused_norm_direction_backward(
     shift_c: bool,
     st_hh: Tensor | None,
     st_c: Tensor | None,
+    w_peep: Tensor | None,
     batch_sizes: list[int],
     reverse: bool,
 ) -> list[Tensor]:
-    """``[d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, dγ_hh, dβ_hh, dγ_c, dβ_c]`` (empty where absent)."""
+    """``[d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, dγ_hh, dβ_hh, dγ_c, dβ_c, d w_peep]`` (empty
+    where absent)."""
     return backward_impl(
         kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c,
-        shift_c, st_hh, st_c, batch_sizes, reverse,
+        shift_c, st_hh, st_c, w_peep, batch_sizes, reverse,
     )  # fmt: skip
 
 
 def backward_impl(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh,
-                  g_c, shift_c, st_hh, st_c, batch_sizes, reverse):  # fmt: skip
-    """The backward op's computation (compiled or pure kernels)."""
+                  g_c, shift_c, st_hh, st_c, w_peep, batch_sizes, reverse):  # fmt: skip
+    """The backward op's computation (compiled or pure kernels); the peepholes' gradient after
+    the loop, from the gate gradients and the saved gates and ``c_{t-1}``."""
     gout, ghn, gcn = gout.contiguous(), ghn.contiguous(), gcn.contiguous()
     args = (gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c, shift_c)
     if use_ext_for(gout):
         onednn = _gemm.use_onednn(gout)
         ext_bwd = torch.ops.rnnkit_norm.backward
-        return list(ext_bwd(kind, mode, *args, st_hh, st_c, batch_sizes, reverse, onednn))
-    res = pure.backward(kind, mode, *args, st_hh, st_c, tuple(batch_sizes), reverse)
-    return [gout.new_empty(0) if g is None else g for g in res]
+        res = list(ext_bwd(kind, mode, *args, st_hh, st_c, w_peep, batch_sizes, reverse, onednn))
+    else:
+        res = pure.backward(kind, mode, *args, st_hh, st_c, w_peep, tuple(batch_sizes), reverse)
+        res = [gout.new_empty(0) if g is None else g for g in res]
+    dp = pure.peephole_grad(res[0], saved[0], saved[1]) if w_peep is not None else gout.new_empty(0)
+    return [*res, dp]
 
 
 @fused_norm_direction_backward.register_fake
 def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc, g_hh, shift_hh, g_c,
-      shift_c, st_hh, st_c, batch_sizes, reverse):  # fmt: skip
+      shift_c, st_hh, st_c, w_peep, batch_sizes, reverse):  # fmt: skip
     e = gout.new_empty
     G = w_hh.shape[0]
     lstm = kind == "lstm"
@@ -270,23 +279,26 @@ def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc
         e(G) if shift_hh else e(0),
         e(g_c.shape) if lstm else e(0),
         e(g_c.shape) if lstm and shift_c else e(0),
+        e(w_peep.shape) if w_peep is not None else e(0),
     ]
 
 
 def _setup_context(ctx, inputs, output):
-    kind, mode, _, _, _, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, bsz, rev = inputs
+    kind, mode, _, _, _, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, *rest = inputs
+    w_peep, bsz, rev = rest
     ctx.kind, ctx.mode, ctx.batch_sizes, ctx.reverse = kind, mode, bsz, rev
     ctx.set_materialize_grads(False)  # no zero gradients for the saved outputs (large, never used)
     ctx.flags = (b_hh is not None, s_hh is not None, s_c is not None)
     ctx.n_saved = len(output) - 7
-    ctx.save_for_backward(output[0], *output[7:], w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c)
+    ctx.save_for_backward(output[0], *output[7:], w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c, w_peep)
 
 
 def _backward(ctx, grads, bw=None):
     """The custom op's autograd formula (through the backward custom op, traceable), or with
     ``bw`` another function of the same signature (the eager Function: :func:`backward_impl`)."""
     out, *rest = ctx.saved_tensors
-    saved, (w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c) = rest[: ctx.n_saved], rest[ctx.n_saved :]
+    saved = rest[: ctx.n_saved]
+    w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c, w_peep = rest[ctx.n_saved :]
     B, P = ctx.batch_sizes[0], out.shape[1]
     gout = torch.zeros_like(out) if grads[0] is None else grads[0]
     ghn = out.new_zeros(B, P) if grads[1] is None else grads[1]
@@ -297,12 +309,13 @@ def _backward(ctx, grads, bw=None):
     has_bias, shift_hh, shift_c = ctx.flags
     r = (bw or fused_norm_direction_backward)(
         ctx.kind, ctx.mode, gout, ghn, gcn, out, list(saved), w_hh, has_bias, w_hr, mask, zh, zc, g_hh,
-        shift_hh, g_c, shift_c, st_hh, st_c, list(ctx.batch_sizes), ctx.reverse,
+        shift_hh, g_c, shift_c, st_hh, st_c, w_peep, list(ctx.batch_sizes), ctx.reverse,
     )  # fmt: skip
     o = [g if g.numel() else None for g in r]
-    # inputs: kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_*, bsz, rev
+    # inputs: kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_*, w_peep,
+    # bsz, rev
     return (None, None, r[0], r[1], o[2], r[3], o[4], o[5], None, None, None, r[6], o[7], o[8], o[9],
-            None, None, None, None)  # fmt: skip
+            None, None, o[10], None, None)  # fmt: skip
 
 
 fused_norm_direction.register_autograd(_backward, setup_context=_setup_context)

@@ -172,7 +172,7 @@ def test_fused_rejects_unsupported_and_dispatches(monkeypatch):
     m(torch.randn(2, 1, 3))
     assert calls == [1]
     with pytest.raises(ValueError, match="impl='fused'"):
-        rnnkit.LSTM(3, 4, impl="fused", norm="layer", peephole=True)(torch.randn(2, 1, 3))
+        rnnkit.LSTM(3, 4, impl="fused", norm="layer", coupled_gates=True)(torch.randn(2, 1, 3))
     with pytest.raises(ValueError, match="standard"):
         K.run_direction(object(), {}, torch.zeros(1, 4), [1], (torch.zeros(1, 1),))  # type: ignore[arg-type]
 

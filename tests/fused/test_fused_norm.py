@@ -136,7 +136,7 @@ def test_backends_agree_and_gradients_flow_to_gains():
 BS = [3, 2, 1, 1]  # packed batch sizes: N = 7 rows, B = 3
 
 
-def _op_args(kind, mode, grad=True):
+def _op_args(kind, mode, grad=True, peep=False):
     N, B, H, T = sum(BS), BS[0], 3, len(BS)
 
     def t(*shape):
@@ -153,11 +153,13 @@ def _op_args(kind, mode, grad=True):
         kind, mode, t(N, G), t(B, P), t(B, H) if lstm else None, t(G, P), t(G) if kind == "gru" else None,
         None, torch.rand(B, P), torch.rand(N, P), torch.rand(N, H) if lstm else None,
         t(G), t(G) if mode == 1 else None, t(H) if lstm else None, t(H) if lstm else None, st_hh, st_c,
+        t(3 * H) if peep else None,
     )  # fmt: skip
     del T
 
 
 OP_CASES = [("lstm", 1), ("lstm", 2), ("lstm", 3), ("gru", 1), ("rnn_tanh", 1), ("rnn_relu", 1)]
+PEEP_CASES = [("lstm", 1, True), ("lstm", 2, False), ("lstm", 3, True)]  # (kind, mode, reverse)
 
 
 @pytest.mark.parametrize("kind,mode,reverse", [(k, m, i % 2 == 1) for i, (k, m) in enumerate(OP_CASES)])
@@ -166,22 +168,50 @@ def test_opcheck(kind, mode, reverse):
     torch.library.opcheck(norm_ops.fused_norm_direction, (*_op_args(kind, mode), BS, reverse))
 
 
-def test_opcheck_backward():
+@pytest.mark.parametrize("kind,mode,reverse", PEEP_CASES)
+def test_opcheck_peephole(kind, mode, reverse):
     torch.manual_seed(0)
-    args = _op_args("lstm", 2, grad=False)
+    torch.library.opcheck(norm_ops.fused_norm_direction, (*_op_args(kind, mode, peep=True), BS, reverse))
+
+
+@pytest.mark.parametrize("peep", [False, True])
+def test_opcheck_backward(peep):
+    torch.manual_seed(0)
+    args = _op_args("lstm", 2, grad=False, peep=peep)
     res = norm_ops.fused_norm_direction(*args, BS, True)
     out, saved = res[0], list(res[7:])
-    kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c = args
+    kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, w_peep = args
     g = (torch.randn_like(out), torch.randn(h0.shape), torch.randn(c0.shape))
-    bw = (kind, mode, *g, out, saved, w_hh, False, w_hr, mask, zh, zc, g_hh, False, g_c, True, st_hh, st_c)
+    bw = (
+        kind,
+        mode,
+        *g,
+        out,
+        saved,
+        w_hh,
+        False,
+        w_hr,
+        mask,
+        zh,
+        zc,
+        g_hh,
+        False,
+        g_c,
+        True,
+        st_hh,
+        st_c,
+        w_peep,
+    )
     bw += (BS, True)
     torch.library.opcheck(norm_ops.fused_norm_direction_backward, bw)
 
 
-@pytest.mark.parametrize("kind,mode", OP_CASES)
-def test_gradcheck(backend, kind, mode):
+@pytest.mark.parametrize(
+    "kind,mode,peep", [(k, m, False) for k, m in OP_CASES] + [("lstm", 1, True), ("lstm", 2, True)]
+)
+def test_gradcheck(backend, kind, mode, peep):
     torch.manual_seed(0)
-    args = _op_args(kind, mode)
+    args = _op_args(kind, mode, peep=peep)
     leaves = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
     fn = lambda *_: norm_ops.fused_norm_direction(*args, BS, False)[:3]  # noqa: E731
     assert torch.autograd.gradcheck(fn, leaves, fast_mode=True)
@@ -246,6 +276,8 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(K, "backend", lambda v: "ext")  # as if compiled: auto takes the fused path
     covered = (
         rnnkit.LSTM(3, 4, norm="batch"),
+        rnnkit.LSTM(3, 4, norm="layer", peephole=True),
+        rnnkit.LSTM(3, 4, norm="batch", peephole=True),
         rnnkit.GRU(3, 4, norm="layer"),
         rnnkit.RNN(3, 4, norm="layer"),
     )
@@ -254,7 +286,7 @@ def test_dispatch(monkeypatch):
     monkeypatch.setattr(K, "backend", lambda v: "pure")  # the pure kernels: auto keeps the loop
     assert dispatch.select(rnnkit.GRU(3, 4, norm="layer"), x) == "loop"
     unsupported = (
-        rnnkit.LSTM(3, 4, norm="layer", peephole=True),
+        rnnkit.LSTM(3, 4, norm="layer", coupled_gates=True),
         rnnkit.LSTM(3, 4, norm="batch", input_gate=False),
     )
     for m in unsupported:

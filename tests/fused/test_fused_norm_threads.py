@@ -25,8 +25,9 @@ from rnnkit.kernels import norm_input, norm_ops
 BS = [40, 40, 33, 21]  # packed batch sizes: B = 40, shrinking
 
 
-def _args(kind: str, mode: int, H: int, P: int | None = None):
-    """The op's arguments; ``P``: an LSTM with ``proj_size=P`` (h has P features, c has H)."""
+def _args(kind: str, mode: int, H: int, P: int | None = None, peep: bool = False):
+    """The op's arguments; ``P``: an LSTM with ``proj_size=P`` (h has P features, c has H);
+    ``peep``: with peepholes."""
     N, B = sum(BS), BS[0]
     P = P or H
     G = {"lstm": 4 * H, "gru": 3 * H}.get(kind, H)
@@ -48,7 +49,7 @@ def _args(kind: str, mode: int, H: int, P: int | None = None):
         t(P, H, scale=H**-0.5) if P != H else None, (u(B, P) > 0.25).double() / 0.75, u(N, P) * 0.3,
         u(N, H) * 0.3 if lstm else None,
         u(G) + 0.5, t(G) if mode == 1 else None, u(H) + 0.5 if lstm else None, t(H) if lstm else None,
-        st_hh, st_c,
+        st_hh, st_c, t(3 * H, scale=0.5) if peep else None,
     ]  # fmt: skip
 
 
@@ -56,6 +57,9 @@ def _args(kind: str, mode: int, H: int, P: int | None = None):
     "kind,mode,H,P",
     [
         ("lstm", 1, 96, None),
+        ("lstm", 1, 96, "peephole"),
+        ("lstm", 2, 96, "peephole"),
+        ("lstm", 3, 96, "peephole"),
         ("lstm", 1, 96, 40),  # proj_size: the projection GEMM on each thread's rows too
         ("lstm", 2, 96, 40),
         ("lstm", 2, 96, None),
@@ -70,7 +74,8 @@ def test_two_threads_equal_pure(kind, mode, H, P, two_threads):
     from .test_fused_kernels import require_ext
 
     require_ext()
-    args = _args(kind, mode, H, P)
+    peep = P == "peephole"
+    args = _args(kind, mode, H, None if peep else P, peep)
     ext = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True)
     ref = norm_ops.forward_impl(kind, mode, False, False, *args, BS, True)
     for a, b in zip(ext, ref):
@@ -85,9 +90,9 @@ def test_two_threads_equal_pure(kind, mode, H, P, two_threads):
     gout = torch.randn(ext[0].shape, generator=g, dtype=torch.float64)
     ghn = torch.randn(args[1].shape, generator=g, dtype=torch.float64)
     gcn = torch.randn(args[2].shape, generator=g, dtype=torch.float64) if lstm else gout.new_empty(0)
-    xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c = args
+    xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, w_peep = args
     common = (gout, ghn, gcn, ext[0], ext[7:], w_hh, b_hh is not None, w_hr, mask, zh, zc, g_hh)
-    tail = (s_hh is not None, g_c, s_c is not None, st_hh, st_c)
+    tail = (s_hh is not None, g_c, s_c is not None, st_hh, st_c, w_peep)
     d_ref = pure.backward(kind, mode, *common, *tail, tuple(BS), True)
     for _ in range(3):  # a race need not show every time
         d_ext = torch.ops.rnnkit_norm.backward(kind, mode, *common, *tail, BS, True, False)

@@ -31,6 +31,8 @@ CELL_OPTIONS = {
         {"peephole": True},
         {"norm": "layer"},
         {"norm": "batch", "max_len": 3},
+        {"norm": "layer", "peephole": True},
+        {"norm": "batch", "max_len": 3, "peephole": True},
         {"forget_bias": 1.0},
         {"input_gate": False},
         {"forget_gate": False},

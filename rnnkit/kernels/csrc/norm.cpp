@@ -27,7 +27,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
                             const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask_,
                             const OptT& zh_, const OptT& zc_, const Tensor& g_hh, const OptT& s_hh,
                             const OptT& g_c, const OptT& s_c, const OptT& st_hh, const OptT& st_c,
-                            std::vector<int64_t> batch_sizes, bool reverse, bool onednn, bool save) {
+                            const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse, bool onednn,
+                            bool save) {
   (void)onednn;  // the step GEMMs are raw brgemm/dgemm calls (norm_kernels.h)
   // kColHprev in `mode` (LSTM, RNN): h_{t-1} saved column-major, (N, P) with strides (1, N), so
   // that backward's dW_hh = dr^T h_{t-1} reads it without oneDNN's transposed copy (~0.75 ms
@@ -88,6 +89,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone();
       const Tensor WR = proj ? w_hr->contiguous() : e();
       const Tensor WRT = proj && xp.scalar_type() == at::kFloat ? w_hr->t().contiguous() : WR;
+      const OptT wpc = cont(w_peep);
+      const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       T_ *C = cbuf.data_ptr<T_>(), *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>();
       T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
       over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
@@ -116,13 +119,22 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
             const int64_t n = off + b, ns = so + b;
             T_ *r = R + b * G4, *g = GT + ns * G4, *c = C + b * H, *cp = CPV + ns * H;
             nh.row(r, n, ns, k, XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
+            if (PW)  // peepholes after the normalization (cells/greff.py): i, f see c_{t-1}
+              for (int64_t j = 0; j < H; ++j) {
+                r[j] += PW[j] * c[j];
+                r[H + j] += PW[H + j] * c[j];
+              }
             sigmoid(r, g, 2 * H);
             tanh(r + 2 * H, g + 2 * H, H);
-            sigmoid(r + 3 * H, g + 3 * H, H);
+            if (!PW) sigmoid(r + 3 * H, g + 3 * H, H);
             for (int64_t j = 0; j < H; ++j) {
               const T_ cv = c[j];
               cp[j] = cv;
               c[j] = g[H + j] * cv + g[j] * g[2 * H + j];
+            }
+            if (PW) {  // o sees the candidate c~_t (before zoneout)
+              for (int64_t j = 0; j < H; ++j) r[3 * H + j] += PW[2 * H + j] * c[j];
+              sigmoid(r + 3 * H, g + 3 * H, H);
             }
             if (mode == kLN) out_row(b);
           }
@@ -215,11 +227,12 @@ TORCH_LIBRARY(rnnkit_norm, m) {
   m.def(
       "forward(str kind, int mode, Tensor xp, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
       "Tensor? mask, Tensor? zh, Tensor? zc, Tensor g_hh, Tensor? s_hh, Tensor? g_c, Tensor? s_c, Tensor? st_hh, "
-      "Tensor? st_c, int[] batch_sizes, bool reverse, bool onednn, bool save=True) -> Tensor[]",  // mode: + kColHprev
+      "Tensor? st_c, Tensor? w_peep, int[] batch_sizes, bool reverse, bool onednn, bool save=True) -> Tensor[]",  // mode: + kColHprev
       &rnnkit_norm::forward);
   m.def(
       "backward(str kind, int mode, Tensor gout, Tensor ghn, Tensor gcn, Tensor out, Tensor[] saved, Tensor w_hh, "
       "bool has_bias, Tensor? w_hr, Tensor? mask, Tensor? zh, Tensor? zc, Tensor g_hh, bool shift_hh, Tensor? g_c, "
-      "bool shift_c, Tensor? st_hh, Tensor? st_c, int[] batch_sizes, bool reverse, bool onednn) -> Tensor[]",
+      "bool shift_c, Tensor? st_hh, Tensor? st_c, Tensor? w_peep, int[] batch_sizes, bool reverse, bool onednn) "
+      "-> Tensor[]",
       &rnnkit_norm::backward);
 }

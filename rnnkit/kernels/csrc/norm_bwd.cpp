@@ -16,7 +16,8 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
                              const Tensor& gcn, const Tensor& out, std::vector<Tensor> saved, const Tensor& w_hh,
                              bool has_bias, const OptT& w_hr, const OptT& mask_, const OptT& zh_, const OptT& zc_,
                              const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
-                             const OptT& st_c, std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+                             const OptT& st_c, const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
+                             bool onednn) {
   const int64_t B = ghn.size(0), P = ghn.size(1), N = out.size(0), G = w_hh.size(0);
   const auto steps = schedule(batch_sizes, reverse);
   auto o = out.options();
@@ -72,6 +73,8 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       const int64_t H = tanhc.size(1), G4 = 4 * H;
       const bool proj = w_hr.has_value();
       const Tensor gcc = g_c->contiguous(), WR = proj ? w_hr->contiguous() : none(out);
+      const OptT wpc = cont(w_peep);
+      const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       NormB<T_> nc(mode, H, xc, rc, gcc, stc, slots);
       Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone(), dh_all = proj ? at::empty(hprev.sizes(), o) : none(out);
       Tensor dht = at::empty({B, std::max(P, H)}, o), dyc = at::empty({B, H}, o), dcn = at::empty({B, H}, o);
@@ -108,11 +111,12 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
           nc.row(DY + b * H, n, k, dn);
           const T_ *g = GT + n * G4, *cp = CPV + n * H;
           for (int64_t j = 0; j < H; ++j) {
-            const T_ i = g[j], f = g[H + j], gg = g[2 * H + j], d = dc[j] + dn[j];
+            const T_ i = g[j], f = g[H + j], gg = g[2 * H + j];
+            const T_ d = PW ? dc[j] + dn[j] + dg[3 * H + j] * PW[2 * H + j] : dc[j] + dn[j];  // o's peephole on c~_t
             dg[j] = (i - i * i) * gg * d;
             dg[H + j] = (f - f * f) * cp[j] * d;
             dg[2 * H + j] = (1 - gg * gg) * i * d;
-            dc[j] = d * f;
+            dc[j] = PW ? d * f + dg[j] * PW[j] + dg[H + j] * PW[H + j] : d * f;  // i's, f's on c_{t-1}
           }
           if (ZC)
             for (int64_t j = 0; j < H; ++j) dc[j] += DCZ[b * H + j];

@@ -34,7 +34,8 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
                              const Tensor& gcn, const Tensor& out, std::vector<Tensor> saved, const Tensor& w_hh,
                              bool has_bias, const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
                              const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
-                             const OptT& st_c, std::vector<int64_t> batch_sizes, bool reverse, bool onednn);
+                             const OptT& st_c, const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
+                             bool onednn);
 namespace {
 
 constexpr double kEps = 1e-5;  // rnnkit.cells.norm.EPS
