@@ -8,6 +8,11 @@ run their own :meth:`Cell.step`. Stepping through a sequence gives exactly the l
 output on the whole sequence (evaluation semantics: dropout-type regularizers are off and
 zoneout uses its expectation ``lerp(s̃_t, s_{t-1}, p)``, as the layer does in ``eval()``).
 
+Batch norm (``norm="batch"``) normalizes step ``t`` with the running statistics of slot ``t``,
+so a stream counts its steps: 0 for a call with ``state=None`` (a new sequence), one more
+than the previous call otherwise; ``step=t`` gives the index explicitly (e.g. when one
+``Stream`` serves several sequences in turn).
+
 Shapes: ``x_t`` is ``(B, input_size)`` or ``(input_size,)``; ``state`` is what the layer
 takes as ``hx`` — ``(h, c)`` for LSTM, ``h`` otherwise, each ``(num_layers, B, S)`` (or
 ``(num_layers, S)`` unbatched) — or ``None`` for zeros; ``y_t`` is ``(B, H_out)``.
@@ -39,10 +44,17 @@ class Stream:
         self.layer = layer
         # torch's cell kernels; not with proj_size (lstm_cell sizes its gates from h)
         self._fast = [None if getattr(c, "proj_size", 0) else c.torch_mode() for c in layer.cells]
+        self._t = -1  # the time index of the last step (batch norm's statistics slot)
 
-    def step(self, x: Tensor, state=None):
-        """One step of every layer: returns ``(y_t, new_state)`` (state shaped like ``hx``)."""
+    def step(self, x: Tensor, state=None, step: int | None = None):
+        """One step of every layer: returns ``(y_t, new_state)`` (state shaped like ``hx``).
+
+        ``step``: the time index of ``x_t`` in its sequence (default: 0 when ``state`` is
+        None, else one more than the previous call's); only batch norm reads it."""
         m = self.layer
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        t = step if step is not None else (0 if state is None else self._t + 1)
         if m.training and m._regularized():
             raise ValueError("Stream runs evaluation semantics: call layer.eval() when it has regularizers")
         unbatched = x.dim() == 1
@@ -72,7 +84,8 @@ class Stream:
                 else:
                     cur = (_CELLS[mode](x, prev[0], *args),)
             else:
-                cur = cell.step(p, cell.project_input(p, x), prev, StepContext(training=m.training))
+                ctx = StepContext(t=t, training=m.training, extra={"step": t})
+                cur = cell.step(p, cell.project_input(p, x), prev, ctx)
             probs = m.zoneout_probs[k]
             if any(probs):  # evaluation zoneout: the expectation
                 cur = tuple(torch.lerp(s1, s0, q) if q else s1 for s0, s1, q in zip(prev, cur, probs))
@@ -81,6 +94,7 @@ class Stream:
             x = cur[0]
             if m.dropout and m.training and k < m.num_layers - 1:
                 x = torch.nn.functional.dropout(x, m.dropout, True)
+        self._t = t
         out = tuple(torch.stack(s) for s in new)
         if unbatched:
             x, out = x.squeeze(0), tuple(s.squeeze(1) for s in out)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import rnnkit
 from rnnkit.kernels.stream import Stream
+
+from .test_fused_property import CELL_OPTIONS, CLASSES
 
 CASES = [
     (rnnkit.LSTM, {}),
@@ -50,3 +54,70 @@ def test_unbatched_and_errors():
         stream.step(torch.randn(2, 5))
     with pytest.raises(ValueError, match="eval"):
         Stream(rnnkit.GRU(3, 4, zoneout=0.1).train()).step(torch.randn(3))
+
+
+def _scrambled(layer):
+    """Parameters and batch norm's running statistics away from their initial values (slot by
+    slot: a stream that read the wrong slot would show)."""
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.uniform_(-0.6, 0.6)
+        for name, b in layer.named_buffers():
+            b.copy_(torch.rand_like(b) + 0.5 if "var" in name else torch.randn_like(b))
+    return layer
+
+
+def _run(stream, x, **kw):
+    state, ys = None, []
+    for t in range(x.shape[0]):
+        y, state = stream.step(x[t], state, **kw)
+        ys.append(y)
+    return torch.stack(ys), state
+
+
+def _close(got, want):
+    for u, v in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    family=st.sampled_from(sorted(CELL_OPTIONS)),
+    pick=st.integers(0, 100),
+    L=st.integers(1, 2),
+    proj=st.booleans(),
+    zoneout=st.sampled_from([0.0, 0.3]),
+    T=st.integers(1, 6),
+    B=st.integers(1, 3),
+)
+def test_steps_equal_sequence_output_property(family, pick, L, proj, zoneout, T, B):
+    """Any cell option (batch norm's per-step slots included), stacked, with evaluation zoneout."""
+    opts = dict(CELL_OPTIONS[family][pick % len(CELL_OPTIONS[family])])
+    if family == "lstm" and proj:
+        opts["proj_size"] = 2
+    torch.manual_seed(pick)
+    layer = _scrambled(CLASSES[family](3, 4, L, zoneout=zoneout, **opts)).eval()
+    x = torch.randn(T, B, 3)
+    out, final = layer(x)
+    ys, state = _run(Stream(layer), x)
+    _close(ys, out)
+    _close(state, final)
+
+
+def test_batch_norm_stream_counts_its_steps_and_takes_an_explicit_one():
+    torch.manual_seed(0)
+    layer = _scrambled(rnnkit.LSTM(3, 4, norm="batch", max_len=3)).eval()
+    x, z = torch.randn(5, 2, 3), torch.randn(4, 2, 3)
+    want_x, want_z = layer(x)[0], layer(z)[0]
+    stream = Stream(layer)
+    _close(_run(stream, x)[0], want_x)
+    _close(_run(stream, z)[0], want_z)  # state=None: a new sequence restarts the count
+    # two sequences interleaved through one stream: explicit time indices
+    sx = sz = None
+    for t in range(4):
+        yx, sx = stream.step(x[t], sx, step=t)
+        yz, sz = stream.step(z[t], sz, step=t)
+        _close(yx, want_x[t])
+        _close(yz, want_z[t])
+    with pytest.raises(ValueError, match="non-negative int"):
+        stream.step(x[0], step=-1)
