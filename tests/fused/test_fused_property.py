@@ -1,6 +1,7 @@
-"""Property test: the fused path equals the reference loop for random combinations of cell
+"""Property tests: the fused path equals the reference loop for random combinations of cell
 option, regularizers, layout and input form (float64, forward, final states, batch-norm
-running statistics and every gradient), on both fused backends.
+running statistics and every gradient), on both fused backends; and the float32 kernels,
+which have code of their own, at odd sizes against the float64 loop.
 
 The parametrized tests of this folder pin each feature on its own or in a few chosen pairs;
 this one lets hypothesis combine them (e.g. a layer-norm GRU, bidirectional, with zoneout and
@@ -23,6 +24,7 @@ import rnnkit
 import rnnkit.kernels as K
 from rnnkit import dispatch
 
+from ..conftest import default_dtype
 from .test_fused_kernels import require_ext
 
 CELL_OPTIONS = {
@@ -163,3 +165,58 @@ def test_every_listed_option_has_a_fused_kernel(family):
     skip (``assume``) instead of fail."""
     for opts in CELL_OPTIONS[family]:
         assert dispatch.fused_supported(CLASSES[family](3, 4, **opts)), opts
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cfg=configs(),
+    T=st.integers(1, 6),
+    B=st.integers(1, 9),
+    I=st.integers(1, 20),
+    H=st.integers(1, 20),
+    packed=st.booleans(),
+    training=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_float32_kernels_equal_float64_loop_property(cfg, T, B, I, H, packed, training, seed):
+    """The float32 kernels (their own code: inlined AVX-512/AVX2 activations, brgemm step GEMMs,
+    oneDNN) at odd sizes against the float64 reference loop, to float32 rounding."""
+    family, kw = cfg
+    require_ext()
+    kw = dict(kw, recurrent_dropout=0.0, zoneout=0.0, weight_drop=0.0, locked_dropout=0.0, dropout=0.0)
+    if kw.get("proj_size"):
+        kw["proj_size"] = max(1, min(kw["proj_size"], H - 1)) if H > 1 else 0
+    torch.manual_seed(seed)
+    with default_dtype(torch.float32):
+        a = CLASSES[family](I, H, impl="fused", **kw).train(training)
+    assume(dispatch.fused_supported(a))
+    b = CLASSES[family](I, H, impl="loop", **kw).train(training)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.uniform_(-0.5, 0.5)
+    b.load_state_dict({k: v.double() for k, v in a.state_dict().items()})
+    bf = kw["batch_first"]
+    data = torch.randn((B, T, I) if bf else (T, B, I))
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[0] = T
+
+    def run(m, dtype):
+        leaf = data.to(dtype).requires_grad_(True)
+        x = pack_padded_sequence(leaf, lengths, batch_first=bf, enforce_sorted=False) if packed else leaf
+        out, state = m(x)
+        outs = [
+            out.data if isinstance(out, PackedSequence) else out,
+            *(state if isinstance(state, tuple) else (state,)),
+        ]
+        loss = sum(
+            (o.double() * torch.linspace(-1, 1, o.numel(), dtype=torch.float64).view(o.shape)).sum()
+            for o in outs
+        )
+        grads = torch.autograd.grad(loss, [leaf, *m.parameters()])
+        return [o.double() for o in outs], [g.double() for g in grads]
+
+    (oa, ga), (ob, gb) = run(a, torch.float32), run(b, torch.float64)
+    for u, v in zip(oa, ob):
+        torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4)
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, atol=1e-4 * max(1.0, v.abs().max().item()), rtol=1e-3)
