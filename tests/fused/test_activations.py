@@ -97,6 +97,10 @@ def test_the_avx2_paths_too(tmp_path):
     tests = [__file__ + "::" + name for name in ("test_accuracy_against_float64", "test_special_values",
              "test_position_in_the_row_does_not_change_the_value")]  # fmt: skip
     tests.append(str(root / "tests/fused/test_fused_kernels.py"))
+    tests.append(
+        str(root / "tests/fused/test_fused_property.py")
+        + "::test_float32_kernels_equal_float64_loop_property"
+    )
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
