@@ -220,3 +220,56 @@ def test_float32_kernels_equal_float64_loop_property(cfg, T, B, I, H, packed, tr
         torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4)
     for u, v in zip(ga, gb):
         torch.testing.assert_close(u, v, atol=1e-4 * max(1.0, v.abs().max().item()), rtol=1e-3)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cfg=configs(),
+    T=st.integers(2, 4),
+    extra=st.integers(0, 9),
+    H=st.integers(48, 160),
+    packed=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_threaded_kernels_equal_loop_property(cfg, T, extra, H, packed, seed):
+    """Shapes where the compiled kernels split a step over two threads (row blocks from 8k
+    values a step, column blocks from 2^20 multiply-adds; ragged edges of both) against the
+    loop, float64. The batch is the smallest past both thresholds, plus ``extra`` rows."""
+    family, kw = cfg
+    require_ext()
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(seed)
+        a = CLASSES[family](5, H, impl="fused", **kw).train()
+        assume(dispatch.fused_supported(a))
+        b = CLASSES[family](5, H, impl="loop", **kw).train()
+        G, P = a.weight_hh_l0.shape
+        B = max(8192 // G, 2**20 // (G * P)) + 1 + extra
+        with torch.no_grad():
+            for p in a.parameters():
+                p.uniform_(-0.3, 0.3)
+        b.load_state_dict(a.state_dict())
+        bf = kw["batch_first"]
+        data = torch.randn((B, T, 5) if bf else (T, B, 5))
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+
+        def run(m):
+            leaf = data.clone().requires_grad_(True)
+            x = pack_padded_sequence(leaf, lengths, batch_first=bf, enforce_sorted=False) if packed else leaf
+            torch.manual_seed(seed + 1)
+            out, state = m(x)
+            outs = [
+                out.data if isinstance(out, PackedSequence) else out,
+                *(state if isinstance(state, tuple) else (state,)),
+            ]
+            loss = sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in outs)
+            return outs, torch.autograd.grad(loss, [leaf, *m.parameters()])
+
+        (oa, ga), (ob, gb) = run(a), run(b)
+        tol = 1e-8 if kw.get("norm") == "batch" else 1e-10
+        for u, v in zip([*oa, *ga], [*ob, *gb]):
+            torch.testing.assert_close(u, v, atol=tol, rtol=tol)
+    finally:
+        torch.set_num_threads(old)
