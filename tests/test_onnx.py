@@ -120,6 +120,23 @@ def test_options_export_the_reference_loop(name, kw, dynamo):
         _close(_run(model, other), _eager(m, other))
 
 
+def _every_option():
+    from .fused.test_fused_property import CELL_OPTIONS  # every cell option of the fused path
+
+    names = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+    return [(names[f], {**o, **layout}) for f, opts in CELL_OPTIONS.items() for o in opts
+            for layout in ({}, {"num_layers": 2, "bidirectional": True})]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "kw"), _every_option())
+def test_every_cell_option_exports(name, kw):
+    """The whole option matrix (TorchScript exporter, the faster one): evaluation outputs and
+    states of the layer, at the traced length."""
+    m = _layer(name, kw)
+    x = _randn(5, 2, 3)
+    _close(_run(_export(m, x, False), x), _eager(m, x))
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_jit_trace_records_torch_ops(name):
     """A traced standard layer holds torch's own RNN op (portable TorchScript that loads without
