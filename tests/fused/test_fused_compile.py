@@ -130,3 +130,52 @@ def test_export_graph_holds_the_custom_op():
     nodes = [n for n in ep.graph.nodes if "rnnkit.fused_direction" in str(n.target)]
     assert len(nodes) == 4
     torch.testing.assert_close(ep.module()(x), Model("loop").eval()(x), atol=1e-10, rtol=1e-10)
+
+
+def _fixed_mask(kind, shape, p, like):
+    """A deterministic stand-in for ``regularizers.sample_mask`` (same values eager and traced):
+    under torch.compile masks come from ``torch.rand``, not the eager CPU generator."""
+    n = 1
+    for s in shape:
+        n *= s
+    u = (torch.arange(n, device=like.device) * 40503 % 997).to(like.dtype).view(tuple(shape)) / 997
+    if kind == "zoneout":
+        return (u < p).to(like.dtype)
+    return (u >= p).to(like.dtype) / (1 - p)
+
+
+REGULARIZED = [
+    (rnnkit.LSTM, {"norm": "layer", "peephole": True, "num_layers": 2, "bidirectional": True,
+                   "zoneout": (0.2, 0.1), "recurrent_dropout": 0.2, "weight_drop": 0.3,
+                   "locked_dropout": 0.2}),
+    (rnnkit.LSTM, {"full_gate_recurrence": True, "zoneout": 0.2, "recurrent_dropout": 0.3}),
+    (rnnkit.GRU, {"variant": "mut1", "zoneout": 0.2, "recurrent_dropout": 0.2, "weight_drop": 0.2}),
+    (rnnkit.RNN, {"norm": "layer", "zoneout": 0.3, "num_layers": 2, "locked_dropout": 0.3}),
+]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("cls,kw", REGULARIZED)
+def test_compile_regularized_training_matches_eager(monkeypatch, cls, kw):
+    """Training with every regularizer under torch.compile(fullgraph=True): with the same masks
+    (``sample_mask`` replaced) the compiled layer's outputs and gradients are the eager
+    reference loop's."""
+    from rnnkit import regularizers
+
+    monkeypatch.setattr(regularizers, "sample_mask", _fixed_mask)
+    torch.manual_seed(0)
+    m = cls(3, 4, **kw).train()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.5, 0.5)
+    ref = cls(3, 4, impl="loop", **kw).train()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    torch._dynamo.reset()
+    y = torch.compile(m, fullgraph=True)(x)[0]
+    y_ref = ref(x)[0]
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-10)
+    ga = torch.autograd.grad(y.sum(), [x, *m.parameters()])
+    gb = torch.autograd.grad(y_ref.sum(), [x, *ref.parameters()])
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
