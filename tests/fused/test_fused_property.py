@@ -83,11 +83,52 @@ def configs(draw):
     return family, kw
 
 
-def _outputs(m, x, hx, lengths, seed):
-    torch.manual_seed(seed)
-    out, state = m(x, hx) if lengths is None else m(x, hx, lengths)
-    out = out.data if isinstance(out, PackedSequence) else out
-    return [out, *(state if isinstance(state, tuple) else (state,))]
+def _pair(family, kw, I, H, training, scale, dtype=torch.float64):
+    """The fused layer (in ``dtype``) and the float64 reference loop with the same weights, none
+    at a special value (zero peepholes, unit gains)."""
+    with default_dtype(dtype):
+        a = CLASSES[family](I, H, impl="fused", **kw).train(training)
+    assume(dispatch.fused_supported(a))  # the rest run on the loop anyway
+    b = CLASSES[family](I, H, impl="loop", **kw).train(training)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.uniform_(-scale, scale)
+    b.load_state_dict({k: v.double() for k, v in a.state_dict().items()})
+    return a, b
+
+
+def _lengths(B, T):
+    lengths = torch.randint(1, T + 1, (B,))
+    lengths[torch.randint(B, ())] = T
+    return lengths
+
+
+def _run(m, data, form, lengths=None, hx=None, seed=0, dtype=torch.float64):
+    """Outputs (output data, final states) and the gradients of a fixed readout of them with
+    respect to the input, the initial state and every parameter (float64; None where unused).
+    ``form``: ``"dense"``, ``"packed"`` (packed here, unsorted) or ``"lengths"`` (``lengths=``)."""
+    leaf = data.to(dtype).requires_grad_(True)
+    x = leaf
+    if form == "packed":
+        x = pack_padded_sequence(leaf, lengths, batch_first=m.batch_first, enforce_sorted=False)
+    torch.manual_seed(seed)  # the call's masks
+    out, state = m(x, hx, lengths) if form == "lengths" else m(x, hx)
+    outs = [
+        out.data if isinstance(out, PackedSequence) else out,
+        *(state if isinstance(state, tuple) else (state,)),
+    ]
+    readout = sum((o.double() * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in outs)
+    states = hx if isinstance(hx, tuple) else (hx,) if hx is not None else ()
+    grads = torch.autograd.grad(readout, [leaf, *states, *m.parameters()], allow_unused=True)
+    return [o.double() for o in outs], [None if g is None else g.double() for g in grads]
+
+
+def _assert_close(got, want, names, atol, rtol):
+    for name, u, v in zip(names, got, want, strict=True):
+        if u is None or v is None:  # unused on one path: then zero on the other
+            assert u is None and v is None or (u if v is None else v).abs().max() == 0, name
+            continue
+        torch.testing.assert_close(u, v, atol=atol, rtol=rtol, msg=name)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -106,57 +147,25 @@ def test_fused_equals_loop_property(cfg, T, B, form, with_state, training, use_e
     if use_ext:
         require_ext()
     torch.manual_seed(seed)
-    a = CLASSES[family](3, 4, impl="fused", **kw).train(training)
-    assume(dispatch.fused_supported(a))  # the rest run on the loop anyway
-    b = CLASSES[family](3, 4, impl="loop", **kw).train(training)
-    with torch.no_grad():  # no parameter at a special value (zero peepholes, unit gains)
-        for p in a.parameters():
-            p.uniform_(-0.6, 0.6)
-    b.load_state_dict(a.state_dict())
-
-    bf = kw["batch_first"]
-    data = torch.randn((B, T, 3) if bf else (T, B, 3))
-    lengths = None
-    if form != "dense":
-        lengths = torch.randint(1, T + 1, (B,))
-        lengths[torch.randint(B, ())] = T
-    leaf = data.clone().requires_grad_(True)
-
-    def inp():  # packed anew per model: each backward then has its own packing node
-        if form != "packed":
-            return leaf
-        return pack_padded_sequence(leaf, lengths, batch_first=bf, enforce_sorted=False)
-
+    a, b = _pair(family, kw, 3, 4, training, 0.6)
+    data = torch.randn((B, T, 3) if kw["batch_first"] else (T, B, 3))
+    lengths = _lengths(B, T)
     hx = None
     if with_state:
         hx = tuple(torch.randn(s, requires_grad=True) for s in a.state_shapes(B))
         hx = hx if len(hx) > 1 else hx[0]
-    lens = lengths if form == "lengths" else None
-
     pure = mock.patch.object(K, "backend", lambda x: "pure") if not use_ext else contextlib.nullcontext()
     with pure:
-        got = _outputs(a, inp(), hx, lens, seed + 1)
-    want = _outputs(b, inp(), hx, lens, seed + 1)
+        got = _run(a, data, form, lengths, hx, seed + 1)
+    want = _run(b, data, form, lengths, hx, seed + 1)
     # batch norm in training: statistics of steps with few rows are ill-conditioned (docs/fused.md)
     tol = 1e-8 if kw.get("norm") == "batch" and training else 1e-10
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, atol=tol, rtol=tol)
+    _assert_close(got[0], want[0], ["output", *(f"state{i}" for i in range(len(got[0]) - 1))], tol, tol)
     for (name, u), v in zip(a.named_buffers(), b.buffers()):  # batch norm's running statistics
         torch.testing.assert_close(u, v, atol=tol, rtol=tol, msg=name)
-
-    weights = [torch.randn_like(t) for t in want]
-    inputs = [leaf, *(hx if isinstance(hx, tuple) else (hx,) if hx is not None else ())]
-    with pure:
-        ga = torch.autograd.grad(sum((t * w).sum() for t, w in zip(got, weights)), [*inputs, *a.parameters()],
-                                 allow_unused=True)  # fmt: skip
-    gb = torch.autograd.grad(sum((t * w).sum() for t, w in zip(want, weights)), [*inputs, *b.parameters()],
-                             allow_unused=True)  # fmt: skip
-    names = ["input", *(f"state{i}" for i in range(len(inputs) - 1)), *(n for n, _ in a.named_parameters())]
-    for name, u, v in zip(names, ga, gb):
-        if u is None or v is None:
-            assert u is None and v is None or (u if v is None else v).abs().max() == 0, name
-            continue
-        torch.testing.assert_close(u, v, atol=tol * 10, rtol=tol * 10, msg=name)
+    n_states = len(hx) if isinstance(hx, tuple) else int(hx is not None)
+    names = ["input", *(f"h0[{i}]" for i in range(n_states)), *(n for n, _ in a.named_parameters())]
+    _assert_close(got[1], want[1], names, tol * 10, tol * 10)
 
 
 @pytest.mark.parametrize("family", sorted(CELL_OPTIONS))
@@ -187,39 +196,15 @@ def test_float32_kernels_equal_float64_loop_property(cfg, T, B, I, H, packed, tr
     if kw.get("proj_size"):
         kw["proj_size"] = max(1, min(kw["proj_size"], H - 1)) if H > 1 else 0
     torch.manual_seed(seed)
-    with default_dtype(torch.float32):
-        a = CLASSES[family](I, H, impl="fused", **kw).train(training)
-    assume(dispatch.fused_supported(a))
-    b = CLASSES[family](I, H, impl="loop", **kw).train(training)
-    with torch.no_grad():
-        for p in a.parameters():
-            p.uniform_(-0.5, 0.5)
-    b.load_state_dict({k: v.double() for k, v in a.state_dict().items()})
-    bf = kw["batch_first"]
-    data = torch.randn((B, T, I) if bf else (T, B, I))
-    lengths = torch.randint(1, T + 1, (B,))
-    lengths[0] = T
-
-    def run(m, dtype):
-        leaf = data.to(dtype).requires_grad_(True)
-        x = pack_padded_sequence(leaf, lengths, batch_first=bf, enforce_sorted=False) if packed else leaf
-        out, state = m(x)
-        outs = [
-            out.data if isinstance(out, PackedSequence) else out,
-            *(state if isinstance(state, tuple) else (state,)),
-        ]
-        loss = sum(
-            (o.double() * torch.linspace(-1, 1, o.numel(), dtype=torch.float64).view(o.shape)).sum()
-            for o in outs
-        )
-        grads = torch.autograd.grad(loss, [leaf, *m.parameters()])
-        return [o.double() for o in outs], [g.double() for g in grads]
-
-    (oa, ga), (ob, gb) = run(a, torch.float32), run(b, torch.float64)
+    a, b = _pair(family, kw, I, H, training, 0.5, torch.float32)
+    data, lengths = torch.randn((B, T, I) if kw["batch_first"] else (T, B, I)), _lengths(B, T)
+    form = "packed" if packed else "dense"
+    (oa, ga), (ob, gb) = _run(a, data, form, lengths, dtype=torch.float32), _run(b, data, form, lengths)
+    names = ["input", *(n for n, _ in a.named_parameters())]
     for u, v in zip(oa, ob):
         torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4)
-    for u, v in zip(ga, gb):
-        torch.testing.assert_close(u, v, atol=1e-4 * max(1.0, v.abs().max().item()), rtol=1e-3)
+    for name, u, v in zip(names, ga, gb):
+        torch.testing.assert_close(u, v, atol=1e-4 * max(1.0, v.abs().max().item()), rtol=1e-3, msg=name)
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -241,35 +226,13 @@ def test_threaded_kernels_equal_loop_property(cfg, T, extra, H, packed, seed):
     torch.set_num_threads(2)
     try:
         torch.manual_seed(seed)
-        a = CLASSES[family](5, H, impl="fused", **kw).train()
-        assume(dispatch.fused_supported(a))
-        b = CLASSES[family](5, H, impl="loop", **kw).train()
+        a, b = _pair(family, kw, 5, H, True, 0.3)
         G, P = a.weight_hh_l0.shape
         B = max(8192 // G, 2**20 // (G * P)) + 1 + extra
-        with torch.no_grad():
-            for p in a.parameters():
-                p.uniform_(-0.3, 0.3)
-        b.load_state_dict(a.state_dict())
-        bf = kw["batch_first"]
-        data = torch.randn((B, T, 5) if bf else (T, B, 5))
-        lengths = torch.randint(1, T + 1, (B,))
-        lengths[0] = T
-
-        def run(m):
-            leaf = data.clone().requires_grad_(True)
-            x = pack_padded_sequence(leaf, lengths, batch_first=bf, enforce_sorted=False) if packed else leaf
-            torch.manual_seed(seed + 1)
-            out, state = m(x)
-            outs = [
-                out.data if isinstance(out, PackedSequence) else out,
-                *(state if isinstance(state, tuple) else (state,)),
-            ]
-            loss = sum((o * torch.linspace(-1, 1, o.numel()).view(o.shape)).sum() for o in outs)
-            return outs, torch.autograd.grad(loss, [leaf, *m.parameters()])
-
-        (oa, ga), (ob, gb) = run(a), run(b)
+        data, lengths = torch.randn((B, T, 5) if kw["batch_first"] else (T, B, 5)), _lengths(B, T)
+        form = "packed" if packed else "dense"
+        (oa, ga), (ob, gb) = _run(a, data, form, lengths, seed=seed), _run(b, data, form, lengths, seed=seed)
         tol = 1e-8 if kw.get("norm") == "batch" else 1e-10
-        for u, v in zip([*oa, *ga], [*ob, *gb]):
-            torch.testing.assert_close(u, v, atol=tol, rtol=tol)
+        _assert_close([*oa, *ga], [*ob, *gb], range(len(oa) + len(ga)), tol, tol)
     finally:
         torch.set_num_threads(old)
