@@ -193,6 +193,10 @@ def test_float32_kernels_equal_float64_loop_property(cfg, T, B, I, H, packed, tr
     family, kw = cfg
     require_ext()
     kw = dict(kw, recurrent_dropout=0.0, zoneout=0.0, weight_drop=0.0, locked_dropout=0.0, dropout=0.0)
+    if kw.get("norm"):  # a norm over 1-2 features (or a batch norm over 1-2 rows) is ill-conditioned:
+        H = max(H, 8)  # float32 rounding, amplified by 1/std up to 316, is no kernel error
+        if kw["norm"] == "batch" and training:
+            B, packed = max(B, 6), False
     if kw.get("proj_size"):
         kw["proj_size"] = max(1, min(kw["proj_size"], H - 1)) if H > 1 else 0
     torch.manual_seed(seed)
