@@ -151,7 +151,9 @@ def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True, col_hpre
     tensors[0], tensors[1] = tensors[0].contiguous(), tensors[1].contiguous()
     if use_ext:
         code = mode + (COL_HPREV if col_hprev else 0)
-        return list(torch.ops.rnnkit_norm.forward(base, code, *tensors, bsz, reverse, onednn, save))
+        no_input = (None, None, None, None)  # x_in, w_ih, g_ih, s_ih: xp given (run_direction_input)
+        fwd = torch.ops.rnnkit_norm.forward
+        return list(fwd(base, code, *tensors, *no_input, bsz, reverse, onednn, save))
     out, hn, cn, stats, saved = pure.forward(base, mode, *tensors, tuple(bsz), reverse)
     return [out, hn, cn, *stats, *saved]
 
@@ -283,20 +285,22 @@ def _(kind, mode, gout, ghn, gcn, out, saved, w_hh, has_bias, w_hr, mask, zh, zc
     ]
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_context(ctx, inputs, output, extra=()):
     kind, mode, _, _, _, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, *rest = inputs
     w_peep, bsz, rev = rest
     ctx.kind, ctx.mode, ctx.batch_sizes, ctx.reverse = kind, mode, bsz, rev
     ctx.set_materialize_grads(False)  # no zero gradients for the saved outputs (large, never used)
     ctx.flags = (b_hh is not None, s_hh is not None, s_c is not None)
     ctx.n_saved = len(output) - 7
-    ctx.save_for_backward(output[0], *output[7:], w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c, w_peep)
+    ctx.n_extra = len(extra)  # tensors of a caller's own, saved after these (_InputNormDirection)
+    weights = (w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c, w_peep)
+    ctx.save_for_backward(output[0], *output[7:], *weights, *extra)
 
 
 def _backward(ctx, grads, bw=None):
     """The custom op's autograd formula (through the backward custom op, traceable), or with
     ``bw`` another function of the same signature (the eager Function: :func:`backward_impl`)."""
-    out, *rest = ctx.saved_tensors
+    out, *rest = ctx.saved_tensors[: len(ctx.saved_tensors) - getattr(ctx, "n_extra", 0)]
     saved = rest[: ctx.n_saved]
     w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c, w_peep = rest[ctx.n_saved :]
     B, P = ctx.batch_sizes[0], out.shape[1]
@@ -319,3 +323,64 @@ def _backward(ctx, grads, bw=None):
 
 
 fused_norm_direction.register_autograd(_backward, setup_context=_setup_context)
+
+
+# -- the layer-norm LSTM with its input group computed in the kernel (eager, compiled kernels) --
+def run_direction_input(
+    cell: Cell,
+    p: Params,
+    x: Tensor,
+    batch_sizes: Sequence[int],
+    h0: State,
+    reverse: bool = False,
+    mask: Tensor | None = None,
+    zoneout_rows: tuple[Tensor | None, Tensor | None] = (None, None),
+) -> tuple[Tensor, State]:
+    """:func:`project_input` and :func:`run_direction` of a layer-norm LSTM in one kernel call on
+    the layer input ``x (N, I)``: the kernel computes ``LN(x W_ihᵀ) + b`` for each step's rows
+    right before the step reads them (no ``(N, 4H)`` input group written and read back: at the
+    medium shape 13 MB each way). Same numbers up to rounding."""
+    b = p["bias_ih"] + p["bias_hh"] if cell.bias else None
+    s = p.get("bias_ln_ih")
+    shift = b if s is None else s if b is None else s + b  # the biases folded into the shift
+    zh, zc = zoneout_rows
+    args = (x, p["weight_ih"], p["weight_ln_ih"], shift, h0[0], h0[1], p["weight_hh"], p.get("weight_hr"),
+            mask, zh, zc, p["weight_ln_hh"], p.get("bias_ln_hh"), p["weight_ln_c"], p.get("bias_ln_c"),
+            p.get("weight_peephole"))  # fmt: skip
+    bsz = tuple(int(n) for n in batch_sizes)
+    out, hn, cn = _InputNormDirection.apply(bsz, reverse, _common.wants_grad(args), *args)
+    return out, (hn, cn)
+
+
+class _InputNormDirection(torch.autograd.Function):
+    """Autograd node of :func:`run_direction_input`: the kernel's explicit BPTT (as
+    :class:`_NormDirection`) gives ``d xp``; the input group's layer norm is differentiated by
+    torch's own layer-norm backward (from the ``a = x W_ihᵀ`` and row statistics the kernel
+    saved), then ``dx = da W_ih``, ``dW_ih = daᵀ x``."""
+
+    @staticmethod
+    def forward(ctx, bsz, reverse, save, x, w_ih, g_ih, s_ih, h0, c0, w_hh, w_hr, mask, zh, zc, g_hh, s_hh,
+                g_c, s_c, w_peep):  # fmt: skip
+        x, h0 = x.contiguous(), h0.contiguous()
+        res = list(torch.ops.rnnkit_norm.forward(
+            "lstm", LN + COL_HPREV, x.new_empty(0), h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c,
+            s_c, None, None, w_peep, x, w_ih, g_ih, s_ih, list(bsz), reverse, _gemm.use_onednn(x), save,
+        ))  # fmt: skip
+        res, ih = res[:-3], res[-3:]  # a, its row mean, its row 1/std
+        inputs = ("lstm", LN, None, h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, None, None,
+                  w_peep, bsz, reverse)  # fmt: skip
+        _setup_context(ctx, inputs, res, extra=(x, w_ih, g_ih, s_ih, *ih))
+        return res[0], res[1], res[2]
+
+    @staticmethod
+    @_common.first_order_only
+    def backward(ctx, dout, dhn, dcn):
+        g = _backward(ctx, (dout, dhn, dcn), backward_impl)  # in fused_norm_direction's input order
+        x, w_ih, g_ih, s_ih, a, mean, rstd = ctx.saved_tensors[-ctx.n_extra :]
+        need = ctx.needs_input_grad
+        want = [need[3] or need[4], need[5], need[6] and s_ih is not None]
+        ln_backward = torch.ops.aten.native_layer_norm_backward
+        da, dg, ds = ln_backward(g[2], a, [a.shape[1]], mean, rstd, g_ih, s_ih, want)
+        dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[3], need[4], False))
+        return (None, None, None, dx, dw, dg, ds, g[3], g[4], g[5], g[7], None, None, None, g[11], g[12],
+                g[13], g[14], g[17])  # fmt: skip

@@ -83,12 +83,13 @@ def test_fused_norm_equals_loop(backend, family, reg, bidir, packed, training):
     h = torch.randn(4 if bidir else 2, 3, a.proj_size or 4, requires_grad=True)
     hx = (h, torch.randn(h.shape[0], 3, 4, requires_grad=True)) if a.cells[0].family == "lstm" else h
     calls = []
-    orig = norm_ops.forward_impl
-    norm_ops.forward_impl = lambda *args, **kw: calls.append(args[0]) or orig(*args, **kw)
+    orig, orig_in = norm_ops.forward_impl, norm_ops.run_direction_input  # (the layer-norm LSTM on the
+    norm_ops.forward_impl = lambda *args, **kw: calls.append(args[0]) or orig(*args, **kw)  # compiled
+    norm_ops.run_direction_input = lambda *args, **kw: calls.append(1) or orig_in(*args, **kw)  # kernels)
     try:
         ta, tb = _outputs(lambda v: a(v, hx), x, 7), _outputs(lambda v: b(v, hx), x, 7)
     finally:
-        norm_ops.forward_impl = orig
+        norm_ops.forward_impl, norm_ops.run_direction_input = orig, orig_in
     assert len(calls) == 2 * (2 if bidir else 1)  # the fused path ran, once per layer-direction
     tol = 1e-8 if "bn" in family and training else 1e-10  # batch norm of 1-3 rows: ill-conditioned
     for u, v in zip(ta, tb):
@@ -345,3 +346,39 @@ def test_float32_threaded_sizes_equal_loop(cls, kw, num_threads):
     torch.testing.assert_close(ys[0], ys[1], atol=2e-5, rtol=2e-4)
     for g0, g1 in zip(gs[0], gs[1], strict=True):
         torch.testing.assert_close(g0, g1, atol=5e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("in_kernel", [True, False])
+@pytest.mark.parametrize("packed", [False, True])
+def test_layer_norm_lstm_input_group_in_or_outside_the_kernel(monkeypatch, in_kernel, packed):
+    """The compiled layer-norm LSTM computes its input group in the kernel when W_ih fits the
+    cache (``INPUT_IN_KERNEL_MAX_BYTES``), else outside with autograd; both equal the loop
+    (float64, training, peepholes, two layers, bidirectional, a ragged last chunk)."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    calls = []
+    orig = norm_ops.run_direction_input
+    monkeypatch.setattr(norm_ops, "run_direction_input", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    if not in_kernel:
+        monkeypatch.setattr(K, "INPUT_IN_KERNEL_MAX_BYTES", 0)
+    torch.manual_seed(0)
+    kw = {"norm": "layer", "peephole": True, "num_layers": 2, "bidirectional": True, "zoneout": 0.1}
+    a, b = rnnkit.LSTM(3, 4, impl="fused", **kw), rnnkit.LSTM(3, 4, impl="loop", **kw)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.uniform_(-0.6, 0.6)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(11, 3, 3, requires_grad=True)
+
+    def run(m):
+        inp = pack_padded_sequence(x, torch.tensor([11, 4, 9]), enforce_sorted=False) if packed else x
+        torch.manual_seed(1)
+        out, (h, c) = m(inp)
+        out = out.data if packed else out
+        loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() + c.sum()
+        return [out, h, c, *torch.autograd.grad(loss, [x, *m.parameters()])]
+
+    for u, v in zip(run(a), run(b)):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+    assert len(calls) == (4 if in_kernel else 0)  # 2 layers x 2 directions

@@ -22,12 +22,14 @@ namespace rnnkit_norm {
 namespace {
 
 using rnnkit_pw::lerp;
+constexpr int64_t kInChunk = 8;  // steps per chunk of the in-kernel input group (dense input)
 
 std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, const Tensor& h0, const OptT& c0,
                             const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask_,
                             const OptT& zh_, const OptT& zc_, const Tensor& g_hh, const OptT& s_hh,
                             const OptT& g_c, const OptT& s_c, const OptT& st_hh, const OptT& st_c,
-                            const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse, bool onednn,
+                            const OptT& w_peep, const OptT& x_in, const OptT& w_ih, const OptT& g_ih,
+                            const OptT& s_ih, std::vector<int64_t> batch_sizes, bool reverse, bool onednn,
                             bool save) {
   (void)onednn;  // the step GEMMs are raw brgemm/dgemm calls (norm_kernels.h)
   // kColHprev in `mode` (LSTM, RNN): h_{t-1} saved column-major, (N, P) with strides (1, N), so
@@ -36,13 +38,21 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   // h_{t-1} row by row in backward: row-major.
   const bool col = save && (mode & kColHprev) && kind != "gru";
   mode &= ~kColHprev;
-  const int64_t N = xp_.size(0), B = h0.size(0), P = h0.size(1), T = batch_sizes.size(), G = w_hh.size(0);
+  // x_in given (layer-norm LSTM, eager): the kernel computes the input group itself, step by
+  // step for each thread's rows, xp = LN(x W_ih^T; g_ih, s_ih) (s_ih: the shift with the biases
+  // folded in), instead of reading an (N, G) xp written and read back through memory; it then
+  // saves a = x W_ih^T and its row mean and 1/std for backward (torch's layer-norm backward).
+  const bool proj_in = x_in.has_value();
+  TORCH_CHECK(!proj_in || (kind == "lstm" && (mode & ~kColHprev) == kLN && w_ih.has_value() && g_ih.has_value()),
+              "rnnkit_norm::forward: x_in is for the layer-norm LSTM, with w_ih and g_ih");
+  const int64_t N = proj_in ? x_in->size(0) : xp_.size(0), B = h0.size(0), P = h0.size(1), T = batch_sizes.size(),
+                G = w_hh.size(0);
   // Without `save` (inference) the tensors that only backward reads (x^, gates, c_{t-1}, ...)
   // are step-sized scratch, (B, F) rather than (N, F): at the medium shape ~40 MB less to
   // allocate and fault in per call. Step k's rows live at [so, so + bs), so = off or 0.
   const int64_t NS = save ? N : B;
-  auto o = xp_.options();
-  auto e = [&] { return none(xp_); };  // a fresh placeholder each time: outputs may not alias
+  auto o = h0.options();
+  auto e = [&] { return none(h0); };  // a fresh placeholder each time: outputs may not alias
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
   const Tensor xp = xp_.contiguous(), W = w_hh.contiguous();
   const Tensor WT = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : W;  // brgemm reads W^T (P, G)
@@ -93,8 +103,32 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       T_ *C = cbuf.data_ptr<T_>(), *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>();
       T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
+      // the input group computed here (proj_in): a (saved rows, or step scratch), the step's
+      // normalized rows yp, and the row statistics of a (mean, 1/std) for backward
+      // Dense input: a chunk of kInChunk steps at a time (W_ih stays in cache across their GEMMs);
+      // packed: step by step (a thread's rows of a later step are known only then).
+      const int64_t I = proj_in ? x_in->size(1) : 0;
+      const bool dense = std::all_of(batch_sizes.begin(), batch_sizes.end(), [&](int64_t b) { return b == B; });
+      const int64_t K = proj_in && dense ? std::min<int64_t>(kInChunk, T) : 1;
+      Tensor a_ih = proj_in ? at::empty({save ? N : K * B, G4}, o) : e(), mean_ih = proj_in ? at::empty({N, 1}, o) : e();
+      Tensor rs_ih = proj_in ? at::empty({N, 1}, o) : e(), xs_ih = proj_in ? at::empty({B, G4}, o) : e();
+      Tensor yp = proj_in ? at::empty({K * B, G4}, o) : e();
+      const Tensor XI = proj_in ? x_in->contiguous() : e(), WI = proj_in ? w_ih->contiguous() : e();
+      const Tensor WIT = proj_in && xp.scalar_type() == at::kFloat ? w_ih->t().contiguous() : WI;
+      const OptT gic = cont(g_ih), sic = cont(s_ih);
+      const NormG<T_> ni(kLN, G4, xs_ih, rs_ih, mean_ih, e(), proj_in ? *gic : gcc, sic, std::nullopt);
+      T_ *AI = proj_in ? a_ih.data_ptr<T_>() : nullptr, *YP = proj_in ? yp.data_ptr<T_>() : nullptr;
       over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
+        const int64_t j = k % K;  // this step's place in its chunk
+        if (proj_in && j == 0)  // the chunk's input group for rows [r0, r1): a = x W_ih^T, xp = LN(a)
+          for (int64_t q = k; q < std::min(k + K, T); ++q) {
+            const int64_t oq = steps[q].first, jq = q - k;
+            T_* A = AI + ((save ? oq : jq * B) + r0) * G4;
+            step_xwt(XI.data_ptr<T_>() + (oq + r0) * I, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), A, nr, G4, I);
+            for (int64_t b = r0; b < r1; ++b)
+              ni.row(A + (b - r0) * G4, oq + b, b, q, nullptr, nullptr, YP + (jq * B + b) * G4);
+          }
         const T_* HP = load_h(so, off, r0, r1);
         step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P,
                  [&](int64_t c0, int64_t c1) { nh.stats(R, bs, k, c0, c1); });  // BN train: its columns' statistics
@@ -118,7 +152,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
           for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
             const int64_t n = off + b, ns = so + b;
             T_ *r = R + b * G4, *g = GT + ns * G4, *c = C + b * H, *cp = CPV + ns * H;
-            nh.row(r, n, ns, k, XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
+            nh.row(r, n, ns, k, proj_in ? YP + (j * B + b) * G4 : XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
             if (PW)  // peepholes after the normalization (cells/greff.py): i, f see c_{t-1}
               for (int64_t j = 0; j < H; ++j) {
                 r[j] += PW[j] * c[j];
@@ -153,6 +187,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       });
       res = {out, hbuf, cbuf, hh[2], hh[3], cg[2], cg[3], gates, cprev, tanhc, hprev, hraw, hh[0], hh[1],
              cg[0], cg[1]};
+      if (proj_in) res.insert(res.end(), {a_ih, mean_ih, rs_ih});  // after the saved tensors
     } else if (kind == "gru") {
       const int64_t H = P;
       Tensor gates = at::empty({NS, 3 * H}, o), an = at::empty({NS, H}, o);
@@ -227,7 +262,8 @@ TORCH_LIBRARY(rnnkit_norm, m) {
   m.def(
       "forward(str kind, int mode, Tensor xp, Tensor h0, Tensor? c0, Tensor w_hh, Tensor? b_hh, Tensor? w_hr, "
       "Tensor? mask, Tensor? zh, Tensor? zc, Tensor g_hh, Tensor? s_hh, Tensor? g_c, Tensor? s_c, Tensor? st_hh, "
-      "Tensor? st_c, Tensor? w_peep, int[] batch_sizes, bool reverse, bool onednn, bool save=True) -> Tensor[]",  // mode: + kColHprev
+      "Tensor? st_c, Tensor? w_peep, Tensor? x_in, Tensor? w_ih, Tensor? g_ih, Tensor? s_ih, int[] batch_sizes, "
+      "bool reverse, bool onednn, bool save=True) -> Tensor[]",  // mode: + kColHprev
       &rnnkit_norm::forward);
   m.def(
       "backward(str kind, int mode, Tensor gout, Tensor ghn, Tensor gcn, Tensor out, Tensor[] saved, Tensor w_hh, "

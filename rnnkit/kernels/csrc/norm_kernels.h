@@ -233,6 +233,7 @@ struct NormG {
         v = rnnkit_norm_avx2::sqdev(r, F, m) / F;
         const T rho = T(1 / std::sqrt(v + kEps));
         RS[n] = rho;
+        if (MEAN) MEAN[n] = T(m);  // layer norm with a mean buffer (N, 1): the input group's
         return rnnkit_norm_avx2::affine(r, T(m), rho, Gm, Sh, add, addv, x, y, F);
       } else
 #endif
@@ -242,6 +243,7 @@ struct NormG {
       }
       const T rho = T(1 / std::sqrt(v + kEps)), mu = T(m);
       RS[n] = rho;
+      if (MEAN) MEAN[n] = mu;
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - mu) * rho;
     } else {  // batch norm: per-column statistics, the step's (training) or the row's own (evaluation)
       const T *MU = mode == kBNTrain ? MEAN + k * F : ST + SL[n] * F, *RH = mode == kBNTrain ? RS + k * F : ST + (S + SL[n]) * F;
