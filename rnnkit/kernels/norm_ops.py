@@ -67,10 +67,17 @@ def project_input(cell: Cell, p: Params, x: Tensor) -> Tensor:
         return a
     if not cell.bias:
         return layer_norm(p, "ih", a)
-    # the biases folded into the layer norm's shift: one pass over (N, G) less (γ x̂ + (β + b))
-    b = p["bias_ih"] if isinstance(cell, GRUCellMath) else p["bias_ih"] + p["bias_hh"]
+    return F.layer_norm(a, a.shape[-1:], p["weight_ln_ih"], ih_shift(cell, p), EPS)
+
+
+def ih_shift(cell: Cell, p: Params) -> Tensor | None:
+    """The input group's layer-norm shift with the constant biases folded in, ``β + b`` (``b``:
+    ``b_ih``, plus ``b_hh`` but for the GRU): ``γ x̂ + (β + b)`` is one pass over ``(N, G)`` less."""
+    b = None
+    if cell.bias:
+        b = p["bias_ih"] if isinstance(cell, GRUCellMath) else p["bias_ih"] + p["bias_hh"]
     s = p.get("bias_ln_ih")
-    return F.layer_norm(a, a.shape[-1:], p["weight_ln_ih"], b if s is None else s + b, EPS)
+    return b if s is None else s if b is None else s + b
 
 
 def run_direction(
@@ -340,13 +347,10 @@ def run_direction_input(
     the layer input ``x (N, I)``: the kernel computes ``LN(x W_ihᵀ) + b`` for each step's rows
     right before the step reads them (no ``(N, 4H)`` input group written and read back: at the
     medium shape 13 MB each way). Same numbers up to rounding."""
-    b = p["bias_ih"] + p["bias_hh"] if cell.bias else None
-    s = p.get("bias_ln_ih")
-    shift = b if s is None else s if b is None else s + b  # the biases folded into the shift
     zh, zc = zoneout_rows
-    args = (x, p["weight_ih"], p["weight_ln_ih"], shift, h0[0], h0[1], p["weight_hh"], p.get("weight_hr"),
-            mask, zh, zc, p["weight_ln_hh"], p.get("bias_ln_hh"), p["weight_ln_c"], p.get("bias_ln_c"),
-            p.get("weight_peephole"))  # fmt: skip
+    args = (x, p["weight_ih"], p["weight_ln_ih"], ih_shift(cell, p), h0[0], h0[1], p["weight_hh"],
+            p.get("weight_hr"), mask, zh, zc, p["weight_ln_hh"], p.get("bias_ln_hh"), p["weight_ln_c"],
+            p.get("bias_ln_c"), p.get("weight_peephole"))  # fmt: skip
     bsz = tuple(int(n) for n in batch_sizes)
     out, hn, cn = _InputNormDirection.apply(bsz, reverse, _common.wants_grad(args), *args)
     return out, (hn, cn)
