@@ -38,10 +38,11 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   // h_{t-1} row by row in backward: row-major.
   const bool col = save && (mode & kColHprev) && kind != "gru";
   mode &= ~kColHprev;
-  // x_in given (layer-norm LSTM, eager): the kernel computes the input group itself, step by
-  // step for each thread's rows, xp = LN(x W_ih^T; g_ih, s_ih) (s_ih: the shift with the biases
-  // folded in), instead of reading an (N, G) xp written and read back through memory; it then
-  // saves a = x W_ih^T and its row mean and 1/std for backward (torch's layer-norm backward).
+  // x_in given (layer-norm LSTM, eager): the kernel computes the input group itself, each
+  // thread for its rows a chunk of steps ahead, xp = LN(x W_ih^T; g_ih, s_ih) (s_ih: the shift
+  // with the biases folded in), instead of reading an (N, G) xp written and read back through
+  // memory; it saves a = x W_ih^T and its row mean and 1/std for backward (torch's layer-norm
+  // backward, rnnkit/kernels/norm_ops.py _InputNormDirection).
   const bool proj_in = x_in.has_value();
   TORCH_CHECK(!proj_in || (kind == "lstm" && (mode & ~kColHprev) == kLN && w_ih.has_value() && g_ih.has_value()),
               "rnnkit_norm::forward: x_in is for the layer-norm LSTM, with w_ih and g_ih");
@@ -103,8 +104,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       T_ *C = cbuf.data_ptr<T_>(), *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>();
       T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
-      // the input group computed here (proj_in): a (saved rows, or step scratch), the step's
-      // normalized rows yp, and the row statistics of a (mean, 1/std) for backward
+      // The input group computed here (proj_in): a (saved rows, or the chunk's scratch), the
+      // chunk's normalized rows yp, and the row statistics of a (mean, 1/std) for backward.
       // Dense input: a chunk of kInChunk steps at a time (W_ih stays in cache across their GEMMs);
       // packed: step by step (a thread's rows of a later step are known only then).
       const int64_t I = proj_in ? x_in->size(1) : 0;
@@ -120,8 +121,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       T_ *AI = proj_in ? a_ih.data_ptr<T_>() : nullptr, *YP = proj_in ? yp.data_ptr<T_>() : nullptr;
       over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
-        const int64_t j = k % K;  // this step's place in its chunk
-        if (proj_in && j == 0)  // the chunk's input group for rows [r0, r1): a = x W_ih^T, xp = LN(a)
+        const int64_t jk = k % K;  // this step's place in its chunk
+        if (proj_in && jk == 0)  // the chunk's input group for rows [r0, r1): a = x W_ih^T, xp = LN(a)
           for (int64_t q = k; q < std::min(k + K, T); ++q) {
             const int64_t oq = steps[q].first, jq = q - k;
             T_* A = AI + ((save ? oq : jq * B) + r0) * G4;
@@ -152,7 +153,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
           for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
             const int64_t n = off + b, ns = so + b;
             T_ *r = R + b * G4, *g = GT + ns * G4, *c = C + b * H, *cp = CPV + ns * H;
-            nh.row(r, n, ns, k, proj_in ? YP + (j * B + b) * G4 : XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
+            nh.row(r, n, ns, k, proj_in ? YP + (jk * B + b) * G4 : XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
             if (PW)  // peepholes after the normalization (cells/greff.py): i, f see c_{t-1}
               for (int64_t j = 0; j < H; ++j) {
                 r[j] += PW[j] * c[j];
