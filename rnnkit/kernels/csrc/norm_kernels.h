@@ -14,12 +14,14 @@
 #include "blocked.h"
 #include "common.h"
 #include "norm_avx2.h"
+#include "norm_avx512.h"
 #include "pointwise.h"
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
 #include <optional>
+#include <type_traits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -228,6 +230,16 @@ struct NormG {
     if (mode == kLN) {  // two passes (mean, then centred variance), 4 partial sums each
       double m, v;
 #ifdef RNNKIT_SLEEF
+      if constexpr (std::is_same_v<T, float>) {
+        if (rnnkit_pw::has_avx512()) {
+          m = rnnkit_norm_avx512::sum(r, F) / F;
+          v = rnnkit_norm_avx512::sqdev(r, F, m) / F;
+          const T rho = T(1 / std::sqrt(v + kEps));
+          RS[n] = rho;
+          if (MEAN) MEAN[n] = T(m);
+          return rnnkit_norm_avx512::affine(r, T(m), rho, Gm, Sh, add, addv, x, y, F);
+        }
+      }
       if (rnnkit_pw::has_avx2()) {
         m = rnnkit_norm_avx2::sum(r, F) / F;
         v = rnnkit_norm_avx2::sqdev(r, F, m) / F;
@@ -333,6 +345,13 @@ struct NormB {
     }
     double *DGA = mine(), *DBE = DGA + F;
 #ifdef RNNKIT_SLEEF
+    if constexpr (std::is_same_v<T, float>) {
+      if (mode == kLN && rnnkit_pw::has_avx512()) {
+        double s1, s2;
+        rnnkit_norm_avx512::bwd_sums(d, x, Gm, F, DGA, DBE, s1, s2);
+        return rnnkit_norm_avx512::lnb_out(d, x, Gm, T(s1 / F), T(s2 / F), RS[n], out, F);
+      }
+    }
     if (mode == kLN && rnnkit_pw::has_avx2()) {
       double s1, s2;
       rnnkit_norm_avx2::bwd_sums(d, x, Gm, F, DGA, DBE, s1, s2);

@@ -1,0 +1,105 @@
+// AVX-512 twins of norm_avx2.h's layer-norm row kernels for float32 rows (16 floats a vector,
+// float64 sums 8 lanes wide), chosen at run time where the CPU has AVX-512
+// (rnnkit_pw::has_avx512(); RNNKIT_NO_AVX512=1 keeps the AVX2 ones). The arithmetic is
+// norm_avx2.h's (no FMA: each value as the scalar loop computes it; only the order of the
+// float64 partial sums differs). At the small shape, where a step's rows sit in L1, the row
+// passes are arithmetic-bound: 8-wide, layer norm's statistics and affine were ~23% of the
+// layer-norm LSTM's forward.
+#pragma once
+#include "norm_avx2.h"
+
+#ifdef RNNKIT_SLEEF
+#include <immintrin.h>
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace rnnkit_norm_avx512 {
+inline double hsum(__m512d a) { return _mm512_reduce_add_pd(a); }
+// 16 floats of a row as two vectors of 8 float64
+inline __m512d lo8(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+inline __m512d hi8(__m512 v) { return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
+
+// Σ r and Σ (r - m)² over a row (float64, 16 partial sums each).
+inline double sum(const float* r, int64_t F) {
+  __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+  int64_t j = 0;
+  for (; j + 16 <= F; j += 16) {
+    const __m512 v = _mm512_loadu_ps(r + j);
+    a = _mm512_add_pd(a, lo8(v));
+    b = _mm512_add_pd(b, hi8(v));
+  }
+  double s = hsum(_mm512_add_pd(a, b));
+  for (; j < F; ++j) s += r[j];
+  return s;
+}
+inline double sqdev(const float* r, int64_t F, double m) {
+  const __m512d mv = _mm512_set1_pd(m);
+  __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+  int64_t j = 0;
+  for (; j + 16 <= F; j += 16) {
+    const __m512 v = _mm512_loadu_ps(r + j);
+    const __m512d u = _mm512_sub_pd(lo8(v), mv), w = _mm512_sub_pd(hi8(v), mv);
+    a = _mm512_add_pd(a, _mm512_mul_pd(u, u));
+    b = _mm512_add_pd(b, _mm512_mul_pd(w, w));
+  }
+  double s = hsum(_mm512_add_pd(a, b));
+  for (; j < F; ++j) s += (r[j] - m) * (r[j] - m);
+  return s;
+}
+
+// x = (r - mu) rho, y = x g (+ s) (+ add) (+ addv) over a row (y may be r), the scalar loop's order.
+inline void affine(const float* r, float mu, float rho, const float* g, const float* s, const float* add,
+                   const float* addv, float* x, float* y, int64_t F) {
+  const __m512 m = _mm512_set1_ps(mu), q = _mm512_set1_ps(rho);
+  int64_t j = 0;
+  for (; j + 16 <= F; j += 16) {
+    const __m512 xv = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(r + j), m), q);
+    __m512 yv = _mm512_mul_ps(xv, _mm512_loadu_ps(g + j));
+    if (s) yv = _mm512_add_ps(yv, _mm512_loadu_ps(s + j));
+    if (add) yv = _mm512_add_ps(yv, _mm512_loadu_ps(add + j));
+    if (addv) yv = _mm512_add_ps(yv, _mm512_loadu_ps(addv + j));
+    _mm512_storeu_ps(x + j, xv);
+    _mm512_storeu_ps(y + j, yv);
+  }
+  if (j < F) rnnkit_norm_avx2::affine(r + j, mu, rho, g + j, s ? s + j : nullptr, add ? add + j : nullptr,
+                                      addv ? addv + j : nullptr, x + j, y + j, F - j);
+}
+
+// LN backward of a row: p1 = Σ d g, p2 = Σ (d g) x (float64; d g rounded to float first, as the
+// scalar loop) and the affine gradients dga += d x, dbe += d (float64, per feature).
+inline void bwd_sums(const float* d, const float* x, const float* g, int64_t F, double* dga, double* dbe, double& p1,
+                     double& p2) {
+  __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+  int64_t j = 0;
+  for (; j + 8 <= F; j += 8) {
+    const __m256 d8 = _mm256_loadu_ps(d + j), x8 = _mm256_loadu_ps(x + j);
+    const __m512d dv = _mm512_cvtps_pd(d8), xv = _mm512_cvtps_pd(x8);
+    const __m512d tv = _mm512_cvtps_pd(_mm256_mul_ps(d8, _mm256_loadu_ps(g + j)));  // d g rounded to float
+    a = _mm512_add_pd(a, tv);
+    b = _mm512_add_pd(b, _mm512_mul_pd(tv, xv));
+    _mm512_storeu_pd(dga + j, _mm512_add_pd(_mm512_loadu_pd(dga + j), _mm512_mul_pd(dv, xv)));
+    _mm512_storeu_pd(dbe + j, _mm512_add_pd(_mm512_loadu_pd(dbe + j), dv));
+  }
+  double s1 = hsum(a), s2 = hsum(b);
+  for (; j < F; ++j) {
+    const float t = d[j] * g[j];
+    s1 += t;
+    s2 += double(t) * x[j];
+    dga[j] += double(d[j]) * x[j];
+    dbe[j] += d[j];
+  }
+  p1 = s1, p2 = s2;
+}
+// dr = rho (d g - a - x c) over a row.
+inline void lnb_out(const float* d, const float* x, const float* g, float a, float c, float rho, float* out,
+                    int64_t F) {
+  const __m512 av = _mm512_set1_ps(a), cv = _mm512_set1_ps(c), q = _mm512_set1_ps(rho);
+  int64_t j = 0;
+  for (; j + 16 <= F; j += 16) {
+    const __m512 t = _mm512_sub_ps(_mm512_mul_ps(_mm512_loadu_ps(d + j), _mm512_loadu_ps(g + j)), av);
+    _mm512_storeu_ps(out + j, _mm512_mul_ps(q, _mm512_sub_ps(t, _mm512_mul_ps(_mm512_loadu_ps(x + j), cv))));
+  }
+  for (; j < F; ++j) out[j] = rho * (d[j] * g[j] - a - x[j] * c);
+}
+}  // namespace rnnkit_norm_avx512
+#pragma GCC pop_options
+#endif
