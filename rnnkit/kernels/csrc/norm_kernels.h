@@ -140,6 +140,16 @@ acc sum4(int64_t n, const Fn& f) {
   return (p[0] + p[1]) + (p[2] + p[3]);
 }
 
+// `n` zeroed doubles of this thread's scratch (grown, never shrunk), in `p`: batch norm's column
+// sums, per step and group, without a heap allocation each time (at the small shape malloc/free
+// of these were ~8% of the batch-norm LSTM's forward).
+inline void zeroed_scratch(int64_t n, double*& p) {
+  static thread_local std::vector<double> buf;
+  if (buf.size() < size_t(n)) buf.resize(n);
+  std::fill(buf.begin(), buf.begin() + n, 0.0);
+  p = buf.data();
+}
+
 // Batch norm's statistics of a step from float64 column sums over its n rows: mean M = m, biased
 // variance V = v / n and Q = 1 / sqrt(v / n + eps) (m: the means, v: the sums of squared
 // deviations); rnnkit_norm_avx2::stats_out is the same arithmetic 4 columns at a time (at the
@@ -204,12 +214,14 @@ struct NormG {
     if (c1 < 0) c1 = F;
     const int64_t w = c1 - c0;
     const T* Rc = R + c0;
-    std::vector<double> m(w, 0), v(w, 0);
+    double *m, *v;  // the columns' float64 sums: thread-local scratch (no allocation per step)
+    zeroed_scratch(2 * w, m);
+    v = m + w;
 #ifdef RNNKIT_SLEEF
     if (rnnkit_pw::has_avx2()) {
-      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sum(Rc + b * F, m.data(), w);
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sum(Rc + b * F, m, w);
       for (int64_t j = 0; j < w; ++j) m[j] /= bs;
-      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sqdev(Rc + b * F, m.data(), v.data(), w);
+      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sqdev(Rc + b * F, m, v, w);
     } else
 #endif
     {
@@ -220,7 +232,7 @@ struct NormG {
         for (int64_t j = 0; j < w; ++j) v[j] += (Rc[b * F + j] - m[j]) * (Rc[b * F + j] - m[j]);
     }
     const int64_t o = k * F + c0;
-    bn_stats_out(m.data(), v.data(), double(bs), MEAN + o, VAR + o, RS + o, w);
+    bn_stats_out(m, v, double(bs), MEAN + o, VAR + o, RS + o, w);
   }
   // One row r (F) at packed row n of step k: x^ saved at row ns (n, or the row's slot in a
   // step-sized scratch when nothing is saved), y = (g ⊙ x^ (+ s)) (+ add) (+ addv) into y (may
@@ -311,13 +323,15 @@ struct NormB {
   }
   void stats_cols(const T* D, int64_t off, int64_t bs, int64_t c0, int64_t c1) {
     const int64_t w = c1 - c0;
-    std::vector<double> m1(w, 0), m2(w, 0);
+    double *m1, *m2;
+    zeroed_scratch(2 * w, m1);
+    m2 = m1 + w;
     double *DGA = mine() + c0, *DBE = DGA + F;
     const T *Xs = X + off * F + c0, *Dc = D + c0, *Gc = Gm + c0;
 #ifdef RNNKIT_SLEEF
     if (rnnkit_pw::has_avx2()) {
       for (int64_t b = 0; b < bs; ++b)
-        rnnkit_norm_avx2::col_bwd(Dc + b * F, Xs + b * F, Gc, w, m1.data(), m2.data(), DGA, DBE);
+        rnnkit_norm_avx2::col_bwd(Dc + b * F, Xs + b * F, Gc, w, m1, m2, DGA, DBE);
     } else
 #endif
     {
