@@ -110,7 +110,9 @@ def update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]
         mean, var = mean.detach(), var.detach()
         rm[:K].lerp_(mean[:K], MOMENTUM)
         n0 = ns[0]
-        if n0 > 1 and all(n == n0 for n in ns):  # a full batch every step: scalar correction, no mask
+        # a full batch every step (batch sizes are monotone in either order: the ends decide):
+        # a scalar correction, no mask
+        if n0 > 1 and ns[-1] == n0:
             unbiased = var * (n0 / (n0 - 1))
             rv[:K].lerp_(unbiased[:K], MOMENTUM)
         else:
