@@ -131,8 +131,19 @@ class ParallelRecurrent(nn.Module):
         (h,) = _checks.check_state(hx, ("h",), [shape], self._state_ref())
         return h if batch is not None else h.unsqueeze(1)
 
-    def forward(self, input, hx=None):
-        """Whole sequence; see the module docstring for shapes. Returns ``(output, h_n)``."""
+    def forward(self, input, hx=None, lengths=None):
+        """Whole sequence; see the module docstring for shapes. Returns ``(output, h_n)``.
+        ``lengths`` (``(N,)`` ints) marks a padded batch, as :class:`rnnkit.RecurrentStack`'s:
+        outputs past each length are zero, ``h_n`` is each sequence's last valid step."""
+        if lengths is not None:
+            _checks.check_input(input, self.input_size, False, self._ref)
+            if input.dim() != 3:
+                _checks.fail(f"lengths= needs a batched 3-D input, got shape {tuple(input.shape)}")
+            T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
+            lengths = _checks.check_lengths(lengths, B, T)
+            x = pack_padded_sequence(input, lengths, self.batch_first, enforce_sorted=False)
+            out, h_n = self.forward(x, hx)
+            return pad_packed_sequence(out, self.batch_first, total_length=T)[0], h_n
         packed = isinstance(input, PackedSequence)
         mask = None
         if packed:

@@ -106,11 +106,15 @@ def test_tag_conllu(cli, tmp_path, conllu, arch):
     assert run["tags"] == ["ADJ", "DET", "NOUN", "PUNCT", "VERB"]  # the empty node's X is skipped
 
 
-@pytest.mark.parametrize("direction, sampling", [("words2digits", "teacher"), ("digits2words", "linear")])
-def test_seq2seq(cli, tmp_path, direction, sampling):
+@pytest.mark.parametrize(
+    "direction, sampling, arch",
+    [("words2digits", "teacher", "lstm"), ("digits2words", "linear", "lstm"),
+     ("words2digits", "teacher", "mingru")],  # a time-parallel encoder: padded batch with lengths=
+)  # fmt: skip
+def test_seq2seq(cli, tmp_path, direction, sampling, arch):
     out = tmp_path / "s"
     r = cli("train", "seq2seq", "--direction", direction, "--sampling", sampling, "--n-train", 64,
-            "--n-valid", 16, "--batch-size", 16, "--out", out, *TINY)  # fmt: skip
+            "--n-valid", 16, "--batch-size", 16, "--arch", arch, "--out", out, *TINY)  # fmt: skip
     assert r.rc == 0, r.err
     assert_run_files(out)
     assert 0.0 <= results(out)["valid_exact_match"] <= 1.0

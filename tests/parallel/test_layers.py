@@ -103,6 +103,24 @@ def test_packed_equals_each_sequence_alone(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lengths_equal_packing(name, batch_first):
+    """``lengths=`` on a padded batch, as rnnkit.LSTM takes it: the packed call's numbers,
+    padded back (zeros past each length), with the same checks on bad lengths."""
+    m = make(name, num_layers=2, bidirectional=True, batch_first=batch_first)
+    lengths = torch.tensor([3, 6, 1, 4])
+    x = torch.randn((4, 6, m.input_size) if batch_first else (6, 4, m.input_size))
+    out, h_n = m(x, None, lengths)
+    want, want_h = m(pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=False))
+    torch.testing.assert_close(out, pad_packed_sequence(want, batch_first=batch_first, total_length=6)[0])
+    torch.testing.assert_close(h_n, want_h)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        m(x, None, torch.tensor([3, 7, 1, 4]))
+    with pytest.raises(ValueError, match="3-D"):
+        m(x[:, 0] if not batch_first else x[0], None, torch.tensor([3]))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_bidirectional_is_forward_plus_reversed(name):
     m = make(name, bidirectional=True)
     fwd, bwd = make(name), make(name)
