@@ -138,3 +138,20 @@ def test_parallel_layers_in_half_precision(name, dtype):
     with torch.autocast("cpu", dtype=BF16):
         mixed = m(x)[0]
     torch.testing.assert_close(mixed.float(), out, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("name", ["MinGRU", "MinLSTM", "QRNN", "LRU"])
+def test_parallel_layers_under_autocast_take_a_float32_state(name):
+    """A float32 initial state (as the training kit carries it across TBPTT windows) with
+    autocast's bfloat16 gates: the state joins autocast's dtype (QRNN and minLSTM refused it,
+    which broke ``rnnkit train charlm --arch qrnn`` under --amp auto); close to float32, trains."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(5, 7, dtype=F32)
+    x = torch.randn(6, 3, 5, dtype=F32)
+    _, h = m(x[:3])
+    want = m(x[3:], h)[0]
+    with torch.autocast("cpu", dtype=BF16):
+        got, h_n = m(x[3:], h.detach())
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.05)
+    got.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())

@@ -116,6 +116,11 @@ class ParallelRecurrent(nn.Module):
         if mask is not None:
             a = torch.where(mask, a, torch.ones((), dtype=a.dtype, device=a.device))
             b = torch.where(mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
+        if h0 is not None and h0.dtype != b.dtype and torch.is_autocast_enabled(b.device.type):
+            # autocast made the gates half precision: the state joins them, as torch.nn's RNNs
+            # run state and input in autocast's dtype (a float32 state carried across TBPTT
+            # windows by the training kit, e.g.)
+            h0 = h0.to(b.dtype)
         s = linear_scan(a, b, h0, reverse=reverse)
         return s, s[0 if reverse else -1]
 
