@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnkit.baselines import encoder_output_size
 from rnnkit.datasets.shakespeare import CharVocab
 from rnnkit.state import detach_state
 
@@ -61,8 +62,14 @@ class CharLM(nn.Module):
             batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
+        if getattr(self.rnn, "bidirectional", False):
+            raise ValueError(
+                "a character language model needs a unidirectional recurrent stack (each position "
+                "predicts the next character, which a backward direction would already have read), "
+                "got bidirectional=True"
+            )
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(hidden_size, vocab_size)
+        self.head = nn.Linear(encoder_output_size(self.rnn), vocab_size)  # proj_size wide when set
 
     def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         """``x`` LongTensor (B, T) -> (logits (B, T, V), new state).

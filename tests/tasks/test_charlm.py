@@ -43,6 +43,22 @@ def test_factory_receives_standard_arguments() -> None:
     assert seen["kw"] == {"num_layers": 3, "batch_first": True, "dropout": 0.1}
 
 
+def test_projection_width_and_no_bidirectional_stack() -> None:
+    """The head reads what the stack outputs (proj_size wide with a projection: it read
+    hidden_size and failed on the first batch); a bidirectional stack is refused (it would have
+    read the characters it predicts)."""
+    import functools
+
+    import rnnkit
+
+    model = _model(functools.partial(rnnkit.LSTM, proj_size=5))
+    assert model.head.in_features == 5
+    logits, (h, c) = model(torch.randint(0, len(VOCAB), (2, 7)))
+    assert logits.shape == (2, 7, len(VOCAB)) and h.shape == (2, 2, 5) and c.shape == (2, 2, 16)
+    with pytest.raises(ValueError, match="unidirectional"):
+        _model(functools.partial(nn.LSTM, bidirectional=True))
+
+
 def test_detach_state() -> None:
     h = torch.zeros(2, requires_grad=True) * 2
     out = detach_state((h, h))
