@@ -14,6 +14,7 @@ accuracy over the ``n_copy`` recall steps (chance ``1 / n_symbols``); ``"plus_on
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,9 +51,19 @@ class Variant:
         return FAMILIES[self.family](input_size, hidden_size, batch_first=True, **opts)
 
 
+def _literal(raw: str):
+    for parse in (ast.literal_eval, json.loads):  # True / 0.5 / 'x', then JSON's true / null
+        try:
+            return parse(raw)
+        except (ValueError, SyntaxError):  # (json's decode error is a ValueError)
+            continue
+    return raw
+
+
 def parse_variant(spec: str) -> Variant:
     """``"lstm"``, ``"gru:key=value,key=value"`` or ``"label=family:key=value,..."``; values
-    are read as JSON when they parse (``true``, ``0.5``, ``"x"``), else as strings."""
+    are read as Python literals or JSON when they parse (``True`` or ``true``, ``0.5``,
+    ``"x"``: as ``rnnkit train --opt`` reads them), else as strings."""
     label, _, rest = spec.partition("=") if "=" in spec.split(":")[0] else ("", "", spec)
     family, _, opts_s = rest.partition(":")
     family = family.strip().lower()
@@ -63,10 +74,7 @@ def parse_variant(spec: str) -> Variant:
         key, eq, value = item.partition("=")
         if not eq:
             raise ValueError(f"variant {spec!r}: options must be key=value, got {item!r}")
-        try:
-            opts[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            opts[key.strip()] = value
+        opts[key.strip()] = _literal(value)
     return Variant(label or (family if not opts else f"{family}:{opts_s}"), family, opts)
 
 

@@ -15,6 +15,10 @@ def test_parse_variant():
     v = parse_variant("deep=gru:num_layers=2,bias=false,name=x")
     assert v == Variant("deep", "gru", {"num_layers": 2, "bias": False, "name": "x"})
     assert parse_variant("RNN_RELU").build(2, 3).nonlinearity == "relu"
+    # Python literals too, as `rnnkit train --opt` reads them (True was the string 'True')
+    v = parse_variant("lstm:norm=layer,peephole=True,zoneout=0.1,forget_bias=1")
+    assert v.options == {"norm": "layer", "peephole": True, "zoneout": 0.1, "forget_bias": 1}
+    assert v.build(2, 3).cells[0].peephole is True
     assert parse_variant("gru:num_layers=2").label == "gru:num_layers=2"
     with pytest.raises(ValueError, match="family must be one of"):
         parse_variant("transformer")
