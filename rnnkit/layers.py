@@ -192,7 +192,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         and the final state is taken at each sequence's last valid step."""
         # no keyword-only parameters: torch.onnx.export(dynamo=False) passes every one by position
         if lengths is not None:
-            return self._forward_padded(input, hx, lengths)
+            return forward_padded(self, input, hx, lengths)
         packed = isinstance(input, PackedSequence)
         sorted_idx = unsorted_idx = batch_sizes = None
         if packed:
@@ -296,18 +296,6 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 data = data.transpose(0, 1)
         return data, final
 
-    def _forward_padded(self, input, hx, lengths):
-        _checks.check_input(input, self.input_size, False, self._ref)
-        if input.dim() != 3:
-            _checks.fail(f"lengths= needs a batched 3-D input, got shape {tuple(input.shape)}")
-        T = input.shape[1] if self.batch_first else input.shape[0]
-        B = input.shape[0] if self.batch_first else input.shape[1]
-        lengths = _checks.check_lengths(lengths, B, T)
-        packed = pack_padded_sequence(input, lengths, self.batch_first, enforce_sorted=False)
-        out, state = self.forward(packed, hx)
-        out, _ = pad_packed_sequence(out, self.batch_first, total_length=T)
-        return out, state
-
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         for key, default in [
@@ -327,6 +315,22 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 s += f", {key}={getattr(self, key)}"
         extra = self.cells[0].describe()
         return s + (f", {extra}" if extra else "")
+
+
+def forward_padded(module: nn.Module, input: Tensor, hx, lengths):
+    """``module(input, hx, lengths)`` for a padded batch with valid ``lengths (B,)``: the packed
+    call's outputs padded back (zeros past each length) and its final state. ``module`` is a
+    recurrent layer taking packed input (:class:`RecurrentStack`, the time-parallel layers)."""
+    _checks.check_input(input, module.input_size, False, module._ref)
+    if input.dim() != 3:
+        _checks.fail(f"lengths= needs a batched 3-D input, got shape {tuple(input.shape)}")
+    T = input.shape[1] if module.batch_first else input.shape[0]
+    B = input.shape[0] if module.batch_first else input.shape[1]
+    lengths = _checks.check_lengths(lengths, B, T)
+    packed = pack_padded_sequence(input, lengths, module.batch_first, enforce_sorted=False)
+    out, state = module(packed, hx)
+    out, _ = pad_packed_sequence(out, module.batch_first, total_length=T)
+    return out, state
 
 
 def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:

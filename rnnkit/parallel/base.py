@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import _checks
-from ..layers import _check_config
+from ..layers import _check_config, forward_padded
 from ..ops import linear_scan
 
 Params = dict[str, Tensor]
@@ -141,14 +141,7 @@ class ParallelRecurrent(nn.Module):
         ``lengths`` (``(N,)`` ints) marks a padded batch, as :class:`rnnkit.RecurrentStack`'s:
         outputs past each length are zero, ``h_n`` is each sequence's last valid step."""
         if lengths is not None:
-            _checks.check_input(input, self.input_size, False, self._ref)
-            if input.dim() != 3:
-                _checks.fail(f"lengths= needs a batched 3-D input, got shape {tuple(input.shape)}")
-            T, B = (input.shape[1], input.shape[0]) if self.batch_first else input.shape[:2]
-            lengths = _checks.check_lengths(lengths, B, T)
-            x = pack_padded_sequence(input, lengths, self.batch_first, enforce_sorted=False)
-            out, h_n = self.forward(x, hx)
-            return pad_packed_sequence(out, self.batch_first, total_length=T)[0], h_n
+            return forward_padded(self, input, hx, lengths)
         packed = isinstance(input, PackedSequence)
         mask = None
         if packed:
