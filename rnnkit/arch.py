@@ -70,16 +70,21 @@ def probability(text: str) -> float:
     return v
 
 
+def parse_value(raw: str) -> Any:
+    """A Python literal when ``raw`` is one (``True``, ``0.5``, ``'x'``, ``(0.1, 0.05)``), else
+    ``raw`` itself."""
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
 def parse_opt(text: str) -> tuple[str, Any]:
     """``"norm=layer"`` -> ``("norm", "layer")``; values are Python literals when they parse."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--opt expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip().replace("-", "_"), value
+    return key.strip().replace("-", "_"), parse_value(raw)
 
 
 def add_arch_arguments(

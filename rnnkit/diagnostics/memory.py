@@ -14,7 +14,6 @@ accuracy over the ``n_copy`` recall steps (chance ``1 / n_symbols``); ``"plus_on
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..arch import parse_value
 from ..datasets import synthetic
 from ..modules import GRU, LSTM, RNN
 from ..parallel import LRU, QRNN, MinGRU, MinLSTM
@@ -52,12 +52,15 @@ class Variant:
 
 
 def _literal(raw: str):
-    for parse in (ast.literal_eval, json.loads):  # True / 0.5 / 'x', then JSON's true / null
-        try:
-            return parse(raw)
-        except (ValueError, SyntaxError):  # (json's decode error is a ValueError)
-            continue
-    return raw
+    """``rnnkit train --opt``'s reading (:func:`rnnkit.arch.parse_value`), then JSON's
+    ``true`` / ``null`` (which this option syntax documented first)."""
+    value = parse_value(raw)
+    if value is not raw:
+        return value
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
 
 
 def parse_variant(spec: str) -> Variant:
