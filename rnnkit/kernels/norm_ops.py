@@ -307,7 +307,7 @@ def _setup_context(ctx, inputs, output, extra=()):
 def _backward(ctx, grads, bw=None):
     """The custom op's autograd formula (through the backward custom op, traceable), or with
     ``bw`` another function of the same signature (the eager Function: :func:`backward_impl`)."""
-    out, *rest = ctx.saved_tensors[: len(ctx.saved_tensors) - getattr(ctx, "n_extra", 0)]
+    out, *rest = ctx.saved_tensors[: len(ctx.saved_tensors) - ctx.n_extra]
     saved = rest[: ctx.n_saved]
     w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c, w_peep = rest[ctx.n_saved :]
     B, P = ctx.batch_sizes[0], out.shape[1]
@@ -351,8 +351,7 @@ def run_direction_input(
     args = (x, p["weight_ih"], p["weight_ln_ih"], ih_shift(cell, p), h0[0], h0[1], p["weight_hh"],
             p.get("weight_hr"), mask, zh, zc, p["weight_ln_hh"], p.get("bias_ln_hh"), p["weight_ln_c"],
             p.get("bias_ln_c"), p.get("weight_peephole"))  # fmt: skip
-    bsz = tuple(int(n) for n in batch_sizes)
-    out, hn, cn = _InputNormDirection.apply(bsz, reverse, _common.wants_grad(args), *args)
+    out, hn, cn = _InputNormDirection.apply(tuple(batch_sizes), reverse, _common.wants_grad(args), *args)
     return out, (hn, cn)
 
 
