@@ -382,3 +382,33 @@ def test_layer_norm_lstm_input_group_in_or_outside_the_kernel(monkeypatch, in_ke
     for u, v in zip(run(a), run(b)):
         torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
     assert len(calls) == (4 if in_kernel else 0)  # 2 layers x 2 directions
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ns,slots", [([4, 4, 4], 8), ([4, 3, 1, 1, 1], 3), ([1, 1], 1), ([2, 1], 5)])
+def test_update_running_ext_equals_pytorch(dtype, ns, slots):
+    """csrc/norm_input.cpp's update_running = norm_input.py's PyTorch expression (steps past the
+    last slot update it in turn; a step of one row leaves the variance alone)."""
+    from rnnkit.kernels import norm_input
+
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    g = torch.Generator().manual_seed(0)
+    stats = [torch.rand(len(ns), 6, generator=g, dtype=dtype) + 0.1 for _ in range(2)]
+    names = ("running_mean_c", "running_var_c")
+    start = {k: torch.rand(slots, 6, generator=g, dtype=dtype) + 0.5 for k in names}
+    res = []
+    for be in ("ext", "pure"):
+        p = {k: v.clone() for k, v in start.items()}
+        orig = K.backend
+        K.backend = (lambda v: "pure") if be == "pure" else orig
+        try:
+            norm_input.update_running(p, "c", *stats, ns)
+        finally:
+            K.backend = orig
+        res.append(p)
+    for k in start:
+        rtol = 1e-6 if dtype == torch.float32 else 1e-14
+        torch.testing.assert_close(res[0][k], res[1][k], rtol=rtol, atol=0)
+        assert torch.equal(res[0][k], start[k]) == (k == "running_var_c" and max(ns) == 1)
