@@ -11,6 +11,42 @@
 #include "norm_kernels.h"
 
 namespace rnnkit_norm {
+namespace {
+namespace base {
+#include "norm_lstm_bwd_row.h"
+}  // namespace base
+#ifdef RNNKIT_SLEEF
+#pragma GCC push_options
+#pragma GCC target("avx512f")
+namespace avx512 {
+#include "norm_lstm_bwd_row.h"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+template <typename T>
+using OutRow = void (*)(int64_t, const T*, const T*, const T*, const T*, T*, T*, T*, T*);
+template <typename T>
+using GateRow = void (*)(int64_t, const T*, const T*, const T*, const T*, const T*, T*, T*);
+// The two rows for the options (zoneout on c, peepholes), for this CPU.
+template <typename T>
+std::pair<OutRow<T>, GateRow<T>> pick_rows(bool zc, bool pi) {
+#ifdef RNNKIT_SLEEF
+  if (rnnkit_pw::has_avx512()) {
+    using namespace avx512;
+    static const OutRow<T> out[2] = {norm_lstm_bwd_out<T, false>, norm_lstm_bwd_out<T, true>};
+    static const GateRow<T> gates[4] = {norm_lstm_bwd_gates<T, false, false>, norm_lstm_bwd_gates<T, false, true>,
+                                        norm_lstm_bwd_gates<T, true, false>, norm_lstm_bwd_gates<T, true, true>};
+    return {out[zc], gates[2 * pi + zc]};
+  }
+#endif
+  using namespace base;
+  static const OutRow<T> out[2] = {norm_lstm_bwd_out<T, false>, norm_lstm_bwd_out<T, true>};
+  static const GateRow<T> gates[4] = {norm_lstm_bwd_gates<T, false, false>, norm_lstm_bwd_gates<T, false, true>,
+                                      norm_lstm_bwd_gates<T, true, false>, norm_lstm_bwd_gates<T, true, true>};
+  return {out[zc], gates[2 * pi + zc]};
+}
+}  // namespace
 
 std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_, const Tensor& ghn,
                              const Tensor& gcn, const Tensor& out, std::vector<Tensor> saved, const Tensor& w_hh,
@@ -83,6 +119,9 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       T_ *DY = dyc.data_ptr<T_>(), *DCN = dcn.data_ptr<T_>(), *DCZ = dcz.data_ptr<T_>();
       T_* DHA = proj ? dh_all.data_ptr<T_>() : nullptr;
       const T_ *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>(), *TCV = tanhc.data_ptr<T_>();
+      const auto rows = pick_rows<T_>(ZC != nullptr, PW != nullptr);
+      const OutRow<T_> out_row = rows.first;
+      const GateRow<T_> gate_row = rows.second;
       over_steps(mode != kBNTrain, B, G4, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, o0 = off + r0;
         if (proj) {  // dL/dh~ for the rows, then through the projection: dh = dh~ W_hr
@@ -91,35 +130,15 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
         }
         auto f1 = [&](int64_t b) {  // d o', d y_c (the cell norm's output)
           const int64_t n = off + b;
-          T_ *dh = DHT + b * H, *dc = DC + b * H, *dy = DY + b * H, *dg = DG + n * G4;
+          T_* dh = DHT + b * H;
           if (!proj) dh_step(H, GO + n * H, DHB + b * H, ZH ? ZH + n * H : nullptr, DHZ + b * H, dh);
-          if (ZC)  // c_t = lerp(c~_t, c_{t-1}, zc): the direct part waits in dcz
-            for (int64_t j = 0; j < H; ++j) {
-              DCZ[b * H + j] = dc[j] * ZC[n * H + j];
-              dc[j] -= DCZ[b * H + j];
-            }
-          const T_ *g = GT + n * G4, *tc = TCV + n * H;
-          for (int64_t j = 0; j < H; ++j) {  // d o' = dh tanh(y_c) o(1-o);  d y_c = dh o (1 - tanh²)
-            const T_ ov = g[3 * H + j], t = tc[j];
-            dg[3 * H + j] = (ov - ov * ov) * dh[j] * t;
-            dy[j] = (1 - t * t) * ov * dh[j];
-          }
+          out_row(H, GT + n * G4, TCV + n * H, dh, ZC ? ZC + n * H : nullptr, DC + b * H, DCZ + b * H,
+                  DG + n * G4 + 3 * H, DY + b * H);
         };
         auto f2 = [&](int64_t b) {  // the cell's gradient, the other gate gradients
           const int64_t n = off + b;
-          T_ *dc = DC + b * H, *dn = DCN + b * H, *dg = DG + n * G4;
-          nc.row(DY + b * H, n, k, dn);
-          const T_ *g = GT + n * G4, *cp = CPV + n * H;
-          for (int64_t j = 0; j < H; ++j) {
-            const T_ i = g[j], f = g[H + j], gg = g[2 * H + j];
-            const T_ d = PW ? dc[j] + dn[j] + dg[3 * H + j] * PW[2 * H + j] : dc[j] + dn[j];  // o's peephole on c~_t
-            dg[j] = (i - i * i) * gg * d;
-            dg[H + j] = (f - f * f) * cp[j] * d;
-            dg[2 * H + j] = (1 - gg * gg) * i * d;
-            dc[j] = PW ? d * f + dg[j] * PW[j] + dg[H + j] * PW[H + j] : d * f;  // i's, f's on c_{t-1}
-          }
-          if (ZC)
-            for (int64_t j = 0; j < H; ++j) dc[j] += DCZ[b * H + j];
+          nc.row(DY + b * H, n, k, DCN + b * H);
+          gate_row(H, GT + n * G4, CPV + n * H, DCN + b * H, PW, DCZ + b * H, DC + b * H, DG + n * G4);
         };
         auto f3 = [&](int64_t b) { nh.row(DG + (off + b) * G4, off + b, k, DR + (off + b) * G4); };
         passes(r0, r1, G4, {f1, f2, f3},
