@@ -44,7 +44,7 @@ class TrainConfig:
     nonmono: int = 5
     log_every: int = 10
     out_dir: str | None = None  # metrics.jsonl/.csv, loss.png, tensorboard/, checkpoints/
-    checkpoint_every: int | None = None  # steps; a final checkpoint is always written
+    checkpoint_every: int | None = None  # steps (needs out_dir); a final checkpoint is always written
     keep_last: int = 3
     resume: bool = False  # continue from out_dir/checkpoints if there is one
     progress: bool | None = None  # None: when stderr is a TTY
@@ -84,6 +84,11 @@ class TrainConfig:
                 raise ValueError(f"tbptt_k2 must be >= tbptt_k1, got k1={self.tbptt_k1}, k2={self.tbptt_k2}")
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (where the checkpoints are)")
+        if self.checkpoint_every is not None and self.out_dir is None:
+            # refused here, not at the first checkpoint: that one comes after the steps it would lose
+            raise ValueError(
+                f"checkpoint_every={self.checkpoint_every} needs out_dir (where the checkpoints go), got None"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -234,6 +234,7 @@ def test_progress_bar_shows_loss(capsys):
         ({"tbptt_k1": 2, "stateful": False}, "needs a stateful model"),
         ({"clip_norm": -1.0}, "clip_norm must be > 0 or None, got -1.0"),
         ({"resume": True}, "resume=True needs out_dir"),
+        ({"checkpoint_every": 5}, r"checkpoint_every=5 needs out_dir \(where the checkpoints go\), got None"),
         ({"max_epochs": 0}, "max_epochs must be >= 1, got 0"),
     ],
 )
