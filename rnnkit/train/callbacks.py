@@ -38,7 +38,9 @@ log = logging.getLogger("rnnkit.train")
 
 
 class Callback:
-    """Base class: override the hooks you need. Set ``trainer.should_stop = True`` to stop."""
+    """Base class: override the hooks you need. Set ``trainer.should_stop = True`` to stop
+    (after the current step; ``fit()``'s ``stop_reason`` is then ``"callback"`` unless the
+    callback also set ``trainer.stop_reason``)."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 

@@ -220,7 +220,9 @@ class Trainer:
     def fit(self, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> dict:
         """Train until ``max_epochs``/``max_steps``/``max_minutes``/early stopping.
 
-        Returns ``{"step", "epoch", "best_val", "stop_reason", "history"}``. With
+        Returns ``{"step", "epoch", "best_val", "stop_reason", "history"}``; ``stop_reason``
+        is ``"max_epochs"``, ``"max_steps"``, ``"max_minutes"``, ``"early_stopping"`` or, when a
+        callback set ``should_stop`` without setting ``stop_reason``, ``"callback"``. With
         ``resume=True`` it first loads the latest checkpoint of ``out_dir`` (if any)
         and continues exactly where it was: same data position, RNG and state.
         """
@@ -279,7 +281,9 @@ class Trainer:
                     if val_data is not None and not cfg.val_every:
                         self._validate(val_data)
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-            self.stop_reason = self.stop_reason or "max_epochs"
+            if self.stop_reason is None:
+                # a callback set should_stop (Callback's documented way to stop) without a reason
+                self.stop_reason = "callback" if self.should_stop else "max_epochs"
             if self.ntasgd is not None and self.ntasgd.triggered:
                 self.ntasgd.apply()  # the averaged weights are the result (AWD-LSTM)
             if self.checkpoint_dir is not None and self._last_saved != self.step:

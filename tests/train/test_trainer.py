@@ -241,3 +241,25 @@ def test_progress_bar_shows_loss(capsys):
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
+
+
+def test_callback_that_stops_training_is_the_stop_reason():
+    class StopAt(Callback):
+        def __init__(self, step, reason=None):
+            self.at, self.reason = step, reason
+
+        def on_step_end(self, trainer, logs):
+            if trainer.step == self.at:
+                trainer.should_stop = True
+                if self.reason:
+                    trainer.stop_reason = self.reason
+
+    model = TinyLM()
+    data = bptt_batches(tokens(200), 2, 5)  # 20 batches per epoch
+    out = Trainer(model, _sgd(model), max_epochs=3, callbacks=[StopAt(2)], progress=False).fit(data)
+    assert (out["step"], out["epoch"], out["stop_reason"]) == (2, 0, "callback")
+    stop = StopAt(3, "diverged")
+    out = Trainer(model, _sgd(model), max_epochs=3, callbacks=[stop], progress=False).fit(data)
+    assert (out["step"], out["stop_reason"]) == (3, "diverged")
+    out = Trainer(model, _sgd(model), max_epochs=1, progress=False).fit(data)
+    assert out["stop_reason"] == "max_epochs"
