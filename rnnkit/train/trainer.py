@@ -278,6 +278,13 @@ class Trainer:
                     if self.should_stop:
                         break
                 else:  # the epoch ran to its end
+                    if self.batch_in_epoch == 0:
+                        # (a resume at an epoch's end skips its batches, but counts them.) Without
+                        # this, a step or time budget with many epochs would spin here forever.
+                        raise ValueError(
+                            f"the training data yielded no batches in epoch {self.epoch} (expected at "
+                            "least one; e.g. a drop_last sampler with fewer items than batch_size)"
+                        )
                     if val_data is not None and not cfg.val_every:
                         self._validate(val_data)
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0

@@ -263,3 +263,18 @@ def test_callback_that_stops_training_is_the_stop_reason():
     assert (out["step"], out["stop_reason"]) == (3, "diverged")
     out = Trainer(model, _sgd(model), max_epochs=1, progress=False).fit(data)
     assert out["stop_reason"] == "max_epochs"
+
+
+def test_training_data_without_batches_is_refused():
+    """An epoch without batches raises, instead of looping over empty epochs forever when
+    the run is bounded by max_steps / max_minutes with many epochs (as the CLI does)."""
+    ds = [(tokens(4, seed=i), tokens(4, seed=i + 9)) for i in range(5)]
+    loader = DataLoader(
+        ds, batch_sampler=BucketBatchSampler([4] * 5, 8, drop_last=True), collate_fn=PadCollate()
+    )
+    assert len(list(loader)) == 0
+    model = TinyLM()
+    # (1000 epochs, not the CLI's 10**9: without the check the test ends, and fails)
+    tr = Trainer(model, _sgd(model), max_epochs=1000, max_steps=5, max_minutes=0.05, progress=False)
+    with pytest.raises(ValueError, match="the training data yielded no batches in epoch 0"):
+        tr.fit(loader)
