@@ -231,13 +231,19 @@ class Trainer:
         if cfg.resume and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
         self.should_stop, self.stop_reason = False, None
-        start = time.perf_counter() - self.elapsed
+        if cfg.patience is not None and self.bad_evals >= cfg.patience:
+            # a resumed run that had stopped early stays stopped (its patience is spent)
+            self.should_stop, self.stop_reason = True, "early_stopping"
+        start = time.perf_counter() - self.elapsed  # the clock goes on from the checkpoint's
         last_log_time = time.perf_counter()
         self.raw_model.train()
         if self.is_main:
             self._emit("on_fit_start")
         try:
             while not self.should_stop and self.epoch < cfg.max_epochs:
+                # before pulling a batch: a resumed run that had used its budget stays finished
+                if self._budget_spent():
+                    break
                 if hasattr(train_data, "set_epoch"):
                     train_data.set_epoch(self.epoch)
                 elif hasattr(getattr(train_data, "batch_sampler", None), "set_epoch"):
@@ -271,11 +277,7 @@ class Trainer:
                         self._validate(val_data)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
-                    if cfg.max_steps is not None and self.step >= cfg.max_steps:
-                        self.should_stop, self.stop_reason = True, "max_steps"
-                    elif cfg.max_minutes is not None and self.elapsed >= 60 * cfg.max_minutes:
-                        self.should_stop, self.stop_reason = True, "max_minutes"
-                    if self.should_stop:
+                    if self._budget_spent() or self.should_stop:
                         break
                 else:  # the epoch ran to its end
                     if self.batch_in_epoch == 0:
@@ -305,6 +307,20 @@ class Trainer:
             "stop_reason": self.stop_reason,
             "history": self.history,
         }
+
+    def _budget_spent(self) -> bool:
+        """Set ``should_stop`` and the reason once ``max_steps``/``max_minutes`` is reached.
+
+        ``elapsed`` is the time trained so far, resumes included, and under DDP the value
+        all ranks agreed on at the last step: every rank takes the same decision."""
+        cfg = self.config
+        if cfg.max_steps is not None and self.step >= cfg.max_steps:
+            self.should_stop, self.stop_reason = True, "max_steps"
+        elif cfg.max_minutes is not None and self.elapsed >= 60 * cfg.max_minutes:
+            self.should_stop, self.stop_reason = True, "max_minutes"
+        else:
+            return False
+        return True
 
     def _start_epoch(self, train_data: Iterable[Any]):
         """Iterator over this epoch's batches; on resume, positioned after the saved batch.

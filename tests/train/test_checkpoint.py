@@ -250,3 +250,35 @@ def test_resume_shuffled_dataloader_mid_epoch(tmp_path):
     _loader_run(tmp_path / "run", interrupt_at=11)  # checkpoint at 8, inside epoch 2
     res = _loader_run(tmp_path / "run", resume=True)
     assert res.step == ref.step == 21 and res.losses == ref.losses
+
+
+def _finished_run(out_dir, **kw):
+    """A run resumed with the same settings: the trainer, its result and its checkpoint names."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=kw.pop("lr", 0.5)), out_dir=str(out_dir),
+                 resume=True, progress=False, plot=False, **kw)  # fmt: skip
+    out = tr.fit(bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(50), 1, 5))
+    return tr, out, [p.name for p in list_checkpoints(out_dir / "checkpoints")]
+
+
+@pytest.mark.parametrize(
+    ("kw", "step", "reason"),
+    [
+        ({"max_steps": 4, "max_epochs": 3}, 4, "max_steps"),
+        ({"max_minutes": 1e-9, "max_epochs": 3}, 1, "max_minutes"),
+        # lr 0: the validation loss never improves; patience 2 stops at the 3rd validation
+        ({"lr": 0.0, "val_every": 1, "patience": 2, "max_epochs": 3}, 3, "early_stopping"),
+    ],
+)
+def test_resuming_a_finished_run_trains_no_further(tmp_path, kw, step, reason):
+    first, out, ckpts = _finished_run(tmp_path, **kw)
+    assert (out["step"], out["stop_reason"]) == (step, reason)
+    for _ in range(2):  # e.g. a job scheduler relaunching the completed job with resume=True
+        again, out, ckpts_again = _finished_run(tmp_path, **kw)
+        assert (out["step"], out["stop_reason"]) == (step, reason)
+        assert again.losses == first.losses and ckpts_again == ckpts == [f"step-{step:09d}"]
+    # a larger budget extends the finished run
+    kw.pop("patience", None)
+    _, out, _ = _finished_run(tmp_path, **{**kw, "max_steps": step + 2, "max_minutes": None})
+    assert out["step"] == step + 2
