@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,12 +90,25 @@ class ProgressBar(Callback):
             self.bar = None
 
 
-def _drop_rows_after(path: Path, step: int, read_step) -> None:
-    """A resumed run redoes the steps after its checkpoint: drop their old rows."""
+def _drop_rows_after(path: Path, trainer: Trainer, read_key) -> None:
+    """A resumed run redoes what came after its checkpoint: drop the old rows of that.
+
+    Rows of earlier steps stay; of the checkpoint's own step only those in its ``history``
+    (the epoch-end validation runs after the checkpoint of the epoch's last step, so its
+    row is not there, and the resumed run writes it again). ``read_key(line)`` gives
+    ``(split, step)``, or ``None`` for a line that is no row (a header): it stays."""
     if not path.is_file():
         return
+    step = trainer.step
+    saved = Counter(r["split"] for r in trainer.history if r["step"] == step)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [ln for ln in lines if (s := read_step(ln)) is None or s <= step]
+    kept = []
+    for ln in lines:
+        key = read_key(ln)
+        if key is not None and key[1] == step:
+            saved[key[0]] -= 1
+        if key is None or key[1] < step or (key[1] == step and saved[key[0]] >= 0):
+            kept.append(ln)
     if len(kept) != len(lines):
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
@@ -111,14 +125,15 @@ class JSONLLogger(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-        def step_of(line: str) -> int | None:
+        def key_of(line: str) -> tuple[str, int] | None:
             try:
-                return int(json.loads(line)["step"])
+                row = json.loads(line)
+                return str(row["split"]), int(row["step"])
             except (ValueError, KeyError, TypeError):
                 return None
 
         if trainer.step > 0:
-            _drop_rows_after(self.path, trainer.step, step_of)
+            _drop_rows_after(self.path, trainer, key_of)
         else:
             self.path.unlink(missing_ok=True)
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in on_fit_end
@@ -159,12 +174,12 @@ class CSVLogger(JSONLLogger):
     def on_fit_start(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
-        def step_of(line: str) -> int | None:
+        def key_of(line: str) -> tuple[str, int] | None:
             parts = line.split(",")
-            return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+            return (parts[0], int(parts[1])) if len(parts) > 1 and parts[1].isdigit() else None
 
         if trainer.step > 0:
-            _drop_rows_after(self.path, trainer.step, step_of)
+            _drop_rows_after(self.path, trainer, key_of)
         else:
             self.path.unlink(missing_ok=True)
         new = not self.path.is_file() or self.path.stat().st_size == 0
