@@ -5,8 +5,9 @@ A checkpoint is a directory ``<root>/step-000001234/`` holding
 * ``model.safetensors`` -- the weights (``state_dict`` names; tied weights under each name);
 * ``optimizer.safetensors`` -- the tensors of the optimizer and scheduler state dicts;
 * ``state.safetensors`` -- tensors of the trainer state (recurrent state, averages), if any;
-* ``state.json`` -- everything else: step, config, the optimizer/scheduler structure,
-  the trainer state (epoch, data position, RNG states, metrics).
+* ``state.json`` -- everything else: step, config, the optimizer/scheduler structure and
+  class names (loading into other classes is refused before anything is loaded), the
+  trainer state (epoch, data position, RNG states, metrics).
 
 It is written into a temporary directory, every file fsynced, then renamed into place
 with ``os.replace``, so a crash never leaves a half-written ``step-*`` directory. A
@@ -123,12 +124,11 @@ def save_checkpoint(
         save_module(unwrap_model(model), tmp / "model.safetensors")
         doc: dict[str, Any] = {"format": FORMAT, "step": step, "config": config or {}}
         opt_tensors: dict = {}
-        if optimizer is not None:
-            doc["optimizer"], t = flatten(optimizer.state_dict(), "optimizer")
-            opt_tensors.update(t)
-        if scheduler is not None:
-            doc["scheduler"], t = flatten(scheduler.state_dict(), "scheduler")
-            opt_tensors.update(t)
+        for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
+            if obj is not None:
+                doc[key], t = flatten(obj.state_dict(), key)
+                doc[f"{key}_class"] = type(obj).__name__
+                opt_tensors.update(t)
         if optimizer is not None or scheduler is not None:
             save_tensors(opt_tensors, tmp / "optimizer.safetensors")
         doc["state"], state_tensors = flatten(state or {}, "state")
@@ -177,16 +177,27 @@ def load_checkpoint(
     doc = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     if doc.get("format") != FORMAT:
         raise ValueError(f"{ckpt}: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}")
+    # Everything is checked before anything is loaded: a refused resume leaves the objects as they
+    # were. Another optimizer class would fail inside torch (a bare KeyError) or, worse, load and
+    # take the other's hyperparameters. Checkpoints of before the class names skip that check.
+    for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
+        if obj is None:
+            continue
+        if key not in doc:
+            raise ValueError(f"{ckpt} has no {key} state (got {type(obj).__name__} to load it into)")
+        saved = doc.get(f"{key}_class")
+        if saved is not None and saved != type(obj).__name__:
+            raise ValueError(
+                f"{ckpt} was written with {key} {saved}, got {type(obj).__name__}: "
+                f"resume with the same {key} class (or load the model alone)"
+            )
     if model is not None:
         load_module(unwrap_model(model), ckpt / "model.safetensors", strict=strict)
     if optimizer is not None or scheduler is not None:
         tensors = load_tensors(ckpt / "optimizer.safetensors")
         for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
-            if obj is None:
-                continue
-            if key not in doc:
-                raise ValueError(f"{ckpt} has no {key} state")
-            obj.load_state_dict(unflatten(doc[key], tensors))
+            if obj is not None:
+                obj.load_state_dict(unflatten(doc[key], tensors))
     st_file = ckpt / "state.safetensors"
     doc["state"] = unflatten(doc["state"], load_tensors(st_file) if st_file.is_file() else {})
     doc["path"] = str(ckpt)

@@ -308,3 +308,41 @@ def test_resume_at_an_epoch_end_logs_each_row_once(tmp_path):
     expected = [("train", 5), ("train", 10), ("val", 10), ("train", 15), ("train", 20), ("val", 20)]
     assert [r[:2] for r in rows(tmp_path / "ref")] == expected
     assert rows(tmp_path / "run") == rows(tmp_path / "ref")
+
+
+def test_resume_with_another_optimizer_or_scheduler_class_is_refused_before_loading(tmp_path):
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    kw = {"out_dir": str(tmp_path), "max_steps": 3, "progress": False, "plot": False}
+    Trainer(model, opt, scheduler=sched, **kw).fit(bptt_batches(tokens(200), 2, 5))
+
+    def resume(make_opt, make_sched):
+        torch.manual_seed(1)
+        fresh = TinyLM()
+        before = [p.detach().clone() for p in fresh.parameters()]
+        o = make_opt(fresh.parameters())
+        tr = Trainer(fresh, o, scheduler=make_sched(o), resume=True, **{**kw, "max_steps": 6})
+        with pytest.raises(ValueError) as err:
+            tr.fit(bptt_batches(tokens(200), 2, 5))
+        assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))  # untouched
+        assert o.param_groups[0]["lr"] == 1e-3 and tr.step == 0
+        return str(err.value)
+
+    step_lr = lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2)  # noqa: E731
+    msg = resume(lambda ps: torch.optim.Adam(ps, lr=1e-3), step_lr)
+    assert "was written with optimizer SGD, got Adam: resume with the same optimizer class" in msg
+    msg = resume(
+        lambda ps: torch.optim.SGD(ps, lr=1e-3), lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.9)
+    )
+    assert "was written with scheduler StepLR, got ExponentialLR" in msg
+
+    # a checkpoint without scheduler state, resumed with a scheduler: also before loading anything
+    no_sched = tmp_path / "no_sched"
+    save_checkpoint(no_sched, model, opt, step=3)
+    fresh = TinyLM()
+    before = [p.detach().clone() for p in fresh.parameters()]
+    with pytest.raises(ValueError, match="has no scheduler state \\(got StepLR to load it into\\)"):
+        load_checkpoint(no_sched, fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), step_lr(opt))
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
