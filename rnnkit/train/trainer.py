@@ -85,6 +85,8 @@ class Trainer:
         self._epoch_rng: dict | None = None
         self._resume: dict | None = None
         self._last_saved = -1
+        # the weights NT-ASGD's average replaced at the end of fit(): training goes on from them
+        self._raw_weights: list[Tensor] | None = None
 
     # ------------------------------------------------------------------ setup
     @property
@@ -230,6 +232,11 @@ class Trainer:
         self._train_data = train_data
         if cfg.resume and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
+        if self._raw_weights is not None:
+            # The model holds the NT-ASGD average a fit() ended with: train on from the weights it
+            # replaced, as a run that never stopped would (the average itself is in self.ntasgd).
+            self._set_trainable(self._raw_weights)
+            self._raw_weights = None
         self.should_stop, self.stop_reason = False, None
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             # a resumed run that had stopped early stays stopped (its patience is spent)
@@ -293,9 +300,13 @@ class Trainer:
             if self.stop_reason is None:
                 # a callback set should_stop (Callback's documented way to stop) without a reason
                 self.stop_reason = "callback" if self.should_stop else "max_epochs"
-            if self.ntasgd is not None and self.ntasgd.triggered:
+            averaged = self.ntasgd is not None and self.ntasgd.triggered
+            if averaged:
+                self._raw_weights = [p.detach().clone() for p in self._trainable()]
                 self.ntasgd.apply()  # the averaged weights are the result (AWD-LSTM)
-            if self.checkpoint_dir is not None and self._last_saved != self.step:
+            # With NT-ASGD, always written after apply(), even at a step already saved: the final
+            # checkpoint then loads to the model fit() returns, and it keeps the raw weights too.
+            if self.checkpoint_dir is not None and (averaged or self._last_saved != self.step):
                 self.save()
         finally:
             if self.is_main:
@@ -399,6 +410,7 @@ class Trainer:
                 "history": self.history,
                 "ranks": ranks,
                 "ntasgd": self.ntasgd.state_dict() if self.ntasgd else None,
+                "raw_weights": self._raw_weights,  # set in the final checkpoint of an averaged run
                 "grad_scaler": self.precision.state_dict(),
             }
             path = save_checkpoint(
@@ -425,6 +437,15 @@ class Trainer:
         self.losses, self.history = list(st["losses"]), list(st["history"])
         if self.ntasgd is not None and st["ntasgd"] is not None:
             self.ntasgd.load_state_dict(st["ntasgd"])
+        # The model now holds the checkpoint's weights (averaged, if it is the final one of an
+        # NT-ASGD run: then fit() puts these raw weights back before training on).
+        raw = st.get("raw_weights")
+        if raw is not None and len(raw) != len(self._trainable()):
+            raise ValueError(
+                f"checkpoint holds {len(raw)} raw weight tensors, the model has "
+                f"{len(self._trainable())} trainable parameters"
+            )
+        self._raw_weights = raw
         self.precision.load_state_dict(st.get("grad_scaler"))
         ranks, rank = st["ranks"], dist.get_rank()
         if len(ranks) != dist.get_world_size():
@@ -435,6 +456,15 @@ class Trainer:
         self._resume = ranks[rank]
         self._last_saved = self.step
         return doc
+
+    def _trainable(self) -> list[Tensor]:
+        """The parameters NT-ASGD averages (the same list and order as ``NTASGD.params``)."""
+        return [p for p in self.raw_model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def _set_trainable(self, values: list[Tensor]) -> None:
+        for p, v in zip(self._trainable(), values, strict=True):
+            p.copy_(v)
 
 
 def _model_device(model: nn.Module) -> torch.device:

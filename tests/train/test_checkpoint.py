@@ -346,3 +346,36 @@ def test_resume_with_another_optimizer_or_scheduler_class_is_refused_before_load
     with pytest.raises(ValueError, match="has no scheduler state \\(got StepLR to load it into\\)"):
         load_checkpoint(no_sched, fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), step_lr(opt))
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
+def _ntasgd_run(out_dir, max_steps, checkpoint_every=None, init_seed=0):
+    seed_everything(init_seed)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=8.0)
+    tr = Trainer(model, opt, max_steps=max_steps, max_epochs=10, val_every=2, nt_asgd=True, nonmono=1,
+                 out_dir=str(out_dir), checkpoint_every=checkpoint_every, resume=True, progress=False,
+                 plot=False)  # fmt: skip
+    tr.fit(bptt_batches(tokens(400), 4, 10), bptt_batches(tokens(100, seed=3), 2, 10))
+    return tr, model
+
+
+@pytest.mark.parametrize("checkpoint_every", [None, 6, 7])
+def test_ntasgd_final_checkpoint_is_the_returned_model_and_resumes_exactly(tmp_path, checkpoint_every):
+    ref, ref_model = _ntasgd_run(tmp_path / "ref", 30)
+    run, run_model = _ntasgd_run(tmp_path / "run", 18, checkpoint_every)
+    assert run.ntasgd.triggered_at is not None and run.ntasgd.triggered_at < 18
+    # (a) the final checkpoint loads to the model fit() returned (the averaged weights), also
+    # when the last step was already saved by checkpoint_every (18 = 3 * 6)
+    loaded = TinyLM()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints", loaded)["step"] == 18
+    for a, b in zip(run_model.parameters(), loaded.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # (b) extending the run from it continues from the raw weights: the uninterrupted run
+    res, res_model = _ntasgd_run(tmp_path / "run", 30, checkpoint_every, init_seed=123)
+    assert res.losses == ref.losses
+    assert (res.ntasgd.triggered_at, res.ntasgd.n_averaged) == (
+        ref.ntasgd.triggered_at,
+        ref.ntasgd.n_averaged,
+    )
+    for a, b in zip(ref_model.parameters(), res_model.parameters(), strict=True):
+        assert torch.equal(a, b)
