@@ -150,6 +150,8 @@ class Trainer:
         time_dim = 1 if cfg.batch_first else 0
         k1 = cfg.tbptt_k1
         dev = self._reduce_device()
+        if k1 is not None and dist.is_distributed():
+            self._check_tbptt_updates_agree(batch[0].shape[time_dim], k1, dev)
         if k1 is None or batch[0].shape[time_dim] <= k1:  # the common, simple path
             loss, state = self._forward(self.model, batch, state)
             if dist.is_distributed():
@@ -173,6 +175,21 @@ class Trainer:
         )  # fmt: skip
         loss_sum, n = dist.all_reduce_sum([loss_sum, n], dev)
         return loss_sum, n, norm
+
+    def _check_tbptt_updates_agree(self, length: int, k1: int, dev: torch.device | None) -> None:
+        """Under DDP every TBPTT update is a gradient all-reduce (and the one-update path adds an
+        all-reduce of the loss sums before its backward), so all ranks must make the same number
+        of updates in a step, or they wait in collectives that do not match: a hang, or a crash.
+        Padded batches have each rank's own longest length. Every rank raises alike."""
+        n = 1 if length <= k1 else math.ceil(length / k1)
+        most, fewest = dist.all_reduce_max(n, dev), -dist.all_reduce_max(-n, dev)
+        if most != fewest:
+            raise ValueError(
+                f"tbptt_k1={k1} under DDP: the ranks' batches of step {self.step + 1} split into "
+                f"{int(fewest)} to {int(most)} TBPTT updates (this rank: time length {length}, {n}); "
+                "every rank must make the same number: give the ranks batches of one time length "
+                "(pad them to a common length; bptt_batches windows have one)"
+            )
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

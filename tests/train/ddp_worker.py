@@ -29,7 +29,13 @@ def run(out_dir: str, mode: str = "bptt") -> None:
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        {"bptt": _train, "padded": _train_padded, "budget": _train_budget}[mode](out_dir, info)
+        modes = {
+            "bptt": _train,
+            "padded": _train_padded,
+            "budget": _train_budget,
+            "tbptt": _train_tbptt_unequal,
+        }
+        modes[mode](out_dir, info)
     finally:
         torch.set_default_dtype(old_dtype)
         cleanup_distributed()
@@ -83,6 +89,29 @@ def _train_padded(out_dir: str, info) -> None:
     if info.is_main:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / "params.safetensors"))
         (out / "result.json").write_text(json.dumps({"losses": tr.losses, "world_size": info.world_size}))
+
+
+def _train_tbptt_unequal(out_dir: str, info) -> None:
+    """tbptt_k1=4 with padded batches: step 1 has time length 8 on both ranks (2 updates each),
+    step 2 has 12 on rank 0 (3 updates) and 3 on rank 1 (1 update): every rank must refuse it
+    alike, instead of waiting in collectives that do not match."""
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    g = torch.Generator().manual_seed(5)
+    batches = []
+    for lengths in ((8, 8, 8, 6), (12, 11, 3, 2)):
+        seqs = [torch.randint(0, 11, (n + 1,), generator=g) for n in lengths]
+        items = [(s[:-1], s[1:]) for s in seqs]
+        batches.append(pad_collate(items[2 * info.rank : 2 * info.rank + 2]))
+    tr = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=0.5), tbptt_k1=4, carry_state=False, progress=False
+    )
+    try:
+        tr.fit(batches)
+        error = None
+    except ValueError as e:
+        error = str(e)
+    (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "error": error}))
 
 
 def _train_budget(out_dir: str, info) -> None:

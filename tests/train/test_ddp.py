@@ -93,6 +93,16 @@ def test_ddp_time_budget_stops_every_rank_at_the_same_step(tmp_path):
     assert r0 == r1 and r0["why"] == "max_minutes" and r0["step"] > 10
 
 
+def test_ddp_tbptt_refuses_batches_that_split_into_unequal_update_counts(tmp_path):
+    """Each TBPTT update is a DDP gradient all-reduce: ranks whose padded batches split into
+    different numbers of updates would wait in mismatched collectives. Both ranks refuse."""
+    _torchrun(ddp_worker.__file__, str(tmp_path), "tbptt")
+    r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 1  # the first step (8 steps on each rank) trained
+    assert "the ranks' batches of step 2 split into 1 to 3 TBPTT updates" in r0["error"]
+    assert "(this rank: time length 12, 3)" in r0["error"] and "(this rank: time length 3, 1)" in r1["error"]
+
+
 def _losses(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["split"], r["step"], r["loss"]) for r in rows]
