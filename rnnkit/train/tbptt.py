@@ -37,7 +37,11 @@ def tbptt_batch(
     runs once from the previous chunk's detached state. With ``k2 > k1`` the window
     ``[t - k2, t)`` is recomputed from the stored state at ``t - k2`` (reached without
     gradient from the nearest earlier boundary) and only the newest k1 outputs enter
-    the loss, so each of them backpropagates at least ``k2 - k1`` steps.
+    the loss, so each of them backpropagates at least ``k2 - k1`` steps. When ``T`` is not a
+    multiple of ``k1`` the last update covers the ``T mod k1`` remaining steps and its window
+    starts where a full one would, at ``prev + k1 - k2`` (``prev`` the previous update)
+    rather than ``T - k2``: the same ``k2 - k1`` steps of history before its first output,
+    and a start the stored boundaries reach.
 
     Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``.
     """
@@ -47,7 +51,9 @@ def tbptt_batch(
     loss_sum, tokens, norm, prev = 0.0, 0, 0.0, 0
     while prev < T:
         t = min(prev + k1, T)
-        s = max(0, t - k2)
+        # where a full window would start, the last short one too (T - k2 could fall before
+        # the boundaries kept below, and would backpropagate more than any other window)
+        s = max(0, prev + k1 - k2)
         b = max(p for p in snaps if p <= s)
         st = snaps[b]
         if b < s:

@@ -6,6 +6,7 @@
   packed form unpads to the same tensors.
 * The bucket sampler yields every index exactly once per epoch (or only full batches), the
   same plan for the same (seed, epoch), and equal batch counts on every DDP rank.
+* TBPTT(k1, k2) splits a batch of any length into updates that cover every step once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pad_packed_sequence
 
 from rnnkit.data import BucketBatchSampler, bptt_batches, length_mask, pad_collate
+from rnnkit.train.tbptt import tbptt_batch
 
 
 @st.composite
@@ -188,3 +190,33 @@ def test_bucket_sampler_ranks_cover_each_global_batch(lengths, per_rank, replica
         shards = [r[k] for r in ranks]
         assert all(len(sh) >= 1 for sh in shards)
         assert set().union(*map(set, shards)) == set(batch)  # all of it, nothing else
+
+
+@settings(max_examples=150, deadline=None)
+@given(T=st.integers(1, 40), k1=st.integers(1, 12), extra=st.integers(0, 15))
+def test_tbptt_windows_cover_every_step_once(T, k1, extra):
+    """TBPTT(k1, k2) for any T, k1 and k2 >= k1 (T not a multiple of k1 included): updates at
+    k1, 2 k1, ..., T; each loss covers the steps since the previous update, once, in order; its
+    graph starts at ``prev + k1 - k2`` (a full window's start, clamped at 0) and every model call
+    starts from the state of the whole prefix. A counting model: its state is the step reached."""
+    k2 = k1 + extra
+    w = torch.ones((), requires_grad=True)
+    calls, losses = [], []
+
+    def model(x, state):
+        start = 0 if state is None else int(state)
+        assert torch.equal(x[:, 0], torch.arange(start, start + x.shape[0]))  # the prefix's state
+        calls.append((start, start + x.shape[0], torch.is_grad_enabled()))
+        return x.double() * w, torch.tensor(start + x.shape[0])
+
+    def loss_fn(out, tgt):
+        assert torch.equal(out.detach().long(), tgt)  # outputs aligned with their targets
+        losses.append(tgt[:, 0].tolist())
+        return out.sum()
+
+    x = torch.arange(T)[:, None].expand(T, 2)
+    loss_sum, n, _, state = tbptt_batch(model, loss_fn, lambda loss: 0.0, x, x.clone(), None, k1, k2)
+    prevs = list(range(0, T, k1))
+    assert [c[:2] for c in calls if c[2]] == [(max(0, p + k1 - k2), min(p + k1, T)) for p in prevs]
+    assert losses == [list(range(p, min(p + k1, T))) for p in prevs]
+    assert n == 2 * T and int(state) == T
