@@ -29,14 +29,16 @@ def move_to(obj: Any, device: torch.device | str | None) -> Any:
         return obj
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=True)
+    # before the namedtuple branch: a PackedSequence is a namedtuple whose batch_sizes must stay
+    # on the CPU, which only its own .to knows (rebuilt field by field, torch refuses it)
+    if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
+        return obj.to(device)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(move_to(o, device) for o in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(move_to(o, device) for o in obj)
     if isinstance(obj, dict):
         return {k: move_to(v, device) for k, v in obj.items()}
-    if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
-        return obj.to(device)
     return obj
 
 

@@ -3,6 +3,7 @@ from collections import namedtuple
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.data import pad_collate
 from rnnkit.train import Trainer, count_tokens, detach_state, lm_loss, move_to
@@ -74,3 +75,19 @@ def test_evaluate_of_padded_labels_is_the_mean_over_examples():
         each = torch.cat([F.cross_entropy(logits(b), b.targets, reduction="none") for b in batches])
     assert res["tokens"] == 4
     assert res["loss"] == pytest.approx(float(each.mean()), rel=1e-6)
+
+
+def test_move_to_keeps_a_packed_sequence_valid():
+    """PadCollate(pack=True) batches on another device (the trainer moves every batch): the
+    PackedSequence is moved as its own .to does, batch_sizes staying on the CPU ('meta' takes
+    the code path of CUDA; rebuilding the namedtuple field by field raised "batch_sizes should
+    always be on CPU")."""
+    b = pad_collate([torch.ones(3, 2), torch.ones(1, 2), torch.ones(2, 2)], pack=True)
+    moved = move_to(b, "meta")
+    want = b.packed.to("meta")
+    assert isinstance(moved.packed, PackedSequence)
+    assert moved.inputs.device.type == moved.lengths.device.type == "meta"
+    for got, ref in zip(moved.packed, want, strict=True):
+        assert got.device == ref.device and got.shape == ref.shape
+    assert moved.packed.batch_sizes.device.type == "cpu"
+    assert torch.equal(moved.packed.batch_sizes, b.packed.batch_sizes)
