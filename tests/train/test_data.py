@@ -135,3 +135,15 @@ def test_bucket_sampler_ddp_shards():
         assert a + b == f or len(f) < 2
     with pytest.raises(ValueError, match="rank=2, num_replicas=2"):
         BucketBatchSampler(lengths, 4, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="must be >= num_replicas.*batch_size=3, num_replicas=4"):
+        BucketBatchSampler(lengths, 3, num_replicas=4, rank=0)
+
+
+def test_bucket_sampler_ddp_batch_not_a_multiple_of_the_world():
+    """batch_size 6 on 4 ranks: shards of 2, 2, 1, 1; an item was trained twice in every batch."""
+    lengths = list(range(1, 25))
+    full = list(BucketBatchSampler(lengths, 6, shuffle=False))
+    shards = [list(BucketBatchSampler(lengths, 6, shuffle=False, num_replicas=4, rank=r)) for r in range(4)]
+    assert [s[0] for s in shards] == [[0, 1], [2, 3], [4], [5]]
+    for k, f in enumerate(full):
+        assert sum((s[k] for s in shards), []) == f

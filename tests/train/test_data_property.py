@@ -5,7 +5,8 @@
 * Padding keeps every sequence and its target intact, pads with the given values, and the
   packed form unpads to the same tensors.
 * The bucket sampler yields every index exactly once per epoch (or only full batches), the
-  same plan for the same (seed, epoch), and equal batch counts on every DDP rank.
+  same plan for the same (seed, epoch), and equal batch counts on every DDP rank, each
+  global batch split into balanced, disjoint shards.
 * TBPTT(k1, k2) splits a batch of any length into updates that cover every step once.
 """
 
@@ -190,6 +191,36 @@ def test_bucket_sampler_ranks_cover_each_global_batch(lengths, per_rank, replica
         shards = [r[k] for r in ranks]
         assert all(len(sh) >= 1 for sh in shards)
         assert set().union(*map(set, shards)) == set(batch)  # all of it, nothing else
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=60),
+    replicas=st.integers(2, 5),
+    extra=st.integers(0, 9),
+    bucket=st.sampled_from([None, 7]),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 50),
+)
+def test_bucket_sampler_shards_are_balanced_and_disjoint(lengths, replicas, extra, bucket, drop_last, seed):
+    """Any global batch size >= the world size, a multiple of it or not: the ranks' shards of a
+    batch are its contiguous, balanced parts (sizes differing by at most one), so each item is
+    trained once; only a batch shorter than the world is padded, from its start, to one item
+    per rank. (Ceil-sized shards gave an empty rank an item of another shard, in every batch.)"""
+    B = replicas + extra
+    kw = {"bucket_size": bucket, "drop_last": drop_last, "seed": seed}
+    whole = list(BucketBatchSampler(lengths, B, **kw))
+    ranks = [
+        list(BucketBatchSampler(lengths, B, num_replicas=replicas, rank=r, **kw)) for r in range(replicas)
+    ]
+    assert all(len(r) == len(whole) for r in ranks)
+    for k, batch in enumerate(whole):
+        shards = [r[k] for r in ranks]
+        if len(batch) >= replicas:
+            assert [i for sh in shards for i in sh] == batch  # in order, each item once
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        else:
+            assert shards == [[batch[r % len(batch)]] for r in range(replicas)]
 
 
 @settings(max_examples=150, deadline=None)
