@@ -43,7 +43,11 @@ def tbptt_batch(
     rather than ``T - k2``: the same ``k2 - k1`` steps of history before its first output,
     and a start the stored boundaries reach.
 
-    Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``.
+    A window whose targets are all ignored (``-100``: labels only at the end of a sequence)
+    only carries the state forward: no loss, no ``update``.
+
+    Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``; the norm
+    is 0.0 when no window had a target.
     """
     td, T = time_dim, inputs.shape[time_dim]
     k2 = k2 or k1
@@ -61,11 +65,14 @@ def tbptt_batch(
                 _, st = model(inputs.narrow(td, b, s - b), st)
         out, new = model(inputs.narrow(td, s, t - s), st)
         tgt = targets.narrow(td, prev, t - prev)
-        loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)
-        norm = update(loss)
-        snaps[t] = detach_state(new)
         n = count_tokens((None, tgt))
-        loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
+        if n:
+            loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)
+            norm = update(loss)
+            loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
+        # else no update: the loss is a mean over no target (NaN), and a step with zero
+        # gradients would still move the weights (momentum, Adam, weight decay)
+        snaps[t] = detach_state(new)
         # keep only the boundaries the next windows can start from
         keep_from = max(p for p in snaps if p <= max(0, t + k1 - k2))
         snaps = {p: v for p, v in snaps.items() if p >= keep_from}

@@ -184,3 +184,32 @@ def test_length_not_a_multiple_of_k1_trains_chunks_k1_k1_rest():
     assert tr.step == 1
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k2", [5, 8])
+def test_chunks_without_targets_take_no_step(k2):
+    """Targets only at the end (copy-memory, labels per sequence): the chunks whose targets are
+    all -100 carry the state but make no update (their loss, a mean over nothing, was NaN in
+    the logged loss, and Adam stepped on their zero gradients). Adam's weights equal those of a
+    hand-written loop that steps on the last chunk only."""
+    a, b = _pair()
+    T, k1 = 13, 5
+    x = tokens(2 * T).view(T, 2)
+    y = torch.full((T, 2), -100)
+    y[-2:] = x[:2]
+    opt_a = torch.optim.Adam(a.parameters(), lr=0.01)
+    s = max(0, 10 + k1 - k2)  # the last window's start
+    with torch.no_grad():
+        _, st = a(x[:s])
+    out, _ = a(x[s:], st)
+    want = lm_loss(out[10 - s :], y[10:])
+    want.backward()
+    opt_a.step()
+    opt_b = torch.optim.Adam(b.parameters(), lr=0.01)
+    tr = Trainer(b, opt_b, tbptt_k1=k1, tbptt_k2=k2, progress=False)
+    tr.fit([(x, y)])
+    assert int(opt_b.state[b.out.bias]["step"]) == 1
+    assert len(tr.losses) == 1 and tr.losses[0] == pytest.approx(want.item())
+    assert tr.tokens_seen == 4
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
