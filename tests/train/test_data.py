@@ -147,3 +147,22 @@ def test_bucket_sampler_ddp_batch_not_a_multiple_of_the_world():
     assert [s[0] for s in shards] == [[0, 1], [2, 3], [4], [5]]
     for k, f in enumerate(full):
         assert sum((s[k] for s in shards), []) == f
+
+
+def test_pad_collate_target_layout_does_not_depend_on_the_batch():
+    """Multi-hot labels of size 4: a batch whose inputs all have length 4 was read as sequences,
+    targets (4, B) instead of (B, 4). sequence_targets=False/True fixes the layout."""
+    labels = [(torch.randn(L, 3), torch.tensor([1.0, 0.0, 1.0, L % 2])) for L in (3, 6, 4, 4)]
+    labels_of = PadCollate(sequence_targets=False)
+    assert labels_of(labels[:2]).targets.shape == labels_of(labels[2:]).targets.shape == (2, 4)
+    assert torch.equal(labels_of(labels[2:]).targets, torch.stack([t for _, t in labels[2:]]))
+    assert PadCollate()(labels[2:]).targets.shape == (4, 2)  # the default: sequences, as before
+    seqs = [(torch.randn(L, 3), torch.arange(L)) for L in (3, 1)]
+    b = pad_collate(seqs, sequence_targets=True)
+    assert b.targets.tolist() == [[0, 0], [1, -100], [2, -100]]
+    with pytest.raises(ValueError, match=r"item 1: .* of length 1 \(its input's\), got shape \(2,\)"):
+        pad_collate([seqs[0], (torch.randn(1, 3), torch.arange(2))], sequence_targets=True)
+    with pytest.raises(ValueError, match=r"item 0 has \(3,\), item 1 has \(1,\)"):
+        pad_collate(seqs, sequence_targets=False)
+    with pytest.raises(ValueError, match="sequence_targets must be None, True or False, got 'yes'"):
+        PadCollate(sequence_targets="yes")

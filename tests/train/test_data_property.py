@@ -3,7 +3,7 @@
 * BPTT windows tile each stream exactly once, in order, with the next token as target;
   window lengths obey the AWD-LSTM bounds; ranks shard the global batch without overlap.
 * Padding keeps every sequence and its target intact, pads with the given values, and the
-  packed form unpads to the same tensors.
+  packed form unpads to the same tensors; an explicit target layout holds for every batch.
 * The bucket sampler yields every index exactly once per epoch (or only full batches), the
   same plan for the same (seed, epoch), and equal batch counts on every DDP rank, each
   global batch split into balanced, disjoint shards.
@@ -137,6 +137,29 @@ def test_pad_collate_keeps_every_sequence(case, batch_first, pack, pad):
         assert torch.equal(unpacked, b.inputs) and lens.tolist() == lengths
     else:
         assert b.packed is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=8),
+    K=st.integers(1, 6),
+    batch_first=st.booleans(),
+    sequences=st.booleans(),
+)
+def test_pad_collate_explicit_target_layout(lengths, K, batch_first, sequences):
+    """With sequence_targets set, the target layout is a function of the option alone: label
+    vectors (K,) stack to (B, K) even when every input has length K; sequences pad to the
+    inputs' (T_max, B) / (B, T_max) even when every target could be a label of one shape."""
+    if sequences:
+        items = [(torch.ones(L, 2), torch.arange(L)) for L in lengths]
+        want = (max(lengths), len(lengths))
+    else:
+        items = [(torch.ones(L, 2), torch.full((K,), float(i))) for i, L in enumerate(lengths)]
+        want = (len(lengths), K)
+    b = pad_collate(items, batch_first=batch_first, sequence_targets=sequences)
+    assert b.targets.shape == (want[::-1] if sequences and batch_first else want)
+    if not sequences:
+        assert b.targets[:, 0].tolist() == list(range(len(lengths)))
 
 
 @settings(max_examples=150, deadline=None)
