@@ -18,9 +18,9 @@ class PaddedBatch(NamedTuple):
     ``inputs``: ``(T_max, B, *)`` or ``(B, T_max, *)`` (``batch_first``), padded with
     ``padding_value``. ``targets``: padded the same way (with ``target_padding_value``,
     by default -100, ``cross_entropy``'s ``ignore_index``) when they are sequences,
-    stacked ``(B, *)`` when they are per-sequence labels, ``None`` when items have no
-    target. ``lengths``: ``(B,)`` int64 on CPU. ``packed``: a ``PackedSequence`` of the
-    inputs when requested, else ``None``.
+    stacked ``(B, *)`` when they are per-sequence labels (see ``PadCollate``'s
+    ``sequence_targets``), ``None`` when items have no target. ``lengths``: ``(B,)`` int64
+    on CPU. ``packed``: a ``PackedSequence`` of the inputs when requested, else ``None``.
     """
 
     inputs: Tensor
@@ -41,6 +41,15 @@ class PadCollate:
 
     Items are a sequence tensor ``(T_i, *)``, or a pair ``(sequence, target)`` where the
     target is a sequence ``(T_i, *)`` or a label tensor/number.
+
+    ``sequence_targets`` fixes how targets are batched: ``True`` pads them as sequences (each
+    must have its input's length), ``False`` stacks them as per-sequence labels ``(B, *)`` (all
+    of one shape). ``None`` (the default) decides for each batch: sequences when every target's
+    first dimension equals its input's length, else labels. That is data-dependent for label
+    vectors: multi-hot labels ``(K,)`` are read as sequences in a batch whose inputs all have
+    length ``K``, and come out time-major ``(K, B)`` instead of ``(B, K)``; pass
+    ``sequence_targets=False`` for them (and ``True`` for sequences, to get an error rather
+    than labels when a target's length is wrong).
     """
 
     def __init__(
@@ -50,9 +59,13 @@ class PadCollate:
         padding_value: float = 0,
         target_padding_value: float = -100,
         pack: bool = False,
+        sequence_targets: bool | None = None,
     ) -> None:
+        if sequence_targets not in (None, True, False):
+            raise ValueError(f"sequence_targets must be None, True or False, got {sequence_targets!r}")
         self.batch_first, self.padding_value = batch_first, padding_value
         self.target_padding_value, self.pack = target_padding_value, pack
+        self.sequence_targets = sequence_targets
 
     def __call__(self, items: Sequence[Any]) -> PaddedBatch:
         if len(items) == 0:
@@ -69,11 +82,25 @@ class PadCollate:
         targets = None
         if paired:
             tgts = [torch.as_tensor(it[1]) for it in items]
-            if all(t.dim() >= 1 and t.shape[0] == s.shape[0] for t, s in zip(tgts, seqs, strict=True)):
+            aligned = [t.dim() >= 1 and t.shape[0] == s.shape[0] for t, s in zip(tgts, seqs, strict=True)]
+            sequences = all(aligned) if self.sequence_targets is None else self.sequence_targets
+            if sequences:
+                if not all(aligned):
+                    i = aligned.index(False)
+                    raise ValueError(
+                        f"item {i}: sequence_targets=True expects a target of length {seqs[i].shape[0]} "
+                        f"(its input's), got shape {tuple(tgts[i].shape)}"
+                    )
                 targets = pad_sequence(
                     tgts, batch_first=self.batch_first, padding_value=self.target_padding_value
                 )
             else:
+                for i, t in enumerate(tgts):
+                    if t.shape != tgts[0].shape:
+                        raise ValueError(
+                            f"per-sequence labels are stacked and need one shape: item 0 has "
+                            f"{tuple(tgts[0].shape)}, item {i} has {tuple(t.shape)}"
+                        )
                 targets = torch.stack(tgts)
         packed = None
         if self.pack:
@@ -88,6 +115,7 @@ def pad_collate(
     padding_value: float = 0,
     target_padding_value: float = -100,
     pack: bool = False,
+    sequence_targets: bool | None = None,
 ) -> PaddedBatch:
     """Pad a list of sequences (or ``(sequence, target)`` pairs); see :class:`PadCollate`."""
     return PadCollate(
@@ -95,4 +123,5 @@ def pad_collate(
         padding_value=padding_value,
         target_padding_value=target_padding_value,
         pack=pack,
+        sequence_targets=sequence_targets,
     )(items)

@@ -18,11 +18,14 @@ class BucketBatchSampler(Sampler[list[int]]):
     batch order is shuffled. Sorting within pools (not globally) keeps some randomness.
     Use it as ``DataLoader(ds, batch_sampler=..., collate_fn=PadCollate())``.
 
-    For DDP pass ``num_replicas``/``rank``: ``batch_size`` is the global batch, every
-    global batch is cut into ``num_replicas`` contiguous shards and each rank yields its
-    own; all ranks see the same number of batches (a short last batch is padded with
-    indices from its start). Call ``set_epoch`` each epoch; the order is a function of
-    ``(seed, epoch)``.
+    For DDP pass ``num_replicas``/``rank``: ``batch_size`` is the global batch (at least
+    ``num_replicas``), every global batch is cut into ``num_replicas`` contiguous shards whose
+    sizes differ by at most one (the first ``len(batch) % num_replicas`` ranks get one more)
+    and each rank yields its own, so every item is trained once and all ranks see the same
+    number of batches. Only a short batch (a pool's last, without ``drop_last``) holding fewer
+    than ``num_replicas`` items is padded, with items from its start, to one item per rank:
+    those items are trained twice in that step. Call ``set_epoch`` each epoch; the order is a
+    function of ``(seed, epoch)``.
     """
 
     def __init__(
@@ -41,6 +44,11 @@ class BucketBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}")
+        if batch_size < num_replicas:
+            raise ValueError(
+                f"batch_size is the global batch and must be >= num_replicas (one item per rank), "
+                f"got batch_size={batch_size}, num_replicas={num_replicas}"
+            )
         if len(lengths) == 0:
             raise ValueError("lengths is empty")
         self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
@@ -76,11 +84,14 @@ class BucketBatchSampler(Sampler[list[int]]):
             if self.num_replicas == 1:
                 yield batch
                 continue
-            if len(batch) < self.num_replicas:  # every rank needs at least one item
-                batch = (batch * self.num_replicas)[: self.num_replicas]
-            per = -(-len(batch) // self.num_replicas)
-            shard = batch[self.rank * per : (self.rank + 1) * per]
-            yield shard or batch[-1:]
+            R = self.num_replicas
+            if len(batch) < R:  # unavoidable padding: every rank must step, with at least one item
+                batch = (batch * R)[:R]
+            # balanced shards (sizes q or q + 1): ceil-sized ones left a rank empty and it was
+            # given an item of another shard, trained twice, in every batch not a multiple of R
+            q, r = divmod(len(batch), R)
+            start = self.rank * q + min(self.rank, r)
+            yield batch[start : start + q + (self.rank < r)]
 
     def __len__(self) -> int:
         # Pools can each leave a short batch, so count by building the (cheap) plan.

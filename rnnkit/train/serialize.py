@@ -3,15 +3,22 @@
 ``flatten(obj)`` returns ``(structure, tensors)``: ``structure`` is plain JSON data in
 which every tensor is replaced by ``{"__tensor__": name}`` and ``tensors`` maps those
 names to tensors. Dict keys keep their type (optimizer states are keyed by int), tuples
-stay tuples and non-finite floats survive strict JSON. Loading needs only ``json`` and
-``safetensors``, so a checkpoint can never execute code.
+stay tuples, namedtuples stay namedtuples (a recurrent state ``LSTMState(h, c)``, a
+``PackedSequence``) and non-finite floats survive strict JSON. Loading needs only ``json`` and
+``safetensors``, so a checkpoint can never execute code: a namedtuple comes back as the class
+its module and name record when that module is already imported and the class there has the
+same fields (nothing is imported, no attribute hook runs), else as a ``collections.namedtuple``
+of the same name and fields, whose attributes the model's code reads just the same.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +48,16 @@ def flatten(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
                     raise TypeError(f"cannot serialize dict key {k!r} at {path or '<root>'}")
                 items.append([k, enc(v, f"{path}.{k}" if path else str(k))])
             return {"__dict__": items}
+        if isinstance(o, tuple) and hasattr(o, "_fields"):  # a namedtuple: its type is part of it
+            cls = type(o)
+            return {
+                "__namedtuple__": [
+                    cls.__module__,
+                    cls.__qualname__,
+                    list(o._fields),
+                    [enc(v, f"{path}.{f}") for f, v in zip(o._fields, o, strict=True)],
+                ]
+            }
         if isinstance(o, tuple):
             return {"__tuple__": [enc(v, f"{path}.{i}") for i, v in enumerate(o)]}
         if isinstance(o, list):
@@ -53,7 +70,29 @@ def flatten(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
     return enc(obj, prefix), tensors
 
 
+def _namedtuple_class(module: str, qualname: str, fields: list[str], cache: dict[tuple, type]) -> type:
+    """The class of a serialized namedtuple, without importing or running anything: the
+    recorded class if its module is loaded and the class found there (plain ``__dict__``
+    lookups, no ``__getattr__`` hook) is a tuple type with these fields, else a
+    ``collections.namedtuple`` of the same name and fields (one per kind in a checkpoint)."""
+    key = (module, qualname, tuple(fields))
+    if key in cache:
+        return cache[key]
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = vars(obj).get(part) if isinstance(obj, (types.ModuleType, type)) else None
+    if not (isinstance(obj, type) and issubclass(obj, tuple) and list(getattr(obj, "_fields", ())) == fields):
+        try:
+            obj = collections.namedtuple(qualname.rsplit(".", 1)[-1], fields)
+        except (TypeError, ValueError) as e:  # not identifiers: not written by flatten
+            raise ValueError(f"malformed serialized namedtuple {module}.{qualname}{fields}: {e}") from e
+    cache[key] = obj
+    return obj
+
+
 def unflatten(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    classes: dict[tuple, type] = {}
+
     def dec(o: Any) -> Any:
         if isinstance(o, list):
             return [dec(v) for v in o]
@@ -64,6 +103,9 @@ def unflatten(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
                 return float(o["__float__"])
             if "__tuple__" in o:
                 return tuple(dec(v) for v in o["__tuple__"])
+            if "__namedtuple__" in o:
+                module, qualname, fields, values = o["__namedtuple__"]
+                return _namedtuple_class(module, qualname, fields, classes)(*(dec(v) for v in values))
             if "__dict__" in o:
                 return {k: dec(v) for k, v in o["__dict__"]}
             raise ValueError(f"malformed serialized state: unexpected object {sorted(o)}")

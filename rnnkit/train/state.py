@@ -29,31 +29,40 @@ def move_to(obj: Any, device: torch.device | str | None) -> Any:
         return obj
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=True)
+    # before the namedtuple branch: a PackedSequence is a namedtuple whose batch_sizes must stay
+    # on the CPU, which only its own .to knows (rebuilt field by field, torch refuses it)
+    if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
+        return obj.to(device)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
         return type(obj)(*(move_to(o, device) for o in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(move_to(o, device) for o in obj)
     if isinstance(obj, dict):
         return {k: move_to(v, device) for k, v in obj.items()}
-    if hasattr(obj, "to") and callable(obj.to) and not isinstance(obj, type):
-        return obj.to(device)
     return obj
 
 
 def count_tokens(batch: Any) -> int:
-    """Number of predicted tokens in a batch (for tokens/s and token-weighted means).
+    """Number of predicted targets in a batch: the weight of its mean loss in token-weighted
+    means (logged and validation losses, DDP's per-rank weighting) and tokens/s.
 
-    Uses ``batch.lengths`` when present, else the targets (``batch[1]``) not equal to
-    ``IGNORE_INDEX`` for integer targets, else ``numel`` of the targets or inputs.
+    With targets (``batch[1]`` a tensor), integer targets count those not equal to
+    ``IGNORE_INDEX`` (-100): LM windows and padded tag sequences their real steps, per-sequence
+    class labels one per sequence. Floating targets count every element, except in a padded
+    batch (one with ``lengths``) where -100 is :class:`~rnnkit.data.PadCollate`'s padding
+    (``target_padding_value``) and is not counted. Without targets: ``batch.lengths`` summed
+    when present, else ``numel`` of the inputs.
     """
     lengths = getattr(batch, "lengths", None)
-    if isinstance(lengths, Tensor):
-        return int(lengths.sum())
     if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
+        # the targets first: a padded batch of per-sequence labels has one target per sequence,
+        # whatever its lengths (the loss is a mean over the labels, not over the input steps)
         tgt = batch[1]
-        if not tgt.is_floating_point():
+        if not tgt.is_floating_point() or isinstance(lengths, Tensor):
             return int((tgt != IGNORE_INDEX).sum())
         return tgt.numel()
+    if isinstance(lengths, Tensor):
+        return int(lengths.sum())
     first = batch[0] if isinstance(batch, (tuple, list)) else batch
     return first.numel() if isinstance(first, Tensor) else 1
 

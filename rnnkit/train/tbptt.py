@@ -37,9 +37,17 @@ def tbptt_batch(
     runs once from the previous chunk's detached state. With ``k2 > k1`` the window
     ``[t - k2, t)`` is recomputed from the stored state at ``t - k2`` (reached without
     gradient from the nearest earlier boundary) and only the newest k1 outputs enter
-    the loss, so each of them backpropagates at least ``k2 - k1`` steps.
+    the loss, so each of them backpropagates at least ``k2 - k1`` steps. When ``T`` is not a
+    multiple of ``k1`` the last update covers the ``T mod k1`` remaining steps and its window
+    starts where a full one would, at ``prev + k1 - k2`` (``prev`` the previous update)
+    rather than ``T - k2``: the same ``k2 - k1`` steps of history before its first output,
+    and a start the stored boundaries reach.
 
-    Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``.
+    A window whose targets are all ignored (``-100``: labels only at the end of a sequence)
+    only carries the state forward: no loss, no ``update``.
+
+    Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``; the norm
+    is 0.0 when no window had a target.
     """
     td, T = time_dim, inputs.shape[time_dim]
     k2 = k2 or k1
@@ -47,7 +55,9 @@ def tbptt_batch(
     loss_sum, tokens, norm, prev = 0.0, 0, 0.0, 0
     while prev < T:
         t = min(prev + k1, T)
-        s = max(0, t - k2)
+        # where a full window would start, the last short one too (T - k2 could fall before
+        # the boundaries kept below, and would backpropagate more than any other window)
+        s = max(0, prev + k1 - k2)
         b = max(p for p in snaps if p <= s)
         st = snaps[b]
         if b < s:
@@ -55,11 +65,14 @@ def tbptt_batch(
                 _, st = model(inputs.narrow(td, b, s - b), st)
         out, new = model(inputs.narrow(td, s, t - s), st)
         tgt = targets.narrow(td, prev, t - prev)
-        loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)
-        norm = update(loss)
-        snaps[t] = detach_state(new)
         n = count_tokens((None, tgt))
-        loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
+        if n:
+            loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)
+            norm = update(loss)
+            loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
+        # else no update: the loss is a mean over no target (NaN), and a step with zero
+        # gradients would still move the weights (momentum, Adam, weight decay)
+        snaps[t] = detach_state(new)
         # keep only the boundaries the next windows can start from
         keep_from = max(p for p in snaps if p <= max(0, t + k1 - k2))
         snaps = {p: v for p, v in snaps.items() if p >= keep_from}

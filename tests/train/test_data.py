@@ -135,3 +135,34 @@ def test_bucket_sampler_ddp_shards():
         assert a + b == f or len(f) < 2
     with pytest.raises(ValueError, match="rank=2, num_replicas=2"):
         BucketBatchSampler(lengths, 4, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="must be >= num_replicas.*batch_size=3, num_replicas=4"):
+        BucketBatchSampler(lengths, 3, num_replicas=4, rank=0)
+
+
+def test_bucket_sampler_ddp_batch_not_a_multiple_of_the_world():
+    """batch_size 6 on 4 ranks: shards of 2, 2, 1, 1; an item was trained twice in every batch."""
+    lengths = list(range(1, 25))
+    full = list(BucketBatchSampler(lengths, 6, shuffle=False))
+    shards = [list(BucketBatchSampler(lengths, 6, shuffle=False, num_replicas=4, rank=r)) for r in range(4)]
+    assert [s[0] for s in shards] == [[0, 1], [2, 3], [4], [5]]
+    for k, f in enumerate(full):
+        assert sum((s[k] for s in shards), []) == f
+
+
+def test_pad_collate_target_layout_does_not_depend_on_the_batch():
+    """Multi-hot labels of size 4: a batch whose inputs all have length 4 was read as sequences,
+    targets (4, B) instead of (B, 4). sequence_targets=False/True fixes the layout."""
+    labels = [(torch.randn(L, 3), torch.tensor([1.0, 0.0, 1.0, L % 2])) for L in (3, 6, 4, 4)]
+    labels_of = PadCollate(sequence_targets=False)
+    assert labels_of(labels[:2]).targets.shape == labels_of(labels[2:]).targets.shape == (2, 4)
+    assert torch.equal(labels_of(labels[2:]).targets, torch.stack([t for _, t in labels[2:]]))
+    assert PadCollate()(labels[2:]).targets.shape == (4, 2)  # the default: sequences, as before
+    seqs = [(torch.randn(L, 3), torch.arange(L)) for L in (3, 1)]
+    b = pad_collate(seqs, sequence_targets=True)
+    assert b.targets.tolist() == [[0, 0], [1, -100], [2, -100]]
+    with pytest.raises(ValueError, match=r"item 1: .* of length 1 \(its input's\), got shape \(2,\)"):
+        pad_collate([seqs[0], (torch.randn(1, 3), torch.arange(2))], sequence_targets=True)
+    with pytest.raises(ValueError, match=r"item 0 has \(3,\), item 1 has \(1,\)"):
+        pad_collate(seqs, sequence_targets=False)
+    with pytest.raises(ValueError, match="sequence_targets must be None, True or False, got 'yes'"):
+        PadCollate(sequence_targets="yes")

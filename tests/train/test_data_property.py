@@ -3,9 +3,11 @@
 * BPTT windows tile each stream exactly once, in order, with the next token as target;
   window lengths obey the AWD-LSTM bounds; ranks shard the global batch without overlap.
 * Padding keeps every sequence and its target intact, pads with the given values, and the
-  packed form unpads to the same tensors.
+  packed form unpads to the same tensors; an explicit target layout holds for every batch.
 * The bucket sampler yields every index exactly once per epoch (or only full batches), the
-  same plan for the same (seed, epoch), and equal batch counts on every DDP rank.
+  same plan for the same (seed, epoch), and equal batch counts on every DDP rank, each
+  global batch split into balanced, disjoint shards.
+* TBPTT(k1, k2) splits a batch of any length into updates that cover every step once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pad_packed_sequence
 
 from rnnkit.data import BucketBatchSampler, bptt_batches, length_mask, pad_collate
+from rnnkit.train.tbptt import tbptt_batch
 
 
 @st.composite
@@ -136,6 +139,29 @@ def test_pad_collate_keeps_every_sequence(case, batch_first, pack, pad):
         assert b.packed is None
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=8),
+    K=st.integers(1, 6),
+    batch_first=st.booleans(),
+    sequences=st.booleans(),
+)
+def test_pad_collate_explicit_target_layout(lengths, K, batch_first, sequences):
+    """With sequence_targets set, the target layout is a function of the option alone: label
+    vectors (K,) stack to (B, K) even when every input has length K; sequences pad to the
+    inputs' (T_max, B) / (B, T_max) even when every target could be a label of one shape."""
+    if sequences:
+        items = [(torch.ones(L, 2), torch.arange(L)) for L in lengths]
+        want = (max(lengths), len(lengths))
+    else:
+        items = [(torch.ones(L, 2), torch.full((K,), float(i))) for i, L in enumerate(lengths)]
+        want = (len(lengths), K)
+    b = pad_collate(items, batch_first=batch_first, sequence_targets=sequences)
+    assert b.targets.shape == (want[::-1] if sequences and batch_first else want)
+    if not sequences:
+        assert b.targets[:, 0].tolist() == list(range(len(lengths)))
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     lengths=st.lists(st.integers(1, 50), min_size=1, max_size=80),
@@ -188,3 +214,63 @@ def test_bucket_sampler_ranks_cover_each_global_batch(lengths, per_rank, replica
         shards = [r[k] for r in ranks]
         assert all(len(sh) >= 1 for sh in shards)
         assert set().union(*map(set, shards)) == set(batch)  # all of it, nothing else
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=60),
+    replicas=st.integers(2, 5),
+    extra=st.integers(0, 9),
+    bucket=st.sampled_from([None, 7]),
+    drop_last=st.booleans(),
+    seed=st.integers(0, 50),
+)
+def test_bucket_sampler_shards_are_balanced_and_disjoint(lengths, replicas, extra, bucket, drop_last, seed):
+    """Any global batch size >= the world size, a multiple of it or not: the ranks' shards of a
+    batch are its contiguous, balanced parts (sizes differing by at most one), so each item is
+    trained once; only a batch shorter than the world is padded, from its start, to one item
+    per rank. (Ceil-sized shards gave an empty rank an item of another shard, in every batch.)"""
+    B = replicas + extra
+    kw = {"bucket_size": bucket, "drop_last": drop_last, "seed": seed}
+    whole = list(BucketBatchSampler(lengths, B, **kw))
+    ranks = [
+        list(BucketBatchSampler(lengths, B, num_replicas=replicas, rank=r, **kw)) for r in range(replicas)
+    ]
+    assert all(len(r) == len(whole) for r in ranks)
+    for k, batch in enumerate(whole):
+        shards = [r[k] for r in ranks]
+        if len(batch) >= replicas:
+            assert [i for sh in shards for i in sh] == batch  # in order, each item once
+            assert max(map(len, shards)) - min(map(len, shards)) <= 1
+        else:
+            assert shards == [[batch[r % len(batch)]] for r in range(replicas)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(T=st.integers(1, 40), k1=st.integers(1, 12), extra=st.integers(0, 15))
+def test_tbptt_windows_cover_every_step_once(T, k1, extra):
+    """TBPTT(k1, k2) for any T, k1 and k2 >= k1 (T not a multiple of k1 included): updates at
+    k1, 2 k1, ..., T; each loss covers the steps since the previous update, once, in order; its
+    graph starts at ``prev + k1 - k2`` (a full window's start, clamped at 0) and every model call
+    starts from the state of the whole prefix. A counting model: its state is the step reached."""
+    k2 = k1 + extra
+    w = torch.ones((), requires_grad=True)
+    calls, losses = [], []
+
+    def model(x, state):
+        start = 0 if state is None else int(state)
+        assert torch.equal(x[:, 0], torch.arange(start, start + x.shape[0]))  # the prefix's state
+        calls.append((start, start + x.shape[0], torch.is_grad_enabled()))
+        return x.double() * w, torch.tensor(start + x.shape[0])
+
+    def loss_fn(out, tgt):
+        assert torch.equal(out.detach().long(), tgt)  # outputs aligned with their targets
+        losses.append(tgt[:, 0].tolist())
+        return out.sum()
+
+    x = torch.arange(T)[:, None].expand(T, 2)
+    loss_sum, n, _, state = tbptt_batch(model, loss_fn, lambda loss: 0.0, x, x.clone(), None, k1, k2)
+    prevs = list(range(0, T, k1))
+    assert [c[:2] for c in calls if c[2]] == [(max(0, p + k1 - k2), min(p + k1, T)) for p in prevs]
+    assert losses == [list(range(p, min(p + k1, T))) for p in prevs]
+    assert n == 2 * T and int(state) == T

@@ -5,9 +5,11 @@ resume (the loss scaler's state is in the checkpoint)."""
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkit
 from rnnkit.data import bptt_batches
@@ -108,3 +110,40 @@ def test_float16_scaler_skips_overflowing_steps():
 def test_amp_must_be_known():
     with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
         Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), amp="fp8")
+
+
+class _HC(NamedTuple):
+    h: torch.Tensor
+    c: torch.Tensor
+
+
+class _NamedStateLM(TinyLM):
+    """TinyLM whose state is a NamedTuple (the model protocol allows any tuple)."""
+
+    def forward(self, x, state=None):
+        y, (h, c) = self.rnn(self.emb(x), None if state is None else (state.h, state.c))
+        return self.out(y), _HC(h, c)
+
+
+def test_float32_outputs_keep_namedtuples_dicts_and_packed_sequences():
+    """Under autocast the returned structure is the model's, in float32: a namedtuple was
+    rebuilt from a generator (TypeError), a PackedSequence failed, dicts stayed in bfloat16."""
+    mp = MixedPrecision("bf16", torch.device("cpu"))
+    half = torch.ones(3, 2, dtype=torch.bfloat16)
+    packed = pack_padded_sequence(half, torch.tensor([3, 1]), enforce_sorted=False)
+
+    def model(x):
+        return {"hc": _HC(x, x), "d": {"k": x}}, packed, [x.long()]
+
+    (state, out, ints) = mp.call(model, half)
+    assert isinstance(state["hc"], _HC) and isinstance(out, PackedSequence) and isinstance(ints, list)
+    assert state["hc"].h.dtype == state["hc"].c.dtype == state["d"]["k"].dtype == out.data.dtype
+    assert out.data.dtype == torch.float32 and ints[0].dtype == torch.long
+    assert torch.equal(out.batch_sizes, packed.batch_sizes)
+    assert torch.equal(out.sorted_indices, packed.sorted_indices)
+
+
+def test_mixed_precision_with_a_namedtuple_state():
+    tr, _, seen = _run("bf16", model=_NamedStateLM(hidden=16))
+    assert set(seen) == {torch.bfloat16}
+    assert isinstance(tr.state, _HC) and tr.state.h.dtype == torch.float32

@@ -2,8 +2,11 @@ from collections import namedtuple
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import PackedSequence
 
-from rnnkit.train import count_tokens, detach_state, lm_loss, move_to
+from rnnkit.data import pad_collate
+from rnnkit.train import Trainer, count_tokens, detach_state, lm_loss, move_to
 
 HC = namedtuple("HC", "h c")
 
@@ -31,3 +34,60 @@ def test_move_to_and_count_tokens():
 def test_lm_loss_shape_check():
     with pytest.raises(ValueError, match=r"logits shape \(3, 2, 5\) does not match targets"):
         lm_loss(torch.zeros(3, 2, 5), torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_count_tokens_counts_targets_not_input_steps():
+    """A padded batch weighs by its non-ignored targets: one per sequence for labels (it counted
+    the input steps, sum(lengths)), the real steps of tag sequences, ignored ones excepted."""
+    x = [torch.zeros(L, 3) for L in (2, 5, 9)]
+    labels = pad_collate([(s, torch.tensor(i)) for i, s in enumerate(x)])
+    assert count_tokens(labels) == 3
+    tags = pad_collate([(s, torch.arange(s.shape[0])) for s in x])
+    assert count_tokens(tags) == 16  # sum(lengths): the padding is -100
+    tags.targets[0, 1] = -100  # an ignored position inside a sequence
+    assert count_tokens(tags) == 15
+    multi_hot = pad_collate([(s, torch.ones(4)) for s in x[:2]])  # float labels (B, K)
+    assert count_tokens(multi_hot) == 8
+    series = pad_collate([(s, torch.ones(s.shape[0], 2)) for s in x])  # float sequences, padded
+    assert count_tokens(series) == 2 * 16
+    assert count_tokens(pad_collate(x)) == 16  # no targets: the lengths
+    assert count_tokens(torch.zeros(3, 2)) == 6
+
+
+def test_evaluate_of_padded_labels_is_the_mean_over_examples():
+    """Trainer.evaluate (validation loss, early stopping, NT-ASGD) of a classifier on padded
+    batches of unequal lengths: the mean over the examples, not a length-weighted one."""
+    torch.manual_seed(0)
+    rnn, head = torch.nn.GRU(3, 8), torch.nn.Linear(8, 4)
+    model = torch.nn.ModuleList([rnn, head])
+
+    def logits(batch):
+        return head(rnn(batch.inputs)[1][-1])
+
+    def step_fn(m, batch, state):
+        return F.cross_entropy(logits(batch), batch.targets), None
+
+    items = [(torch.randn(L, 3), torch.tensor(L % 4)) for L in (2, 2, 20, 20)]
+    batches = [pad_collate(items[:2]), pad_collate(items[2:])]
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), step_fn=step_fn, carry_state=False)
+    res = tr.evaluate(batches)
+    with torch.no_grad():
+        each = torch.cat([F.cross_entropy(logits(b), b.targets, reduction="none") for b in batches])
+    assert res["tokens"] == 4
+    assert res["loss"] == pytest.approx(float(each.mean()), rel=1e-6)
+
+
+def test_move_to_keeps_a_packed_sequence_valid():
+    """PadCollate(pack=True) batches on another device (the trainer moves every batch): the
+    PackedSequence is moved as its own .to does, batch_sizes staying on the CPU ('meta' takes
+    the code path of CUDA; rebuilding the namedtuple field by field raised "batch_sizes should
+    always be on CPU")."""
+    b = pad_collate([torch.ones(3, 2), torch.ones(1, 2), torch.ones(2, 2)], pack=True)
+    moved = move_to(b, "meta")
+    want = b.packed.to("meta")
+    assert isinstance(moved.packed, PackedSequence)
+    assert moved.inputs.device.type == moved.lengths.device.type == "meta"
+    for got, ref in zip(moved.packed, want, strict=True):
+        assert got.device == ref.device and got.shape == ref.shape
+    assert moved.packed.batch_sizes.device.type == "cpu"
+    assert torch.equal(moved.packed.batch_sizes, b.packed.batch_sizes)

@@ -5,6 +5,7 @@ import torch
 
 from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer, detach_state, lm_loss
+from rnnkit.train.tbptt import tbptt_batch
 
 from .models import NestedStateLM, TinyLM, tokens
 
@@ -121,3 +122,94 @@ def _leaves(s):
     else:
         for v in s:
             yield from _leaves(v)
+
+
+def _hand_tbptt_grads(model, x, y, k1, k2):
+    """Reference TBPTT(k1, k2) with fixed weights, written from the definition: an update after
+    every k1 steps (the last one after the T mod k1 remaining steps), whose loss covers the
+    steps since the previous update and backpropagates from ``prev + k1 - k2`` on, the start a
+    full window would have; the state there is that of the whole prefix, without gradient."""
+    T, grads = x.shape[0], []
+    for prev in range(0, T, k1):
+        t, s = min(prev + k1, T), max(0, prev + k1 - k2)
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            _, st = model(x[:s]) if s else (None, None)
+        out, _ = model(x[s:t], st)
+        lm_loss(out[prev - s :], y[prev:t]).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    return grads
+
+
+@pytest.mark.parametrize(("T", "k1", "k2"), [(10, 4, 4), (7, 3, 3), (10, 3, 8), (11, 4, 6), (5, 4, 9)])
+def test_length_not_a_multiple_of_k1_every_update_gradient(T, k1, k2):
+    """T not a multiple of k1 (it crashed with "max() arg is an empty sequence"): the last, short
+    window is trained like the others; every update's gradient is the hand-written one's."""
+    a, b = _pair()
+    x, y = tokens(2 * T).view(T, 2), tokens(2 * T, seed=1).view(T, 2)
+    got = []
+
+    def update(loss):  # no step: the weights stay fixed, as in the reference
+        a.zero_grad(set_to_none=True)
+        loss.backward()
+        got.append([p.grad.clone() for p in a.parameters()])
+        return 0.0
+
+    loss_sum, n, _, state = tbptt_batch(a, lm_loss, update, x, y, None, k1, k2)
+    want = _hand_tbptt_grads(b, x, y, k1, k2)
+    assert len(got) == len(want) == -(-T // k1)
+    for g, w in zip(got, want, strict=True):
+        for gp, wp in zip(g, w, strict=True):
+            torch.testing.assert_close(gp, wp, rtol=0, atol=1e-12)
+    assert n == 2 * T
+    _, full = b(x)
+    torch.testing.assert_close(state, detach_state(full), rtol=0, atol=1e-12)
+
+
+def test_length_not_a_multiple_of_k1_trains_chunks_k1_k1_rest():
+    """k1 == k2 through the Trainer, weights moving: chunks of 4, 4, 2 steps, each from the
+    previous chunk's detached state, as a hand-written loop does."""
+    a, b = _pair()
+    T, k1 = 10, 4
+    x, y = tokens(2 * T).view(T, 2), tokens(2 * T, seed=1).view(T, 2)
+    opt_a, state = torch.optim.SGD(a.parameters(), lr=0.5), None
+    for p in range(0, T, k1):
+        out, state = a(x[p : p + k1], state)
+        opt_a.zero_grad()
+        lm_loss(out, y[p : p + k1]).backward()
+        opt_a.step()
+        state = detach_state(state)
+    tr = Trainer(b, torch.optim.SGD(b.parameters(), lr=0.5), tbptt_k1=k1, progress=False)
+    tr.fit([(x, y)])
+    assert tr.step == 1
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("k2", [5, 8])
+def test_chunks_without_targets_take_no_step(k2):
+    """Targets only at the end (copy-memory, labels per sequence): the chunks whose targets are
+    all -100 carry the state but make no update (their loss, a mean over nothing, was NaN in
+    the logged loss, and Adam stepped on their zero gradients). Adam's weights equal those of a
+    hand-written loop that steps on the last chunk only."""
+    a, b = _pair()
+    T, k1 = 13, 5
+    x = tokens(2 * T).view(T, 2)
+    y = torch.full((T, 2), -100)
+    y[-2:] = x[:2]
+    opt_a = torch.optim.Adam(a.parameters(), lr=0.01)
+    s = max(0, 10 + k1 - k2)  # the last window's start
+    with torch.no_grad():
+        _, st = a(x[:s])
+    out, _ = a(x[s:], st)
+    want = lm_loss(out[10 - s :], y[10:])
+    want.backward()
+    opt_a.step()
+    opt_b = torch.optim.Adam(b.parameters(), lr=0.01)
+    tr = Trainer(b, opt_b, tbptt_k1=k1, tbptt_k2=k2, progress=False)
+    tr.fit([(x, y)])
+    assert int(opt_b.state[b.out.bias]["step"]) == 1
+    assert len(tr.losses) == 1 and tr.losses[0] == pytest.approx(want.item())
+    assert tr.tokens_seen == 4
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
