@@ -16,7 +16,31 @@ from torch import Tensor
 
 from rnnkit.train.state import count_tokens, detach_state
 
-__all__ = ["tbptt_batch"]
+__all__ = ["tbptt_batch", "zero_loss"]
+
+
+def zero_loss(output: Any) -> Tensor:
+    """A zero scalar whose gradient reaches every parameter the (nested) ``output`` depends on,
+    all of them zero and finite: a process's share of a DDP update when it has no target.
+
+    DDP all-reduces a parameter's gradient when backward reaches it, so the graph must be that of
+    a loss (the model's output), not a constant; ``0 * output`` keeps it with zero gradients.
+    """
+    parts = [t.sum() * 0.0 for t in _tensors(output) if t.requires_grad and t.is_floating_point()]
+    if not parts:
+        raise ValueError("zero_loss: the output holds no tensor that requires grad")
+    return torch.stack([p.float() for p in parts]).sum()
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def tbptt_batch(
@@ -29,6 +53,7 @@ def tbptt_batch(
     k1: int,
     k2: int | None = None,
     time_dim: int = 0,
+    global_count: Callable[[int], float] | None = None,
 ) -> tuple[float, int, float, Any]:
     """Train on ``inputs``/``targets`` (time along ``time_dim``) with TBPTT(k1, k2).
 
@@ -44,7 +69,12 @@ def tbptt_batch(
     and a start the stored boundaries reach.
 
     A window whose targets are all ignored (``-100``: labels only at the end of a sequence)
-    only carries the state forward: no loss, no ``update``.
+    only carries the state forward: no loss, no ``update``. ``global_count(n)``, when given,
+    turns a window's number of targets here into the number over all processes (DDP: an
+    all-reduce sum; every process calls it once per window, in the same order): a window is
+    skipped only when that is 0, so all processes skip the same windows, and a process without
+    a target in a window others have targets in calls ``update`` with a zero loss connected to
+    the window's output (its share of DDP's gradient all-reduce: zero, never NaN).
 
     Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``; the norm
     is 0.0 when no window had a target.
@@ -66,11 +96,17 @@ def tbptt_batch(
         out, new = model(inputs.narrow(td, s, t - s), st)
         tgt = targets.narrow(td, prev, t - prev)
         n = count_tokens((None, tgt))
+        total = global_count(n) if global_count is not None else n
         if n:
             loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)
             norm = update(loss)
             loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
-        # else no update: the loss is a mean over no target (NaN), and a step with zero
+        elif total:
+            # Other processes have targets here, and their update is a DDP gradient all-reduce
+            # this one must join, or the collectives stop matching (an abort or a hang). Not with
+            # the loss: a mean over no target is NaN, and its NaN gradients would reach every rank.
+            norm = update(zero_loss(out))
+        # else no update anywhere: the loss is a mean over no target (NaN), and a step with zero
         # gradients would still move the weights (momentum, Adam, weight decay)
         snaps[t] = detach_state(new)
         # keep only the boundaries the next windows can start from

@@ -169,17 +169,21 @@ class Trainer:
             self.state = detach_state(state)
             n = count_tokens(batch)
             return float(loss.detach()) * n, n, norm
+        reduce = (lambda n: dist.all_reduce_sum([n], dev)[0]) if dist.is_distributed() else None
         loss_sum, n, norm, self.state = tbptt_batch(
             lambda *args: self.precision.call(self.model, *args), self.loss_fn,
             lambda loss: self._update(loss, lr_scale), batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
+            global_count=reduce,
         )  # fmt: skip
         loss_sum, n = dist.all_reduce_sum([loss_sum, n], dev)
         return loss_sum, n, norm
 
     def _check_tbptt_updates_agree(self, length: int, k1: int, dev: torch.device | None) -> None:
-        """Under DDP every TBPTT update is a gradient all-reduce (and the one-update path adds an
-        all-reduce of the loss sums before its backward), so all ranks must make the same number
-        of updates in a step, or they wait in collectives that do not match: a hang, or a crash.
+        """Under DDP every TBPTT window is an all-reduce of its target count and, unless no rank
+        has a target in it, a gradient all-reduce on every rank (the one-window path: the loss sums,
+        then the update unless the batch has no target anywhere), so all ranks must cut a step into
+        the same number of windows, or they wait in collectives that do not match: a hang, or a
+        crash. As the ranks skip the same windows, they then make the same number of updates.
         Padded batches have each rank's own longest length. Every rank raises alike."""
         n = 1 if length <= k1 else math.ceil(length / k1)
         most, fewest = dist.all_reduce_max(n, dev), -dist.all_reduce_max(-n, dev)

@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))  # torchrun runs this file as a script
 
 from rnnkit.data import bptt_batches, pad_collate  # noqa: E402
 from rnnkit.train import Trainer, cleanup_distributed, seed_everything, setup_distributed  # noqa: E402
-from tests.train.models import TinyLM, tokens  # noqa: E402
+from tests.train.models import TinyLM, masked_mean_loss, tokens  # noqa: E402
 
 GLOBAL_BATCH, SEQ_LEN = 4, 6
 
@@ -34,6 +34,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "padded": _train_padded,
             "budget": _train_budget,
             "tbptt": _train_tbptt_unequal,
+            "tbptt_empty": _train_tbptt_empty,
         }
         modes[mode](out_dir, info)
     finally:
@@ -112,6 +113,62 @@ def _train_tbptt_unequal(out_dir: str, info) -> None:
     except ValueError as e:
         error = str(e)
     (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "error": error}))
+
+
+def _empty_batches(T: int, ignored) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Three global batches of 4 sequences (time-major, T steps); ``ignored(step, t, column)``
+    says which targets are -100. Rank r gets columns 2r, 2r + 1 (one process: all four)."""
+    g = torch.Generator().manual_seed(5)
+    out = []
+    for step in range(3):
+        x = torch.randint(0, 11, (T, 4), generator=g)
+        y = torch.randint(0, 11, (T, 4), generator=g)
+        for t in range(T):
+            for c in range(4):
+                if ignored(step, t, c):
+                    y[t, c] = -100
+        out.append((x, y))
+    return out
+
+
+def _shard(batch, info):
+    if info.world_size == 1:
+        return batch
+    return tuple(b[:, 2 * info.rank : 2 * info.rank + 2] for b in batch)
+
+
+def _write_run(out_dir: str, info, tr, model, opt) -> None:
+    """Every rank writes its losses, parameters and Adam's step count."""
+    out = Path(out_dir)
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(out / f"params{info.rank}.safetensors"),
+    )
+    steps = int(opt.state[model.out.bias]["step"]) if opt.state else 0
+    (out / f"result{info.rank}.json").write_text(
+        json.dumps({"losses": tr.losses, "adam_steps": steps, "tokens": tr.tokens_seen})
+    )
+
+
+def _train_tbptt_empty(out_dir: str, info) -> None:
+    """tbptt_k1=4 over 8 steps: step 1's first window has no target on rank 1 (columns 2, 3) and
+    its second window none on any rank; step 2 has targets everywhere, step 3 only in rank 1's
+    second window. Every window with a target somewhere is one update on both ranks."""
+
+    def ignored(step, t, c):
+        if step == 0:
+            return t >= 4 or c >= 2
+        if step == 2:
+            return t < 4 or c < 2
+        return False
+
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    batches = [_shard(b, info) for b in _empty_batches(8, ignored)]
+    tr = Trainer(model, opt, loss_fn=masked_mean_loss, tbptt_k1=4, carry_state=False, progress=False)
+    tr.fit(batches)
+    _write_run(out_dir, info, tr, model, opt)
 
 
 def _train_budget(out_dir: str, info) -> None:

@@ -1,6 +1,7 @@
 """DDP: 2 gloo processes on 127.0.0.1 == 1 process with the same global batch."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -101,6 +102,28 @@ def test_ddp_tbptt_refuses_batches_that_split_into_unequal_update_counts(tmp_pat
     assert r0["step"] == r1["step"] == 1  # the first step (8 steps on each rank) trained
     assert "the ranks' batches of step 2 split into 1 to 3 TBPTT updates" in r0["error"]
     assert "(this rank: time length 12, 3)" in r0["error"] and "(this rank: time length 3, 1)" in r1["error"]
+
+
+def _ranks(out_dir):
+    res = [json.loads((out_dir / f"result{r}.json").read_text()) for r in (0, 1)]
+    params = [load_file(str(out_dir / f"params{r}.safetensors")) for r in (0, 1)]
+    return res, params
+
+
+def test_ddp_tbptt_window_without_targets_on_one_rank(tmp_path):
+    """tbptt_k1: a window with no target on one rank only was skipped there alone, so the other
+    rank's gradient all-reduce met no partner (gloo aborted, or the job hung). All ranks now skip
+    exactly the windows without a target on any rank; a rank without one joins the others'
+    update with a zero gradient (not the NaN of its masked-mean loss): 4 updates, on both."""
+    _torchrun(ddp_worker.__file__, str(tmp_path), "tbptt_empty")
+    (r0, r1), (p0, p1) = _ranks(tmp_path)
+    assert r0["adam_steps"] == r1["adam_steps"] == 4
+    assert r0["losses"] == r1["losses"] and len(r0["losses"]) == 3
+    assert all(math.isfinite(v) for v in r0["losses"])
+    assert r0["tokens"] == 4 * 2 + 8 * 4 + 4 * 2
+    for k in p0:
+        assert torch.isfinite(p0[k]).all()
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
 
 
 def _losses(run_dir):

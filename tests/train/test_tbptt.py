@@ -1,5 +1,7 @@
 """Truncated BPTT: equivalence with full BPTT, Williams & Peng's (k1, k2), flat memory."""
 
+import math
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer, detach_state, lm_loss
 from rnnkit.train.tbptt import tbptt_batch
 
-from .models import NestedStateLM, TinyLM, tokens
+from .models import NestedStateLM, TinyLM, masked_mean_loss, tokens
 
 
 def _pair(seed=0, **kw):
@@ -213,3 +215,40 @@ def test_chunks_without_targets_take_no_step(k2):
     assert tr.tokens_seen == 4
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pa, pb, rtol=0, atol=1e-12)
+
+
+def test_global_count_window_without_local_targets_updates_with_a_zero_gradient():
+    """``global_count`` (DDP: the target count summed over ranks): a window with no target here
+    but some elsewhere still calls ``update`` (the other ranks' gradient all-reduce needs this
+    one), with a zero loss whose gradients are all zero, not the NaN of the masked mean over no
+    target; a window without a target anywhere makes no update, as in one process."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    T, k1 = 12, 4
+    x = tokens(2 * T).view(T, 2)
+    y = x.clone()
+    y[4:] = -100  # windows 2 and 3 have no target here
+    got = []
+
+    def update(loss):
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        got.append((float(loss.detach()), [p.grad.clone() for p in model.parameters()]))
+        return 0.0
+
+    elsewhere = {0: 8, 1: 8, 2: 0}  # window 2 has targets on another rank, window 3 none anywhere
+    counts = iter(range(3))
+
+    def global_count(n):
+        return n + elsewhere[next(counts)]
+
+    loss_sum, n, _, _ = tbptt_batch(
+        model, masked_mean_loss, update, x, y, None, k1, global_count=global_count
+    )
+    assert len(got) == 2 and n == 8 and math.isfinite(loss_sum)
+    loss, grads = got[1]
+    assert loss == 0.0 and all(g is not None and torch.equal(g, torch.zeros_like(g)) for g in grads)
+    # without the hook (one process) both windows without a target here are skipped
+    got.clear()
+    tbptt_batch(model, masked_mean_loss, update, x, y, None, k1)
+    assert len(got) == 1
