@@ -29,7 +29,7 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.seed import get_rng_state, set_rng_state
 from rnnkit.train.state import count_tokens, detach_state, lm_loss, move_to
-from rnnkit.train.tbptt import tbptt_batch
+from rnnkit.train.tbptt import tbptt_batch, zero_loss
 
 __all__ = ["Trainer", "StepFn"]
 
@@ -107,18 +107,25 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
     # ------------------------------------------------------------------ forward
-    def _forward(self, model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, Any]:
-        """Loss (a scalar mean) and new state of one batch, with the configured protocol."""
+    def _forward(self, model: nn.Module, batch: Any, state: Any, *, zero: bool = False) -> tuple[Tensor, Any]:
+        """Loss (a scalar mean) and new state of one batch, with the configured protocol.
+
+        ``zero=True`` (a batch without targets, whose mean loss is NaN): a zero loss instead, with
+        zero, finite gradients for every parameter, this process's share of a DDP update."""
         if self.step_fn is not None:
             with self.precision.autocast():
                 loss, state = self.step_fn(model, batch, state)
+            if zero:
+                # step_fn gives no output to build the zero on: the parameters themselves
+                params = [p for p in self.raw_model.parameters() if p.requires_grad]
+                return torch.stack([p.sum() * 0.0 for p in params]).sum().float(), state
             return loss.float(), state
         inputs, targets = batch[0], batch[1]
         if self.config.stateful:
             output, state = self.precision.call(model, inputs, state)
         else:
             output = self.precision.call(model, inputs)
-        return self.loss_fn(output, targets), state
+        return (zero_loss(output) if zero else self.loss_fn(output, targets)), state
 
     def _update(self, loss: Tensor, lr_scale: float) -> float:
         """Backward, clip, optimizer step; returns the gradient norm (before clipping)."""
@@ -153,22 +160,27 @@ class Trainer:
         if k1 is not None and dist.is_distributed():
             self._check_tbptt_updates_agree(batch[0].shape[time_dim], k1, dev)
         if k1 is None or batch[0].shape[time_dim] <= k1:  # the common, simple path
-            loss, state = self._forward(self.model, batch, state)
+            n = count_tokens(batch)
+            # without a target here the mean loss is NaN (a mean over nothing): never backpropagated
+            loss, state = self._forward(self.model, batch, state, zero=n == 0)
+            self.state = detach_state(state)
+            loss_sum, total = (float(loss.detach()) * n if n else 0.0), float(n)
             if dist.is_distributed():
                 # DDP averages the ranks' gradients, each of its rank's *mean* loss. With batches of
                 # unequal token counts (padded sequences) a rank's mean weighs n W / N (its n of the
                 # step's N tokens, W ranks), so the update is that of the token-weighted mean over
                 # the global batch, as in one process. The step's sums are needed before backward.
-                n = count_tokens(batch)
-                loss_sum, total = dist.all_reduce_sum([float(loss.detach()) * n, n], dev)
-                w = n * dist.get_world_size() / max(total, 1.0)
-                norm = self._update(loss if w == 1.0 else loss * w, lr_scale)
-                self.state = detach_state(state)
-                return loss_sum, total, norm
-            norm = self._update(loss, lr_scale)
-            self.state = detach_state(state)
-            n = count_tokens(batch)
-            return float(loss.detach()) * n, n, norm
+                loss_sum, total = dist.all_reduce_sum([loss_sum, n], dev)
+                if n:
+                    w = n * dist.get_world_size() / total
+                    loss = loss if w == 1.0 else loss * w
+                # with n == 0 the loss is already the zero that joins the others' all-reduce
+            if total == 0:
+                # no target on any rank: no update (all ranks alike, so no collective is left
+                # unmatched); a step with zero gradients would still move the weights (momentum,
+                # Adam, weight decay)
+                return 0.0, 0.0, 0.0
+            return loss_sum, total, self._update(loss, lr_scale)
         reduce = (lambda n: dist.all_reduce_sum([n], dev)[0]) if dist.is_distributed() else None
         loss_sum, n, norm, self.state = tbptt_batch(
             lambda *args: self.precision.call(self.model, *args), self.loss_fn,

@@ -34,6 +34,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "padded": _train_padded,
             "budget": _train_budget,
             "tbptt": _train_tbptt_unequal,
+            "empty": _train_empty,
             "tbptt_empty": _train_tbptt_empty,
         }
         modes[mode](out_dir, info)
@@ -148,6 +149,20 @@ def _write_run(out_dir: str, info, tr, model, opt) -> None:
     (out / f"result{info.rank}.json").write_text(
         json.dumps({"losses": tr.losses, "adam_steps": steps, "tokens": tr.tokens_seen})
     )
+
+
+def _train_empty(out_dir: str, info) -> None:
+    """The simple path (no TBPTT): step 2 has no target on rank 1 (columns 2, 3), step 3 none at all.
+    Rank 1's share of step 2 must be a zero gradient, not NaN; step 3 makes no update."""
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    batches = [
+        _shard(b, info) for b in _empty_batches(5, lambda step, t, c: step == 2 or (step == 1 and c >= 2))
+    ]
+    tr = Trainer(model, opt, loss_fn=masked_mean_loss, carry_state=False, progress=False)
+    tr.fit(batches)
+    _write_run(out_dir, info, tr, model, opt)
 
 
 def _train_tbptt_empty(out_dir: str, info) -> None:

@@ -110,6 +110,32 @@ def _ranks(out_dir):
     return res, params
 
 
+def test_ddp_batch_without_targets_on_one_rank_equals_one_process(tmp_path):
+    """No TBPTT: step 2 has no target on rank 1, step 3 none on any rank (a masked-mean loss, NaN
+    over no target with NaN gradients). Rank 1's share of step 2 is a zero gradient (the loss
+    was NaN * 0: NaN), step 3 makes no update (Adam stepped on its zero gradients), and the run
+    equals one process with the whole batch."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "empty")
+    ddp_worker.run(str(single_dir), "empty")
+    (r0, r1), (p0, p1) = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    p_one = load_file(str(single_dir / "params0.safetensors"))
+    assert r0["adam_steps"] == r1["adam_steps"] == one["adam_steps"] == 2
+    assert len(r0["losses"]) == len(one["losses"]) == 3
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(r1["losses"]), equal_nan=True)
+    torch.testing.assert_close(
+        torch.tensor(r0["losses"][:2]), torch.tensor(one["losses"][:2]), rtol=0, atol=1e-10
+    )
+    assert r0["tokens"] == one["tokens"] == 5 * 4 + 5 * 2
+    for k in p_one:
+        assert torch.isfinite(p0[k]).all()
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
+
+
 def test_ddp_tbptt_window_without_targets_on_one_rank(tmp_path):
     """tbptt_k1: a window with no target on one rank only was skipped there alone, so the other
     rank's gradient all-reduce met no partner (gloo aborted, or the job hung). All ranks now skip
