@@ -3,8 +3,8 @@
 The trainer calls callbacks on rank 0 only. Hooks receive the trainer and a ``logs``
 dict: training rows ``{"split": "train", "step", "epoch", "loss", "ppl", "lr",
 "tokens_per_s", "grad_norm", "seq_len", "elapsed_s"}`` (loss averaged per token over the
-last ``log_every`` steps) and validation rows ``{"split": "val", "step", "epoch",
-"loss", "ppl"}``.
+last ``log_every`` steps: steps without a target stay out; NaN if none had one) and
+validation rows ``{"split": "val", "step", "epoch", "loss", "ppl"}``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Callback:
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
-        """Every step; ``logs`` has this step's ``loss``, ``tokens``, ``seq_len``."""
+        """Every step; ``logs`` has this step's ``loss`` (NaN: it had no target), ``tokens``, ``seq_len``."""
 
     def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         """Every ``log_every`` steps with averaged training metrics."""

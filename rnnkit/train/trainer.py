@@ -77,7 +77,7 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = self.tokens_seen = 0
         self.elapsed = 0.0
         self.best_val, self.bad_evals = math.inf, 0
-        self.losses: list[float] = []  # training loss of every step
+        self.losses: list[float] = []  # training loss of every step (NaN: it had no target)
         self.history: list[dict[str, Any]] = []  # logged rows (train and val)
         self.state: Any = None  # the recurrent state carried between batches
         self.should_stop, self.stop_reason = False, None
@@ -305,7 +305,9 @@ class Trainer:
                         # one clock for all ranks (the slowest's): each rank's own would stop
                         # them at different steps, leaving the others in the next collective
                         self.elapsed = dist.all_reduce_max(self.elapsed, self._reduce_device())
-                    loss = loss_sum / max(n, 1)
+                    # a step without any target has no loss (NaN), not 0.0, which would pull averages
+                    # and curves down; the log rows' token-weighted means leave it out (n = 0)
+                    loss = loss_sum / n if n else math.nan
                     self.losses.append(loss)
                     self._acc = [self._acc[0] + loss_sum, self._acc[1] + n, self._acc[2] + 1]
                     if self.is_main:
@@ -396,7 +398,7 @@ class Trainer:
     def _log(self, batch: Any, norm: float, last_time: float) -> float:
         now = time.perf_counter()
         loss_sum, n, steps = self._acc
-        mean = loss_sum / max(n, 1)
+        mean = loss_sum / n if n else math.nan  # no step of the interval had a target
         row = {
             "split": "train",
             "step": self.step,

@@ -114,7 +114,7 @@ def test_ddp_batch_without_targets_on_one_rank_equals_one_process(tmp_path):
     """No TBPTT: step 2 has no target on rank 1, step 3 none on any rank (a masked-mean loss, NaN
     over no target with NaN gradients). Rank 1's share of step 2 is a zero gradient (the loss
     was NaN * 0: NaN), step 3 makes no update (Adam stepped on its zero gradients), and the run
-    equals one process with the whole batch."""
+    equals one process with the whole batch; step 3 has no loss (NaN, not 0.0)."""
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
     ddp_dir.mkdir()
     single_dir.mkdir()
@@ -126,6 +126,7 @@ def test_ddp_batch_without_targets_on_one_rank_equals_one_process(tmp_path):
     assert r0["adam_steps"] == r1["adam_steps"] == one["adam_steps"] == 2
     assert len(r0["losses"]) == len(one["losses"]) == 3
     torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(r1["losses"]), equal_nan=True)
+    assert math.isnan(r0["losses"][2]) and math.isnan(one["losses"][2])
     torch.testing.assert_close(
         torch.tensor(r0["losses"][:2]), torch.tensor(one["losses"][:2]), rtol=0, atol=1e-10
     )

@@ -312,6 +312,27 @@ def test_batch_without_targets_makes_no_update(k1):
     assert tr.tokens_seen == 2 * 10 and math.isfinite(tr.losses[0]) and math.isfinite(tr.losses[2])
 
 
+@pytest.mark.parametrize("k1", [None, 3])
+def test_step_without_targets_has_no_loss_and_stays_out_of_log_averages(k1):
+    """A step without any target has no loss: NaN in ``losses`` (it was 0.0, which pulled averages
+    and the loss curve down; the simple path's NaN * 0 also poisoned its log row's sum). A log row
+    averages the steps of its interval that had targets, and is NaN when none had."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model), tbptt_k1=k1, log_every=2, carry_state=False, progress=False)
+    tr.fit(_with_empty_batch() * 2)  # steps: targets, none, targets, none
+    assert math.isnan(tr.losses[1]) and math.isnan(tr.losses[3])
+    assert math.isfinite(tr.losses[0]) and math.isfinite(tr.losses[2])
+    rows = [r for r in tr.history if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert rows[0]["loss"] == pytest.approx(tr.losses[0]) and rows[1]["loss"] == pytest.approx(tr.losses[2])
+    tr = Trainer(model, _sgd(model), tbptt_k1=k1, log_every=1, carry_state=False, progress=False)
+    tr.fit(_with_empty_batch()[1:])
+    row = tr.history[-1]
+    assert row["split"] == "train" and math.isnan(row["loss"]) and math.isnan(row["ppl"])
+    assert math.isnan(tr.losses[0])
+
+
 @pytest.mark.parametrize("step_fn", [None, lambda m, b, s: (masked_mean_loss(m(b[0])[0], b[1]), None)])
 def test_zero_loss_of_a_batch_without_targets_has_zero_finite_gradients(step_fn):
     """Under DDP a rank without a target joins the others' gradient all-reduce with this loss: zero,
