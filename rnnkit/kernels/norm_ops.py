@@ -384,6 +384,8 @@ class _InputNormDirection(torch.autograd.Function):
         want = [need[3] or need[4], need[5], need[6] and s_ih is not None]
         ln_backward = torch.ops.aten.native_layer_norm_backward
         da, dg, ds = ln_backward(g[2], a, [a.shape[1]], mean, rstd, g_ih, s_ih, want)
-        dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[3], need[4], False))
+        dx = dw = None  # da is None when neither x nor W_ih needs a gradient (frozen W_ih, data x)
+        if da is not None:
+            dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[3], need[4], False))
         return (None, None, None, dx, dw, dg, ds, g[3], g[4], g[5], g[7], None, None, None, g[11], g[12],
                 g[13], g[14], g[17])  # fmt: skip
