@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _checks, dispatch, regularizers
+from . import _checks, dispatch, kernels, regularizers
 from ._nn_compat import RNNBaseCompat
 from .cells.base import Cell, State
 
@@ -285,6 +285,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 for i, f in enumerate(fin):
                     finals[i].append(f)
             data = outs[0] if D == 1 else torch.cat(outs, 1)
+            if D == 1 and k == self.num_layers - 1 and impl == "fused" and data.requires_grad:
+                data = _own_output(self.cells[k], data)
             if self.dropout and self.training and k < self.num_layers - 1:
                 data = F.dropout(data, self.dropout, True)
             if plan is not None and k < self.num_layers - 1 and plan.locked[k] is not None:
@@ -315,6 +317,15 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 s += f", {key}={getattr(self, key)}"
         extra = self.cells[0].describe()
         return s + (f", {extra}" if extra else "")
+
+
+def _own_output(cell, out: Tensor) -> Tensor:
+    """The last layer's output, safe for in-place ops (``nn.Dropout(inplace=True)``) as torch.nn's.
+
+    Some fused kernels save their output itself as the h-history for backward, so an in-place
+    op on it would fail backward's version check: the caller then gets a copy (one output-sized
+    copy per call that records a graph; inference calls and the other kernels skip it)."""
+    return out.clone() if kernels.saves_output(cell) else out
 
 
 def forward_padded(module: nn.Module, input: Tensor, hx, lengths):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 from torch.utils.checkpoint import checkpoint
 
 import rnnkit
@@ -41,3 +43,61 @@ def test_non_reentrant_checkpoint_equals_no_checkpoint(cls, kw, impl):
         grads.append([out.detach(), xi.grad, *(w.grad for w in m.parameters())])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def _in_place_on_output(out):
+    # what code around torch.nn does to an RNN's output: in-place dropout / activation / scaling
+    data = out.data if isinstance(out, PackedSequence) else out
+    torch.relu_(data.mul_(2.0).sub_(0.1))
+    return data
+
+
+def _grads_after_in_place(m, x, packed):
+    xi = x.clone().requires_grad_()
+    inp = pack_padded_sequence(xi, [5, 3, 2]) if packed else xi
+    data = _in_place_on_output(m(inp)[0])
+    (data * torch.linspace(-1, 1, data.shape[-1], dtype=data.dtype)).sum().backward()
+    return [data.detach(), xi.grad, *(w.grad for w in m.parameters())]
+
+
+@pytest.mark.parametrize("family", ["RNN", "GRU", "LSTM"])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("dtype, impl", [(torch.float32, "auto"), (torch.float64, "fused")])
+def test_in_place_op_on_output_as_torch_nn(family, packed, num_layers, dtype, impl):
+    if family == "LSTM" and not packed and dtype == torch.float32:
+        pytest.skip("torch.nn.LSTM itself fails here (its oneDNN kernel saves the output)")
+    torch.manual_seed(0)
+    ours = getattr(rnnkit, family)(3, 4, num_layers, impl=impl, dtype=dtype)
+    torch.manual_seed(0)
+    theirs = getattr(nn, family)(3, 4, num_layers, dtype=dtype)
+    x = torch.randn(5, 3, 3, dtype=dtype)
+    got, want = _grads_after_in_place(ours, x, packed), _grads_after_in_place(theirs, x, packed)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **tol)
+
+
+MORE = [
+    (rnnkit.LSTM, {"peephole": True}),
+    (rnnkit.LSTM, {"zoneout": 0.3}),
+    (rnnkit.RNN, {"zoneout": 0.3}),
+    (rnnkit.LSTM, {"peephole": True, "proj_size": 2}),
+]
+
+
+@pytest.mark.parametrize(
+    "cls, kw",
+    OPTIONS + MORE,
+    ids=OPTION_IDS + ["LSTM-peephole", "LSTM-zoneout", "RNN-zoneout", "LSTM-peephole-proj"],
+)
+@pytest.mark.parametrize("packed", [False, True])
+def test_in_place_op_on_output_with_options_equals_loop(cls, kw, packed):
+    torch.manual_seed(0)
+    fused = cls(3, 4, impl="fused", dtype=torch.float64, **kw).eval()  # eval: zoneout without masks
+    loop = cls(3, 4, impl="loop", dtype=torch.float64, **kw).eval()
+    loop.load_state_dict(fused.state_dict())
+    x = torch.randn(5, 3, 3, dtype=torch.float64)
+    got, want = _grads_after_in_place(fused, x, packed), _grads_after_in_place(loop, x, packed)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
