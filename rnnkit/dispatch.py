@@ -126,7 +126,7 @@ def select(module, x: Tensor, packed: bool = False) -> str:
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
             return "loop"
-        if mode and torch.is_autocast_enabled(x.device.type):
+        if mode and _checks.autocast_on(x.device.type):
             return "torch"  # autocast's own rules for torch's RNN ops, exactly as torch.nn
         if fused_by_default(module, x, mode, packed):
             return "fused"

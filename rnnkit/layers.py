@@ -219,7 +219,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             return self._empty_batch(x, state, batch_first, unbatched)
         impl = dispatch.select(self, x, packed)
         precision = contextlib.nullcontext()
-        if impl != "torch" and torch.is_autocast_enabled(x.device.type):
+        if impl != "torch" and _checks.autocast_on(x.device.type):
             # autocast has no rule for the options torch lacks (mixed dtypes inside a step, kernels
             # in float32/64): they run in the parameters' dtype with autocast off, as autocast
             # leaves torch.nn's CPU GRU in float32

@@ -101,3 +101,29 @@ def test_in_place_op_on_output_with_options_equals_loop(cls, kw, packed):
     got, want = _grads_after_in_place(fused, x, packed), _grads_after_in_place(loop, x, packed)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "family, kw",
+    [
+        ("RNN", {}),
+        ("GRU", {"num_layers": 2, "bidirectional": True}),
+        ("LSTM", {"proj_size": 2, "batch_first": True}),
+    ],
+)
+def test_meta_device_forward_shapes_as_torch_nn(family, kw):
+    # shape inference on "meta" tensors (autocast knows no such device: torch's query raises)
+    x = torch.randn(5, 2, 3, device="meta")
+    out, hx = getattr(rnnkit, family)(3, 4, device="meta", **kw)(x)
+    want_out, want_hx = getattr(nn, family)(3, 4, device="meta", **kw)(x)
+    assert out.device.type == "meta" and out.shape == want_out.shape
+    for a, b in zip(
+        hx if isinstance(hx, tuple) else (hx,), want_hx if isinstance(want_hx, tuple) else (want_hx,)
+    ):
+        assert a.device.type == "meta" and a.shape == b.shape
+
+
+@pytest.mark.parametrize("kw", [{"norm": "layer"}, {"peephole": True, "impl": "fused"}, {"zoneout": 0.2}])
+def test_meta_device_forward_with_options(kw):
+    out, (hn, cn) = rnnkit.LSTM(3, 4, device="meta", **kw)(torch.randn(5, 2, 3, device="meta"))
+    assert out.shape == (5, 2, 4) and hn.shape == cn.shape == (1, 2, 4) and out.device.type == "meta"

@@ -116,7 +116,7 @@ class ParallelRecurrent(nn.Module):
         if mask is not None:
             a = torch.where(mask, a, torch.ones((), dtype=a.dtype, device=a.device))
             b = torch.where(mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
-        if h0 is not None and h0.dtype != b.dtype and torch.is_autocast_enabled(b.device.type):
+        if h0 is not None and h0.dtype != b.dtype and _checks.autocast_on(b.device.type):
             # autocast made the gates half precision: the state joins them, as torch.nn's RNNs
             # run state and input in autocast's dtype (a float32 state carried across TBPTT
             # windows by the training kit, e.g.)
