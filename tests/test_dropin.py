@@ -127,3 +127,36 @@ def test_meta_device_forward_shapes_as_torch_nn(family, kw):
 def test_meta_device_forward_with_options(kw):
     out, (hn, cn) = rnnkit.LSTM(3, 4, device="meta", **kw)(torch.randn(5, 2, 3, device="meta"))
     assert out.shape == (5, 2, 4) and hn.shape == cn.shape == (1, 2, 4) and out.device.type == "meta"
+
+
+@pytest.mark.parametrize("family", ["RNN", "GRU"])
+def test_proj_size_rejected_as_torch_nn(family):
+    with pytest.raises(ValueError) as want:
+        getattr(nn, family)(3, 4, proj_size=2)
+    with pytest.raises(ValueError) as got:
+        getattr(rnnkit, family)(3, 4, proj_size=2)
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize(
+    "build, name, key, hint",
+    [
+        (lambda: rnnkit.LSTM(3, 4, peepole=True), "rnnkit.LSTM", "peepole", "peephole"),
+        (lambda: rnnkit.GRU(3, 4, reset_afer=False), "rnnkit.GRU", "reset_afer", "reset_after"),
+        (lambda: rnnkit.LSTMCell(3, 4, impl="loop"), "rnnkit.LSTMCell", "impl", "not of the cells"),
+        (
+            lambda: rnnkit.GRUCell(3, 4, locked_dropout=0.1),
+            "rnnkit.GRUCell",
+            "locked_dropout",
+            "not of the cells",
+        ),
+        (lambda: rnnkit.RNNCell(3, 4, proj_size=2), "rnnkit.RNNCell", "proj_size", "norm"),
+    ],
+)
+def test_unknown_keyword_names_the_public_class(build, name, key, hint):
+    # not the internal cell class (LSTMCellMath) the user never wrote; the valid options listed
+    with pytest.raises(
+        TypeError, match=rf"^{name}\.__init__\(\) got an unexpected keyword argument '{key}'"
+    ) as e:
+        build()
+    assert hint in str(e.value) and "CellMath" not in str(e.value)
