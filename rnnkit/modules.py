@@ -279,6 +279,8 @@ class StepCell(nn.Module):
                 state = tuple(s.unsqueeze(0) for s in state)
         p, rec = self._masked_params(masks, B)
         mode = self.cell.torch_mode()
+        if getattr(self.cell, "proj_size", 0):  # StepCell(LSTMCellMath(..., proj_size)): not in lstm_cell
+            mode = None
         if mode is not None and not self.needs_custom_loop():
             hx_ = state if mode == "LSTM" else state[0]
             out = self._TORCH_CELLS[mode](
@@ -308,6 +310,8 @@ class StepCell(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
+        if getattr(self.cell, "proj_size", 0):
+            s += f", proj_size={self.cell.proj_size}"
         extra = self.cell.describe()
         for key in ("recurrent_dropout", "weight_drop", "zoneout"):
             if getattr(self, key) != 0.0:
@@ -333,7 +337,10 @@ class LSTMCell(StepCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  **options) -> None:  # fmt: skip
         cell_opts, step_opts = StepCell.split_options(options)
-        check_options(type(self), LSTMCellMath, cell_opts, StepCell.step_option_names())
+        # torch.nn.LSTMCell has no proj_size: a TypeError as torch's
+        check_options(
+            type(self), LSTMCellMath, cell_opts, StepCell.step_option_names(), exclude=("proj_size",)
+        )
         super().__init__(LSTMCellMath(input_size, hidden_size, bias, **cell_opts), device, dtype, **step_opts)
 
 

@@ -160,3 +160,26 @@ def test_unknown_keyword_names_the_public_class(build, name, key, hint):
     ) as e:
         build()
     assert hint in str(e.value) and "CellMath" not in str(e.value)
+
+
+def test_lstm_cell_rejects_proj_size_as_torch_nn():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'proj_size'"):
+        nn.LSTMCell(3, 4, proj_size=2)
+    with pytest.raises(
+        TypeError, match=r"^rnnkit\.LSTMCell\.__init__\(\) got an unexpected keyword argument 'proj_size'"
+    ):
+        rnnkit.LSTMCell(3, 4, proj_size=2)
+
+
+def test_step_cell_with_projection_equals_the_layer():
+    # a StepCell around a projected LSTM cell runs the cell's own step (torch's lstm_cell has no
+    # projection): one step equals the layer (whose parameters carry the _l0 suffix)
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(3, 4, proj_size=2, dtype=torch.float64)
+    cell = rnnkit.StepCell(rnnkit.cells.LSTMCellMath(3, 4, True, 2), dtype=torch.float64)
+    cell.load_state_dict({k.removesuffix("_l0"): v for k, v in layer.state_dict().items()})
+    x, h0, c0 = (torch.randn(2, n, dtype=torch.float64) for n in (3, 2, 4))
+    h1, c1 = cell(x, (h0, c0))
+    _, (hn, cn) = layer(x.unsqueeze(0), (h0.unsqueeze(0), c0.unsqueeze(0)))
+    torch.testing.assert_close((h1, c1), (hn[0], cn[0]), rtol=1e-12, atol=1e-12)
+    assert "proj_size=2" in repr(cell)
