@@ -194,6 +194,10 @@ class StepCell(nn.Module):
                 self.register_buffer(spec.name, t)
             else:
                 self.register_parameter(spec.name, nn.Parameter(t))
+        if not cell.bias:  # torch.nn's cells hold bias_ih = bias_hh = None (code reads c.bias_ih)
+            for name in ("bias_ih", "bias_hh"):
+                if name not in self._parameters:
+                    self.register_parameter(name, None)
         self.reset_parameters()
 
     @classmethod

@@ -183,3 +183,12 @@ def test_step_cell_with_projection_equals_the_layer():
     _, (hn, cn) = layer(x.unsqueeze(0), (h0.unsqueeze(0), c0.unsqueeze(0)))
     torch.testing.assert_close((h1, c1), (hn[0], cn[0]), rtol=1e-12, atol=1e-12)
     assert "proj_size=2" in repr(cell)
+
+
+@pytest.mark.parametrize("family", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_cells_without_bias_hold_none_biases_as_torch_nn(family):
+    theirs, ours = getattr(nn, family)(3, 4, bias=False), getattr(rnnkit, family)(3, 4, bias=False)
+    assert theirs.bias_ih is None and theirs.bias_hh is None
+    assert ours.bias_ih is None and ours.bias_hh is None
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert list(ours.state_dict()) == list(theirs.state_dict())
