@@ -192,3 +192,8 @@ def test_cells_without_bias_hold_none_biases_as_torch_nn(family):
     assert ours.bias_ih is None and ours.bias_hh is None
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
     assert list(ours.state_dict()) == list(theirs.state_dict())
+
+
+@pytest.mark.parametrize("kw", [{}, {"nonlinearity": "relu"}, {"bias": False, "nonlinearity": "relu"}])
+def test_rnn_cell_repr_as_torch_nn(kw):
+    assert repr(rnnkit.RNNCell(3, 4, **kw)) == repr(nn.RNNCell(3, 4, **kw))
