@@ -197,3 +197,38 @@ def test_cells_without_bias_hold_none_biases_as_torch_nn(family):
 @pytest.mark.parametrize("kw", [{}, {"nonlinearity": "relu"}, {"bias": False, "nonlinearity": "relu"}])
 def test_rnn_cell_repr_as_torch_nn(kw):
     assert repr(rnnkit.RNNCell(3, 4, **kw)) == repr(nn.RNNCell(3, 4, **kw))
+
+
+REGULARIZERS = [{"recurrent_dropout": 0.5}, {"locked_dropout": 0.5}, {"weight_drop": 0.5}, {"zoneout": 0.5}]
+
+
+@pytest.mark.parametrize("reg", REGULARIZERS, ids=lambda r: next(iter(r)))
+@pytest.mark.parametrize("family", ["GRU", "LSTM"])
+def test_vmap_randomness_different_draws_masks_per_sample(reg, family):
+    torch.manual_seed(0)
+    m = getattr(rnnkit, family)(3, 4, 2, **reg).train()
+    x = torch.randn(5, 2, 3).expand(6, 5, 2, 3)  # the same sequence batch for every sample
+
+    def out(randomness):
+        return torch.func.vmap(lambda xx: m(xx)[0], randomness=randomness)(x)
+
+    different, same = out("different"), out("same")
+    assert different.shape == same.shape == (6, 5, 2, 4)
+    assert all(torch.equal(same[0], s) for s in same[1:])  # one mask for all samples
+    assert not any(torch.equal(different[0], d) for d in different[1:])  # one mask per sample
+    m.eval()  # no masks: every sample is the eager call
+    torch.testing.assert_close(out("different"), m(x[0])[0].expand(6, 5, 2, 4))
+
+
+def test_vmap_grad_per_sample_gradients_with_randomness_different():
+    torch.manual_seed(0)
+    m = rnnkit.LSTM(3, 4, recurrent_dropout=0.3, zoneout=0.2).train()
+    params = {k: v.detach() for k, v in m.named_parameters()}
+
+    def loss(p, xx):
+        return torch.func.functional_call(m, p, (xx.unsqueeze(1),))[0].pow(2).sum()
+
+    grads = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0), randomness="different")(
+        params, torch.randn(3, 5, 3)
+    )
+    assert all(g.shape == (3, *params[k].shape) and torch.isfinite(g).all() for k, g in grads.items())
