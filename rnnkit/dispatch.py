@@ -117,11 +117,12 @@ def select(module, x: Tensor, packed: bool = False) -> str:
             # torch's RNN ops become ONNX's LSTM/GRU/RNN (any length) and a traced TorchScript
             # model that loads without rnnkit; the fused custom ops have no ONNX translation, so
             # other configurations export the reference loop (plain ops, unrolled over time), as
-            # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them)
+            # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them). A
+            # trace does the same: the fused ops would record this call's batch sizes as constants,
+            # wrong at any other length or batch
             if mode and not (onnx and module.proj_size):
                 return "torch"
-            if onnx:
-                return "loop"
+            return "loop"
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node

@@ -232,3 +232,30 @@ def test_vmap_grad_per_sample_gradients_with_randomness_different():
         params, torch.randn(3, 5, 3)
     )
     assert all(g.shape == (3, *params[k].shape) and torch.isfinite(g).all() for k, g in grads.items())
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.* is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "cls, kw",
+    [
+        (rnnkit.LSTM, {"peephole": True}),
+        (rnnkit.GRU, {"norm": "layer", "num_layers": 2}),
+        (rnnkit.LSTM, {"coupled_gates": True, "bidirectional": True}),
+        (rnnkit.RNN, {"zoneout": 0.2}),
+    ],
+    ids=["peephole", "gru-norm", "cifg-bidir", "rnn-zoneout"],
+)
+def test_jit_trace_of_options_records_the_loop(cls, kw):
+    # the fused ops would hold the traced batch sizes as constants (garbage, out-of-bounds memory
+    # at another shape); the reference loop's trace is right at the traced length and raises at
+    # another one
+    torch.manual_seed(0)
+    m = cls(3, 4, **kw).eval()
+    x = torch.randn(5, 2, 3)
+    traced = torch.jit.trace(m, (x,))
+    assert not any(n.kind().startswith("rnnkit") for n in traced.inlined_graph.nodes())
+    torch.testing.assert_close(traced(x)[0], m(x)[0])
+    for length in (3, 8):
+        with pytest.raises(RuntimeError):
+            traced(torch.randn(length, 2, 3))
