@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -74,7 +75,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 "use rnnkit.LockedDropout on the layer's input or output instead",
                 stacklevel=3,
             )
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.impl = bidirectional, proj_size, impl
         D = 2 if bidirectional else 1
@@ -350,7 +351,11 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
         ("hidden_size", hidden_size),
         ("num_layers", num_layers),
     ]:
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        # any integer (numpy's too, as torch.nn takes for num_layers); a non-integer is a TypeError, as
+        # torch.nn's for hidden_size
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
+        if v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     for name, v in [("bias", bias), ("batch_first", batch_first)]:
         if not isinstance(v, bool):

@@ -4,6 +4,7 @@ own utilities (checkpoint, in-place ops on outputs, meta tensors, vmap) and the 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -259,3 +260,16 @@ def test_jit_trace_of_options_records_the_loop(cls, kw):
     for length in (3, 8):
         with pytest.raises(RuntimeError):
             traced(torch.randn(length, 2, 3))
+
+
+def test_numpy_integer_num_layers_and_float_sizes_as_torch_nn():
+    torch.manual_seed(0)
+    ours = rnnkit.LSTM(3, 4, num_layers=np.int64(2))
+    torch.manual_seed(0)
+    theirs = nn.LSTM(3, 4, num_layers=np.int64(2))
+    assert ours.num_layers == 2 and type(ours.num_layers) is int
+    for (k, a), (n, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert k == n and torch.equal(a, b)
+    for cls in (nn.LSTM, rnnkit.LSTM):
+        with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
+            cls(3, 4.0)

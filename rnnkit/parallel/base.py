@@ -46,7 +46,7 @@ class ParallelRecurrent(nn.Module):
                  device=None, dtype=None) -> None:  # fmt: skip
         super().__init__()
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, 0)
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
         self._names: list[list[dict[str, str]]] = []
