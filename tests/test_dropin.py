@@ -273,3 +273,13 @@ def test_numpy_integer_num_layers_and_float_sizes_as_torch_nn():
     for cls in (nn.LSTM, rnnkit.LSTM):
         with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
             cls(3, 4.0)
+
+
+@pytest.mark.parametrize("family", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_cells_of_hidden_size_zero_as_torch_nn(family):
+    x = torch.randn(2, 3)
+    ours, theirs = getattr(rnnkit, family)(3, 0)(x), getattr(nn, family)(3, 0)(x)
+    for a, b in zip(
+        ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,)
+    ):
+        assert a.shape == b.shape == (2, 0)
