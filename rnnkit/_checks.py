@@ -95,7 +95,7 @@ def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
         fail(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex():
         fail(f"lengths must be integers, got dtype {lengths.dtype}")
-    lo, hi = int(lengths.min()), int(lengths.max())
+    lo, hi = (int(lengths.min()), int(lengths.max())) if lengths.numel() else (1, 1)  # (none: no batch)
     if lo < 1 or hi > max_len:
         fail(f"lengths must lie in [1, {max_len}] (the padded length), got values in [{lo}, {hi}]")
     return lengths.cpu().long()

@@ -333,12 +333,15 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths):
     """``module(input, hx, lengths)`` for a padded batch with valid ``lengths (B,)``: the packed
     call's outputs padded back (zeros past each length) and its final state. ``module`` is a
     recurrent layer taking packed input (:class:`RecurrentStack`, the time-parallel layers)."""
-    _checks.check_input(input, module.input_size, False, module._ref)
+    batch_dim = 0 if module.batch_first else 1  # may be empty, as without lengths= (a 2-D input fails below)
+    _checks.check_input(input, module.input_size, False, module._ref, batch_dim)
     if input.dim() != 3:
         _checks.fail(f"lengths= needs a batched 3-D input, got shape {tuple(input.shape)}")
     T = input.shape[1] if module.batch_first else input.shape[0]
     B = input.shape[0] if module.batch_first else input.shape[1]
     lengths = _checks.check_lengths(lengths, B, T)
+    if B == 0:  # no sequence to pack: the dense call's empty outputs and states
+        return module(input, hx)
     packed = pack_padded_sequence(input, lengths, module.batch_first, enforce_sorted=False)
     out, state = module(packed, hx)
     out, _ = pad_packed_sequence(out, module.batch_first, total_length=T)

@@ -283,3 +283,17 @@ def test_cells_of_hidden_size_zero_as_torch_nn(family):
         ours if isinstance(ours, tuple) else (ours,), theirs if isinstance(theirs, tuple) else (theirs,)
     ):
         assert a.shape == b.shape == (2, 0)
+
+
+@pytest.mark.parametrize("family, kw", [("LSTM", {"num_layers": 2}), ("GRU", {"batch_first": True})])
+def test_lengths_on_an_empty_batch_as_without_lengths(family, kw):
+    # torch.nn returns empty outputs for a batch of no sequence; lengths= (empty) gives the same
+    m = getattr(rnnkit, family)(3, 4, **kw)
+    x = torch.randn(0, 5, 3) if kw.get("batch_first") else torch.randn(5, 0, 3)
+    want, got = m(x), m(x, lengths=torch.zeros(0, dtype=torch.long))
+    assert got[0].shape == want[0].shape == getattr(nn, family)(3, 4, **kw)(x)[0].shape
+    for a, b in zip(
+        got[1] if isinstance(got[1], tuple) else (got[1],),
+        want[1] if isinstance(want[1], tuple) else (want[1],),
+    ):
+        assert a.shape == b.shape
