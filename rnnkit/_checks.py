@@ -27,9 +27,15 @@ def check_tensor(x: object, what: str) -> Tensor:
     return x  # type: ignore[return-value]
 
 
+def autocast_on(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False for devices autocast does not know
+    (``meta``: shape inference), where torch's own call raises."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def check_like(x: Tensor, ref: Tensor, what: str) -> None:
     """Same dtype and device as the module's parameters (no silent casts or copies)."""
-    if x.dtype != ref.dtype and not torch.is_autocast_enabled(x.device.type):
+    if x.dtype != ref.dtype and not autocast_on(x.device.type):
         fail(
             f"{what} has dtype {x.dtype} but the parameters are {ref.dtype}; convert it with "
             f".to({ref.dtype}) or the module with .to({x.dtype})"
@@ -89,7 +95,7 @@ def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
         fail(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
     if lengths.is_floating_point() or lengths.is_complex():
         fail(f"lengths must be integers, got dtype {lengths.dtype}")
-    lo, hi = int(lengths.min()), int(lengths.max())
+    lo, hi = (int(lengths.min()), int(lengths.max())) if lengths.numel() else (1, 1)  # (none: no batch)
     if lo < 1 or hi > max_len:
         fail(f"lengths must lie in [1, {max_len}] (the padded length), got values in [{lo}, {hi}]")
     return lengths.cpu().long()

@@ -26,7 +26,9 @@ class RNNBaseCompat:
     def _all_weights(self) -> list[list[str]]:
         """Parameter names per layer-direction (``torch.nn.RNNBase._all_weights``)."""
         return [
-            [a for a in names.values() if a in self._parameters]  # type: ignore[attr-defined]
+            # not the running statistics (buffers); a parameter replaced by a plain tensor (the AWD
+            # WeightDrop trick: del m._parameters[name]; setattr(m, name, tensor)) stays listed, as in torch
+            [a for a in names.values() if a not in self._buffers]  # type: ignore[attr-defined]
             for per in self._names  # type: ignore[attr-defined]
             for names in per
         ]

@@ -117,16 +117,17 @@ def select(module, x: Tensor, packed: bool = False) -> str:
             # torch's RNN ops become ONNX's LSTM/GRU/RNN (any length) and a traced TorchScript
             # model that loads without rnnkit; the fused custom ops have no ONNX translation, so
             # other configurations export the reference loop (plain ops, unrolled over time), as
-            # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them)
+            # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them). A
+            # trace does the same: the fused ops would record this call's batch sizes as constants,
+            # wrong at any other length or batch
             if mode and not (onnx and module.proj_size):
                 return "torch"
-            if onnx:
-                return "loop"
+            return "loop"
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
             return "loop"
-        if mode and torch.is_autocast_enabled(x.device.type):
+        if mode and _checks.autocast_on(x.device.type):
             return "torch"  # autocast's own rules for torch's RNN ops, exactly as torch.nn
         if fused_by_default(module, x, mode, packed):
             return "fused"

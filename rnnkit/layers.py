@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import numbers
 import warnings
 from collections.abc import Callable
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _checks, dispatch, regularizers
+from . import _checks, dispatch, kernels, regularizers
 from ._nn_compat import RNNBaseCompat
 from .cells.base import Cell, State
 
@@ -74,7 +75,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 "use rnnkit.LockedDropout on the layer's input or output instead",
                 stacklevel=3,
             )
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.impl = bidirectional, proj_size, impl
         D = 2 if bidirectional else 1
@@ -219,7 +220,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             return self._empty_batch(x, state, batch_first, unbatched)
         impl = dispatch.select(self, x, packed)
         precision = contextlib.nullcontext()
-        if impl != "torch" and torch.is_autocast_enabled(x.device.type):
+        if impl != "torch" and _checks.autocast_on(x.device.type):
             # autocast has no rule for the options torch lacks (mixed dtypes inside a step, kernels
             # in float32/64): they run in the parameters' dtype with autocast off, as autocast
             # leaves torch.nn's CPU GRU in float32
@@ -285,6 +286,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 for i, f in enumerate(fin):
                     finals[i].append(f)
             data = outs[0] if D == 1 else torch.cat(outs, 1)
+            if D == 1 and k == self.num_layers - 1 and impl == "fused" and data.requires_grad:
+                data = _own_output(self.cells[k], data)
             if self.dropout and self.training and k < self.num_layers - 1:
                 data = F.dropout(data, self.dropout, True)
             if plan is not None and k < self.num_layers - 1 and plan.locked[k] is not None:
@@ -317,16 +320,28 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         return s + (f", {extra}" if extra else "")
 
 
+def _own_output(cell, out: Tensor) -> Tensor:
+    """The last layer's output, safe for in-place ops (``nn.Dropout(inplace=True)``) as torch.nn's.
+
+    Some fused kernels save their output itself as the h-history for backward, so an in-place
+    op on it would fail backward's version check: the caller then gets a copy (one output-sized
+    copy per call that records a graph; inference calls and the other kernels skip it)."""
+    return out.clone() if kernels.saves_output(cell) else out
+
+
 def forward_padded(module: nn.Module, input: Tensor, hx, lengths):
     """``module(input, hx, lengths)`` for a padded batch with valid ``lengths (B,)``: the packed
     call's outputs padded back (zeros past each length) and its final state. ``module`` is a
     recurrent layer taking packed input (:class:`RecurrentStack`, the time-parallel layers)."""
-    _checks.check_input(input, module.input_size, False, module._ref)
+    batch_dim = 0 if module.batch_first else 1  # may be empty, as without lengths= (a 2-D input fails below)
+    _checks.check_input(input, module.input_size, False, module._ref, batch_dim)
     if input.dim() != 3:
         _checks.fail(f"lengths= needs a batched 3-D input, got shape {tuple(input.shape)}")
     T = input.shape[1] if module.batch_first else input.shape[0]
     B = input.shape[0] if module.batch_first else input.shape[1]
     lengths = _checks.check_lengths(lengths, B, T)
+    if B == 0:  # no sequence to pack: the dense call's empty outputs and states
+        return module(input, hx)
     packed = pack_padded_sequence(input, lengths, module.batch_first, enforce_sorted=False)
     out, state = module(packed, hx)
     out, _ = pad_packed_sequence(out, module.batch_first, total_length=T)
@@ -339,7 +354,11 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
         ("hidden_size", hidden_size),
         ("num_layers", num_layers),
     ]:
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        # any integer (numpy's too, as torch.nn takes for num_layers); a non-integer is a TypeError, as
+        # torch.nn's for hidden_size
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
+        if v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     for name, v in [("bias", bias), ("batch_first", batch_first)]:
         if not isinstance(v, bool):

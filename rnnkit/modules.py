@@ -41,6 +41,29 @@ def split_options(options: dict) -> tuple[dict, dict]:
     return cell, {k: v for k, v in options.items() if k in layer_keys}
 
 
+def check_options(cls: type, math_cls: type, cell_opts: dict, own: frozenset[str], exclude=()) -> None:
+    """Raise a ``TypeError`` naming the public class ``cls`` for a keyword that neither its cell
+    (``math_cls``) nor ``cls`` itself (``own``: its keyword-only options) takes, instead of the
+    cell's ``LSTMCellMath.__init__() got an unexpected keyword argument``. ``exclude``: cell
+    parameters ``cls`` does not offer."""
+    fixed = {"self", "input_size", "hidden_size", "bias", "nonlinearity", *exclude}
+    cell_keys = sorted(set(inspect.signature(math_cls.__init__).parameters) - fixed)
+    unknown = [k for k in cell_opts if k not in cell_keys]
+    if not unknown:
+        return
+    name = f"{cls.__module__.split('.')[0]}.{cls.__qualname__}"
+    if "proj_size" in unknown and issubclass(cls, RecurrentStack):  # torch.nn.RNN / GRU's error
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    layer_only = RecurrentStack.layer_option_names() | {"impl"}
+    hint = ""
+    if issubclass(cls, StepCell) and unknown[0] in layer_only:
+        hint = f" ({unknown[0]!r} is an option of the layers rnnkit.RNN / LSTM / GRU, not of the cells)"
+    raise TypeError(
+        f"{name}.__init__() got an unexpected keyword argument {unknown[0]!r}{hint}; its cell options "
+        f"are {', '.join(cell_keys)} and its other options {', '.join(sorted(own))}"
+    )
+
+
 class RNN(RecurrentStack):
     """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU).
 
@@ -55,6 +78,7 @@ class RNN(RecurrentStack):
                  *, impl: str = "auto", **options) -> None:  # fmt: skip
         self.nonlinearity = nonlinearity
         cell_opts, layer_opts = split_options(options)
+        check_options(type(self), RNNCellMath, cell_opts, RecurrentStack.layer_option_names() | {"impl"})
         super().__init__(
             lambda n: RNNCellMath(n, hidden_size, bias, nonlinearity, **cell_opts),
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -85,6 +109,8 @@ class LSTM(RecurrentStack):
                  proj_size: int = 0, device=None, dtype=None, *, impl: str = "auto",
                  **options) -> None:  # fmt: skip
         cell_opts, layer_opts = split_options(options)
+        own = RecurrentStack.layer_option_names() | {"impl"}
+        check_options(type(self), LSTMCellMath, cell_opts, own, exclude=("proj_size",))  # a named argument
         super().__init__(
             lambda n: LSTMCellMath(n, hidden_size, bias, proj_size, **cell_opts),
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -112,6 +138,7 @@ class GRU(RecurrentStack):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, impl: str = "auto", **options) -> None:  # fmt: skip
         cell_opts, layer_opts = split_options(options)
+        check_options(type(self), GRUCellMath, cell_opts, RecurrentStack.layer_option_names() | {"impl"})
         super().__init__(
             lambda n: GRUCellMath(n, hidden_size, bias, **cell_opts),
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -167,13 +194,22 @@ class StepCell(nn.Module):
                 self.register_buffer(spec.name, t)
             else:
                 self.register_parameter(spec.name, nn.Parameter(t))
+        if not cell.bias:  # torch.nn's cells hold bias_ih = bias_hh = None (code reads c.bias_ih)
+            for name in ("bias_ih", "bias_hh"):
+                if name not in self._parameters:
+                    self.register_parameter(name, None)
         self.reset_parameters()
+
+    @classmethod
+    def step_option_names(cls) -> frozenset[str]:
+        """Keyword-only options of the step machinery (regularizers; the rest are cell options)."""
+        sig = inspect.signature(StepCell.__init__)
+        return frozenset(n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY)
 
     @classmethod
     def split_options(cls, options: dict) -> tuple[dict, dict]:
         """Split extra keywords into (cell options, step options such as regularizers)."""
-        sig = inspect.signature(StepCell.__init__)
-        keys = {n for n, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+        keys = cls.step_option_names()
         return {k: v for k, v in options.items() if k not in keys}, {
             k: v for k, v in options.items() if k in keys
         }
@@ -247,6 +283,8 @@ class StepCell(nn.Module):
                 state = tuple(s.unsqueeze(0) for s in state)
         p, rec = self._masked_params(masks, B)
         mode = self.cell.torch_mode()
+        if getattr(self.cell, "proj_size", 0):  # StepCell(LSTMCellMath(..., proj_size)): not in lstm_cell
+            mode = None
         if mode is not None and not self.needs_custom_loop():
             hx_ = state if mode == "LSTM" else state[0]
             out = self._TORCH_CELLS[mode](
@@ -276,6 +314,10 @@ class StepCell(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":  # as torch.nn.RNNCell's repr
+            s += f", nonlinearity={self.nonlinearity}"
+        if getattr(self.cell, "proj_size", 0):
+            s += f", proj_size={self.cell.proj_size}"
         extra = self.cell.describe()
         for key in ("recurrent_dropout", "weight_drop", "zoneout"):
             if getattr(self, key) != 0.0:
@@ -290,6 +332,7 @@ class RNNCell(StepCell):
                  nonlinearity: str = "tanh", device=None, dtype=None, **options) -> None:  # fmt: skip
         self.nonlinearity = nonlinearity
         cell_opts, step_opts = StepCell.split_options(options)
+        check_options(type(self), RNNCellMath, cell_opts, StepCell.step_option_names())
         cell = RNNCellMath(input_size, hidden_size, bias, nonlinearity, **cell_opts)
         super().__init__(cell, device, dtype, **step_opts)
 
@@ -300,6 +343,10 @@ class LSTMCell(StepCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  **options) -> None:  # fmt: skip
         cell_opts, step_opts = StepCell.split_options(options)
+        # torch.nn.LSTMCell has no proj_size: a TypeError as torch's
+        check_options(
+            type(self), LSTMCellMath, cell_opts, StepCell.step_option_names(), exclude=("proj_size",)
+        )
         super().__init__(LSTMCellMath(input_size, hidden_size, bias, **cell_opts), device, dtype, **step_opts)
 
 
@@ -309,4 +356,5 @@ class GRUCell(StepCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  **options) -> None:  # fmt: skip
         cell_opts, step_opts = StepCell.split_options(options)
+        check_options(type(self), GRUCellMath, cell_opts, StepCell.step_option_names())
         super().__init__(GRUCellMath(input_size, hidden_size, bias, **cell_opts), device, dtype, **step_opts)

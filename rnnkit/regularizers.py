@@ -45,7 +45,8 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     """Draw one mask, with ``like``'s dtype and device, reproducibly under ``torch.manual_seed``.
 
     On the CPU (eager) from the counter-based generator of :mod:`rnnkit.kernels.rng`, seeded
-    from torch's generator; elsewhere (CUDA, under torch.compile) from ``torch.rand``.
+    from torch's generator; elsewhere (CUDA, under torch.compile, inside
+    ``vmap(randomness="different")``: one mask per sample) from ``torch.rand``.
 
     For dropout kinds the mask holds ``0`` (dropped, probability ``p``) or ``1 / (1 - p)``
     (kept, inverted-dropout scaling); for ``"zoneout"`` it holds ``1`` (the unit keeps its
@@ -54,6 +55,14 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     """
     if kind not in KINDS:
         raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
+    if _vmap_per_sample_randomness():
+        # torch.rand draws one mask per sample there; the counter-based generator takes one seed,
+        # a Python int, which vmap cannot give per sample. Out of place: vmap has no batching rule
+        # for the in-place comparisons below
+        u = torch.rand(tuple(shape), device=like.device)
+        if kind == "zoneout":
+            return (u < p).to(like.dtype)
+        return (u >= p).to(like.dtype) / (1 - p) if p < 1 else torch.zeros_like(u, dtype=like.dtype)
     if like.device.type == "cpu" and not torch.compiler.is_compiling():
         # a counter-based generator seeded from torch's: ~25x faster than torch.rand on the CPU
         if kind == "zoneout":
@@ -69,6 +78,17 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     if p >= 1:  # everything dropped; avoid 0 * inf
         return torch.zeros_like(u, dtype=like.dtype)
     return u.ge_(p).to(like.dtype).div_(1 - p)
+
+
+def _vmap_per_sample_randomness() -> bool:
+    """Inside ``torch.func.vmap(..., randomness="different")`` (at any level of nested transforms)."""
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is None or not active():
+        return False
+    from torch._functorch import pyfunctorch
+
+    levels = pyfunctorch.retrieve_all_functorch_interpreters()
+    return any(getattr(i, "randomness", lambda: None)() == "different" for i in levels)
 
 
 def check_prob(name: str, p: object) -> float:

@@ -106,3 +106,15 @@ def test_permute_hidden_matches_torch(family, kwargs):
     want, got = theirs.permute_hidden(hx, perm), ours.permute_hidden(hx, perm)
     for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+def test_weight_lists_keep_a_parameter_replaced_by_a_tensor():
+    # the AWD-LSTM / fastai WeightDrop trick: the raw parameter is deleted and a plain tensor set
+    # under its name before every call; torch.nn's weight lists keep the name
+    theirs, ours = pair("LSTM", {})
+    for m in (theirs, ours):
+        w = m._parameters.pop("weight_hh_l0")
+        m.weight_hh_l0 = w.detach() * 0.5
+    assert ours._flat_weights_names == theirs._flat_weights_names
+    assert all(w is getattr(ours, n) for w, n in zip(ours._flat_weights, ours._flat_weights_names))
+    assert len(ours._flat_weights) == len(theirs._flat_weights) == 4

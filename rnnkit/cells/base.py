@@ -85,7 +85,7 @@ class Cell:
 
     def reset_parameters(self, params: Mapping[str, Tensor]) -> None:
         """Initialize in spec order, consuming torch's RNG exactly as ``torch.nn`` does."""
-        std = 1.0 / math.sqrt(self.hidden_size)
+        std = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0  # torch.nn's cells allow 0
         with torch.no_grad():
             for spec in self.param_specs():
                 t = params[spec.name]

@@ -73,6 +73,16 @@ def supports(cell: Cell) -> bool:
     return kind_of(cell) is not None
 
 
+def saves_output(cell: Cell) -> bool:
+    """Whether the fused kernel of ``cell`` keeps the output it returns as a saved tensor of its
+    backward (the h-history): the RNN's, the LSTM's without projection (``ops._ALIASES``) and the
+    normalized cells' (``norm_ops._setup_context``)."""
+    kind = kind_of(cell)
+    if kind == "lstm":
+        return not getattr(cell, "proj_size", 0)
+    return kind in ("rnn_tanh", "rnn_relu") or kind in norm_ops.NORM_KINDS
+
+
 def backend(x: Tensor) -> str:
     """``"ext"`` (compiled kernels) or ``"pure"`` (PyTorch ops) for data like ``x``."""
     return "ext" if ops.use_ext_for(x) else "pure"

@@ -304,10 +304,14 @@ def _setup_context(ctx, inputs, output, extra=()):
     ctx.save_for_backward(output[0], *output[7:], *weights, *extra)
 
 
-def _backward(ctx, grads, bw=None):
+def _backward(ctx, grads, bw=None, all_saved=None):
     """The custom op's autograd formula (through the backward custom op, traceable), or with
-    ``bw`` another function of the same signature (the eager Function: :func:`backward_impl`)."""
-    out, *rest = ctx.saved_tensors[: len(ctx.saved_tensors) - ctx.n_extra]
+    ``bw`` another function of the same signature (the eager Function: :func:`backward_impl`).
+    ``all_saved``: ``ctx.saved_tensors`` when the caller has read it already (non-reentrant
+    checkpoint allows one read per backward)."""
+    if all_saved is None:
+        all_saved = ctx.saved_tensors
+    out, *rest = all_saved[: len(all_saved) - ctx.n_extra]
     saved = rest[: ctx.n_saved]
     w_hh, w_hr, mask, zh, zc, g_hh, g_c, st_hh, st_c, w_peep = rest[ctx.n_saved :]
     B, P = ctx.batch_sizes[0], out.shape[1]
@@ -378,12 +382,15 @@ class _InputNormDirection(torch.autograd.Function):
     @staticmethod
     @_common.first_order_only
     def backward(ctx, dout, dhn, dcn):
-        g = _backward(ctx, (dout, dhn, dcn), backward_impl)  # in fused_norm_direction's input order
-        x, w_ih, g_ih, s_ih, a, mean, rstd = ctx.saved_tensors[-ctx.n_extra :]
+        all_saved = ctx.saved_tensors  # read once: non-reentrant checkpoint unpacks each tensor once
+        g = _backward(ctx, (dout, dhn, dcn), backward_impl, all_saved)  # in fused_norm_direction's order
+        x, w_ih, g_ih, s_ih, a, mean, rstd = all_saved[-ctx.n_extra :]
         need = ctx.needs_input_grad
         want = [need[3] or need[4], need[5], need[6] and s_ih is not None]
         ln_backward = torch.ops.aten.native_layer_norm_backward
         da, dg, ds = ln_backward(g[2], a, [a.shape[1]], mean, rstd, g_ih, s_ih, want)
-        dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[3], need[4], False))
+        dx = dw = None  # da is None when neither x nor W_ih needs a gradient (frozen W_ih, data x)
+        if da is not None:
+            dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[3], need[4], False))
         return (None, None, None, dx, dw, dg, ds, g[3], g[4], g[5], g[7], None, None, None, g[11], g[12],
                 g[13], g[14], g[17])  # fmt: skip

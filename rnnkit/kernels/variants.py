@@ -171,7 +171,8 @@ class _Direction(torch.autograd.Function):
     @staticmethod
     @_common.first_order_only
     def backward(ctx, gout, ghn, gcn, gan):
-        saved, (w_hh, *rest) = ctx.saved_tensors[: ctx.n_saved], ctx.saved_tensors[ctx.n_saved :]
+        all_saved = ctx.saved_tensors  # read once: non-reentrant checkpoint unpacks each tensor once
+        saved, (w_hh, *rest) = all_saved[: ctx.n_saved], all_saved[ctx.n_saved :]
         kind, flags, bsz, reverse, use_ext, onednn, has_bias = ctx.meta
         *opt, x, w_ih = [_opt(t) for t in rest]
         if kind != "lstm_v":
@@ -356,7 +357,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grads):
     kind, flags, batch_sizes, reverse, has_bias = ctx.meta
-    saved, rest = ctx.saved_tensors[: ctx.n_saved], ctx.saved_tensors[ctx.n_saved :]
+    all_saved = ctx.saved_tensors  # read once: non-reentrant checkpoint unpacks each tensor once
+    saved, rest = all_saved[: ctx.n_saved], all_saved[ctx.n_saved :]
     w_hh, w_hr, mask, zh, zc, w_peep, w_gg, zg = rest
     hp = saved[3 if kind == "lstm_v" else 1]  # h_{t-1} (N, P)
     B, N, P = batch_sizes[0], hp.shape[0], hp.shape[1]

@@ -46,7 +46,7 @@ class ParallelRecurrent(nn.Module):
                  device=None, dtype=None) -> None:  # fmt: skip
         super().__init__()
         _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, 0)
-        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
         self._names: list[list[dict[str, str]]] = []
@@ -116,7 +116,7 @@ class ParallelRecurrent(nn.Module):
         if mask is not None:
             a = torch.where(mask, a, torch.ones((), dtype=a.dtype, device=a.device))
             b = torch.where(mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
-        if h0 is not None and h0.dtype != b.dtype and torch.is_autocast_enabled(b.device.type):
+        if h0 is not None and h0.dtype != b.dtype and _checks.autocast_on(b.device.type):
             # autocast made the gates half precision: the state joins them, as torch.nn's RNNs
             # run state and input in autocast's dtype (a float32 state carried across TBPTT
             # windows by the training kit, e.g.)

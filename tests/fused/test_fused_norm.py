@@ -412,3 +412,29 @@ def test_update_running_ext_equals_pytorch(dtype, ns, slots):
         rtol = 1e-6 if dtype == torch.float32 else 1e-14
         torch.testing.assert_close(res[0][k], res[1][k], rtol=rtol, atol=0)
         assert torch.equal(res[0][k], start[k]) == (k == "running_var_c" and max(ns) == 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("frozen", [("weight_ih_l0",), ("weight_ih_l0", "bias_ih_l0"), "all"])
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+def test_layer_norm_lstm_backward_with_frozen_input_projection(dtype, frozen, impl):
+    # neither x nor W_ih needs a gradient: the input group's layer-norm backward returns no d a,
+    # and the kernel must skip dx / dW_ih instead of crashing (only hx or other weights train)
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(3, 4, norm="layer", impl=impl, dtype=dtype)
+    b = rnnkit.LSTM(3, 4, norm="layer", impl="loop", dtype=dtype)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(5, 2, 3, dtype=dtype)  # data: no gradient
+    hx = [torch.randn(1, 2, 4, dtype=dtype) for _ in range(2)]
+    grads = []
+    for m in (a, b):
+        for name, w in m.named_parameters():
+            w.requires_grad_(frozen != "all" and name not in frozen)
+        h0, c0 = (t.clone().requires_grad_() for t in hx)
+        out, (hn, cn) = m(x, (h0, c0))
+        (out.sum() + hn.sum() + cn.sum()).backward()
+        trained = [w for w in m.parameters() if w.requires_grad]
+        grads.append([out, h0.grad, c0.grad, *(w.grad for w in trained)])
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    for u, v in zip(*grads, strict=True):
+        torch.testing.assert_close(u, v, **tol)

@@ -89,6 +89,24 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
   return at::mm(a.t(), b);
 }
 
+// The packed layout's batch sizes against the tensors of a kernel call: the kernels address rows
+// by them unchecked, so inconsistent sizes (a direct call of the public ops, a graph traced at
+// another shape) would read and write out of bounds. Non-empty, positive, non-increasing, the
+// first equal to `batch` (the state's rows; < 0: no state to compare) and summing to `rows`.
+inline void check_batch_sizes(const char* op, const std::vector<int64_t>& bsz, int64_t rows, int64_t batch) {
+  TORCH_CHECK(!bsz.empty(), op, ": batch_sizes must not be empty");
+  TORCH_CHECK(batch < 0 || bsz[0] == batch, op, ": batch_sizes[0] must equal the state's batch size ", batch,
+              ", got batch_sizes ", c10::IntArrayRef(bsz));
+  int64_t sum = 0;
+  for (size_t t = 0; t < bsz.size(); ++t) {
+    TORCH_CHECK(bsz[t] > 0 && (t == 0 || bsz[t] <= bsz[t - 1]), op,
+                ": batch_sizes must be positive and non-increasing, got ", c10::IntArrayRef(bsz));
+    sum += bsz[t];
+  }
+  TORCH_CHECK(sum == rows, op, ": batch_sizes must sum to the input's ", rows, " rows, got ", sum, " (",
+              c10::IntArrayRef(bsz), ")");
+}
+
 inline Steps schedule(const std::vector<int64_t>& bsz, bool reverse) {
   Steps s;
   int64_t off = 0;

@@ -46,6 +46,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
   const bool save = !(kind & 16);  // else inference: the LSTM saves nothing for backward
   const bool col = kind & 32;       // h_{t-1} saved column-major (the eager path; see below)
   kind &= 15;
+  check_batch_sizes("rnnkit_ext::forward", batch_sizes, x.has_value() ? x->size(0) : xp.size(0), h0.size(0));
   const auto steps = schedule(batch_sizes, reverse);
   TORCH_CHECK(kind == 0 || !x.has_value(), "rnnkit_ext::forward: only the LSTM projects its input itself");
   if (kind != 0) return rnnkit_gru_rnn::forward(kind, xp, h0, w_hh, b_hh, mask, zh, steps, onednn);
@@ -142,6 +143,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
                              const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
                              const std::optional<Tensor>& w_peep, bool has_bias, std::vector<int64_t> batch_sizes,
                              bool reverse, bool onednn) {
+  check_batch_sizes("rnnkit_ext::backward", batch_sizes, gout.size(0), ghn.size(0));
   auto steps = schedule(batch_sizes, reverse);
   std::reverse(steps.begin(), steps.end());
   if (kind != 0) return rnnkit_gru_rnn::backward(kind, gout, ghn, saved, w_hh, mask, zh, has_bias, steps, onednn);

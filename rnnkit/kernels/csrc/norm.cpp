@@ -48,6 +48,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
               "rnnkit_norm::forward: x_in is for the layer-norm LSTM, with w_ih and g_ih");
   const int64_t N = proj_in ? x_in->size(0) : xp_.size(0), B = h0.size(0), P = h0.size(1), T = batch_sizes.size(),
                 G = w_hh.size(0);
+  check_batch_sizes("rnnkit_norm::forward", batch_sizes, N, B);
   // Without `save` (inference) the tensors that only backward reads (x^, gates, c_{t-1}, ...)
   // are step-sized scratch, (B, F) rather than (N, F): at the medium shape ~40 MB less to
   // allocate and fault in per call. Step k's rows live at [so, so + bs), so = off or 0.

@@ -55,6 +55,9 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
                              const OptT& st_c, const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
                              bool onednn) {
   const int64_t B = ghn.size(0), P = ghn.size(1), N = out.size(0), G = w_hh.size(0);
+  check_batch_sizes("rnnkit_norm::backward", batch_sizes, N, B);
+  TORCH_CHECK(gout_.size(0) == N, "rnnkit_norm::backward: gout must have the output's ", N, " rows, got ",
+              gout_.size(0));
   const auto steps = schedule(batch_sizes, reverse);
   auto o = out.options();
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };

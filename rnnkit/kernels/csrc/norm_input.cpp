@@ -27,6 +27,7 @@ std::vector<Tensor> bn_input_forward(const Tensor& a_, const Tensor& w_, const O
   const Tensor a = a_.contiguous(), w = w_.contiguous();
   const OptT b = b_.has_value() ? OptT(b_->contiguous()) : b_;
   const int64_t N = a.size(0), G = a.size(1), T = bsz.size();
+  check_batch_sizes("rnnkit_norm::bn_input_forward", bsz, N, -1);
   auto o = a.options();
   Tensor y = at::empty({N, G}, o), xh = at::empty({save ? N : 0, G}, o), mean = at::empty({T, G}, o);
   Tensor var = at::empty({T, G}, o);
@@ -54,6 +55,9 @@ std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh, const
                                       bool has_bias, std::vector<int64_t> bsz) {
   const Tensor dy = dy_.contiguous(), w = w_.contiguous();
   const int64_t N = dy.size(0), G = dy.size(1), T = bsz.size();
+  check_batch_sizes("rnnkit_norm::bn_input_backward", bsz, N, -1);
+  TORCH_CHECK(xh.size(0) == N && rs.size(0) == T, "rnnkit_norm::bn_input_backward: x^ (N, G) and rho (T, G) for ",
+              N, " rows and ", T, " steps, got ", xh.sizes(), " and ", rs.sizes());
   Tensor da = at::empty({N, G}, dy.options());
   const auto off = offsets(bsz);
   std::pair<Tensor, Tensor> ab;

@@ -276,6 +276,8 @@ std::vector<Tensor> variant_forward(int64_t family, int64_t flags, const Tensor&
                                     const OptT& a0, const OptT& w_gg, const OptT& zg,
                                     std::vector<int64_t> batch_sizes, bool reverse, bool onednn, const OptT& x,
                                     const OptT& w_ih, const OptT& b_in) {
+  check_batch_sizes("rnnkit_ext::variant_forward", batch_sizes, x.has_value() ? x->size(0) : xp.size(0),
+                    h0.size(0));
   const auto steps = schedule(batch_sizes, reverse);
   if (family == 0)
     return rnnkit_variants::lstm_forward(flags, xp, h0, *c0, w_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg, steps,
@@ -289,6 +291,7 @@ std::vector<Tensor> variant_backward(int64_t family, int64_t flags, const Tensor
                                      const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
                                      const OptT& zc, const OptT& w_peep, const OptT& w_gg, const OptT& zg,
                                      bool has_bias, std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+  check_batch_sizes("rnnkit_ext::variant_backward", batch_sizes, gout.size(0), ghn.size(0));
   const auto steps = schedule(batch_sizes, reverse);
   if (family == 0)
     return rnnkit_variants::lstm_backward(flags, gout, ghn, gcn, gan, saved, w_hh, w_hr, mask, zh, zc, w_peep, w_gg,
