@@ -438,3 +438,48 @@ def test_layer_norm_lstm_backward_with_frozen_input_projection(dtype, frozen, im
     tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
     for u, v in zip(*grads, strict=True):
         torch.testing.assert_close(u, v, **tol)
+
+
+@pytest.mark.parametrize(
+    "peephole,reg,bidir,packed,grad",
+    [
+        (False, {}, False, False, True),
+        (True, REGS[1], True, True, True),
+        (False, REGS[1], False, True, False),  # inference: nothing saved, step-sized scratch
+        (True, {}, True, False, False),
+    ],
+)
+def test_batch_norm_training_on_threads_equals_loop(peephole, reg, bidir, packed, grad):
+    """Batch norm in training at a step worth two threads (2^20 multiply-adds: the step GEMM
+    split by columns, each block's column statistics on its thread, the row passes split by
+    rows, forward and backward) against the loop, float64, with the options the threaded
+    property test draws too rarely: peepholes, recurrent dropout, zoneout, packed, inference."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        kw = dict(bidirectional=bidir, norm="batch", peephole=peephole, max_len=4, **reg)
+        a, b = (rnnkit.LSTM(5, 128, impl=impl, **kw) for impl in ("fused", "loop"))
+        with torch.no_grad():
+            for name, w in a.named_parameters():
+                if "_bn_" in name or "peephole" in name:
+                    w.uniform_(0.5, 1.5)
+        b.load_state_dict(a.state_dict())
+        x = torch.randn(6, 17, 5, requires_grad=grad)
+        lengths = torch.tensor([6, 6, 5, 5, 4, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 1])
+        res = []
+        for m in (a, b):
+            with torch.set_grad_enabled(grad):
+                inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+                vals = _outputs(m, inp, seed=1)
+                if grad:
+                    loss = (vals[0] ** 2).sum() + vals[1].sum() + vals[2].sum()
+                    vals += list(torch.autograd.grad(loss, [x, *m.parameters()]))
+            res.append(vals + [buf.clone() for buf in m.buffers()])
+        for u, v in zip(*res):  # steps of one row: 1/std up to 316 amplifies the rounding
+            torch.testing.assert_close(u, v, rtol=1e-7, atol=1e-8)
+    finally:
+        torch.set_num_threads(old)
