@@ -277,10 +277,17 @@ def _load_for_use(args: argparse.Namespace):
 def sample_cmd(args: argparse.Namespace) -> int:
     if args.length < 0:
         raise CLIError(f"--length must be >= 0, got {args.length}", code=2)
-    if args.temperature < 0:
-        raise CLIError(f"--temperature must be >= 0, got {args.temperature}", code=2)
+    if not args.temperature >= 0:  # written so that nan is rejected too
+        raise CLIError(f"--temperature must be a number >= 0, got {args.temperature}", code=2)
     model, vocab = _load_for_use(args)
     prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab.stoi else vocab.chars[0])
+    # checked before the prime is echoed: a bad one must not leave text on stdout before the error
+    if not prime:
+        raise CLIError("--prime must be a non-empty string (default: a newline)", code=2)
+    try:
+        vocab.encode(prime)
+    except ValueError as e:
+        raise CLIError(f"--prime: {e} (the model's vocabulary has {len(vocab)} symbols)") from None
     gen = torch.Generator().manual_seed(args.seed) if args.seed is not None else None
     charlm = _charlm()[0]
     out = sys.stdout

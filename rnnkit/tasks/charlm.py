@@ -98,8 +98,8 @@ def sample(
     """
     if not prime:
         raise ValueError("prime must be a non-empty string (e.g. '\\n')")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not temperature >= 0:  # written so that nan is rejected too
+        raise ValueError(f"temperature must be a number >= 0, got {temperature}")
     was_training = model.training
     model.eval()
     try:
@@ -111,7 +111,11 @@ def sample(
             if temperature == 0:
                 idx = int(last.argmax())
             else:
-                probs = torch.softmax(last.float() / temperature, dim=-1)
+                # shift the logits so the largest is 0 before dividing: a tiny temperature then
+                # sends the others to -inf (probability 0) instead of every logit to +-inf (nan);
+                # in float64, where any positive Python float stays > 0 (in float32 1e-300 is 0)
+                z = last.double()
+                probs = torch.softmax((z - z.max()) / temperature, dim=-1)
                 idx = int(torch.multinomial(probs.cpu(), 1, generator=generator))
             yield vocab.chars[idx]
             logits, state = model(torch.tensor([[idx]], device=device), state)

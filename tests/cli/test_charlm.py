@@ -49,6 +49,30 @@ def test_sample_bad_prime_and_length(cli, trained):
     assert_one_line_error(cli("sample", "--checkpoint", trained, "--length", -1), "--length")
 
 
+def test_sample_bad_prime_leaves_stdout_empty(cli, trained):
+    # the prime used to be echoed before the sampler found the unknown characters
+    r = cli("sample", "--checkpoint", trained, "--prime", "ZQ#", "--length", 5)
+    assert_one_line_error(r, "--prime", "vocabulary")
+    assert r.out == ""
+    r = cli("sample", "--checkpoint", trained, "--prime", "", "--length", 5)
+    assert_one_line_error(r, "--prime")
+    assert r.out == ""
+
+
+def test_sample_tiny_temperature_is_greedy(cli, trained):
+    # logits / 1e-300 overflowed to +-inf and softmax gave nan ("probability tensor contains ...")
+    greedy = cli("sample", "--checkpoint", trained, "--prime", "to be", "--length", 30, "--temperature", 0)
+    tiny = cli("sample", "--checkpoint", trained, "--prime", "to be", "--length", 30, "--temperature", 1e-300)
+    assert greedy.rc == tiny.rc == 0, tiny.err
+    assert tiny.out == greedy.out
+
+
+def test_sample_nan_temperature_is_a_usage_error(cli, trained):
+    r = cli("sample", "--checkpoint", trained, "--temperature", "nan", "--length", 5)
+    assert_one_line_error(r, "--temperature")
+    assert r.rc == 2 and r.out == ""
+
+
 def test_eval_prints_nats_and_bits(cli, trained, text_file, tmp_path):
     r = cli("eval", "--checkpoint", trained, "--data", text_file)
     assert r.rc == 0, r.err
