@@ -97,7 +97,15 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
         raise ValueError(f"{run_dir} was trained on {run.get('data')!r}: pass --input FILE.csv --column NAME")
     column = args.column
     if column is None and data != "sunspots":
-        column = str(run.get("data", "")).rpartition(":")[2] or None
+        # a CSV run's data is "NAME.csv:COLUMN"; a sunspots run has no column to default to
+        # (its description used to be taken for one: "no column 'sunspots (statsmodels, yearly)'")
+        trained = str(run.get("data", ""))
+        if trained.startswith("sunspots") or ":" not in trained:
+            raise ValueError(
+                f"--input {data} needs --column NAME (the CSV column to forecast; {run_dir} was "
+                f"trained on {trained!r})"
+            )
+        column = trained.rpartition(":")[2]
     values, _ = F.load_series(data, column)
     horizon = args.horizon or run["horizon"]
 

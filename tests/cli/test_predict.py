@@ -155,3 +155,18 @@ def test_forecast_of_a_sunspots_run_needs_no_input(cli, tmp_path):
     assert r.rc == 0, r.err
     steps = [line.split("\t") for line in r.out.splitlines()]
     assert [int(k) for k, _ in steps] == [1, 2, 3] and all(math.isfinite(float(v)) for _, v in steps)
+
+
+def test_forecast_of_a_sunspots_run_on_a_csv_asks_for_the_column(cli, tmp_path, series_csv):
+    # the run's description "sunspots (statsmodels, yearly)" was taken for the default column
+    pytest.importorskip("statsmodels")
+    out = tmp_path / "sun"
+    r = cli("train", "forecast", "--data", "sunspots", "--window", 12, "--horizon", 3,
+            "--arima-order", "none", "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    r = cli("predict", "--checkpoint", out, "--input", series_csv)
+    assert_one_line_error(r, "--column NAME", "sunspots")
+    assert "no column" not in r.err
+    r = cli("predict", "--checkpoint", out, "--input", series_csv, "--column", "value")
+    assert r.rc == 0, r.err
+    assert len(r.out.splitlines()) == 3
