@@ -91,10 +91,10 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding-dim", type=positive_int, default=r["embedding_dim"])
     p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
     add_run_arguments(
-        p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None,
+        p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None, val_every=250,
         minutes_help=f"wall-clock training budget (default {DEFAULT_MINUTES:g} unless --max-steps is given)",
     )  # fmt: skip
-    p.set_defaults(clip=r.get("clip") or 0.0, val_every=250, amp="auto", func=train_charlm)
+    p.set_defaults(clip=r.get("clip") or 0.0, amp="auto", func=train_charlm)
 
 
 def add_use_parsers(sub: argparse._SubParsersAction) -> None:

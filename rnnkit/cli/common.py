@@ -51,6 +51,7 @@ def add_run_arguments(
     max_minutes: float | None = None,
     epochs: int = 1,
     minutes_help: str | None = None,
+    val_every: int | None = None,
 ) -> None:
     """``--out --resume --max-minutes --max-steps --epochs --seed --device --lr ...``."""
     g = p.add_argument_group("run")
@@ -85,9 +86,10 @@ def add_run_arguments(
     g.add_argument(
         "--val-every",
         type=positive_int,
-        default=None,
+        default=val_every,
         metavar="N",
-        help="validate every N steps (default: every epoch end and at the end)",
+        help="validate every N steps (default: "
+        + (f"{val_every} and at the end)" if val_every else "every epoch end and at the end)"),
     )
     g.add_argument(
         "--checkpoint-every",

@@ -27,6 +27,20 @@ def test_train_help_lists_every_task(cli):
         assert task in r.out
 
 
+def test_val_every_help_states_the_default_in_use(cli):
+    # charlm validates every 250 steps; its help used to say "every epoch end" like the others
+    import re
+
+    from rnnkit.cli import build_parser
+
+    for task, want in (("charlm", 250), ("forecast", None)):
+        args = build_parser().parse_args(["train", task])
+        assert args.val_every == want
+        text = " ".join(cli("train", task, "--help").out.split())
+        shown = re.search(r"--val-every N validate every N steps \(default: ([^)]*)\)", text).group(1)
+        assert shown == ("250 and at the end" if want else "every epoch end and at the end"), shown
+
+
 @pytest.mark.parametrize(
     "task, arch, metric",
     [
