@@ -95,6 +95,8 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     data = args.input or ("sunspots" if str(run.get("data", "")).startswith("sunspots") else None)
     if data is None:
         raise ValueError(f"{run_dir} was trained on {run.get('data')!r}: pass --input FILE.csv --column NAME")
+    if data == "-":  # '-' is standard input for the line-per-item tasks only
+        raise ValueError("--input -: a forecaster reads its series from a CSV file or 'sunspots', not stdin")
     column = args.column
     if column is None and data != "sunspots":
         # a CSV run's data is "NAME.csv:COLUMN"; a sunspots run has no column to default to
@@ -106,7 +108,7 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
                 f"trained on {trained!r})"
             )
         column = trained.rpartition(":")[2]
-    values, _ = F.load_series(data, column)
+    values, _ = F.load_series(data, column, flag="--input")
     horizon = args.horizon or run["horizon"]
 
     def use(model):

@@ -41,20 +41,22 @@ __all__ = [
 ]
 
 
-def load_series(data: str, column: str | None = None) -> tuple[Tensor, str]:
-    """``"sunspots"`` (statsmodels, yearly 1700-2008) or a CSV file's numeric ``column``."""
+def load_series(data: str, column: str | None = None, flag: str = "--data") -> tuple[Tensor, str]:
+    """``"sunspots"`` (statsmodels, yearly 1700-2008) or a CSV file's numeric ``column``;
+    ``flag`` is the command-line option that named ``data``, for the error messages
+    (``rnnkit predict`` reads the series from ``--input``)."""
     if data == "sunspots":
         try:
             from statsmodels.datasets import sunspots
         except ImportError:
-            raise ImportError("--data sunspots needs statsmodels: pip install 'rnnkit[tasks]'") from None
+            raise ImportError(f"{flag} sunspots needs statsmodels: pip install 'rnnkit[tasks]'") from None
         values = sunspots.load_pandas().data["SUNACTIVITY"].to_numpy()
         return torch.tensor(values, dtype=torch.get_default_dtype()), "sunspots (statsmodels, yearly)"
     p = Path(data)
     if not p.is_file():
-        raise FileNotFoundError(f"--data {data!r}: no such file (or use --data sunspots)")
+        raise FileNotFoundError(f"{flag} {data!r}: no such file (or use {flag} sunspots)")
     if column is None:
-        raise ValueError(f"--data {data} needs --column NAME (the CSV column to forecast)")
+        raise ValueError(f"{flag} {data} needs --column NAME (the CSV column to forecast)")
     out: list[float] = []
     try:
         with open(p, encoding="utf-8", newline="") as f:

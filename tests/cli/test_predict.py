@@ -170,3 +170,18 @@ def test_forecast_of_a_sunspots_run_on_a_csv_asks_for_the_column(cli, tmp_path, 
     r = cli("predict", "--checkpoint", out, "--input", series_csv, "--column", "value")
     assert r.rc == 0, r.err
     assert len(r.out.splitlines()) == 3
+
+
+def test_forecast_input_errors_name_the_input_flag(cli, tmp_path, series_csv):
+    # the series loader's messages named --data, a flag rnnkit predict does not have
+    out = tmp_path / "f"
+    r = cli("train", "forecast", "--data", series_csv, "--column", "value", "--window", 8, "--horizon", 4,
+            "--arima-order", "none", "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    for argv, want in (
+        (["--input", tmp_path / "none.csv"], "--input"),
+        (["--input", "-"], "not stdin"),
+    ):
+        r = cli("predict", "--checkpoint", out, *argv)
+        assert_one_line_error(r, want)
+        assert "--data" not in r.err
