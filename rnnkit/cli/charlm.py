@@ -315,5 +315,12 @@ def eval_cmd(args: argparse.Namespace) -> int:
         raise CLIError(f"--data {args.data}: need at least 2 characters, got {ids.numel()}")
     batches = _valid_batches(ids, args.batch_size, args.seq_len)
     nats = evaluate_lm(model, ids, batch_size=batches.batch_size, seq_len=batches.seq_len, batch_first=True)
-    print(f"{name}: {ids.numel():,} chars  {nats:.4f} nats/char  {nats / LN2:.4f} bits/char")
+    # the text is cut into equal streams: a remainder of fewer chars than streams is not scored,
+    # so the count printed is the one the mean is over (it used to be the file's length)
+    scored = batches.batch_size * batches.stream_len
+    left = ids.numel() - scored
+    note = (
+        f" (the last {left} not scored: {batches.batch_size} streams of {batches.stream_len})" if left else ""
+    )
+    print(f"{name}: {scored:,} chars{note}  {nats:.4f} nats/char  {nats / LN2:.4f} bits/char")
     return 0

@@ -73,6 +73,19 @@ def test_sample_nan_temperature_is_a_usage_error(cli, trained):
     assert r.rc == 2 and r.out == ""
 
 
+def test_eval_counts_the_chars_it_scores(cli, trained, text_file, tmp_path):
+    # 16 streams of 20 chars take 320 of 325: the 5 left over were counted but never scored
+    text = text_file.read_text(encoding="utf-8")[:325]
+    f = tmp_path / "part.txt"
+    f.write_text(text, encoding="utf-8")
+    r = cli("eval", "--checkpoint", trained, "--data", f, "--batch-size", 16, "--seq-len", 10)
+    assert r.rc == 0, r.err
+    assert r.out.startswith(f"{f}: 320 chars (the last 5 not scored: 16 streams of 20)"), r.out
+    f.write_text(text[:320], encoding="utf-8")
+    r = cli("eval", "--checkpoint", trained, "--data", f, "--batch-size", 16, "--seq-len", 10)
+    assert r.out.startswith(f"{f}: 320 chars  "), r.out
+
+
 def test_eval_prints_nats_and_bits(cli, trained, text_file, tmp_path):
     r = cli("eval", "--checkpoint", trained, "--data", text_file)
     assert r.rc == 0, r.err
