@@ -90,9 +90,9 @@ class Seq2SeqData:
                 f"need 1 <= n_train, n_valid and n_train + n_valid <= max_number, got "
                 f"{n_train}, {n_valid}, {max_number}"
             )
-        perm = torch.randperm(max_number, generator=torch.Generator().manual_seed(seed)).tolist()
-        if not 1 <= max_number <= 10**9:
+        if not 1 <= max_number <= 10**9:  # before anything is drawn: see below
             raise ValueError(f"max_number must be in [1, 10**9], got {max_number}")
+        perm = _distinct(max_number, n_train + n_valid, seed)
         words = sorted(set(_ONES + _TENS[2:] + ["hundred", "thousand", "million"]))
         src_tokens, tgt_tokens = (words, list("0123456789"))
         if direction == "digits2words":
@@ -107,6 +107,26 @@ class Seq2SeqData:
             ]
 
         return cls(enc(perm[:n_train]), enc(perm[n_train : n_train + n_valid]), sv, tv)
+
+
+# Up to here a permutation of all numbers below max_number (the data every seed drew so far);
+# beyond, one would take 8 bytes a number (8 GB at 10**9), so distinct numbers are drawn instead.
+_PERMUTE_MAX = 10**7
+
+
+def _distinct(max_number: int, n: int, seed: int) -> list[int]:
+    """``n`` distinct integers below ``max_number`` in a random order fixed by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    if max_number <= _PERMUTE_MAX:
+        return torch.randperm(max_number, generator=g)[:n].tolist()
+    seen: set[int] = set()
+    out: list[int] = []
+    while len(out) < n:  # n <= max_number; collisions are rare while n << max_number
+        for v in torch.randint(max_number, (n,), generator=g).tolist():
+            if v not in seen and len(out) < n:
+                seen.add(v)
+                out.append(v)
+    return out
 
 
 def collate(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:

@@ -142,3 +142,22 @@ def test_conllu_reader_skips_ranges_and_empty_nodes(conllu):
     sents = read_conllu(conllu)
     assert len(sents) == 30 and all(len(s) == 7 for s in sents)
     assert [t for _, t in sents[0]] == ["DET", "ADJ", "NOUN", "VERB", "DET", "NOUN", "PUNCT"]
+
+
+def test_seq2seq_data_checks_max_number_first_and_draws_from_large_ranges():
+    """max_number is checked before anything is drawn (a permutation of 2e9 numbers took ~16 GB
+    before the error), and a range past 10**7 draws distinct numbers without permuting it all;
+    up to 10**7 a seed gives the numbers it gave before (a prefix of the permutation)."""
+    from rnnkit.tasks.seq2seq import Seq2SeqData
+
+    def numbers(d, split):  # words2digits: the target is the number's digits, then EOS
+        return [int("".join(d.tgt_vocab[i] for i in tgt[:-1].tolist())) for _, tgt in split]
+
+    with pytest.raises(ValueError, match="max_number must be in"):
+        Seq2SeqData.generate(5, 5, max_number=2 * 10**9)
+    big = Seq2SeqData.generate(200, 50, max_number=10**9, seed=3)
+    drawn = numbers(big, big.train) + numbers(big, big.valid)
+    assert len(set(drawn)) == 250 and max(drawn) > 10**7
+    small = Seq2SeqData.generate(50, 20, max_number=100, seed=1)
+    perm = torch.randperm(100, generator=torch.Generator().manual_seed(1)).tolist()
+    assert numbers(small, small.train) + numbers(small, small.valid) == perm[:70]
