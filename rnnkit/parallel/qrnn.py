@@ -6,9 +6,12 @@ fo-pooling::
     Z = tanh(W_z ∗ X),  F = σ(W_f ∗ X),  O = σ(W_o ∗ X)      (W ∗ X: x_{t−1}, x_t -> step t)
     c_t = f_t ⊙ c_{t−1} + (1 − f_t) ⊙ z_t,   h_t = o_t ⊙ c_t
 
-Zoneout on F (training only), as in the paper: ``F = 1 − dropout(1 − σ(W_f ∗ X))`` — each
+Zoneout on F, as in the paper: ``F = 1 − dropout(1 − σ(W_f ∗ X))`` — in training each
 ``f_t`` is set to 1 (the cell keeps its state) with probability ``zoneout``, without the
-``1/(1−p)`` rescaling, as in the authors' code (a rescaled ``f`` could leave ``[0, 1]``).
+``1/(1−p)`` rescaling, as in the authors' code (a rescaled ``f`` could leave ``[0, 1]``). As
+the rescaling is left out, evaluation uses the expectation ``f = p + (1 − p) σ(W_f ∗ X)``
+(the authors' ``F *= 1 - zoneout`` on their ``1 − f``), i.e. Krueger et al.'s zoneout of
+``c``: ``c_t = p c_{t−1} + (1 − p) c̃_t``.
 
 The recurrent state is ``c`` — ``h_0`` and ``h_n`` hold ``c`` — and the output is ``h``. The
 reverse direction of a bidirectional layer convolves with ``x_{t+1}`` (its own past). With
@@ -63,6 +66,10 @@ class QRNN(ParallelRecurrent):
         if self.zoneout and self.training:
             keep = torch.rand_like(f) < self.zoneout
             f = torch.where(keep, torch.ones((), dtype=f.dtype, device=f.device), f)
+        elif self.zoneout:
+            # the training masks are not rescaled, so evaluation takes their expectation
+            # E[f] = p + (1 - p) f (else train and eval see different forget gates)
+            f = torch.lerp(f, torch.ones((), dtype=f.dtype, device=f.device), self.zoneout)
         return torch.tanh(z), f, torch.sigmoid(o)
 
     def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):

@@ -180,12 +180,13 @@ def test_ext_and_fallback_give_identical_layer_numbers(monkeypatch):
         assert torch.equal(u, v)
 
 
-def test_dropout_and_zoneout_only_in_training():
-    m = make("qrnn", num_layers=2, dropout=0.5, zoneout=0.5)
+def test_dropout_only_in_training_zoneout_expectation_in_eval():
+    m = make("qrnn", num_layers=2, dropout=0.5)
     x = torch.randn(6, 2, 3)
     m.eval()
     ref = make("qrnn", num_layers=2).eval()
     torch.testing.assert_close(m(x)[0], ref(x)[0])
+    m = make("qrnn", num_layers=2, dropout=0.5, zoneout=0.5)
     m.train()
     assert not torch.allclose(m(x)[0], ref(x)[0])
     # zoneout: f_t = 1 (state kept exactly) for about half of the units
@@ -194,6 +195,35 @@ def test_dropout_and_zoneout_only_in_training():
     _, c1 = m1.step(torch.randn(4, 3), c0)
     kept = (c1 == c0).double().mean()
     assert 0.4 < kept < 0.6
+
+
+@pytest.mark.parametrize("window", [1, 2])
+def test_qrnn_zoneout_eval_is_the_expectation(window):
+    # Training sets f_t = 1 with probability p and does not rescale (the authors' code), so
+    # evaluation must use E[f] = p + (1 - p) f, i.e. Krueger's c_t = p c_{t-1} + (1 - p) c~_t,
+    # as the authors' ``F *= 1 - zoneout``; plain f would change the forget gate at eval time.
+    p, I, H, T, B = 0.3, 3, 4, 5, 2
+    torch.manual_seed(0)
+    m = rnnkit.QRNN(I, H, window=window, zoneout=p).double().eval()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    c0 = torch.randn(1, B, H, dtype=torch.float64)
+    w, b = m.weight_ih_l0, m.bias_ih_l0
+    c, outs = c0[0], []
+    for t in range(T):
+        xs = x[t] if window == 1 else torch.cat([x[t - 1] if t else torch.zeros_like(x[t]), x[t]], -1)
+        z, f, o = (xs @ w.t() + b).chunk(3, -1)
+        z, f, o = torch.tanh(z), torch.sigmoid(f), torch.sigmoid(o)
+        c = p * c + (1 - p) * (f * c + (1 - f) * z)
+        outs.append(o * c)
+    y, cn = m(x, c0)
+    torch.testing.assert_close(y, torch.stack(outs))
+    torch.testing.assert_close(cn[0], c)
+    # the training masks average to it: the mean of many training steps from the same state
+    m1 = rnnkit.QRNN(I, H, window=1, zoneout=p).double()
+    x1, s0 = x[0, :1].expand(20000, I), c0[0, :1].expand(20000, H)
+    want = m1.eval().step(x1[:1], s0[:1].unsqueeze(0))[1]
+    got = m1.train().step(x1, s0.unsqueeze(0))[1].mean(1, keepdim=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=0.02)
 
 
 # torch's dynamo instantiates autograd.Function classes itself and trips its own deprecation
