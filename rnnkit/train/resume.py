@@ -1,0 +1,109 @@
+"""A :class:`~rnnkit.train.Trainer`'s checkpoints: everything needed to continue exactly.
+
+``save`` writes the model, optimizer, scheduler and the trainer's own state (step, epoch, data
+position, every rank's RNG and recurrent state, metrics, NT-ASGD averages, the grad scaler)
+through :mod:`rnnkit.train.checkpoint`; ``load`` restores them. Kept apart from the loop in
+:mod:`rnnkit.train.trainer`, whose attributes it reads and sets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.train import distributed as dist
+from rnnkit.train.checkpoint import load_checkpoint, save_checkpoint
+from rnnkit.train.seed import get_rng_state
+from rnnkit.train.state import move_to
+
+__all__ = ["TrainerCheckpoints"]
+
+
+class TrainerCheckpoints:
+    """``save``/``load`` of :class:`~rnnkit.train.Trainer` (a base class of it)."""
+
+    def save(self, root: str | Path | None = None) -> Path | None:
+        """Checkpoint everything needed to continue exactly (rank 0 writes; all ranks
+        must call it, as it gathers every rank's RNG and recurrent state)."""
+        root = Path(root) if root is not None else self.checkpoint_dir
+        if root is None:
+            raise ValueError("no checkpoint directory: set out_dir or pass root")
+        mine = {
+            "rng": get_rng_state(),
+            "epoch_rng": self._epoch_rng,
+            "hidden": move_to(self.state, "cpu"),
+        }
+        ranks = dist.all_gather_object(mine)
+        path = None
+        if self.is_main:
+            state = {
+                "step": self.step,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "tokens_seen": self.tokens_seen,
+                "elapsed_s": self.elapsed,
+                "best_val": self.best_val,
+                "bad_evals": self.bad_evals,
+                "acc": self._acc,
+                "losses": self.losses,
+                "history": self.history,
+                "ranks": ranks,
+                "ntasgd": self.ntasgd.state_dict() if self.ntasgd else None,
+                "raw_weights": self._raw_weights,  # set in the final checkpoint of an averaged run
+                "grad_scaler": self.precision.state_dict(),
+            }
+            path = save_checkpoint(
+                root,
+                self.raw_model,
+                self.optimizer,
+                self.scheduler,
+                step=self.step,
+                state=state,
+                config=self.config.to_dict(),
+                keep_last=self.config.keep_last,
+            )
+        self._last_saved = self.step
+        dist.barrier()
+        return path
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Load a checkpoint (directory or root) to continue training from it."""
+        doc = load_checkpoint(path, self.raw_model, self.optimizer, self.scheduler)
+        st = doc["state"]
+        self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self.tokens_seen, self.elapsed = st["tokens_seen"], st["elapsed_s"]
+        self.best_val, self.bad_evals, self._acc = st["best_val"], st["bad_evals"], st["acc"]
+        self.losses, self.history = list(st["losses"]), list(st["history"])
+        if self.ntasgd is not None and st["ntasgd"] is not None:
+            self.ntasgd.load_state_dict(st["ntasgd"])
+        # The model now holds the checkpoint's weights (averaged, if it is the final one of an
+        # NT-ASGD run: then fit() puts these raw weights back before training on).
+        raw = st.get("raw_weights")
+        if raw is not None and len(raw) != len(self._trainable()):
+            raise ValueError(
+                f"checkpoint holds {len(raw)} raw weight tensors, the model has "
+                f"{len(self._trainable())} trainable parameters"
+            )
+        self._raw_weights = raw
+        self.precision.load_state_dict(st.get("grad_scaler"))
+        ranks, rank = st["ranks"], dist.get_rank()
+        if len(ranks) != dist.get_world_size():
+            raise ValueError(
+                f"checkpoint was written by {len(ranks)} processes, "
+                f"resuming with {dist.get_world_size()}: cannot continue exactly"
+            )
+        self._resume = ranks[rank]
+        self._last_saved = self.step
+        return doc
+
+    def _trainable(self) -> list[Tensor]:
+        """The parameters NT-ASGD averages (the same list and order as ``NTASGD.params``)."""
+        return [p for p in self.raw_model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def _set_trainable(self, values: list[Tensor]) -> None:
+        for p, v in zip(self._trainable(), values, strict=True):
+            p.copy_(v)
