@@ -251,7 +251,10 @@ def train_classify(args: argparse.Namespace) -> int:
         args,
         {
             "task": "classify",
-            "data": cd.name,
+            # anyplus1 is generated: its flags are what --resume checks
+            "data": {"name": cd.name, "length": args.length, "n": args.n}
+            if cd.name == "anyplus1"
+            else cd.name,
             "classes": cd.classes,
             "vocab": cd.vocab,
             "tokens": args.tokens if cd.vocab else None,

@@ -181,12 +181,17 @@ def test_existing_run_needs_resume(cli, tmp_path):
             ["memory", "--task", "copy", "--length", 5, "--n-train", 32],
         ),
         (["seq2seq", "--n-train", 32], ["seq2seq", "--n-train", 32, "--max-number", 500]),
+        (
+            ["classify", "--data", "anyplus1", "--length", 8, "--n", 64],
+            ["classify", "--data", "anyplus1", "--length", 12, "--n", 64],
+        ),
     ],
 )
 def test_resume_on_other_generated_data_is_refused(cli, tmp_path, first, other):
     """The generated tasks' data flags are checked on --resume too (before, memory and seq2seq
-    runs had no `data` in run.json and resumed on another task, length or range silently)."""
-    common = ["--n-valid", 8, "--out", tmp_path, *TINY]
+    runs had no `data` in run.json, anyplus1's was its name only, and they resumed on another
+    task, length or range silently)."""
+    common = ["--out", tmp_path, *TINY] + ([] if first[0] == "classify" else ["--n-valid", 8])
     assert cli("train", *first, *common).rc == 0
     assert cli("train", *first, *common, "--resume").rc == 0  # the same data: continues
     r = cli("train", *other, *common, "--resume")
