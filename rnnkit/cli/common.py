@@ -191,7 +191,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         stored = read_run(out)
         if stored["task"] != run["task"]:
             raise CLIError(f"--resume: {out} holds a '{stored['task']}' run, not '{run['task']}'")
-        if not _same_data(stored.get("data"), run.get("data")):  # other data: not a continuation
+        # other data: not a continuation (runs that predate a task's `data` record cannot be checked)
+        if "data" in stored and not _same_data(stored.get("data"), run.get("data")):
             raise CLIError(
                 f"--resume: {out} was trained on {stored.get('data')!r}, this command loads "
                 f"{run.get('data')!r}; pass the data flags of the original run"

@@ -251,7 +251,10 @@ def train_classify(args: argparse.Namespace) -> int:
         args,
         {
             "task": "classify",
-            "data": cd.name,
+            # anyplus1 is generated: its flags are what --resume checks
+            "data": {"name": cd.name, "length": args.length, "n": args.n}
+            if cd.name == "anyplus1"
+            else cd.name,
             "classes": cd.classes,
             "vocab": cd.vocab,
             "tokens": args.tokens if cd.vocab else None,
@@ -316,6 +319,13 @@ def train_seq2seq(args: argparse.Namespace) -> int:
         {
             "task": "seq2seq",
             "direction": args.direction,
+            # what --resume checks: the generated pairs' flags
+            "data": {
+                "direction": args.direction,
+                "max_number": args.max_number,
+                "n_train": args.n_train,
+                "n_valid": args.n_valid,
+            },
             "model": {
                 "arch": arch_config(args),
                 "embedding_dim": args.embedding_dim,
@@ -366,6 +376,8 @@ def train_memory(args: argparse.Namespace) -> int:
             "task": "memory",
             "benchmark": task.name,
             "params": task.params,
+            # what --resume checks: the generated task's flags
+            "data": {"task": task.name, **task.params, "n_train": args.n_train, "n_valid": args.n_valid},
             "model": {"arch": arch_config(args)},
         },
     )

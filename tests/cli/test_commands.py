@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.cli.conftest import TINY, assert_run_files, results
+from tests.cli.conftest import TINY, assert_one_line_error, assert_run_files, results
 
 
 def test_python_m_rnnkit_help():
@@ -167,6 +167,35 @@ def test_existing_run_needs_resume(cli, tmp_path):
     assert cli(*args).rc == 0
     r = cli(*args)
     assert r.rc == 1 and "pass --resume" in r.err
+
+
+@pytest.mark.parametrize(
+    ("first", "other"),
+    [
+        (
+            ["memory", "--task", "plus1", "--length", 5, "--n-train", 32],
+            ["memory", "--task", "plus1", "--length", 6, "--n-train", 32],
+        ),
+        (
+            ["memory", "--task", "plus1", "--length", 5, "--n-train", 32],
+            ["memory", "--task", "copy", "--length", 5, "--n-train", 32],
+        ),
+        (["seq2seq", "--n-train", 32], ["seq2seq", "--n-train", 32, "--max-number", 500]),
+        (
+            ["classify", "--data", "anyplus1", "--length", 8, "--n", 64],
+            ["classify", "--data", "anyplus1", "--length", 12, "--n", 64],
+        ),
+    ],
+)
+def test_resume_on_other_generated_data_is_refused(cli, tmp_path, first, other):
+    """The generated tasks' data flags are checked on --resume too (before, memory and seq2seq
+    runs had no `data` in run.json, anyplus1's was its name only, and they resumed on another
+    task, length or range silently)."""
+    common = ["--out", tmp_path, *TINY] + ([] if first[0] == "classify" else ["--n-valid", 8])
+    assert cli("train", *first, *common).rc == 0
+    assert cli("train", *first, *common, "--resume").rc == 0  # the same data: continues
+    r = cli("train", *other, *common, "--resume")
+    assert_one_line_error(r, "was trained on")
 
 
 def test_diagnose_is_wired(cli):
