@@ -17,7 +17,6 @@ from functools import lru_cache
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 SECOND_ORDER = (
     "rnnkit's fused kernels of this configuration compute first-order gradients only (their "
@@ -45,22 +44,21 @@ def per_cell(fn):
 
 
 def first_order_only(backward):
-    """``torch.autograd.function.once_differentiable`` for the fused kernels' autograd nodes, with
-    an error that says what to do instead: differentiating their gradients again (a graph
-    built with ``create_graph=True``) raises ``RuntimeError(SECOND_ORDER)`` when it is used."""
-    delayed = getattr(getattr(torch._C, "_functions", None), "DelayedError", None)
-    if delayed is None:  # torch without the private hook: torch's own message
-        return once_differentiable(backward)
+    """For the fused kernels' autograd nodes, whose backward is explicit BPTT, not a
+    differentiable graph: a backward run with ``create_graph=True`` (grad mode on) through a node
+    with inputs that need a gradient raises ``RuntimeError(SECOND_ORDER)`` at once, naming the
+    way out. (``torch.autograd.function.once_differentiable`` instead returns non-differentiable
+    gradients and hangs a delayed error on them, which fires only when autograd walks through
+    it: ``torch.autograd.grad(g, inputs=...)`` after a first loss like ``out.pow(2).sum()``, or
+    any second derivative after ``out.sum()`` (a constant incoming gradient, no error node at
+    all), got second-order results with these kernels' terms silently missing.)"""
 
     @functools.wraps(backward)
     def wrapper(ctx, *args):
+        if torch.is_grad_enabled() and any(ctx.needs_input_grad):
+            raise RuntimeError(SECOND_ORDER)
         with torch.no_grad():
-            outputs = backward(ctx, *args)
-        if not torch.is_grad_enabled() or not any(isinstance(a, Tensor) and a.requires_grad for a in args):
-            return outputs
-        outs = outputs if isinstance(outputs, tuple) else (outputs,)
-        fake = [None if v is None else v.detach().requires_grad_(True) for v in outs]
-        return delayed(SECOND_ORDER.encode(), len(outs))(*fake)  # as once_differentiable does
+            return backward(ctx, *args)
 
     return wrapper
 
