@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
+
+
+def map_tensors(fn: Callable[[Tensor], Any], state: Any) -> Any:
+    """``fn`` applied to every tensor in a (nested) state: tuples, lists and dicts are rebuilt
+    (namedtuples keep their type: a ``PackedSequence``'s integer fields pass through ``fn``
+    too); ``None`` and non-tensors pass through unchanged."""
+    if isinstance(state, Tensor):
+        return fn(state)
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # namedtuple
+        return type(state)(*(map_tensors(fn, s) for s in state))
+    if isinstance(state, (tuple, list)):
+        return type(state)(map_tensors(fn, s) for s in state)
+    if isinstance(state, dict):
+        return {k: map_tensors(fn, v) for k, v in state.items()}
+    return state
 
 
 def detach_state(state: Any) -> Any:
@@ -15,14 +31,4 @@ def detach_state(state: Any) -> Any:
     tuple states (#8145). Tuples, lists and dicts are rebuilt (namedtuples keep their
     type); ``None`` and non-tensors pass through unchanged.
     """
-    if state is None:
-        return None
-    if isinstance(state, Tensor):
-        return state.detach()
-    if isinstance(state, tuple) and hasattr(state, "_fields"):  # namedtuple
-        return type(state)(*(detach_state(s) for s in state))
-    if isinstance(state, (tuple, list)):
-        return type(state)(detach_state(s) for s in state)
-    if isinstance(state, dict):
-        return {k: detach_state(v) for k, v in state.items()}
-    return state
+    return map_tensors(Tensor.detach, state)

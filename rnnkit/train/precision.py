@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.state import map_tensors
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -31,17 +33,9 @@ def check_amp(amp: str | None) -> None:
 
 def _to_float(x: Any) -> Any:
     """Half-precision tensors of a (nested) output/state in float32, the containers rebuilt as
-    :func:`rnnkit.state.detach_state` does: namedtuples (``PackedSequence`` too: its integer
-    fields pass unchanged) keep their type, lists/tuples/dicts are recursed."""
-    if isinstance(x, Tensor):
-        return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-    if isinstance(x, tuple) and hasattr(x, "_fields"):  # a namedtuple's constructor takes fields
-        return type(x)(*(_to_float(v) for v in x))
-    if isinstance(x, (tuple, list)):
-        return type(x)(_to_float(v) for v in x)
-    if isinstance(x, dict):
-        return {k: _to_float(v) for k, v in x.items()}
-    return x
+    :func:`rnnkit.state.detach_state` rebuilds them (namedtuples, ``PackedSequence`` too, keep
+    their type; lists/tuples/dicts are recursed)."""
+    return map_tensors(lambda t: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, x)
 
 
 class MixedPrecision:
