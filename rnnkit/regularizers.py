@@ -55,15 +55,10 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     """
     if kind not in KINDS:
         raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
-    if _vmap_per_sample_randomness():
-        # torch.rand draws one mask per sample there; the counter-based generator takes one seed,
-        # a Python int, which vmap cannot give per sample. Out of place: vmap has no batching rule
-        # for the in-place comparisons below
-        u = torch.rand(tuple(shape), device=like.device)
-        if kind == "zoneout":
-            return (u < p).to(like.dtype)
-        return (u >= p).to(like.dtype) / (1 - p) if p < 1 else torch.zeros_like(u, dtype=like.dtype)
-    if like.device.type == "cpu" and not torch.compiler.is_compiling():
+    # inside vmap(randomness="different") torch.rand draws one mask per sample; the counter-based
+    # generator takes one seed, a Python int, which vmap cannot give per sample
+    vmapped = _vmap_per_sample_randomness()
+    if like.device.type == "cpu" and not torch.compiler.is_compiling() and not vmapped:
         # a counter-based generator seeded from torch's: ~25x faster than torch.rand on the CPU
         if kind == "zoneout":
             return rng.bernoulli_mask(shape, p, 1.0, 0.0, like.dtype)
@@ -71,13 +66,14 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     # ``rand < p`` rather than ``bernoulli_``: the same distribution, ~2x faster on the CPU
     # (zoneout draws two masks per call; at small sizes that was a third of the step)
     # The comparisons run in place (a float 1/0 where true/false): no bool tensor and no
-    # conversion pass, ~25% of a mask's cost at the medium shape.
+    # conversion pass, ~25% of a mask's cost at the medium shape; under vmap out of place (it
+    # has no batching rule for the in-place ones).
     u = torch.rand(tuple(shape), device=like.device)
     if kind == "zoneout":
-        return u.lt_(p).to(like.dtype)
+        return (u < p).to(like.dtype) if vmapped else u.lt_(p).to(like.dtype)
     if p >= 1:  # everything dropped; avoid 0 * inf
         return torch.zeros_like(u, dtype=like.dtype)
-    return u.ge_(p).to(like.dtype).div_(1 - p)
+    return (u >= p).to(like.dtype) / (1 - p) if vmapped else u.ge_(p).to(like.dtype).div_(1 - p)
 
 
 def _vmap_per_sample_randomness() -> bool:
