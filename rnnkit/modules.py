@@ -41,11 +41,11 @@ def split_options(options: dict) -> tuple[dict, dict]:
     return cell, {k: v for k, v in options.items() if k in layer_keys}
 
 
-def check_options(cls: type, math_cls: type, cell_opts: dict, own: frozenset[str], exclude=()) -> None:
+def check_options(cls: type, math_cls: type, cell_opts: dict, exclude=()) -> None:
     """Raise a ``TypeError`` naming the public class ``cls`` for a keyword that neither its cell
-    (``math_cls``) nor ``cls`` itself (``own``: its keyword-only options) takes, instead of the
-    cell's ``LSTMCellMath.__init__() got an unexpected keyword argument``. ``exclude``: cell
-    parameters ``cls`` does not offer."""
+    (``math_cls``) nor ``cls`` itself (its keyword-only options: a layer's or a cell's) takes,
+    instead of the cell's ``LSTMCellMath.__init__() got an unexpected keyword argument``.
+    ``exclude``: cell parameters ``cls`` does not offer."""
     fixed = {"self", "input_size", "hidden_size", "bias", "nonlinearity", *exclude}
     cell_keys = sorted(set(inspect.signature(math_cls.__init__).parameters) - fixed)
     unknown = [k for k in cell_opts if k not in cell_keys]
@@ -55,6 +55,7 @@ def check_options(cls: type, math_cls: type, cell_opts: dict, own: frozenset[str
     if "proj_size" in unknown and issubclass(cls, RecurrentStack):  # torch.nn.RNN / GRU's error
         raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
     layer_only = RecurrentStack.layer_option_names() | {"impl"}
+    own = StepCell.step_option_names() if issubclass(cls, StepCell) else layer_only
     hint = ""
     if issubclass(cls, StepCell) and unknown[0] in layer_only:
         hint = f" ({unknown[0]!r} is an option of the layers rnnkit.RNN / LSTM / GRU, not of the cells)"
@@ -78,7 +79,7 @@ class RNN(RecurrentStack):
                  *, impl: str = "auto", **options) -> None:  # fmt: skip
         self.nonlinearity = nonlinearity
         cell_opts, layer_opts = split_options(options)
-        check_options(type(self), RNNCellMath, cell_opts, RecurrentStack.layer_option_names() | {"impl"})
+        check_options(type(self), RNNCellMath, cell_opts)
         super().__init__(
             lambda n: RNNCellMath(n, hidden_size, bias, nonlinearity, **cell_opts),
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -109,8 +110,7 @@ class LSTM(RecurrentStack):
                  proj_size: int = 0, device=None, dtype=None, *, impl: str = "auto",
                  **options) -> None:  # fmt: skip
         cell_opts, layer_opts = split_options(options)
-        own = RecurrentStack.layer_option_names() | {"impl"}
-        check_options(type(self), LSTMCellMath, cell_opts, own, exclude=("proj_size",))  # a named argument
+        check_options(type(self), LSTMCellMath, cell_opts, exclude=("proj_size",))  # a named argument
         super().__init__(
             lambda n: LSTMCellMath(n, hidden_size, bias, proj_size, **cell_opts),
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -138,7 +138,7 @@ class GRU(RecurrentStack):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, impl: str = "auto", **options) -> None:  # fmt: skip
         cell_opts, layer_opts = split_options(options)
-        check_options(type(self), GRUCellMath, cell_opts, RecurrentStack.layer_option_names() | {"impl"})
+        check_options(type(self), GRUCellMath, cell_opts)
         super().__init__(
             lambda n: GRUCellMath(n, hidden_size, bias, **cell_opts),
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -332,7 +332,7 @@ class RNNCell(StepCell):
                  nonlinearity: str = "tanh", device=None, dtype=None, **options) -> None:  # fmt: skip
         self.nonlinearity = nonlinearity
         cell_opts, step_opts = StepCell.split_options(options)
-        check_options(type(self), RNNCellMath, cell_opts, StepCell.step_option_names())
+        check_options(type(self), RNNCellMath, cell_opts)
         cell = RNNCellMath(input_size, hidden_size, bias, nonlinearity, **cell_opts)
         super().__init__(cell, device, dtype, **step_opts)
 
@@ -344,9 +344,7 @@ class LSTMCell(StepCell):
                  **options) -> None:  # fmt: skip
         cell_opts, step_opts = StepCell.split_options(options)
         # torch.nn.LSTMCell has no proj_size: a TypeError as torch's
-        check_options(
-            type(self), LSTMCellMath, cell_opts, StepCell.step_option_names(), exclude=("proj_size",)
-        )
+        check_options(type(self), LSTMCellMath, cell_opts, exclude=("proj_size",))
         super().__init__(LSTMCellMath(input_size, hidden_size, bias, **cell_opts), device, dtype, **step_opts)
 
 
@@ -356,5 +354,5 @@ class GRUCell(StepCell):
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None,
                  **options) -> None:  # fmt: skip
         cell_opts, step_opts = StepCell.split_options(options)
-        check_options(type(self), GRUCellMath, cell_opts, StepCell.step_option_names())
+        check_options(type(self), GRUCellMath, cell_opts)
         super().__init__(GRUCellMath(input_size, hidden_size, bias, **cell_opts), device, dtype, **step_opts)
