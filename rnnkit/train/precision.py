@@ -10,7 +10,9 @@
   flush small gradients to zero. bfloat16 has float32's range and needs no scaling.
 
 The parameters and the optimizer's state stay in float32 (rnnkit's layers run the options
-torch has no kernel for in float32 under autocast; torch's own kernels follow autocast's rules).
+torch has no kernel for in float32 under autocast; torch's own kernels follow autocast's rules:
+on CUDA cuDNN's RNNs run in float16 even under ``"bf16"``, unscaled, so ``"fp16"`` is the
+choice for cuDNN layers on a GPU).
 """
 
 from __future__ import annotations

@@ -21,11 +21,13 @@ from rnnkit.train import Trainer, cleanup_distributed, seed_everything, setup_di
 from tests.train.models import TinyLM, masked_mean_loss, tokens  # noqa: E402
 
 GLOBAL_BATCH, SEQ_LEN = 4, 6
+# tests/test_cuda_train.py runs the "empty" mode on a GPU (both ranks on it, gloo over CUDA tensors)
+DEVICE = os.environ.get("RNNKIT_TEST_DEVICE", "cpu")
 
 
 def run(out_dir: str, mode: str = "bptt") -> None:
     torch.set_num_threads(1)
-    info = setup_distributed(device="cpu")
+    info = setup_distributed("gloo", device=DEVICE)
     old_dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
@@ -142,7 +144,7 @@ def _write_run(out_dir: str, info, tr, model, opt) -> None:
     """Every rank writes its losses, parameters and Adam's step count."""
     out = Path(out_dir)
     save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
+        {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
         str(out / f"params{info.rank}.safetensors"),
     )
     steps = int(opt.state[model.out.bias]["step"]) if opt.state else 0
@@ -160,7 +162,7 @@ def _train_empty(out_dir: str, info) -> None:
     batches = [
         _shard(b, info) for b in _empty_batches(5, lambda step, t, c: step == 2 or (step == 1 and c >= 2))
     ]
-    tr = Trainer(model, opt, loss_fn=masked_mean_loss, carry_state=False, progress=False)
+    tr = Trainer(model, opt, loss_fn=masked_mean_loss, carry_state=False, progress=False, device=DEVICE)
     tr.fit(batches)
     _write_run(out_dir, info, tr, model, opt)
 
