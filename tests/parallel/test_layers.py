@@ -226,6 +226,23 @@ def test_qrnn_zoneout_eval_is_the_expectation(window):
     torch.testing.assert_close(got, want, rtol=0, atol=0.02)
 
 
+@pytest.mark.parametrize("name", ["mingru", "mingru_log", "minlstm_log"])
+def test_autocast_float32_state_joins_the_gates_dtype(name, monkeypatch):
+    """Under autocast a float32 h0 joins the bfloat16 gates on every path (as in
+    ParallelRecurrent.scan): minGRU's fused scan and the log-space scan kept it float32, so
+    with the chunked scan (what CUDA runs in half precision) and in log space the outputs
+    came back float32, unlike minLSTM's and the dtype the scan op declares."""
+    monkeypatch.setenv("RNNKIT_SCAN_IMPL", "chunked")
+    m = make(name, dtype=torch.float32)
+    x = torch.randn(70, 2, 3, dtype=torch.float32)
+    h0 = torch.rand(1, 2, 4, dtype=torch.float32) + 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = m(x, h0)
+        want, want_h = m(x, h0.bfloat16())
+    assert out.dtype == h_n.dtype == torch.bfloat16
+    assert torch.equal(out, want) and torch.equal(h_n, want_h)
+
+
 # torch's dynamo instantiates autograd.Function classes itself and trips its own deprecation
 @pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 def test_compile_fullgraph():
