@@ -226,6 +226,21 @@ def test_qrnn_zoneout_eval_is_the_expectation(window):
     torch.testing.assert_close(got, want, rtol=0, atol=0.02)
 
 
+def test_qrnn_step_state_is_checked_against_the_input_batch():
+    """QRNN(window=2).step checked its state against the state's own batch: a state of
+    another batch, or a 2-D c for a batched input, met torch.cat's size error or an
+    x_prev error naming a batch of 1; it is h_0's error, as for the other layers."""
+    m = make("qrnn", num_layers=2)
+    x = torch.randn(4, 3)
+    for c, n in [(torch.zeros(2, 1, 4), 1), (torch.zeros(2, 5, 4), 5), (torch.zeros(2, 4), 1)]:
+        with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 4, 4\), got"):
+            m.step(x, (c, (torch.zeros(n, 3), torch.zeros(n, 4))))
+    with pytest.raises(ValueError, match=r"expected x_prev_0 of shape \(4, 3\), got \(1, 3\)"):
+        m.step(x, (torch.zeros(2, 4, 4), (torch.zeros(1, 3), torch.zeros(4, 4))))
+    y, (c, prevs) = m.step(x[0], (torch.zeros(2, 4), (torch.zeros(3), torch.zeros(4))))  # unbatched
+    assert y.shape == (4,) and c.shape == (2, 4) and [p.shape for p in prevs] == [(3,), (4,)]
+
+
 @pytest.mark.parametrize("name", ["mingru", "mingru_log", "minlstm_log"])
 def test_autocast_float32_state_joins_the_gates_dtype(name, monkeypatch):
     """Under autocast a float32 h0 joins the bfloat16 gates on every path (as in
