@@ -226,6 +226,17 @@ def test_qrnn_zoneout_eval_is_the_expectation(window):
     torch.testing.assert_close(got, want, rtol=0, atol=0.02)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lru_converted_to_half_precision_says_why(dtype):
+    """The constructor refuses half precision (the state is complex); an LRU converted with
+    .to(dtype) afterwards failed deep inside torch.complex / exp of complex32 instead."""
+    m = make("lru").to(dtype)
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    for call in (lambda: m(x), lambda: m.step(x[0])):
+        with pytest.raises(ValueError, match="LRU needs float32 or float64 parameters"):
+            call()
+
+
 def test_qrnn_step_state_is_checked_against_the_input_batch():
     """QRNN(window=2).step checked its state against the state's own batch: a state of
     another batch, or a 2-D c for a batched input, met torch.cat's size error or an
