@@ -104,13 +104,17 @@ def backend(x: Tensor) -> str:
             raise ValueError(f"RNNKIT_SCAN_IMPL must be one of {IMPLS}, got {forced!r}")
         if forced == "triton" and not _triton_ok(x):
             raise ValueError("RNNKIT_SCAN_IMPL=triton needs real float32/float64 CUDA tensors and Triton")
-        if forced != "ext" or (x.device.type == "cpu" and load_extension() is not None):
+        if forced != "ext" or _ext_ok(x):
             return forced
     if x.device.type != "cpu":
         return "triton" if _triton_ok(x) else "chunked"
-    if x.dtype in (torch.float16, torch.bfloat16):  # the compiled kernel: float32/64, complex
-        return "loop"
-    return "ext" if load_extension() is not None else "loop"
+    return "ext" if _ext_ok(x) else "loop"
+
+
+def _ext_ok(x: Tensor) -> bool:
+    # the compiled kernel: CPU, float32/64 and complex (half precision takes the loop)
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    return x.device.type == "cpu" and not half and load_extension() is not None
 
 
 def _triton_ok(x: Tensor) -> bool:

@@ -116,12 +116,7 @@ class ParallelRecurrent(nn.Module):
         if mask is not None:
             a = torch.where(mask, a, torch.ones((), dtype=a.dtype, device=a.device))
             b = torch.where(mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
-        if h0 is not None and h0.dtype != b.dtype and _checks.autocast_on(b.device.type):
-            # autocast made the gates half precision: the state joins them, as torch.nn's RNNs
-            # run state and input in autocast's dtype (a float32 state carried across TBPTT
-            # windows by the training kit, e.g.)
-            h0 = h0.to(b.dtype)
-        s = linear_scan(a, b, h0, reverse=reverse)
+        s = linear_scan(a, b, join_autocast(h0, b), reverse=reverse)
         return s, s[0 if reverse else -1]
 
     # -- forward -----------------------------------------------------------------------------
@@ -225,6 +220,15 @@ def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequenc
         out, lengths = out.index_select(1, like.sorted_indices), lengths[like.sorted_indices.cpu()]
     data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def join_autocast(h0: Tensor | None, like: Tensor) -> Tensor | None:
+    """``h0`` in ``like``'s dtype when autocast made the gates half precision: the state joins
+    them, as torch.nn's RNNs run state and input in autocast's dtype (a float32 state carried
+    across TBPTT windows by the training kit, e.g.)."""
+    if h0 is not None and h0.dtype != like.dtype and _checks.autocast_on(like.device.type):
+        return h0.to(like.dtype)
+    return h0
 
 
 def uniform_(t: Tensor, hidden_size: int) -> None:

@@ -50,7 +50,10 @@ class LRU(ParallelRecurrent):
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
                          device, dtype)  # fmt: skip
-        if self.state_dtype is None:
+        self._check_dtype()
+
+    def _check_dtype(self) -> None:
+        if self.state_dtype is None:  # its state is complex: complex32 lacks most operators
             raise ValueError(f"LRU needs float32 or float64 parameters, got {self._ref.dtype}")
 
     @property
@@ -78,6 +81,7 @@ class LRU(ParallelRecurrent):
 
     def coefficients(self, p: Params, x: Tensor) -> tuple[Tensor, Tensor]:
         """``λ (S,)`` and ``γ ⊙ B x`` ``(..., S)`` (complex)."""
+        self._check_dtype()  # a layer converted with .to(torch.bfloat16) after construction
         nu = torch.exp(p["nu_log"])
         lam = torch.exp(torch.complex(-nu, p["theta"]))
         gamma = torch.sqrt(-torch.expm1(-2 * nu))  # sqrt(1 − |λ|²), accurate as |λ| -> 1

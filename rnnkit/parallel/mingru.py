@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import _checks
 from ..cells.base import linear
-from .base import ParallelRecurrent, Params, uniform_
+from .base import ParallelRecurrent, Params, join_autocast, uniform_
 
 
 def g(v: Tensor) -> Tensor:
@@ -126,6 +126,7 @@ class MinGRU(ParallelRecurrent):
 
     def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
         u = self.project(p, x)
+        h0 = join_autocast(h0, u)  # every path below, as ParallelRecurrent.scan does
         if type(self) is MinGRU and not self.log_space and mask is None:
             h = _MinGRUScan.apply(u, h0, reverse)  # the same numbers, fewer passes and buffers
             return h, h[0 if reverse else -1]

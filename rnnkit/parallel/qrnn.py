@@ -92,7 +92,8 @@ class QRNN(ParallelRecurrent):
         if self.window == 1:
             return super().step(input, state)
         x, unbatched = self._check_step_input(input)
-        c, prevs = (None, None) if state is None else self._split_state(state, unbatched)
+        batch = None if unbatched else x.shape[0]
+        c, prevs = (None, None) if state is None else self._split_state(state, batch)
         cs, new_prevs = [], []
         for k in range(self.num_layers):
             ck = c[k] if c is not None else x.new_zeros(x.shape[0], self.hidden_size)
@@ -107,20 +108,19 @@ class QRNN(ParallelRecurrent):
             return x.squeeze(0), (c_out.squeeze(1), tuple(p.squeeze(0) for p in new_prevs))
         return x, (c_out, tuple(new_prevs))
 
-    def _split_state(self, state, unbatched: bool):
+    def _split_state(self, state, batch: int | None):
+        """``(c, prevs)`` checked against the input's batch (``None``: unbatched), batched."""
         if not isinstance(state, (tuple, list)) or len(state) != 2 or len(state[1]) != self.num_layers:
             _checks.fail(
                 f"QRNN(window=2).step state must be (c, (x_prev_0, ..., x_prev_{self.num_layers - 1})), "
                 f"got {type(state).__name__}"
             )
         c, prevs = state
-        B = None if unbatched else c.shape[1] if c.dim() == 3 else None
-        c = self._initial_state(c, B)
-        prevs = [p.unsqueeze(0) if unbatched else p for p in prevs]
+        c = self._initial_state(c, batch)
         for k, p in enumerate(prevs):
             n_in = self.input_size if k == 0 else self.hidden_size
-            _checks.check_state(p, ("x_prev",), [(c.shape[1], n_in)], self._ref)
-        return c, prevs
+            _checks.check_state(p, ("x_prev",), [(n_in,) if batch is None else (batch, n_in)], self._ref)
+        return c, [p.unsqueeze(0) if batch is None else p for p in prevs]
 
     def extra_repr(self) -> str:
         s = super().extra_repr() + f", window={self.window}"

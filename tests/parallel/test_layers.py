@@ -226,6 +226,49 @@ def test_qrnn_zoneout_eval_is_the_expectation(window):
     torch.testing.assert_close(got, want, rtol=0, atol=0.02)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lru_converted_to_half_precision_says_why(dtype):
+    """The constructor refuses half precision (the state is complex); an LRU converted with
+    .to(dtype) afterwards failed deep inside torch.complex / exp of complex32 instead."""
+    m = make("lru").to(dtype)
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    for call in (lambda: m(x), lambda: m.step(x[0])):
+        with pytest.raises(ValueError, match="LRU needs float32 or float64 parameters"):
+            call()
+
+
+def test_qrnn_step_state_is_checked_against_the_input_batch():
+    """QRNN(window=2).step checked its state against the state's own batch: a state of
+    another batch, or a 2-D c for a batched input, met torch.cat's size error or an
+    x_prev error naming a batch of 1; it is h_0's error, as for the other layers."""
+    m = make("qrnn", num_layers=2)
+    x = torch.randn(4, 3)
+    for c, n in [(torch.zeros(2, 1, 4), 1), (torch.zeros(2, 5, 4), 5), (torch.zeros(2, 4), 1)]:
+        with pytest.raises(ValueError, match=r"expected h_0 of shape \(2, 4, 4\), got"):
+            m.step(x, (c, (torch.zeros(n, 3), torch.zeros(n, 4))))
+    with pytest.raises(ValueError, match=r"expected x_prev_0 of shape \(4, 3\), got \(1, 3\)"):
+        m.step(x, (torch.zeros(2, 4, 4), (torch.zeros(1, 3), torch.zeros(4, 4))))
+    y, (c, prevs) = m.step(x[0], (torch.zeros(2, 4), (torch.zeros(3), torch.zeros(4))))  # unbatched
+    assert y.shape == (4,) and c.shape == (2, 4) and [p.shape for p in prevs] == [(3,), (4,)]
+
+
+@pytest.mark.parametrize("name", ["mingru", "mingru_log", "minlstm_log"])
+def test_autocast_float32_state_joins_the_gates_dtype(name, monkeypatch):
+    """Under autocast a float32 h0 joins the bfloat16 gates on every path (as in
+    ParallelRecurrent.scan): minGRU's fused scan and the log-space scan kept it float32, so
+    with the chunked scan (what CUDA runs in half precision) and in log space the outputs
+    came back float32, unlike minLSTM's and the dtype the scan op declares."""
+    monkeypatch.setenv("RNNKIT_SCAN_IMPL", "chunked")
+    m = make(name, dtype=torch.float32)
+    x = torch.randn(70, 2, 3, dtype=torch.float32)
+    h0 = torch.rand(1, 2, 4, dtype=torch.float32) + 0.1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = m(x, h0)
+        want, want_h = m(x, h0.bfloat16())
+    assert out.dtype == h_n.dtype == torch.bfloat16
+    assert torch.equal(out, want) and torch.equal(h_n, want_h)
+
+
 # torch's dynamo instantiates autograd.Function classes itself and trips its own deprecation
 @pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
 def test_compile_fullgraph():

@@ -114,6 +114,16 @@ def test_ext_and_fallback_bit_identical(monkeypatch, dtype):
             assert torch.equal(u, v)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_forced_ext_takes_the_loop_for_half_precision(monkeypatch, dtype):
+    """RNNKIT_SCAN_IMPL=ext where the C++ kernel cannot run falls back, as it does without
+    the kernel: half precision took the kernel, which raised NotImplementedError."""
+    monkeypatch.setenv("RNNKIT_SCAN_IMPL", "ext")
+    a, b = torch.rand(9, 4, dtype=dtype), torch.randn(9, 4, dtype=dtype)
+    assert backend(a) == "loop"
+    torch.testing.assert_close(linear_scan(a, b), reference(a, b))
+
+
 def test_long_sequence_float32_is_finite_and_accurate():
     """T = 100,000, a in (0, 1] (including exactly 1), b of both signs; vs a float64 loop."""
     T, N = 100_000, 8
