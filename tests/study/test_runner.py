@@ -116,3 +116,14 @@ def test_greff_variants_change_one_thing_of_the_peephole_lstm():
         "CIFG": 12,
         "FGR": 16,
     }
+
+
+@pytest.mark.parametrize("hidden, want", [(8, 8), ([16], 16), (None, 64)])
+def test_a_hidden_setting_sizes_the_model(hidden, want):
+    """``--set hidden=8`` (one size) used to be ignored: every run had the table's 64 units."""
+    from rnnkit.study import studies
+
+    study = get_study("jozefowicz")
+    s = {**study.settings, "hidden": hidden}
+    spec = runner.Spec(study.name, study.archs[1], 0, runner.sample_hparams(study.space(s), 0), s)
+    assert studies.arith_build(spec, None).rnn.hidden_size == want
