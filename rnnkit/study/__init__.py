@@ -16,7 +16,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from rnnkit.arch import parse_opt
+from rnnkit.arch import parse_opt, positive_int
+from rnnkit.cli.common import positive_float
 
 from .runner import (
     Arch,
@@ -63,6 +64,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     picks a subset of its architectures (by name).
     """
     study = get_study(name)
+    for flag, v in (("seeds", seeds), ("steps", steps), ("budget_minutes", budget_minutes)):
+        if v is not None and not v > 0:  # 0 is an error, not the default
+            raise ValueError(f"{flag} must be positive, got {v}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = dict(study.settings)
@@ -137,20 +141,22 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The arguments of ``rnnkit study`` (shared by the ``rnnkit`` command and ``python -m``)."""
     p.add_argument("name", choices=sorted(STUDIES), help="which study")
-    p.add_argument("--budget-minutes", type=float, default=None,
+    p.add_argument("--budget-minutes", type=positive_float, default=None,
                    help="wall-clock for the whole grid (default: the study's, 30)")  # fmt: skip
-    p.add_argument("--seeds", type=int, default=None, help="trials per architecture (default: the study's)")
+    p.add_argument(
+        "--seeds", type=positive_int, default=None, help="trials per architecture (default: the study's)"
+    )
     p.add_argument(
         "--out", default=None, help="output directory (default runs/study-NAME); resumed if it exists"
     )
     p.add_argument(
-        "--steps", type=int, default=None, help="fixed training steps per run (overrides the budget)"
+        "--steps", type=positive_int, default=None, help="fixed training steps per run (overrides the budget)"
     )
     p.add_argument("--archs", default=None, help="comma-separated subset of the study's architectures")
     p.add_argument("--set", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set digits=4 --set hidden=[128]")  # fmt: skip
-    p.add_argument("--workers", type=int, default=1, help="processes running runs in parallel")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker process")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes running runs in parallel")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per worker process")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

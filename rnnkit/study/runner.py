@@ -238,8 +238,13 @@ def read_records(out: Path) -> list[dict]:
 
 def append_record(path: Path, rec: dict) -> None:
     line = json.dumps(rec, sort_keys=True, allow_nan=True) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
+    with open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
+            if f.read(1) != b"\n":  # a line cut by a kill: start a line of our own after it
+                line = "\n" + line
+        f.write(line.encode())
         f.flush()
         os.fsync(f.fileno())
 

@@ -72,6 +72,8 @@ def _config(spec: Spec) -> dict:
     cfg = dict(spec.arch.config)
     if "hidden" in spec.hparams:
         cfg["hidden"] = int(spec.hparams["hidden"])
+    elif isinstance(spec.settings.get("hidden"), int):  # one size for every trial (a list is searched)
+        cfg["hidden"] = spec.settings["hidden"]
     return cfg
 
 

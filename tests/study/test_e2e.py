@@ -128,6 +128,19 @@ def test_bad_arguments(tmp_path):
         run_study("nope", tmp_path)
 
 
+@pytest.mark.parametrize("flag", ["seeds", "steps", "budget_minutes"])
+def test_zero_or_negative_counts_are_errors(tmp_path, flag):
+    """0 used to fall back to the study's default (3 seeds, 30 minutes) or train 0 steps."""
+    kw = {"seeds": 1, "steps": 1, "budget_minutes": 1.0, flag: 0}
+    for v in (0, -1):
+        with pytest.raises(ValueError, match=f"{flag} must be positive, got {v}"):
+            run_study("jozefowicz", tmp_path / "z", archs=["LSTM"], settings=TINY_ARITH, progress=False,
+                      **{**kw, flag: v})  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["jozefowicz", "--out", str(tmp_path / "z"), f"--{flag.replace('_', '-')}=0"])
+    assert not (tmp_path / "z").exists()
+
+
 def test_memory_end_to_end(tmp_path):
     pytest.importorskip("rnnkit.diagnostics.memory")
     out = tmp_path / "memory"

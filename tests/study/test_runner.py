@@ -42,6 +42,18 @@ def test_records_survive_a_cut_line(tmp_path):
     assert [r["key"] for r in recs] == ["a#0", "c#0"] and math.isnan(recs[1]["metric"])
 
 
+def test_a_record_appended_after_a_cut_line_is_read(tmp_path):
+    """The run repeated after a kill is appended on a line of its own, not glued to the cut one
+    (which made the resumed run's record unreadable too)."""
+    path = tmp_path / "runs.jsonl"
+    runner.append_record(path, {"key": "a#0", "metric": 1.0})
+    with open(path, "a") as f:
+        f.write('{"key": "b#0", "met')  # killed while writing
+    runner.append_record(path, {"key": "b#0", "metric": 2.0})
+    runner.append_record(path, {"key": "c#0", "metric": 3.0})
+    assert [r["key"] for r in runner.read_records(tmp_path)] == ["a#0", "b#0", "c#0"]
+
+
 def test_welch_p_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     a, b = [0.1, 0.3, 0.25, 0.2], [0.5, 0.45, 0.7]
@@ -104,3 +116,14 @@ def test_greff_variants_change_one_thing_of_the_peephole_lstm():
         "CIFG": 12,
         "FGR": 16,
     }
+
+
+@pytest.mark.parametrize("hidden, want", [(8, 8), ([16], 16), (None, 64)])
+def test_a_hidden_setting_sizes_the_model(hidden, want):
+    """``--set hidden=8`` (one size) used to be ignored: every run had the table's 64 units."""
+    from rnnkit.study import studies
+
+    study = get_study("jozefowicz")
+    s = {**study.settings, "hidden": hidden}
+    spec = runner.Spec(study.name, study.archs[1], 0, runner.sample_hparams(study.space(s), 0), s)
+    assert studies.arith_build(spec, None).rnn.hidden_size == want
