@@ -72,11 +72,12 @@ def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, directi
     sizes = [s.shape[-1] for s in tr.initial[layer][direction]]
     prev = tuple(s[sample : sample + 1].detach() for s in tr.initial[layer][direction])
     jacs = []
-    for t in range(T - 1, -1, -1) if direction else range(T):
+    for n, t in enumerate(range(T - 1, -1, -1) if direction else range(T)):
 
-        def f(s_flat: Tensor, t: int = t) -> Tensor:
+        def f(s_flat: Tensor, t: int = t, n: int = n) -> Tensor:
             state = tuple(s_flat.split(sizes, -1))
-            return torch.cat(cell.step(p, xp[t : t + 1], state, StepContext(t=t)), -1)
+            ctx = StepContext(t=t, extra={"step": n})  # n steps taken: batch norm's statistics slot
+            return torch.cat(cell.step(p, xp[t : t + 1], state, ctx), -1)
 
         J = torch.autograd.functional.jacobian(f, torch.cat(prev, -1))  # (1, S, 1, S)
         jacs.append(J[0, :, 0, :].double().numpy())

@@ -185,7 +185,6 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
             raise ValueError("tracking gradients through the replay needs autograd (not torch.no_grad())")
         h0 = tuple(s if s.requires_grad else s.detach().requires_grad_() for s in h0)
     D = num_directions(module)
-    ctx = StepContext(training=module.training)
     finals: list[list[Tensor]] = [[] for _ in h0]
     trace = Trace([], [], [], views[-1].cell.state_names)
     for k, view in enumerate(views):
@@ -197,6 +196,7 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
             state = tuple(s[k * D + d] for s in h0)
             init_dir.append(state)
             steps: list[State] = [()] * T
+            ctx = StepContext(training=module.training)  # afresh per layer-direction, as the layer's loop
             for t in range(T - 1, -1, -1) if d else range(T):
                 ctx.t = t
                 state = view.cell.step(p, xp[t], state, ctx)
