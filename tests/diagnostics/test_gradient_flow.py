@@ -220,3 +220,15 @@ def test_replay_batch_norm_counts_steps_per_layer_direction():
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     for a, b in zip(_flat(m(x)), _flat(replay(m, x))):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU])
+def test_replay_applies_zoneout(cls):
+    """In evaluation zoneout mixes each state with the previous one: the replay must too."""
+    torch.manual_seed(0)
+    m = cls(3, 4, num_layers=2, bidirectional=True, zoneout=0.3).double().eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for a, b in zip(_flat(m(x)), _flat(replay(m, x))):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+    gf = gradient_flow(m, x)  # the gradient through the mixed states: a unit keeps 0.3 of it per step
+    assert np.all(gf.norms["l1"]["h"] > 0)

@@ -168,3 +168,10 @@ def test_step_jacobians_batch_norm_use_each_steps_statistics():
     for _ in range(3):  # distinct running statistics per step
         m(torch.randn(5, 8, 3, dtype=torch.float64) * 2 + 1)
     _chain_vs_forward(m.eval(), torch.randn(5, 2, 3, dtype=torch.float64), [4, 4])
+
+
+@pytest.mark.parametrize("cls,sizes", [(rnnkit.LSTM, [4, 4]), (rnnkit.GRU, [4])])
+def test_step_jacobians_include_zoneout(cls, sizes):
+    torch.manual_seed(0)
+    m = cls(3, 4, zoneout=0.3).double().eval()
+    _chain_vs_forward(m, torch.randn(5, 2, 3, dtype=torch.float64), sizes)
