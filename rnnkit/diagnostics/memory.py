@@ -105,7 +105,8 @@ class TaskModel(nn.Module):
     def __init__(self, rnn: nn.Module, n_out: int) -> None:
         super().__init__()
         self.rnn = rnn
-        self.head = nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), n_out)
+        width = getattr(rnn, "proj_size", 0) or rnn.hidden_size  # an LSTM projection outputs proj_size
+        self.head = nn.Linear(width * (2 if rnn.bidirectional else 1), n_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.rnn(x)[0])

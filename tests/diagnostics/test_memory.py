@@ -54,3 +54,10 @@ def test_training_learns_plus_one():
     model = TaskModel(parse_variant("gru").build(1, 8), 2)
     acc, steps = train_task(model, "plus_one", 5, budget)
     assert acc >= 0.95 and steps <= 150
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_lstm_projection_read_out_width():
+    """An LSTM with ``proj_size`` outputs ``proj_size`` (per direction) features, not ``hidden_size``."""
+    r = memory_horizon(["lstm:proj_size=2,bidirectional=True"], ["plus_one"], Budget(**TINY))
+    assert len(r.rows) >= 1
