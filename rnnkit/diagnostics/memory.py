@@ -134,8 +134,14 @@ def task_logits(task: str, logits: Tensor, budget: Budget) -> Tensor:
 
 
 def accuracy(task: str, model: nn.Module, x: Tensor, y: Tensor, budget: Budget) -> float:
-    with torch.no_grad():
-        pred = task_logits(task, model(x), budget).argmax(-1)
+    """Held-out accuracy, in evaluation mode (no dropout or zoneout masks); the mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pred = task_logits(task, model(x), budget).argmax(-1)
+    finally:
+        model.train(was)
     return float((pred == y).float().mean())
 
 
