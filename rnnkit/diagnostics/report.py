@@ -65,7 +65,16 @@ def probe_sequence(x: torch.Tensor) -> torch.Tensor:
 
 def snapshot(rnn: nn.Module, x: torch.Tensor, accuracy: float | None = None) -> Snapshot:
     """Gradient flow (both losses), Jacobian spectrum, eigenvalues of ``rnn`` on batch-first
-    ``x``; activity for its first sequence (see :func:`probe_sequence`)."""
+    ``x``; activity for its first sequence (see :func:`probe_sequence`). Measured in
+    evaluation mode (no dropout or zoneout masks, as in checkpoint mode); the mode is restored."""
+    was = rnn.training
+    try:
+        return _snapshot(rnn.eval(), x, accuracy)
+    finally:
+        rnn.train(was)
+
+
+def _snapshot(rnn: nn.Module, x: torch.Tensor, accuracy: float | None) -> Snapshot:
     xt = x if rnn.batch_first else x.transpose(0, 1)
     decay = decay_spectrum(rnn, xt) if is_parallel(rnn) else None
     if decay is None or decay.name == "λ":

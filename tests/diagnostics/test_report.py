@@ -91,3 +91,16 @@ def test_add_arguments_on_a_subparser_and_bad_values(tmp_path):
     assert run(args) == 0 and (tmp_path / "activity_gru.png").is_file()
     with pytest.raises(SystemExit):
         main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "elman"])
+
+
+def test_snapshot_measures_in_evaluation_mode():
+    """The fresh and trained models are diagnosed without dropout masks, as a checkpoint is."""
+    from rnnkit.diagnostics.report import snapshot
+
+    torch.manual_seed(0)
+    m = rnnkit.GRU(1, 4, num_layers=2, dropout=0.5, batch_first=True)
+    x = torch.randn(3, 6, 1)
+    snap = snapshot(m, x)
+    assert m.training
+    ref = gradient_flow(m.eval(), x).norms
+    np.testing.assert_allclose(snap.flows["last"].norms["l0"]["h"], ref["l0"]["h"])
