@@ -48,7 +48,11 @@ class Variant:
         opts = dict(self.options)
         if self.family == "rnn_relu":
             opts["nonlinearity"] = "relu"
-        return FAMILIES[self.family](input_size, hidden_size, batch_first=True, **opts)
+        try:
+            return FAMILIES[self.family](input_size, hidden_size, batch_first=True, **opts)
+        except TypeError as e:  # an unknown option: a user error, as `rnnkit train --opt` reports it
+            msg = f"variant {self.label!r}: {self.family} does not accept {sorted(opts)}: {e}"
+            raise ValueError(msg) from e
 
 
 def _literal(raw: str):

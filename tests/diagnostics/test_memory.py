@@ -78,3 +78,11 @@ def test_accuracy_is_measured_in_evaluation_mode():
     model.train()
     assert [accuracy("plus_one", model, x, y, b) for _ in range(3)] == [ref] * 3
     assert model.training
+
+
+def test_unknown_option_is_a_value_error():
+    """``rnnkit diagnose --variants lstm:foo=1`` is a usage error (one line), not a TypeError traceback."""
+    with pytest.raises(ValueError, match="variant 'lstm:foo=1'.*foo"):
+        parse_variant("lstm:foo=1").build(1, 4)
+    with pytest.raises(ValueError, match="mingru does not accept"):
+        parse_variant("mingru:foo=1").build(1, 4)

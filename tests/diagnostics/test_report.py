@@ -104,3 +104,9 @@ def test_snapshot_measures_in_evaluation_mode():
     assert m.training
     ref = gradient_flow(m.eval(), x).norms
     np.testing.assert_allclose(snap.flows["last"].norms["l0"]["h"], ref["l0"]["h"])
+
+
+def test_bad_variant_option_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "lstm:foo=1"])
+    assert "foo" in capsys.readouterr().err
