@@ -110,3 +110,11 @@ def test_bad_variant_option_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "lstm:foo=1"])
     assert "foo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
+def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
+    """Not silently replaced by the default (``--horizon-steps 0`` ran 400 steps) or a traceback."""
+    with pytest.raises(SystemExit):
+        main(["--quick", "--out", str(tmp_path), "--variants", "rnn", *flag])
+    assert f"{flag[0]} must be >= 1" in capsys.readouterr().err
