@@ -118,3 +118,20 @@ def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
     with pytest.raises(SystemExit):
         main(["--quick", "--out", str(tmp_path), "--variants", "rnn", *flag])
     assert f"{flag[0]} must be >= 1" in capsys.readouterr().err
+
+
+def test_checkpoint_mode_with_input_size_keeps_the_reverse_direction(tmp_path):
+    """``--input-size`` gives the input width only: the direction count is still read off the
+    weights (a bidirectional checkpoint was diagnosed as its forward half, reverse weights dropped)."""
+    from rnnkit.diagnostics.checkpoint import checkpoint_layer
+
+    torch.manual_seed(0)
+    net = rnnkit.GRU(3, 5, bidirectional=True)
+    save_model(net, str(tmp_path / "model.safetensors"))
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--checkpoint", str(tmp_path), "--cell", "gru", "--hidden-size", "5", "--input-size", "3"]
+    )
+    _, layer, note = checkpoint_layer(args)
+    assert layer.bidirectional and "bidirectional" in note
+    for (n, p), q in zip(layer.named_parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
