@@ -129,10 +129,9 @@ def checkpoint_layer(args) -> tuple[Variant, nn.Module, str]:
 
     stored = dict(arch.get("options") or {}) if not args.family or args.family == arch.get("cell") else {}
     options = {**stored, **parse_variant(f"{family}:" + ",".join(args.option)).options}
-    if args.input_size is None:
-        n_in, bidir = _infer_shape(family, hidden, layers, options, args.checkpoint)
-    else:
-        n_in, bidir = args.input_size, False
+    n_in, bidir = _infer_shape(family, hidden, layers, options, args.checkpoint)  # directions: always
+    if args.input_size is not None:
+        n_in = args.input_size
     if bidir:
         options = {"bidirectional": True, **options}
     v = Variant(family, family, {"num_layers": layers, **options})

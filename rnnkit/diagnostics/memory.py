@@ -48,7 +48,11 @@ class Variant:
         opts = dict(self.options)
         if self.family == "rnn_relu":
             opts["nonlinearity"] = "relu"
-        return FAMILIES[self.family](input_size, hidden_size, batch_first=True, **opts)
+        try:
+            return FAMILIES[self.family](input_size, hidden_size, batch_first=True, **opts)
+        except TypeError as e:  # an unknown option: a user error, as `rnnkit train --opt` reports it
+            msg = f"variant {self.label!r}: {self.family} does not accept {sorted(opts)}: {e}"
+            raise ValueError(msg) from e
 
 
 def _literal(raw: str):
@@ -105,7 +109,8 @@ class TaskModel(nn.Module):
     def __init__(self, rnn: nn.Module, n_out: int) -> None:
         super().__init__()
         self.rnn = rnn
-        self.head = nn.Linear(rnn.hidden_size * (2 if rnn.bidirectional else 1), n_out)
+        width = getattr(rnn, "proj_size", 0) or rnn.hidden_size  # an LSTM projection outputs proj_size
+        self.head = nn.Linear(width * (2 if rnn.bidirectional else 1), n_out)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.rnn(x)[0])
@@ -133,8 +138,14 @@ def task_logits(task: str, logits: Tensor, budget: Budget) -> Tensor:
 
 
 def accuracy(task: str, model: nn.Module, x: Tensor, y: Tensor, budget: Budget) -> float:
-    with torch.no_grad():
-        pred = task_logits(task, model(x), budget).argmax(-1)
+    """Held-out accuracy, in evaluation mode (no dropout or zoneout masks); the mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            pred = task_logits(task, model(x), budget).argmax(-1)
+    finally:
+        model.train(was)
     return float((pred == y).float().mean())
 
 

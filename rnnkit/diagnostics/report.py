@@ -65,7 +65,16 @@ def probe_sequence(x: torch.Tensor) -> torch.Tensor:
 
 def snapshot(rnn: nn.Module, x: torch.Tensor, accuracy: float | None = None) -> Snapshot:
     """Gradient flow (both losses), Jacobian spectrum, eigenvalues of ``rnn`` on batch-first
-    ``x``; activity for its first sequence (see :func:`probe_sequence`)."""
+    ``x``; activity for its first sequence (see :func:`probe_sequence`). Measured in
+    evaluation mode (no dropout or zoneout masks, as in checkpoint mode); the mode is restored."""
+    was = rnn.training
+    try:
+        return _snapshot(rnn.eval(), x, accuracy)
+    finally:
+        rnn.train(was)
+
+
+def _snapshot(rnn: nn.Module, x: torch.Tensor, accuracy: float | None) -> Snapshot:
     xt = x if rnn.batch_first else x.transpose(0, 1)
     decay = decay_spectrum(rnn, xt) if is_parallel(rnn) else None
     if decay is None or decay.name == "λ":
@@ -140,13 +149,14 @@ def _configure(args) -> tuple[Budget, Budget]:
     if args.quick:
         args.seq_len, args.batch = min(args.seq_len, 12), 4
         args.train_steps = min(args.train_steps, 20)
-    for name in ("hidden_size", "seq_len", "batch", "train_steps", "input_size", "num_layers"):
+    counts = ("hidden_size", "seq_len", "batch", "train_steps", "input_size", "num_layers", "horizon_steps")
+    for name in counts:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     train = Budget(hidden_size=args.hidden_size or 16, steps=args.train_steps, lr=5e-3, threshold=0.99,
                    seed=args.seed)  # fmt: skip
     lags = tuple(args.lags) if args.lags else ((3, 6) if args.quick else (5, 10, 20, 40, 80))
-    steps = args.horizon_steps or (20 if args.quick else 400)
+    steps = args.horizon_steps if args.horizon_steps is not None else (20 if args.quick else 400)
     horizon = Budget(hidden_size=8 if args.quick else 32, steps=steps, eval_every=10 if args.quick else 50,
                      eval_size=64 if args.quick else 256, lags=lags, n_copy=2, seed=args.seed)  # fmt: skip
     return train, horizon
@@ -189,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
 
     The models are tiny: intra-op threads only add synchronization (10x slower on a
     loaded machine), so torch runs single-threaded here (``--threads`` to change)."""
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     old = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:

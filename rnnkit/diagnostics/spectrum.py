@@ -29,9 +29,10 @@ import torch
 from torch import Tensor, nn
 
 from ..cells import StepContext
+from ..loop import _zoneout
 from ..parallel import LRU
 from .parallel import is_parallel, lru_eigenvalues, no_matrix_error, step_jacobians_parallel
-from .trace import layer_labels, layer_views, replay
+from .trace import layer_labels, layer_views, replay, zoneout_probs
 
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -71,12 +72,14 @@ def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, directi
         xp = cell.project_input(p, x)
     sizes = [s.shape[-1] for s in tr.initial[layer][direction]]
     prev = tuple(s[sample : sample + 1].detach() for s in tr.initial[layer][direction])
-    jacs = []
-    for t in range(T - 1, -1, -1) if direction else range(T):
+    jacs, zp = [], zoneout_probs(module, layer)  # s_t = p s_{t-1} + (1 - p) s̃_t in evaluation
+    for n, t in enumerate(range(T - 1, -1, -1) if direction else range(T)):
 
-        def f(s_flat: Tensor, t: int = t) -> Tensor:
+        def f(s_flat: Tensor, t: int = t, n: int = n) -> Tensor:
             state = tuple(s_flat.split(sizes, -1))
-            return torch.cat(cell.step(p, xp[t : t + 1], state, StepContext(t=t)), -1)
+            ctx = StepContext(t=t, extra={"step": n})  # n steps taken: batch norm's statistics slot
+            new = cell.step(p, xp[t : t + 1], state, ctx)
+            return torch.cat(_zoneout(state, new, t, zp, None) if zp else new, -1)
 
         J = torch.autograd.functional.jacobian(f, torch.cat(prev, -1))  # (1, S, 1, S)
         jacs.append(J[0, :, 0, :].double().numpy())

@@ -12,9 +12,10 @@ Works for :class:`rnnkit.RecurrentStack` (``RNN``/``LSTM``/``GRU`` and every cel
 zoo), for ``torch.nn.RNN``/``LSTM``/``GRU`` (whose parameters are wrapped in rnnkit's
 standard cells: same names, same gate order) and for the time-parallel layers
 ``MinGRU``/``MinLSTM``/``QRNN``/``LRU`` (their own ``step_layer``, see
-:mod:`rnnkit.diagnostics.parallel`). Not replayed: ``PackedSequence`` input and
-layer-level options that change the step outside the cell (e.g. regularizer masks) — the
-replay runs the plain cell math.
+:mod:`rnnkit.diagnostics.parallel`). Zoneout is replayed (its expectation in evaluation,
+fresh masks in training). Not replayed: ``PackedSequence`` input and the other
+layer-level regularizers in training mode (weight drop, recurrent and locked dropout
+masks) — the replay runs the plain cell math there.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import regularizers
 from ..cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from ..layers import RecurrentStack
+from ..loop import _zoneout
 from ..parallel import ParallelRecurrent
 
 State = tuple[Tensor, ...]
@@ -98,6 +101,12 @@ def layer_views(module: nn.Module) -> list[LayerView]:
         "torch.nn.RNN/LSTM/GRU, "
         f"got {type(module).__name__}"
     )
+
+
+def zoneout_probs(module: nn.Module, layer: int) -> tuple[float, ...]:
+    """Per-state zoneout probabilities of one layer (``()`` without zoneout, as torch.nn's)."""
+    zp = module.zoneout_probs[layer] if isinstance(module, RecurrentStack) else ()
+    return zp if any(zp) else ()
 
 
 def num_directions(module: nn.Module) -> int:
@@ -185,7 +194,6 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
             raise ValueError("tracking gradients through the replay needs autograd (not torch.no_grad())")
         h0 = tuple(s if s.requires_grad else s.detach().requires_grad_() for s in h0)
     D = num_directions(module)
-    ctx = StepContext(training=module.training)
     finals: list[list[Tensor]] = [[] for _ in h0]
     trace = Trace([], [], [], views[-1].cell.state_names)
     for k, view in enumerate(views):
@@ -197,9 +205,15 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
             state = tuple(s[k * D + d] for s in h0)
             init_dir.append(state)
             steps: list[State] = [()] * T
+            ctx = StepContext(training=module.training)  # afresh per layer-direction, as the layer's loop
+            zp, masks = zoneout_probs(module, k), None
+            if zp and module.training:  # fresh keep-masks (1 = keep s_{t-1}), as the layer draws them
+                masks = [regularizers.sample_mask("zoneout", (T, B, s.shape[-1]), q, data) if q else None
+                         for s, q in zip(state, zp)]  # fmt: skip
             for t in range(T - 1, -1, -1) if d else range(T):
                 ctx.t = t
-                state = view.cell.step(p, xp[t], state, ctx)
+                new = view.cell.step(p, xp[t], state, ctx)
+                state = _zoneout(state, new, t, zp, masks) if zp else new
                 if retain_grad:
                     for s in state:
                         if s.requires_grad:

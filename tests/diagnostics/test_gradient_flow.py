@@ -208,3 +208,27 @@ def test_distance_and_reverse_direction():
     assert last.norms["l0_reverse"]["h"][:-1].tolist() == [0, 0, 0] and last.norms["l0_reverse"]["h"][-1] > 0
     with pytest.raises(ValueError, match="loss must be one of"):
         gradient_flow(m, torch.randn(4, 1, 2), loss="mean")
+
+
+def test_replay_batch_norm_counts_steps_per_layer_direction():
+    """Recurrent batch norm keeps statistics per step, counted afresh in every layer-direction."""
+    torch.manual_seed(0)
+    m = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, norm="batch").double()
+    for _ in range(3):  # distinct running statistics per step
+        m(torch.randn(5, 8, 3, dtype=torch.float64) * 2 + 1)
+    m.eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for a, b in zip(_flat(m(x)), _flat(replay(m, x))):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU])
+def test_replay_applies_zoneout(cls):
+    """In evaluation zoneout mixes each state with the previous one: the replay must too."""
+    torch.manual_seed(0)
+    m = cls(3, 4, num_layers=2, bidirectional=True, zoneout=0.3).double().eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for a, b in zip(_flat(m(x)), _flat(replay(m, x))):
+        torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+    gf = gradient_flow(m, x)  # the gradient through the mixed states: a unit keeps 0.3 of it per step
+    assert np.all(gf.norms["l1"]["h"] > 0)

@@ -54,3 +54,35 @@ def test_training_learns_plus_one():
     model = TaskModel(parse_variant("gru").build(1, 8), 2)
     acc, steps = train_task(model, "plus_one", 5, budget)
     assert acc >= 0.95 and steps <= 150
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_lstm_projection_read_out_width():
+    """An LSTM with ``proj_size`` outputs ``proj_size`` (per direction) features, not ``hidden_size``."""
+    r = memory_horizon(["lstm:proj_size=2,bidirectional=True"], ["plus_one"], Budget(**TINY))
+    assert len(r.rows) >= 1
+
+
+def test_accuracy_is_measured_in_evaluation_mode():
+    """Held-out accuracy without dropout masks: deterministic, and the training mode is kept."""
+    from rnnkit.diagnostics.memory import accuracy, task_batch
+
+    torch.manual_seed(0)
+    b = Budget(**TINY)
+    model = TaskModel(parse_variant("gru:num_layers=2,dropout=0.5").build(1, 16), 2)
+    torch.nn.init.normal_(model.head.weight, std=10.0)  # predictions that depend on every unit
+    torch.nn.init.zeros_(model.head.bias)
+    x, y = task_batch("plus_one", 256, 6, b, seed=1)
+    with torch.no_grad():
+        ref = float((model.eval()(x)[:, -1].argmax(-1) == y).float().mean())
+    model.train()
+    assert [accuracy("plus_one", model, x, y, b) for _ in range(3)] == [ref] * 3
+    assert model.training
+
+
+def test_unknown_option_is_a_value_error():
+    """``rnnkit diagnose --variants lstm:foo=1`` is a usage error (one line), not a TypeError traceback."""
+    with pytest.raises(ValueError, match="variant 'lstm:foo=1'.*foo"):
+        parse_variant("lstm:foo=1").build(1, 4)
+    with pytest.raises(ValueError, match="mingru does not accept"):
+        parse_variant("mingru:foo=1").build(1, 4)

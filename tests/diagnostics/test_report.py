@@ -91,3 +91,47 @@ def test_add_arguments_on_a_subparser_and_bad_values(tmp_path):
     assert run(args) == 0 and (tmp_path / "activity_gru.png").is_file()
     with pytest.raises(SystemExit):
         main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "elman"])
+
+
+def test_snapshot_measures_in_evaluation_mode():
+    """The fresh and trained models are diagnosed without dropout masks, as a checkpoint is."""
+    from rnnkit.diagnostics.report import snapshot
+
+    torch.manual_seed(0)
+    m = rnnkit.GRU(1, 4, num_layers=2, dropout=0.5, batch_first=True)
+    x = torch.randn(3, 6, 1)
+    snap = snapshot(m, x)
+    assert m.training
+    ref = gradient_flow(m.eval(), x).norms
+    np.testing.assert_allclose(snap.flows["last"].norms["l0"]["h"], ref["l0"]["h"])
+
+
+def test_bad_variant_option_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "lstm:foo=1"])
+    assert "foo" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
+def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
+    """Not silently replaced by the default (``--horizon-steps 0`` ran 400 steps) or a traceback."""
+    with pytest.raises(SystemExit):
+        main(["--quick", "--out", str(tmp_path), "--variants", "rnn", *flag])
+    assert f"{flag[0]} must be >= 1" in capsys.readouterr().err
+
+
+def test_checkpoint_mode_with_input_size_keeps_the_reverse_direction(tmp_path):
+    """``--input-size`` gives the input width only: the direction count is still read off the
+    weights (a bidirectional checkpoint was diagnosed as its forward half, reverse weights dropped)."""
+    from rnnkit.diagnostics.checkpoint import checkpoint_layer
+
+    torch.manual_seed(0)
+    net = rnnkit.GRU(3, 5, bidirectional=True)
+    save_model(net, str(tmp_path / "model.safetensors"))
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--checkpoint", str(tmp_path), "--cell", "gru", "--hidden-size", "5", "--input-size", "3"]
+    )
+    _, layer, note = checkpoint_layer(args)
+    assert layer.bidirectional and "bidirectional" in note
+    for (n, p), q in zip(layer.named_parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, msg=n)

@@ -144,3 +144,34 @@ def test_power_iteration_errors():
         power_iteration(np.eye(2), h0=np.zeros(2))
     with pytest.raises(ValueError, match="steps"):
         power_iteration(np.eye(2), steps=0)
+
+
+def _chain_vs_forward(m, x, sizes):
+    """``J_{T-1}⋯J_0`` of :func:`step_jacobians` against ``∂s_{T-1}/∂s_init`` of the layer's forward."""
+    jacs, _ = step_jacobians(m, x)
+    prod = np.eye(jacs.shape[1])
+    for J in jacs:
+        prod = J @ prod
+
+    def final(s):
+        parts = tuple(p.view(1, 1, -1) for p in s.split(sizes))
+        hn = m(x[:, :1], parts if len(parts) > 1 else parts[0])[1]
+        return torch.cat([h.reshape(-1) for h in (hn if isinstance(hn, tuple) else (hn,))])
+
+    ref = torch.autograd.functional.jacobian(final, torch.zeros(sum(sizes), dtype=torch.float64))
+    np.testing.assert_allclose(prod, ref.numpy(), atol=1e-10)
+
+
+def test_step_jacobians_batch_norm_use_each_steps_statistics():
+    torch.manual_seed(0)
+    m = rnnkit.LSTM(3, 4, norm="batch").double()
+    for _ in range(3):  # distinct running statistics per step
+        m(torch.randn(5, 8, 3, dtype=torch.float64) * 2 + 1)
+    _chain_vs_forward(m.eval(), torch.randn(5, 2, 3, dtype=torch.float64), [4, 4])
+
+
+@pytest.mark.parametrize("cls,sizes", [(rnnkit.LSTM, [4, 4]), (rnnkit.GRU, [4])])
+def test_step_jacobians_include_zoneout(cls, sizes):
+    torch.manual_seed(0)
+    m = cls(3, 4, zoneout=0.3).double().eval()
+    _chain_vs_forward(m, torch.randn(5, 2, 3, dtype=torch.float64), sizes)
