@@ -41,7 +41,8 @@ log = logging.getLogger("rnnkit.train")
 class Callback:
     """Base class: override the hooks you need. Set ``trainer.should_stop = True`` to stop
     (after the current step; ``fit()``'s ``stop_reason`` is then ``"callback"`` unless the
-    callback also set ``trainer.stop_reason``)."""
+    callback also set ``trainer.stop_reason``). Under DDP the hooks run on rank 0 alone, and
+    a stop it asks for stops every rank at the same step."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 

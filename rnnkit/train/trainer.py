@@ -279,6 +279,7 @@ class Trainer(TrainerCheckpoints):
         self.raw_model.train()
         if self.is_main:
             self._emit("on_fit_start")
+        self._agree_stop()
         try:
             while not self.should_stop and self.epoch < cfg.max_epochs:
                 # before pulling a batch: a resumed run that had used its budget stays finished
@@ -319,6 +320,7 @@ class Trainer(TrainerCheckpoints):
                         self._validate(val_data)
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
+                    self._agree_stop()
                     if self._budget_spent() or self.should_stop:
                         break
                 else:  # the epoch ran to its end
@@ -353,6 +355,12 @@ class Trainer(TrainerCheckpoints):
             "stop_reason": self.stop_reason,
             "history": self.history,
         }
+
+    def _agree_stop(self) -> None:
+        """Under DDP, ``should_stop`` on every rank once any rank set it: callbacks run on rank 0
+        alone, and the others would wait for it in the next step's gradient all-reduce."""
+        if dist.is_distributed():
+            self.should_stop = dist.all_reduce_max(float(self.should_stop), self._reduce_device()) > 0
 
     def _budget_spent(self) -> bool:
         """Set ``should_stop`` and the reason once ``max_steps``/``max_minutes`` is reached.

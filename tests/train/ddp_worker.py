@@ -38,6 +38,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "tbptt": _train_tbptt_unequal,
             "empty": _train_empty,
             "tbptt_empty": _train_tbptt_empty,
+            "callback_stop": _train_callback_stop,
         }
         modes[mode](out_dir, info)
     finally:
@@ -202,6 +203,25 @@ def _train_budget(out_dir: str, info) -> None:
                  progress=False, plot=False)  # fmt: skip
     if info.rank == 1:  # after the Trainer's DDP set-up, a collective that would re-align them
         time.sleep(0.5)
+    res = tr.fit(data)
+    (Path(out_dir) / f"result{info.rank}.json").write_text(
+        json.dumps({"step": res["step"], "why": res["stop_reason"]})
+    )
+
+
+def _train_callback_stop(out_dir: str, info) -> None:
+    """A callback (run on rank 0 alone) stops training after step 3: every rank stops there."""
+    from rnnkit.train import Callback
+
+    class StopAt3(Callback):
+        def on_step_end(self, trainer, logs):
+            trainer.should_stop = trainer.step == 3
+
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    data = bptt_batches(tokens(4 * 60), GLOBAL_BATCH, SEQ_LEN, rank=info.rank, world_size=info.world_size)
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=100, callbacks=[StopAt3()],
+                 progress=False)  # fmt: skip
     res = tr.fit(data)
     (Path(out_dir) / f"result{info.rank}.json").write_text(
         json.dumps({"step": res["step"], "why": res["stop_reason"]})

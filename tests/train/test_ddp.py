@@ -1,5 +1,6 @@
 """DDP: 2 gloo processes on 127.0.0.1 == 1 process with the same global batch."""
 
+import contextlib
 import json
 import math
 import os
@@ -7,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,17 +25,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc's parent links; none where /proc is absent)."""
+    parent = {}
+    for d in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    found, todo = [], [pid]
+    while todo:
+        here = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == here]
+        found += kids
+        todo += kids
+    return found
+
+
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # its own process group: a hung job is killed with its workers, not left spinning
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                           start_new_session=True) as p:  # fmt: skip
         try:
             out, err = p.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            # a hung job is killed with its workers, not left spinning: torchrun starts each
+            # worker in a session of its own, out of reach of a kill of torchrun's group
+            for pid in [p.pid, *_descendants(p.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             out, err = p.communicate()
             raise AssertionError(f"torchrun timed out:\n{out[-3000:]}{err[-3000:]}") from None
     proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
@@ -108,6 +128,14 @@ def _ranks(out_dir):
     res = [json.loads((out_dir / f"result{r}.json").read_text()) for r in (0, 1)]
     params = [load_file(str(out_dir / f"params{r}.safetensors")) for r in (0, 1)]
     return res, params
+
+
+def test_ddp_callback_stop_on_rank_0_stops_every_rank(tmp_path):
+    """Callbacks run on rank 0 alone; its stop must stop rank 1 at the same step (else rank 1
+    waits for rank 0 in the next gradient all-reduce: torchrun times out)."""
+    _torchrun(ddp_worker.__file__, str(tmp_path), "callback_stop")
+    res = [json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1)]
+    assert res == [{"step": 3, "why": "callback"}] * 2
 
 
 def test_ddp_batch_without_targets_on_one_rank_equals_one_process(tmp_path):
