@@ -157,7 +157,10 @@ class ParallelRecurrent(nn.Module):
             mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)
             unbatched = False
         else:
-            _checks.check_input(input, self.input_size, False, self._ref)
+            # an empty batch gives empty outputs and states, as torch.nn's layers
+            batched = _checks.check_tensor(input, "input").dim() == 3
+            batch_dim = (0 if self.batch_first else 1) if batched else None
+            _checks.check_input(input, self.input_size, False, self._ref, batch_dim)
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else input
             if self.batch_first and not unbatched:
@@ -207,7 +210,7 @@ class ParallelRecurrent(nn.Module):
             _checks.fail(f"step() expects one time step (N, H_in) or (H_in,), got shape {tuple(input.shape)}")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
-        _checks.check_input(x, self.input_size, True, self._ref)
+        _checks.check_input(x, self.input_size, True, self._ref, batch_dim=0)  # may be empty
         return x, unbatched
 
     def step(self, input: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:

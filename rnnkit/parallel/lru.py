@@ -96,7 +96,8 @@ class LRU(ParallelRecurrent):
     def readout(self, p: Params, h: Tensor, x: Tensor) -> Tensor:
         """``Re(C h) + D x``: one real GEMM on the interleaved (re, im) state."""
         w = torch.stack([p["C_re"], -p["C_im"]], -1).reshape(self.hidden_size, 2 * self.state_size)
-        y = (torch.view_as_real(h).reshape(-1, 2 * self.state_size) @ w.t()).view(*h.shape[:-1], -1)
+        y = torch.view_as_real(h).reshape(-1, 2 * self.state_size) @ w.t()
+        y = y.view(*h.shape[:-1], self.hidden_size)  # not -1: an empty batch has no size to infer
         D = p["D"]
         return torch.addcmul(y, x, D) if D.dim() == 1 else y + x @ D.t()
 

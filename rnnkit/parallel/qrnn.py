@@ -76,7 +76,8 @@ class QRNN(ParallelRecurrent):
     def gates(self, p: Params, xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``z, f, o`` from the window inputs ``xs (..., window·I)`` (zoneout applied to f)."""
         flat = xs.reshape(-1, xs.shape[-1])
-        u = linear(flat, p["weight_ih"], p.get("bias_ih")).view(*xs.shape[:-1], -1)
+        u = linear(flat, p["weight_ih"], p.get("bias_ih"))
+        u = u.view(*xs.shape[:-1], u.shape[-1])  # not -1: an empty batch has no size to infer
         z, f, o = u.chunk(3, -1)
         f = torch.sigmoid(f)
         if self.zoneout and self.training:

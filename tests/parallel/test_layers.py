@@ -318,3 +318,33 @@ def test_clear_errors():
         make("mingru_log")(torch.randn(5, 2, 3), -torch.ones(1, 2, 4))
     with pytest.raises(ValueError, match="complex"):
         make("lru")(torch.randn(5, 2, 3), torch.zeros(1, 2, 3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_empty_batch_gives_empty_outputs_and_states(name, batch_first):
+    """A batch of 0 sequences: empty output and state of the right shapes, as torch.nn's layers
+    and rnnkit.LSTM give (the checks refused it, and ``.view(..., -1)`` could not infer a size
+    from no elements), with lengths= too and through step() and backward."""
+    m = make(name, num_layers=2, bidirectional=True, batch_first=batch_first)
+    x = torch.randn((0, 5, 3) if batch_first else (5, 0, 3), requires_grad=True)
+    _, like = m(torch.randn((1, 5, 3) if batch_first else (5, 1, 3)))  # the state of a batch of one
+
+    def shapes(h, batch=None):  # the batch is the next-to-last dimension: c (LD, N, S), x_prev (N, I)
+        return map_tensors(lambda t: (*t.shape[:-2], t.shape[-2] if batch is None else batch, t.shape[-1]), h)
+
+    empty = shapes(like, 0)
+    out, h_n = m(x)
+    assert out.shape == ((0, 5, 2 * m.hidden_size) if batch_first else (5, 0, 2 * m.hidden_size))
+    assert shapes(h_n) == empty
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    for lengths in (None, torch.zeros(0, dtype=torch.long)):  # the empty state as h_0, lengths=
+        out2, h2 = m(x, h_n, lengths)
+        assert out2.shape == out.shape
+        assert shapes(h2) == empty
+    one = make(name, num_layers=2)
+    y, s = one.step(torch.randn(0, 3))
+    y, s = one.step(torch.randn(0, 3), s)
+    assert y.shape == (0, one.hidden_size)
+    assert shapes(s) == shapes(one.step(torch.randn(1, 3))[1], 0)
