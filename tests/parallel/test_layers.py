@@ -348,3 +348,17 @@ def test_empty_batch_gives_empty_outputs_and_states(name, batch_first):
     y, s = one.step(torch.randn(0, 3), s)
     assert y.shape == (0, one.hidden_size)
     assert shapes(s) == shapes(one.step(torch.randn(1, 3))[1], 0)
+
+
+def test_lru_d_init_is_what_the_docstring_says():
+    """The docstring said ``D ~ N(0, 1)``; the dense ``D`` (input_size != hidden_size, not in the
+    paper) is drawn ``N(0, 1/H_in)``, the diagonal one ``N(0, 1)`` as the paper's code."""
+    from rnnkit.parallel import lru
+
+    torch.manual_seed(0)
+    diag, dense = rnnkit.LRU(400, 400).D_l0.detach(), rnnkit.LRU(400, 300).D_l0.detach()
+    assert diag.shape == (400,) and dense.shape == (300, 400)
+    assert abs(float(diag.std()) - 1.0) < 0.1 and abs(float(dense.std()) * 400**0.5 - 1.0) < 0.02
+    doc = " ".join(lru.__doc__.split())
+    assert "``D`` is diagonal ``(H,)`` with entries ``N(0, 1)`` as in the paper" in doc
+    assert "dense ``(H, H_in)`` matrix with entries ``N(0, 1/H_in)``" in doc
