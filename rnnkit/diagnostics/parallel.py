@@ -58,14 +58,17 @@ def decay_name(module: nn.Module) -> str:
     )
 
 
-def step_inputs(module: ParallelRecurrent, x: Tensor, reverse: bool) -> Tensor:
+def step_inputs(module: ParallelRecurrent, x: Tensor, reverse: bool, prev: Tensor | None = None) -> Tensor:
     """What ``step_layer`` takes at each step of ``x (T, B, I)``: ``x`` itself, or for a
-    QRNN with ``window=2`` ``[x_{t−1}, x_t]`` (``x_{t+1}`` in reverse), zero at the start
-    (as in :meth:`rnnkit.QRNN.run`)."""
+    QRNN with ``window=2`` ``[x_{t−1}, x_t]`` (``x_{t+1}`` in reverse), ``x_{−1} = prev``
+    (the state's ``x_prev``, zeros when ``None``) and ``x_T = 0`` (as in :meth:`rnnkit.QRNN.run`)."""
     if isinstance(module, QRNN) and module.window == 2:
         zero = torch.zeros_like(x[:1])
-        prev = torch.cat([x[1:], zero]) if reverse else torch.cat([zero, x[:-1]])
-        return torch.cat([prev, x], -1)
+        if reverse:
+            steps = torch.cat([x[1:], zero])
+        else:
+            steps = torch.cat([zero if prev is None else prev.to(x.dtype).unsqueeze(0), x[:-1]])
+        return torch.cat([steps, x], -1)
     return x
 
 
@@ -106,20 +109,23 @@ def replay_parallel(module: ParallelRecurrent, x: Tensor, hx=None, *, retain_gra
 
     data, unbatched = _as_time_major(module, x)
     T, B = data.shape[0], data.shape[1]
-    h0 = module._initial_state(hx, None if unbatched else B)  # validates shape and dtype
+    h0 = module._forward_state(hx, None if unbatched else B)  # validates shape and dtype
+    convolved = isinstance(module, QRNN) and module.window == 2  # h0 = (c0, x_prevs), as forward's
+    h0, prevs = h0 if convolved else (h0, None)
     if getattr(module, "log_space", False):
         check_positive_state(h0)  # as the forward does
     if (track or retain_grad) and not torch.is_grad_enabled():
         raise ValueError("tracking gradients through the replay needs autograd (not torch.no_grad())")
     D, names = module.num_directions, state_names(module)
     trace = Trace([], [], [], names)
-    finals = []
+    finals, lasts = [], []
     for k in range(module.num_layers):
         trace.inputs.append(data)
+        lasts.append(data[-1])
         outs, per_dir, init_dir = [], [], []
         for d in range(D):
             p = module.layer_params(k, d)
-            xs = step_inputs(module, data, d == 1)
+            xs = step_inputs(module, data, d == 1, None if prevs is None or d else prevs[k])
             s = (
                 h0[k * D + d]
                 if h0 is not None
@@ -145,8 +151,9 @@ def replay_parallel(module: ParallelRecurrent, x: Tensor, hx=None, *, retain_gra
         if module.dropout and module.training and k < module.num_layers - 1:
             data = F.dropout(data, module.dropout, True)
     h_n, out = torch.stack(finals), data
+    h_n = (h_n, tuple(lasts)) if convolved else h_n
     if unbatched:
-        out, h_n = out.squeeze(1), h_n.squeeze(1)
+        out, h_n = out.squeeze(1), module._unbatch_state(h_n)
     elif module.batch_first:
         out = out.transpose(0, 1)
     return out, h_n, trace

@@ -9,7 +9,8 @@ exactly as :class:`rnnkit.RecurrentStack` does for the classic cells:
 * input ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first``, ``(L, H_in)`` unbatched, or a
   ``PackedSequence`` (output packed the same way);
 * ``hx``: initial state ``(D * num_layers, N, S)`` (``(D * num_layers, S)`` unbatched), zeros
-  when omitted; ``h_n`` is shaped alike (layer-major, direction-minor, as torch);
+  when omitted; ``h_n`` is shaped alike (layer-major, direction-minor, as torch) — the QRNN
+  with ``window=2`` adds its convolution's past, ``(c, (x_prev_0, ...))`` (:mod:`.qrnn`);
 * ``num_layers``, ``bidirectional`` (the reverse direction scans with ``reverse=True``, its
   parameters carry torch's ``_reverse`` suffix), inter-layer ``dropout``;
 * ``step(x_t, state)`` for streaming inference: the same numbers as the whole-sequence call.
@@ -51,7 +52,7 @@ class ParallelRecurrent(nn.Module):
         self.bidirectional = bidirectional
         self._names: list[list[dict[str, str]]] = []
         for k in range(num_layers):
-            n_in = input_size if k == 0 else hidden_size * self.num_directions
+            n_in = self.layer_input_size(k)
             self._names.append([])
             for d in range(self.num_directions):
                 names = {}
@@ -101,7 +102,7 @@ class ParallelRecurrent(nn.Module):
     def reset_parameters(self) -> None:
         with torch.no_grad():
             for k in range(self.num_layers):
-                n_in = self.input_size if k == 0 else self.hidden_size * self.num_directions
+                n_in = self.layer_input_size(k)
                 for d in range(self.num_directions):
                     self.init_params(self.layer_params(k, d), n_in)
 
@@ -131,6 +132,16 @@ class ParallelRecurrent(nn.Module):
         (h,) = _checks.check_state(hx, ("h",), [shape], self._state_ref())
         return h if batch is not None else h.unsqueeze(1)
 
+    def _forward_state(self, hx, batch: int | None):
+        """:meth:`forward`'s initial state, checked, in the form :meth:`_run_layers` takes
+        (``batch`` ``None``: unbatched); a subclass whose state holds more than ``s`` (the
+        QRNN's convolution past) overrides it with :meth:`_unbatch_state`."""
+        return self._initial_state(hx, batch)
+
+    def _unbatch_state(self, h_n):
+        """``h_n`` of a batch of one, without its batch dimension (an unbatched input's)."""
+        return h_n.squeeze(1)
+
     def forward(self, input, hx=None, lengths=None):
         """Whole sequence; see the module docstring for shapes. Returns ``(output, h_n)``.
         ``lengths`` (``(N,)`` ints) marks a padded batch, as :class:`rnnkit.RecurrentStack`'s:
@@ -146,17 +157,20 @@ class ParallelRecurrent(nn.Module):
             mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)
             unbatched = False
         else:
-            _checks.check_input(input, self.input_size, False, self._ref)
+            # an empty batch gives empty outputs and states, as torch.nn's layers
+            batched = _checks.check_tensor(input, "input").dim() == 3
+            batch_dim = (0 if self.batch_first else 1) if batched else None
+            _checks.check_input(input, self.input_size, False, self._ref, batch_dim)
             unbatched = input.dim() == 2
             x = input.unsqueeze(1) if unbatched else input
             if self.batch_first and not unbatched:
                 x = x.transpose(0, 1)
-        h0 = self._initial_state(hx, None if unbatched else x.shape[1])
+        h0 = self._forward_state(hx, None if unbatched else x.shape[1])
         out, h_n = self._run_layers(x, h0, mask)
         if packed:
             out = _repack(out, lengths, input)
         elif unbatched:
-            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            out, h_n = out.squeeze(1), self._unbatch_state(h_n)
         elif self.batch_first:
             out = out.transpose(0, 1)
         return out, h_n
@@ -170,13 +184,22 @@ class ParallelRecurrent(nn.Module):
                 y, s = self.run(self.layer_params(k, d), x, s0, mask, reverse=d == 1)
                 outs.append(y)
                 finals.append(s)
-            x = outs[0] if D == 1 else torch.cat(outs, -1)
-            if k < self.num_layers - 1:
-                if mask is not None:  # padded steps feed the next layer zeros, like fresh padding
-                    x = x * mask
-                if self.dropout and self.training:
-                    x = F.dropout(x, self.dropout, True)
+            x = self._next_layer_input(outs, mask, k)
         return x, torch.stack(finals)
+
+    def _next_layer_input(self, outs: list[Tensor], mask: Tensor | None, k: int) -> Tensor:
+        """Layer ``k``'s directions' outputs joined: the output, or layer ``k + 1``'s input."""
+        x = outs[0] if len(outs) == 1 else torch.cat(outs, -1)
+        if k < self.num_layers - 1:
+            if mask is not None:  # padded steps feed the next layer zeros, like fresh padding
+                x = x * mask
+            if self.dropout and self.training:
+                x = F.dropout(x, self.dropout, True)
+        return x
+
+    def layer_input_size(self, layer: int) -> int:
+        """Features of layer ``layer``'s input: ``input_size``, then ``D * hidden_size``."""
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
 
     # -- streaming ---------------------------------------------------------------------------
     def _check_step_input(self, input) -> tuple[Tensor, bool]:
@@ -187,7 +210,7 @@ class ParallelRecurrent(nn.Module):
             _checks.fail(f"step() expects one time step (N, H_in) or (H_in,), got shape {tuple(input.shape)}")
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
-        _checks.check_input(x, self.input_size, True, self._ref)
+        _checks.check_input(x, self.input_size, True, self._ref, batch_dim=0)  # may be empty
         return x, unbatched
 
     def step(self, input: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:

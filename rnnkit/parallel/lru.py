@@ -5,11 +5,15 @@ arXiv:2303.06349): a diagonal complex linear recurrence::
     λ = exp(−exp(ν) + iθ),   γ = sqrt(1 − |λ|²)
 
 ``λ`` is initialized uniformly on the ring ``r_min ≤ |λ| ≤ r_max`` (``ν = log(−½ log(u₁(r_max² −
-r_min²) + r_min²))``) with phase ``θ = max_phase · u₂``; ``B = (B_re + i B_im)``, entries
-``N(0, 1/(2 H_in))``; ``C = (C_re + i C_im)``, entries ``N(0, 1/S)``; ``D`` ``N(0, 1)``. ``γ`` is
-recomputed from ``λ`` at every call (the normalization stays exact while ``ν`` trains; the
-paper's code instead trains ``log γ`` from that initial value). ``D`` is diagonal ``(H,)`` as in
-the paper when ``input_size == hidden_size`` and a dense ``(H, H_in)`` matrix otherwise.
+r_min²) + r_min²))``) with phase ``θ = max_phase · u₂`` (trained as is; the paper's code trains
+``log θ``); ``B = (B_re + i B_im)``, entries ``N(0, 1/(2 H_in))``; ``C = (C_re + i C_im)``,
+entries ``N(0, 1/S)``. ``γ`` is recomputed from ``λ`` at every call (the normalization stays
+exact while ``ν`` trains; the paper's code instead trains ``log γ`` from that initial value).
+``D`` is diagonal ``(H,)`` with entries ``N(0, 1)`` as in the paper (its code draws
+``D = normal(size=(H,))``) when ``input_size == hidden_size``. Otherwise — a case the paper,
+with one model width ``H``, does not have — ``D`` is a dense ``(H, H_in)`` matrix with entries
+``N(0, 1/H_in)``, not ``N(0, 1)``: each ``(D x)_i`` then has the variance of the diagonal
+case's ``D_i x_i`` (the mean of ``x_j²``) instead of ``H_in`` times it.
 
 The state ``h`` is complex, of ``state_size`` features (default ``hidden_size``); ``h_0`` and
 ``h_n`` are complex ``(D·num_layers, N, S)``. The output ``y`` is real, ``hidden_size`` wide.
@@ -96,7 +100,8 @@ class LRU(ParallelRecurrent):
     def readout(self, p: Params, h: Tensor, x: Tensor) -> Tensor:
         """``Re(C h) + D x``: one real GEMM on the interleaved (re, im) state."""
         w = torch.stack([p["C_re"], -p["C_im"]], -1).reshape(self.hidden_size, 2 * self.state_size)
-        y = (torch.view_as_real(h).reshape(-1, 2 * self.state_size) @ w.t()).view(*h.shape[:-1], -1)
+        y = torch.view_as_real(h).reshape(-1, 2 * self.state_size) @ w.t()
+        y = y.view(*h.shape[:-1], self.hidden_size)  # not -1: an empty batch has no size to infer
         D = p["D"]
         return torch.addcmul(y, x, D) if D.dim() == 1 else y + x @ D.t()
 

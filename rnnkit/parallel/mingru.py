@@ -114,7 +114,8 @@ class MinGRU(ParallelRecurrent):
     def project(self, p: Params, x: Tensor) -> Tensor:
         """All gates of all steps in one GEMM: ``(..., I) -> (..., G)``."""
         flat = x.reshape(-1, x.shape[-1])
-        return linear(flat, p["weight_ih"], p.get("bias_ih")).view(*x.shape[:-1], -1)
+        u = linear(flat, p["weight_ih"], p.get("bias_ih"))
+        return u.view(*x.shape[:-1], u.shape[-1])  # not -1: an empty batch has no size to infer
 
     def coefficients(self, u: Tensor) -> tuple[Tensor, Tensor]:
         """``(a, b)`` (or ``(log a, log b)`` in log space) from the projected gates ``u``."""

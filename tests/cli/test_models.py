@@ -14,7 +14,7 @@ def cfg(cell, **kw):
             "conv_channels": 4, "conv_layers": 2, **kw}  # fmt: skip
 
 
-@pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru", "lstm"])
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru", "lstm", "qrnn", "conv-qrnn", "mingru"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_streaming_equals_one_pass(arch, batch_first):
     """Running in chunks with the state carried == one run over the whole sequence."""
@@ -123,6 +123,43 @@ def test_arith_layout_and_greedy_oracle():
             return torch.nn.functional.one_hot(idx, 12).double(), t0 + inp.shape[1]
 
     torch.testing.assert_close(arith_greedy(Oracle(), x, y, 2), y[:, -3:])
+
+
+@pytest.mark.parametrize("arch", ["lstm", "qrnn"])
+def test_step_by_step_decoding_equals_rerunning_the_whole_sequence(arch):
+    """The tasks that decode one step at a time with the state carried (memory's arith greedy
+    decode, Forecaster.forecast, Seq2Seq's decoder) compute what one call on the whole sequence
+    so far computes. With --arch qrnn they did not: h_n held only c, each call restarted the
+    window-2 convolution from x_{-1} = 0."""
+    from rnnkit.tasks.forecast import Forecaster
+    from rnnkit.tasks.memory import arith, arith_greedy, memory_model
+    from rnnkit.tasks.seq2seq import BOS, EOS, Seq2Seq, greedy_decode
+
+    torch.manual_seed(0)
+    model = memory_model("arith", cfg(arch, hidden=8), {}).eval()
+    x, y = arith(4, 2, seed=0)
+    seq = x[:, :6]  # the question, then the model's own characters
+    for _ in range(3):
+        seq = torch.cat([seq, model(seq)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(arith_greedy(model, x, y, 2), seq[:, 6:])
+
+    f = Forecaster(cfg(arch)).eval()
+    series = torch.randn(3, 8, 1)
+    with torch.no_grad():
+        got, seen = f.forecast(series, 4), series
+        for _ in range(4):
+            seen = torch.cat([seen, f(seen)[0][:, -1:]], 1)
+    torch.testing.assert_close(got, seen[:, 8:], rtol=1e-10, atol=1e-10)
+
+    s2s = Seq2Seq(cfg(arch), 9, 9).eval()
+    src, lengths = torch.randint(3, 9, (3, 5)), torch.tensor([5, 3, 4])
+    with torch.no_grad():
+        c, ys = s2s.encode(src, lengths), torch.full((3, 1), BOS)
+        for _ in range(4):  # the decoder rerun on all tokens so far ([embed(y_{t-1}), c] each step)
+            inp = torch.cat([s2s.tgt_embed(ys), c[:, None].expand(-1, ys.shape[1], -1)], -1)
+            ys = torch.cat([ys, s2s.out(s2s.decoder(inp)[0][:, -1]).argmax(-1, keepdim=True)], 1)
+    want = [row[: row.index(EOS)] if EOS in row else row for row in ys[:, 1:].tolist()]
+    assert greedy_decode(s2s, src, lengths, 4) == want
 
 
 def test_forecast_baselines():

@@ -40,11 +40,14 @@ def minlstm(module, p, x, h):
     return torch.stack(out), h
 
 
-def qrnn(module, p, x, c):
-    """Bradbury et al. (2017): masked convolution over time, then fo-pooling."""
+def qrnn(module, p, x, c, prev=None):
+    """Bradbury et al. (2017): masked convolution over time, then fo-pooling; ``prev (B, I)``
+    is ``x_{-1}`` (the input before this call's first step) for ``window=2``, else zeros."""
     k, (T, _, I) = module.window, x.shape
     W = p["weight_ih"].view(-1, k, I)  # (3H, window, I): column blocks x_{t-1}, x_t
     xc = F.pad(x.permute(1, 2, 0), (k - 1, 0))  # (B, I, T + k − 1), causal: zeros before t = 0
+    if prev is not None and k == 2:
+        xc = torch.cat([prev.unsqueeze(-1), xc[..., 1:]], -1)
     u = F.conv1d(xc, W.permute(0, 2, 1), p.get("bias_ih")).permute(2, 0, 1)  # (T, B, 3H)
     Z, Fg, O = u.chunk(3, -1)
     Z, Fg, O = torch.tanh(Z), torch.sigmoid(Fg), torch.sigmoid(O)
@@ -73,12 +76,19 @@ REFS = {"MinGRU": mingru, "MinLSTM": minlstm, "QRNN": qrnn, "LRU": lru}
 
 
 def stack(module, x, h0=None):
-    """The whole layer from the reference of one direction: time-major ``x (T, B, I)``."""
+    """The whole layer from the reference of one direction: time-major ``x (T, B, I)``. A
+    QRNN with ``window=2`` takes and returns ``(c, (x_prev_0, ...))`` (``h0`` may be ``c``):
+    ``x_prev_k`` is ``x_{-1}`` of layer ``k``'s forward direction, and its last input after."""
     ref = REFS[type(module).__name__]
-    D, finals = module.num_directions, []
+    D, finals, lasts = module.num_directions, [], []
     B = x.shape[1]
+    conv = getattr(module, "window", 1) == 2
+    prevs = None
+    if conv and isinstance(h0, tuple):
+        h0, prevs = h0
     for k in range(module.num_layers):
         outs = []
+        lasts.append(x[-1])
         for d in range(D):
             s = (
                 h0[k * D + d]
@@ -87,11 +97,11 @@ def stack(module, x, h0=None):
             )
             p = module.layer_params(k, d)
             if d == 0:
-                y, s = ref(module, p, x, s)
+                y, s = ref(module, p, x, s, prevs[k]) if prevs is not None else ref(module, p, x, s)
             else:
                 y, s = ref(module, p, x.flip(0), s)
                 y = y.flip(0)
             outs.append(y)
             finals.append(s)
         x = torch.cat(outs, -1)
-    return x, torch.stack(finals)
+    return x, ((torch.stack(finals), tuple(lasts)) if conv else torch.stack(finals))

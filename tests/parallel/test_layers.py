@@ -7,6 +7,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from rnnkit.state import map_tensors
 
 from . import references
 
@@ -41,6 +42,25 @@ def _close_all(got, want, tol=1e-9):
         torch.testing.assert_close(u, v, rtol=tol, atol=tol)
 
 
+def flat(out):
+    """``(output, h_n)`` as a flat list of tensors (QRNN window=2: ``h_n = (c, x_prevs)``)."""
+    leaves = []
+    map_tensors(leaves.append, out)
+    return leaves
+
+
+def seq(h, i):
+    """Sequence ``i`` of a batched ``h_n``, as the unbatched call returns it."""
+    if isinstance(h, tuple):  # QRNN window=2: (c (LD, B, H), (x_prev_k (B, I_k), ...))
+        return h[0][:, i], tuple(p[i] for p in h[1])
+    return h[:, i]
+
+
+def c_of(h):
+    """The recurrent state tensor of ``h_n`` (``c`` of the QRNN's ``(c, x_prevs)``)."""
+    return h[0] if isinstance(h, tuple) else h
+
+
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("L,bidir", [(1, False), (2, True)])
 @pytest.mark.parametrize("with_h0", [False, True])
@@ -49,8 +69,7 @@ def test_matches_paper_reference(name, L, bidir, with_h0):
     m = make(name, num_layers=L, bidirectional=bidir)
     x = torch.randn(7, 2, m.input_size, requires_grad=True)
     h0 = state(m, 2, positive="log" in name) if with_h0 else None
-    got = m(x, h0)
-    want = references.stack(m, x, h0)
+    got, want = flat(m(x, h0)), flat(references.stack(m, x, h0))
     _close_all(got, want)
     leaves = [x, *([h0] if with_h0 else []), *m.parameters()]
     w = [torch.randn_like(t) for t in want]
@@ -79,7 +98,7 @@ def test_step_loop_matches_whole_sequence(name):
         y, s = m.step(x[t], s)
         ys.append(y)
     torch.testing.assert_close(torch.stack(ys), out)
-    torch.testing.assert_close(s[0] if isinstance(s, tuple) else s, h_n)
+    torch.testing.assert_close(s, h_n)  # QRNN window=2: (c, x_prevs) both ways
     y1, _ = m.step(x[0, 0])  # unbatched step from zeros == the batched whole sequence's first step
     torch.testing.assert_close(y1, m(x[:1, :1])[0][0, 0])
 
@@ -98,7 +117,7 @@ def test_packed_equals_each_sequence_alone(name):
     for i, n in enumerate(lengths.tolist()):
         y, h = m(x[:n, i], h0[:, i])  # unbatched, alone
         torch.testing.assert_close(padded[:n, i], y)
-        torch.testing.assert_close(h_n[:, i], h)
+        torch.testing.assert_close(seq(h_n, i), h)
         assert not padded[n:, i].any()
 
 
@@ -136,7 +155,9 @@ def test_bidirectional_is_forward_plus_reversed(name):
     yb, hb = bwd(x.flip(0))
     torch.testing.assert_close(out[..., :H], yf)
     torch.testing.assert_close(out[..., H:], yb.flip(0))
-    torch.testing.assert_close(h_n, torch.cat([hf, hb]))
+    torch.testing.assert_close(c_of(h_n), torch.cat([c_of(hf), c_of(hb)]))
+    if isinstance(h_n, tuple):  # QRNN window=2: x_prev is the layer's last input, in both cases
+        torch.testing.assert_close(h_n[1], hf[1])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -150,7 +171,7 @@ def test_batch_first_and_unbatched(name):
     torch.testing.assert_close(hb, h)
     o1, h1 = m(x[:, 1])
     torch.testing.assert_close(o1, out[:, 1])
-    torch.testing.assert_close(h1, h[:, 1])
+    torch.testing.assert_close(h1, seq(h, 1))
 
 
 @pytest.mark.parametrize("name", ["mingru", "minlstm", "qrnn", "lru", "mingru_log"])
@@ -159,6 +180,7 @@ def test_long_sequence_stays_finite(name):
     m = make(name, H=4)
     x = (torch.randn(100_000, 2, m.input_size) * 3).requires_grad_(True)
     out, h = m(x)
+    h = c_of(h)
     assert torch.isfinite(out).all() and torch.isfinite(torch.view_as_real(h) if h.is_complex() else h).all()
     out.sum().backward()
     assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in m.parameters())
@@ -217,7 +239,7 @@ def test_qrnn_zoneout_eval_is_the_expectation(window):
         outs.append(o * c)
     y, cn = m(x, c0)
     torch.testing.assert_close(y, torch.stack(outs))
-    torch.testing.assert_close(cn[0], c)
+    torch.testing.assert_close(c_of(cn)[0], c)
     # the training masks average to it: the mean of many training steps from the same state
     m1 = rnnkit.QRNN(I, H, window=1, zoneout=p).double()
     x1, s0 = x[0, :1].expand(20000, I), c0[0, :1].expand(20000, H)
@@ -296,3 +318,47 @@ def test_clear_errors():
         make("mingru_log")(torch.randn(5, 2, 3), -torch.ones(1, 2, 4))
     with pytest.raises(ValueError, match="complex"):
         make("lru")(torch.randn(5, 2, 3), torch.zeros(1, 2, 3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_empty_batch_gives_empty_outputs_and_states(name, batch_first):
+    """A batch of 0 sequences: empty output and state of the right shapes, as torch.nn's layers
+    and rnnkit.LSTM give (the checks refused it, and ``.view(..., -1)`` could not infer a size
+    from no elements), with lengths= too and through step() and backward."""
+    m = make(name, num_layers=2, bidirectional=True, batch_first=batch_first)
+    x = torch.randn((0, 5, 3) if batch_first else (5, 0, 3), requires_grad=True)
+    _, like = m(torch.randn((1, 5, 3) if batch_first else (5, 1, 3)))  # the state of a batch of one
+
+    def shapes(h, batch=None):  # the batch is the next-to-last dimension: c (LD, N, S), x_prev (N, I)
+        return map_tensors(lambda t: (*t.shape[:-2], t.shape[-2] if batch is None else batch, t.shape[-1]), h)
+
+    empty = shapes(like, 0)
+    out, h_n = m(x)
+    assert out.shape == ((0, 5, 2 * m.hidden_size) if batch_first else (5, 0, 2 * m.hidden_size))
+    assert shapes(h_n) == empty
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+    for lengths in (None, torch.zeros(0, dtype=torch.long)):  # the empty state as h_0, lengths=
+        out2, h2 = m(x, h_n, lengths)
+        assert out2.shape == out.shape
+        assert shapes(h2) == empty
+    one = make(name, num_layers=2)
+    y, s = one.step(torch.randn(0, 3))
+    y, s = one.step(torch.randn(0, 3), s)
+    assert y.shape == (0, one.hidden_size)
+    assert shapes(s) == shapes(one.step(torch.randn(1, 3))[1], 0)
+
+
+def test_lru_d_init_is_what_the_docstring_says():
+    """The docstring said ``D ~ N(0, 1)``; the dense ``D`` (input_size != hidden_size, not in the
+    paper) is drawn ``N(0, 1/H_in)``, the diagonal one ``N(0, 1)`` as the paper's code."""
+    from rnnkit.parallel import lru
+
+    torch.manual_seed(0)
+    diag, dense = rnnkit.LRU(400, 400).D_l0.detach(), rnnkit.LRU(400, 300).D_l0.detach()
+    assert diag.shape == (400,) and dense.shape == (300, 400)
+    assert abs(float(diag.std()) - 1.0) < 0.1 and abs(float(dense.std()) * 400**0.5 - 1.0) < 0.02
+    doc = " ".join(lru.__doc__.split())
+    assert "``D`` is diagonal ``(H,)`` with entries ``N(0, 1)`` as in the paper" in doc
+    assert "dense ``(H, H_in)`` matrix with entries ``N(0, 1/H_in)``" in doc

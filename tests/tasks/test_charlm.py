@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
 
+import rnnkit
 from rnnkit.datasets import CharVocab
 from rnnkit.tasks import BASELINE, RECIPE, RECIPE_LONG, CharLM, detach_state, lr_at, recipe_for, sample
 
@@ -18,7 +21,7 @@ def _model(factory=nn.LSTM, layers: int = 2) -> CharLM:
                   rnn_factory=factory).eval()  # fmt: skip
 
 
-@pytest.mark.parametrize("factory", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("factory", [nn.LSTM, nn.GRU, nn.RNN, rnnkit.QRNN])
 def test_shapes_and_state_carry(factory) -> None:
     model = _model(factory)
     x = torch.randint(0, len(VOCAB), (3, 10))
@@ -81,15 +84,31 @@ def test_sample_deterministic_and_streaming() -> None:
     assert greedy == "".join(sample(model, VOCAB, "abc", 10, 0.0))
 
 
-def test_sample_matches_full_forward() -> None:
+@pytest.mark.parametrize("factory", [nn.LSTM, rnnkit.QRNN])
+def test_sample_matches_full_forward(factory) -> None:
     """Streaming with state equals rerunning the whole sequence (greedy)."""
-    model = _model()
-    out = "".join(sample(model, VOCAB, "ab", 5, 0.0))
+    model = _model(factory)
+    out = "".join(sample(model, VOCAB, "ab", 12, 0.0))
     seq = "ab"
     for ch in out:
         logits, _ = model(VOCAB.encode(seq).unsqueeze(0))
         assert VOCAB.chars[int(logits[0, -1].argmax())] == ch
         seq += ch
+
+
+@pytest.mark.parametrize("factory", [nn.LSTM, rnnkit.QRNN, functools.partial(rnnkit.QRNN, window=1)])
+def test_scoring_one_char_at_a_time_equals_the_whole_sequence(factory) -> None:
+    """Teacher-forced log-probabilities fed one character at a time with the state carried (what
+    sampling does) == one call on the whole text. The QRNN (window=2) restarted its convolution
+    from x_{-1} = 0 at every call: its h_n held only c (log-probs off by ~0.1)."""
+    model = _model(factory)
+    x = VOCAB.encode("abc defgh\nhgf edcba").unsqueeze(0)
+    whole = torch.log_softmax(model(x)[0], -1)
+    state, steps = None, []
+    for t in range(x.shape[1]):
+        logits, state = model(x[:, t : t + 1], state)
+        steps.append(torch.log_softmax(logits, -1))
+    torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=1e-10, atol=1e-10)
 
 
 def test_sample_errors() -> None:
