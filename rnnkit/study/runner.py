@@ -17,7 +17,8 @@ skips the finished runs and repeats at most the one that was in flight. Asking f
 trials later extends the same grid.
 
 Parallelism: ``workers > 1`` runs the grid over a process pool (the parent writes the
-records); under ``torchrun`` each rank takes every ``world_size``-th run and writes
+records; when a run fails, no new run starts, the runs in flight finish and are recorded,
+then the failure is raised); under ``torchrun`` each rank takes every ``world_size``-th run and writes
 ``runs.rank{r}.jsonl``, and rank 0 writes the report.
 """
 
@@ -311,8 +312,21 @@ def run_grid(study: Study, specs: list[Spec], done: int, total: int, steps: int,
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                      initargs=(threads,)) as pool:  # fmt: skip
                 futures = [pool.submit(execute, study, s, steps, cap(s)) for s in mine]
+                failure = None
                 for fut in as_completed(futures):
-                    yield finish(fut.result())
+                    if fut.cancelled():
+                        continue
+                    try:
+                        rec = fut.result()
+                    except Exception as e:  # start no more runs; record those still running
+                        if failure is None:
+                            failure = e
+                            for f in futures:
+                                f.cancel()
+                        continue
+                    yield finish(rec)
+                if failure is not None:
+                    raise failure
     finally:
         if bar is not None:
             bar.close()
