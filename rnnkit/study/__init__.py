@@ -61,7 +61,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
 
     ``steps`` fixes the steps per run instead of deriving them from ``budget_minutes``;
     ``settings`` override the study's task settings (e.g. ``{"digits": 4}``); ``archs``
-    picks a subset of its architectures (by name).
+    picks a subset of its architectures (by name). On a resume, ``archs`` runs and reports
+    that subset; the stored grid keeps its other architectures (and gains new ones), so a
+    resume without ``archs`` covers every architecture the study has had.
     """
     study = get_study(name)
     for flag, v in (("seeds", seeds), ("steps", steps), ("budget_minutes", budget_minutes)):
@@ -95,6 +97,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
             )
         s, steps = meta["settings"], meta["steps"]
         names = list(archs) if archs else meta["archs"]
+    # the grid's architectures: a resume with --archs runs (and reports) that subset, adds
+    # the new ones to the grid and keeps the rest, so a plain resume still covers them all
+    grid = names if meta is None else [a.name for a in study.archs if a.name in {*meta["archs"], *names}]
     arch_list = [a for a in study.archs if a.name in names]
     K = seeds or (meta["seeds"] if meta else study.default_seeds)
     budget = budget_minutes or (meta["budget_minutes"] if meta else study.default_budget_minutes)
@@ -109,7 +114,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
             steps = steps_for_budget(costs, K, budget * 60, parallel, s.get("n_evals", 10),
                                      s.get("min_steps", 1), s.get("max_steps", 10**9))  # fmt: skip
     if rank == 0:
-        save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": K, "archs": names,
+        save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": K, "archs": grid,
                               "budget_minutes": budget, "parallel": parallel, "costs": costs})  # fmt: skip
     _barrier(world)
     if rank != 0:

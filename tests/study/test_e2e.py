@@ -57,6 +57,22 @@ def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
         run_study("chung", out)
 
 
+def test_resume_with_archs_keeps_the_stored_grid(tmp_path):
+    """``--archs`` on a resume used to overwrite study.json's architecture list, so a later
+    plain resume ran and reported only that subset."""
+    out = tmp_path / "sub"
+    kw = {"progress": False, "report": False}
+    run_study("jozefowicz", out, steps=2, seeds=1, archs=["Tanh", "LSTM"], settings=TINY_ARITH, **kw)
+    res = run_study("jozefowicz", out, archs=["LSTM"], **kw)  # the subset: run and reported alone
+    assert [r["key"] for r in res["records"]] == ["LSTM#0"] and res["skipped"] == 1
+    assert json.loads((out / "study.json").read_text())["archs"] == ["Tanh", "LSTM"]
+    res = run_study("jozefowicz", out, archs=["GRU"], **kw)  # a new architecture joins the grid
+    assert [r["key"] for r in res["records"]] == ["GRU#0"] and res["skipped"] == 0
+    assert json.loads((out / "study.json").read_text())["archs"] == ["Tanh", "LSTM", "GRU"]
+    res = run_study("jozefowicz", out, **kw)
+    assert sorted(r["key"] for r in res["records"]) == ["GRU#0", "LSTM#0", "Tanh#0"] and res["skipped"] == 3
+
+
 @pytest.mark.parametrize(
     "name, archs", [("greff", ["V", "NFG", "NP", "CIFG"]), ("chung", ["Tanh", "GRU", "LSTM"])]
 )
