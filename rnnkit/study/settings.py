@@ -23,8 +23,12 @@ def _num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _ints(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_int(x) for x in v)
+def _pos(v: Any) -> bool:
+    return _int(v) and v > 0
+
+
+def _ints(v: Any) -> bool:  # positive ones
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_pos(x) for x in v)
 
 
 def _range(v: Any) -> bool:
@@ -41,37 +45,39 @@ def _tasks(v: Any) -> bool:
             and all(isinstance(t, str) and (TASKS is None or t in TASKS) for t in v))  # fmt: skip
 
 
-_INT = ("an integer", _int)
-_NUM = ("a number", _num)
+_POS = ("a positive integer", _pos)
+_NONNEG = ("an integer >= 0", lambda v: _int(v) and v >= 0)
+_NUM = ("a positive number", lambda v: _num(v) and v > 0)
 _PATH = ("a path or None", lambda v: v is None or isinstance(v, str))
 
 # key -> (expected form, check); a key of a study's settings missing here is not checked
 FORMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "lr": ("a [lo, hi] range of two positive numbers, lo <= hi, e.g. lr=[1e-3,1e-2]", _range),
-    "hidden": ("an integer (one size), a non-empty list of integers (searched), e.g. hidden=[64,128], "
-               "or None", lambda v: v is None or _int(v) or _ints(v)),  # fmt: skip
-    "digits": _INT,
+    "hidden": ("a positive integer (one size), a non-empty list of them (searched), e.g. "
+               "hidden=[64,128], or None", lambda v: v is None or _pos(v) or _ints(v)),  # fmt: skip
+    "digits": _POS,
     "ops": ("a non-empty string of '+' and '-', e.g. ops=+-",
             lambda v: isinstance(v, str) and len(v) > 0 and set(v) <= set("+-")),  # fmt: skip
-    "delay": _INT,
-    "batch": _INT,
-    "embed": _INT,
-    "n_valid": _INT,
-    "n_test": _INT,
-    "n_evals": _INT,
-    "min_steps": _INT,
-    "max_steps": _INT,
+    "delay": _NONNEG,
+    "batch": _POS,
+    "embed": _POS,
+    "n_valid": _POS,
+    "n_test": _POS,
+    "n_evals": _POS,
+    "min_steps": _POS,
+    "max_steps": _POS,
     "clip": _NUM,
     "quantum": _NUM,
-    "window": _INT,
+    "window": _POS,
     "data": _PATH,
     "data_dir": _PATH,
-    "max_chorales": _INT,
-    "params": ("an integer or None", lambda v: v is None or _int(v)),
-    "hidden_size": _INT,
-    "steps": _INT,
-    "threshold": _NUM,
-    "lags": ("a non-empty list of increasing integers, e.g. lags=[5,10,20]",
+    "max_chorales": ("an integer >= 0 (0: all of them)", _NONNEG[1]),
+    "params": ("an integer >= 0 or None (0 or None: no parameter matching)",
+               lambda v: v is None or (_int(v) and v >= 0)),  # fmt: skip
+    "hidden_size": _POS,
+    "steps": _POS,
+    "threshold": ("a number in (0, 1]", lambda v: _num(v) and 0 < v <= 1),
+    "lags": ("a non-empty list of increasing positive integers, e.g. lags=[5,10,20]",
              lambda v: _ints(v) and all(a < b for a, b in zip(v, v[1:]))),  # fmt: skip
     "tasks": ("a non-empty list of memory tasks, e.g. tasks=['copy','plus_one']", _tasks),
 }
