@@ -217,9 +217,19 @@ class CharVocab:
         return torch.from_numpy(idx_c)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Ids of shape (N,) -> string of length N."""
+        """Ids of shape (N,) -> string of length N.
+
+        Raises:
+            ValueError: an id outside ``[0, len(self))`` (a negative one would otherwise
+                index from the end of the vocabulary).
+        """
         if isinstance(ids, torch.Tensor):
             ids = ids.reshape(-1).tolist()
+        ids = list(ids)
+        n = len(self.chars)
+        bad = [int(i) for i in ids if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"ids outside the vocabulary's range [0, {n}): {bad[:10]}")
         return "".join(self.chars[i] for i in ids)
 
     def to_dict(self) -> dict[str, list[str]]:

@@ -85,9 +85,10 @@ def plus_one(
 
 def adding(n: int, length: int, *, seed: int = 0, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
     """The adding problem: inputs ``(n, length, 2)``: channel 0 values ``U(0, 1)``, channel 1
-    markers — exactly two ones, one uniformly in ``[0, length/2)`` and one in
-    ``[length/2, length)``. Target ``(n,)``: the sum of the two marked values (the
-    constant prediction 1 has mean squared error 1/6)."""
+    markers — exactly two ones, one uniformly in ``[0, length // 2)`` and one in
+    ``[length // 2, length)`` (for an odd length the second range is one position longer:
+    ``length=5`` gives positions 0-1 and 2-4). Target ``(n,)``: the sum of the two marked
+    values (the constant prediction 1 has mean squared error 1/6)."""
     _check_positive(n=n, length=length)
     if length < 2:
         raise ValueError(f"length must be >= 2 (one marker per half), got {length}")

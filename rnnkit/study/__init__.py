@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,9 +31,11 @@ from .runner import (
     save_json,
     steps_for_budget,
 )
+from .settings import SettingError, check_settings
 from .studies import STUDIES, get_study
 
-__all__ = ["Arch", "Spec", "Study", "STUDIES", "get_study", "run_study", "add_arguments", "run", "main"]
+__all__ = ["Arch", "Spec", "Study", "STUDIES", "SettingError", "get_study", "run_study", "add_arguments",
+           "run", "main"]  # fmt: skip
 
 
 def _dist() -> tuple[int, int]:
@@ -61,24 +64,22 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
 
     ``steps`` fixes the steps per run instead of deriving them from ``budget_minutes``;
     ``settings`` override the study's task settings (e.g. ``{"digits": 4}``); ``archs``
-    picks a subset of its architectures (by name).
+    picks a subset of its architectures (by name). On a resume, ``archs`` runs and reports
+    that subset; the stored grid keeps its other architectures (and gains new ones), so a
+    resume without ``archs`` covers every architecture the study has had.
     """
     study = get_study(name)
     for flag, v in (("seeds", seeds), ("steps", steps), ("budget_minutes", budget_minutes)):
         if v is not None and not v > 0:  # 0 is an error, not the default
             raise ValueError(f"{flag} must be positive, got {v}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    s = dict(study.settings)
-    for k, v in (settings or {}).items():
-        if k not in s:
-            raise ValueError(f"study {name!r} has no setting {k!r}; its settings are {sorted(s)}")
-        s[k] = v
+    s = check_settings(name, study.settings, settings or {})
     names = list(archs) if archs else [a.name for a in study.archs]
     known = [a.name for a in study.archs]
     for n in names:
         if n not in known:
             raise ValueError(f"study {name!r} has no architecture {n!r}; choose from {known}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if meta is not None:  # resume: the grid is defined by what was stored
@@ -95,6 +96,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
             )
         s, steps = meta["settings"], meta["steps"]
         names = list(archs) if archs else meta["archs"]
+    # the grid's architectures: a resume with --archs runs (and reports) that subset, adds
+    # the new ones to the grid and keeps the rest, so a plain resume still covers them all
+    grid = names if meta is None else [a.name for a in study.archs if a.name in {*meta["archs"], *names}]
     arch_list = [a for a in study.archs if a.name in names]
     K = seeds or (meta["seeds"] if meta else study.default_seeds)
     budget = budget_minutes or (meta["budget_minutes"] if meta else study.default_budget_minutes)
@@ -109,7 +113,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
             steps = steps_for_budget(costs, K, budget * 60, parallel, s.get("n_evals", 10),
                                      s.get("min_steps", 1), s.get("max_steps", 10**9))  # fmt: skip
     if rank == 0:
-        save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": K, "archs": names,
+        save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": K, "archs": grid,
                               "budget_minutes": budget, "parallel": parallel, "costs": costs})  # fmt: skip
     _barrier(world)
     if rank != 0:
@@ -154,7 +158,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--archs", default=None, help="comma-separated subset of the study's architectures")
     p.add_argument("--set", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
-                   help="override a task setting, e.g. --set digits=4 --set hidden=[128]")  # fmt: skip
+                   help="override a task setting, e.g. --set digits=4 --set lr=[1e-3,3e-3]")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=1, help="processes running runs in parallel")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per worker process")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -163,13 +167,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from rnnkit.cli import CLIError
+
     torch.set_num_threads(args.threads)
     out = args.out or f"runs/study-{args.name}"
-    res = run_study(
-        args.name, out, budget_minutes=args.budget_minutes, seeds=args.seeds, steps=args.steps,
-        archs=args.archs.split(",") if args.archs else None, settings=dict(args.set), workers=args.workers,
-        threads=args.threads, progress=False if args.no_progress else None,
-    )  # fmt: skip
+    try:
+        res = run_study(
+            args.name, out, budget_minutes=args.budget_minutes, seeds=args.seeds, steps=args.steps,
+            archs=args.archs.split(",") if args.archs else None, settings=dict(args.set),
+            workers=args.workers, threads=args.threads, progress=False if args.no_progress else None,
+        )  # fmt: skip
+    except SettingError as e:  # a bad --set: a usage error
+        raise CLIError(f"study: {e} (see rnnkit study --help)", code=2) from None
     if res["rank"] == 0:  # under torchrun: one summary, from rank 0
         print(f"{len(res['records'])} runs ({res['skipped']} resumed), {res['steps']} steps each -> {out}")
         if "table" in res:
@@ -178,6 +187,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from rnnkit.cli import CLIError
+
     p = argparse.ArgumentParser(prog="rnnkit study", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    return run(p.parse_args(argv))
+    args = p.parse_args(argv)
+    try:
+        return run(args)
+    except CLIError as e:  # one line, as the rnnkit command prints it
+        print(f"rnnkit: error: {e}", file=sys.stderr)
+        return e.code

@@ -17,7 +17,8 @@ skips the finished runs and repeats at most the one that was in flight. Asking f
 trials later extends the same grid.
 
 Parallelism: ``workers > 1`` runs the grid over a process pool (the parent writes the
-records); under ``torchrun`` each rank takes every ``world_size``-th run and writes
+records; when a run fails, no new run starts, the runs in flight finish and are recorded,
+then the failure is raised); under ``torchrun`` each rank takes every ``world_size``-th run and writes
 ``runs.rank{r}.jsonl``, and rank 0 writes the report.
 """
 
@@ -137,9 +138,19 @@ def _better(study: Study, a: float, b: float) -> bool:
     return math.isnan(b) or (a > b if study.higher_is_better else a < b)
 
 
+def eval_steps(steps: int, n_evals: int) -> set[int]:
+    """The steps after which a run of ``steps`` steps validates: ``n_evals`` of them (every
+    step when ``steps < n_evals``), every ``steps // n_evals`` steps with the last one moved
+    to ``steps`` (the spacing of the recorded studies, whose best points it keeps)."""
+    every = max(1, steps // n_evals)
+    return {min(k * every, steps) for k in range(1, n_evals)} | {steps}
+
+
 def fit(study: Study, spec: Spec, steps: int, time_cap: float | None = None) -> dict:
-    """Train one run for ``steps`` Adam steps; validate ``n_evals`` times (and at step 0);
-    test the best-validation weights. Returns the record's result fields."""
+    """Train one run for ``steps`` Adam steps; validate ``min(n_evals, steps)`` times
+    (:func:`eval_steps`, and at step 0; a run stopped early validates once more where it
+    stopped, in place of the later ones); test the best-validation weights. Returns the
+    record's result fields."""
     if study.run_fn is not None:
         return study.run_fn(spec, steps)
     s, hp = spec.settings, spec.hparams
@@ -148,7 +159,7 @@ def fit(study: Study, spec: Spec, steps: int, time_cap: float | None = None) -> 
     model = study.build(spec, data)
     rng = np.random.default_rng([spec.trial, 1])  # same data order for every architecture
     opt = torch.optim.Adam(model.parameters(), lr=hp["lr"])
-    every = max(1, steps // s.get("n_evals", 10))
+    evals = eval_steps(steps, s.get("n_evals", 10))
     curve, train_s, stopped = [], 0.0, None
     best_v = study.evaluate(model, data, "valid")
     best_state = copy.deepcopy(model.state_dict())
@@ -166,7 +177,7 @@ def fit(study: Study, spec: Spec, steps: int, time_cap: float | None = None) -> 
             stopped = "diverged"
         elif time_cap is not None and train_s > time_cap:
             stopped = "time"
-        if step % every == 0 or step == steps or stopped:
+        if step in evals or stopped:
             v = study.evaluate(model, data, "valid") if stopped != "diverged" else float("nan")
             curve.append([round(train_s, 3), step, v])
             if _better(study, v, best_v):
@@ -215,7 +226,9 @@ def calibrate(study: Study, settings: dict, archs: list[Arch], probe: int = 3) -
 def steps_for_budget(costs: dict[str, list[float]], trials: int, budget_s: float, parallel: int,
                      n_evals: int, lo: int, hi: int) -> int:  # fmt: skip
     """The step count that makes ``trials`` runs of every architecture fit ``budget_s``
-    seconds on ``parallel`` processes (10 % kept for overhead), clamped to ``[lo, hi]``."""
+    seconds on ``parallel`` processes (10 % kept for overhead), clamped to ``[lo, hi]``.
+    Each run evaluates ``n_evals + 2`` times (:func:`fit`: step 0, ``n_evals`` validations,
+    the test; fewer when it has fewer steps than ``n_evals``)."""
     per_step = trials * sum(c[0] for c in costs.values())
     evals = trials * (n_evals + 2) * sum(c[1] for c in costs.values())
     steps = int((0.9 * budget_s * parallel - evals) / max(per_step, 1e-9))
@@ -299,8 +312,21 @@ def run_grid(study: Study, specs: list[Spec], done: int, total: int, steps: int,
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                      initargs=(threads,)) as pool:  # fmt: skip
                 futures = [pool.submit(execute, study, s, steps, cap(s)) for s in mine]
+                failure = None
                 for fut in as_completed(futures):
-                    yield finish(fut.result())
+                    if fut.cancelled():
+                        continue
+                    try:
+                        rec = fut.result()
+                    except Exception as e:  # start no more runs; record those still running
+                        if failure is None:
+                            failure = e
+                            for f in futures:
+                                f.cancel()
+                        continue
+                    yield finish(rec)
+                if failure is not None:
+                    raise failure
     finally:
         if bar is not None:
             bar.close()

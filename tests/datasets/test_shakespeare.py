@@ -126,6 +126,17 @@ def test_vocab_round_trip() -> None:
     assert v.encode("").shape == (0,)
 
 
+@pytest.mark.parametrize("bad", [-1, -3, 3, 7])
+def test_vocab_decode_rejects_ids_out_of_range(bad) -> None:
+    """A negative id used to wrap around to the end of the vocabulary (``decode([-1])`` was
+    its last character); ids past the end raised a bare IndexError."""
+    v = CharVocab("abc")
+    assert v.decode([0, 2]) == "ac" and v.decode(torch.tensor([[1, 0]])) == "ba" and v.decode([]) == ""
+    for ids in ([0, bad], torch.tensor([bad, 1])):
+        with pytest.raises(ValueError, match=rf"outside the vocabulary's range \[0, 3\): \[{bad}\]"):
+            v.decode(ids)
+
+
 def test_load_text_file_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_text_file(tmp_path / "nope.txt")

@@ -42,6 +42,19 @@ def test_adding_problem():
     assert torch.all((x[..., 0] >= 0) & (x[..., 0] < 1))
 
 
+def test_adding_marker_ranges_are_the_documented_ones():
+    """For an odd length the second marker can sit at ``length // 2``, below ``length/2``,
+    which the docstring used to give as the bound. The distribution is kept (recorded
+    results depend on it); the docstring now states it."""
+    assert "``[0, length // 2)``" in synthetic.adding.__doc__
+    assert "``[length // 2, length)``" in synthetic.adding.__doc__
+    for length in (5, 6, 2):
+        m = synthetic.adding(2000, length, seed=1)[0][..., 1]
+        first, second = m[:, : length // 2], m[:, length // 2 :]
+        assert torch.all(first.sum(1) == 1) and torch.all(second.sum(1) == 1)
+        assert torch.all(first.sum(0) > 0) and torch.all(second.sum(0) > 0)  # every position occurs
+
+
 @pytest.mark.parametrize(
     "fn,args",
     [

@@ -7,6 +7,7 @@ import pytest
 import rnnkit.study.runner as runner
 from rnnkit.study import main, run_study
 from rnnkit.study.report import parse_table
+from rnnkit.study.studies import get_study
 
 TINY_ARITH = {"digits": 2, "hidden": [8], "embed": 4, "batch": 8, "n_valid": 20, "n_test": 20, "n_evals": 2}
 
@@ -34,7 +35,7 @@ def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
     check_outputs(out, res, 3, archs)
     rec = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
     assert rec["steps"] == 3 and rec["hidden"] == 8 and 0 <= rec["metric"] <= 1
-    assert [c[1] for c in rec["curve"]] == [0, 1, 2, 3]  # step 0, then every steps // n_evals
+    assert [c[1] for c in rec["curve"]] == [0, 1, 3]  # step 0, every steps // n_evals, the last at the end
     # Resume: the finished runs are skipped; a second trial is added to the same grid.
     calls = []
     real = runner.fit
@@ -54,6 +55,22 @@ def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
         run_study("jozefowicz", out, steps=5)
     with pytest.raises(ValueError, match="holds study"):
         run_study("chung", out)
+
+
+def test_resume_with_archs_keeps_the_stored_grid(tmp_path):
+    """``--archs`` on a resume used to overwrite study.json's architecture list, so a later
+    plain resume ran and reported only that subset."""
+    out = tmp_path / "sub"
+    kw = {"progress": False, "report": False}
+    run_study("jozefowicz", out, steps=2, seeds=1, archs=["Tanh", "LSTM"], settings=TINY_ARITH, **kw)
+    res = run_study("jozefowicz", out, archs=["LSTM"], **kw)  # the subset: run and reported alone
+    assert [r["key"] for r in res["records"]] == ["LSTM#0"] and res["skipped"] == 1
+    assert json.loads((out / "study.json").read_text())["archs"] == ["Tanh", "LSTM"]
+    res = run_study("jozefowicz", out, archs=["GRU"], **kw)  # a new architecture joins the grid
+    assert [r["key"] for r in res["records"]] == ["GRU#0"] and res["skipped"] == 0
+    assert json.loads((out / "study.json").read_text())["archs"] == ["Tanh", "LSTM", "GRU"]
+    res = run_study("jozefowicz", out, **kw)
+    assert sorted(r["key"] for r in res["records"]) == ["GRU#0", "LSTM#0", "Tanh#0"] and res["skipped"] == 3
 
 
 @pytest.mark.parametrize(
@@ -117,6 +134,38 @@ def test_process_pool(tmp_path, monkeypatch):
     assert sorted(r["key"] for r in res["records"]) == ["LSTM#0", "LSTM#1"]
     assert len(sent) == 2 and sent[0][0].name == "jozefowicz"
     assert len((out / "runs.jsonl").read_text().splitlines()) == 2  # the parent wrote them
+
+
+def test_process_pool_records_finished_runs_before_raising(tmp_path, monkeypatch):
+    """A failing run used to raise at once: the runs other workers finished afterwards were
+    never recorded (and were redone on resume)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Pool(ThreadPoolExecutor):
+        def __init__(self, workers, mp_context, initializer, initargs):
+            super().__init__(workers)
+
+    finished, lock = [], threading.Lock()
+
+    def execute(study, spec, steps, cap):
+        if spec.trial == 0:
+            raise RuntimeError("run 0 broke")
+        time.sleep(0.3)  # still running when run 0 fails
+        with lock:
+            finished.append(spec.key)
+        return {"key": spec.key, "metric": 0.5}
+
+    monkeypatch.setattr(runner, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(runner, "execute", execute)
+    study = get_study("jozefowicz")
+    specs = [runner.Spec(study.name, study.archs[1], k, {"lr": 1e-3}, {}) for k in range(4)]
+    with pytest.raises(RuntimeError, match="run 0 broke"):
+        list(runner.run_grid(study, specs, 0, 4, 2, tmp_path, {}, workers=2, progress=False))
+    recorded = [r["key"] for r in runner.read_records(tmp_path)]
+    assert "LSTM#1" in finished and sorted(recorded) == sorted(finished)
+    assert len(finished) < 3  # no run started after the failure was seen (at most one raced it)
 
 
 def test_bad_arguments(tmp_path):

@@ -33,6 +33,40 @@ def test_steps_for_budget():
     assert runner.steps_for_budget(costs, 2, 10**6, 1, 10, 7, 100) == 100
 
 
+def _counting_study(evaluated):
+    """A generic study with a one-weight model that records every evaluation's split."""
+    import torch
+
+    def evaluate(model, data, split):
+        evaluated.append(split)
+        return float(len(evaluated))
+
+    return runner.Study("count", "", [runner.Arch("A", {})], {}, lambda s: {}, "m", True,
+                        build=lambda spec, data: torch.nn.Linear(1, 1),
+                        loss=lambda model, data, spec, rng: model(torch.ones(1, 1)).sum(),
+                        evaluate=evaluate)  # fmt: skip
+
+
+@pytest.mark.parametrize("steps, n_evals, want", [(20, 10, 10), (15, 10, 10), (25, 10, 10), (3, 10, 3),
+                                                   (1, 10, 1), (7, 2, 2), (10000, 40, 40)])  # fmt: skip
+def test_fit_validates_n_evals_times(steps, n_evals, want):
+    """``steps`` not a multiple of ``n_evals`` used to validate every ``steps // n_evals``
+    steps plus at the end: 15 steps, 10 evaluations asked, 15 done; 25 steps, 13 done (the
+    budget estimate counts ``n_evals``)."""
+    evaluated = []
+    study = _counting_study(evaluated)
+    spec = runner.Spec("count", study.archs[0], 0, {"lr": 1e-3}, {"n_evals": n_evals})
+    res = runner.fit(study, spec, steps)
+    assert evaluated == ["valid"] * (want + 1) + ["test"]  # step 0, want validations, the test
+    at = [c[1] for c in res["curve"]]
+    assert at[0] == 0 and at[-1] == steps and len(at) == want + 1 and at == sorted(set(at))
+    if steps % n_evals == 0:  # the old spacing where it was right: every steps // n_evals
+        assert at == list(range(0, steps + 1, steps // n_evals))
+    # the greff benchmark's 10,881 steps: its validation points (none of its runs was best at the
+    # dropped 10,880) are kept, so benchmarks/studies/greff reproduces
+    assert runner.eval_steps(10881, 10) == {1088 * k for k in range(1, 10)} | {10881}
+
+
 def test_records_survive_a_cut_line(tmp_path):
     runner.append_record(tmp_path / "runs.jsonl", {"key": "a#0", "metric": 1.0})
     with open(tmp_path / "runs.jsonl", "a") as f:
