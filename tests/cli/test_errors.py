@@ -100,3 +100,18 @@ def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNKIT_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         cli("train", "classify", "--data", tmp_path / "nope.csv", "--out", tmp_path / "o", *TINY)
+
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        ["charlm", "--data", "TEXT", "--arch", "conv-lstm", "--seq-len", 8, "--batch-size", 2],
+    ],
+)
+def test_causal_tasks_refuse_a_bidirectional_encoder(cli, tmp_path, text_file, task):
+    """A model that predicts the next input from the inputs so far must not read ahead: an
+    encoder that did trained on the answers (and its step-by-step use computed another function)."""
+    task = [text_file if a == "TEXT" else a for a in task]
+    r = cli("train", *task, "--opt", "bidirectional=True", "--out", tmp_path / "o", *TINY)
+    assert_one_line_error(r, "unidirectional", "bidirectional")
