@@ -103,15 +103,22 @@ def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):
 
 
 
+FORECAST = ["forecast", "--data", "SERIES", "--column", "value", "--window", 8, "--horizon", 3,
+            "--arima-order", "none"]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "task",
     [
         ["charlm", "--data", "TEXT", "--arch", "conv-lstm", "--seq-len", 8, "--batch-size", 2],
+        FORECAST,
+        [*FORECAST, "--arch", "conv-gru"],
+        ["memory", "--task", "arith", "--digits", 1, "--n-train", 16, "--n-valid", 4, "--arch", "mingru"],
     ],
 )
-def test_causal_tasks_refuse_a_bidirectional_encoder(cli, tmp_path, text_file, task):
+def test_causal_tasks_refuse_a_bidirectional_encoder(cli, tmp_path, text_file, series_csv, task):
     """A model that predicts the next input from the inputs so far must not read ahead: an
     encoder that did trained on the answers (and its step-by-step use computed another function)."""
-    task = [text_file if a == "TEXT" else a for a in task]
+    task = [{"TEXT": text_file, "SERIES": series_csv}.get(a, a) for a in task]
     r = cli("train", *task, "--opt", "bidirectional=True", "--out", tmp_path / "o", *TINY)
     assert_one_line_error(r, "unidirectional", "bidirectional")
