@@ -41,6 +41,15 @@ def test_unknown_arch_and_option(cli, tmp_path):
     assert_one_line_error(r, "key=value")
 
 
+@pytest.mark.parametrize("arch, takes", [("minlstm", "log_space"), ("conv-lru", "r_min"), ("qrnn", "window")])
+def test_an_option_the_parallel_layer_does_not_take(cli, tmp_path, arch, takes):
+    """The error names the rejected --opt and the options the family takes (it named neither
+    these, nor for minlstm its class: 'MinGRU.__init__() got an unexpected keyword argument')."""
+    r = cli(*MEM, "--arch", arch, "--opt", "norm=layer", "--out", tmp_path / "a", *TINY)
+    assert_one_line_error(r, "does not take --opt norm", takes)
+    assert "MinGRU" not in r.err and "batch_first" not in r.err
+
+
 def test_missing_and_bad_files(cli, tmp_path, conllu):
     missing = tmp_path / "nope.csv"
     assert_one_line_error(
