@@ -222,6 +222,9 @@ def train_charlm(args: argparse.Namespace) -> int:
         "seq_len": args.seq_len,
     }
     run = prepare_out(args, run)
+    if run.get("seq_len", args.seq_len) != args.seq_len:  # --resume: the windows the run was cut in
+        echo(f"resuming with the run's --seq-len {run['seq_len']} (command line's {args.seq_len} ignored)")
+        args.seq_len = run["seq_len"]
     vocab = CharVocab.from_dict(run["vocab"])
     model = build_model(run["model"])
     echo(f"data {source}: {len(train_text):,} train / {len(valid_text):,} valid chars, {len(vocab)} symbols")

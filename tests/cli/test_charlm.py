@@ -210,3 +210,17 @@ def test_resume_continues_the_schedule_exactly(cli, tmp_path, text_file):
     resumed = [row for row in train_losses(a) if row[0] > 2]  # b's metrics.jsonl starts at the resume
     assert train_losses(b) == resumed and len(resumed) == 2
     assert results(b) == results(a)
+
+
+def test_resume_keeps_the_runs_window(cli, tmp_path, text_file):
+    """--resume without --seq-len went on with the default 100-character windows (another data
+    order, the stored position meaningless) while run.json still said 16: the stored one is used."""
+    out = tmp_path / "lm"
+    i = LM.index("--seq-len")
+    other = LM[:i] + LM[i + 2 :]
+    assert cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 2, *LM).rc == 0
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 3, "--resume", *other)
+    assert r.rc == 0 and "--seq-len 16" in r.out, r.err
+    assert json.loads((out / "run.json").read_text())["seq_len"] == 16
+    state = json.loads((out / "checkpoints" / "step-000000003" / "state.json").read_text())["state"]
+    assert dict(state["__dict__"])["tokens_seen"] == 3 * 4 * 16  # 3 steps of 4 streams x 16 characters
