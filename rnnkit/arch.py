@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -161,13 +162,23 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
     fams = recurrent_families()
     if cell not in fams:
         raise ValueError(f"unknown --arch {cell!r}; choose one of {', '.join(arch_names())}")
-    kwargs = {**config.get("options", {}), **extra}
+    options = config.get("options", {})
+    params = inspect.signature(fams[cell]).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # the parallel-in-time layers
+        unknown = sorted(k for k in options if k not in params)
+        if unknown:  # (their own TypeError named no option they take, minLSTM's the class MinGRU)
+            fixed = ("input_size", "hidden_size", "num_layers", "batch_first", "device", "dtype")
+            takes = [k for k in params if k not in fixed]
+            raise ValueError(
+                f"--arch {cell} does not take --opt {', '.join(unknown)}; its options are {', '.join(takes)}"
+            )
+    kwargs = {**options, **extra}
     if config.get("dropout") and config["layers"] > 1:  # torch warns about dropout with 1 layer
         kwargs["dropout"] = config["dropout"]
     try:
         return fams[cell](input_size, config["hidden"], num_layers=config["layers"], **kwargs)
     except TypeError as e:  # an unknown option: say which family rejected it
-        raise ValueError(f"--arch {cell} does not accept these options {sorted(kwargs)}: {e}") from e
+        raise ValueError(f"--arch {cell} rejected an option: {e}") from e
 
 
 def describe_arch(module: nn.Module) -> str:

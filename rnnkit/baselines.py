@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CausalConv1d", "TCN", "ConvRecurrent", "tcn_receptive_field"]
+__all__ = ["CausalConv1d", "TCN", "ConvRecurrent", "tcn_receptive_field", "reads_ahead"]
 
 
 def tcn_receptive_field(levels: int, kernel_size: int) -> int:
@@ -220,3 +220,11 @@ def encoder_output_size(module: nn.Module) -> int:
         return int(module.output_size)
     out = getattr(module, "proj_size", 0) or module.hidden_size
     return out * (2 if getattr(module, "bidirectional", False) else 1)
+
+
+def reads_ahead(module: nn.Module) -> bool:
+    """Whether an output of ``module`` can depend on later inputs: a bidirectional recurrent
+    layer or a centred (non-causal) convolution anywhere in it -- also inside a conv front end
+    (:class:`ConvRecurrent` has no ``bidirectional`` of its own)."""
+    mods = module.modules()
+    return any(bool(getattr(m, "bidirectional", False)) or getattr(m, "causal", True) is False for m in mods)

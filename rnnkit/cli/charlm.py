@@ -159,8 +159,9 @@ def _load_text(data: str, cache_dir: str | None) -> tuple[str, str, str]:
 
 class BudgetLR:
     """The recipe's learning rate as a function of the fraction of the budget spent
-    (wall clock with ``--max-minutes``, else steps with ``--max-steps``); stateless, so
-    a resumed run continues the schedule from the restored clock/step."""
+    (wall clock with ``--max-minutes``, else steps with ``--max-steps``); stateless: a
+    resumed run's optimizer state brings back the rate of its last step, and the next
+    :meth:`step` continues the schedule from the restored clock/step."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, lr_fn, progress_fn) -> None:
         self.optimizer, self.lr_fn, self.progress_fn = optimizer, lr_fn, progress_fn
@@ -175,7 +176,10 @@ class BudgetLR:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step()
+        # Nothing to restore: the optimizer's state, loaded with it, holds the learning rate set
+        # after the checkpoint's step. (Recomputing it here read the progress of a trainer whose
+        # step and clock were not restored yet: 0, the warmup's first rate for the next update.)
+        pass
 
 
 def _valid_batches(ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
@@ -218,6 +222,9 @@ def train_charlm(args: argparse.Namespace) -> int:
         "seq_len": args.seq_len,
     }
     run = prepare_out(args, run)
+    if run.get("seq_len", args.seq_len) != args.seq_len:  # --resume: the windows the run was cut in
+        echo(f"resuming with the run's --seq-len {run['seq_len']} (command line's {args.seq_len} ignored)")
+        args.seq_len = run["seq_len"]
     vocab = CharVocab.from_dict(run["vocab"])
     model = build_model(run["model"])
     echo(f"data {source}: {len(train_text):,} train / {len(valid_text):,} valid chars, {len(vocab)} symbols")

@@ -195,6 +195,10 @@ def train_forecast(args: argparse.Namespace) -> int:
             "normalization": {"mean": s.mean, "std": s.std},
         },
     )
+    if (run["window"], run["horizon"]) != (args.window, args.horizon):  # --resume: the run's windows
+        echo(f"resuming with the run's --window {run['window']} --horizon {run['horizon']} (flags ignored)")
+        args.window, args.horizon = run["window"], run["horizon"]
+        s = F.Series.split(values, args.window, args.horizon)
     model = F.Forecaster(run["model"]["arch"])
     _describe(model, model.net.encoder)
     length = args.window + args.horizon

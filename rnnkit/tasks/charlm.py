@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnkit.baselines import encoder_output_size
+from rnnkit.baselines import encoder_output_size, reads_ahead
 from rnnkit.datasets.shakespeare import CharVocab
 from rnnkit.state import detach_state
 
@@ -62,7 +62,7 @@ class CharLM(nn.Module):
             batch_first=True,
             dropout=dropout if num_layers > 1 else 0.0,
         )
-        if getattr(self.rnn, "bidirectional", False):
+        if reads_ahead(self.rnn):  # also a bidirectional stack behind a conv front end
             raise ValueError(
                 "a character language model needs a unidirectional recurrent stack (each position "
                 "predicts the next character, which a backward direction would already have read), "

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnkit.baselines import reads_ahead
 from rnnkit.tasks._common import SequenceNet
 
 __all__ = [
@@ -123,6 +124,11 @@ class Forecaster(nn.Module):
     def __init__(self, arch: dict[str, Any]) -> None:
         super().__init__()
         self.net = SequenceNet(arch, 1, input_size=1)
+        if reads_ahead(self.net.encoder):
+            raise ValueError(
+                "a forecaster needs a unidirectional encoder (each step predicts the next value, which a "
+                "backward direction would already have read), got bidirectional=True"
+            )
 
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         return self.net(x, state)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit.baselines import reads_ahead
 from rnnkit.datasets import synthetic
 from rnnkit.tasks._common import SequenceNet, accuracy
 
@@ -148,7 +149,13 @@ def memory_model(task: str, arch: dict[str, Any], params: dict[str, Any]) -> Seq
         v = params["n_symbols"] + 2
         return SequenceNet(arch, v, vocab_size=v)
     if task == "arith":
-        return SequenceNet(arch, len(ARITH_VOCAB), vocab_size=len(ARITH_VOCAB))
+        net = SequenceNet(arch, len(ARITH_VOCAB), vocab_size=len(ARITH_VOCAB))
+        if reads_ahead(net.encoder):  # its input holds the answer, one step ahead of the targets
+            raise ValueError(
+                "arith is a language model over the answer characters and needs a unidirectional "
+                "encoder (a backward direction would read the characters it predicts), got bidirectional=True"
+            )
+        return net
     raise ValueError(f"unknown memory task {task!r}")
 
 

@@ -184,3 +184,43 @@ def test_amp_flag(cli, tmp_path, text_file, monkeypatch):
         budget = ["--max-steps", 1, "--max-minutes", minutes]
         r = cli("train", "charlm", "--data", text_file, "--out", tmp_path / f"auto{minutes}", *budget, *LM)
         assert r.rc == 0 and ("mixed precision: bf16" in r.out) == amp
+
+
+def test_resume_continues_the_schedule_exactly(cli, tmp_path, text_file):
+    """A run resumed from its step-2 checkpoint == the run that never stopped (the learning-rate
+    schedule spans --max-steps). BudgetLR used to recompute the rate on load from a trainer whose
+    step was not restored yet: the first resumed update took the warmup's first rate."""
+    import shutil
+
+    args = ["train", "charlm", "--data", text_file, "--max-steps", 4, "--checkpoint-every", 2,
+            "--arch", "gru", "--amp", "off", "--log-every", 1, *LM]  # fmt: skip
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli(*args, "--out", a).rc == 0
+    (b / "checkpoints").mkdir(parents=True)
+    shutil.copy(a / "run.json", b / "run.json")
+    shutil.copytree(a / "checkpoints" / "step-000000002", b / "checkpoints" / "step-000000002")
+    (b / "checkpoints" / "latest").write_text("step-000000002\n")
+    r = cli(*args, "--out", b, "--resume")
+    assert r.rc == 0, r.err
+
+    def train_losses(out):
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
+
+    resumed = [row for row in train_losses(a) if row[0] > 2]  # b's metrics.jsonl starts at the resume
+    assert train_losses(b) == resumed and len(resumed) == 2
+    assert results(b) == results(a)
+
+
+def test_resume_keeps_the_runs_window(cli, tmp_path, text_file):
+    """--resume without --seq-len went on with the default 100-character windows (another data
+    order, the stored position meaningless) while run.json still said 16: the stored one is used."""
+    out = tmp_path / "lm"
+    i = LM.index("--seq-len")
+    other = LM[:i] + LM[i + 2 :]
+    assert cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 2, *LM).rc == 0
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 3, "--resume", *other)
+    assert r.rc == 0 and "--seq-len 16" in r.out, r.err
+    assert json.loads((out / "run.json").read_text())["seq_len"] == 16
+    state = json.loads((out / "checkpoints" / "step-000000003" / "state.json").read_text())["state"]
+    assert dict(state["__dict__"])["tokens_seen"] == 3 * 4 * 16  # 3 steps of 4 streams x 16 characters

@@ -155,6 +155,18 @@ def test_resume_continues_exactly(cli, tmp_path):
     assert results(a)["valid_mse"] == pytest.approx(results(b)["valid_mse"], abs=1e-12)
 
 
+def test_forecast_resume_keeps_the_runs_window_and_horizon(cli, tmp_path, series_csv):
+    """--resume with other --window/--horizon trained (and scored) on other windows while run.json,
+    which `rnnkit predict` reads, kept the run's: the stored ones are used."""
+    args = ["train", "forecast", "--data", series_csv, "--column", "value", "--arima-order", "none",
+            "--out", tmp_path / "f", *TINY]  # fmt: skip
+    assert cli(*args, "--window", 8, "--horizon", 3, "--max-steps", 1).rc == 0
+    first = results(tmp_path / "f")["test_origins"]
+    r = cli(*args, "--window", 10, "--horizon", 4, "--max-steps", 2, "--resume")
+    assert r.rc == 0 and "--window 8 --horizon 3" in r.out, r.err
+    assert results(tmp_path / "f")["step"] == 2 and results(tmp_path / "f")["test_origins"] == first
+
+
 def test_train_tunes_malloc_unless_told_not_to(cli, tmp_path, malloc_calls):
     args = ("train", "memory", "--task", "adding", "--length", 5, "--n-train", 64, "--n-valid", 16, *TINY)
     assert cli(*args, "--out", tmp_path / "a").rc == 0 and len(malloc_calls) == 1

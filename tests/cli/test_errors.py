@@ -41,6 +41,15 @@ def test_unknown_arch_and_option(cli, tmp_path):
     assert_one_line_error(r, "key=value")
 
 
+@pytest.mark.parametrize("arch, takes", [("minlstm", "log_space"), ("conv-lru", "r_min"), ("qrnn", "window")])
+def test_an_option_the_parallel_layer_does_not_take(cli, tmp_path, arch, takes):
+    """The error names the rejected --opt and the options the family takes (it named neither
+    these, nor for minlstm its class: 'MinGRU.__init__() got an unexpected keyword argument')."""
+    r = cli(*MEM, "--arch", arch, "--opt", "norm=layer", "--out", tmp_path / "a", *TINY)
+    assert_one_line_error(r, "does not take --opt norm", takes)
+    assert "MinGRU" not in r.err and "batch_first" not in r.err
+
+
 def test_missing_and_bad_files(cli, tmp_path, conllu):
     missing = tmp_path / "nope.csv"
     assert_one_line_error(
@@ -100,3 +109,25 @@ def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("RNNKIT_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         cli("train", "classify", "--data", tmp_path / "nope.csv", "--out", tmp_path / "o", *TINY)
+
+
+
+FORECAST = ["forecast", "--data", "SERIES", "--column", "value", "--window", 8, "--horizon", 3,
+            "--arima-order", "none"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        ["charlm", "--data", "TEXT", "--arch", "conv-lstm", "--seq-len", 8, "--batch-size", 2],
+        FORECAST,
+        [*FORECAST, "--arch", "conv-gru"],
+        ["memory", "--task", "arith", "--digits", 1, "--n-train", 16, "--n-valid", 4, "--arch", "mingru"],
+    ],
+)
+def test_causal_tasks_refuse_a_bidirectional_encoder(cli, tmp_path, text_file, series_csv, task):
+    """A model that predicts the next input from the inputs so far must not read ahead: an
+    encoder that did trained on the answers (and its step-by-step use computed another function)."""
+    task = [{"TEXT": text_file, "SERIES": series_csv}.get(a, a) for a in task]
+    r = cli("train", *task, "--opt", "bidirectional=True", "--out", tmp_path / "o", *TINY)
+    assert_one_line_error(r, "unidirectional", "bidirectional")
