@@ -156,6 +156,8 @@ def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True, col_hpre
     compiled LSTM/RNN kernels save ``h_{t-1}`` column-major (csrc/norm.cpp)."""
     *tensors, bsz, reverse = args
     tensors[0], tensors[1] = tensors[0].contiguous(), tensors[1].contiguous()
+    if tensors[2] is not None:  # c0: the kernels clone it as the running cell buffer, read row-major
+        tensors[2] = tensors[2].contiguous()
     if use_ext:
         code = mode + (COL_HPREV if col_hprev else 0)
         no_input = (None, None, None, None)  # x_in, w_ih, g_ih, s_ih: xp given (run_direction_input)
@@ -368,7 +370,7 @@ class _InputNormDirection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, bsz, reverse, save, x, w_ih, g_ih, s_ih, h0, c0, w_hh, w_hr, mask, zh, zc, g_hh, s_hh,
                 g_c, s_c, w_peep):  # fmt: skip
-        x, h0 = x.contiguous(), h0.contiguous()
+        x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
         res = list(torch.ops.rnnkit_norm.forward(
             "lstm", LN + COL_HPREV, x.new_empty(0), h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c,
             s_c, None, None, w_peep, x, w_ih, g_ih, s_ih, list(bsz), reverse, _gemm.use_onednn(x), save,
