@@ -73,6 +73,22 @@ def test_resume_with_archs_keeps_the_stored_grid(tmp_path):
     assert sorted(r["key"] for r in res["records"]) == ["GRU#0", "LSTM#0", "Tanh#0"] and res["skipped"] == 3
 
 
+def test_resume_with_fewer_seeds_keeps_the_stored_count(tmp_path):
+    """``--seeds`` smaller than the stored count on a resume used to overwrite study.json's
+    count, so a later plain resume ran and reported only the first trials."""
+    out = tmp_path / "few"
+    kw = {"progress": False, "report": False}
+    run_study("jozefowicz", out, steps=1, seeds=2, archs=["LSTM"], settings=TINY_ARITH, **kw)
+    res = run_study("jozefowicz", out, seeds=1, **kw)  # the first trial: run and reported alone
+    assert [r["key"] for r in res["records"]] == ["LSTM#0"] and res["skipped"] == 1
+    assert json.loads((out / "study.json").read_text())["seeds"] == 2
+    res = run_study("jozefowicz", out, **kw)
+    assert [r["key"] for r in res["records"]] == ["LSTM#0", "LSTM#1"] and res["skipped"] == 2
+    res = run_study("jozefowicz", out, seeds=3, **kw)  # more seeds extend the grid
+    assert res["skipped"] == 2 and len(res["records"]) == 3
+    assert json.loads((out / "study.json").read_text())["seeds"] == 3
+
+
 @pytest.mark.parametrize(
     "name, archs", [("greff", ["V", "NFG", "NP", "CIFG"]), ("chung", ["Tanh", "GRU", "LSTM"])]
 )
