@@ -192,13 +192,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rnnkit.cli import CLIError
+    """``python -m rnnkit.study ARGS``: exactly ``rnnkit study ARGS`` (the same parser, and a
+    user error -- a bad flag, an unknown architecture, a mismatched resume -- is one line on
+    stderr with exit status 2 or 1; ``RNNKIT_DEBUG=1`` shows the traceback)."""
+    from rnnkit.cli import _run
 
-    p = argparse.ArgumentParser(prog="rnnkit study", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except CLIError as e:  # one line, as the rnnkit command prints it
-        print(f"rnnkit: error: {e}", file=sys.stderr)
-        return e.code
+    return _run(["study", *(sys.argv[1:] if argv is None else argv)])
