@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit import _checks
+
 __all__ = ["CausalConv1d", "TCN", "ConvRecurrent", "tcn_receptive_field", "reads_ahead"]
 
 
@@ -39,7 +41,9 @@ class CausalConv1d(nn.Conv1d):
 
     The input is left-padded by ``(k - 1) * dilation`` steps: with zeros when
     ``past is None``, else with ``past`` -- the previous call's last inputs, returned
-    as the new ``past``. ``causal=False`` pads both sides (``(k-1)*d`` must be even); there
+    as the new ``past``. With ``lengths`` (a padded batch) the new ``past`` of each sequence
+    is its own last inputs before its padding (for one shorter than the context: the end of
+    ``past`` followed by its inputs). ``causal=False`` pads both sides (``(k-1)*d`` must be even); there
     ``valid`` ``(B, 1, T)`` (1 at a sequence's steps, 0 at its padding) zeroes the padding first,
     so that a centred kernel near a sequence's end sees zeros, as for the sequence alone.
     """
@@ -54,7 +58,11 @@ class CausalConv1d(nn.Conv1d):
             raise ValueError(f"a centred convolution needs an odd kernel_size, got {kernel_size}")
 
     def forward(  # type: ignore[override]
-        self, x: Tensor, past: Tensor | None = None, valid: Tensor | None = None
+        self,
+        x: Tensor,
+        past: Tensor | None = None,
+        valid: Tensor | None = None,
+        lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         if not self.causal:
             if past is not None:
@@ -65,7 +73,14 @@ class CausalConv1d(nn.Conv1d):
         if past is None:
             past = x.new_zeros(x.shape[0], x.shape[1], self.context)
         full = torch.cat([past, x], dim=2)
-        new_past = full[:, :, full.shape[2] - self.context :] if self.context else past
+        if not self.context:
+            new_past = past
+        elif lengths is None:
+            new_past = full[:, :, full.shape[2] - self.context :]
+        else:  # sequence b's last inputs end at column context + lengths[b] of full
+            steps = torch.arange(self.context, device=x.device)
+            idx = lengths.to(device=x.device, dtype=torch.long).view(-1, 1, 1) + steps.view(1, 1, -1)
+            new_past = full.gather(2, idx.expand(full.shape[0], full.shape[1], self.context))
         return super().forward(full), new_past
 
 
@@ -79,10 +94,12 @@ class _TemporalBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.down = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
-    def forward(self, x: Tensor, past: tuple | None, valid: Tensor | None = None) -> tuple[Tensor, tuple]:
+    def forward(
+        self, x: Tensor, past: tuple | None, valid: Tensor | None = None, lengths: Tensor | None = None
+    ) -> tuple[Tensor, tuple]:
         p1, p2 = past if past is not None else (None, None)
-        y, p1 = self.conv1(x, p1, valid)
-        y, p2 = self.conv2(self.drop(F.relu(y)), p2, valid)
+        y, p1 = self.conv1(x, p1, valid, lengths)
+        y, p2 = self.conv2(self.drop(F.relu(y)), p2, valid, lengths)
         return F.relu(self.drop(F.relu(y)) + self.down(x)), (p1, p2)
 
 
@@ -102,6 +119,13 @@ def _valid_mask(lengths: Tensor | None, y: Tensor) -> Tensor | None:
         return None
     steps = torch.arange(y.shape[2], device=y.device)
     return (steps < lengths.to(y.device).view(-1, 1)).unsqueeze(1).to(y.dtype)
+
+
+def _lengths(lengths: Any, y: Tensor) -> Tensor | None:
+    """``lengths`` checked as the recurrent layers check it (``(B,)``, in ``1 .. T``), on ``y``'s device."""
+    if lengths is None:
+        return None
+    return _checks.check_lengths(lengths, y.shape[0], y.shape[2]).to(y.device)
 
 
 class TCN(nn.Module):
@@ -153,13 +177,14 @@ class TCN(nn.Module):
     def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
         """``lengths`` (padded batches): centred kernels see zeros past each sequence's end, so
         its valid outputs are those of the sequence alone; a causal output at a valid step never
-        sees the padding after it."""
+        sees the padding after it, and the state carries each sequence's own last steps."""
         y = _to_bct(x, self.batch_first)
         valid = None if self.causal else _valid_mask(lengths, y)
+        ends = _lengths(lengths, y) if self.causal else None
         pasts = state if state is not None else [None] * len(self.blocks)
         new = []
         for block, past in zip(self.blocks, pasts, strict=True):
-            y, p = block(y, past, valid)
+            y, p = block(y, past, valid, ends)
             new.append(p)
         return _from_bct(y, self.batch_first), (tuple(new) if self.causal else None)
 
@@ -206,8 +231,9 @@ class ConvRecurrent(nn.Module):
         pasts, rstate = state if state is not None else ([None] * len(self.convs), None)
         y, new = _to_bct(x, self.batch_first), []
         valid = None if self.causal else _valid_mask(kwargs.get("lengths"), y)  # see CausalConv1d
+        ends = _lengths(kwargs.get("lengths"), y) if self.causal else None
         for conv, past in zip(self.convs, pasts, strict=True):
-            y, p = conv(y, past, valid)
+            y, p = conv(y, past, valid, ends)
             y = F.relu(y)
             new.append(p)
         out, rstate = self.rnn(_from_bct(y, self.batch_first), rstate, **kwargs)

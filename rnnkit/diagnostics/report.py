@@ -259,10 +259,10 @@ def _run(args: argparse.Namespace) -> int:
             out / "eigenvalues.png",
         ),  # fmt: skip
     ]
+    names = activity_file_names(list(snaps))
     for m, per in snaps.items():
-        name = "".join(ch if ch.isalnum() else "_" for ch in m)
         acts, inputs = {s: sn.activity for s, sn in per.items()}, {s: sn.inputs for s, sn in per.items()}
-        files.append(plots.plot_activity(acts, out / f"activity_{name}.png", inputs=inputs, title=m))
+        files.append(plots.plot_activity(acts, out / names[m], inputs=inputs, title=m))
     for m, per in snaps.items():
         for stage, sn in per.items():
             lines += _summary_lines(m, stage, sn)
@@ -279,7 +279,8 @@ def _run(args: argparse.Namespace) -> int:
             f"power iteration on {label} {block}: λ₁ = {_fmt_complex(pi.eigenvalues[0])}, "
             f"|λ₂/λ₁| = {pi.rate:.3f}, sin∠ after {len(pi.angles) - 1} steps: {pi.angles[-1]:.2e}"
         )
-    result = {"snapshots": {m: {s: _snap_json(sn) for s, sn in per.items()} for m, per in snaps.items()}}
+    result = {"snapshots": {m: {s: _snap_json(sn) for s, sn in per.items()} for m, per in snaps.items()},
+              "activity_files": names}  # fmt: skip
     if not args.no_horizon and not args.checkpoint:
         hz = memory_horizon([parse_variant(s) for s in args.variants], budget=horizon_b)
         files.append(plots.plot_memory_horizon(hz, out / "memory_horizon.png"))
@@ -294,6 +295,21 @@ def _run(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
     print(text, end="")
     return 0
+
+
+def activity_file_names(labels: list[str]) -> dict[str, str]:
+    """``label -> "activity_{label}.png"``, the label's non-alphanumerics as ``_``; a name
+    already taken (``a.b`` after ``a_b``, ``LSTM`` after ``lstm``) gets ``_2``, ``_3``, ... so no
+    figure overwrites another (``summary.json``'s ``activity_files`` maps labels to files)."""
+    names: dict[str, str] = {}
+    for m in labels:
+        base = "activity_" + "".join(ch if ch.isalnum() else "_" for ch in m)
+        name, i = base, 1
+        while name.lower() in {n.lower() for n in names.values()}:  # case-insensitive file systems too
+            i += 1
+            name = f"{base}_{i}"
+        names[m] = name
+    return {m: f"{n}.png" for m, n in names.items()}
 
 
 def _fmt_complex(z: complex) -> str:

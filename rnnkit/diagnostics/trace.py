@@ -15,11 +15,13 @@ standard cells: same names, same gate order) and for the time-parallel layers
 :mod:`rnnkit.diagnostics.parallel`). Zoneout is replayed (its expectation in evaluation,
 fresh masks in training). Not replayed: ``PackedSequence`` input and the other
 layer-level regularizers in training mode (weight drop, recurrent and locked dropout
-masks) — the replay runs the plain cell math there.
+masks) — the replay runs the plain cell math there, and says so with a ``UserWarning``
+(once per call site; ``model.eval()`` measures the model as it runs in evaluation).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -171,6 +173,25 @@ def _initial(module: nn.Module, views: list[LayerView], hx, B: int, ref: Tensor,
     return states
 
 
+_UNREPLAYED = ("weight_drop", "recurrent_dropout", "locked_dropout")
+
+
+def _warn_unreplayed(module: nn.Module) -> None:
+    """A ``UserWarning`` (the default filter shows it once per call site) when ``module`` is in
+    training mode with regularizers the replay does not run: it then measures a model without them."""
+    if not (isinstance(module, RecurrentStack) and module.training):
+        return
+    names = [n for n in _UNREPLAYED if getattr(module, n, 0)]
+    if names:
+        warnings.warn(
+            f"rnnkit.diagnostics: {type(module).__name__} is in training mode with {', '.join(names)}, which "
+            "the step-by-step replay does not run: the measurement is of the model without them; call "
+            "model.eval() to measure the model as it runs in evaluation",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, track: bool = False):
     """Run ``module`` on dense input ``x`` one step at a time.
 
@@ -186,6 +207,7 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
 
         return replay_parallel(module, x, hx, retain_grad=retain_grad, track=track)
     views = layer_views(module)
+    _warn_unreplayed(module)
     data, unbatched = _as_time_major(module, x)
     T, B = data.shape[0], data.shape[1]
     h0 = _initial(module, views, hx, B, data, unbatched)

@@ -24,6 +24,7 @@ import torch
 from torch import _VF, Tensor
 
 from ..cells.base import StepContext
+from ..layers import RecurrentStack
 
 _CELLS = {
     "LSTM": _VF.lstm_cell,
@@ -37,6 +38,17 @@ class Stream:
     """Stateful single-step runner of a unidirectional recurrent layer stack."""
 
     def __init__(self, layer) -> None:
+        if not isinstance(layer, RecurrentStack):
+            name = type(layer).__name__
+            instead = (
+                f"step it with its own {name}.step(x_t, state)"
+                if callable(getattr(layer, "step", None))
+                else "build it as rnnkit.LSTM / GRU / RNN (torch.nn's arguments) to stream it"
+            )
+            raise TypeError(
+                f"Stream supports rnnkit's cell-based layer stacks (rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN: "
+                f"rnnkit.RecurrentStack), got {type(layer).__module__}.{name}: {instead}"
+            )
         if layer.bidirectional:
             raise ValueError(
                 "Stream needs a unidirectional layer (bidirectional=False), got bidirectional=True"

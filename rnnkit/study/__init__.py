@@ -66,7 +66,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     ``settings`` override the study's task settings (e.g. ``{"digits": 4}``); ``archs``
     picks a subset of its architectures (by name). On a resume, ``archs`` runs and reports
     that subset; the stored grid keeps its other architectures (and gains new ones), so a
-    resume without ``archs`` covers every architecture the study has had.
+    resume without ``archs`` covers every architecture the study has had. Likewise ``seeds``
+    smaller than the stored count runs and reports the first ``seeds`` trials and keeps the
+    count; a larger one extends it.
     """
     study = get_study(name)
     for flag, v in (("seeds", seeds), ("steps", steps), ("budget_minutes", budget_minutes)):
@@ -101,6 +103,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     grid = names if meta is None else [a.name for a in study.archs if a.name in {*meta["archs"], *names}]
     arch_list = [a for a in study.archs if a.name in names]
     K = seeds or (meta["seeds"] if meta else study.default_seeds)
+    # likewise the trials: fewer --seeds on a resume run (and report) the first K, the stored
+    # count stays; more extend it
+    grid_K = K if meta is None else max(K, meta["seeds"])
     budget = budget_minutes or (meta["budget_minutes"] if meta else study.default_budget_minutes)
     rank, world = _dist()
     parallel = max(workers, world)
@@ -113,7 +118,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
             steps = steps_for_budget(costs, K, budget * 60, parallel, s.get("n_evals", 10),
                                      s.get("min_steps", 1), s.get("max_steps", 10**9))  # fmt: skip
     if rank == 0:
-        save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": K, "archs": grid,
+        save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": grid_K, "archs": grid,
                               "budget_minutes": budget, "parallel": parallel, "costs": costs})  # fmt: skip
     _barrier(world)
     if rank != 0:
@@ -187,13 +192,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from rnnkit.cli import CLIError
+    """``python -m rnnkit.study ARGS``: exactly ``rnnkit study ARGS`` (the same parser, and a
+    user error -- a bad flag, an unknown architecture, a mismatched resume -- is one line on
+    stderr with exit status 2 or 1; ``RNNKIT_DEBUG=1`` shows the traceback)."""
+    from rnnkit.cli import _run
 
-    p = argparse.ArgumentParser(prog="rnnkit study", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except CLIError as e:  # one line, as the rnnkit command prints it
-        print(f"rnnkit: error: {e}", file=sys.stderr)
-        return e.code
+    return _run(["study", *(sys.argv[1:] if argv is None else argv)])

@@ -94,4 +94,10 @@ def check_settings(study: str, defaults: dict, settings: dict) -> dict:
         if not ok(v):
             raise SettingError(f"--set {k}: expected {form}, got {v!r}")
         out[k] = v
+    lo, hi = out.get("min_steps"), out.get("max_steps")
+    if lo is not None and hi is not None and lo > hi and {"min_steps", "max_steps"} & settings.keys():
+        raise SettingError(
+            f"--set: min_steps={lo} exceeds max_steps={hi} (the budget's steps per run are clamped "
+            "to [min_steps, max_steps]); lower min_steps or raise max_steps"
+        )
     return out

@@ -48,6 +48,31 @@ def test_bidirectional_padded_batch_equals_each_sequence_alone(arch, batch_first
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru", "conv-qrnn"])
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_padded_batch_state_continues_each_sequence(arch, batch_first):
+    """The state after a padded batch (``lengths``) carries each sequence's own last steps as the
+    convolutions' past: a common start, a padded middle, then a continuation == each sequence
+    alone, unpadded. Lengths 1 and 2 are shorter than a context (the past then ends with the
+    incoming state's), 9 is longer than all."""
+    torch.manual_seed(0)
+    m = build_recurrent(cfg(arch), 3, batch_first=batch_first)
+    bd = 0 if batch_first else 1
+    lengths = torch.tensor([9, 1, 5, 2])
+    start = torch.randn(4, 2, 3) if batch_first else torch.randn(2, 4, 3)
+    mids = [torch.randn(int(n), 3) for n in lengths]
+    tail = torch.randn(4, 3, 3) if batch_first else torch.randn(3, 4, 3)
+    _, state = m(start)
+    pad = torch.nn.utils.rnn.pad_sequence(mids, batch_first=batch_first, padding_value=5.0)  # loud padding
+    _, state = m(pad, state, lengths=lengths)
+    got, _ = m(tail, state)
+    for i, mid in enumerate(mids):
+        _, s = m(start.narrow(bd, i, 1))
+        _, s = m(mid.unsqueeze(bd), s)
+        want, _ = m(tail.narrow(bd, i, 1), s)
+        torch.testing.assert_close(got.narrow(bd, i, 1), want, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("levels, k", [(1, 2), (3, 3), (2, 5)])
 def test_tcn_receptive_field_is_exact_and_causal(levels, k):
     """d y_t / d x_s is non-zero exactly for t - R < s <= t."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 import pytest
@@ -232,3 +233,21 @@ def test_replay_applies_zoneout(cls):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
     gf = gradient_flow(m, x)  # the gradient through the mixed states: a unit keeps 0.3 of it per step
     assert np.all(gf.norms["l1"]["h"] > 0)
+
+
+@pytest.mark.parametrize("reg", ["weight_drop", "recurrent_dropout", "locked_dropout"])
+def test_training_mode_regularizers_not_replayed_warn_once(reg):
+    """The replay runs the plain cell math without these; it used to measure that silently."""
+    torch.manual_seed(0)
+    m = rnnkit.LSTM(3, 4, num_layers=2, **{reg: 0.3}).train()
+    x = torch.randn(5, 2, 3)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")  # Python's own filter: once per call site
+        for _ in range(3):
+            gradient_flow(m, x)
+    assert len(seen) == 1 and seen[0].category is UserWarning
+    assert f"training mode with {reg}" in str(seen[0].message) and "model.eval()" in str(seen[0].message)
+    with pytest.warns(UserWarning, match=rf"{reg}, which the step-by-step replay does not run"):
+        replay(m, x)
+    gradient_flow(m.eval(), x)  # evaluation: nothing to warn about (warnings are errors here)
+    gradient_flow(rnnkit.LSTM(3, 4, num_layers=2, zoneout=0.3).train(), x)  # zoneout is replayed

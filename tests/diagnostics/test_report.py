@@ -42,6 +42,35 @@ def test_quick_run_writes_pngs_and_a_consistent_summary(tmp_path, capsys):
     assert set(data["memory_horizon"]["horizon"]) == {"rnn", "lstm"}
 
 
+def test_activity_file_names_are_unique():
+    """Labels equal but for their non-alphanumerics used to write the same activity_*.png."""
+    from rnnkit.diagnostics.report import activity_file_names
+
+    labels = ["a_b", "a.b", "a-b", "a_b_2", "lstm", "LSTM", "gru:zoneout=0.1"]
+    names = activity_file_names(labels)
+    assert names == {
+        "a_b": "activity_a_b.png",
+        "a.b": "activity_a_b_2.png",
+        "a-b": "activity_a_b_3.png",
+        "a_b_2": "activity_a_b_2_2.png",
+        "lstm": "activity_lstm.png",
+        "LSTM": "activity_LSTM_2.png",
+        "gru:zoneout=0.1": "activity_gru_zoneout_0_1.png",
+    }
+
+
+def test_colliding_labels_get_their_own_activity_figures(tmp_path, monkeypatch):
+    import rnnkit.diagnostics.report as report
+
+    monkeypatch.setattr(report, "train_task", lambda *a, **k: (0.5, None))  # the files, not the training
+    out = tmp_path / "diag"
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "a.b=rnn", "a_b=gru"]) == 0
+    data = json.loads((out / "summary.json").read_text())
+    assert data["activity_files"] == {"a.b": "activity_a_b.png", "a_b": "activity_a_b_2.png"}
+    assert (out / "activity_a_b.png").is_file() and (out / "activity_a_b_2.png").is_file()
+    assert "activity_a_b.png, activity_a_b_2.png" in (out / "summary.txt").read_text()
+
+
 def test_checkpoint_mode_loads_prefixed_weights(tmp_path):
     class Net(nn.Module):
         def __init__(self):

@@ -56,6 +56,14 @@ def test_unbatched_and_errors():
         Stream(rnnkit.GRU(3, 4, zoneout=0.1).train()).step(torch.randn(3))
 
 
+def test_other_layers_get_a_type_error_naming_what_to_use():
+    """QRNN & co. (no cells) and torch's layers used to fail with an AttributeError on ``cells``."""
+    with pytest.raises(TypeError, match=r"rnnkit\.LSTM.*got .*qrnn\.QRNN: .*QRNN\.step\(x_t, state\)"):
+        Stream(rnnkit.QRNN(3, 4))
+    with pytest.raises(TypeError, match=r"got torch\.nn\.modules\.rnn\.LSTM: build it as rnnkit\.LSTM"):
+        Stream(torch.nn.LSTM(3, 4))
+
+
 def _scrambled(layer):
     """Parameters and batch norm's running statistics away from their initial values (slot by
     slot: a stream that read the wrong slot would show)."""

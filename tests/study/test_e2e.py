@@ -5,6 +5,7 @@ import json
 import pytest
 
 import rnnkit.study.runner as runner
+from rnnkit.cli import main as rnnkit_main
 from rnnkit.study import main, run_study
 from rnnkit.study.report import parse_table
 from rnnkit.study.studies import get_study
@@ -71,6 +72,22 @@ def test_resume_with_archs_keeps_the_stored_grid(tmp_path):
     assert json.loads((out / "study.json").read_text())["archs"] == ["Tanh", "LSTM", "GRU"]
     res = run_study("jozefowicz", out, **kw)
     assert sorted(r["key"] for r in res["records"]) == ["GRU#0", "LSTM#0", "Tanh#0"] and res["skipped"] == 3
+
+
+def test_resume_with_fewer_seeds_keeps_the_stored_count(tmp_path):
+    """``--seeds`` smaller than the stored count on a resume used to overwrite study.json's
+    count, so a later plain resume ran and reported only the first trials."""
+    out = tmp_path / "few"
+    kw = {"progress": False, "report": False}
+    run_study("jozefowicz", out, steps=1, seeds=2, archs=["LSTM"], settings=TINY_ARITH, **kw)
+    res = run_study("jozefowicz", out, seeds=1, **kw)  # the first trial: run and reported alone
+    assert [r["key"] for r in res["records"]] == ["LSTM#0"] and res["skipped"] == 1
+    assert json.loads((out / "study.json").read_text())["seeds"] == 2
+    res = run_study("jozefowicz", out, **kw)
+    assert [r["key"] for r in res["records"]] == ["LSTM#0", "LSTM#1"] and res["skipped"] == 2
+    res = run_study("jozefowicz", out, seeds=3, **kw)  # more seeds extend the grid
+    assert res["skipped"] == 2 and len(res["records"]) == 3
+    assert json.loads((out / "study.json").read_text())["seeds"] == 3
 
 
 @pytest.mark.parametrize(
@@ -177,6 +194,26 @@ def test_bad_arguments(tmp_path):
         run_study("nope", tmp_path)
 
 
+@pytest.mark.parametrize("entry", ["rnnkit", "python -m"])
+@pytest.mark.parametrize(
+    "stored, args, msg",
+    [
+        (None, ["--archs", "LSTN"], "study 'jozefowicz' has no architecture 'LSTN'"),
+        ({"study": "chung"}, [], "holds study 'chung', not 'jozefowicz'"),
+        ({"study": "jozefowicz", "settings": {}, "steps": 3}, ["--steps", "5"], "3 steps per run, not 5"),
+    ],
+)
+def test_user_errors_are_one_line_from_both_entry_points(tmp_path, capsys, entry, stored, args, msg):
+    """``python -m rnnkit.study`` used to print a traceback where ``rnnkit study`` printed one line."""
+    if stored is not None:
+        (tmp_path / "study.json").write_text(json.dumps(stored))
+    argv = ["jozefowicz", "--out", str(tmp_path), "--no-progress", *args]
+    code = rnnkit_main(["study", *argv]) if entry == "rnnkit" else main(argv)
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("rnnkit: error: ") and len(err.strip().splitlines()) == 1
+    assert msg in err
+
+
 @pytest.mark.parametrize("flag", ["seeds", "steps", "budget_minutes"])
 def test_zero_or_negative_counts_are_errors(tmp_path, flag):
     """0 used to fall back to the study's default (3 seeds, 30 minutes) or train 0 steps."""
@@ -185,8 +222,7 @@ def test_zero_or_negative_counts_are_errors(tmp_path, flag):
         with pytest.raises(ValueError, match=f"{flag} must be positive, got {v}"):
             run_study("jozefowicz", tmp_path / "z", archs=["LSTM"], settings=TINY_ARITH, progress=False,
                       **{**kw, flag: v})  # fmt: skip
-    with pytest.raises(SystemExit):
-        main(["jozefowicz", "--out", str(tmp_path / "z"), f"--{flag.replace('_', '-')}=0"])
+    assert main(["jozefowicz", "--out", str(tmp_path / "z"), f"--{flag.replace('_', '-')}=0"]) == 2
     assert not (tmp_path / "z").exists()
 
 

@@ -97,3 +97,16 @@ def test_cli_a_bad_setting_is_a_one_line_usage_error(tmp_path, capsys, entry):
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--set lr: expected a [lo, hi] range" in err and "got 0.003" in err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("over", [{"min_steps": 90, "max_steps": 50}, {"min_steps": 30000}, {"max_steps": 9}])
+def test_min_steps_above_max_steps_is_an_error(tmp_path, capsys, over):
+    """max_steps used to win silently (the budget's step count clamped to min, then max); the
+    defaults are 50 and 20000."""
+    with pytest.raises(SettingError, match=r"min_steps=\d+ exceeds max_steps=\d+"):
+        check_settings("jozefowicz", STUDIES["jozefowicz"].settings, over)
+    sets = [a for k, v in over.items() for a in ("--set", f"{k}={v}")]
+    argv = ["jozefowicz", "--out", str(tmp_path / "o"), *sets]
+    assert main(argv) == 2 and "exceeds max_steps" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    check_settings("jozefowicz", STUDIES["jozefowicz"].settings, {"min_steps": 50, "max_steps": 50})
