@@ -53,11 +53,15 @@ _PATH = ("a path or None", lambda v: v is None or isinstance(v, str))
 # key -> (expected form, check); a key of a study's settings missing here is not checked
 FORMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "lr": ("a [lo, hi] range of two positive numbers, lo <= hi, e.g. lr=[1e-3,1e-2]", _range),
-    "hidden": ("a positive integer (one size), a non-empty list of them (searched), e.g. "
-               "hidden=[64,128], or None", lambda v: v is None or _pos(v) or _ints(v)),  # fmt: skip
+    "hidden": (
+        "a positive integer (one size), a non-empty list of them (searched), e.g. hidden=[64,128], or None",
+        lambda v: v is None or _pos(v) or _ints(v),
+    ),
     "digits": _POS,
-    "ops": ("a non-empty string of '+' and '-', e.g. ops=+-",
-            lambda v: isinstance(v, str) and len(v) > 0 and set(v) <= set("+-")),  # fmt: skip
+    "ops": (
+        "a non-empty string of '+' and '-', e.g. ops=+-",
+        lambda v: isinstance(v, str) and len(v) > 0 and set(v) <= set("+-"),
+    ),
     "delay": _NONNEG,
     "batch": _POS,
     "embed": _POS,
@@ -72,13 +76,17 @@ FORMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data": _PATH,
     "data_dir": _PATH,
     "max_chorales": ("an integer >= 0 (0: all of them)", _NONNEG[1]),
-    "params": ("an integer >= 0 or None (0 or None: no parameter matching)",
-               lambda v: v is None or (_int(v) and v >= 0)),  # fmt: skip
+    "params": (
+        "an integer >= 0 or None (0 or None: no parameter matching)",
+        lambda v: v is None or (_int(v) and v >= 0),
+    ),
     "hidden_size": _POS,
     "steps": _POS,
     "threshold": ("a number in (0, 1]", lambda v: _num(v) and 0 < v <= 1),
-    "lags": ("a non-empty list of increasing positive integers, e.g. lags=[5,10,20]",
-             lambda v: _ints(v) and all(a < b for a, b in zip(v, v[1:]))),  # fmt: skip
+    "lags": (
+        "a non-empty list of increasing positive integers, e.g. lags=[5,10,20]",
+        lambda v: _ints(v) and all(a < b for a, b in zip(v, v[1:])),
+    ),
     "tasks": ("a non-empty list of memory tasks, e.g. tasks=['copy','plus_one']", _tasks),
 }
 

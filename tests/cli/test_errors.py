@@ -111,7 +111,6 @@ def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):
         cli("train", "classify", "--data", tmp_path / "nope.csv", "--out", tmp_path / "o", *TINY)
 
 
-
 FORECAST = ["forecast", "--data", "SERIES", "--column", "value", "--window", 8, "--horizon", 3,
             "--arima-order", "none"]  # fmt: skip
 
