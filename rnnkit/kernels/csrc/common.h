@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "checks.h"  // argument checks of the ops
+
 namespace rnnkit_common {
 
 using at::Tensor;

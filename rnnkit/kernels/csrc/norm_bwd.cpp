@@ -46,6 +46,75 @@ std::pair<OutRow<T>, GateRow<T>> pick_rows(bool zc, bool pi) {
                                       norm_lstm_bwd_gates<T, true, false>, norm_lstm_bwd_gates<T, true, true>};
   return {out[zc], gates[2 * pi + zc]};
 }
+
+// The arguments of backward against each other, as norm.cpp's check_forward; `saved` as the
+// forward returned it after its seven outputs (without the input group's three).
+void check_backward(const std::string& kind, int64_t mode, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
+                    const Tensor& out, const std::vector<Tensor>& saved, const Tensor& w_hh, const OptT& w_hr,
+                    const OptT& mask, const OptT& zh, const OptT& zc, const Tensor& g_hh, const OptT& g_c,
+                    const OptT& st_hh, const OptT& st_c, const OptT& w_peep, int64_t T) {
+  using namespace rnnkit_check;
+  const char* op = "rnnkit_norm::backward";
+  check_kind_mode(op, kind, mode);
+  const auto dt = floating(op, "out", out);
+  tensor(op, "out", out, dt, "(N, P)", {kAny, kAny});
+  const int64_t N = out.size(0), P = out.size(1);
+  tensor(op, "gout", gout, dt, "(N, P)", {N, P});
+  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});
+  const int64_t B = ghn.size(0);
+  // a group's saved x^ (N, F) and rho (layer norm (N, 1), batch norm in training (T, F))
+  auto group = [&](size_t i, int64_t F, const char* xn, const char* rn) {
+    tensor(op, xn, saved[i], dt, "(N, F)", {N, F});
+    if (mode == kLN) tensor(op, rn, saved[i + 1], dt, "(N, 1)", {N, 1});
+    if (mode == kBNTrain) tensor(op, rn, saved[i + 1], dt, "(T, F)", {T, F});
+  };
+  if (kind == "lstm") {
+    const int64_t H = per_gate(op, "w_hh", w_hh, 4, "(4H, P)"), G = 4 * H;
+    tensor(op, "w_hh", w_hh, dt, "(4H, P)", {G, P});
+    tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
+    count(op, "saved", saved.size(), 9);
+    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 4H)", {N, G});
+    tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
+    tensor(op, "saved[2] (tanh c)", saved[2], dt, "(N, H)", {N, H});
+    tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
+    if (w_hr.has_value()) {
+      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+      tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
+    } else {
+      TORCH_CHECK(P == H, op, ": without w_hr, out (N, P) and w_hh (4H, P) must have P == H, got ", out.sizes(),
+                  " and ", w_hh.sizes());
+    }
+    group(5, G, "saved[5] (x^ hh)", "saved[6] (rho hh)");
+    group(7, H, "saved[7] (x^ c)", "saved[8] (rho c)");
+    opt(op, "mask", mask, dt, "(B, P)", {B, P});
+    opt(op, "zh", zh, dt, "(N, P)", {N, P});
+    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
+    check_group(op, "hh", dt, G, &g_hh, std::nullopt, st_hh);
+    check_group(op, "c", dt, H, &req(op, "g_c", g_c, "by the LSTM"), std::nullopt, st_c);
+    return;
+  }
+  const bool gru = kind == "gru";
+  const int64_t G = gru ? 3 * P : P;
+  tensor(op, "w_hh", w_hh, dt, gru ? "(3H, H)" : "(H, H)", {G, P});
+  if (gru) {
+    count(op, "saved", saved.size(), 6);
+    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 3H)", {N, G});
+    tensor(op, "saved[1] (a_n)", saved[1], dt, "(N, H)", {N, P});
+    tensor(op, "saved[2] (h_{t-1})", saved[2], dt, "(N, H)", {N, P});
+    if (mask.has_value()) tensor(op, "saved[3] (h_{t-1} * mask)", saved[3], dt, "(N, H)", {N, P});
+    group(4, G, "saved[4] (x^ hh)", "saved[5] (rho hh)");
+  } else {
+    count(op, "saved", saved.size(), 4);
+    if (zh.has_value()) tensor(op, "saved[0] (h~)", saved[0], dt, "(N, H)", {N, P});
+    tensor(op, "saved[1] (h_{t-1})", saved[1], dt, "(N, H)", {N, P});
+    group(2, G, "saved[2] (x^ hh)", "saved[3] (rho hh)");
+  }
+  opt(op, "mask", mask, dt, "(B, H)", {B, P});
+  opt(op, "zh", zh, dt, "(N, H)", {N, P});
+  check_group(op, "hh", dt, G, &g_hh, std::nullopt, st_hh);
+}
+
 }  // namespace
 
 std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_, const Tensor& ghn,
@@ -54,10 +123,10 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
                              const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
                              const OptT& st_c, const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
                              bool onednn) {
+  check_backward(kind, mode, gout_, ghn, gcn, out, saved, w_hh, w_hr, mask_, zh_, zc_, g_hh, g_c, st_hh, st_c, w_peep,
+                 static_cast<int64_t>(batch_sizes.size()));
   const int64_t B = ghn.size(0), P = ghn.size(1), N = out.size(0), G = w_hh.size(0);
   check_batch_sizes("rnnkit_norm::backward", batch_sizes, N, B);
-  TORCH_CHECK(gout_.size(0) == N, "rnnkit_norm::backward: gout must have the output's ", N, " rows, got ",
-              gout_.size(0));
   const auto steps = schedule(batch_sizes, reverse);
   auto o = out.options();
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };

@@ -190,6 +190,24 @@ inline std::vector<int64_t> eval_slots(int64_t mode, const OptT& st, const std::
   return row_slots(bsz, reverse, st->size(1));
 }
 
+// The arguments of the normalized directions' forward and backward (norm.cpp, norm_bwd.cpp)
+// that both share: the gain, shift and evaluation statistics of a group of F features.
+inline void check_group(const char* op, const char* what, at::ScalarType dt, int64_t F, const Tensor* g,
+                        const OptT& s, const OptT& st) {
+  using namespace rnnkit_check;
+  const std::string gn = std::string("g_") + what, sn = std::string("s_") + what, stn = std::string("st_") + what;
+  if (g) tensor(op, gn.c_str(), *g, dt, "(F,)", {F});
+  opt(op, sn.c_str(), s, dt, "(F,)", {F});
+  opt(op, stn.c_str(), st, dt, "(2, slots, F)", {2, kAny, F});
+}
+
+inline void check_kind_mode(const char* op, const std::string& kind, int64_t mode) {
+  TORCH_CHECK(kind == "lstm" || kind == "gru" || kind == "rnn_tanh" || kind == "rnn_relu", op,
+              ": kind must be \"lstm\", \"gru\", \"rnn_tanh\" or \"rnn_relu\", got \"", kind, "\"");
+  TORCH_CHECK(mode == kLN || mode == kBNTrain || mode == kBNEval, op,
+              ": mode must be 1 (layer norm), 2 (batch norm, training) or 3 (batch norm, evaluation), got ", mode);
+}
+
 // Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved
 // x^ (N, F), rho (LN (N, 1), BN train (T, F)) and BN train statistics (T, F); BN eval reads
 // st (2, S, F) (per slot: mean, 1/std) at row n's slot SL[n].
