@@ -159,7 +159,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
   // x given: the kernel computes xp = x W_ih^T + b itself, a chunk of steps at a time (InputChunks)
   const Tensor& ref = x.has_value() ? *x : xp;
   const int64_t N = ref.size(0), P = h0.size(1), B = h0.size(0);
-  Tensor hbuf = h0.clone(), out = at::empty({N, P}, ref.options());
+  Tensor hbuf = h0.clone(kRowMajor), out = at::empty({N, P}, ref.options());
   // h_{t-1} (times the mask) of every row, saved for backward's dW_hh = dgates^T h_{t-1}. With
   // `col`, column-major, (N, P) with strides (1, N): its transpose is dense and the weight-
   // gradient GEMM reads it without a transposed copy (medium shape: ~0.9 ms a training step);
@@ -173,7 +173,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
   const int64_t H = c0.size(1), G4 = 4 * H;
   const auto opt = ref.options();
   const int64_t NS = save ? N : 0;  // rows of the buffers only backward reads
-  Tensor cbuf = c0.clone(), gates = at::empty({NS, G4}, opt);
+  Tensor cbuf = c0.clone(kRowMajor), gates = at::empty({NS, G4}, opt);
   Tensor cprev = at::empty({NS, H}, opt), tanhc = at::empty({NS, H}, opt);
   const bool proj = w_hr.has_value();
   Tensor hraw = proj ? at::empty({N, H}, opt) : out;
@@ -253,17 +253,21 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
   check_batch_sizes("rnnkit_ext::backward", batch_sizes, gout.size(0), ghn.size(0));
   auto steps = schedule(batch_sizes, reverse);
   std::reverse(steps.begin(), steps.end());
+  // the saved buffers the kernels read row-major through raw pointers (a no-op for the forward's
+  // own): LSTM gates, c_{t-1}, tanh c; GRU gates, a_n, h_{t-1}; RNN h~. The LSTM's h_{t-1} (may
+  // be column-major) and the others only meet ATen GEMMs.
+  for (int64_t i = 0; i < (kind == 0 || kind == 1 ? 3 : 1); ++i) saved[i] = saved[i].contiguous();
   if (kind != 0) return rnnkit_gru_rnn::backward(kind, gout, ghn, saved, w_hh, mask, zh, has_bias, steps, onednn);
-  Tensor dhbuf = ghn.clone();
+  Tensor dhbuf = ghn.clone(kRowMajor);
   const int64_t B = ghn.size(0), P = ghn.size(1);
-  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn), dht = at::empty_like(ghn);
+  Tensor dhz = zh.has_value() ? at::empty_like(ghn, kRowMajor) : none(ghn), dht = at::empty_like(ghn, kRowMajor);
   // Per step one parallel region over blocks of hidden units (see below), then the partial
   // dh_{t-1} added up with the mask and zoneout's direct part.
   const Tensor &gates = saved[0], &cprev = saved[1], &tanhc = saved[2], &hprev = saved[3], &hraw = saved[4];
   const Tensor& cnew = saved[5];
   const int64_t H = tanhc.size(1), G4 = 4 * H;
   const bool proj = w_hr.has_value();
-  Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone();
+  Tensor dgates = at::empty_like(gates, kRowMajor), dcbuf = gcn.clone(kRowMajor);
   // has_bias (LSTM): also the input bias gradient Σ_n dgates[n], each block summing its own
   // units' columns while they are in cache (float64), instead of a pass over (N, 4H) after
   Tensor db = has_bias ? at::zeros({G4}, gates.options().dtype(at::kDouble)) : none(gates);

@@ -115,7 +115,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), gh = cont(g_hh), sh = cont(s_hh);
   const OptT sth = cont(st_hh), stc = cont(st_c);
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
-  Tensor hbuf = h0.clone(), out = at::empty({N, P}, o), rbuf = at::empty({B, G}, o);
+  Tensor hbuf = h0.clone(kRowMajor), out = at::empty({N, P}, o), rbuf = at::empty({B, G}, o);
   Tensor hprev = col ? at::empty({P, N}, o).t() : at::empty({NS, P}, o), hstep = col ? at::empty({B, P}, o) : e();
   auto group = [&](int64_t F) {  // x^, rho, mean, var
     return std::vector<Tensor>{at::empty({NS, F}, o),
@@ -152,7 +152,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const OptT scc = cont(s_c);
       const NormG<T_> nc(mode, H, cg[0], cg[1], cg[2], cg[3], gcc, scc, stc, slots);
       Tensor gates = at::empty({NS, G4}, o), cprev = at::empty({NS, H}, o), tanhc = at::empty({NS, H}, o);
-      Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone();
+      Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone(kRowMajor);
       const Tensor WR = proj ? w_hr->contiguous() : e();
       const Tensor WRT = proj && xp.scalar_type() == at::kFloat ? w_hr->t().contiguous() : WR;
       const OptT wpc = cont(w_peep);

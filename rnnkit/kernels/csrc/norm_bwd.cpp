@@ -118,22 +118,28 @@ void check_backward(const std::string& kind, int64_t mode, const Tensor& gout, c
 }  // namespace
 
 std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_, const Tensor& ghn,
-                             const Tensor& gcn, const Tensor& out, std::vector<Tensor> saved, const Tensor& w_hh,
+                             const Tensor& gcn, const Tensor& out_, std::vector<Tensor> saved, const Tensor& w_hh,
                              bool has_bias, const OptT& w_hr, const OptT& mask_, const OptT& zh_, const OptT& zc_,
                              const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
                              const OptT& st_c, const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
                              bool onednn) {
-  check_backward(kind, mode, gout_, ghn, gcn, out, saved, w_hh, w_hr, mask_, zh_, zc_, g_hh, g_c, st_hh, st_c, w_peep,
+  check_backward(kind, mode, gout_, ghn, gcn, out_, saved, w_hh, w_hr, mask_, zh_, zc_, g_hh, g_c, st_hh, st_c, w_peep,
                  static_cast<int64_t>(batch_sizes.size()));
+  // out (the RNN reads h from it) and the saved buffers, read row-major through raw pointers (a
+  // no-op for the forward's own), but h_{t-1} (LSTM, RNN: may be column-major; only meets GEMMs)
+  const Tensor out = out_.contiguous();
   const int64_t B = ghn.size(0), P = ghn.size(1), N = out.size(0), G = w_hh.size(0);
   check_batch_sizes("rnnkit_norm::backward", batch_sizes, N, B);
   const auto steps = schedule(batch_sizes, reverse);
+  const size_t hprev_at = kind == "lstm" ? 3 : kind == "gru" ? saved.size() : 1;
+  for (size_t i = 0; i < saved.size(); ++i)
+    if (i != hprev_at) saved[i] = saved[i].contiguous();
   auto o = out.options();
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), sth = cont(st_hh), stc = cont(st_c);
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
   const Tensor gout = gout_.contiguous(), W = w_hh.contiguous(), gh = g_hh.contiguous();
-  Tensor dhbuf = ghn.clone(), dhz = at::empty({B, P}, o), dr_all = at::empty({N, G}, o);
+  Tensor dhbuf = ghn.clone(kRowMajor), dhz = at::empty({B, P}, o), dr_all = at::empty({N, G}, o);
   auto cast = [&](const Tensor& t) { return t.to(out.scalar_type(), false, true); };  // a copy: no aliasing
   std::vector<Tensor> res;
   for (int i = 0; i < 10; ++i) res.push_back(none(out));
@@ -184,7 +190,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       const OptT wpc = cont(w_peep);
       const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       NormB<T_> nc(mode, H, xc, rc, gcc, stc, slots);
-      Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone(), dh_all = proj ? at::empty(hprev.sizes(), o) : none(out);
+      Tensor dgates = at::empty_like(gates, kRowMajor), dcbuf = gcn.clone(kRowMajor), dh_all = proj ? at::empty(hprev.sizes(), o) : none(out);
       Tensor dht = at::empty({B, std::max(P, H)}, o), dyc = at::empty({B, H}, o), dcn = at::empty({B, H}, o);
       Tensor dcz = at::empty({B, H}, o);
       T_ *DG = dgates.data_ptr<T_>(), *DC = dcbuf.data_ptr<T_>(), *DHT = dht.data_ptr<T_>();
@@ -225,7 +231,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
     } else if (kind == "gru") {
       const Tensor &gates = saved[0], &an = saved[1], &hprev = saved[2], &hprev_m = saved[3];
       const int64_t H = P;
-      Tensor dxp = at::empty_like(gates), dat = at::empty({B, G}, o), dz = at::empty({B, H}, o);
+      Tensor dxp = at::empty_like(gates, kRowMajor), dat = at::empty({B, G}, o), dz = at::empty({B, H}, o);
       T_ *DX = dxp.data_ptr<T_>(), *DA = dat.data_ptr<T_>(), *DZ = dz.data_ptr<T_>();
       const T_ *GT = gates.data_ptr<T_>(), *ANV = an.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>();
       over_steps(mode != kBNTrain, B, G, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {

@@ -59,7 +59,7 @@ std::vector<Tensor> bn_input_forward(const Tensor& a_, const Tensor& w_, const O
 }
 
 // [d a, dγ, dβ (empty without bias)] from dy (N, G) and the forward's x^, rho.
-std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh, const Tensor& rs, const Tensor& w_,
+std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh_, const Tensor& rs_, const Tensor& w_,
                                       bool has_bias, std::vector<int64_t> bsz) {
   {
     using namespace rnnkit_check;
@@ -67,11 +67,11 @@ std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh, const
     const auto dt = floating(op, "dy", dy_);
     tensor(op, "dy", dy_, dt, "(N, G)", {kAny, kAny});
     const int64_t N = dy_.size(0), G = dy_.size(1), T = bsz.size();
-    tensor(op, "xh", xh, dt, "(N, G)", {N, G});
-    tensor(op, "rs", rs, dt, "(T, G)", {T, G});
+    tensor(op, "xh", xh_, dt, "(N, G)", {N, G});
+    tensor(op, "rs", rs_, dt, "(T, G)", {T, G});
     tensor(op, "w", w_, dt, "(G,)", {G});
   }
-  const Tensor dy = dy_.contiguous(), w = w_.contiguous();
+  const Tensor dy = dy_.contiguous(), w = w_.contiguous(), xh = xh_.contiguous(), rs = rs_.contiguous();
   const int64_t N = dy.size(0), G = dy.size(1), T = bsz.size();
   check_batch_sizes("rnnkit_norm::bn_input_backward", bsz, N, -1);
   Tensor da = at::empty({N, G}, dy.options());

@@ -45,6 +45,7 @@ constexpr int64_t kLN = 1, kBNTrain = 2, kBNEval = 3;
 constexpr int64_t kColHprev = 32;  // forward flag: save h_{t-1} column-major (norm.cpp)
 
 using rnnkit_common::check_batch_sizes;
+using rnnkit_common::kRowMajor;
 using rnnkit_common::mm_tn;
 using rnnkit_common::none;
 using rnnkit_common::schedule;

@@ -66,7 +66,7 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
   Tensor hprev_m = mask.has_value() ? at::empty({N, H}, opt) : none(xp);
   Tensor an = L.reset_after ? at::empty({N, H}, opt) : none(xp);
   Tensor th = L.zsrc == 2 ? at::empty({N, H}, opt) : none(xp);
-  Tensor hbuf = h0.clone(), abuf = at::empty({B, nD * H}, opt), sbuf = at::empty({B, H}, opt);
+  Tensor hbuf = h0.clone(kRowMajor), abuf = at::empty({B, nD * H}, opt), sbuf = at::empty({B, H}, opt);
   Tensor s2buf = at::empty({B, H}, opt);
   const Wblk wd(L.rows(w_hh, L.D, H), f32);
   const Wblk wz(L.zsrc == 2 ? L.rows(w_hh, "z", H) : none(xp), f32);
@@ -168,10 +168,10 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
   const int64_t B = ghn.size(0), H = hprev.size(1), nD = L.D.size(), G = 3 * H, DW = nD * H;
   const Tensor& hm_all = mask.has_value() ? hprev_m : hprev;
   const auto opt = gates.options();
-  Tensor dxp = at::empty_like(gates), dan = L.reset_after ? at::empty_like(hprev) : none(gates);
+  Tensor dxp = at::empty_like(gates, kRowMajor), dan = L.reset_after ? at::empty_like(hprev, kRowMajor) : none(gates);
   Tensor dd = at::empty({B, DW}, opt), dir = at::empty({B, H}, opt), dnb = at::empty({B, H}, opt);
   Tensor dzb = at::empty({B, H}, opt), ex = at::empty({B, H}, opt), dhm = at::empty({B, H}, opt);
-  Tensor dz2 = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt), dhbuf = ghn.clone();
+  Tensor dz2 = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt), dhbuf = ghn.clone(kRowMajor);
   const Tensor wd = L.rows(w_hh, L.D, H).contiguous();
   const Tensor wz = L.zsrc == 2 ? L.rows(w_hh, "z", H).contiguous() : none(gates);
   const Tensor wn = !L.reset_after ? L.rows(w_hh, "n", H).contiguous() : none(gates);
@@ -422,6 +422,10 @@ std::vector<Tensor> variant_backward(int64_t family, int64_t flags, const Tensor
   check_variant_backward(family, flags, gout, ghn, gcn, gan, saved, w_hh, w_hr, mask, zh, zc, w_peep, w_gg, zg);
   check_batch_sizes("rnnkit_ext::variant_backward", batch_sizes, gout.size(0), ghn.size(0));
   const auto steps = schedule(batch_sizes, reverse);
+  // the saved buffers the kernels read row-major through raw pointers (a no-op for the forward's
+  // own): LSTM layouts' gates, c_{t-1}, y (h_{t-1}, a_{t-1} only meet ATen GEMMs); every one of
+  // the GRU variants'
+  for (size_t i = 0; i < (family == 0 ? 3 : saved.size()); ++i) saved[i] = saved[i].contiguous();
   if (family == 0)
     return rnnkit_variants::lstm_backward(flags, gout, ghn, gcn, gan, saved, w_hh, w_hr, mask, zh, zc, w_peep, w_gg,
                                           zg, steps, onednn);
