@@ -11,6 +11,7 @@ namespace {
 at::Tensor activation(const at::Tensor& x, int64_t which) {
   TORCH_CHECK(which == 0 || which == 1, "rnnkit_ext::activation: which must be 0 (sigmoid) or 1 (tanh), got ",
               which);
+  TORCH_CHECK(x.device().is_cpu(), "rnnkit_ext::activation: x must be a CPU tensor, got device ", x.device());
   const at::Tensor xc = x.contiguous();
   at::Tensor y = at::empty_like(xc);
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "rnnkit_activation", [&] {

@@ -11,10 +11,17 @@
 #include <utility>
 #include <vector>
 
+#include "checks.h"  // argument checks of the ops
+
 namespace rnnkit_common {
 
 using at::Tensor;
 using Steps = std::vector<std::pair<int64_t, int64_t>>;  // (offset, batch) in forward order
+
+// Copies and scratch that the kernels address through raw row-major pointers: clone() and
+// empty_like() keep the strides of a dense non-row-major tensor (a transposed h0), so they ask
+// for this format.
+constexpr auto kRowMajor = at::MemoryFormat::Contiguous;
 
 inline const c10::OperatorHandle* find_op(const char* name, const char* overload) {
   auto h = c10::Dispatcher::singleton().findSchema({name, overload});

@@ -36,6 +36,112 @@ using namespace rnnkit_common;
 
 namespace {
 
+using OptT = std::optional<Tensor>;
+
+// The arguments of forward against each other (kind without its flags): N rows of the packed
+// input, B rows of the state, P its width, H the hidden size (P == H without projection).
+void check_forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tensor& c0, const Tensor& w_hh,
+                   const OptT& b_hh, const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
+                   const OptT& w_peep, const OptT& x, const OptT& w_ih, const OptT& b_in) {
+  using namespace rnnkit_check;
+  const char* op = "rnnkit_ext::forward";
+  TORCH_CHECK(kind >= 0 && kind <= 3, op, ": kind must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu), plus ",
+              "the flags 16 and 32, got ", kind);
+  TORCH_CHECK(kind == 0 || !x.has_value(), op, ": only the LSTM projects its input itself");
+  const Tensor& ref = x.has_value() ? *x : xp;
+  const auto dt = floating(op, x.has_value() ? "x" : "xp", ref);
+  tensor(op, x.has_value() ? "x" : "xp", ref, dt, "(N, F)", {kAny, kAny});
+  tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
+  const int64_t N = ref.size(0), B = h0.size(0), P = h0.size(1);
+  if (kind == 0) {
+    tensor(op, "c0", c0, dt, "(B, H)", {B, kAny});
+    const int64_t H = c0.size(1);
+    if (w_hr.has_value())
+      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+    else
+      TORCH_CHECK(P == H, op, ": without w_hr, h0 (B, P) and c0 (B, H) must have one width, got ", h0.sizes(),
+                  " and ", c0.sizes());
+    if (x.has_value()) {
+      const int64_t I = x->size(1);
+      tensor(op, "w_ih", req(op, "w_ih", w_ih, "with x"), dt, "(4H, I)", {4 * H, I});
+      opt(op, "b_ih", b_in, dt, "(4H,)", {4 * H});
+    } else {
+      tensor(op, "xp", xp, dt, "(N, 4H)", {N, 4 * H});
+    }
+    tensor(op, "w_hh", w_hh, dt, "(4H, P)", {4 * H, P});
+    opt(op, "mask", mask, dt, "(B, P)", {B, P});
+    opt(op, "zh", zh, dt, "(N, P)", {N, P});
+    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
+    return;
+  }
+  const int64_t G = kind == 1 ? 3 * P : P;  // GRU: r, z, n
+  tensor(op, "xp", xp, dt, kind == 1 ? "(N, 3H)" : "(N, H)", {N, G});
+  tensor(op, "w_hh", w_hh, dt, kind == 1 ? "(3H, H)" : "(H, H)", {G, P});
+  if (kind == 1) opt(op, "b_hh", b_hh, dt, "(3H,)", {G});
+  opt(op, "mask", mask, dt, "(B, H)", {B, P});
+  opt(op, "zh", zh, dt, "(N, H)", {N, P});
+}
+
+// The arguments of backward against each other, as check_forward; `saved` as forward returned it.
+void check_backward(int64_t kind, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
+                    const std::vector<Tensor>& saved, const Tensor& w_hh, const OptT& w_hr, const OptT& mask,
+                    const OptT& zh, const OptT& zc, const OptT& w_peep) {
+  using namespace rnnkit_check;
+  const char* op = "rnnkit_ext::backward";
+  TORCH_CHECK(kind >= 0 && kind <= 3, op, ": kind must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu), got ",
+              kind);
+  const auto dt = floating(op, "gout", gout);
+  tensor(op, "gout", gout, dt, "(N, P)", {kAny, kAny});
+  const int64_t N = gout.size(0), P = gout.size(1);
+  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});
+  const int64_t B = ghn.size(0);
+  if (kind == 0) {
+    const int64_t H = per_gate(op, "w_hh", w_hh, 4, "(4H, P)");
+    tensor(op, "w_hh", w_hh, dt, "(4H, P)", {4 * H, P});
+    tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
+    count(op, "saved", saved.size(), 6, false);
+    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 4H)", {N, 4 * H});
+    tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
+    tensor(op, "saved[2] (tanh c)", saved[2], dt, "(N, H)", {N, H});
+    tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
+    if (w_hr.has_value()) {
+      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+      tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
+    } else {
+      TORCH_CHECK(P == H, op, ": without w_hr, gout (N, P) and w_hh (4H, P) must have P == H, got ", gout.sizes(),
+                  " and ", w_hh.sizes());
+    }
+    if (w_peep.has_value()) {
+      tensor(op, "w_peep", *w_peep, dt, "(3H,)", {3 * H});
+      tensor(op, "saved[5] (c~)", saved[5], dt, "(N, H)", {N, H});
+    }
+    opt(op, "mask", mask, dt, "(B, P)", {B, P});
+    opt(op, "zh", zh, dt, "(N, P)", {N, P});
+    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    return;
+  }
+  const int64_t G = kind == 1 ? 3 * P : P;
+  tensor(op, "w_hh", w_hh, dt, kind == 1 ? "(3H, H)" : "(H, H)", {G, P});
+  if (kind == 1) {
+    count(op, "saved", saved.size(), 4, false);
+    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 3H)", {N, G});
+    tensor(op, "saved[1] (a_n)", saved[1], dt, "(N, H)", {N, P});
+    tensor(op, "saved[2] (h_{t-1})", saved[2], dt, "(N, H)", {N, P});
+    tensor(op, "saved[3] (h_{t-1} * mask)", saved[3], dt, "(N, H)", {N, P});
+  } else {
+    count(op, "saved", saved.size(), 2, false);
+    tensor(op, "saved[0] (h~)", saved[0], dt, "(N, H)", {N, P});
+    // h_{t-1} of every row, or (not stored) a copy of h0
+    tensor(op, "saved[1] (h_{t-1})", saved[1], dt, "(N, H) or (B, H)", {kAny, P});
+    TORCH_CHECK(saved[1].size(0) == N || saved[1].size(0) == B, op,
+                ": saved[1] (h_{t-1}) must have shape (N, H) = [", N, ", ", P, "] or (B, H) = [", B, ", ", P,
+                "], got ", saved[1].sizes());
+  }
+  opt(op, "mask", mask, dt, "(B, H)", {B, P});
+  opt(op, "zh", zh, dt, "(N, H)", {N, P});
+}
+
 std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tensor& c0,
                             const Tensor& w_hh, const std::optional<Tensor>& b_hh,
                             const std::optional<Tensor>& w_hr, const std::optional<Tensor>& mask,
@@ -45,15 +151,15 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
                             const std::optional<Tensor>& b_in) {
   const bool save = !(kind & 16);  // else inference: the LSTM saves nothing for backward
   const bool col = kind & 32;       // h_{t-1} saved column-major (the eager path; see below)
-  kind &= 15;
+  kind &= ~(16 | 32);
+  check_forward(kind, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, x, w_ih, b_in);
   check_batch_sizes("rnnkit_ext::forward", batch_sizes, x.has_value() ? x->size(0) : xp.size(0), h0.size(0));
   const auto steps = schedule(batch_sizes, reverse);
-  TORCH_CHECK(kind == 0 || !x.has_value(), "rnnkit_ext::forward: only the LSTM projects its input itself");
   if (kind != 0) return rnnkit_gru_rnn::forward(kind, xp, h0, w_hh, b_hh, mask, zh, steps, onednn);
   // x given: the kernel computes xp = x W_ih^T + b itself, a chunk of steps at a time (InputChunks)
   const Tensor& ref = x.has_value() ? *x : xp;
   const int64_t N = ref.size(0), P = h0.size(1), B = h0.size(0);
-  Tensor hbuf = h0.clone(), out = at::empty({N, P}, ref.options());
+  Tensor hbuf = h0.clone(kRowMajor), out = at::empty({N, P}, ref.options());
   // h_{t-1} (times the mask) of every row, saved for backward's dW_hh = dgates^T h_{t-1}. With
   // `col`, column-major, (N, P) with strides (1, N): its transpose is dense and the weight-
   // gradient GEMM reads it without a transposed copy (medium shape: ~0.9 ms a training step);
@@ -67,7 +173,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
   const int64_t H = c0.size(1), G4 = 4 * H;
   const auto opt = ref.options();
   const int64_t NS = save ? N : 0;  // rows of the buffers only backward reads
-  Tensor cbuf = c0.clone(), gates = at::empty({NS, G4}, opt);
+  Tensor cbuf = c0.clone(kRowMajor), gates = at::empty({NS, G4}, opt);
   Tensor cprev = at::empty({NS, H}, opt), tanhc = at::empty({NS, H}, opt);
   const bool proj = w_hr.has_value();
   Tensor hraw = proj ? at::empty({N, H}, opt) : out;
@@ -143,20 +249,25 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
                              const std::optional<Tensor>& zh, const std::optional<Tensor>& zc,
                              const std::optional<Tensor>& w_peep, bool has_bias, std::vector<int64_t> batch_sizes,
                              bool reverse, bool onednn) {
+  check_backward(kind, gout, ghn, gcn, saved, w_hh, w_hr, mask, zh, zc, w_peep);
   check_batch_sizes("rnnkit_ext::backward", batch_sizes, gout.size(0), ghn.size(0));
   auto steps = schedule(batch_sizes, reverse);
   std::reverse(steps.begin(), steps.end());
+  // the saved buffers the kernels read row-major through raw pointers (a no-op for the forward's
+  // own): LSTM gates, c_{t-1}, tanh c; GRU gates, a_n, h_{t-1}; RNN h~. The LSTM's h_{t-1} (may
+  // be column-major) and the others only meet ATen GEMMs.
+  for (int64_t i = 0; i < (kind == 0 || kind == 1 ? 3 : 1); ++i) saved[i] = saved[i].contiguous();
   if (kind != 0) return rnnkit_gru_rnn::backward(kind, gout, ghn, saved, w_hh, mask, zh, has_bias, steps, onednn);
-  Tensor dhbuf = ghn.clone();
+  Tensor dhbuf = ghn.clone(kRowMajor);
   const int64_t B = ghn.size(0), P = ghn.size(1);
-  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn), dht = at::empty_like(ghn);
+  Tensor dhz = zh.has_value() ? at::empty_like(ghn, kRowMajor) : none(ghn), dht = at::empty_like(ghn, kRowMajor);
   // Per step one parallel region over blocks of hidden units (see below), then the partial
   // dh_{t-1} added up with the mask and zoneout's direct part.
   const Tensor &gates = saved[0], &cprev = saved[1], &tanhc = saved[2], &hprev = saved[3], &hraw = saved[4];
   const Tensor& cnew = saved[5];
   const int64_t H = tanhc.size(1), G4 = 4 * H;
   const bool proj = w_hr.has_value();
-  Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone();
+  Tensor dgates = at::empty_like(gates, kRowMajor), dcbuf = gcn.clone(kRowMajor);
   // has_bias (LSTM): also the input bias gradient Σ_n dgates[n], each block summing its own
   // units' columns while they are in cache (float64), instead of a pass over (N, 4H) after
   Tensor db = has_bias ? at::zeros({G4}, gates.options().dtype(at::kDouble)) : none(gates);

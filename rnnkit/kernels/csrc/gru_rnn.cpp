@@ -89,7 +89,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor
                                 const OptT& mask, const OptT& zh, const Steps& steps) {
   const int64_t N = xp.size(0), B = h0.size(0), H = h0.size(1), G = 3 * H;
   const auto opt = xp.options();
-  Tensor hbuf = h0.clone(), out = at::empty({N, H}, opt), hprev = at::empty({N, H}, opt);
+  Tensor hbuf = h0.clone(kRowMajor), out = at::empty({N, H}, opt), hprev = at::empty({N, H}, opt);
   // a_n (the n-part of the recurrent GEMM, bias included) is all backward needs of it
   Tensor gates = at::empty({N, G}, opt), an = at::empty({N, H}, opt), abuf = at::empty({B, G}, opt);
   Tensor hprev_m = mask.has_value() ? at::empty({N, H}, opt) : hprev;
@@ -150,7 +150,7 @@ std::vector<Tensor> gru_backward(const Tensor& gout, const Tensor& ghn, const st
   const auto opt = gates.options();
   // d a = [dr', dz', dn' ⊙ r] per step in `dat`; its r, z parts are d xp's, so only the n-part
   // is stacked over the sequence (dan) for the weight gradient.
-  Tensor dxp = at::empty_like(gates), dan = at::empty_like(an), dhbuf = ghn.clone();
+  Tensor dxp = at::empty_like(gates, kRowMajor), dan = at::empty_like(an, kRowMajor), dhbuf = ghn.clone(kRowMajor);
   Tensor dat = at::empty({B, G}, opt), dz = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt);
   const Tensor goc = gout.contiguous(), wc = w_hh.contiguous();
   const Tensor m = dense_or_none(mask, gates), zc = dense_or_none(zh, gates);
@@ -211,9 +211,9 @@ std::vector<Tensor> rnn_forward(bool relu, const Tensor& xp, const Tensor& h0, c
   const int64_t N = xp.size(0), B = h0.size(0), H = h0.size(1);
   const auto opt = xp.options();
   const bool keep_prev = mask.has_value() || zh.has_value();
-  Tensor hbuf = h0.clone(), out = at::empty({N, H}, opt);
+  Tensor hbuf = h0.clone(kRowMajor), out = at::empty({N, H}, opt);
   Tensor hnew = zh.has_value() ? at::empty({N, H}, opt) : out;
-  Tensor hprev = keep_prev ? at::empty({N, H}, opt) : h0.clone();
+  Tensor hprev = keep_prev ? at::empty({N, H}, opt) : h0.clone(kRowMajor);
   const Tensor xc = xp.contiguous(), wc = w_hh.contiguous();
   const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;
   const Tensor m = dense_or_none(mask, xp), zc = dense_or_none(zh, xp);
@@ -255,7 +255,7 @@ std::vector<Tensor> rnn_backward(bool relu, const Tensor& gout, const Tensor& gh
                                  bool onednn) {
   const Tensor &hnew = saved[0], &hprev = saved[1];
   const int64_t B = ghn.size(0), H = ghn.size(1), N = hnew.size(0);
-  Tensor da_all = at::empty_like(hnew), dhbuf = ghn.clone(), dhz = at::empty({B, H}, hnew.options());
+  Tensor da_all = at::empty_like(hnew, kRowMajor), dhbuf = ghn.clone(kRowMajor), dhz = at::empty({B, H}, hnew.options());
   const Tensor goc = gout.contiguous(), wc = w_hh.contiguous();
   const Tensor m = dense_or_none(mask, hnew), zc = dense_or_none(zh, hnew);
   AT_DISPATCH_FLOATING_TYPES(hnew.scalar_type(), "rnnkit_rnn_bwd", [&] {

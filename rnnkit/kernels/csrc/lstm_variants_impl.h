@@ -37,7 +37,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   const std::optional<Linear> lin_r = w_hr.has_value() ? std::optional<Linear>(Linear(*w_hr, B, onednn)) : std::nullopt;
   // the buffers only backward reads: (N, .) when saving, else step-sized scratch (row offset 0)
   const int64_t NS = L.save ? N : B;
-  Tensor hbuf = h0.clone(), cbuf = c0.clone(), out = at::empty({N, P}, opt), hprev = at::empty({NS, P}, opt);
+  Tensor hbuf = h0.clone(kRowMajor), cbuf = c0.clone(kRowMajor), out = at::empty({N, P}, opt), hprev = at::empty({NS, P}, opt);
   Tensor gates = at::empty({NS, L.ng * H}, opt), cprev = at::empty({NS, H}, opt), y = at::empty({NS, H}, opt);
   Tensor hraw = w_hr.has_value() ? at::empty({N, H}, opt) : none(xp);
   const bool peep_o = L.peep && L.has_o;
@@ -45,7 +45,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   Tensor w_peep = L.peep ? w_peep_->contiguous() : none(xp);
   // FGR: the sigmoid gates also see the previous gate state a_{t-1} through W_gg.
   const int64_t S = L.fgr ? a0->size(1) : 0, nsig = static_cast<int64_t>(L.sig.size());
-  Tensor abuf = L.fgr ? a0->clone() : none(xp), aprev = L.fgr ? at::empty({NS, S}, opt) : none(xp);
+  Tensor abuf = L.fgr ? a0->clone(kRowMajor) : none(xp), aprev = L.fgr ? at::empty({NS, S}, opt) : none(xp);
   const int64_t nfront = (L.has_i ? 1 : 0) + (L.has_f ? 1 : 0);  // i, f: the first blocks
   // Per step one parallel region (blocked.h): each thread runs the recurrent GEMM (and FGR's)
   // for the gates of its block of hidden units, then everything element-wise for them.
@@ -176,14 +176,14 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
   const int64_t B = ghn.size(0), P = ghn.size(1), H = y.size(1), W = L.ng * H;
   const bool proj = w_hr.has_value(), peep_o = L.peep && L.has_o;
   const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
-  Tensor dhbuf = ghn.clone(), dcbuf = gcn.clone(), dgates = at::empty_like(gates);
-  Tensor dh_all = proj ? at::empty_like(hprev) : none(gates), dht = at::empty_like(ghn);
-  Tensor dhz = zh.has_value() ? at::empty_like(ghn) : none(ghn);
+  Tensor dhbuf = ghn.clone(kRowMajor), dcbuf = gcn.clone(kRowMajor), dgates = at::empty_like(gates, kRowMajor);
+  Tensor dh_all = proj ? at::empty({hprev.size(0), P}, gates.options()) : none(gates), dht = at::empty_like(ghn, kRowMajor);
+  Tensor dhz = zh.has_value() ? at::empty_like(ghn, kRowMajor) : none(ghn);
   Tensor w_peep = L.peep ? w_peep_->contiguous() : none(gates);
   // FGR: running gradient of the gate state (dabuf), its part through [i, f, o]_t (dacts),
   // zoneout's direct part (daz), and the sigmoid gates' gradients stacked for dW_gg (dsig).
   const int64_t S = L.fgr ? aprev.size(1) : 0;
-  Tensor dabuf = L.fgr ? gan.clone() : none(gates), dacts = at::empty({B, S}, gates.options());
+  Tensor dabuf = L.fgr ? gan.clone(kRowMajor) : none(gates), dacts = at::empty({B, S}, gates.options());
   Tensor daz = at::empty({B, S}, gates.options()), dsig = at::empty({L.fgr ? aprev.size(0) : 0, S}, gates.options());
   const Tensor wgc = L.fgr ? w_gg->contiguous() : none(gates), zgc = zg.has_value() ? zg->contiguous() : none(gates);
   int64_t qi = -1, qf = -1, qo = -1;  // position of each sigmoid gate in the gate state

@@ -24,6 +24,58 @@ namespace {
 using rnnkit_pw::lerp;
 constexpr int64_t kInChunk = 8;  // steps per chunk of the in-kernel input group (dense input)
 
+// The arguments of forward against each other: N rows of the packed input, B rows of the
+// state, P its width, H the hidden size (P == H without projection), G the recurrent group's
+// width (4H, 3H, H).
+void check_forward(const std::string& kind, int64_t mode, const Tensor& xp, const Tensor& h0, const OptT& c0,
+                   const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
+                   const OptT& zc, const Tensor& g_hh, const OptT& s_hh, const OptT& g_c, const OptT& s_c,
+                   const OptT& st_hh, const OptT& st_c, const OptT& w_peep, const OptT& x_in, const OptT& w_ih,
+                   const OptT& g_ih, const OptT& s_ih) {
+  using namespace rnnkit_check;
+  const char* op = "rnnkit_norm::forward";
+  check_kind_mode(op, kind, mode);
+  const bool proj_in = x_in.has_value();
+  const Tensor& ref = proj_in ? *x_in : xp;
+  const auto dt = floating(op, proj_in ? "x_in" : "xp", ref);
+  tensor(op, proj_in ? "x_in" : "xp", ref, dt, "(N, F)", {kAny, kAny});
+  TORCH_CHECK(xp.scalar_type() == dt, op, ": xp must have dtype ", dt, " (as x_in), got ", xp.scalar_type());
+  tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
+  const int64_t N = ref.size(0), B = h0.size(0), P = h0.size(1);
+  if (kind == "lstm") {
+    const Tensor& c = req(op, "c0", c0, "by the LSTM");
+    tensor(op, "c0", c, dt, "(B, H)", {B, kAny});
+    const int64_t H = c.size(1), G = 4 * H;
+    if (w_hr.has_value())
+      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+    else
+      TORCH_CHECK(P == H, op, ": without w_hr, h0 (B, P) and c0 (B, H) must have one width, got ", h0.sizes(),
+                  " and ", c.sizes());
+    if (proj_in) {
+      tensor(op, "w_ih", req(op, "w_ih", w_ih, "with x_in"), dt, "(4H, I)", {G, x_in->size(1)});
+      tensor(op, "g_ih", req(op, "g_ih", g_ih, "with x_in"), dt, "(4H,)", {G});
+      opt(op, "s_ih", s_ih, dt, "(4H,)", {G});
+    } else {
+      tensor(op, "xp", xp, dt, "(N, 4H)", {N, G});
+    }
+    tensor(op, "w_hh", w_hh, dt, "(4H, P)", {G, P});
+    opt(op, "mask", mask, dt, "(B, P)", {B, P});
+    opt(op, "zh", zh, dt, "(N, P)", {N, P});
+    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
+    check_group(op, "hh", dt, G, &g_hh, s_hh, st_hh);
+    check_group(op, "c", dt, H, &req(op, "g_c", g_c, "by the LSTM"), s_c, st_c);
+    return;
+  }
+  const int64_t G = kind == "gru" ? 3 * P : P;
+  tensor(op, "xp", xp, dt, kind == "gru" ? "(N, 3H)" : "(N, H)", {N, G});
+  tensor(op, "w_hh", w_hh, dt, kind == "gru" ? "(3H, H)" : "(H, H)", {G, P});
+  if (kind == "gru") opt(op, "b_hh", b_hh, dt, "(3H,)", {G});
+  opt(op, "mask", mask, dt, "(B, H)", {B, P});
+  opt(op, "zh", zh, dt, "(N, H)", {N, P});
+  check_group(op, "hh", dt, G, &g_hh, s_hh, st_hh);
+}
+
 std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, const Tensor& h0, const OptT& c0,
                             const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask_,
                             const OptT& zh_, const OptT& zc_, const Tensor& g_hh, const OptT& s_hh,
@@ -38,6 +90,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   // h_{t-1} row by row in backward: row-major.
   const bool col = save && (mode & kColHprev) && kind != "gru";
   mode &= ~kColHprev;
+  check_forward(kind, mode, xp_, h0, c0, w_hh, b_hh, w_hr, mask_, zh_, zc_, g_hh, s_hh, g_c, s_c, st_hh, st_c, w_peep,
+                x_in, w_ih, g_ih, s_ih);
   // x_in given (layer-norm LSTM, eager): the kernel computes the input group itself, each
   // thread for its rows a chunk of steps ahead, xp = LN(x W_ih^T; g_ih, s_ih) (s_ih: the shift
   // with the biases folded in), instead of reading an (N, G) xp written and read back through
@@ -61,7 +115,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), gh = cont(g_hh), sh = cont(s_hh);
   const OptT sth = cont(st_hh), stc = cont(st_c);
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
-  Tensor hbuf = h0.clone(), out = at::empty({N, P}, o), rbuf = at::empty({B, G}, o);
+  Tensor hbuf = h0.clone(kRowMajor), out = at::empty({N, P}, o), rbuf = at::empty({B, G}, o);
   Tensor hprev = col ? at::empty({P, N}, o).t() : at::empty({NS, P}, o), hstep = col ? at::empty({B, P}, o) : e();
   auto group = [&](int64_t F) {  // x^, rho, mean, var
     return std::vector<Tensor>{at::empty({NS, F}, o),
@@ -98,7 +152,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const OptT scc = cont(s_c);
       const NormG<T_> nc(mode, H, cg[0], cg[1], cg[2], cg[3], gcc, scc, stc, slots);
       Tensor gates = at::empty({NS, G4}, o), cprev = at::empty({NS, H}, o), tanhc = at::empty({NS, H}, o);
-      Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone();
+      Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone(kRowMajor);
       const Tensor WR = proj ? w_hr->contiguous() : e();
       const Tensor WRT = proj && xp.scalar_type() == at::kFloat ? w_hr->t().contiguous() : WR;
       const OptT wpc = cont(w_peep);

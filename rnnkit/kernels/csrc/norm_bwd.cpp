@@ -46,25 +46,100 @@ std::pair<OutRow<T>, GateRow<T>> pick_rows(bool zc, bool pi) {
                                       norm_lstm_bwd_gates<T, true, false>, norm_lstm_bwd_gates<T, true, true>};
   return {out[zc], gates[2 * pi + zc]};
 }
+
+// The arguments of backward against each other, as norm.cpp's check_forward; `saved` as the
+// forward returned it after its seven outputs (without the input group's three).
+void check_backward(const std::string& kind, int64_t mode, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
+                    const Tensor& out, const std::vector<Tensor>& saved, const Tensor& w_hh, const OptT& w_hr,
+                    const OptT& mask, const OptT& zh, const OptT& zc, const Tensor& g_hh, const OptT& g_c,
+                    const OptT& st_hh, const OptT& st_c, const OptT& w_peep, int64_t T) {
+  using namespace rnnkit_check;
+  const char* op = "rnnkit_norm::backward";
+  check_kind_mode(op, kind, mode);
+  const auto dt = floating(op, "out", out);
+  tensor(op, "out", out, dt, "(N, P)", {kAny, kAny});
+  const int64_t N = out.size(0), P = out.size(1);
+  tensor(op, "gout", gout, dt, "(N, P)", {N, P});
+  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});
+  const int64_t B = ghn.size(0);
+  // a group's saved x^ (N, F) and rho (layer norm (N, 1), batch norm in training (T, F))
+  auto group = [&](size_t i, int64_t F, const char* xn, const char* rn) {
+    tensor(op, xn, saved[i], dt, "(N, F)", {N, F});
+    if (mode == kLN) tensor(op, rn, saved[i + 1], dt, "(N, 1)", {N, 1});
+    if (mode == kBNTrain) tensor(op, rn, saved[i + 1], dt, "(T, F)", {T, F});
+  };
+  if (kind == "lstm") {
+    const int64_t H = per_gate(op, "w_hh", w_hh, 4, "(4H, P)"), G = 4 * H;
+    tensor(op, "w_hh", w_hh, dt, "(4H, P)", {G, P});
+    tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
+    count(op, "saved", saved.size(), 9);
+    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 4H)", {N, G});
+    tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
+    tensor(op, "saved[2] (tanh c)", saved[2], dt, "(N, H)", {N, H});
+    tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
+    if (w_hr.has_value()) {
+      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+      tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
+    } else {
+      TORCH_CHECK(P == H, op, ": without w_hr, out (N, P) and w_hh (4H, P) must have P == H, got ", out.sizes(),
+                  " and ", w_hh.sizes());
+    }
+    group(5, G, "saved[5] (x^ hh)", "saved[6] (rho hh)");
+    group(7, H, "saved[7] (x^ c)", "saved[8] (rho c)");
+    opt(op, "mask", mask, dt, "(B, P)", {B, P});
+    opt(op, "zh", zh, dt, "(N, P)", {N, P});
+    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
+    check_group(op, "hh", dt, G, &g_hh, std::nullopt, st_hh);
+    check_group(op, "c", dt, H, &req(op, "g_c", g_c, "by the LSTM"), std::nullopt, st_c);
+    return;
+  }
+  const bool gru = kind == "gru";
+  const int64_t G = gru ? 3 * P : P;
+  tensor(op, "w_hh", w_hh, dt, gru ? "(3H, H)" : "(H, H)", {G, P});
+  if (gru) {
+    count(op, "saved", saved.size(), 6);
+    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 3H)", {N, G});
+    tensor(op, "saved[1] (a_n)", saved[1], dt, "(N, H)", {N, P});
+    tensor(op, "saved[2] (h_{t-1})", saved[2], dt, "(N, H)", {N, P});
+    if (mask.has_value()) tensor(op, "saved[3] (h_{t-1} * mask)", saved[3], dt, "(N, H)", {N, P});
+    group(4, G, "saved[4] (x^ hh)", "saved[5] (rho hh)");
+  } else {
+    count(op, "saved", saved.size(), 4);
+    if (zh.has_value()) tensor(op, "saved[0] (h~)", saved[0], dt, "(N, H)", {N, P});
+    tensor(op, "saved[1] (h_{t-1})", saved[1], dt, "(N, H)", {N, P});
+    group(2, G, "saved[2] (x^ hh)", "saved[3] (rho hh)");
+  }
+  opt(op, "mask", mask, dt, "(B, H)", {B, P});
+  opt(op, "zh", zh, dt, "(N, H)", {N, P});
+  check_group(op, "hh", dt, G, &g_hh, std::nullopt, st_hh);
+}
+
 }  // namespace
 
 std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_, const Tensor& ghn,
-                             const Tensor& gcn, const Tensor& out, std::vector<Tensor> saved, const Tensor& w_hh,
+                             const Tensor& gcn, const Tensor& out_, std::vector<Tensor> saved, const Tensor& w_hh,
                              bool has_bias, const OptT& w_hr, const OptT& mask_, const OptT& zh_, const OptT& zc_,
                              const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
                              const OptT& st_c, const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
                              bool onednn) {
+  check_backward(kind, mode, gout_, ghn, gcn, out_, saved, w_hh, w_hr, mask_, zh_, zc_, g_hh, g_c, st_hh, st_c, w_peep,
+                 static_cast<int64_t>(batch_sizes.size()));
+  // out (the RNN reads h from it) and the saved buffers, read row-major through raw pointers (a
+  // no-op for the forward's own), but h_{t-1} (LSTM, RNN: may be column-major; only meets GEMMs)
+  const Tensor out = out_.contiguous();
   const int64_t B = ghn.size(0), P = ghn.size(1), N = out.size(0), G = w_hh.size(0);
   check_batch_sizes("rnnkit_norm::backward", batch_sizes, N, B);
-  TORCH_CHECK(gout_.size(0) == N, "rnnkit_norm::backward: gout must have the output's ", N, " rows, got ",
-              gout_.size(0));
   const auto steps = schedule(batch_sizes, reverse);
+  const size_t hprev_at = kind == "lstm" ? 3 : kind == "gru" ? saved.size() : 1;
+  for (size_t i = 0; i < saved.size(); ++i)
+    if (i != hprev_at) saved[i] = saved[i].contiguous();
   auto o = out.options();
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), sth = cont(st_hh), stc = cont(st_c);
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
   const Tensor gout = gout_.contiguous(), W = w_hh.contiguous(), gh = g_hh.contiguous();
-  Tensor dhbuf = ghn.clone(), dhz = at::empty({B, P}, o), dr_all = at::empty({N, G}, o);
+  Tensor dhbuf = ghn.clone(kRowMajor), dhz = at::empty({B, P}, o), dr_all = at::empty({N, G}, o);
   auto cast = [&](const Tensor& t) { return t.to(out.scalar_type(), false, true); };  // a copy: no aliasing
   std::vector<Tensor> res;
   for (int i = 0; i < 10; ++i) res.push_back(none(out));
@@ -115,7 +190,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       const OptT wpc = cont(w_peep);
       const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       NormB<T_> nc(mode, H, xc, rc, gcc, stc, slots);
-      Tensor dgates = at::empty_like(gates), dcbuf = gcn.clone(), dh_all = proj ? at::empty(hprev.sizes(), o) : none(out);
+      Tensor dgates = at::empty_like(gates, kRowMajor), dcbuf = gcn.clone(kRowMajor), dh_all = proj ? at::empty(hprev.sizes(), o) : none(out);
       Tensor dht = at::empty({B, std::max(P, H)}, o), dyc = at::empty({B, H}, o), dcn = at::empty({B, H}, o);
       Tensor dcz = at::empty({B, H}, o);
       T_ *DG = dgates.data_ptr<T_>(), *DC = dcbuf.data_ptr<T_>(), *DHT = dht.data_ptr<T_>();
@@ -156,7 +231,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
     } else if (kind == "gru") {
       const Tensor &gates = saved[0], &an = saved[1], &hprev = saved[2], &hprev_m = saved[3];
       const int64_t H = P;
-      Tensor dxp = at::empty_like(gates), dat = at::empty({B, G}, o), dz = at::empty({B, H}, o);
+      Tensor dxp = at::empty_like(gates, kRowMajor), dat = at::empty({B, G}, o), dz = at::empty({B, H}, o);
       T_ *DX = dxp.data_ptr<T_>(), *DA = dat.data_ptr<T_>(), *DZ = dz.data_ptr<T_>();
       const T_ *GT = gates.data_ptr<T_>(), *ANV = an.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>();
       over_steps(mode != kBNTrain, B, G, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {

@@ -24,6 +24,14 @@ std::vector<int64_t> offsets(const std::vector<int64_t>& bsz) {
 // 13 MB less to allocate and write), and the x^ returned is empty.
 std::vector<Tensor> bn_input_forward(const Tensor& a_, const Tensor& w_, const OptT& b_, std::vector<int64_t> bsz,
                                      bool save) {
+  {
+    using namespace rnnkit_check;
+    const char* op = "rnnkit_norm::bn_input_forward";
+    const auto dt = floating(op, "a", a_);
+    tensor(op, "a", a_, dt, "(N, G)", {kAny, kAny});
+    tensor(op, "w", w_, dt, "(G,)", {a_.size(1)});
+    opt(op, "b", b_, dt, "(G,)", {a_.size(1)});
+  }
   const Tensor a = a_.contiguous(), w = w_.contiguous();
   const OptT b = b_.has_value() ? OptT(b_->contiguous()) : b_;
   const int64_t N = a.size(0), G = a.size(1), T = bsz.size();
@@ -51,13 +59,21 @@ std::vector<Tensor> bn_input_forward(const Tensor& a_, const Tensor& w_, const O
 }
 
 // [d a, dγ, dβ (empty without bias)] from dy (N, G) and the forward's x^, rho.
-std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh, const Tensor& rs, const Tensor& w_,
+std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh_, const Tensor& rs_, const Tensor& w_,
                                       bool has_bias, std::vector<int64_t> bsz) {
-  const Tensor dy = dy_.contiguous(), w = w_.contiguous();
+  {
+    using namespace rnnkit_check;
+    const char* op = "rnnkit_norm::bn_input_backward";
+    const auto dt = floating(op, "dy", dy_);
+    tensor(op, "dy", dy_, dt, "(N, G)", {kAny, kAny});
+    const int64_t N = dy_.size(0), G = dy_.size(1), T = bsz.size();
+    tensor(op, "xh", xh_, dt, "(N, G)", {N, G});
+    tensor(op, "rs", rs_, dt, "(T, G)", {T, G});
+    tensor(op, "w", w_, dt, "(G,)", {G});
+  }
+  const Tensor dy = dy_.contiguous(), w = w_.contiguous(), xh = xh_.contiguous(), rs = rs_.contiguous();
   const int64_t N = dy.size(0), G = dy.size(1), T = bsz.size();
   check_batch_sizes("rnnkit_norm::bn_input_backward", bsz, N, -1);
-  TORCH_CHECK(xh.size(0) == N && rs.size(0) == T, "rnnkit_norm::bn_input_backward: x^ (N, G) and rho (T, G) for ",
-              N, " rows and ", T, " steps, got ", xh.sizes(), " and ", rs.sizes());
   Tensor da = at::empty({N, G}, dy.options());
   const auto off = offsets(bsz);
   std::pair<Tensor, Tensor> ab;
@@ -90,6 +106,15 @@ std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh, const
 // call instead of a handful of ATen ops per group (~20 us each group at the small shape).
 void update_running(Tensor rm, Tensor rv, const Tensor& mean_, const Tensor& var_, std::vector<int64_t> ns,
                     double momentum) {
+  {
+    using namespace rnnkit_check;
+    const char* op = "rnnkit_norm::update_running";
+    const auto dt = floating(op, "rm", rm);
+    tensor(op, "rm", rm, dt, "(S, F)", {kAny, kAny});
+    tensor(op, "rv", rv, dt, "(S, F)", {rm.size(0), rm.size(1)});
+    tensor(op, "mean", mean_, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
+    tensor(op, "var", var_, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
+  }
   const Tensor mean = mean_.contiguous(), var = var_.contiguous();
   const int64_t T = mean.size(0), S = rm.size(0), F = rm.size(1);
   TORCH_CHECK(rm.is_contiguous() && rv.is_contiguous() && rv.sizes() == rm.sizes() && mean.size(1) == F &&

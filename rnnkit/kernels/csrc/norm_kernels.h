@@ -45,6 +45,7 @@ constexpr int64_t kLN = 1, kBNTrain = 2, kBNEval = 3;
 constexpr int64_t kColHprev = 32;  // forward flag: save h_{t-1} column-major (norm.cpp)
 
 using rnnkit_common::check_batch_sizes;
+using rnnkit_common::kRowMajor;
 using rnnkit_common::mm_tn;
 using rnnkit_common::none;
 using rnnkit_common::schedule;
@@ -188,6 +189,24 @@ inline std::vector<int64_t> eval_slots(int64_t mode, const OptT& st, const std::
               "rnnkit_norm: batch norm in evaluation needs statistics of shape (2, slots, features), got ",
               st.has_value() ? st->sizes() : at::IntArrayRef{});
   return row_slots(bsz, reverse, st->size(1));
+}
+
+// The arguments of the normalized directions' forward and backward (norm.cpp, norm_bwd.cpp)
+// that both share: the gain, shift and evaluation statistics of a group of F features.
+inline void check_group(const char* op, const char* what, at::ScalarType dt, int64_t F, const Tensor* g,
+                        const OptT& s, const OptT& st) {
+  using namespace rnnkit_check;
+  const std::string gn = std::string("g_") + what, sn = std::string("s_") + what, stn = std::string("st_") + what;
+  if (g) tensor(op, gn.c_str(), *g, dt, "(F,)", {F});
+  opt(op, sn.c_str(), s, dt, "(F,)", {F});
+  opt(op, stn.c_str(), st, dt, "(2, slots, F)", {2, kAny, F});
+}
+
+inline void check_kind_mode(const char* op, const std::string& kind, int64_t mode) {
+  TORCH_CHECK(kind == "lstm" || kind == "gru" || kind == "rnn_tanh" || kind == "rnn_relu", op,
+              ": kind must be \"lstm\", \"gru\", \"rnn_tanh\" or \"rnn_relu\", got \"", kind, "\"");
+  TORCH_CHECK(mode == kLN || mode == kBNTrain || mode == kBNEval, op,
+              ": mode must be 1 (layer norm), 2 (batch norm, training) or 3 (batch norm, evaluation), got ", mode);
 }
 
 // Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved

@@ -66,7 +66,7 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
   Tensor hprev_m = mask.has_value() ? at::empty({N, H}, opt) : none(xp);
   Tensor an = L.reset_after ? at::empty({N, H}, opt) : none(xp);
   Tensor th = L.zsrc == 2 ? at::empty({N, H}, opt) : none(xp);
-  Tensor hbuf = h0.clone(), abuf = at::empty({B, nD * H}, opt), sbuf = at::empty({B, H}, opt);
+  Tensor hbuf = h0.clone(kRowMajor), abuf = at::empty({B, nD * H}, opt), sbuf = at::empty({B, H}, opt);
   Tensor s2buf = at::empty({B, H}, opt);
   const Wblk wd(L.rows(w_hh, L.D, H), f32);
   const Wblk wz(L.zsrc == 2 ? L.rows(w_hh, "z", H) : none(xp), f32);
@@ -168,10 +168,10 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
   const int64_t B = ghn.size(0), H = hprev.size(1), nD = L.D.size(), G = 3 * H, DW = nD * H;
   const Tensor& hm_all = mask.has_value() ? hprev_m : hprev;
   const auto opt = gates.options();
-  Tensor dxp = at::empty_like(gates), dan = L.reset_after ? at::empty_like(hprev) : none(gates);
+  Tensor dxp = at::empty_like(gates, kRowMajor), dan = L.reset_after ? at::empty_like(hprev, kRowMajor) : none(gates);
   Tensor dd = at::empty({B, DW}, opt), dir = at::empty({B, H}, opt), dnb = at::empty({B, H}, opt);
   Tensor dzb = at::empty({B, H}, opt), ex = at::empty({B, H}, opt), dhm = at::empty({B, H}, opt);
-  Tensor dz2 = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt), dhbuf = ghn.clone();
+  Tensor dz2 = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt), dhbuf = ghn.clone(kRowMajor);
   const Tensor wd = L.rows(w_hh, L.D, H).contiguous();
   const Tensor wz = L.zsrc == 2 ? L.rows(w_hh, "z", H).contiguous() : none(gates);
   const Tensor wn = !L.reset_after ? L.rows(w_hh, "n", H).contiguous() : none(gates);
@@ -270,19 +270,147 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
   return {dxp, dhbuf, none(gates), none(gates), at::cat(dws), db, none(gates), none(gates), none(gates)};
 }
 
+// Sizes of an LSTM layout's flags (lstm_variants_impl.h's LstmLayout): gate blocks, sigmoid gates
+// (FGR's gate state has nsig H columns), peephole blocks.
+struct LstmSizes {
+  int64_t ng, nsig, npeep;
+  bool peep, peep_o, fgr;
+  explicit LstmSizes(int64_t f) {
+    const int64_t i = f & 1 ? 1 : 0, fg = f & 2 ? 1 : 0, o = f & 4 ? 1 : 0;
+    peep = f & 64, fgr = f & 128, peep_o = peep && o;
+    ng = i + fg + 1 + o, nsig = i + fg + o, npeep = peep ? nsig : 0;
+  }
+};
+
+void check_family(const char* op, int64_t family, int64_t flags) {
+  TORCH_CHECK(family == 0 || family == 1, op, ": family must be 0 (LSTM layouts) or 1 (GRU variants), got ", family);
+  TORCH_CHECK(flags >= 0, op, ": flags must be non-negative, got ", flags);
+}
+
+// The arguments of variant_forward against each other: N rows of the packed input, B rows of
+// the state, P its width, H the hidden size, S FGR's gate state width.
+void check_variant_forward(int64_t family, int64_t flags, const Tensor& xp, const Tensor& h0, const OptT& c0,
+                           const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask,
+                           const OptT& zh, const OptT& zc, const OptT& w_peep, const OptT& a0, const OptT& w_gg,
+                           const OptT& zg, const OptT& x, const OptT& w_ih, const OptT& b_in) {
+  using namespace rnnkit_check;
+  const char* op = "rnnkit_ext::variant_forward";
+  check_family(op, family, flags);
+  TORCH_CHECK(family == 0 || !x.has_value(), op, ": only the LSTM layouts project their input themselves");
+  const Tensor& ref = x.has_value() ? *x : xp;
+  const auto dt = floating(op, x.has_value() ? "x" : "xp", ref);
+  tensor(op, x.has_value() ? "x" : "xp", ref, dt, "(N, F)", {kAny, kAny});
+  tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
+  const int64_t N = ref.size(0), B = h0.size(0), P = h0.size(1);
+  if (family == 0) {
+    const LstmSizes L(flags);
+    const Tensor& c = req(op, "c0", c0, "by the LSTM layouts");
+    tensor(op, "c0", c, dt, "(B, H)", {B, kAny});
+    const int64_t H = c.size(1), W = L.ng * H, S = L.nsig * H;
+    if (w_hr.has_value())
+      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+    else
+      TORCH_CHECK(P == H, op, ": without w_hr, h0 (B, P) and c0 (B, H) must have one width, got ", h0.sizes(),
+                  " and ", c.sizes());
+    if (x.has_value()) {
+      tensor(op, "w_ih", req(op, "w_ih", w_ih, "with x"), dt, "(gates H, I)", {W, x->size(1)});
+      opt(op, "b_ih", b_in, dt, "(gates H,)", {W});
+    } else {
+      tensor(op, "xp", xp, dt, "(N, gates H)", {N, W});
+    }
+    tensor(op, "w_hh", w_hh, dt, "(gates H, P)", {W, P});
+    opt(op, "mask", mask, dt, "(B, P)", {B, P});
+    opt(op, "zh", zh, dt, "(N, P)", {N, P});
+    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    if (L.peep) tensor(op, "w_peep", req(op, "w_peep", w_peep, "by the peephole flag"), dt, "(peepholes H,)",
+                       {L.npeep * H});
+    if (L.fgr) {
+      tensor(op, "a0", req(op, "a0", a0, "by the FGR flag"), dt, "(B, S)", {B, S});
+      tensor(op, "w_gg", req(op, "w_gg", w_gg, "by the FGR flag"), dt, "(S, S)", {S, S});
+      opt(op, "zg", zg, dt, "(N, S)", {N, S});
+    }
+    return;
+  }
+  const int64_t nhid = (flags & 3) == 1 ? 2 : 3;  // MUT1's W_hh has no z block
+  tensor(op, "xp", xp, dt, "(N, 3H)", {N, 3 * P});
+  tensor(op, "w_hh", w_hh, dt, nhid == 2 ? "(2H, H)" : "(3H, H)", {nhid * P, P});
+  opt(op, "b_hh", b_hh, dt, nhid == 2 ? "(2H,)" : "(3H,)", {nhid * P});
+  opt(op, "mask", mask, dt, "(B, H)", {B, P});
+  opt(op, "zh", zh, dt, "(N, H)", {N, P});
+}
+
+// The arguments of variant_backward against each other, as check_variant_forward; `saved` as
+// variant_forward returned it (after its four outputs).
+void check_variant_backward(int64_t family, int64_t flags, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
+                            const Tensor& gan, const std::vector<Tensor>& saved, const Tensor& w_hh,
+                            const OptT& w_hr, const OptT& mask, const OptT& zh, const OptT& zc,
+                            const OptT& w_peep, const OptT& w_gg, const OptT& zg) {
+  using namespace rnnkit_check;
+  const char* op = "rnnkit_ext::variant_backward";
+  check_family(op, family, flags);
+  const auto dt = floating(op, "gout", gout);
+  tensor(op, "gout", gout, dt, "(N, P)", {kAny, kAny});
+  const int64_t N = gout.size(0), P = gout.size(1);
+  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});
+  const int64_t B = ghn.size(0);
+  if (family == 0) {
+    const LstmSizes L(flags);
+    const int64_t H = per_gate(op, "w_hh", w_hh, L.ng, "(gates H, P)"), W = L.ng * H, S = L.nsig * H;
+    tensor(op, "w_hh", w_hh, dt, "(gates H, P)", {W, P});
+    tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
+    count(op, "saved", saved.size(), 7, false);
+    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, gates H)", {N, W});
+    tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
+    tensor(op, "saved[2] (y)", saved[2], dt, "(N, H)", {N, H});
+    tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
+    if (w_hr.has_value()) {
+      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+      tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
+    } else {
+      TORCH_CHECK(P == H, op, ": without w_hr, gout (N, P) and w_hh (gates H, P) must have P == H, got ",
+                  gout.sizes(), " and ", w_hh.sizes());
+    }
+    if (L.peep) tensor(op, "w_peep", req(op, "w_peep", w_peep, "by the peephole flag"), dt, "(peepholes H,)",
+                       {L.npeep * H});
+    if (L.peep_o) tensor(op, "saved[5] (c~)", saved[5], dt, "(N, H)", {N, H});
+    if (L.fgr) {
+      tensor(op, "gan", gan, dt, "(B, S)", {B, S});
+      tensor(op, "w_gg", req(op, "w_gg", w_gg, "by the FGR flag"), dt, "(S, S)", {S, S});
+      tensor(op, "saved[6] (a_{t-1})", saved[6], dt, "(N, S)", {N, S});
+      opt(op, "zg", zg, dt, "(N, S)", {N, S});
+    }
+    opt(op, "mask", mask, dt, "(B, P)", {B, P});
+    opt(op, "zh", zh, dt, "(N, P)", {N, P});
+    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    return;
+  }
+  const GruLayout L(flags);
+  const int64_t H = P;
+  tensor(op, "w_hh", w_hh, dt, L.hid.size() == 2 ? "(2H, H)" : "(3H, H)", {int64_t(L.hid.size()) * H, H});
+  count(op, "saved", saved.size(), 5, false);
+  tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 3H)", {N, 3 * H});
+  tensor(op, "saved[1] (h_{t-1})", saved[1], dt, "(N, H)", {N, H});
+  if (mask.has_value()) tensor(op, "saved[2] (h_{t-1} * mask)", saved[2], dt, "(N, H)", {N, H});
+  if (L.reset_after) tensor(op, "saved[3] (a_n)", saved[3], dt, "(N, H)", {N, H});
+  if (L.zsrc == 2) tensor(op, "saved[4] (tanh h_{t-1})", saved[4], dt, "(N, H)", {N, H});
+  opt(op, "mask", mask, dt, "(B, H)", {B, H});
+  opt(op, "zh", zh, dt, "(N, H)", {N, H});
+}
+
 std::vector<Tensor> variant_forward(int64_t family, int64_t flags, const Tensor& xp, const Tensor& h0,
                                     const OptT& c0, const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr,
                                     const OptT& mask, const OptT& zh, const OptT& zc, const OptT& w_peep,
                                     const OptT& a0, const OptT& w_gg, const OptT& zg,
                                     std::vector<int64_t> batch_sizes, bool reverse, bool onednn, const OptT& x,
                                     const OptT& w_ih, const OptT& b_in) {
+  check_variant_forward(family, flags, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg, x, w_ih,
+                        b_in);
   check_batch_sizes("rnnkit_ext::variant_forward", batch_sizes, x.has_value() ? x->size(0) : xp.size(0),
                     h0.size(0));
   const auto steps = schedule(batch_sizes, reverse);
   if (family == 0)
     return rnnkit_variants::lstm_forward(flags, xp, h0, *c0, w_hh, w_hr, mask, zh, zc, w_peep, a0, w_gg, zg, steps,
                                          onednn, x, w_ih, b_in);
-  TORCH_CHECK(!x.has_value(), "variant_forward: only the LSTM layouts project their input themselves");
   return gru_forward(GruLayout(flags), xp, h0, w_hh, b_hh, mask, zh, steps, onednn);
 }
 
@@ -291,8 +419,13 @@ std::vector<Tensor> variant_backward(int64_t family, int64_t flags, const Tensor
                                      const Tensor& w_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
                                      const OptT& zc, const OptT& w_peep, const OptT& w_gg, const OptT& zg,
                                      bool has_bias, std::vector<int64_t> batch_sizes, bool reverse, bool onednn) {
+  check_variant_backward(family, flags, gout, ghn, gcn, gan, saved, w_hh, w_hr, mask, zh, zc, w_peep, w_gg, zg);
   check_batch_sizes("rnnkit_ext::variant_backward", batch_sizes, gout.size(0), ghn.size(0));
   const auto steps = schedule(batch_sizes, reverse);
+  // the saved buffers the kernels read row-major through raw pointers (a no-op for the forward's
+  // own): LSTM layouts' gates, c_{t-1}, y (h_{t-1}, a_{t-1} only meet ATen GEMMs); every one of
+  // the GRU variants'
+  for (size_t i = 0; i < (family == 0 ? 3 : saved.size()); ++i) saved[i] = saved[i].contiguous();
   if (family == 0)
     return rnnkit_variants::lstm_backward(flags, gout, ghn, gcn, gan, saved, w_hh, w_hr, mask, zh, zc, w_peep, w_gg,
                                           zg, steps, onednn);

@@ -114,7 +114,7 @@ torch::Tensor scan_forward(torch::Tensor a, torch::Tensor b, c10::optional<torch
   const int64_t N = T == 0 ? 0 : b.numel() / T;
   if (h0.has_value()) {
     check(*h0, b, "h0");
-    TORCH_CHECK(h0->numel() == N, "h0 must hold one state per feature");
+    TORCH_CHECK(h0->numel() == N, "h0 must hold one state per feature (", N, "), got shape ", h0->sizes());
   }
   auto h = torch::empty_like(b);
   AT_DISPATCH_FLOATING_AND_COMPLEX_TYPES(b.scalar_type(), "rnnkit_linear_scan_fwd", [&] {
@@ -133,7 +133,11 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor grad, torch::Tensor a, to
               "grad, a and h must have one shape (T, ...)");
   const int64_t T = a.size(0);
   const int64_t N = a.numel() / std::max<int64_t>(T, 1);
-  if (h0.has_value()) check(*h0, a, "h0");
+  if (h0.has_value()) {
+    check(*h0, a, "h0");
+    TORCH_CHECK(T == 0 || h0->numel() == N, "h0 must hold one state per feature (", N, "), got shape ",
+                h0->sizes());
+  }
   auto da = torch::empty_like(a);
   auto db = torch::empty_like(a);
   auto dh0 = torch::empty({T == 0 ? a.numel() : N}, a.options());

@@ -1,0 +1,87 @@
+// Argument checks at the entry of the public ops (torch.ops.rnnkit_ext.*, torch.ops.rnnkit_norm.*).
+// The kernels address every tensor through raw pointers with sizes taken from one or two of
+// them, so a tensor of another shape, dtype or device (a direct call of the op, a graph traced
+// at another shape) would be read or written out of bounds. Each check is O(1): a few integer
+// comparisons per argument, the message built only on failure.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <initializer_list>
+#include <optional>
+#include <sstream>
+#include <string>
+
+namespace rnnkit_check {
+
+using at::Tensor;
+
+// A dimension whose size is not checked (checked elsewhere, or free).
+constexpr int64_t kAny = -1;
+
+inline std::string dims(std::initializer_list<int64_t> s) {
+  std::ostringstream o;
+  o << "[";
+  bool first = true;
+  for (int64_t v : s) {
+    o << (first ? "" : ", ");
+    if (v == kAny)
+      o << "*";
+    else
+      o << v;
+    first = false;
+  }
+  o << "]";
+  return o.str();
+}
+
+// `t` (argument `name` of `op`) is a CPU tensor of dtype `dtype` with the sizes `shape` (kAny:
+// any size); `what` names the sizes, e.g. "(4H, P)".
+inline void tensor(const char* op, const char* name, const Tensor& t, at::ScalarType dtype, const char* what,
+                   std::initializer_list<int64_t> shape) {
+  TORCH_CHECK(t.defined(), op, ": ", name, " must be a tensor");
+  TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got device ", t.device());
+  TORCH_CHECK(t.scalar_type() == dtype, op, ": ", name, " must have dtype ", dtype, " (as the input), got ",
+              t.scalar_type());
+  bool ok = t.dim() == static_cast<int64_t>(shape.size());
+  int64_t i = 0;
+  for (int64_t v : shape) {
+    if (!ok) break;
+    ok = v == kAny || t.size(i) == v;
+    ++i;
+  }
+  TORCH_CHECK(ok, op, ": ", name, " must have shape ", what, " = ", dims(shape), ", got ", t.sizes());
+}
+
+// The same for an optional argument, when given.
+inline void opt(const char* op, const char* name, const std::optional<Tensor>& t, at::ScalarType dtype,
+                const char* what, std::initializer_list<int64_t> shape) {
+  if (t.has_value()) tensor(op, name, *t, dtype, what, shape);
+}
+
+// An optional argument the configuration requires.
+inline const Tensor& req(const char* op, const char* name, const std::optional<Tensor>& t, const char* why) {
+  TORCH_CHECK(t.has_value(), op, ": ", name, " is required ", why);
+  return *t;
+}
+
+// A size taken from a tensor, checked to be a positive multiple of k (gate blocks).
+inline int64_t per_gate(const char* op, const char* name, const Tensor& t, int64_t k, const char* what) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) > 0 && t.size(0) % k == 0, op, ": ", name, " must have shape ", what,
+              " with a first size that is a positive multiple of ", k, ", got ", t.sizes());
+  return t.size(0) / k;
+}
+
+// Number of saved tensors of a backward op: exactly `want` (exact) or at least.
+inline void count(const char* op, const char* name, size_t got, size_t want, bool exact = true) {
+  TORCH_CHECK(exact ? got == want : got >= want, op, ": ", name, " must hold the forward's ", want,
+              " saved tensors, got ", got);
+}
+
+// The input's dtype: one the kernels are built for (float32, float64).
+inline at::ScalarType floating(const char* op, const char* name, const Tensor& t) {
+  TORCH_CHECK(t.defined() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble), op, ": ", name,
+              " must be float32 or float64, got ", t.defined() ? c10::toString(t.scalar_type()) : "no tensor");
+  return t.scalar_type();
+}
+
+}  // namespace rnnkit_check
