@@ -3,6 +3,7 @@ break the resumed run's files or the checkpoints' readers."""
 
 import json
 
+import pytest
 import torch
 
 from rnnkit.data import bptt_batches
@@ -36,3 +37,20 @@ def test_a_metrics_row_cut_by_a_crash_is_dropped_on_resume_not_glued_to_the_next
     assert rows(tmp_path / "run") == rows(tmp_path / "ref")
     csv = lambda d: [ln.split(",")[:4] for ln in (d / "metrics.csv").read_text().splitlines()]  # noqa: E731
     assert csv(tmp_path / "run") == csv(tmp_path / "ref")
+
+
+def test_a_damaged_checkpoint_file_is_named_and_changes_nothing(tmp_path):
+    from rnnkit.train import load_checkpoint, save_checkpoint
+
+    model = TinyLM()
+    opt = torch.optim.Adam(model.parameters())
+    sum(p.sum() for p in model.parameters()).backward()
+    opt.step()
+    save_checkpoint(tmp_path, model, opt, step=1)
+    f = tmp_path / "step-000000001" / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])  # truncated
+    fresh = TinyLM()
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(ValueError, match="optimizer.safetensors"):
+        load_checkpoint(tmp_path, fresh, torch.optim.Adam(fresh.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
