@@ -158,9 +158,16 @@ def device_of(args: argparse.Namespace) -> torch.device:
 
 
 def write_json(obj: Any, path: Path) -> None:
+    """Atomically: fsynced before the rename (a crash could leave an empty run.json), the dir after."""
+    from rnnkit.train.serialize import fsync_dir
+
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _same_data(a: Any, b: Any) -> bool:

@@ -233,3 +233,21 @@ def test_diagnose_is_wired(cli):
     pytest.importorskip("rnnkit.diagnostics")
     r = cli("diagnose", "--help")
     assert r.rc == 0 and "--variants" in r.out
+
+
+def test_run_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """run.json and results.json replace the old ones atomically: the new data must be on disk
+    before the rename, or a crash (power loss) can leave an empty run.json, the run unusable."""
+    import os
+
+    from rnnkit.cli.common import write_json
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))  # fmt: skip
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a))) or real_replace(a, b))
+    write_json({"task": "x"}, tmp_path / "run.json")
+    tmp = str(tmp_path / ".run.json.tmp")
+    assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+    assert json.loads((tmp_path / "run.json").read_text()) == {"task": "x"}
