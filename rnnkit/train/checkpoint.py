@@ -152,7 +152,11 @@ def save_checkpoint(
     if keep_last is not None:
         for old in list_checkpoints(root)[:-keep_last]:
             if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+                # out of the step-* names first: a crash in rmtree must not leave a step dir that
+                # still has its state.json (listed as complete) without its weights
+                trash = Path(tempfile.mkdtemp(prefix=f".old-{old.name}-", dir=root))
+                os.replace(old, trash / old.name)
+                shutil.rmtree(trash, ignore_errors=True)
     return final
 
 

@@ -54,3 +54,25 @@ def test_a_damaged_checkpoint_file_is_named_and_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match="optimizer.safetensors"):
         load_checkpoint(tmp_path, fresh, torch.optim.Adam(fresh.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
+def test_a_crash_while_rotating_never_leaves_a_checkpoint_without_its_files(tmp_path, monkeypatch):
+    import shutil
+
+    from rnnkit.train import checkpoint as ckpt_mod
+    from rnnkit.train import list_checkpoints, load_checkpoint, save_checkpoint
+
+    model = TinyLM()
+    save_checkpoint(tmp_path, model, step=1, keep_last=1)
+
+    def killed_midway(path, *a, **k):  # rmtree got as far as one file
+        next(p for p in sorted(tmp_path.rglob("model.safetensors")) if p.is_relative_to(path)).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, model, step=2, keep_last=1)  # rotates step 1 out
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", shutil.rmtree)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000000002"]
+    for p in list_checkpoints(tmp_path):
+        load_checkpoint(p, TinyLM())
