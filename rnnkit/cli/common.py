@@ -158,9 +158,16 @@ def device_of(args: argparse.Namespace) -> torch.device:
 
 
 def write_json(obj: Any, path: Path) -> None:
+    """Atomically: fsynced before the rename (a crash could leave an empty run.json), the dir after."""
+    from rnnkit.train.serialize import fsync_dir
+
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def _same_data(a: Any, b: Any) -> bool:
@@ -204,6 +211,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     if is_main_process():  # under torchrun every rank checked the same files above; one writes
         out.mkdir(parents=True, exist_ok=True)
+        _lock_out(out)
         write_json(run, out / RUN_FILE)
     seed_everything(args.seed)
     if getattr(args, "tune_malloc", False):
@@ -213,20 +221,44 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     return run
 
 
+_LOCKS: list[Any] = []  # lock files of the runs this process trains (run_train closes them)
+
+
+def _lock_out(out: Path) -> None:
+    """Hold ``out/.lock`` (``flock``; it goes with the process, even killed) while training there:
+    a second run in ``--out`` would rewrite run.json, delete metrics.jsonl, mix checkpoints."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    f = open(out / ".lock", "a")  # noqa: SIM115 - held until run_train ends
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        msg = f"{out} is in use by another rnnkit training process; wait for it or choose another --out"
+        raise CLIError(msg) from None
+    _LOCKS.append(f)
+
+
 def run_train(args: argparse.Namespace) -> int:
     """``args.func(args)`` of ``rnnkit train``; under torchrun (``WORLD_SIZE`` > 1) in a process
     group, data-parallel: ``--batch-size`` is the global batch, each rank trains on its share
     (:func:`ranks`), rank 0 alone prints and writes; ``--device cuda`` means ``cuda:LOCAL_RANK``."""
     from rnnkit.train.distributed import cleanup_distributed, launched_world_size, setup_distributed
 
-    if launched_world_size() <= 1:
-        return args.func(args)
-    info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
-    args.device = str(info.device)
     try:
-        return args.func(args)
+        if launched_world_size() <= 1:
+            return args.func(args)
+        info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
+        args.device = str(info.device)
+        try:
+            return args.func(args)
+        finally:
+            cleanup_distributed()
     finally:
-        cleanup_distributed()
+        while _LOCKS:
+            _LOCKS.pop().close()
 
 
 def ranks() -> dict[str, int]:

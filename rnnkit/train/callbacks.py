@@ -97,7 +97,8 @@ def _drop_rows_after(path: Path, trainer: Trainer, read_key) -> None:
     Rows of earlier steps stay; of the checkpoint's own step only those in its ``history``
     (the epoch-end validation runs after the checkpoint of the epoch's last step, so its
     row is not there, and the resumed run writes it again). ``read_key(line)`` gives
-    ``(split, step)``, or ``None`` for a line that is no row (a header): it stays."""
+    ``(split, step)``, or ``None`` for a line that is no row (a header): it stays. A last
+    line without its newline is a row the crash cut off: dropped, not glued to the next."""
     if not path.is_file():
         return
     step = trainer.step
@@ -105,6 +106,8 @@ def _drop_rows_after(path: Path, trainer: Trainer, read_key) -> None:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     kept = []
     for ln in lines:
+        if not ln.endswith("\n"):  # a row cut by a crash (or a full disk): the next one would join it
+            continue
         key = read_key(ln)
         if key is not None and key[1] == step:
             saved[key[0]] -= 1

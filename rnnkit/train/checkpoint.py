@@ -152,7 +152,11 @@ def save_checkpoint(
     if keep_last is not None:
         for old in list_checkpoints(root)[:-keep_last]:
             if old != final:
-                shutil.rmtree(old, ignore_errors=True)
+                # out of the step-* names first: a crash in rmtree must not leave a step dir that
+                # still has its state.json (listed as complete) without its weights
+                trash = Path(tempfile.mkdtemp(prefix=f".old-{old.name}-", dir=root))
+                os.replace(old, trash / old.name)
+                shutil.rmtree(trash, ignore_errors=True)
     return final
 
 
@@ -174,7 +178,10 @@ def load_checkpoint(
     ckpt = path if (path / "state.json").is_file() else latest_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {path} (expected step-*/state.json)")
-    doc = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    try:
+        doc = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{ckpt / 'state.json'} is not valid JSON (truncated or damaged?): {e}") from None
     if doc.get("format") != FORMAT:
         raise ValueError(f"{ckpt}: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}")
     # Everything is checked before anything is loaded: a refused resume leaves the objects as they
@@ -191,14 +198,23 @@ def load_checkpoint(
                 f"{ckpt} was written with {key} {saved}, got {type(obj).__name__}: "
                 f"resume with the same {key} class (or load the model alone)"
             )
+    # A file missing from a complete checkpoint (deleted by hand, half-rotated) is damage, not
+    # "no checkpoint" (FileNotFoundError): the CLI would report an empty run directory.
+    has_opt = optimizer is not None or scheduler is not None
+    wanted = ["model.safetensors"] * (model is not None) + ["optimizer.safetensors"] * has_opt
+    for name in wanted:
+        if not (ckpt / name).is_file():
+            raise ValueError(f"checkpoint {ckpt} is incomplete: {name} is missing")
+    # the other files are read before the model is loaded: a damaged one changes nothing
+    tensors = load_tensors(ckpt / "optimizer.safetensors") if has_opt else {}
+    st_file = ckpt / "state.safetensors"
+    st_tensors = load_tensors(st_file) if st_file.is_file() else {}
     if model is not None:
         load_module(unwrap_model(model), ckpt / "model.safetensors", strict=strict)
-    if optimizer is not None or scheduler is not None:
-        tensors = load_tensors(ckpt / "optimizer.safetensors")
+    if has_opt:
         for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
             if obj is not None:
                 obj.load_state_dict(unflatten(doc[key], tensors))
-    st_file = ckpt / "state.safetensors"
-    doc["state"] = unflatten(doc["state"], load_tensors(st_file) if st_file.is_file() else {})
+    doc["state"] = unflatten(doc["state"], st_tensors)
     doc["path"] = str(ckpt)
     return doc

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 __all__ = ["flatten", "unflatten", "save_tensors", "load_tensors", "write_json", "fsync_dir"]
@@ -139,7 +140,10 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    return load_file(str(path), device=str(device))
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as e:  # not an OSError/ValueError, and it names no file
+        raise ValueError(f"{path}: not a readable safetensors file (truncated or damaged?): {e}") from None
 
 
 def write_json(obj: Any, path: Path) -> None:
@@ -174,4 +178,7 @@ def load_module(module: torch.nn.Module, path: Path, strict: bool = True):
         have = [n for n in names if n in tensors]
         for n in names if have else ():
             tensors.setdefault(n, tensors[have[0]])
-    return module.load_state_dict(tensors, strict=strict)
+    try:
+        return module.load_state_dict(tensors, strict=strict)
+    except RuntimeError as e:  # another shape or architecture: say which file it was
+        raise RuntimeError(f"{path}: {e}") from None

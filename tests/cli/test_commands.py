@@ -181,6 +181,25 @@ def test_existing_run_needs_resume(cli, tmp_path):
     assert r.rc == 1 and "pass --resume" in r.err
 
 
+def test_a_second_run_into_an_out_in_use_is_refused(cli, tmp_path):
+    """A run still training (before its first checkpoint) holds --out: a second one used to rewrite
+    its run.json, delete its metrics.jsonl and write checkpoints among its own."""
+    import fcntl
+
+    args = ["train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8, "--out",
+            tmp_path, *TINY]  # fmt: skip
+    (tmp_path / "run.json").write_text("{}")  # the first run's files, no checkpoint yet
+    (tmp_path / "metrics.jsonl").write_text("")
+    with open(tmp_path / ".lock", "a") as first:  # what the first process holds
+        fcntl.flock(first, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_one_line_error(cli(*args), "in use")
+        assert_one_line_error(cli(*args, "--resume"), "no checkpoint")
+        assert (tmp_path / "run.json").read_text() == "{}" and (tmp_path / "metrics.jsonl").is_file()
+        assert not (tmp_path / "checkpoints").exists()
+    assert cli(*args).rc == 0  # once it is gone
+    assert cli(*args, "--resume", "--max-steps", 4).rc == 0  # and the lock goes with each command
+
+
 @pytest.mark.parametrize(
     ("first", "other"),
     [
@@ -214,3 +233,21 @@ def test_diagnose_is_wired(cli):
     pytest.importorskip("rnnkit.diagnostics")
     r = cli("diagnose", "--help")
     assert r.rc == 0 and "--variants" in r.out
+
+
+def test_run_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
+    """run.json and results.json replace the old ones atomically: the new data must be on disk
+    before the rename, or a crash (power loss) can leave an empty run.json, the run unusable."""
+    import os
+
+    from rnnkit.cli.common import write_json
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))  # fmt: skip
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(a))) or real_replace(a, b))
+    write_json({"task": "x"}, tmp_path / "run.json")
+    tmp = str(tmp_path / ".run.json.tmp")
+    assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
+    assert json.loads((tmp_path / "run.json").read_text()) == {"task": "x"}

@@ -130,3 +130,32 @@ def test_causal_tasks_refuse_a_bidirectional_encoder(cli, tmp_path, text_file, s
     task = [{"TEXT": text_file, "SERIES": series_csv}.get(a, a) for a in task]
     r = cli("train", *task, "--opt", "bidirectional=True", "--out", tmp_path / "o", *TINY)
     assert_one_line_error(r, "unidirectional", "bidirectional")
+
+
+def test_damaged_or_foreign_checkpoint_files_are_named(cli, tmp_path, text_file):
+    """A truncated, missing or foreign file of a checkpoint: one line naming that file (a damaged
+    safetensors file gave a traceback, a missing one 'no checkpoint in', bad JSON no file name)."""
+    import shutil
+
+    charlm = ["train", "charlm", "--data", text_file, "--seq-len", 8, "--batch-size", 2, *TINY]
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert cli(*charlm, "--out", out).rc == 0
+    assert cli(*charlm, "--out", other, "--hidden", 12).rc == 0
+    step = out / "checkpoints" / "step-000000003"
+    use = ("sample", "--checkpoint", out, "--length", 3)
+    resume = (*charlm, "--out", out, "--resume", "--max-steps", 5)
+    for name, damage, cmd in [
+        ("model.safetensors", lambda f: f.write_bytes(f.read_bytes()[:100]), use),
+        ("optimizer.safetensors", lambda f: f.write_bytes(b""), resume),
+        ("state.json", lambda f: f.write_text(f.read_text()[:40]), use),
+    ]:
+        shutil.copytree(step, tmp_path / "backup")
+        damage(step / name)
+        assert_one_line_error(cli(*cmd), name)
+        shutil.rmtree(step)
+        (tmp_path / "backup").rename(step)
+    (step / "model.safetensors").unlink()
+    assert_one_line_error(cli(*use), "incomplete", "model.safetensors")
+    shutil.rmtree(out / "checkpoints")
+    shutil.copytree(other / "checkpoints", out / "checkpoints")  # a checkpoint of another shape
+    assert_one_line_error(cli(*use), "model.safetensors", "size mismatch")

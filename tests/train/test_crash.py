@@ -1,0 +1,78 @@
+"""Crash consistency of a run directory: what a crash (kill, full disk) leaves behind must not
+break the resumed run's files or the checkpoints' readers."""
+
+import json
+
+import pytest
+import torch
+
+from rnnkit.data import bptt_batches
+from rnnkit.train import Trainer
+
+from .models import TinyLM, tokens
+
+
+def _run(out_dir, epochs):
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tr = Trainer(model, opt, max_epochs=epochs, checkpoint_every=10, log_every=5, out_dir=str(out_dir),
+                 resume=True, progress=False, plot=False)  # fmt: skip
+    tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(50), 1, 10))  # 10 batches / epoch
+
+
+def test_a_metrics_row_cut_by_a_crash_is_dropped_on_resume_not_glued_to_the_next(tmp_path):
+    _run(tmp_path / "ref", 2)
+    _run(tmp_path / "run", 1)
+    for name, keep in (("metrics.jsonl", 12), ("metrics.csv", 5)):  # '{"split": "v', 'val,1'
+        f = tmp_path / "run" / name
+        body, last = f.read_text().rstrip("\n").rsplit("\n", 1)
+        f.write_text(body + "\n" + last[:keep])  # the last row (val, step 10) cut mid-write
+    _run(tmp_path / "run", 2)  # resumes from the step-10 checkpoint
+    for name in ("metrics.jsonl", "metrics.csv"):
+        lines = [(d / name).read_text().count("\n") for d in (tmp_path / "run", tmp_path / "ref")]
+        assert lines[0] == lines[1], name
+    rows = lambda d: [(r["split"], r["step"], r["loss"])  # noqa: E731
+                      for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())]  # fmt: skip
+    assert rows(tmp_path / "run") == rows(tmp_path / "ref")
+    csv = lambda d: [ln.split(",")[:4] for ln in (d / "metrics.csv").read_text().splitlines()]  # noqa: E731
+    assert csv(tmp_path / "run") == csv(tmp_path / "ref")
+
+
+def test_a_damaged_checkpoint_file_is_named_and_changes_nothing(tmp_path):
+    from rnnkit.train import load_checkpoint, save_checkpoint
+
+    model = TinyLM()
+    opt = torch.optim.Adam(model.parameters())
+    sum(p.sum() for p in model.parameters()).backward()
+    opt.step()
+    save_checkpoint(tmp_path, model, opt, step=1)
+    f = tmp_path / "step-000000001" / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])  # truncated
+    fresh = TinyLM()
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(ValueError, match="optimizer.safetensors"):
+        load_checkpoint(tmp_path, fresh, torch.optim.Adam(fresh.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
+def test_a_crash_while_rotating_never_leaves_a_checkpoint_without_its_files(tmp_path, monkeypatch):
+    import shutil
+
+    from rnnkit.train import checkpoint as ckpt_mod
+    from rnnkit.train import list_checkpoints, load_checkpoint, save_checkpoint
+
+    model = TinyLM()
+    save_checkpoint(tmp_path, model, step=1, keep_last=1)
+
+    def killed_midway(path, *a, **k):  # rmtree got as far as one file
+        next(p for p in sorted(tmp_path.rglob("model.safetensors")) if p.is_relative_to(path)).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, model, step=2, keep_last=1)  # rotates step 1 out
+    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", shutil.rmtree)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000000002"]
+    for p in list_checkpoints(tmp_path):
+        load_checkpoint(p, TinyLM())
