@@ -93,10 +93,11 @@ def add_run_arguments(
     )
     g.add_argument(
         "--checkpoint-every",
-        type=positive_int,
+        type=_non_negative_int,
         default=None,
         metavar="N",
-        help="checkpoint every N steps (a final one is always written)",
+        help="checkpoint every N steps, 0 = only the final one (default: at each validation, with "
+        "--val-every; a final one is always written)",
     )
     g.add_argument(
         "--progress",
@@ -307,11 +308,23 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
         device=str(device_of(args)),
         log_every=args.log_every,
         val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=_checkpoint_every(args),
         tensorboard=False,
         amp=amp,
         **kw,
     )
+
+
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else positive_int(text)
+
+
+def _checkpoint_every(args: argparse.Namespace) -> int | None:
+    """``--checkpoint-every``; by default a checkpoint at each validation step (``--val-every``),
+    so a killed run resumes from its last validation instead of losing everything."""
+    if args.checkpoint_every is not None:
+        return args.checkpoint_every or None
+    return args.val_every
 
 
 def resolve_amp(amp: str, device: torch.device) -> str | None:

@@ -224,3 +224,19 @@ def test_resume_keeps_the_runs_window(cli, tmp_path, text_file):
     assert json.loads((out / "run.json").read_text())["seq_len"] == 16
     state = json.loads((out / "checkpoints" / "step-000000003" / "state.json").read_text())["state"]
     assert dict(state["__dict__"])["tokens_seen"] == 3 * 4 * 16  # 3 steps of 4 streams x 16 characters
+
+
+@pytest.mark.parametrize(("flags", "steps"), [([], [3, 5]), (["--checkpoint-every", 2], [2, 4, 5]),
+                                              (["--checkpoint-every", 0], [5])])  # fmt: skip
+def test_checkpoints_at_each_validation_by_default(cli, tmp_path, text_file, flags, steps):
+    """A killed run loses at most the steps since its last validation: by default a checkpoint
+    is written with every --val-every validation (and the final one); --checkpoint-every N
+    overrides it, 0 keeps the final one only."""
+    from rnnkit.train import list_checkpoints
+
+    out = tmp_path / "lm"
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 5, "--val-every", 3,
+            "--amp", "off", *flags, *LM)  # fmt: skip
+    assert r.rc == 0, r.err
+    saved = [int(p.name.split("-")[1]) for p in list_checkpoints(out / "checkpoints")]
+    assert saved == steps
