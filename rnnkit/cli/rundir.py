@@ -1,0 +1,95 @@
+"""The run directory of ``rnnkit train``: ``run.json`` (what ``sample``/``eval``/``--resume``
+rebuild a model from), written atomically, the ``--out`` lock, and finding and loading a run."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from rnnkit.cli import CLIError
+
+RUN_FILE = "run.json"
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Atomically: fsynced before the rename (a crash could leave an empty run.json), the dir after."""
+    from rnnkit.train.serialize import fsync_dir
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _same_data(a: Any, b: Any) -> bool:
+    """Whether two runs' ``data`` descriptions name the same data (a file may be spelled two
+    ways: ``x.txt``, ``./x.txt``, an absolute path)."""
+    if a == b:
+        return True
+    try:
+        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+_LOCKS: list[Any] = []  # lock files of the runs this process trains (run_train closes them)
+
+
+def _lock_out(out: Path) -> None:
+    """Hold ``out/.lock`` (``flock``; it goes with the process, even killed) while training there:
+    a second run in ``--out`` would rewrite run.json, delete metrics.jsonl, mix checkpoints."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    f = open(out / ".lock", "a")  # noqa: SIM115 - held until run_train ends
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        msg = f"{out} is in use by another rnnkit training process; wait for it or choose another --out"
+        raise CLIError(msg) from None
+    _LOCKS.append(f)
+
+
+def find_run_dir(path: str | os.PathLike) -> Path:
+    """The run directory of ``--checkpoint``: a run dir, its ``checkpoints/`` or a ``step-*``."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"--checkpoint {p} does not exist")
+    for cand in (p, p.parent, p.parent.parent):
+        if (cand / RUN_FILE).is_file():
+            return cand
+    raise CLIError(f"--checkpoint {p}: no {RUN_FILE} here or above it (not an rnnkit run directory)")
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    f = Path(run_dir) / RUN_FILE
+    try:
+        doc = json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CLIError(f"{f} is missing (not an rnnkit run directory)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CLIError(f"{f} is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or "task" not in doc or "model" not in doc:
+        raise CLIError(f"{f} is not an rnnkit run description (no 'task'/'model')")
+    return doc
+
+
+def load_model_weights(path: str | os.PathLike, run_dir: Path, model: nn.Module) -> dict[str, Any]:
+    """Load the weights of ``--checkpoint`` (a step dir, else the run's latest) into ``model``."""
+    from rnnkit.train import load_checkpoint
+
+    p = Path(path)
+    src = p if (p / "state.json").is_file() else run_dir / "checkpoints"
+    try:
+        return load_checkpoint(src, model)
+    except FileNotFoundError:
+        raise CLIError(f"--checkpoint {path}: no checkpoint in {src}") from None
