@@ -14,7 +14,7 @@ shared machine hit all alike):
 Slow contestants stop early: ``nn.*`` at ``--slow-max-t``, step loops at ``--loop-max-t``.
 Also measured at T = 1024: the scan's forward against one elementwise pass over the same
 tensors (``torch.addcmul(b, a, b)``), and each contestant's peak memory (extra peak RSS
-of a fresh process for one training step).
+of a fresh process for one training step, warmed up at T = 2).
 
     python benchmarks/scan.py                         # full sweep, writes benchmarks/scan.png
     python benchmarks/scan.py --ts 1024 --repeat 9    # the headline ratios only
@@ -135,9 +135,12 @@ def bench(T: int, names: list[str], repeat: int, slow_max_t: int, loop_max_t: in
 
 
 def peak_memory(contestant: str, T: int) -> float:
-    """Extra peak RSS (MiB) of one training step (after a warm-up step) in a fresh process:
-    the high-water mark is reset through /proc/self/clear_refs (Linux). On CUDA: the extra
-    peak of torch's allocator in this process."""
+    """Extra peak RSS (MiB) of one training step in a fresh process, warmed up by a 2-step
+    call (libraries, kernels loaded) so that the measured step allocates its working set anew
+    (a warm-up at full size would leave it in the heap's free lists, and the step would reuse
+    those pages without raising the high-water mark); the high-water mark is reset through
+    /proc/self/clear_refs (Linux). On CUDA: the extra peak of torch's allocator in this
+    process (after a full-size warm-up: the allocator's counters see live tensors only)."""
     if DEVICE.type == "cuda":
         layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
         torch.manual_seed(0)
@@ -152,8 +155,9 @@ def peak_memory(contestant: str, T: int) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
     setup = (
-        f"import torch;import benchmarks.scan as s;torch.manual_seed(0);x=torch.randn({T},s.B,s.I);"
-        f"f=s.contestants({layers!r},{T},{T},{T})[{contestant!r}];f(x)"
+        f"import torch;import benchmarks.scan as s;torch.manual_seed(0);"
+        f"f=s.contestants({layers!r},{T},{T},{T})[{contestant!r}];f(torch.randn(2,s.B,s.I));"
+        f"x=torch.randn({T},s.B,s.I)"
     )
     return peak_rss_mib(setup, "f(x)")
 
