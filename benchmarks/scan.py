@@ -134,13 +134,14 @@ def bench(T: int, names: list[str], repeat: int, slow_max_t: int, loop_max_t: in
     }
 
 
-def peak_memory(contestant: str, T: int) -> float:
+def peak_memory(contestant: str, T: int, threads: int | None = None) -> float:
     """Extra peak RSS (MiB) of one training step in a fresh process, warmed up by a 2-step
     call (libraries, kernels loaded) so that the measured step allocates its working set anew
     (a warm-up at full size would leave it in the heap's free lists, and the step would reuse
     those pages without raising the high-water mark); the high-water mark is reset through
     /proc/self/clear_refs (Linux). On CUDA: the extra peak of torch's allocator in this
-    process (after a full-size warm-up: the allocator's counters see live tensors only)."""
+    process (after a full-size warm-up: the allocator's counters see live tensors only).
+    ``threads``: the fresh process's intra-op threads (default: this process's)."""
     if DEVICE.type == "cuda":
         layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
         torch.manual_seed(0)
@@ -154,8 +155,9 @@ def peak_memory(contestant: str, T: int) -> float:
         sync()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
+    threads = threads or torch.get_num_threads()
     setup = (
-        f"import torch;import benchmarks.scan as s;torch.manual_seed(0);"
+        f"import torch;import benchmarks.scan as s;torch.set_num_threads({threads});torch.manual_seed(0);"
         f"f=s.contestants({layers!r},{T},{T},{T})[{contestant!r}];f(torch.randn(2,s.B,s.I));"
         f"x=torch.randn({T},s.B,s.I)"
     )
