@@ -90,6 +90,8 @@ def floor_fn(name: str) -> Callable[[torch.Tensor], None]:
             inp = flat if i == I else torch.cat([flat, flat], 1)
             total = total + torch.addmm(b, inp, w.t()).sum()
         total.backward()
+        for p in ws + bias:  # as the layers' zero_grad(set_to_none=True): no accumulation
+            p.grad = None
 
     return run
 
