@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     _clock = CLOCKS[args.clock]
     DEVICE = torch.device(args.device)
     wanted = set(filter(None, args.cases.split(",")))
+    shapes = args.shapes.split(",")
+    for flag, names, known in (("--cases", wanted, [c[0] for c in CASES]), ("--shapes", shapes, [*SHAPES])):
+        if unknown := [n for n in names if n not in known]:  # else a typo silently drops rows
+            ap.error(f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{args.threads} threads"
     print(f"torch {torch.__version__}, {where}, float32, median of {args.repeat}, {args.clock} clock")
     print(
@@ -208,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, family, kwargs in CASES:
         if wanted and name not in wanted:
             continue
-        for sname in args.shapes.split(","):
+        for sname in shapes:
             r = bench_case(family, kwargs, SHAPES[sname], args.repeat, not args.no_loop, args.graphs)
             cells = [
                 _fmt(r, ("rnnkit", "fwd")),

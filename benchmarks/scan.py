@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     names = args.layers.split(",")
+    if unknown := [n for n in names if n not in LAYERS]:
+        ap.error(f"--layers: unknown {', '.join(unknown)} (known: {', '.join(LAYERS)})")
     ts = [int(t) for t in args.ts.split(",")]
     where = (
         torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
