@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.graphs and args.device == "cpu":
         ap.error("--graphs needs --device cuda")
+    if args.clock == "cpu" and torch.device(args.device).type == "cuda":  # the GPU's work is no CPU time
+        ap.error("--clock cpu times this process's CPU only: use the wall clock with --device cuda")
     torch.set_num_threads(args.threads)
     global _clock, DEVICE, EVAL
     EVAL = args.eval
