@@ -163,6 +163,13 @@ def bench_case(
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def tf32_note() -> str:
+    """CUDA's float32 math settings as torch leaves them: cuDNN's RNNs (torch.nn and impl="auto"
+    on standard layers) run TF32 by default, the loop's and fused kernels' matmuls do not."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    return f"TF32 cuDNN {'on' if cudnn else 'off'}, matmul {'on' if matmul else 'off'}"
+
+
 def _fmt(r: dict, key: tuple[str, str], den: tuple[str, str] | None = None, spec: str = ".2f") -> str:
     if key not in r or (den is not None and den not in r):
         return "-"
@@ -203,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
         if unknown := [n for n in names if n not in known]:  # else a typo silently drops rows
             ap.error(f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{args.threads} threads"
+    if DEVICE.type == "cuda":  # "float32" is not the whole story there: cuDNN's RNNs may run TF32
+        where += ", " + tf32_note()
     print(f"torch {torch.__version__}, {where}, float32, median of {args.repeat}, {args.clock} clock")
     print(
         "| case | shape | rnnkit fwd ms | torch fwd ms | loop fwd ms | fused fwd ms | rnnkit train ms | "

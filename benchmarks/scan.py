@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
     where = (
         torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     )
+    if DEVICE.type == "cuda":  # nn.LSTM/GRU run cuDNN, TF32 by default; the layers' GEMMs follow matmul's
+        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        where += f", TF32 cuDNN {'on' if cudnn else 'off'}, matmul {'on' if matmul else 'off'}"
     print(f"torch {torch.__version__}, {where}, scan backend "
           f"{backend(torch.zeros(1, device=DEVICE))}, B={B}, H_in=H={H}, float32, median of {args.repeat} "
           "interleaved rounds (± half the max-min spread)")  # fmt: skip
