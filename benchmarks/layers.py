@@ -163,6 +163,13 @@ def bench_case(
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
+def tf32_note() -> str:
+    """CUDA's float32 math settings as torch leaves them: cuDNN's RNNs (torch.nn and impl="auto"
+    on standard layers) run TF32 by default, the loop's and fused kernels' matmuls do not."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    return f"TF32 cuDNN {'on' if cudnn else 'off'}, matmul {'on' if matmul else 'off'}"
+
+
 def _fmt(r: dict, key: tuple[str, str], den: tuple[str, str] | None = None, spec: str = ".2f") -> str:
     if key not in r or (den is not None and den not in r):
         return "-"
@@ -190,13 +197,21 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.graphs and args.device == "cpu":
         ap.error("--graphs needs --device cuda")
+    if args.clock == "cpu" and torch.device(args.device).type == "cuda":  # the GPU's work is no CPU time
+        ap.error("--clock cpu times this process's CPU only: use the wall clock with --device cuda")
     torch.set_num_threads(args.threads)
     global _clock, DEVICE, EVAL
     EVAL = args.eval
     _clock = CLOCKS[args.clock]
     DEVICE = torch.device(args.device)
     wanted = set(filter(None, args.cases.split(",")))
+    shapes = args.shapes.split(",")
+    for flag, names, known in (("--cases", wanted, [c[0] for c in CASES]), ("--shapes", shapes, [*SHAPES])):
+        if unknown := [n for n in names if n not in known]:  # else a typo silently drops rows
+            ap.error(f"{flag}: unknown {', '.join(unknown)} (known: {', '.join(known)})")
     where = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{args.threads} threads"
+    if DEVICE.type == "cuda":  # "float32" is not the whole story there: cuDNN's RNNs may run TF32
+        where += ", " + tf32_note()
     print(f"torch {torch.__version__}, {where}, float32, median of {args.repeat}, {args.clock} clock")
     print(
         "| case | shape | rnnkit fwd ms | torch fwd ms | loop fwd ms | fused fwd ms | rnnkit train ms | "
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, family, kwargs in CASES:
         if wanted and name not in wanted:
             continue
-        for sname in args.shapes.split(","):
+        for sname in shapes:
             r = bench_case(family, kwargs, SHAPES[sname], args.repeat, not args.no_loop, args.graphs)
             cells = [
                 _fmt(r, ("rnnkit", "fwd")),

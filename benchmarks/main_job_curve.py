@@ -4,6 +4,9 @@ Runs the real command line once per budget (each run's learning-rate schedule sp
 budget), then prints a table of the final validation loss (the whole 200,000-character
 validation text, nats/char) and, per run, the validation points against training time. The
 training clock of ``rnnkit train charlm`` includes its periodic validations and checkpoints.
+A budget whose ``OUT/<m>min/results.json`` exists is not rerun: its finished run is read
+back (whatever flags it was run with; a notice names it), so give each configuration its
+own ``--out``.
 
     python benchmarks/main_job_curve.py --minutes 3,9,30 --out runs/curve
 """
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.time()
             subprocess.run(cmd, check=True)
             print(f"  wall {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}", flush=True)
+        else:  # not this command's run, perhaps: other flags are not checked
+            print(f"reusing the finished run in {out} (not rerun; delete it to rerun)", flush=True)
         final, points = read_curve(out)
         rows.append((m, final, points))
     print("\n| budget (min) | final valid nats/char | bits/char | validation points (training min: nats) |")

@@ -102,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args(argv)
+    if unknown := [s for s in filter(None, args.shapes.split(",")) if s not in SHAPES]:
+        ap.error(f"--shapes: unknown {', '.join(unknown)} (known: {', '.join(SHAPES)})")
     torch.set_num_threads(args.threads)
     peaks = gemm_peak(args.repeat)
     peak = max(peaks.values())

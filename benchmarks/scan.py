@@ -14,7 +14,7 @@ shared machine hit all alike):
 Slow contestants stop early: ``nn.*`` at ``--slow-max-t``, step loops at ``--loop-max-t``.
 Also measured at T = 1024: the scan's forward against one elementwise pass over the same
 tensors (``torch.addcmul(b, a, b)``), and each contestant's peak memory (extra peak RSS
-of a fresh process for one training step).
+of a fresh process for one training step, warmed up at T = 2).
 
     python benchmarks/scan.py                         # full sweep, writes benchmarks/scan.png
     python benchmarks/scan.py --ts 1024 --repeat 9    # the headline ratios only
@@ -90,6 +90,8 @@ def floor_fn(name: str) -> Callable[[torch.Tensor], None]:
             inp = flat if i == I else torch.cat([flat, flat], 1)
             total = total + torch.addmm(b, inp, w.t()).sum()
         total.backward()
+        for p in ws + bias:  # as the layers' zero_grad(set_to_none=True): no accumulation
+            p.grad = None
 
     return run
 
@@ -134,10 +136,14 @@ def bench(T: int, names: list[str], repeat: int, slow_max_t: int, loop_max_t: in
     }
 
 
-def peak_memory(contestant: str, T: int) -> float:
-    """Extra peak RSS (MiB) of one training step (after a warm-up step) in a fresh process:
-    the high-water mark is reset through /proc/self/clear_refs (Linux). On CUDA: the extra
-    peak of torch's allocator in this process."""
+def peak_memory(contestant: str, T: int, threads: int | None = None) -> float:
+    """Extra peak RSS (MiB) of one training step in a fresh process, warmed up by a 2-step
+    call (libraries, kernels loaded) so that the measured step allocates its working set anew
+    (a warm-up at full size would leave it in the heap's free lists, and the step would reuse
+    those pages without raising the high-water mark); the high-water mark is reset through
+    /proc/self/clear_refs (Linux). On CUDA: the extra peak of torch's allocator in this
+    process (after a full-size warm-up: the allocator's counters see live tensors only).
+    ``threads``: the fresh process's intra-op threads (default: this process's)."""
     if DEVICE.type == "cuda":
         layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
         torch.manual_seed(0)
@@ -151,9 +157,11 @@ def peak_memory(contestant: str, T: int) -> float:
         sync()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     layers = [] if contestant.startswith("nn.") else [contestant.split("-")[0]]
+    threads = threads or torch.get_num_threads()
     setup = (
-        f"import torch;import benchmarks.scan as s;torch.manual_seed(0);x=torch.randn({T},s.B,s.I);"
-        f"f=s.contestants({layers!r},{T},{T},{T})[{contestant!r}];f(x)"
+        f"import torch;import benchmarks.scan as s;torch.set_num_threads({threads});torch.manual_seed(0);"
+        f"f=s.contestants({layers!r},{T},{T},{T})[{contestant!r}];f(torch.randn(2,s.B,s.I));"
+        f"x=torch.randn({T},s.B,s.I)"
     )
     return peak_rss_mib(setup, "f(x)")
 
@@ -197,10 +205,15 @@ def main(argv: list[str] | None = None) -> None:
     global DEVICE
     DEVICE = torch.device(args.device)
     names = args.layers.split(",")
+    if unknown := [n for n in names if n not in LAYERS]:
+        ap.error(f"--layers: unknown {', '.join(unknown)} (known: {', '.join(LAYERS)})")
     ts = [int(t) for t in args.ts.split(",")]
     where = (
         torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     )
+    if DEVICE.type == "cuda":  # nn.LSTM/GRU run cuDNN, TF32 by default; the layers' GEMMs follow matmul's
+        cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        where += f", TF32 cuDNN {'on' if cudnn else 'off'}, matmul {'on' if matmul else 'off'}"
     print(f"torch {torch.__version__}, {where}, scan backend "
           f"{backend(torch.zeros(1, device=DEVICE))}, B={B}, H_in=H={H}, float32, median of {args.repeat} "
           "interleaved rounds (± half the max-min spread)")  # fmt: skip
