@@ -20,6 +20,46 @@ from torch import Tensor
 from .mingru import MinGRU, log_g
 
 
+class _MinLSTMScan(torch.autograd.Function):
+    """``u = [k_f, k_i, h̃] (T, B, 3H) -> h`` with a hand-written backward, as minGRU's: it keeps
+    ``u, a, h`` (autograd's composition kept ``f, i, f + i, i′`` and ``f′`` besides: a training
+    step took more memory than nn.LSTM's). ``a = f′ = σ(d)`` with ``d = log f − log i =
+    softplus(−k_i) − softplus(−k_f)``, ``b = i′ ⊙ h̃ = (1 − a) ⊙ h̃``."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
+        a = coefficient_a(u)
+        v = u.chunk(3, -1)[2]
+        h = torch.ops.rnnkit.linear_scan(a, torch.addcmul(v, a, v, value=-1), h0, 0, reverse)
+        ctx.save_for_backward(u, a, h, h0)
+        ctx.reverse = reverse
+        return h
+
+    @staticmethod
+    def backward(ctx, gh: Tensor):
+        u, a, h, h0 = ctx.saved_tensors
+        kf, ki, v = u.chunk(3, -1)
+        da, db, dh0 = torch.ops.rnnkit.linear_scan_backward(gh, a, h, h0, 0, ctx.reverse)
+        du = torch.empty_like(u)
+        dkf, dki, dv = du.chunk(3, -1)
+        dv.copy_(db).addcmul_(db, a, value=-1)  # ∂h̃ = ∂b ⊙ (1 − a)
+        dd = da.addcmul_(db, v, value=-1).mul_(a).addcmul_(da, a, value=-1)  # (∂a − ∂b ⊙ h̃) σ'(d)
+        del db  # the step is memory-bound: no temporaries below
+        torch.sigmoid(kf, out=dkf).sub_(1).mul_(dd).neg_()  # ∂d/∂k_f = σ(−k_f) = 1 − σ(k_f)
+        torch.sigmoid(ki, out=dki).sub_(1).mul_(dd)  # ∂d/∂k_i = −σ(−k_i)
+        return du, (dh0 if h0 is not None else None), None
+
+
+def coefficient_a(u: Tensor) -> Tensor:
+    """``a = f′ = f / (f + i) = σ(softplus(−k_i) − softplus(−k_f))`` from ``u = [k_f, k_i, h̃]``:
+    finite where both gates underflow (``f / (f + i)`` is ``0 / 0`` in float32 once both
+    ``k < −104``), two full-size temporaries at most."""
+    kf, ki, _ = u.chunk(3, -1)
+    d = F.softplus(ki.neg())
+    d.sub_(F.softplus(kf.neg()))
+    return d.sigmoid_()
+
+
 class MinLSTM(MinGRU):
     """minLSTM layer stack; ``forward(input, h0=None) -> (output, h_n)`` (one state, ``h``).
 
@@ -27,12 +67,12 @@ class MinLSTM(MinGRU):
     """
 
     gates = 3
+    _fused_scan = _MinLSTMScan
 
     def coefficients(self, u: Tensor) -> tuple[Tensor, Tensor]:
         kf, ki, v = u.chunk(3, -1)
         if self.log_space:
             d = F.softplus(-kf) - F.softplus(-ki)
             return -F.softplus(d), -F.softplus(-d) + log_g(v)
-        f, i = torch.sigmoid(kf), torch.sigmoid(ki)
-        s = f + i
-        return f / s, i / s * v
+        a = coefficient_a(u)  # f / (f + i)
+        return a, torch.addcmul(v, a, v, value=-1)  # i / (f + i) ⊙ h̃

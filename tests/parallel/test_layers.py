@@ -362,3 +362,22 @@ def test_lru_d_init_is_what_the_docstring_says():
     doc = " ".join(lru.__doc__.split())
     assert "``D`` is diagonal ``(H,)`` with entries ``N(0, 1)`` as in the paper" in doc
     assert "dense ``(H, H_in)`` matrix with entries ``N(0, 1/H_in)``" in doc
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_minlstm_saturated_gates_stay_finite_in_float32(masked):
+    """f′ = f / (f + i) is 0 / 0 in float32 once both gates underflow (k < −104): minLSTM
+    computes it as σ(log f − log i) = σ(softplus(−k_i) − softplus(−k_f)), finite and equal to
+    float64 there, on the fused scan and on the padded (masked) path, gradients included."""
+    res = []
+    for dtype in (torch.float32, torch.float64):
+        m = rnnkit.MinLSTM(2, 3, dtype=dtype)
+        with torch.no_grad():
+            m.weight_ih_l0.zero_()
+            m.bias_ih_l0.copy_(torch.tensor([-120.0, -110.0, 3.0] * 2 + [1.0, -2.0, 0.5], dtype=dtype))
+        x = torch.linspace(-1, 1, 16, dtype=dtype).reshape(4, 2, 2).requires_grad_(True)
+        out = m(x, lengths=torch.tensor([4, 3]))[0] if masked else m(x)[0]
+        res.append([out, *torch.autograd.grad(out.sum(), [x, *m.parameters()])])
+    for a, b in zip(*res, strict=True):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
