@@ -227,19 +227,21 @@ class StepCell(nn.Module):
 
     def sample_masks(self, batch_size: int = 1) -> StepMasks:
         """Draw the per-sequence masks of ``batch_size`` sequences (1 for unbatched input)
-        from torch's RNG: ``(batch_size, S_0)`` for recurrent dropout, one per ``weight_hh*``."""
+        from torch's RNG, in the layers' order (:func:`rnnkit.regularizers.sample_plan`, so the
+        same seed gives a one-layer ``rnnkit.LSTM`` & co.'s masks): one per ``weight_hh*``,
+        then ``(batch_size, S_0)`` for recurrent dropout."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         like = self.weight_ih
-        rec = None
-        if self.recurrent_dropout:
-            shape = (batch_size, self.cell.state_sizes()[0])
-            rec = regularizers.sample_mask("recurrent", shape, self.recurrent_dropout, like)
         weights = {}
         if self.weight_drop:
             for n, w in self.params().items():
                 if n.startswith("weight_hh"):
                     weights[n] = regularizers.sample_mask("weight_drop", w.shape, self.weight_drop, like)
+        rec = None
+        if self.recurrent_dropout:
+            shape = (batch_size, self.cell.state_sizes()[0])
+            rec = regularizers.sample_mask("recurrent", shape, self.recurrent_dropout, like)
         return StepMasks(batch_size, rec, weights)
 
     def _masked_params(self, masks: StepMasks | None, batch: int) -> tuple[dict[str, Tensor], Tensor | None]:
