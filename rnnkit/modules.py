@@ -8,6 +8,7 @@ arguments, parameter names and shapes, initialization, inputs, outputs and numbe
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -226,19 +227,21 @@ class StepCell(nn.Module):
 
     def sample_masks(self, batch_size: int = 1) -> StepMasks:
         """Draw the per-sequence masks of ``batch_size`` sequences (1 for unbatched input)
-        from torch's RNG: ``(batch_size, S_0)`` for recurrent dropout, one per ``weight_hh*``."""
+        from torch's RNG, in the layers' order (:func:`rnnkit.regularizers.sample_plan`, so the
+        same seed gives a one-layer ``rnnkit.LSTM`` & co.'s masks): one per ``weight_hh*``,
+        then ``(batch_size, S_0)`` for recurrent dropout."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         like = self.weight_ih
-        rec = None
-        if self.recurrent_dropout:
-            shape = (batch_size, self.cell.state_sizes()[0])
-            rec = regularizers.sample_mask("recurrent", shape, self.recurrent_dropout, like)
         weights = {}
         if self.weight_drop:
             for n, w in self.params().items():
                 if n.startswith("weight_hh"):
                     weights[n] = regularizers.sample_mask("weight_drop", w.shape, self.weight_drop, like)
+        rec = None
+        if self.recurrent_dropout:
+            shape = (batch_size, self.cell.state_sizes()[0])
+            rec = regularizers.sample_mask("recurrent", shape, self.recurrent_dropout, like)
         return StepMasks(batch_size, rec, weights)
 
     def _masked_params(self, masks: StepMasks | None, batch: int) -> tuple[dict[str, Tensor], Tensor | None]:
@@ -285,17 +288,25 @@ class StepCell(nn.Module):
         mode = self.cell.torch_mode()
         if getattr(self.cell, "proj_size", 0):  # StepCell(LSTMCellMath(..., proj_size)): not in lstm_cell
             mode = None
-        if mode is not None and not self.needs_custom_loop():
-            hx_ = state if mode == "LSTM" else state[0]
-            out = self._TORCH_CELLS[mode](
-                x, hx_, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
-            )
-            new = tuple(out) if mode == "LSTM" else (out,)
-        else:
-            ctx = StepContext(t=step, training=self.training, recurrent_mask=rec, extra={"step": step})
-            new = self.cell.step(p, self.cell.project_input(p, x), state, ctx)
-        if any(self.zoneout_probs):
-            new = self._zoneout(state, new, like=x)
+        use_torch = mode is not None and not self.needs_custom_loop()
+        precision = contextlib.nullcontext()
+        if (not use_torch or any(self.zoneout_probs)) and _checks.autocast_on(x.device.type):
+            # as the layers: autocast has no rule for the options torch lacks (mixed dtypes inside
+            # a step crash torch.lerp), so they run in the parameters' dtype with autocast off
+            x, state = x.to(ref.dtype), tuple(s.to(ref.dtype) for s in state)
+            precision = torch.autocast(x.device.type, enabled=False)
+        with precision:
+            if use_torch:
+                hx_ = state if mode == "LSTM" else state[0]
+                out = self._TORCH_CELLS[mode](  # type: ignore[index]
+                    x, hx_, p["weight_ih"], p["weight_hh"], p.get("bias_ih"), p.get("bias_hh")
+                )
+                new = tuple(out) if mode == "LSTM" else (out,)
+            else:
+                ctx = StepContext(t=step, training=self.training, recurrent_mask=rec, extra={"step": step})
+                new = self.cell.step(p, self.cell.project_input(p, x), state, ctx)
+            if any(self.zoneout_probs):
+                new = self._zoneout(state, new, like=x)
         if unbatched:
             new = tuple(s.squeeze(0) for s in new)
         return new if len(new) > 1 else new[0]

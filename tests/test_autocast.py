@@ -155,3 +155,43 @@ def test_parallel_layers_under_autocast_take_a_float32_state(name):
     torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.05)
     got.float().sum().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+CELL_OPTIONS = [
+    ("GRUCell", {"reset_after": False}),
+    ("GRUCell", {"norm": "layer"}),
+    ("GRUCell", {"variant": "mut2"}),
+    ("LSTMCell", {"norm": "batch"}),
+    ("LSTMCell", {"peephole": True, "coupled_gates": True}),
+    ("RNNCell", {"zoneout": 0.3}),
+    ("RNNCell", {"norm": "layer", "recurrent_dropout": 0.2}),
+]
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("state_dtype", [None, F32, BF16])
+@pytest.mark.parametrize(("name", "kw"), CELL_OPTIONS)
+def test_option_cells_run_in_the_parameters_dtype_under_autocast(name, kw, state_dtype, training):
+    """As the layers: a cell option torch has no kernel for runs in the parameters' dtype with
+    autocast off (it ran under autocast: mixed dtypes inside the step crashed torch.lerp, e.g.
+    GRUCell(reset_after=False) without a state, and the numbers were not the layer's)."""
+    torch.manual_seed(0)
+    cell = getattr(rnnkit, name)(5, 7, dtype=F32, **kw).train(training)
+    x = torch.randn(3, 5, dtype=F32)
+    h = None
+    if state_dtype is not None:
+        h = tuple(torch.randn(3, s, dtype=state_dtype) for s in cell.cell.state_sizes())
+        h = h if len(h) > 1 else h[0]
+
+    def step(autocast):
+        torch.manual_seed(1)
+        masks = cell.sample_masks(3) if cell.recurrent_dropout else None
+        hx = h
+        if h is not None and not autocast:
+            hx = tuple(s.float() for s in h) if isinstance(h, tuple) else h.float()
+        with torch.autocast("cpu", dtype=BF16, enabled=autocast):
+            out = cell(x, hx, masks=masks, step=1)
+        return out if isinstance(out, tuple) else (out,)
+
+    want = step(False)
+    _same(step(True), want)

@@ -75,6 +75,8 @@ def step_slots(ctx: StepContext, batch: int, max_len: int) -> int | Tensor:
         count = count[:batch]
     ctx.extra[_COUNT_KEY] = [n + 1 for n in count]
     last = max_len - 1
+    if not count:  # an empty batch (a single-step cell's input (0, H_in), as torch.nn's cells allow)
+        return min(int(ctx.extra.get("step", 0)), last)
     if count[0] == count[-1]:  # every row at the same step (always true for dense batches)
         return min(count[0], last)
     return torch.tensor([min(n, last) for n in count])
@@ -87,10 +89,11 @@ def batch_norm(p: Params, group: str, a: Tensor, slots: int | Tensor, training: 
     updated are those of the first row's slot (rows of one step share a slot unless the
     backward direction of a packed batch with unequal lengths is running, where the longest
     sequence's slot is used). A step with a single row normalizes to the shift (variance 0)
-    and leaves the running variance alone (its unbiased estimate is undefined).
+    and leaves the running variance alone (its unbiased estimate is undefined); a step with no
+    rows leaves both alone.
     """
     mean_buf, var_buf = p[f"running_mean_{group}"], p[f"running_var_{group}"]
-    if training:
+    if training and a.shape[0] > 0:  # no rows (an empty batch): no statistics to take
         n = a.shape[0]
         mean = a.mean(0)
         var = a.var(0, unbiased=False)

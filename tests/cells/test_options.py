@@ -255,6 +255,21 @@ def test_batch_norm_single_row_steps_train():
     assert torch.all(m.running_var_ih_l0 > 0)
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_batch_norm_cell_empty_batch(training):
+    """An empty batch (0, H_in), as torch.nn's cells take it: it raised IndexError (no row to
+    read the step count from), and in training would have put the NaN mean of no rows into
+    the running statistics."""
+    cell = rnnkit.LSTMCell(3, 4, norm="batch", max_len=3).train(training)
+    stats = {n: b.clone() for n, b in cell.named_buffers()}
+    x = torch.randn(0, 3, requires_grad=True)
+    for hx in (None, (torch.zeros(0, 4), torch.zeros(0, 4))):
+        h, c = cell(x, hx, step=1)
+        assert h.shape == c.shape == (0, 4)
+        (h.sum() + c.sum()).backward()
+    assert all(torch.equal(b, stats[n]) for n, b in cell.named_buffers())
+
+
 @st.composite
 def lstm_options(draw):
     o = {

@@ -44,10 +44,10 @@ def test_steps_match_reference(recorder, family, opts):  # noqa: F811
     got = [torch.stack(outs), *state]
 
     log = list(recorder)
-    rec = log.pop(0)[1] if cell.recurrent_dropout else None
     p = cell.params()
-    if cell.weight_drop:
+    if cell.weight_drop:  # drawn first, as the layers draw them
         p = dict(p, weight_hh=p["weight_hh"] * log.pop(0)[1])
+    rec = log.pop(0)[1] if cell.recurrent_dropout else None
     state, outs = h0, []
     for t in range(T):
         new = step(cell, family, p, xs[t], state, rec)
@@ -126,3 +126,23 @@ def test_masks_are_per_sequence_and_reproducible():
     )
     assert not torch.equal(a.recurrent[0], a.recurrent[1])
     assert "recurrent_dropout=0.5" in repr(cell)
+
+
+@pytest.mark.parametrize("family", list(CELLS))
+def test_same_seed_same_masks_as_the_layer(family):
+    """Stepping the cell with masks drawn under a seed is the one-layer layer's training run
+    under that seed: the cell drew its recurrent-dropout mask before the weight-drop masks,
+    the layers after, so with both options the two drew different masks."""
+    kw = {"recurrent_dropout": 0.4, "weight_drop": 0.4}
+    cell = CELLS[family][0](3, 5, dtype=torch.float64, **kw).train()
+    layer = getattr(rnnkit, family.upper())(3, 5, dtype=torch.float64, **kw).train()
+    layer.load_state_dict({k + "_l0": v for k, v in cell.state_dict().items()})
+    x = torch.randn(4, 3, 3, dtype=torch.float64)
+    torch.manual_seed(5)
+    want, _ = layer(x)
+    torch.manual_seed(5)
+    masks, state, outs = cell.sample_masks(3), None, []
+    for x_t in x:
+        state = cell(x_t, state, masks=masks)
+        outs.append(_as_tuple(state)[0])
+    torch.testing.assert_close(torch.stack(outs), want, atol=1e-12, rtol=0)
