@@ -10,6 +10,7 @@
 #include <optional>
 #include <sstream>
 #include <string>
+#include <vector>
 
 namespace rnnkit_check {
 
@@ -82,6 +83,26 @@ inline at::ScalarType floating(const char* op, const char* name, const Tensor& t
   TORCH_CHECK(t.defined() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble), op, ": ", name,
               " must be float32 or float64, got ", t.defined() ? c10::toString(t.scalar_type()) : "no tensor");
   return t.scalar_type();
+}
+
+// The LSTM backward's first saved tensors, common to the fused, variant and normalized ops
+// (``count`` checked before): gates (N, W), c_{t-1} (N, H), ``third`` (N, H), h_{t-1} (N, P);
+// with a projection w_hr (P, H) and h~ (N, H), without one P == H (``p_from`` gave P).
+inline void lstm_saved(const char* op, const std::vector<Tensor>& saved, at::ScalarType dt, int64_t N,
+                       int64_t W, const char* gates, const char* third, int64_t H, int64_t P,
+                       const std::optional<Tensor>& w_hr, const char* p_from, const Tensor& p_tensor,
+                       const Tensor& w_hh) {
+  tensor(op, "saved[0] (gates)", saved[0], dt, gates, {N, W});
+  tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
+  tensor(op, third, saved[2], dt, "(N, H)", {N, H});
+  tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
+  if (w_hr.has_value()) {
+    tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+    tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
+  } else {
+    TORCH_CHECK(P == H, op, ": without w_hr, ", p_from, " (N, P) and w_hh (gates H, P) must have P == H, got ",
+                p_tensor.sizes(), " and ", w_hh.sizes());
+  }
 }
 
 }  // namespace rnnkit_check

@@ -101,17 +101,7 @@ void check_backward(int64_t kind, const Tensor& gout, const Tensor& ghn, const T
     tensor(op, "w_hh", w_hh, dt, "(4H, P)", {4 * H, P});
     tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
     count(op, "saved", saved.size(), 6, false);
-    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 4H)", {N, 4 * H});
-    tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
-    tensor(op, "saved[2] (tanh c)", saved[2], dt, "(N, H)", {N, H});
-    tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
-    if (w_hr.has_value()) {
-      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
-      tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
-    } else {
-      TORCH_CHECK(P == H, op, ": without w_hr, gout (N, P) and w_hh (4H, P) must have P == H, got ", gout.sizes(),
-                  " and ", w_hh.sizes());
-    }
+    lstm_saved(op, saved, dt, N, 4 * H, "(N, 4H)", "saved[2] (tanh c)", H, P, w_hr, "gout", gout, w_hh);
     if (w_peep.has_value()) {
       tensor(op, "w_peep", *w_peep, dt, "(3H,)", {3 * H});
       tensor(op, "saved[5] (c~)", saved[5], dt, "(N, H)", {N, H});

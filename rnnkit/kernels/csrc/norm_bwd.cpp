@@ -73,17 +73,7 @@ void check_backward(const std::string& kind, int64_t mode, const Tensor& gout, c
     tensor(op, "w_hh", w_hh, dt, "(4H, P)", {G, P});
     tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
     count(op, "saved", saved.size(), 9);
-    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 4H)", {N, G});
-    tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
-    tensor(op, "saved[2] (tanh c)", saved[2], dt, "(N, H)", {N, H});
-    tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
-    if (w_hr.has_value()) {
-      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
-      tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
-    } else {
-      TORCH_CHECK(P == H, op, ": without w_hr, out (N, P) and w_hh (4H, P) must have P == H, got ", out.sizes(),
-                  " and ", w_hh.sizes());
-    }
+    lstm_saved(op, saved, dt, N, G, "(N, 4H)", "saved[2] (tanh c)", H, P, w_hr, "out", out, w_hh);
     group(5, G, "saved[5] (x^ hh)", "saved[6] (rho hh)");
     group(7, H, "saved[7] (x^ c)", "saved[8] (rho c)");
     opt(op, "mask", mask, dt, "(B, P)", {B, P});

@@ -359,17 +359,7 @@ void check_variant_backward(int64_t family, int64_t flags, const Tensor& gout, c
     tensor(op, "w_hh", w_hh, dt, "(gates H, P)", {W, P});
     tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
     count(op, "saved", saved.size(), 7, false);
-    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, gates H)", {N, W});
-    tensor(op, "saved[1] (c_{t-1})", saved[1], dt, "(N, H)", {N, H});
-    tensor(op, "saved[2] (y)", saved[2], dt, "(N, H)", {N, H});
-    tensor(op, "saved[3] (h_{t-1})", saved[3], dt, "(N, P)", {N, P});
-    if (w_hr.has_value()) {
-      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
-      tensor(op, "saved[4] (h~)", saved[4], dt, "(N, H)", {N, H});
-    } else {
-      TORCH_CHECK(P == H, op, ": without w_hr, gout (N, P) and w_hh (gates H, P) must have P == H, got ",
-                  gout.sizes(), " and ", w_hh.sizes());
-    }
+    lstm_saved(op, saved, dt, N, W, "(N, gates H)", "saved[2] (y)", H, P, w_hr, "gout", gout, w_hh);
     if (L.peep) tensor(op, "w_peep", req(op, "w_peep", w_peep, "by the peephole flag"), dt, "(peepholes H,)",
                        {L.npeep * H});
     if (L.peep_o) tensor(op, "saved[5] (c~)", saved[5], dt, "(N, H)", {N, H});
