@@ -85,6 +85,29 @@ inline at::ScalarType floating(const char* op, const char* name, const Tensor& t
   return t.scalar_type();
 }
 
+// The sizes every op reads off its first arguments, checked alike by each.
+struct Sizes {
+  at::ScalarType dt;
+  int64_t N, B, P;  // packed rows, batch, state width
+};
+
+// A forward op's step input ``ref`` (argument ``name``: x, x_in or xp) (N, F), float32/64, and
+// h0 (B, P) of its dtype.
+inline Sizes forward_sizes(const char* op, const char* name, const Tensor& ref, const Tensor& h0) {
+  const auto dt = floating(op, name, ref);
+  tensor(op, name, ref, dt, "(N, F)", {kAny, kAny});
+  tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
+  return {dt, ref.size(0), h0.size(0), h0.size(1)};
+}
+
+// A backward op's gout (N, P), float32/64, and ghn (B, P) of its dtype.
+inline Sizes backward_sizes(const char* op, const Tensor& gout, const Tensor& ghn) {
+  const auto dt = floating(op, "gout", gout);
+  tensor(op, "gout", gout, dt, "(N, P)", {kAny, kAny});
+  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, gout.size(1)});
+  return {dt, gout.size(0), ghn.size(0), gout.size(1)};
+}
+
 // The LSTM backward's first saved tensors, common to the fused, variant and normalized ops
 // (``count`` checked before): gates (N, W), c_{t-1} (N, H), ``third`` (N, H), h_{t-1} (N, P);
 // with a projection w_hr (P, H) and h~ (N, H), without one P == H (``p_from`` gave P).

@@ -48,11 +48,9 @@ void check_forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tenso
   TORCH_CHECK(kind >= 0 && kind <= 3, op, ": kind must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu), plus ",
               "the flags 16 and 32, got ", kind);
   TORCH_CHECK(kind == 0 || !x.has_value(), op, ": only the LSTM projects its input itself");
-  const Tensor& ref = x.has_value() ? *x : xp;
-  const auto dt = floating(op, x.has_value() ? "x" : "xp", ref);
-  tensor(op, x.has_value() ? "x" : "xp", ref, dt, "(N, F)", {kAny, kAny});
-  tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
-  const int64_t N = ref.size(0), B = h0.size(0), P = h0.size(1);
+  const Sizes sz = forward_sizes(op, x.has_value() ? "x" : "xp", x.has_value() ? *x : xp, h0);
+  const auto dt = sz.dt;
+  const int64_t N = sz.N, B = sz.B, P = sz.P;
   if (kind == 0) {
     tensor(op, "c0", c0, dt, "(B, H)", {B, kAny});
     const int64_t H = c0.size(1);
@@ -91,11 +89,9 @@ void check_backward(int64_t kind, const Tensor& gout, const Tensor& ghn, const T
   const char* op = "rnnkit_ext::backward";
   TORCH_CHECK(kind >= 0 && kind <= 3, op, ": kind must be 0 (LSTM), 1 (GRU), 2 (RNN tanh) or 3 (RNN relu), got ",
               kind);
-  const auto dt = floating(op, "gout", gout);
-  tensor(op, "gout", gout, dt, "(N, P)", {kAny, kAny});
-  const int64_t N = gout.size(0), P = gout.size(1);
-  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});
-  const int64_t B = ghn.size(0);
+  const Sizes sz = backward_sizes(op, gout, ghn);
+  const auto dt = sz.dt;
+  const int64_t N = sz.N, B = sz.B, P = sz.P;
   if (kind == 0) {
     const int64_t H = per_gate(op, "w_hh", w_hh, 4, "(4H, P)");
     tensor(op, "w_hh", w_hh, dt, "(4H, P)", {4 * H, P});

@@ -36,12 +36,10 @@ void check_forward(const std::string& kind, int64_t mode, const Tensor& xp, cons
   const char* op = "rnnkit_norm::forward";
   check_kind_mode(op, kind, mode);
   const bool proj_in = x_in.has_value();
-  const Tensor& ref = proj_in ? *x_in : xp;
-  const auto dt = floating(op, proj_in ? "x_in" : "xp", ref);
-  tensor(op, proj_in ? "x_in" : "xp", ref, dt, "(N, F)", {kAny, kAny});
+  const Sizes sz = forward_sizes(op, proj_in ? "x_in" : "xp", proj_in ? *x_in : xp, h0);
+  const auto dt = sz.dt;
+  const int64_t N = sz.N, B = sz.B, P = sz.P;
   TORCH_CHECK(xp.scalar_type() == dt, op, ": xp must have dtype ", dt, " (as x_in), got ", xp.scalar_type());
-  tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
-  const int64_t N = ref.size(0), B = h0.size(0), P = h0.size(1);
   if (kind == "lstm") {
     const Tensor& c = req(op, "c0", c0, "by the LSTM");
     tensor(op, "c0", c, dt, "(B, H)", {B, kAny});

@@ -297,11 +297,9 @@ void check_variant_forward(int64_t family, int64_t flags, const Tensor& xp, cons
   const char* op = "rnnkit_ext::variant_forward";
   check_family(op, family, flags);
   TORCH_CHECK(family == 0 || !x.has_value(), op, ": only the LSTM layouts project their input themselves");
-  const Tensor& ref = x.has_value() ? *x : xp;
-  const auto dt = floating(op, x.has_value() ? "x" : "xp", ref);
-  tensor(op, x.has_value() ? "x" : "xp", ref, dt, "(N, F)", {kAny, kAny});
-  tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
-  const int64_t N = ref.size(0), B = h0.size(0), P = h0.size(1);
+  const Sizes sz = forward_sizes(op, x.has_value() ? "x" : "xp", x.has_value() ? *x : xp, h0);
+  const auto dt = sz.dt;
+  const int64_t N = sz.N, B = sz.B, P = sz.P;
   if (family == 0) {
     const LstmSizes L(flags);
     const Tensor& c = req(op, "c0", c0, "by the LSTM layouts");
@@ -348,11 +346,9 @@ void check_variant_backward(int64_t family, int64_t flags, const Tensor& gout, c
   using namespace rnnkit_check;
   const char* op = "rnnkit_ext::variant_backward";
   check_family(op, family, flags);
-  const auto dt = floating(op, "gout", gout);
-  tensor(op, "gout", gout, dt, "(N, P)", {kAny, kAny});
-  const int64_t N = gout.size(0), P = gout.size(1);
-  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});
-  const int64_t B = ghn.size(0);
+  const Sizes sz = backward_sizes(op, gout, ghn);
+  const auto dt = sz.dt;
+  const int64_t N = sz.N, B = sz.B, P = sz.P;
   if (family == 0) {
     const LstmSizes L(flags);
     const int64_t H = per_gate(op, "w_hh", w_hh, L.ng, "(gates H, P)"), W = L.ng * H, S = L.nsig * H;
