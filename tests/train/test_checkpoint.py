@@ -284,27 +284,29 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path, kw, step, reason):
     assert out["step"] == step + 2
 
 
+def epoch_run(out_dir, epochs):
+    """A resumable run of 10 batches per epoch, checkpointed every 10 steps (at each epoch's end)
+    and validated at each epoch's end (also tests/train/test_crash.py)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tr = Trainer(model, opt, max_epochs=epochs, checkpoint_every=10, log_every=5, out_dir=str(out_dir),
+                 resume=True, progress=False, plot=False)  # fmt: skip
+    tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(50), 1, 10))
+
+
 def test_resume_at_an_epoch_end_logs_each_row_once(tmp_path):
     """The checkpoint of an epoch's last step is written before that epoch's validation (at
     the same step), which the resumed run redoes: its old row must not stay in the files."""
-
-    def run(out_dir, epochs):
-        torch.manual_seed(0)
-        model = TinyLM()
-        opt = torch.optim.SGD(model.parameters(), lr=0.5)
-        tr = Trainer(model, opt, max_epochs=epochs, checkpoint_every=10, log_every=5, out_dir=str(out_dir),
-                     resume=True, progress=False, plot=False)  # fmt: skip
-        tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(50), 1, 10))  # 10 batches / epoch
-
     def rows(out_dir):
         jsonl = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
         csv = [line.split(",")[:2] for line in (out_dir / "metrics.csv").read_text().splitlines()[1:]]
         assert [[r["split"], str(r["step"])] for r in jsonl] == csv
         return [(r["split"], r["step"], r["loss"]) for r in jsonl]
 
-    run(tmp_path / "ref", 2)
-    run(tmp_path / "run", 1)
-    run(tmp_path / "run", 2)  # extends the finished run from its step-10 checkpoint
+    epoch_run(tmp_path / "ref", 2)
+    epoch_run(tmp_path / "run", 1)
+    epoch_run(tmp_path / "run", 2)  # extends the finished run from its step-10 checkpoint
     expected = [("train", 5), ("train", 10), ("val", 10), ("train", 15), ("train", 20), ("val", 20)]
     assert [r[:2] for r in rows(tmp_path / "ref")] == expected
     assert rows(tmp_path / "run") == rows(tmp_path / "ref")

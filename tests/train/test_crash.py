@@ -6,19 +6,8 @@ import json
 import pytest
 import torch
 
-from rnnkit.data import bptt_batches
-from rnnkit.train import Trainer
-
-from .models import TinyLM, tokens
-
-
-def _run(out_dir, epochs):
-    torch.manual_seed(0)
-    model = TinyLM()
-    opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    tr = Trainer(model, opt, max_epochs=epochs, checkpoint_every=10, log_every=5, out_dir=str(out_dir),
-                 resume=True, progress=False, plot=False)  # fmt: skip
-    tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(50), 1, 10))  # 10 batches / epoch
+from .models import TinyLM
+from .test_checkpoint import epoch_run as _run  # 10 batches / epoch, a checkpoint at each epoch's end
 
 
 def test_a_metrics_row_cut_by_a_crash_is_dropped_on_resume_not_glued_to_the_next(tmp_path):
