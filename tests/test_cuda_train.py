@@ -20,13 +20,12 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer, seed_everything
 from tests.conftest import default_dtype
 from tests.train import ddp_worker
-from tests.train.models import TinyLM, tokens
-from tests.train.test_checkpoint import Interrupt
+from tests.train.models import TinyLM
 from tests.train.test_ddp import _torchrun
+from tests.train.test_precision import _run as precision_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEV = torch.device("cuda")
@@ -41,22 +40,10 @@ def _deterministic():
 
 
 def _lm_run(amp, out_dir=None, interrupt_at=None, resume=False):
+    """tests/train/test_precision.py's run on the GPU, with an LSTM for both half types (the
+    CPU run takes a GRU for float16: torch's CPU LSTM has none); cuDNN runs it."""
     seed_everything(0)
-    model = TinyLM(hidden=16)  # torch.nn.LSTM: cuDNN, float16 under autocast on CUDA
-    seen = []
-    model.rnn.register_forward_hook(lambda m, i, o: seen.append(o[0].dtype))
-    opt = torch.optim.Adam(model.parameters(), lr=0.02)
-    files = {"out_dir": str(out_dir), "checkpoint_every": 5} if out_dir else {}
-    stop = [Interrupt(interrupt_at)] if interrupt_at else []
-    tr = Trainer(model, opt, amp=amp, device="cuda", max_epochs=2, progress=False, plot=False, clip_norm=1.0,
-                 resume=resume, callbacks=stop, **files)  # fmt: skip
-    data, val = bptt_batches(tokens(600), 3, 12), bptt_batches(tokens(60, seed=9), 1, 12)
-    if interrupt_at:
-        with pytest.raises(KeyboardInterrupt):
-            tr.fit(data, val)
-    else:
-        tr.fit(data, val)
-    return tr, model, seen
+    return precision_run(amp, out_dir, interrupt_at, resume, model=TinyLM(hidden=16), device="cuda")
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
