@@ -17,13 +17,10 @@ RUN_FILE = "run.json"
 
 def write_json(obj: Any, path: Path) -> None:
     """Atomically: fsynced before the rename (a crash could leave an empty run.json), the dir after."""
-    from rnnkit.train.serialize import fsync_dir
+    from rnnkit.train.serialize import fsync_dir, write_synced
 
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(tmp, json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

@@ -148,8 +148,13 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON and fsync it (the caller renames it into place)."""
+    write_synced(path, json.dumps(obj, indent=1, allow_nan=False))
+
+
+def write_synced(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` and fsync it: on disk before any rename makes it visible."""
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, allow_nan=False)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 
