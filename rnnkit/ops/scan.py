@@ -12,7 +12,8 @@ is itself a reverse linear scan::
 the gradient of a holomorphic function.) Three implementations, one set of numbers:
 
 * ``"ext"`` — a small C++ kernel (:file:`csrc/scan.cpp`, compiled with ``ninja`` at first use
-  into ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/rnnkit/ext``): the time loop in C++, the
+  into ``~/.cache/rnnkit/ext/scan-<torch>-<py>-<hash of source, flags, CPU>``, the root
+  overridden by ``$RNNKIT_EXT_DIR`` or ``$TORCH_EXTENSIONS_DIR``): the time loop in C++, the
   inner loop over features vectorized, features split over threads. CPU, real and complex.
 * ``"loop"`` — the pure-PyTorch fallback: the same loop in Python, one ``mul`` + ``add_`` per
   step, bit-identical to ``"ext"`` for real dtypes. Chosen when the build fails, or forced
@@ -31,6 +32,7 @@ NaN at ``T = 100,000``. ``RNNKIT_SCAN_IMPL=ext|loop|chunked|triton`` forces a pa
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import platform
@@ -47,23 +49,47 @@ from .. import _checks, dispatch
 
 log = logging.getLogger(__name__)
 CHUNK = 64
+_SOURCE = Path(__file__).with_name("csrc") / "scan.cpp"
 IMPLS = ("ext", "loop", "chunked", "triton")
 _ext_lock = threading.Lock()
 _ext_state: dict[str, object] = {}
 
 
 # -- the compiled kernel -------------------------------------------------------------------
-def _build_dir() -> Path:
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
-    tag = f"torch{torch.__version__.replace('+', '_')}"
-    return Path(root) / tag
-
-
 def _cflags() -> list[str]:
     # -ffp-contract=off: no fused multiply-add, so the numbers equal the PyTorch fallback's;
-    # -march=native is safe (the kernel is built on the machine that runs it) and ~1.3x faster
+    # -march=native is safe (the kernel is built on the machine that runs it: the build
+    # directory is keyed by the CPU) and ~1.3x faster
     native = platform.machine() in ("x86_64", "AMD64") and sys.platform.startswith("linux")
     return ["-O3", "-ffp-contract=off", *(["-march=native"] if native else [])]
+
+
+def _cpu_identity() -> str:
+    """The CPU's instruction-set flags (Linux), which ``-march=native`` compiles for."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def _build_dir() -> Path:
+    """Cache directory of the build, keyed by torch, Python, the source, the flags and (with
+    ``-march=native``) the CPU: a home directory shared by machines of different CPU
+    generations must not hand one machine's build to another (illegal instructions), and a
+    changed ``scan.cpp`` gets a build of its own, as :func:`rnnkit.kernels.ext.build_dir`."""
+    root = (
+        os.environ.get("RNNKIT_EXT_DIR")
+        or os.environ.get("TORCH_EXTENSIONS_DIR")
+        or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
+    )
+    flags = _cflags()
+    key = _SOURCE.read_bytes() + repr(flags).encode()
+    if "-march=native" in flags:
+        key += _cpu_identity().encode()
+    digest = hashlib.sha256(key).hexdigest()[:12]
+    py = f"py{sys.version_info[0]}{sys.version_info[1]}"
+    return Path(root) / f"scan-torch{torch.__version__.replace('+', '_')}-{py}-{digest}"
 
 
 def load_extension() -> ModuleType | None:
@@ -77,14 +103,13 @@ def load_extension() -> ModuleType | None:
             try:
                 from torch.utils.cpp_extension import load
 
-                src = Path(__file__).with_name("csrc") / "scan.cpp"
                 build = _build_dir()
                 build.mkdir(parents=True, exist_ok=True)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     _ext_state["module"] = load(
                         name="rnnkit_scan",
-                        sources=[str(src)],
+                        sources=[str(_SOURCE)],
                         extra_cflags=_cflags(),
                         build_directory=str(build),
                         verbose=False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -182,3 +184,28 @@ def test_empty_time_axis():
     a = torch.zeros(0, 3, requires_grad=True)
     h = linear_scan(a, torch.zeros(0, 3))
     assert h.shape == (0, 3)
+
+
+def test_build_directory_is_keyed_by_source_flags_and_cpu(monkeypatch, tmp_path):
+    """A changed scan.cpp, other flags or (with -march=native) another CPU get a build of their
+    own: a home directory shared across CPU generations must not hand one machine's build to
+    another, and an upgraded source must not load the old library."""
+    scan = importlib.import_module("rnnkit.ops.scan")  # the module (rnnkit.ops.scan is shadowed)
+    monkeypatch.setenv("RNNKIT_EXT_DIR", str(tmp_path))
+    src = tmp_path / "scan.cpp"
+    src.write_text("// v1\n")
+    monkeypatch.setattr(scan, "_SOURCE", src)
+    monkeypatch.setattr(scan, "_cflags", lambda: ["-O3", "-march=native"])
+    monkeypatch.setattr(scan, "_cpu_identity", lambda: "flags: avx2")
+    first = scan._build_dir()
+    assert first.parent == tmp_path and first.name.startswith("scan-torch")
+    assert scan._build_dir() == first  # stable
+    monkeypatch.setattr(scan, "_cpu_identity", lambda: "flags: avx2 avx512f")
+    other_cpu = scan._build_dir()
+    src.write_text("// v2\n")
+    other_source = scan._build_dir()
+    monkeypatch.setattr(scan, "_cflags", lambda: ["-O3"])
+    other_flags = scan._build_dir()
+    assert len({first, other_cpu, other_source, other_flags}) == 4
+    monkeypatch.setattr(scan, "_cpu_identity", lambda: "flags: sse2")
+    assert scan._build_dir() == other_flags  # without -march=native the CPU does not matter
