@@ -298,6 +298,7 @@ def epoch_run(out_dir, epochs):
 def test_resume_at_an_epoch_end_logs_each_row_once(tmp_path):
     """The checkpoint of an epoch's last step is written before that epoch's validation (at
     the same step), which the resumed run redoes: its old row must not stay in the files."""
+
     def rows(out_dir):
         jsonl = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
         csv = [line.split(",")[:2] for line in (out_dir / "metrics.csv").read_text().splitlines()[1:]]
