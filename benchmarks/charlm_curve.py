@@ -152,15 +152,17 @@ def main(argv: list[str] | None = None) -> None:
         progress = tokens / args.tokens if by_tokens else train_s / budget_s
         if marks and (tokens if by_tokens else train_s) >= marks[0] - 1e-9:
             mark = marks.pop(0)
+            # the mark in the unit it was given in: tokens, or minutes (the clock counts seconds)
+            mark_label = f"{mark:g} tokens" if by_tokens else f"{mark / 60:g} min"
             t0 = time.perf_counter()
             val = evaluate(model, valid_ids, args.eval_streams)
             r = {"minutes": train_s / 60, "tokens": tokens, "val": val,
                  "tok_s": tokens / max(train_s, 1e-9), "train_ema": loss_ema,
-                 "eval_s": time.perf_counter() - t0, "mark": mark,
+                 "eval_s": time.perf_counter() - t0, "mark": mark if by_tokens else mark / 60,
                  "load1": os.getloadavg()[0]}  # fmt: skip
             results.append(r)
             print(
-                f"mark={mark:g} min={r['minutes']:.2f} tokens={tokens} val={val:.4f} "
+                f"mark={mark_label}: min={r['minutes']:.2f} tokens={tokens} val={val:.4f} "
                 f"train~{loss_ema or math.nan:.3f} tok/s={r['tok_s']:.0f} eval={r['eval_s']:.1f}s "
                 f"load1={r['load1']:.1f}",
                 flush=True,

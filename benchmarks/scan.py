@@ -17,6 +17,7 @@ tensors (``torch.addcmul(b, a, b)``), and each contestant's peak memory (extra p
 of a fresh process for one training step, warmed up at T = 2).
 
     python benchmarks/scan.py                         # full sweep, writes benchmarks/scan.png
+    python benchmarks/scan.py --device cuda           # on a GPU: benchmarks/scan_cuda.png
     python benchmarks/scan.py --ts 1024 --repeat 9    # the headline ratios only
 """
 
@@ -172,7 +173,9 @@ def plot(results: dict[int, dict[str, float]], path: Path, names: list[str]) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), sharey=True)
+    # squeeze=False: a row of axes even for one layer (--layers mingru)
+    fig, grid = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), sharey=True, squeeze=False)
+    axes = grid[0]
     for ax, name in zip(axes, names):
         for key, style in [(name, "o-"), (f"{name}-floor", "k--"), (f"{name}-loop", "s:"),
                            ("nn.LSTM", "^-"), ("nn.GRU", "v-")]:  # fmt: skip
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu", help="cpu or cuda (times synchronize the device)")
     ap.add_argument("--memory", action="store_true", help="also measure peak memory at T=1024")
-    ap.add_argument("--plot", default=str(Path(__file__).with_name("scan.png")))
+    ap.add_argument("--plot", default=None, help="plot file (default scan.png, on CUDA scan_cuda.png)")
     ap.add_argument("--json", default="", help="also write the raw results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -208,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     if unknown := [n for n in names if n not in LAYERS]:
         ap.error(f"--layers: unknown {', '.join(unknown)} (known: {', '.join(LAYERS)})")
     ts = [int(t) for t in args.ts.split(",")]
+    if args.plot is None:  # a GPU run must not overwrite the CPU's plot
+        args.plot = str(Path(__file__).with_name("scan_cuda.png" if DEVICE.type == "cuda" else "scan.png"))
     where = (
         torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else f"{torch.get_num_threads()} threads"
     )

@@ -1,0 +1,48 @@
+"""Smoke runs of the benchmark scripts at tiny sizes: they must run end to end (tables, plot).
+
+The numbers are not checked here (benchmarks/RESULTS.md holds them); a script that crashes on
+a documented invocation is."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses and pickling look the module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(autouse=True)
+def _as_scripts(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT))  # run as scripts, they import their siblings (_rss)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # the scripts time float32, as documented
+    yield
+    torch.set_default_dtype(old)
+
+
+def test_scan_benchmark_plots_a_single_layer(tmp_path, capsys):
+    # one layer gave plt.subplots a bare Axes, not a row of them: TypeError after the whole run
+    plot = tmp_path / "scan.png"
+    args = "--ts 8,16 --repeat 1 --layers mingru --loop-max-t 0 --slow-max-t 0 --threads 1".split()
+    _script("scan").main([*args, "--plot", str(plot)])
+    assert plot.stat().st_size > 0
+    assert "| 16 | mingru |" in capsys.readouterr().out
+
+
+def test_layers_benchmark_prints_its_table(capsys):
+    _script("layers").main("--shapes small --cases lstm --repeat 1 --no-loop --threads 1".split())
+    out = capsys.readouterr().out
+    assert "| lstm | small |" in out
