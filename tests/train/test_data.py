@@ -166,3 +166,17 @@ def test_pad_collate_target_layout_does_not_depend_on_the_batch():
         pad_collate(seqs, sequence_targets=False)
     with pytest.raises(ValueError, match="sequence_targets must be None, True or False, got 'yes'"):
         PadCollate(sequence_targets="yes")
+
+
+def test_variable_length_bounds_are_checked():
+    """max_len=0 drew windows of 0 tokens: the epoch never ended; std < 0 failed mid-epoch."""
+    data = torch.arange(100)
+    with pytest.raises(ValueError, match=r"max_len must be >= min_len .* = 5, got max_len=0"):
+        bptt_batches(data, 2, 10, variable_length=True, max_len=0)
+    with pytest.raises(ValueError, match=r"= 3, got max_len=2"):
+        bptt_batches(data, 2, 3, variable_length=True, max_len=2)
+    with pytest.raises(ValueError, match="std must be >= 0, got -1.0"):
+        bptt_batches(data, 2, 10, variable_length=True, std=-1.0)
+    b = bptt_batches(data, 2, 10, variable_length=True, min_len=4, max_len=4, seed=0)
+    assert {w.seq_len for w in b} <= {4, 50 % 4} and sum(w.seq_len for w in b) == 50
+    assert len(list(bptt_batches(data, 2, 10, max_len=0))) == 5  # fixed windows: max_len unused
