@@ -36,11 +36,21 @@ def length_mask(lengths: Tensor, max_len: int | None = None, *, batch_first: boo
     return mask if batch_first else mask.t()
 
 
+def _common_dtype(tensors: list[Tensor]) -> list[Tensor]:
+    """The tensors cast to their promoted dtype, as ``torch.stack`` does: ``pad_sequence`` casts
+    all to the first one's, so ``[0.5]`` after an int64 item became ``[0]``."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t.to(dtype) for t in tensors]
+
+
 class PadCollate:
     """Picklable ``collate_fn`` for ``DataLoader`` (works with worker processes).
 
     Items are a sequence tensor ``(T_i, *)``, or a pair ``(sequence, target)`` where the
-    target is a sequence ``(T_i, *)`` or a label tensor/number.
+    target is a sequence ``(T_i, *)`` or a label tensor/number. Items of different dtypes are
+    batched in their promoted dtype (as ``torch.stack`` does), not cast to the first one's.
 
     ``sequence_targets`` fixes how targets are batched: ``True`` pads them as sequences (each
     must have its input's length), ``False`` stacks them as per-sequence labels ``(B, *)`` (all
@@ -78,7 +88,9 @@ class PadCollate:
                     f"item {i}: expected a sequence of shape (T>=1, *), got shape {tuple(s.shape)}"
                 )
         lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
-        inputs = pad_sequence(seqs, batch_first=self.batch_first, padding_value=self.padding_value)
+        inputs = pad_sequence(
+            _common_dtype(seqs), batch_first=self.batch_first, padding_value=self.padding_value
+        )
         targets = None
         if paired:
             tgts = [torch.as_tensor(it[1]) for it in items]
@@ -92,7 +104,7 @@ class PadCollate:
                         f"(its input's), got shape {tuple(tgts[i].shape)}"
                     )
                 targets = pad_sequence(
-                    tgts, batch_first=self.batch_first, padding_value=self.target_padding_value
+                    _common_dtype(tgts), batch_first=self.batch_first, padding_value=self.target_padding_value
                 )
             else:
                 for i, t in enumerate(tgts):

@@ -180,3 +180,20 @@ def test_variable_length_bounds_are_checked():
     b = bptt_batches(data, 2, 10, variable_length=True, min_len=4, max_len=4, seed=0)
     assert {w.seq_len for w in b} <= {4, 50 % 4} and sum(w.seq_len for w in b) == 50
     assert len(list(bptt_batches(data, 2, 10, max_len=0))) == 5  # fixed windows: max_len unused
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pad_collate_promotes_mixed_dtypes(batch_first):
+    """pad_sequence casts every item to the first one's dtype: float values after an int64 item
+    were truncated ([0.5, 0.7] became [0, 0]), depending on the order of the batch."""
+    ints, floats = torch.tensor([1, 2]), torch.tensor([0.5, 0.7, 0.9])
+    for items in ([ints, floats], [floats, ints]):
+        b = pad_collate(items, batch_first=batch_first, pack=True)
+        x = b.inputs if batch_first else b.inputs.t()
+        assert x.dtype == floats.dtype
+        for row, it in zip(x, items, strict=True):
+            assert torch.equal(row[: len(it)], it.to(floats.dtype))
+        assert b.packed.data.dtype == floats.dtype
+    b = pad_collate([(torch.arange(2), ints), (torch.arange(3), floats)], batch_first=True)
+    assert b.targets.tolist() == [[1.0, 2.0, -100.0], [0.5, 0.7, 0.9]]
+    assert pad_collate([ints, ints]).inputs.dtype == torch.int64  # one dtype: unchanged
