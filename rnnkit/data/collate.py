@@ -45,6 +45,17 @@ def _common_dtype(tensors: list[Tensor]) -> list[Tensor]:
     return [t.to(dtype) for t in tensors]
 
 
+def _check_features(seqs: list[Tensor], what: str) -> None:
+    """Sequences ``(T_i, *)`` are padded along time only: every ``*`` must be item 0's."""
+    for i, s in enumerate(seqs):
+        if s.shape[1:] != seqs[0].shape[1:]:
+            expected = "(T" + "".join(f", {d}" for d in seqs[0].shape[1:]) + ")"
+            raise ValueError(
+                f"item {i}: {what} sequences are padded along time only and need one feature shape: "
+                f"expected {expected} like item 0, got {tuple(s.shape)}"
+            )
+
+
 class PadCollate:
     """Picklable ``collate_fn`` for ``DataLoader`` (works with worker processes).
 
@@ -87,6 +98,7 @@ class PadCollate:
                 raise ValueError(
                     f"item {i}: expected a sequence of shape (T>=1, *), got shape {tuple(s.shape)}"
                 )
+        _check_features(seqs, "input")
         lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
         inputs = pad_sequence(
             _common_dtype(seqs), batch_first=self.batch_first, padding_value=self.padding_value
@@ -103,6 +115,7 @@ class PadCollate:
                         f"item {i}: sequence_targets=True expects a target of length {seqs[i].shape[0]} "
                         f"(its input's), got shape {tuple(tgts[i].shape)}"
                     )
+                _check_features(tgts, "target")
                 targets = pad_sequence(
                     _common_dtype(tgts), batch_first=self.batch_first, padding_value=self.target_padding_value
                 )

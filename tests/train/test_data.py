@@ -197,3 +197,15 @@ def test_pad_collate_promotes_mixed_dtypes(batch_first):
     b = pad_collate([(torch.arange(2), ints), (torch.arange(3), floats)], batch_first=True)
     assert b.targets.tolist() == [[1.0, 2.0, -100.0], [0.5, 0.7, 0.9]]
     assert pad_collate([ints, ints]).inputs.dtype == torch.int64  # one dtype: unchanged
+
+
+def test_pad_collate_feature_shape_mismatch_names_the_item():
+    """Items of different feature shapes failed inside pad_sequence with a RuntimeError that
+    named neither the item nor the shapes."""
+    with pytest.raises(ValueError, match=r"item 2: input .* expected \(T, 2\) like item 0, got \(2, 3\)"):
+        pad_collate([torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match=r"item 1: input .* expected \(T\) like item 0, got \(2, 3\)"):
+        pad_collate([torch.zeros(3), torch.zeros(2, 3)])
+    items = [(torch.arange(3), torch.zeros(3, 2)), (torch.arange(2), torch.zeros(2, 3))]
+    with pytest.raises(ValueError, match=r"item 1: target .* expected \(T, 2\) like item 0, got \(2, 3\)"):
+        pad_collate(items)
