@@ -209,3 +209,19 @@ def test_pad_collate_feature_shape_mismatch_names_the_item():
     items = [(torch.arange(3), torch.zeros(3, 2)), (torch.arange(2), torch.zeros(2, 3))]
     with pytest.raises(ValueError, match=r"item 1: target .* expected \(T, 2\) like item 0, got \(2, 3\)"):
         pad_collate(items)
+
+
+def test_bucket_sampler_rejects_bad_bucket_size_and_lengths():
+    """bucket_size=0 was read as unset (50 * batch_size) and a negative one raised to batch_size;
+    float lengths were truncated (1.9 -> 1) and 2-D ones failed only when iterated."""
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=rf"bucket_size must be >= 1 or None .*, got {bad}"):
+            BucketBatchSampler([3, 1, 2], 2, bucket_size=bad)
+    with pytest.raises(ValueError, match=r"1-D sequence of ints .* torch.float\d+ tensor of shape \(3,\)"):
+        BucketBatchSampler([3, 1.9, 2], 2)
+    with pytest.raises(ValueError, match=r"2-D torch.int64 tensor of shape \(1, 3\)"):
+        BucketBatchSampler(torch.tensor([[3, 1, 2]]), 2)
+    with pytest.raises(ValueError, match=r"lengths must be >= 0, got lengths\[1\] = -1"):
+        BucketBatchSampler([3, -1, 2], 2)
+    s = BucketBatchSampler(torch.tensor([3, 1, 2]), 2, bucket_size=1, shuffle=False)
+    assert list(s) == [[1, 0], [2]]  # pools of batch_size (bucket_size 1 is raised to it)
