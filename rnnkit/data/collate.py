@@ -29,9 +29,21 @@ class PaddedBatch(NamedTuple):
     packed: PackedSequence | None = None
 
 
-def length_mask(lengths: Tensor, max_len: int | None = None, *, batch_first: bool = False) -> Tensor:
-    """Boolean mask, True on real steps: ``(T, B)``, or ``(B, T)`` with ``batch_first``."""
-    max_len = int(lengths.max()) if max_len is None else max_len
+def length_mask(
+    lengths: Tensor | Sequence[int], max_len: int | None = None, *, batch_first: bool = False
+) -> Tensor:
+    """Boolean mask, True on real steps: ``(T, B)``, or ``(B, T)`` with ``batch_first``.
+
+    ``lengths``: ``(B,)``; ``T`` is ``max_len``, by default ``lengths.max()``, and may not be
+    shorter than the longest sequence (its last steps would be missing from the mask).
+    """
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.numel() == 0:
+        raise ValueError(f"lengths must have shape (B,) with B >= 1, got shape {tuple(lengths.shape)}")
+    longest = int(lengths.max())
+    if max_len is not None and max_len < longest:
+        raise ValueError(f"max_len={max_len} is shorter than the longest sequence, of length {longest}")
+    max_len = longest if max_len is None else max_len
     mask = torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
     return mask if batch_first else mask.t()
 

@@ -225,3 +225,17 @@ def test_bucket_sampler_rejects_bad_bucket_size_and_lengths():
         BucketBatchSampler([3, -1, 2], 2)
     s = BucketBatchSampler(torch.tensor([3, 1, 2]), 2, bucket_size=1, shuffle=False)
     assert list(s) == [[1, 0], [2]]  # pools of batch_size (bucket_size 1 is raised to it)
+
+
+def test_length_mask_checks_its_arguments():
+    """A max_len below the longest length cut the mask short silently (its last real steps were
+    missing); 2-D or empty lengths failed with unrelated errors; a list raised AttributeError."""
+    lengths = torch.tensor([2, 3, 1])
+    with pytest.raises(ValueError, match="max_len=2 is shorter than the longest sequence, of length 3"):
+        length_mask(lengths, 2)
+    with pytest.raises(ValueError, match=r"shape \(B,\) with B >= 1, got shape \(1, 3\)"):
+        length_mask(lengths[None])
+    with pytest.raises(ValueError, match=r"got shape \(0,\)"):
+        length_mask(torch.tensor([], dtype=torch.long))
+    assert length_mask([2, 3, 1], batch_first=True).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert length_mask(lengths, 4).shape == (4, 3) and not length_mask(lengths, 4)[3].any()
