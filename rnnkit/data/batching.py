@@ -120,6 +120,14 @@ class BPTTBatches:
         self.min_len = max(1, min(min_len, seq_len))
         # AWD-LSTM caps the drawn length (seq_len + 40) so one window cannot blow memory.
         self.max_len = max_len if max_len is not None else seq_len + 40
+        if variable_length and not std >= 0.0:  # written so that nan is rejected too
+            raise ValueError(f"std must be >= 0, got {std}")
+        if variable_length and self.max_len < self.min_len:
+            # an empty [min_len, max_len]: max_len < 1 gave windows of 0 tokens, an endless epoch
+            raise ValueError(
+                f"max_len must be >= min_len (min(min_len, seq_len), at least 1) = {self.min_len}, "
+                f"got max_len={self.max_len}"
+            )
         self.seed, self.epoch = seed, 0
 
     @property
@@ -189,7 +197,8 @@ def bptt_batches(
 
     ``variable_length=True`` draws each window length as in AWD-LSTM: base ``seq_len``
     with probability ``p`` else ``seq_len / 2``, then ``N(base, std)``, clamped to
-    ``[min_len, max_len]`` (default ``seq_len + 40``); ``LMBatch.lr_scale`` reports
+    ``[min_len, max_len]`` (default ``seq_len + 40``; ``min_len`` is capped at ``seq_len``,
+    and ``max_len`` below it or a negative ``std`` is a ``ValueError``); ``LMBatch.lr_scale`` reports
     ``T / seq_len`` for rescaling the learning rate. Lengths come from ``seed`` and the
     epoch set by ``set_epoch`` (or from the global torch RNG when ``seed`` is None).
 

@@ -29,18 +29,51 @@ class PaddedBatch(NamedTuple):
     packed: PackedSequence | None = None
 
 
-def length_mask(lengths: Tensor, max_len: int | None = None, *, batch_first: bool = False) -> Tensor:
-    """Boolean mask, True on real steps: ``(T, B)``, or ``(B, T)`` with ``batch_first``."""
-    max_len = int(lengths.max()) if max_len is None else max_len
+def length_mask(
+    lengths: Tensor | Sequence[int], max_len: int | None = None, *, batch_first: bool = False
+) -> Tensor:
+    """Boolean mask, True on real steps: ``(T, B)``, or ``(B, T)`` with ``batch_first``.
+
+    ``lengths``: ``(B,)``; ``T`` is ``max_len``, by default ``lengths.max()``, and may not be
+    shorter than the longest sequence (its last steps would be missing from the mask).
+    """
+    lengths = torch.as_tensor(lengths)
+    if lengths.dim() != 1 or lengths.numel() == 0:
+        raise ValueError(f"lengths must have shape (B,) with B >= 1, got shape {tuple(lengths.shape)}")
+    longest = int(lengths.max())
+    if max_len is not None and max_len < longest:
+        raise ValueError(f"max_len={max_len} is shorter than the longest sequence, of length {longest}")
+    max_len = longest if max_len is None else max_len
     mask = torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]  # (B, T)
     return mask if batch_first else mask.t()
+
+
+def _common_dtype(tensors: list[Tensor]) -> list[Tensor]:
+    """The tensors cast to their promoted dtype, as ``torch.stack`` does: ``pad_sequence`` casts
+    all to the first one's, so ``[0.5]`` after an int64 item became ``[0]``."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t.to(dtype) for t in tensors]
+
+
+def _check_features(seqs: list[Tensor], what: str) -> None:
+    """Sequences ``(T_i, *)`` are padded along time only: every ``*`` must be item 0's."""
+    for i, s in enumerate(seqs):
+        if s.shape[1:] != seqs[0].shape[1:]:
+            expected = "(T" + "".join(f", {d}" for d in seqs[0].shape[1:]) + ")"
+            raise ValueError(
+                f"item {i}: {what} sequences are padded along time only and need one feature shape: "
+                f"expected {expected} like item 0, got {tuple(s.shape)}"
+            )
 
 
 class PadCollate:
     """Picklable ``collate_fn`` for ``DataLoader`` (works with worker processes).
 
     Items are a sequence tensor ``(T_i, *)``, or a pair ``(sequence, target)`` where the
-    target is a sequence ``(T_i, *)`` or a label tensor/number.
+    target is a sequence ``(T_i, *)`` or a label tensor/number. Items of different dtypes are
+    batched in their promoted dtype (as ``torch.stack`` does), not cast to the first one's.
 
     ``sequence_targets`` fixes how targets are batched: ``True`` pads them as sequences (each
     must have its input's length), ``False`` stacks them as per-sequence labels ``(B, *)`` (all
@@ -77,8 +110,11 @@ class PadCollate:
                 raise ValueError(
                     f"item {i}: expected a sequence of shape (T>=1, *), got shape {tuple(s.shape)}"
                 )
+        _check_features(seqs, "input")
         lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
-        inputs = pad_sequence(seqs, batch_first=self.batch_first, padding_value=self.padding_value)
+        inputs = pad_sequence(
+            _common_dtype(seqs), batch_first=self.batch_first, padding_value=self.padding_value
+        )
         targets = None
         if paired:
             tgts = [torch.as_tensor(it[1]) for it in items]
@@ -91,8 +127,9 @@ class PadCollate:
                         f"item {i}: sequence_targets=True expects a target of length {seqs[i].shape[0]} "
                         f"(its input's), got shape {tuple(tgts[i].shape)}"
                     )
+                _check_features(tgts, "target")
                 targets = pad_sequence(
-                    tgts, batch_first=self.batch_first, padding_value=self.target_padding_value
+                    _common_dtype(tgts), batch_first=self.batch_first, padding_value=self.target_padding_value
                 )
             else:
                 for i, t in enumerate(tgts):

@@ -13,8 +13,9 @@ __all__ = ["BucketBatchSampler"]
 class BucketBatchSampler(Sampler[list[int]]):
     """Yield lists of dataset indices whose sequence lengths are close.
 
-    Each epoch the indices are shuffled, cut into pools of ``bucket_size`` (default
-    ``50 * batch_size``), every pool is sorted by length and cut into batches, and the
+    ``lengths``: ``(N,)`` ints, the length of each dataset item. Each epoch the indices are
+    shuffled, cut into pools of ``bucket_size`` (default ``50 * batch_size``; at least
+    ``batch_size``), every pool is sorted by length and cut into batches, and the
     batch order is shuffled. Sorting within pools (not globally) keeps some randomness.
     Use it as ``DataLoader(ds, batch_sampler=..., collate_fn=PadCollate())``.
 
@@ -49,9 +50,21 @@ class BucketBatchSampler(Sampler[list[int]]):
                 f"batch_size is the global batch and must be >= num_replicas (one item per rank), "
                 f"got batch_size={batch_size}, num_replicas={num_replicas}"
             )
+        if bucket_size is not None and bucket_size < 1:
+            # it was read as "unset" (0) or raised to batch_size (< 0): neither what was asked
+            raise ValueError(f"bucket_size must be >= 1 or None (50 * batch_size), got {bucket_size}")
         if len(lengths) == 0:
             raise ValueError("lengths is empty")
-        self.lengths = torch.as_tensor(list(lengths), dtype=torch.long)
+        lens = torch.as_tensor(lengths if isinstance(lengths, torch.Tensor) else list(lengths))
+        if lens.dim() != 1 or lens.is_floating_point() or lens.is_complex() or lens.dtype == torch.bool:
+            raise ValueError(
+                f"lengths must be a 1-D sequence of ints (one per item), got a {lens.dim()}-D "
+                f"{lens.dtype} tensor of shape {tuple(lens.shape)}"
+            )
+        if int(lens.min()) < 0:
+            i = int(lens.argmin())
+            raise ValueError(f"lengths must be >= 0, got lengths[{i}] = {int(lens[i])}")
+        self.lengths = lens.long()
         self.batch_size = batch_size
         self.bucket_size = max(batch_size, bucket_size or 50 * batch_size)
         self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed

@@ -166,3 +166,76 @@ def test_pad_collate_target_layout_does_not_depend_on_the_batch():
         pad_collate(seqs, sequence_targets=False)
     with pytest.raises(ValueError, match="sequence_targets must be None, True or False, got 'yes'"):
         PadCollate(sequence_targets="yes")
+
+
+def test_variable_length_bounds_are_checked():
+    """max_len=0 drew windows of 0 tokens: the epoch never ended; std < 0 failed mid-epoch."""
+    data = torch.arange(100)
+    with pytest.raises(ValueError, match=r"max_len must be >= min_len .* = 5, got max_len=0"):
+        bptt_batches(data, 2, 10, variable_length=True, max_len=0)
+    with pytest.raises(ValueError, match=r"= 3, got max_len=2"):
+        bptt_batches(data, 2, 3, variable_length=True, max_len=2)
+    with pytest.raises(ValueError, match="std must be >= 0, got -1.0"):
+        bptt_batches(data, 2, 10, variable_length=True, std=-1.0)
+    b = bptt_batches(data, 2, 10, variable_length=True, min_len=4, max_len=4, seed=0)
+    assert {w.seq_len for w in b} <= {4, 50 % 4} and sum(w.seq_len for w in b) == 50
+    assert len(list(bptt_batches(data, 2, 10, max_len=0))) == 5  # fixed windows: max_len unused
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pad_collate_promotes_mixed_dtypes(batch_first):
+    """pad_sequence casts every item to the first one's dtype: float values after an int64 item
+    were truncated ([0.5, 0.7] became [0, 0]), depending on the order of the batch."""
+    ints, floats = torch.tensor([1, 2]), torch.tensor([0.5, 0.7, 0.9])
+    for items in ([ints, floats], [floats, ints]):
+        b = pad_collate(items, batch_first=batch_first, pack=True)
+        x = b.inputs if batch_first else b.inputs.t()
+        assert x.dtype == floats.dtype
+        for row, it in zip(x, items, strict=True):
+            assert torch.equal(row[: len(it)], it.to(floats.dtype))
+        assert b.packed.data.dtype == floats.dtype
+    b = pad_collate([(torch.arange(2), ints), (torch.arange(3), floats)], batch_first=True)
+    assert b.targets.tolist() == [[1.0, 2.0, -100.0], [0.5, 0.7, 0.9]]
+    assert pad_collate([ints, ints]).inputs.dtype == torch.int64  # one dtype: unchanged
+
+
+def test_pad_collate_feature_shape_mismatch_names_the_item():
+    """Items of different feature shapes failed inside pad_sequence with a RuntimeError that
+    named neither the item nor the shapes."""
+    with pytest.raises(ValueError, match=r"item 2: input .* expected \(T, 2\) like item 0, got \(2, 3\)"):
+        pad_collate([torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(2, 3)])
+    with pytest.raises(ValueError, match=r"item 1: input .* expected \(T\) like item 0, got \(2, 3\)"):
+        pad_collate([torch.zeros(3), torch.zeros(2, 3)])
+    items = [(torch.arange(3), torch.zeros(3, 2)), (torch.arange(2), torch.zeros(2, 3))]
+    with pytest.raises(ValueError, match=r"item 1: target .* expected \(T, 2\) like item 0, got \(2, 3\)"):
+        pad_collate(items)
+
+
+def test_bucket_sampler_rejects_bad_bucket_size_and_lengths():
+    """bucket_size=0 was read as unset (50 * batch_size) and a negative one raised to batch_size;
+    float lengths were truncated (1.9 -> 1) and 2-D ones failed only when iterated."""
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=rf"bucket_size must be >= 1 or None .*, got {bad}"):
+            BucketBatchSampler([3, 1, 2], 2, bucket_size=bad)
+    with pytest.raises(ValueError, match=r"1-D sequence of ints .* torch.float\d+ tensor of shape \(3,\)"):
+        BucketBatchSampler([3, 1.9, 2], 2)
+    with pytest.raises(ValueError, match=r"2-D torch.int64 tensor of shape \(1, 3\)"):
+        BucketBatchSampler(torch.tensor([[3, 1, 2]]), 2)
+    with pytest.raises(ValueError, match=r"lengths must be >= 0, got lengths\[1\] = -1"):
+        BucketBatchSampler([3, -1, 2], 2)
+    s = BucketBatchSampler(torch.tensor([3, 1, 2]), 2, bucket_size=1, shuffle=False)
+    assert list(s) == [[1, 0], [2]]  # pools of batch_size (bucket_size 1 is raised to it)
+
+
+def test_length_mask_checks_its_arguments():
+    """A max_len below the longest length cut the mask short silently (its last real steps were
+    missing); 2-D or empty lengths failed with unrelated errors; a list raised AttributeError."""
+    lengths = torch.tensor([2, 3, 1])
+    with pytest.raises(ValueError, match="max_len=2 is shorter than the longest sequence, of length 3"):
+        length_mask(lengths, 2)
+    with pytest.raises(ValueError, match=r"shape \(B,\) with B >= 1, got shape \(1, 3\)"):
+        length_mask(lengths[None])
+    with pytest.raises(ValueError, match=r"got shape \(0,\)"):
+        length_mask(torch.tensor([], dtype=torch.long))
+    assert length_mask([2, 3, 1], batch_first=True).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
+    assert length_mask(lengths, 4).shape == (4, 3) and not length_mask(lengths, 4)[3].any()
