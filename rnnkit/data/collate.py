@@ -38,9 +38,11 @@ def length_mask(
     shorter than the longest sequence (its last steps would be missing from the mask).
     """
     lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.numel() == 0:
-        raise ValueError(f"lengths must have shape (B,) with B >= 1, got shape {tuple(lengths.shape)}")
-    longest = int(lengths.max())
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must have shape (B,), got shape {tuple(lengths.shape)}")
+    if lengths.numel() == 0 and max_len is None:  # an empty batch has no longest sequence
+        raise ValueError("lengths is empty (B = 0): pass max_len for the mask of an empty batch")
+    longest = int(lengths.max()) if lengths.numel() else 0
     if max_len is not None and max_len < longest:
         raise ValueError(f"max_len={max_len} is shorter than the longest sequence, of length {longest}")
     max_len = longest if max_len is None else max_len
