@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -70,11 +71,43 @@ def _check_features(seqs: list[Tensor], what: str) -> None:
             )
 
 
+def _is_pair(item: Any) -> bool:
+    """A ``(sequence, target)`` pair: a tuple or list of two elements whose first is not a number
+    (a list of numbers, such as token ids, is a sequence, as ``torch.as_tensor`` reads it)."""
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        return False
+    first = item[0]
+    return not (isinstance(first, numbers.Number) or getattr(first, "shape", None) == ())
+
+
+def _form(item: Any) -> str:
+    """How an item reads, for error messages."""
+    if _is_pair(item):
+        return "a (sequence, target) pair"
+    if isinstance(item, (tuple, list)):
+        return f"a {type(item).__name__} of {len(item)} elements"
+    shape = getattr(item, "shape", None)
+    return f"a {type(item).__name__}" + (f" of shape {tuple(shape)}" if shape is not None else "")
+
+
+def _as_sequence(x: Any, i: int, item: Any) -> Tensor:
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"item {i}: expected a sequence (a tensor, an array or a list of numbers) or a "
+            f"(sequence, target) pair, got {_form(item)}"
+        ) from None
+
+
 class PadCollate:
     """Picklable ``collate_fn`` for ``DataLoader`` (works with worker processes).
 
-    Items are a sequence tensor ``(T_i, *)``, or a pair ``(sequence, target)`` where the
-    target is a sequence ``(T_i, *)`` or a label tensor/number. Items of different dtypes are
+    Items are a sequence ``(T_i, *)`` (a tensor, an array, or a list such as token ids, read by
+    ``torch.as_tensor``), or a pair ``(sequence, target)`` -- a tuple or list of two elements
+    whose first is not a number -- where the target is a sequence ``(T_i, *)`` or a label
+    tensor/number. All items of a batch must have one form (a mix is a ``ValueError`` naming the
+    item): a list of two numbers is a sequence of length 2, not a pair. Items of different dtypes are
     batched in their promoted dtype (as ``torch.stack`` does), not cast to the first one's.
 
     ``sequence_targets`` fixes how targets are batched: ``True`` pads them as sequences (each
@@ -105,8 +138,13 @@ class PadCollate:
     def __call__(self, items: Sequence[Any]) -> PaddedBatch:
         if len(items) == 0:
             raise ValueError("cannot collate an empty batch")
-        paired = isinstance(items[0], (tuple, list))
-        seqs = [torch.as_tensor(it[0] if paired else it) for it in items]
+        # every item, not only item 0: a (T, F) tensor after pairs read as a pair of its rows
+        paired = _is_pair(items[0])
+        for i, it in enumerate(items):
+            if _is_pair(it) != paired:
+                expected = "a (sequence, target) pair" if paired else "a sequence"
+                raise ValueError(f"item {i}: expected {expected} like item 0, got {_form(it)}")
+        seqs = [_as_sequence(it[0] if paired else it, i, it) for i, it in enumerate(items)]
         for i, s in enumerate(seqs):
             if s.dim() < 1 or s.shape[0] == 0:
                 raise ValueError(

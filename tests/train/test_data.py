@@ -241,3 +241,25 @@ def test_length_mask_checks_its_arguments():
     assert length_mask(empty, 5).shape == (5, 0)  # an empty batch, as torch.nn accepts them
     assert length_mask([2, 3, 1], batch_first=True).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
     assert length_mask(lengths, 4).shape == (4, 3) and not length_mask(lengths, 4)[3].any()
+
+
+def test_pad_collate_items_must_share_one_form():
+    """Only item 0 decided whether items were (sequence, target) pairs: a (T, F) tensor after a
+    pair was read as a pair of its rows, and a list of token ids as a pair of two numbers."""
+    pair, seq = (torch.arange(3), torch.arange(3)), torch.zeros(3, 2)
+    with pytest.raises(
+        ValueError, match=r"item 1: expected a \(sequence, target\) pair like item 0, got a Tensor"
+    ):
+        pad_collate([pair, seq])
+    with pytest.raises(
+        ValueError, match=r"item 1: expected a sequence like item 0, got a \(sequence, target\) pair"
+    ):
+        pad_collate([torch.arange(2), pair])
+    # a list of numbers is a sequence of token ids, as torch.as_tensor reads it
+    b = pad_collate([[1, 2, 3], [4, 5]])
+    assert b.inputs.tolist() == [[1, 4], [2, 5], [3, 0]] and b.targets is None
+    assert b.lengths.tolist() == [3, 2]
+    b = pad_collate([([1, 2], [2, 3]), [torch.arange(1), torch.tensor([7])]], batch_first=True)
+    assert b.inputs.tolist() == [[1, 2], [0, 0]] and b.targets.tolist() == [[2, 3], [7, -100]]
+    with pytest.raises(ValueError, match=r"item 0: expected a sequence .* got a tuple of 3 elements"):
+        pad_collate([(torch.arange(2), torch.arange(2), "meta")])
