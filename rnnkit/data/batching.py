@@ -128,6 +128,13 @@ class BPTTBatches:
                 f"max_len must be >= min_len (min(min_len, seq_len), at least 1) = {self.min_len}, "
                 f"got max_len={self.max_len}"
             )
+        if variable_length and seed is None and world_size > 1:
+            # each rank's global RNG would draw its own lengths: ranks seeded apart would cut
+            # different numbers of windows, and DDP's collectives would fall out of step (a hang)
+            raise ValueError(
+                f"variable_length=True with world_size={world_size} needs a seed, the same on every "
+                "rank, so that all ranks draw the same window lengths"
+            )
         self.seed, self.epoch = seed, 0
 
     @property
@@ -200,7 +207,9 @@ def bptt_batches(
     ``[min_len, max_len]`` (default ``seq_len + 40``; ``min_len`` is capped at ``seq_len``,
     and ``max_len`` below it or a negative ``std`` is a ``ValueError``); ``LMBatch.lr_scale`` reports
     ``T / seq_len`` for rescaling the learning rate. Lengths come from ``seed`` and the
-    epoch set by ``set_epoch`` (or from the global torch RNG when ``seed`` is None).
+    epoch set by ``set_epoch`` (or from the global torch RNG when ``seed`` is None, which
+    ``world_size > 1`` refuses: pass one ``seed`` on all ranks, so that their windows have one
+    length).
 
     The last window of a stream may be shorter than ``seq_len``; ``drop_last`` drops it.
     ``rank``/``world_size`` shard the global ``batch_size`` streams for DDP.

@@ -263,3 +263,18 @@ def test_pad_collate_items_must_share_one_form():
     assert b.inputs.tolist() == [[1, 2], [0, 0]] and b.targets.tolist() == [[2, 3], [7, -100]]
     with pytest.raises(ValueError, match=r"item 0: expected a sequence .* got a tuple of 3 elements"):
         pad_collate([(torch.arange(2), torch.arange(2), "meta")])
+
+
+def test_variable_length_windows_need_one_seed_on_all_ranks():
+    """seed=None drew each rank's window lengths from its own global RNG: ranks seeded apart cut
+    different windows, a different number of steps, and DDP's collectives fell out of step."""
+    data = torch.arange(4000)
+    with pytest.raises(ValueError, match=r"variable_length=True with world_size=2 needs a seed"):
+        bptt_batches(data, 4, 10, variable_length=True, rank=1, world_size=2)
+    lens = []
+    for rank in range(2):
+        torch.manual_seed(rank)  # ranks whose global RNGs differ
+        b = bptt_batches(data, 4, 10, variable_length=True, seed=5, rank=rank, world_size=2)
+        b.set_epoch(3)
+        lens.append([w.seq_len for w in b])
+    assert lens[0] == lens[1] and len(set(lens[0])) > 1
