@@ -185,6 +185,11 @@ class BudgetLR:
 def _valid_batches(ids: torch.Tensor, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
     from rnnkit.data import bptt_batches
 
+    if ids.numel() < world:  # each rank needs a stream of at least one character
+        raise CLIError(
+            f"the validation text has {ids.numel()} characters, fewer than the {world} ranks (each "
+            "rank scores its own streams, of at least one character); use a longer --data text or fewer ranks"
+        )
     bs = max(1, min(batch_size, ids.numel() // max(seq_len, 1)))
     bs = max(world, bs // world * world)  # the streams are split over the ranks
     return bptt_batches(

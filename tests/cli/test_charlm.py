@@ -240,3 +240,16 @@ def test_checkpoints_at_each_validation_by_default(cli, tmp_path, text_file, fla
     assert r.rc == 0, r.err
     saved = [int(p.name.split("-")[1]) for p in list_checkpoints(out / "checkpoints")]
     assert saved == steps
+
+
+def test_validation_text_shorter_than_the_ranks(cli, tmp_path, monkeypatch):
+    """A validation split of fewer characters than ranks gave each rank's streams 0 characters:
+    'seq_len must be >= 1, got 0', naming neither the text nor the ranks."""
+    import rnnkit.cli.charlm as C
+
+    text = tmp_path / "short.txt"
+    text.write_text("abcd" * 15, encoding="utf-8")  # 57 train / 3 valid characters
+    monkeypatch.setattr(C, "ranks", lambda: {"num_replicas": 4, "rank": 0})
+    flags = ["--hidden", "8", "--seq-len", "8", "--batch-size", "4", "--max-steps", "1", "--no-progress"]
+    r = cli("train", "charlm", "--data", text, "--out", tmp_path / "o", *flags)
+    assert_one_line_error(r, "validation text has 3 characters", "fewer than the 4 ranks")
