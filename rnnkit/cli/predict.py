@@ -55,7 +55,7 @@ def _lines(path: str | None) -> list[str]:
         if not p.is_file():
             raise FileNotFoundError(f"--input {path}: no such file")
         try:
-            text = p.read_text(encoding="utf-8")
+            text = p.read_text(encoding="utf-8-sig")  # a BOM is not text
         except UnicodeDecodeError as e:
             raise ValueError(f"--input {path} is not valid UTF-8 (byte {e.start})") from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

@@ -15,6 +15,7 @@ on this corpus and the split is exactly the plain concatenation.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 import subprocess
@@ -150,7 +151,8 @@ def char_lm_split(text: str, train_fraction: float = 0.95, valid_chars: int = 20
 
 
 def load_text_file(path: str | os.PathLike[str]) -> str:
-    """Read a user's UTF-8 text file for character language modelling.
+    """Read a user's UTF-8 text file for character language modelling (a leading byte-order
+    mark is dropped).
 
     Raises:
         FileNotFoundError: the file does not exist (or is a directory).
@@ -162,13 +164,15 @@ def load_text_file(path: str | os.PathLike[str]) -> str:
         what = "is a directory, not a file" if p.is_dir() else "does not exist"
         raise FileNotFoundError(f"text file {str(p)!r} {what}")
     data = p.read_bytes()
-    if not data.strip():
+    # a byte-order mark (as Windows editors write) is not a character of the text
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    if not data[bom:].strip():
         raise ValueError(f"text file {str(p)!r} is empty")
     try:
-        return data.decode("utf-8")
+        return data[bom:].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(
-            f"text file {str(p)!r} is not valid UTF-8 (bad byte at offset {exc.start}); "
+            f"text file {str(p)!r} is not valid UTF-8 (bad byte at offset {bom + exc.start}); "
             "re-encode it, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`"
         ) from exc
 

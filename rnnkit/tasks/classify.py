@@ -55,7 +55,7 @@ def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"CSV file {str(p)!r} does not exist")
     rows: list[tuple[str, str]] = []
     try:
-        with open(p, encoding="utf-8", newline="") as f:
+        with open(p, encoding="utf-8-sig", newline="") as f:  # a BOM is not text
             for i, row in enumerate(csv.reader(f), 1):
                 if not row or all(not c.strip() for c in row):
                     continue

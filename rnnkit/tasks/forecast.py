@@ -60,7 +60,7 @@ def load_series(data: str, column: str | None = None, flag: str = "--data") -> t
         raise ValueError(f"{flag} {data} needs --column NAME (the CSV column to forecast)")
     out: list[float] = []
     try:
-        with open(p, encoding="utf-8", newline="") as f:
+        with open(p, encoding="utf-8-sig", newline="") as f:  # a BOM is not text
             reader = csv.DictReader(f)
             if reader.fieldnames is None or column not in reader.fieldnames:
                 raise ValueError(f"{data}: no column {column!r}; columns are {reader.fieldnames}")

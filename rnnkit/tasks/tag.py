@@ -47,7 +47,7 @@ def read_conllu(path: str | Path, column: str = "upos") -> list[list[tuple[str, 
     sents: list[list[tuple[str, str]]] = []
     cur: list[tuple[str, str]] = []
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not text
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
     for i, line in enumerate(lines, 1):

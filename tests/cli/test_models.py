@@ -223,3 +223,23 @@ def test_seq2seq_data_checks_max_number_first_and_draws_from_large_ranges():
     small = Seq2SeqData.generate(50, 20, max_number=100, seed=1)
     perm = torch.randperm(100, generator=torch.Generator().manual_seed(1)).tolist()
     assert numbers(small, small.train) + numbers(small, small.valid) == perm[:70]
+
+
+def test_task_readers_drop_a_utf8_bom(conllu, text_csv, series_csv, tmp_path):
+    """A file saved with a byte-order mark was read with U+FEFF glued to its first field: the
+    CSV header became a row (label 'label'), the first CoNLL-U comment a malformed token line,
+    the first CSV column unknown, the first line to predict another text."""
+    from rnnkit.cli.predict import _lines
+    from rnnkit.tasks.classify import read_text_csv
+    from rnnkit.tasks.forecast import load_series
+    from rnnkit.tasks.tag import read_conllu
+
+    def bom(p):
+        q = tmp_path / f"bom_{p.name}"
+        q.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+        return q
+
+    assert read_text_csv(bom(text_csv)) == read_text_csv(text_csv)
+    assert read_conllu(bom(conllu)) == read_conllu(conllu)
+    assert torch.equal(load_series(str(bom(series_csv)), "t")[0], load_series(str(series_csv), "t")[0])
+    assert _lines(str(bom(text_csv))) == _lines(str(text_csv))

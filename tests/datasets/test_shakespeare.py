@@ -150,3 +150,16 @@ def test_load_text_file_errors(tmp_path: Path) -> None:
         load_text_file(tmp_path / "latin.txt")
     (tmp_path / "ok.txt").write_text("fine ✓\n", encoding="utf-8")
     assert load_text_file(tmp_path / "ok.txt") == "fine ✓\n"
+
+
+def test_load_text_file_drops_a_utf8_bom(tmp_path: Path) -> None:
+    """A byte-order mark (Windows editors write one) was kept: U+FEFF became a character of the
+    vocabulary and the first one of the training text."""
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbfHello\n")
+    assert load_text_file(tmp_path / "bom.txt") == "Hello\n"
+    (tmp_path / "only_bom.txt").write_bytes(b"\xef\xbb\xbf \n")
+    with pytest.raises(ValueError, match="empty"):
+        load_text_file(tmp_path / "only_bom.txt")
+    (tmp_path / "bad.txt").write_bytes(b"\xef\xbb\xbfab\xff")
+    with pytest.raises(ValueError, match="bad byte at offset 5"):  # of the file, BOM included
+        load_text_file(tmp_path / "bad.txt")
