@@ -46,19 +46,22 @@ def count_tokens(batch: Any) -> int:
     """Number of predicted targets in a batch: the weight of its mean loss in token-weighted
     means (logged and validation losses, DDP's per-rank weighting) and tokens/s.
 
-    With targets (``batch[1]`` a tensor), integer targets count those not equal to
-    ``IGNORE_INDEX`` (-100): LM windows and padded tag sequences their real steps, per-sequence
-    class labels one per sequence. Floating targets count every element, except in a padded
-    batch (one with ``lengths``) where -100 is :class:`~rnnkit.data.PadCollate`'s padding
-    (``target_padding_value``) and is not counted. Without targets: ``batch.lengths`` summed
-    when present, else ``numel`` of the inputs.
+    With targets (``batch[1]`` a tensor), integer targets are class indices and count those
+    ``>= 0``: LM windows and padded tag sequences their real steps, per-sequence class labels
+    one per sequence; ``IGNORE_INDEX`` (-100) and any other negative target are left out, as a
+    class-index loss can only ignore them (the tag task's unseen tags, -1). Floating targets
+    count every element, except in a padded batch (one with ``lengths``) where -100 is
+    :class:`~rnnkit.data.PadCollate`'s padding (``target_padding_value``) and is not counted.
+    Without targets: ``batch.lengths`` summed when present, else ``numel`` of the inputs.
     """
     lengths = getattr(batch, "lengths", None)
     if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
         # the targets first: a padded batch of per-sequence labels has one target per sequence,
         # whatever its lengths (the loss is a mean over the labels, not over the input steps)
         tgt = batch[1]
-        if not tgt.is_floating_point() or isinstance(lengths, Tensor):
+        if not tgt.is_floating_point():
+            return int((tgt >= 0).sum())
+        if isinstance(lengths, Tensor):
             return int((tgt != IGNORE_INDEX).sum())
         return tgt.numel()
     if isinstance(lengths, Tensor):

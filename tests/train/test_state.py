@@ -91,3 +91,33 @@ def test_move_to_keeps_a_packed_sequence_valid():
         assert got.device == ref.device and got.shape == ref.shape
     assert moved.packed.batch_sizes.device.type == "cpu"
     assert torch.equal(moved.packed.batch_sizes, b.packed.batch_sizes)
+
+
+def test_count_tokens_leaves_out_every_negative_class_index():
+    """The tag task's unseen tags (-1) are ignored by its loss but were counted: its validation
+    loss (and a DDP rank's share) weighed batches by targets their loss never saw."""
+    from torch import nn
+
+    from rnnkit.tasks import tag
+    from rnnkit.train.evaluate import evaluate_batches
+
+    x = [torch.arange(L) % 4 for L in (2, 5, 3)]
+    y = [torch.tensor([0, -1]), torch.tensor([1, 2, 0, 1, 2]), torch.tensor([-1, -1, 2])]
+    batches = [pad_collate(list(zip(x[:1], y[:1], strict=True)), batch_first=True),
+               pad_collate(list(zip(x[1:], y[1:], strict=True)), batch_first=True)]  # fmt: skip
+    assert [count_tokens(b) for b in batches] == [1, 6]  # -100 padding and -1 left out
+
+    class Tagger(nn.Module):  # logits (B, T, 3) of each token id
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(4, 3)
+
+        def forward(self, ids, state, lengths):
+            return self.emb(ids), state
+
+    torch.manual_seed(0)
+    model = Tagger()
+    total, tokens = evaluate_batches(model, batches, tag.step_fn, carry_state=False)
+    logits, targets = model.emb(torch.cat(x)).detach(), torch.cat(y)
+    expected = F.cross_entropy(logits, targets.masked_fill(targets < 0, -100), ignore_index=-100)
+    assert tokens == 7 and total / tokens == pytest.approx(float(expected))
