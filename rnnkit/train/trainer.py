@@ -8,6 +8,7 @@ input and ``[1]`` the target (``LMBatch``, ``PaddedBatch``, a ``(x, y)`` tuple);
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -35,6 +36,8 @@ from rnnkit.train.tbptt import tbptt_batch, zero_loss
 __all__ = ["Trainer", "StepFn"]
 
 StepFn = Callable[[nn.Module, Any, Any], tuple[Tensor, Any]]
+
+log = logging.getLogger("rnnkit.train")
 
 
 class Trainer(TrainerCheckpoints):
@@ -258,13 +261,16 @@ class Trainer(TrainerCheckpoints):
         Returns ``{"step", "epoch", "best_val", "stop_reason", "history"}``; ``stop_reason``
         is ``"max_epochs"``, ``"max_steps"``, ``"max_minutes"``, ``"early_stopping"`` or, when a
         callback set ``should_stop`` without setting ``stop_reason``, ``"callback"``. With
-        ``resume=True`` it first loads the latest checkpoint of ``out_dir`` (if any)
-        and continues exactly where it was: same data position, RNG and state.
+        ``resume=True`` it first loads the latest checkpoint of ``out_dir`` and continues exactly
+        where it was: same data position, RNG and state; without one it logs a warning (logger
+        ``rnnkit.train``) and trains from the start.
         """
         cfg = self.config
         self._train_data = train_data
         if cfg.resume and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
+        elif cfg.resume and self.is_main:  # a first run, or a mistyped out_dir: say which
+            log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
         if self._raw_weights is not None:
             # The model holds the NT-ASGD average a fit() ended with: train on from the weights it
             # replaced, as a run that never stopped would (the average itself is in self.ntasgd).
