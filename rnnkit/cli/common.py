@@ -221,8 +221,10 @@ def run_train(args: argparse.Namespace) -> int:
         finally:
             cleanup_distributed()
     finally:
+        from rnnkit.train.outdir import unlock_out_dir
+
         while _LOCKS:
-            _LOCKS.pop().close()
+            unlock_out_dir(_LOCKS.pop())
 
 
 def ranks() -> dict[str, int]:

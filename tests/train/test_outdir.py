@@ -40,3 +40,40 @@ def test_loading_a_named_checkpoint_that_does_not_exist_names_it(tmp_path):
     tr = _trainer(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="nope"):
         tr.load(tmp_path / "nope")
+
+
+def test_a_second_trainer_on_an_out_dir_in_use_is_refused(tmp_path):
+    """The --out lock guarded CLI runs only: a Trainer from the Python API (another process, another
+    notebook) wrote into a directory another was training in, mixing checkpoints and metrics."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"split": "train", "step": 1}\n')  # the other run's
+    with open(out / ".lock", "a") as other:  # what another process holds while it trains
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match=rf"{out}.* in use"):
+            _trainer(out, max_steps=2, checkpoint_every=1).fit(_data())
+        assert (out / "metrics.jsonl").read_text() == '{"split": "train", "step": 1}\n'
+        assert not (out / "checkpoints").exists()
+    tr = _trainer(out, max_steps=2)  # once it is gone
+    tr.fit(_data())
+    assert tr.step == 2
+    with open(out / ".lock", "a") as after:  # and fit() let it go
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_the_lock_is_shared_with_this_process_holding_it(tmp_path):
+    """The CLI holds --out around the whole command; the Trainer it makes takes the same lock."""
+    pytest.importorskip("fcntl")
+    from rnnkit.train.outdir import lock_out_dir, unlock_out_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock_out_dir(out)
+    try:
+        tr = _trainer(out, max_steps=2)
+        tr.fit(_data())
+        tr.fit(_data())  # again, and a second trainer after it: one process's runs take turns
+        _trainer(out, max_steps=3, resume=True).fit(_data())
+    finally:
+        unlock_out_dir(out)
