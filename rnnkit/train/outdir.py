@@ -4,16 +4,22 @@
 while ``rnnkit train`` runs: a second run into the same directory would delete the first's
 ``metrics.jsonl``, interleave its rows and write checkpoints among its own. The lock goes with
 the process, even a killed one. Within one process it is shared (counted): the CLI holds it around
-the whole command and its trainer takes it again, and a notebook's trainers take turns.
+the whole command and its trainer takes it again, and a notebook's trainers take turns. Holding
+it, a run sweeps what killed checkpoint writes left (:func:`claim_out_dir`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OutDirInUse", "lock_out_dir", "unlock_out_dir"]
+import torch
+
+__all__ = ["OutDirInUse", "lock_out_dir", "unlock_out_dir", "claim_out_dir"]
+
+log = logging.getLogger("rnnkit.train")
 
 LOCK_FILE = ".lock"
 # out_dir (resolved) -> [the open lock file, how many holders in this process]. flock belongs to
@@ -62,3 +68,33 @@ def unlock_out_dir(out: str | os.PathLike) -> None:
     if held[1] == 0:
         del _HELD[_key(out)]
         held[0].close()
+
+
+def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = None) -> bool:
+    """What ``Trainer.fit`` does first: rank 0 locks ``out`` and sweeps the temporaries of killed
+    checkpoint writes from ``out/checkpoints`` (it is the only writer now: they are nobody's).
+    Returns whether this rank holds the lock (then :func:`unlock_out_dir` it). Under DDP every
+    rank raises when rank 0 could not lock it (the others would wait for it in the first
+    all-reduce); ``device``: that of the all-reduce (None: CPU)."""
+    from rnnkit.train import distributed as dist
+    from rnnkit.train.checkpoint import sweep_temporaries
+
+    if out is None:
+        return False
+    busy = None
+    if dist.is_main_process():
+        try:
+            lock_out_dir(out)
+        except OutDirInUse as e:
+            busy = e
+    if dist.is_distributed() and dist.all_reduce_max(float(busy is not None), device):
+        busy = busy or OutDirInUse(
+            f"{out} is in use by another rnnkit training process (rank 0 could not lock it)"
+        )
+    if busy is not None:
+        raise busy
+    if not dist.is_main_process():
+        return False
+    for p in sweep_temporaries(Path(out) / "checkpoints"):
+        log.info("removed %s (a checkpoint write that was killed)", p)
+    return True

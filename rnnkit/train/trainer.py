@@ -27,7 +27,7 @@ from rnnkit.train.checkpoint import latest_checkpoint
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.ntasgd import NTASGD
-from rnnkit.train.outdir import OutDirInUse, lock_out_dir, unlock_out_dir
+from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
 from rnnkit.train.seed import get_rng_state, set_rng_state
@@ -265,34 +265,15 @@ class Trainer(TrainerCheckpoints):
         ``resume=True`` it first loads the latest checkpoint of ``out_dir`` and continues exactly
         where it was: same data position, RNG and state; without one it logs a warning (logger
         ``rnnkit.train``) and trains from the start. Rank 0 holds ``out_dir``'s lock meanwhile
-        (:mod:`rnnkit.train.outdir`): another process training there raises ``OutDirInUse``.
+        (:mod:`rnnkit.train.outdir`): another process training there raises ``OutDirInUse``; it
+        first deletes the temporaries that killed checkpoint writes left there.
         """
-        locked = self._lock_out_dir()
+        locked = claim_out_dir(self.config.out_dir, self._reduce_device())
         try:
             return self._fit(train_data, val_data)
         finally:
             if locked:
                 unlock_out_dir(self.config.out_dir)
-
-    def _lock_out_dir(self) -> bool:
-        """Rank 0 takes ``out_dir``'s lock; returns whether this rank holds it. Under DDP every rank
-        raises when rank 0 could not (the others would wait for it in the first all-reduce)."""
-        out = self.config.out_dir
-        if out is None:
-            return False
-        busy = None
-        if self.is_main:
-            try:
-                lock_out_dir(out)
-            except OutDirInUse as e:
-                busy = e
-        if dist.is_distributed() and dist.all_reduce_max(float(busy is not None), self._reduce_device()):
-            busy = busy or OutDirInUse(
-                f"{out} is in use by another rnnkit training process (rank 0 could not lock it)"
-            )
-        if busy is not None:
-            raise busy
-        return self.is_main
 
     def _fit(self, train_data: Iterable[Any], val_data: Iterable[Any] | None) -> dict:
         cfg = self.config

@@ -77,3 +77,20 @@ def test_the_lock_is_shared_with_this_process_holding_it(tmp_path):
         _trainer(out, max_steps=3, resume=True).fit(_data())
     finally:
         unlock_out_dir(out)
+
+
+def test_stale_temporaries_of_killed_checkpoint_writes_are_swept_at_fit_start(tmp_path):
+    """A process killed inside save_checkpoint leaves its temporary directory (or the trash of a
+    rotation, or the temp file of `latest`) behind: nothing removed them, and they piled up."""
+    ckpts = tmp_path / "run" / "checkpoints"
+    stale = [".tmp-step-000000005-k2j_x9aa", ".old-step-000000003-0q1w2e3r"]
+    for name in stale:
+        (ckpts / name).mkdir(parents=True)
+        (ckpts / name / "model.safetensors").write_bytes(b"half")
+    (ckpts / ".latest-a1b2c3d4").write_text("step-000000005")
+    # not the writer's temporaries: kept
+    kept = [".tmp-step-000000005", ".tmp-notes-abc", "notes.txt", ".latest", "latest.bak"]
+    for name in kept:
+        (ckpts / name).write_text("mine")
+    _trainer(tmp_path / "run", max_steps=2).fit(_data())
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted([*kept, "latest", "step-000000002"])
