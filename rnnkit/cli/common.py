@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -308,6 +307,8 @@ def resolve_amp(amp: str, device: torch.device) -> str | None:
 def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:
     """The validation loss at the last step (evaluated now unless the trainer just did),
     also appended to ``metrics.jsonl``."""
+    from rnnkit.train.callbacks import metrics_line
+
     rows = [r for r in trainer.history if r.get("split") == "val"]
     if rows and rows[-1]["step"] == trainer.step:
         return float(rows[-1]["loss"])
@@ -322,7 +323,7 @@ def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> floa
     trainer.history.append(row)
     if trainer.is_main:
         with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(metrics_line(row))
     return float(res["loss"])
 
 

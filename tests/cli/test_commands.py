@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -251,3 +252,20 @@ def test_run_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     tmp = str(tmp_path / ".run.json.tmp")
     assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
     assert json.loads((tmp_path / "run.json").read_text()) == {"task": "x"}
+
+
+def test_metrics_of_a_diverged_run_are_strict_json(cli, tmp_path):
+    """A diverged loss went into metrics.jsonl as a bare NaN token (the trainer's rows and the final
+    validation's, which runs here: 3 steps stop inside the 2-step epoch): invalid for jq and JS."""
+    from rnnkit.train import read_metrics
+
+    def bad(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    args = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 128, "--n-valid", 8,
+            "--lr", 1e300, "--log-every", 1, "--out", tmp_path, *TINY]  # fmt: skip
+    assert cli(*args).rc == 0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=bad) for line in lines]
+    assert rows[-1]["split"] == "val" and rows[-1]["step"] == 3 and rows[-1]["loss"] is None
+    assert math.isnan(read_metrics(tmp_path / "metrics.jsonl")[-1]["loss"])

@@ -1,12 +1,14 @@
 """The trainer's output directory: resume without a checkpoint, the lock, stale temporaries."""
 
+import json
 import logging
+import math
 
 import pytest
 import torch
 
 from rnnkit.data import bptt_batches
-from rnnkit.train import Trainer
+from rnnkit.train import Trainer, lm_loss, read_metrics
 
 from .models import TinyLM, tokens
 
@@ -94,3 +96,28 @@ def test_stale_temporaries_of_killed_checkpoint_writes_are_swept_at_fit_start(tm
         (ckpts / name).write_text("mine")
     _trainer(tmp_path / "run", max_steps=2).fit(_data())
     assert sorted(p.name for p in ckpts.iterdir()) == sorted([*kept, "latest", "step-000000002"])
+
+
+def _strict_rows(path):
+    """Every line parsed as strict JSON (what jq or JavaScript's JSON.parse accept)."""
+
+    def bad(token):
+        raise AssertionError(f"{path.name}: {token} is not JSON")
+
+    return [json.loads(line, parse_constant=bad) for line in path.read_text().splitlines()]
+
+
+def test_metrics_jsonl_of_a_diverged_run_is_strict_json_and_reads_back(tmp_path):
+    """A diverged loss was written as a bare NaN/Infinity token: no JSON parser but Python's reads it."""
+    div = lambda out, tgt: lm_loss(out, tgt) / 0.0  # noqa: E731 - inf, then NaN weights: NaN
+    tr = _trainer(tmp_path, max_steps=4, log_every=1, loss_fn=div)
+    tr.fit(_data(), _data())
+    rows = _strict_rows(tmp_path / "metrics.jsonl")
+    assert rows[0]["loss"] is None and rows[0]["nonfinite"]["loss"] == "inf"
+    assert any(r["nonfinite"].get("loss") == "nan" for r in rows)
+    back = read_metrics(tmp_path / "metrics.jsonl")
+    assert back[0]["loss"] == math.inf and "nonfinite" not in back[0]
+    assert [(r["split"], r["step"]) for r in back] == [(r["split"], r["step"]) for r in tr.history]
+    for got, want in zip(back, tr.history, strict=True):
+        for k, v in want.items():
+            assert got[k] == v or (math.isnan(got[k]) and math.isnan(v)), (k, got[k], v)
