@@ -164,10 +164,37 @@ def device_of(args: argparse.Namespace) -> torch.device:
     return dev
 
 
+#: The flags that shape a run's training (its data too: generated tasks draw it from --seed), stored
+#: in run.json's "train" and restored by --resume (:func:`restore_train_flags`); those a task has.
+TRAIN_FLAGS = ("batch_size", "lr", "clip", "seed", "sampling", "sampling_k", "sampling_steps", "sampling_min")
+
+
+def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
+
+
+def restore_train_flags(args: argparse.Namespace) -> None:
+    """``--resume``: set the :data:`TRAIN_FLAGS` to the run's stored values before the task builds
+    its data, loaders and optimizer (as ``--seq-len``/``--window``: the stored value wins, and a
+    different one on the command line is ignored, saying so). Runs without them: nothing."""
+    if not getattr(args, "resume", False):
+        return
+    try:
+        stored = read_run(Path(args.out)).get("train")
+    except (CLIError, OSError):  # no run here: prepare_out says so
+        return
+    for flag, value in (stored or {}).items():
+        if hasattr(args, flag) and getattr(args, flag) != value:
+            name = "--" + flag.replace("_", "-")
+            echo(f"resuming with the run's {name} {value} (command line's {getattr(args, flag)} ignored)")
+            setattr(args, flag, value)
+
+
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """Create ``--out``, refuse to overwrite an existing run without ``--resume``, and
     return the run description to use (the stored one when resuming, so the model is
-    rebuilt exactly as it was). Seeds everything from ``--seed``; ``--tune-malloc``."""
+    rebuilt exactly as it was; a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds
+    everything from ``--seed``; ``--tune-malloc``."""
     from rnnkit.train import latest_checkpoint, seed_everything
     from rnnkit.train.distributed import is_main_process
 
@@ -192,6 +219,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         run = stored
     elif has_ckpt:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    else:
+        run = {**run, "train": _train_flags(args)}  # what --resume restores
     if is_main_process():  # under torchrun every rank checked the same files above; one writes
         out.mkdir(parents=True, exist_ok=True)
         _lock_out(out)
@@ -212,10 +241,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         if launched_world_size() <= 1:
+            restore_train_flags(args)
             return args.func(args)
         info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
         args.device = str(info.device)
         try:
+            restore_train_flags(args)  # (after the setup: rank 0 alone says what it restores)
             return args.func(args)
         finally:
             cleanup_distributed()
