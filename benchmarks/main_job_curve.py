@@ -25,8 +25,9 @@ from pathlib import Path
 def read_curve(out: Path) -> tuple[float, list[tuple[float, float]]]:
     """(final valid nats/char, [(training minutes, valid nats/char), ...]) of one run."""
     elapsed, points = {}, []
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    from rnnkit.train import read_metrics  # strict JSON: a diverged loss is null + "nonfinite"
+
+    for rec in read_metrics(out / "metrics.jsonl"):
         if rec.get("split") == "train":
             elapsed[rec["step"]] = rec["elapsed_s"]
         elif rec.get("split") == "val" and rec["step"] in elapsed:

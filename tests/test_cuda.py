@@ -375,9 +375,8 @@ def test_cuda_graphed_trains_like_eager_in_the_trainer():
 def test_cli_cuda_graphs_trains_as_without(tmp_path):
     """``rnnkit train charlm --cuda-graphs``: the same losses as without (a peephole LSTM, on the
     loop path on CUDA); a classifier on padded text (``lengths=``: eager inside) runs too."""
-    import json
-
     from rnnkit.cli import main
+    from rnnkit.train import read_metrics
 
     text = tmp_path / "tiny.txt"
     text.write_text("to be or not to be, that is the question. " * 200)
@@ -388,7 +387,7 @@ def test_cli_cuda_graphs_trains_as_without(tmp_path):
     for extra in ([], ["--cuda-graphs"]):
         out = tmp_path / f"run{len(extra)}"
         assert main(["train", "charlm", *args, *extra, "--out", str(out)]) == 0
-        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        rows = read_metrics(out / "metrics.jsonl")
         losses.append(torch.tensor([r["loss"] for r in rows]))
     torch.testing.assert_close(losses[1], losses[0], atol=1e-4, rtol=1e-4)
     csv = tmp_path / "t.csv"

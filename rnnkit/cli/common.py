@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -165,10 +164,37 @@ def device_of(args: argparse.Namespace) -> torch.device:
     return dev
 
 
+#: The flags that shape a run's training (its data too: generated tasks draw it from --seed), stored
+#: in run.json's "train" and restored by --resume (:func:`restore_train_flags`); those a task has.
+TRAIN_FLAGS = ("batch_size", "lr", "clip", "seed", "sampling", "sampling_k", "sampling_steps", "sampling_min")
+
+
+def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
+
+
+def restore_train_flags(args: argparse.Namespace) -> None:
+    """``--resume``: set the :data:`TRAIN_FLAGS` to the run's stored values before the task builds
+    its data, loaders and optimizer (as ``--seq-len``/``--window``: the stored value wins, and a
+    different one on the command line is ignored, saying so). Runs without them: nothing."""
+    if not getattr(args, "resume", False):
+        return
+    try:
+        stored = read_run(Path(args.out)).get("train")
+    except (CLIError, OSError):  # no run here: prepare_out says so
+        return
+    for flag, value in (stored or {}).items():
+        if hasattr(args, flag) and getattr(args, flag) != value:
+            name = "--" + flag.replace("_", "-")
+            echo(f"resuming with the run's {name} {value} (command line's {getattr(args, flag)} ignored)")
+            setattr(args, flag, value)
+
+
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """Create ``--out``, refuse to overwrite an existing run without ``--resume``, and
     return the run description to use (the stored one when resuming, so the model is
-    rebuilt exactly as it was). Seeds everything from ``--seed``; ``--tune-malloc``."""
+    rebuilt exactly as it was; a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds
+    everything from ``--seed``; ``--tune-malloc``."""
     from rnnkit.train import latest_checkpoint, seed_everything
     from rnnkit.train.distributed import is_main_process
 
@@ -193,6 +219,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         run = stored
     elif has_ckpt:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    else:
+        run = {**run, "train": _train_flags(args)}  # what --resume restores
     if is_main_process():  # under torchrun every rank checked the same files above; one writes
         out.mkdir(parents=True, exist_ok=True)
         _lock_out(out)
@@ -213,16 +241,20 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         if launched_world_size() <= 1:
+            restore_train_flags(args)
             return args.func(args)
         info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
         args.device = str(info.device)
         try:
+            restore_train_flags(args)  # (after the setup: rank 0 alone says what it restores)
             return args.func(args)
         finally:
             cleanup_distributed()
     finally:
+        from rnnkit.train.outdir import unlock_out_dir
+
         while _LOCKS:
-            _LOCKS.pop().close()
+            unlock_out_dir(_LOCKS.pop())
 
 
 def ranks() -> dict[str, int]:
@@ -306,6 +338,8 @@ def resolve_amp(amp: str, device: torch.device) -> str | None:
 def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:
     """The validation loss at the last step (evaluated now unless the trainer just did),
     also appended to ``metrics.jsonl``."""
+    from rnnkit.train.callbacks import metrics_line
+
     rows = [r for r in trainer.history if r.get("split") == "val"]
     if rows and rows[-1]["step"] == trainer.step:
         return float(rows[-1]["loss"])
@@ -320,7 +354,7 @@ def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> floa
     trainer.history.append(row)
     if trainer.is_main:
         with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(metrics_line(row))
     return float(res["loss"])
 
 

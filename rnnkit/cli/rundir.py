@@ -36,24 +36,20 @@ def _same_data(a: Any, b: Any) -> bool:
         return False
 
 
-_LOCKS: list[Any] = []  # lock files of the runs this process trains (run_train closes them)
+_LOCKS: list[Path] = []  # the --out directories this process has locked (run_train lets them go)
 
 
 def _lock_out(out: Path) -> None:
-    """Hold ``out/.lock`` (``flock``; it goes with the process, even killed) while training there:
-    a second run in ``--out`` would rewrite run.json, delete metrics.jsonl, mix checkpoints."""
+    """Hold ``out/.lock`` (:func:`rnnkit.train.outdir.lock_out_dir`) while training there: a
+    second run in ``--out`` would rewrite run.json, delete metrics.jsonl, mix checkpoints."""
+    from rnnkit.train.outdir import OutDirInUse, lock_out_dir
+
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        return
-    f = open(out / ".lock", "a")  # noqa: SIM115 - held until run_train ends
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.close()
+        lock_out_dir(out)
+    except OutDirInUse:
         msg = f"{out} is in use by another rnnkit training process; wait for it or choose another --out"
         raise CLIError(msg) from None
-    _LOCKS.append(f)
+    _LOCKS.append(out)
 
 
 def find_run_dir(path: str | os.PathLike) -> Path:

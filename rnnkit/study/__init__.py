@@ -96,6 +96,14 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
             raise ValueError(
                 f"{out} was run with {meta['steps']} steps per run, not {steps}; use another --out"
             )
+        # the budget only sets the steps per run, stored and fixed for the grid: another one would
+        # change nothing (and study.json would then misstate where the step count came from)
+        if budget_minutes is not None and budget_minutes != meta.get("budget_minutes", budget_minutes):
+            raise ValueError(
+                f"{out} was run with a {meta['budget_minutes']:g}-minute budget ({meta['steps']} steps per "
+                f"run, fixed for its grid), not {budget_minutes:g}; resume without --budget-minutes or use "
+                "another --out"
+            )
         s, steps = meta["settings"], meta["steps"]
         names = list(archs) if archs else meta["archs"]
     # the grid's architectures: a resume with --archs runs (and reports) that subset, adds
@@ -108,7 +116,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     grid_K = K if meta is None else max(K, meta["seeds"])
     budget = budget_minutes or (meta["budget_minutes"] if meta else study.default_budget_minutes)
     rank, world = _dist()
-    parallel = max(workers, world)
+    # on a resume, the processes the steps were computed for (the study.json record; this one's
+    # --workers only sets how many run now)
+    parallel = meta.get("parallel", max(workers, world)) if meta else max(workers, world)
     costs = dict(meta.get("costs", {})) if meta else {}
     if steps is None and rank == 0:
         if study.run_fn is not None:  # own loop: scale its default step count with the budget

@@ -11,6 +11,7 @@ from rnnkit.train.callbacks import (
     LossCurvePlot,
     ProgressBar,
     TensorBoardLogger,
+    read_metrics,
     tensorboard_available,
 )
 from rnnkit.train.checkpoint import (
@@ -70,6 +71,7 @@ __all__ = [
     "load_checkpoint",
     "move_to",
     "plot_loss_curve",
+    "read_metrics",
     "save_checkpoint",
     "seed_everything",
     "set_rng_state",

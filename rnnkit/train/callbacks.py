@@ -4,7 +4,10 @@ The trainer calls callbacks on rank 0 only. Hooks receive the trainer and a ``lo
 dict: training rows ``{"split": "train", "step", "epoch", "loss", "ppl", "lr",
 "tokens_per_s", "grad_norm", "seq_len", "elapsed_s"}`` (loss averaged per token over the
 last ``log_every`` steps: steps without a target stay out; NaN if none had one) and
-validation rows ``{"split": "val", "step", "epoch", "loss", "ppl"}``.
+validation rows ``{"split": "val", "step", "epoch", "loss", "ppl"}``. ``metrics.jsonl`` is strict
+JSON, one row a line: a non-finite value (a diverged loss) is ``null`` there and the row's
+``"nonfinite"`` maps its key to ``"nan"``, ``"inf"`` or ``"-inf"``; :func:`read_metrics` reads
+the rows back with those floats.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import sys
 from collections import Counter
@@ -33,6 +37,8 @@ __all__ = [
     "LossCurvePlot",
     "tensorboard_available",
     "default_callbacks",
+    "metrics_line",
+    "read_metrics",
 ]
 
 log = logging.getLogger("rnnkit.train")
@@ -119,8 +125,34 @@ def _drop_rows_after(path: Path, trainer: Trainer, read_key) -> None:
         os.replace(tmp, path)
 
 
+def metrics_line(row: dict[str, Any]) -> str:
+    """``row`` as one line of ``metrics.jsonl``: strict JSON (bare ``NaN``/``Infinity`` tokens
+    are Python's alone: jq and JavaScript refuse them), each non-finite float ``null`` and named in
+    ``"nonfinite"`` by its ``repr`` (``"nan"``, ``"inf"``, ``"-inf"``)."""
+    bad = {k: repr(v) for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        row = {**{k: None if k in bad else v for k, v in row.items()}, "nonfinite": bad}
+    return json.dumps(row, allow_nan=False) + "\n"
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``, in order, their non-finite floats restored (files written
+    before :func:`metrics_line`, with bare ``NaN`` tokens, read alike). A last line without its
+    newline (a run still writing it, or killed mid-row) is left out."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.endswith("\n") or not line.strip():
+            continue
+        row = json.loads(line)
+        for k, v in row.pop("nonfinite", {}).items():
+            row[k] = float(v)
+        rows.append(row)
+    return rows
+
+
 class JSONLLogger(Callback):
-    """Append one JSON object per log/validation row to ``path`` (flushed each row)."""
+    """Append one JSON object per log/validation row to ``path`` (flushed each row; strict JSON:
+    :func:`metrics_line`)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -144,7 +176,7 @@ class JSONLLogger(Callback):
 
     def _write(self, logs: dict[str, Any]) -> None:
         if self.file is not None:
-            self.file.write(json.dumps(logs) + "\n")
+            self.file.write(metrics_line(logs))
             self.file.flush()
 
     def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:

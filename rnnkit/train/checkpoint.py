@@ -10,7 +10,8 @@ A checkpoint is a directory ``<root>/step-000001234/`` holding
   trainer state (epoch, data position, RNG states, metrics).
 
 It is written into a temporary directory, every file fsynced, then renamed into place
-with ``os.replace``, so a crash never leaves a half-written ``step-*`` directory. A
+with ``os.replace``, so a crash never leaves a half-written ``step-*`` directory (only a
+``.tmp-step-*`` one, which :func:`sweep_temporaries` removes: the trainer at each fit's start). A
 ``latest`` file (also replaced atomically) names the newest one; ``keep_last`` rotates
 old ones out. Loading reads only JSON and safetensors: nothing is unpickled.
 """
@@ -43,11 +44,15 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
+    "sweep_temporaries",
     "unwrap_model",
 ]
 
 FORMAT = "rnnkit-checkpoint-1"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+# What save_checkpoint's mkdtemp/mkstemp names look like: a checkpoint being written, the trash of a
+# replaced or rotated one, the next `latest` (the random part: tempfile's [a-z0-9_]).
+_TEMPORARY = re.compile(r"^\.(?:(?:tmp|old)-step-\d+|latest)-[a-z0-9_]+$")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -84,6 +89,25 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
             return candidate
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
+
+
+def sweep_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Delete what killed :func:`save_checkpoint` calls left in ``root`` (its temporary
+    directories and files, by their name pattern only; nothing else) and return their paths.
+    Call it only while no other process writes checkpoints there (the trainer: under
+    ``out_dir``'s lock): a write in flight has the same names."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    gone = [p for p in root.iterdir() if _TEMPORARY.match(p.name)]
+    for p in gone:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    if gone:
+        fsync_dir(root)
+    return gone
 
 
 def _write_latest(root: Path, name: str) -> None:

@@ -8,6 +8,7 @@ input and ``[1]`` the target (``LMBatch``, ``PaddedBatch``, a ``(x, y)`` tuple);
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from rnnkit.train.checkpoint import latest_checkpoint
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.ntasgd import NTASGD
+from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
 from rnnkit.train.seed import get_rng_state, set_rng_state
@@ -35,6 +37,8 @@ from rnnkit.train.tbptt import tbptt_batch, zero_loss
 __all__ = ["Trainer", "StepFn"]
 
 StepFn = Callable[[nn.Module, Any, Any], tuple[Tensor, Any]]
+
+log = logging.getLogger("rnnkit.train")
 
 
 class Trainer(TrainerCheckpoints):
@@ -258,13 +262,26 @@ class Trainer(TrainerCheckpoints):
         Returns ``{"step", "epoch", "best_val", "stop_reason", "history"}``; ``stop_reason``
         is ``"max_epochs"``, ``"max_steps"``, ``"max_minutes"``, ``"early_stopping"`` or, when a
         callback set ``should_stop`` without setting ``stop_reason``, ``"callback"``. With
-        ``resume=True`` it first loads the latest checkpoint of ``out_dir`` (if any)
-        and continues exactly where it was: same data position, RNG and state.
+        ``resume=True`` it first loads the latest checkpoint of ``out_dir`` and continues exactly
+        where it was: same data position, RNG and state; without one it logs a warning (logger
+        ``rnnkit.train``) and trains from the start. Rank 0 holds ``out_dir``'s lock meanwhile
+        (:mod:`rnnkit.train.outdir`): another process training there raises ``OutDirInUse``; it
+        first deletes the temporaries that killed checkpoint writes left there.
         """
+        locked = claim_out_dir(self.config.out_dir, self._reduce_device())
+        try:
+            return self._fit(train_data, val_data)
+        finally:
+            if locked:
+                unlock_out_dir(self.config.out_dir)
+
+    def _fit(self, train_data: Iterable[Any], val_data: Iterable[Any] | None) -> dict:
         cfg = self.config
         self._train_data = train_data
         if cfg.resume and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
+        elif cfg.resume and self.is_main:  # a first run, or a mistyped out_dir: say which
+            log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
         if self._raw_weights is not None:
             # The model holds the NT-ASGD average a fit() ended with: train on from the weights it
             # replaced, as a run that never stopped would (the average itself is in self.ntasgd).

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.cli.conftest import TINY, assert_one_line_error, assert_run_files, results
 
@@ -251,3 +253,42 @@ def test_run_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     tmp = str(tmp_path / ".run.json.tmp")
     assert events == [("fsync", tmp), ("replace", tmp), ("fsync", str(tmp_path))]
     assert json.loads((tmp_path / "run.json").read_text()) == {"task": "x"}
+
+
+def test_metrics_of_a_diverged_run_are_strict_json(cli, tmp_path):
+    """A diverged loss went into metrics.jsonl as a bare NaN token (the trainer's rows and the final
+    validation's, which runs here: 3 steps stop inside the 2-step epoch): invalid for jq and JS."""
+    from rnnkit.train import read_metrics
+
+    def bad(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    args = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 128, "--n-valid", 8,
+            "--lr", 1e300, "--log-every", 1, "--out", tmp_path, *TINY]  # fmt: skip
+    assert cli(*args).rc == 0
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(line, parse_constant=bad) for line in lines]
+    assert rows[-1]["split"] == "val" and rows[-1]["step"] == 3 and rows[-1]["loss"] is None
+    assert math.isnan(read_metrics(tmp_path / "metrics.jsonl")[-1]["loss"])
+
+
+def test_resume_restores_the_runs_training_flags(cli, tmp_path):
+    """--batch-size, --lr, --clip and --seed (the generated data, the shuffling) were not stored:
+    a resume without them went on with the defaults, another run than the one interrupted."""
+    from safetensors.torch import load_file
+
+    from rnnkit.train import latest_checkpoint
+
+    task = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 96, "--n-valid", 8,
+            "--hidden", 8, "--no-progress"]  # fmt: skip
+    flags = ["--batch-size", 16, "--lr", 0.01, "--clip", 0.5, "--seed", 3]
+    assert cli(*task, *flags, "--max-steps", 8, "--out", tmp_path / "ref").rc == 0
+    assert cli(*task, *flags, "--max-steps", 4, "--out", tmp_path / "run").rc == 0
+    r = cli(*task, "--max-steps", 8, "--out", tmp_path / "run", "--resume")  # the flags left out
+    assert r.rc == 0, r.err
+    assert "resuming with the run's --batch-size 16 (command line's 64 ignored)" in r.out
+    assert "--seed 3" in r.out and "--lr 0.01" in r.out and "--clip 0.5" in r.out
+    got, want = (load_file(str(latest_checkpoint(tmp_path / d / "checkpoints") / "model.safetensors"))
+                 for d in ("run", "ref"))  # fmt: skip
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert results(tmp_path / "run") == results(tmp_path / "ref")

@@ -90,6 +90,22 @@ def test_resume_with_fewer_seeds_keeps_the_stored_count(tmp_path):
     assert json.loads((out / "study.json").read_text())["seeds"] == 3
 
 
+def test_resume_keeps_the_budget_and_parallelism_its_steps_were_computed_for(tmp_path):
+    """A resume wrote its own --budget-minutes and --workers into study.json: the record of what the
+    (fixed) step count came from was lost, and another budget was accepted while changing nothing."""
+    out = tmp_path / "b"
+    kw = {"progress": False, "report": False}
+    run_study(
+        "jozefowicz", out, steps=1, seeds=1, archs=["LSTM"], settings=TINY_ARITH, budget_minutes=2, **kw
+    )
+    with pytest.raises(ValueError, match="2-minute budget .*1 steps per run.*not 5"):
+        run_study("jozefowicz", out, budget_minutes=5, **kw)
+    res = run_study("jozefowicz", out, budget_minutes=2, workers=2, **kw)  # the same: fine
+    assert res["skipped"] == 1
+    meta = json.loads((out / "study.json").read_text())
+    assert (meta["budget_minutes"], meta["parallel"], meta["steps"]) == (2, 1, 1)
+
+
 @pytest.mark.parametrize(
     "name, archs", [("greff", ["V", "NFG", "NP", "CIFG"]), ("chung", ["Tanh", "GRU", "LSTM"])]
 )

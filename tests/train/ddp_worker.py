@@ -39,6 +39,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "empty": _train_empty,
             "tbptt_empty": _train_tbptt_empty,
             "callback_stop": _train_callback_stop,
+            "locked": _train_locked,
         }
         modes[mode](out_dir, info)
     finally:
@@ -115,6 +116,20 @@ def _train_tbptt_unequal(out_dir: str, info) -> None:
         tr.fit(batches)
         error = None
     except ValueError as e:
+        error = str(e)
+    (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "error": error}))
+
+
+def _train_locked(out_dir: str, info) -> None:
+    """out_dir/run is locked by another process (the test): rank 0 cannot take it, and every rank
+    must raise at fit's start (the others used to go on to the first all-reduce and wait)."""
+    model = TinyLM(vocab=11, hidden=8)
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=str(Path(out_dir) / "run"),
+                 max_steps=2, progress=False, plot=False)  # fmt: skip
+    try:
+        tr.fit(bptt_batches(tokens(200), 2, 5))
+        error = None
+    except RuntimeError as e:
         error = str(e)
     (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "error": error}))
 

@@ -124,6 +124,18 @@ def test_ddp_tbptt_refuses_batches_that_split_into_unequal_update_counts(tmp_pat
     assert "(this rank: time length 12, 3)" in r0["error"] and "(this rank: time length 3, 1)" in r1["error"]
 
 
+def test_ddp_out_dir_in_use_is_refused_on_every_rank(tmp_path):
+    """Rank 0 alone takes out_dir's lock; when another process holds it every rank raises."""
+    fcntl = pytest.importorskip("fcntl")
+    (tmp_path / "run").mkdir()
+    with open(tmp_path / "run" / ".lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _torchrun(ddp_worker.__file__, str(tmp_path), "locked")
+    r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 0 and "in use" in r0["error"] and "in use" in r1["error"]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def _ranks(out_dir):
     res = [json.loads((out_dir / f"result{r}.json").read_text()) for r in (0, 1)]
     params = [load_file(str(out_dir / f"params{r}.safetensors")) for r in (0, 1)]

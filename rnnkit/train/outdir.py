@@ -1,0 +1,100 @@
+"""A training run's output directory: one writing process at a time.
+
+``out_dir/.lock`` is held with ``flock`` while a :class:`~rnnkit.train.Trainer` fits (rank 0) and
+while ``rnnkit train`` runs: a second run into the same directory would delete the first's
+``metrics.jsonl``, interleave its rows and write checkpoints among its own. The lock goes with
+the process, even a killed one. Within one process it is shared (counted): the CLI holds it around
+the whole command and its trainer takes it again, and a notebook's trainers take turns. Holding
+it, a run sweeps what killed checkpoint writes left (:func:`claim_out_dir`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["OutDirInUse", "lock_out_dir", "unlock_out_dir", "claim_out_dir"]
+
+log = logging.getLogger("rnnkit.train")
+
+LOCK_FILE = ".lock"
+# out_dir (resolved) -> [the open lock file, how many holders in this process]. flock belongs to
+# an open file: a second open() of .lock by this process would be refused like another process.
+_HELD: dict[str, list[Any]] = {}
+
+
+class OutDirInUse(RuntimeError):
+    """``out_dir`` is locked by another process that trains into it."""
+
+
+def _key(out: str | os.PathLike) -> str:
+    return os.path.realpath(out)
+
+
+def lock_out_dir(out: str | os.PathLike) -> None:
+    """Create ``out`` if needed and hold ``out/.lock``; raises :class:`OutDirInUse` naming ``out``
+    when another process holds it. Pair each call with :func:`unlock_out_dir`."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return
+    key = _key(out)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        return
+    Path(out).mkdir(parents=True, exist_ok=True)
+    f = open(Path(out) / LOCK_FILE, "a")  # noqa: SIM115 - held until unlock_out_dir
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise OutDirInUse(
+            f"{out} is in use by another rnnkit training process (it holds {Path(out) / LOCK_FILE}); "
+            "wait for it or choose another output directory"
+        ) from None
+    _HELD[key] = [f, 1]
+
+
+def unlock_out_dir(out: str | os.PathLike) -> None:
+    """Let go of one :func:`lock_out_dir` of ``out``; the last one releases the lock."""
+    held = _HELD.get(_key(out))
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] == 0:
+        del _HELD[_key(out)]
+        held[0].close()
+
+
+def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = None) -> bool:
+    """What ``Trainer.fit`` does first: rank 0 locks ``out`` and sweeps the temporaries of killed
+    checkpoint writes from ``out/checkpoints`` (it is the only writer now: they are nobody's).
+    Returns whether this rank holds the lock (then :func:`unlock_out_dir` it). Under DDP every
+    rank raises when rank 0 could not lock it (the others would wait for it in the first
+    all-reduce); ``device``: that of the all-reduce (None: CPU)."""
+    from rnnkit.train import distributed as dist
+    from rnnkit.train.checkpoint import sweep_temporaries
+
+    if out is None:
+        return False
+    busy = None
+    if dist.is_main_process():
+        try:
+            lock_out_dir(out)
+        except OutDirInUse as e:
+            busy = e
+    if dist.is_distributed() and dist.all_reduce_max(float(busy is not None), device):
+        busy = busy or OutDirInUse(
+            f"{out} is in use by another rnnkit training process (rank 0 could not lock it)"
+        )
+    if busy is not None:
+        raise busy
+    if not dist.is_main_process():
+        return False
+    for p in sweep_temporaries(Path(out) / "checkpoints"):
+        log.info("removed %s (a checkpoint write that was killed)", p)
+    return True

@@ -1,0 +1,123 @@
+"""The trainer's output directory: resume without a checkpoint, the lock, stale temporaries."""
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+from rnnkit.data import bptt_batches
+from rnnkit.train import Trainer, lm_loss, read_metrics
+
+from .models import TinyLM, tokens
+
+
+def _trainer(out_dir, **kw):
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    return Trainer(model, opt, out_dir=str(out_dir), progress=False, plot=False, **kw)
+
+
+def _data():
+    return bptt_batches(tokens(60), 2, 5)
+
+
+def test_resume_without_a_checkpoint_says_it_starts_from_scratch(tmp_path, caplog):
+    """resume=True on an empty out_dir trains from the start (the documented idiom for a script that
+    is relaunched), but it used to say nothing: a mistyped out_dir retrained silently."""
+    with caplog.at_level(logging.INFO, logger="rnnkit.train"):
+        _trainer(tmp_path / "run", resume=True, max_steps=2).fit(_data())
+    msgs = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("no checkpoint" in m and str(tmp_path / "run" / "checkpoints") in m for m in msgs), msgs
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rnnkit.train"):  # now there is one: no warning
+        tr = _trainer(tmp_path / "run", resume=True, max_steps=3)
+        tr.fit(_data())
+    assert tr.step == 3 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_loading_a_named_checkpoint_that_does_not_exist_names_it(tmp_path):
+    tr = _trainer(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        tr.load(tmp_path / "nope")
+
+
+def test_a_second_trainer_on_an_out_dir_in_use_is_refused(tmp_path):
+    """The --out lock guarded CLI runs only: a Trainer from the Python API (another process, another
+    notebook) wrote into a directory another was training in, mixing checkpoints and metrics."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"split": "train", "step": 1}\n')  # the other run's
+    with open(out / ".lock", "a") as other:  # what another process holds while it trains
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RuntimeError, match=rf"{out}.* in use"):
+            _trainer(out, max_steps=2, checkpoint_every=1).fit(_data())
+        assert (out / "metrics.jsonl").read_text() == '{"split": "train", "step": 1}\n'
+        assert not (out / "checkpoints").exists()
+    tr = _trainer(out, max_steps=2)  # once it is gone
+    tr.fit(_data())
+    assert tr.step == 2
+    with open(out / ".lock", "a") as after:  # and fit() let it go
+        fcntl.flock(after, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_the_lock_is_shared_with_this_process_holding_it(tmp_path):
+    """The CLI holds --out around the whole command; the Trainer it makes takes the same lock."""
+    pytest.importorskip("fcntl")
+    from rnnkit.train.outdir import lock_out_dir, unlock_out_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock_out_dir(out)
+    try:
+        tr = _trainer(out, max_steps=2)
+        tr.fit(_data())
+        tr.fit(_data())  # again, and a second trainer after it: one process's runs take turns
+        _trainer(out, max_steps=3, resume=True).fit(_data())
+    finally:
+        unlock_out_dir(out)
+
+
+def test_stale_temporaries_of_killed_checkpoint_writes_are_swept_at_fit_start(tmp_path):
+    """A process killed inside save_checkpoint leaves its temporary directory (or the trash of a
+    rotation, or the temp file of `latest`) behind: nothing removed them, and they piled up."""
+    ckpts = tmp_path / "run" / "checkpoints"
+    stale = [".tmp-step-000000005-k2j_x9aa", ".old-step-000000003-0q1w2e3r"]
+    for name in stale:
+        (ckpts / name).mkdir(parents=True)
+        (ckpts / name / "model.safetensors").write_bytes(b"half")
+    (ckpts / ".latest-a1b2c3d4").write_text("step-000000005")
+    # not the writer's temporaries: kept
+    kept = [".tmp-step-000000005", ".tmp-notes-abc", "notes.txt", ".latest", "latest.bak"]
+    for name in kept:
+        (ckpts / name).write_text("mine")
+    _trainer(tmp_path / "run", max_steps=2).fit(_data())
+    assert sorted(p.name for p in ckpts.iterdir()) == sorted([*kept, "latest", "step-000000002"])
+
+
+def _strict_rows(path):
+    """Every line parsed as strict JSON (what jq or JavaScript's JSON.parse accept)."""
+
+    def bad(token):
+        raise AssertionError(f"{path.name}: {token} is not JSON")
+
+    return [json.loads(line, parse_constant=bad) for line in path.read_text().splitlines()]
+
+
+def test_metrics_jsonl_of_a_diverged_run_is_strict_json_and_reads_back(tmp_path):
+    """A diverged loss was written as a bare NaN/Infinity token: no JSON parser but Python's reads it."""
+    div = lambda out, tgt: lm_loss(out, tgt) / 0.0  # noqa: E731 - inf, then NaN weights: NaN
+    tr = _trainer(tmp_path, max_steps=4, log_every=1, loss_fn=div)
+    tr.fit(_data(), _data())
+    rows = _strict_rows(tmp_path / "metrics.jsonl")
+    assert rows[0]["loss"] is None and rows[0]["nonfinite"]["loss"] == "inf"
+    assert any(r["nonfinite"].get("loss") == "nan" for r in rows)
+    back = read_metrics(tmp_path / "metrics.jsonl")
+    assert back[0]["loss"] == math.inf and "nonfinite" not in back[0]
+    assert [(r["split"], r["step"]) for r in back] == [(r["split"], r["step"]) for r in tr.history]
+    for got, want in zip(back, tr.history, strict=True):
+        for k, v in want.items():
+            assert got[k] == v or (math.isnan(got[k]) and math.isnan(v)), (k, got[k], v)
