@@ -9,6 +9,7 @@ import torch
 
 from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer, lm_loss, read_metrics
+from rnnkit.train.checkpoint import sweep_temporaries
 
 from .models import TinyLM, tokens
 
@@ -96,6 +97,26 @@ def test_stale_temporaries_of_killed_checkpoint_writes_are_swept_at_fit_start(tm
         (ckpts / name).write_text("mine")
     _trainer(tmp_path / "run", max_steps=2).fit(_data())
     assert sorted(p.name for p in ckpts.iterdir()) == sorted([*kept, "latest", "step-000000002"])
+
+
+def test_a_resave_killed_between_its_renames_keeps_the_step(tmp_path):
+    """Re-saving a step moves the old copy to a trash directory, then the new one into place: a
+    kill between the two left the step only among the temporaries, and the sweep deleted it."""
+    out = tmp_path / "run"
+    _trainer(out, max_steps=2).fit(_data())
+    ckpts = out / "checkpoints"
+    step = ckpts / "step-000000002"
+    files = sorted(p.name for p in step.iterdir())
+    trash = ckpts / ".old-step-000000002-x1y2z3w4"
+    trash.mkdir()
+    step.rename(trash / step.name)  # the first rename done, the second (a .tmp-step-*) not
+    (ckpts / ".tmp-step-000000002-a9b8c7d6").mkdir()
+    assert sorted(sweep_temporaries(ckpts)) == [trash, ckpts / ".tmp-step-000000002-a9b8c7d6"]
+    assert sorted(p.name for p in step.iterdir()) == files
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-000000002"]
+    tr = _trainer(out, max_steps=3, resume=True)
+    tr.fit(_data())
+    assert tr.step == 3
 
 
 def _strict_rows(path):
