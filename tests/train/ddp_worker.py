@@ -38,6 +38,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "tbptt": _train_tbptt_unequal,
             "empty": _train_empty,
             "tbptt_empty": _train_tbptt_empty,
+            "tbptt_weighted": _train_tbptt_weighted,
             "callback_stop": _train_callback_stop,
         }
         modes[mode](out_dir, info)
@@ -142,13 +143,13 @@ def _shard(batch, info):
 
 
 def _write_run(out_dir: str, info, tr, model, opt) -> None:
-    """Every rank writes its losses, parameters and Adam's step count."""
+    """Every rank writes its losses, parameters and Adam's step count (0 for SGD)."""
     out = Path(out_dir)
     save_file(
         {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
         str(out / f"params{info.rank}.safetensors"),
     )
-    steps = int(opt.state[model.out.bias]["step"]) if opt.state else 0
+    steps = int(opt.state[model.out.bias].get("step", 0)) if opt.state else 0
     (out / f"result{info.rank}.json").write_text(
         json.dumps({"losses": tr.losses, "adam_steps": steps, "tokens": tr.tokens_seen})
     )
@@ -185,6 +186,19 @@ def _train_tbptt_empty(out_dir: str, info) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     batches = [_shard(b, info) for b in _empty_batches(8, ignored)]
     tr = Trainer(model, opt, loss_fn=masked_mean_loss, tbptt_k1=4, carry_state=False, progress=False)
+    tr.fit(batches)
+    _write_run(out_dir, info, tr, model, opt)
+
+
+def _train_tbptt_weighted(out_dir: str, info) -> None:
+    """TBPTT(4, 6) over 10 steps (the last window short), with ranks holding unequal target counts in
+    every window: rank 1's columns (2, 3) keep only every third target. Each window's update must be
+    that of the token-weighted mean over the global batch, as in one process with all four columns."""
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    batches = [_shard(b, info) for b in _empty_batches(10, lambda step, t, c: c >= 2 and (t + step) % 3 != 0)]
+    tr = Trainer(model, opt, tbptt_k1=4, tbptt_k2=6, clip_norm=0.5, carry_state=False, progress=False)
     tr.fit(batches)
     _write_run(out_dir, info, tr, model, opt)
 

@@ -181,6 +181,27 @@ def test_ddp_tbptt_window_without_targets_on_one_rank(tmp_path):
         torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
 
 
+def test_ddp_tbptt_windows_weigh_every_token_alike(tmp_path):
+    """tbptt_k1 with ranks holding unequal target counts in each window (the last, short one too):
+    each rank's window mean weighs its share of the window's targets over all ranks, so every update
+    (clipped: the all-reduced gradient, on every rank alike) is that of one process on the global
+    batch. Before, DDP averaged the ranks' window means, each counting alike."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "tbptt_weighted")
+    ddp_worker.run(str(single_dir), "tbptt_weighted")
+    (r0, r1), (p0, p1) = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    p_one = load_file(str(single_dir / "params0.safetensors"))
+    assert r0["losses"] == r1["losses"] and len(r0["losses"]) == 3
+    assert r0["tokens"] == one["tokens"]
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-10)
+    for k in p_one:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
+
+
 def _losses(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["split"], r["step"], r["loss"]) for r in rows]
