@@ -119,7 +119,8 @@ class Trainer(TrainerCheckpoints):
             if zero:
                 # step_fn gives no output to build the zero on: the parameters themselves
                 return zero_loss(self._trainable()), state
-            return loss.float(), state
+            # float32 for a half-precision (autocast) loss; a float64 one stays float64
+            return (loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss), state
         inputs, targets = batch[0], batch[1]
         if self.config.stateful:
             output, state = self.precision.call(model, inputs, state)

@@ -39,6 +39,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "empty": _train_empty,
             "tbptt_empty": _train_tbptt_empty,
             "tbptt_weighted": _train_tbptt_weighted,
+            "step_fn": _train_step_fn,
             "callback_stop": _train_callback_stop,
         }
         modes[mode](out_dir, info)
@@ -199,6 +200,26 @@ def _train_tbptt_weighted(out_dir: str, info) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
     batches = [_shard(b, info) for b in _empty_batches(10, lambda step, t, c: c >= 2 and (t + step) % 3 != 0)]
     tr = Trainer(model, opt, tbptt_k1=4, tbptt_k2=6, clip_norm=0.5, carry_state=False, progress=False)
+    tr.fit(batches)
+    _write_run(out_dir, info, tr, model, opt)
+
+
+def _train_step_fn(out_dir: str, info) -> None:
+    """A custom ``step_fn`` (masked-mean loss, NaN over no target) with clipping: step 1 has unequal
+    target counts on the ranks, step 2 none on rank 1, step 3 none anywhere. As one process."""
+
+    def step_fn(model, batch, state):
+        output, state = model(batch[0], state)
+        return masked_mean_loss(output, batch[1]), state
+
+    def ignored(step, t, c):
+        return step == 2 or (step == 1 and c >= 2) or (step == 0 and c >= 2 and t % 2 == 0)
+
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    batches = [_shard(b, info) for b in _empty_batches(5, ignored)]
+    tr = Trainer(model, opt, step_fn=step_fn, clip_norm=0.1, carry_state=True, progress=False)
     tr.fit(batches)
     _write_run(out_dir, info, tr, model, opt)
 

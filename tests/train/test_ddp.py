@@ -202,6 +202,29 @@ def test_ddp_tbptt_windows_weigh_every_token_alike(tmp_path):
         torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
 
 
+def test_ddp_step_fn_equals_one_process(tmp_path):
+    """A custom ``step_fn`` under DDP: ranks with unequal target counts weigh their mean losses by
+    their shares, a rank without a target joins the update with a zero gradient (not its NaN loss),
+    a step without any target makes no update; clipped, the run equals one process."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "step_fn")
+    ddp_worker.run(str(single_dir), "step_fn")
+    (r0, r1), (p0, p1) = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    p_one = load_file(str(single_dir / "params0.safetensors"))
+    assert r0["adam_steps"] == r1["adam_steps"] == one["adam_steps"] == 2
+    assert r0["tokens"] == one["tokens"] == 5 * 2 + 2 * 2 + 5 * 2
+    assert math.isnan(r0["losses"][2]) and math.isnan(one["losses"][2])
+    torch.testing.assert_close(
+        torch.tensor(r0["losses"][:2]), torch.tensor(one["losses"][:2]), rtol=0, atol=1e-10
+    )
+    for k in p_one:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
+
+
 def _losses(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["split"], r["step"], r["loss"]) for r in rows]

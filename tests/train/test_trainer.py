@@ -61,6 +61,27 @@ def test_stateless_model_and_custom_step_fn():
     assert calls == [None, ("carried", 1), ("carried", 2)]
 
 
+def test_step_fn_keeps_the_loss_dtype():
+    """A ``step_fn`` computing the default step's loss trains and logs exactly as the default step
+    in float64: its loss was cast to float32 (logged losses rounded, and so the gradient's DDP
+    weight); only half-precision losses (autocast) are raised to float32."""
+
+    def step_fn(m, batch, state):
+        output, state = m(batch[0], state)
+        return lm_loss(output, batch[1]), state
+
+    runs = []
+    for fn in (None, step_fn):
+        torch.manual_seed(0)
+        model = TinyLM()
+        tr = Trainer(model, _sgd(model), step_fn=fn, max_steps=3, progress=False)
+        tr.fit(bptt_batches(tokens(400), 4, 10))
+        runs.append((tr.losses, [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_padded_batches_with_bucketing_and_fresh_state():
     torch.manual_seed(0)
     seqs = [tokens(n, seed=n) for n in range(5, 25)]
