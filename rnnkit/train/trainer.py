@@ -293,7 +293,9 @@ class Trainer(TrainerCheckpoints):
                 elif hasattr(getattr(train_data, "sampler", None), "set_epoch"):
                     train_data.sampler.set_epoch(self.epoch)
                 batches = self._start_epoch(train_data)
-                for batch in batches:
+                # under DDP, only while every rank has a batch (else all raise alike)
+                agreed = dist.agreed_batches(batches, self.epoch, self.step + 1, self._reduce_device())
+                for batch in agreed:
                     batch = move_to(batch, self.device)
                     loss_sum, n, norm = self._train_batch(batch)
                     if self.scheduler is not None and not isinstance(

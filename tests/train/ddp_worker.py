@@ -40,6 +40,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "tbptt_empty": _train_tbptt_empty,
             "tbptt_weighted": _train_tbptt_weighted,
             "step_fn": _train_step_fn,
+            "uneven": _train_uneven,
             "callback_stop": _train_callback_stop,
         }
         modes[mode](out_dir, info)
@@ -222,6 +223,22 @@ def _train_step_fn(out_dir: str, info) -> None:
     tr = Trainer(model, opt, step_fn=step_fn, clip_norm=0.1, carry_state=True, progress=False)
     tr.fit(batches)
     _write_run(out_dir, info, tr, model, opt)
+
+
+def _train_uneven(out_dir: str, info) -> None:
+    """Rank 1's data yields 2 batches an epoch, rank 0's 3: the third step has no batch on rank 1.
+    Every rank must refuse it alike, instead of pairing rank 0's third batch with rank 1's next
+    epoch (silently) and then waiting in a collective rank 1 never joins (a hang)."""
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: False)]
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=2, progress=False)
+    try:
+        tr.fit(batches[: 3 - info.rank])
+        error = None
+    except ValueError as e:
+        error = str(e)
+    (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "error": error}))
 
 
 def _train_budget(out_dir: str, info) -> None:

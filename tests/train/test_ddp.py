@@ -124,6 +124,18 @@ def test_ddp_tbptt_refuses_batches_that_split_into_unequal_update_counts(tmp_pat
     assert "(this rank: time length 12, 3)" in r0["error"] and "(this rank: time length 3, 1)" in r1["error"]
 
 
+def test_ddp_ranks_with_unequal_batch_counts_refuse_alike(tmp_path):
+    """A rank whose data runs out before the others' (here at step 3 of 3): every rank raises at
+    that step. Before, the short rank went on with its next epoch, its batches paired with the
+    others' (a silently different run) until it finished and left the others waiting (a hang)."""
+    _torchrun(ddp_worker.__file__, str(tmp_path), "uneven")
+    r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 2
+    for r, has in ((r0, "has a batch"), (r1, "has none")):
+        assert "the ranks' training data yielded unequal numbers of batches in epoch 0" in r["error"]
+        assert f"1 of 2 ranks had a batch for step 3 (this rank {has})" in r["error"]
+
+
 def _ranks(out_dir):
     res = [json.loads((out_dir / f"result{r}.json").read_text()) for r in (0, 1)]
     params = [load_file(str(out_dir / f"params{r}.safetensors")) for r in (0, 1)]
