@@ -42,6 +42,21 @@ def test_stateful_lm_learns_and_evaluate_lm_matches():
     assert model.training  # evaluate restored the mode
 
 
+def test_evaluate_leaves_out_batches_without_targets():
+    """A validation batch whose targets are all -100 has no loss (a mean over nothing: NaN); it
+    weighs 0 tokens, and NaN * 0 made the whole validation loss NaN (under DDP on every rank)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model), carry_state=False, progress=False)
+    batches = [(torch.randint(0, 11, (5, 2)), torch.randint(0, 11, (5, 2))) for _ in range(2)]
+    empty = (torch.randint(0, 11, (5, 2)), torch.full((5, 2), -100))
+    with_empty = tr.evaluate([batches[0], empty, batches[1]])
+    assert with_empty == tr.evaluate(batches) and with_empty["tokens"] == 20
+    assert math.isfinite(with_empty["loss"])
+    with pytest.raises(ValueError, match=r"got no target \(no batches, or all targets -100\)"):
+        tr.evaluate([empty])
+
+
 def test_stateless_model_and_custom_step_fn():
     torch.manual_seed(0)
     model = Stateless()
