@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "DistInfo",
@@ -32,6 +33,7 @@ __all__ = [
     "all_reduce_max",
     "all_gather_object",
     "agreed_batches",
+    "StepFnModule",
     "launched_world_size",
     "finish_process",
 ]
@@ -187,3 +189,22 @@ def agreed_batches(
                 "bptt_batches(rank=..., world_size=...))"
             )
         yield batch
+
+
+class StepFnModule(nn.Module):
+    """``step_fn(model, batch, state) -> (loss, state)`` as the forward of a module holding
+    ``model``: what :class:`~rnnkit.train.Trainer` wraps in ``DistributedDataParallel`` when it
+    is given a ``step_fn``. DDP's gradient all-reduce needs the step's forward to run through the
+    wrapper, and ``step_fn`` needs the bare model (its own methods, e.g. ``model.loss(...)`` or
+    ``model.encode(...)``, which the wrapper does not have): so the step runs inside DDP's forward
+    and gets the bare model, as in one process.
+    """
+
+    def __init__(self, model: nn.Module, step_fn: Any) -> None:
+        super().__init__()
+        self.model = model
+        # a plain attribute: a step_fn that is an nn.Module is not a part of the wrapped model
+        object.__setattr__(self, "step_fn", step_fn)
+
+    def forward(self, batch: Any, state: Any) -> Any:
+        return self.step_fn(self.model, batch, state)

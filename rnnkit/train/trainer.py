@@ -67,7 +67,9 @@ class Trainer(TrainerCheckpoints):
         model.to(self.device)
         if dist.is_distributed() and not isinstance(model, DistributedDataParallel):
             ids = [self.device] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+            # a step_fn runs as the forward of DDP's module, with the bare model (dist.StepFnModule)
+            wrapped = dist.StepFnModule(model, step_fn) if step_fn is not None else model
+            model = DistributedDataParallel(wrapped, device_ids=ids)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.is_main = dist.is_main_process()
@@ -115,7 +117,10 @@ class Trainer(TrainerCheckpoints):
         zero, finite gradients for every parameter, this process's share of a DDP update."""
         if self.step_fn is not None:
             with self.precision.autocast():
-                loss, state = self.step_fn(model, batch, state)
+                if isinstance(getattr(model, "module", None), dist.StepFnModule):
+                    loss, state = model(batch, state)  # under DDP: step_fn(bare model, ...) in its forward
+                else:
+                    loss, state = self.step_fn(model, batch, state)
             if zero:
                 # step_fn gives no output to build the zero on: the parameters themselves
                 return zero_loss(self._trainable()), state

@@ -41,6 +41,7 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "tbptt_weighted": _train_tbptt_weighted,
             "step_fn": _train_step_fn,
             "uneven": _train_uneven,
+            "step_fn_method": _train_step_fn_method,
             "callback_stop": _train_callback_stop,
         }
         modes[mode](out_dir, info)
@@ -222,6 +223,24 @@ def _train_step_fn(out_dir: str, info) -> None:
     batches = [_shard(b, info) for b in _empty_batches(5, ignored)]
     tr = Trainer(model, opt, step_fn=step_fn, clip_norm=0.1, carry_state=True, progress=False)
     tr.fit(batches)
+    _write_run(out_dir, info, tr, model, opt)
+
+
+class _LossLM(TinyLM):
+    def loss(self, batch, state):
+        output, state = self(batch[0], state)
+        return masked_mean_loss(output, batch[1]), state
+
+
+def _train_step_fn_method(out_dir: str, info) -> None:
+    """A ``step_fn`` calling a method of the model (``model.loss``: the documented teacher-forcing
+    example calls ``model.encode``, ``rnnkit train forecast`` ``model.loss``), as in one process."""
+    seed_everything(0)
+    model = _LossLM(vocab=11, hidden=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: c >= 2 and t % 2 == 0)]
+    tr = Trainer(model, opt, step_fn=lambda m, batch, state: m.loss(batch, state), progress=False)
+    tr.fit(batches, batches[:1])
     _write_run(out_dir, info, tr, model, opt)
 
 

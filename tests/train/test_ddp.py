@@ -237,6 +237,25 @@ def test_ddp_step_fn_equals_one_process(tmp_path):
         torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
 
 
+def test_ddp_step_fn_may_call_methods_of_the_model(tmp_path):
+    """A ``step_fn`` gets the model itself under DDP too, and runs inside DDP's forward (whose
+    gradient all-reduce needs it): ``model.loss(...)`` works and the run equals one process.
+    Before, it got the DDP wrapper, which has no ``loss`` (AttributeError on every rank)."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "step_fn_method")
+    ddp_worker.run(str(single_dir), "step_fn_method")
+    (r0, r1), (p0, p1) = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    p_one = load_file(str(single_dir / "params0.safetensors"))
+    assert len(r0["losses"]) == 3
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-10)
+    for k in p_one:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
+
+
 def _losses(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["split"], r["step"], r["loss"]) for r in rows]
@@ -290,9 +309,14 @@ def test_cli_other_tasks_under_torchrun(tmp_path):
     csv.write_text(
         "text,label\n" + "".join(f'"good film {k}",pos\n"a bad, bad one {k}",neg\n' for k in range(30))
     )
+    series = tmp_path / "s.csv"
+    series.write_text("t,value\n" + "".join(f"{t},{math.sin(t / 4):.5f}\n" for t in range(120)))
+    forecast_flags = ["--window", "8", "--horizon", "4", "--arima-order", "none"]
     runs = {
         "memory": ["memory", "--task", "adding", "--length", "10", "--n-train", "64", "--n-valid", "16"],
         "classify": ["classify", "--data", str(csv)],
+        # its step_fn calls the model's loss method (before: AttributeError, the DDP wrapper has none)
+        "forecast": ["forecast", "--data", str(series), "--column", "value", *forecast_flags],
     }
     for name, argv in runs.items():
         out = tmp_path / name
