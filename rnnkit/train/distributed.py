@@ -9,13 +9,16 @@ runs with ``python train.py``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 __all__ = [
     "DistInfo",
@@ -29,6 +32,8 @@ __all__ = [
     "all_reduce_sum",
     "all_reduce_max",
     "all_gather_object",
+    "agreed_batches",
+    "StepFnModule",
     "launched_world_size",
     "finish_process",
 ]
@@ -149,3 +154,57 @@ def all_gather_object(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+_NO_BATCH = object()  # what agreed_batches' iterator gives once this rank's data ran out
+
+
+def agreed_batches(
+    batches: Iterable[Any], epoch: int, first_step: int, device: torch.device | None = None
+) -> Iterator[Any]:
+    """``batches`` (one epoch's, from step ``first_step`` on), under DDP only while every rank has
+    one, and none once no rank has: each training step's gradient all-reduce needs all ranks.
+
+    A rank whose data ran out early would start its next epoch (its batches paired with the others'
+    current ones), then finish and leave the others waiting in a collective (a hang). So the ranks
+    count who has a batch (an all-reduce per step), and all raise a ``ValueError`` alike if some
+    have one and some not. Without a process group it is ``iter(batches)``.
+    """
+    if not is_distributed():
+        yield from batches
+        return
+    it, world = iter(batches), dist.get_world_size()
+    for step in itertools.count(first_step):
+        batch = next(it, _NO_BATCH)
+        mine = batch is not _NO_BATCH
+        have = int(all_reduce_sum([float(mine)], device)[0])
+        if have == 0:
+            return
+        if have < world:
+            raise ValueError(
+                f"the ranks' training data yielded unequal numbers of batches in epoch {epoch}: "
+                f"{have} of {world} ranks had a batch for step {step} (this rank "
+                f"{'has a batch' if mine else 'has none'}); every rank must yield as many batches "
+                "(shard the data with DistributedSampler, BucketBatchSampler(num_replicas=...) or "
+                "bptt_batches(rank=..., world_size=...))"
+            )
+        yield batch
+
+
+class StepFnModule(nn.Module):
+    """``step_fn(model, batch, state) -> (loss, state)`` as the forward of a module holding
+    ``model``: what :class:`~rnnkit.train.Trainer` wraps in ``DistributedDataParallel`` when it
+    is given a ``step_fn``. DDP's gradient all-reduce needs the step's forward to run through the
+    wrapper, and ``step_fn`` needs the bare model (its own methods, e.g. ``model.loss(...)`` or
+    ``model.encode(...)``, which the wrapper does not have): so the step runs inside DDP's forward
+    and gets the bare model, as in one process.
+    """
+
+    def __init__(self, model: nn.Module, step_fn: Any) -> None:
+        super().__init__()
+        self.model = model
+        # a plain attribute: a step_fn that is an nn.Module is not a part of the wrapped model
+        object.__setattr__(self, "step_fn", step_fn)
+
+    def forward(self, batch: Any, state: Any) -> Any:
+        return self.step_fn(self.model, batch, state)

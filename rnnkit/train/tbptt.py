@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.train.distributed import get_world_size
 from rnnkit.train.state import count_tokens, detach_state
 
 __all__ = ["tbptt_batch", "zero_loss"]
@@ -54,6 +55,7 @@ def tbptt_batch(
     k2: int | None = None,
     time_dim: int = 0,
     global_count: Callable[[int], float] | None = None,
+    world_size: int | None = None,
 ) -> tuple[float, int, float, Any]:
     """Train on ``inputs``/``targets`` (time along ``time_dim``) with TBPTT(k1, k2).
 
@@ -74,13 +76,19 @@ def tbptt_batch(
     all-reduce sum; every process calls it once per window, in the same order): a window is
     skipped only when that is 0, so all processes skip the same windows, and a process without
     a target in a window others have targets in calls ``update`` with a zero loss connected to
-    the window's output (its share of DDP's gradient all-reduce: zero, never NaN).
+    the window's output (its share of DDP's gradient all-reduce: zero, never NaN). DDP averages
+    the ``world_size`` processes' gradients (default: the process group's size), each of its
+    process's *mean* loss over the window: with ``global_count`` that loss is passed to ``update``
+    weighted by ``n * world_size / total`` (its ``n`` of the window's ``total`` targets), so the
+    update is that of the token-weighted mean over all processes' targets, as one process with the
+    whole batch makes it (the returned sums keep the unweighted loss).
 
     Returns ``(sum of loss * tokens, tokens, last grad norm, detached final state)``; the norm
     is 0.0 when no window had a target.
     """
     td, T = time_dim, inputs.shape[time_dim]
     k2 = k2 or k1
+    world = world_size if world_size is not None else get_world_size()
     snaps = {0: state}
     loss_sum, tokens, norm, prev = 0.0, 0, 0.0, 0
     while prev < T:
@@ -99,7 +107,8 @@ def tbptt_batch(
         total = global_count(n) if global_count is not None else n
         if n:
             loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)
-            norm = update(loss)
+            w = n * world / total if global_count is not None else 1.0
+            norm = update(loss if w == 1.0 else loss * w)
             loss_sum, tokens = loss_sum + float(loss.detach()) * n, tokens + n
         elif total:
             # Other processes have targets here, and their update is a DDP gradient all-reduce

@@ -71,7 +71,9 @@ class Trainer(TrainerCheckpoints):
         model.to(self.device)
         if dist.is_distributed() and not isinstance(model, DistributedDataParallel):
             ids = [self.device] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids)
+            # a step_fn runs as the forward of DDP's module, with the bare model (dist.StepFnModule)
+            wrapped = dist.StepFnModule(model, step_fn) if step_fn is not None else model
+            model = DistributedDataParallel(wrapped, device_ids=ids)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.is_main = dist.is_main_process()
@@ -119,11 +121,15 @@ class Trainer(TrainerCheckpoints):
         zero, finite gradients for every parameter, this process's share of a DDP update."""
         if self.step_fn is not None:
             with self.precision.autocast():
-                loss, state = self.step_fn(model, batch, state)
+                if isinstance(getattr(model, "module", None), dist.StepFnModule):
+                    loss, state = model(batch, state)  # under DDP: step_fn(bare model, ...) in its forward
+                else:
+                    loss, state = self.step_fn(model, batch, state)
             if zero:
                 # step_fn gives no output to build the zero on: the parameters themselves
                 return zero_loss(self._trainable()), state
-            return loss.float(), state
+            # float32 for a half-precision (autocast) loss; a float64 one stays float64
+            return (loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss), state
         inputs, targets = batch[0], batch[1]
         if self.config.stateful:
             output, state = self.precision.call(model, inputs, state)
@@ -224,7 +230,7 @@ class Trainer(TrainerCheckpoints):
             )  # fmt: skip
         total, tokens = dist.all_reduce_sum([total, tokens], self._reduce_device())
         if tokens == 0:
-            raise ValueError("evaluate() got no batches (empty validation data)")
+            raise ValueError("evaluate() got no target (no batches, or all targets -100)")
         mean = total / tokens
         return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": tokens}
 
@@ -309,7 +315,9 @@ class Trainer(TrainerCheckpoints):
                 elif hasattr(getattr(train_data, "sampler", None), "set_epoch"):
                     train_data.sampler.set_epoch(self.epoch)
                 batches = self._start_epoch(train_data)
-                for batch in batches:
+                # under DDP, only while every rank has a batch (else all raise alike)
+                agreed = dist.agreed_batches(batches, self.epoch, self.step + 1, self._reduce_device())
+                for batch in agreed:
                     batch = move_to(batch, self.device)
                     loss_sum, n, norm = self._train_batch(batch)
                     if self.scheduler is not None and not isinstance(

@@ -38,6 +38,10 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "tbptt": _train_tbptt_unequal,
             "empty": _train_empty,
             "tbptt_empty": _train_tbptt_empty,
+            "tbptt_weighted": _train_tbptt_weighted,
+            "step_fn": _train_step_fn,
+            "uneven": _train_uneven,
+            "step_fn_method": _train_step_fn_method,
             "callback_stop": _train_callback_stop,
             "locked": _train_locked,
         }
@@ -157,13 +161,13 @@ def _shard(batch, info):
 
 
 def _write_run(out_dir: str, info, tr, model, opt) -> None:
-    """Every rank writes its losses, parameters and Adam's step count."""
+    """Every rank writes its losses, parameters and Adam's step count (0 for SGD)."""
     out = Path(out_dir)
     save_file(
         {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
         str(out / f"params{info.rank}.safetensors"),
     )
-    steps = int(opt.state[model.out.bias]["step"]) if opt.state else 0
+    steps = int(opt.state[model.out.bias].get("step", 0)) if opt.state else 0
     (out / f"result{info.rank}.json").write_text(
         json.dumps({"losses": tr.losses, "adam_steps": steps, "tokens": tr.tokens_seen})
     )
@@ -202,6 +206,73 @@ def _train_tbptt_empty(out_dir: str, info) -> None:
     tr = Trainer(model, opt, loss_fn=masked_mean_loss, tbptt_k1=4, carry_state=False, progress=False)
     tr.fit(batches)
     _write_run(out_dir, info, tr, model, opt)
+
+
+def _train_tbptt_weighted(out_dir: str, info) -> None:
+    """TBPTT(4, 6) over 10 steps (the last window short), with ranks holding unequal target counts in
+    every window: rank 1's columns (2, 3) keep only every third target. Each window's update must be
+    that of the token-weighted mean over the global batch, as in one process with all four columns."""
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    batches = [_shard(b, info) for b in _empty_batches(10, lambda step, t, c: c >= 2 and (t + step) % 3 != 0)]
+    tr = Trainer(model, opt, tbptt_k1=4, tbptt_k2=6, clip_norm=0.5, carry_state=False, progress=False)
+    tr.fit(batches)
+    _write_run(out_dir, info, tr, model, opt)
+
+
+def _train_step_fn(out_dir: str, info) -> None:
+    """A custom ``step_fn`` (masked-mean loss, NaN over no target) with clipping: step 1 has unequal
+    target counts on the ranks, step 2 none on rank 1, step 3 none anywhere. As one process."""
+
+    def step_fn(model, batch, state):
+        output, state = model(batch[0], state)
+        return masked_mean_loss(output, batch[1]), state
+
+    def ignored(step, t, c):
+        return step == 2 or (step == 1 and c >= 2) or (step == 0 and c >= 2 and t % 2 == 0)
+
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    batches = [_shard(b, info) for b in _empty_batches(5, ignored)]
+    tr = Trainer(model, opt, step_fn=step_fn, clip_norm=0.1, carry_state=True, progress=False)
+    tr.fit(batches)
+    _write_run(out_dir, info, tr, model, opt)
+
+
+class _LossLM(TinyLM):
+    def loss(self, batch, state):
+        output, state = self(batch[0], state)
+        return masked_mean_loss(output, batch[1]), state
+
+
+def _train_step_fn_method(out_dir: str, info) -> None:
+    """A ``step_fn`` calling a method of the model (``model.loss``: the documented teacher-forcing
+    example calls ``model.encode``, ``rnnkit train forecast`` ``model.loss``), as in one process."""
+    seed_everything(0)
+    model = _LossLM(vocab=11, hidden=8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: c >= 2 and t % 2 == 0)]
+    tr = Trainer(model, opt, step_fn=lambda m, batch, state: m.loss(batch, state), progress=False)
+    tr.fit(batches, batches[:1])
+    _write_run(out_dir, info, tr, model, opt)
+
+
+def _train_uneven(out_dir: str, info) -> None:
+    """Rank 1's data yields 2 batches an epoch, rank 0's 3: the third step has no batch on rank 1.
+    Every rank must refuse it alike, instead of pairing rank 0's third batch with rank 1's next
+    epoch (silently) and then waiting in a collective rank 1 never joins (a hang)."""
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: False)]
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=2, progress=False)
+    try:
+        tr.fit(batches[: 3 - info.rank])
+        error = None
+    except ValueError as e:
+        error = str(e)
+    (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "error": error}))
 
 
 def _train_budget(out_dir: str, info) -> None:

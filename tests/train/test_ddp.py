@@ -136,6 +136,18 @@ def test_ddp_out_dir_in_use_is_refused_on_every_rank(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_ddp_ranks_with_unequal_batch_counts_refuse_alike(tmp_path):
+    """A rank whose data runs out before the others' (here at step 3 of 3): every rank raises at
+    that step. Before, the short rank went on with its next epoch, its batches paired with the
+    others' (a silently different run) until it finished and left the others waiting (a hang)."""
+    _torchrun(ddp_worker.__file__, str(tmp_path), "uneven")
+    r0, r1 = (json.loads((tmp_path / f"result{r}.json").read_text()) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 2
+    for r, has in ((r0, "has a batch"), (r1, "has none")):
+        assert "the ranks' training data yielded unequal numbers of batches in epoch 0" in r["error"]
+        assert f"1 of 2 ranks had a batch for step 3 (this rank {has})" in r["error"]
+
+
 def _ranks(out_dir):
     res = [json.loads((out_dir / f"result{r}.json").read_text()) for r in (0, 1)]
     params = [load_file(str(out_dir / f"params{r}.safetensors")) for r in (0, 1)]
@@ -193,6 +205,69 @@ def test_ddp_tbptt_window_without_targets_on_one_rank(tmp_path):
         torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
 
 
+def test_ddp_tbptt_windows_weigh_every_token_alike(tmp_path):
+    """tbptt_k1 with ranks holding unequal target counts in each window (the last, short one too):
+    each rank's window mean weighs its share of the window's targets over all ranks, so every update
+    (clipped: the all-reduced gradient, on every rank alike) is that of one process on the global
+    batch. Before, DDP averaged the ranks' window means, each counting alike."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "tbptt_weighted")
+    ddp_worker.run(str(single_dir), "tbptt_weighted")
+    (r0, r1), (p0, p1) = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    p_one = load_file(str(single_dir / "params0.safetensors"))
+    assert r0["losses"] == r1["losses"] and len(r0["losses"]) == 3
+    assert r0["tokens"] == one["tokens"]
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-10)
+    for k in p_one:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
+
+
+def test_ddp_step_fn_equals_one_process(tmp_path):
+    """A custom ``step_fn`` under DDP: ranks with unequal target counts weigh their mean losses by
+    their shares, a rank without a target joins the update with a zero gradient (not its NaN loss),
+    a step without any target makes no update; clipped, the run equals one process."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "step_fn")
+    ddp_worker.run(str(single_dir), "step_fn")
+    (r0, r1), (p0, p1) = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    p_one = load_file(str(single_dir / "params0.safetensors"))
+    assert r0["adam_steps"] == r1["adam_steps"] == one["adam_steps"] == 2
+    assert r0["tokens"] == one["tokens"] == 5 * 2 + 2 * 2 + 5 * 2
+    assert math.isnan(r0["losses"][2]) and math.isnan(one["losses"][2])
+    torch.testing.assert_close(
+        torch.tensor(r0["losses"][:2]), torch.tensor(one["losses"][:2]), rtol=0, atol=1e-10
+    )
+    for k in p_one:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
+
+
+def test_ddp_step_fn_may_call_methods_of_the_model(tmp_path):
+    """A ``step_fn`` gets the model itself under DDP too, and runs inside DDP's forward (whose
+    gradient all-reduce needs it): ``model.loss(...)`` works and the run equals one process.
+    Before, it got the DDP wrapper, which has no ``loss`` (AttributeError on every rank)."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), "step_fn_method")
+    ddp_worker.run(str(single_dir), "step_fn_method")
+    (r0, r1), (p0, p1) = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    p_one = load_file(str(single_dir / "params0.safetensors"))
+    assert len(r0["losses"]) == 3
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-10)
+    for k in p_one:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
+
+
 def _losses(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [(r["split"], r["step"], r["loss"]) for r in rows]
@@ -246,9 +321,14 @@ def test_cli_other_tasks_under_torchrun(tmp_path):
     csv.write_text(
         "text,label\n" + "".join(f'"good film {k}",pos\n"a bad, bad one {k}",neg\n' for k in range(30))
     )
+    series = tmp_path / "s.csv"
+    series.write_text("t,value\n" + "".join(f"{t},{math.sin(t / 4):.5f}\n" for t in range(120)))
+    forecast_flags = ["--window", "8", "--horizon", "4", "--arima-order", "none"]
     runs = {
         "memory": ["memory", "--task", "adding", "--length", "10", "--n-train", "64", "--n-valid", "16"],
         "classify": ["classify", "--data", str(csv)],
+        # its step_fn calls the model's loss method (before: AttributeError, the DDP wrapper has none)
+        "forecast": ["forecast", "--data", str(series), "--column", "value", *forecast_flags],
     }
     for name, argv in runs.items():
         out = tmp_path / name

@@ -42,6 +42,21 @@ def test_stateful_lm_learns_and_evaluate_lm_matches():
     assert model.training  # evaluate restored the mode
 
 
+def test_evaluate_leaves_out_batches_without_targets():
+    """A validation batch whose targets are all -100 has no loss (a mean over nothing: NaN); it
+    weighs 0 tokens, and NaN * 0 made the whole validation loss NaN (under DDP on every rank)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model), carry_state=False, progress=False)
+    batches = [(torch.randint(0, 11, (5, 2)), torch.randint(0, 11, (5, 2))) for _ in range(2)]
+    empty = (torch.randint(0, 11, (5, 2)), torch.full((5, 2), -100))
+    with_empty = tr.evaluate([batches[0], empty, batches[1]])
+    assert with_empty == tr.evaluate(batches) and with_empty["tokens"] == 20
+    assert math.isfinite(with_empty["loss"])
+    with pytest.raises(ValueError, match=r"got no target \(no batches, or all targets -100\)"):
+        tr.evaluate([empty])
+
+
 def test_stateless_model_and_custom_step_fn():
     torch.manual_seed(0)
     model = Stateless()
@@ -59,6 +74,27 @@ def test_stateless_model_and_custom_step_fn():
     tr = Trainer(model, _sgd(model), step_fn=step_fn, max_steps=3, progress=False)
     tr.fit(bptt_batches(tokens(400), 4, 10))
     assert calls == [None, ("carried", 1), ("carried", 2)]
+
+
+def test_step_fn_keeps_the_loss_dtype():
+    """A ``step_fn`` computing the default step's loss trains and logs exactly as the default step
+    in float64: its loss was cast to float32 (logged losses rounded, and so the gradient's DDP
+    weight); only half-precision losses (autocast) are raised to float32."""
+
+    def step_fn(m, batch, state):
+        output, state = m(batch[0], state)
+        return lm_loss(output, batch[1]), state
+
+    runs = []
+    for fn in (None, step_fn):
+        torch.manual_seed(0)
+        model = TinyLM()
+        tr = Trainer(model, _sgd(model), step_fn=fn, max_steps=3, progress=False)
+        tr.fit(bptt_batches(tokens(400), 4, 10))
+        runs.append((tr.losses, [p.detach().clone() for p in model.parameters()]))
+    assert runs[0][0] == runs[1][0]
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_padded_batches_with_bucketing_and_fresh_state():
