@@ -56,10 +56,15 @@ _TEMPORARY = re.compile(r"^\.(?:(?:tmp|old)-step-\d+|latest)-[a-z0-9_]+$")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare module under DDP / ``torch.compile`` wrappers (their keys have prefixes)."""
+    """The bare module under DDP / ``torch.compile`` wrappers (their keys have prefixes), and
+    under the trainer's :class:`~rnnkit.train.distributed.StepFnModule`."""
+    from rnnkit.train.distributed import StepFnModule
+
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
             model = model.module
+        elif isinstance(model, StepFnModule):
+            model = model.model
         elif hasattr(model, "_orig_mod"):
             model = model._orig_mod
         else:

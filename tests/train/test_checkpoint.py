@@ -382,3 +382,17 @@ def test_ntasgd_final_checkpoint_is_the_returned_model_and_resumes_exactly(tmp_p
     )
     for a, b in zip(ref_model.parameters(), res_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_unwrap_model_sees_through_the_trainers_step_fn_module():
+    """Under DDP with a step_fn the trainer wraps StepFnModule(model, step_fn) in DDP: its keys
+    have a 'model.' prefix, and unwrap_model must hand back the bare model."""
+    from torch import nn
+
+    from rnnkit.train.checkpoint import unwrap_model
+    from rnnkit.train.distributed import StepFnModule
+
+    bare = nn.Linear(2, 3)
+    wrapped = StepFnModule(bare, lambda m, batch, state: (m(batch).sum(), state))
+    assert unwrap_model(wrapped) is bare
+    assert unwrap_model(torch.compile(wrapped)) is bare
