@@ -295,10 +295,6 @@ class Trainer(TrainerCheckpoints):
                 for batch in batches:
                     batch = move_to(batch, self.device)
                     loss_sum, n, norm = self._train_batch(batch)
-                    if self.scheduler is not None and not isinstance(
-                        self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-                    ):
-                        self.scheduler.step()
                     self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
                     self.tokens_seen += int(n)
                     self.elapsed = time.perf_counter() - start
@@ -306,6 +302,12 @@ class Trainer(TrainerCheckpoints):
                         # one clock for all ranks (the slowest's): each rank's own would stop
                         # them at different steps, leaving the others in the next collective
                         self.elapsed = dist.all_reduce_max(self.elapsed, self._reduce_device())
+                    # after the counters: a schedule over the budget (the CLI's BudgetLR) reads the
+                    # steps and time spent including this step, to set the next step's rate
+                    if self.scheduler is not None and not isinstance(
+                        self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+                    ):
+                        self.scheduler.step()
                     # a step without any target has no loss (NaN), not 0.0, which would pull averages
                     # and curves down; the log rows' token-weighted means leave it out (n = 0)
                     loss = loss_sum / n if n else math.nan
