@@ -142,10 +142,12 @@ class Trainer(TrainerCheckpoints):
         if lr_scale != 1.0:  # AWD-LSTM: longer windows get a proportionally larger step
             for g in self.optimizer.param_groups:
                 g["lr"] = g["lr"] * lr_scale
-        self.precision.step(self.optimizer)
+        stepped = self.precision.step(self.optimizer)
         for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             g["lr"] = lr
-        if self.ntasgd is not None:
+        if self.ntasgd is not None and stepped:
+            # a step the loss scaler skipped left the weights as they were: counting them again
+            # would weigh them twice in the average
             self.ntasgd.update()
         return norm
 
