@@ -114,8 +114,8 @@ class Trainer(TrainerCheckpoints):
         ``zero=True`` (a batch without targets, whose mean loss is NaN): a zero loss instead, with
         zero, finite gradients for every parameter, this process's share of a DDP update."""
         if self.step_fn is not None:
-            with self.precision.autocast():
-                loss, state = self.step_fn(model, batch, state)
+            # under autocast, the loss and the carried state come back in float32 (as for the default step)
+            loss, state = self.precision.call(self.step_fn, model, batch, state)
             if zero:
                 # step_fn gives no output to build the zero on: the parameters themselves
                 return zero_loss(self._trainable()), state

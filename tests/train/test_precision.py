@@ -15,6 +15,7 @@ import rnnkit
 from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer, seed_everything
 from rnnkit.train.precision import MixedPrecision
+from rnnkit.train.state import lm_loss
 from tests.conftest import default_dtype
 
 from .models import TinyLM, tokens
@@ -73,6 +74,21 @@ def test_options_train_under_autocast_in_float32():
     """A layer-norm LSTM (no torch kernel) runs in float32 inside the autocast forward."""
     _, _, seen = _run("bf16", model=_RnnkitLM(norm="layer"))
     assert set(seen) == {torch.float32}
+
+
+def test_step_fn_state_is_carried_in_float32():
+    """With a step_fn the forward ran under autocast but its state came back as the model left it
+    (bfloat16 for torch's LSTM), so the carried state lived in half precision: it is float32 now,
+    as with the default step."""
+
+    def step_fn(model, batch, state):
+        out, state = model(batch[0], state)
+        return lm_loss(out, batch[1]), state
+
+    tr, _, seen = _run("bf16", step_fn=step_fn, max_steps=3)
+    assert set(seen) == {torch.bfloat16}  # the layer ran under autocast
+    assert [s.dtype for s in tr.state] == [torch.float32, torch.float32]
+    assert all(torch.isfinite(torch.tensor(v)) for v in tr.losses)
 
 
 def test_mixed_precision_with_truncated_bptt():
@@ -154,7 +170,6 @@ def test_nt_asgd_leaves_out_steps_the_loss_scaler_skipped():
     folded them into its average after it, so the weights before the skip counted twice. The
     average is now over the steps taken (and the weights at the trigger)."""
     from rnnkit.train import Callback
-    from rnnkit.train.state import lm_loss
 
     seed_everything(0)
     model = TinyLM(hidden=16, cell="gru")
