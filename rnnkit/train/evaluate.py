@@ -66,7 +66,8 @@ def evaluate_batches(
     """Sum of ``loss * tokens`` and the token count over ``data`` in eval mode.
 
     ``forward(model, batch, state) -> (mean loss, new_state)``; the state is carried
-    from batch to batch when ``carry_state``. The train/eval mode is restored.
+    from batch to batch when ``carry_state``. A batch without targets (all ``-100``) adds
+    nothing (its state is carried). The train/eval mode is restored.
     """
     was_training = model.training
     model.eval()
@@ -76,7 +77,8 @@ def evaluate_batches(
             batch = move_to(batch, device)
             loss, state = forward(model, batch, state)
             n = count_tokens(batch)
-            total, tokens = total + float(loss) * n, tokens + n
+            if n:  # a batch without targets has no loss (a mean over nothing is NaN, and NaN * 0 too)
+                total, tokens = total + float(loss) * n, tokens + n
             state = state if carry_state else None
     finally:
         model.train(was_training)

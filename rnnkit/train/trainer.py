@@ -222,7 +222,7 @@ class Trainer(TrainerCheckpoints):
             )  # fmt: skip
         total, tokens = dist.all_reduce_sum([total, tokens], self._reduce_device())
         if tokens == 0:
-            raise ValueError("evaluate() got no batches (empty validation data)")
+            raise ValueError("evaluate() got no targets (empty validation data, or every target -100)")
         mean = total / tokens
         return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": tokens}
 
