@@ -179,8 +179,9 @@ class TCN(nn.Module):
         its valid outputs are those of the sequence alone; a causal output at a valid step never
         sees the padding after it, and the state carries each sequence's own last steps."""
         y = _to_bct(x, self.batch_first)
-        valid = None if self.causal else _valid_mask(lengths, y)
-        ends = _lengths(lengths, y) if self.causal else None
+        checked = _lengths(lengths, y)  # both modes: the mask below would broadcast a bad shape
+        valid = None if self.causal else _valid_mask(checked, y)
+        ends = checked if self.causal else None
         pasts = state if state is not None else [None] * len(self.blocks)
         new = []
         for block, past in zip(self.blocks, pasts, strict=True):
@@ -230,8 +231,9 @@ class ConvRecurrent(nn.Module):
     def forward(self, x: Tensor, state: Any = None, **kwargs: Any) -> tuple[Tensor, Any]:
         pasts, rstate = state if state is not None else ([None] * len(self.convs), None)
         y, new = _to_bct(x, self.batch_first), []
-        valid = None if self.causal else _valid_mask(kwargs.get("lengths"), y)  # see CausalConv1d
-        ends = _lengths(kwargs.get("lengths"), y) if self.causal else None
+        checked = _lengths(kwargs.get("lengths"), y)  # before the convolutions, in both modes
+        valid = None if self.causal else _valid_mask(checked, y)  # see CausalConv1d
+        ends = checked if self.causal else None
         for conv, past in zip(self.convs, pasts, strict=True):
             y, p = conv(y, past, valid, ends)
             y = F.relu(y)

@@ -7,9 +7,9 @@ used in AWD-LSTM (Merity et al. 2017)::
     TAR = β · mean_t,b,f( (h_t − h_{t−1})^2 )    on the undropped output, t ≥ 1
 
 Both accept dense outputs ``(T, B, F)`` (``(B, T, F)`` with ``batch_first``), optionally with
-``lengths`` ``(B,)`` so padding is ignored, or a ``PackedSequence``. The mean runs over the
-valid elements only; for dense input without ``lengths`` it is exactly AWD-LSTM's
-``h.pow(2).mean()`` and ``(h[1:] - h[:-1]).pow(2).mean()``.
+``lengths`` ``(B,)`` (integers in ``[1, T]``, as the layers take them) so padding is ignored, or
+a ``PackedSequence``. The mean runs over the valid elements only; for dense input without
+``lengths`` it is exactly AWD-LSTM's ``h.pow(2).mean()`` and ``(h[1:] - h[:-1]).pow(2).mean()``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _checks
 from .regularizers import packed_rows
 
 __all__ = ["activation_regularization", "temporal_activation_regularization", "ar", "tar"]
@@ -34,9 +35,12 @@ def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
     """``(T, B)`` boolean mask of valid steps, or None when every step is valid."""
     if lengths is None:
         return None
-    lengths = torch.as_tensor(lengths, device=device)
+    lengths = torch.as_tensor(lengths)
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+    # integers in [1, T], as the layers take them: a length past T, or fractional, would
+    # otherwise be silently clipped or rounded up by the comparison below
+    lengths = _checks.check_lengths(lengths, B, T).to(device)
     return torch.arange(T, device=device).unsqueeze(1) < lengths.unsqueeze(0)
 
 
@@ -70,10 +74,10 @@ def temporal_activation_regularization(
         nxt, prev = nxt.to(data.device), prev.to(data.device)
         return beta * (data[nxt] - data[prev]).pow(2).mean()
     h = _time_major(output, batch_first)
+    valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
     if h.shape[0] < 2:
         return h.new_zeros(())
     diff = h[1:] - h[:-1]
-    valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
     if valid is None:
         return beta * diff.pow(2).mean()
     if not bool(valid[1:].any()):

@@ -45,8 +45,12 @@ class _MinLSTMScan(torch.autograd.Function):
         dv.copy_(db).addcmul_(db, a, value=-1)  # ∂h̃ = ∂b ⊙ (1 − a)
         dd = da.addcmul_(db, v, value=-1).mul_(a).addcmul_(da, a, value=-1)  # (∂a − ∂b ⊙ h̃) σ'(d)
         del db  # the step is memory-bound: no temporaries below
-        torch.sigmoid(kf, out=dkf).sub_(1).mul_(dd).neg_()  # ∂d/∂k_f = σ(−k_f) = 1 − σ(k_f)
-        torch.sigmoid(ki, out=dki).sub_(1).mul_(dd)  # ∂d/∂k_i = −σ(−k_i)
+        if torch.compiler.is_compiling():  # dynamo refuses out= into a non-contiguous view
+            sf, si = dkf.copy_(kf).sigmoid_(), dki.copy_(ki).sigmoid_()
+        else:  # eager: one pass fewer (the copy) over 2/3 of du
+            sf, si = torch.sigmoid(kf, out=dkf), torch.sigmoid(ki, out=dki)
+        sf.sub_(1).mul_(dd).neg_()  # ∂d/∂k_f = σ(−k_f) = 1 − σ(k_f)
+        si.sub_(1).mul_(dd)  # ∂d/∂k_i = −σ(−k_i)
         return du, (dh0 if h0 is not None else None), None
 
 

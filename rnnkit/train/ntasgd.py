@@ -51,7 +51,8 @@ class NTASGD:
 
     @torch.no_grad()
     def update(self) -> None:
-        """Fold the current weights into the running mean (call after optimizer.step)."""
+        """Fold the current weights into the running mean (call after each optimizer step taken,
+        not after one a float16 loss scaler skipped: the weights did not move)."""
         if not self.triggered:
             return
         self.n_averaged += 1

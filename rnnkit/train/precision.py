@@ -69,13 +69,17 @@ class MixedPrecision:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """``optimizer.step()``; with loss scaling, skipped on inf/NaN gradients."""
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """``optimizer.step()``; with loss scaling, skipped on inf/NaN gradients. Returns whether
+        the optimizer stepped (the weights moved)."""
         if self.scaler is None:
             optimizer.step()
-            return
+            return True
+        scale = self.scaler.get_scale()
         self.scaler.step(optimizer)
         self.scaler.update()
+        # update() lowers the scale exactly when it found inf/NaN gradients, i.e. skipped the step
+        return self.scaler.get_scale() >= scale
 
     def state_dict(self) -> dict[str, Any] | None:
         return self.scaler.state_dict() if self.scaler is not None else None

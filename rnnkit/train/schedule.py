@@ -51,6 +51,9 @@ class TeacherForcingSchedule:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
         if kind == "linear" and steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if kind == "linear" and start < end:
+            # max(end, ...) would hold the floor `end` from step 0: not a ramp from `start`
+            raise ValueError(f"a linear schedule decays: needs start >= end, got {start} < {end}")
         if kind == "exponential":
             k = 0.999 if k is None else k
             if not 0.0 < k < 1.0:

@@ -120,11 +120,11 @@ class Trainer(TrainerCheckpoints):
         ``zero=True`` (a batch without targets, whose mean loss is NaN): a zero loss instead, with
         zero, finite gradients for every parameter, this process's share of a DDP update."""
         if self.step_fn is not None:
-            with self.precision.autocast():
-                if isinstance(getattr(model, "module", None), dist.StepFnModule):
-                    loss, state = model(batch, state)  # under DDP: step_fn(bare model, ...) in its forward
-                else:
-                    loss, state = self.step_fn(model, batch, state)
+            # under autocast, the loss and the carried state come back in float32 (as for the default step)
+            if isinstance(getattr(model, "module", None), dist.StepFnModule):
+                loss, state = self.precision.call(model, batch, state)  # DDP: step_fn(bare model) inside
+            else:
+                loss, state = self.precision.call(self.step_fn, model, batch, state)
             if zero:
                 # step_fn gives no output to build the zero on: the parameters themselves
                 return zero_loss(self._trainable()), state
@@ -152,10 +152,12 @@ class Trainer(TrainerCheckpoints):
         if lr_scale != 1.0:  # AWD-LSTM: longer windows get a proportionally larger step
             for g in self.optimizer.param_groups:
                 g["lr"] = g["lr"] * lr_scale
-        self.precision.step(self.optimizer)
+        stepped = self.precision.step(self.optimizer)
         for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             g["lr"] = lr
-        if self.ntasgd is not None:
+        if self.ntasgd is not None and stepped:
+            # a step the loss scaler skipped left the weights as they were: counting them again
+            # would weigh them twice in the average
             self.ntasgd.update()
         return norm
 
@@ -320,10 +322,6 @@ class Trainer(TrainerCheckpoints):
                 for batch in agreed:
                     batch = move_to(batch, self.device)
                     loss_sum, n, norm = self._train_batch(batch)
-                    if self.scheduler is not None and not isinstance(
-                        self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-                    ):
-                        self.scheduler.step()
                     self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
                     self.tokens_seen += int(n)
                     self.elapsed = time.perf_counter() - start
@@ -331,6 +329,12 @@ class Trainer(TrainerCheckpoints):
                         # one clock for all ranks (the slowest's): each rank's own would stop
                         # them at different steps, leaving the others in the next collective
                         self.elapsed = dist.all_reduce_max(self.elapsed, self._reduce_device())
+                    # after the counters: a schedule over the budget (the CLI's BudgetLR) reads the
+                    # steps and time spent including this step, to set the next step's rate
+                    if self.scheduler is not None and not isinstance(
+                        self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
+                    ):
+                        self.scheduler.step()
                     # a step without any target has no loss (NaN), not 0.0, which would pull averages
                     # and curves down; the log rows' token-weighted means leave it out (n = 0)
                     loss = loss_sum / n if n else math.nan

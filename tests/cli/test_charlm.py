@@ -212,6 +212,22 @@ def test_resume_continues_the_schedule_exactly(cli, tmp_path, text_file):
     assert results(b) == results(a)
 
 
+def test_schedule_sets_each_steps_rate_from_the_steps_done(cli, tmp_path, text_file):
+    """With --max-steps N, update k + 1 runs at lr_at(k / N), k updates done: the trainer stepped
+    the scheduler before counting the step, so every rate came one step late (updates 1 and 2 both
+    at the warmup's first rate, the last at lr_at((N - 2) / N))."""
+    from rnnkit.tasks import RECIPE, lr_at
+
+    out = tmp_path / "lm"
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 4, "--log-every", 1,
+            "--amp", "off", *LM)  # fmt: skip
+    assert r.rc == 0, r.err
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    # a row's lr is the optimizer's after its step: the rate of the next update
+    logged = [(row["step"], row["lr"]) for row in rows if row["split"] == "train"]
+    assert logged == [(k, pytest.approx(lr_at(RECIPE, k / 4))) for k in range(1, 5)]
+
+
 def test_resume_keeps_the_runs_window(cli, tmp_path, text_file):
     """--resume without --seq-len went on with the default 100-character windows (another data
     order, the stored position meaningless) while run.json still said 16: the stored one is used."""

@@ -48,6 +48,21 @@ def test_bidirectional_padded_batch_equals_each_sequence_alone(arch, batch_first
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize(
+    ("lengths", "match"),
+    [([4], "one entry per sequence"), ([7, 2, 3], r"lie in \[1, 6\]"), ([0, 2, 3], r"lie in \[1, 6\]"),
+     ([2.5, 3.0, 3.0], "integers")],
+)  # fmt: skip
+def test_tcn_checks_lengths_in_both_modes(bidirectional, lengths, match):
+    """The centred TCN built its padding mask from ``lengths`` unchecked: one length for three
+    sequences was broadcast to all of them, lengths past T or 0 taken; it checks them as the
+    causal one and the recurrent layers do."""
+    m = TCN(2, 4, 2, batch_first=True, bidirectional=bidirectional)
+    with pytest.raises(ValueError, match=match):
+        m(torch.randn(3, 6, 2), lengths=torch.tensor(lengths))
+
+
 @pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru", "conv-qrnn"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_padded_batch_state_continues_each_sequence(arch, batch_first):

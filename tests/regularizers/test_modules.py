@@ -129,6 +129,15 @@ def test_ar_tar_ignore_padding_and_accept_packed(enforce_sorted):
         losses.tar(torch.randn(3, 4))
 
 
+@pytest.mark.parametrize("lengths", [[7, 4, 4, 1], [6, 4, 0, 1], [6, -1, 4, 1], [6.0, 4.5, 4.0, 1.0]])
+@pytest.mark.parametrize("loss", [losses.ar, losses.tar])
+def test_ar_tar_reject_lengths_outside_the_padded_length(loss, lengths):
+    """Lengths past T, below 1 or fractional were taken silently (clipped to T, an empty or
+    partly counted sequence): they are refused as the layers refuse them."""
+    with pytest.raises(ValueError, match=r"lengths must (lie in \[1, 6\]|be integers)"):
+        loss(torch.randn(6, 4, 3), lengths=torch.tensor(lengths))
+
+
 # -- mask sampler ---------------------------------------------------------------------------------
 def test_sample_mask_values_and_errors():
     like = torch.zeros(())

@@ -15,6 +15,7 @@ import rnnkit
 from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer, seed_everything
 from rnnkit.train.precision import MixedPrecision
+from rnnkit.train.state import lm_loss
 from tests.conftest import default_dtype
 
 from .models import TinyLM, tokens
@@ -73,6 +74,21 @@ def test_options_train_under_autocast_in_float32():
     """A layer-norm LSTM (no torch kernel) runs in float32 inside the autocast forward."""
     _, _, seen = _run("bf16", model=_RnnkitLM(norm="layer"))
     assert set(seen) == {torch.float32}
+
+
+def test_step_fn_state_is_carried_in_float32():
+    """With a step_fn the forward ran under autocast but its state came back as the model left it
+    (bfloat16 for torch's LSTM), so the carried state lived in half precision: it is float32 now,
+    as with the default step."""
+
+    def step_fn(model, batch, state):
+        out, state = model(batch[0], state)
+        return lm_loss(out, batch[1]), state
+
+    tr, _, seen = _run("bf16", step_fn=step_fn, max_steps=3)
+    assert set(seen) == {torch.bfloat16}  # the layer ran under autocast
+    assert [s.dtype for s in tr.state] == [torch.float32, torch.float32]
+    assert all(torch.isfinite(torch.tensor(v)) for v in tr.losses)
 
 
 def test_mixed_precision_with_truncated_bptt():
@@ -147,3 +163,37 @@ def test_mixed_precision_with_a_namedtuple_state():
     tr, _, seen = _run("bf16", model=_NamedStateLM(hidden=16))
     assert set(seen) == {torch.bfloat16}
     assert isinstance(tr.state, _HC) and tr.state.h.dtype == torch.float32
+
+
+def test_nt_asgd_leaves_out_steps_the_loss_scaler_skipped():
+    """float16: a step whose gradients overflow is skipped (the weights stay); NT-ASGD still
+    folded them into its average after it, so the weights before the skip counted twice. The
+    average is now over the steps taken (and the weights at the trigger)."""
+    from rnnkit.train import Callback
+
+    seed_everything(0)
+    model = TinyLM(hidden=16, cell="gru")
+    calls = []
+
+    def loss_fn(output, targets):  # update 4 overflows float16's range in the backward
+        calls.append(None)
+        return lm_loss(output, targets) * (1e30 if len(calls) == 4 else 1.0)
+
+    snaps = []
+
+    class Snap(Callback):
+        def on_step_end(self, trainer, logs):
+            snaps.append([p.detach().clone() for p in model.parameters()])
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tr = Trainer(model, opt, amp="fp16", nt_asgd=True, nonmono=1, val_every=1, max_steps=6, loss_fn=loss_fn,
+                 progress=False, plot=False, callbacks=[Snap()])  # fmt: skip
+    scripted = iter([2.0, 3.0, 2.5, 2.4, 2.3, 2.2])
+    tr.evaluate = lambda data: {"loss": next(scripted), "ppl": 1.0, "tokens": 1}
+    tr.fit(bptt_batches(tokens(200), 2, 5), val_data=[None])
+    assert tr.ntasgd.triggered_at == 3
+    assert all(torch.equal(a, b) for a, b in zip(snaps[3], snaps[2], strict=True))  # step 4: skipped
+    assert tr.ntasgd.n_averaged == 2  # steps 5 and 6
+    for i, p in enumerate(model.parameters()):  # the weights at the trigger (step 3), 5, 6
+        expected = torch.stack([snaps[k][i] for k in (2, 4, 5)]).mean(0)
+        torch.testing.assert_close(p.detach(), expected)

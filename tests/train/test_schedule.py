@@ -27,6 +27,8 @@ def test_schedules():
         ({"kind": "inverse_sigmoid", "k": 0.5}, "k >= 1, got k=0.5"),
         ({"kind": "exponential", "k": 1.5}, "0 < k < 1, got k=1.5"),
         ({"p": 1.5}, "p must be in \\[0, 1\\], got 1.5"),
+        # was accepted and gave `end` at every step (max(end, ...)), never `start`
+        ({"kind": "linear", "start": 0.2, "end": 0.9}, "needs start >= end, got 0.2 < 0.9"),
     ],
 )
 def test_schedule_errors(kw, match):

@@ -77,6 +77,25 @@ def test_evaluate_of_padded_labels_is_the_mean_over_examples():
     assert res["loss"] == pytest.approx(float(each.mean()), rel=1e-6)
 
 
+def test_evaluate_leaves_out_batches_without_targets():
+    """A validation batch whose targets are all -100 (mean loss NaN) made the whole validation
+    loss NaN (NaN * 0 tokens), so early stopping and NT-ASGD saw NaN; it adds nothing now and
+    its state is still carried to the next batch."""
+    from .models import TinyLM
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), 0.1), progress=False, plot=False)
+    x0, x1 = torch.randint(0, 11, (5, 2)), torch.randint(0, 11, (4, 2))
+    y0, y1 = torch.full((5, 2), -100), torch.randint(0, 11, (4, 2))
+    res = tr.evaluate([(x0, y0), (x1, y1)])
+    with torch.no_grad():
+        _, state = model(x0)
+        want = float(lm_loss(model(x1, state)[0], y1))
+    assert res["tokens"] == 8
+    assert res["loss"] == pytest.approx(want, rel=1e-12)
+
+
 def test_move_to_keeps_a_packed_sequence_valid():
     """PadCollate(pack=True) batches on another device (the trainer moves every batch): the
     PackedSequence is moved as its own .to does, batch_sizes staying on the CPU ('meta' takes
