@@ -1,0 +1,130 @@
+"""A :class:`~rnnkit.train.Trainer`'s training step: the forward of one batch (the default
+``model(inputs[, state])`` + ``loss_fn`` or a ``step_fn``, under mixed precision), the update
+(backward, unscale, clip, optimizer step, NT-ASGD averaging) and a batch's whole step, in one
+update or in truncated-BPTT windows, token-weighted across DDP ranks. Kept apart from the loop
+in :mod:`rnnkit.train.trainer`, whose attributes it reads and sets (as
+:mod:`rnnkit.train.resume`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit.train import distributed as dist
+from rnnkit.train.state import count_tokens, detach_state
+from rnnkit.train.tbptt import tbptt_batch, zero_loss
+
+__all__ = ["TrainerStep"]
+
+
+class TrainerStep:
+    """The step of :class:`~rnnkit.train.Trainer` (a base class of it)."""
+
+    def _forward(self, model: nn.Module, batch: Any, state: Any, *, zero: bool = False) -> tuple[Tensor, Any]:
+        """Loss (a scalar mean) and new state of one batch, with the configured protocol.
+
+        ``zero=True`` (a batch without targets, whose mean loss is NaN): a zero loss instead, with
+        zero, finite gradients for every parameter, this process's share of a DDP update."""
+        if self.step_fn is not None:
+            # under autocast, the loss and the carried state come back in float32 (as for the default step)
+            if isinstance(getattr(model, "module", None), dist.StepFnModule):
+                loss, state = self.precision.call(model, batch, state)  # DDP: step_fn(bare model) inside
+            else:
+                loss, state = self.precision.call(self.step_fn, model, batch, state)
+            if zero:
+                # step_fn gives no output to build the zero on: the parameters themselves
+                return zero_loss(self._trainable()), state
+            # float32 for a half-precision (autocast) loss; a float64 one stays float64
+            return (loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss), state
+        inputs, targets = batch[0], batch[1]
+        if self.config.stateful:
+            output, state = self.precision.call(model, inputs, state)
+        else:
+            output = self.precision.call(model, inputs)
+        return (zero_loss(output) if zero else self.loss_fn(output, targets)), state
+
+    def _update(self, loss: Tensor, lr_scale: float) -> float:
+        """Backward, clip, optimizer step; returns the gradient norm (before clipping)."""
+        cfg = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(loss)
+        self.precision.unscale_(self.optimizer)
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        # with max_norm=inf this only measures the norm (grads are scaled by exactly 1.0)
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or math.inf))
+        if cfg.clip_value is not None:
+            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+        lrs = [g["lr"] for g in self.optimizer.param_groups]
+        if lr_scale != 1.0:  # AWD-LSTM: longer windows get a proportionally larger step
+            for g in self.optimizer.param_groups:
+                g["lr"] = g["lr"] * lr_scale
+        stepped = self.precision.step(self.optimizer)
+        for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            g["lr"] = lr
+        if self.ntasgd is not None and stepped:
+            # a step the loss scaler skipped left the weights as they were: counting them again
+            # would weigh them twice in the average
+            self.ntasgd.update()
+        return norm
+
+    def _train_batch(self, batch: Any) -> tuple[float, float, float]:
+        """One batch: returns (summed loss * tokens, tokens) over all ranks, and the grad norm."""
+        cfg = self.config
+        lr_scale = float(getattr(batch, "lr_scale", 1.0)) if cfg.scale_lr_by_seq_len else 1.0
+        state = self.state if cfg.carry_state else None
+        time_dim = 1 if cfg.batch_first else 0
+        k1 = cfg.tbptt_k1
+        dev = self._reduce_device()
+        if k1 is not None and dist.is_distributed():
+            self._check_tbptt_updates_agree(batch[0].shape[time_dim], k1, dev)
+        if k1 is None or batch[0].shape[time_dim] <= k1:  # the common, simple path
+            n = count_tokens(batch)
+            # without a target here the mean loss is NaN (a mean over nothing): never backpropagated
+            loss, state = self._forward(self.model, batch, state, zero=n == 0)
+            self.state = detach_state(state)
+            loss_sum, total = (float(loss.detach()) * n if n else 0.0), float(n)
+            if dist.is_distributed():
+                # DDP averages the ranks' gradients, each of its rank's *mean* loss. With batches of
+                # unequal token counts (padded sequences) a rank's mean weighs n W / N (its n of the
+                # step's N tokens, W ranks), so the update is that of the token-weighted mean over
+                # the global batch, as in one process. The step's sums are needed before backward.
+                loss_sum, total = dist.all_reduce_sum([loss_sum, n], dev)
+                if n:
+                    w = n * dist.get_world_size() / total
+                    loss = loss if w == 1.0 else loss * w
+                # with n == 0 the loss is already the zero that joins the others' all-reduce
+            if total == 0:
+                # no target on any rank: no update (all ranks alike, so no collective is left
+                # unmatched); a step with zero gradients would still move the weights (momentum,
+                # Adam, weight decay)
+                return 0.0, 0.0, 0.0
+            return loss_sum, total, self._update(loss, lr_scale)
+        reduce = (lambda n: dist.all_reduce_sum([n], dev)[0]) if dist.is_distributed() else None
+        loss_sum, n, norm, self.state = tbptt_batch(
+            lambda *args: self.precision.call(self.model, *args), self.loss_fn,
+            lambda loss: self._update(loss, lr_scale), batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
+            global_count=reduce,
+        )  # fmt: skip
+        loss_sum, n = dist.all_reduce_sum([loss_sum, n], dev)
+        return loss_sum, n, norm
+
+    def _check_tbptt_updates_agree(self, length: int, k1: int, dev: torch.device | None) -> None:
+        """Under DDP every TBPTT window is an all-reduce of its target count and, unless no rank
+        has a target in it, a gradient all-reduce on every rank (the one-window path: the loss sums,
+        then the update unless the batch has no target anywhere), so all ranks must cut a step into
+        the same number of windows, or they wait in collectives that do not match: a hang, or a
+        crash. As the ranks skip the same windows, they then make the same number of updates.
+        Padded batches have each rank's own longest length. Every rank raises alike."""
+        n = 1 if length <= k1 else math.ceil(length / k1)
+        most, fewest = dist.all_reduce_max(n, dev), -dist.all_reduce_max(-n, dev)
+        if most != fewest:
+            raise ValueError(
+                f"tbptt_k1={k1} under DDP: the ranks' batches of step {self.step + 1} split into "
+                f"{int(fewest)} to {int(most)} TBPTT updates (this rank: time length {length}, {n}); "
+                "every rank must make the same number: give the ranks batches of one time length "
+                "(pad them to a common length; bptt_batches windows have one)"
+            )
