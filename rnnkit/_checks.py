@@ -7,6 +7,7 @@ keeps working.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -65,6 +66,25 @@ def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim
     if x.numel() == 0 and (batch_dim is None or empty_other):
         fail(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
     check_like(x, ref, "input")
+
+
+def check_step(step: object) -> None:
+    """A single-step cell's time index: a non-negative int, or a 0-d integer tensor (how
+    ``torch.onnx.export`` passes it). A negative one would read batch norm's statistics from
+    their end and ``int()`` would truncate a float, so both are refused."""
+    if isinstance(step, Tensor) and step.dim() == 0 and not (step.is_floating_point() or step.is_complex()):
+        if step.dtype == torch.bool:
+            value = -1
+        elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return  # a constant of the trace; reading it would warn
+        else:
+            value = int(step)
+    elif isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        value = int(step)
+    else:
+        value = -1
+    if value < 0:
+        fail(f"step must be a non-negative int (the time index of this step), got {step!r}")
 
 
 def check_state(

@@ -267,9 +267,11 @@ class StepCell(nn.Module):
     def forward(self, input: Tensor, hx=None, masks: StepMasks | None = None, step: int = 0):
         """One step. rnnkit extras: ``masks`` (from :meth:`sample_masks`) for recurrent dropout
         and weight-drop in training; ``step``, the time index, for cells whose math depends on
-        it (``norm='batch'`` uses that step's running statistics)."""
+        it (``norm='batch'`` uses that step's running statistics; steps from ``max_len`` on use
+        those of ``max_len - 1``)."""
         # no keyword-only parameters: torch.onnx.export(dynamo=False) passes every one by position
         _checks.check_tensor(input, "input")
+        _checks.check_step(step)
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")
         ref = self.weight_ih

@@ -300,3 +300,33 @@ def test_random_lstm_combinations_match_reference(opts, proj, L, bidir, T):
     out, state = m(x, as_hx(h0))
     for u, v in zip([out, *as_tuple(state)], [want_out, *want_state]):
         torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize(
+    "step,match",
+    [
+        (-1, "step must be a non-negative int.*got -1"),
+        (1.5, "step must be a non-negative int.*got 1.5"),
+        (True, "step must be a non-negative int.*got True"),
+        ("2", "step must be a non-negative int.*got '2'"),
+        (torch.tensor(-1), "step must be a non-negative int.*got tensor"),
+        (torch.tensor(1.0), "step must be a non-negative int.*got tensor"),
+        (torch.tensor([1, 2]), "step must be a non-negative int.*got tensor"),
+    ],
+)
+def test_cell_step_is_validated(step, match):
+    """``step`` picks batch norm's statistics slot: a negative one silently read the last slot
+    (Python indexing), a float or a bool was truncated by int(), a tensor failed in int()."""
+    cell = rnnkit.LSTMCell(3, 4, norm="batch", max_len=5).eval()
+    with pytest.raises(ValueError, match=match):
+        cell(torch.randn(2, 3), step=step)
+
+
+def test_cell_step_beyond_max_len_reuses_the_last_slot():
+    cell = rnnkit.LSTMCell(3, 4, norm="batch", max_len=3).eval()
+    for name, buf in cell.named_buffers():
+        buf.copy_(torch.rand_like(buf) + (0.5 if "var" in name else 0))
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(cell(x, step=9), cell(x, step=2))
+    torch.testing.assert_close(cell(x, step=torch.tensor(1)), cell(x, step=1))  # as ONNX export passes it
+    assert not torch.allclose(cell(x, step=1)[0], cell(x, step=2)[0])
