@@ -230,8 +230,9 @@ class StepCell(nn.Module):
         from torch's RNG, in the layers' order (:func:`rnnkit.regularizers.sample_plan`, so the
         same seed gives a one-layer ``rnnkit.LSTM`` & co.'s masks): one per ``weight_hh*``,
         then ``(batch_size, S_0)`` for recurrent dropout."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        # 0: an empty batch (0, H_in), which torch.nn's cells take too
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
         like = self.weight_ih
         weights = {}
         if self.weight_drop:
