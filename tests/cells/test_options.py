@@ -172,6 +172,8 @@ def test_mut_parameter_layout(variant, I, shapes):
         ("lstm", {"forget_bias": "1"}, "forget_bias must be a number"),
         ("lstm", {"peephole": 1}, "peephole must be a bool"),
         ("lstm", {"max_len": 0, "norm": "batch"}, "max_len"),
+        ("lstm", {"max_len": 10}, r"max_len=10 .* needs norm='batch', got norm=None"),
+        ("lstm", {"max_len": 512, "norm": "layer"}, r"max_len=512 .* needs norm='batch', got norm='layer'"),
         (
             "lstm",
             {"input_gate": False, "forget_gate": False, "output_gate": False, "peephole": True},
@@ -330,3 +332,11 @@ def test_cell_step_beyond_max_len_reuses_the_last_slot():
     torch.testing.assert_close(cell(x, step=9), cell(x, step=2))
     torch.testing.assert_close(cell(x, step=torch.tensor(1)), cell(x, step=1))  # as ONNX export passes it
     assert not torch.allclose(cell(x, step=1)[0], cell(x, step=2)[0])
+
+
+def test_max_len_without_batch_norm_is_refused_by_the_cell():
+    """max_len (the steps with their own batch-norm statistics) was silently ignored."""
+    with pytest.raises(ValueError, match="needs norm='batch'"):
+        rnnkit.LSTMCell(3, 4, max_len=8)
+    assert rnnkit.LSTMCell(3, 4, norm="batch", max_len=8).running_mean_c.shape == (8, 4)
+    assert rnnkit.LSTMCell(3, 4, norm="batch").running_mean_c.shape == (512, 4)  # the default
