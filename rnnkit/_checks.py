@@ -8,6 +8,7 @@ keeps working.
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -68,23 +69,22 @@ def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim
     check_like(x, ref, "input")
 
 
-def check_step(step: object) -> None:
-    """A single-step cell's time index: a non-negative int, or a 0-d integer tensor (how
-    ``torch.onnx.export`` passes it). A negative one would read batch norm's statistics from
-    their end and ``int()`` would truncate a float, so both are refused."""
+def check_step(step: object) -> int:
+    """A time index (a cell's ``step``, a layer's first step): a non-negative int, or a 0-d
+    integer tensor (how ``torch.onnx.export`` passes it: a constant of the trace). A negative
+    one would read batch norm's statistics from their end and ``int()`` would truncate a
+    float, so both are refused. Returns it as an int."""
+    value = -1
     if isinstance(step, Tensor) and step.dim() == 0 and not (step.is_floating_point() or step.is_complex()):
-        if step.dtype == torch.bool:
-            value = -1
-        elif torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return  # a constant of the trace; reading it would warn
-        else:
-            value = int(step)
+        if step.dtype != torch.bool:
+            with warnings.catch_warnings():  # tracing: the value is a constant of the trace
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                value = int(step)
     elif isinstance(step, numbers.Integral) and not isinstance(step, bool):
         value = int(step)
-    else:
-        value = -1
     if value < 0:
         fail(f"step must be a non-negative int (the time index of this step), got {step!r}")
+    return value
 
 
 def check_state(

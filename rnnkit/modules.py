@@ -272,7 +272,7 @@ class StepCell(nn.Module):
         those of ``max_len - 1``)."""
         # no keyword-only parameters: torch.onnx.export(dynamo=False) passes every one by position
         _checks.check_tensor(input, "input")
-        _checks.check_step(step)
+        step = _checks.check_step(step)
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")
         ref = self.weight_ih

@@ -197,7 +197,9 @@ class LSTMCellMath(Cell):
         elif self.norm == "layer":
             a = xp + layer_norm(p, "hh", hd @ p["weight_hh"].t())
         else:
-            slots = step_slots(ctx, h.shape[0], self.max_len)
+            # the buffers' own length, not self.max_len: a layer call starting at a later time
+            # step passes views from its first slot on (norm.shift_slots)
+            slots = step_slots(ctx, h.shape[0], p["running_mean_c"].shape[0])
             a = batch_norm(p, "ih", xp, slots, ctx.training)
             a = a + batch_norm(p, "hh", hd @ p["weight_hh"].t(), slots, ctx.training)
             if self.bias:
