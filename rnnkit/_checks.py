@@ -7,6 +7,8 @@ keeps working.
 
 from __future__ import annotations
 
+import numbers
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -65,6 +67,24 @@ def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim
     if x.numel() == 0 and (batch_dim is None or empty_other):
         fail(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
     check_like(x, ref, "input")
+
+
+def check_step(step: object) -> int:
+    """A time index (a cell's ``step``, a layer's first step): a non-negative int, or a 0-d
+    integer tensor (how ``torch.onnx.export`` passes it: a constant of the trace). A negative
+    one would read batch norm's statistics from their end and ``int()`` would truncate a
+    float, so both are refused. Returns it as an int."""
+    value = -1
+    if isinstance(step, Tensor) and step.dim() == 0 and not (step.is_floating_point() or step.is_complex()):
+        if step.dtype != torch.bool:
+            with warnings.catch_warnings():  # tracing: the value is a constant of the trace
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                value = int(step)
+    elif isinstance(step, numbers.Integral) and not isinstance(step, bool):
+        value = int(step)
+    if value < 0:
+        fail(f"step must be a non-negative int (the time index of this step), got {step!r}")
+    return value
 
 
 def check_state(

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from rnnkit import _checks
 
-__all__ = ["CausalConv1d", "TCN", "ConvRecurrent", "tcn_receptive_field", "reads_ahead"]
+__all__ = ["CausalConv1d", "TCN", "ConvRecurrent", "tcn_receptive_field", "reads_ahead", "step_kwargs"]
 
 
 def tcn_receptive_field(levels: int, kernel_size: int) -> int:
@@ -256,3 +256,13 @@ def reads_ahead(module: nn.Module) -> bool:
     (:class:`ConvRecurrent` has no ``bidirectional`` of its own)."""
     mods = module.modules()
     return any(bool(getattr(m, "bidirectional", False)) or getattr(m, "causal", True) is False for m in mods)
+
+
+def step_kwargs(module: nn.Module, step: int) -> dict[str, int]:
+    """The keywords that tell ``module`` (an encoder called as ``module(x, state, **kw)``) that
+    ``x`` starts at time step ``step`` of its sequence: ``{"step": step}`` when a recurrent
+    stack in it depends on the time index (batch norm's per-step statistics, see
+    :meth:`rnnkit.layers.RecurrentStack.forward`), else none (the other encoders, torch.nn's
+    layers among them, take no ``step``)."""
+    cells = (c for m in module.modules() for c in getattr(m, "cells", ()))
+    return {"step": step} if step and any(getattr(c, "norm", None) == "batch" for c in cells) else {}

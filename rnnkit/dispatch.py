@@ -40,6 +40,7 @@ from torch.autograd import forward_ad
 
 from . import _checks, kernels
 from .cells.base import State, StepContext
+from .cells.norm import shift_slots
 from .loop import run_direction as loop_direction
 from .regularizers import CallPlan, apply_sequence_mask
 
@@ -229,14 +230,18 @@ def run_direction(
     batch_sizes: Sequence[int],
     h0: State,
     plan: CallPlan | None = None,
+    step: int = 0,
 ) -> tuple[Tensor, State]:
-    """One layer-direction over packed time-major ``data`` ``(sum(batch_sizes), I)``."""
+    """One layer-direction over packed time-major ``data`` ``(sum(batch_sizes), I)`` whose first
+    step is the sequences' time step ``step``."""
     cell = module.cells[layer]
     if plan is None:
         p, rec, zmasks = module.layer_params(layer, direction), None, None
     else:
         p = plan.params[layer][direction]
         rec, zmasks = plan.recurrent[layer][direction], plan.zoneout[layer][direction]
+    if step:  # every path then reads (and updates) the statistics of slots step, step + 1, ...
+        p = shift_slots(p, step)
     if impl == "fused":
         zoneout = module.zoneout_probs[layer]
         return kernels.run_layer_direction(

@@ -187,13 +187,22 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         )
 
     # -- forward ---------------------------------------------------------------------
-    def forward(self, input, hx=None, lengths=None):  # noqa: C901 - mirrors torch's branches
+    def forward(self, input, hx=None, lengths=None, step=0):  # noqa: C901 - mirrors torch's branches
         """Run the stack. See :class:`rnnkit.LSTM` for the shapes; ``lengths`` (a 1-D tensor of
         ``B`` ints) marks padded sequences of a dense batch: outputs past each length are zero
-        and the final state is taken at each sequence's last valid step."""
+        and the final state is taken at each sequence's last valid step.
+
+        ``step`` (an int >= 0, unidirectional layers): the time index of the input's first step
+        in its sequence, for the cells whose math depends on it. Batch norm normalizes step
+        ``t`` of the call with the statistics of slot ``min(step + t, max_len - 1)``, so a
+        sequence fed in pieces with its state carried (step-by-step decoding: ``step`` = the
+        number of steps already fed) gives what one call over the whole sequence gives."""
         # no keyword-only parameters: torch.onnx.export(dynamo=False) passes every one by position
+        step = _checks.check_step(step)
+        if step and self.bidirectional:  # the backward direction counts from the sequence's end
+            _checks.fail(f"step={step} (a sequence's first time index) needs a unidirectional layer")
         if lengths is not None:
-            return forward_padded(self, input, hx, lengths)
+            return forward_padded(self, input, hx, lengths, step)
         packed = isinstance(input, PackedSequence)
         sorted_idx = unsorted_idx = batch_sizes = None
         if packed:
@@ -235,7 +244,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             out, final = dispatch.run_torch(self, x, batch_sizes, state, batch_first, plan)
         else:
             with precision:
-                out, final = self._run_layers(x, batch_sizes, state, batch_first, impl, plan)
+                out, final = self._run_layers(x, batch_sizes, state, batch_first, impl, plan, step)
 
         if unsorted_idx is not None:
             final = tuple(s.index_select(1, unsorted_idx) for s in final)
@@ -265,7 +274,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         states = _checks.check_state(hx, names, self.state_shapes(None if unbatched else batch), self._ref)
         return tuple(s.unsqueeze(1) for s in states) if unbatched else states
 
-    def _run_layers(self, x, batch_sizes, state: State, batch_first: bool, impl: str, plan=None):
+    def _run_layers(self, x, batch_sizes, state: State, batch_first: bool, impl: str, plan=None, step=0):
         """The reference path: project, loop, stack; dense input is flattened time-major."""
         if batch_sizes is None:
             if batch_first:
@@ -281,7 +290,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             for d in range(D):
                 idx = k * D + d
                 h0 = tuple(s[idx] for s in state)
-                out, fin = dispatch.run_direction(self, impl, k, d, data, steps, h0, plan)
+                out, fin = dispatch.run_direction(self, impl, k, d, data, steps, h0, plan, step)
                 outs.append(out)
                 for i, f in enumerate(fin):
                     finals[i].append(f)
@@ -329,10 +338,11 @@ def _own_output(cell, out: Tensor) -> Tensor:
     return out.clone() if kernels.saves_output(cell) else out
 
 
-def forward_padded(module: nn.Module, input: Tensor, hx, lengths):
-    """``module(input, hx, lengths)`` for a padded batch with valid ``lengths (B,)``: the packed
-    call's outputs padded back (zeros past each length) and its final state. ``module`` is a
-    recurrent layer taking packed input (:class:`RecurrentStack`, the time-parallel layers)."""
+def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0):
+    """``module(input, hx, lengths, step)`` for a padded batch with valid ``lengths (B,)``: the
+    packed call's outputs padded back (zeros past each length) and its final state. ``module``
+    is a recurrent layer taking packed input (:class:`RecurrentStack`, the time-parallel layers,
+    which take no ``step``)."""
     batch_dim = 0 if module.batch_first else 1  # may be empty, as without lengths= (a 2-D input fails below)
     _checks.check_input(input, module.input_size, False, module._ref, batch_dim)
     if input.dim() != 3:
@@ -340,10 +350,11 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths):
     T = input.shape[1] if module.batch_first else input.shape[0]
     B = input.shape[0] if module.batch_first else input.shape[1]
     lengths = _checks.check_lengths(lengths, B, T)
+    extra = (None, step) if step else ()
     if B == 0:  # no sequence to pack: the dense call's empty outputs and states
-        return module(input, hx)
+        return module(input, hx, *extra)
     packed = pack_padded_sequence(input, lengths, module.batch_first, enforce_sorted=False)
-    out, state = module(packed, hx)
+    out, state = module(packed, hx, *extra)
     out, _ = pad_packed_sequence(out, module.batch_first, total_length=T)
     return out, state
 

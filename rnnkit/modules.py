@@ -230,8 +230,9 @@ class StepCell(nn.Module):
         from torch's RNG, in the layers' order (:func:`rnnkit.regularizers.sample_plan`, so the
         same seed gives a one-layer ``rnnkit.LSTM`` & co.'s masks): one per ``weight_hh*``,
         then ``(batch_size, S_0)`` for recurrent dropout."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        # 0: an empty batch (0, H_in), which torch.nn's cells take too
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
         like = self.weight_ih
         weights = {}
         if self.weight_drop:
@@ -267,9 +268,11 @@ class StepCell(nn.Module):
     def forward(self, input: Tensor, hx=None, masks: StepMasks | None = None, step: int = 0):
         """One step. rnnkit extras: ``masks`` (from :meth:`sample_masks`) for recurrent dropout
         and weight-drop in training; ``step``, the time index, for cells whose math depends on
-        it (``norm='batch'`` uses that step's running statistics)."""
+        it (``norm='batch'`` uses that step's running statistics; steps from ``max_len`` on use
+        those of ``max_len - 1``)."""
         # no keyword-only parameters: torch.onnx.export(dynamo=False) passes every one by position
         _checks.check_tensor(input, "input")
+        step = _checks.check_step(step)
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")
         ref = self.weight_ih

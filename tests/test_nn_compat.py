@@ -43,7 +43,7 @@ def test_weight_lists_match_torch(family, kwargs):
 
 
 def test_weight_lists_hold_option_parameters_after_torch_names():
-    ours = rnnkit.LSTM(4, 6, norm="layer", max_len=5)
+    ours = rnnkit.LSTM(4, 6, norm="layer")
     names = ours._flat_weights_names
     assert names[:4] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
     assert "weight_ln_ih_l0" in names and len(names) == len(list(ours.parameters()))

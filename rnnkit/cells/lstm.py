@@ -30,7 +30,8 @@ Options (keywords of :class:`LSTMCellMath`, of ``rnnkit.LSTM`` and ``rnnkit.LSTM
   places with batch norm, statistics per time step up to ``max_len`` (default 512), gains
   ``weight_bn_ih/hh (G,)``, ``weight_bn_c (H,)`` init 0.1, a shift ``bias_bn_c (H,)`` only for
   ``c_t`` (the paper sets β_x = β_h = 0: the gate biases already shift), and buffers
-  ``running_mean_*/running_var_* (max_len, ·)``. See :mod:`rnnkit.cells.norm`.
+  ``running_mean_*/running_var_* (max_len, ·)``. See :mod:`rnnkit.cells.norm`. ``max_len``
+  without ``norm='batch'`` is an error.
 * ``forget_bias=1.0`` — added to the forget-gate rows of ``bias_ih`` at initialization
   (Jozefowicz et al. 2015; Keras' ``unit_forget_bias``). Init only: the math is torch's.
 * The ablations of Greff et al. (2017), "LSTM: A Search Space Odyssey" — see
@@ -81,7 +82,7 @@ class LSTMCellMath(Cell):
         peephole: bool = False,
         norm: str | None = None,
         forget_bias: float = 0.0,
-        max_len: int = 512,
+        max_len: int | None = None,
         input_gate: bool = True,
         forget_gate: bool = True,
         output_gate: bool = True,
@@ -92,6 +93,11 @@ class LSTMCellMath(Cell):
     ) -> None:
         super().__init__(input_size, hidden_size, bias)
         check_norm(norm)
+        if max_len is not None and norm != "batch":  # an unused argument is a mistake, not a no-op
+            raise ValueError(
+                f"max_len={max_len!r} (the time steps with their own batch-norm statistics) needs "
+                f"norm='batch', got norm={norm!r}"
+            )
         options = {
             "peephole": peephole,
             "norm": norm,
@@ -110,7 +116,9 @@ class LSTMCellMath(Cell):
                 raise ValueError(f"{k} must be a bool, got {v!r}")
         if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
             raise ValueError(f"forget_bias must be a number, got {forget_bias!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        if max_len is None:  # stays None without batch norm (a cell is rebuilt from its options)
+            max_len = _DEFAULTS["max_len"] if norm == "batch" else None
+        elif isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         self.proj_size = proj_size
         self.norm, self.forget_bias, self.max_len = norm, float(forget_bias), max_len
@@ -125,7 +133,7 @@ class LSTMCellMath(Cell):
                 f"(got bias={bias}, forget_gate={forget_gate})"
             )
         self.state_names = ("h", "c", "gates") if full_gate_recurrence else ("h", "c")
-        options["forget_bias"] = self.forget_bias
+        options["forget_bias"], options["max_len"] = self.forget_bias, max_len
         self._options = options
         # Exactly torch's math (forget_bias only changes the initialization; max_len is unused).
         self.plain = all(options[k] == d for k, d in _DEFAULTS.items() if k not in ("forget_bias", "max_len"))
@@ -189,7 +197,9 @@ class LSTMCellMath(Cell):
         elif self.norm == "layer":
             a = xp + layer_norm(p, "hh", hd @ p["weight_hh"].t())
         else:
-            slots = step_slots(ctx, h.shape[0], self.max_len)
+            # the buffers' own length, not self.max_len: a layer call starting at a later time
+            # step passes views from its first slot on (norm.shift_slots)
+            slots = step_slots(ctx, h.shape[0], p["running_mean_c"].shape[0])
             a = batch_norm(p, "ih", xp, slots, ctx.training)
             a = a + batch_norm(p, "hh", hd @ p["weight_hh"].t(), slots, ctx.training)
             if self.bias:

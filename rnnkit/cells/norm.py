@@ -82,6 +82,14 @@ def step_slots(ctx: StepContext, batch: int, max_len: int) -> int | Tensor:
     return torch.tensor([min(n, last) for n in count])
 
 
+def shift_slots(p: Params, step: int) -> dict[str, Tensor]:
+    """``p`` with every running-statistics buffer ``(max_len, F)`` viewed from slot
+    ``min(step, max_len - 1)`` on (views: updates reach the buffers). A direction run on such
+    parameters reads and updates slot ``min(step + t, max_len - 1)`` at its step ``t``: what a
+    run that started ``step`` steps earlier does there (the slot count clamps at the view's end)."""
+    return {k: v[min(step, v.shape[0] - 1) :] if k.startswith("running_") else v for k, v in p.items()}
+
+
 def batch_norm(p: Params, group: str, a: Tensor, slots: int | Tensor, training: bool) -> Tensor:
     """``BN_t(a)`` for one step ``a (B, F)``; updates the running statistics when training.
 

@@ -304,7 +304,8 @@ def sample_cmd(args: argparse.Namespace) -> int:
     charlm = _charlm()[0]
     out = sys.stdout
     out.write(prime)
-    for ch in charlm.sample(model, vocab, prime, args.length, args.temperature, gen):
+    seq_len = read_run(find_run_dir(args.checkpoint)).get("seq_len")  # batch norm's window positions
+    for ch in charlm.sample(model, vocab, prime, args.length, args.temperature, gen, seq_len):
         out.write(ch)
         out.flush()
     out.write("\n")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import _VF, Tensor
 
+from .. import _checks
 from ..cells.base import StepContext
 from ..layers import RecurrentStack
 
@@ -69,19 +70,23 @@ class Stream:
         t = step if step is not None else (0 if state is None else self._t + 1)
         if m.training and m._regularized():
             raise ValueError("Stream runs evaluation semantics: call layer.eval() when it has regularizers")
+        _checks.check_tensor(x, "x_t")
         unbatched = x.dim() == 1
         if unbatched:
             x = x.unsqueeze(0)
         if x.dim() != 2 or x.shape[1] != m.input_size:
             raise ValueError(f"x_t must be (B, {m.input_size}) or ({m.input_size},), got {tuple(x.shape)}")
+        _checks.check_like(x, m._ref, "x_t")
         names = m.cells[-1].state_names
         if state is None:
             shapes = m.state_shapes(x.shape[0])
             comps = tuple(x.new_zeros(s) for s in shapes)
         else:
-            comps = tuple(state) if isinstance(state, (tuple, list)) else (state,)
-            if len(comps) != len(names):
-                raise ValueError(f"state must hold {names}, got {len(comps)} tensor(s)")
+            if isinstance(state, (tuple, list)) and len(state) != len(names):
+                raise ValueError(f"state must hold {names}, got {len(state)} tensor(s)")
+            # as the layer's hx (a state of another batch would broadcast in some cells' steps)
+            shapes = m.state_shapes(None if unbatched else x.shape[0])
+            comps = _checks.check_state(state, names, shapes, m._ref)
             if unbatched:
                 comps = tuple(s.unsqueeze(1) for s in comps)
         new: list[list[Tensor]] = [[] for _ in comps]

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.arch import build_recurrent
-from rnnkit.baselines import encoder_output_size
+from rnnkit.baselines import encoder_output_size, step_kwargs
 
 __all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches"]
 
@@ -69,8 +69,9 @@ class SequenceNet(nn.Module):
     -> encoder (``arch``) -> linear head of ``out_size``.
 
     ``many_to_one=True``: ``forward`` returns ``(B, out_size)`` from the last valid step
-    (``lengths``); else ``(B, T, out_size)``. Called ``model(x, state=None, lengths=None)
-    -> (output, state)``.
+    (``lengths``); else ``(B, T, out_size)``. Called ``model(x, state=None, lengths=None,
+    step=0) -> (output, state)``; ``step``: the time index of ``x``'s first step when a
+    sequence is fed in pieces with its state carried (step-by-step decoding).
     """
 
     def __init__(
@@ -94,9 +95,12 @@ class SequenceNet(nn.Module):
         self.head = nn.Linear(encoder_output_size(self.encoder), out_size)
         self.many_to_one = many_to_one
 
-    def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
+    def forward(
+        self, x: Tensor, state: Any = None, lengths: Tensor | None = None, step: int = 0
+    ) -> tuple[Tensor, Any]:
         h = self.embed(x) if self.embed is not None else x
         kw = {"lengths": lengths.cpu()} if lengths is not None else {}
+        kw.update(step_kwargs(self.encoder, step))
         out, state = self.encoder(h, state, **kw)
         if self.many_to_one:
             out = last_valid(out, lengths)

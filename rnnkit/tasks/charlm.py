@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnkit.baselines import encoder_output_size, reads_ahead
+from rnnkit.baselines import encoder_output_size, reads_ahead, step_kwargs
 from rnnkit.datasets.shakespeare import CharVocab
 from rnnkit.state import detach_state
 
@@ -71,13 +71,14 @@ class CharLM(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(encoder_output_size(self.rnn), vocab_size)  # proj_size wide when set
 
-    def forward(self, x: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+    def forward(self, x: torch.Tensor, state: State = None, step: int = 0) -> tuple[torch.Tensor, State]:
         """``x`` LongTensor (B, T) -> (logits (B, T, V), new state).
 
         ``state`` is what the recurrent stack returns (for LSTM ``(h, c)``, each
-        (L, B, H)); ``None`` starts from zeros.
+        (L, B, H)); ``None`` starts from zeros. ``step``: the time index of ``x``'s first
+        character in its sequence (batch norm's per-step statistics read it).
         """
-        out, state = self.rnn(self.embed(x), state)
+        out, state = self.rnn(self.embed(x), state, **step_kwargs(self.rnn, step))
         return self.head(self.drop(out)), state
 
 
@@ -89,15 +90,24 @@ def sample(
     length: int,
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    seq_len: int | None = None,
 ) -> Iterator[str]:
     """Stream ``length`` sampled characters, one at a time, continuing ``prime``.
 
     The prime (non-empty) is fed in one call; then each sampled character is fed back
     with the carried recurrent state. ``temperature`` 0 means greedy (argmax).
     The model is put in eval mode (and restored afterwards).
+
+    A stack with per-time-step statistics (``norm="batch"``) normalizes character ``p`` of
+    the text (prime, then sample) with those of step ``p``, as one call over the text would;
+    with ``seq_len`` (the TBPTT window it was trained on) with those of ``p % seq_len``, the
+    prime fed in windows of ``seq_len``: what training and ``evaluate_lm`` (windows of
+    ``seq_len``, state carried) saw at that position.
     """
     if not prime:
         raise ValueError("prime must be a non-empty string (e.g. '\\n')")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
+        raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
     if not temperature >= 0:  # written so that nan is rejected too
         raise ValueError(f"temperature must be a number >= 0, got {temperature}")
     was_training = model.training
@@ -105,9 +115,13 @@ def sample(
     try:
         device = next(model.parameters()).device
         x = vocab.encode(prime).to(device).unsqueeze(0)  # (1, T)
-        logits, state = model(x)
+        windowed = seq_len is not None and bool(step_kwargs(model, 1))  # only where the windows matter
+        window = seq_len if windowed else x.shape[1]
+        state = None
+        for i in range(0, x.shape[1], window):
+            logits, state = model(x[:, i : i + window], state)
         last = logits[0, -1]  # (V,)
-        for _ in range(length):
+        for p in range(x.shape[1], x.shape[1] + length):  # p: the position of the character fed
             if temperature == 0:
                 idx = int(last.argmax())
             else:
@@ -118,7 +132,8 @@ def sample(
                 probs = torch.softmax((z - z.max()) / temperature, dim=-1)
                 idx = int(torch.multinomial(probs.cpu(), 1, generator=generator))
             yield vocab.chars[idx]
-            logits, state = model(torch.tensor([[idx]], device=device), state)
+            t = p % window if windowed else p
+            logits, state = model(torch.tensor([[idx]], device=device), state, **step_kwargs(model, t))
             last = logits[0, -1]
     finally:
         model.train(was_training)

@@ -133,9 +133,10 @@ class Forecaster(nn.Module):
     def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         return self.net(x, state)
 
-    def step(self, x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """``x_t`` (B, 1) -> (prediction (B, 1), state)."""
-        y, state = self.net(x_t[:, None, :], state)
+    def step(self, x_t: Tensor, state: Any, t: int = 0) -> tuple[Tensor, Any]:
+        """``x_t`` (B, 1), the series' step ``t`` (the steps already fed: batch norm normalizes
+        with that step's statistics) -> (prediction (B, 1), state)."""
+        y, state = self.net(x_t[:, None, :], state, step=t)
         return y[:, 0], state
 
     def loss(self, windows: Tensor, horizon: int, sampler: Any = None, step: int = 0) -> Tensor:
@@ -144,8 +145,9 @@ class Forecaster(nn.Module):
 
         ctx = windows.shape[1] - horizon
         pred_ctx, state = self(windows[:, : ctx - 1], None)  # predicts windows[:, 1:ctx]
+        t = iter(range(ctx - 1, windows.shape[1]))  # the unrolled steps' time indices
         pred_h, _ = autoregressive_unroll(
-            self.step,
+            lambda x_t, st: self.step(x_t, st, next(t)),
             windows[:, ctx - 1],
             windows[:, ctx:],
             state,
@@ -162,8 +164,8 @@ class Forecaster(nn.Module):
         """Free-running forecast: ``context`` (B, W, 1) -> ``(B, horizon, 1)``."""
         out, state = self(context[:, :-1], None)
         x, preds = context[:, -1], []
-        for _ in range(horizon):
-            x, state = self.step(x, state)
+        for k in range(horizon):
+            x, state = self.step(x, state, context.shape[1] - 1 + k)
             preds.append(x)
         return torch.stack(preds, 1)
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from rnnkit.baselines import reads_ahead
+from rnnkit.baselines import reads_ahead, step_kwargs
 from rnnkit.datasets import synthetic
 from rnnkit.tasks._common import SequenceNet, accuracy
 
@@ -81,7 +81,7 @@ def arith_greedy(model: nn.Module, x: Tensor, y: Tensor, digits: int) -> Tensor:
     for i in range(digits + 1):
         outs.append(tok)
         if i < digits:
-            logits, state = model(tok[:, None], state)
+            logits, state = model(tok[:, None], state, **step_kwargs(model, q + i))  # its time index
             tok = logits[:, -1].argmax(-1)
     return torch.stack(outs, 1)
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from rnnkit.arch import build_recurrent
-from rnnkit.baselines import encoder_output_size
+from rnnkit.baselines import encoder_output_size, step_kwargs
 from rnnkit.tasks._common import last_valid, padded_batches
 
 __all__ = [
@@ -153,10 +153,12 @@ class Seq2Seq(nn.Module):
         out, _ = self.encoder(self.src_embed(src), None, lengths=lengths.cpu())
         return last_valid(out, lengths)
 
-    def decode_step(self, c: Tensor, y_prev: Tensor, state: Any) -> tuple[Tensor, Any]:
-        """``y_prev`` (B,) token ids (negative = padding) -> (logits (B, V), state)."""
+    def decode_step(self, c: Tensor, y_prev: Tensor, state: Any, t: int = 0) -> tuple[Tensor, Any]:
+        """``y_prev`` (B,) token ids (negative = padding), fed at the decoder's step ``t`` (the
+        steps already fed: batch norm normalizes with that step's statistics) -> (logits (B, V),
+        state)."""
         x = torch.cat([self.tgt_embed(y_prev.clamp(min=0)), c], -1)[:, None]
-        out, state = self.decoder(x, state)
+        out, state = self.decoder(x, state, **step_kwargs(self.decoder, t))
         return self.out(out[:, 0]), state
 
     def forward(
@@ -167,8 +169,9 @@ class Seq2Seq(nn.Module):
 
         c = self.encode(src, lengths)
         bos = torch.full_like(tgt[:, 0], BOS)
+        t = iter(range(tgt.shape[1]))
         logits, _ = autoregressive_unroll(
-            lambda y, st: self.decode_step(c, y, st),
+            lambda y, st: self.decode_step(c, y, st, next(t)),
             bos,
             tgt,
             None,
@@ -186,8 +189,8 @@ def greedy_decode(model: Seq2Seq, src: Tensor, lengths: Tensor, max_len: int) ->
     c = model.encode(src, lengths)
     y, state = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device), None
     steps = []
-    for _ in range(max_len):
-        logits, state = model.decode_step(c, y, state)
+    for t in range(max_len):
+        logits, state = model.decode_step(c, y, state, t)
         y = logits.argmax(-1)
         steps.append(y)
     out = []

@@ -172,6 +172,8 @@ def test_mut_parameter_layout(variant, I, shapes):
         ("lstm", {"forget_bias": "1"}, "forget_bias must be a number"),
         ("lstm", {"peephole": 1}, "peephole must be a bool"),
         ("lstm", {"max_len": 0, "norm": "batch"}, "max_len"),
+        ("lstm", {"max_len": 10}, r"max_len=10 .* needs norm='batch', got norm=None"),
+        ("lstm", {"max_len": 512, "norm": "layer"}, r"max_len=512 .* needs norm='batch', got norm='layer'"),
         (
             "lstm",
             {"input_gate": False, "forget_gate": False, "output_gate": False, "peephole": True},
@@ -300,3 +302,41 @@ def test_random_lstm_combinations_match_reference(opts, proj, L, bidir, T):
     out, state = m(x, as_hx(h0))
     for u, v in zip([out, *as_tuple(state)], [want_out, *want_state]):
         torch.testing.assert_close(u, v)
+
+
+@pytest.mark.parametrize(
+    "step,match",
+    [
+        (-1, "step must be a non-negative int.*got -1"),
+        (1.5, "step must be a non-negative int.*got 1.5"),
+        (True, "step must be a non-negative int.*got True"),
+        ("2", "step must be a non-negative int.*got '2'"),
+        (torch.tensor(-1), "step must be a non-negative int.*got tensor"),
+        (torch.tensor(1.0), "step must be a non-negative int.*got tensor"),
+        (torch.tensor([1, 2]), "step must be a non-negative int.*got tensor"),
+    ],
+)
+def test_cell_step_is_validated(step, match):
+    """``step`` picks batch norm's statistics slot: a negative one silently read the last slot
+    (Python indexing), a float or a bool was truncated by int(), a tensor failed in int()."""
+    cell = rnnkit.LSTMCell(3, 4, norm="batch", max_len=5).eval()
+    with pytest.raises(ValueError, match=match):
+        cell(torch.randn(2, 3), step=step)
+
+
+def test_cell_step_beyond_max_len_reuses_the_last_slot():
+    cell = rnnkit.LSTMCell(3, 4, norm="batch", max_len=3).eval()
+    for name, buf in cell.named_buffers():
+        buf.copy_(torch.rand_like(buf) + (0.5 if "var" in name else 0))
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(cell(x, step=9), cell(x, step=2))
+    torch.testing.assert_close(cell(x, step=torch.tensor(1)), cell(x, step=1))  # as ONNX export passes it
+    assert not torch.allclose(cell(x, step=1)[0], cell(x, step=2)[0])
+
+
+def test_max_len_without_batch_norm_is_refused_by_the_cell():
+    """max_len (the steps with their own batch-norm statistics) was silently ignored."""
+    with pytest.raises(ValueError, match="needs norm='batch'"):
+        rnnkit.LSTMCell(3, 4, max_len=8)
+    assert rnnkit.LSTMCell(3, 4, norm="batch", max_len=8).running_mean_c.shape == (8, 4)
+    assert rnnkit.LSTMCell(3, 4, norm="batch").running_mean_c.shape == (512, 4)  # the default

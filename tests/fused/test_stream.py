@@ -129,3 +129,25 @@ def test_batch_norm_stream_counts_its_steps_and_takes_an_explicit_one():
         _close(yz, want_z[t])
     with pytest.raises(ValueError, match="non-negative int"):
         stream.step(x[0], step=-1)
+
+
+@pytest.mark.parametrize(
+    "opts", [{}, {"norm": "layer"}, {"norm": "batch"}, {"peephole": True}], ids=lambda o: str(o) or "std"
+)
+def test_bad_states_are_clear_errors(opts):
+    """The state was not checked: a state of batch 1 for an input of batch 3 was silently
+    broadcast (layer / batch norm), other mistakes failed inside the step (IndexError, KeyError,
+    shape mismatches) -- now errors naming the expected and received shapes, as the layer's."""
+    stream = Stream(rnnkit.LSTM(3, 4, 2, **opts).eval())
+    x, z = torch.randn(3, 3), torch.zeros
+
+    def bad(state, match, x=x):
+        with pytest.raises(ValueError, match=match):
+            stream.step(x, state)
+
+    bad((z(2, 1, 4), z(2, 1, 4)), r"expected h_0 of shape \(2, 3, 4\), got \(2, 1, 4\)")
+    bad((z(1, 3, 4), z(1, 3, 4)), r"expected h_0 of shape \(2, 3, 4\), got \(1, 3, 4\)")
+    bad((z(2, 3, 4), z(2, 3, 5)), r"expected c_0 of shape \(2, 3, 4\), got \(2, 3, 5\)")
+    bad((z(2, 3, 4), z(2, 3, 4)), r"expected h_0 of shape \(2, 4\), got \(2, 3, 4\)", x=x[0])  # unbatched
+    bad((z(2, 3, 4, dtype=torch.float32),) * 2, "h_0 has dtype torch.float32")
+    bad(None, "x_t has dtype torch.float32", x=x.float())

@@ -106,8 +106,8 @@ def test_missing_or_wrong_masks_are_clear_errors():
     other = rnnkit.LSTMCell(3, 4, weight_drop=0.5)
     with pytest.raises(ValueError, match="masks were not sampled by this cell"):
         cell(x, masks=other.sample_masks(2))
-    with pytest.raises(ValueError, match="batch_size must be a positive int, got 0"):
-        cell.sample_masks(0)
+    with pytest.raises(ValueError, match="batch_size must be a non-negative int, got -1"):
+        cell.sample_masks(-1)
     with pytest.raises(ValueError, match=r"zoneout=\(p_c, p_h\) needs a cell whose state holds h and c"):
         rnnkit.GRUCell(3, 4, zoneout=(0.1, 0.2))
     with pytest.raises(TypeError):
@@ -146,3 +146,19 @@ def test_same_seed_same_masks_as_the_layer(family):
         state = cell(x_t, state, masks=masks)
         outs.append(_as_tuple(state)[0])
     torch.testing.assert_close(torch.stack(outs), want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("opts", OPTS, ids=lambda o: "+".join(o))
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("family", list(CELLS))
+def test_empty_batch(family, opts, training):
+    """An empty batch ``(0, H_in)``, which torch.nn's cells and rnnkit's layers take: in training
+    the masks it needs could not be drawn (``sample_masks(0)`` was refused)."""
+    cell = CELLS[family][0](3, 4, **opts).train(training)
+    x = torch.randn(0, 3, requires_grad=True)
+    want = _as_tuple(CELLS[family][1](3, 4)(x))
+    for hx in (None, want if len(want) > 1 else want[0]):
+        got = _as_tuple(cell(x, hx, masks=cell.sample_masks(0)))
+        assert [g.shape for g in got] == [w.shape for w in want]
+        sum(g.sum() for g in got).backward()
+    assert x.grad.shape == (0, 3)
