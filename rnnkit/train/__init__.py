@@ -19,6 +19,7 @@ from rnnkit.train.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
+    sweep_temporaries,
     unwrap_model,
 )
 from rnnkit.train.config import TrainConfig
@@ -34,6 +35,7 @@ from rnnkit.train.distributed import (
 from rnnkit.train.evaluate import evaluate_lm
 from rnnkit.train.malloc import tune_malloc
 from rnnkit.train.ntasgd import NTASGD
+from rnnkit.train.outdir import OutDirInUse
 from rnnkit.train.plots import plot_loss_curve
 from rnnkit.train.schedule import ScheduledSampler, TeacherForcingSchedule, autoregressive_unroll
 from rnnkit.train.seed import get_rng_state, seed_everything, set_rng_state
@@ -48,6 +50,7 @@ __all__ = [
     "JSONLLogger",
     "LossCurvePlot",
     "NTASGD",
+    "OutDirInUse",
     "ProgressBar",
     "ScheduledSampler",
     "StepFn",
@@ -76,6 +79,7 @@ __all__ = [
     "seed_everything",
     "set_rng_state",
     "setup_distributed",
+    "sweep_temporaries",
     "tensorboard_available",
     "unwrap_model",
 ]

@@ -142,3 +142,15 @@ def test_metrics_jsonl_of_a_diverged_run_is_strict_json_and_reads_back(tmp_path)
     for got, want in zip(back, tr.history, strict=True):
         for k, v in want.items():
             assert got[k] == v or (math.isnan(got[k]) and math.isnan(v)), (k, got[k], v)
+
+
+def test_new_public_names_are_exported_with_their_siblings():
+    """read_metrics, sweep_temporaries (beside save/load/list_checkpoints) and OutDirInUse (what
+    Trainer.fit raises) are importable from rnnkit.train, as the docs name them."""
+    import rnnkit.train as train
+    from rnnkit.train.checkpoint import sweep_temporaries as sweep
+    from rnnkit.train.outdir import OutDirInUse
+
+    for name in ("read_metrics", "sweep_temporaries", "OutDirInUse"):
+        assert name in train.__all__, name
+    assert train.sweep_temporaries is sweep and train.OutDirInUse is OutDirInUse
