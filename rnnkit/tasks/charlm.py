@@ -94,8 +94,8 @@ def sample(
 ) -> Iterator[str]:
     """Stream ``length`` sampled characters, one at a time, continuing ``prime``.
 
-    The prime (non-empty) is fed in one call; then each sampled character is fed back
-    with the carried recurrent state. ``temperature`` 0 means greedy (argmax).
+    The prime (non-empty) is fed in one call (in windows of ``seq_len``, below); then each
+    sampled character is fed back with the carried recurrent state. ``temperature`` 0 means greedy (argmax).
     The model is put in eval mode (and restored afterwards).
 
     A stack with per-time-step statistics (``norm="batch"``) normalizes character ``p`` of
