@@ -28,8 +28,11 @@ Kind = Literal["constant", "linear", "exponential", "inverse_sigmoid"]
 class TeacherForcingSchedule:
     """Probability of feeding the ground truth at training step ``i``: ``schedule(i)``.
 
-    ``p`` (constant), ``start``/``end``/``steps`` (linear), ``k`` (exponential,
-    inverse_sigmoid; also used by linear's floor ``end``).
+    * ``"constant"``: ``p``.
+    * ``"linear"``: ``max(end, start - (start - end) i / steps)``, a decay from ``start`` to
+      ``end`` (so ``start >= end``, else a ``ValueError``).
+    * ``"exponential"``: ``max(end, k^i)``, ``0 < k < 1`` (default 0.999).
+    * ``"inverse_sigmoid"``: ``k / (k + exp(i / k))``, ``k >= 1`` (default 1000).
     """
 
     def __init__(
