@@ -54,7 +54,7 @@ class MixedPrecision:
         return torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp])
 
     def call(self, model: Any, *args: Any) -> Any:
-        """``model(*args)`` under autocast, floating outputs returned in float32."""
+        """``model(*args)`` under autocast, its half-precision outputs returned in float32."""
         if self.amp is None:
             return model(*args)
         with self.autocast():
