@@ -43,10 +43,10 @@ class TrainConfig:
     nt_asgd: bool = False  # AWD-LSTM's non-monotonically triggered averaging
     nonmono: int = 5
     log_every: int = 10
-    out_dir: str | None = None  # metrics.jsonl/.csv, loss.png, tensorboard/, checkpoints/
+    out_dir: str | None = None  # metrics.jsonl/.csv, loss.png, tensorboard/, checkpoints/; locked by fit()
     checkpoint_every: int | None = None  # steps (needs out_dir); a final checkpoint is always written
     keep_last: int = 3
-    resume: bool = False  # continue from out_dir/checkpoints if there is one
+    resume: bool = False  # continue from out_dir/checkpoints if there is one (else: a warning)
     progress: bool | None = None  # None: when stderr is a TTY
     tensorboard: bool = True  # when installed and out_dir is set
     plot: bool = True  # loss.png in out_dir at the end
