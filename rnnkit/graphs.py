@@ -122,7 +122,8 @@ class CUDAGraphed(nn.Module):
         self, input: Tensor | PackedSequence, hx: Tensor | tuple[Tensor, ...] | None = None, **kwargs: Any
     ):
         """``layer(input, hx, **kwargs)``, replayed; keyword arguments (rnnkit's ``lengths=``
-        for padded batches) and packed input run the layer eagerly."""
+        for padded batches, ``step=`` for a sequence's later pieces) and packed input run the
+        layer eagerly."""
         if (
             kwargs
             or isinstance(input, PackedSequence)

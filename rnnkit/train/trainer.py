@@ -49,6 +49,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     validation loss if it is ``ReduceLROnPlateau``. ``overrides`` replace fields of
     ``config`` (e.g. ``Trainer(m, opt, max_steps=100)``). Under ``torchrun`` the model
     is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
+    ``trainer.model`` is the module trained (the DDP wrapper under ``torchrun``),
+    ``trainer.raw_model`` the bare model (evaluation, NT-ASGD averaging, checkpoints).
     """
 
     def __init__(
