@@ -303,7 +303,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         """Iterator over this epoch's batches; on resume, positioned after the saved batch.
 
         The global RNG state at the epoch's ``iter()`` is remembered: replaying it and
-        skipping the consumed batches reproduces a shuffled DataLoader's order exactly.
+        skipping the consumed batches reproduces a shuffled DataLoader's order exactly. Under DDP
+        every rank raises alike when some rank's data has too few batches to skip.
         """
         res, self._resume = self._resume, None
         if res is not None and self.batch_in_epoch == 0:  # saved between epochs
@@ -316,12 +317,17 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if res is None:
             self.state, self.batch_in_epoch = None, 0
             return it
-        for i in range(self.batch_in_epoch):
-            if next(it, None) is None:
-                raise ValueError(
-                    f"resume: the data has fewer than {self.batch_in_epoch} "
-                    f"batches in epoch {self.epoch} (it changed? got {i})"
-                )
+        got = 0
+        while got < self.batch_in_epoch and next(it, None) is not None:
+            got += 1
+        # a rank that raised alone would leave the others waiting in the next collective (a hang)
+        fewest = -dist.all_reduce_max(-got, self._reduce_device()) if dist.is_distributed() else got
+        if fewest < self.batch_in_epoch:
+            where = f"got {got}" if fewest == got else f"got {got} on this rank, {int(fewest)} on another"
+            raise ValueError(
+                f"resume: the data has fewer than {self.batch_in_epoch} "
+                f"batches in epoch {self.epoch} (it changed? {where})"
+            )
         set_rng_state(res["rng"])
         self.state = move_to(res["hidden"], self.device)
         return it
