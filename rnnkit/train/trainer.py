@@ -256,6 +256,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         )
                     if val_data is not None and not cfg.val_every:
                         self._validate(val_data)
+                        self._agree_stop()  # its callbacks ran on rank 0 alone
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             if self.stop_reason is None:
                 # a callback set should_stop (Callback's documented way to stop) without a reason
@@ -280,10 +281,22 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         }
 
     def _agree_stop(self) -> None:
-        """Under DDP, ``should_stop`` on every rank once any rank set it: callbacks run on rank 0
-        alone, and the others would wait for it in the next step's gradient all-reduce."""
-        if dist.is_distributed():
-            self.should_stop = dist.all_reduce_max(float(self.should_stop), self._reduce_device()) > 0
+        """Under DDP, after callbacks ran (on rank 0 alone), what they may change, on every rank:
+        ``should_stop`` once any rank set it (the others would wait for it in the next step's
+        gradient all-reduce), with the first ``stop_reason`` of the ranks that have one, and rank
+        0's learning rates (the others' weights would drift from its own). One all-reduce, a sum:
+        the others add zeros to rank 0's rates, exact; the reason is gathered once, at the stop."""
+        if not dist.is_distributed():
+            return
+        groups = self.optimizer.param_groups
+        mine = [float(g["lr"]) if self.is_main else 0.0 for g in groups]
+        stop, *lrs = dist.all_reduce_sum([float(self.should_stop), *mine], self._reduce_device())
+        for g, lr in zip(groups, lrs, strict=True):
+            if float(g["lr"]) != lr:  # a tensor rate (e.g. capturable Adam's) stays a tensor
+                g["lr"] = g["lr"].fill_(lr) if isinstance(g["lr"], Tensor) else lr
+        if stop > 0:
+            reasons = dist.all_gather_object(self.stop_reason)
+            self.should_stop, self.stop_reason = True, next((r for r in reasons if r is not None), None)
 
     def _budget_spent(self) -> bool:
         """Set ``should_stop`` and the reason once ``max_steps``/``max_minutes`` is reached.
