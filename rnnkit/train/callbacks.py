@@ -47,8 +47,11 @@ log = logging.getLogger("rnnkit.train")
 class Callback:
     """Base class: override the hooks you need. Set ``trainer.should_stop = True`` to stop
     (after the current step; ``fit()``'s ``stop_reason`` is then ``"callback"`` unless the
-    callback also set ``trainer.stop_reason``). Under DDP the hooks run on rank 0 alone, and
-    a stop it asks for stops every rank at the same step."""
+    callback also set ``trainer.stop_reason``). Under DDP the hooks run on rank 0 alone: a stop
+    it asks for (with its reason) stops every rank at the same step, and the learning rates it
+    sets (``trainer.optimizer.param_groups[i]["lr"]``) reach every rank after the hook. Any other
+    change of training state (weights, other optimizer settings) would stay on rank 0 and make
+    the ranks drift apart: a callback must not make one."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 

@@ -53,20 +53,25 @@ class DistInfo:
         return self.rank == 0
 
 
-def setup_distributed(backend: str | None = None, *, device: str | None = None) -> DistInfo:
+def setup_distributed(backend: str | None = None, *, device: str | torch.device | None = None) -> DistInfo:
     """Initialize the default process group from torchrun's environment, if present.
 
-    ``backend`` defaults to ``nccl`` with CUDA, else ``gloo``. On GPU each process uses
-    ``cuda:LOCAL_RANK``. Returns the rank, world size and device of this process.
+    ``backend`` defaults to ``nccl`` with CUDA, else ``gloo``. ``device`` defaults to CUDA when
+    available, else the CPU. A CUDA device without an index (the default, or ``"cuda"``) is
+    ``cuda:LOCAL_RANK`` modulo the visible GPUs: one GPU a rank when a node has as many as ranks,
+    ``cuda:0`` when each process sees only its own (``CUDA_VISIBLE_DEVICES`` set per rank), ranks
+    sharing GPUs round robin when there are fewer (gloo only: NCCL needs a GPU per rank). An
+    index (``"cuda:1"``) is taken as given. Returns the rank, world size and device of this process.
     """
     world = launched_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() and device != "cpu"
-    if device is not None:
-        dev = torch.device(device)
-    else:
-        dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        # not the current GPU (cuda:0 on every rank): this rank's own
+        dev = torch.device("cuda", local % max(torch.cuda.device_count(), 1))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

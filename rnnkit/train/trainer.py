@@ -258,6 +258,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         )
                     if val_data is not None and not cfg.val_every:
                         self._validate(val_data)
+                        self._agree_stop()  # its callbacks ran on rank 0 alone
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             if self.stop_reason is None:
                 # a callback set should_stop (Callback's documented way to stop) without a reason
@@ -282,10 +283,22 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         }
 
     def _agree_stop(self) -> None:
-        """Under DDP, ``should_stop`` on every rank once any rank set it: callbacks run on rank 0
-        alone, and the others would wait for it in the next step's gradient all-reduce."""
-        if dist.is_distributed():
-            self.should_stop = dist.all_reduce_max(float(self.should_stop), self._reduce_device()) > 0
+        """Under DDP, after callbacks ran (on rank 0 alone), what they may change, on every rank:
+        ``should_stop`` once any rank set it (the others would wait for it in the next step's
+        gradient all-reduce), with the first ``stop_reason`` of the ranks that have one, and rank
+        0's learning rates (the others' weights would drift from its own). One all-reduce, a sum:
+        the others add zeros to rank 0's rates, exact; the reason is gathered once, at the stop."""
+        if not dist.is_distributed():
+            return
+        groups = self.optimizer.param_groups
+        mine = [float(g["lr"]) if self.is_main else 0.0 for g in groups]
+        stop, *lrs = dist.all_reduce_sum([float(self.should_stop), *mine], self._reduce_device())
+        for g, lr in zip(groups, lrs, strict=True):
+            if float(g["lr"]) != lr:  # a tensor rate (e.g. capturable Adam's) stays a tensor
+                g["lr"] = g["lr"].fill_(lr) if isinstance(g["lr"], Tensor) else lr
+        if stop > 0:
+            reasons = dist.all_gather_object(self.stop_reason)
+            self.should_stop, self.stop_reason = True, next((r for r in reasons if r is not None), None)
 
     def _budget_spent(self) -> bool:
         """Set ``should_stop`` and the reason once ``max_steps``/``max_minutes`` is reached.
@@ -305,7 +318,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         """Iterator over this epoch's batches; on resume, positioned after the saved batch.
 
         The global RNG state at the epoch's ``iter()`` is remembered: replaying it and
-        skipping the consumed batches reproduces a shuffled DataLoader's order exactly.
+        skipping the consumed batches reproduces a shuffled DataLoader's order exactly. Under DDP
+        every rank raises alike when some rank's data has too few batches to skip.
         """
         res, self._resume = self._resume, None
         if res is not None and self.batch_in_epoch == 0:  # saved between epochs
@@ -318,12 +332,17 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if res is None:
             self.state, self.batch_in_epoch = None, 0
             return it
-        for i in range(self.batch_in_epoch):
-            if next(it, None) is None:
-                raise ValueError(
-                    f"resume: the data has fewer than {self.batch_in_epoch} "
-                    f"batches in epoch {self.epoch} (it changed? got {i})"
-                )
+        got = 0
+        while got < self.batch_in_epoch and next(it, None) is not None:
+            got += 1
+        # a rank that raised alone would leave the others waiting in the next collective (a hang)
+        fewest = -dist.all_reduce_max(-got, self._reduce_device()) if dist.is_distributed() else got
+        if fewest < self.batch_in_epoch:
+            where = f"got {got}" if fewest == got else f"got {got} on this rank, {int(fewest)} on another"
+            raise ValueError(
+                f"resume: the data has fewer than {self.batch_in_epoch} "
+                f"batches in epoch {self.epoch} (it changed? {where})"
+            )
         set_rng_state(res["rng"])
         self.state = move_to(res["hidden"], self.device)
         return it

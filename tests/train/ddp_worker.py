@@ -44,6 +44,8 @@ def run(out_dir: str, mode: str = "bptt") -> None:
             "step_fn_method": _train_step_fn_method,
             "callback_stop": _train_callback_stop,
             "locked": _train_locked,
+            "resume_short": _train_resume_short,
+            "callback_state": _train_callback_state,
         }
         modes[mode](out_dir, info)
     finally:
@@ -273,6 +275,53 @@ def _train_uneven(out_dir: str, info) -> None:
     except ValueError as e:
         error = str(e)
     (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "error": error}))
+
+
+def _train_resume_short(out_dir: str, info) -> None:
+    """2 steps of an epoch of 3 batches, checkpointed, then resumed with rank 1's data cut to 1
+    batch (fewer than the 2 to skip): every rank must refuse alike (before, rank 1 raised alone and
+    rank 0 went on to wait for it in the next collective: a hang)."""
+    batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: False)]
+    errors = []
+    for resume, data in ((False, batches), (True, batches[: 3 - 2 * info.rank])):
+        seed_everything(0)
+        model = TinyLM(vocab=11, hidden=8)
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_steps=2 + resume, resume=resume,
+                     out_dir=str(Path(out_dir) / "run"), progress=False, plot=False)  # fmt: skip
+        try:
+            tr.fit(data)
+        except ValueError as e:
+            errors.append(str(e))
+    (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps({"step": tr.step, "errors": errors}))
+
+
+def _train_callback_state(out_dir: str, info) -> None:
+    """A callback (run on rank 0 alone) sets the learning rates after step 2 and stops, with its own
+    reason, at the second epoch's end (its validation): every rank trains with its rates and stops
+    there, with that reason."""
+    from rnnkit.train import Callback
+
+    class Tune(Callback):
+        def on_step_end(self, trainer, logs):
+            if trainer.step == 2:
+                for g, lr in zip(trainer.optimizer.param_groups, (0.3, 0.05), strict=True):
+                    g["lr"] = lr
+
+        def on_validation_end(self, trainer, logs):
+            if trainer.epoch == 1:
+                trainer.should_stop, trainer.stop_reason = True, "tuned"
+
+    seed_everything(0)
+    model = TinyLM(vocab=11, hidden=8)
+    head = list(model.out.parameters())
+    body = [p for p in model.parameters() if all(p is not q for q in head)]
+    opt = torch.optim.SGD([{"params": body}, {"params": head}], lr=0.1, momentum=0.5)
+    batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: False)]
+    tr = Trainer(model, opt, max_epochs=5, callbacks=[Tune()], progress=False)
+    res = tr.fit(batches, batches[:1])
+    _write_run(out_dir, info, tr, model, opt)
+    lrs = [g["lr"] for g in opt.param_groups]
+    (Path(out_dir) / f"stop{info.rank}.json").write_text(json.dumps([res["step"], res["stop_reason"], lrs]))
 
 
 def _train_budget(out_dir: str, info) -> None:
