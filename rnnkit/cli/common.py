@@ -21,8 +21,10 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     _same_data,
     find_run_dir,
     load_model_weights,
+    read_results,
     read_run,
     write_json,
+    write_results,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "make_trainer",
     "write_json",
     "read_run",
+    "read_results",
     "find_run_dir",
     "load_model_weights",
     "require",
@@ -375,7 +378,7 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
         metrics = {"valid_loss": val_rows[-1]["loss"], **metrics}
     doc = {"stop_reason": result["stop_reason"], "step": result["step"], "epoch": result["epoch"], **metrics}
     if trainer.is_main:
-        write_json(doc, out / "results.json")
+        write_results(doc, out / "results.json")  # strict JSON: a NaN is null + "nonfinite"
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {shown}")
     echo(f"wrote {out}/ (checkpoints/, metrics.jsonl, loss.png, results.json)")
