@@ -94,7 +94,7 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None, val_every=250,
         minutes_help=f"wall-clock training budget (default {DEFAULT_MINUTES:g} unless --max-steps is given)",
     )  # fmt: skip
-    p.set_defaults(clip=r.get("clip") or 0.0, amp="auto", func=train_charlm)
+    p.set_defaults(clip=r.get("clip") or 0.0, func=train_charlm)  # --amp unset: auto (train_charlm)
 
 
 def add_use_parsers(sub: argparse._SubParsersAction) -> None:
@@ -212,6 +212,8 @@ def train_charlm(args: argparse.Namespace) -> int:
     if args.max_minutes is None and args.max_steps is None:
         args.max_minutes = DEFAULT_MINUTES
     charlm, CharVocab, *_ = _charlm()
+    if args.amp is None:  # not given (a resumed run's is restored: restore_train_flags)
+        args.amp = "auto"
     if args.amp == "auto" and args.max_minutes is not None and args.max_minutes >= charlm.BF16_BELOW_MINUTES:
         args.amp = "off"  # long budgets: float32 ends lower (charlm.BF16_BELOW_MINUTES)
     budget = charlm.recipe_for(args.max_minutes, bf16=resolve_amp(args.amp, device_of(args)) == "bf16")

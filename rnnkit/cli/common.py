@@ -129,7 +129,7 @@ def add_run_arguments(
     g.add_argument(
         "--amp",
         choices=["auto", "off", "bf16", "fp16"],
-        default="off",
+        default=None,  # unset: the task's default (off; charlm: auto), and --resume's the run's
         help="mixed precision of the forward (torch.autocast; fp16 with loss scaling); auto: bf16 "
         "where the device computes it natively (CPUs with AVX512-BF16 or AMX), else off (default off; "
         "charlm: auto, which trains in float32 from 20 minutes on)",
@@ -169,17 +169,27 @@ def device_of(args: argparse.Namespace) -> torch.device:
 
 #: The flags that shape a run's training (its data too: generated tasks draw it from --seed), stored
 #: in run.json's "train" and restored by --resume (:func:`restore_train_flags`); those a task has.
-TRAIN_FLAGS = ("batch_size", "lr", "clip", "seed", "sampling", "sampling_k", "sampling_steps", "sampling_min")
+#: ``amp`` is stored resolved (off/bf16/fp16: charlm's auto depends on the machine and budget).
+TRAIN_FLAGS = (
+    "batch_size", "lr", "clip", "seed", "sampling", "sampling_k", "sampling_steps", "sampling_min", "amp"
+)  # fmt: skip
+
+
+def _amp(args: argparse.Namespace) -> str:
+    """The precision ``--amp`` trains in: ``off``, ``bf16`` or ``fp16``."""
+    return resolve_amp(args.amp or "off", device_of(args)) or "off"
 
 
 def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
+    flags = {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
+    return {**flags, "amp": _amp(args)} if "amp" in flags else flags
 
 
 def restore_train_flags(args: argparse.Namespace) -> None:
     """``--resume``: set the :data:`TRAIN_FLAGS` to the run's stored values before the task builds
     its data, loaders and optimizer (as ``--seq-len``/``--window``: the stored value wins, and a
-    different one on the command line is ignored, saying so). Runs without them: nothing."""
+    different one on the command line is ignored, saying so; one not given, ``None``, is just
+    replaced; ``--amp`` is compared resolved). Runs without them: nothing."""
     if not getattr(args, "resume", False):
         return
     try:
@@ -187,10 +197,14 @@ def restore_train_flags(args: argparse.Namespace) -> None:
     except (CLIError, OSError):  # no run here: prepare_out says so
         return
     for flag, value in (stored or {}).items():
-        if hasattr(args, flag) and getattr(args, flag) != value:
+        if not hasattr(args, flag):
+            continue
+        given = getattr(args, flag)
+        same = given == value or (flag == "amp" and given is not None and _amp(args) == value)
+        if given is not None and not same:
             name = "--" + flag.replace("_", "-")
-            echo(f"resuming with the run's {name} {value} (command line's {getattr(args, flag)} ignored)")
-            setattr(args, flag, value)
+            echo(f"resuming with the run's {name} {value} (command line's {given} ignored)")
+        setattr(args, flag, value)
 
 
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
@@ -288,7 +302,7 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 
-    amp = resolve_amp(getattr(args, "amp", "off"), device_of(args))
+    amp = resolve_amp(getattr(args, "amp", None) or "off", device_of(args))
     if amp:
         echo(f"mixed precision: {amp} autocast of the forward")
     bounded = args.max_minutes is not None or args.max_steps is not None

@@ -269,3 +269,32 @@ def test_validation_text_shorter_than_the_ranks(cli, tmp_path, monkeypatch):
     flags = ["--hidden", "8", "--seq-len", "8", "--batch-size", "4", "--max-steps", "1", "--no-progress"]
     r = cli("train", "charlm", "--data", text, "--out", tmp_path / "o", *flags)
     assert_one_line_error(r, "validation text has 3 characters", "fewer than the 4 ranks")
+
+
+def test_resume_trains_in_the_runs_precision(cli, tmp_path, text_file, monkeypatch):
+    """--amp was not stored: a resume decided `auto` again (from this machine and the budget, or
+    the default off of a run started with --amp bf16), another precision than the run's."""
+    import torch
+
+    def native(yes: bool) -> None:  # whether this CPU computes bfloat16 natively (what auto asks)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: yes, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: yes, raising=False)
+
+    out, base = tmp_path / "lm", ["train", "charlm", "--data", text_file, "--out", tmp_path / "lm", *LM]
+    native(True)
+    r = cli(*base, "--max-steps", 2)  # --amp auto: bf16 here
+    assert r.rc == 0 and "mixed precision: bf16" in r.out, r.err
+    assert json.loads((out / "run.json").read_text())["train"]["amp"] == "bf16"  # resolved, not "auto"
+    native(False)  # auto would be off now: the run's bf16 wins, nothing given on the command line
+    r = cli(*base, "--max-steps", 3, "--resume")
+    assert r.rc == 0 and "mixed precision: bf16" in r.out, r.err
+    assert "--amp" not in r.out
+    r = cli(*base, "--max-steps", 4, "--resume", "--amp", "off")  # given: ignored, saying so
+    assert r.rc == 0 and "mixed precision: bf16" in r.out, r.err
+    assert "resuming with the run's --amp bf16 (command line's off ignored)" in r.out
+    r = cli(*base, "--max-steps", 5, "--resume", "--amp", "bf16")  # the same: nothing to say
+    assert r.rc == 0 and "--amp" not in r.out
+    other = tmp_path / "fp32"  # a memory task: default off, stored as off
+    r = cli("train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
+            "--out", other, "--hidden", 8, "--max-steps", 1, "--no-progress")  # fmt: skip
+    assert r.rc == 0 and json.loads((other / "run.json").read_text())["train"]["amp"] == "off"
