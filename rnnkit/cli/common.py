@@ -17,8 +17,8 @@ from rnnkit.cli import CLIError
 from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's helpers
     _LOCKS,
     RUN_FILE,
-    _lock_out,
     _same_data,
+    create_run_dir,
     find_run_dir,
     load_model_weights,
     read_results,
@@ -208,12 +208,12 @@ def restore_train_flags(args: argparse.Namespace) -> None:
 
 
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
-    """Create ``--out``, refuse to overwrite an existing run without ``--resume``, and
-    return the run description to use (the stored one when resuming, so the model is
-    rebuilt exactly as it was; a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds
-    everything from ``--seed``; ``--tune-malloc``."""
+    """Refuse to overwrite an existing run in ``--out`` without ``--resume``, and return the run
+    description to use (the stored one when resuming, so the model is rebuilt exactly as it was;
+    a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds everything from ``--seed``;
+    ``--tune-malloc``. Writes nothing (:func:`make_trainer` does, once the model and data are
+    built: a command failing on its flags or data must leave no half-made run directory)."""
     from rnnkit.train import latest_checkpoint, seed_everything
-    from rnnkit.train.distributed import is_main_process
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -238,10 +238,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     else:
         run = {**run, "train": _train_flags(args)}  # what --resume restores
-    if is_main_process():  # under torchrun every rank checked the same files above; one writes
-        out.mkdir(parents=True, exist_ok=True)
-        _lock_out(out)
-        write_json(run, out / RUN_FILE)
+    args.run_to_write = run  # (make_trainer writes it)
     seed_everything(args.seed)
     if getattr(args, "tune_malloc", False):
         from rnnkit.train import tune_malloc
@@ -296,9 +293,13 @@ def graph_recurrent_layers(model: nn.Module) -> int:
 
 def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, **kw: Any):
     """A :class:`rnnkit.train.Trainer` writing into ``--out`` with the run flags (``--cuda-graphs``:
-    the model's recurrent layers wrapped first)."""
+    the model's recurrent layers wrapped first); creates ``--out`` and writes the run description
+    that :func:`prepare_out` returned as ``run.json``."""
     from rnnkit.train import Trainer
+    from rnnkit.train.distributed import is_main_process
 
+    if is_main_process():  # under torchrun every rank ran the same checks (prepare_out); one writes
+        create_run_dir(Path(args.out), args.run_to_write)
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 

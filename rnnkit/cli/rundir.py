@@ -69,6 +69,13 @@ def _lock_out(out: Path) -> None:
     _LOCKS.append(out)
 
 
+def create_run_dir(out: Path, run: dict[str, Any]) -> None:
+    """Create ``out``, lock it (:func:`_lock_out`) and write ``run`` as its ``run.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    _lock_out(out)
+    write_json(run, out / RUN_FILE)
+
+
 def find_run_dir(path: str | os.PathLike) -> Path:
     """The run directory of ``--checkpoint``: a run dir, its ``checkpoints/`` or a ``step-*``."""
     p = Path(path)

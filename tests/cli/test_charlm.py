@@ -142,6 +142,18 @@ def test_bad_text_file(cli, tmp_path):
     assert_one_line_error(cli("train", "charlm", "--data", empty, "--out", tmp_path / "o", *LM), "empty")
 
 
+def test_too_little_data_leaves_no_run_directory(cli, tmp_path, text_file):
+    """The data-size check ran after run.json and .lock were written into --out: a failed command
+    left a run directory without a checkpoint, which sample/eval/--resume then tripped over."""
+    small = tmp_path / "small.txt"
+    small.write_text(text_file.read_text(encoding="utf-8")[:300], encoding="utf-8")
+    r = cli("train", "charlm", "--data", small, "--out", tmp_path / "o", *LM, "--batch-size", 64)
+    assert_one_line_error(r, "fewer than --batch-size x --seq-len")
+    assert not (tmp_path / "o").exists()
+    r = cli("train", "charlm", "--data", small, "--out", tmp_path / "o", *LM, "--max-steps", 1)
+    assert r.rc == 0, r.err
+
+
 def test_max_steps_alone_schedules_by_steps(cli, tmp_path, text_file):
     """``--max-steps`` without ``--max-minutes``: the learning rate follows the steps (warm-up,
     cosine down to its floor at the last step), so a run is reproducible; before, the default
