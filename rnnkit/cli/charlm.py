@@ -221,7 +221,8 @@ def train_charlm(args: argparse.Namespace) -> int:
         args.amp = "off"  # long budgets: float32 ends lower (charlm.BF16_BELOW_MINUTES)
     budget = charlm.recipe_for(args.max_minutes, bf16=resolve_amp(args.amp, device_of(args)) == "bf16")
     args.hidden = budget.hidden_size if args.hidden is None else args.hidden
-    args.dropout = budget.dropout if args.dropout is None else args.dropout
+    if args.dropout is None:  # (--opt dropout=P gives it too: arch_config)
+        args.dropout = dict(args.opt).get("dropout", budget.dropout)
     train_text, valid_text, source = _load_text(args.data, args.cache_dir)
     vocab = CharVocab.from_text(train_text + valid_text)
     run = {

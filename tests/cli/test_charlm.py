@@ -134,6 +134,8 @@ def test_model_size_follows_the_budget_unless_given(cli, tmp_path, text_file):
     assert (a["hidden"], a["dropout"]) == (384, 0.0)
     a = arch(tmp_path / "given", "--max-minutes", 25, "--hidden", 16, "--dropout", 0.1)
     assert (a["hidden"], a["dropout"]) == (16, 0.1)
+    a = arch(tmp_path / "opt", "--max-minutes", 25, "--hidden", 16, "--opt", "dropout=0.1")  # = --dropout
+    assert a["dropout"] == 0.1
 
 
 def test_bad_text_file(cli, tmp_path):
