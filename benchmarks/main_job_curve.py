@@ -14,7 +14,6 @@ own ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,7 +31,9 @@ def read_curve(out: Path) -> tuple[float, list[tuple[float, float]]]:
             elapsed[rec["step"]] = rec["elapsed_s"]
         elif rec.get("split") == "val" and rec["step"] in elapsed:
             points.append((elapsed[rec["step"]] / 60, rec["loss"]))
-    return json.loads((out / "results.json").read_text())["valid_nats_per_char"], points
+    from rnnkit.cli.rundir import read_results  # strict JSON too
+
+    return read_results(out)["valid_nats_per_char"], points
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -111,7 +111,8 @@ def add_arch_arguments(
     g.add_argument("--layers", type=positive_int, default=layers, help=f"recurrent layers (default {layers})")
     g.add_argument(
         "--dropout", type=probability, default=dropout,
-        help=f"dropout between layers (torch semantics; default {by if dropout is None else dropout})",
+        help=f"dropout between layers (torch semantics, as --opt dropout=P; default "
+        f"{by if dropout is None else dropout})",
     )  # fmt: skip
     g.add_argument(
         "--opt", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
@@ -127,9 +128,17 @@ def add_arch_arguments(
 
 
 def arch_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The JSON-able architecture of parsed ``args`` (stored in checkpoints)."""
+    """The JSON-able architecture of parsed ``args`` (stored in checkpoints). ``--opt dropout=p``
+    is the layers' ``dropout=`` as ``--dropout`` is (which :func:`build_recurrent` passes with
+    more than one layer, over the option): given both, they must agree."""
+    options = dict(args.opt)
+    if args.dropout and options.get("dropout", args.dropout) != args.dropout:
+        raise ValueError(
+            f"--dropout {args.dropout} and --opt dropout={options['dropout']} disagree: both are the "
+            "dropout between layers; give one"
+        )
     return {"cell": args.cell, "hidden": args.hidden, "layers": args.layers, "dropout": args.dropout,
-            "options": dict(args.opt), "kernel_size": args.kernel_size,
+            "options": options, "kernel_size": args.kernel_size,
             "conv_channels": args.conv_channels or args.hidden, "conv_layers": args.conv_layers}  # fmt: skip
 
 
@@ -143,6 +152,8 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
     non-causal kernels). Every result is called as ``module(x, state) -> (out, state)``.
     """
     cell = config["cell"]
+    if cell not in arch_names():  # (conv-tcn, conv-conv-lstm: a front end nested in another)
+        raise ValueError(f"unknown --arch {cell!r}; choose one of {', '.join(arch_names())}")
     for key in ("hidden", "layers"):
         if int(config[key]) < 1:
             raise ValueError(f"--{key} must be >= 1, got {config[key]}")
@@ -160,8 +171,6 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
             kernel_size=config.get("kernel_size", 3), conv_layers=config.get("conv_layers", 1), **fb,
         )  # fmt: skip
     fams = recurrent_families()
-    if cell not in fams:
-        raise ValueError(f"unknown --arch {cell!r}; choose one of {', '.join(arch_names())}")
     options = config.get("options", {})
     params = inspect.signature(fams[cell]).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):  # the parallel-in-time layers
@@ -172,9 +181,12 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
             raise ValueError(
                 f"--arch {cell} does not take --opt {', '.join(unknown)}; its options are {', '.join(takes)}"
             )
-    kwargs = {**options, **extra}
-    if config.get("dropout") and config["layers"] > 1:  # torch warns about dropout with 1 layer
-        kwargs["dropout"] = config["dropout"]
+    kwargs = {k: v for k, v in {**options, **extra}.items() if k != "dropout"}
+    # --dropout, else --opt dropout (arch_config: given both, they agree; runs stored before
+    # that check: --dropout won); torch warns about dropout with 1 layer
+    dropout = config.get("dropout") or options.get("dropout")
+    if dropout and config["layers"] > 1:
+        kwargs["dropout"] = dropout
     try:
         return fams[cell](input_size, config["hidden"], num_layers=config["layers"], **kwargs)
     except TypeError as e:  # an unknown option: say which family rejected it

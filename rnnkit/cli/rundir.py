@@ -25,6 +25,23 @@ def write_json(obj: Any, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def write_results(doc: dict[str, Any], path: Path) -> None:
+    """``results.json`` (flat: metric -> value), strict JSON like ``metrics.jsonl``: a non-finite
+    value (a diverged run's loss) is ``null`` and named in ``"nonfinite"``
+    (:func:`rnnkit.train.callbacks.strict_row`); :func:`read_results` gives the floats back."""
+    from rnnkit.train.callbacks import strict_row
+
+    write_json(strict_row(doc), path)
+
+
+def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``results.json`` of a run directory, its non-finite values restored (files written
+    before :func:`write_results`, with bare ``NaN`` tokens, read alike)."""
+    from rnnkit.train.callbacks import restore_row
+
+    return restore_row(json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8")))
+
+
 def _same_data(a: Any, b: Any) -> bool:
     """Whether two runs' ``data`` descriptions name the same data (a file may be spelled two
     ways: ``x.txt``, ``./x.txt``, an absolute path)."""
@@ -50,6 +67,13 @@ def _lock_out(out: Path) -> None:
         msg = f"{out} is in use by another rnnkit training process; wait for it or choose another --out"
         raise CLIError(msg) from None
     _LOCKS.append(out)
+
+
+def create_run_dir(out: Path, run: dict[str, Any]) -> None:
+    """Create ``out``, lock it (:func:`_lock_out`) and write ``run`` as its ``run.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    _lock_out(out)
+    write_json(run, out / RUN_FILE)
 
 
 def find_run_dir(path: str | os.PathLike) -> Path:

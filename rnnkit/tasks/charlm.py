@@ -20,7 +20,7 @@ from rnnkit.state import detach_state
 
 __all__ = [
     "RECIPE", "RECIPE_LONG", "LONG_BUDGET_MINUTES", "LONG_BUDGET_MINUTES_BF16", "BF16_BELOW_MINUTES",
-    "BASELINE", "CharLM", "CharLMRecipe", "detach_state", "lr_at", "recipe_for", "sample",
+    "BASELINE", "CharLM", "CharLMRecipe", "SCHEDULES", "detach_state", "lr_at", "recipe_for", "sample",
 ]  # fmt: skip
 
 State = Any  # a Tensor (L, B, H), a tuple of them (LSTM: (h, c)), or None
@@ -139,6 +139,10 @@ def sample(
         model.train(was_training)
 
 
+#: The learning-rate schedules of :func:`lr_at`.
+SCHEDULES = ("cosine", "linear", "constant")
+
+
 @dataclass(frozen=True)
 class CharLMRecipe:
     """A training recipe for :class:`CharLM` trained for a wall-clock budget.
@@ -149,7 +153,8 @@ class CharLMRecipe:
     Gradients are clipped to a global norm of ``clip`` (0 = off). Batches are B parallel
     contiguous streams of the training text cut into windows of ``seq_len``
     characters with the recurrent state carried across windows (TBPTT); the
-    optimizer is Adam(lr, betas, weight_decay). The defaults are :data:`RECIPE`.
+    optimizer is Adam(lr, betas, weight_decay). The defaults are :data:`RECIPE`. Every field
+    is checked when the recipe is made (a ``ValueError`` naming it).
     """
 
     hidden_size: int = 384
@@ -165,6 +170,30 @@ class CharLMRecipe:
     warmup: float = 0.02
     final_lr_ratio: float = 0.05
     schedule: str = "cosine"  # "cosine", "linear" or "constant"
+
+    def __post_init__(self) -> None:
+        # checked here, not where used: lr_at reads `schedule` only after the warmup, mid-run
+        for name in ("hidden_size", "num_layers", "embedding_dim", "batch_size", "seq_len"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"CharLMRecipe: {name} must be a positive int, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise ValueError(f"CharLMRecipe: lr must be a positive number, got {self.lr!r}")
+        checks = {  # name: (holds, what it must be); written so that nan fails each
+            "dropout": (0 <= self.dropout < 1, "in [0, 1)"),
+            "weight_decay": (0 <= self.weight_decay < math.inf, "a number >= 0"),
+            "clip": (0 <= self.clip < math.inf, "a number >= 0 (0 = off)"),
+            "warmup": (0 <= self.warmup < 1, "a fraction of the budget in [0, 1)"),
+            "final_lr_ratio": (0 <= self.final_lr_ratio <= 1, "in [0, 1]"),
+        }
+        for name, (ok, must) in checks.items():
+            if not ok:
+                raise ValueError(f"CharLMRecipe: {name} must be {must}, got {getattr(self, name)!r}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"CharLMRecipe: betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.schedule not in SCHEDULES:
+            names = ", ".join(map(repr, SCHEDULES))
+            raise ValueError(f"CharLMRecipe: schedule must be one of {names}, got {self.schedule!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of the fields."""

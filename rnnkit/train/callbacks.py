@@ -128,14 +128,26 @@ def _drop_rows_after(path: Path, trainer: Trainer, read_key) -> None:
         os.replace(tmp, path)
 
 
-def metrics_line(row: dict[str, Any]) -> str:
-    """``row`` as one line of ``metrics.jsonl``: strict JSON (bare ``NaN``/``Infinity`` tokens
-    are Python's alone: jq and JavaScript refuse them), each non-finite float ``null`` and named in
-    ``"nonfinite"`` by its ``repr`` (``"nan"``, ``"inf"``, ``"-inf"``)."""
+def strict_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (a flat dict) as strict JSON takes it (bare ``NaN``/``Infinity`` tokens are Python's
+    alone: jq and JavaScript refuse them): each non-finite float ``None`` and named in
+    ``"nonfinite"`` by its ``repr`` (``"nan"``, ``"inf"``, ``"-inf"``); :func:`restore_row` undoes it."""
     bad = {k: repr(v) for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         row = {**{k: None if k in bad else v for k, v in row.items()}, "nonfinite": bad}
-    return json.dumps(row, allow_nan=False) + "\n"
+    return row
+
+
+def restore_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The row :func:`strict_row` was given (in place): its ``"nonfinite"`` floats put back."""
+    for k, v in row.pop("nonfinite", {}).items():
+        row[k] = float(v)
+    return row
+
+
+def metrics_line(row: dict[str, Any]) -> str:
+    """``row`` as one line of ``metrics.jsonl``: strict JSON (:func:`strict_row`)."""
+    return json.dumps(strict_row(row), allow_nan=False) + "\n"
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -146,10 +158,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     for line in Path(path).read_text(encoding="utf-8").splitlines(keepends=True):
         if not line.endswith("\n") or not line.strip():
             continue
-        row = json.loads(line)
-        for k, v in row.pop("nonfinite", {}).items():
-            row[k] = float(v)
-        rows.append(row)
+        rows.append(restore_row(json.loads(line)))
     return rows
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -58,7 +57,9 @@ def assert_one_line_error(r: Run, *fragments: str) -> None:
 
 
 def results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
+    from rnnkit.cli.rundir import read_results  # strict JSON: a NaN is null + "nonfinite"
+
+    return read_results(out)
 
 
 def assert_run_files(out: Path, *extra: str) -> None:

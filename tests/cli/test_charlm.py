@@ -134,12 +134,26 @@ def test_model_size_follows_the_budget_unless_given(cli, tmp_path, text_file):
     assert (a["hidden"], a["dropout"]) == (384, 0.0)
     a = arch(tmp_path / "given", "--max-minutes", 25, "--hidden", 16, "--dropout", 0.1)
     assert (a["hidden"], a["dropout"]) == (16, 0.1)
+    a = arch(tmp_path / "opt", "--max-minutes", 25, "--hidden", 16, "--opt", "dropout=0.1")  # = --dropout
+    assert a["dropout"] == 0.1
 
 
 def test_bad_text_file(cli, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n", encoding="utf-8")
     assert_one_line_error(cli("train", "charlm", "--data", empty, "--out", tmp_path / "o", *LM), "empty")
+
+
+def test_too_little_data_leaves_no_run_directory(cli, tmp_path, text_file):
+    """The data-size check ran after run.json and .lock were written into --out: a failed command
+    left a run directory without a checkpoint, which sample/eval/--resume then tripped over."""
+    small = tmp_path / "small.txt"
+    small.write_text(text_file.read_text(encoding="utf-8")[:300], encoding="utf-8")
+    r = cli("train", "charlm", "--data", small, "--out", tmp_path / "o", *LM, "--batch-size", 64)
+    assert_one_line_error(r, "fewer than --batch-size x --seq-len")
+    assert not (tmp_path / "o").exists()
+    r = cli("train", "charlm", "--data", small, "--out", tmp_path / "o", *LM, "--max-steps", 1)
+    assert r.rc == 0, r.err
 
 
 def test_max_steps_alone_schedules_by_steps(cli, tmp_path, text_file):
@@ -269,3 +283,46 @@ def test_validation_text_shorter_than_the_ranks(cli, tmp_path, monkeypatch):
     flags = ["--hidden", "8", "--seq-len", "8", "--batch-size", "4", "--max-steps", "1", "--no-progress"]
     r = cli("train", "charlm", "--data", text, "--out", tmp_path / "o", *flags)
     assert_one_line_error(r, "validation text has 3 characters", "fewer than the 4 ranks")
+
+
+def test_resume_trains_in_the_runs_precision(cli, tmp_path, text_file, monkeypatch):
+    """--amp was not stored: a resume decided `auto` again (from this machine and the budget, or
+    the default off of a run started with --amp bf16), another precision than the run's."""
+    import torch
+
+    def native(yes: bool) -> None:  # whether this CPU computes bfloat16 natively (what auto asks)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: yes, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: yes, raising=False)
+
+    out, base = tmp_path / "lm", ["train", "charlm", "--data", text_file, "--out", tmp_path / "lm", *LM]
+    native(True)
+    r = cli(*base, "--max-steps", 2)  # --amp auto: bf16 here
+    assert r.rc == 0 and "mixed precision: bf16" in r.out, r.err
+    assert json.loads((out / "run.json").read_text())["train"]["amp"] == "bf16"  # resolved, not "auto"
+    native(False)  # auto would be off now: the run's bf16 wins, nothing given on the command line
+    r = cli(*base, "--max-steps", 3, "--resume")
+    assert r.rc == 0 and "mixed precision: bf16" in r.out, r.err
+    assert "--amp" not in r.out
+    r = cli(*base, "--max-steps", 4, "--resume", "--amp", "off")  # given: ignored, saying so
+    assert r.rc == 0 and "mixed precision: bf16" in r.out, r.err
+    assert "resuming with the run's --amp bf16 (command line's off ignored)" in r.out
+    r = cli(*base, "--max-steps", 5, "--resume", "--amp", "bf16")  # the same: nothing to say
+    assert r.rc == 0 and "--amp" not in r.out
+    other = tmp_path / "fp32"  # a memory task: default off, stored as off
+    r = cli("train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
+            "--out", other, "--hidden", 8, "--max-steps", 1, "--no-progress")  # fmt: skip
+    assert r.rc == 0 and json.loads((other / "run.json").read_text())["train"]["amp"] == "off"
+
+
+def test_eval_defaults_to_the_runs_window(cli, tmp_path, text_file):
+    """`rnnkit eval` cut the text into --seq-len windows of 200 by default whatever the run was
+    trained on: a batch-norm LSTM then read the statistics of steps it was never trained at (and
+    the window sets how many streams a short text is cut into). Now the run's --seq-len."""
+    out = tmp_path / "bn"
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 3, "--opt=norm=batch", *LM)
+    assert r.rc == 0, r.err
+    default = cli("eval", "--checkpoint", out, "--data", text_file)
+    same = cli("eval", "--checkpoint", out, "--data", text_file, "--seq-len", 16)  # the run's
+    other = cli("eval", "--checkpoint", out, "--data", text_file, "--seq-len", 200)
+    assert default.rc == same.rc == other.rc == 0, default.err
+    assert default.out == same.out and default.out != other.out

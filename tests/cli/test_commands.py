@@ -272,6 +272,24 @@ def test_metrics_of_a_diverged_run_are_strict_json(cli, tmp_path):
     assert math.isnan(read_metrics(tmp_path / "metrics.jsonl")[-1]["loss"])
 
 
+def test_results_of_a_diverged_run_are_strict_json(cli, tmp_path):
+    """results.json held bare NaN tokens (the final losses and metrics of a diverged run) as
+    metrics.jsonl did: now null + "nonfinite", and read_results gives the floats back."""
+    from rnnkit.cli.rundir import read_results
+
+    def bad(token):
+        raise AssertionError(f"{token} is not JSON")
+
+    args = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 128, "--n-valid", 8,
+            "--lr", 1e300, "--out", tmp_path, *TINY]  # fmt: skip
+    assert cli(*args).rc == 0
+    doc = json.loads((tmp_path / "results.json").read_text(), parse_constant=bad)
+    assert doc["valid_loss"] is None and doc["nonfinite"]["valid_loss"] == "nan"
+    back = read_results(tmp_path)
+    assert math.isnan(back["valid_loss"]) and math.isnan(back["valid_mse"]) and "nonfinite" not in back
+    assert back["step"] == 3 and back["stop_reason"] == "max_steps"
+
+
 def test_resume_restores_the_runs_training_flags(cli, tmp_path):
     """--batch-size, --lr, --clip and --seed (the generated data, the shuffling) were not stored:
     a resume without them went on with the defaults, another run than the one interrupted."""

@@ -36,6 +36,8 @@ def test_unknown_arch_and_option(cli, tmp_path):
     )
     r = cli(*MEM, "--opt", "no_such_option=1", "--out", tmp_path / "b", *TINY)
     assert_one_line_error(r, "no_such_option")
+    # the model is built before anything is written: no half-made run directory is left
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     r = cli(*MEM, "--opt", "novalue", "--out", tmp_path / "c", *TINY)
     assert r.rc == 2
     assert_one_line_error(r, "key=value")
@@ -130,6 +132,7 @@ def test_causal_tasks_refuse_a_bidirectional_encoder(cli, tmp_path, text_file, s
     task = [{"TEXT": text_file, "SERIES": series_csv}.get(a, a) for a in task]
     r = cli("train", *task, "--opt", "bidirectional=True", "--out", tmp_path / "o", *TINY)
     assert_one_line_error(r, "unidirectional", "bidirectional")
+    assert not (tmp_path / "o").exists()  # (run.json and .lock were written before the model was built)
 
 
 def test_damaged_or_foreign_checkpoint_files_are_named(cli, tmp_path, text_file):

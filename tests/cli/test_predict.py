@@ -56,6 +56,21 @@ def test_classify_text(cli, tmp_path, text_csv, monkeypatch):
         assert echoed == text
 
 
+def test_stdin_bom_is_not_text(cli, tmp_path, text_csv, monkeypatch):
+    """A file's UTF-8 BOM was stripped, standard input's was not: the first item began with U+FEFF
+    (an unknown token, echoed back). Standard input decoded as UTF-8, as a pipe from Windows tools."""
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, *TINY).rc == 0
+    outputs = []
+    for bom in (b"", b"\xef\xbb\xbf"):
+        raw = io.BytesIO(bom + b"A great film\nlovely\n")
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(raw, encoding="utf-8"))
+        r = cli("predict", "--checkpoint", out, "--input", "-")
+        assert r.rc == 0, r.err
+        outputs.append(r.out)
+    assert outputs[1] == outputs[0] and outputs[0].splitlines()[0].endswith("\tA great film")
+
+
 def test_tag_sentences(cli, tmp_path, conllu):
     out = tmp_path / "t"
     assert cli("train", "tag", "--data", conllu, "--out", out, *TINY).rc == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -131,6 +132,32 @@ def test_lr_schedule() -> None:
     top = lrs.index(max(lrs))
     assert all(a >= b for a, b in zip(lrs[top:], lrs[top + 1 :], strict=False))
     assert RECIPE.to_dict()["hidden_size"] == RECIPE.hidden_size
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("schedule", "cosin", "schedule must be one of 'cosine', 'linear', 'constant', got 'cosin'"),
+        ("warmup", 1.0, r"warmup must be a fraction of the budget in \[0, 1\), got 1.0"),
+        ("warmup", -0.1, "warmup"),
+        ("final_lr_ratio", -0.5, r"final_lr_ratio must be in \[0, 1\], got -0.5"),
+        ("final_lr_ratio", float("nan"), "final_lr_ratio"),
+        ("lr", 0.0, "lr must be a positive number, got 0.0"),
+        ("lr", float("inf"), "lr must be"),
+        ("hidden_size", 0, "hidden_size must be a positive int, got 0"),
+        ("seq_len", 2.5, "seq_len must be a positive int"),
+        ("dropout", 1.0, r"dropout must be in \[0, 1\)"),
+        ("betas", (0.9, 1.0), r"betas must be two numbers in \[0, 1\)"),
+        ("weight_decay", -1.0, "weight_decay must be a number >= 0"),
+        ("clip", float("nan"), "clip must be a number >= 0"),
+    ],
+)
+def test_recipe_is_checked_when_made(field, value, match) -> None:
+    """A recipe's fields were never checked: an unknown schedule raised in lr_at only once the
+    warmup was over (mid-run), a warmup of 1 divided by a 1e-9 floor, a negative floor ratio
+    gave negative learning rates. Now the recipe refuses them when it is made."""
+    with pytest.raises(ValueError, match=match):
+        replace(RECIPE, **{field: value})
 
 
 def test_recipe_by_budget() -> None:

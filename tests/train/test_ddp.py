@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rnnkit.cli.rundir import read_results
 from rnnkit.train import latest_checkpoint, list_checkpoints, load_checkpoint
 
 from . import ddp_worker
@@ -292,12 +293,12 @@ def test_cli_charlm_under_torchrun_equals_one_process(tmp_path):
     torch.testing.assert_close(
         torch.tensor([r[2] for r in ddp]), torch.tensor([r[2] for r in one]), atol=1e-4, rtol=0
     )  # float32 GEMMs over 2 rows a rank against 4 in one process round differently (~2e-5)
-    res = [json.loads((tmp_path / d / "results.json").read_text()) for d in ("ddp", "one")]
+    res = [read_results(tmp_path / d) for d in ("ddp", "one")]
     assert res[0]["valid_nats_per_char"] == pytest.approx(res[1]["valid_nats_per_char"], abs=1e-4)
     # a time budget (the learning-rate schedule follows it): every rank stops at the same step
     flags[flags.index("--max-steps") : flags.index("--max-steps") + 2] = ["--max-minutes", "0.03"]
     _torchrun("-m", "rnnkit", "train", "charlm", *flags, "--out", str(tmp_path / "budget"))
-    assert json.loads((tmp_path / "budget" / "results.json").read_text())["stop_reason"] == "max_minutes"
+    assert read_results(tmp_path / "budget")["stop_reason"] == "max_minutes"
 
 
 def test_cli_resume_under_torchrun_continues_exactly(tmp_path):
@@ -335,7 +336,7 @@ def test_cli_other_tasks_under_torchrun(tmp_path):
         proc = _torchrun("-m", "rnnkit", "train", *argv, "--max-steps", "4", "--batch-size", "8",
                          "--hidden", "8", "--no-progress", "--out", str(out))  # fmt: skip
         assert proc.stdout.count("stopped (max_steps) after 4 steps") == 1, proc.stdout
-        assert json.loads((out / "results.json").read_text())["step"] == 4
+        assert read_results(out)["step"] == 4
     bad = [
         "-m",
         "rnnkit",
