@@ -61,7 +61,8 @@ class NTASGD:
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
-        """Temporarily put the averaged weights into the model (for evaluation)."""
+        """Temporarily put the averaged weights into the model (for evaluation); before the
+        trigger there are none, and the model's own weights are used."""
         if not self.triggered:
             yield
             return
@@ -78,7 +79,11 @@ class NTASGD:
 
     @torch.no_grad()
     def apply(self) -> None:
-        """Copy the averaged weights into the model for good (end of training)."""
+        """Copy the averaged weights into the model for good (end of training). Before the
+        trigger nothing has been averaged: the model's weights are the result, as in
+        :meth:`swapped`, and are left as they are."""
+        if not self.triggered:
+            return
         for p, avg in zip(self.params, self.averages, strict=True):
             p.copy_(avg)
 
