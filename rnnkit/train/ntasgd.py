@@ -97,15 +97,29 @@ class NTASGD:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = list(state["history"])
-        self.triggered_at = state["triggered_at"]
-        self.n_averaged = state["n_averaged"]
-        if len(state["averages"]) not in (0, len(self.params)):
+        """Restore :meth:`state_dict`'s output. Checked against this model before anything
+        changes: one averaged tensor of each trainable parameter's shape once triggered (a
+        checkpoint of another model would otherwise load and break :meth:`apply`), none before."""
+        averages, triggered_at = list(state["averages"]), state["triggered_at"]
+        if triggered_at is None and averages:
+            raise ValueError(f"NT-ASGD state is not triggered but holds {len(averages)} averaged tensors")
+        if triggered_at is not None and not averages:
+            raise ValueError(f"NT-ASGD state was triggered at step {triggered_at} but holds no averages")
+        if len(averages) not in (0, len(self.params)):
             raise ValueError(
-                f"NT-ASGD state has {len(state['averages'])} averaged tensors, "
+                f"NT-ASGD state has {len(averages)} averaged tensors, "
                 f"the model has {len(self.params)} trainable parameters"
             )
+        for i, (a, p) in enumerate(zip(averages, self.params[: len(averages)], strict=True)):
+            if tuple(a.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"NT-ASGD state does not fit the model: averaged tensor {i} has shape "
+                    f"{tuple(a.shape)}, the parameter {tuple(p.shape)}"
+                )
+        self.history = list(state["history"])
+        self.triggered_at = triggered_at
+        self.n_averaged = state["n_averaged"]
         self.averages = [
             a.to(device=p.device, dtype=p.dtype)
-            for a, p in zip(state["averages"], self.params[: len(state["averages"])], strict=True)
+            for a, p in zip(averages, self.params[: len(averages)], strict=True)
         ]

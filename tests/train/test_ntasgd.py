@@ -1,5 +1,6 @@
 """NT-ASGD's averaging object on its own: applying, swapping and loading its state."""
 
+import pytest
 import torch
 
 from rnnkit.train import NTASGD
@@ -17,3 +18,33 @@ def test_apply_before_the_trigger_keeps_the_weights():
         pass
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p, b)
+
+
+def _triggered(model, nonmono=1):
+    avg = NTASGD(model, nonmono=nonmono)
+    for v in [2.0, 3.0, 2.5]:
+        avg.observe(v, step=0)
+    assert avg.triggered
+    return avg
+
+
+def test_load_state_dict_checks_the_averages_against_the_model():
+    """A state of another model with as many parameters loaded silently (apply() then failed in
+    copy_ or broadcast a wrong average); a triggered state without averages failed at the next
+    update. Now clear errors naming expected and received shapes, and nothing is changed."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 3)
+    avg = NTASGD(model)
+    other = _triggered(torch.nn.Linear(3, 2)).state_dict()
+    with pytest.raises(ValueError, match=r"averaged tensor 0 has shape \(2, 3\), the parameter \(3, 2\)"):
+        avg.load_state_dict(other)
+    assert not avg.triggered and avg.history == [] and avg.averages == []
+    broken = {**_triggered(model).state_dict(), "averages": []}
+    with pytest.raises(ValueError, match="triggered at step 0 but holds no averages"):
+        avg.load_state_dict(broken)
+    stale = {**NTASGD(model).state_dict(), "averages": _triggered(model).state_dict()["averages"]}
+    with pytest.raises(ValueError, match="not triggered but holds 2 averaged tensors"):
+        avg.load_state_dict(stale)
+    good = _triggered(model)
+    avg.load_state_dict(good.state_dict())
+    assert avg.triggered and all(torch.equal(a, b) for a, b in zip(avg.averages, good.averages, strict=True))
