@@ -2,10 +2,14 @@
 
 Training runs with the given optimizer (SGD in the paper). At each validation, if the
 loss is worse than the best of all but the last ``nonmono`` validations, averaging is
-triggered: from then on a running mean of the weights is kept after every optimizer
-step. Validation uses the averaged weights, and they replace the weights at the end.
-This is AWD-LSTM's switch to ``torch.optim.ASGD(t0=0, lambd=0)``, done without swapping
-the optimizer object, so it composes with any optimizer, scheduler and checkpoint.
+triggered. From then on the average is the mean of the weights at the trigger and after
+every optimizer step since (``n_averaged + 1`` points): ``sum_{i=T..k} w_i / (k - T + 1)``,
+what Algorithm 1 of the paper returns. Validation uses the averaged weights, and they
+replace the weights at the end. It is kept without swapping the optimizer object, so it
+composes with any optimizer, scheduler and checkpoint. AWD-LSTM's code switches to
+``torch.optim.ASGD(t0=0, lambd=0)`` instead, whose average leaves out the weights at the
+switch and (its ``mu`` is 1 for two steps) those after the first step too: the mean of the
+weights after steps 2..k of the switched optimizer.
 """
 
 from __future__ import annotations

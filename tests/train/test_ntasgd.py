@@ -48,3 +48,19 @@ def test_load_state_dict_checks_the_averages_against_the_model():
     good = _triggered(model)
     avg.load_state_dict(good.state_dict())
     assert avg.triggered and all(torch.equal(a, b) for a, b in zip(avg.averages, good.averages, strict=True))
+
+
+def test_average_includes_the_weights_at_the_trigger():
+    """The module docstring's claim: the mean of the weights at the trigger and after each
+    update since (Algorithm 1 of Merity et al.), not torch.optim.ASGD's average."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    avg = _triggered(model)
+    for w in [1.0, 2.0, 6.0]:
+        with torch.no_grad():
+            model.weight.fill_(w)
+        avg.update()
+    assert avg.n_averaged == 3
+    with avg.swapped():
+        assert model.weight.item() == pytest.approx((3.0 + 1.0 + 2.0 + 6.0) / 4)
