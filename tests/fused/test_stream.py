@@ -56,6 +56,29 @@ def test_unbatched_and_errors():
         Stream(rnnkit.GRU(3, 4, zoneout=0.1).train()).step(torch.randn(3))
 
 
+@pytest.mark.parametrize(
+    "kw, why",
+    [({"norm": "batch", "max_len": 3}, "batch norm"), ({"dropout": 0.5}, "dropout between layers")],
+    ids=["batch_norm", "dropout"],
+)
+def test_training_mode_that_differs_from_evaluation_is_refused(kw, why):
+    """Stream is documented to run evaluation semantics, but in training mode a batch-norm
+    layer normalized with the step's batch statistics and updated the running ones, and
+    dropout between layers was applied. Now refused like the regularizers, nothing changed;
+    after eval() the stream gives the layer's eval() outputs."""
+    torch.manual_seed(0)
+    layer = _scrambled(rnnkit.LSTM(3, 4, 2, **kw)).train()
+    buffers = {k: b.clone() for k, b in layer.named_buffers()}
+    x = torch.randn(3, 2, 3)
+    with pytest.raises(ValueError, match=rf"call layer\.eval\(\).*{why}"):
+        Stream(layer).step(x[0])
+    assert all(torch.equal(b, buffers[k]) for k, b in layer.named_buffers())
+    layer.eval()
+    _close(_run(Stream(layer), x)[0], layer(x)[0])
+    plain = rnnkit.LSTM(3, 4, 2).train()  # nothing differs in training: streams as in eval()
+    _close(_run(Stream(plain), x)[0], plain(x)[0])
+
+
 def test_other_layers_get_a_type_error_naming_what_to_use():
     """QRNN & co. (no cells) and torch's layers used to fail with an AttributeError on ``cells``."""
     with pytest.raises(TypeError, match=r"rnnkit\.LSTM.*got .*qrnn\.QRNN: .*QRNN\.step\(x_t, state\)"):
