@@ -73,15 +73,14 @@ class Stream:
         self._fast = [None if getattr(c, "proj_size", 0) else c.torch_mode() for c in layer.cells]
         self._t = -1  # the time index of the last step (batch norm's statistics slot)
 
-    def step(self, x: Tensor, state=None, step: int | None = None):
+    def step(self, x: Tensor, state=None, step: int | Tensor | None = None):
         """One step of every layer: returns ``(y_t, new_state)`` (state shaped like ``hx``).
 
         ``step``: the time index of ``x_t`` in its sequence (default: 0 when ``state`` is
         None, else one more than the previous call's); only batch norm reads it."""
         m = self.layer
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
-        t = step if step is not None else (0 if state is None else self._t + 1)
+        # as the layer's ``step``: a numpy int or a 0-d integer tensor too
+        t = _checks.check_step(step) if step is not None else (0 if state is None else self._t + 1)
         why = _training_differs(m)
         if why:  # else batch statistics (running ones updated) or dropout, silently
             raise ValueError(f"Stream runs evaluation semantics: call layer.eval() (in training mode: {why})")

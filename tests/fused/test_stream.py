@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -152,6 +153,10 @@ def test_batch_norm_stream_counts_its_steps_and_takes_an_explicit_one():
         _close(yz, want_z[t])
     with pytest.raises(ValueError, match="non-negative int"):
         stream.step(x[0], step=-1)
+    # what the layer's step takes: a numpy int, a 0-d integer tensor (these were refused)
+    s2 = _run(stream, x[:2])[1]
+    for step in (np.int64(2), torch.tensor(2)):
+        _close(stream.step(x[2], s2, step=step)[0], want_x[2])
 
 
 @pytest.mark.parametrize(
