@@ -70,8 +70,15 @@ class CausalConv1d(nn.Conv1d):
             if valid is not None:
                 x = x * valid
             return super().forward(F.pad(x, (self.context // 2, self.context // 2))), None
+        expected = (x.shape[0], self.in_channels, self.context)
         if past is None:
-            past = x.new_zeros(x.shape[0], x.shape[1], self.context)
+            past = x.new_zeros(expected)
+        elif tuple(past.shape) != expected:  # else torch.cat's size error, naming neither state nor batch
+            _checks.fail(
+                f"the state of a causal convolution (its past inputs) must be (batch, in_channels, "
+                f"(kernel_size - 1) * dilation): expected shape {expected} for this input, got "
+                f"{tuple(past.shape)}"
+            )
         full = torch.cat([past, x], dim=2)
         if not self.context:
             new_past = past
@@ -111,6 +118,17 @@ def _to_bct(x: Tensor, batch_first: bool) -> Tensor:
 
 def _from_bct(y: Tensor, batch_first: bool) -> Tensor:
     return y.permute(0, 2, 1) if batch_first else y.permute(2, 0, 1)
+
+
+def _pasts(state: Any, n: int, what: str, unit: str) -> Any:
+    """``state``'s per-convolution entries (``n`` of them; ``None``: ``n`` Nones), checked in
+    number -- zip() would otherwise fail with its own message or drop the extra ones."""
+    if state is None:
+        return [None] * n
+    if not isinstance(state, (tuple, list)) or len(state) != n:
+        got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else state
+        _checks.fail(f"the {what} state must hold {n} entries (one per {unit}), got {got}")
+    return state
 
 
 def _valid_mask(lengths: Tensor | None, y: Tensor) -> Tensor | None:
@@ -182,7 +200,7 @@ class TCN(nn.Module):
         checked = _lengths(lengths, y)  # both modes: the mask below would broadcast a bad shape
         valid = None if self.causal else _valid_mask(checked, y)
         ends = checked if self.causal else None
-        pasts = state if state is not None else [None] * len(self.blocks)
+        pasts = _pasts(state, len(self.blocks), "TCN", "level")
         new = []
         for block, past in zip(self.blocks, pasts, strict=True):
             y, p = block(y, past, valid, ends)
@@ -229,7 +247,8 @@ class ConvRecurrent(nn.Module):
         return encoder_output_size(self.rnn)
 
     def forward(self, x: Tensor, state: Any = None, **kwargs: Any) -> tuple[Tensor, Any]:
-        pasts, rstate = state if state is not None else ([None] * len(self.convs), None)
+        pasts, rstate = state if state is not None else (None, None)
+        pasts = _pasts(pasts, len(self.convs), "convolution front end", "convolution")
         y, new = _to_bct(x, self.batch_first), []
         checked = _lengths(kwargs.get("lengths"), y)  # before the convolutions, in both modes
         valid = None if self.causal else _valid_mask(checked, y)  # see CausalConv1d

@@ -5,8 +5,10 @@
 layer is one call of torch's fused cell kernel (``_VF.lstm_cell`` & co., what
 ``torch.nn.LSTMCell`` runs), so a step costs about one bare cell call per layer; other cells
 run their own :meth:`Cell.step`. Stepping through a sequence gives exactly the layer's
-output on the whole sequence (evaluation semantics: dropout-type regularizers are off and
-zoneout uses its expectation ``lerp(s̃_t, s_{t-1}, p)``, as the layer does in ``eval()``).
+output on the whole sequence in ``eval()`` (evaluation semantics: dropout and dropout-type
+regularizers are off, zoneout uses its expectation ``lerp(s̃_t, s_{t-1}, p)``, batch norm its
+running statistics, which a step never updates). A layer in training mode with any of these
+is refused (call ``layer.eval()``); one without them computes the same in both modes.
 
 Batch norm (``norm="batch"``) normalizes step ``t`` with the running statistics of slot ``t``,
 so a stream counts its steps: 0 for a call with ``state=None`` (a new sequence), one more
@@ -35,6 +37,18 @@ _CELLS = {
 }
 
 
+def _training_differs(layer: RecurrentStack) -> str:
+    """Why ``layer`` in its current mode computes other numbers than in ``eval()`` ('' if not)."""
+    if not layer.training:
+        return ""
+    why = [
+        "regularizers" if layer._regularized() else "",
+        "dropout between layers" if layer.dropout and layer.num_layers > 1 else "",
+        "batch norm" if any(getattr(c, "norm", None) == "batch" for c in layer.cells) else "",
+    ]
+    return ", ".join(w for w in why if w)
+
+
 class Stream:
     """Stateful single-step runner of a unidirectional recurrent layer stack."""
 
@@ -59,17 +73,17 @@ class Stream:
         self._fast = [None if getattr(c, "proj_size", 0) else c.torch_mode() for c in layer.cells]
         self._t = -1  # the time index of the last step (batch norm's statistics slot)
 
-    def step(self, x: Tensor, state=None, step: int | None = None):
+    def step(self, x: Tensor, state=None, step: int | Tensor | None = None):
         """One step of every layer: returns ``(y_t, new_state)`` (state shaped like ``hx``).
 
         ``step``: the time index of ``x_t`` in its sequence (default: 0 when ``state`` is
         None, else one more than the previous call's); only batch norm reads it."""
         m = self.layer
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-            raise ValueError(f"step must be a non-negative int, got {step!r}")
-        t = step if step is not None else (0 if state is None else self._t + 1)
-        if m.training and m._regularized():
-            raise ValueError("Stream runs evaluation semantics: call layer.eval() when it has regularizers")
+        # as the layer's ``step``: a numpy int or a 0-d integer tensor too
+        t = _checks.check_step(step) if step is not None else (0 if state is None else self._t + 1)
+        why = _training_differs(m)
+        if why:  # else batch statistics (running ones updated) or dropout, silently
+            raise ValueError(f"Stream runs evaluation semantics: call layer.eval() (in training mode: {why})")
         _checks.check_tensor(x, "x_t")
         unbatched = x.dim() == 1
         if unbatched:
@@ -101,16 +115,14 @@ class Stream:
                 else:
                     cur = (_CELLS[mode](x, prev[0], *args),)
             else:
-                ctx = StepContext(t=t, training=m.training, extra={"step": t})
+                ctx = StepContext(t=t, training=False, extra={"step": t})
                 cur = cell.step(p, cell.project_input(p, x), prev, ctx)
             probs = m.zoneout_probs[k]
             if any(probs):  # evaluation zoneout: the expectation
                 cur = tuple(torch.lerp(s1, s0, q) if q else s1 for s0, s1, q in zip(prev, cur, probs))
             for i, s in enumerate(cur):
                 new[i].append(s)
-            x = cur[0]
-            if m.dropout and m.training and k < m.num_layers - 1:
-                x = torch.nn.functional.dropout(x, m.dropout, True)
+            x = cur[0]  # no dropout between layers: evaluation
         self._t = t
         out = tuple(torch.stack(s) for s in new)
         if unbatched:

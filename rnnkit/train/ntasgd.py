@@ -2,10 +2,14 @@
 
 Training runs with the given optimizer (SGD in the paper). At each validation, if the
 loss is worse than the best of all but the last ``nonmono`` validations, averaging is
-triggered: from then on a running mean of the weights is kept after every optimizer
-step. Validation uses the averaged weights, and they replace the weights at the end.
-This is AWD-LSTM's switch to ``torch.optim.ASGD(t0=0, lambd=0)``, done without swapping
-the optimizer object, so it composes with any optimizer, scheduler and checkpoint.
+triggered. From then on the average is the mean of the weights at the trigger and after
+every optimizer step since (``n_averaged + 1`` points): ``sum_{i=T..k} w_i / (k - T + 1)``,
+what Algorithm 1 of the paper returns. Validation uses the averaged weights, and they
+replace the weights at the end. It is kept without swapping the optimizer object, so it
+composes with any optimizer, scheduler and checkpoint. AWD-LSTM's code switches to
+``torch.optim.ASGD(t0=0, lambd=0)`` instead, whose average leaves out the weights at the
+switch and (its ``mu`` is 1 for two steps) those after the first step too: the mean of the
+weights after steps 2..k of the switched optimizer.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ class NTASGD:
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
-        """Temporarily put the averaged weights into the model (for evaluation)."""
+        """Temporarily put the averaged weights into the model (for evaluation); before the
+        trigger there are none, and the model's own weights are used."""
         if not self.triggered:
             yield
             return
@@ -78,7 +83,11 @@ class NTASGD:
 
     @torch.no_grad()
     def apply(self) -> None:
-        """Copy the averaged weights into the model for good (end of training)."""
+        """Copy the averaged weights into the model for good (end of training). Before the
+        trigger nothing has been averaged: the model's weights are the result, as in
+        :meth:`swapped`, and are left as they are."""
+        if not self.triggered:
+            return
         for p, avg in zip(self.params, self.averages, strict=True):
             p.copy_(avg)
 
@@ -92,15 +101,29 @@ class NTASGD:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.history = list(state["history"])
-        self.triggered_at = state["triggered_at"]
-        self.n_averaged = state["n_averaged"]
-        if len(state["averages"]) not in (0, len(self.params)):
+        """Restore :meth:`state_dict`'s output. Checked against this model before anything
+        changes: one averaged tensor of each trainable parameter's shape once triggered (a
+        checkpoint of another model would otherwise load and break :meth:`apply`), none before."""
+        averages, triggered_at = list(state["averages"]), state["triggered_at"]
+        if triggered_at is None and averages:
+            raise ValueError(f"NT-ASGD state is not triggered but holds {len(averages)} averaged tensors")
+        if triggered_at is not None and not averages:
+            raise ValueError(f"NT-ASGD state was triggered at step {triggered_at} but holds no averages")
+        if len(averages) not in (0, len(self.params)):
             raise ValueError(
-                f"NT-ASGD state has {len(state['averages'])} averaged tensors, "
+                f"NT-ASGD state has {len(averages)} averaged tensors, "
                 f"the model has {len(self.params)} trainable parameters"
             )
+        for i, (a, p) in enumerate(zip(averages, self.params[: len(averages)], strict=True)):
+            if tuple(a.shape) != tuple(p.shape):
+                raise ValueError(
+                    f"NT-ASGD state does not fit the model: averaged tensor {i} has shape "
+                    f"{tuple(a.shape)}, the parameter {tuple(p.shape)}"
+                )
+        self.history = list(state["history"])
+        self.triggered_at = triggered_at
+        self.n_averaged = state["n_averaged"]
         self.averages = [
             a.to(device=p.device, dtype=p.dtype)
-            for a, p in zip(state["averages"], self.params[: len(state["averages"])], strict=True)
+            for a, p in zip(averages, self.params[: len(averages)], strict=True)
         ]

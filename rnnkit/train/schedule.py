@@ -143,10 +143,21 @@ def autoregressive_unroll(
     ``to_input(logits_{t-1})`` (default: argmax, detached -- no gradient through the
     sampling) as ``sampler`` decides at training ``step``; no sampler = full teacher
     forcing. Returns logits ``(T, B, V)`` / ``(B, T, V)`` and the final state.
+    ``T >= 1`` (the logits' ``V`` is only known from a step) and ``first_input`` must be
+    shaped like one step of ``targets``: errors naming both shapes otherwise.
     """
     sampler = sampler or ScheduledSampler(1.0)
     to_input = to_input or (lambda logits: logits.argmax(-1))
+    if targets.dim() < 2:
+        raise ValueError(f"targets must be (T, B, *) or (B, T, *), got shape {tuple(targets.shape)}")
     tgt = targets.transpose(0, 1) if batch_first else targets
+    if tgt.shape[0] == 0:  # else torch.stack's "non-empty TensorList"
+        raise ValueError(f"targets must have at least one time step, got shape {tuple(targets.shape)}")
+    if first_input.shape != tgt.shape[1:]:  # later inputs are targets' steps (B, *)
+        raise ValueError(
+            f"first_input of shape {tuple(first_input.shape)} must be shaped like one step of "
+            f"targets: {tuple(tgt.shape[1:])} (targets {tuple(targets.shape)}, batch_first={batch_first})"
+        )
     x, outs = first_input, []
     for t in range(tgt.shape[0]):
         logits, state = step_fn(x, state)

@@ -63,6 +63,22 @@ def test_tcn_checks_lengths_in_both_modes(bidirectional, lengths, match):
         m(torch.randn(3, 6, 2), lengths=torch.tensor(lengths))
 
 
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm"])
+@pytest.mark.parametrize("kernel_size", [1, 3])
+def test_a_wrong_state_is_a_clear_error(arch, kernel_size):
+    """A state of another batch size failed in torch.cat ("Sizes of tensors must match"), one of
+    too few blocks in zip(); now errors naming the expected and received shapes / lengths."""
+    m = build_recurrent(cfg(arch, kernel_size=kernel_size), 3, batch_first=True)
+    _, state = m(torch.randn(3, 4, 3))
+    context = kernel_size - 1  # first convolution: dilation 1
+    with pytest.raises(ValueError, match=rf"expected shape \(2, 3, {context}\) .*got \(3, 3, {context}\)"):
+        m(torch.randn(2, 4, 3), state)
+    short = state[:1] if arch == "tcn" else (state[0][:1], state[1])
+    n = 2  # levels / conv layers of cfg()
+    with pytest.raises(ValueError, match=rf"state must hold {n} entries .*got tuple of length 1"):
+        m(torch.randn(3, 4, 3), short)
+
+
 @pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru", "conv-qrnn"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_padded_batch_state_continues_each_sequence(arch, batch_first):

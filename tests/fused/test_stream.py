@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -54,6 +55,29 @@ def test_unbatched_and_errors():
         stream.step(torch.randn(2, 5))
     with pytest.raises(ValueError, match="eval"):
         Stream(rnnkit.GRU(3, 4, zoneout=0.1).train()).step(torch.randn(3))
+
+
+@pytest.mark.parametrize(
+    "kw, why",
+    [({"norm": "batch", "max_len": 3}, "batch norm"), ({"dropout": 0.5}, "dropout between layers")],
+    ids=["batch_norm", "dropout"],
+)
+def test_training_mode_that_differs_from_evaluation_is_refused(kw, why):
+    """Stream is documented to run evaluation semantics, but in training mode a batch-norm
+    layer normalized with the step's batch statistics and updated the running ones, and
+    dropout between layers was applied. Now refused like the regularizers, nothing changed;
+    after eval() the stream gives the layer's eval() outputs."""
+    torch.manual_seed(0)
+    layer = _scrambled(rnnkit.LSTM(3, 4, 2, **kw)).train()
+    buffers = {k: b.clone() for k, b in layer.named_buffers()}
+    x = torch.randn(3, 2, 3)
+    with pytest.raises(ValueError, match=rf"call layer\.eval\(\).*{why}"):
+        Stream(layer).step(x[0])
+    assert all(torch.equal(b, buffers[k]) for k, b in layer.named_buffers())
+    layer.eval()
+    _close(_run(Stream(layer), x)[0], layer(x)[0])
+    plain = rnnkit.LSTM(3, 4, 2).train()  # nothing differs in training: streams as in eval()
+    _close(_run(Stream(plain), x)[0], plain(x)[0])
 
 
 def test_other_layers_get_a_type_error_naming_what_to_use():
@@ -129,6 +153,10 @@ def test_batch_norm_stream_counts_its_steps_and_takes_an_explicit_one():
         _close(yz, want_z[t])
     with pytest.raises(ValueError, match="non-negative int"):
         stream.step(x[0], step=-1)
+    # what the layer's step takes: a numpy int, a 0-d integer tensor (these were refused)
+    s2 = _run(stream, x[:2])[1]
+    for step in (np.int64(2), torch.tensor(2)):
+        _close(stream.step(x[2], s2, step=step)[0], want_x[2])
 
 
 @pytest.mark.parametrize(

@@ -74,3 +74,30 @@ def test_autoregressive_unroll():
     assert logits.shape == (2, 3, 5)
     assert torch.equal(inputs_seen[1], logits[:, 0].argmax(-1))  # own prediction fed back
     logits.sum().backward()  # differentiable through the logits
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_autoregressive_unroll_checks_shapes(batch_first):
+    """T=0 failed inside torch.stack ("stack expects a non-empty TensorList"); with T=1 a first
+    input of another batch was never compared with the targets (with T>1 only by the sampler,
+    after the first step). Now clear errors: the logits' V is only known from a step, so zero
+    steps is one."""
+    cell, head = torch.nn.GRUCell(1, 3), torch.nn.Linear(3, 2)
+
+    def step_fn(x, h):
+        h = cell(x.unsqueeze(-1).to(head.weight.dtype), h)
+        return head(h), h
+
+    def unroll(first, tgt):
+        return autoregressive_unroll(step_fn, first, tgt.t() if batch_first else tgt, batch_first=batch_first)
+
+    bos = torch.zeros(2, dtype=torch.long)
+    empty = r"\(2, 0\)" if batch_first else r"\(0, 2\)"  # the shape as given
+    with pytest.raises(ValueError, match=rf"at least one time step.*{empty}"):
+        unroll(bos, torch.zeros(0, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"first_input of shape \(3,\).*one step of targets: \(2,\)"):
+        unroll(torch.zeros(3, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"targets must be \(T, B, \*\) or \(B, T, \*\)"):
+        autoregressive_unroll(step_fn, bos, torch.zeros(2, dtype=torch.long))
+    logits, h = unroll(bos, torch.zeros(1, 2, dtype=torch.long))
+    assert logits.shape == ((2, 1, 2) if batch_first else (1, 2, 2)) and h.shape == (2, 3)

@@ -1,0 +1,66 @@
+"""NT-ASGD's averaging object on its own: applying, swapping and loading its state."""
+
+import pytest
+import torch
+
+from rnnkit.train import NTASGD
+
+
+def test_apply_before_the_trigger_keeps_the_weights():
+    """apply() before averaging had triggered failed with zip()'s bare "argument 2 is shorter";
+    like swapped(), it now leaves the weights as they are (nothing has been averaged)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    avg = NTASGD(model)
+    avg.apply()
+    with avg.swapped():
+        pass
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, b)
+
+
+def _triggered(model, nonmono=1):
+    avg = NTASGD(model, nonmono=nonmono)
+    for v in [2.0, 3.0, 2.5]:
+        avg.observe(v, step=0)
+    assert avg.triggered
+    return avg
+
+
+def test_load_state_dict_checks_the_averages_against_the_model():
+    """A state of another model with as many parameters loaded silently (apply() then failed in
+    copy_ or broadcast a wrong average); a triggered state without averages failed at the next
+    update. Now clear errors naming expected and received shapes, and nothing is changed."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 3)
+    avg = NTASGD(model)
+    other = _triggered(torch.nn.Linear(3, 2)).state_dict()
+    with pytest.raises(ValueError, match=r"averaged tensor 0 has shape \(2, 3\), the parameter \(3, 2\)"):
+        avg.load_state_dict(other)
+    assert not avg.triggered and avg.history == [] and avg.averages == []
+    broken = {**_triggered(model).state_dict(), "averages": []}
+    with pytest.raises(ValueError, match="triggered at step 0 but holds no averages"):
+        avg.load_state_dict(broken)
+    stale = {**NTASGD(model).state_dict(), "averages": _triggered(model).state_dict()["averages"]}
+    with pytest.raises(ValueError, match="not triggered but holds 2 averaged tensors"):
+        avg.load_state_dict(stale)
+    good = _triggered(model)
+    avg.load_state_dict(good.state_dict())
+    assert avg.triggered and all(torch.equal(a, b) for a, b in zip(avg.averages, good.averages, strict=True))
+
+
+def test_average_includes_the_weights_at_the_trigger():
+    """The module docstring's claim: the mean of the weights at the trigger and after each
+    update since (Algorithm 1 of Merity et al.), not torch.optim.ASGD's average."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    avg = _triggered(model)
+    for w in [1.0, 2.0, 6.0]:
+        with torch.no_grad():
+            model.weight.fill_(w)
+        avg.update()
+    assert avg.n_averaged == 3
+    with avg.swapped():
+        assert model.weight.item() == pytest.approx((3.0 + 1.0 + 2.0 + 6.0) / 4)
