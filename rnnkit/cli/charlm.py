@@ -20,9 +20,7 @@ from rnnkit.cli.common import (
     add_run_arguments,
     device_of,
     echo,
-    final_validation,
     find_run_dir,
-    finish,
     load_model_weights,
     make_trainer,
     positive_int,
@@ -31,6 +29,7 @@ from rnnkit.cli.common import (
     read_run,
     resolve_amp,
 )
+from rnnkit.cli.finish import final_validation, finish
 
 __all__ = ["add_train_parser", "add_use_parsers", "build_model", "BudgetLR"]
 

@@ -353,52 +353,5 @@ def resolve_amp(amp: str, device: torch.device) -> str | None:
     return None if amp == "off" else amp
 
 
-def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:
-    """The validation loss at the last step (evaluated now unless the trainer just did),
-    also appended to ``metrics.jsonl``."""
-    from rnnkit.train.callbacks import metrics_line
-
-    rows = [r for r in trainer.history if r.get("split") == "val"]
-    if rows and rows[-1]["step"] == trainer.step:
-        return float(rows[-1]["loss"])
-    res = trainer.evaluate(valid)
-    row = {
-        "split": "val",
-        "step": trainer.step,
-        "epoch": trainer.epoch,
-        "loss": res["loss"],
-        "ppl": res["ppl"],
-    }
-    trainer.history.append(row)
-    if trainer.is_main:
-        with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(metrics_line(row))
-    return float(res["loss"])
-
-
-def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metrics: dict[str, Any],
-           valid: Any = None) -> dict[str, Any]:  # fmt: skip
-    """End of a run: a final validation row (when the last step had none), ``loss.png``
-    (every step's training loss + the validation points), ``results.json`` and a summary."""
-    from rnnkit.train import plot_loss_curve
-
-    out = Path(args.out)
-    if valid is not None:
-        final_validation(args, trainer, valid)
-    val_rows = [r for r in trainer.history if r.get("split") == "val"]
-    train_rows = [{"split": "train", "step": i + 1, "loss": v} for i, v in enumerate(trainer.losses)]
-    if (train_rows or val_rows) and trainer.is_main:
-        plot_loss_curve(train_rows + val_rows, out / "loss.png", title=f"{out.name}: loss per step")
-    if val_rows:
-        metrics = {"valid_loss": val_rows[-1]["loss"], **metrics}
-    doc = {"stop_reason": result["stop_reason"], "step": result["step"], "epoch": result["epoch"], **metrics}
-    if trainer.is_main:
-        write_results(doc, out / "results.json")  # strict JSON: a NaN is null + "nonfinite"
-    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-    echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {shown}")
-    echo(f"wrote {out}/ (checkpoints/, metrics.jsonl, loss.png, results.json)")
-    return doc
-
-
 def warn(msg: str) -> None:
     print(f"rnnkit: {msg}", file=sys.stderr)

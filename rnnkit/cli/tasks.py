@@ -19,47 +19,17 @@ from rnnkit.arch import add_arch_arguments, arch_config, describe_arch
 from rnnkit.cli.common import (
     add_run_arguments,
     echo,
-    finish,
     make_trainer,
     positive_int,
     prepare_out,
     ranks,
     require,
 )
+from rnnkit.cli.finish import finish
+from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.tasks._common import batches
 
 __all__ = ["add_train_parsers"]
-
-SAMPLING = ("teacher", "linear", "exponential", "inverse_sigmoid")
-
-
-def _add_sampling(p: argparse.ArgumentParser, default: str) -> None:
-    g = p.add_argument_group("teacher forcing / scheduled sampling (Bengio et al. 2015)")
-    g.add_argument(
-        "--sampling",
-        choices=SAMPLING,
-        default=default,
-        help=f"'teacher' = always feed the truth; else the decay of P(truth) (default {default})",
-    )
-    g.add_argument(
-        "--sampling-k", type=float, default=None, help="k of exponential (<1) / inverse_sigmoid (>=1)"
-    )
-    g.add_argument(
-        "--sampling-steps", type=positive_int, default=1000, help="linear: steps to reach the floor"
-    )
-    g.add_argument("--sampling-min", type=float, default=0.0, help="linear/exponential floor of P(truth)")
-
-
-def _sampler(args: argparse.Namespace):
-    from rnnkit.train import ScheduledSampler, TeacherForcingSchedule
-
-    if args.sampling == "teacher":
-        return ScheduledSampler(1.0)
-    return ScheduledSampler(
-        TeacherForcingSchedule(
-            args.sampling, k=args.sampling_k, steps=args.sampling_steps, end=args.sampling_min
-        )
-    )
 
 
 def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
@@ -80,7 +50,7 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         metavar="P,D,Q",
         help="ARIMA baseline order, or none (default 3,0,0)",
     )
-    _add_sampling(p, "inverse_sigmoid")
+    add_sampling_arguments(p, "inverse_sigmoid")
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="forecast", lr=3e-3, batch_size=32, epochs=30)
     p.set_defaults(func=train_forecast, sampling_k=50.0)
@@ -133,7 +103,7 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-train", type=positive_int, default=5000)
     p.add_argument("--n-valid", type=positive_int, default=500)
     p.add_argument("--embedding-dim", type=positive_int, default=32)
-    _add_sampling(p, "teacher")
+    add_sampling_arguments(p, "teacher")
     add_arch_arguments(p, hidden=128, layers=1)
     add_run_arguments(p, task="seq2seq", lr=3e-3, batch_size=64, epochs=20)
     p.set_defaults(func=train_seq2seq)
@@ -218,7 +188,7 @@ def train_forecast(args: argparse.Namespace) -> int:
     )
     from rnnkit.train import ScheduledSampler
 
-    sampler, free = _sampler(args), ScheduledSampler(0.0)
+    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     trainer = None
 
     def step_fn(m, batch, state):  # validation is free-running: the metric that matters
@@ -345,7 +315,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
         data.train, args.batch_size, shuffle=True, seed=args.seed, collate_fn=S.collate, **ranks()
     )
     valid = DataLoader(data.valid, batch_size=256, collate_fn=S.collate)
-    sampler, free = _sampler(args), ScheduledSampler(0.0)
+    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     trainer = None
 
     def step_fn(mod, batch, state):  # validation decodes free-running (its own predictions)
