@@ -38,3 +38,22 @@ def test_second_order_gradients(cls):
     x = torch.randn(4, 2, 3, requires_grad=True)
     h0 = (torch.rand(2, 2, 2) + 0.1).requires_grad_()
     assert torch.autograd.gradgradcheck(lambda x, h0: m(x, h0)[0], (x, h0))
+
+
+@pytest.mark.parametrize("cls", [rnnkit.MinGRU, rnnkit.MinLSTM])
+@pytest.mark.parametrize("how", ["autocast", "bfloat16_model"])
+def test_half_precision_runs_the_log_scan_in_float32(cls, how):
+    """``Σ log a`` in bfloat16 lost ~1 in the exponent within 200 steps: the outputs were 60-100%
+    off float32's. Now the scan runs in float32 and returns the input's dtype, as close to
+    float32 as the ordinary scan (~1%)."""
+    torch.manual_seed(0)
+    m = cls(4, 4, log_space=True, dtype=torch.float32)
+    x = torch.randn(200, 3, 4, dtype=torch.float32)
+    want, _ = m(x)
+    if how == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, h_n = m(x)
+    else:
+        got, h_n = m.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert got.dtype == h_n.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=0.03, atol=0.03)
