@@ -315,7 +315,7 @@ def backward(kind: str, mode: int, gout: Tensor, ghn: Tensor, gcn: Tensor, out: 
             s = slice(off, off + bs)
             da, o = split_h(da_all[s], s, bs), h[s]
             if kind == "rnn_relu":
-                da.mul_(o > 0)
+                da.masked_fill_(o <= 0, 0)  # torch's relu backward: a NaN o passes da
             else:
                 da.mul_(torch.addcmul(torch.ones_like(o), o, o, value=-1))
             recur(norm_backward(mode, da, xh[s], _rho(mode, rs, st_hh, s, k), g_hh, dr_all[s]), bs)

@@ -2,7 +2,8 @@
 
 Forward per step: ``h_t = act(xp_t + (h_{t-1} ⊙ m) W_hhᵀ)`` (one GEMM, activation in
 place); ``xp`` holds ``W_ih x_t + b_ih + b_hh``. Backward per step:
-``da = dh ⊙ act'(h_t)`` (``1 - h²`` for tanh, ``[h > 0]`` for relu),
+``da = dh ⊙ act'(h_t)`` (``1 - h²`` for tanh; for relu ``0`` where ``h ≤ 0``, else ``dh``, a NaN ``h``
+included, as torch's relu backward),
 ``dh_{t-1} = (da W_hh) ⊙ m``; after the loop ``dW_hh = daᵀ (h_prev ⊙ m)`` in one GEMM.
 
 ``h_{t-1}`` is stored (``hprev``, N x H) only with a mask or zoneout; otherwise it is the
@@ -58,7 +59,7 @@ def backward(gout: Tensor, ghn: Tensor, saved, w_hh: Tensor, mask: Tensor | None
             torch.mul(da, zh[s], out=dhz[:bs])
             da.sub_(dhz[:bs])
         if relu:
-            da.mul_(o > 0)
+            da.masked_fill_(o <= 0, 0)  # torch's relu backward: a NaN o passes da
         else:
             da.mul_(torch.addcmul(torch.ones_like(o), o, o, value=-1))
         if mask is None:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _checks
+from .. import _checks, dispatch
 from ..cells.base import linear
 from .base import ParallelRecurrent, Params, join_autocast, uniform_
 
@@ -34,22 +34,65 @@ def log_g(v: Tensor) -> Tensor:
     return torch.where(v >= 0, torch.log(F.relu(v) + 0.5), -F.softplus(-v))
 
 
+def _heinsen(log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:
+    """Heinsen's scan, forward in time: ``h (T, B, S)`` from ``log a, log b (T, B, S)`` and
+    ``h0 (B, S)`` (linear space, or None)."""
+    if h0 is not None:  # h0 is step −1: a step with a = 1 and b = h0
+        log_a = torch.cat([torch.zeros_like(log_a[:1]), log_a])
+        log_b = torch.cat([torch.log(h0).unsqueeze(0), log_b])
+    a_star = torch.cumsum(log_a, 0)
+    h = torch.exp(a_star + torch.logcumsumexp(log_b - a_star, 0))
+    return h if h0 is None else h[1:]
+
+
+class _LogScan(torch.autograd.Function):
+    """:func:`_heinsen` with the linear recurrence's own backward. Autograd through ``cumsum``
+    and ``logcumsumexp`` subtracts sums that grow with ``T`` (and torch's ``logcumsumexp``
+    backward subtracts the gradient's positive and negative parts): in float32 a minGRU's
+    parameter gradients were 0.6% off float64 at T = 500 and 30% at T = 5000, its outputs
+    2e-5 and 2e-4. The gradient of ``h_t = a_t h_{t−1} + b_t`` is a reverse linear scan,
+    ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, with ``∂log a_t = g_t a_t h_{t−1}``, ``∂log b_t =
+    g_t b_t``, ``∂h0 = a_0 g_0``: no cancellation. Written with differentiable ops (the scan
+    op is differentiable once), so a gradient taken with ``create_graph=True`` is too."""
+
+    @staticmethod
+    def forward(ctx, log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:
+        h = _heinsen(log_a, log_b, h0)
+        ctx.save_for_backward(log_a, log_b, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, gh: Tensor):
+        log_a, log_b, h, h0 = ctx.saved_tensors
+        a = torch.exp(log_a).to(gh.dtype)  # (autocast may have given h another dtype)
+        a_next = torch.cat([a[1:], torch.zeros_like(a[:1])])
+        g = torch.ops.rnnkit.linear_scan(a_next, gh.contiguous(), None, 0, True)
+        first = torch.zeros_like(h[:1]) if h0 is None else h0.unsqueeze(0).to(h.dtype)
+        h_prev = torch.cat([first, h[:-1]])
+        return g * a * h_prev, g * torch.exp(log_b), (None if h0 is None else a[0] * g[0])
+
+
 def log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
     """The log-space scan ``h_t = a_t h_{t−1} + b_t`` over ``(T, B, S)`` for positive
-    ``a, b, h0`` given as logarithms; returns ``(h, h_final)`` in linear space."""
+    ``a, b, h0`` given as logarithms; returns ``(h, h_final)`` in linear space, in ``log_b``'s
+    dtype. Half precision runs in float32: ``Σ log a`` reaches ~-100 within a few hundred
+    steps, where bfloat16's spacing is 0.5 to 1 (a factor e^0.5 on ``h``; under autocast the
+    outputs were 60-100% off float32's at T = 200)."""
+    dtype = log_b.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        log_a, log_b = log_a.float(), log_b.float()
+        h0 = None if h0 is None else h0.float()
     if mask is not None:  # padded steps: a = 1, b = 0 (a very small finite log keeps grads finite)
         tiny = torch.finfo(log_b.dtype).min / 4
         log_a = torch.where(mask, log_a, torch.zeros((), dtype=log_a.dtype))
         log_b = torch.where(mask, log_b, torch.full((), tiny, dtype=log_b.dtype))
     if reverse:
         log_a, log_b = log_a.flip(0), log_b.flip(0)
-    if h0 is not None:  # h0 is step −1: a step with a = 1 and b = h0
-        log_a = torch.cat([torch.zeros_like(log_a[:1]), log_a])
-        log_b = torch.cat([torch.log(h0).unsqueeze(0), log_b])
-    a_star = torch.cumsum(log_a, 0)
-    h = torch.exp(a_star + torch.logcumsumexp(log_b - a_star, 0))
-    if h0 is not None:
-        h = h[1:]
+    if dispatch._plain_ops_needed():  # torch.func transforms, forward AD: no custom autograd node
+        h = _heinsen(log_a, log_b, h0)
+    else:
+        h = _LogScan.apply(log_a, log_b, h0)
+    h = h.to(dtype)
     if reverse:
         h = h.flip(0)
     return h, h[0 if reverse else -1]

@@ -295,3 +295,22 @@ def test_packed_lstm_training_through_auto_equals_the_loop():
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     for ga, gb in zip(outs[0][1], outs[1][1], strict=True):
         torch.testing.assert_close(ga, gb, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("opts", [{}, {"norm": "layer"}, {"zoneout": 0.3}], ids=["plain", "layer", "zoneout"])
+def test_relu_gradient_passes_nan_outputs_like_torch(opts, backend):
+    """torch's relu backward zeroes the gradient where the output is <= 0 and passes it
+    elsewhere, at a NaN output too (``threshold_backward``); the fused kernels kept it only
+    where ``h > 0``, so they zeroed it at NaN outputs: other parameter gradients than torch's
+    (here ``weight_ih``'s finite column and the biases)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 2)
+    x[-1, 1, 0] = float("nan")  # the last step of sequence 1: its whole h row is NaN
+    grads = {}
+    for impl in ("loop", "fused"):
+        torch.manual_seed(1)
+        m = rnnkit.RNN(2, 5, nonlinearity="relu", impl=impl, **opts).eval()
+        out, h_n = m(x)
+        grads[impl] = torch.autograd.grad(out.sum() + h_n.sum(), list(m.parameters()))
+    for got, want in zip(grads["fused"], grads["loop"]):
+        torch.testing.assert_close(got, want, equal_nan=True)

@@ -274,7 +274,7 @@ std::vector<Tensor> rnn_backward(bool relu, const Tensor& gout, const Tensor& gh
             dh = dh - DHZ[k];
           }
           const scalar_t o = HN[i];
-          DA[i] = relu ? (o > 0 ? dh : scalar_t(0)) : dh * (1 - o * o);
+          DA[i] = relu ? (o <= 0 ? scalar_t(0) : dh) : dh * (1 - o * o);  // relu: a NaN o passes dh, as torch's
         }
         // dh_{t-1} = (da W_hh) ⊙ m (+ zoneout's direct part)
         rnnkit_pw::gemm_xw(DA + r0, W, DHB + b0 * H, n, H, H);

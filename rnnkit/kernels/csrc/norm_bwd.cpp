@@ -269,7 +269,7 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
           T_* da = DA + n * P;
           const T_* hv = HV + n * P;
           dh_step(P, GO + n * P, DHB + b * P, ZH ? ZH + n * P : nullptr, DHZ + b * P, da);
-          for (int64_t j = 0; j < P; ++j) da[j] = relu ? (hv[j] > 0 ? da[j] : T_(0)) : da[j] * (1 - hv[j] * hv[j]);
+          for (int64_t j = 0; j < P; ++j) da[j] = relu ? (hv[j] <= 0 ? T_(0) : da[j]) : da[j] * (1 - hv[j] * hv[j]);
         };
         auto f3 = [&](int64_t b) { nh.row(DA + (off + b) * P, off + b, k, DR + (off + b) * P); };
         passes(r0, r1, P, {f1, f3}, {[&] { nh.stats(DA + off * P, off, bs); }});
