@@ -10,6 +10,9 @@ composes with any optimizer, scheduler and checkpoint. AWD-LSTM's code switches 
 ``torch.optim.ASGD(t0=0, lambd=0)`` instead, whose average leaves out the weights at the
 switch and (its ``mu`` is 1 for two steps) those after the first step too: the mean of the
 weights after steps 2..k of the switched optimizer.
+
+The average of a float16/bfloat16 parameter is kept in float32 (in low precision the running
+mean stalls after a few dozen steps) and rounded to the parameter's dtype where it is copied in.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ import torch
 from torch import nn
 
 __all__ = ["NTASGD"]
+
+
+def _average_dtype(p: torch.Tensor) -> torch.dtype:
+    """The dtype of ``p``'s running mean: float32 for a float16/bfloat16 parameter, whose 8 or 11
+    bits of mantissa would stall the mean (an update's share ``1 / (n + 1)`` of the difference
+    falls below the rounding step after a few dozen steps); ``p``'s own otherwise."""
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
 class NTASGD:
@@ -50,7 +60,7 @@ class NTASGD:
         if fire:
             self.triggered_at = step
             self.n_averaged = 0
-            self.averages = [p.detach().clone() for p in self.params]
+            self.averages = [p.detach().to(_average_dtype(p), copy=True) for p in self.params]
         return fire
 
     @torch.no_grad()
@@ -61,7 +71,7 @@ class NTASGD:
             return
         self.n_averaged += 1
         for avg, p in zip(self.averages, self.params, strict=True):
-            avg.add_(p.detach() - avg, alpha=1.0 / (self.n_averaged + 1))
+            avg.add_(p.detach().to(avg.dtype) - avg, alpha=1.0 / (self.n_averaged + 1))
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
@@ -123,7 +133,7 @@ class NTASGD:
         self.history = list(state["history"])
         self.triggered_at = triggered_at
         self.n_averaged = state["n_averaged"]
-        self.averages = [
-            a.to(device=p.device, dtype=p.dtype)
+        self.averages = [  # a checkpoint from before float32 averages of half parameters too
+            a.to(device=p.device, dtype=_average_dtype(p))
             for a, p in zip(averages, self.params[: len(averages)], strict=True)
         ]
