@@ -17,6 +17,7 @@ mean stalls after a few dozen steps) and rounded to the parameter's dtype where 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +26,8 @@ import torch
 from torch import nn
 
 __all__ = ["NTASGD"]
+
+log = logging.getLogger("rnnkit.train")
 
 
 def _average_dtype(p: torch.Tensor) -> torch.dtype:
@@ -113,7 +116,12 @@ class NTASGD:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output. Checked against this model before anything
         changes: one averaged tensor of each trainable parameter's shape once triggered (a
-        checkpoint of another model would otherwise load and break :meth:`apply`), none before."""
+        checkpoint of another model would otherwise load and break :meth:`apply`), none before.
+
+        ``nonmono`` stays this object's (the run's configuration decides it, as for every other
+        setting of a resumed run); a saved one that differs while averaging has not triggered yet
+        (where it still matters) is logged as a warning: the resumed run triggers on another rule
+        than the run it continues."""
         averages, triggered_at = list(state["averages"]), state["triggered_at"]
         if triggered_at is None and averages:
             raise ValueError(f"NT-ASGD state is not triggered but holds {len(averages)} averaged tensors")
@@ -130,6 +138,13 @@ class NTASGD:
                     f"NT-ASGD state does not fit the model: averaged tensor {i} has shape "
                     f"{tuple(a.shape)}, the parameter {tuple(p.shape)}"
                 )
+        saved = state.get("nonmono", self.nonmono)
+        if saved != self.nonmono and triggered_at is None:
+            log.warning(
+                "NT-ASGD: the checkpoint was made with nonmono=%s, resuming with nonmono=%s (the "
+                "configured value is used; set it to %s to continue the run as it was)",
+                saved, self.nonmono, saved,
+            )  # fmt: skip
         self.history = list(state["history"])
         self.triggered_at = triggered_at
         self.n_averaged = state["n_averaged"]
