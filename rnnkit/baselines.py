@@ -71,14 +71,16 @@ class CausalConv1d(nn.Conv1d):
                 x = x * valid
             return super().forward(F.pad(x, (self.context // 2, self.context // 2))), None
         expected = (x.shape[0], self.in_channels, self.context)
+        what = "the state of a causal convolution (its past inputs)"
         if past is None:
             past = x.new_zeros(expected)
-        elif tuple(past.shape) != expected:  # else torch.cat's size error, naming neither state nor batch
+        elif tuple(_checks.check_tensor(past, what).shape) != expected:  # else torch.cat's size error
             _checks.fail(
-                f"the state of a causal convolution (its past inputs) must be (batch, in_channels, "
-                f"(kernel_size - 1) * dilation): expected shape {expected} for this input, got "
-                f"{tuple(past.shape)}"
+                f"{what} must be (batch, in_channels, (kernel_size - 1) * dilation): expected shape "
+                f"{expected} for this input, got {tuple(past.shape)}"
             )
+        else:  # as a recurrent layer's h0: torch.cat would promote another dtype silently
+            _checks.check_like(past, self.weight, what)
         full = torch.cat([past, x], dim=2)
         if not self.context:
             new_past = past
@@ -104,7 +106,7 @@ class _TemporalBlock(nn.Module):
     def forward(
         self, x: Tensor, past: tuple | None, valid: Tensor | None = None, lengths: Tensor | None = None
     ) -> tuple[Tensor, tuple]:
-        p1, p2 = past if past is not None else (None, None)
+        p1, p2 = past if past is not None else (None, None)  # TCN.forward checked it is a pair
         y, p1 = self.conv1(x, p1, valid, lengths)
         y, p2 = self.conv2(self.drop(F.relu(y)), p2, valid, lengths)
         return F.relu(self.drop(F.relu(y)) + self.down(x)), (p1, p2)
@@ -127,6 +129,8 @@ def _pasts(state: Any, n: int, what: str, unit: str) -> Any:
         return [None] * n
     if not isinstance(state, (tuple, list)) or len(state) != n:
         got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else state
+        if isinstance(state, Tensor):  # not its values
+            got = f"a tensor of shape {tuple(state.shape)}"
         _checks.fail(f"the {what} state must hold {n} entries (one per {unit}), got {got}")
     return state
 
@@ -201,6 +205,7 @@ class TCN(nn.Module):
         valid = None if self.causal else _valid_mask(checked, y)
         ends = checked if self.causal else None
         pasts = _pasts(state, len(self.blocks), "TCN", "level")
+        pasts = [_pasts(p, 2, f"TCN level {i}", "convolution") for i, p in enumerate(pasts)]
         new = []
         for block, past in zip(self.blocks, pasts, strict=True):
             y, p = block(y, past, valid, ends)

@@ -47,17 +47,22 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lines(path: str | None) -> list[str]:
-    """Non-empty lines of ``path`` (or standard input), stripped; a leading UTF-8 BOM dropped."""
-    if path in (None, "-"):
-        text = sys.stdin.read().removeprefix("\ufeff")  # a BOM is not text here either
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"--input {path}: no such file")
-        try:
+    """Non-empty lines of ``path`` (or standard input), stripped; both decoded as UTF-8, a leading
+    BOM dropped."""
+    try:
+        if path in (None, "-"):
+            # UTF-8 as a file, not the locale's encoding (a pipe's bytes are the other program's);
+            # a text stream without bytes under it (one a caller substituted) is read as it is
+            raw = getattr(sys.stdin, "buffer", None)
+            text = raw.read().decode("utf-8-sig") if raw is not None else sys.stdin.read()
+            text = text.removeprefix("\ufeff")  # a BOM is not text here either
+        else:
+            p = Path(path)
+            if not p.is_file():
+                raise FileNotFoundError(f"--input {path}: no such file")
             text = p.read_text(encoding="utf-8-sig")  # a BOM is not text
-        except UnicodeDecodeError as e:
-            raise ValueError(f"--input {path} is not valid UTF-8 (byte {e.start})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {e.start})") from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not lines:
         raise ValueError(f"--input {path or '-'}: no lines to predict")

@@ -12,8 +12,11 @@ is refused (call ``layer.eval()``); one without them computes the same in both m
 
 Batch norm (``norm="batch"``) normalizes step ``t`` with the running statistics of slot ``t``,
 so a stream counts its steps: 0 for a call with ``state=None`` (a new sequence), one more
-than the previous call otherwise; ``step=t`` gives the index explicitly (e.g. when one
-``Stream`` serves several sequences in turn).
+than the previous call otherwise; ``step=t`` gives the index explicitly: when one ``Stream``
+serves several sequences in turn, and at the first step of a sequence begun from a state of the
+caller's (``step=0`` for a new one, ``step=len(prompt)`` after ``layer(prompt)``), which the count
+cannot know. (Restarting at 0 whenever the state is another object than the previous call's
+output would instead restart a beam search's reordered or a detached state silently.)
 
 Shapes: ``x_t`` is ``(B, input_size)`` or ``(input_size,)``; ``state`` is what the layer
 takes as ``hx`` — ``(h, c)`` for LSTM, ``h`` otherwise, each ``(num_layers, B, S)`` (or
@@ -77,7 +80,8 @@ class Stream:
         """One step of every layer: returns ``(y_t, new_state)`` (state shaped like ``hx``).
 
         ``step``: the time index of ``x_t`` in its sequence (default: 0 when ``state`` is
-        None, else one more than the previous call's); only batch norm reads it."""
+        None, else one more than the previous call's, also for a state the previous call did not
+        return: give it for a sequence begun from a state of your own); only batch norm reads it."""
         m = self.layer
         # as the layer's ``step``: a numpy int or a 0-d integer tensor too
         t = _checks.check_step(step) if step is not None else (0 if state is None else self._t + 1)

@@ -10,10 +10,14 @@ composes with any optimizer, scheduler and checkpoint. AWD-LSTM's code switches 
 ``torch.optim.ASGD(t0=0, lambd=0)`` instead, whose average leaves out the weights at the
 switch and (its ``mu`` is 1 for two steps) those after the first step too: the mean of the
 weights after steps 2..k of the switched optimizer.
+
+The average of a float16/bfloat16 parameter is kept in float32 (in low precision the running
+mean stalls after a few dozen steps) and rounded to the parameter's dtype where it is copied in.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +26,15 @@ import torch
 from torch import nn
 
 __all__ = ["NTASGD"]
+
+log = logging.getLogger("rnnkit.train")
+
+
+def _average_dtype(p: torch.Tensor) -> torch.dtype:
+    """The dtype of ``p``'s running mean: float32 for a float16/bfloat16 parameter, whose 8 or 11
+    bits of mantissa would stall the mean (an update's share ``1 / (n + 1)`` of the difference
+    falls below the rounding step after a few dozen steps); ``p``'s own otherwise."""
+    return torch.float32 if p.dtype in (torch.float16, torch.bfloat16) else p.dtype
 
 
 class NTASGD:
@@ -50,7 +63,7 @@ class NTASGD:
         if fire:
             self.triggered_at = step
             self.n_averaged = 0
-            self.averages = [p.detach().clone() for p in self.params]
+            self.averages = [p.detach().to(_average_dtype(p), copy=True) for p in self.params]
         return fire
 
     @torch.no_grad()
@@ -61,7 +74,7 @@ class NTASGD:
             return
         self.n_averaged += 1
         for avg, p in zip(self.averages, self.params, strict=True):
-            avg.add_(p.detach() - avg, alpha=1.0 / (self.n_averaged + 1))
+            avg.add_(p.detach().to(avg.dtype) - avg, alpha=1.0 / (self.n_averaged + 1))
 
     @contextmanager
     def swapped(self) -> Iterator[None]:
@@ -103,7 +116,12 @@ class NTASGD:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output. Checked against this model before anything
         changes: one averaged tensor of each trainable parameter's shape once triggered (a
-        checkpoint of another model would otherwise load and break :meth:`apply`), none before."""
+        checkpoint of another model would otherwise load and break :meth:`apply`), none before.
+
+        ``nonmono`` stays this object's (the run's configuration decides it, as for every other
+        setting of a resumed run); a saved one that differs while averaging has not triggered yet
+        (where it still matters) is logged as a warning: the resumed run triggers on another rule
+        than the run it continues."""
         averages, triggered_at = list(state["averages"]), state["triggered_at"]
         if triggered_at is None and averages:
             raise ValueError(f"NT-ASGD state is not triggered but holds {len(averages)} averaged tensors")
@@ -120,10 +138,17 @@ class NTASGD:
                     f"NT-ASGD state does not fit the model: averaged tensor {i} has shape "
                     f"{tuple(a.shape)}, the parameter {tuple(p.shape)}"
                 )
+        saved = state.get("nonmono", self.nonmono)
+        if saved != self.nonmono and triggered_at is None:
+            log.warning(
+                "NT-ASGD: the checkpoint was made with nonmono=%s, resuming with nonmono=%s (the "
+                "configured value is used; set it to %s to continue the run as it was)",
+                saved, self.nonmono, saved,
+            )  # fmt: skip
         self.history = list(state["history"])
         self.triggered_at = triggered_at
         self.n_averaged = state["n_averaged"]
-        self.averages = [
-            a.to(device=p.device, dtype=p.dtype)
+        self.averages = [  # a checkpoint from before float32 averages of half parameters too
+            a.to(device=p.device, dtype=_average_dtype(p))
             for a, p in zip(averages, self.params[: len(averages)], strict=True)
         ]

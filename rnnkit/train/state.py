@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.state import detach_state
+from rnnkit.state import detach_state, rebuild_dict
 
 __all__ = ["detach_state", "move_to", "count_tokens", "lm_loss", "IGNORE_INDEX"]
 
@@ -37,8 +37,8 @@ def move_to(obj: Any, device: torch.device | str | None) -> Any:
         return type(obj)(*(move_to(o, device) for o in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(move_to(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, dict):  # a subclass keeps its type, as in detach_state
+        return rebuild_dict(obj, {k: move_to(v, device) for k, v in obj.items()})
     return obj
 
 

@@ -79,6 +79,26 @@ def test_a_wrong_state_is_a_clear_error(arch, kernel_size):
         m(torch.randn(3, 4, 3), short)
 
 
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm"])
+def test_a_state_of_another_dtype_or_form_is_a_clear_error(arch):
+    """A float32 past with a float64 model and input was promoted by torch.cat without a word
+    (float64 outputs from a float32 state); a TCN level that is not a (past1, past2) pair failed
+    unpacking it. Now errors as for a recurrent layer's h0 / naming the level."""
+    m = build_recurrent(cfg(arch), 3, batch_first=True)
+    x = torch.randn(3, 4, 3)
+    _, state = m(x)
+    # the first convolution's past in float32 (TCN: of level 0; conv front end: of conv 0)
+    f32 = ((state[0][0].float(), *state[0][1:]), *state[1:])
+    msg = r"convolution \(its past inputs\) has dtype torch.float32 but the parameters are torch.float64"
+    with pytest.raises(ValueError, match=msg):
+        m(x, f32)
+    if arch == "tcn":
+        one, tensor = (state[0][0],), state[0][0]
+        for bad, got in ((one, "tuple of length 1"), (tensor, r"a tensor of shape \(3, 3, 2\)")):
+            with pytest.raises(ValueError, match=rf"TCN level 0 state must hold 2 entries .*got {got}"):
+                m(x, (bad, *state[1:]))
+
+
 @pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "conv-gru", "conv-qrnn"])
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_padded_batch_state_continues_each_sequence(arch, batch_first):

@@ -71,6 +71,21 @@ def test_stdin_bom_is_not_text(cli, tmp_path, text_csv, monkeypatch):
     assert outputs[1] == outputs[0] and outputs[0].splitlines()[0].endswith("\tA great film")
 
 
+def test_stdin_is_utf8_whatever_the_locale(cli, tmp_path, text_csv, monkeypatch):
+    """Standard input was decoded with the locale's encoding (files: UTF-8), so a UTF-8 pipe
+    under a latin-1 locale gave mojibake items; now its bytes are UTF-8, and bytes that are not
+    get the error a file gets."""
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, *TINY).rc == 0
+    raw = io.BytesIO("a café film\n".encode())
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(raw, encoding="latin-1"))
+    r = cli("predict", "--checkpoint", out)
+    assert r.rc == 0, r.err
+    assert r.out.splitlines()[0].endswith("\ta café film")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"ok\n\xff\n"), encoding="latin-1"))
+    assert_one_line_error(cli("predict", "--checkpoint", out), "--input - is not valid UTF-8 (byte 3)")
+
+
 def test_tag_sentences(cli, tmp_path, conllu):
     out = tmp_path / "t"
     assert cli("train", "tag", "--data", conllu, "--out", out, *TINY).rc == 0

@@ -34,7 +34,7 @@ def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
     archs = ["Tanh", "LSTM", "MUT1"]
     res = run_study("jozefowicz", out, steps=3, seeds=1, archs=archs, settings=TINY_ARITH, progress=False)
     check_outputs(out, res, 3, archs)
-    rec = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    rec = runner.read_records(out)[0]
     assert rec["steps"] == 3 and rec["hidden"] == 8 and 0 <= rec["metric"] <= 1
     assert [c[1] for c in rec["curve"]] == [0, 1, 3]  # step 0, every steps // n_evals, the last at the end
     # Resume: the finished runs are skipped; a second trial is added to the same grid.

@@ -76,6 +76,34 @@ def test_records_survive_a_cut_line(tmp_path):
     assert [r["key"] for r in recs] == ["a#0", "c#0"] and math.isnan(recs[1]["metric"])
 
 
+def _strict(line):
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_records_are_strict_json(tmp_path):
+    """runs.jsonl had bare NaN tokens for a diverged run (jq and JavaScript refuse them); now a
+    non-finite value is null, named in "nonfinite" by its path, as in metrics.jsonl, and
+    read_records puts it back. Files with bare NaN (older rnnkit) still read."""
+    nan, inf = float("nan"), float("inf")
+    rec = {"key": "a#0", "metric": nan, "valid": -inf, "test": 0.5, "hparams": {"a/b~": inf},
+           "curve": [[0.0, 0, 1.0], [0.1, 1, nan]], "stopped": "diverged"}  # fmt: skip
+    runner.append_record(tmp_path / "runs.jsonl", rec)
+    line = _strict((tmp_path / "runs.jsonl").read_text())
+    assert line["metric"] is None and line["curve"][1][2] is None and line["hparams"] == {"a/b~": None}
+    paths = {"metric": "nan", "valid": "-inf", "hparams/a~1b~0": "inf", "curve/1/2": "nan"}
+    assert line["nonfinite"] == paths
+    with open(tmp_path / "runs.rank1.jsonl", "w") as f:  # an older file: bare tokens
+        f.write(json.dumps({"key": "b#0", "metric": nan, "curve": [[0.0, 1, inf]]}) + "\n")
+    a, b = runner.read_records(tmp_path)
+    assert math.isnan(a["metric"]) and a["valid"] == -inf and a["test"] == 0.5
+    assert a["hparams"] == {"a/b~": inf}
+    assert a["curve"][0] == [0.0, 0, 1.0] and math.isnan(a["curve"][1][2]) and "nonfinite" not in a
+    assert math.isnan(b["metric"]) and b["curve"] == [[0.0, 1, inf]]
+
+
 def test_a_record_appended_after_a_cut_line_is_read(tmp_path):
     """The run repeated after a kill is appended on a line of its own, not glued to the cut one
     (which made the resumed run's record unreadable too)."""

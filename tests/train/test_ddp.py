@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from rnnkit.cli.rundir import read_results
-from rnnkit.train import latest_checkpoint, list_checkpoints, load_checkpoint
+from rnnkit.train import latest_checkpoint, list_checkpoints, load_checkpoint, read_metrics
 
 from . import ddp_worker
 
@@ -270,7 +270,7 @@ def test_ddp_step_fn_may_call_methods_of_the_model(tmp_path):
 
 
 def _losses(run_dir):
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run_dir / "metrics.jsonl")  # strict JSON: a NaN loss is null + "nonfinite"
     return [(r["split"], r["step"], r["loss"]) for r in rows]
 
 

@@ -1,4 +1,4 @@
-from collections import namedtuple
+from collections import OrderedDict, defaultdict, namedtuple
 
 import pytest
 import torch
@@ -29,6 +29,34 @@ def test_move_to_and_count_tokens():
     assert isinstance(b[1]["k"], list)
     assert count_tokens((torch.zeros(3, 2), torch.tensor([[1, -100], [2, 3], [4, 5]]))) == 5
     assert count_tokens((torch.zeros(3, 2), torch.zeros(3, 2))) == 6
+
+
+class Memory(dict):
+    """A model's own state class: a dict with an attribute and a method."""
+
+    def __init__(self, *args, slots=0, **kw):
+        super().__init__(*args, **kw)
+        self.slots = slots
+
+    def h(self):
+        return self["h"]
+
+
+def test_dict_subclasses_keep_their_type():
+    """detach_state / move_to turned every dict subclass into a plain dict: a defaultdict lost its
+    factory (KeyError in the model's next call), a model's own state class its methods and
+    attributes. Now each is rebuilt as its type with the new values, as torch's pytree does."""
+    y = torch.ones(2, requires_grad=True) * 2
+    dd = defaultdict(list, {"h": y})
+    states = [OrderedDict([("b", y), ("a", [y])]), dd, Memory({"h": y}, slots=3)]
+    for fn in (detach_state, lambda s: move_to(s, "cpu")):
+        od, d, mem = fn(states)
+        assert type(od) is OrderedDict and list(od) == ["b", "a"] and isinstance(od["a"], list)
+        assert type(d) is defaultdict and d.default_factory is list and d["missing"] == []
+        assert type(mem) is Memory and mem.slots == 3 and torch.equal(mem.h(), y)
+    assert list(dd) == ["h"] and dd["h"] is y  # the given state is left as it was
+    od, d, mem = detach_state(states)
+    assert all(v.grad_fn is None for v in (od["b"], od["a"][0], d["h"], mem["h"]))
 
 
 def test_lm_loss_shape_check():
