@@ -99,18 +99,26 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
 def sweep_temporaries(root: str | os.PathLike) -> list[Path]:
     """Delete what killed :func:`save_checkpoint` calls left in ``root`` (its temporary
     directories and files, by their name pattern only; nothing else) and return their paths. A
-    step the kill left only in the trash of a re-save (its new copy not yet in place) is first
-    moved back.
+    step the kill left only in the trash of a re-save (its new copy not yet in place: the step
+    ``latest`` names, or one with a ``.tmp-step-*`` copy) is first moved back; a rotated-out one
+    is not.
     Call it only while no other process writes checkpoints there (the trainer: under
     ``out_dir``'s lock): a write in flight has the same names."""
     root = Path(root)
     if not root.is_dir():
         return []
+    pointer = root / "latest"
+    latest = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
     for trash in root.glob(".old-step-*"):
         # killed between a re-save's two renames: the old copy is in the trash and the new one
-        # still a temporary; the old one is complete, so it goes back rather than out
+        # still a temporary; the old one is complete, so it goes back rather than out. A
+        # rotation's trash (never the step `latest` names, no new copy beside it) stays trash: a
+        # kill in its rmtree leaves a copy missing files that a step-* name would list as complete
+        if not _TEMPORARY.match(trash.name):
+            continue
         step = trash / trash.name[len(".old-") :].rsplit("-", 1)[0]
-        if _TEMPORARY.match(trash.name) and step.is_dir() and not (root / step.name).exists():
+        resaved = step.name == latest or any(root.glob(f".tmp-{step.name}-*"))
+        if resaved and step.is_dir() and not (root / step.name).exists():
             os.replace(step, root / step.name)
     gone = [p for p in root.iterdir() if _TEMPORARY.match(p.name)]
     for p in gone:

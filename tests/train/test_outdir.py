@@ -119,6 +119,22 @@ def test_a_resave_killed_between_its_renames_keeps_the_step(tmp_path):
     assert tr.step == 3
 
 
+def test_a_rotation_killed_in_its_delete_does_not_bring_the_step_back(tmp_path):
+    """Rotation moves an old step into a .old-step-* trash before deleting it (so that a kill in the
+    delete leaves no step-* with its state.json but not its weights): the sweep must not restore
+    that one (only a re-save's old copy), a half-deleted one least of all."""
+    out = tmp_path / "run"
+    _trainer(out, max_steps=3, checkpoint_every=1, keep_last=2).fit(_data())
+    ckpts = out / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-000000002", "step-000000003"]
+    trash = ckpts / ".old-step-000000001-x1y2z3w4"
+    half = trash / "step-000000001"  # the rotated step, its weights already deleted
+    half.mkdir(parents=True)
+    (half / "state.json").write_text((ckpts / "step-000000002" / "state.json").read_text())
+    assert sweep_temporaries(ckpts) == [trash]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step-000000002", "step-000000003"]
+
+
 def _strict_rows(path):
     """Every line parsed as strict JSON (what jq or JavaScript's JSON.parse accept)."""
 
