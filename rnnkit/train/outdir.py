@@ -75,7 +75,8 @@ def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = N
     checkpoint writes from ``out/checkpoints`` (it is the only writer now: they are nobody's).
     Returns whether this rank holds the lock (then :func:`unlock_out_dir` it). Under DDP every
     rank raises when rank 0 could not lock it (the others would wait for it in the first
-    all-reduce); ``device``: that of the all-reduce (None: CPU)."""
+    all-reduce), and rank 0 has swept when the others go on (to the checkpoint to resume from);
+    ``device``: that of the all-reduce (None: CPU)."""
     from rnnkit.train import distributed as dist
     from rnnkit.train.checkpoint import sweep_temporaries
 
@@ -87,14 +88,15 @@ def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = N
             lock_out_dir(out)
         except OutDirInUse as e:
             busy = e
+        else:
+            # before the all-reduce: once it returns, the other ranks look for the checkpoint to
+            # resume from, and the sweep may move one back into place (a killed re-save's)
+            for p in sweep_temporaries(Path(out) / "checkpoints"):
+                log.info("removed %s (a checkpoint write that was killed)", p)
     if dist.is_distributed() and dist.all_reduce_max(float(busy is not None), device):
         busy = busy or OutDirInUse(
             f"{out} is in use by another rnnkit training process (rank 0 could not lock it)"
         )
     if busy is not None:
         raise busy
-    if not dist.is_main_process():
-        return False
-    for p in sweep_temporaries(Path(out) / "checkpoints"):
-        log.info("removed %s (a checkpoint write that was killed)", p)
-    return True
+    return dist.is_main_process()

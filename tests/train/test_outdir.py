@@ -170,3 +170,31 @@ def test_new_public_names_are_exported_with_their_siblings():
     for name in ("read_metrics", "sweep_temporaries", "OutDirInUse"):
         assert name in train.__all__, name
     assert train.sweep_temporaries is sweep and train.OutDirInUse is OutDirInUse
+
+
+def test_rank_0_sweeps_before_the_ranks_look_for_the_checkpoint(tmp_path, monkeypatch):
+    """Under DDP the other ranks go on to find the checkpoint to resume from once claim_out_dir's
+    all-reduce returns: rank 0 swept after it, so a step it moves back (a killed re-save's) could
+    still be missing for them (they resumed from an older step, or from scratch, rank 0 from it)."""
+    from rnnkit.train import distributed as dist
+    from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
+
+    out = tmp_path / "run"
+    _trainer(out, max_steps=2).fit(_data())
+    ckpts = out / "checkpoints"
+    step = ckpts / "step-000000002"
+    trash = ckpts / ".old-step-000000002-x1y2z3w4"
+    trash.mkdir()
+    step.rename(trash / step.name)
+    seen = []
+
+    def all_reduce_max(value, device=None):  # where the other ranks wait for rank 0
+        seen.append(step.is_dir())
+        return value
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "is_main_process", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce_max", all_reduce_max)
+    assert claim_out_dir(out)
+    unlock_out_dir(out)
+    assert seen == [True]
