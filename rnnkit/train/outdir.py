@@ -74,7 +74,7 @@ def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = N
     """What ``Trainer.fit`` does first: rank 0 locks ``out`` and sweeps the temporaries of killed
     checkpoint writes from ``out/checkpoints`` (it is the only writer now: they are nobody's).
     Returns whether this rank holds the lock (then :func:`unlock_out_dir` it). Under DDP every
-    rank raises when rank 0 could not lock it (the others would wait for it in the first
+    rank raises when rank 0 could not lock it or sweep (the others would wait for it in the first
     all-reduce), and rank 0 has swept when the others go on (to the checkpoint to resume from);
     ``device``: that of the all-reduce (None: CPU)."""
     from rnnkit.train import distributed as dist
@@ -82,20 +82,29 @@ def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = N
 
     if out is None:
         return False
-    busy = None
+    busy: Exception | None = None
     if dist.is_main_process():
         try:
             lock_out_dir(out)
-        except OutDirInUse as e:
+        except Exception as e:  # OutDirInUse, or an out_dir that cannot be made: raised below
             busy = e
         else:
-            # before the all-reduce: once it returns, the other ranks look for the checkpoint to
-            # resume from, and the sweep may move one back into place (a killed re-save's)
-            for p in sweep_temporaries(Path(out) / "checkpoints"):
-                log.info("removed %s (a checkpoint write that was killed)", p)
-    if dist.is_distributed() and dist.all_reduce_max(float(busy is not None), device):
-        busy = busy or OutDirInUse(
-            f"{out} is in use by another rnnkit training process (rank 0 could not lock it)"
+            try:
+                # before the all-reduce: once it returns, the other ranks look for the checkpoint
+                # to resume from, and the sweep may move one back into place (a killed re-save's)
+                for p in sweep_temporaries(Path(out) / "checkpoints"):
+                    log.info("removed %s (a checkpoint write that was killed)", p)
+            except Exception as e:
+                unlock_out_dir(out)
+                busy = e
+    # every rank raises when rank 0 failed (raising there alone would leave the others waiting):
+    # 1 when another process holds out_dir, 2 for any other error (rank 0 shows it)
+    code = 0.0 if busy is None else 1.0 if isinstance(busy, OutDirInUse) else 2.0
+    if dist.is_distributed() and (code := dist.all_reduce_max(code, device)) and busy is None:
+        busy = (
+            OutDirInUse(f"{out} is in use by another rnnkit training process (rank 0 could not lock it)")
+            if code == 1.0
+            else RuntimeError(f"rank 0 could not lock or sweep the output directory {out} (see its error)")
         )
     if busy is not None:
         raise busy

@@ -198,3 +198,34 @@ def test_rank_0_sweeps_before_the_ranks_look_for_the_checkpoint(tmp_path, monkey
     assert claim_out_dir(out)
     unlock_out_dir(out)
     assert seen == [True]
+
+
+def test_every_rank_raises_when_rank_0_cannot_claim_out_dir(tmp_path, monkeypatch):
+    """An out_dir rank 0 cannot make (a file in its place) raised on rank 0 alone, before the
+    all-reduce the other ranks wait in (a hang); a failure is now all-reduced like a held lock."""
+    from rnnkit.train import distributed as dist
+    from rnnkit.train.outdir import OutDirInUse, claim_out_dir
+
+    (tmp_path / "file").write_text("not a directory")
+    out = tmp_path / "file" / "run"
+    reduced = []
+
+    def all_reduce_max(value, device=None):  # rank 0's value is the max over the ranks
+        reduced.append(value)
+        return value
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce_max", all_reduce_max)
+    monkeypatch.setattr(dist, "is_main_process", lambda: True)
+    with pytest.raises(OSError):
+        claim_out_dir(out)
+    assert reduced == [2.0]
+    # another rank, told by the all-reduce that rank 0 failed, raises too (not OutDirInUse)
+    monkeypatch.setattr(dist, "is_main_process", lambda: False)
+    monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: 2.0)
+    with pytest.raises(RuntimeError, match="rank 0 could not lock or sweep") as e:
+        claim_out_dir(out)
+    assert not isinstance(e.value, OutDirInUse)
+    monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: 1.0)
+    with pytest.raises(OutDirInUse, match="in use by another rnnkit training process"):
+        claim_out_dir(out)
