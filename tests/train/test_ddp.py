@@ -155,6 +155,19 @@ def _ranks(out_dir):
     return res, params
 
 
+def _ddp_and_one_process(tmp_path, mode):
+    """``mode`` of ddp_worker under torchrun (2 ranks) and in one process with the whole batch:
+    the ranks' results and parameters, then the one process's."""
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    ddp_dir.mkdir()
+    single_dir.mkdir()
+    _torchrun(ddp_worker.__file__, str(ddp_dir), mode)
+    ddp_worker.run(str(single_dir), mode)
+    ranks, params = _ranks(ddp_dir)
+    one = json.loads((single_dir / "result0.json").read_text())
+    return ranks, params, one, load_file(str(single_dir / "params0.safetensors"))
+
+
 def test_ddp_callback_stop_on_rank_0_stops_every_rank(tmp_path):
     """Callbacks run on rank 0 alone; its stop must stop rank 1 at the same step (else rank 1
     waits for rank 0 in the next gradient all-reduce: torchrun times out)."""
@@ -168,14 +181,7 @@ def test_ddp_batch_without_targets_on_one_rank_equals_one_process(tmp_path):
     over no target with NaN gradients). Rank 1's share of step 2 is a zero gradient (the loss
     was NaN * 0: NaN), step 3 makes no update (Adam stepped on its zero gradients), and the run
     equals one process with the whole batch; step 3 has no loss (NaN, not 0.0)."""
-    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    ddp_dir.mkdir()
-    single_dir.mkdir()
-    _torchrun(ddp_worker.__file__, str(ddp_dir), "empty")
-    ddp_worker.run(str(single_dir), "empty")
-    (r0, r1), (p0, p1) = _ranks(ddp_dir)
-    one = json.loads((single_dir / "result0.json").read_text())
-    p_one = load_file(str(single_dir / "params0.safetensors"))
+    (r0, r1), (p0, p1), one, p_one = _ddp_and_one_process(tmp_path, "empty")
     assert r0["adam_steps"] == r1["adam_steps"] == one["adam_steps"] == 2
     assert len(r0["losses"]) == len(one["losses"]) == 3
     torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(r1["losses"]), equal_nan=True)
@@ -211,14 +217,7 @@ def test_ddp_tbptt_windows_weigh_every_token_alike(tmp_path):
     each rank's window mean weighs its share of the window's targets over all ranks, so every update
     (clipped: the all-reduced gradient, on every rank alike) is that of one process on the global
     batch. Before, DDP averaged the ranks' window means, each counting alike."""
-    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    ddp_dir.mkdir()
-    single_dir.mkdir()
-    _torchrun(ddp_worker.__file__, str(ddp_dir), "tbptt_weighted")
-    ddp_worker.run(str(single_dir), "tbptt_weighted")
-    (r0, r1), (p0, p1) = _ranks(ddp_dir)
-    one = json.loads((single_dir / "result0.json").read_text())
-    p_one = load_file(str(single_dir / "params0.safetensors"))
+    (r0, r1), (p0, p1), one, p_one = _ddp_and_one_process(tmp_path, "tbptt_weighted")
     assert r0["losses"] == r1["losses"] and len(r0["losses"]) == 3
     assert r0["tokens"] == one["tokens"]
     torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-10)
@@ -231,14 +230,7 @@ def test_ddp_step_fn_equals_one_process(tmp_path):
     """A custom ``step_fn`` under DDP: ranks with unequal target counts weigh their mean losses by
     their shares, a rank without a target joins the update with a zero gradient (not its NaN loss),
     a step without any target makes no update; clipped, the run equals one process."""
-    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    ddp_dir.mkdir()
-    single_dir.mkdir()
-    _torchrun(ddp_worker.__file__, str(ddp_dir), "step_fn")
-    ddp_worker.run(str(single_dir), "step_fn")
-    (r0, r1), (p0, p1) = _ranks(ddp_dir)
-    one = json.loads((single_dir / "result0.json").read_text())
-    p_one = load_file(str(single_dir / "params0.safetensors"))
+    (r0, r1), (p0, p1), one, p_one = _ddp_and_one_process(tmp_path, "step_fn")
     assert r0["adam_steps"] == r1["adam_steps"] == one["adam_steps"] == 2
     assert r0["tokens"] == one["tokens"] == 5 * 2 + 2 * 2 + 5 * 2
     assert math.isnan(r0["losses"][2]) and math.isnan(one["losses"][2])
@@ -254,14 +246,7 @@ def test_ddp_step_fn_may_call_methods_of_the_model(tmp_path):
     """A ``step_fn`` gets the model itself under DDP too, and runs inside DDP's forward (whose
     gradient all-reduce needs it): ``model.loss(...)`` works and the run equals one process.
     Before, it got the DDP wrapper, which has no ``loss`` (AttributeError on every rank)."""
-    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    ddp_dir.mkdir()
-    single_dir.mkdir()
-    _torchrun(ddp_worker.__file__, str(ddp_dir), "step_fn_method")
-    ddp_worker.run(str(single_dir), "step_fn_method")
-    (r0, r1), (p0, p1) = _ranks(ddp_dir)
-    one = json.loads((single_dir / "result0.json").read_text())
-    p_one = load_file(str(single_dir / "params0.safetensors"))
+    (r0, r1), (p0, p1), one, p_one = _ddp_and_one_process(tmp_path, "step_fn_method")
     assert len(r0["losses"]) == 3
     torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-10)
     for k in p_one:
