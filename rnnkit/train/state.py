@@ -42,6 +42,14 @@ def move_to(obj: Any, device: torch.device | str | None) -> Any:
     return obj
 
 
+def count_targets(tgt: Tensor, padded: bool = False) -> int:
+    """The targets of ``tgt`` a loss counts (:func:`count_tokens`' rule): integer targets
+    ``>= 0``; floating ones all, or those ``!= -100`` when ``padded`` (PadCollate's padding)."""
+    if not tgt.is_floating_point():
+        return int((tgt >= 0).sum())
+    return int((tgt != IGNORE_INDEX).sum()) if padded else tgt.numel()
+
+
 def count_tokens(batch: Any) -> int:
     """Number of predicted targets in a batch: the weight of its mean loss in token-weighted
     means (logged and validation losses, DDP's per-rank weighting) and tokens/s.
@@ -58,12 +66,7 @@ def count_tokens(batch: Any) -> int:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[1], Tensor):
         # the targets first: a padded batch of per-sequence labels has one target per sequence,
         # whatever its lengths (the loss is a mean over the labels, not over the input steps)
-        tgt = batch[1]
-        if not tgt.is_floating_point():
-            return int((tgt >= 0).sum())
-        if isinstance(lengths, Tensor):
-            return int((tgt != IGNORE_INDEX).sum())
-        return tgt.numel()
+        return count_targets(batch[1], isinstance(lengths, Tensor))
     if isinstance(lengths, Tensor):
         return int(lengths.sum())
     first = batch[0] if isinstance(batch, (tuple, list)) else batch

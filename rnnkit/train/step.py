@@ -107,7 +107,7 @@ class TrainerStep:
         loss_sum, n, norm, self.state = tbptt_batch(
             lambda *args: self.precision.call(self.model, *args), self.loss_fn,
             lambda loss: self._update(loss, lr_scale), batch[0], batch[1], state, k1, cfg.tbptt_k2, time_dim,
-            global_count=reduce,
+            global_count=reduce, padded=isinstance(getattr(batch, "lengths", None), Tensor),
         )  # fmt: skip
         loss_sum, n = dist.all_reduce_sum([loss_sum, n], dev)
         return loss_sum, n, norm

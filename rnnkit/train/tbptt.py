@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.train.distributed import get_world_size
-from rnnkit.train.state import count_tokens, detach_state
+from rnnkit.train.state import count_targets, detach_state
 
 __all__ = ["tbptt_batch", "zero_loss"]
 
@@ -56,6 +56,7 @@ def tbptt_batch(
     time_dim: int = 0,
     global_count: Callable[[int], float] | None = None,
     world_size: int | None = None,
+    padded: bool = False,
 ) -> tuple[float, int, float, Any]:
     """Train on ``inputs``/``targets`` (time along ``time_dim``) with TBPTT(k1, k2).
 
@@ -70,8 +71,10 @@ def tbptt_batch(
     rather than ``T - k2``: the same ``k2 - k1`` steps of history before its first output,
     and a start the stored boundaries reach.
 
-    A window whose targets are all ignored (``-100``: labels only at the end of a sequence)
-    only carries the state forward: no loss, no ``update``. ``global_count(n)``, when given,
+    A window's targets are counted as :func:`~rnnkit.train.state.count_tokens` counts a batch's
+    (``padded``: the batch had ``lengths``, and floating targets of -100 are padding). A window
+    whose targets are all ignored (``-100``: labels only at the end of a sequence) only carries
+    the state forward: no loss, no ``update``. ``global_count(n)``, when given,
     turns a window's number of targets here into the number over all processes (DDP: an
     all-reduce sum; every process calls it once per window, in the same order): a window is
     skipped only when that is 0, so all processes skip the same windows, and a process without
@@ -103,7 +106,7 @@ def tbptt_batch(
                 _, st = model(inputs.narrow(td, b, s - b), st)
         out, new = model(inputs.narrow(td, s, t - s), st)
         tgt = targets.narrow(td, prev, t - prev)
-        n = count_tokens((None, tgt))
+        n = count_targets(tgt, padded)
         total = global_count(n) if global_count is not None else n
         if n:
             loss = loss_fn(out.narrow(td, prev - s, t - prev), tgt)

@@ -252,3 +252,23 @@ def test_global_count_window_without_local_targets_updates_with_a_zero_gradient(
     got.clear()
     tbptt_batch(model, masked_mean_loss, update, x, y, None, k1)
     assert len(got) == 1
+
+
+def test_padded_float_targets_count_without_their_padding():
+    """A padded batch's floating targets hold -100 past each length (PadCollate's padding): the
+    one-update path left them out of the token count, TBPTT windows counted them (their token
+    weights, the logged mean and DDP's weighting then differed from the one-update path's)."""
+    from rnnkit.train.tbptt import tbptt_batch
+
+    torch.manual_seed(0)
+    rnn = torch.nn.RNN(1, 1)
+    tgt = torch.randn(6, 2, 1)
+    tgt[4:, 1] = -100.0  # sequence 1 is 4 steps long
+
+    def loss_fn(out, t):
+        keep = t != -100.0
+        return ((out - t)[keep] ** 2).mean()
+
+    args = (rnn, loss_fn, lambda loss: 0.0, torch.randn(6, 2, 1), tgt, None, 3)
+    assert tbptt_batch(*args, padded=True)[1] == 10
+    assert tbptt_batch(*args)[1] == 12  # no lengths: -100 is a value like any other
