@@ -137,7 +137,8 @@ def arch_config(args: argparse.Namespace) -> dict[str, Any]:
             f"--dropout {args.dropout} and --opt dropout={options['dropout']} disagree: both are the "
             "dropout between layers; give one"
         )
-    return {"cell": args.cell, "hidden": args.hidden, "layers": args.layers, "dropout": args.dropout,
+    dropout = args.dropout or options.get("dropout", args.dropout)  # --opt dropout alone: the same
+    return {"cell": args.cell, "hidden": args.hidden, "layers": args.layers, "dropout": dropout,
             "options": options, "kernel_size": args.kernel_size,
             "conv_channels": args.conv_channels or args.hidden, "conv_layers": args.conv_layers}  # fmt: skip
 
@@ -158,10 +159,13 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
         if int(config[key]) < 1:
             raise ValueError(f"--{key} must be >= 1, got {config[key]}")
     if cell == "tcn":
-        if config.get("options"):
-            raise ValueError(f"--arch tcn takes no --opt options, got {sorted(config['options'])}")
+        options = config.get("options") or {}
+        if set(options) - {"dropout"}:  # --opt dropout is --dropout (arch_config)
+            raise ValueError(f"--arch tcn takes no --opt options but dropout, got {sorted(options)}")
+        # config's dropout (arch_config: --opt dropout's too), which CharLM zeroes for one level
+        dropout = config["dropout"] if config.get("dropout") is not None else options.get("dropout", 0.0)
         return TCN(input_size, config["hidden"], config["layers"], kernel_size=config.get("kernel_size", 3),
-                   dropout=config.get("dropout", 0.0), **extra)  # fmt: skip
+                   dropout=dropout, **extra)  # fmt: skip
     if cell.startswith("conv-"):
         inner = {**config, "cell": cell[len("conv-") :]}
         fb = {k: extra[k] for k in ("batch_first", "bidirectional") if k in extra}

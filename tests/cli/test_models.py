@@ -194,6 +194,15 @@ def test_dropout_flag_and_option_must_agree():
     for argv in (["--opt", "dropout=0.3"], ["--dropout", "0.3"], both):
         lstm = build_recurrent(arch_config(p.parse_args(argv)), 3)
         assert lstm.dropout == 0.3
+    # tcn too (its --dropout is the blocks' dropout): --opt dropout was refused as an option
+    for argv in (["--opt", "dropout=0.3"], ["--dropout", "0.3"], both):
+        tcn = build_recurrent(arch_config(p.parse_args(["--arch", "tcn", *argv])), 3)
+        assert {m.p for m in tcn.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+        assert arch_config(p.parse_args(argv))["dropout"] == 0.3  # the stored config says it alike
+    with pytest.raises(ValueError, match="takes no --opt"):
+        build_recurrent(
+            arch_config(p.parse_args(["--arch", "tcn", "--opt", "dropout=0.3", "--opt", "x=1"])), 3
+        )
 
 
 def test_number_words_and_pairs():
