@@ -4,10 +4,12 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -44,7 +46,9 @@ def _descendants(pid: int) -> list[int]:
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2"]
     cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun leaves a torchelastic_* log directory in TMPDIR per run: one of ours, removed after
+    tmp = tempfile.mkdtemp(prefix="rnnkit-torchrun-")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": tmp}
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                           start_new_session=True) as p:  # fmt: skip
         try:
@@ -57,6 +61,8 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
                     os.kill(pid, signal.SIGKILL)
             out, err = p.communicate()
             raise AssertionError(f"torchrun timed out:\n{out[-3000:]}{err[-3000:]}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     proc = subprocess.CompletedProcess(cmd, p.returncode, out, err)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
