@@ -51,6 +51,17 @@ def positive_float(text: str) -> float:
     return v
 
 
+def _clip(text: str) -> float:
+    """``--clip``: a finite number >= 0 (0 = off; a negative or NaN one was silently off too)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = off), got {text!r}")
+    return v
+
+
 class Given(argparse.Action):
     """``store``, recording the option as given on the command line (in ``args.given``): a resume
     reports the :data:`TRAIN_FLAGS` typed differently, not the parser's defaults."""
@@ -98,7 +109,7 @@ def add_run_arguments(
     a = g.add_argument
     a("--batch-size", type=positive_int, default=batch_size, action=Given, help=f"(default {batch_size})")
     a("--lr", type=positive_float, default=lr, action=Given, help=f"Adam learning rate (default {lr})")
-    a("--clip", type=float, default=1.0, action=Given, help="gradient-norm clipping, 0 = off (default 1.0)")
+    a("--clip", type=_clip, default=1.0, action=Given, help="gradient-norm clipping, 0 = off (default 1.0)")
     a("--seed", type=int, default=0, action=Given, help="seeds Python, NumPy and torch (default 0)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="(default 10)")

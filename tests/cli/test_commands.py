@@ -323,3 +323,11 @@ def test_the_training_flags_given_are_known():
     )
     assert args.given == {"sampling_min", "clip", "lr"} and args.lr == 1.0
     assert not hasattr(build_parser().parse_args(["train", "memory"]), "given")
+
+
+@pytest.mark.parametrize("clip", ["-1", "nan", "inf", "x"])
+def test_clip_must_be_a_finite_number_not_below_zero(cli, tmp_path, clip):
+    """A negative or NaN --clip trained unclipped without a word (as 0 = off): a usage error now."""
+    r = cli("train", "memory", "--clip", clip, "--out", tmp_path / "run", *TINY)
+    assert_one_line_error(r, "--clip", "0 = off", repr(clip))
+    assert r.rc == 2 and not (tmp_path / "run").exists()
