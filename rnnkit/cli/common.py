@@ -51,6 +51,26 @@ def positive_float(text: str) -> float:
     return v
 
 
+def _clip(text: str) -> float:
+    """``--clip``: a finite number >= 0 (0 = off; a negative or NaN one was silently off too)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = off), got {text!r}")
+    return v
+
+
+class Given(argparse.Action):
+    """``store``, recording the option as given on the command line (in ``args.given``): a resume
+    reports the :data:`TRAIN_FLAGS` typed differently, not the parser's defaults."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def add_run_arguments(
     p: argparse.ArgumentParser,
     *,
@@ -86,10 +106,11 @@ def add_run_arguments(
         metavar="N",
         help=f"passes over the data (default {epochs}, unbounded with --max-minutes/--max-steps)",
     )
-    g.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"(default {batch_size})")
-    g.add_argument("--lr", type=positive_float, default=lr, help=f"Adam learning rate (default {lr})")
-    g.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping, 0 = off (default 1.0)")
-    g.add_argument("--seed", type=int, default=0, help="seeds Python, NumPy and torch (default 0)")
+    a = g.add_argument
+    a("--batch-size", type=positive_int, default=batch_size, action=Given, help=f"(default {batch_size})")
+    a("--lr", type=positive_float, default=lr, action=Given, help=f"Adam learning rate (default {lr})")
+    a("--clip", type=_clip, default=1.0, action=Given, help="gradient-norm clipping, 0 = off (default 1.0)")
+    a("--seed", type=int, default=0, action=Given, help="seeds Python, NumPy and torch (default 0)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="(default 10)")
     g.add_argument(
@@ -129,6 +150,7 @@ def add_run_arguments(
     g.add_argument(
         "--amp",
         choices=["auto", "off", "bf16", "fp16"],
+        action=Given,
         default=None,  # unset: the task's default (off; charlm: auto), and --resume's the run's
         help="mixed precision of the forward (torch.autocast; fp16 with loss scaling); auto: bf16 "
         "where the device computes it natively (CPUs with AVX512-BF16 or AMX), else off (default off; "
@@ -188,8 +210,8 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
 def restore_train_flags(args: argparse.Namespace) -> None:
     """``--resume``: set the :data:`TRAIN_FLAGS` to the run's stored values before the task builds
     its data, loaders and optimizer (as ``--seq-len``/``--window``: the stored value wins, and a
-    different one on the command line is ignored, saying so; one not given, ``None``, is just
-    replaced; ``--amp`` is compared resolved). Runs without them: nothing."""
+    different one given on the command line (:class:`Given`) is ignored, saying so; a parser
+    default is just replaced; ``--amp`` is compared resolved). Runs without them: nothing."""
     if not getattr(args, "resume", False):
         return
     try:
@@ -201,7 +223,7 @@ def restore_train_flags(args: argparse.Namespace) -> None:
             continue
         given = getattr(args, flag)
         same = given == value or (flag == "amp" and given is not None and _amp(args) == value)
-        if given is not None and not same:
+        if flag in getattr(args, "given", ()) and not same:
             name = "--" + flag.replace("_", "-")
             echo(f"resuming with the run's {name} {value} (command line's {given} ignored)")
         setattr(args, flag, value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from rnnkit.arch import positive_int
+from rnnkit.cli.common import Given
 
 __all__ = ["SAMPLING", "add_sampling_arguments", "sampler_of"]
 
@@ -20,15 +21,25 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default: str) -> None:
         "--sampling",
         choices=SAMPLING,
         default=default,
+        action=Given,
         help=f"'teacher' = always feed the truth; else the decay of P(truth) (default {default})",
     )
-    g.add_argument(
-        "--sampling-k", type=float, default=None, help="k of exponential (<1) / inverse_sigmoid (>=1)"
+    a = g.add_argument
+    a(
+        "--sampling-k",
+        type=float,
+        default=None,
+        action=Given,
+        help="k of exponential (<1) / inverse_sigmoid (>=1)",
     )
-    g.add_argument(
-        "--sampling-steps", type=positive_int, default=1000, help="linear: steps to reach the floor"
+    a(
+        "--sampling-steps",
+        type=positive_int,
+        default=1000,
+        action=Given,
+        help="linear: steps to reach the floor",
     )
-    g.add_argument("--sampling-min", type=float, default=0.0, help="linear/exponential floor of P(truth)")
+    a("--sampling-min", type=float, default=0.0, action=Given, help="linear/exponential floor of P(truth)")
 
 
 def sampler_of(args: argparse.Namespace):

@@ -97,12 +97,19 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
                 f"{out} was run with {meta['steps']} steps per run, not {steps}; use another --out"
             )
         # the budget only sets the steps per run, stored and fixed for the grid: another one would
-        # change nothing (and study.json would then misstate where the step count came from)
-        if budget_minutes is not None and budget_minutes != meta.get("budget_minutes", budget_minutes):
+        # change nothing (and study.json would then misstate where the step count came from); one
+        # whose steps were given (budget null) had none: a budget counts only beside those --steps,
+        # ignored as in its first run
+        was = meta.get("budget_minutes", budget_minutes)
+        if budget_minutes is not None and was is None and steps is None:
             raise ValueError(
-                f"{out} was run with a {meta['budget_minutes']:g}-minute budget ({meta['steps']} steps per "
-                f"run, fixed for its grid), not {budget_minutes:g}; resume without --budget-minutes or use "
-                "another --out"
+                f"{out} was run with --steps {meta['steps']} (no budget: the steps per run are fixed for "
+                "its grid); resume without --budget-minutes or use another --out"
+            )
+        if budget_minutes is not None and was is not None and budget_minutes != was:
+            raise ValueError(
+                f"{out} was run with a {was:g}-minute budget ({meta['steps']} steps per run, fixed for "
+                f"its grid), not {budget_minutes:g}; resume without --budget-minutes or use another --out"
             )
         s, steps = meta["settings"], meta["steps"]
         names = list(archs) if archs else meta["archs"]
@@ -114,7 +121,11 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     # likewise the trials: fewer --seeds on a resume run (and report) the first K, the stored
     # count stays; more extend it
     grid_K = K if meta is None else max(K, meta["seeds"])
-    budget = budget_minutes or (meta["budget_minutes"] if meta else study.default_budget_minutes)
+    # what the steps per run come from: null where they were given (--steps overrides the budget)
+    if meta is not None:
+        budget = meta.get("budget_minutes", budget_minutes)
+    else:
+        budget = None if steps is not None else budget_minutes or study.default_budget_minutes
     rank, world = _dist()
     # on a resume, the processes the steps were computed for (the study.json record; this one's
     # --workers only sets how many run now)

@@ -302,11 +302,32 @@ def test_resume_restores_the_runs_training_flags(cli, tmp_path):
     flags = ["--batch-size", 16, "--lr", 0.01, "--clip", 0.5, "--seed", 3]
     assert cli(*task, *flags, "--max-steps", 8, "--out", tmp_path / "ref").rc == 0
     assert cli(*task, *flags, "--max-steps", 4, "--out", tmp_path / "run").rc == 0
-    r = cli(*task, "--max-steps", 8, "--out", tmp_path / "run", "--resume")  # the flags left out
+    r = cli(*task, "--max-steps", 8, "--out", tmp_path / "run", "--resume", "--lr", 0.5)  # others left out
     assert r.rc == 0, r.err
-    assert "resuming with the run's --batch-size 16 (command line's 64 ignored)" in r.out
-    assert "--seed 3" in r.out and "--lr 0.01" in r.out and "--clip 0.5" in r.out
+    assert "resuming with the run's --lr 0.01 (command line's 0.5 ignored)" in r.out
+    # the parser's defaults of the flags not given are no "command line's" values to report
+    assert r.out.count("ignored)") == 1, r.out
     got, want = (load_file(str(latest_checkpoint(tmp_path / d / "checkpoints") / "model.safetensors"))
                  for d in ("run", "ref"))  # fmt: skip
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     assert results(tmp_path / "run") == results(tmp_path / "ref")
+
+
+def test_the_training_flags_given_are_known():
+    """What --resume reports as ignored: the flags typed, never the parser's defaults (which are
+    every flag's value when not given, and were all reported as the "command line's")."""
+    from rnnkit.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["train", "seq2seq", "--sampling-min", "0.1", "--clip", "0", "--lr", "1"]
+    )
+    assert args.given == {"sampling_min", "clip", "lr"} and args.lr == 1.0
+    assert not hasattr(build_parser().parse_args(["train", "memory"]), "given")
+
+
+@pytest.mark.parametrize("clip", ["-1", "nan", "inf", "x"])
+def test_clip_must_be_a_finite_number_not_below_zero(cli, tmp_path, clip):
+    """A negative or NaN --clip trained unclipped without a word (as 0 = off): a usage error now."""
+    r = cli("train", "memory", "--clip", clip, "--out", tmp_path / "run", *TINY)
+    assert_one_line_error(r, "--clip", "0 = off", repr(clip))
+    assert r.rc == 2 and not (tmp_path / "run").exists()

@@ -93,17 +93,33 @@ def test_resume_with_fewer_seeds_keeps_the_stored_count(tmp_path):
 def test_resume_keeps_the_budget_and_parallelism_its_steps_were_computed_for(tmp_path):
     """A resume wrote its own --budget-minutes and --workers into study.json: the record of what the
     (fixed) step count came from was lost, and another budget was accepted while changing nothing."""
+    pytest.importorskip("rnnkit.diagnostics.memory")
     out = tmp_path / "b"
     kw = {"progress": False, "report": False}
-    run_study(
-        "jozefowicz", out, steps=1, seeds=1, archs=["LSTM"], settings=TINY_ARITH, budget_minutes=2, **kw
-    )
+    tiny = {"hidden_size": 4, "batch": 4, "lags": [2], "tasks": ["copy"], "steps": 3}  # 2 minutes: 1 step
+    run_study("memory", out, seeds=1, archs=["LSTM"], settings=tiny, budget_minutes=2, **kw)
     with pytest.raises(ValueError, match="2-minute budget .*1 steps per run.*not 5"):
-        run_study("jozefowicz", out, budget_minutes=5, **kw)
-    res = run_study("jozefowicz", out, budget_minutes=2, workers=2, **kw)  # the same: fine
+        run_study("memory", out, budget_minutes=5, **kw)
+    res = run_study("memory", out, budget_minutes=2, workers=2, **kw)  # the same: fine
     assert res["skipped"] == 1
     meta = json.loads((out / "study.json").read_text())
     assert (meta["budget_minutes"], meta["parallel"], meta["steps"]) == (2, 1, 1)
+
+
+def test_a_study_of_given_steps_stores_no_budget(tmp_path):
+    """--steps stored the default 30-minute budget, which never counted: a resume with
+    --budget-minutes was refused for differing from it. The budget is null now, and a resume
+    with a budget is refused saying the steps were given (unless they are given again, as in
+    the first run: then it is ignored again)."""
+    out = tmp_path / "s"
+    kw = {"archs": ["LSTM"], "progress": False, "report": False}
+    run_study("jozefowicz", out, steps=1, seeds=1, settings=TINY_ARITH, budget_minutes=2, **kw)
+    assert json.loads((out / "study.json").read_text())["budget_minutes"] is None
+    with pytest.raises(ValueError, match="run with --steps 1 .no budget.*without --budget-minutes"):
+        run_study("jozefowicz", out, budget_minutes=5, **kw)
+    assert run_study("jozefowicz", out, steps=1, budget_minutes=2, **kw)["skipped"] == 1  # the same command
+    assert run_study("jozefowicz", out, **kw)["skipped"] == 1
+    assert json.loads((out / "study.json").read_text())["budget_minutes"] is None
 
 
 @pytest.mark.parametrize(
