@@ -172,7 +172,10 @@ class MinGRU(ParallelRecurrent):
     def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
         u = self.project(p, x)
         h0 = join_autocast(h0, u)  # every path below, as ParallelRecurrent.scan does
-        if self._fused_scan is not None and not self.log_space and mask is None:
+        # torch.func transforms and forward AD take plain ops (self.scan's): the fused Function's
+        # node is opaque to them
+        fused = self._fused_scan is not None and not self.log_space and mask is None
+        if fused and not dispatch._plain_ops_needed():
             h = self._fused_scan.apply(u, h0, reverse)  # the same numbers, fewer passes and buffers
             return h, h[0 if reverse else -1]
         a, b = self.coefficients(u)
