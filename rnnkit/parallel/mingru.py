@@ -53,7 +53,7 @@ class _LogScan(torch.autograd.Function):
     2e-5 and 2e-4. The gradient of ``h_t = a_t h_{t−1} + b_t`` is a reverse linear scan,
     ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, with ``∂log a_t = g_t a_t h_{t−1}``, ``∂log b_t =
     g_t b_t``, ``∂h0 = a_0 g_0``: no cancellation. Written with differentiable ops (the scan
-    op is differentiable once), so a gradient taken with ``create_graph=True`` is too."""
+    op is differentiable again), so a gradient taken with ``create_graph=True`` is too."""
 
     @staticmethod
     def forward(ctx, log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:

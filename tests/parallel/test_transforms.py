@@ -110,3 +110,13 @@ def test_double_backward_equals_the_plain_reference(name):
     got, want = second(m(x, h0)[0]), second(references.stack(m, x, h0)[0])
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm_bidir2"])
+def test_gradgradcheck_with_lengths(name):
+    """The padded path (lengths: the gates, then rnnkit.ops.linear_scan) differentiates twice."""
+    m = make(name)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    h0 = h0_for(m, 2).requires_grad_(True)
+    lengths = torch.tensor([4, 2])
+    assert torch.autograd.gradgradcheck(lambda x, h0: m(x, h0, lengths=lengths)[0], (x, h0), fast_mode=True)
