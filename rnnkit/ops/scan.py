@@ -284,9 +284,25 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.dim, ctx.reverse = dim, reverse
 
 
+def _differentiable_backward(grad: Tensor, a: Tensor, h: Tensor, h0: Tensor | None, dim: int, reverse: bool):
+    """The backward formula in ops autograd records, the reverse scan being this op again: what
+    a gradient taken with ``create_graph=True`` runs (``linear_scan_backward`` has no derivative),
+    so the op differentiates any number of times."""
+    grad, a, h = grad.movedim(dim, 0), a.movedim(dim, 0), h.movedim(dim, 0)
+    ac = a.conj() if a.is_complex() else a
+    g = torch.ops.rnnkit.linear_scan(_shift(ac, None, not reverse), grad, None, 0, not reverse)
+    hc = h.conj() if h.is_complex() else h
+    h_prev = _shift(hc, None if h0 is None else (h0.conj() if h0.is_complex() else h0), reverse)
+    first = -1 if reverse else 0
+    return (g * h_prev).movedim(0, dim), g.movedim(0, dim), ac[first] * g[first]
+
+
 def _backward_formula(ctx, grad: Tensor):
     a, h, h0 = ctx.saved_tensors
-    da, db, dh0 = torch.ops.rnnkit.linear_scan_backward(grad, a, h, h0, ctx.dim, ctx.reverse)
+    if torch.is_grad_enabled() and a.shape[ctx.dim] > 0:  # create_graph=True
+        da, db, dh0 = _differentiable_backward(grad, a, h, h0, ctx.dim, ctx.reverse)
+    else:
+        da, db, dh0 = torch.ops.rnnkit.linear_scan_backward(grad, a, h, h0, ctx.dim, ctx.reverse)
     return da, db, (dh0 if h0 is not None else None), None, None
 
 
@@ -305,7 +321,8 @@ def linear_scan(
         reverse: run from the last step to the first (``h_t = a_t ⊙ h_{t+1} + b_t``,
             ``h_T = h0``), as the backward direction of a bidirectional layer does.
     Returns:
-        ``h``, shaped like ``b``. Differentiable in ``a``, ``b`` and ``h0`` (once).
+        ``h``, shaped like ``b``. Differentiable in ``a``, ``b`` and ``h0`` (any number of
+        times: under ``create_graph=True`` the backward is this op again, in recorded ops).
     """
     for name, t in (("a", a), ("b", b)):
         _checks.check_tensor(t, name)

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .. import _checks
+from .. import _checks, dispatch
 from ..layers import _check_config, forward_padded
 from ..ops import linear_scan
+from ..ops.scan import _chunked_fwd
 
 Params = dict[str, Tensor]
 
@@ -117,7 +118,11 @@ class ParallelRecurrent(nn.Module):
         if mask is not None:
             a = torch.where(mask, a, torch.ones((), dtype=a.dtype, device=a.device))
             b = torch.where(mask, b, torch.zeros((), dtype=b.dtype, device=b.device))
-        s = linear_scan(a, b, join_autocast(h0, b), reverse=reverse)
+        h0 = join_autocast(h0, b)
+        if dispatch._plain_ops_needed():  # torch.func transforms, forward AD: no custom autograd node
+            s = plain_scan(a, b, h0, reverse)
+        else:
+            s = linear_scan(a, b, h0, reverse=reverse)
         return s, s[0 if reverse else -1]
 
     # -- forward -----------------------------------------------------------------------------
@@ -243,6 +248,14 @@ def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequenc
         out, lengths = out.index_select(1, like.sorted_indices), lengths[like.sorted_indices.cpu()]
     data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
+
+
+def plain_scan(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
+    """:func:`rnnkit.ops.linear_scan` over dim 0 in plain differentiable ops (the chunked
+    parallel scan, ``O(log T)`` ops): what ``torch.func`` transforms and forward-mode AD can see
+    through (the custom op's autograd node is opaque to them), differentiable any number of
+    times. The same numbers up to rounding."""
+    return _chunked_fwd(a, b, h0, reverse)
 
 
 def join_autocast(h0: Tensor | None, like: Tensor) -> Tensor | None:

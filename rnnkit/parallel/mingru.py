@@ -21,7 +21,7 @@ from torch import Tensor
 
 from .. import _checks, dispatch
 from ..cells.base import linear
-from .base import ParallelRecurrent, Params, join_autocast, uniform_
+from .base import ParallelRecurrent, Params, join_autocast, plain_scan, uniform_
 
 
 def g(v: Tensor) -> Tensor:
@@ -53,7 +53,7 @@ class _LogScan(torch.autograd.Function):
     2e-5 and 2e-4. The gradient of ``h_t = a_t h_{t−1} + b_t`` is a reverse linear scan,
     ``g_t = ∂L/∂h_t + a_{t+1} g_{t+1}``, with ``∂log a_t = g_t a_t h_{t−1}``, ``∂log b_t =
     g_t b_t``, ``∂h0 = a_0 g_0``: no cancellation. Written with differentiable ops (the scan
-    op is differentiable once), so a gradient taken with ``create_graph=True`` is too."""
+    op is differentiable again), so a gradient taken with ``create_graph=True`` is too."""
 
     @staticmethod
     def forward(ctx, log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:
@@ -103,10 +103,33 @@ def check_positive_state(s: Tensor | None) -> None:
         _checks.fail("log_space=True keeps the state positive: the initial state must be > 0 everywhere")
 
 
+def differentiable_backward(ctx, gh: Tensor, coefficients):
+    """The backward of a fused scan Function (saved ``u, a, h, h0``) when the gradient is taken
+    with ``create_graph=True``: the in-place backward below writes into views of one buffer and
+    its ops have no derivative, so it recomputes ``h`` from ``coefficients(u)`` in plain ops
+    (:func:`~rnnkit.parallel.base.plain_scan`) and differentiates that, with a graph: the same
+    numbers, differentiable any number of times."""
+    u, _, _, h0 = ctx.saved_tensors
+    need = [n and t is not None for t, n in zip((u, h0), ctx.needs_input_grad[:2], strict=True)]
+    a, b = coefficients(u)
+    h = plain_scan(a, b, h0, ctx.reverse)
+    wrt = [t for t, n in zip((u, h0), need, strict=True) if n]
+    grads = iter(torch.autograd.grad(h, wrt, gh, create_graph=True, allow_unused=True) if wrt else ())
+    return (*(next(grads) if n else None for n in need), None)
+
+
+def gru_coefficients(u: Tensor) -> tuple[Tensor, Tensor]:
+    """minGRU's ``(a, b) = (1 − z, z ⊙ h̃)`` from ``u = [k, h̃]``."""
+    k, v = u.chunk(2, -1)
+    a = torch.sigmoid(-k)  # 1 − z
+    return a, torch.addcmul(v, a, v, value=-1)  # z ⊙ h̃ = h̃ − (1 − z) ⊙ h̃
+
+
 class _MinGRUScan(torch.autograd.Function):
     """``u = [k, h̃] (T, B, 2H) -> h``, with a hand-written backward: training is memory-bound,
     so it keeps 3 saved tensors (``u, a, h``) and writes ``∂u`` in place (autograd's
-    composition would allocate ~8 full-size temporaries)."""
+    composition would allocate ~8 full-size temporaries). Under ``create_graph=True``
+    (grad mode on in the backward) it differentiates plain ops instead."""
 
     @staticmethod
     def forward(ctx, u: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
@@ -119,6 +142,8 @@ class _MinGRUScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gh: Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return differentiable_backward(ctx, gh, gru_coefficients)
         u, a, h, h0 = ctx.saved_tensors
         v = u.chunk(2, -1)[1]
         da, db, dh0 = torch.ops.rnnkit.linear_scan_backward(gh, a, h, h0, 0, ctx.reverse)
@@ -166,13 +191,15 @@ class MinGRU(ParallelRecurrent):
         k, v = u.chunk(2, -1)
         if self.log_space:
             return -F.softplus(k), -F.softplus(-k) + log_g(v)
-        a = torch.sigmoid(-k)  # 1 − z
-        return a, torch.addcmul(v, a, v, value=-1)  # z ⊙ h̃ = h̃ − (1 − z) ⊙ h̃
+        return gru_coefficients(u)
 
     def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
         u = self.project(p, x)
         h0 = join_autocast(h0, u)  # every path below, as ParallelRecurrent.scan does
-        if self._fused_scan is not None and not self.log_space and mask is None:
+        # torch.func transforms and forward AD take plain ops (self.scan's): the fused Function's
+        # node is opaque to them
+        fused = self._fused_scan is not None and not self.log_space and mask is None
+        if fused and not dispatch._plain_ops_needed():
             h = self._fused_scan.apply(u, h0, reverse)  # the same numbers, fewer passes and buffers
             return h, h[0 if reverse else -1]
         a, b = self.coefficients(u)

@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mingru import MinGRU, log_g
+from .mingru import MinGRU, differentiable_backward, log_g
 
 
 class _MinLSTMScan(torch.autograd.Function):
     """``u = [k_f, k_i, h̃] (T, B, 3H) -> h`` with a hand-written backward, as minGRU's: it keeps
     ``u, a, h`` (autograd's composition kept ``f, i, f + i, i′`` and ``f′`` besides: a training
     step took more memory than nn.LSTM's). ``a = f′ = σ(d)`` with ``d = log f − log i =
-    softplus(−k_i) − softplus(−k_f)``, ``b = i′ ⊙ h̃ = (1 − a) ⊙ h̃``."""
+    softplus(−k_i) − softplus(−k_f)``, ``b = i′ ⊙ h̃ = (1 − a) ⊙ h̃``. Under ``create_graph=True``
+    it differentiates plain ops instead, as minGRU's."""
 
     @staticmethod
     def forward(ctx, u: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
@@ -37,6 +38,8 @@ class _MinLSTMScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gh: Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+            return differentiable_backward(ctx, gh, lstm_coefficients)
         u, a, h, h0 = ctx.saved_tensors
         kf, ki, v = u.chunk(3, -1)
         da, db, dh0 = torch.ops.rnnkit.linear_scan_backward(gh, a, h, h0, 0, ctx.reverse)
@@ -64,6 +67,13 @@ def coefficient_a(u: Tensor) -> Tensor:
     return d.sigmoid_()
 
 
+def lstm_coefficients(u: Tensor) -> tuple[Tensor, Tensor]:
+    """minLSTM's ``(a, b) = (f′, i′ ⊙ h̃)`` from ``u = [k_f, k_i, h̃]``."""
+    a = coefficient_a(u)  # f / (f + i)
+    v = u.chunk(3, -1)[2]
+    return a, torch.addcmul(v, a, v, value=-1)  # i / (f + i) ⊙ h̃
+
+
 class MinLSTM(MinGRU):
     """minLSTM layer stack; ``forward(input, h0=None) -> (output, h_n)`` (one state, ``h``).
 
@@ -78,5 +88,4 @@ class MinLSTM(MinGRU):
         if self.log_space:
             d = F.softplus(-kf) - F.softplus(-ki)
             return -F.softplus(d), -F.softplus(-d) + log_g(v)
-        a = coefficient_a(u)  # f / (f + i)
-        return a, torch.addcmul(v, a, v, value=-1)  # i / (f + i) ⊙ h̃
+        return lstm_coefficients(u)

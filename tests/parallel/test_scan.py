@@ -74,6 +74,16 @@ def test_gradcheck(impl, dtype, reverse):
     assert torch.autograd.gradcheck(lambda a, b: linear_scan(a, b, dim=1, reverse=reverse), (a, b))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradgradcheck(impl, dtype, reverse):
+    """A gradient taken with create_graph=True differentiates again (gradient penalties of the
+    parallel layers): the backward is then this op again, in differentiable form."""
+    a, b, s = _inputs((5, 2, 3), dtype, True, 0, seed=3)
+    assert torch.autograd.gradgradcheck(lambda a, b, s: linear_scan(a, b, s, reverse=reverse), (a, b, s))
+    assert torch.autograd.gradgradcheck(lambda a, b: linear_scan(a, b, dim=1, reverse=reverse), (a, b))
+
+
 def test_opcheck():
     a, b, s = _inputs((6, 2, 3), torch.float64, True, 0)
     torch.library.opcheck(torch.ops.rnnkit.linear_scan.default, (a, b, s, 0, False))

@@ -1,0 +1,122 @@
+"""MinGRU and MinLSTM (the ordinary, non-log scan) under ``torch.func`` transforms, forward-mode
+AD and double backward: the promises tests/test_functorch.py and tests/test_double_backward.py
+make for the recurrent layers, checked against plain autograd (the layer's own first-order
+gradients, and the paper references' plain ops) in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call, grad, jacrev, vmap
+
+import rnnkit
+
+from . import references
+
+CASES = {
+    "mingru": (rnnkit.MinGRU, {}),
+    "minlstm": (rnnkit.MinLSTM, {}),
+    "mingru_bidir2": (rnnkit.MinGRU, {"num_layers": 2, "bidirectional": True}),
+    "minlstm_bidir2": (rnnkit.MinLSTM, {"num_layers": 2, "bidirectional": True}),
+}
+
+
+def make(name):
+    cls, kw = CASES[name]
+    torch.manual_seed(0)
+    return cls(3, 4, **kw)
+
+
+def h0_for(m, B):
+    return torch.randn(m.num_layers * m.num_directions, B, m.hidden_size)
+
+
+@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_jacrev_equals_autograd_jacobian(name, with_h0):
+    m = make(name)
+    x = torch.randn(5, 2, 3)
+    h0 = h0_for(m, 2) if with_h0 else None
+
+    def f(v):
+        return m(v, h0)[0].sum(0)
+
+    torch.testing.assert_close(jacrev(f)(x), torch.autograd.functional.jacobian(f, x))
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_grad_and_per_sample_gradients_with_vmap(name):
+    """grad(loss) equals autograd's gradient, and vmap(grad(loss)) over the batch equals the
+    gradient of each sample alone."""
+    m = make(name)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    x = torch.randn(5, 3, 3)
+
+    def loss(p, xi):  # one sequence (T, I) as a batch of one
+        return functional_call(m, p, (xi.unsqueeze(1),))[0].pow(2).sum()
+
+    per_sample = vmap(grad(loss), in_dims=(None, 1))(params, x)
+    for b in range(3):
+        alone = grad(loss)(params, x[:, b])
+        want = torch.autograd.grad(m(x[:, b : b + 1])[0].pow(2).sum(), list(m.parameters()))
+        for k, w in zip(params, want, strict=True):
+            torch.testing.assert_close(alone[k], w)
+            torch.testing.assert_close(per_sample[k][b], w)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual
+@pytest.mark.parametrize("name", CASES)
+def test_forward_mode_ad_equals_the_jacobian(name):
+    import torch.autograd.forward_ad as fwAD
+
+    m = make(name)
+    x, t = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    with fwAD.dual_level():
+        tangent = fwAD.unpack_dual(m(fwAD.make_dual(x, t))[0]).tangent
+    J = torch.autograd.functional.jacobian(lambda v: m(v)[0], x)
+    torch.testing.assert_close(tangent, (J.reshape(tangent.numel(), -1) @ t.flatten()).view_as(tangent))
+    _, jvp = torch.func.jvp(lambda v: m(v)[0], (x,), (t,))
+    torch.testing.assert_close(tangent, jvp)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_gradgradcheck(name):
+    """A gradient taken with create_graph=True (input, h0, a weight) differentiates again."""
+    m = make(name)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    h0 = h0_for(m, 2).requires_grad_(True)
+    params = dict(m.named_parameters())
+    w = params.pop("weight_ih_l0")
+
+    def f(x, h0, w):
+        return functional_call(m, {**params, "weight_ih_l0": w}, (x, h0))[0]
+
+    assert torch.autograd.gradgradcheck(f, (x, h0, w), fast_mode=True)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_double_backward_equals_the_plain_reference(name):
+    """A gradient penalty's gradient (input, h0, every parameter) equals the paper reference's,
+    whose plain ops autograd differentiates twice."""
+    m = make(name)
+    x = torch.randn(6, 2, 3, requires_grad=True)
+    h0 = h0_for(m, 2).requires_grad_(True)
+    leaves = [x, h0, *m.parameters()]
+
+    def second(out):
+        gx, gh = torch.autograd.grad(out.pow(2).sum(), (x, h0), create_graph=True)
+        return torch.autograd.grad(gx.pow(2).sum() + gh.pow(3).sum(), leaves)
+
+    got, want = second(m(x, h0)[0]), second(references.stack(m, x, h0)[0])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm_bidir2"])
+def test_gradgradcheck_with_lengths(name):
+    """The padded path (lengths: the gates, then rnnkit.ops.linear_scan) differentiates twice."""
+    m = make(name)
+    x = torch.randn(4, 2, 3, requires_grad=True)
+    h0 = h0_for(m, 2).requires_grad_(True)
+    lengths = torch.tensor([4, 2])
+    assert torch.autograd.gradgradcheck(lambda x, h0: m(x, h0, lengths=lengths)[0], (x, h0), fast_mode=True)
