@@ -96,9 +96,11 @@ def add_arch_arguments(
     cell: str = "lstm",
     dropout: float | None = 0.0,
     by: str = "",
+    dropout_by: str | None = None,
 ) -> None:
     """The architecture flags. ``hidden`` / ``dropout`` ``None``: unset by default (the
-    command decides later); ``by`` says in their help what decides."""
+    command decides later); ``by`` (``dropout_by`` for ``--dropout``, if given) says in their
+    help what decides."""
     g = p.add_argument_group("architecture")
     g.add_argument(
         "--arch", "--cell", dest="cell", default=cell, metavar="ARCH",
@@ -112,7 +114,7 @@ def add_arch_arguments(
     g.add_argument(
         "--dropout", type=probability, default=dropout,
         help=f"dropout between layers (torch semantics, as --opt dropout=P; default "
-        f"{by if dropout is None else dropout})",
+        f"{(by if dropout_by is None else dropout_by) if dropout is None else dropout})",
     )  # fmt: skip
     g.add_argument(
         "--opt", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",

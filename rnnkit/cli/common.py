@@ -96,7 +96,8 @@ def add_run_arguments(
         type=positive_float,
         default=max_minutes,
         metavar="M",
-        help=minutes_help or f"wall-clock training budget (default {max_minutes})",
+        help=minutes_help
+        or f"wall-clock training budget (default: {'none' if max_minutes is None else f'{max_minutes:g}'})",
     )
     g.add_argument("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N updates")
     g.add_argument(

@@ -43,6 +43,22 @@ def test_val_every_help_states_the_default_in_use(cli):
         assert shown == ("250 and at the end" if want else "every epoch end and at the end"), shown
 
 
+def test_train_help_states_defaults_readably(cli):
+    # --max-minutes used to read "(default None)"; charlm's --hidden/--dropout both read
+    # "384 and 0 below 12 min ..., else 512 and 0.2" (each flag's help gave both flags' values)
+    import re
+
+    for task in ("forecast", "classify", "tag", "seq2seq", "memory"):
+        text = " ".join(cli("train", task, "--help").out.split())
+        assert "default None" not in text, task
+        assert "--max-minutes M wall-clock training budget (default: none)" in text, task
+    text = " ".join(cli("train", "charlm", "--help").out.split())
+    hidden = re.search(r"--hidden HIDDEN (.*?) --layers", text).group(1)
+    dropout = re.search(r"--dropout DROPOUT (.*?) --opt KEY=VALUE", text).group(1)
+    assert "384 below 12 min (bf16: 9), else 512" in hidden and "0.2" not in hidden, hidden
+    assert "0 below 12 min (bf16: 9), else 0.2" in dropout and "384" not in dropout, dropout
+
+
 @pytest.mark.parametrize(
     "task, arch, metric",
     [
