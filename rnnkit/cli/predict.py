@@ -42,7 +42,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--column", default=None, help="forecast: the CSV column (default: the run's)")
     p.add_argument("--horizon", type=positive_int, default=None, help="forecast: steps (default: the run's)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.set_defaults(func=predict_cmd)
 
 

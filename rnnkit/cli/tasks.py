@@ -71,7 +71,7 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--length", type=positive_int, default=32, help="anyplus1 sequence length (default 32)")
     p.add_argument("--n", type=positive_int, default=4000, help="anyplus1 sequences (default 4000)")
-    p.add_argument("--embedding-dim", type=positive_int, default=32)
+    p.add_argument("--embedding-dim", type=positive_int, default=32, help="token embedding size (default 32)")
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="classify", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_classify)
@@ -85,8 +85,11 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--valid", default=None, metavar="FILE.conllu", help="validation file (default: 10%% split)"
     )
-    p.add_argument("--tag-column", choices=("upos", "xpos"), default="upos")
-    p.add_argument("--embedding-dim", type=positive_int, default=64)
+    p.add_argument(
+        "--tag-column", choices=("upos", "xpos"), default="upos",
+        help="CoNLL-U column of the tags: universal (upos) or language-specific (xpos) (default upos)",
+    )  # fmt: skip
+    p.add_argument("--embedding-dim", type=positive_int, default=64, help="token embedding size (default 64)")
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="tag", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_tag)
@@ -96,13 +99,16 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         help="encoder-decoder: English number words <-> digits",
         description="Encoder-decoder with teacher forcing / scheduled sampling, greedy decoding.",
     )
-    p.add_argument("--direction", choices=("words2digits", "digits2words"), default="words2digits")
+    p.add_argument(
+        "--direction", choices=("words2digits", "digits2words"), default="words2digits",
+        help="words2digits: 'three hundred twelve' -> 312; digits2words: the reverse (default words2digits)",
+    )  # fmt: skip
     p.add_argument(
         "--max-number", type=positive_int, default=10_000, help="numbers in [0, N) (default 10000)"
     )
-    p.add_argument("--n-train", type=positive_int, default=5000)
-    p.add_argument("--n-valid", type=positive_int, default=500)
-    p.add_argument("--embedding-dim", type=positive_int, default=32)
+    p.add_argument("--n-train", type=positive_int, default=5000, help="training pairs (default 5000)")
+    p.add_argument("--n-valid", type=positive_int, default=500, help="validation pairs (default 500)")
+    p.add_argument("--embedding-dim", type=positive_int, default=32, help="token embedding size (default 32)")
     add_sampling_arguments(p, "teacher")
     add_arch_arguments(p, hidden=128, layers=1)
     add_run_arguments(p, task="seq2seq", lr=3e-3, batch_size=64, epochs=20)
@@ -115,15 +121,15 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         help="synthetic memory benchmarks: adding, copy, plus1, arith",
         description="Long-range memory benchmarks generated on the fly (deterministic in --seed).",
     )
-    p.add_argument("--task", choices=TASKS, default="adding")
+    p.add_argument("--task", choices=TASKS, default="adding", help="which benchmark (default adding)")
     p.add_argument(
         "--length", type=positive_int, default=50, help="sequence length (copy: the lag; default 50)"
     )
     p.add_argument("--digits", type=positive_int, default=3, help="arith: digits per operand (default 3)")
     p.add_argument("--n-symbols", type=positive_int, default=8, help="copy: alphabet size (default 8)")
     p.add_argument("--n-copy", type=positive_int, default=10, help="copy: symbols to remember (default 10)")
-    p.add_argument("--n-train", type=positive_int, default=10_000)
-    p.add_argument("--n-valid", type=positive_int, default=1000)
+    p.add_argument("--n-train", type=positive_int, default=10_000, help="training sequences (default 10000)")
+    p.add_argument("--n-valid", type=positive_int, default=1000, help="validation sequences (default 1000)")
     add_arch_arguments(p, hidden=128, layers=1)
     add_run_arguments(p, task="memory", lr=1e-3, batch_size=64, epochs=10)
     p.set_defaults(func=train_memory)

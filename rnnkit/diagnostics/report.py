@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--lags", type=int, nargs="+", default=None, help="memory-horizon lags (default: 5 10 20 40 80)")
     a("--horizon-steps", type=int, default=None, help="training budget per horizon run (default: 400)")
     a("--no-horizon", action="store_true", help="skip the memory-horizon benchmark")
-    a("--seed", type=int, default=0)
+    a("--seed", type=int, default=0, help="seeds the models and data (default: 0)")
     a("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
     a("--quick", action="store_true", help="tiny sizes and budgets (a smoke test of a few seconds)")
     g = parser.add_argument_group("checkpoint mode")

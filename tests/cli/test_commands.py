@@ -59,6 +59,27 @@ def test_train_help_states_defaults_readably(cli):
     assert "0 below 12 min (bf16: 9), else 0.2" in dropout and "384" not in dropout, dropout
 
 
+def test_every_option_has_help():
+    # `rnnkit train memory --help` showed "--task {adding,copy,plus1,arith}" with no word of
+    # its default (adding), seq2seq's --direction and tag's --tag-column likewise
+    import argparse
+
+    from rnnkit.cli import build_parser
+
+    bare = []
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            elif action.option_strings and not action.help:
+                bare.append(f"{name} {action.option_strings[0]}")
+
+    walk(build_parser(), "rnnkit")
+    assert not bare, bare
+
+
 @pytest.mark.parametrize(
     "task, arch, metric",
     [
