@@ -123,7 +123,10 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", choices=TASKS, default="adding", help="which benchmark (default adding)")
     p.add_argument(
-        "--length", type=positive_int, default=50, help="sequence length (copy: the lag; default 50)"
+        "--length",
+        type=positive_int,
+        default=50,
+        help="sequence length (copy: the lag; arith: unused, see --digits; default 50)",
     )
     p.add_argument("--digits", type=positive_int, default=3, help="arith: digits per operand (default 3)")
     p.add_argument("--n-symbols", type=positive_int, default=8, help="copy: alphabet size (default 8)")
