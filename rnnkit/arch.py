@@ -80,12 +80,21 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
+#: JSON's spellings, which a command line user types as readily as Python's (``diagnose
+#: --option`` reads them too).
+_JSON_WORDS = {"true": True, "false": False, "null": None}
+
+
 def parse_opt(text: str) -> tuple[str, Any]:
-    """``"norm=layer"`` -> ``("norm", "layer")``; values are Python literals when they parse."""
+    """``"norm=layer"`` -> ``("norm", "layer")``; values are Python literals when they parse,
+    or JSON's ``true`` / ``false`` / ``null``."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--opt expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip().replace("-", "_"), parse_value(raw)
+    value = parse_value(raw)
+    if value is raw and raw.strip() in _JSON_WORDS:
+        value = _JSON_WORDS[raw.strip()]
+    return key.strip().replace("-", "_"), value
 
 
 def add_arch_arguments(

@@ -1,0 +1,31 @@
+"""``--opt`` values: Python literals, and JSON's ``true`` / ``false`` / ``null`` (as diagnose reads them)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rnnkit.arch import parse_opt
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("peephole=True", ("peephole", True)),
+        # `--opt peephole=true` used to reach the layer as the string 'true': "peephole must be a bool"
+        ("peephole=true", ("peephole", True)),
+        ("coupled-gates=false", ("coupled_gates", False)),
+        ("norm=null", ("norm", None)),
+        ("zoneout=(0.1, 0.05)", ("zoneout", (0.1, 0.05))),
+        ("norm=layer", ("norm", "layer")),
+        ("variant=mut1", ("variant", "mut1")),
+    ],
+)
+def test_parse_opt(text, want):
+    assert parse_opt(text) == want
+    assert type(parse_opt(text)[1]) is type(want[1])
+
+
+def test_train_accepts_lowercase_bool(cli, tmp_path):
+    r = cli("train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8,
+            "--opt", "peephole=true", "--max-steps", 1, "--out", tmp_path / "r")  # fmt: skip
+    assert r.rc == 0, r.err
