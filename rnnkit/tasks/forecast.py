@@ -57,7 +57,13 @@ def load_series(data: str, column: str | None = None, flag: str = "--data") -> t
     if not p.is_file():
         raise FileNotFoundError(f"{flag} {data!r}: no such file (or use {flag} sunspots)")
     if column is None:
-        raise ValueError(f"{flag} {data} needs --column NAME (the CSV column to forecast)")
+        try:
+            with open(p, encoding="utf-8-sig", newline="") as f:
+                names = next(csv.reader(f), None)
+        except (OSError, UnicodeDecodeError):
+            names = None
+        listed = f"; columns are {names}" if names else ""
+        raise ValueError(f"{flag} {data} needs --column NAME (the CSV column to forecast{listed})")
     out: list[float] = []
     try:
         with open(p, encoding="utf-8-sig", newline="") as f:  # a BOM is not text

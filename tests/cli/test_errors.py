@@ -162,3 +162,13 @@ def test_damaged_or_foreign_checkpoint_files_are_named(cli, tmp_path, text_file)
     shutil.rmtree(out / "checkpoints")
     shutil.copytree(other / "checkpoints", out / "checkpoints")  # a checkpoint of another shape
     assert_one_line_error(cli(*use), "model.safetensors", "size mismatch")
+
+
+def test_a_csv_without_column_lists_its_columns(tmp_path):
+    # "--data series.csv needs --column NAME" left the user to open the file for the names
+    from rnnkit.tasks.forecast import load_series
+
+    csv = tmp_path / "series.csv"
+    csv.write_text("t,value\n0,1.5\n1,2.5\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"needs --column NAME.*columns are \['t', 'value'\]"):
+        load_series(str(csv))
