@@ -35,17 +35,23 @@ def test_per_sample_gradients_with_vmap(name, kw):
     """vmap(grad(loss)) over the batch equals the gradient of each sample alone."""
     torch.manual_seed(0)
     m = getattr(rnnkit, name)(3, 4, **kw)
+    per_sample, alone = per_sample_grads(m, torch.randn(5, 3, 3))
+    for b, a in enumerate(alone):
+        for k in a:
+            torch.testing.assert_close(per_sample[k][b], a[k])
+
+
+def per_sample_grads(m, x):
+    """Of ``loss = (m(seq)[0] ** 2).sum()`` for each sequence of ``x (T, B, I)`` as a batch of
+    one: ``vmap(grad(loss))`` over the batch (``{name: (B, *shape)}``) and ``grad(loss)`` of
+    each sequence alone (a list of ``{name: shape}``)."""
     params = {k: v.detach() for k, v in m.named_parameters()}
-    x = torch.randn(5, 3, 3)
 
     def loss(p, xi):  # one sequence (T, I) as a batch of one
         return functional_call(m, p, (xi.unsqueeze(1),))[0].pow(2).sum()
 
     per_sample = vmap(grad(loss), in_dims=(None, 1))(params, x)
-    for b in range(3):
-        alone = grad(loss)(params, x[:, b])
-        for k in params:
-            torch.testing.assert_close(per_sample[k][b], alone[k])
+    return per_sample, [grad(loss)(params, x[:, b]) for b in range(x.shape[1])]
 
 
 def test_auto_takes_the_loop_inside_a_transform(monkeypatch):

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, jacrev
 
 import rnnkit
 
+from ..test_functorch import per_sample_grads
 from . import references
 
 CASES = {
@@ -49,18 +50,12 @@ def test_grad_and_per_sample_gradients_with_vmap(name):
     """grad(loss) equals autograd's gradient, and vmap(grad(loss)) over the batch equals the
     gradient of each sample alone."""
     m = make(name)
-    params = {k: v.detach() for k, v in m.named_parameters()}
     x = torch.randn(5, 3, 3)
-
-    def loss(p, xi):  # one sequence (T, I) as a batch of one
-        return functional_call(m, p, (xi.unsqueeze(1),))[0].pow(2).sum()
-
-    per_sample = vmap(grad(loss), in_dims=(None, 1))(params, x)
-    for b in range(3):
-        alone = grad(loss)(params, x[:, b])
+    per_sample, alone = per_sample_grads(m, x)
+    for b, a in enumerate(alone):
         want = torch.autograd.grad(m(x[:, b : b + 1])[0].pow(2).sum(), list(m.parameters()))
-        for k, w in zip(params, want, strict=True):
-            torch.testing.assert_close(alone[k], w)
+        for k, w in zip(a, want, strict=True):
+            torch.testing.assert_close(a[k], w)
             torch.testing.assert_close(per_sample[k][b], w)
 
 
