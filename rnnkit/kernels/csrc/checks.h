@@ -108,6 +108,30 @@ inline Sizes backward_sizes(const char* op, const Tensor& gout, const Tensor& gh
   return {dt, gout.size(0), ghn.size(0), gout.size(1)};
 }
 
+// An LSTM forward's c0 (B, H) against h0 (B, P): w_hr (P, H) with a projection, else P == H.
+// Returns H.
+inline int64_t lstm_state(const char* op, const Tensor& c0, at::ScalarType dt, int64_t B, int64_t P,
+                          const std::optional<Tensor>& w_hr, const Tensor& h0) {
+  tensor(op, "c0", c0, dt, "(B, H)", {B, kAny});
+  const int64_t H = c0.size(1);
+  if (w_hr.has_value())
+    tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
+  else
+    TORCH_CHECK(P == H, op, ": without w_hr, h0 (B, P) and c0 (B, H) must have one width, got ", h0.sizes(),
+                " and ", c0.sizes());
+  return H;
+}
+
+// An LSTM op's optional regularizer inputs: the recurrent-dropout mask (B, P) and the zoneout
+// weights zh (N, P), zc (N, H).
+inline void lstm_regularizers(const char* op, at::ScalarType dt, int64_t B, int64_t N, int64_t P, int64_t H,
+                              const std::optional<Tensor>& mask, const std::optional<Tensor>& zh,
+                              const std::optional<Tensor>& zc) {
+  opt(op, "mask", mask, dt, "(B, P)", {B, P});
+  opt(op, "zh", zh, dt, "(N, P)", {N, P});
+  opt(op, "zc", zc, dt, "(N, H)", {N, H});
+}
+
 // The LSTM backward's first saved tensors, common to the fused, variant and normalized ops
 // (``count`` checked before): gates (N, W), c_{t-1} (N, H), ``third`` (N, H), h_{t-1} (N, P);
 // with a projection w_hr (P, H) and h~ (N, H), without one P == H (``p_from`` gave P).

@@ -52,13 +52,7 @@ void check_forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tenso
   const auto dt = sz.dt;
   const int64_t N = sz.N, B = sz.B, P = sz.P;
   if (kind == 0) {
-    tensor(op, "c0", c0, dt, "(B, H)", {B, kAny});
-    const int64_t H = c0.size(1);
-    if (w_hr.has_value())
-      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
-    else
-      TORCH_CHECK(P == H, op, ": without w_hr, h0 (B, P) and c0 (B, H) must have one width, got ", h0.sizes(),
-                  " and ", c0.sizes());
+    const int64_t H = lstm_state(op, c0, dt, B, P, w_hr, h0);
     if (x.has_value()) {
       const int64_t I = x->size(1);
       tensor(op, "w_ih", req(op, "w_ih", w_ih, "with x"), dt, "(4H, I)", {4 * H, I});
@@ -67,9 +61,7 @@ void check_forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tenso
       tensor(op, "xp", xp, dt, "(N, 4H)", {N, 4 * H});
     }
     tensor(op, "w_hh", w_hh, dt, "(4H, P)", {4 * H, P});
-    opt(op, "mask", mask, dt, "(B, P)", {B, P});
-    opt(op, "zh", zh, dt, "(N, P)", {N, P});
-    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
     opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
     return;
   }
@@ -102,9 +94,7 @@ void check_backward(int64_t kind, const Tensor& gout, const Tensor& ghn, const T
       tensor(op, "w_peep", *w_peep, dt, "(3H,)", {3 * H});
       tensor(op, "saved[5] (c~)", saved[5], dt, "(N, H)", {N, H});
     }
-    opt(op, "mask", mask, dt, "(B, P)", {B, P});
-    opt(op, "zh", zh, dt, "(N, P)", {N, P});
-    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
     return;
   }
   const int64_t G = kind == 1 ? 3 * P : P;

@@ -42,13 +42,7 @@ void check_forward(const std::string& kind, int64_t mode, const Tensor& xp, cons
   TORCH_CHECK(xp.scalar_type() == dt, op, ": xp must have dtype ", dt, " (as x_in), got ", xp.scalar_type());
   if (kind == "lstm") {
     const Tensor& c = req(op, "c0", c0, "by the LSTM");
-    tensor(op, "c0", c, dt, "(B, H)", {B, kAny});
-    const int64_t H = c.size(1), G = 4 * H;
-    if (w_hr.has_value())
-      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
-    else
-      TORCH_CHECK(P == H, op, ": without w_hr, h0 (B, P) and c0 (B, H) must have one width, got ", h0.sizes(),
-                  " and ", c.sizes());
+    const int64_t H = lstm_state(op, c, dt, B, P, w_hr, h0), G = 4 * H;
     if (proj_in) {
       tensor(op, "w_ih", req(op, "w_ih", w_ih, "with x_in"), dt, "(4H, I)", {G, x_in->size(1)});
       tensor(op, "g_ih", req(op, "g_ih", g_ih, "with x_in"), dt, "(4H,)", {G});
@@ -57,9 +51,7 @@ void check_forward(const std::string& kind, int64_t mode, const Tensor& xp, cons
       tensor(op, "xp", xp, dt, "(N, 4H)", {N, G});
     }
     tensor(op, "w_hh", w_hh, dt, "(4H, P)", {G, P});
-    opt(op, "mask", mask, dt, "(B, P)", {B, P});
-    opt(op, "zh", zh, dt, "(N, P)", {N, P});
-    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
     opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
     check_group(op, "hh", dt, G, &g_hh, s_hh, st_hh);
     check_group(op, "c", dt, H, &req(op, "g_c", g_c, "by the LSTM"), s_c, st_c);

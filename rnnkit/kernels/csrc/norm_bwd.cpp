@@ -76,9 +76,7 @@ void check_backward(const std::string& kind, int64_t mode, const Tensor& gout, c
     lstm_saved(op, saved, dt, N, G, "(N, 4H)", "saved[2] (tanh c)", H, P, w_hr, "out", out, w_hh);
     group(5, G, "saved[5] (x^ hh)", "saved[6] (rho hh)");
     group(7, H, "saved[7] (x^ c)", "saved[8] (rho c)");
-    opt(op, "mask", mask, dt, "(B, P)", {B, P});
-    opt(op, "zh", zh, dt, "(N, P)", {N, P});
-    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
     opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
     check_group(op, "hh", dt, G, &g_hh, std::nullopt, st_hh);
     check_group(op, "c", dt, H, &req(op, "g_c", g_c, "by the LSTM"), std::nullopt, st_c);

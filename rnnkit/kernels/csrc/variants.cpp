@@ -303,13 +303,7 @@ void check_variant_forward(int64_t family, int64_t flags, const Tensor& xp, cons
   if (family == 0) {
     const LstmSizes L(flags);
     const Tensor& c = req(op, "c0", c0, "by the LSTM layouts");
-    tensor(op, "c0", c, dt, "(B, H)", {B, kAny});
-    const int64_t H = c.size(1), W = L.ng * H, S = L.nsig * H;
-    if (w_hr.has_value())
-      tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});
-    else
-      TORCH_CHECK(P == H, op, ": without w_hr, h0 (B, P) and c0 (B, H) must have one width, got ", h0.sizes(),
-                  " and ", c.sizes());
+    const int64_t H = lstm_state(op, c, dt, B, P, w_hr, h0), W = L.ng * H, S = L.nsig * H;
     if (x.has_value()) {
       tensor(op, "w_ih", req(op, "w_ih", w_ih, "with x"), dt, "(gates H, I)", {W, x->size(1)});
       opt(op, "b_ih", b_in, dt, "(gates H,)", {W});
@@ -317,9 +311,7 @@ void check_variant_forward(int64_t family, int64_t flags, const Tensor& xp, cons
       tensor(op, "xp", xp, dt, "(N, gates H)", {N, W});
     }
     tensor(op, "w_hh", w_hh, dt, "(gates H, P)", {W, P});
-    opt(op, "mask", mask, dt, "(B, P)", {B, P});
-    opt(op, "zh", zh, dt, "(N, P)", {N, P});
-    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
     if (L.peep) tensor(op, "w_peep", req(op, "w_peep", w_peep, "by the peephole flag"), dt, "(peepholes H,)",
                        {L.npeep * H});
     if (L.fgr) {
@@ -365,9 +357,7 @@ void check_variant_backward(int64_t family, int64_t flags, const Tensor& gout, c
       tensor(op, "saved[6] (a_{t-1})", saved[6], dt, "(N, S)", {N, S});
       opt(op, "zg", zg, dt, "(N, S)", {N, S});
     }
-    opt(op, "mask", mask, dt, "(B, P)", {B, P});
-    opt(op, "zh", zh, dt, "(N, P)", {N, P});
-    opt(op, "zc", zc, dt, "(N, H)", {N, H});
+    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
     return;
   }
   const GruLayout L(flags);
