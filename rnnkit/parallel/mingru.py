@@ -118,6 +118,16 @@ def differentiable_backward(ctx, gh: Tensor, coefficients):
     return (*(next(grads) if n else None for n in need), None)
 
 
+def scan_forward(ctx, u: Tensor, h0: Tensor | None, reverse: bool, coefficients) -> Tensor:
+    """The forward of a fused scan Function: ``h`` from ``(a, b) = coefficients(u)``, saving
+    ``u, a, h, h0`` for its hand-written backward (and :func:`differentiable_backward`)."""
+    a, b = coefficients(u)
+    h = torch.ops.rnnkit.linear_scan(a, b, h0, 0, reverse)
+    ctx.save_for_backward(u, a, h, h0)
+    ctx.reverse = reverse
+    return h
+
+
 def gru_coefficients(u: Tensor) -> tuple[Tensor, Tensor]:
     """minGRU's ``(a, b) = (1 − z, z ⊙ h̃)`` from ``u = [k, h̃]``."""
     k, v = u.chunk(2, -1)
@@ -133,12 +143,7 @@ class _MinGRUScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
-        k, v = u.chunk(2, -1)
-        a = torch.sigmoid(-k)
-        h = torch.ops.rnnkit.linear_scan(a, torch.addcmul(v, a, v, value=-1), h0, 0, reverse)
-        ctx.save_for_backward(u, a, h, h0)
-        ctx.reverse = reverse
-        return h
+        return scan_forward(ctx, u, h0, reverse, gru_coefficients)
 
     @staticmethod
     def backward(ctx, gh: Tensor):

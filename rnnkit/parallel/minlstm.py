@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mingru import MinGRU, differentiable_backward, log_g
+from .mingru import MinGRU, differentiable_backward, log_g, scan_forward
 
 
 class _MinLSTMScan(torch.autograd.Function):
@@ -29,12 +29,7 @@ class _MinLSTMScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, h0: Tensor | None, reverse: bool) -> Tensor:
-        a = coefficient_a(u)
-        v = u.chunk(3, -1)[2]
-        h = torch.ops.rnnkit.linear_scan(a, torch.addcmul(v, a, v, value=-1), h0, 0, reverse)
-        ctx.save_for_backward(u, a, h, h0)
-        ctx.reverse = reverse
-        return h
+        return scan_forward(ctx, u, h0, reverse, lstm_coefficients)
 
     @staticmethod
     def backward(ctx, gh: Tensor):
