@@ -72,13 +72,15 @@ class _LogScan(torch.autograd.Function):
         return g * a * h_prev, g * torch.exp(log_b), (None if h0 is None else a[0] * g[0])
 
 
-def log_scan(log_a: Tensor, log_b: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
+def log_scan(
+    log_a: Tensor, log_b: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool, dtype: torch.dtype
+):
     """The log-space scan ``h_t = a_t h_{t−1} + b_t`` over ``(T, B, S)`` for positive
-    ``a, b, h0`` given as logarithms; returns ``(h, h_final)`` in linear space, in ``log_b``'s
-    dtype. Half precision runs in float32: ``Σ log a`` reaches ~-100 within a few hundred
-    steps, where bfloat16's spacing is 0.5 to 1 (a factor e^0.5 on ``h``; under autocast the
-    outputs were 60-100% off float32's at T = 200)."""
-    dtype = log_b.dtype
+    ``a, b, h0`` given as logarithms; returns ``(h, h_final)`` in linear space, in ``dtype`` (the
+    layer's: its input projection's, which CUDA's autocast keeps in half where it runs softplus,
+    and so the logarithms, in float32). Half precision runs in float32: ``Σ log a`` reaches
+    ~-100 within a few hundred steps, where bfloat16's spacing is 0.5 to 1 (a factor e^0.5 on
+    ``h``; under autocast the outputs were 60-100% off float32's at T = 200)."""
     if dtype in (torch.float16, torch.bfloat16):
         log_a, log_b = log_a.float(), log_b.float()
         h0 = None if h0 is None else h0.float()
@@ -210,14 +212,15 @@ class MinGRU(ParallelRecurrent):
         a, b = self.coefficients(u)
         if self.log_space:
             check_positive_state(h0)
-            return log_scan(a, b, h0, mask, reverse)
+            return log_scan(a, b, h0, mask, reverse, u.dtype)
         return self.scan(a, b, h0, mask, reverse)
 
     def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        a, b = self.coefficients(self.project(p, x))
-        if self.log_space:
-            a, b = a.exp(), b.exp()
-        h = torch.addcmul(b, a, s)
+        u = self.project(p, x)
+        a, b = self.coefficients(u)
+        if self.log_space:  # (in u's dtype: CUDA's autocast runs softplus in float32)
+            a, b = a.exp().to(u.dtype), b.exp().to(u.dtype)
+        h = torch.addcmul(b, a, join_autocast(s, b))  # (a float32 state would promote h)
         return h, h
 
     def extra_repr(self) -> str:

@@ -139,7 +139,7 @@ class QRNN(ParallelRecurrent):
 
     def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         z, f, o = self.gates(p, x)
-        c = torch.addcmul(torch.addcmul(z, f, z, value=-1), f, s)
+        c = torch.addcmul(torch.addcmul(z, f, z, value=-1), f, join_autocast(s, z))  # (as forward)
         return o * c, c
 
     def step(self, input: Tensor, state=None):

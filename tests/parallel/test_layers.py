@@ -291,6 +291,25 @@ def test_autocast_float32_state_joins_the_gates_dtype(name, monkeypatch):
     assert torch.equal(out, want) and torch.equal(h_n, want_h)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_step_under_autocast_returns_the_forward_dtype(name):
+    """``step`` under autocast gives what ``forward`` gives, step by step, in its dtype (LRU's
+    complex state keeps float32 on both). The float32 zero (or carried) state promoted the
+    half-precision gates: minGRU, minLSTM and QRNN stepped in float32 where their forward ran
+    in bfloat16."""
+    m = make(name, num_layers=2, dtype=torch.float32)
+    x = torch.randn(6, 2, 3, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, h_n = m(x)
+        ys, s = [], None
+        for t in range(x.shape[0]):
+            y, s = m.step(x[t], s)
+            ys.append(y)
+    assert {y.dtype for y in ys} == {want.dtype}
+    assert [t.dtype for t in flat(s)] == [t.dtype for t in flat(h_n)]
+    torch.testing.assert_close(torch.stack(ys).float(), want.float(), rtol=0.05, atol=0.05)
+
+
 # torch's dynamo instantiates autograd.Function classes itself and trips its own deprecation
 # minLSTM's hand-written backward wrote sigmoid(out=) into chunks of its gradient: dynamo refused it
 @pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
