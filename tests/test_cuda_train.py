@@ -24,7 +24,7 @@ from rnnkit.train import Trainer, seed_everything
 from tests.conftest import default_dtype
 from tests.train import ddp_worker
 from tests.train.models import TinyLM
-from tests.train.test_ddp import _torchrun
+from tests.train.test_ddp import _ddp_and_one_process, _torchrun
 from tests.train.test_precision import _run as precision_run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -145,6 +145,21 @@ def test_ddp_over_cuda_tensors_equals_one_process(tmp_path, monkeypatch):
         params = load_file(str(ddp_dir / f"params{r}.safetensors"))
         for k in p_one:
             torch.testing.assert_close(params[k], p_one[k], atol=1e-10, rtol=1e-10, msg=k)
+
+
+@pytest.mark.parametrize("mode", ["tbptt_weighted", "step_fn_method"])
+def test_ddp_token_weighting_and_step_fn_over_cuda_equal_one_process(mode, tmp_path, monkeypatch):
+    """TBPTT windows weighted by each rank's share of the targets, and a ``step_fn`` calling the
+    model's own method inside DDP's forward, over CUDA tensors; ``device="cuda"`` puts rank r on
+    ``cuda:r % device_count`` (both ranks here on the one GPU). Equal to one CPU process."""
+    monkeypatch.setenv("RNNKIT_TEST_DEVICE", "cuda")
+    (r0, r1), (p0, p1), one, p_one = _ddp_and_one_process(tmp_path, mode)
+    assert (r0["device"], r1["device"], one["device"]) == ("cuda:0", "cuda:0", "cpu")
+    assert len(r0["losses"]) == 3 and r0["losses"] == r1["losses"]
+    torch.testing.assert_close(torch.tensor(r0["losses"]), torch.tensor(one["losses"]), rtol=0, atol=1e-10)
+    for k in p_one:
+        torch.testing.assert_close(p0[k], p1[k], rtol=0, atol=0)
+        torch.testing.assert_close(p0[k], p_one[k], rtol=0, atol=1e-10)
 
 
 def test_in_place_op_on_cudnn_output_is_refused_as_by_torch_nn():

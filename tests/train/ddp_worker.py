@@ -21,7 +21,8 @@ from rnnkit.train import Trainer, cleanup_distributed, seed_everything, setup_di
 from tests.train.models import TinyLM, masked_mean_loss, tokens  # noqa: E402
 
 GLOBAL_BATCH, SEQ_LEN = 4, 6
-# tests/test_cuda_train.py runs the "empty" mode on a GPU (both ranks on it, gloo over CUDA tensors)
+# tests/test_cuda_train.py runs the "empty", "tbptt_weighted" and "step_fn_method" modes on a GPU
+# (both ranks on it, gloo over CUDA tensors)
 DEVICE = os.environ.get("RNNKIT_TEST_DEVICE", "cpu")
 
 
@@ -171,7 +172,9 @@ def _write_run(out_dir: str, info, tr, model, opt) -> None:
     )
     steps = int(opt.state[model.out.bias].get("step", 0)) if opt.state else 0
     (out / f"result{info.rank}.json").write_text(
-        json.dumps({"losses": tr.losses, "adam_steps": steps, "tokens": tr.tokens_seen})
+        json.dumps(
+            {"losses": tr.losses, "adam_steps": steps, "tokens": tr.tokens_seen, "device": str(info.device)}
+        )
     )
 
 
@@ -218,7 +221,16 @@ def _train_tbptt_weighted(out_dir: str, info) -> None:
     model = TinyLM(vocab=11, hidden=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
     batches = [_shard(b, info) for b in _empty_batches(10, lambda step, t, c: c >= 2 and (t + step) % 3 != 0)]
-    tr = Trainer(model, opt, tbptt_k1=4, tbptt_k2=6, clip_norm=0.5, carry_state=False, progress=False)
+    tr = Trainer(
+        model,
+        opt,
+        tbptt_k1=4,
+        tbptt_k2=6,
+        clip_norm=0.5,
+        carry_state=False,
+        progress=False,
+        device=info.device,
+    )
     tr.fit(batches)
     _write_run(out_dir, info, tr, model, opt)
 
@@ -256,7 +268,9 @@ def _train_step_fn_method(out_dir: str, info) -> None:
     model = _LossLM(vocab=11, hidden=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
     batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: c >= 2 and t % 2 == 0)]
-    tr = Trainer(model, opt, step_fn=lambda m, batch, state: m.loss(batch, state), progress=False)
+    tr = Trainer(
+        model, opt, step_fn=lambda m, batch, state: m.loss(batch, state), progress=False, device=info.device
+    )
     tr.fit(batches, batches[:1])
     _write_run(out_dir, info, tr, model, opt)
 
