@@ -6,7 +6,7 @@
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 nvidia-smi -L; python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-timeout 240 python3 -m pytest tests/test_cuda.py tests/test_cuda_train.py tests/test_cuda_numerics.py -q -p no:cacheprovider -rfE 2>&1 | tee "$OUT/test_cuda.log"
+timeout 240 python3 -m pytest tests/test_cuda.py tests/test_cuda_graphs.py tests/test_cuda_train.py tests/test_cuda_numerics.py -q -p no:cacheprovider -rfE 2>&1 | tee "$OUT/test_cuda.log"
 timeout 100 python3 benchmarks/scan.py --device cuda --ts 128,512,1024,2048,4096,8192 --repeat 5 \
     --loop-max-t 512 --slow-max-t 8192 --memory --plot "$OUT/scan_cuda.png" --json "$OUT/scan_cuda.json" \
     2>&1 | tee "$OUT/scan_cuda.log"
