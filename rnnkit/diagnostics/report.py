@@ -106,8 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--cell", "--arch", "--family", dest="family", default=None, metavar="CELL",
       help="one family to diagnose (the same as --variants CELL); in checkpoint mode the checkpoint's "
       "family (default: from its run.json, else lstm)")  # fmt: skip
+    # rnnkit train's spellings (--hidden, --layers, --opt) are aliases, not argparse prefixes
     a(
         "--hidden-size",
+        "--hidden",
+        dest="hidden_size",
         type=int,
         default=None,
         help="hidden units (default: 16, or the checkpoint's run.json)",
@@ -130,8 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", default=None, help="checkpoint dir/root or .safetensors file to diagnose")
     g.add_argument("--input-size", type=int, default=None,
                    help="input features (default: read off the checkpoint's weights)")  # fmt: skip
-    g.add_argument("--num-layers", type=int, default=None, help="(default: run.json's, else 1)")
-    g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--num-layers", "--layers", dest="num_layers", type=int, default=None,
+                   help="(default: run.json's, else 1)")  # fmt: skip
+    g.add_argument("--option", "--opt", dest="option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword of the layer (cell or layer option), repeatable")  # fmt: skip
     return parser
 
