@@ -23,6 +23,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     load_model_weights,
     read_results,
     read_run,
+    sweep_run_dir,
     write_json,
     write_results,
 )
@@ -235,12 +236,16 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     description to use (the stored one when resuming, so the model is rebuilt exactly as it was;
     a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds everything from ``--seed``;
     ``--tune-malloc``. Writes nothing (:func:`make_trainer` does, once the model and data are
-    built: a command failing on its flags or data must leave no half-made run directory)."""
+    built: a command failing on its flags or data must leave no half-made run directory) but, in
+    a run directory with checkpoints, its lock and the sweep of killed checkpoint writes."""
     from rnnkit.train import latest_checkpoint, seed_everything
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
+    if (out / "checkpoints").is_dir():  # the sweep first: it may move the latest checkpoint back
+        dev = device_of(args)
+        sweep_run_dir(out, dev if dev.type == "cuda" else None)
     has_ckpt = latest_checkpoint(out / "checkpoints") is not None
     if args.resume:
         if not has_ckpt:

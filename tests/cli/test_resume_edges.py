@@ -21,3 +21,22 @@ def test_resume_at_or_past_max_steps_says_there_is_nothing_to_train(cli, tmp_pat
     assert r.rc == 0 and "at step 3 (" in r.out and "already past --max-minutes 1e-06" in r.out, r.out
     r = cli(*MEM, "--out", tmp_path, "--max-steps", 5, "--resume")  # a real continuation: no such line
     assert r.rc == 0 and "nothing to train" not in r.out and results(tmp_path)["step"] == 5
+
+
+def test_resume_finds_the_checkpoint_a_killed_resave_left_in_the_trash(cli, tmp_path):
+    """A kill between a re-save's two renames leaves the run's only checkpoint in the trash
+    (``.old-step-*``) beside the new copy's temporary; the trainer's sweep moves it back, but
+    --resume looked for a checkpoint before that sweep and said there was none."""
+    assert cli(*MEM, "--out", tmp_path, "--max-steps", 3).rc == 0
+    ckpts = tmp_path / "checkpoints"
+    step = ckpts / "step-000000003"
+    trash = ckpts / ".old-step-000000003-k1lled"
+    trash.mkdir()
+    step.rename(trash / step.name)
+    (ckpts / ".tmp-step-000000003-half").mkdir()  # the new copy, never renamed into place
+    # without --resume it is a run all the same (a new one trained over it, mixing checkpoints)
+    r = cli(*MEM, "--out", tmp_path, "--max-steps", 5)
+    assert r.rc == 1 and "already holds a run" in r.err, r.err
+    r = cli(*MEM, "--out", tmp_path, "--max-steps", 5, "--resume")
+    assert r.rc == 0, r.err
+    assert results(tmp_path)["step"] == 5 and not list(ckpts.glob(".*step*"))
