@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnkit.arch import positive_int
+from rnnkit.arch import Given, positive_int  # noqa: F401 - Given: re-exported
 from rnnkit.cli import CLIError
 from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's helpers
     _LOCKS,
@@ -61,15 +61,6 @@ def _clip(text: str) -> float:
     if not (v >= 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = off), got {text!r}")
     return v
-
-
-class Given(argparse.Action):
-    """``store``, recording the option as given on the command line (in ``args.given``): a resume
-    reports the :data:`TRAIN_FLAGS` typed differently, not the parser's defaults."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.given = {*getattr(namespace, "given", ()), self.dest}
 
 
 def add_run_arguments(
