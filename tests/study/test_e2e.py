@@ -268,3 +268,31 @@ def test_memory_end_to_end(tmp_path):
         assert set(r["horizons"]) == {"copy", "plus_one"} and r["metric"] in (0, 1, 1.5, 2, 2.5, 3)
         assert r["metric"] == sum(r["horizons"].values()) / 2
         assert {row["lag"] for row in r["lags"]} <= {2, 3}
+
+
+def _strict(text):
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_study_json_is_strict_json_and_read_back(tmp_path):
+    """study.json took bare NaN/Infinity tokens (a timing cost, a --set clip=1e999), invalid strict
+    JSON, where runs.jsonl, metrics.jsonl and results.json are strict: a non-finite value is null,
+    named in "nonfinite"; the reader restores it (and reads older files with bare tokens)."""
+    out = tmp_path / "j"
+    settings = {**TINY_ARITH, "clip": float("inf")}  # what --set clip=1e999 gives
+    run_study("jozefowicz", out, steps=2, seeds=1, archs=["Tanh"], settings=settings, progress=False)
+    meta = _strict((out / "study.json").read_text())
+    assert meta["settings"]["clip"] is None and meta["nonfinite"] == {"settings/clip": "inf"}
+    run_study("jozefowicz", out, settings=settings, progress=False, report=False)  # the same settings
+    runner.save_json(out / "x.json", {"costs": {"Tanh": [float("nan"), 0.5]}})
+    assert _strict((out / "x.json").read_text())["nonfinite"] == {"costs/Tanh/0": "nan"}
+    back = runner.read_json(out / "x.json")
+    assert back["costs"]["Tanh"][1] == 0.5 and back["costs"]["Tanh"][0] != back["costs"]["Tanh"][0]
+    (out / "old.json").write_text('{"costs": {"Tanh": [NaN, 0.5]}}')  # written before
+    assert runner.read_json(out / "old.json")["costs"]["Tanh"][1] == 0.5
+    (out / "cut.json").write_text('{"costs": {"Ta')
+    with pytest.raises(ValueError, match="cut.json is not valid JSON"):
+        runner.read_json(out / "cut.json")
