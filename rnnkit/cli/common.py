@@ -329,7 +329,9 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     epochs = args.epochs or (10**9 if bounded else int(args.epochs_default))
     kw.setdefault("clip_norm", args.clip if args.clip and args.clip > 0 else None)
     if args.resume:
-        kw["callbacks"] = [*kw.get("callbacks", ()), _finished_run_notice(args)]
+        from rnnkit.cli.finish import finished_run_notice
+
+        kw["callbacks"] = [*kw.get("callbacks", ()), finished_run_notice(args)]
     return Trainer(
         model,
         optimizer,
@@ -349,28 +351,17 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     )
 
 
-def _finished_run_notice(args: argparse.Namespace) -> Any:
-    """A callback saying, once ``--resume`` has loaded the checkpoint, that the run is already at
-    a limit given (the trainer keeps a finished run finished: it trains nothing, and said nothing)."""
-    from rnnkit.train.callbacks import Callback
-
-    class FinishedRun(Callback):
-        def on_fit_start(self, trainer: Any) -> None:
-            cfg, at = trainer.config, f"--resume: the run in {args.out} is at step {trainer.step}"
-            if cfg.max_steps is not None and trainer.step >= cfg.max_steps:
-                echo(f"{at}, already at --max-steps {cfg.max_steps}: nothing to train")
-            elif cfg.max_minutes is not None and trainer.elapsed >= 60 * cfg.max_minutes:
-                spent = trainer.elapsed / 60
-                echo(f"{at} ({spent:.3g} minutes trained), already past --max-minutes {cfg.max_minutes:g}: "
-                     "nothing to train")  # fmt: skip
-            elif trainer.epoch >= cfg.max_epochs:
-                echo(f"{at} (epoch {trainer.epoch}), already at --epochs {cfg.max_epochs}: nothing to train")
-
-    return FinishedRun()
-
-
 def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
+    """``--checkpoint-every``: an integer >= 0 (0 = the final checkpoint only)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0 (0 = the final checkpoint only), got {text!r}"
+        )
+    return v
 
 
 def _checkpoint_every(args: argparse.Namespace) -> int | None:

@@ -1,5 +1,5 @@
 """The end of a ``rnnkit train`` run: the final validation row, ``loss.png``,
-``results.json`` and the summary line."""
+``results.json``, the summary lines, and the line saying a resumed run has nothing left to train."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from rnnkit.cli.common import echo
 from rnnkit.cli.rundir import write_results
 
-__all__ = ["final_validation", "finish", "describe_values"]
+__all__ = ["final_validation", "finish", "describe_values", "finished_run_notice"]
 
 #: What every run writes into ``--out``, in the order the summary lists them.
 RUN_FILES = ("run.json", "checkpoints/", "metrics.jsonl", "metrics.csv", "loss.png", "results.json")
@@ -68,3 +68,23 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
     listed = [f for f in (*RUN_FILES, *wrote) if (out / f).exists()]
     echo(f"wrote {out}/ ({', '.join(listed)})")
     return doc
+
+
+def finished_run_notice(args: argparse.Namespace) -> Any:
+    """A callback saying, once ``--resume`` has loaded the checkpoint, that the run is already at
+    a limit given (the trainer keeps a finished run finished: it trains nothing, and said nothing)."""
+    from rnnkit.train.callbacks import Callback
+
+    class FinishedRun(Callback):
+        def on_fit_start(self, trainer: Any) -> None:
+            cfg, at = trainer.config, f"--resume: the run in {args.out} is at step {trainer.step}"
+            if cfg.max_steps is not None and trainer.step >= cfg.max_steps:
+                echo(f"{at}, already at --max-steps {cfg.max_steps}: nothing to train")
+            elif cfg.max_minutes is not None and trainer.elapsed >= 60 * cfg.max_minutes:
+                spent = trainer.elapsed / 60
+                echo(f"{at} ({spent:.3g} minutes trained), already past --max-minutes {cfg.max_minutes:g}: "
+                     "nothing to train")  # fmt: skip
+            elif trainer.epoch >= cfg.max_epochs:
+                echo(f"{at} (epoch {trainer.epoch}), already at --epochs {cfg.max_epochs}: nothing to train")
+
+    return FinishedRun()

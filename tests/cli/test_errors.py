@@ -18,6 +18,9 @@ MEM = ["train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--
         ([*MEM, "--hidden", "0"], ["--hidden", "positive"]),
         ([*MEM, "--max-steps", "-3"], ["--max-steps"]),
         ([*MEM, "--lr", "abc"], ["--lr"]),
+        # 0 is allowed (the final checkpoint only): the error said "expected a positive integer"
+        ([*MEM, "--checkpoint-every", "-1"], ["--checkpoint-every", "an integer >= 0", "-1"]),
+        ([*MEM, "--checkpoint-every", "x"], ["--checkpoint-every", "an integer >= 0", "'x'"]),
         ([*MEM, "--task", "juggle"], ["--task", "juggle"]),
         (["train", "classify", "--tokens", "bytes"], ["--tokens"]),
         (["train", "tag"], ["--data"]),
