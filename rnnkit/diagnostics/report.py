@@ -144,6 +144,13 @@ def _configure(args) -> tuple[Budget, Budget]:
     """(training budget of the +1 run, memory-horizon budget)."""
     if args.family and args.variants and not args.checkpoint:
         raise ValueError(f"give --cell or --variants, not both (got --cell {args.family} and --variants)")
+    described = [f for f, v in (("--num-layers", args.num_layers), ("--input-size", args.input_size),
+                                ("--option", args.option)) if v]  # fmt: skip
+    if described and not args.checkpoint:  # (they were ignored: one-layer cells were diagnosed)
+        raise ValueError(
+            f"{'/'.join(described)} describe a --checkpoint's layer; without one, give the cells' options "
+            "in --variants, e.g. --variants lstm:num_layers=2,zoneout=0.1"
+        )
     if not args.checkpoint:
         args.variants = args.variants or ([args.family] if args.family else ["rnn", "lstm", "gru"])
     if args.hidden_size is None and not args.checkpoint:
@@ -216,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
+    train_b, horizon_b = _configure(args)  # (first: a bad flag leaves no --out directory)
     out.mkdir(parents=True, exist_ok=True)
-    train_b, horizon_b = _configure(args)
     torch.manual_seed(args.seed)
     snaps: dict[str, dict[str, Snapshot]] = {}
     lines = [
