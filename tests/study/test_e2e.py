@@ -277,16 +277,20 @@ def _strict(text):
     return json.loads(text, parse_constant=refuse)
 
 
-def test_study_json_is_strict_json_and_read_back(tmp_path):
-    """study.json took bare NaN/Infinity tokens (a timing cost, a --set clip=1e999), invalid strict
-    JSON, where runs.jsonl, metrics.jsonl and results.json are strict: a non-finite value is null,
-    named in "nonfinite"; the reader restores it (and reads older files with bare tokens)."""
+def test_study_json_is_strict_json_and_read_back(tmp_path, monkeypatch):
+    """study.json took bare NaN tokens (a timing cost), invalid strict JSON, where runs.jsonl,
+    metrics.jsonl and results.json are strict: a non-finite value is null, named in "nonfinite";
+    the reader restores it (and reads older files with bare tokens)."""
+    import rnnkit.study as study
+
     out = tmp_path / "j"
-    settings = {**TINY_ARITH, "clip": float("inf")}  # what --set clip=1e999 gives
-    run_study("jozefowicz", out, steps=2, seeds=1, archs=["Tanh"], settings=settings, progress=False)
+    monkeypatch.setattr(study, "calibrate", lambda *a: {"Tanh": [0.01, float("nan")]})
+    monkeypatch.setattr(study, "steps_for_budget", lambda *a: 2)
+    run_study("jozefowicz", out, seeds=1, archs=["Tanh"], settings=TINY_ARITH, progress=False)
     meta = _strict((out / "study.json").read_text())
-    assert meta["settings"]["clip"] is None and meta["nonfinite"] == {"settings/clip": "inf"}
-    run_study("jozefowicz", out, settings=settings, progress=False, report=False)  # the same settings
+    assert meta["costs"]["Tanh"] == [0.01, None] and meta["nonfinite"] == {"costs/Tanh/1": "nan"}
+    res = run_study("jozefowicz", out, progress=False, report=False)  # the resume reads it back
+    assert res["skipped"] == 1 and _strict((out / "study.json").read_text()) == meta
     runner.save_json(out / "x.json", {"costs": {"Tanh": [float("nan"), 0.5]}})
     assert _strict((out / "x.json").read_text())["nonfinite"] == {"costs/Tanh/0": "nan"}
     back = runner.read_json(out / "x.json")
