@@ -13,9 +13,11 @@ __all__ = ["SAMPLING", "add_sampling_arguments", "sampler_of"]
 SAMPLING = ("teacher", "linear", "exponential", "inverse_sigmoid")
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, default: str) -> None:
+def add_sampling_arguments(
+    p: argparse.ArgumentParser, default: str, inverse_sigmoid_k: float = 1000.0
+) -> None:
     """``--sampling``, ``--sampling-k``, ``--sampling-steps``, ``--sampling-min`` (default kind
-    ``default``)."""
+    ``default``); ``inverse_sigmoid_k``: the task's default k of that schedule alone."""
     g = p.add_argument_group("teacher forcing / scheduled sampling (Bengio et al. 2015)")
     g.add_argument(
         "--sampling",
@@ -30,8 +32,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default: str) -> None:
         type=float,
         default=None,
         action=Given,
-        help="k of exponential (<1) / inverse_sigmoid (>=1)",
+        help=f"k of exponential (<1, default 0.999) / inverse_sigmoid (>=1, default {inverse_sigmoid_k:g})",
     )
+    p.set_defaults(inverse_sigmoid_k=inverse_sigmoid_k)
     a(
         "--sampling-steps",
         type=positive_int,
@@ -48,8 +51,9 @@ def sampler_of(args: argparse.Namespace):
 
     if args.sampling == "teacher":
         return ScheduledSampler(1.0)
+    k = args.sampling_k
+    if k is None and args.sampling == "inverse_sigmoid":  # (the task's default is that schedule's alone)
+        k = getattr(args, "inverse_sigmoid_k", None)
     return ScheduledSampler(
-        TeacherForcingSchedule(
-            args.sampling, k=args.sampling_k, steps=args.sampling_steps, end=args.sampling_min
-        )
+        TeacherForcingSchedule(args.sampling, k=k, steps=args.sampling_steps, end=args.sampling_min)
     )

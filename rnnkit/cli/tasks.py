@@ -50,10 +50,10 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         metavar="P,D,Q",
         help="ARIMA baseline order, or none (default 3,0,0)",
     )
-    add_sampling_arguments(p, "inverse_sigmoid")
+    add_sampling_arguments(p, "inverse_sigmoid", inverse_sigmoid_k=50.0)
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="forecast", lr=3e-3, batch_size=32, epochs=30)
-    p.set_defaults(func=train_forecast, sampling_k=50.0)
+    p.set_defaults(func=train_forecast)
 
     p = tsub.add_parser(
         "classify",
