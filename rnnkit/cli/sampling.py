@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from rnnkit.arch import positive_int
-from rnnkit.cli.common import Given
+from rnnkit.cli import CLIError
+from rnnkit.cli.common import Given, positive_float
 
 __all__ = ["SAMPLING", "add_sampling_arguments", "sampler_of"]
 
@@ -29,7 +31,7 @@ def add_sampling_arguments(
     a = g.add_argument
     a(
         "--sampling-k",
-        type=float,
+        type=positive_float,
         default=None,
         action=Given,
         help=f"k of exponential (<1, default 0.999) / inverse_sigmoid (>=1, default {inverse_sigmoid_k:g})",
@@ -42,11 +44,29 @@ def add_sampling_arguments(
         action=Given,
         help="linear: steps to reach the floor",
     )
-    a("--sampling-min", type=float, default=0.0, action=Given, help="linear/exponential floor of P(truth)")
+    a(
+        "--sampling-min",
+        type=_unit,
+        default=0.0,
+        action=Given,
+        help="linear/exponential floor of P(truth), in [0, 1]",
+    )
+
+
+def _unit(text: str) -> float:
+    """argparse type: a number in [0, 1] (a probability; NaN is none)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
 
 
 def sampler_of(args: argparse.Namespace):
-    """The :class:`~rnnkit.train.ScheduledSampler` of the ``--sampling*`` flags."""
+    """The :class:`~rnnkit.train.ScheduledSampler` of the ``--sampling*`` flags (a task builds it
+    first: a k out of its schedule's range is a usage error before any data is loaded)."""
     from rnnkit.train import ScheduledSampler, TeacherForcingSchedule
 
     if args.sampling == "teacher":
@@ -54,6 +74,10 @@ def sampler_of(args: argparse.Namespace):
     k = args.sampling_k
     if k is None and args.sampling == "inverse_sigmoid":  # (the task's default is that schedule's alone)
         k = getattr(args, "inverse_sigmoid_k", None)
-    return ScheduledSampler(
-        TeacherForcingSchedule(args.sampling, k=k, steps=args.sampling_steps, end=args.sampling_min)
-    )
+    try:
+        schedule = TeacherForcingSchedule(
+            args.sampling, k=k, steps=args.sampling_steps, end=args.sampling_min
+        )
+    except ValueError as e:  # the k of another schedule's range
+        raise CLIError(f"--sampling {args.sampling} --sampling-k {args.sampling_k:g}: {e}", code=2) from None
+    return ScheduledSampler(schedule)

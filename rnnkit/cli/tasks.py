@@ -149,7 +149,9 @@ def _optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.
 # ---------------------------------------------------------------------------- forecast
 def train_forecast(args: argparse.Namespace) -> int:
     from rnnkit.tasks import forecast as F
+    from rnnkit.train import ScheduledSampler
 
+    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     values, source = F.load_series(args.data, args.column)
     order = None
     if args.arima_order.lower() != "none":
@@ -195,9 +197,6 @@ def train_forecast(args: argparse.Namespace) -> int:
         f"test {len(values) - s.n_valid_end}; {len(train.dataset)} training windows"
     )
     _describe(model, model.net.encoder)
-    from rnnkit.train import ScheduledSampler
-
-    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     trainer = None
 
     def step_fn(m, batch, state):  # validation is free-running: the metric that matters
@@ -294,6 +293,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
     from rnnkit.tasks import seq2seq as S
     from rnnkit.train import ScheduledSampler, lm_loss
 
+    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     data = S.Seq2SeqData.generate(
         args.n_train, args.n_valid, max_number=args.max_number, direction=args.direction, seed=args.seed
     )
@@ -328,7 +328,6 @@ def train_seq2seq(args: argparse.Namespace) -> int:
         data.train, args.batch_size, shuffle=True, seed=args.seed, collate_fn=S.collate, **ranks()
     )
     valid = DataLoader(data.valid, batch_size=256, collate_fn=S.collate)
-    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     trainer = None
 
     def step_fn(mod, batch, state):  # validation decodes free-running (its own predictions)
