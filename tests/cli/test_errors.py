@@ -193,3 +193,13 @@ def test_an_explicit_dropout_0_counts_as_given(cli, tmp_path, task, text_file):
     assert arch_config(args)["dropout"] == 0.0  # agreeing: fine
     args = build_parser().parse_args([str(a) for a in argv] + ["--opt", "dropout=0.3"])
     assert task == "charlm" or arch_config(args)["dropout"] == 0.3  # --opt alone: as before
+
+
+def test_anyplus1_with_one_sequence_is_refused_before_training(cli, tmp_path):
+    """--n 1 left an empty validation part: the run trained, wrote its directory, then failed with
+    'evaluate() got no target'."""
+    r = cli(
+        "train", "classify", "--data", "anyplus1", "--n", 1, "--length", 4, "--out", tmp_path / "a", *TINY
+    )
+    assert_one_line_error(r, "--n", "at least 2", "got 1")
+    assert not (tmp_path / "a").exists()
