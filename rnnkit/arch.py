@@ -24,6 +24,7 @@ import rnnkit
 from rnnkit.baselines import TCN, ConvRecurrent
 
 __all__ = [
+    "Given",
     "add_arch_arguments",
     "arch_config",
     "arch_names",
@@ -97,6 +98,16 @@ def parse_opt(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+class Given(argparse.Action):
+    """``store``, recording the option as given on the command line (in ``args.given``): a resume
+    reports the training flags typed differently, not the parser's defaults; ``--dropout 0`` is
+    told from the default (:func:`arch_config`)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def add_arch_arguments(
     p: argparse.ArgumentParser,
     *,
@@ -121,7 +132,7 @@ def add_arch_arguments(
     )  # fmt: skip
     g.add_argument("--layers", type=positive_int, default=layers, help=f"recurrent layers (default {layers})")
     g.add_argument(
-        "--dropout", type=probability, default=dropout,
+        "--dropout", type=probability, default=dropout, action=Given,
         help=f"dropout between layers (torch semantics, as --opt dropout=P; default "
         f"{(by if dropout_by is None else dropout_by) if dropout is None else dropout})",
     )  # fmt: skip
@@ -141,14 +152,16 @@ def add_arch_arguments(
 def arch_config(args: argparse.Namespace) -> dict[str, Any]:
     """The JSON-able architecture of parsed ``args`` (stored in checkpoints). ``--opt dropout=p``
     is the layers' ``dropout=`` as ``--dropout`` is (which :func:`build_recurrent` passes with
-    more than one layer, over the option): given both, they must agree."""
+    more than one layer, over the option): given both, they must agree (``--dropout 0`` too:
+    :class:`Given` tells it from the default)."""
     options = dict(args.opt)
-    if args.dropout and options.get("dropout", args.dropout) != args.dropout:
+    given = "dropout" in getattr(args, "given", ()) or bool(args.dropout)
+    if given and options.get("dropout", args.dropout) != args.dropout:
         raise ValueError(
             f"--dropout {args.dropout} and --opt dropout={options['dropout']} disagree: both are the "
             "dropout between layers; give one"
         )
-    dropout = args.dropout or options.get("dropout", args.dropout)  # --opt dropout alone: the same
+    dropout = args.dropout if given else options.get("dropout", args.dropout)  # --opt alone: the same
     return {"cell": args.cell, "hidden": args.hidden, "layers": args.layers, "dropout": dropout,
             "options": options, "kernel_size": args.kernel_size,
             "conv_channels": args.conv_channels or args.hidden, "conv_layers": args.conv_layers}  # fmt: skip

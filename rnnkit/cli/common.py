@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnkit.arch import positive_int
+from rnnkit.arch import Given, positive_int  # noqa: F401 - Given: re-exported
 from rnnkit.cli import CLIError
 from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's helpers
     _LOCKS,
@@ -23,6 +23,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     load_model_weights,
     read_results,
     read_run,
+    sweep_run_dir,
     write_json,
     write_results,
 )
@@ -60,15 +61,6 @@ def _clip(text: str) -> float:
     if not (v >= 0 and math.isfinite(v)):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = off), got {text!r}")
     return v
-
-
-class Given(argparse.Action):
-    """``store``, recording the option as given on the command line (in ``args.given``): a resume
-    reports the :data:`TRAIN_FLAGS` typed differently, not the parser's defaults."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        namespace.given = {*getattr(namespace, "given", ()), self.dest}
 
 
 def add_run_arguments(
@@ -235,12 +227,16 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     description to use (the stored one when resuming, so the model is rebuilt exactly as it was;
     a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds everything from ``--seed``;
     ``--tune-malloc``. Writes nothing (:func:`make_trainer` does, once the model and data are
-    built: a command failing on its flags or data must leave no half-made run directory)."""
+    built: a command failing on its flags or data must leave no half-made run directory) but, in
+    a run directory with checkpoints, its lock and the sweep of killed checkpoint writes."""
     from rnnkit.train import latest_checkpoint, seed_everything
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
+    if (out / "checkpoints").is_dir():  # the sweep first: it may move the latest checkpoint back
+        dev = device_of(args)
+        sweep_run_dir(out, dev if dev.type == "cuda" else None)
     has_ckpt = latest_checkpoint(out / "checkpoints") is not None
     if args.resume:
         if not has_ckpt:
@@ -332,6 +328,10 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     bounded = args.max_minutes is not None or args.max_steps is not None
     epochs = args.epochs or (10**9 if bounded else int(args.epochs_default))
     kw.setdefault("clip_norm", args.clip if args.clip and args.clip > 0 else None)
+    if args.resume:
+        from rnnkit.cli.finish import finished_run_notice
+
+        kw["callbacks"] = [*kw.get("callbacks", ()), finished_run_notice(args)]
     return Trainer(
         model,
         optimizer,
@@ -352,7 +352,16 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
 
 
 def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
+    """``--checkpoint-every``: an integer >= 0 (0 = the final checkpoint only)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0 (0 = the final checkpoint only), got {text!r}"
+        )
+    return v
 
 
 def _checkpoint_every(args: argparse.Namespace) -> int | None:

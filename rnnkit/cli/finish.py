@@ -1,16 +1,25 @@
 """The end of a ``rnnkit train`` run: the final validation row, ``loss.png``,
-``results.json`` and the summary line."""
+``results.json``, the summary lines, and the line saying a resumed run has nothing left to train."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rnnkit.cli.common import echo
 from rnnkit.cli.rundir import write_results
 
-__all__ = ["final_validation", "finish"]
+__all__ = ["final_validation", "finish", "describe_values", "finished_run_notice"]
+
+#: What every run writes into ``--out``, in the order the summary lists them.
+RUN_FILES = ("run.json", "checkpoints/", "metrics.jsonl", "metrics.csv", "loss.png", "results.json")
+
+
+def describe_values(values: dict[str, Any]) -> str:
+    """``{"a": 0.5, "n": 3}`` -> ``"a 0.5000, n 3"``: how the summary lines show values."""
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
 
 
 def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:
@@ -37,9 +46,10 @@ def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> floa
 
 
 def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metrics: dict[str, Any],
-           valid: Any = None) -> dict[str, Any]:  # fmt: skip
+           valid: Any = None, wrote: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """End of a run: a final validation row (when the last step had none), ``loss.png``
-    (every step's training loss + the validation points), ``results.json`` and a summary."""
+    (every step's training loss + the validation points), ``results.json`` and a summary: why it
+    stopped with ``metrics``, and every file written (:data:`RUN_FILES`, then the task's ``wrote``)."""
     from rnnkit.train import plot_loss_curve
 
     out = Path(args.out)
@@ -54,7 +64,27 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
     doc = {"stop_reason": result["stop_reason"], "step": result["step"], "epoch": result["epoch"], **metrics}
     if trainer.is_main:
         write_results(doc, out / "results.json")  # strict JSON: a NaN is null + "nonfinite"
-    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-    echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {shown}")
-    echo(f"wrote {out}/ (checkpoints/, metrics.jsonl, loss.png, results.json)")
+    echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {describe_values(metrics)}")
+    listed = [f for f in (*RUN_FILES, *wrote) if (out / f).exists()]
+    echo(f"wrote {out}/ ({', '.join(listed)})")
     return doc
+
+
+def finished_run_notice(args: argparse.Namespace) -> Any:
+    """A callback saying, once ``--resume`` has loaded the checkpoint, that the run is already at
+    a limit given (the trainer keeps a finished run finished: it trains nothing, and said nothing)."""
+    from rnnkit.train.callbacks import Callback
+
+    class FinishedRun(Callback):
+        def on_fit_start(self, trainer: Any) -> None:
+            cfg, at = trainer.config, f"--resume: the run in {args.out} is at step {trainer.step}"
+            if cfg.max_steps is not None and trainer.step >= cfg.max_steps:
+                echo(f"{at}, already at --max-steps {cfg.max_steps}: nothing to train")
+            elif cfg.max_minutes is not None and trainer.elapsed >= 60 * cfg.max_minutes:
+                spent = trainer.elapsed / 60
+                echo(f"{at} ({spent:.3g} minutes trained), already past --max-minutes {cfg.max_minutes:g}: "
+                     "nothing to train")  # fmt: skip
+            elif trainer.epoch >= cfg.max_epochs:
+                echo(f"{at} (epoch {trainer.epoch}), already at --epochs {cfg.max_epochs}: nothing to train")
+
+    return FinishedRun()

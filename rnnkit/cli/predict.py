@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rnnkit.cli import CLIError
 from rnnkit.cli.common import device_of, find_run_dir, load_model_weights, positive_int, read_run
 
 __all__ = ["add_predict_parser"]
@@ -85,6 +86,9 @@ def predict_cmd(args: argparse.Namespace) -> int:
     if task not in _TASKS:
         hint = "use rnnkit sample / rnnkit eval" if task == "charlm" else "its inputs are synthetic"
         raise ValueError(f"rnnkit predict: {run_dir} is a {task!r} run ({hint})")
+    for flag, value in (("--column", args.column), ("--horizon", args.horizon)):
+        if value is not None and task != "forecast":  # (ignored silently, they changed nothing)
+            raise CLIError(f"{flag} is for forecast runs; {run_dir} is a {task!r} run", code=2)
     model, use = _TASKS[task](run, run_dir, args)
     load_model_weights(args.checkpoint, run_dir, model)
     model.to(device_of(args)).eval()

@@ -64,9 +64,28 @@ def _lock_out(out: Path) -> None:
     try:
         lock_out_dir(out)
     except OutDirInUse:
-        msg = f"{out} is in use by another rnnkit training process; wait for it or choose another --out"
-        raise CLIError(msg) from None
+        raise CLIError(_in_use(out)) from None
     _LOCKS.append(out)
+
+
+def _in_use(out: Path) -> str:
+    return f"{out} is in use by another rnnkit training process; wait for it or choose another --out"
+
+
+def sweep_run_dir(out: Path, device: Any = None) -> None:
+    """Hold the existing run directory ``out`` (as :func:`_lock_out`) and sweep what killed
+    checkpoint writes left in ``out/checkpoints`` (:func:`rnnkit.train.outdir.claim_out_dir`, the
+    trainer's first step; under torchrun rank 0 sweeps, the others wait for it): a kill in a
+    re-save leaves a step's only copy in the trash, which the sweep moves back, so a checkpoint
+    must be looked for after it. ``device``: that of the all-reduce (None: CPU)."""
+    from rnnkit.train.outdir import OutDirInUse, claim_out_dir
+
+    try:
+        locked = claim_out_dir(out, device)
+    except OutDirInUse:
+        raise CLIError(_in_use(out)) from None
+    if locked:
+        _LOCKS.append(out)
 
 
 def create_run_dir(out: Path, run: dict[str, Any]) -> None:

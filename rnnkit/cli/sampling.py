@@ -4,18 +4,22 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from rnnkit.arch import positive_int
-from rnnkit.cli.common import Given
+from rnnkit.cli import CLIError
+from rnnkit.cli.common import Given, positive_float
 
 __all__ = ["SAMPLING", "add_sampling_arguments", "sampler_of"]
 
 SAMPLING = ("teacher", "linear", "exponential", "inverse_sigmoid")
 
 
-def add_sampling_arguments(p: argparse.ArgumentParser, default: str) -> None:
+def add_sampling_arguments(
+    p: argparse.ArgumentParser, default: str, inverse_sigmoid_k: float = 1000.0
+) -> None:
     """``--sampling``, ``--sampling-k``, ``--sampling-steps``, ``--sampling-min`` (default kind
-    ``default``)."""
+    ``default``); ``inverse_sigmoid_k``: the task's default k of that schedule alone."""
     g = p.add_argument_group("teacher forcing / scheduled sampling (Bengio et al. 2015)")
     g.add_argument(
         "--sampling",
@@ -27,11 +31,12 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default: str) -> None:
     a = g.add_argument
     a(
         "--sampling-k",
-        type=float,
+        type=positive_float,
         default=None,
         action=Given,
-        help="k of exponential (<1) / inverse_sigmoid (>=1)",
+        help=f"k of exponential (<1, default 0.999) / inverse_sigmoid (>=1, default {inverse_sigmoid_k:g})",
     )
+    p.set_defaults(inverse_sigmoid_k=inverse_sigmoid_k)
     a(
         "--sampling-steps",
         type=positive_int,
@@ -39,17 +44,40 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default: str) -> None:
         action=Given,
         help="linear: steps to reach the floor",
     )
-    a("--sampling-min", type=float, default=0.0, action=Given, help="linear/exponential floor of P(truth)")
+    a(
+        "--sampling-min",
+        type=_unit,
+        default=0.0,
+        action=Given,
+        help="linear/exponential floor of P(truth), in [0, 1]",
+    )
+
+
+def _unit(text: str) -> float:
+    """argparse type: a number in [0, 1] (a probability; NaN is none)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
 
 
 def sampler_of(args: argparse.Namespace):
-    """The :class:`~rnnkit.train.ScheduledSampler` of the ``--sampling*`` flags."""
+    """The :class:`~rnnkit.train.ScheduledSampler` of the ``--sampling*`` flags (a task builds it
+    first: a k out of its schedule's range is a usage error before any data is loaded)."""
     from rnnkit.train import ScheduledSampler, TeacherForcingSchedule
 
     if args.sampling == "teacher":
         return ScheduledSampler(1.0)
-    return ScheduledSampler(
-        TeacherForcingSchedule(
-            args.sampling, k=args.sampling_k, steps=args.sampling_steps, end=args.sampling_min
+    k = args.sampling_k
+    if k is None and args.sampling == "inverse_sigmoid":  # (the task's default is that schedule's alone)
+        k = getattr(args, "inverse_sigmoid_k", None)
+    try:
+        schedule = TeacherForcingSchedule(
+            args.sampling, k=k, steps=args.sampling_steps, end=args.sampling_min
         )
-    )
+    except ValueError as e:  # the k of another schedule's range
+        raise CLIError(f"--sampling {args.sampling} --sampling-k {args.sampling_k:g}: {e}", code=2) from None
+    return ScheduledSampler(schedule)

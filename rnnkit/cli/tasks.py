@@ -25,7 +25,7 @@ from rnnkit.cli.common import (
     ranks,
     require,
 )
-from rnnkit.cli.finish import finish
+from rnnkit.cli.finish import describe_values, finish
 from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.tasks._common import batches
 
@@ -50,10 +50,10 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         metavar="P,D,Q",
         help="ARIMA baseline order, or none (default 3,0,0)",
     )
-    add_sampling_arguments(p, "inverse_sigmoid")
+    add_sampling_arguments(p, "inverse_sigmoid", inverse_sigmoid_k=50.0)
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="forecast", lr=3e-3, batch_size=32, epochs=30)
-    p.set_defaults(func=train_forecast, sampling_k=50.0)
+    p.set_defaults(func=train_forecast)
 
     p = tsub.add_parser(
         "classify",
@@ -149,7 +149,9 @@ def _optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.
 # ---------------------------------------------------------------------------- forecast
 def train_forecast(args: argparse.Namespace) -> int:
     from rnnkit.tasks import forecast as F
+    from rnnkit.train import ScheduledSampler
 
+    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     values, source = F.load_series(args.data, args.column)
     order = None
     if args.arima_order.lower() != "none":
@@ -179,7 +181,6 @@ def train_forecast(args: argparse.Namespace) -> int:
         args.window, args.horizon = run["window"], run["horizon"]
         s = F.Series.split(values, args.window, args.horizon)
     model = F.Forecaster(run["model"]["arch"])
-    _describe(model, model.net.encoder)
     length = args.window + args.horizon
     train = batches(
         TensorDataset(s.windows(0, s.n_train, length)),
@@ -195,9 +196,7 @@ def train_forecast(args: argparse.Namespace) -> int:
         f"data {source}: {len(values)} values; train {s.n_train}, valid {s.n_valid_end - s.n_train}, "
         f"test {len(values) - s.n_valid_end}; {len(train.dataset)} training windows"
     )
-    from rnnkit.train import ScheduledSampler
-
-    sampler, free = sampler_of(args), ScheduledSampler(0.0)
+    _describe(model, model.net.encoder)
     trainer = None
 
     def step_fn(m, batch, state):  # validation is free-running: the metric that matters
@@ -219,7 +218,7 @@ def train_forecast(args: argparse.Namespace) -> int:
     if trainer.is_main:
         title = f"{source}: {args.horizon}-step"
         F.plot_forecast(s, args.horizon, preds, Path(args.out) / "forecast.png", title=title)
-    finish(args, trainer, result, metrics, valid)
+    finish(args, trainer, result, metrics, valid, wrote=["forecast.png"])
     return 0
 
 
@@ -250,10 +249,10 @@ def train_classify(args: argparse.Namespace) -> int:
     )
     mk = {k: v for k, v in run["model"].items() if k != "arch"}
     model = C.classifier(run["model"]["arch"], len(cd.classes), mk)
-    _describe(model, model.encoder)
     echo(
         f"data {cd.name}: {len(cd.train)} train / {len(cd.valid)} valid sequences, {len(cd.classes)} classes"
     )
+    _describe(model, model.encoder)
     train = C.loader(cd, "train", args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = C.loader(cd, "valid", 256, shuffle=False)
     trainer = make_trainer(args, model, _optimizer(args, model), step_fn=C.step_fn, carry_state=False)
@@ -279,8 +278,8 @@ def train_tag(args: argparse.Namespace) -> int:
         },
     )
     model = T.tagger(run["model"]["arch"], len(td.words), len(td.tags), run["model"]["embedding_dim"])
-    _describe(model, model.encoder)
     echo(f"data {args.data}: {len(td.train)} train / {len(td.valid)} valid sentences, {len(td.tags)} tags")
+    _describe(model, model.encoder)
     train = T.loader(td.train, args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = T.loader(td.valid, 256, shuffle=False)
     trainer = make_trainer(args, model, _optimizer(args, model), step_fn=T.step_fn, carry_state=False)
@@ -294,6 +293,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
     from rnnkit.tasks import seq2seq as S
     from rnnkit.train import ScheduledSampler, lm_loss
 
+    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     data = S.Seq2SeqData.generate(
         args.n_train, args.n_valid, max_number=args.max_number, direction=args.direction, seed=args.seed
     )
@@ -319,12 +319,15 @@ def train_seq2seq(args: argparse.Namespace) -> int:
     )
     m = run["model"]
     model = S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"])
+    echo(
+        f"data {args.direction}: {len(data.train)} train / {len(data.valid)} valid pairs, numbers in "
+        f"[0, {args.max_number})"
+    )
     _describe(model, model.encoder)
     train = batches(
         data.train, args.batch_size, shuffle=True, seed=args.seed, collate_fn=S.collate, **ranks()
     )
     valid = DataLoader(data.valid, batch_size=256, collate_fn=S.collate)
-    sampler, free = sampler_of(args), ScheduledSampler(0.0)
     trainer = None
 
     def step_fn(mod, batch, state):  # validation decodes free-running (its own predictions)
@@ -365,11 +368,11 @@ def train_memory(args: argparse.Namespace) -> int:
         },
     )
     model = M.memory_model(task.name, run["model"]["arch"], task.params)
-    _describe(model, model.encoder)
     echo(
-        f"task {task.name} {task.params}: {args.n_train} train / {args.n_valid} valid; "
-        f"baseline {task.baseline}"
+        f"data {task.name} ({describe_values(task.params)}): {args.n_train} train / {args.n_valid} "
+        f"valid sequences; baseline {describe_values(task.baseline)}"
     )
+    _describe(model, model.encoder)
     train = batches(TensorDataset(*task.train), args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = DataLoader(TensorDataset(*task.valid), batch_size=256)
     trainer = make_trainer(

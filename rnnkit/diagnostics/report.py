@@ -106,8 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     a("--cell", "--arch", "--family", dest="family", default=None, metavar="CELL",
       help="one family to diagnose (the same as --variants CELL); in checkpoint mode the checkpoint's "
       "family (default: from its run.json, else lstm)")  # fmt: skip
+    # rnnkit train's spellings (--hidden, --layers, --opt) are aliases, not argparse prefixes
     a(
         "--hidden-size",
+        "--hidden",
+        dest="hidden_size",
         type=int,
         default=None,
         help="hidden units (default: 16, or the checkpoint's run.json)",
@@ -130,8 +133,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--checkpoint", default=None, help="checkpoint dir/root or .safetensors file to diagnose")
     g.add_argument("--input-size", type=int, default=None,
                    help="input features (default: read off the checkpoint's weights)")  # fmt: skip
-    g.add_argument("--num-layers", type=int, default=None, help="(default: run.json's, else 1)")
-    g.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--num-layers", "--layers", dest="num_layers", type=int, default=None,
+                   help="(default: run.json's, else 1)")  # fmt: skip
+    g.add_argument("--option", "--opt", dest="option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword of the layer (cell or layer option), repeatable")  # fmt: skip
     return parser
 
@@ -140,6 +144,13 @@ def _configure(args) -> tuple[Budget, Budget]:
     """(training budget of the +1 run, memory-horizon budget)."""
     if args.family and args.variants and not args.checkpoint:
         raise ValueError(f"give --cell or --variants, not both (got --cell {args.family} and --variants)")
+    described = [f for f, v in (("--num-layers", args.num_layers), ("--input-size", args.input_size),
+                                ("--option", args.option)) if v]  # fmt: skip
+    if described and not args.checkpoint:  # (they were ignored: one-layer cells were diagnosed)
+        raise ValueError(
+            f"{'/'.join(described)} describe a --checkpoint's layer; without one, give the cells' options "
+            "in --variants, e.g. --variants lstm:num_layers=2,zoneout=0.1"
+        )
     if not args.checkpoint:
         args.variants = args.variants or ([args.family] if args.family else ["rnn", "lstm", "gru"])
     if args.hidden_size is None and not args.checkpoint:
@@ -212,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
+    train_b, horizon_b = _configure(args)  # (first: a bad flag leaves no --out directory)
     out.mkdir(parents=True, exist_ok=True)
-    train_b, horizon_b = _configure(args)
     torch.manual_seed(args.seed)
     snaps: dict[str, dict[str, Snapshot]] = {}
     lines = [

@@ -25,6 +25,7 @@ from .runner import (
     Spec,
     Study,
     calibrate,
+    read_json,
     read_records,
     run_grid,
     sample_hparams,
@@ -83,7 +84,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    meta = read_json(meta_path) if meta_path.exists() else None
     if meta is not None:  # resume: the grid is defined by what was stored
         if meta["study"] != name:
             raise ValueError(f"{out} holds study {meta['study']!r}, not {name!r}; use another --out")
@@ -143,7 +144,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
                               "budget_minutes": budget, "parallel": parallel, "costs": costs})  # fmt: skip
     _barrier(world)
     if rank != 0:
-        meta = json.loads(meta_path.read_text())
+        meta = read_json(meta_path)
         steps, s, costs = meta["steps"], meta["settings"], meta["costs"]
     space = study.space(s)
     specs = [Spec(name, a, k, sample_hparams(space, k), s) for k in range(K) for a in arch_list]

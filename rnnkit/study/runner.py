@@ -372,9 +372,20 @@ def run_grid(study: Study, specs: list[Spec], done: int, total: int, steps: int,
 
 
 def save_json(path: Path, obj: dict) -> None:
+    """``obj`` (``study.json``) as strict JSON (:func:`strict_record`: a non-finite value, e.g. a
+    ``--set clip=1e999``, is ``null``, named in ``"nonfinite"``), atomically; :func:`read_json`."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    tmp.write_text(json.dumps(strict_record(obj), indent=1, sort_keys=True, default=str, allow_nan=False))
     os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    """What :func:`save_json` wrote, its non-finite values restored (files written before it,
+    with bare ``NaN`` tokens, read alike); a damaged file is a ``ValueError`` naming it."""
+    try:
+        return restore_record(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); restore it or use another --out") from None
 
 
 def spec_dict(spec: Spec) -> dict:

@@ -5,6 +5,7 @@ value instead of a traceback from deep inside a run (or a ``study.json`` that ho
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,8 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _num(v: Any) -> bool:  # a finite one: --set clip=1e999 parses as inf
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _pos(v: Any) -> bool:

@@ -122,6 +122,8 @@ def load_classification(
             {"input_size": 8},
         )
     if data == "anyplus1":
+        if n < 2:  # (one sequence left the validation part empty: a failure after training)
+            raise ValueError(f"--n: anyplus1 needs at least 2 sequences (to train and to validate), got {n}")
         x, y = _plus_one(n, length, seed)
         tr, va = _split(n, valid_fraction, seed)
         return ClassifyData(

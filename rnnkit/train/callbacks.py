@@ -253,7 +253,9 @@ def tensorboard_available() -> bool:
 
 class TensorBoardLogger(Callback):
     """Scalars to TensorBoard. Raises ``ImportError`` with a hint when it is not installed;
-    the trainer only adds it when :func:`tensorboard_available`."""
+    the trainer only adds it when :func:`tensorboard_available`. The writer (which creates its
+    event file) opens at fit's start, once the trainer holds ``out_dir``'s lock: a run refused
+    there must leave nothing in it; it closes at fit's end."""
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         try:
@@ -262,9 +264,15 @@ class TensorBoardLogger(Callback):
             raise ImportError(
                 "TensorBoardLogger needs the 'tensorboard' package (pip install tensorboard)"
             ) from e
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir, self._writer_class = str(log_dir), SummaryWriter
+        self.writer: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.writer = self._writer_class(log_dir=self.log_dir)
 
     def _write(self, logs: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
         for k, v in logs.items():
             if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
                 self.writer.add_scalar(f"{logs['split']}/{k}", v, logs["step"])
@@ -274,10 +282,13 @@ class TensorBoardLogger(Callback):
 
     def on_validation_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         self._write(logs)
-        self.writer.flush()
+        if self.writer is not None:
+            self.writer.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 class LossCurvePlot(Callback):

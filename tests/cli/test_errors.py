@@ -18,6 +18,9 @@ MEM = ["train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--
         ([*MEM, "--hidden", "0"], ["--hidden", "positive"]),
         ([*MEM, "--max-steps", "-3"], ["--max-steps"]),
         ([*MEM, "--lr", "abc"], ["--lr"]),
+        # 0 is allowed (the final checkpoint only): the error said "expected a positive integer"
+        ([*MEM, "--checkpoint-every", "-1"], ["--checkpoint-every", "an integer >= 0", "-1"]),
+        ([*MEM, "--checkpoint-every", "x"], ["--checkpoint-every", "an integer >= 0", "'x'"]),
         ([*MEM, "--task", "juggle"], ["--task", "juggle"]),
         (["train", "classify", "--tokens", "bytes"], ["--tokens"]),
         (["train", "tag"], ["--data"]),
@@ -172,3 +175,31 @@ def test_a_csv_without_column_lists_its_columns(tmp_path):
     csv.write_text("t,value\n0,1.5\n1,2.5\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"needs --column NAME.*columns are \['t', 'value'\]"):
         load_series(str(csv))
+
+
+@pytest.mark.parametrize("task", ["memory", "charlm"])
+def test_an_explicit_dropout_0_counts_as_given(cli, tmp_path, task, text_file):
+    """``--dropout 0`` could not be told from the default: with ``--opt dropout=0.3`` the run
+    silently used 0.3. Given both, they must agree (as for any other --dropout)."""
+    data = ["--data", text_file] if task == "charlm" else []
+    argv = ["train", task, *data, "--out", tmp_path / "a", *TINY]
+    r = cli(*argv, "--dropout", 0, "--opt", "dropout=0.3", "--layers", 2)
+    assert_one_line_error(r, "--dropout 0.0 and --opt dropout=0.3 disagree")
+    assert not (tmp_path / "a").exists()
+    from rnnkit.arch import arch_config
+    from rnnkit.cli import build_parser
+
+    args = build_parser().parse_args([str(a) for a in argv] + ["--dropout", "0", "--opt", "dropout=0"])
+    assert arch_config(args)["dropout"] == 0.0  # agreeing: fine
+    args = build_parser().parse_args([str(a) for a in argv] + ["--opt", "dropout=0.3"])
+    assert task == "charlm" or arch_config(args)["dropout"] == 0.3  # --opt alone: as before
+
+
+def test_anyplus1_with_one_sequence_is_refused_before_training(cli, tmp_path):
+    """--n 1 left an empty validation part: the run trained, wrote its directory, then failed with
+    'evaluate() got no target'."""
+    r = cli(
+        "train", "classify", "--data", "anyplus1", "--n", 1, "--length", 4, "--out", tmp_path / "a", *TINY
+    )
+    assert_one_line_error(r, "--n", "at least 2", "got 1")
+    assert not (tmp_path / "a").exists()

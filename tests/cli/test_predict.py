@@ -215,3 +215,14 @@ def test_forecast_input_errors_name_the_input_flag(cli, tmp_path, series_csv):
         r = cli("predict", "--checkpoint", out, *argv)
         assert_one_line_error(r, want)
         assert "--data" not in r.err
+
+
+def test_forecast_flags_on_another_run_are_errors(cli, tmp_path, text_csv):
+    """--horizon and --column, forecast's flags, were silently ignored on a classify, tag or
+    seq2seq run (a user asking for 24 steps got one label per line and no word)."""
+    c = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", c, *TINY).rc == 0
+    for flag, value in (("--horizon", 24), ("--column", "text")):
+        r = cli("predict", "--checkpoint", c, "--input", text_csv, flag, value)
+        assert_one_line_error(r, f"{flag} is for forecast runs", "'classify' run")
+        assert r.out == ""

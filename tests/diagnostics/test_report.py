@@ -164,3 +164,30 @@ def test_checkpoint_mode_with_input_size_keeps_the_reverse_direction(tmp_path):
     assert layer.bidirectional and "bidirectional" in note
     for (n, p), q in zip(layer.named_parameters(), net.parameters()):
         torch.testing.assert_close(p, q, msg=n)
+
+
+def test_the_train_spellings_of_the_layer_flags_are_real_aliases():
+    """``rnnkit train`` says --hidden/--layers/--opt, diagnose --hidden-size/--num-layers/--option:
+    --hidden and --opt worked only as argparse prefixes (a new --hidden-* or --optim flag would
+    have made them ambiguous) and --layers not at all; each spelling is an alias now."""
+    parser = argparse.ArgumentParser(prog="diagnose", allow_abbrev=False)  # no prefix matching
+    add_arguments(parser)
+    argv = ["--checkpoint", "c", "--hidden", "7", "--layers", "2", "--opt", "a=1", "--option", "b=2"]
+    args = parser.parse_args(argv)
+    assert (args.hidden_size, args.num_layers, args.option) == (7, 2, ["a=1", "b=2"])
+    args = parser.parse_args(["--hidden-size", "5", "--num-layers", "3"])
+    assert (args.hidden_size, args.num_layers) == (5, 3)
+
+
+@pytest.mark.parametrize(
+    "flag", [["--layers", "2"], ["--num-layers", "2"], ["--opt", "zoneout=0.1"], ["--input-size", "3"]]
+)
+def test_checkpoint_mode_flags_without_a_checkpoint_are_errors(tmp_path, capsys, flag):
+    """--num-layers/--input-size/--option describe a checkpoint's layer; without --checkpoint they
+    were silently ignored (``diagnose --layers 2`` diagnosed one-layer cells)."""
+    from rnnkit.cli import main as rnnkit_main
+
+    code = rnnkit_main(["diagnose", "--quick", "--no-horizon", "--out", str(tmp_path / "d"), *flag])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("rnnkit: error: ") and "--checkpoint" in err and "--variants" in err
+    assert not (tmp_path / "d").exists()

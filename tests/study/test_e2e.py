@@ -268,3 +268,35 @@ def test_memory_end_to_end(tmp_path):
         assert set(r["horizons"]) == {"copy", "plus_one"} and r["metric"] in (0, 1, 1.5, 2, 2.5, 3)
         assert r["metric"] == sum(r["horizons"].values()) / 2
         assert {row["lag"] for row in r["lags"]} <= {2, 3}
+
+
+def _strict(text):
+    def refuse(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_study_json_is_strict_json_and_read_back(tmp_path, monkeypatch):
+    """study.json took bare NaN tokens (a timing cost), invalid strict JSON, where runs.jsonl,
+    metrics.jsonl and results.json are strict: a non-finite value is null, named in "nonfinite";
+    the reader restores it (and reads older files with bare tokens)."""
+    import rnnkit.study as study
+
+    out = tmp_path / "j"
+    monkeypatch.setattr(study, "calibrate", lambda *a: {"Tanh": [0.01, float("nan")]})
+    monkeypatch.setattr(study, "steps_for_budget", lambda *a: 2)
+    run_study("jozefowicz", out, seeds=1, archs=["Tanh"], settings=TINY_ARITH, progress=False)
+    meta = _strict((out / "study.json").read_text())
+    assert meta["costs"]["Tanh"] == [0.01, None] and meta["nonfinite"] == {"costs/Tanh/1": "nan"}
+    res = run_study("jozefowicz", out, progress=False, report=False)  # the resume reads it back
+    assert res["skipped"] == 1 and _strict((out / "study.json").read_text()) == meta
+    runner.save_json(out / "x.json", {"costs": {"Tanh": [float("nan"), 0.5]}})
+    assert _strict((out / "x.json").read_text())["nonfinite"] == {"costs/Tanh/0": "nan"}
+    back = runner.read_json(out / "x.json")
+    assert back["costs"]["Tanh"][1] == 0.5 and back["costs"]["Tanh"][0] != back["costs"]["Tanh"][0]
+    (out / "old.json").write_text('{"costs": {"Tanh": [NaN, 0.5]}}')  # written before
+    assert runner.read_json(out / "old.json")["costs"]["Tanh"][1] == 0.5
+    (out / "cut.json").write_text('{"costs": {"Ta')
+    with pytest.raises(ValueError, match="cut.json is not valid JSON"):
+        runner.read_json(out / "cut.json")

@@ -19,6 +19,10 @@ BAD = [
     ("jozefowicz", "hidden", [], "a non-empty list of them"),
     ("jozefowicz", "ops", "*", "'+' and '-'"),
     ("jozefowicz", "clip", "x", "a positive number"),
+    # --set clip=1e999 is inf: it was taken (and an infinite learning rate drawn from lr)
+    ("jozefowicz", "clip", float("inf"), "a positive number"),
+    ("jozefowicz", "lr", [1e-3, float("inf")], "two positive numbers"),
+    ("memory", "threshold", float("-inf"), "a number in (0, 1]"),
     ("greff", "window", [8], "a positive integer"),
     ("greff", "data", 3, "a path"),
     ("chung", "params", "20k", "an integer >= 0 or None"),

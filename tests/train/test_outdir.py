@@ -229,3 +229,42 @@ def test_every_rank_raises_when_rank_0_cannot_claim_out_dir(tmp_path, monkeypatc
     monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: 1.0)
     with pytest.raises(OutDirInUse, match="in use by another rnnkit training process"):
         claim_out_dir(out)
+
+
+def test_a_run_refused_by_the_lock_leaves_no_tensorboard_files(tmp_path, monkeypatch):
+    """TensorBoardLogger opened its writer (an event file in out_dir/tensorboard) when the trainer
+    was built, before fit() took out_dir's lock: a run refused there left its files behind, among
+    the other process's. The writer opens at fit's start now, under the lock."""
+    import fcntl
+    import sys
+    import types
+
+    from rnnkit.train.outdir import OutDirInUse
+
+    class SummaryWriter:  # what torch.utils.tensorboard's writer does first: create its event file
+        def __init__(self, log_dir):
+            (tmp_path / "out" / "tensorboard").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "out" / "tensorboard" / "events.out.tfevents.x").write_text("")
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
+        def flush(self): ...
+
+        def close(self): ...
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "a") as other:  # another process trains there
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        tr = _trainer(out, max_steps=2, tensorboard=True, log_every=1)
+        with pytest.raises(OutDirInUse):
+            tr.fit(_data())
+        assert not (out / "tensorboard").exists()
+    tr.fit(_data())  # once it is free: the writer opens and logs
+    (tb,) = [cb for cb in tr.callbacks if type(cb).__name__ == "TensorBoardLogger"]
+    assert (out / "tensorboard").is_dir() and tb.writer is None  # closed at fit's end

@@ -1,0 +1,42 @@
+"""``rnnkit train --resume`` at its edges: a run already at its budget, a killed re-save."""
+
+from __future__ import annotations
+
+from tests.cli.conftest import results
+
+MEM = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
+       "--hidden", 8, "--no-progress"]  # fmt: skip
+
+
+def test_resume_at_or_past_max_steps_says_there_is_nothing_to_train(cli, tmp_path):
+    """A resume whose --max-steps the run had already reached trained nothing and said nothing
+    (the trainer keeps a finished run finished): it says so, naming the run's step and the max."""
+    assert cli(*MEM, "--out", tmp_path, "--max-steps", 3).rc == 0
+    for given in (3, 2):
+        r = cli(*MEM, "--out", tmp_path, "--max-steps", given, "--resume")
+        assert r.rc == 0, r.err
+        assert f"at step 3, already at --max-steps {given}: nothing to train" in r.out, r.out
+        assert results(tmp_path)["step"] == 3
+    r = cli(*MEM, "--out", tmp_path, "--max-minutes", 1e-6, "--resume")  # a spent wall-clock budget
+    assert r.rc == 0 and "at step 3 (" in r.out and "already past --max-minutes 1e-06" in r.out, r.out
+    r = cli(*MEM, "--out", tmp_path, "--max-steps", 5, "--resume")  # a real continuation: no such line
+    assert r.rc == 0 and "nothing to train" not in r.out and results(tmp_path)["step"] == 5
+
+
+def test_resume_finds_the_checkpoint_a_killed_resave_left_in_the_trash(cli, tmp_path):
+    """A kill between a re-save's two renames leaves the run's only checkpoint in the trash
+    (``.old-step-*``) beside the new copy's temporary; the trainer's sweep moves it back, but
+    --resume looked for a checkpoint before that sweep and said there was none."""
+    assert cli(*MEM, "--out", tmp_path, "--max-steps", 3).rc == 0
+    ckpts = tmp_path / "checkpoints"
+    step = ckpts / "step-000000003"
+    trash = ckpts / ".old-step-000000003-k1lled"
+    trash.mkdir()
+    step.rename(trash / step.name)
+    (ckpts / ".tmp-step-000000003-half").mkdir()  # the new copy, never renamed into place
+    # without --resume it is a run all the same (a new one trained over it, mixing checkpoints)
+    r = cli(*MEM, "--out", tmp_path, "--max-steps", 5)
+    assert r.rc == 1 and "already holds a run" in r.err, r.err
+    r = cli(*MEM, "--out", tmp_path, "--max-steps", 5, "--resume")
+    assert r.rc == 0, r.err
+    assert results(tmp_path)["step"] == 5 and not list(ckpts.glob(".*step*"))

@@ -1,0 +1,46 @@
+"""The scheduled-sampling flags of ``rnnkit train forecast|seq2seq``."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.cli.conftest import TINY, assert_one_line_error, results
+
+FORECAST = ["train", "forecast", "--column", "value", "--window", 8, "--horizon", 3, "--arima-order", "none"]
+
+
+@pytest.mark.parametrize("kind", ["exponential", "inverse_sigmoid", "linear"])
+def test_forecast_trains_with_every_schedule_and_its_default_k(cli, tmp_path, series_csv, kind):
+    """forecast's default --sampling-k, 50 for its default inverse_sigmoid, was applied to any
+    --sampling: --sampling exponential (no --sampling-k) failed with 'needs 0 < k < 1, got k=50.0'."""
+    r = cli(*FORECAST, "--data", series_csv, "--sampling", kind, "--out", tmp_path / "f", *TINY)
+    assert r.rc == 0, r.err
+    assert results(tmp_path / "f")["step"] == 3
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--sampling-min", "2"], ["--sampling-min", "[0, 1]", "'2'"]),
+        (["--sampling-min", "nan"], ["--sampling-min", "[0, 1]"]),
+        (
+            ["--sampling", "inverse_sigmoid", "--sampling-k", "inf"],
+            ["--sampling-k", "positive number, got inf"],
+        ),
+        (
+            ["--sampling", "exponential", "--sampling-k", "2"],
+            ["--sampling exponential --sampling-k 2", "0 < k < 1"],
+        ),
+    ],
+)
+@pytest.mark.parametrize("task", ["forecast", "seq2seq"])
+def test_bad_sampling_flags_are_usage_errors_before_anything_runs(
+    cli, tmp_path, series_csv, task, flags, fragments
+):
+    """A bad --sampling-min or --sampling-k was an error naming neither ('end must be in [0, 1]'),
+    after the data and model were built and printed; an infinite inverse_sigmoid k trained on NaN
+    probabilities of feeding the truth without a word."""
+    argv = [*FORECAST, "--data", series_csv] if task == "forecast" else ["train", "seq2seq", "--n-train", 32]
+    r = cli(*argv, *flags, "--out", tmp_path / "f", *TINY)
+    assert_one_line_error(r, *fragments)
+    assert r.rc == 2 and r.out == "" and not (tmp_path / "f").exists()
