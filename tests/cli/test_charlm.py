@@ -326,3 +326,19 @@ def test_eval_defaults_to_the_runs_window(cli, tmp_path, text_file):
     other = cli("eval", "--checkpoint", out, "--data", text_file, "--seq-len", 200)
     assert default.rc == same.rc == other.rc == 0, default.err
     assert default.out == same.out and default.out != other.out
+
+
+def test_eval_of_the_validation_text_gives_the_runs_validation_loss(cli, tmp_path, text_file):
+    """`rnnkit eval` cut the text into 16 streams by default whatever the run's --batch-size: its
+    number for the run's own validation text differed from the run's final validation (other
+    stream starts, each with a cold state). Now the run's --batch-size (and --seq-len)."""
+    from rnnkit.cli.charlm import _load_text
+
+    out, valid = tmp_path / "run", tmp_path / "valid.txt"
+    r = cli("train", "charlm", "--data", text_file, "--out", out, "--max-steps", 3, *LM)
+    assert r.rc == 0, r.err
+    valid.write_text(_load_text(str(text_file), None)[1], encoding="utf-8")
+    r = cli("eval", "--checkpoint", out, "--data", valid)
+    assert r.rc == 0, r.err
+    want = json.loads((out / "results.json").read_text())["valid_nats_per_char"]
+    assert f"{want:.4f} nats/char" in r.out, (want, r.out)
