@@ -4,6 +4,7 @@ doing the same to its own layer."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import pytest
@@ -73,3 +74,27 @@ def test_reset_parameters_draws_a_tied_weight_once_as_torch_nn():
         m.reset_parameters()
     for (name, want), got in zip(theirs.named_parameters(), ours.parameters()):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("weight_hh_l0", (8, 4)),
+        ("weight_hh_l0", (16, 3)),
+        ("weight_ih_l0", (16, 2)),
+        ("weight_ih_l0", (8, 3)),
+    ],
+)
+def test_replaced_weight_of_another_shape_is_refused_on_torchs_cpu_lstm(name, shape, packed, dtype):
+    # torch's CPU LSTM kernel (oneDNN) reads its weights by the layer's sizes, unchecked: a smaller
+    # replacement was read out of bounds, silently (float64 fails in a matmul, the fused path checks)
+    m = rnnkit.LSTM(3, 4, impl="torch", dtype=dtype)
+    setattr(m, name, nn.Parameter(torch.randn(shape, dtype=dtype)))
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3])
+    expected = re.escape(str(tuple(getattr(rnnkit.LSTM(3, 4), name).shape)))
+    with pytest.raises(rnnkit.RecurrentInputError, match=rf"{name}.*{expected}.*{re.escape(str(shape))}"):
+        m(x)
