@@ -98,3 +98,58 @@ def test_replaced_weight_of_another_shape_is_refused_on_torchs_cpu_lstm(name, sh
     expected = re.escape(str(tuple(getattr(rnnkit.LSTM(3, 4), name).shape)))
     with pytest.raises(rnnkit.RecurrentInputError, match=rf"{name}.*{expected}.*{re.escape(str(shape))}"):
         m(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+@pytest.mark.parametrize("family, packed", [("LSTM", True), ("GRU", False), ("GRU", True), ("RNN", False)])
+def test_batched_backward_as_torch_nn(family, packed, impl, dtype):
+    # torch.autograd.grad(..., is_grads_batched=True), which jacobian/hessian(vectorize=True) call, runs
+    # backward under vmap: the fused kernels (impl='auto' on CPU float32 GRU/RNN and packed LSTMs)
+    # failed there ('Batching rule not implemented for rnnkit_ext::backward'); torch.nn's work
+    torch.manual_seed(0)
+    theirs = getattr(nn, family)(3, 4, dtype=dtype)
+    ours = getattr(rnnkit, family)(3, 4, dtype=dtype, impl=impl)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+    def output(m: nn.Module) -> torch.Tensor:  # (T, B, H), or the packed (8, H)
+        if packed:
+            return m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3]))[0].data
+        return m(x)[0]
+
+    def final_h(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = m(x)[1]
+        return h[0] if isinstance(h, tuple) else h
+
+    go = torch.randn(3, *output(theirs).shape, dtype=dtype)
+    for m in (theirs, ours):
+        m.grads = torch.autograd.grad(output(m), list(m.parameters()), go, is_grads_batched=True)
+    for w, g in zip(theirs.grads, ours.grads):
+        torch.testing.assert_close(g, w, **tol)
+    want, got = (
+        torch.autograd.functional.jacobian(lambda x, m=m: final_h(m, x), x, vectorize=True)
+        for m in (theirs, ours)
+    )
+    torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize(
+    "family, kw",
+    [("LSTM", {"norm": "layer"}), ("LSTM", {"coupled_gates": True}), ("GRU", {"variant": "mut1"})],
+)
+def test_batched_backward_through_option_kernels_names_the_way_out(family, kw):
+    m = getattr(rnnkit, family)(3, 4, **kw)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(RuntimeError, match="no batching rule.*impl='loop'"):
+        torch.autograd.functional.jacobian(lambda x: m(x)[0], x, vectorize=True)
+    m.impl = "loop"
+    assert torch.autograd.functional.jacobian(lambda x: m(x)[0], x, vectorize=True).shape == (
+        5,
+        2,
+        4,
+        5,
+        2,
+        3,
+    )
