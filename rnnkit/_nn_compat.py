@@ -12,10 +12,14 @@ the options' own tensors (layer-norm gains, peepholes, ...) after them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ._checks import fail
+from .cells.base import Cell, ParamSpec
 
 
 class RNNBaseCompat:
@@ -92,3 +96,49 @@ class RNNBaseCompat:
         if isinstance(hx, tuple):
             return tuple(s.index_select(1, permutation) for s in hx)
         return hx.index_select(1, permutation)
+
+
+def weight_storage(module: nn.Module, attr: str) -> list[Tensor]:
+    """The tensors that hold ``module.<attr>``: the parameter or buffer itself, or — where a
+    torch.nn utility computes the attribute from others — ``torch.nn.utils.parametrize``'s
+    originals (and its parametrizations' own parameters), ``prune``'s ``<attr>_orig``, the old
+    ``weight_norm``'s ``<attr>_g`` and ``<attr>_v``; none for a plain tensor set in a parameter's
+    place (the AWD WeightDrop trick), which is no parameter."""
+    if attr in module._parameters or attr in module._buffers:
+        t = module._parameters.get(attr, module._buffers.get(attr))
+        return [] if t is None else [t]
+    if parametrize.is_parametrized(module, attr):
+        plist = module.parametrizations[attr]  # type: ignore[index]
+        return [*plist.parameters(), *plist.buffers(recurse=False)]
+    held = [module._parameters.get(f"{attr}{end}") for end in ("_orig", "_g", "_v")]
+    return [t for t in held if t is not None]
+
+
+def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, str]]]) -> None:
+    """``reset_parameters`` of ``module``, whose ``layers`` are ``(cell, {base name: attribute})``
+    per layer-direction: as ``torch.nn.RNNBase.reset_parameters`` (``for w in
+    self.parameters(): init.uniform_(w, ...)``) every parameter is drawn in ``module.parameters()``
+    order (registration order, then pruned ``_orig`` s, then parametrizations: the same RNG draws
+    as torch.nn after the same change), with the init of the spec whose weight it holds (torch's
+    uniform one for a parameter the user added, such as torchnlp WeightDrop's ``<name>_raw``).
+    Writing into ``getattr(module, attr)`` instead would be lost when the attribute is computed
+    (a parametrized or pruned weight)."""
+    owner: dict[int, tuple[Cell, ParamSpec]] = {}
+    for cell, names in layers:
+        for spec in cell.param_specs():
+            for t in weight_storage(module, names[spec.name]):
+                owner[id(t)] = (cell, spec)
+    other = (layers[0][0], ParamSpec("", (), "uniform"))  # a parameter added by the user: torch's draw
+    for t in module.parameters():
+        cell, spec = owner.get(id(t), other)
+        cell.init_tensor(spec, t)
+    for t in module.buffers():
+        if id(t) in owner:
+            cell, spec = owner[id(t)]
+            cell.init_tensor(spec, t)
+    for cell, names in layers:  # the forget-gate bias goes where the bias is held
+        held = {}
+        for base, attr in names.items():
+            ts = weight_storage(module, attr)
+            held[base] = ts[0] if len(ts) == 1 else getattr(module, attr)
+        cell.after_reset(held)

@@ -177,6 +177,8 @@ def run_torch(
         weights = module.flat_weights()
     else:
         weights = [w for per_layer in plan.params for p in per_layer for w in p.values()]
+    if mode == "LSTM" and x.device.type == "cpu":
+        _check_weight_shapes(module, weights)
     locked = plan is not None and any(m is not None for m in plan.locked)
     if not locked:
         with _compaction_expected(plan is not None and x.is_cuda):
@@ -196,6 +198,21 @@ def run_torch(
             if plan.locked[k] is not None:
                 x = apply_sequence_mask(x, plan.locked[k], batch_sizes, batch_first)
     return x, tuple(torch.cat(f) for f in finals)
+
+
+def _check_weight_shapes(module, weights: list[Tensor]) -> None:
+    """Each of torch's ``_flat_weights`` shaped as the layer's sizes say. torch's CPU LSTM kernel
+    (oneDNN) reads them by those sizes without checking: a weight replaced by one of another
+    shape (``m.weight_hh_l0 = nn.Parameter(...)``) was read out of its bounds, silently."""
+    i = 0
+    for cell in module.cells:
+        shapes = [spec.shape for spec in cell.param_specs()]
+        for _ in range(module.num_directions):
+            for shape in shapes:
+                if weights[i].shape != shape:
+                    name = module._flat_weights_names[i]
+                    _checks.fail(f"{name} must have shape {shape}, got {tuple(weights[i].shape)}")
+                i += 1
 
 
 @contextlib.contextmanager

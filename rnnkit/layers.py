@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _checks, dispatch, kernels, regularizers
-from ._nn_compat import RNNBaseCompat
+from ._nn_compat import RNNBaseCompat, reset_like_torch
 from .cells.base import Cell, State
 
 
@@ -111,9 +111,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
 
     # -- parameters ------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        for k, cell in enumerate(self.cells):
-            for d in range(self.num_directions):
-                cell.reset_parameters(self.layer_params(k, d))
+        """Draw every parameter anew as torch.nn does, also where a torch.nn utility holds it
+        (parametrized, pruned: :func:`rnnkit._nn_compat.reset_like_torch`)."""
+        reset_like_torch(self, [(cell, names) for cell, per in zip(self.cells, self._names) for names in per])
 
     @property
     def num_directions(self) -> int:

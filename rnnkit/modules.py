@@ -15,6 +15,7 @@ import torch
 from torch import _VF, Tensor, nn
 
 from . import _checks, regularizers
+from ._nn_compat import reset_like_torch
 from .cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from .layers import RecurrentStack
 from .regularizers import StepMasks
@@ -219,7 +220,8 @@ class StepCell(nn.Module):
         return {s.name: getattr(self, s.name) for s in self.cell.param_specs()}
 
     def reset_parameters(self) -> None:
-        self.cell.reset_parameters(self.params())
+        """Draw every parameter anew as torch.nn does, also where a torch.nn utility holds it."""
+        reset_like_torch(self, [(self.cell, {s.name: s.name for s in self.cell.param_specs()})])
 
     def needs_custom_loop(self) -> bool:
         """Recurrent dropout in training needs the cell's own step (torch's has no mask)."""

@@ -85,20 +85,29 @@ class Cell:
 
     def reset_parameters(self, params: Mapping[str, Tensor]) -> None:
         """Initialize in spec order, consuming torch's RNG exactly as ``torch.nn`` does."""
-        std = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0  # torch.nn's cells allow 0
         with torch.no_grad():
             for spec in self.param_specs():
-                t = params[spec.name]
-                if spec.init == "uniform":
-                    t.uniform_(-std, std)
-                elif spec.init == "zeros":
-                    t.zero_()
-                elif spec.init == "ones":
-                    t.fill_(1.0)
-                elif isinstance(spec.init, (int, float)):
-                    t.fill_(float(spec.init))
-                else:
-                    spec.init(t)
+                self.init_tensor(spec, params[spec.name])
+        self.after_reset(params)
+
+    def init_tensor(self, spec: ParamSpec, t: Tensor) -> None:
+        """Fill ``t`` (the tensor of ``spec``, or one that holds it: a parametrization's original)
+        in place with ``spec.init``."""
+        std = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0  # torch.nn's cells allow 0
+        with torch.no_grad():
+            if spec.init == "uniform":
+                t.uniform_(-std, std)
+            elif spec.init == "zeros":
+                t.zero_()
+            elif spec.init == "ones":
+                t.fill_(1.0)
+            elif isinstance(spec.init, (int, float)):
+                t.fill_(float(spec.init))
+            else:
+                spec.init(t)
+
+    def after_reset(self, params: Mapping[str, Tensor]) -> None:
+        """What the cell changes once every tensor is drawn (nothing; the LSTM's forget bias)."""
 
     # -- state -----------------------------------------------------------------------
     def state_sizes(self) -> tuple[int, ...]:

@@ -155,8 +155,7 @@ class LSTMCellMath(Cell):
             specs += norm_specs(self.norm, "c", H, True, self.max_len)
         return specs
 
-    def reset_parameters(self, params) -> None:
-        super().reset_parameters(params)
+    def after_reset(self, params) -> None:
         if self.forget_bias:
             f = self.layout.gates.index("f") * self.hidden_size
             with torch.no_grad():

@@ -126,7 +126,9 @@ class _Direction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gout, ghn, gcn):
-        if torch.is_grad_enabled() and ctx.fused_input:  # create_graph=True: a differentiable graph
+        # create_graph=True: a differentiable graph; batched incoming gradients (jacobian(vectorize=True)):
+        # plain ops vmap can batch (the C++ kernels have no batching rule)
+        if (torch.is_grad_enabled() or _common.batched((gout, ghn, gcn))) and ctx.fused_input:
             *_, w_hh, w_hr, mask, zh, zc, w_peep, x, w_ih, h0, c0, b_hh, b_in = ctx.saved_tensors
             vals = dict(h0=h0, c0=c0, w_hh=w_hh, b_hh=b_hh, w_hr=w_hr, x=x, w_ih=w_ih, b_in=b_in, mask=mask,
                         zh=zh, zc=zc, w_peep=w_peep)  # fmt: skip

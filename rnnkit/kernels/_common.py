@@ -23,6 +23,19 @@ SECOND_ORDER = (
     "backward is explicit BPTT, not a differentiable graph); for double backward (a gradient "
     "penalty, MAML, Hessian-vector products) build the layer with impl='loop'"
 )
+BATCHED = (
+    "rnnkit's fused kernels of this configuration have no batching rule for a batched backward "
+    "(torch.autograd.grad(..., is_grads_batched=True), torch.autograd.functional.jacobian or hessian "
+    "with vectorize=True); build the layer with impl='loop'"
+)
+
+
+def batched(grads) -> bool:
+    """Whether a backward runs under vmap: one of its incoming ``grads`` is a batched tensor, as
+    in ``torch.autograd.grad(..., is_grads_batched=True)`` (which ``jacobian`` / ``hessian`` with
+    ``vectorize=True`` call). Its dispatch key (legacy vmap's ``Batched``, functorch's
+    ``FuncTorchBatched``) is not in Python's ``DispatchKey``, hence the name test."""
+    return any(isinstance(g, Tensor) and "Batched" in str(torch._C._dispatch_keys(g)) for g in grads)
 
 
 def per_cell(fn):
@@ -57,6 +70,8 @@ def first_order_only(backward):
     def wrapper(ctx, *args):
         if torch.is_grad_enabled() and any(ctx.needs_input_grad):
             raise RuntimeError(SECOND_ORDER)
+        if batched(args):  # else the C++ ops' 'Batching rule not implemented for rnnkit_ext::backward'
+            raise RuntimeError(BATCHED)
         with torch.no_grad():
             return backward(ctx, *args)
 

@@ -7,7 +7,8 @@ a standard direction (:class:`rnnkit.kernels._Direction` that projected its own 
 recurrent dropout, zoneout and peepholes too) recomputes the direction here with plain
 differentiable ops from its saved inputs ``x, W_ih, b, h0, c0, W_hh, b_hh, W_hr, w_peep`` and
 masks, and lets autograd differentiate that, as torch.nn's per-op CPU GRU/RNN do anyway. A Python loop over
-the steps: slower than the fused backward, and only taken under ``create_graph=True``.
+the steps: slower than the fused backward, and only taken under ``create_graph=True`` and for a
+batched backward (``is_grads_batched=True``: vmap batches plain ops, not the C++ kernels).
 Elsewhere (the Greff/GRU variants, the normalized cells) differentiating twice raises
 :data:`._common.SECOND_ORDER`.
 """

@@ -1,0 +1,155 @@
+"""What a PyTorch user does to a recurrent module beyond calling it — torch.nn.utils'
+parametrizations and pruning, replaced parameters, ``reset_parameters`` — against torch.nn
+doing the same to its own layer."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrizations, prune
+
+import rnnkit
+
+FAMILIES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
+
+
+def _old_weight_norm(m: nn.Module, name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated, still in use
+        nn.utils.weight_norm(m, name)
+
+
+CHANGES = {  # name -> f(module, attribute): what the user does to one weight
+    "parametrize-weight_norm": lambda m, a: parametrizations.weight_norm(m, a),
+    "parametrize-orthogonal": lambda m, a: parametrizations.orthogonal(m, a),
+    "prune": lambda m, a: prune.l1_unstructured(m, a, amount=0.5),
+    "old-weight_norm": _old_weight_norm,
+    "plain-tensor": lambda m, a: setattr(m, a, m._parameters.pop(a).detach() * 0.5),
+    "raw-parameter": lambda m, a: (  # torchnlp's WeightDrop: <name>_raw, dropped into <name> per call
+        m.register_parameter(a + "_raw", nn.Parameter(m._parameters.pop(a).detach())),
+        setattr(m, a, getattr(m, a + "_raw").detach() * 0.5),
+    ),
+}
+
+
+def _pair(family: str):
+    torch.manual_seed(0)
+    theirs, ours = getattr(nn, family)(3, 4), getattr(rnnkit, family)(3, 4)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reset_parameters_after_a_weight_change_as_torch_nn(family, change):
+    # torch.nn re-draws every parameter in parameters() order: a parametrized weight's originals,
+    # a pruned weight's _orig; a plain tensor (not a parameter) it leaves alone
+    theirs, ours = _pair(family)
+    suffix = "" if family.endswith("Cell") else "_l0"
+    for m in (theirs, ours):
+        CHANGES[change](m, "weight_hh" + suffix)
+        CHANGES[change](m, "weight_ih" + suffix) if change == "prune" else None
+    x = torch.randn(5, 2, 3)[0 if family.endswith("Cell") else slice(None)]
+    for m in (theirs, ours):
+        torch.manual_seed(1)
+        m.reset_parameters()
+    want, got = dict(theirs.named_parameters()), dict(ours.named_parameters())
+    assert list(got) == list(want)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0, msg=name)
+    out_t, out_o = theirs(x), ours(x)
+    out_t, out_o = (out_t[0], out_o[0]) if isinstance(out_t, tuple) else (out_t, out_o)
+    torch.testing.assert_close(out_o, out_t, rtol=0, atol=1e-12)
+
+
+def test_reset_parameters_draws_a_tied_weight_once_as_torch_nn():
+    theirs, ours = (lib.LSTM(3, 3, bidirectional=True) for lib in (nn, rnnkit))
+    for m in (theirs, ours):
+        m.weight_hh_l0_reverse = m.weight_hh_l0
+        torch.manual_seed(1)
+        m.reset_parameters()
+    for (name, want), got in zip(theirs.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+@pytest.mark.parametrize(
+    "name, shape",
+    [
+        ("weight_hh_l0", (8, 4)),
+        ("weight_hh_l0", (16, 3)),
+        ("weight_ih_l0", (16, 2)),
+        ("weight_ih_l0", (8, 3)),
+    ],
+)
+def test_replaced_weight_of_another_shape_is_refused_on_torchs_cpu_lstm(name, shape, packed, dtype):
+    # torch's CPU LSTM kernel (oneDNN) reads its weights by the layer's sizes, unchecked: a smaller
+    # replacement was read out of bounds, silently (float64 fails in a matmul, the fused path checks)
+    m = rnnkit.LSTM(3, 4, impl="torch", dtype=dtype)
+    setattr(m, name, nn.Parameter(torch.randn(shape, dtype=dtype)))
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    if packed:
+        x = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3])
+    expected = re.escape(str(tuple(getattr(rnnkit.LSTM(3, 4), name).shape)))
+    with pytest.raises(rnnkit.RecurrentInputError, match=rf"{name}.*{expected}.*{re.escape(str(shape))}"):
+        m(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("impl", ["auto", "fused"])
+@pytest.mark.parametrize("family, packed", [("LSTM", True), ("GRU", False), ("GRU", True), ("RNN", False)])
+def test_batched_backward_as_torch_nn(family, packed, impl, dtype):
+    # torch.autograd.grad(..., is_grads_batched=True), which jacobian/hessian(vectorize=True) call, runs
+    # backward under vmap: the fused kernels (impl='auto' on CPU float32 GRU/RNN and packed LSTMs)
+    # failed there ('Batching rule not implemented for rnnkit_ext::backward'); torch.nn's work
+    torch.manual_seed(0)
+    theirs = getattr(nn, family)(3, 4, dtype=dtype)
+    ours = getattr(rnnkit, family)(3, 4, dtype=dtype, impl=impl)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 2, 3, dtype=dtype)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+
+    def output(m: nn.Module) -> torch.Tensor:  # (T, B, H), or the packed (8, H)
+        if packed:
+            return m(torch.nn.utils.rnn.pack_padded_sequence(x, [5, 3]))[0].data
+        return m(x)[0]
+
+    def final_h(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        h = m(x)[1]
+        return h[0] if isinstance(h, tuple) else h
+
+    go = torch.randn(3, *output(theirs).shape, dtype=dtype)
+    for m in (theirs, ours):
+        m.grads = torch.autograd.grad(output(m), list(m.parameters()), go, is_grads_batched=True)
+    for w, g in zip(theirs.grads, ours.grads):
+        torch.testing.assert_close(g, w, **tol)
+    want, got = (
+        torch.autograd.functional.jacobian(lambda x, m=m: final_h(m, x), x, vectorize=True)
+        for m in (theirs, ours)
+    )
+    torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize(
+    "family, kw",
+    [("LSTM", {"norm": "layer"}), ("LSTM", {"coupled_gates": True}), ("GRU", {"variant": "mut1"})],
+)
+def test_batched_backward_through_option_kernels_names_the_way_out(family, kw):
+    m = getattr(rnnkit, family)(3, 4, **kw)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(RuntimeError, match="no batching rule.*impl='loop'"):
+        torch.autograd.functional.jacobian(lambda x: m(x)[0], x, vectorize=True)
+    m.impl = "loop"
+    assert torch.autograd.functional.jacobian(lambda x: m(x)[0], x, vectorize=True).shape == (
+        5,
+        2,
+        4,
+        5,
+        2,
+        3,
+    )
