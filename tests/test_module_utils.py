@@ -153,3 +153,33 @@ def test_batched_backward_through_option_kernels_names_the_way_out(family, kw):
         2,
         3,
     )
+
+
+class _Counted(nn.Module):
+    """An identity parametrization counting its evaluations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return w
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "loop"])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_a_parametrized_weight_is_computed_once_per_call(impl, lengths):
+    """The layer's dtype/device reference (``_ref``) read ``weight_ih_l0`` itself: a parametrized
+    one was computed once more per check (twice more with ``lengths=``) — an orthogonal map's
+    matrix exponential each time, and in training one more power-iteration step of a
+    spectral norm per call. It reads the tensor that holds it now."""
+    from torch.nn.utils import parametrize
+
+    m = rnnkit.LSTM(3, 4, impl=impl)
+    counted = _Counted()
+    parametrize.register_parametrization(m, "weight_ih_l0", counted)
+    counted.calls = 0  # (registering evaluates it once)
+    x = torch.randn(5, 2, 3)
+    m(x, lengths=torch.tensor([5, 3])) if lengths else m(x)
+    assert counted.calls == 1
