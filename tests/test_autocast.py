@@ -195,3 +195,28 @@ def test_option_cells_run_in_the_parameters_dtype_under_autocast(name, kw, state
 
     want = step(False)
     _same(step(True), want)
+
+
+@pytest.mark.parametrize(
+    ("make", "bad"),
+    [
+        (lambda: rnnkit.LSTM(5, 7, norm="layer", dtype=F32), {"input": torch.int64}),
+        (lambda: rnnkit.GRU(5, 7, variant="mut1", dtype=F32), {"input": torch.complex64}),
+        (lambda: rnnkit.LSTMCell(5, 7, peephole=True, dtype=F32), {"input": torch.int64}),
+        (lambda: rnnkit.LRU(5, 7, dtype=F32), {"h_0": F32}),  # its state is complex64
+        (lambda: rnnkit.LRU(5, 7, dtype=F32), {"h_0": BF16}),
+    ],
+    ids=["lstm-int-input", "gru-complex-input", "cell-int-input", "lru-real-state", "lru-bf16-state"],
+)
+def test_autocast_relaxes_the_dtype_check_for_floating_tensors_only(make, bad):
+    """Autocast casts floating-point tensors only, so only a floating input or state may differ
+    from the parameters' dtype under it. The check let any dtype through: an option layer cast
+    an integer input to float32 (a complex one lost its imaginary part, with a warning) and ran;
+    the LRU took a real state for its complex one. Now the error they get without autocast."""
+    m = make()
+    cell = isinstance(m, rnnkit.StepCell)
+    (what, dtype), shape = next(iter(bad.items())), (3, 5) if cell else (6, 3, 5)
+    x = torch.ones(shape, dtype=dtype if what == "input" else F32)
+    h = torch.ones(1, 3, 7, dtype=dtype) if what == "h_0" else None
+    with torch.autocast("cpu", dtype=BF16), pytest.raises(ValueError, match=f"{what} has dtype {dtype} but"):
+        m(x, h)
