@@ -239,7 +239,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         plan = None
         if self._regularized():
             steps = len(batch_sizes) if packed else x.shape[1 if batch_first else 0]
-            plan = regularizers.sample_plan(self, batch, steps, x, sorted_idx)
+            # masks in the parameters' dtype: under autocast torch's kernels take the input as
+            # given, and a bfloat16 mask would round weight-drop's 1 / (1 - p) into the weights
+            plan = regularizers.sample_plan(self, batch, steps, self._ref, sorted_idx)
         if impl == "torch":
             out, final = dispatch.run_torch(self, x, batch_sizes, state, batch_first, plan)
         else:

@@ -220,3 +220,31 @@ def test_autocast_relaxes_the_dtype_check_for_floating_tensors_only(make, bad):
     h = torch.ones(1, 3, 7, dtype=dtype) if what == "h_0" else None
     with torch.autocast("cpu", dtype=BF16), pytest.raises(ValueError, match=f"{what} has dtype {dtype} but"):
         m(x, h)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("LSTM", {"weight_drop": 0.3}),
+        ("RNN", {"weight_drop": 0.3}),
+        ("LSTM", {"locked_dropout": 0.3, "num_layers": 2}),
+    ],
+)
+def test_masks_of_torch_kernels_under_autocast_are_in_the_parameters_dtype(name, kw):
+    """A standard layer with weight-drop or locked dropout under autocast runs torch's kernels
+    on the input as given; its masks were drawn in the input's dtype, so a bfloat16 input to a
+    float32 layer scaled the dropped weights by 1 / (1 - p) rounded to bfloat16 (1.4297 for
+    1 / 0.7): other numbers than for the same input in float32, and other weights than the
+    cells' masks (``sample_masks``, in the parameters' dtype) give for the same seed. Masks now
+    follow the parameters' dtype, so both inputs give the same numbers."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(5, 7, dtype=F32, **kw).train()
+    x = torch.randn(6, 3, 5, dtype=F32).to(BF16)
+
+    def run(v):
+        torch.manual_seed(1)
+        return _autocast(m, v)[0]
+
+    got, want = run(x), run(x.float())
+    assert got.dtype == want.dtype == BF16  # torch's LSTM / RNN under autocast
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
