@@ -225,7 +225,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         if sorted_idx is not None:
             state = tuple(s.index_select(1, sorted_idx) for s in state)
 
-        if batch == 0:  # no sequence (dense input): torch.nn's empty outputs and states
+        # no sequence (dense input): torch.nn's empty outputs and states; under autocast torch's
+        # kernel, whose dtypes there are autocast's (float32 for its LSTM and GRU, unlike a batch's)
+        if batch == 0 and not (_checks.autocast_on(x.device.type) and dispatch.select(self, x) == "torch"):
             return self._empty_batch(x, state, batch_first, unbatched)
         impl = dispatch.select(self, x, packed)
         precision = contextlib.nullcontext()
