@@ -36,8 +36,12 @@ def autocast_on(device_type: str) -> bool:
 
 
 def check_like(x: Tensor, ref: Tensor, what: str) -> None:
-    """Same dtype and device as the module's parameters (no silent casts or copies)."""
-    if x.dtype != ref.dtype and not autocast_on(x.device.type):
+    """Same dtype and device as the module's parameters (no silent casts or copies); under
+    autocast a floating-point ``x`` may differ from floating-point parameters (autocast casts
+    floating tensors only: an integer or complex tensor, or a real one for a complex state, is
+    still refused)."""
+    floats = x.is_floating_point() and ref.is_floating_point()
+    if x.dtype != ref.dtype and not (floats and autocast_on(x.device.type)):
         fail(
             f"{what} has dtype {x.dtype} but the parameters are {ref.dtype}; convert it with "
             f".to({ref.dtype}) or the module with .to({x.dtype})"

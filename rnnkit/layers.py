@@ -231,7 +231,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         if sorted_idx is not None:
             state = tuple(s.index_select(1, sorted_idx) for s in state)
 
-        if batch == 0:  # no sequence (dense input): torch.nn's empty outputs and states
+        # no sequence (dense input): torch.nn's empty outputs and states; under autocast torch's
+        # kernel, whose dtypes there are autocast's (float32 for its LSTM and GRU, unlike a batch's)
+        if batch == 0 and not (_checks.autocast_on(x.device.type) and dispatch.select(self, x) == "torch"):
             return self._empty_batch(x, state, batch_first, unbatched)
         impl = dispatch.select(self, x, packed)
         precision = contextlib.nullcontext()
@@ -245,7 +247,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         plan = None
         if self._regularized():
             steps = len(batch_sizes) if packed else x.shape[1 if batch_first else 0]
-            plan = regularizers.sample_plan(self, batch, steps, x, sorted_idx)
+            # masks in the parameters' dtype: under autocast torch's kernels take the input as
+            # given, and a bfloat16 mask would round weight-drop's 1 / (1 - p) into the weights
+            plan = regularizers.sample_plan(self, batch, steps, self._ref, sorted_idx)
         if impl == "torch":
             out, final = dispatch.run_torch(self, x, batch_sizes, state, batch_first, plan)
         else:

@@ -195,3 +195,76 @@ def test_option_cells_run_in_the_parameters_dtype_under_autocast(name, kw, state
 
     want = step(False)
     _same(step(True), want)
+
+
+@pytest.mark.parametrize(
+    ("make", "bad"),
+    [
+        (lambda: rnnkit.LSTM(5, 7, norm="layer", dtype=F32), {"input": torch.int64}),
+        (lambda: rnnkit.GRU(5, 7, variant="mut1", dtype=F32), {"input": torch.complex64}),
+        (lambda: rnnkit.LSTMCell(5, 7, peephole=True, dtype=F32), {"input": torch.int64}),
+        (lambda: rnnkit.LRU(5, 7, dtype=F32), {"h_0": F32}),  # its state is complex64
+        (lambda: rnnkit.LRU(5, 7, dtype=F32), {"h_0": BF16}),
+    ],
+    ids=["lstm-int-input", "gru-complex-input", "cell-int-input", "lru-real-state", "lru-bf16-state"],
+)
+def test_autocast_relaxes_the_dtype_check_for_floating_tensors_only(make, bad):
+    """Autocast casts floating-point tensors only, so only a floating input or state may differ
+    from the parameters' dtype under it. The check let any dtype through: an option layer cast
+    an integer input to float32 (a complex one lost its imaginary part, with a warning) and ran;
+    the LRU took a real state for its complex one. Now the error they get without autocast."""
+    m = make()
+    cell = isinstance(m, rnnkit.StepCell)
+    (what, dtype), shape = next(iter(bad.items())), (3, 5) if cell else (6, 3, 5)
+    x = torch.ones(shape, dtype=dtype if what == "input" else F32)
+    h = torch.ones(1, 3, 7, dtype=dtype) if what == "h_0" else None
+    with torch.autocast("cpu", dtype=BF16), pytest.raises(ValueError, match=f"{what} has dtype {dtype} but"):
+        m(x, h)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [
+        ("LSTM", {"weight_drop": 0.3}),
+        ("RNN", {"weight_drop": 0.3}),
+        ("LSTM", {"locked_dropout": 0.3, "num_layers": 2}),
+    ],
+)
+def test_masks_of_torch_kernels_under_autocast_are_in_the_parameters_dtype(name, kw):
+    """A standard layer with weight-drop or locked dropout under autocast runs torch's kernels
+    on the input as given; its masks were drawn in the input's dtype, so a bfloat16 input to a
+    float32 layer scaled the dropped weights by 1 / (1 - p) rounded to bfloat16 (1.4297 for
+    1 / 0.7): other numbers than for the same input in float32, and other weights than the
+    cells' masks (``sample_masks``, in the parameters' dtype) give for the same seed. Masks now
+    follow the parameters' dtype, so both inputs give the same numbers."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(5, 7, dtype=F32, **kw).train()
+    x = torch.randn(6, 3, 5, dtype=F32).to(BF16)
+
+    def run(v):
+        torch.manual_seed(1)
+        return _autocast(m, v)[0]
+
+    got, want = run(x), run(x.float())
+    assert got.dtype == want.dtype == BF16  # torch's LSTM / RNN under autocast
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize(("name", "kw"), STANDARD[:4] + [("LSTM", {"proj_size": 3})])
+def test_a_batch_of_no_sequences_under_autocast_has_torchs_dtypes(name, kw):
+    """A dense batch of zero sequences gave float32 outputs and states under autocast, where
+    torch.nn's RNN gives bfloat16 (as for a non-empty batch); its LSTM and GRU give float32 for
+    an empty batch (not bfloat16 as for a non-empty one: torch.nn's own inconsistency, followed).
+    Standard configurations now run torch's kernel on it under autocast, as on any batch."""
+    torch.manual_seed(0)
+    ours = getattr(rnnkit, name)(5, 7, dtype=F32, **kw)
+    ref = getattr(torch.nn, name)(5, 7, dtype=F32, **kw)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 0, 5, dtype=F32)
+    (out, h), (ref_out, ref_h) = _autocast(ours, x), _autocast(ref, x)
+    got, want = (
+        [out, *(h if isinstance(h, tuple) else (h,))],
+        [ref_out, *(ref_h if isinstance(ref_h, tuple) else (ref_h,))],
+    )
+    for u, v in zip(got, want, strict=True):
+        assert u.dtype == v.dtype and u.shape == v.shape

@@ -24,12 +24,14 @@ previous state and projected input (the states come from
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..cells.base import Cell
 from ..parallel import LRU, QRNN, ParallelRecurrent
 from .parallel import layer_gates
@@ -90,6 +92,10 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> 
         B = tr.inputs[0].shape[1]
         if not 0 <= sample < B:
             raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        device = tr.inputs[0].device.type
+        off = (
+            torch.autocast(device, enabled=False) if _checks.autocast_on(device) else contextlib.nullcontext()
+        )
         result = []
         for k, d, label in layer_labels(module):
             cell, p = views[k].cell, views[k].params[d]
@@ -104,7 +110,8 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> 
                 note = f"{type(cell).__name__} is not a standard cell and has no gates() hook: states only"
             else:
                 x = tr.inputs[k][:, sample : sample + 1]
-                xp = cell.project_input(p, x.reshape(T, -1))
+                with off:  # as the replay's states (parameters' dtype, autocast off)
+                    xp = cell.project_input(p, x.reshape(T, -1))
                 per_t = []
                 for t in range(T):
                     prev_t = t + 1 if d else t - 1
@@ -115,7 +122,8 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> 
                         if source == "hook"
                         else lambda p_, x_, s_, c=cell: standard_gates(c, p_, x_, s_)
                     )
-                    per_t.append(fn(p, xp[t : t + 1], prev))
+                    with off:
+                        per_t.append(fn(p, xp[t : t + 1], prev))
                 gates = {n: np.stack([g[n][0].double().cpu().numpy() for g in per_t]) for n in per_t[0]}
                 if not gates:
                     note = "the Elman RNN has no gates"

@@ -198,8 +198,14 @@ def decay_spectrum(module: nn.Module, inputs: Tensor, *, hx=None) -> DecaySpectr
         decays = {}
         for k, d, label in layer_labels(module):
             a = layer_decay(module, module.layer_params(k, d), tr.inputs[k], d == 1)
-            decays[label] = a.cpu().numpy().astype(np.complex128 if a.is_complex() else np.float64)
+            decays[label] = _numpy(a)
     return DecaySpectrum(list(decays), decays, name)
+
+
+def _numpy(a: Tensor) -> np.ndarray:
+    """``a`` as a float64 (complex128) array: numpy has no bfloat16, which a half-precision layer's
+    decays are (a bfloat16 layer's, or any under autocast)."""
+    return a.detach().cpu().to(torch.complex128 if a.is_complex() else torch.float64).numpy()
 
 
 def lru_eigenvalues(module: LRU) -> dict[str, dict[str, np.ndarray]]:
@@ -242,8 +248,7 @@ def step_jacobians_parallel(module: ParallelRecurrent, inputs: Tensor, *, layer:
         if not 0 <= sample < B:
             raise ValueError(f"sample must be in [0, {B}), got {sample}")
         a = layer_decay(module, module.layer_params(layer, direction), tr.inputs[layer], direction == 1)
-    a = a[:, sample].cpu().numpy()
-    a = a.astype(np.complex128 if np.iscomplexobj(a) else np.float64)
+    a = _numpy(a[:, sample])
     if direction:
         a = a[::-1]
     return np.stack([np.diag(v) for v in a]), tr.state_names

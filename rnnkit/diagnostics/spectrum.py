@@ -22,12 +22,14 @@ the eigenvalues (the functions that need a fixed matrix say so).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import _checks
 from ..cells import StepContext
 from ..loop import _zoneout
 from ..parallel import LRU
@@ -68,7 +70,11 @@ def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, directi
     p = {k: v.detach() for k, v in views[layer].params[direction].items()}
     x = tr.inputs[layer][:, sample].detach()  # (T, I)
     T = x.shape[0]
-    with torch.no_grad():
+    # autocast off, as in the replay (whose states are in the parameters' dtype): autocast has no
+    # rule for a cell's step (mixed dtypes crash torch.lerp)
+    device = x.device.type
+    off = torch.autocast(device, enabled=False) if _checks.autocast_on(device) else contextlib.nullcontext()
+    with torch.no_grad(), off:
         xp = cell.project_input(p, x)
     sizes = [s.shape[-1] for s in tr.initial[layer][direction]]
     prev = tuple(s[sample : sample + 1].detach() for s in tr.initial[layer][direction])
@@ -81,7 +87,8 @@ def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, directi
             new = cell.step(p, xp[t : t + 1], state, ctx)
             return torch.cat(_zoneout(state, new, t, zp, None) if zp else new, -1)
 
-        J = torch.autograd.functional.jacobian(f, torch.cat(prev, -1))  # (1, S, 1, S)
+        with off:
+            J = torch.autograd.functional.jacobian(f, torch.cat(prev, -1))  # (1, S, 1, S)
         jacs.append(J[0, :, 0, :].double().numpy())
         prev = tuple(s[sample : sample + 1].detach() for s in tr.states[layer][direction][t])
     return np.stack(jacs), tr.state_names

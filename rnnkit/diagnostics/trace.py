@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .. import regularizers
+from .. import _checks, regularizers
 from ..cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from ..layers import RecurrentStack
 from ..loop import _zoneout
@@ -200,7 +200,9 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
     ``trace`` a :class:`Trace`. With ``retain_grad`` every state tensor keeps its ``.grad``
     after ``backward()``. ``track`` makes an initial state that does not require grad a
     leaf that does, so that every state is in the autograd graph even with frozen
-    parameters (the values are unchanged).
+    parameters (the values are unchanged). Under autocast the replay runs in the parameters'
+    dtype with autocast off, as the layers run the options torch has no kernel for (torch's
+    kernels' own autocast rules, LSTM and RNN in bfloat16 on the CPU, are not replayed).
     """
     if isinstance(module, ParallelRecurrent):  # MinGRU, MinLSTM, QRNN, LRU: their own step math
         from .parallel import replay_parallel
@@ -209,6 +211,13 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
     views = layer_views(module)
     _warn_unreplayed(module)
     data, unbatched = _as_time_major(module, x)
+    if _checks.autocast_on(data.device.type):
+        # autocast has no rule for a cell's step (mixed dtypes crash torch.lerp): the replay runs
+        # in the parameters' dtype with autocast off, as the layers run the options torch lacks
+        dtype = views[0].params[0]["weight_ih"].dtype
+        with torch.autocast(data.device.type, enabled=False):
+            hx = None if hx is None else tuple(s.to(dtype) for s in ((hx,) if isinstance(hx, Tensor) else hx))
+            return replay(module, x.to(dtype), hx, retain_grad=retain_grad, track=track)
     T, B = data.shape[0], data.shape[1]
     h0 = _initial(module, views, hx, B, data, unbatched)
     if track or retain_grad:

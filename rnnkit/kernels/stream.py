@@ -8,7 +8,10 @@ run their own :meth:`Cell.step`. Stepping through a sequence gives exactly the l
 output on the whole sequence in ``eval()`` (evaluation semantics: dropout and dropout-type
 regularizers are off, zoneout uses its expectation ``lerp(s̃_t, s_{t-1}, p)``, batch norm its
 running statistics, which a step never updates). A layer in training mode with any of these
-is refused (call ``layer.eval()``); one without them computes the same in both modes.
+is refused (call ``layer.eval()``); one without them computes the same in both modes. Under
+``torch.autocast`` a step is the layer's own call on a one-step sequence, so it gives the
+layer's dtypes and numbers (torch's cell kernels follow other autocast rules than its sequence
+kernels, and the options torch lacks run in the parameters' dtype with autocast off).
 
 Batch norm (``norm="batch"``) normalizes step ``t`` with the running statistics of slot ``t``,
 so a stream counts its steps: 0 for a call with ``state=None`` (a new sequence), one more
@@ -107,6 +110,16 @@ class Stream:
             comps = _checks.check_state(state, names, shapes, m._ref)
             if unbatched:
                 comps = tuple(s.unsqueeze(1) for s in comps)
+        if _checks.autocast_on(x.device.type):
+            # the layer's autocast rule, not its cells': torch's sequence kernels for standard
+            # configurations (their dtypes differ from the cell kernels': LSTM's bfloat16 on the
+            # CPU), the parameters' dtype with autocast off for the rest; so the layer's own call
+            y, out = m(x.unsqueeze(1 if m.batch_first else 0), comps if len(comps) > 1 else comps[0], step=t)
+            self._t = t
+            out, y = out if isinstance(out, tuple) else (out,), y.squeeze(1 if m.batch_first else 0)
+            if unbatched:
+                y, out = y.squeeze(0), tuple(s.squeeze(1) for s in out)
+            return y, (out if len(out) > 1 else out[0])
         new: list[list[Tensor]] = [[] for _ in comps]
         for k, cell in enumerate(m.cells):
             p = m.layer_params(k, 0)

@@ -85,3 +85,22 @@ def test_nonstandard_cells_fall_back_or_use_the_hook():
     np.testing.assert_allclose(hooked.gates["a"], 1 / (1 + np.exp(-(h_prev + xp))), atol=1e-12)
     with pytest.raises(ValueError, match="sample"):
         activity(m, x, sample=2)
+
+
+@pytest.mark.parametrize(("cls", "kw"), [(rnnkit.LSTM, {}), (rnnkit.GRU, {})], ids=["lstm", "gru"])
+def test_activity_under_autocast_is_the_float32_one(cls, kw):
+    """Under autocast the states came from the replay (in float32, autocast off) but the gates
+    were recomputed with autocast on, in bfloat16 (4e-3 off): gates that no longer rebuild the
+    states. They are computed as the replay now: the float32 activity, gates and states."""
+    torch.manual_seed(0)
+    m = cls(3, 6, num_layers=2, dtype=torch.float32, **kw)
+    x = torch.randn(20, 2, 3, dtype=torch.float32)
+    want = activity(m, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = activity(m, x)
+    for a, b in zip(want, got, strict=True):
+        assert a.gates.keys() == b.gates.keys() and a.gates
+        for n in a.gates:
+            np.testing.assert_allclose(b.gates[n], a.gates[n], rtol=1e-6, atol=1e-6)
+        for n in a.states:
+            np.testing.assert_allclose(b.states[n], a.states[n], rtol=1e-6, atol=1e-6)

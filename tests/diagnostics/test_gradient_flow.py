@@ -251,3 +251,34 @@ def test_training_mode_regularizers_not_replayed_warn_once(reg):
         replay(m, x)
     gradient_flow(m.eval(), x)  # evaluation: nothing to warn about (warnings are errors here)
     gradient_flow(rnnkit.LSTM(3, 4, num_layers=2, zoneout=0.3).train(), x)  # zoneout is replayed
+
+
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (rnnkit.GRU, {}),  # torch's GRU: float32 under the CPU's autocast
+        (nn.GRU, {}),
+        (rnnkit.GRU, {"reset_after": False}),
+        (rnnkit.LSTM, {"norm": "layer"}),
+        (rnnkit.RNN, {"norm": "layer", "zoneout": 0.2}),
+    ],
+    ids=["gru", "nn.gru", "cho-gru", "lstm-layer-norm", "rnn-layer-norm-zoneout"],
+)
+def test_replay_under_autocast_runs_as_the_layer(cls, kw):
+    """Under autocast the replay ran the cells' steps with autocast on: a GRU's step crashed
+    (torch.lerp of a bfloat16 and a float32 tensor), a layer-norm LSTM's output was 0.13 off the
+    layer's (layer norm in bfloat16). The layer runs these in its parameters' dtype with autocast
+    off, and so does the replay now: the layer's numbers, and gradient_flow works. torch's GRU
+    (its output float32 under the CPU's autocast, its matrix products bfloat16) is replayed in
+    float32: close to it, not equal."""
+    torch.manual_seed(0)
+    m = cls(3, 4, num_layers=2, dtype=torch.float32, **kw).eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, got = _flat(m(x)), _flat(replay(m, x, track=True))
+        gf = gradient_flow(m, x, lambda y: y[0].float().sum())
+    for a, b in zip(ref, got, strict=True):
+        assert b.dtype == a.dtype == torch.float32
+        tol = 2e-2 if cls is nn.GRU or not kw else 1e-5
+        torch.testing.assert_close(b, a, atol=tol, rtol=tol)
+    assert np.isfinite(gf.norms["l1"]["h"]).all()

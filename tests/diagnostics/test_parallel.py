@@ -25,6 +25,7 @@ from rnnkit.diagnostics import (
     replay,
     step_jacobians,
 )
+from rnnkit.diagnostics.parallel import layer_decay
 from rnnkit.state import map_tensors
 
 LAYERS = {
@@ -288,3 +289,22 @@ def test_memory_horizon_accepts_the_parallel_layers():
     b = Budget(hidden_size=4, steps=2, batch_size=4, eval_every=1, eval_size=8, lags=(2,))
     r = memory_horizon(["mingru", "minlstm", v, "lru"], tasks=["plus_one"], budget=b)
     assert set(r.horizon) == {"mingru", "minlstm", "w1", "lru"} and len(r.rows) == 4
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["bf16-layer", "autocast"])
+@pytest.mark.parametrize("name", ["MinGRU", "QRNN"])
+def test_decay_spectrum_of_a_half_precision_layer(name, autocast):
+    """A bfloat16 layer (or a float32 one under bfloat16 autocast) has bfloat16 decays, which
+    decay_spectrum and the step Jacobians handed to numpy as they were: a TypeError (numpy has
+    no bfloat16), where the gradient flow and the activity of the same layer work. Now in
+    float64, as the other diagnostics' arrays; the same values as the decays' own."""
+    torch.manual_seed(0)
+    m = getattr(rnnkit, name)(3, 4, num_layers=2, dtype=torch.float32 if autocast else torch.bfloat16)
+    x = torch.randn(5, 2, 3).to(torch.float32 if autocast else torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ds = decay_spectrum(m, x)
+        jac, _ = step_jacobians(m, x, layer=1, sample=1)
+        a = layer_decay(m, m.layer_params(0), x, False)
+    assert a.dtype == torch.bfloat16 and ds.decays["l0"].dtype == jac.dtype == np.float64
+    np.testing.assert_array_equal(ds.decays["l0"], a.double().detach().numpy())
+    assert jac.shape == (5, 4, 4)

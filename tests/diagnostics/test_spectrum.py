@@ -175,3 +175,19 @@ def test_step_jacobians_include_zoneout(cls, sizes):
     torch.manual_seed(0)
     m = cls(3, 4, zoneout=0.3).double().eval()
     _chain_vs_forward(m, torch.randn(5, 2, 3, dtype=torch.float64), sizes)
+
+
+@pytest.mark.parametrize("kw", [{}, {"norm": "layer"}, {"reset_after": False}], ids=["gru", "ln", "cho"])
+def test_step_jacobians_under_autocast_are_the_float32_ones(kw):
+    """Under autocast the step Jacobians ran the cell's step with autocast on (after a replay in
+    float32): a GRU's step crashed in torch.lerp (bfloat16 and float32); they run with autocast
+    off now, as the replay: the float32 Jacobians."""
+    torch.manual_seed(0)
+    m = rnnkit.GRU(3, 4, num_layers=2, dtype=torch.float32, **kw).eval()
+    x = torch.randn(5, 2, 3, dtype=torch.float32)
+    want, _ = step_jacobians(m, x, layer=1, sample=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = step_jacobians(m, x, layer=1, sample=1)
+        js = jacobian_spectrum(m, x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(js.singular_values).all()

@@ -179,3 +179,36 @@ def test_bad_states_are_clear_errors(opts):
     bad((z(2, 3, 4), z(2, 3, 4)), r"expected h_0 of shape \(2, 4\), got \(2, 3, 4\)", x=x[0])  # unbatched
     bad((z(2, 3, 4, dtype=torch.float32),) * 2, "h_0 has dtype torch.float32")
     bad(None, "x_t has dtype torch.float32", x=x.float())
+
+
+AUTOCAST_CASES = [
+    (rnnkit.LSTM, {}, "auto"),  # torch's LSTM under autocast: bfloat16 (its lstm_cell: float32)
+    (rnnkit.RNN, {}, "loop"),  # the layer in float32 (autocast off); torch's rnn_tanh_cell: bfloat16
+    (rnnkit.RNN, {"nonlinearity": "relu"}, "fused"),
+    (rnnkit.GRU, {"reset_after": False}, "auto"),  # its step under autocast crashed in torch.lerp
+    (rnnkit.LSTM, {"full_gate_recurrence": True}, "auto"),  # its gates state came back bfloat16
+    (rnnkit.LSTM, {"norm": "layer", "proj_size": 2}, "auto"),
+    (rnnkit.LSTM, {"norm": "batch", "max_len": 3}, "auto"),
+]
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("cls,kw,impl", AUTOCAST_CASES)
+def test_steps_under_autocast_follow_the_layer(cls, kw, impl, unbatched):
+    """Under autocast a stream ran torch's cell kernels or the cell's step with autocast on,
+    where the layer runs torch's sequence kernels (other dtypes than their cell kernels': the
+    LSTM's bfloat16) or runs in the parameters' dtype with autocast off: other dtypes than the
+    layer's (RNN with impl='loop': bfloat16 where the layer gives float32), a mixed state, or a
+    crash (the Cho GRU's lerp). Now a step under autocast is the layer's own call on one step:
+    the layer's dtypes, its numbers to bfloat16's rounding, a float32 or bfloat16 state."""
+    torch.manual_seed(0)
+    layer = _scrambled(cls(3, 4, 2, impl=impl, dtype=torch.float32, **kw)).eval()
+    x = torch.randn(5, 3) if unbatched else torch.randn(5, 2, 3)
+    x = x.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, final = layer(x)
+        ys, state = _run(Stream(layer), x)
+    finals, states = (final, state) if isinstance(final, tuple) else ((final,), (state,))
+    for u, v in zip((ys, *states), (out, *finals), strict=True):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        torch.testing.assert_close(u.float(), v.float(), atol=0.05, rtol=0.05)
