@@ -18,15 +18,3 @@ def test_complete_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs/lm/loss.png").is_file()
     # run again: resumes from the final checkpoint instead of starting over
     exec(compile(example, str(DOC), "exec"), {"__name__": "docs_example"})
-
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def test_readme_layer_snippets_run():
-    """README's blocks that open with ``import torch, rnnkit`` are complete programs."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    runnable = [b for b in blocks if b.startswith("import torch, rnnkit")]
-    assert len(runnable) >= 2
-    for block in runnable:
-        exec(compile(block, str(README), "exec"), {"__name__": "readme_example"})
