@@ -157,6 +157,22 @@ def test_parallel_layers_under_autocast_take_a_float32_state(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
 
 
+@pytest.mark.parametrize(("sizes", "layers"), [((5, 7), 1), ((7, 7), 1), ((5, 7), 2)])
+def test_lru_output_dtype_under_autocast_does_not_depend_on_its_shape(sizes, layers):
+    """The LRU's skip term ``D x``: a full ``D`` is a GEMM (autocast's bfloat16), a diagonal one
+    (``input_size == hidden_size``, also every layer after the first) was an ``addcmul`` of the
+    float32 input, which promoted the output to float32. Now bfloat16 either way, as the other
+    parallel layers' outputs."""
+    torch.manual_seed(0)
+    m = rnnkit.LRU(*sizes, num_layers=layers, dtype=F32)
+    x = torch.randn(6, 3, sizes[0], dtype=F32)
+    want, _ = m(x)
+    with torch.autocast("cpu", dtype=BF16):
+        got, _ = m(x)
+    assert got.dtype == BF16
+    torch.testing.assert_close(got.float(), want, atol=0.05, rtol=0.05)
+
+
 CELL_OPTIONS = [
     ("GRUCell", {"reset_after": False}),
     ("GRUCell", {"norm": "layer"}),

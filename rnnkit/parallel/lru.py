@@ -103,7 +103,9 @@ class LRU(ParallelRecurrent):
         y = torch.view_as_real(h).reshape(-1, 2 * self.state_size) @ w.t()
         y = y.view(*h.shape[:-1], self.hidden_size)  # not -1: an empty batch has no size to infer
         D = p["D"]
-        return torch.addcmul(y, x, D) if D.dim() == 1 else y + x @ D.t()
+        if D.dim() == 1:  # in y's dtype: under autocast a float32 x or D would promote the output
+            return torch.addcmul(y, x.to(y.dtype), D.to(y.dtype))
+        return y + x @ D.t()
 
     def run(self, p: Params, x: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool):
         lam, b = self.coefficients(p, x)
