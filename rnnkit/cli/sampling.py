@@ -66,7 +66,8 @@ def _unit(text: str) -> float:
 
 def sampler_of(args: argparse.Namespace):
     """The :class:`~rnnkit.train.ScheduledSampler` of the ``--sampling*`` flags (a task builds it
-    first: a k out of its schedule's range is a usage error before any data is loaded)."""
+    first: a k out of its schedule's range is a usage error before any data is loaded); sets
+    ``args.sampling_k`` to the schedule's k (its default when none was given)."""
     from rnnkit.train import ScheduledSampler, TeacherForcingSchedule
 
     if args.sampling == "teacher":
@@ -80,4 +81,7 @@ def sampler_of(args: argparse.Namespace):
         )
     except ValueError as e:  # the k of another schedule's range
         raise CLIError(f"--sampling {args.sampling} --sampling-k {args.sampling_k:g}: {e}", code=2) from None
+    # the k it uses (a default resolved), so run.json's "train" records it: None there left the
+    # run's k to whatever default a later version has, and --resume named it as None
+    args.sampling_k = schedule.k
     return ScheduledSampler(schedule)

@@ -44,3 +44,21 @@ def test_bad_sampling_flags_are_usage_errors_before_anything_runs(
     r = cli(*argv, *flags, "--out", tmp_path / "f", *TINY)
     assert_one_line_error(r, *fragments)
     assert r.rc == 2 and r.out == "" and not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(
+    "task, kind, k", [("forecast", "inverse_sigmoid", 50.0), ("seq2seq", "exponential", 0.999)]
+)
+def test_run_json_records_the_k_the_schedule_used(cli, tmp_path, series_csv, task, kind, k):
+    """Without --sampling-k, run.json's "train" stored "sampling_k": null (the task's default k was
+    applied later), so a --resume given another k said "resuming with the run's --sampling-k None";
+    the k the run used is stored (and restored)."""
+    import json
+
+    argv = [*FORECAST, "--data", series_csv] if task == "forecast" else ["train", "seq2seq", "--n-train", 32]
+    out = tmp_path / "f"
+    assert cli(*argv, "--sampling", kind, "--out", out, *TINY).rc == 0
+    assert json.loads((out / "run.json").read_text())["train"]["sampling_k"] == k
+    r = cli(*argv, "--sampling", kind, "--sampling-k", "0.5", "--out", out, "--resume", *TINY)
+    assert r.rc == 0, r.err
+    assert f"resuming with the run's --sampling-k {k} (command line's 0.5 ignored)" in r.out
