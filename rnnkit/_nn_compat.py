@@ -114,6 +114,16 @@ def weight_storage(module: nn.Module, attr: str) -> list[Tensor]:
     return [t for t in held if t is not None]
 
 
+def reference(module: nn.Module, attr: str) -> Tensor:
+    """A tensor of ``module.<attr>``'s dtype and device (the checks' reference), read without
+    computing it: where a parametrization computes the attribute, the tensor that holds it (an
+    orthogonal map, or a spectral norm's power step in training, per read would be one more per
+    call than torch.nn's; ``parametrize.is_parametrized`` inlined: it costs ~1 µs per call)."""
+    plist = module._modules.get("parametrizations")
+    held = weight_storage(module, attr) if plist is not None and attr in plist._modules else None
+    return held[0] if held else getattr(module, attr)
+
+
 def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, str]]]) -> None:
     """``reset_parameters`` of ``module``, whose ``layers`` are ``(cell, {base name: attribute})``
     per layer-direction: as ``torch.nn.RNNBase.reset_parameters`` (``for w in
