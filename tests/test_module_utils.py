@@ -202,3 +202,25 @@ def test_a_parametrized_weight_of_a_cell_is_computed_once_per_step(family):
     h = m(x, masks=masks) if masks is not None else m(x)
     m(x, h, masks=masks) if masks is not None else m(x, h)
     assert counted.calls == 2
+
+
+def test_a_cells_own_reset_parameters_is_kept():
+    """A cell of the generic protocol may override ``Cell.reset_parameters`` (as the LSTM's did for
+    its forget bias): the layers' and StepCell's reset, drawing each parameter where it is held,
+    skipped it, silently: the cell's initialization was lost."""
+    from rnnkit.cells import GRUCellMath
+    from rnnkit.layers import RecurrentStack
+    from rnnkit.modules import StepCell
+
+    class OrthogonalGRU(GRUCellMath):
+        def reset_parameters(self, params):
+            super().reset_parameters(params)
+            nn.init.orthogonal_(params["weight_hh"].data[: self.hidden_size])  # the reset gate's block
+
+    torch.manual_seed(0)
+    stack = RecurrentStack(lambda n: OrthogonalGRU(n, 4), 3, 4, num_layers=2)
+    for m in (stack, StepCell(OrthogonalGRU(3, 4))):
+        for name, w in m.named_parameters():
+            if name.startswith("weight_hh"):
+                q = w[:4]
+                torch.testing.assert_close(q @ q.T, torch.eye(4), msg=name)
