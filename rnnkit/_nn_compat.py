@@ -114,6 +114,16 @@ def weight_storage(module: nn.Module, attr: str) -> list[Tensor]:
     return [t for t in held if t is not None]
 
 
+def reference(module: nn.Module, attr: str) -> Tensor:
+    """A tensor of ``module.<attr>``'s dtype and device (the checks' reference), read without
+    computing it: where a parametrization computes the attribute, the tensor that holds it (an
+    orthogonal map, or a spectral norm's power step in training, per read would be one more per
+    call than torch.nn's; ``parametrize.is_parametrized`` inlined: it costs ~1 µs per call)."""
+    plist = module._modules.get("parametrizations")
+    held = weight_storage(module, attr) if plist is not None and attr in plist._modules else None
+    return held[0] if held else getattr(module, attr)
+
+
 def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, str]]]) -> None:
     """``reset_parameters`` of ``module``, whose ``layers`` are ``(cell, {base name: attribute})``
     per layer-direction: as ``torch.nn.RNNBase.reset_parameters`` (``for w in
@@ -122,7 +132,10 @@ def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, s
     as torch.nn after the same change), with the init of the spec whose weight it holds (torch's
     uniform one for a parameter the user added, such as torchnlp WeightDrop's ``<name>_raw``).
     Writing into ``getattr(module, attr)`` instead would be lost when the attribute is computed
-    (a parametrized or pruned weight)."""
+    (a parametrized or pruned weight). A cell that overrides :meth:`Cell.reset_parameters` (a cell
+    of the generic protocol with its own initialization) keeps it: its tensors are left to it, drawn
+    per layer-direction as before."""
+    own = {id(cell) for cell, _ in layers if type(cell).reset_parameters is not Cell.reset_parameters}
     owner: dict[int, tuple[Cell, ParamSpec]] = {}
     for cell, names in layers:
         for spec in cell.param_specs():
@@ -131,9 +144,10 @@ def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, s
     other = (layers[0][0], ParamSpec("", (), "uniform"))  # a parameter added by the user: torch's draw
     for t in module.parameters():
         cell, spec = owner.get(id(t), other)
-        cell.init_tensor(spec, t)
+        if id(cell) not in own:
+            cell.init_tensor(spec, t)
     for t in module.buffers():
-        if id(t) in owner:
+        if id(t) in owner and id(owner[id(t)][0]) not in own:
             cell, spec = owner[id(t)]
             cell.init_tensor(spec, t)
     for cell, names in layers:  # the forget-gate bias goes where the bias is held
@@ -141,4 +155,7 @@ def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, s
         for base, attr in names.items():
             ts = weight_storage(module, attr)
             held[base] = ts[0] if len(ts) == 1 else getattr(module, attr)
-        cell.after_reset(held)
+        if id(cell) in own:
+            cell.reset_parameters(held)
+        else:
+            cell.after_reset(held)

@@ -17,11 +17,10 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import _checks, dispatch, kernels, regularizers
-from ._nn_compat import RNNBaseCompat, reset_like_torch, weight_storage
+from ._nn_compat import RNNBaseCompat, reference, reset_like_torch
 from .cells.base import Cell, State
 
 
@@ -173,9 +172,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         """A tensor of the parameters' dtype and device (the checks' reference): ``weight_ih_l0``,
         or the tensor that holds it where reading it computes it (a parametrization: one more
         orthogonal map, or spectral norm's power step, per check)."""
-        name = self._names[0][0]["weight_ih"]
-        held = weight_storage(self, name) if parametrize.is_parametrized(self, name) else None
-        return held[0] if held else getattr(self, name)
+        return reference(self, self._names[0][0]["weight_ih"])
 
     def state_shapes(self, batch: int | None) -> list[tuple[int, ...]]:
         LD = self.num_layers * self.num_directions

@@ -15,7 +15,7 @@ import torch
 from torch import _VF, Tensor, nn
 
 from . import _checks, regularizers
-from ._nn_compat import reset_like_torch
+from ._nn_compat import reference, reset_like_torch
 from .cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from .layers import RecurrentStack
 from .regularizers import StepMasks
@@ -235,12 +235,12 @@ class StepCell(nn.Module):
         # 0: an empty batch (0, H_in), which torch.nn's cells take too
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
             raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
-        like = self.weight_ih
+        like = reference(self, "weight_ih")  # (not self.weight_ih, self.params(): computed if parametrized)
         weights = {}
         if self.weight_drop:
-            for n, w in self.params().items():
-                if n.startswith("weight_hh"):
-                    weights[n] = regularizers.sample_mask("weight_drop", w.shape, self.weight_drop, like)
+            for n in (s.name for s in self.cell.param_specs() if s.name.startswith("weight_hh")):
+                shape = getattr(self, n).shape
+                weights[n] = regularizers.sample_mask("weight_drop", shape, self.weight_drop, like)
         rec = None
         if self.recurrent_dropout:
             shape = (batch_size, self.cell.state_sizes()[0])
@@ -277,7 +277,7 @@ class StepCell(nn.Module):
         step = _checks.check_step(step)
         if input.dim() not in (1, 2):
             _checks.fail(f"{type(self).__name__} expects a 1-D or 2-D input, got shape {tuple(input.shape)}")
-        ref = self.weight_ih
+        ref = reference(self, "weight_ih")  # (self.weight_ih would compute a parametrized one once more)
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         _checks.check_input(x, self.input_size, True, ref, batch_dim=0)

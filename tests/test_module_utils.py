@@ -183,3 +183,44 @@ def test_a_parametrized_weight_is_computed_once_per_call(impl, lengths):
     x = torch.randn(5, 2, 3)
     m(x, lengths=torch.tensor([5, 3])) if lengths else m(x)
     assert counted.calls == 1
+
+
+@pytest.mark.parametrize("family", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_parametrized_weight_of_a_cell_is_computed_once_per_step(family):
+    """The cells read ``weight_ih`` for their dtype/device checks (and ``sample_masks``) besides
+    their step: a parametrized one was computed twice per step, where torch.nn's cells compute it
+    once (an extra spectral-norm power step per call in training: other numbers than torch.nn's)."""
+    from torch.nn.utils import parametrize
+
+    m = getattr(rnnkit, family)(3, 4, **({"weight_drop": 0.5} if family == "GRUCell" else {}))
+    counted = _Counted()
+    parametrize.register_parametrization(m, "weight_ih", counted)
+    counted.calls = 0
+    x = torch.randn(2, 3)
+    masks = m.sample_masks(2) if family == "GRUCell" else None
+    assert counted.calls == 0
+    h = m(x, masks=masks) if masks is not None else m(x)
+    m(x, h, masks=masks) if masks is not None else m(x, h)
+    assert counted.calls == 2
+
+
+def test_a_cells_own_reset_parameters_is_kept():
+    """A cell of the generic protocol may override ``Cell.reset_parameters`` (as the LSTM's did for
+    its forget bias): the layers' and StepCell's reset, drawing each parameter where it is held,
+    skipped it, silently: the cell's initialization was lost."""
+    from rnnkit.cells import GRUCellMath
+    from rnnkit.layers import RecurrentStack
+    from rnnkit.modules import StepCell
+
+    class OrthogonalGRU(GRUCellMath):
+        def reset_parameters(self, params):
+            super().reset_parameters(params)
+            nn.init.orthogonal_(params["weight_hh"].data[: self.hidden_size])  # the reset gate's block
+
+    torch.manual_seed(0)
+    stack = RecurrentStack(lambda n: OrthogonalGRU(n, 4), 3, 4, num_layers=2)
+    for m in (stack, StepCell(OrthogonalGRU(3, 4))):
+        for name, w in m.named_parameters():
+            if name.startswith("weight_hh"):
+                q = w[:4]
+                torch.testing.assert_close(q @ q.T, torch.eye(4), msg=name)

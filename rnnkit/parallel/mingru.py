@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .. import _checks, dispatch
 from ..cells.base import linear
+from ..kernels._common import batched
 from .base import ParallelRecurrent, Params, join_autocast, plain_scan, uniform_
 
 
@@ -107,16 +108,18 @@ def check_positive_state(s: Tensor | None) -> None:
 
 def differentiable_backward(ctx, gh: Tensor, coefficients):
     """The backward of a fused scan Function (saved ``u, a, h, h0``) when the gradient is taken
-    with ``create_graph=True``: the in-place backward below writes into views of one buffer and
-    its ops have no derivative, so it recomputes ``h`` from ``coefficients(u)`` in plain ops
+    with ``create_graph=True`` or batched (``is_grads_batched=True``, under vmap): the in-place
+    backward below writes into views of one buffer and its ops have no derivative nor batching
+    rule, so it recomputes ``h`` from ``coefficients(u)`` in plain ops
     (:func:`~rnnkit.parallel.base.plain_scan`) and differentiates that, with a graph: the same
     numbers, differentiable any number of times."""
     u, _, _, h0 = ctx.saved_tensors
     need = [n and t is not None for t, n in zip((u, h0), ctx.needs_input_grad[:2], strict=True)]
-    a, b = coefficients(u)
-    h = plain_scan(a, b, h0, ctx.reverse)
-    wrt = [t for t, n in zip((u, h0), need, strict=True) if n]
-    grads = iter(torch.autograd.grad(h, wrt, gh, create_graph=True, allow_unused=True) if wrt else ())
+    with torch.enable_grad():  # (a batched backward comes here with grad mode off)
+        a, b = coefficients(u)
+        h = plain_scan(a, b, h0, ctx.reverse)
+        wrt = [t for t, n in zip((u, h0), need, strict=True) if n]
+        grads = iter(torch.autograd.grad(h, wrt, gh, create_graph=True, allow_unused=True) if wrt else ())
     return (*(next(grads) if n else None for n in need), None)
 
 
@@ -149,7 +152,8 @@ class _MinGRUScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gh: Tensor):
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        # create_graph=True, or a batched gh (jacobian(vectorize=True)): vmap cannot batch the in-place ops
+        if torch.is_grad_enabled() or batched((gh,)):
             return differentiable_backward(ctx, gh, gru_coefficients)
         u, a, h, h0 = ctx.saved_tensors
         v = u.chunk(2, -1)[1]

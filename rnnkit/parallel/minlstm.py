@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kernels._common import batched
 from .mingru import MinGRU, differentiable_backward, log_g, scan_forward
 
 
@@ -33,7 +34,8 @@ class _MinLSTMScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gh: Tensor):
-        if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        # create_graph=True, or a batched gh (jacobian(vectorize=True)): vmap cannot batch the in-place ops
+        if torch.is_grad_enabled() or batched((gh,)):
             return differentiable_backward(ctx, gh, lstm_coefficients)
         u, a, h, h0 = ctx.saved_tensors
         kf, ki, v = u.chunk(3, -1)

@@ -115,3 +115,19 @@ def test_gradgradcheck_with_lengths(name):
     h0 = h0_for(m, 2).requires_grad_(True)
     lengths = torch.tensor([4, 2])
     assert torch.autograd.gradgradcheck(lambda x, h0: m(x, h0, lengths=lengths)[0], (x, h0), fast_mode=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", CASES)
+def test_batched_backward_equals_the_plain_reference(name, dtype):
+    """torch.autograd.grad(..., is_grads_batched=True), which jacobian/hessian(vectorize=True) call,
+    runs the backward under vmap: the fused scans' in-place backward failed there ('vmap: aten::copy_
+    ... is not possible'), as the recurrent layers' fused kernels did; the plain reference works."""
+    m = make(name).to(dtype)
+    x, h0 = torch.randn(5, 2, 3, dtype=dtype), h0_for(m, 2).to(dtype)
+    got, want = (
+        torch.autograd.functional.jacobian(lambda x, f=f: f(x, h0)[0], x, vectorize=True)
+        for f in (m, lambda x, h0: references.stack(m, x, h0))
+    )
+    tol = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    torch.testing.assert_close(got, want, **tol)
