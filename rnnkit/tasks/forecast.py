@@ -95,8 +95,10 @@ class Series:
     def split(
         cls, values: Tensor, window: int, horizon: int, train: float = 0.7, valid: float = 0.1
     ) -> Series:
+        """``values`` (N,) split at ``floor(N * train)`` and ``floor(N * (train + valid))``."""
         n = len(values)
-        a, b = int(n * train), int(n * (train + valid))
+        # floor(n * fraction), rounded first: 0.7 + 0.1 is 0.7999... in binary (79 of 100 values)
+        a, b = (math.floor(round(n * f, 9)) for f in (train, train + valid))
         need = window + horizon
         if a < need + 1 or b - a < horizon or n - b < horizon:
             raise ValueError(
