@@ -152,7 +152,13 @@ class Forecaster(nn.Module):
         from rnnkit.train import autoregressive_unroll
 
         ctx = windows.shape[1] - horizon
-        pred_ctx, state = self(windows[:, : ctx - 1], None)  # predicts windows[:, 1:ctx]
+        if ctx < 1 or horizon < 1:
+            raise ValueError(
+                f"windows (B, W + H, 1) need W >= 1 and H >= 1, got shape {tuple(windows.shape)} "
+                f"and horizon {horizon}"
+            )
+        # predicts windows[:, 1:ctx]; a one-value context has nothing to read before the unroll
+        pred_ctx, state = self(windows[:, : ctx - 1], None) if ctx > 1 else (windows[:, :0], None)
         t = iter(range(ctx - 1, windows.shape[1]))  # the unrolled steps' time indices
         pred_h, _ = autoregressive_unroll(
             lambda x_t, st: self.step(x_t, st, next(t)),
@@ -170,7 +176,7 @@ class Forecaster(nn.Module):
     @torch.no_grad()
     def forecast(self, context: Tensor, horizon: int) -> Tensor:
         """Free-running forecast: ``context`` (B, W, 1) -> ``(B, horizon, 1)``."""
-        out, state = self(context[:, :-1], None)
+        state = self(context[:, :-1], None)[1] if context.shape[1] > 1 else None
         x, preds = context[:, -1], []
         for k in range(horizon):
             x, state = self.step(x, state, context.shape[1] - 1 + k)

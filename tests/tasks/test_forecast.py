@@ -15,3 +15,27 @@ def test_split_follows_the_documented_70_10_20_fractions(n):
     too long for the validation part."""
     s = Series.split(torch.arange(float(n)), window=2, horizon=n // 10)
     assert (s.n_train, s.n_valid_end) == (n * 7 // 10, n * 8 // 10)
+
+
+ARCH = {"cell": "lstm", "hidden": 5, "layers": 1, "dropout": 0.0}
+
+
+def test_a_one_value_window_trains_and_forecasts():
+    """``--window 1`` (a positive int, accepted) fed the encoder an empty context (0 steps)
+    and failed; a context of one value starts the unroll from that value and no state."""
+    from rnnkit.tasks.forecast import Forecaster, forecast_next
+
+    torch.manual_seed(0)
+    m = Forecaster(ARCH)
+    w = torch.randn(4, 1 + 3, 1)
+    loss = m.loss(w, 3)
+    preds, x, state = [], w[:, 0], None
+    for t in range(3):  # the oracle: the one-step predictor unrolled by hand, teacher forced
+        p, state = m.step(x, state, t)
+        preds.append(p)
+        x = w[:, t + 1]
+    torch.testing.assert_close(loss, torch.nn.functional.mse_loss(torch.stack(preds, 1), w[:, 1:]))
+    assert m.forecast(w[:, :1], 3).shape == (4, 3, 1)
+    assert forecast_next(m, torch.arange(6.0), 1, 2, 0.0, 1.0).shape == (2,)
+    with pytest.raises(ValueError, match=r"need W >= 1 and H >= 1, got shape \(4, 4, 1\) and horizon 4"):
+        m.loss(w, 4)
