@@ -241,6 +241,11 @@ def arima_forecasts(s: Series, horizon: int, order: tuple[int, int, int]) -> Ten
 
 
 def rmse(pred: Tensor, target: Tensor) -> float:
+    """Root mean squared error of forecasts ``pred`` and ``target`` of the same shape."""
+    if pred.shape != target.shape:  # broadcasting would score the wrong pairs
+        raise ValueError(
+            f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
     return math.sqrt(float(((pred - target) ** 2).mean()))
 
 

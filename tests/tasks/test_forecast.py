@@ -39,3 +39,15 @@ def test_a_one_value_window_trains_and_forecasts():
     assert forecast_next(m, torch.arange(6.0), 1, 2, 0.0, 1.0).shape == (2,)
     with pytest.raises(ValueError, match=r"need W >= 1 and H >= 1, got shape \(4, 4, 1\) and horizon 4"):
         m.loss(w, 4)
+
+
+def test_rmse_against_numpy_and_refuses_to_broadcast():
+    """rmse((N, H), (N, 1)) broadcast the target over the horizon and returned a number."""
+    import numpy as np
+
+    from rnnkit.tasks.forecast import rmse
+
+    p, t = torch.randn(6, 3), torch.randn(6, 3)
+    assert rmse(p, t) == pytest.approx(np.sqrt(np.mean((p.numpy() - t.numpy()) ** 2)))
+    with pytest.raises(ValueError, match=r"same shape.*\(6, 3\).*\(6, 1\)"):
+        rmse(p, t[:, :1])
