@@ -47,7 +47,9 @@ def read_conllu(path: str | Path, column: str = "upos") -> list[list[tuple[str, 
     sents: list[list[tuple[str, str]]] = []
     cur: list[tuple[str, str]] = []
     try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()  # a BOM is not text
+        # a BOM is not text; lines end at "\n" only (read_text also breaks at a lone "\r",
+        # splitlines at U+2028, U+0085, ...: characters a FORM may hold)
+        lines = p.read_bytes().decode("utf-8-sig").split("\n")
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
     for i, line in enumerate(lines, 1):
