@@ -72,9 +72,12 @@ def load_series(data: str, column: str | None = None, flag: str = "--data") -> t
                 raise ValueError(f"{data}: no column {column!r}; columns are {reader.fieldnames}")
             for i, row in enumerate(reader, 2):
                 try:
-                    out.append(float(row[column]))
+                    v = float(row[column])
+                    if not math.isfinite(v):  # float() reads "nan", "inf": a NaN mean, NaN losses
+                        raise ValueError
                 except (TypeError, ValueError):
-                    raise ValueError(f"{data}:{i}: {column}={row[column]!r} is not a number") from None
+                    raise ValueError(f"{data}:{i}: {column}={row[column]!r} is not a finite number") from None
+                out.append(v)
     except UnicodeDecodeError as e:
         raise ValueError(f"{data} is not valid UTF-8 (byte {e.start})") from None
     return torch.tensor(out, dtype=torch.get_default_dtype()), f"{p.name}:{column}"

@@ -51,3 +51,15 @@ def test_rmse_against_numpy_and_refuses_to_broadcast():
     assert rmse(p, t) == pytest.approx(np.sqrt(np.mean((p.numpy() - t.numpy()) ** 2)))
     with pytest.raises(ValueError, match=r"same shape.*\(6, 3\).*\(6, 1\)"):
         rmse(p, t[:, :1])
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "inf", "-Infinity"])
+def test_load_series_refuses_non_finite_values(tmp_path, bad):
+    """float() reads "nan" and "inf": a missing value written as NaN made the training part's
+    mean and std NaN and every loss NaN, with no word about the file."""
+    from rnnkit.tasks.forecast import load_series
+
+    p = tmp_path / "s.csv"
+    p.write_text(f"t,v\n0,1.5\n1,{bad}\n2,2.0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"s.csv:3: v='{bad}' is not a finite number"):
+        load_series(str(p), "v")
