@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from rnnkit.tasks._common import SequenceNet, padded_batches
+from rnnkit.tasks.classify import _split
 
 __all__ = [
     "read_conllu",
@@ -91,14 +92,14 @@ def load_tagging(
     min_count: int = 1,
     column: str = "upos",
 ) -> TagData:
-    """Encode a CoNLL-U file (and an optional separate validation file) as id tensors."""
+    """Encode a CoNLL-U file (and an optional separate validation file) as id tensors; without
+    ``valid``, a ``valid_fraction`` in (0, 1) of the sentences, drawn by ``seed``, validates."""
     sents = read_conllu(path, column)
     if valid is not None:
         tr_s, va_s = sents, read_conllu(valid, column)
     else:
-        perm = torch.randperm(len(sents), generator=torch.Generator().manual_seed(seed)).tolist()
-        k = min(len(sents) - 1, max(1, round(len(sents) * valid_fraction)))
-        tr_s, va_s = [sents[i] for i in perm[k:]], [sents[i] for i in perm[:k]]
+        tr, va = _split(len(sents), valid_fraction, seed)  # (checks valid_fraction in (0, 1))
+        tr_s, va_s = [sents[i] for i in tr.tolist()], [sents[i] for i in va.tolist()]
     counts = Counter(w.lower() for s in tr_s for w, _ in s)
     words = ["<pad>", "<unk>", *sorted(w for w, c in counts.items() if c >= min_count)]
     tags = sorted({t for s in tr_s for _, t in s})

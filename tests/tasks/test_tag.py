@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from rnnkit.tasks.tag import read_conllu
+import pytest
+
+from rnnkit.tasks.tag import load_tagging, read_conllu
 
 
 def _tok(i, form, upos, xpos="_"):
@@ -30,3 +32,22 @@ def test_conllu_lines_end_at_newline_only(tmp_path):
         [("Hi", "UH"), ("a\u2028b\x85c\x0cd\re", "FW")],
         [("Do", "VBP"), ("n't", "RB"), ("10 000", "CD")],
     ]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.1])
+def test_load_tagging_refuses_a_valid_fraction_outside_0_1(tmp_path, fraction):
+    """load_tagging clamped any valid_fraction to 1..n-1 sentences (0 gave one validation
+    sentence, 1.5 all but one) where classify's loader refuses it."""
+    p = tmp_path / "a.conllu"
+    p.write_text("".join(f"{_tok(1, w, 'X')}\n\n" for w in "abcdef"), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"valid_fraction must be in \(0, 1\), got {fraction}"):
+        load_tagging(p, valid_fraction=fraction)
+
+
+def test_load_tagging_split_is_seeded_and_disjoint(tmp_path):
+    p = tmp_path / "a.conllu"
+    p.write_text("".join(f"{_tok(1, w, 'X')}\n\n" for w in "abcdefghij"), encoding="utf-8")
+    d, again = load_tagging(p, valid_fraction=0.2, seed=3), load_tagging(p, valid_fraction=0.2, seed=3)
+    assert (len(d.train), len(d.valid)) == (8, 2)
+    assert [x.tolist() for x, _ in d.valid] == [x.tolist() for x, _ in again.valid]
+    assert all(x.tolist() == [1] for x, _ in d.valid)  # validation words were never seen: <unk>
