@@ -56,14 +56,15 @@ def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     try:
         with open(p, encoding="utf-8-sig", newline="") as f:  # a BOM is not text
+            first = True  # the header, if any, is the first row that is not blank
             for i, row in enumerate(csv.reader(f), 1):
                 if not row or all(not c.strip() for c in row):
                     continue
                 if len(row) != 2:
                     raise ValueError(f"{p}:{i}: expected 2 columns text,label, got {len(row)}")
-                if i == 1 and [c.strip().lower() for c in row] == ["text", "label"]:
-                    continue
-                rows.append((row[0], row[1].strip()))
+                header, first = first and [c.strip().lower() for c in row] == ["text", "label"], False
+                if not header:
+                    rows.append((row[0], row[1].strip()))
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
     except csv.Error as e:
