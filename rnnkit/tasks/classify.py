@@ -63,8 +63,11 @@ def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
                 if len(row) != 2:
                     raise ValueError(f"{p}:{i}: expected 2 columns text,label, got {len(row)}")
                 header, first = first and [c.strip().lower() for c in row] == ["text", "label"], False
-                if not header:
-                    rows.append((row[0], row[1].strip()))
+                if header:
+                    continue
+                if not row[1].strip():  # a missing label is not a class ''
+                    raise ValueError(f"{p}:{i}: empty label (expected text,label)")
+                rows.append((row[0], row[1].strip()))
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
     except csv.Error as e:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from rnnkit.tasks.classify import read_text_csv
 
 
@@ -11,3 +13,11 @@ def test_header_after_blank_lines_is_skipped(tmp_path):
     p = tmp_path / "a.csv"
     p.write_text("\n \ntext,label\nhi there,a\nyo,b\n", encoding="utf-8")
     assert read_text_csv(p) == [("hi there", "a"), ("yo", "b")]
+
+
+def test_an_empty_label_is_an_error_naming_the_line(tmp_path):
+    """A row with its label missing ('yo,') was read as a class '' of its own."""
+    p = tmp_path / "a.csv"
+    p.write_text("text,label\nhi there,a\nyo, \nzz,b\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"a.csv:3: empty label"):
+        read_text_csv(p)
