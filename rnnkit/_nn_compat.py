@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ._checks import fail
 from .cells.base import Cell, ParamSpec
@@ -112,6 +113,25 @@ def weight_storage(module: nn.Module, attr: str) -> list[Tensor]:
         return [*plist.parameters(), *plist.buffers(recurse=False)]
     held = [module._parameters.get(f"{attr}{end}") for end in ("_orig", "_g", "_v")]
     return [t for t in held if t is not None]
+
+
+def set_held(module: nn.Module, attr: str, value: Tensor) -> None:
+    """Make ``module.<attr>`` equal ``value`` where several tensors hold it (see
+    :func:`weight_storage`): through the parametrization (its ``right_inverse``, as ``module.<attr>
+    = value`` does), or, for the old ``weight_norm``, ``<attr>_g = ‖value‖`` and ``<attr>_v =
+    value`` (as ``weight_norm`` itself starts them); anything else is refused."""
+    with torch.no_grad():
+        if parametrize.is_parametrized(module, attr):
+            setattr(module, attr, value)
+            return
+        for hook in module._forward_pre_hooks.values():
+            if isinstance(hook, WeightNorm) and hook.name == attr:
+                getattr(module, attr + "_g").copy_(torch.norm_except_dim(value, 2, hook.dim))
+                getattr(module, attr + "_v").copy_(value)
+                setattr(module, attr, hook.compute_weight(module))  # as weight_norm leaves it
+                return
+    n = len(weight_storage(module, attr))
+    fail(f"cannot set {attr}: expected a parametrization or weight_norm to hold it, got {n} tensors")
 
 
 def reference(module: nn.Module, attr: str) -> Tensor:
