@@ -144,11 +144,13 @@ def _configure(args) -> tuple[Budget, Budget]:
     """(training budget of the +1 run, memory-horizon budget)."""
     if args.family and args.variants and not args.checkpoint:
         raise ValueError(f"give --cell or --variants, not both (got --cell {args.family} and --variants)")
-    described = [f for f, v in (("--num-layers", args.num_layers), ("--input-size", args.input_size),
-                                ("--option", args.option)) if v]  # fmt: skip
+    # both spellings: args does not say which one was typed (rnnkit train's are --layers, --opt)
+    flags = (("--num-layers (--layers)", args.num_layers), ("--input-size", args.input_size),
+             ("--option (--opt)", args.option))  # fmt: skip
+    described = [f for f, v in flags if v]
     if described and not args.checkpoint:  # (they were ignored: one-layer cells were diagnosed)
         raise ValueError(
-            f"{'/'.join(described)} describe a --checkpoint's layer; without one, give the cells' options "
+            f"{', '.join(described)} describe a --checkpoint's layer; without one, give the cells' options "
             "in --variants, e.g. --variants lstm:num_layers=2,zoneout=0.1"
         )
     if not args.checkpoint:

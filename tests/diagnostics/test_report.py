@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -190,4 +191,5 @@ def test_checkpoint_mode_flags_without_a_checkpoint_are_errors(tmp_path, capsys,
     code = rnnkit_main(["diagnose", "--quick", "--no-horizon", "--out", str(tmp_path / "d"), *flag])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("rnnkit: error: ") and "--checkpoint" in err and "--variants" in err
+    assert re.search(re.escape(flag[0]) + r"\b", err)  # the flag as typed (--layers was named --num-layers)
     assert not (tmp_path / "d").exists()
