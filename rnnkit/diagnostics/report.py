@@ -14,7 +14,6 @@ calls :func:`main`.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from .spectrum import (
     recurrent_eigenvalues,
     recurrent_matrices,
 )
+from .summary import write_summary
 
 
 @dataclass
@@ -305,7 +305,7 @@ def _run(args: argparse.Namespace) -> int:
     text = "\n".join(lines) + "\n"
     (out / "summary.txt").write_text(text, encoding="utf-8")
     result["args"] = {k: v for k, v in vars(args).items() if not callable(v)}
-    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    write_summary(result, out / "summary.json")  # strict JSON: a NaN is null and named in "nonfinite"
     print(text, end="")
     return 0
 
