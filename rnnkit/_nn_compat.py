@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ._checks import fail
 from .cells.base import Cell, ParamSpec
@@ -114,6 +115,38 @@ def weight_storage(module: nn.Module, attr: str) -> list[Tensor]:
     return [t for t in held if t is not None]
 
 
+def set_held(module: nn.Module, attr: str, value: Tensor) -> None:
+    """Make ``module.<attr>`` equal ``value`` where several tensors hold it (see
+    :func:`weight_storage`): through the parametrization (its ``right_inverse``, as ``module.<attr>
+    = value`` does), or, for the old ``weight_norm``, ``<attr>_g = ‖value‖`` and ``<attr>_v =
+    value`` (as ``weight_norm`` itself starts them); anything else is refused."""
+    with torch.no_grad():
+        if parametrize.is_parametrized(module, attr):
+            setattr(module, attr, value)
+            return
+        hook = _weight_norm_hook(module, attr)
+        if hook is not None:
+            getattr(module, attr + "_g").copy_(torch.norm_except_dim(value, 2, hook.dim))
+            getattr(module, attr + "_v").copy_(value)
+            setattr(module, attr, hook.compute_weight(module))  # as weight_norm leaves it
+            return
+    n = len(weight_storage(module, attr))
+    fail(f"cannot set {attr}: expected a parametrization or weight_norm to hold it, got {n} tensors")
+
+
+def _weight_norm_hook(module: nn.Module, attr: str) -> WeightNorm | None:
+    """The old ``weight_norm``'s forward pre-hook that computes ``module.<attr>``, if any."""
+    hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, WeightNorm) and h.name == attr]
+    return hooks[0] if hooks else None
+
+
+def computed(module: nn.Module, attr: str) -> Tensor:
+    """``module.<attr>`` from the tensors that hold it now (the old ``weight_norm`` sets the
+    attribute only before each forward: after a redraw of ``_g``/``_v`` it is stale)."""
+    hook = _weight_norm_hook(module, attr)
+    return getattr(module, attr) if hook is None else hook.compute_weight(module)
+
+
 def reference(module: nn.Module, attr: str) -> Tensor:
     """A tensor of ``module.<attr>``'s dtype and device (the checks' reference), read without
     computing it: where a parametrization computes the attribute, the tensor that holds it (an
@@ -134,7 +167,8 @@ def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, s
     Writing into ``getattr(module, attr)`` instead would be lost when the attribute is computed
     (a parametrized or pruned weight). A cell that overrides :meth:`Cell.reset_parameters` (a cell
     of the generic protocol with its own initialization) keeps it: its tensors are left to it, drawn
-    per layer-direction as before."""
+    per layer-direction as before. What the cell changes after the draws (the forget-gate bias) in a
+    tensor held by several (weight norm's ``_g``/``_v``) is set through what computes it."""
     own = {id(cell) for cell, _ in layers if type(cell).reset_parameters is not Cell.reset_parameters}
     owner: dict[int, tuple[Cell, ParamSpec]] = {}
     for cell, names in layers:
@@ -151,11 +185,18 @@ def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, s
             cell, spec = owner[id(t)]
             cell.init_tensor(spec, t)
     for cell, names in layers:  # the forget-gate bias goes where the bias is held
-        held = {}
+        held, several = {}, {}
         for base, attr in names.items():
             ts = weight_storage(module, attr)
-            held[base] = ts[0] if len(ts) == 1 else getattr(module, attr)
+            if len(ts) > 1:  # computed (weight norm): the cell changes a copy, set through what computes it
+                held[base] = computed(module, attr).detach().clone()
+                several[base] = held[base].clone()
+            else:  # none: a plain tensor in a parameter's place
+                held[base] = ts[0] if ts else getattr(module, attr)
         if id(cell) in own:
             cell.reset_parameters(held)
         else:
             cell.after_reset(held)
+        for base, before in several.items():
+            if not torch.equal(held[base], before):  # unchanged: the draws stay torch.nn's
+                set_held(module, names[base], held[base])

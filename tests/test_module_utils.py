@@ -224,3 +224,23 @@ def test_a_cells_own_reset_parameters_is_kept():
             if name.startswith("weight_hh"):
                 q = w[:4]
                 torch.testing.assert_close(q @ q.T, torch.eye(4), msg=name)
+
+
+@pytest.mark.parametrize("change", ["parametrize-weight_norm", "old-weight_norm"])
+@pytest.mark.parametrize("family", ["LSTM", "LSTMCell"])
+def test_the_forget_bias_reaches_a_weight_normed_bias(family, change):
+    """The forget-gate bias was added to ``getattr(module, "bias_ih")``: for a bias held by weight
+    norm's magnitude and direction a computed tensor, so it was lost. It is now set through the
+    weight norm; the draws are torch.nn's (those of ``forget_bias=0``)."""
+    attr = "bias_ih" if family.endswith("Cell") else "bias_ih_l0"
+    x = torch.randn(5, 2, 3)[0 if family.endswith("Cell") else slice(None)]
+    got = {}
+    for fb in (0.0, 1.0):
+        m = getattr(rnnkit, family)(3, 4, forget_bias=fb)
+        CHANGES[change](m, attr)
+        torch.manual_seed(1)
+        m.reset_parameters()
+        m(x)  # the old weight_norm computes the bias before each forward
+        got[fb] = getattr(m, attr).detach()
+    want = got[0.0] + torch.tensor([0.0, 1.0, 0.0, 0.0]).repeat_interleave(4)  # gates i, f, g, o
+    torch.testing.assert_close(got[1.0], want, rtol=0, atol=1e-12)

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from rnnkit.arch import add_arch_arguments, arch_config, describe_arch
+from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
     echo,
@@ -228,6 +229,10 @@ def train_classify(args: argparse.Namespace) -> int:
 
     if args.data == "digits":
         require("sklearn", "--data digits")
+    if args.data == "anyplus1" and args.n < 2:  # a bad flag value: a usage error, as the others
+        raise CLIError(
+            f"--n: anyplus1 needs at least 2 sequences (to train and to validate), got {args.n}", code=2
+        )
     cd = C.load_classification(args.data, tokens=args.tokens, length=args.length, n=args.n, seed=args.seed)
     run = prepare_out(
         args,

@@ -28,6 +28,7 @@ from .spectrum import (
     recurrent_matrices,
     step_jacobians,
 )
+from .summary import read_summary
 from .trace import Trace, find_recurrent, replay
 
 __all__ = [
@@ -59,4 +60,5 @@ __all__ = [
     "add_arguments",
     "run",
     "main",
+    "read_summary",
 ]

@@ -14,7 +14,6 @@ calls :func:`main`.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from .spectrum import (
     recurrent_eigenvalues,
     recurrent_matrices,
 )
+from .summary import write_summary
 
 
 @dataclass
@@ -144,11 +144,13 @@ def _configure(args) -> tuple[Budget, Budget]:
     """(training budget of the +1 run, memory-horizon budget)."""
     if args.family and args.variants and not args.checkpoint:
         raise ValueError(f"give --cell or --variants, not both (got --cell {args.family} and --variants)")
-    described = [f for f, v in (("--num-layers", args.num_layers), ("--input-size", args.input_size),
-                                ("--option", args.option)) if v]  # fmt: skip
+    # both spellings: args does not say which one was typed (rnnkit train's are --layers, --opt)
+    flags = (("--num-layers (--layers)", args.num_layers), ("--input-size", args.input_size),
+             ("--option (--opt)", args.option))  # fmt: skip
+    described = [f for f, v in flags if v]
     if described and not args.checkpoint:  # (they were ignored: one-layer cells were diagnosed)
         raise ValueError(
-            f"{'/'.join(described)} describe a --checkpoint's layer; without one, give the cells' options "
+            f"{', '.join(described)} describe a --checkpoint's layer; without one, give the cells' options "
             "in --variants, e.g. --variants lstm:num_layers=2,zoneout=0.1"
         )
     if not args.checkpoint:
@@ -303,7 +305,7 @@ def _run(args: argparse.Namespace) -> int:
     text = "\n".join(lines) + "\n"
     (out / "summary.txt").write_text(text, encoding="utf-8")
     result["args"] = {k: v for k, v in vars(args).items() if not callable(v)}
-    (out / "summary.json").write_text(json.dumps(result, indent=1, default=str), encoding="utf-8")
+    write_summary(result, out / "summary.json")  # strict JSON: a NaN is null and named in "nonfinite"
     print(text, end="")
     return 0
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .. import _checks, dispatch
+from .._nn_compat import set_held, weight_storage
 from ..layers import _check_config, forward_padded
 from ..ops import linear_scan
 from ..ops.scan import _chunked_fwd
@@ -101,11 +102,24 @@ class ParallelRecurrent(nn.Module):
         return {base: getattr(self, attr) for base, attr in self._names[layer][direction].items()}
 
     def reset_parameters(self) -> None:
+        """Each layer-direction's :meth:`init_params`, drawn into the tensor that holds each weight:
+        the parameter, a parametrization's original, prune's ``<name>_orig`` (the attribute itself is
+        computed from those there: a draw into it would be lost). A weight held by several tensors
+        (weight norm's magnitude and direction) is drawn whole, then set through what computes it."""
         with torch.no_grad():
             for k in range(self.num_layers):
                 n_in = self.layer_input_size(k)
                 for d in range(self.num_directions):
-                    self.init_params(self.layer_params(k, d), n_in)
+                    names = self._names[k][d]
+                    held = {base: weight_storage(self, attr) for base, attr in names.items()}
+                    p = {}
+                    for base, ts in held.items():
+                        w = ts[0] if len(ts) == 1 else getattr(self, names[base])  # none: a plain tensor
+                        p[base] = torch.empty_like(w) if len(ts) > 1 else w
+                    self.init_params(p, n_in)  # the draws of a plain module unchanged
+                    for base, ts in held.items():
+                        if len(ts) > 1:
+                            set_held(self, names[base], p[base])
 
     def flatten_parameters(self) -> None:
         """No-op, for code written for ``torch.nn`` recurrent layers."""

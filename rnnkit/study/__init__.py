@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = run_study(
             args.name, out, budget_minutes=args.budget_minutes, seeds=args.seeds, steps=args.steps,
-            archs=args.archs.split(",") if args.archs else None, settings=dict(args.set),
+            archs=[a.strip() for a in args.archs.split(",")] if args.archs else None, settings=dict(args.set),
             workers=args.workers, threads=args.threads, progress=False if args.no_progress else None,
         )  # fmt: skip
     except SettingError as e:  # a bad --set: a usage error

@@ -53,7 +53,8 @@ class Callback:
     change of training state (weights, other optimizer settings) would stay on rank 0 and make
     the ranks drift apart: a callback must not make one."""
 
-    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """Once ``fit()`` starts; once it returns, ``on_fit_end`` follows however fit ends."""
 
     def on_step_end(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         """Every step; ``logs`` has this step's ``loss`` (NaN: it had no target), ``tokens``, ``seq_len``."""

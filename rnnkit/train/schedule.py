@@ -32,7 +32,7 @@ class TeacherForcingSchedule:
     * ``"linear"``: ``max(end, start - (start - end) i / steps)``, a decay from ``start`` to
       ``end`` (so ``start >= end``, else a ``ValueError``).
     * ``"exponential"``: ``max(end, k^i)``, ``0 < k < 1`` (default 0.999).
-    * ``"inverse_sigmoid"``: ``k / (k + exp(i / k))``, ``k >= 1`` (default 1000).
+    * ``"inverse_sigmoid"``: ``k / (k + exp(i / k))``, finite ``k >= 1`` (default 1000).
     """
 
     def __init__(
@@ -63,8 +63,8 @@ class TeacherForcingSchedule:
                 raise ValueError(f"exponential schedule needs 0 < k < 1, got k={k}")
         if kind == "inverse_sigmoid":
             k = 1000.0 if k is None else k
-            if k < 1.0:
-                raise ValueError(f"inverse_sigmoid schedule needs k >= 1, got k={k}")
+            if not (math.isfinite(k) and k >= 1.0):  # inf or nan: every probability NaN
+                raise ValueError(f"inverse_sigmoid schedule needs a finite k >= 1, got k={k}")
         self.kind, self.p, self.start, self.end, self.steps, self.k = kind, p, start, end, steps, k
 
     def __call__(self, step: int) -> float:

@@ -198,10 +198,13 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         start = time.perf_counter() - self.elapsed  # the clock goes on from the checkpoint's
         last_log_time = time.perf_counter()
         self.raw_model.train()
-        if self.is_main:
-            self._emit("on_fit_start")
-        self._agree_stop()
+        started: list[Callback] = []  # ended in the finally: what they opened closes on any error
         try:
+            if self.is_main:
+                for cb in self.callbacks:
+                    cb.on_fit_start(self)
+                    started.append(cb)
+            self._agree_stop()
             while not self.should_stop and self.epoch < cfg.max_epochs:
                 # before pulling a batch: a resumed run that had used its budget stays finished
                 if self._budget_spent():
@@ -272,8 +275,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             if self.checkpoint_dir is not None and (averaged or self._last_saved != self.step):
                 self.save()
         finally:
-            if self.is_main:
-                self._emit("on_fit_end")
+            for cb in started:
+                cb.on_fit_end(self)
         return {
             "step": self.step,
             "epoch": self.epoch,

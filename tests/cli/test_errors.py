@@ -197,9 +197,10 @@ def test_an_explicit_dropout_0_counts_as_given(cli, tmp_path, task, text_file):
 
 def test_anyplus1_with_one_sequence_is_refused_before_training(cli, tmp_path):
     """--n 1 left an empty validation part: the run trained, wrote its directory, then failed with
-    'evaluate() got no target'."""
+    'evaluate() got no target'. A bad flag value: a usage error (status 2, it was 1)."""
     r = cli(
         "train", "classify", "--data", "anyplus1", "--n", 1, "--length", 4, "--out", tmp_path / "a", *TINY
     )
+    assert r.rc == 2
     assert_one_line_error(r, "--n", "at least 2", "got 1")
     assert not (tmp_path / "a").exists()

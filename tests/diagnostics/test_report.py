@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from safetensors.torch import save_model
 from torch import nn
 
 import rnnkit
-from rnnkit.diagnostics import add_arguments, gradient_flow, load_weights, main, run
+from rnnkit.diagnostics import add_arguments, gradient_flow, load_weights, main, read_summary, run
 
 PNGS = [
     "gradient_flow",
@@ -190,4 +192,26 @@ def test_checkpoint_mode_flags_without_a_checkpoint_are_errors(tmp_path, capsys,
     code = rnnkit_main(["diagnose", "--quick", "--no-horizon", "--out", str(tmp_path / "d"), *flag])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("rnnkit: error: ") and "--checkpoint" in err and "--variants" in err
+    assert re.search(re.escape(flag[0]) + r"\b", err)  # the flag as typed (--layers was named --num-layers)
     assert not (tmp_path / "d").exists()
+
+
+def test_summary_json_is_strict_json(tmp_path, monkeypatch):
+    """summary.json was written with bare NaN tokens (a diverged training's accuracy, a per-step
+    factor of fewer than two nonzero norms), which jq and JavaScript refuse; the other run files are
+    strict JSON. A non-finite value is null now, named in "nonfinite"; read_summary restores it."""
+    import rnnkit.diagnostics.report as report
+
+    monkeypatch.setattr(report, "train_task", lambda *a, **k: (float("nan"), None))
+    out = tmp_path / "diag"
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "a/b~=rnn"]) == 0
+
+    def refuse(token):
+        raise ValueError(f"bare {token} in summary.json")
+
+    data = json.loads((out / "summary.json").read_text(), parse_constant=refuse)
+    assert data["snapshots"]["a/b~"]["trained"]["accuracy"] is None
+    assert data["nonfinite"]["/snapshots/a~1b~0/trained/accuracy"] == "nan"
+    back = read_summary(out / "summary.json")
+    assert math.isnan(back["snapshots"]["a/b~"]["trained"]["accuracy"]) and "nonfinite" not in back
+    assert back["snapshots"]["a/b~"]["init"] == data["snapshots"]["a/b~"]["init"]

@@ -300,3 +300,13 @@ def test_study_json_is_strict_json_and_read_back(tmp_path, monkeypatch):
     (out / "cut.json").write_text('{"costs": {"Ta')
     with pytest.raises(ValueError, match="cut.json is not valid JSON"):
         runner.read_json(out / "cut.json")
+
+
+def test_archs_may_have_spaces_around_the_commas(tmp_path, monkeypatch):
+    """``--archs "LSTM, GRU"`` was refused (no architecture ' GRU'): the names are stripped."""
+    import rnnkit.study
+
+    seen = {}
+    monkeypatch.setattr(rnnkit.study, "run_study", lambda *a, **kw: seen.update(kw) or {"rank": 1})
+    assert main(["jozefowicz", "--out", str(tmp_path), "--archs", " Tanh, LSTM ,MUT1"]) == 0
+    assert seen["archs"] == ["Tanh", "LSTM", "MUT1"]

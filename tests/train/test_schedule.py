@@ -25,6 +25,9 @@ def test_schedules():
     [
         ({"kind": "cosine"}, "kind must be one of"),
         ({"kind": "inverse_sigmoid", "k": 0.5}, "k >= 1, got k=0.5"),
+        # were accepted: every probability NaN (inf / (inf + 1))
+        ({"kind": "inverse_sigmoid", "k": math.inf}, "finite k >= 1, got k=inf"),
+        ({"kind": "inverse_sigmoid", "k": math.nan}, "finite k >= 1, got k=nan"),
         ({"kind": "exponential", "k": 1.5}, "0 < k < 1, got k=1.5"),
         ({"p": 1.5}, "p must be in \\[0, 1\\], got 1.5"),
         # was accepted and gave `end` at every step (max(end, ...)), never `start`

@@ -12,6 +12,7 @@ from rnnkit.data import BucketBatchSampler, PadCollate, bptt_batches
 from rnnkit.train import (
     NTASGD,
     Callback,
+    JSONLLogger,
     TensorBoardLogger,
     TrainConfig,
     Trainer,
@@ -382,3 +383,26 @@ def test_zero_loss_of_a_batch_without_targets_has_zero_finite_gradients(step_fn)
     assert float(loss.detach()) == 0.0
     for p in model.parameters():
         assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p))
+
+
+def test_a_failing_on_fit_start_closes_what_earlier_callbacks_opened(tmp_path):
+    """``on_fit_start`` was sent before fit's ``try``: when a later callback's raised, an earlier
+    one's file (a TensorBoard writer, a metrics file) was left open. Those that started are ended."""
+    from rnnkit.train.outdir import _HELD
+
+    class Failing(Callback):
+        ended = False
+
+        def on_fit_start(self, trainer):
+            raise RuntimeError("cannot start")
+
+        def on_fit_end(self, trainer):
+            self.ended = True  # never started: nothing to end
+
+    model = TinyLM()
+    jsonl, failing = JSONLLogger(tmp_path / "m.jsonl"), Failing()
+    tr = Trainer(model, _sgd(model), out_dir=str(tmp_path), callbacks=[jsonl, failing], progress=False)
+    with pytest.raises(RuntimeError, match="cannot start"):
+        tr.fit(bptt_batches(tokens(60), 2, 10))
+    assert jsonl.file is None and not failing.ended
+    assert not _HELD  # out_dir's lock released
