@@ -14,6 +14,8 @@ import torch
 import rnnkit
 from rnnkit.kernels import ops
 
+from .conftest import LSTMHead, assert_same_outputs_and_gradients
+
 BS = [3, 2, 1, 1]  # packed batch sizes: N = 7 rows, B = 3
 
 
@@ -88,28 +90,12 @@ def test_compile_fullgraph_matches_eager_loop(monkeypatch):
     orig = ops.forward_impl
     monkeypatch.setattr(ops, "forward_impl", lambda *a: calls.append(a[0]) or orig(*a))
 
-    class Model(torch.nn.Module):
-        def __init__(self, impl):
-            super().__init__()
-            torch.manual_seed(0)
-            self.rnn = rnnkit.LSTM(3, 5, 2, bidirectional=True, impl=impl)
-            self.head = torch.nn.Linear(10, 2)
-
-        def forward(self, x):
-            out, (h, c) = self.rnn(x)
-            return self.head(out).sum(0) + c.sum()
-
-    compiled, ref = Model("auto"), Model("loop")
+    compiled, ref = LSTMHead("auto", 5), LSTMHead("loop", 5)
     x = torch.randn(6, 4, 3)
     torch._dynamo.reset()
     y = torch.compile(compiled, fullgraph=True)(x)
     assert calls == ["lstm"] * 4
-    y_ref = ref(x)
-    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-10)
-    ga = torch.autograd.grad(y.sum(), list(compiled.parameters()))
-    gb = torch.autograd.grad(y_ref.sum(), list(ref.parameters()))
-    for u, v in zip(ga, gb):
-        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+    assert_same_outputs_and_gradients(compiled, y, ref, ref(x))
 
 
 def test_export_graph_holds_the_custom_op():

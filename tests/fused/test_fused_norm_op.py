@@ -12,6 +12,8 @@ import torch
 import rnnkit
 from rnnkit.kernels import norm_ops
 
+from .conftest import LSTMHead, assert_same_outputs_and_gradients
+
 BS = [3, 2, 1, 1]  # packed batch sizes: N = 7 rows, B = 3
 
 
@@ -101,18 +103,7 @@ def test_compile_fullgraph_layer_norm_model():
     """A 2-layer bidirectional layer-norm LSTM + head under torch.compile(fullgraph=True): one
     custom op per layer-direction, the reference loop's numbers and gradients."""
 
-    class Model(torch.nn.Module):
-        def __init__(self, impl):
-            super().__init__()
-            torch.manual_seed(0)
-            self.rnn = rnnkit.LSTM(3, 4, 2, bidirectional=True, norm="layer", impl=impl)
-            self.head = torch.nn.Linear(8, 2)
-
-        def forward(self, x):
-            out, (h, c) = self.rnn(x)
-            return self.head(out).sum(0) + c.sum()
-
-    compiled, ref = Model("auto"), Model("loop")
+    compiled, ref = LSTMHead("auto", 4, norm="layer"), LSTMHead("loop", 4, norm="layer")
     x = torch.randn(5, 3, 3)
     torch._dynamo.reset()
     cnt = torch._dynamo.testing.CompileCounterWithBackend("aot_eager")
@@ -120,12 +111,7 @@ def test_compile_fullgraph_layer_norm_model():
     assert cnt.frame_count == 1
     ops = [n for g in cnt.graphs for n in g.graph.nodes if "fused_norm_direction" in str(n.target)]
     assert len(ops) == 4
-    y_ref = ref(x)
-    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-10)
-    ga = torch.autograd.grad(y.sum(), list(compiled.parameters()))
-    gb = torch.autograd.grad(y_ref.sum(), list(ref.parameters()))
-    for u, v in zip(ga, gb):
-        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+    assert_same_outputs_and_gradients(compiled, y, ref, ref(x))
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
