@@ -98,7 +98,14 @@ class Series:
     def split(
         cls, values: Tensor, window: int, horizon: int, train: float = 0.7, valid: float = 0.1
     ) -> Series:
-        """``values`` (N,) split at ``floor(N * train)`` and ``floor(N * (train + valid))``."""
+        """``values`` (N,) split at ``floor(N * train)`` and ``floor(N * (train + valid))``;
+        ``train`` and ``valid`` in (0, 1) with ``train + valid < 1`` (the rest is the test part)."""
+        # checked here: out-of-range fractions gave negative part sizes in the "too short" error
+        if not (0 < train < 1 and 0 < valid < 1 and train + valid < 1):
+            raise ValueError(
+                f"train and valid must be fractions in (0, 1) with train + valid < 1 (the rest is the "
+                f"test part), got train={train}, valid={valid}"
+            )
         n = len(values)
         # floor(n * fraction), rounded first: 0.7 + 0.1 is 0.7999... in binary (79 of 100 values)
         a, b = (math.floor(round(n * f, 9)) for f in (train, train + valid))

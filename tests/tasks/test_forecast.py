@@ -63,3 +63,15 @@ def test_load_series_refuses_non_finite_values(tmp_path, bad):
     p.write_text(f"t,v\n0,1.5\n1,{bad}\n2,2.0\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"s.csv:3: v='{bad}' is not a finite number"):
         load_series(str(p), "v")
+
+
+@pytest.mark.parametrize(
+    "train, valid",
+    [(0.9, 0.2), (0.8, 0.2), (0.0, 0.1), (1.0, 0.1), (0.7, 0.0), (0.7, -0.1), (float("nan"), 0.1)],
+)
+def test_split_refuses_fractions_outside_0_1_or_summing_to_1(train, valid):
+    """train=0.9, valid=0.2 was reported as a series "too short" with a test part of -10
+    values, and a NaN fraction failed in math.floor; the fractions are checked first."""
+    msg = rf"in \(0, 1\) with train \+ valid < 1.*train={train}, valid={valid}"
+    with pytest.raises(ValueError, match=msg):
+        Series.split(torch.arange(100.0), window=2, horizon=3, train=train, valid=valid)
