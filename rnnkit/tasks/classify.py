@@ -57,7 +57,9 @@ def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
     try:
         with open(p, encoding="utf-8-sig", newline="") as f:  # a BOM is not text
             first = True  # the header, if any, is the first row that is not blank
-            for i, row in enumerate(csv.reader(f), 1):
+            reader = csv.reader(f)
+            for row in reader:
+                i = reader.line_num  # the row's last line: a quoted text may span several lines
                 if not row or all(not c.strip() for c in row):
                     continue
                 if len(row) != 2:

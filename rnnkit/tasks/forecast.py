@@ -70,13 +70,16 @@ def load_series(data: str, column: str | None = None, flag: str = "--data") -> t
             reader = csv.DictReader(f)
             if reader.fieldnames is None or column not in reader.fieldnames:
                 raise ValueError(f"{data}: no column {column!r}; columns are {reader.fieldnames}")
-            for i, row in enumerate(reader, 2):
+            for row in reader:
                 try:
                     v = float(row[column])
                     if not math.isfinite(v):  # float() reads "nan", "inf": a NaN mean, NaN losses
                         raise ValueError
                 except (TypeError, ValueError):
-                    raise ValueError(f"{data}:{i}: {column}={row[column]!r} is not a finite number") from None
+                    # line_num, not a row count: DictReader skips blank lines, a quoted field may span lines
+                    raise ValueError(
+                        f"{data}:{reader.line_num}: {column}={row[column]!r} is not a finite number"
+                    ) from None
                 out.append(v)
     except UnicodeDecodeError as e:
         raise ValueError(f"{data} is not valid UTF-8 (byte {e.start})") from None

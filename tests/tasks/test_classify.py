@@ -21,3 +21,11 @@ def test_an_empty_label_is_an_error_naming_the_line(tmp_path):
     p.write_text("text,label\nhi there,a\nyo, \nzz,b\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"a.csv:3: empty label"):
         read_text_csv(p)
+
+
+def test_error_line_numbers_count_the_lines_of_a_multi_line_text(tmp_path):
+    """Lines were counted as rows: a quoted text over two lines put the error one line early."""
+    p = tmp_path / "a.csv"
+    p.write_text('text,label\n"hi\nthere",a\nyo,b\nzz,\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"a.csv:5: empty label"):
+        read_text_csv(p)

@@ -75,3 +75,14 @@ def test_split_refuses_fractions_outside_0_1_or_summing_to_1(train, valid):
     msg = rf"in \(0, 1\) with train \+ valid < 1.*train={train}, valid={valid}"
     with pytest.raises(ValueError, match=msg):
         Series.split(torch.arange(100.0), window=2, horizon=3, train=train, valid=valid)
+
+
+def test_load_series_error_names_the_file_line_after_blank_and_multi_line_rows(tmp_path):
+    """Lines were counted as rows from 2: DictReader skips blank lines and a quoted field may
+    span two lines, so the error named a line before the bad value."""
+    from rnnkit.tasks.forecast import load_series
+
+    p = tmp_path / "s.csv"
+    p.write_text('t,v,note\n0,1.5,a\n\n1,2.0,"two\nlines"\n2,x,c\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"s.csv:6: v='x' is not a finite number"):
+        load_series(str(p), "v")
