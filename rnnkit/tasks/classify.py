@@ -174,10 +174,13 @@ def loader(
     cd: ClassifyData, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
     num_replicas: int = 1, rank: int = 0,
 ) -> DataLoader:  # fmt: skip
-    """Batches of ``split``: ``(x, y)`` tensors, or ``PaddedBatch`` (bucketed by length); with
-    ``num_replicas > 1`` this rank's share of every global batch of ``batch_size`` (DDP)."""
+    """Batches of ``split`` (``"train"`` or ``"valid"``): ``(x, y)`` tensors, or ``PaddedBatch``
+    (bucketed by length); with ``num_replicas > 1`` this rank's share of every global batch of
+    ``batch_size`` (DDP)."""
     from rnnkit.data import BucketBatchSampler, PadCollate
 
+    if split not in ("train", "valid"):  # a typo ("test", "training") is not the validation set
+        raise ValueError(f"split must be 'train' or 'valid', got {split!r}")
     ds = cd.train if split == "train" else cd.valid
     if not cd.variable_length:
         return batches(ds, batch_size, shuffle=shuffle, seed=seed, num_replicas=num_replicas, rank=rank)

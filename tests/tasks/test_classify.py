@@ -29,3 +29,14 @@ def test_error_line_numbers_count_the_lines_of_a_multi_line_text(tmp_path):
     p.write_text('text,label\n"hi\nthere",a\nyo,b\nzz,\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"a.csv:5: empty label"):
         read_text_csv(p)
+
+
+@pytest.mark.parametrize("split", ["test", "training", "Train"])
+def test_loader_refuses_an_unknown_split(split):
+    """Any split but 'train' returned the validation set without a word."""
+    from rnnkit.tasks.classify import load_classification, loader
+
+    cd = load_classification("anyplus1", length=4, n=10)
+    assert len(loader(cd, "valid", 4, shuffle=False).dataset) == len(cd.valid)
+    with pytest.raises(ValueError, match=rf"split must be 'train' or 'valid', got '{split}'"):
+        loader(cd, split, 4, shuffle=False)
