@@ -188,7 +188,12 @@ class Forecaster(nn.Module):
 
     @torch.no_grad()
     def forecast(self, context: Tensor, horizon: int) -> Tensor:
-        """Free-running forecast: ``context`` (B, W, 1) -> ``(B, horizon, 1)``."""
+        """Free-running forecast: ``context`` (B, W, 1) -> ``(B, horizon, 1)``; ``horizon >= 0``
+        (0 gives an empty ``(B, 0, 1)``)."""
+        if horizon < 0:
+            raise ValueError(f"horizon must be >= 0, got {horizon}")
+        if horizon == 0:  # (torch.stack refuses an empty list)
+            return context.new_empty((context.shape[0], 0, context.shape[2]))
         state = self(context[:, :-1], None)[1] if context.shape[1] > 1 else None
         x, preds = context[:, -1], []
         for k in range(horizon):
@@ -216,8 +221,8 @@ def rolling_forecasts(model: Forecaster, s: Series, window: int, horizon: int) -
 def forecast_next(
     model: Forecaster, values: Tensor, window: int, horizon: int, mean: float, std: float
 ) -> Tensor:
-    """The ``horizon`` values after the end of ``values`` (original units), forecast from its
-    last ``window`` values normalized with the training part's ``mean``/``std``."""
+    """The ``horizon`` (>= 0) values after the end of ``values`` (N,) (original units), forecast
+    from its last ``window`` values normalized with the training part's ``mean``/``std``."""
     if values.ndim != 1 or len(values) < window:
         raise ValueError(f"need a series of at least --window {window} values, got {tuple(values.shape)}")
     model.eval()

@@ -184,7 +184,10 @@ class Seq2Seq(nn.Module):
 
 @torch.no_grad()
 def greedy_decode(model: Seq2Seq, src: Tensor, lengths: Tensor, max_len: int) -> list[list[int]]:
-    """Argmax decoding until EOS (or ``max_len`` tokens); returns token ids without EOS."""
+    """Argmax decoding until EOS (or ``max_len`` tokens, ``max_len >= 0``: 0 gives empty
+    outputs); returns token ids without EOS, one list per source in ``src`` (B, S)."""
+    if max_len < 0:
+        raise ValueError(f"max_len must be >= 0, got {max_len}")
     model.eval()
     c = model.encode(src, lengths)
     y, state = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device), None
@@ -194,7 +197,9 @@ def greedy_decode(model: Seq2Seq, src: Tensor, lengths: Tensor, max_len: int) ->
         y = logits.argmax(-1)
         steps.append(y)
     out = []
-    for row in torch.stack(steps, 1).tolist():
+    # (torch.stack refuses an empty list: max_len 0 decodes nothing)
+    ids = torch.stack(steps, 1) if steps else torch.empty((src.shape[0], 0), dtype=torch.long)
+    for row in ids.tolist():
         out.append(row[: row.index(EOS)] if EOS in row else row)
     return out
 

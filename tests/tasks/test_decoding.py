@@ -63,6 +63,24 @@ def test_seq2seq_decoder_matches_one_call():
     assert greedy_decode(model, src, lengths, 4) == prev[:, 1:].tolist()  # (no EOS: never drawn)
 
 
+def test_zero_steps_decode_nothing_and_negative_steps_are_refused():
+    """greedy_decode(max_len=0) and forecast(horizon=0) failed inside torch.stack (an empty
+    list); zero steps give the documented shape, empty, and a negative count is an error."""
+    from rnnkit.tasks.forecast import forecast_next
+
+    torch.manual_seed(0)
+    s2s = Seq2Seq(ARCH, src_vocab=7, tgt_vocab=7, embedding_dim=5)
+    src, lengths = torch.randint(3, 7, (2, 4)), torch.tensor([4, 3])
+    assert greedy_decode(s2s, src, lengths, 0) == [[], []]
+    with pytest.raises(ValueError, match="max_len must be >= 0, got -1"):
+        greedy_decode(s2s, src, lengths, -1)
+    f = Forecaster(ARCH)
+    assert f.forecast(torch.randn(3, 4, 1), 0).shape == (3, 0, 1)
+    assert forecast_next(f, torch.arange(6.0), 4, 0, 0.0, 1.0).shape == (0,)
+    with pytest.raises(ValueError, match="horizon must be >= 0, got -2"):
+        forecast_next(f, torch.arange(6.0), 4, -2, 0.0, 1.0)
+
+
 def test_arith_greedy_matches_one_call():
     torch.manual_seed(0)
     model = _scrambled(memory_model("arith", ARCH, {}))
