@@ -7,6 +7,7 @@ fewer than ``min_count`` times in training map to ``<unk>``.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,14 +32,16 @@ __all__ = [
 ]
 
 PAD, UNK = 0, 1
+# a CoNLL-U ID: a word (1, 2, ...), a multi-word token range (1-2) or an empty node (0.1, 1.1)
+_ID = re.compile(r"[1-9]\d*|[1-9]\d*-[1-9]\d*|\d+\.[1-9]\d*")
 
 
 def read_conllu(path: str | Path, column: str = "upos") -> list[list[tuple[str, str]]]:
     """Sentences of ``(form, tag)`` from a CoNLL-U file (``upos`` or ``xpos`` column).
 
     Comment lines, multi-word token ranges (``1-2``) and empty nodes (``1.1``) are skipped.
-    Raises ``ValueError`` naming the line of a malformed token line.
-    """
+    Raises ``ValueError`` naming the line of a malformed token line (not 10 fields, or an ID
+    that is none of an integer, a range or a decimal)."""
     col = {"upos": 3, "xpos": 4}.get(column)
     if col is None:
         raise ValueError(f"tag column must be 'upos' or 'xpos', got {column!r}")
@@ -65,6 +68,10 @@ def read_conllu(path: str | Path, column: str = "upos") -> list[list[tuple[str, 
         parts = line.split("\t")
         if len(parts) != 10:
             raise ValueError(f"{p}:{i}: a CoNLL-U token line has 10 tab-separated fields, got {len(parts)}")
+        if not _ID.fullmatch(parts[0]):  # a shifted or garbled line would be read as a token
+            raise ValueError(
+                f"{p}:{i}: the ID field is an integer, a range 1-2 or a decimal 1.1, got {parts[0]!r}"
+            )
         if "-" in parts[0] or "." in parts[0]:
             continue
         cur.append((parts[1], parts[col]))

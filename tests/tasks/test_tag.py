@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from rnnkit.tasks.tag import load_tagging, read_conllu
@@ -51,3 +53,16 @@ def test_load_tagging_split_is_seeded_and_disjoint(tmp_path):
     assert (len(d.train), len(d.valid)) == (8, 2)
     assert [x.tolist() for x, _ in d.valid] == [x.tolist() for x, _ in again.valid]
     assert all(x.tolist() == [1] for x, _ in d.valid)  # validation words were never seen: <unk>
+
+
+@pytest.mark.parametrize("bad", ["x", "", "1-", "-1", "1.", "1-2-3", "0", "1.0", "1a"])
+def test_read_conllu_refuses_a_malformed_id_naming_the_line(tmp_path, bad):
+    """The ID field was not checked: a shifted or garbled token line was read as a token."""
+    lines = [_tok(1, "Hi", "INTJ"), "", "0.1\tghost\t_\t_\t_\t_\t_\t_\t_\t_", _tok(10, "Yo", "INTJ")]
+    lines += ["1-2\tDon't\t_\t_\t_\t_\t_\t_\t_\t_", _tok(bad, "no", "X")]
+    p = tmp_path / "a.conllu"
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"a.conllu:6: the ID field is an integer.*got '{re.escape(bad)}'"):
+        read_conllu(p)
+    p.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
+    assert read_conllu(p) == [[("Hi", "INTJ")], [("Yo", "INTJ")]]
