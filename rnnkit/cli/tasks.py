@@ -227,6 +227,11 @@ def train_forecast(args: argparse.Namespace) -> int:
 def train_classify(args: argparse.Namespace) -> int:
     from rnnkit.tasks import classify as C
 
+    if args.data not in ("digits", "anyplus1") and not args.data.lower().endswith(".csv"):
+        # a bad flag value, not a bad file: a usage error, as the others (the library's ValueError was 1)
+        raise CLIError(
+            f"--data must be digits, anyplus1 or a FILE.csv of text,label rows, got {args.data!r}", code=2
+        )
     if args.data == "digits":
         require("sklearn", "--data digits")
     if args.data == "anyplus1" and args.n < 2:  # a bad flag value: a usage error, as the others

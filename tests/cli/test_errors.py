@@ -57,9 +57,9 @@ def test_an_option_the_parallel_layer_does_not_take(cli, tmp_path, arch, takes):
 
 def test_missing_and_bad_files(cli, tmp_path, conllu):
     missing = tmp_path / "nope.csv"
-    assert_one_line_error(
-        cli("train", "classify", "--data", missing, "--out", tmp_path / "o", *TINY), "nope.csv"
-    )
+    r = cli("train", "classify", "--data", missing, "--out", tmp_path / "o", *TINY)
+    assert r.rc == 1
+    assert_one_line_error(r, "nope.csv")
     assert_one_line_error(
         cli("train", "tag", "--data", tmp_path / "x.conllu", "--out", tmp_path / "o"), "x.conllu"
     )
@@ -72,7 +72,10 @@ def test_missing_and_bad_files(cli, tmp_path, conllu):
     three = tmp_path / "three.csv"
     three.write_text("a,b,c\nd,e,f\n", encoding="utf-8")
     assert_one_line_error(cli("train", "classify", "--data", three, "--out", tmp_path / "o"), "2 columns")
-    assert_one_line_error(cli("train", "classify", "--data", "mnist", "--out", tmp_path / "o"), "digits")
+    r = cli("train", "classify", "--data", "mnist", "--out", tmp_path / "o")
+    assert r.rc == 2  # a bad flag value is a usage error, as the others (it was 1); a missing file is 1
+    assert_one_line_error(r, "--data must be digits, anyplus1 or a FILE.csv", "'mnist'")
+    assert not (tmp_path / "o").exists()
 
 
 def test_forecast_bad_column_and_values(cli, tmp_path, series_csv):
