@@ -65,18 +65,20 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
 
     ``steps`` fixes the steps per run instead of deriving them from ``budget_minutes``;
     ``settings`` override the study's task settings (e.g. ``{"digits": 4}``); ``archs``
-    picks a subset of its architectures (by name). On a resume, ``archs`` runs and reports
-    that subset; the stored grid keeps its other architectures (and gains new ones), so a
-    resume without ``archs`` covers every architecture the study has had. Likewise ``seeds``
-    smaller than the stored count runs and reports the first ``seeds`` trials and keeps the
-    count; a larger one extends it.
+    picks a subset of its architectures (by name, spaces around it ignored). On a resume,
+    ``archs`` runs and reports that subset; the stored grid keeps its other architectures (and
+    gains new ones), so a resume without ``archs`` covers every architecture the study has had.
+    Likewise ``seeds`` smaller than the stored count runs and reports the first ``seeds``
+    trials and keeps the count; a larger one extends it.
     """
     study = get_study(name)
     for flag, v in (("seeds", seeds), ("steps", steps), ("budget_minutes", budget_minutes)):
         if v is not None and not v > 0:  # 0 is an error, not the default
             raise ValueError(f"{flag} must be positive, got {v}")
     s = check_settings(name, study.settings, settings or {})
-    names = list(archs) if archs else [a.name for a in study.archs]
+    # stripped as the CLI's --archs "LSTM, GRU": " GRU" is not another architecture
+    picked = [a.strip() for a in archs] if archs else None
+    names = picked or [a.name for a in study.archs]
     known = [a.name for a in study.archs]
     for n in names:
         if n not in known:
@@ -113,7 +115,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
                 f"its grid), not {budget_minutes:g}; resume without --budget-minutes or use another --out"
             )
         s, steps = meta["settings"], meta["steps"]
-        names = list(archs) if archs else meta["archs"]
+        names = picked or meta["archs"]
     # the grid's architectures: a resume with --archs runs (and reports) that subset, adds
     # the new ones to the grid and keeps the rest, so a plain resume still covers them all
     grid = names if meta is None else [a.name for a in study.archs if a.name in {*meta["archs"], *names}]

@@ -310,3 +310,15 @@ def test_archs_may_have_spaces_around_the_commas(tmp_path, monkeypatch):
     monkeypatch.setattr(rnnkit.study, "run_study", lambda *a, **kw: seen.update(kw) or {"rank": 1})
     assert main(["jozefowicz", "--out", str(tmp_path), "--archs", " Tanh, LSTM ,MUT1"]) == 0
     assert seen["archs"] == ["Tanh", "LSTM", "MUT1"]
+
+
+def test_run_study_strips_the_architecture_names(tmp_path):
+    """Only the CLI stripped --archs: the library call run_study(archs=[" LSTM "]) was refused
+    (no architecture ' LSTM '), on a resume too."""
+    out = tmp_path / "s"
+    kw = {"progress": False, "report": False}
+    res = run_study("jozefowicz", out, steps=1, seeds=1, archs=[" LSTM "], settings=TINY_ARITH, **kw)
+    assert [r["key"] for r in res["records"]] == ["LSTM#0"]
+    assert json.loads((out / "study.json").read_text())["archs"] == ["LSTM"]
+    res = run_study("jozefowicz", out, archs=["LSTM\t"], **kw)
+    assert [r["key"] for r in res["records"]] == ["LSTM#0"] and res["skipped"] == 1
