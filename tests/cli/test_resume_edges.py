@@ -40,3 +40,28 @@ def test_resume_finds_the_checkpoint_a_killed_resave_left_in_the_trash(cli, tmp_
     r = cli(*MEM, "--out", tmp_path, "--max-steps", 5, "--resume")
     assert r.rc == 0, r.err
     assert results(tmp_path)["step"] == 5 and not list(ckpts.glob(".*step*"))
+
+
+def test_forecast_resume_normalizes_with_the_runs_stored_statistics(cli, tmp_path, series_csv, monkeypatch):
+    """The previous release split a series at int(N * 0.7), one value short where N * 0.7 is
+    just below an integer (N = 90: 62, now 63): its run.json holds the statistics of that
+    training part. --resume normalized with today's split's, so the weights trained on one
+    scale went on in another while ``rnnkit predict`` kept the stored one: the run's are used."""
+    import json
+
+    from rnnkit.tasks import forecast as F
+
+    out = tmp_path / "f"
+    args = ["train", "forecast", "--data", series_csv, "--column", "value", "--arima-order", "none",
+            "--window", 8, "--horizon", 3, "--out", out, "--hidden", 8, "--no-progress"]  # fmt: skip
+    assert cli(*args, "--max-steps", 1).rc == 0
+    doc = json.loads((out / "run.json").read_text())
+    doc["normalization"] = {"mean": 0.25, "std": 0.5}  # another training part's, as an old run's
+    (out / "run.json").write_text(json.dumps(doc))
+    used = []
+    windows = F.Series.windows
+    monkeypatch.setattr(F.Series, "windows", lambda s, *a: used.append((s.mean, s.std)) or windows(s, *a))
+    r = cli(*args, "--max-steps", 2, "--resume")
+    assert r.rc == 0, r.err
+    assert used and set(used) == {(0.25, 0.5)}, used
+    assert "normalization" in r.out and results(out)["step"] == 2
