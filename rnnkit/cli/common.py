@@ -18,6 +18,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     _LOCKS,
     RUN_FILE,
     _same_data,
+    changed_encoding,
     create_run_dir,
     find_run_dir,
     load_model_weights,
@@ -249,6 +250,12 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
             raise CLIError(
                 f"--resume: {out} was trained on {stored.get('data')!r}, this command loads "
                 f"{run.get('data')!r}; pass the data flags of the original run"
+            )
+        changed = changed_encoding(stored, run)
+        if changed:  # the model's embedding/head follow the run's: a mis-encoded or refused load
+            raise CLIError(
+                f"--resume: {run.get('data')} now reads as {changed} (the file changed, or the release "
+                "that trained the run read it otherwise); train a new run in another --out"
             )
         if stored.get("model") != run.get("model"):
             echo(f"resuming with the model stored in {out / RUN_FILE} (command-line architecture ignored)")
