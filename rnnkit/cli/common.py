@@ -212,7 +212,10 @@ def restore_train_flags(args: argparse.Namespace) -> None:
         stored = read_run(Path(args.out)).get("train")
     except (CLIError, OSError):  # no run here: prepare_out says so
         return
+    from rnnkit.cli.sampling import stored_k  # (it imports this module)
+
     for flag, value in (stored or {}).items():
+        value = stored_k(args, stored) if flag == "sampling_k" else value  # an older release's null
         if not hasattr(args, flag):
             continue
         given = getattr(args, flag)
@@ -260,6 +263,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         if stored.get("model") != run.get("model"):
             echo(f"resuming with the model stored in {out / RUN_FILE} (command-line architecture ignored)")
         run = stored
+        if "sampling_k" in run.get("train", {}) and hasattr(args, "sampling_k"):  # an older release's null
+            run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used
     elif has_ckpt:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     else:
