@@ -18,6 +18,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     _LOCKS,
     RUN_FILE,
     _same_data,
+    changed_encoding,
     create_run_dir,
     find_run_dir,
     load_model_weights,
@@ -211,7 +212,10 @@ def restore_train_flags(args: argparse.Namespace) -> None:
         stored = read_run(Path(args.out)).get("train")
     except (CLIError, OSError):  # no run here: prepare_out says so
         return
+    from rnnkit.cli.sampling import stored_k  # (it imports this module)
+
     for flag, value in (stored or {}).items():
+        value = stored_k(args, stored) if flag == "sampling_k" else value  # an older release's null
         if not hasattr(args, flag):
             continue
         given = getattr(args, flag)
@@ -250,9 +254,17 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
                 f"--resume: {out} was trained on {stored.get('data')!r}, this command loads "
                 f"{run.get('data')!r}; pass the data flags of the original run"
             )
+        changed = changed_encoding(stored, run)
+        if changed:  # the model's embedding/head follow the run's: a mis-encoded or refused load
+            raise CLIError(
+                f"--resume: {run.get('data')} now reads as {changed} (the file changed, or the release "
+                "that trained the run read it otherwise); train a new run in another --out"
+            )
         if stored.get("model") != run.get("model"):
             echo(f"resuming with the model stored in {out / RUN_FILE} (command-line architecture ignored)")
         run = stored
+        if "sampling_k" in run.get("train", {}) and hasattr(args, "sampling_k"):  # an older release's null
+            run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used
     elif has_ckpt:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     else:

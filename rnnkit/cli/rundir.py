@@ -53,6 +53,26 @@ def _same_data(a: Any, b: Any) -> bool:
         return False
 
 
+#: run.json's lists a task encodes its data by (classify's classes and vocabulary, tag's tags and
+#: words): the model's embedding and head are sized and ordered by them
+ENCODINGS = ("classes", "tags", "vocab")
+
+
+def changed_encoding(stored: dict[str, Any], run: dict[str, Any]) -> str | None:
+    """What of :data:`ENCODINGS` the data now reads as (``run``) differs from the run's (``stored``),
+    described (``None``: the same). charlm's ``vocab`` (a dict) is not compared: it encodes with
+    the run's."""
+    for key in ENCODINGS:
+        old, new = stored.get(key), run.get(key)
+        if isinstance(old, list) and isinstance(new, list) and old != new:
+            gone, extra = [x for x in old if x not in set(new)], [x for x in new if x not in set(old)]
+            diff = f"{len(new)} {key} where the run has {len(old)}"
+            diff += f"; not in the data: {gone[:5]}" if gone else ""
+            diff += f"; new: {extra[:5]}" if extra else ""
+            return diff + ("" if gone or extra else "; in another order")
+    return None
+
+
 _LOCKS: list[Path] = []  # the --out directories this process has locked (run_train lets them go)
 
 

@@ -10,7 +10,7 @@ from rnnkit.arch import positive_int
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import Given, positive_float
 
-__all__ = ["SAMPLING", "add_sampling_arguments", "sampler_of"]
+__all__ = ["SAMPLING", "add_sampling_arguments", "sampler_of", "stored_k"]
 
 SAMPLING = ("teacher", "linear", "exponential", "inverse_sigmoid")
 
@@ -85,3 +85,17 @@ def sampler_of(args: argparse.Namespace):
     # run's k to whatever default a later version has, and --resume named it as None
     args.sampling_k = schedule.k
     return ScheduledSampler(schedule)
+
+
+def stored_k(args: argparse.Namespace, train: dict) -> float | None:
+    """run.json's ``train["sampling_k"]``, an older release's ``null`` (written when no
+    --sampling-k was given) resolved to the k its schedule used, the default :func:`sampler_of`
+    applies (``None`` where the schedule has no k: teacher, linear)."""
+    from rnnkit.train import TeacherForcingSchedule
+
+    k, kind = train.get("sampling_k"), train.get("sampling")
+    if k is not None or kind not in ("exponential", "inverse_sigmoid"):
+        return k
+    return TeacherForcingSchedule(
+        kind, k=getattr(args, "inverse_sigmoid_k", None) if kind == "inverse_sigmoid" else None
+    ).k

@@ -181,6 +181,11 @@ def train_forecast(args: argparse.Namespace) -> int:
         echo(f"resuming with the run's --window {run['window']} --horizon {run['horizon']} (flags ignored)")
         args.window, args.horizon = run["window"], run["horizon"]
         s = F.Series.split(values, args.window, args.horizon)
+    norm = run.get("normalization") or {"mean": s.mean, "std": s.std}
+    if (norm["mean"], norm["std"]) != (s.mean, s.std):  # --resume: the scale the weights learned in
+        # (an older release split the series one value earlier for some lengths; predict reads these)
+        echo(f"resuming with the run's normalization mean {norm['mean']:g} std {norm['std']:g}")
+        s.mean, s.std = norm["mean"], norm["std"]
     model = F.Forecaster(run["model"]["arch"])
     length = args.window + args.horizon
     train = batches(

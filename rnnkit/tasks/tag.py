@@ -53,9 +53,12 @@ def read_conllu(path: str | Path, column: str = "upos") -> list[list[tuple[str, 
     try:
         # a BOM is not text; lines end at "\n" only (read_text also breaks at a lone "\r",
         # splitlines at U+2028, U+0085, ...: characters a FORM may hold)
-        lines = p.read_bytes().decode("utf-8-sig").split("\n")
+        text = p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
+    if "\r" in text and "\n" not in text:  # old Mac line ends (read by the previous release)
+        raise ValueError(f"{p}: its lines end at a lone CR; CoNLL-U's end at LF: convert it (tr '\\r' '\\n')")
+    lines = text.split("\n")
     for i, line in enumerate(lines, 1):
         line = line.rstrip("\r")
         if not line.strip():

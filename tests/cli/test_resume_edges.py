@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from tests.cli.conftest import results
+import json
+
+from tests.cli.conftest import assert_one_line_error, results
 
 MEM = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
        "--hidden", 8, "--no-progress"]  # fmt: skip
@@ -40,3 +42,54 @@ def test_resume_finds_the_checkpoint_a_killed_resave_left_in_the_trash(cli, tmp_
     r = cli(*MEM, "--out", tmp_path, "--max-steps", 5, "--resume")
     assert r.rc == 0, r.err
     assert results(tmp_path)["step"] == 5 and not list(ckpts.glob(".*step*"))
+
+
+def test_forecast_resume_normalizes_with_the_runs_stored_statistics(cli, tmp_path, series_csv, monkeypatch):
+    """The previous release split a series at int(N * 0.7), one value short where N * 0.7 is
+    just below an integer (N = 90: 62, now 63): its run.json holds the statistics of that
+    training part. --resume normalized with today's split's, so the weights trained on one
+    scale went on in another while ``rnnkit predict`` kept the stored one: the run's are used."""
+    from rnnkit.tasks import forecast as F
+
+    out = tmp_path / "f"
+    args = ["train", "forecast", "--data", series_csv, "--column", "value", "--arima-order", "none",
+            "--window", 8, "--horizon", 3, "--out", out, "--hidden", 8, "--no-progress"]  # fmt: skip
+    assert cli(*args, "--max-steps", 1).rc == 0
+    doc = json.loads((out / "run.json").read_text())
+    doc["normalization"] = {"mean": 0.25, "std": 0.5}  # another training part's, as an old run's
+    (out / "run.json").write_text(json.dumps(doc))
+    used = []
+    windows = F.Series.windows
+    monkeypatch.setattr(F.Series, "windows", lambda s, *a: used.append((s.mean, s.std)) or windows(s, *a))
+    r = cli(*args, "--max-steps", 2, "--resume")
+    assert r.rc == 0, r.err
+    assert used and set(used) == {(0.25, 0.5)}, used
+    assert "normalization" in r.out and results(out)["step"] == 2
+
+
+def _edit_run(out, **changes) -> None:
+    doc = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**doc, **changes}))
+
+
+def test_resume_refuses_data_that_reads_as_other_classes_or_vocabulary(cli, tmp_path, text_csv, conllu):
+    """The previous release took a text,label header after a blank line as a data row (a class
+    'label', a token 'text'): today the file reads as fewer classes, and --resume died in the
+    checkpoint load on a size mismatch; a vocabulary of the same size in another order (the file
+    edited) trained silently on mis-encoded words. Both are refused, naming what differs."""
+    out = tmp_path / "c"
+    args = ["train", "classify", "--data", text_csv, "--out", out, "--hidden", 8, "--no-progress"]
+    assert cli(*args, "--max-steps", 1).rc == 0
+    run = json.loads((out / "run.json").read_text())
+    _edit_run(out, classes=["label", *run["classes"]])  # as the old release read a blank line first
+    r = cli(*args, "--max-steps", 2, "--resume")
+    assert_one_line_error(r, "--resume", "classes where the run has", "['label']", "another --out")
+    _edit_run(out, classes=run["classes"])
+    assert cli(*args, "--max-steps", 2, "--resume").rc == 0  # the same encoding: resumed
+
+    out = tmp_path / "t"
+    args = ["train", "tag", "--data", conllu, "--out", out, "--hidden", 8, "--no-progress"]
+    assert cli(*args, "--max-steps", 1).rc == 0
+    vocab = json.loads((out / "run.json").read_text())["vocab"]
+    _edit_run(out, vocab=[*vocab[:2], *reversed(vocab[2:])])
+    assert_one_line_error(cli(*args, "--max-steps", 2, "--resume"), "vocab", "in another order")

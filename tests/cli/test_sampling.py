@@ -62,3 +62,22 @@ def test_run_json_records_the_k_the_schedule_used(cli, tmp_path, series_csv, tas
     r = cli(*argv, "--sampling", kind, "--sampling-k", "0.5", "--out", out, "--resume", *TINY)
     assert r.rc == 0, r.err
     assert f"resuming with the run's --sampling-k {k} (command line's 0.5 ignored)" in r.out
+
+
+@pytest.mark.parametrize("kind, k", [("inverse_sigmoid", 1000.0), ("exponential", 0.999)])
+def test_resume_of_an_older_runs_null_k_restores_the_k_it_used(cli, tmp_path, kind, k):
+    """The previous release stored "sampling_k": null without --sampling-k (its schedule's default
+    applied): today's --resume of such a run said "resuming with the run's --sampling-k None" and
+    kept the null in run.json. The null is the schedule's default k, restored and now recorded."""
+    import json
+
+    argv = ["train", "seq2seq", "--n-train", 32, "--sampling", kind, "--out", tmp_path, "--hidden", 8]
+    assert cli(*argv, "--max-steps", 1, "--no-progress").rc == 0
+    doc = json.loads((tmp_path / "run.json").read_text())
+    doc["train"]["sampling_k"] = None  # as the previous release wrote it
+    (tmp_path / "run.json").write_text(json.dumps(doc))
+    r = cli(*argv, "--sampling-k", "0.5", "--max-steps", 2, "--no-progress", "--resume")
+    assert r.rc == 0, r.err
+    assert f"resuming with the run's --sampling-k {k} (command line's 0.5 ignored)" in r.out, r.out
+    assert json.loads((tmp_path / "run.json").read_text())["train"]["sampling_k"] == k
+    assert results(tmp_path)["step"] == 2

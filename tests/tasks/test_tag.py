@@ -36,6 +36,17 @@ def test_conllu_lines_end_at_newline_only(tmp_path):
     ]
 
 
+def test_conllu_with_lone_cr_line_ends_is_refused_naming_them(tmp_path):
+    """The previous release read a file whose lines end at a lone CR (universal newlines); since
+    lines end at LF only, such a file was one line: a leading comment made it "need at least 2
+    sentences, found 0" (its runs' --resume failing so). The error names the line ends."""
+    lines = ["# sent_id = 1", _tok(1, "Hi", "INTJ"), "", "# sent_id = 2", _tok(1, "Yo", "INTJ"), ""]
+    p = tmp_path / "mac.conllu"
+    p.write_bytes("\r".join(lines).encode("utf-8"))
+    with pytest.raises(ValueError, match=r"mac.conllu: its lines end at a lone CR; .*convert it"):
+        read_conllu(p)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.1])
 def test_load_tagging_refuses_a_valid_fraction_outside_0_1(tmp_path, fraction):
     """load_tagging clamped any valid_fraction to 1..n-1 sentences (0 gave one validation
