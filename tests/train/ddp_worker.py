@@ -178,18 +178,33 @@ def _write_run(out_dir: str, info, tr, model, opt) -> None:
     )
 
 
+def _adam(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=0.05)
+
+
+def _sgd(params) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=0.5, momentum=0.5)
+
+
+def _fit_sharded(out_dir: str, info, steps: int, ignored, optimizer, model_cls=TinyLM, validate=False,
+                 **trainer_kw) -> None:  # fmt: skip
+    """The modes on :func:`_empty_batches`: seed 0, a tiny ``model_cls``, the global batches of
+    ``steps`` steps with ``ignored`` targets sharded over the ranks, a trainer with ``trainer_kw``
+    fitted on them (validated on the first batch with ``validate``), then :func:`_write_run`."""
+    seed_everything(0)
+    model = model_cls(vocab=11, hidden=8)
+    opt = optimizer(model.parameters())
+    batches = [_shard(b, info) for b in _empty_batches(steps, ignored)]
+    tr = Trainer(model, opt, progress=False, **trainer_kw)
+    tr.fit(batches, batches[:1] if validate else None)
+    _write_run(out_dir, info, tr, model, opt)
+
+
 def _train_empty(out_dir: str, info) -> None:
     """The simple path (no TBPTT): step 2 has no target on rank 1 (columns 2, 3), step 3 none at all.
     Rank 1's share of step 2 must be a zero gradient, not NaN; step 3 makes no update."""
-    seed_everything(0)
-    model = TinyLM(vocab=11, hidden=8)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    batches = [
-        _shard(b, info) for b in _empty_batches(5, lambda step, t, c: step == 2 or (step == 1 and c >= 2))
-    ]
-    tr = Trainer(model, opt, loss_fn=masked_mean_loss, carry_state=False, progress=False, device=DEVICE)
-    tr.fit(batches)
-    _write_run(out_dir, info, tr, model, opt)
+    _fit_sharded(out_dir, info, 5, lambda step, t, c: step == 2 or (step == 1 and c >= 2), _adam,
+                 loss_fn=masked_mean_loss, carry_state=False, device=DEVICE)  # fmt: skip
 
 
 def _train_tbptt_empty(out_dir: str, info) -> None:
@@ -204,35 +219,15 @@ def _train_tbptt_empty(out_dir: str, info) -> None:
             return t < 4 or c < 2
         return False
 
-    seed_everything(0)
-    model = TinyLM(vocab=11, hidden=8)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    batches = [_shard(b, info) for b in _empty_batches(8, ignored)]
-    tr = Trainer(model, opt, loss_fn=masked_mean_loss, tbptt_k1=4, carry_state=False, progress=False)
-    tr.fit(batches)
-    _write_run(out_dir, info, tr, model, opt)
+    _fit_sharded(out_dir, info, 8, ignored, _adam, loss_fn=masked_mean_loss, tbptt_k1=4, carry_state=False)
 
 
 def _train_tbptt_weighted(out_dir: str, info) -> None:
     """TBPTT(4, 6) over 10 steps (the last window short), with ranks holding unequal target counts in
     every window: rank 1's columns (2, 3) keep only every third target. Each window's update must be
     that of the token-weighted mean over the global batch, as in one process with all four columns."""
-    seed_everything(0)
-    model = TinyLM(vocab=11, hidden=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
-    batches = [_shard(b, info) for b in _empty_batches(10, lambda step, t, c: c >= 2 and (t + step) % 3 != 0)]
-    tr = Trainer(
-        model,
-        opt,
-        tbptt_k1=4,
-        tbptt_k2=6,
-        clip_norm=0.5,
-        carry_state=False,
-        progress=False,
-        device=info.device,
-    )
-    tr.fit(batches)
-    _write_run(out_dir, info, tr, model, opt)
+    _fit_sharded(out_dir, info, 10, lambda step, t, c: c >= 2 and (t + step) % 3 != 0, _sgd,
+                 tbptt_k1=4, tbptt_k2=6, clip_norm=0.5, carry_state=False, device=info.device)  # fmt: skip
 
 
 def _train_step_fn(out_dir: str, info) -> None:
@@ -246,13 +241,7 @@ def _train_step_fn(out_dir: str, info) -> None:
     def ignored(step, t, c):
         return step == 2 or (step == 1 and c >= 2) or (step == 0 and c >= 2 and t % 2 == 0)
 
-    seed_everything(0)
-    model = TinyLM(vocab=11, hidden=8)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    batches = [_shard(b, info) for b in _empty_batches(5, ignored)]
-    tr = Trainer(model, opt, step_fn=step_fn, clip_norm=0.1, carry_state=True, progress=False)
-    tr.fit(batches)
-    _write_run(out_dir, info, tr, model, opt)
+    _fit_sharded(out_dir, info, 5, ignored, _adam, step_fn=step_fn, clip_norm=0.1, carry_state=True)
 
 
 class _LossLM(TinyLM):
@@ -264,15 +253,8 @@ class _LossLM(TinyLM):
 def _train_step_fn_method(out_dir: str, info) -> None:
     """A ``step_fn`` calling a method of the model (``model.loss``: the documented teacher-forcing
     example calls ``model.encode``, ``rnnkit train forecast`` ``model.loss``), as in one process."""
-    seed_everything(0)
-    model = _LossLM(vocab=11, hidden=8)
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
-    batches = [_shard(b, info) for b in _empty_batches(5, lambda step, t, c: c >= 2 and t % 2 == 0)]
-    tr = Trainer(
-        model, opt, step_fn=lambda m, batch, state: m.loss(batch, state), progress=False, device=info.device
-    )
-    tr.fit(batches, batches[:1])
-    _write_run(out_dir, info, tr, model, opt)
+    _fit_sharded(out_dir, info, 5, lambda step, t, c: c >= 2 and t % 2 == 0, _sgd, _LossLM, validate=True,
+                 step_fn=lambda m, batch, state: m.loss(batch, state), device=info.device)  # fmt: skip
 
 
 def _train_uneven(out_dir: str, info) -> None:
