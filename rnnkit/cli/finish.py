@@ -31,13 +31,7 @@ def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> floa
     if rows and rows[-1]["step"] == trainer.step:
         return float(rows[-1]["loss"])
     res = trainer.evaluate(valid)
-    row = {
-        "split": "val",
-        "step": trainer.step,
-        "epoch": trainer.epoch,
-        "loss": res["loss"],
-        "ppl": res["ppl"],
-    }
+    row = trainer.validation_row(res)  # the trainer's own rows' form
     trainer.history.append(row)
     if trainer.is_main:
         with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:

@@ -135,16 +135,15 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     def _reduce_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
 
+    def validation_row(self, res: dict[str, float]) -> dict[str, Any]:
+        """The history/metrics row of :meth:`evaluate`'s ``res`` at the current step."""
+        return {"split": "val", "step": self.step, "epoch": self.epoch,
+                "loss": res["loss"], "ppl": res["ppl"]}  # fmt: skip
+
     def _validate(self, val_data: Iterable[Any]) -> None:
         cfg = self.config
         res = self.evaluate(val_data)
-        row = {
-            "split": "val",
-            "step": self.step,
-            "epoch": self.epoch,
-            "loss": res["loss"],
-            "ppl": res["ppl"],
-        }
+        row = self.validation_row(res)
         self.history.append(row)
         if self.ntasgd is not None and self.ntasgd.observe(res["loss"], self.step):
             row["nt_asgd_triggered"] = True
