@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from rnnkit.train import seed_everything
+from rnnkit.train.callbacks import restore_record, strict_record
 
 
 @dataclass(frozen=True)
@@ -236,43 +237,6 @@ def steps_for_budget(costs: dict[str, list[float]], trials: int, budget_s: float
 
 
 # -- records --------------------------------------------------------------------------------
-def _pointer(path: tuple) -> str:
-    """``path`` (keys and list indices) as a JSON Pointer without its leading ``/`` (RFC 6901:
-    ``~`` and ``/`` in a key escaped): a top-level key is its own name, as in ``strict_row``."""
-    return "/".join(str(k).replace("~", "~0").replace("/", "~1") for k in path)
-
-
-def strict_record(rec: dict) -> dict:
-    """``rec`` as strict JSON takes it, like :func:`rnnkit.train.callbacks.strict_row` but nested
-    (a diverged run's ``curve`` holds NaN too): each non-finite float ``None``, named in
-    ``"nonfinite"`` by its path (``"metric"``, ``"curve/3/2"``) with its ``repr``."""
-    bad: dict[str, str] = {}
-
-    def walk(v: Any, path: tuple) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            bad[_pointer(path)] = repr(v)
-            return None
-        if isinstance(v, dict):
-            return {k: walk(x, (*path, k)) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [walk(x, (*path, i)) for i, x in enumerate(v)]
-        return v
-
-    out = walk(rec, ())
-    return {**out, "nonfinite": bad} if bad else out
-
-
-def restore_record(rec: dict) -> dict:
-    """The record :func:`strict_record` was given (in place): its ``"nonfinite"`` floats put back."""
-    for ptr, v in rec.pop("nonfinite", {}).items():
-        *path, last = [k.replace("~1", "/").replace("~0", "~") for k in ptr.split("/")]
-        node: Any = rec
-        for k in path:
-            node = node[int(k)] if isinstance(node, list) else node[k]
-        node[int(last) if isinstance(node, list) else last] = float(v)
-    return rec
-
-
 def read_records(out: Path) -> list[dict]:
     """Every finished run of ``out`` (``runs.jsonl`` and the ranks' files), its non-finite values
     restored (files written before :func:`strict_record`, with bare ``NaN`` tokens, read alike);

@@ -146,6 +146,46 @@ def restore_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _pointer(path: tuple, rooted: bool) -> str:
+    """``path`` (keys and list indices) as a JSON Pointer (RFC 6901: ``~`` and ``/`` in a key
+    escaped), with its leading ``/`` when ``rooted``; without, a top-level key is its own name, as
+    in :func:`strict_row`."""
+    return ("/" if rooted else "") + "/".join(str(k).replace("~", "~0").replace("/", "~1") for k in path)
+
+
+def strict_record(rec: dict, rooted: bool = False) -> dict:
+    """``rec`` as strict JSON takes it, like :func:`strict_row` but nested (a study's diverged
+    run's ``curve``, a diagnose ``summary.json``): each non-finite float ``None``, named in
+    ``"nonfinite"`` by its path (``"metric"``, ``"curve/3/2"``; ``rooted``: ``"/curve/3/2"``)
+    with its ``repr``."""
+    bad: dict[str, str] = {}
+
+    def walk(v: Any, path: tuple) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            bad[_pointer(path, rooted)] = repr(v)
+            return None
+        if isinstance(v, dict):
+            return {k: walk(x, (*path, k)) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x, (*path, i)) for i, x in enumerate(v)]
+        return v
+
+    out = walk(rec, ())
+    return {**out, "nonfinite": bad} if bad else out
+
+
+def restore_record(rec: dict, rooted: bool = False) -> dict:
+    """The record :func:`strict_record` was given (in place): its ``"nonfinite"`` floats put back."""
+    for ptr, v in rec.pop("nonfinite", {}).items():
+        keys = ptr.split("/")[1:] if rooted else ptr.split("/")
+        *path, last = [k.replace("~1", "/").replace("~0", "~") for k in keys]
+        node: Any = rec
+        for k in path:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        node[int(last) if isinstance(node, list) else last] = float(v)
+    return rec
+
+
 def metrics_line(row: dict[str, Any]) -> str:
     """``row`` as one line of ``metrics.jsonl``: strict JSON (:func:`strict_row`)."""
     return json.dumps(strict_row(row), allow_nan=False) + "\n"
