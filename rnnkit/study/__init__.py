@@ -76,6 +76,8 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         if v is not None and not v > 0:  # 0 is an error, not the default
             raise ValueError(f"{flag} must be positive, got {v}")
     s = check_settings(name, study.settings, settings or {})
+    if isinstance(archs, str):  # a str is a Sequence[str] too, of letters
+        raise TypeError(f"archs must be a sequence of names, got the string {archs!r} (write [{archs!r}])")
     # stripped as the CLI's --archs "LSTM, GRU": " GRU" is not another architecture
     picked = [a.strip() for a in archs] if archs else None
     names = picked or [a.name for a in study.archs]

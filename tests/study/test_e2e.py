@@ -222,6 +222,9 @@ def test_bad_arguments(tmp_path):
         run_study("jozefowicz", tmp_path, settings={"digitz": 3})
     with pytest.raises(ValueError, match="no architecture 'LSTN'"):
         run_study("jozefowicz", tmp_path, archs=["LSTN"])
+    # one name as a bare string was taken letter by letter ("no architecture 'L'")
+    with pytest.raises(TypeError, match=r"archs must be a sequence of names, got the string 'LSTM'"):
+        run_study("jozefowicz", tmp_path, archs="LSTM")
     with pytest.raises(ValueError, match="unknown study"):
         run_study("nope", tmp_path)
 
