@@ -111,7 +111,8 @@ def restore_train_flags(args: argparse.Namespace) -> None:
             continue
         given = getattr(args, flag)
         same = given == value or (flag == "amp" and given is not None and _amp(args) == value)
-        if flag in getattr(args, "given", ()) and not same:
+        no_k = flag == "sampling_k" and value is None  # teacher, linear: a k given means nothing
+        if flag in getattr(args, "given", ()) and not same and not no_k:
             name = "--" + flag.replace("_", "-")
             echo(f"resuming with the run's {name} {value} (command line's {given} ignored)")
         setattr(args, flag, value)
