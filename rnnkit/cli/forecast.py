@@ -9,7 +9,17 @@ from pathlib import Path
 from torch.utils.data import DataLoader, TensorDataset
 
 from rnnkit.arch import add_arch_arguments, arch_config
-from rnnkit.cli.common import add_run_arguments, echo, make_trainer, positive_int, prepare_out, ranks, require
+from rnnkit.cli import CLIError
+from rnnkit.cli.common import (
+    add_run_arguments,
+    echo,
+    make_trainer,
+    positive_int,
+    prepare_out,
+    ranks,
+    read_run,
+    require,
+)
 from rnnkit.cli.finish import finish
 from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.cli.tasks import _describe, _optimizer
@@ -48,6 +58,7 @@ def train_forecast(args: argparse.Namespace) -> int:
 
     sampler, free = sampler_of(args), ScheduledSampler(0.0)
     values, source = F.load_series(args.data, args.column)
+    _restore_forecast_flags(args)  # (before the split: the run's --window, not the default)
     order = None
     if args.arima_order.lower() != "none":
         try:
@@ -67,14 +78,11 @@ def train_forecast(args: argparse.Namespace) -> int:
             "model": {"arch": arch_config(args)},
             "window": args.window,
             "horizon": args.horizon,
+            "arima_order": args.arima_order,  # the baseline of results.json, which --resume keeps
             # the training part's statistics: `rnnkit predict` normalizes new data with them
             "normalization": {"mean": s.mean, "std": s.std},
         },
     )
-    if (run["window"], run["horizon"]) != (args.window, args.horizon):  # --resume: the run's windows
-        echo(f"resuming with the run's --window {run['window']} --horizon {run['horizon']} (flags ignored)")
-        args.window, args.horizon = run["window"], run["horizon"]
-        s = F.Series.split(values, args.window, args.horizon)
     norm = run.get("normalization") or {"mean": s.mean, "std": s.std}
     if (norm["mean"], norm["std"]) != (s.mean, s.std):  # --resume: the scale the weights learned in
         # (an older release split the series one value earlier for some lengths; predict reads these)
@@ -120,3 +128,26 @@ def train_forecast(args: argparse.Namespace) -> int:
         F.plot_forecast(s, args.horizon, preds, Path(args.out) / "forecast.png", title=title)
     finish(args, trainer, result, metrics, valid, wrote=["forecast.png"])
     return 0
+
+
+def _restore_forecast_flags(args: argparse.Namespace) -> None:
+    """``--resume``: the run's ``--window``/``--horizon`` (the windows its model learned) and
+    ``--arima-order`` (its baseline) replace the command line's, saying so where they differ;
+    read before the series is split (a series too short for the default window may suit the
+    run's). Runs stored without ``arima_order`` keep the command line's; no run: nothing."""
+    if not args.resume:
+        return
+    try:
+        stored = read_run(Path(args.out))
+    except (CLIError, OSError):  # no run here: prepare_out says so
+        return
+    if stored.get("task") != "forecast":  # prepare_out refuses it
+        return
+    window, horizon = stored["window"], stored["horizon"]
+    if (window, horizon) != (args.window, args.horizon):
+        echo(f"resuming with the run's --window {window} --horizon {horizon} (flags ignored)")
+        args.window, args.horizon = window, horizon
+    order = stored.get("arima_order", args.arima_order)
+    if order != args.arima_order:
+        echo(f"resuming with the run's --arima-order {order} (command line's {args.arima_order} ignored)")
+        args.arima_order = order

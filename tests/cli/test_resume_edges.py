@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.conftest import assert_one_line_error, results
 
 MEM = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
@@ -93,3 +95,25 @@ def test_resume_refuses_data_that_reads_as_other_classes_or_vocabulary(cli, tmp_
     vocab = json.loads((out / "run.json").read_text())["vocab"]
     _edit_run(out, vocab=[*vocab[:2], *reversed(vocab[2:])])
     assert_one_line_error(cli(*args, "--max-steps", 2, "--resume"), "vocab", "in another order")
+
+
+def test_forecast_resume_takes_window_and_arima_order_from_the_run(cli, tmp_path, monkeypatch):
+    """--resume split the series by the command line's --window (the default 24) before reading
+    the run's 8: a series too short for 24 failed ('too short for --window 24'); --arima-order was
+    not stored, so a run trained with 'none' asked for statsmodels (the default 3,0,0) on resume."""
+    import math
+
+    import rnnkit.cli.forecast as cli_forecast
+
+    data = tmp_path / "short.csv"
+    data.write_text("\n".join(["value", *(f"{math.sin(t / 4):.5f}" for t in range(60))]) + "\n")
+    out = tmp_path / "f"
+    args = ["train", "forecast", "--data", data, "--column", "value", "--out", out, "--hidden", 8,
+            "--no-progress"]  # fmt: skip
+    assert cli(*args, "--window", 8, "--horizon", 3, "--arima-order", "none", "--max-steps", 1).rc == 0
+    assert json.loads((out / "run.json").read_text())["arima_order"] == "none"
+    monkeypatch.setattr(cli_forecast, "require", lambda *a: pytest.fail("ARIMA asked for on resume"))
+    r = cli(*args, "--max-steps", 2, "--resume")
+    assert r.rc == 0, r.err
+    assert "--window 8 --horizon 3" in r.out and "--arima-order none" in r.out, r.out
+    assert results(out)["step"] == 2 and "test_rmse_arima" not in results(out)
