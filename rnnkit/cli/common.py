@@ -118,6 +118,25 @@ def restore_train_flags(args: argparse.Namespace) -> None:
         setattr(args, flag, value)
 
 
+#: The flags of run.json's "model" (of its "arch" but ``embedding_dim``), as ``args`` names them.
+MODEL_FLAGS = ("cell", "hidden", "layers", "dropout", "opt", "kernel_size", "conv_channels", "conv_layers",
+               "embedding_dim")  # fmt: skip
+
+
+def _ignored_model_flags(args: argparse.Namespace, stored: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """The :data:`MODEL_FLAGS` given on the command line (:class:`Given`) whose value in the
+    command's model ``run`` differs from the stored model's: those ``--resume`` ignores."""
+    ignored = []
+    for dest in MODEL_FLAGS:
+        if dest not in getattr(args, "given", ()):
+            continue
+        key = "options" if dest == "opt" else dest
+        old, new = (m if key == "embedding_dim" else m.get("arch") or {} for m in (stored, run))
+        if old.get(key) != new.get(key):
+            ignored.append("--arch" if dest == "cell" else "--" + dest.replace("_", "-"))
+    return ignored
+
+
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """Refuse to overwrite an existing run in ``--out`` without ``--resume``, and return the run
     description to use (the stored one when resuming, so the model is rebuilt exactly as it was;
@@ -152,8 +171,10 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
                 f"--resume: {run.get('data')} now reads as {changed} (the file changed, or the release "
                 "that trained the run read it otherwise); train a new run in another --out"
             )
-        if stored.get("model") != run.get("model"):
-            echo(f"resuming with the model stored in {out / RUN_FILE} (command-line architecture ignored)")
+        ignored = _ignored_model_flags(args, stored.get("model") or {}, run.get("model") or {})
+        if ignored:  # (flags not given: the parser's defaults, which need not be the run's, say nothing)
+            flags = ", ".join(ignored)
+            echo(f"resuming with the model stored in {out / RUN_FILE} (command-line {flags} ignored)")
         run = stored
         if "sampling_k" in run.get("train", {}) and hasattr(args, "sampling_k"):  # an older release's null
             run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.arch import add_arch_arguments, arch_config, describe_arch
+from rnnkit.arch import Given, add_arch_arguments, arch_config, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
@@ -54,7 +54,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--length", type=positive_int, default=32, help="anyplus1 sequence length (default 32)")
     p.add_argument("--n", type=positive_int, default=4000, help="anyplus1 sequences (default 4000)")
-    p.add_argument("--embedding-dim", type=positive_int, default=32, help="token embedding size (default 32)")
+    p.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        action=Given,
+        default=32,
+        help="token embedding size (default 32)",
+    )
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="classify", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_classify)
@@ -72,7 +78,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         "--tag-column", choices=("upos", "xpos"), default="upos",
         help="CoNLL-U column of the tags: universal (upos) or language-specific (xpos) (default upos)",
     )  # fmt: skip
-    p.add_argument("--embedding-dim", type=positive_int, default=64, help="token embedding size (default 64)")
+    p.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        action=Given,
+        default=64,
+        help="token embedding size (default 64)",
+    )
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="tag", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_tag)
@@ -91,7 +103,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-train", type=positive_int, default=5000, help="training pairs (default 5000)")
     p.add_argument("--n-valid", type=positive_int, default=500, help="validation pairs (default 500)")
-    p.add_argument("--embedding-dim", type=positive_int, default=32, help="token embedding size (default 32)")
+    p.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        action=Given,
+        default=32,
+        help="token embedding size (default 32)",
+    )
     add_sampling_arguments(p, "teacher")
     add_arch_arguments(p, hidden=128, layers=1)
     add_run_arguments(p, task="seq2seq", lr=3e-3, batch_size=64, epochs=20)

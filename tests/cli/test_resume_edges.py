@@ -117,3 +117,18 @@ def test_forecast_resume_takes_window_and_arima_order_from_the_run(cli, tmp_path
     assert r.rc == 0, r.err
     assert "--window 8 --horizon 3" in r.out and "--arima-order none" in r.out, r.out
     assert results(out)["step"] == 2 and "test_rmse_arima" not in results(out)
+
+
+def test_resume_names_the_model_flags_it_ignores_and_only_those(cli, tmp_path, text_csv):
+    """'resuming with the model stored in run.json (command-line architecture ignored)' was printed
+    whenever the parser's defaults differed from the run's model, also on a resume giving no
+    model flag at all; it is printed only for the model flags given, naming them."""
+    argv = ["train", "classify", "--data", text_csv, "--out", tmp_path, "--no-progress"]
+    assert cli(*argv, "--hidden", 8, "--layers", 2, "--embedding-dim", 4, "--max-steps", 1).rc == 0
+    r = cli(*argv, "--max-steps", 2, "--resume")  # no model flag: the run's model, nothing to say
+    assert r.rc == 0, r.err
+    assert "model stored" not in r.out, r.out
+    r = cli(*argv, "--hidden", 8, "--layers", 3, "--embedding-dim", 6, "--max-steps", 3, "--resume")
+    assert r.rc == 0, r.err
+    assert "command-line --layers, --embedding-dim ignored" in r.out, r.out
+    assert results(tmp_path)["step"] == 3
