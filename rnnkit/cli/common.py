@@ -20,6 +20,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     _same_data,
     changed_encoding,
     create_run_dir,
+    data_record,
     find_run_dir,
     load_model_weights,
     read_results,

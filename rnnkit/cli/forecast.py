@@ -12,6 +12,7 @@ from rnnkit.arch import add_arch_arguments, arch_config
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
+    data_record,
     echo,
     make_trainer,
     positive_int,
@@ -74,7 +75,7 @@ def train_forecast(args: argparse.Namespace) -> int:
         args,
         {
             "task": "forecast",
-            "data": source,
+            "data": source if args.data == "sunspots" else f"{data_record(args.data)}:{args.column}",
             "model": {"arch": arch_config(args)},
             "window": args.window,
             "horizon": args.horizon,

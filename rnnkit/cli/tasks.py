@@ -19,6 +19,7 @@ from rnnkit.arch import Given, add_arch_arguments, arch_config, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
+    data_record,
     echo,
     make_trainer,
     positive_int,
@@ -170,7 +171,9 @@ def train_classify(args: argparse.Namespace) -> int:
             # anyplus1 is generated: its flags are what --resume checks
             "data": {"name": cd.name, "length": args.length, "n": args.n}
             if cd.name == "anyplus1"
-            else cd.name,
+            else cd.name
+            if cd.name == "digits"
+            else data_record(args.data),
             "classes": cd.classes,
             "vocab": cd.vocab,
             "tokens": args.tokens if cd.vocab else None,
@@ -204,7 +207,7 @@ def train_tag(args: argparse.Namespace) -> int:
         args,
         {
             "task": "tag",
-            "data": str(args.data),
+            "data": data_record(args.data),
             "tags": td.tags,
             "words": len(td.words),
             "vocab": td.words,  # `rnnkit predict` encodes new sentences with it
