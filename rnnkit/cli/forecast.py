@@ -58,6 +58,9 @@ def train_forecast(args: argparse.Namespace) -> int:
     from rnnkit.train import ScheduledSampler
 
     sampler, free = sampler_of(args), ScheduledSampler(0.0)
+    if args.data != "sunspots" and not args.data.lower().endswith(".csv") and not Path(args.data).is_file():
+        # a bad flag value, not a missing file: a usage error, as classify's --data mnist
+        raise CLIError(f"--data must be sunspots or a FILE.csv, got {args.data!r}", code=2)
     values, source = F.load_series(args.data, args.column)
     _restore_forecast_flags(args)  # (before the split: the run's --window, not the default)
     order = None
