@@ -16,13 +16,11 @@ RUN_FILE = "run.json"
 
 
 def write_json(obj: Any, path: Path) -> None:
-    """Atomically: fsynced before the rename (a crash could leave an empty run.json), the dir after."""
-    from rnnkit.train.serialize import fsync_dir, write_synced
+    """Atomically (:func:`rnnkit.train.serialize.write_json_atomic`: fsynced before the rename, a
+    crash could leave an empty run.json, the directory after)."""
+    from rnnkit.train.serialize import write_json_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_synced(tmp, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_json_atomic(obj, path)
 
 
 def write_results(doc: dict[str, Any], path: Path) -> None:
