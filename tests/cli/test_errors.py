@@ -242,3 +242,26 @@ def test_forecast_data_that_is_no_csv_is_a_usage_error(cli, tmp_path):
     r = cli("train", "forecast", "--data", tmp_path / "none.csv", "--column", "v", "--out", tmp_path / "o")
     assert r.rc == 1
     assert_one_line_error(r, "none.csv")
+
+
+@pytest.mark.parametrize(
+    "argv, owners",
+    [
+        (["train", "classify", "--window", "5"], "train forecast"),
+        (["train", "classify", "--sampling=teacher"], "train forecast, train seq2seq"),
+        (["train", "tag", "--data", "x.conllu", "--temperature", "1"], "sample"),
+        (["train", "memory", "--tokens", "char"], "train classify"),
+        (["predict", "--checkpoint", "r", "--window", "3"], "train forecast"),
+    ],
+)
+def test_a_flag_of_another_command_names_the_commands_it_belongs_to(cli, tmp_path, argv, owners):
+    """A task-specific flag given to another task was refused as 'unrecognized arguments: --window 5
+    (see rnnkit --help)': it is a usage error naming the flag and the commands that take it."""
+    r = cli(*argv, *(["--out", tmp_path / "o"] if argv[0] == "train" else []))
+    assert r.rc == 2
+    flag = argv[-1].split("=")[0] if "=" in argv[-1] else argv[-2]
+    where = " ".join(argv[:2]) if argv[0] == "train" else argv[0]
+    assert_one_line_error(
+        r, f"{flag} is not a flag of {where}", f"it is one of {owners}", f"rnnkit {where} --help"
+    )
+    assert not (tmp_path / "o").exists()
