@@ -108,6 +108,14 @@ class Given(argparse.Action):
         namespace.given = {*getattr(namespace, "given", ()), self.dest}
 
 
+class GivenAppend(argparse._AppendAction):
+    """``append``, recording the option as given (in ``args.given``) as :class:`Given` does."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
 def add_arch_arguments(
     p: argparse.ArgumentParser,
     *,
@@ -123,30 +131,46 @@ def add_arch_arguments(
     help what decides."""
     g = p.add_argument_group("architecture")
     g.add_argument(
-        "--arch", "--cell", dest="cell", default=cell, metavar="ARCH",
+        "--arch", "--cell", dest="cell", default=cell, metavar="ARCH", action=Given,
         help=f"{', '.join(arch_names())} (default {cell})",
     )  # fmt: skip
     g.add_argument(
-        "--hidden", type=positive_int, default=hidden,
+        "--hidden", type=positive_int, default=hidden, action=Given,
         help=f"hidden units per layer (default {by if hidden is None else hidden})",
     )  # fmt: skip
-    g.add_argument("--layers", type=positive_int, default=layers, help=f"recurrent layers (default {layers})")
+    g.add_argument(
+        "--layers",
+        type=positive_int,
+        default=layers,
+        action=Given,
+        help=f"recurrent layers (default {layers})",
+    )
     g.add_argument(
         "--dropout", type=probability, default=dropout, action=Given,
         help=f"dropout between layers (torch semantics, as --opt dropout=P; default "
         f"{(by if dropout_by is None else dropout_by) if dropout is None else dropout})",
     )  # fmt: skip
     g.add_argument(
-        "--opt", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
+        "--opt", action=GivenAppend, type=parse_opt, default=[], metavar="KEY=VALUE",
         help="any cell or layer option, e.g. --opt peephole=True --opt norm=layer --opt zoneout=0.1",
     )  # fmt: skip
     g.add_argument(
-        "--kernel-size", type=positive_int, default=3, help="tcn / conv front end kernel size (default 3)"
+        "--kernel-size",
+        type=positive_int,
+        default=3,
+        action=Given,
+        help="tcn / conv front end kernel size (default 3)",
     )
     g.add_argument(
-        "--conv-channels", type=positive_int, default=None, help="conv front end channels (default: --hidden)"
+        "--conv-channels",
+        type=positive_int,
+        default=None,
+        action=Given,
+        help="conv front end channels (default: --hidden)",
     )
-    g.add_argument("--conv-layers", type=positive_int, default=1, help="conv front end layers (default 1)")
+    g.add_argument(
+        "--conv-layers", type=positive_int, default=1, action=Given, help="conv front end layers (default 1)"
+    )
 
 
 def arch_config(args: argparse.Namespace) -> dict[str, Any]:

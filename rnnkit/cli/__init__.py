@@ -68,6 +68,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _commands(parser: argparse.ArgumentParser, name: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every command of ``parser`` by name (``"train forecast"``, ``"predict"``), its leaves only."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub, p in action.choices.items():
+                found.update(_commands(p, f"{name} {sub}".strip()) or {f"{name} {sub}".strip(): p})
+    return found
+
+
+def _unrecognized(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> str:
+    """The error of arguments the command does not take, naming the commands that take a flag."""
+    commands = _commands(parser)
+    # the command given: its parser's func (args.task is memory's --task too)
+    where = next((c for c, p in commands.items() if p._defaults.get("func") is getattr(args, "func", 0)), "")
+    see = f"(see {' '.join(('rnnkit', where)).strip()} --help)"
+    for token in extra:
+        flag = token.split("=", 1)[0]
+        owners = [c for c, p in commands.items() if c != where and flag in p._option_string_actions]
+        if token.startswith("--") and owners:
+            return f"{where}: {flag} is not a flag of {where}; it is one of {', '.join(owners)} {see}"
+    return f"{where + ': ' if where else ''}unrecognized arguments: {' '.join(extra)} {see}"
+
+
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
@@ -83,7 +107,10 @@ def _run(argv: Sequence[str] | None) -> int:
 
     debug = os.environ.get("RNNKIT_DEBUG", "") not in ("", "0")
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # (argparse's own error named neither the command nor whose flag it is)
+            raise CLIError(_unrecognized(parser, args, extra), code=2)
         if getattr(args, "cuda_graphs", False) and not str(args.device).startswith("cuda"):
             raise CLIError(f"--cuda-graphs needs a CUDA --device, got {args.device}", code=2)
         result = run_train(args) if args.command == "train" else args.func(args)

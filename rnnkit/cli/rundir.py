@@ -16,13 +16,11 @@ RUN_FILE = "run.json"
 
 
 def write_json(obj: Any, path: Path) -> None:
-    """Atomically: fsynced before the rename (a crash could leave an empty run.json), the dir after."""
-    from rnnkit.train.serialize import fsync_dir, write_synced
+    """Atomically (:func:`rnnkit.train.serialize.write_json_atomic`: fsynced before the rename, a
+    crash could leave an empty run.json, the directory after)."""
+    from rnnkit.train.serialize import write_json_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_synced(tmp, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    write_json_atomic(obj, path)
 
 
 def write_results(doc: dict[str, Any], path: Path) -> None:
@@ -42,15 +40,29 @@ def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
     return restore_row(json.loads((Path(run_dir) / "results.json").read_text(encoding="utf-8")))
 
 
+def data_record(path: str | os.PathLike) -> str:
+    """How ``run.json`` records a data file: its resolved absolute path, so ``--resume`` and
+    ``predict`` find it, and tell it from another file of the same name, from any directory
+    (a base name or a path as typed said neither)."""
+    return str(Path(path).resolve())
+
+
 def _same_data(a: Any, b: Any) -> bool:
-    """Whether two runs' ``data`` descriptions name the same data (a file may be spelled two
-    ways: ``x.txt``, ``./x.txt``, an absolute path)."""
+    """Whether a run's ``data`` description ``a`` names the data of ``b`` (a new command's, its
+    files' paths resolved: :func:`data_record`). An older run's record is a base name
+    (forecast's ``NAME.csv:COLUMN``, classify's ``NAME.csv``) or the path as typed, relative to a
+    directory not recorded: a file of ``b`` ending in it, or the same file from here, matches."""
     if a == b:
         return True
-    try:
-        return isinstance(a, str) and isinstance(b, str) and os.path.samefile(a, b)
-    except OSError:
+    if not (isinstance(a, str) and isinstance(b, str)) or Path(a).is_absolute():
         return False
+    try:
+        if os.path.samefile(a, b):
+            return True
+    except OSError:
+        pass
+    old = Path(os.path.normpath(a)).parts
+    return ".." not in old and Path(b).parts[-len(old) :] == old
 
 
 #: run.json's lists a task encodes its data by (classify's classes and vocabulary, tag's tags and

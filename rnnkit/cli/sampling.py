@@ -14,6 +14,10 @@ __all__ = ["SAMPLING", "add_sampling_arguments", "sampler_of", "stored_k"]
 
 SAMPLING = ("teacher", "linear", "exponential", "inverse_sigmoid")
 
+#: The schedules each flag shapes (given with another, it would be ignored).
+APPLIES = {"sampling_k": ("exponential", "inverse_sigmoid"), "sampling_steps": ("linear",),
+           "sampling_min": ("linear", "exponential")}  # fmt: skip
+
 
 def add_sampling_arguments(
     p: argparse.ArgumentParser, default: str, inverse_sigmoid_k: float = 1000.0
@@ -70,6 +74,12 @@ def sampler_of(args: argparse.Namespace):
     ``args.sampling_k`` to the schedule's k (its default when none was given)."""
     from rnnkit.train import ScheduledSampler, TeacherForcingSchedule
 
+    for flag, kinds in APPLIES.items():  # (--resume: the run's schedule, restore_train_flags says so)
+        if flag in getattr(args, "given", ()) and args.sampling not in kinds and not args.resume:
+            name = "--" + flag.replace("_", "-")
+            raise CLIError(
+                f"{name} does not apply to --sampling {args.sampling} (it shapes {', '.join(kinds)})", code=2
+            )
     if args.sampling == "teacher":
         return ScheduledSampler(1.0)
     k = args.sampling_k

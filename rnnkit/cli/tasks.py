@@ -1,4 +1,5 @@
-"""``rnnkit train forecast|classify|tag|seq2seq|memory``: one thin function per task.
+"""``rnnkit train classify|tag|seq2seq|memory`` (and ``forecast``: :mod:`rnnkit.cli.forecast`):
+one thin function per task.
 
 Each builds its data and model from :mod:`rnnkit.tasks`, trains with
 :class:`rnnkit.train.Trainer` into ``--out`` and prints/writes the task's metrics. Under
@@ -9,16 +10,16 @@ the whole validation set (the ranks' identical sums average to the one-process v
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.arch import add_arch_arguments, arch_config, describe_arch
+from rnnkit.arch import Given, add_arch_arguments, arch_config, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
+    data_record,
     echo,
     make_trainer,
     positive_int,
@@ -34,27 +35,9 @@ __all__ = ["add_train_parsers"]
 
 
 def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
-    p = tsub.add_parser(
-        "forecast",
-        help="multi-step time-series forecasting (sunspots or a CSV column)",
-        description="Autoregressive multi-step forecasting; RMSE against persistence and ARIMA.",
-    )
-    p.add_argument(
-        "--data", default="sunspots", metavar="CSV|sunspots", help="(default sunspots, statsmodels)"
-    )
-    p.add_argument("--column", default=None, help="the CSV column to forecast")
-    p.add_argument("--window", type=positive_int, default=24, help="context length (default 24)")
-    p.add_argument("--horizon", type=positive_int, default=12, help="steps forecast (default 12)")
-    p.add_argument(
-        "--arima-order",
-        default="3,0,0",
-        metavar="P,D,Q",
-        help="ARIMA baseline order, or none (default 3,0,0)",
-    )
-    add_sampling_arguments(p, "inverse_sigmoid", inverse_sigmoid_k=50.0)
-    add_arch_arguments(p, hidden=64, layers=1)
-    add_run_arguments(p, task="forecast", lr=3e-3, batch_size=32, epochs=30)
-    p.set_defaults(func=train_forecast)
+    from rnnkit.cli import forecast  # (it imports this module's helpers)
+
+    forecast.add_forecast_parser(tsub)
 
     p = tsub.add_parser(
         "classify",
@@ -72,7 +55,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--length", type=positive_int, default=32, help="anyplus1 sequence length (default 32)")
     p.add_argument("--n", type=positive_int, default=4000, help="anyplus1 sequences (default 4000)")
-    p.add_argument("--embedding-dim", type=positive_int, default=32, help="token embedding size (default 32)")
+    p.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        action=Given,
+        default=32,
+        help="token embedding size (default 32)",
+    )
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="classify", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_classify)
@@ -90,7 +79,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         "--tag-column", choices=("upos", "xpos"), default="upos",
         help="CoNLL-U column of the tags: universal (upos) or language-specific (xpos) (default upos)",
     )  # fmt: skip
-    p.add_argument("--embedding-dim", type=positive_int, default=64, help="token embedding size (default 64)")
+    p.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        action=Given,
+        default=64,
+        help="token embedding size (default 64)",
+    )
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="tag", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_tag)
@@ -109,7 +104,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-train", type=positive_int, default=5000, help="training pairs (default 5000)")
     p.add_argument("--n-valid", type=positive_int, default=500, help="validation pairs (default 500)")
-    p.add_argument("--embedding-dim", type=positive_int, default=32, help="token embedding size (default 32)")
+    p.add_argument(
+        "--embedding-dim",
+        type=positive_int,
+        action=Given,
+        default=32,
+        help="token embedding size (default 32)",
+    )
     add_sampling_arguments(p, "teacher")
     add_arch_arguments(p, hidden=128, layers=1)
     add_run_arguments(p, task="seq2seq", lr=3e-3, batch_size=64, epochs=20)
@@ -147,87 +148,6 @@ def _optimizer(args: argparse.Namespace, model: torch.nn.Module) -> torch.optim.
     return torch.optim.Adam(model.parameters(), lr=args.lr)
 
 
-# ---------------------------------------------------------------------------- forecast
-def train_forecast(args: argparse.Namespace) -> int:
-    from rnnkit.tasks import forecast as F
-    from rnnkit.train import ScheduledSampler
-
-    sampler, free = sampler_of(args), ScheduledSampler(0.0)
-    values, source = F.load_series(args.data, args.column)
-    order = None
-    if args.arima_order.lower() != "none":
-        try:
-            order = tuple(int(v) for v in args.arima_order.split(","))
-        except ValueError:
-            order = ()
-        if len(order) != 3 or min(order) < 0:
-            raise ValueError(
-                f"--arima-order expects P,D,Q (three integers >= 0) or none, got {args.arima_order!r}"
-            )
-    s = F.Series.split(values, args.window, args.horizon)
-    run = prepare_out(
-        args,
-        {
-            "task": "forecast",
-            "data": source,
-            "model": {"arch": arch_config(args)},
-            "window": args.window,
-            "horizon": args.horizon,
-            # the training part's statistics: `rnnkit predict` normalizes new data with them
-            "normalization": {"mean": s.mean, "std": s.std},
-        },
-    )
-    if (run["window"], run["horizon"]) != (args.window, args.horizon):  # --resume: the run's windows
-        echo(f"resuming with the run's --window {run['window']} --horizon {run['horizon']} (flags ignored)")
-        args.window, args.horizon = run["window"], run["horizon"]
-        s = F.Series.split(values, args.window, args.horizon)
-    norm = run.get("normalization") or {"mean": s.mean, "std": s.std}
-    if (norm["mean"], norm["std"]) != (s.mean, s.std):  # --resume: the scale the weights learned in
-        # (an older release split the series one value earlier for some lengths; predict reads these)
-        echo(f"resuming with the run's normalization mean {norm['mean']:g} std {norm['std']:g}")
-        s.mean, s.std = norm["mean"], norm["std"]
-    model = F.Forecaster(run["model"]["arch"])
-    length = args.window + args.horizon
-    train = batches(
-        TensorDataset(s.windows(0, s.n_train, length)),
-        args.batch_size,
-        shuffle=True,
-        seed=args.seed,
-        **ranks(),
-    )
-    valid = DataLoader(
-        TensorDataset(s.windows(s.n_train - args.window, s.n_valid_end, length)), batch_size=256
-    )
-    echo(
-        f"data {source}: {len(values)} values; train {s.n_train}, valid {s.n_valid_end - s.n_train}, "
-        f"test {len(values) - s.n_valid_end}; {len(train.dataset)} training windows"
-    )
-    _describe(model, model.net.encoder)
-    trainer = None
-
-    def step_fn(m, batch, state):  # validation is free-running: the metric that matters
-        smp, step = (sampler, trainer.step) if m.training else (free, 0)
-        return m.loss(batch[0], args.horizon, smp, step), None
-
-    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=step_fn, carry_state=False)
-    result = trainer.fit(train, valid)
-    target = F.truth(s, args.horizon)
-    preds = {
-        "rnnkit": F.rolling_forecasts(model, s, args.window, args.horizon),
-        "persistence": F.persistence(s, args.horizon),
-    }
-    if order is not None:
-        require("statsmodels", "the ARIMA baseline (or pass --arima-order none)")
-        preds["ARIMA" + str(order)] = F.arima_forecasts(s, args.horizon, order)
-    metrics = {f"test_rmse_{k.split('(')[0].lower()}": F.rmse(v, target) for k, v in preds.items()}
-    metrics["test_origins"] = len(target)
-    if trainer.is_main:
-        title = f"{source}: {args.horizon}-step"
-        F.plot_forecast(s, args.horizon, preds, Path(args.out) / "forecast.png", title=title)
-    finish(args, trainer, result, metrics, valid, wrote=["forecast.png"])
-    return 0
-
-
 # ---------------------------------------------------------------------------- classify
 def train_classify(args: argparse.Namespace) -> int:
     from rnnkit.tasks import classify as C
@@ -251,7 +171,9 @@ def train_classify(args: argparse.Namespace) -> int:
             # anyplus1 is generated: its flags are what --resume checks
             "data": {"name": cd.name, "length": args.length, "n": args.n}
             if cd.name == "anyplus1"
-            else cd.name,
+            else cd.name
+            if cd.name == "digits"
+            else data_record(args.data),
             "classes": cd.classes,
             "vocab": cd.vocab,
             "tokens": args.tokens if cd.vocab else None,
@@ -285,7 +207,7 @@ def train_tag(args: argparse.Namespace) -> int:
         args,
         {
             "task": "tag",
-            "data": str(args.data),
+            "data": data_record(args.data),
             "tags": td.tags,
             "words": len(td.words),
             "vocab": td.words,  # `rnnkit predict` encodes new sentences with it

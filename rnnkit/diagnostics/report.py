@@ -141,7 +141,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def _configure(args) -> tuple[Budget, Budget]:
-    """(training budget of the +1 run, memory-horizon budget)."""
+    """(training budget of the +1 run, memory-horizon budget); a ValueError names a bad flag."""
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.family and args.variants and not args.checkpoint:
         raise ValueError(f"give --cell or --variants, not both (got --cell {args.family} and --variants)")
     # both spellings: args does not say which one was typed (rnnkit train's are --layers, --opt)
@@ -166,6 +168,8 @@ def _configure(args) -> tuple[Budget, Budget]:
     for name in counts:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for spec in [] if args.checkpoint else args.variants:  # a bad family or option: before any training
+        parse_variant(spec).build(1, 1)
     train = Budget(hidden_size=args.hidden_size or 16, steps=args.train_steps, lr=5e-3, threshold=0.99,
                    seed=args.seed)  # fmt: skip
     lags = tuple(args.lags) if args.lags else ((3, 6) if args.quick else (5, 10, 20, 40, 80))
@@ -208,24 +212,28 @@ def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``rnnkit diagnose`` with parsed ``args``; writes into ``args.out``. Returns 0.
+    """Run ``rnnkit diagnose`` with parsed ``args``; writes into ``args.out``. Returns 0. A bad
+    flag (value) is a usage error (:class:`rnnkit.cli.CLIError`, exit status 2, as argparse's).
 
     The models are tiny: intra-op threads only add synchronization (10x slower on a
     loaded machine), so torch runs single-threaded here (``--threads`` to change)."""
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    from rnnkit.cli import CLIError
+
+    try:
+        budgets = _configure(args)  # (first: a bad flag leaves no --out directory)
+    except ValueError as e:
+        raise CLIError(f"diagnose: {e} (see rnnkit diagnose --help)", code=2) from None
     old = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
-        return _run(args)
+        return _run(args, *budgets)
     finally:
         torch.set_num_threads(old)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
-    train_b, horizon_b = _configure(args)  # (first: a bad flag leaves no --out directory)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     snaps: dict[str, dict[str, Snapshot]] = {}
@@ -350,17 +358,11 @@ def _snap_json(sn: Snapshot) -> dict:
     }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    return add_arguments(
-        argparse.ArgumentParser(prog="rnnkit diagnose", description=__doc__.split("\n\n")[0])
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m rnnkit.diagnostics`` (and of ``rnnkit diagnose``)."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError) as e:
-        build_parser().error(str(e))
-    return 2  # pragma: no cover - error() exits
+    """Entry point of ``python -m rnnkit.diagnostics``: exactly ``rnnkit diagnose ARGS`` (the same
+    parser and one-line errors; exit status 2 for a usage error, 1 for a failure)."""
+    import sys
+
+    from rnnkit.cli import _run as run_cli
+
+    return run_cli(["diagnose", *(sys.argv[1:] if argv is None else argv)])

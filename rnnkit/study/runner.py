@@ -337,10 +337,11 @@ def run_grid(study: Study, specs: list[Spec], done: int, total: int, steps: int,
 
 def save_json(path: Path, obj: dict) -> None:
     """``obj`` (``study.json``) as strict JSON (:func:`strict_record`: a non-finite value, e.g. a
-    ``--set clip=1e999``, is ``null``, named in ``"nonfinite"``), atomically; :func:`read_json`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(strict_record(obj), indent=1, sort_keys=True, default=str, allow_nan=False))
-    os.replace(tmp, path)
+    ``--set clip=1e999``, is ``null``, named in ``"nonfinite"``), atomically and synced as the CLI's
+    run.json (:func:`~rnnkit.train.serialize.write_json_atomic`); :func:`read_json`."""
+    from rnnkit.train.serialize import write_json_atomic
+
+    write_json_atomic(strict_record(obj), path, indent=1, default=str, allow_nan=False)
 
 
 def read_json(path: Path) -> dict:

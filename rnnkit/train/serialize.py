@@ -26,7 +26,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-__all__ = ["flatten", "unflatten", "save_tensors", "load_tensors", "write_json", "fsync_dir"]
+__all__ = [
+    "flatten",
+    "unflatten",
+    "save_tensors",
+    "load_tensors",
+    "write_json",
+    "write_json_atomic",
+    "fsync_dir",
+]
 
 
 def flatten(obj: Any, prefix: str = "") -> tuple[Any, dict[str, torch.Tensor]]:
@@ -149,6 +157,18 @@ def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON and fsync it (the caller renames it into place)."""
     write_synced(path, json.dumps(obj, indent=1, allow_nan=False))
+
+
+def write_json_atomic(obj: Any, path: Path, **dumps: Any) -> None:
+    """``obj`` as JSON (``json.dumps`` with ``indent=2, sort_keys=True`` unless ``dumps`` says
+    otherwise) into ``path`` atomically: written and fsynced beside it, renamed over it, the
+    directory fsynced, so a crash leaves the old file or the new one, never an empty or partial
+    one (run.json, results.json, a study's study.json)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_synced(tmp, json.dumps(obj, **{"indent": 2, "sort_keys": True, **dumps}) + "\n")
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def write_synced(path: Path, text: str) -> None:

@@ -207,3 +207,61 @@ def test_anyplus1_with_one_sequence_is_refused_before_training(cli, tmp_path):
     assert r.rc == 2
     assert_one_line_error(r, "--n", "at least 2", "got 1")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, code, fragment",
+    [
+        (["--threads", "0"], 2, "--threads must be >= 1"),
+        (["--layers", "2"], 2, "--checkpoint"),
+        (["--variants", "elman"], 2, "elman"),
+        (["--variants", "lstm:foo=1"], 2, "foo"),
+        (["--checkpoint", "no/such/run"], 1, "no/such/run"),
+    ],
+)
+def test_diagnose_exits_alike_from_both_entry_points(cli, tmp_path, capsys, argv, code, fragment):
+    """A bad flag value of ``rnnkit diagnose`` exited 1, of ``python -m rnnkit.diagnostics`` 2 (with
+    argparse's usage dump), a missing checkpoint 1 and 2: usage errors are 2 and failures 1 from both."""
+    from rnnkit.diagnostics import main as diagnostics_main
+
+    argv = [*argv, "--quick", "--no-horizon", "--out", tmp_path / "d"]
+    r = cli("diagnose", *argv)
+    assert r.rc == code, r.err
+    assert_one_line_error(r, fragment)
+    assert diagnostics_main([str(a) for a in argv]) == code
+    assert capsys.readouterr().err == r.err
+    assert code == 1 or not (tmp_path / "d").exists()  # a bad flag: checked before anything is written
+
+
+def test_forecast_data_that_is_no_csv_is_a_usage_error(cli, tmp_path):
+    """As classify's: a --data neither sunspots nor a file name of a CSV is a bad flag value (2;
+    it was 1); a missing FILE.csv is a failure (1)."""
+    r = cli("train", "forecast", "--data", "sunspot", "--out", tmp_path / "o")
+    assert r.rc == 2
+    assert_one_line_error(r, "--data must be sunspots or a FILE.csv", "'sunspot'")
+    r = cli("train", "forecast", "--data", tmp_path / "none.csv", "--column", "v", "--out", tmp_path / "o")
+    assert r.rc == 1
+    assert_one_line_error(r, "none.csv")
+
+
+@pytest.mark.parametrize(
+    "argv, owners",
+    [
+        (["train", "classify", "--window", "5"], "train forecast"),
+        (["train", "classify", "--sampling=teacher"], "train forecast, train seq2seq"),
+        (["train", "tag", "--data", "x.conllu", "--temperature", "1"], "sample"),
+        (["train", "memory", "--tokens", "char"], "train classify"),
+        (["predict", "--checkpoint", "r", "--window", "3"], "train forecast"),
+    ],
+)
+def test_a_flag_of_another_command_names_the_commands_it_belongs_to(cli, tmp_path, argv, owners):
+    """A task-specific flag given to another task was refused as 'unrecognized arguments: --window 5
+    (see rnnkit --help)': it is a usage error naming the flag and the commands that take it."""
+    r = cli(*argv, *(["--out", tmp_path / "o"] if argv[0] == "train" else []))
+    assert r.rc == 2
+    flag = argv[-1].split("=")[0] if "=" in argv[-1] else argv[-2]
+    where = " ".join(argv[:2]) if argv[0] == "train" else argv[0]
+    assert_one_line_error(
+        r, f"{flag} is not a flag of {where}", f"it is one of {owners}", f"rnnkit {where} --help"
+    )
+    assert not (tmp_path / "o").exists()

@@ -153,7 +153,8 @@ def test_forecast_continues_the_series(cli, tmp_path, series_csv):
     got = [line.split("\t") for line in r.out.splitlines()]
     assert [int(k) for k, _ in got] == list(range(1, 7))
     assert [float(v) for _, v in got] == pytest.approx(want.tolist(), rel=1e-5)
-    assert_one_line_error(cli("predict", "--checkpoint", out), "pass --input FILE.csv --column NAME")
+    # without --input: the run's own series (run.json records its resolved path)
+    assert cli("predict", "--checkpoint", out, "--horizon", 6).out == r.out
 
 
 def test_runs_it_cannot_use(cli, tmp_path, text_file, text_csv):

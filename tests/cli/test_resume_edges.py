@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.conftest import assert_one_line_error, results
 
 MEM = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
@@ -93,3 +95,40 @@ def test_resume_refuses_data_that_reads_as_other_classes_or_vocabulary(cli, tmp_
     vocab = json.loads((out / "run.json").read_text())["vocab"]
     _edit_run(out, vocab=[*vocab[:2], *reversed(vocab[2:])])
     assert_one_line_error(cli(*args, "--max-steps", 2, "--resume"), "vocab", "in another order")
+
+
+def test_forecast_resume_takes_window_and_arima_order_from_the_run(cli, tmp_path, monkeypatch):
+    """--resume split the series by the command line's --window (the default 24) before reading
+    the run's 8: a series too short for 24 failed ('too short for --window 24'); --arima-order was
+    not stored, so a run trained with 'none' asked for statsmodels (the default 3,0,0) on resume."""
+    import math
+
+    import rnnkit.cli.forecast as cli_forecast
+
+    data = tmp_path / "short.csv"
+    data.write_text("\n".join(["value", *(f"{math.sin(t / 4):.5f}" for t in range(60))]) + "\n")
+    out = tmp_path / "f"
+    args = ["train", "forecast", "--data", data, "--column", "value", "--out", out, "--hidden", 8,
+            "--no-progress"]  # fmt: skip
+    assert cli(*args, "--window", 8, "--horizon", 3, "--arima-order", "none", "--max-steps", 1).rc == 0
+    assert json.loads((out / "run.json").read_text())["arima_order"] == "none"
+    monkeypatch.setattr(cli_forecast, "require", lambda *a: pytest.fail("ARIMA asked for on resume"))
+    r = cli(*args, "--max-steps", 2, "--resume")
+    assert r.rc == 0, r.err
+    assert "--window 8 --horizon 3" in r.out and "--arima-order none" in r.out, r.out
+    assert results(out)["step"] == 2 and "test_rmse_arima" not in results(out)
+
+
+def test_resume_names_the_model_flags_it_ignores_and_only_those(cli, tmp_path, text_csv):
+    """'resuming with the model stored in run.json (command-line architecture ignored)' was printed
+    whenever the parser's defaults differed from the run's model, also on a resume giving no
+    model flag at all; it is printed only for the model flags given, naming them."""
+    argv = ["train", "classify", "--data", text_csv, "--out", tmp_path, "--no-progress"]
+    assert cli(*argv, "--hidden", 8, "--layers", 2, "--embedding-dim", 4, "--max-steps", 1).rc == 0
+    r = cli(*argv, "--max-steps", 2, "--resume")  # no model flag: the run's model, nothing to say
+    assert r.rc == 0, r.err
+    assert "model stored" not in r.out, r.out
+    r = cli(*argv, "--hidden", 8, "--layers", 3, "--embedding-dim", 6, "--max-steps", 3, "--resume")
+    assert r.rc == 0, r.err
+    assert "command-line --layers, --embedding-dim ignored" in r.out, r.out
+    assert results(tmp_path)["step"] == 3

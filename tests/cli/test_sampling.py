@@ -81,3 +81,39 @@ def test_resume_of_an_older_runs_null_k_restores_the_k_it_used(cli, tmp_path, ki
     assert f"resuming with the run's --sampling-k {k} (command line's 0.5 ignored)" in r.out, r.out
     assert json.loads((tmp_path / "run.json").read_text())["train"]["sampling_k"] == k
     assert results(tmp_path)["step"] == 2
+
+
+@pytest.mark.parametrize("kind", ["teacher", "linear"])
+def test_resume_of_a_schedule_without_k_says_nothing_about_k(cli, tmp_path, kind):
+    """teacher and linear have no k (run.json's "sampling_k" is null): a --resume given one said
+    "resuming with the run's --sampling-k None (command line's 0.5 ignored)"."""
+    argv = ["train", "seq2seq", "--n-train", 32, "--sampling", kind, "--out", tmp_path, "--hidden", 8]
+    assert cli(*argv, "--max-steps", 1, "--no-progress").rc == 0
+    r = cli(*argv, "--sampling-k", "0.5", "--max-steps", 2, "--no-progress", "--resume")
+    assert r.rc == 0, r.err
+    assert "sampling-k" not in r.out and "None" not in r.out, r.out
+    assert results(tmp_path)["step"] == 2
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (
+            ["--sampling", "teacher", "--sampling-k", "2"],
+            ["--sampling-k", "--sampling teacher", "exponential"],
+        ),
+        (["--sampling", "linear", "--sampling-k", "2"], ["--sampling-k", "--sampling linear"]),
+        (["--sampling", "exponential", "--sampling-steps", "5"], ["--sampling-steps", "linear"]),
+        (
+            ["--sampling", "inverse_sigmoid", "--sampling-min", "0.1"],
+            ["--sampling-min", "linear, exponential"],
+        ),
+    ],
+)
+def test_a_sampling_flag_of_another_schedule_is_a_usage_error(cli, tmp_path, flags, fragments):
+    """--sampling-k with teacher or linear, --sampling-steps with any schedule but linear,
+    --sampling-min with teacher or inverse_sigmoid trained as if they had not been given."""
+    r = cli("train", "seq2seq", "--n-train", 32, *flags, "--out", tmp_path / "f", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, "does not apply to", *fragments)
+    assert not (tmp_path / "f").exists()

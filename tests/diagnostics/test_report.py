@@ -120,8 +120,9 @@ def test_add_arguments_on_a_subparser_and_bad_values(tmp_path):
         ["diagnose", "--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "gru"]
     )
     assert run(args) == 0 and (tmp_path / "activity_gru.png").is_file()
-    with pytest.raises(SystemExit):
-        main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "elman"])
+    assert (
+        main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "elman"]) == 2
+    )  # a usage error (it was SystemExit: argparse's)
 
 
 def test_snapshot_measures_in_evaluation_mode():
@@ -138,16 +139,18 @@ def test_snapshot_measures_in_evaluation_mode():
 
 
 def test_bad_variant_option_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "lstm:foo=1"])
+    assert (
+        main(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "lstm:foo=1"]) == 2
+    )  # a usage error (it was SystemExit: argparse's)
     assert "foo" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
 def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
     """Not silently replaced by the default (``--horizon-steps 0`` ran 400 steps) or a traceback."""
-    with pytest.raises(SystemExit):
-        main(["--quick", "--out", str(tmp_path), "--variants", "rnn", *flag])
+    assert (
+        main(["--quick", "--out", str(tmp_path), "--variants", "rnn", *flag]) == 2
+    )  # a usage error (it was SystemExit: argparse's)
     assert f"{flag[0]} must be >= 1" in capsys.readouterr().err
 
 
@@ -191,7 +194,7 @@ def test_checkpoint_mode_flags_without_a_checkpoint_are_errors(tmp_path, capsys,
 
     code = rnnkit_main(["diagnose", "--quick", "--no-horizon", "--out", str(tmp_path / "d"), *flag])
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("rnnkit: error: ") and "--checkpoint" in err and "--variants" in err
+    assert code == 2 and err.startswith("rnnkit: error: ") and "--checkpoint" in err and "--variants" in err
     assert re.search(re.escape(flag[0]) + r"\b", err)  # the flag as typed (--layers was named --num-layers)
     assert not (tmp_path / "d").exists()
 

@@ -189,3 +189,17 @@ def test_a_hidden_setting_sizes_the_model(hidden, want):
     s = {**study.settings, "hidden": hidden}
     spec = runner.Spec(study.name, study.archs[1], 0, runner.sample_hparams(study.space(s), 0), s)
     assert studies.arith_build(spec, None).rnn.hidden_size == want
+
+
+def test_study_json_is_written_atomically_and_synced(tmp_path, monkeypatch):
+    """save_json renamed an unsynced file over study.json (a crash could leave it empty, losing
+    the study's settings): it goes through the writer of the CLI's run.json, file and directory fsynced."""
+    import os
+
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or fsync(fd))
+    runner.save_json(tmp_path / "study.json", {"steps": 3, "x": float("inf")})
+    assert len(synced) >= 2  # the file before the rename, the directory after it
+    assert runner.read_json(tmp_path / "study.json") == {"steps": 3, "x": float("inf")}
+    assert [p.name for p in tmp_path.iterdir()] == ["study.json"]

@@ -1,0 +1,134 @@
+"""The run flags every ``rnnkit train`` command shares (``--out --resume --max-minutes
+--max-steps --epochs --batch-size --lr --clip --seed --device ...``) and their argparse types."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from rnnkit.arch import Given, positive_int
+
+__all__ = ["add_run_arguments", "positive_float"]
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return v
+
+
+def _clip(text: str) -> float:
+    """``--clip``: a finite number >= 0 (0 = off; a negative or NaN one was silently off too)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (v >= 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 (0 = off), got {text!r}")
+    return v
+
+
+def add_run_arguments(
+    p: argparse.ArgumentParser,
+    *,
+    task: str,
+    lr: float,
+    batch_size: int,
+    max_minutes: float | None = None,
+    epochs: int = 1,
+    minutes_help: str | None = None,
+    val_every: int | None = None,
+) -> None:
+    """``--out --resume --max-minutes --max-steps --epochs --seed --device --lr ...``."""
+    g = p.add_argument_group("run")
+    g.add_argument(
+        "--out",
+        default=f"runs/{task}",
+        metavar="DIR",
+        help=f"output directory: checkpoints, metrics.jsonl, loss.png (default runs/{task})",
+    )
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    g.add_argument(
+        "--max-minutes",
+        type=positive_float,
+        default=max_minutes,
+        metavar="M",
+        help=minutes_help
+        or f"wall-clock training budget (default: {'none' if max_minutes is None else f'{max_minutes:g}'})",
+    )
+    g.add_argument("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N updates")
+    g.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"passes over the data (default {epochs}, unbounded with --max-minutes/--max-steps)",
+    )
+    a = g.add_argument
+    a("--batch-size", type=positive_int, default=batch_size, action=Given, help=f"(default {batch_size})")
+    a("--lr", type=positive_float, default=lr, action=Given, help=f"Adam learning rate (default {lr})")
+    a("--clip", type=_clip, default=1.0, action=Given, help="gradient-norm clipping, 0 = off (default 1.0)")
+    a("--seed", type=int, default=0, action=Given, help="seeds Python, NumPy and torch (default 0)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    g.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="(default 10)")
+    g.add_argument(
+        "--val-every",
+        type=positive_int,
+        default=val_every,
+        metavar="N",
+        help="validate every N steps (default: "
+        + (f"{val_every} and at the end)" if val_every else "every epoch end and at the end)"),
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help="checkpoint every N steps, 0 = only the final one (default: at each validation, with "
+        "--val-every; a final one is always written)",
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: when stderr is a terminal)",
+    )
+    g.add_argument(
+        "--tune-malloc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep freed memory in the process, no page faults per step (default on; see tune_malloc)",
+    )
+    g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA: replay each recurrent layer as CUDA graphs (rnnkit.cuda_graphed; ~5x faster "
+        "training steps with recurrent dropout, zoneout or layer norm; packed batches run eagerly)",
+    )
+    g.add_argument(
+        "--amp",
+        choices=["auto", "off", "bf16", "fp16"],
+        action=Given,
+        default=None,  # unset: the task's default (off; charlm: auto), and --resume's the run's
+        help="mixed precision of the forward (torch.autocast; fp16 with loss scaling); auto: bf16 "
+        "where the device computes it natively (CPUs with AVX512-BF16 or AMX), else off (default off; "
+        "charlm: auto, which trains in float32 from 20 minutes on)",
+    )
+    g.add_argument("--epochs-default", dest="epochs_default", default=epochs, help=argparse.SUPPRESS)
+
+
+def _non_negative_int(text: str) -> int:
+    """``--checkpoint-every``: an integer >= 0 (0 = the final checkpoint only)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer >= 0 (0 = the final checkpoint only), got {text!r}"
+        )
+    return v
