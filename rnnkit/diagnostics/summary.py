@@ -16,15 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit.train.callbacks import restore_record, strict_record
+from rnnkit.train.serialize import write_json_atomic
 
 __all__ = ["write_summary", "read_summary"]
 
 
 def write_summary(result: dict[str, Any], path: str | os.PathLike) -> None:
     """``result`` (nested dicts and lists) to ``path`` as strict JSON (see the module docstring);
-    a value JSON has no type for is written as its ``str``."""
+    a value JSON has no type for is written as its ``str``. Atomically, as the run files
+    (:func:`rnnkit.train.serialize.write_json_atomic`): a crash leaves the old file or the new one."""
     doc = strict_record(result, rooted=True)
-    Path(path).write_text(json.dumps(doc, indent=1, default=str, allow_nan=False), encoding="utf-8")
+    write_json_atomic(doc, Path(path), indent=1, sort_keys=False, default=str, allow_nan=False)
 
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:
