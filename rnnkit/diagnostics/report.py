@@ -234,7 +234,6 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     snaps: dict[str, dict[str, Snapshot]] = {}
     lines = [
@@ -242,8 +241,11 @@ def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:
         "",
     ]
     power_w = None
-    if args.checkpoint:
-        v, rnn, note = checkpoint_layer(args)
+    # --out only once the checkpoint was read: a mistyped --checkpoint leaves no empty directory
+    loaded = checkpoint_layer(args) if args.checkpoint else None
+    out.mkdir(parents=True, exist_ok=True)
+    if loaded is not None:
+        v, rnn, note = loaded
         lines.insert(1, note)
         if rnn.input_size == 1:
             x, _ = synthetic.plus_one(args.batch, args.seq_len, seed=args.seed)

@@ -199,6 +199,17 @@ def test_checkpoint_mode_flags_without_a_checkpoint_are_errors(tmp_path, capsys,
     assert not (tmp_path / "d").exists()
 
 
+def test_a_missing_checkpoint_leaves_no_out_directory(tmp_path, capsys):
+    """--out was created before the checkpoint was read: a mistyped --checkpoint left an empty
+    directory behind (a bad flag left none)."""
+    from rnnkit.cli import main as rnnkit_main
+
+    out = tmp_path / "d"
+    code = rnnkit_main(["diagnose", "--quick", "--checkpoint", str(tmp_path / "nope"), "--out", str(out)])
+    assert code != 0 and "nope" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_summary_json_is_strict_json(tmp_path, monkeypatch):
     """summary.json was written with bare NaN tokens (a diverged training's accuracy, a per-step
     factor of fewer than two nonzero norms), which jq and JavaScript refuse; the other run files are
