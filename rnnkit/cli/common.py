@@ -65,6 +65,16 @@ def require(module: str, what: str) -> Any:
         ) from e
 
 
+def refuse_unread(args: argparse.Namespace, flags: tuple[str, ...], why: str) -> None:
+    """A usage error for the task ``flags`` (``args`` names, :class:`Given`) typed on the command
+    line that this run does not read (e.g. classify's ``--tokens`` with ``--data digits``): they
+    were silently ignored. ``why``: what the run is, e.g. ``"--data digits"``."""
+    typed = [f for f in flags if f in getattr(args, "given", ())]
+    if typed:
+        names = ", ".join("--" + f.replace("_", "-") for f in typed)
+        raise CLIError(f"{names} {'does' if len(typed) == 1 else 'do'} not apply to {why}", code=2)
+
+
 def device_of(args: argparse.Namespace) -> torch.device:
     try:
         dev = torch.device(args.device)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.arch import add_arch_arguments, arch_config
+from rnnkit.arch import Given, add_arch_arguments, arch_config
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
@@ -19,6 +19,7 @@ from rnnkit.cli.common import (
     prepare_out,
     ranks,
     read_run,
+    refuse_unread,
     require,
 )
 from rnnkit.cli.finish import finish
@@ -38,7 +39,7 @@ def add_forecast_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data", default="sunspots", metavar="CSV|sunspots", help="(default sunspots, statsmodels)"
     )
-    p.add_argument("--column", default=None, help="the CSV column to forecast")
+    p.add_argument("--column", default=None, action=Given, help="the CSV column to forecast")
     p.add_argument("--window", type=positive_int, default=24, help="context length (default 24)")
     p.add_argument("--horizon", type=positive_int, default=12, help="steps forecast (default 12)")
     p.add_argument(
@@ -61,6 +62,8 @@ def train_forecast(args: argparse.Namespace) -> int:
     if args.data != "sunspots" and not args.data.lower().endswith(".csv") and not Path(args.data).is_file():
         # a bad flag value, not a missing file: a usage error, as classify's --data mnist
         raise CLIError(f"--data must be sunspots or a FILE.csv, got {args.data!r}", code=2)
+    if args.data == "sunspots":
+        refuse_unread(args, ("column",), "--data sunspots (one series)")
     values, source = F.load_series(args.data, args.column)
     _restore_forecast_flags(args)  # (before the split: the run's --window, not the default)
     order = None

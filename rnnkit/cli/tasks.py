@@ -25,6 +25,7 @@ from rnnkit.cli.common import (
     positive_int,
     prepare_out,
     ranks,
+    refuse_unread,
     require,
 )
 from rnnkit.cli.finish import describe_values, finish
@@ -50,11 +51,10 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         metavar="digits|anyplus1|FILE.csv",
         help="digits (scikit-learn, rows as steps), anyplus1, or a CSV of text,label rows",
     )
-    p.add_argument(
-        "--tokens", choices=("word", "char"), default="word", help="CSV text tokens (default word)"
-    )
-    p.add_argument("--length", type=positive_int, default=32, help="anyplus1 sequence length (default 32)")
-    p.add_argument("--n", type=positive_int, default=4000, help="anyplus1 sequences (default 4000)")
+    a = p.add_argument
+    a("--tokens", choices=("word", "char"), default="word", action=Given, help="CSV tokens (default word)")
+    a("--length", type=positive_int, default=32, action=Given, help="anyplus1 sequence length (default 32)")
+    a("--n", type=positive_int, default=4000, action=Given, help="anyplus1 sequences (default 4000)")
     p.add_argument(
         "--embedding-dim",
         type=positive_int,
@@ -128,11 +128,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         "--length",
         type=positive_int,
         default=50,
-        help="sequence length (copy: the lag; arith: unused, see --digits; default 50)",
+        action=Given,
+        help="sequence length (copy: the lag; not arith's, see --digits; default 50)",
     )
-    p.add_argument("--digits", type=positive_int, default=3, help="arith: digits per operand (default 3)")
-    p.add_argument("--n-symbols", type=positive_int, default=8, help="copy: alphabet size (default 8)")
-    p.add_argument("--n-copy", type=positive_int, default=10, help="copy: symbols to remember (default 10)")
+    a = p.add_argument
+    a("--digits", type=positive_int, default=3, action=Given, help="arith: digits per operand (default 3)")
+    a("--n-symbols", type=positive_int, default=8, action=Given, help="copy: alphabet size (default 8)")
+    a("--n-copy", type=positive_int, default=10, action=Given, help="copy: symbols to remember (default 10)")
     p.add_argument("--n-train", type=positive_int, default=10_000, help="training sequences (default 10000)")
     p.add_argument("--n-valid", type=positive_int, default=1000, help="validation sequences (default 1000)")
     add_arch_arguments(p, hidden=128, layers=1)
@@ -157,6 +159,11 @@ def train_classify(args: argparse.Namespace) -> int:
         raise CLIError(
             f"--data must be digits, anyplus1 or a FILE.csv of text,label rows, got {args.data!r}", code=2
         )
+    # each source's own flags (digits: none; anyplus1: --length --n; a CSV: --tokens --embedding-dim)
+    csv = args.data not in ("digits", "anyplus1")
+    unread = ("length", "n") if csv else ("tokens", "embedding_dim")
+    unread += ("length", "n") if args.data == "digits" else ()
+    refuse_unread(args, unread, f"--data {'FILE.csv' if csv else args.data}")
     if args.data == "digits":
         require("sklearn", "--data digits")
     if args.data == "anyplus1" and args.n < 2:  # a bad flag value: a usage error, as the others
@@ -283,6 +290,9 @@ def train_seq2seq(args: argparse.Namespace) -> int:
 def train_memory(args: argparse.Namespace) -> int:
     from rnnkit.tasks import memory as M
 
+    own = {"arith": ("digits",), "copy": ("length", "n_symbols", "n_copy")}.get(args.task, ("length",))
+    unread = tuple(f for f in ("length", "digits", "n_symbols", "n_copy") if f not in own)
+    refuse_unread(args, unread, f"--task {args.task}")
     task = M.make_task(
         args.task,
         length=args.length,

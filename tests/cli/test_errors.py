@@ -265,3 +265,31 @@ def test_a_flag_of_another_command_names_the_commands_it_belongs_to(cli, tmp_pat
         r, f"{flag} is not a flag of {where}", f"it is one of {owners}", f"rnnkit {where} --help"
     )
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "classify", "--tokens", "char"], "--tokens does not apply to --data digits"),
+        (["train", "classify", "--n", "50", "--embedding-dim", "8"], "--embedding-dim, --n do not apply to"),
+        (
+            ["train", "classify", "--data", "anyplus1", "--tokens", "char"],
+            "--tokens does not apply to --data anyplus1",
+        ),
+        (
+            ["train", "classify", "--data", "x.csv", "--length", "9"],
+            "--length does not apply to --data FILE.csv",
+        ),
+        ([*MEM[:2], "--task", "arith", "--length", "9"], "--length does not apply to --task arith"),
+        ([*MEM, "--digits", "4"], "--digits does not apply to --task plus1"),
+        ([*MEM[:2], "--task", "adding", "--n-copy", "4"], "--n-copy does not apply to --task adding"),
+        (["train", "forecast", "--column", "v"], "--column does not apply to --data sunspots"),
+    ],
+)
+def test_a_task_flag_its_data_does_not_read_is_a_usage_error(cli, tmp_path, argv, fragment):
+    """A task's flag for another of its data sources or benchmarks (classify's --tokens with the
+    digits, memory's --digits outside arith, forecast's --column with sunspots) was silently ignored."""
+    r = cli(*argv, "--out", tmp_path / "o")
+    assert r.rc == 2
+    assert_one_line_error(r, fragment)
+    assert not (tmp_path / "o").exists()
