@@ -170,12 +170,16 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         stored = read_run(out)
         if stored["task"] != run["task"]:
             raise CLIError(f"--resume: {out} holds a '{stored['task']}' run, not '{run['task']}'")
-        # other data: not a continuation (runs that predate a task's `data` record cannot be checked)
-        if "data" in stored and not _same_data(stored.get("data"), run.get("data")):
-            raise CLIError(
-                f"--resume: {out} was trained on {stored.get('data')!r}, this command loads "
-                f"{run.get('data')!r}; pass the data flags of the original run"
-            )
+        # other data: not a continuation (runs that predate a task's `data` record cannot be
+        # checked); tag's `valid_data`, its --valid file or null (a 10% split of --data: other
+        # training sentences)
+        for key in ("data", "valid_data"):
+            if key in stored and not _same_data(stored.get(key), run.get(key)):
+                what = "validated on" if key == "valid_data" else "trained on"
+                raise CLIError(
+                    f"--resume: {out} was {what} {stored.get(key)!r}, this command loads "
+                    f"{run.get(key)!r}; pass the data flags of the original run"
+                )
         changed = changed_encoding(stored, run)
         if changed:  # the model's embedding/head follow the run's: a mis-encoded or refused load
             raise CLIError(

@@ -215,6 +215,8 @@ def train_tag(args: argparse.Namespace) -> int:
         {
             "task": "tag",
             "data": data_record(args.data),
+            # the --valid file; null: a split of --data (what --resume checks too)
+            "valid_data": data_record(args.valid) if args.valid else None,
             "tags": td.tags,
             "words": len(td.words),
             "vocab": td.words,  # `rnnkit predict` encodes new sentences with it

@@ -132,3 +132,17 @@ def test_resume_names_the_model_flags_it_ignores_and_only_those(cli, tmp_path, t
     assert r.rc == 0, r.err
     assert "command-line --layers, --embedding-dim ignored" in r.out, r.out
     assert results(tmp_path)["step"] == 3
+
+
+def test_tag_resume_checks_the_validation_file(cli, tmp_path, conllu):
+    """tag's --valid was not recorded: a resume without it (or with another file) trained on a
+    90% split of --data, other sentences than the run's, without a word."""
+    out, valid = tmp_path / "t", tmp_path / "valid.conllu"
+    valid.write_text(conllu.read_text(encoding="utf-8"), encoding="utf-8")
+    args = ["train", "tag", "--data", conllu, "--out", out, "--hidden", 8, "--no-progress"]
+    assert cli(*args, "--valid", valid, "--max-steps", 1).rc == 0
+    assert json.loads((out / "run.json").read_text())["valid_data"] == str(valid.resolve())
+    assert_one_line_error(cli(*args, "--max-steps", 2, "--resume"), "validated on", "valid.conllu", "None")
+    assert cli(*args, "--valid", valid, "--max-steps", 2, "--resume").rc == 0
+    _edit_run(out, valid_data=None)  # (a run without --valid: null; an older run: no key, unchecked)
+    assert_one_line_error(cli(*args, "--valid", valid, "--max-steps", 3, "--resume"), "validated on None")
