@@ -144,6 +144,11 @@ def _configure(args) -> tuple[Budget, Budget]:
     """(training budget of the +1 run, memory-horizon budget); a ValueError names a bad flag."""
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.family and args.checkpoint:  # (a run.json's cell is checked at load: a failure, not a flag)
+        from .memory import FAMILIES
+
+        if args.family.lower().removeprefix("conv-") not in FAMILIES:
+            raise ValueError(f"--cell must be one of {sorted(FAMILIES)}, got {args.family!r}")
     if args.family and args.variants and not args.checkpoint:
         raise ValueError(f"give --cell or --variants, not both (got --cell {args.family} and --variants)")
     # both spellings: args does not say which one was typed (rnnkit train's are --layers, --opt)

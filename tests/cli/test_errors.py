@@ -217,6 +217,8 @@ def test_anyplus1_with_one_sequence_is_refused_before_training(cli, tmp_path):
         (["--variants", "elman"], 2, "elman"),
         (["--variants", "lstm:foo=1"], 2, "foo"),
         (["--checkpoint", "no/such/run"], 1, "no/such/run"),
+        # a bad --cell beside a checkpoint is a bad flag value too (it was 1, found loading it)
+        (["--checkpoint", "no/such/run", "--cell", "elman"], 2, "--cell must be one of"),
     ],
 )
 def test_diagnose_exits_alike_from_both_entry_points(cli, tmp_path, capsys, argv, code, fragment):
