@@ -154,7 +154,9 @@ class QRNN(ParallelRecurrent):
         for k in range(self.num_layers):
             ck = c[k] if c is not None else x.new_zeros(x.shape[0], self.hidden_size)
             xp = join_autocast(prevs[k], x) if prevs is not None else torch.zeros_like(x)
-            new_prevs.append(x)
+            # layer 0's input is the caller's tensor (a view of it unbatched): a copy, or a buffer
+            # refilled in place would become the next step's x_{t-1} (as forward's last input)
+            new_prevs.append(x if k else x.clone())
             x, ck = self.step_layer(self.layer_params(k), torch.cat([xp, x], -1), ck)
             cs.append(ck)
             if self.dropout and self.training and k < self.num_layers - 1:
