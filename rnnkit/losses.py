@@ -75,7 +75,7 @@ def temporal_activation_regularization(
         return beta * (data[nxt] - data[prev]).pow(2).mean()
     h = _time_major(output, batch_first)
     valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
-    if h.shape[0] < 2:
+    if h.shape[0] < 2 or h.shape[1] == 0:  # no sequence with two steps (none at all: an empty batch)
         return h.new_zeros(())
     diff = h[1:] - h[:-1]
     if valid is None:

@@ -111,6 +111,15 @@ def test_ar_tar_are_awd_lstm_formulas():
     assert losses.tar(h[:1]).item() == 0.0
 
 
+def test_tar_of_an_empty_batch_is_zero():
+    """TAR is zero when no sequence has two steps, so for a batch of no sequence too (the layers'
+    output for an empty batch): it was NaN, the mean of no difference, which poisons a summed loss."""
+    h = torch.randn(6, 0, 5)
+    assert losses.tar(h).item() == 0.0
+    assert losses.tar(h.transpose(0, 1), batch_first=True).item() == 0.0
+    assert losses.tar(h, lengths=torch.zeros(0, dtype=torch.long)).item() == 0.0
+
+
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_ar_tar_ignore_padding_and_accept_packed(enforce_sorted):
     lengths = torch.tensor([6, 4, 4, 1]) if enforce_sorted else torch.tensor([4, 6, 1, 4])
