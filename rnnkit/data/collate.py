@@ -35,12 +35,21 @@ def length_mask(
 ) -> Tensor:
     """Boolean mask, True on real steps: ``(T, B)``, or ``(B, T)`` with ``batch_first``.
 
-    ``lengths``: ``(B,)``; ``T`` is ``max_len``, by default ``lengths.max()``, and may not be
-    shorter than the longest sequence (its last steps would be missing from the mask).
+    ``lengths``: ``(B,)`` integers ``>= 0``; ``T`` is ``max_len`` (an int), by default
+    ``lengths.max()``, and may not be shorter than the longest sequence (its last steps would be
+    missing from the mask).
     """
     lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1:
         raise ValueError(f"lengths must have shape (B,), got shape {tuple(lengths.shape)}")
+    # the comparison below would round a fractional length up and count a bool as 0 or 1
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if lengths.numel() and int(lengths.min()) < 0:
+        i = int(lengths.argmin())
+        raise ValueError(f"lengths must be >= 0, got lengths[{i}] = {int(lengths[i])}")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral)):
+        raise ValueError(f"max_len must be a non-negative int or None, got {max_len!r}")
     if lengths.numel() == 0 and max_len is None:  # an empty batch has no longest sequence
         raise ValueError("lengths is empty (B = 0): pass max_len for the mask of an empty batch")
     longest = int(lengths.max()) if lengths.numel() else 0

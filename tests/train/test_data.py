@@ -243,6 +243,24 @@ def test_length_mask_checks_its_arguments():
     assert length_mask(lengths, 4).shape == (4, 3) and not length_mask(lengths, 4)[3].any()
 
 
+@pytest.mark.parametrize("lengths", [[2.5, 1.0], [2.0, 1.0], [True, False]])
+def test_length_mask_refuses_lengths_that_are_not_integers(lengths):
+    """Fractional lengths were rounded up by the comparison (2.5 gave 3 real steps), float and
+    bool ones taken as counts, silently: they are refused, as the layers refuse them."""
+    with pytest.raises(ValueError, match=r"lengths must be integers, got dtype torch\.(float64|bool)"):
+        length_mask(torch.tensor(lengths))
+
+
+def test_length_mask_refuses_negative_lengths_and_max_len():
+    """A negative length gave a sequence of no step and a float max_len a mask of its ceiling's
+    steps, silently."""
+    with pytest.raises(ValueError, match=r"lengths must be >= 0, got lengths\[1\] = -1"):
+        length_mask([2, -1])
+    with pytest.raises(ValueError, match=r"max_len must be a non-negative int or None, got 2\.5"):
+        length_mask([2, 1], 2.5)
+    assert length_mask([0, 2]).tolist() == [[False, True], [False, True]]  # zero stays a length
+
+
 def test_pad_collate_items_must_share_one_form():
     """Only item 0 decided whether items were (sequence, target) pairs: a (T, F) tensor after a
     pair was read as a pair of its rows, and a list of token ids as a pair of two numbers."""
