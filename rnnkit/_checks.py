@@ -117,7 +117,8 @@ def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
         lengths = torch.as_tensor(lengths)
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         fail(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
-    if lengths.is_floating_point() or lengths.is_complex():
+    # a bool tensor (a mask) would be read as lengths of 1 and 0
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         fail(f"lengths must be integers, got dtype {lengths.dtype}")
     lo, hi = (int(lengths.min()), int(lengths.max())) if lengths.numel() else (1, 1)  # (none: no batch)
     if lo < 1 or hi > max_len:

@@ -180,6 +180,9 @@ BAD = [
     (lambda m: m(torch.randn(5, 2, 3), lengths=[5, 6]), r"\[1, 5\]"),
     (lambda m: m(torch.randn(5, 2, 3), lengths=[5]), "one entry per sequence"),
     (lambda m: m(torch.randn(5, 2, 3), lengths=[0, 2]), r"\[1, 5\]"),
+    # a bool mask was read as lengths of 1 and 0 (True, True: one step each), silently
+    (lambda m: m(torch.randn(5, 2, 3), lengths=torch.tensor([True, True])), "integers, got dtype torch.bool"),
+    (lambda m: m(torch.randn(5, 2, 3), lengths=[5.0, 2.0]), "integers, got dtype torch.float"),
     (lambda m: m([[1.0]]), "torch.Tensor"),
 ]
 
