@@ -211,6 +211,21 @@ def test_bad_config(kw, msg):
         rnnkit.LSTM(**args)
 
 
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN, rnnkit.MinGRU, rnnkit.QRNN, rnnkit.LRU])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_bidirectional_must_be_a_bool(cls, value):
+    """bidirectional='no' built a bidirectional layer (the string is true) and None or 0 a
+    unidirectional one, silently, where bias and batch_first are refused unless bools."""
+    with pytest.raises(TypeError, match=f"bidirectional should be of type bool, got: {type(value).__name__}"):
+        cls(3, 4, bidirectional=value)
+
+
+def test_proj_size_true_is_refused_naming_it():
+    """proj_size=True (an int to isinstance) failed deep in torch.empty on a bool size."""
+    with pytest.raises(ValueError, match="proj_size must be a non-negative int, got True"):
+        rnnkit.LSTM(3, 4, proj_size=True)
+
+
 def test_dropout_single_layer_warns_like_torch():
     with pytest.warns(UserWarning, match="num_layers greater than 1"):
         rnnkit.GRU(3, 4, dropout=0.5)
