@@ -179,7 +179,9 @@ class MinGRU(ParallelRecurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, log_space: bool = False) -> None:  # fmt: skip
-        self.log_space = bool(log_space)
+        if not isinstance(log_space, bool):  # as bias and batch_first: log_space='False' is true
+            raise TypeError(f"log_space should be of type bool, got: {type(log_space).__name__}")
+        self.log_space = log_space
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device, dtype)  # fmt: skip
 

@@ -335,6 +335,16 @@ def test_clear_errors():
         rnnkit.QRNN(3, 4, zoneout=1.0)
     with pytest.raises(ValueError, match="r_min"):
         rnnkit.LRU(3, 4, r_min=0.9, r_max=0.5)
+    # NaN or inf phases made every output NaN; state_size=True failed deep in torch.empty
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match=rf"max_phase must be a finite number >= 0, got {bad}"):
+            rnnkit.LRU(3, 4, max_phase=bad)
+    with pytest.raises(ValueError, match="state_size must be a positive int, got True"):
+        rnnkit.LRU(3, 4, state_size=True)
+    # log_space='False' (a true string) chose the log-space scan silently
+    for cls in (rnnkit.MinGRU, rnnkit.MinLSTM):
+        with pytest.raises(TypeError, match="log_space should be of type bool, got: str"):
+            cls(3, 4, log_space="False")
     with pytest.raises(ValueError, match="must be > 0"):
         make("mingru_log")(torch.randn(5, 2, 3), -torch.ones(1, 2, 4))
     with pytest.raises(ValueError, match="complex"):
