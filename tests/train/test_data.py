@@ -51,6 +51,36 @@ def test_bad_arguments():
         bptt_batches(torch.arange(30), 3, 2, world_size=2)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"seq_len": 2.5}, "seq_len must be an int, got 2.5"),
+        ({"seq_len": 3.0}, "seq_len must be an int, got 3.0"),
+        ({"batch_size": 2.5}, "batch_size must be an int, got 2.5"),
+        ({"max_len": 4.5, "variable_length": True, "seed": 0}, "max_len must be an int or None, got 4.5"),
+        ({"min_len": 2.5, "variable_length": True, "seed": 0}, "min_len must be an int, got 2.5"),
+        ({"world_size": 2.0}, "world_size must be an int, got 2.0"),
+    ],
+)
+def test_sizes_that_are_not_ints_are_refused(kwargs, match):
+    """A float seq_len (or drawn window bound) was accepted and failed at the first window in a
+    slice ('slice indices must be integers'); a float batch_size was reported as not divisible
+    by world_size. Each is refused, naming it."""
+    args = {"batch_size": 2, "seq_len": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        list(bptt_batches(torch.arange(40), **args))
+
+
+def test_bucket_sampler_sizes_that_are_not_ints_are_refused():
+    """A float batch_size failed at iteration in range() ('float' object cannot be interpreted as
+    an integer), a string one in a comparison."""
+    for bad in (1.5, "2"):
+        with pytest.raises(ValueError, match=f"batch_size must be an int, got {bad!r}"):
+            BucketBatchSampler([1, 2, 3], bad)
+    with pytest.raises(ValueError, match="bucket_size must be an int or None, got 2.5"):
+        BucketBatchSampler([1, 2, 3], 1, bucket_size=2.5)
+
+
 def test_rank_shards_tile_the_global_batch():
     data = torch.arange(64)
     full = list(bptt_batches(data, 4, 5))
