@@ -158,9 +158,13 @@ class LockedDropout(nn.Module):
     def __init__(self, p: float = 0.5, batch_first: bool = False) -> None:
         super().__init__()
         self.p = check_prob("p", p)
+        if not isinstance(batch_first, bool):  # as the layers' (a true string swaps time and batch)
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
         self.batch_first = batch_first
 
     def forward(self, x: Tensor | PackedSequence) -> Tensor | PackedSequence:
+        if not isinstance(x, (Tensor, PackedSequence)):
+            raise ValueError(f"LockedDropout expects a tensor or a PackedSequence, got {type(x).__name__}")
         if not self.training or self.p == 0:
             return x
         if isinstance(x, PackedSequence):

@@ -51,6 +51,15 @@ def test_locked_dropout_eval_p0_unbatched_and_reproducible():
         rnnkit.LockedDropout(2.0)
 
 
+def test_locked_dropout_checks_batch_first_and_its_input_type():
+    """batch_first='no' (a true string) shared masks over the batch instead of over time, and an
+    array input failed with AttributeError ('no attribute dim'), silently or unclearly."""
+    with pytest.raises(TypeError, match="batch_first should be of type bool, got: str"):
+        rnnkit.LockedDropout(0.5, batch_first="no")
+    with pytest.raises(ValueError, match="LockedDropout expects a tensor or a PackedSequence, got ndarray"):
+        rnnkit.LockedDropout(0.5)(torch.randn(3, 2, 4).numpy())
+
+
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_locked_dropout_packed_row_belongs_to_the_sequence(enforce_sorted):
     """Packed input draws the dense mask (same seed) and keeps each row with its sequence."""
