@@ -109,6 +109,15 @@ def _as_sequence(x: Any, i: int, item: Any) -> Tensor:
         ) from None
 
 
+def _as_target(y: Any, i: int) -> Tensor:
+    try:
+        return torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):  # a label left as a string, a ragged list
+        raise ValueError(
+            f"item {i}: expected a target (a tensor, an array, a number or a list of numbers), got {_form(y)}"
+        ) from None
+
+
 class PadCollate:
     """Picklable ``collate_fn`` for ``DataLoader`` (works with worker processes).
 
@@ -166,7 +175,7 @@ class PadCollate:
         )
         targets = None
         if paired:
-            tgts = [torch.as_tensor(it[1]) for it in items]
+            tgts = [_as_target(it[1], i) for i, it in enumerate(items)]
             aligned = [t.dim() >= 1 and t.shape[0] == s.shape[0] for t, s in zip(tgts, seqs, strict=True)]
             sequences = all(aligned) if self.sequence_targets is None else self.sequence_targets
             if sequences:

@@ -313,6 +313,14 @@ def test_pad_collate_items_must_share_one_form():
         pad_collate([(torch.arange(2), torch.arange(2), "meta")])
 
 
+def test_pad_collate_names_the_item_of_a_target_that_is_not_numbers():
+    """A label left as a string failed inside torch.as_tensor ("new(): invalid data type 'str'"),
+    naming neither the item nor what a target may be."""
+    items = [(torch.arange(2), 1), (torch.arange(3), "noun")]
+    with pytest.raises(ValueError, match=r"item 1: expected a target .* got a str"):
+        pad_collate(items)
+
+
 def test_variable_length_windows_need_one_seed_on_all_ranks():
     """seed=None drew each rank's window lengths from its own global RNG: ranks seeded apart cut
     different windows, a different number of steps, and DDP's collectives fell out of step."""
