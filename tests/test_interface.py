@@ -220,6 +220,21 @@ def test_bidirectional_must_be_a_bool(cls, value):
         cls(3, 4, bidirectional=value)
 
 
+@pytest.mark.parametrize("cls", [rnnkit.RNNCell, rnnkit.LSTMCell, rnnkit.GRUCell])
+def test_cell_sizes_are_checked_naming_them(cls):
+    """LSTMCell(3, -4) failed in torch.empty on 'negative dimension -16' (4 gates x -4) and a float
+    size on 'argument size must be tuple of ints'; both now name the size. Zero stays allowed, as
+    torch.nn's cells allow it."""
+    with pytest.raises(ValueError, match="hidden_size must be a non-negative int, got -4"):
+        cls(3, -4)
+    with pytest.raises(ValueError, match="input_size must be a non-negative int, got -1"):
+        cls(-1, 4)
+    with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
+        cls(3, 4.0)
+    out = cls(0, 4)(torch.randn(2, 0))
+    assert (out[0] if isinstance(out, tuple) else out).shape == (2, 4)
+
+
 def test_proj_size_true_is_refused_naming_it():
     """proj_size=True (an int to isinstance) failed deep in torch.empty on a bool size."""
     with pytest.raises(ValueError, match="proj_size must be a non-negative int, got True"):
