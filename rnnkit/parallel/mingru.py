@@ -221,6 +221,15 @@ class MinGRU(ParallelRecurrent):
             return log_scan(a, b, h0, mask, reverse, u.dtype)
         return self.scan(a, b, h0, mask, reverse)
 
+    def _next_layer_input(self, outs: list[Tensor], mask: Tensor | None, k: int) -> Tensor:
+        x = super()._next_layer_input(outs, mask, k)
+        if k == self.num_layers - 1 and len(outs) == 1 and mask is None and x.requires_grad:
+            # the output is the scan's h, which its backward reads (the fused Functions return a
+            # view of it): a copy, so that the caller may modify it in place as torch.nn's
+            # (nn.Dropout(inplace=True)); one output-sized copy per call that records a graph
+            x = x.clone()
+        return x
+
     def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         u = self.project(p, x)
         a, b = self.coefficients(u)
