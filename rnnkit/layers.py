@@ -386,7 +386,8 @@ def _check_config(
     for name, v in [("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)]:
         if not isinstance(v, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+    # numbers.Real: numpy's scalars too (np.float32 is no float), as torch.nn takes them
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
     if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
         raise ValueError(f"proj_size must be a non-negative int, got {proj_size!r}")

@@ -28,6 +28,7 @@ belongs to a *sequence*, not to a position in the packed batch.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -89,7 +90,7 @@ def _vmap_per_sample_randomness() -> bool:
 
 def check_prob(name: str, p: object) -> float:
     """``p`` as a float in ``[0, 1]``, else a ``ValueError`` naming ``name``."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:  # numpy's too
         raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
     return float(p)
 

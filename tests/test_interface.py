@@ -235,6 +235,24 @@ def test_cell_sizes_are_checked_naming_them(cls):
     assert (out[0] if isinstance(out, tuple) else out).shape == (2, 4)
 
 
+def test_numpy_scalars_are_numbers():
+    """np.float32(0.5) (no float subclass, unlike np.float64) and np.int64 were refused as
+    'must be a number in [0, 1]' for dropout, the regularizers' probabilities, QRNN's zoneout,
+    LRU's max_phase and forget_bias, where torch.nn takes numpy scalars for dropout (sweeps
+    often produce them). They are taken as the Python numbers they hold."""
+    np = pytest.importorskip("numpy")
+    half = np.float32(0.5)
+    m = rnnkit.LSTM(3, 4, 2, dropout=half, zoneout=half, weight_drop=half, forget_bias=np.float32(1.0))
+    assert m.dropout == 0.5 and m.weight_drop == 0.5 and m.zoneout_probs[0] == (0.5, 0.5)
+    assert rnnkit.GRU(3, 4, 2, dropout=np.int64(0)).dropout == 0.0
+    assert (
+        rnnkit.LockedDropout(half).p == 0.5
+        and rnnkit.LSTMCell(3, 4, recurrent_dropout=half).recurrent_dropout == 0.5
+    )
+    assert rnnkit.QRNN(3, 4, zoneout=half).zoneout == 0.5
+    assert rnnkit.LRU(3, 4, max_phase=np.float32(1.0)).max_phase == 1.0
+
+
 def test_proj_size_true_is_refused_naming_it():
     """proj_size=True (an int to isinstance) failed deep in torch.empty on a bool size."""
     with pytest.raises(ValueError, match="proj_size must be a non-negative int, got True"):

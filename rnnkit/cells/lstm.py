@@ -46,6 +46,7 @@ Options (keywords of :class:`LSTMCellMath`, of ``rnnkit.LSTM`` and ``rnnkit.LSTM
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -116,7 +117,7 @@ class LSTMCellMath(Cell):
         for k, v in options.items():
             if isinstance(_DEFAULTS[k], bool) and not isinstance(v, bool):
                 raise ValueError(f"{k} must be a bool, got {v!r}")
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
             raise ValueError(f"forget_bias must be a number, got {forget_bias!r}")
         if not math.isfinite(forget_bias):  # NaN: every output NaN; inf: a saturated gate
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")

@@ -25,6 +25,7 @@ model). Parameters per layer-direction: ``nu_log, theta (S,)``, ``B_re, B_im (S,
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -55,7 +56,7 @@ class LRU(ParallelRecurrent):
         # the initial phases are U(0, max_phase): NaN or inf ones make every output NaN
         if (
             isinstance(max_phase, bool)
-            or not isinstance(max_phase, (int, float))
+            or not isinstance(max_phase, numbers.Real)
             or not 0 <= max_phase < math.inf
         ):
             raise ValueError(f"max_phase must be a finite number >= 0, got {max_phase!r}")
