@@ -35,7 +35,7 @@ def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
     """``(T, B)`` boolean mask of valid steps, or None when every step is valid."""
     if lengths is None:
         return None
-    lengths = torch.as_tensor(lengths)
+    lengths = _checks.as_lengths(lengths)
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
     # integers in [1, T], as the layers take them: a length past T, or fractional, would

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_sequence
 
+from rnnkit._checks import as_lengths
+
 __all__ = ["PaddedBatch", "PadCollate", "pad_collate", "length_mask"]
 
 
@@ -39,7 +41,7 @@ def length_mask(
     ``lengths.max()``, and may not be shorter than the longest sequence (its last steps would be
     missing from the mask).
     """
-    lengths = torch.as_tensor(lengths)
+    lengths = as_lengths(lengths)
     if lengths.dim() != 1:
         raise ValueError(f"lengths must have shape (B,), got shape {tuple(lengths.shape)}")
     # the comparison below would round a fractional length up and count a bool as 0 or 1

@@ -127,6 +127,7 @@ def test_tar_of_an_empty_batch_is_zero():
     assert losses.tar(h).item() == 0.0
     assert losses.tar(h.transpose(0, 1), batch_first=True).item() == 0.0
     assert losses.tar(h, lengths=torch.zeros(0, dtype=torch.long)).item() == 0.0
+    assert losses.tar(h, lengths=[]).item() == 0.0
 
 
 @pytest.mark.parametrize("enforce_sorted", [True, False])

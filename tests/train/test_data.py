@@ -269,6 +269,7 @@ def test_length_mask_checks_its_arguments():
     with pytest.raises(ValueError, match=r"lengths is empty \(B = 0\): pass max_len"):
         length_mask(empty)
     assert length_mask(empty, 5).shape == (5, 0)  # an empty batch, as torch.nn accepts them
+    assert length_mask([], 5).shape == (5, 0)  # [] reads as float32: still no fractional length
     assert length_mask([2, 3, 1], batch_first=True).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
     assert length_mask(lengths, 4).shape == (4, 3) and not length_mask(lengths, 4)[3].any()
 
