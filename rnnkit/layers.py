@@ -368,9 +368,7 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0)
     return out, state
 
 
-def _check_config(
-    input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, bidirectional=False
-) -> None:
+def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, bidir) -> None:
     for name, v in [
         ("input_size", input_size),
         ("hidden_size", hidden_size),
@@ -382,11 +380,10 @@ def _check_config(
             raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
         if v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    # bidirectional too: a string such as 'no' is true, and built a bidirectional layer
-    for name, v in [("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)]:
+    # bidirectional too (torch.nn does not): 'no' is true. dropout: numbers.Real, numpy's scalars too
+    for name, v in [("bias", bias), ("batch_first", batch_first), ("bidirectional", bidir)]:
         if not isinstance(v, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
-    # numbers.Real: numpy's scalars too (np.float32 is no float), as torch.nn takes them
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
     if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
