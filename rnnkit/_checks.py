@@ -114,12 +114,20 @@ def check_state(
 
 def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
     if not isinstance(lengths, Tensor):
-        lengths = torch.as_tensor(lengths)
+        lengths = as_lengths(lengths)
     if lengths.dim() != 1 or lengths.shape[0] != batch:
         fail(f"lengths must be 1-D with one entry per sequence ({batch}), got shape {tuple(lengths.shape)}")
-    if lengths.is_floating_point() or lengths.is_complex():
+    # a bool tensor (a mask) would be read as lengths of 1 and 0
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
         fail(f"lengths must be integers, got dtype {lengths.dtype}")
     lo, hi = (int(lengths.min()), int(lengths.max())) if lengths.numel() else (1, 1)  # (none: no batch)
     if lo < 1 or hi > max_len:
         fail(f"lengths must lie in [1, {max_len}] (the padded length), got values in [{lo}, {hi}]")
     return lengths.cpu().long()
+
+
+def as_lengths(lengths: object) -> Tensor:
+    """``torch.as_tensor(lengths)``, but an empty sequence (an empty batch's ``[]``), which torch
+    reads as a float tensor, is an int64 one: it holds no fractional length to refuse."""
+    t = torch.as_tensor(lengths)
+    return t.long() if t.numel() == 0 and not isinstance(lengths, Tensor) else t

@@ -112,9 +112,13 @@ class _TemporalBlock(nn.Module):
         return F.relu(self.drop(F.relu(y)) + self.down(x)), (p1, p2)
 
 
-def _to_bct(x: Tensor, batch_first: bool) -> Tensor:
-    if x.dim() != 3:
+def _to_bct(x: Tensor, batch_first: bool, first: CausalConv1d) -> Tensor:
+    """``x`` ``(T, B, F)`` / ``(B, T, F)`` checked against the first convolution ``first`` as a
+    recurrent layer checks its input (else torch.cat or conv1d fail on another feature size,
+    dtype or no time step), as ``(B, F, T)``."""
+    if _checks.check_tensor(x, "input").dim() != 3:
         raise ValueError(f"expected a 3-D input (T, B, F) or (B, T, F), got shape {tuple(x.shape)}")
+    _checks.check_input(x, first.in_channels, False, first.weight, 0 if batch_first else 1)
     return x.permute(0, 2, 1) if batch_first else x.permute(1, 2, 0)
 
 
@@ -200,7 +204,7 @@ class TCN(nn.Module):
         """``lengths`` (padded batches): centred kernels see zeros past each sequence's end, so
         its valid outputs are those of the sequence alone; a causal output at a valid step never
         sees the padding after it, and the state carries each sequence's own last steps."""
-        y = _to_bct(x, self.batch_first)
+        y = _to_bct(x, self.batch_first, self.blocks[0].conv1)
         checked = _lengths(lengths, y)  # both modes: the mask below would broadcast a bad shape
         valid = None if self.causal else _valid_mask(checked, y)
         ends = checked if self.causal else None
@@ -254,7 +258,7 @@ class ConvRecurrent(nn.Module):
     def forward(self, x: Tensor, state: Any = None, **kwargs: Any) -> tuple[Tensor, Any]:
         pasts, rstate = state if state is not None else (None, None)
         pasts = _pasts(pasts, len(self.convs), "convolution front end", "convolution")
-        y, new = _to_bct(x, self.batch_first), []
+        y, new = _to_bct(x, self.batch_first, self.convs[0]), []
         checked = _lengths(kwargs.get("lengths"), y)  # before the convolutions, in both modes
         valid = None if self.causal else _valid_mask(checked, y)  # see CausalConv1d
         ends = checked if self.causal else None

@@ -66,7 +66,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         zoneout: float | tuple[float, float] | dict[str, float] = 0.0,
     ) -> None:
         super().__init__()
-        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size)
+        _check_config(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, bidirectional
+        )
         dispatch.check_impl(impl)
         if locked_dropout and num_layers == 1:
             warnings.warn(
@@ -366,7 +368,7 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0)
     return out, state
 
 
-def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size) -> None:
+def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, bidir) -> None:
     for name, v in [
         ("input_size", input_size),
         ("hidden_size", hidden_size),
@@ -378,12 +380,13 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
             raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
         if v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
-    for name, v in [("bias", bias), ("batch_first", batch_first)]:
+    # bidirectional too (torch.nn does not): 'no' is true. dropout: numbers.Real, numpy's scalars too
+    for name, v in [("bias", bias), ("batch_first", batch_first), ("bidirectional", bidir)]:
         if not isinstance(v, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout <= 1:
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-    if not isinstance(proj_size, int) or proj_size < 0:
+    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
         raise ValueError(f"proj_size must be a non-negative int, got {proj_size!r}")
     if dropout > 0 and num_layers == 1:  # torch.nn's warning, pointing at the user's constructor call
         warnings.warn(

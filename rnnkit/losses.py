@@ -35,7 +35,7 @@ def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
     """``(T, B)`` boolean mask of valid steps, or None when every step is valid."""
     if lengths is None:
         return None
-    lengths = torch.as_tensor(lengths)
+    lengths = _checks.as_lengths(lengths)
     if lengths.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
     # integers in [1, T], as the layers take them: a length past T, or fractional, would
@@ -75,7 +75,7 @@ def temporal_activation_regularization(
         return beta * (data[nxt] - data[prev]).pow(2).mean()
     h = _time_major(output, batch_first)
     valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
-    if h.shape[0] < 2:
+    if h.shape[0] < 2 or h.shape[1] == 0:  # no sequence with two steps (none at all: an empty batch)
         return h.new_zeros(())
     diff = h[1:] - h[:-1]
     if valid is None:

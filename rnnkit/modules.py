@@ -264,6 +264,24 @@ class StepCell(nn.Module):
             masks.weights
         ):
             _checks.fail("masks were not sampled by this cell (its regularizer options differ)")
+        # another cell's masks (other sizes or dtype) failed inside the step, or broadcast silently:
+        # a recurrent mask (B, 1) over (B, H)
+        shapes = {n: tuple(w.shape) for n, w in p.items() if self.weight_drop and n.startswith("weight_hh")}
+        if set(masks.weights) != set(shapes):
+            got = sorted(masks.weights)
+            _checks.fail(
+                f"masks were not sampled by this cell: expected masks of {sorted(shapes)}, got {got}"
+            )
+        given = [(f"{n} mask", masks.weights[n], shapes[n]) for n in shapes]
+        if masks.recurrent is not None:
+            given.append(("recurrent mask", masks.recurrent, (batch, self.cell.state_sizes()[0])))
+        for what, m, shape in given:
+            if tuple(m.shape) != shape:
+                got = tuple(m.shape)
+                _checks.fail(
+                    f"masks were not sampled by this cell: expected a {what} of shape {shape}, got {got}"
+                )
+            _checks.check_like(m, reference(self, "weight_ih"), what)
         p = {n: w * masks.weights[n] if n in masks.weights else w for n, w in p.items()}
         return p, masks.recurrent
 

@@ -28,6 +28,7 @@ belongs to a *sequence*, not to a position in the packed batch.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -89,7 +90,7 @@ def _vmap_per_sample_randomness() -> bool:
 
 def check_prob(name: str, p: object) -> float:
     """``p`` as a float in ``[0, 1]``, else a ``ValueError`` naming ``name``."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:  # numpy's too
         raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
     return float(p)
 
@@ -158,9 +159,13 @@ class LockedDropout(nn.Module):
     def __init__(self, p: float = 0.5, batch_first: bool = False) -> None:
         super().__init__()
         self.p = check_prob("p", p)
+        if not isinstance(batch_first, bool):  # as the layers' (a true string swaps time and batch)
+            raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
         self.batch_first = batch_first
 
     def forward(self, x: Tensor | PackedSequence) -> Tensor | PackedSequence:
+        if not isinstance(x, (Tensor, PackedSequence)):
+            raise ValueError(f"LockedDropout expects a tensor or a PackedSequence, got {type(x).__name__}")
         if not self.training or self.p == 0:
             return x
         if isinstance(x, PackedSequence):

@@ -291,6 +291,8 @@ def test_lengths_on_an_empty_batch_as_without_lengths(family, kw):
     m = getattr(rnnkit, family)(3, 4, **kw)
     x = torch.randn(0, 5, 3) if kw.get("batch_first") else torch.randn(5, 0, 3)
     want, got = m(x), m(x, lengths=torch.zeros(0, dtype=torch.long))
+    # an empty list too, which torch.as_tensor reads as float32 (it was refused as not integers)
+    assert m(x, lengths=[])[0].shape == want[0].shape
     assert got[0].shape == want[0].shape == getattr(nn, family)(3, 4, **kw)(x)[0].shape
     for a, b in zip(
         got[1] if isinstance(got[1], tuple) else (got[1],),

@@ -180,6 +180,9 @@ BAD = [
     (lambda m: m(torch.randn(5, 2, 3), lengths=[5, 6]), r"\[1, 5\]"),
     (lambda m: m(torch.randn(5, 2, 3), lengths=[5]), "one entry per sequence"),
     (lambda m: m(torch.randn(5, 2, 3), lengths=[0, 2]), r"\[1, 5\]"),
+    # a bool mask was read as lengths of 1 and 0 (True, True: one step each), silently
+    (lambda m: m(torch.randn(5, 2, 3), lengths=torch.tensor([True, True])), "integers, got dtype torch.bool"),
+    (lambda m: m(torch.randn(5, 2, 3), lengths=[5.0, 2.0]), "integers, got dtype torch.float"),
     (lambda m: m([[1.0]]), "torch.Tensor"),
 ]
 
@@ -206,6 +209,54 @@ def test_bad_config(kw, msg):
     args = {"input_size": 3, "hidden_size": 4, **kw}
     with pytest.raises(ValueError, match=msg):
         rnnkit.LSTM(**args)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.RNN, rnnkit.MinGRU, rnnkit.QRNN, rnnkit.LRU])
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_bidirectional_must_be_a_bool(cls, value):
+    """bidirectional='no' built a bidirectional layer (the string is true) and None or 0 a
+    unidirectional one, silently, where bias and batch_first are refused unless bools."""
+    with pytest.raises(TypeError, match=f"bidirectional should be of type bool, got: {type(value).__name__}"):
+        cls(3, 4, bidirectional=value)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.RNNCell, rnnkit.LSTMCell, rnnkit.GRUCell])
+def test_cell_sizes_are_checked_naming_them(cls):
+    """LSTMCell(3, -4) failed in torch.empty on 'negative dimension -16' (4 gates x -4) and a float
+    size on 'argument size must be tuple of ints'; both now name the size. Zero stays allowed, as
+    torch.nn's cells allow it."""
+    with pytest.raises(ValueError, match="hidden_size must be a non-negative int, got -4"):
+        cls(3, -4)
+    with pytest.raises(ValueError, match="input_size must be a non-negative int, got -1"):
+        cls(-1, 4)
+    with pytest.raises(TypeError, match="hidden_size should be of type int, got: float"):
+        cls(3, 4.0)
+    out = cls(0, 4)(torch.randn(2, 0))
+    assert (out[0] if isinstance(out, tuple) else out).shape == (2, 4)
+
+
+def test_numpy_scalars_are_numbers():
+    """np.float32(0.5) (no float subclass, unlike np.float64) and np.int64 were refused as
+    'must be a number in [0, 1]' for dropout, the regularizers' probabilities, QRNN's zoneout,
+    LRU's max_phase and forget_bias, where torch.nn takes numpy scalars for dropout (sweeps
+    often produce them). They are taken as the Python numbers they hold."""
+    np = pytest.importorskip("numpy")
+    half = np.float32(0.5)
+    m = rnnkit.LSTM(3, 4, 2, dropout=half, zoneout=half, weight_drop=half, forget_bias=np.float32(1.0))
+    assert m.dropout == 0.5 and m.weight_drop == 0.5 and m.zoneout_probs[0] == (0.5, 0.5)
+    assert rnnkit.GRU(3, 4, 2, dropout=np.int64(0)).dropout == 0.0
+    assert (
+        rnnkit.LockedDropout(half).p == 0.5
+        and rnnkit.LSTMCell(3, 4, recurrent_dropout=half).recurrent_dropout == 0.5
+    )
+    assert rnnkit.QRNN(3, 4, zoneout=half).zoneout == 0.5
+    assert rnnkit.LRU(3, 4, max_phase=np.float32(1.0)).max_phase == 1.0
+
+
+def test_proj_size_true_is_refused_naming_it():
+    """proj_size=True (an int to isinstance) failed deep in torch.empty on a bool size."""
+    with pytest.raises(ValueError, match="proj_size must be a non-negative int, got True"):
+        rnnkit.LSTM(3, 4, proj_size=True)
 
 
 def test_dropout_single_layer_warns_like_torch():

@@ -45,6 +45,9 @@ Options (keywords of :class:`LSTMCellMath`, of ``rnnkit.LSTM`` and ``rnnkit.LSTM
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -114,8 +117,10 @@ class LSTMCellMath(Cell):
         for k, v in options.items():
             if isinstance(_DEFAULTS[k], bool) and not isinstance(v, bool):
                 raise ValueError(f"{k} must be a bool, got {v!r}")
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
             raise ValueError(f"forget_bias must be a number, got {forget_bias!r}")
+        if not math.isfinite(forget_bias):  # NaN: every output NaN; inf: a saturated gate
+            raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         if max_len is None:  # stays None without batch norm (a cell is rebuilt from its options)
             max_len = _DEFAULTS["max_len"] if norm == "batch" else None
         elif isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:

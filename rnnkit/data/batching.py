@@ -13,6 +13,7 @@ shorter for the last window, or random with ``variable_length=True``).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -38,6 +39,15 @@ class LMBatch(NamedTuple):
     position: int
 
 
+def check_int(name: str, value: object, none_ok: bool = False) -> None:
+    """A ``ValueError`` naming ``name`` unless ``value`` is an int (numpy's too; not a bool), or
+    ``None`` when ``none_ok``: a float size passed the range checks and failed later, in a slice."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}")
+
+
 def _as_1d(data: Tensor | Sequence[int]) -> Tensor:
     data = data if isinstance(data, Tensor) else torch.as_tensor(data)
     if data.dim() != 1:
@@ -58,6 +68,8 @@ def make_streams(
     slice of ``batch_size // world_size`` streams (the global batch is split, not copied).
     """
     data = _as_1d(data)
+    for name, v in (("batch_size", batch_size), ("rank", rank), ("world_size", world_size)):
+        check_int(name, v)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
@@ -102,6 +114,9 @@ class BPTTBatches:
         world_size: int = 1,
     ) -> None:
         data = _as_1d(data)
+        for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("min_len", min_len)):
+            check_int(name, v)
+        check_int("max_len", max_len, none_ok=True)
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if batch_size < 1:

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_sequence
 
+from rnnkit._checks import as_lengths
+
 __all__ = ["PaddedBatch", "PadCollate", "pad_collate", "length_mask"]
 
 
@@ -35,12 +37,21 @@ def length_mask(
 ) -> Tensor:
     """Boolean mask, True on real steps: ``(T, B)``, or ``(B, T)`` with ``batch_first``.
 
-    ``lengths``: ``(B,)``; ``T`` is ``max_len``, by default ``lengths.max()``, and may not be
-    shorter than the longest sequence (its last steps would be missing from the mask).
+    ``lengths``: ``(B,)`` integers ``>= 0``; ``T`` is ``max_len`` (an int), by default
+    ``lengths.max()``, and may not be shorter than the longest sequence (its last steps would be
+    missing from the mask).
     """
-    lengths = torch.as_tensor(lengths)
+    lengths = as_lengths(lengths)
     if lengths.dim() != 1:
         raise ValueError(f"lengths must have shape (B,), got shape {tuple(lengths.shape)}")
+    # the comparison below would round a fractional length up and count a bool as 0 or 1
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be integers, got dtype {lengths.dtype}")
+    if lengths.numel() and int(lengths.min()) < 0:
+        i = int(lengths.argmin())
+        raise ValueError(f"lengths must be >= 0, got lengths[{i}] = {int(lengths[i])}")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral)):
+        raise ValueError(f"max_len must be a non-negative int or None, got {max_len!r}")
     if lengths.numel() == 0 and max_len is None:  # an empty batch has no longest sequence
         raise ValueError("lengths is empty (B = 0): pass max_len for the mask of an empty batch")
     longest = int(lengths.max()) if lengths.numel() else 0
@@ -97,6 +108,15 @@ def _as_sequence(x: Any, i: int, item: Any) -> Tensor:
         raise ValueError(
             f"item {i}: expected a sequence (a tensor, an array or a list of numbers) or a "
             f"(sequence, target) pair, got {_form(item)}"
+        ) from None
+
+
+def _as_target(y: Any, i: int) -> Tensor:
+    try:
+        return torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):  # a label left as a string, a ragged list
+        raise ValueError(
+            f"item {i}: expected a target (a tensor, an array, a number or a list of numbers), got {_form(y)}"
         ) from None
 
 
@@ -157,7 +177,7 @@ class PadCollate:
         )
         targets = None
         if paired:
-            tgts = [torch.as_tensor(it[1]) for it in items]
+            tgts = [_as_target(it[1], i) for i, it in enumerate(items)]
             aligned = [t.dim() >= 1 and t.shape[0] == s.shape[0] for t, s in zip(tgts, seqs, strict=True)]
             sequences = all(aligned) if self.sequence_targets is None else self.sequence_targets
             if sequences:

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from rnnkit.data.batching import check_int
+
 __all__ = ["BucketBatchSampler"]
 
 
@@ -41,6 +43,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
+        for name, v in (("batch_size", batch_size), ("num_replicas", num_replicas), ("rank", rank)):
+            check_int(name, v)
+        check_int("bucket_size", bucket_size, none_ok=True)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:

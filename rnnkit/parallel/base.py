@@ -48,7 +48,7 @@ class ParallelRecurrent(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None) -> None:  # fmt: skip
         super().__init__()
-        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, 0)
+        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, 0, bidirectional)
         self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional

@@ -179,7 +179,9 @@ class MinGRU(ParallelRecurrent):
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, log_space: bool = False) -> None:  # fmt: skip
-        self.log_space = bool(log_space)
+        if not isinstance(log_space, bool):  # as bias and batch_first: log_space='False' is true
+            raise TypeError(f"log_space should be of type bool, got: {type(log_space).__name__}")
+        self.log_space = log_space
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device, dtype)  # fmt: skip
 
@@ -218,6 +220,15 @@ class MinGRU(ParallelRecurrent):
             check_positive_state(h0)
             return log_scan(a, b, h0, mask, reverse, u.dtype)
         return self.scan(a, b, h0, mask, reverse)
+
+    def _next_layer_input(self, outs: list[Tensor], mask: Tensor | None, k: int) -> Tensor:
+        x = super()._next_layer_input(outs, mask, k)
+        if k == self.num_layers - 1 and len(outs) == 1 and mask is None and x.requires_grad:
+            # the output is the scan's h, which its backward reads (the fused Functions return a
+            # view of it): a copy, so that the caller may modify it in place as torch.nn's
+            # (nn.Dropout(inplace=True)); one output-sized copy per call that records a graph
+            x = x.clone()
+        return x
 
     def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         u = self.project(p, x)

@@ -35,6 +35,8 @@ Parameters: ``weight_ih_l{k} (3H, window·H_in)`` (rows ``z, f, o``; column bloc
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -59,7 +61,7 @@ class QRNN(ParallelRecurrent):
                  device=None, dtype=None, *, window: int = 2, zoneout: float = 0.0) -> None:  # fmt: skip
         if window not in (1, 2):
             raise ValueError(f"window must be 1 or 2, got {window!r}")
-        if isinstance(zoneout, bool) or not isinstance(zoneout, (int, float)) or not 0 <= zoneout < 1:
+        if isinstance(zoneout, bool) or not isinstance(zoneout, numbers.Real) or not 0 <= zoneout < 1:
             raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
         self.window, self.zoneout = window, float(zoneout)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
@@ -154,7 +156,9 @@ class QRNN(ParallelRecurrent):
         for k in range(self.num_layers):
             ck = c[k] if c is not None else x.new_zeros(x.shape[0], self.hidden_size)
             xp = join_autocast(prevs[k], x) if prevs is not None else torch.zeros_like(x)
-            new_prevs.append(x)
+            # layer 0's input is the caller's tensor (a view of it unbatched): a copy, or a buffer
+            # refilled in place would become the next step's x_{t-1} (as forward's last input)
+            new_prevs.append(x if k else x.clone())
             x, ck = self.step_layer(self.layer_params(k), torch.cat([xp, x], -1), ck)
             cs.append(ck)
             if self.dropout and self.training and k < self.num_layers - 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -59,6 +60,21 @@ class TrainConfig:
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be > 0 or None, got {v}")
 
+        for name in (  # counts of steps, epochs, windows: a float passed and failed later or rounded
+            "max_epochs",
+            "max_steps",
+            "tbptt_k1",
+            "tbptt_k2",
+            "val_every",
+            "patience",
+            "log_every",
+            "checkpoint_every",
+            "keep_last",
+            "nonmono",
+        ):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+                raise ValueError(f"{name} must be an int, got {v!r}")
         for name in (
             "max_steps",
             "max_minutes",

@@ -170,6 +170,9 @@ def test_mut_parameter_layout(variant, I, shapes):
         ("lstm", {"forget_bias": 1.0, "forget_gate": False}, "forget_bias"),
         ("lstm", {"forget_bias": 1.0, "bias": False}, "forget_bias"),
         ("lstm", {"forget_bias": "1"}, "forget_bias must be a number"),
+        # a NaN forget bias made every output NaN, silently (an inf one saturates the gate)
+        ("lstm", {"forget_bias": float("nan")}, "forget_bias must be a finite number, got nan"),
+        ("lstm", {"forget_bias": float("inf")}, "forget_bias must be a finite number, got inf"),
         ("lstm", {"peephole": 1}, "peephole must be a bool"),
         ("lstm", {"max_len": 0, "norm": "batch"}, "max_len"),
         ("lstm", {"max_len": 10}, r"max_len=10 .* needs norm='batch', got norm=None"),

@@ -80,6 +80,24 @@ def test_a_wrong_state_is_a_clear_error(arch, kernel_size):
 
 
 @pytest.mark.parametrize("arch", ["tcn", "conv-lstm"])
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (torch.randn(3, 4, 2), r"input has 2 features .* expects input_size=3"),
+        (torch.randn(3, 4, 3, dtype=torch.float32), "input has dtype torch.float32 but the parameters are"),
+        (torch.randn(3, 0, 3), "at least one time step"),
+    ],
+)
+def test_a_wrong_input_is_a_clear_error(arch, x, match):
+    """An input of another feature size failed in the first convolution's torch.cat ("Sizes of
+    tensors must match except in dimension 2"), another dtype in conv1d, no time step on the
+    kernel size; each is now the recurrent layers' error, naming expected and received."""
+    m = build_recurrent(cfg(arch), 3, batch_first=True)
+    with pytest.raises(ValueError, match=match):
+        m(x)
+
+
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm"])
 def test_a_state_of_another_dtype_or_form_is_a_clear_error(arch):
     """A float32 past with a float64 model and input was promoted by torch.cat without a word
     (float64 outputs from a float32 state); a TCN level that is not a (past1, past2) pair failed

@@ -335,6 +335,16 @@ def test_clear_errors():
         rnnkit.QRNN(3, 4, zoneout=1.0)
     with pytest.raises(ValueError, match="r_min"):
         rnnkit.LRU(3, 4, r_min=0.9, r_max=0.5)
+    # NaN or inf phases made every output NaN; state_size=True failed deep in torch.empty
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError, match=rf"max_phase must be a finite number >= 0, got {bad}"):
+            rnnkit.LRU(3, 4, max_phase=bad)
+    with pytest.raises(ValueError, match="state_size must be a positive int, got True"):
+        rnnkit.LRU(3, 4, state_size=True)
+    # log_space='False' (a true string) chose the log-space scan silently
+    for cls in (rnnkit.MinGRU, rnnkit.MinLSTM):
+        with pytest.raises(TypeError, match="log_space should be of type bool, got: str"):
+            cls(3, 4, log_space="False")
     with pytest.raises(ValueError, match="must be > 0"):
         make("mingru_log")(torch.randn(5, 2, 3), -torch.ones(1, 2, 4))
     with pytest.raises(ValueError, match="complex"):
@@ -402,3 +412,24 @@ def test_minlstm_saturated_gates_stay_finite_in_float32(masked):
     for a, b in zip(*res, strict=True):
         assert torch.isfinite(a).all()
         torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_output_may_be_modified_in_place_as_torch_nn_s(name, num_layers):
+    """minGRU's and minLSTM's scans return the output they save for backward (the fused ones a view
+    of it): an in-place op on it, ``nn.Dropout(inplace=True)`` after the layer as AWD-LSTM-style
+    models have, failed ('Output 0 of _MinGRUScan is a view and is being modified inplace', or at
+    backward, 'modified by an inplace operation'), where torch.nn's layers allow it. The gradients
+    are those of the out-of-place op."""
+    m = make(name, num_layers=num_layers)
+    x = torch.randn(5, 2, 3)
+    h0 = state(m, 2, positive=True).detach() if name.endswith("_log") else None
+    y, h_n = m(x, h0)
+    h_before = map_tensors(lambda t: t.detach().clone(), h_n)
+    want = torch.autograd.grad(torch.relu(y).square().sum(), list(m.parameters()))
+    y, h_n = m(x, h0)
+    torch.relu_(y)  # in place, as nn.ReLU(inplace=True) / nn.Dropout(inplace=True)
+    got = torch.autograd.grad(y.square().sum(), list(m.parameters()))
+    _close_all(got, want)
+    torch.testing.assert_close(h_n, h_before, rtol=0, atol=0)  # the state is not the output

@@ -118,6 +118,26 @@ def test_forward_and_step_states_are_interchangeable():
     close(m.step(x[0], c0), m.step(x[0], (c0, (torch.zeros(2, 3), torch.zeros(2, 4)))))
 
 
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_step_state_is_not_the_callers_input(unbatched):
+    """``step``'s ``x_prev_0`` is a copy of ``x_t``: it was the caller's tensor itself (a view of
+    it unbatched), so a stream refilling one input buffer in place saw ``[x_t, x_t]`` at the next
+    step instead of ``[x_{t-1}, x_t]``, and an in-place change of the state changed the input."""
+    m = make(num_layers=2).eval()
+    x = torch.randn(5, 2, 3)
+    if unbatched:
+        x = x[:, 0]
+    out, _ = m(x)
+    buf, s, ys = torch.empty_like(x[0]), None, []
+    for t in range(x.shape[0]):
+        buf.copy_(x[t])  # one input buffer, refilled in place
+        y, s = m.step(buf, s)
+        ys.append(y.clone())
+    torch.testing.assert_close(torch.stack(ys), out, rtol=1e-12, atol=1e-12)
+    s[1][0].add_(1.0)
+    torch.testing.assert_close(buf, x[-1], rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_padded_and_packed_x_prev_is_each_sequences_own_last_input(batch_first):
     m = make(num_layers=2, batch_first=batch_first)

@@ -51,6 +51,15 @@ def test_locked_dropout_eval_p0_unbatched_and_reproducible():
         rnnkit.LockedDropout(2.0)
 
 
+def test_locked_dropout_checks_batch_first_and_its_input_type():
+    """batch_first='no' (a true string) shared masks over the batch instead of over time, and an
+    array input failed with AttributeError ('no attribute dim'), silently or unclearly."""
+    with pytest.raises(TypeError, match="batch_first should be of type bool, got: str"):
+        rnnkit.LockedDropout(0.5, batch_first="no")
+    with pytest.raises(ValueError, match="LockedDropout expects a tensor or a PackedSequence, got ndarray"):
+        rnnkit.LockedDropout(0.5)(torch.randn(3, 2, 4).numpy())
+
+
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_locked_dropout_packed_row_belongs_to_the_sequence(enforce_sorted):
     """Packed input draws the dense mask (same seed) and keeps each row with its sequence."""
@@ -109,6 +118,16 @@ def test_ar_tar_are_awd_lstm_formulas():
     hb = h.transpose(0, 1)
     torch.testing.assert_close(losses.tar(hb, batch_first=True), losses.tar(h))
     assert losses.tar(h[:1]).item() == 0.0
+
+
+def test_tar_of_an_empty_batch_is_zero():
+    """TAR is zero when no sequence has two steps, so for a batch of no sequence too (the layers'
+    output for an empty batch): it was NaN, the mean of no difference, which poisons a summed loss."""
+    h = torch.randn(6, 0, 5)
+    assert losses.tar(h).item() == 0.0
+    assert losses.tar(h.transpose(0, 1), batch_first=True).item() == 0.0
+    assert losses.tar(h, lengths=torch.zeros(0, dtype=torch.long)).item() == 0.0
+    assert losses.tar(h, lengths=[]).item() == 0.0
 
 
 @pytest.mark.parametrize("enforce_sorted", [True, False])

@@ -114,6 +114,22 @@ def test_missing_or_wrong_masks_are_clear_errors():
         rnnkit.GRUCell(3, 4, not_an_option=1)
 
 
+def test_masks_of_another_cells_size_or_dtype_are_clear_errors():
+    """Masks of a cell with the same options but another hidden size (or dtype) were taken: a
+    recurrent mask (B, 1) broadcast over (B, H) silently (one unit's mask for all), others failed
+    inside the step on a size or dtype mismatch. They are refused naming expected and received."""
+    x = torch.randn(3, 4)
+    cell = rnnkit.GRUCell(4, 6, recurrent_dropout=0.3).train()
+    with pytest.raises(ValueError, match=r"recurrent mask of shape \(3, 6\).*got \(3, 1\)"):
+        cell(x, masks=rnnkit.GRUCell(4, 1, recurrent_dropout=0.3).sample_masks(3))
+    cell = rnnkit.LSTMCell(4, 6, weight_drop=0.2).train()
+    with pytest.raises(ValueError, match=r"weight_hh mask of shape \(24, 6\).*got \(20, 5\)"):
+        cell(x, masks=rnnkit.LSTMCell(4, 5, weight_drop=0.2).sample_masks(3))
+    other = rnnkit.LSTMCell(4, 6, weight_drop=0.2, dtype=torch.float32)
+    with pytest.raises(ValueError, match="weight_hh mask has dtype torch.float32 but the parameters are"):
+        cell(x, masks=other.sample_masks(3))
+
+
 def test_masks_are_per_sequence_and_reproducible():
     cell = rnnkit.GRUCell(3, 50, recurrent_dropout=0.5, weight_drop=0.5)
     torch.manual_seed(0)

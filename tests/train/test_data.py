@@ -51,6 +51,36 @@ def test_bad_arguments():
         bptt_batches(torch.arange(30), 3, 2, world_size=2)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"seq_len": 2.5}, "seq_len must be an int, got 2.5"),
+        ({"seq_len": 3.0}, "seq_len must be an int, got 3.0"),
+        ({"batch_size": 2.5}, "batch_size must be an int, got 2.5"),
+        ({"max_len": 4.5, "variable_length": True, "seed": 0}, "max_len must be an int or None, got 4.5"),
+        ({"min_len": 2.5, "variable_length": True, "seed": 0}, "min_len must be an int, got 2.5"),
+        ({"world_size": 2.0}, "world_size must be an int, got 2.0"),
+    ],
+)
+def test_sizes_that_are_not_ints_are_refused(kwargs, match):
+    """A float seq_len (or drawn window bound) was accepted and failed at the first window in a
+    slice ('slice indices must be integers'); a float batch_size was reported as not divisible
+    by world_size. Each is refused, naming it."""
+    args = {"batch_size": 2, "seq_len": 3, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        list(bptt_batches(torch.arange(40), **args))
+
+
+def test_bucket_sampler_sizes_that_are_not_ints_are_refused():
+    """A float batch_size failed at iteration in range() ('float' object cannot be interpreted as
+    an integer), a string one in a comparison."""
+    for bad in (1.5, "2"):
+        with pytest.raises(ValueError, match=f"batch_size must be an int, got {bad!r}"):
+            BucketBatchSampler([1, 2, 3], bad)
+    with pytest.raises(ValueError, match="bucket_size must be an int or None, got 2.5"):
+        BucketBatchSampler([1, 2, 3], 1, bucket_size=2.5)
+
+
 def test_rank_shards_tile_the_global_batch():
     data = torch.arange(64)
     full = list(bptt_batches(data, 4, 5))
@@ -239,8 +269,27 @@ def test_length_mask_checks_its_arguments():
     with pytest.raises(ValueError, match=r"lengths is empty \(B = 0\): pass max_len"):
         length_mask(empty)
     assert length_mask(empty, 5).shape == (5, 0)  # an empty batch, as torch.nn accepts them
+    assert length_mask([], 5).shape == (5, 0)  # [] reads as float32: still no fractional length
     assert length_mask([2, 3, 1], batch_first=True).tolist() == [[1, 1, 0], [1, 1, 1], [1, 0, 0]]
     assert length_mask(lengths, 4).shape == (4, 3) and not length_mask(lengths, 4)[3].any()
+
+
+@pytest.mark.parametrize("lengths", [[2.5, 1.0], [2.0, 1.0], [True, False]])
+def test_length_mask_refuses_lengths_that_are_not_integers(lengths):
+    """Fractional lengths were rounded up by the comparison (2.5 gave 3 real steps), float and
+    bool ones taken as counts, silently: they are refused, as the layers refuse them."""
+    with pytest.raises(ValueError, match=r"lengths must be integers, got dtype torch\.(float64|bool)"):
+        length_mask(torch.tensor(lengths))
+
+
+def test_length_mask_refuses_negative_lengths_and_max_len():
+    """A negative length gave a sequence of no step and a float max_len a mask of its ceiling's
+    steps, silently."""
+    with pytest.raises(ValueError, match=r"lengths must be >= 0, got lengths\[1\] = -1"):
+        length_mask([2, -1])
+    with pytest.raises(ValueError, match=r"max_len must be a non-negative int or None, got 2\.5"):
+        length_mask([2, 1], 2.5)
+    assert length_mask([0, 2]).tolist() == [[False, True], [False, True]]  # zero stays a length
 
 
 def test_pad_collate_items_must_share_one_form():
@@ -263,6 +312,14 @@ def test_pad_collate_items_must_share_one_form():
     assert b.inputs.tolist() == [[1, 2], [0, 0]] and b.targets.tolist() == [[2, 3], [7, -100]]
     with pytest.raises(ValueError, match=r"item 0: expected a sequence .* got a tuple of 3 elements"):
         pad_collate([(torch.arange(2), torch.arange(2), "meta")])
+
+
+def test_pad_collate_names_the_item_of_a_target_that_is_not_numbers():
+    """A label left as a string failed inside torch.as_tensor ("new(): invalid data type 'str'"),
+    naming neither the item nor what a target may be."""
+    items = [(torch.arange(2), 1), (torch.arange(3), "noun")]
+    with pytest.raises(ValueError, match=r"item 1: expected a target .* got a str"):
+        pad_collate(items)
 
 
 def test_variable_length_windows_need_one_seed_on_all_ranks():

@@ -273,6 +273,12 @@ def test_progress_bar_shows_loss(capsys):
         ({"resume": True}, "resume=True needs out_dir"),
         ({"checkpoint_every": 5}, r"checkpoint_every=5 needs out_dir \(where the checkpoints go\), got None"),
         ({"max_epochs": 0}, "max_epochs must be >= 1, got 0"),
+        # counts of steps taken as floats: tbptt_k1=2.5 failed in narrow() at the first long batch,
+        # val_every=2.5 validated every 5 steps and keep_last=1.5 failed at the first checkpoint
+        ({"tbptt_k1": 2.5}, "tbptt_k1 must be an int, got 2.5"),
+        ({"val_every": 2.5}, "val_every must be an int, got 2.5"),
+        ({"keep_last": 1.5}, "keep_last must be an int, got 1.5"),
+        ({"max_steps": True}, "max_steps must be an int, got True"),
     ],
 )
 def test_bad_config(kw, match):
