@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -71,6 +71,21 @@ def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim
     if x.numel() == 0 and (batch_dim is None or empty_other):
         fail(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
     check_like(x, ref, "input")
+
+
+def check_param_shapes(
+    params: Mapping[str, Tensor],
+    shapes: Mapping[str, tuple[int, ...]],
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """Each of a cell's tensors ``params`` (by base name) shaped as its spec ``shapes`` says;
+    ``names``: the module's attribute of each (``weight_hh_l0``), for the message. A weight
+    replaced by one of another shape is refused: cells that read a weight by row blocks (the GRU
+    variants, peepholes, FGR) would ignore extra rows without a word."""
+    for base, w in params.items():
+        if w.shape != shapes[base]:
+            name = names[base] if names else base
+            fail(f"{name} must have shape {tuple(shapes[base])}, got {tuple(w.shape)}")
 
 
 def check_step(step: object) -> int:

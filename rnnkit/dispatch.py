@@ -177,7 +177,7 @@ def run_torch(
         weights = module.flat_weights()
     else:
         weights = [w for per_layer in plan.params for p in per_layer for w in p.values()]
-    if mode == "LSTM" and x.device.type == "cpu":
+    if x.device.type == "cpu":  # (torch's GRU and RNN fail too, in their words: this names the weight)
         _check_weight_shapes(module, weights)
     locked = plan is not None and any(m is not None for m in plan.locked)
     if not locked:
@@ -214,6 +214,18 @@ def _check_weight_shapes(module, weights: list[Tensor]) -> None:
     for i, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
         if w.shape != shape:
             _checks.fail(f"{module._flat_weights_names[i]} must have shape {shape}, got {tuple(w.shape)}")
+
+
+def spec_shapes(module) -> list[dict[str, tuple[int, ...]]]:
+    """Per layer of ``module`` (a ``RecurrentStack``), each spec's shape by base name: fixed at
+    construction, kept after the first call as ``_torch_weight_shapes`` (not while traced by
+    torch.compile, where a write to the module is a side effect)."""
+    shapes = module.__dict__.get("_spec_shapes")
+    if shapes is None:
+        shapes = [{s.name: s.shape for s in cell.param_specs()} for cell in module.cells]
+        if not torch.compiler.is_compiling():
+            module.__dict__["_spec_shapes"] = shapes
+    return shapes
 
 
 @contextlib.contextmanager

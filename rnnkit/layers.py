@@ -131,8 +131,12 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         return cell.family.upper()
 
     def layer_params(self, layer: int, direction: int) -> dict[str, Tensor]:
-        """The tensors of one layer-direction, keyed by the cell's base names."""
-        return {base: getattr(self, attr) for base, attr in self._names[layer][direction].items()}
+        """The tensors of one layer-direction, keyed by the cell's base names, each checked
+        against the shape of its spec (a weight replaced by one of another shape is refused)."""
+        names = self._names[layer][direction]
+        p = {base: getattr(self, attr) for base, attr in names.items()}
+        _checks.check_param_shapes(p, dispatch.spec_shapes(self)[layer], names)
+        return p
 
     def flat_weights(self) -> list[Tensor]:
         """Parameters in torch's ``_flat_weights`` order (for torch's fused kernels)."""

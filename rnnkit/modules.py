@@ -217,7 +217,11 @@ class StepCell(nn.Module):
         }
 
     def params(self) -> dict[str, Tensor]:
-        return {s.name: getattr(self, s.name) for s in self.cell.param_specs()}
+        """The cell's tensors by name, each checked against the shape of its spec."""
+        specs = self.cell.param_specs()
+        p = {s.name: getattr(self, s.name) for s in specs}
+        _checks.check_param_shapes(p, {s.name: s.shape for s in specs})
+        return p
 
     def reset_parameters(self) -> None:
         """Draw every parameter anew as torch.nn does, also where a torch.nn utility holds it."""

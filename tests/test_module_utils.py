@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrizations, prune
 
 import rnnkit
+from rnnkit.kernels.stream import Stream
 
 FAMILIES = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"]
 
@@ -98,6 +99,60 @@ def test_replaced_weight_of_another_shape_is_refused_on_torchs_cpu_lstm(name, sh
     expected = re.escape(str(tuple(getattr(rnnkit.LSTM(3, 4), name).shape)))
     with pytest.raises(rnnkit.RecurrentInputError, match=rf"{name}.*{expected}.*{re.escape(str(shape))}"):
         m(x)
+
+
+@pytest.mark.parametrize("impl", ["loop", "fused"])
+@pytest.mark.parametrize(
+    "family, options, name",
+    [
+        ("GRU", {"variant": "mut1"}, "weight_hh_l0"),
+        ("GRU", {"variant": "mut1"}, "bias_hh_l1"),
+        ("GRU", {"variant": "mut2"}, "weight_ih_l0"),
+        ("GRU", {"variant": "mut3"}, "weight_ih_l1"),
+        ("GRU", {"reset_after": False}, "weight_hh_l1"),
+        ("LSTM", {"peephole": True}, "weight_peephole_l0"),
+        ("LSTM", {"full_gate_recurrence": True}, "weight_gg_l1"),
+    ],
+)
+def test_replaced_weight_with_extra_rows_is_refused_on_every_path(family, options, name, impl):
+    # cells that read a weight by row blocks (the GRU variants, peepholes, FGR) ignored the extra
+    # rows of a replacement one row too tall: no error, numbers from a weight that is not the layer's
+    m = getattr(rnnkit, family)(3, 4, 2, impl=impl, **options)
+    want = tuple(getattr(m, name).shape)
+    got = (want[0] + 1, *want[1:])
+    setattr(m, name, nn.Parameter(torch.randn(got)))
+    x = torch.randn(5, 2, 3)
+    expected = rf"{name} must have shape {re.escape(str(want))}, got {re.escape(str(got))}"
+    for mode in (m.train, m.eval):
+        mode()
+        with pytest.raises(rnnkit.RecurrentInputError, match=expected):
+            m(x)
+    if impl == "loop":  # stepping it (its layer_params) as well
+        with pytest.raises(rnnkit.RecurrentInputError, match=expected):
+            Stream(m).step(x[0])
+
+
+@pytest.mark.parametrize("family", ["GRU", "RNN"])
+def test_replaced_weight_of_another_shape_is_named_on_torchs_gru_and_rnn(family):
+    m = getattr(rnnkit, family)(3, 4, impl="torch")
+    m.weight_hh_l0 = nn.Parameter(torch.randn(m.weight_hh_l0.shape[0] + 1, 4))
+    with pytest.raises(rnnkit.RecurrentInputError, match=r"weight_hh_l0 must have shape"):
+        m(torch.randn(5, 2, 3))
+
+
+@pytest.mark.parametrize(
+    "family, options, name",
+    [("GRUCell", {"variant": "mut1"}, "weight_hh"), ("GRUCell", {"variant": "mut1"}, "weight_ih"),
+     ("LSTMCell", {"peephole": True}, "weight_peephole")],
+)  # fmt: skip
+def test_cell_replaced_weight_with_extra_rows_is_refused(family, options, name):
+    m = getattr(rnnkit, family)(3, 4, **options)
+    want = tuple(getattr(m, name).shape)
+    got = (want[0] + 1, *want[1:])
+    setattr(m, name, nn.Parameter(torch.randn(got)))
+    expected = rf"{name} must have shape {re.escape(str(want))}, got {re.escape(str(got))}"
+    with pytest.raises(rnnkit.RecurrentInputError, match=expected):
+        m(torch.randn(2, 3))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
