@@ -141,7 +141,9 @@ class CUDAGraphed(nn.Module):
             grad,
             n_state,
             tuple((a.shape, a.dtype, a.device, a.requires_grad) for a in args),
-            tuple((p.data_ptr(), p.shape, p.dtype) for p in self.layer.parameters()),
+            # requires_grad too: a graph captured before a weight was frozen (or unfrozen) returns
+            # gradients for the parameters it was captured with
+            tuple((p.data_ptr(), p.shape, p.dtype, p.requires_grad) for p in self.layer.parameters()),
             torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda"),
         )
         g = self._graphs.get(key)

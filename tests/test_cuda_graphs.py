@@ -201,3 +201,26 @@ def test_cuda_graphed_under_autocast_follows_weight_updates(opts):
     del results, out  # no autograd graph of an earlier call alive across the next capture
     out = graphed(torch.randn(6, 3, 5, device=DEV, dtype=torch.float32))[0]
     assert out.dtype == torch.float32 and len(graphed._graphs) == 2
+
+
+def test_cuda_graphed_recaptures_when_a_weight_is_frozen():
+    """The graphs were keyed by the parameters' addresses, shapes and dtypes, not by which ones
+    require gradients: after freezing ``bias_ih_l0`` and unfreezing it while freezing ``bias_hh_l0``
+    (as many trainable, same shapes), a replay handed the gradients to the parameters it was
+    captured with. Each freeze pattern is a graph of its own, with eager's gradients."""
+    torch.manual_seed(0)
+    eager = rnnkit.LSTM(5, 7).to(DEV)
+    graphed = rnnkit.cuda_graphed(rnnkit.LSTM(5, 7).to(DEV))
+    graphed.load_state_dict(eager.state_dict())
+    x = torch.randn(6, 3, 5, device=DEV)
+    for frozen in ("bias_ih_l0", "bias_hh_l0"):
+        for m in (eager, graphed):
+            m.zero_grad(set_to_none=True)
+            for name, p in m.named_parameters():
+                p.requires_grad_(name.removeprefix("layer.") != frozen)
+            m(x)[0].square().sum().backward()
+        for (name, a), b in zip(graphed.named_parameters(), eager.parameters(), strict=True):
+            assert (a.grad is None) == (b.grad is None), name
+            if b.grad is not None:
+                torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
+    assert len(graphed._graphs) == 2
