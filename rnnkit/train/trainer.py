@@ -185,6 +185,11 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self.load(self.checkpoint_dir)
         elif cfg.resume and self.is_main:  # a first run, or a mistyped out_dir: say which
             log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
+        if self._resume is None and self.batch_in_epoch:
+            # A fit() of this trainer stopped inside an epoch (max_steps, max_minutes, a callback): go
+            # on from there as a resume from its checkpoint would (the same epoch replayed to its
+            # position, then the RNG and state as they are), not from the epoch's first batch again.
+            self._resume = {"rng": get_rng_state(), "epoch_rng": self._epoch_rng, "hidden": self.state}
         if self._raw_weights is not None:
             # The model holds the NT-ASGD average a fit() ended with: train on from the weights it
             # replaced, as a run that never stopped would (the average itself is in self.ntasgd).
