@@ -1,10 +1,14 @@
 """Exact continuation in the combinations tests/train/test_checkpoint.py leaves out: a run stopped
 and continued (a second ``fit()``, a resume) equals the run that never stopped, bit for bit."""
 
+import sys
+import types
+
+import pytest
 import torch
 
 from rnnkit.data import bptt_batches
-from rnnkit.train import Trainer, seed_everything
+from rnnkit.train import Callback, Trainer, seed_everything
 
 from .models import TinyLM, tokens
 
@@ -43,3 +47,54 @@ def test_a_second_fit_after_a_mid_epoch_stop_goes_on_from_the_stop():
         assert val(tr) == val(ref)
         for a, b in zip(ref_model.parameters(), model.parameters(), strict=True):
             assert torch.equal(a, b), kw
+
+
+class _Stop(Callback):
+    def on_step_end(self, trainer, logs):
+        if trainer.step == 8:  # after the checkpoint of step 6, its validation and the row of step 7
+            raise KeyboardInterrupt
+
+
+def test_tensorboard_of_a_resumed_run_holds_each_point_once(tmp_path, monkeypatch):
+    """The resumed run writes again the TensorBoard points of the steps after its checkpoint, which
+    the killed run had written already: its writer is opened with ``purge_step`` (TensorBoard then
+    hides the earlier events of that step on), and the checkpoint step's own rows are written again
+    (its epoch-end validation, not in the checkpoint's history, comes again). Before, each redone
+    point showed twice, the killed run's beside the resumed run's."""
+    events: dict[str, list] = {}  # log_dir -> [(tag, step, value)], what TensorBoard shows
+
+    class SummaryWriter:  # torch.utils.tensorboard's, as TensorBoard reads its files
+        def __init__(self, log_dir, purge_step=None):
+            self.shown = events.setdefault(log_dir, [])
+            if purge_step is not None:
+                self.shown[:] = [e for e in self.shown if e[1] < purge_step]
+
+        def add_scalar(self, tag, value, step):
+            self.shown.append((tag, step, value))
+
+        def flush(self): ...
+
+        def close(self): ...
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+
+    def run(out, callbacks=(), resume=False):
+        seed_everything(0)
+        model = TinyLM(dropout=0.3)
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_epochs=2, log_every=1,
+                     checkpoint_every=6, out_dir=str(out), resume=resume, callbacks=callbacks, progress=False,
+                     plot=False)  # fmt: skip
+        # 6 windows an epoch: the checkpoint of step 6 comes before the first epoch's validation
+        tr.fit(bptt_batches(tokens(120), 2, 10), bptt_batches(tokens(40, seed=9), 1, 10))
+
+    run(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", [_Stop()])
+    run(tmp_path / "run", resume=True)
+    timing = ("train/tokens_per_s", "train/elapsed_s")
+    shown = {k: sorted((e[:2], e[2]) for e in v if e[0] not in timing) for k, v in events.items()}
+    ref, got = shown[str(tmp_path / "ref" / "tensorboard")], shown[str(tmp_path / "run" / "tensorboard")]
+    assert [e[0] for e in got] == [e[0] for e in ref]  # each (tag, step) once
+    assert got == ref
