@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rnnkit.train import distributed as dist
 from rnnkit.train.checkpoint import load_checkpoint, save_checkpoint
-from rnnkit.train.seed import get_rng_state
+from rnnkit.train.seed import data_generators, get_rng_state
 from rnnkit.train.state import move_to
 
 __all__ = ["TrainerCheckpoints"]
@@ -32,7 +32,7 @@ class TrainerCheckpoints:
         if root is None:
             raise ValueError("no checkpoint directory: set out_dir or pass root")
         mine = {
-            "rng": get_rng_state(),
+            "rng": get_rng_state(*data_generators(getattr(self, "_train_data", None))),
             "epoch_rng": self._epoch_rng,
             "hidden": move_to(self.state, "cpu"),
         }

@@ -6,9 +6,10 @@ import types
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
-from rnnkit.data import bptt_batches
-from rnnkit.train import Callback, Trainer, seed_everything
+from rnnkit.data import PadCollate, bptt_batches
+from rnnkit.train import Callback, Trainer, get_rng_state, seed_everything, set_rng_state
 
 from .models import TinyLM, tokens
 
@@ -98,3 +99,59 @@ def test_tensorboard_of_a_resumed_run_holds_each_point_once(tmp_path, monkeypatc
     ref, got = shown[str(tmp_path / "ref" / "tensorboard")], shown[str(tmp_path / "run" / "tensorboard")]
     assert [e[0] for e in got] == [e[0] for e in ref]  # each (tag, step) once
     assert got == ref
+
+
+class _KillAt(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, trainer, logs):
+        if trainer.step == self.at:
+            raise KeyboardInterrupt
+
+
+def _loader_run(out_dir, epochs=3, kill=None, resume=False):
+    seed_everything(0 if not resume else 99)  # a resume runs in another process, with another RNG
+    torch.manual_seed(0)
+    ds = [(s[:-1], s[1:]) for s in (tokens(n, seed=n) for n in range(5, 30))]
+    # the loader's own generator draws the order (PyTorch's reproducibility recipe), not the global RNG
+    loader = DataLoader(ds, batch_size=4, shuffle=True, collate_fn=PadCollate(),
+                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+    model = TinyLM(dropout=0.2)
+    cbs = [_KillAt(kill)] if kill else []
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.3), out_dir=str(out_dir), checkpoint_every=4,
+                 carry_state=False, max_epochs=epochs, resume=resume, callbacks=cbs, progress=False,
+                 plot=False)  # fmt: skip
+    if kill:
+        with pytest.raises(KeyboardInterrupt):
+            tr.fit(loader)
+    else:
+        tr.fit(loader)
+    return tr
+
+
+def test_resume_of_a_dataloader_with_its_own_generator_keeps_its_order(tmp_path):
+    """A shuffled DataLoader with ``generator=g`` draws its order from ``g``, which the checkpoints
+    did not hold: a resumed run (a new process, ``g`` seeded anew) shuffled the epochs after the
+    first in another order than the run that never stopped. Its state is checkpointed now, with the
+    epoch's start and at the checkpoint, as the global RNG's. 7 batches an epoch."""
+    ref = _loader_run(tmp_path / "ref")
+    assert ref.step == 21
+    for kill in (11, 15):  # from the checkpoints of steps 8 and 12, inside the second epoch
+        _loader_run(tmp_path / f"run{kill}", kill=kill)
+        assert _loader_run(tmp_path / f"run{kill}", resume=True).losses == ref.losses, kill
+    _loader_run(
+        tmp_path / "ext", epochs=1
+    )  # a finished run, extended: its final checkpoint is between epochs
+    assert _loader_run(tmp_path / "ext", resume=True).losses == ref.losses
+
+
+def test_rng_state_with_generators_needs_as_many_to_restore():
+    g = torch.Generator().manual_seed(3)
+    state = get_rng_state(g)
+    first = torch.rand(2, generator=g)
+    set_rng_state(state, g)
+    assert torch.equal(torch.rand(2, generator=g), first)
+    with pytest.raises(ValueError, match="holds 1 data generator state\\(s\\), got 0 generator"):
+        set_rng_state(state)
+    set_rng_state(get_rng_state(), g)  # a state of before the generators leaves them as they are
