@@ -155,3 +155,31 @@ def test_rng_state_with_generators_needs_as_many_to_restore():
     with pytest.raises(ValueError, match="holds 1 data generator state\\(s\\), got 0 generator"):
         set_rng_state(state)
     set_rng_state(get_rng_state(), g)  # a state of before the generators leaves them as they are
+
+
+def _ntasgd_run(out_dir, max_steps, init_seed=0):
+    seed_everything(init_seed)
+    model = TinyLM(dropout=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=8.0)
+    tr = Trainer(model, opt, max_steps=max_steps, max_epochs=10, val_every=2, nt_asgd=True, nonmono=1,
+                 out_dir=str(out_dir), checkpoint_every=7, resume=True, progress=False,
+                 plot=False)  # fmt: skip
+    tr.fit(bptt_batches(tokens(400), 4, 10), bptt_batches(tokens(100, seed=3), 2, 10))
+    return tr, model
+
+
+def test_a_relaunched_finished_ntasgd_run_still_extends_exactly(tmp_path):
+    """A finished NT-ASGD run relaunched with the same limits trains nothing but writes its final
+    checkpoint again (the averaged weights). That one took the RNG, epoch RNG and recurrent state
+    of the relaunched process, not those of the checkpoint it had loaded (applied only when an
+    epoch starts, which never came): ``None`` for the epoch's RNG, and extending the run from it
+    failed. A loaded state not yet applied is what is saved now."""
+    ref, ref_model = _ntasgd_run(tmp_path / "ref", 30)
+    first, _ = _ntasgd_run(tmp_path / "run", 18)  # 10 windows an epoch: it stops inside the second
+    assert first.ntasgd.triggered and first.batch_in_epoch == 8
+    again, _ = _ntasgd_run(tmp_path / "run", 18, init_seed=4)  # e.g. a job scheduler's relaunch
+    assert again.losses == first.losses
+    res, res_model = _ntasgd_run(tmp_path / "run", 30, init_seed=5)
+    assert res.losses == ref.losses
+    for a, b in zip(ref_model.parameters(), res_model.parameters(), strict=True):
+        assert torch.equal(a, b)
