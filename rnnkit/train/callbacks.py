@@ -296,7 +296,8 @@ class TensorBoardLogger(Callback):
     """Scalars to TensorBoard. Raises ``ImportError`` with a hint when it is not installed;
     the trainer only adds it when :func:`tensorboard_available`. The writer (which creates its
     event file) opens at fit's start, once the trainer holds ``out_dir``'s lock: a run refused
-    there must leave nothing in it; it closes at fit's end."""
+    there must leave nothing in it; it closes at fit's end. A resumed run (``trainer.step > 0`` at
+    fit's start) opens it with ``purge_step``: every point shows once, as in ``metrics.jsonl``."""
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         try:
@@ -309,7 +310,17 @@ class TensorBoardLogger(Callback):
         self.writer: Any = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        self.writer = self._writer_class(log_dir=self.log_dir)
+        if trainer.step == 0:
+            self.writer = self._writer_class(log_dir=self.log_dir)
+            return
+        # A resumed run writes again what came after its checkpoint, which the stopped run may have
+        # written already: TensorBoard hides the earlier events from purge_step on (each point once,
+        # as _drop_rows_after keeps metrics.jsonl), and the rows of the step itself come from history
+        # (its epoch-end validation, not there, is written again by the run).
+        self.writer = self._writer_class(log_dir=self.log_dir, purge_step=trainer.step)
+        for row in trainer.history:
+            if row["step"] == trainer.step:
+                self._write(row)
 
     def _write(self, logs: dict[str, Any]) -> None:
         if self.writer is None:

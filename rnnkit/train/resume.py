@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rnnkit.train import distributed as dist
 from rnnkit.train.checkpoint import load_checkpoint, save_checkpoint
-from rnnkit.train.seed import get_rng_state
+from rnnkit.train.seed import data_generators, get_rng_state
 from rnnkit.train.state import move_to
 
 __all__ = ["TrainerCheckpoints"]
@@ -31,11 +31,16 @@ class TrainerCheckpoints:
         root = Path(root) if root is not None else self.checkpoint_dir
         if root is None:
             raise ValueError("no checkpoint directory: set out_dir or pass root")
-        mine = {
-            "rng": get_rng_state(),
-            "epoch_rng": self._epoch_rng,
-            "hidden": move_to(self.state, "cpu"),
-        }
+        if self._resume is not None:
+            # a loaded checkpoint's RNG, epoch RNG and state, applied only when the next epoch starts
+            # (a finished run relaunched starts none): they are the run's, not this process's own
+            mine = {**self._resume, "hidden": move_to(self._resume["hidden"], "cpu")}
+        else:
+            mine = {
+                "rng": get_rng_state(*data_generators(getattr(self, "_train_data", None))),
+                "epoch_rng": self._epoch_rng,
+                "hidden": move_to(self.state, "cpu"),
+            }
         ranks = dist.all_gather_object(mine)
         path = None
         if self.is_main:

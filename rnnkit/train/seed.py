@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_rng_state", "set_rng_state"]
+__all__ = ["seed_everything", "get_rng_state", "set_rng_state", "data_generators"]
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
@@ -38,8 +38,23 @@ def _unb64(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
 
 
-def get_rng_state() -> dict[str, Any]:
-    """Every global RNG state as plain JSON data (lists of ints, base64 strings)."""
+def data_generators(data: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a data loader draws from instead of the global RNG: a
+    ``DataLoader``'s ``generator`` (its shuffling and worker seeds, ``DataLoader(...,
+    generator=g)``), its sampler's and its batch sampler's (and that one's sampler's), each once."""
+    batch_sampler = getattr(data, "batch_sampler", None)
+    owners = (data, getattr(data, "sampler", None), batch_sampler, getattr(batch_sampler, "sampler", None))
+    found: list[torch.Generator] = []
+    for owner in owners:
+        g = getattr(owner, "generator", None)
+        if isinstance(g, torch.Generator) and all(g is not f for f in found):
+            found.append(g)
+    return found
+
+
+def get_rng_state(*generators: torch.Generator) -> dict[str, Any]:
+    """Every global RNG state as plain JSON data (lists of ints, base64 strings), and the states
+    of ``generators`` (e.g. :func:`data_generators`), which :func:`set_rng_state` restores."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -49,11 +64,21 @@ def get_rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    if generators:
+        state["generators"] = [_b64(g.get_state()) for g in generators]
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
+def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
+    """Restore what :func:`get_rng_state` returned, ``generators`` (the same number, in the same
+    order) included; a state without generators (a checkpoint of before them) leaves them as
+    they are."""
+    saved = state.get("generators", [])
+    if saved and len(saved) != len(generators):  # checked first: a refused state changes nothing
+        raise ValueError(
+            f"the RNG state holds {len(saved)} data generator state(s), got {len(generators)} "
+            "generator(s) to restore (the training data changed? a DataLoader's generator=...)"
+        )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -61,3 +86,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(_unb64(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+    for g, s in zip(generators if saved else (), saved, strict=True):
+        g.set_state(_unb64(s))

@@ -30,7 +30,7 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
-from rnnkit.train.seed import get_rng_state, set_rng_state
+from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.state import lm_loss, move_to
 from rnnkit.train.step import TrainerStep
 
@@ -185,6 +185,12 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self.load(self.checkpoint_dir)
         elif cfg.resume and self.is_main:  # a first run, or a mistyped out_dir: say which
             log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
+        if self._resume is None and self.batch_in_epoch:
+            # A fit() of this trainer stopped inside an epoch (max_steps, max_minutes, a callback): go
+            # on from there as a resume from its checkpoint would (the same epoch replayed to its
+            # position, then the RNG and state as they are), not from the epoch's first batch again.
+            rng = get_rng_state(*data_generators(train_data))
+            self._resume = {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state}
         if self._raw_weights is not None:
             # The model holds the NT-ASGD average a fit() ended with: train on from the weights it
             # replaced, as a run that never stopped would (the average itself is in self.ntasgd).
@@ -319,17 +325,20 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     def _start_epoch(self, train_data: Iterable[Any]):
         """Iterator over this epoch's batches; on resume, positioned after the saved batch.
 
-        The global RNG state at the epoch's ``iter()`` is remembered: replaying it and
-        skipping the consumed batches reproduces a shuffled DataLoader's order exactly. Under DDP
+        The global RNG state at the epoch's ``iter()`` is remembered, and that of the data's own
+        generators (``DataLoader(..., generator=g)``: :func:`~rnnkit.train.seed.data_generators`):
+        replaying it and skipping the consumed batches reproduces a shuffled DataLoader's order
+        exactly. Under DDP
         every rank raises alike when some rank's data has too few batches to skip.
         """
         res, self._resume = self._resume, None
+        gens = data_generators(train_data)  # a DataLoader's own generator: not the global RNG
         if res is not None and self.batch_in_epoch == 0:  # saved between epochs
-            set_rng_state(res["rng"])
+            set_rng_state(res["rng"], *gens)
             res = None
         if res is not None:
-            set_rng_state(res["epoch_rng"])
-        self._epoch_rng = get_rng_state()
+            set_rng_state(res["epoch_rng"], *gens)
+        self._epoch_rng = get_rng_state(*gens)
         it = iter(train_data)
         if res is None:
             self.state, self.batch_in_epoch = None, 0
@@ -345,7 +354,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                 f"resume: the data has fewer than {self.batch_in_epoch} "
                 f"batches in epoch {self.epoch} (it changed? {where})"
             )
-        set_rng_state(res["rng"])
+        set_rng_state(res["rng"], *gens)
         self.state = move_to(res["hidden"], self.device)
         return it
 

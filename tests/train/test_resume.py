@@ -1,0 +1,185 @@
+"""Exact continuation in the combinations tests/train/test_checkpoint.py leaves out: a run stopped
+and continued (a second ``fit()``, a resume) equals the run that never stopped, bit for bit."""
+
+import sys
+import types
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from rnnkit.data import PadCollate, bptt_batches
+from rnnkit.train import Callback, Trainer, get_rng_state, seed_everything, set_rng_state
+
+from .models import TinyLM, tokens
+
+
+def _trainer(max_steps, **kw):
+    seed_everything(0)
+    model = TinyLM(dropout=0.3)  # masks from the global RNG
+    opt = torch.optim.SGD(model.parameters(), lr=2.0, momentum=0.5)
+    tr = Trainer(model, opt, max_steps=max_steps, max_epochs=10, val_every=3, log_every=2, progress=False,
+                 **kw)  # fmt: skip
+    return tr, model
+
+
+def _fit(tr):
+    # variable windows drawn from the global RNG: the data order depends on it too
+    data = bptt_batches(tokens(400), 3, 10, variable_length=True, min_len=4, std=3)
+    return tr.fit(data, bptt_batches(tokens(60, seed=9), 1, 10))
+
+
+def test_a_second_fit_after_a_mid_epoch_stop_goes_on_from_the_stop():
+    """A fit() stopped by max_steps inside an epoch, then extended by a second fit() of the same
+    trainer (docs/train.md: "a second fit() of the same trainer ... extending a finished run is
+    exact too"), is the run of one fit(). Before, the second fit() started that epoch again from
+    its first batch, with a fresh state, and retrained the batches the first one had trained."""
+    for kw in ({}, {"nt_asgd": True, "nonmono": 1}):
+        ref, ref_model = _trainer(24, **kw)
+        _fit(ref)
+        tr, model = _trainer(7, **kw)  # ~16 windows an epoch: step 7 is inside the first
+        _fit(tr)
+        assert (tr.step, tr.batch_in_epoch) == (7, 7)
+        tr.config.max_steps = 24
+        out = _fit(tr)
+        assert (out["step"], tr.epoch) == (24, ref.epoch)
+        assert tr.losses == ref.losses, kw
+        val = lambda t: [r for r in t.history if r["split"] == "val"]  # noqa: E731
+        assert val(tr) == val(ref)
+        for a, b in zip(ref_model.parameters(), model.parameters(), strict=True):
+            assert torch.equal(a, b), kw
+
+
+class _Stop(Callback):
+    def on_step_end(self, trainer, logs):
+        if trainer.step == 8:  # after the checkpoint of step 6, its validation and the row of step 7
+            raise KeyboardInterrupt
+
+
+def test_tensorboard_of_a_resumed_run_holds_each_point_once(tmp_path, monkeypatch):
+    """The resumed run writes again the TensorBoard points of the steps after its checkpoint, which
+    the killed run had written already: its writer is opened with ``purge_step`` (TensorBoard then
+    hides the earlier events of that step on), and the checkpoint step's own rows are written again
+    (its epoch-end validation, not in the checkpoint's history, comes again). Before, each redone
+    point showed twice, the killed run's beside the resumed run's."""
+    events: dict[str, list] = {}  # log_dir -> [(tag, step, value)], what TensorBoard shows
+
+    class SummaryWriter:  # torch.utils.tensorboard's, as TensorBoard reads its files
+        def __init__(self, log_dir, purge_step=None):
+            self.shown = events.setdefault(log_dir, [])
+            if purge_step is not None:
+                self.shown[:] = [e for e in self.shown if e[1] < purge_step]
+
+        def add_scalar(self, tag, value, step):
+            self.shown.append((tag, step, value))
+
+        def flush(self): ...
+
+        def close(self): ...
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+
+    def run(out, callbacks=(), resume=False):
+        seed_everything(0)
+        model = TinyLM(dropout=0.3)
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_epochs=2, log_every=1,
+                     checkpoint_every=6, out_dir=str(out), resume=resume, callbacks=callbacks, progress=False,
+                     plot=False)  # fmt: skip
+        # 6 windows an epoch: the checkpoint of step 6 comes before the first epoch's validation
+        tr.fit(bptt_batches(tokens(120), 2, 10), bptt_batches(tokens(40, seed=9), 1, 10))
+
+    run(tmp_path / "ref")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run", [_Stop()])
+    run(tmp_path / "run", resume=True)
+    timing = ("train/tokens_per_s", "train/elapsed_s")
+    shown = {k: sorted((e[:2], e[2]) for e in v if e[0] not in timing) for k, v in events.items()}
+    ref, got = shown[str(tmp_path / "ref" / "tensorboard")], shown[str(tmp_path / "run" / "tensorboard")]
+    assert [e[0] for e in got] == [e[0] for e in ref]  # each (tag, step) once
+    assert got == ref
+
+
+class _KillAt(Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, trainer, logs):
+        if trainer.step == self.at:
+            raise KeyboardInterrupt
+
+
+def _loader_run(out_dir, epochs=3, kill=None, resume=False):
+    seed_everything(0 if not resume else 99)  # a resume runs in another process, with another RNG
+    torch.manual_seed(0)
+    ds = [(s[:-1], s[1:]) for s in (tokens(n, seed=n) for n in range(5, 30))]
+    # the loader's own generator draws the order (PyTorch's reproducibility recipe), not the global RNG
+    loader = DataLoader(ds, batch_size=4, shuffle=True, collate_fn=PadCollate(),
+                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+    model = TinyLM(dropout=0.2)
+    cbs = [_KillAt(kill)] if kill else []
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.3), out_dir=str(out_dir), checkpoint_every=4,
+                 carry_state=False, max_epochs=epochs, resume=resume, callbacks=cbs, progress=False,
+                 plot=False)  # fmt: skip
+    if kill:
+        with pytest.raises(KeyboardInterrupt):
+            tr.fit(loader)
+    else:
+        tr.fit(loader)
+    return tr
+
+
+def test_resume_of_a_dataloader_with_its_own_generator_keeps_its_order(tmp_path):
+    """A shuffled DataLoader with ``generator=g`` draws its order from ``g``, which the checkpoints
+    did not hold: a resumed run (a new process, ``g`` seeded anew) shuffled the epochs after the
+    first in another order than the run that never stopped. Its state is checkpointed now, with the
+    epoch's start and at the checkpoint, as the global RNG's. 7 batches an epoch."""
+    ref = _loader_run(tmp_path / "ref")
+    assert ref.step == 21
+    for kill in (11, 15):  # from the checkpoints of steps 8 and 12, inside the second epoch
+        _loader_run(tmp_path / f"run{kill}", kill=kill)
+        assert _loader_run(tmp_path / f"run{kill}", resume=True).losses == ref.losses, kill
+    _loader_run(
+        tmp_path / "ext", epochs=1
+    )  # a finished run, extended: its final checkpoint is between epochs
+    assert _loader_run(tmp_path / "ext", resume=True).losses == ref.losses
+
+
+def test_rng_state_with_generators_needs_as_many_to_restore():
+    g = torch.Generator().manual_seed(3)
+    state = get_rng_state(g)
+    first = torch.rand(2, generator=g)
+    set_rng_state(state, g)
+    assert torch.equal(torch.rand(2, generator=g), first)
+    with pytest.raises(ValueError, match="holds 1 data generator state\\(s\\), got 0 generator"):
+        set_rng_state(state)
+    set_rng_state(get_rng_state(), g)  # a state of before the generators leaves them as they are
+
+
+def _ntasgd_run(out_dir, max_steps, init_seed=0):
+    seed_everything(init_seed)
+    model = TinyLM(dropout=0.2)
+    opt = torch.optim.SGD(model.parameters(), lr=8.0)
+    tr = Trainer(model, opt, max_steps=max_steps, max_epochs=10, val_every=2, nt_asgd=True, nonmono=1,
+                 out_dir=str(out_dir), checkpoint_every=7, resume=True, progress=False,
+                 plot=False)  # fmt: skip
+    tr.fit(bptt_batches(tokens(400), 4, 10), bptt_batches(tokens(100, seed=3), 2, 10))
+    return tr, model
+
+
+def test_a_relaunched_finished_ntasgd_run_still_extends_exactly(tmp_path):
+    """A finished NT-ASGD run relaunched with the same limits trains nothing but writes its final
+    checkpoint again (the averaged weights). That one took the RNG, epoch RNG and recurrent state
+    of the relaunched process, not those of the checkpoint it had loaded (applied only when an
+    epoch starts, which never came): ``None`` for the epoch's RNG, and extending the run from it
+    failed. A loaded state not yet applied is what is saved now."""
+    ref, ref_model = _ntasgd_run(tmp_path / "ref", 30)
+    first, _ = _ntasgd_run(tmp_path / "run", 18)  # 10 windows an epoch: it stops inside the second
+    assert first.ntasgd.triggered and first.batch_in_epoch == 8
+    again, _ = _ntasgd_run(tmp_path / "run", 18, init_seed=4)  # e.g. a job scheduler's relaunch
+    assert again.losses == first.losses
+    res, res_model = _ntasgd_run(tmp_path / "run", 30, init_seed=5)
+    assert res.losses == ref.losses
+    for a, b in zip(ref_model.parameters(), res_model.parameters(), strict=True):
+        assert torch.equal(a, b)
