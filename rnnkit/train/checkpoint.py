@@ -156,8 +156,9 @@ def save_checkpoint(
 
     ``state`` may hold tensors anywhere (they go to ``state.safetensors``); the rest
     must be JSON data. ``config`` is stored verbatim for humans and for the CLI.
-    ``keep_last``: number of newest checkpoints kept (``None`` keeps all). Returns the
-    checkpoint directory.
+    ``keep_last``: number of newest checkpoints kept (``None`` keeps all): the highest steps up to
+    this one (those above it, left by a run that resumed from an older checkpoint, go first).
+    Returns the checkpoint directory.
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
@@ -195,7 +196,11 @@ def save_checkpoint(
         raise
     _write_latest(root, name)
     if keep_last is not None:
-        for old in list_checkpoints(root)[:-keep_last]:
+        # By step, but the steps above this one first: a run resumed from an older checkpoint left
+        # them behind (by step alone the rotation kept those and removed this run's own newer ones)
+        ckpts = list_checkpoints(root)
+        after = [p for p in ckpts if int(_STEP_DIR.match(p.name).group(1)) > step]
+        for old in [*after, *(p for p in ckpts if p not in after)][:-keep_last]:
             if old != final:
                 # out of the step-* names first: a crash in rmtree must not leave a step dir that
                 # still has its state.json (listed as complete) without its weights

@@ -156,6 +156,20 @@ def test_rotation_latest_and_atomic_failure(tmp_path, monkeypatch):
         load_checkpoint(tmp_path / "nothing")
 
 
+def test_rotation_after_resuming_from_an_older_checkpoint(tmp_path):
+    """Rotation went by step alone: a run resumed from step 2 while steps 4 and 5 of the run it
+    left were still there kept those two and removed each of its own older checkpoints, so only its
+    latest survived. The steps above the one saved are rotated out first."""
+    model = TinyLM()
+    for step in (2, 4, 5):
+        save_checkpoint(tmp_path, model, step=step, keep_last=3)
+    for step in (3, 4):  # resumed from step 2: step 4 is re-saved by this run
+        save_checkpoint(tmp_path, model, step=step, keep_last=3)
+    assert [p.name for p in list_checkpoints(tmp_path)] == [f"step-00000000{s}" for s in (2, 3, 4)]
+    save_checkpoint(tmp_path, model, step=1, keep_last=1)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000000001"]
+
+
 class Interrupt(Callback):
     def __init__(self, at):
         self.at = at
