@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,10 +218,12 @@ def load_checkpoint(
     scheduler: Any | None = None,
     *,
     strict: bool = True,
+    check: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint (a ``step-*`` directory, or a root: then its latest one).
 
-    Weights, optimizer and scheduler are loaded in place when given. Returns the
+    Weights, optimizer and scheduler are loaded in place when given, after ``check`` (if given)
+    has seen the document (as returned) and not raised. Returns the
     ``state.json`` document with ``state`` decoded (tensors on CPU) and ``path`` added.
     Raises ``FileNotFoundError`` when there is no checkpoint.
     """
@@ -258,13 +261,15 @@ def load_checkpoint(
     # the other files are read before the model is loaded: a damaged one changes nothing
     tensors = load_tensors(ckpt / "optimizer.safetensors") if has_opt else {}
     st_file = ckpt / "state.safetensors"
-    st_tensors = load_tensors(st_file) if st_file.is_file() else {}
+    state = unflatten(doc["state"], load_tensors(st_file) if st_file.is_file() else {})
+    if check is not None:  # the caller's refusals, before anything is loaded too
+        check({**doc, "state": state})
     if model is not None:
         load_module(unwrap_model(model), ckpt / "model.safetensors", strict=strict)
     if has_opt:
         for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
             if obj is not None:
                 obj.load_state_dict(unflatten(doc[key], tensors))
-    doc["state"] = unflatten(doc["state"], st_tensors)
+    doc["state"] = state
     doc["path"] = str(ckpt)
     return doc

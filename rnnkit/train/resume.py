@@ -76,7 +76,8 @@ class TrainerCheckpoints:
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Load a checkpoint (directory or root) to continue training from it."""
-        doc = load_checkpoint(path, self.raw_model, self.optimizer, self.scheduler)
+        objs = (self.raw_model, self.optimizer, self.scheduler)
+        doc = load_checkpoint(path, *objs, check=self._check_loadable)
         st = doc["state"]
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.tokens_seen, self.elapsed = st["tokens_seen"], st["elapsed_s"]
@@ -86,23 +87,28 @@ class TrainerCheckpoints:
             self.ntasgd.load_state_dict(st["ntasgd"])
         # The model now holds the checkpoint's weights (averaged, if it is the final one of an
         # NT-ASGD run: then fit() puts these raw weights back before training on).
+        self._raw_weights = st.get("raw_weights")
+        self.precision.load_state_dict(st.get("grad_scaler"))
+        self._resume = st["ranks"][dist.get_rank()]
+        self._last_saved = self.step
+        return doc
+
+    def _check_loadable(self, doc: dict[str, Any]) -> None:
+        """What :meth:`load` refuses, seen before anything is loaded (a refused checkpoint leaves
+        the model, optimizer and counters as they were): another world size, another number of
+        trainable parameters for an NT-ASGD run's raw weights."""
+        st = doc["state"]
         raw = st.get("raw_weights")
         if raw is not None and len(raw) != len(self._trainable()):
             raise ValueError(
                 f"checkpoint holds {len(raw)} raw weight tensors, the model has "
                 f"{len(self._trainable())} trainable parameters"
             )
-        self._raw_weights = raw
-        self.precision.load_state_dict(st.get("grad_scaler"))
-        ranks, rank = st["ranks"], dist.get_rank()
-        if len(ranks) != dist.get_world_size():
+        if len(st["ranks"]) != dist.get_world_size():
             raise ValueError(
-                f"checkpoint was written by {len(ranks)} processes, "
+                f"checkpoint was written by {len(st['ranks'])} processes, "
                 f"resuming with {dist.get_world_size()}: cannot continue exactly"
             )
-        self._resume = ranks[rank]
-        self._last_saved = self.step
-        return doc
 
     def _trainable(self) -> list[Tensor]:
         """The parameters NT-ASGD averages (the same list and order as ``NTASGD.params``)."""

@@ -183,3 +183,19 @@ def test_a_relaunched_finished_ntasgd_run_still_extends_exactly(tmp_path):
     assert res.losses == ref.losses
     for a, b in zip(ref_model.parameters(), res_model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_of_another_world_size_is_refused_before_anything_is_loaded(tmp_path, monkeypatch):
+    """The world-size check ran after the weights, optimizer and counters had been loaded: a
+    refused checkpoint left the trainer half changed (the checkpoint's weights, its step)."""
+    from rnnkit.train import distributed
+
+    tr, _ = _trainer(6, out_dir=str(tmp_path))
+    _fit(tr)
+    fresh, model = _trainer(6)
+    before = [p.detach().clone() for p in model.parameters()]
+    monkeypatch.setattr(distributed, "get_world_size", lambda: 2)
+    with pytest.raises(ValueError, match="written by 1 processes, resuming with 2"):
+        fresh.load(tmp_path / "checkpoints")
+    assert fresh.step == 0 and fresh.losses == []
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
