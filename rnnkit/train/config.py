@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -44,7 +45,8 @@ class TrainConfig:
     nt_asgd: bool = False  # AWD-LSTM's non-monotonically triggered averaging
     nonmono: int = 5
     log_every: int = 10
-    out_dir: str | None = None  # metrics.jsonl/.csv, loss.png, tensorboard/, checkpoints/; locked by fit()
+    # metrics.jsonl/.csv, loss.png, tensorboard/, checkpoints/; locked by fit(); a Path is kept as str
+    out_dir: str | os.PathLike | None = None
     checkpoint_every: int | None = None  # steps (needs out_dir); a final checkpoint is always written
     keep_last: int = 3
     resume: bool = False  # continue from out_dir/checkpoints if there is one (else: a warning)
@@ -91,6 +93,10 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         check_amp(self.amp)
+        if self.out_dir is not None:  # a pathlib.Path as well: stored as str (config.json is JSON)
+            if not isinstance(self.out_dir, (str, os.PathLike)):
+                raise ValueError(f"out_dir must be a path (str or os.PathLike), got {self.out_dir!r}")
+            self.out_dir = os.fspath(self.out_dir)
         if self.tbptt_k2 is not None and self.tbptt_k1 is None:
             raise ValueError("tbptt_k2 needs tbptt_k1 (the number of steps between updates)")
         if self.tbptt_k1 is not None:

@@ -412,3 +412,16 @@ def test_a_failing_on_fit_start_closes_what_earlier_callbacks_opened(tmp_path):
         tr.fit(bptt_batches(tokens(60), 2, 10))
     assert jsonl.file is None and not failing.ended
     assert not _HELD  # out_dir's lock released
+
+
+def test_out_dir_may_be_a_path(tmp_path):
+    """Trainer(out_dir=pathlib.Path(...)) trained and then failed writing its first checkpoint
+    ('Object of type PosixPath is not JSON serializable': the config goes into state.json)."""
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_steps=2, out_dir=tmp_path / "run",
+                 progress=False)  # fmt: skip
+    assert tr.fit(bptt_batches(tokens(200), 2, 10))["step"] == 2
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("step-*/state.json")).read_text())
+    assert state["config"]["out_dir"] == str(tmp_path / "run")
+    with pytest.raises(ValueError, match="out_dir must be a path"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), out_dir=3)
