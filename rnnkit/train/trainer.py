@@ -181,9 +181,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     def _fit(self, train_data: Iterable[Any], val_data: Iterable[Any] | None) -> dict:
         cfg = self.config
         self._train_data = train_data
-        if cfg.resume and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
+        auto = cfg.resume and self._resume is None  # trainer.load(ckpt) before fit(): that one goes on
+        if auto and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
-        elif cfg.resume and self.is_main:  # a first run, or a mistyped out_dir: say which
+        elif auto and self.is_main:  # a first run, or a mistyped out_dir: say which
             log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
         if self._resume is None and self.batch_in_epoch:
             # A fit() of this trainer stopped inside an epoch (max_steps, max_minutes, a callback): go

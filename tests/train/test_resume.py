@@ -199,3 +199,16 @@ def test_a_checkpoint_of_another_world_size_is_refused_before_anything_is_loaded
         fresh.load(tmp_path / "checkpoints")
     assert fresh.step == 0 and fresh.losses == []
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_an_explicit_load_before_fit_is_not_replaced_by_the_latest_checkpoint(tmp_path):
+    """With resume=True, trainer.load(older) before fit() was silently replaced by the latest
+    checkpoint: the run went on from step 6, not from the step 2 asked for."""
+    tr, _ = _trainer(6, out_dir=str(tmp_path), checkpoint_every=2, keep_last=5)
+    _fit(tr)
+    ref, _ = _trainer(4)
+    _fit(ref)
+    again, _ = _trainer(4, out_dir=str(tmp_path), resume=True, keep_last=5)
+    again.load(tmp_path / "checkpoints" / "step-000000002")
+    assert _fit(again)["step"] == 4
+    assert again.losses == ref.losses
