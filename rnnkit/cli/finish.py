@@ -24,8 +24,8 @@ def describe_values(values: dict[str, Any]) -> str:
 
 def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:
     """The validation loss at the last step (evaluated now unless the trainer just did),
-    also appended to ``metrics.jsonl``."""
-    from rnnkit.train.callbacks import metrics_line
+    also appended to ``metrics.jsonl`` and ``metrics.csv``."""
+    from rnnkit.train.callbacks import append_metrics_row
 
     rows = [r for r in trainer.history if r.get("split") == "val"]
     if rows and rows[-1]["step"] == trainer.step:
@@ -34,8 +34,7 @@ def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> floa
     row = trainer.validation_row(res)  # the trainer's own rows' form
     trainer.history.append(row)
     if trainer.is_main:
-        with open(Path(args.out) / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(metrics_line(row))
+        append_metrics_row(args.out, row)
     return float(res["loss"])
 
 

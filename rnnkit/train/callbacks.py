@@ -283,6 +283,18 @@ class CSVLogger(JSONLLogger):
             self.file.flush()
 
 
+def append_metrics_row(out_dir: str | os.PathLike, row: dict[str, Any]) -> None:
+    """One more row, after ``fit()``, in ``out_dir``'s ``metrics.jsonl`` and (when there)
+    ``metrics.csv``, as :class:`JSONLLogger` and :class:`CSVLogger` write them (the CLI's final
+    validation: it went into the JSON lines only)."""
+    out = Path(out_dir)
+    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(metrics_line(row))
+    if (out / "metrics.csv").is_file():
+        with open(out / "metrics.csv", "a", encoding="utf-8", newline="") as f:
+            csv.DictWriter(f, CSVLogger.FIELDS, extrasaction="ignore").writerow(row)
+
+
 def tensorboard_available() -> bool:
     """True when ``torch.utils.tensorboard`` imports (the ``tensorboard`` package is there)."""
     try:

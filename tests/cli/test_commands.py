@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -174,6 +175,19 @@ def test_seq2seq(cli, tmp_path, direction, sampling, arch):
     assert r.rc == 0, r.err
     assert_run_files(out)
     assert 0.0 <= results(out)["valid_exact_match"] <= 1.0
+
+
+def test_the_final_validation_row_is_in_metrics_csv_too(cli, tmp_path):
+    """The CLI's final validation (the last step had none) went into metrics.jsonl only."""
+    out = tmp_path / "m"
+    args = ["train", "memory", "--task", "adding", "--length", 6, "--n-train", 64, "--n-valid", 16,
+            "--batch-size", 8, "--hidden", 8, "--no-progress", "--max-steps", 3,
+            "--val-every", 2]  # fmt: skip
+    assert cli(*args, "--out", out).rc == 0
+    vals = lambda rows: [(int(r["step"]), round(float(r["loss"]), 6)) for r in rows if r["split"] == "val"]  # noqa: E731
+    jsonl = vals(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines())
+    with open(out / "metrics.csv", newline="") as f:
+        assert vals(csv.DictReader(f)) == jsonl and [s for s, _ in jsonl] == [2, 3]
 
 
 def _losses(out):
