@@ -13,6 +13,7 @@ the rows back with those floats.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -101,18 +102,20 @@ class ProgressBar(Callback):
             self.bar = None
 
 
-def _drop_rows_after(path: Path, trainer: Trainer, read_key) -> None:
+def _drop_rows_after(path: Path, trainer: Trainer, read_key, render) -> None:
     """A resumed run redoes what came after its checkpoint: drop the old rows of that.
 
     Rows of earlier steps stay; of the checkpoint's own step only those in its ``history``
-    (the epoch-end validation runs after the checkpoint of the epoch's last step, so its
-    row is not there, and the resumed run writes it again). ``read_key(line)`` gives
-    ``(split, step)``, or ``None`` for a line that is no row (a header): it stays. A last
-    line without its newline is a row the crash cut off: dropped, not glued to the next."""
+    (a validation run after the checkpoint of its step is not there, and the resumed run writes
+    it again), and those of its ``history`` the file lacks (a crash cut them off) are written
+    again from it (``render(row)``: the line). ``read_key(line)`` gives ``(split, step)``, or
+    ``None`` for a line that is no row (a header): it stays. A last line without its newline is a
+    row the crash cut off: dropped, not glued to the next."""
     if not path.is_file():
         return
     step = trainer.step
-    saved = Counter(r["split"] for r in trainer.history if r["step"] == step)
+    at_step = [r for r in trainer.history if r["step"] == step]
+    saved = Counter(r["split"] for r in at_step)
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     kept = []
     for ln in lines:
@@ -123,7 +126,10 @@ def _drop_rows_after(path: Path, trainer: Trainer, read_key) -> None:
             saved[key[0]] -= 1
         if key is None or key[1] < step or (key[1] == step and saved[key[0]] >= 0):
             kept.append(ln)
-    if len(kept) != len(lines):
+    for split, n in saved.items():
+        if n > 0:  # rows of the checkpoint's step the file lacks (a crash cut them): its last n
+            kept += [render(r) for r in [r for r in at_step if r["split"] == split][-n:]]
+    if kept != lines:
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text("".join(kept), encoding="utf-8")
         os.replace(tmp, path)
@@ -222,7 +228,7 @@ class JSONLLogger(Callback):
                 return None
 
         if trainer.step > 0:
-            _drop_rows_after(self.path, trainer, key_of)
+            _drop_rows_after(self.path, trainer, key_of, metrics_line)
         else:
             self.path.unlink(missing_ok=True)
         self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in on_fit_end
@@ -268,7 +274,7 @@ class CSVLogger(JSONLLogger):
             return (parts[0], int(parts[1])) if len(parts) > 1 and parts[1].isdigit() else None
 
         if trainer.step > 0:
-            _drop_rows_after(self.path, trainer, key_of)
+            _drop_rows_after(self.path, trainer, key_of, self.line)
         else:
             self.path.unlink(missing_ok=True)
         new = not self.path.is_file() or self.path.stat().st_size == 0
@@ -276,6 +282,13 @@ class CSVLogger(JSONLLogger):
         self.writer = csv.DictWriter(self.file, self.FIELDS, extrasaction="ignore")
         if new:
             self.writer.writeheader()
+
+    @classmethod
+    def line(cls, row: dict[str, Any]) -> str:
+        """``row`` as a line of the file (its :attr:`FIELDS`, as the writer writes it)."""
+        buf = io.StringIO()
+        csv.DictWriter(buf, cls.FIELDS, extrasaction="ignore").writerow(row)
+        return buf.getvalue()
 
     def _write(self, logs: dict[str, Any]) -> None:
         if self.file is not None:

@@ -65,3 +65,37 @@ def test_a_crash_while_rotating_never_leaves_a_checkpoint_without_its_files(tmp_
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000000002"]
     for p in list_checkpoints(tmp_path):
         load_checkpoint(p, TinyLM())
+
+
+def test_a_cut_row_the_checkpoint_holds_is_written_again_on_resume(tmp_path):
+    """A validation at a checkpoint's own step, written before it (val_every = checkpoint_every):
+    a crash that cut its row left the resumed file without it (the checkpoint's history held it,
+    so the resumed run did not validate again)."""
+    from rnnkit.data import bptt_batches
+    from rnnkit.train import Trainer
+
+    from .models import tokens
+
+    def run(out, steps):
+        torch.manual_seed(0)
+        model = TinyLM()
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=steps, val_every=4,
+                     checkpoint_every=4, log_every=2, out_dir=str(out), resume=True, progress=False,
+                     plot=False)  # fmt: skip
+        tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(50), 1, 10))
+
+    run(tmp_path / "ref", 6)
+    run(tmp_path / "run", 4)
+    for name, keep in (("metrics.jsonl", 12), ("metrics.csv", 5)):
+        f = tmp_path / "run" / name
+        body, last = f.read_text().rstrip("\n").rsplit("\n", 1)
+        assert last.startswith(('{"split": "val", "step": 4', "val,4,"))
+        f.write_text(body + "\n" + last[:keep])  # the val row of step 4 cut mid-write
+    run(tmp_path / "run", 6)
+
+    def rows(d, name):
+        return (d / name).read_text().splitlines()
+
+    for name in ("metrics.jsonl", "metrics.csv"):  # the same rows (their timings apart)
+        run_rows, ref_rows = rows(tmp_path / "run", name), rows(tmp_path / "ref", name)
+        assert [r.split(",")[:4] for r in run_rows] == [r.split(",")[:4] for r in ref_rows], name
