@@ -269,6 +269,9 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         self._validate(val_data)
                         self._agree_stop()  # its callbacks ran on rank 0 alone
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    # a checkpoint of this step holds the epoch before its end (its validation, the
+                    # counters): the final one is written again, or a relaunch replays the epoch
+                    self._last_saved = None
             if self.stop_reason is None:
                 # a callback set should_stop (Callback's documented way to stop) without a reason
                 self.stop_reason = "callback" if self.should_stop else "max_epochs"

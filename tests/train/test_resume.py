@@ -212,3 +212,19 @@ def test_an_explicit_load_before_fit_is_not_replaced_by_the_latest_checkpoint(tm
     again.load(tmp_path / "checkpoints" / "step-000000002")
     assert _fit(again)["step"] == 4
     assert again.losses == ref.losses
+
+
+def test_the_final_checkpoint_holds_the_epoch_end_after_a_checkpoint_at_its_last_step(tmp_path):
+    """A checkpoint at an epoch's last step, then the epoch-end validation: the final save was
+    skipped (that step was saved), so the final checkpoint lacked the validation and the epoch
+    count, and a relaunch drew the whole epoch again to redo it."""
+    data = list(bptt_batches(tokens(200), 2, 10))
+    seed_everything(0)
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=1, progress=False,
+                 checkpoint_every=len(data), out_dir=str(tmp_path))  # fmt: skip
+    tr.fit(data, data[:2])
+    again = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=1, progress=False)
+    again.load(tmp_path / "checkpoints")
+    assert (again.step, again.epoch, again.batch_in_epoch) == (len(data), 1, 0)
+    assert [r["split"] for r in again.history][-1] == "val"
