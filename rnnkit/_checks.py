@@ -8,11 +8,13 @@ keeps working.
 from __future__ import annotations
 
 import numbers
+import operator
 import warnings
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
 
 
 class RecurrentInputError(ValueError, RuntimeError):
@@ -125,6 +127,36 @@ def check_state(
             fail(f"expected {name}_0 of shape {tuple(shape)}, got {tuple(s.shape)}")
         check_like(s, ref, f"{name}_0")
     return states  # type: ignore[return-value]
+
+
+def check_packed(packed: PackedSequence) -> int:
+    """A ``PackedSequence``'s fields consistent with its ``data (rows, H_in)``: ``batch_sizes``
+    a 1-D CPU int64 tensor, positive, non-increasing, summing to ``rows``; ``sorted_indices`` and
+    ``unsorted_indices`` (when given) one per sequence. Returns the batch size ``batch_sizes[0]``.
+
+    Every path reads the data by ``batch_sizes``: a hand-built PackedSequence that disagrees
+    with its data had rows past the sum dropped (as torch.nn does), a state of another batch
+    returned, or an output of more rows than the input, silently. The indices are not checked
+    to be a permutation (that would read a CUDA tensor back at every call)."""
+    data, bs = packed.data, packed.batch_sizes
+    # what pack_padded_sequence makes and torch's kernels take (they refuse int32 in their words)
+    if not isinstance(bs, Tensor) or bs.dim() != 1 or bs.dtype != torch.int64 or bs.device.type != "cpu":
+        got = f"{bs.dim()}-D {bs.device.type} {bs.dtype}" if isinstance(bs, Tensor) else type(bs).__name__
+        fail(f"a PackedSequence's batch_sizes must be a 1-D CPU int64 tensor, got {got}")
+    sizes = bs.tolist()  # plain ints: ~4 us at 100 steps, half the tensor ops' time
+    if not sizes:
+        fail("a PackedSequence must have at least one time step, got empty batch_sizes")
+    if sizes[-1] <= 0 or not all(map(operator.ge, sizes, sizes[1:])):
+        fail(f"a PackedSequence's batch_sizes must be positive and non-increasing, got {sizes}")
+    total = sum(sizes)
+    if total != data.shape[0]:
+        fail(f"a PackedSequence's batch_sizes must sum to the {data.shape[0]} rows of its data, got {total}")
+    batch = sizes[0]
+    for name in ("sorted_indices", "unsorted_indices"):
+        idx = getattr(packed, name)
+        if idx is not None and tuple(idx.shape) != (batch,):
+            fail(f"expected {name} of shape ({batch},) (batch_sizes[0] sequences), got {tuple(idx.shape)}")
+    return batch
 
 
 def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:

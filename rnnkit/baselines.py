@@ -203,10 +203,12 @@ class TCN(nn.Module):
     def forward(self, x: Tensor, state: Any = None, lengths: Tensor | None = None) -> tuple[Tensor, Any]:
         """``lengths`` (padded batches): centred kernels see zeros past each sequence's end, so
         its valid outputs are those of the sequence alone; a causal output at a valid step never
-        sees the padding after it, and the state carries each sequence's own last steps."""
+        sees the padding after it, and the state carries each sequence's own last steps. Outputs
+        past each length are zero, as a recurrent layer's."""
         y = _to_bct(x, self.batch_first, self.blocks[0].conv1)
         checked = _lengths(lengths, y)  # both modes: the mask below would broadcast a bad shape
-        valid = None if self.causal else _valid_mask(checked, y)
+        mask = _valid_mask(checked, y)
+        valid = None if self.causal else mask
         ends = checked if self.causal else None
         pasts = _pasts(state, len(self.blocks), "TCN", "level")
         pasts = [_pasts(p, 2, f"TCN level {i}", "convolution") for i, p in enumerate(pasts)]
@@ -214,6 +216,8 @@ class TCN(nn.Module):
         for block, past in zip(self.blocks, pasts, strict=True):
             y, p = block(y, past, valid, ends)
             new.append(p)
+        if mask is not None:  # the padding's outputs (biases, residuals) would enter a mean over time
+            y = y * mask
         return _from_bct(y, self.batch_first), (tuple(new) if self.causal else None)
 
 

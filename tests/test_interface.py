@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 
@@ -287,3 +287,41 @@ def test_copy_pickle_and_all_weights(tmp_path):
 def _reload(m, tmp_path):
     torch.save(m, tmp_path / "m.pt")
     return torch.load(tmp_path / "m.pt", weights_only=False)
+
+
+# -- a malformed PackedSequence: its batch_sizes and indices are checked against its data --
+PACKED_BAD = [
+    # batch_sizes summing to fewer rows than the data: torch.nn drops the rest silently
+    (lambda: PackedSequence(torch.randn(7, 3), torch.tensor([2, 2, 1, 1])), r"sum to the 7 rows.*got 6"),
+    (lambda: PackedSequence(torch.randn(5, 3), torch.tensor([2, 2, 1, 1])), r"sum to the 5 rows.*got 6"),
+    (lambda: PackedSequence(torch.randn(6, 3), torch.tensor([1, 2, 2, 1])), "non-increasing"),
+    (lambda: PackedSequence(torch.randn(4, 3), torch.tensor([2, 2, 0])), "positive"),
+    (lambda: PackedSequence(torch.randn(0, 3), torch.tensor([], dtype=torch.long)), "at least one"),
+    (lambda: PackedSequence(torch.randn(4, 3), torch.tensor([2.0, 2.0])), "CPU int64 tensor, got 1-D cpu"),
+    # int32: the loop and the fused path ran, torch's kernel and the time-parallel layers refused
+    (lambda: PackedSequence(torch.randn(4, 3), torch.tensor([2, 2], dtype=torch.int32)), "int64"),
+    # sorted_indices of another batch: a state of one sequence came back for two
+    (
+        lambda: PackedSequence(torch.randn(6, 3), torch.tensor([2, 2, 1, 1]), torch.tensor([0])),
+        r"sorted_indices of shape \(2,\).*got \(1,\)",
+    ),
+]
+
+
+PACKED_LAYERS = [
+    lambda: rnnkit.LSTM(3, 4, impl="loop"),
+    lambda: rnnkit.LSTM(3, 4, impl="fused"),
+    lambda: rnnkit.LSTM(3, 4),  # torch's kernel
+    lambda: rnnkit.GRU(3, 4),
+    lambda: rnnkit.MinGRU(3, 4),
+    lambda: rnnkit.QRNN(3, 4),
+    lambda: rnnkit.LRU(3, 4),
+]
+
+
+@pytest.mark.parametrize("make", PACKED_LAYERS)
+@pytest.mark.parametrize("packed,msg", PACKED_BAD)
+def test_malformed_packed_sequence_is_a_clear_value_error(make, packed, msg):
+    with pytest.raises(ValueError, match=msg) as e:
+        make()(packed())
+    assert isinstance(e.value, RuntimeError)

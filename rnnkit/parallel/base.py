@@ -171,6 +171,7 @@ class ParallelRecurrent(nn.Module):
         mask = None
         if packed:
             _checks.check_input(input.data, self.input_size, True, self._ref)
+            _checks.check_packed(input)
             x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
             T = x.shape[0]
             mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)

@@ -48,6 +48,21 @@ def test_bidirectional_padded_batch_equals_each_sequence_alone(arch, batch_first
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("arch", ["tcn", "conv-lstm", "qrnn"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padded_batch_outputs_past_each_length_are_zero(arch, bidirectional):
+    """As the recurrent layers' (a mean over time, a loss over every output): the TCN returned its
+    biases and residuals there, in both modes, and passed gradients back to the padding."""
+    torch.manual_seed(0)
+    m = build_recurrent(cfg(arch), 3, batch_first=True, bidirectional=bidirectional)
+    lengths = torch.tensor([2, 6, 4])
+    x = torch.randn(3, 6, 3, requires_grad=True)
+    out, _ = m(x, None, lengths=lengths)
+    out.sum().backward()
+    for i, n in enumerate(lengths.tolist()):
+        assert not out[i, n:].any() and not x.grad[i, n:].any()
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize(
     ("lengths", "match"),
