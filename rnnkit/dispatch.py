@@ -21,7 +21,8 @@ fused path wherever it applies: its custom ops keep the graph whole; under ``tor
 torch's kernels for standard configurations, else the loop (ONNX has no translation of the
 custom ops), and under ``torch.jit.trace`` or ``torch.autocast`` torch's kernels for standard
 ones (the layer runs the other paths in its parameters' dtype, autocast off). A layer built with
-``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
+``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths; a forced
+``impl="fused"`` is traced and exported as ``"auto"`` is (the fused ops never are).
 
 The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks
 :func:`select_scan` here too: the compiled CPU kernel, its pure-PyTorch loop, the Triton
@@ -108,22 +109,29 @@ def _plain_ops_needed() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()  # either ONNX exporter
+
+
+def _export_impl(module) -> str:
+    """The path under ``torch.onnx.export`` or ``torch.jit.trace``. torch's RNN ops become ONNX's
+    LSTM/GRU/RNN (any length) and a traced TorchScript model that loads without rnnkit; the fused
+    custom ops have no ONNX translation, so other configurations export the reference loop (plain
+    ops, unrolled over time), as do LSTMs with projections (ONNX's LSTM has none: torch's exporter
+    refuses them). A trace does the same: the fused ops would record this call's batch sizes as
+    constants, wrong at any other length or batch (and the trace's check fails)."""
+    if torch_mode(module) and not (torch.onnx.is_in_onnx_export() and module.proj_size):
+        return "torch"
+    return "loop"
+
+
 def select(module, x: Tensor, packed: bool = False) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack`` (``x``: the
     input, or a packed input's data)."""
     if module.impl == "auto":
+        if _exporting():
+            return _export_impl(module)
         mode = torch_mode(module)
-        onnx = torch.onnx.is_in_onnx_export()  # either exporter
-        if onnx or torch.jit.is_tracing():
-            # torch's RNN ops become ONNX's LSTM/GRU/RNN (any length) and a traced TorchScript
-            # model that loads without rnnkit; the fused custom ops have no ONNX translation, so
-            # other configurations export the reference loop (plain ops, unrolled over time), as
-            # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them). A
-            # trace does the same: the fused ops would record this call's batch sizes as constants,
-            # wrong at any other length or batch
-            if mode and not (onnx and module.proj_size):
-                return "torch"
-            return "loop"
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
@@ -150,6 +158,8 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
         _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
+    if module.impl == "fused" and _exporting():
+        return _export_impl(module)  # never the fused ops, as for impl="auto"
     if module.impl == "fused" and _plain_ops_needed() and not torch.compiler.is_compiling():
         _checks.fail(
             "impl='fused' cannot run inside torch.func transforms or forward-mode AD (its autograd "
