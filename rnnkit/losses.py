@@ -14,6 +14,9 @@ a ``PackedSequence``. The mean runs over the valid elements only; for dense inpu
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
@@ -29,6 +32,12 @@ def _time_major(output: Tensor, batch_first: bool) -> Tensor:
         got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(f"expected a 3-D output (T, B, F) or (B, T, F) with batch_first, got {got}")
     return output.transpose(0, 1) if batch_first else output
+
+
+def _check_coef(name: str, v) -> None:
+    # a string failed as an indexing error deep in torch, NaN or inf made the whole loss NaN
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
 
 
 def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
@@ -47,7 +56,9 @@ def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
 def activation_regularization(
     output: Tensor | PackedSequence, alpha: float = 2.0, *, batch_first: bool = False, lengths=None
 ) -> Tensor:
-    """AR: ``alpha`` times the mean square of ``output`` over its valid elements (a scalar)."""
+    """AR: ``alpha`` (a finite number) times the mean square of ``output`` over its valid
+    elements (a scalar)."""
+    _check_coef("alpha", alpha)
     if isinstance(output, PackedSequence):
         return alpha * output.data.pow(2).mean()
     h = _time_major(output, batch_first)
@@ -60,8 +71,9 @@ def activation_regularization(
 def temporal_activation_regularization(
     output: Tensor | PackedSequence, beta: float = 1.0, *, batch_first: bool = False, lengths=None
 ) -> Tensor:
-    """TAR: ``beta`` times the mean square of ``h_t − h_{t−1}`` over consecutive valid steps of
-    each sequence (a scalar; zero when no sequence has two steps)."""
+    """TAR: ``beta`` (a finite number) times the mean square of ``h_t − h_{t−1}`` over consecutive
+    valid steps of each sequence (a scalar; zero when no sequence has two steps)."""
+    _check_coef("beta", beta)
     if isinstance(output, PackedSequence):
         data, bs = output.data, output.batch_sizes
         if len(bs) < 2:

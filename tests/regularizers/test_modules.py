@@ -130,6 +130,19 @@ def test_tar_of_an_empty_batch_is_zero():
     assert losses.tar(h, lengths=[]).item() == 0.0
 
 
+@pytest.mark.parametrize("bad", ["a", float("nan"), float("inf"), True, None, torch.tensor(2.0)])
+@pytest.mark.parametrize("loss, name", [(losses.ar, "alpha"), (losses.tar, "beta")])
+def test_ar_tar_refuse_a_coefficient_that_is_no_finite_number(loss, name, bad):
+    """alpha='a' failed as an indexing error deep in torch, NaN or inf made the loss NaN."""
+    h = torch.randn(6, 3, 5)
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number, got "):
+        loss(h, bad)
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number, got "):
+        loss(pack_padded_sequence(h, [6, 4, 2]), bad)
+    np = pytest.importorskip("numpy")
+    torch.testing.assert_close(loss(h, np.float32(0.5)), loss(h, 0.5))
+
+
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_ar_tar_ignore_padding_and_accept_packed(enforce_sorted):
     lengths = torch.tensor([6, 4, 4, 1]) if enforce_sorted else torch.tensor([4, 6, 1, 4])
