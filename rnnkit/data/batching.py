@@ -117,6 +117,7 @@ class BPTTBatches:
         for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("min_len", min_len)):
             check_int(name, v)
         check_int("max_len", max_len, none_ok=True)
+        check_int("seed", seed, none_ok=True)  # a float failed only at iteration, in manual_seed
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if batch_size < 1:
@@ -150,7 +151,7 @@ class BPTTBatches:
                 f"variable_length=True with world_size={world_size} needs a seed, the same on every "
                 "rank, so that all ranks draw the same window lengths"
             )
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch = (None if seed is None else int(seed)), 0  # manual_seed refuses numpy's
 
     @property
     def stream_len(self) -> int:

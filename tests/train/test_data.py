@@ -81,6 +81,24 @@ def test_bucket_sampler_sizes_that_are_not_ints_are_refused():
         BucketBatchSampler([1, 2, 3], 1, bucket_size=2.5)
 
 
+@pytest.mark.parametrize("bad", [1.5, 2.0, "1", True])
+def test_seeds_that_are_not_ints_are_refused_at_construction(bad):
+    """A float seed was taken and failed only at iteration, in Generator.manual_seed ('expected a
+    long'); numpy's integers failed there too ('an integer is required'): they are ints now."""
+    with pytest.raises(ValueError, match=f"seed must be an int, got {bad!r}"):
+        BucketBatchSampler([1, 2, 3], 1, seed=bad)
+    with pytest.raises(ValueError, match=f"seed must be an int or None, got {bad!r}"):
+        bptt_batches(torch.arange(40), 2, 3, variable_length=True, seed=bad)
+    np = pytest.importorskip("numpy")
+    assert list(BucketBatchSampler([1, 2, 3], 1, seed=np.int64(4))) == list(
+        BucketBatchSampler([1, 2, 3], 1, seed=4)
+    )
+    ours, ref = (
+        bptt_batches(torch.arange(400), 2, 20, variable_length=True, seed=s) for s in (np.int32(3), 3)
+    )
+    assert [w.inputs.shape for w in ours] == [w.inputs.shape for w in ref]
+
+
 def test_rank_shards_tile_the_global_batch():
     data = torch.arange(64)
     full = list(bptt_batches(data, 4, 5))
