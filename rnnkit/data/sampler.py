@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from rnnkit.data.batching import check_int
+from rnnkit.data.batching import check_int, epoch_seed
 
 __all__ = ["BucketBatchSampler"]
 
@@ -82,7 +82,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def _global_batches(self) -> list[list[int]]:
         n = len(self.lengths)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         batches: list[list[int]] = []
         for start in range(0, n, self.bucket_size):

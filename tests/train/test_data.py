@@ -3,6 +3,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.data import BucketBatchSampler, PadCollate, bptt_batches, length_mask, pad_collate
+from rnnkit.data.batching import epoch_seed
 
 
 def test_issue_example_batch_first():
@@ -97,6 +98,19 @@ def test_seeds_that_are_not_ints_are_refused_at_construction(bad):
         bptt_batches(torch.arange(400), 2, 20, variable_length=True, seed=s) for s in (np.int32(3), 3)
     )
     assert [w.inputs.shape for w in ours] == [w.inputs.shape for w in ref]
+
+
+def test_large_and_negative_seeds_work_and_keep_their_order():
+    """seed=2**62 (any seed whose seed * 1_000_003 + epoch leaves manual_seed's 64 bits) failed at
+    iteration ('Overflow when unpacking long long'); the mixed seed is reduced modulo 2**64, which
+    leaves every seed that worked with its order (manual_seed maps a negative one the same way)."""
+    lengths = list(range(1, 41))
+    for seed in (2**62, 2**64 + 3, -(2**62)):
+        assert sorted(i for b in BucketBatchSampler(lengths, 4, seed=seed) for i in b) == list(range(40))
+        assert len(list(bptt_batches(torch.arange(400), 2, 20, variable_length=True, seed=seed))) > 0
+    for seed, epoch in ((-7, 2), (0, 0), (5, 3), (2**40, 1)):  # the old mix, in range: the same generator
+        old = torch.Generator().manual_seed(seed * 1_000_003 + epoch).initial_seed()
+        assert torch.Generator().manual_seed(epoch_seed(seed, epoch)).initial_seed() == old
 
 
 def test_rank_shards_tile_the_global_batch():
