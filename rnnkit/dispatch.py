@@ -215,15 +215,20 @@ def _check_weight_shapes(module, weights: list[Tensor]) -> None:
     (oneDNN) reads them by those sizes without checking: a weight replaced by one of another
     shape (``m.weight_hh_l0 = nn.Parameter(...)``) was read out of its bounds, silently. The
     sizes are the layer's, fixed at construction: kept after the first call (building the cells'
-    specs per call took ~3 µs a layer, 5% of a small LSTM's call)."""
+    specs per call took ~3 µs a layer, 5% of a small LSTM's call). Each of the parameters' dtype
+    too, as on the other paths (torch fails as torch.nn does, in a matmul's words), except under
+    autocast, which casts them for torch's kernels as for torch.nn's."""
     shapes = module.__dict__.get("_torch_weight_shapes")
     if shapes is None:
         D = module.num_directions
         shapes = [s.shape for cell in module.cells for _ in range(D) for s in cell.param_specs()]
         module.__dict__["_torch_weight_shapes"] = shapes
+    dtype = None if _checks.autocast_on("cpu") else weights[0].dtype  # weight_ih_l0's, as the input's check
     for i, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
         if w.shape != shape:
             _checks.fail(f"{module._flat_weights_names[i]} must have shape {shape}, got {tuple(w.shape)}")
+        if dtype is not None and w.dtype != dtype:
+            _checks.param_dtype_error(module._flat_weights_names[i], w, dtype)
 
 
 def spec_shapes(module) -> list[dict[str, tuple[int, ...]]]:

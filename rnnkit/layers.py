@@ -131,11 +131,11 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         return cell.family.upper()
 
     def layer_params(self, layer: int, direction: int) -> dict[str, Tensor]:
-        """The tensors of one layer-direction, keyed by the cell's base names, each checked
-        against the shape of its spec (a weight replaced by one of another shape is refused)."""
+        """The tensors of one layer-direction, keyed by the cell's base names, each checked against
+        its spec's shape and the parameters' dtype (a replaced one of another is refused)."""
         names = self._names[layer][direction]
         p = {base: getattr(self, attr) for base, attr in names.items()}
-        _checks.check_param_shapes(p, dispatch.spec_shapes(self)[layer], names)
+        _checks.check_param_shapes(p, dispatch.spec_shapes(self)[layer], names, self._ref.dtype)
         return p
 
     def flat_weights(self) -> list[Tensor]:
