@@ -79,15 +79,24 @@ def check_param_shapes(
     params: Mapping[str, Tensor],
     shapes: Mapping[str, tuple[int, ...]],
     names: Mapping[str, str] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Each of a cell's tensors ``params`` (by base name) shaped as its spec ``shapes`` says;
-    ``names``: the module's attribute of each (``weight_hh_l0``), for the message. A weight
-    replaced by one of another shape is refused: cells that read a weight by row blocks (the GRU
-    variants, peepholes, FGR) would ignore extra rows without a word."""
+    """Each of a cell's tensors ``params`` (by base name) shaped as its spec ``shapes`` says and,
+    given ``dtype`` (the parameters', ``weight_ih``'s), of that dtype; ``names``: the module's
+    attribute of each (``weight_hh_l0``), for the message. A weight replaced by one of another
+    shape is refused: cells that read a weight by row blocks (the GRU variants, peepholes, FGR)
+    would ignore extra rows without a word; one of another dtype too: the loop and the fused
+    kernels converted it silently (float32 values in a float64 layer), where torch.nn fails."""
     for base, w in params.items():
         if w.shape != shapes[base]:
             name = names[base] if names else base
             fail(f"{name} must have shape {tuple(shapes[base])}, got {tuple(w.shape)}")
+        if dtype is not None and w.dtype != dtype:
+            param_dtype_error(names[base] if names else base, w, dtype)
+
+
+def param_dtype_error(name: str, w: Tensor, dtype: torch.dtype) -> None:
+    fail(f"{name} has dtype {w.dtype} but the parameters are {dtype}; convert it with .to({dtype})")
 
 
 def check_step(step: object) -> int:

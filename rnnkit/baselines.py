@@ -19,6 +19,7 @@ encoder for tagging); it has no state.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +155,22 @@ def _lengths(lengths: Any, y: Tensor) -> Tensor | None:
     return _checks.check_lengths(lengths, y.shape[0], y.shape[2]).to(y.device)
 
 
+def _check_args(owner: str, sizes: dict[str, Any], flags: dict[str, Any], dropout: Any = 0.0) -> None:
+    """As the recurrent layers check theirs (``rnnkit.layers._check_config``): sizes are integers
+    >= 1 (numpy's too; a float failed inside ``torch.empty``), flags bools (``'no'`` is true), the
+    dropout a number in [0, 1] (NaN failed only at the first training call)."""
+    for name, v in sizes.items():
+        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+            raise TypeError(f"{owner} {name} should be of type int, got: {type(v).__name__}")
+        if v < 1:
+            raise ValueError(f"{owner} {name} must be >= 1, got {v}")
+    for name, v in flags.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{owner} {name} should be of type bool, got: {type(v).__name__}")
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+        raise ValueError(f"{owner} dropout must be a number in [0, 1], got {dropout!r}")
+
+
 class TCN(nn.Module):
     """Temporal convolutional network: ``levels`` residual blocks, dilations 1, 2, 4, ...
 
@@ -175,14 +192,11 @@ class TCN(nn.Module):
         bidirectional: bool = False,
     ) -> None:
         super().__init__()
-        for name, v in (
-            ("input_size", input_size),
-            ("hidden_size", hidden_size),
-            ("num_layers", num_layers),
-            ("kernel_size", kernel_size),
-        ):
-            if v < 1:
-                raise ValueError(f"TCN {name} must be >= 1, got {v}")
+        sizes = {"input_size": input_size, "hidden_size": hidden_size, "num_layers": num_layers}
+        sizes["kernel_size"] = kernel_size
+        _check_args("TCN", sizes, {"batch_first": batch_first, "bidirectional": bidirectional}, dropout)
+        input_size, hidden_size, num_layers, kernel_size = map(int, sizes.values())  # numpy's: ints
+        dropout = float(dropout)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.kernel_size, self.batch_first, self.causal = kernel_size, batch_first, not bidirectional
         self.blocks = nn.ModuleList(
@@ -240,11 +254,10 @@ class ConvRecurrent(nn.Module):
         bidirectional: bool = False,
     ) -> None:
         super().__init__()
-        if conv_layers < 1 or conv_channels < 1 or kernel_size < 1:
-            raise ValueError(
-                f"conv front end needs conv_layers, conv_channels, kernel_size >= 1, got "
-                f"{conv_layers}, {conv_channels}, {kernel_size}"
-            )
+        sizes = {"input_size": input_size, "conv_channels": conv_channels, "kernel_size": kernel_size}
+        sizes["conv_layers"] = conv_layers
+        _check_args("conv front end", sizes, {"batch_first": batch_first, "bidirectional": bidirectional})
+        input_size, conv_channels, kernel_size, conv_layers = map(int, sizes.values())
         self.batch_first, self.causal = batch_first, not bidirectional
         self.convs = nn.ModuleList(
             CausalConv1d(

@@ -21,7 +21,8 @@ fused path wherever it applies: its custom ops keep the graph whole; under ``tor
 torch's kernels for standard configurations, else the loop (ONNX has no translation of the
 custom ops), and under ``torch.jit.trace`` or ``torch.autocast`` torch's kernels for standard
 ones (the layer runs the other paths in its parameters' dtype, autocast off). A layer built with
-``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths.
+``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths; a forced
+``impl="fused"`` is traced and exported as ``"auto"`` is (the fused ops never are).
 
 The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks
 :func:`select_scan` here too: the compiled CPU kernel, its pure-PyTorch loop, the Triton
@@ -108,22 +109,29 @@ def _plain_ops_needed() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
+def _exporting() -> bool:
+    return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()  # either ONNX exporter
+
+
+def _export_impl(module) -> str:
+    """The path under ``torch.onnx.export`` or ``torch.jit.trace``. torch's RNN ops become ONNX's
+    LSTM/GRU/RNN (any length) and a traced TorchScript model that loads without rnnkit; the fused
+    custom ops have no ONNX translation, so other configurations export the reference loop (plain
+    ops, unrolled over time), as do LSTMs with projections (ONNX's LSTM has none: torch's exporter
+    refuses them). A trace does the same: the fused ops would record this call's batch sizes as
+    constants, wrong at any other length or batch (and the trace's check fails)."""
+    if torch_mode(module) and not (torch.onnx.is_in_onnx_export() and module.proj_size):
+        return "torch"
+    return "loop"
+
+
 def select(module, x: Tensor, packed: bool = False) -> str:
     """Choose the implementation of one forward call of a ``RecurrentStack`` (``x``: the
     input, or a packed input's data)."""
     if module.impl == "auto":
+        if _exporting():
+            return _export_impl(module)
         mode = torch_mode(module)
-        onnx = torch.onnx.is_in_onnx_export()  # either exporter
-        if onnx or torch.jit.is_tracing():
-            # torch's RNN ops become ONNX's LSTM/GRU/RNN (any length) and a traced TorchScript
-            # model that loads without rnnkit; the fused custom ops have no ONNX translation, so
-            # other configurations export the reference loop (plain ops, unrolled over time), as
-            # do LSTMs with projections (ONNX's LSTM has none: torch's exporter refuses them). A
-            # trace does the same: the fused ops would record this call's batch sizes as constants,
-            # wrong at any other length or batch
-            if mode and not (onnx and module.proj_size):
-                return "torch"
-            return "loop"
         if torch.compiler.is_compiling() and fused_supported(module):
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
@@ -150,6 +158,8 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
         _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
+    if module.impl == "fused" and _exporting():
+        return _export_impl(module)  # never the fused ops, as for impl="auto"
     if module.impl == "fused" and _plain_ops_needed() and not torch.compiler.is_compiling():
         _checks.fail(
             "impl='fused' cannot run inside torch.func transforms or forward-mode AD (its autograd "
@@ -205,15 +215,20 @@ def _check_weight_shapes(module, weights: list[Tensor]) -> None:
     (oneDNN) reads them by those sizes without checking: a weight replaced by one of another
     shape (``m.weight_hh_l0 = nn.Parameter(...)``) was read out of its bounds, silently. The
     sizes are the layer's, fixed at construction: kept after the first call (building the cells'
-    specs per call took ~3 µs a layer, 5% of a small LSTM's call)."""
+    specs per call took ~3 µs a layer, 5% of a small LSTM's call). Each of the parameters' dtype
+    too, as on the other paths (torch fails as torch.nn does, in a matmul's words), except under
+    autocast, which casts them for torch's kernels as for torch.nn's."""
     shapes = module.__dict__.get("_torch_weight_shapes")
     if shapes is None:
         D = module.num_directions
         shapes = [s.shape for cell in module.cells for _ in range(D) for s in cell.param_specs()]
         module.__dict__["_torch_weight_shapes"] = shapes
+    dtype = None if _checks.autocast_on("cpu") else weights[0].dtype  # weight_ih_l0's, as the input's check
     for i, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
         if w.shape != shape:
             _checks.fail(f"{module._flat_weights_names[i]} must have shape {shape}, got {tuple(w.shape)}")
+        if dtype is not None and w.dtype != dtype:
+            _checks.param_dtype_error(module._flat_weights_names[i], w, dtype)
 
 
 def spec_shapes(module) -> list[dict[str, tuple[int, ...]]]:

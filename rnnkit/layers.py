@@ -79,7 +79,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             )
         self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size, self.impl = bidirectional, proj_size, impl
+        self.bidirectional, self.proj_size, self.impl = bidirectional, int(proj_size), impl
         D = 2 if bidirectional else 1
         out = proj_size or hidden_size
         self.cells: list[Cell] = [make_cell(input_size if k == 0 else out * D) for k in range(num_layers)]
@@ -131,11 +131,11 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         return cell.family.upper()
 
     def layer_params(self, layer: int, direction: int) -> dict[str, Tensor]:
-        """The tensors of one layer-direction, keyed by the cell's base names, each checked
-        against the shape of its spec (a weight replaced by one of another shape is refused)."""
+        """The tensors of one layer-direction, keyed by the cell's base names, each checked against
+        its spec's shape and the parameters' dtype (a replaced one of another is refused)."""
         names = self._names[layer][direction]
         p = {base: getattr(self, attr) for base, attr in names.items()}
-        _checks.check_param_shapes(p, dispatch.spec_shapes(self)[layer], names)
+        _checks.check_param_shapes(p, dispatch.spec_shapes(self)[layer], names, self._ref.dtype)
         return p
 
     def flat_weights(self) -> list[Tensor]:
@@ -390,7 +390,7 @@ def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropou
             raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-    if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+    if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) or proj_size < 0:
         raise ValueError(f"proj_size must be a non-negative int, got {proj_size!r}")
     if dropout > 0 and num_layers == 1:  # torch.nn's warning, pointing at the user's constructor call
         warnings.warn(

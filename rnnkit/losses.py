@@ -10,9 +10,13 @@ Both accept dense outputs ``(T, B, F)`` (``(B, T, F)`` with ``batch_first``), op
 ``lengths`` ``(B,)`` (integers in ``[1, T]``, as the layers take them) so padding is ignored, or
 a ``PackedSequence``. The mean runs over the valid elements only; for dense input without
 ``lengths`` it is exactly AWD-LSTM's ``h.pow(2).mean()`` and ``(h[1:] - h[:-1]).pow(2).mean()``.
+Over no element (an empty batch, no feature; no sequence of two steps for TAR) both are zero.
 """
 
 from __future__ import annotations
+
+import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -31,6 +35,18 @@ def _time_major(output: Tensor, batch_first: bool) -> Tensor:
     return output.transpose(0, 1) if batch_first else output
 
 
+def _check_coef(name: str, v) -> None:
+    # a string failed as an indexing error deep in torch, NaN or inf made the whole loss NaN
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {v!r}")
+
+
+def _mean_square(x: Tensor) -> Tensor:
+    """Mean of ``x ** 2``; zero for no element (torch's mean of nothing is NaN, which poisons a
+    summed loss: the layers' output for an empty batch, or of no feature)."""
+    return x.pow(2).mean() if x.numel() else x.new_zeros(())
+
+
 def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
     """``(T, B)`` boolean mask of valid steps, or None when every step is valid."""
     if lengths is None:
@@ -47,21 +63,24 @@ def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
 def activation_regularization(
     output: Tensor | PackedSequence, alpha: float = 2.0, *, batch_first: bool = False, lengths=None
 ) -> Tensor:
-    """AR: ``alpha`` times the mean square of ``output`` over its valid elements (a scalar)."""
+    """AR: ``alpha`` (a finite number) times the mean square of ``output`` over its valid
+    elements (a scalar; zero when there is none: an empty batch)."""
+    _check_coef("alpha", alpha)
     if isinstance(output, PackedSequence):
-        return alpha * output.data.pow(2).mean()
+        return alpha * _mean_square(output.data)
     h = _time_major(output, batch_first)
     valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
     if valid is None:
-        return alpha * h.pow(2).mean()
-    return alpha * h[valid].pow(2).mean()
+        return alpha * _mean_square(h)
+    return alpha * _mean_square(h[valid])
 
 
 def temporal_activation_regularization(
     output: Tensor | PackedSequence, beta: float = 1.0, *, batch_first: bool = False, lengths=None
 ) -> Tensor:
-    """TAR: ``beta`` times the mean square of ``h_t − h_{t−1}`` over consecutive valid steps of
-    each sequence (a scalar; zero when no sequence has two steps)."""
+    """TAR: ``beta`` (a finite number) times the mean square of ``h_t − h_{t−1}`` over consecutive
+    valid steps of each sequence (a scalar; zero when no sequence has two steps)."""
+    _check_coef("beta", beta)
     if isinstance(output, PackedSequence):
         data, bs = output.data, output.batch_sizes
         if len(bs) < 2:
@@ -72,17 +91,15 @@ def temporal_activation_regularization(
         t_next = torch.repeat_interleave(torch.arange(1, len(bs)), bs[1:])
         prev = starts[t_next - 1] + packed_rows(bs)[nxt]
         nxt, prev = nxt.to(data.device), prev.to(data.device)
-        return beta * (data[nxt] - data[prev]).pow(2).mean()
+        return beta * _mean_square(data[nxt] - data[prev])
     h = _time_major(output, batch_first)
     valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
     if h.shape[0] < 2 or h.shape[1] == 0:  # no sequence with two steps (none at all: an empty batch)
         return h.new_zeros(())
     diff = h[1:] - h[:-1]
     if valid is None:
-        return beta * diff.pow(2).mean()
-    if not bool(valid[1:].any()):
-        return h.new_zeros(())
-    return beta * diff[valid[1:]].pow(2).mean()
+        return beta * _mean_square(diff)
+    return beta * _mean_square(diff[valid[1:]])
 
 
 ar = activation_regularization

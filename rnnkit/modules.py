@@ -216,11 +216,12 @@ class StepCell(nn.Module):
             k: v for k, v in options.items() if k in keys
         }
 
-    def params(self) -> dict[str, Tensor]:
-        """The cell's tensors by name, each checked against the shape of its spec."""
+    def params(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """The cell's tensors by name, each checked against the shape of its spec and, given
+        ``dtype`` (the parameters'), of that dtype."""
         specs = self.cell.param_specs()
         p = {s.name: getattr(self, s.name) for s in specs}
-        _checks.check_param_shapes(p, {s.name: s.shape for s in specs})
+        _checks.check_param_shapes(p, {s.name: s.shape for s in specs}, dtype=dtype)
         return p
 
     def reset_parameters(self) -> None:
@@ -251,8 +252,10 @@ class StepCell(nn.Module):
             rec = regularizers.sample_mask("recurrent", shape, self.recurrent_dropout, like)
         return StepMasks(batch_size, rec, weights)
 
-    def _masked_params(self, masks: StepMasks | None, batch: int) -> tuple[dict[str, Tensor], Tensor | None]:
-        p = self.params()
+    def _masked_params(
+        self, masks: StepMasks | None, batch: int, dtype: torch.dtype | None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        p = self.params(dtype)  # dtype: the parameters' (None: unchecked, under autocast)
         if not self.training or not (self.recurrent_dropout or self.weight_drop):
             return p, None
         if not isinstance(masks, StepMasks):
@@ -311,13 +314,14 @@ class StepCell(nn.Module):
             state = _checks.check_state(hx, names, shapes, ref)
             if unbatched:
                 state = tuple(s.unsqueeze(0) for s in state)
-        p, rec = self._masked_params(masks, B)
+        autocast = _checks.autocast_on(x.device.type)  # which casts the weights, as for torch.nn's cells
+        p, rec = self._masked_params(masks, B, None if autocast else ref.dtype)
         mode = self.cell.torch_mode()
         if getattr(self.cell, "proj_size", 0):  # StepCell(LSTMCellMath(..., proj_size)): not in lstm_cell
             mode = None
         use_torch = mode is not None and not self.needs_custom_loop()
         precision = contextlib.nullcontext()
-        if (not use_torch or any(self.zoneout_probs)) and _checks.autocast_on(x.device.type):
+        if (not use_torch or any(self.zoneout_probs)) and autocast:
             # as the layers: autocast has no rule for the options torch lacks (mixed dtypes inside
             # a step crash torch.lerp), so they run in the parameters' dtype with autocast off
             x, state = x.to(ref.dtype), tuple(s.to(ref.dtype) for s in state)

@@ -262,6 +262,31 @@ def test_jit_trace_of_options_records_the_loop(cls, kw):
             traced(torch.randn(length, 2, 3))
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.* is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "cls, kw", [(rnnkit.GRU, {}), (rnnkit.LSTM, {"norm": "layer"})], ids=["gru", "ln-lstm"]
+)
+def test_jit_trace_of_forced_fused_as_auto(cls, kw):
+    # impl="fused" recorded the fused ops: the trace's own check failed ("Graphs differed across
+    # invocations") and with check_trace=False the TorchScript failed at another length. It is
+    # traced as impl="auto" is: torch's op for a standard layer (any length), else the loop
+    torch.manual_seed(0)
+    m = cls(3, 4, impl="fused", **kw).eval()
+    x = torch.randn(5, 2, 3)
+    traced = torch.jit.trace(m, (x,))
+    kinds = {n.kind() for n in traced.inlined_graph.nodes()}
+    assert not any(k.startswith("rnnkit") for k in kinds), kinds
+    torch.testing.assert_close(traced(x)[0], m(x)[0])
+    x = torch.randn(8, 2, 3)
+    if kw:
+        with pytest.raises(RuntimeError):  # the loop, unrolled over the traced length
+            traced(x)
+    else:
+        assert "aten::gru" in kinds
+        torch.testing.assert_close(traced(x)[0], m(x)[0])
+
+
 def test_numpy_integer_num_layers_and_float_sizes_as_torch_nn():
     torch.manual_seed(0)
     ours = rnnkit.LSTM(3, 4, num_layers=np.int64(2))

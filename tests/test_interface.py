@@ -253,6 +253,22 @@ def test_numpy_scalars_are_numbers():
     assert rnnkit.LRU(3, 4, max_phase=np.float32(1.0)).max_phase == 1.0
 
 
+def test_numpy_integer_sizes_as_torch_nn():
+    """proj_size (taken by torch.nn's LSTM), max_len and the LRU's state_size refused numpy's
+    integers ('must be a ... int') where the layers' other sizes take them: kept as ints."""
+    np = pytest.importorskip("numpy")
+    m = rnnkit.LSTM(3, 4, proj_size=np.int64(2))
+    assert type(m.proj_size) is int and m(torch.randn(5, 2, 3))[0].shape == (5, 2, 2)
+    for cls in (rnnkit.LSTM, rnnkit.LSTMCell):
+        cell = cls(3, 4, norm="batch", max_len=np.int64(6))
+        cell = cell.cells[0] if isinstance(cell, rnnkit.LSTM) else cell.cell
+        assert type(cell.max_len) is int and cell.max_len == 6
+    lru = rnnkit.LRU(3, 4, state_size=np.int32(6))
+    assert type(lru.state_size) is int and lru.state_size == 6
+    with pytest.raises(ValueError, match="max_len must be a positive int, got True"):
+        rnnkit.LSTM(3, 4, norm="batch", max_len=True)
+
+
 def test_proj_size_true_is_refused_naming_it():
     """proj_size=True (an int to isinstance) failed deep in torch.empty on a bool size."""
     with pytest.raises(ValueError, match="proj_size must be a non-negative int, got True"):

@@ -140,6 +140,46 @@ def test_replaced_weight_of_another_shape_is_named_on_torchs_gru_and_rnn(family)
         m(torch.randn(5, 2, 3))
 
 
+@pytest.mark.parametrize("impl", ["auto", "torch", "fused", "loop"])
+@pytest.mark.parametrize(
+    "family, options, name",
+    [("LSTM", {}, "bias_hh_l0"), ("GRU", {}, "weight_hh_l1"), ("RNN", {}, "bias_ih_l1_reverse"),
+     ("LSTM", {"peephole": True}, "weight_peephole_l0"), ("GRU", {"norm": "layer"}, "weight_ln_hh_l0")],
+)  # fmt: skip
+def test_replaced_weight_of_another_dtype_is_refused_as_torch_nn(family, options, name, impl):
+    # a float32 weight in a float64 layer ran silently on the loop and the fused path (its values
+    # converted), where torch.nn's LSTM/GRU/RNN fail (in a matmul's words: this names the weight)
+    if options and impl == "torch":
+        pytest.skip("impl='torch' needs a torch.nn configuration")
+    m = getattr(rnnkit, family)(3, 4, 2, bidirectional=True, impl=impl, **options)
+    setattr(m, name, nn.Parameter(getattr(m, name).detach().float()))
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(
+        rnnkit.RecurrentInputError, match=rf"{name} has dtype torch.float32 but the parameters are"
+    ):
+        m(x)
+    if not options:  # torch.nn fails too
+        ref = getattr(nn, family)(3, 4, 2, bidirectional=True)
+        setattr(ref, name, nn.Parameter(getattr(ref, name).detach().float()))
+        with pytest.raises(RuntimeError):
+            ref(x)
+
+
+@pytest.mark.parametrize(
+    "family, options, name",
+    [("LSTMCell", {}, "bias_hh"), ("GRUCell", {}, "weight_hh"), ("LSTMCell", {"norm": "layer"}, "bias_hh"),
+     ("LSTMCell", {"peephole": True}, "weight_peephole")],
+)  # fmt: skip
+def test_cell_replaced_weight_of_another_dtype_is_refused(family, options, name):
+    # the cells with options ran it silently, converted; torch.nn's cells fail in a matmul's words
+    m = getattr(rnnkit, family)(3, 4, **options)
+    setattr(m, name, nn.Parameter(getattr(m, name).detach().float()))
+    with pytest.raises(
+        rnnkit.RecurrentInputError, match=rf"{name} has dtype torch.float32 but the parameters are"
+    ):
+        m(torch.randn(2, 3))
+
+
 @pytest.mark.parametrize(
     "family, options, name",
     [("GRUCell", {"variant": "mut1"}, "weight_hh"), ("GRUCell", {"variant": "mut1"}, "weight_ih"),

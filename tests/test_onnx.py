@@ -137,6 +137,16 @@ def test_every_cell_option_exports(name, kw):
     _close(_run(_export(m, x, False), x), _eager(m, x))
 
 
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize(("name", "kw"), [("GRU", {}), ("LSTM", {"norm": "layer"})])
+def test_forced_fused_exports_as_auto(name, kw, dynamo):
+    """impl="fused" exported the fused ops, which ONNX cannot translate (both exporters failed):
+    it exports as impl="auto" does."""
+    m = _layer(name, {"impl": "fused", **kw})
+    x = _randn(5, 2, 3)
+    _close(_run(_export(m, x, dynamo), x), _eager(m, x))
+
+
 @pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
 def test_jit_trace_records_torch_ops(name):
     """A traced standard layer holds torch's own RNN op (portable TorchScript that loads without

@@ -123,9 +123,11 @@ class LSTMCellMath(Cell):
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         if max_len is None:  # stays None without batch norm (a cell is rebuilt from its options)
             max_len = _DEFAULTS["max_len"] if norm == "batch" else None
-        elif isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        elif isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
-        self.proj_size = proj_size
+        else:
+            max_len = int(max_len)  # numpy's integers too, kept as int
+        self.proj_size = int(proj_size)
         self.norm, self.forget_bias, self.max_len = norm, float(forget_bias), max_len
         self.layout = greff.GateLayout(
             input_gate, forget_gate, output_gate, coupled_gates, full_gate_recurrence, peephole

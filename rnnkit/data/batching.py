@@ -48,6 +48,13 @@ def check_int(name: str, value: object, none_ok: bool = False) -> None:
         raise ValueError(f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}")
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The generator seed of ``(seed, epoch)``, reduced modulo 2**64: ``manual_seed`` takes
+    [-2**63, 2**64) (a negative one as itself plus 2**64, so no seed that worked changes) and
+    refused the product of a large seed (``2**62``) only at iteration."""
+    return (seed * 1_000_003 + epoch) % 2**64
+
+
 def _as_1d(data: Tensor | Sequence[int]) -> Tensor:
     data = data if isinstance(data, Tensor) else torch.as_tensor(data)
     if data.dim() != 1:
@@ -117,6 +124,7 @@ class BPTTBatches:
         for name, v in (("batch_size", batch_size), ("seq_len", seq_len), ("min_len", min_len)):
             check_int(name, v)
         check_int("max_len", max_len, none_ok=True)
+        check_int("seed", seed, none_ok=True)  # a float failed only at iteration, in manual_seed
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
         if batch_size < 1:
@@ -150,7 +158,7 @@ class BPTTBatches:
                 f"variable_length=True with world_size={world_size} needs a seed, the same on every "
                 "rank, so that all ranks draw the same window lengths"
             )
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch = (None if seed is None else int(seed)), 0  # manual_seed refuses numpy's
 
     @property
     def stream_len(self) -> int:
@@ -179,7 +187,7 @@ class BPTTBatches:
                 # Drawn from the global RNG so that seed_everything() governs it.
                 gen.manual_seed(int(torch.randint(0, 2**62, ()).item()))
             else:
-                gen.manual_seed(self.seed * 1_000_003 + self.epoch)
+                gen.manual_seed(epoch_seed(self.seed, self.epoch))
         pos, total = 0, self.stream_len
         while pos < total:
             length = self._draw_len(gen) if gen is not None else self.seq_len

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-from rnnkit.data.batching import check_int
+from rnnkit.data.batching import check_int, epoch_seed
 
 __all__ = ["BucketBatchSampler"]
 
@@ -46,6 +46,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         for name, v in (("batch_size", batch_size), ("num_replicas", num_replicas), ("rank", rank)):
             check_int(name, v)
         check_int("bucket_size", bucket_size, none_ok=True)
+        check_int("seed", seed)  # a float failed only at iteration, in Generator.manual_seed
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if num_replicas < 1 or not 0 <= rank < num_replicas:
@@ -72,7 +73,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.lengths = lens.long()
         self.batch_size = batch_size
         self.bucket_size = max(batch_size, bucket_size or 50 * batch_size)
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        # int(): manual_seed refuses numpy's integers
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, int(seed)
         self.num_replicas, self.rank, self.epoch = num_replicas, rank, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -80,7 +82,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     def _global_batches(self) -> list[list[int]]:
         n = len(self.lengths)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         batches: list[list[int]] = []
         for start in range(0, n, self.bucket_size):

@@ -50,7 +50,7 @@ class LRU(ParallelRecurrent):
         if not 0 <= r_min < r_max <= 1:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
         if state_size is not None and (
-            isinstance(state_size, bool) or not isinstance(state_size, int) or state_size <= 0
+            isinstance(state_size, bool) or not isinstance(state_size, numbers.Integral) or state_size <= 0
         ):
             raise ValueError(f"state_size must be a positive int, got {state_size!r}")
         # the initial phases are U(0, max_phase): NaN or inf ones make every output NaN
@@ -60,7 +60,7 @@ class LRU(ParallelRecurrent):
             or not 0 <= max_phase < math.inf
         ):
             raise ValueError(f"max_phase must be a finite number >= 0, got {max_phase!r}")
-        self._state_size = state_size or hidden_size
+        self._state_size = hidden_size if state_size is None else int(state_size)
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
                          device, dtype)  # fmt: skip

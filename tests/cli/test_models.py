@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+import rnnkit
 from rnnkit.arch import arch_names, build_recurrent
-from rnnkit.baselines import TCN, tcn_receptive_field
+from rnnkit.baselines import TCN, ConvRecurrent, tcn_receptive_field
 
 
 def cfg(cell, **kw):
@@ -188,6 +189,41 @@ def test_tcn_gradcheck_and_noncausal():
     assert g[0, 8:, 0].abs().sum() > 0  # sees the future
     with pytest.raises(ValueError, match="odd kernel_size"):
         TCN(1, 3, 1, kernel_size=2, bidirectional=True)
+
+
+@pytest.mark.parametrize(
+    "kw, error, message",
+    [
+        ({"hidden_size": 4.0}, TypeError, "TCN hidden_size should be of type int, got: float"),
+        ({"kernel_size": 3.0}, TypeError, "TCN kernel_size should be of type int, got: float"),
+        ({"num_layers": True}, TypeError, "TCN num_layers should be of type int, got: bool"),
+        ({"num_layers": 0}, ValueError, "TCN num_layers must be >= 1, got 0"),
+        ({"bidirectional": "no"}, TypeError, "TCN bidirectional should be of type bool, got: str"),
+        ({"batch_first": 1}, TypeError, "TCN batch_first should be of type bool, got: int"),
+        ({"dropout": float("nan")}, ValueError, r"TCN dropout must be a number in \[0, 1\], got nan"),
+    ],
+)
+def test_tcn_checks_its_sizes_and_flags_as_the_recurrent_layers(kw, error, message):
+    """Float sizes failed inside torch.empty, bidirectional='no' built a non-causal TCN (and
+    batch_first=1 was taken), a NaN dropout failed at the first training call."""
+    with pytest.raises(error, match=message):
+        TCN(**{"input_size": 2, "hidden_size": 4, **kw})
+    np = pytest.importorskip("numpy")
+    m = TCN(np.int64(2), np.int32(4), np.int64(2), kernel_size=np.int64(3))
+    assert type(m.hidden_size) is int and type(m.kernel_size) is int and m.receptive_field == 13
+    assert m(torch.randn(5, 1, 2))[0].shape == (5, 1, 4)
+
+
+def test_conv_front_end_checks_its_sizes_and_flags():
+    def lstm(c):
+        return rnnkit.LSTM(c, 3)
+
+    with pytest.raises(TypeError, match="conv front end conv_channels should be of type int, got: float"):
+        ConvRecurrent(2, lstm, conv_channels=4.0)
+    with pytest.raises(TypeError, match="conv front end bidirectional should be of type bool, got: str"):
+        ConvRecurrent(2, lstm, bidirectional="no")
+    with pytest.raises(ValueError, match="conv front end conv_layers must be >= 1, got 0"):
+        ConvRecurrent(2, lstm, conv_layers=0)
 
 
 def test_arch_names_and_errors():

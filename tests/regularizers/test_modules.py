@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit import losses, regularizers
@@ -128,6 +128,35 @@ def test_tar_of_an_empty_batch_is_zero():
     assert losses.tar(h.transpose(0, 1), batch_first=True).item() == 0.0
     assert losses.tar(h, lengths=torch.zeros(0, dtype=torch.long)).item() == 0.0
     assert losses.tar(h, lengths=[]).item() == 0.0
+
+
+@pytest.mark.parametrize(
+    "shape", [(6, 0, 5), (0, 3, 5), (6, 3, 0)], ids=["no-batch", "no-step", "no-feature"]
+)
+def test_ar_tar_over_no_element_are_zero(shape):
+    """AR of an empty batch (and either loss over no feature) was NaN, the mean of nothing,
+    where TAR of an empty batch is zero as documented: both are zero over no element."""
+    h = torch.randn(*shape, requires_grad=True)
+    for loss in (losses.ar, losses.tar):
+        assert loss(h).item() == 0.0
+        assert loss(h.transpose(0, 1), batch_first=True).item() == 0.0
+    lengths = [6] * shape[1] if shape[0] else None
+    assert losses.ar(h, lengths=lengths).item() == losses.tar(h, lengths=lengths).item() == 0.0
+    packed = PackedSequence(torch.randn(6, 0), torch.tensor([2, 2, 1, 1]))  # no feature
+    assert losses.ar(packed).item() == losses.tar(packed).item() == 0.0
+
+
+@pytest.mark.parametrize("bad", ["a", float("nan"), float("inf"), True, None, torch.tensor(2.0)])
+@pytest.mark.parametrize("loss, name", [(losses.ar, "alpha"), (losses.tar, "beta")])
+def test_ar_tar_refuse_a_coefficient_that_is_no_finite_number(loss, name, bad):
+    """alpha='a' failed as an indexing error deep in torch, NaN or inf made the loss NaN."""
+    h = torch.randn(6, 3, 5)
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number, got "):
+        loss(h, bad)
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number, got "):
+        loss(pack_padded_sequence(h, [6, 4, 2]), bad)
+    np = pytest.importorskip("numpy")
+    torch.testing.assert_close(loss(h, np.float32(0.5)), loss(h, 0.5))
 
 
 @pytest.mark.parametrize("enforce_sorted", [True, False])

@@ -3,6 +3,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit.data import BucketBatchSampler, PadCollate, bptt_batches, length_mask, pad_collate
+from rnnkit.data.batching import epoch_seed
 
 
 def test_issue_example_batch_first():
@@ -79,6 +80,37 @@ def test_bucket_sampler_sizes_that_are_not_ints_are_refused():
             BucketBatchSampler([1, 2, 3], bad)
     with pytest.raises(ValueError, match="bucket_size must be an int or None, got 2.5"):
         BucketBatchSampler([1, 2, 3], 1, bucket_size=2.5)
+
+
+@pytest.mark.parametrize("bad", [1.5, 2.0, "1", True])
+def test_seeds_that_are_not_ints_are_refused_at_construction(bad):
+    """A float seed was taken and failed only at iteration, in Generator.manual_seed ('expected a
+    long'); numpy's integers failed there too ('an integer is required'): they are ints now."""
+    with pytest.raises(ValueError, match=f"seed must be an int, got {bad!r}"):
+        BucketBatchSampler([1, 2, 3], 1, seed=bad)
+    with pytest.raises(ValueError, match=f"seed must be an int or None, got {bad!r}"):
+        bptt_batches(torch.arange(40), 2, 3, variable_length=True, seed=bad)
+    np = pytest.importorskip("numpy")
+    assert list(BucketBatchSampler([1, 2, 3], 1, seed=np.int64(4))) == list(
+        BucketBatchSampler([1, 2, 3], 1, seed=4)
+    )
+    ours, ref = (
+        bptt_batches(torch.arange(400), 2, 20, variable_length=True, seed=s) for s in (np.int32(3), 3)
+    )
+    assert [w.inputs.shape for w in ours] == [w.inputs.shape for w in ref]
+
+
+def test_large_and_negative_seeds_work_and_keep_their_order():
+    """seed=2**62 (any seed whose seed * 1_000_003 + epoch leaves manual_seed's 64 bits) failed at
+    iteration ('Overflow when unpacking long long'); the mixed seed is reduced modulo 2**64, which
+    leaves every seed that worked with its order (manual_seed maps a negative one the same way)."""
+    lengths = list(range(1, 41))
+    for seed in (2**62, 2**64 + 3, -(2**62)):
+        assert sorted(i for b in BucketBatchSampler(lengths, 4, seed=seed) for i in b) == list(range(40))
+        assert len(list(bptt_batches(torch.arange(400), 2, 20, variable_length=True, seed=seed))) > 0
+    for seed, epoch in ((-7, 2), (0, 0), (5, 3), (2**40, 1)):  # the old mix, in range: the same generator
+        old = torch.Generator().manual_seed(seed * 1_000_003 + epoch).initial_seed()
+        assert torch.Generator().manual_seed(epoch_seed(seed, epoch)).initial_seed() == old
 
 
 def test_rank_shards_tile_the_global_batch():
