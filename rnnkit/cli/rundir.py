@@ -50,17 +50,20 @@ def data_record(path: str | os.PathLike) -> str:
 def _same_data(a: Any, b: Any) -> bool:
     """Whether a run's ``data`` description ``a`` names the data of ``b`` (a new command's, its
     files' paths resolved: :func:`data_record`). An older run's record is a base name
-    (forecast's ``NAME.csv:COLUMN``, classify's ``NAME.csv``) or the path as typed, relative to a
-    directory not recorded: a file of ``b`` ending in it, or the same file from here, matches."""
+    (forecast's ``NAME.csv:COLUMN``, classify's ``NAME.csv``) or the path as typed: the same file
+    from here matches, and for a relative one (to a directory not recorded) a file of ``b`` ending
+    in it."""
     if a == b:
         return True
-    if not (isinstance(a, str) and isinstance(b, str)) or Path(a).is_absolute():
+    if not (isinstance(a, str) and isinstance(b, str)):
         return False
-    try:
+    try:  # an absolute record too: an older run's as typed (through a symlink) is not resolved
         if os.path.samefile(a, b):
             return True
     except OSError:
         pass
+    if Path(a).is_absolute():
+        return False
     old = Path(os.path.normpath(a)).parts
     return ".." not in old and Path(b).parts[-len(old) :] == old
 

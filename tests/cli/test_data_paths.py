@@ -71,3 +71,18 @@ def test_older_runs_records_stay_readable(cli, tmp_path, series_csv, conllu, mon
     monkeypatch.chdir(tmp_path)
     r = cli("train", "tag", "--data", conllu, "--out", out, *TINY[:2], "--max-steps", 4, "--resume")
     assert r.rc == 0, r.err
+
+
+def test_an_older_runs_absolute_record_through_a_symlink_resumes(cli, tmp_path, conllu):
+    """tag recorded an absolute --data as typed: a path through a symlink (macOS's /tmp, a linked
+    home) is not the resolved record of the resume's same --data, and was refused as other data."""
+    link = tmp_path / "link"
+    link.symlink_to(conllu.parent, target_is_directory=True)
+    typed = link / conllu.name
+    out = tmp_path / "t"
+    assert cli("train", "tag", "--data", typed, "--out", out, *TINY).rc == 0
+    doc = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**doc, "data": str(typed)}))  # as the last release did
+    r = cli("train", "tag", "--data", typed, "--out", out, *TINY[:2], "--max-steps", 4, "--resume")
+    assert r.rc == 0, r.err
+    assert results(out)["step"] == 4
