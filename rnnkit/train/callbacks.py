@@ -116,7 +116,8 @@ def _drop_rows_after(path: Path, trainer: Trainer, read_key, render) -> None:
     step = trainer.step
     at_step = [r for r in trainer.history if r["step"] == step]
     saved = Counter(r["split"] for r in at_step)
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    # bytes decoded, not read_text: its universal newlines turned metrics.csv's CRLF rows into LF
+    lines = path.read_bytes().decode("utf-8").splitlines(keepends=True)
     kept = []
     for ln in lines:
         if not ln.endswith("\n"):  # a row cut by a crash (or a full disk): the next one would join it
@@ -131,7 +132,7 @@ def _drop_rows_after(path: Path, trainer: Trainer, read_key, render) -> None:
             kept += [render(r) for r in [r for r in at_step if r["split"] == split][-n:]]
     if kept != lines:
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.write_text("".join(kept), encoding="utf-8", newline="")
         os.replace(tmp, path)
 
 

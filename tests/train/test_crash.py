@@ -99,3 +99,15 @@ def test_a_cut_row_the_checkpoint_holds_is_written_again_on_resume(tmp_path):
     for name in ("metrics.jsonl", "metrics.csv"):  # the same rows (their timings apart)
         run_rows, ref_rows = rows(tmp_path / "run", name), rows(tmp_path / "ref", name)
         assert [r.split(",")[:4] for r in run_rows] == [r.split(",")[:4] for r in ref_rows], name
+
+
+def test_a_resumed_metrics_csv_keeps_its_crlf_rows(tmp_path):
+    """metrics.csv's rows end in CRLF (the csv module's lineterminator). A resume that dropped a
+    row rewrote the kept ones read in universal-newline mode, with LF, and then appended the new
+    rows with CRLF: one file, two line endings."""
+    _run(tmp_path / "run", 1)
+    f = tmp_path / "run" / "metrics.csv"
+    f.write_bytes(f.read_bytes() + b"train,11,1,2.5")  # a row after the checkpoint, cut by a crash
+    _run(tmp_path / "run", 2)
+    data = f.read_bytes()
+    assert data.count(b"\r\n") == data.count(b"\n") > 3, data
