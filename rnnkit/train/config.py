@@ -48,7 +48,7 @@ class TrainConfig:
     # metrics.jsonl/.csv, loss.png, tensorboard/, checkpoints/; locked by fit(); a Path is kept as str
     out_dir: str | os.PathLike | None = None
     checkpoint_every: int | None = None  # steps (needs out_dir); a final checkpoint is always written
-    keep_last: int = 3
+    keep_last: int | None = 3  # newest checkpoints kept; None keeps every one (as save_checkpoint)
     resume: bool = False  # continue from out_dir/checkpoints if there is one (else: a warning)
     progress: bool | None = None  # None: when stderr is a TTY
     tensorboard: bool = True  # when installed and out_dir is set
@@ -90,8 +90,11 @@ class TrainConfig:
         ):
             positive(name)
         for name in ("max_epochs", "log_every", "keep_last", "nonmono"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if v is None and name == "keep_last":  # every checkpoint kept
+                continue
+            if v is None or v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
         check_amp(self.amp)
         if self.out_dir is not None:  # a pathlib.Path as well: stored as str (config.json is JSON)
             if not isinstance(self.out_dir, (str, os.PathLike)):

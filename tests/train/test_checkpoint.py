@@ -410,3 +410,15 @@ def test_unwrap_model_sees_through_the_trainers_step_fn_module():
     wrapped = StepFnModule(bare, lambda m, batch, state: (m(batch).sum(), state))
     assert unwrap_model(wrapped) is bare
     assert unwrap_model(nn.DataParallel(wrapped)) is bare
+
+
+def test_keep_last_none_keeps_every_checkpoint(tmp_path):
+    """TrainConfig(keep_last=None) failed with a TypeError ('<' between None and int) where
+    save_checkpoint takes None as keep every one."""
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_steps=4, checkpoint_every=1,
+                 keep_last=None, out_dir=str(tmp_path), progress=False)  # fmt: skip
+    tr.fit(bptt_batches(tokens(200), 2, 10))
+    assert len(list_checkpoints(tmp_path / "checkpoints")) == 4
+    with pytest.raises(ValueError, match="max_epochs must be >= 1, got None"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=None)
