@@ -82,6 +82,7 @@ def train_forecast(args: argparse.Namespace) -> int:
         {
             "task": "forecast",
             "data": source if args.data == "sunspots" else f"{data_record(args.data)}:{args.column}",
+            "column": args.column,  # on its own: a name may hold ':' (predict's default column)
             "model": {"arch": arch_config(args)},
             "window": args.window,
             "horizon": args.horizon,

@@ -102,8 +102,11 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
 
     norm = _need(run, "normalization", run_dir)
     trained = str(run.get("data", ""))
-    # a CSV run's data is "PATH.csv:COLUMN", its path resolved (an older run's: a base name, unusable)
-    own = "sunspots" if trained.startswith("sunspots") else trained.rpartition(":")[0] or None
+    # a CSV run's data is "PATH.csv:COLUMN", its path resolved (an older run's: a base name, unusable),
+    # and its column on its own (older runs: after the last ':', wrong for a name holding one)
+    stored_col = run.get("column") or trained.rpartition(":")[2]
+    csv_path = trained[: -len(stored_col) - 1] if trained.endswith(":" + stored_col) else ""
+    own = "sunspots" if trained.startswith("sunspots") else csv_path or None
     data = args.input or (own if own == "sunspots" or own and Path(own).is_absolute() else None)
     if data is None:
         raise ValueError(f"{run_dir} was trained on {run.get('data')!r}: pass --input FILE.csv --column NAME")
@@ -118,7 +121,7 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
                 f"--input {data} needs --column NAME (the CSV column to forecast; {run_dir} was "
                 f"trained on {trained!r})"
             )
-        column = trained.rpartition(":")[2]
+        column = stored_col
     values, _ = F.load_series(data, column, flag="--input")
     horizon = args.horizon or run["horizon"]
 

@@ -157,6 +157,23 @@ def test_forecast_continues_the_series(cli, tmp_path, series_csv):
     assert cli("predict", "--checkpoint", out, "--horizon", 6).out == r.out
 
 
+def test_forecast_of_a_column_whose_name_holds_a_colon(cli, tmp_path, series_csv):
+    """run.json's data is "PATH.csv:COLUMN": predict took the column after its last ':' and the
+    path before it, so a column "temp:C" read column "C" of file "PATH.csv:temp"."""
+    data = tmp_path / "colon.csv"
+    data.write_text(series_csv.read_text().replace("value", "temp:C", 1))
+    out = tmp_path / "f"
+    r = cli("train", "forecast", "--data", data, "--column", "temp:C", "--window", 8, "--horizon", 4,
+            "--arima-order", "none", "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    r = cli("predict", "--checkpoint", out, "--horizon", 3)  # the run's own file and column
+    assert r.rc == 0, r.err
+    assert (
+        r.out
+        == cli("predict", "--checkpoint", out, "--input", data, "--column", "temp:C", "--horizon", 3).out
+    )
+
+
 def test_runs_it_cannot_use(cli, tmp_path, text_file, text_csv):
     lm = tmp_path / "lm"
     assert cli("train", "charlm", "--data", text_file, "--out", lm, *TINY).rc == 0
