@@ -55,13 +55,7 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     a("--tokens", choices=("word", "char"), default="word", action=Given, help="CSV tokens (default word)")
     a("--length", type=positive_int, default=32, action=Given, help="anyplus1 sequence length (default 32)")
     a("--n", type=positive_int, default=4000, action=Given, help="anyplus1 sequences (default 4000)")
-    p.add_argument(
-        "--embedding-dim",
-        type=positive_int,
-        action=Given,
-        default=32,
-        help="token embedding size (default 32)",
-    )
+    _embedding_dim(p, 32)
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="classify", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_classify)
@@ -79,13 +73,7 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         "--tag-column", choices=("upos", "xpos"), default="upos",
         help="CoNLL-U column of the tags: universal (upos) or language-specific (xpos) (default upos)",
     )  # fmt: skip
-    p.add_argument(
-        "--embedding-dim",
-        type=positive_int,
-        action=Given,
-        default=64,
-        help="token embedding size (default 64)",
-    )
+    _embedding_dim(p, 64)
     add_arch_arguments(p, hidden=64, layers=1)
     add_run_arguments(p, task="tag", lr=3e-3, batch_size=32, epochs=10)
     p.set_defaults(func=train_tag)
@@ -104,13 +92,7 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-train", type=positive_int, default=5000, help="training pairs (default 5000)")
     p.add_argument("--n-valid", type=positive_int, default=500, help="validation pairs (default 500)")
-    p.add_argument(
-        "--embedding-dim",
-        type=positive_int,
-        action=Given,
-        default=32,
-        help="token embedding size (default 32)",
-    )
+    _embedding_dim(p, 32)
     add_sampling_arguments(p, "teacher")
     add_arch_arguments(p, hidden=128, layers=1)
     add_run_arguments(p, task="seq2seq", lr=3e-3, batch_size=64, epochs=20)
@@ -140,6 +122,11 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
     add_arch_arguments(p, hidden=128, layers=1)
     add_run_arguments(p, task="memory", lr=1e-3, batch_size=64, epochs=10)
     p.set_defaults(func=train_memory)
+
+
+def _embedding_dim(p: argparse.ArgumentParser, default: int) -> None:
+    p.add_argument("--embedding-dim", type=positive_int, action=Given, default=default,
+                   help=f"token embedding size (default {default})")  # fmt: skip
 
 
 def _describe(model: torch.nn.Module, encoder: torch.nn.Module) -> None:
