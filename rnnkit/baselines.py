@@ -235,7 +235,7 @@ class TCN(nn.Module):
             y, p = block(y, past, valid, ends)
             new.append(p)
         if mask is not None:  # the padding's outputs (biases, residuals) would enter a mean over time
-            y = y * mask
+            y = y * mask.to(y.dtype)  # (the input's dtype: under autocast it would promote y)
         return _from_bct(y, self.batch_first), (tuple(new) if self.causal else None)
 
 
