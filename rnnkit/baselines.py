@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit import _checks
+from rnnkit._nn_compat import reference
 
 __all__ = ["CausalConv1d", "TCN", "ConvRecurrent", "tcn_receptive_field", "reads_ahead", "step_kwargs"]
 
@@ -119,7 +120,10 @@ def _to_bct(x: Tensor, batch_first: bool, first: CausalConv1d) -> Tensor:
     dtype or no time step), as ``(B, F, T)``."""
     if _checks.check_tensor(x, "input").dim() != 3:
         raise ValueError(f"expected a 3-D input (T, B, F) or (B, T, F), got shape {tuple(x.shape)}")
-    _checks.check_input(x, first.in_channels, False, first.weight, 0 if batch_first else 1)
+    # reference(): first.weight would compute a parametrized weight once more (spectral norm: a
+    # second power iteration per training call)
+    ref = reference(first, "weight")
+    _checks.check_input(x, first.in_channels, False, ref, 0 if batch_first else 1)
     return x.permute(0, 2, 1) if batch_first else x.permute(1, 2, 0)
 
 
@@ -231,7 +235,7 @@ class TCN(nn.Module):
             y, p = block(y, past, valid, ends)
             new.append(p)
         if mask is not None:  # the padding's outputs (biases, residuals) would enter a mean over time
-            y = y * mask
+            y = y * mask.to(y.dtype)  # (the input's dtype: under autocast it would promote y)
         return _from_bct(y, self.batch_first), (tuple(new) if self.causal else None)
 
 

@@ -233,8 +233,8 @@ def _check_weight_shapes(module, weights: list[Tensor]) -> None:
 
 def spec_shapes(module) -> list[dict[str, tuple[int, ...]]]:
     """Per layer of ``module`` (a ``RecurrentStack``), each spec's shape by base name: fixed at
-    construction, kept after the first call as ``_torch_weight_shapes`` (not while traced by
-    torch.compile, where a write to the module is a side effect)."""
+    construction, kept after the first call as ``_spec_shapes`` (as :func:`_check_weight_shapes`
+    keeps its own; not while traced by torch.compile, where a write to the module is a side effect)."""
     shapes = module.__dict__.get("_spec_shapes")
     if shapes is None:
         shapes = [{s.name: s.shape for s in cell.param_specs()} for cell in module.cells]

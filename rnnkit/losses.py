@@ -37,11 +37,12 @@ def _time_major(output: Tensor, batch_first: bool) -> Tensor:
 
 def _check_coef(name: str, v) -> None:
     # a string failed as an indexing error deep in torch, NaN or inf made the whole loss NaN. A
-    # 0-d floating tensor (an annealed or learned coefficient) is taken unread: a CUDA one would sync
-    if isinstance(v, Tensor) and v.dim() == 0 and v.is_floating_point():
+    # 0-d real tensor (an annealed or learned coefficient; an integer one as an int) is taken
+    # unread: a CUDA one would sync
+    if isinstance(v, Tensor) and v.dim() == 0 and v.dtype != torch.bool and not v.is_complex():
         return
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-        raise ValueError(f"{name} must be a finite number (or a 0-d floating tensor), got {v!r}")
+        raise ValueError(f"{name} must be a finite number (or a 0-d real tensor), got {v!r}")
 
 
 def _mean_square(x: Tensor) -> Tensor:

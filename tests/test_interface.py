@@ -235,6 +235,19 @@ def test_cell_sizes_are_checked_naming_them(cls):
     assert (out[0] if isinstance(out, tuple) else out).shape == (2, 4)
 
 
+def test_numpy_integer_sizes_are_kept_as_ints():
+    """A cell (and so a layer, which hands its sizes to its cells) took numpy's integers but kept
+    them: the specs' shapes, and the errors naming them, read '(np.int64(16), np.int64(4))'."""
+    np = pytest.importorskip("numpy")
+    m = rnnkit.LSTM(np.int64(3), np.int64(4), proj_size=np.int64(2))
+    assert all(type(getattr(m.cells[0], n)) is int for n in ("input_size", "hidden_size", "proj_size"))
+    m.weight_hh_l0 = nn.Parameter(torch.randn(17, 2))
+    with pytest.raises(rnnkit.RecurrentInputError, match=r"weight_hh_l0 must have shape \(16, 2\), got"):
+        m(torch.randn(5, 2, 3))
+    c = rnnkit.GRUCell(np.int32(3), np.int64(4))
+    assert type(c.cell.input_size) is type(c.cell.hidden_size) is int
+
+
 def test_numpy_scalars_are_numbers():
     """np.float32(0.5) (no float subclass, unlike np.float64) and np.int64 were refused as
     'must be a number in [0, 1]' for dropout, the regularizers' probabilities, QRNN's zoneout,

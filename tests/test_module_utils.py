@@ -180,6 +180,21 @@ def test_cell_replaced_weight_of_another_dtype_is_refused(family, options, name)
         m(torch.randn(2, 3))
 
 
+def test_cell_step_reads_its_spec_shapes_once(monkeypatch):
+    # the per-step shape check built the cell's specs at every step (~2 µs of a ~22 µs step); they
+    # are fixed at construction, kept after the first step as the layers keep theirs
+    m = rnnkit.LSTMCell(3, 4)
+    m(torch.randn(2, 3))
+    calls = []
+    specs = m.cell.param_specs
+    monkeypatch.setattr(m.cell, "param_specs", lambda: calls.append(1) or specs())
+    m(torch.randn(2, 3))
+    assert not calls
+    m.weight_hh = nn.Parameter(torch.randn(17, 4))  # still checked, against the kept shapes
+    with pytest.raises(rnnkit.RecurrentInputError, match=r"weight_hh must have shape \(16, 4\)"):
+        m(torch.randn(2, 3))
+
+
 @pytest.mark.parametrize(
     "family, options, name",
     [("GRUCell", {"variant": "mut1"}, "weight_hh"), ("GRUCell", {"variant": "mut1"}, "weight_ih"),

@@ -83,8 +83,9 @@ class Cell:
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
             if v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
-        self.input_size = input_size
-        self.hidden_size = hidden_size
+        # numpy's integers as int: they make the specs' shapes, which errors name
+        self.input_size = int(input_size)
+        self.hidden_size = int(hidden_size)
         self.bias = bias
 
     # -- parameters ------------------------------------------------------------------
