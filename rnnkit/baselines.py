@@ -160,7 +160,7 @@ def _lengths(lengths: Any, y: Tensor) -> Tensor | None:
 
 
 def _check_args(owner: str, sizes: dict[str, Any], flags: dict[str, Any], dropout: Any = 0.0) -> None:
-    """As the recurrent layers check theirs (``rnnkit.layers._check_config``): sizes are integers
+    """As the recurrent layers check theirs (``rnnkit._checks.check_layer_config``): sizes are integers
     >= 1 (numpy's too; a float failed inside ``torch.empty``), flags bools (``'no'`` is true), the
     dropout a number in [0, 1] (NaN failed only at the first training call)."""
     for name, v in sizes.items():

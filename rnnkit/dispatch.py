@@ -214,15 +214,13 @@ def _check_weight_shapes(module, weights: list[Tensor]) -> None:
     """Each of torch's ``_flat_weights`` shaped as the layer's sizes say. torch's CPU LSTM kernel
     (oneDNN) reads them by those sizes without checking: a weight replaced by one of another
     shape (``m.weight_hh_l0 = nn.Parameter(...)``) was read out of its bounds, silently. The
-    sizes are the layer's, fixed at construction: kept after the first call (building the cells'
-    specs per call took ~3 µs a layer, 5% of a small LSTM's call). Each of the parameters' dtype
-    too, as on the other paths (torch fails as torch.nn does, in a matmul's words), except under
-    autocast, which casts them for torch's kernels as for torch.nn's."""
-    shapes = module.__dict__.get("_torch_weight_shapes")
-    if shapes is None:
-        D = module.num_directions
-        shapes = [s.shape for cell in module.cells for _ in range(D) for s in cell.param_specs()]
-        module.__dict__["_torch_weight_shapes"] = shapes
+    sizes are the layer's (:func:`spec_shapes`, in torch's order: kept). Each of the parameters'
+    dtype too, as on the other paths (torch fails as torch.nn does, in a matmul's words), except
+    under autocast, which casts them for torch's kernels as for torch.nn's."""
+    D = module.num_directions
+    shapes = _checks.kept(module, "_torch_weight_shapes", lambda: [
+        shape for layer in spec_shapes(module) for _ in range(D) for shape in layer.values()
+    ])  # fmt: skip
     dtype = None if _checks.autocast_on("cpu") else weights[0].dtype  # weight_ih_l0's, as the input's check
     for i, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
         if w.shape != shape:
@@ -232,15 +230,10 @@ def _check_weight_shapes(module, weights: list[Tensor]) -> None:
 
 
 def spec_shapes(module) -> list[dict[str, tuple[int, ...]]]:
-    """Per layer of ``module`` (a ``RecurrentStack``), each spec's shape by base name: fixed at
-    construction, kept after the first call as ``_spec_shapes`` (as :func:`_check_weight_shapes`
-    keeps its own; not while traced by torch.compile, where a write to the module is a side effect)."""
-    shapes = module.__dict__.get("_spec_shapes")
-    if shapes is None:
-        shapes = [{s.name: s.shape for s in cell.param_specs()} for cell in module.cells]
-        if not torch.compiler.is_compiling():
-            module.__dict__["_spec_shapes"] = shapes
-    return shapes
+    """Per layer of ``module`` (a ``RecurrentStack``), each spec's shape by base name (fixed at
+    construction: :func:`rnnkit._checks.kept`)."""
+    build = lambda: [{s.name: s.shape for s in c.param_specs()} for c in module.cells]  # noqa: E731
+    return _checks.kept(module, "_spec_shapes", build)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import numbers
 import warnings
 from collections.abc import Callable
 
@@ -66,7 +65,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         zoneout: float | tuple[float, float] | dict[str, float] = 0.0,
     ) -> None:
         super().__init__()
-        _check_config(
+        _checks.check_layer_config(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, bidirectional
         )
         dispatch.check_impl(impl)
@@ -370,34 +369,3 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0)
     out, state = module(packed, hx, *extra)
     out, _ = pad_packed_sequence(out, module.batch_first, total_length=T)
     return out, state
-
-
-def _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, bidir) -> None:
-    for name, v in [
-        ("input_size", input_size),
-        ("hidden_size", hidden_size),
-        ("num_layers", num_layers),
-    ]:
-        # any integer (numpy's too, as torch.nn takes for num_layers); a non-integer is a TypeError, as
-        # torch.nn's for hidden_size
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
-            raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
-        if v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    # bidirectional too (torch.nn does not): 'no' is true. dropout: numbers.Real, numpy's scalars too
-    for name, v in [("bias", bias), ("batch_first", batch_first), ("bidirectional", bidir)]:
-        if not isinstance(v, bool):
-            raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
-        raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-    if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) or proj_size < 0:
-        raise ValueError(f"proj_size must be a non-negative int, got {proj_size!r}")
-    if dropout > 0 and num_layers == 1:  # torch.nn's warning, pointing at the user's constructor call
-        warnings.warn(
-            "dropout option adds dropout after all but last recurrent layer, so non-zero "
-            f"dropout expects num_layers greater than 1, but got dropout={dropout} and "
-            f"num_layers={num_layers}",
-            stacklevel=4,
-        )
-    if proj_size >= hidden_size:
-        raise ValueError(f"proj_size ({proj_size}) must be smaller than hidden_size ({hidden_size})")

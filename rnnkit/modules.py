@@ -219,11 +219,8 @@ class StepCell(nn.Module):
     def params(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
         """The cell's tensors by name, each checked against the shape of its spec and, given
         ``dtype`` (the parameters'), of that dtype."""
-        shapes = self.__dict__.get("_spec_shapes")
-        if shapes is None:  # fixed at construction: kept (the specs per step were ~10% of a small step)
-            shapes = {s.name: s.shape for s in self.cell.param_specs()}
-            if not torch.compiler.is_compiling():  # (a write to the module: a side effect there)
-                self.__dict__["_spec_shapes"] = shapes
+        build = lambda: {s.name: s.shape for s in self.cell.param_specs()}  # noqa: E731
+        shapes = _checks.kept(self, "_spec_shapes", build)  # (the specs per step: ~10% of a small step)
         p = {name: getattr(self, name) for name in shapes}
         _checks.check_param_shapes(p, shapes, dtype=dtype)
         return p

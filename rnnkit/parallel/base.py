@@ -29,7 +29,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import _checks, dispatch
 from .._nn_compat import set_held, weight_storage
-from ..layers import _check_config, forward_padded
+from ..layers import forward_padded
 from ..ops import linear_scan
 from ..ops.scan import _chunked_fwd
 
@@ -48,7 +48,9 @@ class ParallelRecurrent(nn.Module):
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None) -> None:  # fmt: skip
         super().__init__()
-        _check_config(input_size, hidden_size, num_layers, bias, batch_first, dropout, 0, bidirectional)
+        _checks.check_layer_config(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, 0, bidirectional
+        )
         self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
