@@ -52,7 +52,7 @@ def epoch_seed(seed: int, epoch: int) -> int:
     """The generator seed of ``(seed, epoch)``, reduced modulo 2**64: ``manual_seed`` takes
     [-2**63, 2**64) (a negative one as itself plus 2**64, so no seed that worked changes) and
     refused the product of a large seed (``2**62``) only at iteration."""
-    return (seed * 1_000_003 + epoch) % 2**64
+    return (int(seed) * 1_000_003 + int(epoch)) % 2**64  # int(): numpy's would overflow or wrap
 
 
 def _as_1d(data: Tensor | Sequence[int]) -> Tensor:

@@ -367,3 +367,18 @@ def test_variable_length_windows_need_one_seed_on_all_ranks():
         b.set_epoch(3)
         lens.append([w.seq_len for w in b])
     assert lens[0] == lens[1] and len(set(lens[0])) > 1
+
+
+def test_a_numpy_epoch_gives_the_order_of_the_same_int():
+    """set_epoch(np.int64(e)) (an epoch counted by numpy) failed at iteration ('Python int too
+    large to convert to C long': the seed mix stayed a numpy int)."""
+    np = pytest.importorskip("numpy")
+    orders = []
+    for epoch in (3, np.int64(3)):
+        s = BucketBatchSampler([5, 3, 8, 2, 7, 4], batch_size=2, shuffle=True, seed=2**40)
+        s.set_epoch(epoch)
+        orders.append(list(s))
+        b = bptt_batches(torch.arange(400), 2, 10, variable_length=True, seed=2**40)
+        b.set_epoch(epoch)
+        orders.append([x.inputs.shape[0] for x in b])
+    assert orders[:2] == orders[2:]
