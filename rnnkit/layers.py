@@ -355,6 +355,8 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0)
     packed call's outputs padded back (zeros past each length) and its final state. ``module``
     is a recurrent layer taking packed input (:class:`RecurrentStack`, the time-parallel layers,
     which take no ``step``)."""
+    if isinstance(input, PackedSequence):  # ("input must be a torch.Tensor" named no cause)
+        _checks.fail("lengths= is for a padded tensor input; a PackedSequence carries its own lengths")
     batch_dim = 0 if module.batch_first else 1  # may be empty, as without lengths= (a 2-D input fails below)
     _checks.check_input(input, module.input_size, False, module._ref, batch_dim)
     if input.dim() != 3:

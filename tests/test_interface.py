@@ -184,6 +184,11 @@ BAD = [
     (lambda m: m(torch.randn(5, 2, 3), lengths=torch.tensor([True, True])), "integers, got dtype torch.bool"),
     (lambda m: m(torch.randn(5, 2, 3), lengths=[5.0, 2.0]), "integers, got dtype torch.float"),
     (lambda m: m([[1.0]]), "torch.Tensor"),
+    # lengths= beside a PackedSequence said only "input must be a torch.Tensor, got PackedSequence"
+    (
+        lambda m: m(pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), lengths=[5, 3]),
+        "a PackedSequence carries its own lengths",
+    ),
 ]
 
 
