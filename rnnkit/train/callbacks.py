@@ -214,29 +214,40 @@ class JSONLLogger(Callback):
     """Append one JSON object per log/validation row to ``path`` (flushed each row; strict JSON:
     :func:`metrics_line`)."""
 
+    newline: str | None = None  # open()'s: the platform's line ends
+    line = staticmethod(metrics_line)  # a row as a line of the file
+
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.file = None
 
+    @staticmethod
+    def key_of(line: str) -> tuple[str, int] | None:
+        """A line's row ``(split, step)``; ``None`` for a line that is no row."""
+        try:
+            row = json.loads(line)
+            return str(row["split"]), int(row["step"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def header(self) -> None:
+        """What a new file starts with (the CSV's column names; nothing here)."""
+
     def on_fit_start(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-
-        def key_of(line: str) -> tuple[str, int] | None:
-            try:
-                row = json.loads(line)
-                return str(row["split"]), int(row["step"])
-            except (ValueError, KeyError, TypeError):
-                return None
-
         if trainer.step > 0:
-            _drop_rows_after(self.path, trainer, key_of, metrics_line)
+            _drop_rows_after(self.path, trainer, self.key_of, self.line)
         else:
             self.path.unlink(missing_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in on_fit_end
+        new = not self.path.is_file() or self.path.stat().st_size == 0
+        # closed in on_fit_end
+        self.file = open(self.path, "a", encoding="utf-8", newline=self.newline)  # noqa: SIM115
+        if new:
+            self.header()
 
     def _write(self, logs: dict[str, Any]) -> None:
         if self.file is not None:
-            self.file.write(metrics_line(logs))
+            self.file.write(self.line(logs))
             self.file.flush()
 
     def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:
@@ -267,34 +278,22 @@ class CSVLogger(JSONLLogger):
         "elapsed_s",
     )
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    newline = ""  # the csv module's own line ends (CRLF)
 
-        def key_of(line: str) -> tuple[str, int] | None:
-            parts = line.split(",")
-            return (parts[0], int(parts[1])) if len(parts) > 1 and parts[1].isdigit() else None
+    @staticmethod
+    def key_of(line: str) -> tuple[str, int] | None:
+        parts = line.split(",")
+        return (parts[0], int(parts[1])) if len(parts) > 1 and parts[1].isdigit() else None
 
-        if trainer.step > 0:
-            _drop_rows_after(self.path, trainer, key_of, self.line)
-        else:
-            self.path.unlink(missing_ok=True)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        self.file = open(self.path, "a", encoding="utf-8", newline="")  # noqa: SIM115
-        self.writer = csv.DictWriter(self.file, self.FIELDS, extrasaction="ignore")
-        if new:
-            self.writer.writeheader()
+    def header(self) -> None:
+        csv.DictWriter(self.file, self.FIELDS).writeheader()
 
     @classmethod
-    def line(cls, row: dict[str, Any]) -> str:
-        """``row`` as a line of the file (its :attr:`FIELDS`, as the writer writes it)."""
+    def line(cls, row: dict[str, Any]) -> str:  # type: ignore[override]
+        """``row`` as a line of the file (its :attr:`FIELDS`, as ``csv.DictWriter`` writes it)."""
         buf = io.StringIO()
         csv.DictWriter(buf, cls.FIELDS, extrasaction="ignore").writerow(row)
         return buf.getvalue()
-
-    def _write(self, logs: dict[str, Any]) -> None:
-        if self.file is not None:
-            self.writer.writerow(logs)
-            self.file.flush()
 
 
 def append_metrics_row(out_dir: str | os.PathLike, row: dict[str, Any]) -> None:
@@ -302,11 +301,10 @@ def append_metrics_row(out_dir: str | os.PathLike, row: dict[str, Any]) -> None:
     ``metrics.csv``, as :class:`JSONLLogger` and :class:`CSVLogger` write them (the CLI's final
     validation: it went into the JSON lines only)."""
     out = Path(out_dir)
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(metrics_line(row))
-    if (out / "metrics.csv").is_file():
-        with open(out / "metrics.csv", "a", encoding="utf-8", newline="") as f:
-            csv.DictWriter(f, CSVLogger.FIELDS, extrasaction="ignore").writerow(row)
+    for logger, name in ((JSONLLogger, "metrics.jsonl"), (CSVLogger, "metrics.csv")):
+        if logger is JSONLLogger or (out / name).is_file():
+            with open(out / name, "a", encoding="utf-8", newline=logger.newline) as f:
+                f.write(logger.line(row))
 
 
 def tensorboard_available() -> bool:
