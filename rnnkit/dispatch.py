@@ -217,16 +217,16 @@ def _check_weight_shapes(module, weights: list[Tensor]) -> None:
     sizes are the layer's (:func:`spec_shapes`, in torch's order: kept). Each of the parameters'
     dtype too, as on the other paths (torch fails as torch.nn does, in a matmul's words), except
     under autocast, which casts them for torch's kernels as for torch.nn's."""
-    D = module.num_directions
-    shapes = _checks.kept(module, "_torch_weight_shapes", lambda: [
-        shape for layer in spec_shapes(module) for _ in range(D) for shape in layer.values()
-    ])  # fmt: skip
+
+    def build() -> dict[str, tuple[int, ...]]:  # by name, in torch's order
+        D = module.num_directions
+        flat = [shape for layer in spec_shapes(module) for _ in range(D) for shape in layer.values()]
+        return dict(zip(module._flat_weights_names, flat, strict=True))
+
+    # (another key than the list an earlier release kept in pickled modules: "_torch_weight_shapes")
+    shapes = _checks.kept(module, "_flat_weight_shapes", build)
     dtype = None if _checks.autocast_on("cpu") else weights[0].dtype  # weight_ih_l0's, as the input's check
-    for i, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
-        if w.shape != shape:
-            _checks.fail(f"{module._flat_weights_names[i]} must have shape {shape}, got {tuple(w.shape)}")
-        if dtype is not None and w.dtype != dtype:
-            _checks.param_dtype_error(module._flat_weights_names[i], w, dtype)
+    _checks.check_param_shapes(dict(zip(shapes, weights, strict=True)), shapes, dtype=dtype)
 
 
 def spec_shapes(module) -> list[dict[str, tuple[int, ...]]]:

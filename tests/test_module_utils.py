@@ -354,3 +354,19 @@ def test_the_forget_bias_reaches_a_weight_normed_bias(family, change):
         got[fb] = getattr(m, attr).detach()
     want = got[0.0] + torch.tensor([0.0, 1.0, 0.0, 0.0]).repeat_interleave(4)  # gates i, f, g, o
     torch.testing.assert_close(got[1.0], want, rtol=0, atol=1e-12)
+
+
+def test_a_module_pickled_with_an_earlier_releases_shape_cache_still_runs():
+    """The fourteenth session's release kept a list of torch's weight shapes in a module's
+    ``__dict__["_torch_weight_shapes"]``, which ``torch.save(model)`` pickles: the cache of the
+    same check by name must not read it."""
+    import pickle
+
+    m = rnnkit.LSTM(3, 4)
+    m.__dict__["_torch_weight_shapes"] = [(16, 3), (16, 4), (16,), (16,)]
+    m2 = pickle.loads(pickle.dumps(m))
+    x = torch.randn(2, 1, 3)
+    torch.testing.assert_close(m2(x)[0], m(x)[0])
+    m2.weight_hh_l0 = nn.Parameter(torch.randn(17, 4))
+    with pytest.raises(ValueError, match=r"weight_hh_l0 must have shape \(16, 4\), got \(17, 4\)"):
+        m2(x)
