@@ -31,16 +31,12 @@ class TrainerCheckpoints:
         root = Path(root) if root is not None else self.checkpoint_dir
         if root is None:
             raise ValueError("no checkpoint directory: set out_dir or pass root")
-        if self._resume is not None:
-            # a loaded checkpoint's RNG, epoch RNG and state, applied only when the next epoch starts
-            # (a finished run relaunched starts none): they are the run's, not this process's own
-            mine = {**self._resume, "hidden": move_to(self._resume["hidden"], "cpu")}
-        else:
-            mine = {
-                "rng": get_rng_state(*data_generators(getattr(self, "_train_data", None))),
-                "epoch_rng": self._epoch_rng,
-                "hidden": move_to(self.state, "cpu"),
-            }
+        # a loaded checkpoint's RNG, epoch RNG and state, applied only when the next epoch starts (a
+        # finished run relaunched starts none), are the run's, not this process's own
+        here = self._resume
+        if here is None:
+            here = self._position(getattr(self, "_train_data", None))
+        mine = {**here, "hidden": move_to(here["hidden"], "cpu")}
         ranks = dist.all_gather_object(mine)
         path = None
         if self.is_main:
@@ -73,6 +69,13 @@ class TrainerCheckpoints:
         self._last_saved = self.step
         dist.barrier()
         return path
+
+    def _position(self, train_data: Any) -> dict[str, Any]:
+        """Where training stands within its epoch, as a checkpoint's rank entry holds it (and a
+        resume restores it): the RNG now (the data's own generators too), the RNG at the epoch's
+        start, the carried state."""
+        rng = get_rng_state(*data_generators(train_data))
+        return {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state}
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Load a checkpoint (directory or root) to continue training from it."""

@@ -190,8 +190,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             # A fit() of this trainer stopped inside an epoch (max_steps, max_minutes, a callback): go
             # on from there as a resume from its checkpoint would (the same epoch replayed to its
             # position, then the RNG and state as they are), not from the epoch's first batch again.
-            rng = get_rng_state(*data_generators(train_data))
-            self._resume = {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state}
+            self._resume = self._position(train_data)
         if self._raw_weights is not None:
             # The model holds the NT-ASGD average a fit() ended with: train on from the weights it
             # replaced, as a run that never stopped would (the average itself is in self.ntasgd).
