@@ -34,6 +34,16 @@ def check_tensor(x: object, what: str) -> Tensor:
     return x  # type: ignore[return-value]
 
 
+def is_int(v: object) -> bool:
+    """An integer, numpy's too, but not a bool (``True`` is an int to ``isinstance``)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v: object) -> bool:
+    """A real number, numpy's scalars too, but not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def autocast_on(device_type: str) -> bool:
     """``torch.is_autocast_enabled(device_type)``, False for devices autocast does not know
     (``meta``: shape inference), where torch's own call raises."""
@@ -126,7 +136,7 @@ def check_step(step: object) -> int:
             with warnings.catch_warnings():  # tracing: the value is a constant of the trace
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 value = int(step)
-    elif isinstance(step, numbers.Integral) and not isinstance(step, bool):
+    elif is_int(step):
         value = int(step)
     if value < 0:
         fail(f"step must be a non-negative int (the time index of this step), got {step!r}")
@@ -217,7 +227,7 @@ def check_layer_config(
     ]:
         # any integer (numpy's too, as torch.nn takes for num_layers); a non-integer is a TypeError, as
         # torch.nn's for hidden_size
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        if not is_int(v):
             raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
         if v <= 0:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -225,9 +235,9 @@ def check_layer_config(
     for name, v in [("bias", bias), ("batch_first", batch_first), ("bidirectional", bidir)]:
         if not isinstance(v, bool):
             raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+    if not is_real(dropout) or not 0 <= dropout <= 1:
         raise ValueError(f"dropout must be a number in [0, 1], got {dropout!r}")
-    if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral) or proj_size < 0:
+    if not is_int(proj_size) or proj_size < 0:
         raise ValueError(f"proj_size must be a non-negative int, got {proj_size!r}")
     if dropout > 0 and num_layers == 1:  # torch.nn's warning, pointing at the user's constructor call
         warnings.warn(

@@ -19,7 +19,6 @@ encoder for tagging); it has no state.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -164,14 +163,14 @@ def _check_args(owner: str, sizes: dict[str, Any], flags: dict[str, Any], dropou
     >= 1 (numpy's too; a float failed inside ``torch.empty``), flags bools (``'no'`` is true), the
     dropout a number in [0, 1] (NaN failed only at the first training call)."""
     for name, v in sizes.items():
-        if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        if not _checks.is_int(v):
             raise TypeError(f"{owner} {name} should be of type int, got: {type(v).__name__}")
         if v < 1:
             raise ValueError(f"{owner} {name} must be >= 1, got {v}")
     for name, v in flags.items():
         if not isinstance(v, bool):
             raise TypeError(f"{owner} {name} should be of type bool, got: {type(v).__name__}")
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout <= 1:
+    if not _checks.is_real(dropout) or not 0 <= dropout <= 1:
         raise ValueError(f"{owner} dropout must be a number in [0, 1], got {dropout!r}")
 
 

@@ -16,7 +16,6 @@ Over no element (an empty batch, no feature; no sequence of two steps for TAR) b
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
@@ -41,7 +40,7 @@ def _check_coef(name: str, v) -> None:
     # unread: a CUDA one would sync
     if isinstance(v, Tensor) and v.dim() == 0 and v.dtype != torch.bool and not v.is_complex():
         return
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+    if not _checks.is_real(v) or not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number (or a 0-d real tensor), got {v!r}")
 
 

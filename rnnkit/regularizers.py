@@ -28,7 +28,6 @@ belongs to a *sequence*, not to a position in the packed batch.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _checks
 from .kernels import rng
 
 KINDS = ("weight_drop", "recurrent", "zoneout", "locked", "embedding")
@@ -90,7 +90,7 @@ def _vmap_per_sample_randomness() -> bool:
 
 def check_prob(name: str, p: object) -> float:
     """``p`` as a float in ``[0, 1]``, else a ``ValueError`` naming ``name``."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:  # numpy's too
+    if not _checks.is_real(p) or not 0 <= p <= 1:  # numpy's too
         raise ValueError(f"{name} must be a number in [0, 1], got {p!r}")
     return float(p)
 

@@ -20,12 +20,13 @@ time loop. This mirrors Flax's split between a cell and the scan that drives it.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+from .. import _checks
 
 Params = Mapping[str, Tensor]
 State = tuple[Tensor, ...]
@@ -79,7 +80,7 @@ class Cell:
         # else torch.empty fails on the parameter shapes ('negative dimension -16' for 4 gates x -4);
         # zero is allowed, as torch.nn's cells allow it (the layers require sizes >= 1 beforehand)
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            if not _checks.is_int(v):
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
             if v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")

@@ -46,11 +46,11 @@ Options (keywords of :class:`LSTMCellMath`, of ``rnnkit.LSTM`` and ``rnnkit.LSTM
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
+from .. import _checks
 from . import greff
 from .base import Cell, Params, ParamSpec, State, StepContext, linear
 from .norm import batch_norm, check_norm, layer_norm, norm_specs, step_slots
@@ -117,13 +117,13 @@ class LSTMCellMath(Cell):
         for k, v in options.items():
             if isinstance(_DEFAULTS[k], bool) and not isinstance(v, bool):
                 raise ValueError(f"{k} must be a bool, got {v!r}")
-        if isinstance(forget_bias, bool) or not isinstance(forget_bias, numbers.Real):
+        if not _checks.is_real(forget_bias):
             raise ValueError(f"forget_bias must be a number, got {forget_bias!r}")
         if not math.isfinite(forget_bias):  # NaN: every output NaN; inf: a saturated gate
             raise ValueError(f"forget_bias must be a finite number, got {forget_bias!r}")
         if max_len is None:  # stays None without batch norm (a cell is rebuilt from its options)
             max_len = _DEFAULTS["max_len"] if norm == "batch" else None
-        elif isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1:
+        elif not _checks.is_int(max_len) or max_len < 1:
             raise ValueError(f"max_len must be a positive int, got {max_len!r}")
         else:
             max_len = int(max_len)  # numpy's integers too, kept as int

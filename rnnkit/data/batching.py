@@ -13,12 +13,13 @@ shorter for the last window, or random with ``variable_length=True``).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from rnnkit import _checks
 
 __all__ = ["LMBatch", "BPTTBatches", "bptt_batches", "make_streams"]
 
@@ -44,7 +45,7 @@ def check_int(name: str, value: object, none_ok: bool = False) -> None:
     ``None`` when ``none_ok``: a float size passed the range checks and failed later, in a slice."""
     if value is None and none_ok:
         return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not _checks.is_int(value):
         raise ValueError(f"{name} must be an int{' or None' if none_ok else ''}, got {value!r}")
 
 

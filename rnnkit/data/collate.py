@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_sequence
 
-from rnnkit._checks import as_lengths
+from rnnkit._checks import as_lengths, is_int
 
 __all__ = ["PaddedBatch", "PadCollate", "pad_collate", "length_mask"]
 
@@ -50,7 +50,7 @@ def length_mask(
     if lengths.numel() and int(lengths.min()) < 0:
         i = int(lengths.argmin())
         raise ValueError(f"lengths must be >= 0, got lengths[{i}] = {int(lengths[i])}")
-    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral)):
+    if max_len is not None and not is_int(max_len):
         raise ValueError(f"max_len must be a non-negative int or None, got {max_len!r}")
     if lengths.numel() == 0 and max_len is None:  # an empty batch has no longest sequence
         raise ValueError("lengths is empty (B = 0): pass max_len for the mask of an empty batch")

@@ -25,11 +25,11 @@ model). Parameters per layer-direction: ``nu_log, theta (S,)``, ``B_re, B_im (S,
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
+from .. import _checks
 from .base import ParallelRecurrent, Params
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -49,16 +49,10 @@ class LRU(ParallelRecurrent):
                  max_phase: float = 2 * math.pi) -> None:  # fmt: skip
         if not 0 <= r_min < r_max <= 1:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
-        if state_size is not None and (
-            isinstance(state_size, bool) or not isinstance(state_size, numbers.Integral) or state_size <= 0
-        ):
+        if state_size is not None and (not _checks.is_int(state_size) or state_size <= 0):
             raise ValueError(f"state_size must be a positive int, got {state_size!r}")
         # the initial phases are U(0, max_phase): NaN or inf ones make every output NaN
-        if (
-            isinstance(max_phase, bool)
-            or not isinstance(max_phase, numbers.Real)
-            or not 0 <= max_phase < math.inf
-        ):
+        if not _checks.is_real(max_phase) or not 0 <= max_phase < math.inf:
             raise ValueError(f"max_phase must be a finite number >= 0, got {max_phase!r}")
         self._state_size = hidden_size if state_size is None else int(state_size)
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)

@@ -35,8 +35,6 @@ Parameters: ``weight_ih_l{k} (3H, window·H_in)`` (rows ``z, f, o``; column bloc
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -61,7 +59,7 @@ class QRNN(ParallelRecurrent):
                  device=None, dtype=None, *, window: int = 2, zoneout: float = 0.0) -> None:  # fmt: skip
         if window not in (1, 2):
             raise ValueError(f"window must be 1 or 2, got {window!r}")
-        if isinstance(zoneout, bool) or not isinstance(zoneout, numbers.Real) or not 0 <= zoneout < 1:
+        if not _checks.is_real(zoneout) or not 0 <= zoneout < 1:
             raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
         self.window, self.zoneout = window, float(zoneout)
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,

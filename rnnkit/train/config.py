@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rnnkit import _checks
 from rnnkit.train.precision import check_amp
 
 __all__ = ["TrainConfig"]
@@ -75,7 +75,7 @@ class TrainConfig:
             "nonmono",
         ):
             v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+            if v is not None and not _checks.is_int(v):
                 raise ValueError(f"{name} must be an int, got {v!r}")
         for name in (
             "max_steps",
