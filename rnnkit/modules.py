@@ -239,8 +239,9 @@ class StepCell(nn.Module):
         same seed gives a one-layer ``rnnkit.LSTM`` & co.'s masks): one per ``weight_hh*``,
         then ``(batch_size, S_0)`` for recurrent dropout."""
         # 0: an empty batch (0, H_in), which torch.nn's cells take too
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        if not _checks.is_int(batch_size) or batch_size < 0:  # numpy's ints too
             raise ValueError(f"batch_size must be a non-negative int, got {batch_size!r}")
+        batch_size = int(batch_size)
         like = reference(self, "weight_ih")  # (not self.weight_ih, self.params(): computed if parametrized)
         weights = {}
         if self.weight_drop:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnkit._checks import is_int
+
 __all__ = ["copy_memory", "plus_one", "plus_one_p", "adding", "BLANK", "DELIMITER"]
 
 BLANK = 0
@@ -31,7 +33,7 @@ def _gen(seed: int) -> torch.Generator:
 
 def _check_positive(**values: int) -> None:
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_int(v) or v < 1:  # numpy's ints too (np.int64 from an array of sizes)
             raise ValueError(f"{name} must be a positive int, got {v!r}")
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnkit._checks import is_int
 from rnnkit.baselines import encoder_output_size, reads_ahead, step_kwargs
 from rnnkit.datasets.shakespeare import CharVocab
 from rnnkit.state import detach_state
@@ -106,7 +107,7 @@ def sample(
     """
     if not prime:
         raise ValueError("prime must be a non-empty string (e.g. '\\n')")
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
+    if seq_len is not None and (not is_int(seq_len) or seq_len < 1):  # numpy's ints too
         raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
     if not temperature >= 0:  # written so that nan is rejected too
         raise ValueError(f"temperature must be a number >= 0, got {temperature}")
@@ -175,8 +176,9 @@ class CharLMRecipe:
         # checked here, not where used: lr_at reads `schedule` only after the warmup, mid-run
         for name in ("hidden_size", "num_layers", "embedding_dim", "batch_size", "seq_len"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if not is_int(v) or v < 1:  # numpy's ints too
                 raise ValueError(f"CharLMRecipe: {name} must be a positive int, got {v!r}")
+            object.__setattr__(self, name, int(v))  # a plain int: to_dict() stays JSON-able
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
             raise ValueError(f"CharLMRecipe: lr must be a positive number, got {self.lr!r}")
         checks = {  # name: (holds, what it must be); written so that nan fails each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,21 @@ def test_errors():
         synthetic.adding(2, 1)
     with pytest.raises(ValueError, match="n must be a positive int"):
         synthetic.plus_one(2.5, 3)
+
+
+@pytest.mark.parametrize(
+    "fn, args",
+    [
+        (synthetic.copy_memory, (8, 5)),
+        (synthetic.plus_one, (8, 5)),
+        (synthetic.adding, (8, 6)),
+    ],
+)
+def test_numpy_ints_are_taken(fn, args):
+    """Sizes given as numpy integers (``np.int64`` from an array) were refused as "not a positive
+    int", where the layers take them; the data are those of the Python ints."""
+    got, want = fn(*map(np.int64, args), seed=3), fn(*args, seed=3)
+    assert all(torch.equal(u, v) for u, v in zip(got, want))
+    assert synthetic.plus_one_p(np.int64(5)) == synthetic.plus_one_p(5)
+    with pytest.raises(ValueError, match="n must be a positive int, got True"):
+        fn(True, *args[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -108,6 +109,8 @@ def test_missing_or_wrong_masks_are_clear_errors():
         cell(x, masks=other.sample_masks(2))
     with pytest.raises(ValueError, match="batch_size must be a non-negative int, got -1"):
         cell.sample_masks(-1)
+    # a numpy int (from an array of sizes) is taken, as the layers take one
+    assert cell(x, masks=cell.sample_masks(np.int64(2)))[0].shape == (2, 4)
     with pytest.raises(ValueError, match=r"zoneout=\(p_c, p_h\) needs a cell whose state holds h and c"):
         rnnkit.GRUCell(3, 4, zoneout=(0.1, 0.2))
     with pytest.raises(TypeError):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -158,6 +160,20 @@ def test_recipe_is_checked_when_made(field, value, match) -> None:
     gave negative learning rates. Now the recipe refuses them when it is made."""
     with pytest.raises(ValueError, match=match):
         replace(RECIPE, **{field: value})
+
+
+def test_recipe_and_sample_take_numpy_ints() -> None:
+    """A numpy integer (``np.int64`` read from an array of sizes) was refused as a recipe's size
+    or the sampler's seq_len, where the layers take one (``rnnkit._checks.is_int``); a recipe
+    keeps it as a plain int, so that its ``to_dict()`` stays JSON-able."""
+    recipe = replace(RECIPE, hidden_size=np.int64(64), seq_len=np.int32(50))
+    assert type(recipe.hidden_size) is int and type(recipe.seq_len) is int
+    assert json.loads(json.dumps(recipe.to_dict()))["seq_len"] == 50
+    model = _model()
+    text = "".join(sample(model, VOCAB, "abc", 6, 0.0, seq_len=np.int64(2)))
+    assert text == "".join(sample(model, VOCAB, "abc", 6, 0.0, seq_len=2))
+    with pytest.raises(ValueError, match="seq_len must be a positive int or None, got True"):
+        next(sample(model, VOCAB, "abc", 6, 0.0, seq_len=True))
 
 
 def test_recipe_by_budget() -> None:
