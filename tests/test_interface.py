@@ -339,6 +339,32 @@ PACKED_BAD = [
         lambda: PackedSequence(torch.randn(6, 3), torch.tensor([2, 2, 1, 1]), torch.tensor([0])),
         r"sorted_indices of shape \(2,\).*got \(1,\)",
     ),
+    # sorted_indices with a repeat: one sequence's state came back for two (or, its inverse
+    # computed by PackedSequence being uninitialized memory, an index error deep in torch)
+    (
+        lambda: PackedSequence(torch.randn(6, 3), torch.tensor([2, 2, 1, 1]), torch.tensor([0, 0])),
+        r"sorted_indices must be a permutation of 0..1 \(each sequence once\), got \[0, 0\]",
+    ),
+    (
+        lambda: PackedSequence(
+            torch.randn(6, 3), torch.tensor([2, 2, 1, 1]), torch.tensor([1, 2]), torch.tensor([1, 0])
+        ),  # fmt: skip
+        r"sorted_indices must be a permutation of 0..1 .*got \[1, 2\]",
+    ),
+    (
+        lambda: PackedSequence(
+            *PackedSequence(torch.randn(6, 3), torch.tensor([2, 2, 1, 1]))[:2], None, torch.tensor([1, 1])
+        ),  # fmt: skip
+        r"unsorted_indices must be a permutation of 0..1 .*got \[1, 1\]",
+    ),
+    # two permutations, not each other's inverse: the states came back in another order
+    (
+        lambda: PackedSequence(
+            torch.randn(9, 3), torch.tensor([3, 3, 3]), torch.tensor([1, 2, 0]), torch.tensor([1, 2, 0])
+        ),  # fmt: skip
+        r"unsorted_indices must be the inverse of its sorted_indices, got "
+        r"unsorted_indices\[sorted_indices\[0\]\] = 2, expected 0",
+    ),
 ]
 
 
