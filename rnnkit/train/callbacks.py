@@ -320,8 +320,10 @@ class TensorBoardLogger(Callback):
     """Scalars to TensorBoard. Raises ``ImportError`` with a hint when it is not installed;
     the trainer only adds it when :func:`tensorboard_available`. The writer (which creates its
     event file) opens at fit's start, once the trainer holds ``out_dir``'s lock: a run refused
-    there must leave nothing in it; it closes at fit's end. A resumed run (``trainer.step > 0`` at
-    fit's start) opens it with ``purge_step``: every point shows once, as in ``metrics.jsonl``."""
+    there must leave nothing in it; it closes at fit's end. It opens with ``purge_step`` at the
+    trainer's step: a resumed run hides the stopped run's points from there on, a new one (step 0)
+    all the points of an earlier run in ``log_dir``. Every point shows once, as in ``metrics.jsonl``
+    (which a new run starts afresh)."""
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         try:
@@ -334,8 +336,10 @@ class TensorBoardLogger(Callback):
         self.writer: Any = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        # A new run (step 0) into a log_dir holding an earlier run's event files: purge_step=0 hides
+        # all their points (without it TensorBoard showed both runs' curves as one, zigzagging).
         if trainer.step == 0:
-            self.writer = self._writer_class(log_dir=self.log_dir)
+            self.writer = self._writer_class(log_dir=self.log_dir, purge_step=0)
             return
         # A resumed run writes again what came after its checkpoint, which the stopped run may have
         # written already: TensorBoard hides the earlier events from purge_step on (each point once,

@@ -242,7 +242,7 @@ def test_a_run_refused_by_the_lock_leaves_no_tensorboard_files(tmp_path, monkeyp
     from rnnkit.train.outdir import OutDirInUse
 
     class SummaryWriter:  # what torch.utils.tensorboard's writer does first: create its event file
-        def __init__(self, log_dir):
+        def __init__(self, log_dir, purge_step=None):
             (tmp_path / "out" / "tensorboard").mkdir(parents=True, exist_ok=True)
             (tmp_path / "out" / "tensorboard" / "events.out.tfevents.x").write_text("")
             self.scalars = []

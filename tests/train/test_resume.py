@@ -101,6 +101,36 @@ def test_tensorboard_of_a_resumed_run_holds_each_point_once(tmp_path, monkeypatc
     assert got == ref
 
 
+def test_tensorboard_of_a_new_run_over_an_old_one_shows_only_the_new_run(tmp_path, monkeypatch):
+    """A new run (not resumed) into an out_dir an earlier run wrote to replaces its metrics.jsonl,
+    but its writer opened without ``purge_step``: TensorBoard showed the old run's points beside
+    the new one's, two curves mixed as one. It opens with ``purge_step=0`` now, which hides them."""
+    shown: list = []  # what TensorBoard shows of out_dir/tensorboard: (tag, step)
+
+    class SummaryWriter:  # torch.utils.tensorboard's, as TensorBoard reads its files
+        def __init__(self, log_dir, purge_step=None):
+            if purge_step is not None:
+                shown[:] = [e for e in shown if e[1] < purge_step]
+
+        def add_scalar(self, tag, value, step):
+            shown.append((tag, step))
+
+        def flush(self): ...
+
+        def close(self): ...
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+    for steps in (6, 3):  # a longer run, then a new one of 3 steps in the same out_dir
+        model = TinyLM()
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=steps, log_every=1,
+                     out_dir=str(tmp_path), progress=False, plot=False)  # fmt: skip
+        tr.fit(bptt_batches(tokens(200), 2, 5))
+    assert sorted({step for tag, step in shown}) == [1, 2, 3]
+    assert len(shown) == len(set(shown))  # each point once
+
+
 class _KillAt(Callback):
     def __init__(self, at):
         self.at = at
