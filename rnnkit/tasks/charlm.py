@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rnnkit._checks import is_int
+from rnnkit._checks import is_int, is_real
 from rnnkit.baselines import encoder_output_size, reads_ahead, step_kwargs
 from rnnkit.datasets.shakespeare import CharVocab
 from rnnkit.state import detach_state
@@ -179,7 +179,12 @@ class CharLMRecipe:
             if not is_int(v) or v < 1:  # numpy's ints too
                 raise ValueError(f"CharLMRecipe: {name} must be a positive int, got {v!r}")
             object.__setattr__(self, name, int(v))  # a plain int: to_dict() stays JSON-able
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+        for name in ("lr", "dropout", "weight_decay", "clip", "warmup", "final_lr_ratio"):
+            v = getattr(self, name)
+            if not is_real(v):  # a bool, a string or a 0-d array is no number here
+                raise ValueError(f"CharLMRecipe: {name} must be a number, got {v!r}")
+            object.__setattr__(self, name, float(v))  # numpy's too, as a float: to_dict() stays JSON-able
+        if not 0 < self.lr < math.inf:
             raise ValueError(f"CharLMRecipe: lr must be a positive number, got {self.lr!r}")
         checks = {  # name: (holds, what it must be); written so that nan fails each
             "dropout": (0 <= self.dropout < 1, "in [0, 1)"),

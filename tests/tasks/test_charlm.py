@@ -152,6 +152,9 @@ def test_lr_schedule() -> None:
         ("betas", (0.9, 1.0), r"betas must be two numbers in \[0, 1\)"),
         ("weight_decay", -1.0, "weight_decay must be a number >= 0"),
         ("clip", float("nan"), "clip must be a number >= 0"),
+        ("lr", True, "lr must be a number, got True"),
+        ("dropout", "0.1", "dropout must be a number, got '0.1'"),
+        ("warmup", np.array(0.1), r"warmup must be a number, got array\(0.1\)"),
     ],
 )
 def test_recipe_is_checked_when_made(field, value, match) -> None:
@@ -174,6 +177,14 @@ def test_recipe_and_sample_take_numpy_ints() -> None:
     assert text == "".join(sample(model, VOCAB, "abc", 6, 0.0, seq_len=2))
     with pytest.raises(ValueError, match="seq_len must be a positive int or None, got True"):
         next(sample(model, VOCAB, "abc", 6, 0.0, seq_len=True))
+
+
+def test_recipe_keeps_numpy_floats_as_floats() -> None:
+    """A numpy float (``np.float32(3e-3)``) was refused as the learning rate but kept as a numpy
+    value in the other float fields, where ``to_dict()`` then failed to go to JSON."""
+    recipe = replace(RECIPE, lr=np.float32(0.5), dropout=np.float64(0.25), clip=np.int64(2))
+    assert (type(recipe.lr), type(recipe.dropout), type(recipe.clip)) == (float, float, float)
+    assert json.loads(json.dumps(recipe.to_dict()))["dropout"] == 0.25
 
 
 def test_recipe_by_budget() -> None:
