@@ -229,3 +229,30 @@ def test_summary_json_is_strict_json(tmp_path, monkeypatch):
     back = read_summary(out / "summary.json")
     assert math.isnan(back["snapshots"]["a/b~"]["trained"]["accuracy"]) and "nonfinite" not in back
     assert back["snapshots"]["a/b~"]["init"] == data["snapshots"]["a/b~"]["init"]
+
+
+def test_checkpoint_with_two_recurrent_layers_picks_one_deterministically(tmp_path):
+    """A seq2seq checkpoint holds ``encoder.`` and ``decoder.`` LSTMs: which one was diagnosed
+    depended on the set order of the prefixes (the hash seed: input 32 or 35 from run to run),
+    and the summary did not say. Shortest then alphabetical now, named in the note; an
+    ``--input-size`` that fits only the other layer loads that one (it was a shape error)."""
+    from rnnkit.diagnostics.checkpoint import _prefixes, checkpoint_layer
+
+    class Seq2Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = rnnkit.LSTM(3, 4), rnnkit.LSTM(5, 4)
+
+    torch.manual_seed(0)
+    net = Seq2Seq()
+    save_model(net, str(tmp_path / "model.safetensors"))
+    parse = add_arguments(argparse.ArgumentParser()).parse_args
+    _, layer, note = checkpoint_layer(parse(["--checkpoint", str(tmp_path), "--hidden-size", "4"]))
+    assert layer.input_size == 5 and "the layer under 'decoder.' (also in the checkpoint: 'encoder.')" in note
+    torch.testing.assert_close(layer.weight_ih_l0, net.decoder.weight_ih_l0)
+    argv = ["--checkpoint", str(tmp_path), "--hidden-size", "4", "--input-size", "3"]
+    _, layer, note = checkpoint_layer(parse(argv))
+    assert "under 'encoder.'" in note
+    torch.testing.assert_close(layer.weight_ih_l0, net.encoder.weight_ih_l0)
+    names = [f"m{i}." for i in range(9, -1, -1)]  # equal lengths: the order must not be the set's
+    assert _prefixes({n + "w": None for n in names}, {"w"}) == sorted(names)
