@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .trace import Trace, find_recurrent, is_recurrent, layer_labels, replay
+from .trace import Trace, find_recurrent, is_recurrent, layer_labels, replay, untouched
 
 LOSSES = ("last", "per_step")
 
@@ -132,7 +132,15 @@ def gradient_flow(
             scalar. ``None`` (recurrent layers only): a fixed linear probe of the output,
             at the last step (``loss="last"``) or summed over steps (``loss="per_step"``).
         hx: initial state, when ``model`` is a recurrent layer.
+
+    The model's buffers are left as they were: in training mode its forward and the replay
+    update batch norm's running statistics (restored after the gradient, which may need them).
     """
+    with untouched(model):
+        return _gradient_flow(model, inputs, loss_fn, hx, loss, seed)
+
+
+def _gradient_flow(model: nn.Module, inputs, loss_fn, hx, loss: str, seed: int) -> GradientFlow:
     traces: list[tuple[str, nn.Module, Trace]] = []
     if is_recurrent(model):
         out, h_n, tr = replay(model, inputs, hx, track=True)

@@ -21,7 +21,9 @@ masks) — the replay runs the plain cell math there, and says so with a ``UserW
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -192,6 +194,20 @@ def _warn_unreplayed(module: nn.Module) -> None:
         )
 
 
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Leaves ``model``'s buffers as they were: in training mode a replay (or the model's own
+    forward) updates batch norm's running statistics, and a measurement must not change the model."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                if not torch.equal(b, v):  # only what moved: an unchanged buffer keeps its autograd version
+                    b.copy_(v)
+
+
 def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, track: bool = False):
     """Run ``module`` on dense input ``x`` one step at a time.
 
@@ -202,8 +218,14 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
     leaf that does, so that every state is in the autograd graph even with frozen
     parameters (the values are unchanged). Under autocast the replay runs in the parameters'
     dtype with autocast off, as the layers run the options torch has no kernel for (torch's
-    kernels' own autocast rules, LSTM and RNN in bfloat16 on the CPU, are not replayed).
+    kernels' own autocast rules, LSTM and RNN in bfloat16 on the CPU, are not replayed). The
+    module's buffers are left as they were (batch norm's running statistics in training mode).
     """
+    with untouched(module):
+        return _replay(module, x, hx, retain_grad=retain_grad, track=track)
+
+
+def _replay(module: nn.Module, x: Tensor, hx, *, retain_grad: bool, track: bool):
     if isinstance(module, ParallelRecurrent):  # MinGRU, MinLSTM, QRNN, LRU: their own step math
         from .parallel import replay_parallel
 

@@ -223,6 +223,39 @@ def test_replay_batch_norm_counts_steps_per_layer_direction():
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
 
 
+def test_diagnostics_leave_batch_norm_statistics_alone():
+    """In training mode the replay normalizes with the batch's statistics and updated the running
+    ones too: gradient_flow, activity or jacobian_spectrum of a training model moved its batch-norm
+    statistics (inside a model, twice: its forward and the replay). They are left as they were, and
+    the measurement (of training mode) is unchanged."""
+    from rnnkit.diagnostics import activity, jacobian_spectrum
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.bn = rnnkit.LSTM(3, 4, num_layers=2, norm="batch"), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.bn(self.rnn(x)[0][-1])
+
+    torch.manual_seed(0)
+    net = Net().train()
+    x = torch.randn(5, 3, 3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    gf = gradient_flow(net.rnn, x)
+    for diagnose in (
+        lambda: gradient_flow(net.rnn, x),
+        lambda: activity(net.rnn, x),
+        lambda: jacobian_spectrum(net.rnn, x),
+        lambda: gradient_flow(net, x, lambda y: y.square().sum()),
+    ):
+        diagnose()
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
+    assert net.training and net.rnn.training
+    np.testing.assert_array_equal(gradient_flow(net.rnn, x).norms["l1"]["h"], gf.norms["l1"]["h"])
+
+
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU])
 def test_replay_applies_zoneout(cls):
     """In evaluation zoneout mixes each state with the previous one: the replay must too."""
