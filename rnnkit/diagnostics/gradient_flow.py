@@ -133,8 +133,9 @@ def gradient_flow(
             at the last step (``loss="last"``) or summed over steps (``loss="per_step"``).
         hx: initial state, when ``model`` is a recurrent layer.
 
-    The model's buffers are left as they were: in training mode its forward and the replay
-    update batch norm's running statistics (restored after the gradient, which may need them).
+    The model's buffers and the random state are left as they were: in training mode its forward
+    and the replay update batch norm's running statistics (restored after the gradient, which may
+    need them) and draw dropout and zoneout masks.
     """
     with untouched(model):
         return _gradient_flow(model, inputs, loss_fn, hx, loss, seed)

@@ -34,7 +34,7 @@ from ..cells import StepContext
 from ..loop import _zoneout
 from ..parallel import LRU
 from .parallel import is_parallel, lru_eigenvalues, no_matrix_error, step_jacobians_parallel
-from .trace import layer_labels, layer_views, replay, zoneout_probs
+from .trace import layer_labels, layer_views, replay, untouched, zoneout_probs
 
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -55,9 +55,16 @@ def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, directi
                    sample: int = 0, hx=None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """``J_t = ∂s_t/∂s_{t-1}`` ``(T, S, S)`` for one sequence of the batch, ``S = Σ state sizes``,
     in processing order (reversed time for ``direction=1``). For a parallel layer
-    ``J_t = diag(a_t)`` (complex for the LRU)."""
-    if is_parallel(module):
-        return step_jacobians_parallel(module, inputs, layer=layer, direction=direction, sample=sample, hx=hx)
+    ``J_t = diag(a_t)`` (complex for the LRU). Buffers and random state are left as they were."""
+    with untouched(module):
+        if is_parallel(module):
+            return step_jacobians_parallel(module, inputs, layer=layer, direction=direction, sample=sample,
+                                           hx=hx)  # fmt: skip
+        return _step_jacobians(module, inputs, layer, direction, sample, hx)
+
+
+def _step_jacobians(module: nn.Module, inputs: Tensor, layer: int, direction: int, sample: int,
+                    hx) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     views = layer_views(module)
     if not 0 <= layer < len(views) or direction not in range(2 if module.bidirectional else 1):
         raise ValueError(f"no layer {layer} direction {direction} in {type(module).__name__}")

@@ -196,11 +196,16 @@ def _warn_unreplayed(module: nn.Module) -> None:
 
 @contextlib.contextmanager
 def untouched(model: nn.Module) -> Iterator[None]:
-    """Leaves ``model``'s buffers as they were: in training mode a replay (or the model's own
-    forward) updates batch norm's running statistics, and a measurement must not change the model."""
+    """Leaves ``model``'s buffers and the random number generators as they were: in training mode a
+    replay (or the model's own forward) updates batch norm's running statistics and draws dropout
+    and zoneout masks, and a measurement must change neither the model nor a training run's random
+    stream (torch's CPU generator and those of the CUDA devices ``model`` is on)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    devices = sorted({t.get_device() for t in tensors if t.is_cuda})
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     try:
-        yield
+        with torch.random.fork_rng(devices=devices):
+            yield
     finally:
         with torch.no_grad():
             for b, v in saved:
@@ -219,7 +224,8 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
     parameters (the values are unchanged). Under autocast the replay runs in the parameters'
     dtype with autocast off, as the layers run the options torch has no kernel for (torch's
     kernels' own autocast rules, LSTM and RNN in bfloat16 on the CPU, are not replayed). The
-    module's buffers are left as they were (batch norm's running statistics in training mode).
+    module's buffers (batch norm's running statistics in training mode) and the random state are
+    left as they were: training-mode masks are drawn without advancing torch's generators.
     """
     with untouched(module):
         return _replay(module, x, hx, retain_grad=retain_grad, track=track)

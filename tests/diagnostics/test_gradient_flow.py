@@ -256,6 +256,40 @@ def test_diagnostics_leave_batch_norm_statistics_alone():
     np.testing.assert_array_equal(gradient_flow(net.rnn, x).norms["l1"]["h"], gf.norms["l1"]["h"])
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rnnkit.GRU(3, 4, num_layers=2, dropout=0.5, zoneout=0.3),
+        lambda: rnnkit.QRNN(3, 4, zoneout=0.3),
+    ],
+    ids=["gru", "qrnn"],
+)
+def test_diagnostics_leave_the_random_state_alone(make):
+    """In training mode the replay draws zoneout and dropout masks: every diagnostic advanced torch's
+    global generator, so a diagnostic inside a training loop changed the rest of the run. The masks
+    are drawn from a forked generator now; the model's mode is left as it was."""
+    from rnnkit.diagnostics import activity, decay_spectrum, jacobian_spectrum
+
+    torch.manual_seed(0)
+    m = make().train()
+    net = nn.Sequential(m)
+    x = torch.randn(5, 2, 3)
+    calls = [
+        lambda: gradient_flow(m, x),
+        lambda: activity(m, x),
+        lambda: jacobian_spectrum(m, x),
+        lambda: gradient_flow(nn.Sequential(nn.Dropout(0.5), m), x, lambda y: y[0].sum()),
+        lambda: replay(m, x),
+    ]
+    if isinstance(m, rnnkit.QRNN):
+        calls.append(lambda: decay_spectrum(m, x))
+    for diagnose in calls:
+        state = torch.get_rng_state()
+        diagnose()
+        assert torch.equal(torch.get_rng_state(), state)
+        assert m.training and net.training
+
+
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU])
 def test_replay_applies_zoneout(cls):
     """In evaluation zoneout mixes each state with the previous one: the replay must too."""
