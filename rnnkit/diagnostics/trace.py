@@ -153,9 +153,14 @@ def _as_time_major(module: nn.Module, x: Tensor) -> tuple[Tensor, bool]:
         raise ValueError(
             f"input has {x.shape[-1]} features but the layer expects input_size={module.input_size}"
         )
-    if x.dim() == 2:
-        return x.unsqueeze(1), True
-    return (x.transpose(0, 1) if module.batch_first else x), False
+    unbatched = x.dim() == 2
+    data = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if module.batch_first else x)
+    if data.shape[0] == 0 or data.shape[1] == 0:  # nothing to measure (it was an obscure reshape error)
+        raise ValueError(
+            f"diagnostics need at least one time step and one sequence, got input of shape {tuple(x.shape)}"
+            + (" (batch_first: (B, T, I))" if module.batch_first and not unbatched else "")
+        )
+    return data, unbatched
 
 
 def _initial(module: nn.Module, views: list[LayerView], hx, B: int, ref: Tensor, unbatched: bool):

@@ -60,6 +60,24 @@ def test_replay_unbatched_and_errors():
         replay(nn.Linear(2, 2), torch.randn(2, 2))
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: rnnkit.LSTM(3, 4), lambda: nn.GRU(3, 4, batch_first=True), lambda: rnnkit.MinGRU(3, 4)]
+)
+@pytest.mark.parametrize("shape", [(0, 2, 3), (4, 0, 3), (0, 3)], ids=["T=0", "B=0", "unbatched-T=0"])
+def test_empty_input_is_a_clear_error(make, shape):
+    """No step or no sequence: nothing to measure. It was a reshape error ('cannot reshape tensor
+    of 0 elements') deep in the replay, or an IndexError for the parallel layers."""
+    from rnnkit.diagnostics import activity, jacobian_spectrum
+
+    m = make()
+    x = torch.randn(*shape)
+    if getattr(m, "batch_first", False) and len(shape) == 3:
+        x = x.transpose(0, 1)
+    for diagnose in (gradient_flow, activity, jacobian_spectrum):
+        with pytest.raises(ValueError, match=r"at least one time step and one sequence, got input of shape"):
+            diagnose(m, x)
+
+
 def _single_layers(m, mode):
     """The stack as separate one-layer torch.nn modules with the same weights (the oracle)."""
     layers = []
