@@ -36,7 +36,7 @@ from .spectrum import (
     recurrent_eigenvalues,
     recurrent_matrices,
 )
-from .summary import write_summary
+from .summary import write_summary, write_text_atomic
 
 
 @dataclass
@@ -318,7 +318,7 @@ def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:
     lines += ["", f"{len(files)} figures in {out}: " + ", ".join(Path(f).name for f in files),
               f"time {time.perf_counter() - t0:.1f} s"]  # fmt: skip
     text = "\n".join(lines) + "\n"
-    (out / "summary.txt").write_text(text, encoding="utf-8")
+    write_text_atomic(text, out / "summary.txt")  # as summary.json: a crash leaves the old or the new file
     result["args"] = {k: v for k, v in vars(args).items() if not callable(v)}
     write_summary(result, out / "summary.json")  # strict JSON: a NaN is null and named in "nonfinite"
     print(text, end="")

@@ -256,3 +256,34 @@ def test_checkpoint_with_two_recurrent_layers_picks_one_deterministically(tmp_pa
     torch.testing.assert_close(layer.weight_ih_l0, net.encoder.weight_ih_l0)
     names = [f"m{i}." for i in range(9, -1, -1)]  # equal lengths: the order must not be the set's
     assert _prefixes({n + "w": None for n in names}, {"w"}) == sorted(names)
+
+
+def test_figures_and_summary_text_are_written_atomically(tmp_path, monkeypatch):
+    """The PNGs and summary.txt were written in place: a crash or a failed render left a truncated
+    file where the previous one was (summary.json and the training kit's plots were atomic). Both
+    go through a temporary file renamed over the target now; a failure leaves the old file alone."""
+    from matplotlib.figure import Figure
+
+    import rnnkit.diagnostics.summary as summary
+    from rnnkit.diagnostics import plots, power_iteration
+
+    pi = power_iteration(np.diag([1.0, 0.5]), steps=3)
+    png = tmp_path / "power_iteration.png"
+    plots.plot_power_iteration(pi, png)
+    old = png.read_bytes()
+    txt = tmp_path / "summary.txt"
+    summary.write_text_atomic("old\n", txt)
+
+    def crash(target, *a, **k):  # a partial write, then the failure
+        with open(target, "w", encoding="utf-8") as f:
+            f.write("partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", lambda self, target, **k: crash(target))
+    monkeypatch.setattr(summary, "write_synced", crash)
+    with pytest.raises(OSError, match="disk full"):
+        plots.plot_power_iteration(pi, png)
+    with pytest.raises(OSError, match="disk full"):
+        summary.write_text_atomic("new\n", txt)
+    assert png.read_bytes() == old and txt.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["power_iteration.png", "summary.txt"]
