@@ -154,6 +154,16 @@ def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
     assert f"{flag[0]} must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("lags", [["6", "3"], ["0", "5"], ["5", "5"]])
+def test_bad_lags_are_a_usage_error_before_any_training(tmp_path, capsys, lags):
+    """memory_horizon refused them only after the +1 trainings and the figures (half a minute of
+    --quick), exit status 1 and a half-written --out; a usage error up front now, as every flag."""
+    out = tmp_path / "d"
+    assert main(["--quick", "--out", str(out), "--variants", "rnn", "--lags", *lags]) == 2
+    assert f"--lags must be increasing positive ints, got {' '.join(lags)}" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_checkpoint_mode_with_input_size_keeps_the_reverse_direction(tmp_path):
     """``--input-size`` gives the input width only: the direction count is still read off the
     weights (a bidirectional checkpoint was diagnosed as its forward half, reverse weights dropped)."""
