@@ -173,8 +173,6 @@ def _configure(args) -> tuple[Budget, Budget]:
     for name in counts:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for spec in [] if args.checkpoint else args.variants:  # a bad family or option: before any training
-        parse_variant(spec).build(1, 1)
     train = Budget(hidden_size=args.hidden_size or 16, steps=args.train_steps, lr=5e-3, threshold=0.99,
                    seed=args.seed)  # fmt: skip
     lags = tuple(args.lags) if args.lags else ((3, 6) if args.quick else (5, 10, 20, 40, 80))
@@ -183,6 +181,12 @@ def _configure(args) -> tuple[Budget, Budget]:
     steps = args.horizon_steps if args.horizon_steps is not None else (20 if args.quick else 400)
     horizon = Budget(hidden_size=8 if args.quick else 32, steps=steps, eval_every=10 if args.quick else 50,
                      eval_size=64 if args.quick else 256, lags=lags, n_copy=2, seed=args.seed)  # fmt: skip
+    # a bad family or option: before any training, at the widths it will be built with (one unit
+    # refused every proj_size, which must be smaller than the width)
+    widths = {train.hidden_size} | (set() if args.no_horizon else {horizon.hidden_size})
+    for spec in [] if args.checkpoint else args.variants:
+        for width in sorted(widths):
+            parse_variant(spec).build(1, width)
     return train, horizon
 
 

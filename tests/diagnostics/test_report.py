@@ -145,6 +145,23 @@ def test_bad_variant_option_is_a_usage_error(tmp_path, capsys):
     assert "foo" in capsys.readouterr().err
 
 
+def test_a_variant_with_a_projection_is_checked_at_its_widths(tmp_path, monkeypatch, capsys):
+    """The variants were checked by building them one unit wide: every ``proj_size`` (which must be
+    smaller than the width) was refused, though the +1 models are 16 units (6 with --quick) and
+    the horizon's 32 (8). They are checked at those widths now."""
+    import rnnkit.diagnostics.report as report
+
+    monkeypatch.setattr(report, "train_task", lambda *a, **k: (0.5, None))  # the flags, not the training
+    out = tmp_path / "d"
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "lstm:proj_size=3"]) == 0
+    assert (out / "activity_lstm_proj_size_3.png").is_file()
+    # fits the +1 models' 40 units, not the horizon's 32: refused before anything runs
+    argv = ["--hidden-size", "40", "--out", str(out / "x"), "--variants", "lstm:proj_size=35"]
+    assert main(argv) == 2
+    assert "proj_size (35) must be smaller than hidden_size (32)" in capsys.readouterr().err
+    assert not (out / "x").exists()
+
+
 @pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
 def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
     """Not silently replaced by the default (``--horizon-steps 0`` ran 400 steps) or a traceback."""
