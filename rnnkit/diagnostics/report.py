@@ -202,7 +202,7 @@ def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
     acc = "" if snap.accuracy is None else f"  +1 accuracy {snap.accuracy:.3f}"
     lines = [
         f"{label:>8} {stage:>10}:{acc}",
-        f"{'':>20}loss at last step: ‖∂L/∂{st}_0‖/‖∂L/∂{st}_T-1‖ = {n[0] / n[-1]:.3g}, "
+        f"{'':>20}loss at last step: ‖∂L/∂{st}_0‖/‖∂L/∂{st}_T-1‖ = {_ratio(n, st)}, "
         f"per-step factor {gf.per_step_factor():.3f}",
         f"{'':>20}step Jacobian: mean σ_max {snap.spectrum.singular_values[:, 0].mean():.3f}, "
         f"‖J_T-1⋯J_0‖ = {snap.spectrum.product_norms[-1]:.3g}",
@@ -218,8 +218,17 @@ def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
                      f"{q[2]:.3f}, median memory time −1/log|a| {tau:.3g} steps")  # fmt: skip
     if "c" in gf.norms[top] and st != "c":
         c = gf.norms[top]["c"]
-        lines.append(f"{'':>20}cell state: ‖∂L/∂c_0‖/‖∂L/∂c_T-1‖ = {c[0] / c[-1]:.3g}")
+        lines.append(f"{'':>20}cell state: ‖∂L/∂c_0‖/‖∂L/∂c_T-1‖ = {_ratio(c, 'c')}")
     return lines
+
+
+def _ratio(norms: np.ndarray, state: str) -> str:
+    """``norms[0] / norms[-1]``; ``n/a`` when the last norm is zero (with zoneout the last cell
+    state, mixed after its output was taken, does not reach a loss at the last step: it was a
+    divide-by-zero RuntimeWarning and ``inf``)."""
+    if norms[-1] == 0:
+        return f"n/a (‖∂L/∂{state}_T-1‖ = 0)"
+    return f"{norms[0] / norms[-1]:.3g}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -162,6 +162,22 @@ def test_a_variant_with_a_projection_is_checked_at_its_widths(tmp_path, monkeypa
     assert not (out / "x").exists()
 
 
+def test_summary_of_an_lstm_with_zoneout(tmp_path, monkeypatch, capsys):
+    """With zoneout the last cell state is mixed after the last output was taken: ‖∂L/∂c_T-1‖ = 0
+    for a loss at the last step, and the summary's ratio was a divide-by-zero RuntimeWarning (an
+    error here) and ``inf``. It says n/a now; the norms in summary.json are the measured ones."""
+    import rnnkit.diagnostics.report as report
+
+    monkeypatch.setattr(report, "train_task", lambda *a, **k: (0.5, None))
+    out = tmp_path / "d"
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "z=lstm:zoneout=0.2"]) == 0
+    text = (out / "summary.txt").read_text()
+    assert "‖∂L/∂c_0‖/‖∂L/∂c_T-1‖ = n/a (‖∂L/∂c_T-1‖ = 0)" in text and "inf" not in text
+    assert (
+        read_summary(out / "summary.json")["snapshots"]["z"]["init"]["grad_norms"]["last"]["l0"]["c"][-1] == 0
+    )
+
+
 @pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
 def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
     """Not silently replaced by the default (``--horizon-steps 0`` ran 400 steps) or a traceback."""
