@@ -60,6 +60,20 @@ def test_replay_unbatched_and_errors():
         replay(nn.Linear(2, 2), torch.randn(2, 2))
 
 
+def test_arguments_gradient_flow_would_ignore_are_errors():
+    """``hx`` for a model that is not a recurrent layer, and ``loss`` next to a ``loss_fn``, were
+    silently ignored (the measurement was of another initial state or another loss)."""
+    m = rnnkit.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    net = nn.Sequential(m)
+    with pytest.raises(ValueError, match="hx is the initial state of a recurrent layer; Sequential is not"):
+        gradient_flow(net, x, lambda y: y[0].sum(), hx=torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match="loss='per_step' chooses the probe used without a loss_fn"):
+        gradient_flow(m, x, lambda y: y[0].sum(), loss="per_step")
+    assert gradient_flow(m, x).kind == "last" and gradient_flow(m, x, loss="per_step").kind == "per_step"
+    assert gradient_flow(net, x, lambda y: y[0].sum()).kind == "custom"
+
+
 @pytest.mark.parametrize(
     "make", [lambda: rnnkit.LSTM(3, 4), lambda: nn.GRU(3, 4, batch_first=True), lambda: rnnkit.MinGRU(3, 4)]
 )
