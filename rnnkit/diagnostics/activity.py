@@ -35,7 +35,7 @@ from .. import _checks
 from ..cells.base import Cell
 from ..parallel import LRU, QRNN, ParallelRecurrent
 from .parallel import layer_gates
-from .trace import layer_labels, layer_views, replay
+from .trace import layer_labels, layer_views, replay, untouched
 
 
 @dataclass
@@ -83,9 +83,16 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> 
     """States and gates of every layer-direction of ``module`` for one sequence.
 
     ``inputs`` as for the layer (``(T, B, I)``, batch-first, or unbatched); ``sample``
-    picks the sequence. Returns one :class:`LayerActivity` per layer-direction."""
-    if isinstance(module, ParallelRecurrent):
-        return _parallel_activity(module, inputs, sample, hx)
+    picks the sequence. Returns one :class:`LayerActivity` per layer-direction. The module's
+    buffers and the random state are left as they were (training-mode masks are drawn without
+    advancing torch's generators)."""
+    with untouched(module):
+        if isinstance(module, ParallelRecurrent):
+            return _parallel_activity(module, inputs, sample, hx)
+        return _activity(module, inputs, sample, hx)
+
+
+def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerActivity]:
     views = layer_views(module)
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)

@@ -42,34 +42,46 @@ def weights_file(path: str | os.PathLike) -> Path:
 
 
 def _prefixes(tensors: dict[str, Tensor], want: set[str]) -> list[str]:
-    """Key prefixes (``""`` or ending in ``.``) under which all of ``want`` are found, shortest first."""
-    found = sorted({k[: len(k) - len(w)] for k in tensors for w in want if k.endswith(w)}, key=len)
+    """Key prefixes (``""`` or ending in ``.``) under which all of ``want`` are found, shortest
+    first, then alphabetically: a model with several such layers (a seq2seq's ``decoder.`` and
+    ``encoder.``) gives the same choice in every process (a set's order depends on the hash seed)."""
+    found = sorted({k[: len(k) - len(w)] for k in tensors for w in want if k.endswith(w)},
+                   key=lambda pre: (len(pre), pre))  # fmt: skip
     return [pre for pre in found if (not pre or pre.endswith(".")) and all(pre + w in tensors for w in want)]
+
+
+def _load(module: nn.Module, path: str | os.PathLike) -> tuple[nn.Module, str, list[str]]:
+    """:func:`load_weights`, also returning the prefix used and every candidate prefix."""
+    from safetensors.torch import load_file
+
+    f = weights_file(path)
+    tensors = load_file(str(f))
+    want, state = set(module.state_dict()), module.state_dict()
+    pres = _prefixes(tensors, want)
+    first_bad: list[str] = []
+    for pre in pres:  # the first prefix whose shapes fit (an encoder and a decoder of other widths)
+        sub = {k[len(pre) :]: v for k, v in tensors.items() if k.startswith(pre)}
+        bad = [f"{k}: expected {tuple(state[k].shape)}, got {tuple(sub[k].shape)}"
+               for k in sorted(want) if sub[k].shape != state[k].shape]  # fmt: skip
+        if not bad:
+            module.load_state_dict({k: sub[k] for k in want})
+            return module, pre, pres
+        first_bad = first_bad or bad
+    if first_bad:
+        raise ValueError(f"{f} has weights of another size for this module: " + "; ".join(first_bad))
+    raise ValueError(
+        f"{f} does not hold the weights of this module: expected keys {sorted(want)} (optionally under a "
+        f"common prefix), found {sorted(tensors)[:12]}"
+    )
 
 
 def load_weights(module: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load ``model.safetensors`` of a checkpoint (see :func:`weights_file`) into an already
     built ``module``. Keys may carry a prefix (a recurrent layer saved inside a larger
     model, ``rnn.weight_ih_l0``): the prefix under which all of ``module``'s keys are found
-    is stripped."""
-    from safetensors.torch import load_file
-
-    f = weights_file(path)
-    tensors = load_file(str(f))
-    want = set(module.state_dict())
-    for pre in _prefixes(tensors, want):
-        sub = {k[len(pre) :]: v for k, v in tensors.items() if k.startswith(pre)}
-        state = module.state_dict()
-        bad = [f"{k}: expected {tuple(state[k].shape)}, got {tuple(sub[k].shape)}"
-               for k in sorted(want) if sub[k].shape != state[k].shape]  # fmt: skip
-        if bad:
-            raise ValueError(f"{f} has weights of another size for this module: " + "; ".join(bad))
-        module.load_state_dict({k: sub[k] for k in want})
-        return module
-    raise ValueError(
-        f"{f} does not hold the weights of this module: expected keys {sorted(want)} (optionally under a "
-        f"common prefix), found {sorted(tensors)[:12]}"
-    )
+    is stripped. With several such prefixes (a seq2seq's ``decoder.`` and ``encoder.``) the
+    first whose shapes fit, shortest then alphabetically."""
+    return _load(module, path)[0]
 
 
 def find_run(path: str | os.PathLike) -> dict | None:
@@ -135,8 +147,12 @@ def checkpoint_layer(args) -> tuple[Variant, nn.Module, str]:
     if bidir:
         options = {"bidirectional": True, **options}
     v = Variant(family, family, {"num_layers": layers, **options})
-    module = load_weights(v.build(n_in, hidden), args.checkpoint).eval()
+    module, pre, pres = _load(v.build(n_in, hidden), args.checkpoint)
+    module.eval()
     src = "run.json" if arch else "flags"
     bi = ", bidirectional" if v.options.get("bidirectional") else ""
     note = f"{family}, input {n_in}, hidden {hidden}, {layers} layer(s){bi} (architecture from {src})"
+    others = ", ".join(repr(o) for o in pres if o != pre)
+    if pre:  # say which layer of the model this is, and which others there were
+        note += f"; the layer under {pre!r}" + (f" (also in the checkpoint: {others})" if others else "")
     return v, module, note

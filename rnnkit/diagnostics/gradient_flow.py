@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .trace import Trace, find_recurrent, is_recurrent, layer_labels, replay
+from .trace import Trace, find_recurrent, is_recurrent, layer_labels, replay, untouched
 
 LOSSES = ("last", "per_step")
 
@@ -118,7 +118,7 @@ def gradient_flow(
     loss_fn: Callable[[object], Tensor] | None = None,
     *,
     hx=None,
-    loss: str = "last",
+    loss: str | None = None,
     seed: int = 0,
 ) -> GradientFlow:
     """``‖∂L/∂h_t‖`` for every step of every recurrent layer of ``model``.
@@ -130,9 +130,27 @@ def gradient_flow(
         inputs: what ``model`` is called with (a tuple is splatted), e.g. ``(T, B, I)``.
         loss_fn: maps the model's output (for a recurrent layer: ``(output, h_n)``) to a
             scalar. ``None`` (recurrent layers only): a fixed linear probe of the output,
-            at the last step (``loss="last"``) or summed over steps (``loss="per_step"``).
-        hx: initial state, when ``model`` is a recurrent layer.
+            at the last step (``loss="last"``, the default) or summed over steps
+            (``loss="per_step"``); ``loss`` with a ``loss_fn`` is an error (it was ignored).
+        hx: initial state, when ``model`` is a recurrent layer (an error otherwise: a larger
+            model's initial states are in its ``inputs``; it was ignored).
+
+    The model's buffers and the random state are left as they were: in training mode its forward
+    and the replay update batch norm's running statistics (restored after the gradient, which may
+    need them) and draw dropout and zoneout masks.
     """
+    if loss_fn is not None and loss is not None:
+        raise ValueError(f"loss={loss!r} chooses the probe used without a loss_fn: give one or the other")
+    if hx is not None and not is_recurrent(model):
+        raise ValueError(
+            f"hx is the initial state of a recurrent layer; {type(model).__name__} is not one (pass its "
+            "initial states in inputs, as its forward takes them)"
+        )
+    with untouched(model):
+        return _gradient_flow(model, inputs, loss_fn, hx, loss or "last", seed)
+
+
+def _gradient_flow(model: nn.Module, inputs, loss_fn, hx, loss: str, seed: int) -> GradientFlow:
     traces: list[tuple[str, nn.Module, Trace]] = []
     if is_recurrent(model):
         out, h_n, tr = replay(model, inputs, hx, track=True)

@@ -193,7 +193,9 @@ def decay_spectrum(module: nn.Module, inputs: Tensor, *, hx=None) -> DecaySpectr
             f"{type(module).__name__}; for RNN/LSTM/GRU use jacobian_spectrum or recurrent_eigenvalues"
         )
     name = decay_name(module)
-    with torch.no_grad():
+    from .trace import untouched
+
+    with torch.no_grad(), untouched(module):  # training-mode masks: without advancing torch's generators
         _, _, tr = replay_parallel(module, inputs, hx)
         decays = {}
         for k, d, label in layer_labels(module):

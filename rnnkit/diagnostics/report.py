@@ -36,7 +36,7 @@ from .spectrum import (
     recurrent_eigenvalues,
     recurrent_matrices,
 )
-from .summary import write_summary
+from .summary import write_summary, write_text_atomic
 
 
 @dataclass
@@ -173,14 +173,20 @@ def _configure(args) -> tuple[Budget, Budget]:
     for name in counts:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for spec in [] if args.checkpoint else args.variants:  # a bad family or option: before any training
-        parse_variant(spec).build(1, 1)
     train = Budget(hidden_size=args.hidden_size or 16, steps=args.train_steps, lr=5e-3, threshold=0.99,
                    seed=args.seed)  # fmt: skip
     lags = tuple(args.lags) if args.lags else ((3, 6) if args.quick else (5, 10, 20, 40, 80))
+    if list(lags) != sorted(set(lags)) or lags[0] < 1:  # memory_horizon's rule, before any training
+        raise ValueError(f"--lags must be increasing positive ints, got {' '.join(map(str, lags))}")
     steps = args.horizon_steps if args.horizon_steps is not None else (20 if args.quick else 400)
     horizon = Budget(hidden_size=8 if args.quick else 32, steps=steps, eval_every=10 if args.quick else 50,
                      eval_size=64 if args.quick else 256, lags=lags, n_copy=2, seed=args.seed)  # fmt: skip
+    # a bad family or option: before any training, at the widths it will be built with (one unit
+    # refused every proj_size, which must be smaller than the width)
+    widths = {train.hidden_size} | (set() if args.no_horizon else {horizon.hidden_size})
+    for spec in [] if args.checkpoint else args.variants:
+        for width in sorted(widths):
+            parse_variant(spec).build(1, width)
     return train, horizon
 
 
@@ -196,7 +202,7 @@ def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
     acc = "" if snap.accuracy is None else f"  +1 accuracy {snap.accuracy:.3f}"
     lines = [
         f"{label:>8} {stage:>10}:{acc}",
-        f"{'':>20}loss at last step: ‖∂L/∂{st}_0‖/‖∂L/∂{st}_T-1‖ = {n[0] / n[-1]:.3g}, "
+        f"{'':>20}loss at last step: ‖∂L/∂{st}_0‖/‖∂L/∂{st}_T-1‖ = {_ratio(n, st)}, "
         f"per-step factor {gf.per_step_factor():.3f}",
         f"{'':>20}step Jacobian: mean σ_max {snap.spectrum.singular_values[:, 0].mean():.3f}, "
         f"‖J_T-1⋯J_0‖ = {snap.spectrum.product_norms[-1]:.3g}",
@@ -212,8 +218,17 @@ def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
                      f"{q[2]:.3f}, median memory time −1/log|a| {tau:.3g} steps")  # fmt: skip
     if "c" in gf.norms[top] and st != "c":
         c = gf.norms[top]["c"]
-        lines.append(f"{'':>20}cell state: ‖∂L/∂c_0‖/‖∂L/∂c_T-1‖ = {c[0] / c[-1]:.3g}")
+        lines.append(f"{'':>20}cell state: ‖∂L/∂c_0‖/‖∂L/∂c_T-1‖ = {_ratio(c, 'c')}")
     return lines
+
+
+def _ratio(norms: np.ndarray, state: str) -> str:
+    """``norms[0] / norms[-1]``; ``n/a`` when the last norm is zero (with zoneout the last cell
+    state, mixed after its output was taken, does not reach a loss at the last step: it was a
+    divide-by-zero RuntimeWarning and ``inf``)."""
+    if norms[-1] == 0:
+        return f"n/a (‖∂L/∂{state}_T-1‖ = 0)"
+    return f"{norms[0] / norms[-1]:.3g}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -318,7 +333,7 @@ def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:
     lines += ["", f"{len(files)} figures in {out}: " + ", ".join(Path(f).name for f in files),
               f"time {time.perf_counter() - t0:.1f} s"]  # fmt: skip
     text = "\n".join(lines) + "\n"
-    (out / "summary.txt").write_text(text, encoding="utf-8")
+    write_text_atomic(text, out / "summary.txt")  # as summary.json: a crash leaves the old or the new file
     result["args"] = {k: v for k, v in vars(args).items() if not callable(v)}
     write_summary(result, out / "summary.json")  # strict JSON: a NaN is null and named in "nonfinite"
     print(text, end="")

@@ -30,11 +30,11 @@ import torch
 from torch import Tensor, nn
 
 from .. import _checks
-from ..cells import StepContext
+from ..cells import GRUCellMath, LSTMCellMath, StepContext
 from ..loop import _zoneout
 from ..parallel import LRU
 from .parallel import is_parallel, lru_eigenvalues, no_matrix_error, step_jacobians_parallel
-from .trace import layer_labels, layer_views, replay, zoneout_probs
+from .trace import layer_labels, layer_views, replay, untouched, zoneout_probs
 
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -55,9 +55,16 @@ def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, directi
                    sample: int = 0, hx=None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """``J_t = ∂s_t/∂s_{t-1}`` ``(T, S, S)`` for one sequence of the batch, ``S = Σ state sizes``,
     in processing order (reversed time for ``direction=1``). For a parallel layer
-    ``J_t = diag(a_t)`` (complex for the LRU)."""
-    if is_parallel(module):
-        return step_jacobians_parallel(module, inputs, layer=layer, direction=direction, sample=sample, hx=hx)
+    ``J_t = diag(a_t)`` (complex for the LRU). Buffers and random state are left as they were."""
+    with untouched(module):
+        if is_parallel(module):
+            return step_jacobians_parallel(module, inputs, layer=layer, direction=direction, sample=sample,
+                                           hx=hx)  # fmt: skip
+        return _step_jacobians(module, inputs, layer, direction, sample, hx)
+
+
+def _step_jacobians(module: nn.Module, inputs: Tensor, layer: int, direction: int, sample: int,
+                    hx) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     views = layer_views(module)
     if not 0 <= layer < len(views) or direction not in range(2 if module.bidirectional else 1):
         raise ValueError(f"no layer {layer} direction {direction} in {type(module).__name__}")
@@ -114,8 +121,9 @@ def recurrent_matrices(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
     """The square recurrent matrices of every layer-direction: ``{label: {block: (H, H)}}``.
 
     Blocks are ``W_hh`` (RNN), the gates ``i f g o`` (LSTM; ``W_hg W_hr`` with a
-    projection) or ``r z n`` (GRU); other cells' ``weight_hh (G·H, H)`` is cut into ``G``
-    square blocks named by their index (none when it has another shape). The parallel
+    projection; an ablation's present gates, e.g. ``f g o``) or ``r z n`` (GRU; MUT1's ``r n``);
+    other cells' ``weight_hh (G·H, H)`` is cut into ``G`` square blocks named by their index
+    (none when it has another shape). The parallel
     layers have no such matrix: a ``ValueError`` says what to use instead."""
     if is_parallel(module):
         raise no_matrix_error(module, "recurrent_matrices")
@@ -132,12 +140,23 @@ def recurrent_matrices(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
             n = W.shape[1]
             if W.shape[0] % n == 0:
                 G = W.shape[0] // n
-                names = GATE_NAMES.get(cell.family, ())
+                names = _gate_names(cell)
                 names = names if len(names) == G else (("W_hh",) if G == 1 else tuple(map(str, range(G))))
                 for g, name in enumerate(names):
                     blocks[name] = W[g * n : (g + 1) * n].numpy()
         result[label] = blocks
     return result
+
+
+def _gate_names(cell) -> tuple[str, ...]:
+    """The gates of ``weight_hh``'s row blocks: the ones present in an LSTM ablation (CIFG, NIG:
+    ``f g o``) or a GRU variant (MUT1: ``r n``), which were named by their index; the family's
+    otherwise."""
+    if isinstance(cell, LSTMCellMath):
+        return tuple(cell.layout.gates)
+    if isinstance(cell, GRUCellMath):
+        return tuple(cell.hid)
+    return GATE_NAMES.get(cell.family, ())
 
 
 def recurrent_eigenvalues(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit.train.callbacks import restore_record, strict_record
-from rnnkit.train.serialize import write_json_atomic
+from rnnkit.train.serialize import fsync_dir, write_json_atomic, write_synced
 
 __all__ = ["write_summary", "read_summary"]
 
@@ -27,6 +27,18 @@ def write_summary(result: dict[str, Any], path: str | os.PathLike) -> None:
     (:func:`rnnkit.train.serialize.write_json_atomic`): a crash leaves the old file or the new one."""
     doc = strict_record(result, rooted=True)
     write_json_atomic(doc, Path(path), indent=1, sort_keys=False, default=str, allow_nan=False)
+
+
+def write_text_atomic(text: str, path: str | os.PathLike) -> None:
+    """``text`` to ``path`` (UTF-8) atomically, as :func:`write_summary`: ``summary.txt``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write_synced(tmp, text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def read_summary(path: str | os.PathLike) -> dict[str, Any]:

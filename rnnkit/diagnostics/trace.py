@@ -21,7 +21,9 @@ masks) — the replay runs the plain cell math there, and says so with a ``UserW
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -151,9 +153,14 @@ def _as_time_major(module: nn.Module, x: Tensor) -> tuple[Tensor, bool]:
         raise ValueError(
             f"input has {x.shape[-1]} features but the layer expects input_size={module.input_size}"
         )
-    if x.dim() == 2:
-        return x.unsqueeze(1), True
-    return (x.transpose(0, 1) if module.batch_first else x), False
+    unbatched = x.dim() == 2
+    data = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if module.batch_first else x)
+    if data.shape[0] == 0 or data.shape[1] == 0:  # nothing to measure (it was an obscure reshape error)
+        raise ValueError(
+            f"diagnostics need at least one time step and one sequence, got input of shape {tuple(x.shape)}"
+            + (" (batch_first: (B, T, I))" if module.batch_first and not unbatched else "")
+        )
+    return data, unbatched
 
 
 def _initial(module: nn.Module, views: list[LayerView], hx, B: int, ref: Tensor, unbatched: bool):
@@ -192,6 +199,25 @@ def _warn_unreplayed(module: nn.Module) -> None:
         )
 
 
+@contextlib.contextmanager
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Leaves ``model``'s buffers and the random number generators as they were: in training mode a
+    replay (or the model's own forward) updates batch norm's running statistics and draws dropout
+    and zoneout masks, and a measurement must change neither the model nor a training run's random
+    stream (torch's CPU generator and those of the CUDA devices ``model`` is on)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    devices = sorted({t.get_device() for t in tensors if t.is_cuda})
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                if not torch.equal(b, v):  # only what moved: an unchanged buffer keeps its autograd version
+                    b.copy_(v)
+
+
 def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, track: bool = False):
     """Run ``module`` on dense input ``x`` one step at a time.
 
@@ -202,8 +228,15 @@ def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, 
     leaf that does, so that every state is in the autograd graph even with frozen
     parameters (the values are unchanged). Under autocast the replay runs in the parameters'
     dtype with autocast off, as the layers run the options torch has no kernel for (torch's
-    kernels' own autocast rules, LSTM and RNN in bfloat16 on the CPU, are not replayed).
+    kernels' own autocast rules, LSTM and RNN in bfloat16 on the CPU, are not replayed). The
+    module's buffers (batch norm's running statistics in training mode) and the random state are
+    left as they were: training-mode masks are drawn without advancing torch's generators.
     """
+    with untouched(module):
+        return _replay(module, x, hx, retain_grad=retain_grad, track=track)
+
+
+def _replay(module: nn.Module, x: Tensor, hx, *, retain_grad: bool, track: bool):
     if isinstance(module, ParallelRecurrent):  # MinGRU, MinLSTM, QRNN, LRU: their own step math
         from .parallel import replay_parallel
 

@@ -60,6 +60,38 @@ def test_replay_unbatched_and_errors():
         replay(nn.Linear(2, 2), torch.randn(2, 2))
 
 
+def test_arguments_gradient_flow_would_ignore_are_errors():
+    """``hx`` for a model that is not a recurrent layer, and ``loss`` next to a ``loss_fn``, were
+    silently ignored (the measurement was of another initial state or another loss)."""
+    m = rnnkit.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    net = nn.Sequential(m)
+    with pytest.raises(ValueError, match="hx is the initial state of a recurrent layer; Sequential is not"):
+        gradient_flow(net, x, lambda y: y[0].sum(), hx=torch.zeros(1, 2, 4))
+    with pytest.raises(ValueError, match="loss='per_step' chooses the probe used without a loss_fn"):
+        gradient_flow(m, x, lambda y: y[0].sum(), loss="per_step")
+    assert gradient_flow(m, x).kind == "last" and gradient_flow(m, x, loss="per_step").kind == "per_step"
+    assert gradient_flow(net, x, lambda y: y[0].sum()).kind == "custom"
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: rnnkit.LSTM(3, 4), lambda: nn.GRU(3, 4, batch_first=True), lambda: rnnkit.MinGRU(3, 4)]
+)
+@pytest.mark.parametrize("shape", [(0, 2, 3), (4, 0, 3), (0, 3)], ids=["T=0", "B=0", "unbatched-T=0"])
+def test_empty_input_is_a_clear_error(make, shape):
+    """No step or no sequence: nothing to measure. It was a reshape error ('cannot reshape tensor
+    of 0 elements') deep in the replay, or an IndexError for the parallel layers."""
+    from rnnkit.diagnostics import activity, jacobian_spectrum
+
+    m = make()
+    x = torch.randn(*shape)
+    if getattr(m, "batch_first", False) and len(shape) == 3:
+        x = x.transpose(0, 1)
+    for diagnose in (gradient_flow, activity, jacobian_spectrum):
+        with pytest.raises(ValueError, match=r"at least one time step and one sequence, got input of shape"):
+            diagnose(m, x)
+
+
 def _single_layers(m, mode):
     """The stack as separate one-layer torch.nn modules with the same weights (the oracle)."""
     layers = []
@@ -221,6 +253,73 @@ def test_replay_batch_norm_counts_steps_per_layer_direction():
     x = torch.randn(5, 2, 3, dtype=torch.float64)
     for a, b in zip(_flat(m(x)), _flat(replay(m, x))):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+def test_diagnostics_leave_batch_norm_statistics_alone():
+    """In training mode the replay normalizes with the batch's statistics and updated the running
+    ones too: gradient_flow, activity or jacobian_spectrum of a training model moved its batch-norm
+    statistics (inside a model, twice: its forward and the replay). They are left as they were, and
+    the measurement (of training mode) is unchanged."""
+    from rnnkit.diagnostics import activity, jacobian_spectrum
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn, self.bn = rnnkit.LSTM(3, 4, num_layers=2, norm="batch"), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.bn(self.rnn(x)[0][-1])
+
+    torch.manual_seed(0)
+    net = Net().train()
+    x = torch.randn(5, 3, 3)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    gf = gradient_flow(net.rnn, x)
+    for diagnose in (
+        lambda: gradient_flow(net.rnn, x),
+        lambda: activity(net.rnn, x),
+        lambda: jacobian_spectrum(net.rnn, x),
+        lambda: gradient_flow(net, x, lambda y: y.square().sum()),
+    ):
+        diagnose()
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
+    assert net.training and net.rnn.training
+    np.testing.assert_array_equal(gradient_flow(net.rnn, x).norms["l1"]["h"], gf.norms["l1"]["h"])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rnnkit.GRU(3, 4, num_layers=2, dropout=0.5, zoneout=0.3),
+        lambda: rnnkit.QRNN(3, 4, zoneout=0.3),
+    ],
+    ids=["gru", "qrnn"],
+)
+def test_diagnostics_leave_the_random_state_alone(make):
+    """In training mode the replay draws zoneout and dropout masks: every diagnostic advanced torch's
+    global generator, so a diagnostic inside a training loop changed the rest of the run. The masks
+    are drawn from a forked generator now; the model's mode is left as it was."""
+    from rnnkit.diagnostics import activity, decay_spectrum, jacobian_spectrum
+
+    torch.manual_seed(0)
+    m = make().train()
+    net = nn.Sequential(m)
+    x = torch.randn(5, 2, 3)
+    calls = [
+        lambda: gradient_flow(m, x),
+        lambda: activity(m, x),
+        lambda: jacobian_spectrum(m, x),
+        lambda: gradient_flow(nn.Sequential(nn.Dropout(0.5), m), x, lambda y: y[0].sum()),
+        lambda: replay(m, x),
+    ]
+    if isinstance(m, rnnkit.QRNN):
+        calls.append(lambda: decay_spectrum(m, x))
+    for diagnose in calls:
+        state = torch.get_rng_state()
+        diagnose()
+        assert torch.equal(torch.get_rng_state(), state)
+        assert m.training and net.training
 
 
 @pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU])

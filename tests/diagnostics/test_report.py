@@ -145,6 +145,39 @@ def test_bad_variant_option_is_a_usage_error(tmp_path, capsys):
     assert "foo" in capsys.readouterr().err
 
 
+def test_a_variant_with_a_projection_is_checked_at_its_widths(tmp_path, monkeypatch, capsys):
+    """The variants were checked by building them one unit wide: every ``proj_size`` (which must be
+    smaller than the width) was refused, though the +1 models are 16 units (6 with --quick) and
+    the horizon's 32 (8). They are checked at those widths now."""
+    import rnnkit.diagnostics.report as report
+
+    monkeypatch.setattr(report, "train_task", lambda *a, **k: (0.5, None))  # the flags, not the training
+    out = tmp_path / "d"
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "lstm:proj_size=3"]) == 0
+    assert (out / "activity_lstm_proj_size_3.png").is_file()
+    # fits the +1 models' 40 units, not the horizon's 32: refused before anything runs
+    argv = ["--hidden-size", "40", "--out", str(out / "x"), "--variants", "lstm:proj_size=35"]
+    assert main(argv) == 2
+    assert "proj_size (35) must be smaller than hidden_size (32)" in capsys.readouterr().err
+    assert not (out / "x").exists()
+
+
+def test_summary_of_an_lstm_with_zoneout(tmp_path, monkeypatch, capsys):
+    """With zoneout the last cell state is mixed after the last output was taken: ‖∂L/∂c_T-1‖ = 0
+    for a loss at the last step, and the summary's ratio was a divide-by-zero RuntimeWarning (an
+    error here) and ``inf``. It says n/a now; the norms in summary.json are the measured ones."""
+    import rnnkit.diagnostics.report as report
+
+    monkeypatch.setattr(report, "train_task", lambda *a, **k: (0.5, None))
+    out = tmp_path / "d"
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "z=lstm:zoneout=0.2"]) == 0
+    text = (out / "summary.txt").read_text()
+    assert "‖∂L/∂c_0‖/‖∂L/∂c_T-1‖ = n/a (‖∂L/∂c_T-1‖ = 0)" in text and "inf" not in text
+    assert (
+        read_summary(out / "summary.json")["snapshots"]["z"]["init"]["grad_norms"]["last"]["l0"]["c"][-1] == 0
+    )
+
+
 @pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
 def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
     """Not silently replaced by the default (``--horizon-steps 0`` ran 400 steps) or a traceback."""
@@ -152,6 +185,16 @@ def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
         main(["--quick", "--out", str(tmp_path), "--variants", "rnn", *flag]) == 2
     )  # a usage error (it was SystemExit: argparse's)
     assert f"{flag[0]} must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lags", [["6", "3"], ["0", "5"], ["5", "5"]])
+def test_bad_lags_are_a_usage_error_before_any_training(tmp_path, capsys, lags):
+    """memory_horizon refused them only after the +1 trainings and the figures (half a minute of
+    --quick), exit status 1 and a half-written --out; a usage error up front now, as every flag."""
+    out = tmp_path / "d"
+    assert main(["--quick", "--out", str(out), "--variants", "rnn", "--lags", *lags]) == 2
+    assert f"--lags must be increasing positive ints, got {' '.join(lags)}" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_checkpoint_mode_with_input_size_keeps_the_reverse_direction(tmp_path):
@@ -229,3 +272,61 @@ def test_summary_json_is_strict_json(tmp_path, monkeypatch):
     back = read_summary(out / "summary.json")
     assert math.isnan(back["snapshots"]["a/b~"]["trained"]["accuracy"]) and "nonfinite" not in back
     assert back["snapshots"]["a/b~"]["init"] == data["snapshots"]["a/b~"]["init"]
+
+
+def test_checkpoint_with_two_recurrent_layers_picks_one_deterministically(tmp_path):
+    """A seq2seq checkpoint holds ``encoder.`` and ``decoder.`` LSTMs: which one was diagnosed
+    depended on the set order of the prefixes (the hash seed: input 32 or 35 from run to run),
+    and the summary did not say. Shortest then alphabetical now, named in the note; an
+    ``--input-size`` that fits only the other layer loads that one (it was a shape error)."""
+    from rnnkit.diagnostics.checkpoint import _prefixes, checkpoint_layer
+
+    class Seq2Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder, self.decoder = rnnkit.LSTM(3, 4), rnnkit.LSTM(5, 4)
+
+    torch.manual_seed(0)
+    net = Seq2Seq()
+    save_model(net, str(tmp_path / "model.safetensors"))
+    parse = add_arguments(argparse.ArgumentParser()).parse_args
+    _, layer, note = checkpoint_layer(parse(["--checkpoint", str(tmp_path), "--hidden-size", "4"]))
+    assert layer.input_size == 5 and "the layer under 'decoder.' (also in the checkpoint: 'encoder.')" in note
+    torch.testing.assert_close(layer.weight_ih_l0, net.decoder.weight_ih_l0)
+    argv = ["--checkpoint", str(tmp_path), "--hidden-size", "4", "--input-size", "3"]
+    _, layer, note = checkpoint_layer(parse(argv))
+    assert "under 'encoder.'" in note
+    torch.testing.assert_close(layer.weight_ih_l0, net.encoder.weight_ih_l0)
+    names = [f"m{i}." for i in range(9, -1, -1)]  # equal lengths: the order must not be the set's
+    assert _prefixes({n + "w": None for n in names}, {"w"}) == sorted(names)
+
+
+def test_figures_and_summary_text_are_written_atomically(tmp_path, monkeypatch):
+    """The PNGs and summary.txt were written in place: a crash or a failed render left a truncated
+    file where the previous one was (summary.json and the training kit's plots were atomic). Both
+    go through a temporary file renamed over the target now; a failure leaves the old file alone."""
+    from matplotlib.figure import Figure
+
+    import rnnkit.diagnostics.summary as summary
+    from rnnkit.diagnostics import plots, power_iteration
+
+    pi = power_iteration(np.diag([1.0, 0.5]), steps=3)
+    png = tmp_path / "power_iteration.png"
+    plots.plot_power_iteration(pi, png)
+    old = png.read_bytes()
+    txt = tmp_path / "summary.txt"
+    summary.write_text_atomic("old\n", txt)
+
+    def crash(target, *a, **k):  # a partial write, then the failure
+        with open(target, "w", encoding="utf-8") as f:
+            f.write("partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", lambda self, target, **k: crash(target))
+    monkeypatch.setattr(summary, "write_synced", crash)
+    with pytest.raises(OSError, match="disk full"):
+        plots.plot_power_iteration(pi, png)
+    with pytest.raises(OSError, match="disk full"):
+        summary.write_text_atomic("new\n", txt)
+    assert png.read_bytes() == old and txt.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["power_iteration.png", "summary.txt"]

@@ -45,6 +45,29 @@ def test_eigenvalues_lstm_projection_and_custom_cell():
     _same_set(recurrent_eigenvalues(lin)["l0"]["W_hh"], np.linalg.eigvals(lin.weight_hh_l0.detach().numpy()))
 
 
+@pytest.mark.parametrize(
+    ("kw", "names"),
+    [({"coupled_gates": True}, "fgo"), ({"input_gate": False, "output_gate": False}, "fg"),
+     ({"peephole": True}, "ifgo"), ({"variant": "mut1"}, "rn"), ({"variant": "mut2"}, "rzn")],
+    ids=["cifg", "nig-nog", "peephole", "mut1", "mut2"],
+)  # fmt: skip
+def test_recurrent_blocks_of_variant_cells_are_named_by_their_gates(kw, names):
+    """A CIFG LSTM's or a MUT1 GRU's weight_hh holds only the gates present (f g o; r n): its blocks
+    were named 0, 1, 2 in recurrent_eigenvalues and the eigenvalue figure. They carry the gates'
+    names now, each the matching rows of weight_hh."""
+    from rnnkit.diagnostics import recurrent_matrices
+
+    torch.manual_seed(0)
+    m = (rnnkit.GRU if "variant" in kw else rnnkit.LSTM)(3, 4, bidirectional=True, **kw)
+    blocks = recurrent_matrices(m)
+    for label, sfx in (("l0", "l0"), ("l0_reverse", "l0_reverse")):
+        assert list(blocks[label]) == list(names)
+        W = getattr(m, f"weight_hh_{sfx}").detach().numpy()
+        for g, name in enumerate(names):
+            np.testing.assert_array_equal(blocks[label][name], W[4 * g : 4 * g + 4])
+    assert list(recurrent_eigenvalues(m)["l0"]) == list(names)
+
+
 def test_jacobian_of_linear_cell_is_w_hh():
     m = stack(LinearCell, 2, 4)
     with torch.no_grad():
