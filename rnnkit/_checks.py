@@ -223,6 +223,24 @@ def _check_permutations(sorted_idx: Tensor | None, unsorted_idx: Tensor | None, 
             )
 
 
+UNTRACEABLE = (
+    "packed input and lengths= are not supported under torch.compile(fullgraph=True) or torch.export: "
+    "their batch sizes are a tensor's values, on which the time loop depends (a data-dependent guard); "
+    "pass a dense batch there (torch.compile without fullgraph breaks the graph here and runs them eagerly)"
+)
+
+
+def untraceable_batch_sizes() -> None:
+    """Where packed input or ``lengths=`` meets torch.compile or torch.export: torch's own error
+    (``Could not guard on data-dependent expression u0 < 1``) names neither. torch.compile breaks
+    the graph here with this message (``fullgraph=True`` raises it); torch.export raises it."""
+    if not torch.compiler.is_compiling():
+        return
+    if torch.compiler.is_exporting():
+        fail(UNTRACEABLE)
+    torch._dynamo.graph_break(msg=UNTRACEABLE)
+
+
 def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
     if not isinstance(lengths, Tensor):
         lengths = as_lengths(lengths)

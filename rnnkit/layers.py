@@ -209,6 +209,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         step = _checks.check_step(step)
         if step and self.bidirectional:  # the backward direction counts from the sequence's end
             _checks.fail(f"step={step} (a sequence's first time index) needs a unidirectional layer")
+        if lengths is not None or isinstance(input, PackedSequence):
+            _checks.untraceable_batch_sizes()  # under torch.compile / torch.export: a clear message
         if lengths is not None:
             return forward_padded(self, input, hx, lengths, step)
         packed = isinstance(input, PackedSequence)

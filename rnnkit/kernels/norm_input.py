@@ -39,7 +39,9 @@ def batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool, 
     statistics of ``ih`` in training."""
     T, B, N = len(bsz), bsz[0], a.shape[0]
     bias = (p["bias_ih"] + p["bias_hh"]) if cell.bias else None
-    if training and use_ext_for(a) and not torch.compiler.is_compiling():  # the same in C++
+    # (is_compiling first: the backend lookup may load the extension, under a lock dynamo
+    # cannot trace; under torch.compile the plain ops below run)
+    if training and not torch.compiler.is_compiling() and use_ext_for(a):  # the same in C++
         w = p["weight_bn_ih"]
         save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, w, bias))
         y, mean, var = BNInput.apply(a, w, bias, bsz, save)
@@ -109,7 +111,7 @@ def update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]
     with torch.no_grad():
         mean, var = mean.detach(), var.detach()
         contiguous = rm.is_contiguous() and rv.is_contiguous()
-        if use_ext_for(rm) and contiguous and not torch.compiler.is_compiling():
+        if contiguous and not torch.compiler.is_compiling() and use_ext_for(rm):
             # the same in one C++ call (csrc/norm_input.cpp): a handful of ATen ops per group
             # cost ~20 us each at the small shape
             return torch.ops.rnnkit_norm.update_running(rm, rv, mean, var, list(ns), MOMENTUM)

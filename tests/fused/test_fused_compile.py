@@ -165,3 +165,21 @@ def test_compile_regularized_training_matches_eager(monkeypatch, cls, kw):
     gb = torch.autograd.grad(y_ref.sum(), [x, *ref.parameters()])
     for u, v in zip(ga, gb):
         torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_compile_fullgraph_and_export_name_lengths_and_packed_input(packed):
+    """Packed input and ``lengths=`` cannot be traced whole (the batch sizes are a tensor's
+    values): fullgraph=True and torch.export say so, instead of torch's 'Could not guard on
+    data-dependent expression u0 < 1'."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    torch.manual_seed(0)
+    m = rnnkit.GRU(3, 4).eval()
+    x, lengths = torch.randn(4, 2, 3), torch.tensor([4, 2])
+    args = (pack_padded_sequence(x, lengths),) if packed else (x, None, lengths)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="packed input and lengths= are not supported under torch.compile"):
+        torch.compile(m, fullgraph=True, backend="eager")(*args)
+    with pytest.raises(Exception, match="packed input and lengths= are not supported under torch.compile"):
+        torch.export.export(m, args)

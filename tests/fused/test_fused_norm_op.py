@@ -131,3 +131,25 @@ def test_compile_fullgraph_batch_norm_updates_running_stats():
         for u, v in zip(a.buffers(), b.buffers()):
             torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
     assert not torch.equal(a.running_var_c_l1, torch.ones_like(a.running_var_c_l1))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_compile_fullgraph_batch_norm_training_before_the_extension_loads(monkeypatch):
+    """A batch-norm LSTM compiled in training as a process's first use of the compiled kernels:
+    loading them takes a lock, which dynamo cannot trace (a graph break, under fullgraph an
+    error). The traced code asks which backend runs only outside torch.compile."""
+    from rnnkit.kernels import ext
+
+    loaded = ext.ops()
+    monkeypatch.setattr(ext, "_state", {})  # as in a fresh process: the next ext.ops() loads
+    monkeypatch.setattr(ext, "_build", lambda: loaded)
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(3, 4, norm="batch", max_len=3)
+    b = rnnkit.LSTM(3, 4, norm="batch", max_len=3, impl="loop")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 2, 3)
+    torch._dynamo.reset()
+    y = torch.compile(a, fullgraph=True, backend="eager")(x)[0]
+    torch.testing.assert_close(y, b(x)[0], atol=1e-10, rtol=1e-10)
+    for u, v in zip(a.buffers(), b.buffers()):
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
