@@ -46,10 +46,13 @@ def _flags() -> tuple[list[str], list[str]]:
 
 
 def build_dir() -> Path:
-    """Cache directory of the build, keyed by torch version, flags and source hash."""
+    """Cache directory of the build, keyed by torch version, flags, source hash and the
+    sources' folder: ninja's build file names the sources by path, so two checkouts of the same
+    code (a clone and a worktree) sharing one directory rebuilt it each time the other loaded."""
     root = os.environ.get("RNNKIT_EXT_DIR") or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
     sources = b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))
-    digest = hashlib.sha256(sources + repr(_flags()).encode()).hexdigest()[:12]
+    key = sources + repr(_flags()).encode() + str(_CSRC.resolve()).encode()
+    digest = hashlib.sha256(key).hexdigest()[:12]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
     return Path(root) / tag
 

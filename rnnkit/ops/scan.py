@@ -77,14 +77,16 @@ def _build_dir() -> Path:
     """Cache directory of the build, keyed by torch, Python, the source, the flags and (with
     ``-march=native``) the CPU: a home directory shared by machines of different CPU
     generations must not hand one machine's build to another (illegal instructions), and a
-    changed ``scan.cpp`` gets a build of its own, as :func:`rnnkit.kernels.ext.build_dir`."""
+    changed ``scan.cpp`` gets a build of its own, as :func:`rnnkit.kernels.ext.build_dir`; so
+    does another checkout (ninja's build file names the source by path: two checkouts sharing
+    a directory rebuilt it each time the other loaded)."""
     root = (
         os.environ.get("RNNKIT_EXT_DIR")
         or os.environ.get("TORCH_EXTENSIONS_DIR")
         or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
     )
     flags = _cflags()
-    key = _SOURCE.read_bytes() + repr(flags).encode()
+    key = _SOURCE.read_bytes() + repr(flags).encode() + str(_SOURCE.resolve()).encode()
     if "-march=native" in flags:
         key += _cpu_identity().encode()
     digest = hashlib.sha256(key).hexdigest()[:12]
