@@ -49,6 +49,7 @@ class TrainConfig:
     out_dir: str | os.PathLike | None = None
     checkpoint_every: int | None = None  # steps (needs out_dir); a final checkpoint is always written
     keep_last: int | None = 3  # newest checkpoints kept; None keeps every one (as save_checkpoint)
+    save_best: bool = False  # the weights of the best validation so far in out_dir/best (needs out_dir)
     resume: bool = False  # continue from out_dir/checkpoints if there is one (else: a warning)
     progress: bool | None = None  # None: when stderr is a TTY
     tensorboard: bool = True  # when installed and out_dir is set
@@ -114,6 +115,11 @@ class TrainConfig:
             raise ValueError(
                 f"checkpoint_every={self.checkpoint_every} needs out_dir (where the checkpoints go), got None"
             )
+
+        if not isinstance(self.save_best, bool):
+            raise ValueError(f"save_best must be a bool, got {self.save_best!r}")
+        if self.save_best and self.out_dir is None:
+            raise ValueError("save_best=True needs out_dir (where out_dir/best goes), got None")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,12 +2,16 @@
 
 ``save`` writes the model, optimizer, scheduler and the trainer's own state (step, epoch, data
 position, every rank's RNG and recurrent state, metrics, NT-ASGD averages, the grad scaler)
-through :mod:`rnnkit.train.checkpoint`; ``load`` restores them. Kept apart from the loop in
+through :mod:`rnnkit.train.checkpoint`; ``load`` restores them; ``save_best`` keeps the weights
+of the best validation (``save_best=True``). Kept apart from the loop in
 :mod:`rnnkit.train.trainer`, whose attributes it reads and sets.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,33 @@ __all__ = ["TrainerCheckpoints"]
 
 class TrainerCheckpoints:
     """``save``/``load`` of :class:`~rnnkit.train.Trainer` (a base class of it)."""
+
+    @property
+    def best_dir(self) -> Path | None:
+        """``out_dir/best``: the checkpoint root of ``save_best`` (one checkpoint, the best)."""
+        return Path(self.config.out_dir) / "best" if self.config.out_dir else None
+
+    def save_best(self, val_loss: float) -> Path:
+        """The weights just validated (NT-ASGD's average while it runs: the weights evaluated) as
+        the one checkpoint of :attr:`best_dir`, with ``state`` ``{"val_loss", "epoch"}``, written
+        atomically as every checkpoint (rank 0 alone calls it). ``load_checkpoint(best_dir,
+        model)`` loads them."""
+        with self.ntasgd.swapped() if self.ntasgd else nullcontext():
+            return save_checkpoint(
+                self.best_dir, self.raw_model, step=self.step, keep_last=1,
+                state={"val_loss": val_loss, "epoch": self.epoch}, config=self.config.to_dict(),
+            )  # fmt: skip
+
+    def clear_best(self) -> None:
+        """Remove an earlier run's ``best_dir`` at a new run's start: its weights are another
+        run's, and would stay there, named best, until this run's first validation. Out of its
+        name first (a crash in the deletion leaves a temporary, not a damaged ``best``)."""
+        best = self.best_dir
+        if best is None or not best.exists():
+            return
+        trash = Path(tempfile.mkdtemp(prefix=".old-best-", dir=best.parent))
+        best.replace(trash / "best")
+        shutil.rmtree(trash, ignore_errors=True)
 
     def save(self, root: str | Path | None = None) -> Path | None:
         """Checkpoint everything needed to continue exactly (rank 0 writes; all ranks

@@ -151,6 +151,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self.scheduler.step(res["loss"])
         if res["loss"] < self.best_val - cfg.min_delta:
             self.best_val, self.bad_evals = res["loss"], 0
+            if cfg.save_best and self.is_main:
+                self.save_best(res["loss"])
         else:
             self.bad_evals += 1
             if cfg.patience is not None and self.bad_evals >= cfg.patience:
@@ -197,6 +199,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self._set_trainable(self._raw_weights)
             self._raw_weights = None
         self.should_stop, self.stop_reason = False, None
+        if cfg.save_best and self.step == 0 and self.is_main:  # a new run: no best of another one
+            self.clear_best()
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             # a resumed run that had stopped early stays stopped (its patience is spent)
             self.should_stop, self.stop_reason = True, "early_stopping"
