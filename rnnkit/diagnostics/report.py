@@ -236,19 +236,21 @@ def run(args: argparse.Namespace) -> int:
     flag (value) is a usage error (:class:`rnnkit.cli.CLIError`, exit status 2, as argparse's).
 
     The models are tiny: intra-op threads only add synchronization (10x slower on a
-    loaded machine), so torch runs single-threaded here (``--threads`` to change)."""
+    loaded machine), so torch runs single-threaded here (``--threads`` to change). ``--seed``
+    seeds torch's generator for the run only: the caller's random state is restored after it."""
     from rnnkit.cli import CLIError
 
-    try:
-        budgets = _configure(args)  # (first: a bad flag leaves no --out directory)
-    except ValueError as e:
-        raise CLIError(f"diagnose: {e} (see rnnkit diagnose --help)", code=2) from None
-    old = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _run(args, *budgets)
-    finally:
-        torch.set_num_threads(old)
+    with torch.random.fork_rng(devices=[]):  # the models and data are on the CPU
+        try:
+            budgets = _configure(args)  # (first: a bad flag leaves no --out directory; builds models)
+        except ValueError as e:
+            raise CLIError(f"diagnose: {e} (see rnnkit diagnose --help)", code=2) from None
+        old = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            return _run(args, *budgets)
+        finally:
+            torch.set_num_threads(old)
 
 
 def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:

@@ -125,6 +125,18 @@ def test_add_arguments_on_a_subparser_and_bad_values(tmp_path):
     )  # a usage error (it was SystemExit: argparse's)
 
 
+def test_run_leaves_the_callers_random_stream_alone(tmp_path):
+    """``run`` seeded torch's global generator with ``--seed`` and left it there (and drew from it
+    checking the variants): a library caller's own random stream was reset. It is restored."""
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "gru"])
+    torch.manual_seed(1234)
+    want = torch.rand(3)
+    torch.manual_seed(1234)
+    assert run(args) == 0
+    torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)
+
+
 def test_snapshot_measures_in_evaluation_mode():
     """The fresh and trained models are diagnosed without dropout masks, as a checkpoint is."""
     from rnnkit.diagnostics.report import snapshot
