@@ -210,7 +210,8 @@ def memory_horizon(
     log: Callable[[str], None] | None = None,
 ) -> HorizonResult:
     """Run the benchmark (see the module docstring). ``variants`` are :class:`Variant`
-    objects or :func:`parse_variant` specs."""
+    objects or :func:`parse_variant` specs. Every run is seeded with ``budget.seed``; torch's
+    global random state is restored afterwards."""
     budget = budget or Budget()
     vs = [parse_variant(v) if isinstance(v, str) else v for v in variants]
     for t in tasks:
@@ -218,6 +219,13 @@ def memory_horizon(
             raise ValueError(f"task must be one of {TASKS}, got {t!r}")
     if not budget.lags or list(budget.lags) != sorted(set(budget.lags)) or budget.lags[0] < 1:
         raise ValueError(f"lags must be increasing positive ints, got {budget.lags}")
+    with torch.random.fork_rng(devices=[]):  # each run reseeds: the caller's stream is restored after
+        return _scan(vs, tasks, budget, log)
+
+
+def _scan(
+    vs: list[Variant], tasks: Sequence[str], budget: Budget, log: Callable[[str], None] | None
+) -> HorizonResult:
     rows, horizon = [], {}
     for v in vs:
         horizon[v.label] = {}

@@ -86,3 +86,13 @@ def test_unknown_option_is_a_value_error():
         parse_variant("lstm:foo=1").build(1, 4)
     with pytest.raises(ValueError, match="mingru does not accept"):
         parse_variant("mingru:foo=1").build(1, 4)
+
+
+def test_benchmark_leaves_the_callers_random_stream_alone():
+    """Each run seeds torch's global generator with ``budget.seed``: it was left there, resetting a
+    library caller's random stream. It is restored (and the results stay deterministic)."""
+    torch.manual_seed(1234)
+    want = torch.rand(3)
+    torch.manual_seed(1234)
+    memory_horizon(["gru"], ["plus_one"], Budget(**TINY))
+    torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)
