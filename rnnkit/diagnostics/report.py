@@ -27,7 +27,7 @@ from . import plots
 from .activity import LayerActivity, activity
 from .checkpoint import checkpoint_layer
 from .gradient_flow import GradientFlow, gradient_flow
-from .memory import Budget, TaskModel, memory_horizon, parse_variant, train_task
+from .memory import Budget, TaskModel, check_labels, memory_horizon, parse_variant, train_task
 from .parallel import DecaySpectrum, decay_spectrum, is_parallel
 from .spectrum import (
     JacobianSpectrum,
@@ -184,9 +184,11 @@ def _configure(args) -> tuple[Budget, Budget]:
     # a bad family or option: before any training, at the widths it will be built with (one unit
     # refused every proj_size, which must be smaller than the width)
     widths = {train.hidden_size} | (set() if args.no_horizon else {horizon.hidden_size})
-    for spec in [] if args.checkpoint else args.variants:
+    variants = [] if args.checkpoint else [parse_variant(spec) for spec in args.variants]
+    check_labels(variants)  # (snapshots and horizon are keyed by label: one would replace the other)
+    for v in variants:
         for width in sorted(widths):
-            parse_variant(spec).build(1, width)
+            v.build(1, width)
     return train, horizon
 
 

@@ -45,6 +45,8 @@ def test_benchmark_is_deterministic_and_validates():
         memory_horizon(["lstm"], ["sort"], b)
     with pytest.raises(ValueError, match="lags must be increasing"):
         memory_horizon(["lstm"], budget=Budget(lags=(4, 2)))
+    with pytest.raises(ValueError, match="'lstm' twice"):  # one entry of horizon replaced the other
+        memory_horizon(["lstm", "gru", "lstm"], budget=b)
 
 
 def test_training_learns_plus_one():

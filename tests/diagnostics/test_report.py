@@ -190,6 +190,19 @@ def test_summary_of_an_lstm_with_zoneout(tmp_path, monkeypatch, capsys):
     )
 
 
+@pytest.mark.parametrize("variants", [["lstm", "lstm"], ["gru", "a=lstm", "a=rnn"]])
+def test_duplicate_variant_labels_are_usage_errors(tmp_path, capsys, variants):
+    """Two variants with one label collapsed into one entry of the snapshots and of the memory
+    horizon (the second silently replacing the first, after training both); refused up front."""
+    out = tmp_path / "d"
+    assert main(["--quick", "--out", str(out), "--variants", *variants]) == 2
+    err = capsys.readouterr().err
+    label = variants[-1].split("=")[0]
+    assert f"{label!r} twice" in err and "label=family" in err and not out.exists()
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "a=lstm", "b=lstm"]) == 0
+    assert list(read_summary(out / "summary.json")["snapshots"]) == ["a", "b"]
+
+
 @pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
 def test_non_positive_counts_are_usage_errors(tmp_path, capsys, flag):
     """Not silently replaced by the default (``--horizon-steps 0`` ran 400 steps) or a traceback."""
