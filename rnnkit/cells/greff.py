@@ -85,6 +85,39 @@ class GateLayout:
             specs.append(ParamSpec("weight_gg", (S, S)))
         return specs
 
+    def activations(
+        self,
+        p: Params,
+        a: Tensor,
+        c: Tensor,
+        prev: Tensor | None,
+        act_in: Callable[[Tensor], Tensor] | None,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """The gate values the step uses and ``c_t``, from pre-activations ``a (B, rows)``.
+
+        Gates ``(B, H)`` keyed ``i, f, g, o``: the present ones, plus CIFG's ``i = 1 - f``;
+        ``g`` is the candidate ``z_t`` after the input activation (the identity for NIAF).
+        """
+        H = c.shape[1]
+        pre = dict(zip(self.gates, a.split(H, 1)))
+        if prev is not None:
+            rec = prev @ p["weight_gg"].t()
+            for k, r in zip(self.sigmoid_gates, rec.split(H, 1)):
+                pre[k] = pre[k] + r
+        peep = dict(zip(self.sigmoid_gates, p["weight_peephole"].split(H))) if self.peephole else {}
+        out: dict[str, Tensor] = {}
+        if "f" in pre:
+            out["f"] = torch.sigmoid(pre["f"] + peep["f"] * c if "f" in peep else pre["f"])
+        if "i" in pre:
+            out["i"] = torch.sigmoid(pre["i"] + peep["i"] * c if "i" in peep else pre["i"])
+        elif self.coupled:
+            out["i"] = 1 - out["f"]
+        z = out["g"] = pre["g"] if act_in is None else act_in(pre["g"])
+        c = (out["f"] * c if "f" in out else c) + (out["i"] * z if "i" in out else z)
+        if "o" in pre:  # the output gate's peephole sees the new cell state
+            out["o"] = torch.sigmoid(pre["o"] + peep["o"] * c if "o" in peep else pre["o"])
+        return out, c
+
     def cell_update(
         self,
         p: Params,
@@ -97,25 +130,8 @@ class GateLayout:
 
         ``acts`` (the sigmoid gates' activations, for FGR's next step) is None without FGR.
         """
-        H = c.shape[1]
-        pre = dict(zip(self.gates, a.split(H, 1)))
-        if prev is not None:
-            rec = prev @ p["weight_gg"].t()
-            for k, r in zip(self.sigmoid_gates, rec.split(H, 1)):
-                pre[k] = pre[k] + r
-        peep = dict(zip(self.sigmoid_gates, p["weight_peephole"].split(H))) if self.peephole else {}
-        f = torch.sigmoid(pre["f"] + peep["f"] * c if "f" in peep else pre["f"]) if "f" in pre else None
-        if "i" in pre:
-            i = torch.sigmoid(pre["i"] + peep["i"] * c if "i" in peep else pre["i"])
-        else:
-            i = 1 - f if self.coupled else None  # type: ignore[operator]
-        z = pre["g"] if act_in is None else act_in(pre["g"])
-        c = (c if f is None else f * c) + (z if i is None else i * z)
-        o = None
-        if "o" in pre:
-            o = torch.sigmoid(pre["o"] + peep["o"] * c if "o" in peep else pre["o"])
+        gates, c = self.activations(p, a, c, prev, act_in)
         acts = None
         if prev is not None:
-            got = {"i": i, "f": f, "o": o}
-            acts = torch.cat([got[k] for k in self.sigmoid_gates], 1)  # type: ignore[misc]
-        return c, o, acts
+            acts = torch.cat([gates[k] for k in self.sigmoid_gates], 1)
+        return c, gates.get("o"), acts

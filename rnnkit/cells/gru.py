@@ -137,7 +137,21 @@ class GRUCellMath(Cell):
 
     def step(self, p: Params, xp: Tensor, state: State, ctx: StepContext) -> State:
         (h,) = state
-        hd = ctx.drop_recurrent(h)
+        r, z, n = self._rzn(p, xp, ctx.drop_recurrent(h))
+        if self.variant is None:
+            return (torch.lerp(n, h, z),)  # (1 - z) n + z h
+        return (torch.lerp(h, n, z),)  # n z + h (1 - z): the paper's z gates the candidate
+
+    def gates(self, p: Params, xp: Tensor, state: State, ctx: StepContext | None = None) -> dict[str, Tensor]:
+        """The gate values of one step, for :func:`rnnkit.diagnostics.activity`: ``r, z, n``,
+        each ``(B, H)``, from ``xp (B, 3H)`` (one step of :meth:`project_input`) and the state
+        before the step (``ctx``: its recurrent dropout mask, if any). For MUT1-3 ``z`` is the
+        paper's, which gates the candidate: ``h_t = z ⊙ n + (1 - z) ⊙ h_{t-1}``."""
+        ctx = StepContext() if ctx is None else ctx
+        return dict(zip("rzn", self._rzn(p, xp, ctx.drop_recurrent(state[0]))))
+
+    def _rzn(self, p: Params, xp: Tensor, hd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Reset gate, update gate and candidate ``(B, H)`` from ``xp`` and the (dropped-out) ``h_{t-1}``."""
         H = self.hidden_size
         xr, xz, xn = xp[:, :H], xp[:, H : 2 * H], xp[:, 2 * H :]
         if self.variant is None:
@@ -149,12 +163,10 @@ class GRUCellMath(Cell):
                     hh = hh + p["bias_hh"] if self.bias else hh
                 rz = torch.sigmoid(xp[:, : 2 * H] + hh[:, : 2 * H])
                 r, z = rz[:, :H], rz[:, H:]
-                n = torch.tanh(xn + r * hh[:, 2 * H :])
-            else:
-                rz = torch.sigmoid(xp[:, : 2 * H] + self._hidden(p, "rz", hd))
-                r, z = rz[:, :H], rz[:, H:]
-                n = torch.tanh(xn + self._hidden(p, "n", r * hd))
-            return (torch.lerp(n, h, z),)  # (1 - z) n + z h
+                return r, z, torch.tanh(xn + r * hh[:, 2 * H :])
+            rz = torch.sigmoid(xp[:, : 2 * H] + self._hidden(p, "rz", hd))
+            r, z = rz[:, :H], rz[:, H:]
+            return r, z, torch.tanh(xn + self._hidden(p, "n", r * hd))
         if self.variant == "mut1":
             z = torch.sigmoid(xz)
             r = torch.sigmoid(xr + self._hidden(p, "r", hd))
@@ -165,10 +177,8 @@ class GRUCellMath(Cell):
             r = torch.sigmoid(xr + self._hidden(p, "r", hd))
             z = torch.sigmoid(xz + self._hidden(p, "z", torch.tanh(hd)))
         if self.reset_after:
-            n = torch.tanh(xn + r * self._hidden(p, "n", hd))
-        else:
-            n = torch.tanh(xn + self._hidden(p, "n", r * hd))
-        return (torch.lerp(h, n, z),)  # n z + h (1 - z): the paper's z gates the candidate
+            return r, z, torch.tanh(xn + r * self._hidden(p, "n", hd))
+        return r, z, torch.tanh(xn + self._hidden(p, "n", r * hd))
 
     def torch_mode(self) -> str | None:
         return "GRU" if self.variant is None and self.norm is None and self.reset_after else None

@@ -45,7 +45,9 @@ Options (keywords of :class:`LSTMCellMath`, of ``rnnkit.LSTM`` and ``rnnkit.LSTM
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -197,22 +199,9 @@ class LSTMCellMath(Cell):
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             return (h @ p["weight_hr"].t() if self.proj_size else h), c
-        slots = None
-        if self.norm is None:
-            a = torch.addmm(xp, hd, p["weight_hh"].t())
-        elif self.norm == "layer":
-            a = xp + layer_norm(p, "hh", hd @ p["weight_hh"].t())
-        else:
-            # the buffers' own length, not self.max_len: a layer call starting at a later time
-            # step passes views from its first slot on (norm.shift_slots)
-            slots = step_slots(ctx, h.shape[0], p["running_mean_c"].shape[0])
-            a = batch_norm(p, "ih", xp, slots, ctx.training)
-            a = a + batch_norm(p, "hh", hd @ p["weight_hh"].t(), slots, ctx.training)
-            if self.bias:
-                a = a + self._bias(p)
+        a, slots = self._preactivations(p, xp, hd, ctx)
         prev = state[2] if self.layout.full_recurrence else None
-        act_in = torch.tanh if self.input_activation else None
-        c, o, acts = self.layout.cell_update(p, a, c, prev, act_in)
+        c, o, acts = self.layout.cell_update(p, a, c, prev, self._act_in())
         if self.norm == "layer":
             cn = layer_norm(p, "c", c)
         elif self.norm == "batch":
@@ -224,6 +213,41 @@ class LSTMCellMath(Cell):
         if self.proj_size:
             h = h @ p["weight_hr"].t()
         return (h, c, acts) if prev is not None else (h, c)
+
+    def _act_in(self) -> Callable[[Tensor], Tensor] | None:
+        return torch.tanh if self.input_activation else None
+
+    def _preactivations(
+        self, p: Params, xp: Tensor, hd: Tensor, ctx: StepContext, update: bool = True
+    ) -> tuple[Tensor, int | Tensor | None]:
+        """Gate pre-activations ``(B, rows)`` from ``xp`` and the (dropped-out) ``h_{t-1}``, and the
+        batch-norm slots of the step (``None`` without batch norm; ``update=False`` leaves the
+        running statistics alone)."""
+        if self.norm is None:
+            return torch.addmm(xp, hd, p["weight_hh"].t()), None
+        if self.norm == "layer":
+            return xp + layer_norm(p, "hh", hd @ p["weight_hh"].t()), None
+        # the buffers' own length, not self.max_len: a layer call starting at a later time
+        # step passes views from its first slot on (norm.shift_slots)
+        slots = step_slots(ctx, hd.shape[0], p["running_mean_c"].shape[0])
+        a = batch_norm(p, "ih", xp, slots, ctx.training, update)
+        a = a + batch_norm(p, "hh", hd @ p["weight_hh"].t(), slots, ctx.training, update)
+        return (a + self._bias(p) if self.bias else a), slots
+
+    def gates(self, p: Params, xp: Tensor, state: State, ctx: StepContext | None = None) -> dict[str, Tensor]:
+        """The gate values of one step, for :func:`rnnkit.diagnostics.activity`.
+
+        ``xp (B, G)`` one step of :meth:`project_input`, ``state`` the state before the step;
+        returns ``(B, H)`` tensors keyed ``i, f, g, o`` (torch's names) for the gates that
+        exist: CIFG's ``i`` is ``1 - f``, and ``g`` is the candidate as the step adds it
+        (without tanh for ``input_activation=False``). ``ctx`` as :meth:`step`'s (default:
+        step 0, evaluation); batch norm uses the step's statistics (the batch's in training,
+        ``ctx.extra["step"]``'s running ones in evaluation) and does not update them, and
+        ``ctx`` is left as it was."""
+        ctx = StepContext() if ctx is None else dataclasses.replace(ctx, extra=dict(ctx.extra))
+        a, _ = self._preactivations(p, xp, ctx.drop_recurrent(state[0]), ctx, update=False)
+        prev = state[2] if self.layout.full_recurrence else None
+        return self.layout.activations(p, a, state[1], prev, self._act_in())[0]
 
     def torch_mode(self) -> str | None:
         return "LSTM" if self.plain else None

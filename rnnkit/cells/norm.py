@@ -90,8 +90,11 @@ def shift_slots(p: Params, step: int) -> dict[str, Tensor]:
     return {k: v[min(step, v.shape[0] - 1) :] if k.startswith("running_") else v for k, v in p.items()}
 
 
-def batch_norm(p: Params, group: str, a: Tensor, slots: int | Tensor, training: bool) -> Tensor:
-    """``BN_t(a)`` for one step ``a (B, F)``; updates the running statistics when training.
+def batch_norm(
+    p: Params, group: str, a: Tensor, slots: int | Tensor, training: bool, update: bool = True
+) -> Tensor:
+    """``BN_t(a)`` for one step ``a (B, F)``; updates the running statistics when training
+    (unless ``update=False``: the diagnostics recompute a step's gates without moving them).
 
     In training the batch statistics are those of the step's rows; the running statistics
     updated are those of the first row's slot (rows of one step share a slot unless the
@@ -105,11 +108,12 @@ def batch_norm(p: Params, group: str, a: Tensor, slots: int | Tensor, training: 
         n = a.shape[0]
         mean = a.mean(0)
         var = a.var(0, unbiased=False)
-        with torch.no_grad():
-            s = slots if isinstance(slots, int) else int(slots[0])
-            mean_buf[s].lerp_(mean.detach(), MOMENTUM)
-            if n > 1:
-                var_buf[s].lerp_(var.detach() * (n / (n - 1)), MOMENTUM)
+        if update:
+            with torch.no_grad():
+                s = slots if isinstance(slots, int) else int(slots[0])
+                mean_buf[s].lerp_(mean.detach(), MOMENTUM)
+                if n > 1:
+                    var_buf[s].lerp_(var.detach() * (n / (n - 1)), MOMENTUM)
     else:
         if not isinstance(slots, int):
             slots = slots.to(mean_buf.device)

@@ -4,17 +4,29 @@ Gates are not outputs of the fused layers, so they are recomputed from each step
 previous state and projected input (the states come from
 :func:`rnnkit.diagnostics.trace.replay`):
 
-* standard cells (``cell.torch_mode()`` is not ``None``: torch's RNN/LSTM/GRU, and every
-  ``torch.nn`` module) — the step math is replayed here in torch's gate order::
+* rnnkit's LSTM and GRU cells, every option of the zoo included (and so ``torch.nn``'s
+  LSTM/GRU, whose parameters the replay wraps in them), offer the hook below; their step
+  shares its gate code with it. Names are torch's: LSTM ``i, f, g, o`` where the gate exists
+  (NIG, NFG, NOG drop ``i``, ``f``, ``o``; CIFG reports its ``i = 1 − f``; ``g`` is the
+  candidate as added to ``c``, without tanh for NIAF), so that ``c_t = f ⊙ c_{t-1} + i ⊙ g``
+  (a missing gate read as 1) and ``h_t = o ⊙ act(norm(c_t))``; GRU ``r, z, n``, with
+  ``h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}`` in torch's form (Cho's form and layer norm too) and
+  ``h_t = z ⊙ n + (1 - z) ⊙ h_{t-1}`` for MUT1-3 (there ``z`` gates the candidate);
+* any cell may offer the hook ``cell.gates(p, xp, state[, ctx]) -> dict[str, Tensor]``
+  (``p``: its parameter dict, ``xp``: ``project_input`` of one step ``(B, G)``, ``state``:
+  the state tuple *before* the step; values ``(B, units)``). It is called with the whole
+  batch (batch norm's training-mode statistics are the batch's) and, if it has a parameter
+  named ``ctx``, with the step's :class:`~rnnkit.cells.StepContext` (``t``, ``training``,
+  ``extra["step"]``: the steps this direction has taken, which picks batch norm's running
+  statistics). It is used whenever present, and must not change the parameters or buffers;
+* other standard cells (``cell.torch_mode()`` is not ``None``, no hook) — the step math is
+  replayed here in torch's gate order::
 
       LSTM: i, f, o = σ(·), g = tanh(·) of  W_ih x_t + b_ih + W_hh h_{t-1} + b_hh  (chunks i f g o)
       GRU:  r, z = σ(W_ir/z x_t + b_ir/z + W_hr/z h_{t-1} + b_hr/z)
             n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn))
 
-* any cell may offer the hook ``cell.gates(p, xp, state) -> dict[str, Tensor]``
-  (``p``: its parameter dict, ``xp``: ``project_input`` of one step ``(B, G)``, ``state``:
-  the state tuple *before* the step; values ``(B, units)``). It is used whenever present,
-  so the zoo's variants can show their own gates;
+  (the Elman RNN has no gates: states only, with a note);
 * other cells (``torch_mode()`` is ``None`` and no hook): states only, with a note;
 * the time-parallel layers (:mod:`rnnkit.diagnostics.parallel`): MinGRU ``z``; MinLSTM the
   normalized ``f′, i′`` (named ``f``, ``i``; ``f′ + i′ = 1``); QRNN ``f, o`` with states
@@ -25,6 +37,8 @@ previous state and projected input (the states come from
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _checks
-from ..cells.base import Cell
+from ..cells.base import Cell, StepContext
 from ..parallel import LRU, QRNN, ParallelRecurrent
 from .parallel import layer_gates
 from .trace import layer_labels, layer_views, replay, untouched
@@ -68,6 +82,14 @@ def standard_gates(
         n = torch.tanh(xp[:, 2 * H :] + r * hh[:, 2 * H :])
         return {"r": r, "z": z, "n": n}
     return {}
+
+
+def _takes_ctx(hook) -> bool:
+    """Whether a ``gates`` hook takes the step's context (``gates(p, xp, state, ctx)``)."""
+    try:
+        return "ctx" in inspect.signature(hook).parameters
+    except (TypeError, ValueError):  # a callable without a signature: the three-argument hook
+        return False
 
 
 def gate_source(cell: Cell) -> str:
@@ -116,22 +138,22 @@ def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerA
             if source == "none":
                 note = f"{type(cell).__name__} is not a standard cell and has no gates() hook: states only"
             else:
-                x = tr.inputs[k][:, sample : sample + 1]
+                # the whole batch: batch norm's training-mode statistics are the batch's
+                x = tr.inputs[k]
                 with off:  # as the replay's states (parameters' dtype, autocast off)
-                    xp = cell.project_input(p, x.reshape(T, -1))
+                    xp = cell.project_input(p, x.reshape(T * B, -1)).view(T, B, -1)
+                fn = cell.gates if source == "hook" else functools.partial(standard_gates, cell)
+                with_ctx = source == "hook" and _takes_ctx(cell.gates)
                 per_t = []
                 for t in range(T):
                     prev_t = t + 1 if d else t - 1
                     prev = tr.initial[k][d] if prev_t in (-1, T) else steps[prev_t]
-                    prev = tuple(s[sample : sample + 1] for s in prev)
-                    fn = (
-                        cell.gates
-                        if source == "hook"
-                        else lambda p_, x_, s_, c=cell: standard_gates(c, p_, x_, s_)
-                    )
+                    # the step's context as the replay's: steps taken in this direction so far
+                    ctx = StepContext(t=t, training=module.training, extra={"step": T - 1 - t if d else t})
                     with off:
-                        per_t.append(fn(p, xp[t : t + 1], prev))
-                gates = {n: np.stack([g[n][0].double().cpu().numpy() for g in per_t]) for n in per_t[0]}
+                        g = fn(p, xp[t], prev, ctx) if with_ctx else fn(p, xp[t], prev)
+                    per_t.append({n: v[sample] for n, v in g.items()})
+                gates = {n: np.stack([g[n].double().cpu().numpy() for g in per_t]) for n in per_t[0]}
                 if not gates:
                     note = "the Elman RNN has no gates"
             result.append(LayerActivity(label, cell.family, states, gates, note))

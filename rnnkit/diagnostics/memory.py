@@ -85,6 +85,19 @@ def parse_variant(spec: str) -> Variant:
     return Variant(label or (family if not opts else f"{family}:{opts_s}"), family, opts)
 
 
+def check_labels(variants: Sequence[Variant]) -> None:
+    """A ``ValueError`` when two variants share a label: results are keyed by label, so the
+    second would silently replace the first."""
+    seen: set[str] = set()
+    for v in variants:
+        if v.label in seen:
+            raise ValueError(
+                f"variants need distinct labels, got {v.label!r} twice; name them with "
+                f"label=family:key=value, e.g. a={v.label} b={v.label}"
+            )
+        seen.add(v.label)
+
+
 @dataclass
 class Budget:
     """The fixed training budget of one (variant, task, lag) run."""
@@ -210,14 +223,23 @@ def memory_horizon(
     log: Callable[[str], None] | None = None,
 ) -> HorizonResult:
     """Run the benchmark (see the module docstring). ``variants`` are :class:`Variant`
-    objects or :func:`parse_variant` specs."""
+    objects or :func:`parse_variant` specs. Every run is seeded with ``budget.seed``; torch's
+    global random state is restored afterwards."""
     budget = budget or Budget()
     vs = [parse_variant(v) if isinstance(v, str) else v for v in variants]
+    check_labels(vs)
     for t in tasks:
         if t not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {t!r}")
     if not budget.lags or list(budget.lags) != sorted(set(budget.lags)) or budget.lags[0] < 1:
         raise ValueError(f"lags must be increasing positive ints, got {budget.lags}")
+    with torch.random.fork_rng(devices=[]):  # each run reseeds: the caller's stream is restored after
+        return _scan(vs, tasks, budget, log)
+
+
+def _scan(
+    vs: list[Variant], tasks: Sequence[str], budget: Budget, log: Callable[[str], None] | None
+) -> HorizonResult:
     rows, horizon = [], {}
     for v in vs:
         horizon[v.label] = {}

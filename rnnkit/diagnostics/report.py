@@ -27,7 +27,7 @@ from . import plots
 from .activity import LayerActivity, activity
 from .checkpoint import checkpoint_layer
 from .gradient_flow import GradientFlow, gradient_flow
-from .memory import Budget, TaskModel, memory_horizon, parse_variant, train_task
+from .memory import Budget, TaskModel, check_labels, memory_horizon, parse_variant, train_task
 from .parallel import DecaySpectrum, decay_spectrum, is_parallel
 from .spectrum import (
     JacobianSpectrum,
@@ -184,9 +184,11 @@ def _configure(args) -> tuple[Budget, Budget]:
     # a bad family or option: before any training, at the widths it will be built with (one unit
     # refused every proj_size, which must be smaller than the width)
     widths = {train.hidden_size} | (set() if args.no_horizon else {horizon.hidden_size})
-    for spec in [] if args.checkpoint else args.variants:
+    variants = [] if args.checkpoint else [parse_variant(spec) for spec in args.variants]
+    check_labels(variants)  # (snapshots and horizon are keyed by label: one would replace the other)
+    for v in variants:
         for width in sorted(widths):
-            parse_variant(spec).build(1, width)
+            v.build(1, width)
     return train, horizon
 
 
@@ -236,19 +238,21 @@ def run(args: argparse.Namespace) -> int:
     flag (value) is a usage error (:class:`rnnkit.cli.CLIError`, exit status 2, as argparse's).
 
     The models are tiny: intra-op threads only add synchronization (10x slower on a
-    loaded machine), so torch runs single-threaded here (``--threads`` to change)."""
+    loaded machine), so torch runs single-threaded here (``--threads`` to change). ``--seed``
+    seeds torch's generator for the run only: the caller's random state is restored after it."""
     from rnnkit.cli import CLIError
 
-    try:
-        budgets = _configure(args)  # (first: a bad flag leaves no --out directory)
-    except ValueError as e:
-        raise CLIError(f"diagnose: {e} (see rnnkit diagnose --help)", code=2) from None
-    old = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
-        return _run(args, *budgets)
-    finally:
-        torch.set_num_threads(old)
+    with torch.random.fork_rng(devices=[]):  # the models and data are on the CPU
+        try:
+            budgets = _configure(args)  # (first: a bad flag leaves no --out directory; builds models)
+        except ValueError as e:
+            raise CLIError(f"diagnose: {e} (see rnnkit diagnose --help)", code=2) from None
+        old = torch.get_num_threads()
+        torch.set_num_threads(args.threads)
+        try:
+            return _run(args, *budgets)
+        finally:
+            torch.set_num_threads(old)
 
 
 def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:

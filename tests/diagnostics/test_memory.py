@@ -45,6 +45,8 @@ def test_benchmark_is_deterministic_and_validates():
         memory_horizon(["lstm"], ["sort"], b)
     with pytest.raises(ValueError, match="lags must be increasing"):
         memory_horizon(["lstm"], budget=Budget(lags=(4, 2)))
+    with pytest.raises(ValueError, match="'lstm' twice"):  # one entry of horizon replaced the other
+        memory_horizon(["lstm", "gru", "lstm"], budget=b)
 
 
 def test_training_learns_plus_one():
@@ -86,3 +88,13 @@ def test_unknown_option_is_a_value_error():
         parse_variant("lstm:foo=1").build(1, 4)
     with pytest.raises(ValueError, match="mingru does not accept"):
         parse_variant("mingru:foo=1").build(1, 4)
+
+
+def test_benchmark_leaves_the_callers_random_stream_alone():
+    """Each run seeds torch's global generator with ``budget.seed``: it was left there, resetting a
+    library caller's random stream. It is restored (and the results stay deterministic)."""
+    torch.manual_seed(1234)
+    want = torch.rand(3)
+    torch.manual_seed(1234)
+    memory_horizon(["gru"], ["plus_one"], Budget(**TINY))
+    torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)

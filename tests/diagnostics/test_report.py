@@ -125,6 +125,18 @@ def test_add_arguments_on_a_subparser_and_bad_values(tmp_path):
     )  # a usage error (it was SystemExit: argparse's)
 
 
+def test_run_leaves_the_callers_random_stream_alone(tmp_path):
+    """``run`` seeded torch's global generator with ``--seed`` and left it there (and drew from it
+    checking the variants): a library caller's own random stream was reset. It is restored."""
+    parser = add_arguments(argparse.ArgumentParser())
+    args = parser.parse_args(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "gru"])
+    torch.manual_seed(1234)
+    want = torch.rand(3)
+    torch.manual_seed(1234)
+    assert run(args) == 0
+    torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)
+
+
 def test_snapshot_measures_in_evaluation_mode():
     """The fresh and trained models are diagnosed without dropout masks, as a checkpoint is."""
     from rnnkit.diagnostics.report import snapshot
@@ -176,6 +188,19 @@ def test_summary_of_an_lstm_with_zoneout(tmp_path, monkeypatch, capsys):
     assert (
         read_summary(out / "summary.json")["snapshots"]["z"]["init"]["grad_norms"]["last"]["l0"]["c"][-1] == 0
     )
+
+
+@pytest.mark.parametrize("variants", [["lstm", "lstm"], ["gru", "a=lstm", "a=rnn"]])
+def test_duplicate_variant_labels_are_usage_errors(tmp_path, capsys, variants):
+    """Two variants with one label collapsed into one entry of the snapshots and of the memory
+    horizon (the second silently replacing the first, after training both); refused up front."""
+    out = tmp_path / "d"
+    assert main(["--quick", "--out", str(out), "--variants", *variants]) == 2
+    err = capsys.readouterr().err
+    label = variants[-1].split("=")[0]
+    assert f"{label!r} twice" in err and "label=family" in err and not out.exists()
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "a=lstm", "b=lstm"]) == 0
+    assert list(read_summary(out / "summary.json")["snapshots"]) == ["a", "b"]
 
 
 @pytest.mark.parametrize("flag", [["--horizon-steps", "0"], ["--horizon-steps", "-3"], ["--threads", "0"]])
