@@ -1,0 +1,46 @@
+"""The time-parallel layers' checks of their own parameters and states: clear errors naming the
+expected and received shapes and dtypes, no silent broadcasting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from .test_layers import make
+
+# (layer, parameter, a replacement of another shape that torch's ops broadcast or choke on)
+REPLACED = [
+    ("mingru", "bias_ih_l0", (1,)),  # broadcast over all gates: silently another model
+    ("mingru", "weight_ih_l0", (12, 3)),  # failed in linear's words ("expanded size")
+    ("minlstm_log", "bias_ih_l0", (1,)),
+    ("qrnn", "weight_ih_l0", (12, 3)),  # window=2 takes 2 * input_size columns
+    ("qrnn_w1", "bias_ih_l0", (1,)),
+    ("lru", "theta_l0", (1,)),  # one phase for every state feature
+    ("lru", "nu_log_l0", (1,)),
+    ("lru", "D_l0", (3, 3)),  # a dense D where the layer's is diagonal: another model
+    ("lru_dense_d", "C_re_l0", (5, 3)),
+]
+
+
+@pytest.mark.parametrize("name,attr,shape", REPLACED)
+def test_parameter_replaced_by_another_shape_is_refused(name, attr, shape):
+    m = make(name, num_layers=2)
+    want = tuple(getattr(m, attr).shape)
+    setattr(m, attr, nn.Parameter(torch.randn(shape)))
+    x = torch.randn(5, 2, m.input_size)
+    msg = rf"{attr} must have shape {want}, got {shape}".replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ValueError, match=msg):
+        m(x)
+    with pytest.raises(ValueError, match=msg):
+        m.step(x[0])
+
+
+@pytest.mark.parametrize("name,attr", [("mingru", "bias_ih_l1"), ("qrnn", "bias_ih_l0"), ("lru", "theta_l0")])
+def test_parameter_of_another_dtype_is_refused(name, attr):
+    """One float32 parameter in a float64 layer failed in a matmul's or a kernel's words."""
+    m = make(name, num_layers=2)
+    setattr(m, attr, nn.Parameter(getattr(m, attr).detach().float()))
+    msg = rf"{attr} has dtype torch.float32 but the parameters are torch.float64"
+    with pytest.raises(ValueError, match=msg):
+        m(torch.randn(5, 2, m.input_size))
