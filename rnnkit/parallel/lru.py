@@ -72,6 +72,16 @@ class LRU(ParallelRecurrent):
     def state_dtype(self) -> torch.dtype:
         return _COMPLEX.get(self._ref.dtype)  # type: ignore[return-value]
 
+    def _initial_state(self, hx, batch: int | None) -> Tensor | None:
+        # the shared check names the state's dtype as the parameters' ("the parameters are
+        # torch.complex128") and suggests converting the module to a real state's dtype
+        if isinstance(hx, Tensor) and hx.dtype != self.state_dtype:
+            _checks.fail(
+                f"h_0 has dtype {hx.dtype} but the LRU's state is {self.state_dtype} (for "
+                f"{self._ref.dtype} parameters); convert it with .to({self.state_dtype})"
+            )
+        return super()._initial_state(hx, batch)
+
     def param_shapes(self, n_in: int) -> dict[str, tuple[int, ...]]:
         S, H = self.state_size, self.hidden_size
         D = (H,) if n_in == H else (H, n_in)

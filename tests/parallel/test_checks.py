@@ -44,3 +44,16 @@ def test_parameter_of_another_dtype_is_refused(name, attr):
     msg = rf"{attr} has dtype torch.float32 but the parameters are torch.float64"
     with pytest.raises(ValueError, match=msg):
         m(torch.randn(5, 2, m.input_size))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex64])
+def test_lru_state_of_another_dtype_names_the_complex_state(dtype):
+    """The message said "the parameters are torch.complex128" (they are float64) and suggested
+    converting the module to the state's dtype, which cannot make a real state right."""
+    m = make("lru", num_layers=2)
+    x = torch.randn(5, 2, 3)
+    msg = rf"h_0 has dtype {dtype} but the LRU's state is torch.complex128 \(for torch.float64 parameters\)"
+    with pytest.raises(ValueError, match=msg):
+        m(x, torch.zeros(2, 2, 3, dtype=dtype))
+    with pytest.raises(ValueError, match=msg):
+        m.step(x[0], torch.zeros(2, 2, 3, dtype=dtype))
