@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+import rnnkit
+
 from .test_layers import make
 
 # (layer, parameter, a replacement of another shape that torch's ops broadcast or choke on)
@@ -57,3 +59,11 @@ def test_lru_state_of_another_dtype_names_the_complex_state(dtype):
         m(x, torch.zeros(2, 2, 3, dtype=dtype))
     with pytest.raises(ValueError, match=msg):
         m.step(x[0], torch.zeros(2, 2, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("bad", [True, 2.0, 1.0, "2"])
+def test_qrnn_window_must_be_the_int_1_or_2(bad):
+    """window=True (== 1) was taken silently as window 1; window=2.0 (== 2) passed the check and
+    failed in torch.empty's words."""
+    with pytest.raises(ValueError, match=rf"window must be 1 or 2, got {bad!r}"):
+        rnnkit.QRNN(3, 4, window=bad)
