@@ -334,9 +334,14 @@ def linear_scan(
         )
     if not (b.is_floating_point() or b.is_complex()):
         _checks.fail(f"linear_scan needs floating-point or complex tensors, got {b.dtype}")
+    # the op's schema would take reverse=None as False and dim=True as 1, silently
+    if not isinstance(reverse, bool):
+        _checks.fail(f"reverse must be a bool, got {reverse!r}")
+    if not _checks.is_int(dim):
+        _checks.fail(f"dim must be an int, got {dim!r}")
     if b.dim() == 0 or not -b.dim() <= dim < b.dim():
         _checks.fail(f"dim must lie in [{-b.dim()}, {b.dim() - 1}] for a {b.dim()}-D input, got {dim}")
-    dim %= b.dim()
+    dim = int(dim) % b.dim()
     if h0 is not None:
         _checks.check_tensor(h0, "h0")
         want = b.shape[:dim] + b.shape[dim + 1 :]

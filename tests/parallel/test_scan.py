@@ -190,6 +190,18 @@ def test_bad_input_is_a_clear_value_error():
         linear_scan(a.long(), b.long())
 
 
+@pytest.mark.parametrize(
+    "kw", [{"reverse": None}, {"reverse": 1}, {"reverse": "no"}, {"dim": True}, {"dim": 1.0}]
+)
+def test_reverse_and_dim_of_another_type_are_refused(kw):
+    """reverse=None ran forward and dim=True along dim 1, silently; reverse='no' and dim=1.0
+    failed in the custom op's schema words."""
+    a, b = torch.rand(4, 3), torch.rand(4, 3)
+    (name, value), want = next(iter(kw.items())), "a bool" if "reverse" in kw else "an int"
+    with pytest.raises(ValueError, match=f"{name} must be {want}, got {value!r}"):
+        linear_scan(a, b, **kw)
+
+
 def test_empty_time_axis():
     a = torch.zeros(0, 3, requires_grad=True)
     h = linear_scan(a, torch.zeros(0, 3))
