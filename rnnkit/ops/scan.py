@@ -323,6 +323,8 @@ def linear_scan(
     Returns:
         ``h``, shaped like ``b``. Differentiable in ``a``, ``b`` and ``h0`` (any number of
         times: under ``create_graph=True`` the backward is this op again, in recorded ops).
+        Inside ``torch.func`` transforms and forward-mode AD it runs the chunked scan's plain
+        ops, which they see through (the custom op's autograd they cannot).
     """
     for name, t in (("a", a), ("b", b)):
         _checks.check_tensor(t, name)
@@ -351,4 +353,8 @@ def linear_scan(
             )
         if h0.dtype != b.dtype or h0.device != b.device:
             _checks.fail(f"h0 must be {b.dtype} on {b.device}, got {h0.dtype} on {h0.device}")
+    if dispatch._plain_ops_needed():
+        # torch.func transforms and forward-mode AD cannot see through the custom op's autograd
+        # (jacrev and jvp raised, vmap looped over the samples): the chunked scan's plain ops
+        return _chunked_fwd(a.movedim(dim, 0), b.movedim(dim, 0), h0, reverse).movedim(0, dim)
     return torch.ops.rnnkit.linear_scan(a, b, h0, dim, reverse)
