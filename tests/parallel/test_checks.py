@@ -67,3 +67,11 @@ def test_qrnn_window_must_be_the_int_1_or_2(bad):
     failed in torch.empty's words."""
     with pytest.raises(ValueError, match=rf"window must be 1 or 2, got {bad!r}"):
         rnnkit.QRNN(3, 4, window=bad)
+
+
+@pytest.mark.parametrize("kw", [{"r_min": False, "r_max": True}, {"r_min": "0.5"}, {"r_max": None}])
+def test_lru_radii_must_be_numbers(kw):
+    """r_min=False, r_max=True built a ring [0, 1] silently; a string or None failed in the
+    comparison's words ("'<=' not supported between instances of 'int' and 'str'")."""
+    with pytest.raises(ValueError, match="need 0 <= r_min < r_max <= 1, got"):
+        rnnkit.LRU(3, 4, **kw)
