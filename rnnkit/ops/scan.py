@@ -325,6 +325,8 @@ def linear_scan(
     Returns:
         ``h``, shaped like ``b``. Differentiable in ``a``, ``b`` and ``h0`` (any number of
         times: under ``create_graph=True`` the backward is this op again, in recorded ops).
+        Inside ``torch.func`` transforms and forward-mode AD it runs the chunked scan's plain
+        ops, which they see through (the custom op's autograd they cannot).
     """
     for name, t in (("a", a), ("b", b)):
         _checks.check_tensor(t, name)
@@ -336,9 +338,14 @@ def linear_scan(
         )
     if not (b.is_floating_point() or b.is_complex()):
         _checks.fail(f"linear_scan needs floating-point or complex tensors, got {b.dtype}")
+    # the op's schema would take reverse=None as False and dim=True as 1, silently
+    if not isinstance(reverse, bool):
+        _checks.fail(f"reverse must be a bool, got {reverse!r}")
+    if not _checks.is_int(dim):
+        _checks.fail(f"dim must be an int, got {dim!r}")
     if b.dim() == 0 or not -b.dim() <= dim < b.dim():
         _checks.fail(f"dim must lie in [{-b.dim()}, {b.dim() - 1}] for a {b.dim()}-D input, got {dim}")
-    dim %= b.dim()
+    dim = int(dim) % b.dim()
     if h0 is not None:
         _checks.check_tensor(h0, "h0")
         want = b.shape[:dim] + b.shape[dim + 1 :]
@@ -348,4 +355,8 @@ def linear_scan(
             )
         if h0.dtype != b.dtype or h0.device != b.device:
             _checks.fail(f"h0 must be {b.dtype} on {b.device}, got {h0.dtype} on {h0.device}")
+    if dispatch._plain_ops_needed():
+        # torch.func transforms and forward-mode AD cannot see through the custom op's autograd
+        # (jacrev and jvp raised, vmap looped over the samples): the chunked scan's plain ops
+        return _chunked_fwd(a.movedim(dim, 0), b.movedim(dim, 0), h0, reverse).movedim(0, dim)
     return torch.ops.rnnkit.linear_scan(a, b, h0, dim, reverse)

@@ -101,7 +101,16 @@ class ParallelRecurrent(nn.Module):
         return next(iter(self.parameters()))
 
     def layer_params(self, layer: int, direction: int = 0) -> Params:
-        return {base: getattr(self, attr) for base, attr in self._names[layer][direction].items()}
+        """The tensors of one layer-direction by base name, each checked against
+        :meth:`param_shapes` and the parameters' dtype: one replaced by another shape was
+        broadcast silently (a bias of one entry, the LRU's ``theta``) or failed deep in torch's
+        ops, one of another dtype in a matmul's words, as :class:`rnnkit.RecurrentStack` refuses."""
+        names = self._names[layer][direction]
+        p = {base: getattr(self, attr) for base, attr in names.items()}
+        build = lambda: [self.param_shapes(self.layer_input_size(k)) for k in range(self.num_layers)]  # noqa: E731
+        shapes = _checks.kept(self, "_param_shapes", build)[layer]  # (fixed at construction)
+        _checks.check_param_shapes(p, shapes, names, self._ref.dtype)
+        return p
 
     def reset_parameters(self) -> None:
         """Each layer-direction's :meth:`init_params`, drawn into the tensor that holds each weight:

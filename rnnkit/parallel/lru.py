@@ -47,7 +47,8 @@ class LRU(ParallelRecurrent):
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  state_size: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
                  max_phase: float = 2 * math.pi) -> None:  # fmt: skip
-        if not 0 <= r_min < r_max <= 1:
+        # numbers, not bools: r_min=False, r_max=True passed as the ring [0, 1]
+        if not (_checks.is_real(r_min) and _checks.is_real(r_max)) or not 0 <= r_min < r_max <= 1:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
         if state_size is not None and (not _checks.is_int(state_size) or state_size <= 0):
             raise ValueError(f"state_size must be a positive int, got {state_size!r}")
@@ -71,6 +72,16 @@ class LRU(ParallelRecurrent):
     @property
     def state_dtype(self) -> torch.dtype:
         return _COMPLEX.get(self._ref.dtype)  # type: ignore[return-value]
+
+    def _initial_state(self, hx, batch: int | None) -> Tensor | None:
+        # the shared check names the state's dtype as the parameters' ("the parameters are
+        # torch.complex128") and suggests converting the module to a real state's dtype
+        if isinstance(hx, Tensor) and hx.dtype != self.state_dtype:
+            _checks.fail(
+                f"h_0 has dtype {hx.dtype} but the LRU's state is {self.state_dtype} (for "
+                f"{self._ref.dtype} parameters); convert it with .to({self.state_dtype})"
+            )
+        return super()._initial_state(hx, batch)
 
     def param_shapes(self, n_in: int) -> dict[str, tuple[int, ...]]:
         S, H = self.state_size, self.hidden_size

@@ -190,6 +190,18 @@ def test_bad_input_is_a_clear_value_error():
         linear_scan(a.long(), b.long())
 
 
+@pytest.mark.parametrize(
+    "kw", [{"reverse": None}, {"reverse": 1}, {"reverse": "no"}, {"dim": True}, {"dim": 1.0}]
+)
+def test_reverse_and_dim_of_another_type_are_refused(kw):
+    """reverse=None ran forward and dim=True along dim 1, silently; reverse='no' and dim=1.0
+    failed in the custom op's schema words."""
+    a, b = torch.rand(4, 3), torch.rand(4, 3)
+    (name, value), want = next(iter(kw.items())), "a bool" if "reverse" in kw else "an int"
+    with pytest.raises(ValueError, match=f"{name} must be {want}, got {value!r}"):
+        linear_scan(a, b, **kw)
+
+
 def test_empty_time_axis():
     a = torch.zeros(0, 3, requires_grad=True)
     h = linear_scan(a, torch.zeros(0, 3))
@@ -219,3 +231,29 @@ def test_build_directory_is_keyed_by_source_flags_and_cpu(monkeypatch, tmp_path)
     assert len({first, other_cpu, other_source, other_flags}) == 4
     monkeypatch.setattr(scan, "_cpu_identity", lambda: "flags: sse2")
     assert scan._build_dir() == other_flags  # without -march=native the CPU does not matter
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual
+@pytest.mark.parametrize("reverse", [False, True])
+def test_torch_func_transforms_and_forward_ad(reverse):
+    """jacrev and jvp of the op failed ("an autograd.Function ... must override the setup_context
+    staticmethod"), vmap warned of a per-sample fallback loop: under them it now runs the chunked
+    scan's plain ops, as the layers do."""
+    from torch.func import jacrev, jvp, vmap
+
+    T, N = 70, 3  # more than one chunk
+    a, b, s = torch.rand(T, N), torch.randn(T, N), torch.randn(N)
+
+    def f(a, b, s):
+        return linear_scan(a, b, s, dim=0, reverse=reverse)
+
+    want = torch.autograd.functional.jacobian(f, (a, b, s))
+    for got, w in zip(jacrev(f, argnums=(0, 1, 2))(a, b, s), want, strict=True):
+        torch.testing.assert_close(got, w)
+    ta, tb, ts = torch.randn_like(a), torch.randn_like(b), torch.randn_like(s)
+    _, tangent = jvp(f, (a, b, s), (ta, tb, ts))
+    lin = [(w * t).flatten(-t.dim()).sum(-1) for w, t in zip(want, (ta, tb, ts), strict=True)]
+    torch.testing.assert_close(tangent, sum(lin))
+    batched = vmap(lambda a, b, s: linear_scan(a, b, s, reverse=reverse), in_dims=(1, 1, 0), out_dims=1)
+    got = batched(a.unsqueeze(1), b.unsqueeze(1), s.unsqueeze(0))  # a batch of one along dim 1
+    torch.testing.assert_close(got, f(a, b, s).unsqueeze(1))

@@ -1,0 +1,77 @@
+"""The time-parallel layers' checks of their own parameters and states: clear errors naming the
+expected and received shapes and dtypes, no silent broadcasting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+
+from .test_layers import make
+
+# (layer, parameter, a replacement of another shape that torch's ops broadcast or choke on)
+REPLACED = [
+    ("mingru", "bias_ih_l0", (1,)),  # broadcast over all gates: silently another model
+    ("mingru", "weight_ih_l0", (12, 3)),  # failed in linear's words ("expanded size")
+    ("minlstm_log", "bias_ih_l0", (1,)),
+    ("qrnn", "weight_ih_l0", (12, 3)),  # window=2 takes 2 * input_size columns
+    ("qrnn_w1", "bias_ih_l0", (1,)),
+    ("lru", "theta_l0", (1,)),  # one phase for every state feature
+    ("lru", "nu_log_l0", (1,)),
+    ("lru", "D_l0", (3, 3)),  # a dense D where the layer's is diagonal: another model
+    ("lru_dense_d", "C_re_l0", (5, 3)),
+]
+
+
+@pytest.mark.parametrize("name,attr,shape", REPLACED)
+def test_parameter_replaced_by_another_shape_is_refused(name, attr, shape):
+    m = make(name, num_layers=2)
+    want = tuple(getattr(m, attr).shape)
+    setattr(m, attr, nn.Parameter(torch.randn(shape)))
+    x = torch.randn(5, 2, m.input_size)
+    msg = rf"{attr} must have shape {want}, got {shape}".replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ValueError, match=msg):
+        m(x)
+    with pytest.raises(ValueError, match=msg):
+        m.step(x[0])
+
+
+@pytest.mark.parametrize("name,attr", [("mingru", "bias_ih_l1"), ("qrnn", "bias_ih_l0"), ("lru", "theta_l0")])
+def test_parameter_of_another_dtype_is_refused(name, attr):
+    """One float32 parameter in a float64 layer failed in a matmul's or a kernel's words."""
+    m = make(name, num_layers=2)
+    setattr(m, attr, nn.Parameter(getattr(m, attr).detach().float()))
+    msg = rf"{attr} has dtype torch.float32 but the parameters are torch.float64"
+    with pytest.raises(ValueError, match=msg):
+        m(torch.randn(5, 2, m.input_size))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.complex64])
+def test_lru_state_of_another_dtype_names_the_complex_state(dtype):
+    """The message said "the parameters are torch.complex128" (they are float64) and suggested
+    converting the module to the state's dtype, which cannot make a real state right."""
+    m = make("lru", num_layers=2)
+    x = torch.randn(5, 2, 3)
+    msg = rf"h_0 has dtype {dtype} but the LRU's state is torch.complex128 \(for torch.float64 parameters\)"
+    with pytest.raises(ValueError, match=msg):
+        m(x, torch.zeros(2, 2, 3, dtype=dtype))
+    with pytest.raises(ValueError, match=msg):
+        m.step(x[0], torch.zeros(2, 2, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("bad", [True, 2.0, 1.0, "2"])
+def test_qrnn_window_must_be_the_int_1_or_2(bad):
+    """window=True (== 1) was taken silently as window 1; window=2.0 (== 2) passed the check and
+    failed in torch.empty's words."""
+    with pytest.raises(ValueError, match=rf"window must be 1 or 2, got {bad!r}"):
+        rnnkit.QRNN(3, 4, window=bad)
+
+
+@pytest.mark.parametrize("kw", [{"r_min": False, "r_max": True}, {"r_min": "0.5"}, {"r_max": None}])
+def test_lru_radii_must_be_numbers(kw):
+    """r_min=False, r_max=True built a ring [0, 1] silently; a string or None failed in the
+    comparison's words ("'<=' not supported between instances of 'int' and 'str'")."""
+    with pytest.raises(ValueError, match="need 0 <= r_min < r_max <= 1, got"):
+        rnnkit.LRU(3, 4, **kw)
