@@ -94,7 +94,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor
   Tensor gates = at::empty({N, G}, opt), an = at::empty({N, H}, opt), abuf = at::empty({B, G}, opt);
   Tensor hprev_m = mask.has_value() ? at::empty({N, H}, opt) : hprev;
   const Tensor xc = xp.contiguous(), wc = w_hh.contiguous();
-  const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;  // brgemm reads W^T
+  const Tensor wtc = xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(w_hh) : wc;  // brgemm reads W^T
   const Tensor bc = dense_or_none(b_hh, xp), m = dense_or_none(mask, xp), zc = dense_or_none(zh, xp);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_fwd", [&] {
     using namespace rnnkit_pw;
@@ -215,7 +215,7 @@ std::vector<Tensor> rnn_forward(bool relu, const Tensor& xp, const Tensor& h0, c
   Tensor hnew = zh.has_value() ? at::empty({N, H}, opt) : out;
   Tensor hprev = keep_prev ? at::empty({N, H}, opt) : h0.clone(kRowMajor);
   const Tensor xc = xp.contiguous(), wc = w_hh.contiguous();
-  const Tensor wtc = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : wc;
+  const Tensor wtc = xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(w_hh) : wc;
   const Tensor m = dense_or_none(mask, xp), zc = dense_or_none(zh, xp);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_rnn_fwd", [&] {
     using namespace rnnkit_pw;

@@ -101,7 +101,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   auto e = [&] { return none(h0); };  // a fresh placeholder each time: outputs may not alias
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
   const Tensor xp = xp_.contiguous(), W = w_hh.contiguous();
-  const Tensor WT = xp.scalar_type() == at::kFloat ? w_hh.t().contiguous() : W;  // brgemm reads W^T (P, G)
+  const Tensor WT = xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(w_hh) : W;  // brgemm reads W^T (P, G)
   const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), gh = cont(g_hh), sh = cont(s_hh);
   const OptT sth = cont(st_hh), stc = cont(st_c);
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
@@ -144,7 +144,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       Tensor gates = at::empty({NS, G4}, o), cprev = at::empty({NS, H}, o), tanhc = at::empty({NS, H}, o);
       Tensor hraw = proj ? at::empty({NS, H}, o) : e(), cbuf = c0->clone(kRowMajor);
       const Tensor WR = proj ? w_hr->contiguous() : e();
-      const Tensor WRT = proj && xp.scalar_type() == at::kFloat ? w_hr->t().contiguous() : WR;
+      const Tensor WRT = proj && xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(*w_hr) : WR;
       const OptT wpc = cont(w_peep);
       const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       T_ *C = cbuf.data_ptr<T_>(), *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>();
@@ -160,7 +160,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       Tensor rs_ih = proj_in ? at::empty({N, 1}, o) : e(), xs_ih = proj_in ? at::empty({B, G4}, o) : e();
       Tensor yp = proj_in ? at::empty({K * B, G4}, o) : e();
       const Tensor XI = proj_in ? x_in->contiguous() : e(), WI = proj_in ? w_ih->contiguous() : e();
-      const Tensor WIT = proj_in && xp.scalar_type() == at::kFloat ? w_ih->t().contiguous() : WI;
+      const Tensor WIT = proj_in && xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(*w_ih) : WI;
       const OptT gic = cont(g_ih), sic = cont(s_ih);
       const NormG<T_> ni(kLN, G4, xs_ih, rs_ih, mean_ih, e(), proj_in ? *gic : gcc, sic, std::nullopt);
       T_ *AI = proj_in ? a_ih.data_ptr<T_>() : nullptr, *YP = proj_in ? yp.data_ptr<T_>() : nullptr;

@@ -49,7 +49,7 @@ struct GruLayout {
 // brgemm W^T (H, rows) dense (rnnkit_pw::gemm_xwt).
 struct Wblk {
   Tensor w, wt;
-  Wblk(const Tensor& w_, bool f32) : w(w_.contiguous()), wt(f32 ? w_.t().contiguous() : w) {}
+  Wblk(const Tensor& w_, bool f32) : w(w_.contiguous()), wt(f32 ? rnnkit_common::transposed(w_) : w) {}
 };
 
 using rnnkit_gru_rnn::batch_blocks;  // one block of batch rows per thread for the whole loop
