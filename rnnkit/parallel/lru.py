@@ -36,7 +36,7 @@ _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
 
 class LRU(ParallelRecurrent):
-    """Linear Recurrent Unit stack; ``forward(input, h0=None) -> (output, h_n)``, ``h`` complex.
+    """Linear Recurrent Unit stack; ``forward(input, hx=None, lengths=None) -> (output, h_n)``, ``h`` complex.
 
     Args: ``input_size, hidden_size, num_layers, batch_first, dropout, bidirectional, device,
     dtype`` as :class:`torch.nn.GRU` (no bias: the LRU has ``D x_t`` instead); keyword-only

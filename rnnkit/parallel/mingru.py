@@ -167,7 +167,7 @@ class _MinGRUScan(torch.autograd.Function):
 
 
 class MinGRU(ParallelRecurrent):
-    """minGRU layer stack; ``forward(input, h0=None) -> (output, h_n)`` like ``torch.nn.GRU``.
+    """minGRU layer stack; ``forward(input, hx=None, lengths=None) -> (output, h_n)`` like ``torch.nn.GRU``.
 
     Args: as :class:`torch.nn.GRU`, plus ``log_space`` (the paper's positive log-space form).
     Shapes: ``output (L, N, D*H)``, ``h_n (D*num_layers, N, H)``.

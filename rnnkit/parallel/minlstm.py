@@ -72,7 +72,7 @@ def lstm_coefficients(u: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class MinLSTM(MinGRU):
-    """minLSTM layer stack; ``forward(input, h0=None) -> (output, h_n)`` (one state, ``h``).
+    """minLSTM layer stack; ``forward(input, hx=None, lengths=None) -> (output, h_n)`` (one state, ``h``).
 
     Args: as :class:`torch.nn.GRU`, plus ``log_space``. Shapes as :class:`rnnkit.MinGRU`.
     """

@@ -45,7 +45,7 @@ from .base import ParallelRecurrent, Params, join_autocast, uniform_
 
 
 class QRNN(ParallelRecurrent):
-    """QRNN layer stack with fo-pooling; ``forward(input, h0=None, lengths=None) -> (output, h_n)``.
+    """QRNN layer stack with fo-pooling; ``forward(input, hx=None, lengths=None) -> (output, h_n)``.
 
     ``h_0``/``h_n``: ``c`` for ``window=1``; ``(c, (x_prev_0, ..., x_prev_{L−1}))`` for
     ``window=2`` (each layer's last input: the convolution's past), which ``forward`` always
