@@ -83,16 +83,38 @@ struct Linear {
   }
 };
 
+// w^T of a 2-D float32 matrix (m, k), dense (k, m): the weights brgemm reads, mm_tn's result.
+// ATen's t().contiguous() ran at ~0.45 ns a value (8 us for a 256x64 W_hh, 105 us for
+// 1024x256: a few % of a small or medium layer-norm forward, once per call and weight); here in
+// 16 x 16 tiles, so that each tile's reads and writes stay within 16 cache lines. Other dtypes:
+// ATen's copy.
+inline Tensor transposed(const Tensor& w) {
+  if (w.scalar_type() != at::kFloat || w.dim() != 2) return w.t().contiguous();
+  const Tensor src = w.contiguous();
+  const int64_t m = src.size(0), k = src.size(1);
+  Tensor out = at::empty({k, m}, src.options());
+  const float* s = src.data_ptr<float>();
+  float* d = out.data_ptr<float>();
+  constexpr int64_t kTile = 16;
+  for (int64_t i0 = 0; i0 < m; i0 += kTile) {
+    const int64_t i1 = std::min(i0 + kTile, m);
+    for (int64_t j0 = 0; j0 < k; j0 += kTile) {
+      const int64_t j1 = std::min(j0 + kTile, k);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t i = i0; i < i1; ++i) d[j * m + i] = s[i * k + j];
+    }
+  }
+  return out;
+}
+
 // a^T b over all N rows (a weight gradient), as one GEMM; oneDNN only on dense operands.
 inline Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
   // b may also be column-major (b^T dense, the LSTM kernel's saved h_{t-1}): oneDNN then reads
   // it without the transposed copy it makes of a row-major b
   const bool dense = a.is_contiguous() && (b.is_contiguous() || b.t().is_contiguous());
   if (dense && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
-    return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
-                              c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))})
-        .t()
-        .contiguous();
+    return transposed(call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
+                                         c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))}));
   return at::mm(a.t(), b);
 }
 
@@ -162,27 +184,5 @@ void batch_blocks(int64_t B, int64_t width, const Steps& steps, const F& f) {
 
 inline Tensor none(const Tensor& like) { return at::empty({0}, like.options()); }
 
-// w^T of a 2-D float32 weight (m, k), dense (k, m): what brgemm reads. ATen's t().contiguous()
-// ran at ~0.45 ns a value (8 us for a 256x64 W_hh, 105 us for 1024x256: a few % of a small or
-// medium layer-norm forward, once per call and weight); here in 16 x 16 tiles, so that each
-// tile's reads and writes stay within 16 cache lines. Other dtypes: ATen's copy.
-inline Tensor transposed(const Tensor& w) {
-  if (w.scalar_type() != at::kFloat || w.dim() != 2) return w.t().contiguous();
-  const Tensor src = w.contiguous();
-  const int64_t m = src.size(0), k = src.size(1);
-  Tensor out = at::empty({k, m}, src.options());
-  const float* s = src.data_ptr<float>();
-  float* d = out.data_ptr<float>();
-  constexpr int64_t kTile = 16;
-  for (int64_t i0 = 0; i0 < m; i0 += kTile) {
-    const int64_t i1 = std::min(i0 + kTile, m);
-    for (int64_t j0 = 0; j0 < k; j0 += kTile) {
-      const int64_t j1 = std::min(j0 + kTile, k);
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = i0; i < i1; ++i) d[j * m + i] = s[i * k + j];
-    }
-  }
-  return out;
-}
 
 }  // namespace rnnkit_common
