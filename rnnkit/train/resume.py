@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from torch import Tensor
 
 from rnnkit.train import distributed as dist
 from rnnkit.train.checkpoint import load_checkpoint, save_checkpoint
-from rnnkit.train.seed import data_generators, get_rng_state
+from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.state import move_to
 
 __all__ = ["TrainerCheckpoints"]
+
+_END = object()  # what next() returns for an exhausted iterator
 
 
 class TrainerCheckpoints:
@@ -107,6 +110,18 @@ class TrainerCheckpoints:
         start, the carried state."""
         rng = get_rng_state(*data_generators(train_data))
         return {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state}
+
+    def _epoch_over(self, batches: Iterator[Any], train_data: Any) -> bool:
+        """Whether the epoch's iterator ``batches`` has no batch left, seen by drawing the next one.
+        A batch drawn is dropped with the RNG (the data's generators too) as before it: a checkpoint
+        or a second ``fit()`` goes on from the position as it was. At the end the RNG stays as
+        running out left it, as for an epoch run to its end. Under DDP every rank calls it alike."""
+        gens = data_generators(train_data)
+        rng = get_rng_state(*gens)
+        if next(batches, _END) is _END:
+            return True
+        set_rng_state(rng, *gens)
+        return False
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Load a checkpoint (directory or root) to continue training from it."""
