@@ -42,6 +42,8 @@ class TrainerCheckpoints:
         the one checkpoint of :attr:`best_dir`, with ``state`` ``{"val_loss", "epoch"}``, written
         atomically as every checkpoint (rank 0 alone calls it). ``load_checkpoint(best_dir,
         model)`` loads them."""
+        if self.best_dir is None:  # called by hand (fit() calls it only with save_best, which needs one)
+            raise ValueError("save_best needs out_dir (where out_dir/best goes), got None")
         with self.ntasgd.swapped() if self.ntasgd else nullcontext():
             return save_checkpoint(
                 self.best_dir, self.raw_model, step=self.step, keep_last=1,

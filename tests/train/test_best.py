@@ -111,3 +111,11 @@ def test_a_new_run_without_save_best_drops_the_best_of_an_earlier_one(tmp_path):
     assert not (tmp_path / "best").exists()
     tr, _ = _run(tmp_path, [1.0], max_steps=3, resume=True)
     assert load_checkpoint(tr.best_dir)["state"] == {"val_loss": 1.0, "epoch": 0}
+
+
+def test_save_best_without_out_dir_says_so():
+    """Trainer.save_best(val_loss) called by hand without out_dir: a TypeError of pathlib before."""
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), progress=False)
+    with pytest.raises(ValueError, match=r"save_best needs out_dir \(where out_dir/best goes\), got None"):
+        tr.save_best(1.0)
