@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -60,7 +61,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
             v = getattr(self, name)
-            if v is not None and v <= 0:
+            if v is not None and not v > 0:  # NaN too: a budget that never ends, NaN gradients
                 raise ValueError(f"{name} must be > 0 or None, got {v}")
 
         for name in (  # counts of steps, epochs, windows: a float passed and failed later or rounded
@@ -78,6 +79,12 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not _checks.is_int(v):
                 raise ValueError(f"{name} must be an int, got {v!r}")
+        for name in ("max_minutes", "clip_norm", "clip_value", "min_delta"):  # a str failed mid-run
+            v = getattr(self, name)
+            if (v is not None or name == "min_delta") and not _checks.is_real(v):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+        if not 0 <= self.min_delta < math.inf:  # a negative one counted worse validations as the best
+            raise ValueError(f"min_delta must be a finite number >= 0, got {self.min_delta}")
         for name in (
             "max_steps",
             "max_minutes",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,12 @@ from torch import Tensor
 
 from rnnkit.train import distributed as dist
 from rnnkit.train.checkpoint import load_checkpoint, save_checkpoint
-from rnnkit.train.seed import data_generators, get_rng_state
+from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.state import move_to
 
 __all__ = ["TrainerCheckpoints"]
+
+_END = object()  # what next() returns for an exhausted iterator
 
 
 class TrainerCheckpoints:
@@ -39,6 +42,8 @@ class TrainerCheckpoints:
         the one checkpoint of :attr:`best_dir`, with ``state`` ``{"val_loss", "epoch"}``, written
         atomically as every checkpoint (rank 0 alone calls it). ``load_checkpoint(best_dir,
         model)`` loads them."""
+        if self.best_dir is None:  # called by hand (fit() calls it only with save_best, which needs one)
+            raise ValueError("save_best needs out_dir (where out_dir/best goes), got None")
         with self.ntasgd.swapped() if self.ntasgd else nullcontext():
             return save_checkpoint(
                 self.best_dir, self.raw_model, step=self.step, keep_last=1,
@@ -46,9 +51,10 @@ class TrainerCheckpoints:
             )  # fmt: skip
 
     def clear_best(self) -> None:
-        """Remove an earlier run's ``best_dir`` at a new run's start: its weights are another
-        run's, and would stay there, named best, until this run's first validation. Out of its
-        name first (a crash in the deletion leaves a temporary, not a damaged ``best``)."""
+        """Remove an earlier run's ``best_dir`` at a new run's start (``save_best`` or not, as the
+        run's metrics go): its weights are another run's, and would stay there, named best, until
+        this run's first improvement (a resume with ``save_best`` kept them as its own). Out of
+        its name first (a crash in the deletion leaves a temporary, not a damaged ``best``)."""
         best = self.best_dir
         if best is None or not best.exists():
             return
@@ -107,6 +113,18 @@ class TrainerCheckpoints:
         start, the carried state."""
         rng = get_rng_state(*data_generators(train_data))
         return {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state}
+
+    def _epoch_over(self, batches: Iterator[Any], train_data: Any) -> bool:
+        """Whether the epoch's iterator ``batches`` has no batch left, seen by drawing the next one.
+        A batch drawn is dropped with the RNG (the data's generators too) as before it: a checkpoint
+        or a second ``fit()`` goes on from the position as it was. At the end the RNG stays as
+        running out left it, as for an epoch run to its end. Under DDP every rank calls it alike."""
+        gens = data_generators(train_data)
+        rng = get_rng_state(*gens)
+        if next(batches, _END) is _END:
+            return True
+        set_rng_state(rng, *gens)
+        return False
 
     def load(self, path: str | Path) -> dict[str, Any]:
         """Load a checkpoint (directory or root) to continue training from it."""

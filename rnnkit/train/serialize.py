@@ -193,7 +193,8 @@ def save_module(module: torch.nn.Module, path: Path) -> None:
 def load_module(module: torch.nn.Module, path: Path, strict: bool = True):
     """Load a file of :func:`save_module` (or of ``safetensors.torch.save_model``, which
     stores tied weights under one name only) into ``module``; returns ``load_state_dict``'s
-    result."""
+    result. A file that does not fit (``RuntimeError`` naming it and torch's list of the names and
+    shapes) leaves ``module`` as it was."""
     tensors = load_tensors(path)
     groups: dict[tuple, list[str]] = {}  # names of the module that are one tensor (tied)
     for k, v in module.state_dict().items():
@@ -203,7 +204,11 @@ def load_module(module: torch.nn.Module, path: Path, strict: bool = True):
         have = [n for n in names if n in tensors]
         for n in names if have else ():
             tensors.setdefault(n, tensors[have[0]])
+    # torch copies every tensor that fits before it raises for those that do not (another shape, a
+    # missing or unexpected name): the module's own values go back then, a refused file loads nothing
+    before = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
     try:
         return module.load_state_dict(tensors, strict=strict)
     except RuntimeError as e:  # another shape or architecture: say which file it was
+        module.load_state_dict(before)
         raise RuntimeError(f"{path}: {e}") from None

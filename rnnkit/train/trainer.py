@@ -199,7 +199,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self._set_trainable(self._raw_weights)
             self._raw_weights = None
         self.should_stop, self.stop_reason = False, None
-        if cfg.save_best and self.step == 0 and self.is_main:  # a new run: no best of another one
+        if self.step == 0 and self.is_main:  # a new run, save_best or not: no best of another one
             self.clear_best()
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             # a resumed run that had stopped early stays stopped (its patience is spent)
@@ -227,6 +227,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                 batches = self._start_epoch(train_data)
                 # under DDP, only while every rank has a batch (else all raise alike)
                 agreed = dist.agreed_batches(batches, self.epoch, self.step + 1, self._reduce_device())
+                ended = True  # the epoch trains its last batch (or a stop below says so)
                 for batch in agreed:
                     batch = move_to(batch, self.device)
                     loss_sum, n, norm = self._train_batch(batch)
@@ -258,9 +259,11 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                         self.save()
                     self._agree_stop()
-                    if self._budget_spent() or self.should_stop:
+                    if (budget := self._budget_spent()) or self.should_stop:
+                        # at the epoch's last batch a budget still ends the epoch, as without it
+                        ended = budget and self._epoch_over(agreed, train_data)
                         break
-                else:  # the epoch ran to its end
+                if ended:  # the epoch ran to its end
                     if self.batch_in_epoch == 0:
                         # (a resume at an epoch's end skips its batches, but counts them.) Without
                         # this, a step or time budget with many epochs would spin here forever.

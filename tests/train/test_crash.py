@@ -111,3 +111,27 @@ def test_a_resumed_metrics_csv_keeps_its_crlf_rows(tmp_path):
     _run(tmp_path / "run", 2)
     data = f.read_bytes()
     assert data.count(b"\r\n") == data.count(b"\n") > 3, data
+
+
+def test_a_checkpoint_of_another_shape_is_refused_and_loads_nothing(tmp_path):
+    """torch's load_state_dict copies every tensor that fits before it raises for the others: a
+    refused checkpoint (another width, another cell, a missing name) left the model half loaded."""
+    from rnnkit.train import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path, TinyLM(hidden=8), step=1)
+    for fresh, match in (
+        (TinyLM(hidden=9), r"size mismatch for emb.weight: copying a param with shape torch.Size\(\[11, 8"),
+        (TinyLM(cell="gru"), r"size mismatch for rnn.weight_ih_l0"),  # emb and out fit
+        (_with_extra_layer(), r"Missing key\(s\) in state_dict: \"extra.weight\", \"extra.bias\""),
+    ):
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(RuntimeError, match=match):
+            load_checkpoint(tmp_path, fresh)
+        assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items()), type(fresh)
+
+
+def _with_extra_layer() -> TinyLM:
+    model = TinyLM()
+    model.extra = torch.nn.Linear(2, 2)  # the checkpoint's names all fit, two are missing
+    return model

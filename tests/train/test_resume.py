@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rnnkit.data import PadCollate, bptt_batches
-from rnnkit.train import Callback, Trainer, get_rng_state, seed_everything, set_rng_state
+from rnnkit.train import Callback, Trainer, get_rng_state, load_checkpoint, seed_everything, set_rng_state
 
 from .models import TinyLM, tokens
 
@@ -258,3 +258,32 @@ def test_the_final_checkpoint_holds_the_epoch_end_after_a_checkpoint_at_its_last
     again.load(tmp_path / "checkpoints")
     assert (again.step, again.epoch, again.batch_in_epoch) == (len(data), 1, 0)
     assert [r["split"] for r in again.history][-1] == "val"
+
+
+def test_a_budget_spent_at_an_epochs_last_batch_still_ends_the_epoch(tmp_path):
+    """max_steps reached at an epoch's last batch: that epoch's validation (val_every=None) and its
+    count, as in the run without the limit. Before, the run stopped before the epoch's end: the last
+    epoch was never validated, nor its best kept by save_best. Resuming it stays exact."""
+
+    def run(out, max_steps, **kw):
+        seed_everything(0)
+        model = TinyLM(dropout=0.3)
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), max_epochs=3, max_steps=max_steps,
+                     out_dir=str(out), save_best=True, progress=False, plot=False, tensorboard=False,
+                     **kw)  # fmt: skip
+        # variable windows drawn from the global RNG, about 10 an epoch
+        data = bptt_batches(tokens(300), 3, 10, variable_length=True, min_len=4, std=3)
+        return tr, tr.fit(data, bptt_batches(tokens(60, seed=9), 1, 10)), model
+
+    val = lambda t: [r for r in t.history if r["split"] == "val"]  # noqa: E731
+    ref, _, ref_model = run(tmp_path / "ref", None)
+    end = val(ref)[1]["step"]  # the second epoch's last step
+    tr, res, _ = run(tmp_path / "cut", end)
+    assert (res["step"], res["epoch"], res["stop_reason"]) == (end, 2, "max_steps")
+    assert val(tr) == val(ref)[:2]
+    assert res["best_val"] == min(r["loss"] for r in val(ref)[:2])
+    assert load_checkpoint(tmp_path / "cut" / "best")["state"]["val_loss"] == res["best_val"]
+    # resumed from its final checkpoint (between epochs): the run that never stopped
+    again, _, model = run(tmp_path / "cut", None, resume=True)
+    assert again.losses == ref.losses and val(again) == val(ref)
+    assert all(torch.equal(a, b) for a, b in zip(ref_model.parameters(), model.parameters(), strict=True))

@@ -279,6 +279,15 @@ def test_progress_bar_shows_loss(capsys):
         ({"val_every": 2.5}, "val_every must be an int, got 2.5"),
         ({"keep_last": 1.5}, "keep_last must be an int, got 1.5"),
         ({"max_steps": True}, "max_steps must be an int, got True"),
+        # accepted before: a negative min_delta made worse validations the best (save_best kept
+        # them), NaN clip_norm turned every gradient NaN, a NaN budget never ran out, a str or
+        # None failed at the first validation or step
+        ({"min_delta": -0.1}, r"min_delta must be a finite number >= 0, got -0.1"),
+        ({"min_delta": math.nan}, r"min_delta must be a finite number >= 0, got nan"),
+        ({"min_delta": None}, "min_delta must be a number, got None"),
+        ({"clip_norm": math.nan}, "clip_norm must be > 0 or None, got nan"),
+        ({"max_minutes": math.nan}, "max_minutes must be > 0 or None, got nan"),
+        ({"max_minutes": "5"}, "max_minutes must be a number, got '5'"),
     ],
 )
 def test_bad_config(kw, match):
