@@ -51,10 +51,9 @@ class TrainerCheckpoints:
             )  # fmt: skip
 
     def clear_best(self) -> None:
-        """Remove an earlier run's ``best_dir`` at a new run's start (``save_best`` or not, as the
-        run's metrics go): its weights are another run's, and would stay there, named best, until
-        this run's first improvement (a resume with ``save_best`` kept them as its own). Out of
-        its name first (a crash in the deletion leaves a temporary, not a damaged ``best``)."""
+        """Remove an earlier run's ``best_dir`` at a new run's start: its weights are another
+        run's, and would stay there, named best, until this run's first validation. Out of its
+        name first (a crash in the deletion leaves a temporary, not a damaged ``best``)."""
         best = self.best_dir
         if best is None or not best.exists():
             return

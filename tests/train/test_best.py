@@ -15,8 +15,7 @@ def _run(out, losses, max_steps, **kw):
     each step, as validated, in the returned list."""
     torch.manual_seed(0)
     model = TinyLM()
-    kw = {"save_best": True, **kw}
-    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=out, val_every=1,
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=out, save_best=True, val_every=1,
                  max_steps=max_steps, max_epochs=10, progress=False, plot=False, tensorboard=False,
                  **kw)  # fmt: skip
     scripted = iter(losses)
@@ -98,19 +97,6 @@ def test_best_of_an_averaged_run_is_the_average_it_validated(tmp_path):
 def test_bad_save_best(kw, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kw)
-
-
-def test_a_new_run_without_save_best_drops_the_best_of_an_earlier_one(tmp_path):
-    """A new run takes out_dir over (its metrics, TensorBoard, checkpoints): an earlier run's best
-    goes too, save_best or not. Before, it stayed, and a resume of the new run with save_best=True
-    kept it as its own best until the resumed run beat its own best validation."""
-    _run(tmp_path, [0.5], max_steps=1)  # an earlier run's best: 0.5
-    _run(tmp_path, [2.0], max_steps=1, save_best=False, checkpoint_every=1)
-    assert not (tmp_path / "best").exists() and not list(tmp_path.glob(".old-best-*"))
-    _run(tmp_path, [3.0], max_steps=2, resume=True)  # no better than the resumed run's 2.0
-    assert not (tmp_path / "best").exists()
-    tr, _ = _run(tmp_path, [1.0], max_steps=3, resume=True)
-    assert load_checkpoint(tr.best_dir)["state"] == {"val_loss": 1.0, "epoch": 0}
 
 
 def test_save_best_without_out_dir_says_so():
