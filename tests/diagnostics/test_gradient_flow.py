@@ -72,6 +72,9 @@ def test_arguments_gradient_flow_would_ignore_are_errors():
         gradient_flow(m, x, lambda y: y[0].sum(), loss="per_step")
     assert gradient_flow(m, x).kind == "last" and gradient_flow(m, x, loss="per_step").kind == "per_step"
     assert gradient_flow(net, x, lambda y: y[0].sum()).kind == "custom"
+    for bad in ("", 0, False):  # not None: no default, an error as any other bad name
+        with pytest.raises(ValueError, match=r"loss must be one of \('last', 'per_step'\), got"):
+            gradient_flow(m, x, loss=bad)
 
 
 @pytest.mark.parametrize(
