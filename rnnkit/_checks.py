@@ -264,7 +264,9 @@ def untraceable_batch_sizes() -> None:
     the graph here with this message (``fullgraph=True`` raises it); torch.export raises it."""
     if not torch.compiler.is_compiling():
         return
-    if torch.compiler.is_exporting():
+    # torch >= 2.6 (rnnkit supports 2.4: there fullgraph=True failed on the missing attribute)
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    if is_exporting is not None and is_exporting():
         fail(UNTRACEABLE)
     torch._dynamo.graph_break(msg=UNTRACEABLE)
 
