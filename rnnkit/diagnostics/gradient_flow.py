@@ -147,7 +147,7 @@ def gradient_flow(
             "initial states in inputs, as its forward takes them)"
         )
     with untouched(model):
-        return _gradient_flow(model, inputs, loss_fn, hx, loss or "last", seed)
+        return _gradient_flow(model, inputs, loss_fn, hx, "last" if loss is None else loss, seed)
 
 
 def _gradient_flow(model: nn.Module, inputs, loss_fn, hx, loss: str, seed: int) -> GradientFlow:

@@ -246,7 +246,7 @@ def _scan(
         for task in tasks:
             horizon[v.label][task] = 0
             for lag in budget.lags:
-                torch.manual_seed(budget.seed)
+                torch.default_generator.manual_seed(budget.seed)  # the CPU's: not CUDA's (not restored)
                 n_in, n_out = task_io(task, budget)
                 model = TaskModel(v.build(n_in, budget.hidden_size), n_out)
                 acc, steps = train_task(model, task, lag, budget)

@@ -258,7 +258,9 @@ def run(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:
     t0 = time.perf_counter()
     out = Path(args.out)
-    torch.manual_seed(args.seed)
+    # the CPU's generator only: torch.manual_seed reseeds the CUDA ones too, which run()'s fork
+    # does not restore (the models and data are on the CPU)
+    torch.default_generator.manual_seed(args.seed)
     snaps: dict[str, dict[str, Snapshot]] = {}
     lines = [
         f"rnnkit diagnose ({'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'fresh cells'})",
@@ -284,7 +286,7 @@ def _run(args: argparse.Namespace, train_b: Budget, horizon_b: Budget) -> int:
         x, _ = synthetic.plus_one(args.batch, args.seq_len, seed=args.seed + 1)
         x = probe_sequence(x)
         for v in variants:
-            torch.manual_seed(args.seed)
+            torch.default_generator.manual_seed(args.seed)
             model = TaskModel(v.build(1, args.hidden_size), 2)
             snaps[v.label] = {"init": snapshot(model.rnn, x)}
             acc, _ = train_task(model, "plus_one", args.seq_len, train_b)

@@ -204,16 +204,20 @@ def untouched(model: nn.Module) -> Iterator[None]:
     """Leaves ``model``'s buffers and the random number generators as they were: in training mode a
     replay (or the model's own forward) updates batch norm's running statistics and draws dropout
     and zoneout masks, and a measurement must change neither the model nor a training run's random
-    stream (torch's CPU generator and those of the CUDA devices ``model`` is on)."""
+    stream (torch's CPU generator and those of the CUDA devices ``model`` is on). A buffer the
+    forward replaced (``self.n = self.n + 1``) gets its own tensor back."""
     tensors = [*model.parameters(), *model.buffers()]
     devices = sorted({t.get_device() for t in tensors if t.is_cuda})
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    saved = [(m, name, b, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()
+             if b is not None]  # fmt: skip
     try:
         with torch.random.fork_rng(devices=devices):
             yield
     finally:
         with torch.no_grad():
-            for b, v in saved:
+            for m, name, b, v in saved:
+                if m._buffers.get(name) is not b:  # replaced, not updated in place: the old one is the value
+                    m._buffers[name] = b
                 if not torch.equal(b, v):  # only what moved: an unchanged buffer keeps its autograd version
                     b.copy_(v)
 

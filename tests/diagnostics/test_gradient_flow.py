@@ -72,6 +72,9 @@ def test_arguments_gradient_flow_would_ignore_are_errors():
         gradient_flow(m, x, lambda y: y[0].sum(), loss="per_step")
     assert gradient_flow(m, x).kind == "last" and gradient_flow(m, x, loss="per_step").kind == "per_step"
     assert gradient_flow(net, x, lambda y: y[0].sum()).kind == "custom"
+    for bad in ("", 0, False):  # not None: no default, an error as any other bad name
+        with pytest.raises(ValueError, match=r"loss must be one of \('last', 'per_step'\), got"):
+            gradient_flow(m, x, loss=bad)
 
 
 @pytest.mark.parametrize(
@@ -286,6 +289,27 @@ def test_diagnostics_leave_batch_norm_statistics_alone():
             torch.testing.assert_close(v, before[k], rtol=0, atol=0, msg=k)
     assert net.training and net.rnn.training
     np.testing.assert_array_equal(gradient_flow(net.rnn, x).norms["l1"]["h"], gf.norms["l1"]["h"])
+
+
+def test_diagnostics_restore_a_buffer_the_forward_replaces():
+    """A forward may replace a buffer rather than update it in place (``self.n = self.n + 1``, a
+    counter): the copy-back went to the old tensor, which the module no longer held, and the
+    buffer kept the diagnostic's value. The module's own tensor is put back."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = rnnkit.LSTM(3, 4)
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls = self.calls + 1
+            return self.rnn(x)[0]
+
+    net = Net().train()
+    calls = net.calls
+    gradient_flow(net, torch.randn(5, 2, 3), lambda y: y.sum())
+    assert net.calls is calls and net.calls.item() == 0
 
 
 @pytest.mark.parametrize(

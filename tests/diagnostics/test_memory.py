@@ -98,3 +98,13 @@ def test_benchmark_leaves_the_callers_random_stream_alone():
     torch.manual_seed(1234)
     memory_horizon(["gru"], ["plus_one"], Budget(**TINY))
     torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)
+
+
+def test_benchmark_seeds_no_cuda_generator(monkeypatch):
+    """torch.manual_seed also reseeds every CUDA generator (lazily, before CUDA is up), which the
+    fork of the CPU generator does not restore: a caller training on a GPU had its CUDA stream
+    reset by the benchmark. The runs are on the CPU and seed its generator only."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
+    memory_horizon(["gru"], ["plus_one"], Budget(**TINY))
+    assert seeded == []

@@ -125,16 +125,22 @@ def test_add_arguments_on_a_subparser_and_bad_values(tmp_path):
     )  # a usage error (it was SystemExit: argparse's)
 
 
-def test_run_leaves_the_callers_random_stream_alone(tmp_path):
+def test_run_leaves_the_callers_random_stream_alone(tmp_path, monkeypatch):
     """``run`` seeded torch's global generator with ``--seed`` and left it there (and drew from it
-    checking the variants): a library caller's own random stream was reset. It is restored."""
+    checking the variants): a library caller's own random stream was reset. It is restored; and
+    the CUDA generators, which torch.manual_seed reseeds too and the fork does not restore, are
+    not seeded (the run is on the CPU)."""
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
     parser = add_arguments(argparse.ArgumentParser())
     args = parser.parse_args(["--quick", "--no-horizon", "--out", str(tmp_path), "--variants", "gru"])
     torch.manual_seed(1234)
     want = torch.rand(3)
     torch.manual_seed(1234)
+    seeded.clear()
     assert run(args) == 0
     torch.testing.assert_close(torch.rand(3), want, rtol=0, atol=0)
+    assert seeded == []
 
 
 def test_snapshot_measures_in_evaluation_mode():

@@ -8,6 +8,8 @@ break; torch.nn's RNNs break there) and gives the eager reference loop's numbers
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -183,3 +185,27 @@ def test_compile_fullgraph_and_export_name_lengths_and_packed_input(packed):
         torch.compile(m, fullgraph=True, backend="eager")(*args)
     with pytest.raises(Exception, match="packed input and lengths= are not supported under torch.compile"):
         torch.export.export(m, args)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_compile_fullgraph_names_lengths_on_a_torch_without_is_exporting(monkeypatch, packed):
+    """torch.compiler.is_exporting came with torch 2.6 (rnnkit supports 2.4): the check for
+    torch.export called it unguarded, so there fullgraph=True failed on the missing attribute,
+    not with the message naming packed input and lengths=."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from rnnkit import _checks
+
+    class Torch25:  # torch as the checks see it (torch.compile itself uses is_exporting here)
+        compiler = types.SimpleNamespace(is_compiling=torch.compiler.is_compiling)
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    monkeypatch.setattr(_checks, "torch", Torch25())
+    m = rnnkit.GRU(3, 4).eval()
+    x, lengths = torch.randn(4, 2, 3), torch.tensor([4, 2])
+    args = (pack_padded_sequence(x, lengths),) if packed else (x, None, lengths)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="packed input and lengths= are not supported under torch.compile"):
+        torch.compile(m, fullgraph=True, backend="eager")(*args)
