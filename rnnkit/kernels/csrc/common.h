@@ -96,14 +96,19 @@ inline Tensor transposed(const Tensor& w) {
   const float* s = src.data_ptr<float>();
   float* d = out.data_ptr<float>();
   constexpr int64_t kTile = 16;
-  for (int64_t i0 = 0; i0 < m; i0 += kTile) {
-    const int64_t i1 = std::min(i0 + kTile, m);
-    for (int64_t j0 = 0; j0 < k; j0 += kTile) {
-      const int64_t j1 = std::min(j0 + kTile, k);
-      for (int64_t j = j0; j < j1; ++j)
-        for (int64_t i = i0; i < i1; ++i) d[j * m + i] = s[i * k + j];
+  // bands of 16 rows of w on the threads from ~1M values (ATen's copy is threaded too)
+  const int64_t bands = (m + kTile - 1) / kTile;
+  const int64_t grain = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(k * kTile, 1));
+  at::parallel_for(0, bands, grain, [&](int64_t b0, int64_t b1) {
+    for (int64_t i0 = b0 * kTile; i0 < std::min(b1 * kTile, m); i0 += kTile) {
+      const int64_t i1 = std::min(i0 + kTile, m);
+      for (int64_t j0 = 0; j0 < k; j0 += kTile) {
+        const int64_t j1 = std::min(j0 + kTile, k);
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t i = i0; i < i1; ++i) d[j * m + i] = s[i * k + j];
+      }
     }
-  }
+  });
   return out;
 }
 
