@@ -302,7 +302,7 @@ def _standard(kind, p, xp, bsz, h0, reverse, mask, use_ext, zrows, proj=None) ->
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
         proj = proj or (None, None, None)
         save = _common.wants_grad(args + proj)
-        out, hn, cn = _Direction.apply(kind, bsz, reverse, use_ext, save, *args, *proj)
+        out, hn, cn = _common.run_fn(_Direction, save, kind, bsz, reverse, use_ext, save, *args, *proj)
     return out, ((hn, cn) if kind == "lstm" else (hn,))
 
 

@@ -94,6 +94,29 @@ def load_prev(hbuf: Tensor, mask: Tensor | None, bs: int, dst: Tensor) -> Tensor
     return dst.copy_(hbuf[:bs]) if mask is None else torch.mul(hbuf[:bs], mask[:bs], out=dst)
 
 
+class _InferenceCtx:
+    """The ``ctx`` of an ``autograd.Function`` forward run outside ``apply`` (:func:`run_fn`):
+    what the forward records on it is kept by no one."""
+
+    def save_for_backward(self, *tensors: Tensor) -> None:
+        pass
+
+    def mark_non_differentiable(self, *tensors: Tensor) -> None:
+        pass
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
+
+
+def run_fn(fn: type[torch.autograd.Function], save: bool, *args):
+    """``fn.apply(*args)``; when nothing is saved for backward (``save``: :func:`wants_grad` of
+    the call's tensors), ``fn``'s forward run directly, as no autograd node is built then:
+    ``apply``'s machinery costs ~9 us a call, a third of the small layer-norm LSTM's fixed cost
+    over torch.nn's LSTM. (torch.func transforms and forward-mode AD never get here: the layers
+    run the reference loop under them, rnnkit.dispatch.)"""
+    return fn.apply(*args) if save else fn.forward(_InferenceCtx(), *args)
+
+
 def wants_grad(tensors) -> bool:
     """Whether a kernel call must save for backward: grad mode on and some input needing a
     gradient (``ctx.needs_input_grad`` inside an ``autograd.Function`` ignores ``no_grad``, so

@@ -44,7 +44,7 @@ def batch_norm_input(cell, p: Params, a: Tensor, bsz: list[int], reverse: bool, 
     if training and not torch.compiler.is_compiling() and use_ext_for(a):  # the same in C++
         w = p["weight_bn_ih"]
         save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (a, w, bias))
-        y, mean, var = BNInput.apply(a, w, bias, bsz, save)
+        y, mean, var = _common.run_fn(BNInput, save, a, w, bias, bsz, save)
         if reverse:
             mean, var = mean.flip(0), var.flip(0)
         update_running(p, "ih", mean, var, bsz[::-1] if reverse else bsz)

@@ -118,7 +118,8 @@ def run_direction(
     if torch.compiler.is_compiling():  # one opaque custom op per direction in the graph
         res = fused_norm_direction(base, mode, *args, bsz, reverse)
     else:  # eager: the same computation without the custom-op machinery (~0.1 ms a call)
-        res = _NormDirection.apply(base, mode, bsz, reverse, _common.wants_grad(args), *args)
+        save = _common.wants_grad(args)
+        res = _common.run_fn(_NormDirection, save, base, mode, bsz, reverse, save, *args)
     out, hn, cn = res[:3]
     if mode == BN_TRAIN:
         ns = bsz[::-1] if reverse else bsz
@@ -357,7 +358,8 @@ def run_direction_input(
     args = (x, p["weight_ih"], p["weight_ln_ih"], ih_shift(cell, p), h0[0], h0[1], p["weight_hh"],
             p.get("weight_hr"), mask, zh, zc, p["weight_ln_hh"], p.get("bias_ln_hh"), p["weight_ln_c"],
             p.get("bias_ln_c"), p.get("weight_peephole"))  # fmt: skip
-    out, hn, cn = _InputNormDirection.apply(tuple(batch_sizes), reverse, _common.wants_grad(args), *args)
+    save = _common.wants_grad(args)
+    out, hn, cn = _common.run_fn(_InputNormDirection, save, tuple(batch_sizes), reverse, save, *args)
     return out, (hn, cn)
 
 

@@ -234,9 +234,10 @@ def run_direction(
         elif use_ext and ext.ops() is None:
             raise RuntimeError("use_ext=True but the rnnkit C++ extension is unavailable")
         proj = proj or (None, None, None)
-        if lstm and use_ext and not _common.wants_grad(args + proj):
+        save = _common.wants_grad(args + proj)
+        if lstm and use_ext and not save:
             flags |= NO_SAVE  # inference: the C++ kernel keeps step-sized scratch, nothing for backward
-        out, hn, cn, gn = _Direction.apply(kind, flags, bsz, reverse, use_ext, *args, *proj)
+        out, hn, cn, gn = _common.run_fn(_Direction, save, kind, flags, bsz, reverse, use_ext, *args, *proj)
     return out, ((hn, cn, gn) if fgr else (hn, cn) if lstm else (hn,))
 
 
