@@ -174,12 +174,8 @@ def test_compile_fullgraph_and_export_name_lengths_and_packed_input(packed):
     """Packed input and ``lengths=`` cannot be traced whole (the batch sizes are a tensor's
     values): fullgraph=True and torch.export say so, instead of torch's 'Could not guard on
     data-dependent expression u0 < 1'."""
-    from torch.nn.utils.rnn import pack_padded_sequence
-
     torch.manual_seed(0)
-    m = rnnkit.GRU(3, 4).eval()
-    x, lengths = torch.randn(4, 2, 3), torch.tensor([4, 2])
-    args = (pack_padded_sequence(x, lengths),) if packed else (x, None, lengths)
+    m, args = _gru_and_variable_length_args(packed)
     torch._dynamo.reset()
     with pytest.raises(Exception, match="packed input and lengths= are not supported under torch.compile"):
         torch.compile(m, fullgraph=True, backend="eager")(*args)
@@ -192,8 +188,6 @@ def test_compile_fullgraph_names_lengths_on_a_torch_without_is_exporting(monkeyp
     """torch.compiler.is_exporting came with torch 2.6 (rnnkit supports 2.4): the check for
     torch.export called it unguarded, so there fullgraph=True failed on the missing attribute,
     not with the message naming packed input and lengths=."""
-    from torch.nn.utils.rnn import pack_padded_sequence
-
     from rnnkit import _checks
 
     class Torch25:  # torch as the checks see it (torch.compile itself uses is_exporting here)
@@ -203,9 +197,15 @@ def test_compile_fullgraph_names_lengths_on_a_torch_without_is_exporting(monkeyp
             return getattr(torch, name)
 
     monkeypatch.setattr(_checks, "torch", Torch25())
-    m = rnnkit.GRU(3, 4).eval()
-    x, lengths = torch.randn(4, 2, 3), torch.tensor([4, 2])
-    args = (pack_padded_sequence(x, lengths),) if packed else (x, None, lengths)
+    m, args = _gru_and_variable_length_args(packed)
     torch._dynamo.reset()
     with pytest.raises(Exception, match="packed input and lengths= are not supported under torch.compile"):
         torch.compile(m, fullgraph=True, backend="eager")(*args)
+
+
+def _gru_and_variable_length_args(packed: bool):
+    """A GRU and its call arguments for two sequences of lengths 4 and 2: packed, or lengths=."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    x, lengths = torch.randn(4, 2, 3), torch.tensor([4, 2])
+    return rnnkit.GRU(3, 4).eval(), ((pack_padded_sequence(x, lengths),) if packed else (x, None, lengths))
