@@ -113,15 +113,9 @@ class NTASGD:
             "averages": list(self.averages),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`'s output. Checked against this model before anything
-        changes: one averaged tensor of each trainable parameter's shape once triggered (a
-        checkpoint of another model would otherwise load and break :meth:`apply`), none before.
-
-        ``nonmono`` stays this object's (the run's configuration decides it, as for every other
-        setting of a resumed run); a saved one that differs while averaging has not triggered yet
-        (where it still matters) is logged as a warning: the resumed run triggers on another rule
-        than the run it continues."""
+    def check_state(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` where :meth:`load_state_dict` refuses ``state``, changing nothing (a
+        resume checks it before the model and optimizer load)."""
         averages, triggered_at = list(state["averages"]), state["triggered_at"]
         if triggered_at is None and averages:
             raise ValueError(f"NT-ASGD state is not triggered but holds {len(averages)} averaged tensors")
@@ -138,6 +132,18 @@ class NTASGD:
                     f"NT-ASGD state does not fit the model: averaged tensor {i} has shape "
                     f"{tuple(a.shape)}, the parameter {tuple(p.shape)}"
                 )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output. Checked against this model before anything
+        changes: one averaged tensor of each trainable parameter's shape once triggered (a
+        checkpoint of another model would otherwise load and break :meth:`apply`), none before.
+
+        ``nonmono`` stays this object's (the run's configuration decides it, as for every other
+        setting of a resumed run); a saved one that differs while averaging has not triggered yet
+        (where it still matters) is logged as a warning: the resumed run triggers on another rule
+        than the run it continues."""
+        self.check_state(state)
+        averages, triggered_at = list(state["averages"]), state["triggered_at"]
         saved = state.get("nonmono", self.nonmono)
         if saved != self.nonmono and triggered_at is None:
             log.warning(

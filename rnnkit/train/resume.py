@@ -147,8 +147,10 @@ class TrainerCheckpoints:
     def _check_loadable(self, doc: dict[str, Any]) -> None:
         """What :meth:`load` refuses, seen before anything is loaded (a refused checkpoint leaves
         the model, optimizer and counters as they were): another world size, another number of
-        trainable parameters for an NT-ASGD run's raw weights."""
+        trainable parameters for an NT-ASGD run's raw weights, an NT-ASGD state that does not fit."""
         st = doc["state"]
+        if self.ntasgd is not None and st["ntasgd"] is not None:  # (loaded after the model)
+            self.ntasgd.check_state(st["ntasgd"])
         raw = st.get("raw_weights")
         if raw is not None and len(raw) != len(self._trainable()):
             raise ValueError(

@@ -109,3 +109,33 @@ def test_a_saved_nonmono_that_differs_is_reported(caplog):
         "NT-ASGD: the checkpoint was made with nonmono=5, resuming with nonmono=2 (the configured "
         "value is used; set it to 5 to continue the run as it was)"
     ]
+
+
+def test_a_resume_refused_for_its_nt_asgd_state_loads_nothing(tmp_path):
+    """The NT-ASGD state was checked only when it loaded, after the model and the optimizer: a
+    checkpoint whose state does not fit raised with the model already holding its weights (a
+    refused resume must leave everything as it was). It is checked with the others now."""
+    from rnnkit.data import bptt_batches
+    from rnnkit.train import Trainer
+
+    from .models import TinyLM, tokens
+
+    def trainer():
+        torch.manual_seed(0)
+        model = TinyLM()
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), nt_asgd=True, nonmono=1,
+                       val_every=1, max_steps=4, out_dir=tmp_path, progress=False, plot=False,
+                       tensorboard=False)  # fmt: skip
+
+    tr = trainer()
+    scripted = iter([2.0, 3.0, 2.5, 2.4])
+    tr.evaluate = lambda data: {"loss": next(scripted), "ppl": 1.0, "tokens": 1}
+    tr.fit(bptt_batches(tokens(200), 2, 5), val_data=[None])
+    assert tr.ntasgd.triggered
+    tr.ntasgd.triggered_at = None  # averages without a trigger: a state load_state_dict refuses
+    ckpt = tr.save()
+    fresh = trainer()
+    before = {k: v.clone() for k, v in fresh.raw_model.state_dict().items()}
+    with pytest.raises(ValueError, match="NT-ASGD state is not triggered but holds"):
+        fresh.load(ckpt)
+    assert all(torch.equal(v, before[k]) for k, v in fresh.raw_model.state_dict().items())
