@@ -181,7 +181,8 @@ class CharLMRecipe:
             object.__setattr__(self, name, int(v))  # a plain int: to_dict() stays JSON-able
         for name in ("lr", "dropout", "weight_decay", "clip", "warmup", "final_lr_ratio"):
             v = getattr(self, name)
-            if not is_real(v):  # a bool, a string or a 0-d array is no number here
+            # a bool, a string or a 0-d array is no number here; an int past float's range neither
+            if not is_real(v) or (isinstance(v, int) and abs(v) > 2**1023):
                 raise ValueError(f"CharLMRecipe: {name} must be a number, got {v!r}")
             object.__setattr__(self, name, float(v))  # numpy's too, as a float: to_dict() stays JSON-able
         if not 0 < self.lr < math.inf:

@@ -155,6 +155,7 @@ def test_lr_schedule() -> None:
         ("lr", True, "lr must be a number, got True"),
         ("dropout", "0.1", "dropout must be a number, got '0.1'"),
         ("warmup", np.array(0.1), r"warmup must be a number, got array\(0.1\)"),
+        ("lr", 10**400, "lr must be a number, got 1000"),  # past float's range: an OverflowError before
     ],
 )
 def test_recipe_is_checked_when_made(field, value, match) -> None:
