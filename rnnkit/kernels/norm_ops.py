@@ -152,7 +152,7 @@ class _NormDirection(torch.autograd.Function):
 
 def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True, col_hprev: bool = False):
     """``[out, h_n, c_n, μ_hh, σ²_hh, μ_c, σ²_c, *saved]``; without ``save`` (no gradient
-    wanted) the compiled kernels return the saved tensors as step-sized scratch only. With
+    wanted) the compiled kernels keep step-sized scratch only, and return no saved tensors. With
     ``col_hprev`` (eager only: the custom op's outputs are row-major, as its fake says) the
     compiled LSTM/RNN kernels save ``h_{t-1}`` column-major (csrc/norm.cpp)."""
     *tensors, bsz, reverse = args
@@ -377,6 +377,8 @@ class _InputNormDirection(torch.autograd.Function):
             "lstm", LN + COL_HPREV, x.new_empty(0), h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c,
             s_c, None, None, w_peep, x, w_ih, g_ih, s_ih, list(bsz), reverse, _gemm.use_onednn(x), save,
         ))  # fmt: skip
+        if not save:  # (inference: the kernel returned no saved tensors, and ctx is kept by no one)
+            return res[0], res[1], res[2]
         res, ih = res[:-3], res[-3:]  # a, its row mean, its row 1/std
         inputs = ("lstm", LN, None, h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, None, None,
                   w_peep, bsz, reverse)  # fmt: skip

@@ -80,11 +80,11 @@ def test_two_threads_equal_pure(kind, mode, H, P, two_threads):
     ref = norm_ops.forward_impl(kind, mode, False, False, *args, BS, True)
     for a, b in zip(ext, ref):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
-    # inference: nothing saved for backward (step-sized scratch), the same outputs
+    # inference: nothing saved for backward (step-sized scratch, not returned), the same outputs
     lean = norm_ops.forward_impl(kind, mode, True, False, *args, BS, True, save=False)
-    for a, b in zip(lean[:7], ref[:7]):
+    for a, b in zip(lean, ref[:7]):
         torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-11)
-    assert lean[7].shape[0] == BS[0] < ext[7].shape[0]
+    assert len(lean) == 7 < len(ext)
     lstm = kind == "lstm"
     g = torch.Generator().manual_seed(2)
     gout = torch.randn(ext[0].shape, generator=g, dtype=torch.float64)
