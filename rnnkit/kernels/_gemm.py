@@ -13,6 +13,7 @@ so do small products (``rows * in * out < 2**20``), where oneDNN's fixed cost pe
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -21,13 +22,20 @@ from torch import Tensor
 ONEDNN_MIN_WORK = 1 << 20  # rows * in * out below which BLAS wins (measured: crossover ~1e6)
 
 
+@functools.cache
+def _onednn_built() -> bool:
+    """Whether this torch has oneDNN and its linear ops: fixed for the process (~0.35 us a check,
+    a few per layer call)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def use_onednn(t: Tensor) -> bool:
-    """Whether GEMMs on tensors like ``t`` go through oneDNN."""
+    """Whether GEMMs on tensors like ``t`` go through oneDNN (``RNNKIT_NO_ONEDNN=1``: never; read
+    at each call)."""
     return (
         t.dtype == torch.float32
         and t.device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and _onednn_built()
         and os.environ.get("RNNKIT_NO_ONEDNN", "") in ("", "0")
     )
 
