@@ -231,12 +231,17 @@ def test_resume_gives_the_same_losses(tmp_path):
     assert steps == ref_steps  # redone steps were not logged twice
 
 
-def _loader_run(out_dir, interrupt_at=None, resume=False):
+def loader_run(out_dir, interrupt_at=None, resume=False, epochs=3, loader_seed=None):
+    """A shuffled DataLoader run, 7 batches an epoch, a checkpoint every 4 steps, stopped by a
+    KeyboardInterrupt at ``interrupt_at``. The order comes from the global RNG, or with
+    ``loader_seed`` from the loader's own generator (PyTorch's reproducibility recipe); a resume
+    runs as in another process, with another global RNG."""
     seed_everything(0 if not resume else 99)
     torch.manual_seed(0)  # same init; the data order must come from the checkpoint
     seqs = [tokens(n, seed=n) for n in range(5, 30)]
     ds = [(s[:-1], s[1:]) for s in seqs]
-    loader = DataLoader(ds, batch_size=4, shuffle=True, collate_fn=PadCollate())
+    g = torch.Generator().manual_seed(loader_seed) if loader_seed is not None else None
+    loader = DataLoader(ds, batch_size=4, shuffle=True, collate_fn=PadCollate(), generator=g)
     model = TinyLM(dropout=0.2)
     cbs = [Interrupt(interrupt_at)] if interrupt_at else []
     tr = Trainer(
@@ -245,7 +250,7 @@ def _loader_run(out_dir, interrupt_at=None, resume=False):
         out_dir=str(out_dir),
         checkpoint_every=4,
         carry_state=False,
-        max_epochs=3,
+        max_epochs=epochs,
         resume=resume,
         callbacks=cbs,
         progress=False,
@@ -260,9 +265,9 @@ def _loader_run(out_dir, interrupt_at=None, resume=False):
 
 
 def test_resume_shuffled_dataloader_mid_epoch(tmp_path):
-    ref = _loader_run(tmp_path / "ref")
-    _loader_run(tmp_path / "run", interrupt_at=11)  # checkpoint at 8, inside epoch 2
-    res = _loader_run(tmp_path / "run", resume=True)
+    ref = loader_run(tmp_path / "ref")
+    loader_run(tmp_path / "run", interrupt_at=11)  # checkpoint at 8, inside epoch 2
+    res = loader_run(tmp_path / "run", resume=True)
     assert res.step == ref.step == 21 and res.losses == ref.losses
 
 

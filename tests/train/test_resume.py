@@ -6,12 +6,12 @@ import types
 
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from rnnkit.data import PadCollate, bptt_batches
+from rnnkit.data import bptt_batches
 from rnnkit.train import Callback, Trainer, get_rng_state, load_checkpoint, seed_everything, set_rng_state
 
 from .models import TinyLM, tokens
+from .test_checkpoint import loader_run
 
 
 def _trainer(max_steps, **kw):
@@ -131,49 +131,19 @@ def test_tensorboard_of_a_new_run_over_an_old_one_shows_only_the_new_run(tmp_pat
     assert len(shown) == len(set(shown))  # each point once
 
 
-class _KillAt(Callback):
-    def __init__(self, at):
-        self.at = at
-
-    def on_step_end(self, trainer, logs):
-        if trainer.step == self.at:
-            raise KeyboardInterrupt
-
-
-def _loader_run(out_dir, epochs=3, kill=None, resume=False):
-    seed_everything(0 if not resume else 99)  # a resume runs in another process, with another RNG
-    torch.manual_seed(0)
-    ds = [(s[:-1], s[1:]) for s in (tokens(n, seed=n) for n in range(5, 30))]
-    # the loader's own generator draws the order (PyTorch's reproducibility recipe), not the global RNG
-    loader = DataLoader(ds, batch_size=4, shuffle=True, collate_fn=PadCollate(),
-                        generator=torch.Generator().manual_seed(1))  # fmt: skip
-    model = TinyLM(dropout=0.2)
-    cbs = [_KillAt(kill)] if kill else []
-    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.3), out_dir=str(out_dir), checkpoint_every=4,
-                 carry_state=False, max_epochs=epochs, resume=resume, callbacks=cbs, progress=False,
-                 plot=False)  # fmt: skip
-    if kill:
-        with pytest.raises(KeyboardInterrupt):
-            tr.fit(loader)
-    else:
-        tr.fit(loader)
-    return tr
-
-
 def test_resume_of_a_dataloader_with_its_own_generator_keeps_its_order(tmp_path):
     """A shuffled DataLoader with ``generator=g`` draws its order from ``g``, which the checkpoints
     did not hold: a resumed run (a new process, ``g`` seeded anew) shuffled the epochs after the
     first in another order than the run that never stopped. Its state is checkpointed now, with the
     epoch's start and at the checkpoint, as the global RNG's. 7 batches an epoch."""
-    ref = _loader_run(tmp_path / "ref")
+    ref = loader_run(tmp_path / "ref", loader_seed=1)
     assert ref.step == 21
     for kill in (11, 15):  # from the checkpoints of steps 8 and 12, inside the second epoch
-        _loader_run(tmp_path / f"run{kill}", kill=kill)
-        assert _loader_run(tmp_path / f"run{kill}", resume=True).losses == ref.losses, kill
-    _loader_run(
-        tmp_path / "ext", epochs=1
-    )  # a finished run, extended: its final checkpoint is between epochs
-    assert _loader_run(tmp_path / "ext", resume=True).losses == ref.losses
+        loader_run(tmp_path / f"run{kill}", interrupt_at=kill, loader_seed=1)
+        assert loader_run(tmp_path / f"run{kill}", resume=True, loader_seed=1).losses == ref.losses, kill
+    # a finished run, extended: its final checkpoint is between epochs
+    loader_run(tmp_path / "ext", epochs=1, loader_seed=1)
+    assert loader_run(tmp_path / "ext", resume=True, loader_seed=1).losses == ref.losses
 
 
 def test_rng_state_with_generators_needs_as_many_to_restore():
