@@ -85,6 +85,11 @@ def parse_variant(spec: str) -> Variant:
     return Variant(label or (family if not opts else f"{family}:{opts_s}"), family, opts)
 
 
+def lags_ok(lags: Sequence[int]) -> bool:
+    """Whether ``lags`` are what :func:`memory_horizon` tries: at least one, positive, increasing."""
+    return bool(lags) and list(lags) == sorted(set(lags)) and lags[0] >= 1
+
+
 def check_labels(variants: Sequence[Variant]) -> None:
     """A ``ValueError`` when two variants share a label: results are keyed by label, so the
     second would silently replace the first."""
@@ -231,7 +236,7 @@ def memory_horizon(
     for t in tasks:
         if t not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {t!r}")
-    if not budget.lags or list(budget.lags) != sorted(set(budget.lags)) or budget.lags[0] < 1:
+    if not lags_ok(budget.lags):
         raise ValueError(f"lags must be increasing positive ints, got {budget.lags}")
     with torch.random.fork_rng(devices=[]):  # each run reseeds: the caller's stream is restored after
         return _scan(vs, tasks, budget, log)

@@ -27,7 +27,7 @@ from . import plots
 from .activity import LayerActivity, activity
 from .checkpoint import checkpoint_layer
 from .gradient_flow import GradientFlow, gradient_flow
-from .memory import Budget, TaskModel, check_labels, memory_horizon, parse_variant, train_task
+from .memory import Budget, TaskModel, check_labels, lags_ok, memory_horizon, parse_variant, train_task
 from .parallel import DecaySpectrum, decay_spectrum, is_parallel
 from .spectrum import (
     JacobianSpectrum,
@@ -176,7 +176,7 @@ def _configure(args) -> tuple[Budget, Budget]:
     train = Budget(hidden_size=args.hidden_size or 16, steps=args.train_steps, lr=5e-3, threshold=0.99,
                    seed=args.seed)  # fmt: skip
     lags = tuple(args.lags) if args.lags else ((3, 6) if args.quick else (5, 10, 20, 40, 80))
-    if list(lags) != sorted(set(lags)) or lags[0] < 1:  # memory_horizon's rule, before any training
+    if not lags_ok(lags):  # memory_horizon's rule, before any training
         raise ValueError(f"--lags must be increasing positive ints, got {' '.join(map(str, lags))}")
     steps = args.horizon_steps if args.horizon_steps is not None else (20 if args.quick else 400)
     horizon = Budget(hidden_size=8 if args.quick else 32, steps=steps, eval_every=10 if args.quick else 50,
