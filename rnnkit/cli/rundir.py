@@ -131,7 +131,8 @@ def create_run_dir(out: Path, run: dict[str, Any]) -> None:
 
 
 def find_run_dir(path: str | os.PathLike) -> Path:
-    """The run directory of ``--checkpoint``: a run dir, its ``checkpoints/`` or a ``step-*``."""
+    """The run directory of ``--checkpoint``: a run dir, a checkpoint root in it (``checkpoints/``,
+    ``best/``) or a ``step-*`` of one."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--checkpoint {p} does not exist")
@@ -155,11 +156,14 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def load_model_weights(path: str | os.PathLike, run_dir: Path, model: nn.Module) -> dict[str, Any]:
-    """Load the weights of ``--checkpoint`` (a step dir, else the run's latest) into ``model``."""
+    """Load the weights of ``--checkpoint`` into ``model``: the run directory ``run_dir`` itself
+    means its latest checkpoint (``checkpoints/``); a checkpoint root under it (``checkpoints/``,
+    ``best/``: their latest) or a ``step-*`` directory, that one."""
     from rnnkit.train import load_checkpoint
 
     p = Path(path)
-    src = p if (p / "state.json").is_file() else run_dir / "checkpoints"
+    # (a root that is not the run's checkpoints/, its best/, used to load the latest weights instead)
+    src = run_dir / "checkpoints" if p.resolve() == Path(run_dir).resolve() else p
     try:
         return load_checkpoint(src, model)
     except FileNotFoundError:
