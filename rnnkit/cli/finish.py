@@ -77,6 +77,9 @@ def finished_run_notice(args: argparse.Namespace) -> Any:
                 spent = trainer.elapsed / 60
                 echo(f"{at} ({spent:.3g} minutes trained), already past --max-minutes {cfg.max_minutes:g}: "
                      "nothing to train")  # fmt: skip
+            elif cfg.patience is not None and trainer.bad_evals >= cfg.patience:
+                echo(f"{at}, stopped early: {trainer.bad_evals} validations without a new best, --patience "
+                     f"{cfg.patience}: nothing to train (a larger --patience goes on)")  # fmt: skip
             elif trainer.epoch >= cfg.max_epochs:
                 echo(f"{at} (epoch {trainer.epoch}), already at --epochs {cfg.max_epochs}: nothing to train")
 
