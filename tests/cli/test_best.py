@@ -73,15 +73,25 @@ def test_patience_stops_early_and_save_best_keeps_the_best(cli, tmp_path, monkey
     assert r.rc == 0, r.err
     assert results(out)["stop_reason"] == "early_stopping" and results(out)["step"] == 7
     assert _best_step(out) == 4
+    lines = r.out.strip().splitlines()
+    assert lines[-3] == f"best weights: {out / 'best'}/ (step 4, valid_loss 1.5000)", r.out
+    assert lines[-2].startswith("stopped (early_stopping) after 7 steps: valid_loss 1.7000")
+    assert lines[-1].startswith(f"wrote {out}/ (run.json, checkpoints/, best/, metrics.jsonl")
+    assert (results(out)["best_valid_loss"], results(out)["best_step"]) == (1.5, 4)
     train = json.loads((out / "run.json").read_text())["train"]
     assert (train["patience"], train["save_best"]) == (3, True)  # what --resume restores
 
 
 def test_without_the_flags_nothing_changes(cli, tmp_path, monkeypatch):
     out = tmp_path / "r"
-    _validations(monkeypatch, 1.0, 2.0, 3.0, 4.0)
-    assert cli(*MEM, "--out", out, "--max-steps", 4).rc == 0
+    _validations(monkeypatch, 1.0, 2.0, 3.0, 4.0, 5.0)
+    r = cli(*MEM, "--out", out, "--max-steps", 4)
+    assert r.rc == 0 and "best" not in r.out, r.out
     assert results(out)["stop_reason"] == "max_steps" and not (out / "best").exists()
+    assert "best_valid_loss" not in results(out)
+    (out / "best").mkdir()  # an earlier run's, which a run without --save-best leaves alone
+    r = cli(*MEM, "--out", out, "--max-steps", 5, "--resume")
+    assert r.rc == 0 and "best" not in r.out, r.out
 
 
 def test_resume_keeps_the_runs_patience_and_best_unless_given(cli, tmp_path, monkeypatch):
@@ -118,5 +128,18 @@ def test_save_best_given_to_a_resume_starts_then(cli, tmp_path, monkeypatch):
     r = cli(*MEM, "--out", out, "--max-steps", 4, "--resume", "--save-best")
     assert r.rc == 0, r.err
     assert "resuming with --save-best, which the run had off" in r.out
+    assert f"no best weights in {out / 'best'}/" not in r.out
     assert _best_step(out) == 4
     assert json.loads((out / "run.json").read_text())["train"]["save_best"] is True
+
+
+def test_summary_says_when_no_validation_was_a_new_best(cli, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    _validations(monkeypatch, 2.0, 1.0)
+    assert cli(*MEM, "--out", out, "--max-steps", 2).rc == 0
+    _validations(monkeypatch, 1.5)
+    r = cli(*MEM, "--out", out, "--max-steps", 3, "--resume", "--save-best")
+    assert r.rc == 0, r.err
+    msg = f"no best weights in {out / 'best'}/: no validation loss with --save-best on was better than the "
+    assert msg + "run's best (1.0000)" in r.out, r.out
+    assert "best_valid_loss" not in results(out)
