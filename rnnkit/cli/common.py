@@ -40,9 +40,19 @@ __all__ = [
     "read_results",
     "find_run_dir",
     "load_model_weights",
+    "add_best_argument",
     "require",
     "echo",
 ]
+
+
+def add_best_argument(p: argparse.ArgumentParser) -> None:
+    """``--best`` of the commands that use a trained run (:func:`load_model_weights`)."""
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="use the run's best weights (best/, kept by train --save-best) instead of its last",
+    )
 
 
 def echo(*parts: Any) -> None:

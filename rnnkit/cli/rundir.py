@@ -155,16 +155,33 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return doc
 
 
-def load_model_weights(path: str | os.PathLike, run_dir: Path, model: nn.Module) -> dict[str, Any]:
+def load_model_weights(
+    path: str | os.PathLike, run_dir: Path, model: nn.Module, best: bool = False
+) -> dict[str, Any]:
     """Load the weights of ``--checkpoint`` into ``model``: the run directory ``run_dir`` itself
-    means its latest checkpoint (``checkpoints/``); a checkpoint root under it (``checkpoints/``,
-    ``best/``: their latest) or a ``step-*`` directory, that one."""
+    means its latest checkpoint (``checkpoints/``), with ``best`` (``--best``) its ``best/``
+    (``rnnkit train --save-best``); a checkpoint root under it (``checkpoints/``, ``best/``: their
+    latest) or a ``step-*`` directory, that one."""
     from rnnkit.train import load_checkpoint
 
-    p = Path(path)
-    # (a root that is not the run's checkpoints/, its best/, used to load the latest weights instead)
-    src = run_dir / "checkpoints" if p.resolve() == Path(run_dir).resolve() else p
+    p, run_dir = Path(path), Path(run_dir)
+    is_run = p.resolve() == run_dir.resolve()
+    if best and not (is_run or p.resolve() == (run_dir / "best").resolve()):
+        raise CLIError(
+            f"--best loads the run's best/ weights: give the run directory {run_dir} as --checkpoint, "
+            f"not {path}",
+            code=2,
+        )
+    if best:
+        src = run_dir / "best"
+    else:  # (a root that is not the run's checkpoints/, its best/, used to load the latest weights instead)
+        src = run_dir / "checkpoints" if is_run else p
     try:
         return load_checkpoint(src, model)
     except FileNotFoundError:
+        if best:
+            raise CLIError(
+                f"--best: no best weights in {src} (the run was trained without --save-best, or no "
+                "validation was a new best yet)"
+            ) from None
         raise CLIError(f"--checkpoint {path}: no checkpoint in {src}") from None

@@ -87,7 +87,8 @@ def add_run_arguments(
     g.add_argument(
         "--save-best",
         action="store_true",
-        help="keep the weights of the best validation so far in --out's best/ (--resume keeps it on)",
+        help="keep the weights of the best validation so far in --out's best/ (sample, eval and predict "
+        "--best use them; --resume keeps it on)",
     )
     g.add_argument(
         "--val-every",

@@ -143,3 +143,68 @@ def test_summary_says_when_no_validation_was_a_new_best(cli, tmp_path, monkeypat
     msg = f"no best weights in {out / 'best'}/: no validation loss with --save-best on was better than the "
     assert msg + "run's best (1.0000)" in r.out, r.out
     assert "best_valid_loss" not in results(out)
+
+
+def test_predict_best_uses_the_best_weights(cli, tmp_path, text_csv, monkeypatch):
+    out = tmp_path / "c"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)  # the best is step 1's, the last step 3's
+    args = ["--data", text_csv, "--out", out, "--val-every", 1, "--save-best", *TINY]
+    assert cli("train", "classify", *args).rc == 0
+    run = json.loads((out / "run.json").read_text())
+    best, step1, last = _classifier(run), _classifier(run), _classifier(run)
+    load_model_weights(out, out, best, best=True)
+    load_model_weights(out / "checkpoints" / "step-000000001", out, step1)
+    load_model_weights(out, out, last)
+    assert all(torch.equal(a, b) for a, b in zip(best.parameters(), step1.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(best.parameters(), last.parameters(), strict=True))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a great film\nan awful movie\n", encoding="utf-8")
+    got = {}
+    for how in (
+        ["--checkpoint", out, "--best"],
+        ["--checkpoint", out / "best"],
+        ["--checkpoint", out / "best", "--best"],
+    ):
+        r = cli("predict", *how, "--input", texts)
+        assert r.rc == 0, r.err
+        got[str(how)] = r.out
+    assert len(set(got.values())) == 1, got
+
+
+def test_sample_and_eval_best(cli, tmp_path, text_file, monkeypatch):
+    out = tmp_path / "lm"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)
+    train = ["--data", text_file, "--seq-len", 20, "--batch-size", 4, "--amp", "off", "--val-every", 1]
+    assert cli("train", "charlm", *train, "--out", out, "--save-best", *TINY).rc == 0
+    assert _best_step(out) == 1
+    for cmd in (["sample", "--seed", 0, "--length", 40], ["eval", "--data", text_file]):
+        step1 = out / "checkpoints" / "step-000000001"
+        outs = {cli(*cmd, "--checkpoint", where, *best).out for where, best in
+                ((out, ["--best"]), (out / "best", []), (step1, []))}  # fmt: skip
+        assert len(outs) == 1 and "" not in outs, outs
+
+
+def test_best_without_best_weights_or_with_a_checkpoint_is_an_error(cli, tmp_path, text_csv):
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, *TINY).rc == 0
+    texts = tmp_path / "t.txt"
+    texts.write_text("a great film\n", encoding="utf-8")
+    r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
+    assert r.rc == 1 and r.out == ""
+    assert_one_line_error(r, f"--best: no best weights in {out / 'best'}", "trained without --save-best")
+    step = out / "checkpoints" / "step-000000003"
+    r = cli("predict", "--checkpoint", step, "--best", "--input", texts)
+    assert r.rc == 2 and r.out == ""
+    assert_one_line_error(r, "--best loads the run's best/ weights", f"not {step}")
+
+
+def test_diagnose_takes_the_best_root(tmp_path):
+    """``rnnkit diagnose --checkpoint RUN/best`` finds the run's run.json and the best's weights."""
+    from rnnkit.diagnostics.checkpoint import find_run, weights_file
+
+    model = torch.nn.LSTM(3, 5)
+    (tmp_path / "run.json").write_text(json.dumps({"task": "memory", "model": {"arch": {"cell": "lstm"}}}))
+    save_checkpoint(tmp_path / "checkpoints", model, step=9)
+    save_checkpoint(tmp_path / "best", model, step=4, keep_last=1)
+    assert weights_file(tmp_path / "best") == tmp_path / "best" / "step-000000004" / "model.safetensors"
+    assert find_run(tmp_path / "best")["task"] == "memory"
