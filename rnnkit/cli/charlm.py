@@ -17,6 +17,7 @@ import torch
 from rnnkit.arch import Given, add_arch_arguments, arch_config, build_recurrent, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
+    add_best_argument,
     add_run_arguments,
     data_record,
     device_of,
@@ -107,6 +108,7 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
         description="Stream characters one at a time from the recurrent state.",
     )
     s.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory (--out) or checkpoint")
+    add_best_argument(s)
     s.add_argument("--prime", default=None, help="text to start from (default: a newline)")
     s.add_argument(
         "--temperature", type=float, default=0.8, help="softmax temperature, 0 = greedy (default 0.8)"
@@ -121,6 +123,7 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
         description="Mean loss over a whole text, printed as nats/char and bits/char.",
     )
     e.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory (--out) or checkpoint")
+    add_best_argument(e)
     e.add_argument(
         "--data",
         required=True,
@@ -296,7 +299,7 @@ def _load_for_use(args: argparse.Namespace):
         )
     CharVocab = _charlm()[1]
     model = build_model(run["model"])
-    load_model_weights(args.checkpoint, run_dir, model)
+    load_model_weights(args.checkpoint, run_dir, model, best=args.best)
     model.to(device_of(args)).eval()
     return model, CharVocab.from_dict(run["vocab"]), run
 

@@ -40,9 +40,19 @@ __all__ = [
     "read_results",
     "find_run_dir",
     "load_model_weights",
+    "add_best_argument",
     "require",
     "echo",
 ]
+
+
+def add_best_argument(p: argparse.ArgumentParser) -> None:
+    """``--best`` of the commands that use a trained run (:func:`load_model_weights`)."""
+    p.add_argument(
+        "--best",
+        action="store_true",
+        help="use the run's best weights (best/, kept by train --save-best) instead of its last",
+    )
 
 
 def echo(*parts: Any) -> None:
@@ -100,14 +110,41 @@ def _amp(args: argparse.Namespace) -> str:
 
 def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
-    return {**flags, "amp": _amp(args)} if "amp" in flags else flags
+    flags = {**flags, "amp": _amp(args)} if "amp" in flags else flags
+    return {**flags, **_stop_flags(args)}
+
+
+#: Early stopping and the best weights, also in run.json's "train", but restored by --resume
+#: otherwise (:func:`_restore_stop_flags`): a patience is a limit, which a resume may raise.
+STOP_FLAGS = ("patience", "save_best")
+
+
+def _stop_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f: getattr(args, f) for f in STOP_FLAGS if hasattr(args, f)}
+
+
+def _restore_stop_flags(args: argparse.Namespace, stored: dict[str, Any]) -> None:
+    """``--resume``: the run's ``--patience`` unless one is given (raise it to go on after an early
+    stop; another is used, saying so), and ``--save-best`` on once the run had it (off, ``best/``
+    would keep an earlier best while the run goes on; turned on by a resume, it says from when)."""
+    patience, best = stored.get("patience"), bool(stored.get("save_best"))
+    if args.patience is None:
+        args.patience = patience
+    elif patience is not None and args.patience != patience:
+        echo(f"resuming with --patience {args.patience} (the run's was {patience})")
+    if best:
+        args.save_best = True
+    elif args.save_best:
+        echo("resuming with --save-best, which the run had off: best/ gets the weights of the first "
+             "validation better than the run's best so far")  # fmt: skip
 
 
 def restore_train_flags(args: argparse.Namespace) -> None:
     """``--resume``: set the :data:`TRAIN_FLAGS` to the run's stored values before the task builds
     its data, loaders and optimizer (as ``--seq-len``/``--window``: the stored value wins, and a
     different one given on the command line (:class:`Given`) is ignored, saying so; a parser
-    default is just replaced; ``--amp`` is compared resolved). Runs without them: nothing."""
+    default is just replaced; ``--amp`` is compared resolved; :data:`STOP_FLAGS`: their own rule,
+    :func:`_restore_stop_flags`). Runs without them: nothing."""
     if not getattr(args, "resume", False):
         return
     try:
@@ -116,7 +153,11 @@ def restore_train_flags(args: argparse.Namespace) -> None:
         return
     from rnnkit.cli.sampling import stored_k  # (it imports this module)
 
+    if hasattr(args, "save_best"):
+        _restore_stop_flags(args, stored or {})
     for flag, value in (stored or {}).items():
+        if flag in STOP_FLAGS:
+            continue
         value = stored_k(args, stored) if flag == "sampling_k" else value  # an older release's null
         if not hasattr(args, flag):
             continue
@@ -193,6 +234,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         run = stored
         if "sampling_k" in run.get("train", {}) and hasattr(args, "sampling_k"):  # an older release's null
             run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used
+        if _stop_flags(args):  # as this resume trains: what the next one restores
+            run = {**run, "train": {**(run.get("train") or {}), **_stop_flags(args)}}
     elif has_ckpt:
         raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     else:
@@ -285,6 +328,8 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
         log_every=args.log_every,
         val_every=args.val_every,
         checkpoint_every=_checkpoint_every(args),
+        patience=args.patience,
+        save_best=args.save_best,
         tensorboard=False,
         amp=amp,
         **kw,

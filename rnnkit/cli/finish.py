@@ -1,9 +1,11 @@
 """The end of a ``rnnkit train`` run: the final validation row, ``loss.png``,
-``results.json``, the summary lines, and the line saying a resumed run has nothing left to train."""
+``results.json``, the summary lines (with ``--save-best``, where the best weights are and their
+validation loss), and the line saying a resumed run has nothing left to train."""
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,10 +13,10 @@ from typing import Any
 from rnnkit.cli.common import echo
 from rnnkit.cli.rundir import write_results
 
-__all__ = ["final_validation", "finish", "describe_values", "finished_run_notice"]
+__all__ = ["final_validation", "finish", "describe_values", "best_weights", "finished_run_notice"]
 
 #: What every run writes into ``--out``, in the order the summary lists them.
-RUN_FILES = ("run.json", "checkpoints/", "metrics.jsonl", "metrics.csv", "loss.png", "results.json")
+RUN_FILES = ("run.json", "checkpoints/", "best/", "metrics.jsonl", "metrics.csv", "loss.png", "results.json")
 
 
 def describe_values(values: dict[str, Any]) -> str:
@@ -42,7 +44,9 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
            valid: Any = None, wrote: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """End of a run: a final validation row (when the last step had none), ``loss.png``
     (every step's training loss + the validation points), ``results.json`` and a summary: why it
-    stopped with ``metrics``, and every file written (:data:`RUN_FILES`, then the task's ``wrote``)."""
+    stopped with ``metrics``, and every file written (:data:`RUN_FILES`, then the task's ``wrote``);
+    with ``--save-best`` first the best weights' line (:func:`best_weights`), and ``results.json``
+    has their ``best_valid_loss`` and ``best_step``."""
     from rnnkit.train import plot_loss_curve
 
     out = Path(args.out)
@@ -55,12 +59,37 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
     if val_rows:
         metrics = {"valid_loss": val_rows[-1]["loss"], **metrics}
     doc = {"stop_reason": result["stop_reason"], "step": result["step"], "epoch": result["epoch"], **metrics}
+    best = best_weights(trainer) if trainer.is_main else None
+    if best is not None:
+        doc.update(best_valid_loss=best["val_loss"], best_step=best["step"])
     if trainer.is_main:
         write_results(doc, out / "results.json")  # strict JSON: a NaN is null + "nonfinite"
     echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {describe_values(metrics)}")
-    listed = [f for f in (*RUN_FILES, *wrote) if (out / f).exists()]
+    # (a best/ of this run only: one without --save-best leaves an earlier run's, not its own)
+    files = [f for f in (*RUN_FILES, *wrote) if f != "best/" or trainer.config.save_best]
+    listed = [f for f in files if (out / f).exists()]
     echo(f"wrote {out}/ ({', '.join(listed)})")
     return doc
+
+
+def best_weights(trainer: Any) -> dict[str, Any] | None:
+    """With ``--save-best``, ``{"step", "val_loss"}`` of the weights in ``best/``, said in a line
+    (before the summary's last two; that the run has none too); else ``None``."""
+    from rnnkit.train import load_checkpoint
+
+    if not trainer.config.save_best:
+        return None
+    best = trainer.best_dir
+    try:
+        doc = load_checkpoint(best)
+    except FileNotFoundError:  # no validation was a new best (a resume that turned it on, NaN losses)
+        best_val = trainer.best_val
+        than = f"better than the run's best ({best_val:.4f})" if math.isfinite(best_val) else "finite"
+        echo(f"no best weights in {best}/: no validation loss with --save-best on was {than}")
+        return None
+    found = {"step": doc["step"], "val_loss": doc["state"]["val_loss"]}
+    echo(f"best weights: {best}/ (step {found['step']}, valid_loss {found['val_loss']:.4f})")
+    return found
 
 
 def finished_run_notice(args: argparse.Namespace) -> Any:
@@ -77,6 +106,9 @@ def finished_run_notice(args: argparse.Namespace) -> Any:
                 spent = trainer.elapsed / 60
                 echo(f"{at} ({spent:.3g} minutes trained), already past --max-minutes {cfg.max_minutes:g}: "
                      "nothing to train")  # fmt: skip
+            elif cfg.patience is not None and trainer.bad_evals >= cfg.patience:
+                echo(f"{at}, stopped early: {trainer.bad_evals} validations without a new best, --patience "
+                     f"{cfg.patience}: nothing to train (a larger --patience goes on)")  # fmt: skip
             elif trainer.epoch >= cfg.max_epochs:
                 echo(f"{at} (epoch {trainer.epoch}), already at --epochs {cfg.max_epochs}: nothing to train")
 

@@ -1,7 +1,8 @@
 """``rnnkit predict``: use a model trained by ``rnnkit train forecast|classify|tag|seq2seq``.
 
 The run directory's ``run.json`` says which task it is and how to rebuild the model; the
-latest checkpoint (or the step directory given) supplies the weights. Input comes from
+latest checkpoint (or the step directory given; ``--best``: the best validation's, kept by
+``rnnkit train --save-best``) supplies the weights. Input comes from
 ``--input`` (default: standard input), one item per line; results go to standard output,
 one line per item, tab-separated:
 
@@ -21,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from rnnkit.cli import CLIError
-from rnnkit.cli.common import device_of, find_run_dir, load_model_weights, positive_int, read_run
+from rnnkit.cli.common import (
+    add_best_argument,
+    device_of,
+    find_run_dir,
+    load_model_weights,
+    positive_int,
+    read_run,
+)
 
 __all__ = ["add_predict_parser"]
 
@@ -34,6 +42,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a run directory (--out) or checkpoint")
+    add_best_argument(p)
     p.add_argument(
         "--input",
         default=None,
@@ -90,7 +99,7 @@ def predict_cmd(args: argparse.Namespace) -> int:
         if value is not None and task != "forecast":  # (ignored silently, they changed nothing)
             raise CLIError(f"{flag} is for forecast runs; {run_dir} is a {task!r} run", code=2)
     model, use = _TASKS[task](run, run_dir, args)
-    load_model_weights(args.checkpoint, run_dir, model)
+    load_model_weights(args.checkpoint, run_dir, model, best=args.best)
     model.to(device_of(args)).eval()
     for line in use(model):
         print(line)

@@ -131,7 +131,8 @@ def create_run_dir(out: Path, run: dict[str, Any]) -> None:
 
 
 def find_run_dir(path: str | os.PathLike) -> Path:
-    """The run directory of ``--checkpoint``: a run dir, its ``checkpoints/`` or a ``step-*``."""
+    """The run directory of ``--checkpoint``: a run dir, a checkpoint root in it (``checkpoints/``,
+    ``best/``) or a ``step-*`` of one."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--checkpoint {p} does not exist")
@@ -154,13 +155,33 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     return doc
 
 
-def load_model_weights(path: str | os.PathLike, run_dir: Path, model: nn.Module) -> dict[str, Any]:
-    """Load the weights of ``--checkpoint`` (a step dir, else the run's latest) into ``model``."""
+def load_model_weights(
+    path: str | os.PathLike, run_dir: Path, model: nn.Module, best: bool = False
+) -> dict[str, Any]:
+    """Load the weights of ``--checkpoint`` into ``model``: the run directory ``run_dir`` itself
+    means its latest checkpoint (``checkpoints/``), with ``best`` (``--best``) its ``best/``
+    (``rnnkit train --save-best``); a checkpoint root under it (``checkpoints/``, ``best/``: their
+    latest) or a ``step-*`` directory, that one."""
     from rnnkit.train import load_checkpoint
 
-    p = Path(path)
-    src = p if (p / "state.json").is_file() else run_dir / "checkpoints"
+    p, run_dir = Path(path), Path(run_dir)
+    is_run = p.resolve() == run_dir.resolve()
+    if best and not (is_run or p.resolve() == (run_dir / "best").resolve()):
+        raise CLIError(
+            f"--best loads the run's best/ weights: give the run directory {run_dir} as --checkpoint, "
+            f"not {path}",
+            code=2,
+        )
+    if best:
+        src = run_dir / "best"
+    else:  # (a root that is not the run's checkpoints/, its best/, used to load the latest weights instead)
+        src = run_dir / "checkpoints" if is_run else p
     try:
         return load_checkpoint(src, model)
     except FileNotFoundError:
+        if best:
+            raise CLIError(
+                f"--best: no best weights in {src} (the run was trained without --save-best, or no "
+                "validation was a new best yet)"
+            ) from None
         raise CLIError(f"--checkpoint {path}: no checkpoint in {src}") from None

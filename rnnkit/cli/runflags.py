@@ -1,5 +1,6 @@
 """The run flags every ``rnnkit train`` command shares (``--out --resume --max-minutes
---max-steps --epochs --batch-size --lr --clip --seed --device ...``) and their argparse types."""
+--max-steps --epochs --batch-size --lr --clip --seed --device --patience --save-best ...``) and
+their argparse types."""
 
 from __future__ import annotations
 
@@ -75,6 +76,20 @@ def add_run_arguments(
     a("--seed", type=int, default=0, action=Given, help="seeds Python, NumPy and torch (default 0)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="(default 10)")
+    g.add_argument(
+        "--patience",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="early stopping: stop after N validations in a row without a new best (default: off; "
+        "--resume: the run's)",
+    )
+    g.add_argument(
+        "--save-best",
+        action="store_true",
+        help="keep the weights of the best validation so far in --out's best/ (sample, eval and predict "
+        "--best use them; --resume keeps it on)",
+    )
     g.add_argument(
         "--val-every",
         type=positive_int,

@@ -1,0 +1,210 @@
+"""Early stopping and the best weights from the command line: ``--patience``, ``--save-best``,
+the run's ``best/`` used by ``sample``/``eval``/``predict``/``diagnose``, and ``--resume`` with them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from rnnkit.cli.common import load_model_weights
+from rnnkit.tasks import classify as C
+from rnnkit.train import save_checkpoint
+
+from .conftest import TINY, assert_one_line_error, results
+
+
+def _classifier(run: dict) -> torch.nn.Module:
+    return C.classifier(run["model"]["arch"], len(run["classes"]), {k: v for k, v in run["model"].items()
+                                                                    if k != "arch"})  # fmt: skip
+
+
+def test_checkpoint_naming_the_best_root_loads_it(cli, tmp_path, text_csv):
+    """``--checkpoint RUN/best`` (a checkpoint root, as ``RUN/checkpoints``) silently loaded the
+    run's latest weights: only a ``step-*`` directory was taken as given."""
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, *TINY).rc == 0
+    run = json.loads((out / "run.json").read_text())
+    other = _classifier(run)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.fill_(0.25)
+    save_checkpoint(out / "best", other, step=2, keep_last=1)
+    for path, want in ((out / "best", 0.25), (out / "best" / "step-000000002", 0.25), (out, None)):
+        model = _classifier(run)
+        load_model_weights(path, out, model)
+        got = {float(p.detach().flatten()[0]) for p in model.parameters()}
+        assert (got == {want}) if want is not None else (got != {0.25}), (path, got)
+
+
+MEM = ["train", "memory", "--task", "adding", "--length", 5, "--n-train", 32, "--n-valid", 8,
+       "--hidden", 8, "--no-progress", "--val-every", 1]  # fmt: skip
+
+
+def _validations(monkeypatch, *losses: float) -> None:
+    """The trainer's validations return ``losses`` in turn (one per step with ``--val-every 1``)."""
+    from rnnkit.train import Trainer
+
+    scripted = iter(losses)
+    monkeypatch.setattr(
+        Trainer, "evaluate", lambda self, data: {"loss": next(scripted), "ppl": 1.0, "tokens": 1}
+    )
+
+
+def _best_step(out) -> int:
+    from rnnkit.train import load_checkpoint
+
+    return load_checkpoint(out / "best")["step"]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "1.5", "x"])
+def test_bad_patience_is_a_usage_error(cli, tmp_path, value):
+    r = cli(*MEM, "--out", tmp_path / "r", "--max-steps", 3, "--patience", value)
+    assert r.rc == 2
+    assert_one_line_error(r, "--patience", "expected a positive integer", value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_patience_stops_early_and_save_best_keeps_the_best(cli, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    _validations(monkeypatch, 3.0, 2.0, 2.5, 1.5, 1.8, 1.6, 1.7)
+    r = cli(*MEM, "--out", out, "--max-steps", 20, "--patience", 3, "--save-best")
+    assert r.rc == 0, r.err
+    assert results(out)["stop_reason"] == "early_stopping" and results(out)["step"] == 7
+    assert _best_step(out) == 4
+    lines = r.out.strip().splitlines()
+    assert lines[-3] == f"best weights: {out / 'best'}/ (step 4, valid_loss 1.5000)", r.out
+    assert lines[-2].startswith("stopped (early_stopping) after 7 steps: valid_loss 1.7000")
+    assert lines[-1].startswith(f"wrote {out}/ (run.json, checkpoints/, best/, metrics.jsonl")
+    assert (results(out)["best_valid_loss"], results(out)["best_step"]) == (1.5, 4)
+    train = json.loads((out / "run.json").read_text())["train"]
+    assert (train["patience"], train["save_best"]) == (3, True)  # what --resume restores
+
+
+def test_without_the_flags_nothing_changes(cli, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    _validations(monkeypatch, 1.0, 2.0, 3.0, 4.0, 5.0)
+    r = cli(*MEM, "--out", out, "--max-steps", 4)
+    assert r.rc == 0 and "best" not in r.out, r.out
+    assert results(out)["stop_reason"] == "max_steps" and not (out / "best").exists()
+    assert "best_valid_loss" not in results(out)
+    (out / "best").mkdir()  # an earlier run's, which a run without --save-best leaves alone
+    r = cli(*MEM, "--out", out, "--max-steps", 5, "--resume")
+    assert r.rc == 0 and "best" not in r.out, r.out
+
+
+def test_resume_keeps_the_runs_patience_and_best_unless_given(cli, tmp_path, monkeypatch):
+    """A resume without the flags goes on as the run would have: its patience, its best/ kept
+    up to date; a given --patience replaces the run's (to go on after an early stop)."""
+    out = tmp_path / "r"
+    _validations(monkeypatch, 2.0, 1.0, 1.5)
+    assert cli(*MEM, "--out", out, "--max-steps", 3, "--patience", 2, "--save-best").rc == 0
+    assert _best_step(out) == 2
+    _validations(monkeypatch, 0.5, 0.6, 0.7)  # steps 4 (a new best), 5, 6: the run's patience 2 stops it
+    r = cli(*MEM, "--out", out, "--max-steps", 20, "--resume")
+    assert r.rc == 0, r.err
+    assert results(out)["stop_reason"] == "early_stopping" and results(out)["step"] == 6
+    assert _best_step(out) == 4
+    r = cli(*MEM, "--out", out, "--max-steps", 20, "--resume")  # its patience is spent
+    assert r.rc == 0, r.err
+    assert (
+        "at step 6, stopped early: 2 validations without a new best, --patience 2: nothing to train" in r.out
+    )
+    assert results(out)["step"] == 6
+    _validations(monkeypatch, 0.8, 0.9)
+    r = cli(*MEM, "--out", out, "--max-steps", 20, "--resume", "--patience", 4)
+    assert r.rc == 0, r.err
+    assert "resuming with --patience 4 (the run's was 2)" in r.out
+    assert results(out)["step"] == 8 and results(out)["stop_reason"] == "early_stopping"
+    assert json.loads((out / "run.json").read_text())["train"]["patience"] == 4
+
+
+def test_save_best_given_to_a_resume_starts_then(cli, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    _validations(monkeypatch, 2.0, 1.0)
+    assert cli(*MEM, "--out", out, "--max-steps", 2).rc == 0
+    _validations(monkeypatch, 1.5, 0.5)  # step 3 is no better than the run's best (1.0), step 4 is
+    r = cli(*MEM, "--out", out, "--max-steps", 4, "--resume", "--save-best")
+    assert r.rc == 0, r.err
+    assert "resuming with --save-best, which the run had off" in r.out
+    assert f"no best weights in {out / 'best'}/" not in r.out
+    assert _best_step(out) == 4
+    assert json.loads((out / "run.json").read_text())["train"]["save_best"] is True
+
+
+def test_summary_says_when_no_validation_was_a_new_best(cli, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    _validations(monkeypatch, 2.0, 1.0)
+    assert cli(*MEM, "--out", out, "--max-steps", 2).rc == 0
+    _validations(monkeypatch, 1.5)
+    r = cli(*MEM, "--out", out, "--max-steps", 3, "--resume", "--save-best")
+    assert r.rc == 0, r.err
+    msg = f"no best weights in {out / 'best'}/: no validation loss with --save-best on was better than the "
+    assert msg + "run's best (1.0000)" in r.out, r.out
+    assert "best_valid_loss" not in results(out)
+
+
+def test_predict_best_uses_the_best_weights(cli, tmp_path, text_csv, monkeypatch):
+    out = tmp_path / "c"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)  # the best is step 1's, the last step 3's
+    args = ["--data", text_csv, "--out", out, "--val-every", 1, "--save-best", *TINY]
+    assert cli("train", "classify", *args).rc == 0
+    run = json.loads((out / "run.json").read_text())
+    best, step1, last = _classifier(run), _classifier(run), _classifier(run)
+    load_model_weights(out, out, best, best=True)
+    load_model_weights(out / "checkpoints" / "step-000000001", out, step1)
+    load_model_weights(out, out, last)
+    assert all(torch.equal(a, b) for a, b in zip(best.parameters(), step1.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(best.parameters(), last.parameters(), strict=True))
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a great film\nan awful movie\n", encoding="utf-8")
+    got = {}
+    for how in (
+        ["--checkpoint", out, "--best"],
+        ["--checkpoint", out / "best"],
+        ["--checkpoint", out / "best", "--best"],
+    ):
+        r = cli("predict", *how, "--input", texts)
+        assert r.rc == 0, r.err
+        got[str(how)] = r.out
+    assert len(set(got.values())) == 1, got
+
+
+def test_sample_and_eval_best(cli, tmp_path, text_file, monkeypatch):
+    out = tmp_path / "lm"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)
+    train = ["--data", text_file, "--seq-len", 20, "--batch-size", 4, "--amp", "off", "--val-every", 1]
+    assert cli("train", "charlm", *train, "--out", out, "--save-best", *TINY).rc == 0
+    assert _best_step(out) == 1
+    for cmd in (["sample", "--seed", 0, "--length", 40], ["eval", "--data", text_file]):
+        step1 = out / "checkpoints" / "step-000000001"
+        outs = {cli(*cmd, "--checkpoint", where, *best).out for where, best in
+                ((out, ["--best"]), (out / "best", []), (step1, []))}  # fmt: skip
+        assert len(outs) == 1 and "" not in outs, outs
+
+
+def test_best_without_best_weights_or_with_a_checkpoint_is_an_error(cli, tmp_path, text_csv):
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, *TINY).rc == 0
+    texts = tmp_path / "t.txt"
+    texts.write_text("a great film\n", encoding="utf-8")
+    r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
+    assert r.rc == 1 and r.out == ""
+    assert_one_line_error(r, f"--best: no best weights in {out / 'best'}", "trained without --save-best")
+    step = out / "checkpoints" / "step-000000003"
+    r = cli("predict", "--checkpoint", step, "--best", "--input", texts)
+    assert r.rc == 2 and r.out == ""
+    assert_one_line_error(r, "--best loads the run's best/ weights", f"not {step}")
+
+
+def test_diagnose_takes_the_best_root(tmp_path):
+    """``rnnkit diagnose --checkpoint RUN/best`` finds the run's run.json and the best's weights."""
+    from rnnkit.diagnostics.checkpoint import find_run, weights_file
+
+    model = torch.nn.LSTM(3, 5)
+    (tmp_path / "run.json").write_text(json.dumps({"task": "memory", "model": {"arch": {"cell": "lstm"}}}))
+    save_checkpoint(tmp_path / "checkpoints", model, step=9)
+    save_checkpoint(tmp_path / "best", model, step=4, keep_last=1)
+    assert weights_file(tmp_path / "best") == tmp_path / "best" / "step-000000004" / "model.safetensors"
+    assert find_run(tmp_path / "best")["task"] == "memory"
