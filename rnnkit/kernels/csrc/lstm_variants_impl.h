@@ -60,8 +60,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
   const bool proj = w_hr.has_value();
   const Tensor xc = ref.contiguous(), stepbuf = at::empty({xin ? 0 : B, W}, opt), recbuf = at::empty({B, S}, opt);
   const Tensor m = mask.has_value() ? mask->contiguous() : none(xp);
-  const Tensor zhc = zh.has_value() ? zh->contiguous() : none(xp), zcc = zc.has_value() ? zc->contiguous() : none(xp);
-  const Tensor zgc = zg.has_value() ? zg->contiguous() : none(xp);
+  const rnnkit_common::ZoneoutRows zhr(zh, B), zcr(zc, B), zgr(zg, B);
   AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "rnnkit_lstm_v_fwd", [&] {
     using namespace rnnkit_pw;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *C = cbuf.data_ptr<scalar_t>(), *GT = gates.data_ptr<scalar_t>();
@@ -69,15 +68,13 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
     scalar_t *HPV = hprev.data_ptr<scalar_t>(), *HRV = proj ? hraw.data_ptr<scalar_t>() : O;
     scalar_t* CN = peep_o ? cnew.data_ptr<scalar_t>() : nullptr;
     const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZG = zg.has_value() ? zgc.data_ptr<scalar_t>() : nullptr;
     const scalar_t* PW = L.peep ? w_peep.data_ptr<scalar_t>() : nullptr;
     const scalar_t* XP = xc.data_ptr<scalar_t>();
     scalar_t *AB = stepbuf.data_ptr<scalar_t>(), *RB = L.fgr ? recbuf.data_ptr<scalar_t>() : nullptr;
     scalar_t *ABUF = L.fgr ? abuf.data_ptr<scalar_t>() : nullptr, *APV = L.fgr ? aprev.data_ptr<scalar_t>() : nullptr;
     for (size_t s = 0; s < steps.size(); ++s) {
       const int64_t off = steps[s].first, bs = steps[s].second;
+      const scalar_t *ZH = zhr.at<scalar_t>(off), *ZC = zcr.at<scalar_t>(off), *ZG = zgr.at<scalar_t>(off);  // zoneout
       const int64_t so = L.save ? off : 0;  // first row of this step in the saved buffers
       scalar_t* HP = HPV + so * P;  // h_{t-1} (times the recurrent-dropout mask), as fed to the GEMM
       for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
@@ -137,12 +134,12 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
           else
             std::copy(yr, yr + w, hr);
           if (ZC) {
-            const scalar_t* z = ZC + r * H + j0;
+            const scalar_t* z = ZC + b * H + j0;
             for (int64_t u = 0; u < w; ++u) c[u] = lerp(c[u], cp[u], z[u]);
           }
           if (!proj) {  // h_t = lerp(h~_t, h_{t-1}, zh) (zoneout), into out (== hraw) and hbuf
             scalar_t* hb = HB + b * P + j0;
-            const scalar_t* z = ZH ? ZH + r * P + j0 : nullptr;
+            const scalar_t* z = ZH ? ZH + b * P + j0 : nullptr;
             for (int64_t u = 0; u < w; ++u) hb[u] = hr[u] = z ? lerp(hr[u], hb[u], z[u]) : hr[u];
           }
           if (L.fgr)  // the next gate state a_t = lerp([i, f, o]_t, a_{t-1}, zg)
@@ -150,7 +147,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
               const int64_t at = b * S + q * H + j0;
               for (int64_t u = 0; u < w; ++u) {
                 const scalar_t v = g[L.sig[q] * H + u];
-                ABUF[at + u] = ZG ? lerp(v, AP[at + u], ZG[off * S + at + u]) : v;
+                ABUF[at + u] = ZG ? lerp(v, AP[at + u], ZG[at + u]) : v;
               }
             }
         }
@@ -159,7 +156,7 @@ std::vector<Tensor> forward_impl(const LstmLayout& L, const Tensor& xp, const Te
         out.narrow(0, off, bs).copy_((*lin_r)(hraw.narrow(0, off, bs)));
         // zoneout on h (after the projection): h_t = lerp(h~_t, h_{t-1}, zh); then h_t -> hbuf
         scalar_t* o = O + off * P;
-        for (int64_t k = 0; k < bs * P; ++k) HB[k] = o[k] = ZH ? lerp(o[k], HB[k], ZH[off * P + k]) : o[k];
+        for (int64_t k = 0; k < bs * P; ++k) HB[k] = o[k] = ZH ? lerp(o[k], HB[k], ZH[k]) : o[k];
       }
     }
   });
@@ -185,7 +182,7 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
   const int64_t S = L.fgr ? aprev.size(1) : 0;
   Tensor dabuf = L.fgr ? gan.clone(kRowMajor) : none(gates), dacts = at::empty({B, S}, gates.options());
   Tensor daz = at::empty({B, S}, gates.options()), dsig = at::empty({L.fgr ? aprev.size(0) : 0, S}, gates.options());
-  const Tensor wgc = L.fgr ? w_gg->contiguous() : none(gates), zgc = zg.has_value() ? zg->contiguous() : none(gates);
+  const Tensor wgc = L.fgr ? w_gg->contiguous() : none(gates);
   int64_t qi = -1, qf = -1, qo = -1;  // position of each sigmoid gate in the gate state
   for (size_t q = 0; q < L.sig.size(); ++q) {
     if (L.sig[q] == L.ii) qi = q;
@@ -193,28 +190,27 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
     if (L.sig[q] == L.oi) qo = q;
   }
   const Tensor goc = gout.contiguous(), wc = w_hh.contiguous(), m = mask.has_value() ? mask->contiguous() : none(gates);
-  const Tensor zhc = zh.has_value() ? zh->contiguous() : none(gates), zcc = zc.has_value() ? zc->contiguous() : none(gates);
+  const rnnkit_common::ZoneoutRows zhr(zh, B), zcr(zc, B), zgr(zg, B);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_lstm_v_bwd", [&] {
     const scalar_t *GOV = goc.data_ptr<scalar_t>(), *WH = wc.data_ptr<scalar_t>();
     scalar_t *DHB = dhbuf.data_ptr<scalar_t>(), *DHT = dht.data_ptr<scalar_t>();
     scalar_t* DHZ = zh.has_value() ? dhz.data_ptr<scalar_t>() : nullptr;
     const scalar_t* M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZH = zh.has_value() ? zhc.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZC = zc.has_value() ? zcc.data_ptr<scalar_t>() : nullptr;
     const std::vector<int64_t> pcols = rnnkit_blk::split(P, rnnkit_blk::blocks_for(B * P * W, P));
     const std::vector<int64_t> scols = rnnkit_blk::split(S, rnnkit_blk::blocks_for(B * S * S, S));
     const scalar_t* WG = L.fgr ? wgc.data_ptr<scalar_t>() : nullptr;
     for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
       const int64_t off = it->first, bs = it->second;
+      const scalar_t *ZH = zhr.at<scalar_t>(off), *ZC = zcr.at<scalar_t>(off);  // zoneout: the step's rows
       const scalar_t* GO = GOV + off * P;
       Tensor d;  // dL/d(o ⊙ y) for the active rows, when materialized (zoneout on h, projection)
-      const scalar_t* DH = rnnkit_row::lstm_step_dh(off, bs, P, GO, DHB, ZH ? ZH + off * P : nullptr, DHZ, DHT,
+      const scalar_t* DH = rnnkit_row::lstm_step_dh(off, bs, P, GO, DHB, ZH, DHZ, DHT,
                                                     dh_all, lin_rt, w_hr, d);
       const scalar_t* DA = nullptr;
       if (L.fgr) {  // a_t = lerp([i, f, o]_t, a_{t-1}, zg): split the gradient (direct part -> daz)
         scalar_t *da = dacts.data_ptr<scalar_t>(), *dz = daz.data_ptr<scalar_t>();
         rnnkit_pw::dh_step(bs * S, dabuf.data_ptr<scalar_t>(), static_cast<const scalar_t*>(nullptr),
-                           zg.has_value() ? zgc.data_ptr<scalar_t>() + off * S : nullptr, dz, da);
+                           zgr.at<scalar_t>(off), dz, da);
         DA = da;
       }
       const scalar_t* G = gates.data_ptr<scalar_t>() + off * W;
@@ -227,7 +223,7 @@ std::vector<Tensor> backward_impl(const LstmLayout& L, const Tensor& gout, const
         for (int64_t b = b0; b < b1; ++b) {
           const scalar_t* g = G + b * W;
           scalar_t* dg = DG + b * W;
-          const scalar_t* zc_row = ZC ? ZC + (off + b) * H : nullptr;
+          const scalar_t* zc_row = ZC ? ZC + b * H : nullptr;
           for (int64_t j = 0; j < H; ++j) {
             const int64_t k = b * H + j;
             const scalar_t dh = DH ? DH[k] : GO[k] + DHB[k], yv = Y[k];

@@ -102,7 +102,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
   const Tensor xp = xp_.contiguous(), W = w_hh.contiguous();
   const Tensor WT = xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(w_hh) : W;  // brgemm reads W^T (P, G)
-  const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), gh = cont(g_hh), sh = cont(s_hh);
+  const OptT mask = cont(mask_), gh = cont(g_hh), sh = cont(s_hh);
+  const rnnkit_common::ZoneoutRows zhr(zh_, B), zcr(zc_, B);  // a step's rows at zhr.at(off)
   const OptT sth = cont(st_hh), stc = cont(st_c);
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
   Tensor hbuf = h0.clone(kRowMajor), out = at::empty({N, P}, o), rbuf = at::empty({B, G}, o);
@@ -122,7 +123,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
     const NormG<T_> nh(mode, G, hh[0], hh[1], hh[2], hh[3], *gh, sh, sth, slots);
     T_ *HB = hbuf.data_ptr<T_>(), *O = out.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>(), *R = rbuf.data_ptr<T_>();
     const T_ *XP = xp.data_ptr<T_>(), *Wp = W.data_ptr<T_>(), *WTp = WT.data_ptr<T_>();
-    const T_ *M = ptr<T_>(mask), *ZH = ptr<T_>(zh), *ZC = ptr<T_>(zc);
+    const T_* M = ptr<T_>(mask);
     T_* HS = col ? hstep.data_ptr<T_>() : nullptr;
     // h_{t-1} ⊙ m of rows [r0, r1) into the (B, P) rows the step GEMM reads (returned), and into
     // the saved h_{t-1}: row-major in place, or column-major from that copy
@@ -166,6 +167,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       T_ *AI = proj_in ? a_ih.data_ptr<T_>() : nullptr, *YP = proj_in ? yp.data_ptr<T_>() : nullptr;
       over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
+        const T_ *ZH = zhr.at<T_>(off), *ZC = zcr.at<T_>(off);  // zoneout: the step's rows
         const int64_t jk = k % K;  // this step's place in its chunk
         if (proj_in && jk == 0)  // the chunk's input group for rows [r0, r1): a = x W_ih^T, xp = LN(a)
           for (int64_t q = k; q < std::min(k + K, T); ++q) {
@@ -188,11 +190,11 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
           tanh(tc, tc, H);
           for (int64_t j = 0; j < H; ++j) hr[j] = g[3 * H + j] * tc[j];
           if (ZC) {
-            const T_ *cp = CPV + ns * H, *z = ZC + n * H;
+            const T_ *cp = CPV + ns * H, *z = ZC + b * H;
             for (int64_t j = 0; j < H; ++j) c[j] = lerp(c[j], cp[j], z[j]);
           }
           if (!proj)
-            for (int64_t j = 0; j < H; ++j) HB[b * H + j] = hr[j] = ZH ? lerp(hr[j], HB[b * H + j], ZH[n * H + j]) : hr[j];
+            for (int64_t j = 0; j < H; ++j) HB[b * H + j] = hr[j] = ZH ? lerp(hr[j], HB[b * H + j], ZH[b * H + j]) : hr[j];
         };
         prows(nr, G4, [&](int64_t b0, int64_t b1) {
           for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
@@ -228,7 +230,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
         if (proj) {  // out = hraw W_hr^T, then zoneout on h
           T_* y = O + off * P;
           step_xwt(HRW + (so + r0) * H, WR.data_ptr<T_>(), WRT.data_ptr<T_>(), y + r0 * P, nr, P, H);
-          for (int64_t i = r0 * P; i < r1 * P; ++i) HB[i] = y[i] = ZH ? lerp(y[i], HB[i], ZH[off * P + i]) : y[i];
+          for (int64_t i = r0 * P; i < r1 * P; ++i) HB[i] = y[i] = ZH ? lerp(y[i], HB[i], ZH[i]) : y[i];
         }
       });
       res = {out, hbuf, cbuf, hh[2], hh[3], cg[2], cg[3], gates, cprev, tanhc, hprev, hraw, hh[0], hh[1],
@@ -243,6 +245,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const T_* BH = b_hh.has_value() ? bh.data_ptr<T_>() : nullptr;
       over_steps(mode != kBNTrain, B, G, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
+        const T_* ZH = zhr.at<T_>(off);  // zoneout: the step's rows
         T_ *HP = HPV + so * H, *HM = HMV + so * H;
         for (int64_t i = r0 * H; i < r1 * H; ++i) {
           HP[i] = HB[i];
@@ -266,7 +269,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
             for (int64_t j = 0; j < H; ++j) {  // lerp(n, h_{t-1}, z), in at::lerp's two-sided form
               const T_ nv = g[2 * H + j], z = g[H + j], h = hp[j];
               T_ v = z < T_(0.5) ? nv + z * (h - nv) : h - (h - nv) * (1 - z);
-              if (ZH) v = lerp(v, h, ZH[n * H + j]);
+              if (ZH) v = lerp(v, h, ZH[b * H + j]);
               y[j] = HB[b * H + j] = v;
             }
           }
@@ -275,10 +278,11 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       res = {out, hbuf, e(), hh[2], hh[3], e(), e(), gates, an, hprev, hprev_m, hh[0], hh[1]};
     } else {
       const bool relu = kind == "rnn_relu";
-      Tensor hnew = ZH ? at::empty({NS, P}, o) : e();
-      T_* HN = ZH ? hnew.data_ptr<T_>() : O;
+      Tensor hnew = zh_.has_value() ? at::empty({NS, P}, o) : e();
+      T_* HN = zh_.has_value() ? hnew.data_ptr<T_>() : O;
       over_steps(mode != kBNTrain, B, G, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
+        const T_* ZH = zhr.at<T_>(off);  // zoneout: the step's rows
         const T_* HP = load_h(so, off, r0, r1);
         step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G, nr, G, P,
                  [&](int64_t c0, int64_t c1) { nh.stats(R, bs, k, c0, c1); });  // BN train: its columns' statistics
@@ -291,7 +295,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
               for (int64_t j = 0; j < P; ++j) h[j] = r[j] < T_(0) ? T_(0) : r[j];
             else
               tanh(r, h, P);
-            for (int64_t j = 0; j < P; ++j) y[j] = hb[j] = ZH ? lerp(h[j], hb[j], ZH[n * P + j]) : h[j];
+            for (int64_t j = 0; j < P; ++j) y[j] = hb[j] = ZH ? lerp(h[j], hb[j], ZH[b * P + j]) : h[j];
           }
         });
       });

@@ -124,7 +124,9 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
     if (i != hprev_at) saved[i] = saved[i].contiguous();
   auto o = out.options();
   auto cont = [&](const OptT& t) { return t.has_value() ? OptT(t->contiguous()) : t; };
-  const OptT mask = cont(mask_), zh = cont(zh_), zc = cont(zc_), sth = cont(st_hh), stc = cont(st_c);
+  const OptT mask = cont(mask_), sth = cont(st_hh), stc = cont(st_c);
+  const rnnkit_common::ZoneoutRows zhr(zh_, B), zcr(zc_, B);  // a step's rows at zhr.at(off)
+  const bool zoned_h = zh_.has_value();
   const std::vector<int64_t> slots = eval_slots(mode, sth, batch_sizes, reverse);
   const Tensor gout = gout_.contiguous(), W = w_hh.contiguous(), gh = g_hh.contiguous();
   Tensor dhbuf = ghn.clone(kRowMajor), dhz = at::empty({B, P}, o), dr_all = at::empty({N, G}, o);
@@ -140,15 +142,15 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
     NormB<T_> nh(mode, G, xh, rs, gh, sth, slots);
     T_ *DHB = dhbuf.data_ptr<T_>(), *DHZ = dhz.data_ptr<T_>(), *DR = dr_all.data_ptr<T_>();
     const T_ *GO = gout.data_ptr<T_>(), *Wp = W.data_ptr<T_>();
-    const T_ *M = ptr<T_>(mask), *ZH = ptr<T_>(zh), *ZC = ptr<T_>(zc);
+    const T_* M = ptr<T_>(mask);
     // dh_{t-1} = (dr_t W_hh) ⊙ m (+ extra) (+ zoneout's direct part)
     auto recur = [&](int64_t off, int64_t r0, int64_t r1, const T_* extra) {
       step_xw(DR + (off + r0) * G, Wp, DHB + r0 * P, r1 - r0, P, G);
-      if (M || extra || ZH)
+      if (M || extra || zoned_h)
         for (int64_t i = r0 * P; i < r1 * P; ++i) {
           T_ v = M ? DHB[i] * M[i] : DHB[i];
           if (extra) v += extra[i];
-          DHB[i] = ZH ? v + DHZ[i] : v;
+          DHB[i] = zoned_h ? v + DHZ[i] : v;
         }
     };
     // rows [r0, r1) of one step through f1 (every row), then (batch norm in training: all
@@ -185,20 +187,21 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       T_ *DY = dyc.data_ptr<T_>(), *DCN = dcn.data_ptr<T_>(), *DCZ = dcz.data_ptr<T_>();
       T_* DHA = proj ? dh_all.data_ptr<T_>() : nullptr;
       const T_ *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>(), *TCV = tanhc.data_ptr<T_>();
-      const auto rows = pick_rows<T_>(ZC != nullptr, PW != nullptr);
+      const auto rows = pick_rows<T_>(zc_.has_value(), PW != nullptr);
       const OutRow<T_> out_row = rows.first;
       const GateRow<T_> gate_row = rows.second;
       over_steps(mode != kBNTrain, B, G4, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, o0 = off + r0;
+        const T_ *ZH = zhr.at<T_>(off), *ZC = zcr.at<T_>(off);  // zoneout: the step's rows
         if (proj) {  // dL/dh~ for the rows, then through the projection: dh = dh~ W_hr
-          dh_step((r1 - r0) * P, GO + o0 * P, DHB + r0 * P, ZH ? ZH + o0 * P : nullptr, DHZ + r0 * P, DHA + o0 * P);
+          dh_step((r1 - r0) * P, GO + o0 * P, DHB + r0 * P, ZH ? ZH + r0 * P : nullptr, DHZ + r0 * P, DHA + o0 * P);
           step_xw(DHA + o0 * P, WR.data_ptr<T_>(), DHT + r0 * H, r1 - r0, H, P);
         }
         auto f1 = [&](int64_t b) {  // d o', d y_c (the cell norm's output)
           const int64_t n = off + b;
           T_* dh = DHT + b * H;
-          if (!proj) dh_step(H, GO + n * H, DHB + b * H, ZH ? ZH + n * H : nullptr, DHZ + b * H, dh);
-          out_row(H, GT + n * G4, TCV + n * H, dh, ZC ? ZC + n * H : nullptr, DC + b * H, DCZ + b * H,
+          if (!proj) dh_step(H, GO + n * H, DHB + b * H, ZH ? ZH + b * H : nullptr, DHZ + b * H, dh);
+          out_row(H, GT + n * G4, TCV + n * H, dh, ZC ? ZC + b * H : nullptr, DC + b * H, DCZ + b * H,
                   DG + n * G4 + 3 * H, DY + b * H);
         };
         auto f2 = [&](int64_t b) {  // the cell's gradient, the other gate gradients
@@ -224,15 +227,16 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       const T_ *GT = gates.data_ptr<T_>(), *ANV = an.data_ptr<T_>(), *HPV = hprev.data_ptr<T_>();
       over_steps(mode != kBNTrain, B, G, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second;
+        const T_* ZH = zhr.at<T_>(off);  // zoneout: the step's rows
         auto f1 = [&](int64_t b) {
           const int64_t n = off + b;
           T_ *dx = DX + n * G, *da = DA + b * G, *dzr = DZ + b * H, *dhz = DHZ + b * H;
           const T_ *g = GT + n * G, *anr = ANV + n * H, *hp = HPV + n * H, *go = GO + n * H, *dhb = DHB + b * H;
-          const T_* zhr = ZH ? ZH + n * H : nullptr;
+          const T_* zr = ZH ? ZH + b * H : nullptr;
           for (int64_t j = 0; j < H; ++j) {
             T_ dh = go[j] + dhb[j];
-            if (zhr) {
-              const T_ z = dh * zhr[j];
+            if (zr) {
+              const T_ z = dh * zr[j];
               dhz[j] = z;
               dh = dh - z;
             }
@@ -255,18 +259,19 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       hin = mask.has_value() ? hprev_m : hprev;
     } else {
       const Tensor &hnew = saved[0], &hprev = saved[1];
-      const Tensor& h = zh.has_value() ? hnew : out;
+      const Tensor& h = zoned_h ? hnew : out;
       const bool relu = kind == "rnn_relu";
       Tensor da_all = at::empty_like(out);
       T_* DA = da_all.data_ptr<T_>();
       const T_* HV = h.data_ptr<T_>();
       over_steps(mode != kBNTrain, B, P, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second;
+        const T_* ZH = zhr.at<T_>(off);  // zoneout: the step's rows
         auto f1 = [&](int64_t b) {  // da = dh ⊙ act'(h~)
           const int64_t n = off + b;
           T_* da = DA + n * P;
           const T_* hv = HV + n * P;
-          dh_step(P, GO + n * P, DHB + b * P, ZH ? ZH + n * P : nullptr, DHZ + b * P, da);
+          dh_step(P, GO + n * P, DHB + b * P, ZH ? ZH + b * P : nullptr, DHZ + b * P, da);
           for (int64_t j = 0; j < P; ++j) da[j] = relu ? (hv[j] <= 0 ? T_(0) : da[j]) : da[j] * (1 - hv[j] * hv[j]);
         };
         auto f3 = [&](int64_t b) { nh.row(DA + (off + b) * P, off + b, k, DR + (off + b) * P); };

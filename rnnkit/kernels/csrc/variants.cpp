@@ -76,7 +76,7 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
   const Tensor bz = bias && L.zsrc == 2 ? L.rows(*b_hh, "z", H) : none(xp);
   const Tensor bn = bias && !L.reset_after ? L.rows(*b_hh, "n", H) : none(xp);
   const Tensor xc = xp.contiguous(), m = mask.has_value() ? mask->contiguous() : none(xp);
-  const Tensor zc = zh.has_value() ? zh->contiguous() : none(xp);
+  const rnnkit_common::ZoneoutRows zrows(zh, B);
   const int64_t zcol = L.zsrc == 1 ? 1 : -1, ncol = nD - 1;
   AT_DISPATCH_FLOATING_TYPES(xp.scalar_type(), "rnnkit_gru_v_fwd", [&] {
     using namespace rnnkit_pw;
@@ -85,7 +85,6 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
     scalar_t *AN = L.reset_after ? an.data_ptr<scalar_t>() : nullptr, *TH = L.zsrc == 2 ? th.data_ptr<scalar_t>() : nullptr;
     scalar_t *AB = abuf.data_ptr<scalar_t>(), *SB = sbuf.data_ptr<scalar_t>(), *S2 = s2buf.data_ptr<scalar_t>();
     const scalar_t *XP = xc.data_ptr<scalar_t>(), *M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZH = zh.has_value() ? zc.data_ptr<scalar_t>() : nullptr;
     const scalar_t *BD = bias ? bd.data_ptr<scalar_t>() : nullptr, *BZ = bz.numel() ? bz.data_ptr<scalar_t>() : nullptr;
     const scalar_t* BN = bn.numel() ? bn.data_ptr<scalar_t>() : nullptr;
     const scalar_t *WD = wd.w.data_ptr<scalar_t>(), *WDT = wd.wt.data_ptr<scalar_t>();
@@ -96,6 +95,7 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
     batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (const auto& st : steps) {
         const int64_t off = st.first, n = std::min(b1, st.second) - b0;
+        const scalar_t* ZH = zrows.at<scalar_t>(off);  // zoneout: the step's rows
         if (n <= 0) continue;  // packed: this thread's rows have ended (or not started)
         for (int64_t b = b0; b < b0 + n; ++b) {  // h_{t-1} (saved), h̄ = h_{t-1} ⊙ m, MUT3's tanh h̄
           const scalar_t* h = HB + b * H;
@@ -147,7 +147,7 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
         }
         for (int64_t b = b0; b < b0 + n; ++b) {  // h_t, zoneout
           const scalar_t *g = GT + (off + b) * G, *hp = HPV + (off + b) * H;
-          const scalar_t* z = ZH ? ZH + (off + b) * H : nullptr;
+          const scalar_t* z = ZH ? ZH + b * H : nullptr;
           scalar_t *o = O + (off + b) * H, *h = HB + b * H;
           for (int64_t j = 0; j < H; ++j) {
             // MUT: h + z (n - h), z gates the candidate; Cho / torch: n + z (h - n)
@@ -176,14 +176,13 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
   const Tensor wz = L.zsrc == 2 ? L.rows(w_hh, "z", H).contiguous() : none(gates);
   const Tensor wn = !L.reset_after ? L.rows(w_hh, "n", H).contiguous() : none(gates);
   const Tensor goc = gout.contiguous(), m = mask.has_value() ? mask->contiguous() : none(gates);
-  const Tensor zc = zh.has_value() ? zh->contiguous() : none(gates);
+  const rnnkit_common::ZoneoutRows zrows(zh, B);
   const int64_t zcol = L.zsrc == 1 ? 1 : -1, ncol = nD - 1;
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_v_bwd", [&] {
     using rnnkit_pw::gemm_xw;
     const scalar_t *GV = gates.data_ptr<scalar_t>(), *HPV = hprev.data_ptr<scalar_t>(), *HMV = hm_all.data_ptr<scalar_t>();
     const scalar_t *ANV = L.reset_after ? an.data_ptr<scalar_t>() : nullptr, *THV = L.zsrc == 2 ? th.data_ptr<scalar_t>() : nullptr;
     const scalar_t *GO = goc.data_ptr<scalar_t>(), *M = mask.has_value() ? m.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* ZH = zh.has_value() ? zc.data_ptr<scalar_t>() : nullptr;
     const scalar_t *WD = wd.data_ptr<scalar_t>(), *WZ = THV ? wz.data_ptr<scalar_t>() : nullptr;
     const scalar_t* WN = !L.reset_after ? wn.data_ptr<scalar_t>() : nullptr;
     scalar_t *DX = dxp.data_ptr<scalar_t>(), *DANV = L.reset_after ? dan.data_ptr<scalar_t>() : nullptr;
@@ -193,11 +192,12 @@ std::vector<Tensor> gru_backward(const GruLayout& L, const Tensor& gout, const T
     batch_blocks(B, G, steps, [&](int64_t b0, int64_t b1) {
       for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
         const int64_t off = it->first, n = std::min(b1, it->second) - b0;
+        const scalar_t* ZH = zrows.at<scalar_t>(off);  // zoneout: the step's rows
         if (n <= 0) continue;
         for (int64_t b = b0; b < b0 + n; ++b) {
           const int64_t r0 = (off + b) * H;
           const scalar_t *g = GV + (off + b) * G, *hpr = HPV + r0, *go = GO + r0;
-          const scalar_t *zr = ZH ? ZH + r0 : nullptr, *anr = ANV ? ANV + r0 : nullptr;
+          const scalar_t *zr = ZH ? ZH + b * H : nullptr, *anr = ANV ? ANV + r0 : nullptr;
           scalar_t *dx = DX + (off + b) * G, *da = DD + b * DW, *dhb = DHB + b * H;
           for (int64_t j = 0; j < H; ++j) {
             const int64_t k = b * H + j;
