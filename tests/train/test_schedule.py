@@ -107,3 +107,18 @@ def test_autoregressive_unroll_checks_shapes(batch_first):
     logits, h = unroll(bos, torch.zeros(1, 2, dtype=torch.long))
     assert logits.shape == ((2, 1, 2) if batch_first else (1, 2, 2)) and h.shape == (2, 3)
 
+
+def test_autoregressive_unroll_asks_the_sampler_at_the_training_step():
+    """The probability of the ground truth is that of the training ``step`` (the schedule's
+    argument), the same for every decoding step ``t`` of the unroll."""
+    asked = []
+    sampler = ScheduledSampler(lambda i: asked.append(i) or 1.0)
+    cell, head = torch.nn.GRUCell(1, 3), torch.nn.Linear(3, 2)
+
+    def step_fn(x, h):
+        h = cell(x.unsqueeze(-1).to(head.weight.dtype), h)
+        return head(h), h
+
+    targets = torch.zeros(4, 2, dtype=torch.long)
+    autoregressive_unroll(step_fn, torch.zeros(2, dtype=torch.long), targets, sampler=sampler, step=7)
+    assert asked == [7, 7, 7]  # one choice per input after the first
