@@ -61,6 +61,10 @@ def test_packed_equals_each_sequence_alone(impl, mode, bidir):
     out2, hn2 = a(x, lengths=lengths)
     torch.testing.assert_close(out2, padded)
     torch.testing.assert_close(hn2[0] if mode == "LSTM" else hn2, hn)
+    # padding past the longest sequence too: the output keeps the input's T, zeros past each length
+    out3, _ = a(torch.cat([x, torch.randn(4, 2, 3)], 1), lengths=lengths)
+    assert out3.shape == (4, 8, out2.shape[-1]) and torch.all(out3[:, 6:] == 0)
+    torch.testing.assert_close(out3[:, :6], padded)
 
 
 @pytest.mark.parametrize("mode", MODES)
