@@ -302,6 +302,17 @@ def test_dropout_single_layer_warns_like_torch():
         rnnkit.GRU(3, 4, dropout=0.5)
 
 
+@pytest.mark.parametrize("impl", ["auto", "fused", "loop"])
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_leaves_the_last_layers_output_alone(impl, mode):
+    """As torch.nn's, ``dropout`` acts between layers only: in training the last layer's output at
+    its last step is still its final ``h`` (no zeros, no ``1 / (1 - p)`` scaling)."""
+    a, _ = make_pair(mode, 3, 4, 2, dropout=0.5, impl=impl)
+    out, hn = a.train()(torch.randn(5, 6, 3))
+    hn = hn[0] if mode == "LSTM" else hn
+    torch.testing.assert_close(out[-1], hn[-1])
+
+
 def test_cell_bad_input():
     with pytest.raises(ValueError, match="input_size=3"):
         rnnkit.GRUCell(3, 4)(torch.randn(2, 5))
