@@ -217,6 +217,7 @@ def test_resume_gives_the_same_losses(tmp_path):
     # resumed in a "new process": other init, other global RNG
     res, res_model = _lm_run(tmp_path / "run", resume=True, init_seed=123)
     assert res.losses == ref.losses  # bit-exact
+    assert res.tokens_seen == ref.tokens_seen  # the counter carries on from the checkpoint's
     timing = ("tokens_per_s", "elapsed_s")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(res.history) == strip(ref.history)
