@@ -152,6 +152,11 @@ def test_rotation_latest_and_atomic_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     save_checkpoint(tmp_path, model, step=5, keep_last=2)  # re-saving a step replaces it
     assert latest_checkpoint(tmp_path).name == "step-000000005"
+    # without a usable `latest` pointer: the highest step, not the oldest
+    (tmp_path / "latest").write_text("step-000000009\n")  # names no checkpoint
+    assert latest_checkpoint(tmp_path).name == "step-000000005"
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path).name == "step-000000005"
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         load_checkpoint(tmp_path / "nothing")
 
