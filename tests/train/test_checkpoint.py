@@ -299,10 +299,13 @@ def _finished_run(out_dir, **kw):
 def test_resuming_a_finished_run_trains_no_further(tmp_path, kw, step, reason):
     first, out, ckpts = _finished_run(tmp_path, **kw)
     assert (out["step"], out["stop_reason"]) == (step, reason)
+    written = (tmp_path / "checkpoints" / ckpts[0]).stat().st_ino
     for _ in range(2):  # e.g. a job scheduler relaunching the completed job with resume=True
         again, out, ckpts_again = _finished_run(tmp_path, **kw)
         assert (out["step"], out["stop_reason"]) == (step, reason)
         assert again.losses == first.losses and ckpts_again == ckpts == [f"step-{step:09d}"]
+        # the step it loaded is not written again (a re-save replaces the directory)
+        assert (tmp_path / "checkpoints" / ckpts[0]).stat().st_ino == written
     # a larger budget extends the finished run
     kw.pop("patience", None)
     _, out, _ = _finished_run(tmp_path, **{**kw, "max_steps": step + 2, "max_minutes": None})
