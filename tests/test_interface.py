@@ -61,6 +61,10 @@ def test_packed_equals_each_sequence_alone(impl, mode, bidir):
     out2, hn2 = a(x, lengths=lengths)
     torch.testing.assert_close(out2, padded)
     torch.testing.assert_close(hn2[0] if mode == "LSTM" else hn2, hn)
+    # padding past the longest sequence too: the output keeps the input's T, zeros past each length
+    out3, _ = a(torch.cat([x, torch.randn(4, 2, 3)], 1), lengths=lengths)
+    assert out3.shape == (4, 8, out2.shape[-1]) and torch.all(out3[:, 6:] == 0)
+    torch.testing.assert_close(out3[:, :6], padded)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -296,6 +300,17 @@ def test_proj_size_true_is_refused_naming_it():
 def test_dropout_single_layer_warns_like_torch():
     with pytest.warns(UserWarning, match="num_layers greater than 1"):
         rnnkit.GRU(3, 4, dropout=0.5)
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "loop"])
+@pytest.mark.parametrize("mode", MODES)
+def test_dropout_leaves_the_last_layers_output_alone(impl, mode):
+    """As torch.nn's, ``dropout`` acts between layers only: in training the last layer's output at
+    its last step is still its final ``h`` (no zeros, no ``1 / (1 - p)`` scaling)."""
+    a, _ = make_pair(mode, 3, 4, 2, dropout=0.5, impl=impl)
+    out, hn = a.train()(torch.randn(5, 6, 3))
+    hn = hn[0] if mode == "LSTM" else hn
+    torch.testing.assert_close(out[-1], hn[-1])
 
 
 def test_cell_bad_input():

@@ -168,6 +168,8 @@ def test_gradient_flow_matches_autograd_oracle(mode, which, loss):
     for (label, name), norms in ref.items():
         np.testing.assert_allclose(gf.norms[label][name], norms, rtol=1e-10, atol=1e-14)
     assert gf.norms["l1"]["h"][-1] > 0 and gf.norms["l0"]["h"][0] > 0
+    # the default label of per_step_factor is the top layer's (forward) direction
+    assert gf.per_step_factor() == gf.per_step_factor("l1") != gf.per_step_factor("l0")
 
 
 def test_gradient_flow_inside_a_model_uses_hooks():

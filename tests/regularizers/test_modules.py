@@ -201,3 +201,24 @@ def test_sample_mask_values_and_errors():
     assert (z == 1).all()
     with pytest.raises(ValueError, match="mask kind must be one of"):
         regularizers.sample_mask("nope", (2,), 0.5, like)
+
+
+def test_sample_mask_values_inside_vmap_with_different_randomness():
+    """Inside ``vmap(randomness="different")`` the masks come from ``torch.rand`` (one per sample),
+    not the counter-based generator: the same values, ``0`` or ``1 / (1 - p)`` (``1``/``0`` for
+    zoneout)."""
+    p, like = 0.25, torch.zeros((), dtype=torch.float64)
+
+    def draw(kind, prob):
+        return torch.func.vmap(
+            lambda x: x + regularizers.sample_mask(kind, (500,), prob, like), randomness="different"
+        )(torch.zeros(3, 500, dtype=torch.float64))
+
+    m = draw("recurrent", p)
+    assert set(m.unique().tolist()) == {0.0, 1 / (1 - p)} and m.dtype == like.dtype
+    assert not torch.equal(m[0], m[1])  # one mask per sample
+    assert (m == 0).double().mean().item() == pytest.approx(p, abs=0.05)
+    z = draw("zoneout", p)
+    assert set(z.unique().tolist()) == {0.0, 1.0}
+    assert z.mean().item() == pytest.approx(p, abs=0.05)  # 1 (keep) with probability p
+    assert (draw("locked", 1.0) == 0).all()

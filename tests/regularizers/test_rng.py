@@ -96,3 +96,20 @@ def test_a_mask_never_builds_the_extension(monkeypatch):
 def test_rejects_bad_probability():
     with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got 1.5"):
         rng.bernoulli_mask((3,), 1.5, 1.0, 0.0, torch.float32)
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_hit_and_miss_at_the_extremes_and_the_threshold(on, monkeypatch):
+    """``p = 1``: every entry is ``hit``; ``p = 0``: every one ``miss`` (the dropout masks above
+    pass ``hit = miss = 0`` at ``p = 1``, which cannot tell them apart). At the threshold the
+    comparison is strict, as documented: ``(z >> 32) < ⌊p · 2³²⌋``, so an element whose high bits
+    equal ``⌊p · 2³²⌋`` is a miss, and a hit one step of ``2⁻³²`` above."""
+    _with_ext(monkeypatch, on)
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(rng.bernoulli_mask((50,), 1.0, 1.0, 0.0, dtype), torch.ones(50, dtype=dtype))
+        assert torch.equal(rng.bernoulli_mask((50,), 0.0, 1.0, 0.0, dtype), torch.zeros(50, dtype=dtype))
+        torch.manual_seed(5)
+        high = int(rng.splitmix_high(rng._seed(), 1)[0])  # the first element's high 32 bits
+        for k, want in ((high, 0.0), (high + 1, 1.0)):
+            torch.manual_seed(5)  # the same seed again: the same first element
+            assert rng.bernoulli_mask((1,), k / 2**32, 1.0, 0.0, dtype).item() == want

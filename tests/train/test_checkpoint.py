@@ -152,6 +152,11 @@ def test_rotation_latest_and_atomic_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     save_checkpoint(tmp_path, model, step=5, keep_last=2)  # re-saving a step replaces it
     assert latest_checkpoint(tmp_path).name == "step-000000005"
+    # without a usable `latest` pointer: the highest step, not the oldest
+    (tmp_path / "latest").write_text("step-000000009\n")  # names no checkpoint
+    assert latest_checkpoint(tmp_path).name == "step-000000005"
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path).name == "step-000000005"
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         load_checkpoint(tmp_path / "nothing")
 
@@ -217,6 +222,7 @@ def test_resume_gives_the_same_losses(tmp_path):
     # resumed in a "new process": other init, other global RNG
     res, res_model = _lm_run(tmp_path / "run", resume=True, init_seed=123)
     assert res.losses == ref.losses  # bit-exact
+    assert res.tokens_seen == ref.tokens_seen  # the counter carries on from the checkpoint's
     timing = ("tokens_per_s", "elapsed_s")
     strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
     assert strip(res.history) == strip(ref.history)
@@ -293,10 +299,13 @@ def _finished_run(out_dir, **kw):
 def test_resuming_a_finished_run_trains_no_further(tmp_path, kw, step, reason):
     first, out, ckpts = _finished_run(tmp_path, **kw)
     assert (out["step"], out["stop_reason"]) == (step, reason)
+    written = (tmp_path / "checkpoints" / ckpts[0]).stat().st_ino
     for _ in range(2):  # e.g. a job scheduler relaunching the completed job with resume=True
         again, out, ckpts_again = _finished_run(tmp_path, **kw)
         assert (out["step"], out["stop_reason"]) == (step, reason)
         assert again.losses == first.losses and ckpts_again == ckpts == [f"step-{step:09d}"]
+        # the step it loaded is not written again (a re-save replaces the directory)
+        assert (tmp_path / "checkpoints" / ckpts[0]).stat().st_ino == written
     # a larger budget extends the finished run
     kw.pop("patience", None)
     _, out, _ = _finished_run(tmp_path, **{**kw, "max_steps": step + 2, "max_minutes": None})

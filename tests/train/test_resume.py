@@ -257,3 +257,36 @@ def test_a_budget_spent_at_an_epochs_last_batch_still_ends_the_epoch(tmp_path):
     again, _, model = run(tmp_path / "cut", None, resume=True)
     assert again.losses == ref.losses and val(again) == val(ref)
     assert all(torch.equal(a, b) for a, b in zip(ref_model.parameters(), model.parameters(), strict=True))
+
+
+class _NoisyBatches:
+    """Fixed windows with a random token noise drawn from the global RNG as each batch is made
+    (an augmentation in a DataLoader's collate_fn does the same): every next() moves the RNG."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        for b in self.batches:
+            keep = torch.rand(b.inputs.shape) < 0.8
+            yield b._replace(inputs=torch.where(keep, b.inputs, torch.randint(0, 11, b.inputs.shape)))
+
+
+def test_a_resume_from_a_budget_stop_inside_an_epoch_is_exact(tmp_path):
+    """max_steps reached inside an epoch: the trainer draws the next batch to see whether the
+    epoch is over, and must put the RNG back as it was before that draw, or the final checkpoint
+    holds an RNG one batch ahead and the resumed run draws other noise and other dropout masks
+    than the run that never stopped."""
+    data = _NoisyBatches(list(bptt_batches(tokens(400), 3, 10)))  # 13 windows an epoch
+
+    def run(max_steps, **kw):
+        tr, model = _trainer(max_steps, **kw)
+        tr.fit(data, bptt_batches(tokens(60, seed=9), 1, 10))
+        return tr, model
+
+    ref, ref_model = run(20)
+    cut, _ = run(7, out_dir=str(tmp_path))
+    assert (cut.step, cut.batch_in_epoch) == (7, 7)
+    res, model = run(20, out_dir=str(tmp_path), resume=True)
+    assert res.losses == ref.losses
+    assert all(torch.equal(a, b) for a, b in zip(ref_model.parameters(), model.parameters(), strict=True))

@@ -14,6 +14,8 @@ def test_schedules():
     assert [lin(i) for i in (0, 50, 100, 1000)] == pytest.approx([1.0, 0.6, 0.2, 0.2])
     exp = TeacherForcingSchedule("exponential", k=0.9)
     assert exp(0) == 1.0 and exp(10) == pytest.approx(0.9**10)
+    floored = TeacherForcingSchedule("exponential", k=0.5, end=0.2)  # max(end, k^i)
+    assert [floored(i) for i in (0, 2, 3, 50)] == pytest.approx([1.0, 0.25, 0.2, 0.2])
     inv = TeacherForcingSchedule("inverse_sigmoid", k=10)
     assert inv(0) == pytest.approx(10 / 11) and inv(50) == pytest.approx(10 / (10 + math.e**5))
     vals = [inv(i) for i in range(0, 200, 10)]
@@ -104,3 +106,19 @@ def test_autoregressive_unroll_checks_shapes(batch_first):
         autoregressive_unroll(step_fn, bos, torch.zeros(2, dtype=torch.long))
     logits, h = unroll(bos, torch.zeros(1, 2, dtype=torch.long))
     assert logits.shape == ((2, 1, 2) if batch_first else (1, 2, 2)) and h.shape == (2, 3)
+
+
+def test_autoregressive_unroll_asks_the_sampler_at_the_training_step():
+    """The probability of the ground truth is that of the training ``step`` (the schedule's
+    argument), the same for every decoding step ``t`` of the unroll."""
+    asked = []
+    sampler = ScheduledSampler(lambda i: asked.append(i) or 1.0)
+    cell, head = torch.nn.GRUCell(1, 3), torch.nn.Linear(3, 2)
+
+    def step_fn(x, h):
+        h = cell(x.unsqueeze(-1).to(head.weight.dtype), h)
+        return head(h), h
+
+    targets = torch.zeros(4, 2, dtype=torch.long)
+    autoregressive_unroll(step_fn, torch.zeros(2, dtype=torch.long), targets, sampler=sampler, step=7)
+    assert asked == [7, 7, 7]  # one choice per input after the first

@@ -1,6 +1,7 @@
 """Truncated BPTT: equivalence with full BPTT, Williams & Peng's (k1, k2), flat memory."""
 
 import math
+import weakref
 
 import pytest
 import torch
@@ -272,3 +273,22 @@ def test_padded_float_targets_count_without_their_padding():
     args = (rnn, loss_fn, lambda loss: 0.0, torch.randn(6, 2, 1), tgt, None, 3)
     assert tbptt_batch(*args, padded=True)[1] == 10
     assert tbptt_batch(*args)[1] == 12  # no lengths: -100 is a value like any other
+
+
+@pytest.mark.parametrize(("k1", "k2"), [(2, 2), (2, 5)])
+def test_boundary_states_kept_do_not_grow_with_the_batch(k1, k2):
+    """Only the boundaries the next windows can start from are kept: the detached states held
+    while a long batch runs stay a few, not one per update (all of a batch's T / k1)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    held, alive = [], []
+
+    def run(x, state):
+        if state is not None:
+            held.append(weakref.ref(state[0]))
+        alive.append(sum(r() is not None for r in held))
+        return model(x, state)
+
+    x = tokens(120).view(60, 2)
+    tbptt_batch(run, lm_loss, lambda loss: loss.backward() or 0.0, x, x, None, k1, k2)
+    assert len(held) >= 29 and max(alive) <= 4
