@@ -203,8 +203,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self._set_trainable(self._raw_weights)
             self._raw_weights = None
         self.should_stop, self.stop_reason = False, None
-        if cfg.save_best and self.step == 0 and self.is_main:  # a new run: no best of another one
-            self.clear_best()
+        if self.step == 0 and self._resume is None and self.is_main:
+            self.clear_earlier_run()  # a new run: no checkpoints (nor best) of another one
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             # a resumed run that had stopped early stays stopped (its patience is spent)
             self.should_stop, self.stop_reason = True, "early_stopping"
