@@ -53,10 +53,10 @@ class TrainerCheckpoints:
 
     def clear_earlier_run(self) -> None:
         """At a new run's start (not resumed; rank 0): remove what an earlier run left in ``out_dir``,
-        its checkpoints and, with ``save_best``, its ``best_dir``."""
+        its checkpoints and its ``best_dir``, with ``save_best`` or not (without, ``best/`` stayed
+        beside this run's files, and loading it gave the earlier run's weights)."""
         self.clear_checkpoints()
-        if self.config.save_best:
-            self.clear_best()
+        self.clear_best()
 
     def clear_best(self) -> None:
         """Remove an earlier run's ``best_dir`` at a new run's start: its weights are another
