@@ -45,10 +45,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     """``Trainer(model, optimizer, config, **overrides).fit(train_data, val_data)``.
 
     ``loss_fn(output, targets) -> scalar`` (default: token cross-entropy, ``-100``
-    ignored). ``scheduler``: any LR scheduler, stepped once per step, or with the
-    validation loss if it is ``ReduceLROnPlateau``. ``overrides`` replace fields of
-    ``config`` (e.g. ``Trainer(m, opt, max_steps=100)``). Under ``torchrun`` the model
-    is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
+    ignored). ``scheduler``: any LR scheduler, stepped once per step (not at a step without any
+    target, which updates nothing), or with the validation loss if it is ``ReduceLROnPlateau``.
+    ``overrides`` replace fields of ``config`` (e.g. ``Trainer(m, opt, max_steps=100)``). Under
+    ``torchrun`` the model is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
     ``trainer.model`` is the module trained (the DDP wrapper under ``torchrun``),
     ``trainer.raw_model`` the bare model (evaluation, NT-ASGD averaging, checkpoints).
     """
@@ -243,10 +243,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         # them at different steps, leaving the others in the next collective
                         self.elapsed = dist.all_reduce_max(self.elapsed, self._reduce_device())
                     # after the counters: a schedule over the budget (the CLI's BudgetLR) reads the
-                    # steps and time spent including this step, to set the next step's rate
-                    if self.scheduler is not None and not isinstance(
-                        self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-                    ):
+                    # steps and time spent including this step, to set the next step's rate. A step without
+                    # any target made no update: the schedule follows the updates (torch's recipe)
+                    plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+                    if n and self.scheduler is not None and not plateau:
                         self.scheduler.step()
                     # a step without any target has no loss (NaN), not 0.0, which would pull averages
                     # and curves down; the log rows' token-weighted means leave it out (n = 0)
