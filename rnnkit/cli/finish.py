@@ -65,7 +65,7 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
     if trainer.is_main:
         write_results(doc, out / "results.json")  # strict JSON: a NaN is null + "nonfinite"
     echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {describe_values(metrics)}")
-    # (a best/ of this run only: one without --save-best leaves an earlier run's, not its own)
+    # (a best/ of this run only: without --save-best one there is not its own, e.g. put there by hand)
     files = [f for f in (*RUN_FILES, *wrote) if f != "best/" or trainer.config.save_best]
     listed = [f for f in files if (out / f).exists()]
     echo(f"wrote {out}/ ({', '.join(listed)})")

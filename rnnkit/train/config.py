@@ -128,5 +128,18 @@ class TrainConfig:
         if self.save_best and self.out_dir is None:
             raise ValueError("save_best=True needs out_dir (where out_dir/best goes), got None")
 
+    def check_unvalidated(self, scheduler: Any = None) -> None:
+        """Raise a ``ValueError`` naming the settings that act on validations alone (``patience``,
+        ``nt_asgd``, ``save_best``, a ``ReduceLROnPlateau`` ``scheduler``): a run without validation
+        data would silently never stop early, average, write ``best/`` or lower its rate."""
+        from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+        named = [f"patience={self.patience}"] * (self.patience is not None)
+        named += ["nt_asgd=True"] * self.nt_asgd + ["save_best=True"] * self.save_best
+        named += ["scheduler ReduceLROnPlateau"] * isinstance(scheduler, ReduceLROnPlateau)
+        if named:
+            verb = "acts" if len(named) == 1 else "act"
+            raise ValueError(f"{', '.join(named)} {verb} on validations: fit() needs val_data, got None")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

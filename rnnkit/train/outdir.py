@@ -74,7 +74,7 @@ def unlock_out_dir(out: str | os.PathLike) -> None:
 def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = None) -> bool:
     """What ``Trainer.fit`` does first: rank 0 locks ``out`` and sweeps the temporaries of killed
     checkpoint writes from ``out/checkpoints`` and ``out/best`` (it is the only writer now: they
-    are nobody's).
+    are nobody's), and the trash of an earlier run's directories that a killed new run was deleting.
     Returns whether this rank holds the lock (then :func:`unlock_out_dir` it). Under DDP every
     rank raises when rank 0 could not lock it or sweep (the others would wait for it in the first
     all-reduce), and rank 0 has swept when the others go on (to the checkpoint to resume from);
@@ -96,8 +96,9 @@ def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = N
                 # to resume from, and the sweep may move one back into place (a killed re-save's)
                 for p in sweep_temporaries(Path(out) / "checkpoints") + sweep_temporaries(Path(out) / "best"):
                     log.info("removed %s (a checkpoint write that was killed)", p)
-                for p in Path(out).glob(".old-best-*"):  # a killed Trainer.clear_best's
-                    shutil.rmtree(p, ignore_errors=True)
+                for pattern in (".old-best-*", ".old-checkpoints-*"):  # a killed Trainer.clear_*'s
+                    for p in Path(out).glob(pattern):
+                        shutil.rmtree(p, ignore_errors=True)
             except Exception as e:
                 unlock_out_dir(out)
                 busy = e

@@ -45,10 +45,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     """``Trainer(model, optimizer, config, **overrides).fit(train_data, val_data)``.
 
     ``loss_fn(output, targets) -> scalar`` (default: token cross-entropy, ``-100``
-    ignored). ``scheduler``: any LR scheduler, stepped once per step, or with the
-    validation loss if it is ``ReduceLROnPlateau``. ``overrides`` replace fields of
-    ``config`` (e.g. ``Trainer(m, opt, max_steps=100)``). Under ``torchrun`` the model
-    is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
+    ignored). ``scheduler``: any LR scheduler, stepped once per step (not at a step without any
+    target, which updates nothing), or with the validation loss if it is ``ReduceLROnPlateau``.
+    ``overrides`` replace fields of ``config`` (e.g. ``Trainer(m, opt, max_steps=100)``). Under
+    ``torchrun`` the model is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
     ``trainer.model`` is the module trained (the DDP wrapper under ``torchrun``),
     ``trainer.raw_model`` the bare model (evaluation, NT-ASGD averaging, checkpoints).
     """
@@ -171,8 +171,12 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         where it was: same data position, RNG and state; without one it logs a warning (logger
         ``rnnkit.train``) and trains from the start. Rank 0 holds ``out_dir``'s lock meanwhile
         (:mod:`rnnkit.train.outdir`): another process training there raises ``OutDirInUse``; it
-        first deletes the temporaries that killed checkpoint writes left there.
+        first deletes the temporaries that killed checkpoint writes left there. ``patience``,
+        ``nt_asgd``, ``save_best`` and a ``ReduceLROnPlateau`` scheduler act on validations: without
+        ``val_data`` they are a ``ValueError``, before anything is trained or written.
         """
+        if val_data is None:  # they would silently never act
+            self.config.check_unvalidated(self.scheduler)
         locked = claim_out_dir(self.config.out_dir, self._reduce_device())
         try:
             return self._fit(train_data, val_data)
@@ -199,8 +203,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self._set_trainable(self._raw_weights)
             self._raw_weights = None
         self.should_stop, self.stop_reason = False, None
-        if cfg.save_best and self.step == 0 and self.is_main:  # a new run: no best of another one
-            self.clear_best()
+        if self.step == 0 and self._resume is None and self.is_main:
+            self.clear_earlier_run()  # a new run: no checkpoints (nor best) of another one
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             # a resumed run that had stopped early stays stopped (its patience is spent)
             self.should_stop, self.stop_reason = True, "early_stopping"
@@ -239,10 +243,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         # them at different steps, leaving the others in the next collective
                         self.elapsed = dist.all_reduce_max(self.elapsed, self._reduce_device())
                     # after the counters: a schedule over the budget (the CLI's BudgetLR) reads the
-                    # steps and time spent including this step, to set the next step's rate
-                    if self.scheduler is not None and not isinstance(
-                        self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau
-                    ):
+                    # steps and time spent including this step, to set the next step's rate. A step without
+                    # any target made no update: the schedule follows the updates (torch's recipe)
+                    plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+                    if n and self.scheduler is not None and not plateau:
                         self.scheduler.step()
                     # a step without any target has no loss (NaN), not 0.0, which would pull averages
                     # and curves down; the log rows' token-weighted means leave it out (n = 0)

@@ -4,6 +4,7 @@ the run's ``best/`` used by ``sample``/``eval``/``predict``/``diagnose``, and ``
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -208,3 +209,22 @@ def test_diagnose_takes_the_best_root(tmp_path):
     save_checkpoint(tmp_path / "best", model, step=4, keep_last=1)
     assert weights_file(tmp_path / "best") == tmp_path / "best" / "step-000000004" / "model.safetensors"
     assert find_run(tmp_path / "best")["task"] == "memory"
+
+
+def test_a_new_run_without_save_best_drops_an_earlier_runs_best(cli, tmp_path, text_csv, monkeypatch):
+    """A new run in an --out that holds only an earlier run's best/ (its checkpoints/ gone: killed before
+    its first, or deleted) is allowed; without --save-best it left that best/, and `predict --best`
+    then loaded the earlier run's weights into the new run's model."""
+    out = tmp_path / "c"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)
+    args = ["--data", text_csv, "--out", out, "--val-every", 1, *TINY]
+    assert cli("train", "classify", *args, "--save-best").rc == 0 and (out / "best").is_dir()
+    shutil.rmtree(out / "checkpoints")
+    _validations(monkeypatch, 1.0, 2.0, 3.0)
+    assert cli("train", "classify", *args).rc == 0
+    assert not (out / "best").exists() and not list(out.glob(".old-*"))
+    texts = tmp_path / "t.txt"
+    texts.write_text("a great film\n", encoding="utf-8")
+    r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
+    assert r.rc == 1 and r.out == ""
+    assert_one_line_error(r, f"--best: no best weights in {out / 'best'}", "trained without --save-best")

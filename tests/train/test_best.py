@@ -54,16 +54,18 @@ def test_min_delta_decides_as_for_early_stopping(tmp_path):
     assert load_checkpoint(tr.best_dir)["step"] == 1
 
 
-def test_a_new_run_drops_the_best_of_an_earlier_one(tmp_path):
+@pytest.mark.parametrize("save_best", [True, False])
+def test_a_new_run_drops_the_best_of_an_earlier_one(tmp_path, save_best):
     """The best of an earlier run in the same out_dir is not this run's: it goes at the start
-    (this run, with no validation, has none)."""
+    (this run, stopped before its first validation at the epoch's end, has none), with save_best
+    or without (one without left it, and load_checkpoint(best_dir) gave the earlier run's weights)."""
     _run(tmp_path, [1.0], max_steps=1)
     assert (tmp_path / "best").is_dir()
     torch.manual_seed(0)
     model = TinyLM()
-    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=tmp_path, save_best=True,
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=tmp_path, save_best=save_best,
                  max_steps=2, progress=False, plot=False, tensorboard=False)  # fmt: skip
-    tr.fit(bptt_batches(tokens(200), 2, 5))
+    tr.fit(bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(50), 1, 5))  # 20 batches an epoch
     assert not (tmp_path / "best").exists() and not list(tmp_path.glob(".old-best-*"))
 
 

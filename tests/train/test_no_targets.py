@@ -80,3 +80,19 @@ def test_zero_loss_of_a_batch_without_targets_has_zero_finite_gradients(step_fn)
     assert float(loss.detach()) == 0.0
     for p in model.parameters():
         assert p.grad is not None and torch.equal(p.grad, torch.zeros_like(p))
+
+
+@pytest.mark.parametrize("k1", [None, 3])
+def test_a_step_without_targets_leaves_the_scheduler_alone(k1):
+    """A step without any target makes no optimizer step, nor a scheduler step: as in torch's recipe
+    (``scheduler.step()`` after ``optimizer.step()``) the schedule follows the updates. It was stepped
+    anyway: the schedule ran ahead of the updates, and a first batch without targets stepped it
+    before any ``optimizer.step()`` (torch's warning: the schedule's first rate is skipped)."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = _sgd(model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    has, empty = _with_empty_batch()
+    tr = Trainer(model, opt, scheduler=sched, tbptt_k1=k1, carry_state=False, progress=False)
+    tr.fit([empty, has, empty, has])
+    assert tr.step == 4 and sched.last_epoch == 2 and opt.param_groups[0]["lr"] == 0.5 * 0.5**2

@@ -366,3 +366,25 @@ def test_out_dir_may_be_a_path(tmp_path):
     assert state["config"]["out_dir"] == str(tmp_path / "run")
     with pytest.raises(ValueError, match="out_dir must be a path"):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), out_dir=3)
+
+
+@pytest.mark.parametrize(
+    "kw, named",
+    [
+        ({"patience": 3}, "patience=3"),
+        ({"nt_asgd": True}, "nt_asgd=True"),
+        ({"save_best": True}, "save_best=True"),
+        ({"scheduler": "plateau"}, "ReduceLROnPlateau"),
+    ],
+)
+def test_settings_that_act_on_validations_need_val_data(tmp_path, kw, named):
+    """Early stopping, NT-ASGD, save_best and ReduceLROnPlateau act on validations: without
+    val_data they silently never acted. Refused before anything is trained or written."""
+    model = TinyLM()
+    opt = _sgd(model)
+    if kw.get("scheduler") == "plateau":
+        kw = {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt)}
+    tr = Trainer(model, opt, out_dir=tmp_path / "run", max_steps=2, progress=False, plot=False, **kw)
+    with pytest.raises(ValueError, match=rf"{named} acts on validations: fit\(\) needs val_data, got None"):
+        tr.fit(bptt_batches(tokens(200), 2, 5))
+    assert tr.step == 0 and not (tmp_path / "run" / "checkpoints").exists()
