@@ -71,10 +71,16 @@ def unlock_out_dir(out: str | os.PathLike) -> None:
         held[0].close()
 
 
-def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = None) -> bool:
+def claim_out_dir(
+    out: str | os.PathLike | None, device: torch.device | None = None, new_run: bool = False
+) -> bool:
     """What ``Trainer.fit`` does first: rank 0 locks ``out`` and sweeps the temporaries of killed
     checkpoint writes from ``out/checkpoints`` and ``out/best`` (it is the only writer now: they
-    are nobody's), and the trash of an earlier run's directories that a killed new run was deleting.
+    are nobody's), and the trash of an earlier run's ``best/`` that a killed new run was deleting.
+    ``new_run`` (a fit that neither resumes nor goes on from a loaded checkpoint): an ``out`` that
+    holds checkpoints is refused (``FileExistsError``), as the CLI refuses an ``--out`` without
+    ``--resume``: its checkpoints are another run's work, which this run's would mix with (and
+    until its first one, ``latest`` named the other run's: a resume continued that one).
     Returns whether this rank holds the lock (then :func:`unlock_out_dir` it). Under DDP every
     rank raises when rank 0 could not lock it or sweep (the others would wait for it in the first
     all-reduce), and rank 0 has swept when the others go on (to the checkpoint to resume from);
@@ -96,9 +102,10 @@ def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = N
                 # to resume from, and the sweep may move one back into place (a killed re-save's)
                 for p in sweep_temporaries(Path(out) / "checkpoints") + sweep_temporaries(Path(out) / "best"):
                     log.info("removed %s (a checkpoint write that was killed)", p)
-                for pattern in (".old-best-*", ".old-checkpoints-*"):  # a killed Trainer.clear_*'s
-                    for p in Path(out).glob(pattern):
-                        shutil.rmtree(p, ignore_errors=True)
+                for p in Path(out).glob(".old-best-*"):  # a killed Trainer.clear_best's
+                    shutil.rmtree(p, ignore_errors=True)
+                if new_run:
+                    _refuse_earlier_checkpoints(Path(out))
             except Exception as e:
                 unlock_out_dir(out)
                 busy = e
@@ -114,3 +121,15 @@ def claim_out_dir(out: str | os.PathLike | None, device: torch.device | None = N
     if busy is not None:
         raise busy
     return dist.is_main_process()
+
+
+def _refuse_earlier_checkpoints(out: Path) -> None:
+    from rnnkit.train.checkpoint import latest_checkpoint
+
+    found = latest_checkpoint(out / "checkpoints")
+    if found is not None:
+        raise FileExistsError(
+            f"{out} holds the checkpoints of an earlier run (latest: {found.name}); pass resume=True "
+            f"to continue that run, or choose another out_dir (or delete {out / 'checkpoints'} to start "
+            "over there)"
+        )

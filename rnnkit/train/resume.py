@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.train import distributed as dist
-from rnnkit.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from rnnkit.train.checkpoint import load_checkpoint, save_checkpoint
 from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.serialize import fsync_dir
 from rnnkit.train.state import move_to
@@ -51,26 +51,12 @@ class TrainerCheckpoints:
                 state={"val_loss": val_loss, "epoch": self.epoch}, config=self.config.to_dict(),
             )  # fmt: skip
 
-    def clear_earlier_run(self) -> None:
-        """At a new run's start (not resumed; rank 0): remove what an earlier run left in ``out_dir``,
-        its checkpoints and its ``best_dir``, with ``save_best`` or not (without, ``best/`` stayed
-        beside this run's files, and loading it gave the earlier run's weights)."""
-        self.clear_checkpoints()
-        self.clear_best()
-
     def clear_best(self) -> None:
-        """Remove an earlier run's ``best_dir`` at a new run's start: its weights are another
-        run's, and would stay there, named best, until this run's first validation."""
+        """Remove an earlier run's ``best_dir`` at a new run's start, with ``save_best`` or not:
+        its weights are another run's, and would stay there, named best (without ``save_best``, for
+        good: loading it gave the earlier run's weights)."""
         if self.best_dir is not None and self.best_dir.exists():
             _remove_dir(self.best_dir)
-
-    def clear_checkpoints(self) -> None:
-        """Remove an earlier run's checkpoints (``checkpoint_dir``) at a new run's start: they mixed
-        with this run's, and until its first checkpoint ``latest`` named the earlier run's, which a
-        resume then continued. A directory without a checkpoint (nor ``latest``) is left alone."""
-        root = self.checkpoint_dir
-        if root is not None and (list_checkpoints(root) or (root / "latest").exists()):
-            _remove_dir(root)
 
     def save(self, root: str | Path | None = None) -> Path | None:
         """Checkpoint everything needed to continue exactly (rank 0 writes; all ranks

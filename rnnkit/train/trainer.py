@@ -177,7 +177,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         """
         if val_data is None:  # they would silently never act
             self.config.check_unvalidated(self.scheduler)
-        locked = claim_out_dir(self.config.out_dir, self._reduce_device())
+        new_run = self.step == 0 and self._resume is None and not self.config.resume
+        locked = claim_out_dir(self.config.out_dir, self._reduce_device(), new_run)
         try:
             return self._fit(train_data, val_data)
         finally:
@@ -204,7 +205,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self._raw_weights = None
         self.should_stop, self.stop_reason = False, None
         if self.step == 0 and self._resume is None and self.is_main:
-            self.clear_earlier_run()  # a new run: no checkpoints (nor best) of another one
+            self.clear_best()  # a new run: no best of another one (claim_out_dir refused their checkpoints)
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             # a resumed run that had stopped early stays stopped (its patience is spent)
             self.should_stop, self.stop_reason = True, "early_stopping"

@@ -1,6 +1,8 @@
 """``save_best``: the weights of the best validation in ``out_dir/best`` (Keras's ModelCheckpoint
 with ``save_best_only``, Lightning's best checkpoint)."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -58,9 +60,11 @@ def test_min_delta_decides_as_for_early_stopping(tmp_path):
 def test_a_new_run_drops_the_best_of_an_earlier_one(tmp_path, save_best):
     """The best of an earlier run in the same out_dir is not this run's: it goes at the start
     (this run, stopped before its first validation at the epoch's end, has none), with save_best
-    or without (one without left it, and load_checkpoint(best_dir) gave the earlier run's weights)."""
+    or without (one without left it, and load_checkpoint(best_dir) gave the earlier run's weights).
+    (The earlier run's checkpoints are deleted first: a new run refuses an out_dir holding some.)"""
     _run(tmp_path, [1.0], max_steps=1)
     assert (tmp_path / "best").is_dir()
+    shutil.rmtree(tmp_path / "checkpoints")
     torch.manual_seed(0)
     model = TinyLM()
     tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=tmp_path, save_best=save_best,

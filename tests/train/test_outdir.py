@@ -3,12 +3,13 @@
 import json
 import logging
 import math
+import shutil
 
 import pytest
 import torch
 
 from rnnkit.data import bptt_batches
-from rnnkit.train import Callback, Trainer, list_checkpoints, lm_loss, read_metrics
+from rnnkit.train import Trainer, list_checkpoints, lm_loss, read_metrics
 from rnnkit.train.checkpoint import sweep_temporaries
 
 from .models import TinyLM, tokens
@@ -270,27 +271,25 @@ def test_a_run_refused_by_the_lock_leaves_no_tensorboard_files(tmp_path, monkeyp
     assert (out / "tensorboard").is_dir() and tb.writer is None  # closed at fit's end
 
 
-class _KillAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, trainer, logs):
-        if trainer.step == self.step:
-            raise KeyboardInterrupt
-
-
-def test_a_new_run_drops_the_checkpoints_of_an_earlier_one(tmp_path):
-    """A new run (not resumed) in an out_dir holding an earlier run's checkpoints: they mixed with its
-    own, and until its first checkpoint `latest` named the earlier run's, so a kill there and a
-    resume=True continued the earlier run (from its step 20 here) instead of this one."""
+def test_a_new_run_refuses_an_out_dir_holding_an_earlier_runs_checkpoints(tmp_path):
+    """A new run (not resumed) in an out_dir holding an earlier run's checkpoints wrote its own among
+    them: with keep_last the earlier ones below its step stayed, and until its first checkpoint
+    `latest` named the earlier run's, so a kill there and a resume=True continued the earlier run.
+    It is refused now, before anything is written (as the CLI refuses an --out without --resume):
+    the earlier run's work is kept, and resume=True continues it."""
     out = tmp_path / "run"
     kw = {"max_epochs": 10, "checkpoint_every": 5, "keep_last": None}
     _trainer(out, max_steps=20, **kw).fit(_data())
-    new = _trainer(out, max_steps=6, callbacks=[_KillAt(3)], **kw)
-    with pytest.raises(KeyboardInterrupt):
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    new = _trainer(out, max_steps=6, **kw)
+    with pytest.raises(FileExistsError, match=r"earlier run \(latest: step-000000020\); pass resume=True"):
         new.fit(_data())
-    assert not (out / "checkpoints").exists() and not list(out.glob(".old-*"))
-    tr = _trainer(out, max_steps=6, resume=True, **kw)
-    tr.fit(_data())  # no checkpoint: from the start, as the killed new run
-    assert tr.step == 6 and tr.losses[:3] == new.losses
-    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000000005", "step-000000006"]
+    assert new.step == 0 and sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    tr = _trainer(out, max_steps=25, resume=True, **kw)
+    tr.fit(_data())  # the earlier run goes on
+    assert tr.step == 25 and list_checkpoints(out / "checkpoints")[-1].name == "step-000000025"
+    tr = _trainer(out, max_steps=25, **kw)
+    tr.load(out / "checkpoints")  # a loaded checkpoint goes on too: not a new run
+    tr.fit(_data())
+    shutil.rmtree(out / "checkpoints")
+    _trainer(out, max_steps=6, **kw).fit(_data())  # once they are gone: a new run

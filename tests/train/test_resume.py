@@ -1,6 +1,7 @@
 """Exact continuation in the combinations tests/train/test_checkpoint.py leaves out: a run stopped
 and continued (a second ``fit()``, a resume) equals the run that never stopped, bit for bit."""
 
+import shutil
 import sys
 import types
 
@@ -127,6 +128,7 @@ def test_tensorboard_of_a_new_run_over_an_old_one_shows_only_the_new_run(tmp_pat
         tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=steps, log_every=1,
                      out_dir=str(tmp_path), progress=False, plot=False)  # fmt: skip
         tr.fit(bptt_batches(tokens(200), 2, 5))
+        shutil.rmtree(tmp_path / "checkpoints")  # (a new run refuses an out_dir holding checkpoints)
     assert sorted({step for tag, step in shown}) == [1, 2, 3]
     assert len(shown) == len(set(shown))  # each point once
 
