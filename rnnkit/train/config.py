@@ -130,11 +130,13 @@ class TrainConfig:
 
     def check_unvalidated(self, scheduler: Any = None) -> None:
         """Raise a ``ValueError`` naming the settings that act on validations alone (``patience``,
-        ``nt_asgd``, ``save_best``, a ``ReduceLROnPlateau`` ``scheduler``): a run without validation
-        data would silently never stop early, average, write ``best/`` or lower its rate."""
+        ``nt_asgd``, ``save_best``, a ``ReduceLROnPlateau`` ``scheduler``, a ``val_every``): a run
+        without validation data would silently never stop early, average, write ``best/``, lower its
+        rate or validate (``val_every``'s default is None: one set asks for validations)."""
         from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-        named = [f"patience={self.patience}"] * (self.patience is not None)
+        named = [f"val_every={self.val_every}"] * (self.val_every is not None)
+        named += [f"patience={self.patience}"] * (self.patience is not None)
         named += ["nt_asgd=True"] * self.nt_asgd + ["save_best=True"] * self.save_best
         named += ["scheduler ReduceLROnPlateau"] * isinstance(scheduler, ReduceLROnPlateau)
         if named:

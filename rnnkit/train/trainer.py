@@ -171,9 +171,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         where it was: same data position, RNG and state; without one it logs a warning (logger
         ``rnnkit.train``) and trains from the start. Rank 0 holds ``out_dir``'s lock meanwhile
         (:mod:`rnnkit.train.outdir`): another process training there raises ``OutDirInUse``; it
-        first deletes the temporaries that killed checkpoint writes left there. ``patience``,
-        ``nt_asgd``, ``save_best`` and a ``ReduceLROnPlateau`` scheduler act on validations: without
-        ``val_data`` they are a ``ValueError``, before anything is trained or written.
+        first deletes the temporaries that killed checkpoint writes left there. ``val_every``,
+        ``patience``, ``nt_asgd``, ``save_best`` and a ``ReduceLROnPlateau`` scheduler act on
+        validations: without ``val_data`` they are a ``ValueError``, before anything is trained or
+        written.
         """
         if val_data is None:  # they would silently never act
             self.config.check_unvalidated(self.scheduler)

@@ -375,11 +375,12 @@ def test_out_dir_may_be_a_path(tmp_path):
         ({"nt_asgd": True}, "nt_asgd=True"),
         ({"save_best": True}, "save_best=True"),
         ({"scheduler": "plateau"}, "ReduceLROnPlateau"),
+        ({"val_every": 1}, "val_every=1"),  # (its default is None: set, it asks for validations)
     ],
 )
 def test_settings_that_act_on_validations_need_val_data(tmp_path, kw, named):
-    """Early stopping, NT-ASGD, save_best and ReduceLROnPlateau act on validations: without
-    val_data they silently never acted. Refused before anything is trained or written."""
+    """Early stopping, NT-ASGD, save_best, ReduceLROnPlateau and a val_every act on validations:
+    without val_data they silently never acted. Refused before anything is trained or written."""
     model = TinyLM()
     opt = _sgd(model)
     if kw.get("scheduler") == "plateau":
