@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.train import distributed as dist
-from rnnkit.train.checkpoint import load_checkpoint, save_checkpoint
+from rnnkit.train.checkpoint import _write_latest, latest_checkpoint, load_checkpoint, save_checkpoint
 from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.serialize import fsync_dir
 from rnnkit.train.state import move_to
@@ -139,7 +139,22 @@ class TrainerCheckpoints:
         self.precision.load_state_dict(st.get("grad_scaler"))
         self._resume = st["ranks"][dist.get_rank()]
         self._last_saved = self.step
+        self._loaded = Path(doc["path"])
         return doc
+
+    def _name_loaded_latest(self) -> None:
+        """At the start of a fit going on from :meth:`load` of one of ``out_dir``'s checkpoints:
+        ``latest`` names it (rank 0 writes the pointer). Else, after loading an older one, until the
+        fit's first checkpoint ``latest`` named the newest of the branch left: a kill there and
+        ``resume=True`` went on from that one. The newer ones are kept, until ``keep_last`` rotates
+        them out, first (:func:`~rnnkit.train.checkpoint.save_checkpoint`): a fit that trains
+        nothing deletes nothing."""
+        root, loaded = self.checkpoint_dir, self._loaded
+        if not self.is_main or root is None or loaded is None or loaded.parent.resolve() != root.resolve():
+            return
+        latest = latest_checkpoint(root)
+        if latest is None or latest.resolve() != loaded.resolve():
+            _write_latest(root, loaded.name)
 
     def _check_loadable(self, doc: dict[str, Any]) -> None:
         """What :meth:`load` refuses, seen before anything is loaded (a refused checkpoint leaves

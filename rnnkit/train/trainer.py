@@ -93,6 +93,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         self._acc = [0.0, 0.0, 0]  # loss*tokens, tokens, steps since the last log
         self._epoch_rng: dict | None = None
         self._resume: dict | None = None
+        self._loaded: Path | None = None  # the checkpoint load() read last
         self._last_saved = -1
         # the weights NT-ASGD's average replaced at the end of fit(): training goes on from them
         self._raw_weights: list[Tensor] | None = None
@@ -194,6 +195,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self.load(self.checkpoint_dir)
         elif auto and self.is_main:  # a first run, or a mistyped out_dir: say which
             log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
+        if not auto and self._resume is not None:  # trainer.load(ckpt): out_dir's latest is ckpt
+            self._name_loaded_latest()
         if self._resume is None and self.batch_in_epoch:
             # A fit() of this trainer stopped inside an epoch (max_steps, max_minutes, a callback): go
             # on from there as a resume from its checkpoint would (the same epoch replayed to its

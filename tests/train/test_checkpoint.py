@@ -436,3 +436,34 @@ def test_keep_last_none_keeps_every_checkpoint(tmp_path):
     assert len(list_checkpoints(tmp_path / "checkpoints")) == 4
     with pytest.raises(ValueError, match="max_epochs must be >= 1, got None"):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=None)
+
+
+def _branch_run(out_dir, max_steps, load=None, interrupt_at=None, resume=False):
+    """A run of TinyLM writing a checkpoint every 2 steps (``load``: ``trainer.load`` it first)."""
+    seed_everything(0)
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=max_steps, max_epochs=10,
+                 checkpoint_every=2, keep_last=None, out_dir=str(out_dir), resume=resume, progress=False,
+                 plot=False, callbacks=[Interrupt(interrupt_at)] if interrupt_at else [])  # fmt: skip
+    if load is not None:
+        tr.load(load)
+    data = bptt_batches(tokens(300), 2, 10)
+    if interrupt_at:
+        with pytest.raises(KeyboardInterrupt):
+            tr.fit(data)
+    else:
+        tr.fit(data)
+    return tr
+
+
+def test_a_fit_from_a_loaded_older_checkpoint_names_it_latest_before_its_first_checkpoint(tmp_path):
+    """trainer.load(step 2) of a run at step 6, then fit(): until the fit's first checkpoint `latest`
+    named step 6, of the branch the user left, so a kill there and a resume=True went on from step
+    6, not from the step 2 asked for. The fit names the loaded checkpoint latest as it starts, and
+    deletes nothing (the newer ones go as keep_last rotates them out)."""
+    ckpts = tmp_path / "checkpoints"
+    _branch_run(tmp_path, 6)
+    before = list_checkpoints(ckpts)
+    _branch_run(tmp_path, 6, load=ckpts / "step-000000002", interrupt_at=3)  # killed before step 4
+    assert latest_checkpoint(ckpts).name == "step-000000002" and list_checkpoints(ckpts) == before
+    assert _branch_run(tmp_path, 3, resume=True).step == 3  # from step 2 (from step 6: 6, finished)
