@@ -203,6 +203,29 @@ def test_sample_mask_values_and_errors():
         regularizers.sample_mask("nope", (2,), 0.5, like)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sample_mask_in_place_torch_rand_branch(dtype, monkeypatch):
+    """The ``torch.rand`` branch with in-place comparisons (CUDA, torch.compile), forced on the CPU:
+    with torch's generator seeded alike, the masks are exactly ``(u >= p) / (1 - p)`` (dropout
+    kinds) and ``u < p`` (zoneout) of ``u = torch.rand(shape)``, in ``like``'s dtype; ``p = 1``
+    drops everything (zeros, not ``0 * inf``)."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    like, shape, p = torch.zeros((), dtype=dtype), (7, 300), 0.3
+    for kind in regularizers.KINDS:
+        torch.manual_seed(11)
+        u = torch.rand(shape)
+        want = u.lt(p).to(dtype) if kind == "zoneout" else u.ge(p).to(dtype) / (1 - p)
+        torch.manual_seed(11)
+        got = regularizers.sample_mask(kind, shape, p, like)
+        assert got.dtype == dtype and got.shape == shape
+        assert torch.equal(got, want), kind
+        scale = torch.tensor(1.0 if kind == "zoneout" else 1 / (1 - p), dtype=dtype)
+        assert torch.equal(want.unique(), torch.stack([torch.zeros((), dtype=dtype), scale]))
+    zeros, ones = torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)
+    assert torch.equal(regularizers.sample_mask("recurrent", shape, 1.0, like), zeros)
+    assert torch.equal(regularizers.sample_mask("zoneout", shape, 1.0, like), ones)
+
+
 def test_sample_mask_values_inside_vmap_with_different_randomness():
     """Inside ``vmap(randomness="different")`` the masks come from ``torch.rand`` (one per sample),
     not the counter-based generator: the same values, ``0`` or ``1 / (1 - p)`` (``1``/``0`` for
