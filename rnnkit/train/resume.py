@@ -3,7 +3,8 @@
 ``save`` writes the model, optimizer, scheduler and the trainer's own state (step, epoch, data
 position, every rank's RNG and recurrent state, metrics, NT-ASGD averages, the grad scaler)
 through :mod:`rnnkit.train.checkpoint`; ``load`` restores them; ``save_best`` keeps the weights
-of the best validation (``save_best=True``). Kept apart from the loop in
+of the best validation (``save_best=True``); ``_start_epoch`` starts an epoch at the position a
+checkpoint (or a stopped ``fit()``) left. Kept apart from the loop in
 :mod:`rnnkit.train.trainer`, whose attributes it reads and sets.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,42 @@ class TrainerCheckpoints:
         self._last_saved = self.step
         dist.barrier()
         return path
+
+    def _start_epoch(self, train_data: Iterable[Any]) -> Iterator[Any]:
+        """Iterator over this epoch's batches; on resume, positioned after the saved batch.
+
+        The global RNG state at the epoch's ``iter()`` is remembered, and that of the data's own
+        generators (``DataLoader(..., generator=g)``: :func:`~rnnkit.train.seed.data_generators`):
+        replaying it and skipping the consumed batches reproduces a shuffled DataLoader's order
+        exactly. Under DDP
+        every rank raises alike when some rank's data has too few batches to skip.
+        """
+        res, self._resume = self._resume, None
+        gens = data_generators(train_data)  # a DataLoader's own generator: not the global RNG
+        if res is not None and self.batch_in_epoch == 0:  # saved between epochs
+            set_rng_state(res["rng"], *gens)
+            res = None
+        if res is not None:
+            set_rng_state(res["epoch_rng"], *gens)
+        self._epoch_rng = get_rng_state(*gens)
+        it = iter(train_data)
+        if res is None:
+            self.state, self.batch_in_epoch = None, 0
+            return it
+        got = 0
+        while got < self.batch_in_epoch and next(it, None) is not None:
+            got += 1
+        # a rank that raised alone would leave the others waiting in the next collective (a hang)
+        fewest = -dist.all_reduce_max(-got, self._reduce_device()) if dist.is_distributed() else got
+        if fewest < self.batch_in_epoch:
+            where = f"got {got}" if fewest == got else f"got {got} on this rank, {int(fewest)} on another"
+            raise ValueError(
+                f"resume: the data has fewer than {self.batch_in_epoch} "
+                f"batches in epoch {self.epoch} (it changed? {where})"
+            )
+        set_rng_state(res["rng"], *gens)
+        self.state = move_to(res["hidden"], self.device)
+        return it
 
     def _position(self, train_data: Any) -> dict[str, Any]:
         """Where training stands within its epoch, as a checkpoint's rank entry holds it (and a

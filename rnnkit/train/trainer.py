@@ -30,7 +30,6 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
-from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.state import lm_loss, move_to
 from rnnkit.train.step import TrainerStep
 
@@ -340,42 +339,6 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         else:
             return False
         return True
-
-    def _start_epoch(self, train_data: Iterable[Any]):
-        """Iterator over this epoch's batches; on resume, positioned after the saved batch.
-
-        The global RNG state at the epoch's ``iter()`` is remembered, and that of the data's own
-        generators (``DataLoader(..., generator=g)``: :func:`~rnnkit.train.seed.data_generators`):
-        replaying it and skipping the consumed batches reproduces a shuffled DataLoader's order
-        exactly. Under DDP
-        every rank raises alike when some rank's data has too few batches to skip.
-        """
-        res, self._resume = self._resume, None
-        gens = data_generators(train_data)  # a DataLoader's own generator: not the global RNG
-        if res is not None and self.batch_in_epoch == 0:  # saved between epochs
-            set_rng_state(res["rng"], *gens)
-            res = None
-        if res is not None:
-            set_rng_state(res["epoch_rng"], *gens)
-        self._epoch_rng = get_rng_state(*gens)
-        it = iter(train_data)
-        if res is None:
-            self.state, self.batch_in_epoch = None, 0
-            return it
-        got = 0
-        while got < self.batch_in_epoch and next(it, None) is not None:
-            got += 1
-        # a rank that raised alone would leave the others waiting in the next collective (a hang)
-        fewest = -dist.all_reduce_max(-got, self._reduce_device()) if dist.is_distributed() else got
-        if fewest < self.batch_in_epoch:
-            where = f"got {got}" if fewest == got else f"got {got} on this rank, {int(fewest)} on another"
-            raise ValueError(
-                f"resume: the data has fewer than {self.batch_in_epoch} "
-                f"batches in epoch {self.epoch} (it changed? {where})"
-            )
-        set_rng_state(res["rng"], *gens)
-        self.state = move_to(res["hidden"], self.device)
-        return it
 
     def _log(self, batch: Any, norm: float, last_time: float) -> float:
         now = time.perf_counter()
