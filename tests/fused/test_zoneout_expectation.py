@@ -2,7 +2,7 @@
 broadcast over all ``N`` rows (a stride-0 view; the C++ kernels read it as one ``(B, S)`` block
 that every step shares), not as an ``(N, S)`` tensor. Against the same weights materialized, the
 form training masks have: identical outputs, final states and gradients, for every kernel
-family, dense and packed, both directions, on both fused backends."""
+family, dense, packed, B = 1 and T = 1, both directions, on both fused backends."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ LAYERS = {
     "rnn": (rnnkit.RNN, {}),
     "rnn_layernorm": (rnnkit.RNN, {"norm": "layer"}),
 }
-SIZES = {"dense": [3, 3, 3, 3], "packed": [3, 3, 2, 1]}
+SIZES = {"dense": [3, 3, 3, 3], "packed": [3, 3, 2, 1], "B=1": [1, 1, 1], "T=1": [3]}
 
 
 def _run(cell, params, x, bsz, h0, reverse, probs, masks):
