@@ -1,0 +1,31 @@
+"""DDP (2 gloo processes on 127.0.0.1): early stopping, save_best and the LR scheduler take the same
+decisions on every rank."""
+
+import json
+
+from . import ddp_best_worker
+from .test_ddp import _torchrun
+
+
+def _results(out_dir):
+    return [json.loads((out_dir / f"result{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_ddp_early_stopping_and_save_best(tmp_path):
+    """Every rank stops at the same step; rank 0 alone writes best/, once a new best, with the
+    weights every rank validated there; a run stopped at step 7 and resumed does the same."""
+    _torchrun(ddp_best_worker.__file__, str(tmp_path), "best")
+    r0, r1 = _results(tmp_path)
+    assert r0 == r1
+    assert r0["stop"] == [13, "early_stopping", 13, "early_stopping"]
+    assert r0["best"][0] == r0["best_split"] == 10 and r0["best"][1] == r0["best"][2]
+    assert r0["best_is_validated"] and r0["best_dirs"] == ["latest", "step-000000010"]
+    assert r0["resumed_exact"] and len(r0["losses"]) == 13
+
+
+def test_ddp_scheduler_steps_on_every_rank_when_one_has_no_target(tmp_path):
+    """The step's target count is summed over the ranks: a rank without a target steps the
+    scheduler with the others, a step without any target on no rank."""
+    _torchrun(ddp_best_worker.__file__, str(tmp_path), "scheduler")
+    r0, r1 = _results(tmp_path)
+    assert r0 == r1 == {"None": [2, 0.125], "4": [2, 0.125]}
