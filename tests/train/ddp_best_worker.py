@@ -1,5 +1,5 @@
-"""Worker for test_ddp_best: early stopping, ``save_best`` and the LR scheduler under torchrun
-(2 gloo ranks, tiny float64 runs).
+"""Worker for test_ddp_best: early stopping, ``save_best``, the refusal of an earlier run's
+``out_dir`` and the LR scheduler under torchrun (2 gloo ranks, tiny float64 runs).
 
 Usage: ``torchrun --nproc_per_node 2 ... ddp_best_worker.py OUT_DIR MODE``; every rank writes
 ``OUT_DIR/result<rank>.json``.
@@ -34,7 +34,7 @@ def run(out_dir: str, mode: str) -> None:
     info = setup_distributed("gloo", device="cpu")
     torch.set_default_dtype(torch.float64)
     try:
-        res = {"best": _best, "scheduler": _scheduler}[mode](Path(out_dir), info)
+        res = {"earlier_run": _earlier_run, "best": _best, "scheduler": _scheduler}[mode](Path(out_dir), info)
         (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps(res))
     finally:
         cleanup_distributed()
@@ -53,6 +53,16 @@ def _trainer(out: Path, **kw) -> Trainer:
     model = TinyLM(vocab=11, hidden=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
     return Trainer(model, opt, out_dir=str(out), progress=False, plot=False, tensorboard=False, **kw)
+
+
+def _earlier_run(out: Path, info) -> dict:
+    """A new run into an out_dir holding a finished run's checkpoints: refused on every rank."""
+    _trainer(out / "run", max_steps=2).fit(_data(info))
+    try:
+        _trainer(out / "run", max_steps=2).fit(_data(info))
+    except Exception as e:
+        return {"error": type(e).__name__, "message": str(e)}
+    return {"error": None}
 
 
 class _Snapshots(Trainer):

@@ -1,5 +1,5 @@
-"""DDP (2 gloo processes on 127.0.0.1): early stopping, save_best and the LR scheduler take the same
-decisions on every rank."""
+"""DDP (2 gloo processes on 127.0.0.1): early stopping, save_best, the refusal of an earlier run's
+out_dir and the LR scheduler take the same decisions on every rank."""
 
 import json
 
@@ -9,6 +9,17 @@ from .test_ddp import _torchrun
 
 def _results(out_dir):
     return [json.loads((out_dir / f"result{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_ddp_new_run_into_an_earlier_runs_out_dir_is_refused_alike_on_every_rank(tmp_path):
+    """Rank 0 finds the earlier run's checkpoints; every rank raises its FileExistsError, with its
+    message (before, the other ranks raised a RuntimeError saying rank 0 could not lock or sweep:
+    a script catching the FileExistsError (to resume instead) caught it on rank 0 alone)."""
+    _torchrun(ddp_best_worker.__file__, str(tmp_path), "earlier_run")
+    r0, r1 = _results(tmp_path)
+    assert r0 == r1
+    assert r0["error"] == "FileExistsError"
+    assert "holds the checkpoints of an earlier run (latest: step-000000002)" in r0["message"]
 
 
 def test_ddp_early_stopping_and_save_best(tmp_path):
