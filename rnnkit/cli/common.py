@@ -298,10 +298,10 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     the model's recurrent layers wrapped first); creates ``--out`` and writes the run description
     that :func:`prepare_out` returned as ``run.json``."""
     from rnnkit.train import Trainer
-    from rnnkit.train.distributed import is_main_process
 
-    if is_main_process():  # under torchrun every rank ran the same checks (prepare_out); one writes
-        create_run_dir(Path(args.out), args.run_to_write)
+    # under torchrun every rank ran the same checks (prepare_out); rank 0 writes, its failure raised on all
+    dev = device_of(args)
+    create_run_dir(Path(args.out), args.run_to_write, dev if dev.type == "cuda" else None)
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 

@@ -3,6 +3,8 @@ out_dir and the LR scheduler take the same decisions on every rank."""
 
 import json
 
+import pytest
+
 from . import ddp_best_worker
 from .test_ddp import _torchrun
 
@@ -40,3 +42,22 @@ def test_ddp_scheduler_steps_on_every_rank_when_one_has_no_target(tmp_path):
     _torchrun(ddp_best_worker.__file__, str(tmp_path), "scheduler")
     r0, r1 = _results(tmp_path)
     assert r0 == r1 == {"None": [2, 0.125], "4": [2, 0.125]}
+
+
+def test_cli_out_locked_by_another_process_is_refused_on_every_rank(tmp_path):
+    """``torchrun -m rnnkit train`` into an ``--out`` another process trains in: rank 0 alone locks
+    it (and writes run.json), and its refusal must reach every rank. Before, rank 0 failed there
+    while rank 1 went on to the trainer's first all-reduce: both waited forever (a hang)."""
+    fcntl = pytest.importorskip("fcntl")
+    out = tmp_path / "run"
+    out.mkdir()
+    flags = ["train", "memory", "--task", "adding", "--length", "6", "--n-train", "32", "--n-valid", "8",
+             "--batch-size", "8", "--hidden", "8", "--max-steps", "2", "--patience", "2", "--save-best",
+             "--no-progress", "--out", str(out)]  # fmt: skip
+    with open(out / ".lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(AssertionError, match="in use by another rnnkit training process") as e:
+            _torchrun("-m", "rnnkit", *flags)
+    assert "timed out" not in str(e.value)
+    assert str(e.value).count("rnnkit: error:") == 2  # every rank refuses
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
