@@ -261,11 +261,13 @@ def run_train(args: argparse.Namespace) -> int:
             return args.func(args)
         info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
         args.device = str(info.device)
-        try:
-            restore_train_flags(args)  # (after the setup: rank 0 alone says what it restores)
-            return args.func(args)
-        finally:
-            cleanup_distributed()
+        restore_train_flags(args)  # (after the setup: rank 0 alone says what it restores)
+        code = args.func(args)
+        # Not on an error: a rank that failed alone (rank 0 writing best/ or a checkpoint) would wait
+        # in the teardown's barrier while the others wait for it in the next collective, forever. It
+        # leaves without it (main's finish_process), and its exit fails their collective instead.
+        cleanup_distributed()
+        return code
     finally:
         from rnnkit.train.outdir import unlock_out_dir
 

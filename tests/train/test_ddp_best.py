@@ -61,3 +61,20 @@ def test_cli_out_locked_by_another_process_is_refused_on_every_rank(tmp_path):
     assert "timed out" not in str(e.value)
     assert str(e.value).count("rnnkit: error:") == 2  # every rank refuses
     assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_cli_failure_on_rank_0_alone_ends_every_rank(tmp_path):
+    """``--save-best`` under torchrun: rank 0 alone writes best/, and fails alone when it cannot
+    (here ``best`` is a dangling symlink, as a full disk would fail it). Rank 0 then left through the
+    process group's teardown barrier while rank 1 waited in the next step's all-reduce: a hang. A
+    failed rank now leaves without it, and its exit ends the others' collective with an error."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "best").symlink_to(tmp_path / "nowhere")
+    flags = ["train", "memory", "--task", "adding", "--length", "6", "--n-train", "32", "--n-valid", "8",
+             "--batch-size", "8", "--hidden", "8", "--max-steps", "4", "--val-every", "1", "--save-best",
+             "--no-progress", "--out", str(out)]  # fmt: skip
+    with pytest.raises(AssertionError) as e:
+        _torchrun("-m", "rnnkit", *flags)
+    assert "timed out" not in str(e.value)
+    assert "rnnkit: error:" in str(e.value) and "best" in str(e.value)
