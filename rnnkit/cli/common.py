@@ -261,11 +261,13 @@ def run_train(args: argparse.Namespace) -> int:
             return args.func(args)
         info = setup_distributed(device="cpu" if device_of(args).type == "cpu" else None)
         args.device = str(info.device)
-        try:
-            restore_train_flags(args)  # (after the setup: rank 0 alone says what it restores)
-            return args.func(args)
-        finally:
-            cleanup_distributed()
+        restore_train_flags(args)  # (after the setup: rank 0 alone says what it restores)
+        code = args.func(args)
+        # Not on an error: a rank that failed alone (rank 0 writing best/ or a checkpoint) would wait
+        # in the teardown's barrier while the others wait for it in the next collective, forever. It
+        # leaves without it (main's finish_process), and its exit fails their collective instead.
+        cleanup_distributed()
+        return code
     finally:
         from rnnkit.train.outdir import unlock_out_dir
 
@@ -298,10 +300,10 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     the model's recurrent layers wrapped first); creates ``--out`` and writes the run description
     that :func:`prepare_out` returned as ``run.json``."""
     from rnnkit.train import Trainer
-    from rnnkit.train.distributed import is_main_process
 
-    if is_main_process():  # under torchrun every rank ran the same checks (prepare_out); one writes
-        create_run_dir(Path(args.out), args.run_to_write)
+    # under torchrun every rank ran the same checks (prepare_out); rank 0 writes, its failure raised on all
+    dev = device_of(args)
+    create_run_dir(Path(args.out), args.run_to_write, dev if dev.type == "cuda" else None)
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 

@@ -123,11 +123,32 @@ def sweep_run_dir(out: Path, device: Any = None) -> None:
         _LOCKS.append(out)
 
 
-def create_run_dir(out: Path, run: dict[str, Any]) -> None:
-    """Create ``out``, lock it (:func:`_lock_out`) and write ``run`` as its ``run.json``."""
-    out.mkdir(parents=True, exist_ok=True)
-    _lock_out(out)
-    write_json(run, out / RUN_FILE)
+def create_run_dir(out: Path, run: dict[str, Any], device: Any = None) -> None:
+    """Create ``out``, lock it (:func:`_lock_out`) and write ``run`` as its ``run.json``. Under
+    torchrun every rank calls it and rank 0 alone does it; when it fails there (``out`` locked by
+    another process, not writable) every rank raises, as :func:`sweep_run_dir`: the others would
+    wait for it in the trainer's first all-reduce (a hang). ``device``: that of the all-reduce
+    (None: CPU)."""
+    from rnnkit.train import distributed as dist
+
+    failed: Exception | None = None
+    if dist.is_main_process():
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            _lock_out(out)
+            write_json(run, out / RUN_FILE)
+        except Exception as e:  # raised below, once every rank knows
+            failed = e
+    # 1: another process holds out (_lock_out's CLIError), 2: any other error (rank 0 shows it)
+    code = 0.0 if failed is None else 1.0 if isinstance(failed, CLIError) else 2.0
+    if dist.is_distributed() and (code := dist.all_reduce_max(code, device)) and failed is None:
+        failed = CLIError(
+            _in_use(out)
+            if code == 1.0
+            else f"rank 0 could not create the run directory {out} (see its error)"
+        )
+    if failed is not None:
+        raise failed
 
 
 def find_run_dir(path: str | os.PathLike) -> Path:

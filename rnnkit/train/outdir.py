@@ -83,7 +83,8 @@ def claim_out_dir(
     until its first one, ``latest`` named the other run's: a resume continued that one).
     Returns whether this rank holds the lock (then :func:`unlock_out_dir` it). Under DDP every
     rank raises when rank 0 could not lock it or sweep (the others would wait for it in the first
-    all-reduce), and rank 0 has swept when the others go on (to the checkpoint to resume from);
+    all-reduce), the refusal of an earlier run's checkpoints as rank 0's ``FileExistsError``, and
+    rank 0 has swept when the others go on (to the checkpoint to resume from);
     ``device``: that of the all-reduce (None: CPU)."""
     from rnnkit.train import distributed as dist
     from rnnkit.train.checkpoint import sweep_temporaries
@@ -91,6 +92,7 @@ def claim_out_dir(
     if out is None:
         return False
     busy: Exception | None = None
+    refused = False  # busy is rank 0's refusal of an earlier run's checkpoints
     if dist.is_main_process():
         try:
             lock_out_dir(out)
@@ -104,32 +106,44 @@ def claim_out_dir(
                     log.info("removed %s (a checkpoint write that was killed)", p)
                 for p in Path(out).glob(".old-best-*"):  # a killed Trainer.clear_best's
                     shutil.rmtree(p, ignore_errors=True)
-                if new_run:
-                    _refuse_earlier_checkpoints(Path(out))
+                if new_run and (earlier := _earlier_run(Path(out))) is not None:
+                    busy, refused = earlier, True
             except Exception as e:
-                unlock_out_dir(out)
                 busy = e
+            if busy is not None:
+                unlock_out_dir(out)
     # every rank raises when rank 0 failed (raising there alone would leave the others waiting):
-    # 1 when another process holds out_dir, 2 for any other error (rank 0 shows it)
-    code = 0.0 if busy is None else 1.0 if isinstance(busy, OutDirInUse) else 2.0
+    # 1 when another process holds out_dir, 3 for the refusal of an earlier run's checkpoints, 2 for
+    # any other error (rank 0 shows it)
+    code = 0.0 if busy is None else 1.0 if isinstance(busy, OutDirInUse) else 3.0 if refused else 2.0
     if dist.is_distributed() and (code := dist.all_reduce_max(code, device)) and busy is None:
-        busy = (
-            OutDirInUse(f"{out} is in use by another rnnkit training process (rank 0 could not lock it)")
-            if code == 1.0
-            else RuntimeError(f"rank 0 could not lock or sweep the output directory {out} (see its error)")
-        )
+        if code == 1.0:
+            busy = OutDirInUse(
+                f"{out} is in use by another rnnkit training process (rank 0 could not lock it)"
+            )
+        elif code == 3.0:
+            # the same refusal as rank 0's (a script catching it on each rank goes on alike): rank 0
+            # has swept, so the checkpoints it found are those this rank finds
+            busy = _earlier_run(Path(out)) or FileExistsError(
+                f"{out} holds the checkpoints of an earlier run (rank 0 found them); pass resume=True "
+                "to continue that run, or choose another out_dir"
+            )
+        else:
+            busy = RuntimeError(f"rank 0 could not lock or sweep the output directory {out} (see its error)")
     if busy is not None:
         raise busy
     return dist.is_main_process()
 
 
-def _refuse_earlier_checkpoints(out: Path) -> None:
+def _earlier_run(out: Path) -> FileExistsError | None:
+    """The refusal of a new run in ``out`` when it holds an earlier run's checkpoints (else None)."""
     from rnnkit.train.checkpoint import latest_checkpoint
 
     found = latest_checkpoint(out / "checkpoints")
-    if found is not None:
-        raise FileExistsError(
-            f"{out} holds the checkpoints of an earlier run (latest: {found.name}); pass resume=True "
-            f"to continue that run, or choose another out_dir (or delete {out / 'checkpoints'} to start "
-            "over there)"
-        )
+    if found is None:
+        return None
+    return FileExistsError(
+        f"{out} holds the checkpoints of an earlier run (latest: {found.name}); pass resume=True "
+        f"to continue that run, or choose another out_dir (or delete {out / 'checkpoints'} to start "
+        "over there)"
+    )

@@ -232,6 +232,36 @@ def test_every_rank_raises_when_rank_0_cannot_claim_out_dir(tmp_path, monkeypatc
         claim_out_dir(out)
 
 
+def test_every_rank_raises_rank_0s_refusal_of_an_earlier_runs_checkpoints(tmp_path, monkeypatch):
+    """A new run into an out_dir holding checkpoints: rank 0's FileExistsError is all-reduced as a
+    refusal of its own, and every other rank raises the same FileExistsError (before, a RuntimeError
+    saying rank 0 could not lock or sweep: a script catching the FileExistsError caught it on rank 0
+    alone)."""
+    from rnnkit.train import distributed as dist
+    from rnnkit.train.outdir import claim_out_dir
+
+    out = tmp_path / "run"
+    _trainer(out, max_steps=2).fit(_data())
+    reduced = []
+
+    def all_reduce_max(value, device=None):  # rank 0's value is the max over the ranks
+        reduced.append(value)
+        return value
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce_max", all_reduce_max)
+    monkeypatch.setattr(dist, "is_main_process", lambda: True)
+    with pytest.raises(FileExistsError) as on_rank_0:
+        claim_out_dir(out, new_run=True)
+    assert reduced == [3.0]
+    monkeypatch.setattr(dist, "is_main_process", lambda: False)
+    monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: 3.0)
+    with pytest.raises(FileExistsError) as on_rank_1:
+        claim_out_dir(out, new_run=True)
+    assert str(on_rank_1.value) == str(on_rank_0.value)
+    assert "holds the checkpoints of an earlier run (latest: step-000000002)" in str(on_rank_1.value)
+
+
 def test_a_run_refused_by_the_lock_leaves_no_tensorboard_files(tmp_path, monkeypatch):
     """TensorBoardLogger opened its writer (an event file in out_dir/tensorboard) when the trainer
     was built, before fit() took out_dir's lock: a run refused there left its files behind, among
