@@ -332,6 +332,7 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
         checkpoint_every=_checkpoint_every(args),
         patience=args.patience,
         save_best=args.save_best,
+        validate_at_end=True,  # the final validation row: it counts toward best/ and --patience
         tensorboard=False,
         amp=amp,
         **kw,

@@ -25,19 +25,13 @@ def describe_values(values: dict[str, Any]) -> str:
 
 
 def final_validation(args: argparse.Namespace, trainer: Any, valid: Any) -> float:
-    """The validation loss at the last step (evaluated now unless the trainer just did),
-    also appended to ``metrics.jsonl`` and ``metrics.csv``."""
-    from rnnkit.train.callbacks import append_metrics_row
-
+    """The validation loss at the last step: the trainer's (``validate_at_end``, which
+    :func:`~rnnkit.cli.common.make_trainer` sets: it went through the trainer's bookkeeping, best
+    and patience, and is in ``metrics.jsonl``/``metrics.csv`` and the final checkpoint)."""
     rows = [r for r in trainer.history if r.get("split") == "val"]
-    if rows and rows[-1]["step"] == trainer.step:
-        return float(rows[-1]["loss"])
-    res = trainer.evaluate(valid)
-    row = trainer.validation_row(res)  # the trainer's own rows' form
-    trainer.history.append(row)
-    if trainer.is_main:
-        append_metrics_row(args.out, row)
-    return float(res["loss"])
+    if not rows or rows[-1]["step"] != trainer.step:
+        raise RuntimeError(f"no validation at the last step {trainer.step} (validate_at_end is off?)")
+    return float(rows[-1]["loss"])
 
 
 def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metrics: dict[str, Any],

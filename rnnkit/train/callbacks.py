@@ -296,17 +296,6 @@ class CSVLogger(JSONLLogger):
         return buf.getvalue()
 
 
-def append_metrics_row(out_dir: str | os.PathLike, row: dict[str, Any]) -> None:
-    """One more row, after ``fit()``, in ``out_dir``'s ``metrics.jsonl`` and (when there)
-    ``metrics.csv``, as :class:`JSONLLogger` and :class:`CSVLogger` write them (the CLI's final
-    validation: it went into the JSON lines only)."""
-    out = Path(out_dir)
-    for logger, name in ((JSONLLogger, "metrics.jsonl"), (CSVLogger, "metrics.csv")):
-        if logger is JSONLLogger or (out / name).is_file():
-            with open(out / name, "a", encoding="utf-8", newline=logger.newline) as f:
-                f.write(logger.line(row))
-
-
 def tensorboard_available() -> bool:
     """True when ``torch.utils.tensorboard`` imports (the ``tensorboard`` package is there)."""
     try:

@@ -42,6 +42,9 @@ class TrainConfig:
     scale_lr_by_seq_len: bool = True  # multiply lr by batch.lr_scale (variable windows)
     val_every: int | None = None  # validate every N steps; None: at each epoch end
     patience: int | None = None  # early stopping: validations without improvement
+    # a validation at the last step when it had none (before the final checkpoint): it counts
+    # toward save_best and patience like every validation, not NT-ASGD or ReduceLROnPlateau
+    validate_at_end: bool = False
     min_delta: float = 0.0
     nt_asgd: bool = False  # AWD-LSTM's non-monotonically triggered averaging
     nonmono: int = 5
@@ -123,8 +126,9 @@ class TrainConfig:
                 f"checkpoint_every={self.checkpoint_every} needs out_dir (where the checkpoints go), got None"
             )
 
-        if not isinstance(self.save_best, bool):
-            raise ValueError(f"save_best must be a bool, got {self.save_best!r}")
+        for name in ("save_best", "validate_at_end"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.save_best and self.out_dir is None:
             raise ValueError("save_best=True needs out_dir (where out_dir/best goes), got None")
 

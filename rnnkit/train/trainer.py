@@ -30,6 +30,7 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
+from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.state import lm_loss, move_to
 from rnnkit.train.step import TrainerStep
 
@@ -140,14 +141,17 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         return {"split": "val", "step": self.step, "epoch": self.epoch,
                 "loss": res["loss"], "ppl": res["ppl"]}  # fmt: skip
 
-    def _validate(self, val_data: Iterable[Any]) -> None:
+    def _validate(self, val_data: Iterable[Any], at_end: bool = False) -> None:
+        """A validation row, and what acts on it: NT-ASGD's trigger and a ``ReduceLROnPlateau``
+        (not ``at_end``: they change training, which a run resumed with a larger budget would do
+        otherwise than one that never stopped), the best (``save_best``) and ``patience``."""
         cfg = self.config
         res = self.evaluate(val_data)
         row = self.validation_row(res)
         self.history.append(row)
-        if self.ntasgd is not None and self.ntasgd.observe(res["loss"], self.step):
+        if not at_end and self.ntasgd is not None and self.ntasgd.observe(res["loss"], self.step):
             row["nt_asgd_triggered"] = True
-        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        if not at_end and isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(res["loss"])
         if res["loss"] < self.best_val - cfg.min_delta:
             self.best_val, self.bad_evals = res["loss"], 0
@@ -155,7 +159,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                 self.save_best(res["loss"])
         else:
             self.bad_evals += 1
-            if cfg.patience is not None and self.bad_evals >= cfg.patience:
+            if cfg.patience is not None and self.bad_evals >= cfg.patience and not at_end:
+                # (at the end the run stopped for its own reason; a resume finds the patience spent)
                 self.should_stop, self.stop_reason = True, "early_stopping"
         if self.is_main:
             self._emit("on_validation_end", row)
@@ -174,7 +179,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         first deletes the temporaries that killed checkpoint writes left there. ``val_every``,
         ``patience``, ``nt_asgd``, ``save_best`` and a ``ReduceLROnPlateau`` scheduler act on
         validations: without ``val_data`` they are a ``ValueError``, before anything is trained or
-        written.
+        written. ``validate_at_end``: a last step without a validation gets one, which counts
+        toward ``save_best`` and ``patience`` as every validation does.
         """
         if val_data is None:  # they would silently never act
             self.config.check_unvalidated(self.scheduler)
@@ -289,6 +295,16 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             if self.stop_reason is None:
                 # a callback set should_stop (Callback's documented way to stop) without a reason
                 self.stop_reason = "callback" if self.should_stop else "max_epochs"
+            last = next((r for r in reversed(self.history) if r["split"] == "val"), None)
+            if cfg.validate_at_end and val_data is not None and (last is None or last["step"] != self.step):
+                # (a resumed finished run has it in the checkpoint's history: not validated twice).
+                # The RNG as before it: a DataLoader's iter() draws its seed, and a run resumed from
+                # the final checkpoint goes on as one that never stopped (which had no such validation)
+                gens = data_generators(train_data) + data_generators(val_data)
+                rng = get_rng_state(*gens)
+                self._validate(val_data, at_end=True)
+                set_rng_state(rng, *gens)
+                self._last_saved = None  # the final checkpoint holds it (its best, bad_evals, row)
             averaged = self.ntasgd is not None and self.ntasgd.triggered
             if averaged:
                 self._raw_weights = [p.detach().clone() for p in self._trainable()]

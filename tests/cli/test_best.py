@@ -228,3 +228,28 @@ def test_a_new_run_without_save_best_drops_an_earlier_runs_best(cli, tmp_path, t
     r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
     assert r.rc == 1 and r.out == ""
     assert_one_line_error(r, f"--best: no best weights in {out / 'best'}", "trained without --save-best")
+
+
+def test_the_final_validation_counts_toward_the_best_and_patience(cli, tmp_path, monkeypatch):
+    """The validation at the last step (it had none) is one the run reports (``valid_loss``): it
+    did not count, so results.json showed a valid_loss better than best_valid_loss and ``--best``
+    loaded weights worse than the last ones. A resume of the finished run does not validate again."""
+    out = tmp_path / "r"
+    _validations(monkeypatch, 2.0, 1.0)  # step 2 (--val-every 2), then the final one at step 3
+    args = [*MEM[:-1], 2, "--out", out, "--max-steps", 3, "--save-best", "--patience", 1]
+    r = cli(*args)
+    assert r.rc == 0, r.err
+    got = results(out)
+    assert (got["valid_loss"], got["best_valid_loss"], got["best_step"]) == (1.0, 1.0, 3)
+    assert _best_step(out) == 3 and f"best weights: {out / 'best'}/ (step 3, valid_loss 1.0000)" in r.out
+    before = (out / "results.json").read_text(), (out / "metrics.jsonl").read_text()
+    _validations(monkeypatch)  # none left: a validation raises StopIteration
+    r = cli(*args, "--resume")
+    assert r.rc == 0, r.err
+    assert ((out / "results.json").read_text(), (out / "metrics.jsonl").read_text()) == before
+    _validations(monkeypatch, 0.5, 0.9)  # step 4 a new best; the final one at step 5 none: patience 1 spent
+    assert cli(*args[:-4], 5, "--save-best", "--resume").rc == 0
+    got = results(out)
+    assert (got["best_step"], got["step"], got["stop_reason"]) == (4, 5, "max_steps")
+    r = cli(*args[:-4], 9, "--save-best", "--resume")
+    assert "stopped early: 1 validations without a new best, --patience 1: nothing to train" in r.out, r.out
