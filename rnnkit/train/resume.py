@@ -21,7 +21,13 @@ import torch
 from torch import Tensor
 
 from rnnkit.train import distributed as dist
-from rnnkit.train.checkpoint import _write_latest, latest_checkpoint, load_checkpoint, save_checkpoint
+from rnnkit.train.checkpoint import (
+    _write_latest,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
 from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.serialize import fsync_dir
 from rnnkit.train.state import move_to
@@ -58,6 +64,16 @@ class TrainerCheckpoints:
         good: loading it gave the earlier run's weights)."""
         if self.best_dir is not None and self.best_dir.exists():
             _remove_dir(self.best_dir)
+
+    def _drop_newer_best(self) -> None:
+        """At the start of a fit going on from a loaded checkpoint (``load``, ``resume=True``): a
+        ``best_dir`` of a later step than the checkpoint's is from a branch left (an older
+        checkpoint loaded, or a kill between ``save_best`` and the step's checkpoint). The loaded
+        ``best_val`` does not know it, so it would stay, named best, against worse validations
+        of this branch: it goes (rank 0; this run's next new best writes one)."""
+        best = self.best_dir
+        if best is not None and any(_step_of(p) > self.step for p in list_checkpoints(best)):
+            _remove_dir(best)
 
     def save(self, root: str | Path | None = None) -> Path | None:
         """Checkpoint everything needed to continue exactly (rank 0 writes; all ranks
@@ -220,6 +236,11 @@ class TrainerCheckpoints:
     def _set_trainable(self, values: list[Tensor]) -> None:
         for p, v in zip(self._trainable(), values, strict=True):
             p.copy_(v)
+
+
+def _step_of(checkpoint: Path) -> int:
+    """The step of a ``step-<step>`` checkpoint directory (as :func:`list_checkpoints` lists them)."""
+    return int(checkpoint.name.removeprefix("step-"))
 
 
 def _remove_dir(path: Path) -> None:

@@ -202,6 +202,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
         if not auto and self._resume is not None:  # trainer.load(ckpt): out_dir's latest is ckpt
             self._name_loaded_latest()
+        if self._resume is not None and self.is_main:  # going on from a checkpoint: best/ is not later
+            self._drop_newer_best()
         if self._resume is None and self.batch_in_epoch:
             # A fit() of this trainer stopped inside an epoch (max_steps, max_minutes, a callback): go
             # on from there as a resume from its checkpoint would (the same epoch replayed to its

@@ -12,9 +12,9 @@ from rnnkit.train import Callback, TrainConfig, Trainer, load_checkpoint
 from .models import TinyLM, tokens
 
 
-def _run(out, losses, max_steps, **kw):
+def _run(out, losses, max_steps, load=None, **kw):
     """A trainer whose validations return ``losses`` in turn (one every step); the weights after
-    each step, as validated, in the returned list."""
+    each step, as validated, in the returned list. ``load``: a checkpoint it loads before fit()."""
     torch.manual_seed(0)
     model = TinyLM()
     tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=out, save_best=True, val_every=1,
@@ -29,6 +29,8 @@ def _run(out, losses, max_steps, **kw):
             snaps.append({k: v.clone() for k, v in model.state_dict().items()})
 
     tr.callbacks.append(Snap())
+    if load is not None:
+        tr.load(load)
     tr.fit(bptt_batches(tokens(200), 2, 5), val_data=[None])
     return tr, snaps
 
@@ -82,6 +84,21 @@ def test_a_resumed_run_keeps_its_best_until_it_does_better(tmp_path):
     doc, weights = _best(tr3)
     assert doc["step"] == 5 and doc["state"]["val_loss"] == 0.9
     assert all(torch.equal(v, snaps3[-1][k]) for k, v in weights.items())
+
+
+def test_going_on_from_an_older_checkpoint_drops_the_best_of_the_branch_left(tmp_path):
+    """After load(an older checkpoint of out_dir) and fit(), best/ kept the abandoned branch's best
+    (step 4), which the loaded best_val (1.0, of step 2) did not know: a worse validation of the new
+    branch then left it there, named the run's best. Its weights are not this run's: it goes; one
+    at or before the loaded step stays."""
+    _run(tmp_path, [3.0, 1.0, 2.0, 0.5], max_steps=4, checkpoint_every=1, keep_last=None)
+    assert load_checkpoint(tmp_path / "best")["step"] == 4
+    tr, _ = _run(tmp_path, [1.5], max_steps=3, load=tmp_path / "checkpoints" / "step-000000002")
+    assert tr.best_val == 1.0 and not (tmp_path / "best").exists() and not list(tmp_path.glob(".old-*"))
+    tr, _ = _run(tmp_path, [0.7], max_steps=3, load=tmp_path / "checkpoints" / "step-000000002")
+    assert load_checkpoint(tmp_path / "best")["step"] == 3  # a best of this branch
+    tr, _ = _run(tmp_path, [], max_steps=3, resume=True)  # the finished run: at step 3, best/ stays
+    assert load_checkpoint(tmp_path / "best")["step"] == 3
 
 
 def test_best_of_an_averaged_run_is_the_average_it_validated(tmp_path):
