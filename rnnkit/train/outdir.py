@@ -77,7 +77,8 @@ def claim_out_dir(
     """What ``Trainer.fit`` does first: rank 0 locks ``out`` and sweeps the temporaries of killed
     checkpoint writes from ``out/checkpoints`` and ``out/best`` (it is the only writer now: they
     are nobody's), and the trash of an earlier run's ``best/`` that a killed new run was deleting.
-    ``new_run`` (a fit that neither resumes nor goes on from a loaded checkpoint): an ``out`` that
+    ``new_run`` (a fit that neither resumes nor goes on from a loaded checkpoint of ``out``'s, e.g.
+    one from another directory's checkpoint): an ``out`` that
     holds checkpoints is refused (``FileExistsError``), as the CLI refuses an ``--out`` without
     ``--resume``: its checkpoints are another run's work, which this run's would mix with (and
     until its first one, ``latest`` named the other run's: a resume continued that one).

@@ -195,6 +195,14 @@ class TrainerCheckpoints:
         self._loaded = Path(doc["path"])
         return doc
 
+    def _loaded_elsewhere(self) -> bool:
+        """Whether the fit goes on from a checkpoint :meth:`load` read outside ``checkpoint_dir``
+        (another run's): in ``out_dir`` it starts a run of its own there, as a new run does."""
+        root, loaded = self.checkpoint_dir, self._loaded
+        if self._resume is None or loaded is None or root is None:
+            return False
+        return loaded.parent.resolve() != root.resolve()
+
     def _name_loaded_latest(self) -> None:
         """At the start of a fit going on from :meth:`load` of one of ``out_dir``'s checkpoints:
         ``latest`` names it (rank 0 writes the pointer). Else, after loading an older one, until the
@@ -203,7 +211,7 @@ class TrainerCheckpoints:
         them out, first (:func:`~rnnkit.train.checkpoint.save_checkpoint`): a fit that trains
         nothing deletes nothing."""
         root, loaded = self.checkpoint_dir, self._loaded
-        if not self.is_main or root is None or loaded is None or loaded.parent.resolve() != root.resolve():
+        if not self.is_main or root is None or loaded is None or self._loaded_elsewhere():
             return
         latest = latest_checkpoint(root)
         if latest is None or latest.resolve() != loaded.resolve():

@@ -184,7 +184,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         """
         if val_data is None:  # they would silently never act
             self.config.check_unvalidated(self.scheduler)
-        new_run = self.step == 0 and self._resume is None and not self.config.resume
+        # a checkpoint loaded from elsewhere starts this out_dir's run too: another run's there would mix
+        new_run = (
+            self.step == 0 and self._resume is None and not self.config.resume or self._loaded_elsewhere()
+        )
         locked = claim_out_dir(self.config.out_dir, self._reduce_device(), new_run)
         try:
             return self._fit(train_data, val_data)
@@ -195,6 +198,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     def _fit(self, train_data: Iterable[Any], val_data: Iterable[Any] | None) -> dict:
         cfg = self.config
         self._train_data = train_data
+        elsewhere = self._loaded_elsewhere()
         auto = cfg.resume and self._resume is None  # trainer.load(ckpt) before fit(): that one goes on
         if auto and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
@@ -202,7 +206,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
         if not auto and self._resume is not None:  # trainer.load(ckpt): out_dir's latest is ckpt
             self._name_loaded_latest()
-        if self._resume is not None and self.is_main:  # going on from a checkpoint: best/ is not later
+        if self._resume is not None and self.is_main and not elsewhere:  # best/ is not of a later step
             self._drop_newer_best()
         if self._resume is None and self.batch_in_epoch:
             # A fit() of this trainer stopped inside an epoch (max_steps, max_minutes, a callback): go
@@ -215,7 +219,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             self._set_trainable(self._raw_weights)
             self._raw_weights = None
         self.should_stop, self.stop_reason = False, None
-        if self.step == 0 and self._resume is None and self.is_main:
+        if (self.step == 0 and self._resume is None or elsewhere) and self.is_main:
             self.clear_best()  # a new run: no best of another one (claim_out_dir refused their checkpoints)
         if cfg.patience is not None and self.bad_evals >= cfg.patience:
             # a resumed run that had stopped early stays stopped (its patience is spent)

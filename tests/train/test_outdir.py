@@ -323,3 +323,29 @@ def test_a_new_run_refuses_an_out_dir_holding_an_earlier_runs_checkpoints(tmp_pa
     tr.fit(_data())
     shutil.rmtree(out / "checkpoints")
     _trainer(out, max_steps=6, **kw).fit(_data())  # once they are gone: a new run
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_going_on_from_another_dirs_checkpoint_refuses_an_out_dir_of_another_run(tmp_path, resume):
+    """load(other_dir's checkpoint) then fit() into an out_dir holding another run's checkpoints was
+    not refused: the two runs' checkpoints mixed and `latest` named the other run's until the first
+    save. It is refused as a new run is, before anything is written; into an out_dir without
+    checkpoints it goes on, and an earlier run's best/ there (not this run's) goes, as for a new run."""
+    kw = {"max_epochs": 10, "checkpoint_every": 5, "keep_last": None}
+    a, b = tmp_path / "a", tmp_path / "b"
+    _trainer(a, max_steps=10, **kw).fit(_data())
+    _trainer(b, max_steps=20, **kw).fit(_data())
+    before = sorted(p.name for p in (b / "checkpoints").iterdir())
+    tr = _trainer(b, max_steps=15, resume=resume, **kw)
+    tr.load(a / "checkpoints")
+    with pytest.raises(FileExistsError, match=r"earlier run \(latest: step-000000020\)"):
+        tr.fit(_data())
+    assert tr.step == 10 and sorted(p.name for p in (b / "checkpoints").iterdir()) == before
+    shutil.rmtree(b / "checkpoints")
+    (b / "best" / "step-000000003").mkdir(parents=True)  # an earlier run's best (before step 10)
+    (b / "best" / "step-000000003" / "state.json").write_text("{}")
+    tr = _trainer(b, max_steps=15, resume=resume, **kw)
+    tr.load(a / "checkpoints")
+    tr.fit(_data())
+    assert tr.step == 15 and [p.name for p in list_checkpoints(b / "checkpoints")] == ["step-000000015"]
+    assert not (b / "best").exists()
