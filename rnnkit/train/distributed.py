@@ -103,11 +103,17 @@ def finish_process(code: int) -> int:
     return code
 
 
-def cleanup_distributed() -> None:
-    """Tear the process group down, after every rank got here: a rank that destroys its
-    group while another still talks to it can abort the other (gloo's threads terminate)."""
+def cleanup_distributed(barrier: bool | None = None) -> None:
+    """Tear the process group down, after every rank got here (``barrier``): a rank that
+    destroys its group while another still talks to it can abort the other (gloo's threads
+    terminate). ``barrier=None``: unless an exception is propagating (``sys.exc_info()``, as in
+    a ``finally:`` or ``except:`` clause): a rank that failed alone (rank 0 writing ``best/`` on
+    a full disk) would wait there for the others while they wait for it in their next collective,
+    forever; without the barrier it leaves, and their collective fails instead."""
+    if barrier is None:
+        barrier = sys.exc_info()[1] is None
     if dist.is_available() and dist.is_initialized():
-        if dist.get_world_size() > 1:
+        if barrier and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
 

@@ -34,7 +34,8 @@ def run(out_dir: str, mode: str) -> None:
     info = setup_distributed("gloo", device="cpu")
     torch.set_default_dtype(torch.float64)
     try:
-        res = {"earlier_run": _earlier_run, "best": _best, "scheduler": _scheduler}[mode](Path(out_dir), info)
+        modes = {"earlier_run": _earlier_run, "best": _best, "scheduler": _scheduler}
+        res = {**modes, "best_fails": _best_fails}[mode](Path(out_dir), info)
         (Path(out_dir) / f"result{info.rank}.json").write_text(json.dumps(res))
     finally:
         cleanup_distributed()
@@ -102,6 +103,20 @@ def _best(out: Path, info) -> dict:
         "resumed_exact": whole.losses == split.losses and whole.best_val == split.best_val,
         "losses": whole.losses,
     }
+
+
+def _best_fails(out: Path, info) -> dict:
+    """Rank 0 alone fails writing best/ (a full disk): the error propagates through run()'s
+    ``finally: cleanup_distributed()`` while rank 1 goes on to its next collective."""
+    tr = _trainer(out / "run", max_steps=4, val_every=1, save_best=True)
+    if info.rank == 0:
+
+        def full(val_loss: float):
+            raise OSError(28, "No space left on device (rank 0 writing best/)")
+
+        tr.save_best = full
+    tr.fit(_data(info), _val(info))
+    return {}
 
 
 def _scheduler(out: Path, info) -> dict:

@@ -36,6 +36,17 @@ def test_ddp_early_stopping_and_save_best(tmp_path):
     assert r0["resumed_exact"] and len(r0["losses"]) == 13
 
 
+def test_ddp_a_rank_failing_alone_through_cleanup_distributed_does_not_hang(tmp_path):
+    """A script's ``try: ... finally: cleanup_distributed()`` (ddp_best_worker's run) with rank 0
+    failing alone (save_best on a full disk): its teardown barrier waited for the other rank,
+    which waited for it in the next collective, forever. With an exception propagating the
+    barrier is skipped: rank 0 leaves, the other rank's collective fails, torchrun reports it."""
+    with pytest.raises(AssertionError) as e:
+        _torchrun(ddp_best_worker.__file__, str(tmp_path), "best_fails")
+    assert not str(e.value).startswith("torchrun timed out"), str(e.value)[-1000:]
+    assert "ChildFailedError" in str(e.value)  # (rank 1's collective failed: rank 0 had left)
+
+
 def test_ddp_scheduler_steps_on_every_rank_when_one_has_no_target(tmp_path):
     """The step's target count is summed over the ranks: a rank without a target steps the
     scheduler with the others, a step without any target on no rank."""
