@@ -9,7 +9,9 @@ A thin layer over the library: each command parses its flags, builds a model fro
     rnnkit predict --checkpoint DIR [--input FILE]   (forecast, classify, tag, seq2seq runs)
 
 Bad arguments and bad files print one line ``rnnkit: error: ...`` on stderr and exit
-with status 2 (usage) or 1 (anything else); set ``RNNKIT_DEBUG=1`` for the traceback.
+with status 2 (usage) or 1 (anything else); set ``RNNKIT_DEBUG=1`` for the traceback. Under
+torchrun an error the ranks raise alike, decided together (:func:`rnnkit.train.distributed.on_every_rank`),
+is printed by rank 0 alone; any other by each rank that has it.
 """
 
 from __future__ import annotations
@@ -96,6 +98,14 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _error(exc: BaseException) -> None:
+    """``rnnkit: error: ...`` on stderr, but not on a rank other than 0 for an error every rank
+    raised alike (rank 0 prints it; its message is the one with the cause)."""
+    if getattr(exc, "every_rank", False) and int(os.environ.get("RANK", "0") or 0) != 0:
+        return
+    print(f"rnnkit: error: {_one_line(exc)}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit status
     (a rank of a ``torchrun`` job leaves with it instead: :func:`rnnkit.train.finish_process`)."""
@@ -116,7 +126,7 @@ def _run(argv: Sequence[str] | None) -> int:
         result = run_train(args) if args.command == "train" else args.func(args)
         return int(result or 0)
     except CLIError as e:
-        print(f"rnnkit: error: {_one_line(e)}", file=sys.stderr)
+        _error(e)
         return e.code
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else 0
@@ -126,5 +136,5 @@ def _run(argv: Sequence[str] | None) -> int:
     except (ValueError, OSError, RuntimeError, ImportError) as e:
         if debug:
             raise
-        print(f"rnnkit: error: {_one_line(e)}", file=sys.stderr)
+        _error(e)
         return 1

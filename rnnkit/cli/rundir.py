@@ -148,7 +148,7 @@ def create_run_dir(out: Path, run: dict[str, Any], device: Any = None) -> None:
             else f"rank 0 could not create the run directory {out} (see its error)"
         )
     if failed is not None:
-        raise failed
+        raise dist.on_every_rank(failed)
 
 
 def find_run_dir(path: str | os.PathLike) -> Path:

@@ -36,6 +36,7 @@ __all__ = [
     "StepFnModule",
     "launched_world_size",
     "finish_process",
+    "on_every_rank",
 ]
 
 _JOINED = False  # whether setup_distributed initialized a process group in this process
@@ -101,6 +102,15 @@ def finish_process(code: int) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def on_every_rank(exc: BaseException) -> BaseException:
+    """``exc`` marked as an error every rank raises alike, decided together (through a collective):
+    ``exc.every_rank`` is True under DDP. An entry point reports it once, on rank 0 (the ``rnnkit``
+    command), where an unmarked error may be a rank's own and is reported by each."""
+    if is_distributed():
+        exc.every_rank = True  # type: ignore[attr-defined]
+    return exc
 
 
 def cleanup_distributed(barrier: bool | None = None) -> None:
@@ -192,12 +202,14 @@ def agreed_batches(
         if have == 0:
             return
         if have < world:
-            raise ValueError(
-                f"the ranks' training data yielded unequal numbers of batches in epoch {epoch}: "
-                f"{have} of {world} ranks had a batch for step {step} (this rank "
-                f"{'has a batch' if mine else 'has none'}); every rank must yield as many batches "
-                "(shard the data with DistributedSampler, BucketBatchSampler(num_replicas=...) or "
-                "bptt_batches(rank=..., world_size=...))"
+            raise on_every_rank(
+                ValueError(
+                    f"the ranks' training data yielded unequal numbers of batches in epoch {epoch}: "
+                    f"{have} of {world} ranks had a batch for step {step} (this rank "
+                    f"{'has a batch' if mine else 'has none'}); every rank must yield as many batches "
+                    "(shard the data with DistributedSampler, BucketBatchSampler(num_replicas=...) or "
+                    "bptt_batches(rank=..., world_size=...))"
+                )
             )
         yield batch
 

@@ -132,7 +132,7 @@ def claim_out_dir(
         else:
             busy = RuntimeError(f"rank 0 could not lock or sweep the output directory {out} (see its error)")
     if busy is not None:
-        raise busy
+        raise dist.on_every_rank(busy)
     return dist.is_main_process()
 
 

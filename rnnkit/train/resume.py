@@ -148,9 +148,11 @@ class TrainerCheckpoints:
         fewest = -dist.all_reduce_max(-got, self._reduce_device()) if dist.is_distributed() else got
         if fewest < self.batch_in_epoch:
             where = f"got {got}" if fewest == got else f"got {got} on this rank, {int(fewest)} on another"
-            raise ValueError(
-                f"resume: the data has fewer than {self.batch_in_epoch} "
-                f"batches in epoch {self.epoch} (it changed? {where})"
+            raise dist.on_every_rank(
+                ValueError(
+                    f"resume: the data has fewer than {self.batch_in_epoch} "
+                    f"batches in epoch {self.epoch} (it changed? {where})"
+                )
             )
         set_rng_state(res["rng"], *gens)
         self.state = move_to(res["hidden"], self.device)

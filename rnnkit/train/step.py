@@ -122,9 +122,11 @@ class TrainerStep:
         n = 1 if length <= k1 else math.ceil(length / k1)
         most, fewest = dist.all_reduce_max(n, dev), -dist.all_reduce_max(-n, dev)
         if most != fewest:
-            raise ValueError(
-                f"tbptt_k1={k1} under DDP: the ranks' batches of step {self.step + 1} split into "
-                f"{int(fewest)} to {int(most)} TBPTT updates (this rank: time length {length}, {n}); "
-                "every rank must make the same number: give the ranks batches of one time length "
-                "(pad them to a common length; bptt_batches windows have one)"
+            raise dist.on_every_rank(
+                ValueError(
+                    f"tbptt_k1={k1} under DDP: the ranks' batches of step {self.step + 1} split into "
+                    f"{int(fewest)} to {int(most)} TBPTT updates (this rank: time length {length}, {n}); "
+                    "every rank must make the same number: give the ranks batches of one time length "
+                    "(pad them to a common length; bptt_batches windows have one)"
+                )
             )

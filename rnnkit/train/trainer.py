@@ -129,7 +129,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             )  # fmt: skip
         total, tokens = dist.all_reduce_sum([total, tokens], self._reduce_device())
         if tokens == 0:
-            raise ValueError("evaluate() got no target (no batches, or all targets -100)")
+            raise dist.on_every_rank(ValueError("evaluate() got no target (no batches, or all targets -100)"))
         mean = total / tokens
         return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": tokens}
 

@@ -295,3 +295,19 @@ def test_a_task_flag_its_data_does_not_read_is_a_usage_error(cli, tmp_path, argv
     assert r.rc == 2
     assert_one_line_error(r, fragment)
     assert not (tmp_path / "o").exists()
+
+
+def test_an_error_every_rank_raises_alike_is_printed_by_rank_0_alone(monkeypatch, capsys):
+    """Under torchrun each rank printed ``rnnkit: error: ...``, an error all ranks share once per
+    rank; one marked as raised alike on every rank (on_every_rank) is now rank 0's to print, any
+    other (a rank's own) is still printed by each rank that has it."""
+    from rnnkit.cli import _error
+
+    shared, own = ValueError("shared"), ValueError("own")
+    shared.every_rank = True
+    for rank, want in (("0", "shared own"), ("1", "own")):
+        monkeypatch.setenv("RANK", rank)
+        _error(shared)
+        _error(own)
+        got = [ln.removeprefix("rnnkit: error: ") for ln in capsys.readouterr().err.splitlines()]
+        assert got == want.split(), (rank, got)
