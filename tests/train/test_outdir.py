@@ -201,33 +201,40 @@ def test_rank_0_sweeps_before_the_ranks_look_for_the_checkpoint(tmp_path, monkey
     assert seen == [True]
 
 
+def _as_rank(monkeypatch, rank: int, reduced: float = 0.0) -> list[float]:
+    """Run as DDP rank ``rank`` of two: rank 0's all-reduce returns its own value (the max over the
+    ranks; the values sent are appended to the returned list), another rank's returns ``reduced``."""
+    from rnnkit.train import distributed as dist
+
+    sent: list[float] = []
+
+    def all_reduce_max(value, device=None):
+        sent.append(value)
+        return value if rank == 0 else reduced
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "all_reduce_max", all_reduce_max)
+    monkeypatch.setattr(dist, "is_main_process", lambda: rank == 0)
+    return sent
+
+
 def test_every_rank_raises_when_rank_0_cannot_claim_out_dir(tmp_path, monkeypatch):
     """An out_dir rank 0 cannot make (a file in its place) raised on rank 0 alone, before the
     all-reduce the other ranks wait in (a hang); a failure is now all-reduced like a held lock."""
-    from rnnkit.train import distributed as dist
     from rnnkit.train.outdir import OutDirInUse, claim_out_dir
 
     (tmp_path / "file").write_text("not a directory")
     out = tmp_path / "file" / "run"
-    reduced = []
-
-    def all_reduce_max(value, device=None):  # rank 0's value is the max over the ranks
-        reduced.append(value)
-        return value
-
-    monkeypatch.setattr(dist, "is_distributed", lambda: True)
-    monkeypatch.setattr(dist, "all_reduce_max", all_reduce_max)
-    monkeypatch.setattr(dist, "is_main_process", lambda: True)
+    reduced = _as_rank(monkeypatch, 0)
     with pytest.raises(OSError):
         claim_out_dir(out)
     assert reduced == [2.0]
     # another rank, told by the all-reduce that rank 0 failed, raises too (not OutDirInUse)
-    monkeypatch.setattr(dist, "is_main_process", lambda: False)
-    monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: 2.0)
+    _as_rank(monkeypatch, 1, reduced=2.0)
     with pytest.raises(RuntimeError, match="rank 0 could not lock or sweep") as e:
         claim_out_dir(out)
     assert not isinstance(e.value, OutDirInUse)
-    monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: 1.0)
+    _as_rank(monkeypatch, 1, reduced=1.0)
     with pytest.raises(OutDirInUse, match="in use by another rnnkit training process"):
         claim_out_dir(out)
 
@@ -237,25 +244,15 @@ def test_every_rank_raises_rank_0s_refusal_of_an_earlier_runs_checkpoints(tmp_pa
     refusal of its own, and every other rank raises the same FileExistsError (before, a RuntimeError
     saying rank 0 could not lock or sweep: a script catching the FileExistsError caught it on rank 0
     alone)."""
-    from rnnkit.train import distributed as dist
     from rnnkit.train.outdir import claim_out_dir
 
     out = tmp_path / "run"
     _trainer(out, max_steps=2).fit(_data())
-    reduced = []
-
-    def all_reduce_max(value, device=None):  # rank 0's value is the max over the ranks
-        reduced.append(value)
-        return value
-
-    monkeypatch.setattr(dist, "is_distributed", lambda: True)
-    monkeypatch.setattr(dist, "all_reduce_max", all_reduce_max)
-    monkeypatch.setattr(dist, "is_main_process", lambda: True)
+    reduced = _as_rank(monkeypatch, 0)
     with pytest.raises(FileExistsError) as on_rank_0:
         claim_out_dir(out, new_run=True)
     assert reduced == [3.0]
-    monkeypatch.setattr(dist, "is_main_process", lambda: False)
-    monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: 3.0)
+    _as_rank(monkeypatch, 1, reduced=3.0)
     with pytest.raises(FileExistsError) as on_rank_1:
         claim_out_dir(out, new_run=True)
     assert str(on_rank_1.value) == str(on_rank_0.value)
