@@ -113,12 +113,13 @@ def sweep_run_dir(out: Path, device: Any = None) -> None:
     trainer's first step; under torchrun rank 0 sweeps, the others wait for it): a kill in a
     re-save leaves a step's only copy in the trash, which the sweep moves back, so a checkpoint
     must be looked for after it. ``device``: that of the all-reduce (None: CPU)."""
+    from rnnkit.train import distributed as dist
     from rnnkit.train.outdir import OutDirInUse, claim_out_dir
 
     try:
         locked = claim_out_dir(out, device)
-    except OutDirInUse:
-        raise CLIError(_in_use(out)) from None
+    except OutDirInUse:  # (raised on every rank alike: still marked so, rank 0 alone prints it)
+        raise dist.on_every_rank(CLIError(_in_use(out))) from None
     if locked:
         _LOCKS.append(out)
 

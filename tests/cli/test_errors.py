@@ -311,3 +311,20 @@ def test_an_error_every_rank_raises_alike_is_printed_by_rank_0_alone(monkeypatch
         _error(own)
         got = [ln.removeprefix("rnnkit: error: ") for ln in capsys.readouterr().err.splitlines()]
         assert got == want.split(), (rank, got)
+
+
+def test_an_out_in_use_at_resume_stays_marked_as_every_ranks_error(tmp_path, monkeypatch):
+    """claim_out_dir's OutDirInUse (raised alike on every rank, decided by an all-reduce) became a
+    plain CLIError in sweep_run_dir (--resume), which lost the mark: every rank printed it."""
+    from rnnkit.cli import CLIError, rundir
+    from rnnkit.train import distributed as dist
+    from rnnkit.train import outdir
+
+    def busy(out, device=None):
+        raise dist.on_every_rank(outdir.OutDirInUse(f"{out} is in use"))
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(outdir, "claim_out_dir", busy)
+    with pytest.raises(CLIError, match="in use by another rnnkit training process") as e:
+        rundir.sweep_run_dir(tmp_path)
+    assert getattr(e.value, "every_rank", False)
