@@ -125,12 +125,16 @@ def _stop_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _restore_stop_flags(args: argparse.Namespace, stored: dict[str, Any]) -> None:
     """``--resume``: the run's ``--patience`` unless one is given (raise it to go on after an early
-    stop; another is used, saying so), and ``--save-best`` on once the run had it (off, ``best/``
-    would keep an earlier best while the run goes on; turned on by a resume, it says from when)."""
+    stop; another is used, saying so, also where the run had none), and ``--save-best`` on once the
+    run had it (off, ``best/`` would keep an earlier best while the run goes on; turned on by a
+    resume, it says from when)."""
     patience, best = stored.get("patience"), bool(stored.get("save_best"))
     if args.patience is None:
         args.patience = patience
-    elif patience is not None and args.patience != patience:
+    elif patience is None:  # (the trainer counted every validation: they count toward it)
+        echo(f"resuming with --patience {args.patience}, which the run had off: its validations since its "
+             "best count toward it")  # fmt: skip
+    elif args.patience != patience:
         echo(f"resuming with --patience {args.patience} (the run's was {patience})")
     if best:
         args.save_best = True

@@ -253,3 +253,18 @@ def test_the_final_validation_counts_toward_the_best_and_patience(cli, tmp_path,
     assert (got["best_step"], got["step"], got["stop_reason"]) == (4, 5, "max_steps")
     r = cli(*args[:-4], 9, "--save-best", "--resume")
     assert "stopped early: 1 validations without a new best, --patience 1: nothing to train" in r.out, r.out
+
+
+def test_patience_given_to_a_resume_of_a_run_without_it_says_so(cli, tmp_path, monkeypatch):
+    """A --patience given to a resume replaced the run's with a line saying so, but not when the
+    run had none: early stopping came on silently, counting the run's validations since its best
+    (here it stops at once: nothing to train)."""
+    out = tmp_path / "r"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)
+    assert cli(*MEM, "--out", out, "--max-steps", 3).rc == 0
+    r = cli(*MEM, "--out", out, "--max-steps", 20, "--resume", "--patience", 2)
+    assert r.rc == 0, r.err
+    assert "resuming with --patience 2, which the run had off: its validations since its best count" in r.out
+    assert "stopped early: 2 validations without a new best, --patience 2: nothing to train" in r.out
+    assert results(out)["step"] == 3 and results(out)["stop_reason"] == "early_stopping"
+    assert json.loads((out / "run.json").read_text())["train"]["patience"] == 2
