@@ -93,7 +93,9 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         "--embedding-dim", type=positive_int, default=r["embedding_dim"], action=Given,
         help=f"character embedding size (default {r['embedding_dim']})",
     )  # fmt: skip
-    p.add_argument("--seq-len", type=positive_int, default=r["seq_len"], help="BPTT window (characters)")
+    p.add_argument(
+        "--seq-len", type=positive_int, default=r["seq_len"], action=Given, help="BPTT window (characters)"
+    )  # (Given: a resume names a typed one it ignores, not the default)
     add_run_arguments(
         p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None, val_every=250,
         minutes_help=f"wall-clock training budget (default {DEFAULT_MINUTES:g} unless --max-steps is given)",
@@ -245,7 +247,10 @@ def train_charlm(args: argparse.Namespace) -> int:
     }
     run = prepare_out(args, run)
     if run.get("seq_len", args.seq_len) != args.seq_len:  # --resume: the windows the run was cut in
-        echo(f"resuming with the run's --seq-len {run['seq_len']} (command line's {args.seq_len} ignored)")
+        if "seq_len" in getattr(args, "given", ()):  # (the parser's default is restored silently)
+            echo(
+                f"resuming with the run's --seq-len {run['seq_len']} (command line's {args.seq_len} ignored)"
+            )
         args.seq_len = run["seq_len"]
     vocab = CharVocab.from_dict(run["vocab"])
     model = build_model(run["model"])

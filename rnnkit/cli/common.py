@@ -114,9 +114,10 @@ def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {**flags, **_stop_flags(args)}
 
 
-#: Early stopping and the best weights, also in run.json's "train", but restored by --resume
-#: otherwise (:func:`_restore_stop_flags`): a patience is a limit, which a resume may raise.
-STOP_FLAGS = ("patience", "save_best")
+#: Early stopping, the best weights and the validations (and checkpoints) they act on, also in
+#: run.json's "train", but restored by --resume otherwise (:func:`_restore_stop_flags`): a patience
+#: is a limit, which a resume may raise; the cadence is the run's unless one is given.
+STOP_FLAGS = ("patience", "save_best", "val_every", "checkpoint_every")
 
 
 def _stop_flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,18 +126,32 @@ def _stop_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def _restore_stop_flags(args: argparse.Namespace, stored: dict[str, Any]) -> None:
     """``--resume``: the run's ``--patience`` unless one is given (raise it to go on after an early
-    stop; another is used, saying so), and ``--save-best`` on once the run had it (off, ``best/``
-    would keep an earlier best while the run goes on; turned on by a resume, it says from when)."""
+    stop; another is used, saying so, also where the run had none), ``--save-best`` on once the
+    run had it (off, ``best/`` would keep an earlier best while the run goes on; turned on by a
+    resume, it says from when), and the run's ``--val-every``/``--checkpoint-every`` unless given
+    (another is used, saying so): else the parser's default, e.g. validations at epoch ends only,
+    which the patience counted and no checkpoint came with until the end."""
     patience, best = stored.get("patience"), bool(stored.get("save_best"))
     if args.patience is None:
         args.patience = patience
-    elif patience is not None and args.patience != patience:
+    elif patience is None:  # (the trainer counted every validation: they count toward it)
+        echo(f"resuming with --patience {args.patience}, which the run had off: its validations since its "
+             "best count toward it")  # fmt: skip
+    elif args.patience != patience:
         echo(f"resuming with --patience {args.patience} (the run's was {patience})")
     if best:
         args.save_best = True
     elif args.save_best:
         echo("resuming with --save-best, which the run had off: best/ gets the weights of the first "
              "validation better than the run's best so far")  # fmt: skip
+    for flag in ("val_every", "checkpoint_every"):  # (what --patience counts; runs before them: unset)
+        if flag not in stored:
+            continue
+        if flag not in getattr(args, "given", ()):
+            setattr(args, flag, stored[flag])
+        elif getattr(args, flag) != stored[flag]:
+            run = "unset" if stored[flag] is None else stored[flag]
+            echo(f"resuming with --{flag.replace('_', '-')} {getattr(args, flag)} (the run's was {run})")
 
 
 def restore_train_flags(args: argparse.Namespace) -> None:

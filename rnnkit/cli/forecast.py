@@ -40,11 +40,13 @@ def add_forecast_parser(tsub: argparse._SubParsersAction) -> None:
         "--data", default="sunspots", metavar="CSV|sunspots", help="(default sunspots, statsmodels)"
     )
     p.add_argument("--column", default=None, action=Given, help="the CSV column to forecast")
-    p.add_argument("--window", type=positive_int, default=24, help="context length (default 24)")
-    p.add_argument("--horizon", type=positive_int, default=12, help="steps forecast (default 12)")
+    a = p.add_argument  # Given: a resume names the ones typed that it ignores, not the defaults
+    a("--window", type=positive_int, default=24, action=Given, help="context length (default 24)")
+    a("--horizon", type=positive_int, default=12, action=Given, help="steps forecast (default 12)")
     p.add_argument(
         "--arima-order",
         default="3,0,0",
+        action=Given,
         metavar="P,D,Q",
         help="ARIMA baseline order, or none (default 3,0,0)",
     )
@@ -142,7 +144,8 @@ def _restore_forecast_flags(args: argparse.Namespace) -> None:
     """``--resume``: the run's ``--window``/``--horizon`` (the windows its model learned) and
     ``--arima-order`` (its baseline) replace the command line's, saying so where they differ;
     read before the series is split (a series too short for the default window may suit the
-    run's). Runs stored without ``arima_order`` keep the command line's; no run: nothing."""
+    run's). Runs stored without ``arima_order`` keep the command line's; no run: nothing. Only
+    flags typed (:class:`Given`) are named as ignored: the parser's defaults are restored silently."""
     if not args.resume:
         return
     try:
@@ -151,11 +154,15 @@ def _restore_forecast_flags(args: argparse.Namespace) -> None:
         return
     if stored.get("task") != "forecast":  # prepare_out refuses it
         return
+    given = getattr(args, "given", ())
     window, horizon = stored["window"], stored["horizon"]
-    if (window, horizon) != (args.window, args.horizon):
-        echo(f"resuming with the run's --window {window} --horizon {horizon} (flags ignored)")
-        args.window, args.horizon = window, horizon
+    typed = [f"--{f} {getattr(args, f)}" for f, v in (("window", window), ("horizon", horizon))
+             if f in given and getattr(args, f) != v]  # fmt: skip
+    if typed:
+        echo(f"resuming with the run's --window {window} --horizon {horizon} (command line's "
+             f"{' '.join(typed)} ignored)")  # fmt: skip
+    args.window, args.horizon = window, horizon
     order = stored.get("arima_order", args.arima_order)
-    if order != args.arima_order:
+    if order != args.arima_order and "arima_order" in given:
         echo(f"resuming with the run's --arima-order {order} (command line's {args.arima_order} ignored)")
-        args.arima_order = order
+    args.arima_order = order

@@ -90,21 +90,24 @@ def add_run_arguments(
         help="keep the weights of the best validation so far in --out's best/ (sample, eval and predict "
         "--best use them; --resume keeps it on)",
     )
-    g.add_argument(
+    g.add_argument(  # (Given: --resume restores the run's unless one is typed)
         "--val-every",
         type=positive_int,
         default=val_every,
+        action=Given,
         metavar="N",
         help="validate every N steps (default: "
-        + (f"{val_every} and at the end)" if val_every else "every epoch end and at the end)"),
+        + (f"{val_every} and at the end)" if val_every else "every epoch end and at the end)")
+        + "; --resume: the run's",
     )
     g.add_argument(
         "--checkpoint-every",
         type=_non_negative_int,
         default=None,
+        action=Given,
         metavar="N",
         help="checkpoint every N steps, 0 = only the final one (default: at each validation, with "
-        "--val-every; a final one is always written)",
+        "--val-every; a final one is always written; --resume: the run's)",
     )
     g.add_argument(
         "--progress",

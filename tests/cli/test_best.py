@@ -253,3 +253,50 @@ def test_the_final_validation_counts_toward_the_best_and_patience(cli, tmp_path,
     assert (got["best_step"], got["step"], got["stop_reason"]) == (4, 5, "max_steps")
     r = cli(*args[:-4], 9, "--save-best", "--resume")
     assert "stopped early: 1 validations without a new best, --patience 1: nothing to train" in r.out, r.out
+
+
+def test_patience_given_to_a_resume_of_a_run_without_it_says_so(cli, tmp_path, monkeypatch):
+    """A --patience given to a resume replaced the run's with a line saying so, but not when the
+    run had none: early stopping came on silently, counting the run's validations since its best
+    (here it stops at once: nothing to train)."""
+    out = tmp_path / "r"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)
+    assert cli(*MEM, "--out", out, "--max-steps", 3).rc == 0
+    r = cli(*MEM, "--out", out, "--max-steps", 20, "--resume", "--patience", 2)
+    assert r.rc == 0, r.err
+    assert "resuming with --patience 2, which the run had off: its validations since its best count" in r.out
+    assert "stopped early: 2 validations without a new best, --patience 2: nothing to train" in r.out
+    assert results(out)["step"] == 3 and results(out)["stop_reason"] == "early_stopping"
+    assert json.loads((out / "run.json").read_text())["train"]["patience"] == 2
+
+
+def test_resume_keeps_the_runs_validation_cadence(cli, tmp_path, monkeypatch):
+    """--resume restored the run's --patience but not the --val-every it counts in: a resume
+    without it validated at epoch ends only (charlm: every 250 steps), early stopping came later
+    or never, and without validations no checkpoint was written until the end (a killed resume lost
+    it all). The run's --val-every and --checkpoint-every are restored now; one given is used,
+    with a line saying so."""
+    small = [*MEM, "--batch-size", 8, "--patience", 2, "--save-best"]  # 4 steps an epoch
+    _validations(monkeypatch, 3.0, 2.0, 2.5, 1.5, 1.8, 1.6, 1.7)
+    assert cli(*small, "--out", tmp_path / "ref", "--max-steps", 20).rc == 0
+    assert results(tmp_path / "ref")["step"] == 6
+    out = tmp_path / "r"
+    _validations(monkeypatch, 3.0, 2.0, 2.5, 1.5, 1.8, 1.6, 1.7)
+    assert cli(*small, "--out", out, "--max-steps", 3).rc == 0
+    r = cli(*MEM[:-2], "--out", out, "--max-steps", 20, "--resume")  # no --val-every
+    assert r.rc == 0, r.err
+    assert results(out) == results(tmp_path / "ref")
+    assert [int(p.name[5:]) for p in sorted((out / "checkpoints").glob("step-*"))][-2:] == [5, 6]
+    assert _best_step(out) == 4
+    run = json.loads((out / "run.json").read_text())["train"]
+    assert run["val_every"] == 1 and run["checkpoint_every"] is None
+    _validations(monkeypatch, 1.0, 0.9)
+    r = cli(*MEM[:-2], "--val-every", 2, "--out", out, "--max-steps", 10, "--resume", "--patience", 9)
+    assert r.rc == 0, r.err
+    assert "resuming with --val-every 2 (the run's was 1)" in r.out, r.out
+    assert [row["step"] for row in _val_rows(out)][-2:] == [8, 10]
+
+
+def _val_rows(out) -> list[dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if row["split"] == "val"]

@@ -115,8 +115,14 @@ def test_forecast_resume_takes_window_and_arima_order_from_the_run(cli, tmp_path
     monkeypatch.setattr(cli_forecast, "require", lambda *a: pytest.fail("ARIMA asked for on resume"))
     r = cli(*args, "--max-steps", 2, "--resume")
     assert r.rc == 0, r.err
-    assert "--window 8 --horizon 3" in r.out and "--arima-order none" in r.out, r.out
+    # restored silently: the parser's defaults (24, 12, 3,0,0) are no "command line's" flags to name
+    assert "--window" not in r.out and "--arima-order" not in r.out and "ignored" not in r.out, r.out
     assert results(out)["step"] == 2 and "test_rmse_arima" not in results(out)
+    r = cli(*args, "--max-steps", 3, "--resume", "--window", 8, "--horizon", 4, "--arima-order", "1,0,0")
+    assert r.rc == 0, r.err
+    assert "--window 8 --horizon 3 (command line's --horizon 4 ignored)" in r.out, r.out
+    assert "--arima-order none (command line's 1,0,0 ignored)" in r.out, r.out
+    assert results(out)["step"] == 3 and "test_rmse_arima" not in results(out)
 
 
 def test_resume_names_the_model_flags_it_ignores_and_only_those(cli, tmp_path, text_csv):
