@@ -21,23 +21,12 @@ import rnnkit
 import rnnkit.kernels as K
 from rnnkit import dispatch
 
-# every cell option alone and in a few combinations the papers allow (tests/cells/helpers.py)
+from .fused.test_fused_property import CELL_OPTIONS
+
+# every cell option alone (the fused property tests' list) and in a few combinations the papers allow
 OPTIONS = {
-    "lstm": [
-        {},
-        {"peephole": True},
-        {"norm": "layer"},
-        {"norm": "batch", "max_len": 3},
-        {"norm": "layer", "peephole": True},
-        {"norm": "batch", "max_len": 3, "peephole": True},
-        {"forget_bias": 1.0},
-        {"input_gate": False},
-        {"forget_gate": False},
-        {"output_gate": False},
-        {"input_activation": False},
-        {"output_activation": False},
-        {"coupled_gates": True},
-        {"full_gate_recurrence": True},
+    "lstm": CELL_OPTIONS["lstm"]
+    + [
         {"full_gate_recurrence": True, "peephole": True, "coupled_gates": True},
         {"coupled_gates": True, "output_gate": False, "peephole": True},
         {"input_gate": False, "forget_gate": False, "output_gate": False},
@@ -45,22 +34,10 @@ OPTIONS = {
         {"norm": "layer", "input_gate": False, "peephole": True},
         {"norm": "batch", "max_len": 3, "coupled_gates": True, "output_activation": False},
     ],
-    "gru": [
-        {},
-        {"reset_after": False},
-        {"variant": "mut1"},
-        {"variant": "mut2"},
-        {"variant": "mut3"},
-        {"variant": "mut1", "reset_after": False},
-        {"variant": "mut3", "reset_after": False},
-        {"norm": "layer"},  # (reset_after=False with norm="layer" is refused, by design)
-    ],
-    "rnn": [
-        {"nonlinearity": "tanh"},
-        {"nonlinearity": "relu"},
-        {"norm": "layer"},
-        {"norm": "layer", "nonlinearity": "relu"},
-    ],
+    # (reset_after=False with norm="layer" is refused, by design)
+    "gru": CELL_OPTIONS["gru"]
+    + [{"variant": "mut1", "reset_after": False}, {"variant": "mut3", "reset_after": False}],
+    "rnn": CELL_OPTIONS["rnn"],
 }
 CLASSES = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}
 # "fused-pure": the fused path on its pure-PyTorch kernels (the compiled ones are "fused")
