@@ -58,12 +58,21 @@ def finish(args: argparse.Namespace, trainer: Any, result: dict[str, Any], metri
         doc.update(best_valid_loss=best["val_loss"], best_step=best["step"])
     if trainer.is_main:
         write_results(doc, out / "results.json")  # strict JSON: a NaN is null + "nonfinite"
-    echo(f"stopped ({result['stop_reason']}) after {result['step']} steps: {describe_values(metrics)}")
+    echo(f"stopped ({result['stop_reason']}) after {result['step']} steps{_why(trainer, result)}: "
+         f"{describe_values(metrics)}")  # fmt: skip
     # (a best/ of this run only: without --save-best one there is not its own, e.g. put there by hand)
     files = [f for f in (*RUN_FILES, *wrote) if f != "best/" or trainer.config.save_best]
     listed = [f for f in files if (out / f).exists()]
     echo(f"wrote {out}/ ({', '.join(listed)})")
     return doc
+
+
+def _why(trainer: Any, result: dict[str, Any]) -> str:
+    """What the stop line adds to its reason: for an early stop, what the patience counted
+    (``", 3 validations without a new best (--patience 3)"``); else nothing (the limit is the reason)."""
+    if result["stop_reason"] != "early_stopping":
+        return ""
+    return f", {trainer.bad_evals} validations without a new best (--patience {trainer.config.patience})"
 
 
 def best_weights(trainer: Any) -> dict[str, Any] | None:

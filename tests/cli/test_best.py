@@ -76,7 +76,8 @@ def test_patience_stops_early_and_save_best_keeps_the_best(cli, tmp_path, monkey
     assert _best_step(out) == 4
     lines = r.out.strip().splitlines()
     assert lines[-3] == f"best weights: {out / 'best'}/ (step 4, valid_loss 1.5000)", r.out
-    assert lines[-2].startswith("stopped (early_stopping) after 7 steps: valid_loss 1.7000")
+    why = "3 validations without a new best (--patience 3)"  # (the stop line named no cause)
+    assert lines[-2].startswith(f"stopped (early_stopping) after 7 steps, {why}: valid_loss 1.7000"), r.out
     assert lines[-1].startswith(f"wrote {out}/ (run.json, checkpoints/, best/, metrics.jsonl")
     assert (results(out)["best_valid_loss"], results(out)["best_step"]) == (1.5, 4)
     train = json.loads((out / "run.json").read_text())["train"]
