@@ -98,6 +98,23 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def _resume_hint(args: argparse.Namespace | None) -> str:
+    """What the line of an interrupted ``rnnkit train`` adds when its ``--out`` holds a checkpoint:
+    that ``--resume`` goes on from it (the steps after it are lost; it names the step); else ``""``."""
+    from rnnkit.train import latest_checkpoint
+
+    if args is None or getattr(args, "command", None) != "train" or not getattr(args, "out", None):
+        return ""
+    try:
+        ckpt = latest_checkpoint(os.path.join(args.out, "checkpoints"))
+    except OSError:  # (a hint: the interrupt is what to report)
+        return ""
+    if ckpt is None:
+        return ""
+    step = ckpt.name.removeprefix("step-").lstrip("0") or "0"
+    return f"; the same command with --resume continues from the last checkpoint ({ckpt}, step {step})"
+
+
 def _error(exc: BaseException) -> None:
     """``rnnkit: error: ...`` on stderr, but not on a rank other than 0 for an error every rank
     raised alike (rank 0 prints it; its message is the one with the cause)."""
@@ -116,6 +133,7 @@ def _run(argv: Sequence[str] | None) -> int:
     from rnnkit.cli.common import run_train
 
     debug = os.environ.get("RNNKIT_DEBUG", "") not in ("", "0")
+    args = None
     try:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
@@ -131,7 +149,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
-        print("rnnkit: interrupted", file=sys.stderr)
+        print(f"rnnkit: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError, ImportError) as e:
         if debug:

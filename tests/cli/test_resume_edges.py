@@ -152,3 +152,25 @@ def test_tag_resume_checks_the_validation_file(cli, tmp_path, conllu):
     assert cli(*args, "--valid", valid, "--max-steps", 2, "--resume").rc == 0
     _edit_run(out, valid_data=None)  # (a run without --valid: null; an older run: no key, unchecked)
     assert_one_line_error(cli(*args, "--valid", valid, "--max-steps", 3, "--resume"), "validated on None")
+
+
+def test_an_interrupted_train_says_resume_continues_from_its_last_checkpoint(cli, tmp_path, monkeypatch):
+    """Ctrl-C in ``rnnkit train`` printed only ``rnnkit: interrupted``: with a checkpoint in --out
+    it says that --resume continues from it, naming the step; with none (or another command), not."""
+    from rnnkit.train import Trainer
+
+    def evaluate(self, data):  # validations at steps 1 and 2 (each checkpointed), Ctrl-C at the third
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return {"loss": 1.0, "ppl": 1.0, "tokens": 1}
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    out = tmp_path / "r"
+    r = cli(*MEM, "--out", out, "--max-steps", 5, "--val-every", 1)
+    assert r.rc == 130
+    ckpt = out / "checkpoints" / "step-000000002"
+    hint = f"the same command with --resume continues from the last checkpoint ({ckpt}, step 2)"
+    want = f"rnnkit: interrupted; {hint}"
+    assert r.err.strip().splitlines() == [want], r.err
+    r = cli(*MEM, "--out", tmp_path / "new", "--max-steps", 5, "--val-every", 3)  # before any checkpoint
+    assert r.rc == 130 and r.err.strip().splitlines() == ["rnnkit: interrupted"], r.err
