@@ -202,8 +202,16 @@ def load_model_weights(
         return load_checkpoint(src, model)
     except FileNotFoundError:
         if best:
-            raise CLIError(
-                f"--best: no best weights in {src} (the run was trained without --save-best, or no "
-                "validation was a new best yet)"
-            ) from None
+            raise CLIError(f"--best: no best weights in {src} ({_why_no_best(run_dir)})") from None
         raise CLIError(f"--checkpoint {path}: no checkpoint in {src}") from None
+
+
+def _why_no_best(run_dir: Path) -> str:
+    """Why a run has no ``best/``, from its ``run.json``'s ``train.save_best`` (runs before it was
+    recorded: either reason)."""
+    save_best = (read_run(run_dir).get("train") or {}).get("save_best")
+    if save_best is None:
+        return "the run was trained without --save-best, or no validation was a new best yet"
+    if not save_best:
+        return "the run was trained without --save-best"
+    return "the run has --save-best, but no validation with it on was a new best yet"

@@ -200,6 +200,29 @@ def test_best_without_best_weights_or_with_a_checkpoint_is_an_error(cli, tmp_pat
     assert_one_line_error(r, "--best loads the run's best/ weights", f"not {step}")
 
 
+def test_best_error_says_which_reason_applies(cli, tmp_path, text_csv, monkeypatch):
+    """``--best`` without best/ hedged "trained without --save-best, or no validation was a new
+    best yet" although run.json records whether the run had --save-best: it says the one that applies."""
+    out = tmp_path / "c"
+    _validations(monkeypatch, 1.0, 2.0, 3.0)
+    args = ["--data", text_csv, "--out", out, "--val-every", 1, *TINY]
+    assert cli("train", "classify", *args).rc == 0
+    texts = tmp_path / "t.txt"
+    texts.write_text("a great film\n", encoding="utf-8")
+    r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
+    assert_one_line_error(
+        r, f"--best: no best weights in {out / 'best'} (the run was trained without --save-best)"
+    )
+    assert "new best" not in r.err
+    _validations(monkeypatch, 5.0)  # turned on by a resume, no better than the run's best (1.0)
+    assert cli("train", "classify", *args, "--max-steps", 4, "--resume", "--save-best").rc == 0
+    r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
+    assert_one_line_error(
+        r, f"--best: no best weights in {out / 'best'} (the run has --save-best, but no validation"
+    )
+    assert "trained without" not in r.err
+
+
 def test_diagnose_takes_the_best_root(tmp_path):
     """``rnnkit diagnose --checkpoint RUN/best`` finds the run's run.json and the best's weights."""
     from rnnkit.diagnostics.checkpoint import find_run, weights_file
