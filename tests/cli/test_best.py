@@ -235,6 +235,26 @@ def test_diagnose_takes_the_best_root(tmp_path):
     assert find_run(tmp_path / "best")["task"] == "memory"
 
 
+def test_diagnose_of_a_missing_best_says_it_does_not_exist(cli, tmp_path):
+    """``diagnose --checkpoint RUN/best`` on a run without best/ said "no model.safetensors found at
+    RUN/best", as if the directory were there without weights: it says the path does not exist,
+    and where best/ comes from."""
+    from rnnkit.diagnostics.checkpoint import weights_file
+
+    out = tmp_path / "r"
+    assert cli(*MEM, "--out", out, "--max-steps", 2).rc == 0
+    r = cli("diagnose", "--checkpoint", out / "best", "--quick", "--no-horizon", "--out", tmp_path / "d")
+    assert r.rc == 1
+    assert_one_line_error(
+        r, f"{out / 'best'} does not exist (a run's best/ comes from rnnkit train --save-best)"
+    )
+    with pytest.raises(FileNotFoundError, match="no/such does not exist$"):
+        weights_file("no/such")
+    (out / "empty").mkdir()  # there, but without weights: as before
+    with pytest.raises(FileNotFoundError, match="no model.safetensors found at"):
+        weights_file(out / "empty")
+
+
 def test_a_new_run_without_save_best_drops_an_earlier_runs_best(cli, tmp_path, text_csv, monkeypatch):
     """A new run in an --out that holds only an earlier run's best/ (its checkpoints/ gone: killed before
     its first, or deleted) is allowed; without --save-best it left that best/, and `predict --best`
