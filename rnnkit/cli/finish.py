@@ -77,7 +77,8 @@ def _why(trainer: Any, result: dict[str, Any]) -> str:
 
 def best_weights(trainer: Any) -> dict[str, Any] | None:
     """With ``--save-best``, ``{"step", "val_loss"}`` of the weights in ``best/``, said in a line
-    (before the summary's last two; that the run has none too); else ``None``."""
+    (before the summary's last two; that the run has none too; when they are not the last step's,
+    that the metrics are of the last weights); else ``None``."""
     from rnnkit.train import load_checkpoint
 
     if not trainer.config.save_best:
@@ -91,7 +92,10 @@ def best_weights(trainer: Any) -> dict[str, Any] | None:
         echo(f"no best weights in {best}/: no validation loss with --save-best on was {than}")
         return None
     found = {"step": doc["step"], "val_loss": doc["state"]["val_loss"]}
-    echo(f"best weights: {best}/ (step {found['step']}, valid_loss {found['val_loss']:.4f})")
+    # (the run's metrics are evaluated with the weights it ended with, which best/'s are not)
+    last = "" if found["step"] == trainer.step else (
+        f"; the metrics below (and results.json's) are of the last weights, step {trainer.step}")  # fmt: skip
+    echo(f"best weights: {best}/ (step {found['step']}, valid_loss {found['val_loss']:.4f}){last}")
     return found
 
 

@@ -75,7 +75,9 @@ def test_patience_stops_early_and_save_best_keeps_the_best(cli, tmp_path, monkey
     assert results(out)["stop_reason"] == "early_stopping" and results(out)["step"] == 7
     assert _best_step(out) == 4
     lines = r.out.strip().splitlines()
-    assert lines[-3] == f"best weights: {out / 'best'}/ (step 4, valid_loss 1.5000)", r.out
+    # (the metrics are of the last weights, which the summary did not say beside best/'s)
+    last = "the metrics below (and results.json's) are of the last weights, step 7"
+    assert lines[-3] == f"best weights: {out / 'best'}/ (step 4, valid_loss 1.5000); {last}", r.out
     why = "3 validations without a new best (--patience 3)"  # (the stop line named no cause)
     assert lines[-2].startswith(f"stopped (early_stopping) after 7 steps, {why}: valid_loss 1.7000"), r.out
     assert lines[-1].startswith(f"wrote {out}/ (run.json, checkpoints/, best/, metrics.jsonl")
@@ -285,7 +287,7 @@ def test_the_final_validation_counts_toward_the_best_and_patience(cli, tmp_path,
     assert r.rc == 0, r.err
     got = results(out)
     assert (got["valid_loss"], got["best_valid_loss"], got["best_step"]) == (1.0, 1.0, 3)
-    assert _best_step(out) == 3 and f"best weights: {out / 'best'}/ (step 3, valid_loss 1.0000)" in r.out
+    assert _best_step(out) == 3 and f"best weights: {out / 'best'}/ (step 3, valid_loss 1.0000)\n" in r.out
     before = (out / "results.json").read_text(), (out / "metrics.jsonl").read_text()
     _validations(monkeypatch)  # none left: a validation raises StopIteration
     r = cli(*args, "--resume")
