@@ -210,13 +210,17 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds everything from ``--seed``;
     ``--tune-malloc``. Writes nothing (:func:`make_trainer` does, once the model and data are
     built: a command failing on its flags or data must leave no half-made run directory) but, in
-    a run directory with checkpoints, its lock and the sweep of killed checkpoint writes."""
+    a run directory with checkpoints, its lock and the sweep of killed checkpoint writes. Under
+    torchrun rank 0's ``--out`` decides both (it alone writes there); ``--resume`` needs the
+    checkpoint on every rank (each loads it)."""
     from rnnkit.train import latest_checkpoint, seed_everything
+    from rnnkit.train.distributed import on_every_rank
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
-    if (out / "checkpoints").is_dir():  # the sweep first: it may move the latest checkpoint back
+    # the sweep first: it may move the latest checkpoint back (every rank, or its all-reduce hangs)
+    if _rank_0_finds((out / "checkpoints").is_dir(), args):
         dev = device_of(args)
         sweep_run_dir(out, dev if dev.type == "cuda" else None)
     has_ckpt = latest_checkpoint(out / "checkpoints") is not None
@@ -251,8 +255,9 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
             run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used
         if _stop_flags(args):  # as this resume trains: what the next one restores
             run = {**run, "train": {**(run.get("train") or {}), **_stop_flags(args)}}
-    elif has_ckpt:
-        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    elif _rank_0_finds(has_ckpt, args):  # rank 0 alone writes there: its refusal, every rank's alike
+        msg = f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        raise on_every_rank(CLIError(msg))
     else:
         run = {**run, "train": _train_flags(args)}  # what --resume restores
     args.run_to_write = run  # (make_trainer writes it)
@@ -262,6 +267,18 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
 
         tune_malloc()
     return run
+
+
+def _rank_0_finds(found: bool, args: argparse.Namespace) -> bool:
+    """Rank 0's ``found`` on every rank under torchrun (an all-reduce; else ``found``): the ranks
+    take --out's decisions alike, even where they see other files (a node-local --out)."""
+    from rnnkit.train import distributed as dist
+
+    if not dist.is_distributed():
+        return found
+    dev = device_of(args)
+    mine = float(found and dist.is_main_process())
+    return dist.all_reduce_max(mine, dev if dev.type == "cuda" else None) > 0
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -212,7 +212,9 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 class JSONLLogger(Callback):
     """Append one JSON object per log/validation row to ``path`` (flushed each row; strict JSON:
-    :func:`metrics_line`)."""
+    :func:`metrics_line`). A new run starts the file afresh, a resumed one keeps the rows before
+    its checkpoint; one going on from another directory's checkpoint (``Trainer.load``) starts it
+    afresh with the checkpoint's ``history``: the file holds the rows ``fit()`` returns."""
 
     newline: str | None = None  # open()'s: the platform's line ends
     line = staticmethod(metrics_line)  # a row as a line of the file
@@ -235,15 +237,21 @@ class JSONLLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if trainer.step > 0:
+        elsewhere = trainer._loaded_elsewhere()
+        if trainer.step > 0 and not elsewhere:
             _drop_rows_after(self.path, trainer, self.key_of, self.line)
         else:
+            # a new run, or one going on from another directory's checkpoint (a run of its own here,
+            # as the trainer takes it): an earlier run's rows in this file would mix with its own
             self.path.unlink(missing_ok=True)
         new = not self.path.is_file() or self.path.stat().st_size == 0
         # closed in on_fit_end
         self.file = open(self.path, "a", encoding="utf-8", newline=self.newline)  # noqa: SIM115
         if new:
             self.header()
+        if elsewhere:  # its rows up to the checkpoint (from its history): the file holds fit()'s history
+            for row in trainer.history:
+                self._write(row)
 
     def _write(self, logs: dict[str, Any]) -> None:
         if self.file is not None:
@@ -310,9 +318,9 @@ class TensorBoardLogger(Callback):
     the trainer only adds it when :func:`tensorboard_available`. The writer (which creates its
     event file) opens at fit's start, once the trainer holds ``out_dir``'s lock: a run refused
     there must leave nothing in it; it closes at fit's end. It opens with ``purge_step`` at the
-    trainer's step: a resumed run hides the stopped run's points from there on, a new one (step 0)
-    all the points of an earlier run in ``log_dir``. Every point shows once, as in ``metrics.jsonl``
-    (which a new run starts afresh)."""
+    trainer's step: a resumed run hides the stopped run's points from there on, a new one (step 0,
+    or going on from another directory's checkpoint, whose ``history`` it writes) all the points
+    of an earlier run in ``log_dir``. Every point shows once, as in ``metrics.jsonl``."""
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         try:
@@ -326,9 +334,12 @@ class TensorBoardLogger(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         # A new run (step 0) into a log_dir holding an earlier run's event files: purge_step=0 hides
-        # all their points (without it TensorBoard showed both runs' curves as one, zigzagging).
-        if trainer.step == 0:
+        # all their points (without it TensorBoard showed both runs' curves as one, zigzagging). So
+        # for one going on from another directory's checkpoint, whose points to there are its history.
+        if trainer.step == 0 or trainer._loaded_elsewhere():
             self.writer = self._writer_class(log_dir=self.log_dir, purge_step=0)
+            for row in trainer.history:
+                self._write(row)
             return
         # A resumed run writes again what came after its checkpoint, which the stopped run may have
         # written already: TensorBoard hides the earlier events from purge_step on (each point once,

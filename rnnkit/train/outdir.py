@@ -126,8 +126,9 @@ def claim_out_dir(
             # the same refusal as rank 0's (a script catching it on each rank goes on alike): rank 0
             # has swept, so the checkpoints it found are those this rank finds
             busy = _earlier_run(Path(out)) or FileExistsError(
-                f"{out} holds the checkpoints of an earlier run (rank 0 found them); pass resume=True "
-                "to continue that run, or choose another out_dir"
+                f"{out} holds the checkpoints of an earlier run (rank 0 found them); to continue that "
+                "run pass resume=True without loading another directory's checkpoint, else choose "
+                "another out_dir"
             )
         else:
             busy = RuntimeError(f"rank 0 could not lock or sweep the output directory {out} (see its error)")
@@ -143,8 +144,10 @@ def _earlier_run(out: Path) -> FileExistsError | None:
     found = latest_checkpoint(out / "checkpoints")
     if found is None:
         return None
+    # for a new run and one going on from another directory's checkpoint alike (resume=True does
+    # not take the latter here: its checkpoint is not this out_dir's)
     return FileExistsError(
-        f"{out} holds the checkpoints of an earlier run (latest: {found.name}); pass resume=True "
-        f"to continue that run, or choose another out_dir (or delete {out / 'checkpoints'} to start "
-        "over there)"
+        f"{out} holds the checkpoints of an earlier run (latest: {found.name}); to continue that run "
+        "pass resume=True without loading another directory's checkpoint, else choose another out_dir "
+        f"(or delete {out / 'checkpoints'} to start over there)"
     )

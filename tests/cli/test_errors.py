@@ -328,3 +328,40 @@ def test_an_out_in_use_at_resume_stays_marked_as_every_ranks_error(tmp_path, mon
     with pytest.raises(CLIError, match="in use by another rnnkit training process") as e:
         rundir.sweep_run_dir(tmp_path)
     assert getattr(e.value, "every_rank", False)
+
+
+def _as_rank(monkeypatch, rank: int, rank_0_sends: list[float]) -> None:
+    """Run as DDP rank ``rank`` of two: its all-reduces take the max with ``rank_0_sends`` in turn."""
+    from rnnkit.train import distributed as dist
+
+    sent = iter(rank_0_sends)
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "is_main_process", lambda: rank == 0)
+    monkeypatch.setattr(dist, "all_reduce_max", lambda value, device=None: max(value, next(sent)))
+
+
+def test_an_out_holding_a_run_is_refused_as_rank_0_finds_it_marked_for_every_rank(cli, tmp_path, monkeypatch):
+    """Under torchrun every rank checked ``--out`` itself and raised "already holds a run" unmarked:
+    each rank printed it. Rank 0's finding (it alone writes there) is now all-reduced and the refusal
+    marked (printed once). A rank whose node-local ``--out`` holds a run where rank 0's holds none
+    refused alone (and left rank 0 waiting in a collective): it follows rank 0 now."""
+    import argparse
+
+    from rnnkit.cli import CLIError
+    from rnnkit.cli.common import prepare_out
+
+    held, empty = tmp_path / "held", tmp_path / "empty"
+    assert cli(*MEM, "--out", held, "--max-steps", 1).rc == 0
+
+    def args(out):
+        return argparse.Namespace(out=str(out), resume=False, seed=0, device="cpu")
+
+    for rank in (0, 1):  # a shared file system: rank 0 finds checkpoints/ and a checkpoint
+        _as_rank(monkeypatch, rank, [1.0, 0.0, 1.0])
+        with pytest.raises(CLIError, match="already holds a run") as e:
+            prepare_out(args(held), {"task": "memory"})
+        assert getattr(e.value, "every_rank", False)
+    _as_rank(monkeypatch, 1, [0.0, 0.0])  # rank 1's --out holds a run, rank 0's none: as rank 0
+    assert prepare_out(args(held), {"task": "memory"})["task"] == "memory"
+    _as_rank(monkeypatch, 0, [0.0, 0.0])  # rank 0 finds none, whatever the others do
+    assert prepare_out(args(empty), {"task": "memory"})["task"] == "memory"

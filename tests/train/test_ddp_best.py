@@ -89,3 +89,20 @@ def test_cli_failure_on_rank_0_alone_ends_every_rank(tmp_path):
         _torchrun("-m", "rnnkit", *flags)
     assert "timed out" not in str(e.value)
     assert "rnnkit: error:" in str(e.value) and "best" in str(e.value)
+
+
+def test_cli_out_holding_a_run_is_refused_once(tmp_path):
+    """``torchrun -m rnnkit train`` into an ``--out`` that holds a run, without ``--resume``: every
+    rank found it and raised the refusal unmarked, so each printed it. Rank 0's finding is now
+    all-reduced and the refusal raised on every rank alike: rank 0 alone prints it."""
+    from rnnkit.cli import main
+
+    out = tmp_path / "run"
+    flags = ["train", "memory", "--task", "adding", "--length", "6", "--n-train", "32", "--n-valid", "8",
+             "--batch-size", "8", "--hidden", "8", "--max-steps", "2", "--no-progress",
+             "--out", str(out)]  # fmt: skip
+    assert main(flags) == 0
+    with pytest.raises(AssertionError, match="already holds a run") as e:
+        _torchrun("-m", "rnnkit", *flags)
+    assert "timed out" not in str(e.value)
+    assert str(e.value).count("rnnkit: error:") == 1

@@ -309,7 +309,8 @@ def test_a_new_run_refuses_an_out_dir_holding_an_earlier_runs_checkpoints(tmp_pa
     _trainer(out, max_steps=20, **kw).fit(_data())
     before = sorted(p.name for p in (out / "checkpoints").iterdir())
     new = _trainer(out, max_steps=6, **kw)
-    with pytest.raises(FileExistsError, match=r"earlier run \(latest: step-000000020\); pass resume=True"):
+    refusal = r"earlier run \(latest: step-000000020\); to continue that run pass resume=True"
+    with pytest.raises(FileExistsError, match=refusal):
         new.fit(_data())
     assert new.step == 0 and sorted(p.name for p in (out / "checkpoints").iterdir()) == before
     tr = _trainer(out, max_steps=25, resume=True, **kw)
@@ -335,8 +336,11 @@ def test_going_on_from_another_dirs_checkpoint_refuses_an_out_dir_of_another_run
     before = sorted(p.name for p in (b / "checkpoints").iterdir())
     tr = _trainer(b, max_steps=15, resume=resume, **kw)
     tr.load(a / "checkpoints")
-    with pytest.raises(FileExistsError, match=r"earlier run \(latest: step-000000020\)"):
+    with pytest.raises(FileExistsError, match=r"earlier run \(latest: step-000000020\)") as e:
         tr.fit(_data())
+    # (resume=True continues that run, not this one: the message said to pass it, alone)
+    assert "without loading another directory's checkpoint" in str(e.value)
+    assert "choose another out_dir" in str(e.value)
     assert tr.step == 10 and sorted(p.name for p in (b / "checkpoints").iterdir()) == before
     shutil.rmtree(b / "checkpoints")
     (b / "best" / "step-000000003").mkdir(parents=True)  # an earlier run's best (before step 10)

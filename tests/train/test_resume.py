@@ -1,15 +1,25 @@
 """Exact continuation in the combinations tests/train/test_checkpoint.py leaves out: a run stopped
 and continued (a second ``fit()``, a resume) equals the run that never stopped, bit for bit."""
 
+import csv
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 from rnnkit.data import bptt_batches
-from rnnkit.train import Callback, Trainer, get_rng_state, load_checkpoint, seed_everything, set_rng_state
+from rnnkit.train import (
+    Callback,
+    Trainer,
+    get_rng_state,
+    load_checkpoint,
+    read_metrics,
+    seed_everything,
+    set_rng_state,
+)
 
 from .models import TinyLM, tokens
 from .test_checkpoint import loader_run
@@ -292,3 +302,52 @@ def test_a_resume_from_a_budget_stop_inside_an_epoch_is_exact(tmp_path):
     res, model = run(20, out_dir=str(tmp_path), resume=True)
     assert res.losses == ref.losses
     assert all(torch.equal(a, b) for a, b in zip(ref_model.parameters(), model.parameters(), strict=True))
+
+
+def test_going_on_from_another_dirs_checkpoint_writes_its_own_runs_metrics(tmp_path, monkeypatch):
+    """load(a's checkpoint of step 4) then fit() into b, which holds an earlier run's metric files
+    and TensorBoard events (steps 1-6) but no checkpoints: the trainer takes it as a run of its
+    own there (no best/ of the earlier run), but the loggers kept the earlier run's rows before step
+    4, a resume's way, and wrote a's rows not at all: two runs mixed. The files now hold the fit's
+    own run, as fit() returns its history: the loaded checkpoint's rows, then those it trains."""
+    shown: list = []  # what TensorBoard shows of b/tensorboard: (tag, step, value)
+
+    class SummaryWriter:  # torch.utils.tensorboard's, as TensorBoard reads its files
+        def __init__(self, log_dir, purge_step=None):
+            self.b = Path(log_dir).parent.name == "b"
+            if purge_step is not None and self.b:
+                shown[:] = [e for e in shown if e[1] < purge_step]
+
+        def add_scalar(self, tag, value, step):
+            if self.b:
+                shown.append((tag, step, value))
+
+        def flush(self): ...
+
+        def close(self): ...
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+
+    def trainer(out, steps):
+        torch.manual_seed(1 if out.name == "b" else 0)
+        model = TinyLM()
+        return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=steps, log_every=1,
+                       out_dir=str(out), progress=False, plot=False, tensorboard=True)  # fmt: skip
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    trainer(a, 4).fit(bptt_batches(tokens(200), 2, 5))
+    trainer(b, 6).fit(bptt_batches(tokens(200, seed=5), 2, 5))  # the earlier run in b
+    shutil.rmtree(b / "checkpoints")
+    tr = trainer(b, 7)
+    tr.load(a / "checkpoints")
+    res = tr.fit(bptt_batches(tokens(200), 2, 5))
+    want = [(r["split"], r["step"], r["loss"]) for r in res["history"]]
+    assert [r["step"] for r in res["history"]] == list(range(1, 8))
+    got = [(r["split"], r["step"], r["loss"]) for r in read_metrics(b / "metrics.jsonl")]
+    assert got == want
+    with open(b / "metrics.csv", newline="") as f:
+        assert [(r["split"], int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)] == want
+    assert sorted((step, v) for tag, step, v in shown if tag == "train/loss") == [(s, v) for _, s, v in want]
+    assert len(shown) == len({e[:2] for e in shown})  # each point once
