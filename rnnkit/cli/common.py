@@ -221,8 +221,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         raise CLIError(f"--out {out} exists and is not a directory")
     # the sweep first: it may move the latest checkpoint back (every rank, or its all-reduce hangs)
     if _rank_0_finds((out / "checkpoints").is_dir(), args):
-        dev = device_of(args)
-        sweep_run_dir(out, dev if dev.type == "cuda" else None)
+        sweep_run_dir(out, _collective_device(args))
     has_ckpt = latest_checkpoint(out / "checkpoints") is not None
     if args.resume:
         if not has_ckpt:
@@ -269,6 +268,12 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     return run
 
 
+def _collective_device(args: argparse.Namespace) -> Any:
+    """The device of the ranks' all-reduces: the CUDA one (NCCL), else None (gloo, on the CPU)."""
+    dev = device_of(args)
+    return dev if dev.type == "cuda" else None
+
+
 def _rank_0_finds(found: bool, args: argparse.Namespace) -> bool:
     """Rank 0's ``found`` on every rank under torchrun (an all-reduce; else ``found``): the ranks
     take --out's decisions alike, even where they see other files (a node-local --out)."""
@@ -276,9 +281,8 @@ def _rank_0_finds(found: bool, args: argparse.Namespace) -> bool:
 
     if not dist.is_distributed():
         return found
-    dev = device_of(args)
     mine = float(found and dist.is_main_process())
-    return dist.all_reduce_max(mine, dev if dev.type == "cuda" else None) > 0
+    return dist.all_reduce_max(mine, _collective_device(args)) > 0
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -334,8 +338,7 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     from rnnkit.train import Trainer
 
     # under torchrun every rank ran the same checks (prepare_out); rank 0 writes, its failure raised on all
-    dev = device_of(args)
-    create_run_dir(Path(args.out), args.run_to_write, dev if dev.type == "cuda" else None)
+    create_run_dir(Path(args.out), args.run_to_write, _collective_device(args))
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 

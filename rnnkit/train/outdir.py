@@ -125,11 +125,7 @@ def claim_out_dir(
         elif code == 3.0:
             # the same refusal as rank 0's (a script catching it on each rank goes on alike): rank 0
             # has swept, so the checkpoints it found are those this rank finds
-            busy = _earlier_run(Path(out)) or FileExistsError(
-                f"{out} holds the checkpoints of an earlier run (rank 0 found them); to continue that "
-                "run pass resume=True without loading another directory's checkpoint, else choose "
-                "another out_dir"
-            )
+            busy = _earlier_run(Path(out)) or _refusal(Path(out), "rank 0 found them")
         else:
             busy = RuntimeError(f"rank 0 could not lock or sweep the output directory {out} (see its error)")
     if busy is not None:
@@ -144,10 +140,15 @@ def _earlier_run(out: Path) -> FileExistsError | None:
     found = latest_checkpoint(out / "checkpoints")
     if found is None:
         return None
-    # for a new run and one going on from another directory's checkpoint alike (resume=True does
-    # not take the latter here: its checkpoint is not this out_dir's)
+    return _refusal(out, f"latest: {found.name}")
+
+
+def _refusal(out: Path, found: str) -> FileExistsError:
+    """The refusal of ``out``'s earlier checkpoints (``found``: which), for a new run and one going on
+    from another directory's checkpoint alike (resume=True does not take the latter here: its
+    checkpoint is not this out_dir's)."""
     return FileExistsError(
-        f"{out} holds the checkpoints of an earlier run (latest: {found.name}); to continue that run "
-        "pass resume=True without loading another directory's checkpoint, else choose another out_dir "
-        f"(or delete {out / 'checkpoints'} to start over there)"
+        f"{out} holds the checkpoints of an earlier run ({found}); to continue that run pass resume=True "
+        "without loading another directory's checkpoint, else choose another out_dir (or delete "
+        f"{out / 'checkpoints'} to start over there)"
     )
