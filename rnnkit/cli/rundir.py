@@ -207,8 +207,14 @@ def load_model_weights(
 
 
 def _why_no_best(run_dir: Path) -> str:
-    """Why a run has no ``best/``, from its ``run.json``'s ``train.save_best`` (runs before it was
-    recorded: either reason)."""
+    """Why a run has no ``best/``: removed since, when ``results.json`` names its step; else from
+    ``run.json``'s ``train.save_best`` (runs before it was recorded: either reason)."""
+    try:  # (results.json names best/'s step when the run ended with one: it was removed since)
+        step = read_results(run_dir).get("best_step")
+    except (OSError, ValueError):
+        step = None
+    if step is not None:
+        return f"results.json records best weights of step {step}, removed since"
     save_best = (read_run(run_dir).get("train") or {}).get("save_best")
     if save_best is None:
         return "the run was trained without --save-best, or no validation was a new best yet"

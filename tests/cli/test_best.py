@@ -346,3 +346,20 @@ def test_resume_keeps_the_runs_validation_cadence(cli, tmp_path, monkeypatch):
 def _val_rows(out) -> list[dict]:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [row for row in rows if row["split"] == "val"]
+
+
+def test_best_error_says_best_was_removed_when_results_name_its_step(cli, tmp_path, text_csv, monkeypatch):
+    """A ``best/`` deleted by hand after the run said "no validation with it on was a new best yet",
+    although results.json records the best step: it says best/ was removed since."""
+    import shutil
+
+    out = tmp_path / "c"
+    _validations(monkeypatch, 2.0, 1.0, 3.0)
+    args = ["--data", text_csv, "--out", out, "--val-every", 1, "--save-best", *TINY]
+    assert cli("train", "classify", *args).rc == 0
+    shutil.rmtree(out / "best")
+    texts = tmp_path / "t.txt"
+    texts.write_text("a great film\n", encoding="utf-8")
+    r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
+    why = "results.json records best weights of step 2, removed since"
+    assert_one_line_error(r, f"--best: no best weights in {out / 'best'} ({why})")
