@@ -148,8 +148,9 @@ def _run(argv: Sequence[str] | None) -> int:
         return e.code
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else 0
-    except KeyboardInterrupt:
-        print(f"rnnkit: interrupted{_resume_hint(args)}", file=sys.stderr)
+    except KeyboardInterrupt:  # (torchrun sends Ctrl-C to every rank: rank 0 says it, once)
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            print(f"rnnkit: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError, ImportError) as e:
         if debug:

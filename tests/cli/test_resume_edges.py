@@ -174,3 +174,17 @@ def test_an_interrupted_train_says_resume_continues_from_its_last_checkpoint(cli
     assert r.err.strip().splitlines() == [want], r.err
     r = cli(*MEM, "--out", tmp_path / "new", "--max-steps", 5, "--val-every", 3)  # before any checkpoint
     assert r.rc == 130 and r.err.strip().splitlines() == ["rnnkit: interrupted"], r.err
+
+
+def test_an_interrupt_is_said_by_rank_0_only(cli, tmp_path, monkeypatch):
+    """torchrun sends Ctrl-C to every rank, and each printed ``rnnkit: interrupted ...``: a rank
+    other than 0 leaves with 130 and says nothing."""
+    from rnnkit.train import Trainer
+
+    def evaluate(self, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    monkeypatch.setenv("RANK", "1")
+    r = cli(*MEM, "--out", tmp_path / "r", "--max-steps", 5, "--val-every", 1)
+    assert r.rc == 130 and r.err == "", r.err
