@@ -230,6 +230,14 @@ class MinGRU(ParallelRecurrent):
             x = x.clone()
         return x
 
+    def _initial_state(self, hx, batch: int | None) -> Tensor | None:
+        h = super()._initial_state(hx, batch)
+        if self.log_space:
+            # step()'s check: its update is linear, so a state <= 0 ran silently (forward refuses
+            # it), and the state it returned then failed the next forward call
+            check_positive_state(h)
+        return h
+
     def step_layer(self, p: Params, x: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         u = self.project(p, x)
         a, b = self.coefficients(u)

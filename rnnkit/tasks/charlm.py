@@ -93,7 +93,7 @@ def sample(
     generator: torch.Generator | None = None,
     seq_len: int | None = None,
 ) -> Iterator[str]:
-    """Stream ``length`` sampled characters, one at a time, continuing ``prime``.
+    """Stream ``length`` (an int >= 0) sampled characters, one at a time, continuing ``prime``.
 
     The prime (non-empty) is fed in one call (in windows of ``seq_len``, below); then each
     sampled character is fed back with the carried recurrent state. ``temperature`` 0 means greedy (argmax).
@@ -107,6 +107,8 @@ def sample(
     """
     if not prime:
         raise ValueError("prime must be a non-empty string (e.g. '\\n')")
+    if not is_int(length) or length < 0:  # -1 sampled nothing and True one character, silently
+        raise ValueError(f"length must be an int >= 0 (the characters to sample), got {length!r}")
     if seq_len is not None and (not is_int(seq_len) or seq_len < 1):  # numpy's ints too
         raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
     if not temperature >= 0:  # written so that nan is rejected too

@@ -20,6 +20,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from rnnkit._checks import is_real
+
 __all__ = ["TeacherForcingSchedule", "ScheduledSampler", "autoregressive_unroll"]
 
 Kind = Literal["constant", "linear", "exponential", "inverse_sigmoid"]
@@ -87,9 +89,10 @@ class TeacherForcingSchedule:
 class ScheduledSampler:
     """Decides, per decoding step, between ground truth and the model's prediction.
 
-    ``schedule``: a :class:`TeacherForcingSchedule`, any ``step -> probability`` callable,
-    or a float (constant). ``per_example=True`` flips one coin per sequence in the
-    batch (Bengio et al.); ``False`` one coin for the whole batch.
+    ``schedule``: a :class:`TeacherForcingSchedule`, any ``step -> probability`` callable
+    (a value outside ``[0, 1]`` or NaN is an error when asked), or a number (constant, numpy's
+    too). ``per_example=True`` flips one coin per sequence in the batch (Bengio et al.);
+    ``False`` one coin for the whole batch.
     """
 
     def __init__(
@@ -99,12 +102,21 @@ class ScheduledSampler:
         per_example: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
-        if isinstance(schedule, (int, float)):
+        if is_real(schedule):  # numpy's float32 too (it is no Python float: it was called, and failed)
             schedule = TeacherForcingSchedule("constant", p=float(schedule))
+        elif not callable(schedule):
+            raise TypeError(
+                f"schedule must be a number in [0, 1] or a callable step -> probability, got {schedule!r}"
+            )
         self.schedule, self.per_example, self.generator = schedule, per_example, generator
 
     def probability(self, step: int) -> float:
-        return float(self.schedule(step))
+        """P(ground truth) at training ``step``, checked: ``choose`` reads > 1 as 1 and < 0 as 0,
+        and NaN as 0 (every coin fails), so a broken schedule trained another model silently."""
+        p = float(self.schedule(step))
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"the schedule gave P(truth) = {p} at step {step}, not a probability in [0, 1]")
+        return p
 
     def choose(self, step: int, ground_truth: Tensor, prediction: Tensor) -> Tensor:
         """``ground_truth``/``prediction``: ``(B, *)``; returns the ``(B, *)`` next input."""

@@ -75,3 +75,28 @@ def test_lru_radii_must_be_numbers(kw):
     comparison's words ("'<=' not supported between instances of 'int' and 'str'")."""
     with pytest.raises(ValueError, match="need 0 <= r_min < r_max <= 1, got"):
         rnnkit.LRU(3, 4, **kw)
+
+
+@pytest.mark.parametrize("name", ["mingru_log", "minlstm_log"])
+@pytest.mark.parametrize("fill", [0.0, -0.5])
+def test_log_space_step_refuses_a_state_forward_refuses(name, fill):
+    """log_space keeps the state positive: forward refused hx <= 0, but step() took it silently
+    (its update is linear) and returned a state the next forward call refused. Now the same
+    error; no state (zeros, the scan's start) still steps as forward runs."""
+    m = make(name, num_layers=2).eval()
+    x = torch.randn(4, 2, 3)
+    bad = torch.full((2, 2, 4), fill)
+    msg = "log_space=True keeps the state positive"
+    with pytest.raises(ValueError, match=msg):
+        m(x, bad)
+    with pytest.raises(ValueError, match=msg):
+        m.step(x[0], bad)
+    with pytest.raises(ValueError, match=msg):
+        m.step(x[0, 0], bad[:, 0])  # unbatched
+    out, h_n = m(x)
+    state, ys = None, []
+    for t in range(4):
+        y, state = m.step(x[t], state)
+        ys.append(y)
+    torch.testing.assert_close(torch.stack(ys), out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(state, h_n, rtol=1e-12, atol=1e-12)

@@ -199,3 +199,15 @@ def test_recipe_by_budget() -> None:
     assert (RECIPE_LONG.hidden_size, RECIPE_LONG.dropout, RECIPE.dropout) == (512, 0.2, 0.0)
     rest = {k: v for k, v in RECIPE.to_dict().items() if k not in ("hidden_size", "dropout")}
     assert {k: v for k, v in RECIPE_LONG.to_dict().items() if k in rest} == rest
+
+
+@pytest.mark.parametrize("length", [-1, True, 2.0])
+def test_sample_refuses_a_length_that_is_no_count(length) -> None:
+    """A negative length sampled nothing and True one character, silently (the CLI's --length
+    was checked, the library's not); a float failed in range()'s words."""
+    with pytest.raises(
+        ValueError, match=rf"length must be an int >= 0 \(the characters to sample\), got {length!r}"
+    ):
+        next(sample(_model(), VOCAB, "ab", length))
+    assert list(sample(_model(), VOCAB, "ab", np.int64(0))) == []
+    assert len(list(sample(_model(), VOCAB, "ab", np.int64(3), 0.0))) == 3

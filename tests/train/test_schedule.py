@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,6 +56,28 @@ def test_sampler_mixes_per_example():
     assert out.unique().numel() == 1  # one coin for the batch
     with pytest.raises(ValueError, match="shape"):
         s.choose(0, gt[:3], pred[:4])
+
+
+@pytest.mark.parametrize("p", [1.5, -0.2, math.nan])
+def test_sampler_refuses_a_schedule_value_that_is_no_probability(p):
+    """A callable schedule's value was used unchecked: above 1 fed the truth, below 0 or NaN the
+    predictions (every coin ``rand < nan`` fails), silently."""
+    gt, pred = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    s = ScheduledSampler(lambda i: p)
+    with pytest.raises(ValueError, match=rf"the schedule gave P\(truth\) = {p} at step 3, not a probability"):
+        s.choose(3, gt, pred)
+
+
+def test_sampler_takes_numpy_numbers_and_refuses_what_is_neither_number_nor_callable():
+    """np.float32(0.0) is no Python float: it was taken for a callable schedule and failed at the
+    first step ("'numpy.float32' object is not callable"), as a string did."""
+    gt, pred = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    assert torch.equal(ScheduledSampler(np.float32(0.0)).choose(0, gt, pred), pred)
+    assert torch.equal(ScheduledSampler(np.int64(1)).choose(0, gt, pred), gt)
+    with pytest.raises(ValueError, match="p must be in"):
+        ScheduledSampler(np.float32(2.0))
+    with pytest.raises(TypeError, match="schedule must be a number in \\[0, 1\\] or a callable"):
+        ScheduledSampler("0.5")
 
 
 def test_autoregressive_unroll():
