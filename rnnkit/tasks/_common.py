@@ -6,8 +6,10 @@ a TCN, a conv front end + recurrent stack), always batch-first.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +17,29 @@ from torch import Tensor, nn
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
 
-__all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches"]
+__all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def keeps_mode(fn: F) -> F:
+    """``fn`` (which takes an argument ``model`` and puts it in eval mode) leaves every module of
+    ``model`` in the train/eval mode it found it in: an evaluation or decoding called inside a
+    training loop must not leave dropout and batch norm's batch statistics off for the steps
+    after it. Each module's own flag is restored (a batch norm kept in eval mode stays so)."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        model = sig.bind(*args, **kwargs).arguments["model"]
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    return wrapper  # type: ignore[return-value]
 
 
 def padded_batches(

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.tasks._common import SequenceNet, accuracy, batches, padded_batches
+from rnnkit.tasks._common import SequenceNet, accuracy, batches, keeps_mode, padded_batches
 from rnnkit.tasks.memory import _plus_one
 
 __all__ = [
@@ -199,6 +199,7 @@ def step_fn(model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, None]:
 
 
 @torch.no_grad()
+@keeps_mode
 def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
     from rnnkit.train import move_to
 
@@ -214,6 +215,7 @@ def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
 
 
 @torch.no_grad()
+@keeps_mode
 def predict_texts(
     model: nn.Module,
     texts: list[str],

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.baselines import reads_ahead
-from rnnkit.tasks._common import SequenceNet
+from rnnkit.tasks._common import SequenceNet, keeps_mode
 
 __all__ = [
     "load_series",
@@ -208,6 +208,7 @@ def origins(s: Series, horizon: int) -> list[int]:
 
 
 @torch.no_grad()
+@keeps_mode
 def rolling_forecasts(model: Forecaster, s: Series, window: int, horizon: int) -> Tensor:
     """``(n_origins, horizon)`` forecasts in original units."""
     model.eval()
@@ -218,6 +219,7 @@ def rolling_forecasts(model: Forecaster, s: Series, window: int, horizon: int) -
 
 
 @torch.no_grad()
+@keeps_mode
 def forecast_next(
     model: Forecaster, values: Tensor, window: int, horizon: int, mean: float, std: float
 ) -> Tensor:

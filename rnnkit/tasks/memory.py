@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from rnnkit.baselines import reads_ahead, step_kwargs
 from rnnkit.datasets import synthetic
-from rnnkit.tasks._common import SequenceNet, accuracy
+from rnnkit.tasks._common import SequenceNet, accuracy, keeps_mode
 
 __all__ = ["MemoryTask", "TASKS", "make_task", "arith", "ARITH_VOCAB", "arith_greedy", "memory_model"]
 
@@ -169,8 +169,9 @@ def loss_fn(task: str):
 
 
 @torch.no_grad()
+@keeps_mode
 def evaluate(task: MemoryTask, model: nn.Module, batch_size: int = 256) -> dict[str, float]:
-    """The task's metric on the validation set (model in eval mode)."""
+    """The task's metric on the validation set (in eval mode; the model's modes restored after)."""
     model.eval()
     dev = next(model.parameters()).device
     x, y = task.valid[0].to(dev), task.valid[1].to(dev)

@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
-from rnnkit.tasks._common import last_valid, padded_batches
+from rnnkit.tasks._common import keeps_mode, last_valid, padded_batches
 
 __all__ = [
     "number_to_words",
@@ -183,6 +183,7 @@ class Seq2Seq(nn.Module):
 
 
 @torch.no_grad()
+@keeps_mode
 def greedy_decode(model: Seq2Seq, src: Tensor, lengths: Tensor, max_len: int) -> list[list[int]]:
     """Argmax decoding until EOS (or ``max_len`` tokens, ``max_len >= 0``: 0 gives empty
     outputs); returns token ids without EOS, one list per source in ``src`` (B, S)."""

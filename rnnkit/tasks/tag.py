@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from rnnkit.tasks._common import SequenceNet, padded_batches
+from rnnkit.tasks._common import SequenceNet, keeps_mode, padded_batches
 from rnnkit.tasks.classify import _split
 
 __all__ = [
@@ -156,6 +156,7 @@ def step_fn(model: nn.Module, batch: Any, state: Any) -> tuple[Tensor, None]:
 
 
 @torch.no_grad()
+@keeps_mode
 def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
     from rnnkit.train import move_to
 
@@ -172,6 +173,7 @@ def evaluate(model: nn.Module, data: DataLoader) -> dict[str, float]:
 
 
 @torch.no_grad()
+@keeps_mode
 def predict_tags(
     model: nn.Module, sentences: list[list[str]], words: list[str], tags: list[str], batch_size: int = 256
 ) -> list[list[str]]:

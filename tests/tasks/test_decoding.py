@@ -119,3 +119,36 @@ def test_charlm_sample_matches_its_windows(seq_len):
 def test_charlm_sample_rejects_a_bad_seq_len():
     with pytest.raises(ValueError, match="seq_len must be a positive int"):
         next(sample(CharLM(len(VOCAB), 4, 1, 3), VOCAB, "ab", 2, seq_len=0))
+
+
+def _modes(model):
+    return [m.training for m in model.modules()]
+
+
+def test_decoding_and_evaluation_leave_the_model_in_the_modes_they_found():
+    """greedy_decode, forecast_next, rolling forecasts and the classify/tag prediction helpers put
+    the model in eval mode and left it there: called inside a training loop (a metric every few
+    steps), dropout and batch norm's batch statistics stayed off for the rest of training. Each
+    module's own mode comes back (a batch norm the user froze in eval mode stays so)."""
+    from rnnkit.tasks.classify import classifier, predict_texts
+    from rnnkit.tasks.forecast import forecast_next
+    from rnnkit.tasks.tag import predict_tags, tagger
+
+    arch = {**ARCH, "options": {}}
+    s2s = Seq2Seq(arch, src_vocab=7, tgt_vocab=7, embedding_dim=5).train()
+    s2s.out.eval()  # (one module in another mode: restored as it was)
+    want = _modes(s2s)
+    greedy_decode(s2s, torch.randint(3, 7, (2, 4)), torch.tensor([4, 3]), 3)
+    assert _modes(s2s) == want and s2s.training
+    fc = Forecaster(arch).train()
+    forecast_next(fc, torch.randn(9), window=5, horizon=2, mean=0.0, std=1.0)
+    assert all(_modes(fc))
+    clf = classifier(arch, 3, {"vocab_size": 6, "padding_idx": 0}).train()
+    predict_texts(clf, ["a b"], ["<pad>", "<unk>", "a", "b", "c", "d"], "word", ["x", "y", "z"])
+    assert all(_modes(clf))
+    tg = tagger(arch, 6, 3, embedding_dim=4).train()
+    predict_tags(tg, [["a", "b"]], ["<pad>", "<unk>", "a", "b", "c", "d"], ["x", "y", "z"])
+    assert all(_modes(tg))
+    fc.eval()  # and a model in eval mode stays in eval mode
+    forecast_next(fc, torch.randn(9), window=5, horizon=2, mean=0.0, std=1.0)
+    assert not any(_modes(fc))
