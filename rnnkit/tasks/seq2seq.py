@@ -212,7 +212,9 @@ def exact_match(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> float:
-    """Fraction of sources whose greedy output equals the target exactly."""
+    """Fraction of sources whose greedy output equals the target exactly (``items`` non-empty)."""
+    if not items:  # (the fraction of nothing: was a ZeroDivisionError)
+        raise ValueError("exact_match needs at least one (source, target) pair, got none")
     right = 0
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]

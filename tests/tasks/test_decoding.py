@@ -152,3 +152,11 @@ def test_decoding_and_evaluation_leave_the_model_in_the_modes_they_found():
     fc.eval()  # and a model in eval mode stays in eval mode
     forecast_next(fc, torch.randn(9), window=5, horizon=2, mean=0.0, std=1.0)
     assert not any(_modes(fc))
+
+
+def test_exact_match_of_no_pairs_is_refused():
+    from rnnkit.tasks.seq2seq import exact_match
+
+    model = Seq2Seq({**ARCH, "options": {}}, src_vocab=7, tgt_vocab=7, embedding_dim=5)
+    with pytest.raises(ValueError, match="at least one .source, target. pair, got none"):
+        exact_match(model, [])
