@@ -152,8 +152,9 @@ def autoregressive_unroll(
     ``step_fn(x_t, state) -> (logits_t, state)`` with ``x_t``: ``(B, *)`` and
     ``logits_t``: ``(B, V)``. ``first_input``: ``(B, *)`` (e.g. BOS tokens).
     ``targets``: ``(T, B, *)`` or ``(B, T, *)``. Input ``t > 0`` is ``targets[t-1]`` or
-    ``to_input(logits_{t-1})`` (default: argmax, detached -- no gradient through the
-    sampling) as ``sampler`` decides at training ``step``; no sampler = full teacher
+    ``to_input(logits_{t-1})`` (default: argmax) as ``sampler`` decides at training
+    ``step``. ``to_input`` gets the logits detached, whatever it is: no gradient flows through
+    a fed-back prediction (Bengio et al. 2015; a continuous ``to_input`` too); no sampler = full teacher
     forcing. Returns logits ``(T, B, V)`` / ``(B, T, V)`` and the final state.
     ``T >= 1`` (the logits' ``V`` is only known from a step) and ``first_input`` must be
     shaped like one step of ``targets``: errors naming both shapes otherwise.
