@@ -57,9 +57,11 @@ def check_like(x: Tensor, ref: Tensor, what: str) -> None:
     still refused)."""
     floats = x.is_floating_point() and ref.is_floating_point()
     if x.dtype != ref.dtype and not (floats and autocast_on(x.device.type)):
+        # (the module converted to an integer dtype is no advice: token ids want an embedding)
+        module = f" or the module with .to({x.dtype})" if x.is_floating_point() or x.is_complex() else ""
         fail(
             f"{what} has dtype {x.dtype} but the parameters are {ref.dtype}; convert it with "
-            f".to({ref.dtype}) or the module with .to({x.dtype})"
+            f".to({ref.dtype}){module}"
         )
     if x.device != ref.device:
         fail(f"{what} is on {x.device} but the parameters are on {ref.device}")

@@ -370,3 +370,20 @@ def test_a_module_pickled_with_an_earlier_releases_shape_cache_still_runs():
     m2.weight_hh_l0 = nn.Parameter(torch.randn(17, 4))
     with pytest.raises(ValueError, match=r"weight_hh_l0 must have shape \(16, 4\), got \(17, 4\)"):
         m2(x)
+
+
+def test_integer_input_is_not_told_to_convert_the_module_to_an_integer_dtype():
+    """Token ids fed to a layer: the error said "or the module with .to(torch.int64)", no advice
+    (an integer module cannot run); it names the float conversion alone. A float input of
+    another dtype keeps both conversions."""
+    m = rnnkit.LSTM(3, 4)
+    with pytest.raises(rnnkit.RecurrentInputError) as e:
+        m(torch.zeros(5, 2, 3, dtype=torch.int64))
+    assert str(e.value).endswith("convert it with .to(torch.float64)"), str(e.value)
+    with pytest.raises(rnnkit.RecurrentInputError, match=r"or the module with .to\(torch.float32\)"):
+        m(torch.zeros(5, 2, 3, dtype=torch.float32))
+    from rnnkit.kernels.stream import Stream
+
+    with pytest.raises(ValueError) as e:
+        Stream(m).step(torch.zeros(2, 3, dtype=torch.int64))
+    assert "module" not in str(e.value), str(e.value)
