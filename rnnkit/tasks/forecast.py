@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from rnnkit._checks import is_int
 from rnnkit.baselines import reads_ahead
 from rnnkit.tasks._common import SequenceNet, keeps_mode
 
@@ -190,8 +191,8 @@ class Forecaster(nn.Module):
     def forecast(self, context: Tensor, horizon: int) -> Tensor:
         """Free-running forecast: ``context`` (B, W, 1) -> ``(B, horizon, 1)``; ``horizon >= 0``
         (0 gives an empty ``(B, 0, 1)``)."""
-        if horizon < 0:
-            raise ValueError(f"horizon must be >= 0, got {horizon}")
+        if not is_int(horizon) or horizon < 0:  # (True forecast one step, 2.0 failed in range())
+            raise ValueError(f"horizon must be an int >= 0, got {horizon!r}")
         if horizon == 0:  # (torch.stack refuses an empty list)
             return context.new_empty((context.shape[0], 0, context.shape[2]))
         state = self(context[:, :-1], None)[1] if context.shape[1] > 1 else None

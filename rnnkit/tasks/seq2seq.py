@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from rnnkit._checks import is_int
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
 from rnnkit.tasks._common import keeps_mode, last_valid, padded_batches
@@ -187,8 +188,8 @@ class Seq2Seq(nn.Module):
 def greedy_decode(model: Seq2Seq, src: Tensor, lengths: Tensor, max_len: int) -> list[list[int]]:
     """Argmax decoding until EOS (or ``max_len`` tokens, ``max_len >= 0``: 0 gives empty
     outputs); returns token ids without EOS, one list per source in ``src`` (B, S)."""
-    if max_len < 0:
-        raise ValueError(f"max_len must be >= 0, got {max_len}")
+    if not is_int(max_len) or max_len < 0:  # (True decoded one token, 2.0 failed in range())
+        raise ValueError(f"max_len must be an int >= 0, got {max_len!r}")
     model.eval()
     c = model.encode(src, lengths)
     y, state = torch.full((src.shape[0],), BOS, dtype=torch.long, device=src.device), None

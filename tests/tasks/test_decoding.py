@@ -72,13 +72,15 @@ def test_zero_steps_decode_nothing_and_negative_steps_are_refused():
     s2s = Seq2Seq(ARCH, src_vocab=7, tgt_vocab=7, embedding_dim=5)
     src, lengths = torch.randint(3, 7, (2, 4)), torch.tensor([4, 3])
     assert greedy_decode(s2s, src, lengths, 0) == [[], []]
-    with pytest.raises(ValueError, match="max_len must be >= 0, got -1"):
-        greedy_decode(s2s, src, lengths, -1)
+    for bad in (-1, True, 2.0):  # (True decoded one token, 2.0 failed inside range())
+        with pytest.raises(ValueError, match=f"max_len must be an int >= 0, got {bad}"):
+            greedy_decode(s2s, src, lengths, bad)
     f = Forecaster(ARCH)
     assert f.forecast(torch.randn(3, 4, 1), 0).shape == (3, 0, 1)
     assert forecast_next(f, torch.arange(6.0), 4, 0, 0.0, 1.0).shape == (0,)
-    with pytest.raises(ValueError, match="horizon must be >= 0, got -2"):
-        forecast_next(f, torch.arange(6.0), 4, -2, 0.0, 1.0)
+    for bad in (-2, True, 2.0):
+        with pytest.raises(ValueError, match=f"horizon must be an int >= 0, got {bad}"):
+            forecast_next(f, torch.arange(6.0), 4, bad, 0.0, 1.0)
 
 
 def test_arith_greedy_matches_one_call():
