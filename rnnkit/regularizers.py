@@ -206,7 +206,10 @@ class EmbeddingDropout(nn.Module):
     Every occurrence of a dropped word in the batch gets a zero vector, the kept rows are
     scaled by ``1 / (1 - p)``; a new mask is drawn at every forward call. Call it with the
     embedding (an ``nn.Embedding``, whose ``padding_idx``, ``max_norm`` ... are honoured, or a
-    ``(V, E)`` weight tensor) and the indices ``(*)``; returns ``(*, E)``::
+    ``(V, E)`` weight tensor) and the indices ``(*)``; returns ``(*, E)``. With ``max_norm`` the
+    looked-up rows of the embedding's weight are renormalized in place first, as ``nn.Embedding``
+    does, and then dropped: the output is ``emb(input)`` with each word's vector kept and scaled by
+    ``1 / (1 - p)``, or zeroed::
 
         emb, edrop = nn.Embedding(V, E), rnnkit.EmbeddingDropout(0.1)
         x = edrop(emb, tokens)           # instead of emb(tokens)
@@ -219,10 +222,14 @@ class EmbeddingDropout(nn.Module):
     def forward(self, embedding: nn.Embedding | Tensor, input: Tensor) -> Tensor:
         if isinstance(embedding, nn.Embedding):
             e = embedding
+            if e.max_norm is not None:
+                # as nn.Embedding: the looked-up rows of its own weight renormalized in place, then
+                # dropped; renormalizing the dropped copy undid the 1 / (1 - p) of the kept rows
+                # (their norm capped at max_norm: half the evaluation's output at p = 0.5)
+                with torch.no_grad():
+                    torch.embedding_renorm_(e.weight, input.contiguous(), e.max_norm, e.norm_type)
             w = embedding_dropout(e.weight, self.p, self.training)
-            return F.embedding(
-                input, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse
-            )
+            return F.embedding(input, w, e.padding_idx, None, e.norm_type, e.scale_grad_by_freq, e.sparse)
         if not isinstance(embedding, Tensor) or embedding.dim() != 2:
             got = tuple(embedding.shape) if isinstance(embedding, Tensor) else type(embedding).__name__
             raise ValueError(f"EmbeddingDropout expects an nn.Embedding or a (V, E) weight, got {got}")

@@ -109,6 +109,26 @@ def test_embedding_dropout_eval_weight_tensor_and_padding_idx():
         ed(torch.randn(10), ids)
 
 
+def test_embedding_dropout_with_max_norm_scales_the_renormalized_rows():
+    """The oracle: nn.Embedding(max_norm)'s output, each word's row kept and scaled by 1 / (1 - p)
+    or zeroed. The dropped copy was renormalized instead: a kept row longer than max_norm came out
+    at max_norm, its 1 / (1 - p) lost, and the embedding's weight was never renormalized."""
+    V, E, p = 200, 3, 0.5
+    emb = nn.Embedding(V, E, max_norm=1.0)
+    with torch.no_grad():
+        emb.weight.mul_(5)  # every row longer than max_norm
+    ref = nn.Embedding(V, E, max_norm=1.0)
+    ref.load_state_dict(emb.state_dict())
+    words = torch.arange(V).repeat(2, 1)
+    y = rnnkit.EmbeddingDropout(p)(emb, words)
+    expected = ref(words)
+    torch.testing.assert_close(emb.weight, ref.weight)  # renormalized in place, as nn.Embedding's
+    kept = y[0, :, 0] != 0
+    assert 0 < kept.sum() < V
+    torch.testing.assert_close(y[:, kept], expected[:, kept] / (1 - p))
+    assert (y[:, ~kept] == 0).all()
+
+
 # -- losses -------------------------------------------------------------------------------------
 def test_ar_tar_are_awd_lstm_formulas():
     h = torch.randn(6, 3, 5)
