@@ -166,6 +166,7 @@ class LockedDropout(nn.Module):
     def forward(self, x: Tensor | PackedSequence) -> Tensor | PackedSequence:
         if not isinstance(x, (Tensor, PackedSequence)):
             raise ValueError(f"LockedDropout expects a tensor or a PackedSequence, got {type(x).__name__}")
+        _check_floating("LockedDropout", "input", x.data if isinstance(x, PackedSequence) else x)
         if not self.training or self.p == 0:
             return x
         if isinstance(x, PackedSequence):
@@ -187,6 +188,15 @@ class LockedDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}" + (", batch_first=True" if self.batch_first else "")
+
+
+def _check_floating(who: str, what: str, t: Tensor) -> None:
+    """A ``ValueError`` unless ``t`` is floating-point (or complex): an integer tensor got a mask of
+    its own dtype, ``1 / (1 - p)`` truncated (1 for p < 0.5), so its kept units went unscaled."""
+    if not (t.is_floating_point() or t.is_complex()):
+        raise ValueError(
+            f"{who} expects a floating-point {what} (kept units are scaled by 1 / (1 - p)), got {t.dtype}"
+        )
 
 
 def embedding_dropout(weight: Tensor, p: float, training: bool = True) -> Tensor:
@@ -233,6 +243,7 @@ class EmbeddingDropout(nn.Module):
         if not isinstance(embedding, Tensor) or embedding.dim() != 2:
             got = tuple(embedding.shape) if isinstance(embedding, Tensor) else type(embedding).__name__
             raise ValueError(f"EmbeddingDropout expects an nn.Embedding or a (V, E) weight, got {got}")
+        _check_floating("EmbeddingDropout", "weight", embedding)
         return F.embedding(input, embedding_dropout(embedding, self.p, self.training))
 
     def extra_repr(self) -> str:

@@ -60,6 +60,20 @@ def test_locked_dropout_checks_batch_first_and_its_input_type():
         rnnkit.LockedDropout(0.5)(torch.randn(3, 2, 4).numpy())
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_locked_and_embedding_dropout_refuse_integer_tensors(training):
+    """An integer tensor got a mask of its dtype, 1 / (1 - p) truncated: at p = 0.3 the kept units
+    came out unscaled (x · 1, not x / 0.7), silently; torch's dropout refuses such input too."""
+    ld, ed = rnnkit.LockedDropout(0.3).train(training), rnnkit.EmbeddingDropout(0.3).train(training)
+    x = torch.full((4, 2, 3), 10, dtype=torch.long)
+    with pytest.raises(ValueError, match="LockedDropout expects a floating-point input .* got torch.int64"):
+        ld(x)
+    with pytest.raises(ValueError, match="LockedDropout expects a floating-point input .* got torch.int32"):
+        ld(pack_padded_sequence(x.int(), torch.tensor([4, 2])))
+    with pytest.raises(ValueError, match="EmbeddingDropout expects a floating-point weight .* got torch.int"):
+        ed(torch.ones(5, 3, dtype=torch.long), torch.tensor([0, 4]))
+
+
 @pytest.mark.parametrize("enforce_sorted", [True, False])
 def test_locked_dropout_packed_row_belongs_to_the_sequence(enforce_sorted):
     """Packed input draws the dense mask (same seed) and keeps each row with its sequence."""
