@@ -167,6 +167,10 @@ class LockedDropout(nn.Module):
         if not isinstance(x, (Tensor, PackedSequence)):
             raise ValueError(f"LockedDropout expects a tensor or a PackedSequence, got {type(x).__name__}")
         _check_floating("LockedDropout", "input", x.data if isinstance(x, PackedSequence) else x)
+        if isinstance(x, Tensor) and x.dim() not in (2, 3):  # in eval() too: not only in training
+            raise ValueError(
+                f"LockedDropout expects (T, B, F), (B, T, F) or (T, F) input, got {tuple(x.shape)}"
+            )
         if not self.training or self.p == 0:
             return x
         if isinstance(x, PackedSequence):
@@ -177,10 +181,6 @@ class LockedDropout(nn.Module):
             return PackedSequence(apply_sequence_mask(data, mask, bs, False), bs, sorted_idx, unsorted_idx)
         if x.dim() == 2:  # unbatched (T, F): one mask over features
             return x * sample_mask("locked", (1, x.shape[-1]), self.p, x)
-        if x.dim() != 3:
-            raise ValueError(
-                f"LockedDropout expects (T, B, F), (B, T, F) or (T, F) input, got {tuple(x.shape)}"
-            )
         B = x.shape[0] if self.batch_first else x.shape[1]
         return apply_sequence_mask(
             x, sample_mask("locked", (B, x.shape[-1]), self.p, x), None, self.batch_first

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -47,6 +49,14 @@ def test_locked_dropout_eval_p0_unbatched_and_reproducible():
     torch.testing.assert_close(u, u[:1].expand_as(u))
     with pytest.raises(ValueError, match=r"expects \(T, B, F\).*got \(2, 3, 4, 5\)"):
         ld(torch.randn(2, 3, 4, 5))
+    # refused in eval() and at p = 0 too, where they were returned as they came (so a model
+    # evaluated fine and failed only once it trained)
+    for idle in (rnnkit.LockedDropout(0.5).eval(), rnnkit.LockedDropout(0.0)):
+        for bad in (torch.randn(2, 3, 4, 5), torch.randn(4)):
+            with pytest.raises(
+                ValueError, match=r"expects \(T, B, F\).*got " + re.escape(str(tuple(bad.shape)))
+            ):
+                idle(bad)
     with pytest.raises(ValueError, match="p must be a number in"):
         rnnkit.LockedDropout(2.0)
 
