@@ -120,6 +120,30 @@ def zoneout_probs(zoneout: object, state_names: Sequence[str]) -> tuple[float, .
     return (p,) * len(names)
 
 
+class ZoneoutOption:
+    """The ``zoneout`` attribute of a layer stack or a step cell (a data descriptor).
+
+    Assigning it, at construction or later (``layer.zoneout = 0.0`` to train on without zoneout),
+    checks the value and re-derives the owner's ``zoneout_probs``, which every path reads: the
+    probabilities of each state component (a tuple per layer, a list of them for a stack with
+    ``cells``; one tuple for a step cell's ``cell``). Assigned as a plain attribute, a new value
+    changed the repr alone; the layer went on with the old probabilities, silently.
+    """
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        d = obj.__dict__  # (a module pickled before this descriptor holds its value as "zoneout")
+        return d["_zoneout_value"] if "_zoneout_value" in d else d.get("zoneout", 0.0)
+
+    def __set__(self, obj, value) -> None:
+        if hasattr(obj, "cells"):
+            probs = [zoneout_probs(value, c.state_names) for c in obj.cells]
+        else:
+            probs = zoneout_probs(value, obj.cell.state_names)
+        obj.__dict__["zoneout_probs"], obj.__dict__["_zoneout_value"] = probs, value
+
+
 def packed_rows(batch_sizes: Tensor | Sequence[int]) -> Tensor:
     """Index of the sequence (sorted position) of every row of packed data.
 
