@@ -229,6 +229,12 @@ def embedding_dropout(weight: Tensor, p: float, training: bool = True) -> Tensor
     ``weight`` is ``(V, E)``; returns the dropped matrix ``(V, E)`` (e.g. to share with a tied
     decoder). Identity when not ``training`` or ``p == 0``.
     """
+    # checked in every mode: a 1-D weight (V,) times the mask (V, 1) broadcast to (V, V), silently
+    p = check_prob("p", p)
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"embedding_dropout expects a (V, E) weight, got {got}")
+    _check_floating("embedding_dropout", "weight", weight)
     if not training or p == 0:
         return weight
     return weight * sample_mask("embedding", (weight.shape[0], 1), p, weight)

@@ -153,6 +153,19 @@ def test_embedding_dropout_with_max_norm_scales_the_renormalized_rows():
     assert (y[:, ~kept] == 0).all()
 
 
+def test_embedding_dropout_function_checks_its_arguments():
+    """A 1-D weight (V,) times the row mask (V, 1) came back (V, V), silently; p outside [0, 1]
+    failed in the mask generator's words (or, in evaluation, not at all)."""
+    with pytest.raises(ValueError, match=r"embedding_dropout expects a \(V, E\) weight, got \(5,\)"):
+        regularizers.embedding_dropout(torch.randn(5), 0.5)
+    with pytest.raises(ValueError, match="p must be a number in \\[0, 1\\], got 1.5"):
+        regularizers.embedding_dropout(torch.randn(5, 2), 1.5, training=False)
+    with pytest.raises(ValueError, match="floating-point weight"):
+        regularizers.embedding_dropout(torch.ones(5, 2, dtype=torch.long), 0.5)
+    w = torch.randn(5, 2)
+    assert regularizers.embedding_dropout(w, 0.5, training=False) is w
+
+
 # -- losses -------------------------------------------------------------------------------------
 def test_ar_tar_are_awd_lstm_formulas():
     h = torch.randn(6, 3, 5)
