@@ -44,6 +44,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
     redrawn at every forward call. Independent masks per layer and direction.
     """
 
+    zoneout = regularizers.ZoneoutOption()  # assignable: keeps zoneout_probs in step
+
     def __init__(
         self,
         make_cell: Callable[[int], Cell],
@@ -85,8 +87,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         self.locked_dropout = regularizers.check_prob("locked_dropout", locked_dropout)
         self.recurrent_dropout = regularizers.check_prob("recurrent_dropout", recurrent_dropout)
         self.weight_drop = regularizers.check_prob("weight_drop", weight_drop)
-        self.zoneout = zoneout
-        self.zoneout_probs = [regularizers.zoneout_probs(zoneout, c.state_names) for c in self.cells]
+        self.zoneout = zoneout  # (sets zoneout_probs: regularizers.ZoneoutOption)
         self._names: list[list[dict[str, str]]] = []  # [layer][direction] base name -> attribute
         factory = {"device": device, "dtype": dtype}
         for k, cell in enumerate(self.cells):

@@ -166,6 +166,7 @@ class StepCell(nn.Module):
     drawn at every step (its expectation is used in evaluation).
     """
 
+    zoneout = regularizers.ZoneoutOption()  # assignable: keeps zoneout_probs in step
     _TORCH_CELLS = {
         "LSTM": _VF.lstm_cell,
         "GRU": _VF.gru_cell,
@@ -188,8 +189,7 @@ class StepCell(nn.Module):
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         self.recurrent_dropout = regularizers.check_prob("recurrent_dropout", recurrent_dropout)
         self.weight_drop = regularizers.check_prob("weight_drop", weight_drop)
-        self.zoneout = zoneout
-        self.zoneout_probs = regularizers.zoneout_probs(zoneout, cell.state_names)
+        self.zoneout = zoneout  # (sets zoneout_probs: regularizers.ZoneoutOption)
         for spec in cell.param_specs():
             t = torch.empty(spec.shape, device=device, dtype=dtype)
             if spec.buffer:  # running statistics (recurrent batch norm)

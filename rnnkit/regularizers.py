@@ -120,6 +120,30 @@ def zoneout_probs(zoneout: object, state_names: Sequence[str]) -> tuple[float, .
     return (p,) * len(names)
 
 
+class ZoneoutOption:
+    """The ``zoneout`` attribute of a layer stack or a step cell (a data descriptor).
+
+    Assigning it, at construction or later (``layer.zoneout = 0.0`` to train on without zoneout),
+    checks the value and re-derives the owner's ``zoneout_probs``, which every path reads: the
+    probabilities of each state component (a tuple per layer, a list of them for a stack with
+    ``cells``; one tuple for a step cell's ``cell``). Assigned as a plain attribute, a new value
+    changed the repr alone; the layer went on with the old probabilities, silently.
+    """
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        d = obj.__dict__  # (a module pickled before this descriptor holds its value as "zoneout")
+        return d["_zoneout_value"] if "_zoneout_value" in d else d.get("zoneout", 0.0)
+
+    def __set__(self, obj, value) -> None:
+        if hasattr(obj, "cells"):
+            probs = [zoneout_probs(value, c.state_names) for c in obj.cells]
+        else:
+            probs = zoneout_probs(value, obj.cell.state_names)
+        obj.__dict__["zoneout_probs"], obj.__dict__["_zoneout_value"] = probs, value
+
+
 def packed_rows(batch_sizes: Tensor | Sequence[int]) -> Tensor:
     """Index of the sequence (sorted position) of every row of packed data.
 
@@ -166,6 +190,11 @@ class LockedDropout(nn.Module):
     def forward(self, x: Tensor | PackedSequence) -> Tensor | PackedSequence:
         if not isinstance(x, (Tensor, PackedSequence)):
             raise ValueError(f"LockedDropout expects a tensor or a PackedSequence, got {type(x).__name__}")
+        _check_floating("LockedDropout", "input", x.data if isinstance(x, PackedSequence) else x)
+        if isinstance(x, Tensor) and x.dim() not in (2, 3):  # in eval() too: not only in training
+            raise ValueError(
+                f"LockedDropout expects (T, B, F), (B, T, F) or (T, F) input, got {tuple(x.shape)}"
+            )
         if not self.training or self.p == 0:
             return x
         if isinstance(x, PackedSequence):
@@ -176,10 +205,6 @@ class LockedDropout(nn.Module):
             return PackedSequence(apply_sequence_mask(data, mask, bs, False), bs, sorted_idx, unsorted_idx)
         if x.dim() == 2:  # unbatched (T, F): one mask over features
             return x * sample_mask("locked", (1, x.shape[-1]), self.p, x)
-        if x.dim() != 3:
-            raise ValueError(
-                f"LockedDropout expects (T, B, F), (B, T, F) or (T, F) input, got {tuple(x.shape)}"
-            )
         B = x.shape[0] if self.batch_first else x.shape[1]
         return apply_sequence_mask(
             x, sample_mask("locked", (B, x.shape[-1]), self.p, x), None, self.batch_first
@@ -189,12 +214,27 @@ class LockedDropout(nn.Module):
         return f"p={self.p}" + (", batch_first=True" if self.batch_first else "")
 
 
+def _check_floating(who: str, what: str, t: Tensor) -> None:
+    """A ``ValueError`` unless ``t`` is floating-point (or complex): an integer tensor got a mask of
+    its own dtype, ``1 / (1 - p)`` truncated (1 for p < 0.5), so its kept units went unscaled."""
+    if not (t.is_floating_point() or t.is_complex()):
+        raise ValueError(
+            f"{who} expects a floating-point {what} (kept units are scaled by 1 / (1 - p)), got {t.dtype}"
+        )
+
+
 def embedding_dropout(weight: Tensor, p: float, training: bool = True) -> Tensor:
     """``weight ⊙ m / (1 - p)`` with one ``m[v] ~ Bernoulli(1 - p)`` per row (word) ``v``.
 
     ``weight`` is ``(V, E)``; returns the dropped matrix ``(V, E)`` (e.g. to share with a tied
     decoder). Identity when not ``training`` or ``p == 0``.
     """
+    # checked in every mode: a 1-D weight (V,) times the mask (V, 1) broadcast to (V, V), silently
+    p = check_prob("p", p)
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"embedding_dropout expects a (V, E) weight, got {got}")
+    _check_floating("embedding_dropout", "weight", weight)
     if not training or p == 0:
         return weight
     return weight * sample_mask("embedding", (weight.shape[0], 1), p, weight)
@@ -206,7 +246,10 @@ class EmbeddingDropout(nn.Module):
     Every occurrence of a dropped word in the batch gets a zero vector, the kept rows are
     scaled by ``1 / (1 - p)``; a new mask is drawn at every forward call. Call it with the
     embedding (an ``nn.Embedding``, whose ``padding_idx``, ``max_norm`` ... are honoured, or a
-    ``(V, E)`` weight tensor) and the indices ``(*)``; returns ``(*, E)``::
+    ``(V, E)`` weight tensor) and the indices ``(*)``; returns ``(*, E)``. With ``max_norm`` the
+    looked-up rows of the embedding's weight are renormalized in place first, as ``nn.Embedding``
+    does, and then dropped: the output is ``emb(input)`` with each word's vector kept and scaled by
+    ``1 / (1 - p)``, or zeroed::
 
         emb, edrop = nn.Embedding(V, E), rnnkit.EmbeddingDropout(0.1)
         x = edrop(emb, tokens)           # instead of emb(tokens)
@@ -219,13 +262,18 @@ class EmbeddingDropout(nn.Module):
     def forward(self, embedding: nn.Embedding | Tensor, input: Tensor) -> Tensor:
         if isinstance(embedding, nn.Embedding):
             e = embedding
+            if e.max_norm is not None:
+                # as nn.Embedding: the looked-up rows of its own weight renormalized in place, then
+                # dropped; renormalizing the dropped copy undid the 1 / (1 - p) of the kept rows
+                # (their norm capped at max_norm: half the evaluation's output at p = 0.5)
+                with torch.no_grad():
+                    torch.embedding_renorm_(e.weight, input.contiguous(), e.max_norm, e.norm_type)
             w = embedding_dropout(e.weight, self.p, self.training)
-            return F.embedding(
-                input, w, e.padding_idx, e.max_norm, e.norm_type, e.scale_grad_by_freq, e.sparse
-            )
+            return F.embedding(input, w, e.padding_idx, None, e.norm_type, e.scale_grad_by_freq, e.sparse)
         if not isinstance(embedding, Tensor) or embedding.dim() != 2:
             got = tuple(embedding.shape) if isinstance(embedding, Tensor) else type(embedding).__name__
             raise ValueError(f"EmbeddingDropout expects an nn.Embedding or a (V, E) weight, got {got}")
+        _check_floating("EmbeddingDropout", "weight", embedding)
         return F.embedding(input, embedding_dropout(embedding, self.p, self.training))
 
     def extra_repr(self) -> str:

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnkit import _checks
+
 __all__ = ["NTASGD"]
 
 log = logging.getLogger("rnnkit.train")
@@ -39,10 +41,12 @@ def _average_dtype(p: torch.Tensor) -> torch.dtype:
 
 class NTASGD:
     def __init__(self, model: nn.Module, nonmono: int = 5) -> None:
-        if nonmono < 1:
-            raise ValueError(f"nonmono must be >= 1, got {nonmono}")
+        # as TrainConfig's: a float (2.5) or a str was taken here and failed at a later validation,
+        # mid-run, slicing the history ("slice indices must be integers")
+        if not _checks.is_int(nonmono) or nonmono < 1:
+            raise ValueError(f"nonmono must be an int >= 1, got {nonmono!r}")
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.nonmono = nonmono
+        self.nonmono = int(nonmono)
         self.history: list[float] = []
         self.triggered_at: int | None = None  # training step of the trigger
         self.n_averaged = 0

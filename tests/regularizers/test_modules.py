@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -47,6 +49,14 @@ def test_locked_dropout_eval_p0_unbatched_and_reproducible():
     torch.testing.assert_close(u, u[:1].expand_as(u))
     with pytest.raises(ValueError, match=r"expects \(T, B, F\).*got \(2, 3, 4, 5\)"):
         ld(torch.randn(2, 3, 4, 5))
+    # refused in eval() and at p = 0 too, where they were returned as they came (so a model
+    # evaluated fine and failed only once it trained)
+    for idle in (rnnkit.LockedDropout(0.5).eval(), rnnkit.LockedDropout(0.0)):
+        for bad in (torch.randn(2, 3, 4, 5), torch.randn(4)):
+            with pytest.raises(
+                ValueError, match=r"expects \(T, B, F\).*got " + re.escape(str(tuple(bad.shape)))
+            ):
+                idle(bad)
     with pytest.raises(ValueError, match="p must be a number in"):
         rnnkit.LockedDropout(2.0)
 
@@ -58,6 +68,20 @@ def test_locked_dropout_checks_batch_first_and_its_input_type():
         rnnkit.LockedDropout(0.5, batch_first="no")
     with pytest.raises(ValueError, match="LockedDropout expects a tensor or a PackedSequence, got ndarray"):
         rnnkit.LockedDropout(0.5)(torch.randn(3, 2, 4).numpy())
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_locked_and_embedding_dropout_refuse_integer_tensors(training):
+    """An integer tensor got a mask of its dtype, 1 / (1 - p) truncated: at p = 0.3 the kept units
+    came out unscaled (x · 1, not x / 0.7), silently; torch's dropout refuses such input too."""
+    ld, ed = rnnkit.LockedDropout(0.3).train(training), rnnkit.EmbeddingDropout(0.3).train(training)
+    x = torch.full((4, 2, 3), 10, dtype=torch.long)
+    with pytest.raises(ValueError, match="LockedDropout expects a floating-point input .* got torch.int64"):
+        ld(x)
+    with pytest.raises(ValueError, match="LockedDropout expects a floating-point input .* got torch.int32"):
+        ld(pack_padded_sequence(x.int(), torch.tensor([4, 2])))
+    with pytest.raises(ValueError, match="EmbeddingDropout expects a floating-point weight .* got torch.int"):
+        ed(torch.ones(5, 3, dtype=torch.long), torch.tensor([0, 4]))
 
 
 @pytest.mark.parametrize("enforce_sorted", [True, False])
@@ -107,6 +131,39 @@ def test_embedding_dropout_eval_weight_tensor_and_padding_idx():
     assert (emb.weight.grad[0] == 0).all()  # padding_idx honoured
     with pytest.raises(ValueError, match=r"nn.Embedding or a \(V, E\) weight, got \(10,\)"):
         ed(torch.randn(10), ids)
+
+
+def test_embedding_dropout_with_max_norm_scales_the_renormalized_rows():
+    """The oracle: nn.Embedding(max_norm)'s output, each word's row kept and scaled by 1 / (1 - p)
+    or zeroed. The dropped copy was renormalized instead: a kept row longer than max_norm came out
+    at max_norm, its 1 / (1 - p) lost, and the embedding's weight was never renormalized."""
+    V, E, p = 200, 3, 0.5
+    emb = nn.Embedding(V, E, max_norm=1.0)
+    with torch.no_grad():
+        emb.weight.mul_(5)  # every row longer than max_norm
+    ref = nn.Embedding(V, E, max_norm=1.0)
+    ref.load_state_dict(emb.state_dict())
+    words = torch.arange(V).repeat(2, 1)
+    y = rnnkit.EmbeddingDropout(p)(emb, words)
+    expected = ref(words)
+    torch.testing.assert_close(emb.weight, ref.weight)  # renormalized in place, as nn.Embedding's
+    kept = y[0, :, 0] != 0
+    assert 0 < kept.sum() < V
+    torch.testing.assert_close(y[:, kept], expected[:, kept] / (1 - p))
+    assert (y[:, ~kept] == 0).all()
+
+
+def test_embedding_dropout_function_checks_its_arguments():
+    """A 1-D weight (V,) times the row mask (V, 1) came back (V, V), silently; p outside [0, 1]
+    failed in the mask generator's words (or, in evaluation, not at all)."""
+    with pytest.raises(ValueError, match=r"embedding_dropout expects a \(V, E\) weight, got \(5,\)"):
+        regularizers.embedding_dropout(torch.randn(5), 0.5)
+    with pytest.raises(ValueError, match="p must be a number in \\[0, 1\\], got 1.5"):
+        regularizers.embedding_dropout(torch.randn(5, 2), 1.5, training=False)
+    with pytest.raises(ValueError, match="floating-point weight"):
+        regularizers.embedding_dropout(torch.ones(5, 2, dtype=torch.long), 0.5)
+    w = torch.randn(5, 2)
+    assert regularizers.embedding_dropout(w, 0.5, training=False) is w
 
 
 # -- losses -------------------------------------------------------------------------------------

@@ -218,6 +218,32 @@ def test_bad_options(kw, msg):
     assert msg in str(e.value)
 
 
+def test_assigning_zoneout_takes_effect():
+    """``layer.zoneout = ...`` after construction (to train on or evaluate without it) changed the
+    repr alone: the layer and the step cell kept the probabilities derived at construction."""
+    ours, theirs = _pair("lstm", 3, 4, 2, zoneout=0.5)
+    ours.eval(), theirs.eval()
+    x = torch.randn(5, 2, 3)
+    assert not torch.allclose(ours(x)[0], theirs(x)[0])
+    ours.zoneout = 0.0
+    assert ours.zoneout_probs == [(0.0, 0.0)] * 2 and "zoneout" not in repr(ours)
+    torch.testing.assert_close(ours(x), theirs(x))
+    ours.zoneout = (0.3, 0.1)  # (p_c, p_h)
+    assert ours.zoneout_probs == [(0.1, 0.3)] * 2
+    with pytest.raises(ValueError, match="zoneout must be a number in \\[0, 1\\], got 1.5"):
+        ours.zoneout = 1.5
+    assert ours.zoneout == (0.3, 0.1) and ours.zoneout_probs == [(0.1, 0.3)] * 2  # unchanged
+    old = rnnkit.GRU(3, 4, zoneout=0.25)  # as pickled before: the value under "zoneout"
+    old.__dict__["zoneout"] = old.__dict__.pop("_zoneout_value")
+    assert old.zoneout == 0.25 and "zoneout=0.25" in repr(old)
+    cell = rnnkit.GRUCell(3, 4, zoneout=0.5).eval()
+    cell.zoneout = {"h": 0.0}
+    torch.manual_seed(0)
+    ref = nn.GRUCell(3, 4).eval()
+    ref.load_state_dict(cell.state_dict())
+    torch.testing.assert_close(cell(x[0]), ref(x[0]))
+
+
 def test_locked_dropout_single_layer_warns():
     with pytest.warns(UserWarning, match="locked_dropout acts between recurrent layers"):
         rnnkit.LSTM(2, 3, locked_dropout=0.5)

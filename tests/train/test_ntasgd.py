@@ -22,6 +22,14 @@ def test_apply_before_the_trigger_keeps_the_weights():
         assert torch.equal(p, b)
 
 
+@pytest.mark.parametrize("bad", [0, 2.5, "5", True, None])
+def test_nonmono_must_be_a_positive_int(bad):
+    """A float or a str was taken and failed at a later validation, mid-run ("slice indices must be
+    integers", "'<' not supported"), True ran as 1: refused up front, as TrainConfig refuses them."""
+    with pytest.raises(ValueError, match=f"nonmono must be an int >= 1, got {bad!r}"):
+        NTASGD(torch.nn.Linear(2, 3), nonmono=bad)
+
+
 def _triggered(model, nonmono=1):
     avg = NTASGD(model, nonmono=nonmono)
     for v in [2.0, 3.0, 2.5]:
