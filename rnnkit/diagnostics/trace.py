@@ -183,6 +183,17 @@ def _initial(module: nn.Module, views: list[LayerView], hx, B: int, ref: Tensor,
 _UNREPLAYED = ("weight_drop", "recurrent_dropout", "locked_dropout")
 
 
+def _zoneout_masks(module: nn.Module, layer: int, state: tuple[Tensor, ...], like: Tensor) -> list | None:
+    """Fresh ``(T, B, S)`` zoneout keep-masks of one layer-direction in training mode (one per
+    state component, None where its probability is 0); None in evaluation or without zoneout."""
+    zp = zoneout_probs(module, layer)
+    if not (zp and module.training):
+        return None
+    T, B = like.shape[0], like.shape[1]
+    return [regularizers.sample_mask("zoneout", (T, B, s.shape[-1]), q, like) if q else None
+            for s, q in zip(state, zp)]  # fmt: skip
+
+
 def _warn_unreplayed(module: nn.Module) -> None:
     """A ``UserWarning`` (the default filter shows it once per call site) when ``module`` is in
     training mode with regularizers the replay does not run: it then measures a model without them."""
@@ -262,6 +273,11 @@ def _replay(module: nn.Module, x: Tensor, hx, *, retain_grad: bool, track: bool)
             raise ValueError("tracking gradients through the replay needs autograd (not torch.no_grad())")
         h0 = tuple(s if s.requires_grad else s.detach().requires_grad_() for s in h0)
     D = num_directions(module)
+    # every layer's and direction's zoneout keep-masks (1 = keep s_{t-1}) first, in the order the
+    # layer draws them (regularizers.sample_plan, before any inter-layer dropout): one seed, the
+    # layer's numbers, with dropout too
+    masks = [[_zoneout_masks(module, k, tuple(s[k * D + d] for s in h0), data) for d in range(D)]
+             for k in range(len(views))]  # fmt: skip
     finals: list[list[Tensor]] = [[] for _ in h0]
     trace = Trace([], [], [], views[-1].cell.state_names)
     for k, view in enumerate(views):
@@ -274,14 +290,11 @@ def _replay(module: nn.Module, x: Tensor, hx, *, retain_grad: bool, track: bool)
             init_dir.append(state)
             steps: list[State] = [()] * T
             ctx = StepContext(training=module.training)  # afresh per layer-direction, as the layer's loop
-            zp, masks = zoneout_probs(module, k), None
-            if zp and module.training:  # fresh keep-masks (1 = keep s_{t-1}), as the layer draws them
-                masks = [regularizers.sample_mask("zoneout", (T, B, s.shape[-1]), q, data) if q else None
-                         for s, q in zip(state, zp)]  # fmt: skip
+            zp = zoneout_probs(module, k)
             for t in range(T - 1, -1, -1) if d else range(T):
                 ctx.t = t
                 new = view.cell.step(p, xp[t], state, ctx)
-                state = _zoneout(state, new, t, zp, masks) if zp else new
+                state = _zoneout(state, new, t, zp, masks[k][d]) if zp else new
                 if retain_grad:
                     for s in state:
                         if s.requires_grad:
