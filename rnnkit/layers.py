@@ -45,6 +45,10 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
     """
 
     zoneout = regularizers.ZoneoutOption()  # assignable: keeps zoneout_probs in step
+    # checked on every assignment (at construction too)
+    locked_dropout = regularizers.ProbOption()
+    recurrent_dropout = regularizers.ProbOption()
+    weight_drop = regularizers.ProbOption()
 
     def __init__(
         self,
@@ -84,9 +88,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         D = 2 if bidirectional else 1
         out = proj_size or hidden_size
         self.cells: list[Cell] = [make_cell(input_size if k == 0 else out * D) for k in range(num_layers)]
-        self.locked_dropout = regularizers.check_prob("locked_dropout", locked_dropout)
-        self.recurrent_dropout = regularizers.check_prob("recurrent_dropout", recurrent_dropout)
-        self.weight_drop = regularizers.check_prob("weight_drop", weight_drop)
+        self.locked_dropout = locked_dropout
+        self.recurrent_dropout = recurrent_dropout
+        self.weight_drop = weight_drop
         self.zoneout = zoneout  # (sets zoneout_probs: regularizers.ZoneoutOption)
         self._names: list[list[dict[str, str]]] = []  # [layer][direction] base name -> attribute
         factory = {"device": device, "dtype": dtype}

@@ -167,6 +167,8 @@ class StepCell(nn.Module):
     """
 
     zoneout = regularizers.ZoneoutOption()  # assignable: keeps zoneout_probs in step
+    recurrent_dropout = regularizers.ProbOption()  # checked on every assignment
+    weight_drop = regularizers.ProbOption()
     _TORCH_CELLS = {
         "LSTM": _VF.lstm_cell,
         "GRU": _VF.gru_cell,
@@ -187,8 +189,8 @@ class StepCell(nn.Module):
         super().__init__()
         self.cell = cell
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
-        self.recurrent_dropout = regularizers.check_prob("recurrent_dropout", recurrent_dropout)
-        self.weight_drop = regularizers.check_prob("weight_drop", weight_drop)
+        self.recurrent_dropout = recurrent_dropout
+        self.weight_drop = weight_drop
         self.zoneout = zoneout  # (sets zoneout_probs: regularizers.ZoneoutOption)
         for spec in cell.param_specs():
             t = torch.empty(spec.shape, device=device, dtype=dtype)

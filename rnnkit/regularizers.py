@@ -95,6 +95,21 @@ def check_prob(name: str, p: object) -> float:
     return float(p)
 
 
+class ProbOption:
+    """A regularizer's probability attribute (a data descriptor), checked by :func:`check_prob`
+    on every assignment, at construction or later (``layer.weight_drop = 0.2``): an invalid value
+    assigned as a plain attribute failed only at the next training call, in a mask generator's words."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, objtype=None):
+        return self if obj is None else obj.__dict__[self.name]
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.name] = check_prob(self.name, value)
+
+
 def zoneout_probs(zoneout: object, state_names: Sequence[str]) -> tuple[float, ...]:
     """Per-state-component zoneout probabilities, in the order of ``state_names``.
 
@@ -180,9 +195,11 @@ class LockedDropout(nn.Module):
     ``eval()`` or when ``p == 0``.
     """
 
+    p = ProbOption()  # checked on every assignment
+
     def __init__(self, p: float = 0.5, batch_first: bool = False) -> None:
         super().__init__()
-        self.p = check_prob("p", p)
+        self.p = p
         if not isinstance(batch_first, bool):  # as the layers' (a true string swaps time and batch)
             raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
         self.batch_first = batch_first
@@ -255,9 +272,11 @@ class EmbeddingDropout(nn.Module):
         x = edrop(emb, tokens)           # instead of emb(tokens)
     """
 
+    p = ProbOption()  # checked on every assignment
+
     def __init__(self, p: float = 0.1) -> None:
         super().__init__()
-        self.p = check_prob("p", p)
+        self.p = p
 
     def forward(self, embedding: nn.Embedding | Tensor, input: Tensor) -> Tensor:
         if isinstance(embedding, nn.Embedding):

@@ -244,6 +244,28 @@ def test_assigning_zoneout_takes_effect():
     torch.testing.assert_close(cell(x[0]), ref(x[0]))
 
 
+@pytest.mark.parametrize(
+    "make, name",
+    [(lambda: rnnkit.LSTM(3, 4, num_layers=2), "locked_dropout"),
+     (lambda: rnnkit.GRU(3, 4), "recurrent_dropout"), (lambda: rnnkit.LSTM(3, 4), "weight_drop"),
+     (lambda: rnnkit.LSTMCell(3, 4), "recurrent_dropout"),
+     (lambda: rnnkit.GRUCell(3, 4), "weight_drop"), (lambda: rnnkit.LockedDropout(0.5), "p"),
+     (lambda: rnnkit.EmbeddingDropout(0.1), "p")],
+    ids=["stack-locked", "stack-recurrent", "stack-weight-drop", "cell-recurrent", "cell-weight-drop",
+         "LockedDropout", "EmbeddingDropout"],
+)  # fmt: skip
+def test_assigning_a_regularizer_probability_is_checked(make, name):
+    """``layer.weight_drop = 2`` (or any regularizer's probability) was taken as a plain attribute
+    and failed at the next training call in the mask generator's words ("bernoulli_mask: p must be
+    in [0, 1]"), or never (a string in eval); checked on assignment, the value kept on refusal."""
+    m = make()
+    for bad in (2, -0.1, "0.5", True, float("nan")):
+        with pytest.raises(ValueError, match=rf"^{name} must be a number in \[0, 1\], got "):
+            setattr(m, name, bad)
+    setattr(m, name, 0.25)
+    assert getattr(m, name) == 0.25 and isinstance(getattr(m, name), float)
+
+
 def test_locked_dropout_single_layer_warns():
     with pytest.warns(UserWarning, match="locked_dropout acts between recurrent layers"):
         rnnkit.LSTM(2, 3, locked_dropout=0.5)
