@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _checks
+from .. import _checks, regularizers
 from ..cells.base import linear
 from .base import ParallelRecurrent, Params, join_autocast, uniform_
 
@@ -82,8 +82,10 @@ class QRNN(ParallelRecurrent):
         z, f, o = u.chunk(3, -1)
         f = torch.sigmoid(f)
         if self.zoneout and self.training:
-            keep = torch.rand_like(f) < self.zoneout
-            f = torch.where(keep, torch.ones((), dtype=f.dtype, device=f.device), f)
+            # 1 (keep c_{t-1}: f = 1) with probability p, drawn where every regularizer draws its
+            # masks (the CPU's counter-based generator; recorded and replaced by tests there)
+            keep = regularizers.sample_mask("zoneout", f.shape, self.zoneout, f)
+            f = torch.where(keep != 0, torch.ones((), dtype=f.dtype, device=f.device), f)
         elif self.zoneout:
             # the training masks are not rescaled, so evaluation takes their expectation
             # E[f] = p + (1 - p) f (else train and eval see different forget gates)

@@ -433,3 +433,29 @@ def test_output_may_be_modified_in_place_as_torch_nn_s(name, num_layers):
     got = torch.autograd.grad(y.square().sum(), list(m.parameters()))
     _close_all(got, want)
     torch.testing.assert_close(h_n, h_before, rtol=0, atol=0)  # the state is not the output
+
+
+def test_qrnn_zoneout_draws_its_mask_where_every_regularizer_does(monkeypatch):
+    """QRNN's training zoneout drew ``torch.rand_like(f) < p``, outside
+    ``regularizers.sample_mask`` (which says every regularizer draws there, so that tests can
+    record or replace masks; the CPU's counter-based generator). It draws there now: with the
+    mask it drew, the output is the zoneout equation f' = 1 where the mask keeps, else f."""
+    from rnnkit import regularizers
+
+    log = []
+    real = regularizers.sample_mask
+    monkeypatch.setattr(regularizers, "sample_mask", lambda *a: log.append((a[0], real(*a))) or log[-1][1])
+    torch.manual_seed(0)
+    m = rnnkit.QRNN(3, 4, window=1, zoneout=0.4).double().train()
+    x = torch.randn(6, 2, 3, dtype=torch.float64)
+    y, c_n = m(x)
+    assert [k for k, _ in log] == ["zoneout"]
+    keep = log[0][1]  # (T, B, H): 1 = the forget gate is 1 (c_{t-1} kept)
+    assert keep.shape == (6, 2, 4) and set(keep.unique().tolist()) <= {0.0, 1.0}
+    z, f, o = (x @ m.weight_ih_l0.T + m.bias_ih_l0).chunk(3, -1)
+    z, f, o = torch.tanh(z), torch.where(keep != 0, 1.0, torch.sigmoid(f)), torch.sigmoid(o)
+    c, outs = torch.zeros(2, 4, dtype=torch.float64), []
+    for t in range(6):
+        c = f[t] * c + (1 - f[t]) * z[t]
+        outs.append(o[t] * c)
+    torch.testing.assert_close(y, torch.stack(outs))
