@@ -58,7 +58,7 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 def _lines(path: str | None) -> list[str]:
     """Non-empty lines of ``path`` (or standard input), stripped; both decoded as UTF-8, a leading
-    BOM dropped."""
+    BOM dropped. Lines end at LF, CRLF or a lone CR only."""
     try:
         if path in (None, "-"):
             # UTF-8 as a file, not the locale's encoding (a pipe's bytes are the other program's);
@@ -73,7 +73,10 @@ def _lines(path: str | None) -> list[str]:
             text = p.read_text(encoding="utf-8-sig")  # a BOM is not text
     except UnicodeDecodeError as e:
         raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {e.start})") from None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # not str.splitlines: it also breaks at U+0085, U+2028, form feed, ..., characters an item may
+    # hold, and one input line gave two outputs (the rest then answered the wrong lines)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    lines = [ln.strip() for ln in lines if ln.strip()]
     if not lines:
         raise ValueError(f"--input {path or '-'}: no lines to predict")
     return lines

@@ -82,6 +82,20 @@ def _check_features(seqs: list[Tensor], what: str) -> None:
             )
 
 
+def _check_padding(value: float, dtype: torch.dtype, what: str, name: str) -> None:
+    """``pad_sequence`` casts the padding value to the tensors' dtype: in a bool or integer one
+    a value it cannot hold became another (``-100`` in bool targets: ``True``, a real label; ``0.5``
+    in token ids: ``0``) or a bare overflow error. Floating dtypes hold any value (rounded)."""
+    if dtype.is_floating_point or dtype.is_complex:
+        return
+    lo, hi = (0, 1) if dtype == torch.bool else (torch.iinfo(dtype).min, torch.iinfo(dtype).max)
+    if not (isinstance(value, numbers.Real) and float(value).is_integer() and lo <= value <= hi):
+        raise ValueError(
+            f"{name}={value!r} cannot be stored in the {what}' dtype {dtype} (an integer in [{lo}, {hi}] "
+            f"can): give the {what} as int64 or floating tensors, or pass a {name} that {dtype} holds"
+        )
+
+
 def _is_pair(item: Any) -> bool:
     """A ``(sequence, target)`` pair: a tuple or list of two elements whose first is not a number
     (a list of numbers, such as token ids, is a sequence, as ``torch.as_tensor`` reads it)."""
@@ -128,7 +142,9 @@ class PadCollate:
     whose first is not a number -- where the target is a sequence ``(T_i, *)`` or a label
     tensor/number. All items of a batch must have one form (a mix is a ``ValueError`` naming the
     item): a list of two numbers is a sequence of length 2, not a pair. Items of different dtypes are
-    batched in their promoted dtype (as ``torch.stack`` does), not cast to the first one's.
+    batched in their promoted dtype (as ``torch.stack`` does), not cast to the first one's. A
+    padding value that dtype cannot hold (the default -100 in bool or uint8 sequence targets, a
+    fractional one in integer inputs) is a ``ValueError``: it would be stored as another value.
 
     ``sequence_targets`` fixes how targets are batched: ``True`` pads them as sequences (each
     must have its input's length), ``False`` stacks them as per-sequence labels ``(B, *)`` (all
@@ -172,9 +188,9 @@ class PadCollate:
                 )
         _check_features(seqs, "input")
         lengths = torch.tensor([s.shape[0] for s in seqs], dtype=torch.long)
-        inputs = pad_sequence(
-            _common_dtype(seqs), batch_first=self.batch_first, padding_value=self.padding_value
-        )
+        seqs = _common_dtype(seqs)
+        _check_padding(self.padding_value, seqs[0].dtype, "inputs", "padding_value")
+        inputs = pad_sequence(seqs, batch_first=self.batch_first, padding_value=self.padding_value)
         targets = None
         if paired:
             tgts = [_as_target(it[1], i) for i, it in enumerate(items)]
@@ -188,8 +204,10 @@ class PadCollate:
                         f"(its input's), got shape {tuple(tgts[i].shape)}"
                     )
                 _check_features(tgts, "target")
+                tgts = _common_dtype(tgts)
+                _check_padding(self.target_padding_value, tgts[0].dtype, "targets", "target_padding_value")
                 targets = pad_sequence(
-                    _common_dtype(tgts), batch_first=self.batch_first, padding_value=self.target_padding_value
+                    tgts, batch_first=self.batch_first, padding_value=self.target_padding_value
                 )
             else:
                 for i, t in enumerate(tgts):

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rnnkit._checks import is_int
+
 __all__ = [
     "SDIST",
     "CharVocab",
@@ -224,12 +226,16 @@ class CharVocab:
         """Ids of shape (N,) -> string of length N.
 
         Raises:
-            ValueError: an id outside ``[0, len(self))`` (a negative one would otherwise
+            ValueError: an id that is not an integer (a float one raised a bare ``TypeError``;
+                a bool is no id), or outside ``[0, len(self))`` (a negative one would otherwise
                 index from the end of the vocabulary).
         """
         if isinstance(ids, torch.Tensor):
             ids = ids.reshape(-1).tolist()
         ids = list(ids)
+        odd = [i for i in ids if not is_int(i)]
+        if odd:
+            raise ValueError(f"ids must be integers, got {odd[:10]}")
         n = len(self.chars)
         bad = [int(i) for i in ids if not 0 <= i < n]
         if bad:

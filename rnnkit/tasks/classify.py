@@ -50,10 +50,15 @@ def tokenize(text: str, tokens: str) -> list[str]:
 
 def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
     """Rows ``(text, label)`` of a CSV file; raises ``ValueError`` naming the bad line."""
+    return [(text, label) for text, label, _ in _read_rows(path)]
+
+
+def _read_rows(path: str | Path) -> list[tuple[str, str, int]]:
+    """:func:`read_text_csv`'s rows with the file line each ends on (for later errors)."""
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"CSV file {str(p)!r} does not exist")
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str, int]] = []
     try:
         with open(p, encoding="utf-8-sig", newline="") as f:  # a BOM is not text
             first = True  # the header, if any, is the first row that is not blank
@@ -69,7 +74,7 @@ def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
                     continue
                 if not row[1].strip():  # a missing label is not a class ''
                     raise ValueError(f"{p}:{i}: empty label (expected text,label)")
-                rows.append((row[0], row[1].strip()))
+                rows.append((row[0], row[1].strip(), i))
     except UnicodeDecodeError as e:
         raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
     except csv.Error as e:
@@ -141,11 +146,12 @@ def load_classification(
         )
     if not data.lower().endswith(".csv"):
         raise ValueError(f"--data must be digits, anyplus1 or a FILE.csv of text,label rows, got {data!r}")
-    rows = read_text_csv(data)
+    lined = _read_rows(data)
+    rows = [(text, label) for text, label, _ in lined]
     toks = [tokenize(t, tokens) for t, _ in rows]
     empty = [i for i, t in enumerate(toks) if not t]
-    if empty:
-        raise ValueError(f"{data}: row {empty[0] + 1} has no {tokens} tokens")
+    if empty:  # the file's line: a row count missed the header, blank lines and multi-line texts
+        raise ValueError(f"{data}:{lined[empty[0]][2]}: the text has no {tokens} tokens")
     classes = sorted({lab for _, lab in rows})
     if len(classes) < 2:
         raise ValueError(f"{data}: need at least 2 distinct labels, got {classes}")

@@ -21,7 +21,8 @@ class TrainConfig:
     (``state`` is None at the start); ``stateful=False``: ``model(inputs) -> output``.
     ``carry_state``: carry the state from batch to batch (LM streams from
     ``bptt_batches``), detached in between; False starts every batch from ``None``
-    (independent sequences). The state is reset at every epoch start.
+    (independent sequences); carried over a shuffled loader it is a ``ValueError`` at ``fit()``
+    (:meth:`check_carried_order`). The state is reset at every epoch start.
 
     Truncated BPTT (Williams & Peng): across batches, every ``bptt_batches`` window is
     one TBPTT(k1=k2=seq_len) segment. Within a batch, ``tbptt_k1`` splits a long batch
@@ -146,6 +147,31 @@ class TrainConfig:
         if named:
             verb = "acts" if len(named) == 1 else "act"
             raise ValueError(f"{', '.join(named)} {verb} on validations: fit() needs val_data, got None")
+
+    def check_carried_order(self, train_data: Any, step_fn: Any = None) -> None:
+        """Raise a ``ValueError`` when ``carry_state`` would hand each batch the state where an
+        unrelated one stopped: the default step (no ``step_fn``, which may return no state) of a
+        ``stateful`` model over a loader that shuffles (a ``RandomSampler``, a shuffling
+        ``DistributedSampler`` or :class:`~rnnkit.data.BucketBatchSampler`). Carrying needs
+        batches that continue each other, as ``bptt_batches``' windows do; shuffled ones trained
+        silently from another sequence's state (or failed on a short last batch's size)."""
+        from torch.utils.data import RandomSampler, SubsetRandomSampler, WeightedRandomSampler
+
+        if not (self.stateful and self.carry_state) or step_fn is not None:
+            return
+        batch_sampler = getattr(train_data, "batch_sampler", None)
+        owners = (
+            getattr(train_data, "sampler", None),
+            batch_sampler,
+            getattr(batch_sampler, "sampler", None),
+        )
+        random = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
+        if any(isinstance(o, random) or getattr(o, "shuffle", False) is True for o in owners):
+            raise ValueError(
+                "carry_state=True carries the recurrent state from batch to batch, which needs batches "
+                "that continue each other (bptt_batches' streams), but the training data is shuffled: "
+                "pass carry_state=False (every batch starts from None) or unshuffled streams"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

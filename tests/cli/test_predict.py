@@ -86,6 +86,26 @@ def test_stdin_is_utf8_whatever_the_locale(cli, tmp_path, text_csv, monkeypatch)
     assert_one_line_error(cli("predict", "--checkpoint", out), "--input - is not valid UTF-8 (byte 3)")
 
 
+def test_items_end_at_line_ends_only(cli, tmp_path, text_csv, monkeypatch):
+    """Items were cut with str.splitlines, which also breaks at U+0085, U+2028, form feed and
+    other characters a text may hold: one input line gave two predictions, and every later output
+    line belonged to the wrong input. Items end at LF, CRLF or CR (as a file's universal newlines)."""
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, *TINY).rc == 0
+    texts = ["a great\x85film", "lovely\u2028movie", "awful\x0cwords", "boring"]
+    raw = ("\r\n".join(texts[:2]) + "\r" + "\n".join(texts[2:]) + "\n").encode()
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+    r = cli("predict", "--checkpoint", out)
+    assert r.rc == 0, r.err
+    echoed = [line.split("\t", 2)[2] for line in r.out.split("\n")[:-1]]
+    assert echoed == texts
+    inp = tmp_path / "in.txt"
+    inp.write_bytes(raw)
+    r = cli("predict", "--checkpoint", out, "--input", inp)
+    assert r.rc == 0, r.err
+    assert [line.split("\t", 2)[2] for line in r.out.split("\n")[:-1]] == texts
+
+
 def test_tag_sentences(cli, tmp_path, conllu):
     out = tmp_path / "t"
     assert cli("train", "tag", "--data", conllu, "--out", out, *TINY).rc == 0

@@ -8,6 +8,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,6 +136,16 @@ def test_vocab_decode_rejects_ids_out_of_range(bad) -> None:
     for ids in ([0, bad], torch.tensor([bad, 1])):
         with pytest.raises(ValueError, match=rf"outside the vocabulary's range \[0, 3\): \[{bad}\]"):
             v.decode(ids)
+
+
+@pytest.mark.parametrize("ids", [[0.0, 1.0], torch.tensor([0.0, 1.0]), [1.5], torch.tensor([True]), [True]])
+def test_vocab_decode_rejects_ids_that_are_not_integers(ids) -> None:
+    """A float id passed the range check and failed in list indexing with a bare TypeError; a bool
+    was read as id 0 or 1."""
+    v = CharVocab("abc")
+    with pytest.raises(ValueError, match=r"ids must be integers, got \["):
+        v.decode(ids)
+    assert v.decode(np.array([2, 0])) == "ca"  # numpy's integers are ids
 
 
 def test_load_text_file_errors(tmp_path: Path) -> None:

@@ -31,6 +31,19 @@ def test_error_line_numbers_count_the_lines_of_a_multi_line_text(tmp_path):
         read_text_csv(p)
 
 
+def test_a_text_without_tokens_is_an_error_naming_its_line(tmp_path):
+    """The error counted data rows ('row 3'): with the header, a blank line and a text over two lines
+    before it, the row was on line 6, and line 3 held another, good row."""
+    from rnnkit.tasks.classify import load_classification
+
+    p = tmp_path / "a.csv"
+    p.write_text('text,label\n\ngood film,a\n"bad\nfilm",b\n  ,b\nok,a\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"a.csv:6: the text has no word tokens"):
+        load_classification(str(p))
+    cd = load_classification(str(p), tokens="char")  # blanks are characters: the 4 rows load
+    assert len(cd.train) + len(cd.valid) == 4
+
+
 @pytest.mark.parametrize("split", ["test", "training", "Train"])
 def test_loader_refuses_an_unknown_split(split):
     """Any split but 'train' returned the validation set without a word."""

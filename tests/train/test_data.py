@@ -169,6 +169,29 @@ def test_pad_collate_labels_and_features():
         pad_collate([torch.arange(2), torch.tensor(5)])
 
 
+def test_pad_collate_refuses_a_padding_value_the_dtype_cannot_hold():
+    """pad_sequence casts the padding value to the tensors' dtype: -100 padded bool targets with
+    True (a real label, counted by the loss and count_tokens), uint8 ones failed with torch's bare
+    overflow error, 0.5 padded token ids with 0. Each is now a ValueError naming value and dtype."""
+    bools = [(torch.ones(3, 2), torch.tensor([True, False, True])), (torch.ones(1, 2), torch.tensor([True]))]
+    with pytest.raises(ValueError, match=r"target_padding_value=-100 .* dtype torch.bool"):
+        pad_collate(bools)
+    ok = pad_collate(bools, target_padding_value=False, batch_first=True)  # the user's choice
+    assert ok.targets.tolist() == [[True, False, True], [True, False, False]]
+    u8 = [(torch.ones(2, 1), torch.tensor([1, 0], dtype=torch.uint8)), (torch.ones(1, 1), torch.tensor([1]))]
+    with pytest.raises(ValueError, match=r"target_padding_value=-100 .* dtype torch.uint8"):
+        pad_collate([u8[0], (torch.ones(1, 1), torch.tensor([1], dtype=torch.uint8))])
+    with pytest.raises(ValueError, match=r"padding_value=0.5 .* inputs' dtype torch.int64"):
+        pad_collate([torch.tensor([1, 2]), torch.tensor([3])], padding_value=0.5)
+    # what every dtype holds still pads as before: ints, floats (any value), a float 0.0 in ids
+    assert pad_collate([torch.tensor([1, 2]), torch.tensor([3])], padding_value=0.0).inputs.tolist() == [
+        [1, 3],
+        [2, 0],
+    ]
+    b = pad_collate([(torch.ones(2, 1), torch.tensor([0.5, 1.0])), (torch.ones(1, 1), torch.tensor([2.0]))])
+    assert b.targets[1, 1] == -100 and pad_collate(u8).targets.tolist() == [[1, 1], [0, -100]]  # promoted
+
+
 def test_bucket_sampler_covers_all_and_reduces_padding():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 100, (500,), generator=g).tolist()

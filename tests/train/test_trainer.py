@@ -327,7 +327,9 @@ def test_training_data_without_batches_is_refused():
     assert len(list(loader)) == 0
     model = TinyLM()
     # (1000 epochs, not the CLI's 10**9: without the check the test ends, and fails)
-    tr = Trainer(model, _sgd(model), max_epochs=1000, max_steps=5, max_minutes=0.05, progress=False)
+    tr = Trainer(
+        model, _sgd(model), max_epochs=1000, max_steps=5, max_minutes=0.05, carry_state=False, progress=False
+    )
     with pytest.raises(ValueError, match="the training data yielded no batches in epoch 0"):
         tr.fit(loader)
 
@@ -389,3 +391,35 @@ def test_settings_that_act_on_validations_need_val_data(tmp_path, kw, named):
     with pytest.raises(ValueError, match=rf"{named} acts on validations: fit\(\) needs val_data, got None"):
         tr.fit(bptt_batches(tokens(200), 2, 5))
     assert tr.step == 0 and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_carried_state_over_shuffled_batches_is_refused():
+    """carry_state=True (the default) handed each batch the state where the previous one stopped,
+    also over a shuffled DataLoader: a batch started silently from another sequence's end (or, on a
+    short last batch, failed with torch's hidden-size error mid-epoch). It is a ValueError now,
+    before anything is trained; unshuffled data, carry_state=False and a step_fn train as before."""
+    from torch.utils.data import DistributedSampler, TensorDataset
+
+    torch.manual_seed(0)
+    ds = TensorDataset(torch.randint(0, 11, (8, 5)), torch.randint(0, 11, (8, 5)))
+    pairs = [(x, y) for x, y in ds]
+    shuffled = [
+        DataLoader(ds, batch_size=4, shuffle=True),
+        DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, num_replicas=1, rank=0)),
+        DataLoader(
+            pairs, batch_sampler=BucketBatchSampler([5] * 8, 4), collate_fn=PadCollate(batch_first=True)
+        ),
+    ]
+    for loader in shuffled:
+        model = TinyLM(batch_first=True)
+        tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+        with pytest.raises(ValueError, match="carry_state=True .* the training data is shuffled"):
+            tr.fit(loader)
+        assert tr.step == 0
+    model = TinyLM(batch_first=True)
+    assert Trainer(model, _sgd(model), batch_first=True, progress=False).fit(DataLoader(ds, 4))["step"] == 2
+    for kw in ({"carry_state": False}, {"step_fn": lambda m, b, s: (lm_loss(m(b[0])[0], b[1]), None)}):
+        model = TinyLM(batch_first=True)
+        assert (
+            Trainer(model, _sgd(model), batch_first=True, progress=False, **kw).fit(shuffled[0])["step"] == 2
+        )
