@@ -148,13 +148,15 @@ class TrainConfig:
             verb = "acts" if len(named) == 1 else "act"
             raise ValueError(f"{', '.join(named)} {verb} on validations: fit() needs val_data, got None")
 
-    def check_carried_order(self, train_data: Any, step_fn: Any = None) -> None:
+    def check_carried_order(self, train_data: Any, step_fn: Any = None, what: str = "training data") -> None:
         """Raise a ``ValueError`` when ``carry_state`` would hand each batch the state where an
         unrelated one stopped: the default step (no ``step_fn``, which may return no state) of a
         ``stateful`` model over a loader that shuffles (a ``RandomSampler``, a shuffling
         ``DistributedSampler`` or :class:`~rnnkit.data.BucketBatchSampler`). Carrying needs
         batches that continue each other, as ``bptt_batches``' windows do; shuffled ones trained
-        silently from another sequence's state (or failed on a short last batch's size)."""
+        silently from another sequence's state (or failed on a short last batch's size). ``what``:
+        the data's name in the message (``fit()`` checks ``val_data`` too: validation carries the
+        state alike)."""
         from torch.utils.data import RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 
         if not (self.stateful and self.carry_state) or step_fn is not None:
@@ -169,7 +171,7 @@ class TrainConfig:
         if any(isinstance(o, random) or getattr(o, "shuffle", False) is True for o in owners):
             raise ValueError(
                 "carry_state=True carries the recurrent state from batch to batch, which needs batches "
-                "that continue each other (bptt_batches' streams), but the training data is shuffled: "
+                f"that continue each other (bptt_batches' streams), but the {what} is shuffled: "
                 "pass carry_state=False (every batch starts from None) or unshuffled streams"
             )
 

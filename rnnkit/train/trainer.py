@@ -185,6 +185,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if val_data is None:  # they would silently never act
             self.config.check_unvalidated(self.scheduler)
         self.config.check_carried_order(train_data, self.step_fn)
+        if val_data is not None:
+            self.config.check_carried_order(val_data, self.step_fn, "validation data")
         # a checkpoint loaded from elsewhere starts this out_dir's run too: another run's there would mix
         new_run = (
             self.step == 0 and self._resume is None and not self.config.resume or self._loaded_elsewhere()

@@ -418,6 +418,11 @@ def test_carried_state_over_shuffled_batches_is_refused():
         assert tr.step == 0
     model = TinyLM(batch_first=True)
     assert Trainer(model, _sgd(model), batch_first=True, progress=False).fit(DataLoader(ds, 4))["step"] == 2
+    # validation carries the state alike: a shuffled val_data is refused too, before training
+    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    with pytest.raises(ValueError, match="carry_state=True .* the validation data is shuffled"):
+        tr.fit(DataLoader(ds, 4), val_data=shuffled[0])
+    assert tr.step == 0
     for kw in ({"carry_state": False}, {"step_fn": lambda m, b, s: (lm_loss(m(b[0])[0], b[1]), None)}):
         model = TinyLM(batch_first=True)
         assert (
