@@ -128,6 +128,8 @@ class BPTTBatches:
         check_int("seed", seed, none_ok=True)  # a float failed only at iteration, in manual_seed
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        if min_len < 1:  # (was raised to 1 silently)
+            raise ValueError(f"min_len must be >= 1, got {min_len}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if data.numel() < batch_size * seq_len:
@@ -141,7 +143,7 @@ class BPTTBatches:
         self.batch_size, self.seq_len = batch_size, seq_len
         self.batch_first, self.drop_last = batch_first, drop_last
         self.variable_length, self.p, self.std = variable_length, p, std
-        self.min_len = max(1, min(min_len, seq_len))
+        self.min_len = min(min_len, seq_len)
         # AWD-LSTM caps the drawn length (seq_len + 40) so one window cannot blow memory.
         self.max_len = max_len if max_len is not None else seq_len + 40
         if variable_length and not std >= 0.0:  # written so that nan is rejected too
@@ -149,7 +151,7 @@ class BPTTBatches:
         if variable_length and self.max_len < self.min_len:
             # an empty [min_len, max_len]: max_len < 1 gave windows of 0 tokens, an endless epoch
             raise ValueError(
-                f"max_len must be >= min_len (min(min_len, seq_len), at least 1) = {self.min_len}, "
+                f"max_len must be >= min_len (min(min_len, seq_len)) = {self.min_len}, "
                 f"got max_len={self.max_len}"
             )
         if variable_length and seed is None and world_size > 1:

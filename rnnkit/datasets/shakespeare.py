@@ -145,6 +145,8 @@ def char_lm_split(text: str, train_fraction: float = 0.95, valid_chars: int = 20
     """
     if not 0.0 < train_fraction < 1.0:
         raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    if not is_int(valid_chars) or valid_chars < 1:  # (0 said the text was too short to split)
+        raise ValueError(f"valid_chars must be an int >= 1, got {valid_chars!r}")
     n_train = int(len(text) * train_fraction)
     train, valid = text[:n_train], text[n_train : n_train + valid_chars]
     if not train or not valid:

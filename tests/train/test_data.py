@@ -405,3 +405,17 @@ def test_a_numpy_epoch_gives_the_order_of_the_same_int():
         b.set_epoch(epoch)
         orders.append([x.inputs.shape[0] for x in b])
     assert orders[:2] == orders[2:]
+
+
+def test_min_len_below_one_and_a_zero_valid_split_are_refused():
+    """bptt_batches(min_len=0 or -5) silently drew windows of at least 1; char_lm_split with
+    valid_chars=0 said the text was "too short to split". Each names its argument now."""
+    from rnnkit.datasets.shakespeare import char_lm_split
+
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=f"min_len must be >= 1, got {bad}"):
+            bptt_batches(torch.arange(100), 2, 5, variable_length=True, min_len=bad)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match=f"valid_chars must be an int >= 1, got {bad}"):
+            char_lm_split("abcdefghij" * 10, 0.5, bad)
+    assert char_lm_split("abcdefghij", 0.5, 2) == ("abcde", "fg")
