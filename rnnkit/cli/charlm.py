@@ -256,7 +256,15 @@ def train_charlm(args: argparse.Namespace) -> int:
     model = build_model(run["model"])
     echo(f"data {source}: {len(train_text):,} train / {len(valid_text):,} valid chars, {len(vocab)} symbols")
     echo(f"model {describe_arch(model.rnn)}; total {sum(p.numel() for p in model.parameters()):,} parameters")
-    train_ids, valid_ids = vocab.encode(train_text), vocab.encode(valid_text)
+    try:
+        train_ids, valid_ids = vocab.encode(train_text), vocab.encode(valid_text)
+    except ValueError as e:  # a resume whose text gained characters (its vocabulary is the run's)
+        if not args.resume:
+            raise
+        raise CLIError(
+            f"--resume: {source} has {e} the run was trained with (the text changed since); train a new "
+            "run in another --out"
+        ) from None
     if train_ids.numel() < args.batch_size * args.seq_len:
         raise CLIError(
             f"--data has {train_ids.numel()} training characters, fewer than --batch-size x --seq-len "

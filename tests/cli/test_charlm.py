@@ -347,3 +347,16 @@ def test_eval_of_the_validation_text_gives_the_runs_validation_loss(cli, tmp_pat
     assert r.rc == 0, r.err
     want = json.loads((out / "results.json").read_text())["valid_nats_per_char"]
     assert f"{want:.4f} nats/char" in r.out, (want, r.out)
+
+
+def test_resume_on_a_text_that_gained_characters_names_the_cause(cli, tmp_path, text_file):
+    """The run's text gained a character after training: --resume failed with "characters not in
+    the vocabulary: ['Z']", naming neither the file nor the cause; it says the text changed."""
+    data = tmp_path / "t.txt"
+    data.write_text(text_file.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "lm"
+    assert cli("train", "charlm", "--data", data, "--out", out, "--max-steps", 2, *LM).rc == 0
+    data.write_text(data.read_text(encoding="utf-8") + "\nZ", encoding="utf-8")
+    r = cli("train", "charlm", "--data", data, "--out", out, "--max-steps", 3, "--resume", *LM)
+    assert_one_line_error(r, f"--resume: {data} has characters not in the vocabulary: ['Z']", "text changed")
+    assert results(out)["step"] == 2
