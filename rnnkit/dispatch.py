@@ -62,6 +62,19 @@ def torch_mode(module) -> str | None:
     return modes.pop()
 
 
+def check_impl_possible(module) -> None:
+    """At construction: ``impl="torch"`` or ``"fused"`` for a configuration that can never run
+    there is a ``ValueError`` now, not at the first forward (or, for zoneout in evaluation, a
+    forward well into a run). Recurrent dropout with ``impl="torch"`` is refused only in training
+    (in evaluation torch's kernels compute it exactly): :func:`select` checks each call."""
+    if module.impl == "torch":
+        modes = {cell.torch_mode() for cell in module.cells}
+        if len(modes) != 1 or None in modes or any(any(z) for z in module.zoneout_probs):
+            _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
+    if module.impl == "fused" and not fused_supported(module):
+        _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
+
+
 def fused_supported(module) -> bool:
     """Whether every layer of ``module`` (cells and regularizers) has a fused kernel."""
     return all(kernels.supports(cell) for cell in module.cells)

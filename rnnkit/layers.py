@@ -108,6 +108,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                     names[spec.name] = attr
                 self._names[k].append(names)
         self.reset_parameters()
+        dispatch.check_impl_possible(self)
 
     @classmethod
     def layer_option_names(cls) -> frozenset[str]:

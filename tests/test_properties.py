@@ -71,10 +71,10 @@ def build(family: str, kw: dict, impl: str, seed: int, training: bool = False):
     values (a zero peephole or a unit gain would hide a mistake), the same for the same seed; in
     training mode if ``training``, except with regularizers: their masks are random draws in
     training, so only their evaluation semantics (zoneout's expectation) can meet an invariant."""
+    if impl.startswith("fused") and not dispatch.fused_supported(CLASSES[family](**kw)):
+        reject()  # impl="fused" refuses it by design (when built); the other impls run it
     torch.manual_seed(seed)
     m = CLASSES[family](impl=impl.removesuffix("-pure"), **kw)
-    if impl.startswith("fused") and not dispatch.fused_supported(m):
-        reject()  # impl="fused" refuses it by design; the other impls run it
     with torch.no_grad():
         for p in m.parameters():
             p.uniform_(-0.6, 0.6)

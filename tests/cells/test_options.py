@@ -208,10 +208,24 @@ def test_unknown_option_is_rejected():
         rnnkit.LSTM(3, 4, peepholes=True)
 
 
-def test_impl_torch_refused_for_custom_cells():
-    m = rnnkit.GRU(3, 4, reset_after=False, impl="torch")
+def test_impl_refused_at_construction_for_configurations_it_cannot_run():
+    """impl='torch' for a custom cell or zoneout, impl='fused' where no fused kernel exists, were
+    accepted and refused only at the first forward (zoneout's: in evaluation, too, well into a
+    run); they are refused when the layer is built. Recurrent dropout with impl='torch' is refused
+    in training only (in evaluation torch's kernels compute it)."""
+    for make in (
+        lambda: rnnkit.GRU(3, 4, reset_after=False, impl="torch"),
+        lambda: rnnkit.LSTM(3, 4, zoneout=0.1, impl="torch"),
+        lambda: rnnkit.GRU(3, 4, num_layers=2, zoneout={"h": 0.2}, impl="torch"),
+    ):
+        with pytest.raises(ValueError, match="impl='torch' needs a configuration torch.nn supports"):
+            make()
+    with pytest.raises(ValueError, match="impl='fused' has no fused kernel for this configuration"):
+        rnnkit.LSTM(3, 4, norm="layer", coupled_gates=True, impl="fused")
+    m = rnnkit.LSTM(3, 4, recurrent_dropout=0.3, impl="torch")
+    m.eval()(torch.randn(2, 1, 3))
     with pytest.raises(ValueError, match="impl='torch'"):
-        m(torch.randn(2, 1, 3))
+        m.train()(torch.randn(2, 1, 3))
 
 
 @pytest.mark.parametrize(
