@@ -372,3 +372,11 @@ def test_a_negative_seed_is_a_usage_error_before_any_work(tmp_path, capsys, chec
     assert main(["--quick", "--no-horizon", "--out", str(out), "--seed", "-1", *ckpt]) == 2
     assert "--seed must be >= 0, got -1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    """It was mkdir's "[Errno 17] File exists" (naming no flag), after the checkpoint was read."""
+    (tmp_path / "f").write_text("x")
+    assert main(["--quick", "--no-horizon", "--variants", "rnn", "--out", str(tmp_path / "f")]) == 2
+    assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "x"

@@ -339,3 +339,11 @@ def test_runs_without_study_json_are_not_adopted(tmp_path, capsys):
     assert (out / "runs.jsonl").read_text() == before and not (out / "study.json").exists()
     assert main(["jozefowicz", "--steps", "2", "--archs", "LSTM", "--out", str(out)]) == 1
     assert "no study.json" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_an_error_naming_the_flag(tmp_path, capsys):
+    """It was mkdir's "[Errno 17] File exists", naming no flag."""
+    (tmp_path / "f").write_text("x")
+    assert main(["jozefowicz", "--steps", "1", "--out", str(tmp_path / "f")]) == 1
+    assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "x"
