@@ -86,9 +86,18 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         if n not in known:
             raise ValueError(f"study {name!r} has no architecture {n!r}; choose from {known}")
     out = Path(out)
+    if out.exists() and not out.is_dir():  # (mkdir's "[Errno 17] File exists" named no flag)
+        raise ValueError(f"--out {out} is a file, not a directory; use another --out")
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
     meta = read_json(meta_path) if meta_path.exists() else None
+    if meta is None and read_records(out):
+        # runs without the study.json that fixes their settings and step count: taking them as
+        # finished (by key alone) would mix runs of another grid into this one's report
+        raise ValueError(
+            f"{out} holds finished runs (runs*.jsonl) but no study.json, which records the settings and "
+            "steps per run they were made with; restore it to resume, or use another --out"
+        )
     if meta is not None:  # resume: the grid is defined by what was stored
         if meta["study"] != name:
             raise ValueError(f"{out} holds study {meta['study']!r}, not {name!r}; use another --out")

@@ -109,4 +109,11 @@ def check_settings(study: str, defaults: dict, settings: dict) -> dict:
             f"--set: min_steps={lo} exceeds max_steps={hi} (the budget's steps per run are clamped "
             "to [min_steps, max_steps]); lower min_steps or raise max_steps"
         )
+    # parameter matching (chung) sets every architecture's width, after the hidden size was picked:
+    # a --set hidden beside it was silently replaced (and a searched one still drawn into hparams)
+    if out.get("params") and out.get("hidden") is not None and {"hidden", "params"} & settings.keys():
+        raise SettingError(
+            f"--set hidden={out['hidden']!r} has no effect while params={out['params']} matches every "
+            "architecture's hidden size to that parameter count; add --set params=0 to choose the size"
+        )
     return out

@@ -361,3 +361,22 @@ def test_figures_and_summary_text_are_written_atomically(tmp_path, monkeypatch):
         summary.write_text_atomic("new\n", txt)
     assert png.read_bytes() == old and txt.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["power_iteration.png", "summary.txt"]
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_a_negative_seed_is_a_usage_error_before_any_work(tmp_path, capsys, checkpoint):
+    """``--seed -1`` trained, wrote six figures into --out, then crashed in the power iteration
+    (numpy: "expected non-negative integer", no flag named, no summary)."""
+    out = tmp_path / "d"
+    ckpt = ["--checkpoint", str(tmp_path / "none")] if checkpoint else ["--variants", "rnn"]
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--seed", "-1", *ckpt]) == 2
+    assert "--seed must be >= 0, got -1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    """It was mkdir's "[Errno 17] File exists" (naming no flag), after the checkpoint was read."""
+    (tmp_path / "f").write_text("x")
+    assert main(["--quick", "--no-horizon", "--variants", "rnn", "--out", str(tmp_path / "f")]) == 2
+    assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "x"

@@ -325,3 +325,25 @@ def test_run_study_strips_the_architecture_names(tmp_path):
     assert json.loads((out / "study.json").read_text())["archs"] == ["LSTM"]
     res = run_study("jozefowicz", out, archs=["LSTM\t"], **kw)
     assert [r["key"] for r in res["records"]] == ["LSTM#0"] and res["skipped"] == 1
+
+
+def test_runs_without_study_json_are_not_adopted(tmp_path, capsys):
+    """A directory with runs.jsonl but no study.json (deleted, or copied without it) had its runs
+    taken as finished by key alone: runs of other steps and settings reported as this grid's."""
+    out = tmp_path / "j"
+    run_study("jozefowicz", out, steps=2, seeds=1, archs=["LSTM"], settings=TINY_ARITH, progress=False)
+    (out / "study.json").unlink()
+    before = (out / "runs.jsonl").read_text()
+    with pytest.raises(ValueError, match="holds finished runs .* but no study.json"):
+        run_study("jozefowicz", out, steps=3, seeds=1, archs=["LSTM"], settings=TINY_ARITH, progress=False)
+    assert (out / "runs.jsonl").read_text() == before and not (out / "study.json").exists()
+    assert main(["jozefowicz", "--steps", "2", "--archs", "LSTM", "--out", str(out)]) == 1
+    assert "no study.json" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_an_error_naming_the_flag(tmp_path, capsys):
+    """It was mkdir's "[Errno 17] File exists", naming no flag."""
+    (tmp_path / "f").write_text("x")
+    assert main(["jozefowicz", "--steps", "1", "--out", str(tmp_path / "f")]) == 1
+    assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
+    assert (tmp_path / "f").read_text() == "x"

@@ -114,3 +114,17 @@ def test_min_steps_above_max_steps_is_an_error(tmp_path, capsys, over):
     assert main(argv) == 2 and "exceeds max_steps" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     check_settings("jozefowicz", STUDIES["jozefowicz"].settings, {"min_steps": 50, "max_steps": 50})
+
+
+@pytest.mark.parametrize("over", [{"hidden": 128}, {"hidden": [32, 64]}, {"hidden": 64, "params": 5000}])
+def test_hidden_beside_parameter_matching_is_an_error(tmp_path, capsys, over):
+    """chung matches every architecture's width to ``params``: a --set hidden was silently replaced
+    by the matched size (and a searched one still recorded in the runs' hparams)."""
+    s = STUDIES["chung"].settings
+    with pytest.raises(SettingError, match=r"--set hidden=.* has no effect while params=\d+"):
+        check_settings("chung", s, over)
+    sets = [a for k, v in over.items() for a in ("--set", f"{k}={v}".replace(" ", ""))]
+    assert main(["chung", "--out", str(tmp_path / "o"), "--steps", "1", *sets]) == 2
+    assert "add --set params=0" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert check_settings("chung", s, {**over, "params": 0})["hidden"] == over["hidden"]
+    assert check_settings("chung", s, {"params": 5000})["hidden"] is None
