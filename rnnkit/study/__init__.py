@@ -155,13 +155,15 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     if rank == 0:
         save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": grid_K, "archs": grid,
                               "budget_minutes": budget, "parallel": parallel, "costs": costs})  # fmt: skip
+    # the finished runs, read by every rank before any trains (the barrier): read after it, a rank
+    # that finished a run first changed the list a slower rank split (runs repeated or skipped)
+    done = {r["key"] for r in read_records(out)}
     _barrier(world)
     if rank != 0:
         meta = read_json(meta_path)
         steps, s, costs = meta["steps"], meta["settings"], meta["costs"]
     space = study.space(s)
     specs = [Spec(name, a, k, sample_hparams(space, k), s) for k in range(K) for a in arch_list]
-    done = {r["key"] for r in read_records(out)}
     todo = [sp for sp in specs if sp.key not in done]
     done_n = len(specs) - len(todo)
     opts = {"workers": workers, "threads": threads, "rank": rank, "world": world, "progress": progress}

@@ -347,3 +347,30 @@ def test_an_out_that_is_a_file_is_an_error_naming_the_flag(tmp_path, capsys):
     assert main(["jozefowicz", "--steps", "1", "--out", str(tmp_path / "f")]) == 1
     assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_a_rank_splits_the_runs_left_before_any_rank_trains(tmp_path, monkeypatch):
+    """Under torchrun every rank read the finished runs after the barrier that starts training: a
+    rank that finished a run first shortened the list a slower rank then split by rank, so the
+    slower rank skipped (or repeated) runs. Rank 1 of 2 here: "rank 0" finishes Tanh#1 during the
+    barrier; rank 1's share of the runs left (Tanh#1, LSTM#1) is still LSTM#1."""
+    import rnnkit.study as study_mod
+    import rnnkit.train
+
+    out = tmp_path / "j"
+    archs = ["Tanh", "LSTM"]
+    run_study("jozefowicz", out, steps=3, seeds=1, archs=archs, settings=TINY_ARITH, progress=False)
+    first = runner.read_records(out)[0]
+
+    def barrier(world):  # rank 0 finishes Tanh#1 meanwhile
+        with open(out / "runs.rank0.jsonl", "w", encoding="utf-8") as f:
+            f.write(json.dumps({**first, "key": "Tanh#1", "trial": 1}) + "\n")
+
+    monkeypatch.setattr(study_mod, "_dist", lambda: (1, 2))
+    monkeypatch.setattr(study_mod, "_barrier", barrier)
+    monkeypatch.setattr(rnnkit.train, "cleanup_distributed", lambda: None)
+    calls = []
+    real = runner.fit
+    monkeypatch.setattr(runner, "fit", lambda st, spec, *a: calls.append(spec.key) or real(st, spec, *a))
+    run_study("jozefowicz", out, seeds=2, progress=False, report=False)
+    assert calls == ["LSTM#1"]
