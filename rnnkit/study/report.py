@@ -175,12 +175,18 @@ def write_report(
     rows = summarize(study, records)
     table = markdown_table(study, rows)
     bad = [f"{r['key']} ({r['stopped']})" for r in records if r.get("stopped")]
+    # the architectures run, with or without a finite result (the table has rows for the latter
+    # only: counted by rows, an architecture whose every run diverged vanished from the header)
+    ran = [a.name for a in study.archs if any(r["arch"] == a.name for r in records)]
     text = [f"# {study.title}", "",
-            f"{len(records)} runs: {trials} trial(s) × {len(rows)} architecture(s), {steps} steps each; "
+            f"{len(records)} runs: {trials} trial(s) × {len(ran)} architecture(s), {steps} steps each; "
             f"the same {trials} hyperparameter draws for every architecture.", "", table, "",
             f"Paper: {study.paper_source}.", ""]  # fmt: skip
     if bad:
         text += [f"Runs stopped early: {', '.join(bad)}.", ""]
+    missing = [a for a in ran if a not in {r["arch"] for r in rows}]
+    if missing:
+        text += [f"No finite {study.metric} in any run (not in the table): {', '.join(missing)}.", ""]
     written = {"table": table, "results": out / "results.md"}
     if rows:
         written["boxplot"] = box_plot(study, rows, out / "boxplot.png")

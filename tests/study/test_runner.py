@@ -203,3 +203,17 @@ def test_study_json_is_written_atomically_and_synced(tmp_path, monkeypatch):
     assert len(synced) >= 2  # the file before the rename, the directory after it
     assert runner.read_json(tmp_path / "study.json") == {"steps": 3, "x": float("inf")}
     assert [p.name for p in tmp_path.iterdir()] == ["study.json"]
+
+
+def test_report_names_an_architecture_whose_every_run_diverged(tmp_path):
+    """An architecture with no finite result vanished from results.md: no table row (right), but
+    the header counted architectures by rows ("× 1 architecture(s)" for two run) and nothing said
+    which one was left out."""
+    study = get_study("jozefowicz")
+    diverged = {"arch": "Tanh", "metric": float("nan"), "trial": 0, "key": "Tanh#0", "stopped": "non-finite"}
+    recs = [{"arch": "LSTM", "metric": 0.8, "trial": 0, "key": "LSTM#0"}, diverged]
+    report.write_report(study, recs, tmp_path, steps=3, trials=1)
+    text = (tmp_path / "results.md").read_text()
+    assert "2 runs: 1 trial(s) × 2 architecture(s)" in text
+    assert "No finite accuracy in any run (not in the table): Tanh." in text
+    assert [r["architecture"] for r in report.parse_table(text)] == ["LSTM"]
