@@ -171,7 +171,7 @@ def _configure(args) -> tuple[Budget, Budget]:
     if args.quick and not args.checkpoint:
         args.hidden_size = min(args.hidden_size, 6)
     if args.quick:
-        args.seq_len, args.batch = min(args.seq_len, 12), 4
+        args.seq_len, args.batch = min(args.seq_len, 12), min(args.batch, 4)  # (caps, as for the steps)
         args.train_steps = min(args.train_steps, 20)
     counts = ("hidden_size", "seq_len", "batch", "train_steps", "input_size", "num_layers", "horizon_steps")
     for name in counts:

@@ -380,3 +380,15 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert main(["--quick", "--no-horizon", "--variants", "rnn", "--out", str(tmp_path / "f")]) == 2
     assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_quick_caps_a_given_batch_instead_of_replacing_it(tmp_path):
+    """--quick set the analysed batch to 4 whatever --batch said (its other sizes are caps):
+    --batch 2 --quick analysed 4 sequences. It caps the batch at 4 too."""
+    from rnnkit.diagnostics.report import _configure
+
+    parser = add_arguments(argparse.ArgumentParser())
+    for given, want in ((["--batch", "2"], 2), ([], 4), (["--batch", "9"], 4)):
+        args = parser.parse_args(["--quick", "--out", str(tmp_path / "d"), *given])
+        _configure(args)
+        assert args.batch == want, given
