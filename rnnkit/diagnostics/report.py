@@ -201,16 +201,15 @@ def _summary_lines(label: str, stage: str, snap: Snapshot) -> list[str]:
     top = [lb for lb in gf.labels if not gf.reverse[lb]][-1]
     st = gf.state(top)
     n = gf.norms[top][st]
-    rho = {
-        layer: max((float(np.abs(ev).max()) for ev in blocks.values()), default=float("nan"))
-        for layer, blocks in snap.eigenvalues.items()
-    }
+    rho = {layer: max((float(np.abs(ev).max()) for ev in blocks.values()), default=float("nan"))
+           for layer, blocks in snap.eigenvalues.items()}  # fmt: skip
     acc = "" if snap.accuracy is None else f"  +1 accuracy {snap.accuracy:.3f}"
     lines = [
         f"{label:>8} {stage:>10}:{acc}",
-        f"{'':>20}loss at last step: ‖∂L/∂{st}_0‖/‖∂L/∂{st}_T-1‖ = {_ratio(n, st)}, "
+        f"{'':>20}loss at last step ({top}): ‖∂L/∂{st}_0‖/‖∂L/∂{st}_T-1‖ = {_ratio(n, st)}, "
         f"per-step factor {gf.per_step_factor():.3f}",
-        f"{'':>20}step Jacobian: mean σ_max {snap.spectrum.singular_values[:, 0].mean():.3f}, "
+        f"{'':>20}step Jacobian ({gf.labels[0]}, sequence 0): "
+        f"mean σ_max {snap.spectrum.singular_values[:, 0].mean():.3f}, "
         f"‖J_T-1⋯J_0‖ = {snap.spectrum.product_norms[-1]:.3g}",
     ]
     if snap.decay is None or snap.decay.name == "λ":

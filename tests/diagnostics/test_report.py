@@ -392,3 +392,12 @@ def test_quick_caps_a_given_batch_instead_of_replacing_it(tmp_path):
         args = parser.parse_args(["--quick", "--out", str(tmp_path / "d"), *given])
         _configure(args)
         assert args.batch == want, given
+
+
+def test_summary_says_which_layer_each_line_measures(tmp_path):
+    """summary.txt's gradient ratio is the top forward layer's and its step-Jacobian line layer 0's
+    (the first sequence), and neither said so: a two-layer model read as one measurement."""
+    out = tmp_path / "d"
+    assert main(["--quick", "--no-horizon", "--out", str(out), "--variants", "lstm:num_layers=2"]) == 0
+    text = (out / "summary.txt").read_text(encoding="utf-8")
+    assert "loss at last step (l1):" in text and "step Jacobian (l0, sequence 0):" in text
