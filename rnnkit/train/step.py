@@ -8,6 +8,7 @@ in :mod:`rnnkit.train.trainer`, whose attributes it reads and sets (as
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -19,6 +20,17 @@ from rnnkit.train.state import count_tokens, detach_state
 from rnnkit.train.tbptt import tbptt_batch, zero_loss
 
 __all__ = ["TrainerStep"]
+
+log = logging.getLogger("rnnkit.train")
+
+
+def _grad_norm(params: list[nn.Parameter]) -> float:
+    """The L2 norm of all of ``params``' gradients together, as ``clip_grad_norm_`` measures it
+    (0.0 for no gradient); the gradients are left as they are."""
+    if not params:
+        return 0.0
+    norms = [torch.linalg.vector_norm(p.grad.detach()).to(params[0].grad.device) for p in params]
+    return float(torch.linalg.vector_norm(torch.stack(norms)))
 
 
 class TrainerStep:
@@ -54,8 +66,19 @@ class TrainerStep:
         self.precision.backward(loss)
         self.precision.unscale_(self.optimizer)
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
-        # with max_norm=inf this only measures the norm (grads are scaled by exactly 1.0)
-        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm or math.inf))
+        if cfg.clip_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
+        else:
+            # measured only: clip_grad_norm_(max_norm=inf) would scale every gradient by
+            # inf / norm, NaN for an inf norm, spreading one inf gradient to all weights
+            norm = _grad_norm(params)
+        if not math.isfinite(norm) and self.precision.scaler is None:
+            # an inf/NaN gradient would make weights (and, through clipping, all of them) NaN for
+            # the rest of the run: skip the update, as the float16 loss scaler does. Under DDP the
+            # gradients are all-reduced, so every rank skips alike. (The scaler must see its
+            # skipped steps to lower its scale, so float16 steps go to it.)
+            log.warning("step %d: gradient norm %s; update skipped", self.step + 1, norm)
+            return norm
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
         lrs = [g["lr"] for g in self.optimizer.param_groups]

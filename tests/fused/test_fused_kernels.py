@@ -314,3 +314,28 @@ def test_relu_gradient_passes_nan_outputs_like_torch(opts, backend):
         grads[impl] = torch.autograd.grad(out.sum() + h_n.sum(), list(m.parameters()))
     for got, want in zip(grads["fused"], grads["loop"]):
         torch.testing.assert_close(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [{}, {"reset_after": False}, {"variant": "mut1"}, {"variant": "mut3"}, {"zoneout": 0.3}],
+    ids=["gru", "reset_before", "mut1", "mut3", "zoneout"],
+)
+@pytest.mark.parametrize("inf", [float("inf"), -float("inf")])
+def test_infinite_gru_state_gives_torchs_nans_in_float32(opts, inf, backend):
+    """An infinite unit of ``h_0`` makes the recurrent pre-activations ±inf: σ(-inf) is exactly 0
+    in ATen's float32 (and the loop's), so ``0 ⊙ inf`` makes the row NaN. The fused float32 σ gave
+    3e-39 below -88.7 (its exp's clamp), so ``z ⊙ h`` kept the inf and other units stayed finite
+    (a GRU's whole row frozen at its previous value): outputs where torch.nn's are NaN."""
+    torch.manual_seed(0)
+    x, h0 = torch.randn(4, 3, 2, dtype=torch.float32), torch.randn(1, 3, 5, dtype=torch.float32)
+    h0[0, 1, 0] = inf
+    outs = {}
+    for impl in ("loop", "fused"):
+        torch.manual_seed(1)
+        m = rnnkit.GRU(2, 5, impl=impl, **opts).float().eval()
+        outs[impl] = m(x, h0)
+    if not opts:  # as torch.nn.GRU's: by the last step every unit of row 1 is NaN
+        assert torch.isnan(outs["loop"][0][-1, 1]).all()
+    for got, want in zip(outs["fused"], outs["loop"], strict=True):
+        torch.testing.assert_close(got, want, equal_nan=True)

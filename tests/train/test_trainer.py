@@ -150,6 +150,42 @@ def test_clip_by_norm_and_value():
     assert delta.abs().max().item() == pytest.approx(0.01, rel=1e-6)
 
 
+@pytest.mark.parametrize("clip_norm", [None, 1.0])
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+def test_non_finite_gradient_skips_the_update(clip_norm, bad, caplog):
+    """One inf/NaN gradient entry used to reach every weight: the norm measured (or clipped) with
+    clip_grad_norm_ scales all gradients by max_norm / norm, NaN for a non-finite norm, and the
+    optimizer stepped. The update is skipped now (as the float16 loss scaler does), and logged."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    hits = []
+
+    def poison(g):  # the first backward only: one entry of one parameter's gradient
+        hits.append(1)
+        return g.index_fill(0, torch.tensor([0]), bad) if len(hits) == 1 else g
+
+    model.out.bias.register_hook(poison)
+    rows = []
+
+    class Spy(Callback):
+        def on_log(self, trainer, row):
+            rows.append(row)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    cfg = {"clip_norm": clip_norm, "max_steps": 1, "progress": False}
+    tr = Trainer(model, _sgd(model), log_every=1, callbacks=[Spy()], **cfg)
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        tr.fit(bptt_batches(tokens(100), 2, 5))
+    assert "gradient norm" in caplog.text and "update skipped" in caplog.text
+    assert not math.isfinite(rows[0]["grad_norm"])
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), b)
+    # a finite step then moves every weight, finitely
+    Trainer(model, _sgd(model), **cfg).fit(bptt_batches(tokens(100), 2, 5))
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.isfinite(p).all() and not torch.equal(p.detach(), b)
+
+
 def test_lr_scaled_by_window_length_then_restored():
     seen = []
 
