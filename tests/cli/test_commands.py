@@ -323,7 +323,8 @@ def test_metrics_of_a_diverged_run_are_strict_json(cli, tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line, parse_constant=bad) for line in lines]
     assert rows[-1]["split"] == "val" and rows[-1]["step"] == 3 and rows[-1]["loss"] is None
-    assert math.isnan(read_metrics(tmp_path / "metrics.jsonl")[-1]["loss"])
+    # (inf, not NaN: the updates of NaN gradients are skipped, the weights stay as step 1 left them)
+    assert math.isinf(read_metrics(tmp_path / "metrics.jsonl")[-1]["loss"])
 
 
 def test_results_of_a_diverged_run_are_strict_json(cli, tmp_path):
@@ -338,9 +339,9 @@ def test_results_of_a_diverged_run_are_strict_json(cli, tmp_path):
             "--lr", 1e300, "--out", tmp_path, *TINY]  # fmt: skip
     assert cli(*args).rc == 0
     doc = json.loads((tmp_path / "results.json").read_text(), parse_constant=bad)
-    assert doc["valid_loss"] is None and doc["nonfinite"]["valid_loss"] == "nan"
+    assert doc["valid_loss"] is None and doc["nonfinite"]["valid_loss"] == "inf"  # (NaN updates skipped)
     back = read_results(tmp_path)
-    assert math.isnan(back["valid_loss"]) and math.isnan(back["valid_mse"]) and "nonfinite" not in back
+    assert math.isinf(back["valid_loss"]) and math.isinf(back["valid_mse"]) and "nonfinite" not in back
     assert back["step"] == 3 and back["stop_reason"] == "max_steps"
 
 

@@ -147,7 +147,12 @@ def _strict_rows(path):
 
 def test_metrics_jsonl_of_a_diverged_run_is_strict_json_and_reads_back(tmp_path):
     """A diverged loss was written as a bare NaN/Infinity token: no JSON parser but Python's reads it."""
-    div = lambda out, tgt: lm_loss(out, tgt) / 0.0  # noqa: E731 - inf, then NaN weights: NaN
+    calls = []
+
+    def div(out, tgt):  # inf, then NaN (the updates of non-finite gradients are skipped: no NaN weights)
+        calls.append(1)
+        return lm_loss(out, tgt) * (math.inf if len(calls) == 1 else math.nan)
+
     tr = _trainer(tmp_path, max_steps=4, log_every=1, loss_fn=div)
     tr.fit(_data(), _data())
     rows = _strict_rows(tmp_path / "metrics.jsonl")
