@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data.batching import bptt_batches
-from rnnkit.train.state import count_tokens, lm_loss, move_to
+from rnnkit.train.state import check_carried_rows, count_tokens, lm_loss, move_to
 
 __all__ = ["evaluate_lm", "evaluate_batches"]
 
@@ -62,19 +62,24 @@ def evaluate_batches(
     *,
     carry_state: bool = True,
     device: torch.device | str | None = None,
+    batch_first: bool = False,
 ) -> tuple[float, int]:
     """Sum of ``loss * tokens`` and the token count over ``data`` in eval mode.
 
     ``forward(model, batch, state) -> (mean loss, new_state)``; the state is carried
-    from batch to batch when ``carry_state``. A batch without targets (``count_tokens`` 0) only
-    carries the state. The train/eval mode is restored.
+    from batch to batch when ``carry_state`` (a batch of other sequences than the one before
+    it is then an error; ``batch_first``: the inputs' layout). A batch without targets
+    (``count_tokens`` 0) only carries the state. The train/eval mode is restored.
     """
     was_training = model.training
     model.eval()
-    total, tokens, state = 0.0, 0, None
+    total, tokens, state, rows = 0.0, 0, None, None
     try:
-        for batch in data:
+        for i, batch in enumerate(data, 1):
             batch = move_to(batch, device)
+            if carry_state:  # (a batch of other rows than the state's: an error naming the carry)
+                carried = rows if state is not None else None
+                rows = check_carried_rows(batch, carried, batch_first, f"validation batch {i}")
             loss, state = forward(model, batch, state)
             n = count_tokens(batch)
             if n:  # without a target the mean loss is NaN (a mean over nothing), and NaN * 0 is NaN

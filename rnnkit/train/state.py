@@ -73,6 +73,24 @@ def count_tokens(batch: Any) -> int:
     return first.numel() if isinstance(first, Tensor) else 1
 
 
+def check_carried_rows(batch: Any, rows: int | None, batch_first: bool, where: str) -> int | None:
+    """The number of sequences of ``batch`` (its inputs' batch dimension; None for packed or
+    unbatched inputs); a ``ValueError`` when ``rows``, those of the batch whose state is carried
+    into this one, differ: a state of other rows (a short last batch of a DataLoader) failed in
+    the layer's words ("expected h_0 of shape ..."), naming neither the carry nor its remedy."""
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(first, Tensor) or first.dim() < 2:
+        return None
+    n = int(first.shape[0 if batch_first else 1])
+    if rows is not None and n != rows:
+        raise ValueError(
+            f"carry_state=True hands each batch the state of the one before, but {where} has {n} "
+            f"sequences after one of {rows}: give batches of one size (DataLoader(drop_last=True), "
+            "bptt_batches' streams) or pass carry_state=False"
+        )
+    return n
+
+
 def lm_loss(output: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy in nats over all non-ignored positions.
 

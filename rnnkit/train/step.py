@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.train import distributed as dist
-from rnnkit.train.state import count_tokens, detach_state
+from rnnkit.train.state import check_carried_rows, count_tokens, detach_state
 from rnnkit.train.tbptt import tbptt_batch, zero_loss
 
 __all__ = ["TrainerStep"]
@@ -99,6 +99,9 @@ class TrainerStep:
         cfg = self.config
         lr_scale = float(getattr(batch, "lr_scale", 1.0)) if cfg.scale_lr_by_seq_len else 1.0
         state = self.state if cfg.carry_state else None
+        rows = getattr(self, "_state_rows", None) if state is not None else None
+        where = f"batch {self.batch_in_epoch + 1} of the epoch"
+        self._state_rows = check_carried_rows(batch, rows, cfg.batch_first, where)
         time_dim = 1 if cfg.batch_first else 0
         k1 = cfg.tbptt_k1
         dev = self._reduce_device()

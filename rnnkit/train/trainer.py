@@ -125,7 +125,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         with self.ntasgd.swapped() if self.ntasgd else nullcontext():
             total, tokens = evaluate_batches(
                 self.raw_model, data, lambda m, batch, st: self._forward(m, batch, st),
-                carry_state=self.config.carry_state, device=self.device,
+                carry_state=self.config.carry_state, device=self.device, batch_first=self.config.batch_first,
             )  # fmt: skip
         total, tokens = dist.all_reduce_sum([total, tokens], self._reduce_device())
         if tokens == 0:

@@ -464,3 +464,25 @@ def test_carried_state_over_shuffled_batches_is_refused():
         assert (
             Trainer(model, _sgd(model), batch_first=True, progress=False, **kw).fit(shuffled[0])["step"] == 2
         )
+
+
+def test_carried_state_into_a_batch_of_other_sequences_names_the_carry():
+    """carry_state=True over an unshuffled DataLoader whose last batch is short handed that batch
+    the previous batch's state: the layer refused it in its own words ("expected h_0 of shape
+    ..."), naming neither the carry nor a remedy. The trainer says so, in training and in
+    validation; batches of one size, and carry_state=False, train as before."""
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    ds = TensorDataset(torch.randint(0, 11, (10, 5)), torch.randint(0, 11, (10, 5)))  # batches 4, 4, 2
+    model = TinyLM(batch_first=True)
+    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    with pytest.raises(ValueError, match="batch 3 of the epoch has 2 sequences after one of 4.*drop_last"):
+        tr.fit(DataLoader(ds, batch_size=4))
+    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    with pytest.raises(ValueError, match="validation batch 3 has 2 sequences after one of 4"):
+        tr.fit(DataLoader(ds, batch_size=4, drop_last=True), val_data=DataLoader(ds, batch_size=4))
+    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    assert tr.fit(DataLoader(ds, batch_size=4, drop_last=True))["step"] == 2
+    tr = Trainer(model, _sgd(model), batch_first=True, progress=False, carry_state=False)
+    assert tr.fit(DataLoader(ds, batch_size=4), val_data=DataLoader(ds, batch_size=4))["step"] == 3
