@@ -6,6 +6,7 @@ a TCN, a conv front end + recurrent stack), always batch-first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
 
-__all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode"]
+__all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode", "kept_modes"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,15 +32,23 @@ def keeps_mode(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        model = sig.bind(*args, **kwargs).arguments["model"]
-        modes = [(m, m.training) for m in model.modules()]
-        try:
+        with kept_modes(sig.bind(*args, **kwargs).arguments["model"]):
             return fn(*args, **kwargs)
-        finally:
-            for m, training in modes:
-                m.training = training
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """On exit, every module of ``model`` is back in the train/eval mode it had on entry (its own
+    flag: ``model.train(was)`` would set every submodule, a frozen batch norm too); a generator
+    (``charlm.sample``) holds it across its yields, where :func:`keeps_mode` cannot."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def padded_batches(

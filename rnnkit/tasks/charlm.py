@@ -18,6 +18,7 @@ from rnnkit._checks import is_int, is_real
 from rnnkit.baselines import encoder_output_size, reads_ahead, step_kwargs
 from rnnkit.datasets.shakespeare import CharVocab
 from rnnkit.state import detach_state
+from rnnkit.tasks._common import kept_modes
 
 __all__ = [
     "RECIPE", "RECIPE_LONG", "LONG_BUDGET_MINUTES", "LONG_BUDGET_MINUTES_BF16", "BF16_BELOW_MINUTES",
@@ -97,7 +98,7 @@ def sample(
 
     The prime (non-empty) is fed in one call (in windows of ``seq_len``, below); then each
     sampled character is fed back with the carried recurrent state. ``temperature`` 0 means greedy (argmax).
-    The model is put in eval mode (and restored afterwards).
+    The model is put in eval mode (each module's own mode restored afterwards).
 
     A stack with per-time-step statistics (``norm="batch"``) normalizes character ``p`` of
     the text (prime, then sample) with those of step ``p``, as one call over the text would;
@@ -113,9 +114,8 @@ def sample(
         raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
     if not is_real(temperature) or not temperature >= 0:  # written so that nan is rejected too
         raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
-    was_training = model.training
-    model.eval()
-    try:
+    with kept_modes(model):  # each module's own mode back after (a generator: not @keeps_mode)
+        model.eval()
         device = next(model.parameters()).device
         x = vocab.encode(prime).to(device).unsqueeze(0)  # (1, T)
         windowed = seq_len is not None and bool(step_kwargs(model, 1))  # only where the windows matter
@@ -138,8 +138,6 @@ def sample(
             t = p % window if windowed else p
             logits, state = model(torch.tensor([[idx]], device=device), state, **step_kwargs(model, t))
             last = logits[0, -1]
-    finally:
-        model.train(was_training)
 
 
 #: The learning-rate schedules of :func:`lr_at`.

@@ -64,6 +64,11 @@ def test_special_values(dtype):
     if dtype == torch.float32:
         edge = torch.tensor([-88.7229, -88.72, -88.0], dtype=dtype)
         assert _act(edge, 0)[0] == 0 == torch.sigmoid(edge)[0] and (_act(edge, 0)[1:] > 0).all()
+        # at the float where ATen's e^-x first overflows (-88.72283935546875) its σ is 0 already,
+        # and the next float up is not: the fused σ was 3e-39 at that float itself
+        k = torch.tensor(-88.72283935546875, dtype=dtype)
+        near = torch.stack([torch.nextafter(k, k + 1), k, torch.nextafter(k, k - 1)])
+        assert torch.equal(_act(near, 0) == 0, torch.sigmoid(near) == 0), (_act(near, 0), torch.sigmoid(near))
     assert torch.equal(t[[2, 3, 5, 6]], torch.tensor([1.0, -1.0, 1.0, -1.0], dtype=dtype))
     assert torch.isnan(t[4])
     assert t[0] == 0 and t[1] == 0 and torch.signbit(t[1]) and not torch.signbit(t[0])

@@ -162,3 +162,14 @@ def test_exact_match_of_no_pairs_is_refused():
     model = Seq2Seq({**ARCH, "options": {}}, src_vocab=7, tgt_vocab=7, embedding_dim=5)
     with pytest.raises(ValueError, match="at least one .source, target. pair, got none"):
         exact_match(model, [])
+
+
+def test_charlm_sample_leaves_each_module_in_the_mode_it_found():
+    """sample() restored the model with model.train(was_training), which set every submodule: a
+    module the user kept in eval mode inside a training model (a frozen embedding, batch norm)
+    came back in training mode after a sample drawn mid-training. Each module's flag comes back."""
+    model = CharLM(len(VOCAB), 4, 1, 3).train()
+    model.rnn.eval()  # (one module in another mode: restored as it was)
+    want = _modes(model)
+    assert len("".join(sample(model, VOCAB, "ab", 3, 0.0))) == 3
+    assert _modes(model) == want

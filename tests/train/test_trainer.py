@@ -150,42 +150,6 @@ def test_clip_by_norm_and_value():
     assert delta.abs().max().item() == pytest.approx(0.01, rel=1e-6)
 
 
-@pytest.mark.parametrize("clip_norm", [None, 1.0])
-@pytest.mark.parametrize("bad", [math.inf, math.nan])
-def test_non_finite_gradient_skips_the_update(clip_norm, bad, caplog):
-    """One inf/NaN gradient entry used to reach every weight: the norm measured (or clipped) with
-    clip_grad_norm_ scales all gradients by max_norm / norm, NaN for a non-finite norm, and the
-    optimizer stepped. The update is skipped now (as the float16 loss scaler does), and logged."""
-    torch.manual_seed(0)
-    model = TinyLM()
-    hits = []
-
-    def poison(g):  # the first backward only: one entry of one parameter's gradient
-        hits.append(1)
-        return g.index_fill(0, torch.tensor([0]), bad) if len(hits) == 1 else g
-
-    model.out.bias.register_hook(poison)
-    rows = []
-
-    class Spy(Callback):
-        def on_log(self, trainer, row):
-            rows.append(row)
-
-    before = [p.detach().clone() for p in model.parameters()]
-    cfg = {"clip_norm": clip_norm, "max_steps": 1, "progress": False}
-    tr = Trainer(model, _sgd(model), log_every=1, callbacks=[Spy()], **cfg)
-    with caplog.at_level("WARNING", logger="rnnkit.train"):
-        tr.fit(bptt_batches(tokens(100), 2, 5))
-    assert "gradient norm" in caplog.text and "update skipped" in caplog.text
-    assert not math.isfinite(rows[0]["grad_norm"])
-    for p, b in zip(model.parameters(), before, strict=True):
-        assert torch.equal(p.detach(), b)
-    # a finite step then moves every weight, finitely
-    Trainer(model, _sgd(model), **cfg).fit(bptt_batches(tokens(100), 2, 5))
-    for p, b in zip(model.parameters(), before, strict=True):
-        assert torch.isfinite(p).all() and not torch.equal(p.detach(), b)
-
-
 def test_lr_scaled_by_window_length_then_restored():
     seen = []
 
@@ -427,62 +391,3 @@ def test_settings_that_act_on_validations_need_val_data(tmp_path, kw, named):
     with pytest.raises(ValueError, match=rf"{named} acts on validations: fit\(\) needs val_data, got None"):
         tr.fit(bptt_batches(tokens(200), 2, 5))
     assert tr.step == 0 and not (tmp_path / "run" / "checkpoints").exists()
-
-
-def test_carried_state_over_shuffled_batches_is_refused():
-    """carry_state=True (the default) handed each batch the state where the previous one stopped,
-    also over a shuffled DataLoader: a batch started silently from another sequence's end (or, on a
-    short last batch, failed with torch's hidden-size error mid-epoch). It is a ValueError now,
-    before anything is trained; unshuffled data, carry_state=False and a step_fn train as before."""
-    from torch.utils.data import DistributedSampler, TensorDataset
-
-    torch.manual_seed(0)
-    ds = TensorDataset(torch.randint(0, 11, (8, 5)), torch.randint(0, 11, (8, 5)))
-    pairs = [(x, y) for x, y in ds]
-    shuffled = [
-        DataLoader(ds, batch_size=4, shuffle=True),
-        DataLoader(ds, batch_size=4, sampler=DistributedSampler(ds, num_replicas=1, rank=0)),
-        DataLoader(
-            pairs, batch_sampler=BucketBatchSampler([5] * 8, 4), collate_fn=PadCollate(batch_first=True)
-        ),
-    ]
-    for loader in shuffled:
-        model = TinyLM(batch_first=True)
-        tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
-        with pytest.raises(ValueError, match="carry_state=True .* the training data is shuffled"):
-            tr.fit(loader)
-        assert tr.step == 0
-    model = TinyLM(batch_first=True)
-    assert Trainer(model, _sgd(model), batch_first=True, progress=False).fit(DataLoader(ds, 4))["step"] == 2
-    # validation carries the state alike: a shuffled val_data is refused too, before training
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
-    with pytest.raises(ValueError, match="carry_state=True .* the validation data is shuffled"):
-        tr.fit(DataLoader(ds, 4), val_data=shuffled[0])
-    assert tr.step == 0
-    for kw in ({"carry_state": False}, {"step_fn": lambda m, b, s: (lm_loss(m(b[0])[0], b[1]), None)}):
-        model = TinyLM(batch_first=True)
-        assert (
-            Trainer(model, _sgd(model), batch_first=True, progress=False, **kw).fit(shuffled[0])["step"] == 2
-        )
-
-
-def test_carried_state_into_a_batch_of_other_sequences_names_the_carry():
-    """carry_state=True over an unshuffled DataLoader whose last batch is short handed that batch
-    the previous batch's state: the layer refused it in its own words ("expected h_0 of shape
-    ..."), naming neither the carry nor a remedy. The trainer says so, in training and in
-    validation; batches of one size, and carry_state=False, train as before."""
-    from torch.utils.data import TensorDataset
-
-    torch.manual_seed(0)
-    ds = TensorDataset(torch.randint(0, 11, (10, 5)), torch.randint(0, 11, (10, 5)))  # batches 4, 4, 2
-    model = TinyLM(batch_first=True)
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
-    with pytest.raises(ValueError, match="batch 3 of the epoch has 2 sequences after one of 4.*drop_last"):
-        tr.fit(DataLoader(ds, batch_size=4))
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
-    with pytest.raises(ValueError, match="validation batch 3 has 2 sequences after one of 4"):
-        tr.fit(DataLoader(ds, batch_size=4, drop_last=True), val_data=DataLoader(ds, batch_size=4))
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
-    assert tr.fit(DataLoader(ds, batch_size=4, drop_last=True))["step"] == 2
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False, carry_state=False)
-    assert tr.fit(DataLoader(ds, batch_size=4), val_data=DataLoader(ds, batch_size=4))["step"] == 3

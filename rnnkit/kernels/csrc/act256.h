@@ -30,8 +30,8 @@ inline __m256 exp8(__m256 x) {
 inline __m256 sigmoid8(__m256 x) {
   const __m256 one = _mm256_set1_ps(1.f);
   const __m256 s = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), x))));
-  // 0 below -88.7228 as ATen's (act512.h's sigmoid16); NaN x kept
-  return _mm256_and_ps(s, _mm256_cmp_ps(x, _mm256_set1_ps(kSigmoidZero), _CMP_NLT_UQ));
+  // 0 at and below -88.7228 as ATen's (act512.h's sigmoid16); NaN x kept (NLE: unordered true)
+  return _mm256_and_ps(s, _mm256_cmp_ps(x, _mm256_set1_ps(kSigmoidZero), _CMP_NLE_UQ));
 }
 
 inline __m256 tanh8(__m256 x) {

@@ -17,7 +17,7 @@
 // σ and tanh within 3 ulp of the rounded exact value (measured the same way: ATen's float32 σ
 // 2.5 ulp, its tanh 0.5; SLEEF's tanh_u35 is specified within 3.5). NaN propagates
 // (vmaxps/vminps return their second operand, x, when it is NaN); tanh(±inf) = ±1,
-// σ(+inf) = 1; σ(x) = 0 below x = kSigmoidZero (-88.7228), as ATen's float32 σ, whose e^-x
+// σ(+inf) = 1; σ(x) = 0 at and below x = kSigmoidZero (-88.7228), as ATen's float32 σ, whose e^-x
 // overflows there (from there to -88.7, where the clamp keeps 1 + e^-x finite, σ(x) stays at
 // σ(-88.7) ≈ 3e-39, a subnormal). float64 keeps SLEEF (pointwise.h): the
 // float64 tests hold the fused kernels to ~1e-15 of the reference loop.
@@ -52,9 +52,10 @@ inline __m512 rcp16(__m512 d) {
 
 inline __m512 sigmoid16(__m512 x) {
   const __m512 s = rcp16(_mm512_add_ps(_mm512_set1_ps(1.f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
-  // 0 below -88.7228, where ATen's 1 / (1 + e^-x) is 1 / inf (exp16's clamp would leave 3e-39):
-  // a GRU state of ±inf then gives gates of exactly 0, whose 0 ⊙ inf is torch's NaN. NaN x kept
-  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(kSigmoidZero), _CMP_NLT_UQ), s);
+  // 0 at and below -88.7228, where ATen's 1 / (1 + e^-x) is 1 / inf (exp16's clamp would leave
+  // 3e-39): a GRU state of ±inf then gives gates of exactly 0, whose 0 ⊙ inf is torch's NaN.
+  // s kept where x > kSigmoidZero or x is NaN (NLE: not <=, unordered true)
+  return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(kSigmoidZero), _CMP_NLE_UQ), s);
 }
 
 inline __m512 tanh16(__m512 x) {

@@ -15,7 +15,8 @@ constexpr float kExpP[6] = {1.9790352962445468e-04f, 1.3944648671895266e-03f, 8.
 constexpr float kTanhR[5] = {-5.704985465854406e-03f, 2.063908614218235e-02f, -5.373971536755562e-02f,
                              1.3331441581249237e-01f, -3.333328068256378e-01f};
 constexpr float kTanhSmall = 0.625f;
-// σ(x) = 0 below this, as ATen's float32 1 / (1 + e^-x): e^-x overflows from x < -ln(FLT_MAX)
+// σ(x) = 0 at and below this, as ATen's float32 1 / (1 + e^-x): e^-x overflows for x < -ln(FLT_MAX)
+// (-88.722839055...), and this is the largest float below it
 constexpr float kSigmoidZero = -88.72283935546875f;
 
 }  // namespace rnnkit_act
