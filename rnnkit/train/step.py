@@ -86,6 +86,7 @@ class TrainerStep:
             for g in self.optimizer.param_groups:
                 g["lr"] = g["lr"] * lr_scale
         stepped = self.precision.step(self.optimizer)
+        self._updates += int(stepped)  # (the scheduler steps after a batch that made an update)
         for g, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             g["lr"] = lr
         if self.ntasgd is not None and stepped:
@@ -97,6 +98,7 @@ class TrainerStep:
     def _train_batch(self, batch: Any) -> tuple[float, float, float]:
         """One batch: returns (summed loss * tokens, tokens) over all ranks, and the grad norm."""
         cfg = self.config
+        self._updates = 0  # optimizer steps taken (none: no target, a non-finite gradient, fp16's skip)
         lr_scale = float(getattr(batch, "lr_scale", 1.0)) if cfg.scale_lr_by_seq_len else 1.0
         state = self.state if cfg.carry_state else None
         rows = getattr(self, "_state_rows", None) if state is not None else None

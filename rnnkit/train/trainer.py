@@ -262,10 +262,12 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         # them at different steps, leaving the others in the next collective
                         self.elapsed = dist.all_reduce_max(self.elapsed, self._reduce_device())
                     # after the counters: a schedule over the budget (the CLI's BudgetLR) reads the
-                    # steps and time spent including this step, to set the next step's rate. A step without
-                    # any target made no update: the schedule follows the updates (torch's recipe)
+                    # steps and time spent including this step, to set the next step's rate. A step that
+                    # made no update (no target, a non-finite gradient, float16's skip) leaves it: the
+                    # schedule follows the updates (torch's recipe; else torch warns of a scheduler step
+                    # before any optimizer step)
                     plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-                    if n and self.scheduler is not None and not plateau:
+                    if self._updates and self.scheduler is not None and not plateau:
                         self.scheduler.step()
                     # a step without any target has no loss (NaN), not 0.0, which would pull averages
                     # and curves down; the log rows' token-weighted means leave it out (n = 0)

@@ -53,6 +53,20 @@ def test_non_finite_gradient_skips_the_update(clip_norm, bad, caplog):
         assert torch.isfinite(p).all() and not torch.equal(p.detach(), b)
 
 
+def test_a_skipped_update_does_not_step_the_scheduler():
+    """A step whose update was skipped (a non-finite gradient) still stepped the scheduler: the
+    schedule ran ahead of the updates, and a first skipped step made torch warn "lr_scheduler.step()
+    before optimizer.step()" (an error under -W error, as here). It follows the updates."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    hits = []
+    model.out.bias.register_hook(lambda g: hits.append(1) or (g * math.nan if len(hits) == 1 else g))
+    opt = _sgd(model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    Trainer(model, opt, scheduler=sched, max_steps=3, progress=False).fit(bptt_batches(tokens(100), 2, 5))
+    assert len(hits) == 3 and sched.last_epoch == 2 and opt.param_groups[0]["lr"] == 0.5 * 0.25
+
+
 def test_carried_state_over_shuffled_batches_is_refused():
     """carry_state=True (the default) handed each batch the state where the previous one stopped,
     also over a shuffled DataLoader: a batch started silently from another sequence's end (or, on a
