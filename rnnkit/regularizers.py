@@ -104,7 +104,12 @@ class ProbOption:
         self.name = name
 
     def __get__(self, obj, objtype=None):
-        return self if obj is None else obj.__dict__[self.name]
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:  # (an AttributeError, as for any attribute: hasattr and getattr's default work)
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
 
     def __set__(self, obj, value) -> None:
         obj.__dict__[self.name] = check_prob(self.name, value)
@@ -135,6 +140,19 @@ def zoneout_probs(zoneout: object, state_names: Sequence[str]) -> tuple[float, .
     return (p,) * len(names)
 
 
+class _Frozen(dict):
+    """A zoneout dict as a layer holds it: read-only, so that ``layer.zoneout["h"] = 0.5`` (which
+    would change the repr, not the probabilities) is an error pointing at the assignment."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a layer's zoneout is read-only: assign a new one (layer.zoneout = {...})")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self):  # (pickle and deepcopy would set the items one by one)
+        return _Frozen, (dict(self),)
+
+
 class ZoneoutOption:
     """The ``zoneout`` attribute of a layer stack or a step cell (a data descriptor).
 
@@ -156,6 +174,10 @@ class ZoneoutOption:
             probs = [zoneout_probs(value, c.state_names) for c in obj.cells]
         else:
             probs = zoneout_probs(value, obj.cell.state_names)
+        # a copy of a dict or list: the caller's object, changed later, would change the repr alone
+        value = (
+            _Frozen(value) if isinstance(value, dict) else tuple(value) if isinstance(value, list) else value
+        )
         obj.__dict__["zoneout_probs"], obj.__dict__["_zoneout_value"] = probs, value
 
 

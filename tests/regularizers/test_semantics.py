@@ -266,6 +266,30 @@ def test_assigning_a_regularizer_probability_is_checked(make, name):
     assert getattr(m, name) == 0.25 and isinstance(getattr(m, name), float)
 
 
+def test_a_layers_zoneout_dict_cannot_drift_from_its_probabilities():
+    """The layer kept the caller's dict: changing it afterwards (or ``layer.zoneout["h"] = 0.5``)
+    changed the repr, not the probabilities the layer runs. It keeps a read-only copy (pickled and
+    deep-copied alike); a list is kept as a tuple."""
+    import copy
+    import pickle
+
+    d = {"h": 0.1}
+    m = rnnkit.GRU(3, 4, zoneout=d)
+    d["h"] = 0.9
+    assert m.zoneout == {"h": 0.1} and m.zoneout_probs == [(0.1,)] and "0.9" not in repr(m)
+    with pytest.raises(TypeError, match="read-only: assign a new one"):
+        m.zoneout["h"] = 0.5
+    for other in (copy.deepcopy(m), pickle.loads(pickle.dumps(m))):
+        assert other.zoneout == {"h": 0.1} and other.zoneout_probs == [(0.1,)]
+        with pytest.raises(TypeError):
+            other.zoneout.update(h=0.5)
+    pair = [0.2, 0.1]
+    lstm = rnnkit.LSTM(3, 4, zoneout=pair)
+    pair[0] = 0.7
+    assert lstm.zoneout == (0.2, 0.1) and lstm.zoneout_probs == [(0.1, 0.2)]
+    assert not hasattr(rnnkit.LockedDropout.__new__(rnnkit.LockedDropout), "p")  # (an AttributeError)
+
+
 def test_locked_dropout_single_layer_warns():
     with pytest.warns(UserWarning, match="locked_dropout acts between recurrent layers"):
         rnnkit.LSTM(2, 3, locked_dropout=0.5)
