@@ -100,6 +100,9 @@ class ProbOption:
     on every assignment, at construction or later (``layer.weight_drop = 0.2``): an invalid value
     assigned as a plain attribute failed only at the next training call, in a mask generator's words."""
 
+    def __init__(self, below_one: bool = False) -> None:
+        self.below_one = below_one  # [0, 1): a probability of 1 would never let the value change
+
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
@@ -112,6 +115,8 @@ class ProbOption:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
 
     def __set__(self, obj, value) -> None:
+        if self.below_one and not (_checks.is_real(value) and 0 <= value < 1):
+            raise ValueError(f"{self.name} must be a number in [0, 1), got {value!r}")
         obj.__dict__[self.name] = check_prob(self.name, value)
 
 

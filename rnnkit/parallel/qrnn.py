@@ -54,15 +54,15 @@ class QRNN(ParallelRecurrent):
     Args: as :class:`torch.nn.GRU`, plus keyword-only ``window`` (1 or 2) and ``zoneout``.
     """
 
+    zoneout = regularizers.ProbOption(below_one=True)  # checked on every assignment, in [0, 1)
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
                  device=None, dtype=None, *, window: int = 2, zoneout: float = 0.0) -> None:  # fmt: skip
         # an int: True and 2.0 compare equal to 1 and 2 (True ran as window 1, silently)
         if not _checks.is_int(window) or window not in (1, 2):
             raise ValueError(f"window must be 1 or 2, got {window!r}")
-        if not _checks.is_real(zoneout) or not 0 <= zoneout < 1:
-            raise ValueError(f"zoneout must be a number in [0, 1), got {zoneout!r}")
-        self.window, self.zoneout = int(window), float(zoneout)
+        self.window, self.zoneout = int(window), zoneout
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device, dtype)  # fmt: skip
 

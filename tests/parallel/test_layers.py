@@ -459,3 +459,15 @@ def test_qrnn_zoneout_draws_its_mask_where_every_regularizer_does(monkeypatch):
         c = f[t] * c + (1 - f[t]) * z[t]
         outs.append(o[t] * c)
     torch.testing.assert_close(y, torch.stack(outs))
+
+
+def test_qrnn_zoneout_assigned_later_is_checked():
+    """QRNN's zoneout, a plain attribute, took any value assigned after construction (1.0 never
+    lets c change; a string failed at the next training call); checked as at construction."""
+    m = rnnkit.QRNN(3, 4, zoneout=0.2)
+    for bad in (1.0, -0.1, "0.5", True):
+        with pytest.raises(ValueError, match=r"zoneout must be a number in \[0, 1\), got "):
+            m.zoneout = bad
+    assert m.zoneout == 0.2
+    m.zoneout = 0
+    assert m.zoneout == 0.0 and "zoneout" not in repr(m)
