@@ -97,6 +97,10 @@ class _Replay(torch.autograd.Function):
         return (None, *(None if gi is None else gi.clone() for gi in g.grad_inputs))
 
 
+# The layer attributes a captured graph depends on besides its inputs and parameters.
+_OPTIONS = ("impl", "dropout", "zoneout", "weight_drop", "recurrent_dropout", "locked_dropout")
+
+
 class CUDAGraphed(nn.Module):
     """Run ``layer(input, hx)`` as CUDA graph replays; see the module docstring.
 
@@ -145,6 +149,9 @@ class CUDAGraphed(nn.Module):
             # gradients for the parameters it was captured with
             tuple((p.data_ptr(), p.shape, p.dtype, p.requires_grad) for p in self.layer.parameters()),
             torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda"),
+            # the options a graph bakes in: one assigned later (layer.zoneout = 0.0) takes effect at
+            # the next call, as eagerly, instead of replaying the graph captured with the old value
+            tuple(repr(getattr(self.layer, n, None)) for n in _OPTIONS),
         )
         g = self._graphs.get(key)
         if g is None:

@@ -224,3 +224,21 @@ def test_cuda_graphed_recaptures_when_a_weight_is_frozen():
             if b.grad is not None:
                 torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5)
     assert len(graphed._graphs) == 2
+
+
+def test_cuda_graphed_follows_a_regularizer_assigned_later():
+    """The graphs were keyed by inputs and parameters only: ``layer.zoneout = 0.0`` (or any
+    regularizer's probability) assigned after a capture replayed the graph captured with the old
+    value, where the eager layer, and the docs' "takes effect at the next call", use the new one."""
+    torch.manual_seed(0)
+    eager = rnnkit.LSTM(5, 7, zoneout=0.5).to(DEV).eval()
+    graphed = rnnkit.cuda_graphed(rnnkit.LSTM(5, 7, zoneout=0.5).to(DEV).eval())
+    graphed.load_state_dict(eager.state_dict())
+    x = torch.randn(6, 3, 5, device=DEV)
+    with torch.no_grad():
+        for _ in range(4):  # past the warm-up: replays
+            torch.testing.assert_close(graphed(x)[0], eager(x)[0], atol=1e-5, rtol=1e-5)
+        for m in (eager, graphed.layer):
+            m.zoneout = 0.0
+        torch.testing.assert_close(graphed(x)[0], eager(x)[0], atol=1e-5, rtol=1e-5)
+    assert len(graphed._graphs) == 2
