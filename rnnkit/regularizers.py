@@ -184,6 +184,8 @@ class ZoneoutOption:
             _Frozen(value) if isinstance(value, dict) else tuple(value) if isinstance(value, list) else value
         )
         obj.__dict__["zoneout_probs"], obj.__dict__["_zoneout_value"] = probs, value
+        if "_names" in obj.__dict__ and hasattr(obj, "flatten_parameters"):  # (built: not in __init__)
+            obj.flatten_parameters()  # zoneout off: torch's kernels, which want cuDNN's flat weights
 
 
 def packed_rows(batch_sizes: Tensor | Sequence[int]) -> Tensor:

@@ -356,3 +356,18 @@ def test_options_run_in_float32_under_autocast_on_cuda(cls, kw):
         assert out.dtype == torch.float32
         res.append([out, *torch.autograd.grad(out.sum(), list(m.parameters()))])
     _close(res[1], res[0], 1e-5)
+
+
+def test_torch_kernels_get_flat_weights_after_zoneout_off_or_in_evaluation():
+    """A layer built with recurrent dropout (training mode) or zoneout was not flattened by .to(),
+    so evaluating it, or setting zoneout to 0, ran cuDNN on scattered weights: its "not part of
+    single contiguous chunk of memory" warning at every call (an error here). Flattened now."""
+    torch.manual_seed(0)
+    ref = nn.LSTM(5, 7, num_layers=2).to(DEV)
+    x = torch.randn(6, 3, 5, device=DEV)
+    for kw in ({"recurrent_dropout": 0.3}, {"zoneout": 0.2}):
+        m = rnnkit.LSTM(5, 7, num_layers=2, **kw).to(DEV).eval()
+        m.load_state_dict(ref.state_dict())
+        m.zoneout = 0.0
+        with torch.no_grad():
+            torch.testing.assert_close(m(x)[0], ref(x)[0], atol=1e-5, rtol=1e-5)
