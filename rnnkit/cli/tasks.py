@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.arch import Given, add_arch_arguments, arch_config, describe_arch
+from rnnkit.arch import Given, add_arch_arguments, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
@@ -29,6 +29,7 @@ from rnnkit.cli.common import (
     require,
 )
 from rnnkit.cli.finish import describe_values, finish
+from rnnkit.cli.runflags import checked_arch_config
 from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.tasks._common import batches
 
@@ -172,7 +173,7 @@ def train_classify(args: argparse.Namespace) -> int:
             "vocab": cd.vocab,
             "tokens": args.tokens if cd.vocab else None,
             "model": {
-                "arch": arch_config(args),
+                "arch": checked_arch_config(args),
                 **cd.model_kwargs,
                 **({"embedding_dim": args.embedding_dim} if cd.vocab else {}),
             },
@@ -207,7 +208,7 @@ def train_tag(args: argparse.Namespace) -> int:
             "tags": td.tags,
             "words": len(td.words),
             "vocab": td.words,  # `rnnkit predict` encodes new sentences with it
-            "model": {"arch": arch_config(args), "embedding_dim": args.embedding_dim},
+            "model": {"arch": checked_arch_config(args), "embedding_dim": args.embedding_dim},
         },
     )
     model = T.tagger(run["model"]["arch"], len(td.words), len(td.tags), run["model"]["embedding_dim"])
@@ -243,7 +244,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
                 "n_valid": args.n_valid,
             },
             "model": {
-                "arch": arch_config(args),
+                "arch": checked_arch_config(args),
                 "embedding_dim": args.embedding_dim,
                 "src_vocab": data.src_vocab,
                 "tgt_vocab": data.tgt_vocab,
@@ -300,7 +301,7 @@ def train_memory(args: argparse.Namespace) -> int:
             "params": task.params,
             # what --resume checks: the generated task's flags
             "data": {"task": task.name, **task.params, "n_train": args.n_train, "n_valid": args.n_valid},
-            "model": {"arch": arch_config(args)},
+            "model": {"arch": checked_arch_config(args)},
         },
     )
     model = M.memory_model(task.name, run["model"]["arch"], task.params)

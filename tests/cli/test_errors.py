@@ -365,3 +365,24 @@ def test_an_out_holding_a_run_is_refused_as_rank_0_finds_it_marked_for_every_ran
     assert prepare_out(args(held), {"task": "memory"})["task"] == "memory"
     _as_rank(monkeypatch, 0, [0.0, 0.0])  # rank 0 finds none, whatever the others do
     assert prepare_out(args(empty), {"task": "memory"})["task"] == "memory"
+
+
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--arch", "transformer"], "unknown --arch 'transformer'"),
+        (["--arch", "tcn", "--opt", "zoneout=0.1"], "takes no --opt"),
+        (["--arch", "mingru", "--opt", "peephole=True"], "does not take --opt peephole"),
+        (["--opt", "no_such_option=1"], "no_such_option"),
+        (["--opt", "zoneout=2"], "zoneout"),
+        (["--layers", "2", "--dropout", "0.2", "--opt", "dropout=0.3"], "disagree"),
+    ],
+)
+def test_bad_architecture_flags_are_usage_errors(cli, tmp_path, flags, fragment):
+    """An unknown --arch, an --opt the family does not take or a bad --opt value, and --dropout
+    against --opt dropout exited 1 (found building the model, a failure at run time); they are
+    bad flag values and flags that contradict each other: usage errors, status 2 (docs/cli.md)."""
+    r = cli(*MEM, *flags, "--out", tmp_path / "a", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, fragment)
+    assert not (tmp_path / "a").exists()
