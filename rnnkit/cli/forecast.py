@@ -75,9 +75,9 @@ def train_forecast(args: argparse.Namespace) -> int:
             order = tuple(int(v) for v in args.arima_order.split(","))
         except ValueError:
             order = ()
-        if len(order) != 3 or min(order) < 0:
-            raise ValueError(
-                f"--arima-order expects P,D,Q (three integers >= 0) or none, got {args.arima_order!r}"
+        if len(order) != 3 or min(order) < 0:  # a bad flag value: a usage error
+            raise CLIError(
+                f"--arima-order expects P,D,Q (three integers >= 0) or none, got {args.arima_order!r}", code=2
             )
     s = F.Series.split(values, args.window, args.horizon)
     run = prepare_out(

@@ -386,3 +386,12 @@ def test_bad_architecture_flags_are_usage_errors(cli, tmp_path, flags, fragment)
     assert r.rc == 2
     assert_one_line_error(r, fragment)
     assert not (tmp_path / "a").exists()
+
+
+def test_a_bad_arima_order_is_a_usage_error(cli, tmp_path, series_csv):
+    """--arima-order 1,2 exited 1, as a failure at run time; a bad flag value is a usage error (2)."""
+    argv = ["train", "forecast", "--data", series_csv, "--column", "value", "--out", tmp_path / "a", *TINY]
+    r = cli(*argv, "--arima-order", "1,2")
+    assert r.rc == 2
+    assert_one_line_error(r, "--arima-order expects P,D,Q", "'1,2'")
+    assert not (tmp_path / "a").exists()
