@@ -228,6 +228,15 @@ def train_seq2seq(args: argparse.Namespace) -> int:
     from rnnkit.train import ScheduledSampler, lm_loss
 
     sampler, free = sampler_of(args), ScheduledSampler(0.0)
+    # the pairs' numbers are distinct (disjoint train/validation): flags that cannot be drawn
+    # together are a usage error (the library's error named its arguments, not the flags)
+    if args.n_train + args.n_valid > args.max_number:
+        raise CLIError(
+            f"--n-train {args.n_train} + --n-valid {args.n_valid} pairs need as many distinct numbers: "
+            f"--max-number {args.n_train + args.n_valid} or more, got {args.max_number}", code=2
+        )  # fmt: skip
+    if args.max_number > 10**9:
+        raise CLIError(f"--max-number must be at most 10**9, got {args.max_number}", code=2)
     data = S.Seq2SeqData.generate(
         args.n_train, args.n_valid, max_number=args.max_number, direction=args.direction, seed=args.seed
     )

@@ -395,3 +395,21 @@ def test_a_bad_arima_order_is_a_usage_error(cli, tmp_path, series_csv):
     assert r.rc == 2
     assert_one_line_error(r, "--arima-order expects P,D,Q", "'1,2'")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    "flags, fragments",
+    [
+        (["--max-number", "100"], ["--n-train 5000", "--n-valid 500", "--max-number", "100"]),
+        (["--max-number", "100", "--n-train", "90", "--n-valid", "20"], ["--max-number", "110"]),
+        (["--max-number", str(10**9 + 1)], ["--max-number", "10**9"]),
+    ],
+)
+def test_seq2seq_numbers_that_cannot_be_drawn_are_a_usage_error(cli, tmp_path, flags, fragments):
+    """More train + validation pairs than --max-number has distinct numbers exited 1 with the
+    library's 'need ... n_train + n_valid <= max_number', naming no flag; flags that contradict
+    each other are a usage error (2) naming them."""
+    r = cli("train", "seq2seq", *flags, "--out", tmp_path / "a", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, *fragments)
+    assert not (tmp_path / "a").exists()
