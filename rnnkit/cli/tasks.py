@@ -115,7 +115,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         help="sequence length (copy: the lag; not arith's, see --digits; default 50)",
     )
     a = p.add_argument
-    a("--digits", type=positive_int, default=3, action=Given, help="arith: digits per operand (default 3)")
+    a(
+        "--digits",
+        type=positive_int,
+        default=3,
+        action=Given,
+        help="arith: digits per operand, at most 18 (default 3)",
+    )
     a("--n-symbols", type=positive_int, default=8, action=Given, help="copy: alphabet size (default 8)")
     a("--n-copy", type=positive_int, default=10, action=Given, help="copy: symbols to remember (default 10)")
     p.add_argument("--n-train", type=positive_int, default=10_000, help="training sequences (default 10000)")
@@ -292,6 +298,10 @@ def train_memory(args: argparse.Namespace) -> int:
     own = {"arith": ("digits",), "copy": ("length", "n_symbols", "n_copy")}.get(args.task, ("length",))
     unread = tuple(f for f in ("length", "digits", "n_symbols", "n_copy") if f not in own)
     refuse_unread(args, unread, f"--task {args.task}")
+    if args.task == "arith" and args.digits > M.ARITH_MAX_DIGITS:  # a bad flag value: a usage error
+        raise CLIError(
+            f"--digits must be at most {M.ARITH_MAX_DIGITS} (int64 operands), got {args.digits}", code=2
+        )
     task = M.make_task(
         args.task,
         length=args.length,

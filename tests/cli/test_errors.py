@@ -413,3 +413,20 @@ def test_seq2seq_numbers_that_cannot_be_drawn_are_a_usage_error(cli, tmp_path, f
     assert r.rc == 2
     assert_one_line_error(r, *fragments)
     assert not (tmp_path / "a").exists()
+
+
+def test_arith_digits_beyond_int64_are_refused_naming_them(cli, tmp_path):
+    """--digits 19 died drawing the operands ('rnnkit: error: Overflow when unpacking long long',
+    status 1): 10**19 is past int64. The library's arith says so naming digits; the CLI refuses
+    the flag value as a usage error (2). 18 digits still work."""
+    from rnnkit.tasks.memory import arith
+
+    with pytest.raises(ValueError, match=r"digits must be in \[1, 18\].*got 19"):
+        arith(2, 19)
+    x, _ = arith(2, 18)
+    assert x.shape == (2, 2 * 18 + 2 + 18)
+    argv = ["train", "memory", "--task", "arith", "--n-train", 16, "--n-valid", 8, *TINY]
+    r = cli(*argv, "--digits", 19, "--out", tmp_path / "a")
+    assert r.rc == 2
+    assert_one_line_error(r, "--digits", "at most 18", "got 19")
+    assert not (tmp_path / "a").exists()
