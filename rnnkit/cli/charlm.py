@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rnnkit.arch import Given, add_arch_arguments, arch_config, build_recurrent, describe_arch
+from rnnkit.arch import Given, add_arch_arguments, build_recurrent, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_best_argument,
@@ -32,6 +32,7 @@ from rnnkit.cli.common import (
     resolve_amp,
 )
 from rnnkit.cli.finish import final_validation, finish
+from rnnkit.cli.runflags import checked_arch_config
 
 __all__ = ["add_train_parser", "add_use_parsers", "build_model", "BudgetLR"]
 
@@ -241,7 +242,11 @@ def train_charlm(args: argparse.Namespace) -> int:
     run = {
         "task": "charlm",
         "data": source,
-        "model": {"arch": arch_config(args), "vocab_size": len(vocab), "embedding_dim": args.embedding_dim},
+        "model": {
+            "arch": checked_arch_config(args),
+            "vocab_size": len(vocab),
+            "embedding_dim": args.embedding_dim,
+        },
         "vocab": vocab.to_dict(),
         "seq_len": args.seq_len,
     }

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.arch import Given, add_arch_arguments, arch_config
+from rnnkit.arch import Given, add_arch_arguments
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
@@ -23,6 +23,7 @@ from rnnkit.cli.common import (
     require,
 )
 from rnnkit.cli.finish import finish
+from rnnkit.cli.runflags import checked_arch_config
 from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.cli.tasks import _describe, _optimizer
 from rnnkit.tasks._common import batches
@@ -74,9 +75,9 @@ def train_forecast(args: argparse.Namespace) -> int:
             order = tuple(int(v) for v in args.arima_order.split(","))
         except ValueError:
             order = ()
-        if len(order) != 3 or min(order) < 0:
-            raise ValueError(
-                f"--arima-order expects P,D,Q (three integers >= 0) or none, got {args.arima_order!r}"
+        if len(order) != 3 or min(order) < 0:  # a bad flag value: a usage error
+            raise CLIError(
+                f"--arima-order expects P,D,Q (three integers >= 0) or none, got {args.arima_order!r}", code=2
             )
     s = F.Series.split(values, args.window, args.horizon)
     run = prepare_out(
@@ -85,7 +86,7 @@ def train_forecast(args: argparse.Namespace) -> int:
             "task": "forecast",
             "data": source if args.data == "sunspots" else f"{data_record(args.data)}:{args.column}",
             "column": args.column,  # on its own: a name may hold ':' (predict's default column)
-            "model": {"arch": arch_config(args)},
+            "model": {"arch": checked_arch_config(args)},
             "window": args.window,
             "horizon": args.horizon,
             "arima_order": args.arima_order,  # the baseline of results.json, which --resume keeps

@@ -6,10 +6,27 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any
 
-from rnnkit.arch import Given, positive_int
+from rnnkit.arch import Given, arch_config, build_recurrent, positive_int
+from rnnkit.cli import CLIError
 
-__all__ = ["add_run_arguments", "positive_float"]
+__all__ = ["add_run_arguments", "checked_arch_config", "positive_float"]
+
+
+def checked_arch_config(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`rnnkit.arch.arch_config` of ``args``, the flags checked by building the layer once
+    (input width 1): an unknown ``--arch``, an ``--opt`` the family does not take or a bad option
+    value, ``--dropout`` against ``--opt dropout`` are usage errors (status 2). They were found
+    building the task's model, a failure at run time (status 1). A resume builds the stored
+    model, whatever was typed (:func:`rnnkit.cli.common.prepare_out` says what is ignored)."""
+    try:
+        config = arch_config(args)
+        if not getattr(args, "resume", False):
+            build_recurrent(config, 1)
+    except ValueError as e:
+        raise CLIError(str(e), code=2) from None
+    return config
 
 
 def positive_float(text: str) -> float:

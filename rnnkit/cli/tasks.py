@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.arch import Given, add_arch_arguments, arch_config, describe_arch
+from rnnkit.arch import Given, add_arch_arguments, describe_arch
 from rnnkit.cli import CLIError
 from rnnkit.cli.common import (
     add_run_arguments,
@@ -29,6 +29,7 @@ from rnnkit.cli.common import (
     require,
 )
 from rnnkit.cli.finish import describe_values, finish
+from rnnkit.cli.runflags import checked_arch_config
 from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.tasks._common import batches
 
@@ -114,7 +115,13 @@ def add_train_parsers(tsub: argparse._SubParsersAction) -> None:
         help="sequence length (copy: the lag; not arith's, see --digits; default 50)",
     )
     a = p.add_argument
-    a("--digits", type=positive_int, default=3, action=Given, help="arith: digits per operand (default 3)")
+    a(
+        "--digits",
+        type=positive_int,
+        default=3,
+        action=Given,
+        help="arith: digits per operand, at most 18 (default 3)",
+    )
     a("--n-symbols", type=positive_int, default=8, action=Given, help="copy: alphabet size (default 8)")
     a("--n-copy", type=positive_int, default=10, action=Given, help="copy: symbols to remember (default 10)")
     p.add_argument("--n-train", type=positive_int, default=10_000, help="training sequences (default 10000)")
@@ -172,7 +179,7 @@ def train_classify(args: argparse.Namespace) -> int:
             "vocab": cd.vocab,
             "tokens": args.tokens if cd.vocab else None,
             "model": {
-                "arch": arch_config(args),
+                "arch": checked_arch_config(args),
                 **cd.model_kwargs,
                 **({"embedding_dim": args.embedding_dim} if cd.vocab else {}),
             },
@@ -207,7 +214,7 @@ def train_tag(args: argparse.Namespace) -> int:
             "tags": td.tags,
             "words": len(td.words),
             "vocab": td.words,  # `rnnkit predict` encodes new sentences with it
-            "model": {"arch": arch_config(args), "embedding_dim": args.embedding_dim},
+            "model": {"arch": checked_arch_config(args), "embedding_dim": args.embedding_dim},
         },
     )
     model = T.tagger(run["model"]["arch"], len(td.words), len(td.tags), run["model"]["embedding_dim"])
@@ -227,6 +234,15 @@ def train_seq2seq(args: argparse.Namespace) -> int:
     from rnnkit.train import ScheduledSampler, lm_loss
 
     sampler, free = sampler_of(args), ScheduledSampler(0.0)
+    # the pairs' numbers are distinct (disjoint train/validation): flags that cannot be drawn
+    # together are a usage error (the library's error named its arguments, not the flags)
+    if args.n_train + args.n_valid > args.max_number:
+        raise CLIError(
+            f"--n-train {args.n_train} + --n-valid {args.n_valid} pairs need as many distinct numbers: "
+            f"--max-number {args.n_train + args.n_valid} or more, got {args.max_number}", code=2
+        )  # fmt: skip
+    if args.max_number > 10**9:
+        raise CLIError(f"--max-number must be at most 10**9, got {args.max_number}", code=2)
     data = S.Seq2SeqData.generate(
         args.n_train, args.n_valid, max_number=args.max_number, direction=args.direction, seed=args.seed
     )
@@ -243,7 +259,7 @@ def train_seq2seq(args: argparse.Namespace) -> int:
                 "n_valid": args.n_valid,
             },
             "model": {
-                "arch": arch_config(args),
+                "arch": checked_arch_config(args),
                 "embedding_dim": args.embedding_dim,
                 "src_vocab": data.src_vocab,
                 "tgt_vocab": data.tgt_vocab,
@@ -282,6 +298,10 @@ def train_memory(args: argparse.Namespace) -> int:
     own = {"arith": ("digits",), "copy": ("length", "n_symbols", "n_copy")}.get(args.task, ("length",))
     unread = tuple(f for f in ("length", "digits", "n_symbols", "n_copy") if f not in own)
     refuse_unread(args, unread, f"--task {args.task}")
+    if args.task == "arith" and args.digits > M.ARITH_MAX_DIGITS:  # a bad flag value: a usage error
+        raise CLIError(
+            f"--digits must be at most {M.ARITH_MAX_DIGITS} (int64 operands), got {args.digits}", code=2
+        )
     task = M.make_task(
         args.task,
         length=args.length,
@@ -300,7 +320,7 @@ def train_memory(args: argparse.Namespace) -> int:
             "params": task.params,
             # what --resume checks: the generated task's flags
             "data": {"task": task.name, **task.params, "n_train": args.n_train, "n_valid": args.n_valid},
-            "model": {"arch": arch_config(args)},
+            "model": {"arch": checked_arch_config(args)},
         },
     )
     model = M.memory_model(task.name, run["model"]["arch"], task.params)

@@ -29,7 +29,16 @@ from rnnkit.baselines import reads_ahead, step_kwargs
 from rnnkit.datasets import synthetic
 from rnnkit.tasks._common import SequenceNet, accuracy, keeps_mode
 
-__all__ = ["MemoryTask", "TASKS", "make_task", "arith", "ARITH_VOCAB", "arith_greedy", "memory_model"]
+__all__ = [
+    "MemoryTask",
+    "TASKS",
+    "make_task",
+    "arith",
+    "ARITH_MAX_DIGITS",
+    "ARITH_VOCAB",
+    "arith_greedy",
+    "memory_model",
+]
 
 ARITH_VOCAB = "0123456789+="  # ids 0..11
 
@@ -50,6 +59,10 @@ def _adding(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
     return synthetic.adding(n, length, seed=seed)
 
 
+#: The most digits per ``arith`` operand: they are drawn as int64, and 10**19 is past its range.
+ARITH_MAX_DIGITS = 18
+
+
 def arith(n: int, digits: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Addition of two random ``digits``-digit numbers as character sequences.
 
@@ -58,8 +71,8 @@ def arith(n: int, digits: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     last character, the target the next character on answer positions and ``-100``
     elsewhere (question characters are not predicted).
     """
-    if digits < 1:
-        raise ValueError(f"digits must be >= 1, got {digits}")
+    if not 1 <= digits <= ARITH_MAX_DIGITS:  # (beyond: torch.randint's "Overflow when unpacking long long")
+        raise ValueError(f"digits must be in [1, {ARITH_MAX_DIGITS}] (operands are int64), got {digits}")
     g = _gen(seed)
     hi = 10**digits
     a, b = torch.randint(0, hi, (n,), generator=g), torch.randint(0, hi, (n,), generator=g)

@@ -113,6 +113,11 @@ def load_tagging(
     counts = Counter(w.lower() for s in tr_s for w, _ in s)
     words = ["<pad>", "<unk>", *sorted(w for w, c in counts.items() if c >= min_count)]
     tags = sorted({t for s in tr_s for _, t in s})
+    if tags == ["_"]:  # CoNLL-U's "unspecified": a tagger of that one tag would be 100 % right
+        raise ValueError(
+            f"{path}: no {column} tags, every token's is '_' (unannotated); "
+            f"use the other column (--tag-column {'xpos' if column == 'upos' else 'upos'})"
+        )
     wid, tid = {w: i for i, w in enumerate(words)}, {t: i for i, t in enumerate(tags)}
 
     def enc(s: list[tuple[str, str]]) -> tuple[Tensor, Tensor]:
