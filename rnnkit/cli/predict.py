@@ -32,6 +32,7 @@ from rnnkit.cli.common import (
     load_model_weights,
     positive_int,
     read_run,
+    warn,
 )
 
 __all__ = ["add_predict_parser"]
@@ -159,8 +160,22 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
         column = stored_col
     values, _ = F.load_series(data, column, flag="--input")
     horizon = args.horizon or run["horizon"]
+    # another series is new data, forecast as such, but with this run's training statistics: said on
+    # stderr (a series of another scale gets meaningless forecasts; a run's own file is not named)
+    known = own == "sunspots" or bool(own) and Path(own).is_absolute()
+    same = data == own == "sunspots" or (
+        known and own != "sunspots" and data != "sunspots" and column == stored_col
+        and Path(data).resolve() == Path(own).resolve()
+    )  # fmt: skip
 
     def use(model):
+        if known and not same:
+            what = data if data == "sunspots" else f"{data} (column {column!r})"
+            warn(
+                f"note: --input {what} is not the series {run_dir} was trained on ({trained}); it is "
+                f"normalized with that run's training mean {norm['mean']:.6g} and standard deviation "
+                f"{norm['std']:.6g}"
+            )
         pred = F.forecast_next(model, values, run["window"], horizon, norm["mean"], norm["std"])
         return [f"{k}\t{v:.6g}" for k, v in enumerate(pred.tolist(), 1)]
 

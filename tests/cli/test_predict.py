@@ -205,6 +205,40 @@ def test_forecast_continues_the_series(cli, tmp_path, series_csv):
     assert cli("predict", "--checkpoint", out, "--horizon", 6).out == r.out
 
 
+def test_forecast_of_another_series_says_whose_normalization_it_gets(cli, tmp_path, series_csv, monkeypatch):
+    """A CSV run given ``--input sunspots`` (or another file or column) forecast it with the CSV's
+    training mean and std without a word; it still does (new data is what predict is for), with a
+    note on stderr naming the run's series and the statistics applied. Its own series gets none."""
+    out = tmp_path / "f"
+    r = cli("train", "forecast", "--data", series_csv, "--column", "value", "--window", 8, "--horizon", 4,
+            "--arima-order", "none", "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    norm = _run(out)["normalization"]
+    monkeypatch.chdir(series_csv.parent)
+    for own in ([], ["--input", series_csv], ["--input", "series.csv", "--column", "value"]):
+        r = cli("predict", "--checkpoint", out, *own)
+        assert r.rc == 0 and r.err == "", (own, r.err)
+    other = tmp_path / "other.csv"
+    other.write_text("value\n" + "\n".join(str(1000 + 10 * k) for k in range(20)) + "\n")
+    load = F.load_series
+    monkeypatch.setattr(
+        F, "load_series", lambda d, c, flag: load(other, "value") if d == "sunspots" else load(d, c)
+    )
+    for argv, what in (
+        (["--input", other], f"--input {other} (column 'value')"),
+        (["--input", series_csv, "--column", "t"], f"--input {series_csv} (column 't')"),
+        (["--input", "sunspots"], "--input sunspots"),
+    ):
+        r = cli("predict", "--checkpoint", out, *argv)
+        assert r.rc == 0, r.err
+        assert len(r.out.splitlines()) == 4  # forecast all the same
+        assert r.err == (
+            f"rnnkit: note: {what} is not the series {out} was trained on ({series_csv}:value); it is "
+            f"normalized with that run's training mean {norm['mean']:.6g} and standard deviation "
+            f"{norm['std']:.6g}\n"
+        )
+
+
 def test_forecast_of_a_column_whose_name_holds_a_colon(cli, tmp_path, series_csv):
     """run.json's data is "PATH.csv:COLUMN": predict took the column after its last ':' and the
     path before it, so a column "temp:C" read column "C" of file "PATH.csv:temp"."""
