@@ -61,10 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_predict_parser(sub)
     from rnnkit import diagnostics, study
 
-    d = sub.add_parser("diagnose", help="gradient-flow and memory diagnostics of a recurrent model")
+    d = sub.add_parser(
+        "diagnose",
+        help="gradient-flow and memory diagnostics of a recurrent model",
+        description="Gradient flow through time, the recurrent spectrum, gate activity and the memory "
+        "horizon of recurrent cells (--variants) or a trained run's model (--checkpoint), as PNGs and a "
+        "summary in --out. See docs/diagnostics.md.",
+    )
     diagnostics.add_arguments(d)
     d.set_defaults(func=diagnostics.run)
-    s = sub.add_parser("study", help="rerun a textbook comparison of recurrent architectures")
+    s = sub.add_parser(
+        "study",
+        help="rerun a textbook comparison of recurrent architectures",
+        description="Rerun a paper's comparison of recurrent architectures on a budget: a grid of "
+        "architectures x trials with one shared random hyperparameter search, reported beside the "
+        "paper's numbers (results.md, boxplot.png); a rerun resumes it. See docs/study.md.",
+    )
     study.add_arguments(s)
     s.set_defaults(func=study.run)
     return parser

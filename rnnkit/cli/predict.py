@@ -4,7 +4,8 @@ The run directory's ``run.json`` says which task it is and how to rebuild the mo
 latest checkpoint (or the step directory given; ``--best``: the best validation's, kept by
 ``rnnkit train --save-best``) supplies the weights. Input comes from
 ``--input`` (default: standard input), one item per line; results go to standard output,
-one line per item, tab-separated:
+one line per input line, tab-separated (a blank input line gets an empty output line, so
+output line N answers input line N):
 
     rnnkit predict --checkpoint runs/news --input headlines.txt     # label <TAB> p <TAB> text
     rnnkit predict --checkpoint runs/pos  --input sentences.txt     # word/TAG word/TAG ...
@@ -17,7 +18,9 @@ The character LM has its own commands (``rnnkit sample``, ``rnnkit eval``).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from rnnkit.cli.common import (
     load_model_weights,
     positive_int,
     read_run,
+    warn,
 )
 
 __all__ = ["add_predict_parser"]
@@ -57,8 +61,9 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lines(path: str | None) -> list[str]:
-    """Non-empty lines of ``path`` (or standard input), stripped; both decoded as UTF-8, a leading
-    BOM dropped. Lines end at LF, CRLF or a lone CR only."""
+    """The lines of ``path`` (or standard input), stripped, blank ones as ``""`` (they keep their
+    place: :func:`_aligned`); both decoded as UTF-8, a leading BOM dropped. Lines end at LF, CRLF
+    or a lone CR only; the end of the last line is no line of its own."""
     try:
         if path in (None, "-"):
             # UTF-8 as a file, not the locale's encoding (a pipe's bytes are the other program's);
@@ -75,11 +80,30 @@ def _lines(path: str | None) -> list[str]:
         raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {e.start})") from None
     # not str.splitlines: it also breaks at U+0085, U+2028, form feed, ..., characters an item may
     # hold, and one input line gave two outputs (the rest then answered the wrong lines)
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    lines = [ln.strip() for ln in lines if ln.strip()]
-    if not lines:
+    lines = [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
+    if lines[-1] == "":  # what follows the last line end ("" in a file that ends with one)
+        lines.pop()
+    if not any(lines):
         raise ValueError(f"--input {path or '-'}: no lines to predict")
     return lines
+
+
+def _aligned(lines: list[str], predict: Callable[[list[str]], list[str]]) -> list[str]:
+    """``predict`` of the non-blank ``lines``, one output line per input line, a blank line's empty
+    (blank lines were skipped: the outputs of seq2seq and tag, which do not echo their input, then
+    answered the wrong lines). The library's error about its ``input K`` names the line instead."""
+    where = [n for n, ln in enumerate(lines, 1) if ln]
+    try:
+        results = predict([lines[n - 1] for n in where])
+    except ValueError as e:
+        m = re.match(r"input (\d+): ", str(e))
+        if m is None:
+            raise
+        raise ValueError(f"input line {where[int(m[1]) - 1]}: {str(e)[m.end() :]}") from None
+    out = [""] * len(lines)
+    for n, res in zip(where, results, strict=True):
+        out[n - 1] = res
+    return out
 
 
 def _need(run: dict[str, Any], key: str, run_dir: Path) -> Any:
@@ -136,8 +160,22 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
         column = stored_col
     values, _ = F.load_series(data, column, flag="--input")
     horizon = args.horizon or run["horizon"]
+    # another series is new data, forecast as such, but with this run's training statistics: said on
+    # stderr (a series of another scale gets meaningless forecasts; a run's own file is not named)
+    known = own == "sunspots" or bool(own) and Path(own).is_absolute()
+    same = data == own == "sunspots" or (
+        known and own != "sunspots" and data != "sunspots" and column == stored_col
+        and Path(data).resolve() == Path(own).resolve()
+    )  # fmt: skip
 
     def use(model):
+        if known and not same:
+            what = data if data == "sunspots" else f"{data} (column {column!r})"
+            warn(
+                f"note: --input {what} is not the series {run_dir} was trained on ({trained}); it is "
+                f"normalized with that run's training mean {norm['mean']:.6g} and standard deviation "
+                f"{norm['std']:.6g}"
+            )
         pred = F.forecast_next(model, values, run["window"], horizon, norm["mean"], norm["std"])
         return [f"{k}\t{v:.6g}" for k, v in enumerate(pred.tolist(), 1)]
 
@@ -154,8 +192,11 @@ def _classify(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     texts = _lines(args.input)
 
     def use(model):
-        res = C.predict_texts(model, texts, run["vocab"], tokens, run["classes"])
-        return [f"{label}\t{p:.4f}\t{text}" for (label, p), text in zip(res, texts, strict=True)]
+        def predict(items: list[str]) -> list[str]:
+            res = C.predict_texts(model, items, run["vocab"], tokens, run["classes"])
+            return [f"{label}\t{p:.4f}\t{text}" for (label, p), text in zip(res, items, strict=True)]
+
+        return _aligned(texts, predict)
 
     return C.classifier(run["model"]["arch"], len(run["classes"]), mk), use
 
@@ -164,11 +205,15 @@ def _tag(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     from rnnkit.tasks import tag as T
 
     words = _need(run, "vocab", run_dir)
-    sentences = [ln.split() for ln in _lines(args.input)]
+    lines = _lines(args.input)
 
     def use(model):
-        res = T.predict_tags(model, sentences, words, run["tags"])
-        return [" ".join(f"{w}/{t}" for w, t in zip(s, ts, strict=True)) for s, ts in zip(sentences, res)]
+        def predict(items: list[str]) -> list[str]:
+            sentences = [ln.split() for ln in items]
+            res = T.predict_tags(model, sentences, words, run["tags"])
+            return [" ".join(f"{w}/{t}" for w, t in zip(s, ts, strict=True)) for s, ts in zip(sentences, res)]
+
+        return _aligned(lines, predict)
 
     return T.tagger(run["model"]["arch"], run["words"], len(run["tags"]), run["model"]["embedding_dim"]), use
 
@@ -180,12 +225,15 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     digits_in = run.get("direction") == "digits2words"
     # words2digits reads words and writes digits ("312"); digits2words the other way round
     lines = _lines(args.input)
-    words = [ln.lower().replace("-", " ").split() for ln in lines]
-    sources = [list(ln.replace(" ", "")) for ln in lines] if digits_in else words
     joiner = " " if digits_in else ""
 
     def use(model):
-        return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
+        def predict(items: list[str]) -> list[str]:
+            words = [ln.lower().replace("-", " ").split() for ln in items]
+            sources = [list(ln.replace(" ", "")) for ln in items] if digits_in else words
+            return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
+
+        return _aligned(lines, predict)
 
     return S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"]), use
 

@@ -83,8 +83,8 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     names = picked or [a.name for a in study.archs]
     known = [a.name for a in study.archs]
     for n in names:
-        if n not in known:
-            raise ValueError(f"study {name!r} has no architecture {n!r}; choose from {known}")
+        if n not in known:  # a bad --archs value: a usage error, like a bad --set
+            raise SettingError(f"study {name!r} has no architecture {n!r}; choose from {known}")
     out = Path(out)
     if out.exists() and not out.is_dir():  # (mkdir's "[Errno 17] File exists" named no flag)
         raise ValueError(f"--out {out} is a file, not a directory; use another --out")
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             archs=[a.strip() for a in args.archs.split(",")] if args.archs else None, settings=dict(args.set),
             workers=args.workers, threads=args.threads, progress=False if args.no_progress else None,
         )  # fmt: skip
-    except SettingError as e:  # a bad --set: a usage error
+    except SettingError as e:  # a bad --set or --archs: a usage error
         raise CLIError(f"study: {e} (see rnnkit study --help)", code=2) from None
     if res["rank"] == 0:  # under torchrun: one summary, from rank 0
         print(f"{len(res['records'])} runs ({res['skipped']} resumed), {res['steps']} steps each -> {out}")

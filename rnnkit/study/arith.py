@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.tasks.memory import ARITH_MAX_DIGITS
+
 VOCAB = "0123456789+-=._"
 PAD = len(VOCAB)  # padding index; the embedding has len(VOCAB) + 1 rows
 STOI = {c: i for i, c in enumerate(VOCAB)}
@@ -46,8 +48,10 @@ def _number(rng: np.random.Generator, max_digits: int) -> int:
 
 def generate(n: int, max_digits: int, rng: np.random.Generator, ops: str = "+-", delay: int = 0) -> list[str]:
     """``n`` random problems: each operand has a uniform number of digits in ``1..max_digits``."""
-    if max_digits < 1:
-        raise ValueError(f"max_digits must be >= 1, got {max_digits}")
+    if not 1 <= max_digits <= ARITH_MAX_DIGITS:  # operands are drawn as int64: 10**19 is past its range
+        raise ValueError(
+            f"max_digits must be in [1, {ARITH_MAX_DIGITS}] (operands are int64), got {max_digits}"
+        )
     if not ops or any(o not in "+-" for o in ops):
         raise ValueError(f"ops must be a non-empty string of '+' and '-', got {ops!r}")
     out = []

@@ -27,9 +27,48 @@ _LABELS = {"accuracy": "test accuracy (answers entirely right)", "nll": "test NL
            "horizon": "memory horizon (longest solved lag)"}  # fmt: skip
 
 
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz; Press et al.,
+    Numerical Recipes, 3rd ed., section 6.4); converges fast for ``x < (a + 1) / (a + b + 2)``."""
+    tiny, eps = 1e-300, 1e-15
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        for aa in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                   -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+            d, c = 1.0 + aa * d, 1.0 + aa / c
+            d, c = 1.0 / (d if abs(d) > tiny else tiny), c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            return h
+    return float("nan")  # pragma: no cover - not reached for the degrees of freedom of a study
+
+
+def _betainc(a: float, b: float, x: float, y: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)``, with ``y = 1 - x`` given exactly
+    (``1 - x`` near ``x = 1`` would lose the digits of a small p-value)."""
+    if x <= 0.0:
+        return 0.0
+    if y <= 0.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges on the other side: I_x(a, b) = 1 - I_y(b, a)
+        return 1.0 - _betainc(b, a, y, x)
+    log_front = a * math.log(x) + b * math.log(y) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+    return math.exp(log_front) * _betacf(a, b, x) / a
+
+
+def student_t_two_sided(t: float, df: float) -> float:
+    """``P(|T| >= |t|)`` for Student's t with ``df > 0`` (real) degrees of freedom:
+    ``I_{df / (df + t^2)}(df / 2, 1 / 2)`` (scipy's ``2 * t.sf(|t|, df)``, without scipy)."""
+    t2 = t * t
+    return _betainc(df / 2, 0.5, df / (df + t2), t2 / (df + t2))
+
+
 def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     """Two-sided p-value of Welch's t-test of equal means; NaN with fewer than 2 runs a side
-    or no variance."""
+    or no variance. Needs no scipy (:func:`student_t_two_sided`): a study's report is written
+    with the base install."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 2 or len(b) < 2:
         return float("nan")
@@ -38,9 +77,7 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
         return float("nan")
     t = (a.mean() - b.mean()) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    from scipy.stats import t as student_t
-
-    return float(2 * student_t.sf(abs(t), df))
+    return float(student_t_two_sided(float(t), float(df)))
 
 
 def summarize(study: Study, records: list[dict]) -> list[dict]:

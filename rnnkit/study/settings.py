@@ -9,11 +9,14 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from rnnkit.tasks.memory import ARITH_MAX_DIGITS
+
 __all__ = ["SettingError", "check_settings", "FORMS"]
 
 
 class SettingError(ValueError):
-    """A bad task setting: a usage error (``rnnkit study`` exits with status 2)."""
+    """A bad task setting or architecture name (``--set``, ``--archs``): a usage error (``rnnkit
+    study`` exits with status 2)."""
 
 
 def _int(v: Any) -> bool:
@@ -58,7 +61,10 @@ FORMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
         "a positive integer (one size), a non-empty list of them (searched), e.g. hidden=[64,128], or None",
         lambda v: v is None or _pos(v) or _ints(v),
     ),
-    "digits": _POS,
+    "digits": (  # Arith's operands are int64, as rnnkit train memory --task arith --digits
+        f"a positive integer, at most {ARITH_MAX_DIGITS} (the operands are int64)",
+        lambda v: _pos(v) and v <= ARITH_MAX_DIGITS,
+    ),
     "ops": (
         "a non-empty string of '+' and '-', e.g. ops=+-",
         lambda v: isinstance(v, str) and len(v) > 0 and set(v) <= set("+-"),

@@ -23,6 +23,17 @@ def test_python_m_rnnkit_help():
         assert cmd in r.stdout
 
 
+def test_every_command_help_has_a_description():
+    """``rnnkit diagnose --help`` and ``rnnkit study --help`` went from the usage straight to the
+    options, without the line that says what the command does (every other command has one)."""
+    from rnnkit.cli import _commands, build_parser
+
+    commands = _commands(build_parser())
+    assert {"diagnose", "study", "predict", "train memory"} <= commands.keys()
+    for name, parser in commands.items():
+        assert parser.description and len(parser.description.strip()) > 20, name
+
+
 def test_train_help_lists_every_task(cli):
     r = cli("train", "--help")
     assert r.rc == 0

@@ -37,11 +37,11 @@ def test_classify_text(cli, tmp_path, text_csv, monkeypatch):
     run = _run(out)
     assert run["tokens"] == "word"
     texts = ["A great film", "boring, awful, an awful movie and words never seen", "lovely"]
-    _stdin(monkeypatch, ["", *texts])  # blank lines are skipped
+    _stdin(monkeypatch, ["", *texts])  # a blank line gets an empty output line
     r = cli("predict", "--checkpoint", out)
     assert r.rc == 0, r.err
-    lines = r.out.splitlines()
-    assert len(lines) == len(texts)
+    blank, *lines = r.out.split("\n")[:-1]
+    assert blank == "" and len(lines) == len(texts)
     model = C.classifier(run["model"]["arch"], 2, {k: v for k, v in run["model"].items() if k != "arch"})
     load_model_weights(out, out, model)
     model.eval()
@@ -153,7 +153,35 @@ def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direc
         (row,) = S.greedy_decode(model, ids, torch.tensor([len(src)]), 40)
         assert line == joiner.join(m["tgt_vocab"][k] for k in row)
     _stdin(monkeypatch, ["three hundred banana"] if direction == "words2digits" else ["3x"])
-    assert_one_line_error(cli("predict", "--checkpoint", out), "input 1: unknown token")
+    assert_one_line_error(cli("predict", "--checkpoint", out), "input line 1: unknown token")
+
+
+def test_output_lines_answer_input_lines(cli, tmp_path, monkeypatch, conllu):
+    """Blank input lines were skipped: seq2seq's and tag's outputs, which do not echo the input, then
+    stood beside the wrong input lines (``paste in.txt out.txt``). A blank line now gets an empty
+    output line; an error names the input's line, not its count of non-blank items."""
+    out = tmp_path / "s"
+    r = cli("train", "seq2seq", "--n-train", 64, "--n-valid", 16, "--batch-size", 16, "--out", out, *TINY)
+    assert r.rc == 0, r.err
+    items = ["three hundred twelve", "twenty one", "seven"]
+    _stdin(monkeypatch, items)
+    alone = cli("predict", "--checkpoint", out).out.split("\n")[:-1]
+    assert len(alone) == 3
+    _stdin(monkeypatch, ["", items[0], "   ", "", items[1], items[2], ""])
+    r = cli("predict", "--checkpoint", out)
+    assert r.rc == 0, r.err
+    assert r.out.split("\n")[:-1] == ["", alone[0], "", "", alone[1], alone[2], ""]
+    _stdin(monkeypatch, ["", "seven", "", "seven banana"])
+    assert_one_line_error(cli("predict", "--checkpoint", out), "input line 4: unknown token 'banana'")
+
+    tag = tmp_path / "t"
+    assert cli("train", "tag", "--data", conllu, "--out", tag, *TINY).rc == 0
+    inp = tmp_path / "in.txt"
+    inp.write_text("a tree\n\nThe big dog .\n", encoding="utf-8")
+    r = cli("predict", "--checkpoint", tag, "--input", inp)
+    assert r.rc == 0, r.err
+    lines = r.out.split("\n")[:-1]
+    assert len(lines) == 3 and lines[1] == "" and lines[2].startswith("The/") and lines[0].startswith("a/")
 
 
 def test_forecast_continues_the_series(cli, tmp_path, series_csv):
@@ -175,6 +203,40 @@ def test_forecast_continues_the_series(cli, tmp_path, series_csv):
     assert [float(v) for _, v in got] == pytest.approx(want.tolist(), rel=1e-5)
     # without --input: the run's own series (run.json records its resolved path)
     assert cli("predict", "--checkpoint", out, "--horizon", 6).out == r.out
+
+
+def test_forecast_of_another_series_says_whose_normalization_it_gets(cli, tmp_path, series_csv, monkeypatch):
+    """A CSV run given ``--input sunspots`` (or another file or column) forecast it with the CSV's
+    training mean and std without a word; it still does (new data is what predict is for), with a
+    note on stderr naming the run's series and the statistics applied. Its own series gets none."""
+    out = tmp_path / "f"
+    r = cli("train", "forecast", "--data", series_csv, "--column", "value", "--window", 8, "--horizon", 4,
+            "--arima-order", "none", "--out", out, *TINY)  # fmt: skip
+    assert r.rc == 0, r.err
+    norm = _run(out)["normalization"]
+    monkeypatch.chdir(series_csv.parent)
+    for own in ([], ["--input", series_csv], ["--input", "series.csv", "--column", "value"]):
+        r = cli("predict", "--checkpoint", out, *own)
+        assert r.rc == 0 and r.err == "", (own, r.err)
+    other = tmp_path / "other.csv"
+    other.write_text("value\n" + "\n".join(str(1000 + 10 * k) for k in range(20)) + "\n")
+    load = F.load_series
+    monkeypatch.setattr(
+        F, "load_series", lambda d, c, flag: load(other, "value") if d == "sunspots" else load(d, c)
+    )
+    for argv, what in (
+        (["--input", other], f"--input {other} (column 'value')"),
+        (["--input", series_csv, "--column", "t"], f"--input {series_csv} (column 't')"),
+        (["--input", "sunspots"], "--input sunspots"),
+    ):
+        r = cli("predict", "--checkpoint", out, *argv)
+        assert r.rc == 0, r.err
+        assert len(r.out.splitlines()) == 4  # forecast all the same
+        assert r.err == (
+            f"rnnkit: note: {what} is not the series {out} was trained on ({series_csv}:value); it is "
+            f"normalized with that run's training mean {norm['mean']:.6g} and standard deviation "
+            f"{norm['std']:.6g}\n"
+        )
 
 
 def test_forecast_of_a_column_whose_name_holds_a_colon(cli, tmp_path, series_csv):

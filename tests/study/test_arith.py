@@ -58,6 +58,17 @@ def test_generate_digit_counts_and_values():
     assert probs == arith.generate(2000, 3, np.random.default_rng(0), ops="+-")
 
 
+def test_generate_refuses_operands_past_int64():
+    """19 digits drew ``integers(10**18, 10**19)``: numpy's "high is out of bounds for int64", and
+    only once a 19-digit operand came up (a study failed after its first runs, or not at all)."""
+    probs = arith.generate(200, 18, np.random.default_rng(0))
+    lhs = [p.split("=")[0].replace("-", "+").split("+") for p in probs]
+    assert max(len(x) for ops in lhs for x in ops) == 18  # the largest operands are fine
+    for digits in (19, 30):
+        with pytest.raises(ValueError, match=rf"max_digits must be in \[1, 18\] .*got {digits}"):
+            arith.generate(1, digits, np.random.default_rng(0))
+
+
 def test_accuracy_of_a_perfect_oracle():
     problems = ["12+345=357", "99-100=-1"]
 

@@ -231,21 +231,24 @@ def test_bad_arguments(tmp_path):
 
 @pytest.mark.parametrize("entry", ["rnnkit", "python -m"])
 @pytest.mark.parametrize(
-    "stored, args, msg",
+    "stored, args, msg, status",
     [
-        (None, ["--archs", "LSTN"], "study 'jozefowicz' has no architecture 'LSTN'"),
-        ({"study": "chung"}, [], "holds study 'chung', not 'jozefowicz'"),
-        ({"study": "jozefowicz", "settings": {}, "steps": 3}, ["--steps", "5"], "3 steps per run, not 5"),
+        # a bad flag value is a usage error (docs/cli.md, "Errors"); it exited with status 1
+        (None, ["--archs", "LSTN"], "study 'jozefowicz' has no architecture 'LSTN'", 2),
+        (None, ["--archs", "LSTM,"], "study 'jozefowicz' has no architecture ''", 2),
+        # a run that cannot resume is a failure at run time
+        ({"study": "chung"}, [], "holds study 'chung', not 'jozefowicz'", 1),
+        ({"study": "jozefowicz", "settings": {}, "steps": 3}, ["--steps", "5"], "3 steps per run, not 5", 1),
     ],
 )
-def test_user_errors_are_one_line_from_both_entry_points(tmp_path, capsys, entry, stored, args, msg):
+def test_user_errors_are_one_line_from_both_entry_points(tmp_path, capsys, entry, stored, args, msg, status):
     """``python -m rnnkit.study`` used to print a traceback where ``rnnkit study`` printed one line."""
     if stored is not None:
         (tmp_path / "study.json").write_text(json.dumps(stored))
     argv = ["jozefowicz", "--out", str(tmp_path), "--no-progress", *args]
     code = rnnkit_main(["study", *argv]) if entry == "rnnkit" else main(argv)
     err = capsys.readouterr().err
-    assert code == 1 and err.startswith("rnnkit: error: ") and len(err.strip().splitlines()) == 1
+    assert code == status and err.startswith("rnnkit: error: ") and len(err.strip().splitlines()) == 1
     assert msg in err
 
 

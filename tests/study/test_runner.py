@@ -1,5 +1,6 @@
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -119,8 +120,29 @@ def test_a_record_appended_after_a_cut_line_is_read(tmp_path):
 def test_welch_p_matches_scipy():
     stats = pytest.importorskip("scipy.stats")
     a, b = [0.1, 0.3, 0.25, 0.2], [0.5, 0.45, 0.7]
-    assert report.welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert report.welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-12)
     assert math.isnan(report.welch_p([1.0], b))
+    # the survival function itself, over Welch's real degrees of freedom and tails to 1e-200
+    for df in (0.4, 1.0, 1.7, 2.0, 3.3, 9.5, 41.0, 1e3, 1e5):
+        for t in (0.0, 0.01, 0.5, 1.96, 3.0, 10.0, 60.0, 1e3):
+            want = 2 * stats.t.sf(t, df)
+            assert report.student_t_two_sided(t, df) == pytest.approx(want, rel=1e-10, abs=1e-300), (t, df)
+
+
+def test_welch_p_needs_no_scipy(tmp_path, monkeypatch):
+    """scipy is an optional package (the study extra): without it a study of 2+ seeds trained every
+    run, then failed writing its report with a bare "No module named 'scipy'"."""
+    monkeypatch.setitem(sys.modules, "scipy", None)  # import scipy raises ImportError
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)
+    # exact values: t = -sqrt(2) with df = 2 (P = 1 - |t| / sqrt(2 + t^2)) and t = 1 with df = 1 (Cauchy)
+    assert report.welch_p([0.0, 2.0], [2.0, 4.0]) == pytest.approx(1 - 1 / math.sqrt(2), rel=1e-13)
+    assert report.student_t_two_sided(1.0, 1.0) == pytest.approx(0.5, rel=1e-13)
+    study = get_study("jozefowicz")
+    recs = [{"arch": a, "metric": m, "trial": k, "key": f"{a}#{k}"}
+            for a, ms in (("LSTM", [0.8, 0.9]), ("Tanh", [0.1, 0.3])) for k, m in enumerate(ms)]  # fmt: skip
+    report.write_report(study, recs, tmp_path, steps=3, trials=2)
+    row = report.parse_table((tmp_path / "results.md").read_text())[0]
+    assert row["architecture"] == "Tanh" and float(row["Welch p vs LSTM"]) < 0.1
 
 
 def test_summary_table_round_trip():

@@ -93,6 +93,17 @@ def test_zero_n_valid_stops_the_cli(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("digits", [19, 40])
+def test_digits_past_int64_are_a_usage_error(tmp_path, capsys, digits):
+    """Arith's operands are drawn as int64 (as ``rnnkit train memory --task arith --digits``, which
+    refuses more than 18): ``--set digits=19`` passed the check and failed inside a run."""
+    with pytest.raises(SettingError, match=rf"--set digits: expected .*at most 18.*got {digits}$"):
+        check_settings("jozefowicz", STUDIES["jozefowicz"].settings, {"digits": digits})
+    assert main(["jozefowicz", "--out", str(tmp_path / "o"), "--set", f"digits={digits}"]) == 2
+    assert "at most 18" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert check_settings("jozefowicz", STUDIES["jozefowicz"].settings, {"digits": 18})["digits"] == 18
+
+
 @pytest.mark.parametrize("entry", ["rnnkit", "python -m"])
 def test_cli_a_bad_setting_is_a_one_line_usage_error(tmp_path, capsys, entry):
     argv = ["jozefowicz", "--out", str(tmp_path / "o"), "--steps", "1", "--set", "lr=0.003"]
