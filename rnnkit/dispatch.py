@@ -54,6 +54,33 @@ def check_impl(impl: str) -> None:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
 
 
+class ImplOption:
+    """A layer stack's ``impl`` (a data descriptor), checked on every assignment, at construction
+    or later (``layer.impl = "loop"``): a plain attribute took any value, and every one but
+    ``"torch"`` and ``"fused"`` (``"Fused"``, ``"fast"``) then ran the reference loop silently. On a
+    built layer the new value must also be possible for it (:func:`check_impl_possible`); a refused
+    value leaves the old one."""
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__["impl"]
+        except KeyError:  # (an AttributeError, as for any attribute)
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute 'impl'") from None
+
+    def __set__(self, obj, value: str) -> None:
+        check_impl(value)
+        old = obj.__dict__.get("impl")
+        obj.__dict__["impl"] = value
+        if "_names" in obj.__dict__:  # built (not in __init__, which checks once its cells exist)
+            try:
+                check_impl_possible(obj)
+            except ValueError:
+                obj.__dict__["impl"] = old
+                raise
+
+
 def torch_mode(module) -> str | None:
     """torch's mode name when ``module`` computes exactly a ``torch.nn`` layer, else None."""
     modes = {cell.torch_mode() for cell in module.cells}

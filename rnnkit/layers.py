@@ -49,6 +49,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
     locked_dropout = regularizers.ProbOption()
     recurrent_dropout = regularizers.ProbOption()
     weight_drop = regularizers.ProbOption()
+    impl = dispatch.ImplOption()  # checked on every assignment (at construction too)
 
     def __init__(
         self,

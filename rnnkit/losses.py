@@ -16,6 +16,7 @@ Over no element (an empty batch, no feature; no sequence of two steps for TAR) b
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -64,7 +65,11 @@ def _valid(lengths: Tensor | None, T: int, B: int, device) -> Tensor | None:
 
 
 def activation_regularization(
-    output: Tensor | PackedSequence, alpha: float = 2.0, *, batch_first: bool = False, lengths=None
+    output: Tensor | PackedSequence,
+    alpha: float = 2.0,
+    *,
+    batch_first: bool = False,
+    lengths: Tensor | Sequence[int] | None = None,
 ) -> Tensor:
     """AR: ``alpha`` (a finite number) times the mean square of ``output`` over its valid
     elements (a scalar; zero when there is none: an empty batch)."""
@@ -79,7 +84,11 @@ def activation_regularization(
 
 
 def temporal_activation_regularization(
-    output: Tensor | PackedSequence, beta: float = 1.0, *, batch_first: bool = False, lengths=None
+    output: Tensor | PackedSequence,
+    beta: float = 1.0,
+    *,
+    batch_first: bool = False,
+    lengths: Tensor | Sequence[int] | None = None,
 ) -> Tensor:
     """TAR: ``beta`` (a finite number) times the mean square of ``h_t − h_{t−1}`` over consecutive
     valid steps of each sequence (a scalar; zero when no sequence has two steps)."""

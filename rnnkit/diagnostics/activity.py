@@ -40,6 +40,7 @@ import contextlib
 import functools
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,7 +102,7 @@ def gate_source(cell: Cell) -> str:
     return "none"
 
 
-def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx=None) -> list[LayerActivity]:
+def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx: Any = None) -> list[LayerActivity]:
     """States and gates of every layer-direction of ``module`` for one sequence.
 
     ``inputs`` as for the layer (``(T, B, I)``, batch-first, or unbatched); ``sample``

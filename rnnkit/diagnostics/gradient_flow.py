@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,10 +115,10 @@ def _collect(traces: list[tuple[str, nn.Module, Trace]]):
 
 def gradient_flow(
     model: nn.Module,
-    inputs,
+    inputs: Any,
     loss_fn: Callable[[object], Tensor] | None = None,
     *,
-    hx=None,
+    hx: Any = None,
     loss: str | None = None,
     seed: int = 0,
 ) -> GradientFlow:

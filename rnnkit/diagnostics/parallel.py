@@ -27,7 +27,9 @@ fixed set of ``λ`` (``|λ|`` the decay, ``arg λ`` the rotation per step).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -169,7 +171,9 @@ class DecaySpectrum:
     decays: dict[str, np.ndarray]
     name: str
 
-    def modulus_quantiles(self, label: str | None = None, q=(0.05, 0.5, 0.95)) -> np.ndarray:
+    def modulus_quantiles(
+        self, label: str | None = None, q: Sequence[float] = (0.05, 0.5, 0.95)
+    ) -> np.ndarray:
         """Quantiles of ``|a_t|`` over steps, batch and units (default: the first layer)."""
         return np.quantile(np.abs(self.decays[label or self.labels[0]]), q)
 
@@ -181,7 +185,7 @@ class DecaySpectrum:
             return -1.0 / np.log(m)
 
 
-def decay_spectrum(module: nn.Module, inputs: Tensor, *, hx=None) -> DecaySpectrum:
+def decay_spectrum(module: nn.Module, inputs: Tensor, *, hx: Any = None) -> DecaySpectrum:
     """``a_t`` of every layer-direction of a MinGRU, MinLSTM, QRNN or LRU along ``inputs``
     (shaped as for the layer). The step Jacobian is ``diag(a_t)``: these are its
     eigenvalues, the diagonal recurrences' counterpart of the spectrum of ``W_hh``."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class JacobianSpectrum:
 
 
 def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, direction: int = 0,
-                   sample: int = 0, hx=None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
+                   sample: int = 0, hx: Any = None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """``J_t = ∂s_t/∂s_{t-1}`` ``(T, S, S)`` for one sequence of the batch, ``S = Σ state sizes``,
     in processing order (reversed time for ``direction=1``). For a parallel layer
     ``J_t = diag(a_t)`` (complex for the LRU). Buffers and random state are left as they were."""
@@ -102,7 +103,7 @@ def _step_jacobians(module: nn.Module, inputs: Tensor, layer: int, direction: in
 
 
 def jacobian_spectrum(module: nn.Module, inputs: Tensor, *, layer: int = 0, direction: int = 0,
-                      sample: int = 0, hx=None) -> JacobianSpectrum:  # fmt: skip
+                      sample: int = 0, hx: Any = None) -> JacobianSpectrum:  # fmt: skip
     """Singular values of the step Jacobians of one layer-direction along ``inputs``.
 
     ``inputs`` is the layer's input ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``);
@@ -206,7 +207,9 @@ def dominant_subspace(W: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return q, ev, rate
 
 
-def power_iteration(W, steps: int = 50, h0=None, seed: int = 0) -> PowerIteration:
+def power_iteration(
+    W: Tensor | np.ndarray, steps: int = 50, h0: Tensor | np.ndarray | None = None, seed: int = 0
+) -> PowerIteration:
     """Run ``h ← W h / ‖W h‖`` from ``h0`` (default: a seeded random unit vector)."""
     W = np.asarray(W.detach().cpu() if isinstance(W, Tensor) else W, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:

@@ -25,6 +25,7 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -233,7 +234,9 @@ def untouched(model: nn.Module) -> Iterator[None]:
                     b.copy_(v)
 
 
-def replay(module: nn.Module, x: Tensor, hx=None, *, retain_grad: bool = False, track: bool = False):
+def replay(
+    module: nn.Module, x: Tensor, hx: Any = None, *, retain_grad: bool = False, track: bool = False
+) -> tuple[Tensor, Any, Trace]:
     """Run ``module`` on dense input ``x`` one step at a time.
 
     Returns ``(output, h_n, trace)`` where ``output, h_n`` are exactly what

@@ -30,6 +30,8 @@ class TrainConfig:
     k1) steps; k2 > k1 recomputes the overlap from a stored state.
     """
 
+    # max_epochs, max_steps and max_minutes all hold (the first reached stops): with the default of one
+    # epoch, a step or time budget beyond an epoch needs max_epochs raised (rnnkit train does so)
     max_epochs: int = 1
     max_steps: int | None = None  # a step = one batch
     max_minutes: float | None = None  # time budget; stops cleanly (and checkpoints)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.data.batching import bptt_batches
-from rnnkit.train.state import check_carried_rows, count_tokens, lm_loss, move_to
+from rnnkit.train.state import check_carried_rows, count_tokens, lm_loss, move_to, output_and_state
 
 __all__ = ["evaluate_lm", "evaluate_batches"]
 
@@ -44,7 +44,7 @@ def evaluate_lm(
         for batch in bptt_batches(data, batch_size, seq_len, batch_first=batch_first):
             x, y = batch.inputs.to(device), batch.targets.to(device)
             if stateful:
-                logits, state = model(x, state)
+                logits, state = output_and_state(model(x, state))
             else:
                 logits = model(x)
             total += float(lm_loss(logits, y)) * y.numel()

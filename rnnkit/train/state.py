@@ -15,7 +15,7 @@ from torch import Tensor
 
 from rnnkit.state import detach_state, rebuild_dict
 
-__all__ = ["detach_state", "move_to", "count_tokens", "lm_loss", "IGNORE_INDEX"]
+__all__ = ["detach_state", "move_to", "count_tokens", "lm_loss", "output_and_state", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index; PadCollate pads targets with it
 
@@ -89,6 +89,29 @@ def check_carried_rows(batch: Any, rows: int | None, batch_first: bool, where: s
             "bptt_batches' streams) or pass carry_state=False"
         )
     return n
+
+
+def output_and_state(result: Any, who: str = "model") -> tuple[Any, Any]:
+    """``result`` of a stateful call, checked to be a pair: ``(output, new_state)`` of
+    ``model(inputs, state)`` (``who="model"``) or ``(loss, new_state)`` of a ``step_fn``. A model
+    that returned its output alone was unpacked along the output's first dimension (the time
+    steps of a window of 2: output = step 0, state = step 1, silently with a loss that
+    broadcasts), or failed on "too many values to unpack", naming neither the protocol nor
+    ``stateful=False``."""
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        return result[0], result[1]
+    if isinstance(result, Tensor):
+        got = f"a tensor of shape {tuple(result.shape)}"
+    elif isinstance(result, (tuple, list)):
+        got = f"a {type(result).__name__} of {len(result)} items"
+    else:
+        got = type(result).__name__
+    if who == "step_fn":
+        raise TypeError(f"step_fn(model, batch, state) must return (loss, new_state), got {got}")
+    raise TypeError(
+        f"stateful=True calls model(inputs, state) and expects (output, new_state), got {got}: return "
+        "the new state too (None when there is none), or pass stateful=False for model(inputs) -> output"
+    )
 
 
 def lm_loss(output: Tensor, targets: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit.train import distributed as dist
-from rnnkit.train.state import check_carried_rows, count_tokens, detach_state
+from rnnkit.train.state import check_carried_rows, count_tokens, detach_state, output_and_state
 from rnnkit.train.tbptt import tbptt_batch, zero_loss
 
 __all__ = ["TrainerStep"]
@@ -44,9 +44,10 @@ class TrainerStep:
         if self.step_fn is not None:
             # under autocast, the loss and the carried state come back in float32 (as for the default step)
             if isinstance(getattr(model, "module", None), dist.StepFnModule):
-                loss, state = self.precision.call(model, batch, state)  # DDP: step_fn(bare model) inside
+                res = self.precision.call(model, batch, state)  # DDP: step_fn(bare model) inside
             else:
-                loss, state = self.precision.call(self.step_fn, model, batch, state)
+                res = self.precision.call(self.step_fn, model, batch, state)
+            loss, state = output_and_state(res, "step_fn")
             if zero:
                 # step_fn gives no output to build the zero on: the parameters themselves
                 return zero_loss(self._trainable()), state
@@ -54,7 +55,7 @@ class TrainerStep:
             return (loss.float() if loss.dtype in (torch.float16, torch.bfloat16) else loss), state
         inputs, targets = batch[0], batch[1]
         if self.config.stateful:
-            output, state = self.precision.call(model, inputs, state)
+            output, state = output_and_state(self.precision.call(model, inputs, state))
         else:
             output = self.precision.call(model, inputs)
         return (zero_loss(output) if zero else self.loss_fn(output, targets)), state

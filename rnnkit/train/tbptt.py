@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.train.distributed import get_world_size
-from rnnkit.train.state import count_targets, detach_state
+from rnnkit.train.state import count_targets, detach_state, output_and_state
 
 __all__ = ["tbptt_batch", "zero_loss"]
 
@@ -103,8 +103,8 @@ def tbptt_batch(
         st = snaps[b]
         if b < s:
             with torch.no_grad():
-                _, st = model(inputs.narrow(td, b, s - b), st)
-        out, new = model(inputs.narrow(td, s, t - s), st)
+                _, st = output_and_state(model(inputs.narrow(td, b, s - b), st))
+        out, new = output_and_state(model(inputs.narrow(td, s, t - s), st))
         tgt = targets.narrow(td, prev, t - prev)
         n = count_targets(tgt, padded)
         total = global_count(n) if global_count is not None else n

@@ -228,6 +228,27 @@ def test_impl_refused_at_construction_for_configurations_it_cannot_run():
         m.train()(torch.randn(2, 1, 3))
 
 
+def test_impl_assigned_after_construction_is_checked():
+    """layer.impl was a plain attribute: any value was taken, and every one but 'torch' and 'fused'
+    ('Fused', 'fast') ran the reference loop silently. It is checked as at construction, and a value
+    the layer cannot run is refused at once, the old one kept."""
+    m = rnnkit.GRU(3, 4)
+    for bad in ("Fused", "fast", None):
+        with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'torch', 'fused', 'loop'\)"):
+            m.impl = bad
+        assert m.impl == "auto"
+    m.impl = "loop"  # a possible value is taken
+    assert m.impl == "loop" and "impl=loop" in repr(m)
+    m = rnnkit.LSTM(3, 4, peephole=True)
+    with pytest.raises(ValueError, match="impl='torch' needs a configuration torch.nn supports"):
+        m.impl = "torch"
+    assert m.impl == "auto"
+    m = rnnkit.LSTM(3, 4, norm="layer", coupled_gates=True)
+    with pytest.raises(ValueError, match="impl='fused' has no fused kernel"):
+        m.impl = "fused"
+    assert m.impl == "auto"
+
+
 @pytest.mark.parametrize(
     "family,opts,text",
     [

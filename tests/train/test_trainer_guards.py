@@ -1,5 +1,6 @@
 """Trainer: what it refuses or skips, so that a run does not go on silently wrong: a step with a
-non-finite gradient norm, the carried state over shuffled batches."""
+non-finite gradient norm, the carried state over shuffled batches, a stateful model or step_fn
+that returns no state."""
 
 import math
 
@@ -8,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from rnnkit.data import BucketBatchSampler, PadCollate, bptt_batches
-from rnnkit.train import Callback, Trainer, lm_loss
+from rnnkit.train import Callback, Trainer, evaluate_lm, lm_loss
 
 from .models import TinyLM, tokens
 
@@ -124,3 +125,49 @@ def test_carried_state_into_a_batch_of_other_sequences_names_the_carry():
     assert tr.fit(DataLoader(ds, batch_size=4, drop_last=True))["step"] == 2
     tr = Trainer(model, _sgd(model), batch_first=True, progress=False, carry_state=False)
     assert tr.fit(DataLoader(ds, batch_size=4), val_data=DataLoader(ds, batch_size=4))["step"] == 3
+
+
+class _OutputOnly(torch.nn.Module):
+    """A regressor whose forward takes a state but returns its output alone: (T, B)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.head = torch.nn.GRU(1, 4), torch.nn.Linear(4, 1)
+
+    def forward(self, x, state=None):
+        y, _ = self.rnn(x.unsqueeze(-1))
+        return self.head(y).squeeze(-1)
+
+
+def _mse(out, y):
+    return (out - y).pow(2).mean()  # a loss of the user's that broadcasts
+
+
+@pytest.mark.parametrize("T", [2, 3])
+@pytest.mark.parametrize("k1", [None, 1])
+def test_a_stateful_model_must_return_output_and_state(T, k1):
+    """A stateful model returning its output alone was unpacked along the output's first dimension:
+    for windows of 2 steps, output = step 0 and state = step 1, trained silently on a broadcast loss;
+    else "too many values to unpack". Now a TypeError names the protocol and stateful=False."""
+    model = _OutputOnly()
+    data = [(torch.randn(T, 3), torch.randn(T, 3))]
+    tr = Trainer(model, _sgd(model), loss_fn=_mse, max_steps=1, tbptt_k1=k1, progress=False)
+    got = rf"expects \(output, new_state\), got a tensor of shape \({k1 or T}, 3\)"  # (k1: a window's)
+    with pytest.raises(TypeError, match=got):
+        tr.fit(data)
+    # the same model with stateful=False trains
+    Trainer(model, _sgd(model), loss_fn=_mse, max_steps=1, stateful=False, progress=False).fit(data)
+
+
+def test_evaluate_lm_and_step_fn_results_are_checked():
+    class LMOutputOnly(TinyLM):
+        def forward(self, x, state=None):
+            return super().forward(x, state)[0]
+
+    with pytest.raises(TypeError, match="or pass stateful=False"):
+        evaluate_lm(LMOutputOnly(), tokens(40), 2, 2)
+    model = TinyLM()
+    step_fn = lambda m, b, s: lm_loss(m(b[0])[0], b[1])  # noqa: E731  (the loss alone, no state)
+    tr = Trainer(model, _sgd(model), step_fn=step_fn, max_steps=1, progress=False)
+    with pytest.raises(TypeError, match=r"must return \(loss, new_state\), got a tensor of shape \(\)"):
+        tr.fit(bptt_batches(tokens(100), 2, 5))
