@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import _checks, dispatch, kernels, regularizers
+from . import _checks, dispatch, kernels, options, regularizers
 from ._nn_compat import RNNBaseCompat, reference, reset_like_torch
 from .cells.base import Cell, State
 
@@ -44,11 +44,11 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
     redrawn at every forward call. Independent masks per layer and direction.
     """
 
-    zoneout = regularizers.ZoneoutOption()  # assignable: keeps zoneout_probs in step
+    zoneout = options.ZoneoutOption()  # assignable: keeps zoneout_probs in step
     # checked on every assignment (at construction too)
-    locked_dropout = regularizers.ProbOption()
-    recurrent_dropout = regularizers.ProbOption()
-    weight_drop = regularizers.ProbOption()
+    locked_dropout = options.ProbOption()
+    recurrent_dropout = options.ProbOption()
+    weight_drop = options.ProbOption()
     impl = dispatch.ImplOption()  # checked on every assignment (at construction too)
 
     def __init__(
@@ -92,7 +92,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         self.locked_dropout = locked_dropout
         self.recurrent_dropout = recurrent_dropout
         self.weight_drop = weight_drop
-        self.zoneout = zoneout  # (sets zoneout_probs: regularizers.ZoneoutOption)
+        self.zoneout = zoneout  # (sets zoneout_probs: options.ZoneoutOption)
         self._names: list[list[dict[str, str]]] = []  # [layer][direction] base name -> attribute
         factory = {"device": device, "dtype": dtype}
         for k, cell in enumerate(self.cells):

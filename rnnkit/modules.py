@@ -14,7 +14,7 @@ import inspect
 import torch
 from torch import _VF, Tensor, nn
 
-from . import _checks, regularizers
+from . import _checks, options, regularizers
 from ._nn_compat import reference, reset_like_torch
 from .cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from .layers import RecurrentStack
@@ -166,9 +166,9 @@ class StepCell(nn.Module):
     drawn at every step (its expectation is used in evaluation).
     """
 
-    zoneout = regularizers.ZoneoutOption()  # assignable: keeps zoneout_probs in step
-    recurrent_dropout = regularizers.ProbOption()  # checked on every assignment
-    weight_drop = regularizers.ProbOption()
+    zoneout = options.ZoneoutOption()  # assignable: keeps zoneout_probs in step
+    recurrent_dropout = options.ProbOption()  # checked on every assignment
+    weight_drop = options.ProbOption()
     _TORCH_CELLS = {
         "LSTM": _VF.lstm_cell,
         "GRU": _VF.gru_cell,
@@ -191,7 +191,7 @@ class StepCell(nn.Module):
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         self.recurrent_dropout = recurrent_dropout
         self.weight_drop = weight_drop
-        self.zoneout = zoneout  # (sets zoneout_probs: regularizers.ZoneoutOption)
+        self.zoneout = zoneout  # (sets zoneout_probs: options.ZoneoutOption)
         for spec in cell.param_specs():
             t = torch.empty(spec.shape, device=device, dtype=dtype)
             if spec.buffer:  # running statistics (recurrent batch norm)

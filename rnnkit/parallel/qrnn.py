@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import _checks, regularizers
+from .. import _checks, options, regularizers
 from ..cells.base import linear
 from .base import ParallelRecurrent, Params, join_autocast, uniform_
 
@@ -54,7 +54,7 @@ class QRNN(ParallelRecurrent):
     Args: as :class:`torch.nn.GRU`, plus keyword-only ``window`` (1 or 2) and ``zoneout``.
     """
 
-    zoneout = regularizers.ProbOption(below_one=True)  # checked on every assignment, in [0, 1)
+    zoneout = options.ProbOption(below_one=True)  # checked on every assignment, in [0, 1)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
