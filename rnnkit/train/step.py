@@ -77,8 +77,10 @@ class TrainerStep:
             # an inf/NaN gradient would make weights (and, through clipping, all of them) NaN for
             # the rest of the run: skip the update, as the float16 loss scaler does. Under DDP the
             # gradients are all-reduced, so every rank skips alike. (The scaler must see its
-            # skipped steps to lower its scale, so float16 steps go to it.)
-            log.warning("step %d: gradient norm %s; update skipped", self.step + 1, norm)
+            # skipped steps to lower its scale, so float16 steps go to it.) Rank 0 alone logs it, as
+            # every log: the others skip the same step, and N copies of the warning would say nothing more
+            if self.is_main:
+                log.warning("step %d: gradient norm %s; update skipped", self.step + 1, norm)
             return norm
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(params, cfg.clip_value)

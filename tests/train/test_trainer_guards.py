@@ -54,6 +54,24 @@ def test_non_finite_gradient_skips_the_update(clip_norm, bad, caplog):
         assert torch.isfinite(p).all() and not torch.equal(p.detach(), b)
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_skipped_update_is_logged_by_rank_0_alone(rank, caplog, monkeypatch):
+    """Under DDP the gradients are all-reduced, so every rank skips the update alike; every rank
+    also logged it, N copies of one warning, though rank 0 alone logs. Rank 1 skips it silently."""
+    from rnnkit.train import distributed as dist
+
+    monkeypatch.setattr(dist, "is_main_process", lambda: rank == 0)
+    torch.manual_seed(0)
+    model = TinyLM()
+    model.out.bias.register_hook(lambda g: g * math.nan)
+    before = [p.detach().clone() for p in model.parameters()]
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        Trainer(model, _sgd(model), max_steps=1, progress=False).fit(bptt_batches(tokens(100), 2, 5))
+    assert ("update skipped" in caplog.text) == (rank == 0)
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p.detach(), b)
+
+
 def test_a_skipped_update_does_not_step_the_scheduler():
     """A step whose update was skipped (a non-finite gradient) still stepped the scheduler: the
     schedule ran ahead of the updates, and a first skipped step made torch warn "lr_scheduler.step()
