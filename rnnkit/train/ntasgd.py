@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from rnnkit import _checks
+from rnnkit.train import distributed as dist
 
 __all__ = ["NTASGD"]
 
@@ -145,11 +146,11 @@ class NTASGD:
         ``nonmono`` stays this object's (the run's configuration decides it, as for every other
         setting of a resumed run); a saved one that differs while averaging has not triggered yet
         (where it still matters) is logged as a warning: the resumed run triggers on another rule
-        than the run it continues."""
+        than the run it continues (under DDP by rank 0 alone)."""
         self.check_state(state)
         averages, triggered_at = list(state["averages"]), state["triggered_at"]
         saved = state.get("nonmono", self.nonmono)
-        if saved != self.nonmono and triggered_at is None:
+        if saved != self.nonmono and triggered_at is None and dist.is_main_process():
             log.warning(
                 "NT-ASGD: the checkpoint was made with nonmono=%s, resuming with nonmono=%s (the "
                 "configured value is used; set it to %s to continue the run as it was)",

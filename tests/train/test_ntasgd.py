@@ -119,6 +119,21 @@ def test_a_saved_nonmono_that_differs_is_reported(caplog):
     ]
 
 
+def test_a_saved_nonmono_that_differs_is_reported_by_rank_0_alone(caplog, monkeypatch):
+    """Under DDP every rank loads the checkpoint, and every rank logged the warning (N copies),
+    though rank 0 alone logs. Rank 1 (of 2, faked) loads the same state silently."""
+    from rnnkit.train import distributed as dist
+
+    monkeypatch.setattr(dist, "is_main_process", lambda: False)
+    model = torch.nn.Linear(2, 3)
+    before = NTASGD(model, nonmono=5)
+    before.observe(1.0, step=0)
+    resumed = NTASGD(model, nonmono=2)
+    with caplog.at_level(logging.WARNING, logger="rnnkit.train"):
+        resumed.load_state_dict(before.state_dict())
+    assert resumed.nonmono == 2 and resumed.history == [1.0] and not caplog.records
+
+
 def test_a_resume_refused_for_its_nt_asgd_state_loads_nothing(tmp_path):
     """The NT-ASGD state was checked only when it loaded, after the model and the optimizer: a
     checkpoint whose state does not fit raised with the model already holding its weights (a
