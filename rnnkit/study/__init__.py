@@ -140,6 +140,10 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         budget = meta.get("budget_minutes", budget_minutes)
     else:
         budget = None if steps is not None else budget_minutes or study.default_budget_minutes
+    import torch.distributed as tdist
+
+    # (a process group the caller set up is the caller's: torn down here only if made here)
+    ours = not (tdist.is_available() and tdist.is_initialized())
     rank, world = _dist()
     # on a resume, the processes the steps were computed for (the study.json record; this one's
     # --workers only sets how many run now)
@@ -176,7 +180,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         from .report import write_report
 
         written = write_report(study, records, out, steps=steps, trials=K)
-    if world > 1:
+    if world > 1 and ours:
         from rnnkit.train import cleanup_distributed
 
         cleanup_distributed()

@@ -377,3 +377,24 @@ def test_a_rank_splits_the_runs_left_before_any_rank_trains(tmp_path, monkeypatc
     monkeypatch.setattr(runner, "fit", lambda st, spec, *a: calls.append(spec.key) or real(st, spec, *a))
     run_study("jozefowicz", out, seeds=2, progress=False, report=False)
     assert calls == ["LSTM#1"]
+
+
+def test_a_callers_process_group_is_left_to_the_caller(tmp_path, monkeypatch):
+    """run_study under torchrun tore the process group down at its end, also one the calling
+    script had set up itself (whose later collectives then failed); it tears down only its own."""
+    import torch.distributed as tdist
+
+    import rnnkit.study as study_mod
+    import rnnkit.train
+
+    torn = []
+    monkeypatch.setattr(study_mod, "_dist", lambda: (0, 2))
+    monkeypatch.setattr(study_mod, "_barrier", lambda world: None)
+    monkeypatch.setattr(rnnkit.train, "cleanup_distributed", lambda: torn.append(1))
+    kw = {"steps": 2, "seeds": 1, "archs": ["Tanh"], "settings": TINY_ARITH, "progress": False}
+    monkeypatch.setattr(tdist, "is_initialized", lambda: True)  # the caller's group
+    run_study("jozefowicz", tmp_path / "j", **kw)
+    assert torn == []
+    monkeypatch.setattr(tdist, "is_initialized", lambda: False)  # made by run_study (_dist)
+    run_study("jozefowicz", tmp_path / "k", **kw)
+    assert torn == [1]
