@@ -80,9 +80,10 @@ def _lines(path: str | None) -> list[str]:
         raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {e.start})") from None
     # not str.splitlines: it also breaks at U+0085, U+2028, form feed, ..., characters an item may
     # hold, and one input line gave two outputs (the rest then answered the wrong lines)
-    lines = [ln.strip() for ln in text.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
-    if lines[-1] == "":  # what follows the last line end ("" in a file that ends with one)
-        lines.pop()
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":  # what follows the last line end ("" in a file that ends with one); before
+        lines.pop()  # stripping: a last line of spaces without a line end is a line (an empty output)
+    lines = [ln.strip() for ln in lines]
     if not any(lines):
         raise ValueError(f"--input {path or '-'}: no lines to predict")
     return lines

@@ -60,7 +60,15 @@ def _betainc(a: float, b: float, x: float, y: float) -> float:
 
 def student_t_two_sided(t: float, df: float) -> float:
     """``P(|T| >= |t|)`` for Student's t with ``df > 0`` (real) degrees of freedom:
-    ``I_{df / (df + t^2)}(df / 2, 1 / 2)`` (scipy's ``2 * t.sf(|t|, df)``, without scipy)."""
+    ``I_{df / (df + t^2)}(df / 2, 1 / 2)`` (scipy's ``2 * t.sf(|t|, df)``, without scipy), within
+    1e-10 of it up to ``df = 1e5`` (Welch's ``df`` is at most ``n_a + n_b - 2``; beyond 1e6 the
+    ``lgamma`` difference loses digits); the normal's tail for ``df = inf``, NaN for a NaN."""
+    if math.isnan(df) or math.isnan(t):
+        return float("nan")
+    if not df > 0:  # (df = 0 gave 0.0, a "significant" p, and df < 0 1.0 or a ZeroDivisionError)
+        raise ValueError(f"df must be > 0, got {df}")
+    if math.isinf(df):  # (df / (df + t^2) would be inf / inf, NaN)
+        return math.erfc(abs(t) / math.sqrt(2))
     t2 = t * t
     return _betainc(df / 2, 0.5, df / (df + t2), t2 / (df + t2))
 

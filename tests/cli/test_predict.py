@@ -184,6 +184,17 @@ def test_output_lines_answer_input_lines(cli, tmp_path, monkeypatch, conllu):
     assert len(lines) == 3 and lines[1] == "" and lines[2].startswith("The/") and lines[0].startswith("a/")
 
 
+def test_a_last_line_of_spaces_is_a_line(tmp_path):
+    """A last line of spaces without a line end was taken for the end of the file (stripped first,
+    then dropped as the "" after the last line end): one output line short of the input's lines."""
+    from rnnkit.cli.predict import _lines
+
+    cases = {"a\n  ": ["a", ""], "a\n  \n": ["a", ""], "a\n": ["a"], "a": ["a"], "\na\r\n\t\r": ["", "a", ""]}
+    for text, want in cases.items():
+        (tmp_path / "in.txt").write_bytes(text.encode())
+        assert _lines(str(tmp_path / "in.txt")) == want, text
+
+
 def test_forecast_continues_the_series(cli, tmp_path, series_csv):
     out = tmp_path / "f"
     r = cli("train", "forecast", "--data", series_csv, "--column", "value", "--window", 8, "--horizon", 4,

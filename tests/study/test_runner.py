@@ -129,6 +129,19 @@ def test_welch_p_matches_scipy():
             assert report.student_t_two_sided(t, df) == pytest.approx(want, rel=1e-10, abs=1e-300), (t, df)
 
 
+def test_student_t_outside_welchs_degrees_of_freedom():
+    """df = inf gave NaN (inf / inf) instead of the normal's tail, df = 0 a p of 0.0 and df < 0 1.0
+    or a ZeroDivisionError; NaN stays NaN, as in scipy."""
+    for t in (0.0, 1.0, 1.96, -3.0, 40.0, math.inf):
+        assert report.student_t_two_sided(t, math.inf) == pytest.approx(math.erfc(abs(t) / math.sqrt(2)))
+    assert report.student_t_two_sided(1.96, math.inf) == pytest.approx(0.0499957902964, rel=1e-10)
+    for df in (0.0, -1.0, -3.0, -math.inf):
+        with pytest.raises(ValueError, match=f"df must be > 0, got {df}"):
+            report.student_t_two_sided(1.0, df)
+    assert math.isnan(report.student_t_two_sided(math.nan, 3.0))
+    assert math.isnan(report.student_t_two_sided(1.0, math.nan))
+
+
 def test_welch_p_needs_no_scipy(tmp_path, monkeypatch):
     """scipy is an optional package (the study extra): without it a study of 2+ seeds trained every
     run, then failed writing its report with a bare "No module named 'scipy'"."""
