@@ -98,7 +98,7 @@ class _Replay(torch.autograd.Function):
 
 
 # The layer attributes a captured graph depends on besides its inputs and parameters.
-_OPTIONS = ("impl", "dropout", "zoneout", "weight_drop", "recurrent_dropout", "locked_dropout")
+_OPTIONS = ("impl", "batch_first", "dropout", "zoneout", "weight_drop", "recurrent_dropout", "locked_dropout")
 
 
 class CUDAGraphed(nn.Module):
