@@ -99,16 +99,21 @@ def test_average_of_half_parameters_is_kept_in_float32(dtype):
     assert model.weight.dtype == dtype and model.weight.item() == float(torch.tensor(300 / 301).to(dtype))
 
 
+def _saved_with_nonmono_5_resumed_with_2():
+    """(model, the state of an NT-ASGD with nonmono=5 that observed one loss, one with nonmono=2)."""
+    model = torch.nn.Linear(2, 3)
+    before = NTASGD(model, nonmono=5)
+    before.observe(1.0, step=0)
+    return model, before.state_dict(), NTASGD(model, nonmono=2)
+
+
 def test_a_saved_nonmono_that_differs_is_reported(caplog):
     """load_state_dict used the configured nonmono and ignored the saved one without a word: a
     resumed run then triggered on another rule. The configured value still decides (the run's
     configuration is its source of truth), with a warning naming both while it still matters."""
-    model = torch.nn.Linear(2, 3)
-    before = NTASGD(model, nonmono=5)
-    before.observe(1.0, step=0)
-    resumed = NTASGD(model, nonmono=2)
+    model, saved, resumed = _saved_with_nonmono_5_resumed_with_2()
     with caplog.at_level(logging.WARNING, logger="rnnkit.train"):
-        resumed.load_state_dict(before.state_dict())
+        resumed.load_state_dict(saved)
         NTASGD(model, nonmono=1).load_state_dict(_triggered(model).state_dict())  # same: silent
         NTASGD(model, nonmono=3).load_state_dict(_triggered(model).state_dict())  # triggered: moot
     assert resumed.nonmono == 2 and resumed.history == [1.0]
@@ -125,12 +130,9 @@ def test_a_saved_nonmono_that_differs_is_reported_by_rank_0_alone(caplog, monkey
     from rnnkit.train import distributed as dist
 
     monkeypatch.setattr(dist, "is_main_process", lambda: False)
-    model = torch.nn.Linear(2, 3)
-    before = NTASGD(model, nonmono=5)
-    before.observe(1.0, step=0)
-    resumed = NTASGD(model, nonmono=2)
+    _, saved, resumed = _saved_with_nonmono_5_resumed_with_2()
     with caplog.at_level(logging.WARNING, logger="rnnkit.train"):
-        resumed.load_state_dict(before.state_dict())
+        resumed.load_state_dict(saved)
     assert resumed.nonmono == 2 and resumed.history == [1.0] and not caplog.records
 
 
