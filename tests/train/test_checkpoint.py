@@ -262,11 +262,17 @@ def loader_run(out_dir, interrupt_at=None, resume=False, epochs=3, loader_seed=N
         progress=False,
         plot=False,
     )
+    return _fit(tr, loader, interrupt_at)
+
+
+def _fit(tr, data, interrupt_at):
+    """``tr.fit(data)``, expected to stop on the ``Interrupt`` callback's KeyboardInterrupt when
+    ``interrupt_at`` is set; returns ``tr``."""
     if interrupt_at:
         with pytest.raises(KeyboardInterrupt):
-            tr.fit(loader)
+            tr.fit(data)
     else:
-        tr.fit(loader)
+        tr.fit(data)
     return tr
 
 
@@ -447,13 +453,7 @@ def _branch_run(out_dir, max_steps, load=None, interrupt_at=None, resume=False):
                  plot=False, callbacks=[Interrupt(interrupt_at)] if interrupt_at else [])  # fmt: skip
     if load is not None:
         tr.load(load)
-    data = bptt_batches(tokens(300), 2, 10)
-    if interrupt_at:
-        with pytest.raises(KeyboardInterrupt):
-            tr.fit(data)
-    else:
-        tr.fit(data)
-    return tr
+    return _fit(tr, bptt_batches(tokens(300), 2, 10), interrupt_at)
 
 
 def test_a_fit_from_a_loaded_older_checkpoint_names_it_latest_before_its_first_checkpoint(tmp_path):
