@@ -170,3 +170,34 @@ def test_batch_norm_training_with_default_threads():
         [sys.executable, "-c", DEFAULT_THREADS], capture_output=True, text=True, timeout=300, env=env
     )
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("grad", [True, False])
+def test_layer_norm_input_group_chunks_on_row_blocks(threads, grad, num_threads):
+    """The layer-norm LSTM's in-kernel input group, dense input (``csrc/norm.cpp``): each thread
+    gathers its rows of a chunk of 8 steps into one GEMM, then copies ``a`` to its saved rows
+    (training) or keeps it in the chunk's scratch (inference). Two threads split the 40 rows (40 x
+    256 values a step); 19 steps end in a ragged chunk; the reverse direction walks the chunks
+    backwards. Against the loop, float64."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    import rnnkit
+
+    num_threads(threads)
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(5, 64, norm="layer", bidirectional=True, impl="fused")
+    b = rnnkit.LSTM(5, 64, norm="layer", bidirectional=True, impl="loop")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(19, 40, 5, requires_grad=grad)
+    res = []
+    for m in (a, b):
+        with torch.set_grad_enabled(grad):
+            out, (h, c) = m(x)
+        res.append([out, h, c])
+        if grad:
+            loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() + c.sum()
+            res[-1] += torch.autograd.grad(loss, [x, *m.parameters()])
+    for u, v in zip(*res, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)

@@ -160,6 +160,12 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       Tensor a_ih = proj_in ? at::empty({save ? N : K * B, G4}, o) : e(), mean_ih = proj_in ? at::empty({N, 1}, o) : e();
       Tensor rs_ih = proj_in ? at::empty({N, 1}, o) : e(), xs_ih = proj_in ? at::empty({B, G4}, o) : e();
       Tensor yp = proj_in ? at::empty({K * B, G4}, o) : e();
+      // Dense input: a thread's rows [r0, r1) of the chunk's steps as one GEMM, their x gathered
+      // into xg and a into ag (without `save`: into a_ih, the chunk's scratch), both at rows
+      // [K r0, K r1); then each row copied to its saved place. Per step, the GEMM had a step's
+      // rows only (16 in a medium call on 2 threads), too few for brgemm to run near its peak.
+      Tensor xg = proj_in && K > 1 ? at::empty({K * B, I}, o) : e();
+      Tensor ag = proj_in && K > 1 && save ? at::empty({K * B, G4}, o) : e();
       const Tensor XI = proj_in ? x_in->contiguous() : e(), WI = proj_in ? w_ih->contiguous() : e();
       const Tensor WIT = proj_in && xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(*w_ih) : WI;
       const OptT gic = cont(g_ih), sic = cont(s_ih);
@@ -169,7 +175,20 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
         const T_ *ZH = zhr.at<T_>(off), *ZC = zcr.at<T_>(off);  // zoneout: the step's rows
         const int64_t jk = k % K;  // this step's place in its chunk
-        if (proj_in && jk == 0)  // the chunk's input group for rows [r0, r1): a = x W_ih^T, xp = LN(a)
+        if (proj_in && jk == 0 && K > 1) {  // the chunk's input group as one GEMM (dense input, xg)
+          const int64_t q1 = std::min(k + K, T);
+          T_ *XG = xg.data_ptr<T_>() + K * r0 * I, *AG = (save ? ag.data_ptr<T_>() : AI) + K * r0 * G4;
+          for (int64_t q = k; q < q1; ++q)
+            std::copy_n(XI.data_ptr<T_>() + (steps[q].first + r0) * I, nr * I, XG + (q - k) * nr * I);
+          step_xwt(XG, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), AG, (q1 - k) * nr, G4, I);
+          for (int64_t q = k; q < q1; ++q)
+            for (int64_t b = r0; b < r1; ++b) {
+              const int64_t oq = steps[q].first, jq = q - k;
+              const T_* A = AG + (jq * nr + b - r0) * G4;
+              if (save) std::copy_n(A, G4, AI + (oq + b) * G4);
+              ni.row(A, oq + b, b, q, nullptr, nullptr, YP + (jq * B + b) * G4);
+            }
+        } else if (proj_in && jk == 0)  // packed (or one step): the step's input group for rows [r0, r1)
           for (int64_t q = k; q < std::min(k + K, T); ++q) {
             const int64_t oq = steps[q].first, jq = q - k;
             T_* A = AI + ((save ? oq : jq * B) + r0) * G4;
