@@ -357,6 +357,27 @@ def test_a_failing_on_fit_start_closes_what_earlier_callbacks_opened(tmp_path):
     assert not _HELD  # out_dir's lock released
 
 
+def test_a_failing_on_fit_end_still_ends_the_other_callbacks(tmp_path):
+    """A callback whose ``on_fit_end`` raised stopped the loop that ends them: the callbacks after
+    it (the default metrics files, listed after the user's) were never ended and their files stayed
+    open (a ResourceWarning when collected). Every started callback is ended; the error is raised."""
+    from rnnkit.train.outdir import _HELD
+
+    class Failing(Callback):
+        def on_fit_end(self, trainer):
+            raise RuntimeError("cannot end")
+
+    model = TinyLM()
+    jsonl = JSONLLogger(tmp_path / "m.jsonl")
+    tr = Trainer(model, _sgd(model), max_steps=2, out_dir=str(tmp_path), callbacks=[Failing(), jsonl],
+                 progress=False)  # fmt: skip
+    with pytest.raises(RuntimeError, match="cannot end"):
+        tr.fit(bptt_batches(tokens(60), 2, 10))
+    assert jsonl.file is None
+    assert all(getattr(cb, "file", None) is None for cb in tr.callbacks)  # metrics.jsonl and .csv
+    assert not _HELD  # out_dir's lock released
+
+
 def test_out_dir_may_be_a_path(tmp_path):
     """Trainer(out_dir=pathlib.Path(...)) trained and then failed writing its first checkpoint
     ('Object of type PosixPath is not JSON serializable': the config goes into state.json)."""
