@@ -215,8 +215,9 @@ def run(args: argparse.Namespace) -> int:
 
     from rnnkit.cli import CLIError
 
-    torch.set_num_threads(args.threads)
     out = args.out or f"runs/study-{args.name}"
+    old = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
     try:
         res = run_study(
             args.name, out, budget_minutes=args.budget_minutes, seeds=args.seeds, steps=args.steps,
@@ -225,6 +226,8 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except SettingError as e:  # a bad --set or --archs: a usage error
         raise CLIError(f"study: {e} (see rnnkit study --help)", code=2) from None
+    finally:  # the caller's count back (a notebook calling main() was left at --threads, default 1)
+        torch.set_num_threads(old)
     if res["rank"] == 0:  # under torchrun: one summary, from rank 0
         print(f"{len(res['records'])} runs ({res['skipped']} resumed), {res['steps']} steps each -> {out}")
         if "table" in res:

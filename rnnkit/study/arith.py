@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.tasks._common import kept_modes
 from rnnkit.tasks.memory import ARITH_MAX_DIGITS
 
 VOCAB = "0123456789+-=._"
@@ -107,13 +108,11 @@ def decode(ids: Tensor) -> str:
 
 def accuracy(model: torch.nn.Module, problems: list[str], batch_size: int = 500) -> float:
     """Fraction of ``problems`` whose answer ``model(inputs (T, B)) -> logits (T, B, V)``
-    gets entirely right."""
-    was = model.training
-    model.eval()
+    gets entirely right. Each module's own train/eval mode is restored, also when the model raises."""
     right = 0
-    with torch.no_grad():
+    with kept_modes(model), torch.no_grad():
+        model.eval()
         for i in range(0, len(problems), batch_size):
             x, y = encode(problems[i : i + batch_size])
             right += int(exact_match(model(x), y).sum())
-    model.train(was)
     return right / len(problems)

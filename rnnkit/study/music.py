@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from rnnkit.tasks._common import kept_modes
+
 LOW, KEYS = 21, 88  # A0 .. C8
 SPLIT_SEED = 1234
 SPLITS = ("train", "valid", "test")
@@ -159,15 +161,14 @@ def frame_nll(logits: Tensor, targets: Tensor, mask: Tensor) -> tuple[Tensor, Te
 
 
 def evaluate_nll(model: torch.nn.Module, rolls: list[np.ndarray], batch_size: int = 64) -> float:
-    """Mean NLL per frame (nats) of ``model(inputs (T, B, 88)) -> logits (T, B, 88)``."""
-    was = model.training
-    model.eval()
+    """Mean NLL per frame (nats) of ``model(inputs (T, B, 88)) -> logits (T, B, 88)``. Each module's
+    own train/eval mode is restored, also when the model raises."""
     total, frames = 0.0, 0.0
     order = sorted(range(len(rolls)), key=lambda i: len(rolls[i]))  # little padding
-    with torch.no_grad():
+    with kept_modes(model), torch.no_grad():
+        model.eval()
         for i in range(0, len(order), batch_size):
             x, y, m = batch_rolls([rolls[j] for j in order[i : i + batch_size]])
             s, n = frame_nll(model(x), y, m)
             total, frames = total + float(s), frames + float(n)
-    model.train(was)
     return total / frames

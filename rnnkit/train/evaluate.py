@@ -14,6 +14,17 @@ from rnnkit.train.state import check_carried_rows, count_tokens, lm_loss, move_t
 __all__ = ["evaluate_lm", "evaluate_batches"]
 
 
+def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
+    """Every module of ``model`` with its own train/eval flag, for :func:`_restore`: ``model.train(was)``
+    would set every submodule, also one the user keeps in eval mode (a frozen dropout or batch norm)."""
+    return [(m, m.training) for m in model.modules()]
+
+
+def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
+    for m, training in modes:
+        m.training = training
+
+
 @torch.no_grad()
 def evaluate_lm(
     model: nn.Module,
@@ -32,12 +43,12 @@ def evaluate_lm(
     ``stateful=False``, ``model(inputs) -> logits``); logits are ``(T, B, V)`` or
     ``(B, T, V)``. Every token of the ``batch_size`` streams is scored once, the last
     one against the wrap-around target. ``exp`` of the result is the perplexity.
-    The model's train/eval mode is restored afterwards.
+    Every module's own train/eval mode is restored afterwards.
     """
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    was_training = model.training
+    modes = _modes(model)
     model.eval()
     total, tokens, state = 0.0, 0, None
     try:
@@ -50,7 +61,7 @@ def evaluate_lm(
             total += float(lm_loss(logits, y)) * y.numel()
             tokens += y.numel()
     finally:
-        model.train(was_training)
+        _restore(modes)
     return total / tokens
 
 
@@ -69,9 +80,9 @@ def evaluate_batches(
     ``forward(model, batch, state) -> (mean loss, new_state)``; the state is carried
     from batch to batch when ``carry_state`` (a batch of other sequences than the one before
     it is then an error; ``batch_first``: the inputs' layout). A batch without targets
-    (``count_tokens`` 0) only carries the state. The train/eval mode is restored.
+    (``count_tokens`` 0) only carries the state. Every module's own train/eval mode is restored.
     """
-    was_training = model.training
+    modes = _modes(model)
     model.eval()
     total, tokens, state, rows = 0.0, 0, None, None
     try:
@@ -86,5 +97,5 @@ def evaluate_batches(
                 total, tokens = total + float(loss) * n, tokens + n
             state = state if carry_state else None
     finally:
-        model.train(was_training)
+        _restore(modes)
     return total, tokens

@@ -325,8 +325,16 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             if self.checkpoint_dir is not None and (averaged or self._last_saved != self.step):
                 self.save()
         finally:
+            # each one that started is ended, also after another's on_fit_end raised (else those after
+            # it, the default metrics files among them, stayed open); the first error is raised
+            errors = []
             for cb in started:
-                cb.on_fit_end(self)
+                try:
+                    cb.on_fit_end(self)
+                except Exception as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
         return {
             "step": self.step,
             "epoch": self.epoch,

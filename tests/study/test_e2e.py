@@ -398,3 +398,20 @@ def test_a_callers_process_group_is_left_to_the_caller(tmp_path, monkeypatch):
     monkeypatch.setattr(tdist, "is_initialized", lambda: False)  # made by run_study (_dist)
     run_study("jozefowicz", tmp_path / "k", **kw)
     assert torn == [1]
+
+
+@pytest.mark.parametrize("args", [["--archs", "LSTN"], ["--steps", "1", "--archs", "LSTM"]])
+def test_the_entry_point_leaves_torchs_thread_count_as_it_was(tmp_path, args):
+    """``rnnkit.study.main`` (and ``rnnkit study`` called from Python) set ``torch.set_num_threads``
+    for good: a notebook was left at ``--threads`` (default 1) threads, after an error too.
+    The caller's count is back afterwards, as ``rnnkit diagnose`` leaves it."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        argv = ["jozefowicz", "--out", str(tmp_path), "--no-progress", "--threads", "1", *args]
+        main(argv + [f"--set={k}={v}" for k, v in TINY_ARITH.items()])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)

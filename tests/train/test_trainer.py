@@ -334,6 +334,23 @@ def test_training_data_without_batches_is_refused():
         tr.fit(loader)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluation_restores_each_modules_own_mode(training):
+    """``evaluate_lm`` and ``evaluate_batches`` restored the mode with ``model.train(was)``, which sets
+    every submodule: a part kept in eval mode (a frozen dropout or batch norm) came back in
+    training mode. Each module gets its own mode back, as the tasks' ``kept_modes`` does."""
+    from rnnkit.train.evaluate import evaluate_batches
+
+    model = TinyLM(dropout=0.5).train(training)
+    model.drop.train(not training)  # the user's own choice for this part
+    modes = [m.training for m in model.modules()]
+    evaluate_lm(model, tokens(60), 2, 10)
+    assert [m.training for m in model.modules()] == modes
+    tr = Trainer(model, _sgd(model), progress=False)
+    evaluate_batches(model, bptt_batches(tokens(60), 2, 10), tr._forward)
+    assert [m.training for m in model.modules()] == modes
+
+
 def test_a_failing_on_fit_start_closes_what_earlier_callbacks_opened(tmp_path):
     """``on_fit_start`` was sent before fit's ``try``: when a later callback's raised, an earlier
     one's file (a TensorBoard writer, a metrics file) was left open. Those that started are ended."""
@@ -354,6 +371,27 @@ def test_a_failing_on_fit_start_closes_what_earlier_callbacks_opened(tmp_path):
     with pytest.raises(RuntimeError, match="cannot start"):
         tr.fit(bptt_batches(tokens(60), 2, 10))
     assert jsonl.file is None and not failing.ended
+    assert not _HELD  # out_dir's lock released
+
+
+def test_a_failing_on_fit_end_still_ends_the_other_callbacks(tmp_path):
+    """A callback whose ``on_fit_end`` raised stopped the loop that ends them: the callbacks after
+    it (the default metrics files, listed after the user's) were never ended and their files stayed
+    open (a ResourceWarning when collected). Every started callback is ended; the error is raised."""
+    from rnnkit.train.outdir import _HELD
+
+    class Failing(Callback):
+        def on_fit_end(self, trainer):
+            raise RuntimeError("cannot end")
+
+    model = TinyLM()
+    jsonl = JSONLLogger(tmp_path / "m.jsonl")
+    tr = Trainer(model, _sgd(model), max_steps=2, out_dir=str(tmp_path), callbacks=[Failing(), jsonl],
+                 progress=False)  # fmt: skip
+    with pytest.raises(RuntimeError, match="cannot end"):
+        tr.fit(bptt_batches(tokens(60), 2, 10))
+    assert jsonl.file is None
+    assert all(getattr(cb, "file", None) is None for cb in tr.callbacks)  # metrics.jsonl and .csv
     assert not _HELD  # out_dir's lock released
 
 
