@@ -1,9 +1,16 @@
 """The compiled extensions' cache directories (``rnnkit.kernels.ext``, ``rnnkit.ops.scan``)."""
 
 import importlib
+import os
 import shutil
+import subprocess
+import sys
+
+import pytest
 
 from rnnkit.kernels import ext
+
+from .fused.test_fused_kernels import require_ext
 
 
 def test_ext_build_dir_is_keyed_by_the_checkout(monkeypatch, tmp_path):
@@ -30,3 +37,22 @@ def test_scan_build_dir_is_keyed_by_the_checkout(monkeypatch, tmp_path):
     shutil.copy(scan._SOURCE, copy)
     monkeypatch.setattr(scan, "_SOURCE", copy)
     assert scan._build_dir() != here and scan._build_dir().parent == here.parent
+
+
+def test_a_stale_lock_file_does_not_hang_the_first_use(tmp_path):
+    """torch's build lock is a file (``<build dir>/lock``) that a process killed mid-build
+    (SIGTERM from torchrun when another rank fails, SIGKILL, the OOM killer) leaves behind:
+    every later first use waited on it forever, silently, even with the library built. rnnkit
+    now serializes its builds with an OS lock that dies with its holder, and under it removes a
+    leftover ``lock``: the extension loads."""
+    require_ext()
+    cache = tmp_path / "cache"
+    env = dict(os.environ, RNNKIT_EXT_DIR=str(cache), PYTHONPATH=os.getcwd())
+    shutil.copytree(ext.build_dir(), cache / ext.build_dir().name)  # the built library: no rebuild
+    (cache / ext.build_dir().name / "lock").touch()
+    code = "from rnnkit.kernels import ext\nassert ext.ops() is not None\nprint('OK')\n"
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the first use waited on the stale lock file")
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr

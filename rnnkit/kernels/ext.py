@@ -6,17 +6,20 @@ fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/<torch>-<so
 library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain
 ``TORCH_LIBRARY`` ops, no pybind11: fewer headers, faster build). The build is silent on
 success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
-compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels.
+compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at
+once into one directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -74,6 +77,27 @@ def _ensure_ninja_on_path() -> None:
                 break
 
 
+@contextlib.contextmanager
+def build_lock(d: Path) -> Iterator[None]:
+    """Hold an exclusive OS lock on the build directory ``d`` (``d/rnnkit.flock``) for the block.
+
+    ``cpp_extension.load`` serializes builds with a file, ``d/lock``, created and removed by the
+    builder: a builder killed in between (SIGTERM from torchrun when another rank fails, SIGKILL,
+    the OOM killer) leaves it, and every later load of ``d`` waited for it forever, silently. An
+    ``flock`` dies with its holder, and every rnnkit build holds it around ``load``, so whoever
+    holds it knows that a ``lock`` there is stale and removes it. Without ``fcntl`` (Windows):
+    torch's file alone."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(d / "rnnkit.flock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
+        (d / "lock").unlink(missing_ok=True)
+        yield
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -81,15 +105,16 @@ def _build():
     d = build_dir()
     d.mkdir(parents=True, exist_ok=True)
     cflags, ldflags = _flags()
-    cpp_extension.load(
-        name="rnnkit_ext",
-        sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
-        build_directory=str(d),
-        extra_cflags=cflags,
-        extra_ldflags=ldflags,
-        is_python_module=False,
-        verbose=False,
-    )
+    with build_lock(d):
+        cpp_extension.load(
+            name="rnnkit_ext",
+            sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
+            build_directory=str(d),
+            extra_cflags=cflags,
+            extra_ldflags=ldflags,
+            is_python_module=False,
+            verbose=False,
+        )
     return torch.ops.rnnkit_ext
 
 

@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
+from ..kernels.ext import build_lock
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -107,7 +108,7 @@ def load_extension() -> ModuleType | None:
 
                 build = _build_dir()
                 build.mkdir(parents=True, exist_ok=True)
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), build_lock(build):  # a killed builder's lock: not a hang
                     warnings.simplefilter("ignore")
                     _ext_state["module"] = load(
                         name="rnnkit_scan",
