@@ -56,3 +56,18 @@ def test_a_stale_lock_file_does_not_hang_the_first_use(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("the first use waited on the stale lock file")
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
+def test_build_lock_on_a_file_system_without_locks(tmp_path, monkeypatch):
+    """Where ``flock`` fails (some NFS mounts: ENOLCK), the build goes on under torch's lock file
+    alone, as before, and a ``lock`` there is left to torch (it may be a live builder's)."""
+    fcntl = pytest.importorskip("fcntl")
+
+    def no_locks(*_):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    (tmp_path / "lock").touch()
+    with ext.build_lock(tmp_path):
+        ran = True
+    assert ran and (tmp_path / "lock").exists()

@@ -93,7 +93,11 @@ def build_lock(d: Path) -> Iterator[None]:
         yield
         return
     with open(d / "rnnkit.flock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
+        except OSError:  # a file system without locks (some NFS mounts): torch's file alone
+            yield
+            return
         (d / "lock").unlink(missing_ok=True)
         yield
 
