@@ -6,7 +6,6 @@ a TCN, a conv front end + recurrent stack), always batch-first.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
+from rnnkit.train.evaluate import kept_modes
 
 __all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode", "kept_modes"]
 
@@ -36,19 +36,6 @@ def keeps_mode(fn: F) -> F:
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def kept_modes(model: nn.Module) -> Iterator[None]:
-    """On exit, every module of ``model`` is back in the train/eval mode it had on entry (its own
-    flag: ``model.train(was)`` would set every submodule, a frozen batch norm too); a generator
-    (``charlm.sample``) holds it across its yields, where :func:`keeps_mode` cannot."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def padded_batches(

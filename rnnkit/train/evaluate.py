@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -11,18 +12,20 @@ from torch import Tensor, nn
 from rnnkit.data.batching import bptt_batches
 from rnnkit.train.state import check_carried_rows, count_tokens, lm_loss, move_to, output_and_state
 
-__all__ = ["evaluate_lm", "evaluate_batches"]
+__all__ = ["evaluate_lm", "evaluate_batches", "kept_modes"]
 
 
-def _modes(model: nn.Module) -> list[tuple[nn.Module, bool]]:
-    """Every module of ``model`` with its own train/eval flag, for :func:`_restore`: ``model.train(was)``
-    would set every submodule, also one the user keeps in eval mode (a frozen dropout or batch norm)."""
-    return [(m, m.training) for m in model.modules()]
-
-
-def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
-    for m, training in modes:
-        m.training = training
+@contextlib.contextmanager
+def kept_modes(model: nn.Module) -> Iterator[None]:
+    """On exit, every module of ``model`` is back in the train/eval mode it had on entry (its own
+    flag: ``model.train(was)`` would set every submodule, a frozen batch norm too); a generator
+    (``charlm.sample``) holds it across its yields."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 @torch.no_grad()
@@ -48,10 +51,9 @@ def evaluate_lm(
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    modes = _modes(model)
-    model.eval()
     total, tokens, state = 0.0, 0, None
-    try:
+    with kept_modes(model):
+        model.eval()
         for batch in bptt_batches(data, batch_size, seq_len, batch_first=batch_first):
             x, y = batch.inputs.to(device), batch.targets.to(device)
             if stateful:
@@ -60,8 +62,6 @@ def evaluate_lm(
                 logits = model(x)
             total += float(lm_loss(logits, y)) * y.numel()
             tokens += y.numel()
-    finally:
-        _restore(modes)
     return total / tokens
 
 
@@ -82,10 +82,9 @@ def evaluate_batches(
     it is then an error; ``batch_first``: the inputs' layout). A batch without targets
     (``count_tokens`` 0) only carries the state. Every module's own train/eval mode is restored.
     """
-    modes = _modes(model)
-    model.eval()
     total, tokens, state, rows = 0.0, 0, None, None
-    try:
+    with kept_modes(model):
+        model.eval()
         for i, batch in enumerate(data, 1):
             batch = move_to(batch, device)
             if carry_state:  # (a batch of other rows than the state's: an error naming the carry)
@@ -96,6 +95,4 @@ def evaluate_batches(
             if n:  # without a target the mean loss is NaN (a mean over nothing), and NaN * 0 is NaN
                 total, tokens = total + float(loss) * n, tokens + n
             state = state if carry_state else None
-    finally:
-        _restore(modes)
     return total, tokens
