@@ -14,15 +14,17 @@ recurrent dropout and zoneout run on the fused path (their masks are inputs of t
 kernels) or the loop.
 
 ``impl="auto"`` (every layer's default) picks torch's kernels for standard configurations
-(except on the CPU in float32, where GRU/RNN and packed LSTMs run faster on the fused path:
-see :func:`fused_by_default`), the fused path for the standard cells with recurrent dropout
-(when the compiled kernels are available), else the loop. Under ``torch.compile`` it picks the
-fused path wherever it applies: its custom ops keep the graph whole; under ``torch.onnx.export``
-torch's kernels for standard configurations, else the loop (ONNX has no translation of the
-custom ops), and under ``torch.jit.trace`` or ``torch.autocast`` torch's kernels for standard
-ones (the layer runs the other paths in its parameters' dtype, autocast off). A layer built with
-``impl="loop"`` (or ``"torch"``) forces one, which is how tests compare the paths; a forced
-``impl="fused"`` is traced and exported as ``"auto"`` is (the fused ops never are).
+(except on the CPU in float32, where GRU/RNN and packed LSTMs run faster on the fused path: see
+:func:`fused_by_default`), the fused path for the other configurations it covers (recurrent
+dropout, zoneout, peepholes, the Greff ablations, the GRU variants, layer and batch norm) on the
+CPU when the compiled kernels are available and for batch norm on CUDA, else the loop. Under
+``torch.compile`` it picks the fused path wherever it applies: its custom ops keep the graph
+whole; under ``torch.onnx.export`` torch's kernels for standard configurations, else the loop
+(ONNX has no translation of the custom ops), and under ``torch.jit.trace`` or ``torch.autocast``
+torch's kernels for standard ones (the layer runs the other paths in its parameters' dtype,
+autocast off). A layer built with ``impl="loop"`` (or ``"torch"``) forces one, which is how
+tests compare the paths; a forced ``impl="fused"`` is traced and exported as ``"auto"`` is (the
+fused ops never are).
 
 The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks
 :func:`select_scan` here too: the compiled CPU kernel, its pure-PyTorch loop, the Triton

@@ -1,9 +1,9 @@
 """Loader of the C++ extension (every ``csrc/*.cpp``): compiled at first use, cached, optional.
 
 The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a
-fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/<torch>-<source hash>``
-(override the root with ``RNNKIT_EXT_DIR``), so later processes only load the shared
-library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain
+fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/torch<version>-py<XY>-<hash>``
+(of the sources, flags and folder; override the root with ``RNNKIT_EXT_DIR``), so later
+processes only load the shared library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain
 ``TORCH_LIBRARY`` ops, no pybind11: fewer headers, faster build). The build is silent on
 success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
 compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at
