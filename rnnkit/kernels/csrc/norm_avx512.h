@@ -1,8 +1,9 @@
 // AVX-512 twins of norm_avx2.h's layer-norm row kernels for float32 rows (16 floats a vector,
 // float64 sums 8 lanes wide), chosen at run time where the CPU has AVX-512
 // (rnnkit_pw::has_avx512(); RNNKIT_NO_AVX512=1 keeps the AVX2 ones). The arithmetic is
-// norm_avx2.h's (no FMA: each value as the scalar loop computes it; only the order of the
-// float64 partial sums differs). At the small shape, where a step's rows sit in L1, the row
+// norm_avx2.h's, with two differences in the last bits: the order of the float64 partial sums,
+// and GCC, which may contract a multiply and an add into an FMA here (it does in sqdev: AVX-512
+// implies FMA; the AVX2 build has none). At the small shape, where a step's rows sit in L1, the row
 // passes are arithmetic-bound: 8-wide, layer norm's statistics and affine were ~23% of the
 // layer-norm LSTM's forward.
 #pragma once
