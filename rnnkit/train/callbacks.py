@@ -245,13 +245,16 @@ class JSONLLogger(Callback):
             # as the trainer takes it): an earlier run's rows in this file would mix with its own
             self.path.unlink(missing_ok=True)
         new = not self.path.is_file() or self.path.stat().st_size == 0
-        # closed in on_fit_end
-        self.file = open(self.path, "a", encoding="utf-8", newline=self.newline)  # noqa: SIM115
-        if new:
-            self.header()
-        if elsewhere:  # its rows up to the checkpoint (from its history): the file holds fit()'s history
-            for row in trainer.history:
-                self._write(row)
+        self.file = open(self.path, "a", encoding="utf-8", newline=self.newline)  # noqa: SIM115 (on_fit_end)
+        try:
+            if new:
+                self.header()
+            if elsewhere:  # its rows up to the checkpoint (from its history): the file holds fit()'s history
+                for row in trainer.history:
+                    self._write(row)
+        except BaseException:  # not started, so fit() will not end it: close the file here
+            self.on_fit_end(trainer)
+            raise
 
     def _write(self, logs: dict[str, Any]) -> None:
         if self.file is not None:

@@ -395,6 +395,23 @@ def test_a_failing_on_fit_end_still_ends_the_other_callbacks(tmp_path):
     assert not _HELD  # out_dir's lock released
 
 
+def test_a_logger_failing_in_on_fit_start_closes_its_file(tmp_path):
+    """JSONLLogger.on_fit_start opened its file, then wrote the header (and a loaded run's rows):
+    when that write raised (a full disk), the logger had not started, so fit() never ended it,
+    and its file stayed open. It closes the file itself before the error goes on."""
+
+    class Full(JSONLLogger):
+        def header(self):
+            raise OSError(28, "No space left on device")
+
+    model = TinyLM()
+    log = Full(tmp_path / "m.jsonl")
+    tr = Trainer(model, _sgd(model), max_steps=2, callbacks=[log], progress=False)
+    with pytest.raises(OSError, match="No space left"):
+        tr.fit(bptt_batches(tokens(60), 2, 10))
+    assert log.file is None
+
+
 def test_out_dir_may_be_a_path(tmp_path):
     """Trainer(out_dir=pathlib.Path(...)) trained and then failed writing its first checkpoint
     ('Object of type PosixPath is not JSON serializable': the config goes into state.json)."""
