@@ -71,3 +71,24 @@ def test_build_lock_on_a_file_system_without_locks(tmp_path, monkeypatch):
     with ext.build_lock(tmp_path):
         ran = True
     assert ran and (tmp_path / "lock").exists()
+
+
+def test_a_build_warning_is_logged_not_raised(tmp_path, caplog):
+    """Under ``-W error`` (this project's pytest setting) a warning of ``cpp_extension`` during a
+    build that works raised, the build counted as failed and the pure kernels ran; ``building``
+    logs it instead (also when the build then fails)."""
+    import logging
+    import warnings
+
+    log = logging.getLogger("rnnkit.test")
+    with caplog.at_level(logging.WARNING, logger="rnnkit.test"):
+        with ext.building(tmp_path, log):
+            warnings.warn("your compiler may be ABI-incompatible", UserWarning, stacklevel=1)
+        with pytest.raises(RuntimeError, match="no compiler"), ext.building(tmp_path, log):
+            warnings.warn("second", UserWarning, stacklevel=1)
+            raise RuntimeError("no compiler")
+    name = tmp_path.name
+    assert [r.getMessage() for r in caplog.records] == [
+        f"rnnkit: building {name}: your compiler may be ABI-incompatible",
+        f"rnnkit: building {name}: second",
+    ]

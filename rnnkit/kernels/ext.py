@@ -7,7 +7,8 @@ processes only load the shared library. It registers the ops ``torch.ops.rnnkit_
 ``TORCH_LIBRARY`` ops, no pybind11: fewer headers, faster build). The build is silent on
 success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
 compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at
-once into one directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`).
+once into one directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`);
+the build's Python warnings are logged, not raised (:func:`building`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import shutil
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +104,20 @@ def build_lock(d: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def building(d: Path, log: logging.Logger) -> Iterator[None]:
+    """Around a ``cpp_extension.load`` into ``d``: :func:`build_lock`, and the Python warnings the
+    build raises logged rather than raised: under ``-W error`` (pytest's setting in this project)
+    a warning of ``cpp_extension`` would fail a build that works, and the pure kernels would run."""
+    with build_lock(d), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                log.warning("rnnkit: building %s: %s", d.name, w.message)
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -109,7 +125,7 @@ def _build():
     d = build_dir()
     d.mkdir(parents=True, exist_ok=True)
     cflags, ldflags = _flags()
-    with build_lock(d):
+    with building(d, _LOG):
         cpp_extension.load(
             name="rnnkit_ext",
             sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],

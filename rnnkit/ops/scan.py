@@ -38,7 +38,6 @@ import os
 import platform
 import sys
 import threading
-import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -46,7 +45,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
-from ..kernels.ext import build_lock
+from ..kernels.ext import building
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -108,8 +107,7 @@ def load_extension() -> ModuleType | None:
 
                 build = _build_dir()
                 build.mkdir(parents=True, exist_ok=True)
-                with warnings.catch_warnings(), build_lock(build):  # a killed builder's lock: not a hang
-                    warnings.simplefilter("ignore")
+                with building(build, log):  # a killed builder's lock is no hang, a warning no failure
                     _ext_state["module"] = load(
                         name="rnnkit_scan",
                         sources=[str(_SOURCE)],
