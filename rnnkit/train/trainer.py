@@ -137,9 +137,15 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     def _reduce_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
 
+    @property
+    def step_epoch(self) -> int:
+        """The epoch of the last step trained, which the rows name: ``epoch`` counts the epochs
+        ended, one more once an epoch's last step is done (``validate_at_end`` runs then)."""
+        return self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
+
     def validation_row(self, res: dict[str, float]) -> dict[str, Any]:
         """The history/metrics row of :meth:`evaluate`'s ``res`` at the current step."""
-        return {"split": "val", "step": self.step, "epoch": self.epoch,
+        return {"split": "val", "step": self.step, "epoch": self.step_epoch,
                 "loss": res["loss"], "ppl": res["ppl"]}  # fmt: skip
 
     def _validate(self, val_data: Iterable[Any], at_end: bool = False) -> None:

@@ -463,3 +463,20 @@ def test_tokens_per_s_is_training_throughput(monkeypatch):
     # 10 targets a step (2 streams x 5), 1 s a step; the second fit() logs steps 3 and 4 at step
     # 4, of which it trained step 4 alone: the rate of step 4 (step 3's was in the first fit)
     assert [r["tokens_per_s"] for r in rows] == [pytest.approx(10.0)] * 3
+
+
+def test_validation_at_end_names_the_epoch_of_its_step(tmp_path):
+    """``validate_at_end`` after an epoch's last step ran once the epoch counter had moved on: its
+    row (and best/'s ``epoch``) named an epoch never trained (1 of a one-epoch run), where the
+    training row of the same step and a ``val_every`` validation there name epoch 0."""
+    from rnnkit.train import load_checkpoint
+
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model, 0.1), log_every=5, val_every=3, validate_at_end=True, max_epochs=1,
+                 progress=False, out_dir=str(tmp_path), save_best=True)  # fmt: skip
+    tr.fit(bptt_batches(tokens(100), 2, 10), bptt_batches(tokens(40), 2, 5))
+    rows = [(r["split"], r["step"], r["epoch"]) for r in tr.history]
+    assert rows == [("val", 3, 0), ("train", 5, 0), ("val", 5, 0)]
+    assert tr.epoch == 1  # (the counter: epochs ended, where a resume goes on)
+    best = load_checkpoint(tmp_path / "best")
+    assert (best["step"], best["state"]["epoch"]) == (5, 0)
