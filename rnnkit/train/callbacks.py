@@ -3,7 +3,8 @@
 The trainer calls callbacks on rank 0 only. Hooks receive the trainer and a ``logs``
 dict: training rows ``{"split": "train", "step", "epoch", "loss", "ppl", "lr",
 "tokens_per_s", "grad_norm", "seq_len", "elapsed_s"}`` (loss averaged per token over the
-last ``log_every`` steps: steps without a target stay out; NaN if none had one) and
+last ``log_every`` steps: steps without a target stay out; NaN if none had one; ``tokens_per_s``
+their targets over their training time, validations and checkpoint writes left out) and
 validation rows ``{"split": "val", "step", "epoch", "loss", "ppl"}``. ``metrics.jsonl`` is strict
 JSON, one row a line: a non-finite value (a diverged loss) is ``null`` there and the row's
 ``"nonfinite"`` maps its key to ``"nan"``, ``"inf"`` or ``"-inf"``; :func:`read_metrics` reads

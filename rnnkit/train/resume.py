@@ -55,7 +55,7 @@ class TrainerCheckpoints:
         with self.ntasgd.swapped() if self.ntasgd else nullcontext():
             return save_checkpoint(
                 self.best_dir, self.raw_model, step=self.step, keep_last=1,
-                state={"val_loss": val_loss, "epoch": self.epoch}, config=self.config.to_dict(),
+                state={"val_loss": val_loss, "epoch": self.step_epoch}, config=self.config.to_dict(),
             )  # fmt: skip
 
     def clear_best(self) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         self.state: Any = None  # the recurrent state carried between batches
         self.should_stop, self.stop_reason = False, None
         self._acc = [0.0, 0.0, 0]  # loss*tokens, tokens, steps since the last log
+        self._rate: list[float] = [0.0, 0]  # tokens/s: since when, and the targets trained since (fit)
         self._epoch_rng: dict | None = None
         self._resume: dict | None = None
         self._loaded: Path | None = None  # the checkpoint load() read last
@@ -136,9 +137,15 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     def _reduce_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
 
+    @property
+    def step_epoch(self) -> int:
+        """The epoch of the last step trained, which the rows name: ``epoch`` counts the epochs
+        ended, one more once an epoch's last step is done (``validate_at_end`` runs then)."""
+        return self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
+
     def validation_row(self, res: dict[str, float]) -> dict[str, Any]:
         """The history/metrics row of :meth:`evaluate`'s ``res`` at the current step."""
-        return {"split": "val", "step": self.step, "epoch": self.epoch,
+        return {"split": "val", "step": self.step, "epoch": self.step_epoch,
                 "loss": res["loss"], "ppl": res["ppl"]}  # fmt: skip
 
     def _validate(self, val_data: Iterable[Any], at_end: bool = False) -> None:
@@ -228,7 +235,6 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             # a resumed run that had stopped early stays stopped (its patience is spent)
             self.should_stop, self.stop_reason = True, "early_stopping"
         start = time.perf_counter() - self.elapsed  # the clock goes on from the checkpoint's
-        last_log_time = time.perf_counter()
         self.raw_model.train()
         started: list[Callback] = []  # ended in the finally: what they opened closes on any error
         try:
@@ -237,6 +243,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                     cb.on_fit_start(self)
                     started.append(cb)
             self._agree_stop()
+            self._rate = [time.perf_counter(), 0]  # tokens/s' clock: validations, checkpoints _paused
             while not self.should_stop and self.epoch < cfg.max_epochs:
                 # before pulling a batch: a resumed run that had used its budget stays finished
                 if self._budget_spent():
@@ -256,6 +263,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                     loss_sum, n, norm = self._train_batch(batch)
                     self.step, self.batch_in_epoch = self.step + 1, self.batch_in_epoch + 1
                     self.tokens_seen += int(n)
+                    self._rate[1] += n
                     self.elapsed = time.perf_counter() - start
                     if cfg.max_minutes is not None:
                         # one clock for all ranks (the slowest's): each rank's own would stop
@@ -278,11 +286,12 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         info = {"step": self.step, "loss": loss, "tokens": int(n)}
                         self._emit("on_step_end", {**info, "seq_len": _seq_len(batch)})
                     if self.step % cfg.log_every == 0:
-                        last_log_time = self._log(batch, norm, last_log_time)
-                    if val_data is not None and cfg.val_every and self.step % cfg.val_every == 0:
-                        self._validate(val_data)
-                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
-                        self.save()
+                        self._log(batch, norm)
+                    with self._paused():
+                        if val_data is not None and cfg.val_every and self.step % cfg.val_every == 0:
+                            self._validate(val_data)
+                        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                            self.save()
                     self._agree_stop()
                     if (budget := self._budget_spent()) or self.should_stop:
                         # at the epoch's last batch a budget still ends the epoch, as without it
@@ -297,7 +306,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                             "least one; e.g. a drop_last sampler with fewer items than batch_size)"
                         )
                     if val_data is not None and not cfg.val_every:
-                        self._validate(val_data)
+                        with self._paused():
+                            self._validate(val_data)
                         self._agree_stop()  # its callbacks ran on rank 0 alone
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     # a checkpoint of this step holds the epoch before its end (its validation, the
@@ -375,10 +385,18 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             return False
         return True
 
-    def _log(self, batch: Any, norm: float, last_time: float) -> float:
+    @contextmanager
+    def _paused(self) -> Iterator[None]:
+        """The time spent inside (validation, checkpoint writes) is left out of ``tokens_per_s``."""
+        t0 = time.perf_counter()
+        yield
+        self._rate[0] += time.perf_counter() - t0
+
+    def _log(self, batch: Any, norm: float) -> None:
         now = time.perf_counter()
         loss_sum, n, steps = self._acc
         mean = loss_sum / n if n else math.nan  # no step of the interval had a target
+        since, trained = self._rate  # (the interval's steps of this fit() only: _acc holds a resume's too)
         row = {
             "split": "train",
             "step": self.step,
@@ -386,7 +404,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             "loss": mean,
             "ppl": math.exp(min(mean, 700.0)),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "tokens_per_s": n / max(now - last_time, 1e-9),
+            "tokens_per_s": trained / max(now - since, 1e-9),
             "grad_norm": norm,
             "seq_len": _seq_len(batch),
             "elapsed_s": self.elapsed,
@@ -395,7 +413,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         self._acc = [0.0, 0.0, 0]
         if self.is_main:
             self._emit("on_log", row)
-        return now
+        self._rate = [now, 0]
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -446,3 +446,54 @@ def test_settings_that_act_on_validations_need_val_data(tmp_path, kw, named):
     with pytest.raises(ValueError, match=rf"{named} acts on validations: fit\(\) needs val_data, got None"):
         tr.fit(bptt_batches(tokens(200), 2, 5))
     assert tr.step == 0 and not (tmp_path / "run" / "checkpoints").exists()
+
+
+class _ClockedLM(TinyLM):
+    """TinyLM whose forward advances a fake ``time.perf_counter``: 1 s per training forward,
+    100 s per evaluation forward (a slow validation)."""
+
+    def __init__(self, clock: list[float]) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def forward(self, x, state=None):
+        self.clock[0] += 1.0 if self.training else 100.0
+        return super().forward(x, state)
+
+
+def test_tokens_per_s_is_training_throughput(monkeypatch):
+    """``tokens_per_s``: the interval's targets over its training time. Validations inside the
+    interval (here 100 s each) counted as training time (a rate 100 times too low), and a
+    second ``fit()`` divided the targets of steps before it by the time since it started."""
+    import rnnkit.train.trainer as trainer_mod
+
+    clock = [0.0]
+    monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: clock[0])
+    model = _ClockedLM(clock)
+    tr = Trainer(model, _sgd(model), log_every=2, val_every=2, max_steps=3, progress=False)
+    train, val = bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(40), 2, 5)
+    tr.fit(train, val)
+    tr.config.max_steps = 6
+    tr.fit(train, val)
+    rows = [r for r in tr.history if r["split"] == "train"]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    # 10 targets a step (2 streams x 5), 1 s a step; the second fit() logs steps 3 and 4 at step
+    # 4, of which it trained step 4 alone: the rate of step 4 (step 3's was in the first fit)
+    assert [r["tokens_per_s"] for r in rows] == [pytest.approx(10.0)] * 3
+
+
+def test_validation_at_end_names_the_epoch_of_its_step(tmp_path):
+    """``validate_at_end`` after an epoch's last step ran once the epoch counter had moved on: its
+    row (and best/'s ``epoch``) named an epoch never trained (1 of a one-epoch run), where the
+    training row of the same step and a ``val_every`` validation there name epoch 0."""
+    from rnnkit.train import load_checkpoint
+
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model, 0.1), log_every=5, val_every=3, validate_at_end=True, max_epochs=1,
+                 progress=False, out_dir=str(tmp_path), save_best=True)  # fmt: skip
+    tr.fit(bptt_batches(tokens(100), 2, 10), bptt_batches(tokens(40), 2, 5))
+    rows = [(r["split"], r["step"], r["epoch"]) for r in tr.history]
+    assert rows == [("val", 3, 0), ("train", 5, 0), ("val", 5, 0)]
+    assert tr.epoch == 1  # (the counter: epochs ended, where a resume goes on)
+    best = load_checkpoint(tmp_path / "best")
+    assert (best["step"], best["state"]["epoch"]) == (5, 0)
