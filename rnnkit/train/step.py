@@ -1,8 +1,9 @@
 """A :class:`~rnnkit.train.Trainer`'s training step: the forward of one batch (the default
 ``model(inputs[, state])`` + ``loss_fn`` or a ``step_fn``, under mixed precision), the update
 (backward, unscale, clip, optimizer step, NT-ASGD averaging) and a batch's whole step, in one
-update or in truncated-BPTT windows, token-weighted across DDP ranks. Kept apart from the loop
-in :mod:`rnnkit.train.trainer`, whose attributes it reads and sets (as
+update or in truncated-BPTT windows, token-weighted across DDP ranks; and the training row logged
+every ``log_every`` steps (``tokens_per_s`` with validations and checkpoint writes left out).
+Kept apart from the loop in :mod:`rnnkit.train.trainer`, whose attributes it reads and sets (as
 :mod:`rnnkit.train.resume`).
 """
 
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -161,3 +165,38 @@ class TrainerStep:
                     "(pad them to a common length; bptt_batches windows have one)"
                 )
             )
+
+    @contextmanager
+    def _paused(self) -> Iterator[None]:
+        """The time spent inside (validation, checkpoint writes) is left out of ``tokens_per_s``."""
+        t0 = time.perf_counter()
+        yield
+        self._rate[0] += time.perf_counter() - t0
+
+    def _log(self, batch: Any, norm: float) -> None:
+        now = time.perf_counter()
+        loss_sum, n, steps = self._acc
+        mean = loss_sum / n if n else math.nan  # no step of the interval had a target
+        since, trained = self._rate  # (the interval's steps of this fit() only: _acc holds a resume's too)
+        row = {
+            "split": "train",
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": mean,
+            "ppl": math.exp(min(mean, 700.0)),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "tokens_per_s": trained / max(now - since, 1e-9),
+            "grad_norm": norm,
+            "seq_len": _seq_len(batch),
+            "elapsed_s": self.elapsed,
+        }
+        self.history.append(row)
+        self._acc = [0.0, 0.0, 0]
+        if self.is_main:
+            self._emit("on_log", row)
+        self._rate = [now, 0]
+
+
+def _seq_len(batch: Any) -> int | None:
+    n = getattr(batch, "seq_len", None)
+    return int(n) if n is not None else None

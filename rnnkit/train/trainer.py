@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
 from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.state import lm_loss, move_to
-from rnnkit.train.step import TrainerStep
+from rnnkit.train.step import TrainerStep, _seq_len
 
 __all__ = ["Trainer", "StepFn"]
 
@@ -385,42 +385,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             return False
         return True
 
-    @contextmanager
-    def _paused(self) -> Iterator[None]:
-        """The time spent inside (validation, checkpoint writes) is left out of ``tokens_per_s``."""
-        t0 = time.perf_counter()
-        yield
-        self._rate[0] += time.perf_counter() - t0
-
-    def _log(self, batch: Any, norm: float) -> None:
-        now = time.perf_counter()
-        loss_sum, n, steps = self._acc
-        mean = loss_sum / n if n else math.nan  # no step of the interval had a target
-        since, trained = self._rate  # (the interval's steps of this fit() only: _acc holds a resume's too)
-        row = {
-            "split": "train",
-            "step": self.step,
-            "epoch": self.epoch,
-            "loss": mean,
-            "ppl": math.exp(min(mean, 700.0)),
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "tokens_per_s": trained / max(now - since, 1e-9),
-            "grad_norm": norm,
-            "seq_len": _seq_len(batch),
-            "elapsed_s": self.elapsed,
-        }
-        self.history.append(row)
-        self._acc = [0.0, 0.0, 0]
-        if self.is_main:
-            self._emit("on_log", row)
-        self._rate = [now, 0]
-
 
 def _model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def _seq_len(batch: Any) -> int | None:
-    n = getattr(batch, "seq_len", None)
-    return int(n) if n is not None else None
