@@ -71,6 +71,10 @@ def test_build_lock_on_a_file_system_without_locks(tmp_path, monkeypatch):
     with ext.build_lock(tmp_path):
         ran = True
     assert ran and (tmp_path / "lock").exists()
+    # a build's own error is not shown as raised while handling ENOLCK (its traceback said so)
+    with pytest.raises(RuntimeError) as e, ext.build_lock(tmp_path):
+        raise RuntimeError("the build failed")
+    assert e.value.__context__ is None
 
 
 @pytest.mark.parametrize("which", ["ext", "scan"])
