@@ -71,6 +71,10 @@ def test_build_lock_on_a_file_system_without_locks(tmp_path, monkeypatch):
     with ext.build_lock(tmp_path):
         ran = True
     assert ran and (tmp_path / "lock").exists()
+    # a build's own error is not shown as raised while handling ENOLCK (its traceback said so)
+    with pytest.raises(RuntimeError) as e, ext.build_lock(tmp_path):
+        raise RuntimeError("the build failed")
+    assert e.value.__context__ is None
 
 
 def test_a_build_warning_is_logged_not_raised(tmp_path, caplog):
@@ -92,3 +96,36 @@ def test_a_build_warning_is_logged_not_raised(tmp_path, caplog):
         f"rnnkit: building {name}: your compiler may be ABI-incompatible",
         f"rnnkit: building {name}: second",
     ]
+
+
+@pytest.mark.parametrize("which", ["ext", "scan"])
+def test_both_builds_run_under_the_os_lock(which, monkeypatch, tmp_path):
+    """``kernels/ext.py`` and ``ops/scan.py`` both call torch's builder under
+    :func:`ext.build_lock`: the ``lock`` a killed builder left is gone when it runs, and the OS
+    lock is held meanwhile (a second open file of it cannot take it). torch's builder is faked:
+    no compilation."""
+    from torch.utils import cpp_extension
+
+    from rnnkit.ops import scan
+
+    fcntl = pytest.importorskip("fcntl")
+    monkeypatch.setenv("RNNKIT_EXT_DIR", str(tmp_path))
+    monkeypatch.delenv("RNNKIT_NO_EXT", raising=False)
+    d = ext.build_dir() if which == "ext" else scan._build_dir()
+    d.mkdir(parents=True)
+    (d / "lock").touch()
+    seen = []
+
+    def fake_load(**kw):
+        assert kw["build_directory"] == str(d)
+        with open(d / "rnnkit.flock") as f, pytest.raises(BlockingIOError):
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        seen.append((d / "lock").exists())
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    if which == "ext":
+        ext._build()
+    else:
+        monkeypatch.setattr(scan, "_ext_state", {})
+        scan.load_extension()  # (logs a failure of fake_load instead of raising: `seen` stays empty)
+    assert seen == [False]

@@ -92,15 +92,18 @@ def build_lock(d: Path) -> Iterator[None]:
     try:
         import fcntl
     except ImportError:
+        fcntl = None  # type: ignore[assignment]
+    # (the block runs outside the except clauses: its errors are not chained to ENOLCK's)
+    if fcntl is None:
         yield
         return
     with open(d / "rnnkit.flock", "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
         except OSError:  # a file system without locks (some NFS mounts): torch's file alone
-            yield
-            return
-        (d / "lock").unlink(missing_ok=True)
+            pass
+        else:
+            (d / "lock").unlink(missing_ok=True)
         yield
 
 

@@ -95,8 +95,9 @@ def _build_dir() -> Path:
 
 
 def load_extension() -> ModuleType | None:
-    """The compiled kernel, built on first call (quietly; torch's file lock makes concurrent
-    builds safe); ``None`` if the build fails (logged once) or ``RNNKIT_NO_EXT=1``."""
+    """The compiled kernel, built on first call (quietly; under :func:`~rnnkit.kernels.ext.build_lock`:
+    concurrent builds take turns, a killed builder's lock file is cleared); ``None`` if the build
+    fails (logged once) or ``RNNKIT_NO_EXT=1``."""
     if os.environ.get("RNNKIT_NO_EXT", "") not in ("", "0"):
         return None
     with _ext_lock:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnkit.tasks._common import kept_modes
 from rnnkit.tasks.memory import ARITH_MAX_DIGITS
+from rnnkit.train.evaluate import kept_modes
 
 VOCAB = "0123456789+-=._"
 PAD = len(VOCAB)  # padding index; the embedding has len(VOCAB) + 1 rows

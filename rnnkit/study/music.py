@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.tasks._common import kept_modes
+from rnnkit.train.evaluate import kept_modes
 
 LOW, KEYS = 21, 88  # A0 .. C8
 SPLIT_SEED = 1234

@@ -11,6 +11,7 @@ import torch
 import rnnkit
 
 from . import papers
+from .test_zoo import _compare_all
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 LAYERS = {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "rnn": rnnkit.RNN}
@@ -82,19 +83,6 @@ def _state(m, B: int) -> tuple:
     )
 
 
-def _check(got: list, want: list, leaves: list) -> None:
-    assert [u.shape for u in got] == [v.shape for v in want]
-    for u, v in zip(got, want):
-        torch.testing.assert_close(u, v, atol=1e-11, rtol=1e-11)
-    w = [torch.randn_like(u) for u in got]
-    ga = torch.autograd.grad(got, leaves, w, allow_unused=True)
-    gb = torch.autograd.grad(want, leaves, w, allow_unused=True)
-    for u, v in zip(ga, gb):
-        assert (u is None) == (v is None)
-        if u is not None:
-            torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
-
-
 @pytest.mark.parametrize("impl", ["loop", "fused"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("case", CASES, ids=_id)
@@ -113,7 +101,7 @@ def test_layer_follows_the_paper(case, bias, impl):
         want_y, want_s = papers.stack(m, family, cell_opts, x, s0, training, bufs)
         y, s = m(x, s0 if len(s0) > 1 else s0[0])
         s = s if isinstance(s, tuple) else (s,)
-        _check([y, *s], [want_y, *want_s], [x, *s0, *m.parameters()])
+        _compare_all([y, *s], [want_y, *want_s], [x, *s0, *m.parameters()])
         for k, v in m.named_buffers():  # running statistics moved exactly as the paper's
             torch.testing.assert_close(v, bufs[k], atol=1e-12, rtol=1e-12)
 
@@ -128,7 +116,7 @@ def test_mut_with_input_size_equal_to_hidden_size_reads_x_itself(variant, impl):
     s0 = _state(m, 3)
     want_y, want_s = papers.stack(m, "gru", {"variant": variant}, x, s0, True, {})
     y, s = m(x, s0[0])
-    _check([y, s], [want_y, *want_s], [x, *s0, *m.parameters()])
+    _compare_all([y, s], [want_y, *want_s], [x, *s0, *m.parameters()])
 
 
 CELLS = {"lstm": rnnkit.LSTMCell, "gru": rnnkit.GRUCell, "rnn": rnnkit.RNNCell}
@@ -157,7 +145,7 @@ def test_step_cell_follows_the_paper(case, training):
     cell_opts = {k: v for k, v in o.items() if k not in ("max_len", "forget_bias")}
     _, want = papers.FAMILIES[family](p, cell_opts, x[None], s0, training)
     got = cell(x, s0 if len(s0) > 1 else s0[0], None, 2)
-    _check(list(got) if isinstance(got, tuple) else [got], list(want), [x, *s0, *cell.parameters()])
+    _compare_all(list(got) if isinstance(got, tuple) else [got], list(want), [x, *s0, *cell.parameters()])
     for k, v in cell.named_buffers():
         torch.testing.assert_close(v, bufs[k], atol=1e-12, rtol=1e-12)
 

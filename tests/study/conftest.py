@@ -22,3 +22,19 @@ def tiny_rolls(tmp_path):
     path = tmp_path / "rolls.npz"
     music.save_rolls(path, rolls)
     return path, rolls
+
+
+@pytest.fixture
+def failing_model():
+    """A model in training mode whose forward raises, with a part frozen in eval mode (its own
+    mode, which an evaluation must give back as it was)."""
+
+    class Failing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frozen = torch.nn.Dropout(0.5).eval()
+
+        def forward(self, x):
+            raise RuntimeError("forward failed")
+
+    return Failing()

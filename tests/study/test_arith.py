@@ -80,19 +80,9 @@ def test_accuracy_of_a_perfect_oracle():
     assert arith.accuracy(Oracle(), problems) == 1.0
 
 
-def test_accuracy_restores_the_modes_when_the_model_raises():
+def test_accuracy_restores_the_modes_when_the_model_raises(failing_model):
     """``model.train(was)`` came after the loop, not in a ``finally``: a forward that raised left the
     model in eval mode. Each module's own mode is back, on an error too."""
-
-    class Failing(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.frozen = torch.nn.Dropout(0.5).eval()
-
-        def forward(self, x):
-            raise RuntimeError("forward failed")
-
-    model = Failing()
     with pytest.raises(RuntimeError, match="forward failed"):
-        arith.accuracy(model, ["1+1=2"])
-    assert model.training and not model.frozen.training
+        arith.accuracy(failing_model, ["1+1=2"])
+    assert failing_model.training and not failing_model.frozen.training

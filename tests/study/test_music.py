@@ -86,19 +86,9 @@ def test_frame_nll_and_evaluate_match_the_formula():
     assert music.evaluate_nll(Constant(), rolls) == pytest.approx(expect, rel=1e-6)
 
 
-def test_evaluate_nll_restores_the_modes_when_the_model_raises():
+def test_evaluate_nll_restores_the_modes_when_the_model_raises(failing_model):
     """``model.train(was)`` came after the loop, not in a ``finally``: a forward that raised left the
     model in eval mode. Each module's own mode is back, on an error too."""
-
-    class Failing(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.frozen = torch.nn.Dropout(0.5).eval()
-
-        def forward(self, x):
-            raise RuntimeError("forward failed")
-
-    model = Failing()
     with pytest.raises(RuntimeError, match="forward failed"):
-        music.evaluate_nll(model, [np.eye(3, 88, dtype=np.uint8)])
-    assert model.training and not model.frozen.training
+        music.evaluate_nll(failing_model, [np.eye(3, 88, dtype=np.uint8)])
+    assert failing_model.training and not failing_model.frozen.training

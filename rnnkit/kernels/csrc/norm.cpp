@@ -152,8 +152,8 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
       // The input group computed here (proj_in): a (saved rows, or the chunk's scratch), the
       // chunk's normalized rows yp, and the row statistics of a (mean, 1/std) for backward.
-      // Dense input: a chunk of kInChunk steps at a time (W_ih stays in cache across their GEMMs);
-      // packed: step by step (a thread's rows of a later step are known only then).
+      // Dense input: a chunk of kInChunk steps at a time, one GEMM over a thread's rows of them
+      // (xg below); packed: step by step (a thread's rows of a later step are known only then).
       const int64_t I = proj_in ? x_in->size(1) : 0;
       const bool dense = std::all_of(batch_sizes.begin(), batch_sizes.end(), [&](int64_t b) { return b == B; });
       const int64_t K = proj_in && dense ? std::min<int64_t>(kInChunk, T) : 1;
