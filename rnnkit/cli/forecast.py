@@ -23,6 +23,7 @@ from rnnkit.cli.common import (
     require,
 )
 from rnnkit.cli.finish import finish
+from rnnkit.cli.rundir import data_fingerprints
 from rnnkit.cli.runflags import checked_arch_config
 from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.cli.tasks import _describe, _optimizer
@@ -86,6 +87,8 @@ def train_forecast(args: argparse.Namespace) -> int:
             "task": "forecast",
             "data": source if args.data == "sunspots" else f"{data_record(args.data)}:{args.column}",
             "column": args.column,  # on its own: a name may hold ':' (predict's default column)
+            # the CSV's size and SHA-256, which --resume checks (sunspots: statsmodels', not recorded)
+            "fingerprints": data_fingerprints(data=None if args.data == "sunspots" else args.data),
             "model": {"arch": checked_arch_config(args)},
             "window": args.window,
             "horizon": args.horizon,

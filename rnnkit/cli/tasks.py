@@ -29,6 +29,7 @@ from rnnkit.cli.common import (
     require,
 )
 from rnnkit.cli.finish import describe_values, finish
+from rnnkit.cli.rundir import data_fingerprints
 from rnnkit.cli.runflags import checked_arch_config
 from rnnkit.cli.sampling import add_sampling_arguments, sampler_of
 from rnnkit.tasks._common import batches
@@ -175,6 +176,8 @@ def train_classify(args: argparse.Namespace) -> int:
             else cd.name
             if cd.name == "digits"
             else data_record(args.data),
+            # a CSV's size and SHA-256 (digits: scikit-learn's, anyplus1: generated; neither recorded)
+            "fingerprints": data_fingerprints(data=args.data if csv else None),
             "classes": cd.classes,
             "vocab": cd.vocab,
             "tokens": args.tokens if cd.vocab else None,
@@ -211,6 +214,7 @@ def train_tag(args: argparse.Namespace) -> int:
             "data": data_record(args.data),
             # the --valid file; null: a split of --data (what --resume checks too)
             "valid_data": data_record(args.valid) if args.valid else None,
+            "fingerprints": data_fingerprints(data=args.data, valid_data=args.valid),  # their bytes, too
             "tags": td.tags,
             "words": len(td.words),
             "vocab": td.words,  # `rnnkit predict` encodes new sentences with it
