@@ -26,6 +26,7 @@ from ..arch import parse_value
 from ..datasets import synthetic
 from ..modules import GRU, LSTM, RNN
 from ..parallel import LRU, QRNN, MinGRU, MinLSTM
+from ..train.evaluate import kept_modes
 
 TASKS = ("copy", "plus_one")
 FAMILIES = {"rnn": RNN, "rnn_relu": RNN, "lstm": LSTM, "gru": GRU,
@@ -157,13 +158,8 @@ def task_logits(task: str, logits: Tensor, budget: Budget) -> Tensor:
 
 def accuracy(task: str, model: nn.Module, x: Tensor, y: Tensor, budget: Budget) -> float:
     """Held-out accuracy, in evaluation mode (no dropout or zoneout masks); the mode is restored."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            pred = task_logits(task, model(x), budget).argmax(-1)
-    finally:
-        model.train(was)
+    with kept_modes(model), torch.no_grad():  # each module's own mode back
+        pred = task_logits(task, model.eval()(x), budget).argmax(-1)
     return float((pred == y).float().mean())
 
 

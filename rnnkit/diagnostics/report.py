@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..datasets import synthetic
+from ..train.evaluate import kept_modes
 from . import plots
 from .activity import LayerActivity, activity
 from .checkpoint import checkpoint_layer
@@ -67,11 +68,8 @@ def snapshot(rnn: nn.Module, x: torch.Tensor, accuracy: float | None = None) -> 
     """Gradient flow (both losses), Jacobian spectrum, eigenvalues of ``rnn`` on batch-first
     ``x``; activity for its first sequence (see :func:`probe_sequence`). Measured in
     evaluation mode (no dropout or zoneout masks, as in checkpoint mode); the mode is restored."""
-    was = rnn.training
-    try:
+    with kept_modes(rnn):  # each module's own mode back (a frozen batch norm stays in eval)
         return _snapshot(rnn.eval(), x, accuracy)
-    finally:
-        rnn.train(was)
 
 
 def _snapshot(rnn: nn.Module, x: torch.Tensor, accuracy: float | None) -> Snapshot:

@@ -108,3 +108,32 @@ def test_benchmark_seeds_no_cuda_generator(monkeypatch):
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: seeded.append(seed))
     memory_horizon(["gru"], ["plus_one"], Budget(**TINY))
     assert seeded == []
+
+
+def test_accuracy_restores_each_modules_own_mode():
+    """``accuracy`` restored the mode with ``model.train(was)``, which also switched a submodule
+    the user keeps in eval mode (a frozen dropout or batch norm) back to training; now each
+    module's own mode comes back, also when the model raises."""
+    from torch import nn
+
+    from rnnkit.diagnostics.memory import accuracy
+
+    class Model(nn.Module):
+        def __init__(self, fail: bool = False):
+            super().__init__()
+            self.frozen, self.fail = nn.Dropout(0.5).eval(), fail
+
+        def forward(self, x):
+            assert not self.training and not self.frozen.training
+            if self.fail:
+                raise RuntimeError("boom")
+            return torch.zeros(x.shape[0], x.shape[1], 2)
+
+    for fail in (False, True):
+        m = Model(fail).train()
+        m.frozen.eval()
+        try:
+            accuracy("plus_one", m, torch.zeros(3, 4, 1), torch.zeros(3, dtype=torch.long), Budget())
+        except RuntimeError:
+            assert fail
+        assert m.training and not m.frozen.training
