@@ -16,13 +16,17 @@ __all__ = ["seed_everything", "get_rng_state", "set_rng_state", "data_generators
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device): one call, reproducible run.
 
+    ``PYTHONHASHSEED`` is set to ``seed % 2**32`` for child processes (spawned workers).
+
     ``deterministic=True`` also asks torch for deterministic kernels (slower on GPU; ops
     without a deterministic version then raise) and sets the cuBLAS workspace variable.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds all CUDA devices
-    os.environ["PYTHONHASHSEED"] = str(seed)  # only affects subprocesses (workers)
+    # only affects subprocesses (workers); reduced as NumPy's seed: Python refuses a hash seed
+    # outside [0, 2**32), and every child process then died at start ("Fatal Python error")
+    os.environ["PYTHONHASHSEED"] = str(seed % 2**32)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
