@@ -37,3 +37,20 @@ def test_the_same_seed_draws_the_same_numbers(monkeypatch):
     first = draws()
     seed_everything(7)
     assert draws() == first
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1, 1.5, True])
+def test_a_seed_torch_cannot_take_is_refused_naming_the_range(seed, monkeypatch):
+    """2**64 failed in torch.manual_seed with "Overflow when unpacking long long", after Python's and
+    NumPy's generators and PYTHONHASHSEED were already set: refused first, naming the range."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    state = random.getstate()
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[-2\*\*63, 2\*\*64\), got"):
+        seed_everything(seed)
+    assert random.getstate() == state and os.environ["PYTHONHASHSEED"] == "0"
+
+
+@pytest.mark.parametrize("seed", [-(2**63), 2**64 - 1])
+def test_the_ends_of_the_range_seed(seed, monkeypatch):
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    seed_everything(seed)
