@@ -33,7 +33,7 @@ from rnnkit.cli.common import (
 )
 from rnnkit.cli.finish import final_validation, finish
 from rnnkit.cli.rundir import data_fingerprints
-from rnnkit.cli.runflags import checked_arch_config
+from rnnkit.cli.runflags import checked_arch_config, seed_int
 
 __all__ = ["add_train_parser", "add_use_parsers", "build_model", "BudgetLR"]
 
@@ -118,7 +118,7 @@ def add_use_parsers(sub: argparse._SubParsersAction) -> None:
         "--temperature", type=float, default=0.8, help="softmax temperature, 0 = greedy (default 0.8)"
     )
     s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
-    s.add_argument("--seed", type=int, default=None, help="makes the sample reproducible")
+    s.add_argument("--seed", type=seed_int, default=None, help="makes the sample reproducible")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     s.set_defaults(func=sample_cmd)
     e = sub.add_parser(

@@ -11,7 +11,7 @@ from typing import Any
 from rnnkit.arch import Given, arch_config, build_recurrent, positive_int
 from rnnkit.cli import CLIError
 
-__all__ = ["add_run_arguments", "checked_arch_config", "positive_float"]
+__all__ = ["add_run_arguments", "checked_arch_config", "positive_float", "seed_int"]
 
 
 def checked_arch_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -37,6 +37,17 @@ def positive_float(text: str) -> float:
     if not v > 0 or not math.isfinite(v):
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return v
+
+
+def seed_int(text: str) -> int:
+    """``--seed``: an integer torch can seed with, in [-2**63, 2**64) (beyond, it failed in
+    ``torch.manual_seed`` with "Overflow when unpacking long long", naming no flag)."""
+    from rnnkit.train.seed import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [-2**63, 2**64), got {text!r}") from None
 
 
 def _clip(text: str) -> float:
@@ -90,7 +101,7 @@ def add_run_arguments(
     a("--batch-size", type=positive_int, default=batch_size, action=Given, help=f"(default {batch_size})")
     a("--lr", type=positive_float, default=lr, action=Given, help=f"Adam learning rate (default {lr})")
     a("--clip", type=_clip, default=1.0, action=Given, help="gradient-norm clipping, 0 = off (default 1.0)")
-    a("--seed", type=int, default=0, action=Given, help="seeds Python, NumPy and torch (default 0)")
+    a("--seed", type=seed_int, default=0, action=Given, help="seeds Python, NumPy and torch (default 0)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     g.add_argument("--log-every", type=positive_int, default=10, metavar="N", help="(default 10)")
     g.add_argument(

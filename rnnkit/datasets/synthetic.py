@@ -28,7 +28,9 @@ DELIMITER = 1  # symbols to remember are 2 .. n_symbols + 1
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
+    # modulo 2**64, as manual_seed reads a negative seed (no seed that worked changes): a seed
+    # derived from the user's (``seed + 1`` of the validation part) overflowed at the range's end
+    return torch.Generator().manual_seed(int(seed) % 2**64)
 
 
 def _check_positive(**values: int) -> None:

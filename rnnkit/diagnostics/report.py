@@ -144,8 +144,10 @@ def _configure(args) -> tuple[Budget, Budget]:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if Path(args.out).exists() and not Path(args.out).is_dir():  # (mkdir's "File exists": no flag named)
         raise ValueError(f"--out {args.out} is a file, not a directory")
-    if args.seed < 0:  # numpy's generators refuse it: after the training and figures, unnamed
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    # numpy's generators refuse a negative seed (after the training and figures, unnamed), torch one
+    # of 2**64 or more (seeds derived from it are reduced modulo 2**64)
+    if not 0 <= args.seed < 2**64:
+        raise ValueError(f"--seed must be an integer in [0, 2**64), got {args.seed}")
     if args.family and args.checkpoint:  # (a run.json's cell is checked at load: a failure, not a flag)
         from .memory import FAMILIES
 

@@ -215,8 +215,12 @@ def write_report(
     study: Study, records: list[dict], out: str | os.PathLike, *, steps: int, trials: int
 ) -> dict:
     """Write ``results.md``, ``boxplot.png`` (and ``curves.png`` when the study plots curves);
-    returns their paths and the table."""
+    returns their paths and the table. The records are taken in the grid's order (trial, then
+    the study's architectures), not in the order the runs finished (``--workers``, ranks, a
+    resume): the box plot's points and the runs named below the table are the same for the same runs."""
     out = Path(out)
+    place = {a.name: i for i, a in enumerate(study.archs)}
+    records = sorted(records, key=lambda r: (r.get("trial", 0), place.get(r["arch"], len(place))))
     rows = summarize(study, records)
     table = markdown_table(study, rows)
     bad = [f"{r['key']} ({r['stopped']})" for r in records if r.get("stopped")]

@@ -44,7 +44,9 @@ ARITH_VOCAB = "0123456789+="  # ids 0..11
 
 
 def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed))
+    # modulo 2**64, as manual_seed reads a negative seed (no seed that worked changes): a seed
+    # derived from the user's (``seed + 1`` of the validation part) overflowed at the range's end
+    return torch.Generator().manual_seed(int(seed) % 2**64)
 
 
 def _copy_memory(n: int, lag: int, n_symbols: int, n_copy: int, seed: int) -> tuple[Tensor, Tensor]:

@@ -10,19 +10,38 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["seed_everything", "get_rng_state", "set_rng_state", "data_generators"]
+from rnnkit._checks import is_int
+
+__all__ = ["seed_everything", "check_seed", "get_rng_state", "set_rng_state", "data_generators"]
+
+#: The seeds ``torch.manual_seed`` takes: [-2**63, 2**64) (a negative one as itself plus 2**64).
+SEED_MIN, SEED_END = -(2**63), 2**64
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as an int, or a ``ValueError`` naming the range torch takes: outside
+    it ``torch.manual_seed`` failed with "Overflow when unpacking long long", naming nothing."""
+    if not is_int(seed) or not SEED_MIN <= seed < SEED_END:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+    return int(seed)
 
 
 def seed_everything(seed: int, *, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device): one call, reproducible run.
 
+    ``PYTHONHASHSEED`` is set to ``seed % 2**32`` for child processes (spawned workers).
+
     ``deterministic=True`` also asks torch for deterministic kernels (slower on GPU; ops
     without a deterministic version then raise) and sets the cuBLAS workspace variable.
+    A seed outside torch's range, [-2**63, 2**64), is refused before anything is seeded.
     """
+    seed = check_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds all CUDA devices
-    os.environ["PYTHONHASHSEED"] = str(seed)  # only affects subprocesses (workers)
+    # only affects subprocesses (workers); reduced as NumPy's seed: Python refuses a hash seed
+    # outside [0, 2**32), and every child process then died at start ("Fatal Python error")
+    os.environ["PYTHONHASHSEED"] = str(seed % 2**32)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)

@@ -366,3 +366,10 @@ def test_resume_on_a_text_that_gained_characters_names_the_cause(cli, tmp_path, 
     r = cli("train", "charlm", "--data", data, "--out", out, "--max-steps", 3, "--resume", *LM)
     assert_one_line_error(r, f"--resume: {data} has characters not in the vocabulary: ['Z']", "text changed")
     assert results(out)["step"] == 2
+
+
+def test_sample_seed_out_of_range_is_a_usage_error(cli, trained):
+    """It exited 1 with torch's "Overflow when unpacking long long", naming no flag."""
+    r = cli("sample", "--checkpoint", trained, "--length", 5, "--seed", 2**64)
+    assert r.rc == 2 and r.out == ""
+    assert_one_line_error(r, "--seed", "[-2**63, 2**64)")

@@ -74,3 +74,18 @@ def test_arith_digits_beyond_int64_are_refused_naming_them(cli, tmp_path):
     assert r.rc == 2
     assert_one_line_error(r, "--digits", "at most 18", "got 19")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("seed", [2**64, -(2**63) - 1])
+def test_a_seed_out_of_torchs_range_is_a_usage_error(cli, tmp_path, seed):
+    """--seed 2**64 exited 1 with torch's "Overflow when unpacking long long", naming no flag."""
+    r = cli(*MEM, "--seed", seed, "--out", tmp_path / "a", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, "--seed", "[-2**63, 2**64)", str(seed))
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63)])
+def test_a_seed_at_the_ends_of_the_range_trains(cli, tmp_path, seed):
+    """Generated data draws its validation part from --seed + 1: 2**64 - 1 overflowed there."""
+    assert cli(*MEM, "--seed", seed, "--out", tmp_path / "a", *TINY).rc == 0

@@ -370,8 +370,20 @@ def test_a_negative_seed_is_a_usage_error_before_any_work(tmp_path, capsys, chec
     out = tmp_path / "d"
     ckpt = ["--checkpoint", str(tmp_path / "none")] if checkpoint else ["--variants", "rnn"]
     assert main(["--quick", "--no-horizon", "--out", str(out), "--seed", "-1", *ckpt]) == 2
-    assert "--seed must be >= 0, got -1" in capsys.readouterr().err
+    assert "--seed must be an integer in [0, 2**64), got -1" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_seed_out_of_range_is_a_usage_error_and_the_largest_runs(tmp_path, capsys):
+    """``--seed 2**64`` (and 10**16, whose derived seeds ``seed * 7919 + step`` overflowed) failed
+    with torch's "Overflow when unpacking long long", naming no flag."""
+    out = tmp_path / "d"
+    flags = ["--quick", "--variants", "rnn", "--out", str(out)]
+    assert main([*flags, "--no-horizon", "--seed", str(2**64)]) == 2
+    assert f"--seed must be an integer in [0, 2**64), got {2**64}" in capsys.readouterr().err
+    assert not out.exists()
+    for seed in (10**16, 2**64 - 1):  # the memory horizon too
+        assert main([*flags, "--lags", "5", "--seed", str(seed)]) == 0
 
 
 def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):

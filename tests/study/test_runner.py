@@ -252,3 +252,19 @@ def test_report_names_an_architecture_whose_every_run_diverged(tmp_path):
     assert "2 runs: 1 trial(s) × 2 architecture(s)" in text
     assert "No finite accuracy in any run (not in the table): Tanh." in text
     assert [r["architecture"] for r in report.parse_table(text)] == ["LSTM"]
+
+
+def test_the_report_does_not_depend_on_the_order_runs_finished(tmp_path):
+    """runs.jsonl holds the runs in the order they finished (--workers, torchrun ranks, a resume
+    that adds trials): the box plot's jittered points, drawn in the records' order, and the list
+    of runs stopped early came out otherwise for the same runs. Both follow the grid now."""
+    study = get_study("jozefowicz")
+    metrics = {"LSTM": [0.8, 0.9, 0.5], "Tanh": [0.1, 0.3, 0.15]}
+    recs = [{"arch": a, "metric": m, "trial": k, "key": f"{a}#{k}", "stopped": "time" if m < 0.2 else None}
+            for a, ms in metrics.items() for k, m in enumerate(ms)]  # fmt: skip
+    finished = [recs[i] for i in (4, 2, 0, 5, 1, 3)]
+    for d, rs in (("grid", recs), ("finished", finished)):
+        (tmp_path / d).mkdir()
+        report.write_report(study, rs, tmp_path / d, steps=3, trials=3)
+    for name in ("results.md", "boxplot.png"):
+        assert (tmp_path / "grid" / name).read_bytes() == (tmp_path / "finished" / name).read_bytes(), name
