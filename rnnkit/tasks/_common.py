@@ -64,7 +64,10 @@ def batches(
     """Batches of ``ds``; with ``num_replicas > 1`` (DDP) rank ``rank``'s share of every global
     batch of ``batch_size`` (a multiple of ``num_replicas``): a ``DistributedSampler`` seeded by
     ``seed``, every rank the same number of batches (the last one padded with repeats); epoch ``e``'s
-    order is seeded by ``(seed + e) mod 2**64``."""
+    order is seeded by ``(seed + e) mod 2**64``. In one process ``seed`` is not read: a shuffled
+    order comes from torch's global RNG (the CLI seeds it, ``seed_everything(--seed)``; checkpoints
+    hold it, so a resume keeps the order, which a generator of its own would change for the runs
+    recorded before it), another order than the ranks' for the same seed."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     if num_replicas == 1:
