@@ -63,7 +63,11 @@ def batches(
 ) -> torch.utils.data.DataLoader:
     """Batches of ``ds``; with ``num_replicas > 1`` (DDP) rank ``rank``'s share of every global
     batch of ``batch_size`` (a multiple of ``num_replicas``): a ``DistributedSampler`` seeded by
-    ``seed``, every rank the same number of batches (the last one padded with repeats)."""
+    ``seed``, every rank the same number of batches (the last one padded with repeats); epoch ``e``'s
+    order is seeded by ``(seed + e) mod 2**64``. In one process ``seed`` is not read: a shuffled
+    order comes from torch's global RNG (the CLI seeds it, ``seed_everything(--seed)``; checkpoints
+    hold it, so a resume keeps the order, which a generator of its own would change for the runs
+    recorded before it), another order than the ranks' for the same seed."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     if num_replicas == 1:
@@ -72,6 +76,11 @@ def batches(
         raise ValueError(
             f"batch size {batch_size} (the global batch) must be a multiple of {num_replicas} ranks"
         )
+    # it seeds epoch e with seed + e, which torch refuses from 2**64 on (a --seed near 2**64 - 1 failed
+    # at the second epoch): a seed of the range's upper half goes as its negative alias (torch reads
+    # s < 0 as s + 2**64), so every epoch's seed is (seed + e) mod 2**64, in range, as before where it was
+    seed = int(seed) % 2**64
+    seed = seed - 2**64 if seed >= 2**63 else seed
     sampler = DistributedSampler(ds, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
     return DataLoader(ds, batch_size=batch_size // num_replicas, sampler=sampler, collate_fn=collate_fn)
 

@@ -130,7 +130,7 @@ class TrainerCheckpoints:
         every rank raises alike when some rank's data has too few batches to skip.
         """
         res, self._resume = self._resume, None
-        gens = data_generators(train_data)  # a DataLoader's own generator: not the global RNG
+        gens = self._rng_generators(train_data)  # a DataLoader's own generator: not the global RNG
         if res is not None and self.batch_in_epoch == 0:  # saved between epochs
             set_rng_state(res["rng"], *gens)
             res = None
@@ -158,11 +158,18 @@ class TrainerCheckpoints:
         self.state = move_to(res["hidden"], self.device)
         return it
 
+    def _rng_generators(self, train_data: Any) -> list[torch.Generator]:
+        """The generators whose states go with the global RNG's into checkpoints: the data's own
+        (:func:`~rnnkit.train.seed.data_generators`), then the trainer's ``generators`` (a
+        ``ScheduledSampler``'s, say; the step draws from them) not among those, each once."""
+        found = data_generators(train_data)
+        return found + [g for g in self.generators if all(g is not f for f in found)]
+
     def _position(self, train_data: Any) -> dict[str, Any]:
         """Where training stands within its epoch, as a checkpoint's rank entry holds it (and a
         resume restores it): the RNG now (the data's own generators too), the RNG at the epoch's
         start, the carried state."""
-        rng = get_rng_state(*data_generators(train_data))
+        rng = get_rng_state(*self._rng_generators(train_data))
         return {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state}
 
     def _epoch_over(self, batches: Iterator[Any], train_data: Any) -> bool:
@@ -170,7 +177,7 @@ class TrainerCheckpoints:
         A batch drawn is dropped with the RNG (the data's generators too) as before it: a checkpoint
         or a second ``fit()`` goes on from the position as it was. At the end the RNG stays as
         running out left it, as for an epoch run to its end. Under DDP every rank calls it alike."""
-        gens = data_generators(train_data)
+        gens = self._rng_generators(train_data)
         rng = get_rng_state(*gens)
         if next(batches, _END) is _END:
             return True

@@ -92,7 +92,8 @@ class ScheduledSampler:
     ``schedule``: a :class:`TeacherForcingSchedule`, any ``step -> probability`` callable
     (a value outside ``[0, 1]`` or NaN is an error when asked), or a number (constant, numpy's
     too). ``per_example=True`` flips one coin per sequence in the batch (Bengio et al.);
-    ``False`` one coin for the whole batch.
+    ``False`` one coin for the whole batch. The coins come from ``generator``, else the global RNG;
+    a trainer saves its own generator's state only when given it: ``Trainer(..., generators=[g])``.
     """
 
     def __init__(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,14 @@ import torch
 
 from rnnkit._checks import is_int
 
-__all__ = ["seed_everything", "check_seed", "get_rng_state", "set_rng_state", "data_generators"]
+__all__ = [
+    "seed_everything",
+    "check_seed",
+    "get_rng_state",
+    "set_rng_state",
+    "data_generators",
+    "check_generators",
+]
 
 #: The seeds ``torch.manual_seed`` takes: [-2**63, 2**64) (a negative one as itself plus 2**64).
 SEED_MIN, SEED_END = -(2**63), 2**64
@@ -71,6 +79,15 @@ def data_generators(data: Any) -> list[torch.Generator]:
     return found
 
 
+def check_generators(generators: Any) -> list[torch.Generator]:
+    """``generators`` (an iterable of ``torch.Generator``) as a list, or a ``TypeError`` naming what
+    it got: a wrong object would fail only at the first checkpoint, or a generator be left unsaved."""
+    found = list(generators) if isinstance(generators, Iterable) else None
+    if found is None or not all(isinstance(g, torch.Generator) for g in found):
+        raise TypeError(f"generators must be an iterable of torch.Generator objects, got {generators!r}")
+    return found
+
+
 def get_rng_state(*generators: torch.Generator) -> dict[str, Any]:
     """Every global RNG state as plain JSON data (lists of ints, base64 strings), and the states
     of ``generators`` (e.g. :func:`data_generators`), which :func:`set_rng_state` restores."""
@@ -96,7 +113,8 @@ def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
     if saved and len(saved) != len(generators):  # checked first: a refused state changes nothing
         raise ValueError(
             f"the RNG state holds {len(saved)} data generator state(s), got {len(generators)} "
-            "generator(s) to restore (the training data changed? a DataLoader's generator=...)"
+            "generator(s) to restore (the training data changed? a DataLoader's generator=..., "
+            "the Trainer's generators=...)"
         )
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

@@ -30,7 +30,7 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
-from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
+from rnnkit.train.seed import check_generators, data_generators, get_rng_state, set_rng_state
 from rnnkit.train.state import lm_loss, move_to
 from rnnkit.train.step import TrainerStep, _seq_len
 
@@ -51,6 +51,9 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     ``torchrun`` the model is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
     ``trainer.model`` is the module trained (the DDP wrapper under ``torchrun``),
     ``trainer.raw_model`` the bare model (evaluation, NT-ASGD averaging, checkpoints).
+    ``generators``: the ``torch.Generator`` objects training draws from besides the global RNGs and
+    the data's own (which it finds), e.g. a ``ScheduledSampler(generator=g)``'s: checkpoints hold
+    their states, so a resumed run draws as the one that never stopped.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         scheduler: Any | None = None,
         step_fn: StepFn | None = None,
         callbacks: Iterable[Callback] = (),
+        generators: Iterable[torch.Generator] = (),
         **overrides: Any,
     ) -> None:
         self.config = cfg = replace(config or TrainConfig(), **overrides)
@@ -78,6 +82,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             model = DistributedDataParallel(wrapped, device_ids=ids)
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
+        self.generators = check_generators(generators)
         self.is_main = dist.is_main_process()
         self.callbacks = list(callbacks) + (default_callbacks(cfg) if self.is_main else [])
         self.ntasgd = NTASGD(self.raw_model, cfg.nonmono) if cfg.nt_asgd else None
@@ -321,7 +326,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                 # (a resumed finished run has it in the checkpoint's history: not validated twice).
                 # The RNG as before it: a DataLoader's iter() draws its seed, and a run resumed from
                 # the final checkpoint goes on as one that never stopped (which had no such validation)
-                gens = data_generators(train_data) + data_generators(val_data)
+                gens = self._rng_generators(train_data) + data_generators(val_data)
                 rng = get_rng_state(*gens)
                 self._validate(val_data, at_end=True)
                 set_rng_state(rng, *gens)

@@ -13,8 +13,10 @@ import torch
 from rnnkit.data import bptt_batches
 from rnnkit.train import (
     Callback,
+    ScheduledSampler,
     Trainer,
     get_rng_state,
+    lm_loss,
     load_checkpoint,
     read_metrics,
     seed_everything,
@@ -22,7 +24,8 @@ from rnnkit.train import (
 )
 
 from .models import TinyLM, tokens
-from .test_checkpoint import loader_run
+from .test_checkpoint import Interrupt, loader_run
+from .test_checkpoint import _fit as fit_to
 
 
 def _trainer(max_steps, **kw):
@@ -156,6 +159,46 @@ def test_resume_of_a_dataloader_with_its_own_generator_keeps_its_order(tmp_path)
     # a finished run, extended: its final checkpoint is between epochs
     loader_run(tmp_path / "ext", epochs=1, loader_seed=1)
     assert loader_run(tmp_path / "ext", resume=True, loader_seed=1).losses == ref.losses
+
+
+def _sampled_run(out_dir, interrupt_at=None, resume=False, epochs=2):
+    """A step_fn feeding each sequence its input or a corrupted one, as a ``ScheduledSampler`` with
+    its own generator decides (at p = 0.5 every coin counts), handed to the trainer; a resume runs
+    as in another process, with another global RNG and the sampler's generator seeded anew."""
+    seed_everything(0 if not resume else 99)
+    torch.manual_seed(0)
+    model = TinyLM()
+    sampler = ScheduledSampler(0.5, generator=torch.Generator().manual_seed(5))
+
+    def step_fn(m, batch, state):
+        x, y = batch[0], batch[1]  # (T, B): the sampler's coins are per sequence, (B, T)
+        x = sampler.choose(0, x.T, ((x + 1) % 11).T).T
+        return lm_loss(m(x)[0], y), None
+
+    cbs = [Interrupt(interrupt_at)] if interrupt_at else []
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.3), step_fn=step_fn, out_dir=str(out_dir),
+                 checkpoint_every=4, max_epochs=epochs, resume=resume, generators=[sampler.generator],
+                 callbacks=cbs, progress=False, plot=False)  # fmt: skip
+    return fit_to(tr, bptt_batches(tokens(200), 2, 10), interrupt_at)
+
+
+def test_resume_with_a_scheduled_sampler_of_its_own_generator_draws_as_before(tmp_path):
+    """A ``ScheduledSampler(generator=g)`` draws its coins from ``g``, which the trainer cannot
+    find in the data: a resumed run (``g`` seeded anew) fed other inputs than the run that never
+    stopped from the checkpoint on. The trainer's ``generators`` go into checkpoints now."""
+    ref = _sampled_run(tmp_path / "ref")
+    assert ref.step == 20
+    for kill in (7, 10):  # from the checkpoint of step 4 (inside the first epoch), of step 8
+        _sampled_run(tmp_path / f"run{kill}", interrupt_at=kill)
+        assert _sampled_run(tmp_path / f"run{kill}", resume=True).losses == ref.losses, kill
+    _sampled_run(tmp_path / "ext", epochs=1)  # a finished run, extended: between epochs
+    assert _sampled_run(tmp_path / "ext", resume=True).losses == ref.losses
+
+
+@pytest.mark.parametrize("bad", [torch.Generator(), [torch.Generator(), 3], 5])
+def test_trainer_generators_must_be_generators(bad):
+    with pytest.raises(TypeError, match="generators must be an iterable of torch.Generator objects, got"):
+        Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), generators=bad)
 
 
 def test_rng_state_with_generators_needs_as_many_to_restore():
