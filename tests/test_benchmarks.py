@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,32 @@ def test_layers_benchmark_prints_its_table(capsys):
     _script("layers").main("--shapes small --cases lstm --repeat 1 --no-loop --threads 1".split())
     out = capsys.readouterr().out
     assert "| lstm | small |" in out
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_layers_round_order_is_balanced(n):
+    # A rotation kept the cyclic order: one contestant followed the fused path in n - 1 of n rounds.
+    names = [f"c{i}" for i in range(n)]
+    period = n if n % 2 == 0 else 2 * n
+    rows = [_script("layers").round_order(names, r) for r in range(period)]
+    assert all(sorted(row) == names for row in rows)
+    positions = Counter((i, name) for row in rows for i, name in enumerate(row))
+    assert set(positions.values()) == {period // n} and len(positions) == n * n
+    follows = Counter(pair for row in rows for pair in zip(row, row[1:]))
+    assert len(follows) == n * (n - 1) and set(follows.values()) <= {period // n}
+
+
+def test_layers_benchmark_times_rounds_in_balanced_order(monkeypatch):
+    layers = _script("layers")
+    calls = []
+
+    def timer(fn, m, inner=1):
+        calls.append((fn.__name__, id(m)))
+        return 1e-3
+
+    monkeypatch.setattr(layers, "_timer", timer)
+    layers.bench_case("lstm", {}, (2, 1, 2, 2), repeat=4)  # rnnkit, torch, loop, fused
+    trains = [m for fn, m in calls[1:] if fn == "train"]  # calls[0]: sizing the batches of calls
+    rounds = [trains[i : i + 4] for i in range(0, 16, 4)]
+    follows = Counter(pair for row in rounds for pair in zip(row, row[1:]))
+    assert len(follows) == 12 and set(follows.values()) == {1}
