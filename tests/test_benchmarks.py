@@ -6,6 +6,7 @@ a documented invocation is."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -76,3 +77,20 @@ def test_layers_benchmark_times_rounds_in_balanced_order(monkeypatch):
     rounds = [trains[i : i + 4] for i in range(0, 16, 4)]
     follows = Counter(pair for row in rounds for pair in zip(row, row[1:]))
     assert len(follows) == 12 and set(follows.values()) == {1}
+
+
+def test_main_job_curve_prints_the_steps_column(tmp_path, capsys):
+    # RESULTS.md's curve tables show the steps of each budget; the script's table had no such column
+    run = tmp_path / "3min"
+    run.mkdir()
+    rows = [
+        {"split": "train", "step": 500, "elapsed_s": 60.0, "loss": 1.6},
+        {"split": "val", "step": 500, "loss": 1.5},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"stop_reason": "max_minutes", "step": 1738, "epoch": 0, "valid_nats_per_char": 1.427}
+    (run / "results.json").write_text(json.dumps(results))
+    _script("main_job_curve").main(["--minutes", "3", "--out", str(tmp_path)])  # a finished run: not rerun
+    out = capsys.readouterr().out
+    assert "| budget (min) | final valid nats/char | bits/char | steps | validation points" in out
+    assert "| 3 | 1.427 | 2.059 | 1,738 | 1.0: 1.500 |" in out
