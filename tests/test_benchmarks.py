@@ -10,6 +10,7 @@ import json
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -94,3 +95,17 @@ def test_main_job_curve_prints_the_steps_column(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| budget (min) | final valid nats/char | bits/char | steps | validation points" in out
     assert "| 3 | 1.427 | 2.059 | 1,738 | 1.0: 1.500 |" in out
+
+
+def test_peak_rss_is_the_median_of_fresh_processes(monkeypatch):
+    # One fresh process read torch's GRU step at 39.5 or 44.2 MiB by chance (2 threads): one draw
+    # made the fused/torch column 0.90 or 1.01.
+    rss = _script("_rss")
+    readings = iter(["39.5\n", "44.2\n", "40.0\n"])
+    monkeypatch.setattr(rss.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout=next(readings)))
+    assert rss.peak_rss_mib("pass", "pass", repeat=3) == 40.0
+
+
+def test_peak_rss_measures_a_step():
+    mib = _script("_rss").peak_rss_mib("pass", "x=bytearray(64*2**20)")
+    assert 60 < mib < 70
