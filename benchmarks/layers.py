@@ -11,7 +11,9 @@ backward of ``output.sum()``) of three contestants:
   :mod:`rnnkit.kernels`), for the cases that have one (else its columns show ``-``).
 
 Repetitions are interleaved (a round of every contestant, repeated) and the median is
-reported, so slow drifts of a shared machine hit all of them alike.
+reported, so slow drifts of a shared machine hit all of them alike. The order of a round
+follows a balanced Latin square (:func:`round_order`): every contestant runs right after
+every other one equally often, so none inherits one predecessor's cold caches every round.
 
     python benchmarks/layers.py                   # all cases, all shapes
     python benchmarks/layers.py --shapes small --cases lstm,gru --repeat 5
@@ -108,6 +110,26 @@ def _timer(fn: Callable[[nn.Module], object], m: nn.Module, inner: int = 1) -> f
     return (_clock() - t0) / inner
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """Round ``r``'s order of the contestants ``names`` (n of them): row ``r`` of a Williams
+    design. Over every n rounds (2n for an odd n) each contestant runs at every position and
+    right after every other contestant equally often. A plain rotation kept the cyclic order:
+    a contestant followed the same one in n - 1 of n rounds (the fused path's successor started
+    with its caches cold in most samples of the median)."""
+    n = len(names)
+    base, lo, hi = [0], 1, n - 1  # 0, 1, n-1, 2, n-2, ...: every difference mod n once
+    while len(base) < n:
+        base.append(lo)
+        lo += 1
+        if len(base) < n:
+            base.append(hi)
+            hi -= 1
+    row = [names[(b + r) % n] for b in base]
+    if n % 2 and (r // n) % 2:  # odd n: the mirrored rows supply the pairs the first n lack
+        row.reverse()
+    return row
+
+
 def bench_case(
     family: str,
     kwargs: dict,
@@ -154,9 +176,8 @@ def bench_case(
         train(m)
     # Each sample lasts at least ~20 ms, so the small shape is not timed call by call.
     inner = max(1, int(0.02 / max(_timer(train, models["torch"]), 1e-6)))
-    names = list(models)
-    for r in range(repeat):  # rotate the order: no contestant always follows the same one
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    for r in range(repeat):  # no contestant always follows the same one
+        for name in round_order(list(models), r):
             m = models[name]
             times.setdefault((name, "fwd"), []).append(_timer(fwd, m, inner))
             times.setdefault((name, "train"), []).append(_timer(train, m, inner))

@@ -2,11 +2,11 @@
 
 Runs the real command line once per budget (each run's learning-rate schedule spans its own
 budget), then prints a table of the final validation loss (the whole 200,000-character
-validation text, nats/char) and, per run, the validation points against training time. The
-training clock of ``rnnkit train charlm`` includes its periodic validations and checkpoints.
-A budget whose ``OUT/<m>min/results.json`` exists is not rerun: its finished run is read
-back (whatever flags it was run with; a notice names it), so give each configuration its
-own ``--out``.
+validation text, nats/char), the optimizer steps the budget allowed and, per run, the
+validation points against training time. The training clock of ``rnnkit train charlm``
+includes its periodic validations and checkpoints. A budget whose ``OUT/<m>min/results.json``
+exists is not rerun: its finished run is read back (whatever flags it was run with; a notice
+names it), so give each configuration its own ``--out``.
 
     python benchmarks/main_job_curve.py --minutes 3,9,30 --out runs/curve
 """
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 
-def read_curve(out: Path) -> tuple[float, list[tuple[float, float]]]:
-    """(final valid nats/char, [(training minutes, valid nats/char), ...]) of one run."""
+def read_curve(out: Path) -> tuple[float, int, list[tuple[float, float]]]:
+    """(final valid nats/char, steps, [(training minutes, valid nats/char), ...]) of one run."""
     elapsed, points = {}, []
     from rnnkit.train import read_metrics  # strict JSON: a diverged loss is null + "nonfinite"
 
@@ -33,7 +33,8 @@ def read_curve(out: Path) -> tuple[float, list[tuple[float, float]]]:
             points.append((elapsed[rec["step"]] / 60, rec["loss"]))
     from rnnkit.cli.rundir import read_results  # strict JSON too
 
-    return read_results(out)["valid_nats_per_char"], points
+    results = read_results(out)
+    return results["valid_nats_per_char"], results["step"], points
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,13 +56,16 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  wall {time.time() - t0:.0f} s, load average {os.getloadavg()[0]:.2f}", flush=True)
         else:  # not this command's run, perhaps: other flags are not checked
             print(f"reusing the finished run in {out} (not rerun; delete it to rerun)", flush=True)
-        final, points = read_curve(out)
-        rows.append((m, final, points))
-    print("\n| budget (min) | final valid nats/char | bits/char | validation points (training min: nats) |")
-    print("|---:|---:|---:|---|")
-    for m, final, points in rows:
+        rows.append((m, *read_curve(out)))
+    # steps: what the budget bought (RESULTS.md's tables show them beside the loss)
+    print(
+        "\n| budget (min) | final valid nats/char | bits/char | steps "
+        "| validation points (training min: nats) |"
+    )
+    print("|---:|---:|---:|---:|---|")
+    for m, final, steps, points in rows:
         pts = ", ".join(f"{t:.1f}: {v:.3f}" for t, v in points)
-        print(f"| {m:g} | {final:.3f} | {final / 0.6931471805599453:.3f} | {pts} |")
+        print(f"| {m:g} | {final:.3f} | {final / 0.6931471805599453:.3f} | {steps:,} | {pts} |")
 
 
 if __name__ == "__main__":

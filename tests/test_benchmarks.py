@@ -6,8 +6,11 @@ a documented invocation is."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -46,3 +49,63 @@ def test_layers_benchmark_prints_its_table(capsys):
     _script("layers").main("--shapes small --cases lstm --repeat 1 --no-loop --threads 1".split())
     out = capsys.readouterr().out
     assert "| lstm | small |" in out
+
+
+@pytest.mark.parametrize("n", range(1, 7))
+def test_layers_round_order_is_balanced(n):
+    # A rotation kept the cyclic order: one contestant followed the fused path in n - 1 of n rounds.
+    names = [f"c{i}" for i in range(n)]
+    period = n if n % 2 == 0 else 2 * n
+    rows = [_script("layers").round_order(names, r) for r in range(period)]
+    assert all(sorted(row) == names for row in rows)
+    positions = Counter((i, name) for row in rows for i, name in enumerate(row))
+    assert set(positions.values()) == {period // n} and len(positions) == n * n
+    follows = Counter(pair for row in rows for pair in zip(row, row[1:]))
+    assert len(follows) == n * (n - 1) and set(follows.values()) <= {period // n}
+
+
+def test_layers_benchmark_times_rounds_in_balanced_order(monkeypatch):
+    layers = _script("layers")
+    calls = []
+
+    def timer(fn, m, inner=1):
+        calls.append((fn.__name__, id(m)))
+        return 1e-3
+
+    monkeypatch.setattr(layers, "_timer", timer)
+    layers.bench_case("lstm", {}, (2, 1, 2, 2), repeat=4)  # rnnkit, torch, loop, fused
+    trains = [m for fn, m in calls[1:] if fn == "train"]  # calls[0]: sizing the batches of calls
+    rounds = [trains[i : i + 4] for i in range(0, 16, 4)]
+    follows = Counter(pair for row in rounds for pair in zip(row, row[1:]))
+    assert len(follows) == 12 and set(follows.values()) == {1}
+
+
+def test_main_job_curve_prints_the_steps_column(tmp_path, capsys):
+    # RESULTS.md's curve tables show the steps of each budget; the script's table had no such column
+    run = tmp_path / "3min"
+    run.mkdir()
+    rows = [
+        {"split": "train", "step": 500, "elapsed_s": 60.0, "loss": 1.6},
+        {"split": "val", "step": 500, "loss": 1.5},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = {"stop_reason": "max_minutes", "step": 1738, "epoch": 0, "valid_nats_per_char": 1.427}
+    (run / "results.json").write_text(json.dumps(results))
+    _script("main_job_curve").main(["--minutes", "3", "--out", str(tmp_path)])  # a finished run: not rerun
+    out = capsys.readouterr().out
+    assert "| budget (min) | final valid nats/char | bits/char | steps | validation points" in out
+    assert "| 3 | 1.427 | 2.059 | 1,738 | 1.0: 1.500 |" in out
+
+
+def test_peak_rss_is_the_median_of_fresh_processes(monkeypatch):
+    # One fresh process read torch's GRU step at 39.5 or 44.2 MiB by chance (2 threads): one draw
+    # made the fused/torch column 0.90 or 1.01.
+    rss = _script("_rss")
+    readings = iter(["39.5\n", "44.2\n", "40.0\n"])
+    monkeypatch.setattr(rss.subprocess, "run", lambda *a, **k: SimpleNamespace(stdout=next(readings)))
+    assert rss.peak_rss_mib("pass", "pass", repeat=3) == 40.0
+
+
+def test_peak_rss_measures_a_step():
+    mib = _script("_rss").peak_rss_mib("pass", "x=bytearray(64*2**20)")
+    assert 60 < mib < 70
