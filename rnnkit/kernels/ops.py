@@ -76,12 +76,13 @@ def backward_impl(
     kind, bsz, reverse, use_ext, onednn, has_bias, gout, ghn, gcn, saved, w_hh, w_hr, mask, zh, zc, w_peep
 ):
     """``(d xp, d h0, d c0, d W_hh, d b_hh, d W_hr, d w_peep)``, ``None`` where absent."""
-    gout, ghn = gout.contiguous(), ghn.contiguous()
-    if use_ext:
+    if use_ext:  # the kernels make gout dense themselves and drop that copy as soon as they can
+        ghn = ghn.contiguous()
         gcn = gcn.contiguous() if kind == "lstm" else ghn.new_empty(0)
         args = (KINDS[kind], gout, ghn, gcn, list(saved), w_hh, w_hr, mask, zh, zc, w_peep, has_bias)
         r = ext.ops().backward(*args, list(bsz), reverse, onednn)  # type: ignore[union-attr]
         return r[0], r[1], _opt(r[2]), r[3], _opt(r[4]), _opt(r[5]), _opt(r[6])
+    gout, ghn = gout.contiguous(), ghn.contiguous()
     if kind == "lstm":
         dxp, dh0, dc0, dw_hh, dw_hr, dw_peep = lstm.backward(
             gout, ghn, gcn.contiguous(), saved, w_hh, w_hr, mask, bsz, reverse, zh, zc, w_peep

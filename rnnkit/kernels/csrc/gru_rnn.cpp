@@ -153,8 +153,11 @@ std::vector<Tensor> gru_backward(const Tensor& gout, const Tensor& ghn, const st
   // is stacked over the sequence (dan) for the weight gradient.
   Tensor dxp = at::empty_like(gates, kRowMajor), dan = at::empty_like(an, kRowMajor), dhbuf = ghn.clone(kRowMajor);
   Tensor dat = at::empty({B, G}, opt), dz = at::empty({B, H}, opt), dhz = at::empty({B, H}, opt);
-  const Tensor goc = gout.contiguous(), wc = w_hh.contiguous();
-  const Tensor m = dense_or_none(mask, gates);
+  // gout strided (the expand of a sum's gradient): its dense copy, an (N, H) buffer, is dropped
+  // right after the loop, before the weight-gradient GEMMs and the (N, H) operand copy oneDNN
+  // makes; held to the end it sat on top of them at backward's peak (medium shape: +3.1 MiB)
+  Tensor goc = gout.contiguous();
+  const Tensor wc = w_hh.contiguous(), m = dense_or_none(mask, gates);
   const rnnkit_common::ZoneoutRows zr(zh, B);
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "rnnkit_gru_bwd", [&] {
     const scalar_t *GV = gates.data_ptr<scalar_t>(), *ANV = an.data_ptr<scalar_t>();
@@ -199,6 +202,7 @@ std::vector<Tensor> gru_backward(const Tensor& gout, const Tensor& ghn, const st
       }
     });
   });
+  goc.reset();
   const Tensor drz = dxp.narrow(1, 0, 2 * H);
   Tensor db = has_bias ? at::cat({drz.sum(0), dan.sum(0)}) : none(gates);
   Tensor dw = at::cat({mm_tn(drz, hprev_m, onednn), mm_tn(dan, hprev_m, onednn)});
@@ -261,8 +265,8 @@ std::vector<Tensor> rnn_backward(bool relu, const Tensor& gout, const Tensor& gh
   const Tensor &hnew = saved[0], &hprev = saved[1];
   const int64_t B = ghn.size(0), H = ghn.size(1), N = hnew.size(0);
   Tensor da_all = at::empty_like(hnew, kRowMajor), dhbuf = ghn.clone(kRowMajor), dhz = at::empty({B, H}, hnew.options());
-  const Tensor goc = gout.contiguous(), wc = w_hh.contiguous();
-  const Tensor m = dense_or_none(mask, hnew);
+  Tensor goc = gout.contiguous();  // released after the loop, as gru_backward's
+  const Tensor wc = w_hh.contiguous(), m = dense_or_none(mask, hnew);
   const rnnkit_common::ZoneoutRows zr(zh, B);
   AT_DISPATCH_FLOATING_TYPES(hnew.scalar_type(), "rnnkit_rnn_bwd", [&] {
     const scalar_t *HN = hnew.data_ptr<scalar_t>(), *GO = goc.data_ptr<scalar_t>(), *W = wc.data_ptr<scalar_t>();
@@ -293,6 +297,7 @@ std::vector<Tensor> rnn_backward(bool relu, const Tensor& gout, const Tensor& gh
       }
     });
   });
+  goc.reset();
   Tensor dw;
   if (hprev.size(0) == N) {
     dw = mm_tn(da_all, hprev, onednn);
