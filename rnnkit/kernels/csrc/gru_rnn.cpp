@@ -205,7 +205,11 @@ std::vector<Tensor> gru_backward(const Tensor& gout, const Tensor& ghn, const st
   goc.reset();
   const Tensor drz = dxp.narrow(1, 0, 2 * H);
   Tensor db = has_bias ? at::cat({drz.sum(0), dan.sum(0)}) : none(gates);
-  Tensor dw = at::cat({mm_tn(drz, hprev_m, onednn), mm_tn(dan, hprev_m, onednn)});
+  // the n-part first: its GEMM (oneDNN, dense operands) copies h_{t-1} (N, H), and dan is dropped
+  // before the r, z part's result exists (ATen's GEMM on the strided drz makes no copy)
+  Tensor dw_n = mm_tn(dan, hprev_m, onednn);
+  dan.reset();
+  Tensor dw = at::cat({mm_tn(drz, hprev_m, onednn), dw_n});
   return {dxp, dhbuf, none(gates), dw, db, none(gates), none(gates)};
 }
 
