@@ -41,6 +41,15 @@ Tensor dense_or_none(const std::optional<Tensor>& t, const Tensor& like) {
   return t.has_value() ? t->contiguous() : none(like);
 }
 
+// (a^T b)^T where common.h's mm_tn(a, b) runs on oneDNN: that GEMM's own result, before mm_tn's
+// transposed copy (same bits); undefined where mm_tn takes BLAS.
+Tensor onednn_tn_transposed(const Tensor& a, const Tensor& b, bool onednn) {
+  const bool dense = a.is_contiguous() && (b.is_contiguous() || b.t().is_contiguous());
+  if (!dense || !use_onednn(a, onednn) || a.numel() * b.size(1) < kOneDnnMinWork) return Tensor();
+  return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
+                            c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))});
+}
+
 // dW = sum over steps of da_t^T h_{t-1}, where h_{t-1} of step t is read back from the rows the
 // previous step (processing order) wrote into `out`, or from h0 where there was none: used when
 // h_{t-1} was not stored (no mask, no zoneout). A step of `bs` rows after one of `pbs` rows:
@@ -75,13 +84,24 @@ Tensor dw_from_out(const Tensor& da_all, const Tensor& out, const Tensor& h0, co
     }
     merged.push_back(s);
   }
-  Tensor dw;
+  // Where a part runs on oneDNN the parts are summed as dW^T, in the layout oneDNN returns them,
+  // and dW^T is transposed once: the same values added in the same order, so the same bits. A
+  // packed batch has a segment per change of batch size (28 for 32 sequences of lengths
+  // 50-150), and mm_tn's 256x256 transpose per part was ~0.4 ms of its training step at 1
+  // thread. A BLAS part (few rows) is transposed to dense first: a strided add takes 12x a
+  // dense one (49 against 4 us at 256x256).
+  const int64_t work = da_all.size(1) * out.size(1);
+  bool t_layout = false;
+  for (const auto& s : merged) t_layout = t_layout || (use_onednn(da_all, onednn) && s.n * work >= kOneDnnMinWork);
+  Tensor acc;
   for (const auto& s : merged) {
-    const Tensor& src = s.from_h0 ? h0 : out;
-    Tensor part = mm_tn(da_all.narrow(0, s.da_off, s.n), src.narrow(0, s.src_off, s.n), onednn);
-    dw = dw.defined() ? dw.add_(part) : part;
+    const Tensor a = da_all.narrow(0, s.da_off, s.n), b = (s.from_h0 ? h0 : out).narrow(0, s.src_off, s.n);
+    Tensor part = t_layout ? onednn_tn_transposed(a, b, onednn) : mm_tn(a, b, onednn);
+    if (!part.defined()) part = rnnkit_common::transposed(at::mm(a.t(), b));
+    acc = acc.defined() ? acc.add_(part) : part;
   }
-  return dw.defined() ? dw : at::zeros({da_all.size(1), out.size(1)}, out.options());
+  if (!acc.defined()) return at::zeros({da_all.size(1), out.size(1)}, out.options());
+  return t_layout ? rnnkit_common::transposed(acc) : acc;
 }
 
 // ---- GRU (torch form): r, z = σ(xp_rz + a_rz); n = tanh(xp_n + r ⊙ a_n); h = lerp(n, h_{t-1}, z)
