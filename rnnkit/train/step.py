@@ -28,15 +28,6 @@ __all__ = ["TrainerStep"]
 log = logging.getLogger("rnnkit.train")
 
 
-def _grad_norm(params: list[nn.Parameter]) -> float:
-    """The L2 norm of all of ``params``' gradients together, as ``clip_grad_norm_`` measures it
-    (0.0 for no gradient); the gradients are left as they are."""
-    if not params:
-        return 0.0
-    norms = [torch.linalg.vector_norm(p.grad.detach()).to(params[0].grad.device) for p in params]
-    return float(torch.linalg.vector_norm(torch.stack(norms)))
-
-
 class TrainerStep:
     """The step of :class:`~rnnkit.train.Trainer` (a base class of it)."""
 
@@ -74,9 +65,9 @@ class TrainerStep:
         if cfg.clip_norm is not None:
             norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
         else:
-            # measured only: clip_grad_norm_(max_norm=inf) would scale every gradient by
-            # inf / norm, NaN for an inf norm, spreading one inf gradient to all weights
-            norm = _grad_norm(params)
+            # measured only, as clip_grad_norm_ measures it: clip_grad_norm_(max_norm=inf) would scale
+            # every gradient by inf / norm, NaN for an inf norm, spreading one inf gradient to all weights
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
         if not math.isfinite(norm) and self.precision.scaler is None:
             # an inf/NaN gradient would make weights (and, through clipping, all of them) NaN for
             # the rest of the run: skip the update, as the float16 loss scaler does. Under DDP the
