@@ -83,10 +83,13 @@ class ImplOption:
                 raise
 
 
-def torch_mode(module) -> str | None:
-    """torch's mode name when ``module`` computes exactly a ``torch.nn`` layer, else None."""
+def torch_mode(module, *, in_eval: bool = False) -> str | None:
+    """torch's mode name when ``module`` computes exactly a ``torch.nn`` layer, else None;
+    ``in_eval``: in evaluation, whatever the module's mode (recurrent dropout then counts, as
+    torch's kernels compute it exactly there; zoneout never does)."""
     modes = {cell.torch_mode() for cell in module.cells}
-    if len(modes) != 1 or module.needs_custom_loop():
+    custom = any(any(z) for z in module.zoneout_probs) if in_eval else module.needs_custom_loop()
+    if len(modes) != 1 or custom:
         return None
     return modes.pop()
 
@@ -96,10 +99,8 @@ def check_impl_possible(module) -> None:
     there is a ``ValueError`` now, not at the first forward (or, for zoneout in evaluation, a
     forward well into a run). Recurrent dropout with ``impl="torch"`` is refused only in training
     (in evaluation torch's kernels compute it exactly): :func:`select` checks each call."""
-    if module.impl == "torch":
-        modes = {cell.torch_mode() for cell in module.cells}
-        if len(modes) != 1 or None in modes or any(any(z) for z in module.zoneout_probs):
-            _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
+    if module.impl == "torch" and torch_mode(module, in_eval=True) is None:
+        _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
         _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
 

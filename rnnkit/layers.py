@@ -159,8 +159,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         a torch-compatible configuration into one contiguous buffer; a no-op elsewhere. Recurrent
         dropout counts as torch-compatible (it is, in evaluation: a layer built in training mode,
         evaluated on torch's kernels, had unflattened weights and cuDNN's warning at every call)."""
-        modes, ws = {cell.torch_mode() for cell in self.cells}, self.flat_weights()
-        mode = modes.pop() if len(modes) == 1 and not any(any(z) for z in self.zoneout_probs) else None
+        mode, ws = dispatch.torch_mode(self, in_eval=True), self.flat_weights()
         if mode is None or not all(
             w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w) for w in ws
         ):
