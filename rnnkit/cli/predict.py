@@ -144,7 +144,8 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     stored_col = run.get("column") or trained.rpartition(":")[2]
     csv_path = trained[: -len(stored_col) - 1] if trained.endswith(":" + stored_col) else ""
     own = "sunspots" if trained.startswith("sunspots") else csv_path or None
-    data = args.input or (own if own == "sunspots" or own and Path(own).is_absolute() else None)
+    known = own == "sunspots" or bool(own) and Path(own).is_absolute()  # the run's series, readable
+    data = args.input or (own if known else None)
     if data is None:
         raise ValueError(f"{run_dir} was trained on {run.get('data')!r}: pass --input FILE.csv --column NAME")
     if data == "-":  # '-' is standard input for the line-per-item tasks only
@@ -163,7 +164,6 @@ def _forecast(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     horizon = args.horizon or run["horizon"]
     # another series is new data, forecast as such, but with this run's training statistics: said on
     # stderr (a series of another scale gets meaningless forecasts; a run's own file is not named)
-    known = own == "sunspots" or bool(own) and Path(own).is_absolute()
     same = data == own == "sunspots" or (
         known and own != "sunspots" and data != "sunspots" and column == stored_col
         and Path(data).resolve() == Path(own).resolve()
