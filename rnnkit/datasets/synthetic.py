@@ -27,9 +27,10 @@ BLANK = 0
 DELIMITER = 1  # symbols to remember are 2 .. n_symbols + 1
 
 
-def _gen(seed: int) -> torch.Generator:
-    # modulo 2**64, as manual_seed reads a negative seed (no seed that worked changes): a seed
-    # derived from the user's (``seed + 1`` of the validation part) overflowed at the range's end
+def generator(seed: int) -> torch.Generator:
+    """A CPU generator seeded with ``seed`` modulo 2**64, as ``manual_seed`` reads a negative seed
+    (no seed that worked changes): a seed derived from the user's (``seed + 1`` of a validation
+    part) overflowed at the range's end. The generated tasks' (here and :mod:`rnnkit.tasks.memory`)."""
     return torch.Generator().manual_seed(int(seed) % 2**64)
 
 
@@ -55,7 +56,7 @@ def copy_memory(
     """
     _check_positive(n=n, lag=lag, n_symbols=n_symbols, n_copy=n_copy)
     L = lag + 2 * n_copy
-    syms = torch.randint(2, n_symbols + 2, (n, n_copy), generator=_gen(seed))
+    syms = torch.randint(2, n_symbols + 2, (n, n_copy), generator=generator(seed))
     x = torch.full((n, L), BLANK, dtype=torch.long)
     x[:, :n_copy] = syms
     x[:, lag + n_copy - 1] = DELIMITER
@@ -82,7 +83,7 @@ def plus_one(
     p = plus_one_p(length) if p is None else p
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
-    u = torch.rand(n, length, 1, generator=_gen(seed), dtype=torch.float64)
+    u = torch.rand(n, length, 1, generator=generator(seed), dtype=torch.float64)
     x = (u < p).to(dtype or torch.get_default_dtype())
     return x, (x.sum((1, 2)) > 0).long()
 
@@ -96,7 +97,7 @@ def adding(n: int, length: int, *, seed: int = 0, dtype: torch.dtype | None = No
     _check_positive(n=n, length=length)
     if length < 2:
         raise ValueError(f"length must be >= 2 (one marker per half), got {length}")
-    g = _gen(seed)
+    g = generator(seed)
     half = length // 2
     values = torch.rand(n, length, generator=g, dtype=torch.float64)
     first = torch.randint(0, half, (n,), generator=g)

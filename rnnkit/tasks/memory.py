@@ -43,12 +43,6 @@ __all__ = [
 ARITH_VOCAB = "0123456789+="  # ids 0..11
 
 
-def _gen(seed: int) -> torch.Generator:
-    # modulo 2**64, as manual_seed reads a negative seed (no seed that worked changes): a seed
-    # derived from the user's (``seed + 1`` of the validation part) overflowed at the range's end
-    return torch.Generator().manual_seed(int(seed) % 2**64)
-
-
 def _copy_memory(n: int, lag: int, n_symbols: int, n_copy: int, seed: int) -> tuple[Tensor, Tensor]:
     return synthetic.copy_memory(n, lag, n_symbols=n_symbols, n_copy=n_copy, seed=seed)
 
@@ -75,7 +69,7 @@ def arith(n: int, digits: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """
     if not 1 <= digits <= ARITH_MAX_DIGITS:  # (beyond: torch.randint's "Overflow when unpacking long long")
         raise ValueError(f"digits must be in [1, {ARITH_MAX_DIGITS}] (operands are int64), got {digits}")
-    g = _gen(seed)
+    g = synthetic.generator(seed)
     hi = 10**digits
     a, b = torch.randint(0, hi, (n,), generator=g), torch.randint(0, hi, (n,), generator=g)
     seqs = [f"{x:0{digits}d}+{y:0{digits}d}={x + y:0{digits + 1}d}" for x, y in zip(a.tolist(), b.tolist())]
