@@ -152,14 +152,19 @@ inline Tensor transposed(const Tensor& w) {
 }
 
 // a^T b over all N rows (a weight gradient), as one GEMM; oneDNN only on dense operands.
-inline Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
+// (a^T b)^T by oneDNN's GEMM where mm_tn takes it, else undefined (mm_tn then takes ATen's):
+// a sum of several parts can add them in this layout and transpose once (gru_rnn.cpp).
+inline Tensor onednn_tn_transposed(const Tensor& a, const Tensor& b, bool allowed) {
   // b may also be column-major (b^T dense, the LSTM kernel's saved h_{t-1}): oneDNN then reads
   // it without the transposed copy it makes of a row-major b
   const bool dense = a.is_contiguous() && (b.is_contiguous() || b.t().is_contiguous());
-  if (dense && use_onednn(a, allowed) && a.numel() * b.size(1) >= kOneDnnMinWork)
-    return transposed(call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
-                                         c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))}));
-  return at::mm(a.t(), b);
+  if (!dense || !use_onednn(a, allowed) || a.numel() * b.size(1) < kOneDnnMinWork) return Tensor();
+  return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
+                            c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))});
+}
+inline Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
+  const Tensor t = onednn_tn_transposed(a, b, allowed);
+  return t.defined() ? transposed(t) : at::mm(a.t(), b);
 }
 
 // The packed layout's batch sizes against the tensors of a kernel call: the kernels address rows

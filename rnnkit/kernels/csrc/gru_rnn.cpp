@@ -41,15 +41,6 @@ Tensor dense_or_none(const std::optional<Tensor>& t, const Tensor& like) {
   return t.has_value() ? t->contiguous() : none(like);
 }
 
-// (a^T b)^T where common.h's mm_tn(a, b) runs on oneDNN: that GEMM's own result, before mm_tn's
-// transposed copy (same bits); undefined where mm_tn takes BLAS.
-Tensor onednn_tn_transposed(const Tensor& a, const Tensor& b, bool onednn) {
-  const bool dense = a.is_contiguous() && (b.is_contiguous() || b.t().is_contiguous());
-  if (!dense || !use_onednn(a, onednn) || a.numel() * b.size(1) < kOneDnnMinWork) return Tensor();
-  return call(op_linear(), {b.t(), a.t(), c10::IValue(), std::string("none"),
-                            c10::List<std::optional<c10::Scalar>>(), c10::IValue(std::string(""))});
-}
-
 // dW = sum over steps of da_t^T h_{t-1}, where h_{t-1} of step t is read back from the rows the
 // previous step (processing order) wrote into `out`, or from h0 where there was none: used when
 // h_{t-1} was not stored (no mask, no zoneout). A step of `bs` rows after one of `pbs` rows:
