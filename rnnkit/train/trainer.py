@@ -242,6 +242,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         start = time.perf_counter() - self.elapsed  # the clock goes on from the checkpoint's
         self.raw_model.train()
         started: list[Callback] = []  # ended in the finally: what they opened closes on any error
+        failure: BaseException | None = None
         try:
             if self.is_main:
                 for cb in self.callbacks:
@@ -339,17 +340,27 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             # checkpoint then loads to the model fit() returns, and it keeps the raw weights too.
             if self.checkpoint_dir is not None and (averaged or self._last_saved != self.step):
                 self.save()
+        except BaseException as e:
+            failure = e  # the error to fix: the callbacks' errors in ending must not hide it
+            raise
         finally:
             # each one that started is ended, also after another's on_fit_end raised (else those after
-            # it, the default metrics files among them, stayed open); the first error is raised
-            errors = []
+            # it, the default metrics files among them, stayed open). The error fit failed with goes
+            # on, else the first of theirs; the others are logged and added to it as notes
+            errors: list[tuple[Callback, Exception]] = []
             for cb in started:
                 try:
                     cb.on_fit_end(self)
                 except Exception as e:
-                    errors.append(e)
+                    errors.append((cb, e))
             if errors:
-                raise errors[0]
+                raised = failure if failure is not None else errors[0][1]
+                for cb, e in errors:
+                    if e is not raised:
+                        log.error("%s.on_fit_end raised while fit() ended", type(cb).__name__, exc_info=e)
+                        raised.add_note(f"then {type(cb).__name__}.on_fit_end raised {e!r}")
+                if failure is None:
+                    raise raised
         return {
             "step": self.step,
             "epoch": self.epoch,

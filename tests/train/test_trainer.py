@@ -395,6 +395,33 @@ def test_a_failing_on_fit_end_still_ends_the_other_callbacks(tmp_path):
     assert not _HELD  # out_dir's lock released
 
 
+def test_a_failing_on_fit_end_does_not_hide_the_error_fit_failed_with(tmp_path, caplog):
+    """When training failed and then a callback's ``on_fit_end`` (a logger's close) raised too,
+    fit raised the callback's error: the training error, the one to fix, was only its context.
+    The training error goes on, with the callbacks' errors as notes (and logged); all are ended."""
+    from rnnkit.train.outdir import _HELD
+
+    class Boom(Callback):
+        def on_step_end(self, trainer, logs):
+            raise ValueError("training failed")
+
+    class Failing(Callback):
+        def on_fit_end(self, trainer):
+            raise RuntimeError("cannot end")
+
+    model = TinyLM()
+    jsonl = JSONLLogger(tmp_path / "m.jsonl")
+    tr = Trainer(model, _sgd(model), max_steps=2, out_dir=str(tmp_path), callbacks=[Failing(), Boom(), jsonl],
+                 progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="training failed") as info:
+        tr.fit(bptt_batches(tokens(60), 2, 10))
+    assert any("Failing.on_fit_end raised RuntimeError('cannot end')" in n for n in info.value.__notes__)
+    assert "Failing.on_fit_end" in caplog.text and "cannot end" in caplog.text
+    assert jsonl.file is None
+    assert all(getattr(cb, "file", None) is None for cb in tr.callbacks)  # metrics.jsonl and .csv
+    assert not _HELD  # out_dir's lock released
+
+
 def test_a_logger_failing_in_on_fit_start_closes_its_file(tmp_path):
     """JSONLLogger.on_fit_start opened its file, then wrote the header (and a loaded run's rows):
     when that write raised (a full disk), the logger had not started, so fit() never ended it,
