@@ -1,4 +1,4 @@
-"""The tagging task's CoNLL-U reader as a library."""
+"""The tagging task as a library: the CoNLL-U reader, evaluation."""
 
 from __future__ import annotations
 
@@ -89,3 +89,29 @@ def test_load_tagging_refuses_a_column_without_annotation(tmp_path, column):
     with pytest.raises(ValueError, match=rf"a.conllu.*no {column} tags.*'_'"):
         load_tagging(p, column=column)
     assert load_tagging(p, column="xpos" if column == "upos" else "upos").tags == ["NOUN"]
+
+
+def test_evaluate_of_no_target_is_nan_as_accuracy_is():
+    """``evaluate`` over batches without a counted target returned an accuracy of 0.0 (``right /
+    max(total, 1)``), a score, where the tasks' ``accuracy`` (classify, memory) returns NaN: no
+    targets, no accuracy. Both say NaN; with targets it is the fraction right (-1, a tag unseen in
+    training, counts as an error)."""
+    import math
+
+    import torch
+
+    from rnnkit.data import PadCollate
+    from rnnkit.tasks._common import accuracy
+    from rnnkit.tasks.tag import PAD, evaluate, tagger
+
+    torch.manual_seed(0)
+    model = tagger({"cell": "lstm", "hidden": 6, "layers": 1, "dropout": 0.0, "options": {}}, 6, 3, 4)
+    collate = PadCollate(batch_first=True, padding_value=PAD)
+    x = [torch.tensor([2, 3, 4]), torch.tensor([5, 2])]
+    none = [collate([(x[0], torch.full((3,), -100)), (x[1], torch.full((2,), -100))])]
+    assert math.isnan(evaluate(model, none)["valid_accuracy"])
+    assert math.isnan(accuracy(torch.zeros(3, dtype=torch.long), torch.full((3,), -100)))
+    tags = [torch.tensor([0, 1, -1]), torch.tensor([2, 0])]
+    batch = collate(list(zip(x, tags, strict=True)))
+    pred = model(batch.inputs, None, lengths=batch.lengths)[0].argmax(-1)
+    assert evaluate(model, [batch])["valid_accuracy"] == pytest.approx(accuracy(pred, batch.targets))
