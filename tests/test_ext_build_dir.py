@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,22 @@ def test_both_builds_run_under_the_os_lock(which, monkeypatch, tmp_path):
         monkeypatch.setattr(scan, "_ext_state", {})
         scan.load_extension()  # (logs a failure of fake_load instead of raising: `seen` stays empty)
     assert seen == [False]
+
+
+@pytest.mark.parametrize("rnnkit_dir", [None, "rnnkit"])
+def test_both_loaders_follow_one_root_rule(rnnkit_dir, monkeypatch, tmp_path):
+    """The fused kernels' loader ignored ``$TORCH_EXTENSIONS_DIR``, which the scan kernel's
+    honoured: one build went to the home directory the variable was set to avoid. Both now build
+    under ``$RNNKIT_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/rnnkit/ext``."""
+    scan = importlib.import_module("rnnkit.ops.scan")  # the module (rnnkit.ops.scan is shadowed)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch"))
+    if rnnkit_dir is None:
+        monkeypatch.delenv("RNNKIT_EXT_DIR", raising=False)
+    else:
+        monkeypatch.setenv("RNNKIT_EXT_DIR", str(tmp_path / rnnkit_dir))
+    want = tmp_path / (rnnkit_dir or "torch")
+    assert ext.build_dir().parent == want and scan._build_dir().parent == want
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    monkeypatch.delenv("RNNKIT_EXT_DIR", raising=False)
+    home = Path.home() / ".cache" / "rnnkit" / "ext"
+    assert ext.build_dir().parent == home and scan._build_dir().parent == home

@@ -2,7 +2,7 @@
 
 The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a
 fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/torch<version>-py<XY>-<hash>``
-(of the sources, flags and folder; override the root with ``RNNKIT_EXT_DIR``), so later
+(of the sources, flags and folder; the root is :func:`ext_root`), so later
 processes only load the shared library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain
 ``TORCH_LIBRARY`` ops, no pybind11: fewer headers, faster build). The build is silent on
 success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
@@ -50,16 +50,25 @@ def _flags() -> tuple[list[str], list[str]]:
     return ["-O2"] + (["-fopenmp"] if omp else []), (["-fopenmp"] if omp else [])
 
 
+def ext_root() -> Path:
+    """The root of every rnnkit build directory (this extension's and the scan kernel's,
+    :mod:`rnnkit.ops.scan`): ``$RNNKIT_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR``, else
+    ``~/.cache/rnnkit/ext``. One rule for both loaders: the fused kernels used to ignore
+    ``$TORCH_EXTENSIONS_DIR`` that the scan kernel honoured, and built into a home directory that
+    the variable was set to avoid (a read-only or shared one)."""
+    root = os.environ.get("RNNKIT_EXT_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "rnnkit" / "ext"
+
+
 def build_dir() -> Path:
     """Cache directory of the build, keyed by torch version, flags, source hash and the
     sources' folder: ninja's build file names the sources by path, so two checkouts of the same
     code (a clone and a worktree) sharing one directory rebuilt it each time the other loaded."""
-    root = os.environ.get("RNNKIT_EXT_DIR") or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
     sources = b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))
     key = sources + repr(_flags()).encode() + str(_CSRC.resolve()).encode()
     digest = hashlib.sha256(key).hexdigest()[:12]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
-    return Path(root) / tag
+    return ext_root() / tag
 
 
 def _ensure_ninja_on_path() -> None:

@@ -13,8 +13,9 @@ the gradient of a holomorphic function.) Three implementations, one set of numbe
 
 * ``"ext"`` — a small C++ kernel (:file:`csrc/scan.cpp`, compiled with ``ninja`` at first use
   into ``~/.cache/rnnkit/ext/scan-<torch>-<py>-<hash of source, flags, CPU>``, the root
-  overridden by ``$RNNKIT_EXT_DIR`` or ``$TORCH_EXTENSIONS_DIR``): the time loop in C++, the
-  inner loop over features vectorized, features split over threads. CPU, real and complex.
+  overridden by ``$RNNKIT_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR``, as the fused kernels'
+  (:func:`rnnkit.kernels.ext.ext_root`)): the time loop in C++, the inner loop over features
+  vectorized, features split over threads. CPU, real and complex.
 * ``"loop"`` — the pure-PyTorch fallback: the same loop in Python, one ``mul`` + ``add_`` per
   step, bit-identical to ``"ext"`` for real dtypes. Chosen when the build fails, or forced
   with ``RNNKIT_NO_EXT=1``.
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
-from ..kernels.ext import building
+from ..kernels.ext import building, ext_root
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -80,18 +81,13 @@ def _build_dir() -> Path:
     changed ``scan.cpp`` gets a build of its own, as :func:`rnnkit.kernels.ext.build_dir`; so
     does another checkout (ninja's build file names the source by path: two checkouts sharing
     a directory rebuilt it each time the other loaded)."""
-    root = (
-        os.environ.get("RNNKIT_EXT_DIR")
-        or os.environ.get("TORCH_EXTENSIONS_DIR")
-        or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
-    )
     flags = _cflags()
     key = _SOURCE.read_bytes() + repr(flags).encode() + str(_SOURCE.resolve()).encode()
     if "-march=native" in flags:
         key += _cpu_identity().encode()
     digest = hashlib.sha256(key).hexdigest()[:12]
     py = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    return Path(root) / f"scan-torch{torch.__version__.replace('+', '_')}-{py}-{digest}"
+    return ext_root() / f"scan-torch{torch.__version__.replace('+', '_')}-{py}-{digest}"
 
 
 def load_extension() -> ModuleType | None:
