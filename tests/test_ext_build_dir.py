@@ -149,3 +149,49 @@ def test_both_loaders_follow_one_root_rule(rnnkit_dir, monkeypatch, tmp_path):
     monkeypatch.delenv("RNNKIT_EXT_DIR", raising=False)
     home = Path.home() / ".cache" / "rnnkit" / "ext"
     assert ext.build_dir().parent == home and scan._build_dir().parent == home
+
+
+_READ_ONLY = """
+import contextlib, errno, os, sys
+from torch.utils import cpp_extension
+from rnnkit.kernels import ext
+from rnnkit.ops import scan as _
+scan = sys.modules["rnnkit.ops.scan"]
+
+def no_build(**_):
+    raise AssertionError("ran the builder on a finished, read-only build")
+
+cpp_extension.load = no_build
+if os.geteuid() == 0:  # root writes into a read-only directory: the denial is simulated
+    @contextlib.contextmanager
+    def denied(d):
+        raise PermissionError(errno.EACCES, "Permission denied", str(d / "rnnkit.flock"))
+        yield
+
+    ext.build_lock = denied
+assert (ext.ops() if WHICH == "ext" else scan.load_extension()) is not None
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("which", ["ext", "scan"])
+def test_a_read_only_cache_with_a_finished_build_loads_it(which, tmp_path):
+    """A build directory that cannot be written (a shared, read-only install) but holds the
+    finished build fell back to the pure kernels: the build's lock file could not be created.
+    Loading needs no write: the library there is loaded as it is, the builder not run. (As
+    root, which writes anywhere, the subprocess simulates the denied lock file.)"""
+    scan = importlib.import_module("rnnkit.ops.scan")  # the module (rnnkit.ops.scan is shadowed)
+    require_ext()
+    assert scan.load_extension() is not None, "the scan kernel failed to build"
+    built = ext.build_dir() if which == "ext" else scan._build_dir()
+    cache = tmp_path / "cache"
+    shutil.copytree(built, cache / built.name)
+    env = dict(os.environ, RNNKIT_EXT_DIR=str(cache), PYTHONPATH=os.getcwd())
+    subprocess.run(["chmod", "-R", "a-w", str(cache)], check=True)
+    try:
+        code = f"WHICH = {which!r}\n{_READ_ONLY}"
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(cache)], check=True)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    assert "unavailable" not in r.stderr, r.stderr

@@ -8,12 +8,15 @@ processes only load the shared library. It registers the ops ``torch.ops.rnnkit_
 success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
 compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at
 once into one directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`);
-the build's Python warnings are logged, not raised (:func:`building`).
+the build's Python warnings are logged, not raised (:func:`building`). A build directory that
+cannot be written (a shared, read-only install) but holds a finished build is loaded as it is
+(:func:`prebuilt`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -130,6 +133,21 @@ def building(d: Path, log: logging.Logger) -> Iterator[None]:
                 log.warning("rnnkit: building %s: %s", d.name, w.message)
 
 
+def prebuilt(d: Path, name: str, error: OSError) -> Path | None:
+    """The library ``name`` that a finished build left in ``d``, when ``error`` (raised by the
+    build under :func:`building`) says ``d`` cannot be written; else ``None``.
+
+    Only loading needs no write, but the build does (its lock files, ninja's run): a read-only
+    cache holding a complete build (a shared install) fell back to the pure kernels. The
+    directory's name is the hash of the sources and flags, so a library there is theirs."""
+    if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    from torch.utils.cpp_extension import LIB_EXT
+
+    lib = d / f"{name}{LIB_EXT}"
+    return lib if lib.is_file() else None
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -137,16 +155,22 @@ def _build():
     d = build_dir()
     d.mkdir(parents=True, exist_ok=True)
     cflags, ldflags = _flags()
-    with building(d, _LOG):
-        cpp_extension.load(
-            name="rnnkit_ext",
-            sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
-            build_directory=str(d),
-            extra_cflags=cflags,
-            extra_ldflags=ldflags,
-            is_python_module=False,
-            verbose=False,
-        )
+    try:
+        with building(d, _LOG):
+            cpp_extension.load(
+                name="rnnkit_ext",
+                sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
+                build_directory=str(d),
+                extra_cflags=cflags,
+                extra_ldflags=ldflags,
+                is_python_module=False,
+                verbose=False,
+            )
+    except OSError as e:
+        lib = prebuilt(d, "rnnkit_ext", e)
+        if lib is None:
+            raise
+        torch.ops.load_library(str(lib))
     return torch.ops.rnnkit_ext
 
 

@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
-from ..kernels.ext import building, ext_root
+from ..kernels.ext import building, ext_root, prebuilt
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -90,9 +90,22 @@ def _build_dir() -> Path:
     return ext_root() / f"scan-torch{torch.__version__.replace('+', '_')}-{py}-{digest}"
 
 
+def _import_library(lib: Path) -> ModuleType:
+    """The Python module that the built library ``lib`` is (as ``cpp_extension.load`` imports it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(lib.stem, lib)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the built library {lib}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_extension() -> ModuleType | None:
     """The compiled kernel, built on first call (quietly; under :func:`~rnnkit.kernels.ext.build_lock`:
-    concurrent builds take turns, a killed builder's lock file is cleared); ``None`` if the build
+    concurrent builds take turns, a killed builder's lock file is cleared; a finished build in a
+    read-only cache is loaded as it is: :func:`~rnnkit.kernels.ext.prebuilt`); ``None`` if the build
     fails (logged once) or ``RNNKIT_NO_EXT=1``."""
     if os.environ.get("RNNKIT_NO_EXT", "") not in ("", "0"):
         return None
@@ -104,14 +117,20 @@ def load_extension() -> ModuleType | None:
 
                 build = _build_dir()
                 build.mkdir(parents=True, exist_ok=True)
-                with building(build, log):  # a killed builder's lock is no hang, a warning no failure
-                    _ext_state["module"] = load(
-                        name="rnnkit_scan",
-                        sources=[str(_SOURCE)],
-                        extra_cflags=_cflags(),
-                        build_directory=str(build),
-                        verbose=False,
-                    )
+                try:
+                    with building(build, log):  # a killed builder's lock is no hang, a warning no failure
+                        _ext_state["module"] = load(
+                            name="rnnkit_scan",
+                            sources=[str(_SOURCE)],
+                            extra_cflags=_cflags(),
+                            build_directory=str(build),
+                            verbose=False,
+                        )
+                except OSError as e:  # a read-only cache: its finished build, if any, as it is
+                    lib = prebuilt(build, "rnnkit_scan", e)
+                    if lib is None:
+                        raise
+                    _ext_state["module"] = _import_library(lib)
             except Exception as e:  # no compiler, no ninja, ...: the fallback gives the same numbers
                 log.warning("rnnkit: C++ scan kernel unavailable (%s); using the PyTorch fallback", e)
     return _ext_state["module"]  # type: ignore[return-value]
