@@ -195,3 +195,31 @@ def test_a_read_only_cache_with_a_finished_build_loads_it(which, tmp_path):
         subprocess.run(["chmod", "-R", "u+w", str(cache)], check=True)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
     assert "unavailable" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("which", ["ext", "scan"])
+def test_a_failed_build_warns_in_a_few_lines(which, monkeypatch, tmp_path, caplog):
+    """A failed build's error holds ninja's whole output, and the warning held all of it
+    (thousands of lines). It now keeps the first line and the last 20 (the compiler's error),
+    says how many it left out, and the whole output is logged at DEBUG level."""
+    import logging
+
+    from torch.utils import cpp_extension
+
+    scan = importlib.import_module("rnnkit.ops.scan")  # the module (rnnkit.ops.scan is shadowed)
+    monkeypatch.setenv("RNNKIT_EXT_DIR", str(tmp_path))
+    monkeypatch.delenv("RNNKIT_NO_EXT", raising=False)
+    output = [f"[{i}/5000] c++ -c x.cpp" for i in range(5000)] + ["x.cpp:1: error: boom"]
+
+    def failing_load(**_):
+        raise RuntimeError("Error building extension 'x': " + "\n".join(output))
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    monkeypatch.setattr(ext, "_state", {})
+    monkeypatch.setattr(scan, "_ext_state", {})
+    with caplog.at_level(logging.DEBUG):
+        assert (ext.ops() if which == "ext" else scan.load_extension()) is None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning.splitlines()) == 22 and "x.cpp:1: error: boom" in warning
+    assert "Error building extension 'x'" in warning and "4980 lines omitted" in warning
+    assert any("[2500/5000]" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)

@@ -1,16 +1,15 @@
 """Loader of the C++ extension (every ``csrc/*.cpp``): compiled at first use, cached, optional.
 
-The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a
-fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/torch<version>-py<XY>-<hash>``
-(of the sources, flags and folder; the root is :func:`ext_root`), so later
-processes only load the shared library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain
-``TORCH_LIBRARY`` ops, no pybind11: fewer headers, faster build). The build is silent on
-success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
-compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at
-once into one directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`);
-the build's Python warnings are logged, not raised (:func:`building`). A build directory that
-cannot be written (a shared, read-only install) but holds a finished build is loaded as it is
-(:func:`prebuilt`).
+The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a fused
+kernel runs — never at import — into ``~/.cache/rnnkit/ext/torch<version>-py<XY>-<hash>`` (of the
+sources, flags and folder; the root is :func:`ext_root`), so later processes only load the shared
+library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain ``TORCH_LIBRARY``
+ops, no pybind11: fewer headers, faster build). The build is silent on success; on any failure it
+logs one short warning (:func:`failure`) and rnnkit uses the pure-PyTorch kernels, which compute the
+same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at once into one
+directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`); the build's Python
+warnings are logged, not raised (:func:`building`). A build directory that cannot be written (a
+shared, read-only install) but holds a finished build is loaded as it is (:func:`prebuilt`).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ _CSRC = Path(__file__).parent / "csrc"  # every *.cpp is one source; headers cou
 _LOG = logging.getLogger("rnnkit")
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ops": the op namespace or None once tried
+_TAIL = 20  # lines of a failed build's output that its warning keeps
 
 
 def disabled() -> bool:
@@ -148,6 +148,20 @@ def prebuilt(d: Path, name: str, error: OSError) -> Path | None:
     return lib if lib.is_file() else None
 
 
+def failure(e: BaseException, log: logging.Logger) -> str:
+    """What a warning says of the build failure ``e``: its message, or, when longer than
+    ``_TAIL + 1`` lines, its first line and its last ``_TAIL`` (where the compiler's error is); the
+    whole message goes to ``log`` at DEBUG level. A failed build's message is ninja's whole output,
+    and the warning held thousands of lines."""
+    text = str(e)
+    lines = text.splitlines()
+    if len(lines) <= _TAIL + 1:
+        return text
+    log.debug("rnnkit: the failed build's whole output: %s", text)
+    omitted = f"... ({len(lines) - 1 - _TAIL} lines omitted; all at DEBUG level of logger {log.name!r})"
+    return "\n".join([lines[0], omitted, *lines[-_TAIL:]])
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -184,7 +198,8 @@ def ops():
                 try:
                     _state["ops"] = _build()
                 except Exception as e:  # noqa: BLE001 - any build failure means: use the pure path
-                    _LOG.warning("rnnkit: C++ extension unavailable, using pure-PyTorch kernels (%s)", e)
+                    msg = failure(e, _LOG)
+                    _LOG.warning("rnnkit: C++ extension unavailable, using pure-PyTorch kernels (%s)", msg)
                     _state["ops"] = None
     return _state["ops"]
 

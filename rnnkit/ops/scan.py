@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
-from ..kernels.ext import building, ext_root, prebuilt
+from ..kernels.ext import building, ext_root, failure, prebuilt
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -132,7 +132,8 @@ def load_extension() -> ModuleType | None:
                         raise
                     _ext_state["module"] = _import_library(lib)
             except Exception as e:  # no compiler, no ninja, ...: the fallback gives the same numbers
-                log.warning("rnnkit: C++ scan kernel unavailable (%s); using the PyTorch fallback", e)
+                msg = failure(e, log)
+                log.warning("rnnkit: C++ scan kernel unavailable (%s); using the PyTorch fallback", msg)
     return _ext_state["module"]  # type: ignore[return-value]
 
 
