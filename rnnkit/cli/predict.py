@@ -61,9 +61,11 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lines(path: str | None) -> list[str]:
-    """The lines of ``path`` (or standard input), stripped, blank ones as ``""`` (they keep their
-    place: :func:`_aligned`); both decoded as UTF-8, a leading BOM dropped. Lines end at LF, CRLF
-    or a lone CR only; the end of the last line is no line of its own."""
+    """The lines of ``path`` (or standard input) as they are, blank ones (empty or whitespace only)
+    as ``""`` (they keep their place: :func:`_aligned`); both decoded as UTF-8, a leading BOM
+    dropped. Lines end at LF, CRLF or a lone CR only; the end of the last line is no line of its
+    own. Not stripped: a text is the item the CSV reader of training gives (a ``text,label`` cell
+    as it is; a ``--tokens char`` model's spaces are tokens), so the same text predicts the same."""
     try:
         if path in (None, "-"):
             # UTF-8 as a file, not the locale's encoding (a pipe's bytes are the other program's);
@@ -83,7 +85,7 @@ def _lines(path: str | None) -> list[str]:
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines[-1] == "":  # what follows the last line end ("" in a file that ends with one); before
         lines.pop()  # stripping: a last line of spaces without a line end is a line (an empty output)
-    lines = [ln.strip() for ln in lines]
+    lines = [ln if ln.strip() else "" for ln in lines]
     if not any(lines):
         raise ValueError(f"--input {path or '-'}: no lines to predict")
     return lines

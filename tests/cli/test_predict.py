@@ -337,3 +337,17 @@ def test_forecast_flags_on_another_run_are_errors(cli, tmp_path, text_csv):
         r = cli("predict", "--checkpoint", c, "--input", text_csv, flag, value)
         assert_one_line_error(r, f"{flag} is for forecast runs", "'classify' run")
         assert r.out == ""
+
+
+def test_an_input_line_is_the_text_the_csv_reader_gives(tmp_path):
+    """``predict`` stripped its input lines and the ``text,label`` reader of training does not
+    strip its cells: a ``--tokens char`` model got other tokens (no edge spaces) for the same
+    text. A line is now taken as it is (a whitespace-only one is still blank)."""
+    from rnnkit.cli.predict import _lines
+    from rnnkit.tasks.classify import read_text_csv
+
+    texts = ["  good day ", "\tbad\tday", "ok"]
+    (tmp_path / "train.csv").write_text("".join(f'"{t}",pos\n' for t in texts), encoding="utf-8")
+    (tmp_path / "in.txt").write_text("\r\n".join(texts) + "\n \n", encoding="utf-8")
+    assert [t for t, _ in read_text_csv(tmp_path / "train.csv")] == texts
+    assert _lines(str(tmp_path / "in.txt")) == [*texts, ""]
