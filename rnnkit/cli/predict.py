@@ -71,15 +71,20 @@ def _lines(path: str | None) -> list[str]:
             # UTF-8 as a file, not the locale's encoding (a pipe's bytes are the other program's);
             # a text stream without bytes under it (one a caller substituted) is read as it is
             raw = getattr(sys.stdin, "buffer", None)
-            text = raw.read().decode("utf-8-sig") if raw is not None else sys.stdin.read()
+            data = raw.read() if raw is not None else None
+            text = data.decode("utf-8-sig") if data is not None else sys.stdin.read()
             text = text.removeprefix("\ufeff")  # a BOM is not text here either
         else:
             p = Path(path)
             if not p.is_file():
                 raise FileNotFoundError(f"--input {path}: no such file")
-            text = p.read_text(encoding="utf-8-sig")  # a BOM is not text
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {e.start})") from None
+            data = p.read_bytes()
+            text = data.decode("utf-8-sig")  # a BOM is not text
+    except UnicodeDecodeError as e:  # (its start counts from after a BOM)
+        from rnnkit.tasks._common import utf8_error_offset
+
+        at = utf8_error_offset(data) if data is not None else e.start
+        raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {at})") from None
     # not str.splitlines: it also breaks at U+0085, U+2028, form feed, ..., characters an item may
     # hold, and one input line gave two outputs (the rest then answered the wrong lines)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
