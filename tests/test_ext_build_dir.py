@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +130,96 @@ def test_both_builds_run_under_the_os_lock(which, monkeypatch, tmp_path):
         monkeypatch.setattr(scan, "_ext_state", {})
         scan.load_extension()  # (logs a failure of fake_load instead of raising: `seen` stays empty)
     assert seen == [False]
+
+
+@pytest.mark.parametrize("rnnkit_dir", [None, "rnnkit"])
+def test_both_loaders_follow_one_root_rule(rnnkit_dir, monkeypatch, tmp_path):
+    """The fused kernels' loader ignored ``$TORCH_EXTENSIONS_DIR``, which the scan kernel's
+    honoured: one build went to the home directory the variable was set to avoid. Both now build
+    under ``$RNNKIT_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR``, else ``~/.cache/rnnkit/ext``."""
+    scan = importlib.import_module("rnnkit.ops.scan")  # the module (rnnkit.ops.scan is shadowed)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "torch"))
+    if rnnkit_dir is None:
+        monkeypatch.delenv("RNNKIT_EXT_DIR", raising=False)
+    else:
+        monkeypatch.setenv("RNNKIT_EXT_DIR", str(tmp_path / rnnkit_dir))
+    want = tmp_path / (rnnkit_dir or "torch")
+    assert ext.build_dir().parent == want and scan._build_dir().parent == want
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR")
+    monkeypatch.delenv("RNNKIT_EXT_DIR", raising=False)
+    home = Path.home() / ".cache" / "rnnkit" / "ext"
+    assert ext.build_dir().parent == home and scan._build_dir().parent == home
+
+
+_READ_ONLY = """
+import contextlib, errno, os, sys
+from torch.utils import cpp_extension
+from rnnkit.kernels import ext
+from rnnkit.ops import scan as _
+scan = sys.modules["rnnkit.ops.scan"]
+
+def no_build(**_):
+    raise AssertionError("ran the builder on a finished, read-only build")
+
+cpp_extension.load = no_build
+if os.geteuid() == 0:  # root writes into a read-only directory: the denial is simulated
+    @contextlib.contextmanager
+    def denied(d):
+        raise PermissionError(errno.EACCES, "Permission denied", str(d / "rnnkit.flock"))
+        yield
+
+    ext.build_lock = denied
+assert (ext.ops() if WHICH == "ext" else scan.load_extension()) is not None
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("which", ["ext", "scan"])
+def test_a_read_only_cache_with_a_finished_build_loads_it(which, tmp_path):
+    """A build directory that cannot be written (a shared, read-only install) but holds the
+    finished build fell back to the pure kernels: the build's lock file could not be created.
+    Loading needs no write: the library there is loaded as it is, the builder not run. (As
+    root, which writes anywhere, the subprocess simulates the denied lock file.)"""
+    scan = importlib.import_module("rnnkit.ops.scan")  # the module (rnnkit.ops.scan is shadowed)
+    require_ext()
+    assert scan.load_extension() is not None, "the scan kernel failed to build"
+    built = ext.build_dir() if which == "ext" else scan._build_dir()
+    cache = tmp_path / "cache"
+    shutil.copytree(built, cache / built.name)
+    env = dict(os.environ, RNNKIT_EXT_DIR=str(cache), PYTHONPATH=os.getcwd())
+    subprocess.run(["chmod", "-R", "a-w", str(cache)], check=True)
+    try:
+        code = f"WHICH = {which!r}\n{_READ_ONLY}"
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(cache)], check=True)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+    assert "unavailable" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("which", ["ext", "scan"])
+def test_a_failed_build_warns_in_a_few_lines(which, monkeypatch, tmp_path, caplog):
+    """A failed build's error holds ninja's whole output, and the warning held all of it
+    (thousands of lines). It now keeps the first line and the last 20 (the compiler's error),
+    says how many it left out, and the whole output is logged at DEBUG level."""
+    import logging
+
+    from torch.utils import cpp_extension
+
+    scan = importlib.import_module("rnnkit.ops.scan")  # the module (rnnkit.ops.scan is shadowed)
+    monkeypatch.setenv("RNNKIT_EXT_DIR", str(tmp_path))
+    monkeypatch.delenv("RNNKIT_NO_EXT", raising=False)
+    output = [f"[{i}/5000] c++ -c x.cpp" for i in range(5000)] + ["x.cpp:1: error: boom"]
+
+    def failing_load(**_):
+        raise RuntimeError("Error building extension 'x': " + "\n".join(output))
+
+    monkeypatch.setattr(cpp_extension, "load", failing_load)
+    monkeypatch.setattr(ext, "_state", {})
+    monkeypatch.setattr(scan, "_ext_state", {})
+    with caplog.at_level(logging.DEBUG):
+        assert (ext.ops() if which == "ext" else scan.load_extension()) is None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning.splitlines()) == 22 and "x.cpp:1: error: boom" in warning
+    assert "Error building extension 'x'" in warning and "4980 lines omitted" in warning
+    assert any("[2500/5000]" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)

@@ -219,7 +219,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory")
+        raise CLIError(f"--out {out} exists and is not a directory", code=2)  # a bad flag value
     # the sweep first: it may move the latest checkpoint back (every rank, or its all-reduce hangs)
     if _rank_0_finds((out / "checkpoints").is_dir(), args):
         sweep_run_dir(out, _collective_device(args))

@@ -61,29 +61,36 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _lines(path: str | None) -> list[str]:
-    """The lines of ``path`` (or standard input), stripped, blank ones as ``""`` (they keep their
-    place: :func:`_aligned`); both decoded as UTF-8, a leading BOM dropped. Lines end at LF, CRLF
-    or a lone CR only; the end of the last line is no line of its own."""
+    """The lines of ``path`` (or standard input) as they are, blank ones (empty or whitespace only)
+    as ``""`` (they keep their place: :func:`_aligned`); both decoded as UTF-8, a leading BOM
+    dropped. Lines end at LF, CRLF or a lone CR only; the end of the last line is no line of its
+    own. Not stripped: a text is the item the CSV reader of training gives (a ``text,label`` cell
+    as it is; a ``--tokens char`` model's spaces are tokens), so the same text predicts the same."""
     try:
         if path in (None, "-"):
             # UTF-8 as a file, not the locale's encoding (a pipe's bytes are the other program's);
             # a text stream without bytes under it (one a caller substituted) is read as it is
             raw = getattr(sys.stdin, "buffer", None)
-            text = raw.read().decode("utf-8-sig") if raw is not None else sys.stdin.read()
+            data = raw.read() if raw is not None else None
+            text = data.decode("utf-8-sig") if data is not None else sys.stdin.read()
             text = text.removeprefix("\ufeff")  # a BOM is not text here either
         else:
             p = Path(path)
             if not p.is_file():
                 raise FileNotFoundError(f"--input {path}: no such file")
-            text = p.read_text(encoding="utf-8-sig")  # a BOM is not text
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {e.start})") from None
+            data = p.read_bytes()
+            text = data.decode("utf-8-sig")  # a BOM is not text
+    except UnicodeDecodeError as e:  # (its start counts from after a BOM)
+        from rnnkit.tasks._common import utf8_error_offset
+
+        at = utf8_error_offset(data) if data is not None else e.start
+        raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {at})") from None
     # not str.splitlines: it also breaks at U+0085, U+2028, form feed, ..., characters an item may
     # hold, and one input line gave two outputs (the rest then answered the wrong lines)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if lines[-1] == "":  # what follows the last line end ("" in a file that ends with one); before
         lines.pop()  # stripping: a last line of spaces without a line end is a line (an empty output)
-    lines = [ln.strip() for ln in lines]
+    lines = [ln if ln.strip() else "" for ln in lines]
     if not any(lines):
         raise ValueError(f"--input {path or '-'}: no lines to predict")
     return lines

@@ -1,19 +1,21 @@
 """Loader of the C++ extension (every ``csrc/*.cpp``): compiled at first use, cached, optional.
 
-The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a
-fused kernel runs — never at import — into ``~/.cache/rnnkit/ext/torch<version>-py<XY>-<hash>``
-(of the sources, flags and folder; override the root with ``RNNKIT_EXT_DIR``), so later
-processes only load the shared library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain
-``TORCH_LIBRARY`` ops, no pybind11: fewer headers, faster build). The build is silent on
-success; on any failure it logs one warning and rnnkit uses the pure-PyTorch kernels, which
-compute the same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at
-once into one directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`);
-the build's Python warnings are logged, not raised (:func:`building`).
+The extension is built with ``torch.utils.cpp_extension.load`` and ``ninja`` the first time a fused
+kernel runs — never at import — into ``~/.cache/rnnkit/ext/torch<version>-py<XY>-<hash>`` (of the
+sources, flags and folder; the root is :func:`ext_root`), so later processes only load the shared
+library. It registers the ops ``torch.ops.rnnkit_ext.forward/backward`` (plain ``TORCH_LIBRARY``
+ops, no pybind11: fewer headers, faster build). The build is silent on success; on any failure it
+logs one short warning (:func:`failure`) and rnnkit uses the pure-PyTorch kernels, which compute the
+same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at once into one
+directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`); the build's Python
+warnings are logged, not raised (:func:`building`). A build directory that cannot be written (a
+shared, read-only install) but holds a finished build is loaded as it is (:func:`prebuilt`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -31,6 +33,7 @@ _CSRC = Path(__file__).parent / "csrc"  # every *.cpp is one source; headers cou
 _LOG = logging.getLogger("rnnkit")
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ops": the op namespace or None once tried
+_TAIL = 20  # lines of a failed build's output that its warning keeps
 
 
 def disabled() -> bool:
@@ -50,16 +53,25 @@ def _flags() -> tuple[list[str], list[str]]:
     return ["-O2"] + (["-fopenmp"] if omp else []), (["-fopenmp"] if omp else [])
 
 
+def ext_root() -> Path:
+    """The root of every rnnkit build directory (this extension's and the scan kernel's,
+    :mod:`rnnkit.ops.scan`): ``$RNNKIT_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR``, else
+    ``~/.cache/rnnkit/ext``. One rule for both loaders: the fused kernels used to ignore
+    ``$TORCH_EXTENSIONS_DIR`` that the scan kernel honoured, and built into a home directory that
+    the variable was set to avoid (a read-only or shared one)."""
+    root = os.environ.get("RNNKIT_EXT_DIR") or os.environ.get("TORCH_EXTENSIONS_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "rnnkit" / "ext"
+
+
 def build_dir() -> Path:
     """Cache directory of the build, keyed by torch version, flags, source hash and the
     sources' folder: ninja's build file names the sources by path, so two checkouts of the same
     code (a clone and a worktree) sharing one directory rebuilt it each time the other loaded."""
-    root = os.environ.get("RNNKIT_EXT_DIR") or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
     sources = b"".join(f.read_bytes() for f in sorted(_CSRC.glob("*.[ch]*")))
     key = sources + repr(_flags()).encode() + str(_CSRC.resolve()).encode()
     digest = hashlib.sha256(key).hexdigest()[:12]
     tag = f"torch{torch.__version__.split('+')[0]}-py{sys.version_info[0]}{sys.version_info[1]}-{digest}"
-    return Path(root) / tag
+    return ext_root() / tag
 
 
 def _ensure_ninja_on_path() -> None:
@@ -121,6 +133,35 @@ def building(d: Path, log: logging.Logger) -> Iterator[None]:
                 log.warning("rnnkit: building %s: %s", d.name, w.message)
 
 
+def prebuilt(d: Path, name: str, error: OSError) -> Path | None:
+    """The library ``name`` that a finished build left in ``d``, when ``error`` (raised by the
+    build under :func:`building`) says ``d`` cannot be written; else ``None``.
+
+    Only loading needs no write, but the build does (its lock files, ninja's run): a read-only
+    cache holding a complete build (a shared install) fell back to the pure kernels. The
+    directory's name is the hash of the sources and flags, so a library there is theirs."""
+    if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return None
+    from torch.utils.cpp_extension import LIB_EXT
+
+    lib = d / f"{name}{LIB_EXT}"
+    return lib if lib.is_file() else None
+
+
+def failure(e: BaseException, log: logging.Logger) -> str:
+    """What a warning says of the build failure ``e``: its message, or, when longer than
+    ``_TAIL + 1`` lines, its first line and its last ``_TAIL`` (where the compiler's error is); the
+    whole message goes to ``log`` at DEBUG level. A failed build's message is ninja's whole output,
+    and the warning held thousands of lines."""
+    text = str(e)
+    lines = text.splitlines()
+    if len(lines) <= _TAIL + 1:
+        return text
+    log.debug("rnnkit: the failed build's whole output: %s", text)
+    omitted = f"... ({len(lines) - 1 - _TAIL} lines omitted; all at DEBUG level of logger {log.name!r})"
+    return "\n".join([lines[0], omitted, *lines[-_TAIL:]])
+
+
 def _build():
     from torch.utils import cpp_extension
 
@@ -128,16 +169,22 @@ def _build():
     d = build_dir()
     d.mkdir(parents=True, exist_ok=True)
     cflags, ldflags = _flags()
-    with building(d, _LOG):
-        cpp_extension.load(
-            name="rnnkit_ext",
-            sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
-            build_directory=str(d),
-            extra_cflags=cflags,
-            extra_ldflags=ldflags,
-            is_python_module=False,
-            verbose=False,
-        )
+    try:
+        with building(d, _LOG):
+            cpp_extension.load(
+                name="rnnkit_ext",
+                sources=[str(f) for f in sorted(_CSRC.glob("*.cpp"))],
+                build_directory=str(d),
+                extra_cflags=cflags,
+                extra_ldflags=ldflags,
+                is_python_module=False,
+                verbose=False,
+            )
+    except OSError as e:
+        lib = prebuilt(d, "rnnkit_ext", e)
+        if lib is None:
+            raise
+        torch.ops.load_library(str(lib))
     return torch.ops.rnnkit_ext
 
 
@@ -151,7 +198,8 @@ def ops():
                 try:
                     _state["ops"] = _build()
                 except Exception as e:  # noqa: BLE001 - any build failure means: use the pure path
-                    _LOG.warning("rnnkit: C++ extension unavailable, using pure-PyTorch kernels (%s)", e)
+                    msg = failure(e, _LOG)
+                    _LOG.warning("rnnkit: C++ extension unavailable, using pure-PyTorch kernels (%s)", msg)
                     _state["ops"] = None
     return _state["ops"]
 

@@ -13,8 +13,9 @@ the gradient of a holomorphic function.) Three implementations, one set of numbe
 
 * ``"ext"`` — a small C++ kernel (:file:`csrc/scan.cpp`, compiled with ``ninja`` at first use
   into ``~/.cache/rnnkit/ext/scan-<torch>-<py>-<hash of source, flags, CPU>``, the root
-  overridden by ``$RNNKIT_EXT_DIR`` or ``$TORCH_EXTENSIONS_DIR``): the time loop in C++, the
-  inner loop over features vectorized, features split over threads. CPU, real and complex.
+  overridden by ``$RNNKIT_EXT_DIR``, else ``$TORCH_EXTENSIONS_DIR``, as the fused kernels'
+  (:func:`rnnkit.kernels.ext.ext_root`)): the time loop in C++, the inner loop over features
+  vectorized, features split over threads. CPU, real and complex.
 * ``"loop"`` — the pure-PyTorch fallback: the same loop in Python, one ``mul`` + ``add_`` per
   step, bit-identical to ``"ext"`` for real dtypes. Chosen when the build fails, or forced
   with ``RNNKIT_NO_EXT=1``.
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
-from ..kernels.ext import building
+from ..kernels.ext import building, ext_root, failure, prebuilt
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -80,23 +81,31 @@ def _build_dir() -> Path:
     changed ``scan.cpp`` gets a build of its own, as :func:`rnnkit.kernels.ext.build_dir`; so
     does another checkout (ninja's build file names the source by path: two checkouts sharing
     a directory rebuilt it each time the other loaded)."""
-    root = (
-        os.environ.get("RNNKIT_EXT_DIR")
-        or os.environ.get("TORCH_EXTENSIONS_DIR")
-        or os.path.join(Path.home(), ".cache", "rnnkit", "ext")
-    )
     flags = _cflags()
     key = _SOURCE.read_bytes() + repr(flags).encode() + str(_SOURCE.resolve()).encode()
     if "-march=native" in flags:
         key += _cpu_identity().encode()
     digest = hashlib.sha256(key).hexdigest()[:12]
     py = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    return Path(root) / f"scan-torch{torch.__version__.replace('+', '_')}-{py}-{digest}"
+    return ext_root() / f"scan-torch{torch.__version__.replace('+', '_')}-{py}-{digest}"
+
+
+def _import_library(lib: Path) -> ModuleType:
+    """The Python module that the built library ``lib`` is (as ``cpp_extension.load`` imports it)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(lib.stem, lib)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import the built library {lib}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_extension() -> ModuleType | None:
     """The compiled kernel, built on first call (quietly; under :func:`~rnnkit.kernels.ext.build_lock`:
-    concurrent builds take turns, a killed builder's lock file is cleared); ``None`` if the build
+    concurrent builds take turns, a killed builder's lock file is cleared; a finished build in a
+    read-only cache is loaded as it is: :func:`~rnnkit.kernels.ext.prebuilt`); ``None`` if the build
     fails (logged once) or ``RNNKIT_NO_EXT=1``."""
     if os.environ.get("RNNKIT_NO_EXT", "") not in ("", "0"):
         return None
@@ -108,16 +117,23 @@ def load_extension() -> ModuleType | None:
 
                 build = _build_dir()
                 build.mkdir(parents=True, exist_ok=True)
-                with building(build, log):  # a killed builder's lock is no hang, a warning no failure
-                    _ext_state["module"] = load(
-                        name="rnnkit_scan",
-                        sources=[str(_SOURCE)],
-                        extra_cflags=_cflags(),
-                        build_directory=str(build),
-                        verbose=False,
-                    )
+                try:
+                    with building(build, log):  # a killed builder's lock is no hang, a warning no failure
+                        _ext_state["module"] = load(
+                            name="rnnkit_scan",
+                            sources=[str(_SOURCE)],
+                            extra_cflags=_cflags(),
+                            build_directory=str(build),
+                            verbose=False,
+                        )
+                except OSError as e:  # a read-only cache: its finished build, if any, as it is
+                    lib = prebuilt(build, "rnnkit_scan", e)
+                    if lib is None:
+                        raise
+                    _ext_state["module"] = _import_library(lib)
             except Exception as e:  # no compiler, no ninja, ...: the fallback gives the same numbers
-                log.warning("rnnkit: C++ scan kernel unavailable (%s); using the PyTorch fallback", e)
+                msg = failure(e, log)
+                log.warning("rnnkit: C++ scan kernel unavailable (%s); using the PyTorch fallback", msg)
     return _ext_state["module"]  # type: ignore[return-value]
 
 

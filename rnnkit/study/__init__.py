@@ -87,7 +87,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
             raise SettingError(f"study {name!r} has no architecture {n!r}; choose from {known}")
     out = Path(out)
     if out.exists() and not out.is_dir():  # (mkdir's "[Errno 17] File exists" named no flag)
-        raise ValueError(f"--out {out} is a file, not a directory; use another --out")
+        raise SettingError(f"--out {out} is a file, not a directory; use another --out")  # usage
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
     meta = read_json(meta_path) if meta_path.exists() else None

@@ -15,8 +15,8 @@ __all__ = ["SettingError", "check_settings", "FORMS"]
 
 
 class SettingError(ValueError):
-    """A bad task setting or architecture name (``--set``, ``--archs``): a usage error (``rnnkit
-    study`` exits with status 2)."""
+    """A bad task setting, architecture name or output directory (``--set``, ``--archs``,
+    ``--out``): a usage error (``rnnkit study`` exits with status 2)."""
 
 
 def _int(v: Any) -> bool:

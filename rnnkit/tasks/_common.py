@@ -18,9 +18,25 @@ from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
 from rnnkit.train.evaluate import kept_modes
 
-__all__ = ["SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode", "kept_modes"]
+__all__ = [
+    "SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode", "kept_modes",
+    "utf8_error_offset",
+]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def utf8_error_offset(data: bytes) -> int:
+    """The offset in ``data`` of its first byte that is not UTF-8 (``-1`` if none).
+
+    A ``UnicodeDecodeError``'s ``start`` counts from the decoder's chunk (a text file read by
+    ``open`` is decoded 8 KiB at a time) and, under ``utf-8-sig``, from after a BOM: the errors
+    named a byte thousands before the bad one, or 3 before it."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start
+    return -1
 
 
 def keeps_mode(fn: F) -> F:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from rnnkit.tasks._common import SequenceNet, accuracy, batches, keeps_mode, padded_batches
+from rnnkit.tasks._common import SequenceNet, accuracy, batches, keeps_mode, padded_batches, utf8_error_offset
 from rnnkit.tasks.memory import _plus_one
 
 __all__ = [
@@ -75,8 +75,8 @@ def _read_rows(path: str | Path) -> list[tuple[str, str, int]]:
                 if not row[1].strip():  # a missing label is not a class ''
                     raise ValueError(f"{p}:{i}: empty label (expected text,label)")
                 rows.append((row[0], row[1].strip(), i))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
+    except UnicodeDecodeError:  # (its start counts from the decoder's chunk of the file)
+        raise ValueError(f"{p} is not valid UTF-8 (byte {utf8_error_offset(p.read_bytes())})") from None
     except csv.Error as e:
         raise ValueError(f"{p}: not a readable CSV file: {e}") from None
     if len(rows) < 2:

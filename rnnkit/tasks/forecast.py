@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from rnnkit._checks import is_int
 from rnnkit.baselines import reads_ahead
-from rnnkit.tasks._common import SequenceNet, keeps_mode
+from rnnkit.tasks._common import SequenceNet, keeps_mode, utf8_error_offset
 
 __all__ = [
     "load_series",
@@ -82,8 +82,8 @@ def load_series(data: str, column: str | None = None, flag: str = "--data") -> t
                         f"{data}:{reader.line_num}: {column}={row[column]!r} is not a finite number"
                     ) from None
                 out.append(v)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{data} is not valid UTF-8 (byte {e.start})") from None
+    except UnicodeDecodeError:  # (its start counts from the decoder's chunk of the file)
+        raise ValueError(f"{data} is not valid UTF-8 (byte {utf8_error_offset(p.read_bytes())})") from None
     return torch.tensor(out, dtype=torch.get_default_dtype()), f"{p.name}:{column}"
 
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from rnnkit.tasks._common import SequenceNet, keeps_mode, padded_batches
+from rnnkit.tasks._common import SequenceNet, keeps_mode, padded_batches, utf8_error_offset
 from rnnkit.tasks.classify import _split
 
 __all__ = [
@@ -54,8 +54,8 @@ def read_conllu(path: str | Path, column: str = "upos") -> list[list[tuple[str, 
         # a BOM is not text; lines end at "\n" only (read_text also breaks at a lone "\r",
         # splitlines at U+2028, U+0085, ...: characters a FORM may hold)
         text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{p} is not valid UTF-8 (byte {e.start})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{p} is not valid UTF-8 (byte {utf8_error_offset(p.read_bytes())})") from None
     if "\r" in text and "\n" not in text:  # old Mac line ends (read by the previous release)
         raise ValueError(f"{p}: its lines end at a lone CR; CoNLL-U's end at LF: convert it (tr '\\r' '\\n')")
     lines = text.split("\n")

@@ -108,9 +108,12 @@ def test_checkpoint_errors(cli, tmp_path):
 
 
 def test_out_is_a_file(cli, tmp_path):
+    """A usage error (exit 2) naming the flag and the path: it exited 1, a run-time failure."""
     f = tmp_path / "file"
     f.write_text("x")
-    assert_one_line_error(cli(*MEM, "--out", f, *TINY), "not a directory")
+    r = cli(*MEM, "--out", f, *TINY)
+    assert_one_line_error(r, f"--out {f} exists and is not a directory")
+    assert r.rc == 2 and f.read_text() == "x"
 
 
 def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):

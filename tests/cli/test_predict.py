@@ -7,6 +7,7 @@ same model applied to each input alone, encoded the way training encoded it.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import math
@@ -337,3 +338,45 @@ def test_forecast_flags_on_another_run_are_errors(cli, tmp_path, text_csv):
         r = cli("predict", "--checkpoint", c, "--input", text_csv, flag, value)
         assert_one_line_error(r, f"{flag} is for forecast runs", "'classify' run")
         assert r.out == ""
+
+
+def test_an_input_line_is_the_text_the_csv_reader_gives(tmp_path):
+    """``predict`` stripped its input lines and the ``text,label`` reader of training does not
+    strip its cells: a ``--tokens char`` model got other tokens (no edge spaces) for the same
+    text. A line is now taken as it is (a whitespace-only one is still blank)."""
+    from rnnkit.cli.predict import _lines
+    from rnnkit.tasks.classify import read_text_csv
+
+    texts = ["  good day ", "\tbad\tday", "ok"]
+    (tmp_path / "train.csv").write_text("".join(f'"{t}",pos\n' for t in texts), encoding="utf-8")
+    (tmp_path / "in.txt").write_text("\r\n".join(texts) + "\n \n", encoding="utf-8")
+    assert [t for t, _ in read_text_csv(tmp_path / "train.csv")] == texts
+    assert _lines(str(tmp_path / "in.txt")) == [*texts, ""]
+
+
+@pytest.mark.parametrize("reader", ["classify", "forecast", "tag", "predict"])
+def test_a_non_utf8_file_is_refused_naming_the_bad_bytes_offset(reader, tmp_path):
+    """The offset was the decoder's ``start``: counted from its 8 KiB chunk of a file read with
+    ``open`` (the classify and forecast CSV readers named byte 7438 of a file bad at 32014) and,
+    under ``utf-8-sig``, from after a BOM (3 bytes short). It is now the offset in the file."""
+    from rnnkit.cli.predict import _lines
+    from rnnkit.tasks import tag as T
+
+    head = {
+        "classify": b"text,label\n" + b"hello world,pos\n" * 2000,
+        "forecast": b"value\n" + b"1.5\n" * 8000,
+    }
+    head["tag"] = b"1\tThe\tthe\tDET\t_\t_\t0\troot\t_\t_\n\n"
+    head["predict"] = b"hello\n"
+    data = codecs.BOM_UTF8 + head[reader] + b"caf\xe9,neg\n"
+    f = tmp_path / "bad.txt"
+    f.write_bytes(data)
+    read = {
+        "classify": lambda: C.read_text_csv(f),
+        "forecast": lambda: F.load_series(str(f), "value"),
+        "tag": lambda: T.read_conllu(f),
+        "predict": lambda: _lines(str(f)),
+    }[reader]
+    at = data.index(b"caf") + 3
+    with pytest.raises(ValueError, match=rf"not valid UTF-8 \(byte {at}\)"):
+        read()

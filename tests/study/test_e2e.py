@@ -345,9 +345,10 @@ def test_runs_without_study_json_are_not_adopted(tmp_path, capsys):
 
 
 def test_an_out_that_is_a_file_is_an_error_naming_the_flag(tmp_path, capsys):
-    """It was mkdir's "[Errno 17] File exists", naming no flag."""
+    """It was mkdir's "[Errno 17] File exists", naming no flag; then a run-time failure (exit 1),
+    now a usage error (exit 2), as ``rnnkit diagnose``'s and ``rnnkit train``'s."""
     (tmp_path / "f").write_text("x")
-    assert main(["jozefowicz", "--steps", "1", "--out", str(tmp_path / "f")]) == 1
+    assert main(["jozefowicz", "--steps", "1", "--out", str(tmp_path / "f")]) == 2
     assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
     assert (tmp_path / "f").read_text() == "x"
 
