@@ -37,7 +37,7 @@ from ..cells.base import Cell, Params, State
 from ..cells.gru import GRUCellMath
 from ..cells.lstm import LSTMCellMath
 from ..cells.rnn import RNNCellMath
-from . import _common, _gemm, ext, lstm_variants, norm_ops, ops, second_order, variants
+from . import _common, _gemm, ext, lstm_variants, norm_in_kernel, norm_ops, ops, second_order, variants
 
 __all__ = ["supports", "project_input", "run_direction", "run_layer_direction", "backend", "KINDS"]
 
@@ -249,10 +249,11 @@ def run_layer_direction(
     float rounding."""
     kind = kind_of(cell)
     standard = kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")
-    if kind == "lstm_ln" and _input_in_kernel(x, p["weight_ih"]):
-        bsz = tuple(int(b) for b in batch_sizes)  # the layer-norm LSTM: its input group in the kernel too
+    if (kind == "lstm_ln" or (kind == "lstm_bn" and training)) and _input_in_kernel(x, p["weight_ih"]):
+        # the layer-norm LSTM, and the batch-norm LSTM in training: the input group in the kernel too
+        bsz = tuple(int(b) for b in batch_sizes)
         zrows = _zoneout_rows(x, bsz, h0, zoneout, zoneout_masks)
-        return norm_ops.run_direction_input(cell, p, x, bsz, h0, reverse, mask, zrows)
+        return norm_in_kernel.run_direction_input(cell, p, x, bsz, h0, reverse, mask, zrows)
     if torch.compiler.is_compiling() or not (standard or (kind == "lstm_v" and backend(x) == "ext")):
         xp = project_input(cell, p, x)
         zo = (zoneout, zoneout_masks)

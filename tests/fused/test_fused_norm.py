@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import rnnkit
 import rnnkit.kernels as K
 from rnnkit import dispatch
-from rnnkit.kernels import norm_ops
+from rnnkit.kernels import norm_in_kernel, norm_ops
 
 FAMILIES = {
     "lstm_ln": (rnnkit.LSTM, {"norm": "layer"}),
@@ -83,13 +83,13 @@ def test_fused_norm_equals_loop(backend, family, reg, bidir, packed, training):
     h = torch.randn(4 if bidir else 2, 3, a.proj_size or 4, requires_grad=True)
     hx = (h, torch.randn(h.shape[0], 3, 4, requires_grad=True)) if a.cells[0].family == "lstm" else h
     calls = []
-    orig, orig_in = norm_ops.forward_impl, norm_ops.run_direction_input  # (the layer-norm LSTM on the
-    norm_ops.forward_impl = lambda *args, **kw: calls.append(args[0]) or orig(*args, **kw)  # compiled
-    norm_ops.run_direction_input = lambda *args, **kw: calls.append(1) or orig_in(*args, **kw)  # kernels)
+    orig, orig_in = norm_ops.forward_impl, norm_in_kernel.run_direction_input  # (the normalized LSTM
+    norm_ops.forward_impl = lambda *args, **kw: calls.append(args[0]) or orig(*args, **kw)  # on the
+    norm_in_kernel.run_direction_input = lambda *args, **kw: calls.append(1) or orig_in(*args, **kw)  # ext)
     try:
         ta, tb = _outputs(lambda v: a(v, hx), x, 7), _outputs(lambda v: b(v, hx), x, 7)
     finally:
-        norm_ops.forward_impl, norm_ops.run_direction_input = orig, orig_in
+        norm_ops.forward_impl, norm_in_kernel.run_direction_input = orig, orig_in
     assert len(calls) == 2 * (2 if bidir else 1)  # the fused path ran, once per layer-direction
     tol = 1e-8 if "bn" in family and training else 1e-10  # batch norm of 1-3 rows: ill-conditioned
     for u, v in zip(ta, tb):
@@ -212,22 +212,25 @@ def test_float32_threaded_sizes_equal_loop(cls, kw, num_threads):
         torch.testing.assert_close(g0, g1, atol=5e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("norm", ["layer", "batch"])
 @pytest.mark.parametrize("in_kernel", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
-def test_layer_norm_lstm_input_group_in_or_outside_the_kernel(monkeypatch, in_kernel, packed):
-    """The compiled layer-norm LSTM computes its input group in the kernel when W_ih fits the
-    cache (``INPUT_IN_KERNEL_MAX_BYTES``), else outside with autograd; both equal the loop
-    (float64, training, peepholes, two layers, bidirectional, a ragged last chunk)."""
+def test_normalized_lstm_input_group_in_or_outside_the_kernel(monkeypatch, norm, in_kernel, packed):
+    """The compiled layer-norm LSTM, and the batch-norm LSTM in training, compute their input
+    group in the kernel when W_ih fits the cache (``INPUT_IN_KERNEL_MAX_BYTES``), else outside
+    with autograd; both equal the loop (float64, training, peepholes, two layers,
+    bidirectional, a ragged last chunk; batch norm: also its running statistics)."""
     from .test_fused_kernels import require_ext
 
     require_ext()
     calls = []
-    orig = norm_ops.run_direction_input
-    monkeypatch.setattr(norm_ops, "run_direction_input", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    orig = norm_in_kernel.run_direction_input
+    spy = lambda *a, **k: calls.append(1) or orig(*a, **k)  # noqa: E731
+    monkeypatch.setattr(norm_in_kernel, "run_direction_input", spy)
     if not in_kernel:
         monkeypatch.setattr(K, "INPUT_IN_KERNEL_MAX_BYTES", 0)
     torch.manual_seed(0)
-    kw = {"norm": "layer", "peephole": True, "num_layers": 2, "bidirectional": True, "zoneout": 0.1}
+    kw = {"norm": norm, "peephole": True, "num_layers": 2, "bidirectional": True, "zoneout": 0.1}
     a, b = rnnkit.LSTM(3, 4, impl="fused", **kw), rnnkit.LSTM(3, 4, impl="loop", **kw)
     with torch.no_grad():
         for p in a.parameters():
@@ -241,11 +244,37 @@ def test_layer_norm_lstm_input_group_in_or_outside_the_kernel(monkeypatch, in_ke
         out, (h, c) = m(inp)
         out = out.data if packed else out
         loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() + c.sum()
-        return [out, h, c, *torch.autograd.grad(loss, [x, *m.parameters()])]
+        return [out, h, c, *torch.autograd.grad(loss, [x, *m.parameters()]), *m.buffers()]
 
-    for u, v in zip(run(a), run(b)):
-        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+    tol = 1e-8 if norm == "batch" else 1e-10  # batch norm of 1-3 rows: ill-conditioned
+    for u, v in zip(run(a), run(b), strict=True):
+        torch.testing.assert_close(u, v, atol=tol, rtol=tol)
     assert len(calls) == (4 if in_kernel else 0)  # 2 layers x 2 directions
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_batch_norm_input_group_on_two_threads(num_threads, grad):
+    """The batch-norm LSTM's in-kernel input group with the steps of a chunk on two threads
+    (a step of ``B x 4H = 8192`` values): output, state, gradients and running statistics equal
+    the loop's, with a ragged last chunk (11 = 8 + 3 steps) and in both directions; without a
+    gradient too (the kernel then keeps no x̂ but still returns the statistics)."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    num_threads(2)
+    torch.manual_seed(0)
+    kw = {"norm": "batch", "bidirectional": True}
+    a, b = rnnkit.LSTM(5, 64, impl="fused", **kw), rnnkit.LSTM(5, 64, impl="loop", **kw)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(11, 32, 5, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        ra, rb = a(x), b(x)
+    got, want = [ra[0], *ra[1], *a.buffers()], [rb[0], *rb[1], *b.buffers()]
+    if grad:
+        got += torch.autograd.grad(ra[0].square().sum(), [x, *a.parameters()])
+        want += torch.autograd.grad(rb[0].square().sum(), [x, *b.parameters()])
+    for u, v in zip(got, want, strict=True):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

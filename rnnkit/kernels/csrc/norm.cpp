@@ -82,14 +82,19 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   mode &= ~kColHprev;
   check_forward(kind, mode, xp_, h0, c0, w_hh, b_hh, w_hr, mask_, zh_, zc_, g_hh, s_hh, g_c, s_c, st_hh, st_c, w_peep,
                 x_in, w_ih, g_ih, s_ih);
-  // x_in given (layer-norm LSTM, eager): the kernel computes the input group itself, each
-  // thread for its rows a chunk of steps ahead, xp = LN(x W_ih^T; g_ih, s_ih) (s_ih: the shift
+  // x_in given (layer-norm LSTM, batch-norm LSTM in training; eager): the kernel computes the
+  // input group itself a chunk of steps ahead, xp = norm(x W_ih^T; g_ih, s_ih) (s_ih: the shift
   // with the biases folded in), instead of reading an (N, G) xp written and read back through
-  // memory; it saves a = x W_ih^T and its row mean and 1/std for backward (torch's layer-norm
-  // backward, rnnkit/kernels/norm_ops.py _InputNormDirection).
+  // memory. Layer norm: each thread for its rows; it saves a = x W_ih^T and its row mean and
+  // 1/std for backward (torch's layer-norm backward). Batch norm: the chunk's GEMM by columns,
+  // then each step's column statistics and rows, the chunk's steps on the threads; it saves x^
+  // and the per-step mean, 1/std and biased variance (processing order) for backward
+  // (rnnkit_norm::bn_input_backward) and the running statistics (norm_ops.py
+  // _InputNormDirection).
   const bool proj_in = x_in.has_value();
-  TORCH_CHECK(!proj_in || (kind == "lstm" && (mode & ~kColHprev) == kLN && w_ih.has_value() && g_ih.has_value()),
-              "rnnkit_norm::forward: x_in is for the layer-norm LSTM, with w_ih and g_ih");
+  TORCH_CHECK(!proj_in || (kind == "lstm" && (mode == kLN || mode == kBNTrain) && w_ih.has_value() && g_ih.has_value()),
+              "rnnkit_norm::forward: x_in is for the layer-norm LSTM and the batch-norm LSTM in training, with "
+              "w_ih and g_ih");
   const int64_t N = proj_in ? x_in->size(0) : xp_.size(0), B = h0.size(0), P = h0.size(1), T = batch_sizes.size(),
                 G = w_hh.size(0);
   check_batch_sizes("rnnkit_norm::forward", batch_sizes, N, B);
@@ -157,45 +162,65 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const int64_t I = proj_in ? x_in->size(1) : 0;
       const bool dense = std::all_of(batch_sizes.begin(), batch_sizes.end(), [&](int64_t b) { return b == B; });
       const int64_t K = proj_in && dense ? std::min<int64_t>(kInChunk, T) : 1;
-      Tensor a_ih = proj_in ? at::empty({save ? N : K * B, G4}, o) : e(), mean_ih = proj_in ? at::empty({N, 1}, o) : e();
-      Tensor rs_ih = proj_in ? at::empty({N, 1}, o) : e(), xs_ih = proj_in ? at::empty({B, G4}, o) : e();
-      Tensor yp = proj_in ? at::empty({K * B, G4}, o) : e();
+      // the input group's norm: layer norm saves a (save_a), batch norm x^ (save_x) and its
+      // statistics per step; what is not saved lives in a chunk's scratch (row jq B + b)
+      const int64_t mi = mode == kBNTrain ? kBNTrain : kLN;
+      const bool save_a = save && mi == kLN, save_x = save && mi == kBNTrain;
+      auto ist = [&](int64_t rows, int64_t F) { return proj_in ? at::empty({rows, F}, o) : e(); };
+      Tensor a_ih = ist(save_a ? N : K * B, G4), xs_ih = ist(save_x ? N : K * B, G4);
+      Tensor mean_ih = mi == kLN ? ist(N, 1) : ist(T, G4), rs_ih = mi == kLN ? ist(N, 1) : ist(T, G4);
+      Tensor var_ih = mi == kLN ? e() : ist(T, G4), yp = ist(K * B, G4);
+      auto xs_row = [&](int64_t oq, int64_t jq, int64_t b) { return save_x ? oq + b : jq * B + b; };
       // Dense input: a thread's rows [r0, r1) of the chunk's steps as one GEMM, their x gathered
       // into xg and a into ag (without `save`: into a_ih, the chunk's scratch), both at rows
       // [K r0, K r1); then each row copied to its saved place. Per step, the GEMM had a step's
       // rows only (16 in a medium call on 2 threads), too few for brgemm to run near its peak.
       Tensor xg = proj_in && K > 1 ? at::empty({K * B, I}, o) : e();
-      Tensor ag = proj_in && K > 1 && save ? at::empty({K * B, G4}, o) : e();
+      Tensor ag = proj_in && K > 1 && save_a ? at::empty({K * B, G4}, o) : e();
       const Tensor XI = proj_in ? x_in->contiguous() : e(), WI = proj_in ? w_ih->contiguous() : e();
       const Tensor WIT = proj_in && xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(*w_ih) : WI;
       const OptT gic = cont(g_ih), sic = cont(s_ih);
-      const NormG<T_> ni(kLN, G4, xs_ih, rs_ih, mean_ih, e(), proj_in ? *gic : gcc, sic, std::nullopt);
       T_ *AI = proj_in ? a_ih.data_ptr<T_>() : nullptr, *YP = proj_in ? yp.data_ptr<T_>() : nullptr;
+      const NormG<T_> ni(mi, G4, xs_ih, rs_ih, mean_ih, var_ih, proj_in ? *gic : gcc, sic, std::nullopt);
+      // the input group's rows of chunk steps [q0, q1) (the chunk starting at step k) from their
+      // a rows A(q): batch norm first takes each step's column statistics (its rows [0, bs), so
+      // r0 = 0 here); in batch norm the steps run on the threads (the caller is not on them)
+      auto in_rows = [&](int64_t k, int64_t q1, int64_t r0, int64_t r1, const auto& A) {
+        auto steps_of = [&](int64_t qa, int64_t qb) {
+          for (int64_t q = qa; q < qb; ++q) {
+            const int64_t oq = steps[q].first, jq = q - k;
+            if (mi == kBNTrain) ni.stats(A(q), r1, q);
+            for (int64_t b = r0; b < r1; ++b)
+              ni.row(A(q) + (b - r0) * G4, oq + b, xs_row(oq, jq, b), q, nullptr, nullptr, YP + (jq * B + b) * G4);
+          }
+        };
+        if (mi == kBNTrain && q1 - k > 1 && at::get_num_threads() > 1 && r1 * G4 >= kRowsMin)
+          at::parallel_for(k, q1, 1, steps_of);
+        else
+          steps_of(k, q1);
+      };
       over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
         const T_ *ZH = zhr.at<T_>(off), *ZC = zcr.at<T_>(off);  // zoneout: the step's rows
         const int64_t jk = k % K;  // this step's place in its chunk
         if (proj_in && jk == 0 && K > 1) {  // the chunk's input group as one GEMM (dense input, xg)
           const int64_t q1 = std::min(k + K, T);
-          T_ *XG = xg.data_ptr<T_>() + K * r0 * I, *AG = (save ? ag.data_ptr<T_>() : AI) + K * r0 * G4;
+          T_ *XG = xg.data_ptr<T_>() + K * r0 * I, *AG = (save_a ? ag.data_ptr<T_>() : AI) + K * r0 * G4;
           for (int64_t q = k; q < q1; ++q)
             std::copy_n(XI.data_ptr<T_>() + (steps[q].first + r0) * I, nr * I, XG + (q - k) * nr * I);
           step_xwt(XG, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), AG, (q1 - k) * nr, G4, I);
+          if (save_a)
+            for (int64_t q = k; q < q1; ++q)
+              std::copy_n(AG + (q - k) * nr * G4, nr * G4, AI + (steps[q].first + r0) * G4);
+          in_rows(k, q1, r0, r1, [&](int64_t q) { return AG + (q - k) * nr * G4; });
+        } else if (proj_in && jk == 0) {  // packed (or one step): the step's input group for rows [r0, r1)
+          const int64_t q1 = std::min(k + K, T);
+          auto A = [&](int64_t q) { return AI + ((save_a ? steps[q].first : (q - k) * B) + r0) * G4; };
           for (int64_t q = k; q < q1; ++q)
-            for (int64_t b = r0; b < r1; ++b) {
-              const int64_t oq = steps[q].first, jq = q - k;
-              const T_* A = AG + (jq * nr + b - r0) * G4;
-              if (save) std::copy_n(A, G4, AI + (oq + b) * G4);
-              ni.row(A, oq + b, b, q, nullptr, nullptr, YP + (jq * B + b) * G4);
-            }
-        } else if (proj_in && jk == 0)  // packed (or one step): the step's input group for rows [r0, r1)
-          for (int64_t q = k; q < std::min(k + K, T); ++q) {
-            const int64_t oq = steps[q].first, jq = q - k;
-            T_* A = AI + ((save ? oq : jq * B) + r0) * G4;
-            step_xwt(XI.data_ptr<T_>() + (oq + r0) * I, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), A, nr, G4, I);
-            for (int64_t b = r0; b < r1; ++b)
-              ni.row(A + (b - r0) * G4, oq + b, b, q, nullptr, nullptr, YP + (jq * B + b) * G4);
-          }
+            step_xwt(XI.data_ptr<T_>() + (steps[q].first + r0) * I, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), A(q),
+                     nr, G4, I);
+          in_rows(k, q1, r0, r1, A);
+        }
         const T_* HP = load_h(so, off, r0, r1);
         step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P,
                  [&](int64_t c0, int64_t c1) { nh.stats(R, bs, k, c0, c1); });  // BN train: its columns' statistics
@@ -254,7 +279,9 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       });
       res = {out, hbuf, cbuf, hh[2], hh[3], cg[2], cg[3], gates, cprev, tanhc, hprev, hraw, hh[0], hh[1],
              cg[0], cg[1]};
-      if (proj_in) res.insert(res.end(), {a_ih, mean_ih, rs_ih});  // after the saved tensors
+      if (proj_in && mi == kLN) res.insert(res.end(), {a_ih, mean_ih, rs_ih});  // after the saved tensors
+      if (proj_in && mi == kBNTrain && save) res.insert(res.end(), {xs_ih, rs_ih});
+      if (proj_in && mi == kBNTrain) res.insert(res.end(), {mean_ih, var_ih});  // also without `save`
     } else if (kind == "gru") {
       const int64_t H = P;
       Tensor gates = at::empty({NS, 3 * H}, o), an = at::empty({NS, H}, o);
@@ -322,8 +349,9 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
     }
   });
   // Without `save` the tensors past the statistics are scratch that no one reads: not returned
-  // (each costs a Python wrapper and its release: ~5 us a call of the small layer-norm LSTM)
-  if (!save) res.resize(7);
+  // (each costs a Python wrapper and its release: ~5 us a call of the small layer-norm LSTM),
+  // but for the batch-norm input group's statistics (the running statistics need them)
+  if (!save) res.erase(res.begin() + 7, res.end() - (proj_in && mode == kBNTrain ? 2 : 0));
   return res;
 }
 
