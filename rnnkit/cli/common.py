@@ -216,10 +216,11 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     checkpoint on every rank (each loads it)."""
     from rnnkit.train import latest_checkpoint, seed_everything
     from rnnkit.train.distributed import on_every_rank
+    from rnnkit.train.outdir import not_a_directory
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory", code=2)  # a bad flag value
+    if why := not_a_directory(out):
+        raise CLIError(f"--out {out} {why}", code=2)  # a bad flag value
     # the sweep first: it may move the latest checkpoint back (every rank, or its all-reduce hangs)
     if _rank_0_finds((out / "checkpoints").is_dir(), args):
         sweep_run_dir(out, _collective_device(args))
