@@ -1,6 +1,6 @@
 """What every ``rnnkit train`` command shares: the output directory, the ``run.json`` that lets
-``sample``/``eval``/``--resume`` rebuild a model, the flags ``--resume`` restores, and the trainer
-(the run flags themselves: :mod:`rnnkit.cli.runflags`)."""
+``sample``/``eval``/``--resume`` rebuild a model, and the trainer (the run flags themselves:
+:mod:`rnnkit.cli.runflags`; those ``--resume`` restores: :mod:`rnnkit.cli.resumeflags`)."""
 
 from __future__ import annotations
 
@@ -96,115 +96,6 @@ def device_of(args: argparse.Namespace) -> torch.device:
     return dev
 
 
-#: The flags that shape a run's training (its data too: generated tasks draw it from --seed), stored
-#: in run.json's "train" and restored by --resume (:func:`restore_train_flags`); those a task has.
-#: ``amp`` is stored resolved (off/bf16/fp16: charlm's auto depends on the machine and budget).
-TRAIN_FLAGS = (
-    "batch_size", "lr", "clip", "seed", "sampling", "sampling_k", "sampling_steps", "sampling_min", "amp"
-)  # fmt: skip
-
-
-def _amp(args: argparse.Namespace) -> str:
-    """The precision ``--amp`` trains in: ``off``, ``bf16`` or ``fp16``."""
-    return resolve_amp(args.amp or "off", device_of(args)) or "off"
-
-
-def _train_flags(args: argparse.Namespace) -> dict[str, Any]:
-    flags = {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
-    flags = {**flags, "amp": _amp(args)} if "amp" in flags else flags
-    return {**flags, **_stop_flags(args)}
-
-
-#: Early stopping, the best weights and the validations (and checkpoints) they act on, also in
-#: run.json's "train", but restored by --resume otherwise (:func:`_restore_stop_flags`): a patience
-#: is a limit, which a resume may raise; the cadence is the run's unless one is given.
-STOP_FLAGS = ("patience", "save_best", "val_every", "checkpoint_every")
-
-
-def _stop_flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {f: getattr(args, f) for f in STOP_FLAGS if hasattr(args, f)}
-
-
-def _restore_stop_flags(args: argparse.Namespace, stored: dict[str, Any]) -> None:
-    """``--resume``: the run's ``--patience`` unless one is given (raise it to go on after an early
-    stop; another is used, saying so, also where the run had none), ``--save-best`` on once the
-    run had it (off, ``best/`` would keep an earlier best while the run goes on; turned on by a
-    resume, it says from when), and the run's ``--val-every``/``--checkpoint-every`` unless given
-    (another is used, saying so): else the parser's default, e.g. validations at epoch ends only,
-    which the patience counted and no checkpoint came with until the end."""
-    patience, best = stored.get("patience"), bool(stored.get("save_best"))
-    if args.patience is None:
-        args.patience = patience
-    elif patience is None:  # (the trainer counted every validation: they count toward it)
-        echo(f"resuming with --patience {args.patience}, which the run had off: its validations since its "
-             "best count toward it")  # fmt: skip
-    elif args.patience != patience:
-        echo(f"resuming with --patience {args.patience} (the run's was {patience})")
-    if best:
-        args.save_best = True
-    elif args.save_best:
-        echo("resuming with --save-best, which the run had off: best/ gets the weights of the first "
-             "validation better than the run's best so far")  # fmt: skip
-    for flag in ("val_every", "checkpoint_every"):  # (what --patience counts; runs before them: unset)
-        if flag not in stored:
-            continue
-        if flag not in getattr(args, "given", ()):
-            setattr(args, flag, stored[flag])
-        elif getattr(args, flag) != stored[flag]:
-            run = "unset" if stored[flag] is None else stored[flag]
-            echo(f"resuming with --{flag.replace('_', '-')} {getattr(args, flag)} (the run's was {run})")
-
-
-def restore_train_flags(args: argparse.Namespace) -> None:
-    """``--resume``: set the :data:`TRAIN_FLAGS` to the run's stored values before the task builds
-    its data, loaders and optimizer (as ``--seq-len``/``--window``: the stored value wins, and a
-    different one given on the command line (:class:`Given`) is ignored, saying so; a parser
-    default is just replaced; ``--amp`` is compared resolved; :data:`STOP_FLAGS`: their own rule,
-    :func:`_restore_stop_flags`). Runs without them: nothing."""
-    if not getattr(args, "resume", False):
-        return
-    try:
-        stored = read_run(Path(args.out)).get("train")
-    except (CLIError, OSError):  # no run here: prepare_out says so
-        return
-    from rnnkit.cli.sampling import stored_k  # (it imports this module)
-
-    if hasattr(args, "save_best"):
-        _restore_stop_flags(args, stored or {})
-    for flag, value in (stored or {}).items():
-        if flag in STOP_FLAGS:
-            continue
-        value = stored_k(args, stored) if flag == "sampling_k" else value  # an older release's null
-        if not hasattr(args, flag):
-            continue
-        given = getattr(args, flag)
-        same = given == value or (flag == "amp" and given is not None and _amp(args) == value)
-        no_k = flag == "sampling_k" and value is None  # teacher, linear: a k given means nothing
-        if flag in getattr(args, "given", ()) and not same and not no_k:
-            name = "--" + flag.replace("_", "-")
-            echo(f"resuming with the run's {name} {value} (command line's {given} ignored)")
-        setattr(args, flag, value)
-
-
-#: The flags of run.json's "model" (of its "arch" but ``embedding_dim``), as ``args`` names them.
-MODEL_FLAGS = ("cell", "hidden", "layers", "dropout", "opt", "kernel_size", "conv_channels", "conv_layers",
-               "embedding_dim")  # fmt: skip
-
-
-def _ignored_model_flags(args: argparse.Namespace, stored: dict[str, Any], run: dict[str, Any]) -> list[str]:
-    """The :data:`MODEL_FLAGS` given on the command line (:class:`Given`) whose value in the
-    command's model ``run`` differs from the stored model's: those ``--resume`` ignores."""
-    ignored = []
-    for dest in MODEL_FLAGS:
-        if dest not in getattr(args, "given", ()):
-            continue
-        key = "options" if dest == "opt" else dest
-        old, new = (m if key == "embedding_dim" else m.get("arch") or {} for m in (stored, run))
-        if old.get(key) != new.get(key):
-            ignored.append("--arch" if dest == "cell" else "--" + dest.replace("_", "-"))
-    return ignored
-
-
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """Refuse to overwrite an existing run in ``--out`` without ``--resume``, and return the run
     description to use (the stored one when resuming, so the model is rebuilt exactly as it was;
@@ -214,12 +105,14 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     a run directory with checkpoints, its lock and the sweep of killed checkpoint writes. Under
     torchrun rank 0's ``--out`` decides both (it alone writes there); ``--resume`` needs the
     checkpoint on every rank (each loads it)."""
+    from rnnkit.cli.resumeflags import ignored_model_flags, stop_flags, train_flags  # (imports this module)
     from rnnkit.train import latest_checkpoint, seed_everything
     from rnnkit.train.distributed import on_every_rank
+    from rnnkit.train.outdir import not_a_directory
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory", code=2)  # a bad flag value
+    if why := not_a_directory(out):
+        raise CLIError(f"--out {out} {why}", code=2)  # a bad flag value
     # the sweep first: it may move the latest checkpoint back (every rank, or its all-reduce hangs)
     if _rank_0_finds((out / "checkpoints").is_dir(), args):
         sweep_run_dir(out, _collective_device(args))
@@ -247,20 +140,20 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
                 f"--resume: {run.get('data')} now reads as {changed} (the file changed, or the release "
                 "that trained the run read it otherwise); train a new run in another --out"
             )
-        ignored = _ignored_model_flags(args, stored.get("model") or {}, run.get("model") or {})
+        ignored = ignored_model_flags(args, stored.get("model") or {}, run.get("model") or {})
         if ignored:  # (flags not given: the parser's defaults, which need not be the run's, say nothing)
             flags = ", ".join(ignored)
             echo(f"resuming with the model stored in {out / RUN_FILE} (command-line {flags} ignored)")
         run = stored
         if "sampling_k" in run.get("train", {}) and hasattr(args, "sampling_k"):  # an older release's null
             run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used
-        if _stop_flags(args):  # as this resume trains: what the next one restores
-            run = {**run, "train": {**(run.get("train") or {}), **_stop_flags(args)}}
+        if stop_flags(args):  # as this resume trains: what the next one restores
+            run = {**run, "train": {**(run.get("train") or {}), **stop_flags(args)}}
     elif _rank_0_finds(has_ckpt, args):  # rank 0 alone writes there: its refusal, every rank's alike
         msg = f"{out} already holds a run; pass --resume to continue it or choose another --out"
         raise on_every_rank(CLIError(msg))
     else:
-        run = {**run, "train": _train_flags(args)}  # what --resume restores
+        run = {**run, "train": train_flags(args)}  # what --resume restores
     args.run_to_write = run  # (make_trainer writes it)
     seed_everything(args.seed)
     if getattr(args, "tune_malloc", False):
@@ -291,6 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
     """``args.func(args)`` of ``rnnkit train``; under torchrun (``WORLD_SIZE`` > 1) in a process
     group, data-parallel: ``--batch-size`` is the global batch, each rank trains on its share
     (:func:`ranks`), rank 0 alone prints and writes; ``--device cuda`` means ``cuda:LOCAL_RANK``."""
+    from rnnkit.cli.resumeflags import restore_train_flags  # (it imports this module)
     from rnnkit.train.distributed import cleanup_distributed, launched_world_size, setup_distributed
 
     try:

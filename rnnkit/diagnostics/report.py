@@ -24,6 +24,7 @@ from torch import nn
 
 from ..datasets import synthetic
 from ..train.evaluate import kept_modes
+from ..train.outdir import not_a_directory
 from . import plots
 from .activity import LayerActivity, activity
 from .checkpoint import checkpoint_layer
@@ -142,8 +143,8 @@ def _configure(args) -> tuple[Budget, Budget]:
     """(training budget of the +1 run, memory-horizon budget); a ValueError names a bad flag."""
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if Path(args.out).exists() and not Path(args.out).is_dir():  # (mkdir's "File exists": no flag named)
-        raise ValueError(f"--out {args.out} is a file, not a directory")
+    if why := not_a_directory(args.out):  # (mkdir's "File exists" or "Not a directory": no flag named)
+        raise ValueError(f"--out {args.out} {why}")
     # numpy's generators refuse a negative seed (after the training and figures, unnamed), torch one
     # of 2**64 or more (seeds derived from it are reduced modulo 2**64)
     if not 0 <= args.seed < 2**64:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rnnkit.arch import parse_opt, positive_int
 from rnnkit.cli.common import positive_float
+from rnnkit.train.outdir import not_a_directory
 
 from .runner import (
     Arch,
@@ -86,8 +87,8 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         if n not in known:  # a bad --archs value: a usage error, like a bad --set
             raise SettingError(f"study {name!r} has no architecture {n!r}; choose from {known}")
     out = Path(out)
-    if out.exists() and not out.is_dir():  # (mkdir's "[Errno 17] File exists" named no flag)
-        raise SettingError(f"--out {out} is a file, not a directory; use another --out")  # usage
+    if why := not_a_directory(out):  # (mkdir's "[Errno 17] File exists" or "[Errno 20]" named no flag)
+        raise SettingError(f"--out {out} {why}; use another --out")  # usage
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
     meta = read_json(meta_path) if meta_path.exists() else None

@@ -197,6 +197,6 @@ def evaluate(task: MemoryTask, model: nn.Module, batch_size: int = 256) -> dict[
     pred = torch.cat([arith_greedy(model, x[i : i + batch_size], y, d) for i in range(0, len(x), batch_size)])
     answer = y[:, -(d + 1) :]
     return {
-        "valid_exact_match": float((pred == answer).all(1).float().mean()),
+        "valid_exact_match": int((pred == answer).all(1).sum()) / len(answer),  # exact, as accuracy()
         "valid_digit_accuracy": accuracy(pred, answer),
     }

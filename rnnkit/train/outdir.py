@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["OutDirInUse", "lock_out_dir", "unlock_out_dir", "claim_out_dir"]
+__all__ = ["OutDirInUse", "lock_out_dir", "unlock_out_dir", "claim_out_dir", "not_a_directory"]
 
 log = logging.getLogger("rnnkit.train")
 
@@ -30,6 +30,19 @@ _HELD: dict[str, list[Any]] = {}
 
 class OutDirInUse(RuntimeError):
     """``out_dir`` is locked by another process that trains into it."""
+
+
+def not_a_directory(out: str | os.PathLike) -> str | None:
+    """Why ``out`` cannot be an output directory, said of it (``--out OUT`` then this: "is a file,
+    not a directory", "is inside F, a file, not a directory"), or ``None`` when it is a directory
+    or can be made one. mkdir said only "[Errno 17] File exists" or "[Errno 20] Not a directory"."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists():  # (False also for a path under a file)
+            if p.is_dir():
+                return None
+            return "is a file, not a directory" if p == out else f"is inside {p}, a file, not a directory"
+    return None
 
 
 def _key(out: str | os.PathLike) -> str:

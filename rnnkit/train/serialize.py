@@ -148,8 +148,12 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, each a copy in memory of its own (aligned as any tensor
+    torch allocates): in the file's buffer a tensor lies where the tensors before it put it, and
+    BLAS rounds otherwise over memory aligned otherwise (a loaded recurrent state broke a resume's
+    bit-exactness, depending on what else the checkpoint held)."""
     try:
-        return load_file(str(path), device=str(device))
+        return {k: v.clone() for k, v in load_file(str(path), device=str(device)).items()}
     except SafetensorError as e:  # not an OSError/ValueError, and it names no file
         raise ValueError(f"{path}: not a readable safetensors file (truncated or damaged?): {e}") from None
 

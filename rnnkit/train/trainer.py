@@ -26,6 +26,7 @@ from rnnkit.train.callbacks import Callback, default_callbacks
 from rnnkit.train.checkpoint import latest_checkpoint
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.evaluate import evaluate_batches
+from rnnkit.train.hooks import end_callbacks
 from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
@@ -344,23 +345,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             failure = e  # the error to fix: the callbacks' errors in ending must not hide it
             raise
         finally:
-            # each one that started is ended, also after another's on_fit_end raised (else those after
-            # it, the default metrics files among them, stayed open). The error fit failed with goes
-            # on, else the first of theirs; the others are logged and added to it as notes
-            errors: list[tuple[Callback, Exception]] = []
-            for cb in started:
-                try:
-                    cb.on_fit_end(self)
-                except Exception as e:
-                    errors.append((cb, e))
-            if errors:
-                raised = failure if failure is not None else errors[0][1]
-                for cb, e in errors:
-                    if e is not raised:
-                        log.error("%s.on_fit_end raised while fit() ended", type(cb).__name__, exc_info=e)
-                        raised.add_note(f"then {type(cb).__name__}.on_fit_end raised {e!r}")
-                if failure is None:
-                    raise raised
+            end_callbacks(self, started, failure)  # each one, also after another's raised
         return {
             "step": self.step,
             "epoch": self.epoch,

@@ -108,12 +108,17 @@ def test_checkpoint_errors(cli, tmp_path):
 
 
 def test_out_is_a_file(cli, tmp_path):
-    """A usage error (exit 2) naming the flag and the path: it exited 1, a run-time failure."""
+    """A usage error (exit 2) naming the flag and the path: it exited 1, a run-time failure. An
+    --out inside a file was mkdir's "[Errno 20] Not a directory" (exit 1, no flag named)."""
     f = tmp_path / "file"
     f.write_text("x")
     r = cli(*MEM, "--out", f, *TINY)
-    assert_one_line_error(r, f"--out {f} exists and is not a directory")
+    assert_one_line_error(r, f"--out {f} is a file, not a directory")
     assert r.rc == 2 and f.read_text() == "x"
+    for resume in ((), ("--resume",)):
+        r = cli(*MEM, "--out", f / "sub" / "run", *resume, *TINY)
+        assert_one_line_error(r, f"--out {f / 'sub' / 'run'} is inside {f}, a file, not a directory")
+        assert r.rc == 2 and f.read_text() == "x"
 
 
 def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):

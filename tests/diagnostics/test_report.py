@@ -392,6 +392,9 @@ def test_an_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert main(["--quick", "--no-horizon", "--variants", "rnn", "--out", str(tmp_path / "f")]) == 2
     assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
     assert (tmp_path / "f").read_text() == "x"
+    # inside a file: it was mkdir's "[Errno 20] Not a directory" (exit 1, no flag named)
+    assert main(["--quick", "--no-horizon", "--variants", "rnn", "--out", str(tmp_path / "f" / "sub")]) == 2
+    assert f"--out {tmp_path / 'f' / 'sub'} is inside {tmp_path / 'f'}, a file" in capsys.readouterr().err
 
 
 def test_quick_caps_a_given_batch_instead_of_replacing_it(tmp_path):

@@ -351,6 +351,9 @@ def test_an_out_that_is_a_file_is_an_error_naming_the_flag(tmp_path, capsys):
     assert main(["jozefowicz", "--steps", "1", "--out", str(tmp_path / "f")]) == 2
     assert f"--out {tmp_path / 'f'} is a file, not a directory" in capsys.readouterr().err
     assert (tmp_path / "f").read_text() == "x"
+    # inside a file: it was mkdir's "[Errno 20] Not a directory" (exit 1, no flag named)
+    assert main(["jozefowicz", "--steps", "1", "--out", str(tmp_path / "f" / "sub")]) == 2
+    assert f"--out {tmp_path / 'f' / 'sub'} is inside {tmp_path / 'f'}, a file" in capsys.readouterr().err
 
 
 def test_a_rank_splits_the_runs_left_before_any_rank_trains(tmp_path, monkeypatch):

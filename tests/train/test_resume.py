@@ -2,6 +2,7 @@
 and continued (a second ``fit()``, a resume) equals the run that never stopped, bit for bit."""
 
 import csv
+import json
 import shutil
 import sys
 import types
@@ -394,3 +395,28 @@ def test_going_on_from_another_dirs_checkpoint_writes_its_own_runs_metrics(tmp_p
         assert [(r["split"], int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)] == want
     assert sorted((step, v) for tag, step, v in shown if tag == "train/loss") == [(s, v) for _, s, v in want]
     assert len(shown) == len({e[:2] for e in shown})  # each point once
+
+
+def test_checkpoints_hold_the_losses_in_binary_and_old_json_lists_still_load(tmp_path):
+    """Every checkpoint's state.json held Trainer.losses as a JSON list, one float a step (a
+    million-step run: ~20 MB of JSON a checkpoint). They are now a float64 tensor in
+    state.safetensors (8 bytes a step, exact, NaN kept); a state.json of before still resumes."""
+    tr, _ = _trainer(6, out_dir=str(tmp_path), checkpoint_every=3)
+    _fit(tr)
+    tr.losses[1] = float("nan")  # a step without targets: kept through the tensor
+    tr.save()
+    ckpt = tmp_path / "checkpoints" / "step-000000006"
+    doc = json.loads((ckpt / "state.json").read_text())
+    items = dict(doc["state"]["__dict__"])
+    assert items["losses"] == {"__tensor__": "state.losses"}
+    again, _ = _trainer(6)
+    again.load(ckpt)
+    assert len(again.losses) == 6 and again.losses[2:] == tr.losses[2:] and again.losses[0] == tr.losses[0]
+    assert again.losses[1] != again.losses[1] and all(type(v) is float for v in again.losses)
+    # a checkpoint of before: the losses as a JSON list in state.json
+    items["losses"] = [v if v == v else {"__float__": "nan"} for v in tr.losses]
+    doc["state"]["__dict__"] = [[k, v] for k, v in items.items()]
+    (ckpt / "state.json").write_text(json.dumps(doc))
+    old, _ = _trainer(6)
+    old.load(ckpt)
+    assert len(old.losses) == 6 and old.losses[2:] == tr.losses[2:] and old.losses[1] != old.losses[1]

@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from rnnkit.data import bptt_batches
 from rnnkit.train import Trainer
-from rnnkit.train.serialize import flatten, unflatten
+from rnnkit.train.serialize import flatten, load_tensors, save_tensors, unflatten
 
 from .models import TinyLM, tokens
 
@@ -88,3 +88,17 @@ def test_resume_mid_epoch_with_a_namedtuple_state(tmp_path):
     assert isinstance(resumed.state, LSTMState)
     assert resumed.losses == straight.losses and len(straight.losses) == 6
     torch.testing.assert_close(resumed.state, straight.state, rtol=0, atol=0)
+
+
+def test_loaded_tensors_compute_as_the_saved_ones(tmp_path):
+    """A tensor loaded from safetensors lay where the file put it (8-byte aligned, after the
+    tensors before it), and a matrix-vector product over it (BLAS) rounded otherwise than over the
+    saved one: a resumed run's losses then depended on the checkpoint's other tensors (a saved
+    ``Trainer.losses`` tensor shifted the recurrent state and broke resume's bit-exactness). They
+    are now copies in memory of their own, aligned as any tensor the run allocates."""
+    torch.manual_seed(0)
+    w, v = torch.randn(16, 16), torch.randn(16)
+    for shift in range(8):  # the tensor before w moves it by `shift` elements in the file
+        save_tensors({"a": torch.zeros(shift), "w": w}, tmp_path / "t.safetensors")
+        loaded = load_tensors(tmp_path / "t.safetensors")["w"]
+        assert torch.equal(loaded @ v, w @ v), shift
