@@ -209,6 +209,45 @@ void col_sqdev(const T* r, const double* m, double* acc, int64_t F) {
   }
   for (; j < F; ++j) acc[j] += (r[j] - m[j]) * (r[j] - m[j]);
 }
+// Batch norm's one-pass column sums over rows [1, n) of R (row stride ld), shifted by its row 0,
+// k: s1 += r - k, s2 += (r - k)² (float64; the shifted-data variance, no large mean to cancel),
+// four rows per pass over the accumulators.
+template <typename T>
+void col_shifted(const T* R, int64_t ld, int64_t n, double* s1, double* s2, int64_t F) {
+  int64_t b = 1;
+  for (; b + 4 <= n; b += 4) {
+    const T *r0 = R + b * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
+    int64_t j = 0;
+    for (; j + 4 <= F; j += 4) {
+      const __m256d k = ld4(R + j), u0 = _mm256_sub_pd(ld4(r0 + j), k), u1 = _mm256_sub_pd(ld4(r1 + j), k);
+      const __m256d u2 = _mm256_sub_pd(ld4(r2 + j), k), u3 = _mm256_sub_pd(ld4(r3 + j), k);
+      const __m256d a = _mm256_add_pd(_mm256_add_pd(u0, u1), _mm256_add_pd(u2, u3));
+      const __m256d q = _mm256_add_pd(_mm256_add_pd(_mm256_mul_pd(u0, u0), _mm256_mul_pd(u1, u1)),
+                                      _mm256_add_pd(_mm256_mul_pd(u2, u2), _mm256_mul_pd(u3, u3)));
+      st4(s1 + j, _mm256_add_pd(_mm256_loadu_pd(s1 + j), a));
+      st4(s2 + j, _mm256_add_pd(_mm256_loadu_pd(s2 + j), q));
+    }
+    for (; j < F; ++j) {
+      const double k = R[j], u0 = r0[j] - k, u1 = r1[j] - k, u2 = r2[j] - k, u3 = r3[j] - k;
+      s1[j] += (u0 + u1) + (u2 + u3);
+      s2[j] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);
+    }
+  }
+  for (; b < n; ++b) {
+    const T* r = R + b * ld;
+    int64_t j = 0;
+    for (; j + 4 <= F; j += 4) {
+      const __m256d u = _mm256_sub_pd(ld4(r + j), ld4(R + j));
+      st4(s1 + j, _mm256_add_pd(_mm256_loadu_pd(s1 + j), u));
+      st4(s2 + j, _mm256_add_pd(_mm256_loadu_pd(s2 + j), _mm256_mul_pd(u, u)));
+    }
+    for (; j < F; ++j) {
+      const double u = double(r[j]) - R[j];
+      s1[j] += u;
+      s2[j] += u * u;
+    }
+  }
+}
 template <typename T>
 void col_bwd(const T* d, const T* x, const T* g, int64_t F, double* m1, double* m2, double* dga, double* dbe) {
   int64_t j = 0;

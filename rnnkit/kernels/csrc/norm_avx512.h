@@ -65,6 +65,64 @@ inline void affine(const float* r, float mu, float rho, const float* g, const fl
                                       addv ? addv + j : nullptr, x + j, y + j, F - j);
 }
 
+// Batch norm's row with per-column statistics: x = (r - mu) rho, y = x g (+ s) (+ add) (+ addv)
+// (y may be r), as norm_avx2.h's affine_cols, 16 floats a vector.
+inline void affine_cols(const float* r, const float* mu, const float* rho, const float* g, const float* s,
+                        const float* add, const float* addv, float* x, float* y, int64_t F) {
+  int64_t j = 0;
+  for (; j + 16 <= F; j += 16) {
+    const __m512 xv = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(r + j), _mm512_loadu_ps(mu + j)),
+                                    _mm512_loadu_ps(rho + j));
+    __m512 yv = _mm512_mul_ps(xv, _mm512_loadu_ps(g + j));
+    if (s) yv = _mm512_add_ps(yv, _mm512_loadu_ps(s + j));
+    if (add) yv = _mm512_add_ps(yv, _mm512_loadu_ps(add + j));
+    if (addv) yv = _mm512_add_ps(yv, _mm512_loadu_ps(addv + j));
+    _mm512_storeu_ps(x + j, xv);  // after the loads: y may be r
+    _mm512_storeu_ps(y + j, yv);
+  }
+  if (j < F)
+    rnnkit_norm_avx2::affine_cols(r + j, mu + j, rho + j, g + j, s ? s + j : nullptr, add ? add + j : nullptr,
+                                  addv ? addv + j : nullptr, x + j, y + j, F - j);
+}
+
+// norm_avx2.h's col_shifted for float32 rows, 8 columns a vector (the same sums per value).
+inline void col_shifted(const float* R, int64_t ld, int64_t n, double* s1, double* s2, int64_t F) {
+  auto ld8 = [](const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); };
+  int64_t b = 1;
+  for (; b + 4 <= n; b += 4) {
+    const float *r0 = R + b * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
+    int64_t j = 0;
+    for (; j + 8 <= F; j += 8) {
+      const __m512d k = ld8(R + j), u0 = _mm512_sub_pd(ld8(r0 + j), k), u1 = _mm512_sub_pd(ld8(r1 + j), k);
+      const __m512d u2 = _mm512_sub_pd(ld8(r2 + j), k), u3 = _mm512_sub_pd(ld8(r3 + j), k);
+      const __m512d a = _mm512_add_pd(_mm512_add_pd(u0, u1), _mm512_add_pd(u2, u3));
+      const __m512d q = _mm512_add_pd(_mm512_add_pd(_mm512_mul_pd(u0, u0), _mm512_mul_pd(u1, u1)),
+                                      _mm512_add_pd(_mm512_mul_pd(u2, u2), _mm512_mul_pd(u3, u3)));
+      _mm512_storeu_pd(s1 + j, _mm512_add_pd(_mm512_loadu_pd(s1 + j), a));
+      _mm512_storeu_pd(s2 + j, _mm512_add_pd(_mm512_loadu_pd(s2 + j), q));
+    }
+    for (; j < F; ++j) {
+      const double k = R[j], u0 = r0[j] - k, u1 = r1[j] - k, u2 = r2[j] - k, u3 = r3[j] - k;
+      s1[j] += (u0 + u1) + (u2 + u3);
+      s2[j] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);
+    }
+  }
+  for (; b < n; ++b) {
+    const float* r = R + b * ld;
+    int64_t j = 0;
+    for (; j + 8 <= F; j += 8) {
+      const __m512d u = _mm512_sub_pd(ld8(r + j), ld8(R + j));
+      _mm512_storeu_pd(s1 + j, _mm512_add_pd(_mm512_loadu_pd(s1 + j), u));
+      _mm512_storeu_pd(s2 + j, _mm512_add_pd(_mm512_loadu_pd(s2 + j), _mm512_mul_pd(u, u)));
+    }
+    for (; j < F; ++j) {
+      const double u = double(r[j]) - R[j];
+      s1[j] += u;
+      s2[j] += u * u;
+    }
+  }
+}
+
 // LN backward of a row: p1 = Σ d g, p2 = Σ (d g) x (float64; d g rounded to float first, as the
 // scalar loop) and the affine gradients dga += d x, dbe += d (float64, per feature).
 inline void bwd_sums(const float* d, const float* x, const float* g, int64_t F, double* dga, double* dbe, double& p1,

@@ -209,6 +209,18 @@ inline void check_kind_mode(const char* op, const std::string& kind, int64_t mod
               ": mode must be 1 (layer norm), 2 (batch norm, training) or 3 (batch norm, evaluation), got ", mode);
 }
 
+// Batch norm's one-pass shifted column sums over rows [1, n) of R (stride ld): s1 += r - r_0,
+// s2 += (r - r_0)² (norm_avx2.h's col_shifted, one row at a time).
+template <typename T>
+void col_shifted_scalar(const T* R, int64_t ld, int64_t n, double* s1, double* s2, int64_t F) {
+  for (int64_t b = 1; b < n; ++b)
+    for (int64_t j = 0; j < F; ++j) {
+      const double u = double(R[b * ld + j]) - R[j];
+      s1[j] += u;
+      s2[j] += u * u;
+    }
+}
+
 // Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved
 // x^ (N, F), rho (LN (N, 1), BN train (T, F)) and BN train statistics (T, F); BN eval reads
 // st (2, S, F) (per slot: mean, 1/std) at row n's slot SL[n].
@@ -237,19 +249,21 @@ struct NormG {
     double *m, *v;  // the columns' float64 sums: thread-local scratch (no allocation per step)
     zeroed_scratch(2 * w, m);
     v = m + w;
+    // one pass: sums of r - r_0 and of its squares (the shifted-data variance: the step's first
+    // row is near the mean, so the sums do not cancel as plain Σ r² - n m² would), then
+    // m = r_0 + s1 / n, v = s2 - s1² / n (the sum of squared deviations)
+    [&] {
 #ifdef RNNKIT_SLEEF
-    if (rnnkit_pw::has_avx2()) {
-      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sum(Rc + b * F, m, w);
-      for (int64_t j = 0; j < w; ++j) m[j] /= bs;
-      for (int64_t b = 0; b < bs; ++b) rnnkit_norm_avx2::col_sqdev(Rc + b * F, m, v, w);
-    } else
+      if constexpr (std::is_same_v<T, float>)
+        if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::col_shifted(Rc, F, bs, m, v, w);
+      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::col_shifted(Rc, F, bs, m, v, w);
 #endif
-    {
-      for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < w; ++j) m[j] += Rc[b * F + j];
-      for (int64_t j = 0; j < w; ++j) m[j] /= bs;
-      for (int64_t b = 0; b < bs; ++b)
-        for (int64_t j = 0; j < w; ++j) v[j] += (Rc[b * F + j] - m[j]) * (Rc[b * F + j] - m[j]);
+      col_shifted_scalar(Rc, F, bs, m, v, w);
+    }();
+    for (int64_t j = 0; j < w; ++j) {
+      const double a = m[j];
+      m[j] = double(Rc[j]) + a / bs;
+      v[j] = std::max(v[j] - a * a / bs, 0.0);
     }
     const int64_t o = k * F + c0;
     bn_stats_out(m, v, double(bs), MEAN + o, VAR + o, RS + o, w);
@@ -292,6 +306,8 @@ struct NormG {
     } else {  // batch norm: per-column statistics, the step's (training) or the row's own (evaluation)
       const T *MU = mode == kBNTrain ? MEAN + k * F : ST + SL[n] * F, *RH = mode == kBNTrain ? RS + k * F : ST + (S + SL[n]) * F;
 #ifdef RNNKIT_SLEEF
+      if constexpr (std::is_same_v<T, float>)
+        if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::affine_cols(r, MU, RH, Gm, Sh, add, addv, x, y, F);
       if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::affine_cols(r, MU, RH, Gm, Sh, add, addv, x, y, F);
 #endif
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - MU[j]) * RH[j];
