@@ -209,11 +209,9 @@ void rows(int64_t n, int64_t width, const F& f) {
 // decreasing length, so the cuts balance the row-steps (sum over steps of the active rows in a
 // block), not the rows. Steps under 2048 values (B * width) stay on one thread: the fork/join
 // (~5 us) would cost more than it saves; else at least 4 rows per thread.
-template <typename F>
-void batch_blocks(int64_t B, int64_t width, const Steps& steps, const F& f) {
-  constexpr int64_t kMinRows = 4;
-  const int64_t k = B * width < 2048 ? 1 : std::min<int64_t>(at::get_num_threads(), B / kMinRows);
-  if (k <= 1 || at::in_parallel_region()) return f(int64_t(0), B);
+// The k + 1 cuts of rows [0, B) into k blocks of about equal row-steps (rows active in more
+// steps weigh more: packed batches shrink).
+inline std::vector<int64_t> row_cuts(int64_t B, const Steps& steps, int64_t k) {
   std::vector<int64_t> len(B, 0), cut(k + 1, B);  // len[b]: steps in which row b is active
   for (const auto& st : steps)
     for (int64_t b = 0; b < std::min(st.second, B); ++b) ++len[b];
@@ -225,6 +223,15 @@ void batch_blocks(int64_t B, int64_t width, const Steps& steps, const F& f) {
     for (; i < k && acc * k >= total * i; ++i) cut[i] = b + 1;
   }
   for (int64_t j = 1; j <= k; ++j) cut[j] = std::min(std::max(cut[j], cut[j - 1]), B);
+  return cut;
+}
+
+template <typename F>
+void batch_blocks(int64_t B, int64_t width, const Steps& steps, const F& f) {
+  constexpr int64_t kMinRows = 4;
+  const int64_t k = B * width < 2048 ? 1 : std::min<int64_t>(at::get_num_threads(), B / kMinRows);
+  if (k <= 1 || at::in_parallel_region()) return f(int64_t(0), B);
+  const std::vector<int64_t> cut = row_cuts(B, steps, k);
   at::parallel_for(0, k, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t j = i0; j < i1; ++j)
       if (cut[j + 1] > cut[j]) f(cut[j], cut[j + 1]);

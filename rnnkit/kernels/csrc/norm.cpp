@@ -16,7 +16,7 @@
 // kind: "lstm", "gru" (torch form), "rnn_tanh", "rnn_relu".
 #include <torch/library.h>
 
-#include "norm_kernels.h"
+#include "norm_team.h"
 
 namespace rnnkit_norm {
 namespace {
@@ -182,101 +182,144 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const OptT gic = cont(g_ih), sic = cont(s_ih);
       T_ *AI = proj_in ? a_ih.data_ptr<T_>() : nullptr, *YP = proj_in ? yp.data_ptr<T_>() : nullptr;
       const NormG<T_> ni(mi, G4, xs_ih, rs_ih, mean_ih, var_ih, proj_in ? *gic : gcc, sic, std::nullopt);
-      // the input group's rows of chunk steps [q0, q1) (the chunk starting at step k) from their
-      // a rows A(q): batch norm first takes each step's column statistics (its rows [0, bs), so
-      // r0 = 0 here); in batch norm the steps run on the threads (the caller is not on them)
-      auto in_rows = [&](int64_t k, int64_t q1, int64_t r0, int64_t r1, const auto& A) {
-        auto steps_of = [&](int64_t qa, int64_t qb) {
-          for (int64_t q = qa; q < qb; ++q) {
-            const int64_t oq = steps[q].first, jq = q - k;
-            if (mi == kBNTrain) ni.stats(A(q), r1, q);
-            for (int64_t b = r0; b < r1; ++b)
-              ni.row(A(q) + (b - r0) * G4, oq + b, xs_row(oq, jq, b), q, nullptr, nullptr, YP + (jq * B + b) * G4);
-          }
-        };
-        if (mi == kBNTrain && q1 - k > 1 && at::get_num_threads() > 1 && r1 * G4 >= kRowsMin)
-          at::parallel_for(k, q1, 1, steps_of);
-        else
-          steps_of(k, q1);
+      // The input group of the chunk of steps opening at step k, rows [r0, r1): one GEMM over
+      // them (dense input: their x gathered into xg, a into ag, or into a_ih, the chunk's
+      // scratch, at rows [K r0, K r1); then, layer norm, each row copied to its saved place),
+      // or one a step (packed: a thread's rows of a later step are known only then). in_a:
+      // row r0 of step q's a. Per step, the dense GEMM had a step's rows only (16 in a medium
+      // call on 2 threads), too few for brgemm to run near its peak.
+      auto in_a = [&](int64_t k, int64_t q, int64_t r0, int64_t r1) {
+        if (K > 1) return (save_a ? ag.data_ptr<T_>() : AI) + (K * r0 + (q - k) * (r1 - r0)) * G4;
+        return AI + ((save_a ? steps[q].first : (q - k) * B) + r0) * G4;
       };
-      over_steps(mode != kBNTrain, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
-        const int64_t off = steps[k].first, bs = steps[k].second, so = save ? off : 0, nr = r1 - r0;
-        const T_ *ZH = zhr.at<T_>(off), *ZC = zcr.at<T_>(off);  // zoneout: the step's rows
-        const int64_t jk = k % K;  // this step's place in its chunk
-        if (proj_in && jk == 0 && K > 1) {  // the chunk's input group as one GEMM (dense input, xg)
-          const int64_t q1 = std::min(k + K, T);
-          T_ *XG = xg.data_ptr<T_>() + K * r0 * I, *AG = (save_a ? ag.data_ptr<T_>() : AI) + K * r0 * G4;
+      auto in_project = [&](int64_t k, int64_t r0, int64_t r1) {
+        const int64_t q1 = std::min(k + K, T), nr = r1 - r0;
+        if (nr == 0) return;
+        if (K > 1) {
+          T_* XG = xg.data_ptr<T_>() + K * r0 * I;
           for (int64_t q = k; q < q1; ++q)
             std::copy_n(XI.data_ptr<T_>() + (steps[q].first + r0) * I, nr * I, XG + (q - k) * nr * I);
-          step_xwt(XG, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), AG, (q1 - k) * nr, G4, I);
+          step_xwt(XG, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), in_a(k, k, r0, r1), (q1 - k) * nr, G4, I);
           if (save_a)
-            for (int64_t q = k; q < q1; ++q)
-              std::copy_n(AG + (q - k) * nr * G4, nr * G4, AI + (steps[q].first + r0) * G4);
-          in_rows(k, q1, r0, r1, [&](int64_t q) { return AG + (q - k) * nr * G4; });
-        } else if (proj_in && jk == 0) {  // packed (or one step): the step's input group for rows [r0, r1)
-          const int64_t q1 = std::min(k + K, T);
-          auto A = [&](int64_t q) { return AI + ((save_a ? steps[q].first : (q - k) * B) + r0) * G4; };
+            for (int64_t q = k; q < q1; ++q) std::copy_n(in_a(k, q, r0, r1), nr * G4, AI + (steps[q].first + r0) * G4);
+        } else
           for (int64_t q = k; q < q1; ++q)
-            step_xwt(XI.data_ptr<T_>() + (steps[q].first + r0) * I, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), A(q),
-                     nr, G4, I);
-          in_rows(k, q1, r0, r1, A);
-        }
-        const T_* HP = load_h(so, off, r0, r1);
-        step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P,
-                 [&](int64_t c0, int64_t c1) { nh.stats(R, bs, k, c0, c1); });  // BN train: its columns' statistics
-        // h_t of row b from its normalized cell: tanh(norm_c(c_t)), o ⊙ it, zoneout on c (and
-        // on h without projection)
-        auto out_row = [&](int64_t b) {
-          const int64_t n = off + b, ns = so + b;
-          T_ *c = C + b * H, *tc = TCV + ns * H, *hr = proj ? HRW + ns * H : O + n * H;
-          const T_* g = GT + ns * G4;
-          nc.row(c, n, ns, k, nullptr, nullptr, tc);
-          tanh(tc, tc, H);
-          for (int64_t j = 0; j < H; ++j) hr[j] = g[3 * H + j] * tc[j];
-          if (ZC) {
-            const T_ *cp = CPV + ns * H, *z = ZC + b * H;
-            for (int64_t j = 0; j < H; ++j) c[j] = lerp(c[j], cp[j], z[j]);
+            step_xwt(XI.data_ptr<T_>() + (steps[q].first + r0) * I, WI.data_ptr<T_>(), WIT.data_ptr<T_>(),
+                     in_a(k, q, r0, r1), nr, G4, I);
+      };
+      // the normalized input rows [r0, r1) of chunk step q (st: batch norm's team statistics)
+      auto in_rows = [&](int64_t k, int64_t q, int64_t r0, int64_t r1, const T_* st) {
+        const int64_t oq = steps[q].first, jq = q - k;
+        const T_* A = in_a(k, q, r0, r1);
+        for (int64_t b = r0; b < r1; ++b)
+          ni.row(A + (b - r0) * G4, oq + b, xs_row(oq, jq, b), q, nullptr, nullptr, YP + (jq * B + b) * G4, st);
+      };
+      // Row b of step k: a = norm_hh(r) + the input group, the gates and the cell's c_t
+      // (st: batch norm's team statistics of r_t).
+      auto gate_row = [&](int64_t k, int64_t b, const T_* st) {
+        const int64_t off = steps[k].first, n = off + b, ns = (save ? off : 0) + b;
+        T_ *r = R + b * G4, *g = GT + ns * G4, *c = C + b * H, *cp = CPV + ns * H;
+        nh.row(r, n, ns, k, proj_in ? YP + ((k % K) * B + b) * G4 : XP + n * G4, nullptr, r, st);
+        if (PW)  // peepholes after the normalization (cells/greff.py): i, f see c_{t-1}
+          for (int64_t j = 0; j < H; ++j) {
+            r[j] += PW[j] * c[j];
+            r[H + j] += PW[H + j] * c[j];
           }
-          if (!proj)
-            for (int64_t j = 0; j < H; ++j) HB[b * H + j] = hr[j] = ZH ? lerp(hr[j], HB[b * H + j], ZH[b * H + j]) : hr[j];
+        sigmoid(r, g, 2 * H);
+        tanh(r + 2 * H, g + 2 * H, H);
+        if (!PW) sigmoid(r + 3 * H, g + 3 * H, H);
+        for (int64_t j = 0; j < H; ++j) {
+          const T_ cv = c[j];
+          cp[j] = cv;
+          c[j] = g[H + j] * cv + g[j] * g[2 * H + j];
+        }
+        if (PW) {  // o sees the candidate c~_t (before zoneout)
+          for (int64_t j = 0; j < H; ++j) r[3 * H + j] += PW[2 * H + j] * c[j];
+          sigmoid(r + 3 * H, g + 3 * H, H);
+        }
+      };
+      // h_t of row b from its normalized cell: tanh(norm_c(c_t)), o ⊙ it, zoneout on c (and on
+      // h without projection) (st: batch norm's team statistics of c_t)
+      auto out_row = [&](int64_t k, int64_t b, const T_* st) {
+        const int64_t off = steps[k].first, n = off + b, ns = (save ? off : 0) + b;
+        const T_ *ZH = zhr.at<T_>(off), *ZC = zcr.at<T_>(off);  // zoneout: the step's rows
+        T_ *c = C + b * H, *tc = TCV + ns * H, *hr = proj ? HRW + ns * H : O + n * H;
+        const T_* g = GT + ns * G4;
+        nc.row(c, n, ns, k, nullptr, nullptr, tc, st);
+        tanh(tc, tc, H);
+        for (int64_t j = 0; j < H; ++j) hr[j] = g[3 * H + j] * tc[j];
+        if (ZC) {
+          const T_ *cp = CPV + ns * H, *z = ZC + b * H;
+          for (int64_t j = 0; j < H; ++j) c[j] = lerp(c[j], cp[j], z[j]);
+        }
+        if (!proj)
+          for (int64_t j = 0; j < H; ++j) HB[b * H + j] = hr[j] = ZH ? lerp(hr[j], HB[b * H + j], ZH[b * H + j]) : hr[j];
+      };
+      auto proj_rows = [&](int64_t k, int64_t r0, int64_t r1) {  // out = hraw W_hr^T, then zoneout on h
+        const int64_t off = steps[k].first, so = save ? off : 0;
+        const T_* ZH = zhr.at<T_>(off);
+        T_* y = O + off * P;
+        step_xwt(HRW + (so + r0) * H, WR.data_ptr<T_>(), WRT.data_ptr<T_>(), y + r0 * P, r1 - r0, P, H);
+        for (int64_t i = r0 * P; i < r1 * P; ++i) HB[i] = y[i] = ZH ? lerp(y[i], HB[i], ZH[i]) : y[i];
+      };
+      if (mode != kBNTrain) {  // layer norm, batch norm in evaluation: a block of rows a thread
+        over_steps(true, B, G4, steps, false, [&](int64_t k, int64_t r0, int64_t r1) {
+          const int64_t off = steps[k].first, so = save ? off : 0, nr = r1 - r0;
+          if (proj_in && k % K == 0) {
+            in_project(k, r0, r1);
+            for (int64_t q = k; q < std::min(k + K, T); ++q) in_rows(k, q, r0, r1, nullptr);
+          }
+          const T_* HP = load_h(so, off, r0, r1);
+          step_xwt(HP + r0 * P, Wp, WTp, R + r0 * G4, nr, G4, P);
+          prows(nr, G4, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
+              gate_row(k, b, nullptr);
+              out_row(k, b, nullptr);
+            }
+          });
+          if (proj) proj_rows(k, r0, r1);
+        });
+      } else {  // batch norm in training: a team of row blocks meeting at the statistics (norm_team.h)
+        const int64_t nmax = std::max<int64_t>(1, at::get_num_threads());
+        TeamStats<T_> ts_in(G4, nmax, proj_in ? K : 0), ts_hh(G4, nmax), ts_c(H, nmax);
+        auto saved = [](const NormG<T_>& ng, int64_t k, bool w) {  // the step's saved statistics (thread 0)
+          const int64_t o = k * ng.F;
+          return std::array<T_*, 3>{w ? ng.MEAN + o : nullptr, w ? ng.VAR + o : nullptr, w ? ng.RS + o : nullptr};
         };
-        prows(nr, G4, [&](int64_t b0, int64_t b1) {
-          for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
-            const int64_t n = off + b, ns = so + b;
-            T_ *r = R + b * G4, *g = GT + ns * G4, *c = C + b * H, *cp = CPV + ns * H;
-            nh.row(r, n, ns, k, proj_in ? YP + (jk * B + b) * G4 : XP + n * G4, nullptr, r);  // a = norm_hh(r) + xp
-            if (PW)  // peepholes after the normalization (cells/greff.py): i, f see c_{t-1}
-              for (int64_t j = 0; j < H; ++j) {
-                r[j] += PW[j] * c[j];
-                r[H + j] += PW[H + j] * c[j];
-              }
-            sigmoid(r, g, 2 * H);
-            tanh(r + 2 * H, g + 2 * H, H);
-            if (!PW) sigmoid(r + 3 * H, g + 3 * H, H);
-            for (int64_t j = 0; j < H; ++j) {
-              const T_ cv = c[j];
-              cp[j] = cv;
-              c[j] = g[H + j] * cv + g[j] * g[2 * H + j];
+        over_steps_team(B, G4, steps, 2, [&](int64_t k, int ph, int64_t b0, int64_t b1, int64_t t, int64_t nt) {
+          const bool w = t == 0;
+          if (ph == 0 && k > 0) {  // close step k - 1: its cell statistics, h
+            const int64_t kp = k - 1, e = std::max(b0, std::min(b1, steps[kp].second));
+            const auto sv = saved(nc, kp, w);
+            const T_* st = ts_c.combine(t, nt, 0, sv[0], sv[1], sv[2]);
+            for (int64_t b = b0; b < e; ++b) out_row(kp, b, st);
+            if (proj && e > b0) proj_rows(kp, b0, e);
+          }
+          if (k == T) return;
+          const int64_t off = steps[k].first, so = save ? off : 0;
+          const int64_t r1 = std::max(b0, std::min(b1, steps[k].second)), nr = r1 - b0;
+          const bool chunk = proj_in && k % K == 0;
+          const int64_t q1 = chunk ? std::min(k + K, T) : k;
+          if (ph == 0) {  // open step k: the input group's chunk and r_t, their partial sums
+            if (chunk) {
+              in_project(k, b0, r1);
+              for (int64_t q = k; q < q1; ++q) ts_in.sum(t, in_a(k, q, b0, r1), G4, nr, q - k);
             }
-            if (PW) {  // o sees the candidate c~_t (before zoneout)
-              for (int64_t j = 0; j < H; ++j) r[3 * H + j] += PW[2 * H + j] * c[j];
-              sigmoid(r + 3 * H, g + 3 * H, H);
+            const T_* HP = load_h(so, off, b0, r1);
+            if (nr) step_xwt(HP + b0 * P, Wp, WTp, R + b0 * G4, nr, G4, P);
+            ts_hh.sum(t, R + b0 * G4, G4, nr);
+          } else {  // normalize them with the team's statistics, the gates, c_t's partial sums
+            for (int64_t q = k; q < q1; ++q) {
+              const auto sv = saved(ni, q, w);
+              in_rows(k, q, b0, r1, ts_in.combine(t, nt, q - k, sv[0], sv[1], sv[2]));
             }
-            if (mode == kLN) out_row(b);
+            const auto sv = saved(nh, k, w);
+            const T_* st = ts_hh.combine(t, nt, 0, sv[0], sv[1], sv[2]);
+            for (int64_t b = b0; b < r1; ++b) gate_row(k, b, st);
+            ts_c.sum(t, C + b0 * H, H, nr);
           }
         });
-        if (mode != kLN) {
-          nc.stats(C, bs, k);
-          prows(nr, G4, [&](int64_t b0, int64_t b1) {
-            for (int64_t b = r0 + b0; b < r0 + b1; ++b) out_row(b);
-          });
-        }
-        if (proj) {  // out = hraw W_hr^T, then zoneout on h
-          T_* y = O + off * P;
-          step_xwt(HRW + (so + r0) * H, WR.data_ptr<T_>(), WRT.data_ptr<T_>(), y + r0 * P, nr, P, H);
-          for (int64_t i = r0 * P; i < r1 * P; ++i) HB[i] = y[i] = ZH ? lerp(y[i], HB[i], ZH[i]) : y[i];
-        }
-      });
+      }
       res = {out, hbuf, cbuf, hh[2], hh[3], cg[2], cg[3], gates, cprev, tanhc, hprev, hraw, hh[0], hh[1],
              cg[0], cg[1]};
       if (proj_in && mi == kLN) res.insert(res.end(), {a_ih, mean_ih, rs_ih});  // after the saved tensors

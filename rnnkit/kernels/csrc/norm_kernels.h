@@ -221,6 +221,17 @@ void col_shifted_scalar(const T* R, int64_t ld, int64_t n, double* s1, double* s
     }
 }
 
+// col_shifted on the widest vectors the CPU has.
+template <typename T>
+void col_shifted_any(const T* R, int64_t ld, int64_t n, double* s1, double* s2, int64_t F) {
+#ifdef RNNKIT_SLEEF
+  if constexpr (std::is_same_v<T, float>)
+    if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::col_shifted(R, ld, n, s1, s2, F);
+  if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::col_shifted(R, ld, n, s1, s2, F);
+#endif
+  col_shifted_scalar(R, ld, n, s1, s2, F);
+}
+
 // Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved
 // x^ (N, F), rho (LN (N, 1), BN train (T, F)) and BN train statistics (T, F); BN eval reads
 // st (2, S, F) (per slot: mean, 1/std) at row n's slot SL[n].
@@ -252,14 +263,7 @@ struct NormG {
     // one pass: sums of r - r_0 and of its squares (the shifted-data variance: the step's first
     // row is near the mean, so the sums do not cancel as plain Σ r² - n m² would), then
     // m = r_0 + s1 / n, v = s2 - s1² / n (the sum of squared deviations)
-    [&] {
-#ifdef RNNKIT_SLEEF
-      if constexpr (std::is_same_v<T, float>)
-        if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::col_shifted(Rc, F, bs, m, v, w);
-      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::col_shifted(Rc, F, bs, m, v, w);
-#endif
-      col_shifted_scalar(Rc, F, bs, m, v, w);
-    }();
+    col_shifted_any(Rc, F, bs, m, v, w);
     for (int64_t j = 0; j < w; ++j) {
       const double a = m[j];
       m[j] = double(Rc[j]) + a / bs;
@@ -270,8 +274,10 @@ struct NormG {
   }
   // One row r (F) at packed row n of step k: x^ saved at row ns (n, or the row's slot in a
   // step-sized scratch when nothing is saved), y = (g ⊙ x^ (+ s)) (+ add) (+ addv) into y (may
-  // be r itself).
-  void row(const T* r, int64_t n, int64_t ns, int64_t k, const T* add, const T* addv, T* y) const {
+  // be r itself). BN train on a team (norm_team.h): the step's statistics `st` (mean, var,
+  // rho: 3F) that the thread combined, instead of the saved ones.
+  void row(const T* r, int64_t n, int64_t ns, int64_t k, const T* add, const T* addv, T* y,
+           const T* st = nullptr) const {
     T* x = X + ns * F;
     if (mode == kLN) {  // two passes (mean, then centred variance), 4 partial sums each
       double m, v;
@@ -304,7 +310,8 @@ struct NormG {
       if (MEAN) MEAN[n] = mu;
       for (int64_t j = 0; j < F; ++j) x[j] = (r[j] - mu) * rho;
     } else {  // batch norm: per-column statistics, the step's (training) or the row's own (evaluation)
-      const T *MU = mode == kBNTrain ? MEAN + k * F : ST + SL[n] * F, *RH = mode == kBNTrain ? RS + k * F : ST + (S + SL[n]) * F;
+      const T *MU = st ? st : mode == kBNTrain ? MEAN + k * F : ST + SL[n] * F;
+      const T* RH = st ? st + 2 * F : mode == kBNTrain ? RS + k * F : ST + (S + SL[n]) * F;
 #ifdef RNNKIT_SLEEF
       if constexpr (std::is_same_v<T, float>)
         if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::affine_cols(r, MU, RH, Gm, Sh, add, addv, x, y, F);
