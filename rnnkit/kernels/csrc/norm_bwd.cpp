@@ -8,7 +8,7 @@
 // step's column means of dx^ before a row's dr, so there the row pass is cut in two or three
 // with those means in between, each pass split by rows and the GEMM by output columns. Weight gradients are
 // single GEMMs over all steps after the loop.
-#include "norm_kernels.h"
+#include "norm_team.h"
 
 namespace rnnkit_norm {
 namespace {
@@ -190,30 +190,73 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
       const auto rows = pick_rows<T_>(zc_.has_value(), PW != nullptr);
       const OutRow<T_> out_row = rows.first;
       const GateRow<T_> gate_row = rows.second;
-      over_steps(mode != kBNTrain, B, G4, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
-        const int64_t off = steps[k].first, bs = steps[k].second, o0 = off + r0;
+      // rows [r0, r1) of step k: dL/dh~, then through the projection: dh = dh~ W_hr
+      auto proj_rows = [&](int64_t k, int64_t r0, int64_t r1) {
+        const int64_t off = steps[k].first, o0 = off + r0;
+        const T_* ZH = zhr.at<T_>(off);
+        dh_step((r1 - r0) * P, GO + o0 * P, DHB + r0 * P, ZH ? ZH + r0 * P : nullptr, DHZ + r0 * P, DHA + o0 * P);
+        step_xw(DHA + o0 * P, WR.data_ptr<T_>(), DHT + r0 * H, r1 - r0, H, P);
+      };
+      auto f1 = [&](int64_t k, int64_t b) {  // d o', d y_c (the cell norm's output)
+        const int64_t off = steps[k].first, n = off + b;
         const T_ *ZH = zhr.at<T_>(off), *ZC = zcr.at<T_>(off);  // zoneout: the step's rows
-        if (proj) {  // dL/dh~ for the rows, then through the projection: dh = dh~ W_hr
-          dh_step((r1 - r0) * P, GO + o0 * P, DHB + r0 * P, ZH ? ZH + r0 * P : nullptr, DHZ + r0 * P, DHA + o0 * P);
-          step_xw(DHA + o0 * P, WR.data_ptr<T_>(), DHT + r0 * H, r1 - r0, H, P);
-        }
-        auto f1 = [&](int64_t b) {  // d o', d y_c (the cell norm's output)
-          const int64_t n = off + b;
-          T_* dh = DHT + b * H;
-          if (!proj) dh_step(H, GO + n * H, DHB + b * H, ZH ? ZH + b * H : nullptr, DHZ + b * H, dh);
-          out_row(H, GT + n * G4, TCV + n * H, dh, ZC ? ZC + b * H : nullptr, DC + b * H, DCZ + b * H,
-                  DG + n * G4 + 3 * H, DY + b * H);
-        };
-        auto f2 = [&](int64_t b) {  // the cell's gradient, the other gate gradients
-          const int64_t n = off + b;
-          nc.row(DY + b * H, n, k, DCN + b * H);
-          gate_row(H, GT + n * G4, CPV + n * H, DCN + b * H, PW, DCZ + b * H, DC + b * H, DG + n * G4);
-        };
-        auto f3 = [&](int64_t b) { nh.row(DG + (off + b) * G4, off + b, k, DR + (off + b) * G4); };
-        passes(r0, r1, G4, {f1, f2, f3},
-               {[&] { nc.stats(DY, off, bs); }, [&] { nh.stats(DG + off * G4, off, bs); }});
-        recur(off, r0, r1, nullptr);
-      });
+        T_* dh = DHT + b * H;
+        if (!proj) dh_step(H, GO + n * H, DHB + b * H, ZH ? ZH + b * H : nullptr, DHZ + b * H, dh);
+        out_row(H, GT + n * G4, TCV + n * H, dh, ZC ? ZC + b * H : nullptr, DC + b * H, DCZ + b * H,
+                DG + n * G4 + 3 * H, DY + b * H);
+      };
+      auto f2 = [&](int64_t k, int64_t b, const T_* mc) {  // the cell's gradient, the other gate gradients
+        const int64_t n = steps[k].first + b;
+        nc.row(DY + b * H, n, k, DCN + b * H, mc);
+        gate_row(H, GT + n * G4, CPV + n * H, DCN + b * H, PW, DCZ + b * H, DC + b * H, DG + n * G4);
+      };
+      auto f3 = [&](int64_t k, int64_t b, const T_* mc) {
+        const int64_t n = steps[k].first + b;
+        nh.row(DG + n * G4, n, k, DR + n * G4, mc);
+      };
+      if (mode != kBNTrain) {  // layer norm, batch norm in evaluation: a block of rows a thread
+        over_steps(true, B, G4, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
+          if (proj) proj_rows(k, r0, r1);
+          prows(r1 - r0, G4, [&](int64_t b0, int64_t b1) {
+            for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
+              f1(k, b);
+              f2(k, b, nullptr);
+              f3(k, b, nullptr);
+            }
+          });
+          recur(steps[k].first, r0, r1, nullptr);
+        });
+      } else {  // batch norm in training: a team of row blocks meeting at the column means (norm_team.h)
+        const int64_t nmax = std::max<int64_t>(1, at::get_num_threads()), T = steps.size();
+        std::vector<double> part_c(nmax * 2 * H), part_h(nmax * 2 * G4);
+        std::vector<T_> mean_c(nmax * 2 * H), mean_h(nmax * 2 * G4);
+        // iteration i: step k = T - 1 - i (backward in time): phase 0 closes step k + 1 (the
+        // recurrent norm's backward, dh_{t-1}) and opens step k (dL/dh, the cell norm's output
+        // gradient and its partial sums), phase 1 the cell's and gates' gradients and their
+        // partial sums
+        over_steps_team(B, G4, steps, 2, [&](int64_t i, int ph, int64_t b0, int64_t b1, int64_t t, int64_t nt) {
+          auto rows_of = [&](int64_t k) { return std::max(b0, std::min(b1, steps[k].second)); };
+          if (ph == 0 && i > 0) {
+            const int64_t kp = T - i, e = rows_of(kp);
+            T_* mc = mean_h.data() + t * 2 * G4;
+            nh.combine(part_h.data(), 2 * G4, nt, steps[kp].second, mc);
+            for (int64_t b = b0; b < e; ++b) f3(kp, b, mc);
+            if (e > b0) recur(steps[kp].first, b0, e, nullptr);
+          }
+          if (i == T) return;
+          const int64_t k = T - 1 - i, off = steps[k].first, r1 = rows_of(k);
+          if (ph == 0) {
+            if (proj && r1 > b0) proj_rows(k, b0, r1);
+            for (int64_t b = b0; b < r1; ++b) f1(k, b);
+            nc.partial(DY + b0 * H, off + b0, r1 - b0, part_c.data() + t * 2 * H);
+          } else {
+            T_* mc = mean_c.data() + t * 2 * H;
+            nc.combine(part_c.data(), 2 * H, nt, steps[k].second, mc);
+            for (int64_t b = b0; b < r1; ++b) f2(k, b, mc);
+            nh.partial(DG + (off + b0) * G4, off + b0, r1 - b0, part_h.data() + t * 2 * G4);
+          }
+        });
+      }
       res[0] = dgates;
       res[2] = dcbuf;
       if (proj) res[5] = mm_tn(dh_all, hraw, onednn);

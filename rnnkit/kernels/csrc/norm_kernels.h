@@ -369,6 +369,28 @@ struct NormB {
     double *m1, *m2;
     zeroed_scratch(2 * w, m1);
     m2 = m1 + w;
+    sums(D, off, bs, c0, c1, m1, m2);
+    for (int64_t j = 0; j < w; ++j) ca[c0 + j] = T(m1[j] / bs), cc[c0 + j] = T(m2[j] / bs);
+  }
+  // BN train on a team (norm_team.h): this thread's sums over its n rows D at packed rows
+  // [off, off + n), into P (2F: Σ d g, Σ (d g) x^) and its affine gradients; then every
+  // thread's means of the step's bs rows from the team's nt partials (stride apart, thread
+  // order) into m (2F: mean of d g, of (d g) x^).
+  void partial(const T* D, int64_t off, int64_t n, double* P) {
+    std::fill(P, P + 2 * F, 0.0);
+    sums(D, off, n, 0, F, P, P + F);
+  }
+  void combine(const double* P, int64_t stride, int64_t nt, int64_t bs, T* m) const {
+    for (int64_t j = 0; j < 2 * F; ++j) {
+      double s = 0;
+      for (int64_t t = 0; t < nt; ++t) s += P[t * stride + j];
+      m[j] = T(s / bs);
+    }
+  }
+  // Σ d g and Σ (d g) x^ of columns [c0, c1) over rows D (n, F) at packed rows [off, off + n)
+  // into m1, m2 (c1 - c0 each), and the affine gradients of those rows.
+  void sums(const T* D, int64_t off, int64_t bs, int64_t c0, int64_t c1, double* m1, double* m2) {
+    const int64_t w = c1 - c0;
     double *DGA = mine() + c0, *DBE = DGA + F;
     const T *Xs = X + off * F + c0, *Dc = D + c0, *Gc = Gm + c0;
 #ifdef RNNKIT_SLEEF
@@ -387,17 +409,17 @@ struct NormB {
           m2[j] += t * x;
         }
     }
-    for (int64_t j = 0; j < w; ++j) ca[c0 + j] = T(m1[j] / bs), cc[c0 + j] = T(m2[j] / bs);
   }
-  // dr (F) of the row d (F) at packed row n of step k.
-  void row(const T* d, int64_t n, int64_t k, T* out) {
+  // dr (F) of the row d (F) at packed row n of step k (BN train on a team: the step's means
+  // `mc` (2F) that the thread combined, instead of ca, cc).
+  void row(const T* d, int64_t n, int64_t k, T* out, const T* mc = nullptr) {
     const T* x = X + n * F;
     if (mode == kBNTrain) {
-      const T* Q = RS + k * F;
+      const T *Q = RS + k * F, *A = mc ? mc : ca.data(), *C = mc ? mc + F : cc.data();
 #ifdef RNNKIT_SLEEF
-      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::bnb_out_cols(d, x, Gm, ca.data(), cc.data(), Q, out, F);
+      if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::bnb_out_cols(d, x, Gm, A, C, Q, out, F);
 #endif
-      for (int64_t j = 0; j < F; ++j) out[j] = Q[j] * (d[j] * Gm[j] - ca[j] - x[j] * cc[j]);
+      for (int64_t j = 0; j < F; ++j) out[j] = Q[j] * (d[j] * Gm[j] - A[j] - x[j] * C[j]);
       return;
     }
     double *DGA = mine(), *DBE = DGA + F;

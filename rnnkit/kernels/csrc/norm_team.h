@@ -32,10 +32,12 @@ inline void team_barrier() {
 // f(k, phase, b0, b1, t, nt) for every step k of a direction in processing order and phases
 // 0 .. phases-1 of each, then f(T, 0, ...) once (closing the last step), with a team barrier
 // after every call but that last: thread t of nt owns batch rows [b0, b1) (rows of a step past
-// its batch size are inactive: f clips them, possibly to none, and still takes part). On one
-// thread below kRowsMin values a step (the small shape: a barrier would cost more than the
-// step's work). An exception in f stops that thread's work but not its barriers (the others
-// would wait forever), and is rethrown after the loop.
+// its batch size are inactive: f clips them, possibly to none, and still takes part; so do
+// threads beyond the row blocks, with none). On one thread below kRowsMin values a step (the
+// small shape: a barrier would cost more than the step's work). The team is OpenMP's default
+// one, as ATen's parallel_for (no num_threads clause: pytorch #32008), with ATen's thread id
+// set (NormB's per-thread accumulators). An exception in f stops that thread's work but not
+// its barriers (the others would wait forever), and is rethrown after the loop.
 template <typename F>
 void over_steps_team(int64_t B, int64_t width, const rnnkit_common::Steps& steps, int phases, const F& f) {
   const int64_t T = steps.size();
@@ -44,12 +46,14 @@ void over_steps_team(int64_t B, int64_t width, const rnnkit_common::Steps& steps
   std::exception_ptr err;
   std::mutex mu;
   auto run = [&](int64_t t, int64_t nt) {
-    const std::vector<int64_t> cut = rnnkit_common::row_cuts(B, steps, nt);
+    const int64_t nb = std::min(nt, want);
+    const std::vector<int64_t> cut = rnnkit_common::row_cuts(B, steps, nb);
+    const int64_t b0 = t < nb ? cut[t] : B, b1 = t < nb ? cut[t + 1] : B;
     bool ok = true;
     for (int64_t k = 0; k <= T; ++k)
       for (int ph = 0; ph < (k < T ? phases : 1); ++ph) {
         if (ok) try {
-            f(k, ph, cut[t], cut[t + 1], t, nt);
+            f(k, ph, b0, b1, t, nt);
           } catch (...) {
             ok = false;
             std::lock_guard<std::mutex> lock(mu);
@@ -60,8 +64,11 @@ void over_steps_team(int64_t B, int64_t width, const rnnkit_common::Steps& steps
   };
 #ifdef _OPENMP
   if (want > 1) {
-#pragma omp parallel num_threads(want)
-    run(omp_get_thread_num(), omp_get_num_threads());
+#pragma omp parallel
+    {
+      const at::internal::ThreadIdGuard tid(omp_get_thread_num());
+      run(omp_get_thread_num(), omp_get_num_threads());
+    }
   } else
 #endif
     run(0, 1);
