@@ -16,6 +16,7 @@
 // kind: "lstm", "gru" (torch form), "rnn_tanh", "rnn_relu".
 #include <torch/library.h>
 
+#include "norm_checks.h"
 #include "norm_team.h"
 
 namespace rnnkit_norm {
@@ -23,48 +24,6 @@ namespace {
 
 using rnnkit_pw::lerp;
 constexpr int64_t kInChunk = 8;  // steps per chunk of the in-kernel input group (dense input)
-
-// The arguments of forward against each other: N rows of the packed input, B rows of the
-// state, P its width, H the hidden size (P == H without projection), G the recurrent group's
-// width (4H, 3H, H).
-void check_forward(const std::string& kind, int64_t mode, const Tensor& xp, const Tensor& h0, const OptT& c0,
-                   const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask, const OptT& zh,
-                   const OptT& zc, const Tensor& g_hh, const OptT& s_hh, const OptT& g_c, const OptT& s_c,
-                   const OptT& st_hh, const OptT& st_c, const OptT& w_peep, const OptT& x_in, const OptT& w_ih,
-                   const OptT& g_ih, const OptT& s_ih) {
-  using namespace rnnkit_check;
-  const char* op = "rnnkit_norm::forward";
-  check_kind_mode(op, kind, mode);
-  const bool proj_in = x_in.has_value();
-  const Sizes sz = forward_sizes(op, proj_in ? "x_in" : "xp", proj_in ? *x_in : xp, h0);
-  const auto dt = sz.dt;
-  const int64_t N = sz.N, B = sz.B, P = sz.P;
-  TORCH_CHECK(xp.scalar_type() == dt, op, ": xp must have dtype ", dt, " (as x_in), got ", xp.scalar_type());
-  if (kind == "lstm") {
-    const Tensor& c = req(op, "c0", c0, "by the LSTM");
-    const int64_t H = lstm_state(op, c, dt, B, P, w_hr, h0), G = 4 * H;
-    if (proj_in) {
-      tensor(op, "w_ih", req(op, "w_ih", w_ih, "with x_in"), dt, "(4H, I)", {G, x_in->size(1)});
-      tensor(op, "g_ih", req(op, "g_ih", g_ih, "with x_in"), dt, "(4H,)", {G});
-      opt(op, "s_ih", s_ih, dt, "(4H,)", {G});
-    } else {
-      tensor(op, "xp", xp, dt, "(N, 4H)", {N, G});
-    }
-    tensor(op, "w_hh", w_hh, dt, "(4H, P)", {G, P});
-    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
-    opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
-    check_group(op, "hh", dt, G, &g_hh, s_hh, st_hh);
-    check_group(op, "c", dt, H, &req(op, "g_c", g_c, "by the LSTM"), s_c, st_c);
-    return;
-  }
-  const int64_t G = kind == "gru" ? 3 * P : P;
-  tensor(op, "xp", xp, dt, kind == "gru" ? "(N, 3H)" : "(N, H)", {N, G});
-  tensor(op, "w_hh", w_hh, dt, kind == "gru" ? "(3H, H)" : "(H, H)", {G, P});
-  if (kind == "gru") opt(op, "b_hh", b_hh, dt, "(3H,)", {G});
-  opt(op, "mask", mask, dt, "(B, H)", {B, P});
-  opt(op, "zh", zh, dt, "(N, H)", {N, P});
-  check_group(op, "hh", dt, G, &g_hh, s_hh, st_hh);
-}
 
 std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, const Tensor& h0, const OptT& c0,
                             const Tensor& w_hh, const OptT& b_hh, const OptT& w_hr, const OptT& mask_,

@@ -8,6 +8,8 @@
 // step's column means of dx^ before a row's dr, so there the row pass is cut in two or three
 // with those means in between, each pass split by rows and the GEMM by output columns. Weight gradients are
 // single GEMMs over all steps after the loop.
+#include "norm_checks.h"
+#include "norm_group_bwd.h"
 #include "norm_team.h"
 
 namespace rnnkit_norm {
@@ -45,62 +47,6 @@ std::pair<OutRow<T>, GateRow<T>> pick_rows(bool zc, bool pi) {
   static const GateRow<T> gates[4] = {norm_lstm_bwd_gates<T, false, false>, norm_lstm_bwd_gates<T, false, true>,
                                       norm_lstm_bwd_gates<T, true, false>, norm_lstm_bwd_gates<T, true, true>};
   return {out[zc], gates[2 * pi + zc]};
-}
-
-// The arguments of backward against each other, as norm.cpp's check_forward; `saved` as the
-// forward returned it after its seven outputs (without the input group's three).
-void check_backward(const std::string& kind, int64_t mode, const Tensor& gout, const Tensor& ghn, const Tensor& gcn,
-                    const Tensor& out, const std::vector<Tensor>& saved, const Tensor& w_hh, const OptT& w_hr,
-                    const OptT& mask, const OptT& zh, const OptT& zc, const Tensor& g_hh, const OptT& g_c,
-                    const OptT& st_hh, const OptT& st_c, const OptT& w_peep, int64_t T) {
-  using namespace rnnkit_check;
-  const char* op = "rnnkit_norm::backward";
-  check_kind_mode(op, kind, mode);
-  const auto dt = floating(op, "out", out);
-  tensor(op, "out", out, dt, "(N, P)", {kAny, kAny});
-  const int64_t N = out.size(0), P = out.size(1);
-  tensor(op, "gout", gout, dt, "(N, P)", {N, P});
-  tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});
-  const int64_t B = ghn.size(0);
-  // a group's saved x^ (N, F) and rho (layer norm (N, 1), batch norm in training (T, F))
-  auto group = [&](size_t i, int64_t F, const char* xn, const char* rn) {
-    tensor(op, xn, saved[i], dt, "(N, F)", {N, F});
-    if (mode == kLN) tensor(op, rn, saved[i + 1], dt, "(N, 1)", {N, 1});
-    if (mode == kBNTrain) tensor(op, rn, saved[i + 1], dt, "(T, F)", {T, F});
-  };
-  if (kind == "lstm") {
-    const int64_t H = per_gate(op, "w_hh", w_hh, 4, "(4H, P)"), G = 4 * H;
-    tensor(op, "w_hh", w_hh, dt, "(4H, P)", {G, P});
-    tensor(op, "gcn", gcn, dt, "(B, H)", {B, H});
-    count(op, "saved", saved.size(), 9);
-    lstm_saved(op, saved, dt, N, G, "(N, 4H)", "saved[2] (tanh c)", H, P, w_hr, "out", out, w_hh);
-    group(5, G, "saved[5] (x^ hh)", "saved[6] (rho hh)");
-    group(7, H, "saved[7] (x^ c)", "saved[8] (rho c)");
-    lstm_regularizers(op, dt, B, N, P, H, mask, zh, zc);
-    opt(op, "w_peep", w_peep, dt, "(3H,)", {3 * H});
-    check_group(op, "hh", dt, G, &g_hh, std::nullopt, st_hh);
-    check_group(op, "c", dt, H, &req(op, "g_c", g_c, "by the LSTM"), std::nullopt, st_c);
-    return;
-  }
-  const bool gru = kind == "gru";
-  const int64_t G = gru ? 3 * P : P;
-  tensor(op, "w_hh", w_hh, dt, gru ? "(3H, H)" : "(H, H)", {G, P});
-  if (gru) {
-    count(op, "saved", saved.size(), 6);
-    tensor(op, "saved[0] (gates)", saved[0], dt, "(N, 3H)", {N, G});
-    tensor(op, "saved[1] (a_n)", saved[1], dt, "(N, H)", {N, P});
-    tensor(op, "saved[2] (h_{t-1})", saved[2], dt, "(N, H)", {N, P});
-    if (mask.has_value()) tensor(op, "saved[3] (h_{t-1} * mask)", saved[3], dt, "(N, H)", {N, P});
-    group(4, G, "saved[4] (x^ hh)", "saved[5] (rho hh)");
-  } else {
-    count(op, "saved", saved.size(), 4);
-    if (zh.has_value()) tensor(op, "saved[0] (h~)", saved[0], dt, "(N, H)", {N, P});
-    tensor(op, "saved[1] (h_{t-1})", saved[1], dt, "(N, H)", {N, P});
-    group(2, G, "saved[2] (x^ hh)", "saved[3] (rho hh)");
-  }
-  opt(op, "mask", mask, dt, "(B, H)", {B, P});
-  opt(op, "zh", zh, dt, "(N, H)", {N, P});
-  check_group(op, "hh", dt, G, &g_hh, std::nullopt, st_hh);
 }
 
 }  // namespace

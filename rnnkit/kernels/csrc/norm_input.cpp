@@ -7,7 +7,7 @@
 // the layer's training step; here the steps run in parallel, one pass per statistic.
 #include <torch/library.h>
 
-#include "norm_kernels.h"
+#include "norm_group_bwd.h"
 
 namespace rnnkit_norm {
 namespace {
