@@ -41,8 +41,10 @@ inline void team_barrier() {
 template <typename F>
 void over_steps_team(int64_t B, int64_t width, const rnnkit_common::Steps& steps, int phases, const F& f) {
   const int64_t T = steps.size();
-  const int64_t want =
-      B * width < kRowsMin || at::in_parallel_region() ? 1 : std::min<int64_t>(at::get_num_threads(), B / 4);
+  // at least one block (B < 4 in a wide step: B / 4 = 0 blocks left every row unowned)
+  const int64_t want = B * width < kRowsMin || at::in_parallel_region()
+                           ? 1
+                           : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / 4));
   std::exception_ptr err;
   std::mutex mu;
   auto run = [&](int64_t t, int64_t nt) {

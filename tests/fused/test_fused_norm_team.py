@@ -1,0 +1,118 @@
+"""The batch-norm LSTM in training on its team of row blocks (``csrc/norm_team.h``), forward
+and backward, against the loop (float64): shapes at the edges of the team's row blocks."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+
+from .test_fused_kernels import require_ext
+
+
+def _train_call(m: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Output, final state, the gradients of the input and every parameter, and the buffers."""
+    torch.manual_seed(1)
+    out, (h, c) = m(x)
+    loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() + c.sum()
+    return [out, h, c, *torch.autograd.grad(loss, [x, *m.parameters()]), *m.buffers()]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B,H", [(2, 1024), (3, 683)])
+def test_fewer_than_four_rows_in_a_wide_step(threads, B, H, num_threads):
+    """Regression: a step of B < 4 rows but at least 8192 values (B x 4H) asked the team for
+    B / 4 = 0 row blocks, so no thread owned a row: the output was never written (garbage) and
+    the gradients were wrong, on any number of threads."""
+    require_ext()
+    num_threads(threads)
+    torch.manual_seed(0)
+    a, b = (rnnkit.LSTM(3, H, norm="batch", impl=impl) for impl in ("fused", "loop"))
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, B, 3, requires_grad=True)
+    for u, v in zip(_train_call(a, x), _train_call(b, x), strict=True):
+        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+
+
+PACKED = [4] + [1] * 23  # 24 rows, then one: every row block but the first idle from step 2 on
+
+
+@pytest.mark.parametrize("threads", [3, 4])  # more than the cores (2 here): oversubscribed
+@pytest.mark.parametrize(
+    "kw,lengths",
+    [
+        ({"bidirectional": True}, PACKED),  # reverse: the blocks' rows start late
+        (
+            {"proj_size": 5, "peephole": True, "bias": False, "bidirectional": True},
+            [9] * 3 + [7] * 10 + [2] * 11,
+        ),
+        ({"zoneout": 0.2, "recurrent_dropout": 0.3, "max_len": 3}, None),
+    ],
+)
+def test_team_with_idle_row_blocks_equals_loop(threads, kw, lengths, num_threads):
+    """A team of 3 or 4 threads on a batch of 24 rows (6 blocks of 4 at most; 4H = 388, odd
+    feature counts: the vector loops' tails): packed steps where some blocks have no rows, so
+    their threads only meet at the barriers; forward, backward and the running statistics
+    against the loop."""
+    require_ext()
+    num_threads(threads)
+    torch.manual_seed(0)
+    a, b = (rnnkit.LSTM(5, 97, norm="batch", impl=impl, **kw) for impl in ("fused", "loop"))
+    with torch.no_grad():
+        for name, w in a.named_parameters():
+            if "_bn_" in name or "peephole" in name:
+                w.uniform_(0.5, 1.5)
+    b.load_state_dict(a.state_dict())
+    T = max(lengths) if lengths else 5
+    x = torch.randn(T, 24, 5, requires_grad=True)
+
+    def call(m):
+        torch.manual_seed(1)
+        out, (h, c) = m(pack_padded_sequence(x, torch.tensor(lengths)) if lengths else x)
+        out = out.data if lengths else out
+        loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() + c.sum()
+        return [out, h, c, *torch.autograd.grad(loss, [x, *m.parameters()]), *m.buffers()]
+
+    for u, v in zip(call(a), call(b), strict=True):  # steps of 1-2 rows: ill-conditioned
+        torch.testing.assert_close(u, v, atol=1e-9, rtol=1e-9)
+
+
+def test_concurrent_training_calls_on_teams(num_threads):
+    """Python threads training their own batch-norm LSTMs at once (torch releases the GIL in
+    the kernels): each call opens its own OpenMP team, whose barriers must not mix with the
+    others'; every call gives what it gives alone."""
+    require_ext()
+    num_threads(2)
+    torch.manual_seed(0)
+    proto = rnnkit.LSTM(9, 96, norm="batch", impl="fused", proj_size=7, bidirectional=True)
+    x, lengths = torch.randn(6, 40, 9), torch.tensor([6] * 10 + [4] * 20 + [1] * 10)
+
+    def job(m: torch.nn.Module) -> list[torch.Tensor]:
+        xi = x.clone().requires_grad_(True)
+        out, (h, c) = m(pack_padded_sequence(xi, lengths))
+        loss = (out.data * out.data).sum() + h.sum() + c.sum()
+        return [out.data, h, c, *torch.autograd.grad(loss, [xi, *m.parameters()]), *m.buffers()]
+
+    want = job(copy.deepcopy(proto))
+    failures: list[str] = []
+
+    def worker() -> None:
+        for _ in range(3):
+            try:
+                for u, v in zip(job(copy.deepcopy(proto)), want, strict=True):
+                    torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+            except Exception as e:  # noqa: BLE001 - reported by the main thread
+                failures.append(repr(e))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a concurrent call hung"
+    assert not failures, failures[:3]
