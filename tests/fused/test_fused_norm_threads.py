@@ -3,8 +3,10 @@ with and without the tensors saved for backward.
 
 ``csrc/norm.cpp`` / ``norm_bwd.cpp`` use the threads once a step is big enough
 (``norm_kernels.h``: >= 8192 values per step): layer norm and batch norm's evaluation give
-each thread a block of batch rows for the whole loop (``over_steps``), batch norm in training
-splits each step's rows and its GEMMs' column blocks (>= 2^20 multiply-adds). The shapes here
+each thread a block of batch rows for the whole loop (``over_steps``); the batch-norm LSTM in
+training keeps them as a team that meets at each step's statistics (``norm_team.h``), the GRU
+and RNN kernels' batch-norm mode splits each step's rows and its GEMMs' column blocks (>= 2^20
+multiply-adds). The shapes here
 pass the thresholds, and the batch shrinks over the steps (packed), so a race on a row, on a
 per-thread accumulator of the gain/shift gradients or on a column block, or a row block
 reading another's rows, would show up as a mismatch at float64 precision.

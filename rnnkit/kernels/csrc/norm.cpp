@@ -8,11 +8,12 @@
 // the normalization of r_t (mode 1 layer norm: the row's own statistics;
 // 2 batch norm: the step's column statistics, computed just before; 3 the running statistics of the row's slot)
 // with gain, shift and the added terms, the gate activations (SLEEF, pointwise.h), the cell
-// update, the cell's normalization and tanh, the output and zoneout. Threads (over_steps):
-// layer norm and batch norm in evaluation give each thread one block of batch rows for the whole
-// loop (a row depends only on its own past); batch norm in training computes its column statistics between the passes, so there the
-// threads split each step (the GEMM by output columns, the row passes by rows) and an LSTM step
-// takes two row passes.
+// update, the cell's normalization and tanh, the output and zoneout. Threads: layer norm and
+// batch norm in evaluation give each thread one block of batch rows for the whole loop
+// (over_steps; a row depends only on its own past). The batch-norm LSTM in training keeps the
+// row blocks as a team that meets at two barriers a step to combine its column statistics
+// (norm_team.h); the GRU/RNN kernels' batch-norm mode (the op's, unused by the layers) splits
+// each step instead (the GEMM by output columns, the row passes by rows).
 // kind: "lstm", "gru" (torch form), "rnn_tanh", "rnn_relu".
 #include <torch/library.h>
 

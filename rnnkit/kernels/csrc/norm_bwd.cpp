@@ -2,12 +2,13 @@
 // rnnkit/kernels/norm.py's backward. Per step, with no Tensor created: one pass per row for dL/dh (gout + the carried dh, zoneout's split), the gate
 // gradients, the cell norm's backward and the recurrent norm's backward (dr_t), the gain/shift
 // gradients accumulated in float64 per thread (NormB); then dh_{t-1} = dr_t W_hh (step_xw) and
-// one pass for the mask and zoneout's direct part. Threads as in the forward (over_steps): layer
-// norm and batch norm with given statistics, one block of batch rows per thread for the whole
-// loop; batch norm in training needs the
-// step's column means of dx^ before a row's dr, so there the row pass is cut in two or three
-// with those means in between, each pass split by rows and the GEMM by output columns. Weight gradients are
-// single GEMMs over all steps after the loop.
+// one pass for the mask and zoneout's direct part. Threads as in the forward: layer norm and
+// batch norm with given statistics, one block of batch rows per thread for the whole loop
+// (over_steps). Batch norm in training needs the step's column means of dx^ before a row's dr,
+// so the row pass is cut in two or three with those means in between: the LSTM's row blocks
+// as a team that meets at the means (norm_team.h); the GRU/RNN kernels' batch-norm mode splits
+// each pass by rows and the GEMM by output columns. Weight gradients are single GEMMs over all
+// steps after the loop.
 #include "norm_checks.h"
 #include "norm_group_bwd.h"
 #include "norm_team.h"
