@@ -160,7 +160,7 @@ def accuracy(task: str, model: nn.Module, x: Tensor, y: Tensor, budget: Budget) 
     """Held-out accuracy, in evaluation mode (no dropout or zoneout masks); the mode is restored."""
     with kept_modes(model), torch.no_grad():  # each module's own mode back
         pred = task_logits(task, model.eval()(x), budget).argmax(-1)
-    return float((pred == y).float().mean())
+    return int((pred == y).sum()) / pred.numel()  # integer counts: a float32 mean rounds 2/5
 
 
 def train_task(model: nn.Module, task: str, lag: int, budget: Budget,
