@@ -46,9 +46,10 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   // input group itself a chunk of steps ahead, xp = norm(x W_ih^T; g_ih, s_ih) (s_ih: the shift
   // with the biases folded in), instead of reading an (N, G) xp written and read back through
   // memory. Layer norm: each thread for its rows; it saves a = x W_ih^T and its row mean and
-  // 1/std for backward (torch's layer-norm backward). Batch norm: the chunk's GEMM by columns,
-  // then each step's column statistics and rows, the chunk's steps on the threads; it saves x^
-  // and the per-step mean, 1/std and biased variance (processing order) for backward
+  // 1/std for backward (torch's layer-norm backward). Batch norm: each thread its rows of the
+  // chunk (the team, norm_team.h), then each step's column statistics from the team's partial
+  // sums and the rows; it saves x^ and the per-step mean, 1/std and biased variance (processing
+  // order) for backward
   // (rnnkit_norm::bn_input_backward) and the running statistics (norm_ops.py
   // _InputNormDirection).
   const bool proj_in = x_in.has_value();
