@@ -1,4 +1,5 @@
-// Batch norm in training on a team of threads (csrc/norm.cpp's LSTM forward).
+// Batch norm in training on a team of threads (the LSTM's: csrc/norm.cpp forward, csrc/norm_bwd.cpp
+// backward).
 //
 // A step's batch statistics need all its rows, so batch norm in training used to split each
 // step over the threads: the GEMM by column blocks, then the row passes by rows, four fork/joins
@@ -13,7 +14,6 @@
 #include "norm_kernels.h"
 
 #include <array>
-#include <atomic>
 #include <exception>
 #include <mutex>
 #ifdef _OPENMP
@@ -45,13 +45,16 @@ void over_steps_team(int64_t B, int64_t width, const rnnkit_common::Steps& steps
   const int64_t want = B * width < kRowsMin || at::in_parallel_region()
                            ? 1
                            : std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / 4));
+  // the callers size their per-thread buffers for ATen's thread count: a larger OpenMP team
+  // (the ICVs differ in some thread) keeps its extra threads to the barriers
+  const int64_t cap = std::max(1, at::get_num_threads());
   std::exception_ptr err;
   std::mutex mu;
-  auto run = [&](int64_t t, int64_t nt) {
-    const int64_t nb = std::min(nt, want);
+  auto run = [&](int64_t t, int64_t team) {
+    const int64_t nt = std::min(team, cap), nb = std::min(nt, want);
     const std::vector<int64_t> cut = rnnkit_common::row_cuts(B, steps, nb);
     const int64_t b0 = t < nb ? cut[t] : B, b1 = t < nb ? cut[t + 1] : B;
-    bool ok = true;
+    bool ok = t < nt;
     for (int64_t k = 0; k <= T; ++k)
       for (int ph = 0; ph < (k < T ? phases : 1); ++ph) {
         if (ok) try {
