@@ -1,6 +1,7 @@
 """rnnkit.train.hooks.end_callbacks: every started callback ended, the fit's own error kept."""
 
 import pytest
+import torch
 
 from rnnkit.train.callbacks import Callback
 from rnnkit.train.hooks import end_callbacks
@@ -32,3 +33,38 @@ def test_without_a_fit_error_the_first_callback_error_is_raised_with_the_others_
     with pytest.raises(RuntimeError, match="cannot end") as info:
         end_callbacks(None, [_Failing(), _Failing()], None)
     assert info.value.__notes__ == ["then _Failing.on_fit_end raised RuntimeError('cannot end')"]
+
+
+def test_a_failed_fit_leaves_no_reference_cycle_holding_its_error(tmp_path):
+    """fit() kept the error it failed with in a local for the callbacks' ending; that error's
+    traceback holds fit()'s frame, so error and frame (the step's tensors with it) made a cycle
+    that outlived the caller's ``except`` until the cyclic GC ran (a retry after an out-of-memory
+    error found the memory still taken). Once the error is dropped, it is gone."""
+    import gc
+    import weakref
+
+    from rnnkit.data import bptt_batches
+    from rnnkit.train import Trainer
+
+    from .models import TinyLM, tokens
+
+    class Boom(RuntimeError):
+        pass
+
+    class Raising(Callback):
+        def on_step_end(self, trainer, logs):
+            raise Boom("out of memory")
+
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tr = Trainer(model, opt, max_steps=2, callbacks=[Raising()], progress=False)
+    gc.collect()
+    gc.disable()
+    try:
+        try:
+            tr.fit(bptt_batches(tokens(60), 2, 10))
+        except Boom as e:
+            ref = weakref.ref(e)
+        assert ref() is None
+    finally:
+        gc.enable()
