@@ -238,7 +238,8 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
     def use(model):
         def predict(items: list[str]) -> list[str]:
             words = [ln.lower().replace("-", " ").split() for ln in items]
-            sources = [list(ln.replace(" ", "")) for ln in items] if digits_in else words
+            # digits without any whitespace (a line is no longer stripped: an edge tab was a token)
+            sources = [list("".join(ln.split())) for ln in items] if digits_in else words
             return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
 
         return _aligned(lines, predict)

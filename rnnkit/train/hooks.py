@@ -15,6 +15,17 @@ __all__ = ["end_callbacks"]
 log = logging.getLogger("rnnkit.train")
 
 
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)``, also on Python 3.10 (supported), whose exceptions have no
+    ``add_note``: there the AttributeError hid the very error the note was for. The note goes to
+    ``__notes__`` as 3.11 keeps it (3.10's tracebacks do not show it; the log has it)."""
+    add = getattr(error, "add_note", None)
+    if add is not None:
+        add(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", []), note]
+
+
 def end_callbacks(trainer: Trainer, started: list[Callback], failure: BaseException | None) -> None:
     """``on_fit_end`` of each callback in ``started``, in order, also after another's raised (else
     those after it, the default metrics files among them, stayed open). ``failure``, the error the
@@ -31,6 +42,6 @@ def end_callbacks(trainer: Trainer, started: list[Callback], failure: BaseExcept
         for cb, e in errors:
             if e is not raised:
                 log.error("%s.on_fit_end raised while fit() ended", type(cb).__name__, exc_info=e)
-                raised.add_note(f"then {type(cb).__name__}.on_fit_end raised {e!r}")
+                _add_note(raised, f"then {type(cb).__name__}.on_fit_end raised {e!r}")
         if failure is None:
             raise raised

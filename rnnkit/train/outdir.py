@@ -34,14 +34,20 @@ class OutDirInUse(RuntimeError):
 
 def not_a_directory(out: str | os.PathLike) -> str | None:
     """Why ``out`` cannot be an output directory, said of it (``--out OUT`` then this: "is a file,
-    not a directory", "is inside F, a file, not a directory"), or ``None`` when it is a directory
-    or can be made one. mkdir said only "[Errno 17] File exists" or "[Errno 20] Not a directory"."""
+    not a directory", "is inside F, a file, not a directory", "is a broken symbolic link to T, not
+    a directory"), or ``None`` when it is a directory or can be made one. mkdir said only "[Errno
+    17] File exists" or "[Errno 20] Not a directory"."""
     out = Path(out)
     for p in (out, *out.parents):
         if p.exists():  # (False also for a path under a file)
             if p.is_dir():
                 return None
-            return "is a file, not a directory" if p == out else f"is inside {p}, a file, not a directory"
+            what = "a file"
+        elif p.is_symlink():  # dangling: mkdir neither makes its target nor replaces it ("File exists")
+            what = f"a broken symbolic link to {os.readlink(p)}"
+        else:
+            continue
+        return f"is {what}, not a directory" if p == out else f"is inside {p}, {what}, not a directory"
     return None
 
 

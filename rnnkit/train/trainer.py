@@ -346,6 +346,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             raise
         finally:
             end_callbacks(self, started, failure)  # each one, also after another's raised
+            # its traceback holds this frame: a cycle, the step's tensors kept until the cyclic GC
+            failure = None
         return {
             "step": self.step,
             "epoch": self.epoch,

@@ -119,6 +119,13 @@ def test_out_is_a_file(cli, tmp_path):
         r = cli(*MEM, "--out", f / "sub" / "run", *resume, *TINY)
         assert_one_line_error(r, f"--out {f / 'sub' / 'run'} is inside {f}, a file, not a directory")
         assert r.rc == 2 and f.read_text() == "x"
+    # a dangling symbolic link was mkdir's "[Errno 17] File exists" (exit 1, no flag named)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    for out, said in ((link, "is"), (link / "run", f"is inside {link},")):
+        r = cli(*MEM, "--out", out, *TINY)
+        assert_one_line_error(r, f"--out {out} {said} a broken symbolic link to {tmp_path / 'gone'}")
+        assert r.rc == 2 and not (tmp_path / "gone").exists()
 
 
 def test_debug_env_shows_traceback(cli, tmp_path, monkeypatch):

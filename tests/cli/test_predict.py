@@ -141,7 +141,8 @@ def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direc
             [["three", "hundred", "twelve"], ["twenty", "one"]],
         )
     else:
-        inputs, sources = ["312", "2 1"], [list("312"), list("21")]
+        # a tab at an edge (a TSV's column) is whitespace as between words, not an unknown token
+        inputs, sources = ["312", "2 1", "45\t"], [list("312"), list("21"), list("45")]
     _stdin(monkeypatch, inputs)
     r = cli("predict", "--checkpoint", out)
     assert r.rc == 0, r.err
