@@ -99,10 +99,11 @@ def device_of(args: argparse.Namespace) -> torch.device:
 def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
     """Refuse to overwrite an existing run in ``--out`` without ``--resume``, and return the run
     description to use (the stored one when resuming, so the model is rebuilt exactly as it was;
-    a new one gets the :data:`TRAIN_FLAGS` as ``"train"``). Seeds everything from ``--seed``;
-    ``--tune-malloc``. Writes nothing (:func:`make_trainer` does, once the model and data are
-    built: a command failing on its flags or data must leave no half-made run directory) but, in
-    a run directory with checkpoints, its lock and the sweep of killed checkpoint writes. Under
+    a new one gets :data:`rnnkit.cli.resumeflags.TRAIN_FLAGS` as ``"train"``). Seeds everything
+    from ``--seed``; ``--tune-malloc``. Writes nothing (:func:`make_trainer` does, once the model
+    and data are built: a command failing on its flags or data must leave no half-made run
+    directory) but, in a run directory with checkpoints, its lock and the sweep of killed
+    checkpoint writes. Under
     torchrun rank 0's ``--out`` decides both (it alone writes there); ``--resume`` needs the
     checkpoint on every rank (each loads it)."""
     from rnnkit.cli.resumeflags import ignored_model_flags, stop_flags, train_flags  # (imports this module)

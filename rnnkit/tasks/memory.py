@@ -196,7 +196,8 @@ def evaluate(task: MemoryTask, model: nn.Module, batch_size: int = 256) -> dict[
     d = task.params["digits"]
     pred = torch.cat([arith_greedy(model, x[i : i + batch_size], y, d) for i in range(0, len(x), batch_size)])
     answer = y[:, -(d + 1) :]
+    exact = int((pred == answer).all(1).sum()) / len(answer) if len(answer) else float("nan")  # as accuracy()
     return {
-        "valid_exact_match": int((pred == answer).all(1).sum()) / len(answer),  # exact, as accuracy()
+        "valid_exact_match": exact,
         "valid_digit_accuracy": accuracy(pred, answer),
     }

@@ -150,3 +150,17 @@ def test_accuracy_is_the_exact_fraction_of_correct_predictions():
 
     y = torch.tensor([1, 0, 1, 0, 0])
     assert accuracy("plus_one", Model(), torch.zeros(5, 3, 1), y, Budget()) == 2 / 5
+
+
+def test_accuracy_of_no_example_is_nan():
+    """An empty held-out set: NaN (as the tasks' accuracy), not a ZeroDivisionError."""
+    import math
+
+    from rnnkit.diagnostics.memory import Budget, accuracy
+
+    class Model(torch.nn.Module):
+        def forward(self, x):
+            return torch.zeros(x.shape[0], x.shape[1], 2)
+
+    none = torch.zeros(0, dtype=torch.long)
+    assert math.isnan(accuracy("plus_one", Model(), torch.zeros(0, 3, 1), none, Budget()))
