@@ -58,12 +58,11 @@ def run_direction_input(
 
 class _InputNormDirection(torch.autograd.Function):
     """Autograd node of :func:`run_direction_input`: the kernel's explicit BPTT (as
-    :class:`.norm_ops._NormDirection`) gives ``d xp``; the input group's norm is differentiated from what
-    the kernel saved — layer norm by torch's own layer-norm backward (from ``a = x W_ihᵀ`` and
-    its row statistics), batch norm by ``rnnkit_norm::bn_input_backward`` (from ``x̂`` and the
-    per-step ``1/σ``) — then ``dx = da W_ih``, ``dW_ih = daᵀ x``. Outputs ``out, h_n, c_n`` and,
-    for batch norm, the per-step statistics ``μ, σ²`` of the hh, c and ih groups (processing
-    order, for the running statistics)."""
+    :class:`.norm_ops._NormDirection`) gives ``d xp``; the input group's norm is differentiated
+    from the ``x̂`` and ``1/σ`` the kernel saved (``rnnkit_norm::ln_input_backward``, a row's
+    ``1/σ``; ``bn_input_backward``, a step's), then ``dx = da W_ih``, ``dW_ih = daᵀ x``. Outputs
+    ``out, h_n, c_n`` and, for batch norm, the per-step statistics ``μ, σ²`` of the hh, c and ih
+    groups (processing order, for the running statistics)."""
 
     @staticmethod
     def forward(ctx, mode, bsz, reverse, save, x, w_ih, g_ih, s_ih, h0, c0, w_hh, w_hr, mask, zh, zc, g_hh,
@@ -73,14 +72,15 @@ class _InputNormDirection(torch.autograd.Function):
             "lstm", mode + COL_HPREV, x.new_empty(0), h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c,
             s_c, None, None, w_peep, x, w_ih, g_ih, s_ih, list(bsz), reverse, _gemm.use_onednn(x), save,
         ))  # fmt: skip
-        # after the recurrent groups' tensors, the input group's: layer norm a, its row mean and
-        # 1/std (with `save`); batch norm x̂ and the per-step 1/σ (with `save`), μ and σ²
-        n_ih = (3 if save else 0) if mode == LN else (4 if save else 2)
+        # after the recurrent groups' tensors, the input group's: x̂ and 1/σ (a row's, a step's
+        # column's) with `save`, then batch norm's per-step μ and σ²
+        n_ih = (2 if save else 0) + (0 if mode == LN else 2)
         res, ih = res[: len(res) - n_ih], res[len(res) - n_ih :]
         stats = () if mode == LN else (*res[3:7], *ih[-2:])
         if save:  # (inference: the kernel returned no saved tensors, and ctx is kept by no one)
-            if mode != LN:  # bn_input_backward reads the statistics in time order
-                ih = [ih[0], ih[1].flip(0) if reverse else ih[1]]
+            ih = ih[:2]  # x̂, 1/σ; bn_input_backward reads the statistics in time order
+            if mode != LN and reverse:
+                ih[1] = ih[1].flip(0)
             inputs = ("lstm", mode, None, h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, None,
                       None, w_peep, bsz, reverse)  # fmt: skip
             _setup_context(ctx, inputs, res, extra=(x, w_ih, g_ih, s_ih, *ih))
@@ -95,15 +95,13 @@ class _InputNormDirection(torch.autograd.Function):
         x, w_ih, g_ih, s_ih, *ih = all_saved[-ctx.n_extra :]
         need = ctx.needs_input_grad
         want = [need[4] or need[5], need[6], need[7] and s_ih is not None]
+        xh, rs = ih
         if ctx.mode == LN:
-            a, mean, rstd = ih
-            ln_backward = torch.ops.aten.native_layer_norm_backward
-            da, dg, ds = ln_backward(g[2], a, [a.shape[1]], mean, rstd, g_ih, s_ih, want)
+            da, dg, ds = torch.ops.rnnkit_norm.ln_input_backward(g[2], xh, rs, g_ih, s_ih is not None)
         else:
-            xh, rs = ih
             bn_backward = torch.ops.rnnkit_norm.bn_input_backward
             da, dg, ds = bn_backward(g[2], xh, rs, g_ih, s_ih is not None, list(ctx.batch_sizes))
-            da, dg, ds = (t if w else None for t, w in zip((da, dg, ds), want))
+        da, dg, ds = (t if w else None for t, w in zip((da, dg, ds), want))
         dx = dw = None  # da is None when neither x nor W_ih needs a gradient (frozen W_ih, data x)
         if da is not None:
             dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[4], need[5], False))

@@ -376,3 +376,28 @@ def test_batch_norm_training_on_threads_equals_loop(peephole, reg, bidir, packed
             torch.testing.assert_close(u, v, rtol=1e-7, atol=1e-8)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("G", [4, 37, 256])
+@pytest.mark.parametrize("shift", [True, False])
+def test_input_group_layer_norm_backward_equals_torchs(num_threads, dtype, G, shift):
+    """``rnnkit_norm::ln_input_backward`` (the in-kernel input group's layer-norm backward, from
+    the saved x̂ and 1/σ) against torch's layer-norm backward from the same rows: da, dγ, dβ, on
+    two threads, vector widths with tails."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    num_threads(2)
+    g = torch.Generator().manual_seed(G)
+    a, dy = (torch.randn(301, G, generator=g, dtype=dtype) * 3 + 1 for _ in range(2))
+    w, b = torch.randn(G, generator=g, dtype=dtype), torch.randn(G, generator=g, dtype=dtype)
+    mean, var = a.mean(1, keepdim=True), a.var(1, unbiased=False, keepdim=True)
+    rs = torch.rsqrt(var + 1e-5)
+    ln_backward = torch.ops.aten.native_layer_norm_backward
+    want = ln_backward(dy, a, [G], mean, rs, w, b if shift else None, [True, True, shift])
+    got = torch.ops.rnnkit_norm.ln_input_backward(dy, (a - mean) * rs, rs, w, shift)
+    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 2e-4, "rtol": 2e-4}
+    for u, v in zip(got[: 3 if shift else 2], want[: 3 if shift else 2], strict=True):
+        torch.testing.assert_close(u, v, **tol)
+    assert shift or got[2].numel() == 0

@@ -100,6 +100,13 @@ def bn_input_bwd(**kw):
     return torch.ops.rnnkit_norm.bn_input_backward(*a.values(), True, BSZ)
 
 
+def ln_input_bwd(**kw):
+    G = 4 * H
+    a = dict(dy=_t(N, G), xh=_t(N, G), rs=_t(N, 1), w=_t(G))
+    a.update(kw)
+    return torch.ops.rnnkit_norm.ln_input_backward(*a.values(), True)
+
+
 def update_running(**kw):
     a = dict(rm=_t(2, H), rv=_t(2, H).abs(), mean=_t(T, H), var=_t(T, H).abs())
     a.update(kw)
@@ -124,6 +131,7 @@ OPS = {
     "rnnkit_norm::forward lstm": norm_fwd,
     "rnnkit_norm::backward lstm": norm_bwd,
     "rnnkit_norm::bn_input_backward": bn_input_bwd,
+    "rnnkit_norm::ln_input_backward": ln_input_bwd,
     "rnnkit_norm::update_running": update_running,
 }
 
@@ -208,6 +216,11 @@ BAD = {
         ("xh", _t(N, 4 * H - 1), "xh must have shape (N, G)"),
         ("rs", _t(T - 1, 4 * H), "rs must have shape (T, G)"),
         ("w", _t(4 * H + 1), r"w must have shape \(G,\)"),
+    ],
+    "rnnkit_norm::ln_input_backward": [
+        ("xh", _t(N, 4 * H + 1), "xh must have shape (N, G)"),
+        ("rs", _t(N, 2), "rs must have shape (N, 1)"),
+        ("w", _t(4 * H, dtype=torch.float32), "w must have dtype"),
     ],
     "rnnkit_norm::update_running": [
         ("mean", _t(T, H + 1), "mean must have shape (T, F)"),

@@ -45,13 +45,11 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
   // x_in given (layer-norm LSTM, batch-norm LSTM in training; eager): the kernel computes the
   // input group itself a chunk of steps ahead, xp = norm(x W_ih^T; g_ih, s_ih) (s_ih: the shift
   // with the biases folded in), instead of reading an (N, G) xp written and read back through
-  // memory. Layer norm: each thread for its rows; it saves a = x W_ih^T and its row mean and
-  // 1/std for backward (torch's layer-norm backward). Batch norm: each thread its rows of the
-  // chunk (the team, norm_team.h), then each step's column statistics from the team's partial
-  // sums and the rows; it saves x^ and the per-step mean, 1/std and biased variance (processing
-  // order) for backward
-  // (rnnkit_norm::bn_input_backward) and the running statistics (norm_ops.py
-  // _InputNormDirection).
+  // memory. Layer norm: each thread for its rows; batch norm: each thread its rows of the chunk
+  // (the team, norm_team.h), then each step's column statistics from the team's partial sums
+  // and the rows. With `save` it returns x^ and 1/std (a row's; a step's column's, processing
+  // order) for backward (rnnkit_norm::ln_input_backward / bn_input_backward), and batch norm
+  // the steps' mean and biased variance for the running statistics (norm_in_kernel.py).
   const bool proj_in = x_in.has_value();
   TORCH_CHECK(!proj_in || (kind == "lstm" && (mode == kLN || mode == kBNTrain) && w_ih.has_value() && g_ih.has_value()),
               "rnnkit_norm::forward: x_in is for the layer-norm LSTM and the batch-norm LSTM in training, with "
@@ -116,42 +114,33 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       const T_* PW = ptr<T_>(wpc);  // peepholes (3H: i, f, o), or null
       T_ *C = cbuf.data_ptr<T_>(), *GT = gates.data_ptr<T_>(), *CPV = cprev.data_ptr<T_>();
       T_ *TCV = tanhc.data_ptr<T_>(), *HRW = proj ? hraw.data_ptr<T_>() : nullptr;
-      // The input group computed here (proj_in): a (saved rows, or the chunk's scratch), the
-      // chunk's normalized rows yp, and the row statistics of a (mean, 1/std) for backward.
+      // The input group computed here (proj_in): a = x W_ih^T (the chunk's scratch), its x^
+      // (saved with `save`, else the chunk's scratch) and 1/std (layer norm a row's, batch norm
+      // a step's column's, with the step's mean and variance), the chunk's normalized rows yp.
       // Dense input: a chunk of kInChunk steps at a time, one GEMM over a thread's rows of them
       // (xg below); packed: step by step (a thread's rows of a later step are known only then).
       const int64_t I = proj_in ? x_in->size(1) : 0;
       const bool dense = std::all_of(batch_sizes.begin(), batch_sizes.end(), [&](int64_t b) { return b == B; });
       const int64_t K = proj_in && dense ? std::min<int64_t>(kInChunk, T) : 1;
-      // the input group's norm: layer norm saves a (save_a), batch norm x^ (save_x) and its
-      // statistics per step; what is not saved lives in a chunk's scratch (row jq B + b)
-      const int64_t mi = mode == kBNTrain ? kBNTrain : kLN;
-      const bool save_a = save && mi == kLN, save_x = save && mi == kBNTrain;
+      const int64_t mi = mode == kBNTrain ? kBNTrain : kLN;  // the input group's norm
       auto ist = [&](int64_t rows, int64_t F) { return proj_in ? at::empty({rows, F}, o) : e(); };
-      Tensor a_ih = ist(save_a ? N : K * B, G4), xs_ih = ist(save_x ? N : K * B, G4);
-      Tensor mean_ih = mi == kLN ? ist(N, 1) : ist(T, G4), rs_ih = mi == kLN ? ist(N, 1) : ist(T, G4);
-      Tensor var_ih = mi == kLN ? e() : ist(T, G4), yp = ist(K * B, G4);
-      auto xs_row = [&](int64_t oq, int64_t jq, int64_t b) { return save_x ? oq + b : jq * B + b; };
-      // Dense input: a thread's rows [r0, r1) of the chunk's steps as one GEMM, their x gathered
-      // into xg and a into ag (without `save`: into a_ih, the chunk's scratch), both at rows
-      // [K r0, K r1); then each row copied to its saved place. Per step, the GEMM had a step's
-      // rows only (16 in a medium call on 2 threads), too few for brgemm to run near its peak.
+      Tensor a_ih = ist(K * B, G4), xs_ih = ist(save ? N : K * B, G4), yp = ist(K * B, G4);
+      Tensor rs_ih = mi == kLN ? ist(N, 1) : ist(T, G4), mean_ih = mi == kLN ? e() : ist(T, G4);
+      Tensor var_ih = mi == kLN ? e() : ist(T, G4);
+      auto xs_row = [&](int64_t oq, int64_t jq, int64_t b) { return save ? oq + b : jq * B + b; };
       Tensor xg = proj_in && K > 1 ? at::empty({K * B, I}, o) : e();
-      Tensor ag = proj_in && K > 1 && save_a ? at::empty({K * B, G4}, o) : e();
       const Tensor XI = proj_in ? x_in->contiguous() : e(), WI = proj_in ? w_ih->contiguous() : e();
       const Tensor WIT = proj_in && xp.scalar_type() == at::kFloat ? rnnkit_common::transposed(*w_ih) : WI;
       const OptT gic = cont(g_ih), sic = cont(s_ih);
       T_ *AI = proj_in ? a_ih.data_ptr<T_>() : nullptr, *YP = proj_in ? yp.data_ptr<T_>() : nullptr;
       const NormG<T_> ni(mi, G4, xs_ih, rs_ih, mean_ih, var_ih, proj_in ? *gic : gcc, sic, std::nullopt);
       // The input group of the chunk of steps opening at step k, rows [r0, r1): one GEMM over
-      // them (dense input: their x gathered into xg, a into ag, or into a_ih, the chunk's
-      // scratch, at rows [K r0, K r1); then, layer norm, each row copied to its saved place),
-      // or one a step (packed: a thread's rows of a later step are known only then). in_a:
-      // row r0 of step q's a. Per step, the dense GEMM had a step's rows only (16 in a medium
-      // call on 2 threads), too few for brgemm to run near its peak.
+      // them (dense input: their x gathered into xg, a into a_ih at rows [K r0, K r1)), or one
+      // a step (packed: a thread's rows of a later step are known only then). in_a: row r0 of
+      // step q's a. Per step, the dense GEMM had a step's rows only (16 in a medium call on 2
+      // threads), too few for brgemm to run near its peak.
       auto in_a = [&](int64_t k, int64_t q, int64_t r0, int64_t r1) {
-        if (K > 1) return (save_a ? ag.data_ptr<T_>() : AI) + (K * r0 + (q - k) * (r1 - r0)) * G4;
-        return AI + ((save_a ? steps[q].first : (q - k) * B) + r0) * G4;
+        return AI + (K > 1 ? K * r0 + (q - k) * (r1 - r0) : (q - k) * B + r0) * G4;
       };
       auto in_project = [&](int64_t k, int64_t r0, int64_t r1) {
         const int64_t q1 = std::min(k + K, T), nr = r1 - r0;
@@ -161,8 +150,6 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
           for (int64_t q = k; q < q1; ++q)
             std::copy_n(XI.data_ptr<T_>() + (steps[q].first + r0) * I, nr * I, XG + (q - k) * nr * I);
           step_xwt(XG, WI.data_ptr<T_>(), WIT.data_ptr<T_>(), in_a(k, k, r0, r1), (q1 - k) * nr, G4, I);
-          if (save_a)
-            for (int64_t q = k; q < q1; ++q) std::copy_n(in_a(k, q, r0, r1), nr * G4, AI + (steps[q].first + r0) * G4);
         } else
           for (int64_t q = k; q < q1; ++q)
             step_xwt(XI.data_ptr<T_>() + (steps[q].first + r0) * I, WI.data_ptr<T_>(), WIT.data_ptr<T_>(),
@@ -283,8 +270,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
       }
       res = {out, hbuf, cbuf, hh[2], hh[3], cg[2], cg[3], gates, cprev, tanhc, hprev, hraw, hh[0], hh[1],
              cg[0], cg[1]};
-      if (proj_in && mi == kLN) res.insert(res.end(), {a_ih, mean_ih, rs_ih});  // after the saved tensors
-      if (proj_in && mi == kBNTrain && save) res.insert(res.end(), {xs_ih, rs_ih});
+      if (proj_in && save) res.insert(res.end(), {xs_ih, rs_ih});  // after the saved tensors
       if (proj_in && mi == kBNTrain) res.insert(res.end(), {mean_ih, var_ih});  // also without `save`
     } else if (kind == "gru") {
       const int64_t H = P;

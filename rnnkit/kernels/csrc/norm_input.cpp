@@ -98,6 +98,41 @@ std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh_, cons
   return {da, cast(ab.first), has_bias ? cast(ab.second) : none(dy)};
 }
 
+// [d a, dγ, dβ (empty without shift)] of the input group's layer norm y = x^ γ (+ β), rows of
+// x^ = (a - mean) 1/std, from dy (N, G), the forward's x^ and 1/std (N, 1): the LSTM kernel's
+// in-kernel input group (norm.cpp x_in) saves those. The rows run in parallel with NormB's
+// AVX-512/AVX2 row backward and float64 gain/shift sums per thread; torch's layer-norm backward
+// took ~1.9 ms of a medium training step for it.
+std::vector<Tensor> ln_input_backward(const Tensor& dy_, const Tensor& xh_, const Tensor& rs_, const Tensor& w_,
+                                      bool has_shift) {
+  {
+    using namespace rnnkit_check;
+    const char* op = "rnnkit_norm::ln_input_backward";
+    const auto dt = floating(op, "dy", dy_);
+    tensor(op, "dy", dy_, dt, "(N, G)", {kAny, kAny});
+    const int64_t N = dy_.size(0), G = dy_.size(1);
+    tensor(op, "xh", xh_, dt, "(N, G)", {N, G});
+    tensor(op, "rs", rs_, dt, "(N, 1)", {N, 1});
+    tensor(op, "w", w_, dt, "(G,)", {G});
+  }
+  const Tensor dy = dy_.contiguous(), w = w_.contiguous(), xh = xh_.contiguous(), rs = rs_.contiguous();
+  const int64_t N = dy.size(0), G = dy.size(1);
+  Tensor da = at::empty({N, G}, dy.options());
+  std::pair<Tensor, Tensor> ab;
+  AT_DISPATCH_FLOATING_TYPES(dy.scalar_type(), "rnnkit_ln_input_bwd", [&] {
+    using T_ = scalar_t;
+    const T_* D = dy.data_ptr<T_>();
+    T_* DA = da.data_ptr<T_>();
+    NormB<T_> nb(kLN, G, xh, rs, w, std::nullopt);  // an accumulator per thread
+    at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, G)), [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) nb.row(D + n * G, n, 0, DA + n * G);
+    });
+    ab = nb.grads();
+  });
+  const auto cast = [&](const Tensor& t) { return t.to(dy.scalar_type(), false, true); };
+  return {da, cast(ab.first), has_shift ? cast(ab.second) : none(dy)};
+}
+
 // The running statistics of one batch-norm group after a training call, in place: for the k-th
 // processed step (statistics mean, biased var (T, F); ns[k] rows) at slot min(k, S - 1) of
 // rm, rv (S, F): rm <- lerp(rm, mean, momentum), rv <- lerp(rv, var * n / (n - 1), momentum)
@@ -147,6 +182,8 @@ TORCH_LIBRARY_FRAGMENT(rnnkit_norm, m) {
   m.def(
       "bn_input_backward(Tensor dy, Tensor xh, Tensor rs, Tensor w, bool has_bias, int[] batch_sizes) -> Tensor[]",
       &rnnkit_norm::bn_input_backward);
+  m.def("ln_input_backward(Tensor dy, Tensor xh, Tensor rs, Tensor w, bool has_shift) -> Tensor[]",
+        &rnnkit_norm::ln_input_backward);
   m.def("update_running(Tensor(a!) rm, Tensor(b!) rv, Tensor mean, Tensor var, int[] batch_sizes, float momentum) -> ()",
         &rnnkit_norm::update_running);
 }
