@@ -31,6 +31,16 @@ CASES = {
 }
 
 
+def run_threads(threads: list[threading.Thread], failures: list[str]) -> None:
+    """Start and join ``threads``; fail if one hangs or any reported a failure."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a concurrent call hung"
+    assert not failures, failures[:3]
+
+
 def _call(m: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor | None, grad: bool) -> list:
     """Output, final state and (``grad``) the gradients of the input and every parameter."""
     with torch.set_grad_enabled(grad):
@@ -69,10 +79,4 @@ def test_concurrent_calls_give_the_serial_results(num_threads):
             except Exception as e:  # noqa: BLE001 - reported by the main thread
                 failures.append(f"job {i}: {e!r}")
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "a concurrent call hung"
-    assert not failures, failures[:3]
+    run_threads([threading.Thread(target=worker, args=(seed,)) for seed in range(4)], failures)

@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 
+from .test_concurrent_calls import run_threads
 from .test_fused_kernels import require_ext
 
 
@@ -109,10 +110,4 @@ def test_concurrent_training_calls_on_teams(num_threads):
             except Exception as e:  # noqa: BLE001 - reported by the main thread
                 failures.append(repr(e))
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "a concurrent call hung"
-    assert not failures, failures[:3]
+    run_threads([threading.Thread(target=worker) for _ in range(4)], failures)
