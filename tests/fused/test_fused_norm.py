@@ -212,71 +212,6 @@ def test_float32_threaded_sizes_equal_loop(cls, kw, num_threads):
         torch.testing.assert_close(g0, g1, atol=5e-4, rtol=1e-3)
 
 
-@pytest.mark.parametrize("norm", ["layer", "batch"])
-@pytest.mark.parametrize("in_kernel", [True, False])
-@pytest.mark.parametrize("packed", [False, True])
-def test_normalized_lstm_input_group_in_or_outside_the_kernel(monkeypatch, norm, in_kernel, packed):
-    """The compiled layer-norm LSTM, and the batch-norm LSTM in training, compute their input
-    group in the kernel when W_ih fits the cache (``INPUT_IN_KERNEL_MAX_BYTES``), else outside
-    with autograd; both equal the loop (float64, training, peepholes, two layers,
-    bidirectional, a ragged last chunk; batch norm: also its running statistics)."""
-    from .test_fused_kernels import require_ext
-
-    require_ext()
-    calls = []
-    orig = norm_in_kernel.run_direction_input
-    spy = lambda *a, **k: calls.append(1) or orig(*a, **k)  # noqa: E731
-    monkeypatch.setattr(norm_in_kernel, "run_direction_input", spy)
-    if not in_kernel:
-        monkeypatch.setattr(K, "INPUT_IN_KERNEL_MAX_BYTES", 0)
-    torch.manual_seed(0)
-    kw = {"norm": norm, "peephole": True, "num_layers": 2, "bidirectional": True, "zoneout": 0.1}
-    a, b = rnnkit.LSTM(3, 4, impl="fused", **kw), rnnkit.LSTM(3, 4, impl="loop", **kw)
-    with torch.no_grad():
-        for p in a.parameters():
-            p.uniform_(-0.6, 0.6)
-    b.load_state_dict(a.state_dict())
-    x = torch.randn(11, 3, 3, requires_grad=True)
-
-    def run(m):
-        inp = pack_padded_sequence(x, torch.tensor([11, 4, 9]), enforce_sorted=False) if packed else x
-        torch.manual_seed(1)
-        out, (h, c) = m(inp)
-        out = out.data if packed else out
-        loss = (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() + c.sum()
-        return [out, h, c, *torch.autograd.grad(loss, [x, *m.parameters()]), *m.buffers()]
-
-    tol = 1e-8 if norm == "batch" else 1e-10  # batch norm of 1-3 rows: ill-conditioned
-    for u, v in zip(run(a), run(b), strict=True):
-        torch.testing.assert_close(u, v, atol=tol, rtol=tol)
-    assert len(calls) == (4 if in_kernel else 0)  # 2 layers x 2 directions
-
-
-@pytest.mark.parametrize("grad", [True, False])
-def test_batch_norm_input_group_on_two_threads(num_threads, grad):
-    """The batch-norm LSTM's in-kernel input group with the steps of a chunk on two threads
-    (a step of ``B x 4H = 8192`` values): output, state, gradients and running statistics equal
-    the loop's, with a ragged last chunk (11 = 8 + 3 steps) and in both directions; without a
-    gradient too (the kernel then keeps no x̂ but still returns the statistics)."""
-    from .test_fused_kernels import require_ext
-
-    require_ext()
-    num_threads(2)
-    torch.manual_seed(0)
-    kw = {"norm": "batch", "bidirectional": True}
-    a, b = rnnkit.LSTM(5, 64, impl="fused", **kw), rnnkit.LSTM(5, 64, impl="loop", **kw)
-    b.load_state_dict(a.state_dict())
-    x = torch.randn(11, 32, 5, requires_grad=grad)
-    with torch.set_grad_enabled(grad):
-        ra, rb = a(x), b(x)
-    got, want = [ra[0], *ra[1], *a.buffers()], [rb[0], *rb[1], *b.buffers()]
-    if grad:
-        got += torch.autograd.grad(ra[0].square().sum(), [x, *a.parameters()])
-        want += torch.autograd.grad(rb[0].square().sum(), [x, *b.parameters()])
-    for u, v in zip(got, want, strict=True):
-        torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ns,slots", [([4, 4, 4], 8), ([4, 3, 1, 1, 1], 3), ([1, 1], 1), ([2, 1], 5)])
 def test_update_running_ext_equals_pytorch(dtype, ns, slots):
@@ -376,28 +311,3 @@ def test_batch_norm_training_on_threads_equals_loop(peephole, reg, bidir, packed
             torch.testing.assert_close(u, v, rtol=1e-7, atol=1e-8)
     finally:
         torch.set_num_threads(old)
-
-
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("G", [4, 37, 256])
-@pytest.mark.parametrize("shift", [True, False])
-def test_input_group_layer_norm_backward_equals_torchs(num_threads, dtype, G, shift):
-    """``rnnkit_norm::ln_input_backward`` (the in-kernel input group's layer-norm backward, from
-    the saved x̂ and 1/σ) against torch's layer-norm backward from the same rows: da, dγ, dβ, on
-    two threads, vector widths with tails."""
-    from .test_fused_kernels import require_ext
-
-    require_ext()
-    num_threads(2)
-    g = torch.Generator().manual_seed(G)
-    a, dy = (torch.randn(301, G, generator=g, dtype=dtype) * 3 + 1 for _ in range(2))
-    w, b = torch.randn(G, generator=g, dtype=dtype), torch.randn(G, generator=g, dtype=dtype)
-    mean, var = a.mean(1, keepdim=True), a.var(1, unbiased=False, keepdim=True)
-    rs = torch.rsqrt(var + 1e-5)
-    ln_backward = torch.ops.aten.native_layer_norm_backward
-    want = ln_backward(dy, a, [G], mean, rs, w, b if shift else None, [True, True, shift])
-    got = torch.ops.rnnkit_norm.ln_input_backward(dy, (a - mean) * rs, rs, w, shift)
-    tol = {"atol": 1e-10, "rtol": 1e-10} if dtype == torch.float64 else {"atol": 2e-4, "rtol": 2e-4}
-    for u, v in zip(got[: 3 if shift else 2], want[: 3 if shift else 2], strict=True):
-        torch.testing.assert_close(u, v, **tol)
-    assert shift or got[2].numel() == 0
