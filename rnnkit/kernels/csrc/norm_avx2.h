@@ -191,27 +191,10 @@ inline void lnb_out(const double* d, const double* x, const double* g, double a,
   for (; j < F; ++j) out[j] = rho * (d[j] * g[j] - a - x[j] * c);
 }
 
-// Batch norm's column sums over a step's rows, one row at a time (float64 accumulators per
-// feature): acc += r; acc += (r - m)²; and backward's m1 += d g, m2 += (d g) x, dga += d x,
-// dbe += d.
-template <typename T>
-void col_sum(const T* r, double* acc, int64_t F) {
-  int64_t j = 0;
-  for (; j + 4 <= F; j += 4) st4(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), ld4(r + j)));
-  for (; j < F; ++j) acc[j] += r[j];
-}
-template <typename T>
-void col_sqdev(const T* r, const double* m, double* acc, int64_t F) {
-  int64_t j = 0;
-  for (; j + 4 <= F; j += 4) {
-    const __m256d u = _mm256_sub_pd(ld4(r + j), _mm256_loadu_pd(m + j));
-    st4(acc + j, _mm256_add_pd(_mm256_loadu_pd(acc + j), _mm256_mul_pd(u, u)));
-  }
-  for (; j < F; ++j) acc[j] += (r[j] - m[j]) * (r[j] - m[j]);
-}
-// Batch norm's one-pass column sums over rows [1, n) of R (row stride ld), shifted by its row 0,
-// k: s1 += r - k, s2 += (r - k)² (float64; the shifted-data variance, no large mean to cancel),
-// four rows per pass over the accumulators.
+// Batch norm's column sums over a step's rows (float64 accumulators per feature). Forward, in one
+// pass over rows [1, n) of R (row stride ld), shifted by its row 0, k: s1 += r - k,
+// s2 += (r - k)² (the shifted-data variance, no large mean to cancel), four rows per pass over
+// the accumulators; backward, one row at a time: m1 += d g, m2 += (d g) x, dga += d x, dbe += d.
 template <typename T>
 void col_shifted(const T* R, int64_t ld, int64_t n, double* s1, double* s2, int64_t F) {
   int64_t b = 1;
