@@ -232,6 +232,20 @@ void col_shifted_any(const T* R, int64_t ld, int64_t n, double* s1, double* s2, 
   col_shifted_scalar(R, ld, n, s1, s2, F);
 }
 
+// The column statistics of rows [0, n) of R (row stride ld), columns [0, F), in one pass: into
+// zeroed m the means, into zeroed v the sums of squared deviations (float64), from col_shifted's
+// sums shifted by row 0 (the shifted-data variance: r_0 is near the mean, so the sums do not
+// cancel as plain Σ r² - n μ² would): μ = r_0 + s1 / n, Σ (r - μ)² = s2 - s1² / n.
+template <typename T>
+void shifted_moments(const T* R, int64_t ld, int64_t n, double* m, double* v, int64_t F) {
+  col_shifted_any(R, ld, n, m, v, F);
+  for (int64_t j = 0; j < F; ++j) {
+    const double a = m[j];
+    m[j] = double(R[j]) + a / n;
+    v[j] = std::max(v[j] - a * a / n, 0.0);
+  }
+}
+
 // Forward of one normalized group over a direction (norm.py's _Group) on raw rows: the saved
 // x^ (N, F), rho (LN (N, 1), BN train (T, F)) and BN train statistics (T, F); BN eval reads
 // st (2, S, F) (per slot: mean, 1/std) at row n's slot SL[n].
@@ -260,15 +274,7 @@ struct NormG {
     double *m, *v;  // the columns' float64 sums: thread-local scratch (no allocation per step)
     zeroed_scratch(2 * w, m);
     v = m + w;
-    // one pass: sums of r - r_0 and of its squares (the shifted-data variance: the step's first
-    // row is near the mean, so the sums do not cancel as plain Σ r² - n m² would), then
-    // m = r_0 + s1 / n, v = s2 - s1² / n (the sum of squared deviations)
-    col_shifted_any(Rc, F, bs, m, v, w);
-    for (int64_t j = 0; j < w; ++j) {
-      const double a = m[j];
-      m[j] = double(Rc[j]) + a / bs;
-      v[j] = std::max(v[j] - a * a / bs, 0.0);
-    }
+    shifted_moments(Rc, F, bs, m, v, w);
     const int64_t o = k * F + c0;
     bn_stats_out(m, v, double(bs), MEAN + o, VAR + o, RS + o, w);
   }

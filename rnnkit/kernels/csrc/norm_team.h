@@ -96,13 +96,7 @@ struct TeamStats {
     double *P = partial(t, s), *m = P + 1, *v = m + F;
     P[0] = double(n);
     std::fill(m, m + 2 * F, 0.0);
-    if (n == 0) return;
-    col_shifted_any(R, ld, n, m, v, F);
-    for (int64_t j = 0; j < F; ++j) {
-      const double a = m[j];
-      m[j] = double(R[j]) + a / n;
-      v[j] = std::max(v[j] - a * a / n, 0.0);
-    }
+    if (n > 0) shifted_moments(R, ld, n, m, v, F);
   }
   // The team's statistics of slot s (thread order) into thread t's comb (mean, var, rho: the
   // pointer returned); with `out` (M, V, Q at the step's row) also stored there.
