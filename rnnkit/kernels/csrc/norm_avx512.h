@@ -85,14 +85,15 @@ inline void affine_cols(const float* r, const float* mu, const float* rho, const
                                   addv ? addv + j : nullptr, x + j, y + j, F - j);
 }
 
-// norm_avx2.h's col_shifted for float32 rows, 8 columns a vector (the same sums per value).
+// norm_avx2.h's col_shifted for float32 rows, 8 columns a vector (the same sums, up to the FMA the
+// header names), the last F % 8 columns by norm_avx2.h's.
 inline void col_shifted(const float* R, int64_t ld, int64_t n, double* s1, double* s2, int64_t F) {
   auto ld8 = [](const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); };
+  const int64_t F8 = F - F % 8;
   int64_t b = 1;
   for (; b + 4 <= n; b += 4) {
     const float *r0 = R + b * ld, *r1 = r0 + ld, *r2 = r1 + ld, *r3 = r2 + ld;
-    int64_t j = 0;
-    for (; j + 8 <= F; j += 8) {
+    for (int64_t j = 0; j < F8; j += 8) {
       const __m512d k = ld8(R + j), u0 = _mm512_sub_pd(ld8(r0 + j), k), u1 = _mm512_sub_pd(ld8(r1 + j), k);
       const __m512d u2 = _mm512_sub_pd(ld8(r2 + j), k), u3 = _mm512_sub_pd(ld8(r3 + j), k);
       const __m512d a = _mm512_add_pd(_mm512_add_pd(u0, u1), _mm512_add_pd(u2, u3));
@@ -101,26 +102,16 @@ inline void col_shifted(const float* R, int64_t ld, int64_t n, double* s1, doubl
       _mm512_storeu_pd(s1 + j, _mm512_add_pd(_mm512_loadu_pd(s1 + j), a));
       _mm512_storeu_pd(s2 + j, _mm512_add_pd(_mm512_loadu_pd(s2 + j), q));
     }
-    for (; j < F; ++j) {
-      const double k = R[j], u0 = r0[j] - k, u1 = r1[j] - k, u2 = r2[j] - k, u3 = r3[j] - k;
-      s1[j] += (u0 + u1) + (u2 + u3);
-      s2[j] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);
-    }
   }
   for (; b < n; ++b) {
     const float* r = R + b * ld;
-    int64_t j = 0;
-    for (; j + 8 <= F; j += 8) {
+    for (int64_t j = 0; j < F8; j += 8) {
       const __m512d u = _mm512_sub_pd(ld8(r + j), ld8(R + j));
       _mm512_storeu_pd(s1 + j, _mm512_add_pd(_mm512_loadu_pd(s1 + j), u));
       _mm512_storeu_pd(s2 + j, _mm512_add_pd(_mm512_loadu_pd(s2 + j), _mm512_mul_pd(u, u)));
     }
-    for (; j < F; ++j) {
-      const double u = double(r[j]) - R[j];
-      s1[j] += u;
-      s2[j] += u * u;
-    }
   }
+  if (F8 < F) rnnkit_norm_avx2::col_shifted(R + F8, ld, n, s1 + F8, s2 + F8, F - F8);
 }
 
 // LN backward of a row: p1 = Σ d g, p2 = Σ (d g) x (float64; d g rounded to float first, as the
