@@ -17,7 +17,7 @@ from torch import Tensor
 from ..cells.base import Cell, Params, State
 from . import _common, _gemm
 from .norm import BN_TRAIN, LN
-from .norm_input import update_running
+from .norm_input import update_running_groups
 from .norm_ops import COL_HPREV, _backward, _setup_context, backward_impl, ih_shift, kind_of
 
 
@@ -50,9 +50,8 @@ def run_direction_input(
     save = _common.wants_grad(args)
     out, hn, cn, *stats = _common.run_fn(_InputNormDirection, save, mode, bsz, reverse, save, *args)
     if mode == BN_TRAIN:
-        ns = bsz[::-1] if reverse else bsz
-        for grp, mean, var in (("hh", *stats[0:2]), ("c", *stats[2:4]), ("ih", *stats[4:6])):
-            update_running(p, grp, mean, var, ns)
+        groups = [("hh", *stats[0:2]), ("c", *stats[2:4]), ("ih", *stats[4:6])]
+        update_running_groups(p, groups, bsz, reverse)
     return out, (hn, cn)
 
 

@@ -9,6 +9,8 @@ after a training call :func:`update_running` updates every group's running stati
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -101,6 +103,16 @@ class BNInput(torch.autograd.Function):
         xh, rs, w = ctx.saved_tensors
         da, dw, db = torch.ops.rnnkit_norm.bn_input_backward(dy, xh, rs, w, ctx.has_bias, ctx.bsz)
         return da, dw, db if ctx.has_bias else None, None, None
+
+
+def update_running_groups(
+    p: Params, stats: list[tuple[str, Tensor, Tensor]], bsz: Sequence[int], reverse: bool
+) -> None:
+    """:func:`update_running` of each ``(group, μ, σ²)`` a direction's kernel call returned (per-step
+    statistics in processing order; ``bsz`` in time order)."""
+    ns = bsz[::-1] if reverse else bsz
+    for grp, mean, var in stats:
+        update_running(p, grp, mean, var, ns)
 
 
 def update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]) -> None:

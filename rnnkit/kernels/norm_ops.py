@@ -34,7 +34,7 @@ from ..cells.rnn import RNNCellMath
 from . import _common, _gemm
 from . import norm as pure
 from .norm import BN_EVAL, BN_TRAIN, LN
-from .norm_input import batch_norm_input, eval_stats, update_running, use_ext_for
+from .norm_input import batch_norm_input, eval_stats, update_running_groups, use_ext_for
 
 COL_HPREV = 32  # mode flag of rnnkit_norm::forward: save h_{t-1} column-major (csrc/norm.cpp)
 
@@ -122,9 +122,7 @@ def run_direction(
         res = _common.run_fn(_NormDirection, save, base, mode, bsz, reverse, save, *args)
     out, hn, cn = res[:3]
     if mode == BN_TRAIN:
-        ns = bsz[::-1] if reverse else bsz
-        for grp, (mean, var) in (("hh", res[3:5]), ("c", res[5:7])):
-            update_running(p, grp, mean, var, ns)
+        update_running_groups(p, [("hh", *res[3:5]), ("c", *res[5:7])], bsz, reverse)
     return out, ((hn, cn) if lstm else (hn,))
 
 
