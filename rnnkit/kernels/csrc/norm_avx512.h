@@ -1,5 +1,6 @@
-// AVX-512 twins of norm_avx2.h's layer-norm row kernels for float32 rows (16 floats a vector,
-// float64 sums 8 lanes wide), chosen at run time where the CPU has AVX-512
+// AVX-512 twins of norm_avx2.h's row kernels for float32 rows (16 floats a vector, float64 sums
+// 8 lanes wide), and of batch norm's column statistics and backward sums for float32 and float64
+// (8 columns a vector), chosen at run time where the CPU has AVX-512
 // (rnnkit_pw::has_avx512(); RNNKIT_NO_AVX512=1 keeps the AVX2 ones). The arithmetic is
 // norm_avx2.h's, with two differences in the last bits: the order of the float64 partial sums,
 // and GCC, which may contract a multiply and an add into an FMA here (it does in sqdev: AVX-512
@@ -18,6 +19,16 @@ inline double hsum(__m512d a) { return _mm512_reduce_add_pd(a); }
 // 16 floats of a row as two vectors of 8 float64
 inline __m512d lo8(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
 inline __m512d hi8(__m512 v) { return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))); }
+// 8 values of a row as float64, and back rounded to the row's type (as T(v))
+inline __m512d ld8(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+inline __m512d ld8(const double* p) { return _mm512_loadu_pd(p); }
+inline void st8(double* p, __m512d v) { _mm512_storeu_pd(p, v); }
+inline void st8(float* p, __m512d v) { _mm256_storeu_ps(p, _mm512_cvtpd_ps(v)); }
+// a ⊙ b rounded to the row's type, as float64
+inline __m512d mul8(const float* a, const float* b) {
+  return _mm512_cvtps_pd(_mm256_mul_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b)));
+}
+inline __m512d mul8(const double* a, const double* b) { return _mm512_mul_pd(_mm512_loadu_pd(a), _mm512_loadu_pd(b)); }
 
 // Σ r and Σ (r - m)² over a row (float64, 16 partial sums each).
 inline double sum(const float* r, int64_t F) {
@@ -88,7 +99,6 @@ inline void affine_cols(const float* r, const float* mu, const float* rho, const
 // norm_avx2.h's col_shifted for float32 rows, 8 columns a vector (the same sums, up to the FMA the
 // header names), the last F % 8 columns by norm_avx2.h's.
 inline void col_shifted(const float* R, int64_t ld, int64_t n, double* s1, double* s2, int64_t F) {
-  auto ld8 = [](const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); };
   const int64_t F8 = F - F % 8;
   int64_t b = 1;
   for (; b + 4 <= n; b += 4) {
@@ -112,6 +122,81 @@ inline void col_shifted(const float* R, int64_t ld, int64_t n, double* s1, doubl
     }
   }
   if (F8 < F) rnnkit_norm_avx2::col_shifted(R + F8, ld, n, s1 + F8, s2 + F8, F - F8);
+}
+
+// norm_kernels.h's shifted_moments after col_shifted, 8 columns a vector: m = r_0 + s1 / n,
+// v = max(s2 - s1 s1 / n, 0) (the same IEEE operations as the scalar loop: the same values).
+// Batch norm finishes these for every column of three groups every step; the scalar divisions
+// were ~7% of the small shape's forward.
+template <typename T>
+void finish_moments(const T* r0, int64_t n, double* m, double* v, int64_t F) {
+  const __m512d nv = _mm512_set1_pd(double(n)), zero = _mm512_setzero_pd();
+  int64_t j = 0;
+  for (; j + 8 <= F; j += 8) {
+    const __m512d a = _mm512_loadu_pd(m + j);
+    _mm512_storeu_pd(m + j, _mm512_add_pd(ld8(r0 + j), _mm512_div_pd(a, nv)));
+    _mm512_storeu_pd(v + j, _mm512_max_pd(_mm512_sub_pd(_mm512_loadu_pd(v + j),
+                                                        _mm512_div_pd(_mm512_mul_pd(a, a), nv)), zero));
+  }
+  for (; j < F; ++j) {
+    const double a = m[j];
+    m[j] = double(r0[j]) + a / n;
+    v[j] = std::max(v[j] - a * a / n, 0.0);
+  }
+}
+
+// norm_avx2.h's stats_out 8 columns a vector (the same IEEE operations: the same values; its
+// square roots and divisions were ~7% of the small batch-norm LSTM's forward).
+template <typename T>
+void stats_out(const double* m, const double* v, double n, double eps, T* M, T* V, T* Q, int64_t F) {
+  const __m512d nv = _mm512_set1_pd(n), e = _mm512_set1_pd(eps), one = _mm512_set1_pd(1.);
+  int64_t j = 0;
+  for (; j + 8 <= F; j += 8) {
+    const __m512d var = _mm512_div_pd(_mm512_loadu_pd(v + j), nv);
+    st8(M + j, _mm512_loadu_pd(m + j));
+    st8(V + j, var);
+    st8(Q + j, _mm512_div_pd(one, _mm512_sqrt_pd(_mm512_add_pd(var, e))));
+  }
+  if (j < F) rnnkit_norm_avx2::stats_out(m + j, v + j, n, eps, M + j, V + j, Q + j, F - j);
+}
+
+// norm_avx2.h's col_bwd over n rows (stride ld) at once, 8 columns a vector: each column's four
+// float64 sums stay in registers across the rows, added in row order as there (FMA may fuse a
+// product into its add). Batch norm's backward runs it on every row of three groups each step:
+// the AVX2 one, a row at a time, loaded and stored the sums for every row (~7% of the small
+// shape's training step).
+template <typename T>
+void col_bwd(const T* d, const T* x, int64_t ld, int64_t n, const T* g, int64_t F, double* m1, double* m2,
+             double* dga, double* dbe) {
+  int64_t j = 0;
+  for (; j + 8 <= F; j += 8) {
+    __m512d a1 = _mm512_loadu_pd(m1 + j), a2 = _mm512_loadu_pd(m2 + j);
+    __m512d a3 = _mm512_loadu_pd(dga + j), a4 = _mm512_loadu_pd(dbe + j);
+    for (int64_t b = 0; b < n; ++b) {
+      const T *db = d + b * ld + j, *xb = x + b * ld + j;
+      const __m512d dv = ld8(db), xv = ld8(xb), tv = mul8(db, g + j);
+      a1 = _mm512_add_pd(a1, tv);
+      a2 = _mm512_add_pd(a2, _mm512_mul_pd(tv, xv));
+      a3 = _mm512_add_pd(a3, _mm512_mul_pd(dv, xv));
+      a4 = _mm512_add_pd(a4, dv);
+    }
+    _mm512_storeu_pd(m1 + j, a1), _mm512_storeu_pd(m2 + j, a2);
+    _mm512_storeu_pd(dga + j, a3), _mm512_storeu_pd(dbe + j, a4);
+  }
+  if (j < F)
+    for (int64_t b = 0; b < n; ++b)
+      rnnkit_norm_avx2::col_bwd(d + b * ld + j, x + b * ld + j, g + j, F - j, m1 + j, m2 + j, dga + j, dbe + j);
+}
+// norm_avx2.h's bnb_out_cols, 64 bytes at a time.
+template <typename T>
+void bnb_out_cols(const T* d, const T* x, const T* g, const T* a, const T* c, const T* q, T* out, int64_t F) {
+  typedef T V __attribute__((vector_size(64), aligned(sizeof(T)), may_alias));
+  constexpr int64_t L = 64 / sizeof(T);
+  auto at = [](const T* p) { return *reinterpret_cast<const V*>(p); };
+  int64_t j = 0;
+  for (; j + L <= F; j += L)
+    *reinterpret_cast<V*>(out + j) = at(q + j) * (at(d + j) * at(g + j) - at(a + j) - at(x + j) * at(c + j));
+  if (j < F) rnnkit_norm_avx2::bnb_out_cols(d + j, x + j, g + j, a + j, c + j, q + j, out + j, F - j);
 }
 
 // LN backward of a row: p1 = Σ d g, p2 = Σ (d g) x (float64; d g rounded to float first, as the

@@ -70,7 +70,9 @@ struct NormB {
     double *DGA = mine() + c0, *DBE = DGA + F;
     const T *Xs = X + off * F + c0, *Dc = D + c0, *Gc = Gm + c0;
 #ifdef RNNKIT_SLEEF
-    if (rnnkit_pw::has_avx2()) {
+    if (rnnkit_pw::has_avx512()) {
+      rnnkit_norm_avx512::col_bwd(Dc, Xs, F, bs, Gc, w, m1, m2, DGA, DBE);
+    } else if (rnnkit_pw::has_avx2()) {
       for (int64_t b = 0; b < bs; ++b)
         rnnkit_norm_avx2::col_bwd(Dc + b * F, Xs + b * F, Gc, w, m1, m2, DGA, DBE);
     } else
@@ -93,6 +95,7 @@ struct NormB {
     if (mode == kBNTrain) {
       const T *Q = RS + k * F, *A = mc ? mc : ca.data(), *C = mc ? mc + F : cc.data();
 #ifdef RNNKIT_SLEEF
+      if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::bnb_out_cols(d, x, Gm, A, C, Q, out, F);
       if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::bnb_out_cols(d, x, Gm, A, C, Q, out, F);
 #endif
       for (int64_t j = 0; j < F; ++j) out[j] = Q[j] * (d[j] * Gm[j] - A[j] - x[j] * C[j]);

@@ -159,6 +159,7 @@ inline void zeroed_scratch(int64_t n, double*& p) {
 template <typename T>
 void bn_stats_out(const double* m, const double* v, double n, T* M, T* V, T* Q, int64_t F) {
 #ifdef RNNKIT_SLEEF
+  if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::stats_out(m, v, n, kEps, M, V, Q, F);
   if (rnnkit_pw::has_avx2()) return rnnkit_norm_avx2::stats_out(m, v, n, kEps, M, V, Q, F);
 #endif
   for (int64_t j = 0; j < F; ++j) {
@@ -239,6 +240,9 @@ void col_shifted_any(const T* R, int64_t ld, int64_t n, double* s1, double* s2, 
 template <typename T>
 void shifted_moments(const T* R, int64_t ld, int64_t n, double* m, double* v, int64_t F) {
   col_shifted_any(R, ld, n, m, v, F);
+#ifdef RNNKIT_SLEEF
+  if (rnnkit_pw::has_avx512()) return rnnkit_norm_avx512::finish_moments(R, n, m, v, F);
+#endif
   for (int64_t j = 0; j < F; ++j) {
     const double a = m[j];
     m[j] = double(R[j]) + a / n;
