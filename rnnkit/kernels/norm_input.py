@@ -111,8 +111,25 @@ def update_running_groups(
     """:func:`update_running` of each ``(group, μ, σ²)`` a direction's kernel call returned (per-step
     statistics in processing order; ``bsz`` in time order)."""
     ns = bsz[::-1] if reverse else bsz
+    rms = [p[f"running_mean_{grp}"] for grp, _, _ in stats]
+    rvs = [p[f"running_var_{grp}"] for grp, _, _ in stats]
+    if _ext_update(rms + rvs):  # every group in one C++ call (~12 us a call at the small shape)
+        means, variances = [m for _, m, _ in stats], [v for _, _, v in stats]  # non-differentiable
+        with torch.no_grad():
+            torch.ops.rnnkit_norm.update_running(rms, rvs, means, variances, list(ns), MOMENTUM)
+        return
     for grp, mean, var in stats:
         update_running(p, grp, mean, var, ns)
+
+
+def _ext_update(running: list[Tensor]) -> bool:
+    """Whether ``rnnkit_norm::update_running`` updates these running statistics: the compiled
+    kernels' data, contiguous, in eager mode (torch.compile traces the PyTorch expression)."""
+    return (
+        all(t.is_contiguous() for t in running)
+        and not torch.compiler.is_compiling()
+        and use_ext_for(running[0])
+    )
 
 
 def update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]) -> None:
@@ -122,11 +139,10 @@ def update_running(p: Params, grp: str, mean: Tensor, var: Tensor, ns: list[int]
     T, K = mean.shape[0], min(mean.shape[0], rm.shape[0] - 1)
     with torch.no_grad():
         mean, var = mean.detach(), var.detach()
-        contiguous = rm.is_contiguous() and rv.is_contiguous()
-        if contiguous and not torch.compiler.is_compiling() and use_ext_for(rm):
+        if _ext_update([rm, rv]):
             # the same in one C++ call (csrc/norm_input.cpp): a handful of ATen ops per group
             # cost ~20 us each at the small shape
-            return torch.ops.rnnkit_norm.update_running(rm, rv, mean, var, list(ns), MOMENTUM)
+            return torch.ops.rnnkit_norm.update_running([rm], [rv], [mean], [var], list(ns), MOMENTUM)
         rm[:K].lerp_(mean[:K], MOMENTUM)
         n0 = ns[0]
         # a full batch every step (batch sizes are monotone in either order: the ends decide):

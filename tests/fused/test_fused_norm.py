@@ -218,30 +218,43 @@ def test_float32_threaded_sizes_equal_loop(cls, kw, hidden, num_threads):
 @pytest.mark.parametrize("ns,slots", [([4, 4, 4], 8), ([4, 3, 1, 1, 1], 3), ([1, 1], 1), ([2, 1], 5)])
 def test_update_running_ext_equals_pytorch(dtype, ns, slots):
     """csrc/norm_input.cpp's update_running = norm_input.py's PyTorch expression (steps past the
-    last slot update it in turn; a step of one row leaves the variance alone)."""
+    last slot update it in turn; a step of one row leaves the variance alone), for the groups of
+    a direction in one call (two widths)."""
     from rnnkit.kernels import norm_input
 
     from .test_fused_kernels import require_ext
 
     require_ext()
     g = torch.Generator().manual_seed(0)
-    stats = [torch.rand(len(ns), 6, generator=g, dtype=dtype) + 0.1 for _ in range(2)]
-    names = ("running_mean_c", "running_var_c")
-    start = {k: torch.rand(slots, 6, generator=g, dtype=dtype) + 0.5 for k in names}
+    widths = {"c": 6, "hh": 9}
+    stats = [(grp, *(torch.rand(len(ns), f, generator=g, dtype=dtype) + 0.1 for _ in range(2)))
+             for grp, f in widths.items()]  # fmt: skip
+    start = {f"running_{s}_{grp}": torch.rand(slots, f, generator=g, dtype=dtype) + 0.5
+             for grp, f in widths.items() for s in ("mean", "var")}  # fmt: skip
     res = []
     for be in ("ext", "pure"):
         p = {k: v.clone() for k, v in start.items()}
         orig = K.backend
         K.backend = (lambda v: "pure") if be == "pure" else orig
         try:
-            norm_input.update_running(p, "c", *stats, ns)
+            norm_input.update_running_groups(p, stats, ns[::-1], reverse=True)
         finally:
             K.backend = orig
         res.append(p)
     for k in start:
         rtol = 1e-6 if dtype == torch.float32 else 1e-14
         torch.testing.assert_close(res[0][k], res[1][k], rtol=rtol, atol=0)
-        assert torch.equal(res[0][k], start[k]) == (k == "running_var_c" and max(ns) == 1)
+        assert torch.equal(res[0][k], start[k]) == (k.startswith("running_var") and max(ns) == 1)
+
+
+def test_update_running_lists_of_one_length():
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    t = torch.ones(2, 3)
+    msg = "rm, rv, mean and var must be lists of one length, got 2, 1, 1 and 1"
+    with pytest.raises(RuntimeError, match=msg):
+        torch.ops.rnnkit_norm.update_running([t, t.clone()], [t.clone()], [t], [t], [4, 4], 0.1)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -110,7 +110,7 @@ def ln_input_bwd(**kw):
 def update_running(**kw):
     a = dict(rm=_t(2, H), rv=_t(2, H).abs(), mean=_t(T, H), var=_t(T, H).abs())
     a.update(kw)
-    torch.ops.rnnkit_norm.update_running(*a.values(), BSZ, 0.1)
+    torch.ops.rnnkit_norm.update_running(*([t] for t in a.values()), BSZ, 0.1)
 
 
 def scan_bwd(**kw):
