@@ -81,16 +81,18 @@ def test_batch_norm_input_group_on_two_threads(num_threads, grad):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("G", [4, 37, 256])
 @pytest.mark.parametrize("shift", [True, False])
-def test_input_group_layer_norm_backward_equals_torchs(num_threads, dtype, G, shift):
+@pytest.mark.parametrize("N", [301, 302, 303])
+def test_input_group_layer_norm_backward_equals_torchs(num_threads, dtype, G, shift, N):
     """``rnnkit_norm::ln_input_backward`` (the in-kernel input group's layer-norm backward, from
     the saved x̂ and 1/σ) against torch's layer-norm backward from the same rows: da, dγ, dβ, on
-    two threads, vector widths with tails."""
+    two threads, vector widths with tails, and row counts that leave 1, 2 or 3 rows to the last
+    group of four (NormB::rows)."""
     from .test_fused_kernels import require_ext
 
     require_ext()
     num_threads(2)
     g = torch.Generator().manual_seed(G)
-    a, dy = (torch.randn(301, G, generator=g, dtype=dtype) * 3 + 1 for _ in range(2))
+    a, dy = (torch.randn(N, G, generator=g, dtype=dtype) * 3 + 1 for _ in range(2))
     w, b = torch.randn(G, generator=g, dtype=dtype), torch.randn(G, generator=g, dtype=dtype)
     mean, var = a.mean(1, keepdim=True), a.var(1, unbiased=False, keepdim=True)
     rs = torch.rsqrt(var + 1e-5)

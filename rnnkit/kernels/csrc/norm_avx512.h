@@ -224,6 +224,55 @@ inline void bwd_sums(const float* d, const float* x, const float* g, int64_t F, 
   }
   p1 = s1, p2 = s2;
 }
+// bwd_sums of R consecutive rows (d, x rows ld apart; p1, p2: R each): the affine gradients
+// stay in registers across the rows, added in row order (as R calls of bwd_sums: the same
+// sums), so dga and dbe are loaded and stored once per R rows instead of every row (the
+// layer-norm LSTM's backward runs this on every row of its recurrent and input groups).
+template <int R>
+void bwd_sums_rows(const float* d, const float* x, int64_t ld, const float* g, int64_t F, double* dga, double* dbe,
+                   double* p1, double* p2) {
+  __m512d a[R], b[R];
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) a[r] = b[r] = _mm512_setzero_pd();
+  int64_t j = 0;
+  for (; j + 8 <= F; j += 8) {
+    __m512d ga = _mm512_loadu_pd(dga + j), be = _mm512_loadu_pd(dbe + j);
+    const __m256 g8 = _mm256_loadu_ps(g + j);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; ++r) {
+      const __m256 d8 = _mm256_loadu_ps(d + r * ld + j), x8 = _mm256_loadu_ps(x + r * ld + j);
+      const __m512d dv = _mm512_cvtps_pd(d8), xv = _mm512_cvtps_pd(x8);
+      const __m512d tv = _mm512_cvtps_pd(_mm256_mul_ps(d8, g8));  // d g rounded to float
+      a[r] = _mm512_add_pd(a[r], tv);
+      b[r] = _mm512_add_pd(b[r], _mm512_mul_pd(tv, xv));
+      ga = _mm512_add_pd(ga, _mm512_mul_pd(dv, xv));
+      be = _mm512_add_pd(be, dv);
+    }
+    _mm512_storeu_pd(dga + j, ga);
+    _mm512_storeu_pd(dbe + j, be);
+  }
+  for (int r = 0; r < R; ++r) {
+    const float *dr = d + r * ld, *xr = x + r * ld;
+    double s1 = hsum(a[r]), s2 = hsum(b[r]);
+    for (int64_t q = j; q < F; ++q) {
+      const float t = dr[q] * g[q];
+      s1 += t;
+      s2 += double(t) * xr[q];
+      dga[q] += double(dr[q]) * xr[q];
+      dbe[q] += dr[q];
+    }
+    p1[r] = s1, p2[r] = s2;
+  }
+}
+inline void bwd_sums_rows(const float* d, const float* x, int64_t ld, int rows, const float* g, int64_t F,
+                          double* dga, double* dbe, double* p1, double* p2) {
+  switch (rows) {
+    case 4: return bwd_sums_rows<4>(d, x, ld, g, F, dga, dbe, p1, p2);
+    case 3: return bwd_sums_rows<3>(d, x, ld, g, F, dga, dbe, p1, p2);
+    case 2: return bwd_sums_rows<2>(d, x, ld, g, F, dga, dbe, p1, p2);
+    default: return bwd_sums_rows<1>(d, x, ld, g, F, dga, dbe, p1, p2);
+  }
+}
 // dr = rho (d g - a - x c) over a row.
 inline void lnb_out(const float* d, const float* x, const float* g, float a, float c, float rho, float* out,
                     int64_t F) {

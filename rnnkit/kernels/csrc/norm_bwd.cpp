@@ -165,10 +165,13 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout_
         over_steps(true, B, G4, steps, true, [&](int64_t k, int64_t r0, int64_t r1) {
           if (proj) proj_rows(k, r0, r1);
           prows(r1 - r0, G4, [&](int64_t b0, int64_t b1) {
-            for (int64_t b = r0 + b0; b < r0 + b1; ++b) {
-              f1(k, b);
-              f2(k, b, nullptr);
-              f3(k, b, nullptr);
+            for (int64_t b = r0 + b0; b < r0 + b1; b += 4) {  // four rows, then their recurrent norm
+              const int64_t e = std::min(b + 4, r0 + b1), n = steps[k].first + b;
+              for (int64_t q = b; q < e; ++q) {
+                f1(k, q);
+                f2(k, q, nullptr);
+              }
+              nh.rows(DG + n * G4, n, e - b, k, DR + n * G4);
             }
           });
           recur(steps[k].first, r0, r1, nullptr);

@@ -125,7 +125,7 @@ std::vector<Tensor> ln_input_backward(const Tensor& dy_, const Tensor& xh_, cons
     T_* DA = da.data_ptr<T_>();
     NormB<T_> nb(kLN, G, xh, rs, w, std::nullopt);  // an accumulator per thread
     at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, G)), [&](int64_t n0, int64_t n1) {
-      for (int64_t n = n0; n < n1; ++n) nb.row(D + n * G, n, 0, DA + n * G);
+      nb.rows(D + n0 * G, n0, n1 - n0, 0, DA + n0 * G);
     });
     ab = nb.grads();
   });
