@@ -182,8 +182,7 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
       scalar_t* HP = save && col ? HS : HPV + (save ? off : 0) * P;
       for (int64_t k = 0; k < bs * P; ++k) HP[k] = M ? HB[k] * M[k] : HB[k];
       if (save && col)  // and column-major for backward: unit j's bs values side by side
-        for (int64_t j = 0; j < P; ++j)
-          for (int64_t b = 0; b < bs; ++b) HPV[j * N + off + b] = HP[b * P + j];
+        rnnkit_common::transpose_rows(HP, HPV + off, N, P, 0, bs);  // HPV[j N + off + b] = HP[b P + j]
       rnnkit_blk::each_block(wb.n(), bs * P * G4, [&](int64_t k) {
         const int64_t j0 = wb.j[k], w = wb.width(k);
         // this block's (bs, 4 w) pre-activations [i | f | g | o]: the GEMM onto the input term

@@ -94,9 +94,7 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
     auto load_h = [&](int64_t so, int64_t off, int64_t r0, int64_t r1) {
       T_* HP = col ? HS : HPV + so * P;
       for (int64_t i = r0 * P; i < r1 * P; ++i) HP[i] = M ? HB[i] * M[i] : HB[i];
-      if (col)
-        for (int64_t j = 0; j < P; ++j)
-          for (int64_t b = r0; b < r1; ++b) HPV[j * N + off + b] = HP[b * P + j];
+      if (col) rnnkit_common::transpose_rows(HP, HPV + off, N, P, r0, r1);  // HPV[j N + off + b] = HP[b P + j]
       return HP;
     };
     if (kind == "lstm") {
