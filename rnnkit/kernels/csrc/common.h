@@ -258,6 +258,9 @@ class ZoneoutRows {
   const T* at(int64_t off) const {
     return t_.defined() ? t_.data_ptr<T>() + (shared_ ? 0 : off * width_) : nullptr;
   }
+  // the weights, (N, W) or (one block of) (B, W) when shared; undefined when off
+  const Tensor& tensor() const { return t_; }
+  bool shared() const { return shared_; }
 
  private:
   Tensor t_;
