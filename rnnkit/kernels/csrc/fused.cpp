@@ -267,10 +267,6 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
     const int64_t nblk = static_cast<int64_t>(units.size()) - 1;
     Tensor parts = at::empty({nblk, B, P}, gates.options());
     scalar_t* PART = parts.data_ptr<scalar_t>();
-    // zoneout's c weights as bits (float32, AVX-512), each block's rows unpacked into its own
-    // scratch before its row pass, as in the forward
-    const rnnkit_row::ZoneoutBits zcb(zcr, units);
-    Tensor zscratch = at::empty({zc.has_value() ? nblk * B * H : 0}, gates.options());
     for (const auto& st : steps) {
       const int64_t off = st.first, bs = st.second;
       const scalar_t *ZH = zhr.at<scalar_t>(off), *ZC = zcr.at<scalar_t>(off);  // zoneout: the step's rows
@@ -287,14 +283,9 @@ std::vector<Tensor> backward(int64_t kind, const Tensor& gout, const Tensor& ghn
       // GEMM over its rows of W_hh only (partial sums, added up after the region).
       rnnkit_blk::each_block(nblk, bs * P * G4, [&](int64_t k) {
         const int64_t j0 = units[k], w = units[k + 1] - j0;
-        const scalar_t* zs = nullptr;  // the block's zc rows, stride w (unpacked bits) or H
-        scalar_t* zdst = ZC ? zscratch.data_ptr<scalar_t>() + k * B * H : nullptr;
-        if (ZC && zcb.expand(off, bs, j0, w, zdst)) zs = zdst;
-        const int64_t zld = zs ? w : H;
-        if (ZC && !zs) zs = ZC + j0;
         for (int64_t b = 0; b < bs; ++b)
           row(w, H, G + b * G4 + j0, (DH ? DH + b * H : GO + b * P) + j0, DHB + b * P + j0, TC + b * H + j0,
-              CP + b * H + j0, zs ? zs + b * zld : nullptr, PI ? PI + j0 : nullptr, DG + b * G4 + j0,
+              CP + b * H + j0, ZC ? ZC + b * H + j0 : nullptr, PI ? PI + j0 : nullptr, DG + b * G4 + j0,
               DC + b * H + j0);
         if (has_bias) {
           double* D = db.data_ptr<double>();

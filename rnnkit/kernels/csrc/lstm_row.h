@@ -179,19 +179,6 @@ class ZoneoutBits {
   const uint16_t* at(int64_t off, int64_t b, int64_t j0) const {
     return bits_.empty() ? nullptr : bits_.data() + (off + b) * words_ + j0 / 16;
   }
-  // Units [j0, j0 + w) of rows off + [0, bs) as floats into dst (bs, w): the backward row reads
-  // them from there, in cache, instead of from the (N, W) weights in memory. False: no bits.
-  template <typename T>
-  bool expand(int64_t off, int64_t bs, int64_t j0, int64_t w, T* dst) const {
-    if constexpr (std::is_same_v<T, float>) {
-      if (bits_.empty()) return false;
-#ifdef RNNKIT_SLEEF
-      unpack(bits_.data() + off * words_ + j0 / 16, words_, bs, w, dst);
-#endif
-      return true;
-    }
-    return false;
-  }
 
  private:
 #ifdef RNNKIT_SLEEF
@@ -208,15 +195,6 @@ class ZoneoutBits {
         dst[n * words + j / 16] = hit;
       }
     return ok;
-  }
-  __attribute__((target("avx512f"))) static void unpack(const uint16_t* src, int64_t words, int64_t bs, int64_t w,
-                                                        float* dst) {
-    const __m512 one = _mm512_set1_ps(1.f);
-    for (int64_t b = 0; b < bs; ++b)
-      for (int64_t u = 0; u < w; u += 16) {
-        const __mmask16 m = w - u >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (w - u)) - 1);
-        _mm512_mask_storeu_ps(dst + b * w + u, m, _mm512_maskz_mov_ps(__mmask16(src[b * words + u / 16]), one));
-      }
   }
 #endif
   std::vector<uint16_t> bits_;
