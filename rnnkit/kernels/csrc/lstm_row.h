@@ -152,9 +152,10 @@ inline void lstm_fwd_avx512(int64_t w, int64_t H, const LstmFwdRow<float>& r) {
 // rows read 4 bytes a unit from two (N, H) tensors (3.3 MB each at the medium shape) in blocks
 // of units, from memory: their loads stalled the step (medium forward, one thread: 14.5 ms
 // against 12.2 without zoneout; a draw in registers instead of the loads measured 12.9). One
-// sequential pass makes the bits (~0.05 ms). Empty (at() null: the rows read the floats) for
-// other dtypes, CPUs without AVX-512, the evaluation's shared weight row, blocks that do not
-// start at a multiple of 16 units, or weights other than 0 and 1.
+// sequential pass makes the bits (~0.1 ms a mask on one thread, about what drawing it costs).
+// Empty (at() null: the rows read the floats) for other dtypes, CPUs without AVX-512, the
+// evaluation's shared weight row, blocks that do not start at a multiple of 16 units, or
+// weights other than 0 and 1.
 class ZoneoutBits {
  public:
   ZoneoutBits(const rnnkit_common::ZoneoutRows& z, const std::vector<int64_t>& block_starts) {
