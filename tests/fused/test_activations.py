@@ -93,8 +93,8 @@ def test_rejects_an_unknown_function():
 
 
 def test_the_avx2_paths_too(tmp_path):
-    """The same tests, and the fused LSTM/GRU against the loop, with the AVX2 code paths forced
-    (``RNNKIT_NO_AVX512=1``, read once per process: a fresh interpreter)."""
+    """The same tests, and the fused LSTM/GRU and normalized cells against the loop, with the
+    AVX2 code paths forced (``RNNKIT_NO_AVX512=1``, read once per process: a fresh interpreter)."""
     import os
     import subprocess
     import sys
@@ -109,6 +109,8 @@ def test_the_avx2_paths_too(tmp_path):
         str(root / "tests/fused/test_fused_property.py")
         + "::test_float32_kernels_equal_float64_loop_property"
     )
+    # the normalized cells' float32 rows and statistics (norm_avx2.h), vector tails included
+    tests.append(str(root / "tests/fused/test_fused_norm.py") + "::test_float32_threaded_sizes_equal_loop")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

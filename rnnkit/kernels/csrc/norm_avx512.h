@@ -3,7 +3,7 @@
 // (8 columns a vector), chosen at run time where the CPU has AVX-512
 // (rnnkit_pw::has_avx512(); RNNKIT_NO_AVX512=1 keeps the AVX2 ones). The arithmetic is
 // norm_avx2.h's, with two differences in the last bits: the order of the float64 partial sums,
-// and GCC, which may contract a multiply and an add into an FMA here (it does in sqdev: AVX-512
+// and GCC, which may contract a multiply and an add into an FMA here (it does in shifted_sums: AVX-512
 // implies FMA; the AVX2 build has none). At the small shape, where a step's rows sit in L1, the row
 // passes are arithmetic-bound: 8-wide, layer norm's statistics and affine were ~23% of the
 // layer-norm LSTM's forward.
@@ -30,32 +30,25 @@ inline __m512d mul8(const float* a, const float* b) {
 }
 inline __m512d mul8(const double* a, const double* b) { return _mm512_mul_pd(_mm512_loadu_pd(a), _mm512_loadu_pd(b)); }
 
-// Σ r and Σ (r - m)² over a row (float64, 16 partial sums each).
-inline double sum(const float* r, int64_t F) {
-  __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+// norm_avx2.h's shifted_sums, 16 floats a pass (float64 sums 16 partial sums each).
+inline void shifted_sums(const float* r, int64_t F, double& s1, double& s2) {
+  const __m512d k = _mm512_set1_pd(double(r[0]));
+  __m512d a1 = _mm512_setzero_pd(), b1 = a1, a2 = a1, b2 = a1;
   int64_t j = 0;
   for (; j + 16 <= F; j += 16) {
     const __m512 v = _mm512_loadu_ps(r + j);
-    a = _mm512_add_pd(a, lo8(v));
-    b = _mm512_add_pd(b, hi8(v));
+    const __m512d u = _mm512_sub_pd(lo8(v), k), w = _mm512_sub_pd(hi8(v), k);
+    a1 = _mm512_add_pd(a1, u);
+    b1 = _mm512_add_pd(b1, w);
+    a2 = _mm512_add_pd(a2, _mm512_mul_pd(u, u));
+    b2 = _mm512_add_pd(b2, _mm512_mul_pd(w, w));
   }
-  double s = hsum(_mm512_add_pd(a, b));
-  for (; j < F; ++j) s += r[j];
-  return s;
-}
-inline double sqdev(const float* r, int64_t F, double m) {
-  const __m512d mv = _mm512_set1_pd(m);
-  __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
-  int64_t j = 0;
-  for (; j + 16 <= F; j += 16) {
-    const __m512 v = _mm512_loadu_ps(r + j);
-    const __m512d u = _mm512_sub_pd(lo8(v), mv), w = _mm512_sub_pd(hi8(v), mv);
-    a = _mm512_add_pd(a, _mm512_mul_pd(u, u));
-    b = _mm512_add_pd(b, _mm512_mul_pd(w, w));
+  s1 = hsum(_mm512_add_pd(a1, b1)), s2 = hsum(_mm512_add_pd(a2, b2));
+  for (; j < F; ++j) {
+    const double u = double(r[j]) - double(r[0]);
+    s1 += u;
+    s2 += u * u;
   }
-  double s = hsum(_mm512_add_pd(a, b));
-  for (; j < F; ++j) s += (r[j] - m) * (r[j] - m);
-  return s;
 }
 
 // x = (r - mu) rho, y = x g (+ s) (+ add) (+ addv) over a row (y may be r), the scalar loop's order.

@@ -289,13 +289,20 @@ struct NormG {
   void row(const T* r, int64_t n, int64_t ns, int64_t k, const T* add, const T* addv, T* y,
            const T* st = nullptr) const {
     T* x = X + ns * F;
-    if (mode == kLN) {  // two passes (mean, then centred variance), 4 partial sums each
+    if (mode == kLN) {  // vectors: one pass (shifted_sums); scalar: mean, then centred variance
       double m, v;
 #ifdef RNNKIT_SLEEF
+      // μ = r₀ + s1 / F, σ² = s2 / F - (s1 / F)² from the sums of r - r₀ (norm_avx2.h)
+      auto moments = [&](double s1, double s2) {
+        const double d = s1 / F;
+        m = double(r[0]) + d;
+        v = std::max(s2 / F - d * d, 0.0);
+      };
+      double s1, s2;
       if constexpr (std::is_same_v<T, float>) {
         if (rnnkit_pw::has_avx512()) {
-          m = rnnkit_norm_avx512::sum(r, F) / F;
-          v = rnnkit_norm_avx512::sqdev(r, F, m) / F;
+          rnnkit_norm_avx512::shifted_sums(r, F, s1, s2);
+          moments(s1, s2);
           const T rho = T(1 / std::sqrt(v + kEps));
           RS[n] = rho;
           if (MEAN) MEAN[n] = T(m);
@@ -303,8 +310,8 @@ struct NormG {
         }
       }
       if (rnnkit_pw::has_avx2()) {
-        m = rnnkit_norm_avx2::sum(r, F) / F;
-        v = rnnkit_norm_avx2::sqdev(r, F, m) / F;
+        rnnkit_norm_avx2::shifted_sums(r, F, s1, s2);
+        moments(s1, s2);
         const T rho = T(1 / std::sqrt(v + kEps));
         RS[n] = rho;
         if (MEAN) MEAN[n] = T(m);  // layer norm with a mean buffer (N, 1): the input group's
