@@ -57,7 +57,12 @@ def _key(out: str | os.PathLike) -> str:
 
 def lock_out_dir(out: str | os.PathLike) -> None:
     """Create ``out`` if needed and hold ``out/.lock``; raises :class:`OutDirInUse` naming ``out``
-    when another process holds it. Pair each call with :func:`unlock_out_dir`."""
+    when another process holds it, and ``NotADirectoryError`` naming ``out`` when it cannot be a
+    directory (:func:`not_a_directory`). Pair each call with :func:`unlock_out_dir`."""
+    # checked first: mkdir's "[Errno 20] Not a directory" / "[Errno 17] File exists" named neither
+    # out_dir nor what is in the way (the CLI checks --out itself; Trainer(out_dir=...) gets here)
+    if why := not_a_directory(out):
+        raise NotADirectoryError(f"out_dir {out} {why}; choose another out_dir")
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock

@@ -83,6 +83,21 @@ def test_the_lock_is_shared_with_this_process_holding_it(tmp_path):
         unlock_out_dir(out)
 
 
+@pytest.mark.parametrize("where", ["file", "file/run", "link"])
+def test_an_out_dir_that_cannot_be_a_directory_is_named(tmp_path, where):
+    """Trainer(out_dir=...) from the Python API failed with mkdir's bare "[Errno 20] Not a directory"
+    or "[Errno 17] File exists", which named neither out_dir nor what was in the way (the CLI's
+    --out check did); nothing was written and no step was taken."""
+    (tmp_path / "file").write_text("not a directory")
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    out = tmp_path / where
+    tr = _trainer(out, max_steps=2)
+    with pytest.raises(NotADirectoryError, match=r"out_dir .*(file|link).* not a directory") as e:
+        tr.fit(_data())
+    assert str(out) in str(e.value) and tr.step == 0
+    assert (tmp_path / "file").read_text() == "not a directory" and not (tmp_path / "gone").exists()
+
+
 def test_stale_temporaries_of_killed_checkpoint_writes_are_swept_at_fit_start(tmp_path):
     """A process killed inside save_checkpoint leaves its temporary directory (or the trash of a
     rotation, or the temp file of `latest`) behind: nothing removed them, and they piled up."""
