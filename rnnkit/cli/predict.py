@@ -83,7 +83,10 @@ def _lines(path: str | None) -> list[str]:
     except UnicodeDecodeError as e:  # (its start counts from after a BOM)
         from rnnkit.tasks._common import utf8_error_offset
 
-        at = utf8_error_offset(data) if data is not None else e.start
+        if data is None:  # the stream's own decoder: its start counts from its chunk (after its BOM),
+            # and its encoding may not be UTF-8; no offset in the input is known
+            raise ValueError(f"--input - could not be decoded ({e.encoding}: {e.reason})") from None
+        at = utf8_error_offset(data)
         raise ValueError(f"--input {path or '-'} is not valid UTF-8 (byte {at})") from None
     # not str.splitlines: it also breaks at U+0085, U+2028, form feed, ..., characters an item may
     # hold, and one input line gave two outputs (the rest then answered the wrong lines)

@@ -381,3 +381,17 @@ def test_a_non_utf8_file_is_refused_naming_the_bad_bytes_offset(reader, tmp_path
     at = data.index(b"caf") + 3
     with pytest.raises(ValueError, match=rf"not valid UTF-8 \(byte {at}\)"):
         read()
+
+
+def test_a_substituted_stdin_without_bytes_names_no_wrong_offset(monkeypatch):
+    """A text stdin with no ``.buffer`` (one a caller substituted) decodes itself: the error named
+    its decoder's ``start`` as the input's byte (4 here, after a ``utf-8-sig`` BOM; the bad one is 7)."""
+    from rnnkit.cli.predict import _lines
+
+    class Text:  # a text stream without the bytes under it
+        read = io.TextIOWrapper(io.BytesIO(codecs.BOM_UTF8 + b"a\nb\n\xff\n"), encoding="utf-8-sig").read
+
+    monkeypatch.setattr("sys.stdin", Text())
+    with pytest.raises(ValueError, match="^--input - could not be decoded") as e:
+        _lines(None)
+    assert "(byte" not in str(e.value) and "invalid start byte" in str(e.value)
