@@ -62,12 +62,15 @@ class TrainerStep:
         self.precision.backward(loss)
         self.precision.unscale_(self.optimizer)
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        # what clip_grad_norm_ does, but its norm has no sparse kernel (nn.Embedding(sparse=True)
+        # failed every step): a sparse gradient's norm is its coalesced values' (repeated rows summed)
+        grads = [p.grad.coalesce().values() if p.grad.is_sparse else p.grad for p in params]
+        total = torch.nn.utils.get_total_norm(grads)
         if cfg.clip_norm is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
-        else:
-            # measured only, as clip_grad_norm_ measures it: clip_grad_norm_(max_norm=inf) would scale
-            # every gradient by inf / norm, NaN for an inf norm, spreading one inf gradient to all weights
-            norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.clip_norm, total)
+        # (else measured only: clip_grad_norm_(max_norm=inf) would scale every gradient by inf / norm,
+        # NaN for an inf norm, spreading one inf gradient to all weights)
+        norm = float(total)
         if not math.isfinite(norm) and self.precision.scaler is None:
             # an inf/NaN gradient would make weights (and, through clipping, all of them) NaN for
             # the rest of the run: skip the update, as the float16 loss scaler does. Under DDP the

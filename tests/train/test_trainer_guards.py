@@ -54,6 +54,36 @@ def test_non_finite_gradient_skips_the_update(clip_norm, bad, caplog):
         assert torch.isfinite(p).all() and not torch.equal(p.detach(), b)
 
 
+@pytest.mark.parametrize("clip_norm", [None, 0.1])
+def test_sparse_gradients_train_as_their_dense_twins(clip_norm):
+    """An nn.Embedding(sparse=True) made every step fail in the gradient norm, with or without
+    clip_norm (linalg_vector_norm has no sparse kernel): a loop torch trains. The norm is now that
+    of the coalesced gradient (repeated rows summed first), clipped as clip_grad_norm_ clips it."""
+
+    class Spy(Callback):
+        def __init__(self):
+            self.norms = []
+
+        def on_log(self, trainer, row):
+            self.norms.append(row["grad_norm"])
+
+    runs = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = TinyLM()
+        model.emb.sparse = sparse
+        spy = Spy()
+        cfg = {"clip_norm": clip_norm, "max_steps": 3, "progress": False, "log_every": 1}
+        Trainer(model, _sgd(model), callbacks=[spy], **cfg).fit(bptt_batches(tokens(100), 2, 5))
+        runs.append((spy.norms, [p.detach().clone() for p in model.parameters()]))
+    (dense_norms, dense_weights), (sparse_norms, sparse_weights) = runs
+    assert len(sparse_norms) == 3 and sparse_norms == pytest.approx(dense_norms, rel=1e-12)
+    if clip_norm is not None:
+        assert max(dense_norms) > clip_norm  # (clipping took place)
+    for s, d in zip(sparse_weights, dense_weights, strict=True):
+        torch.testing.assert_close(s, d, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_skipped_update_is_logged_by_rank_0_alone(rank, caplog, monkeypatch):
     """Under DDP the gradients are all-reduced, so every rank skips the update alike; every rank
