@@ -120,6 +120,15 @@ def lm_loss(output: Tensor, targets: Tensor) -> Tensor:
     ``output``: logits ``(..., V)``; ``targets``: class indices with shape
     ``output.shape[:-1]`` (any layout, as long as the two agree), ``-100`` ignored.
     """
+    if not isinstance(output, Tensor):
+        # e.g. a model that returns (output, new_state) trained with stateful=False: it failed on
+        # "'tuple' object has no attribute 'shape'", naming neither the logits nor the protocol
+        n = len(output) if isinstance(output, (tuple, list)) else None
+        got = type(output).__name__ if n is None else f"a {type(output).__name__} of {n} item{'s' * (n != 1)}"
+        raise TypeError(
+            f"lm_loss expects logits (a tensor), got {got}; a model returning (output, new_state) is "
+            "trained with stateful=True (the default)"
+        )
     if output.shape[:-1] != targets.shape:
         raise ValueError(
             f"logits shape {tuple(output.shape)} does not match targets shape "

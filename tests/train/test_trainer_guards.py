@@ -207,6 +207,19 @@ def test_a_stateful_model_must_return_output_and_state(T, k1):
     Trainer(model, _sgd(model), loss_fn=_mse, max_steps=1, stateful=False, progress=False).fit(data)
 
 
+def test_a_model_returning_its_state_under_stateful_false_is_named():
+    """The mirror case: stateful=False with a model that returns (output, new_state) failed in the
+    default loss with "'tuple' object has no attribute 'shape'", naming neither the protocol nor
+    stateful=True. lm_loss now says what it got and what it expects."""
+    model = TinyLM()
+    tr = Trainer(model, _sgd(model), stateful=False, max_steps=1, progress=False)
+    with pytest.raises(TypeError, match=r"logits \(a tensor\), got a tuple of 2 items.*stateful=True"):
+        tr.fit(bptt_batches(tokens(100), 2, 5))
+    with pytest.raises(TypeError, match="got a list of 1 item;"):
+        lm_loss([[0.0, 1.0]], torch.tensor([1]))
+    assert tr.step == 0
+
+
 def test_evaluate_lm_and_step_fn_results_are_checked():
     class LMOutputOnly(TinyLM):
         def forward(self, x, state=None):
