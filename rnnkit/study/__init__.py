@@ -26,6 +26,7 @@ from .runner import (
     Spec,
     Study,
     calibrate,
+    kept_rngs,
     read_json,
     read_records,
     run_grid,
@@ -71,6 +72,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     gains new ones), so a resume without ``archs`` covers every architecture the study has had.
     Likewise ``seeds`` smaller than the stored count runs and reports the first ``seeds``
     trials and keeps the count; a larger one extends it.
+
+    Each run seeds the global RNGs with its trial (weights, masks); the caller's Python, NumPy and
+    torch RNG states and ``PYTHONHASHSEED`` are as they were when it returns, as with ``workers > 1``.
     """
     study = get_study(name)
     for flag, v in (("seeds", seeds), ("steps", steps), ("budget_minutes", budget_minutes)):
@@ -154,7 +158,8 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         if study.run_fn is not None:  # own loop: scale its default step count with the budget
             steps = max(1, round(s["steps"] * budget / study.default_budget_minutes))
         else:
-            costs = calibrate(study, s, arch_list)
+            with kept_rngs():  # (the caller's: calibrate seeds them)
+                costs = calibrate(study, s, arch_list)
             steps = steps_for_budget(costs, K, budget * 60, parallel, s.get("n_evals", 10),
                                      s.get("min_steps", 1), s.get("max_steps", 10**9))  # fmt: skip
     if rank == 0:
@@ -172,8 +177,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     todo = [sp for sp in specs if sp.key not in done]
     done_n = len(specs) - len(todo)
     opts = {"workers": workers, "threads": threads, "rank": rank, "world": world, "progress": progress}
-    for _ in run_grid(study, todo, done_n, len(specs), steps, out, costs, **opts):
-        pass
+    with kept_rngs():  # (the caller's: a run in this process seeds them)
+        for _ in run_grid(study, todo, done_n, len(specs), steps, out, costs, **opts):
+            pass
     _barrier(world)
     records = [r for r in read_records(out) if r["key"] in {sp.key for sp in specs}]
     written = {}

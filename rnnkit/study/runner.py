@@ -24,6 +24,7 @@ then the failure is raised); under ``torchrun`` each rank takes every ``world_si
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -41,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rnnkit.train import seed_everything
+from rnnkit.train import get_rng_state, seed_everything, set_rng_state
 from rnnkit.train.callbacks import restore_record, strict_record
 
 
@@ -137,6 +138,23 @@ def _better(study: Study, a: float, b: float) -> bool:
     if math.isnan(a):
         return False
     return math.isnan(b) or (a > b if study.higher_is_better else a < b)
+
+
+@contextlib.contextmanager
+def kept_rngs() -> Iterator[None]:
+    """Python's, NumPy's and torch's global RNG states and ``PYTHONHASHSEED`` as they were before
+    the block: the runs of this process (``workers=1``) and :func:`calibrate` seed them
+    (:func:`~rnnkit.train.seed_everything`), and a caller of ``run_study`` drew from the last
+    run's seed afterwards instead of its own."""
+    state, hash_seed = get_rng_state(), os.environ.get("PYTHONHASHSEED")
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+        if hash_seed is None:
+            os.environ.pop("PYTHONHASHSEED", None)
+        else:
+            os.environ["PYTHONHASHSEED"] = hash_seed
 
 
 def eval_steps(steps: int, n_evals: int) -> set[int]:

@@ -268,3 +268,30 @@ def test_the_report_does_not_depend_on_the_order_runs_finished(tmp_path):
         report.write_report(study, rs, tmp_path / d, steps=3, trials=3)
     for name in ("results.md", "boxplot.png"):
         assert (tmp_path / "grid" / name).read_bytes() == (tmp_path / "finished" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("how", [{"steps": 1}, {"budget_minutes": 0.01}])
+def test_run_study_leaves_the_callers_rngs_as_they_were(tmp_path, monkeypatch, how):
+    """Runs in this process (workers=1) and the budget's calibration call seed_everything: after
+    run_study a caller's next draws were the last run's seed's, not those of its own seed (and
+    PYTHONHASHSEED was set for its child processes); with workers > 1 only under a budget."""
+    import os
+    import random
+
+    import torch
+
+    from rnnkit.study import run_study
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    tiny = {"digits": 2, "hidden": [8], "embed": 4, "batch": 8, "n_valid": 20, "n_test": 20, "n_evals": 2}
+
+    def draws():
+        return random.random(), float(np.random.random()), float(torch.rand(()))
+
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    expected = draws()
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    run_study("jozefowicz", tmp_path / "j", seeds=1, archs=["LSTM"], settings=tiny, progress=False,
+              report=False, **how)  # fmt: skip
+    assert draws() == expected
+    assert "PYTHONHASHSEED" not in os.environ
