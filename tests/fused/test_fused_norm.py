@@ -326,3 +326,19 @@ def test_batch_norm_training_on_threads_equals_loop(peephole, reg, bidir, packed
             torch.testing.assert_close(u, v, rtol=1e-7, atol=1e-8)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_norm_inf_input_gives_nan_variance_as_loop(dtype):
+    """An inf among a step's inputs makes its columns' variance NaN (inf - inf): the compiled
+    statistics (norm_avx512.h's finish_moments too) must keep it NaN, as the loop does, in the
+    outputs and the running variance, not clamp it to 0."""
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(3, 16, impl="fused", norm="batch", dtype=dtype)
+    b = rnnkit.LSTM(3, 16, impl="loop", norm="batch", dtype=dtype)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 5, 3, dtype=dtype)
+    x[0, 2, 1] = float("inf")
+    res = [[*_outputs(m, x, seed=1), *(buf.clone() for buf in m.buffers())] for m in (a, b)]
+    for u, v in zip(*res, strict=True):
+        torch.testing.assert_close(u, v, equal_nan=True)
