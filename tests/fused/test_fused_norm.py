@@ -257,6 +257,21 @@ def test_update_running_lists_of_one_length():
         torch.ops.rnnkit_norm.update_running([t, t.clone()], [t.clone()], [t], [t], [4, 4], 0.1)
 
 
+def test_update_running_checks_every_group_before_updating_any():
+    # a bad later group is an error that leaves the earlier groups' running statistics as they
+    # were: the call updates all of a direction's groups or none
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    rm, rv = [torch.zeros(3, 5), torch.zeros(3, 7)], [torch.ones(3, 5), torch.ones(3, 8)]
+    before = [t.clone() for t in rm + rv]
+    stats = [[torch.rand(4, 5), torch.rand(4, 7)] for _ in range(2)]
+    with pytest.raises(RuntimeError, match=r"rv must have shape \(S, F\) = \[3, 7\], got \[3, 8\]"):
+        torch.ops.rnnkit_norm.update_running(rm, rv, *stats, [4, 4, 3, 2], 0.1)
+    for u, v in zip(rm + rv, before, strict=True):
+        assert torch.equal(u, v)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("frozen", [("weight_ih_l0",), ("weight_ih_l0", "bias_ih_l0"), "all"])
 @pytest.mark.parametrize("impl", ["auto", "fused"])
