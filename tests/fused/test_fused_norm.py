@@ -257,6 +257,21 @@ def test_update_running_lists_of_one_length():
         torch.ops.rnnkit_norm.update_running([t, t.clone()], [t.clone()], [t], [t], [4, 4], 0.1)
 
 
+def test_update_running_checks_every_group_before_updating_any():
+    # a bad later group is an error that leaves the earlier groups' running statistics as they
+    # were: the call updates all of a direction's groups or none
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    rm, rv = [torch.zeros(3, 5), torch.zeros(3, 7)], [torch.ones(3, 5), torch.ones(3, 8)]
+    before = [t.clone() for t in rm + rv]
+    stats = [[torch.rand(4, 5), torch.rand(4, 7)] for _ in range(2)]
+    with pytest.raises(RuntimeError, match=r"rv must have shape \(S, F\) = \[3, 7\], got \[3, 8\]"):
+        torch.ops.rnnkit_norm.update_running(rm, rv, *stats, [4, 4, 3, 2], 0.1)
+    for u, v in zip(rm + rv, before, strict=True):
+        assert torch.equal(u, v)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("frozen", [("weight_ih_l0",), ("weight_ih_l0", "bias_ih_l0"), "all"])
 @pytest.mark.parametrize("impl", ["auto", "fused"])
@@ -326,3 +341,19 @@ def test_batch_norm_training_on_threads_equals_loop(peephole, reg, bidir, packed
             torch.testing.assert_close(u, v, rtol=1e-7, atol=1e-8)
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_norm_inf_input_gives_nan_variance_as_loop(dtype):
+    """An inf among a step's inputs makes its columns' variance NaN (inf - inf): the compiled
+    statistics (norm_avx512.h's finish_moments too) must keep it NaN, as the loop does, in the
+    outputs and the running variance, not clamp it to 0."""
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(3, 16, impl="fused", norm="batch", dtype=dtype)
+    b = rnnkit.LSTM(3, 16, impl="loop", norm="batch", dtype=dtype)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 5, 3, dtype=dtype)
+    x[0, 2, 1] = float("inf")
+    res = [[*_outputs(m, x, seed=1), *(buf.clone() for buf in m.buffers())] for m in (a, b)]
+    for u, v in zip(*res, strict=True):
+        torch.testing.assert_close(u, v, equal_nan=True)

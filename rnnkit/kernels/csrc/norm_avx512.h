@@ -119,6 +119,8 @@ inline void col_shifted(const float* R, int64_t ld, int64_t n, double* s1, doubl
 
 // norm_kernels.h's shifted_moments after col_shifted, 8 columns a vector: m = r_0 + s1 / n,
 // v = max(s2 - s1 s1 / n, 0) (the same IEEE operations as the scalar loop: the same values).
+// max_pd returns its second operand when either is NaN: max(0, v) keeps a NaN variance (an inf
+// in the column: inf - inf) NaN, as std::max(v, 0.0) does, where max(v, 0) made it 0.
 // Batch norm finishes these for every column of three groups every step; the scalar divisions
 // were ~7% of the small shape's forward.
 template <typename T>
@@ -128,8 +130,8 @@ void finish_moments(const T* r0, int64_t n, double* m, double* v, int64_t F) {
   for (; j + 8 <= F; j += 8) {
     const __m512d a = _mm512_loadu_pd(m + j);
     _mm512_storeu_pd(m + j, _mm512_add_pd(ld8(r0 + j), _mm512_div_pd(a, nv)));
-    _mm512_storeu_pd(v + j, _mm512_max_pd(_mm512_sub_pd(_mm512_loadu_pd(v + j),
-                                                        _mm512_div_pd(_mm512_mul_pd(a, a), nv)), zero));
+    _mm512_storeu_pd(v + j, _mm512_max_pd(zero, _mm512_sub_pd(_mm512_loadu_pd(v + j),
+                                                              _mm512_div_pd(_mm512_mul_pd(a, a), nv))));
   }
   for (; j < F; ++j) {
     const double a = m[j];

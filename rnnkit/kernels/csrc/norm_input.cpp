@@ -133,29 +133,34 @@ std::vector<Tensor> ln_input_backward(const Tensor& dy_, const Tensor& xh_, cons
   return {da, cast(ab.first), has_shift ? cast(ab.second) : none(dy)};
 }
 
-// The running statistics of one batch-norm group after a training call, in place: for the k-th
-// processed step (statistics mean, biased var (T, F); ns[k] rows) at slot min(k, S - 1) of
-// rm, rv (S, F): rm <- lerp(rm, mean, momentum), rv <- lerp(rv, var * n / (n - 1), momentum)
-// (untouched when the step has one row); the steps past the last slot update it one after the
-// other. norm_input.py's update_running (kept for torch.compile and the pure backend) in one
-// call instead of a handful of ATen ops per group (~20 us each group at the small shape).
-void update_group(Tensor rm, Tensor rv, const Tensor& mean_, const Tensor& var_, const std::vector<int64_t>& ns,
-                  double momentum) {
+// update_running's argument checks of one group (all of them run before any group is updated)
+void check_group(const Tensor& rm, const Tensor& rv, const Tensor& mean, const Tensor& var,
+                 const std::vector<int64_t>& ns) {
   {
     using namespace rnnkit_check;
     const char* op = "rnnkit_norm::update_running";
     const auto dt = floating(op, "rm", rm);
     tensor(op, "rm", rm, dt, "(S, F)", {kAny, kAny});
     tensor(op, "rv", rv, dt, "(S, F)", {rm.size(0), rm.size(1)});
-    tensor(op, "mean", mean_, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
-    tensor(op, "var", var_, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
+    tensor(op, "mean", mean, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
+    tensor(op, "var", var, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
   }
-  const Tensor mean = mean_.contiguous(), var = var_.contiguous();
-  const int64_t T = mean.size(0), S = rm.size(0), F = rm.size(1);
-  TORCH_CHECK(rm.is_contiguous() && rv.is_contiguous() && rv.sizes() == rm.sizes() && mean.size(1) == F &&
-                  var.sizes() == mean.sizes() && int64_t(ns.size()) == T && S > 0,
+  TORCH_CHECK(rm.is_contiguous() && rv.is_contiguous() && rv.sizes() == rm.sizes() && mean.size(1) == rm.size(1) &&
+                  var.sizes() == mean.sizes() && int64_t(ns.size()) == mean.size(0) && rm.size(0) > 0,
               "rnnkit_norm::update_running: running statistics (S, F) and step statistics (T, F) with T batch sizes,"
               " got ", rm.sizes(), ", ", rv.sizes(), ", ", mean.sizes(), ", ", var.sizes(), " and ", ns.size());
+}
+
+// The running statistics of one batch-norm group after a training call, in place: for the k-th
+// processed step (statistics mean, biased var (T, F); ns[k] rows) at slot min(k, S - 1) of
+// rm, rv (S, F): rm <- lerp(rm, mean, momentum), rv <- lerp(rv, var * n / (n - 1), momentum)
+// (untouched when the step has one row); the steps past the last slot update it one after the
+// other. norm_input.py's update_running (kept for torch.compile and the pure backend) in one
+// call instead of a handful of ATen ops per group (~20 us each group at the small shape). Its arguments: check_group's.
+void update_group(Tensor rm, Tensor rv, const Tensor& mean_, const Tensor& var_, const std::vector<int64_t>& ns,
+                  double momentum) {
+  const Tensor mean = mean_.contiguous(), var = var_.contiguous();
+  const int64_t T = mean.size(0), S = rm.size(0), F = rm.size(1);
   AT_DISPATCH_FLOATING_TYPES(rm.scalar_type(), "rnnkit_bn_update_running", [&] {
     using T_ = scalar_t;
     T_ *RM = rm.data_ptr<T_>(), *RV = rv.data_ptr<T_>();
@@ -180,6 +185,8 @@ void update_running(std::vector<Tensor> rm, std::vector<Tensor> rv, const std::v
   TORCH_CHECK(rv.size() == rm.size() && mean.size() == rm.size() && var.size() == rm.size(),
               "rnnkit_norm::update_running: rm, rv, mean and var must be lists of one length, got ", rm.size(),
               ", ", rv.size(), ", ", mean.size(), " and ", var.size());
+  // every group checked first: a bad group leaves the others as they were, not half the direction updated
+  for (size_t i = 0; i < rm.size(); ++i) check_group(rm[i], rv[i], mean[i], var[i], ns);
   for (size_t i = 0; i < rm.size(); ++i) update_group(rm[i], rv[i], mean[i], var[i], ns, momentum);
 }
 
