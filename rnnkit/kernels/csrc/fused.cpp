@@ -164,7 +164,9 @@ std::vector<Tensor> forward(int64_t kind, const Tensor& xp, const Tensor& h0, co
   const Tensor xc = ref.contiguous(), abuf = at::empty({xin ? 0 : B, G4}, opt);
   const Tensor wp = peep ? w_peep->contiguous() : none(xp), m = mask.has_value() ? mask->contiguous() : none(xp);
   const rnnkit_common::ZoneoutRows zhr(zh, B), zcr(zc, B);
-  const rnnkit_row::ZoneoutBits zhb(zhr, wb.j), zcb(zcr, wb.j);  // the masks as bits (AVX-512)
+  // the masks as bits (AVX-512); h's only without a projection (with one, zoneout on h runs on
+  // the projected rows after the block pass, from the floats)
+  const rnnkit_row::ZoneoutBits zhb(proj ? rnnkit_common::ZoneoutRows(std::nullopt, B) : zhr, wb.j), zcb(zcr, wb.j);
   AT_DISPATCH_FLOATING_TYPES(ref.scalar_type(), "rnnkit_lstm_fwd", [&] {
     using namespace rnnkit_pw;
     scalar_t *HB = hbuf.data_ptr<scalar_t>(), *C = cbuf.data_ptr<scalar_t>();
