@@ -155,8 +155,9 @@ def backend(x: Tensor) -> str:
 
 
 def _ext_ok(x: Tensor) -> bool:
-    # the compiled kernel: CPU, float32/64 and complex (half precision takes the loop)
-    half = x.dtype in (torch.float16, torch.bfloat16)
+    # the compiled kernel: CPU, float32/64 and complex64/128 (half precision, complex32 too,
+    # takes the loop: the kernel has no instance for it)
+    half = x.dtype in (torch.float16, torch.bfloat16, torch.complex32)
     return x.device.type == "cpu" and not half and load_extension() is not None
 
 

@@ -136,6 +136,19 @@ def test_forced_ext_takes_the_loop_for_half_precision(monkeypatch, dtype):
     torch.testing.assert_close(linear_scan(a, b), reference(a, b))
 
 
+# creating a complex32 tensor warns that torch's support for it is experimental
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
+def test_complex_half_takes_the_loop():
+    """complex32 is half precision too: the C++ kernel has no instance for it and raised
+    NotImplementedError ("not implemented for 'ComplexHalf'") by default; the loop runs it."""
+    a = torch.rand(9, 4, dtype=torch.complex64)
+    b = torch.randn(9, 4, dtype=torch.complex64)
+    assert backend(a.to(torch.complex32)) == "loop"
+    h = linear_scan(a.to(torch.complex32), b.to(torch.complex32))
+    assert h.dtype == torch.complex32
+    torch.testing.assert_close(h.to(torch.complex64), linear_scan(a, b), rtol=1e-2, atol=1e-2)
+
+
 def test_long_sequence_float32_is_finite_and_accurate():
     """T = 100,000, a in (0, 1] (including exactly 1), b of both signs; vs a float64 loop."""
     T, N = 100_000, 8
