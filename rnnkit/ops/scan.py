@@ -360,7 +360,9 @@ def linear_scan(
         _checks.fail(f"reverse must be a bool, got {reverse!r}")
     if not _checks.is_int(dim):
         _checks.fail(f"dim must be an int, got {dim!r}")
-    if b.dim() == 0 or not -b.dim() <= dim < b.dim():
+    if b.dim() == 0:
+        _checks.fail("linear_scan needs a and b at least 1-D (a time dimension), got 0-D tensors")
+    if not -b.dim() <= dim < b.dim():
         _checks.fail(f"dim must lie in [{-b.dim()}, {b.dim() - 1}] for a {b.dim()}-D input, got {dim}")
     dim = int(dim) % b.dim()
     if h0 is not None:

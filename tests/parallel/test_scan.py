@@ -201,6 +201,9 @@ def test_bad_input_is_a_clear_value_error():
         linear_scan(a.float(), b)
     with pytest.raises(rnnkit.RecurrentInputError, match="floating-point"):
         linear_scan(a.long(), b.long())
+    # 0-D tensors have no time dimension: the message was "dim must lie in [0, -1]", an empty range
+    with pytest.raises(ValueError, match=r"at least 1-D \(a time dimension\), got 0-D"):
+        linear_scan(torch.tensor(0.5), torch.tensor(1.0))
 
 
 @pytest.mark.parametrize(
