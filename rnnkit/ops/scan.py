@@ -155,8 +155,9 @@ def backend(x: Tensor) -> str:
 
 
 def _ext_ok(x: Tensor) -> bool:
-    # the compiled kernel: CPU, float32/64 and complex (half precision takes the loop)
-    half = x.dtype in (torch.float16, torch.bfloat16)
+    # the compiled kernel: CPU, float32/64 and complex64/128 (half precision, complex32 too,
+    # takes the loop: the kernel has no instance for it)
+    half = x.dtype in (torch.float16, torch.bfloat16, torch.complex32)
     return x.device.type == "cpu" and not half and load_extension() is not None
 
 
@@ -359,7 +360,9 @@ def linear_scan(
         _checks.fail(f"reverse must be a bool, got {reverse!r}")
     if not _checks.is_int(dim):
         _checks.fail(f"dim must be an int, got {dim!r}")
-    if b.dim() == 0 or not -b.dim() <= dim < b.dim():
+    if b.dim() == 0:
+        _checks.fail("linear_scan needs a and b at least 1-D (a time dimension), got 0-D tensors")
+    if not -b.dim() <= dim < b.dim():
         _checks.fail(f"dim must lie in [{-b.dim()}, {b.dim() - 1}] for a {b.dim()}-D input, got {dim}")
     dim = int(dim) % b.dim()
     if h0 is not None:

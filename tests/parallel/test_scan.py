@@ -136,6 +136,19 @@ def test_forced_ext_takes_the_loop_for_half_precision(monkeypatch, dtype):
     torch.testing.assert_close(linear_scan(a, b), reference(a, b))
 
 
+# creating a complex32 tensor warns that torch's support for it is experimental
+@pytest.mark.filterwarnings("ignore:ComplexHalf support is experimental:UserWarning")
+def test_complex_half_takes_the_loop():
+    """complex32 is half precision too: the C++ kernel has no instance for it and raised
+    NotImplementedError ("not implemented for 'ComplexHalf'") by default; the loop runs it."""
+    a = torch.rand(9, 4, dtype=torch.complex64)
+    b = torch.randn(9, 4, dtype=torch.complex64)
+    assert backend(a.to(torch.complex32)) == "loop"
+    h = linear_scan(a.to(torch.complex32), b.to(torch.complex32))
+    assert h.dtype == torch.complex32
+    torch.testing.assert_close(h.to(torch.complex64), linear_scan(a, b), rtol=1e-2, atol=1e-2)
+
+
 def test_long_sequence_float32_is_finite_and_accurate():
     """T = 100,000, a in (0, 1] (including exactly 1), b of both signs; vs a float64 loop."""
     T, N = 100_000, 8
@@ -155,7 +168,9 @@ def test_long_sequence_float32_is_finite_and_accurate():
     assert torch.isfinite(ga).all() and torch.isfinite(gb).all()
     # float32 error: relative to the scale of h (rounding of the inputs included)
     err = ((got.double() - want).abs().max(0).values / want.abs().max(0).values).max()
-    assert err < 1e-4, err
+    # README's figure: 5.15e-6 on the CPU, in the column a_t = 1 (a running sum of 100,000
+    # terms; 4e-6 was claimed); the other columns 0.9-2.4e-6
+    assert err < 6e-6, err
 
 
 @settings(max_examples=25, deadline=None)
@@ -188,6 +203,9 @@ def test_bad_input_is_a_clear_value_error():
         linear_scan(a.float(), b)
     with pytest.raises(rnnkit.RecurrentInputError, match="floating-point"):
         linear_scan(a.long(), b.long())
+    # 0-D tensors have no time dimension: the message was "dim must lie in [0, -1]", an empty range
+    with pytest.raises(ValueError, match=r"at least 1-D \(a time dimension\), got 0-D"):
+        linear_scan(torch.tensor(0.5), torch.tensor(1.0))
 
 
 @pytest.mark.parametrize(
