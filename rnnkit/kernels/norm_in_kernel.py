@@ -36,8 +36,9 @@ def run_direction_input(
     the kernel computes ``norm(x W_ihᵀ) + b`` for each step's rows right before the step reads
     them (no ``(N, 4H)`` input group written and read back: at the medium shape 13 MB each way;
     batch norm also skips a separate pass for its per-step statistics). Batch norm then updates every group's
-    running statistics as :func:`.norm_ops.run_direction` does. Same numbers up to rounding."""
-    bsz = tuple(int(b) for b in batch_sizes)
+    running statistics as :func:`.norm_ops.run_direction` does. Same numbers up to rounding.
+    ``batch_sizes``: Python ints (:func:`rnnkit.kernels.run_layer_direction` made them so)."""
+    bsz = tuple(batch_sizes)
     mode, g = (BN_TRAIN, "bn") if kind_of(cell) == "lstm_bn" else (LN, "ln")
     zh, zc = zoneout_rows
     if mode == LN:
