@@ -1,7 +1,8 @@
 """Property tests: the fused path equals the reference loop for random combinations of cell
 option, regularizers, layout and input form (float64, forward, final states, batch-norm
 running statistics and every gradient), on both fused backends; and the float32 kernels,
-which have code of their own, at odd sizes against the float64 loop.
+which have code of their own, at odd sizes against the float64 loop (and the float32 LSTM's
+regularized and normalized paths on 1-3 threads, under the same masks).
 
 The parametrized tests of this folder pin each feature on its own or in a few chosen pairs;
 this one lets hypothesis combine them (e.g. a layer-norm GRU, bidirectional, with zoneout and
@@ -240,3 +241,64 @@ def test_threaded_kernels_equal_loop_property(cfg, T, extra, H, packed, seed):
         _assert_close([*oa, *ga], [*ob, *gb], range(len(oa) + len(ga)), tol, tol)
     finally:
         torch.set_num_threads(old)
+
+
+LSTM_NORMS = [{}, {"norm": "layer"}, {"norm": "batch", "max_len": 4}, {"peephole": True}]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    opts=st.sampled_from(LSTM_NORMS),
+    H=st.integers(1, 70),
+    B=st.integers(1, 40),
+    T=st.integers(1, 12),
+    I=st.integers(1, 9),
+    threads=st.integers(1, 3),
+    zoneout=st.tuples(st.sampled_from([0.0, 0.3]), st.sampled_from([0.0, 0.2, 0.5])),
+    recurrent_dropout=st.sampled_from([0.0, 0.3]),
+    layers=st.integers(1, 2),
+    bidirectional=st.booleans(),
+    proj=st.booleans(),
+    packed=st.booleans(),
+    training=st.sampled_from([True, True, False]),
+    seed=st.integers(0, 2**16),
+)
+def test_float32_lstm_regularized_equals_float64_loop_property(
+    opts, H, B, T, I, threads, zoneout, recurrent_dropout, layers, bidirectional, proj, packed, training, seed
+):
+    """The float32 LSTM kernels' own paths on AVX-512 (zoneout's training masks read as bits,
+    blocks of 16 units with a partial last word; layer norm's one-pass row statistics and its
+    row backward four rows at a time, with a tail; batch norm's column statistics and backward
+    sums; the saved column-major h_{t-1}) on 1-3 threads, with recurrent dropout, projection and
+    packed input, against the float64 loop under the same masks, to float32 rounding."""
+    require_ext()
+    kw = dict(opts, num_layers=layers, bidirectional=bidirectional, recurrent_dropout=recurrent_dropout)
+    kw["zoneout"] = {"h": zoneout[0], "c": zoneout[1]} if zoneout[0] != zoneout[1] else zoneout[0]
+    if kw.get("norm"):  # a norm over few features (or a batch norm over few rows) is ill-conditioned
+        H = max(H, 8)  # (test_float32_kernels_equal_float64_loop_property above)
+        if kw["norm"] == "batch" and training:
+            B, packed = max(B, 6), False
+    if proj and H > 1:
+        kw["proj_size"] = 1 + seed % (H - 1)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(seed)
+        a, b = _pair("lstm", kw, I, H, training, 0.5, torch.float32)
+        data, lengths = torch.randn(T, B, I), _lengths(B, T)
+        hx = tuple(0.5 * torch.randn(s) for s in a.state_shapes(B))
+        form = "packed" if packed else "dense"
+        h32, h64 = tuple(h.float().requires_grad_() for h in hx), tuple(h.requires_grad_() for h in hx)
+        # both calls draw their masks (zoneout, recurrent dropout) from the same seed
+        oa, ga = _run(a, data, form, lengths, h32, seed, torch.float32)
+        ob, gb = _run(b, data, form, lengths, h64, seed)
+    finally:
+        torch.set_num_threads(old)
+    for name, u, v in zip(["output", "h_n", "c_n"], oa, ob, strict=True):
+        torch.testing.assert_close(u, v, atol=2e-5, rtol=1e-4, msg=name)
+    names = ["input", "h0", "c0", *(n for n, _ in a.named_parameters())]
+    for name, u, v in zip(names, ga, gb, strict=True):
+        if u is None or v is None:
+            assert u is None and v is None, name
+            continue
+        torch.testing.assert_close(u, v, atol=1e-4 * max(1.0, v.abs().max().item()), rtol=1e-3, msg=name)
