@@ -158,13 +158,16 @@ inline void lstm_fwd_avx512(int64_t w, int64_t H, const LstmFwdRow<float>& r) {
 // weights other than 0 and 1.
 class ZoneoutBits {
  public:
-  ZoneoutBits(const rnnkit_common::ZoneoutRows& z, const std::vector<int64_t>& block_starts) {
+  // bounds: the blocks' first units, then the end W (blocked.h GateBlocks::j). The end need not
+  // be a multiple of 16 (its word is partial): checked with the starts, it sent every W not a
+  // multiple of 16 to the floats.
+  ZoneoutBits(const rnnkit_common::ZoneoutRows& z, const std::vector<int64_t>& bounds) {
     const at::Tensor& t = z.tensor();
     if (!t.defined() || z.shared() || t.scalar_type() != at::kFloat || t.dim() != 2) return;
 #ifdef RNNKIT_SLEEF
     if (!rnnkit_pw::has_avx512()) return;
-    for (int64_t j : block_starts)
-      if (j % 16) return;
+    for (size_t k = 0; k + 1 < bounds.size(); ++k)
+      if (bounds[k] % 16) return;
     const int64_t N = t.size(0), W = t.size(1);
     words_ = (W + 15) / 16;
     bits_.resize(size_t(N * words_));
