@@ -194,35 +194,12 @@ void bnb_out_cols(const T* d, const T* x, const T* g, const T* a, const T* c, co
   if (j < F) rnnkit_norm_avx2::bnb_out_cols(d + j, x + j, g + j, a + j, c + j, q + j, out + j, F - j);
 }
 
-// LN backward of a row: p1 = Σ d g, p2 = Σ (d g) x (float64; d g rounded to float first, as the
-// scalar loop) and the affine gradients dga += d x, dbe += d (float64, per feature).
-inline void bwd_sums(const float* d, const float* x, const float* g, int64_t F, double* dga, double* dbe, double& p1,
-                     double& p2) {
-  __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
-  int64_t j = 0;
-  for (; j + 8 <= F; j += 8) {
-    const __m256 d8 = _mm256_loadu_ps(d + j), x8 = _mm256_loadu_ps(x + j);
-    const __m512d dv = _mm512_cvtps_pd(d8), xv = _mm512_cvtps_pd(x8);
-    const __m512d tv = _mm512_cvtps_pd(_mm256_mul_ps(d8, _mm256_loadu_ps(g + j)));  // d g rounded to float
-    a = _mm512_add_pd(a, tv);
-    b = _mm512_add_pd(b, _mm512_mul_pd(tv, xv));
-    _mm512_storeu_pd(dga + j, _mm512_add_pd(_mm512_loadu_pd(dga + j), _mm512_mul_pd(dv, xv)));
-    _mm512_storeu_pd(dbe + j, _mm512_add_pd(_mm512_loadu_pd(dbe + j), dv));
-  }
-  double s1 = hsum(a), s2 = hsum(b);
-  for (; j < F; ++j) {
-    const float t = d[j] * g[j];
-    s1 += t;
-    s2 += double(t) * x[j];
-    dga[j] += double(d[j]) * x[j];
-    dbe[j] += d[j];
-  }
-  p1 = s1, p2 = s2;
-}
-// bwd_sums of R consecutive rows (d, x rows ld apart; p1, p2: R each): the affine gradients
-// stay in registers across the rows, added in row order (as R calls of bwd_sums: the same
-// sums), so dga and dbe are loaded and stored once per R rows instead of every row (the
-// layer-norm LSTM's backward runs this on every row of its recurrent and input groups).
+// LN backward of R consecutive rows (d, x rows ld apart; p1, p2: R each): p1 = Σ d g,
+// p2 = Σ (d g) x (float64; d g rounded to float first, as the scalar loop) per row, and the
+// affine gradients dga += d x, dbe += d (float64, per feature). The affine gradients stay in
+// registers across the rows, added in row order (the same sums as a row at a time), so dga and
+// dbe are loaded and stored once per R rows instead of every row (the layer-norm LSTM's
+// backward runs this on every row of its recurrent and input groups).
 template <int R>
 void bwd_sums_rows(const float* d, const float* x, int64_t ld, const float* g, int64_t F, double* dga, double* dbe,
                    double* p1, double* p2) {
@@ -267,6 +244,11 @@ inline void bwd_sums_rows(const float* d, const float* x, int64_t ld, int rows, 
     case 2: return bwd_sums_rows<2>(d, x, ld, g, F, dga, dbe, p1, p2);
     default: return bwd_sums_rows<1>(d, x, ld, g, F, dga, dbe, p1, p2);
   }
+}
+// one row of it
+inline void bwd_sums(const float* d, const float* x, const float* g, int64_t F, double* dga, double* dbe, double& p1,
+                     double& p2) {
+  bwd_sums_rows<1>(d, x, F, g, F, dga, dbe, &p1, &p2);
 }
 // dr = rho (d g - a - x c) over a row.
 inline void lnb_out(const float* d, const float* x, const float* g, float a, float c, float rho, float* out,

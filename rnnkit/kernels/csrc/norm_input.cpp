@@ -156,7 +156,8 @@ void check_group(const Tensor& rm, const Tensor& rv, const Tensor& mean, const T
 // rm, rv (S, F): rm <- lerp(rm, mean, momentum), rv <- lerp(rv, var * n / (n - 1), momentum)
 // (untouched when the step has one row); the steps past the last slot update it one after the
 // other. norm_input.py's update_running (kept for torch.compile and the pure backend) in one
-// call instead of a handful of ATen ops per group (~20 us each group at the small shape). Its arguments: check_group's.
+// call instead of a handful of ATen ops per group (~20 us each group at the small shape). Its
+// arguments: check_group's.
 void update_group(Tensor rm, Tensor rv, const Tensor& mean_, const Tensor& var_, const std::vector<int64_t>& ns,
                   double momentum) {
   const Tensor mean = mean_.contiguous(), var = var_.contiguous();
