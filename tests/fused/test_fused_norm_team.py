@@ -1,5 +1,6 @@
 """The batch-norm LSTM in training on its team of row blocks (``csrc/norm_team.h``), forward
-and backward, against the loop (float64): shapes at the edges of the team's row blocks."""
+and backward, against the loop (float64: shapes at the edges of the team's row blocks; float32
+against the float64 loop)."""
 
 from __future__ import annotations
 
@@ -111,3 +112,47 @@ def test_concurrent_training_calls_on_teams(num_threads):
                 failures.append(repr(e))
 
     run_threads([threading.Thread(target=worker) for _ in range(4)], failures)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize(
+    "kw,H,lengths",
+    [
+        ({"peephole": True, "zoneout": (0.3, 0.2), "recurrent_dropout": 0.3}, 100, None),
+        ({"bidirectional": True, "zoneout": 0.2}, 64, [7] * 16 + [6] * 8 + [5] * 16 + [3] * 8),
+        ({"num_layers": 2, "bias": False}, 72, None),
+    ],
+)
+@pytest.mark.parametrize("grad", [True, False])
+def test_float32_team_equals_float64_loop(threads, kw, H, lengths, grad, num_threads):
+    """The team's float32 code (AVX-512 where the CPU has it: the rows with per-column
+    statistics, the one-pass column sums and their finishing, the backward's column sums; H =
+    100 and 72: partial last vectors) on 2-3 threads, against the float64 loop under the same
+    masks (zoneout, recurrent dropout), with and without the tensors saved for backward, dense
+    and packed (reverse: the input group one step at a time), with peepholes and two layers."""
+    require_ext()
+    num_threads(threads)
+    torch.manual_seed(0)
+    a = rnnkit.LSTM(24, H, norm="batch", impl="fused", max_len=8, dtype=torch.float32, **kw)
+    b = rnnkit.LSTM(24, H, norm="batch", impl="loop", max_len=8, dtype=torch.float64, **kw)
+    with torch.no_grad():
+        for name, w in a.named_parameters():
+            w.uniform_(0.5, 1.5) if "_bn_" in name or "peephole" in name else w.uniform_(-0.3, 0.3)
+    b.load_state_dict({k: v.double() for k, v in a.state_dict().items()})
+    T = max(lengths) if lengths else 7
+    x = torch.randn(T, 48, 24, dtype=torch.float64)
+
+    def call(m, dtype):
+        xi = x.to(dtype).requires_grad_(grad)
+        torch.manual_seed(1)  # the call's masks
+        with torch.set_grad_enabled(grad):
+            out, (h, c) = m(pack_padded_sequence(xi, torch.tensor(lengths)) if lengths else xi)
+        out = out.data if lengths else out
+        res = [out, h, c]
+        if grad:
+            loss = (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view(out.shape)).sum() + c.sum()
+            res += torch.autograd.grad(loss, [xi, *m.parameters()])
+        return [t.double() for t in [*res, *m.buffers()]]
+
+    for u, v in zip(call(a, torch.float32), call(b, torch.float64), strict=True):
+        torch.testing.assert_close(u, v, atol=2e-4 * max(1.0, v.abs().max().item()), rtol=1e-3)
