@@ -109,3 +109,24 @@ def test_peak_rss_is_the_median_of_fresh_processes(monkeypatch):
 def test_peak_rss_measures_a_step():
     mib = _script("_rss").peak_rss_mib("pass", "x=bytearray(64*2**20)")
     assert 60 < mib < 70
+
+
+def test_ab_benchmark_alternates_two_trees(capsys):
+    # two processes per round, the trees' order alternating; both trees here are this checkout
+    tree = str(ROOT.parent)
+    args = "--case lstm --shape small --rounds 2 --calls 1 --threads 1".split()
+    _script("ab").main([tree, tree, *args])
+    out = capsys.readouterr().out
+    order = [line.split("|")[2].strip() for line in out.splitlines() if line.startswith(("| 0 |", "| 1 |"))]
+    assert order == ["A", "B", "B", "A"]
+    assert "| median | B |" in out
+
+
+@pytest.mark.parametrize(
+    "trees,why",
+    [([], "expected two trees"), (["."], "expected two trees"), ([".", "/"], "not an rnnkit source tree")],
+)
+def test_ab_benchmark_rejects_anything_but_two_trees(trees, why, capsys):
+    with pytest.raises(SystemExit):
+        _script("ab").main([*(str(ROOT.parent) if t == "." else t for t in trees), "--rounds", "1"])
+    assert why in capsys.readouterr().err
