@@ -10,6 +10,8 @@ same numbers. ``RNNKIT_NO_EXT=1`` forces the pure kernels. Processes building at
 directory (torchrun ranks, pytest-xdist workers) take turns (:func:`build_lock`); the build's Python
 warnings are logged, not raised (:func:`building`). A build directory that cannot be written (a
 shared, read-only install) but holds a finished build is loaded as it is (:func:`prebuilt`).
+After a load, the other builds of the root unused for ``$RNNKIT_EXT_KEEP_DAYS`` days (30) are
+removed, but the two last used (:func:`prune`; ``RNNKIT_NO_EXT_PRUNE=1`` keeps them all).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import errno
 import hashlib
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +38,11 @@ _LOG = logging.getLogger("rnnkit")
 _lock = threading.Lock()
 _state: dict[str, object] = {}  # "ops": the op namespace or None once tried
 _TAIL = 20  # lines of a failed build's output that its warning keeps
+# the names of this extension's build directories (:func:`build_dir`), of every torch and source
+_BUILDS = r"torch[0-9][^/]*-py[0-9]+-[0-9a-f]{12}"
+USED = "rnnkit.used"  # touched at each load of a build (under its lock): when it was last used
+KEEP_DAYS = 30.0  # default of $RNNKIT_EXT_KEEP_DAYS: an old build unused this long is removed
+KEEP_RECENT = 2  # ... but the two last used are kept whatever their age (two versions in turn)
 
 
 def disabled() -> bool:
@@ -100,7 +109,8 @@ def build_lock(d: Path) -> Iterator[None]:
     the OOM killer) leaves it, and every later load of ``d`` waited for it forever, silently. An
     ``flock`` dies with its holder, and every rnnkit build holds it around ``load``, so whoever
     holds it knows that a ``lock`` there is stale and removes it. Without ``fcntl`` (Windows):
-    torch's file alone."""
+    torch's file alone. ``d`` is made if missing, and made anew if :func:`prune` removed it while
+    we waited for its lock (we then held the lock of a removed file)."""
     try:
         import fcntl
     except ImportError:
@@ -109,14 +119,48 @@ def build_lock(d: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    with open(d / "rnnkit.flock", "a") as f:
+    for attempt in range(5):  # (a new directory is no prune's: the retry is for a rare race)
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(d / "rnnkit.flock", "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
         except OSError:  # a file system without locks (some NFS mounts): torch's file alone
-            pass
+            locked = False
         else:
+            locked = True
+        if not locked or _is_at(f, d / "rnnkit.flock") or attempt == 4:
+            break
+        f.close()
+    with f:
+        if locked:
             (d / "lock").unlink(missing_ok=True)
         yield
+
+
+def _is_at(f, path: Path) -> bool:
+    """Whether the open file ``f`` is (still) the file at ``path``."""
+    try:
+        st, at = os.fstat(f.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (at.st_dev, at.st_ino)
+
+
+def touch_used(d: Path) -> None:
+    """Mark the build ``d`` used now (:data:`USED`; under its lock, after its load): what
+    :func:`prune` reads. A read-only cache keeps its old time."""
+    with contextlib.suppress(OSError):
+        (d / USED).touch()
+
+
+def last_used(d: Path) -> float:
+    """When the build ``d`` was last loaded (seconds since the epoch): its :data:`USED` marker's
+    time, or its folder's for a build older than the marker (torch's builder creates and removes
+    its ``lock`` there at each load)."""
+    times = [d.stat().st_mtime]
+    with contextlib.suppress(FileNotFoundError):
+        times.append((d / USED).stat().st_mtime)
+    return max(times)
 
 
 @contextlib.contextmanager
@@ -146,6 +190,85 @@ def prebuilt(d: Path, name: str, error: OSError) -> Path | None:
 
     lib = d / f"{name}{LIB_EXT}"
     return lib if lib.is_file() else None
+
+
+def _keep_days(log: logging.Logger) -> float | None:
+    """``$RNNKIT_EXT_KEEP_DAYS`` (default :data:`KEEP_DAYS`), or ``None`` (prune nothing) under
+    ``RNNKIT_NO_EXT_PRUNE=1`` or for a value that is not a number of days >= 0 (logged)."""
+    if os.environ.get("RNNKIT_NO_EXT_PRUNE", "") not in ("", "0"):
+        return None
+    raw = os.environ.get("RNNKIT_EXT_KEEP_DAYS", "")
+    try:
+        days = float(raw) if raw else KEEP_DAYS
+    except ValueError:
+        days = float("nan")
+    if not days >= 0:  # (NaN too)
+        log.warning("rnnkit: RNNKIT_EXT_KEEP_DAYS must be a number of days >= 0, got %r; builds kept", raw)
+        return None
+    return days
+
+
+def prune(current: Path, names: str, lib: str, log: logging.Logger) -> list[Path]:
+    """Remove the old builds next to the build ``current`` just loaded; the removed ones.
+
+    Old builds: the folders of ``current``'s root, other than ``current``, whose names fully match
+    the regular expression ``names`` and that hold rnnkit's lock file or the library ``lib`` (the
+    root may be ``$TORCH_EXTENSIONS_DIR``, shared with other libraries), unused (:func:`last_used`)
+    for ``$RNNKIT_EXT_KEEP_DAYS`` days; the :data:`KEEP_RECENT` last used are kept whatever their
+    age. Each is removed under its lock (:func:`build_lock`) taken without waiting: one being built
+    or loaded elsewhere is skipped, and so is one used meanwhile or holding torch's ``lock``. It is
+    first renamed out of the builds' names, then deleted: a half-deleted build is never loaded.
+    Links, files and anything outside the root are not touched. Never raises (without ``fcntl``,
+    where a build in use cannot be told, it prunes nothing): a failure is logged at DEBUG level."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    try:
+        days = _keep_days(log)
+        if days is None:
+            return []
+        from torch.utils.cpp_extension import LIB_EXT
+
+        root, pattern, cutoff = current.parent, re.compile(names), time.time() - days * 86400
+        old = []
+        for d in root.iterdir():
+            if d.name == current.name or not pattern.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
+                continue
+            if (d / "rnnkit.flock").is_file() or (d / f"{lib}{LIB_EXT}").is_file():
+                with contextlib.suppress(FileNotFoundError):  # (removed meanwhile)
+                    old.append((last_used(d), d))
+        old.sort(reverse=True)
+        removed = [d for used, d in old[KEEP_RECENT:] if used < cutoff and _remove(d, cutoff, fcntl, log)]
+        for trash in root.glob(".rnnkit-pruned-*"):  # an interrupted prune's
+            if trash.is_dir() and not trash.is_symlink():
+                shutil.rmtree(trash, ignore_errors=True)
+        return removed
+    except Exception as e:  # noqa: BLE001 - pruning is housekeeping: it never fails a load
+        log.debug("rnnkit: pruning the old builds next to %s failed: %r", current, e)
+        return []
+
+
+def _remove(d: Path, cutoff: float, fcntl, log: logging.Logger) -> bool:
+    """:func:`prune` of the one build ``d``: whether it was removed."""
+    try:
+        with open(d / "rnnkit.flock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.debug("rnnkit: build %s in use, not pruned", d.name)
+                return False
+            used = (d / USED).stat().st_mtime if (d / USED).exists() else 0.0  # (our open touched d)
+            if not _is_at(f, d / "rnnkit.flock") or used >= cutoff or (d / "lock").exists():
+                return False  # another prune's, used while we looked, or a builder without our lock
+            trash = d.with_name(f".rnnkit-pruned-{d.name}-{os.getpid()}")
+            d.rename(trash)  # under the lock: a builder waiting for it will make d anew
+        shutil.rmtree(trash, ignore_errors=True)  # (what is left, the next prune removes)
+        log.debug("rnnkit: pruned the old build %s", d.name)
+        return True
+    except OSError as e:  # (a file system without locks lands here too: nothing is removed)
+        log.debug("rnnkit: could not prune the build %s: %r", d.name, e)
+        return False
 
 
 def failure(e: BaseException, log: logging.Logger) -> str:
@@ -180,11 +303,13 @@ def _build():
                 is_python_module=False,
                 verbose=False,
             )
+            touch_used(d)
     except OSError as e:
         lib = prebuilt(d, "rnnkit_ext", e)
         if lib is None:
             raise
         torch.ops.load_library(str(lib))
+    prune(d, _BUILDS, "rnnkit_ext", _LOG)
     return torch.ops.rnnkit_ext
 
 

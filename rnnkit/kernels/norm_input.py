@@ -109,10 +109,15 @@ def update_running_groups(
     p: Params, stats: list[tuple[str, Tensor, Tensor]], bsz: Sequence[int], reverse: bool
 ) -> None:
     """:func:`update_running` of each ``(group, μ, σ²)`` a direction's kernel call returned (per-step
-    statistics in processing order; ``bsz`` in time order)."""
+    statistics ``(T, F)`` in processing order, running ones ``(S, F)``; ``bsz`` in time order).
+    No groups: nothing to do. Every group's four tensors must be on the device and of the dtype
+    of the first group's ``μ`` (a ``ValueError`` naming the group otherwise, before any update)."""
+    if not stats:
+        return
     ns = bsz[::-1] if reverse else bsz
     rms = [p[f"running_mean_{grp}"] for grp, _, _ in stats]
     rvs = [p[f"running_var_{grp}"] for grp, _, _ in stats]
+    _check_groups(stats, rms, rvs)
     if _ext_update(rms + rvs):  # every group in one C++ call (~12 us a call at the small shape)
         means, variances = [m for _, m, _ in stats], [v for _, _, v in stats]  # non-differentiable
         with torch.no_grad():
@@ -122,11 +127,28 @@ def update_running_groups(
         update_running(p, grp, mean, var, ns)
 
 
+def _check_groups(stats: list[tuple[str, Tensor, Tensor]], rms: list[Tensor], rvs: list[Tensor]) -> None:
+    """Every group's statistics on one device in one dtype, those of the first group's ``μ``: the
+    backend is chosen by one tensor (:func:`_ext_update`), the C++ op's error names no group, and
+    the PyTorch update would update the groups before a bad one and then fail."""
+    ref = stats[0][1]
+    for (grp, mean, var), rm, rv in zip(stats, rms, rvs, strict=True):
+        named = ((f"running_mean_{grp}", rm), (f"running_var_{grp}", rv), ("mean", mean), ("var", var))
+        for name, t in named:
+            if t.device != ref.device or t.dtype != ref.dtype:
+                raise ValueError(
+                    f"update_running_groups: group {grp!r}: {name} must be {ref.dtype} on {ref.device} (as "
+                    f"group {stats[0][0]!r}'s step mean), got {t.dtype} on {t.device}"
+                )
+
+
 def _ext_update(running: list[Tensor]) -> bool:
     """Whether ``rnnkit_norm::update_running`` updates these running statistics: the compiled
-    kernels' data, contiguous, in eager mode (torch.compile traces the PyTorch expression)."""
+    kernels' data, contiguous, in eager mode (torch.compile traces the PyTorch expression).
+    The first tensor's backend stands for all: callers check that they share device and dtype."""
     return (
-        all(t.is_contiguous() for t in running)
+        bool(running)
+        and all(t.is_contiguous() for t in running)
         and not torch.compiler.is_compiling()
         and use_ext_for(running[0])
     )

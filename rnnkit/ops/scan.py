@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
-from ..kernels.ext import building, ext_root, failure, prebuilt
+from ..kernels.ext import building, ext_root, failure, prebuilt, prune, touch_used
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -72,6 +72,9 @@ def _cpu_identity() -> str:
             return next((line for line in f if line.startswith("flags")), platform.processor())
     except OSError:
         return platform.processor()
+
+
+_BUILDS = r"scan-torch[0-9][^/]*-py[0-9]+-[0-9a-f]{12}"  # the names of _build_dir's folders
 
 
 def _build_dir() -> Path:
@@ -126,11 +129,13 @@ def load_extension() -> ModuleType | None:
                             build_directory=str(build),
                             verbose=False,
                         )
+                        touch_used(build)
                 except OSError as e:  # a read-only cache: its finished build, if any, as it is
                     lib = prebuilt(build, "rnnkit_scan", e)
                     if lib is None:
                         raise
                     _ext_state["module"] = _import_library(lib)
+                prune(build, _BUILDS, "rnnkit_scan", log)  # this kernel's old builds
             except Exception as e:  # no compiler, no ninja, ...: the fallback gives the same numbers
                 msg = failure(e, log)
                 log.warning("rnnkit: C++ scan kernel unavailable (%s); using the PyTorch fallback", msg)
