@@ -43,6 +43,8 @@ class LRU(ParallelRecurrent):
     ``state_size`` (S), ``r_min``, ``r_max``, ``max_phase``.
     """
 
+    dtypes = (torch.float32, torch.float64)  # its state is complex: complex32 lacks most operators
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  state_size: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
@@ -59,11 +61,6 @@ class LRU(ParallelRecurrent):
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
                          device, dtype)  # fmt: skip
-        self._check_dtype()
-
-    def _check_dtype(self) -> None:
-        if self.state_dtype is None:  # its state is complex: complex32 lacks most operators
-            raise ValueError(f"LRU needs float32 or float64 parameters, got {self._ref.dtype}")
 
     @property
     def state_size(self) -> int:
