@@ -211,8 +211,10 @@ class ParallelRecurrent(nn.Module):
         mask = None
         if packed:
             _checks.check_input(input.data, self.input_size, True, self._ref)
-            _checks.check_packed(input)
-            x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
+            # (under vmap, lengths= packs a batched batch_sizes: check_packed cannot read it)
+            with dispatch.packing("packed input and lengths= are"):
+                _checks.check_packed(input)
+                x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
             T = x.shape[0]
             mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)
             unbatched = False
@@ -228,7 +230,8 @@ class ParallelRecurrent(nn.Module):
         h0 = self._forward_state(hx, None if unbatched else x.shape[1])
         out, h_n = self._run_layers(x, h0, mask)
         if packed:
-            out = _repack(out, lengths, input)
+            with dispatch.packing("packed input and lengths= are"):
+                out = _repack(out, lengths, input)
         elif unbatched:
             out, h_n = out.squeeze(1), self._unbatch_state(h_n)
         elif self.batch_first:
