@@ -24,6 +24,11 @@ class RecurrentInputError(ValueError, RuntimeError):
     """Bad input or state given to an rnnkit layer or cell."""
 
 
+class RecurrentDtypeError(RecurrentInputError, TypeError):
+    """A dtype a layer's equations are not defined for (a complex one where they are real): a
+    ``TypeError``, and a :class:`RecurrentInputError` as the layers' other dtype errors."""
+
+
 def fail(msg: str) -> None:
     raise RecurrentInputError(msg)
 

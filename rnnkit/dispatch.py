@@ -152,6 +152,26 @@ def _plain_ops_needed() -> bool:
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
+@contextlib.contextmanager
+def packing(what: str):
+    """Around torch's ``pack_padded_sequence`` / ``pad_packed_sequence``, which the feature
+    ``what`` names (with its verb: ``"lengths= is"``) runs through: inside ``torch.func`` transforms and
+    forward-mode AD they fail in torch's words ("Cannot access data pointer of Tensor that
+    doesn't have storage", "_pack_padded_sequence that does not support it"), naming neither;
+    that failure is this error. Outside them, or where torch's functions run, nothing changes."""
+    try:
+        yield
+    except RuntimeError as e:  # (NotImplementedError is one)
+        if isinstance(e, _checks.RecurrentInputError) or not _plain_ops_needed():
+            raise
+        raise _checks.RecurrentInputError(
+            f"{what} not supported inside torch.func transforms (grad, vmap, jvp, jacrev, ...) or "
+            "forward-mode AD: torch's pack_padded_sequence / pad_packed_sequence, which it runs "
+            "through, do not support them; pass the padded batch without lengths= (and mask the "
+            "outputs past each length), or differentiate with torch.autograd outside the transform"
+        ) from e
+
+
 def _exporting() -> bool:
     return torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()  # either ONNX exporter
 

@@ -382,7 +382,9 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0)
     extra = (None, step) if step else ()
     if B == 0:  # no sequence to pack: the dense call's empty outputs and states
         return module(input, hx, *extra)
-    packed = pack_padded_sequence(input, lengths, module.batch_first, enforce_sorted=False)
+    with dispatch.packing("lengths= is"):
+        packed = pack_padded_sequence(input, lengths, module.batch_first, enforce_sorted=False)
     out, state = module(packed, hx, *extra)
-    out, _ = pad_packed_sequence(out, module.batch_first, total_length=T)
+    with dispatch.packing("lengths= is"):
+        out, _ = pad_packed_sequence(out, module.batch_first, total_length=T)
     return out, state

@@ -41,8 +41,13 @@ class ParallelRecurrent(nn.Module):
 
     Subclasses implement :meth:`param_shapes`, :meth:`init_params`, :meth:`run` (whole
     sequence) and :meth:`step_layer` (one step); :attr:`state_size` and :attr:`state_dtype`
-    describe the recurrent state.
+    describe the recurrent state; :attr:`dtypes` the parameter dtypes their equations hold for.
     """
+
+    #: real floating point: the equations (sigmoid gates, log-space scans, ``Re(C h)``) are
+    #: defined for real numbers only; a complex layer ran with complex sigmoids, or failed deep
+    #: in torch (softplus)
+    dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
@@ -54,6 +59,7 @@ class ParallelRecurrent(nn.Module):
         self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional = bidirectional
+        self._check_dtype(torch.get_default_dtype() if dtype is None else dtype)
         self._names: list[list[dict[str, str]]] = []
         for k in range(num_layers):
             n_in = self.layer_input_size(k)
@@ -92,6 +98,25 @@ class ParallelRecurrent(nn.Module):
         return self._ref.dtype
 
     # -- parameters --------------------------------------------------------------------------
+    def _check_dtype(self, dtype: torch.dtype | None = None) -> None:
+        """``dtype`` (the parameters' when ``None``: a layer converted with ``.to()``) one of
+        :attr:`dtypes`, else a ``TypeError`` naming both."""
+        dtype = self._ref.dtype if dtype is None else dtype
+        if dtype not in self.dtypes:
+            names = [str(d).removeprefix("torch.") for d in self.dtypes]
+            allowed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+            msg = f"{type(self).__name__} needs {allowed} parameters, got {dtype}"
+            raise _checks.RecurrentDtypeError(msg)
+
+    def _check_real(self, t: object, what: str) -> None:
+        """A complex input (or real state) is refused in words: the shared check's advice, to
+        convert the module to the tensor's dtype, is what :meth:`_check_dtype` refuses."""
+        if isinstance(t, Tensor) and t.is_complex():
+            raise _checks.RecurrentDtypeError(
+                f"{what} has dtype {t.dtype}, but {type(self).__name__} takes a real {what} "
+                f"({self._ref.dtype}, as its parameters); complex numbers are not supported"
+            )
+
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
@@ -157,6 +182,8 @@ class ParallelRecurrent(nn.Module):
     def _initial_state(self, hx, batch: int | None) -> Tensor | None:
         if hx is None:
             return None
+        if not self.state_dtype.is_complex:  # (the LRU's is: its own check)
+            self._check_real(hx, "h_0")
         LD = self.num_layers * self.num_directions
         shape = (LD, self.state_size) if batch is None else (LD, batch, self.state_size)
         (h,) = _checks.check_state(hx, ("h",), [shape], self._state_ref())
@@ -176,14 +203,18 @@ class ParallelRecurrent(nn.Module):
         """Whole sequence; see the module docstring for shapes. Returns ``(output, h_n)``.
         ``lengths`` (``(N,)`` ints) marks a padded batch, as :class:`rnnkit.RecurrentStack`'s:
         outputs past each length are zero, ``h_n`` is each sequence's last valid step."""
+        self._check_dtype()  # a layer converted with .to(torch.complex64) after construction
+        self._check_real(input.data if isinstance(input, PackedSequence) else input, "input")
         if lengths is not None:
             return forward_padded(self, input, hx, lengths)
         packed = isinstance(input, PackedSequence)
         mask = None
         if packed:
             _checks.check_input(input.data, self.input_size, True, self._ref)
-            _checks.check_packed(input)
-            x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
+            # (under vmap, lengths= packs a batched batch_sizes: check_packed cannot read it)
+            with dispatch.packing("packed input and lengths= are"):
+                _checks.check_packed(input)
+                x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
             T = x.shape[0]
             mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)
             unbatched = False
@@ -199,7 +230,8 @@ class ParallelRecurrent(nn.Module):
         h0 = self._forward_state(hx, None if unbatched else x.shape[1])
         out, h_n = self._run_layers(x, h0, mask)
         if packed:
-            out = _repack(out, lengths, input)
+            with dispatch.packing("packed input and lengths= are"):
+                out = _repack(out, lengths, input)
         elif unbatched:
             out, h_n = out.squeeze(1), self._unbatch_state(h_n)
         elif self.batch_first:
@@ -237,6 +269,8 @@ class ParallelRecurrent(nn.Module):
         if self.bidirectional:
             _checks.fail("step() streams forward in time; a bidirectional layer needs the whole sequence")
         _checks.check_tensor(input, "input")
+        self._check_dtype()
+        self._check_real(input, "input")
         if input.dim() not in (1, 2):
             _checks.fail(f"step() expects one time step (N, H_in) or (H_in,), got shape {tuple(input.shape)}")
         unbatched = input.dim() == 1

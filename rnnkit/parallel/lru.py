@@ -5,15 +5,16 @@ arXiv:2303.06349): a diagonal complex linear recurrence::
     λ = exp(−exp(ν) + iθ),   γ = sqrt(1 − |λ|²)
 
 ``λ`` is initialized uniformly on the ring ``r_min ≤ |λ| ≤ r_max`` (``ν = log(−½ log(u₁(r_max² −
-r_min²) + r_min²))``) with phase ``θ = max_phase · u₂`` (trained as is; the paper's code trains
-``log θ``); ``B = (B_re + i B_im)``, entries ``N(0, 1/(2 H_in))``; ``C = (C_re + i C_im)``,
-entries ``N(0, 1/S)``. ``γ`` is recomputed from ``λ`` at every call (the normalization stays
-exact while ``ν`` trains; the paper's code instead trains ``log γ`` from that initial value).
-``D`` is diagonal ``(H,)`` with entries ``N(0, 1)`` as in the paper (its code draws
-``D = normal(size=(H,))``) when ``input_size == hidden_size``. Otherwise — a case the paper,
-with one model width ``H``, does not have — ``D`` is a dense ``(H, H_in)`` matrix with entries
-``N(0, 1/H_in)``, not ``N(0, 1)``: each ``(D x)_i`` then has the variance of the diagonal
-case's ``D_i x_i`` (the mean of ``x_j²``) instead of ``H_in`` times it.
+r_min²) + r_min²))``, in float64, finite at the ring's edges: :func:`ring_nu_log`) with phase
+``θ = max_phase · u₂`` (trained as is; the paper's code trains ``log θ``); ``B = (B_re + i
+B_im)``, entries ``N(0, 1/(2 H_in))``; ``C = (C_re + i C_im)``, entries ``N(0, 1/S)``. ``γ`` is
+recomputed from ``λ`` at every call (the normalization stays exact while ``ν`` trains; the
+paper's code instead trains ``log γ`` from that initial value). ``D`` is diagonal ``(H,)`` with
+entries ``N(0, 1)`` as in the paper (its code draws ``D = normal(size=(H,))``) when ``input_size
+== hidden_size``. Otherwise — a case the paper, with one model width ``H``, does not have —
+``D`` is a dense ``(H, H_in)`` matrix with entries ``N(0, 1/H_in)``, not ``N(0, 1)``: each ``(D
+x)_i`` then has the variance of the diagonal case's ``D_i x_i`` (the mean of ``x_j²``) instead
+of ``H_in`` times it.
 
 The state ``h`` is complex, of ``state_size`` features (default ``hidden_size``); ``h_0`` and
 ``h_n`` are complex ``(D·num_layers, N, S)``. The output ``y`` is real, ``hidden_size`` wide.
@@ -43,6 +44,8 @@ class LRU(ParallelRecurrent):
     ``state_size`` (S), ``r_min``, ``r_max``, ``max_phase``.
     """
 
+    dtypes = (torch.float32, torch.float64)  # its state is complex: complex32 lacks most operators
+
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, device=None, dtype=None, *,
                  state_size: int | None = None, r_min: float = 0.9, r_max: float = 0.999,
@@ -59,11 +62,6 @@ class LRU(ParallelRecurrent):
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         super().__init__(input_size, hidden_size, num_layers, False, batch_first, dropout, bidirectional,
                          device, dtype)  # fmt: skip
-        self._check_dtype()
-
-    def _check_dtype(self) -> None:
-        if self.state_dtype is None:  # its state is complex: complex32 lacks most operators
-            raise ValueError(f"LRU needs float32 or float64 parameters, got {self._ref.dtype}")
 
     @property
     def state_size(self) -> int:
@@ -91,7 +89,7 @@ class LRU(ParallelRecurrent):
 
     def init_params(self, p: Params, n_in: int) -> None:
         u1, u2 = torch.rand_like(p["nu_log"]), torch.rand_like(p["theta"])
-        p["nu_log"].copy_(torch.log(-0.5 * torch.log(u1 * (self.r_max**2 - self.r_min**2) + self.r_min**2)))
+        p["nu_log"].copy_(ring_nu_log(u1, self.r_min, self.r_max))
         p["theta"].copy_(self.max_phase * u2)
         for name, std in (("B_re", (2 * n_in) ** -0.5), ("B_im", (2 * n_in) ** -0.5),
                           ("C_re", self.state_size**-0.5), ("C_im", self.state_size**-0.5)):  # fmt: skip
@@ -137,3 +135,20 @@ class LRU(ParallelRecurrent):
         if self.state_size != self.hidden_size:
             s += f", state_size={self.state_size}"
         return s + f", r_min={self.r_min}, r_max={self.r_max}, max_phase={self.max_phase:.4g}"
+
+
+def ring_nu_log(u1: Tensor, r_min: float, r_max: float) -> Tensor:
+    """``ν_log (S,)`` of ``|λ|² = u₁ (r_max² − r_min²) + r_min²`` for ``u₁ (S,)`` in ``[0, 1)``
+    (the paper's ring), finite for every ring ``0 ≤ r_min < r_max ≤ 1``, in ``u₁``'s dtype.
+
+    The paper's ``log(−½ log |λ|²)`` in ``u₁``'s dtype was ``inf`` where ``|λ|² = 0`` (``r_min =
+    0`` and ``u₁ = 0``, 2⁻²⁴ per entry in float32; every entry once ``r_max²`` underflows) and
+    ``−inf`` where ``|λ|²`` rounds to 1 (``r_max = 1``, ``u₁`` near 1): a NaN gradient at the
+    first step. So in float64, as ``ν = −log r_max − ½ log1p(−(1 − u₁)(1 − q²))``, ``q = r_min /
+    r_max`` (the same value, ``|λ|²`` never formed), then ``|λ|`` kept in ``[tiny, 1)``, ``tiny``
+    the dtype's smallest normal number (``ν`` in ``[tiny, −log tiny]``): the distribution is the
+    paper's up to that rounding."""
+    q2 = (r_min / r_max) ** 2
+    nu = -math.log(r_max) - 0.5 * torch.log1p(-(1 - u1.double()) * (1 - q2))
+    tiny = torch.finfo(u1.dtype).tiny
+    return torch.log(nu.clamp(tiny, -math.log(tiny))).to(u1.dtype)

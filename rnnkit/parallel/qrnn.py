@@ -196,6 +196,7 @@ class QRNN(ParallelRecurrent):
             _checks.check_tensor(p, f"x_prev_{k}")
             if (got := tuple(p.shape)) != shape:
                 _checks.fail(f"expected x_prev_{k} of shape {shape}, got {got} (layer {k}'s last input)")
+            self._check_real(p, f"x_prev_{k}")
             _checks.check_like(p, self._ref, f"x_prev_{k}")
             out.append(p.unsqueeze(0) if batch is None else p)
         return c, out

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 
-from .test_layers import make
+from .test_layers import LAYERS, make
 
 # (layer, parameter, a replacement of another shape that torch's ops broadcast or choke on)
 REPLACED = [
@@ -100,3 +101,52 @@ def test_log_space_step_refuses_a_state_forward_refuses(name, fill):
         ys.append(y)
     torch.testing.assert_close(torch.stack(ys), out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state, h_n, rtol=1e-12, atol=1e-12)
+
+
+REAL_ONLY = ["mingru", "mingru_log", "minlstm", "qrnn", "qrnn_w1"]
+C64 = torch.complex64
+
+
+@pytest.mark.parametrize("name", REAL_ONLY + ["lru"])
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")  # torch's, for .to(complex)
+def test_complex_parameters_are_refused(name):
+    """The equations (sigmoid gates, log-space scans; the LRU's real B, C, D around its complex
+    state) are defined for real numbers: MinGRU and QRNN built with dtype=torch.complex64, or
+    converted with .to(), ran with complex sigmoids; MinLSTM failed in softplus's words."""
+    allowed = "float32 or float64" if name == "lru" else "float16, bfloat16, float32 or float64"
+    msg = rf"{type(make(name)).__name__} needs {allowed} parameters, got torch.complex64"
+    cls, opts = LAYERS[name]
+    with pytest.raises(TypeError, match=msg):
+        cls(3, 4, dtype=C64, **opts)
+    m = make(name).to(C64)
+    x = torch.randn(5, 2, 3, dtype=C64)
+    for call in (lambda: m(x), lambda: m.step(x[0])):
+        with pytest.raises(TypeError, match=msg):
+            call()
+
+
+@pytest.mark.parametrize("name", REAL_ONLY + ["lru"])
+def test_complex_input_or_state_is_refused_in_words(name):
+    """A complex input (or state) was refused with the advice to convert the module to
+    torch.complex64, which no layer supports (the LRU's input is real too: its state is complex)."""
+    m = make(name, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    msg = rf"input has dtype torch.complex128, but {type(m).__name__} takes a real input \(torch.float64"
+    lengths = torch.tensor([5, 3])
+    calls = [lambda: m(x.to(torch.complex128)), lambda: m(x.to(torch.complex128), lengths=lengths),
+             lambda: m(pack_padded_sequence(x.to(torch.complex128), lengths)),
+             lambda: m.step(x[0].to(torch.complex128))]  # fmt: skip
+    for call in calls:
+        with pytest.raises(TypeError, match=msg):
+            call()
+    if name == "lru":
+        return
+    h = torch.zeros(2, 2, 4, dtype=torch.complex128)
+    msg = "h_0 has dtype torch.complex128, but .* takes a real h_0"
+    for call in (lambda: m(x, h), lambda: m.step(x[0], h)):
+        with pytest.raises(TypeError, match=msg):
+            call()
+    if name == "qrnn":
+        state = (h.real, (torch.zeros(2, 3, dtype=torch.complex128), torch.zeros(2, 4)))
+        with pytest.raises(TypeError, match="x_prev_0 has dtype torch.complex128, but QRNN takes a real"):
+            m(x, state)

@@ -74,3 +74,54 @@ def test_reset_parameters_redraws_a_changed_weight(name, change):
     for key, t in plain.named_parameters():  # the other weights drawn as in a plain module
         if key != attr:
             torch.testing.assert_close(getattr(m, key), t, rtol=0, atol=0, msg=key)
+
+
+def _forced_u1(monkeypatch, value: float) -> None:
+    """The ring's first draw ``u1`` (the first ``rand_like`` of each layer) with entry 0 forced."""
+    real, calls = torch.rand_like, iter(range(10**6))
+
+    def rand_like(t, *args, **kw):
+        u = real(t, *args, **kw)
+        if next(calls) % 2 == 0:  # u1, then u2 (the phases)
+            u.view(-1)[0] = value
+        return u
+
+    monkeypatch.setattr(torch, "rand_like", rand_like)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    ("u1", "ring"),
+    [(0.0, {"r_min": 0.0}), (0.0, {"r_min": 0.0, "r_max": 1e-200}), (1.0, {"r_max": 1.0})],
+)
+def test_lru_ring_init_is_finite_at_the_ring_edges(monkeypatch, dtype, u1, ring):
+    """u1 = 0 with r_min = 0 (2^-24 per entry in float32) gave nu_log = inf, u1 near 1 with
+    r_max = 1 nu_log = -inf (|λ|² rounded to 1), a tiny r_max inf everywhere: each a NaN
+    gradient at the first step. Now nu_log is finite and so is every gradient."""
+    u1 = min(u1, 1 - torch.finfo(dtype).eps / 2)  # 1: the largest draw below 1 in dtype
+    _forced_u1(monkeypatch, u1)
+    torch.manual_seed(0)
+    m = rnnkit.LRU(3, 3, num_layers=2, bidirectional=True, dtype=dtype, **ring)
+    for p in m.parameters():
+        assert torch.isfinite(p).all()
+    out, h_n = m(torch.randn(6, 2, 3, dtype=dtype))
+    (out.sum() + torch.view_as_real(h_n).sum()).backward()
+    for name, p in m.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+
+
+def test_lru_ring_init_is_the_papers_distribution(monkeypatch):
+    """Away from the edges nu_log is the paper's log(-½ log(u1 (r_max² − r_min²) + r_min²)), and
+    with r_min = 0 over many seeds every entry is finite, |λ| in [r_min, r_max)."""
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)[1:-1]
+    monkeypatch.setattr(torch, "rand_like", lambda t, *a, **k: u.to(t.dtype).clone())
+    for r_min, r_max in [(0.9, 0.999), (0.0, 1.0), (0.5, 0.7)]:
+        m = rnnkit.LRU(3, 3, state_size=999, r_min=r_min, r_max=r_max)
+        want = torch.log(-0.5 * torch.log(u * (r_max**2 - r_min**2) + r_min**2))
+        torch.testing.assert_close(m.nu_log_l0.detach(), want, rtol=1e-12, atol=0)
+    monkeypatch.undo()
+    for seed in range(50):
+        torch.manual_seed(seed)
+        m = rnnkit.LRU(3, 3, state_size=4096, r_min=0.0, dtype=torch.float32)
+        radius = torch.exp(-torch.exp(m.nu_log_l0.detach().double()))
+        assert torch.isfinite(m.nu_log_l0).all() and (radius < 0.999).all() and (radius > 0).all()

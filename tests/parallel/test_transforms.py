@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call, jacrev
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call, grad, jacrev, jvp, vmap
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 
 from ..test_functorch import per_sample_grads
 from . import references
+from .test_layers import make as layer
 
 CASES = {
     "mingru": (rnnkit.MinGRU, {}),
@@ -131,3 +134,42 @@ def test_batched_backward_equals_the_plain_reference(name, dtype):
     )
     tol = {} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
     torch.testing.assert_close(got, want, **tol)
+
+
+TRANSFORM_CALLS = {
+    "forward_ad-lengths": lambda m, x, lengths: _forward_ad(m, x, lengths=lengths),
+    "forward_ad-packed": lambda m, x, lengths: _forward_ad(m, pack_padded_sequence(x, lengths)),
+    "jvp-lengths": lambda m, x, lengths: jvp(lambda x: m(x, lengths=lengths)[0], (x,), (x,)),
+    "grad-lengths": lambda m, x, lengths: grad(lambda x: m(x, lengths=lengths)[0].sum())(x),
+    "vmap-lengths": lambda m, x, lengths: vmap(lambda x: m(x, lengths=lengths)[0])(x.unsqueeze(0)),
+    "grad-packed": lambda m, x, lengths: grad(
+        lambda p: functional_call(m, p, (pack_padded_sequence(x, lengths),))[0].data.sum()
+    )(dict(m.named_parameters())),
+}
+
+
+def _forward_ad(m, x, **kw):
+    """Forward-mode AD through the parameters (the input may be packed outside the level)."""
+    with fwAD.dual_level():
+        p = {k: fwAD.make_dual(v.detach(), torch.ones_like(v)) for k, v in m.named_parameters()}
+        return functional_call(m, p, (x,), kw)
+
+
+@pytest.mark.parametrize("call", TRANSFORM_CALLS)
+@pytest.mark.parametrize("name", ["mingru", "minlstm_log", "qrnn", "lru"])
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's fallback for packing
+def test_lengths_and_packed_input_under_transforms_say_why(name, call):
+    """torch's pack_padded_sequence / pad_packed_sequence support neither forward AD nor the
+    torch.func transforms: a padded or packed batch failed there in torch's words ("Cannot
+    access data pointer of Tensor that doesn't have storage", "Trying to use forward AD with
+    _pack_padded_sequence"). Now in rnnkit's; outside them, and in a forward-AD level without
+    dual numbers, the calls run as before."""
+    m = layer(name)
+    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
+    with pytest.raises(ValueError, match="not supported inside torch.func transforms .* or forward-mode AD"):
+        TRANSFORM_CALLS[call](m, x, lengths)
+    want = m(x, lengths=lengths)[0]
+    with fwAD.dual_level():
+        torch.testing.assert_close(m(x, lengths=lengths)[0], want)
+        out = m(pack_padded_sequence(x, lengths))[0]
+        torch.testing.assert_close(pad_packed_sequence(out)[0], want)
