@@ -167,8 +167,9 @@ def packing(what: str):
         raise _checks.RecurrentInputError(
             f"{what} not supported inside torch.func transforms (grad, vmap, jvp, jacrev, ...) or "
             "forward-mode AD: torch's pack_padded_sequence / pad_packed_sequence, which it runs "
-            "through, do not support them; pass the padded batch without lengths= (and mask the "
-            "outputs past each length), or differentiate with torch.autograd outside the transform"
+            "through, do not support them; differentiate with torch.autograd outside the transform, "
+            "or pass the padded batch without lengths= (a one-direction layer's outputs up to each "
+            "length are the same; its final states and a reverse direction's outputs are not)"
         ) from e
 
 
