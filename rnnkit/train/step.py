@@ -178,7 +178,8 @@ class TrainerStep:
             "epoch": self.epoch,
             "loss": mean,
             "ppl": math.exp(min(mean, 700.0)),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            # a tensor rate (Adam(lr=torch.tensor(...)), capturable optimizers) failed metrics.jsonl
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
             "tokens_per_s": trained / max(now - since, 1e-9),
             "grad_norm": norm,
             "seq_len": _seq_len(batch),
