@@ -5,6 +5,7 @@ A checkpoint is a directory ``<root>/step-000001234/`` holding
 * ``model.safetensors`` -- the weights (``state_dict`` names; tied weights under each name);
 * ``optimizer.safetensors`` -- the tensors of the optimizer and scheduler state dicts;
 * ``state.safetensors`` -- tensors of the trainer state (recurrent state, averages), if any;
+* ``history.jsonl`` -- the trainer's logged rows (:mod:`rnnkit.train.historylog`), in its checkpoints;
 * ``state.json`` -- everything else: step, config, the optimizer/scheduler structure and
   class names (loading into other classes is refused before anything is loaded), the
   trainer state (epoch, data position, RNG states, metrics).
@@ -152,11 +153,14 @@ def save_checkpoint(
     state: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
     keep_last: int | None = 3,
+    files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``root/step-<step>/`` atomically, point ``root/latest`` at it, rotate.
 
     ``state`` may hold tensors anywhere (they go to ``state.safetensors``); the rest
     must be JSON data. ``config`` is stored verbatim for humans and for the CLI.
+    ``files(directory)``: writes the caller's own files of the checkpoint (the trainer's
+    ``history.jsonl``) into its temporary directory, fsynced, before ``state.json`` marks it complete.
     ``keep_last``: number of newest checkpoints kept (``None`` keeps all): the highest steps up to
     this one (those above it, left by a run that resumed from an older checkpoint, go first).
     Returns the checkpoint directory.
@@ -181,6 +185,8 @@ def save_checkpoint(
         doc["state"], state_tensors = flatten(state or {}, "state")
         if state_tensors:
             save_tensors(state_tensors, tmp / "state.safetensors")
+        if files is not None:
+            files(tmp)
         write_json(doc, tmp / "state.json")  # last: its presence marks a complete checkpoint
         fsync_dir(tmp)
         final = root / name

@@ -28,6 +28,7 @@ from rnnkit.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rnnkit.train.historylog import read_history
 from rnnkit.train.seed import data_generators, get_rng_state, set_rng_state
 from rnnkit.train.serialize import fsync_dir
 from rnnkit.train.state import move_to
@@ -90,6 +91,9 @@ class TrainerCheckpoints:
         ranks = dist.all_gather_object(mine)
         path = None
         if self.is_main:
+            # the rows logged since the last checkpoint, appended to its history.jsonl (historylog):
+            # the whole history in state.json made every checkpoint rewrite a file that grows all run
+            history, put_history = self._history_log.stage(root, self.history)
             state = {
                 "step": self.step,
                 "epoch": self.epoch,
@@ -102,7 +106,7 @@ class TrainerCheckpoints:
                 # a float64 tensor (state.safetensors, 8 bytes a step, exact): as a JSON list
                 # every checkpoint of a million-step run held ~20 MB of text
                 "losses": torch.tensor(self.losses, dtype=torch.float64),
-                "history": self.history,
+                "history_file": history,
                 "ranks": ranks,
                 "ntasgd": self.ntasgd.state_dict() if self.ntasgd else None,
                 "raw_weights": self._raw_weights,  # set in the final checkpoint of an averaged run
@@ -117,7 +121,9 @@ class TrainerCheckpoints:
                 state=state,
                 config=self.config.to_dict(),
                 keep_last=self.config.keep_last,
+                files=put_history,
             )
+            self._history_log.saved(path, history)
         self._last_saved = self.step
         dist.barrier()
         return path
@@ -196,7 +202,9 @@ class TrainerCheckpoints:
         self.best_val, self.bad_evals, self._acc = st["best_val"], st["bad_evals"], st["acc"]
         losses = st["losses"]  # a JSON list in checkpoints of before the tensor
         self.losses = losses.tolist() if isinstance(losses, Tensor) else list(losses)
-        self.history = list(st["history"])
+        entry = st.get("history_file")  # checkpoints of before held the rows in state.json
+        self.history = read_history(Path(doc["path"]), entry) if entry is not None else list(st["history"])
+        self._history_log.loaded(Path(doc["path"]), entry)
         if self.ntasgd is not None and st["ntasgd"] is not None:
             self.ntasgd.load_state_dict(st["ntasgd"])
         # The model now holds the checkpoint's weights (averaged, if it is the final one of an

@@ -81,7 +81,7 @@ class TrainerStep:
                 log.warning("step %d: gradient norm %s; update skipped", self.step + 1, norm)
             return norm
         if cfg.clip_value is not None:
-            torch.nn.utils.clip_grad_value_(params, cfg.clip_value)
+            _clip_grads_by_value(params, cfg.clip_value)
         lrs = [g["lr"] for g in self.optimizer.param_groups]
         if lr_scale != 1.0:  # AWD-LSTM: longer windows get a proportionally larger step
             for g in self.optimizer.param_groups:
@@ -178,7 +178,8 @@ class TrainerStep:
             "epoch": self.epoch,
             "loss": mean,
             "ppl": math.exp(min(mean, 700.0)),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            # a tensor rate (Adam(lr=torch.tensor(...)), capturable optimizers) failed metrics.jsonl
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
             "tokens_per_s": trained / max(now - since, 1e-9),
             "grad_norm": norm,
             "seq_len": _seq_len(batch),
@@ -189,6 +190,21 @@ class TrainerStep:
         if self.is_main:
             self._emit("on_log", row)
         self._rate = [now, 0]
+
+
+def _clip_grads_by_value(params: list[nn.Parameter], clip: float) -> None:
+    """``clip_grad_value_`` of ``params`` (every one with a gradient), sparse gradients too: its clamp
+    has no sparse kernel (nn.Embedding(sparse=True) failed every step). A sparse gradient is
+    coalesced first, its repeated rows (a token seen twice) summed as in its dense twin, then its
+    values clamped: the dense twin's clipped gradient."""
+    dense = [p for p in params if not p.grad.is_sparse]
+    if dense:  # (torch refuses an empty list)
+        torch.nn.utils.clip_grad_value_(dense, clip)
+    for p in params:
+        if p.grad.is_sparse:
+            grad = p.grad.coalesce()
+            grad.values().clamp_(-clip, clip)  # (a coalesced tensor's values() is its own storage)
+            p.grad = grad
 
 
 def _seq_len(batch: Any) -> int | None:

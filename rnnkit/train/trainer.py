@@ -26,6 +26,7 @@ from rnnkit.train.callbacks import Callback, default_callbacks
 from rnnkit.train.checkpoint import latest_checkpoint
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.evaluate import evaluate_batches
+from rnnkit.train.historylog import HistoryLog
 from rnnkit.train.hooks import end_callbacks
 from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
@@ -94,6 +95,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         self.best_val, self.bad_evals = math.inf, 0
         self.losses: list[float] = []  # training loss of every step (NaN: it had no target)
         self.history: list[dict[str, Any]] = []  # logged rows (train and val)
+        self._history_log = HistoryLog()  # where checkpoints append the rows (historylog)
         self.state: Any = None  # the recurrent state carried between batches
         self.should_stop, self.stop_reason = False, None
         self._acc = [0.0, 0.0, 0]  # loss*tokens, tokens, steps since the last log

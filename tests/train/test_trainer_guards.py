@@ -84,6 +84,27 @@ def test_sparse_gradients_train_as_their_dense_twins(clip_norm):
         torch.testing.assert_close(s, d, rtol=1e-12, atol=1e-14)
 
 
+def test_sparse_gradients_clip_by_value_as_their_dense_twins():
+    """clip_value failed at every step on an nn.Embedding(sparse=True) (clip_grad_value_'s clamp has
+    no sparse kernel). A sparse gradient's values are clamped now, once coalesced: its repeated rows
+    (a token seen twice) summed first, so the update is the dense twin's, which torch clips."""
+    weights = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        model = TinyLM()
+        model.emb.sparse = sparse
+        cfg = {"clip_value": 1e-3, "max_steps": 3, "progress": False}
+        Trainer(model, _sgd(model), **cfg).fit(bptt_batches(tokens(100), 2, 5))
+        weights.append([p.detach().clone() for p in model.parameters()])
+    for s, d in zip(*weights, strict=True):
+        torch.testing.assert_close(s, d, rtol=1e-12, atol=1e-14)
+    # (clipping took place: unclipped, the embedding moves otherwise)
+    torch.manual_seed(0)
+    model = TinyLM()
+    Trainer(model, _sgd(model), max_steps=3, progress=False).fit(bptt_batches(tokens(100), 2, 5))
+    assert not torch.allclose(model.emb.weight, weights[0][0])
+
+
 @pytest.mark.parametrize("rank", [0, 1])
 def test_a_skipped_update_is_logged_by_rank_0_alone(rank, caplog, monkeypatch):
     """Under DDP the gradients are all-reduced, so every rank skips the update alike; every rank
