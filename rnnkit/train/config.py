@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+import numpy as np
 
 from rnnkit import _checks
 from rnnkit.train.precision import check_amp
@@ -70,6 +72,17 @@ class TrainConfig:
             if v is not None and not v > 0:  # NaN too: a budget that never ends, NaN gradients
                 raise ValueError(f"{name} must be > 0 or None, got {v}")
 
+        # first: a truthy str ("no", "false") or int passed for a switch turned it on (nt_asgd="no"
+        # averaged the weights) or made the checks below misfire (resume="no" needed an out_dir)
+        for f in fields(self):
+            if f.type not in ("bool", "bool | None"):
+                continue
+            v = getattr(self, f.name)
+            if isinstance(v, np.bool_):  # kept as a bool: the config is stored as JSON in checkpoints
+                setattr(self, f.name, bool(v))
+            elif not (isinstance(v, bool) or (v is None and f.type == "bool | None")):
+                kind = "a bool or None" if f.type == "bool | None" else "a bool"
+                raise ValueError(f"{f.name} must be {kind}, got {v!r}")
         for name in (  # counts of steps, epochs, windows: a float passed and failed later or rounded
             "max_epochs",
             "max_steps",
@@ -128,10 +141,6 @@ class TrainConfig:
             raise ValueError(
                 f"checkpoint_every={self.checkpoint_every} needs out_dir (where the checkpoints go), got None"
             )
-
-        for name in ("save_best", "validate_at_end"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.save_best and self.out_dir is None:
             raise ValueError("save_best=True needs out_dir (where out_dir/best goes), got None")
 
