@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
+import torch
 
 from rnnkit import _checks
 from rnnkit.train.precision import check_amp
@@ -63,7 +64,7 @@ class TrainConfig:
     progress: bool | None = None  # None: when stderr is a TTY
     tensorboard: bool = True  # when installed and out_dir is set
     plot: bool = True  # loss.png in out_dir at the end
-    device: str | None = None  # None: where the model's parameters are
+    device: str | torch.device | None = None  # None: where the model's parameters are; kept as str
     amp: str | None = None  # mixed precision: "bf16" or "fp16" autocast of the forward (precision.py)
 
     def __post_init__(self) -> None:
@@ -98,10 +99,18 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not _checks.is_int(v):
                 raise ValueError(f"{name} must be an int, got {v!r}")
+            if v is not None:  # numpy's as int: the config is JSON in checkpoints (the final one failed)
+                setattr(self, name, int(v))
         for name in ("max_minutes", "clip_norm", "clip_value", "min_delta"):  # a str failed mid-run
             v = getattr(self, name)
             if (v is not None or name == "min_delta") and not _checks.is_real(v):
                 raise ValueError(f"{name} must be a number, got {v!r}")
+            if v is not None and not isinstance(v, (int, float)):  # numpy's, a Fraction: as JSON's float
+                setattr(self, name, float(v))
+        if self.device is not None:  # a torch.device as well: stored as str, as out_dir
+            if not isinstance(self.device, (str, torch.device)):
+                raise ValueError(f"device must be a str or torch.device or None, got {self.device!r}")
+            self.device = str(self.device)
         if not 0 <= self.min_delta < math.inf:  # a negative one counted worse validations as the best
             raise ValueError(f"min_delta must be a finite number >= 0, got {self.min_delta}")
         for name in (

@@ -2,11 +2,16 @@
 number given a numpy scalar or a device given a ``torch.device``."""
 
 import dataclasses
+from fractions import Fraction
 
 import numpy as np
 import pytest
+import torch
 
-from rnnkit.train import TrainConfig
+from rnnkit.data import bptt_batches
+from rnnkit.train import TrainConfig, Trainer, load_checkpoint
+
+from .models import TinyLM, tokens
 
 SWITCHES = [f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", "bool | None")]
 
@@ -40,3 +45,31 @@ def test_resume_given_a_str_is_named_not_taken_for_true():
 
 def test_progress_may_be_none():
     assert TrainConfig(progress=None).progress is None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_steps": np.int64(3)},
+        {"keep_last": np.int32(2)},
+        {"max_minutes": np.float32(5.0)},
+        {"clip_value": Fraction(1, 2)},
+        {"device": torch.device("cpu")},
+    ],
+)
+def test_numpy_numbers_and_a_torch_device_are_stored_as_json(tmp_path, kw):
+    """Taken, but kept as given: the checkpoint after the last step failed to write its config
+    ("Object of type int64 is not JSON serializable"), losing the run."""
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=tmp_path,
+                 progress=False, plot=False, tensorboard=False, **{"max_steps": 3, **kw})  # fmt: skip
+    tr.fit(bptt_batches(tokens(200), 2, 5))
+    ((name, value),) = kw.items()
+    stored = load_checkpoint(tmp_path / "checkpoints")["config"][name]
+    assert stored == (str(value) if name == "device" else value) and stored == getattr(tr.config, name)
+    assert type(stored) in (int, float, str) and type(getattr(tr.config, name)) is type(stored)
+
+
+def test_device_must_be_a_str_or_a_torch_device():
+    with pytest.raises(ValueError, match=r"^device must be a str or torch.device or None, got 0$"):
+        TrainConfig(device=0)
