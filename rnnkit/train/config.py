@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
+
+import numpy as np
+import torch
 
 from rnnkit import _checks
 from rnnkit.train.precision import check_amp
@@ -61,7 +64,7 @@ class TrainConfig:
     progress: bool | None = None  # None: when stderr is a TTY
     tensorboard: bool = True  # when installed and out_dir is set
     plot: bool = True  # loss.png in out_dir at the end
-    device: str | None = None  # None: where the model's parameters are
+    device: str | torch.device | None = None  # None: where the model's parameters are; kept as str
     amp: str | None = None  # mixed precision: "bf16" or "fp16" autocast of the forward (precision.py)
 
     def __post_init__(self) -> None:
@@ -70,6 +73,17 @@ class TrainConfig:
             if v is not None and not v > 0:  # NaN too: a budget that never ends, NaN gradients
                 raise ValueError(f"{name} must be > 0 or None, got {v}")
 
+        # first: a truthy str ("no", "false") or int passed for a switch turned it on (nt_asgd="no"
+        # averaged the weights) or made the checks below misfire (resume="no" needed an out_dir)
+        for f in fields(self):
+            if f.type not in ("bool", "bool | None"):
+                continue
+            v = getattr(self, f.name)
+            if isinstance(v, np.bool_):  # kept as a bool: the config is stored as JSON in checkpoints
+                setattr(self, f.name, bool(v))
+            elif not (isinstance(v, bool) or (v is None and f.type == "bool | None")):
+                kind = "a bool or None" if f.type == "bool | None" else "a bool"
+                raise ValueError(f"{f.name} must be {kind}, got {v!r}")
         for name in (  # counts of steps, epochs, windows: a float passed and failed later or rounded
             "max_epochs",
             "max_steps",
@@ -85,10 +99,18 @@ class TrainConfig:
             v = getattr(self, name)
             if v is not None and not _checks.is_int(v):
                 raise ValueError(f"{name} must be an int, got {v!r}")
+            if v is not None:  # numpy's as int: the config is JSON in checkpoints (the final one failed)
+                setattr(self, name, int(v))
         for name in ("max_minutes", "clip_norm", "clip_value", "min_delta"):  # a str failed mid-run
             v = getattr(self, name)
             if (v is not None or name == "min_delta") and not _checks.is_real(v):
                 raise ValueError(f"{name} must be a number, got {v!r}")
+            if v is not None and not isinstance(v, (int, float)):  # numpy's, a Fraction: as JSON's float
+                setattr(self, name, float(v))
+        if self.device is not None:  # a torch.device as well: stored as str, as out_dir
+            if not isinstance(self.device, (str, torch.device)):
+                raise ValueError(f"device must be a str or torch.device or None, got {self.device!r}")
+            self.device = str(self.device)
         if not 0 <= self.min_delta < math.inf:  # a negative one counted worse validations as the best
             raise ValueError(f"min_delta must be a finite number >= 0, got {self.min_delta}")
         for name in (
@@ -128,10 +150,6 @@ class TrainConfig:
             raise ValueError(
                 f"checkpoint_every={self.checkpoint_every} needs out_dir (where the checkpoints go), got None"
             )
-
-        for name in ("save_best", "validate_at_end"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.save_best and self.out_dir is None:
             raise ValueError("save_best=True needs out_dir (where out_dir/best goes), got None")
 

@@ -202,63 +202,6 @@ def test_ext_and_fallback_give_identical_layer_numbers(monkeypatch):
         assert torch.equal(u, v)
 
 
-def test_dropout_only_in_training_zoneout_expectation_in_eval():
-    m = make("qrnn", num_layers=2, dropout=0.5)
-    x = torch.randn(6, 2, 3)
-    m.eval()
-    ref = make("qrnn", num_layers=2).eval()
-    torch.testing.assert_close(m(x)[0], ref(x)[0])
-    m = make("qrnn", num_layers=2, dropout=0.5, zoneout=0.5)
-    m.train()
-    assert not torch.allclose(m(x)[0], ref(x)[0])
-    # zoneout: f_t = 1 (state kept exactly) for about half of the units
-    m1 = make("qrnn_w1", H=200, zoneout=0.5).train()
-    c0 = torch.randn(1, 4, 200)
-    _, c1 = m1.step(torch.randn(4, 3), c0)
-    kept = (c1 == c0).double().mean()
-    assert 0.4 < kept < 0.6
-
-
-@pytest.mark.parametrize("window", [1, 2])
-def test_qrnn_zoneout_eval_is_the_expectation(window):
-    # Training sets f_t = 1 with probability p and does not rescale (the authors' code), so
-    # evaluation must use E[f] = p + (1 - p) f, i.e. Krueger's c_t = p c_{t-1} + (1 - p) c~_t,
-    # as the authors' ``F *= 1 - zoneout``; plain f would change the forget gate at eval time.
-    p, I, H, T, B = 0.3, 3, 4, 5, 2
-    torch.manual_seed(0)
-    m = rnnkit.QRNN(I, H, window=window, zoneout=p).double().eval()
-    x = torch.randn(T, B, I, dtype=torch.float64)
-    c0 = torch.randn(1, B, H, dtype=torch.float64)
-    w, b = m.weight_ih_l0, m.bias_ih_l0
-    c, outs = c0[0], []
-    for t in range(T):
-        xs = x[t] if window == 1 else torch.cat([x[t - 1] if t else torch.zeros_like(x[t]), x[t]], -1)
-        z, f, o = (xs @ w.t() + b).chunk(3, -1)
-        z, f, o = torch.tanh(z), torch.sigmoid(f), torch.sigmoid(o)
-        c = p * c + (1 - p) * (f * c + (1 - f) * z)
-        outs.append(o * c)
-    y, cn = m(x, c0)
-    torch.testing.assert_close(y, torch.stack(outs))
-    torch.testing.assert_close(c_of(cn)[0], c)
-    # the training masks average to it: the mean of many training steps from the same state
-    m1 = rnnkit.QRNN(I, H, window=1, zoneout=p).double()
-    x1, s0 = x[0, :1].expand(20000, I), c0[0, :1].expand(20000, H)
-    want = m1.eval().step(x1[:1], s0[:1].unsqueeze(0))[1]
-    got = m1.train().step(x1, s0.unsqueeze(0))[1].mean(1, keepdim=True)
-    torch.testing.assert_close(got, want, rtol=0, atol=0.02)
-
-
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_lru_converted_to_half_precision_says_why(dtype):
-    """The constructor refuses half precision (the state is complex); an LRU converted with
-    .to(dtype) afterwards failed deep inside torch.complex / exp of complex32 instead."""
-    m = make("lru").to(dtype)
-    x = torch.randn(5, 2, 3, dtype=dtype)
-    for call in (lambda: m(x), lambda: m.step(x[0])):
-        with pytest.raises(ValueError, match="LRU needs float32 or float64 parameters"):
-            call()
-
-
 def test_qrnn_step_state_is_checked_against_the_input_batch():
     """QRNN(window=2).step checked its state against the state's own batch: a state of
     another batch, or a 2-D c for a batched input, met torch.cat's size error or an
@@ -272,42 +215,6 @@ def test_qrnn_step_state_is_checked_against_the_input_batch():
         m.step(x, (torch.zeros(2, 4, 4), (torch.zeros(1, 3), torch.zeros(4, 4))))
     y, (c, prevs) = m.step(x[0], (torch.zeros(2, 4), (torch.zeros(3), torch.zeros(4))))  # unbatched
     assert y.shape == (4,) and c.shape == (2, 4) and [p.shape for p in prevs] == [(3,), (4,)]
-
-
-@pytest.mark.parametrize("name", ["mingru", "mingru_log", "minlstm_log"])
-def test_autocast_float32_state_joins_the_gates_dtype(name, monkeypatch):
-    """Under autocast a float32 h0 joins the bfloat16 gates on every path (as in
-    ParallelRecurrent.scan): minGRU's fused scan and the log-space scan kept it float32, so
-    with the chunked scan (what CUDA runs in half precision) and in log space the outputs
-    came back float32, unlike minLSTM's and the dtype the scan op declares."""
-    monkeypatch.setenv("RNNKIT_SCAN_IMPL", "chunked")
-    m = make(name, dtype=torch.float32)
-    x = torch.randn(70, 2, 3, dtype=torch.float32)
-    h0 = torch.rand(1, 2, 4, dtype=torch.float32) + 0.1
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, h_n = m(x, h0)
-        want, want_h = m(x, h0.bfloat16())
-    assert out.dtype == h_n.dtype == torch.bfloat16
-    assert torch.equal(out, want) and torch.equal(h_n, want_h)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_step_under_autocast_returns_the_forward_dtype(name):
-    """``step`` under autocast gives what ``forward`` gives, step by step, in its dtype (LRU's
-    complex state keeps float32 on both). The float32 zero (or carried) state promoted the
-    half-precision gates: minGRU, minLSTM and QRNN stepped in float32 where their forward ran
-    in bfloat16."""
-    m = make(name, num_layers=2, dtype=torch.float32)
-    x = torch.randn(6, 2, 3, dtype=torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, h_n = m(x)
-        ys, s = [], None
-        for t in range(x.shape[0]):
-            y, s = m.step(x[t], s)
-            ys.append(y)
-    assert {y.dtype for y in ys} == {want.dtype}
-    assert [t.dtype for t in flat(s)] == [t.dtype for t in flat(h_n)]
-    torch.testing.assert_close(torch.stack(ys).float(), want.float(), rtol=0.05, atol=0.05)
 
 
 # torch's dynamo instantiates autograd.Function classes itself and trips its own deprecation
@@ -395,25 +302,6 @@ def test_lru_d_init_is_what_the_docstring_says():
     assert "dense ``(H, H_in)`` matrix with entries ``N(0, 1/H_in)``" in doc
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_minlstm_saturated_gates_stay_finite_in_float32(masked):
-    """f′ = f / (f + i) is 0 / 0 in float32 once both gates underflow (k < −104): minLSTM
-    computes it as σ(log f − log i) = σ(softplus(−k_i) − softplus(−k_f)), finite and equal to
-    float64 there, on the fused scan and on the padded (masked) path, gradients included."""
-    res = []
-    for dtype in (torch.float32, torch.float64):
-        m = rnnkit.MinLSTM(2, 3, dtype=dtype)
-        with torch.no_grad():
-            m.weight_ih_l0.zero_()
-            m.bias_ih_l0.copy_(torch.tensor([-120.0, -110.0, 3.0] * 2 + [1.0, -2.0, 0.5], dtype=dtype))
-        x = torch.linspace(-1, 1, 16, dtype=dtype).reshape(4, 2, 2).requires_grad_(True)
-        out = m(x, lengths=torch.tensor([4, 3]))[0] if masked else m(x)[0]
-        res.append([out, *torch.autograd.grad(out.sum(), [x, *m.parameters()])])
-    for a, b in zip(*res, strict=True):
-        assert torch.isfinite(a).all()
-        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("num_layers", [1, 2])
 def test_output_may_be_modified_in_place_as_torch_nn_s(name, num_layers):
@@ -433,41 +321,3 @@ def test_output_may_be_modified_in_place_as_torch_nn_s(name, num_layers):
     got = torch.autograd.grad(y.square().sum(), list(m.parameters()))
     _close_all(got, want)
     torch.testing.assert_close(h_n, h_before, rtol=0, atol=0)  # the state is not the output
-
-
-def test_qrnn_zoneout_draws_its_mask_where_every_regularizer_does(monkeypatch):
-    """QRNN's training zoneout drew ``torch.rand_like(f) < p``, outside
-    ``regularizers.sample_mask`` (which says every regularizer draws there, so that tests can
-    record or replace masks; the CPU's counter-based generator). It draws there now: with the
-    mask it drew, the output is the zoneout equation f' = 1 where the mask keeps, else f."""
-    from rnnkit import regularizers
-
-    log = []
-    real = regularizers.sample_mask
-    monkeypatch.setattr(regularizers, "sample_mask", lambda *a: log.append((a[0], real(*a))) or log[-1][1])
-    torch.manual_seed(0)
-    m = rnnkit.QRNN(3, 4, window=1, zoneout=0.4).double().train()
-    x = torch.randn(6, 2, 3, dtype=torch.float64)
-    y, c_n = m(x)
-    assert [k for k, _ in log] == ["zoneout"]
-    keep = log[0][1]  # (T, B, H): 1 = the forget gate is 1 (c_{t-1} kept)
-    assert keep.shape == (6, 2, 4) and set(keep.unique().tolist()) <= {0.0, 1.0}
-    z, f, o = (x @ m.weight_ih_l0.T + m.bias_ih_l0).chunk(3, -1)
-    z, f, o = torch.tanh(z), torch.where(keep != 0, 1.0, torch.sigmoid(f)), torch.sigmoid(o)
-    c, outs = torch.zeros(2, 4, dtype=torch.float64), []
-    for t in range(6):
-        c = f[t] * c + (1 - f[t]) * z[t]
-        outs.append(o[t] * c)
-    torch.testing.assert_close(y, torch.stack(outs))
-
-
-def test_qrnn_zoneout_assigned_later_is_checked():
-    """QRNN's zoneout, a plain attribute, took any value assigned after construction (1.0 never
-    lets c change; a string failed at the next training call); checked as at construction."""
-    m = rnnkit.QRNN(3, 4, zoneout=0.2)
-    for bad in (1.0, -0.1, "0.5", True):
-        with pytest.raises(ValueError, match=r"zoneout must be a number in \[0, 1\), got "):
-            m.zoneout = bad
-    assert m.zoneout == 0.2
-    m.zoneout = 0
-    assert m.zoneout == 0.0 and "zoneout" not in repr(m)

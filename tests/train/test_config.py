@@ -1,0 +1,75 @@
+"""TrainConfig's checks of its settings' types: a switch given a str or an int, a count or a
+number given a numpy scalar or a device given a ``torch.device``."""
+
+import dataclasses
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit.data import bptt_batches
+from rnnkit.train import TrainConfig, Trainer, load_checkpoint
+
+from .models import TinyLM, tokens
+
+SWITCHES = [f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", "bool | None")]
+
+
+def test_every_switch_is_checked():
+    named = ["stateful", "carry_state", "batch_first", "scale_lr_by_seq_len", "nt_asgd", "validate_at_end"]
+    assert set(SWITCHES) >= {*named, "save_best", "resume", "progress", "tensorboard", "plot"}
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+@pytest.mark.parametrize("bad", ["no", "false", 1, 0, 1.0])
+def test_a_switch_refuses_what_is_not_a_bool(name, bad):
+    """nt_asgd="no" (a truthy str) turned NT-ASGD on without a word, as any non-empty str or 1 did
+    for every switch but save_best and validate_at_end."""
+    kind = "a bool or None" if name == "progress" else "a bool"
+    with pytest.raises(ValueError, match=f"^{name} must be {kind}, got {bad!r}$"):
+        TrainConfig(**{name: bad, "out_dir": "x"})
+
+
+@pytest.mark.parametrize("name", SWITCHES)
+def test_a_switch_takes_a_numpy_bool_as_a_bool(name):
+    cfg = TrainConfig(**{name: np.bool_(name != "resume"), "out_dir": "x"})
+    assert type(getattr(cfg, name)) is bool and getattr(cfg, name) is (name != "resume")
+
+
+def test_resume_given_a_str_is_named_not_taken_for_true():
+    """The check of resume's out_dir came first: resume="no" asked for an out_dir."""
+    with pytest.raises(ValueError, match="^resume must be a bool, got 'no'$"):
+        TrainConfig(resume="no")
+
+
+def test_progress_may_be_none():
+    assert TrainConfig(progress=None).progress is None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_steps": np.int64(3)},
+        {"keep_last": np.int32(2)},
+        {"max_minutes": np.float32(5.0)},
+        {"clip_value": Fraction(1, 2)},
+        {"device": torch.device("cpu")},
+    ],
+)
+def test_numpy_numbers_and_a_torch_device_are_stored_as_json(tmp_path, kw):
+    """Taken, but kept as given: the checkpoint after the last step failed to write its config
+    ("Object of type int64 is not JSON serializable"), losing the run."""
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), out_dir=tmp_path,
+                 progress=False, plot=False, tensorboard=False, **{"max_steps": 3, **kw})  # fmt: skip
+    tr.fit(bptt_batches(tokens(200), 2, 5))
+    ((name, value),) = kw.items()
+    stored = load_checkpoint(tmp_path / "checkpoints")["config"][name]
+    assert stored == (str(value) if name == "device" else value) and stored == getattr(tr.config, name)
+    assert type(stored) in (int, float, str) and type(getattr(tr.config, name)) is type(stored)
+
+
+def test_device_must_be_a_str_or_a_torch_device():
+    with pytest.raises(ValueError, match=r"^device must be a str or torch.device or None, got 0$"):
+        TrainConfig(device=0)
