@@ -173,3 +173,27 @@ def test_a_builder_waiting_on_a_pruned_build_makes_it_anew(tmp_path):
         d.rename(tmp_path / "trash")
     t.join(10)
     assert seen == ["the new folder's lock held"]
+
+
+@pytest.mark.parametrize("when", ["after the mkdir", "within the mkdir"])
+def test_a_build_pruned_as_a_builder_starts_is_made_anew(tmp_path, monkeypatch, when):
+    """A prune that renamed the build away as a builder started made the load fail (the pure
+    kernels ran): after the builder's ``mkdir``, its ``open`` of the lock file raised
+    FileNotFoundError; within it (``os.mkdir`` found the folder, ``exist_ok``'s check then did not),
+    the ``mkdir`` raised FileExistsError. The builder makes the folder anew and locks it."""
+    d = tmp_path / "torch2.0.0-py39-aaaaaaaaaaaa"
+    d.mkdir()
+    os_mkdir, pruned = os.mkdir, []
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path) != d or pruned:
+            return os_mkdir(path, *args, **kwargs)
+        pruned.append(d.rename(tmp_path / "trash"))  # (another process's prune, at the worst moment)
+        if when == "within the mkdir":  # os.mkdir found the folder, exist_ok's is_dir() then did not
+            raise FileExistsError(17, "File exists", str(path))
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    with ext.build_lock(d), open(d / "rnnkit.flock") as g:
+        with pytest.raises(BlockingIOError):  # the lock held is the new folder's
+            fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert pruned

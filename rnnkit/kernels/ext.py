@@ -110,18 +110,24 @@ def build_lock(d: Path) -> Iterator[None]:
     ``flock`` dies with its holder, and every rnnkit build holds it around ``load``, so whoever
     holds it knows that a ``lock`` there is stale and removes it. Without ``fcntl`` (Windows):
     torch's file alone. ``d`` is made if missing, and made anew if :func:`prune` removed it while
-    we waited for its lock (we then held the lock of a removed file)."""
+    we waited for its lock (we then held the lock of a removed file) or before we opened it."""
     try:
         import fcntl
     except ImportError:
         fcntl = None  # type: ignore[assignment]
     # (the block runs outside the except clauses: its errors are not chained to ENOLCK's)
     if fcntl is None:
+        d.mkdir(parents=True, exist_ok=True)
         yield
         return
     for attempt in range(5):  # (a new directory is no prune's: the retry is for a rare race)
-        d.mkdir(parents=True, exist_ok=True)
-        f = open(d / "rnnkit.flock", "a")
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            f = open(d / "rnnkit.flock", "a")
+        except (FileNotFoundError, FileExistsError):  # a prune renamed d away between the mkdir and
+            if attempt == 4:  # the open, or within the mkdir (exist_ok's check then found no folder)
+                raise
+            continue
         try:
             fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
         except OSError:  # a file system without locks (some NFS mounts): torch's file alone
@@ -289,8 +295,7 @@ def _build():
     from torch.utils import cpp_extension
 
     _ensure_ninja_on_path()
-    d = build_dir()
-    d.mkdir(parents=True, exist_ok=True)
+    d = build_dir()  # (made by build_lock: a mkdir here raced a prune of d)
     cflags, ldflags = _flags()
     try:
         with building(d, _LOG):

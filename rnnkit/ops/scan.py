@@ -118,8 +118,7 @@ def load_extension() -> ModuleType | None:
             try:
                 from torch.utils.cpp_extension import load
 
-                build = _build_dir()
-                build.mkdir(parents=True, exist_ok=True)
+                build = _build_dir()  # (made by build_lock: a mkdir here raced a prune of it)
                 try:
                     with building(build, log):  # a killed builder's lock is no hang, a warning no failure
                         _ext_state["module"] = load(

@@ -268,8 +268,8 @@ def load_checkpoint(
     tensors = load_tensors(ckpt / "optimizer.safetensors") if has_opt else {}
     st_file = ckpt / "state.safetensors"
     state = unflatten(doc["state"], load_tensors(st_file) if st_file.is_file() else {})
-    if check is not None:  # the caller's refusals, before anything is loaded too
-        check({**doc, "state": state})
+    if check is not None:  # the caller's refusals (and its own files read), before anything is loaded too
+        check({**doc, "state": state, "path": str(ckpt)})
     if model is not None:
         load_module(unwrap_model(model), ckpt / "model.safetensors", strict=strict)
     if has_opt:

@@ -195,16 +195,25 @@ class TrainerCheckpoints:
     def load(self, path: str | Path) -> dict[str, Any]:
         """Load a checkpoint (directory or root) to continue training from it."""
         objs = (self.raw_model, self.optimizer, self.scheduler)
-        doc = load_checkpoint(path, *objs, check=self._check_loadable)
+        history: list[list[dict[str, Any]]] = []
+
+        def check(doc: dict[str, Any]) -> None:
+            self._check_loadable(doc)
+            # read before anything is loaded: a missing or damaged history.jsonl left the weights,
+            # optimizer and counters the checkpoint's, the rest the trainer's own
+            st, ckpt = doc["state"], Path(doc["path"])
+            entry = st.get("history_file")  # checkpoints of before held the rows in state.json
+            history.append(read_history(ckpt, entry) if entry is not None else list(st["history"]))
+
+        doc = load_checkpoint(path, *objs, check=check)
         st = doc["state"]
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.tokens_seen, self.elapsed = st["tokens_seen"], st["elapsed_s"]
         self.best_val, self.bad_evals, self._acc = st["best_val"], st["bad_evals"], st["acc"]
         losses = st["losses"]  # a JSON list in checkpoints of before the tensor
         self.losses = losses.tolist() if isinstance(losses, Tensor) else list(losses)
-        entry = st.get("history_file")  # checkpoints of before held the rows in state.json
-        self.history = read_history(Path(doc["path"]), entry) if entry is not None else list(st["history"])
-        self._history_log.loaded(Path(doc["path"]), entry)
+        self.history = history[0]
+        self._history_log.loaded(Path(doc["path"]), st.get("history_file"))
         if self.ntasgd is not None and st["ntasgd"] is not None:
             self.ntasgd.load_state_dict(st["ntasgd"])
         # The model now holds the checkpoint's weights (averaged, if it is the final one of an

@@ -150,3 +150,22 @@ def test_a_damaged_history_file_is_named(tmp_path, damage):
         path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ValueError, match="history.jsonl"):
         _load(path.parent)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_damaged_history_file_loads_nothing(tmp_path, damage):
+    """Trainer.load read history.jsonl after the weights, the optimizer and the counters were
+    loaded: a missing or damaged file was named, but left a trainer half of the checkpoint's, half
+    its own. It is read before anything is loaded now, as the checkpoint's other files."""
+    _fit(_trainer(tmp_path / "run", 4))
+    path = tmp_path / "run" / "checkpoints" / "step-000000002" / "history.jsonl"
+    data = path.read_bytes()  # (the run's rows: step 2's are its first half)
+    path.unlink() if damage == "missing" else path.write_bytes(data[: len(data) // 3])
+    tr = _trainer(tmp_path / "other", 3)
+    _fit(tr)
+    weights, step, history, losses = [p.detach().clone() for p in tr.model.parameters()], tr.step, \
+        list(tr.history), list(tr.losses)  # fmt: skip
+    with pytest.raises(ValueError, match="history.jsonl"):
+        tr.load(path.parent)
+    assert all(torch.equal(a, b) for a, b in zip(weights, tr.model.parameters(), strict=True))
+    assert (tr.step, tr.history, tr.losses) == (step, history, losses)
