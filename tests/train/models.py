@@ -86,3 +86,8 @@ def masked_mean_loss(output, targets):
         output.reshape(-1, output.shape[-1]), targets.clamp(min=0).reshape(-1), reduction="none"
     )
     return (ce * mask.reshape(-1)).sum() / mask.sum()
+
+
+def sgd(model: nn.Module, lr: float = 0.5) -> torch.optim.Optimizer:
+    """Plain SGD over ``model``'s parameters: the optimizer most training-kit tests use."""
+    return torch.optim.SGD(model.parameters(), lr=lr)

@@ -7,11 +7,7 @@ import torch
 
 from rnnkit.train import Callback, Trainer
 
-from .models import TinyLM, masked_mean_loss, tokens
-
-
-def _sgd(model, lr=0.5):
-    return torch.optim.SGD(model.parameters(), lr=lr)
+from .models import TinyLM, masked_mean_loss, sgd, tokens
 
 
 def _with_empty_batch(T=5):
@@ -53,14 +49,14 @@ def test_step_without_targets_has_no_loss_and_stays_out_of_log_averages(k1):
     averages the steps of its interval that had targets, and is NaN when none had."""
     torch.manual_seed(0)
     model = TinyLM()
-    tr = Trainer(model, _sgd(model), tbptt_k1=k1, log_every=2, carry_state=False, progress=False)
+    tr = Trainer(model, sgd(model), tbptt_k1=k1, log_every=2, carry_state=False, progress=False)
     tr.fit(_with_empty_batch() * 2)  # steps: targets, none, targets, none
     assert math.isnan(tr.losses[1]) and math.isnan(tr.losses[3])
     assert math.isfinite(tr.losses[0]) and math.isfinite(tr.losses[2])
     rows = [r for r in tr.history if r["split"] == "train"]
     assert [r["step"] for r in rows] == [2, 4]
     assert rows[0]["loss"] == pytest.approx(tr.losses[0]) and rows[1]["loss"] == pytest.approx(tr.losses[2])
-    tr = Trainer(model, _sgd(model), tbptt_k1=k1, log_every=1, carry_state=False, progress=False)
+    tr = Trainer(model, sgd(model), tbptt_k1=k1, log_every=1, carry_state=False, progress=False)
     tr.fit(_with_empty_batch()[1:])
     row = tr.history[-1]
     assert row["split"] == "train" and math.isnan(row["loss"]) and math.isnan(row["ppl"])
@@ -73,7 +69,7 @@ def test_zero_loss_of_a_batch_without_targets_has_zero_finite_gradients(step_fn)
     with a zero (never NaN) gradient for every parameter, from the output or from step_fn's model."""
     torch.manual_seed(0)
     model = TinyLM()
-    tr = Trainer(model, _sgd(model), loss_fn=masked_mean_loss, step_fn=step_fn, progress=False)
+    tr = Trainer(model, sgd(model), loss_fn=masked_mean_loss, step_fn=step_fn, progress=False)
     x, y = _with_empty_batch()[1]
     loss, _ = tr._forward(model, (x, y), None, zero=True)
     loss.backward()
@@ -90,7 +86,7 @@ def test_a_step_without_targets_leaves_the_scheduler_alone(k1):
     before any ``optimizer.step()`` (torch's warning: the schedule's first rate is skipped)."""
     torch.manual_seed(0)
     model = TinyLM()
-    opt = _sgd(model)
+    opt = sgd(model)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     has, empty = _with_empty_batch()
     tr = Trainer(model, opt, scheduler=sched, tbptt_k1=k1, carry_state=False, progress=False)

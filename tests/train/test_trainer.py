@@ -16,11 +16,7 @@ from rnnkit.train import (
     lm_loss,
 )
 
-from .models import Stateless, TinyLM, tokens
-
-
-def _sgd(model, lr=0.5):
-    return torch.optim.SGD(model.parameters(), lr=lr)
+from .models import Stateless, TinyLM, sgd, tokens
 
 
 def test_stateful_lm_learns_and_evaluate_lm_matches():
@@ -43,7 +39,7 @@ def test_evaluate_leaves_out_batches_without_targets():
     weighs 0 tokens, and NaN * 0 made the whole validation loss NaN (under DDP on every rank)."""
     torch.manual_seed(0)
     model = TinyLM()
-    tr = Trainer(model, _sgd(model), carry_state=False, progress=False)
+    tr = Trainer(model, sgd(model), carry_state=False, progress=False)
     batches = [(torch.randint(0, 11, (5, 2)), torch.randint(0, 11, (5, 2))) for _ in range(2)]
     empty = (torch.randint(0, 11, (5, 2)), torch.full((5, 2), -100))
     with_empty = tr.evaluate([batches[0], empty, batches[1]])
@@ -56,7 +52,7 @@ def test_evaluate_leaves_out_batches_without_targets():
 def test_stateless_model_and_custom_step_fn():
     torch.manual_seed(0)
     model = Stateless()
-    tr = Trainer(model, _sgd(model, 1.0), stateful=False, max_epochs=5, progress=False)
+    tr = Trainer(model, sgd(model, 1.0), stateful=False, max_epochs=5, progress=False)
     tr.fit(bptt_batches(tokens(400), 4, 10))
     assert tr.losses[-1] < tr.losses[0]
 
@@ -67,7 +63,7 @@ def test_stateless_model_and_custom_step_fn():
         out = m(batch.inputs)
         return lm_loss(out, batch.targets), ("carried", len(calls))
 
-    tr = Trainer(model, _sgd(model), step_fn=step_fn, max_steps=3, progress=False)
+    tr = Trainer(model, sgd(model), step_fn=step_fn, max_steps=3, progress=False)
     tr.fit(bptt_batches(tokens(400), 4, 10))
     assert calls == [None, ("carried", 1), ("carried", 2)]
 
@@ -85,7 +81,7 @@ def test_step_fn_keeps_the_loss_dtype():
     for fn in (None, step_fn):
         torch.manual_seed(0)
         model = TinyLM()
-        tr = Trainer(model, _sgd(model), step_fn=fn, max_steps=3, progress=False)
+        tr = Trainer(model, sgd(model), step_fn=fn, max_steps=3, progress=False)
         tr.fit(bptt_batches(tokens(400), 4, 10))
         runs.append((tr.losses, [p.detach().clone() for p in model.parameters()]))
     assert runs[0][0] == runs[1][0]
@@ -106,7 +102,7 @@ def test_padded_batches_with_bucketing_and_fresh_state():
         def on_step_end(self, trainer, logs):
             seen.append(logs["tokens"])
 
-    tr = Trainer(model, _sgd(model), carry_state=False, max_epochs=2, callbacks=[Spy()], progress=False)
+    tr = Trainer(model, sgd(model), carry_state=False, max_epochs=2, callbacks=[Spy()], progress=False)
     tr.fit(loader)
     assert tr.step == 10 and sum(seen) == 2 * sum(len(x) for x, _ in ds)  # padding not counted
     assert sampler.epoch == 1  # set_epoch reached the batch sampler
@@ -125,7 +121,7 @@ def test_clip_by_norm_and_value():
     big = lambda out, y: 1e3 * lm_loss(out, y)  # noqa: E731
     tr = Trainer(
         model,
-        _sgd(model, 1.0),
+        sgd(model, 1.0),
         loss_fn=big,
         clip_norm=0.1,
         max_steps=1,
@@ -139,7 +135,7 @@ def test_clip_by_norm_and_value():
     assert logs[0]["grad_norm"] > 0.1
 
     before = [p.detach().clone() for p in model.parameters()]
-    tr = Trainer(model, _sgd(model, 1.0), loss_fn=big, clip_value=0.01, max_steps=1, progress=False)
+    tr = Trainer(model, sgd(model, 1.0), loss_fn=big, clip_value=0.01, max_steps=1, progress=False)
     tr.fit(bptt_batches(tokens(100), 2, 5))
     delta = torch.cat([(p - b).flatten() for p, b in zip(model.parameters(), before, strict=True)])
     assert delta.abs().max().item() == pytest.approx(0.01, rel=1e-6)
@@ -165,20 +161,20 @@ def test_lr_scaled_by_window_length_then_restored():
 
 def test_scheduler_and_early_stopping_and_time_budget():
     model = TinyLM()
-    opt = _sgd(model, 0.0)  # lr 0: the validation loss never improves
+    opt = sgd(model, 0.0)  # lr 0: the validation loss never improves
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=1.0)
     tr = Trainer(model, opt, scheduler=sched, val_every=2, patience=2, max_epochs=10, progress=False)
     out = tr.fit(bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(50), 1, 5))
     assert out["stop_reason"] == "early_stopping" and tr.step == 6  # 1 best + 2 bad evals
     assert sched.last_epoch == 6
 
-    opt = _sgd(model)
+    opt = sgd(model)
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=0, factor=0.5)
     tr = Trainer(model, opt, scheduler=plateau, max_epochs=3, progress=False)
     tr.fit(bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(50), 1, 5))
     assert plateau.last_epoch == 3
 
-    tr = Trainer(model, _sgd(model), max_minutes=1e-9, max_epochs=5, progress=False)
+    tr = Trainer(model, sgd(model), max_minutes=1e-9, max_epochs=5, progress=False)
     assert tr.fit(bptt_batches(tokens(200), 2, 5))["stop_reason"] == "max_minutes"
     assert tr.step == 1
 
@@ -212,7 +208,7 @@ def test_nt_asgd_unit():
 def test_nt_asgd_in_trainer_averages_weights():
     torch.manual_seed(0)
     model = TinyLM()
-    tr = Trainer(model, _sgd(model, 0.5), nt_asgd=True, nonmono=1, val_every=1, max_steps=6, progress=False)
+    tr = Trainer(model, sgd(model, 0.5), nt_asgd=True, nonmono=1, val_every=1, max_steps=6, progress=False)
     scripted = iter([2.0, 3.0, 2.5, 2.4, 2.3, 2.2])
     tr.evaluate = lambda data: {"loss": next(scripted), "ppl": 1.0, "tokens": 1}
     snaps = []
@@ -273,7 +269,7 @@ def test_training_data_without_batches_is_refused():
     model = TinyLM()
     # (1000 epochs, not the CLI's 10**9: without the check the test ends, and fails)
     tr = Trainer(
-        model, _sgd(model), max_epochs=1000, max_steps=5, max_minutes=0.05, carry_state=False, progress=False
+        model, sgd(model), max_epochs=1000, max_steps=5, max_minutes=0.05, carry_state=False, progress=False
     )
     with pytest.raises(ValueError, match="the training data yielded no batches in epoch 0"):
         tr.fit(loader)
@@ -291,7 +287,7 @@ def test_evaluation_restores_each_modules_own_mode(training):
     modes = [m.training for m in model.modules()]
     evaluate_lm(model, tokens(60), 2, 10)
     assert [m.training for m in model.modules()] == modes
-    tr = Trainer(model, _sgd(model), progress=False)
+    tr = Trainer(model, sgd(model), progress=False)
     evaluate_batches(model, bptt_batches(tokens(60), 2, 10), tr._forward)
     assert [m.training for m in model.modules()] == modes
 
@@ -310,7 +306,7 @@ def test_settings_that_act_on_validations_need_val_data(tmp_path, kw, named):
     """Early stopping, NT-ASGD, save_best, ReduceLROnPlateau and a val_every act on validations:
     without val_data they silently never acted. Refused before anything is trained or written."""
     model = TinyLM()
-    opt = _sgd(model)
+    opt = sgd(model)
     if kw.get("scheduler") == "plateau":
         kw = {"scheduler": torch.optim.lr_scheduler.ReduceLROnPlateau(opt)}
     tr = Trainer(model, opt, out_dir=tmp_path / "run", max_steps=2, progress=False, plot=False, **kw)
@@ -326,7 +322,7 @@ def test_validation_at_end_names_the_epoch_of_its_step(tmp_path):
     from rnnkit.train import load_checkpoint
 
     model = TinyLM()
-    tr = Trainer(model, _sgd(model, 0.1), log_every=5, val_every=3, validate_at_end=True, max_epochs=1,
+    tr = Trainer(model, sgd(model, 0.1), log_every=5, val_every=3, validate_at_end=True, max_epochs=1,
                  progress=False, out_dir=str(tmp_path), save_best=True)  # fmt: skip
     tr.fit(bptt_batches(tokens(100), 2, 10), bptt_batches(tokens(40), 2, 5))
     rows = [(r["split"], r["step"], r["epoch"]) for r in tr.history]

@@ -17,11 +17,7 @@ from rnnkit.train import (
     tensorboard_available,
 )
 
-from .models import TinyLM, tokens
-
-
-def _sgd(model, lr=0.5):
-    return torch.optim.SGD(model.parameters(), lr=lr)
+from .models import TinyLM, sgd, tokens
 
 
 def test_out_dir_files_and_tensorboard_missing(tmp_path, monkeypatch):
@@ -30,7 +26,7 @@ def test_out_dir_files_and_tensorboard_missing(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install tensorboard"):
         TensorBoardLogger(tmp_path / "tb")
     model = TinyLM()
-    tr = Trainer(model, _sgd(model), out_dir=str(tmp_path), log_every=2, max_epochs=2, progress=False)
+    tr = Trainer(model, sgd(model), out_dir=str(tmp_path), log_every=2, max_epochs=2, progress=False)
     tr.fit(bptt_batches(tokens(200), 2, 10), bptt_batches(tokens(60), 1, 10))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
@@ -47,7 +43,7 @@ def test_out_dir_files_and_tensorboard_missing(tmp_path, monkeypatch):
 
 def test_progress_bar_shows_loss(capsys):
     model = TinyLM()
-    Trainer(model, _sgd(model), progress=True, log_every=1, max_steps=3).fit(bptt_batches(tokens(200), 2, 5))
+    Trainer(model, sgd(model), progress=True, log_every=1, max_steps=3).fit(bptt_batches(tokens(200), 2, 5))
     err = capsys.readouterr().err
     assert "3/3" in err and "loss=" in err and "tok_s=" in err
 
@@ -65,12 +61,12 @@ def test_callback_that_stops_training_is_the_stop_reason():
 
     model = TinyLM()
     data = bptt_batches(tokens(200), 2, 5)  # 20 batches per epoch
-    out = Trainer(model, _sgd(model), max_epochs=3, callbacks=[StopAt(2)], progress=False).fit(data)
+    out = Trainer(model, sgd(model), max_epochs=3, callbacks=[StopAt(2)], progress=False).fit(data)
     assert (out["step"], out["epoch"], out["stop_reason"]) == (2, 0, "callback")
     stop = StopAt(3, "diverged")
-    out = Trainer(model, _sgd(model), max_epochs=3, callbacks=[stop], progress=False).fit(data)
+    out = Trainer(model, sgd(model), max_epochs=3, callbacks=[stop], progress=False).fit(data)
     assert (out["step"], out["stop_reason"]) == (3, "diverged")
-    out = Trainer(model, _sgd(model), max_epochs=1, progress=False).fit(data)
+    out = Trainer(model, sgd(model), max_epochs=1, progress=False).fit(data)
     assert out["stop_reason"] == "max_epochs"
 
 
@@ -90,7 +86,7 @@ def test_a_failing_on_fit_start_closes_what_earlier_callbacks_opened(tmp_path):
 
     model = TinyLM()
     jsonl, failing = JSONLLogger(tmp_path / "m.jsonl"), Failing()
-    tr = Trainer(model, _sgd(model), out_dir=str(tmp_path), callbacks=[jsonl, failing], progress=False)
+    tr = Trainer(model, sgd(model), out_dir=str(tmp_path), callbacks=[jsonl, failing], progress=False)
     with pytest.raises(RuntimeError, match="cannot start"):
         tr.fit(bptt_batches(tokens(60), 2, 10))
     assert jsonl.file is None and not failing.ended
@@ -109,7 +105,7 @@ def test_a_failing_on_fit_end_still_ends_the_other_callbacks(tmp_path):
 
     model = TinyLM()
     jsonl = JSONLLogger(tmp_path / "m.jsonl")
-    tr = Trainer(model, _sgd(model), max_steps=2, out_dir=str(tmp_path), callbacks=[Failing(), jsonl],
+    tr = Trainer(model, sgd(model), max_steps=2, out_dir=str(tmp_path), callbacks=[Failing(), jsonl],
                  progress=False)  # fmt: skip
     with pytest.raises(RuntimeError, match="cannot end"):
         tr.fit(bptt_batches(tokens(60), 2, 10))
@@ -134,7 +130,7 @@ def test_a_failing_on_fit_end_does_not_hide_the_error_fit_failed_with(tmp_path, 
 
     model = TinyLM()
     jsonl = JSONLLogger(tmp_path / "m.jsonl")
-    tr = Trainer(model, _sgd(model), max_steps=2, out_dir=str(tmp_path), callbacks=[Failing(), Boom(), jsonl],
+    tr = Trainer(model, sgd(model), max_steps=2, out_dir=str(tmp_path), callbacks=[Failing(), Boom(), jsonl],
                  progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="training failed") as info:
         tr.fit(bptt_batches(tokens(60), 2, 10))
@@ -156,7 +152,7 @@ def test_a_logger_failing_in_on_fit_start_closes_its_file(tmp_path):
 
     model = TinyLM()
     log = Full(tmp_path / "m.jsonl")
-    tr = Trainer(model, _sgd(model), max_steps=2, callbacks=[log], progress=False)
+    tr = Trainer(model, sgd(model), max_steps=2, callbacks=[log], progress=False)
     with pytest.raises(OSError, match="No space left"):
         tr.fit(bptt_batches(tokens(60), 2, 10))
     assert log.file is None
@@ -197,7 +193,7 @@ def test_tokens_per_s_is_training_throughput(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(trainer_mod.time, "perf_counter", lambda: clock[0])
     model = _ClockedLM(clock)
-    tr = Trainer(model, _sgd(model), log_every=2, val_every=2, max_steps=3, progress=False)
+    tr = Trainer(model, sgd(model), log_every=2, val_every=2, max_steps=3, progress=False)
     train, val = bptt_batches(tokens(200), 2, 5), bptt_batches(tokens(40), 2, 5)
     tr.fit(train, val)
     tr.config.max_steps = 6

@@ -11,11 +11,7 @@ from torch.utils.data import DataLoader
 from rnnkit.data import BucketBatchSampler, PadCollate, bptt_batches
 from rnnkit.train import Callback, Trainer, evaluate_lm, lm_loss
 
-from .models import TinyLM, tokens
-
-
-def _sgd(model, lr=0.5):
-    return torch.optim.SGD(model.parameters(), lr=lr)
+from .models import TinyLM, sgd, tokens
 
 
 @pytest.mark.parametrize("clip_norm", [None, 1.0])
@@ -41,7 +37,7 @@ def test_non_finite_gradient_skips_the_update(clip_norm, bad, caplog):
 
     before = [p.detach().clone() for p in model.parameters()]
     cfg = {"clip_norm": clip_norm, "max_steps": 1, "progress": False}
-    tr = Trainer(model, _sgd(model), log_every=1, callbacks=[Spy()], **cfg)
+    tr = Trainer(model, sgd(model), log_every=1, callbacks=[Spy()], **cfg)
     with caplog.at_level("WARNING", logger="rnnkit.train"):
         tr.fit(bptt_batches(tokens(100), 2, 5))
     assert "gradient norm" in caplog.text and "update skipped" in caplog.text
@@ -49,7 +45,7 @@ def test_non_finite_gradient_skips_the_update(clip_norm, bad, caplog):
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p.detach(), b)
     # a finite step then moves every weight, finitely
-    Trainer(model, _sgd(model), **cfg).fit(bptt_batches(tokens(100), 2, 5))
+    Trainer(model, sgd(model), **cfg).fit(bptt_batches(tokens(100), 2, 5))
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.isfinite(p).all() and not torch.equal(p.detach(), b)
 
@@ -74,7 +70,7 @@ def test_sparse_gradients_train_as_their_dense_twins(clip_norm):
         model.emb.sparse = sparse
         spy = Spy()
         cfg = {"clip_norm": clip_norm, "max_steps": 3, "progress": False, "log_every": 1}
-        Trainer(model, _sgd(model), callbacks=[spy], **cfg).fit(bptt_batches(tokens(100), 2, 5))
+        Trainer(model, sgd(model), callbacks=[spy], **cfg).fit(bptt_batches(tokens(100), 2, 5))
         runs.append((spy.norms, [p.detach().clone() for p in model.parameters()]))
     (dense_norms, dense_weights), (sparse_norms, sparse_weights) = runs
     assert len(sparse_norms) == 3 and sparse_norms == pytest.approx(dense_norms, rel=1e-12)
@@ -94,14 +90,14 @@ def test_sparse_gradients_clip_by_value_as_their_dense_twins():
         model = TinyLM()
         model.emb.sparse = sparse
         cfg = {"clip_value": 1e-3, "max_steps": 3, "progress": False}
-        Trainer(model, _sgd(model), **cfg).fit(bptt_batches(tokens(100), 2, 5))
+        Trainer(model, sgd(model), **cfg).fit(bptt_batches(tokens(100), 2, 5))
         weights.append([p.detach().clone() for p in model.parameters()])
     for s, d in zip(*weights, strict=True):
         torch.testing.assert_close(s, d, rtol=1e-12, atol=1e-14)
     # (clipping took place: unclipped, the embedding moves otherwise)
     torch.manual_seed(0)
     model = TinyLM()
-    Trainer(model, _sgd(model), max_steps=3, progress=False).fit(bptt_batches(tokens(100), 2, 5))
+    Trainer(model, sgd(model), max_steps=3, progress=False).fit(bptt_batches(tokens(100), 2, 5))
     assert not torch.allclose(model.emb.weight, weights[0][0])
 
 
@@ -117,7 +113,7 @@ def test_a_skipped_update_is_logged_by_rank_0_alone(rank, caplog, monkeypatch):
     model.out.bias.register_hook(lambda g: g * math.nan)
     before = [p.detach().clone() for p in model.parameters()]
     with caplog.at_level("WARNING", logger="rnnkit.train"):
-        Trainer(model, _sgd(model), max_steps=1, progress=False).fit(bptt_batches(tokens(100), 2, 5))
+        Trainer(model, sgd(model), max_steps=1, progress=False).fit(bptt_batches(tokens(100), 2, 5))
     assert ("update skipped" in caplog.text) == (rank == 0)
     for p, b in zip(model.parameters(), before, strict=True):
         assert torch.equal(p.detach(), b)
@@ -131,7 +127,7 @@ def test_a_skipped_update_does_not_step_the_scheduler():
     model = TinyLM()
     hits = []
     model.out.bias.register_hook(lambda g: hits.append(1) or (g * math.nan if len(hits) == 1 else g))
-    opt = _sgd(model)
+    opt = sgd(model)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     Trainer(model, opt, scheduler=sched, max_steps=3, progress=False).fit(bptt_batches(tokens(100), 2, 5))
     assert len(hits) == 3 and sched.last_epoch == 2 and opt.param_groups[0]["lr"] == 0.5 * 0.25
@@ -156,21 +152,21 @@ def test_carried_state_over_shuffled_batches_is_refused():
     ]
     for loader in shuffled:
         model = TinyLM(batch_first=True)
-        tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+        tr = Trainer(model, sgd(model), batch_first=True, progress=False)
         with pytest.raises(ValueError, match="carry_state=True .* the training data is shuffled"):
             tr.fit(loader)
         assert tr.step == 0
     model = TinyLM(batch_first=True)
-    assert Trainer(model, _sgd(model), batch_first=True, progress=False).fit(DataLoader(ds, 4))["step"] == 2
+    assert Trainer(model, sgd(model), batch_first=True, progress=False).fit(DataLoader(ds, 4))["step"] == 2
     # validation carries the state alike: a shuffled val_data is refused too, before training
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    tr = Trainer(model, sgd(model), batch_first=True, progress=False)
     with pytest.raises(ValueError, match="carry_state=True .* the validation data is shuffled"):
         tr.fit(DataLoader(ds, 4), val_data=shuffled[0])
     assert tr.step == 0
     for kw in ({"carry_state": False}, {"step_fn": lambda m, b, s: (lm_loss(m(b[0])[0], b[1]), None)}):
         model = TinyLM(batch_first=True)
         assert (
-            Trainer(model, _sgd(model), batch_first=True, progress=False, **kw).fit(shuffled[0])["step"] == 2
+            Trainer(model, sgd(model), batch_first=True, progress=False, **kw).fit(shuffled[0])["step"] == 2
         )
 
 
@@ -184,15 +180,15 @@ def test_carried_state_into_a_batch_of_other_sequences_names_the_carry():
     torch.manual_seed(0)
     ds = TensorDataset(torch.randint(0, 11, (10, 5)), torch.randint(0, 11, (10, 5)))  # batches 4, 4, 2
     model = TinyLM(batch_first=True)
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    tr = Trainer(model, sgd(model), batch_first=True, progress=False)
     with pytest.raises(ValueError, match="batch 3 of the epoch has 2 sequences after one of 4.*drop_last"):
         tr.fit(DataLoader(ds, batch_size=4))
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    tr = Trainer(model, sgd(model), batch_first=True, progress=False)
     with pytest.raises(ValueError, match="validation batch 3 has 2 sequences after one of 4"):
         tr.fit(DataLoader(ds, batch_size=4, drop_last=True), val_data=DataLoader(ds, batch_size=4))
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False)
+    tr = Trainer(model, sgd(model), batch_first=True, progress=False)
     assert tr.fit(DataLoader(ds, batch_size=4, drop_last=True))["step"] == 2
-    tr = Trainer(model, _sgd(model), batch_first=True, progress=False, carry_state=False)
+    tr = Trainer(model, sgd(model), batch_first=True, progress=False, carry_state=False)
     assert tr.fit(DataLoader(ds, batch_size=4), val_data=DataLoader(ds, batch_size=4))["step"] == 3
 
 
@@ -220,12 +216,12 @@ def test_a_stateful_model_must_return_output_and_state(T, k1):
     else "too many values to unpack". Now a TypeError names the protocol and stateful=False."""
     model = _OutputOnly()
     data = [(torch.randn(T, 3), torch.randn(T, 3))]
-    tr = Trainer(model, _sgd(model), loss_fn=_mse, max_steps=1, tbptt_k1=k1, progress=False)
+    tr = Trainer(model, sgd(model), loss_fn=_mse, max_steps=1, tbptt_k1=k1, progress=False)
     got = rf"expects \(output, new_state\), got a tensor of shape \({k1 or T}, 3\)"  # (k1: a window's)
     with pytest.raises(TypeError, match=got):
         tr.fit(data)
     # the same model with stateful=False trains
-    Trainer(model, _sgd(model), loss_fn=_mse, max_steps=1, stateful=False, progress=False).fit(data)
+    Trainer(model, sgd(model), loss_fn=_mse, max_steps=1, stateful=False, progress=False).fit(data)
 
 
 def test_a_model_returning_its_state_under_stateful_false_is_named():
@@ -233,7 +229,7 @@ def test_a_model_returning_its_state_under_stateful_false_is_named():
     default loss with "'tuple' object has no attribute 'shape'", naming neither the protocol nor
     stateful=True. lm_loss now says what it got and what it expects."""
     model = TinyLM()
-    tr = Trainer(model, _sgd(model), stateful=False, max_steps=1, progress=False)
+    tr = Trainer(model, sgd(model), stateful=False, max_steps=1, progress=False)
     with pytest.raises(TypeError, match=r"logits \(a tensor\), got a tuple of 2 items.*stateful=True"):
         tr.fit(bptt_batches(tokens(100), 2, 5))
     with pytest.raises(TypeError, match="got a list of 1 item;"):
@@ -250,6 +246,6 @@ def test_evaluate_lm_and_step_fn_results_are_checked():
         evaluate_lm(LMOutputOnly(), tokens(40), 2, 2)
     model = TinyLM()
     step_fn = lambda m, b, s: lm_loss(m(b[0])[0], b[1])  # noqa: E731  (the loss alone, no state)
-    tr = Trainer(model, _sgd(model), step_fn=step_fn, max_steps=1, progress=False)
+    tr = Trainer(model, sgd(model), step_fn=step_fn, max_steps=1, progress=False)
     with pytest.raises(TypeError, match=r"must return \(loss, new_state\), got a tensor of shape \(\)"):
         tr.fit(bptt_batches(tokens(100), 2, 5))
