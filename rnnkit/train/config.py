@@ -67,7 +67,26 @@ class TrainConfig:
     device: str | torch.device | None = None  # None: where the model's parameters are; kept as str
     amp: str | None = None  # mixed precision: "bf16" or "fp16" autocast of the forward (precision.py)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A setting assigned after creation (``trainer.config.max_steps = 6``) is checked (and
+        stored) as at creation: ``"7"`` or ``-1`` was taken and failed mid-run, or never stopped.
+        The whole config is checked again (the same checks, the pairs' too); on an error the
+        setting keeps its old value."""
+        if name not in self.__dataclass_fields__ or not self.__dict__.get("_checked"):
+            object.__setattr__(self, name, value)  # __init__, or __post_init__'s own stores
+            return
+        old = getattr(self, name)
+        object.__setattr__(self, name, value)
+        try:
+            self.__post_init__()
+        except BaseException:
+            object.__setattr__(self, name, old)
+            object.__setattr__(self, "_checked", True)
+            raise
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_checked", False)  # its stores (numpy's as int, ...) are not checked again
+
         def positive(name: str) -> None:
             v = getattr(self, name)
             if v is not None and not v > 0:  # NaN too: a budget that never ends, NaN gradients
@@ -152,6 +171,7 @@ class TrainConfig:
             )
         if self.save_best and self.out_dir is None:
             raise ValueError("save_best=True needs out_dir (where out_dir/best goes), got None")
+        object.__setattr__(self, "_checked", True)  # from now on, an assigned setting is checked
 
     def check_unvalidated(self, scheduler: Any = None) -> None:
         """Raise a ``ValueError`` naming the settings that act on validations alone (``patience``,

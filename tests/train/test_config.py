@@ -2,6 +2,7 @@
 number given a numpy scalar or a device given a ``torch.device``."""
 
 import dataclasses
+import re
 from fractions import Fraction
 
 import numpy as np
@@ -73,3 +74,30 @@ def test_numpy_numbers_and_a_torch_device_are_stored_as_json(tmp_path, kw):
 def test_device_must_be_a_str_or_a_torch_device():
     with pytest.raises(ValueError, match=r"^device must be a str or torch.device or None, got 0$"):
         TrainConfig(device=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "bad", "msg"),
+    [
+        ("max_steps", "7", "max_steps must be an int, got '7'"),
+        ("max_steps", -1, "max_steps must be > 0 or None, got -1"),
+        ("keep_last", 0, "keep_last must be >= 1, got 0"),
+        ("nt_asgd", "no", "nt_asgd must be a bool, got 'no'"),
+        ("checkpoint_every", 5, "checkpoint_every=5 needs out_dir (where the checkpoints go), got None"),
+    ],
+)
+def test_a_setting_assigned_later_is_checked_as_at_creation(name, bad, msg):
+    """The checks ran at creation alone: trainer.config.max_steps = "7" (or -1) was taken and failed
+    mid-run (or never stopped). An assigned setting gets the same error and keeps its old value."""
+    cfg = TrainConfig()
+    old = getattr(cfg, name)
+    with pytest.raises(ValueError, match=f"^{re.escape(msg)}$"):
+        setattr(cfg, name, bad)
+    assert getattr(cfg, name) == old and cfg == TrainConfig()
+
+
+def test_a_setting_assigned_later_is_stored_as_at_creation():
+    cfg = TrainConfig()
+    cfg.max_steps, cfg.clip_norm, cfg.device = np.int64(6), np.float32(0.5), torch.device("cpu")
+    assert (cfg.max_steps, cfg.clip_norm, cfg.device) == (6, 0.5, "cpu")
+    assert (type(cfg.max_steps), type(cfg.clip_norm)) == (int, float)
