@@ -129,6 +129,12 @@ class TrainConfig:
         if self.device is not None:  # a torch.device as well: stored as str, as out_dir
             if not isinstance(self.device, (str, torch.device)):
                 raise ValueError(f"device must be a str or torch.device or None, got {self.device!r}")
+            try:  # "" was taken for None (the model's device); a misspelt one failed in Trainer alone
+                torch.device(self.device)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"device must name a device ('cpu', 'cuda:0') or be None, got {self.device!r}: {e}"
+                ) from None
             self.device = str(self.device)
         if not 0 <= self.min_delta < math.inf:  # a negative one counted worse validations as the best
             raise ValueError(f"min_delta must be a finite number >= 0, got {self.min_delta}")

@@ -75,7 +75,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if step_fn is not None and cfg.tbptt_k1 is not None:
             raise ValueError("tbptt_k1 splits batches for the default step; not with step_fn")
         self.raw_model = model  # the bare module: evaluation, averaging, checkpoints
-        self.device = torch.device(cfg.device) if cfg.device else _model_device(model)
+        self.device = torch.device(cfg.device) if cfg.device is not None else _model_device(model)
         model.to(self.device)
         if dist.is_distributed() and not isinstance(model, DistributedDataParallel):
             ids = [self.device] if self.device.type == "cuda" else None

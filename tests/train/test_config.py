@@ -101,3 +101,16 @@ def test_a_setting_assigned_later_is_stored_as_at_creation():
     cfg.max_steps, cfg.clip_norm, cfg.device = np.int64(6), np.float32(0.5), torch.device("cpu")
     assert (cfg.max_steps, cfg.clip_norm, cfg.device) == (6, 0.5, "cpu")
     assert (type(cfg.max_steps), type(cfg.clip_norm)) == (int, float)
+
+
+@pytest.mark.parametrize("bad", ["", " ", "cpu ", "gpu"])
+def test_device_must_name_a_device(bad):
+    """device="" was taken for None: the trainer ran on the model's device without a word (a
+    misspelt name failed in Trainer alone, with torch's RuntimeError)."""
+    with pytest.raises(
+        ValueError, match=rf"^device must name a device \('cpu', 'cuda:0'\) or be None, got {bad!r}: "
+    ):
+        TrainConfig(device=bad)
+    model = TinyLM()
+    with pytest.raises(ValueError, match="^device must name a device"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), device=bad)
