@@ -17,11 +17,14 @@ import csv
 import io
 import json
 import logging
+import numbers
 import os
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from rnnkit.train.plots import plot_loss_curve
 from rnnkit.train.strictjson import (  # noqa: F401 - re-exported: their public path was this module
@@ -250,6 +253,15 @@ def tensorboard_available() -> bool:
     return True
 
 
+def _scalar(v: Any) -> float | None:
+    """``v`` as a TensorBoard scalar: a real number (numpy's too; a bool as 0 or 1) or a 0-d real
+    tensor as a float; ``None`` for anything else (a str, ``None``), which has no curve. (Only
+    Python's numbers were taken: a callback's ``np.float32`` or tensor metric was left out silently.)"""
+    if isinstance(v, torch.Tensor):
+        return float(v) if v.dim() == 0 and not v.is_complex() else None
+    return float(v) if isinstance(v, numbers.Real) else None
+
+
 class TensorBoardLogger(Callback):
     """Scalars to TensorBoard. Raises ``ImportError`` with a hint when it is not installed;
     the trainer only adds it when :func:`tensorboard_available`. The writer (which creates its
@@ -257,7 +269,9 @@ class TensorBoardLogger(Callback):
     there must leave nothing in it; it closes at fit's end. It opens with ``purge_step`` at the
     trainer's step: a resumed run hides the stopped run's points from there on, a new one (step 0,
     or going on from another directory's checkpoint, whose ``history`` it writes) all the points
-    of an earlier run in ``log_dir``. Every point shows once, as in ``metrics.jsonl``."""
+    of an earlier run in ``log_dir``. Every point shows once, as in ``metrics.jsonl``. A row's values
+    but ``split``, ``step`` and ``epoch`` are its scalars (``split/key``): numbers, numpy's and 0-d
+    tensors as floats; others (a str, ``None``) are left out."""
 
     def __init__(self, log_dir: str | os.PathLike) -> None:
         try:
@@ -291,8 +305,9 @@ class TensorBoardLogger(Callback):
         if self.writer is None:
             return
         for k, v in logs.items():
-            if k not in ("split", "step", "epoch") and isinstance(v, (int, float)):
-                self.writer.add_scalar(f"{logs['split']}/{k}", v, logs["step"])
+            value = _scalar(v)
+            if k not in ("split", "step", "epoch") and value is not None:
+                self.writer.add_scalar(f"{logs['split']}/{k}", value, logs["step"])
 
     def on_log(self, trainer: Trainer, logs: dict[str, Any]) -> None:
         self._write(logs)

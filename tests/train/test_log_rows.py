@@ -1,11 +1,14 @@
 """The training rows (Trainer.history, metrics.jsonl/.csv, TensorBoard): plain numbers."""
 
 import csv
+import sys
+import types
 
+import numpy as np
 import torch
 
 from rnnkit.data import bptt_batches
-from rnnkit.train import Trainer, read_metrics
+from rnnkit.train import Callback, TensorBoardLogger, Trainer, read_metrics
 
 from .models import TinyLM, tokens
 
@@ -26,3 +29,39 @@ def test_a_tensor_learning_rate_is_logged_as_a_float(tmp_path):
     assert [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl")] == lrs
     with open(tmp_path / "metrics.csv", newline="") as f:
         assert [float(r["lr"]) for r in csv.DictReader(f)] == lrs
+
+
+def test_tensorboard_logs_numpy_and_tensor_scalars_as_floats(tmp_path, monkeypatch):
+    """A callback's metric given as a numpy scalar or a 0-d tensor was left out of TensorBoard
+    without a word (only Python's int and float were taken): it is logged as a float; a str,
+    None and a tensor of more than one value have no curve and are left out as before."""
+    shown = []
+
+    class SummaryWriter:  # torch.utils.tensorboard's (tensorboard may not be installed)
+        def __init__(self, log_dir, purge_step=None): ...
+
+        def add_scalar(self, tag, value, step):
+            shown.append((tag, step, value))
+
+        def flush(self): ...
+
+        def close(self): ...
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+
+    class Metrics(Callback):  # before the logger: its values are in the row the logger gets
+        def on_log(self, trainer, logs):
+            logs.update(f32=np.float32(0.5), i64=np.int64(3), t=torch.tensor(0.25), t2=torch.ones(2),
+                        name="x", none=None)  # fmt: skip
+
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=1, log_every=1,
+                 callbacks=[Metrics(), TensorBoardLogger(tmp_path)], progress=False)  # fmt: skip
+    tr.fit(bptt_batches(tokens(100), 2, 5))
+    got = {tag: v for tag, step, v in shown if step == 1}
+    assert {k: got.get(f"train/{k}") for k in ("f32", "i64", "t")} == {"f32": 0.5, "i64": 3.0, "t": 0.25}
+    assert all(type(v) is float for v in got.values())
+    assert not {"train/t2", "train/name", "train/none"} & got.keys()
+    assert got["train/lr"] == 0.5 and "train/seq_len" in got
