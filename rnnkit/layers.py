@@ -240,6 +240,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             if unbatched:
                 x = x.unsqueeze(1)
             batch = x.shape[0] if (self.batch_first and not unbatched) else x.shape[1]
+        _checks.check_real_relu(self.cells, x)
         if unbatched:  # time-major (L, 1, H_in) from here on, whatever batch_first says
             batch_first = False
         else:

@@ -68,3 +68,18 @@ def test_complex_fused_is_refused_in_words(family):
     m = family(3, 4, impl="fused").to(torch.complex128)  # converted after construction
     with pytest.raises(rnnkit.RecurrentInputError, match="complex128"):
         m(torch.randn(5, 2, 3, dtype=torch.complex128))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: rnnkit.RNN(3, 4, nonlinearity="relu", dtype=C),
+        lambda: rnnkit.RNNCell(3, 4, nonlinearity="relu", dtype=C),
+    ],
+)
+def test_complex_relu_refused_in_words_as_torch_nn_refuses(build):
+    x = torch.randn(2, 3, dtype=C)
+    with pytest.raises(NotImplementedError):  # torch.nn: "clamp is not supported for complex types"
+        torch.nn.RNN(3, 4, nonlinearity="relu", dtype=C)(x)
+    with pytest.raises(TypeError, match=r"nonlinearity='relu' is not defined for complex.*complex128"):
+        build()(x)
