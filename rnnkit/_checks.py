@@ -72,6 +72,17 @@ def check_like(x: Tensor, ref: Tensor, what: str) -> None:
         fail(f"{what} is on {x.device} but the parameters are on {ref.device}")
 
 
+def check_real_relu(cells: Sequence[object], x: Tensor) -> None:
+    """ReLU orders numbers, so complex ``x`` with a ``nonlinearity="relu"`` cell is refused, as
+    torch.nn's RNN and RNNCell refuse it, in words (theirs, "clamp is not supported for complex
+    types", named neither the option nor the dtype)."""
+    if x.is_complex() and any(getattr(c, "nonlinearity", None) == "relu" for c in cells):
+        raise RecurrentDtypeError(
+            f"nonlinearity='relu' is not defined for complex numbers, got input of dtype {x.dtype}; "
+            "use nonlinearity='tanh' or a real dtype"
+        )
+
+
 def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim: int | None = None) -> None:
     """``batch_dim``: the batch dimension of a batched dense input (a layer's or a cell's), which
     may be empty, as torch.nn allows (empty outputs and states); zero time steps never are."""

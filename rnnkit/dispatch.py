@@ -22,9 +22,10 @@ CPU when the compiled kernels are available and for batch norm on CUDA, else the
 whole; under ``torch.onnx.export`` torch's kernels for standard configurations, else the loop
 (ONNX has no translation of the custom ops), and under ``torch.jit.trace`` or ``torch.autocast``
 torch's kernels for standard ones (the layer runs the other paths in its parameters' dtype,
-autocast off). A layer built with ``impl="loop"`` (or ``"torch"``) forces one, which is how
-tests compare the paths; a forced ``impl="fused"`` is traced and exported as ``"auto"`` is (the
-fused ops never are).
+autocast off). Complex data never takes the fused path (its BPTT is real): torch's kernels for
+standard configurations, else the loop. A layer built with ``impl="loop"`` (or ``"torch"``)
+forces one, which is how tests compare the paths; a forced ``impl="fused"`` is traced and
+exported as ``"auto"`` is (the fused ops never are).
 
 The linear scan of the parallel-in-time layers (:func:`rnnkit.ops.linear_scan`) asks
 :func:`select_scan` here too: the compiled CPU kernel, its pure-PyTorch loop, the Triton
@@ -103,6 +104,18 @@ def check_impl_possible(module) -> None:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
         _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
+    check_fused_dtype(module, module._ref.dtype)
+
+
+def check_fused_dtype(module, dtype: torch.dtype) -> None:
+    """A forced ``impl="fused"`` on complex parameters (or input) is a ``TypeError``: the fused
+    kernels' BPTT is real (no conjugates), so their gradients were wrong, silently; torch's
+    kernels and the loop take complex numbers as torch.nn does."""
+    if module.impl == "fused" and dtype.is_complex:
+        raise _checks.RecurrentDtypeError(
+            f"impl='fused' has no kernel for complex dtypes (its backward is real-valued), got {dtype}; "
+            "build the layer with impl='auto', 'torch' or 'loop'"
+        )
 
 
 def fused_supported(module) -> bool:
@@ -196,10 +209,12 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         if _exporting():
             return _export_impl(module)
         mode = torch_mode(module)
-        if torch.compiler.is_compiling() and fused_supported(module):
+        if torch.compiler.is_compiling() and fused_supported(module) and not x.is_complex():
             return "fused"  # one custom op per direction: no graph break (torch's RNNs break)
         if _plain_ops_needed():  # torch.func transforms, forward-mode AD: no custom autograd node
             return "loop"
+        if x.is_complex():  # the fused kernels' backward is real-valued (check_fused_dtype)
+            return "torch" if mode else "loop"
         if mode and _checks.autocast_on(x.device.type):
             return "torch"  # autocast's own rules for torch's RNN ops, exactly as torch.nn
         if fused_by_default(module, x, mode, packed):
@@ -222,6 +237,7 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
         _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
+    check_fused_dtype(module, x.dtype)
     if module.impl == "fused" and _exporting():
         return _export_impl(module)  # never the fused ops, as for impl="auto"
     if module.impl == "fused" and _plain_ops_needed() and not torch.compiler.is_compiling():

@@ -231,7 +231,9 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         if packed:
             x, batch_sizes, sorted_idx, unsorted_idx = input
             _checks.check_input(x, self.input_size, True, self._ref)
-            batch, unbatched = _checks.check_packed(input), False
+            # (under vmap, lengths= packs a batched batch_sizes: check_packed cannot read it)
+            with dispatch.packing("packed input and lengths= are"):
+                batch, unbatched = _checks.check_packed(input), False
         else:
             x = _checks.check_tensor(input, "input")
             batch_dim = (0 if self.batch_first else 1) if x.dim() == 3 else None  # may be empty
@@ -240,6 +242,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             if unbatched:
                 x = x.unsqueeze(1)
             batch = x.shape[0] if (self.batch_first and not unbatched) else x.shape[1]
+        _checks.check_real_relu(self.cells, x)
         if unbatched:  # time-major (L, 1, H_in) from here on, whatever batch_first says
             batch_first = False
         else:

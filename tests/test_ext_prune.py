@@ -197,3 +197,53 @@ def test_a_build_pruned_as_a_builder_starts_is_made_anew(tmp_path, monkeypatch, 
         with pytest.raises(BlockingIOError):  # the lock held is the new folder's
             fcntl.flock(g, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert pruned
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts the open files in /proc/self/fd")
+@pytest.mark.parametrize("where", ["flock", "stat"])
+def test_an_interrupt_or_error_while_locking_closes_the_lock_file(tmp_path, monkeypatch, where):
+    """A KeyboardInterrupt in the blocking flock wait, or an error other than FileNotFoundError in
+    the check that the locked file is still the folder's, left the lock file open (until the GC)."""
+    d = tmp_path / "torch2.0.0-py39-aaaaaaaaaaaa"
+    if where == "flock":
+
+        def flock(f, op):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(fcntl, "flock", flock)
+        raised: type[BaseException] = KeyboardInterrupt
+    else:
+
+        def is_at(f, path):
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(ext, "_is_at", is_at)
+        raised = PermissionError
+    before = _open_fds()
+    with pytest.raises(raised), ext.build_lock(d):
+        pytest.fail("the block ran")  # pragma: no cover
+    assert _open_fds() == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts the open files in /proc/self/fd")
+def test_a_folder_pruned_at_every_lock_is_an_os_error(tmp_path, monkeypatch):
+    """A folder removed each time its lock was taken: after the last retry the builder went on
+    holding the lock of a removed file (and built into a folder a prune was removing); now an
+    OSError names it (the loaders then run the pure kernels), with no file left open."""
+    d = tmp_path / "torch2.0.0-py39-aaaaaaaaaaaa"
+    flock, tries = fcntl.flock, []
+
+    def pruned_flock(f, op):
+        flock(f, op)
+        tries.append(d.rename(tmp_path / f"trash{len(tries)}"))  # (a prune, as the lock is taken)
+
+    monkeypatch.setattr(fcntl, "flock", pruned_flock)
+    before = _open_fds()
+    with pytest.raises(OSError, match=f"build folder {d} was removed while waiting for its lock, 5 times"):
+        with ext.build_lock(d):
+            pytest.fail("the block ran")  # pragma: no cover
+    assert len(tries) == ext._LOCK_TRIES and _open_fds() == before

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.func import functional_call, grad, jacrev, vmap
+from torch.func import functional_call, grad, jacrev, jvp, vmap
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit import dispatch
@@ -89,3 +90,32 @@ def test_forced_fused_path_refuses_transforms_clearly():
     m = rnnkit.GRU(3, 4, impl="fused")
     with pytest.raises(ValueError, match="impl='fused' cannot run inside torch.func"):
         grad(lambda v: m(v)[0].sum())(torch.randn(5, 2, 3))
+
+
+TRANSFORM_CALLS = {  # (as tests/parallel/test_transforms.py's, which imports this file)
+    "vmap-lengths": lambda m, x, lengths: vmap(lambda x: m(x, lengths=lengths)[0])(x.unsqueeze(0)),
+    "grad-lengths": lambda m, x, lengths: grad(lambda x: m(x, lengths=lengths)[0].sum())(x),
+    "jvp-lengths": lambda m, x, lengths: jvp(lambda x: m(x, lengths=lengths)[0], (x,), (x,)),
+    "vmap-packed": lambda m, x, lengths: vmap(lambda x: m(pack_padded_sequence(x, lengths))[0].data)(
+        x.unsqueeze(0)
+    ),
+}
+
+
+@pytest.mark.parametrize("call", TRANSFORM_CALLS)
+@pytest.mark.parametrize(
+    ("name", "kw"), [("GRU", {}), ("LSTM", {"num_layers": 2}), ("RNN", {"bidirectional": True})]
+)
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's fallback for packing
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's jvp
+def test_lengths_and_packed_input_under_transforms_say_why(name, kw, call):
+    """As the parallel layers (tests/parallel/test_transforms.py): under vmap, lengths= packs a
+    batched batch_sizes, which the packed input's check read in torch's words ("Cannot access
+    data pointer of Tensor that doesn't have storage"). Now rnnkit's, as in the other transforms;
+    outside them the calls run as before."""
+    m = getattr(rnnkit, name)(3, 4, **kw)
+    x, lengths = torch.randn(5, 2, 3), torch.tensor([5, 3])
+    with pytest.raises(ValueError, match="not supported inside torch.func transforms .* or forward-mode AD"):
+        TRANSFORM_CALLS[call](m, x, lengths)
+    want = m(x, lengths=lengths)[0]
+    torch.testing.assert_close(pad_packed_sequence(m(pack_padded_sequence(x, lengths))[0])[0], want)

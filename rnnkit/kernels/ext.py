@@ -100,6 +100,9 @@ def _ensure_ninja_on_path() -> None:
                 break
 
 
+_LOCK_TRIES = 5  # build_lock's tries at a folder that a prune removes as it is locked
+
+
 @contextlib.contextmanager
 def build_lock(d: Path) -> Iterator[None]:
     """Hold an exclusive OS lock on the build directory ``d`` (``d/rnnkit.flock``) for the block.
@@ -110,7 +113,9 @@ def build_lock(d: Path) -> Iterator[None]:
     ``flock`` dies with its holder, and every rnnkit build holds it around ``load``, so whoever
     holds it knows that a ``lock`` there is stale and removes it. Without ``fcntl`` (Windows):
     torch's file alone. ``d`` is made if missing, and made anew if :func:`prune` removed it while
-    we waited for its lock (we then held the lock of a removed file) or before we opened it."""
+    we waited for its lock (we then held the lock of a removed file) or before we opened it; after
+    :data:`_LOCK_TRIES` such removals an ``OSError`` (the loaders then run the pure kernels). The
+    lock file is closed on every way out (an interrupt in the wait too), not left to the GC."""
     try:
         import fcntl
     except ImportError:
@@ -120,23 +125,33 @@ def build_lock(d: Path) -> Iterator[None]:
         d.mkdir(parents=True, exist_ok=True)
         yield
         return
-    for attempt in range(5):  # (a new directory is no prune's: the retry is for a rare race)
+    for attempt in range(_LOCK_TRIES):  # (a new directory is no prune's: the retry is for a rare race)
         try:
             d.mkdir(parents=True, exist_ok=True)
             f = open(d / "rnnkit.flock", "a")
         except (FileNotFoundError, FileExistsError):  # a prune renamed d away between the mkdir and
-            if attempt == 4:  # the open, or within the mkdir (exist_ok's check then found no folder)
+            if attempt == _LOCK_TRIES - 1:  # the open, or within the mkdir (exist_ok's check: no folder)
                 raise
             continue
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
-        except OSError:  # a file system without locks (some NFS mounts): torch's file alone
-            locked = False
-        else:
-            locked = True
-        if not locked or _is_at(f, d / "rnnkit.flock") or attempt == 4:
+        try:  # the file closed on every way out but the lock held (a Ctrl-C in the wait, a failed stat)
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or its process dies
+            except OSError:  # a file system without locks (some NFS mounts): torch's file alone
+                locked = False
+            else:
+                locked = True
+            held = not locked or _is_at(f, d / "rnnkit.flock")
+        except BaseException:
+            f.close()
+            raise
+        if held:
             break
-        f.close()
+        f.close()  # the lock of a removed file: none of d's
+    else:  # (each try locked a file that a prune removed meanwhile: building there would race it)
+        raise OSError(
+            f"the build folder {d} was removed while waiting for its lock, {_LOCK_TRIES} times "
+            "in a row (a prune of old builds in another process?); not building there"
+        )
     with f:
         if locked:
             (d / "lock").unlink(missing_ok=True)

@@ -1,0 +1,85 @@
+"""Complex dtypes on the drop-in layers: torch.nn's GRU/LSTM/RNN(tanh) run complex64/complex128,
+so rnnkit's give torch's numbers there (its kernels or the loop), and refuse in words what cannot
+(the fused kernels, whose BPTT is real) or what torch.nn refuses too (ReLU: no order on C)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import rnnkit
+
+from .conftest import flat, make_pair
+
+C = torch.complex128
+CONFIGS = [
+    ("GRU", {}),
+    ("LSTM", {}),
+    ("RNN_TANH", {}),
+    ("GRU", {"num_layers": 2, "bidirectional": True}),
+    ("LSTM", {"proj_size": 2, "batch_first": True}),
+    ("RNN_TANH", {"bias": False}),
+]
+
+
+def _loss(out):
+    # a real loss of complex outputs that reaches both parts (Wirtinger gradients: torch's convention)
+    return sum((t.abs() ** 2).sum() + t.real.sum() for t in flat(out))
+
+
+@pytest.mark.parametrize("mode, kw", CONFIGS)
+@pytest.mark.parametrize("impl", ["auto", "torch", "loop"])
+@pytest.mark.parametrize("packed", [False, True])
+def test_complex_layers_equal_torch_nn(mode, kw, impl, packed):
+    a, b = make_pair(mode, 3, 4, impl=impl, dtype=C, **kw)
+    # (torch's pack_padded_sequence has no complex derivative: the packed input takes none)
+    x = torch.randn(5, 3, 3, dtype=C, requires_grad=not packed)
+    lengths = [3, 3, 2, 2, 1] if kw.get("batch_first") else [5, 3, 2]
+    inp = pack_padded_sequence(x, lengths, kw.get("batch_first", False)) if packed else x
+    out_a, out_b = a(inp), b(inp)
+    for u, v in zip(flat(out_a), flat(out_b), strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+    wrt = ([] if packed else [x]) + list(a.parameters())
+    ga = torch.autograd.grad(_loss(out_a), wrt)
+    gb = torch.autograd.grad(_loss(out_b), ([] if packed else [x]) + list(b.parameters()))
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_auto_never_takes_the_fused_kernels(dtype):
+    # recurrent dropout and zoneout run on the fused kernels in real dtypes: complex, on the loop
+    m = rnnkit.GRU(3, 4, dtype=dtype, zoneout=0.1)
+    assert rnnkit.dispatch.select(m, torch.randn(5, 2, 3, dtype=dtype)) == "loop"
+    m = rnnkit.GRU(3, 4, dtype=dtype)
+    assert rnnkit.dispatch.select(m, torch.randn(5, 2, 3, dtype=dtype)) == "torch"
+
+
+@pytest.mark.filterwarnings("ignore:Complex modules are a new feature")  # (torch's, on .to(complex))
+@pytest.mark.parametrize("family", [rnnkit.GRU, rnnkit.LSTM, rnnkit.RNN])
+def test_complex_fused_is_refused_in_words(family):
+    with pytest.raises(TypeError, match=r"impl='fused' has no kernel for complex dtypes.*complex64"):
+        family(3, 4, dtype=torch.complex64, impl="fused")
+    m = family(3, 4, dtype=torch.complex64)
+    with pytest.raises(TypeError, match="complex64"):
+        m.impl = "fused"
+    assert m.impl == "auto"
+    m = family(3, 4, impl="fused").to(torch.complex128)  # converted after construction
+    with pytest.raises(rnnkit.RecurrentInputError, match="complex128"):
+        m(torch.randn(5, 2, 3, dtype=torch.complex128))
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: rnnkit.RNN(3, 4, nonlinearity="relu", dtype=C),
+        lambda: rnnkit.RNNCell(3, 4, nonlinearity="relu", dtype=C),
+    ],
+)
+def test_complex_relu_refused_in_words_as_torch_nn_refuses(build):
+    x = torch.randn(2, 3, dtype=C)
+    with pytest.raises(NotImplementedError):  # torch.nn: "clamp is not supported for complex types"
+        torch.nn.RNN(3, 4, nonlinearity="relu", dtype=C)(x)
+    with pytest.raises(TypeError, match=r"nonlinearity='relu' is not defined for complex.*complex128"):
+        build()(x)
