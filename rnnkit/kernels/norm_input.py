@@ -132,12 +132,13 @@ def _check_groups(stats: list[tuple[str, Tensor, Tensor]], rms: list[Tensor], rv
     backend is chosen by one tensor (:func:`_ext_update`), the C++ op's error names no group, and
     the PyTorch update would update the groups before a bad one and then fail."""
     ref = stats[0][1]
+    dtype, device = ref.dtype, ref.device
     for (grp, mean, var), rm, rv in zip(stats, rms, rvs, strict=True):
-        named = ((f"running_mean_{grp}", rm), (f"running_var_{grp}", rv), ("mean", mean), ("var", var))
-        for name, t in named:
-            if t.device != ref.device or t.dtype != ref.dtype:
+        for i, t in enumerate((rm, rv, mean, var)):
+            if t.dtype is not dtype or t.device != device:  # (names built on an error only: a hot path)
+                name = (f"running_mean_{grp}", f"running_var_{grp}", "mean", "var")[i]
                 raise ValueError(
-                    f"update_running_groups: group {grp!r}: {name} must be {ref.dtype} on {ref.device} (as "
+                    f"update_running_groups: group {grp!r}: {name} must be {dtype} on {device} (as "
                     f"group {stats[0][0]!r}'s step mean), got {t.dtype} on {t.device}"
                 )
 
