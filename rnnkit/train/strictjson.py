@@ -16,10 +16,31 @@ from typing import Any
 __all__ = ["strict_row", "restore_row", "strict_record", "restore_record", "metrics_line", "read_metrics"]
 
 
+def _plain(v: Any) -> Any:
+    """A numpy scalar or a one-value (0-d) array or tensor as the Python number it holds (a
+    callback's metric, ``acc.mean()``: ``json`` refuses them, and ``metrics.jsonl`` and the
+    checkpoint's history failed at the row, ending the run); a subclass of float or int (numpy's
+    float64) as its plain value (the ``repr`` of its NaN, ``np.float64(nan)``, read back as no
+    float); anything else as it is."""
+    if v is None or type(v) in (bool, int, float, str) or isinstance(v, (str, dict, list, tuple)):
+        return v
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, float):
+        return float(v)
+    if isinstance(v, int):
+        return int(v)
+    if getattr(v, "ndim", None) == 0 and callable(getattr(v, "item", None)):
+        return v.item()
+    return v
+
+
 def strict_row(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` (a flat dict) as strict JSON takes it (bare ``NaN``/``Infinity`` tokens are Python's
-    alone: jq and JavaScript refuse them): each non-finite float ``None`` and named in
-    ``"nonfinite"`` by its ``repr`` (``"nan"``, ``"inf"``, ``"-inf"``); :func:`restore_row` undoes it."""
+    alone: jq and JavaScript refuse them): numpy scalars and 0-d tensors as Python numbers, each
+    non-finite float ``None`` and named in ``"nonfinite"`` by its ``repr`` (``"nan"``, ``"inf"``,
+    ``"-inf"``); :func:`restore_row` undoes the latter."""
+    row = {k: _plain(v) for k, v in row.items()}
     bad = {k: repr(v) for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
         row = {**{k: None if k in bad else v for k, v in row.items()}, "nonfinite": bad}
@@ -44,10 +65,11 @@ def strict_record(rec: dict, rooted: bool = False) -> dict:
     """``rec`` as strict JSON takes it, like :func:`strict_row` but nested (a study's diverged
     run's ``curve``, a diagnose ``summary.json``): each non-finite float ``None``, named in
     ``"nonfinite"`` by its path (``"metric"``, ``"curve/3/2"``; ``rooted``: ``"/curve/3/2"``)
-    with its ``repr``."""
+    with its ``repr``; numpy scalars and 0-d tensors as Python numbers."""
     bad: dict[str, str] = {}
 
     def walk(v: Any, path: tuple) -> Any:
+        v = _plain(v)
         if isinstance(v, float) and not math.isfinite(v):
             bad[_pointer(path, rooted)] = repr(v)
             return None

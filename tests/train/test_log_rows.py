@@ -65,3 +65,28 @@ def test_tensorboard_logs_numpy_and_tensor_scalars_as_floats(tmp_path, monkeypat
     assert all(type(v) is float for v in got.values())
     assert not {"train/t2", "train/name", "train/none"} & got.keys()
     assert got["train/lr"] == 0.5 and "train/seq_len" in got
+
+
+def test_numpy_and_tensor_metrics_of_a_callback_reach_the_files_as_numbers(tmp_path):
+    """A callback's metric given as a numpy scalar or a 0-d tensor (``acc.mean()``) made
+    metrics.jsonl fail at its row ("Object of type float32 is not JSON serializable") and the
+    checkpoint's history with it, ending the run: the files hold the numbers, the resumed
+    history as well."""
+
+    class Metrics(Callback):
+        def on_log(self, trainer, logs):
+            logs.update(f32=np.float32(0.5), i64=np.int64(3), t=torch.tensor(0.25), nan=np.float64("nan"))
+
+    torch.manual_seed(0)
+    model = TinyLM()
+    kw = dict(max_steps=4, log_every=2, checkpoint_every=2, out_dir=str(tmp_path), progress=False, plot=False,
+              tensorboard=False)  # fmt: skip
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), callbacks=[Metrics()], **kw)
+    tr.fit(bptt_batches(tokens(100), 2, 5))
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert [(r["f32"], r["i64"], r["t"]) for r in rows] == [(0.5, 3, 0.25)] * 2
+    assert all(np.isnan(r["nan"]) for r in rows)
+    again = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), **kw)
+    again.load(tmp_path / "checkpoints")
+    got = [(r["f32"], r["i64"], r["t"]) for r in again.history if r["split"] == "train"]
+    assert got == [(0.5, 3, 0.25)] * 2
