@@ -95,16 +95,17 @@ def torch_mode(module, *, in_eval: bool = False) -> str | None:
     return modes.pop()
 
 
-def check_impl_possible(module) -> None:
+def check_impl_possible(module, dtype: torch.dtype | None = None, in_eval: bool = True) -> None:
     """At construction: ``impl="torch"`` or ``"fused"`` for a configuration that can never run
     there is a ``ValueError`` now, not at the first forward (or, for zoneout in evaluation, a
     forward well into a run). Recurrent dropout with ``impl="torch"`` is refused only in training
-    (in evaluation torch's kernels compute it exactly): :func:`select` checks each call."""
-    if module.impl == "torch" and torch_mode(module, in_eval=True) is None:
+    (in evaluation torch's kernels compute it exactly): :func:`select` checks each call, with the
+    module's mode (``in_eval=False``) and the input's ``dtype`` (the parameters' when ``None``)."""
+    if module.impl == "torch" and torch_mode(module, in_eval=in_eval) is None:
         _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
     if module.impl == "fused" and not fused_supported(module):
         _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
-    check_fused_dtype(module, module._ref.dtype)
+    check_fused_dtype(module, module._ref.dtype if dtype is None else dtype)
 
 
 def check_fused_dtype(module, dtype: torch.dtype) -> None:
@@ -233,11 +234,7 @@ def select(module, x: Tensor, packed: bool = False) -> str:
         if x.is_cuda and batch_norm and fused_supported(module):
             return "fused"
         return "loop"
-    if module.impl == "torch" and torch_mode(module) is None:
-        _checks.fail(f"impl='torch' needs a configuration torch.nn supports; this one is {module!r}")
-    if module.impl == "fused" and not fused_supported(module):
-        _checks.fail(f"impl='fused' has no fused kernel for this configuration yet: {module!r}")
-    check_fused_dtype(module, x.dtype)
+    check_impl_possible(module, x.dtype, in_eval=False)
     if module.impl == "fused" and _exporting():
         return _export_impl(module)  # never the fused ops, as for impl="auto"
     if module.impl == "fused" and _plain_ops_needed() and not torch.compiler.is_compiling():
