@@ -46,7 +46,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks, dispatch
-from ..kernels.ext import building, ext_root, failure, prebuilt, prune, touch_used
+from ..kernels.ext import building, disabled, ext_root, failure, prebuilt, prune, touch_used
 
 log = logging.getLogger(__name__)
 CHUNK = 64
@@ -110,7 +110,7 @@ def load_extension() -> ModuleType | None:
     concurrent builds take turns, a killed builder's lock file is cleared; a finished build in a
     read-only cache is loaded as it is: :func:`~rnnkit.kernels.ext.prebuilt`); ``None`` if the build
     fails (logged once) or ``RNNKIT_NO_EXT=1``."""
-    if os.environ.get("RNNKIT_NO_EXT", "") not in ("", "0"):
+    if disabled():
         return None
     with _ext_lock:
         if "module" not in _ext_state:
