@@ -22,10 +22,8 @@ def _plain(v: Any) -> Any:
     checkpoint's history failed at the row, ending the run); a subclass of float or int (numpy's
     float64) as its plain value (the ``repr`` of its NaN, ``np.float64(nan)``, read back as no
     float); anything else as it is."""
-    if v is None or type(v) in (bool, int, float, str) or isinstance(v, (str, dict, list, tuple)):
+    if v is None or type(v) in (bool, int, float) or isinstance(v, (str, dict, list, tuple)):
         return v
-    if isinstance(v, bool):
-        return bool(v)
     if isinstance(v, float):
         return float(v)
     if isinstance(v, int):
