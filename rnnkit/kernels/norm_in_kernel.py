@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..cells.base import Cell, Params, State
+from ..cells.norm import MOMENTUM
 from . import _common, _gemm
 from .norm import BN_TRAIN, LN
 from .norm_input import update_running_groups
@@ -49,11 +50,26 @@ def run_direction_input(
     args = (x, p["weight_ih"], p[f"weight_{g}_ih"], s_ih, h0[0], h0[1], p["weight_hh"], p.get("weight_hr"),
             mask, zh, zc, *gains, p.get("weight_peephole"))  # fmt: skip
     save = _common.wants_grad(args)
-    out, hn, cn, *stats = _common.run_fn(_InputNormDirection, save, mode, bsz, reverse, save, *args)
-    if mode == BN_TRAIN:
+    running = _running(p, x) if mode == BN_TRAIN else None
+    out, hn, cn, *stats = _common.run_fn(_InputNormDirection, save, mode, bsz, reverse, save, running, *args)
+    if mode == BN_TRAIN and running is None:
         groups = [("hh", *stats[0:2]), ("c", *stats[2:4]), ("ih", *stats[4:6])]
         update_running_groups(p, groups, bsz, reverse)
     return out, (hn, cn)
+
+
+def _running(p: Params, x: Tensor) -> list[Tensor] | None:
+    """The batch-norm groups' running statistics ``[μ_hh, σ²_hh, μ_c, σ²_c, μ_ih, σ²_ih]`` for the
+    kernel to update itself after its loop (the update of :func:`update_running_groups`, without
+    its op call and glue: ~15 us of a small layer's forward); ``None`` where one is not the
+    kernel's contiguous CPU data of ``x``'s dtype: then :func:`update_running_groups` updates
+    them, or names the bad one."""
+    dtype = x.dtype
+    running = [p[f"running_{s}_{g}"] for g in ("hh", "c", "ih") for s in ("mean", "var")]
+    for t in running:
+        if t.dtype is not dtype or not t.is_cpu or not t.is_contiguous():
+            return None
+    return running
 
 
 class _InputNormDirection(torch.autograd.Function):
@@ -65,12 +81,13 @@ class _InputNormDirection(torch.autograd.Function):
     groups (processing order, for the running statistics)."""
 
     @staticmethod
-    def forward(ctx, mode, bsz, reverse, save, x, w_ih, g_ih, s_ih, h0, c0, w_hh, w_hr, mask, zh, zc, g_hh,
-                s_hh, g_c, s_c, w_peep):  # fmt: skip
+    def forward(ctx, mode, bsz, reverse, save, running, x, w_ih, g_ih, s_ih, h0, c0, w_hh, w_hr, mask, zh, zc,
+                g_hh, s_hh, g_c, s_c, w_peep):  # fmt: skip
         x, h0, c0 = x.contiguous(), h0.contiguous(), c0.contiguous()
         res = list(torch.ops.rnnkit_norm.forward(
             "lstm", mode + COL_HPREV, x.new_empty(0), h0, c0, w_hh, None, w_hr, mask, zh, zc, g_hh, s_hh, g_c,
             s_c, None, None, w_peep, x, w_ih, g_ih, s_ih, list(bsz), reverse, _gemm.use_onednn(x), save,
+            running, MOMENTUM,
         ))  # fmt: skip
         # after the recurrent groups' tensors, the input group's: x̂ and 1/σ (a row's, a step's
         # column's) with `save`, then batch norm's per-step μ and σ²
@@ -94,7 +111,7 @@ class _InputNormDirection(torch.autograd.Function):
         g = _backward(ctx, (dout, dhn, dcn), backward_impl, all_saved)  # in fused_norm_direction's order
         x, w_ih, g_ih, s_ih, *ih = all_saved[-ctx.n_extra :]
         need = ctx.needs_input_grad
-        want = [need[4] or need[5], need[6], need[7] and s_ih is not None]
+        want = [need[5] or need[6], need[7], need[8] and s_ih is not None]
         xh, rs = ih
         if ctx.mode == LN:
             da, dg, ds = torch.ops.rnnkit_norm.ln_input_backward(g[2], xh, rs, g_ih, s_ih is not None)
@@ -104,8 +121,8 @@ class _InputNormDirection(torch.autograd.Function):
         da, dg, ds = (t if w else None for t, w in zip((da, dg, ds), want))
         dx = dw = None  # da is None when neither x nor W_ih needs a gradient (frozen W_ih, data x)
         if da is not None:
-            dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[4], need[5], False))
-        # inputs: mode, bsz, reverse, save, x, w_ih, g_ih, s_ih, h0, c0, w_hh, w_hr, mask, zh, zc, g_hh,
-        # s_hh, g_c, s_c, w_peep
-        return (None, None, None, None, dx, dw, dg, ds, g[3], g[4], g[5], g[7], None, None, None, g[11],
+            dx, dw, _ = _gemm.linear_grads(da, x, w_ih, False, (need[5], need[6], False))
+        # inputs: mode, bsz, reverse, save, running, x, w_ih, g_ih, s_ih, h0, c0, w_hh, w_hr, mask, zh, zc,
+        # g_hh, s_hh, g_c, s_c, w_peep
+        return (None, None, None, None, None, dx, dw, dg, ds, g[3], g[4], g[5], g[7], None, None, None, g[11],
                 g[12], g[13], g[14], g[17])  # fmt: skip

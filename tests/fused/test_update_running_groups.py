@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
+import rnnkit
 import rnnkit.kernels as K
-from rnnkit.kernels import norm_input
+from rnnkit.kernels import norm_in_kernel, norm_input
 
 
 def _groups(dtype_c=torch.float64, device_c="cpu"):
@@ -65,3 +67,56 @@ def test_matching_groups_are_updated(backend):
     norm_input.update_running_groups(p, stats, [4, 4], reverse=False)
     for grp, mean, _ in stats:
         torch.testing.assert_close(p[f"running_mean_{grp}"][:2], 0.1 * mean)
+
+
+# -- the batch-norm LSTM's kernel updates its running statistics itself -------------------------
+def _bn_pair(seed=0):
+    """A 2-layer bidirectional batch-norm LSTM on the compiled kernels (``max_len`` below ``T``:
+    the last slot is shared) and its reference-loop copy."""
+    torch.manual_seed(seed)
+    m = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, norm="batch", max_len=3, impl="fused")
+    ref = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, norm="batch", max_len=3, impl="loop")
+    ref.load_state_dict(m.state_dict())
+    return m, ref
+
+
+def _packed():  # unsorted lengths: the reverse direction's steps have changing batch sizes
+    x = torch.randn(5, 3, 3, generator=torch.Generator().manual_seed(1))
+    return pack_padded_sequence(x, torch.tensor([3, 5, 2]), enforce_sorted=False)
+
+
+@pytest.mark.skipif(K.ext.ops() is None, reason="needs the compiled kernels")
+def test_the_kernel_updates_the_running_statistics_itself(monkeypatch):
+    """``rnnkit_norm::forward`` given the running statistics updates them after its loop, as
+    :func:`norm_input.update_running_groups` (which the eager layer then does not call) would."""
+    m, ref = _bn_pair()
+
+    def fail(*args):
+        raise AssertionError("update_running_groups called: the kernel did not update the statistics")
+
+    monkeypatch.setattr(norm_in_kernel, "update_running_groups", fail)
+    before = {name: b.clone() for name, b in m.named_buffers()}
+    for _ in range(2):
+        m(_packed())
+        ref(_packed())
+    for (name, b), (_, r) in zip(m.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(b, r, msg=name)
+        assert not torch.equal(b, before[name]), name
+
+
+@pytest.mark.skipif(K.ext.ops() is None, reason="needs the compiled kernels")
+def test_a_buffer_the_kernel_cannot_update_goes_through_update_running_groups(monkeypatch):
+    """A non-contiguous running buffer (or one of another dtype) is not handed to the kernel:
+    ``update_running_groups`` updates the groups (or names the bad one)."""
+    m, ref = _bn_pair()
+    calls = []
+    monkeypatch.setattr(norm_in_kernel, "update_running_groups", lambda *a: calls.append(a) or update(*a))
+    update = norm_input.update_running_groups
+    with torch.no_grad():  # the same values, transposed storage
+        m.running_var_c_l1 = m.running_var_c_l1.t().contiguous().t()
+    assert not m.running_var_c_l1.is_contiguous()
+    m(_packed())
+    ref(_packed())
+    assert len(calls) == 1  # layer 1's forward direction only
+    for (name, b), (_, r) in zip(m.named_buffers(), ref.named_buffers(), strict=True):
+        torch.testing.assert_close(b, r, msg=name)

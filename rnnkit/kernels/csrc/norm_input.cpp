@@ -179,8 +179,11 @@ void update_group(Tensor rm, Tensor rv, const Tensor& mean_, const Tensor& var_,
   });
 }
 
+}  // namespace
+
 // update_group of every group of a direction (its lists' i-th entries), one op call: a call
 // from Python cost ~12 us a group, a third of a small batch-norm LSTM's training overhead.
+// (Also called by rnnkit_norm::forward itself when given the running statistics.)
 void update_running(std::vector<Tensor> rm, std::vector<Tensor> rv, const std::vector<Tensor>& mean,
                     const std::vector<Tensor>& var, std::vector<int64_t> ns, double momentum) {
   TORCH_CHECK(rv.size() == rm.size() && mean.size() == rm.size() && var.size() == rm.size(),
@@ -191,7 +194,6 @@ void update_running(std::vector<Tensor> rm, std::vector<Tensor> rv, const std::v
   for (size_t i = 0; i < rm.size(); ++i) update_group(rm[i], rv[i], mean[i], var[i], ns, momentum);
 }
 
-}  // namespace
 }  // namespace rnnkit_norm
 
 TORCH_LIBRARY_FRAGMENT(rnnkit_norm, m) {

@@ -38,6 +38,9 @@ std::vector<Tensor> backward(std::string kind, int64_t mode, const Tensor& gout,
                              const Tensor& g_hh, bool shift_hh, const OptT& g_c, bool shift_c, const OptT& st_hh,
                              const OptT& st_c, const OptT& w_peep, std::vector<int64_t> batch_sizes, bool reverse,
                              bool onednn);
+// norm_input.cpp: the running statistics of a direction's batch-norm groups after a training call
+void update_running(std::vector<Tensor> rm, std::vector<Tensor> rv, const std::vector<Tensor>& mean,
+                    const std::vector<Tensor>& var, std::vector<int64_t> ns, double momentum);
 namespace {
 
 constexpr double kEps = 1e-5;  // rnnkit.cells.norm.EPS
