@@ -141,6 +141,10 @@ class LockedDropout(nn.Module):
             raise ValueError(
                 f"LockedDropout expects (T, B, F), (B, T, F) or (T, F) input, got {tuple(x.shape)}"
             )
+        if isinstance(x, PackedSequence) and x.data.dim() != 2:  # (N,) got an (N, N) mask, silently
+            raise ValueError(
+                f"LockedDropout expects PackedSequence data (sum(batch_sizes), F), got {tuple(x.data.shape)}"
+            )
         if not self.training or self.p == 0:
             return x
         if isinstance(x, PackedSequence):

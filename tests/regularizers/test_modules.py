@@ -99,6 +99,17 @@ def test_locked_dropout_packed_row_belongs_to_the_sequence(enforce_sorted):
     torch.testing.assert_close(out, dense * valid)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_locked_dropout_refuses_packed_data_that_is_not_2d(training):
+    """Packed (N,) data got the mask (N, N) of its rows, an (N, N) output, silently; (N, A, F) data
+    broadcast the (N, F) mask over its second axis (or failed in a multiply's words)."""
+    ld = rnnkit.LockedDropout(0.5).train(training)
+    for data, shape in ((torch.ones(3, 2), "(5,)"), (torch.ones(3, 2, 6, 4), "(6, 6, 4)")):
+        packed = pack_padded_sequence(data, torch.tensor([3, 2]) if data.dim() == 2 else torch.tensor([3, 3]))
+        with pytest.raises(ValueError, match=re.escape(f"(sum(batch_sizes), F), got {shape}")):
+            ld(packed)
+
+
 # -- EmbeddingDropout ---------------------------------------------------------------------------
 def test_embedding_dropout_drops_whole_rows():
     V, E, p = 500, 8, 0.3
