@@ -35,6 +35,15 @@ def _time_major(output: Tensor, batch_first: bool) -> Tensor:
     return output.transpose(0, 1) if batch_first else output
 
 
+def _check_packed(output: Tensor | PackedSequence, lengths) -> bool:
+    """Whether ``output`` is a ``PackedSequence``; one given with ``lengths`` is a ``ValueError``
+    (its lengths were ignored, silently: the loss counted every packed step)."""
+    packed = isinstance(output, PackedSequence)
+    if packed and lengths is not None:
+        raise ValueError("lengths= is for a padded tensor output; a PackedSequence carries its own lengths")
+    return packed
+
+
 def _check_coef(name: str, v) -> None:
     # a string failed as an indexing error deep in torch, NaN or inf made the whole loss NaN. A
     # 0-d real tensor (an annealed or learned coefficient; an integer one as an int) is taken
@@ -74,7 +83,7 @@ def activation_regularization(
     """AR: ``alpha`` (a finite number) times the mean square of ``output`` over its valid
     elements (a scalar; zero when there is none: an empty batch)."""
     _check_coef("alpha", alpha)
-    if isinstance(output, PackedSequence):
+    if _check_packed(output, lengths):
         return alpha * _mean_square(output.data)
     h = _time_major(output, batch_first)
     valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
@@ -93,7 +102,7 @@ def temporal_activation_regularization(
     """TAR: ``beta`` (a finite number) times the mean square of ``h_t − h_{t−1}`` over consecutive
     valid steps of each sequence (a scalar; zero when no sequence has two steps)."""
     _check_coef("beta", beta)
-    if isinstance(output, PackedSequence):
+    if _check_packed(output, lengths):
         data, bs = output.data, output.batch_sizes
         if len(bs) < 2:
             return data.new_zeros(())

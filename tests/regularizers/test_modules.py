@@ -250,6 +250,15 @@ def test_ar_tar_ignore_padding_and_accept_packed(enforce_sorted):
         losses.tar(torch.randn(3, 4))
 
 
+@pytest.mark.parametrize("loss", [losses.ar, losses.tar])
+def test_ar_tar_refuse_lengths_with_a_packed_output(loss):
+    """A PackedSequence with lengths= ignored the lengths, silently (tar over sequences of one step
+    was not zero): refused, as the layers refuse lengths= with packed input."""
+    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 3, 2]))
+    with pytest.raises(ValueError, match="a PackedSequence carries its own lengths"):
+        loss(packed, lengths=torch.tensor([1, 1, 1]))
+
+
 @pytest.mark.parametrize("lengths", [[7, 4, 4, 1], [6, 4, 0, 1], [6, -1, 4, 1], [6.0, 4.5, 4.0, 1.0]])
 @pytest.mark.parametrize("loss", [losses.ar, losses.tar])
 def test_ar_tar_reject_lengths_outside_the_padded_length(loss, lengths):
