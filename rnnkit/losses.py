@@ -29,6 +29,8 @@ __all__ = ["activation_regularization", "temporal_activation_regularization", "a
 
 
 def _time_major(output: Tensor, batch_first: bool) -> Tensor:
+    if not isinstance(batch_first, bool):  # as LockedDropout's (a true string swaps time and batch)
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
     if not isinstance(output, Tensor) or output.dim() != 3:
         got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(f"expected a 3-D output (T, B, F) or (B, T, F) with batch_first, got {got}")

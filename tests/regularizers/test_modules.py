@@ -259,6 +259,13 @@ def test_ar_tar_refuse_lengths_with_a_packed_output(loss):
         loss(packed, lengths=torch.tensor([1, 1, 1]))
 
 
+@pytest.mark.parametrize("loss", [losses.ar, losses.tar])
+def test_ar_tar_check_batch_first(loss):
+    """batch_first='no' (a true string) took a time-major output as batch-first, silently."""
+    with pytest.raises(TypeError, match="batch_first should be of type bool, got: str"):
+        loss(torch.randn(5, 3, 4), batch_first="no")
+
+
 @pytest.mark.parametrize("lengths", [[7, 4, 4, 1], [6, 4, 0, 1], [6, -1, 4, 1], [6.0, 4.5, 4.0, 1.0]])
 @pytest.mark.parametrize("loss", [losses.ar, losses.tar])
 def test_ar_tar_reject_lengths_outside_the_padded_length(loss, lengths):
