@@ -56,6 +56,8 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     """
     if kind not in KINDS:
         raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
+    # on every branch: torch.rand's returned NaN masks (p = NaN) or rescaled ones (p < 0) silently
+    check_prob("p", p)
     # inside vmap(randomness="different") torch.rand draws one mask per sample; the counter-based
     # generator takes one seed, a Python int, which vmap cannot give per sample
     vmapped = _vmap_per_sample_randomness()

@@ -310,6 +310,19 @@ def test_sample_mask_in_place_torch_rand_branch(dtype, monkeypatch):
     assert torch.equal(regularizers.sample_mask("zoneout", shape, 1.0, like), ones)
 
 
+@pytest.mark.parametrize("p", [-0.5, 1.5, float("nan")])
+def test_sample_mask_refuses_a_bad_probability_on_every_branch(p, monkeypatch):
+    """The torch.rand branch (CUDA, torch.compile, vmap) took p outside [0, 1] silently: NaN masks
+    for p = NaN, kept units scaled by 1 / 1.5 for p = -0.5; the CPU's generator refused it."""
+    like = torch.zeros(())
+    with pytest.raises(ValueError, match="p must be a number in"):
+        regularizers.sample_mask("locked", (4,), p, like)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for kind in ("locked", "zoneout"):
+        with pytest.raises(ValueError, match="p must be a number in"):
+            regularizers.sample_mask(kind, (4,), p, like)
+
+
 def test_sample_mask_values_inside_vmap_with_different_randomness():
     """Inside ``vmap(randomness="different")`` the masks come from ``torch.rand`` (one per sample),
     not the counter-based generator: the same values, ``0`` or ``1 / (1 - p)`` (``1``/``0`` for
