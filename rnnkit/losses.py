@@ -29,10 +29,21 @@ __all__ = ["activation_regularization", "temporal_activation_regularization", "a
 
 
 def _time_major(output: Tensor, batch_first: bool) -> Tensor:
+    if not isinstance(batch_first, bool):  # as LockedDropout's (a true string swaps time and batch)
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
     if not isinstance(output, Tensor) or output.dim() != 3:
         got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(f"expected a 3-D output (T, B, F) or (B, T, F) with batch_first, got {got}")
     return output.transpose(0, 1) if batch_first else output
+
+
+def _check_packed(output: Tensor | PackedSequence, lengths) -> bool:
+    """Whether ``output`` is a ``PackedSequence``; one given with ``lengths`` is a ``ValueError``
+    (its lengths were ignored, silently: the loss counted every packed step)."""
+    packed = isinstance(output, PackedSequence)
+    if packed and lengths is not None:
+        raise ValueError("lengths= is for a padded tensor output; a PackedSequence carries its own lengths")
+    return packed
 
 
 def _check_coef(name: str, v) -> None:
@@ -74,7 +85,7 @@ def activation_regularization(
     """AR: ``alpha`` (a finite number) times the mean square of ``output`` over its valid
     elements (a scalar; zero when there is none: an empty batch)."""
     _check_coef("alpha", alpha)
-    if isinstance(output, PackedSequence):
+    if _check_packed(output, lengths):
         return alpha * _mean_square(output.data)
     h = _time_major(output, batch_first)
     valid = _valid(lengths, h.shape[0], h.shape[1], h.device)
@@ -93,7 +104,7 @@ def temporal_activation_regularization(
     """TAR: ``beta`` (a finite number) times the mean square of ``h_t − h_{t−1}`` over consecutive
     valid steps of each sequence (a scalar; zero when no sequence has two steps)."""
     _check_coef("beta", beta)
-    if isinstance(output, PackedSequence):
+    if _check_packed(output, lengths):
         data, bs = output.data, output.batch_sizes
         if len(bs) < 2:
             return data.new_zeros(())

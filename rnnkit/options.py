@@ -110,6 +110,22 @@ class ZoneoutOption:
         value = (
             _Frozen(value) if isinstance(value, dict) else tuple(value) if isinstance(value, list) else value
         )
-        obj.__dict__["zoneout_probs"], obj.__dict__["_zoneout_value"] = probs, value
-        if "_names" in obj.__dict__ and hasattr(obj, "flatten_parameters"):  # (built: not in __init__)
+        d, keys = obj.__dict__, ("zoneout_probs", "_zoneout_value")
+        old = {k: d[k] for k in keys if k in d}
+        d["zoneout_probs"], d["_zoneout_value"] = probs, value
+        if "_names" in d and hasattr(obj, "flatten_parameters"):  # (built: not in __init__)
+            # zoneout on a layer with impl="torch" is refused, as at construction and as assigning
+            # impl="torch" to a zoneout layer (it was kept, and every later call failed); the old
+            # value stays
+            from .dispatch import check_impl_possible  # (dispatch imports this module)
+
+            try:
+                check_impl_possible(obj)
+            except ValueError:
+                for k in keys:  # (a module pickled before this descriptor holds no "_zoneout_value")
+                    if k in old:
+                        d[k] = old[k]
+                    else:
+                        d.pop(k)
+                raise
             obj.flatten_parameters()  # zoneout off: torch's kernels, which want cuDNN's flat weights

@@ -56,6 +56,8 @@ def sample_mask(kind: str, shape: Sequence[int], p: float, like: Tensor) -> Tens
     """
     if kind not in KINDS:
         raise ValueError(f"mask kind must be one of {KINDS}, got {kind!r}")
+    # on every branch: torch.rand's returned NaN masks (p = NaN) or rescaled ones (p < 0) silently
+    check_prob("p", p)
     # inside vmap(randomness="different") torch.rand draws one mask per sample; the counter-based
     # generator takes one seed, a Python int, which vmap cannot give per sample
     vmapped = _vmap_per_sample_randomness()
@@ -140,6 +142,10 @@ class LockedDropout(nn.Module):
         if isinstance(x, Tensor) and x.dim() not in (2, 3):  # in eval() too: not only in training
             raise ValueError(
                 f"LockedDropout expects (T, B, F), (B, T, F) or (T, F) input, got {tuple(x.shape)}"
+            )
+        if isinstance(x, PackedSequence) and x.data.dim() != 2:  # (N,) got an (N, N) mask, silently
+            raise ValueError(
+                f"LockedDropout expects PackedSequence data (sum(batch_sizes), F), got {tuple(x.data.shape)}"
             )
         if not self.training or self.p == 0:
             return x

@@ -99,6 +99,17 @@ def test_locked_dropout_packed_row_belongs_to_the_sequence(enforce_sorted):
     torch.testing.assert_close(out, dense * valid)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_locked_dropout_refuses_packed_data_that_is_not_2d(training):
+    """Packed (N,) data got the mask (N, N) of its rows, an (N, N) output, silently; (N, A, F) data
+    broadcast the (N, F) mask over its second axis (or failed in a multiply's words)."""
+    ld = rnnkit.LockedDropout(0.5).train(training)
+    for data, shape in ((torch.ones(3, 2), "(5,)"), (torch.ones(3, 2, 6, 4), "(6, 6, 4)")):
+        packed = pack_padded_sequence(data, torch.tensor([3, 2]) if data.dim() == 2 else torch.tensor([3, 3]))
+        with pytest.raises(ValueError, match=re.escape(f"(sum(batch_sizes), F), got {shape}")):
+            ld(packed)
+
+
 # -- EmbeddingDropout ---------------------------------------------------------------------------
 def test_embedding_dropout_drops_whole_rows():
     V, E, p = 500, 8, 0.3
@@ -239,6 +250,22 @@ def test_ar_tar_ignore_padding_and_accept_packed(enforce_sorted):
         losses.tar(torch.randn(3, 4))
 
 
+@pytest.mark.parametrize("loss", [losses.ar, losses.tar])
+def test_ar_tar_refuse_lengths_with_a_packed_output(loss):
+    """A PackedSequence with lengths= ignored the lengths, silently (tar over sequences of one step
+    was not zero): refused, as the layers refuse lengths= with packed input."""
+    packed = pack_padded_sequence(torch.randn(5, 3, 4), torch.tensor([5, 3, 2]))
+    with pytest.raises(ValueError, match="a PackedSequence carries its own lengths"):
+        loss(packed, lengths=torch.tensor([1, 1, 1]))
+
+
+@pytest.mark.parametrize("loss", [losses.ar, losses.tar])
+def test_ar_tar_check_batch_first(loss):
+    """batch_first='no' (a true string) took a time-major output as batch-first, silently."""
+    with pytest.raises(TypeError, match="batch_first should be of type bool, got: str"):
+        loss(torch.randn(5, 3, 4), batch_first="no")
+
+
 @pytest.mark.parametrize("lengths", [[7, 4, 4, 1], [6, 4, 0, 1], [6, -1, 4, 1], [6.0, 4.5, 4.0, 1.0]])
 @pytest.mark.parametrize("loss", [losses.ar, losses.tar])
 def test_ar_tar_reject_lengths_outside_the_padded_length(loss, lengths):
@@ -281,6 +308,19 @@ def test_sample_mask_in_place_torch_rand_branch(dtype, monkeypatch):
     zeros, ones = torch.zeros(shape, dtype=dtype), torch.ones(shape, dtype=dtype)
     assert torch.equal(regularizers.sample_mask("recurrent", shape, 1.0, like), zeros)
     assert torch.equal(regularizers.sample_mask("zoneout", shape, 1.0, like), ones)
+
+
+@pytest.mark.parametrize("p", [-0.5, 1.5, float("nan")])
+def test_sample_mask_refuses_a_bad_probability_on_every_branch(p, monkeypatch):
+    """The torch.rand branch (CUDA, torch.compile, vmap) took p outside [0, 1] silently: NaN masks
+    for p = NaN, kept units scaled by 1 / 1.5 for p = -0.5; the CPU's generator refused it."""
+    like = torch.zeros(())
+    with pytest.raises(ValueError, match="p must be a number in"):
+        regularizers.sample_mask("locked", (4,), p, like)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for kind in ("locked", "zoneout"):
+        with pytest.raises(ValueError, match="p must be a number in"):
+            regularizers.sample_mask(kind, (4,), p, like)
 
 
 def test_sample_mask_values_inside_vmap_with_different_randomness():

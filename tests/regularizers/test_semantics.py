@@ -244,6 +244,25 @@ def test_assigning_zoneout_takes_effect():
     torch.testing.assert_close(cell(x[0]), ref(x[0]))
 
 
+def test_assigning_zoneout_to_a_torch_impl_layer_is_refused():
+    """``layer.zoneout = 0.1`` on a layer built with ``impl="torch"`` was kept, and every later call
+    (in eval too) failed; refused at the assignment as at construction (and as assigning
+    ``impl="torch"`` to a zoneout layer), the old value kept."""
+    m = rnnkit.LSTM(3, 4, impl="torch")
+    with pytest.raises(ValueError, match="impl='torch' needs a configuration torch.nn supports"):
+        m.zoneout = 0.1
+    assert m.zoneout == 0.0 and m.zoneout_probs == [(0.0, 0.0)] and "zoneout" not in repr(m)
+    old = rnnkit.GRU(3, 4, impl="torch")  # as pickled before: the value under "zoneout"
+    old.__dict__["zoneout"] = old.__dict__.pop("_zoneout_value")
+    with pytest.raises(ValueError, match="impl='torch'"):
+        old.zoneout = {"h": 0.2}
+    assert old.zoneout == 0.0 and old.zoneout_probs == [(0.0,)]
+    x = torch.randn(5, 2, 3)
+    m(x), old(x)  # still runs on torch's kernels
+    m.zoneout = {"h": 0.0}  # no zoneout: accepted
+    m(x)
+
+
 @pytest.mark.parametrize(
     "make, name",
     [(lambda: rnnkit.LSTM(3, 4, num_layers=2), "locked_dropout"),
