@@ -242,8 +242,13 @@ def _drop_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, local_m
 
 
 def _add_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """The layer's own keys (a checkpoint of the wrapper or of the bare layer) get ``layer.``;
+    the others are left as they are (one with the prefix already: the wrapper's raw form). Not
+    every key without ``layer.``: a layer whose own keys begin with ``layer.`` (a module holding
+    a submodule ``layer``, another wrapper) had its saved keys taken for the raw form."""
+    own = module.layer.state_dict(keep_vars=True).keys()
     inner = prefix + "layer."
-    for k in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+    for k in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] in own]:
         state_dict[inner + k[len(prefix) :]] = state_dict.pop(k)
 
 

@@ -46,6 +46,35 @@ def test_checkpoints_have_the_layers_own_keys():
         wrapped.load_state_dict({})
 
 
+class _Holder(nn.Module):
+    """A recurrent module whose own keys begin with ``layer.``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = rnnkit.GRU(3, 4)
+
+    def forward(self, x, hx=None):
+        return self.layer(x, hx)
+
+
+@pytest.mark.parametrize(
+    "make", [_Holder, lambda: rnnkit.cuda_graphed(rnnkit.GRU(3, 4))], ids=["holder", "twice"]
+)
+def test_checkpoints_of_a_layer_whose_keys_begin_with_layer(make):
+    """Loading added ``layer.`` only to keys without it, so a checkpoint of a wrapped module
+    whose own keys begin with ``layer.`` (a submodule of that name) was taken
+    for the wrapper's raw form: missing and unexpected keys. Now the layer's own keys get it."""
+    torch.manual_seed(0)
+    bare, wrapped = make(), rnnkit.cuda_graphed(make())
+    assert list(wrapped.state_dict()) == list(bare.state_dict())
+    wrapped.load_state_dict(bare.state_dict())  # strict
+    for a, b in zip(wrapped.parameters(), bare.parameters(), strict=True):
+        assert torch.equal(a, b)
+    bare.load_state_dict(wrapped.state_dict())
+    raw = {"layer." + k: v for k, v in bare.state_dict().items()}  # the wrapper's raw form loads too
+    rnnkit.cuda_graphed(make()).load_state_dict(raw)
+
+
 @pytest.mark.parametrize("kw", [{"max_graphs": 0}, {"warmup": 0}])
 def test_bad_arguments(kw):
     with pytest.raises(ValueError, match="max_graphs and warmup must be >= 1"):
