@@ -131,6 +131,7 @@ class CUDAGraphed(nn.Module):
         if (
             kwargs
             or isinstance(input, PackedSequence)
+            or not isinstance(input, Tensor)  # the layer's own error, not an AttributeError here
             or not input.is_cuda
             or torch.compiler.is_compiling()
             or torch.cuda.is_current_stream_capturing()

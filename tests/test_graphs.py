@@ -75,6 +75,12 @@ def test_checkpoints_of_a_layer_whose_keys_begin_with_layer(make):
     rnnkit.cuda_graphed(make()).load_state_dict(raw)
 
 
+def test_an_input_that_is_no_tensor_gets_the_layers_error():
+    """A list input failed in the wrapper with "'list' object has no attribute 'is_cuda'"."""
+    with pytest.raises(ValueError, match="input must be a torch.Tensor, got list"):
+        rnnkit.cuda_graphed(rnnkit.LSTM(3, 4))([[0.0, 1.0, 2.0]])
+
+
 @pytest.mark.parametrize("kw", [{"max_graphs": 0}, {"warmup": 0}])
 def test_bad_arguments(kw):
     with pytest.raises(ValueError, match="max_graphs and warmup must be >= 1"):
