@@ -44,6 +44,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _checks
+
 
 class _Graphs:
     """One captured signature: the static input/output buffers and the two graphs."""
@@ -112,8 +114,9 @@ class CUDAGraphed(nn.Module):
 
     def __init__(self, layer: nn.Module, max_graphs: int = 8, warmup: int = 3) -> None:
         super().__init__()
-        if max_graphs < 1 or warmup < 1:
-            raise ValueError(f"max_graphs and warmup must be >= 1, got {max_graphs} and {warmup}")
+        # ints: warmup=1.5 was kept and failed at the first capture, in range()'s words
+        if not (_checks.is_int(max_graphs) and _checks.is_int(warmup)) or max_graphs < 1 or warmup < 1:
+            raise ValueError(f"max_graphs and warmup must be ints >= 1, got {max_graphs!r} and {warmup!r}")
         self.layer = layer
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: OrderedDict[tuple, _Graphs] = OrderedDict()

@@ -81,9 +81,21 @@ def test_an_input_that_is_no_tensor_gets_the_layers_error():
         rnnkit.cuda_graphed(rnnkit.LSTM(3, 4))([[0.0, 1.0, 2.0]])
 
 
-@pytest.mark.parametrize("kw", [{"max_graphs": 0}, {"warmup": 0}])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_graphs": 0},
+        {"warmup": 0},
+        {"warmup": 1.5},
+        {"max_graphs": 2.5},
+        {"max_graphs": True},
+        {"warmup": "3"},
+    ],
+)
 def test_bad_arguments(kw):
-    with pytest.raises(ValueError, match="max_graphs and warmup must be >= 1"):
+    """Non-ints were kept (warmup=1.5 failed at the first capture in range()'s words, a string
+    in a comparison's); now all are refused at construction, naming the values."""
+    with pytest.raises(ValueError, match="max_graphs and warmup must be ints >= 1, got"):
         rnnkit.cuda_graphed(rnnkit.LSTM(3, 4), **kw)
 
 
