@@ -44,6 +44,8 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _checks
+
 
 class _Graphs:
     """One captured signature: the static input/output buffers and the two graphs."""
@@ -112,8 +114,9 @@ class CUDAGraphed(nn.Module):
 
     def __init__(self, layer: nn.Module, max_graphs: int = 8, warmup: int = 3) -> None:
         super().__init__()
-        if max_graphs < 1 or warmup < 1:
-            raise ValueError(f"max_graphs and warmup must be >= 1, got {max_graphs} and {warmup}")
+        # ints: warmup=1.5 was kept and failed at the first capture, in range()'s words
+        if not (_checks.is_int(max_graphs) and _checks.is_int(warmup)) or max_graphs < 1 or warmup < 1:
+            raise ValueError(f"max_graphs and warmup must be ints >= 1, got {max_graphs!r} and {warmup!r}")
         self.layer = layer
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: OrderedDict[tuple, _Graphs] = OrderedDict()
@@ -131,6 +134,7 @@ class CUDAGraphed(nn.Module):
         if (
             kwargs
             or isinstance(input, PackedSequence)
+            or not isinstance(input, Tensor)  # the layer's own error, not an AttributeError here
             or not input.is_cuda
             or torch.compiler.is_compiling()
             or torch.cuda.is_current_stream_capturing()
@@ -242,8 +246,13 @@ def _drop_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, local_m
 
 
 def _add_layer_prefix(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """The layer's own keys (a checkpoint of the wrapper or of the bare layer) get ``layer.``;
+    the others are left as they are (one with the prefix already: the wrapper's raw form). Not
+    every key without ``layer.``: a layer whose own keys begin with ``layer.`` (a module holding
+    a submodule ``layer``, another wrapper) had its saved keys taken for the raw form."""
+    own = module.layer.state_dict(keep_vars=True).keys()
     inner = prefix + "layer."
-    for k in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+    for k in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] in own]:
         state_dict[inner + k[len(prefix) :]] = state_dict.pop(k)
 
 

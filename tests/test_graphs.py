@@ -46,9 +46,56 @@ def test_checkpoints_have_the_layers_own_keys():
         wrapped.load_state_dict({})
 
 
-@pytest.mark.parametrize("kw", [{"max_graphs": 0}, {"warmup": 0}])
+class _Holder(nn.Module):
+    """A recurrent module whose own keys begin with ``layer.``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = rnnkit.GRU(3, 4)
+
+    def forward(self, x, hx=None):
+        return self.layer(x, hx)
+
+
+@pytest.mark.parametrize(
+    "make", [_Holder, lambda: rnnkit.cuda_graphed(rnnkit.GRU(3, 4))], ids=["holder", "twice"]
+)
+def test_checkpoints_of_a_layer_whose_keys_begin_with_layer(make):
+    """Loading added ``layer.`` only to keys without it, so a checkpoint of a wrapped module
+    whose own keys begin with ``layer.`` (a submodule of that name) was taken
+    for the wrapper's raw form: missing and unexpected keys. Now the layer's own keys get it."""
+    torch.manual_seed(0)
+    bare, wrapped = make(), rnnkit.cuda_graphed(make())
+    assert list(wrapped.state_dict()) == list(bare.state_dict())
+    wrapped.load_state_dict(bare.state_dict())  # strict
+    for a, b in zip(wrapped.parameters(), bare.parameters(), strict=True):
+        assert torch.equal(a, b)
+    bare.load_state_dict(wrapped.state_dict())
+    raw = {"layer." + k: v for k, v in bare.state_dict().items()}  # the wrapper's raw form loads too
+    rnnkit.cuda_graphed(make()).load_state_dict(raw)
+
+
+def test_an_input_that_is_no_tensor_gets_the_layers_error():
+    """A list input failed in the wrapper with "'list' object has no attribute 'is_cuda'"."""
+    with pytest.raises(ValueError, match="input must be a torch.Tensor, got list"):
+        rnnkit.cuda_graphed(rnnkit.LSTM(3, 4))([[0.0, 1.0, 2.0]])
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"max_graphs": 0},
+        {"warmup": 0},
+        {"warmup": 1.5},
+        {"max_graphs": 2.5},
+        {"max_graphs": True},
+        {"warmup": "3"},
+    ],
+)
 def test_bad_arguments(kw):
-    with pytest.raises(ValueError, match="max_graphs and warmup must be >= 1"):
+    """Non-ints were kept (warmup=1.5 failed at the first capture in range()'s words, a string
+    in a comparison's); now all are refused at construction, naming the values."""
+    with pytest.raises(ValueError, match="max_graphs and warmup must be ints >= 1, got"):
         rnnkit.cuda_graphed(rnnkit.LSTM(3, 4), **kw)
 
 

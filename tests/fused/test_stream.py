@@ -212,3 +212,11 @@ def test_steps_under_autocast_follow_the_layer(cls, kw, impl, unbatched):
     for u, v in zip((ys, *states), (out, *finals), strict=True):
         assert u.dtype == v.dtype and u.shape == v.shape
         torch.testing.assert_close(u.float(), v.float(), atol=0.05, rtol=0.05)
+
+
+def test_complex_input_to_a_relu_layer_is_refused_in_words():
+    """The layer refuses complex input with nonlinearity='relu' in words; a stream ran torch's
+    relu cell, which failed with "clamp is not supported for complex types"."""
+    layer = rnnkit.RNN(3, 4, nonlinearity="relu", dtype=torch.complex128).eval()
+    with pytest.raises(TypeError, match=r"nonlinearity='relu' is not defined for complex.*complex128"):
+        Stream(layer).step(torch.randn(2, 3, dtype=torch.complex128))
