@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from rnnkit._checks import is_int
 from rnnkit.baselines import reads_ahead, step_kwargs
 from rnnkit.datasets import synthetic
-from rnnkit.tasks._common import SequenceNet, accuracy, keeps_mode
+from rnnkit.tasks._common import SequenceNet, accuracy, check_batch_size, keeps_mode
 
 __all__ = [
     "MemoryTask",
@@ -186,6 +186,7 @@ def loss_fn(task: str):
 @keeps_mode
 def evaluate(task: MemoryTask, model: nn.Module, batch_size: int = 256) -> dict[str, float]:
     """The task's metric on the validation set (in eval mode; the model's modes restored after)."""
+    check_batch_size(batch_size)
     model.eval()
     dev = next(model.parameters()).device
     x, y = task.valid[0].to(dev), task.valid[1].to(dev)

@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 from rnnkit._checks import is_int
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
-from rnnkit.tasks._common import keeps_mode, last_valid, padded_batches
+from rnnkit.tasks._common import check_batch_size, keeps_mode, last_valid, padded_batches
 
 __all__ = [
     "number_to_words",
@@ -219,6 +219,7 @@ def exact_match(
     """Fraction of sources whose greedy output equals the target exactly (``items`` non-empty)."""
     if not items:  # (the fraction of nothing: was a ZeroDivisionError)
         raise ValueError("exact_match needs at least one (source, target) pair, got none")
+    check_batch_size(batch_size)
     right = 0
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
