@@ -197,6 +197,8 @@ def predict_tags(
     are lower-cased as in training, unknown ones become ``<unk>``)."""
     wid = {w: i for i, w in enumerate(words)}
     for i, s in enumerate(sentences, 1):
+        if isinstance(s, str):  # its characters were tagged as words, silently: one tag per character
+            raise ValueError(f"input {i}: a sentence is a list of tokens, got a str {s!r}: split it")
         if not s:
             raise ValueError(f"input {i}: an empty sentence")
     ids = [torch.tensor([wid.get(w.lower(), UNK) for w in s]) for s in sentences]

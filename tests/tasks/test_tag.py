@@ -131,3 +131,18 @@ def test_load_tagging_refuses_validation_without_a_training_tag(tmp_path, separa
     v.write_text(f"{_tok(1, 'c', 'Z')}\n\n{_tok(1, 'd', 'X')}\n\n", encoding="utf-8")
     d = load_tagging(p, valid=v)  # one known tag is enough: the other counts as an error
     assert [y.tolist() for _, y in d.valid] == [[-1], [0]]
+
+
+def test_predict_tags_refuses_a_sentence_given_as_a_string():
+    """A sentence is a list of tokens: a str was iterated character by character, so "the dog" got
+    seven tags, one per character (the space too), silently."""
+    import torch
+
+    from rnnkit.tasks.tag import predict_tags, tagger
+
+    torch.manual_seed(0)
+    model = tagger({"cell": "lstm", "hidden": 4, "layers": 1, "dropout": 0.0, "options": {}}, 5, 2, 4)
+    words, tags = ["<pad>", "<unk>", "the", "dog", "a"], ["D", "N"]
+    with pytest.raises(ValueError, match=r"input 2: a sentence is a list of tokens, got a str 'the dog'"):
+        predict_tags(model, [["a"], "the dog"], words, tags)
+    assert [len(t) for t in predict_tags(model, [["a"], ["the", "dog"]], words, tags)] == [1, 2]
