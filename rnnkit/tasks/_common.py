@@ -14,13 +14,14 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from rnnkit._checks import is_int
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
 from rnnkit.train.evaluate import kept_modes
 
 __all__ = [
     "SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode", "kept_modes",
-    "utf8_error_offset",
+    "utf8_error_offset", "check_batch_size",
 ]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -54,6 +55,14 @@ def keeps_mode(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def check_batch_size(batch_size: object) -> None:
+    """A ``ValueError`` unless ``batch_size`` is an int >= 1 (numpy's too, not a bool): the chunked
+    loops ``range(0, n, batch_size)`` of the inference helpers ran no chunk for a negative one (no
+    predictions, an exact match of 0.0), failed in ``range`` for 0 or 2.5 and took True as 1."""
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+
+
 def padded_batches(
     ids: list[Tensor], batch_size: int, device: torch.device, padding_value: int
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -61,6 +70,7 @@ def padded_batches(
     consecutive chunks of ``batch_size`` id sequences, in order (inference over many inputs)."""
     from torch.nn.utils.rnn import pad_sequence
 
+    check_batch_size(batch_size)
     for i in range(0, len(ids), batch_size):
         chunk = ids[i : i + batch_size]
         x = pad_sequence(chunk, batch_first=True, padding_value=padding_value).to(device)

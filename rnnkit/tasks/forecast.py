@@ -104,6 +104,9 @@ class Series:
     ) -> Series:
         """``values`` (N,) split at ``floor(N * train)`` and ``floor(N * (train + valid))``;
         ``train`` and ``valid`` in (0, 1) with ``train + valid < 1`` (the rest is the test part)."""
+        for name, v in (("window", window), ("horizon", horizon)):
+            if not is_int(v) or v < 1:  # (0, -1, True, 2.5 gave a Series whose windows failed or were empty)
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
         # checked here: out-of-range fractions gave negative part sizes in the "too short" error
         if not (0 < train < 1 and 0 < valid < 1 and train + valid < 1):
             raise ValueError(
@@ -193,6 +196,8 @@ class Forecaster(nn.Module):
         (0 gives an empty ``(B, 0, 1)``)."""
         if not is_int(horizon) or horizon < 0:  # (True forecast one step, 2.0 failed in range())
             raise ValueError(f"horizon must be an int >= 0, got {horizon!r}")
+        if context.dim() != 3 or context.shape[1] < 1 or context.shape[2] != 1:  # (was an IndexError)
+            raise ValueError(f"context must have shape (B, W >= 1, 1), got {tuple(context.shape)}")
         if horizon == 0:  # (torch.stack refuses an empty list)
             return context.new_empty((context.shape[0], 0, context.shape[2]))
         state = self(context[:, :-1], None)[1] if context.shape[1] > 1 else None
@@ -226,6 +231,8 @@ def forecast_next(
 ) -> Tensor:
     """The ``horizon`` (>= 0) values after the end of ``values`` (N,) (original units), forecast
     from its last ``window`` values normalized with the training part's ``mean``/``std``."""
+    if not is_int(window) or window < 1:  # values[-0:] is the whole series: window 0 (or -3) read all of it
+        raise ValueError(f"window must be an int >= 1, got {window!r}")
     if values.ndim != 1 or len(values) < window:
         raise ValueError(f"need a series of at least --window {window} values, got {tuple(values.shape)}")
     model.eval()

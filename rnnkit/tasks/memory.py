@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rnnkit._checks import is_int
 from rnnkit.baselines import reads_ahead, step_kwargs
 from rnnkit.datasets import synthetic
-from rnnkit.tasks._common import SequenceNet, accuracy, keeps_mode
+from rnnkit.tasks._common import SequenceNet, accuracy, check_batch_size, keeps_mode
 
 __all__ = [
     "MemoryTask",
@@ -67,8 +68,12 @@ def arith(n: int, digits: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     last character, the target the next character on answer positions and ``-100``
     elsewhere (question characters are not predicted).
     """
-    if not 1 <= digits <= ARITH_MAX_DIGITS:  # (beyond: torch.randint's "Overflow when unpacking long long")
-        raise ValueError(f"digits must be in [1, {ARITH_MAX_DIGITS}] (operands are int64), got {digits}")
+    # ints only: True passed as 1 digit and failed formatting ('0Trued'), 2.0 and n=2.5 in randint,
+    # n=0 in indexing an empty id tensor ("too many indices")
+    if not is_int(n) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if not is_int(digits) or not 1 <= digits <= ARITH_MAX_DIGITS:  # (beyond: "Overflow when unpacking")
+        raise ValueError(f"digits must be in [1, {ARITH_MAX_DIGITS}] (int64 operands), got {digits!r}")
     g = synthetic.generator(seed)
     hi = 10**digits
     a, b = torch.randint(0, hi, (n,), generator=g), torch.randint(0, hi, (n,), generator=g)
@@ -123,8 +128,8 @@ def make_task(
     """Build task ``name`` (one of :data:`TASKS`); ``length`` is the sequence length (the
     lag for ``copy``; unused by ``arith``, whose length follows ``digits``)."""
     for k, v in (("length", length), ("n_train", n_train), ("n_valid", n_valid)):
-        if v < 1:
-            raise ValueError(f"{k} must be >= 1, got {v}")
+        if not is_int(v) or v < 1:  # (a str failed comparing; a float was named n by the generators)
+            raise ValueError(f"{k} must be an int >= 1, got {v!r}")
     if name == "adding":
         if length < 2:
             raise ValueError(f"adding needs length >= 2, got {length}")
@@ -181,6 +186,7 @@ def loss_fn(task: str):
 @keeps_mode
 def evaluate(task: MemoryTask, model: nn.Module, batch_size: int = 256) -> dict[str, float]:
     """The task's metric on the validation set (in eval mode; the model's modes restored after)."""
+    check_batch_size(batch_size)
     model.eval()
     dev = next(model.parameters()).device
     x, y = task.valid[0].to(dev), task.valid[1].to(dev)

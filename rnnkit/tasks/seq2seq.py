@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 from rnnkit._checks import is_int
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
-from rnnkit.tasks._common import keeps_mode, last_valid, padded_batches
+from rnnkit.tasks._common import check_batch_size, keeps_mode, last_valid, padded_batches
 
 __all__ = [
     "number_to_words",
@@ -45,8 +45,8 @@ _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 
 def number_to_words(n: int) -> list[str]:
     """``0 <= n < 10**9`` in English words (no "and", no hyphens): 341 -> three hundred forty one."""
-    if not 0 <= n < 10**9:
-        raise ValueError(f"n must be in [0, 10**9), got {n}")
+    if not is_int(n) or not 0 <= n < 10**9:  # (True read as 1: "one"; 2.5 failed indexing the words)
+        raise ValueError(f"n must be an int in [0, 10**9), got {n!r}")
     if n < 20:
         return [_ONES[n]]
     if n < 100:
@@ -86,6 +86,9 @@ class Seq2SeqData:
         direction: str = "words2digits",
         seed: int = 0,
     ) -> Seq2SeqData:
+        for name, v in (("n_train", n_train), ("n_valid", n_valid), ("max_number", max_number)):
+            if not is_int(v):  # (True drew one pair; 2.5 failed slicing or in randperm, naming nothing)
+                raise ValueError(f"{name} must be an int, got {v!r}")
         if n_train < 1 or n_valid < 1 or n_train + n_valid > max_number:
             raise ValueError(
                 f"need 1 <= n_train, n_valid and n_train + n_valid <= max_number, got "
@@ -216,6 +219,7 @@ def exact_match(
     """Fraction of sources whose greedy output equals the target exactly (``items`` non-empty)."""
     if not items:  # (the fraction of nothing: was a ZeroDivisionError)
         raise ValueError("exact_match needs at least one (source, target) pair, got none")
+    check_batch_size(batch_size)
     right = 0
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]

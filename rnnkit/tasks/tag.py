@@ -119,6 +119,14 @@ def load_tagging(
             f"use the other column (--tag-column {'xpos' if column == 'upos' else 'upos'})"
         )
     wid, tid = {w: i for i, w in enumerate(words)}, {t: i for i, t in enumerate(tags)}
+    if not any(t in tid for s in va_s for _, t in s):
+        # every target would be -1 (ignored by the loss): the run trained a whole epoch and then
+        # failed at its validation, "evaluate() got no target", naming neither the data nor the tags
+        unseen = sorted({t for s in va_s for _, t in s})
+        raise ValueError(
+            f"{valid if valid is not None else path}: no validation token has a {column} tag seen in "
+            f"training (validation tags {unseen[:10]}, training tags {tags[:10]}): nothing to validate on"
+        )
 
     def enc(s: list[tuple[str, str]]) -> tuple[Tensor, Tensor]:
         # a tag unseen in training can never be predicted: it counts as an error (-1 never matches)
@@ -189,6 +197,8 @@ def predict_tags(
     are lower-cased as in training, unknown ones become ``<unk>``)."""
     wid = {w: i for i, w in enumerate(words)}
     for i, s in enumerate(sentences, 1):
+        if isinstance(s, str):  # its characters were tagged as words, silently: one tag per character
+            raise ValueError(f"input {i}: a sentence is a list of tokens, got a str {s!r}: split it")
         if not s:
             raise ValueError(f"input {i}: an empty sentence")
     ids = [torch.tensor([wid.get(w.lower(), UNK) for w in s]) for s in sentences]

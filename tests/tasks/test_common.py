@@ -55,3 +55,23 @@ def test_the_arith_tasks_exact_match_is_the_exact_fraction(monkeypatch):
     monkeypatch.setattr(memory, "arith_greedy", lambda model, x, y, d: wrong[: len(x)])
     got = memory.evaluate(task, _Constant())
     assert got["valid_exact_match"] == 2 / 5 and got["valid_digit_accuracy"] == 12 / 15
+
+
+@pytest.mark.parametrize("bs", [-1, 0, 2.5, True])
+def test_inference_helpers_refuse_a_batch_size_that_is_no_positive_int(bs):
+    """Their chunk loops range(0, n, batch_size) ran no chunk for -1: predict_texts returned no
+    prediction and exact_match a score of 0.0, silently; 0 and 2.5 failed in range(), True was 1."""
+    from rnnkit.tasks.classify import classifier, predict_texts
+    from rnnkit.tasks.seq2seq import Seq2Seq, Seq2SeqData, exact_match
+
+    arch = {"cell": "lstm", "hidden": 4, "layers": 1, "dropout": 0.0, "options": {}}
+    msg = rf"batch_size must be an int >= 1, got {bs!r}"
+    model = classifier(arch, 2, {"vocab_size": 4, "padding_idx": 0})
+    with pytest.raises(ValueError, match=msg):
+        predict_texts(model, ["a b", "b"], ["<pad>", "<unk>", "a", "b"], "word", ["x", "y"], batch_size=bs)
+    data = Seq2SeqData.generate(3, 3, max_number=20)
+    with pytest.raises(ValueError, match=msg):
+        exact_match(Seq2Seq(arch, len(data.src_vocab), len(data.tgt_vocab), 4), data.valid, batch_size=bs)
+    task = memory.make_task("plus1", length=3, n_train=2, n_valid=3)
+    with pytest.raises(ValueError, match=msg):
+        memory.evaluate(task, memory.memory_model("plus1", arch, task.params), batch_size=bs)

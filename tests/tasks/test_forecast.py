@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -86,3 +88,49 @@ def test_load_series_error_names_the_file_line_after_blank_and_multi_line_rows(t
     p.write_text('t,v,note\n0,1.5,a\n\n1,2.0,"two\nlines"\n2,x,c\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"s.csv:6: v='x' is not a finite number"):
         load_series(str(p), "v")
+
+
+def test_forecast_next_reads_the_last_window_and_refuses_a_window_below_one():
+    """values[-window:] with window 0 (or -3) is the whole series: forecast_next forecast from all of
+    it, silently, the same numbers as a window of the series' length."""
+    from rnnkit.tasks.forecast import Forecaster, forecast_next
+
+    torch.manual_seed(0)
+    m = Forecaster(ARCH)
+    values = torch.randn(12)
+    ctx = ((values[-4:] - 0.5) / 2.0)[None, :, None]  # the last 4 values, normalized
+    torch.testing.assert_close(
+        forecast_next(m, values, 4, 3, 0.5, 2.0), m.forecast(ctx, 3)[0, :, 0] * 2.0 + 0.5
+    )
+    for bad in (0, -3, True, 2.5):
+        with pytest.raises(ValueError, match=rf"window must be an int >= 1, got {bad!r}"):
+            forecast_next(m, values, bad, 3, 0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("window", "horizon", "name"),
+    [
+        (0, 3, "window"),
+        (-1, 3, "window"),
+        (2.5, 3, "window"),
+        (True, 3, "window"),
+        (2, 0, "horizon"),
+        (2, 1.0, "horizon"),
+    ],
+)
+def test_split_refuses_a_window_or_horizon_below_one_or_not_an_int(window, horizon, name):
+    """A window of 0 or -1, a float or a bool built a Series whose windows were empty or failed in range()."""
+    bad = window if name == "window" else horizon
+    with pytest.raises(ValueError, match=rf"{name} must be an int >= 1, got {bad!r}"):
+        Series.split(torch.arange(100.0), window, horizon)
+
+
+def test_forecast_refuses_a_context_without_steps():
+    """A context of 0 steps (rolling_forecasts with window 0) failed with 'index -1 is out of bounds'."""
+    from rnnkit.tasks.forecast import Forecaster
+
+    m = Forecaster(ARCH)
+    for shape in [(2, 0, 1), (2, 3), (2, 3, 2)]:
+        msg = f"context must have shape (B, W >= 1, 1), got {shape}"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            m.forecast(torch.zeros(shape), 2)

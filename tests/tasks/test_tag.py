@@ -115,3 +115,34 @@ def test_evaluate_of_no_target_is_nan_as_accuracy_is():
     batch = collate(list(zip(x, tags, strict=True)))
     pred = model(batch.inputs, None, lengths=batch.lengths)[0].argmax(-1)
     assert evaluate(model, [batch])["valid_accuracy"] == pytest.approx(accuracy(pred, batch.targets))
+
+
+@pytest.mark.parametrize("separate", [False, True])
+def test_load_tagging_refuses_validation_without_a_training_tag(tmp_path, separate):
+    """Validation tokens whose tags were all unseen in training are all -1, which the loss ignores: the
+    run trained an epoch and then failed at validation ("evaluate() got no target"), naming neither
+    the file nor the tags. It is refused when the data is loaded, naming the validation tags."""
+    p, v = tmp_path / "a.conllu", tmp_path / "v.conllu"
+    p.write_text(f"{_tok(1, 'a', 'X')}\n\n{_tok(1, 'b', 'Y')}\n\n", encoding="utf-8")
+    v.write_text(f"{_tok(1, 'c', 'Z')}\n\n{_tok(1, 'd', 'Z')}\n\n", encoding="utf-8")
+    name = "v.conllu" if separate else "a.conllu"
+    with pytest.raises(ValueError, match=rf"{name}: no validation token has a upos tag seen in training"):
+        load_tagging(p, valid=v if separate else None, valid_fraction=0.5)
+    v.write_text(f"{_tok(1, 'c', 'Z')}\n\n{_tok(1, 'd', 'X')}\n\n", encoding="utf-8")
+    d = load_tagging(p, valid=v)  # one known tag is enough: the other counts as an error
+    assert [y.tolist() for _, y in d.valid] == [[-1], [0]]
+
+
+def test_predict_tags_refuses_a_sentence_given_as_a_string():
+    """A sentence is a list of tokens: a str was iterated character by character, so "the dog" got
+    seven tags, one per character (the space too), silently."""
+    import torch
+
+    from rnnkit.tasks.tag import predict_tags, tagger
+
+    torch.manual_seed(0)
+    model = tagger({"cell": "lstm", "hidden": 4, "layers": 1, "dropout": 0.0, "options": {}}, 5, 2, 4)
+    words, tags = ["<pad>", "<unk>", "the", "dog", "a"], ["D", "N"]
+    with pytest.raises(ValueError, match=r"input 2: a sentence is a list of tokens, got a str 'the dog'"):
+        predict_tags(model, [["a"], "the dog"], words, tags)
+    assert [len(t) for t in predict_tags(model, [["a"], ["the", "dog"]], words, tags)] == [1, 2]
