@@ -243,6 +243,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 x = x.unsqueeze(1)
             batch = x.shape[0] if (self.batch_first and not unbatched) else x.shape[1]
         _checks.check_real_relu(self.cells, x)
+        _checks.check_real_norm(self.cells, x)
         if unbatched:  # time-major (L, 1, H_in) from here on, whatever batch_first says
             batch_first = False
         else:

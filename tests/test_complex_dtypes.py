@@ -83,3 +83,26 @@ def test_complex_relu_refused_in_words_as_torch_nn_refuses(build):
         torch.nn.RNN(3, 4, nonlinearity="relu", dtype=C)(x)
     with pytest.raises(TypeError, match=r"nonlinearity='relu' is not defined for complex.*complex128"):
         build()(x)
+
+
+@pytest.mark.parametrize(
+    "build, norm",
+    [
+        (lambda: rnnkit.LSTM(3, 4, norm="layer", dtype=C), "layer"),
+        (lambda: rnnkit.LSTM(3, 4, norm="batch", max_len=3, dtype=C), "batch"),
+        (lambda: rnnkit.GRU(3, 4, norm="layer", dtype=C), "layer"),
+        (lambda: rnnkit.RNN(3, 4, norm="layer", dtype=C), "layer"),
+        (lambda: rnnkit.LSTMCell(3, 4, norm="layer", dtype=C), "layer"),
+    ],
+)
+def test_complex_norm_refused_in_words(build, norm):
+    """Layer norm failed in torch's words ("LayerNormKernelImpl" not implemented for
+    'ComplexDouble'), batch norm in a dtype mismatch of ``end``; neither named the option."""
+    m = build()
+    with pytest.raises(TypeError, match=rf"norm='{norm}' is not defined for complex.*complex128"):
+        m(torch.randn(2, 3, dtype=C))
+    if isinstance(m, rnnkit.RecurrentStack):
+        from rnnkit.kernels.stream import Stream
+
+        with pytest.raises(TypeError, match=rf"norm='{norm}' is not defined for complex"):
+            Stream(m.eval()).step(torch.randn(2, 3, dtype=C))

@@ -112,6 +112,7 @@ class Stream:
             raise ValueError(f"x_t must be (B, {m.input_size}) or ({m.input_size},), got {tuple(x.shape)}")
         _checks.check_like(x, m._ref, "x_t")
         _checks.check_real_relu(m.cells, x)  # as the layer (torch's relu cell: "clamp is not supported")
+        _checks.check_real_norm(m.cells, x)
         names = m.cells[-1].state_names
         if state is None:
             shapes = m.state_shapes(x.shape[0])
