@@ -83,6 +83,18 @@ def check_real_relu(cells: Sequence[object], x: Tensor) -> None:
         )
 
 
+def check_real_norm(cells: Sequence[object], x: Tensor) -> None:
+    """Layer and batch norm take means and variances over real numbers, so complex ``x`` with a
+    ``norm=`` cell is refused in words (torch's, "LayerNormKernelImpl not implemented for
+    'ComplexDouble'" or a dtype mismatch of ``end``, named neither the option nor the dtype)."""
+    norm = next((n for n in (getattr(c, "norm", None) for c in cells) if n), None)
+    if x.is_complex() and norm:
+        raise RecurrentDtypeError(
+            f"norm={norm!r} is not defined for complex numbers, got input of dtype {x.dtype}; "
+            "use norm=None or a real dtype"
+        )
+
+
 def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim: int | None = None) -> None:
     """``batch_dim``: the batch dimension of a batched dense input (a layer's or a cell's), which
     may be empty, as torch.nn allows (empty outputs and states); zero time steps never are."""

@@ -243,6 +243,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 x = x.unsqueeze(1)
             batch = x.shape[0] if (self.batch_first and not unbatched) else x.shape[1]
         _checks.check_real_relu(self.cells, x)
+        _checks.check_real_norm(self.cells, x)
         if unbatched:  # time-major (L, 1, H_in) from here on, whatever batch_first says
             batch_first = False
         else:
@@ -385,6 +386,12 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0)
     extra = (None, step) if step else ()
     if B == 0:  # no sequence to pack: the dense call's empty outputs and states
         return module(input, hx, *extra)
+    if input.is_complex() and input.requires_grad and torch.is_grad_enabled():
+        # torch's pack_padded_sequence has no complex derivative: its error named neither
+        raise _checks.RecurrentDtypeError(
+            f"lengths= cannot differentiate a complex input ({input.dtype}): torch's packing has no "
+            "complex derivative; detach the input (parameters and hx still get gradients) or omit lengths="
+        )
     with dispatch.packing("lengths= is"):
         packed = pack_padded_sequence(input, lengths, module.batch_first, enforce_sorted=False)
     out, state = module(packed, hx, *extra)

@@ -311,6 +311,7 @@ class StepCell(nn.Module):
         x = input.unsqueeze(0) if unbatched else input
         _checks.check_input(x, self.input_size, True, ref, batch_dim=0)
         _checks.check_real_relu([self.cell], x)
+        _checks.check_real_norm([self.cell], x)
         B, names, sizes = x.shape[0], self.cell.state_names, self.cell.state_sizes()
         if hx is None:
             state = tuple(x.new_zeros(B, s) for s in sizes)

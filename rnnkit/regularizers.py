@@ -187,6 +187,8 @@ def embedding_dropout(weight: Tensor, p: float, training: bool = True) -> Tensor
         got = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
         raise ValueError(f"embedding_dropout expects a (V, E) weight, got {got}")
     _check_floating("embedding_dropout", "weight", weight)
+    if not isinstance(training, bool):  # a true string ('False') dropped, None did not, silently
+        raise TypeError(f"embedding_dropout: training should be of type bool, got: {type(training).__name__}")
     if not training or p == 0:
         return weight
     return weight * sample_mask("embedding", (weight.shape[0], 1), p, weight)

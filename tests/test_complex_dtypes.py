@@ -83,3 +83,43 @@ def test_complex_relu_refused_in_words_as_torch_nn_refuses(build):
         torch.nn.RNN(3, 4, nonlinearity="relu", dtype=C)(x)
     with pytest.raises(TypeError, match=r"nonlinearity='relu' is not defined for complex.*complex128"):
         build()(x)
+
+
+@pytest.mark.parametrize(
+    "build, norm",
+    [
+        (lambda: rnnkit.LSTM(3, 4, norm="layer", dtype=C), "layer"),
+        (lambda: rnnkit.LSTM(3, 4, norm="batch", max_len=3, dtype=C), "batch"),
+        (lambda: rnnkit.GRU(3, 4, norm="layer", dtype=C), "layer"),
+        (lambda: rnnkit.RNN(3, 4, norm="layer", dtype=C), "layer"),
+        (lambda: rnnkit.LSTMCell(3, 4, norm="layer", dtype=C), "layer"),
+    ],
+)
+def test_complex_norm_refused_in_words(build, norm):
+    """Layer norm failed in torch's words ("LayerNormKernelImpl" not implemented for
+    'ComplexDouble'), batch norm in a dtype mismatch of ``end``; neither named the option."""
+    m = build()
+    with pytest.raises(TypeError, match=rf"norm='{norm}' is not defined for complex.*complex128"):
+        m(torch.randn(2, 3, dtype=C))
+    if isinstance(m, rnnkit.RecurrentStack):
+        from rnnkit.kernels.stream import Stream
+
+        with pytest.raises(TypeError, match=rf"norm='{norm}' is not defined for complex"):
+            Stream(m.eval()).step(torch.randn(2, 3, dtype=C))
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch", "loop"])
+def test_complex_lengths_with_input_gradient_refused_in_words(impl):
+    """lengths= packs the input with torch's pack_padded_sequence, which has no complex derivative:
+    its error named neither lengths= nor the dtype. Without the input's gradient it runs."""
+    m = rnnkit.GRU(3, 4, impl=impl, dtype=C)
+    x, lengths = torch.randn(5, 2, 3, dtype=C, requires_grad=True), torch.tensor([5, 3])
+    with pytest.raises(TypeError, match=r"lengths= cannot differentiate a complex input \(torch.complex128"):
+        m(x, lengths=lengths)
+    out, h = m(x.detach(), lengths=lengths)
+    ref, h_ref = m(pack_padded_sequence(x.detach(), lengths))
+    torch.testing.assert_close(h, h_ref)
+    (g,) = torch.autograd.grad(_loss(out), [m.weight_hh_l0])
+    assert g.is_complex() and g.abs().sum() > 0
+    with torch.no_grad():
+        m(x, lengths=lengths)  # no gradient: nothing to refuse

@@ -55,14 +55,27 @@ def _training_differs(layer: RecurrentStack) -> str:
     return ", ".join(w for w in why if w)
 
 
+def _wrapper_attr(layer) -> str:
+    """The attribute under which ``layer`` wraps a :class:`RecurrentStack` ('' if none):
+    ``layer`` of ``rnnkit.cuda_graphed``, ``_orig_mod`` of ``torch.compile``."""
+    for attr in ("layer", "_orig_mod"):
+        if isinstance(getattr(layer, attr, None), RecurrentStack):
+            return attr
+    return ""
+
+
 class Stream:
     """Stateful single-step runner of a unidirectional recurrent layer stack."""
 
     def __init__(self, layer) -> None:
         if not isinstance(layer, RecurrentStack):
             name = type(layer).__name__
+            attr = _wrapper_attr(layer)
             instead = (
-                f"step it with its own {name}.step(x_t, state)"
+                f"it wraps a {type(getattr(layer, attr)).__name__}: pass its .{attr} (a step runs "
+                "the layer's cells, not the wrapper's graphs or compiled code)"
+                if attr
+                else f"step it with its own {name}.step(x_t, state)"
                 if callable(getattr(layer, "step", None))
                 else "build it as rnnkit.LSTM / GRU / RNN (torch.nn's arguments) to stream it"
             )
@@ -99,6 +112,7 @@ class Stream:
             raise ValueError(f"x_t must be (B, {m.input_size}) or ({m.input_size},), got {tuple(x.shape)}")
         _checks.check_like(x, m._ref, "x_t")
         _checks.check_real_relu(m.cells, x)  # as the layer (torch's relu cell: "clamp is not supported")
+        _checks.check_real_norm(m.cells, x)
         names = m.cells[-1].state_names
         if state is None:
             shapes = m.state_shapes(x.shape[0])

@@ -88,6 +88,17 @@ def test_other_layers_get_a_type_error_naming_what_to_use():
         Stream(torch.nn.LSTM(3, 4))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_wrapped_layers_get_a_type_error_naming_the_attribute_to_pass():
+    """cuda_graphed and torch.compile wrap an rnnkit.LSTM; the error used to say to build one."""
+    with pytest.raises(TypeError, match=r"CUDAGraphed: it wraps a LSTM: pass its \.layer "):
+        Stream(rnnkit.cuda_graphed(rnnkit.LSTM(3, 4)))
+    with pytest.raises(TypeError, match=r"OptimizedModule: it wraps a LSTM: pass its \._orig_mod "):
+        Stream(torch.compile(rnnkit.LSTM(3, 4)))
+    layer = rnnkit.LSTM(3, 4)
+    assert Stream(torch.compile(layer)._orig_mod).layer is layer
+
+
 def _scrambled(layer):
     """Parameters and batch norm's running statistics away from their initial values (slot by
     slot: a stream that read the wrong slot would show)."""

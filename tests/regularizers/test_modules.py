@@ -177,6 +177,13 @@ def test_embedding_dropout_function_checks_its_arguments():
     assert regularizers.embedding_dropout(w, 0.5, training=False) is w
 
 
+@pytest.mark.parametrize("training", ["False", None, 1])
+def test_embedding_dropout_function_refuses_a_training_flag_that_is_no_bool(training):
+    """training='False' dropped rows and None did not, silently; as LockedDropout's batch_first."""
+    with pytest.raises(TypeError, match=f"training should be of type bool, got: {type(training).__name__}"):
+        regularizers.embedding_dropout(torch.randn(5, 2), 0.5, training=training)
+
+
 # -- losses -------------------------------------------------------------------------------------
 def test_ar_tar_are_awd_lstm_formulas():
     h = torch.randn(6, 3, 5)
