@@ -87,8 +87,10 @@ def check_real_norm(cells: Sequence[object], x: Tensor) -> None:
     """Layer and batch norm take means and variances over real numbers, so complex ``x`` with a
     ``norm=`` cell is refused in words (torch's, "LayerNormKernelImpl not implemented for
     'ComplexDouble'" or a dtype mismatch of ``end``, named neither the option nor the dtype)."""
+    if not x.is_complex():  # (first: the per-call cost of a real input is this test alone)
+        return
     norm = next((n for n in (getattr(c, "norm", None) for c in cells) if n), None)
-    if x.is_complex() and norm:
+    if norm:
         raise RecurrentDtypeError(
             f"norm={norm!r} is not defined for complex numbers, got input of dtype {x.dtype}; "
             "use norm=None or a real dtype"
