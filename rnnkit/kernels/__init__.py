@@ -217,7 +217,7 @@ def run_direction(
         return variants.run_direction(
             cell, p, xp, batch_sizes, h0, reverse, mask, use_ext, zoneout, zoneout_masks
         )
-    bsz = tuple(int(b) for b in batch_sizes)
+    bsz = tuple(map(int, batch_sizes))
     if kind in norm_ops.NORM_KINDS:
         zrows = _zoneout_rows(xp, bsz, h0, zoneout, zoneout_masks)
         return norm_ops.run_direction(cell, p, xp, bsz, h0, reverse, mask, zrows, training)
@@ -251,7 +251,7 @@ def run_layer_direction(
     standard = kind in ("lstm", "gru", "rnn_tanh", "rnn_relu")
     if (kind == "lstm_ln" or (kind == "lstm_bn" and training)) and _input_in_kernel(x, p["weight_ih"]):
         # the layer-norm LSTM, and the batch-norm LSTM in training: the input group in the kernel too
-        bsz = tuple(int(b) for b in batch_sizes)
+        bsz = tuple(map(int, batch_sizes))
         zrows = _zoneout_rows(x, bsz, h0, zoneout, zoneout_masks)
         return norm_in_kernel.run_direction_input(cell, p, x, bsz, h0, reverse, mask, zrows)
     if torch.compiler.is_compiling() or not (standard or (kind == "lstm_v" and backend(x) == "ext")):
@@ -264,7 +264,7 @@ def run_layer_direction(
         return variants.run_direction(
             cell, p, None, batch_sizes, h0, reverse, mask, True, zoneout, zoneout_masks, proj
         )  # type: ignore[arg-type]
-    bsz = tuple(int(b) for b in batch_sizes)
+    bsz = tuple(map(int, batch_sizes))
     zrows = _zoneout_rows(x, bsz, h0, zoneout, zoneout_masks)
     return _standard(kind, p, None, bsz, h0, reverse, mask, None, zrows, proj)
 

@@ -96,7 +96,7 @@ def run_direction(
     kind = kind_of(cell)
     if kind is None:
         raise ValueError(f"no fused normalized kernel for {type(cell).__name__}({cell.describe()})")
-    bsz = [int(b) for b in batch_sizes]
+    bsz = list(map(int, batch_sizes))
     base = kind[: -len("_ln")]
     lstm = base == "lstm"
     st_hh = st_c = None

@@ -212,7 +212,7 @@ def run_direction(
     if found is None:
         raise ValueError(f"no fused variant kernel for {type(cell).__name__}({cell.describe()})")
     kind, flags = found
-    bsz = tuple(int(b) for b in batch_sizes)
+    bsz = tuple(map(int, batch_sizes))
     lstm, fgr = kind == "lstm_v", len(h0) == 3
     ref = xp if proj is None else proj[0]  # rows and dtype of the direction
     zmasks = None if zoneout_masks is None else zoneout_masks[:2]
