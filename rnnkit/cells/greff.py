@@ -99,12 +99,14 @@ class GateLayout:
         ``g`` is the candidate ``z_t`` after the input activation (the identity for NIAF).
         """
         H = c.shape[1]
-        pre = dict(zip(self.gates, a.split(H, 1)))
+        # sizes, not split(H): split(0) gives one piece, and H = 0 is a valid (torch.nn) cell
+        pre = dict(zip(self.gates, a.split([H] * len(self.gates), 1)))
+        S = [H] * len(self.sigmoid_gates)
         if prev is not None:
             rec = prev @ p["weight_gg"].t()
-            for k, r in zip(self.sigmoid_gates, rec.split(H, 1)):
+            for k, r in zip(self.sigmoid_gates, rec.split(S, 1)):
                 pre[k] = pre[k] + r
-        peep = dict(zip(self.sigmoid_gates, p["weight_peephole"].split(H))) if self.peephole else {}
+        peep = dict(zip(self.sigmoid_gates, p["weight_peephole"].split(S))) if self.peephole else {}
         out: dict[str, Tensor] = {}
         if "f" in pre:
             out["f"] = torch.sigmoid(pre["f"] + peep["f"] * c if "f" in peep else pre["f"])

@@ -119,7 +119,8 @@ class GRUCellMath(Cell):
             a = layer_norm(p, "ih", x @ p["weight_ih"].t())
             return a + p["bias_ih"] if self.bias else a
         H = self.hidden_size
-        blocks = dict(zip(self.inp, (x @ p["weight_ih"].t()).split(H, 1)))
+        # sizes, not split(H): split(0) gives one piece, and H = 0 is a valid (torch.nn) cell
+        blocks = dict(zip(self.inp, (x @ p["weight_ih"].t()).split([H] * len(self.inp), 1)))
         xh = x @ p["weight_xproj"].t() if self.xproj else x
         if self.variant == "mut1":
             blocks["n"] = torch.tanh(xh)

@@ -378,3 +378,28 @@ def test_max_len_without_batch_norm_is_refused_by_the_cell():
         rnnkit.LSTMCell(3, 4, max_len=8)
     assert rnnkit.LSTMCell(3, 4, norm="batch", max_len=8).running_mean_c.shape == (8, 4)
     assert rnnkit.LSTMCell(3, 4, norm="batch").running_mean_c.shape == (512, 4)  # the default
+
+
+@pytest.mark.parametrize(
+    "cls,opts",
+    [
+        (rnnkit.LSTMCell, {"peephole": True}),
+        (rnnkit.LSTMCell, {"norm": "layer"}),
+        (rnnkit.LSTMCell, {"coupled_gates": True}),
+        (rnnkit.LSTMCell, {"full_gate_recurrence": True, "output_gate": False}),
+        (rnnkit.GRUCell, {"variant": "mut1"}),
+        (rnnkit.GRUCell, {"variant": "mut2"}),
+        (rnnkit.GRUCell, {"variant": "mut3"}),
+    ],
+)
+def test_cell_options_take_hidden_size_zero(cls, opts):
+    """``hidden_size=0``, as torch.nn's cells take it (and the standard cells here): the gate
+    blocks were cut with ``split(H)``, which gives one piece for ``H = 0``, so a variant's step
+    raised ``KeyError: 'g'`` (LSTM) or ``'z'``/``'n'`` (MUT1-3)."""
+    cell = cls(3, 0, **opts)
+    x = torch.randn(2, 3, requires_grad=True)
+    out = as_tuple(cell(x))
+    assert [tuple(s.shape) for s in out] == [(2, s) for s in cell.cell.state_sizes()]
+    sum(s.sum() for s in out).backward()  # type: ignore[union-attr]
+    unbatched = as_tuple(cell(x[0]))
+    assert [tuple(s.shape) for s in unbatched] == [(s,) for s in cell.cell.state_sizes()]
