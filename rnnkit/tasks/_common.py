@@ -16,12 +16,12 @@ from torch import Tensor, nn
 
 from rnnkit._checks import is_int
 from rnnkit.arch import build_recurrent
-from rnnkit.baselines import encoder_output_size, step_kwargs
+from rnnkit.baselines import TCN, ConvRecurrent, encoder_output_size, step_kwargs
 from rnnkit.train.evaluate import kept_modes
 
 __all__ = [
-    "SequenceNet", "last_valid", "accuracy", "batches", "padded_batches", "keeps_mode", "kept_modes",
-    "utf8_error_offset", "check_batch_size",
+    "SequenceNet", "last_valid", "summary", "splits_directions", "accuracy", "batches", "padded_batches",
+    "keeps_mode", "kept_modes", "utf8_error_offset", "check_batch_size",
 ]  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -119,13 +119,35 @@ def last_valid(out: Tensor, lengths: Tensor | None) -> Tensor:
     return out[torch.arange(out.shape[0], device=out.device), idx]
 
 
+def splits_directions(encoder: nn.Module) -> bool:
+    """Whether ``encoder``'s output is ``[forward | backward]`` concatenated: a bidirectional
+    recurrent stack, also behind a conv front end. A TCN's ``bidirectional`` (centred kernels,
+    one output per step) is not."""
+    rnn = encoder.rnn if isinstance(encoder, ConvRecurrent) else encoder
+    return not isinstance(rnn, TCN) and bool(getattr(rnn, "bidirectional", False))
+
+
+def summary(out: Tensor, lengths: Tensor | None, bidirectional: bool = False) -> Tensor:
+    """``out`` (B, T, H) -> (B, H): a many-to-one summary of each sequence, the output at its last
+    valid step; ``bidirectional`` (``out`` is ``[forward | backward]``, ``H/2`` each): the forward
+    half there and the backward half at step 0, which has read the whole valid sequence (the
+    reverse direction starts at each sequence's last valid step), as torch's ``h_n`` and Keras'
+    ``Bidirectional`` give. The backward half at the last valid step had read only that step."""
+    last = last_valid(out, lengths)
+    if not bidirectional:
+        return last
+    half = out.shape[-1] // 2
+    return torch.cat([last[..., :half], out[:, 0, half:]], -1)
+
+
 class SequenceNet(nn.Module):
     """``(B, T)`` token ids (``vocab_size``) or ``(B, T, F)`` features (``input_size``)
     -> encoder (``arch``) -> linear head of ``out_size``.
 
     ``many_to_one=True``: ``forward`` returns ``(B, out_size)`` from the last valid step
-    (``lengths``); else ``(B, T, out_size)``. Called ``model(x, state=None, lengths=None,
-    step=0) -> (output, state)``; ``step``: the time index of ``x``'s first step when a
+    (``lengths``; a bidirectional encoder's backward half from step 0, see :func:`summary`);
+    else ``(B, T, out_size)``. Called ``model(x, state=None, lengths=None, step=0) -> (output,
+    state)``; ``step``: the time index of ``x``'s first step when a
     sequence is fed in pieces with its state carried (step-by-step decoding).
     """
 
@@ -158,7 +180,7 @@ class SequenceNet(nn.Module):
         kw.update(step_kwargs(self.encoder, step))
         out, state = self.encoder(h, state, **kw)
         if self.many_to_one:
-            out = last_valid(out, lengths)
+            out = summary(out, lengths, splits_directions(self.encoder))
         return self.head(out), state
 
 

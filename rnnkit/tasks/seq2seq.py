@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 from rnnkit._checks import is_int
 from rnnkit.arch import build_recurrent
 from rnnkit.baselines import encoder_output_size, step_kwargs
-from rnnkit.tasks._common import check_batch_size, keeps_mode, last_valid, padded_batches
+from rnnkit.tasks._common import check_batch_size, keeps_mode, padded_batches, splits_directions, summary
 
 __all__ = [
     "number_to_words",
@@ -155,7 +155,7 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, lengths: Tensor) -> Tensor:
         """``src`` (B, S) -> summary ``c`` (B, C)."""
         out, _ = self.encoder(self.src_embed(src), None, lengths=lengths.cpu())
-        return last_valid(out, lengths)
+        return summary(out, lengths, splits_directions(self.encoder))
 
     def decode_step(self, c: Tensor, y_prev: Tensor, state: Any, t: int = 0) -> tuple[Tensor, Any]:
         """``y_prev`` (B,) token ids (negative = padding), fed at the decoder's step ``t`` (the

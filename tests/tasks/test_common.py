@@ -75,3 +75,84 @@ def test_inference_helpers_refuse_a_batch_size_that_is_no_positive_int(bs):
     task = memory.make_task("plus1", length=3, n_train=2, n_valid=3)
     with pytest.raises(ValueError, match=msg):
         memory.evaluate(task, memory.memory_model("plus1", arch, task.params), batch_size=bs)
+
+
+_BIDI_ARCHS = [
+    ("lstm", {}), ("lstm", {"proj_size": 2}), ("gru", {}), ("rnn", {}), ("mingru", {}), ("qrnn", {}),
+    ("conv-lstm", {}),
+]  # fmt: skip
+
+
+def _net(cell: str, options: dict, bidirectional: bool, layers: int = 1) -> nn.Module:
+    from rnnkit.tasks._common import SequenceNet
+
+    arch = {"cell": cell, "hidden": 5, "layers": layers, "dropout": 0.0, "options": options}
+    return SequenceNet(arch, 3, input_size=4, many_to_one=True, bidirectional=bidirectional).eval()
+
+
+@pytest.mark.parametrize(("cell", "options"), _BIDI_ARCHS)
+def test_a_bidirectional_many_to_one_head_reads_the_backward_summary_of_the_whole_sequence(cell, options):
+    """The head was fed the output at the last valid step, whose backward half had read that step
+    alone: with the head reading the backward half only, the first input changed nothing."""
+    torch.manual_seed(0)
+    net = _net(cell, options, True)
+    half = net.head.in_features // 2
+    with torch.no_grad():
+        net.head.weight[:, :half] = 0
+    x, lengths = torch.randn(3, 6, 4), torch.tensor([6, 4, 3])
+    x2 = x.clone()
+    x2[:, 0] += 1
+    with torch.no_grad():
+        y, y2 = net(x, lengths=lengths)[0], net(x2, lengths=lengths)[0]
+    assert not torch.isclose(y, y2).all(-1).any()
+
+
+@pytest.mark.parametrize(("cell", "options"), _BIDI_ARCHS)
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_bidirectional_summary_is_forward_at_the_last_valid_step_and_backward_at_step_0(
+    cell, options, padded
+):
+    torch.manual_seed(0)
+    net = _net(cell, options, True, layers=2)
+    x = torch.randn(3, 6, 4)
+    lengths = torch.tensor([6, 2, 4]) if padded else None
+    with torch.no_grad():
+        y = net(x, lengths=lengths)[0]
+        half = net.head.in_features // 2
+        rows = []
+        for b in range(3):  # each sequence alone, unpadded: h_n's [forward | backward]
+            n = int(lengths[b]) if padded else 6
+            out, _ = net.encoder(x[b : b + 1, :n], None)
+            rows.append(torch.cat([out[0, n - 1, :half], out[0, 0, half:]]))
+        torch.testing.assert_close(y, net.head(torch.stack(rows)))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "conv-gru", "tcn"])
+def test_a_unidirectional_or_tcn_summary_is_the_output_at_the_last_valid_step(cell):
+    """A TCN's ``bidirectional`` (centred kernels, one output per step) splits no directions."""
+    from rnnkit.tasks._common import last_valid
+
+    torch.manual_seed(0)
+    net = _net(cell, {}, cell == "tcn")
+    x, lengths = torch.randn(3, 6, 4), torch.tensor([6, 2, 4])
+    with torch.no_grad():
+        out, _ = net.encoder(x, None, lengths=lengths)
+        torch.testing.assert_close(net(x, lengths=lengths)[0], net.head(last_valid(out, lengths)))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "conv-lstm"])
+def test_opt_bidirectional_reaches_the_many_to_one_summary_of_the_tasks(cell):
+    """``--opt bidirectional=true`` (the classify and memory tasks' only way to one), also for the
+    recurrent stack behind a causal conv front end."""
+    from rnnkit.tasks.classify import classifier
+
+    torch.manual_seed(0)
+    arch = {"cell": cell, "hidden": 5, "layers": 1, "dropout": 0.0, "options": {"bidirectional": True}}
+    nets = [memory.memory_model("plus1", arch, {}), classifier(arch, 3, {"vocab_size": 7})]
+    xs = [torch.randn(2, 6, 1), torch.randint(0, 7, (2, 6))]
+    for net, x in zip(nets, xs, strict=True):
+        with torch.no_grad():
+            h = net.embed(x) if net.embed is not None else x
+            out, _ = net.encoder(h, None)
+            expected = net.head(torch.cat([out[:, -1, :5], out[:, 0, 5:]], -1))
+            torch.testing.assert_close(net(x)[0], expected)

@@ -39,3 +39,21 @@ def test_generate_takes_numpy_ints_and_keeps_the_parts_disjoint():
     assert (len(d.train), len(d.valid)) == (30, 10)
     train, valid = ({tuple(s.tolist()) for s, _ in part} for part in (d.train, d.valid))
     assert len(train | valid) == 40  # every number once: the parts are disjoint
+
+
+def test_a_bidirectional_encoders_summary_is_forward_at_the_last_valid_step_and_backward_at_step_0():
+    """``--opt bidirectional=true``: the summary's backward half was the output at the last valid
+    step, which had read that one source token."""
+    import torch
+
+    from rnnkit.tasks.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    arch = {"cell": "gru", "hidden": 5, "layers": 1, "dropout": 0.0, "options": {"bidirectional": True}}
+    m = Seq2Seq(arch, 10, 12)
+    src, lengths = torch.randint(1, 10, (2, 5)), torch.tensor([5, 3])
+    with torch.no_grad():
+        c = m.encode(src, lengths)
+        for b, n in enumerate(lengths.tolist()):
+            out, _ = m.encoder(m.src_embed(src[b : b + 1, :n]), None)
+            torch.testing.assert_close(c[b], torch.cat([out[0, n - 1, :5], out[0, 0, 5:]]))
