@@ -9,7 +9,7 @@ is itself a reverse linear scan::
     ∂b_t  = g_t,   ∂a_t = g_t ⊙ conj(h_{t-1}),   ∂h_0 = conj(a_0) ⊙ g_0
 
 (``conj`` is the identity for real tensors; for complex ones it is torch's convention for
-the gradient of a holomorphic function.) Three implementations, one set of numbers:
+the gradient of a holomorphic function.) Four implementations, one set of numbers:
 
 * ``"ext"`` — a small C++ kernel (:file:`csrc/scan.cpp`, compiled with ``ninja`` at first use
   into ``~/.cache/rnnkit/ext/scan-<torch>-<py>-<hash of source, flags, CPU>``, the root

@@ -32,7 +32,10 @@ def g(v: Tensor) -> Tensor:
 
 def log_g(v: Tensor) -> Tensor:
     """``log g(v)``, computed without forming ``g(v)`` for negative ``v``."""
-    return torch.where(v >= 0, torch.log(F.relu(v) + 0.5), -F.softplus(-v))
+    # clamp, not relu: both keep the unselected branch's log finite, but relu's derivative at
+    # v = 0 is 0 where g's (the v >= 0 branch, v + 0.5) is 1: a zero input of a bias-free layer
+    # had no gradient through h̃
+    return torch.where(v >= 0, torch.log(v.clamp(min=0) + 0.5), -F.softplus(-v))
 
 
 def _heinsen(log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:

@@ -8,6 +8,8 @@ import torch
 
 import rnnkit
 
+from . import references
+
 
 @pytest.mark.parametrize("cls", [rnnkit.MinGRU, rnnkit.MinLSTM])
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -57,3 +59,17 @@ def test_half_precision_runs_the_log_scan_in_float32(cls, how):
         got, h_n = m.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert got.dtype == h_n.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, rtol=0.03, atol=0.03)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.MinGRU, rnnkit.MinLSTM])
+def test_gradient_at_a_zero_candidate_is_the_papers(cls):
+    """``h̃ = g(v)`` is ``v + 0.5`` for ``v ≥ 0``: ``∂ log g / ∂v = 2`` at ``v = 0``. ``log_g`` took
+    ``relu(v)``, whose derivative there is 0: a zero input of a bias-free layer (``v = 0``
+    exactly) had no gradient through ``h̃`` (0.56 off the paper's loop for minGRU)."""
+    torch.manual_seed(0)
+    m = cls(3, 4, bias=False, log_space=True)
+    x = torch.zeros(5, 2, 3, requires_grad=True)
+    got = torch.autograd.grad(m(x)[0].sum(), x)[0]
+    fn = references.mingru if cls is rnnkit.MinGRU else references.minlstm
+    want = torch.autograd.grad(fn(m, m.layer_params(0), x, torch.zeros(2, 4))[0].sum(), x)[0]
+    torch.testing.assert_close(got, want)
