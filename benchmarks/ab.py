@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> None:
                 sys.exit(f"tree {name} ({trees[name == 'B']}) failed:\n{res.stderr}")
             row = json.loads(res.stdout.strip().splitlines()[-1])
             rows[name].append(row)
-            print(f"| {r} | {name} | " + " | ".join(f"{row[k]:.2f}" for k in KEYS) + " |", flush=True)
+            print(f"| {r} | {name} | " + " | ".join(f"{row[k]:.3f}" for k in KEYS) + " |", flush=True)
     for name in "AB":
         med = {k: statistics.median(x[k] for x in rows[name]) for k in KEYS}
-        print(f"| median | {name} | " + " | ".join(f"{med[k]:.2f}" for k in KEYS) + " |")
+        print(f"| median | {name} | " + " | ".join(f"{med[k]:.3f}" for k in KEYS) + " |")
 
 
 if __name__ == "__main__":
