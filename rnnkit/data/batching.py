@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from rnnkit import _checks
+from rnnkit.options import check_prob
 
 __all__ = ["LMBatch", "BPTTBatches", "bptt_batches", "make_streams"]
 
@@ -137,8 +138,7 @@ class BPTTBatches:
                 f"data has {data.numel()} tokens, fewer than batch_size * seq_len = "
                 f"{batch_size} * {seq_len} = {batch_size * seq_len}"
             )
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+        p = check_prob("p", p)  # (True was taken as 1)
         self.inputs, self.targets = make_streams(data, batch_size, rank=rank, world_size=world_size)
         self.batch_size, self.seq_len = batch_size, seq_len
         self.batch_first, self.drop_last = batch_first, drop_last

@@ -225,15 +225,20 @@ class CharVocab:
         return torch.from_numpy(idx_c)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Ids of shape (N,) -> string of length N.
+        """Ids of shape (N,) -> string of length N (a batch: decode it row by row).
 
         Raises:
-            ValueError: an id that is not an integer (a float one raised a bare ``TypeError``;
-                a bool is no id), or outside ``[0, len(self))`` (a negative one would otherwise
-                index from the end of the vocabulary).
+            ValueError: a tensor or array of another shape (a (B, N) batch was flattened into one
+                string, its rows run together), an id that is not an integer (a float one raised a
+                bare ``TypeError``; a bool is no id), or outside ``[0, len(self))`` (a negative one
+                would otherwise index from the end of the vocabulary).
         """
-        if isinstance(ids, torch.Tensor):
-            ids = ids.reshape(-1).tolist()
+        if isinstance(ids, (torch.Tensor, np.ndarray)):
+            if ids.ndim != 1:
+                raise ValueError(
+                    f"ids must have shape (N,), got shape {tuple(ids.shape)}; decode a batch row by row"
+                )
+            ids = ids.tolist()
         ids = list(ids)
         odd = [i for i in ids if not is_int(i)]
         if odd:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit._checks import is_int
+from rnnkit._checks import is_int, is_real
 
 __all__ = ["copy_memory", "plus_one", "plus_one_p", "adding", "BLANK", "DELIMITER"]
 
@@ -81,7 +81,7 @@ def plus_one(
     """
     _check_positive(n=n, length=length)
     p = plus_one_p(length) if p is None else p
-    if not 0.0 <= p <= 1.0:
+    if not is_real(p) or not 0.0 <= p <= 1.0:  # (True drew all ones; a str failed comparing)
         raise ValueError(f"p must be a probability in [0, 1], got {p!r}")
     u = torch.rand(n, length, 1, generator=generator(seed), dtype=torch.float64)
     x = (u < p).to(dtype or torch.get_default_dtype())

@@ -26,6 +26,7 @@ from ..arch import parse_value
 from ..datasets import synthetic
 from ..modules import GRU, LSTM, RNN
 from ..parallel import LRU, QRNN, MinGRU, MinLSTM
+from ..tasks._common import summary
 from ..train.evaluate import kept_modes
 
 TASKS = ("copy", "plus_one")
@@ -131,8 +132,11 @@ class TaskModel(nn.Module):
         width = getattr(rnn, "proj_size", 0) or rnn.hidden_size  # an LSTM projection outputs proj_size
         self.head = nn.Linear(width * (2 if rnn.bidirectional else 1), n_out)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.rnn(x)[0])
+    def forward(self, x: Tensor, many_to_one: bool = False) -> Tensor:
+        """``x`` (B, T, I) -> logits (B, T, C); ``many_to_one``: (B, C) of :func:`summary` (a
+        bidirectional layer's backward half at step 0, which has read the whole sequence)."""
+        out = self.rnn(x)[0]
+        return self.head(summary(out, None, bool(self.rnn.bidirectional)) if many_to_one else out)
 
 
 def task_batch(task: str, n: int, lag: int, budget: Budget, seed: int) -> tuple[Tensor, Tensor]:
@@ -151,15 +155,19 @@ def task_io(task: str, budget: Budget) -> tuple[int, int]:
     return (budget.n_symbols + 2, budget.n_symbols + 2) if task == "copy" else (1, 2)
 
 
-def task_logits(task: str, logits: Tensor, budget: Budget) -> Tensor:
-    """The logits that are scored: the recall steps (copy) or the last step (+1)."""
-    return logits[:, -budget.n_copy :] if task == "copy" else logits[:, -1]
+def task_logits(task: str, model: nn.Module, x: Tensor, budget: Budget) -> Tensor:
+    """The logits of ``model`` on ``x`` that are scored: the recall steps (copy) or the last
+    step (+1), a :class:`TaskModel`'s summary there: at the last step a bidirectional layer's
+    backward half had read only that step. Another model returns logits (B, T, C)."""
+    if task == "copy":
+        return model(x)[:, -budget.n_copy :]
+    return model(x, many_to_one=True) if isinstance(model, TaskModel) else model(x)[:, -1]
 
 
 def accuracy(task: str, model: nn.Module, x: Tensor, y: Tensor, budget: Budget) -> float:
     """Held-out accuracy, in evaluation mode (no dropout or zoneout masks); the mode is restored."""
     with kept_modes(model), torch.no_grad():  # each module's own mode back
-        pred = task_logits(task, model.eval()(x), budget).argmax(-1)
+        pred = task_logits(task, model.eval(), x, budget).argmax(-1)
     # integer counts (a float32 mean rounded 2/5); no held-out example: NaN, as the tasks' accuracy
     return int((pred == y).sum()) / pred.numel() if pred.numel() else float("nan")
 
@@ -173,7 +181,7 @@ def train_task(model: nn.Module, task: str, lag: int, budget: Budget,
     best, step = 0.0, 0
     for step in range(1, budget.steps + 1):
         x, y = task_batch(task, budget.batch_size, lag, budget, seed=budget.seed * 7919 + step)
-        logits = task_logits(task, model(x), budget)
+        logits = task_logits(task, model, x, budget)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad()
         loss.backward()

@@ -35,6 +35,7 @@ __all__ = [
     "TASKS",
     "make_task",
     "arith",
+    "arith_split",
     "ARITH_MAX_DIGITS",
     "ARITH_VOCAB",
     "arith_greedy",
@@ -68,16 +69,53 @@ def arith(n: int, digits: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     last character, the target the next character on answer positions and ``-100``
     elsewhere (question characters are not predicted).
     """
+    _check_arith(n, "n", digits)
+    return _arith_ids(_arith_problems(n, digits, seed), digits)
+
+
+def arith_split(
+    n_train: int, n_valid: int, digits: int, seed: int = 0
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(train, valid)`` as :func:`arith`'s (seeds ``seed`` and ``seed + 1``) with no validation
+    problem among the training ones: a validation set drawn independently repeated training
+    problems (many at ``digits=1``, 100 problems in all), inflating its scores."""
+    _check_arith(n_train, "n_train", digits)
+    _check_arith(n_valid, "n_valid", digits)
+    train = _arith_problems(n_train, digits, seed)
+    seen, space = set(train), 10 ** (2 * digits)
+    if len(seen) + n_valid > space:  # the draws below would never end
+        raise ValueError(
+            f"arith with digits={digits} has {space} problems; the {n_train} training problems take "
+            f"{len(seen)} of them, leaving {space - len(seen)} for n_valid={n_valid} unseen ones"
+        )
+    valid = _arith_problems(n_valid, digits, seed + 1, exclude=seen)
+    return _arith_ids(train, digits), _arith_ids(valid, digits)
+
+
+def _check_arith(n: int, name: str, digits: int) -> None:
     # ints only: True passed as 1 digit and failed formatting ('0Trued'), 2.0 and n=2.5 in randint,
     # n=0 in indexing an empty id tensor ("too many indices")
     if not is_int(n) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+        raise ValueError(f"{name} must be a positive int, got {n!r}")
     if not is_int(digits) or not 1 <= digits <= ARITH_MAX_DIGITS:  # (beyond: "Overflow when unpacking")
         raise ValueError(f"digits must be in [1, {ARITH_MAX_DIGITS}] (int64 operands), got {digits!r}")
-    g = synthetic.generator(seed)
-    hi = 10**digits
-    a, b = torch.randint(0, hi, (n,), generator=g), torch.randint(0, hi, (n,), generator=g)
-    seqs = [f"{x:0{digits}d}+{y:0{digits}d}={x + y:0{digits + 1}d}" for x, y in zip(a.tolist(), b.tolist())]
+
+
+def _arith_problems(
+    n: int, digits: int, seed: int, exclude: set[tuple[int, int]] | None = None
+) -> list[tuple[int, int]]:
+    """``n`` operand pairs drawn with ``seed``'s generator, redrawing those in ``exclude`` (the
+    first ``n`` pairs are the same draws as without it: no seed's data changes where none collide)."""
+    g, hi, out = synthetic.generator(seed), 10**digits, []
+    while len(out) < n:
+        a, b = torch.randint(0, hi, (n,), generator=g), torch.randint(0, hi, (n,), generator=g)
+        out += [p for p in zip(a.tolist(), b.tolist()) if not exclude or p not in exclude]
+    return out[:n]
+
+
+def _arith_ids(problems: list[tuple[int, int]], digits: int) -> tuple[Tensor, Tensor]:
+    """``(inputs, targets)`` of :func:`arith` for the operand pairs ``problems``."""
+    seqs = [f"{x:0{digits}d}+{y:0{digits}d}={x + y:0{digits + 1}d}" for x, y in problems]
     ids = torch.tensor([[ARITH_VOCAB.index(c) for c in s] for s in seqs], dtype=torch.long)
     q = 2 * digits + 2  # question length, the answer starts there
     x, y = ids[:, :-1], ids[:, 1:].clone()
@@ -148,7 +186,7 @@ def make_task(
         tr, va = _plus_one(n_train, length, seed), _plus_one(n_valid, length, seed + 1)
         return MemoryTask(name, tr, va, {"length": length}, {"chance_accuracy": 0.5})
     if name == "arith":
-        tr, va = arith(n_train, digits, seed), arith(n_valid, digits, seed + 1)
+        tr, va = arith_split(n_train, n_valid, digits, seed)
         return MemoryTask(name, tr, va, {"digits": digits}, {"chance_digit_accuracy": 0.1})
     raise ValueError(f"unknown memory task {name!r}; choose one of {', '.join(TASKS)}")
 

@@ -140,6 +140,28 @@ def collate(items: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]
     return src, tgt, torch.tensor([len(s) for s, _ in items])
 
 
+def _one_direction(arch: dict[str, Any]) -> dict[str, Any]:
+    """``arch`` without ``--opt bidirectional``, for the decoder: it is fed one step at a time with
+    its state carried, so a backward direction was a second forward one (wasted parameters), and
+    batch norm refused its ``step``. The option is the encoder's."""
+    options = arch.get("options") or {}
+    if "bidirectional" not in options:
+        return arch
+    return {**arch, "options": {k: v for k, v in options.items() if k != "bidirectional"}}
+
+
+def _refuse_bidirectional_decoder(module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Refuse, before anything is copied, a checkpoint whose decoder was bidirectional (its output
+    layer reads twice the decoder's width): the decoder is now built with one direction."""
+    w = state.get(prefix + "out.weight")
+    if w is not None and w.shape[-1] == 2 * module.out.in_features and splits_directions(module.encoder):
+        raise RuntimeError(
+            f"this checkpoint's decoder is bidirectional (out.weight {tuple(w.shape)}, expected "
+            f"{tuple(module.out.weight.shape)}): a model saved before --opt bidirectional=true applied "
+            "to the encoder only; it cannot be loaded, train it again"
+        )
+
+
 class Seq2Seq(nn.Module):
     """Encoder (embedding -> ``arch``) -> summary ``c`` -> decoder fed ``[embed(y_{t-1}), c]``."""
 
@@ -149,8 +171,9 @@ class Seq2Seq(nn.Module):
         self.tgt_embed = nn.Embedding(tgt_vocab, embedding_dim, padding_idx=PAD)
         self.encoder = build_recurrent(arch, embedding_dim, batch_first=True)
         c = encoder_output_size(self.encoder)
-        self.decoder = build_recurrent(arch, embedding_dim + c, batch_first=True)
+        self.decoder = build_recurrent(_one_direction(arch), embedding_dim + c, batch_first=True)
         self.out = nn.Linear(encoder_output_size(self.decoder), tgt_vocab)
+        self.register_load_state_dict_pre_hook(_refuse_bidirectional_decoder)
 
     def encode(self, src: Tensor, lengths: Tensor) -> Tensor:
         """``src`` (B, S) -> summary ``c`` (B, C)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -132,7 +133,7 @@ def test_vocab_decode_rejects_ids_out_of_range(bad) -> None:
     """A negative id used to wrap around to the end of the vocabulary (``decode([-1])`` was
     its last character); ids past the end raised a bare IndexError."""
     v = CharVocab("abc")
-    assert v.decode([0, 2]) == "ac" and v.decode(torch.tensor([[1, 0]])) == "ba" and v.decode([]) == ""
+    assert v.decode([0, 2]) == "ac" and v.decode(torch.tensor([1, 0])) == "ba" and v.decode([]) == ""
     for ids in ([0, bad], torch.tensor([bad, 1])):
         with pytest.raises(ValueError, match=rf"outside the vocabulary's range \[0, 3\): \[{bad}\]"):
             v.decode(ids)
@@ -174,3 +175,11 @@ def test_load_text_file_drops_a_utf8_bom(tmp_path: Path) -> None:
     (tmp_path / "bad.txt").write_bytes(b"\xef\xbb\xbfab\xff")
     with pytest.raises(ValueError, match="bad byte at offset 5"):  # of the file, BOM included
         load_text_file(tmp_path / "bad.txt")
+
+
+@pytest.mark.parametrize("ids", [torch.tensor([[1, 0], [2, 2]]), np.array([[1, 0]]), torch.tensor(1)])
+def test_vocab_decode_refuses_ids_that_are_not_one_dimensional(ids) -> None:
+    """A (B, N) batch was flattened into one string, its rows run together ("bacc")."""
+    shape = re.escape(str(tuple(ids.shape)))
+    with pytest.raises(ValueError, match=rf"ids must have shape \(N,\), got shape {shape}"):
+        CharVocab("abc").decode(ids)

@@ -164,3 +164,18 @@ def test_accuracy_of_no_example_is_nan():
 
     none = torch.zeros(0, dtype=torch.long)
     assert math.isnan(accuracy("plus_one", Model(), torch.zeros(0, 3, 1), none, Budget()))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_plus_one_scores_the_summary_of_a_bidirectional_layer(bidirectional):
+    """+1 scored the logits at the last step, where a bidirectional layer's backward half had read
+    that step only; it is now scored at the summary (forward half at the last step, backward at 0)."""
+    from rnnkit.diagnostics.memory import task_batch, task_logits
+
+    torch.manual_seed(0)
+    budget = Budget()
+    model = TaskModel(Variant("v", "lstm", {"bidirectional": bidirectional}).build(1, 4), 2)
+    x, _ = task_batch("plus_one", 3, 6, budget, seed=0)
+    out = model.rnn(x)[0]
+    want = torch.cat([out[:, -1, :4], out[:, 0, 4:]], -1) if bidirectional else out[:, -1]
+    torch.testing.assert_close(task_logits("plus_one", model, x, budget), model.head(want))

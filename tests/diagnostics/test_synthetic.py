@@ -99,3 +99,10 @@ def test_numpy_ints_are_taken(fn, args):
     assert synthetic.plus_one_p(np.int64(5)) == synthetic.plus_one_p(5)
     with pytest.raises(ValueError, match="n must be a positive int, got True"):
         fn(True, *args[1:])
+
+
+@pytest.mark.parametrize("p", [True, "0.5"])
+def test_plus_one_refuses_a_p_that_is_no_number(p):
+    """True was taken as p=1 (every input a 1); a str failed comparing, naming no argument."""
+    with pytest.raises(ValueError, match=rf"p must be a probability in \[0, 1\], got {p!r}"):
+        synthetic.plus_one(2, 3, p=p)

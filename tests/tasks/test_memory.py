@@ -39,3 +39,22 @@ def test_make_task_names_a_size_that_is_no_int(kw, name):
     args = {"length": 4, "n_train": 2, "n_valid": 2, **kw}
     with pytest.raises(ValueError, match=rf"{name} must be an int >= 1, got {kw[name]!r}"):
         make_task("plus1", **args)
+
+
+def _problems(x):
+    return {tuple(row.tolist()) for row in x}
+
+
+def test_arith_validation_problems_are_not_training_problems():
+    """Validation was drawn with seed + 1 independently of training: at digits=1 (100 problems)
+    19 of 40 validation problems were training problems, inflating validation scores."""
+    t = make_task("arith", length=1, n_train=80, n_valid=40, digits=1)
+    q = 2 * 1 + 2
+    assert not _problems(t.train[0][:, :q]) & _problems(t.valid[0][:, :q])
+    assert len(t.valid[0]) == 40
+    assert t.train[0].equal(arith(80, 1, seed=0)[0])  # the training data is unchanged
+
+
+def test_arith_refuses_a_validation_set_the_problem_space_cannot_hold():
+    with pytest.raises(ValueError, match=r"digits=1 has 100 problems; the 80 training problems take \d+"):
+        make_task("arith", length=1, n_train=80, n_valid=50, digits=1)

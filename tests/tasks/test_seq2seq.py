@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from rnnkit.tasks.seq2seq import Seq2SeqData, number_to_words
+from rnnkit.tasks.seq2seq import Seq2Seq, Seq2SeqData, number_to_words
 
 
 def test_number_words_by_hand():
@@ -57,3 +58,41 @@ def test_a_bidirectional_encoders_summary_is_forward_at_the_last_valid_step_and_
         for b, n in enumerate(lengths.tolist()):
             out, _ = m.encoder(m.src_embed(src[b : b + 1, :n]), None)
             torch.testing.assert_close(c[b], torch.cat([out[0, n - 1, :5], out[0, 0, 5:]]))
+
+
+def _arch(**options):
+    return {"cell": "lstm", "hidden": 8, "layers": 2, "dropout": 0.0, "options": options}
+
+
+def _batch():
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randint(4, 10, (3, 5), generator=g), torch.randint(4, 12, (3, 4), generator=g)
+    return src, torch.tensor([5, 4, 2]), tgt
+
+
+@pytest.mark.parametrize("options", [{}, {"norm": "batch"}])
+def test_bidirectional_option_makes_only_the_encoder_bidirectional(options):
+    """The decoder was built bidirectional too: fed one step at a time its backward direction was a
+    second forward one, and with norm=batch the decoder's step was refused ('needs a unidirectional
+    layer')."""
+    m = Seq2Seq(_arch(bidirectional=True, **options), 10, 12, 4)
+    assert m.encoder.bidirectional and not m.decoder.bidirectional
+    assert m.decoder.input_size == 4 + 16 and m.out.in_features == 8  # reads the encoder's [fwd | bwd]
+    assert m(*_batch()).shape == (3, 4, 12)
+
+
+def test_unidirectional_checkpoints_load_unchanged():
+    m = Seq2Seq(_arch(), 10, 12, 4)
+    assert m.decoder.input_size == 4 + 8 and m.out.in_features == 8
+    Seq2Seq(_arch(), 10, 12, 4).load_state_dict(m.state_dict())
+
+
+def test_a_checkpoint_with_a_bidirectional_decoder_is_refused_clearly():
+    m = Seq2Seq(_arch(bidirectional=True), 10, 12, 4)
+    old = {k: v for k, v in m.state_dict().items() if not k.startswith("out.")}
+    old["out.weight"], old["out.bias"] = torch.zeros(12, 16), torch.zeros(12)
+    before = m.out.weight.clone()
+    msg = r"decoder is bidirectional \(out.weight \(12, 16\), expected \(12, 8\)"
+    with pytest.raises(RuntimeError, match=msg):
+        m.load_state_dict(old)
+    assert m.out.weight.equal(before)

@@ -257,3 +257,10 @@ def test_min_len_below_one_and_a_zero_valid_split_are_refused():
         with pytest.raises(ValueError, match=f"valid_chars must be an int >= 1, got {bad}"):
             char_lm_split("abcdefghij" * 10, 0.5, bad)
     assert char_lm_split("abcdefghij", 0.5, 2) == ("abcde", "fg")
+
+
+@pytest.mark.parametrize("p", [True, 1.5, "0.9"])
+def test_variable_length_p_that_is_no_probability_is_refused(p):
+    """p=True was taken as 1 (every window of the base length); a str failed comparing."""
+    with pytest.raises(ValueError, match=rf"p must be a number in \[0, 1\], got {p!r}"):
+        bptt_batches(torch.arange(100), 2, 10, variable_length=True, p=p)
