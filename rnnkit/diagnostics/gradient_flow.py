@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .trace import Trace, find_recurrent, is_recurrent, layer_labels, replay, untouched
 
@@ -173,7 +174,9 @@ def _gradient_flow(model: nn.Module, inputs, loss_fn, hx, loss: str, seed: int) 
             for name, m in layers
         ]
         try:
-            output = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+            # a PackedSequence is a tuple too, but one input: the replay then names it
+            splat = isinstance(inputs, tuple) and not isinstance(inputs, PackedSequence)
+            output = model(*inputs) if splat else model(inputs)
         finally:
             for h in handles:
                 h.remove()

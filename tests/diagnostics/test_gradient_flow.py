@@ -60,6 +60,15 @@ def test_replay_unbatched_and_errors():
         replay(nn.Linear(2, 2), torch.randn(2, 2))
 
 
+def test_packed_input_to_a_model_is_a_clear_error():
+    """A PackedSequence (a namedtuple) was splatted into the model's forward as four arguments
+    (a TypeError from the model); it is one input, which the replay names as unsupported."""
+    net = nn.Sequential(rnnkit.GRU(3, 4))
+    packed = nn.utils.rnn.pack_sequence([torch.randn(3, 3), torch.randn(2, 3)])
+    with pytest.raises(ValueError, match="dense \\(padded\\) input only, got a PackedSequence"):
+        gradient_flow(net, packed, lambda y: y[0].data.sum())
+
+
 def test_arguments_gradient_flow_would_ignore_are_errors():
     """``hx`` for a model that is not a recurrent layer, and ``loss`` next to a ``loss_fn``, were
     silently ignored (the measurement was of another initial state or another loss)."""
