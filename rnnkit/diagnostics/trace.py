@@ -154,6 +154,9 @@ def _as_time_major(module: nn.Module, x: Tensor) -> tuple[Tensor, bool]:
         raise ValueError(
             f"input has {x.shape[-1]} features but the layer expects input_size={module.input_size}"
         )
+    ref = next(module.parameters(), None)
+    if ref is not None:  # as the layer's forward (it was a bare matmul dtype error in the first step)
+        _checks.check_like(x, ref, "input")
     unbatched = x.dim() == 2
     data = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if module.batch_first else x)
     if data.shape[0] == 0 or data.shape[1] == 0:  # nothing to measure (it was an obscure reshape error)

@@ -69,6 +69,23 @@ def test_packed_input_to_a_model_is_a_clear_error():
         gradient_flow(net, packed, lambda y: y[0].data.sum())
 
 
+@pytest.mark.parametrize(
+    "make", [lambda: rnnkit.LSTM(3, 4), lambda: nn.GRU(3, 4), lambda: rnnkit.MinGRU(3, 4)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.long])
+def test_input_dtype_other_than_the_parameters_is_a_clear_error(make, dtype):
+    """The layers refuse such input with the dtypes named; the replay failed in its first matmul
+    ('mat1 and mat2 must have the same dtype') or in requires_grad_ ('only Tensors of floating
+    point dtype')."""
+    from rnnkit.diagnostics import activity, jacobian_spectrum
+
+    m = make()  # float64 (the tests' default dtype)
+    x = torch.ones(5, 2, 3, dtype=dtype)
+    for diagnose in (gradient_flow, activity, jacobian_spectrum):
+        with pytest.raises(ValueError, match=f"input has dtype {dtype} but the parameters are torch.float64"):
+            diagnose(m, x)
+
+
 def test_arguments_gradient_flow_would_ignore_are_errors():
     """``hx`` for a model that is not a recurrent layer, and ``loss`` next to a ``loss_fn``, were
     silently ignored (the measurement was of another initial state or another loss)."""
