@@ -176,12 +176,13 @@ def _initial(module: nn.Module, views: list[LayerView], hx, B: int, ref: Tensor,
     states = (hx,) if isinstance(hx, Tensor) else tuple(hx)
     if len(states) != len(names):
         raise ValueError(f"expected an initial state of {len(names)} tensor(s) {names}, got {len(states)}")
-    if unbatched:
-        states = tuple(s.unsqueeze(1) for s in states)
     for s, name, size in zip(states, names, sizes):
-        if tuple(s.shape) != (LD, B, size):
-            raise ValueError(f"expected {name}_0 of shape {(LD, B, size)}, got {tuple(s.shape)}")
-    return states
+        # checked as given (an unbatched input's state has no batch dimension), as the layer does
+        shape = (LD, size) if unbatched else (LD, B, size)
+        if tuple(s.shape) != shape:
+            raise ValueError(f"expected {name}_0 of shape {shape}, got {tuple(s.shape)}")
+        _checks.check_like(s, ref, f"{name}_0")
+    return tuple(s.unsqueeze(1) for s in states) if unbatched else states
 
 
 _UNREPLAYED = ("weight_drop", "recurrent_dropout", "locked_dropout")
