@@ -85,6 +85,16 @@ def standard_gates(
     return {}
 
 
+TORCH_ORDER = ("i", "f", "g", "o", "r", "z", "n")
+
+
+def _ordered(names) -> list[str]:
+    """Gate names in torch's order (``i f g o``, ``r z n``; the LSTM cells' hook computes ``f``
+    first, which CIFG's ``i = 1 − f`` needs), a hook's other names after them as it gave them."""
+    known = [n for n in TORCH_ORDER if n in names]
+    return known + [n for n in names if n not in TORCH_ORDER]
+
+
 def _takes_ctx(hook) -> bool:
     """Whether a ``gates`` hook takes the step's context (``gates(p, xp, state, ctx)``)."""
     try:
@@ -154,7 +164,9 @@ def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerA
                     with off:
                         g = fn(p, xp[t], prev, ctx) if with_ctx else fn(p, xp[t], prev)
                     per_t.append({n: v[sample] for n, v in g.items()})
-                gates = {n: np.stack([g[n].double().cpu().numpy() for g in per_t]) for n in per_t[0]}
+                gates = {
+                    n: np.stack([g[n].double().cpu().numpy() for g in per_t]) for n in _ordered(per_t[0])
+                }
                 if not gates:
                     note = "the Elman RNN has no gates"
             result.append(LayerActivity(label, cell.family, states, gates, note))
