@@ -50,7 +50,7 @@ from .. import _checks
 from ..cells.base import Cell, StepContext
 from ..parallel import LRU, QRNN, ParallelRecurrent
 from .parallel import layer_gates
-from .trace import layer_labels, layer_views, replay, untouched
+from .trace import check_real, layer_labels, layer_views, replay, untouched
 
 
 @dataclass
@@ -127,6 +127,7 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx: Any = No
 
 def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerActivity]:
     views = layer_views(module)
+    check_real(views, "activity")
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
         B = tr.inputs[0].shape[1]

@@ -93,6 +93,11 @@ def readout_loss(output: Tensor, kind: str, time_dim: int, seed: int = 0) -> Ten
     Jacobian products alone."""
     if kind not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+    if output.is_complex():  # vᵀh is complex: autograd has no gradient of it ("real scalar outputs")
+        raise ValueError(
+            f"the linear probe needs a real output, got {output.dtype}: pass a loss_fn that returns a real "
+            "scalar (e.g. lambda out: out[0].abs().sum())"
+        )
     F = output.shape[-1]
     g = torch.Generator().manual_seed(seed)
     v = (torch.randn(F, generator=g, dtype=torch.float64) / F**0.5).to(output)

@@ -108,6 +108,16 @@ def layer_views(module: nn.Module) -> list[LayerView]:
     )
 
 
+def check_real(views: list[LayerView], what: str) -> None:
+    """A ``ValueError`` for a complex classic layer (torch.nn's run complex64/128): ``what`` reads
+    real states or real step Jacobians (its numbers were cast to real, or autograd failed)."""
+    if any(v is not None and v.is_complex() for p in views[0].params for v in p.values()):
+        raise ValueError(
+            f"{what} needs a real layer, got complex parameters; gradient_flow with a loss_fn that "
+            "returns a real scalar and recurrent_eigenvalues take complex layers"
+        )
+
+
 def zoneout_probs(module: nn.Module, layer: int) -> tuple[float, ...]:
     """Per-state zoneout probabilities of one layer (``()`` without zoneout, as torch.nn's)."""
     zp = module.zoneout_probs[layer] if isinstance(module, RecurrentStack) else ()
