@@ -131,8 +131,8 @@ def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerA
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
         B = tr.inputs[0].shape[1]
-        if not 0 <= sample < B:
-            raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
+            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
         device = tr.inputs[0].device.type
         off = (
             torch.autocast(device, enabled=False) if _checks.autocast_on(device) else contextlib.nullcontext()
@@ -178,8 +178,8 @@ def _parallel_activity(module: ParallelRecurrent, inputs: Tensor, sample: int, h
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
         B = tr.inputs[0].shape[1]
-        if not 0 <= sample < B:
-            raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
+            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
         result = []
         for k, d, label in layer_labels(module):
             s = torch.stack([st[0][sample] for st in tr.states[k][d]])  # (T, S)

@@ -68,13 +68,14 @@ def _step_jacobians(module: nn.Module, inputs: Tensor, layer: int, direction: in
                     hx) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     views = layer_views(module)
     check_real(views, "jacobian_spectrum")
-    if not 0 <= layer < len(views) or direction not in range(2 if module.bidirectional else 1):
-        raise ValueError(f"no layer {layer} direction {direction} in {type(module).__name__}")
+    if not (_checks.is_int(layer) and 0 <= layer < len(views) and _checks.is_int(direction)
+            and direction in range(2 if module.bidirectional else 1)):
+        raise ValueError(f"no layer {layer!r} direction {direction!r} in {type(module).__name__}")
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
     B = tr.inputs[layer].shape[1]
-    if not 0 <= sample < B:
-        raise ValueError(f"sample must be in [0, {B}), got {sample}")
+    if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
+        raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
     cell = views[layer].cell
     p = {k: v.detach() for k, v in views[layer].params[direction].items()}
     x = tr.inputs[layer][:, sample].detach()  # (T, I)

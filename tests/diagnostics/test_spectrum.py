@@ -238,3 +238,21 @@ def test_complex_layers_eigenvalues_right_and_real_only_diagnostics_refused(cls)
     assert gradient_flow(m, x, lambda out: out[0].abs().sum()).norms["l0"]["h"].min() > 0
     with pytest.raises(ValueError, match="power_iteration needs a real matrix, got dtype complex128"):
         power_iteration(W[:4])
+
+
+@pytest.mark.parametrize("make", [lambda: rnnkit.LSTM(3, 4, bidirectional=True), lambda: rnnkit.MinGRU(3, 4)])
+def test_non_integer_sample_layer_direction_are_errors(make):
+    """True passed the range checks as 1 (sequence 1, the reverse direction, layer 1), a float
+    failed as an IndexError or TypeError deep inside."""
+    from rnnkit.diagnostics import activity
+
+    m, x = make(), torch.randn(5, 2, 3)
+    for bad in (True, 1.0):
+        with pytest.raises(ValueError, match=f"sample must be an integer in \\[0, 2\\), got {bad!r}"):
+            jacobian_spectrum(m, x, sample=bad)
+        with pytest.raises(ValueError, match=f"sample must be an integer in \\[0, 2\\), got {bad!r}"):
+            activity(m, x, sample=bad)
+        with pytest.raises(ValueError, match=f"no layer {bad!r} direction 0 in"):
+            jacobian_spectrum(m, x, layer=bad)
+        with pytest.raises(ValueError, match=f"no layer 0 direction {bad!r} in"):
+            jacobian_spectrum(m, x, direction=bad)
