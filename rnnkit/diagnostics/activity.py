@@ -50,7 +50,7 @@ from .. import _checks
 from ..cells.base import Cell, StepContext
 from ..parallel import LRU, QRNN, ParallelRecurrent
 from .parallel import layer_gates
-from .trace import layer_labels, layer_views, replay, untouched
+from .trace import check_real, layer_labels, layer_views, replay, untouched
 
 
 @dataclass
@@ -85,6 +85,16 @@ def standard_gates(
     return {}
 
 
+TORCH_ORDER = ("i", "f", "g", "o", "r", "z", "n")
+
+
+def _ordered(names) -> list[str]:
+    """Gate names in torch's order (``i f g o``, ``r z n``; the LSTM cells' hook computes ``f``
+    first, which CIFG's ``i = 1 − f`` needs), a hook's other names after them as it gave them."""
+    known = [n for n in TORCH_ORDER if n in names]
+    return known + [n for n in names if n not in TORCH_ORDER]
+
+
 def _takes_ctx(hook) -> bool:
     """Whether a ``gates`` hook takes the step's context (``gates(p, xp, state, ctx)``)."""
     try:
@@ -117,11 +127,12 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx: Any = No
 
 def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerActivity]:
     views = layer_views(module)
+    check_real(views, "activity")
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
         B = tr.inputs[0].shape[1]
-        if not 0 <= sample < B:
-            raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
+            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
         device = tr.inputs[0].device.type
         off = (
             torch.autocast(device, enabled=False) if _checks.autocast_on(device) else contextlib.nullcontext()
@@ -154,7 +165,9 @@ def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerA
                     with off:
                         g = fn(p, xp[t], prev, ctx) if with_ctx else fn(p, xp[t], prev)
                     per_t.append({n: v[sample] for n, v in g.items()})
-                gates = {n: np.stack([g[n].double().cpu().numpy() for g in per_t]) for n in per_t[0]}
+                gates = {
+                    n: np.stack([g[n].double().cpu().numpy() for g in per_t]) for n in _ordered(per_t[0])
+                }
                 if not gates:
                     note = "the Elman RNN has no gates"
             result.append(LayerActivity(label, cell.family, states, gates, note))
@@ -165,8 +178,8 @@ def _parallel_activity(module: ParallelRecurrent, inputs: Tensor, sample: int, h
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
         B = tr.inputs[0].shape[1]
-        if not 0 <= sample < B:
-            raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
+            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
         result = []
         for k, d, label in layer_labels(module):
             s = torch.stack([st[0][sample] for st in tr.states[k][d]])  # (T, S)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from .trace import Trace, find_recurrent, is_recurrent, layer_labels, replay, untouched
 
@@ -92,6 +93,11 @@ def readout_loss(output: Tensor, kind: str, time_dim: int, seed: int = 0) -> Ten
     Jacobian products alone."""
     if kind not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+    if output.is_complex():  # vᵀh is complex: autograd has no gradient of it ("real scalar outputs")
+        raise ValueError(
+            f"the linear probe needs a real output, got {output.dtype}: pass a loss_fn that returns a real "
+            "scalar (e.g. lambda out: out[0].abs().sum())"
+        )
     F = output.shape[-1]
     g = torch.Generator().manual_seed(seed)
     v = (torch.randn(F, generator=g, dtype=torch.float64) / F**0.5).to(output)
@@ -173,7 +179,9 @@ def _gradient_flow(model: nn.Module, inputs, loss_fn, hx, loss: str, seed: int) 
             for name, m in layers
         ]
         try:
-            output = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+            # a PackedSequence is a tuple too, but one input: the replay then names it
+            splat = isinstance(inputs, tuple) and not isinstance(inputs, PackedSequence)
+            output = model(*inputs) if splat else model(inputs)
         finally:
             for h in handles:
                 h.remove()

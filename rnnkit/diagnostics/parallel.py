@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import _checks
 from ..parallel import LRU, QRNN, MinGRU, MinLSTM, ParallelRecurrent
 from ..parallel.mingru import check_positive_state
 
@@ -246,13 +247,14 @@ def no_matrix_error(module: nn.Module, what: str) -> ValueError:
 def step_jacobians_parallel(module: ParallelRecurrent, inputs: Tensor, *, layer: int, direction: int,
                             sample: int, hx=None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """``J_t = diag(a_t)`` ``(T, S, S)`` in processing order (complex for the LRU)."""
-    if not 0 <= layer < module.num_layers or direction not in range(module.num_directions):
-        raise ValueError(f"no layer {layer} direction {direction} in {type(module).__name__}")
+    if not (_checks.is_int(layer) and 0 <= layer < module.num_layers and _checks.is_int(direction)
+            and direction in range(module.num_directions)):
+        raise ValueError(f"no layer {layer!r} direction {direction!r} in {type(module).__name__}")
     with torch.no_grad():
         _, _, tr = replay_parallel(module, inputs, hx)
         B = tr.inputs[layer].shape[1]
-        if not 0 <= sample < B:
-            raise ValueError(f"sample must be in [0, {B}), got {sample}")
+        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
+            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
         a = layer_decay(module, module.layer_params(layer, direction), tr.inputs[layer], direction == 1)
     a = _numpy(a[:, sample])
     if direction:

@@ -35,7 +35,7 @@ from ..cells import GRUCellMath, LSTMCellMath, StepContext
 from ..loop import _zoneout
 from ..parallel import LRU
 from .parallel import is_parallel, lru_eigenvalues, no_matrix_error, step_jacobians_parallel
-from .trace import layer_labels, layer_views, replay, untouched, zoneout_probs
+from .trace import check_real, layer_labels, layer_views, replay, untouched, zoneout_probs
 
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -67,13 +67,15 @@ def step_jacobians(module: nn.Module, inputs: Tensor, *, layer: int = 0, directi
 def _step_jacobians(module: nn.Module, inputs: Tensor, layer: int, direction: int, sample: int,
                     hx) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     views = layer_views(module)
-    if not 0 <= layer < len(views) or direction not in range(2 if module.bidirectional else 1):
-        raise ValueError(f"no layer {layer} direction {direction} in {type(module).__name__}")
+    check_real(views, "jacobian_spectrum")
+    if not (_checks.is_int(layer) and 0 <= layer < len(views) and _checks.is_int(direction)
+            and direction in range(2 if module.bidirectional else 1)):
+        raise ValueError(f"no layer {layer!r} direction {direction!r} in {type(module).__name__}")
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
     B = tr.inputs[layer].shape[1]
-    if not 0 <= sample < B:
-        raise ValueError(f"sample must be in [0, {B}), got {sample}")
+    if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
+        raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
     cell = views[layer].cell
     p = {k: v.detach() for k, v in views[layer].params[direction].items()}
     x = tr.inputs[layer][:, sample].detach()  # (T, I)
@@ -119,7 +121,8 @@ def jacobian_spectrum(module: nn.Module, inputs: Tensor, *, layer: int = 0, dire
 
 
 def recurrent_matrices(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
-    """The square recurrent matrices of every layer-direction: ``{label: {block: (H, H)}}``.
+    """The square recurrent matrices of every layer-direction: ``{label: {block: (H, H)}}``
+    (float64; complex128 for a complex layer).
 
     Blocks are ``W_hh`` (RNN), the gates ``i f g o`` (LSTM; ``W_hg W_hr`` with a
     projection; an ablation's present gates, e.g. ``f g o``) or ``r z n`` (GRU; MUT1's ``r n``);
@@ -135,9 +138,9 @@ def recurrent_matrices(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
         blocks: dict[str, np.ndarray] = {}
         W = p.get("weight_hh")
         if W is not None:
-            W = W.detach().double().cpu()
+            W = _wide(W)
             if "weight_hr" in p:  # LSTM projection: h_t = W_hr (o ⊙ tanh c_t)
-                W = W @ p["weight_hr"].detach().double().cpu()
+                W = W @ _wide(p["weight_hr"])
             n = W.shape[1]
             if W.shape[0] % n == 0:
                 G = W.shape[0] // n
@@ -147,6 +150,12 @@ def recurrent_matrices(module: nn.Module) -> dict[str, dict[str, np.ndarray]]:
                     blocks[name] = W[g * n : (g + 1) * n].numpy()
         result[label] = blocks
     return result
+
+
+def _wide(W: Tensor) -> Tensor:
+    """``W`` in float64 on the CPU, complex128 for a complex layer (``double()`` dropped the
+    imaginary part: the eigenvalues were those of ``Re W``)."""
+    return W.detach().cpu().to(torch.complex128 if W.is_complex() else torch.float64)
 
 
 def _gate_names(cell) -> tuple[str, ...]:
@@ -211,7 +220,10 @@ def power_iteration(
     W: Tensor | np.ndarray, steps: int = 50, h0: Tensor | np.ndarray | None = None, seed: int = 0
 ) -> PowerIteration:
     """Run ``h ← W h / ‖W h‖`` from ``h0`` (default: a seeded random unit vector)."""
-    W = np.asarray(W.detach().cpu() if isinstance(W, Tensor) else W, dtype=np.float64)
+    W = np.asarray(W.detach().cpu() if isinstance(W, Tensor) else W)
+    if np.iscomplexobj(W):  # (the real cast dropped the imaginary part, with a ComplexWarning)
+        raise ValueError(f"power_iteration needs a real matrix, got dtype {W.dtype}")
+    W = W.astype(np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"power_iteration needs a square matrix, got shape {W.shape}")
     if steps < 1:

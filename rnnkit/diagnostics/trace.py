@@ -108,6 +108,16 @@ def layer_views(module: nn.Module) -> list[LayerView]:
     )
 
 
+def check_real(views: list[LayerView], what: str) -> None:
+    """A ``ValueError`` for a complex classic layer (torch.nn's run complex64/128): ``what`` reads
+    real states or real step Jacobians (its numbers were cast to real, or autograd failed)."""
+    if any(v is not None and v.is_complex() for p in views[0].params for v in p.values()):
+        raise ValueError(
+            f"{what} needs a real layer, got complex parameters; gradient_flow with a loss_fn that "
+            "returns a real scalar and recurrent_eigenvalues take complex layers"
+        )
+
+
 def zoneout_probs(module: nn.Module, layer: int) -> tuple[float, ...]:
     """Per-state zoneout probabilities of one layer (``()`` without zoneout, as torch.nn's)."""
     zp = module.zoneout_probs[layer] if isinstance(module, RecurrentStack) else ()
@@ -154,6 +164,9 @@ def _as_time_major(module: nn.Module, x: Tensor) -> tuple[Tensor, bool]:
         raise ValueError(
             f"input has {x.shape[-1]} features but the layer expects input_size={module.input_size}"
         )
+    ref = next(module.parameters(), None)
+    if ref is not None:  # as the layer's forward (it was a bare matmul dtype error in the first step)
+        _checks.check_like(x, ref, "input")
     unbatched = x.dim() == 2
     data = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if module.batch_first else x)
     if data.shape[0] == 0 or data.shape[1] == 0:  # nothing to measure (it was an obscure reshape error)
@@ -173,12 +186,13 @@ def _initial(module: nn.Module, views: list[LayerView], hx, B: int, ref: Tensor,
     states = (hx,) if isinstance(hx, Tensor) else tuple(hx)
     if len(states) != len(names):
         raise ValueError(f"expected an initial state of {len(names)} tensor(s) {names}, got {len(states)}")
-    if unbatched:
-        states = tuple(s.unsqueeze(1) for s in states)
     for s, name, size in zip(states, names, sizes):
-        if tuple(s.shape) != (LD, B, size):
-            raise ValueError(f"expected {name}_0 of shape {(LD, B, size)}, got {tuple(s.shape)}")
-    return states
+        # checked as given (an unbatched input's state has no batch dimension), as the layer does
+        shape = (LD, size) if unbatched else (LD, B, size)
+        if tuple(s.shape) != shape:
+            raise ValueError(f"expected {name}_0 of shape {shape}, got {tuple(s.shape)}")
+        _checks.check_like(s, ref, f"{name}_0")
+    return tuple(s.unsqueeze(1) for s in states) if unbatched else states
 
 
 _UNREPLAYED = ("weight_drop", "recurrent_dropout", "locked_dropout")

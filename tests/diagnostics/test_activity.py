@@ -64,6 +64,19 @@ def test_gru_gates_reproduce_the_states(cls):
     np.testing.assert_allclose(n, n_ref, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    ("make", "order"),
+    [(lambda: rnnkit.LSTM(3, 4), "ifgo"), (lambda: nn.LSTM(3, 4), "ifgo"),
+     (lambda: rnnkit.LSTM(3, 4, peephole=True), "ifgo"),
+     (lambda: rnnkit.LSTM(3, 4, coupled_gates=True), "ifgo"),
+     (lambda: rnnkit.LSTM(3, 4, input_gate=False), "fgo"), (lambda: rnnkit.GRU(3, 4), "rzn")],
+)  # fmt: skip
+def test_gates_come_in_torch_order(make, order):
+    """The documented order is torch's (i f g o); the LSTM cells' hook gave f i g o (it computes
+    f first, for CIFG's i = 1 - f), so iterating over the gates listed f first."""
+    assert list(activity(make(), torch.randn(5, 2, 3))[0].gates) == list(order)
+
+
 def test_rnn_has_states_and_a_note():
     (a,) = activity(nn.RNN(2, 3), torch.randn(4, 1, 2))
     assert a.gates == {} and "no gates" in a.note and a.states["h"].shape == (4, 3)

@@ -60,6 +60,47 @@ def test_replay_unbatched_and_errors():
         replay(nn.Linear(2, 2), torch.randn(2, 2))
 
 
+def test_packed_input_to_a_model_is_a_clear_error():
+    """A PackedSequence (a namedtuple) was splatted into the model's forward as four arguments
+    (a TypeError from the model); it is one input, which the replay names as unsupported."""
+    net = nn.Sequential(rnnkit.GRU(3, 4))
+    packed = nn.utils.rnn.pack_sequence([torch.randn(3, 3), torch.randn(2, 3)])
+    with pytest.raises(ValueError, match="dense \\(padded\\) input only, got a PackedSequence"):
+        gradient_flow(net, packed, lambda y: y[0].data.sum())
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: rnnkit.LSTM(3, 4), lambda: nn.GRU(3, 4), lambda: rnnkit.MinGRU(3, 4)]
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.long])
+def test_input_dtype_other_than_the_parameters_is_a_clear_error(make, dtype):
+    """The layers refuse such input with the dtypes named; the replay failed in its first matmul
+    ('mat1 and mat2 must have the same dtype') or in requires_grad_ ('only Tensors of floating
+    point dtype')."""
+    from rnnkit.diagnostics import activity, jacobian_spectrum
+
+    m = make()  # float64 (the tests' default dtype)
+    x = torch.ones(5, 2, 3, dtype=dtype)
+    for diagnose in (gradient_flow, activity, jacobian_spectrum):
+        with pytest.raises(ValueError, match=f"input has dtype {dtype} but the parameters are torch.float64"):
+            diagnose(m, x)
+
+
+def test_initial_state_errors_name_the_state_as_given():
+    """An unbatched input's h_0 was checked after adding its batch dimension: the error asked
+    for (1, 1, 4) and reported (1, 1, 2, 4) for a given (1, 2, 4); a state of another dtype
+    failed in the first matmul or in requires_grad_."""
+    m = rnnkit.LSTM(3, 4)
+    c0 = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match=r"expected h_0 of shape \(1, 4\), got \(1, 2, 4\)"):
+        gradient_flow(m, torch.randn(5, 3), hx=(torch.zeros(1, 2, 4), c0))
+    assert gradient_flow(m, torch.randn(5, 3), hx=(torch.zeros(1, 4), c0)).norms["l0"]["h"].shape == (5,)
+    for dtype in (torch.float32, torch.long):
+        hx = (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4, dtype=dtype))
+        with pytest.raises(ValueError, match=f"c_0 has dtype {dtype} but the parameters are torch.float64"):
+            gradient_flow(m, torch.randn(5, 2, 3), hx=hx)
+
+
 def test_arguments_gradient_flow_would_ignore_are_errors():
     """``hx`` for a model that is not a recurrent layer, and ``loss`` next to a ``loss_fn``, were
     silently ignored (the measurement was of another initial state or another loss)."""

@@ -214,3 +214,45 @@ def test_step_jacobians_under_autocast_are_the_float32_ones(kw):
         js = jacobian_spectrum(m, x)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
     assert np.isfinite(js.singular_values).all()
+
+
+@pytest.mark.parametrize("cls", [rnnkit.RNN, nn.GRU])
+def test_complex_layers_eigenvalues_right_and_real_only_diagnostics_refused(cls):
+    """torch.nn's layers run complex128: the eigenvalues were those of Re W_hh (``double()`` dropped
+    the imaginary part), activity's states were cast to real, and jacobian_spectrum and the default
+    probe of gradient_flow failed in autograd ('real scalar outputs')."""
+    from rnnkit.diagnostics import activity, gradient_flow
+
+    m = cls(3, 4, dtype=torch.complex128)
+    x = torch.randn(5, 2, 3, dtype=torch.complex128)
+    W = m.weight_hh_l0.detach().numpy()
+    assert np.abs(W.imag).max() > 0
+    for g, ev in enumerate(recurrent_eigenvalues(m)["l0"].values()):
+        want = np.linalg.eigvals(W[4 * g : 4 * (g + 1)])
+        np.testing.assert_allclose(np.sort_complex(ev), np.sort_complex(want), atol=1e-12)
+    for diagnose in (activity, jacobian_spectrum):
+        with pytest.raises(ValueError, match="needs a real layer, got complex parameters"):
+            diagnose(m, x)
+    with pytest.raises(ValueError, match="the linear probe needs a real output, got torch.complex128"):
+        gradient_flow(m, x)
+    assert gradient_flow(m, x, lambda out: out[0].abs().sum()).norms["l0"]["h"].min() > 0
+    with pytest.raises(ValueError, match="power_iteration needs a real matrix, got dtype complex128"):
+        power_iteration(W[:4])
+
+
+@pytest.mark.parametrize("make", [lambda: rnnkit.LSTM(3, 4, bidirectional=True), lambda: rnnkit.MinGRU(3, 4)])
+def test_non_integer_sample_layer_direction_are_errors(make):
+    """True passed the range checks as 1 (sequence 1, the reverse direction, layer 1), a float
+    failed as an IndexError or TypeError deep inside."""
+    from rnnkit.diagnostics import activity
+
+    m, x = make(), torch.randn(5, 2, 3)
+    for bad in (True, 1.0):
+        with pytest.raises(ValueError, match=f"sample must be an integer in \\[0, 2\\), got {bad!r}"):
+            jacobian_spectrum(m, x, sample=bad)
+        with pytest.raises(ValueError, match=f"sample must be an integer in \\[0, 2\\), got {bad!r}"):
+            activity(m, x, sample=bad)
+        with pytest.raises(ValueError, match=f"no layer {bad!r} direction 0 in"):
+            jacobian_spectrum(m, x, layer=bad)
+        with pytest.raises(ValueError, match=f"no layer 0 direction {bad!r} in"):
+            jacobian_spectrum(m, x, direction=bad)
