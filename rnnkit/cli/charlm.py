@@ -102,7 +102,8 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
         p, task="charlm", lr=r["lr"], batch_size=r["batch_size"], max_minutes=None, val_every=250,
         minutes_help=f"wall-clock training budget (default {DEFAULT_MINUTES:g} unless --max-steps is given)",
     )  # fmt: skip
-    p.set_defaults(clip=r.get("clip") or 0.0, func=train_charlm)  # --amp unset: auto (train_charlm)
+    # --amp unset: auto (train_charlm); the budget is the run's (the schedule spans it): run.json stores it
+    p.set_defaults(clip=r.get("clip") or 0.0, func=train_charlm, budget_is_run_setting=True)
 
 
 def add_use_parsers(sub: argparse._SubParsersAction) -> None:

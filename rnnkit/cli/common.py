@@ -106,7 +106,12 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     checkpoint writes. Under
     torchrun rank 0's ``--out`` decides both (it alone writes there); ``--resume`` needs the
     checkpoint on every rank (each loads it)."""
-    from rnnkit.cli.resumeflags import ignored_model_flags, stop_flags, train_flags  # (imports this module)
+    from rnnkit.cli.resumeflags import (  # (imports this module)
+        budget_flags,
+        ignored_model_flags,
+        stop_flags,
+        train_flags,
+    )
     from rnnkit.train import latest_checkpoint, seed_everything
     from rnnkit.train.distributed import on_every_rank
     from rnnkit.train.outdir import not_a_directory
@@ -148,8 +153,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         run = stored
         if "sampling_k" in run.get("train", {}) and hasattr(args, "sampling_k"):  # an older release's null
             run = {**run, "train": {**run["train"], "sampling_k": args.sampling_k}}  # resolved: the k used
-        if stop_flags(args):  # as this resume trains: what the next one restores
-            run = {**run, "train": {**(run.get("train") or {}), **stop_flags(args)}}
+        if stop_flags(args) or budget_flags(args):  # as this resume trains: what the next one restores
+            run = {**run, "train": {**(run.get("train") or {}), **budget_flags(args), **stop_flags(args)}}
     elif _rank_0_finds(has_ckpt, args):  # rank 0 alone writes there: its refusal, every rank's alike
         msg = f"{out} already holds a run; pass --resume to continue it or choose another --out"
         raise on_every_rank(CLIError(msg))

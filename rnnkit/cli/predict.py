@@ -76,6 +76,8 @@ def _lines(path: str | None) -> list[str]:
             text = text.removeprefix("\ufeff")  # a BOM is not text here either
         else:
             p = Path(path)
+            if p.is_dir():  # (it said "no such file" of a directory that exists)
+                raise IsADirectoryError(f"--input {path} is a directory, not a file")
             if not p.is_file():
                 raise FileNotFoundError(f"--input {path}: no such file")
             data = p.read_bytes()

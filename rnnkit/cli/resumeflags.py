@@ -13,8 +13,8 @@ from rnnkit.cli import CLIError
 from rnnkit.cli.common import device_of, echo, resolve_amp
 from rnnkit.cli.rundir import read_run
 
-__all__ = ["TRAIN_FLAGS", "STOP_FLAGS", "MODEL_FLAGS", "train_flags", "stop_flags", "restore_train_flags",
-           "ignored_model_flags"]  # fmt: skip
+__all__ = ["TRAIN_FLAGS", "BUDGET_FLAGS", "STOP_FLAGS", "MODEL_FLAGS", "train_flags", "budget_flags",
+           "stop_flags", "restore_train_flags", "ignored_model_flags"]  # fmt: skip
 
 
 #: The flags that shape a run's training (its data too: generated tasks draw it from --seed), stored
@@ -30,10 +30,44 @@ def _amp(args: argparse.Namespace) -> str:
     return resolve_amp(args.amp or "off", device_of(args)) or "off"
 
 
+#: ``charlm``'s budget, also in its run.json's "train" (``budget_is_run_setting``): its learning-rate
+#: schedule spans it, so a resume with none typed (the default, 5 minutes) ran the steps left at
+#: another schedule's rates. Restored by its own rule (:func:`_restore_budget`); the other tasks'
+#: budgets are limits alone, not stored.
+BUDGET_FLAGS = ("max_minutes", "max_steps")
+
+
+def budget_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """``charlm``'s :data:`BUDGET_FLAGS` as ``args`` has them; ``{}`` for the other tasks."""
+    if not getattr(args, "budget_is_run_setting", False):
+        return {}
+    return {f: getattr(args, f) for f in BUDGET_FLAGS}
+
+
 def train_flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {f: getattr(args, f) for f in TRAIN_FLAGS if hasattr(args, f)}
     flags = {**flags, "amp": _amp(args)} if "amp" in flags else flags
-    return {**flags, **stop_flags(args)}
+    return {**flags, **budget_flags(args), **stop_flags(args)}
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    return " ".join(f"--{f.replace('_', '-')} {v:g}" for f, v in budget.items() if v is not None) or "none"
+
+
+def _restore_budget(args: argparse.Namespace, stored: dict[str, Any]) -> None:
+    """``charlm``'s ``--resume``: the run's budget when neither ``--max-minutes`` nor ``--max-steps``
+    is typed; a typed one is this resume's whole budget (a run may go on past its own), with a line
+    saying so where it differs from the run's: the schedule's rates of the steps left follow it."""
+    budget = budget_flags(args)
+    if not budget or not any(f in stored for f in BUDGET_FLAGS):  # other tasks; runs before it
+        return
+    run = {f: stored.get(f) for f in BUDGET_FLAGS}
+    if not set(BUDGET_FLAGS) & set(getattr(args, "given", ())):
+        for flag, value in run.items():
+            setattr(args, flag, value)
+    elif budget != run:
+        echo(f"resuming with the budget {_budget_text(budget)} (the run's was {_budget_text(run)}): the "
+             "learning-rate schedule of the steps left spans it")  # fmt: skip
 
 
 #: Early stopping, the best weights and the validations (and checkpoints) they act on, also in
@@ -92,8 +126,9 @@ def restore_train_flags(args: argparse.Namespace) -> None:
 
     if hasattr(args, "save_best"):
         _restore_stop_flags(args, stored or {})
+    _restore_budget(args, stored or {})
     for flag, value in (stored or {}).items():
-        if flag in STOP_FLAGS:
+        if flag in STOP_FLAGS or flag in BUDGET_FLAGS:
             continue
         value = stored_k(args, stored) if flag == "sampling_k" else value  # an older release's null
         if not hasattr(args, flag):

@@ -85,11 +85,14 @@ def add_run_arguments(
         "--max-minutes",
         type=positive_float,
         default=max_minutes,
+        action=Given,  # (charlm's --resume restores the run's budget unless one is typed: BUDGET_FLAGS)
         metavar="M",
         help=minutes_help
         or f"wall-clock training budget (default: {'none' if max_minutes is None else f'{max_minutes:g}'})",
     )
-    g.add_argument("--max-steps", type=positive_int, default=None, metavar="N", help="stop after N updates")
+    g.add_argument(
+        "--max-steps", type=positive_int, default=None, action=Given, metavar="N", help="stop after N updates"
+    )
     g.add_argument(
         "--epochs",
         type=positive_int,

@@ -380,3 +380,13 @@ def test_an_out_holding_a_run_is_refused_as_rank_0_finds_it_marked_for_every_ran
     assert prepare_out(args(held), {"task": "memory"})["task"] == "memory"
     _as_rank(monkeypatch, 0, [0.0, 0.0])  # rank 0 finds none, whatever the others do
     assert prepare_out(args(empty), {"task": "memory"})["task"] == "memory"
+
+
+def test_predict_input_that_is_a_directory_says_so(tmp_path):
+    """``predict --input DIR`` said ``no such file`` of a directory that exists."""
+    from rnnkit.cli.predict import _lines
+
+    with pytest.raises(IsADirectoryError, match="is a directory, not a file"):
+        _lines(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _lines(str(tmp_path / "absent.txt"))

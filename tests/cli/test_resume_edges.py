@@ -188,3 +188,37 @@ def test_an_interrupt_is_said_by_rank_0_only(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     r = cli(*MEM, "--out", tmp_path / "r", "--max-steps", 5, "--val-every", 1)
     assert r.rc == 130 and r.err == "", r.err
+
+
+
+def test_charlm_resume_keeps_the_runs_budget_unless_one_is_typed(cli, tmp_path, text_file):
+    """charlm's learning-rate schedule spans its budget, which docs/cli.md says a resume restores
+    when none is typed. It was not stored: such a resume ran the steps left on the default 5-minute
+    budget's schedule (other rates, and minutes of training). A typed budget goes on past the
+    run's, saying so (the rates of the steps left follow it)."""
+    import shutil
+
+    pytest.importorskip("rnnkit.tasks.charlm")
+    args = ["train", "charlm", "--data", text_file, "--checkpoint-every", 2, "--amp", "off", "--log-every", 1,
+            "--hidden", 8, "--layers", 1, "--seq-len", 16, "--batch-size", 4, "--embedding-dim", 8,
+            "--no-progress", "--epochs", 1]  # fmt: skip  # (--epochs: a 5-minute budget fails fast)
+    full = tmp_path / "full"
+    assert cli(*args, "--max-steps", 4, "--out", full).rc == 0
+
+    def rows(out):
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"], r["lr"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+    for budget in ([], ["--max-steps", 6]):  # none typed; a longer one
+        cut = tmp_path / f"cut{len(budget)}"
+        (cut / "checkpoints").mkdir(parents=True)
+        shutil.copy(full / "run.json", cut / "run.json")
+        shutil.copytree(full / "checkpoints" / "step-000000002", cut / "checkpoints" / "step-000000002")
+        (cut / "checkpoints" / "latest").write_text("step-000000002\n")
+        r = cli(*args, *budget, "--out", cut, "--resume")
+        assert r.rc == 0, r.err
+        said = "resuming with the budget --max-steps 6 (the run's was --max-steps 4)" in r.out
+        assert said == bool(budget), r.out
+        assert (rows(cut) == rows(full)[2:]) != bool(budget) and results(cut)["step"] == (6 if budget else 4)
+    r = cli(*args, "--out", tmp_path / "cut2", "--resume")  # the budget the last resume trained to
+    assert r.rc == 0 and "already at --max-steps 6: nothing to train" in r.out, r.out
