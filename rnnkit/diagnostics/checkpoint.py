@@ -142,7 +142,9 @@ def checkpoint_layer(args) -> tuple[Variant, nn.Module, str]:
     layers = args.num_layers or int(arch.get("layers") or 1)
     from .memory import parse_variant
 
-    stored = dict(arch.get("options") or {}) if not args.family or args.family == arch.get("cell") else {}
+    # the run's options describe its cell, whatever the case --cell is typed in (LSTM dropped them)
+    same = not args.family or str(args.family).lower() == str(arch.get("cell")).lower()
+    stored = dict(arch.get("options") or {}) if same else {}
     options = {**stored, **parse_variant(f"{family}:" + ",".join(args.option)).options}
     n_in, bidir = _infer_shape(family, hidden, layers, options, args.checkpoint)  # directions: always
     if args.input_size is not None:

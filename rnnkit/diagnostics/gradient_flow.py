@@ -59,15 +59,21 @@ class GradientFlow:
     kind: str
     extra: dict = field(default_factory=dict)
 
+    def _norms(self, label: str) -> dict[str, np.ndarray]:
+        """``norms[label]``, or a ValueError naming the labels (a bare KeyError named neither)."""
+        if label not in self.norms:
+            raise ValueError(f"no layer label {label!r}; the labels are {', '.join(map(repr, self.labels))}")
+        return self.norms[label]
+
     def distance(self, label: str) -> np.ndarray:
         """Steps between ``t`` and the end of that direction's pass (``T-1-t``; ``t`` reversed)."""
-        T = len(next(iter(self.norms[label].values())))
+        T = len(next(iter(self._norms(label).values())))
         t = np.arange(T)
         return t if self.reverse[label] else T - 1 - t
 
     def state(self, label: str) -> str:
         """The state reported first for ``label``: ``h`` (``c`` for the QRNN)."""
-        return next(iter(self.norms[label]))
+        return next(iter(self._norms(label)))
 
     def per_step_factor(self, label: str | None = None, state: str | None = None) -> float:
         """Average factor by which the norm changes per step away from the loss: the
@@ -77,7 +83,10 @@ class GradientFlow:
         :meth:`state`."""
         if label is None:  # the top layer's forward direction
             label = [lb for lb in self.labels if not self.reverse[lb]][-1]
-        n, dist = self.norms[label][state or self.state(label)], self.distance(label)
+        norms, state = self._norms(label), state or self.state(label)
+        if state not in norms:
+            raise ValueError(f"{label} has no state {state!r}; its states are {', '.join(map(repr, norms))}")
+        n, dist = norms[state], self.distance(label)
         ok = (n > 0) & np.isfinite(n)
         if ok.sum() < 2:
             return float("nan")

@@ -226,12 +226,15 @@ def power_iteration(
     W = W.astype(np.float64)
     if W.ndim != 2 or W.shape[0] != W.shape[1]:
         raise ValueError(f"power_iteration needs a square matrix, got shape {W.shape}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not np.isfinite(W).all():  # (numpy's eig failed with "Array must not contain infs or NaNs")
+        bad = int(np.size(W) - np.isfinite(W).sum())
+        raise ValueError(f"power_iteration needs a finite W, got {bad} NaN/inf of its {W.size} entries")
+    if not _checks.is_int(steps) or steps < 1:  # (True ran 1 step, 2.5 and "3" failed with a TypeError)
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
     n = W.shape[0]
     h = np.random.default_rng(seed).standard_normal(n) if h0 is None else np.asarray(h0, np.float64)
-    if h.shape != (n,) or not np.linalg.norm(h) > 0:
-        raise ValueError(f"h0 must be a nonzero vector of shape ({n},), got shape {h.shape}")
+    if h.shape != (n,) or not 0 < np.linalg.norm(h) < np.inf:  # (an inf h0 iterated as NaN)
+        raise ValueError(f"h0 must be a finite nonzero vector of shape ({n},), got shape {h.shape}")
     q, ev, rate = dominant_subspace(W)
     h = h / np.linalg.norm(h)
     its, gains = [h], []

@@ -18,9 +18,11 @@ deterministic in ``seed`` (its own ``torch.Generator``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -51,6 +53,64 @@ def _copy_memory(n: int, lag: int, n_symbols: int, n_copy: int, seed: int) -> tu
 
 def _plus_one(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
     return synthetic.plus_one(n, length, seed=seed)  # balanced p; default dtype
+
+
+def _copy_keys(x: Tensor, n_copy: int) -> list[bytes]:
+    """One key per copy sequence of ``x`` ``(n, L)``: its ``n_copy`` symbols (the rest is fixed)."""
+    return [r.tobytes() for r in x[:, :n_copy].numpy()]
+
+
+def _plus_one_keys(x: Tensor) -> list[bytes]:
+    """One key per +1 sequence of ``x`` ``(n, length, 1)``: its 0/1 steps packed 8 to a byte."""
+    return [r.tobytes() for r in np.packbits(x.reshape(len(x), -1).numpy() > 0, axis=1)]
+
+
+#: Redraw rounds (``max(n_valid, 1024)`` sequences each) before an unseen-validation draw gives up.
+_MAX_REDRAWS = 1000
+
+
+def _unseen_valid(
+    draw: Callable[[int, int], tuple[Tensor, Tensor]],
+    keys: Callable[[Tensor], list[bytes]],
+    train: tuple[Tensor, Tensor],
+    n_valid: int,
+    seed: int,
+    space: tuple[int, str],
+    exempt: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``n_valid`` examples of ``draw(n, seed)`` whose inputs are no training input: an independent
+    validation draw repeated training sequences in a small space, inflating its scores. The ``seed``
+    draw comes first (unchanged where none collide); colliding examples are replaced from draws
+    with ``seed + 1``, ``seed + 2``, ... ``keys`` gives one key per input row; ``space`` is the
+    count and the name of the possible inputs, for errors. Examples labelled ``exempt`` are kept
+    as drawn and never drawn as replacements (plus1's negative is one sequence, all zeros: held
+    out, validation would lose its negatives; kept, the label counts are the draw's)."""
+
+    def held(x: Tensor, y: Tensor) -> Tensor:  # (n,) True where the input must be unseen
+        return torch.ones(len(x), dtype=torch.bool) if exempt is None else y != exempt
+
+    seen = {k for k, h in zip(keys(train[0]), held(*train).tolist()) if h}
+    if len(seen) + n_valid > space[0]:  # the draws below might never end
+        raise ValueError(
+            f"{space[1]} has {space[0]} sequences; the {len(train[0])} training sequences take "
+            f"{len(seen)} of them, leaving {space[0] - len(seen)} for n_valid={n_valid} unseen ones"
+        )
+    xs, ys, got = [], [], 0
+    for k in range(_MAX_REDRAWS + 1):
+        x, y = draw(n_valid if k == 0 else max(n_valid, 1024), seed + k)
+        new = torch.tensor([key not in seen for key in keys(x)], dtype=torch.bool)
+        keep = new | ~held(x, y) if k == 0 else new & held(x, y)  # replacements: of colliding kinds
+        xs.append(x[keep])
+        ys.append(y[keep])
+        got += int(keep.sum())
+        if got >= n_valid:
+            return torch.cat(xs)[:n_valid], torch.cat(ys)[:n_valid]
+    # plus1's sequences are not equally likely: the unseen ones may be too rare to draw
+    raise ValueError(
+        f"{space[1]}: only {got} of n_valid={n_valid} validation sequences found after {_MAX_REDRAWS} "
+        f"redraws (the {len(seen)} distinct training sequences leave too little probability to "
+        f"the unseen ones); lower n_train or n_valid, or raise the length"
+    )
 
 
 def _adding(n: int, length: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -175,7 +235,11 @@ def make_task(
         return MemoryTask(name, tr, va, {"length": length}, {"mse_predict_1": 1 / 6})
     if name == "copy":
         tr = _copy_memory(n_train, length, n_symbols, n_copy, seed)
-        va = _copy_memory(n_valid, length, n_symbols, n_copy, seed + 1)
+        va = _unseen_valid(
+            lambda n, s: _copy_memory(n, length, n_symbols, n_copy, s),
+            lambda x: _copy_keys(x, n_copy),
+            tr, n_valid, seed + 1, (n_symbols**n_copy, f"copy with n_symbols={n_symbols}, n_copy={n_copy}"),
+        )  # fmt: skip
         L = length + 2 * n_copy
         base = {
             "memoryless_nats_per_step": n_copy * math.log(n_symbols) / L,
@@ -183,7 +247,10 @@ def make_task(
         }
         return MemoryTask(name, tr, va, {"lag": length, "n_symbols": n_symbols, "n_copy": n_copy}, base)
     if name == "plus1":
-        tr, va = _plus_one(n_train, length, seed), _plus_one(n_valid, length, seed + 1)
+        tr = _plus_one(n_train, length, seed)
+        draw = lambda n, s: _plus_one(n, length, s)  # noqa: E731
+        space = (2**length - 1, f"plus1 with length={length} (sequences containing a 1)")  # 0s: exempt
+        va = _unseen_valid(draw, _plus_one_keys, tr, n_valid, seed + 1, space, exempt=0)
         return MemoryTask(name, tr, va, {"length": length}, {"chance_accuracy": 0.5})
     if name == "arith":
         tr, va = arith_split(n_train, n_valid, digits, seed)

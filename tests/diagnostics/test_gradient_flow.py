@@ -464,3 +464,16 @@ def test_replay_in_training_with_dropout_and_zoneout_is_the_layer(cls, zoneout):
     want = m(x)
     for a, b in zip(_flat(want), _flat(got[:2])):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+def test_per_step_factor_names_the_known_labels_and_states():
+    """An unknown label or state raised a bare KeyError ('l2', 'x') naming neither the argument
+    nor what there is."""
+    gf = gradient_flow(torch.nn.LSTM(3, 4, num_layers=2), torch.randn(5, 2, 3))
+    with pytest.raises(ValueError, match=r"no layer label 'l2'; the labels are 'l0', 'l1'"):
+        gf.per_step_factor("l2")
+    with pytest.raises(ValueError, match=r"l1 has no state 'x'; its states are 'h', 'c'"):
+        gf.per_step_factor("l1", "x")
+    with pytest.raises(ValueError, match=r"no layer label 'l9'"):
+        gf.distance("l9")
+    assert np.isfinite(gf.per_step_factor("l1", "c"))

@@ -245,6 +245,25 @@ def test_checkpoint_mode_with_input_size_keeps_the_reverse_direction(tmp_path):
         torch.testing.assert_close(p, q, msg=n)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "LSTM"])
+def test_checkpoint_mode_keeps_the_stored_options_whatever_the_case_of_cell(tmp_path, cell):
+    """--cell is read case-insensitively, but the run.json options were kept only for the exact
+    spelling: --cell LSTM against a run of "lstm" dropped bias=False and failed to load the weights."""
+    from rnnkit.diagnostics.checkpoint import checkpoint_layer
+
+    torch.manual_seed(0)
+    net = rnnkit.LSTM(3, 5, bias=False)
+    save_model(net, str(tmp_path / "model.safetensors"))
+    arch = {"cell": "lstm", "hidden": 5, "layers": 1, "options": {"bias": False}}
+    (tmp_path / "run.json").write_text(json.dumps({"model": {"arch": arch}}))
+    argv = ["--checkpoint", str(tmp_path), "--cell", cell]
+    args = add_arguments(argparse.ArgumentParser()).parse_args(argv)
+    v, layer, _ = checkpoint_layer(args)
+    assert v.options["bias"] is False
+    for (n, p), q in zip(layer.named_parameters(), net.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
 def test_the_train_spellings_of_the_layer_flags_are_real_aliases():
     """``rnnkit train`` says --hidden/--layers/--opt, diagnose --hidden-size/--num-layers/--option:
     --hidden and --opt worked only as argparse prefixes (a new --hidden-* or --optim flag would

@@ -169,6 +169,22 @@ def test_power_iteration_errors():
         power_iteration(np.eye(2), steps=0)
 
 
+@pytest.mark.parametrize("steps", [True, 2.5, "3"])
+def test_power_iteration_refuses_steps_that_are_no_int(steps):
+    """True ran one step; 2.5 and "3" failed with a TypeError naming no argument."""
+    with pytest.raises(ValueError, match=rf"steps must be an int >= 1, got {steps!r}"):
+        power_iteration(np.eye(2), steps=steps)
+
+
+def test_power_iteration_refuses_a_matrix_or_start_that_is_not_finite():
+    """A NaN W failed in numpy's eig ("Array must not contain infs or NaNs"); an inf h0 iterated as NaN."""
+    with pytest.raises(ValueError, match=r"needs a finite W, got 1 NaN/inf of its 4 entries"):
+        power_iteration(np.array([[np.nan, 0.0], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match=r"h0 must be a finite nonzero vector of shape \(2,\)"):
+        power_iteration(np.eye(2), h0=np.array([np.inf, 1.0]))
+    assert len(power_iteration(np.eye(2), steps=np.int64(3)).gains) == 3  # numpy ints still taken
+
+
 def _chain_vs_forward(m, x, sizes):
     """``J_{T-1}⋯J_0`` of :func:`step_jacobians` against ``∂s_{T-1}/∂s_init`` of the layer's forward."""
     jacs, _ = step_jacobians(m, x)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rnnkit.datasets.synthetic import copy_memory, plus_one
+from rnnkit.tasks import memory
 from rnnkit.tasks.memory import arith, make_task
 
 
@@ -58,3 +60,54 @@ def test_arith_validation_problems_are_not_training_problems():
 def test_arith_refuses_a_validation_set_the_problem_space_cannot_hold():
     with pytest.raises(ValueError, match=r"digits=1 has 100 problems; the 80 training problems take \d+"):
         make_task("arith", length=1, n_train=80, n_valid=50, digits=1)
+
+
+def _rows(x, y=None):
+    return {r.tobytes() for r in (x if y is None else x[y == 1]).numpy()}
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [("plus1", {"length": 5, "n_train": 32, "n_valid": 16}),
+     ("copy", {"length": 3, "n_train": 16, "n_valid": 8, "n_symbols": 2, "n_copy": 5})],
+)  # fmt: skip
+def test_plus1_and_copy_validation_sequences_are_not_training_sequences(name, kw):
+    """Validation was drawn with seed + 1 independently of training: all 5 plus1 validation
+    sequences containing a 1 (31 possible at length 5) and 4 of 8 copy ones (32 possible) were
+    training sequences."""
+    t = make_task(name, **kw)
+    assert len(t.valid[0]) == len(t.valid[1]) == kw["n_valid"]
+    train = copy_memory(16, 3, n_symbols=2, n_copy=5) if name == "copy" else plus_one(32, 5)
+    assert t.train[0].equal(train[0])  # the training data is unchanged
+    if name == "plus1":  # its one negative, all zeros, stays: the labels are those of the seed + 1 draw
+        assert not _rows(t.train[0], t.train[1]) & _rows(t.valid[0], t.valid[1])
+        assert t.valid[1].equal((t.valid[0].sum((1, 2)) > 0).long())
+        assert sorted(t.valid[1].tolist()) == sorted(plus_one(16, 5, seed=1)[1].tolist())
+    else:
+        assert not _rows(t.train[0]) & _rows(t.valid[0])
+        assert t.valid[1][:, -5:].equal(t.valid[0][:, :5])
+
+
+def test_plus1_and_copy_keep_their_data_where_nothing_collides():
+    t = make_task("plus1", length=64, n_train=20, n_valid=10, seed=3)
+    assert t.train[0].equal(plus_one(20, 64, seed=3)[0]) and t.valid[0].equal(plus_one(10, 64, seed=4)[0])
+    t = make_task("copy", length=5, n_train=20, n_valid=10, seed=3)
+    assert t.train[0].equal(copy_memory(20, 5, seed=3)[0]) and t.valid[0].equal(copy_memory(10, 5, seed=4)[0])
+
+
+@pytest.mark.parametrize(
+    ("name", "kw", "msg"),
+    [("plus1", {"length": 2, "n_train": 64, "n_valid": 2}, r"\(sequences containing a 1\) has 3 sequences"),
+     ("copy", {"length": 3, "n_train": 64, "n_valid": 32, "n_symbols": 2, "n_copy": 4},
+      r"n_symbols=2, n_copy=4 has 16 sequences; the 64 training sequences take 16 of them, leaving 0")],
+)  # fmt: skip
+def test_plus1_and_copy_refuse_a_validation_set_the_space_cannot_hold(name, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        make_task(name, **kw)
+
+
+def test_plus1_gives_up_on_unseen_sequences_too_rare_to_draw(monkeypatch):
+    """plus1's sequences are not equally likely: the redraws are bounded, and then refused clearly."""
+    monkeypatch.setattr(memory, "_MAX_REDRAWS", 0)
+    with pytest.raises(ValueError, match=r"length=4 \(sequences containing a 1\): only 6 of n_valid=8 "):
+        make_task("plus1", length=4, n_train=16, n_valid=8)
