@@ -31,7 +31,8 @@ FGR   ``full_gate_recurrence=True``  every sigmoid gate also sees the previous a
 FGR's matrices are one parameter ``weight_gg (S·H, S·H)`` (rows: receiving gate, columns:
 sending gate, both in the order ``i, f, o`` of the ``S`` sigmoid gates present), initialized
 like torch's weights. The previous activations are recurrent state: an FGR layer's state is
-``(h, c, gates)`` with ``gates (B, S·H)`` (zeros when not given), and it returns
+``(h, c, gates)`` with ``gates (B, S·H)`` (all three zeros when no state is given at all; a
+given state must be the full triple: ``(h, c)`` is refused), and it returns
 ``(h_n, c_n, gates_n)``. Peephole weights are ``weight_peephole (S·H,)``, same order.
 """
 
