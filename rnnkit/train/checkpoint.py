@@ -260,6 +260,7 @@ def load_checkpoint(
     # A file missing from a complete checkpoint (deleted by hand, half-rotated) is damage, not
     # "no checkpoint" (FileNotFoundError): the CLI would report an empty run directory.
     has_opt = optimizer is not None or scheduler is not None
+    objs = (("optimizer", optimizer), ("scheduler", scheduler))
     wanted = ["model.safetensors"] * (model is not None) + ["optimizer.safetensors"] * has_opt
     for name in wanted:
         if not (ckpt / name).is_file():
@@ -267,15 +268,18 @@ def load_checkpoint(
     # the other files are read before the model is loaded: a damaged one changes nothing
     tensors = load_tensors(ckpt / "optimizer.safetensors") if has_opt else {}
     st_file = ckpt / "state.safetensors"
-    state = unflatten(doc["state"], load_tensors(st_file) if st_file.is_file() else {})
+    try:  # decoded here too: a tensor missing from its file (state.safetensors deleted) is refused
+        state = unflatten(doc["state"], load_tensors(st_file) if st_file.is_file() else {})
+        opt_states = {k: unflatten(doc[k], tensors) for k, o in objs if o is not None}
+    except ValueError as e:
+        raise ValueError(f"checkpoint {ckpt} is incomplete or damaged: {e}") from None
     if check is not None:  # the caller's refusals (and its own files read), before anything is loaded too
         check({**doc, "state": state, "path": str(ckpt)})
     if model is not None:
         load_module(unwrap_model(model), ckpt / "model.safetensors", strict=strict)
-    if has_opt:
-        for obj, key in ((optimizer, "optimizer"), (scheduler, "scheduler")):
-            if obj is not None:
-                obj.load_state_dict(unflatten(doc[key], tensors))
+    for key, obj in objs:
+        if obj is not None:
+            obj.load_state_dict(opt_states[key])
     doc["state"] = state
     doc["path"] = str(ckpt)
     return doc

@@ -252,6 +252,14 @@ class TrainerCheckpoints:
         the model, optimizer and counters as they were): another world size, another number of
         trainable parameters for an NT-ASGD run's raw weights, an NT-ASGD state that does not fit."""
         st = doc["state"]
+        # a checkpoint of save_checkpoint alone (a model and optimizer, no trainer state) failed on
+        # a bare KeyError ('ranks'), naming neither the checkpoint nor what it lacks
+        missing = [k for k in _TRAINER_STATE if not isinstance(st, dict) or k not in st]
+        if missing:
+            raise ValueError(
+                f"{doc['path']} is not a Trainer checkpoint: its state lacks {', '.join(missing)} "
+                "(written by save_checkpoint alone? load its weights with load_checkpoint(path, model))"
+            )
         if self.ntasgd is not None and st["ntasgd"] is not None:  # (loaded after the model)
             self.ntasgd.check_state(st["ntasgd"])
         raw = st.get("raw_weights")
@@ -274,6 +282,13 @@ class TrainerCheckpoints:
     def _set_trainable(self, values: list[Tensor]) -> None:
         for p, v in zip(self._trainable(), values, strict=True):
             p.copy_(v)
+
+
+# the keys of a Trainer checkpoint's state that load() reads, in every version of the format
+_TRAINER_STATE = (
+    "step", "epoch", "batch_in_epoch", "tokens_seen", "elapsed_s",
+    "best_val", "bad_evals", "acc", "losses", "ranks",
+)  # fmt: skip
 
 
 def _step_of(checkpoint: Path) -> int:

@@ -107,6 +107,11 @@ def unflatten(structure: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return [dec(v) for v in o]
         if isinstance(o, dict):
             if "__tensor__" in o:
+                if o["__tensor__"] not in tensors:  # a bare KeyError named neither cause nor file
+                    raise ValueError(
+                        f"serialized state refers to tensor {o['__tensor__']!r}, which is not among the "
+                        f"{len(tensors)} tensors stored (a missing or damaged safetensors file?)"
+                    )
                 return tensors[o["__tensor__"]]
             if "__float__" in o:
                 return float(o["__float__"])

@@ -45,6 +45,41 @@ def test_a_damaged_checkpoint_file_is_named_and_changes_nothing(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
 
 
+def test_a_missing_state_safetensors_is_named_and_changes_nothing(tmp_path):
+    """state.json names tensors of state.safetensors: without the file it was a bare KeyError."""
+    from rnnkit.train import load_checkpoint, save_checkpoint
+
+    model = TinyLM()
+    save_checkpoint(tmp_path, model, step=1, state={"h": torch.ones(2, 3)})
+    (tmp_path / "step-000000001" / "state.safetensors").unlink()
+    fresh = TinyLM()
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(ValueError, match=r"step-000000001 is incomplete or damaged: .*'state\.h'"):
+        load_checkpoint(tmp_path, fresh)
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
+def test_an_optimizer_file_without_a_tensor_it_needs_changes_nothing(tmp_path):
+    """The optimizer's tensors were looked up after the model had loaded: a KeyError, weights changed."""
+    from rnnkit.train import load_checkpoint, save_checkpoint
+    from rnnkit.train.serialize import load_tensors, save_tensors
+
+    model = TinyLM()
+    opt = torch.optim.Adam(model.parameters())
+    sum(p.sum() for p in model.parameters()).backward()
+    opt.step()
+    save_checkpoint(tmp_path, model, opt, step=1)
+    f = tmp_path / "step-000000001" / "optimizer.safetensors"
+    tensors = load_tensors(f)
+    del tensors[sorted(tensors)[0]]
+    save_tensors(tensors, f)
+    fresh = TinyLM()
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(ValueError, match="is incomplete or damaged: serialized state refers to tensor"):
+        load_checkpoint(tmp_path, fresh, torch.optim.Adam(fresh.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
 def test_a_crash_while_rotating_never_leaves_a_checkpoint_without_its_files(tmp_path, monkeypatch):
     import shutil
 

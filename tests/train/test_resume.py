@@ -168,6 +168,20 @@ def test_a_checkpoint_of_another_world_size_is_refused_before_anything_is_loaded
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
+def test_a_checkpoint_without_trainer_state_is_refused_by_name_before_anything_is_loaded(tmp_path):
+    """trainer.load of a save_checkpoint(model, optimizer) directory failed on a bare KeyError ('ranks')."""
+    from rnnkit.train import save_checkpoint
+
+    other = TinyLM()
+    save_checkpoint(tmp_path, other, torch.optim.SGD(other.parameters(), lr=2.0), step=3)
+    fresh, model = _trainer(6)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"03 is not a Trainer checkpoint: its state lacks step, .*, ranks"):
+        fresh.load(tmp_path)
+    assert fresh.step == 0 and fresh.losses == []
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 def test_an_explicit_load_before_fit_is_not_replaced_by_the_latest_checkpoint(tmp_path):
     """With resume=True, trainer.load(older) before fit() was silently replaced by the latest
     checkpoint: the run went on from step 6, not from the step 2 asked for."""
