@@ -170,6 +170,15 @@ void update_group(Tensor rm, Tensor rv, const Tensor& mean_, const Tensor& var_,
       const int64_t s = std::min(k, S - 1), n = ns[k];
       T_ *rm_s = RM + s * F, *rv_s = RV + s * F;
       const T_ *m = M + k * F, *v = V + k * F;
+#ifdef RNNKIT_SLEEF
+      if (std::is_same_v<T_, float> && rnnkit_pw::has_avx512()) {  // (the casts: T_ is float here)
+        float *rmf = reinterpret_cast<float*>(rm_s), *rvf = reinterpret_cast<float*>(rv_s);
+        const float *mf = reinterpret_cast<const float*>(m), *vf = reinterpret_cast<const float*>(v);
+        rnnkit_norm_avx512::lerp_row(rmf, mf, 1.f, float(w), F);
+        if (n > 1) rnnkit_norm_avx512::lerp_row(rvf, vf, float(double(n) / double(n - 1)), float(w), F);
+        continue;
+      }
+#endif
       for (int64_t j = 0; j < F; ++j) rm_s[j] = rnnkit_pw::lerp(rm_s[j], m[j], w);
       if (n > 1) {
         const T_ c = T_(double(n) / double(n - 1));
