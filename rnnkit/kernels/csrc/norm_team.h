@@ -102,10 +102,15 @@ struct TeamStats {
   // pointer returned); with `out` (M, V, Q at the step's row) also stored there.
   const T* combine(int64_t t, int64_t nt_, int64_t s = 0, T* M = nullptr, T* V = nullptr, T* Q = nullptr) {
     double *m, *v;
-    zeroed_scratch(2 * F, m);
-    v = m + F;
     double n = 0;
-    for (int64_t u = 0; u < nt_; ++u) {
+    if (nt_ == 1) {  // one thread: its partial is the team's (sum() zeroed it when it has no rows),
+      double* P = partial(0, s);  // so no zeroed copy of it (~1.2 MB of memset and copy a small call)
+      n = P[0], m = P + 1, v = m + F;
+    } else {
+      zeroed_scratch(2 * F, m);
+      v = m + F;
+    }
+    for (int64_t u = 0; u < nt_ && nt_ > 1; ++u) {
       const double *P = partial(u, s), nu = P[0], *pm = P + 1, *pv = pm + F;
       if (nu == 0) continue;
       if (n == 0) {
