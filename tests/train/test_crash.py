@@ -28,56 +28,56 @@ def test_a_metrics_row_cut_by_a_crash_is_dropped_on_resume_not_glued_to_the_next
     assert csv(tmp_path / "run") == csv(tmp_path / "ref")
 
 
-def test_a_damaged_checkpoint_file_is_named_and_changes_nothing(tmp_path):
-    from rnnkit.train import load_checkpoint, save_checkpoint
+def _adam_checkpoint(path):
+    """A TinyLM with its Adam state after one step, saved at ``path`` as step 1; the optimizer
+    file's path."""
+    from rnnkit.train import save_checkpoint
 
     model = TinyLM()
     opt = torch.optim.Adam(model.parameters())
     sum(p.sum() for p in model.parameters()).backward()
     opt.step()
-    save_checkpoint(tmp_path, model, opt, step=1)
-    f = tmp_path / "step-000000001" / "optimizer.safetensors"
-    f.write_bytes(f.read_bytes()[:-100])  # truncated
+    save_checkpoint(path, model, opt, step=1)
+    return path / "step-000000001" / "optimizer.safetensors"
+
+
+def _refused_and_unchanged(path, match: str, optimizer: bool = True) -> None:
+    """Loading the checkpoint at ``path`` into a fresh TinyLM (and Adam) raises a ValueError
+    matching ``match`` and leaves the fresh weights as they were."""
+    from rnnkit.train import load_checkpoint
+
     fresh = TinyLM()
     before = [p.clone() for p in fresh.parameters()]
-    with pytest.raises(ValueError, match="optimizer.safetensors"):
-        load_checkpoint(tmp_path, fresh, torch.optim.Adam(fresh.parameters()))
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(path, fresh, torch.optim.Adam(fresh.parameters()) if optimizer else None)
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+
+
+def test_a_damaged_checkpoint_file_is_named_and_changes_nothing(tmp_path):
+    f = _adam_checkpoint(tmp_path)
+    f.write_bytes(f.read_bytes()[:-100])  # truncated
+    _refused_and_unchanged(tmp_path, "optimizer.safetensors")
 
 
 def test_a_missing_state_safetensors_is_named_and_changes_nothing(tmp_path):
     """state.json names tensors of state.safetensors: without the file it was a bare KeyError."""
-    from rnnkit.train import load_checkpoint, save_checkpoint
+    from rnnkit.train import save_checkpoint
 
-    model = TinyLM()
-    save_checkpoint(tmp_path, model, step=1, state={"h": torch.ones(2, 3)})
+    save_checkpoint(tmp_path, TinyLM(), step=1, state={"h": torch.ones(2, 3)})
     (tmp_path / "step-000000001" / "state.safetensors").unlink()
-    fresh = TinyLM()
-    before = [p.clone() for p in fresh.parameters()]
-    with pytest.raises(ValueError, match=r"step-000000001 is incomplete or damaged: .*'state\.h'"):
-        load_checkpoint(tmp_path, fresh)
-    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+    match = r"step-000000001 is incomplete or damaged: .*'state\.h'"
+    _refused_and_unchanged(tmp_path, match, optimizer=False)
 
 
 def test_an_optimizer_file_without_a_tensor_it_needs_changes_nothing(tmp_path):
     """The optimizer's tensors were looked up after the model had loaded: a KeyError, weights changed."""
-    from rnnkit.train import load_checkpoint, save_checkpoint
     from rnnkit.train.serialize import load_tensors, save_tensors
 
-    model = TinyLM()
-    opt = torch.optim.Adam(model.parameters())
-    sum(p.sum() for p in model.parameters()).backward()
-    opt.step()
-    save_checkpoint(tmp_path, model, opt, step=1)
-    f = tmp_path / "step-000000001" / "optimizer.safetensors"
+    f = _adam_checkpoint(tmp_path)
     tensors = load_tensors(f)
     del tensors[sorted(tensors)[0]]
     save_tensors(tensors, f)
-    fresh = TinyLM()
-    before = [p.clone() for p in fresh.parameters()]
-    with pytest.raises(ValueError, match="is incomplete or damaged: serialized state refers to tensor"):
-        load_checkpoint(tmp_path, fresh, torch.optim.Adam(fresh.parameters()))
-    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters(), strict=True))
+    _refused_and_unchanged(tmp_path, "is incomplete or damaged: serialized state refers to tensor")
 
 
 def test_a_crash_while_rotating_never_leaves_a_checkpoint_without_its_files(tmp_path, monkeypatch):
