@@ -217,6 +217,17 @@ def save_checkpoint(
     return final
 
 
+def _model_only(doc: dict[str, Any]) -> str:
+    """What to do with a checkpoint of weights alone (a Trainer's ``best/``, by design), for the
+    error of a load that asked it for optimizer or scheduler state; ``""`` for another one."""
+    if "optimizer" in doc or "scheduler" in doc:
+        return ""
+    return (
+        ": it is a model-only checkpoint (the weights alone, as a Trainer's best/ holds); load its "
+        "weights with load_checkpoint(path, model), not with an optimizer, scheduler or Trainer.load"
+    )
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model: nn.Module | None = None,
@@ -250,7 +261,9 @@ def load_checkpoint(
         if obj is None:
             continue
         if key not in doc:
-            raise ValueError(f"{ckpt} has no {key} state (got {type(obj).__name__} to load it into)")
+            raise ValueError(
+                f"{ckpt} has no {key} state (got {type(obj).__name__} to load it into)" + _model_only(doc)
+            )
         saved = doc.get(f"{key}_class")
         if saved is not None and saved != type(obj).__name__:
             raise ValueError(
