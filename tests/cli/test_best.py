@@ -237,6 +237,21 @@ def test_diagnose_takes_the_best_root(tmp_path):
     assert find_run(tmp_path / "best")["task"] == "memory"
 
 
+def test_diagnose_takes_the_latest_pointer_file(tmp_path):
+    """``diagnose --checkpoint RUN/checkpoints/latest`` read the pointer file as safetensors: a
+    SafetensorError 'header too large'. It means the step the pointer names."""
+    from rnnkit.diagnostics.checkpoint import find_run, weights_file
+
+    model = torch.nn.LSTM(3, 5)
+    (tmp_path / "run.json").write_text(json.dumps({"task": "memory", "model": {"arch": {"cell": "lstm"}}}))
+    for step in (4, 9):
+        save_checkpoint(tmp_path / "checkpoints", model, step=step)
+    (tmp_path / "checkpoints" / "latest").write_text("step-000000004\n")
+    found = weights_file(tmp_path / "checkpoints" / "latest")
+    assert found == tmp_path / "checkpoints" / "step-000000004" / "model.safetensors"
+    assert find_run(tmp_path / "checkpoints" / "latest")["task"] == "memory"
+
+
 def test_diagnose_of_a_missing_best_says_it_does_not_exist(cli, tmp_path):
     """``diagnose --checkpoint RUN/best`` on a run without best/ said "no model.safetensors found at
     RUN/best", as if the directory were there without weights: it says the path does not exist,
