@@ -237,10 +237,12 @@ def load_model_weights(
     """Load the weights of ``--checkpoint`` into ``model``: the run directory ``run_dir`` itself
     means its latest checkpoint (``checkpoints/``), with ``best`` (``--best``) its ``best/``
     (``rnnkit train --save-best``); a checkpoint root under it (``checkpoints/``, ``best/``: their
-    latest) or a ``step-*`` directory, that one."""
+    latest; their ``latest`` pointer file too) or a ``step-*`` directory, that one."""
     from rnnkit.train import load_checkpoint
 
     p, run_dir = Path(path), Path(run_dir)
+    if p.name == "latest" and p.is_file():  # the pointer file: the step it names, as its root's latest
+        p = p.parent  # (was "no checkpoint in .../latest", looking for step-* under a file)
     is_run = p.resolve() == run_dir.resolve()
     if best and not (is_run or p.resolve() == (run_dir / "best").resolve()):
         raise CLIError(

@@ -23,12 +23,15 @@ RUN_FILE = "run.json"
 
 def weights_file(path: str | os.PathLike) -> Path:
     """``model.safetensors`` of ``path``: a ``.safetensors`` file, a checkpoint directory, a
-    checkpoint root (its ``latest`` pointer, else its highest ``step-*``) or a run directory
-    (its ``checkpoints/`` root). ``FileNotFoundError``: ``path`` does not exist, or holds no weights."""
+    checkpoint root (its ``latest`` pointer, else its highest ``step-*``; the pointer file itself
+    too) or a run directory (its ``checkpoints/`` root). ``FileNotFoundError``: ``path`` does not
+    exist, or holds no weights."""
     p = Path(path)
     if not p.exists():  # (not "no model.safetensors found at": there is nothing there at all)
         best = " (a run's best/ comes from rnnkit train --save-best)" if p.name == "best" else ""
         raise FileNotFoundError(f"{path} does not exist{best}")
+    if p.name == "latest" and p.is_file():  # the pointer file was read as safetensors ("header too large")
+        p = p.parent
     if p.is_dir() and not (p / "model.safetensors").is_file() and (p / "checkpoints").is_dir():
         p = p / "checkpoints"
     if p.is_dir() and not (p / "model.safetensors").is_file():

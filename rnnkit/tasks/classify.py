@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from rnnkit.tasks._common import SequenceNet, accuracy, batches, keeps_mode, padded_batches, utf8_error_offset
-from rnnkit.tasks.memory import _plus_one
+from rnnkit.tasks.memory import _plus_one, _plus_one_keys, _unseen_valid
 
 __all__ = [
     "ClassifyData",
@@ -105,6 +105,25 @@ def _split(n: int, valid_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     return perm[k:], perm[:k]
 
 
+def _anyplus1_split(
+    n: int, length: int, valid_fraction: float, seed: int
+) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``(train, valid)`` of ``n`` +1 sequences ``(x (m, length, 1), y (m,))``: one ``seed`` draw split,
+    then validation sequences that are training ones replaced by unseen ones (drawn with ``seed + 1``,
+    ...): at short lengths the split's validation repeated training sequences, inflating its
+    accuracy. Training, and validation where nothing collides, are the split's; the all-zero
+    negative stays as drawn (as :func:`~rnnkit.tasks.memory.make_task`'s ``plus1``)."""
+    x, y = _plus_one(n, length, seed)
+    tr, va = _split(n, valid_fraction, seed)
+
+    def draw(m: int, s: int) -> tuple[Tensor, Tensor]:  # the first "draw" is the split's validation part
+        return (x[va], y[va]) if s == seed else _plus_one(m, length, s)
+
+    space = (2**length - 1, f"anyplus1 with length={length} (sequences containing a 1)")
+    valid = _unseen_valid(draw, _plus_one_keys, (x[tr], y[tr]), len(va), seed, space, exempt=0, sizes="n")
+    return (x[tr], y[tr]), valid
+
+
 def load_classification(
     data: str,
     *,
@@ -135,12 +154,11 @@ def load_classification(
     if data == "anyplus1":
         if n < 2:  # (one sequence left the validation part empty: a failure after training)
             raise ValueError(f"--n: anyplus1 needs at least 2 sequences (to train and to validate), got {n}")
-        x, y = _plus_one(n, length, seed)
-        tr, va = _split(n, valid_fraction, seed)
+        train, valid = _anyplus1_split(n, length, valid_fraction, seed)
         return ClassifyData(
             "anyplus1",
-            TensorDataset(x[tr], y[tr]),
-            TensorDataset(x[va], y[va]),
+            TensorDataset(*train),
+            TensorDataset(*valid),
             ["no +1", "+1"],
             {"input_size": 1},
         )

@@ -77,6 +77,7 @@ def _unseen_valid(
     seed: int,
     space: tuple[int, str],
     exempt: int | None = None,
+    sizes: str = "n_train or n_valid",
 ) -> tuple[Tensor, Tensor]:
     """``n_valid`` examples of ``draw(n, seed)`` whose inputs are no training input: an independent
     validation draw repeated training sequences in a small space, inflating its scores. The ``seed``
@@ -109,7 +110,7 @@ def _unseen_valid(
     raise ValueError(
         f"{space[1]}: only {got} of n_valid={n_valid} validation sequences found after {_MAX_REDRAWS} "
         f"redraws (the {len(seen)} distinct training sequences leave too little probability to "
-        f"the unseen ones); lower n_train or n_valid, or raise the length"
+        f"the unseen ones); lower {sizes}, or raise the length"
     )
 
 

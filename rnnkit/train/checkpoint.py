@@ -20,6 +20,7 @@ old ones out. Loading reads only JSON and safetensors: nothing is unpickled.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -55,6 +56,8 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 # What save_checkpoint's mkdtemp/mkstemp names look like: a checkpoint being written, the trash of a
 # replaced or rotated one, the next `latest` (the random part: tempfile's [a-z0-9_]).
 _TEMPORARY = re.compile(r"^\.(?:(?:tmp|old)-step-\d+|latest)-[a-z0-9_]+$")
+
+log = logging.getLogger("rnnkit.train")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -96,6 +99,19 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
             return candidate
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
+
+
+def _warn_skipped_latest(root: Path, found: Path) -> None:
+    """Log a warning when ``root/latest`` names a step other than ``found``, the checkpoint that
+    :func:`latest_checkpoint` fell back to: the named one is incomplete (its ``state.json`` deleted
+    by hand), and a resume silently went back to an earlier step."""
+    pointer = root / "latest"
+    named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else found.name
+    if named != found.name:
+        log.warning(
+            "%s names %s, which is not a complete checkpoint (no %s); loading %s instead",
+            pointer, named, root / named / "state.json", found.name,
+        )  # fmt: skip
 
 
 def sweep_temporaries(root: str | os.PathLike) -> list[Path]:
@@ -217,6 +233,17 @@ def save_checkpoint(
     return final
 
 
+def _model_only(doc: dict[str, Any]) -> str:
+    """What to do with a checkpoint of weights alone (a Trainer's ``best/``, by design), for the
+    error of a load that asked it for optimizer or scheduler state; ``""`` for another one."""
+    if "optimizer" in doc or "scheduler" in doc:
+        return ""
+    return (
+        ": it is a model-only checkpoint (the weights alone, as a Trainer's best/ holds); load its "
+        "weights with load_checkpoint(path, model), not with an optimizer, scheduler or Trainer.load"
+    )
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model: nn.Module | None = None,
@@ -237,6 +264,8 @@ def load_checkpoint(
     ckpt = path if (path / "state.json").is_file() else latest_checkpoint(path)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {path} (expected step-*/state.json)")
+    if ckpt != path:
+        _warn_skipped_latest(path, ckpt)
     try:
         doc = json.loads((ckpt / "state.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -250,7 +279,9 @@ def load_checkpoint(
         if obj is None:
             continue
         if key not in doc:
-            raise ValueError(f"{ckpt} has no {key} state (got {type(obj).__name__} to load it into)")
+            raise ValueError(
+                f"{ckpt} has no {key} state (got {type(obj).__name__} to load it into)" + _model_only(doc)
+            )
         saved = doc.get(f"{key}_class")
         if saved is not None and saved != type(obj).__name__:
             raise ValueError(

@@ -237,6 +237,21 @@ def test_diagnose_takes_the_best_root(tmp_path):
     assert find_run(tmp_path / "best")["task"] == "memory"
 
 
+def test_diagnose_takes_the_latest_pointer_file(tmp_path):
+    """``diagnose --checkpoint RUN/checkpoints/latest`` read the pointer file as safetensors: a
+    SafetensorError 'header too large'. It means the step the pointer names."""
+    from rnnkit.diagnostics.checkpoint import find_run, weights_file
+
+    model = torch.nn.LSTM(3, 5)
+    (tmp_path / "run.json").write_text(json.dumps({"task": "memory", "model": {"arch": {"cell": "lstm"}}}))
+    for step in (4, 9):
+        save_checkpoint(tmp_path / "checkpoints", model, step=step)
+    (tmp_path / "checkpoints" / "latest").write_text("step-000000004\n")
+    found = weights_file(tmp_path / "checkpoints" / "latest")
+    assert found == tmp_path / "checkpoints" / "step-000000004" / "model.safetensors"
+    assert find_run(tmp_path / "checkpoints" / "latest")["task"] == "memory"
+
+
 def test_diagnose_of_a_missing_best_says_it_does_not_exist(cli, tmp_path):
     """``diagnose --checkpoint RUN/best`` on a run without best/ said "no model.safetensors found at
     RUN/best", as if the directory were there without weights: it says the path does not exist,
@@ -363,3 +378,19 @@ def test_best_error_says_best_was_removed_when_results_name_its_step(cli, tmp_pa
     r = cli("predict", "--checkpoint", out, "--best", "--input", texts)
     why = "results.json records best weights of step 2, removed since"
     assert_one_line_error(r, f"--best: no best weights in {out / 'best'} ({why})")
+
+
+def test_checkpoint_naming_the_latest_pointer_file_loads_the_step_it_names(cli, tmp_path, text_csv):
+    """``--checkpoint RUN/checkpoints/latest`` (the pointer file) failed with 'no checkpoint in
+    .../latest': it loads the step the pointer names, as ``RUN/checkpoints`` does."""
+    out = tmp_path / "c"
+    assert cli("train", "classify", "--data", text_csv, "--out", out, "--checkpoint-every", 1, *TINY).rc == 0
+    ckpts = out / "checkpoints"
+    (ckpts / "latest").write_text("step-000000002\n")  # not the highest step: the one named is loaded
+    model = _classifier(json.loads((out / "run.json").read_text()))
+    assert load_model_weights(ckpts / "latest", out, model)["step"] == 2
+    texts = tmp_path / "t.txt"
+    texts.write_text("a great film\n", encoding="utf-8")
+    outs = {cli("predict", "--checkpoint", where, "--input", texts).out for where in
+            (ckpts / "latest", ckpts / "step-000000002")}  # fmt: skip
+    assert len(outs) == 1 and "" not in outs, outs

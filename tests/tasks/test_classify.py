@@ -53,3 +53,37 @@ def test_loader_refuses_an_unknown_split(split):
     assert len(loader(cd, "valid", 4, shuffle=False).dataset) == len(cd.valid)
     with pytest.raises(ValueError, match=rf"split must be 'train' or 'valid', got '{split}'"):
         loader(cd, split, 4, shuffle=False)
+
+
+def test_anyplus1_validation_sequences_are_not_training_sequences():
+    """One draw was split into train and validation: at length 4 all 4 validation sequences
+    containing a 1 (15 possible) were training ones, inflating validation accuracy."""
+    from rnnkit.datasets.synthetic import plus_one
+    from rnnkit.tasks.classify import _split, load_classification
+
+    cd = load_classification("anyplus1", length=4, n=40)
+    (xt, yt), (xv, yv) = cd.train.tensors, cd.valid.tensors
+    x, y = plus_one(40, 4)
+    tr, va = _split(40, 0.2, 0)
+    assert xt.equal(x[tr]) and yt.equal(y[tr])  # the training data is unchanged
+    assert len(xv) == len(va) and yv.equal((xv.sum((1, 2)) > 0).long())
+    rows = lambda x, y: {r.tobytes() for r in x[y == 1].numpy()}  # noqa: E731
+    assert not rows(xt, yt) & rows(xv, yv)
+
+
+def test_anyplus1_keeps_its_split_where_nothing_collides():
+    from rnnkit.datasets.synthetic import plus_one
+    from rnnkit.tasks.classify import _split, load_classification
+
+    cd = load_classification("anyplus1", length=64, n=20, seed=3)
+    x, _ = plus_one(20, 64, seed=3)
+    tr, va = _split(20, 0.2, 3)
+    assert cd.train.tensors[0].equal(x[tr]) and cd.valid.tensors[0].equal(x[va])
+
+
+def test_anyplus1_refuses_a_validation_set_the_space_cannot_hold():
+    from rnnkit.tasks.classify import load_classification
+
+    msg = r"anyplus1 with length=2 \(sequences containing a 1\) has 3 sequences"
+    with pytest.raises(ValueError, match=msg):
+        load_classification("anyplus1", length=2, n=10)

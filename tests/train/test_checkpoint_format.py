@@ -1,6 +1,7 @@
 """Checkpoints: pickle-free format, tied weights, atomic writes, rotation."""
 
 import json
+import logging
 import math
 import pickle
 
@@ -196,3 +197,19 @@ def test_keep_last_none_keeps_every_checkpoint(tmp_path):
     assert len(list_checkpoints(tmp_path / "checkpoints")) == 4
     with pytest.raises(ValueError, match="max_epochs must be >= 1, got None"):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_epochs=None)
+
+
+def test_a_latest_step_without_state_json_is_skipped_with_a_warning(tmp_path, caplog):
+    """`latest` named a step whose state.json was deleted by hand: loading the root silently went
+    back to the previous complete checkpoint."""
+    model = TinyLM()
+    for step in (2, 4):
+        save_checkpoint(tmp_path, model, step=step)
+    with caplog.at_level(logging.WARNING, logger="rnnkit.train"):
+        assert load_checkpoint(tmp_path, TinyLM())["step"] == 4  # a sound latest: no warning
+        assert not caplog.records
+        (tmp_path / "step-000000004" / "state.json").unlink()
+        assert load_checkpoint(tmp_path, TinyLM())["step"] == 2
+    [msg] = [r.getMessage() for r in caplog.records]
+    assert "latest names step-000000004, which is not a complete checkpoint" in msg
+    assert msg.endswith("step-000000004/state.json); loading step-000000002 instead")

@@ -296,3 +296,17 @@ def test_checkpoints_hold_the_losses_in_binary_and_old_json_lists_still_load(tmp
     old, _ = _trainer(6)
     old.load(ckpt)
     assert len(old.losses) == 6 and old.losses[2:] == tr.losses[2:] and old.losses[1] != old.losses[1]
+
+
+def test_trainer_load_of_best_says_it_is_a_model_only_checkpoint(tmp_path):
+    """trainer.load(out_dir/best) said only that it had no optimizer state, as if damaged: best/
+    holds the weights alone by design, and load_checkpoint(path, model) loads them."""
+    tr, _ = _trainer(6, out_dir=str(tmp_path), save_best=True, plot=False, tensorboard=False)
+    _fit(tr)
+    fresh, model = _trainer(6)
+    before = [p.detach().clone() for p in model.parameters()]
+    msg = r"has no optimizer state .*: it is a model-only checkpoint .* load_checkpoint\(path, model\)"
+    with pytest.raises(ValueError, match=msg):
+        fresh.load(tmp_path / "best")
+    assert fresh.step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    load_checkpoint(tmp_path / "best", model)  # what the error points to
