@@ -228,6 +228,9 @@ def test_bad_arguments(tmp_path):
         run_study("jozefowicz", tmp_path, settings={"digitz": 3})
     with pytest.raises(ValueError, match="no architecture 'LSTN'"):
         run_study("jozefowicz", tmp_path, archs=["LSTN"])
+    with pytest.raises(ValueError, match="archs names no architecture"):  # it ran every architecture
+        run_study("jozefowicz", tmp_path / "empty", archs=[], steps=1, seeds=1, settings=TINY_ARITH)
+    assert not (tmp_path / "empty").exists()
     # one name as a bare string was taken letter by letter ("no architecture 'L'")
     with pytest.raises(TypeError, match=r"archs must be a sequence of names, got the string 'LSTM'"):
         run_study("jozefowicz", tmp_path, archs="LSTM")
@@ -242,6 +245,9 @@ def test_bad_arguments(tmp_path):
         # a bad flag value is a usage error (docs/cli.md, "Errors"); it exited with status 1
         (None, ["--archs", "LSTN"], "study 'jozefowicz' has no architecture 'LSTN'", 2),
         (None, ["--archs", "LSTM,"], "study 'jozefowicz' has no architecture ''", 2),
+        # an empty one (--archs "$UNSET") ran every architecture
+        (None, ["--archs", "", "--steps", "1", "--seeds", "1", "--set", "n_valid=2", "--set", "n_test=2"],
+         "study 'jozefowicz' has no architecture ''", 2),
         # a run that cannot resume is a failure at run time
         ({"study": "chung"}, [], "holds study 'chung', not 'jozefowicz'", 1),
         ({"study": "jozefowicz", "settings": {}, "steps": 3}, ["--steps", "5"], "3 steps per run, not 5", 1),
