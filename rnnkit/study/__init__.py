@@ -84,9 +84,11 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     if isinstance(archs, str):  # a str is a Sequence[str] too, of letters
         raise TypeError(f"archs must be a sequence of names, got the string {archs!r} (write [{archs!r}])")
     # stripped as the CLI's --archs "LSTM, GRU": " GRU" is not another architecture
-    picked = [a.strip() for a in archs] if archs else None
+    picked = [a.strip() for a in archs] if archs is not None else None
     names = picked or [a.name for a in study.archs]
     known = [a.name for a in study.archs]
+    if picked == []:  # (an empty --archs "$UNSET" ran the whole grid: every architecture, the default budget)
+        raise SettingError(f"archs names no architecture; choose from {known}")
     for n in names:
         if n not in known:  # a bad --archs value: a usage error, like a bad --set
             raise SettingError(f"study {name!r} has no architecture {n!r}; choose from {known}")
@@ -228,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         res = run_study(
             args.name, out, budget_minutes=args.budget_minutes, seeds=args.seeds, steps=args.steps,
-            archs=[a.strip() for a in args.archs.split(",")] if args.archs else None, settings=dict(args.set),
+            archs=[a.strip() for a in args.archs.split(",")] if args.archs is not None else None,
+            settings=dict(args.set),
             workers=args.workers, threads=args.threads, progress=False if args.no_progress else None,
         )  # fmt: skip
     except SettingError as e:  # a bad --set or --archs: a usage error

@@ -56,4 +56,4 @@ def memory_run(spec: Spec, steps: int) -> dict:
     horizons = res.horizon[spec.arch.name]
     metric = sum(horizons.values()) / len(horizons)
     return {"metric": metric, "test": metric, "horizons": horizons, "lags": res.rows, "steps": steps,
-            "stopped": None}  # fmt: skip
+            "hidden": s["hidden_size"], "stopped": None}  # fmt: skip

@@ -291,7 +291,10 @@ def execute(study: Study, spec: Spec, steps: int, time_cap: float | None) -> dic
     """One run: its record (identity, hyperparameters and results)."""
     t0 = time.time()
     res = fit(study, spec, steps, time_cap)
-    return {"study": spec.study, "arch": spec.arch.name, "config": spec.arch.config, "trial": spec.trial,
+    # the config the model was built with: the architecture's own has its default width, not the
+    # trial's searched (or chung's parameter-matched, or memory's hidden_size) one
+    config = {**spec.arch.config, "hidden": res["hidden"]} if res.get("hidden") else spec.arch.config
+    return {"study": spec.study, "arch": spec.arch.name, "config": config, "trial": spec.trial,
             "key": spec.key, "hparams": spec.hparams, "metric_name": study.metric,
             "wall_seconds": round(time.time() - t0, 3), **res}  # fmt: skip
 

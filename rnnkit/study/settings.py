@@ -6,6 +6,7 @@ value instead of a traceback from deep inside a run (or a ``study.json`` that ho
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -80,7 +81,12 @@ FORMS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "clip": _NUM,
     "quantum": _NUM,
     "window": _POS,
-    "data": _PATH,
+    # a missing file failed only in the first run, after study.json was written with it: the
+    # corrected command was then refused ("was run with settings ...") in the same --out
+    "data": (
+        "None or a path to an existing .npz of piano rolls (rnnkit.study.music.save_rolls)",
+        lambda v: v is None or (isinstance(v, str) and os.path.isfile(v)),
+    ),
     "data_dir": _PATH,
     "max_chorales": ("an integer >= 0 (0: all of them)", _NONNEG[1]),
     "params": (

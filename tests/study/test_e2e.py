@@ -7,8 +7,9 @@ import pytest
 import rnnkit.study.runner as runner
 from rnnkit.cli import main as rnnkit_main
 from rnnkit.study import main, run_study
+from rnnkit.study.music import KEYS
 from rnnkit.study.report import parse_table
-from rnnkit.study.studies import get_study
+from rnnkit.study.studies import SeqModel, get_study
 
 TINY_ARITH = {"digits": 2, "hidden": [8], "embed": 4, "batch": 8, "n_valid": 20, "n_test": 20, "n_evals": 2}
 
@@ -36,6 +37,7 @@ def test_jozefowicz_end_to_end_and_resume(tmp_path, monkeypatch):
     check_outputs(out, res, 3, archs)
     rec = runner.read_records(out)[0]
     assert rec["steps"] == 3 and rec["hidden"] == 8 and 0 <= rec["metric"] <= 1
+    assert rec["config"]["hidden"] == 8  # the width it was built with (was the architecture's default, 64)
     assert [c[1] for c in rec["curve"]] == [0, 1, 3]  # step 0, every steps // n_evals, the last at the end
     # Resume: the finished runs are skipped; a second trial is added to the same grid.
     calls = []
@@ -137,6 +139,10 @@ def test_music_studies_end_to_end(tmp_path, tiny_rolls, name, archs):
         assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
         params = [r["params"] for r in recs]  # matched sizes: within a few percent of 20k
         assert max(params) / min(params) < 1.1 and abs(params[0] - 20000) < 1000
+    # the record's config builds the model that ran: its hidden is the matched (chung) or drawn one
+    for r in recs:
+        assert r["config"]["hidden"] == r["hidden"]
+        assert sum(p.numel() for p in SeqModel(r["config"], KEYS, KEYS).parameters()) == r["params"]
 
 
 def test_budget_calibration_and_cli(tmp_path, capsys):
@@ -222,6 +228,9 @@ def test_bad_arguments(tmp_path):
         run_study("jozefowicz", tmp_path, settings={"digitz": 3})
     with pytest.raises(ValueError, match="no architecture 'LSTN'"):
         run_study("jozefowicz", tmp_path, archs=["LSTN"])
+    with pytest.raises(ValueError, match="archs names no architecture"):  # it ran every architecture
+        run_study("jozefowicz", tmp_path / "empty", archs=[], steps=1, seeds=1, settings=TINY_ARITH)
+    assert not (tmp_path / "empty").exists()
     # one name as a bare string was taken letter by letter ("no architecture 'L'")
     with pytest.raises(TypeError, match=r"archs must be a sequence of names, got the string 'LSTM'"):
         run_study("jozefowicz", tmp_path, archs="LSTM")
@@ -236,6 +245,9 @@ def test_bad_arguments(tmp_path):
         # a bad flag value is a usage error (docs/cli.md, "Errors"); it exited with status 1
         (None, ["--archs", "LSTN"], "study 'jozefowicz' has no architecture 'LSTN'", 2),
         (None, ["--archs", "LSTM,"], "study 'jozefowicz' has no architecture ''", 2),
+        # an empty one (--archs "$UNSET") ran every architecture
+        (None, ["--archs", "", "--steps", "1", "--seeds", "1", "--set", "n_valid=2", "--set", "n_test=2"],
+         "study 'jozefowicz' has no architecture ''", 2),
         # a run that cannot resume is a failure at run time
         ({"study": "chung"}, [], "holds study 'chung', not 'jozefowicz'", 1),
         ({"study": "jozefowicz", "settings": {}, "steps": 3}, ["--steps", "5"], "3 steps per run, not 5", 1),
@@ -274,6 +286,7 @@ def test_memory_end_to_end(tmp_path):
         assert set(r["horizons"]) == {"copy", "plus_one"} and r["metric"] in (0, 1, 1.5, 2, 2.5, 3)
         assert r["metric"] == sum(r["horizons"].values()) / 2
         assert {row["lag"] for row in r["lags"]} <= {2, 3}
+        assert r["config"]["hidden"] == r["hidden"] == 4  # hidden_size, not the architecture's default
 
 
 def _strict(text):

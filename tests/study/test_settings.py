@@ -25,6 +25,8 @@ BAD = [
     ("memory", "threshold", float("-inf"), "a number in (0, 1]"),
     ("greff", "window", [8], "a positive integer"),
     ("greff", "data", 3, "a path"),
+    # a missing file used to fail in the first run, after study.json was written with it
+    ("greff", "data", "/nonexistent/rolls.npz", "an existing .npz"),
     ("chung", "params", "20k", "an integer >= 0 or None"),
     ("memory", "lags", [10, 5], "increasing positive integers"),
     ("memory", "tasks", ["nope"], "memory tasks"),
