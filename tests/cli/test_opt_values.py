@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rnnkit.arch import parse_opt
+from rnnkit.arch import build_recurrent, parse_opt
 
 
 @pytest.mark.parametrize(
@@ -29,3 +29,14 @@ def test_train_accepts_lowercase_bool(cli, tmp_path):
     r = cli("train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8,
             "--opt", "peephole=true", "--max-steps", 1, "--out", tmp_path / "r")  # fmt: skip
     assert r.rc == 0, r.err
+
+
+@pytest.mark.parametrize("cell", ["lstm", "conv-gru", "qrnn"])
+@pytest.mark.parametrize("value", ["abc", "5", "-1", "true", "nan"])
+def test_opt_dropout_is_checked_with_one_layer(cell, value):
+    # with one layer the dropout is not passed to the layer (torch warns), so no one checked
+    # it: `--opt dropout=abc` (the default --layers 1 of most tasks) built without a word
+    key, dropout = parse_opt(f"dropout={value}")
+    config = {"cell": cell, "hidden": 4, "layers": 1, "dropout": dropout, "options": {key: dropout}}
+    with pytest.raises(ValueError, match=r"--opt dropout must be a number in \[0, 1\], got"):
+        build_recurrent(config, 3)
