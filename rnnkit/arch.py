@@ -93,6 +93,8 @@ def parse_opt(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--opt expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    if not key.strip():  # else refused later as an option '' (or "does not take --opt ;")
+        raise argparse.ArgumentTypeError(f"--opt expects key=value, got no key in {text!r}")
     value = parse_value(raw)
     if value is raw and raw.strip() in _JSON_WORDS:
         value = _JSON_WORDS[raw.strip()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from rnnkit.arch import build_recurrent, parse_opt
@@ -40,3 +42,10 @@ def test_opt_dropout_is_checked_with_one_layer(cell, value):
     config = {"cell": cell, "hidden": 4, "layers": 1, "dropout": dropout, "options": {key: dropout}}
     with pytest.raises(ValueError, match=r"--opt dropout must be a number in \[0, 1\], got"):
         build_recurrent(config, 3)
+
+
+@pytest.mark.parametrize("text", ["=1", " =True", "=(0.1, 0.05)"])
+def test_opt_without_a_key_is_refused_where_it_is_parsed(text):
+    # it reached the layer as an option named '' ("does not take --opt ;" for the parallel layers)
+    with pytest.raises(argparse.ArgumentTypeError, match="--opt expects key=value, got no key"):
+        parse_opt(text)
