@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 import rnnkit
+from rnnkit import _checks
 from rnnkit.baselines import TCN, ConvRecurrent
 
 __all__ = [
@@ -92,6 +93,8 @@ def parse_opt(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--opt expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
+    if not key.strip():  # else refused later as an option '' (or "does not take --opt ;")
+        raise argparse.ArgumentTypeError(f"--opt expects key=value, got no key in {text!r}")
     value = parse_value(raw)
     if value is raw and raw.strip() in _JSON_WORDS:
         value = _JSON_WORDS[raw.strip()]
@@ -237,6 +240,9 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
     # --dropout, else --opt dropout (arch_config: given both, they agree; runs stored before
     # that check: --dropout won); torch warns about dropout with 1 layer
     dropout = config.get("dropout") or options.get("dropout")
+    if dropout is not None and (not _checks.is_real(dropout) or not 0 <= dropout <= 1):
+        # checked here: with one layer it is not passed on below, so no layer would refuse it
+        raise ValueError(f"--arch {cell}: --opt dropout must be a number in [0, 1], got {dropout!r}")
     if dropout and config["layers"] > 1:
         kwargs["dropout"] = dropout
     try:

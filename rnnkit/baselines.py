@@ -136,11 +136,17 @@ def _pasts(state: Any, n: int, what: str, unit: str) -> Any:
     if state is None:
         return [None] * n
     if not isinstance(state, (tuple, list)) or len(state) != n:
-        got = f"{type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else state
-        if isinstance(state, Tensor):  # not its values
-            got = f"a tensor of shape {tuple(state.shape)}"
-        _checks.fail(f"the {what} state must hold {n} entries (one per {unit}), got {got}")
+        _checks.fail(f"the {what} state must hold {n} entries (one per {unit}), got {_described(state)}")
     return state
+
+
+def _described(state: Any) -> str:
+    """A state's kind and length for an error message (a tensor's shape, not its values)."""
+    if isinstance(state, Tensor):
+        return f"a tensor of shape {tuple(state.shape)}"
+    if isinstance(state, (tuple, list)):
+        return f"{type(state).__name__} of length {len(state)}"
+    return str(state)
 
 
 def _valid_mask(lengths: Tensor | None, y: Tensor) -> Tensor | None:
@@ -276,6 +282,12 @@ class ConvRecurrent(nn.Module):
         return encoder_output_size(self.rnn)
 
     def forward(self, x: Tensor, state: Any = None, **kwargs: Any) -> tuple[Tensor, Any]:
+        if state is not None and (not isinstance(state, (tuple, list)) or len(state) != 2):
+            # else the unpacking below fails ("not enough values to unpack") or splits a tensor
+            _checks.fail(
+                "the ConvRecurrent state must be a pair (convolution pasts, recurrent state), "
+                f"got {_described(state)}"
+            )
         pasts, rstate = state if state is not None else (None, None)
         pasts = _pasts(pasts, len(self.convs), "convolution front end", "convolution")
         y, new = _to_bct(x, self.batch_first, self.convs[0]), []

@@ -46,3 +46,11 @@ def test_tcn_padded_batch_under_autocast_keeps_autocast_dtype(bidirectional):
         y_padded, _ = m(x, lengths=lengths)
     assert y.dtype == y_padded.dtype == torch.bfloat16
     assert not y_padded[3:, 2].any() and y_padded[:2, 2].any()
+
+
+@pytest.mark.parametrize("state", [torch.zeros(2), (None,), (None, None, None), [torch.zeros(3, 4, 2)]])
+def test_conv_recurrent_refuses_a_state_that_is_not_a_pair(state):
+    # it was unpacked as is: "not enough values to unpack", or a tensor split into two 0-d
+    # tensors (then "got a tensor of shape ()", not the state given)
+    with pytest.raises(ValueError, match=r"ConvRecurrent state must be a pair .*got "):
+        _conv()(torch.randn(5, 3, 4), state)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
-from rnnkit.arch import parse_opt
+from rnnkit.arch import build_recurrent, parse_opt
 
 
 @pytest.mark.parametrize(
@@ -29,3 +31,21 @@ def test_train_accepts_lowercase_bool(cli, tmp_path):
     r = cli("train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8,
             "--opt", "peephole=true", "--max-steps", 1, "--out", tmp_path / "r")  # fmt: skip
     assert r.rc == 0, r.err
+
+
+@pytest.mark.parametrize("cell", ["lstm", "conv-gru", "qrnn"])
+@pytest.mark.parametrize("value", ["abc", "5", "-1", "true", "nan"])
+def test_opt_dropout_is_checked_with_one_layer(cell, value):
+    # with one layer the dropout is not passed to the layer (torch warns), so no one checked
+    # it: `--opt dropout=abc` (the default --layers 1 of most tasks) built without a word
+    key, dropout = parse_opt(f"dropout={value}")
+    config = {"cell": cell, "hidden": 4, "layers": 1, "dropout": dropout, "options": {key: dropout}}
+    with pytest.raises(ValueError, match=r"--opt dropout must be a number in \[0, 1\], got"):
+        build_recurrent(config, 3)
+
+
+@pytest.mark.parametrize("text", ["=1", " =True", "=(0.1, 0.05)"])
+def test_opt_without_a_key_is_refused_where_it_is_parsed(text):
+    # it reached the layer as an option named '' ("does not take --opt ;" for the parallel layers)
+    with pytest.raises(argparse.ArgumentTypeError, match="--opt expects key=value, got no key"):
+        parse_opt(text)
