@@ -284,3 +284,20 @@ def test_a_batch_of_no_sequences_under_autocast_has_torchs_dtypes(name, kw):
     )
     for u, v in zip(got, want, strict=True):
         assert u.dtype == v.dtype and u.shape == v.shape
+
+
+@pytest.mark.parametrize(("name", "kw"), OPTIONS[:3] + OPTIONS[5:6])
+def test_a_batch_of_no_sequences_of_an_option_layer_is_in_the_parameters_dtype(name, kw):
+    """Under autocast the options torch lacks return the parameters' dtype, whatever the input's;
+    a dense batch of zero sequences in bfloat16 returned bfloat16 outputs and states (as did a
+    bfloat16 hx), where a non-empty batch returns float32."""
+    m = getattr(rnnkit, name)(5, 7, dtype=F32, **kw).eval()
+    D = m.num_layers * m.num_directions
+    for B in (2, 0):
+        x, h = torch.randn(6, B, 5, dtype=BF16), torch.randn(D, B, 7, dtype=BF16)
+        for hx in (None, (h, h) if name == "LSTM" else h):
+            with torch.autocast("cpu", dtype=BF16):
+                out, state = m(x, hx)
+            states = state if isinstance(state, tuple) else (state,)
+            assert [t.dtype for t in (out, *states)] == [F32] * (1 + len(states))
+            assert out.shape == (6, B, 7 * m.num_directions)
