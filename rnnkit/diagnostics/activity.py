@@ -50,7 +50,7 @@ from .. import _checks
 from ..cells.base import Cell, StepContext
 from ..parallel import LRU, QRNN, ParallelRecurrent
 from .parallel import layer_gates
-from .trace import check_real, layer_labels, layer_views, replay, untouched
+from .trace import check_real, check_sample, layer_labels, layer_views, replay, untouched
 
 
 @dataclass
@@ -131,8 +131,7 @@ def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerA
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
         B = tr.inputs[0].shape[1]
-        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
-            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
+        check_sample(sample, B)
         device = tr.inputs[0].device.type
         off = (
             torch.autocast(device, enabled=False) if _checks.autocast_on(device) else contextlib.nullcontext()
@@ -178,8 +177,7 @@ def _parallel_activity(module: ParallelRecurrent, inputs: Tensor, sample: int, h
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
         B = tr.inputs[0].shape[1]
-        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
-            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
+        check_sample(sample, B)
         result = []
         for k, d, label in layer_labels(module):
             s = torch.stack([st[0][sample] for st in tr.states[k][d]])  # (T, S)

@@ -247,14 +247,15 @@ def no_matrix_error(module: nn.Module, what: str) -> ValueError:
 def step_jacobians_parallel(module: ParallelRecurrent, inputs: Tensor, *, layer: int, direction: int,
                             sample: int, hx=None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """``J_t = diag(a_t)`` ``(T, S, S)`` in processing order (complex for the LRU)."""
+    from .trace import check_sample
+
     if not (_checks.is_int(layer) and 0 <= layer < module.num_layers and _checks.is_int(direction)
             and direction in range(module.num_directions)):
         raise ValueError(f"no layer {layer!r} direction {direction!r} in {type(module).__name__}")
     with torch.no_grad():
         _, _, tr = replay_parallel(module, inputs, hx)
         B = tr.inputs[layer].shape[1]
-        if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
-            raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
+        check_sample(sample, B)
         a = layer_decay(module, module.layer_params(layer, direction), tr.inputs[layer], direction == 1)
     a = _numpy(a[:, sample])
     if direction:

@@ -35,7 +35,7 @@ from ..cells import GRUCellMath, LSTMCellMath, StepContext
 from ..loop import _zoneout
 from ..parallel import LRU
 from .parallel import is_parallel, lru_eigenvalues, no_matrix_error, step_jacobians_parallel
-from .trace import check_real, layer_labels, layer_views, replay, untouched, zoneout_probs
+from .trace import check_real, check_sample, layer_labels, layer_views, replay, untouched, zoneout_probs
 
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -74,8 +74,7 @@ def _step_jacobians(module: nn.Module, inputs: Tensor, layer: int, direction: in
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
     B = tr.inputs[layer].shape[1]
-    if not (_checks.is_int(sample) and 0 <= sample < B):  # (True was sequence 1)
-        raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
+    check_sample(sample, B)
     cell = views[layer].cell
     p = {k: v.detach() for k, v in views[layer].params[direction].items()}
     x = tr.inputs[layer][:, sample].detach()  # (T, I)

@@ -118,6 +118,13 @@ def check_real(views: list[LayerView], what: str) -> None:
         )
 
 
+def check_sample(sample: int, B: int) -> None:
+    """A ``ValueError`` unless ``sample`` is an integer index of one of the ``B`` sequences (a
+    bool was one: True measured sequence 1)."""
+    if not (_checks.is_int(sample) and 0 <= sample < B):
+        raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
+
+
 def zoneout_probs(module: nn.Module, layer: int) -> tuple[float, ...]:
     """Per-state zoneout probabilities of one layer (``()`` without zoneout, as torch.nn's)."""
     zp = module.zoneout_probs[layer] if isinstance(module, RecurrentStack) else ()
