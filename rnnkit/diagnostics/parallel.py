@@ -36,7 +36,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import _checks
 from ..parallel import LRU, QRNN, MinGRU, MinLSTM, ParallelRecurrent
 from ..parallel.mingru import check_positive_state
 
@@ -247,11 +246,9 @@ def no_matrix_error(module: nn.Module, what: str) -> ValueError:
 def step_jacobians_parallel(module: ParallelRecurrent, inputs: Tensor, *, layer: int, direction: int,
                             sample: int, hx=None) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     """``J_t = diag(a_t)`` ``(T, S, S)`` in processing order (complex for the LRU)."""
-    from .trace import check_sample
+    from .trace import check_layer_direction, check_sample
 
-    if not (_checks.is_int(layer) and 0 <= layer < module.num_layers and _checks.is_int(direction)
-            and direction in range(module.num_directions)):
-        raise ValueError(f"no layer {layer!r} direction {direction!r} in {type(module).__name__}")
+    check_layer_direction(module, layer, direction, module.num_layers, module.num_directions)
     with torch.no_grad():
         _, _, tr = replay_parallel(module, inputs, hx)
         B = tr.inputs[layer].shape[1]

@@ -35,7 +35,16 @@ from ..cells import GRUCellMath, LSTMCellMath, StepContext
 from ..loop import _zoneout
 from ..parallel import LRU
 from .parallel import is_parallel, lru_eigenvalues, no_matrix_error, step_jacobians_parallel
-from .trace import check_real, check_sample, layer_labels, layer_views, replay, untouched, zoneout_probs
+from .trace import (
+    check_layer_direction,
+    check_real,
+    check_sample,
+    layer_labels,
+    layer_views,
+    replay,
+    untouched,
+    zoneout_probs,
+)
 
 GATE_NAMES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
 
@@ -68,9 +77,7 @@ def _step_jacobians(module: nn.Module, inputs: Tensor, layer: int, direction: in
                     hx) -> tuple[np.ndarray, tuple[str, ...]]:  # fmt: skip
     views = layer_views(module)
     check_real(views, "jacobian_spectrum")
-    if not (_checks.is_int(layer) and 0 <= layer < len(views) and _checks.is_int(direction)
-            and direction in range(2 if module.bidirectional else 1)):
-        raise ValueError(f"no layer {layer!r} direction {direction!r} in {type(module).__name__}")
+    check_layer_direction(module, layer, direction, len(views), 2 if module.bidirectional else 1)
     with torch.no_grad():
         _, _, tr = replay(module, inputs, hx)
     B = tr.inputs[layer].shape[1]

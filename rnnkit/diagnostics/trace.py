@@ -125,6 +125,16 @@ def check_sample(sample: int, B: int) -> None:
         raise ValueError(f"sample must be an integer in [0, {B}), got {sample!r}")
 
 
+def check_layer_direction(
+    module: nn.Module, layer: int, direction: int, layers: int, directions: int
+) -> None:
+    """A ``ValueError`` unless ``layer`` and ``direction`` are integer indices of one of the
+    ``layers`` x ``directions`` layer-directions of ``module`` (a bool was one)."""
+    if not (_checks.is_int(layer) and 0 <= layer < layers and _checks.is_int(direction)
+            and 0 <= direction < directions):  # fmt: skip
+        raise ValueError(f"no layer {layer!r} direction {direction!r} in {type(module).__name__}")
+
+
 def zoneout_probs(module: nn.Module, layer: int) -> tuple[float, ...]:
     """Per-state zoneout probabilities of one layer (``()`` without zoneout, as torch.nn's)."""
     zp = module.zoneout_probs[layer] if isinstance(module, RecurrentStack) else ()
