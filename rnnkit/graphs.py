@@ -168,10 +168,13 @@ class CUDAGraphed(nn.Module):
         return self._unflatten(flat)
 
     # -- capture ---------------------------------------------------------------------------
-    def _call(self, args: list[Tensor], n_state: int) -> list[Tensor]:
-        """The layer on the static arguments, its ``(output, state)`` flattened to a list."""
+    def _call(self, args: list[Tensor], n_state: int, aliases: dict[str, Tensor]) -> list[Tensor]:
+        """The layer on the static arguments, its ``(output, state)`` flattened to a list.
+
+        ``aliases``: the trainable parameters as fresh leaves on the same storage (see
+        ``_capture``); the graph reads the parameters' memory all the same."""
         hx = None if n_state < 0 else args[1] if n_state == 0 else tuple(args[1:])
-        out, state = self.layer(args[0], hx)
+        out, state = torch.func.functional_call(self.layer, aliases, (args[0], hx))
         self._state_kind = "tensor" if isinstance(state, Tensor) else len(state)
         return [out, state] if isinstance(state, Tensor) else [out, *state]
 
@@ -181,10 +184,19 @@ class CUDAGraphed(nn.Module):
     def _capture(self, args: tuple[Tensor, ...], n_state: int, params: list[Tensor], grad: bool) -> _Graphs:
         g = _Graphs(len(args))
         g.inputs = [a.detach().clone().requires_grad_(a.requires_grad) for a in args]
-        wrt = [a for a in g.inputs if a.requires_grad] + params
+        # Gradients are taken with respect to aliases of the parameters (same storage, new leaves),
+        # not the parameters: a parameter's gradient accumulator, kept alive by an earlier call's
+        # output the caller still holds, belongs to the default stream, and the engine's wait on
+        # it from the capture stream failed the capture ("operation would make the legacy stream
+        # depend on a capturing blocking stream"): `out, h = layer(x, h)` from the second call on.
+        trainable = {id(p) for p in params}
+        aliases = {
+            n: p.detach().requires_grad_() for n, p in self.layer.named_parameters() if id(p) in trainable
+        }
+        wrt = [a for a in g.inputs if a.requires_grad] + list(aliases.values())
 
         def step() -> list[Tensor]:
-            outs = self._call(g.inputs, n_state)
+            outs = self._call(g.inputs, n_state, aliases)
             if grad:  # autograd.grad, not backward: no .grad is touched by warm-up or capture
                 diff = [o for o in outs if o.requires_grad]
                 with _no_autocast():
@@ -195,9 +207,9 @@ class CUDAGraphed(nn.Module):
         # be read by every replay, stale after the optimizer's next step.
         amp = torch.is_autocast_enabled("cuda")
         with torch.autocast("cuda", torch.get_autocast_dtype("cuda"), enabled=amp, cache_enabled=False):
-            return self._warm_up_and_capture(g, n_state, params, grad, wrt, step)
+            return self._warm_up_and_capture(g, n_state, aliases, grad, wrt, step)
 
-    def _warm_up_and_capture(self, g: _Graphs, n_state: int, params: list[Tensor], grad: bool,
+    def _warm_up_and_capture(self, g: _Graphs, n_state: int, aliases: dict[str, Tensor], grad: bool,
                              wrt: list[Tensor], step: Any) -> _Graphs:  # fmt: skip
         # Warm up on a side stream (lazy initializations such as cuDNN's plans and the
         # allocator's first blocks must not land in the graph), then capture.
@@ -216,7 +228,7 @@ class CUDAGraphed(nn.Module):
                 b.copy_(v)
         with torch.set_grad_enabled(grad):
             with torch.cuda.graph(g.fwd):
-                outs = self._call(g.inputs, n_state)
+                outs = self._call(g.inputs, n_state, aliases)
             if grad:
                 g.differentiable = [o.requires_grad for o in outs]
                 diff = [o for o in outs if o.requires_grad]
@@ -226,7 +238,7 @@ class CUDAGraphed(nn.Module):
                     grads = torch.autograd.grad(diff, wrt, g.grad_outputs, allow_unused=True)
                 it = iter(grads)
                 g.grad_inputs = [next(it) if a.requires_grad else None for a in g.inputs]
-                g.grad_inputs += [next(it) for _ in params]
+                g.grad_inputs += [next(it) for _ in aliases]
         # Keep the buffers, drop the captured autograd graph (its nodes would otherwise hold
         # the parameters' gradient accumulators, created on the capture stream).
         g.outputs = [o.detach() for o in outs]

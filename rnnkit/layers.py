@@ -164,7 +164,12 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w) for w in ws
         ):
             return
-        if len({w.data_ptr() for w in ws}) != len(ws) or not torch._use_cudnn_rnn_flatten_weight():
+        ptrs = tuple(w.data_ptr() for w in ws)
+        if len(set(ptrs)) != len(ws) or not torch._use_cudnn_rnn_flatten_weight():
+            return
+        # Still where the last flattening put them (a .to() to their own device): new addresses
+        # made rnnkit.cuda_graphed capture afresh at every Trainer (torch.nn re-flattens).
+        if ptrs == self.__dict__.get("_flat_ptrs"):
             return
         from torch.backends.cudnn import rnn as cudnn_rnn
 
@@ -174,6 +179,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
                 cudnn_rnn.get_cudnn_mode(mode), self.hidden_size, self.proj_size, self.num_layers,
                 self.batch_first, self.bidirectional,
             )  # fmt: skip
+        self.__dict__["_flat_ptrs"] = tuple(w.data_ptr() for w in ws)
 
     def _apply(self, fn, recurse=True):
         ret = super()._apply(fn, recurse)

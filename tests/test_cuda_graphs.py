@@ -242,3 +242,47 @@ def test_cuda_graphed_follows_a_regularizer_assigned_later():
             m.zoneout = 0.0
         torch.testing.assert_close(graphed(x)[0], eager(x)[0], atol=1e-5, rtol=1e-5)
     assert len(graphed._graphs) == 2
+
+
+@pytest.mark.parametrize(
+    "opts", [{}, {"peephole": True, "num_layers": 2}, {"norm": "layer", "bidirectional": True}]
+)
+def test_cuda_graphed_captures_while_an_earlier_output_is_alive(opts):
+    """`out, h = layer(x, h)`: the second call is a new signature (a state), captured while the
+    first call's output, and so its autograd graph, is still held. That capture failed in CUDA's
+    words (the parameters' gradient accumulators belonged to the default stream); outputs and
+    gradients match eager."""
+    torch.manual_seed(0)
+    eager = rnnkit.LSTM(5, 7, **opts).to(DEV)
+    graphed = rnnkit.cuda_graphed(rnnkit.LSTM(5, 7, **opts).to(DEV))
+    graphed.load_state_dict(eager.state_dict())
+    xs = [torch.randn(6, 3, 5, device=DEV) for _ in range(3)]
+    results = []
+    for m in (eager, graphed):
+        state, kept = None, []
+        for x in xs:
+            out, state = m(x, state)
+            out.square().sum().backward()
+            kept.append(out)  # held across the next call
+            state = tuple(s.detach() for s in state)
+        results.append([*kept, *state, *(p.grad for p in m.parameters())])
+    _close(results[1], results[0], 1e-5)
+    assert len(graphed._graphs) == 2
+
+
+def test_to_its_own_device_keeps_the_weights_and_the_graphs():
+    """A .to() to the weights' own device (the Trainer's, at every construction) leaves cuDNN's
+    flat weights where they are: a cuda_graphed layer kept replaying instead of capturing its
+    graphs afresh at each new Trainer."""
+    layer = rnnkit.LSTM(5, 7, num_layers=2, recurrent_dropout=0.25).to(DEV)
+    graphed = rnnkit.cuda_graphed(layer)
+    x = torch.randn(6, 3, 5, device=DEV)
+    graphed(x)[0].sum().backward()
+    ptrs = [p.data_ptr() for p in layer.parameters()]
+    graphed.to(DEV)
+    assert [p.data_ptr() for p in layer.parameters()] == ptrs
+    graphed(x)[0].sum().backward()
+    assert len(graphed._graphs) == 1
+    layer.weight_hh_l0 = nn.Parameter(layer.weight_hh_l0.detach().clone())  # moved: flattened again
+    layer.to(DEV)
+    assert len({p.untyped_storage().data_ptr() for p in layer.parameters()}) == 1
