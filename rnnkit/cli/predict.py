@@ -245,11 +245,28 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
             words = [ln.lower().replace("-", " ").split() for ln in items]
             # digits without any whitespace (a line is no longer stripped: an edge tab was a token)
             sources = [list("".join(ln.split())) for ln in items] if digits_in else words
+            if digits_in:
+                _check_trained_range(sources, (run.get("data") or {}).get("max_number"))
             return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
 
         return _aligned(lines, predict)
 
     return S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"]), use
+
+
+def _check_trained_range(sources: list[list[str]], max_number: int | None) -> None:
+    """A digits2words number at or above the run's ``--max-number`` was translated all the same:
+    the model never saw one, and its words were garbage. It is an error naming the trained range
+    (a run without the range recorded is not checked; a non-digit is ``translate``'s error)."""
+    if max_number is None:
+        return
+    for i, src in enumerate(sources, 1):
+        digits = "".join(src)
+        if digits.isdecimal() and digits.isascii() and int(digits) >= max_number:
+            raise ValueError(
+                f"input {i}: {digits} is outside the numbers the model was trained on, "
+                f"[0, {max_number}) (its --max-number)"
+            )
 
 
 _TASKS = {"forecast": _forecast, "classify": _classify, "tag": _tag, "seq2seq": _seq2seq}

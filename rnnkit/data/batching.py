@@ -193,9 +193,11 @@ class BPTTBatches:
                 gen.manual_seed(epoch_seed(self.seed, self.epoch))
         pos, total = 0, self.stream_len
         while pos < total:
-            length = self._draw_len(gen) if gen is not None else self.seq_len
-            length = min(length, total - pos)
-            if self.drop_last and length < (self.min_len if gen is not None else self.seq_len):
+            drawn = self._draw_len(gen) if gen is not None else self.seq_len
+            length = min(drawn, total - pos)
+            # a window the stream's end cut short, not one shorter than min_len: a drawn length
+            # of 21 cut to 18 (>= min_len) was kept, so the last window was still incomplete
+            if self.drop_last and length < drawn:
                 return
             x = self.inputs[:, pos : pos + length]
             y = self.targets[:, pos : pos + length]
@@ -237,7 +239,9 @@ def bptt_batches(
     ``world_size > 1`` refuses: pass one ``seed`` on all ranks, so that their windows have one
     length).
 
-    The last window of a stream may be shorter than ``seq_len``; ``drop_last`` drops it.
+    The last window of a stream may be cut short by the stream's end (shorter than ``seq_len``,
+    or with ``variable_length`` than its drawn length); ``drop_last`` drops it (a stream shorter
+    than the first drawn length then yields no window).
     ``rank``/``world_size`` shard the global ``batch_size`` streams for DDP.
     """
     return BPTTBatches(

@@ -105,6 +105,16 @@ def _is_pair(item: Any) -> bool:
     return not (isinstance(first, numbers.Number) or getattr(first, "shape", None) == ())
 
 
+def _is_one_tuple(item: Any) -> bool:
+    """A tuple or list of one element that is not a number: a ``(sequence,)`` item without a
+    target (as ``TensorDataset`` gives) or a sequence of one step of features? Neither reading is
+    documented, and ``torch.as_tensor`` took a list for one step and failed on a tensor."""
+    if not isinstance(item, (tuple, list)) or len(item) != 1:
+        return False
+    first = item[0]
+    return not (isinstance(first, numbers.Number) or getattr(first, "shape", None) == ())
+
+
 def _form(item: Any) -> str:
     """How an item reads, for error messages."""
     if _is_pair(item):
@@ -177,6 +187,12 @@ class PadCollate:
         # every item, not only item 0: a (T, F) tensor after pairs read as a pair of its rows
         paired = _is_pair(items[0])
         for i, it in enumerate(items):
+            if _is_one_tuple(it):
+                raise ValueError(
+                    f"item {i}: a {type(it).__name__} of one element that is not a number is ambiguous "
+                    f"(a sequence without a target, or one step of features?): pass the sequence (T, *) "
+                    f"itself, a tensor of shape (1, F) for one step, or a (sequence, target) pair"
+                )
             if _is_pair(it) != paired:
                 expected = "a (sequence, target) pair" if paired else "a sequence"
                 raise ValueError(f"item {i}: expected {expected} like item 0, got {_form(it)}")

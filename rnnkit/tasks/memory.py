@@ -65,6 +65,17 @@ def _plus_one_keys(x: Tensor) -> list[bytes]:
     return [r.tobytes() for r in np.packbits(x.reshape(len(x), -1).numpy() > 0, axis=1)]
 
 
+def _no_unseen_left(name: str, space: int, n_train: int) -> ValueError:
+    """The error of a validation draw that needs an unseen input when the training inputs take all
+    ``space`` of them (the redraws would never end). One unseen input is enough: validation inputs
+    are drawn independently and may repeat among themselves, so asking room for ``n_valid`` of them
+    refused sizes that draw fine."""
+    return ValueError(
+        f"{name} has {space} sequences and the {n_train} training sequences take all of them: none "
+        f"is left for an unseen validation sequence; lower n_train, or make the task larger"
+    )
+
+
 #: Redraw rounds (``max(n_valid, 1024)`` sequences each) before an unseen-validation draw gives up.
 _MAX_REDRAWS = 1000
 
@@ -91,13 +102,10 @@ def _unseen_valid(
         return torch.ones(len(x), dtype=torch.bool) if exempt is None else y != exempt
 
     seen = {k for k, h in zip(keys(train[0]), held(*train).tolist()) if h}
-    if len(seen) + n_valid > space[0]:  # the draws below might never end
-        raise ValueError(
-            f"{space[1]} has {space[0]} sequences; the {len(train[0])} training sequences take "
-            f"{len(seen)} of them, leaving {space[0] - len(seen)} for n_valid={n_valid} unseen ones"
-        )
     xs, ys, got = [], [], 0
     for k in range(_MAX_REDRAWS + 1):
+        if k == 1 and len(seen) >= space[0]:  # replacements are needed and none exists
+            raise _no_unseen_left(space[1], space[0], len(train[0]))
         x, y = draw(n_valid if k == 0 else max(n_valid, 1024), seed + k)
         new = torch.tensor([key not in seen for key in keys(x)], dtype=torch.bool)
         keep = new | ~held(x, y) if k == 0 else new & held(x, y)  # replacements: of colliding kinds
@@ -144,11 +152,8 @@ def arith_split(
     _check_arith(n_valid, "n_valid", digits)
     train = _arith_problems(n_train, digits, seed)
     seen, space = set(train), 10 ** (2 * digits)
-    if len(seen) + n_valid > space:  # the draws below would never end
-        raise ValueError(
-            f"arith with digits={digits} has {space} problems; the {n_train} training problems take "
-            f"{len(seen)} of them, leaving {space - len(seen)} for n_valid={n_valid} unseen ones"
-        )
+    if len(seen) >= space:  # the draws below would never end
+        raise _no_unseen_left(f"arith with digits={digits}", space, n_train)
     valid = _arith_problems(n_valid, digits, seed + 1, exclude=seen)
     return _arith_ids(train, digits), _arith_ids(valid, digits)
 

@@ -263,10 +263,19 @@ def translate(
     batch_size: int = 256,
 ) -> list[list[str]]:
     """Greedy translations of token lists; a token outside ``src_vocab`` is an error that
-    names it (the model has never seen it)."""
+    names it (the model has never seen it). A ``str`` is no token list (it was split into
+    characters: "three hundred" failed on the unknown token 't', "312" passed by chance): an error
+    saying how to split it."""
+    if isinstance(sources, str):
+        raise ValueError(f"sources must be a list of token lists, got the str {sources!r}")
     si = {t: i for i, t in enumerate(src_vocab)}
     ids = []
     for i, src in enumerate(sources, 1):
+        if isinstance(src, str):
+            raise ValueError(
+                f"input {i}: expected a list of tokens, got the str {src!r}: split it into tokens "
+                f"(number words: {src!r}.split(); digits: list({src!r}))"
+            )
         unknown = [t for t in src if t not in si or si[t] < len(SPECIALS)]
         if not src or unknown:
             what = f"unknown token {unknown[0]!r}" if unknown else "no tokens"

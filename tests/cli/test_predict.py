@@ -156,6 +156,12 @@ def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direc
         assert line == joiner.join(m["tgt_vocab"][k] for k in row)
     _stdin(monkeypatch, ["three hundred banana"] if direction == "words2digits" else ["3x"])
     assert_one_line_error(cli("predict", "--checkpoint", out), "input line 1: unknown token")
+    if direction == "digits2words":  # a number beyond --max-number was translated into garbage
+        _stdin(monkeypatch, ["312", "9999", "10000"])
+        assert_one_line_error(
+            cli("predict", "--checkpoint", out),
+            "input line 3: 10000 is outside the numbers the model was trained on, [0, 10000)",
+        )
 
 
 def test_output_lines_answer_input_lines(cli, tmp_path, monkeypatch, conllu):

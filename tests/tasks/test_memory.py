@@ -57,9 +57,15 @@ def test_arith_validation_problems_are_not_training_problems():
     assert t.train[0].equal(arith(80, 1, seed=0)[0])  # the training data is unchanged
 
 
-def test_arith_refuses_a_validation_set_the_problem_space_cannot_hold():
-    with pytest.raises(ValueError, match=r"digits=1 has 100 problems; the 80 training problems take \d+"):
-        make_task("arith", length=1, n_train=80, n_valid=50, digits=1)
+def test_arith_refuses_a_validation_set_only_when_no_unseen_problem_is_left():
+    """Room for n_valid distinct problems was asked (80 training problems and n_valid=50 at digits=1
+    were refused), though validation problems may repeat: one unseen problem is enough."""
+    with pytest.raises(
+        ValueError, match=r"digits=1 has 100 sequences and the 2000 training sequences take all of them"
+    ):
+        make_task("arith", length=1, n_train=2000, n_valid=1, digits=1)
+    t = make_task("arith", length=1, n_train=80, n_valid=50, digits=1)
+    assert len(t.valid[0]) == 50 and not _problems(t.train[0][:, :4]) & _problems(t.valid[0][:, :4])
 
 
 def _rows(x, y=None):
@@ -97,13 +103,30 @@ def test_plus1_and_copy_keep_their_data_where_nothing_collides():
 
 @pytest.mark.parametrize(
     ("name", "kw", "msg"),
-    [("plus1", {"length": 2, "n_train": 64, "n_valid": 2}, r"\(sequences containing a 1\) has 3 sequences"),
+    [("plus1", {"length": 2, "n_train": 64, "n_valid": 2},
+      r"\(sequences containing a 1\) has 3 sequences and the 64 training sequences take all of them"),
      ("copy", {"length": 3, "n_train": 64, "n_valid": 32, "n_symbols": 2, "n_copy": 4},
-      r"n_symbols=2, n_copy=4 has 16 sequences; the 64 training sequences take 16 of them, leaving 0")],
+      r"n_symbols=2, n_copy=4 has 16 sequences and the 64 training sequences take all of them")],
 )  # fmt: skip
 def test_plus1_and_copy_refuse_a_validation_set_the_space_cannot_hold(name, kw, msg):
     with pytest.raises(ValueError, match=msg):
         make_task(name, **kw)
+
+
+@pytest.mark.parametrize(
+    ("name", "kw"),
+    [("plus1", {"length": 3, "n_train": 5, "n_valid": 8}),
+     ("copy", {"length": 3, "n_train": 10, "n_valid": 32, "n_symbols": 2, "n_copy": 4})],
+)  # fmt: skip
+def test_plus1_and_copy_need_only_one_unseen_sequence(name, kw):
+    """Room for n_valid unseen sequences was asked (plus1: 5 training sequences + n_valid=8 > the 7
+    containing a 1, with the all-zeros ones counted too), though validation sequences may repeat."""
+    t = make_task(name, **kw)
+    assert len(t.valid[0]) == kw["n_valid"]
+    if name == "plus1":
+        assert not _rows(t.train[0], t.train[1]) & _rows(t.valid[0], t.valid[1])
+    else:
+        assert not _rows(t.train[0]) & _rows(t.valid[0])
 
 
 def test_plus1_gives_up_on_unseen_sequences_too_rare_to_draw(monkeypatch):

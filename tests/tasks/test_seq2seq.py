@@ -96,3 +96,21 @@ def test_a_checkpoint_with_a_bidirectional_decoder_is_refused_clearly():
     with pytest.raises(RuntimeError, match=msg):
         m.load_state_dict(old)
     assert m.out.weight.equal(before)
+
+
+def test_translate_refuses_a_str_source():
+    """A str source was split into characters: "three hundred" failed on the unknown token 't',
+    and "312" translated as the tokens 3, 1, 2 by chance. It is now an error saying how to split it."""
+    from rnnkit.tasks.seq2seq import translate
+
+    torch.manual_seed(0)
+    arch = {"cell": "gru", "hidden": 5, "layers": 1, "dropout": 0.0, "options": {}}
+    for direction, text in (("words2digits", "three hundred"), ("digits2words", "312")):
+        d = Seq2SeqData.generate(20, 5, max_number=100, direction=direction)
+        m = Seq2Seq(arch, len(d.src_vocab), len(d.tgt_vocab))
+        tokens = text.split() if direction == "words2digits" else list(text)
+        with pytest.raises(ValueError, match=r"input 2: expected a list of tokens, got the str"):
+            translate(m, [tokens, text], d.src_vocab, d.tgt_vocab)
+        with pytest.raises(ValueError, match=r"sources must be a list of token lists, got the str"):
+            translate(m, text, d.src_vocab, d.tgt_vocab)
+        assert len(translate(m, [tokens], d.src_vocab, d.tgt_vocab, max_len=3)) == 1  # tokens: unchanged

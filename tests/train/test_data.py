@@ -123,6 +123,24 @@ def test_rank_shards_tile_the_global_batch():
         assert torch.equal(torch.cat([parts[0][i].targets, parts[1][i].targets], 1), step.targets)
 
 
+def test_variable_length_drop_last_drops_a_window_cut_short():
+    """With variable_length, drop_last dropped the last window only when shorter than min_len: a
+    window drawn 21 long and cut to 18 by the stream's end (seed 0) was kept, incomplete."""
+    from rnnkit.data.batching import epoch_seed
+
+    for seed in range(5):
+        kw = {"variable_length": True, "seed": seed}
+        b = bptt_batches(torch.arange(400), 2, 20, drop_last=True, **kw)
+        kept = [w.seq_len for w in b]
+        every = [w.seq_len for w in bptt_batches(torch.arange(400), 2, 20, **kw)]
+        gen = torch.Generator().manual_seed(epoch_seed(seed, 0))
+        drawn = [b._draw_len(gen) for _ in every]
+        assert kept == drawn[: len(kept)]  # every kept window as long as drawn
+        cut = every[-1] < drawn[len(every) - 1]
+        assert kept == (every[:-1] if cut else every)  # only the cut-short last window dropped
+        assert cut or seed != 0
+
+
 def test_variable_length_windows():
     data = torch.arange(2000)
     b = bptt_batches(data, 2, 20, variable_length=True, seed=3, batch_first=True)

@@ -168,3 +168,17 @@ def test_pad_collate_names_the_item_of_a_target_that_is_not_numbers():
     items = [(torch.arange(2), 1), (torch.arange(3), "noun")]
     with pytest.raises(ValueError, match=r"item 1: expected a target .* got a str"):
         pad_collate(items)
+
+
+def test_pad_collate_one_element_item_is_an_error():
+    """A tuple of one list, ``([1., 2., 3.],)``, was read as one step of 3 features (and a tuple of
+    one tensor, a TensorDataset's item, failed as "not a sequence"): it could as well be a sequence
+    without a target. Both are now one error that says what to pass."""
+    for item in (([1.0, 2.0, 3.0],), [[1.0, 2.0, 3.0]], (torch.zeros(4, 2),)):
+        with pytest.raises(ValueError, match=r"item 0: a (tuple|list) of one element .* is ambiguous"):
+            pad_collate([item])
+    with pytest.raises(ValueError, match=r"item 1: a tuple of one element"):
+        pad_collate([torch.zeros(2, 3), (torch.zeros(1, 3),)])
+    # unambiguous forms are unchanged: one number is a sequence of length 1, a (1, F) tensor one step
+    assert pad_collate([(5,), [7]]).inputs.tolist() == [[5, 7]]
+    assert pad_collate([torch.tensor([[1.0, 2.0, 3.0]])]).inputs.shape == (1, 1, 3)
