@@ -189,9 +189,14 @@ class CUDAGraphed(nn.Module):
         # output the caller still holds, belongs to the default stream, and the engine's wait on
         # it from the capture stream failed the capture ("operation would make the legacy stream
         # depend on a capturing blocking stream"): `out, h = layer(x, h)` from the second call on.
+        # torch.nn's own layers keep their parameters: they re-flatten weights they have not seen
+        # (cuDNN's copy, which the graph would then read instead of the parameters).
+        fresh = not any(isinstance(m, nn.RNNBase) for m in self.layer.modules())
         trainable = {id(p) for p in params}
         aliases = {
-            n: p.detach().requires_grad_() for n, p in self.layer.named_parameters() if id(p) in trainable
+            n: p.detach().requires_grad_() if fresh else p
+            for n, p in self.layer.named_parameters()
+            if id(p) in trainable
         }
         wrt = [a for a in g.inputs if a.requires_grad] + list(aliases.values())
 

@@ -286,3 +286,24 @@ def test_to_its_own_device_keeps_the_weights_and_the_graphs():
     layer.weight_hh_l0 = nn.Parameter(layer.weight_hh_l0.detach().clone())  # moved: flattened again
     layer.to(DEV)
     assert len({p.untyped_storage().data_ptr() for p in layer.parameters()}) == 1
+
+
+def test_cuda_graphed_torch_layer_follows_weight_updates():
+    """A torch.nn layer (it re-flattens weights it has not seen: the graph is captured against
+    its parameters themselves) replays with the optimizer's updated weights, as eager."""
+    torch.manual_seed(0)
+    eager = nn.LSTM(5, 7, num_layers=2).to(DEV)
+    graphed = rnnkit.cuda_graphed(nn.LSTM(5, 7, num_layers=2).to(DEV))
+    graphed.load_state_dict(eager.state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.5) for m in (eager, graphed)]
+    for _ in range(3):
+        x = torch.randn(6, 3, 5, device=DEV)
+        outs = []
+        for m, opt in zip((eager, graphed), opts):
+            opt.zero_grad()
+            out = m(x)[0]
+            out.square().sum().backward()
+            opt.step()
+            outs.append(out)
+        torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    assert len(graphed._graphs) == 1
