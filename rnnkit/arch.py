@@ -211,6 +211,12 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
             raise ValueError(f"--{key} must be >= 1, got {config[key]}")
     if cell == "tcn":
         options = config.get("options") or {}
+        if "bidirectional" in options:  # (the generic refusal below named no arch that takes it)
+            takers = [a for a in arch_names() if a != "tcn"]
+            raise ValueError(
+                "--arch tcn is causal and takes no --opt bidirectional (only the tagger centres its "
+                f"kernels); a bidirectional encoder is one of --arch {', '.join(takers)}"
+            )
         if set(options) - {"dropout"}:  # --opt dropout is --dropout (arch_config)
             raise ValueError(f"--arch tcn takes no --opt options but dropout, got {sorted(options)}")
         # config's dropout (arch_config: --opt dropout's too), which CharLM zeroes for one level
