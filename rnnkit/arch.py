@@ -219,6 +219,7 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
             )
         if set(options) - {"dropout"}:  # --opt dropout is --dropout (arch_config)
             raise ValueError(f"--arch tcn takes no --opt options but dropout, got {sorted(options)}")
+        _check_centred_kernel(config, extra.get("bidirectional") is True)
         # config's dropout (arch_config: --opt dropout's too), which CharLM zeroes for one level
         dropout = config["dropout"] if config.get("dropout") is not None else options.get("dropout", 0.0)
         return TCN(input_size, config["hidden"], config["layers"], kernel_size=config.get("kernel_size", 3),
@@ -226,6 +227,7 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
     if cell.startswith("conv-"):
         inner = {**config, "cell": cell[len("conv-") :]}
         fb = {k: extra[k] for k in ("batch_first", "bidirectional") if k in extra}
+        _check_centred_kernel(config, fb.get("bidirectional") is True)
         return ConvRecurrent(
             input_size, lambda n: build_recurrent(inner, n, **extra),
             conv_channels=config.get("conv_channels") or config["hidden"],
@@ -255,6 +257,17 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
         return fams[cell](input_size, config["hidden"], num_layers=config["layers"], **kwargs)
     except TypeError as e:  # an unknown option: say which family rejected it
         raise ValueError(f"--arch {cell} rejected an option: {e}") from e
+
+
+def _check_centred_kernel(config: dict[str, Any], centred: bool) -> None:
+    """Refuse an even ``--kernel-size`` for ``centred`` (non-causal) kernels, which pad as many steps
+    on each side: the convolution's own error named no flag, and the CLI met it only at run time."""
+    k = config.get("kernel_size", 3)
+    if centred and _checks.is_int(k) and k % 2 == 0:
+        raise ValueError(
+            f"--kernel-size must be odd (1, 3, 5, ...) for the centred kernels of a bidirectional "
+            f"--arch {config['cell']}, got {k}"
+        )
 
 
 def describe_arch(module: nn.Module) -> str:

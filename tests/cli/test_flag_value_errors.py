@@ -99,3 +99,14 @@ def test_tcn_refuses_opt_bidirectional_naming_the_archs_that_take_it(cli, tmp_pa
     assert r.rc == 2
     assert_one_line_error(r, "--arch tcn is causal", "--opt bidirectional", "lstm, gru", "conv-lstm")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("arch", ["tcn", "conv-gru"])
+def test_tag_refuses_an_even_kernel_size_at_the_flag_check(cli, tmp_path, conllu, arch):
+    """The tagger's centred kernels need an odd --kernel-size: 4 exited 1 at run time, in the
+    convolution's words ("a centred convolution needs an odd kernel_size"), naming no flag."""
+    argv = ["train", "tag", "--data", conllu, "--arch", arch, "--kernel-size", 4]
+    r = cli(*argv, "--out", tmp_path / "a", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, "--kernel-size must be odd", f"--arch {arch}", "got 4")
+    assert not (tmp_path / "a").exists()
