@@ -227,6 +227,11 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
     if cell.startswith("conv-"):
         inner = {**config, "cell": cell[len("conv-") :]}
         fb = {k: extra[k] for k in ("batch_first", "bidirectional") if k in extra}
+        # --opt bidirectional=true (classify, seq2seq's encoder) is the tagger's bidirectional=True:
+        # the front end centres its kernels too (it stayed causal, seeing only the past while the
+        # recurrent part read both sides); a value that is not a bool is the recurrent layer's to refuse
+        if "bidirectional" not in fb and (config.get("options") or {}).get("bidirectional") is True:
+            fb["bidirectional"] = True
         _check_centred_kernel(config, fb.get("bidirectional") is True)
         return ConvRecurrent(
             input_size, lambda n: build_recurrent(inner, n, **extra),
