@@ -211,8 +211,15 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
             raise ValueError(f"--{key} must be >= 1, got {config[key]}")
     if cell == "tcn":
         options = config.get("options") or {}
+        if "bidirectional" in options:  # (the generic refusal below named no arch that takes it)
+            takers = [a for a in arch_names() if a != "tcn"]
+            raise ValueError(
+                "--arch tcn is causal and takes no --opt bidirectional (only the tagger centres its "
+                f"kernels); a bidirectional encoder is one of --arch {', '.join(takers)}"
+            )
         if set(options) - {"dropout"}:  # --opt dropout is --dropout (arch_config)
             raise ValueError(f"--arch tcn takes no --opt options but dropout, got {sorted(options)}")
+        _check_centred_kernel(config, extra.get("bidirectional") is True)
         # config's dropout (arch_config: --opt dropout's too), which CharLM zeroes for one level
         dropout = config["dropout"] if config.get("dropout") is not None else options.get("dropout", 0.0)
         return TCN(input_size, config["hidden"], config["layers"], kernel_size=config.get("kernel_size", 3),
@@ -220,6 +227,12 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
     if cell.startswith("conv-"):
         inner = {**config, "cell": cell[len("conv-") :]}
         fb = {k: extra[k] for k in ("batch_first", "bidirectional") if k in extra}
+        # --opt bidirectional=true (classify, seq2seq's encoder) is the tagger's bidirectional=True:
+        # the front end centres its kernels too (it stayed causal, seeing only the past while the
+        # recurrent part read both sides); a value that is not a bool is the recurrent layer's to refuse
+        if "bidirectional" not in fb and (config.get("options") or {}).get("bidirectional") is True:
+            fb["bidirectional"] = True
+        _check_centred_kernel(config, fb.get("bidirectional") is True)
         return ConvRecurrent(
             input_size, lambda n: build_recurrent(inner, n, **extra),
             conv_channels=config.get("conv_channels") or config["hidden"],
@@ -249,6 +262,17 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
         return fams[cell](input_size, config["hidden"], num_layers=config["layers"], **kwargs)
     except TypeError as e:  # an unknown option: say which family rejected it
         raise ValueError(f"--arch {cell} rejected an option: {e}") from e
+
+
+def _check_centred_kernel(config: dict[str, Any], centred: bool) -> None:
+    """Refuse an even ``--kernel-size`` for ``centred`` (non-causal) kernels, which pad as many steps
+    on each side: the convolution's own error named no flag, and the CLI met it only at run time."""
+    k = config.get("kernel_size", 3)
+    if centred and _checks.is_int(k) and k % 2 == 0:
+        raise ValueError(
+            f"--kernel-size must be odd (1, 3, 5, ...) for the centred kernels of a bidirectional "
+            f"--arch {config['cell']}, got {k}"
+        )
 
 
 def describe_arch(module: nn.Module) -> str:

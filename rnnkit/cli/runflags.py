@@ -14,16 +14,18 @@ from rnnkit.cli import CLIError
 __all__ = ["add_run_arguments", "checked_arch_config", "positive_float", "seed_int"]
 
 
-def checked_arch_config(args: argparse.Namespace) -> dict[str, Any]:
+def checked_arch_config(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     """:func:`rnnkit.arch.arch_config` of ``args``, the flags checked by building the layer once
     (input width 1): an unknown ``--arch``, an ``--opt`` the family does not take or a bad option
     value, ``--dropout`` against ``--opt dropout`` are usage errors (status 2). They were found
     building the task's model, a failure at run time (status 1). A resume builds the stored
-    model, whatever was typed (:func:`rnnkit.cli.common.prepare_out` says what is ignored)."""
+    model, whatever was typed (:func:`rnnkit.cli.common.prepare_out` says what is ignored).
+    ``extra``: the task's own keywords of the encoder (the tagger's ``bidirectional=True``, whose
+    centred kernels need an odd ``--kernel-size``)."""
     try:
         config = arch_config(args)
         if not getattr(args, "resume", False):
-            build_recurrent(config, 1)
+            build_recurrent(config, 1, **extra)
     except ValueError as e:
         raise CLIError(str(e), code=2) from None
     return config

@@ -218,7 +218,10 @@ def train_tag(args: argparse.Namespace) -> int:
             "tags": td.tags,
             "words": len(td.words),
             "vocab": td.words,  # `rnnkit predict` encodes new sentences with it
-            "model": {"arch": checked_arch_config(args), "embedding_dim": args.embedding_dim},
+            "model": {
+                "arch": checked_arch_config(args, bidirectional=True),  # the tagger's: centred kernels
+                "embedding_dim": args.embedding_dim,
+            },
         },
     )
     model = T.tagger(run["model"]["arch"], len(td.words), len(td.tags), run["model"]["embedding_dim"])

@@ -189,9 +189,13 @@ class CharVocab:
     """
 
     def __init__(self, chars: Iterable[str]) -> None:
-        self.chars: list[str] = sorted(set(chars))
-        if not self.chars or any(len(c) != 1 for c in self.chars):
-            raise ValueError("CharVocab needs a non-empty set of single characters")
+        chars = set(chars)
+        # checked before sorting: a non-string entry failed in sorted() naming none of them
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if not chars or bad:
+            got = f"got {', '.join(sorted(map(repr, bad))[:10])}" if bad else "got none"
+            raise ValueError(f"CharVocab needs a non-empty set of single characters, {got}")
+        self.chars: list[str] = sorted(chars)
         self.stoi: dict[str, int] = {c: i for i, c in enumerate(self.chars)}
         self._codes = np.array([ord(c) for c in self.chars], dtype=np.int64)
 

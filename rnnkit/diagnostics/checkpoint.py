@@ -146,7 +146,9 @@ def checkpoint_layer(args) -> tuple[Variant, nn.Module, str]:
     from .memory import parse_variant
 
     # the run's options describe its cell, whatever the case --cell is typed in (LSTM dropped them)
-    same = not args.family or str(args.family).lower() == str(arch.get("cell")).lower()
+    # and whether it names a conv-<family> run's recurrent family (lstm against conv-lstm dropped them)
+    stored_family = str(arch.get("cell")).lower().removeprefix("conv-")
+    same = not args.family or family == stored_family
     stored = dict(arch.get("options") or {}) if same else {}
     options = {**stored, **parse_variant(f"{family}:" + ",".join(args.option)).options}
     n_in, bidir = _infer_shape(family, hidden, layers, options, args.checkpoint)  # directions: always

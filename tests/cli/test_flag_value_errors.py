@@ -89,3 +89,24 @@ def test_a_seed_out_of_torchs_range_is_a_usage_error(cli, tmp_path, seed):
 def test_a_seed_at_the_ends_of_the_range_trains(cli, tmp_path, seed):
     """Generated data draws its validation part from --seed + 1: 2**64 - 1 overflowed there."""
     assert cli(*MEM, "--seed", seed, "--out", tmp_path / "a", *TINY).rc == 0
+
+
+@pytest.mark.parametrize("task", [["classify", "--data", "anyplus1", "--n", 20, "--length", 6], ["seq2seq"]])
+def test_tcn_refuses_opt_bidirectional_naming_the_archs_that_take_it(cli, tmp_path, task):
+    """--opt bidirectional=true is the docs' way to a bidirectional encoder; with --arch tcn (causal by
+    construction) it was refused as any --opt, naming no arch that takes it."""
+    r = cli("train", *task, "--arch", "tcn", "--opt", "bidirectional=true", "--out", tmp_path / "a", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, "--arch tcn is causal", "--opt bidirectional", "lstm, gru", "conv-lstm")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("arch", ["tcn", "conv-gru"])
+def test_tag_refuses_an_even_kernel_size_at_the_flag_check(cli, tmp_path, conllu, arch):
+    """The tagger's centred kernels need an odd --kernel-size: 4 exited 1 at run time, in the
+    convolution's words ("a centred convolution needs an odd kernel_size"), naming no flag."""
+    argv = ["train", "tag", "--data", conllu, "--arch", arch, "--kernel-size", 4]
+    r = cli(*argv, "--out", tmp_path / "a", *TINY)
+    assert r.rc == 2
+    assert_one_line_error(r, "--kernel-size must be odd", f"--arch {arch}", "got 4")
+    assert not (tmp_path / "a").exists()

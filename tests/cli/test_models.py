@@ -398,3 +398,18 @@ def test_task_readers_drop_a_utf8_bom(conllu, text_csv, series_csv, tmp_path):
     assert read_conllu(bom(conllu)) == read_conllu(conllu)
     assert torch.equal(load_series(str(bom(series_csv)), "t")[0], load_series(str(series_csv), "t")[0])
     assert _lines(str(bom(text_csv))) == _lines(str(text_csv))
+
+
+@pytest.mark.parametrize("arch", ["conv-lstm", "conv-gru"])
+def test_opt_bidirectional_centres_the_conv_front_end(arch):
+    """``--opt bidirectional=true`` made the recurrent part bidirectional behind a causal front
+    end; now it is the tagger's bidirectional encoder (centred kernels), the same numbers."""
+    torch.manual_seed(0)
+    m = build_recurrent(cfg(arch, options={"bidirectional": True}), 3, batch_first=True)
+    torch.manual_seed(0)
+    tagger = build_recurrent(cfg(arch), 3, batch_first=True, bidirectional=True)
+    assert all(not c.causal for c in m.convs)
+    x = torch.randn(2, 7, 3)
+    torch.testing.assert_close(m(x)[0], tagger(x)[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"--kernel-size must be odd .* --arch {arch}, got 4"):
+        build_recurrent(cfg(arch, options={"bidirectional": True}, kernel_size=4), 3)

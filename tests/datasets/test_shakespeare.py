@@ -183,3 +183,12 @@ def test_vocab_decode_refuses_ids_that_are_not_one_dimensional(ids) -> None:
     shape = re.escape(str(tuple(ids.shape)))
     with pytest.raises(ValueError, match=rf"ids must have shape \(N,\), got shape {shape}"):
         CharVocab("abc").decode(ids)
+
+
+@pytest.mark.parametrize(
+    ("chars", "named"), [(["ab"], "'ab'"), (["a", ""], "''"), (["a", 1], "1"), ([], "got none")]
+)
+def test_vocab_names_the_entry_that_is_not_one_character(chars, named) -> None:
+    """The error said only "single characters", naming no entry (an int one failed in sorted())."""
+    with pytest.raises(ValueError, match=re.escape(named)):
+        CharVocab(chars)

@@ -91,6 +91,27 @@ def test_checkpoint_mode_keeps_the_stored_options_whatever_the_case_of_cell(tmp_
         torch.testing.assert_close(p, q, msg=n)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "LSTM", "conv-lstm"])
+def test_checkpoint_mode_keeps_a_conv_runs_options_given_its_recurrent_family(tmp_path, cell):
+    """A conv-lstm run is diagnosed through its LSTM, but --cell lstm (not the run's "conv-lstm")
+    dropped the stored bias=False and failed to find the layer's weights."""
+    from rnnkit.arch import build_recurrent
+    from rnnkit.diagnostics.checkpoint import checkpoint_layer
+
+    torch.manual_seed(0)
+    arch = {"cell": "conv-lstm", "hidden": 5, "layers": 1, "dropout": 0.0, "options": {"bias": False},
+            "kernel_size": 3, "conv_channels": 4, "conv_layers": 1}  # fmt: skip
+    net = build_recurrent(arch, 3)
+    save_model(net, str(tmp_path / "model.safetensors"))
+    (tmp_path / "run.json").write_text(json.dumps({"model": {"arch": arch}}))
+    argv = ["--checkpoint", str(tmp_path), "--cell", cell]
+    args = add_arguments(argparse.ArgumentParser()).parse_args(argv)
+    v, layer, _ = checkpoint_layer(args)
+    assert v.options["bias"] is False
+    for (n, p), q in zip(layer.named_parameters(), net.rnn.parameters()):
+        torch.testing.assert_close(p, q, msg=n)
+
+
 @pytest.mark.parametrize(
     "flag", [["--layers", "2"], ["--num-layers", "2"], ["--opt", "zoneout=0.1"], ["--input-size", "3"]]
 )
