@@ -65,14 +65,14 @@ def _plus_one_keys(x: Tensor) -> list[bytes]:
     return [r.tobytes() for r in np.packbits(x.reshape(len(x), -1).numpy() > 0, axis=1)]
 
 
-def _no_unseen_left(name: str, space: int, n_train: int) -> ValueError:
+def _no_unseen_left(name: str, space: int, n_train: int, lower: str = "n_train") -> ValueError:
     """The error of a validation draw that needs an unseen input when the training inputs take all
     ``space`` of them (the redraws would never end). One unseen input is enough: validation inputs
     are drawn independently and may repeat among themselves, so asking room for ``n_valid`` of them
     refused sizes that draw fine."""
     return ValueError(
         f"{name} has {space} sequences and the {n_train} training sequences take all of them: none "
-        f"is left for an unseen validation sequence; lower n_train, or make the task larger"
+        f"is left for an unseen validation sequence; lower {lower}, or make the task larger"
     )
 
 
@@ -102,10 +102,12 @@ def _unseen_valid(
         return torch.ones(len(x), dtype=torch.bool) if exempt is None else y != exempt
 
     seen = {k for k, h in zip(keys(train[0]), held(*train).tolist()) if h}
+    # every input that must be unseen is a training one: a draw could only collide, or (plus1,
+    # anyplus1) keep exempt examples alone, a validation set of one label
+    if n_valid and len(seen) >= space[0]:
+        raise _no_unseen_left(space[1], space[0], len(train[0]), lower=sizes.split(" or ")[0])
     xs, ys, got = [], [], 0
     for k in range(_MAX_REDRAWS + 1):
-        if k == 1 and len(seen) >= space[0]:  # replacements are needed and none exists
-            raise _no_unseen_left(space[1], space[0], len(train[0]))
         x, y = draw(n_valid if k == 0 else max(n_valid, 1024), seed + k)
         new = torch.tensor([key not in seen for key in keys(x)], dtype=torch.bool)
         keep = new | ~held(x, y) if k == 0 else new & held(x, y)  # replacements: of colliding kinds

@@ -84,6 +84,10 @@ def test_anyplus1_keeps_its_split_where_nothing_collides():
 def test_anyplus1_refuses_a_validation_set_the_space_cannot_hold():
     from rnnkit.tasks.classify import load_classification
 
-    msg = r"anyplus1 with length=2 \(sequences containing a 1\) has 3 sequences"
+    msg = r"anyplus1 with length=2 \(sequences containing a 1\) has 3 sequences and the 16 .* lower n,"
     with pytest.raises(ValueError, match=msg):
-        load_classification("anyplus1", length=2, n=10)
+        load_classification("anyplus1", length=2, n=20)  # training holds all three
+    # n=10: training holds two of the three; one unseen sequence is enough (validation may repeat it)
+    cd = load_classification("anyplus1", length=2, n=10)
+    seen = {tuple(r) for r in cd.train.tensors[0].squeeze(-1).tolist()}
+    assert all(tuple(r) not in seen or not any(r) for r in cd.valid.tensors[0].squeeze(-1).tolist())
