@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rnnkit.train import distributed as dist
 from rnnkit.train.callbacks import Callback, default_callbacks
-from rnnkit.train.checkpoint import latest_checkpoint
+from rnnkit.train.checkpoint import latest_checkpoint, stale_latest
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.historylog import HistoryLog
@@ -221,7 +221,9 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if auto and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
         elif auto and self.is_main:  # a first run, or a mistyped out_dir: say which
-            log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
+            stale = stale_latest(self.checkpoint_dir) if self.checkpoint_dir else ""
+            where = self.checkpoint_dir
+            log.warning("resume=True: no checkpoint in %s%s; training from the start", where, stale)
         if not auto and self._resume is not None:  # trainer.load(ckpt): out_dir's latest is ckpt
             self._name_loaded_latest()
         if self._resume is not None and self.is_main and not elsewhere:  # best/ is not of a later step
