@@ -32,7 +32,7 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
-from rnnkit.train.seed import check_generators, data_generators, get_rng_state, set_rng_state
+from rnnkit.train.seed import check_generators, data_generators, get_rng_state, seed_rank, set_rng_state
 from rnnkit.train.state import lm_loss, move_to
 from rnnkit.train.step import TrainerStep, _seq_len
 
@@ -82,6 +82,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             # a step_fn runs as the forward of DDP's module, with the bare model (dist.StepFnModule)
             wrapped = dist.StepFnModule(model, step_fn) if step_fn is not None else model
             model = DistributedDataParallel(wrapped, device_ids=ids)
+        if dist.is_distributed():  # the weights are built (alike): each rank its own dropout masks
+            seed_rank(dist.get_rank())
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.generators = check_generators(generators)
