@@ -295,3 +295,19 @@ def test_run_study_leaves_the_callers_rngs_as_they_were(tmp_path, monkeypatch, h
               report=False, **how)  # fmt: skip
     assert draws() == expected
     assert "PYTHONHASHSEED" not in os.environ
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_parameter_matching_past_its_widest_size_is_an_error(monkeypatch, cell):
+    """A params target above the widest hidden size searched (4096) silently got that size, a far
+    smaller model (params=1e8: 17.5M for Tanh). It is an error naming the target, the most
+    parameters reachable and the width; a reachable target still matches."""
+    from rnnkit.study import studies
+
+    monkeypatch.setattr(studies, "MAX_MATCHED_HIDDEN", 16)  # the same search, small models
+    cfg = {"cell": cell, "hidden": 1, "layers": 1, "dropout": 0.0, "options": {}}
+    most = studies.count_params({**cfg, "hidden": 16}, 5, 3)
+    assert studies.matched_hidden(cfg, 5, 3, most) == 16
+    assert studies.matched_hidden(cfg, 5, 3, studies.count_params({**cfg, "hidden": 7}, 5, 3)) == 7
+    with pytest.raises(ValueError, match=rf"params={most + 1}: a {cell} model has at most {most} .*\(16\)"):
+        studies.matched_hidden(cfg, 5, 3, most + 1)
