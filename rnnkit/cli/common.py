@@ -113,6 +113,7 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         train_flags,
     )
     from rnnkit.train import latest_checkpoint, seed_everything
+    from rnnkit.train.checkpoint import stale_latest
     from rnnkit.train.distributed import on_every_rank
     from rnnkit.train.outdir import not_a_directory
 
@@ -125,7 +126,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
     has_ckpt = latest_checkpoint(out / "checkpoints") is not None
     if args.resume:
         if not has_ckpt:
-            raise CLIError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from")
+            stale = stale_latest(out / "checkpoints")
+            raise CLIError(f"--resume: no checkpoint in {out / 'checkpoints'} to continue from{stale}")
         stored = read_run(out)
         if stored["task"] != run["task"]:
             raise CLIError(f"--resume: {out} holds a '{stored['task']}' run, not '{run['task']}'")

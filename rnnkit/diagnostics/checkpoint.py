@@ -25,7 +25,7 @@ def weights_file(path: str | os.PathLike) -> Path:
     """``model.safetensors`` of ``path``: a ``.safetensors`` file, a checkpoint directory, a
     checkpoint root (its ``latest`` pointer, else its highest ``step-*``; the pointer file itself
     too) or a run directory (its ``checkpoints/`` root). ``FileNotFoundError``: ``path`` does not
-    exist, or holds no weights."""
+    exist, or holds no weights; ``ValueError``: ``path`` is a file other than ``.safetensors``."""
     p = Path(path)
     if not p.exists():  # (not "no model.safetensors found at": there is nothing there at all)
         best = " (a run's best/ comes from rnnkit train --save-best)" if p.name == "best" else ""
@@ -44,6 +44,13 @@ def weights_file(path: str | os.PathLike) -> Path:
     f = p / "model.safetensors" if p.is_dir() else p
     if not f.is_file():
         raise FileNotFoundError(f"no model.safetensors found at {path}")
+    if f.suffix != ".safetensors":  # another file of a checkpoint (state.json): safetensors' raw error
+        sibling = f.parent / "model.safetensors"
+        hint = f" (its checkpoint's weights are {sibling})" if sibling.is_file() else ""
+        raise ValueError(
+            f"{f} is not a weights file: expected a .safetensors file (model.safetensors), a checkpoint "
+            f"directory, a checkpoint root or a run directory{hint}"
+        )
     return f
 
 

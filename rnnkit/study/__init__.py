@@ -34,7 +34,7 @@ from .runner import (
     save_json,
     steps_for_budget,
 )
-from .settings import SettingError, check_settings
+from .settings import SettingError, check_settings, comparable
 from .studies import STUDIES, get_study
 
 __all__ = ["Arch", "Spec", "Study", "STUDIES", "SettingError", "get_study", "run_study", "add_arguments",
@@ -109,7 +109,7 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
         if meta["study"] != name:
             raise ValueError(f"{out} holds study {meta['study']!r}, not {name!r}; use another --out")
         stored = json.loads(json.dumps(s, default=str))
-        if settings and stored != meta["settings"]:
+        if settings and comparable(stored) != comparable(meta["settings"]):  # paths: the files named
             raise ValueError(
                 f"{out} was run with settings {meta['settings']}, now {stored}; use another --out"
             )

@@ -6,7 +6,7 @@ initialization seed and the same data order: a paired comparison, as in Greff et
 (2017) and Jozefowicz et al. (2015), who ran one random search per architecture.
 
 Budget: ``budget_minutes`` is the wall-clock for the whole grid. Before the first run the
-cost of one training step and one evaluation of every architecture is measured; every run
+cost of one training step, one validation and one test of every architecture is measured; every run
 then gets the *same number of steps*, the most that fit the budget (papers compare at equal
 numbers of updates; a time share per run would starve the slower, unfused variants). A run
 stops early past three times its estimate (recorded as ``"stopped": "time"``).
@@ -213,8 +213,8 @@ def fit(study: Study, spec: Spec, steps: int, time_cap: float | None = None) -> 
 
 
 def calibrate(study: Study, settings: dict, archs: list[Arch], probe: int = 3) -> dict[str, list[float]]:
-    """Seconds per training step and per evaluation, per architecture, at the middle of the
-    search space (``probe`` timed steps after one warm-up step)."""
+    """Seconds per training step, per validation and per test, per architecture, at the middle of
+    the search space (``probe`` timed steps after one warm-up step)."""
     space = study.space(settings)
     mid = sample_hparams(space, 0)
     for name, (kind, *args) in space.items():
@@ -236,9 +236,12 @@ def calibrate(study: Study, settings: dict, archs: list[Arch], probe: int = 3) -
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        study.evaluate(model, data, "valid")
-        costs[arch.name] = [float(np.median(times[1:])), time.perf_counter() - t0]
+        evals = []
+        for split in ("valid", "test"):  # the test split may be larger (Arith: 2000 against 500)
+            t0 = time.perf_counter()
+            study.evaluate(model, data, split)
+            evals.append(time.perf_counter() - t0)
+        costs[arch.name] = [float(np.median(times[1:])), *evals]
     return costs
 
 
@@ -246,10 +249,12 @@ def steps_for_budget(costs: dict[str, list[float]], trials: int, budget_s: float
                      n_evals: int, lo: int, hi: int) -> int:  # fmt: skip
     """The step count that makes ``trials`` runs of every architecture fit ``budget_s``
     seconds on ``parallel`` processes (10 % kept for overhead), clamped to ``[lo, hi]``.
+    ``costs``: per architecture ``[step, validation, test]`` seconds (:func:`calibrate`; a
+    ``study.json`` of before the test's cost has two, the test then counted as a validation).
     Each run evaluates ``n_evals + 2`` times (:func:`fit`: step 0, ``n_evals`` validations,
     the test; fewer when it has fewer steps than ``n_evals``)."""
     per_step = trials * sum(c[0] for c in costs.values())
-    evals = trials * (n_evals + 2) * sum(c[1] for c in costs.values())
+    evals = trials * sum((n_evals + 1) * c[1] + c[-1] for c in costs.values())
     steps = int((0.9 * budget_s * parallel - evals) / max(per_step, 1e-9))
     return int(min(max(steps, lo), hi))
 

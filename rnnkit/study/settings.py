@@ -12,7 +12,7 @@ from typing import Any
 
 from rnnkit.tasks.memory import ARITH_MAX_DIGITS
 
-__all__ = ["SettingError", "check_settings", "FORMS"]
+__all__ = ["SettingError", "check_settings", "comparable", "FORMS", "PATH_KEYS"]
 
 
 class SettingError(ValueError):
@@ -129,3 +129,14 @@ def check_settings(study: str, defaults: dict, settings: dict) -> dict:
             "architecture's hidden size to that parameter count; add --set params=0 to choose the size"
         )
     return out
+
+
+# the settings that name files or directories (relative ones: to the working directory)
+PATH_KEYS = ("data", "data_dir")
+
+
+def comparable(settings: dict) -> dict:
+    """``settings`` with the paths of :data:`PATH_KEYS` resolved: what a resume compares, so that
+    ``--set data=./x.npz`` resumes a study run with ``data=x.npz`` (one file, two spellings)."""
+    resolve = lambda k, v: os.path.realpath(v) if k in PATH_KEYS and isinstance(v, str) else v  # noqa: E731
+    return {k: resolve(k, v) for k, v in settings.items()}

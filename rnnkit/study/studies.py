@@ -99,15 +99,26 @@ def count_params(config: dict, n_in: int, n_out: int) -> int:
     return sum(p.numel() for p in SeqModel(config, n_in, n_out).parameters())
 
 
+#: The widest hidden size parameter matching searches (the model is built to count it).
+MAX_MATCHED_HIDDEN = 4096
+
+
 def matched_hidden(config: dict, n_in: int, n_out: int, target: int) -> int:
-    """The hidden size whose model has the parameter count closest to ``target``."""
-    lo, hi = 1, 4096
+    """The hidden size (at most :data:`MAX_MATCHED_HIDDEN`) whose model has the parameter count
+    closest to ``target``; a ``ValueError`` when even the widest one has fewer parameters."""
+    lo, hi = 1, MAX_MATCHED_HIDDEN
     while lo < hi:  # first hidden size with >= target parameters (counts grow with hidden)
         mid = (lo + hi) // 2
         if count_params({**config, "hidden": mid}, n_in, n_out) < target:
             lo = mid + 1
         else:
             hi = mid
+    # the search stops at the widest size even below the target: a far smaller model, silently
+    if lo == MAX_MATCHED_HIDDEN and (most := count_params({**config, "hidden": lo}, n_in, n_out)) < target:
+        raise ValueError(
+            f"--set params={target}: a {config['cell']} model has at most {most} parameters at the widest "
+            f"hidden size parameter matching searches ({lo}); lower params"
+        )
     cands = [h for h in (lo - 1, lo) if h >= 1]
     return min(cands, key=lambda h: abs(count_params({**config, "hidden": h}, n_in, n_out) - target))
 

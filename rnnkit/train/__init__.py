@@ -38,7 +38,7 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import OutDirInUse
 from rnnkit.train.plots import plot_loss_curve
 from rnnkit.train.schedule import ScheduledSampler, TeacherForcingSchedule, autoregressive_unroll
-from rnnkit.train.seed import get_rng_state, seed_everything, set_rng_state
+from rnnkit.train.seed import get_rng_state, seed_everything, seed_rank, set_rng_state
 from rnnkit.train.state import count_tokens, detach_state, lm_loss, move_to
 from rnnkit.train.trainer import StepFn, Trainer
 
@@ -77,6 +77,7 @@ __all__ = [
     "read_metrics",
     "save_checkpoint",
     "seed_everything",
+    "seed_rank",
     "set_rng_state",
     "setup_distributed",
     "sweep_temporaries",

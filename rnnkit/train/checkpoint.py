@@ -101,6 +101,19 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def stale_latest(root: str | os.PathLike) -> str:
+    """A note for a "no checkpoint" message when ``root/latest`` names a step that is gone or
+    incomplete (deleted or rotated out by hand, a copied half directory), else ``""``: the
+    pointer says a run was there, so "no checkpoint" alone would read as a mistyped path."""
+    pointer = Path(root) / "latest"
+    if not pointer.is_file():
+        return ""
+    named = pointer.read_text(encoding="utf-8").strip()
+    if (Path(root) / named / "state.json").is_file():
+        return ""
+    return f"; {pointer} is stale: it names {named!r}, which is gone or incomplete (no {named}/state.json)"
+
+
 def _warn_skipped_latest(root: Path, found: Path) -> None:
     """Log a warning when ``root/latest`` names a step other than ``found``, the checkpoint that
     :func:`latest_checkpoint` fell back to: the named one is incomplete (its ``state.json`` deleted
@@ -263,7 +276,7 @@ def load_checkpoint(
     path = Path(path)
     ckpt = path if (path / "state.json").is_file() else latest_checkpoint(path)
     if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {path} (expected step-*/state.json)")
+        raise FileNotFoundError(f"no checkpoint in {path} (expected step-*/state.json){stale_latest(path)}")
     if ckpt != path:
         _warn_skipped_latest(path, ckpt)
     try:

@@ -15,6 +15,7 @@ from rnnkit._checks import is_int
 
 __all__ = [
     "seed_everything",
+    "seed_rank",
     "check_seed",
     "get_rng_state",
     "set_rng_state",
@@ -55,6 +56,28 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+def seed_rank(rank: int) -> None:
+    """Give DDP rank ``rank`` streams of its own of the global RNGs (Python, NumPy, torch and
+    CUDA), derived from their current state: call it on every rank after the model is built from
+    one seed, so that the initial weights are alike and the dropout masks differ per rank
+    (seeded alike, every rank drew the same masks on its share of the batch).
+
+    Rank 0 keeps its streams (a world of one runs as one process); rank ``r > 0`` is reseeded
+    from a draw on its own torch stream (alike on all ranks) mixed with ``r``: reproducible for a
+    seed and a rank. Data that every rank must draw alike takes an explicit seed
+    (``bptt_batches(..., seed=)``, ``DistributedSampler``), not the global RNG.
+    """
+    if not is_int(rank) or rank < 0:
+        raise ValueError(f"rank must be an integer >= 0, got {rank!r}")
+    if rank == 0:
+        return
+    base = int(torch.randint(0, 2**62, ()).item())
+    seed = (base + rank * 0x9E3779B97F4A7C15) % SEED_END  # odd multiplier: distinct mod 2**32 too
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds all CUDA devices
 
 
 def _b64(t: torch.Tensor) -> str:

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from rnnkit.train import distributed as dist
 from rnnkit.train.callbacks import Callback, default_callbacks
-from rnnkit.train.checkpoint import latest_checkpoint
+from rnnkit.train.checkpoint import latest_checkpoint, stale_latest
 from rnnkit.train.config import TrainConfig
 from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.historylog import HistoryLog
@@ -32,7 +32,7 @@ from rnnkit.train.ntasgd import NTASGD
 from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
-from rnnkit.train.seed import check_generators, data_generators, get_rng_state, set_rng_state
+from rnnkit.train.seed import check_generators, data_generators, get_rng_state, seed_rank, set_rng_state
 from rnnkit.train.state import lm_loss, move_to
 from rnnkit.train.step import TrainerStep, _seq_len
 
@@ -82,6 +82,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             # a step_fn runs as the forward of DDP's module, with the bare model (dist.StepFnModule)
             wrapped = dist.StepFnModule(model, step_fn) if step_fn is not None else model
             model = DistributedDataParallel(wrapped, device_ids=ids)
+        if dist.is_distributed():  # the weights are built (alike): each rank its own dropout masks
+            seed_rank(dist.get_rank())
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
         self.generators = check_generators(generators)
@@ -221,7 +223,9 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if auto and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
         elif auto and self.is_main:  # a first run, or a mistyped out_dir: say which
-            log.warning("resume=True: no checkpoint in %s; training from the start", self.checkpoint_dir)
+            stale = stale_latest(self.checkpoint_dir) if self.checkpoint_dir else ""
+            where = self.checkpoint_dir
+            log.warning("resume=True: no checkpoint in %s%s; training from the start", where, stale)
         if not auto and self._resume is not None:  # trainer.load(ckpt): out_dir's latest is ckpt
             self._name_loaded_latest()
         if self._resume is not None and self.is_main and not elsewhere:  # best/ is not of a later step

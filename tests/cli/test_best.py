@@ -394,3 +394,20 @@ def test_checkpoint_naming_the_latest_pointer_file_loads_the_step_it_names(cli, 
     outs = {cli("predict", "--checkpoint", where, "--input", texts).out for where in
             (ckpts / "latest", ckpts / "step-000000002")}  # fmt: skip
     assert len(outs) == 1 and "" not in outs, outs
+
+
+def test_diagnose_of_a_checkpoints_other_file_names_it(cli, tmp_path):
+    """``diagnose --checkpoint STEP/state.json`` (or any file not .safetensors) went to safetensors
+    unchecked: a traceback, 'header too large'. One line names the file, what was expected, and the
+    checkpoint's own weights file."""
+    from rnnkit.diagnostics.checkpoint import weights_file
+
+    model = torch.nn.LSTM(3, 5)
+    step = save_checkpoint(tmp_path / "checkpoints", model, step=2)
+    with pytest.raises(ValueError, match=r"state.json is not a weights file: expected a .safetensors"):
+        weights_file(step / "state.json")
+    assert weights_file(step / "model.safetensors") == step / "model.safetensors"
+    flags = ("--quick", "--no-horizon", "--out", tmp_path / "d")
+    r = cli("diagnose", "--checkpoint", step / "state.json", *flags)
+    assert r.rc == 1
+    assert_one_line_error(r, f"{step / 'state.json'} is not a weights file", str(step / "model.safetensors"))

@@ -145,6 +145,20 @@ def test_music_studies_end_to_end(tmp_path, tiny_rolls, name, archs):
         assert sum(p.numel() for p in SeqModel(r["config"], KEYS, KEYS).parameters()) == r["params"]
 
 
+
+def test_a_resume_compares_the_data_file_not_its_spelling(tmp_path, tiny_rolls, monkeypatch):
+    """``--set data=./rolls.npz`` on a study run with ``data=rolls.npz`` (one file) was refused:
+    the settings were compared as strings. Paths are compared resolved; another file still refuses."""
+    monkeypatch.chdir(tiny_rolls[0].parent)
+    kw = {"steps": 1, "seeds": 1, "archs": ["V"], "progress": False, "report": False}
+    run_study("greff", "out", settings=tiny_music("rolls.npz"), **kw)
+    res = run_study("greff", "out", settings=tiny_music("./rolls.npz"), **kw)
+    assert res["skipped"] == 1
+    run_study("greff", "out", settings=tiny_music(str(tiny_rolls[0])), **kw)
+    (tmp_path / "other.npz").write_bytes(tiny_rolls[0].read_bytes())
+    with pytest.raises(ValueError, match="was run with settings"):
+        run_study("greff", "out", settings=tiny_music("other.npz"), **kw)
+
 def test_budget_calibration_and_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = [

@@ -34,6 +34,18 @@ def test_steps_for_budget():
     assert runner.steps_for_budget(costs, 2, 10**6, 1, 10, 7, 100) == 100
 
 
+
+def test_the_budget_counts_the_test_at_its_own_cost():
+    """Calibration timed a validation only, and the budget counted the test (Arith's: 2000
+    problems against 500) at that cost: the grid ran past its budget. It times the test too, and a
+    run's evaluations cost ``n_evals + 1`` validations and one test."""
+    evaluated: list[str] = []
+    costs = runner.calibrate(_counting_study(evaluated), {}, [runner.Arch("A", {})], probe=1)
+    assert evaluated == ["valid", "test"] and len(costs["A"]) == 3
+    costs = {"a": [0.01, 0.5, 2.0], "b": [0.03, 0.5, 2.0]}
+    # 2 trials: evaluations 2 * ((10 + 1) * 1.0 + 4.0) s = 30 s
+    assert runner.steps_for_budget(costs, 2, 600, 1, 10, 1, 10**6) == int((0.9 * 600 - 30) / 0.08)
+
 def _counting_study(evaluated):
     """A generic study with a one-weight model that records every evaluation's split."""
     import torch
@@ -295,3 +307,19 @@ def test_run_study_leaves_the_callers_rngs_as_they_were(tmp_path, monkeypatch, h
               report=False, **how)  # fmt: skip
     assert draws() == expected
     assert "PYTHONHASHSEED" not in os.environ
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_parameter_matching_past_its_widest_size_is_an_error(monkeypatch, cell):
+    """A params target above the widest hidden size searched (4096) silently got that size, a far
+    smaller model (params=1e8: 17.5M for Tanh). It is an error naming the target, the most
+    parameters reachable and the width; a reachable target still matches."""
+    from rnnkit.study import studies
+
+    monkeypatch.setattr(studies, "MAX_MATCHED_HIDDEN", 16)  # the same search, small models
+    cfg = {"cell": cell, "hidden": 1, "layers": 1, "dropout": 0.0, "options": {}}
+    most = studies.count_params({**cfg, "hidden": 16}, 5, 3)
+    assert studies.matched_hidden(cfg, 5, 3, most) == 16
+    assert studies.matched_hidden(cfg, 5, 3, studies.count_params({**cfg, "hidden": 7}, 5, 3)) == 7
+    with pytest.raises(ValueError, match=rf"params={most + 1}: a {cell} model has at most {most} .*\(16\)"):
+        studies.matched_hidden(cfg, 5, 3, most + 1)

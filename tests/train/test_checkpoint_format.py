@@ -4,6 +4,7 @@ import json
 import logging
 import math
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -213,3 +214,28 @@ def test_a_latest_step_without_state_json_is_skipped_with_a_warning(tmp_path, ca
     [msg] = [r.getMessage() for r in caplog.records]
     assert "latest names step-000000004, which is not a complete checkpoint" in msg
     assert msg.endswith("step-000000004/state.json); loading step-000000002 instead")
+
+
+def test_no_checkpoint_names_a_stale_latest(tmp_path, caplog):
+    """`latest` named a step that is gone (deleted or rotated out by hand): "no checkpoint in ROOT"
+    alone read as a mistyped path. load_checkpoint and a Trainer(resume=True) say the pointer is
+    stale; a root without a pointer keeps the plain message."""
+    model = TinyLM()
+    with pytest.raises(FileNotFoundError, match=r"expected step-\*/state.json\)$"):
+        load_checkpoint(tmp_path / "nothing")
+    save_checkpoint(tmp_path, model, step=5)
+    (tmp_path / "step-000000005" / "state.json").unlink()  # incomplete
+    with pytest.raises(FileNotFoundError, match="latest is stale: it names 'step-000000005'"):
+        load_checkpoint(tmp_path, model)
+    shutil.rmtree(tmp_path / "step-000000005")  # gone
+    with pytest.raises(FileNotFoundError, match="latest is stale: it names 'step-000000005'"):
+        load_checkpoint(tmp_path, model)
+    out = tmp_path / "run"
+    save_checkpoint(out / "checkpoints", model, step=3)
+    shutil.rmtree(out / "checkpoints" / "step-000000003")
+    with caplog.at_level(logging.WARNING, logger="rnnkit.train"):
+        tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), max_steps=1,
+                     out_dir=str(out), resume=True, progress=False)  # fmt: skip
+        tr.fit(bptt_batches(tokens(50), 2, 5))
+    [msg] = [r.getMessage() for r in caplog.records if "no checkpoint in" in r.getMessage()]
+    assert "latest is stale: it names 'step-000000003'" in msg and msg.endswith("training from the start")

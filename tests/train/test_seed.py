@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit.train import seed_everything
+from rnnkit.train import seed_everything, seed_rank
 
 
 @pytest.mark.parametrize("seed", [-1, 2**32, 2**63])
@@ -54,3 +54,56 @@ def test_a_seed_torch_cannot_take_is_refused_naming_the_range(seed, monkeypatch)
 def test_the_ends_of_the_range_seed(seed, monkeypatch):
     monkeypatch.setenv("PYTHONHASHSEED", "0")
     seed_everything(seed)
+
+
+def _draws() -> tuple:
+    """A dropout mask and a draw of each global RNG."""
+    mask = torch.nn.functional.dropout(torch.ones(32), 0.5)
+    return tuple(mask.tolist()), random.random(), float(np.random.rand())
+
+
+def test_seed_rank_gives_each_rank_its_own_streams(monkeypatch):
+    """DDP ranks seeded alike drew the same dropout masks on their shares of the batch. After
+    seed_rank(rank) (the weights built before it, alike) each rank draws its own, reproducibly;
+    rank 0 keeps the streams of one process."""
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+
+    def after(rank: int | None) -> tuple:
+        seed_everything(0)
+        if rank is not None:
+            seed_rank(rank)
+        return _draws()
+
+    ranks = [after(r) for r in (0, 1, 2, 3)]
+    assert ranks[0] == after(None)
+    # every stream differs between every two ranks: the mask, Python's and NumPy's draws
+    assert all(x != y for i, a in enumerate(ranks) for b in ranks[:i] for x, y in zip(a, b, strict=True))
+    assert after(2) == ranks[2]
+    for bad in (-1, 1.0, True, "1"):
+        with pytest.raises(ValueError, match=r"rank must be an integer >= 0, got"):
+            seed_rank(bad)
+
+
+def test_a_ddp_trainer_gives_its_rank_its_own_streams(tmp_path, monkeypatch):
+    """The Trainer under DDP (a gloo world of one, told it is rank 1 of several) reseeds its rank
+    once the model is built: its dropout masks are not rank 0's."""
+    from rnnkit.train import Trainer, distributed
+
+    monkeypatch.setenv("PYTHONHASHSEED", "0")
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+        masks = []
+        for rank in (0, 1):
+            monkeypatch.setattr(distributed, "get_rank", lambda rank=rank: rank)
+            seed_everything(0)
+            model = torch.nn.Linear(3, 2)
+            Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), progress=False)
+            masks.append(_draws())
+        seed_everything(0)
+        torch.nn.Linear(3, 2)
+        assert masks[0] == _draws() and masks[1] != masks[0]
+    finally:
+        torch.distributed.destroy_process_group()
