@@ -97,6 +97,18 @@ def check_real_norm(cells: Sequence[object], x: Tensor) -> None:
         )
 
 
+def check_real_dropout(dropout: float, num_layers: int, training: bool, x: Tensor) -> None:
+    """Between-layer ``dropout`` draws its mask with torch's ``bernoulli_``, which has no complex
+    kernel, so complex ``x`` in training with more than one layer is refused in words (torch's,
+    as torch.nn's layers fail: "bernoulli_scalar_cpu_" not implemented for 'ComplexDouble', named
+    neither the option nor the dtype). ``locked_dropout``'s masks are real: it runs."""
+    if x.is_complex() and dropout and training and num_layers > 1:
+        raise RecurrentDtypeError(
+            f"dropout={dropout} between layers has no complex kernel in torch (in training), got input "
+            f"of dtype {x.dtype}; use locked_dropout={dropout} (real masks) instead, eval() or a real dtype"
+        )
+
+
 def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim: int | None = None) -> None:
     """``batch_dim``: the batch dimension of a batched dense input (a layer's or a cell's), which
     may be empty, as torch.nn allows (empty outputs and states); zero time steps never are."""

@@ -250,6 +250,7 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             batch = x.shape[0] if (self.batch_first and not unbatched) else x.shape[1]
         _checks.check_real_relu(self.cells, x)
         _checks.check_real_norm(self.cells, x)
+        _checks.check_real_dropout(self.dropout, self.num_layers, self.training, x)
         if unbatched:  # time-major (L, 1, H_in) from here on, whatever batch_first says
             batch_first = False
         else:

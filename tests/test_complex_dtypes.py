@@ -123,3 +123,24 @@ def test_complex_lengths_with_input_gradient_refused_in_words(impl):
     assert g.is_complex() and g.abs().sum() > 0
     with torch.no_grad():
         m(x, lengths=lengths)  # no gradient: nothing to refuse
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch", "loop"])
+@pytest.mark.parametrize("family", ["GRU", "LSTM", "RNN"])
+def test_complex_between_layer_dropout_refused_in_words_as_torch_nn_fails(impl, family):
+    """dropout= between layers draws torch's bernoulli_, which has no complex kernel: in training
+    the layer (and torch.nn's) failed in its words ("bernoulli_scalar_cpu_" not implemented for
+    'ComplexDouble'), naming neither the option nor the dtype. Evaluation, one layer and
+    locked_dropout (real masks) run."""
+    x = torch.randn(5, 2, 3, dtype=C)
+    with pytest.raises(NotImplementedError):
+        getattr(torch.nn, family)(3, 4, num_layers=2, dropout=0.5, dtype=C)(x)
+    m = getattr(rnnkit, family)(3, 4, num_layers=2, dropout=0.5, impl=impl, dtype=C)
+    msg = r"dropout=0.5 between layers has no complex kernel in torch.*torch.complex128.*locked_dropout=0.5"
+    with pytest.raises(TypeError, match=msg):
+        m(x)
+    with pytest.raises(TypeError, match=msg):
+        m(x[:, 0])  # unbatched
+    assert m.eval()(x)[0].dtype == C
+    locked = getattr(rnnkit, family)(3, 4, num_layers=2, locked_dropout=0.5, impl=impl, dtype=C)
+    assert locked(x)[0].dtype == C

@@ -244,7 +244,7 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
         def predict(items: list[str]) -> list[str]:
             words = [ln.lower().replace("-", " ").split() for ln in items]
             # digits without any whitespace (a line is no longer stripped: an edge tab was a token)
-            sources = [list("".join(ln.split())) for ln in items] if digits_in else words
+            sources = [_digits("".join(ln.split())) for ln in items] if digits_in else words
             if digits_in:
                 _check_trained_range(sources, (run.get("data") or {}).get("max_number"))
             return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
@@ -252,6 +252,15 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
         return _aligned(lines, predict)
 
     return S.Seq2Seq(m["arch"], len(m["src_vocab"]), len(m["tgt_vocab"]), m["embedding_dim"]), use
+
+
+def _digits(number: str) -> list[str]:
+    """The tokens of a digits2words input: its digits, without leading zeros ("007" -> 7, "000" ->
+    0), as training wrote them (``str(n)``): "007" was fed as 0, 0, 7, an input never trained on.
+    Anything but ASCII digits is kept as it is, for ``translate``'s unknown-token error."""
+    if number.isdecimal() and number.isascii():
+        number = number.lstrip("0") or "0"
+    return list(number)
 
 
 def _check_trained_range(sources: list[list[str]], max_number: int | None) -> None:

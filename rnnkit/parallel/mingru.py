@@ -40,13 +40,12 @@ def log_g(v: Tensor) -> Tensor:
 
 def _heinsen(log_a: Tensor, log_b: Tensor, h0: Tensor | None) -> Tensor:
     """Heinsen's scan, forward in time: ``h (T, B, S)`` from ``log a, log b (T, B, S)`` and
-    ``h0 (B, S)`` (linear space, or None)."""
-    if h0 is not None:  # h0 is step −1: a step with a = 1 and b = h0
-        log_a = torch.cat([torch.zeros_like(log_a[:1]), log_a])
-        log_b = torch.cat([torch.log(h0).unsqueeze(0), log_b])
+    ``h0 (B, S)`` (linear space, >= 0, or None)."""
     a_star = torch.cumsum(log_a, 0)
     h = torch.exp(a_star + torch.logcumsumexp(log_b - a_star, 0))
-    return h if h0 is None else h[1:]
+    # h0's part, (Π a) h0, added in linear space: as log h0 (a step −1 with b = h0) a zero h0
+    # (hx=None's state, or one underflowed to 0) was log 0 = −inf, whose derivative gave NaN
+    return h if h0 is None else torch.addcmul(h, torch.exp(a_star), h0)
 
 
 class _LogScan(torch.autograd.Function):
@@ -80,7 +79,7 @@ def log_scan(
     log_a: Tensor, log_b: Tensor, h0: Tensor | None, mask: Tensor | None, reverse: bool, dtype: torch.dtype
 ):
     """The log-space scan ``h_t = a_t h_{t−1} + b_t`` over ``(T, B, S)`` for positive
-    ``a, b, h0`` given as logarithms; returns ``(h, h_final)`` in linear space, in ``dtype`` (the
+    ``a, b`` (logs) and ``h0 >= 0``; returns ``(h, h_final)`` in linear space, in ``dtype`` (the
     layer's: its input projection's, which CUDA's autocast keeps in half where it runs softplus,
     and so the logarithms, in float32). Half precision runs in float32: ``Σ log a`` reaches
     ~-100 within a few hundred steps, where bfloat16's spacing is 0.5 to 1 (a factor e^0.5 on
@@ -105,8 +104,13 @@ def log_scan(
 
 
 def check_positive_state(s: Tensor | None) -> None:
-    if s is not None and not bool((s > 0).all()):
-        _checks.fail("log_space=True keeps the state positive: the initial state must be > 0 everywhere")
+    """log_space=True's state is positive (or 0: hx=None's start, or an h_n underflowed to 0);
+    a negative or NaN one is refused: the log-space form's h̃ = g(v) keeps it positive."""
+    if s is not None and not bool((s >= 0).all()):
+        _checks.fail(
+            "log_space=True keeps the state positive: the initial state must be >= 0 everywhere "
+            "(use log_space=False for states of any sign)"
+        )
 
 
 def differentiable_backward(ctx, gh: Tensor, coefficients):

@@ -250,8 +250,11 @@ def predict_texts(
 ) -> list[tuple[str, float]]:
     """``(label, probability)`` of each text for a model trained on a ``text,label`` CSV.
 
-    Texts are tokenized as in training; tokens outside ``vocab`` become ``<unk>``.
+    Texts are tokenized as in training; tokens outside ``vocab`` become ``<unk>``. A ``str``
+    as ``texts`` is no list of texts (each of its characters was classified as a text): an error.
     """
+    if isinstance(texts, str):
+        raise ValueError(f"texts must be a list of texts, got the str {texts!r}: pass [{texts!r}]")
     stoi = {w: i for i, w in enumerate(vocab)}
     ids = []
     for i, text in enumerate(texts, 1):

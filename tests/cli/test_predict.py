@@ -162,6 +162,16 @@ def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direc
             cli("predict", "--checkpoint", out),
             "input line 3: 10000 is outside the numbers the model was trained on, [0, 10000)",
         )
+        # training wrote str(n): "007" was fed as 0, 0, 7, an input the model never saw
+        seen, translate = [], S.translate
+        monkeypatch.setattr(
+            S, "translate", lambda mdl, srcs, *a, **k: seen.extend(srcs) or translate(mdl, srcs, *a, **k)
+        )
+        _stdin(monkeypatch, ["007", "0 0", "0", "00010000"])
+        assert_one_line_error(cli("predict", "--checkpoint", out), "input line 4: 10000 is outside")
+        _stdin(monkeypatch, ["007", "0 0", "0", "0 1 2"])
+        assert cli("predict", "--checkpoint", out).rc == 0
+        assert seen == [["7"], ["0"], ["0"], ["1", "2"]]
 
 
 def test_output_lines_answer_input_lines(cli, tmp_path, monkeypatch, conllu):

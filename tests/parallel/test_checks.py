@@ -79,9 +79,9 @@ def test_lru_radii_must_be_numbers(kw):
 
 
 @pytest.mark.parametrize("name", ["mingru_log", "minlstm_log"])
-@pytest.mark.parametrize("fill", [0.0, -0.5])
+@pytest.mark.parametrize("fill", [float("nan"), -0.5])
 def test_log_space_step_refuses_a_state_forward_refuses(name, fill):
-    """log_space keeps the state positive: forward refused hx <= 0, but step() took it silently
+    """log_space keeps the state positive: forward refused hx < 0, but step() took it silently
     (its update is linear) and returned a state the next forward call refused. Now the same
     error; no state (zeros, the scan's start) still steps as forward runs."""
     m = make(name, num_layers=2).eval()
@@ -101,6 +101,42 @@ def test_log_space_step_refuses_a_state_forward_refuses(name, fill):
         ys.append(y)
     torch.testing.assert_close(torch.stack(ys), out, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state, h_n, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mingru_log", "minlstm_log"])
+@pytest.mark.parametrize("plain", [False, True])
+def test_log_space_takes_a_zero_state(name, plain):
+    """A log-space state of 0 (hx=None's start, or an h_n underflowed to 0) was refused ("must be
+    > 0"), and its log, −inf, gave NaN gradients through plain ops. It is now the linear
+    recurrence's numbers (step()'s), gradients included, on the custom backward and under
+    torch.func (plain ops); explicit zeros are hx=None."""
+    m = make(name, num_layers=2)
+    x = torch.randn(5, 2, 3)
+    h0 = torch.rand(2, 2, 4)
+    h0[0, 0], h0[1, 1, :2] = 0.0, 0.0
+
+    def run(h):
+        return m(x, h)[0].sum()
+
+    def reference(h):  # the linear recurrence, one step at a time
+        total, state = 0.0, h
+        for t in range(5):
+            y, state = m.step(x[t], state)
+            total = total + y.sum()
+        return total
+
+    h = h0.clone().requires_grad_(True)
+    want = reference(h)
+    (g_want,) = torch.autograd.grad(want, h)
+    if plain:
+        got, g = run(h0), torch.func.grad(run)(h0)
+    else:
+        got = run(h)
+        (g,) = torch.autograd.grad(got, h)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
+    assert g.isfinite().all()
+    torch.testing.assert_close(g, g_want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m(x, torch.zeros(2, 2, 4)), m(x), rtol=1e-12, atol=1e-12)
 
 
 REAL_ONLY = ["mingru", "mingru_log", "minlstm", "qrnn", "qrnn_w1"]

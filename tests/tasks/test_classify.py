@@ -91,3 +91,16 @@ def test_anyplus1_refuses_a_validation_set_the_space_cannot_hold():
     cd = load_classification("anyplus1", length=2, n=10)
     seen = {tuple(r) for r in cd.train.tensors[0].squeeze(-1).tolist()}
     assert all(tuple(r) not in seen or not any(r) for r in cd.valid.tensors[0].squeeze(-1).tolist())
+
+
+def test_predict_texts_refuses_a_str_as_its_texts():
+    """A str as texts was iterated into characters: "ab" gave two predictions, one per character,
+    silently. It is now an error saying to wrap it; a list of texts is unchanged."""
+    from rnnkit.tasks.classify import classifier, predict_texts
+
+    arch = {"cell": "lstm", "hidden": 4, "layers": 1, "dropout": 0.0, "options": {}}
+    model = classifier(arch, 2, {"vocab_size": 4, "padding_idx": 0})
+    vocab = ["<pad>", "<unk>", "a", "b"]
+    with pytest.raises(ValueError, match=r"texts must be a list of texts, got the str 'ab': pass \['ab'\]"):
+        predict_texts(model, "ab", vocab, "char", ["x", "y"])
+    assert len(predict_texts(model, ["ab"], vocab, "char", ["x", "y"])) == 1
