@@ -252,7 +252,7 @@ def test_clear_errors():
     for cls in (rnnkit.MinGRU, rnnkit.MinLSTM):
         with pytest.raises(TypeError, match="log_space should be of type bool, got: str"):
             cls(3, 4, log_space="False")
-    with pytest.raises(ValueError, match="must be > 0"):
+    with pytest.raises(ValueError, match="must be >= 0 everywhere"):
         make("mingru_log")(torch.randn(5, 2, 3), -torch.ones(1, 2, 4))
     with pytest.raises(ValueError, match="complex"):
         make("lru")(torch.randn(5, 2, 3), torch.zeros(1, 2, 3))
