@@ -174,6 +174,31 @@ def test_diagnostics_gates_are_the_papers(case):
             torch.testing.assert_close(torch.from_numpy(v), want, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] != "rnn"], ids=_id)
+def test_gates_hook_applies_the_contexts_recurrent_dropout_mask(case):
+    """``cell.gates(p, xp, state, ctx)`` drops ``h_{t-1}`` with ``ctx.recurrent_mask`` as the step
+    does: the papers' gates of one step from the state ``(h ⊙ m, c[, gates])``."""
+    from rnnkit.cells import StepContext
+
+    family, o = case
+    m = _build(family, o, "loop", 3, 4, True, L=1).eval()
+    cell, p = m.cells[0], m.layer_params(0, 0)
+    x = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(4))
+    state = tuple(s[0].detach() for s in _state(m, 3))
+    mask = torch.tensor([[0.0, 2.0, 2.0, 0.0], [2.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 2.0]])
+    mask = mask[:, : state[0].shape[1]]
+    got = cell.gates(p, cell.project_input(p, x[0]), state, StepContext(recurrent_mask=mask))
+    cell_opts = {k: v for k, v in o.items() if k not in ("proj_size", "max_len", "forget_bias")}
+    bufs = {k: v.clone() for k, v in m.named_buffers()}
+    trace: list = []
+    papers.FAMILIES[family](
+        papers.direction_params(m, 0, 0, bufs), cell_opts, x, (state[0] * mask, *state[1:]), False, trace
+    )
+    assert set(got) == set(trace[0])
+    for k, v in got.items():
+        torch.testing.assert_close(v, trace[0][k], atol=1e-12, rtol=1e-12, msg=k)
+
+
 @pytest.mark.parametrize("impl", ["loop", "fused"])
 def test_batch_norm_eval_beyond_max_len_uses_the_last_statistics(impl):
     """Cooijmans et al.: steps t >= T_max use the statistics of T_max - 1."""

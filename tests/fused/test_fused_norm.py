@@ -67,6 +67,9 @@ CASES = [
 ]
 # evaluation, bidirectional and packed: zoneout's mean; batch norm's per-row slots in reverse
 CASES += [(f, REGS[1], True, True, False) for f in FAMILIES]
+# training, bidirectional and packed: the backward direction's rows appear over time, and the running
+# statistics updated at each step are those of the longest sequence's slot (rnnkit.cells.norm.batch_norm)
+CASES += [("lstm_bn", REGS[0], True, True, True)]
 
 
 @pytest.mark.parametrize("family,reg,bidir,packed,training", CASES)

@@ -181,3 +181,28 @@ def test_empty_batch(family, opts, training):
         assert [g.shape for g in got] == [w.shape for w in want]
         sum(g.sum() for g in got).backward()
     assert x.grad.shape == (0, 3)
+
+
+def test_recurrent_mask_of_a_cell_with_extra_state_is_on_h():
+    """Recurrent dropout's mask is ``(B, S_0)``, on ``h_{t-1}`` only, also when the state has
+    components of other sizes (FGR's ``gates (B, 3H)``): one step equals the papers' step from
+    ``(h ⊙ m, c, gates)``."""
+    from tests.cells import papers
+
+    torch.manual_seed(0)
+    cell = rnnkit.LSTMCell(3, 4, full_gate_recurrence=True, peephole=True, recurrent_dropout=0.5).train()
+    with torch.no_grad():
+        cell.weight_peephole.uniform_(-0.5, 0.5)
+    B = 3
+    masks = cell.sample_masks(B)
+    assert masks.recurrent.shape == (B, 4)
+    assert set(masks.recurrent.unique().tolist()) <= {0.0, 2.0}
+    x = torch.randn(B, 3)
+    state = (torch.randn(B, 4), torch.randn(B, 4), torch.rand(B, 12))
+    got = cell(x, state, masks=masks)
+    p = dict(cell.named_parameters())
+    opts = {"full_gate_recurrence": True, "peephole": True}
+    _, want = papers.lstm(p, opts, x[None], (state[0] * masks.recurrent, *state[1:]))
+    assert len(got) == len(want) == 3
+    for u, v in zip(got, want):
+        torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
