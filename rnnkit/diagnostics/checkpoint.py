@@ -65,10 +65,10 @@ def _prefixes(tensors: dict[str, Tensor], want: set[str]) -> list[str]:
 
 def _load(module: nn.Module, path: str | os.PathLike) -> tuple[nn.Module, str, list[str]]:
     """:func:`load_weights`, also returning the prefix used and every candidate prefix."""
-    from safetensors.torch import load_file
+    from rnnkit.train.serialize import load_tensors  # (a damaged file: an error naming it)
 
     f = weights_file(path)
-    tensors = load_file(str(f))
+    tensors = load_tensors(f)
     want, state = set(module.state_dict()), module.state_dict()
     pres = _prefixes(tensors, want)
     first_bad: list[str] = []
@@ -113,13 +113,16 @@ def find_run(path: str | os.PathLike) -> dict | None:
 
 def _infer_shape(family: str, hidden: int, layers: int, options: dict, path) -> tuple[int, bool]:
     """``(input_size, bidirectional)`` of the layer stored in the checkpoint, from its shapes."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     probe = Variant(family, family, {"num_layers": layers, **options}).build(1, hidden)
     want = set(probe.state_dict())
     f = weights_file(path)
-    with safe_open(str(f), "pt") as fh:
-        shapes = {k: fh.get_slice(k).get_shape() for k in fh.keys()}
+    try:
+        with safe_open(str(f), "pt") as fh:
+            shapes = {k: fh.get_slice(k).get_shape() for k in fh.keys()}
+    except SafetensorError as e:  # it names no file (a truncated one gave a traceback in `diagnose`)
+        raise ValueError(f"{f}: not a readable safetensors file (truncated or damaged?): {e}") from None
     pres = _prefixes(shapes, want)  # type: ignore[arg-type]
     if not pres:
         raise ValueError(

@@ -411,3 +411,19 @@ def test_diagnose_of_a_checkpoints_other_file_names_it(cli, tmp_path):
     r = cli("diagnose", "--checkpoint", step / "state.json", *flags)
     assert r.rc == 1
     assert_one_line_error(r, f"{step / 'state.json'} is not a weights file", str(step / "model.safetensors"))
+
+
+def test_diagnose_of_a_damaged_weights_file_names_it(cli, tmp_path):
+    """A truncated ``model.safetensors`` gave safetensors' traceback ('invalid header length'),
+    from the shape probe and from the loader alike; now one line names the file."""
+    from rnnkit.diagnostics.checkpoint import load_weights
+
+    step = save_checkpoint(tmp_path / "checkpoints", torch.nn.LSTM(3, 5), step=2)
+    f = step / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:20])
+    with pytest.raises(ValueError, match=r"model.safetensors: not a readable safetensors file"):
+        load_weights(torch.nn.LSTM(3, 5), f)
+    r = cli("diagnose", "--checkpoint", f, "--cell", "lstm", "--hidden-size", "5", "--quick", "--no-horizon",
+            "--out", tmp_path / "d")  # fmt: skip
+    assert r.rc == 1
+    assert_one_line_error(r, f"{f}: not a readable safetensors file")
