@@ -296,16 +296,20 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
 
     def _empty_batch(self, x: Tensor, state: State, batch_first: bool, unbatched: bool):
         """``(output, final state)`` for a dense batch of zero sequences, shaped as torch.nn's;
-        the output is tied (by a zero) to the input and the first parameter, so that a loss over
-        it backpropagates as torch.nn's does (to zero gradients)."""
+        output and final state are tied (by a zero) to the input, the initial state and every
+        parameter, so that a loss over either backpropagates as torch.nn's does (zero gradients
+        for all of them). Tied to the input and the first parameter alone, the output left the
+        other parameters without gradients, and a final state of zeros needed none: a loss over
+        ``h_n`` raised ("does not require grad") where torch.nn's gives zeros."""
         T = x.shape[1] if batch_first else x.shape[0]
         O = (self.proj_size or self.hidden_size) * self.num_directions
         out = x.new_zeros((0, T, O) if batch_first else (T, 0, O))
-        if torch.is_grad_enabled():
-            w = next(self.parameters(), None)
-            out = out + (x.sum() + (w.sum() if w is not None else 0)) * 0
-        final = tuple(s.clone() for s in state)
-        return out, (final if len(final) > 1 else final[0])
+        if not torch.is_grad_enabled():
+            final = tuple(s.clone() for s in state)
+            return out, (final if len(final) > 1 else final[0])
+        zero = (x.sum() + sum(t.sum() for t in (*state, *self.parameters()))) * 0
+        final = tuple(s + zero for s in state)
+        return out + zero, (final if len(final) > 1 else final[0])
 
     def _initial_state(self, hx, batch: int, unbatched: bool, x: Tensor) -> State:
         names = self.cells[-1].state_names

@@ -48,7 +48,10 @@ def run_direction(
     T, B = len(batch_sizes), batch_sizes[0]
     ctx = ctx or StepContext()
     if batch_sizes[-1] == B:
-        steps: Sequence[Tensor] = xp.view(T, B, -1).unbind(0)
+        # the width named, not -1: under torch.jit.trace T is the traced length, and a shorter
+        # input (T * G == traced T) viewed as (T, B, -1) gave 1-wide steps that broadcast against
+        # the recurrent term, silently; named, another length is the interpreter's error
+        steps: Sequence[Tensor] = xp.view(T, B, xp.shape[-1]).unbind(0)
     else:
         steps = xp.split(list(batch_sizes))
     outs: list[Tensor] = [xp] * T

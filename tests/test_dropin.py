@@ -264,6 +264,20 @@ def test_jit_trace_of_options_records_the_loop(cls, kw):
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace.* is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("kw", [{"norm": "layer"}, {"zoneout": 0.2}], ids=["rnn-norm", "rnn-zoneout"])
+def test_jit_trace_of_the_loop_raises_at_a_length_dividing_the_traced_one(kw):
+    # traced at T=4 with 4 units, an input of length 1 has as many projected entries as the
+    # traced length: viewed as (4, B, -1) its steps were 1 unit wide and broadcast against the
+    # recurrent term, so the trace returned a (1, B, 16) output without an error
+    torch.manual_seed(0)
+    m = rnnkit.RNN(3, 4, **kw).eval()
+    traced = torch.jit.trace(m, (torch.randn(4, 2, 3),))
+    with pytest.raises(RuntimeError):
+        traced(torch.randn(1, 2, 3))
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.* is deprecated:DeprecationWarning")
 @pytest.mark.parametrize(
     "cls, kw", [(rnnkit.GRU, {}), (rnnkit.LSTM, {"norm": "layer"})], ids=["gru", "ln-lstm"]
 )

@@ -147,6 +147,24 @@ def test_a_batch_of_no_sequences_gives_torch_empty_results(name, kw):
     assert x.grad is not None and x.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("impl", ["auto", "loop"])
+def test_a_batch_of_no_sequences_backpropagates_from_the_final_state(name, impl):
+    """A loss over ``h_n`` of an empty batch raised ("does not require grad") where torch.nn's
+    gives zero gradients, and only the first parameter got one from the output: now every
+    parameter, the input and ``h_0`` get torch.nn's zero gradients from either."""
+    kw = {"num_layers": 2, "bidirectional": True}
+    ours, ref = getattr(rnnkit, name)(3, 2, impl=impl, **kw), getattr(nn, name)(3, 2, **kw)
+    ref.load_state_dict(ours.state_dict())
+    for m in (ours, ref):
+        x, h0 = torch.randn(4, 0, 3, requires_grad=True), torch.zeros(4, 0, 2, requires_grad=True)
+        y, s = m(x, (h0, h0) if name == "LSTM" else h0)
+        h_n = s[0] if name == "LSTM" else s
+        (y.sum() + h_n.sum()).backward()
+        assert x.grad.shape == x.shape and h0.grad.shape == h0.shape
+        assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
+
+
 def test_mode_is_torch_mode_whatever_the_options():
     pairs = [
         (rnnkit.LSTM(3, 4, norm="layer", peephole=False), nn.LSTM(3, 4)),
