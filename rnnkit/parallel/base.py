@@ -29,9 +29,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from .. import _checks, dispatch
 from .._nn_compat import set_held, weight_storage
-from ..layers import forward_padded
 from ..ops import linear_scan
 from ..ops.scan import _chunked_fwd
+from ..padded import forward_padded
 
 Params = dict[str, Tensor]
 
