@@ -164,6 +164,8 @@ class TrainerCheckpoints:
             )
         set_rng_state(res["rng"], *gens)
         self.state = move_to(res["hidden"], self.device)
+        # (checkpoints of before "rows" hold none: their first batch goes unchecked, as it went)
+        self._state_rows = res.get("rows")
         return it
 
     def _rng_generators(self, train_data: Any) -> list[torch.Generator]:
@@ -176,9 +178,11 @@ class TrainerCheckpoints:
     def _position(self, train_data: Any) -> dict[str, Any]:
         """Where training stands within its epoch, as a checkpoint's rank entry holds it (and a
         resume restores it): the RNG now (the data's own generators too), the RNG at the epoch's
-        start, the carried state."""
+        start, the carried state and its number of sequences (``rows``: a resume's first batch is
+        checked against it, as every later batch is against the one before)."""
         rng = get_rng_state(*self._rng_generators(train_data))
-        return {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state}
+        rows = getattr(self, "_state_rows", None) if self.state is not None else None
+        return {"rng": rng, "epoch_rng": self._epoch_rng, "hidden": self.state, "rows": rows}
 
     def _epoch_over(self, batches: Iterator[Any], train_data: Any) -> bool:
         """Whether the epoch's iterator ``batches`` has no batch left, seen by drawing the next one.

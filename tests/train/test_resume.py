@@ -310,3 +310,16 @@ def test_trainer_load_of_best_says_it_is_a_model_only_checkpoint(tmp_path):
         fresh.load(tmp_path / "best")
     assert fresh.step == 0 and all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     load_checkpoint(tmp_path / "best", model)  # what the error points to
+
+
+def test_a_resume_mid_epoch_with_another_batch_size_names_the_carried_rows(tmp_path):
+    """A checkpoint inside an epoch carries a state of its batches' rows: a resume given batches
+    of another size failed in the layer's words ("Expected hidden[0] size (1, 4, 8), got [1, 3,
+    8]"), as the first batch after a resume was not checked against the state carried into it."""
+    val = bptt_batches(tokens(60, seed=9), 1, 10)
+    tr, _ = _trainer(5, out_dir=str(tmp_path))
+    tr.fit(bptt_batches(tokens(400), 3, 10), val)
+    assert tr.batch_in_epoch == 5
+    tr, _ = _trainer(8, out_dir=str(tmp_path), resume=True)
+    with pytest.raises(ValueError, match="batch 6 of the epoch has 4 sequences after one of 3"):
+        tr.fit(bptt_batches(tokens(400), 4, 10), val)
