@@ -257,6 +257,23 @@ def _model_only(doc: dict[str, Any]) -> str:
     )
 
 
+def _check_param_groups(ckpt: Path, optimizer: Any, saved: dict[str, Any]) -> None:
+    """A ``ValueError`` naming ``ckpt`` and both layouts when ``optimizer``'s parameter groups (how
+    many, and each one's number of parameters) are not the saved ones: torch's own check ran after
+    the model was loaded (a refused resume left the checkpoint's weights in the model) and named
+    neither the checkpoint nor the sizes."""
+    groups = getattr(optimizer, "param_groups", None)
+    if groups is None or not isinstance(saved.get("param_groups"), list):
+        return  # an optimizer-like object of its own: its load_state_dict decides
+    got = [len(g["params"]) for g in groups]
+    want = [len(g["params"]) for g in saved["param_groups"]]
+    if got != want:
+        raise ValueError(
+            f"{ckpt} holds an optimizer of {len(want)} parameter group(s) of {want} parameters, got "
+            f"one of {len(got)} group(s) of {got}: build it over the same parameters, in the same groups"
+        )
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model: nn.Module | None = None,
@@ -317,6 +334,8 @@ def load_checkpoint(
         opt_states = {k: unflatten(doc[k], tensors) for k, o in objs if o is not None}
     except ValueError as e:
         raise ValueError(f"checkpoint {ckpt} is incomplete or damaged: {e}") from None
+    if optimizer is not None:
+        _check_param_groups(ckpt, optimizer, opt_states["optimizer"])
     if check is not None:  # the caller's refusals (and its own files read), before anything is loaded too
         check({**doc, "state": state, "path": str(ckpt)})
     if model is not None:

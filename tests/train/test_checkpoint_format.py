@@ -239,3 +239,21 @@ def test_no_checkpoint_names_a_stale_latest(tmp_path, caplog):
         tr.fit(bptt_batches(tokens(50), 2, 5))
     [msg] = [r.getMessage() for r in caplog.records if "no checkpoint in" in r.getMessage()]
     assert "latest is stale: it names 'step-000000003'" in msg and msg.endswith("training from the start")
+
+
+def test_an_optimizer_of_other_parameter_groups_is_refused_before_the_model_is_loaded(tmp_path):
+    """torch's check of the optimizer's groups ran after the model was loaded, so a refused resume
+    (another grouping, a parameter frozen since) left the checkpoint's weights in the model, and its
+    error ("loaded state dict has a different number of parameter groups") named neither."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    save_checkpoint(tmp_path, model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), step=1)
+    torch.manual_seed(1)
+    other = TinyLM()
+    before = [p.detach().clone() for p in other.parameters()]
+    rest = [p for n, p in other.named_parameters() if not n.startswith("emb.")]
+    opt = torch.optim.SGD([{"params": other.emb.parameters()}, {"params": rest}], lr=0.1)
+    want = r"1 parameter group\(s\) of \[7\] parameters, got one of 2 group\(s\) of \[1, 6\]"
+    with pytest.raises(ValueError, match=want):
+        load_checkpoint(tmp_path, other, opt)
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters(), strict=True))
