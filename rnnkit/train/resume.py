@@ -10,6 +10,7 @@ checkpoint (or a stopped ``fit()``) left. Kept apart from the loop in
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,8 @@ from rnnkit.train.state import move_to
 __all__ = ["TrainerCheckpoints"]
 
 _END = object()  # what next() returns for an exhausted iterator
+
+log = logging.getLogger("rnnkit.train")
 
 
 class TrainerCheckpoints:
@@ -209,7 +212,16 @@ class TrainerCheckpoints:
             entry = st.get("history_file")  # checkpoints of before held the rows in state.json
             history.append(read_history(ckpt, entry) if entry is not None else list(st["history"]))
 
+        given = _given_rates(self.optimizer, self.scheduler)
         doc = load_checkpoint(path, *objs, check=check)
+        loaded = _given_rates(self.optimizer, self.scheduler)
+        if given is not None and loaded is not None and given != loaded and self.is_main:
+            # exact resume takes the checkpoint's, but a rate asked for and silently not used misleads
+            log.warning(
+                "%s: the optimizer's learning rates %s are replaced by the checkpoint's %s: a resume "
+                "goes on with the run's (train another rate as a new run)",
+                doc["path"], given, loaded,
+            )  # fmt: skip
         st = doc["state"]
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.tokens_seen, self.elapsed = st["tokens_seen"], st["elapsed_s"]
@@ -293,6 +305,16 @@ _TRAINER_STATE = (
     "step", "epoch", "batch_in_epoch", "tokens_seen", "elapsed_s",
     "best_val", "bad_evals", "acc", "losses", "ranks",
 )  # fmt: skip
+
+
+def _given_rates(optimizer: Any, scheduler: Any) -> list[float] | None:
+    """The learning rates ``optimizer`` was built with, which loading a checkpoint replaces: each
+    group's ``initial_lr`` (set by a scheduler, which decays from it), else without a scheduler its
+    ``lr``; None where neither tells (a ``ReduceLROnPlateau``'s ``lr`` has moved since)."""
+    groups = getattr(optimizer, "param_groups", None) or []
+    if groups and all("initial_lr" in g for g in groups):
+        return [float(g["initial_lr"]) for g in groups]
+    return [float(g["lr"]) for g in groups] if scheduler is None else None
 
 
 def _step_of(checkpoint: Path) -> int:

@@ -323,3 +323,28 @@ def test_a_resume_mid_epoch_with_another_batch_size_names_the_carried_rows(tmp_p
     tr, _ = _trainer(8, out_dir=str(tmp_path), resume=True)
     with pytest.raises(ValueError, match="batch 6 of the epoch has 4 sequences after one of 3"):
         tr.fit(bptt_batches(tokens(400), 4, 10), val)
+
+
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_a_resume_with_another_learning_rate_says_the_checkpoints_is_used(tmp_path, caplog, scheduled):
+    """Loading the checkpoint's optimizer state replaces the rate the new optimizer was built with:
+    a resume asked for another rate and trained on with the old one, silently. The same rate (a
+    scheduler's decayed one included) says nothing."""
+
+    def load(lr):
+        torch.manual_seed(0)
+        model = TinyLM()
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 2, gamma=0.5) if scheduled else None
+        tr = Trainer(model, opt, scheduler=sched, out_dir=str(tmp_path), max_steps=3, progress=False)
+        return tr, opt
+
+    tr, _ = load(0.5)
+    tr.fit(bptt_batches(tokens(200), 2, 10))
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        load(0.5)[0].load(tmp_path / "checkpoints")
+        assert not caplog.records
+        tr, opt = load(0.1)
+        tr.load(tmp_path / "checkpoints")
+    assert opt.param_groups[0]["lr"] == (0.25 if scheduled else 0.5)
+    assert "learning rates [0.1] are replaced by the checkpoint's [0.5]" in caplog.text
