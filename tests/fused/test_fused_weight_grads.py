@@ -15,6 +15,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from ..conftest import make_pair
 
+# (torch.nn's warning for its own float32 projection LSTM)
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 T, B, I, H = 20, 8, 16, 128  # 19 steps x 8 rows x 128 x 128 = 2.5e6 multiply-adds >= 2**20
 
 
@@ -39,4 +41,26 @@ def test_float32_weight_gradients_on_onednn_match_torch(backend, mode, packed):
     for (name, _), u, v in zip(a.named_parameters(), ga, gb, strict=True):
         scale = v.abs().max().item()
         tol = dict(atol=1e-4 * max(scale, 1.0), rtol=1e-4)
+        torch.testing.assert_close(u, v, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_float32_lstm_projection_on_onednn_matches_torch(backend, packed):
+    """The projection's GEMMs on oneDNN (``Linear`` of W_hr in the forward, of W_hr^T in the
+    backward's dh): 64 rows x 256 x 128 = 2.1e6 >= 2**20. Below that they take ATen's GEMM, and a
+    backward ``Linear`` built from W_hr instead of W_hr^T passed every test."""
+    a, b = make_pair("LSTM", I, 256, proj_size=128, bidirectional=True, dtype=torch.float32, impl="fused")
+    torch.manual_seed(1)
+    x = torch.randn(5, 64, I, dtype=torch.float32)
+    if packed:  # sorted lengths: the first steps keep all 64 rows (the oneDNN ones)
+        x = pack_padded_sequence(x, torch.tensor([5] * 40 + [3] * 20 + [1] * 4), enforce_sorted=True)
+    rows = x.data.shape[0] if packed else 5 * 64
+    w = torch.randn(*((rows,) if packed else (5, 64)), 256, dtype=torch.float32)
+    ya, yb = a(x)[0], b(x)[0]
+    ya, yb = (ya.data, yb.data) if packed else (ya, yb)
+    torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+    ga = torch.autograd.grad((ya * w).sum(), list(a.parameters()))
+    gb = torch.autograd.grad((yb * w).sum(), list(b.parameters()))
+    for (name, _), u, v in zip(a.named_parameters(), ga, gb, strict=True):
+        tol = dict(atol=1e-4 * max(v.abs().max().item(), 1.0), rtol=1e-4)
         torch.testing.assert_close(u, v, **tol, msg=lambda m, n=name: f"{n}: {m}")
