@@ -92,16 +92,19 @@ def test_rejects_an_unknown_function():
         _act(torch.zeros(3), 2)
 
 
-def test_the_avx2_paths_too(tmp_path):
+@pytest.mark.parametrize("switch", ["RNNKIT_NO_AVX512", "RNNKIT_NO_AVX2"])
+def test_the_avx2_and_scalar_paths_too(tmp_path, switch):
     """The same tests, and the fused LSTM/GRU and normalized cells against the loop, with the
-    AVX2 code paths forced (``RNNKIT_NO_AVX512=1``, read once per process: a fresh interpreter)."""
+    AVX2 code paths forced (``RNNKIT_NO_AVX512=1``) or the scalar ones (``RNNKIT_NO_AVX2=1``:
+    what a CPU without AVX2, an ARM one among them, runs; never reached here before). Read once
+    per process: a fresh interpreter."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "RNNKIT_NO_AVX512": "1"}
+    env = {**os.environ, switch: "1"}
     tests = [__file__ + "::" + name for name in ("test_accuracy_against_float64", "test_special_values",
              "test_position_in_the_row_does_not_change_the_value")]  # fmt: skip
     tests.append(str(root / "tests/fused/test_fused_kernels.py"))
@@ -114,12 +117,13 @@ def test_the_avx2_paths_too(tmp_path):
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    # and the switch took: on an AVX-512 CPU the two σ differ in some last bits (act256.h
-    # divides, act512.h takes a Newton step from rcp14)
-    out = tmp_path / "avx2.pt"
+    # and the switch took: on an AVX-512 CPU the σ differ in some last bits (act256.h divides,
+    # act512.h takes a Newton step from rcp14, the scalar loop calls std::exp)
+    out = tmp_path / "forced.pt"
     code = "import sys, torch; from rnnkit.kernels import ext; ext.available()"
     code += "; torch.save(torch.ops.rnnkit_ext.activation(torch.linspace(-30, 30, 100001), 0), sys.argv[1])"
     run = subprocess.run([sys.executable, "-c", code, str(out)], cwd=root, env=env, timeout=300)
     assert run.returncode == 0
-    if torch.backends.cpu.get_cpu_capability() == "AVX512":
+    had = ("AVX512",) if switch == "RNNKIT_NO_AVX512" else ("AVX2", "AVX512")  # what the switch turns off
+    if torch.backends.cpu.get_cpu_capability() in had:
         assert not torch.equal(torch.load(out), _act(torch.linspace(-30, 30, 100001), 0))

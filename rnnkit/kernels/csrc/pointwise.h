@@ -110,23 +110,25 @@ inline void tanh_avx512(const double* x, double* y, int64_t n) { map8(x, y, n, S
 
 namespace rnnkit_pw {
 
+// RNNKIT_NO_AVX512=1 / RNNKIT_NO_AVX2=1 (read once per process) make a CPU that has them take the
+// AVX2 paths / the scalar ones (those every other CPU runs, an ARM one too), so that tests can
+// run them here (tests/fused/test_activations.py).
+inline bool env_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && *v && std::string(v) != "0";
+}
 inline bool has_avx2() {  // with FMA (every AVX2 CPU in practice): act256.h and the row passes use it
 #ifdef RNNKIT_SLEEF
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && !env_off("RNNKIT_NO_AVX2");
   return ok;
 #else
   return false;
 #endif
 }
-// RNNKIT_NO_AVX512=1 (read once per process) makes an AVX-512 CPU take the AVX2 paths, so that
-// tests can run them here (tests/fused/test_activations.py).
 inline bool has_avx512() {
 #ifdef RNNKIT_SLEEF
-  static const bool ok = [] {
-    const char* off = std::getenv("RNNKIT_NO_AVX512");
-    const bool forced_off = off && *off && std::string(off) != "0";
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && !forced_off;
-  }();
+  static const bool ok = __builtin_cpu_supports("avx512f") && has_avx2() && !env_off("RNNKIT_NO_AVX512");
   return ok;
 #else
   return false;
