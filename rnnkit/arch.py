@@ -189,9 +189,15 @@ def arch_config(args: argparse.Namespace) -> dict[str, Any]:
             "dropout between layers; give one"
         )
     dropout = args.dropout if given else options.get("dropout", args.dropout)  # --opt alone: the same
-    return {"cell": args.cell, "hidden": args.hidden, "layers": args.layers, "dropout": dropout,
-            "options": options, "kernel_size": args.kernel_size,
-            "conv_channels": args.conv_channels or args.hidden, "conv_layers": args.conv_layers}  # fmt: skip
+    config = {"cell": args.cell, "hidden": args.hidden, "layers": args.layers, "dropout": dropout,
+              "options": options, "kernel_size": args.kernel_size,
+              "conv_channels": args.conv_channels or args.hidden,
+              "conv_layers": args.conv_layers}  # fmt: skip
+    if str(args.cell).startswith("conv-") and options.get("bidirectional") is True:
+        # stored with the run: runs of before it trained a causal front end behind this option,
+        # and their weights must load into one (build_recurrent centres only where it is set)
+        config["conv_centred"] = True
+    return config
 
 
 def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn.Module:
@@ -201,7 +207,9 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
     **options, **extra)``. ``tcn``: :class:`~rnnkit.baselines.TCN` with ``layers`` levels.
     ``conv-<family>``: :class:`~rnnkit.baselines.ConvRecurrent`. ``extra`` is typically
     ``batch_first=True`` and/or ``bidirectional=True`` (for the convolutions: centred,
-    non-causal kernels). Every result is called as ``module(x, state) -> (out, state)``.
+    non-causal kernels; so is ``--opt bidirectional=true`` in a config with ``"conv_centred":
+    True``, which :func:`arch_config` sets: without it, a run stored before, the front end stays
+    causal). Every result is called as ``module(x, state) -> (out, state)``.
     """
     cell = config["cell"]
     if cell not in arch_names():  # (conv-tcn, conv-conv-lstm: a front end nested in another)
@@ -229,8 +237,11 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
         fb = {k: extra[k] for k in ("batch_first", "bidirectional") if k in extra}
         # --opt bidirectional=true (classify, seq2seq's encoder) is the tagger's bidirectional=True:
         # the front end centres its kernels too (it stayed causal, seeing only the past while the
-        # recurrent part read both sides); a value that is not a bool is the recurrent layer's to refuse
-        if "bidirectional" not in fb and (config.get("options") or {}).get("bidirectional") is True:
+        # recurrent part read both sides); a value that is not a bool is the recurrent layer's to refuse.
+        # Only with arch_config's "conv_centred": a run stored before it trained a causal front end
+        # (same weight shapes: centred, it would load and predict or resume other numbers silently)
+        opted = (config.get("options") or {}).get("bidirectional") is True
+        if "bidirectional" not in fb and opted and config.get("conv_centred") is True:
             fb["bidirectional"] = True
         _check_centred_kernel(config, fb.get("bidirectional") is True)
         return ConvRecurrent(

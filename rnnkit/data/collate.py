@@ -151,7 +151,9 @@ class PadCollate:
     ``torch.as_tensor``), or a pair ``(sequence, target)`` -- a tuple or list of two elements
     whose first is not a number -- where the target is a sequence ``(T_i, *)`` or a label
     tensor/number. All items of a batch must have one form (a mix is a ``ValueError`` naming the
-    item): a list of two numbers is a sequence of length 2, not a pair. Items of different dtypes are
+    item): a list of two numbers is a sequence of length 2, not a pair; a tuple or list of one element
+    that is not a number is ambiguous (a sequence without a target, or one step of features?): a
+    ``ValueError`` naming the item. Items of different dtypes are
     batched in their promoted dtype (as ``torch.stack`` does), not cast to the first one's. A
     padding value that dtype cannot hold (the default -100 in bool or uint8 sequence targets, a
     fractional one in integer inputs) is a ``ValueError``: it would be stored as another value.

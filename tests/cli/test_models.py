@@ -405,11 +405,31 @@ def test_opt_bidirectional_centres_the_conv_front_end(arch):
     """``--opt bidirectional=true`` made the recurrent part bidirectional behind a causal front
     end; now it is the tagger's bidirectional encoder (centred kernels), the same numbers."""
     torch.manual_seed(0)
-    m = build_recurrent(cfg(arch, options={"bidirectional": True}), 3, batch_first=True)
+    m = build_recurrent(cfg(arch, options={"bidirectional": True}, conv_centred=True), 3, batch_first=True)
     torch.manual_seed(0)
     tagger = build_recurrent(cfg(arch), 3, batch_first=True, bidirectional=True)
     assert all(not c.causal for c in m.convs)
     x = torch.randn(2, 7, 3)
     torch.testing.assert_close(m(x)[0], tagger(x)[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match=f"--kernel-size must be odd .* --arch {arch}, got 4"):
-        build_recurrent(cfg(arch, options={"bidirectional": True}, kernel_size=4), 3)
+        build_recurrent(cfg(arch, options={"bidirectional": True}, conv_centred=True, kernel_size=4), 3)
+
+
+def test_opt_bidirectional_run_stored_before_keeps_its_causal_front_end():
+    """A run of ``conv-<family> --opt bidirectional=true`` stored before the front end was centred
+    trained a causal one: its config (no ``conv_centred``) builds it causal, so its weights load
+    into the model they were trained in (same shapes: centred, ``predict`` and ``--resume`` gave
+    other numbers silently), an even ``--kernel-size`` too; ``arch_config`` marks new runs."""
+    import argparse
+
+    from rnnkit.arch import add_arch_arguments, arch_config
+
+    old = cfg("conv-lstm", options={"bidirectional": True})
+    assert all(c.causal for c in build_recurrent(old, 3, batch_first=True).convs)
+    assert all(c.causal for c in build_recurrent({**old, "kernel_size": 4}, 3).convs)
+    p = argparse.ArgumentParser()
+    add_arch_arguments(p)
+    new = arch_config(p.parse_args(["--arch", "conv-lstm", "--opt", "bidirectional=true"]))
+    assert new["conv_centred"] is True
+    assert all(not c.causal for c in build_recurrent(new, 3, batch_first=True).convs)
+    assert "conv_centred" not in arch_config(p.parse_args(["--arch", "conv-lstm"]))
