@@ -100,3 +100,27 @@ def test_inference_without_saved_buffers_gives_the_same_outputs(name, threads, m
     torch.testing.assert_close(y0, y1.detach(), atol=0, rtol=0)
     for a, b in zip(s0, s1):
         torch.testing.assert_close(a, b.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["lstm_regs", "lstm_layernorm", "lstm_batchnorm", "gru_layernorm", "rnn"])
+def test_two_threads_repeat_the_same_bits(name, two_threads):
+    """docs/fused.md's promise: at a fixed thread count a call is bit-identical from call to call
+    (no reduction whose order depends on the threads' timing). float32 at a size that splits the
+    step GEMM and engages the normalized cells' thread team (norm_team.h: 8192 values a step)."""
+    require_ext()
+    cls, kw = CASES[name]
+    torch.manual_seed(0)
+    m = cls(24, 128, impl="fused", dtype=torch.float32, **kw)
+    x = torch.randn(6, 48, 24, dtype=torch.float32)
+    results = []
+    for _ in range(3):
+        torch.manual_seed(1)  # the same masks each call
+        xi = x.clone().requires_grad_()
+        out, state = m(xi)
+        states = state if isinstance(state, tuple) else (state,)
+        weights = torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)
+        loss = (out * weights).sum() + sum((s * s).sum() for s in states)
+        grads = torch.autograd.grad(loss, [xi, *m.parameters()])
+        results.append([out, *states, *grads])
+    for again in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], again, strict=True))
