@@ -245,8 +245,11 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
             words = [ln.lower().replace("-", " ").split() for ln in items]
             # digits without any whitespace (a line is no longer stripped: an edge tab was a token)
             sources = [_digits("".join(ln.split())) for ln in items] if digits_in else words
+            max_number = (run.get("data") or {}).get("max_number")
             if digits_in:
-                _check_trained_range(sources, (run.get("data") or {}).get("max_number"))
+                _check_trained_range(sources, max_number)
+            else:
+                _check_number_words(sources, m["src_vocab"], max_number)
             return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
 
         return _aligned(lines, predict)
@@ -274,6 +277,30 @@ def _check_trained_range(sources: list[list[str]], max_number: int | None) -> No
         if digits.isdecimal() and digits.isascii() and int(digits) >= max_number:
             raise ValueError(
                 f"input {i}: {digits} is outside the numbers the model was trained on, "
+                f"[0, {max_number}) (its --max-number)"
+            )
+
+
+def _check_number_words(sources: list[list[str]], src_vocab: list[str], max_number: int | None) -> None:
+    """A words2digits input that is no number in the trained range as training wrote it ("five
+    million" on a run trained below 10000, "one hundred and five") was translated all the same, into
+    garbage: an error naming the input, in digits2words's words for the range (a run without the
+    range recorded is not range-checked; a word outside the vocabulary is ``translate``'s error)."""
+    from rnnkit.tasks.seq2seq import SPECIALS, number_to_words, words_to_number
+
+    known = set(src_vocab[len(SPECIALS) :])
+    for i, src in enumerate(sources, 1):
+        if not src or not known.issuperset(src):
+            continue
+        n, text = words_to_number(src), " ".join(src)
+        if n is None:
+            raise ValueError(
+                f"input {i}: {text!r} is not a number written as the model was trained on (e.g. "
+                f"{' '.join(number_to_words(2041))!r})"
+            )
+        if max_number is not None and n >= max_number:
+            raise ValueError(
+                f"input {i}: {text!r} ({n}) is outside the numbers the model was trained on, "
                 f"[0, {max_number}) (its --max-number)"
             )
 

@@ -156,6 +156,8 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     # --workers only sets how many run now)
     parallel = meta.get("parallel", max(workers, world)) if meta else max(workers, world)
     costs = dict(meta.get("costs", {})) if meta else {}
+    if study.validate is not None:  # before study.json: with --steps, no calibration would catch it
+        study.validate(s, arch_list)
     if steps is None and rank == 0:
         if study.run_fn is not None:  # own loop: scale its default step count with the budget
             steps = max(1, round(s["steps"] * budget / study.default_budget_minutes))

@@ -62,7 +62,9 @@ class Study:
     Generic studies give ``prepare(settings) -> data``, ``build(spec, data) -> model``,
     ``loss(model, data, spec, rng) -> scalar`` (one training batch) and
     ``evaluate(model, data, split) -> metric``; the runner owns the training loop. A study
-    with its own loop gives ``run_fn(spec, steps) -> record fields`` instead.
+    with its own loop gives ``run_fn(spec, steps) -> record fields`` instead. ``validate(settings,
+    archs)`` (optional) raises for settings no run of ``archs`` could use, before ``study.json`` is
+    written (an error in the first run came after it, and the corrected rerun was then refused).
     """
 
     name: str
@@ -83,6 +85,7 @@ class Study:
     default_seeds: int = 3
     default_budget_minutes: float = 30.0
     curves: bool = False  # plot metric vs training wall-clock (chung)
+    validate: Callable[[dict, list[Arch]], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -171,6 +171,14 @@ def music_build(spec: Spec, data) -> nn.Module:
     return SeqModel(cfg, music.KEYS, music.KEYS)
 
 
+def music_validate(s: dict, archs: list[Arch]) -> None:
+    """Parameter matching's error (a ``params`` no hidden size searched reaches) before any run:
+    the matched size depends on the architecture and ``params`` only, as in :func:`music_build`."""
+    if s.get("params"):
+        for arch in archs:
+            matched_hidden(dict(arch.config), music.KEYS, music.KEYS, s["params"])
+
+
 def music_loss(model: nn.Module, data, spec: Spec, rng: np.random.Generator) -> Tensor:
     s, train = spec.settings, data["train"]
     rolls = []
@@ -210,7 +218,7 @@ register(Study(
 register(Study(
     "greff", "LSTM variants on Bach chorales (Greff et al. 2017)", GREFF_ARCHS, _MUSIC, _lr_hidden_space,
     "nll", False, GREFF_PAPER_TEXT, "Greff et al. (2017), Fig. 3, JSB Chorales (significance vs V)",
-    "V", music_prepare, music_build, music_loss, music_evaluate, default_seeds=3,
+    "V", music_prepare, music_build, music_loss, music_evaluate, default_seeds=3, validate=music_validate,
 ))  # fmt: skip
 register(Study(
     "chung", "Tanh / GRU / LSTM on Bach chorales (Chung et al. 2014)", CHUNG_ARCHS,
@@ -219,6 +227,7 @@ register(Study(
     "nll", False, CHUNG_PAPER,
     "Chung et al. (2014), Table 2, JSB Chorales test NLL", "LSTM",
     music_prepare, music_build, music_loss, music_evaluate, default_seeds=4, curves=True,
+    validate=music_validate,
 ))  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from rnnkit.tasks._common import check_batch_size, keeps_mode, padded_batches, s
 
 __all__ = [
     "number_to_words",
+    "words_to_number",
     "make_pairs",
     "Seq2SeqData",
     "Seq2Seq",
@@ -57,6 +58,26 @@ def number_to_words(n: int) -> list[str]:
         if n >= size:
             return number_to_words(n // size) + [name] + (number_to_words(n % size) if n % size else [])
     raise AssertionError(n)
+
+
+def words_to_number(words: list[str]) -> int | None:
+    """The ``n`` whose :func:`number_to_words` is ``words`` exactly, or ``None`` when ``words`` is no
+    such rendering ("one hundred and five", "nineteen hundred", "one thousand zero"): a sum of the
+    word values, scaled at each "hundred", "thousand" and "million", then checked by rendering it
+    back (the rendering is unique, so only its own words give ``n``)."""
+    value = {w: k for k, w in enumerate(_ONES)} | {w: 10 * k for k, w in enumerate(_TENS) if k >= 2}
+    total = current = 0
+    for w in words:
+        if w in value:
+            current += value[w]
+        elif w == "hundred":
+            current *= 100
+        elif w in ("thousand", "million"):
+            total, current = total + current * (1000 if w == "thousand" else 10**6), 0
+        else:
+            return None
+    n = total + current
+    return n if n < 10**9 and number_to_words(n) == list(words) else None
 
 
 def make_pairs(numbers: list[int], direction: str) -> list[tuple[list[str], list[str]]]:

@@ -156,6 +156,21 @@ def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direc
         assert line == joiner.join(m["tgt_vocab"][k] for k in row)
     _stdin(monkeypatch, ["three hundred banana"] if direction == "words2digits" else ["3x"])
     assert_one_line_error(cli("predict", "--checkpoint", out), "input line 1: unknown token")
+    if direction == "words2digits":  # a number beyond --max-number, or no number, was garbage too
+        _stdin(monkeypatch, ["nine thousand nine hundred ninety nine", "five million"])
+        assert_one_line_error(
+            cli("predict", "--checkpoint", out),
+            "input line 2: 'five million' (5000000) is outside the numbers the model was trained on, "
+            "[0, 10000)",
+        )
+        _stdin(monkeypatch, ["seven", "one hundred and five"])  # 'and': not in the vocabulary
+        assert_one_line_error(cli("predict", "--checkpoint", out), "input line 2: unknown token 'and'")
+        for words in ("nineteen hundred", "one thousand zero", "twelve seven"):
+            _stdin(monkeypatch, ["seven", words])
+            assert_one_line_error(
+                cli("predict", "--checkpoint", out),
+                f"input line 2: {words!r} is not a number written as the model was trained on",
+            )
     if direction == "digits2words":  # a number beyond --max-number was translated into garbage
         _stdin(monkeypatch, ["312", "9999", "10000"])
         assert_one_line_error(

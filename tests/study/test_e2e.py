@@ -159,6 +159,23 @@ def test_a_resume_compares_the_data_file_not_its_spelling(tmp_path, tiny_rolls, 
     with pytest.raises(ValueError, match="was run with settings"):
         run_study("greff", "out", settings=tiny_music("other.npz"), **kw)
 
+
+@pytest.mark.parametrize("how", [{"steps": 1}, {"budget_minutes": 0.01}])
+def test_a_params_past_matching_leaves_no_study_json(tmp_path, tiny_rolls, monkeypatch, how):
+    """With --steps, a params no hidden size searched reaches failed only in the first run, after
+    study.json was written with it: the corrected rerun in the same --out was then refused ("was run
+    with settings ..."). It now fails before, as it did in budget mode (in calibration)."""
+    from rnnkit.study import studies
+
+    monkeypatch.setattr(studies, "MAX_MATCHED_HIDDEN", 16)  # the same search, small models
+    kw = {"seeds": 1, "archs": ["Tanh"], "progress": False, "report": False, **how}
+    with pytest.raises(ValueError, match=r"params=1000000: a rnn model has at most \d+ parameters"):
+        run_study("chung", tmp_path / "o", settings={**tiny_music(tiny_rolls[0]), "params": 10**6}, **kw)
+    assert not (tmp_path / "o" / "study.json").exists()
+    res = run_study("chung", tmp_path / "o", settings={**tiny_music(tiny_rolls[0]), "params": 2000}, **kw)
+    assert len(res["records"]) == 1 and res["records"][0]["hidden"] <= 16
+
+
 def test_budget_calibration_and_cli(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = [

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rnnkit.tasks.seq2seq import Seq2Seq, Seq2SeqData, number_to_words
+from rnnkit.tasks.seq2seq import Seq2Seq, Seq2SeqData, number_to_words, words_to_number
 
 
 def test_number_words_by_hand():
@@ -14,6 +14,15 @@ def test_number_words_by_hand():
     assert number_to_words(341) == ["three", "hundred", "forty", "one"]
     assert number_to_words(100_020) == ["one", "hundred", "thousand", "twenty"]
     assert number_to_words(np.int64(2_000_001)) == ["two", "million", "one"]
+
+
+def test_words_to_number_inverts_the_rendering_only():
+    """predict's words2digits check: the task's own words give their number back, anything else None."""
+    for n in [*range(2000), 100_020, 2_000_001, 999_999_999, 10**6, 123_456_789]:
+        assert words_to_number(number_to_words(n)) == n
+    for words in ["", "one hundred and five", "nineteen hundred", "one thousand zero", "twelve seven",
+                  "thousand", "zero hundred", "one thousand million", "one million million"]:  # fmt: skip
+        assert words_to_number(words.split()) is None, words
 
 
 @pytest.mark.parametrize("n", [True, 2.5, 2.0, -1, 10**9])
