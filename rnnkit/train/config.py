@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -13,7 +14,20 @@ import torch
 from rnnkit import _checks
 from rnnkit.train.precision import check_amp
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "STEP_FIELDS"]
+
+#: The settings that change what a training step computes: the state carried and its layout, the
+#: TBPTT splits, the clipping, the precision, the rates' scaling, the averaging. A resume with other
+#: values trains on beside the checkpoint's optimizer state as no run would have, so
+#: ``Trainer.load`` warns, naming them (:meth:`TrainConfig.changed_step_settings`). The other
+#: fields say how long a run goes, what it validates, logs and writes, and where: a resume may
+#: change them on purpose (``max_steps`` to extend a run; ``rnnkit train --resume`` sets its
+#: budget, cadences, patience and device, saying so). ``nonmono`` is left out: ``NTASGD``'s
+#: ``load_state_dict`` warns of it where it still matters (before the averaging triggered).
+STEP_FIELDS = (
+    "stateful", "carry_state", "batch_first", "tbptt_k1", "tbptt_k2", "clip_norm", "clip_value",
+    "scale_lr_by_seq_len", "nt_asgd", "amp",
+)  # fmt: skip
 
 
 @dataclass
@@ -220,6 +234,19 @@ class TrainConfig:
                 f"that continue each other (bptt_batches' streams), but the {what} is shuffled: "
                 "pass carry_state=False (every batch starts from None) or unshuffled streams"
             )
+
+    def changed_step_settings(self, stored: Mapping[str, Any] | None) -> dict[str, tuple[Any, Any]]:
+        """The :data:`STEP_FIELDS` whose value in ``stored`` (a checkpoint's config, as
+        :meth:`to_dict` wrote it) is not this config's, as ``{name: (stored, now)}``. A field
+        ``stored`` lacks (a checkpoint of before it, or without a config) is left out: nothing
+        says it differed."""
+        if not isinstance(stored, Mapping):
+            return {}
+        return {
+            name: (stored[name], getattr(self, name))
+            for name in STEP_FIELDS
+            if name in stored and stored[name] != getattr(self, name)
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

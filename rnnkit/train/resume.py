@@ -222,6 +222,7 @@ class TrainerCheckpoints:
                 "goes on with the run's (train another rate as a new run)",
                 doc["path"], given, loaded,
             )  # fmt: skip
+        self._warn_changed_settings(doc)
         st = doc["state"]
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.tokens_seen, self.elapsed = st["tokens_seen"], st["elapsed_s"]
@@ -240,6 +241,20 @@ class TrainerCheckpoints:
         self._last_saved = self.step
         self._loaded = Path(doc["path"])
         return doc
+
+    def _warn_changed_settings(self, doc: dict[str, Any]) -> None:
+        """Log a warning (rank 0) naming each setting of a training step (``STEP_FIELDS``) that is
+        not the checkpoint's: the resume goes on with the new value beside the run's optimizer
+        state, counters and RNG, so it no longer continues that run, and nothing said so."""
+        changed = self.config.changed_step_settings(doc.get("config"))
+        if changed and self.is_main:
+            named = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            log.warning(
+                "%s: resuming with training settings other than the checkpoint's (%s): the steps left "
+                "train with the new ones, not as the run would have (set the checkpoint's to continue "
+                "it, or train the new ones as a new run)",
+                doc["path"], named,
+            )  # fmt: skip
 
     def _loaded_elsewhere(self) -> bool:
         """Whether the fit goes on from a checkpoint :meth:`load` read outside ``checkpoint_dir``

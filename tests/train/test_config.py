@@ -11,6 +11,7 @@ import torch
 
 from rnnkit.data import bptt_batches
 from rnnkit.train import TrainConfig, Trainer, load_checkpoint
+from rnnkit.train.config import STEP_FIELDS
 
 from .models import TinyLM, tokens
 
@@ -114,3 +115,16 @@ def test_device_must_name_a_device(bad):
     model = TinyLM()
     with pytest.raises(ValueError, match="^device must name a device"):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), device=bad)
+
+
+def test_every_setting_is_a_step_setting_or_one_a_resume_may_change():
+    """A field added to TrainConfig is placed on purpose: in STEP_FIELDS (a resume that changes it
+    is warned of) or here (a resume may change it without a word; nonmono: NT-ASGD warns)."""
+    resumable = {
+        "max_epochs", "max_steps", "max_minutes", "val_every", "patience", "validate_at_end",
+        "min_delta", "nonmono", "log_every", "out_dir", "checkpoint_every", "keep_last", "save_best",
+        "resume", "progress", "tensorboard", "plot", "device",
+    }  # fmt: skip
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert not resumable & set(STEP_FIELDS)
+    assert names == resumable | set(STEP_FIELDS)

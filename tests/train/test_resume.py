@@ -348,3 +348,72 @@ def test_a_resume_with_another_learning_rate_says_the_checkpoints_is_used(tmp_pa
         tr.load(tmp_path / "checkpoints")
     assert opt.param_groups[0]["lr"] == (0.25 if scheduled else 0.5)
     assert "learning rates [0.1] are replaced by the checkpoint's [0.5]" in caplog.text
+
+
+def _settings_run(tmp_path, **kw):
+    """A trainer of out_dir ``tmp_path`` (3 steps) with the settings ``kw``."""
+    torch.manual_seed(0)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    return Trainer(model, opt, out_dir=str(tmp_path), max_steps=3, progress=False, **kw)
+
+
+@pytest.mark.parametrize(
+    "run, resume, named",
+    [
+        ({"tbptt_k1": 5}, {"tbptt_k1": 2, "tbptt_k2": 4}, ["tbptt_k1 5 -> 2", "tbptt_k2 None -> 4"]),
+        ({"clip_norm": 1.0}, {"clip_value": 0.5}, ["clip_norm 1.0 -> None", "clip_value None -> 0.5"]),
+        ({}, {"amp": "bf16"}, ["amp None -> 'bf16'"]),
+        ({"nt_asgd": True}, {"scale_lr_by_seq_len": False}, ["scale_lr_by_seq_len True -> False",
+                                                              "nt_asgd True -> False"]),
+    ],
+)  # fmt: skip
+def test_a_resume_with_other_step_settings_says_which(tmp_path, caplog, run, resume, named):
+    """A resume whose settings of a training step (STEP_FIELDS) are not the checkpoint's trained on
+    with the new ones beside the run's optimizer state, silently: load() logs one warning naming
+    each with the checkpoint's value and the new one."""
+    val = bptt_batches(tokens(60, seed=9), 1, 10)
+    _settings_run(tmp_path, **run).fit(bptt_batches(tokens(200), 2, 10), val)
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        tr = _settings_run(tmp_path, **resume, resume=True)
+        tr.load(tmp_path / "checkpoints")
+    assert len(caplog.records) == 1, caplog.text
+    assert "training settings other than the checkpoint's" in caplog.text
+    assert all(n in caplog.text for n in named), caplog.text
+    assert tr.step == 3  # loaded all the same
+
+
+def test_a_resume_with_other_limits_cadences_or_device_says_nothing(tmp_path, caplog):
+    """What a resume changes on purpose (a longer budget, other validations, logging, checkpoints,
+    progress, the device: rnnkit train --resume sets them) is no step setting: no warning, and with
+    the step settings unchanged the resume stays exact."""
+    step = {"tbptt_k1": 5, "clip_norm": 1.0}
+    data = lambda: bptt_batches(tokens(200), 2, 10)  # noqa: E731
+    val = bptt_batches(tokens(60, seed=9), 1, 10)
+    ref = _settings_run(tmp_path / "ref", **step, max_epochs=5)
+    ref.config.max_steps = 12
+    ref.fit(data(), val)
+    _settings_run(tmp_path / "run", **step, max_epochs=5).fit(data(), val)
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        tr = _settings_run(
+            tmp_path / "run", **step, resume=True, max_epochs=6, validate_at_end=False, log_every=1,
+            checkpoint_every=2, keep_last=None, device="cpu", tensorboard=False, plot=False, patience=4,
+        )  # fmt: skip
+        tr.config.max_steps = 12
+        tr.fit(data(), val)
+    assert not caplog.records, caplog.text
+    assert tr.losses == ref.losses
+
+
+def test_a_checkpoint_without_a_stored_config_or_a_setting_loads_as_before(tmp_path, caplog):
+    """A checkpoint whose config lacks the step settings (written before them, or by hand with
+    none) has nothing to compare: it loads without a warning."""
+    _settings_run(tmp_path, clip_norm=1.0).fit(bptt_batches(tokens(200), 2, 10))
+    state = next((tmp_path / "checkpoints").glob("step-*")) / "state.json"
+    doc = json.loads(state.read_text())
+    for config in ({k: v for k, v in doc["config"].items() if k != "clip_norm"}, {}):
+        state.write_text(json.dumps({**doc, "config": config}))
+        with caplog.at_level("WARNING", logger="rnnkit.train"):
+            tr = _settings_run(tmp_path, clip_norm=0.5)
+            tr.load(tmp_path / "checkpoints")
+        assert not caplog.records and tr.step == 3, caplog.text
