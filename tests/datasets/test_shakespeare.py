@@ -108,8 +108,11 @@ def test_split_arithmetic() -> None:
 
 
 def test_split_errors() -> None:
-    with pytest.raises(ValueError):
-        char_lm_split("abc", train_fraction=1.0)
+    # a fraction outside (0, 1) is refused by name, on a text long enough to split (on "abc",
+    # fraction 1.0 leaves no validation text: "too short" would pass without the check)
+    for bad in (1.0, 0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"train_fraction must be in \(0, 1\), got {bad}"):
+            char_lm_split("abcdefghij" * 100, train_fraction=bad)
     with pytest.raises(ValueError, match="too short"):
         char_lm_split("a")
 
