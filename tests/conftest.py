@@ -72,16 +72,34 @@ def num_threads():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(params=["ext", "pure"])
-def backend(request, monkeypatch):
-    """Run the test on one fused backend: the compiled kernels (skipped only where they cannot
-    be built) or the pure-PyTorch ones (``rnnkit.kernels.backend`` pinned to ``"pure"``)."""
-    import rnnkit.kernels as K
+@contextlib.contextmanager
+def pure_kernels():
+    """The fused path on its pure-PyTorch kernels for a block, also where the compiled ones are
+    built: ``rnnkit.kernels.backend`` pinned to ``"pure"`` (the standard and normalized kinds ask
+    it), and ``rnnkit.kernels.variants.use_ext_for`` to ``False`` (the variant kinds, GRU
+    reset-before and MUT1-3 and the LSTM's Greff layouts, ask the extension directly: pinning
+    ``backend`` alone left them on the compiled kernels)."""
+    from unittest import mock
 
+    import rnnkit.kernels as K
+    from rnnkit.kernels import variants
+
+    with (
+        mock.patch.object(K, "backend", lambda x: "pure"),
+        mock.patch.object(variants, "use_ext_for", lambda x: False),
+    ):
+        yield
+
+
+@pytest.fixture(params=["ext", "pure"])
+def backend(request):
+    """Run the test on one fused backend: the compiled kernels (skipped only where they cannot
+    be built) or the pure-PyTorch ones (:func:`pure_kernels`)."""
     if request.param == "ext":
         from .fused.test_fused_kernels import require_ext
 
         require_ext()
+        yield request.param
     else:
-        monkeypatch.setattr(K, "backend", lambda x: "pure")
-    return request.param
+        with pure_kernels():
+            yield request.param

@@ -10,7 +10,6 @@ state carried and one call. tests/test_properties_impls.py has the others (the i
 from __future__ import annotations
 
 import contextlib
-from unittest import mock
 
 import torch
 from hypothesis import HealthCheck, given, reject, settings
@@ -18,9 +17,9 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_sequence, pad_packed_sequence, pad_sequence
 
 import rnnkit
-import rnnkit.kernels as K
 from rnnkit import dispatch
 
+from .conftest import pure_kernels
 from .fused.test_fused_property import CELL_OPTIONS
 
 # every cell option alone (the fused property tests' list) and in a few combinations the papers allow
@@ -86,7 +85,7 @@ def build(family: str, kw: dict, impl: str, seed: int, training: bool = False):
 def backend(impl: str):
     """The fused backend of ``impl``: pinned to the pure kernels for ``"fused-pure"``."""
     if impl == "fused-pure":
-        return mock.patch.object(K, "backend", lambda x: "pure")
+        return pure_kernels()
     return contextlib.nullcontext()
 
 

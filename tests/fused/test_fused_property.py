@@ -13,7 +13,6 @@ still meets the oracle. Both paths draw the call's masks from torch's RNG in the
 from __future__ import annotations
 
 import contextlib
-from unittest import mock
 
 import pytest
 import torch
@@ -22,10 +21,9 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkit
-import rnnkit.kernels as K
 from rnnkit import dispatch
 
-from ..conftest import default_dtype
+from ..conftest import default_dtype, pure_kernels
 from .test_fused_kernels import require_ext
 
 CELL_OPTIONS = {
@@ -155,7 +153,7 @@ def test_fused_equals_loop_property(cfg, T, B, form, with_state, training, use_e
     if with_state:
         hx = tuple(torch.randn(s, requires_grad=True) for s in a.state_shapes(B))
         hx = hx if len(hx) > 1 else hx[0]
-    pure = mock.patch.object(K, "backend", lambda x: "pure") if not use_ext else contextlib.nullcontext()
+    pure = pure_kernels() if not use_ext else contextlib.nullcontext()
     with pure:
         got = _run(a, data, form, lengths, hx, seed + 1)
     want = _run(b, data, form, lengths, hx, seed + 1)
@@ -175,6 +173,27 @@ def test_every_listed_option_has_a_fused_kernel(family):
     skip (``assume``) instead of fail."""
     for opts in CELL_OPTIONS[family]:
         assert dispatch.fused_supported(CLASSES[family](3, 4, **opts)), opts
+
+
+@pytest.mark.parametrize("family", sorted(CELL_OPTIONS))
+def test_pure_kernels_pin_every_listed_option(family, monkeypatch):
+    """Under ``pure_kernels()`` (the ``"pure"`` runs here, of the ``backend`` fixture and of
+    test_properties.py's ``"fused-pure"``) no option reaches the compiled kernels, forward or
+    backward: pinning ``rnnkit.kernels.backend`` alone left the variant kinds (GRU reset-before,
+    MUT1-3, the LSTM's Greff layouts) on them, so their pure kernels went untested where the
+    extension builds."""
+    from rnnkit.kernels import ext
+
+    def no_ext():
+        raise AssertionError("the compiled kernels were asked for under pure_kernels()")
+
+    for opts in CELL_OPTIONS[family] + ([{"proj_size": 2}] if family == "lstm" else []):
+        m = CLASSES[family](3, 4, impl="fused", bidirectional=True, **opts)
+        x = torch.randn(5, 2, 3, requires_grad=True)
+        with pure_kernels(), monkeypatch.context() as mp:
+            mp.setattr(ext, "ops", no_ext)
+            out, _ = m(x)
+            out.sum().backward()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
