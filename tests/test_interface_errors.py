@@ -89,6 +89,15 @@ def test_cell_sizes_are_checked_naming_them(cls):
     assert (out[0] if isinstance(out, tuple) else out).shape == (2, 4)
 
 
+@pytest.mark.parametrize("cls", [rnnkit.RNNCell, rnnkit.LSTMCell, rnnkit.GRUCell])
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_cell_bias_must_be_a_bool(cls, value):
+    """LSTMCell(3, 4, bias='no') built a cell with biases (the string is true), silently, where the
+    layers refuse a bias that is not a bool."""
+    with pytest.raises(TypeError, match=f"bias should be of type bool, got: {type(value).__name__}"):
+        cls(3, 4, bias=value)
+
+
 def test_proj_size_true_is_refused_naming_it():
     """proj_size=True (an int to isinstance) failed deep in torch.empty on a bool size."""
     with pytest.raises(ValueError, match="proj_size must be a non-negative int, got True"):
