@@ -111,9 +111,20 @@ def check_generators(generators: Any) -> list[torch.Generator]:
     return found
 
 
+def _check_generator_args(generators: tuple) -> None:
+    """A ``TypeError`` naming the first of ``generators`` (positional arguments) that is not a
+    ``torch.Generator``: it failed on a missing ``get_state`` / ``set_state``, and
+    :func:`set_rng_state` only after it had restored the global RNGs."""
+    for i, g in enumerate(generators):
+        if not isinstance(g, torch.Generator):
+            got = type(g).__name__
+            raise TypeError(f"generators must be torch.Generator objects, got {got} as generator {i}")
+
+
 def get_rng_state(*generators: torch.Generator) -> dict[str, Any]:
     """Every global RNG state as plain JSON data (lists of ints, base64 strings), and the states
     of ``generators`` (e.g. :func:`data_generators`), which :func:`set_rng_state` restores."""
+    _check_generator_args(generators)
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -132,6 +143,7 @@ def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
     """Restore what :func:`get_rng_state` returned, ``generators`` (the same number, in the same
     order) included; a state without generators (a checkpoint of before them) leaves them as
     they are."""
+    _check_generator_args(generators)
     saved = state.get("generators", [])
     if saved and len(saved) != len(generators):  # checked first: a refused state changes nothing
         raise ValueError(

@@ -113,6 +113,22 @@ def test_trainer_generators_must_be_generators(bad):
         Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), generators=bad)
 
 
+@pytest.mark.parametrize("bad", [3, torch.zeros(5056, dtype=torch.uint8)])
+def test_rng_state_generators_must_be_generators(bad):
+    """get_rng_state(3) failed on "'int' object has no attribute 'get_state'", and set_rng_state
+    on set_state after it had restored the global RNGs; a state tensor is named, not printed."""
+    g = torch.Generator().manual_seed(3)
+    state = get_rng_state(g)
+    msg = f"generators must be torch.Generator objects, got {type(bad).__name__} as generator"
+    with pytest.raises(TypeError, match=f"{msg} 1$"):
+        get_rng_state(g, bad)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with pytest.raises(TypeError, match=f"{msg} 0$"):
+        set_rng_state(state, bad)
+    assert torch.equal(torch.get_rng_state(), before)  # refused before anything was restored
+
+
 def test_rng_state_with_generators_needs_as_many_to_restore():
     g = torch.Generator().manual_seed(3)
     state = get_rng_state(g)
