@@ -144,6 +144,14 @@ def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
     order) included; a state without generators (a checkpoint of before them) leaves them as
     they are."""
     _check_generator_args(generators)
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be the dict get_rng_state returned, got {type(state).__name__}")
+    missing = [k for k in ("python", "numpy", "torch") if k not in state]
+    if missing:  # (failed on a KeyError naming one key, after the generators' check)
+        raise ValueError(
+            f"the RNG state must hold 'python', 'numpy' and 'torch' (what get_rng_state returns), "
+            f"got keys {sorted(state)}"
+        )
     saved = state.get("generators", [])
     if saved and len(saved) != len(generators):  # checked first: a refused state changes nothing
         raise ValueError(

@@ -129,6 +129,15 @@ def test_rng_state_generators_must_be_generators(bad):
     assert torch.equal(torch.get_rng_state(), before)  # refused before anything was restored
 
 
+def test_set_rng_state_names_a_state_that_is_not_one():
+    """set_rng_state(None) failed on "'NoneType' object has no attribute 'get'" and a state
+    without the global RNGs' on a bare KeyError: 'python'."""
+    with pytest.raises(TypeError, match="state must be the dict get_rng_state returned, got NoneType"):
+        set_rng_state(None)
+    with pytest.raises(ValueError, match=r"hold 'python', 'numpy' and 'torch' .* got keys \['generators'\]"):
+        set_rng_state({"generators": []})
+
+
 def test_rng_state_with_generators_needs_as_many_to_restore():
     g = torch.Generator().manual_seed(3)
     state = get_rng_state(g)
