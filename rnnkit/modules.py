@@ -187,6 +187,9 @@ class StepCell(nn.Module):
         zoneout: float | tuple[float, float] | dict[str, float] = 0.0,
     ) -> None:
         super().__init__()
+        if not isinstance(cell, Cell):  # (else "'int' object has no attribute 'input_size'")
+            got = type(cell).__name__
+            raise TypeError(f"cell must be an rnnkit.cells.Cell (e.g. LSTMCellMath(3, 4)), got {got}")
         self.cell = cell
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         self.recurrent_dropout = recurrent_dropout

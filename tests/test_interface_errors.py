@@ -98,6 +98,19 @@ def test_cell_bias_must_be_a_bool(cls, value):
         cls(3, 4, bias=value)
 
 
+@pytest.mark.parametrize("cell", [3, rnnkit.LSTMCell(3, 4)])
+def test_step_cell_and_stack_need_an_rnnkit_cell(cell):
+    """StepCell(3) failed on "'int' object has no attribute 'input_size'" and a make_cell that
+    returns no Cell on "... has no attribute 'state_names'"; a module (a layer, a StepCell) too."""
+    got = type(cell).__name__
+    with pytest.raises(TypeError, match=rf"cell must be an rnnkit.cells.Cell \(e.g. .*\), got {got}$"):
+        rnnkit.StepCell(cell)
+    with pytest.raises(TypeError, match=f"make_cell must return an rnnkit.cells.Cell, got {got}$"):
+        rnnkit.RecurrentStack(lambda n: cell, 3, 4)
+    with pytest.raises(TypeError, match="make_cell must be a callable input_size -> Cell, got int$"):
+        rnnkit.RecurrentStack(3, 3, 4)
+
+
 def test_proj_size_true_is_refused_naming_it():
     """proj_size=True (an int to isinstance) failed deep in torch.empty on a bool size."""
     with pytest.raises(ValueError, match="proj_size must be a non-negative int, got True"):
