@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -109,6 +111,17 @@ def test_step_cell_and_stack_need_an_rnnkit_cell(cell):
         rnnkit.RecurrentStack(lambda n: cell, 3, 4)
     with pytest.raises(TypeError, match="make_cell must be a callable input_size -> Cell, got int$"):
         rnnkit.RecurrentStack(3, 3, 4)
+
+
+@pytest.mark.parametrize("lengths, got", [("abc", "str (new(): "), ([5, None, 2], "list (Could not infer")])
+def test_lengths_that_are_no_numbers_are_named(lengths, got):
+    """lengths='abc' failed in torch's words "new(): invalid data type 'str'", [5, None, 2] on "Could
+    not infer dtype of NoneType": neither named the argument."""
+    expected = "lengths must be a tensor or a sequence of ints (one per sequence), got "
+    with pytest.raises(ValueError, match=re.escape(expected + got)):
+        rnnkit.LSTM(3, 4)(torch.randn(5, 3, 3), lengths=lengths)
+    with pytest.raises(ValueError, match=re.escape(expected + got)):
+        rnnkit.data.length_mask(lengths)
 
 
 def test_proj_size_true_is_refused_naming_it():
