@@ -138,6 +138,25 @@ def test_set_rng_state_names_a_state_that_is_not_one():
         set_rng_state({"generators": []})
 
 
+@pytest.mark.parametrize(
+    "args, kw, match",
+    [
+        ((None,), {}, "model must be a torch.nn.Module, got NoneType"),
+        ((TinyLM(), {"max_steps": 2}), {}, r"config must be a TrainConfig or None \(.*\), got dict"),
+        ((TinyLM(),), {"loss_fn": "cross_entropy"}, "loss_fn must be callable, got str"),
+        ((TinyLM(),), {"step_fn": 3}, "step_fn must be callable, got int"),
+    ],
+)
+def test_trainer_arguments_of_another_type_are_named(args, kw, match):
+    """A dict config failed in dataclasses' words ("replace() should be called on dataclass
+    instances"), a None model on a missing attribute, a loss_fn or step_fn that is no function
+    only at the first step ("'str' object is not callable")."""
+    model, *rest = args
+    opt = torch.optim.SGD(TinyLM().parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=match):
+        Trainer(model, opt, *rest, **kw)
+
+
 def test_rng_state_with_generators_needs_as_many_to_restore():
     g = torch.Generator().manual_seed(3)
     state = get_rng_state(g)
