@@ -388,3 +388,21 @@ def test_readout_loss_needs_an_output_with_time_and_features():
     match = r"expected an output \(T, F\), \(T, B, F\) or \(B, T, F\), got shape \(4,\)"
     with pytest.raises(ValueError, match=match):
         readout_loss(torch.randn(4), "last", 0)
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        "gradient_flow",
+        "jacobian_spectrum",
+        "step_jacobians",
+        "activity",
+        "replay",
+    ],
+)
+def test_a_model_that_is_no_module_is_named(measure):
+    """gradient_flow(None, x) & co. failed on "'NoneType' object has no attribute 'parameters'"."""
+    import rnnkit.diagnostics as dg
+
+    with pytest.raises(TypeError, match=r"expected a torch.nn.Module \(.*\), got NoneType$"):
+        getattr(dg, measure)(None, torch.randn(5, 3, 4))
