@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import is_int
 from ..arch import parse_value
 from ..datasets import synthetic
 from ..modules import GRU, LSTM, RNN
@@ -121,6 +122,14 @@ class Budget:
     n_copy: int = 3
     clip_norm: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # (eval_every=0 failed on "integer modulo by zero", steps=0 trained nothing and reported a
+        # horizon of 0, a float size failed in range() or torch.empty)
+        for name in ("hidden_size", "steps", "batch_size", "eval_every", "eval_size", "n_symbols", "n_copy"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 1:
+                raise ValueError(f"Budget: {name} must be an int >= 1, got {v!r}")
 
 
 class TaskModel(nn.Module):

@@ -179,3 +179,13 @@ def test_plus_one_scores_the_summary_of_a_bidirectional_layer(bidirectional):
     out = model.rnn(x)[0]
     want = torch.cat([out[:, -1, :4], out[:, 0, 4:]], -1) if bidirectional else out[:, -1]
     torch.testing.assert_close(task_logits("plus_one", model, x, budget), model.head(want))
+
+
+@pytest.mark.parametrize(
+    "field, value", [("eval_every", 0), ("steps", 0), ("batch_size", 2.5), ("n_copy", True)]
+)
+def test_budget_counts_are_checked(field, value):
+    """eval_every=0 failed on "integer modulo by zero" in the first run, steps=0 trained nothing and
+    reported a horizon of 0, silently; each is named at construction now."""
+    with pytest.raises(ValueError, match=rf"Budget: {field} must be an int >= 1, got {value!r}$"):
+        Budget(**{field: value})
