@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from rnnkit._checks import is_int
 from rnnkit.train.serialize import (
     flatten,
     fsync_dir,
@@ -196,6 +197,10 @@ def save_checkpoint(
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+    # a negative step wrote step--00000001, which list_checkpoints skips (lost, silently); a float
+    # failed in the directory name's format ("Unknown format code 'd'"); True was written as step 1
+    if not is_int(step) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:09d}"
