@@ -245,6 +245,13 @@ def memory_horizon(
     objects or :func:`parse_variant` specs. Every run is seeded with ``budget.seed``; torch's
     global random state is restored afterwards."""
     budget = budget or Budget()
+    # a str is a sequence of letters: memory_horizon("lstm") said "variant 'l': family must be one of"
+    for name, seq, example in (("variants", variants, "['lstm']"), ("tasks", tasks, "['copy']")):
+        if isinstance(seq, str):
+            raise TypeError(f"{name} must be a sequence (e.g. {example}), got the str {seq!r}")
+    for v in variants:
+        if not isinstance(v, (str, Variant)):  # (else "'int' object has no attribute 'label'")
+            raise TypeError(f"variants must be Variant objects or specs ('lstm'), got {type(v).__name__}")
     vs = [parse_variant(v) if isinstance(v, str) else v for v in variants]
     check_labels(vs)
     for t in tasks:

@@ -189,3 +189,16 @@ def test_budget_counts_are_checked(field, value):
     reported a horizon of 0, silently; each is named at construction now."""
     with pytest.raises(ValueError, match=rf"Budget: {field} must be an int >= 1, got {value!r}$"):
         Budget(**{field: value})
+
+
+def test_memory_horizon_names_variants_and_tasks_of_another_type():
+    """memory_horizon("lstm") read the letters as variants ("variant 'l': family must be one of"),
+    tasks="copy" as tasks 'c', 'o', ... and a variant of another type failed on "'int' object has no
+    attribute 'label'"."""
+    match = r"variants must be a sequence \(e.g. \['lstm'\]\), got the str 'lstm'$"
+    with pytest.raises(TypeError, match=match):
+        memory_horizon("lstm")
+    with pytest.raises(TypeError, match=r"tasks must be a sequence \(e.g. \['copy'\]\), got the str 'copy'"):
+        memory_horizon(["lstm"], "copy")
+    with pytest.raises(TypeError, match="variants must be Variant objects or specs \\('lstm'\\), got int"):
+        memory_horizon(["lstm", 3])
