@@ -74,6 +74,8 @@ def parse_variant(spec: str) -> Variant:
     """``"lstm"``, ``"gru:key=value,key=value"`` or ``"label=family:key=value,..."``; values
     are read as Python literals or JSON when they parse (``True`` or ``true``, ``0.5``,
     ``"x"``: as ``rnnkit train --opt`` reads them), else as strings."""
+    if not isinstance(spec, str):  # (else "'NoneType' object has no attribute 'split'")
+        raise TypeError(f"a variant spec must be a str ('lstm', 'gru:key=value'), got {type(spec).__name__}")
     label, _, rest = spec.partition("=") if "=" in spec.split(":")[0] else ("", "", spec)
     family, _, opts_s = rest.partition(":")
     family = family.strip().lower()

@@ -202,3 +202,9 @@ def test_memory_horizon_names_variants_and_tasks_of_another_type():
         memory_horizon(["lstm"], "copy")
     with pytest.raises(TypeError, match="variants must be Variant objects or specs \\('lstm'\\), got int"):
         memory_horizon(["lstm", 3])
+
+
+def test_parse_variant_names_a_spec_that_is_no_str():
+    """parse_variant(None) failed on "'NoneType' object has no attribute 'split'"."""
+    with pytest.raises(TypeError, match=r"variant spec must be a str \(.*\), got NoneType$"):
+        parse_variant(None)
