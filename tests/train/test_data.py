@@ -294,3 +294,9 @@ def test_data_that_is_no_tokens_is_named(data, got):
         make_streams(data, 2)
     with pytest.raises(ValueError, match=re.escape(f"data must be a 1-D tensor of tokens, got {got}")):
         bptt_batches(data, 2, 3)
+
+
+def test_bucket_sampler_names_lengths_that_are_no_sequence():
+    """BucketBatchSampler(None, 2) failed on "object of type 'NoneType' has no len()"."""
+    with pytest.raises(TypeError, match=r"lengths must be a sequence of ints \(.*\), got NoneType$"):
+        BucketBatchSampler(None, 2)
