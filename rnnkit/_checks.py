@@ -332,7 +332,13 @@ def check_lengths(lengths: object, batch: int, max_len: int) -> Tensor:
 def as_lengths(lengths: object) -> Tensor:
     """``torch.as_tensor(lengths)``, but an empty sequence (an empty batch's ``[]``), which torch
     reads as a float tensor, is an int64 one: it holds no fractional length to refuse."""
-    t = torch.as_tensor(lengths)
+    try:
+        t = torch.as_tensor(lengths)
+    except (TypeError, RuntimeError, ValueError) as e:  # torch's words named no argument
+        got = f"{type(lengths).__name__} ({e})"
+        raise RecurrentInputError(
+            f"lengths must be a tensor or a sequence of ints (one per sequence), got {got}"
+        ) from None
     return t.long() if t.numel() == 0 and not isinstance(lengths, Tensor) else t
 
 

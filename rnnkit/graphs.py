@@ -117,6 +117,9 @@ class CUDAGraphed(nn.Module):
         # ints: warmup=1.5 was kept and failed at the first capture, in range()'s words
         if not (_checks.is_int(max_graphs) and _checks.is_int(warmup)) or max_graphs < 1 or warmup < 1:
             raise ValueError(f"max_graphs and warmup must be ints >= 1, got {max_graphs!r} and {warmup!r}")
+        if not isinstance(layer, nn.Module):  # (was kept, and failed at the first call: "not callable")
+            got = type(layer).__name__
+            raise TypeError(f"layer must be a recurrent nn.Module (an rnnkit or torch.nn layer), got {got}")
         self.layer = layer
         self.max_graphs, self.warmup = max_graphs, warmup
         self._graphs: OrderedDict[tuple, _Graphs] = OrderedDict()

@@ -89,7 +89,13 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         self.bidirectional, self.proj_size, self.impl = bidirectional, int(proj_size), impl
         D = 2 if bidirectional else 1
         out = proj_size or hidden_size
+        if not callable(make_cell):
+            got = type(make_cell).__name__
+            raise TypeError(f"make_cell must be a callable input_size -> Cell, got {got}")
         self.cells: list[Cell] = [make_cell(input_size if k == 0 else out * D) for k in range(num_layers)]
+        for cell in self.cells:  # (else "'int' object has no attribute 'state_names'")
+            if not isinstance(cell, Cell):
+                raise TypeError(f"make_cell must return an rnnkit.cells.Cell, got {type(cell).__name__}")
         self.locked_dropout = locked_dropout
         self.recurrent_dropout = recurrent_dropout
         self.weight_drop = weight_drop

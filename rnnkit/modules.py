@@ -187,6 +187,9 @@ class StepCell(nn.Module):
         zoneout: float | tuple[float, float] | dict[str, float] = 0.0,
     ) -> None:
         super().__init__()
+        if not isinstance(cell, Cell):  # (else "'int' object has no attribute 'input_size'")
+            got = type(cell).__name__
+            raise TypeError(f"cell must be an rnnkit.cells.Cell (e.g. LSTMCellMath(3, 4)), got {got}")
         self.cell = cell
         self.input_size, self.hidden_size, self.bias = cell.input_size, cell.hidden_size, cell.bias
         self.recurrent_dropout = recurrent_dropout
@@ -274,7 +277,18 @@ class StepCell(nn.Module):
         if (self.recurrent_dropout > 0) != (masks.recurrent is not None) or (self.weight_drop > 0) != bool(
             masks.weights
         ):
-            _checks.fail("masks were not sampled by this cell (its regularizer options differ)")
+            pairs = [
+                (self.recurrent_dropout > 0, self.weight_drop > 0),  # what the cell expects
+                (masks.recurrent is not None, bool(masks.weights)),  # what the masks hold
+            ]
+            expect, hold = (
+                f"{'a' if r else 'no'} recurrent mask and {'' if w else 'no '}weight-drop masks"
+                for r, w in pairs
+            )
+            _checks.fail(
+                f"masks were not sampled by this cell: its recurrent_dropout={self.recurrent_dropout} / "
+                f"weight_drop={self.weight_drop} expect {expect}, got {hold}"
+            )
         # another cell's masks (other sizes or dtype) failed inside the step, or broadcast silently:
         # a recurrent mask (B, 1) over (B, H)
         shapes = {n: tuple(w.shape) for n, w in p.items() if self.weight_drop and n.startswith("weight_hh")}

@@ -99,6 +99,14 @@ def test_bad_arguments(kw):
         rnnkit.cuda_graphed(rnnkit.LSTM(3, 4), **kw)
 
 
+@pytest.mark.parametrize("layer", [None, 3])
+def test_layer_must_be_a_module(layer):
+    """A non-module was kept and failed only at the first call ("'NoneType' object is not
+    callable"); now it is refused at construction, naming its type."""
+    with pytest.raises(TypeError, match=f"layer must be a recurrent nn.Module .*got {type(layer).__name__}$"):
+        rnnkit.cuda_graphed(layer)
+
+
 def test_the_cli_wraps_every_recurrent_layer_in_place():
     """``--cuda-graphs``: every recurrent layer of a task model is wrapped (nested ones too),
     parameters and checkpoint keys unchanged; ``lengths=`` (padded batches) runs the layer."""

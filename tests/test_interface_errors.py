@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
@@ -87,6 +89,39 @@ def test_cell_sizes_are_checked_naming_them(cls):
         cls(3, 4.0)
     out = cls(0, 4)(torch.randn(2, 0))
     assert (out[0] if isinstance(out, tuple) else out).shape == (2, 4)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.RNNCell, rnnkit.LSTMCell, rnnkit.GRUCell])
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_cell_bias_must_be_a_bool(cls, value):
+    """LSTMCell(3, 4, bias='no') built a cell with biases (the string is true), silently, where the
+    layers refuse a bias that is not a bool."""
+    with pytest.raises(TypeError, match=f"bias should be of type bool, got: {type(value).__name__}"):
+        cls(3, 4, bias=value)
+
+
+@pytest.mark.parametrize("cell", [3, rnnkit.LSTMCell(3, 4)])
+def test_step_cell_and_stack_need_an_rnnkit_cell(cell):
+    """StepCell(3) failed on "'int' object has no attribute 'input_size'" and a make_cell that
+    returns no Cell on "... has no attribute 'state_names'"; a module (a layer, a StepCell) too."""
+    got = type(cell).__name__
+    with pytest.raises(TypeError, match=rf"cell must be an rnnkit.cells.Cell \(e.g. .*\), got {got}$"):
+        rnnkit.StepCell(cell)
+    with pytest.raises(TypeError, match=f"make_cell must return an rnnkit.cells.Cell, got {got}$"):
+        rnnkit.RecurrentStack(lambda n: cell, 3, 4)
+    with pytest.raises(TypeError, match="make_cell must be a callable input_size -> Cell, got int$"):
+        rnnkit.RecurrentStack(3, 3, 4)
+
+
+@pytest.mark.parametrize("lengths, got", [("abc", "str (new(): "), ([5, None, 2], "list (Could not infer")])
+def test_lengths_that_are_no_numbers_are_named(lengths, got):
+    """lengths='abc' failed in torch's words "new(): invalid data type 'str'", [5, None, 2] on "Could
+    not infer dtype of NoneType": neither named the argument."""
+    expected = "lengths must be a tensor or a sequence of ints (one per sequence), got "
+    with pytest.raises(ValueError, match=re.escape(expected + got)):
+        rnnkit.LSTM(3, 4)(torch.randn(5, 3, 3), lengths=lengths)
+    with pytest.raises(ValueError, match=re.escape(expected + got)):
+        rnnkit.data.length_mask(lengths)
 
 
 def test_proj_size_true_is_refused_naming_it():

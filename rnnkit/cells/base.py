@@ -84,6 +84,8 @@ class Cell:
                 raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
             if v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+        if not isinstance(bias, bool):  # as the layers': bias='no' (true) built biases, silently
+            raise TypeError(f"bias should be of type bool, got: {type(bias).__name__}")
         # numpy's integers as int: they make the specs' shapes, which errors name
         self.input_size = int(input_size)
         self.hidden_size = int(hidden_size)

@@ -58,7 +58,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _as_1d(data: Tensor | Sequence[int]) -> Tensor:
-    data = data if isinstance(data, Tensor) else torch.as_tensor(data)
+    if not isinstance(data, Tensor):
+        try:
+            data = torch.as_tensor(data)
+        except (TypeError, RuntimeError, ValueError) as e:  # torch's words named no argument
+            got = f"{type(data).__name__} ({e})"
+            raise ValueError(f"data must be a 1-D tensor of tokens, got {got}") from None
     if data.dim() != 1:
         raise ValueError(
             f"data must be a 1-D tensor of tokens, got a {data.dim()}-D tensor of shape {tuple(data.shape)}"

@@ -184,6 +184,10 @@ class PadCollate:
         self.sequence_targets = sequence_targets
 
     def __call__(self, items: Sequence[Any]) -> PaddedBatch:
+        if not hasattr(items, "__len__"):  # (else "object of type 'NoneType' has no len()")
+            raise TypeError(
+                f"items must be a list of sequences or (sequence, target) pairs, got {type(items).__name__}"
+            )
         if len(items) == 0:
             raise ValueError("cannot collate an empty batch")
         # every item, not only item 0: a (T, F) tensor after pairs read as a pair of its rows

@@ -59,6 +59,9 @@ class BucketBatchSampler(Sampler[list[int]]):
         if bucket_size is not None and bucket_size < 1:
             # it was read as "unset" (0) or raised to batch_size (< 0): neither what was asked
             raise ValueError(f"bucket_size must be >= 1 or None (50 * batch_size), got {bucket_size}")
+        if not hasattr(lengths, "__len__"):  # (else "object of type 'NoneType' has no len()")
+            got = type(lengths).__name__
+            raise TypeError(f"lengths must be a sequence of ints (one per item), got {got}")
         if len(lengths) == 0:
             raise ValueError("lengths is empty")
         lens = torch.as_tensor(lengths if isinstance(lengths, torch.Tensor) else list(lengths))

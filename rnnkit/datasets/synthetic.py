@@ -97,6 +97,9 @@ def adding(n: int, length: int, *, seed: int = 0, dtype: torch.dtype | None = No
     _check_positive(n=n, length=length)
     if length < 2:
         raise ValueError(f"length must be >= 2 (one marker per half), got {length}")
+    # an integer one truncated every U(0, 1) value, and so every target, to 0, silently
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype (the values are U(0, 1)), got {dtype!r}")
     g = generator(seed)
     half = length // 2
     values = torch.rand(n, length, generator=g, dtype=torch.float64)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import _checks
 from .trace import Trace, find_recurrent, is_recurrent, layer_labels, replay, untouched
 
 LOSSES = ("last", "per_step")
@@ -102,6 +103,16 @@ def readout_loss(output: Tensor, kind: str, time_dim: int, seed: int = 0) -> Ten
     Jacobian products alone."""
     if kind not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+    # (an index past them failed on "tuple index out of range", time_dim=-1 (the features) on a
+    # matmul's "size mismatch")
+    if not isinstance(output, Tensor) or output.dim() < 2:
+        got = f"shape {tuple(output.shape)}" if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(f"expected an output (T, F), (T, B, F) or (B, T, F), got {got}")
+    if not (_checks.is_int(time_dim) and 0 <= time_dim < output.dim() - 1):
+        raise ValueError(
+            f"time_dim must be an integer in [0, {output.dim() - 1}) (a dimension of the output "
+            f"{tuple(output.shape)} before its features), got {time_dim!r}"
+        )
     if output.is_complex():  # vᵀh is complex: autograd has no gradient of it ("real scalar outputs")
         raise ValueError(
             f"the linear probe needs a real output, got {output.dtype}: pass a loss_fn that returns a real "

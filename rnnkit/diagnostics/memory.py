@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._checks import is_int
 from ..arch import parse_value
 from ..datasets import synthetic
 from ..modules import GRU, LSTM, RNN
@@ -73,6 +74,8 @@ def parse_variant(spec: str) -> Variant:
     """``"lstm"``, ``"gru:key=value,key=value"`` or ``"label=family:key=value,..."``; values
     are read as Python literals or JSON when they parse (``True`` or ``true``, ``0.5``,
     ``"x"``: as ``rnnkit train --opt`` reads them), else as strings."""
+    if not isinstance(spec, str):  # (else "'NoneType' object has no attribute 'split'")
+        raise TypeError(f"a variant spec must be a str ('lstm', 'gru:key=value'), got {type(spec).__name__}")
     label, _, rest = spec.partition("=") if "=" in spec.split(":")[0] else ("", "", spec)
     family, _, opts_s = rest.partition(":")
     family = family.strip().lower()
@@ -121,6 +124,14 @@ class Budget:
     n_copy: int = 3
     clip_norm: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # (eval_every=0 failed on "integer modulo by zero", steps=0 trained nothing and reported a
+        # horizon of 0, a float size failed in range() or torch.empty)
+        for name in ("hidden_size", "steps", "batch_size", "eval_every", "eval_size", "n_symbols", "n_copy"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 1:
+                raise ValueError(f"Budget: {name} must be an int >= 1, got {v!r}")
 
 
 class TaskModel(nn.Module):
@@ -236,6 +247,13 @@ def memory_horizon(
     objects or :func:`parse_variant` specs. Every run is seeded with ``budget.seed``; torch's
     global random state is restored afterwards."""
     budget = budget or Budget()
+    # a str is a sequence of letters: memory_horizon("lstm") said "variant 'l': family must be one of"
+    for name, seq, example in (("variants", variants, "['lstm']"), ("tasks", tasks, "['copy']")):
+        if isinstance(seq, str):
+            raise TypeError(f"{name} must be a sequence (e.g. {example}), got the str {seq!r}")
+    for v in variants:
+        if not isinstance(v, (str, Variant)):  # (else "'int' object has no attribute 'label'")
+            raise TypeError(f"variants must be Variant objects or specs ('lstm'), got {type(v).__name__}")
     vs = [parse_variant(v) if isinstance(v, str) else v for v in variants]
     check_labels(vs)
     for t in tasks:

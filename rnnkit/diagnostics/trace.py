@@ -249,6 +249,9 @@ def untouched(model: nn.Module) -> Iterator[None]:
     and zoneout masks, and a measurement must change neither the model nor a training run's random
     stream (torch's CPU generator and those of the CUDA devices ``model`` is on). A buffer the
     forward replaced (``self.n = self.n + 1``) gets its own tensor back."""
+    if not isinstance(model, nn.Module):  # (else "'int' object has no attribute 'parameters'")
+        got = type(model).__name__
+        raise TypeError(f"expected a torch.nn.Module (a recurrent layer or a model holding one), got {got}")
     tensors = [*model.parameters(), *model.buffers()]
     devices = sorted({t.get_device() for t in tensors if t.is_cuda})
     saved = [(m, name, b, b.detach().clone()) for m in model.modules() for name, b in m._buffers.items()

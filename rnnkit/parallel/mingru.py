@@ -107,9 +107,11 @@ def check_positive_state(s: Tensor | None) -> None:
     """log_space=True's state is positive (or 0: hx=None's start, or an h_n underflowed to 0);
     a negative or NaN one is refused: the log-space form's h̃ = g(v) keeps it positive."""
     if s is not None and not bool((s >= 0).all()):
+        bad = s[~(s >= 0)]  # (the message named no value: how many, which)
         _checks.fail(
             "log_space=True keeps the state positive: the initial state must be >= 0 everywhere "
-            "(use log_space=False for states of any sign)"
+            f"(use log_space=False for states of any sign), got {bad.numel()} of its {s.numel()} entries "
+            f"negative or NaN (the first: {bad[0].item()})"
         )
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from torch import nn
 
+from rnnkit._checks import is_int
 from rnnkit.train.serialize import (
     flatten,
     fsync_dir,
@@ -196,6 +197,11 @@ def save_checkpoint(
     """
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"keep_last must be >= 1 or None, got {keep_last}")
+    # a negative step wrote step--00000001, which list_checkpoints skips (lost, silently); a float
+    # failed in the directory name's format ("Unknown format code 'd'"); True was written as step 1
+    if not is_int(step) or step < 0:
+        raise ValueError(f"step must be an int >= 0, got {step!r}")
+    _check_model(model)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:09d}"
@@ -274,6 +280,13 @@ def _check_param_groups(ckpt: Path, optimizer: Any, saved: dict[str, Any]) -> No
         )
 
 
+def _check_model(model: object) -> None:
+    """A ``TypeError`` unless ``model`` is a module: else "'NoneType' object has no attribute
+    'state_dict'" (on loading, after the checkpoint was read)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     model: nn.Module | None = None,
@@ -290,6 +303,8 @@ def load_checkpoint(
     ``state.json`` document with ``state`` decoded (tensors on CPU) and ``path`` added.
     Raises ``FileNotFoundError`` when there is no checkpoint.
     """
+    if model is not None:
+        _check_model(model)
     path = Path(path)
     ckpt = path if (path / "state.json").is_file() else latest_checkpoint(path)
     if ckpt is None:

@@ -46,6 +46,8 @@ class NTASGD:
         # mid-run, slicing the history ("slice indices must be integers")
         if not _checks.is_int(nonmono) or nonmono < 1:
             raise ValueError(f"nonmono must be an int >= 1, got {nonmono!r}")
+        if not isinstance(model, nn.Module):  # (else "'NoneType' object has no attribute 'parameters'")
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.nonmono = int(nonmono)
         self.history: list[float] = []

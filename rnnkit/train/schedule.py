@@ -162,6 +162,11 @@ def autoregressive_unroll(
     """
     sampler = sampler or ScheduledSampler(1.0)
     to_input = to_input or (lambda logits: logits.argmax(-1))
+    if not isinstance(batch_first, bool):  # as the losses' (a true string swapped time and batch, silently)
+        raise TypeError(f"batch_first should be of type bool, got: {type(batch_first).__name__}")
+    for name, v in (("first_input", first_input), ("targets", targets)):
+        if not isinstance(v, Tensor):  # (failed on a missing .dim or .shape)
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(v).__name__}")
     if targets.dim() < 2:
         raise ValueError(f"targets must be (T, B, *) or (B, T, *), got shape {tuple(targets.shape)}")
     tgt = targets.transpose(0, 1) if batch_first else targets

@@ -111,9 +111,20 @@ def check_generators(generators: Any) -> list[torch.Generator]:
     return found
 
 
+def _check_generator_args(generators: tuple) -> None:
+    """A ``TypeError`` naming the first of ``generators`` (positional arguments) that is not a
+    ``torch.Generator``: it failed on a missing ``get_state`` / ``set_state``, and
+    :func:`set_rng_state` only after it had restored the global RNGs."""
+    for i, g in enumerate(generators):
+        if not isinstance(g, torch.Generator):
+            got = type(g).__name__
+            raise TypeError(f"generators must be torch.Generator objects, got {got} as generator {i}")
+
+
 def get_rng_state(*generators: torch.Generator) -> dict[str, Any]:
     """Every global RNG state as plain JSON data (lists of ints, base64 strings), and the states
     of ``generators`` (e.g. :func:`data_generators`), which :func:`set_rng_state` restores."""
+    _check_generator_args(generators)
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
@@ -132,6 +143,15 @@ def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
     """Restore what :func:`get_rng_state` returned, ``generators`` (the same number, in the same
     order) included; a state without generators (a checkpoint of before them) leaves them as
     they are."""
+    _check_generator_args(generators)
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be the dict get_rng_state returned, got {type(state).__name__}")
+    missing = [k for k in ("python", "numpy", "torch") if k not in state]
+    if missing:  # (failed on a KeyError naming one key, after the generators' check)
+        raise ValueError(
+            f"the RNG state must hold 'python', 'numpy' and 'torch' (what get_rng_state returns), "
+            f"got keys {sorted(state)}"
+        )
     saved = state.get("generators", [])
     if saved and len(saved) != len(generators):  # checked first: a refused state changes nothing
         raise ValueError(

@@ -71,6 +71,16 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         generators: Iterable[torch.Generator] = (),
         **overrides: Any,
     ) -> None:
+        # (a dict failed in dataclasses' words "replace() should be called on dataclass instances",
+        # a model or a function of another type only at its first use)
+        if config is not None and not isinstance(config, TrainConfig):
+            got = type(config).__name__
+            raise TypeError(f"config must be a TrainConfig or None (or its fields as keywords), got {got}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        for name, fn in (("loss_fn", loss_fn), ("step_fn", step_fn)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
         self.config = cfg = replace(config or TrainConfig(), **overrides)
         if step_fn is not None and cfg.tbptt_k1 is not None:
             raise ValueError("tbptt_k1 splits batches for the default step; not with step_fn")

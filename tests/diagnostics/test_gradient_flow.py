@@ -372,3 +372,37 @@ def test_replay_in_training_with_dropout_and_zoneout_is_the_layer(cls, zoneout):
     want = m(x)
     for a, b in zip(_flat(want), _flat(got[:2])):
         torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("time_dim", [2, -1, 3, True])
+def test_readout_loss_time_dim_is_checked(time_dim):
+    """time_dim=3 of a (T, B, F) output failed on "tuple index out of range", -1 (the features) on a
+    matmul's "size mismatch" and True in select(); each is named now with the dimensions allowed."""
+    out = torch.randn(5, 3, 4)
+    match = rf"time_dim must be an integer in \[0, 2\) \(a dimension of the output \(5, 3, 4\) .* {time_dim}$"
+    with pytest.raises(ValueError, match=match):
+        readout_loss(out, "last", time_dim)
+
+
+def test_readout_loss_needs_an_output_with_time_and_features():
+    match = r"expected an output \(T, F\), \(T, B, F\) or \(B, T, F\), got shape \(4,\)"
+    with pytest.raises(ValueError, match=match):
+        readout_loss(torch.randn(4), "last", 0)
+
+
+@pytest.mark.parametrize(
+    "measure",
+    [
+        "gradient_flow",
+        "jacobian_spectrum",
+        "step_jacobians",
+        "activity",
+        "replay",
+    ],
+)
+def test_a_model_that_is_no_module_is_named(measure):
+    """gradient_flow(None, x) & co. failed on "'NoneType' object has no attribute 'parameters'"."""
+    import rnnkit.diagnostics as dg
+
+    with pytest.raises(TypeError, match=r"expected a torch.nn.Module \(.*\), got NoneType$"):
+        getattr(dg, measure)(None, torch.randn(5, 3, 4))

@@ -179,3 +179,32 @@ def test_plus_one_scores_the_summary_of_a_bidirectional_layer(bidirectional):
     out = model.rnn(x)[0]
     want = torch.cat([out[:, -1, :4], out[:, 0, 4:]], -1) if bidirectional else out[:, -1]
     torch.testing.assert_close(task_logits("plus_one", model, x, budget), model.head(want))
+
+
+@pytest.mark.parametrize(
+    "field, value", [("eval_every", 0), ("steps", 0), ("batch_size", 2.5), ("n_copy", True)]
+)
+def test_budget_counts_are_checked(field, value):
+    """eval_every=0 failed on "integer modulo by zero" in the first run, steps=0 trained nothing and
+    reported a horizon of 0, silently; each is named at construction now."""
+    with pytest.raises(ValueError, match=rf"Budget: {field} must be an int >= 1, got {value!r}$"):
+        Budget(**{field: value})
+
+
+def test_memory_horizon_names_variants_and_tasks_of_another_type():
+    """memory_horizon("lstm") read the letters as variants ("variant 'l': family must be one of"),
+    tasks="copy" as tasks 'c', 'o', ... and a variant of another type failed on "'int' object has no
+    attribute 'label'"."""
+    match = r"variants must be a sequence \(e.g. \['lstm'\]\), got the str 'lstm'$"
+    with pytest.raises(TypeError, match=match):
+        memory_horizon("lstm")
+    with pytest.raises(TypeError, match=r"tasks must be a sequence \(e.g. \['copy'\]\), got the str 'copy'"):
+        memory_horizon(["lstm"], "copy")
+    with pytest.raises(TypeError, match="variants must be Variant objects or specs \\('lstm'\\), got int"):
+        memory_horizon(["lstm", 3])
+
+
+def test_parse_variant_names_a_spec_that_is_no_str():
+    """parse_variant(None) failed on "'NoneType' object has no attribute 'split'"."""
+    with pytest.raises(TypeError, match=r"variant spec must be a str \(.*\), got NoneType$"):
+        parse_variant(None)

@@ -101,6 +101,16 @@ def test_numpy_ints_are_taken(fn, args):
         fn(True, *args[1:])
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32"])
+def test_adding_refuses_a_dtype_that_is_not_floating(dtype):
+    """dtype=torch.int64 truncated every U(0, 1) value and every target to 0, silently; a string
+    failed in .to() as an invalid device string."""
+    with pytest.raises(TypeError, match=rf"dtype must be a floating-point torch.dtype .*, got {dtype!r}$"):
+        synthetic.adding(2, 4, dtype=dtype)
+    x, y = synthetic.adding(2, 4, dtype=torch.float32)
+    assert x.dtype == y.dtype == torch.float32
+
+
 @pytest.mark.parametrize("p", [True, "0.5"])
 def test_plus_one_refuses_a_p_that_is_no_number(p):
     """True was taken as p=1 (every input a 1); a str failed comparing, naming no argument."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -105,7 +107,12 @@ def test_missing_or_wrong_masks_are_clear_errors():
     with pytest.raises(ValueError, match="masks were sampled for batch_size=3, but the input has 2"):
         cell(x, masks=cell.sample_masks(3))
     other = rnnkit.LSTMCell(3, 4, weight_drop=0.5)
-    with pytest.raises(ValueError, match="masks were not sampled by this cell"):
+    # (named neither what the cell expects nor what the masks hold: "its regularizer options differ")
+    expected = (
+        "masks were not sampled by this cell: its recurrent_dropout=0.5 / weight_drop=0.0 expect a recurrent "
+        "mask and no weight-drop masks, got no recurrent mask and weight-drop masks"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
         cell(x, masks=other.sample_masks(2))
     with pytest.raises(ValueError, match="batch_size must be a non-negative int, got -1"):
         cell.sample_masks(-1)

@@ -257,3 +257,22 @@ def test_an_optimizer_of_other_parameter_groups_is_refused_before_the_model_is_l
     with pytest.raises(ValueError, match=want):
         load_checkpoint(tmp_path, other, opt)
     assert all(torch.equal(a, b) for a, b in zip(before, other.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("step", [-1, 1.5, True])
+def test_save_checkpoint_step_must_be_a_non_negative_int(tmp_path, step):
+    """step=-1 wrote step--00000001, which list_checkpoints skips (the checkpoint was lost, silently),
+    1.5 failed in the directory name's format ("Unknown format code 'd'"), True was saved as step 1."""
+    with pytest.raises(ValueError, match=f"step must be an int >= 0, got {step!r}$"):
+        save_checkpoint(tmp_path, TinyLM(), step=step)
+    assert not list(tmp_path.iterdir())
+
+
+def test_save_and_load_checkpoint_name_a_model_that_is_no_module(tmp_path):
+    """save_checkpoint(root, None, ...) and load_checkpoint(root, 3) failed on "... object has no
+    attribute 'state_dict'"."""
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got NoneType"):
+        save_checkpoint(tmp_path, None, step=1)
+    save_checkpoint(tmp_path, TinyLM(), step=1)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got int"):
+        load_checkpoint(tmp_path, 3)

@@ -1,10 +1,12 @@
 """bptt_batches (language-model windows, their seeds and shards) and BucketBatchSampler."""
 
+import re
+
 import pytest
 import torch
 
 from rnnkit.data import BucketBatchSampler, bptt_batches
-from rnnkit.data.batching import epoch_seed
+from rnnkit.data.batching import epoch_seed, make_streams
 
 
 def test_issue_example_batch_first():
@@ -282,3 +284,19 @@ def test_variable_length_p_that_is_no_probability_is_refused(p):
     """p=True was taken as 1 (every window of the base length); a str failed comparing."""
     with pytest.raises(ValueError, match=rf"p must be a number in \[0, 1\], got {p!r}"):
         bptt_batches(torch.arange(100), 2, 10, variable_length=True, p=p)
+
+
+@pytest.mark.parametrize("data, got", [(None, "NoneType (Could not infer"), ("abc", "str (new(): ")])
+def test_data_that_is_no_tokens_is_named(data, got):
+    """make_streams(None) and bptt_batches(None, ...) failed in torch's words "Could not infer dtype
+    of NoneType", naming no argument."""
+    with pytest.raises(ValueError, match=re.escape(f"data must be a 1-D tensor of tokens, got {got}")):
+        make_streams(data, 2)
+    with pytest.raises(ValueError, match=re.escape(f"data must be a 1-D tensor of tokens, got {got}")):
+        bptt_batches(data, 2, 3)
+
+
+def test_bucket_sampler_names_lengths_that_are_no_sequence():
+    """BucketBatchSampler(None, 2) failed on "object of type 'NoneType' has no len()"."""
+    with pytest.raises(TypeError, match=r"lengths must be a sequence of ints \(.*\), got NoneType$"):
+        BucketBatchSampler(None, 2)

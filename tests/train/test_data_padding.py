@@ -182,3 +182,11 @@ def test_pad_collate_one_element_item_is_an_error():
     # unambiguous forms are unchanged: one number is a sequence of length 1, a (1, F) tensor one step
     assert pad_collate([(5,), [7]]).inputs.tolist() == [[5, 7]]
     assert pad_collate([torch.tensor([[1.0, 2.0, 3.0]])]).inputs.shape == (1, 1, 3)
+
+
+def test_pad_collate_names_items_that_are_no_list():
+    """pad_collate(None) failed on "object of type 'NoneType' has no len()", naming no argument."""
+    with pytest.raises(TypeError, match="items must be a list of sequences or .* pairs, got NoneType$"):
+        pad_collate(None)
+    with pytest.raises(ValueError, match="cannot collate an empty batch"):
+        PadCollate()([])

@@ -22,6 +22,12 @@ def test_apply_before_the_trigger_keeps_the_weights():
         assert torch.equal(p, b)
 
 
+def test_model_must_be_a_module():
+    """NTASGD(None) failed on "'NoneType' object has no attribute 'parameters'"."""
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got NoneType"):
+        NTASGD(None)
+
+
 @pytest.mark.parametrize("bad", [0, 2.5, "5", True, None])
 def test_nonmono_must_be_a_positive_int(bad):
     """A float or a str was taken and failed at a later validation, mid-run ("slice indices must be

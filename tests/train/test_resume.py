@@ -113,6 +113,50 @@ def test_trainer_generators_must_be_generators(bad):
         Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), generators=bad)
 
 
+@pytest.mark.parametrize("bad", [3, torch.zeros(5056, dtype=torch.uint8)])
+def test_rng_state_generators_must_be_generators(bad):
+    """get_rng_state(3) failed on "'int' object has no attribute 'get_state'", and set_rng_state
+    on set_state after it had restored the global RNGs; a state tensor is named, not printed."""
+    g = torch.Generator().manual_seed(3)
+    state = get_rng_state(g)
+    msg = f"generators must be torch.Generator objects, got {type(bad).__name__} as generator"
+    with pytest.raises(TypeError, match=f"{msg} 1$"):
+        get_rng_state(g, bad)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with pytest.raises(TypeError, match=f"{msg} 0$"):
+        set_rng_state(state, bad)
+    assert torch.equal(torch.get_rng_state(), before)  # refused before anything was restored
+
+
+def test_set_rng_state_names_a_state_that_is_not_one():
+    """set_rng_state(None) failed on "'NoneType' object has no attribute 'get'" and a state
+    without the global RNGs' on a bare KeyError: 'python'."""
+    with pytest.raises(TypeError, match="state must be the dict get_rng_state returned, got NoneType"):
+        set_rng_state(None)
+    with pytest.raises(ValueError, match=r"hold 'python', 'numpy' and 'torch' .* got keys \['generators'\]"):
+        set_rng_state({"generators": []})
+
+
+@pytest.mark.parametrize(
+    "args, kw, match",
+    [
+        ((None,), {}, "model must be a torch.nn.Module, got NoneType"),
+        ((TinyLM(), {"max_steps": 2}), {}, r"config must be a TrainConfig or None \(.*\), got dict"),
+        ((TinyLM(),), {"loss_fn": "cross_entropy"}, "loss_fn must be callable, got str"),
+        ((TinyLM(),), {"step_fn": 3}, "step_fn must be callable, got int"),
+    ],
+)
+def test_trainer_arguments_of_another_type_are_named(args, kw, match):
+    """A dict config failed in dataclasses' words ("replace() should be called on dataclass
+    instances"), a None model on a missing attribute, a loss_fn or step_fn that is no function
+    only at the first step ("'str' object is not callable")."""
+    model, *rest = args
+    opt = torch.optim.SGD(TinyLM().parameters(), lr=0.1)
+    with pytest.raises(TypeError, match=match):
+        Trainer(model, opt, *rest, **kw)
+
+
 def test_rng_state_with_generators_needs_as_many_to_restore():
     g = torch.Generator().manual_seed(3)
     state = get_rng_state(g)

@@ -145,3 +145,18 @@ def test_autoregressive_unroll_asks_the_sampler_at_the_training_step():
     targets = torch.zeros(4, 2, dtype=torch.long)
     autoregressive_unroll(step_fn, torch.zeros(2, dtype=torch.long), targets, sampler=sampler, step=7)
     assert asked == [7, 7, 7]  # one choice per input after the first
+
+
+def test_autoregressive_unroll_checks_its_arguments_types():
+    """batch_first='no' (true) swapped time and batch where the shapes allowed it, silently; a
+    None first_input or targets failed on a missing attribute."""
+    def step_fn(x, h):
+        return torch.zeros(3, 5), h
+
+    bos, targets = torch.zeros(3, dtype=torch.long), torch.zeros(3, 3, dtype=torch.long)
+    with pytest.raises(TypeError, match="batch_first should be of type bool, got: str"):
+        autoregressive_unroll(step_fn, bos, targets, batch_first="no")
+    with pytest.raises(TypeError, match="targets must be a torch.Tensor, got NoneType"):
+        autoregressive_unroll(step_fn, bos, None)
+    with pytest.raises(TypeError, match="first_input must be a torch.Tensor, got list"):
+        autoregressive_unroll(step_fn, [0, 0, 0], targets)
