@@ -250,6 +250,11 @@ def test_batched_backward_as_torch_nn(family, packed, impl, dtype):
     [("LSTM", {"norm": "layer"}), ("LSTM", {"coupled_gates": True}), ("GRU", {"variant": "mut1"})],
 )
 def test_batched_backward_through_option_kernels_names_the_way_out(family, kw):
+    """The compiled kernels' ops have no batching rule: the error says impl='loop'. (Without the
+    extension the pure-PyTorch kernels of some options batch, and there is nothing to refuse.)"""
+    from tests.fused.test_fused_kernels import require_ext
+
+    require_ext()
     m = getattr(rnnkit, family)(3, 4, **kw)
     x = torch.randn(5, 2, 3)
     with pytest.raises(RuntimeError, match="no batching rule.*impl='loop'"):

@@ -158,6 +158,7 @@ def _forward_ad(m, x, **kw):
 @pytest.mark.parametrize("call", TRANSFORM_CALLS)
 @pytest.mark.parametrize("name", ["mingru", "minlstm_log", "qrnn", "lru"])
 @pytest.mark.filterwarnings("ignore:There is a performance drop")  # vmap's fallback for packing
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual
 def test_lengths_and_packed_input_under_transforms_say_why(name, call):
     """torch's pack_padded_sequence / pad_packed_sequence support neither forward AD nor the
     torch.func transforms: a padded or packed batch failed there in torch's words ("Cannot
