@@ -251,9 +251,12 @@ def memory_horizon(
     for name, seq, example in (("variants", variants, "['lstm']"), ("tasks", tasks, "['copy']")):
         if isinstance(seq, str):
             raise TypeError(f"{name} must be a sequence (e.g. {example}), got the str {seq!r}")
-    for v in variants:
-        if not isinstance(v, (str, Variant)):  # (else "'int' object has no attribute 'label'")
-            raise TypeError(f"variants must be Variant objects or specs ('lstm'), got {type(v).__name__}")
+    for v in variants:  # a Variant's shape (label, build): the memory study passes its own
+        if not isinstance(v, str) and not (hasattr(v, "label") and callable(getattr(v, "build", None))):
+            raise TypeError(  # (else "'int' object has no attribute 'label'")
+                f"variants must be Variant objects (a label and a build(input_size, hidden_size)) or "
+                f"specs ('lstm'), got {type(v).__name__}"
+            )
     vs = [parse_variant(v) if isinstance(v, str) else v for v in variants]
     check_labels(vs)
     for t in tasks:

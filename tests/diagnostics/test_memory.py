@@ -200,7 +200,7 @@ def test_memory_horizon_names_variants_and_tasks_of_another_type():
         memory_horizon("lstm")
     with pytest.raises(TypeError, match=r"tasks must be a sequence \(e.g. \['copy'\]\), got the str 'copy'"):
         memory_horizon(["lstm"], "copy")
-    with pytest.raises(TypeError, match="variants must be Variant objects or specs \\('lstm'\\), got int"):
+    with pytest.raises(TypeError, match=r"variants must be Variant objects \(a label and a build.*got int"):
         memory_horizon(["lstm", 3])
 
 
