@@ -265,48 +265,7 @@ class StepCell(nn.Module):
         p = self.params(dtype)  # dtype: the parameters' (None: unchecked, under autocast)
         if not self.training or not (self.recurrent_dropout or self.weight_drop):
             return p, None
-        if not isinstance(masks, StepMasks):
-            _checks.fail(
-                f"{type(self).__name__} with recurrent_dropout={self.recurrent_dropout} / weight_drop="
-                f"{self.weight_drop} needs per-sequence masks in training: call masks = "
-                f"cell.sample_masks({batch}) once per sequence and pass masks=masks at every step "
-                f"(got masks={type(masks).__name__})"
-            )
-        if masks.batch_size != batch:
-            _checks.fail(f"masks were sampled for batch_size={masks.batch_size}, but the input has {batch}")
-        if (self.recurrent_dropout > 0) != (masks.recurrent is not None) or (self.weight_drop > 0) != bool(
-            masks.weights
-        ):
-            pairs = [
-                (self.recurrent_dropout > 0, self.weight_drop > 0),  # what the cell expects
-                (masks.recurrent is not None, bool(masks.weights)),  # what the masks hold
-            ]
-            expect, hold = (
-                f"{'a' if r else 'no'} recurrent mask and {'' if w else 'no '}weight-drop masks"
-                for r, w in pairs
-            )
-            _checks.fail(
-                f"masks were not sampled by this cell: its recurrent_dropout={self.recurrent_dropout} / "
-                f"weight_drop={self.weight_drop} expect {expect}, got {hold}"
-            )
-        # another cell's masks (other sizes or dtype) failed inside the step, or broadcast silently:
-        # a recurrent mask (B, 1) over (B, H)
-        shapes = {n: tuple(w.shape) for n, w in p.items() if self.weight_drop and n.startswith("weight_hh")}
-        if set(masks.weights) != set(shapes):
-            got = sorted(masks.weights)
-            _checks.fail(
-                f"masks were not sampled by this cell: expected masks of {sorted(shapes)}, got {got}"
-            )
-        given = [(f"{n} mask", masks.weights[n], shapes[n]) for n in shapes]
-        if masks.recurrent is not None:
-            given.append(("recurrent mask", masks.recurrent, (batch, self.cell.state_sizes()[0])))
-        for what, m, shape in given:
-            if tuple(m.shape) != shape:
-                got = tuple(m.shape)
-                _checks.fail(
-                    f"masks were not sampled by this cell: expected a {what} of shape {shape}, got {got}"
-                )
-            _checks.check_like(m, reference(self, "weight_ih"), what)
+        regularizers.check_step_masks(self, masks, p, batch)
         p = {n: w * masks.weights[n] if n in masks.weights else w for n, w in p.items()}
         return p, masks.recurrent
 

@@ -30,12 +30,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from . import _checks
+from ._nn_compat import reference
 from .kernels import rng
 from .options import ProbOption, check_prob, zoneout_probs  # noqa: F401 - regularizers.check_prob/zoneout_probs
 
@@ -311,3 +314,50 @@ class StepMasks:
     batch_size: int
     recurrent: Tensor | None = None
     weights: dict[str, Tensor] = field(default_factory=dict)
+
+
+def check_step_masks(cell: Any, masks: object, p: dict[str, Tensor], batch: int) -> None:
+    """A :class:`~rnnkit.modules.StepCell` in training with recurrent dropout or weight-drop: that
+    ``masks`` is a :class:`StepMasks` the cell sampled (:meth:`sample_masks`) for this ``batch``;
+    ``p`` are the cell's parameters by name. Another cell's masks (other sizes or dtype) failed
+    inside the step, or broadcast silently: a recurrent mask (B, 1) over (B, H)."""
+    if not isinstance(masks, StepMasks):
+        _checks.fail(
+            f"{type(cell).__name__} with recurrent_dropout={cell.recurrent_dropout} / weight_drop="
+            f"{cell.weight_drop} needs per-sequence masks in training: call masks = "
+            f"cell.sample_masks({batch}) once per sequence and pass masks=masks at every step "
+            f"(got masks={type(masks).__name__})"
+        )
+    if masks.batch_size != batch:
+        _checks.fail(f"masks were sampled for batch_size={masks.batch_size}, but the input has {batch}")
+    if (cell.recurrent_dropout > 0) != (masks.recurrent is not None) or (cell.weight_drop > 0) != bool(
+        masks.weights
+    ):
+        pairs = [
+            (cell.recurrent_dropout > 0, cell.weight_drop > 0),  # what the cell expects
+            (masks.recurrent is not None, bool(masks.weights)),  # what the masks hold
+        ]
+        expect, hold = (
+            f"{'a' if r else 'no'} recurrent mask and {'' if w else 'no '}weight-drop masks"
+            for r, w in pairs
+        )
+        _checks.fail(
+            f"masks were not sampled by this cell: its recurrent_dropout={cell.recurrent_dropout} / "
+            f"weight_drop={cell.weight_drop} expect {expect}, got {hold}"
+        )
+    shapes = {n: tuple(w.shape) for n, w in p.items() if cell.weight_drop and n.startswith("weight_hh")}
+    if set(masks.weights) != set(shapes):
+        got = sorted(masks.weights)
+        _checks.fail(
+            f"masks were not sampled by this cell: expected masks of {sorted(shapes)}, got {got}"
+        )
+    given = [(f"{n} mask", masks.weights[n], shapes[n]) for n in shapes]
+    if masks.recurrent is not None:
+        given.append(("recurrent mask", masks.recurrent, (batch, cell.cell.state_sizes()[0])))
+    for what, m, shape in given:
+        if tuple(m.shape) != shape:
+            got = tuple(m.shape)
+            _checks.fail(
+                f"masks were not sampled by this cell: expected a {what} of shape {shape}, got {got}"
+            )
+        _checks.check_like(m, reference(cell, "weight_ih"), what)

@@ -117,11 +117,13 @@ def test_step_cell_and_stack_need_an_rnnkit_cell(cell):
 def test_lengths_that_are_no_numbers_are_named(lengths, got):
     """lengths='abc' failed in torch's words "new(): invalid data type 'str'", [5, None, 2] on "Could
     not infer dtype of NoneType": neither named the argument."""
+    from rnnkit.data import length_mask
+
     expected = "lengths must be a tensor or a sequence of ints (one per sequence), got "
     with pytest.raises(ValueError, match=re.escape(expected + got)):
         rnnkit.LSTM(3, 4)(torch.randn(5, 3, 3), lengths=lengths)
     with pytest.raises(ValueError, match=re.escape(expected + got)):
-        rnnkit.data.length_mask(lengths)
+        length_mask(lengths)
 
 
 def test_proj_size_true_is_refused_naming_it():

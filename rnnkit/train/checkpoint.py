@@ -102,10 +102,13 @@ def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def stale_latest(root: str | os.PathLike) -> str:
+def stale_latest(root: str | os.PathLike | None) -> str:
     """A note for a "no checkpoint" message when ``root/latest`` names a step that is gone or
-    incomplete (deleted or rotated out by hand, a copied half directory), else ``""``: the
-    pointer says a run was there, so "no checkpoint" alone would read as a mistyped path."""
+    incomplete (deleted or rotated out by hand, a copied half directory), else ``""`` (also for
+    no ``root``): the pointer says a run was there, so "no checkpoint" alone would read as a
+    mistyped path."""
+    if root is None:
+        return ""
     pointer = Path(root) / "latest"
     if not pointer.is_file():
         return ""

@@ -250,3 +250,17 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def check_trainer_arguments(config: Any, model: Any, loss_fn: Any, step_fn: Any) -> None:
+    """:class:`~rnnkit.train.Trainer`'s arguments of another type, named at construction: a dict
+    as ``config`` failed in dataclasses' words ("replace() should be called on dataclass
+    instances"), a model or a function of another type only at its first use."""
+    if config is not None and not isinstance(config, TrainConfig):
+        got = type(config).__name__
+        raise TypeError(f"config must be a TrainConfig or None (or its fields as keywords), got {got}")
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, fn in (("loss_fn", loss_fn), ("step_fn", step_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rnnkit.train import distributed as dist
 from rnnkit.train.callbacks import Callback, default_callbacks
 from rnnkit.train.checkpoint import latest_checkpoint, stale_latest
-from rnnkit.train.config import TrainConfig
+from rnnkit.train.config import TrainConfig, check_trainer_arguments
 from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.historylog import HistoryLog
 from rnnkit.train.hooks import end_callbacks
@@ -71,16 +71,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         generators: Iterable[torch.Generator] = (),
         **overrides: Any,
     ) -> None:
-        # (a dict failed in dataclasses' words "replace() should be called on dataclass instances",
-        # a model or a function of another type only at its first use)
-        if config is not None and not isinstance(config, TrainConfig):
-            got = type(config).__name__
-            raise TypeError(f"config must be a TrainConfig or None (or its fields as keywords), got {got}")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        for name, fn in (("loss_fn", loss_fn), ("step_fn", step_fn)):
-            if fn is not None and not callable(fn):
-                raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+        check_trainer_arguments(config, model, loss_fn, step_fn)
         self.config = cfg = replace(config or TrainConfig(), **overrides)
         if step_fn is not None and cfg.tbptt_k1 is not None:
             raise ValueError("tbptt_k1 splits batches for the default step; not with step_fn")
@@ -233,9 +224,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if auto and self.checkpoint_dir and latest_checkpoint(self.checkpoint_dir):
             self.load(self.checkpoint_dir)
         elif auto and self.is_main:  # a first run, or a mistyped out_dir: say which
-            stale = stale_latest(self.checkpoint_dir) if self.checkpoint_dir else ""
-            where = self.checkpoint_dir
-            log.warning("resume=True: no checkpoint in %s%s; training from the start", where, stale)
+            d = self.checkpoint_dir
+            log.warning("resume=True: no checkpoint in %s%s; training from the start", d, stale_latest(d))
         if not auto and self._resume is not None:  # trainer.load(ckpt): out_dir's latest is ckpt
             self._name_loaded_latest()
         if self._resume is not None and self.is_main and not elsewhere:  # best/ is not of a later step
