@@ -100,23 +100,36 @@ def test_compile_fullgraph_matches_eager_loop(monkeypatch):
     assert_same_outputs_and_gradients(compiled, y, ref, ref(x))
 
 
-def test_export_graph_holds_the_custom_op():
-    """torch.export of a GRU model: one ``rnnkit.fused_direction`` node per direction."""
+EXPORTED = [
+    (rnnkit.GRU, {"num_layers": 2, "bidirectional": True}, "fused_direction", 4),
+    (rnnkit.LSTM, {"proj_size": 2, "peephole": True}, "fused_direction", 1),
+    (rnnkit.RNN, {"nonlinearity": "relu", "bidirectional": True}, "fused_direction", 2),
+    (rnnkit.LSTM, {"norm": "layer", "peephole": True, "bidirectional": True}, "fused_norm_direction", 2),
+    (rnnkit.LSTM, {"norm": "batch", "max_len": 6}, "fused_norm_direction", 1),
+    (rnnkit.LSTM, {"full_gate_recurrence": True, "coupled_gates": True}, "fused_variant_direction", 1),
+    (rnnkit.GRU, {"variant": "mut2"}, "fused_variant_direction", 1),
+]
+
+
+@pytest.mark.parametrize("cls,kw,op,count", EXPORTED)
+def test_export_graph_holds_the_custom_op(cls, kw, op, count):
+    """torch.export of a model (evaluation): one ``rnnkit.<op>`` node per layer-direction, and
+    the exported program gives the reference loop's numbers."""
 
     class Model(torch.nn.Module):
         def __init__(self, impl):
             super().__init__()
             torch.manual_seed(0)
-            self.rnn = rnnkit.GRU(3, 5, 2, bidirectional=True, impl=impl)
+            self.rnn = cls(3, 5, impl=impl, **kw)
 
         def forward(self, x):
             out, h = self.rnn(x)
-            return out.sum(0) + h.sum()
+            return out.sum(0) + sum(t.sum() for t in (h if isinstance(h, tuple) else (h,)))
 
     x = torch.randn(6, 4, 3)
     ep = torch.export.export(Model("auto").eval(), (x,))
-    nodes = [n for n in ep.graph.nodes if "rnnkit.fused_direction" in str(n.target)]
-    assert len(nodes) == 4
+    nodes = [n for n in ep.graph.nodes if f"rnnkit.{op}." in str(n.target)]
+    assert len(nodes) == count
     torch.testing.assert_close(ep.module()(x), Model("loop").eval()(x), atol=1e-10, rtol=1e-10)
 
 
