@@ -220,12 +220,23 @@ def test_qrnn_step_state_is_checked_against_the_input_batch():
 # torch's dynamo instantiates autograd.Function classes itself and trips its own deprecation
 # minLSTM's hand-written backward wrote sigmoid(out=) into chunks of its gradient: dynamo refused it
 @pytest.mark.filterwarnings("ignore:.*should not be instantiated:DeprecationWarning")
-@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+@pytest.mark.parametrize("name", ["mingru", "minlstm", "minlstm_log", "qrnn", "lru"])
 def test_compile_fullgraph(name):
     m = make(name, num_layers=2)
     x = torch.randn(5, 2, 3, requires_grad=True)
     f = torch.compile(lambda x: m(x)[0].square().sum(), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(torch.autograd.grad(f(x), x), torch.autograd.grad(m(x)[0].square().sum(), x))
+
+
+@pytest.mark.parametrize("name,scans", [("mingru", 2), ("minlstm_log", 0), ("qrnn_w1", 1), ("lru", 2)])
+def test_export(name, scans):
+    """torch.export: the ``rnnkit.linear_scan`` custom op in the graph (one per layer-direction;
+    the log-space layers scan with their own ops), the eager numbers."""
+    m = make(name, bidirectional=name in ("mingru", "lru")).eval()
+    x = torch.randn(5, 2, 3)
+    ep = torch.export.export(m, (x,))
+    assert sum("rnnkit.linear_scan." in str(n.target) for n in ep.graph.nodes) == scans
+    _close_all(flat(ep.module()(x)), flat(m(x)))
 
 
 def test_clear_errors():
