@@ -64,14 +64,16 @@ def test_opcheck_forward(name, reverse):
     torch.library.opcheck(ops.fused_direction, (*_case(name), BS, reverse))
 
 
-def test_opcheck_backward():
+@pytest.mark.parametrize("name", ["lstm_proj_peephole_zoneout_mask", "gru", "rnn_tanh_zoneout"])
+def test_opcheck_backward(name):
     torch.manual_seed(0)
-    args = _case("lstm_proj_peephole_zoneout_mask")
+    args = _case(name)
     kind, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, w_peep = args
     res = ops.fused_direction(*args, BS, True)
     out, saved = res[0].detach(), [s.detach() for s in res[3:]]
-    g = (torch.randn_like(out), torch.randn(h0.shape), torch.randn(c0.shape))
-    bw = (kind, *g, out, saved, w_hh.detach(), False, w_hr.detach(), mask, zh, zc, w_peep.detach(), BS, True)
+    g = (torch.randn_like(out), torch.randn(h0.shape), None if c0 is None else torch.randn(c0.shape))
+    d = [None if t is None else t.detach() for t in (w_hh, w_hr, w_peep)]
+    bw = (kind, *g, out, saved, d[0], b_hh is not None, d[1], mask, zh, zc, d[2], BS, True)
     torch.library.opcheck(ops.fused_direction_backward, bw)
 
 

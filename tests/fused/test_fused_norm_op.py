@@ -55,34 +55,23 @@ def test_opcheck_peephole(kind, mode, reverse):
     torch.library.opcheck(norm_ops.fused_norm_direction, (*_op_args(kind, mode, peep=True), BS, reverse))
 
 
-@pytest.mark.parametrize("peep", [False, True])
-def test_opcheck_backward(peep):
+@pytest.mark.parametrize(
+    "kind,mode,peep",
+    [("lstm", 2, False), ("lstm", 2, True), ("lstm", 3, True), ("gru", 1, False), ("rnn_relu", 3, False)],
+)
+def test_opcheck_backward(kind, mode, peep):
     torch.manual_seed(0)
-    args = _op_args("lstm", 2, grad=False, peep=peep)
+    args = _op_args(kind, mode, grad=False, peep=peep)
     res = norm_ops.fused_norm_direction(*args, BS, True)
     out, saved = res[0], list(res[7:])
     kind, mode, xp, h0, c0, w_hh, b_hh, w_hr, mask, zh, zc, g_hh, s_hh, g_c, s_c, st_hh, st_c, w_peep = args
-    g = (torch.randn_like(out), torch.randn(h0.shape), torch.randn(c0.shape))
-    bw = (
-        kind,
-        mode,
-        *g,
-        out,
-        saved,
-        w_hh,
-        False,
-        w_hr,
-        mask,
-        zh,
-        zc,
-        g_hh,
-        False,
-        g_c,
-        True,
-        st_hh,
-        st_c,
-        w_peep,
+    g = (
+        torch.randn_like(out),
+        torch.randn(h0.shape),
+        out.new_empty(0) if c0 is None else torch.randn(c0.shape),
     )
+    bw = (kind, mode, *g, out, saved, w_hh, b_hh is not None, w_hr, mask, zh, zc, g_hh, s_hh is not None, g_c)
+    bw += (s_c is not None, st_hh, st_c, w_peep)
     bw += (BS, True)
     torch.library.opcheck(norm_ops.fused_norm_direction_backward, bw)
 

@@ -90,6 +90,11 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.rnnkit.linear_scan.default, (a, b, None, 1, True))
     ac, bc, sc = _inputs((6, 2, 3), torch.complex128, True, 0)
     torch.library.opcheck(torch.ops.rnnkit.linear_scan.default, (ac, bc, sc, 0, True))
+    for x, y, z, dim, rev in ((a, b, s, 0, False), (a, b, None, 1, True), (ac, bc, sc, 0, True)):
+        h0 = None if z is None else z.detach()
+        args = (x.detach(), torch.ops.rnnkit.linear_scan(x, y, z, dim, rev).detach(), h0, dim, rev)
+        g = torch.randn_like(args[1])
+        torch.library.opcheck(torch.ops.rnnkit.linear_scan_backward.default, (g, *args))
 
 
 def test_torch_compile_fullgraph():
