@@ -238,13 +238,16 @@ def _shift(x: Tensor, first: Tensor | None, reverse: bool) -> Tensor:
 
 def _py_bwd(grad: Tensor, a: Tensor, h: Tensor, h0: Tensor | None, reverse: bool, impl: str):
     """Backward of the pure-PyTorch paths: a reverse scan, then elementwise products."""
-    ac = a.conj() if a.is_complex() else a
+    # conj() resolved: a lazy conjugate view reaches the loop's writes and cat unconjugated
+    # when the op runs from a torch.compile / AOT graph (wrong gradients there, not in eager)
+    ac = a.conj().resolve_conj() if a.is_complex() else a
     fwd = _FWD[impl]
     # g_t = grad_t + conj(a_next) g_next: a scan in the opposite order with a shifted by one
     a_next = _shift(ac, None, not reverse)
     g = fwd(a_next, grad, None, not reverse)
-    hc = h.conj() if h.is_complex() else h
-    h_prev = _shift(hc, None if h0 is None else (h0.conj() if h0.is_complex() else h0), reverse)
+    hc = h.conj().resolve_conj() if h.is_complex() else h
+    h0c = None if h0 is None else (h0.conj().resolve_conj() if h0.is_complex() else h0)
+    h_prev = _shift(hc, h0c, reverse)
     da = g * h_prev
     first = -1 if reverse else 0
     dh0 = ac[first] * g[first]
