@@ -154,6 +154,9 @@ REGULARIZED = [
     (rnnkit.LSTM, {"full_gate_recurrence": True, "zoneout": 0.2, "recurrent_dropout": 0.3}),
     (rnnkit.GRU, {"variant": "mut1", "zoneout": 0.2, "recurrent_dropout": 0.2, "weight_drop": 0.2}),
     (rnnkit.RNN, {"norm": "layer", "zoneout": 0.3, "num_layers": 2, "locked_dropout": 0.3}),
+    (rnnkit.LSTM, {"proj_size": 2, "peephole": True, "bidirectional": True, "zoneout": 0.2,
+                   "weight_drop": 0.3}),
+    (rnnkit.GRU, {"norm": "layer", "bidirectional": True, "zoneout": 0.2, "recurrent_dropout": 0.2}),
 ]  # fmt: skip
 
 
