@@ -275,10 +275,7 @@ def _check_trained_range(sources: list[list[str]], max_number: int | None) -> No
     for i, src in enumerate(sources, 1):
         digits = "".join(src)
         if digits.isdecimal() and digits.isascii() and int(digits) >= max_number:
-            raise ValueError(
-                f"input {i}: {digits} is outside the numbers the model was trained on, "
-                f"[0, {max_number}) (its --max-number)"
-            )
+            raise _outside(i, digits, max_number)
 
 
 def _check_number_words(sources: list[list[str]], src_vocab: list[str], max_number: int | None) -> None:
@@ -299,10 +296,15 @@ def _check_number_words(sources: list[list[str]], src_vocab: list[str], max_numb
                 f"{' '.join(number_to_words(2041))!r})"
             )
         if max_number is not None and n >= max_number:
-            raise ValueError(
-                f"input {i}: {text!r} ({n}) is outside the numbers the model was trained on, "
-                f"[0, {max_number}) (its --max-number)"
-            )
+            raise _outside(i, f"{text!r} ({n})", max_number)
+
+
+def _outside(i: int, shown: str, max_number: int) -> ValueError:
+    """The error of input ``i`` (``shown`` as the user wrote it) at or above the trained range."""
+    return ValueError(
+        f"input {i}: {shown} is outside the numbers the model was trained on, [0, {max_number}) "
+        "(its --max-number)"
+    )
 
 
 _TASKS = {"forecast": _forecast, "classify": _classify, "tag": _tag, "seq2seq": _seq2seq}

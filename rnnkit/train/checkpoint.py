@@ -90,14 +90,18 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _latest_name(root: Path) -> str | None:
+    """The step directory's name that the pointer file ``root/latest`` holds, or ``None``."""
+    pointer = root / "latest"
+    return pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+
+
 def latest_checkpoint(root: str | os.PathLike) -> Path | None:
     """The checkpoint named by ``root/latest``, else the highest step, else ``None``."""
     root = Path(root)
-    pointer = root / "latest"
-    if pointer.is_file():
-        candidate = root / pointer.read_text(encoding="utf-8").strip()
-        if (candidate / "state.json").is_file():
-            return candidate
+    named = _latest_name(root)
+    if named is not None and (root / named / "state.json").is_file():
+        return root / named
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
 
@@ -107,14 +111,10 @@ def stale_latest(root: str | os.PathLike | None) -> str:
     incomplete (deleted or rotated out by hand, a copied half directory), else ``""`` (also for
     no ``root``): the pointer says a run was there, so "no checkpoint" alone would read as a
     mistyped path."""
-    if root is None:
+    named = None if root is None else _latest_name(Path(root))
+    if named is None or (Path(root) / named / "state.json").is_file():
         return ""
     pointer = Path(root) / "latest"
-    if not pointer.is_file():
-        return ""
-    named = pointer.read_text(encoding="utf-8").strip()
-    if (Path(root) / named / "state.json").is_file():
-        return ""
     return f"; {pointer} is stale: it names {named!r}, which is gone or incomplete (no {named}/state.json)"
 
 
@@ -122,12 +122,11 @@ def _warn_skipped_latest(root: Path, found: Path) -> None:
     """Log a warning when ``root/latest`` names a step other than ``found``, the checkpoint that
     :func:`latest_checkpoint` fell back to: the named one is incomplete (its ``state.json`` deleted
     by hand), and a resume silently went back to an earlier step."""
-    pointer = root / "latest"
-    named = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else found.name
-    if named != found.name:
+    named = _latest_name(root)
+    if named is not None and named != found.name:
         log.warning(
             "%s names %s, which is not a complete checkpoint (no %s); loading %s instead",
-            pointer, named, root / named / "state.json", found.name,
+            root / "latest", named, root / named / "state.json", found.name,
         )  # fmt: skip
 
 
@@ -142,8 +141,7 @@ def sweep_temporaries(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    pointer = root / "latest"
-    latest = pointer.read_text(encoding="utf-8").strip() if pointer.is_file() else None
+    latest = _latest_name(root)
     for trash in root.glob(".old-step-*"):
         # killed between a re-save's two renames: the old copy is in the trash and the new one
         # still a temporary; the old one is complete, so it goes back rather than out. A
