@@ -96,23 +96,25 @@ def _check_padding(value: float, dtype: torch.dtype, what: str, name: str) -> No
         )
 
 
-def _is_pair(item: Any) -> bool:
-    """A ``(sequence, target)`` pair: a tuple or list of two elements whose first is not a number
-    (a list of numbers, such as token ids, is a sequence, as ``torch.as_tensor`` reads it)."""
-    if not isinstance(item, (tuple, list)) or len(item) != 2:
+def _leads_with_non_number(item: Any, n: int) -> bool:
+    """A tuple or list of ``n`` elements whose first is not a number (a list of numbers, such as
+    token ids, is a sequence, as ``torch.as_tensor`` reads it)."""
+    if not isinstance(item, (tuple, list)) or len(item) != n:
         return False
     first = item[0]
     return not (isinstance(first, numbers.Number) or getattr(first, "shape", None) == ())
+
+
+def _is_pair(item: Any) -> bool:
+    """A ``(sequence, target)`` pair: a tuple or list of two elements whose first is not a number."""
+    return _leads_with_non_number(item, 2)
 
 
 def _is_one_tuple(item: Any) -> bool:
     """A tuple or list of one element that is not a number: a ``(sequence,)`` item without a
     target (as ``TensorDataset`` gives) or a sequence of one step of features? Neither reading is
     documented, and ``torch.as_tensor`` took a list for one step and failed on a tensor."""
-    if not isinstance(item, (tuple, list)) or len(item) != 1:
-        return False
-    first = item[0]
-    return not (isinstance(first, numbers.Number) or getattr(first, "shape", None) == ())
+    return _leads_with_non_number(item, 1)
 
 
 def _form(item: Any) -> str:
