@@ -95,7 +95,6 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
     out = Path(out)
     if why := not_a_directory(out):  # (mkdir's "[Errno 17] File exists" or "[Errno 20]" named no flag)
         raise SettingError(f"--out {out} {why}; use another --out")  # usage
-    out.mkdir(parents=True, exist_ok=True)
     meta_path = out / "study.json"
     meta = read_json(meta_path) if meta_path.exists() else None
     if meta is None and read_records(out):
@@ -166,6 +165,9 @@ def run_study(name: str, out: str | os.PathLike, *, budget_minutes: float | None
                 costs = calibrate(study, s, arch_list)
             steps = steps_for_budget(costs, K, budget * 60, parallel, s.get("n_evals", 10),
                                      s.get("min_steps", 1), s.get("max_steps", 10**9))  # fmt: skip
+    # made only now: a study refused before (bad --set params, a failed calibration) leaves no
+    # empty --out behind
+    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         save_json(meta_path, {"study": name, "settings": s, "steps": steps, "seeds": grid_K, "archs": grid,
                               "budget_minutes": budget, "parallel": parallel, "costs": costs})  # fmt: skip

@@ -15,6 +15,7 @@ from rnnkit.arch import build_recurrent
 from . import arith, music
 from .memory import available, memory_run
 from .runner import Arch, Spec, Study
+from .settings import SettingError
 
 
 def _cfg(cell: str, hidden: int = 64, **options) -> dict:
@@ -105,7 +106,8 @@ MAX_MATCHED_HIDDEN = 4096
 
 def matched_hidden(config: dict, n_in: int, n_out: int, target: int) -> int:
     """The hidden size (at most :data:`MAX_MATCHED_HIDDEN`) whose model has the parameter count
-    closest to ``target``; a ``ValueError`` when even the widest one has fewer parameters."""
+    closest to ``target``; a :class:`SettingError` (a ``ValueError``) when even the widest one has
+    fewer parameters."""
     lo, hi = 1, MAX_MATCHED_HIDDEN
     while lo < hi:  # first hidden size with >= target parameters (counts grow with hidden)
         mid = (lo + hi) // 2
@@ -115,7 +117,7 @@ def matched_hidden(config: dict, n_in: int, n_out: int, target: int) -> int:
             hi = mid
     # the search stops at the widest size even below the target: a far smaller model, silently
     if lo == MAX_MATCHED_HIDDEN and (most := count_params({**config, "hidden": lo}, n_in, n_out)) < target:
-        raise ValueError(
+        raise SettingError(  # a --set value no run can use: a usage error, as every other bad --set
             f"--set params={target}: a {config['cell']} model has at most {most} parameters at the widest "
             f"hidden size parameter matching searches ({lo}); lower params"
         )

@@ -141,3 +141,20 @@ def test_hidden_beside_parameter_matching_is_an_error(tmp_path, capsys, over):
     assert "add --set params=0" in capsys.readouterr().err and not (tmp_path / "o").exists()
     assert check_settings("chung", s, {**over, "params": 0})["hidden"] == over["hidden"]
     assert check_settings("chung", s, {"params": 5000})["hidden"] is None
+
+
+@pytest.mark.parametrize("entry", ["rnnkit", "python -m"])
+def test_params_past_matching_is_a_usage_error_that_leaves_no_out(tmp_path, capsys, monkeypatch, entry):
+    """``--set params`` above what the widest searched hidden size reaches exited with status 1 (a
+    ValueError from parameter matching) where every other bad --set value is a usage error (2), and
+    left the --out it had made (and its parents) behind, empty; a directory that was there stays."""
+    from rnnkit.study import studies
+
+    monkeypatch.setattr(studies, "MAX_MATCHED_HIDDEN", 16)  # the same search, small models
+    for out in (tmp_path / "a" / "o", tmp_path / "kept"):
+        argv = ["chung", "--out", str(out), "--steps", "1", "--archs", "Tanh", "--set", "params=1000000"]
+        code = rnnkit_main(["study", *argv]) if entry == "rnnkit" else main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "params=1000000: a rnn model" in err
+        (tmp_path / "kept").mkdir(exist_ok=True)
+    assert not (tmp_path / "a").exists() and list((tmp_path / "kept").iterdir()) == []
