@@ -345,8 +345,8 @@ def _load_for_use(args: argparse.Namespace):
 def sample_cmd(args: argparse.Namespace) -> int:
     if args.length < 0:
         raise CLIError(f"--length must be >= 0, got {args.length}", code=2)
-    if not args.temperature >= 0:  # written so that nan is rejected too
-        raise CLIError(f"--temperature must be a number >= 0, got {args.temperature}", code=2)
+    if not (args.temperature >= 0 and math.isfinite(args.temperature)):  # nan and inf too (inf: uniform)
+        raise CLIError(f"--temperature must be a finite number >= 0, got {args.temperature}", code=2)
     model, vocab, run = _load_for_use(args)
     prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab.stoi else vocab.chars[0])
     # checked before the prime is echoed: a bad one must not leave text on stdout before the error

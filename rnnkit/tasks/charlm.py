@@ -112,8 +112,9 @@ def sample(
         raise ValueError(f"length must be an int >= 0 (the characters to sample), got {length!r}")
     if seq_len is not None and (not is_int(seq_len) or seq_len < 1):  # numpy's ints too
         raise ValueError(f"seq_len must be a positive int or None, got {seq_len!r}")
-    if not is_real(temperature) or not temperature >= 0:  # written so that nan is rejected too
-        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    # written so that nan is rejected too; inf divided the logits to 0: uniform samples, silently
+    if not is_real(temperature) or not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     with kept_modes(model):  # each module's own mode back after (a generator: not @keeps_mode)
         model.eval()
         device = next(model.parameters()).device

@@ -67,9 +67,11 @@ def test_sample_tiny_temperature_is_greedy(cli, trained):
     assert tiny.out == greedy.out
 
 
-def test_sample_nan_temperature_is_a_usage_error(cli, trained):
-    r = cli("sample", "--checkpoint", trained, "--temperature", "nan", "--length", 5)
-    assert_one_line_error(r, "--temperature")
+@pytest.mark.parametrize("bad", ["nan", "inf", "1e999", "-1"])
+def test_sample_a_nan_inf_or_negative_temperature_is_a_usage_error(cli, trained, bad):
+    # inf (1e999 too) was accepted: the logits divided to 0, characters drawn uniformly
+    r = cli("sample", "--checkpoint", trained, "--temperature", bad, "--length", 5)
+    assert_one_line_error(r, "--temperature must be a finite number >= 0, got")
     assert r.rc == 2 and r.out == ""
 
 

@@ -118,8 +118,9 @@ def test_sample_errors() -> None:
     model = _model()
     with pytest.raises(ValueError, match="prime"):
         next(sample(model, VOCAB, "", 5))
-    for bad in (-1.0, "x", True):  # ("x" failed in the comparison's words, True sampled at 1)
-        with pytest.raises(ValueError, match=f"temperature must be a number >= 0, got {bad!r}"):
+    # ("x" failed in the comparison's words, True sampled at 1, inf uniformly)
+    for bad in (-1.0, "x", True, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"temperature must be a finite number >= 0, got {bad!r}"):
             next(sample(model, VOCAB, "a", 5, bad))
     with pytest.raises(ValueError, match="vocabulary"):
         next(sample(model, VOCAB, "xyz", 5))
