@@ -246,10 +246,15 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
             # digits without any whitespace (a line is no longer stripped: an edge tab was a token)
             sources = [_digits("".join(ln.split())) for ln in items] if digits_in else words
             max_number = (run.get("data") or {}).get("max_number")
-            if digits_in:
-                _check_trained_range(sources, max_number)
-            else:
-                _check_number_words(sources, m["src_vocab"], max_number)
+            try:
+                if digits_in:
+                    _check_trained_range(sources, max_number)
+                else:
+                    _check_number_words(sources, m["src_vocab"], max_number)
+            except ValueError as e:  # the first bad line's error, whichever check catches it
+                bad = int(re.match(r"input (\d+): ", str(e))[1])
+                S.source_ids(sources[: bad - 1], m["src_vocab"])  # an earlier line's unknown token first
+                raise
             return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
 
         return _aligned(lines, predict)

@@ -33,6 +33,7 @@ __all__ = [
     "greedy_decode",
     "exact_match",
     "translate",
+    "source_ids",
 ]
 
 PAD, BOS, EOS = 0, 1, 2
@@ -287,6 +288,17 @@ def translate(
     names it (the model has never seen it). A ``str`` is no token list (it was split into
     characters: "three hundred" failed on the unknown token 't', "312" passed by chance): an error
     saying how to split it."""
+    ids = source_ids(sources, src_vocab)
+    dev = next(model.parameters()).device
+    out: list[list[str]] = []
+    for src, lengths in padded_batches(ids, batch_size, dev, PAD):
+        out += [[tgt_vocab[k] for k in row] for row in greedy_decode(model, src, lengths, max_len)]
+    return out
+
+
+def source_ids(sources: list[list[str]], src_vocab: list[str]) -> list[torch.Tensor]:
+    """The ids of each token list of ``sources`` (one ``(len,)`` tensor each), as
+    :func:`translate` feeds them; its errors, the first input's (``input K: ...``, from 1)."""
     if isinstance(sources, str):
         raise ValueError(f"sources must be a list of token lists, got the str {sources!r}")
     si = {t: i for i, t in enumerate(src_vocab)}
@@ -302,8 +314,4 @@ def translate(
             what = f"unknown token {unknown[0]!r}" if unknown else "no tokens"
             raise ValueError(f"input {i}: {what}; the source vocabulary is {src_vocab[len(SPECIALS) :]}")
         ids.append(torch.tensor([si[t] for t in src]))
-    dev = next(model.parameters()).device
-    out: list[list[str]] = []
-    for src, lengths in padded_batches(ids, batch_size, dev, PAD):
-        out += [[tgt_vocab[k] for k in row] for row in greedy_decode(model, src, lengths, max_len)]
-    return out
+    return ids

@@ -165,6 +165,11 @@ def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direc
         )
         _stdin(monkeypatch, ["seven", "one hundred and five"])  # 'and': not in the vocabulary
         assert_one_line_error(cli("predict", "--checkpoint", out), "input line 2: unknown token 'and'")
+        # the first bad line's error, whichever check catches it (the range check's came first)
+        _stdin(monkeypatch, ["seven", "seven banana", "five million"])
+        assert_one_line_error(cli("predict", "--checkpoint", out), "input line 2: unknown token 'banana'")
+        _stdin(monkeypatch, ["-", "twelve seven"])
+        assert_one_line_error(cli("predict", "--checkpoint", out), "input line 1: no tokens")
         for words in ("nineteen hundred", "one thousand zero", "twelve seven"):
             _stdin(monkeypatch, ["seven", words])
             assert_one_line_error(
@@ -177,6 +182,8 @@ def test_seq2seq_translates_like_greedy_decode(cli, tmp_path, monkeypatch, direc
             cli("predict", "--checkpoint", out),
             "input line 3: 10000 is outside the numbers the model was trained on, [0, 10000)",
         )
+        _stdin(monkeypatch, ["312", "3x", "10000"])  # the first bad line's error, whichever check
+        assert_one_line_error(cli("predict", "--checkpoint", out), "input line 2: unknown token 'x'")
         # training wrote str(n): "007" was fed as 0, 0, 7, an input the model never saw
         seen, translate = [], S.translate
         monkeypatch.setattr(
