@@ -114,12 +114,15 @@ def test_fused_standard_cells_differentiate_twice(name, kw, backend):
 
 
 @pytest.mark.parametrize("name", ["GRU", "RNN"])
-def test_auto_float32_gradient_penalty_equals_torch(name):
-    """A gradient penalty through the default-dispatched (fused) float32 GRU/RNN gives torch.nn's
-    first- and second-order gradients."""
+def test_auto_float32_gradient_penalty_equals_torch(name, monkeypatch):
+    """A gradient penalty through the default-dispatched (fused, asserted: on another path this
+    compared torch with torch) float32 GRU/RNN gives torch.nn's first- and second-order gradients."""
+    from rnnkit import dispatch
     from tests.fused.test_fused_kernels import require_ext
 
     require_ext()
+    taken, select = [], dispatch.select
+    monkeypatch.setattr(dispatch, "select", lambda *a, **k: taken.append(select(*a, **k)) or taken[-1])
     torch.manual_seed(0)
     ours = getattr(rnnkit, name)(3, 4, dtype=torch.float32)
     ref = getattr(torch.nn, name)(3, 4, dtype=torch.float32)
@@ -130,6 +133,7 @@ def test_auto_float32_gradient_penalty_equals_torch(name):
         (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
         g.pow(2).sum().backward()
         res.append([g.detach(), x.grad, *(p.grad for p in m.parameters())])
+    assert taken == ["fused"]  # ours (ref is torch.nn's)
     for u, v in zip(*res):
         torch.testing.assert_close(u, v, atol=1e-5, rtol=1e-4)
 

@@ -277,10 +277,16 @@ def test_auto_trains_padded_lstm_on_torch(batch, hidden, batch_first, monkeypatc
     assert dispatch.select(m, x, packed=True) == "fused"
 
 
-def test_packed_lstm_training_through_auto_equals_the_loop():
-    """The path ``impl="auto"`` now takes for packed CPU LSTM training: same numbers."""
+def test_packed_lstm_training_through_auto_equals_the_loop(monkeypatch):
+    """The path ``impl="auto"`` now takes for packed CPU LSTM training (fused, asserted: on another
+    path this compared the loop with itself or torch): same numbers."""
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+    from rnnkit import dispatch
+
+    require_ext()
+    taken, select = [], dispatch.select
+    monkeypatch.setattr(dispatch, "select", lambda *a, **k: taken.append(select(*a, **k)) or taken[-1])
     torch.manual_seed(0)
     a = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float32)
     b = rnnkit.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=torch.float32, impl="loop")
@@ -292,6 +298,7 @@ def test_packed_lstm_training_through_auto_equals_the_loop():
         y = pad_packed_sequence(m(pack_padded_sequence(x, lengths, enforce_sorted=False))[0])[0]
         y.square().sum().backward()
         outs.append((y, [p.grad for p in m.parameters()]))
+    assert taken == ["fused", "loop"]
     torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-5, rtol=1e-5)
     for ga, gb in zip(outs[0][1], outs[1][1], strict=True):
         torch.testing.assert_close(ga, gb, atol=1e-4, rtol=1e-4)
