@@ -118,7 +118,13 @@ def activity(module: nn.Module, inputs: Tensor, *, sample: int = 0, hx: Any = No
     ``inputs`` as for the layer (``(T, B, I)``, batch-first, or unbatched); ``sample``
     picks the sequence. Returns one :class:`LayerActivity` per layer-direction. The module's
     buffers and the random state are left as they were (training-mode masks are drawn without
-    advancing torch's generators)."""
+    advancing torch's generators).
+
+    The gates are those of the replay's steps (:func:`~rnnkit.diagnostics.replay`), which they
+    rebuild: in training mode with zoneout's fresh masks, batch norm's batch statistics and
+    inter-layer dropout, but without a recurrent-dropout mask (nor weight drop or locked
+    dropout), which the replay does not run either (it warns); ``model.eval()`` measures the
+    model as it runs in evaluation."""
     with untouched(module):
         if isinstance(module, ParallelRecurrent):
             return _parallel_activity(module, inputs, sample, hx)
@@ -159,8 +165,10 @@ def _activity(module: nn.Module, inputs: Tensor, sample: int, hx) -> list[LayerA
                 for t in range(T):
                     prev_t = t + 1 if d else t - 1
                     prev = tr.initial[k][d] if prev_t in (-1, T) else steps[prev_t]
-                    # the step's context as the replay's: steps taken in this direction so far
-                    ctx = StepContext(t=t, training=module.training, extra={"step": T - 1 - t if d else t})
+                    # the step's context as the replay's: steps taken in this direction so far, and no
+                    # recurrent-dropout mask (the replay's states had none: the gates must rebuild them)
+                    ctx = StepContext(t=t, training=module.training, recurrent_mask=None,
+                                      extra={"step": T - 1 - t if d else t})  # fmt: skip
                     with off:
                         g = fn(p, xp[t], prev, ctx) if with_ctx else fn(p, xp[t], prev)
                     per_t.append({n: v[sample] for n, v in g.items()})

@@ -117,3 +117,23 @@ def test_activity_under_autocast_is_the_float32_one(cls, kw):
             np.testing.assert_allclose(b.gates[n], a.gates[n], rtol=1e-6, atol=1e-6)
         for n in a.states:
             np.testing.assert_allclose(b.states[n], a.states[n], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU], ids=["lstm", "gru"])
+def test_training_mode_gates_have_no_recurrent_dropout_mask(cls):
+    """In training mode with recurrent dropout the gates are the replay's steps', which run no
+    recurrent mask (with a warning): the same gates and states as the same weights without it,
+    so that they rebuild the reported states (a masked ``h_{t-1}`` in the gates alone would not)."""
+    torch.manual_seed(0)
+    m = cls(2, 3, num_layers=2, bidirectional=True, recurrent_dropout=0.5).train()
+    plain = cls(2, 3, num_layers=2, bidirectional=True).train()
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 2)
+    with pytest.warns(UserWarning, match="training mode with recurrent_dropout"):
+        got = activity(m, x, sample=1)
+    for a, b in zip(got, activity(plain, x, sample=1), strict=True):
+        assert a.gates.keys() == b.gates.keys() and a.gates and a.states.keys() == b.states.keys()
+        for n in a.gates:
+            np.testing.assert_array_equal(a.gates[n], b.gates[n])
+        for n in a.states:
+            np.testing.assert_array_equal(a.states[n], b.states[n])
