@@ -77,13 +77,6 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             input_size, hidden_size, num_layers, bias, batch_first, dropout, proj_size, bidirectional
         )
         dispatch.check_impl(impl)
-        if locked_dropout and num_layers == 1:
-            warnings.warn(
-                "locked_dropout acts between recurrent layers, so it expects num_layers greater "
-                f"than 1, but got locked_dropout={locked_dropout} and num_layers={num_layers}; "
-                "use rnnkit.LockedDropout on the layer's input or output instead",
-                stacklevel=3,
-            )
         self.input_size, self.hidden_size, self.num_layers = map(int, (input_size, hidden_size, num_layers))
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.impl = bidirectional, int(proj_size), impl
@@ -97,6 +90,13 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
             if not isinstance(cell, Cell):
                 raise TypeError(f"make_cell must return an rnnkit.cells.Cell, got {type(cell).__name__}")
         self.locked_dropout = locked_dropout
+        if self.locked_dropout and num_layers == 1:  # after the value check: a bad value is an error first
+            warnings.warn(
+                "locked_dropout acts between recurrent layers, so it expects num_layers greater "
+                f"than 1, but got locked_dropout={locked_dropout} and num_layers={num_layers}; "
+                "use rnnkit.LockedDropout on the layer's input or output instead",
+                stacklevel=3,
+            )
         self.recurrent_dropout = recurrent_dropout
         self.weight_drop = weight_drop
         self.zoneout = zoneout  # (sets zoneout_probs: options.ZoneoutOption)

@@ -4,6 +4,7 @@ over time where the method says so, drop rates, gradient support, fast path, val
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -312,6 +313,15 @@ def test_a_layers_zoneout_dict_cannot_drift_from_its_probabilities():
 def test_locked_dropout_single_layer_warns():
     with pytest.warns(UserWarning, match="locked_dropout acts between recurrent layers"):
         rnnkit.LSTM(2, 3, locked_dropout=0.5)
+
+
+@pytest.mark.parametrize("p", [float("nan"), 1.5, -0.1])
+def test_locked_dropout_single_layer_bad_value_is_an_error_not_the_warning(p):
+    """The value check comes first: under warnings-as-errors the layer warning hid it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="locked_dropout"):
+            rnnkit.LSTM(2, 3, locked_dropout=p)
 
 
 def test_repr_lists_options():
