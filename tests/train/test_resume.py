@@ -410,6 +410,8 @@ def _settings_run(tmp_path, **kw):
         ({}, {"amp": "bf16"}, ["amp None -> 'bf16'"]),
         ({"nt_asgd": True}, {"scale_lr_by_seq_len": False}, ["scale_lr_by_seq_len True -> False",
                                                               "nt_asgd True -> False"]),
+        # when validations run moves NT-ASGD's trigger: it passed without a word
+        ({"nt_asgd": True, "val_every": 2}, {"nt_asgd": True, "val_every": 5}, ["val_every 2 -> 5"]),
     ],
 )  # fmt: skip
 def test_a_resume_with_other_step_settings_says_which(tmp_path, caplog, run, resume, named):
