@@ -8,6 +8,7 @@ import torch
 
 from rnnkit.data import bptt_batches
 from rnnkit.train import (
+    Callback,
     ScheduledSampler,
     Trainer,
     get_rng_state,
@@ -463,3 +464,46 @@ def test_a_checkpoint_without_a_stored_config_or_a_setting_loads_as_before(tmp_p
             tr = _settings_run(tmp_path, clip_norm=0.5)
             tr.load(tmp_path / "checkpoints")
         assert not caplog.records and tr.step == 3, caplog.text
+
+
+class _Rates(Callback):
+    """The learning rate of each step (an epoch schedule moves it after the epoch's last step)."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_step_end(self, trainer, logs):
+        self.rates.append(trainer.optimizer.param_groups[0]["lr"])
+
+
+def _epoch_scheduled_run(out_dir, interrupt_at=None, resume=False, **kw):
+    """3 epochs of 10 steps, a StepLR halving the rate each epoch (scheduler_interval="epoch")."""
+    seed_everything(0)
+    model = TinyLM(dropout=0.3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    rates = _Rates()
+    cbs = [rates] + ([Interrupt(interrupt_at)] if interrupt_at else [])
+    tr = Trainer(model, opt, scheduler=sched, scheduler_interval="epoch", out_dir=str(out_dir), resume=resume,
+                 checkpoint_every=1, keep_last=None, max_epochs=3, progress=False, plot=False, callbacks=cbs,
+                 **kw)  # fmt: skip
+    fit_to(tr, bptt_batches(tokens(200), 2, 11), interrupt_at)
+    return tr, model, sched, rates.rates
+
+
+def test_a_per_epoch_scheduler_steps_at_epoch_ends_and_resumes_exactly(tmp_path):
+    """A scheduler could only be stepped after every step: an epoch schedule (StepLR in epochs)
+    needed a loop of one's own. scheduler_interval="epoch" steps it at each epoch's end, and a run
+    interrupted anywhere (inside an epoch, at its last step, at the next epoch's first) and resumed
+    steps it as often, with the same rates, losses and weights, bit for bit."""
+    ref, ref_model, ref_sched, rates = _epoch_scheduled_run(tmp_path / "ref")
+    assert (ref.step, ref.epoch, ref_sched.last_epoch) == (30, 3, 3)
+    assert rates == [0.5] * 10 + [0.25] * 10 + [0.125] * 10
+    for kill in (5, 11, 12, 21):  # checkpoints 4, 10 (an epoch's last step, before its end), 11, 20
+        _epoch_scheduled_run(tmp_path / f"k{kill}", interrupt_at=kill)
+        tr, model, sched, seen = _epoch_scheduled_run(tmp_path / f"k{kill}", resume=True)
+        assert sched.last_epoch == 3 and seen == rates[kill - 1 :], kill
+        assert tr.losses == ref.losses, kill
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters(), strict=True))
+    with pytest.raises(ValueError, match=r"^scheduler_interval must be 'step' or 'epoch', got 'epochs'$"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), scheduler_interval="epochs")
