@@ -507,3 +507,43 @@ def test_a_per_epoch_scheduler_steps_at_epoch_ends_and_resumes_exactly(tmp_path)
         assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters(), strict=True))
     with pytest.raises(ValueError, match=r"^scheduler_interval must be 'step' or 'epoch', got 'epochs'$"):
         Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), scheduler_interval="epochs")
+
+
+@pytest.mark.parametrize("first_steps", [3, 10])  # inside the first epoch (10 batches of 2), at its end
+def test_a_resume_on_another_batch_size_says_so(tmp_path, caplog, first_steps):
+    """A resume on data of another batch size went on silently: at an epoch's end the epochs left
+    train otherwise than the run would have, and inside one (without a carried state to check the
+    rows) the position skipped counted batches of the new size. load()'s fit logs a warning naming
+    both sizes; the same size, or a checkpoint of before the size was stored, says nothing."""
+    data = lambda n: bptt_batches(tokens(200), n, 10)  # noqa: E731
+    kw = {"carry_state": False, "max_epochs": 2}
+    tr = _settings_run(tmp_path, **kw)
+    tr.config.max_steps = first_steps
+    tr.fit(data(2))
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        tr = _settings_run(tmp_path / "same", **kw)
+        tr.load(tmp_path / "checkpoints")
+        tr.config.max_steps = first_steps + 2
+        tr.fit(data(2))
+        assert not caplog.records, caplog.text
+        tr = _settings_run(tmp_path / "other", **kw)
+        tr.load(tmp_path / "checkpoints")
+        tr.config.max_steps = first_steps + 2
+        tr.fit(data(3))
+    assert len(caplog.records) == 1, caplog.text
+    assert "resuming on data of batch_size 3, the run's was 2: " in caplog.text
+    why = "not where the run stopped" if first_steps == 3 else "the epochs left train otherwise"
+    assert why in caplog.text and tr.step == first_steps + 2
+    caplog.clear()
+    state = tmp_path / "checkpoints" / f"step-{first_steps:09d}" / "state.json"
+    doc = json.loads(state.read_text())
+    pairs = doc["state"]["__dict__"]  # (serialize's encoding of a dict: its pairs)
+    assert ["batch_size", 2] in pairs
+    doc["state"]["__dict__"] = [kv for kv in pairs if kv[0] != "batch_size"]
+    state.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        tr = _settings_run(tmp_path / "before", **kw)
+        tr.load(tmp_path / "checkpoints")
+        tr.config.max_steps = first_steps + 2
+        tr.fit(data(3))
+    assert not caplog.records, caplog.text
