@@ -248,9 +248,18 @@ class TrainerCheckpoints:
         return doc
 
     def _warn_changed_settings(self, doc: dict[str, Any]) -> None:
-        """Log a warning (rank 0) naming each setting of a training step (``STEP_FIELDS``) that is
-        not the checkpoint's: the resume goes on with the new value beside the run's optimizer
-        state, counters and RNG, so it no longer continues that run, and nothing said so."""
+        """Log a warning (rank 0) when the run had a scheduler and this trainer has none, and one
+        naming each setting of a training step (``STEP_FIELDS``) that is not the checkpoint's: the
+        resume goes on with the new value beside the run's optimizer state, counters and RNG, so it
+        no longer continues that run, and nothing said so."""
+        if self.scheduler is None and "scheduler" in doc and self.is_main:
+            # (another class is refused by load_checkpoint; none at all loaded, the rate frozen)
+            rates = [float(g["lr"]) for g in self.optimizer.param_groups]
+            log.warning(
+                "%s: the run had a scheduler (%s), this trainer has none: the steps left train at the "
+                "checkpoint's rates %s, not on the run's schedule (pass one of that class to continue it)",
+                doc["path"], doc.get("scheduler_class"), rates,
+            )  # fmt: skip
         changed = self.config.changed_step_settings(doc.get("config"))
         if changed and self.is_main:
             named = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())

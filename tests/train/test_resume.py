@@ -547,3 +547,26 @@ def test_a_resume_on_another_batch_size_says_so(tmp_path, caplog, first_steps):
         tr.config.max_steps = first_steps + 2
         tr.fit(data(3))
     assert not caplog.records, caplog.text
+
+
+def test_a_resume_without_the_runs_scheduler_says_so(tmp_path, caplog):
+    """A run with a scheduler resumed by a trainer without one loaded silently and trained on at
+    the checkpoint's rate, frozen, where the run would have gone on with its schedule (a scheduler
+    of another class, or one where the run had none, is refused). load() logs a warning naming the
+    run's scheduler class and the rates the steps left train at."""
+    def run(sched, **kw):
+        torch.manual_seed(0)
+        model = TinyLM()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5) if sched else None
+        return Trainer(model, opt, scheduler=sched, out_dir=str(tmp_path), max_steps=3, progress=False, **kw)
+
+    run(True).fit(bptt_batches(tokens(200), 2, 10))
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        run(True, resume=True).load(tmp_path / "checkpoints")
+        assert not caplog.records, caplog.text
+        tr = run(False, resume=True)
+        tr.load(tmp_path / "checkpoints")
+    assert len(caplog.records) == 1, caplog.text
+    assert "the run had a scheduler (StepLR), this trainer has none" in caplog.text
+    assert "train at the checkpoint's rates [0.25]" in caplog.text and tr.step == 3
