@@ -17,6 +17,7 @@ from rnnkit.cli import CLIError
 from rnnkit.cli.rundir import (  # noqa: F401 - re-exported: the run directory's helpers
     _LOCKS,
     RUN_FILE,
+    RUN_FORMAT_VERSION,
     _same_data,
     changed_encoding,
     check_data_files,
@@ -161,7 +162,8 @@ def prepare_out(args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]
         msg = f"{out} already holds a run; pass --resume to continue it or choose another --out"
         raise on_every_rank(CLIError(msg))
     else:
-        run = {**run, "train": train_flags(args)}  # what --resume restores
+        # what --resume restores; the format of run.json (rundir), written by new runs alone
+        run = {"format_version": RUN_FORMAT_VERSION, **run, "train": train_flags(args)}
     args.run_to_write = run  # (make_trainer writes it)
     seed_everything(args.seed)
     if getattr(args, "tune_malloc", False):

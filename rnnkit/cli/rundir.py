@@ -15,6 +15,29 @@ from rnnkit.cli import CLIError
 
 RUN_FILE = "run.json"
 
+#: The format of the ``run.json`` this code writes, as its ``"format_version"`` (new runs; a resume
+#: rewrites the run's own, keeping its version or its lack of one). Absent: the legacy format, read
+#: as before (there a conv front end with ``--opt bidirectional=true`` and no ``"conv_centred"``
+#: stays causal, as it trained). A newer one is refused: its fields may mean what this code does not
+#: know, and a model rebuilt from it could load and compute other numbers silently.
+RUN_FORMAT_VERSION = 1
+
+
+def check_run_version(doc: dict[str, Any], path: str | os.PathLike) -> None:
+    """Raise a :class:`~rnnkit.cli.CLIError` when the run description ``doc`` (read from ``path``)
+    has a ``"format_version"`` that is not an int >= 1 or is newer than :data:`RUN_FORMAT_VERSION`,
+    naming both; one without it (the legacy format) passes."""
+    version = doc.get("format_version")
+    if version is None and "format_version" not in doc:
+        return
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CLIError(f"{path}: format_version must be an int >= 1, got {version!r}")
+    if version > RUN_FORMAT_VERSION:
+        raise CLIError(
+            f"{path} has format_version {version}, newer than this rnnkit reads ({RUN_FORMAT_VERSION}): "
+            "use the rnnkit release that trained the run, or a newer one"
+        )
+
 
 def write_json(obj: Any, path: Path) -> None:
     """Atomically (:func:`rnnkit.train.serialize.write_json_atomic`: fsynced before the rename, a
@@ -228,6 +251,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         raise CLIError(f"{f} is not valid JSON: {e}") from None
     if not isinstance(doc, dict) or "task" not in doc or "model" not in doc:
         raise CLIError(f"{f} is not an rnnkit run description (no 'task'/'model')")
+    check_run_version(doc, f)
     return doc
 
 

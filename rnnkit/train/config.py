@@ -14,19 +14,30 @@ import torch
 from rnnkit import _checks
 from rnnkit.train.precision import check_amp
 
-__all__ = ["TrainConfig", "STEP_FIELDS"]
+__all__ = ["TrainConfig", "STEP_FIELDS", "FREE_FIELDS"]
 
 #: The settings that change what a training step computes: the state carried and its layout, the
-#: TBPTT splits, the clipping, the precision, the rates' scaling, the averaging. A resume with other
-#: values trains on beside the checkpoint's optimizer state as no run would have, so
-#: ``Trainer.load`` warns, naming them (:meth:`TrainConfig.changed_step_settings`). The other
-#: fields say how long a run goes, what it validates, logs and writes, and where: a resume may
-#: change them on purpose (``max_steps`` to extend a run; ``rnnkit train --resume`` sets its
-#: budget, cadences, patience and device, saying so). ``nonmono`` is left out: ``NTASGD``'s
-#: ``load_state_dict`` warns of it where it still matters (before the averaging triggered).
+#: TBPTT splits, the clipping, the precision, the rates' scaling and schedule, the averaging, and
+#: ``val_every``: the steps its validations run at move NT-ASGD's trigger and a
+#: ``ReduceLROnPlateau``'s steps, and a validation ``DataLoader``'s ``iter()`` draws from the
+#: global RNG (the dropout masks after it).
+#: A resume with other values trains on beside the checkpoint's optimizer state as no run would
+#: have, so ``Trainer.load`` warns, naming them (:meth:`TrainConfig.changed_step_settings`). The
+#: others (:data:`FREE_FIELDS`) say how long a run goes, when it stops early, what it logs and
+#: writes, and where: a resume may change them on purpose (``max_steps`` to extend a run;
+#: ``rnnkit train --resume`` sets its budget, patience and device, saying so). ``nonmono`` is
+#: free here: ``NTASGD``'s ``load_state_dict`` warns of it where it still matters (before the
+#: averaging triggered).
 STEP_FIELDS = (
     "stateful", "carry_state", "batch_first", "tbptt_k1", "tbptt_k2", "clip_norm", "clip_value",
-    "scale_lr_by_seq_len", "nt_asgd", "amp",
+    "scale_lr_by_seq_len", "nt_asgd", "amp", "val_every", "scheduler_interval",
+)  # fmt: skip
+
+#: The fields a resume may change without a word (every other field is in :data:`STEP_FIELDS`).
+FREE_FIELDS = (
+    "max_epochs", "max_steps", "max_minutes", "patience", "validate_at_end", "min_delta", "nonmono",
+    "log_every", "out_dir", "checkpoint_every", "keep_last", "save_best", "resume", "progress",
+    "tensorboard", "plot", "device",
 )  # fmt: skip
 
 
@@ -80,6 +91,9 @@ class TrainConfig:
     plot: bool = True  # loss.png in out_dir at the end
     device: str | torch.device | None = None  # None: where the model's parameters are; kept as str
     amp: str | None = None  # mixed precision: "bf16" or "fp16" autocast of the forward (precision.py)
+    # when the scheduler steps: "step" (after each step that made an update) or "epoch" (at each
+    # epoch's end, after its validation: StepLR in epochs); a ReduceLROnPlateau steps at validations
+    scheduler_interval: str = "step"
 
     def __setattr__(self, name: str, value: Any) -> None:
         """A setting assigned after creation (``trainer.config.max_steps = 6``) is checked (and
@@ -171,6 +185,8 @@ class TrainConfig:
             if v is None or v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         check_amp(self.amp)
+        if self.scheduler_interval not in ("step", "epoch"):  # "epochs" stepped it every step, silently
+            raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {self.scheduler_interval!r}")
         if self.out_dir is not None:  # a pathlib.Path as well: stored as str (config.json is JSON)
             if not isinstance(self.out_dir, (str, os.PathLike)):
                 raise ValueError(f"out_dir must be a path (str or os.PathLike), got {self.out_dir!r}")

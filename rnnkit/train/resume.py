@@ -114,6 +114,8 @@ class TrainerCheckpoints:
                 "ntasgd": self.ntasgd.state_dict() if self.ntasgd else None,
                 "raw_weights": self._raw_weights,  # set in the final checkpoint of an averaged run
                 "grad_scaler": self.precision.state_dict(),
+                # the batch size the data declares (load() compares a resume's with it; None: unknown)
+                "batch_size": data_batch_size(getattr(self, "_train_data", None)),
             }
             path = save_checkpoint(
                 root,
@@ -141,6 +143,8 @@ class TrainerCheckpoints:
         every rank raises alike when some rank's data has too few batches to skip.
         """
         res, self._resume = self._resume, None
+        if res is not None:
+            self._warn_other_batch_size(train_data)
         gens = self._rng_generators(train_data)  # a DataLoader's own generator: not the global RNG
         if res is not None and self.batch_in_epoch == 0:  # saved between epochs
             set_rng_state(res["rng"], *gens)
@@ -238,14 +242,24 @@ class TrainerCheckpoints:
         self._raw_weights = st.get("raw_weights")
         self.precision.load_state_dict(st.get("grad_scaler"))
         self._resume = st["ranks"][dist.get_rank()]
+        self._loaded_batch_size = st.get("batch_size")  # (checkpoints of before: None, unchecked)
         self._last_saved = self.step
         self._loaded = Path(doc["path"])
         return doc
 
     def _warn_changed_settings(self, doc: dict[str, Any]) -> None:
-        """Log a warning (rank 0) naming each setting of a training step (``STEP_FIELDS``) that is
-        not the checkpoint's: the resume goes on with the new value beside the run's optimizer
-        state, counters and RNG, so it no longer continues that run, and nothing said so."""
+        """Log a warning (rank 0) when the run had a scheduler and this trainer has none, and one
+        naming each setting of a training step (``STEP_FIELDS``) that is not the checkpoint's: the
+        resume goes on with the new value beside the run's optimizer state, counters and RNG, so it
+        no longer continues that run, and nothing said so."""
+        if self.scheduler is None and "scheduler" in doc and self.is_main:
+            # (another class is refused by load_checkpoint; none at all loaded, the rate frozen)
+            rates = [float(g["lr"]) for g in self.optimizer.param_groups]
+            log.warning(
+                "%s: the run had a scheduler (%s), this trainer has none: the steps left train at the "
+                "checkpoint's rates %s, not on the run's schedule (pass one of that class to continue it)",
+                doc["path"], doc.get("scheduler_class"), rates,
+            )  # fmt: skip
         changed = self.config.changed_step_settings(doc.get("config"))
         if changed and self.is_main:
             named = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
@@ -255,6 +269,28 @@ class TrainerCheckpoints:
                 "it, or train the new ones as a new run)",
                 doc["path"], named,
             )  # fmt: skip
+
+    def _warn_other_batch_size(self, train_data: Any) -> None:
+        """Log a warning (rank 0) when the data a loaded checkpoint's run goes on with declares
+        another batch size than the run's (:func:`data_batch_size`): inside an epoch the position
+        skipped counts batches of the new size (other sequences than the run trained), and at an
+        epoch's end the epochs left train otherwise than the run would have; both passed silently
+        (without a carried state to check the rows against). Once per load."""
+        old, self._loaded_batch_size = getattr(self, "_loaded_batch_size", None), None
+        new = data_batch_size(train_data)
+        if old is None or new is None or old == new or not self.is_main:
+            return
+        where = (
+            f"the epoch goes on after its first {self.batch_in_epoch} batches of the new size, not where "
+            "the run stopped"
+            if self.batch_in_epoch
+            else "the epochs left train otherwise than the run would have"
+        )
+        log.warning(
+            "%s: resuming on data of batch_size %d, the run's was %d: %s (give the run's batch size to "
+            "continue it, or train the new one as a new run)",
+            self._loaded, new, old, where,
+        )  # fmt: skip
 
     def _loaded_elsewhere(self) -> bool:
         """Whether the fit goes on from a checkpoint :meth:`load` read outside ``checkpoint_dir``
@@ -330,6 +366,17 @@ def _given_rates(optimizer: Any, scheduler: Any) -> list[float] | None:
     if groups and all("initial_lr" in g for g in groups):
         return [float(g["initial_lr"]) for g in groups]
     return [float(g["lr"]) for g in groups] if scheduler is None else None
+
+
+def data_batch_size(data: Any) -> int | None:
+    """The batch size ``data`` declares: its own ``batch_size`` (``bptt_batches``, a
+    ``DataLoader``'s), else its ``batch_sampler``'s (``BucketBatchSampler``, torch's
+    ``BatchSampler``); None where neither is an int (an iterable of batches)."""
+    for owner in (data, getattr(data, "batch_sampler", None)):
+        n = getattr(owner, "batch_size", None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+    return None
 
 
 def _step_of(checkpoint: Path) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -54,6 +55,18 @@ class TrainerStep:
         else:
             output = self.precision.call(model, inputs)
         return (zero_loss(output) if zero else self.loss_fn(output, targets)), state
+
+    def _step_scheduler(self, at: str) -> None:
+        """Step the scheduler where its ``scheduler_interval`` is ``at`` (``"step"``: after a step
+        that made an update; ``"epoch"``: at an epoch's end). A ``ReduceLROnPlateau`` steps with
+        the validation loss alone (``_validate``)."""
+        plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        if self.scheduler is None or plateau or self.config.scheduler_interval != at:
+            return
+        with warnings.catch_warnings():
+            if self.tokens_seen > 0:  # the run has updated, if not this process: a resume at an epoch's end
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler.step\(\)` before")
+            self.scheduler.step()
 
     def _update(self, loss: Tensor, lr_scale: float) -> float:
         """Backward, clip, optimizer step; returns the gradient norm (before clipping)."""

@@ -48,7 +48,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
 
     ``loss_fn(output, targets) -> scalar`` (default: token cross-entropy, ``-100``
     ignored). ``scheduler``: any LR scheduler, stepped once per step (not at a step without any
-    target, which updates nothing), or with the validation loss if it is ``ReduceLROnPlateau``.
+    target, which updates nothing), with ``scheduler_interval="epoch"`` once at each epoch's end
+    instead, or with the validation loss if it is ``ReduceLROnPlateau``.
     ``overrides`` replace fields of ``config`` (e.g. ``Trainer(m, opt, max_steps=100)``). Under
     ``torchrun`` the model is wrapped in DDP (unless already) and only rank 0 logs and writes checkpoints.
     ``trainer.model`` is the module trained (the DDP wrapper under ``torchrun``),
@@ -287,9 +288,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                     # made no update (no target, a non-finite gradient, float16's skip) leaves it: the
                     # schedule follows the updates (torch's recipe; else torch warns of a scheduler step
                     # before any optimizer step)
-                    plateau = isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-                    if self._updates and self.scheduler is not None and not plateau:
-                        self.scheduler.step()
+                    if self._updates:
+                        self._step_scheduler("step")
                     # a step without any target has no loss (NaN), not 0.0, which would pull averages
                     # and curves down; the log rows' token-weighted means leave it out (n = 0)
                     loss = loss_sum / n if n else math.nan
@@ -322,6 +322,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
                         with self._paused():
                             self._validate(val_data)
                         self._agree_stop()  # its callbacks ran on rank 0 alone
+                    self._step_scheduler("epoch")  # (a resume at the epoch's last step comes here too)
                     self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     # a checkpoint of this step holds the epoch before its end (its validation, the
                     # counters): the final one is written again, or a relaunch replays the epoch

@@ -222,3 +222,32 @@ def test_charlm_resume_keeps_the_runs_budget_unless_one_is_typed(cli, tmp_path, 
         assert (rows(cut) == rows(full)[2:]) != bool(budget) and results(cut)["step"] == (6 if budget else 4)
     r = cli(*args, "--out", tmp_path / "cut2", "--resume")  # the budget the last resume trained to
     assert r.rc == 0 and "already at --max-steps 6: nothing to train" in r.out, r.out
+
+
+def test_run_json_has_a_format_version_and_refuses_a_newer_one(cli, tmp_path):
+    """run.json had no format version: a run written by a newer rnnkit (fields meaning what this
+    one does not know) was read as its own. New runs write ``format_version``; a run without it (the
+    legacy format) resumes as before and keeps its lack of one; a newer one, or one that is no
+    version, is a one-line error naming both versions."""
+    from rnnkit.cli import CLIError
+    from rnnkit.cli.rundir import RUN_FORMAT_VERSION, read_run
+
+    out = tmp_path / "r"
+    assert cli(*MEM, "--out", out, "--max-steps", 2).rc == 0
+    doc = json.loads((out / "run.json").read_text())
+    assert doc["format_version"] == RUN_FORMAT_VERSION == 1
+    legacy = {k: v for k, v in doc.items() if k != "format_version"}
+    (out / "run.json").write_text(json.dumps(legacy))
+    r = cli(*MEM, "--out", out, "--max-steps", 3, "--resume")
+    assert r.rc == 0 and results(out)["step"] == 3, r.err
+    assert "format_version" not in json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**doc, "format_version": 2}))
+    r = cli(*MEM, "--out", out, "--max-steps", 4, "--resume")
+    assert_one_line_error(r, "run.json has format_version 2, newer than this rnnkit reads (1)")
+    with pytest.raises(CLIError, match=r"format_version 2, newer than this rnnkit reads \(1\)"):
+        read_run(out)  # what predict, sample and eval read too
+    for bad in ("1", 0, True, 1.0):
+        (out / "run.json").write_text(json.dumps({**doc, "format_version": bad}))
+        r = cli(*MEM, "--out", out, "--max-steps", 4, "--resume")
+        assert_one_line_error(r, f"format_version must be an int >= 1, got {bad!r}")
+    assert results(out)["step"] == 3

@@ -8,6 +8,7 @@ import torch
 
 from rnnkit.data import bptt_batches
 from rnnkit.train import (
+    Callback,
     ScheduledSampler,
     Trainer,
     get_rng_state,
@@ -410,6 +411,8 @@ def _settings_run(tmp_path, **kw):
         ({}, {"amp": "bf16"}, ["amp None -> 'bf16'"]),
         ({"nt_asgd": True}, {"scale_lr_by_seq_len": False}, ["scale_lr_by_seq_len True -> False",
                                                               "nt_asgd True -> False"]),
+        # when validations run moves NT-ASGD's trigger: it passed without a word
+        ({"nt_asgd": True, "val_every": 2}, {"nt_asgd": True, "val_every": 5}, ["val_every 2 -> 5"]),
     ],
 )  # fmt: skip
 def test_a_resume_with_other_step_settings_says_which(tmp_path, caplog, run, resume, named):
@@ -461,3 +464,109 @@ def test_a_checkpoint_without_a_stored_config_or_a_setting_loads_as_before(tmp_p
             tr = _settings_run(tmp_path, clip_norm=0.5)
             tr.load(tmp_path / "checkpoints")
         assert not caplog.records and tr.step == 3, caplog.text
+
+
+class _Rates(Callback):
+    """The learning rate of each step (an epoch schedule moves it after the epoch's last step)."""
+
+    def __init__(self):
+        self.rates = []
+
+    def on_step_end(self, trainer, logs):
+        self.rates.append(trainer.optimizer.param_groups[0]["lr"])
+
+
+def _epoch_scheduled_run(out_dir, interrupt_at=None, resume=False, **kw):
+    """3 epochs of 10 steps, a StepLR halving the rate each epoch (scheduler_interval="epoch")."""
+    seed_everything(0)
+    model = TinyLM(dropout=0.3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    rates = _Rates()
+    cbs = [rates] + ([Interrupt(interrupt_at)] if interrupt_at else [])
+    tr = Trainer(model, opt, scheduler=sched, scheduler_interval="epoch", out_dir=str(out_dir), resume=resume,
+                 checkpoint_every=1, keep_last=None, max_epochs=3, progress=False, plot=False, callbacks=cbs,
+                 **kw)  # fmt: skip
+    fit_to(tr, bptt_batches(tokens(200), 2, 11), interrupt_at)
+    return tr, model, sched, rates.rates
+
+
+def test_a_per_epoch_scheduler_steps_at_epoch_ends_and_resumes_exactly(tmp_path):
+    """A scheduler could only be stepped after every step: an epoch schedule (StepLR in epochs)
+    needed a loop of one's own. scheduler_interval="epoch" steps it at each epoch's end, and a run
+    interrupted anywhere (inside an epoch, at its last step, at the next epoch's first) and resumed
+    steps it as often, with the same rates, losses and weights, bit for bit."""
+    ref, ref_model, ref_sched, rates = _epoch_scheduled_run(tmp_path / "ref")
+    assert (ref.step, ref.epoch, ref_sched.last_epoch) == (30, 3, 3)
+    assert rates == [0.5] * 10 + [0.25] * 10 + [0.125] * 10
+    for kill in (5, 11, 12, 21):  # checkpoints 4, 10 (an epoch's last step, before its end), 11, 20
+        _epoch_scheduled_run(tmp_path / f"k{kill}", interrupt_at=kill)
+        tr, model, sched, seen = _epoch_scheduled_run(tmp_path / f"k{kill}", resume=True)
+        assert sched.last_epoch == 3 and seen == rates[kill - 1 :], kill
+        assert tr.losses == ref.losses, kill
+        assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref_model.parameters(), strict=True))
+    with pytest.raises(ValueError, match=r"^scheduler_interval must be 'step' or 'epoch', got 'epochs'$"):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), scheduler_interval="epochs")
+
+
+@pytest.mark.parametrize("first_steps", [3, 10])  # inside the first epoch (10 batches of 2), at its end
+def test_a_resume_on_another_batch_size_says_so(tmp_path, caplog, first_steps):
+    """A resume on data of another batch size went on silently: at an epoch's end the epochs left
+    train otherwise than the run would have, and inside one (without a carried state to check the
+    rows) the position skipped counted batches of the new size. load()'s fit logs a warning naming
+    both sizes; the same size, or a checkpoint of before the size was stored, says nothing."""
+    data = lambda n: bptt_batches(tokens(200), n, 10)  # noqa: E731
+    kw = {"carry_state": False, "max_epochs": 2}
+    tr = _settings_run(tmp_path, **kw)
+    tr.config.max_steps = first_steps
+    tr.fit(data(2))
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        tr = _settings_run(tmp_path / "same", **kw)
+        tr.load(tmp_path / "checkpoints")
+        tr.config.max_steps = first_steps + 2
+        tr.fit(data(2))
+        assert not caplog.records, caplog.text
+        tr = _settings_run(tmp_path / "other", **kw)
+        tr.load(tmp_path / "checkpoints")
+        tr.config.max_steps = first_steps + 2
+        tr.fit(data(3))
+    assert len(caplog.records) == 1, caplog.text
+    assert "resuming on data of batch_size 3, the run's was 2: " in caplog.text
+    why = "not where the run stopped" if first_steps == 3 else "the epochs left train otherwise"
+    assert why in caplog.text and tr.step == first_steps + 2
+    caplog.clear()
+    state = tmp_path / "checkpoints" / f"step-{first_steps:09d}" / "state.json"
+    doc = json.loads(state.read_text())
+    pairs = doc["state"]["__dict__"]  # (serialize's encoding of a dict: its pairs)
+    assert ["batch_size", 2] in pairs
+    doc["state"]["__dict__"] = [kv for kv in pairs if kv[0] != "batch_size"]
+    state.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        tr = _settings_run(tmp_path / "before", **kw)
+        tr.load(tmp_path / "checkpoints")
+        tr.config.max_steps = first_steps + 2
+        tr.fit(data(3))
+    assert not caplog.records, caplog.text
+
+
+def test_a_resume_without_the_runs_scheduler_says_so(tmp_path, caplog):
+    """A run with a scheduler resumed by a trainer without one loaded silently and trained on at
+    the checkpoint's rate, frozen, where the run would have gone on with its schedule (a scheduler
+    of another class, or one where the run had none, is refused). load() logs a warning naming the
+    run's scheduler class and the rates the steps left train at."""
+    def run(sched, **kw):
+        torch.manual_seed(0)
+        model = TinyLM()
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5) if sched else None
+        return Trainer(model, opt, scheduler=sched, out_dir=str(tmp_path), max_steps=3, progress=False, **kw)
+
+    run(True).fit(bptt_batches(tokens(200), 2, 10))
+    with caplog.at_level("WARNING", logger="rnnkit.train"):
+        run(True, resume=True).load(tmp_path / "checkpoints")
+        assert not caplog.records, caplog.text
+        tr = run(False, resume=True)
+        tr.load(tmp_path / "checkpoints")
+    assert len(caplog.records) == 1, caplog.text
+    assert "the run had a scheduler (StepLR), this trainer has none" in caplog.text
+    assert "train at the checkpoint's rates [0.25]" in caplog.text and tr.step == 3
