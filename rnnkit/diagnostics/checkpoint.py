@@ -107,8 +107,22 @@ def find_run(path: str | os.PathLike) -> dict | None:
                 doc = json.loads(f.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise ValueError(f"{f} is not valid JSON: {e}") from None
+            if isinstance(doc, dict):
+                _check_version(doc, f)
             return doc if isinstance(doc, dict) else None
     return None
+
+
+def _check_version(doc: dict, f: Path) -> None:
+    """The CLI's rule for ``run.json``'s ``format_version`` (a newer run's hints may mean other
+    things), as a ValueError: ``diagnose`` read them from a newer run without a word."""
+    from rnnkit.cli import CLIError
+    from rnnkit.cli.rundir import check_run_version
+
+    try:
+        check_run_version(doc, f)
+    except CLIError as e:
+        raise ValueError(str(e)) from None
 
 
 def _infer_shape(family: str, hidden: int, layers: int, options: dict, path) -> tuple[int, bool]:

@@ -112,6 +112,26 @@ def test_checkpoint_mode_keeps_a_conv_runs_options_given_its_recurrent_family(tm
         torch.testing.assert_close(p, q, msg=n)
 
 
+def test_checkpoint_mode_refuses_a_run_of_a_newer_format_version(tmp_path, capsys):
+    """diagnose read run.json's model hints without the CLI's format_version check: a newer run's
+    hints were used silently; the legacy format (no version) and version 1 still load."""
+    from rnnkit.cli import main as rnnkit_main
+    from rnnkit.diagnostics.checkpoint import find_run
+
+    save_model(rnnkit.LSTM(3, 5), str(tmp_path / "model.safetensors"))
+    arch = {"cell": "lstm", "hidden": 5, "layers": 1, "options": {}}
+    for doc in ({"model": {"arch": arch}}, {"format_version": 1, "model": {"arch": arch}}):
+        (tmp_path / "run.json").write_text(json.dumps(doc))
+        assert find_run(tmp_path) == doc
+    (tmp_path / "run.json").write_text(json.dumps({"format_version": 99, "model": {"arch": arch}}))
+    with pytest.raises(ValueError, match="format_version 99, newer than"):
+        find_run(tmp_path)
+    code = rnnkit_main(["diagnose", "--quick", "--no-horizon", "--checkpoint", str(tmp_path), "--out",
+                        str(tmp_path / "d")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "format_version 99" in err and not (tmp_path / "d").exists()  # a failure (1)
+
+
 @pytest.mark.parametrize(
     "flag", [["--layers", "2"], ["--num-layers", "2"], ["--opt", "zoneout=0.1"], ["--input-size", "3"]]
 )
