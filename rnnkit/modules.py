@@ -351,11 +351,22 @@ class RNNCell(StepCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None, **options) -> None:  # fmt: skip
-        self.nonlinearity = nonlinearity
         cell_opts, step_opts = StepCell.split_options(options)
         check_options(type(self), RNNCellMath, cell_opts)
         cell = RNNCellMath(input_size, hidden_size, bias, nonlinearity, **cell_opts)
         super().__init__(cell, device, dtype, **step_opts)
+
+    @property
+    def nonlinearity(self) -> str:
+        """``"tanh"`` or ``"relu"``, the cell's. Assignable, as ``torch.nn.RNNCell``'s (which reads
+        it at every call): a copy kept here changed the repr but not the math, silently."""
+        return self.cell.nonlinearity  # type: ignore[attr-defined]
+
+    @nonlinearity.setter
+    def nonlinearity(self, value: str) -> None:
+        # a new cell (its options kept): the math is fixed at a cell's construction, which checks value
+        old = self.cell
+        self.cell = RNNCellMath(old.input_size, old.hidden_size, old.bias, value, norm=old.norm)  # type: ignore[attr-defined]
 
 
 class LSTMCell(StepCell):

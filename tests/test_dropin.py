@@ -200,6 +200,25 @@ def test_rnn_cell_repr_as_torch_nn(kw):
     assert repr(rnnkit.RNNCell(3, 4, **kw)) == repr(nn.RNNCell(3, 4, **kw))
 
 
+@pytest.mark.parametrize("kw", [{}, {"norm": "layer"}])
+def test_rnn_cell_nonlinearity_assigned_later_takes_effect_as_torch_nn(kw):
+    # torch.nn.RNNCell reads nonlinearity at every call; rnnkit's kept a copy that the math ignored
+    torch.manual_seed(0)
+    theirs, ours = nn.RNNCell(3, 4), rnnkit.RNNCell(3, 4, **kw)
+    ours.load_state_dict(theirs.state_dict(), strict=not kw)
+    x = torch.randn(5, 3)
+    for value in ("relu", "tanh", "relu"):
+        theirs.nonlinearity = ours.nonlinearity = value
+        assert ours.nonlinearity == value and repr(ours).startswith(repr(theirs)[:-1])
+        if kw:  # (layer norm: no torch.nn twin) relu's outputs are >= 0, tanh's here are not
+            assert bool((ours(x) >= 0).all()) == (value == "relu")
+        else:
+            torch.testing.assert_close(ours(x), theirs(x))
+    with pytest.raises(ValueError, match="nonlinearity must be one of"):
+        ours.nonlinearity = "sigmoid"
+    assert ours.nonlinearity == "relu"
+
+
 REGULARIZERS = [{"recurrent_dropout": 0.5}, {"locked_dropout": 0.5}, {"weight_drop": 0.5}, {"zoneout": 0.5}]
 
 
