@@ -91,10 +91,11 @@ class RNNBaseCompat:
             self.check_hidden_size(hidden[i], shape, f"Expected hidden[{i}] size {{}}, got {{}}")
 
     def permute_hidden(self, hx, permutation: Tensor | None):
-        """The state (a tensor, or a tuple for the LSTM) with its batch (dim 1) reordered."""
+        """The state (a tensor, or a tuple for the LSTM) with its batch (dim 1) reordered; a list
+        ``[h, c]``, which the LSTM's ``forward`` takes too, gives a tuple, as torch.nn's."""
         if permutation is None:
             return hx
-        if isinstance(hx, tuple):
+        if isinstance(hx, (tuple, list)):
             return tuple(s.index_select(1, permutation) for s in hx)
         return hx.index_select(1, permutation)
 

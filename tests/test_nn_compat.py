@@ -108,6 +108,16 @@ def test_permute_hidden_matches_torch(family, kwargs):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
+def test_permute_hidden_of_a_list_state_matches_torch():
+    # LSTM.forward takes hx as a list [h, c]; torch.nn's permute_hidden reorders it into a tuple
+    # (rnnkit's failed: "'list' object has no attribute 'index_select'")
+    theirs, ours = pair("LSTM", {})
+    hx, perm = list(states(theirs, 5)), torch.tensor([4, 0, 3, 1, 2])
+    want, got = theirs.permute_hidden(hx, perm), ours.permute_hidden(hx, perm)
+    assert type(got) is type(want) is tuple
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_weight_lists_keep_a_parameter_replaced_by_a_tensor():
     # the AWD-LSTM / fastai WeightDrop trick: the raw parameter is deleted and a plain tensor set
     # under its name before every call; torch.nn's weight lists keep the name
