@@ -90,6 +90,10 @@ class RNNBaseCompat:
         for i, shape in enumerate(shapes):
             self.check_hidden_size(hidden[i], shape, f"Expected hidden[{i}] size {{}}, got {{}}")
 
+    def __prepare_scriptable__(self):
+        """What ``torch.jit.script`` asks of a module (and of every submodule) before compiling it."""
+        refuse_script(self)
+
     def permute_hidden(self, hx, permutation: Tensor | None):
         """The state (a tensor, or a tuple for the LSTM) with its batch (dim 1) reordered; a list
         ``[h, c]``, which the LSTM's ``forward`` takes too, gives a tuple, as torch.nn's."""
@@ -98,6 +102,20 @@ class RNNBaseCompat:
         if isinstance(hx, (tuple, list)):
             return tuple(s.index_select(1, permutation) for s in hx)
         return hx.index_select(1, permutation)
+
+
+def refuse_script(module: nn.Module) -> None:
+    """``torch.jit.script`` of ``module`` (or of a model holding it), which it cannot compile: its
+    forward dispatches in Python among torch's kernels, rnnkit's fused ones and a loop of any cell.
+    TorchScript failed on the first construct it met, in words that named neither the layer nor
+    a way out ("Only a single generator is currently supported", "Failed to get source for
+    StepMasks.__init__"); this ``RuntimeError`` names both."""
+    name = type(module).__name__
+    twin = f", or torch.nn.{name} where TorchScript is a must" if hasattr(nn, name) else ""
+    raise RuntimeError(
+        f"torch.jit.script cannot compile rnnkit.{name} (its forward dispatches in Python); use "
+        f"torch.compile, torch.export or torch.jit.trace, which work{twin}"
+    )
 
 
 def weight_storage(module: nn.Module, attr: str) -> list[Tensor]:

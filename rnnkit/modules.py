@@ -15,7 +15,7 @@ import torch
 from torch import _VF, Tensor, nn
 
 from . import _checks, options, regularizers
-from ._nn_compat import reference, reset_like_torch
+from ._nn_compat import reference, refuse_script, reset_like_torch
 from .cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from .layers import RecurrentStack
 from .regularizers import StepMasks
@@ -229,6 +229,10 @@ class StepCell(nn.Module):
         p = {name: getattr(self, name) for name in shapes}
         _checks.check_param_shapes(p, shapes, dtype=dtype)
         return p
+
+    def __prepare_scriptable__(self):
+        """What ``torch.jit.script`` asks of a module (and of every submodule) before compiling it."""
+        refuse_script(self)
 
     def reset_parameters(self) -> None:
         """Draw every parameter anew as torch.nn does, also where a torch.nn utility holds it."""

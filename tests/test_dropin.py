@@ -357,3 +357,15 @@ def test_lengths_on_an_empty_batch_as_without_lengths(family, kw):
         want[1] if isinstance(want[1], tuple) else (want[1],),
     ):
         assert a.shape == b.shape
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_jit_script_is_refused_naming_the_module_and_the_ways_out(family):
+    # torch.nn's layers and cells script; rnnkit's cannot, and TorchScript's own error named neither
+    # the module nor a way out ("Only a single generator is currently supported")
+    model = nn.Sequential(nn.Identity(), getattr(rnnkit, family)(3, 4))  # also inside a model
+    want = rf"cannot compile rnnkit\.{family} .*torch\.jit\.trace.*torch\.nn\.{family}"
+    with pytest.raises(RuntimeError, match=want):
+        torch.jit.script(model)
+    torch.jit.script(getattr(nn, family)(3, 4))  # (what the message points to works)
