@@ -195,8 +195,10 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
-        """Parameters grouped per layer-direction, as ``torch.nn.RNNBase.all_weights``."""
-        return [[getattr(self, a) for a in names.values()] for per in self._names for names in per]
+        """Parameters grouped per layer-direction, as ``torch.nn.RNNBase.all_weights``: the tensors
+        ``_all_weights`` names (batch norm's running statistics, buffers, are no weights: code that
+        initializes every weight of the list drew them too)."""
+        return [[getattr(self, a) for a in names] for names in self._all_weights]
 
     @property
     def _ref(self) -> Tensor:

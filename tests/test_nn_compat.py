@@ -49,6 +49,10 @@ def test_weight_lists_hold_option_parameters_after_torch_names():
     assert "weight_ln_ih_l0" in names and len(names) == len(list(ours.parameters()))
     bn = rnnkit.LSTM(4, 6, norm="batch", max_len=5)  # running statistics are buffers, not weights
     assert not any("running" in n for n in bn._flat_weights_names)
+    # all_weights holds the tensors _all_weights names, as torch.nn's (it held the 6 buffers too)
+    (weights,), (names,) = bn.all_weights, bn._all_weights
+    assert len(weights) == len(names) == 8
+    assert all(w is getattr(bn, n) for w, n in zip(weights, names))
 
 
 @pytest.mark.parametrize("family, kwargs", CONFIGS, ids=ID)
