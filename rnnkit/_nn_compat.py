@@ -44,9 +44,29 @@ class RNNBaseCompat:
 
     @property
     def _flat_weights(self) -> list[Tensor]:
-        """The parameters named by ``_flat_weights_names`` (read-only here: rnnkit looks its
-        parameters up by name at every call, so there is no list to keep in sync)."""
+        """The parameters named by ``_flat_weights_names`` (rnnkit looks its parameters up by name
+        at every call, so there is no list to keep in sync)."""
         return [getattr(self, a) for a in self._flat_weights_names]
+
+    @_flat_weights.setter
+    def _flat_weights(self, weights: Sequence[Tensor]) -> None:
+        """Code written for torch.nn refreshes torch's list after replacing a weight (AWD-style
+        weight drop: ``m._flat_weights = [getattr(m, n) for n in m._flat_weights_names]``); without
+        a setter that was an ``AttributeError``. The weights the names hold now are taken as they
+        are (nothing to do); any other list, which torch would run with but rnnkit would ignore, is
+        refused, naming the way that works."""
+        names, weights = self._flat_weights_names, list(weights)
+        if len(weights) != len(names):
+            fail(f"_flat_weights must hold {len(names)} tensors ({', '.join(names)}), got {len(weights)}")
+        for name, w in zip(names, weights):
+            now = getattr(self, name)  # (a parametrized weight: computed anew, so compared by value)
+            if w is now or (isinstance(w, Tensor) and _same(w, now)):
+                continue
+            got = f"a tensor of shape {tuple(w.shape)}" if isinstance(w, Tensor) else type(w).__name__
+            fail(
+                f"_flat_weights: expected the tensor {name} holds, got {got} that differs from it; rnnkit "
+                f"reads its weights by name at every call: set it with setattr(module, {name!r}, tensor)"
+            )
 
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         """Dtype, rank (3-D dense, 2-D packed data) and feature size of ``input``."""
@@ -102,6 +122,11 @@ class RNNBaseCompat:
         if isinstance(hx, (tuple, list)):
             return tuple(s.index_select(1, permutation) for s in hx)
         return hx.index_select(1, permutation)
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same numbers (same shape, dtype and device)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
 
 
 def refuse_script(module: nn.Module) -> None:

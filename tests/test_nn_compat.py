@@ -132,3 +132,24 @@ def test_weight_lists_keep_a_parameter_replaced_by_a_tensor():
     assert ours._flat_weights_names == theirs._flat_weights_names
     assert all(w is getattr(ours, n) for w, n in zip(ours._flat_weights, ours._flat_weights_names))
     assert len(ours._flat_weights) == len(theirs._flat_weights) == 4
+
+
+def test_flat_weights_refreshed_as_code_for_torch_nn_does():
+    # AWD-style weight drop refreshes torch's list after setting a weight by name; rnnkit's property
+    # had no setter: AttributeError
+    theirs, ours = pair("LSTM", {"num_layers": 2})
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 3, 4)
+    for m in (theirs, ours):
+        raw = m._parameters.pop("weight_hh_l0")
+        m.weight_hh_l0 = raw.detach() * 0.5
+        m._flat_weights = [getattr(m, n) for n in m._flat_weights_names]
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+    # a parametrized weight is computed anew at every read: the same numbers are taken too
+    nn.utils.parametrizations.orthogonal(ours, "weight_hh_l1")
+    ours._flat_weights = [getattr(ours, n) for n in ours._flat_weights_names]
+    # another list torch.nn would run with, which rnnkit would not read: refused, naming what works
+    with pytest.raises(rnnkit.RecurrentInputError, match=r"set it with setattr\(module, 'weight_ih_l0'"):
+        ours._flat_weights = [w * 2 for w in ours._flat_weights]
+    with pytest.raises(rnnkit.RecurrentInputError, match="must hold 8 tensors"):
+        ours._flat_weights = []
