@@ -43,10 +43,11 @@ class RNNBaseCompat:
         return [a for names in self._all_weights for a in names]
 
     @property
-    def _flat_weights(self) -> list[Tensor]:
+    def _flat_weights(self) -> list[Tensor | None]:
         """The parameters named by ``_flat_weights_names`` (rnnkit looks its parameters up by name
-        at every call, so there is no list to keep in sync)."""
-        return [getattr(self, a) for a in self._flat_weights_names]
+        at every call, so there is no list to keep in sync); ``None`` for a name that holds none
+        now, as torch.nn's (a weight-drop wrapper deletes a weight and sets it before each call)."""
+        return [getattr(self, a, None) for a in self._flat_weights_names]
 
     @_flat_weights.setter
     def _flat_weights(self, weights: Sequence[Tensor]) -> None:
@@ -59,8 +60,8 @@ class RNNBaseCompat:
         if len(weights) != len(names):
             fail(f"_flat_weights must hold {len(names)} tensors ({', '.join(names)}), got {len(weights)}")
         for name, w in zip(names, weights):
-            now = getattr(self, name)  # (a parametrized weight: computed anew, so compared by value)
-            if w is now or (isinstance(w, Tensor) and _same(w, now)):
+            now = getattr(self, name, None)  # (a parametrized weight: computed anew, so compared by value)
+            if w is now or (isinstance(w, Tensor) and isinstance(now, Tensor) and _same(w, now)):
                 continue
             got = f"a tensor of shape {tuple(w.shape)}" if isinstance(w, Tensor) else type(w).__name__
             fail(
@@ -235,8 +236,10 @@ def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, s
             if len(ts) > 1:  # computed (weight norm): the cell changes a copy, set through what computes it
                 held[base] = computed(module, attr).detach().clone()
                 several[base] = held[base].clone()
-            else:  # none: a plain tensor in a parameter's place
+            elif ts or hasattr(module, attr):  # none: a plain tensor in a parameter's place
                 held[base] = ts[0] if ts else getattr(module, attr)
+            # else nothing holds it (a weight-drop wrapper sets it before each call from its own
+            # parameter, drawn above as torch.nn draws it)
         if id(cell) in own:
             cell.reset_parameters(held)
         else:

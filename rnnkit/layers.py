@@ -165,10 +165,13 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         """Like ``torch.nn.RNNBase.flatten_parameters``: on CUDA with cuDNN, move the weights of
         a torch-compatible configuration into one contiguous buffer; a no-op elsewhere. Recurrent
         dropout counts as torch-compatible (it is, in evaluation: a layer built in training mode,
-        evaluated on torch's kernels, had unflattened weights and cuDNN's warning at every call)."""
-        mode, ws = dispatch.torch_mode(self, in_eval=True), self.flat_weights()
+        evaluated on torch's kernels, had unflattened weights and cuDNN's warning at every call).
+        Also a no-op while a weight is missing, as torch.nn's: a weight-drop wrapper deletes one and
+        sets it before each call (torchnlp's WeightDrop), and ``.to(device)`` in between called this."""
+        mode, ws = dispatch.torch_mode(self, in_eval=True), self._flat_weights  # (None: missing)
         if mode is None or not all(
-            w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w) for w in ws
+            w is not None and w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w)
+            for w in ws
         ):
             return
         ptrs = tuple(w.data_ptr() for w in ws)

@@ -67,6 +67,28 @@ def test_reset_parameters_after_a_weight_change_as_torch_nn(family, change):
     torch.testing.assert_close(out_o, out_t, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_weight_deleted_until_each_call_as_torchnlp_weight_drop_leaves_it(family):
+    # torchnlp's WeightDrop deletes the weight, registers <name>_raw and sets the weight in its own
+    # forward only: .to(...) in between (flatten_parameters), _flat_weights and reset_parameters
+    # raised "'LSTM' object has no attribute 'weight_hh_l0'" where torch.nn's work
+    theirs, ours = _pair(family)
+    name = "weight_hh" + ("" if family.endswith("Cell") else "_l0")
+    for m in (theirs, ours):
+        m.register_parameter(name + "_raw", nn.Parameter(m._parameters.pop(name).detach()))
+        m.double()  # (as model.to(device) does)
+        torch.manual_seed(1)
+        m.reset_parameters()
+    if not family.endswith("Cell"):
+        assert [w is None for w in ours._flat_weights] == [w is None for w in theirs._flat_weights]
+    for (n, want), got in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=n)
+    x = torch.randn(5, 2, 3)[0 if family.endswith("Cell") else slice(None)]
+    for m in (theirs, ours):
+        setattr(m, name, getattr(m, name + "_raw") * 0.5)  # what the wrapper's forward does
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-12)
+
+
 def test_reset_parameters_draws_a_tied_weight_once_as_torch_nn():
     theirs, ours = (lib.LSTM(3, 3, bidirectional=True) for lib in (nn, rnnkit))
     for m in (theirs, ours):
