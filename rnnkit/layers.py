@@ -149,9 +149,14 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         names = self._names[layer][direction]
         # a registered parameter straight from _parameters, which getattr reaches last, through
         # nn.Module.__getattr__ (~0.4 us a tensor); the others (buffers, a parametrized, pruned or
-        # weight-normed weight: no longer in _parameters) through getattr
-        held = self._parameters
-        p = {base: held[attr] if attr in held else getattr(self, attr) for base, attr in names.items()}
+        # weight-normed weight: no longer in _parameters) through getattr, as is a tensor set in the
+        # instance dict over a registered parameter (object.__setattr__), which getattr (torch.nn,
+        # rnnkit's torch path) reads first: from _parameters the loop and fused paths ignored it
+        held, shadow = self._parameters, self.__dict__
+        p = {
+            base: held[attr] if attr in held and attr not in shadow else getattr(self, attr)
+            for base, attr in names.items()
+        }
         _checks.check_param_shapes(p, dispatch.spec_shapes(self)[layer], names, self._ref.dtype)
         return p
 

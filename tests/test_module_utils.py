@@ -89,6 +89,21 @@ def test_a_weight_deleted_until_each_call_as_torchnlp_weight_drop_leaves_it(fami
     torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("impl", ["auto", "torch", "loop", "fused"])
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN"])
+def test_a_tensor_set_over_a_registered_weight_is_read_as_torch_nn_reads_it(family, impl):
+    # object.__setattr__(m, name, t) puts t in the instance dict over the registered parameter:
+    # attribute lookup (torch.nn, rnnkit's torch path) reads t; the loop and fused paths read
+    # _parameters and ignored t, silently
+    torch.manual_seed(0)
+    theirs, ours = getattr(nn, family)(3, 4, 2), getattr(rnnkit, family)(3, 4, 2, impl=impl)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 2, 3)
+    for m in (theirs, ours):
+        object.__setattr__(m, "weight_hh_l1", m.weight_hh_l1.detach() * 0.5)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
+
+
 def test_reset_parameters_draws_a_tied_weight_once_as_torch_nn():
     theirs, ours = (lib.LSTM(3, 3, bidirectional=True) for lib in (nn, rnnkit))
     for m in (theirs, ours):
