@@ -69,6 +69,12 @@ class RNNBaseCompat:
                 f"reads its weights by name at every call: set it with setattr(module, {name!r}, tensor)"
             )
 
+    def _init_flat_weights(self) -> None:
+        """torch.nn rebuilds its ``_flat_weights`` list from the names here, and code that replaced a
+        weight by name calls it (it was an ``AttributeError``); rnnkit reads its weights by name at
+        every call, so what remains is torch's last step, :meth:`flatten_parameters`."""
+        self.flatten_parameters()  # type: ignore[attr-defined]
+
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         """Dtype, rank (3-D dense, 2-D packed data) and feature size of ``input``."""
         ref = self._flat_weights[0]

@@ -153,3 +153,16 @@ def test_flat_weights_refreshed_as_code_for_torch_nn_does():
         ours._flat_weights = [w * 2 for w in ours._flat_weights]
     with pytest.raises(rnnkit.RecurrentInputError, match="must hold 8 tensors"):
         ours._flat_weights = []
+
+
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
+def test_init_flat_weights_after_replacing_a_weight_as_torch_nn(family):
+    # code that replaces a weight by name calls torch's _init_flat_weights(): an AttributeError here
+    theirs, ours = pair(family, {})
+    ours.load_state_dict(theirs.state_dict())
+    for m in (theirs, ours):
+        w = m._parameters.pop("weight_hh_l0").detach() * 0.5
+        m.register_parameter("weight_hh_l0", nn.Parameter(w))
+        m._init_flat_weights()
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
