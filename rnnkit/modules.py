@@ -339,8 +339,9 @@ class StepCell(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
-        if getattr(self, "nonlinearity", "tanh") != "tanh":  # as torch.nn.RNNCell's repr
-            s += f", nonlinearity={self.nonlinearity}"
+        act = getattr(self.cell, "nonlinearity", "tanh")  # the cell's (a StepCell of a ReLU cell too)
+        if act != "tanh":  # as torch.nn.RNNCell's repr
+            s += f", nonlinearity={act}"
         if getattr(self.cell, "proj_size", 0):
             s += f", proj_size={self.cell.proj_size}"
         extra = self.cell.describe()

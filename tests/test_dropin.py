@@ -198,6 +198,9 @@ def test_cells_without_bias_hold_none_biases_as_torch_nn(family):
 @pytest.mark.parametrize("kw", [{}, {"nonlinearity": "relu"}, {"bias": False, "nonlinearity": "relu"}])
 def test_rnn_cell_repr_as_torch_nn(kw):
     assert repr(rnnkit.RNNCell(3, 4, **kw)) == repr(nn.RNNCell(3, 4, **kw))
+    # a StepCell of the same cell says it too (it read an attribute only RNNCell had: "StepCell(3, 4)")
+    step = rnnkit.StepCell(rnnkit.cells.RNNCellMath(3, 4, **kw))
+    assert repr(step).replace("StepCell", "RNNCell") == repr(nn.RNNCell(3, 4, **kw))
 
 
 @pytest.mark.parametrize("kw", [{}, {"norm": "layer"}])
