@@ -43,10 +43,37 @@ class RNNBaseCompat:
         return [a for names in self._all_weights for a in names]
 
     @property
-    def _flat_weights(self) -> list[Tensor]:
-        """The parameters named by ``_flat_weights_names`` (read-only here: rnnkit looks its
-        parameters up by name at every call, so there is no list to keep in sync)."""
-        return [getattr(self, a) for a in self._flat_weights_names]
+    def _flat_weights(self) -> list[Tensor | None]:
+        """The parameters named by ``_flat_weights_names`` (rnnkit looks its parameters up by name
+        at every call, so there is no list to keep in sync); ``None`` for a name that holds none
+        now, as torch.nn's (a weight-drop wrapper deletes a weight and sets it before each call)."""
+        return [getattr(self, a, None) for a in self._flat_weights_names]
+
+    @_flat_weights.setter
+    def _flat_weights(self, weights: Sequence[Tensor]) -> None:
+        """Code written for torch.nn refreshes torch's list after replacing a weight (AWD-style
+        weight drop: ``m._flat_weights = [getattr(m, n) for n in m._flat_weights_names]``); without
+        a setter that was an ``AttributeError``. The weights the names hold now are taken as they
+        are (nothing to do); any other list, which torch would run with but rnnkit would ignore, is
+        refused, naming the way that works."""
+        names, weights = self._flat_weights_names, list(weights)
+        if len(weights) != len(names):
+            fail(f"_flat_weights must hold {len(names)} tensors ({', '.join(names)}), got {len(weights)}")
+        for name, w in zip(names, weights):
+            now = getattr(self, name, None)  # (a parametrized weight: computed anew, so compared by value)
+            if w is now or (isinstance(w, Tensor) and isinstance(now, Tensor) and _same(w, now)):
+                continue
+            got = f"a tensor of shape {tuple(w.shape)}" if isinstance(w, Tensor) else type(w).__name__
+            fail(
+                f"_flat_weights: expected the tensor {name} holds, got {got} that differs from it; rnnkit "
+                f"reads its weights by name at every call: set it with setattr(module, {name!r}, tensor)"
+            )
+
+    def _init_flat_weights(self) -> None:
+        """torch.nn rebuilds its ``_flat_weights`` list from the names here, and code that replaced a
+        weight by name calls it (it was an ``AttributeError``); rnnkit reads its weights by name at
+        every call, so what remains is torch's last step, :meth:`flatten_parameters`."""
+        self.flatten_parameters()  # type: ignore[attr-defined]
 
     def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
         """Dtype, rank (3-D dense, 2-D packed data) and feature size of ``input``."""
@@ -90,13 +117,37 @@ class RNNBaseCompat:
         for i, shape in enumerate(shapes):
             self.check_hidden_size(hidden[i], shape, f"Expected hidden[{i}] size {{}}, got {{}}")
 
+    def __prepare_scriptable__(self):
+        """What ``torch.jit.script`` asks of a module (and of every submodule) before compiling it."""
+        refuse_script(self)
+
     def permute_hidden(self, hx, permutation: Tensor | None):
-        """The state (a tensor, or a tuple for the LSTM) with its batch (dim 1) reordered."""
+        """The state (a tensor, or a tuple for the LSTM) with its batch (dim 1) reordered; a list
+        ``[h, c]``, which the LSTM's ``forward`` takes too, gives a tuple, as torch.nn's."""
         if permutation is None:
             return hx
-        if isinstance(hx, tuple):
+        if isinstance(hx, (tuple, list)):
             return tuple(s.index_select(1, permutation) for s in hx)
         return hx.index_select(1, permutation)
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` hold the same numbers (same shape, dtype and device)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
+
+
+def refuse_script(module: nn.Module) -> None:
+    """``torch.jit.script`` of ``module`` (or of a model holding it), which it cannot compile: its
+    forward dispatches in Python among torch's kernels, rnnkit's fused ones and a loop of any cell.
+    TorchScript failed on the first construct it met, in words that named neither the layer nor
+    a way out ("Only a single generator is currently supported", "Failed to get source for
+    StepMasks.__init__"); this ``RuntimeError`` names both."""
+    name = type(module).__name__
+    twin = f", or torch.nn.{name} where TorchScript is a must" if hasattr(nn, name) else ""
+    raise RuntimeError(
+        f"torch.jit.script cannot compile rnnkit.{name} (its forward dispatches in Python); use "
+        f"torch.compile, torch.export or torch.jit.trace, which work{twin}"
+    )
 
 
 def weight_storage(module: nn.Module, attr: str) -> list[Tensor]:
@@ -191,8 +242,10 @@ def reset_like_torch(module: nn.Module, layers: Sequence[tuple[Cell, dict[str, s
             if len(ts) > 1:  # computed (weight norm): the cell changes a copy, set through what computes it
                 held[base] = computed(module, attr).detach().clone()
                 several[base] = held[base].clone()
-            else:  # none: a plain tensor in a parameter's place
+            elif ts or hasattr(module, attr):  # none: a plain tensor in a parameter's place
                 held[base] = ts[0] if ts else getattr(module, attr)
+            # else nothing holds it (a weight-drop wrapper sets it before each call from its own
+            # parameter, drawn above as torch.nn draws it)
         if id(cell) in own:
             cell.reset_parameters(held)
         else:

@@ -149,9 +149,14 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         names = self._names[layer][direction]
         # a registered parameter straight from _parameters, which getattr reaches last, through
         # nn.Module.__getattr__ (~0.4 us a tensor); the others (buffers, a parametrized, pruned or
-        # weight-normed weight: no longer in _parameters) through getattr
-        held = self._parameters
-        p = {base: held[attr] if attr in held else getattr(self, attr) for base, attr in names.items()}
+        # weight-normed weight: no longer in _parameters) through getattr, as is a tensor set in the
+        # instance dict over a registered parameter (object.__setattr__), which getattr (torch.nn,
+        # rnnkit's torch path) reads first: from _parameters the loop and fused paths ignored it
+        held, shadow = self._parameters, self.__dict__
+        p = {
+            base: held[attr] if attr in held and attr not in shadow else getattr(self, attr)
+            for base, attr in names.items()
+        }
         _checks.check_param_shapes(p, dispatch.spec_shapes(self)[layer], names, self._ref.dtype)
         return p
 
@@ -165,10 +170,13 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         """Like ``torch.nn.RNNBase.flatten_parameters``: on CUDA with cuDNN, move the weights of
         a torch-compatible configuration into one contiguous buffer; a no-op elsewhere. Recurrent
         dropout counts as torch-compatible (it is, in evaluation: a layer built in training mode,
-        evaluated on torch's kernels, had unflattened weights and cuDNN's warning at every call)."""
-        mode, ws = dispatch.torch_mode(self, in_eval=True), self.flat_weights()
+        evaluated on torch's kernels, had unflattened weights and cuDNN's warning at every call).
+        Also a no-op while a weight is missing, as torch.nn's: a weight-drop wrapper deletes one and
+        sets it before each call (torchnlp's WeightDrop), and ``.to(device)`` in between called this."""
+        mode, ws = dispatch.torch_mode(self, in_eval=True), self._flat_weights  # (None: missing)
         if mode is None or not all(
-            w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w) for w in ws
+            w is not None and w.is_cuda and w.dtype == ws[0].dtype and torch.backends.cudnn.is_acceptable(w)
+            for w in ws
         ):
             return
         ptrs = tuple(w.data_ptr() for w in ws)
@@ -195,8 +203,10 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
 
     @property
     def all_weights(self) -> list[list[Tensor]]:
-        """Parameters grouped per layer-direction, as ``torch.nn.RNNBase.all_weights``."""
-        return [[getattr(self, a) for a in names.values()] for per in self._names for names in per]
+        """Parameters grouped per layer-direction, as ``torch.nn.RNNBase.all_weights``: the tensors
+        ``_all_weights`` names (batch norm's running statistics, buffers, are no weights: code that
+        initializes every weight of the list drew them too)."""
+        return [[getattr(self, a) for a in names] for names in self._all_weights]
 
     @property
     def _ref(self) -> Tensor:

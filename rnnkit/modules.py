@@ -15,7 +15,7 @@ import torch
 from torch import _VF, Tensor, nn
 
 from . import _checks, options, regularizers
-from ._nn_compat import reference, reset_like_torch
+from ._nn_compat import reference, refuse_script, reset_like_torch
 from .cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from .layers import RecurrentStack
 from .regularizers import StepMasks
@@ -230,6 +230,10 @@ class StepCell(nn.Module):
         _checks.check_param_shapes(p, shapes, dtype=dtype)
         return p
 
+    def __prepare_scriptable__(self):
+        """What ``torch.jit.script`` asks of a module (and of every submodule) before compiling it."""
+        refuse_script(self)
+
     def reset_parameters(self) -> None:
         """Draw every parameter anew as torch.nn does, also where a torch.nn utility holds it."""
         reset_like_torch(self, [(self.cell, {s.name: s.name for s in self.cell.param_specs()})])
@@ -335,8 +339,9 @@ class StepCell(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
-        if getattr(self, "nonlinearity", "tanh") != "tanh":  # as torch.nn.RNNCell's repr
-            s += f", nonlinearity={self.nonlinearity}"
+        act = getattr(self.cell, "nonlinearity", "tanh")  # the cell's (a StepCell of a ReLU cell too)
+        if act != "tanh":  # as torch.nn.RNNCell's repr
+            s += f", nonlinearity={act}"
         if getattr(self.cell, "proj_size", 0):
             s += f", proj_size={self.cell.proj_size}"
         extra = self.cell.describe()
@@ -351,11 +356,22 @@ class RNNCell(StepCell):
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True,
                  nonlinearity: str = "tanh", device=None, dtype=None, **options) -> None:  # fmt: skip
-        self.nonlinearity = nonlinearity
         cell_opts, step_opts = StepCell.split_options(options)
         check_options(type(self), RNNCellMath, cell_opts)
         cell = RNNCellMath(input_size, hidden_size, bias, nonlinearity, **cell_opts)
         super().__init__(cell, device, dtype, **step_opts)
+
+    @property
+    def nonlinearity(self) -> str:
+        """``"tanh"`` or ``"relu"``, the cell's. Assignable, as ``torch.nn.RNNCell``'s (which reads
+        it at every call): a copy kept here changed the repr but not the math, silently."""
+        return self.cell.nonlinearity  # type: ignore[attr-defined]
+
+    @nonlinearity.setter
+    def nonlinearity(self, value: str) -> None:
+        # a new cell (its options kept): the math is fixed at a cell's construction, which checks value
+        old = self.cell
+        self.cell = RNNCellMath(old.input_size, old.hidden_size, old.bias, value, norm=old.norm)  # type: ignore[attr-defined]
 
 
 class LSTMCell(StepCell):

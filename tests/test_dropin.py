@@ -198,6 +198,28 @@ def test_cells_without_bias_hold_none_biases_as_torch_nn(family):
 @pytest.mark.parametrize("kw", [{}, {"nonlinearity": "relu"}, {"bias": False, "nonlinearity": "relu"}])
 def test_rnn_cell_repr_as_torch_nn(kw):
     assert repr(rnnkit.RNNCell(3, 4, **kw)) == repr(nn.RNNCell(3, 4, **kw))
+    # a StepCell of the same cell says it too (it read an attribute only RNNCell had: "StepCell(3, 4)")
+    step = rnnkit.StepCell(rnnkit.cells.RNNCellMath(3, 4, **kw))
+    assert repr(step).replace("StepCell", "RNNCell") == repr(nn.RNNCell(3, 4, **kw))
+
+
+@pytest.mark.parametrize("kw", [{}, {"norm": "layer"}])
+def test_rnn_cell_nonlinearity_assigned_later_takes_effect_as_torch_nn(kw):
+    # torch.nn.RNNCell reads nonlinearity at every call; rnnkit's kept a copy that the math ignored
+    torch.manual_seed(0)
+    theirs, ours = nn.RNNCell(3, 4), rnnkit.RNNCell(3, 4, **kw)
+    ours.load_state_dict(theirs.state_dict(), strict=not kw)
+    x = torch.randn(5, 3)
+    for value in ("relu", "tanh", "relu"):
+        theirs.nonlinearity = ours.nonlinearity = value
+        assert ours.nonlinearity == value and repr(ours).startswith(repr(theirs)[:-1])
+        if kw:  # (layer norm: no torch.nn twin) relu's outputs are >= 0, tanh's here are not
+            assert bool((ours(x) >= 0).all()) == (value == "relu")
+        else:
+            torch.testing.assert_close(ours(x), theirs(x))
+    with pytest.raises(ValueError, match="nonlinearity must be one of"):
+        ours.nonlinearity = "sigmoid"
+    assert ours.nonlinearity == "relu"
 
 
 REGULARIZERS = [{"recurrent_dropout": 0.5}, {"locked_dropout": 0.5}, {"weight_drop": 0.5}, {"zoneout": 0.5}]
@@ -338,3 +360,15 @@ def test_lengths_on_an_empty_batch_as_without_lengths(family, kw):
         want[1] if isinstance(want[1], tuple) else (want[1],),
     ):
         assert a.shape == b.shape
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_jit_script_is_refused_naming_the_module_and_the_ways_out(family):
+    # torch.nn's layers and cells script; rnnkit's cannot, and TorchScript's own error named neither
+    # the module nor a way out ("Only a single generator is currently supported")
+    model = nn.Sequential(nn.Identity(), getattr(rnnkit, family)(3, 4))  # also inside a model
+    want = rf"cannot compile rnnkit\.{family} .*torch\.jit\.trace.*torch\.nn\.{family}"
+    with pytest.raises(RuntimeError, match=want):
+        torch.jit.script(model)
+    torch.jit.script(getattr(nn, family)(3, 4))  # (what the message points to works)

@@ -67,6 +67,43 @@ def test_reset_parameters_after_a_weight_change_as_torch_nn(family, change):
     torch.testing.assert_close(out_o, out_t, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_weight_deleted_until_each_call_as_torchnlp_weight_drop_leaves_it(family):
+    # torchnlp's WeightDrop deletes the weight, registers <name>_raw and sets the weight in its own
+    # forward only: .to(...) in between (flatten_parameters), _flat_weights and reset_parameters
+    # raised "'LSTM' object has no attribute 'weight_hh_l0'" where torch.nn's work
+    theirs, ours = _pair(family)
+    name = "weight_hh" + ("" if family.endswith("Cell") else "_l0")
+    for m in (theirs, ours):
+        m.register_parameter(name + "_raw", nn.Parameter(m._parameters.pop(name).detach()))
+        m.double()  # (as model.to(device) does)
+        torch.manual_seed(1)
+        m.reset_parameters()
+    if not family.endswith("Cell"):
+        assert [w is None for w in ours._flat_weights] == [w is None for w in theirs._flat_weights]
+    for (n, want), got in zip(theirs.named_parameters(), ours.parameters(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=n)
+    x = torch.randn(5, 2, 3)[0 if family.endswith("Cell") else slice(None)]
+    for m in (theirs, ours):
+        setattr(m, name, getattr(m, name + "_raw") * 0.5)  # what the wrapper's forward does
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch", "loop", "fused"])
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN"])
+def test_a_tensor_set_over_a_registered_weight_is_read_as_torch_nn_reads_it(family, impl):
+    # object.__setattr__(m, name, t) puts t in the instance dict over the registered parameter:
+    # attribute lookup (torch.nn, rnnkit's torch path) reads t; the loop and fused paths read
+    # _parameters and ignored t, silently
+    torch.manual_seed(0)
+    theirs, ours = getattr(nn, family)(3, 4, 2), getattr(rnnkit, family)(3, 4, 2, impl=impl)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 2, 3)
+    for m in (theirs, ours):
+        object.__setattr__(m, "weight_hh_l1", m.weight_hh_l1.detach() * 0.5)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-10, atol=1e-10)
+
+
 def test_reset_parameters_draws_a_tied_weight_once_as_torch_nn():
     theirs, ours = (lib.LSTM(3, 3, bidirectional=True) for lib in (nn, rnnkit))
     for m in (theirs, ours):

@@ -49,6 +49,10 @@ def test_weight_lists_hold_option_parameters_after_torch_names():
     assert "weight_ln_ih_l0" in names and len(names) == len(list(ours.parameters()))
     bn = rnnkit.LSTM(4, 6, norm="batch", max_len=5)  # running statistics are buffers, not weights
     assert not any("running" in n for n in bn._flat_weights_names)
+    # all_weights holds the tensors _all_weights names, as torch.nn's (it held the 6 buffers too)
+    (weights,), (names,) = bn.all_weights, bn._all_weights
+    assert len(weights) == len(names) == 8
+    assert all(w is getattr(bn, n) for w, n in zip(weights, names))
 
 
 @pytest.mark.parametrize("family, kwargs", CONFIGS, ids=ID)
@@ -108,6 +112,16 @@ def test_permute_hidden_matches_torch(family, kwargs):
         torch.testing.assert_close(g, w, rtol=0, atol=0)
 
 
+def test_permute_hidden_of_a_list_state_matches_torch():
+    # LSTM.forward takes hx as a list [h, c]; torch.nn's permute_hidden reorders it into a tuple
+    # (rnnkit's failed: "'list' object has no attribute 'index_select'")
+    theirs, ours = pair("LSTM", {})
+    hx, perm = list(states(theirs, 5)), torch.tensor([4, 0, 3, 1, 2])
+    want, got = theirs.permute_hidden(hx, perm), ours.permute_hidden(hx, perm)
+    assert type(got) is type(want) is tuple
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def test_weight_lists_keep_a_parameter_replaced_by_a_tensor():
     # the AWD-LSTM / fastai WeightDrop trick: the raw parameter is deleted and a plain tensor set
     # under its name before every call; torch.nn's weight lists keep the name
@@ -118,3 +132,37 @@ def test_weight_lists_keep_a_parameter_replaced_by_a_tensor():
     assert ours._flat_weights_names == theirs._flat_weights_names
     assert all(w is getattr(ours, n) for w, n in zip(ours._flat_weights, ours._flat_weights_names))
     assert len(ours._flat_weights) == len(theirs._flat_weights) == 4
+
+
+def test_flat_weights_refreshed_as_code_for_torch_nn_does():
+    # AWD-style weight drop refreshes torch's list after setting a weight by name; rnnkit's property
+    # had no setter: AttributeError
+    theirs, ours = pair("LSTM", {"num_layers": 2})
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(5, 3, 4)
+    for m in (theirs, ours):
+        raw = m._parameters.pop("weight_hh_l0")
+        m.weight_hh_l0 = raw.detach() * 0.5
+        m._flat_weights = [getattr(m, n) for n in m._flat_weights_names]
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+    # a parametrized weight is computed anew at every read: the same numbers are taken too
+    nn.utils.parametrizations.orthogonal(ours, "weight_hh_l1")
+    ours._flat_weights = [getattr(ours, n) for n in ours._flat_weights_names]
+    # another list torch.nn would run with, which rnnkit would not read: refused, naming what works
+    with pytest.raises(rnnkit.RecurrentInputError, match=r"set it with setattr\(module, 'weight_ih_l0'"):
+        ours._flat_weights = [w * 2 for w in ours._flat_weights]
+    with pytest.raises(rnnkit.RecurrentInputError, match="must hold 8 tensors"):
+        ours._flat_weights = []
+
+
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
+def test_init_flat_weights_after_replacing_a_weight_as_torch_nn(family):
+    # code that replaces a weight by name calls torch's _init_flat_weights(): an AttributeError here
+    theirs, ours = pair(family, {})
+    ours.load_state_dict(theirs.state_dict())
+    for m in (theirs, ours):
+        w = m._parameters.pop("weight_hh_l0").detach() * 0.5
+        m.register_parameter("weight_hh_l0", nn.Parameter(w))
+        m._init_flat_weights()
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
