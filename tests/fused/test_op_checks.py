@@ -226,6 +226,7 @@ BAD = {
         ("mean", _t(T, H + 1), "mean must have shape (T, F)"),
         ("rv", _t(3, H), "rv must have shape (S, F)"),
         ("var", _t(T, H, dtype=torch.float32), "var must have dtype"),
+        ("rm", _t(H, 2).t(), "rm and rv must be contiguous"),  # updated in place: not a copy
     ],
 }
 
@@ -247,6 +248,17 @@ def test_inconsistent_argument_raises_naming_it(op, arg, bad, msg):
     text = str(e.value)
     assert name + ":" in text, text
     assert re.search(msg if "\\" in msg else re.escape(msg), text), text
+
+
+@pytest.mark.parametrize("ns", [[B, 0, B], [B, B, -1]])
+def test_update_running_rejects_steps_of_no_rows(ns):
+    """``update_running``'s batch sizes are row counts: a step of 0 rows (or fewer) was taken as a
+    step, the running mean moved towards its statistics, not an error."""
+    require_ext()
+    rm, msg = _t(2, H), f"update_running: batch_sizes must be positive, got {ns}"
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        torch.ops.rnnkit_norm.update_running([rm], [_t(2, H).abs()], [_t(T, H)], [_t(T, H).abs()], ns, 0.1)
+    assert torch.equal(rm, _t(2, H))  # nothing updated
 
 
 def test_public_custom_op_raises():
