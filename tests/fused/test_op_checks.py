@@ -208,6 +208,7 @@ BAD = {
         ("ghn", _t(B, H - 1), "ghn must have shape (B, P)"),
         ("gcn", _t(B - 1, H), "gcn must have shape (B, H)"),
         ("gout", _t(N, H + 1), "gout must have shape (N, P)"),
+        ("out", _t(N, 0), "out must have shape (N, P) with a positive width"),
         ("saved", [_t(N, 4 * H)] * 8, "saved must hold the forward's 9"),
         ("g_c", _t(2 * H), r"g_c must have shape \(F,\)"),
         ("w_peep", _t(H), r"w_peep must have shape \(3H,\)"),
@@ -226,6 +227,7 @@ BAD = {
         ("mean", _t(T, H + 1), "mean must have shape (T, F)"),
         ("rv", _t(3, H), "rv must have shape (S, F)"),
         ("var", _t(T, H, dtype=torch.float32), "var must have dtype"),
+        ("rm", _t(H, 2).t(), "rm and rv must be contiguous"),  # updated in place: not a copy
     ],
 }
 
@@ -247,6 +249,47 @@ def test_inconsistent_argument_raises_naming_it(op, arg, bad, msg):
     text = str(e.value)
     assert name + ":" in text, text
     assert re.search(msg if "\\" in msg else re.escape(msg), text), text
+
+
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_zero_width_state_raises(kind):
+    """Arguments consistent with hidden size 0 (torch.nn rejects it) ran: forward returned (N, 0)
+    outputs, and the GRU/RNN backward too, with MKL printing "Parameter 8 was incorrect on entry
+    to DGEMM" for the GEMMs' leading dimension of 0."""
+    require_ext()
+    G = {0: 4, 1: 3, 2: 1}[kind] * 0
+    c0, b_hh = _t(B, 0) if kind == 0 else _t(0), _t(G) if kind == 1 else None
+    args = (_t(N, G), _t(B, 0), c0, _t(G, 0), b_hh, None, None, None, None, None)
+    msg = "rnnkit_ext::forward: h0 must have shape (B, P) with a positive width, got [2, 0]"
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        torch.ops.rnnkit_ext.forward(kind, *args, BSZ, False, False)
+    if kind == 0:  # the LSTM's backward already asked for a positive number of gate rows
+        return
+    saved = [_t(N, G), _t(N, 0), _t(N, 0), _t(N, 0)] if kind == 1 else [_t(N, 0), _t(N, 0)]
+    msg = "rnnkit_ext::backward: gout must have shape (N, P) with a positive width, got [6, 0]"
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        torch.ops.rnnkit_ext.backward(
+            kind, _t(N, 0), _t(B, 0), _t(0), saved, _t(G, 0), *[None] * 5, kind == 1, BSZ, False, False
+        )
+
+
+def test_lstm_zero_width_cell_raises():
+    """With a projection h0 (B, P) may be fine while c0 (B, H) has H = 0."""
+    require_ext()
+    msg = "rnnkit_ext::forward: c0 must have shape (B, H) with a positive width, got [2, 0]"
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        fused_fwd(0, xp=_t(N, 0), c0=_t(B, 0), w_hh=_t(0, H), w_hr=_t(H, 0))
+
+
+@pytest.mark.parametrize("ns", [[B, 0, B], [B, B, -1]])
+def test_update_running_rejects_steps_of_no_rows(ns):
+    """``update_running``'s batch sizes are row counts: a step of 0 rows (or fewer) was taken as a
+    step, the running mean moved towards its statistics, not an error."""
+    require_ext()
+    rm, msg = _t(2, H), f"update_running: batch_sizes must be positive, got {ns}"
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        torch.ops.rnnkit_norm.update_running([rm], [_t(2, H).abs()], [_t(T, H)], [_t(T, H).abs()], ns, 0.1)
+    assert torch.equal(rm, _t(2, H))  # nothing updated
 
 
 def test_public_custom_op_raises():

@@ -8,6 +8,10 @@ same masks; the masks' statistics (rate, independence of neighbours, of successi
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,3 +117,30 @@ def test_hit_and_miss_at_the_extremes_and_the_threshold(on, monkeypatch):
         for k, want in ((high, 0.0), (high + 1, 1.0)):
             torch.manual_seed(5)  # the same seed again: the same first element
             assert rng.bernoulli_mask((1,), k / 2**32, 1.0, 0.0, dtype).item() == want
+
+
+def test_the_same_masks_on_the_avx2_and_scalar_paths(tmp_path):
+    """csrc/rng.cpp fills masks with an AVX-512 loop where the CPU has it; ``RNNKIT_NO_AVX512=1``
+    and ``RNNKIT_NO_AVX2=1`` turn it off as every other vector path (it ignored them). The same
+    integer maths: the masks drawn in a fresh interpreter under each switch (read once per
+    process) are bit-identical, sizes with vector tails and several threads' chunks included."""
+    require_ext()
+    root = Path(__file__).resolve().parents[2]
+    code = (
+        "import sys, torch; from rnnkit.kernels import ext; ops = ext.ops(); torch.set_num_threads(2)\n"
+        "masks = [ops.bernoulli_mask(n, seed, p, 1.5, -0.25, f64) for n in (1, 7, 9, 17, 70001)\n"
+        "         for seed in (0, -1, 1 << 40) for p in (0.0, 0.15, 0.5, 0.999, 1.0)\n"
+        "         for f64 in (False, True)]\n"
+        "torch.save(masks, sys.argv[1])"
+    )
+    got = {}
+    for switch in ("", "RNNKIT_NO_AVX512", "RNNKIT_NO_AVX2"):
+        env = {k: v for k, v in os.environ.items() if k not in ("RNNKIT_NO_AVX512", "RNNKIT_NO_AVX2")}
+        if switch:
+            env[switch] = "1"
+        out = tmp_path / f"masks{switch}.pt"
+        run = subprocess.run([sys.executable, "-c", code, str(out)], cwd=root, env=env, timeout=300)
+        assert run.returncode == 0
+        got[switch] = torch.load(out)
+    for switch in ("RNNKIT_NO_AVX512", "RNNKIT_NO_AVX2"):
+        assert all(torch.equal(a, b) for a, b in zip(got[""], got[switch], strict=True)), switch

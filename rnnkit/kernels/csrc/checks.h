@@ -85,6 +85,12 @@ inline at::ScalarType floating(const char* op, const char* name, const Tensor& t
   return t.scalar_type();
 }
 
+// A state's width (`t`'s second size) is positive: torch.nn rejects hidden_size 0, and here the
+// GEMMs got a leading dimension of 0 (MKL printed "Parameter 8 was incorrect" and carried on).
+inline void positive_width(const char* op, const char* name, const Tensor& t, const char* what) {
+  TORCH_CHECK(t.size(1) > 0, op, ": ", name, " must have shape ", what, " with a positive width, got ", t.sizes());
+}
+
 // The sizes every op reads off its first arguments, checked alike by each.
 struct Sizes {
   at::ScalarType dt;
@@ -97,6 +103,7 @@ inline Sizes forward_sizes(const char* op, const char* name, const Tensor& ref, 
   const auto dt = floating(op, name, ref);
   tensor(op, name, ref, dt, "(N, F)", {kAny, kAny});
   tensor(op, "h0", h0, dt, "(B, P)", {kAny, kAny});
+  positive_width(op, "h0", h0, "(B, P)");
   return {dt, ref.size(0), h0.size(0), h0.size(1)};
 }
 
@@ -104,6 +111,7 @@ inline Sizes forward_sizes(const char* op, const char* name, const Tensor& ref, 
 inline Sizes backward_sizes(const char* op, const Tensor& gout, const Tensor& ghn) {
   const auto dt = floating(op, "gout", gout);
   tensor(op, "gout", gout, dt, "(N, P)", {kAny, kAny});
+  positive_width(op, "gout", gout, "(N, P)");
   tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, gout.size(1)});
   return {dt, gout.size(0), ghn.size(0), gout.size(1)};
 }
@@ -113,6 +121,7 @@ inline Sizes backward_sizes(const char* op, const Tensor& gout, const Tensor& gh
 inline int64_t lstm_state(const char* op, const Tensor& c0, at::ScalarType dt, int64_t B, int64_t P,
                           const std::optional<Tensor>& w_hr, const Tensor& h0) {
   tensor(op, "c0", c0, dt, "(B, H)", {B, kAny});
+  positive_width(op, "c0", c0, "(B, H)");
   const int64_t H = c0.size(1);
   if (w_hr.has_value())
     tensor(op, "w_hr", *w_hr, dt, "(P, H)", {P, H});

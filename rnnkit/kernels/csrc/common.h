@@ -36,10 +36,6 @@ inline const c10::OperatorHandle* op_linear() {
   static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "");
   return h;
 }
-inline const c10::OperatorHandle* op_linear_add() {
-  static const c10::OperatorHandle* h = find_op("mkldnn::_linear_pointwise", "binary");
-  return h;
-}
 inline const c10::OperatorHandle* op_reorder() {
   static const c10::OperatorHandle* h = find_op("mkldnn::_reorder_linear_weight", "");
   return h;
@@ -51,8 +47,7 @@ inline Tensor call(const c10::OperatorHandle* op, std::vector<c10::IValue> stack
 }
 
 inline bool use_onednn(const Tensor& t, bool allowed) {
-  return allowed && t.scalar_type() == at::kFloat && at::hasMKLDNN() && op_linear() && op_linear_add() &&
-         op_reorder();
+  return allowed && t.scalar_type() == at::kFloat && at::hasMKLDNN() && op_linear() && op_reorder();
 }
 
 // rows * in * out below which BLAS beats oneDNN's fixed cost per call (as _gemm.py).
@@ -71,11 +66,6 @@ struct Linear {
     if (!dnn || n * w.numel() < kOneDnnMinWork) return false;
     if (!packed.defined()) packed = call(op_reorder(), {w.contiguous(), c10::IValue(batch)});
     return true;
-  }
-  // base + x W^T (base: same shape as the result).
-  Tensor add(const Tensor& x, const Tensor& base) const {
-    if (use(x)) return call(op_linear_add(), {x, base, packed, c10::IValue(), std::string("add")});
-    return at::addmm(base, x, w.t());
   }
   // x W^T + bias.
   Tensor operator()(const Tensor& x, const std::optional<Tensor>& bias = std::nullopt) const {

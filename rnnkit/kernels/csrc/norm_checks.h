@@ -60,6 +60,7 @@ void check_backward(const std::string& kind, int64_t mode, const Tensor& gout, c
   check_kind_mode(op, kind, mode);
   const auto dt = floating(op, "out", out);
   tensor(op, "out", out, dt, "(N, P)", {kAny, kAny});
+  positive_width(op, "out", out, "(N, P)");
   const int64_t N = out.size(0), P = out.size(1);
   tensor(op, "gout", gout, dt, "(N, P)", {N, P});
   tensor(op, "ghn", ghn, dt, "(B, P)", {kAny, P});

@@ -144,6 +144,12 @@ void check_group(const Tensor& rm, const Tensor& rv, const Tensor& mean, const T
     tensor(op, "rv", rv, dt, "(S, F)", {rm.size(0), rm.size(1)});
     tensor(op, "mean", mean, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
     tensor(op, "var", var, dt, "(T, F)", {static_cast<int64_t>(ns.size()), rm.size(1)});
+    // updated in place through raw row-major pointers (the sizes alone said nothing of this)
+    TORCH_CHECK(rm.is_contiguous() && rv.is_contiguous(), op, ": rm and rv must be contiguous, got strides ",
+                rm.strides(), " and ", rv.strides());
+    // a step's row count: 0 or less was taken as a step (rm updated, rv skipped as for one row)
+    for (int64_t n : ns)
+      TORCH_CHECK(n > 0, op, ": batch_sizes must be positive, got ", c10::IntArrayRef(ns));
   }
   TORCH_CHECK(rm.is_contiguous() && rv.is_contiguous() && rv.sizes() == rm.sizes() && mean.size(1) == rm.size(1) &&
                   var.sizes() == mean.sizes() && int64_t(ns.size()) == mean.size(0) && rm.size(0) > 0,

@@ -41,6 +41,12 @@ __attribute__((target("avx512f,avx512dq"))) void fill_avx512(T* out, int64_t i0,
                                                              uint64_t thr, T hit, T miss) {
   fill<T>(out, i0, i1, seed, thr, hit, miss);
 }
+// Whether to take it: as every vector path, off under RNNKIT_NO_AVX512 / RNNKIT_NO_AVX2
+// (rnnkit_pw::has_avx512), so that tests can run the scalar loop here (tests/regularizers/test_rng.py).
+inline bool use_avx512() {
+  static const bool ok = rnnkit_pw::has_avx512() && __builtin_cpu_supports("avx512dq");
+  return ok;
+}
 #endif
 
 at::Tensor bernoulli_mask(int64_t n, int64_t seed, double p, double hit, double miss, bool f64) {
@@ -53,7 +59,7 @@ at::Tensor bernoulli_mask(int64_t n, int64_t seed, double p, double hit, double 
     const scalar_t h = static_cast<scalar_t>(hit), m = static_cast<scalar_t>(miss);
     at::parallel_for(0, n, 1 << 15, [&](int64_t i0, int64_t i1) {
 #ifdef RNNKIT_SLEEF
-      if (__builtin_cpu_supports("avx512dq")) return fill_avx512<scalar_t>(o, i0, i1, s, thr, h, m);
+      if (use_avx512()) return fill_avx512<scalar_t>(o, i0, i1, s, thr, h, m);
 #endif
       fill<scalar_t>(o, i0, i1, s, thr, h, m);
     });
