@@ -373,9 +373,10 @@ def save_json(path: Path, obj: dict) -> None:
     write_json_atomic(strict_record(obj), path, indent=1, default=str, allow_nan=False)
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: str | os.PathLike) -> dict:
     """What :func:`save_json` wrote, its non-finite values restored (files written before it,
     with bare ``NaN`` tokens, read alike); a damaged file is a ``ValueError`` naming it."""
+    path = Path(path)  # a str too, as read_results and read_summary take (it failed in .read_text)
     try:
         return restore_record(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

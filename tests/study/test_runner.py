@@ -252,6 +252,14 @@ def test_study_json_is_written_atomically_and_synced(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["study.json"]
 
 
+def test_read_json_takes_a_str_path(tmp_path):
+    """docs/study.md offers read_json to read study.json back, as read_results & co., which take a
+    str; given one it failed with AttributeError ('str' object has no attribute 'read_text')."""
+    runner.save_json(tmp_path / "study.json", {"steps": 3, "x": float("nan")})
+    got = runner.read_json(str(tmp_path / "study.json"))
+    assert got["steps"] == 3 and math.isnan(got["x"])
+
+
 def test_report_names_an_architecture_whose_every_run_diverged(tmp_path):
     """An architecture with no finite result vanished from results.md: no table row (right), but
     the header counted architectures by rows ("× 1 architecture(s)" for two run) and nothing said
