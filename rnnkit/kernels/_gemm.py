@@ -8,7 +8,9 @@ packed once per call (``mkldnn::_reorder_linear_weight``) and every step is one
 ``mkldnn::_linear_pointwise`` (the op torch.compile's CPU backend emits for linear layers).
 float64, other devices, builds without oneDNN, or ``RNNKIT_NO_ONEDNN=1`` use ``torch.mm``, and
 so do small products (``rows * in * out < 2**20``), where oneDNN's fixed cost per call (about
-10 µs) exceeds BLAS's whole run time.
+10 µs) exceeds BLAS's whole run time. The weight and input gradients (:func:`mm_tn`,
+:func:`mm`) go, where the compiled extension is loaded, to its brgemm ops instead
+(``rnnkit_ext::mm_tn``/``mm_nn``): oneDNN's linear reordered an operand at every call.
 """
 
 from __future__ import annotations
@@ -63,19 +65,40 @@ class Linear:
         return torch.mm(x, self.w.t()) if bias is None else torch.addmm(bias, x, self.w.t())
 
 
+def _ext_gemm(a: Tensor, work: int):
+    """The compiled extension's ops for an eager GEMM of ``work`` multiply-adds on CPU float32
+    ``a`` (the same switches as oneDNN's: ``RNNKIT_NO_ONEDNN``, and the kernels' backend, which
+    tests pin), else ``None``. Not under the compilers: the ops have no fake implementation."""
+    if work < ONEDNN_MIN_WORK or not use_onednn(a) or type(a) is not torch.Tensor:
+        return None
+    if torch.compiler.is_compiling():
+        return None
+    from . import backend, ext  # (looked up per call, as the kernels' backend)
+
+    return ext.loaded_ops() if backend(a) == "ext" else None
+
+
 def mm_tn(a: Tensor, b: Tensor) -> Tensor:
     """``aᵀ b`` for tall ``a (N, M)``, ``b (N, K)``: a weight gradient summed over all rows."""
+    work = a.numel() * b.shape[1]
+    ext_ops = _ext_gemm(a, work)
+    if ext_ops is not None:  # brgemm on a in place (csrc/common.h, tn_brgemm): ~1.3x oneDNN's linear
+        return ext_ops.mm_tn(a, b)
     # oneDNN only on dense operands: strided ones hit its (very slow) reference kernel.
     # As (bᵀ a)ᵀ: oneDNN then copies the narrower operand only.
     dense = a.is_contiguous() and b.is_contiguous()
-    if dense and use_onednn(a) and a.numel() * b.shape[1] >= ONEDNN_MIN_WORK:
+    if dense and use_onednn(a) and work >= ONEDNN_MIN_WORK:
         return torch.ops.mkldnn._linear_pointwise(b.t(), a.t(), None, "none", [], "").t().contiguous()
     return torch.mm(a.t(), b)
 
 
 def mm(a: Tensor, w: Tensor) -> Tensor:
     """``a w`` for tall ``a (N, M)`` and a weight ``w (M, K)``."""
-    if use_onednn(a) and a.numel() * w.shape[1] >= ONEDNN_MIN_WORK:
+    work = a.numel() * w.shape[1]
+    ext_ops = _ext_gemm(a, work)
+    if ext_ops is not None:  # brgemm on w in place (nn_brgemm); oneDNN's linear reordered it each call
+        return ext_ops.mm_nn(a, w)
+    if use_onednn(a) and work >= ONEDNN_MIN_WORK:
         return torch.ops.mkldnn._linear_pointwise(a, w.t().contiguous(), None, "none", [], "")
     return torch.mm(a, w)
 

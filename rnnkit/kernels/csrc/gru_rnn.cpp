@@ -75,19 +75,17 @@ Tensor dw_from_out(const Tensor& da_all, const Tensor& out, const Tensor& h0, co
     }
     merged.push_back(s);
   }
-  // Where a part runs on oneDNN the parts are summed as dW^T, in the layout oneDNN returns them,
+  // In float32 the parts are summed as dW^T, the layout tn_transposed (brgemm) returns them in,
   // and dW^T is transposed once: the same values added in the same order, so the same bits. A
   // packed batch has a segment per change of batch size (28 for 32 sequences of lengths
   // 50-150), and mm_tn's 256x256 transpose per part was ~0.4 ms of its training step at 1
-  // thread. A BLAS part (few rows) is transposed to dense first: a strided add takes 12x a
-  // dense one (49 against 4 us at 256x256).
-  const int64_t work = da_all.size(1) * out.size(1);
-  bool t_layout = false;
-  for (const auto& s : merged) t_layout = t_layout || (use_onednn(da_all, onednn) && s.n * work >= kOneDnnMinWork);
+  // thread. A BLAS part is transposed to dense first: a strided add takes 12x a dense one (49
+  // against 4 us at 256x256).
+  const bool t_layout = wgrad_brgemm(da_all, onednn) && wgrad_brgemm(out, onednn);
   Tensor acc;
   for (const auto& s : merged) {
     const Tensor a = da_all.narrow(0, s.da_off, s.n), b = (s.from_h0 ? h0 : out).narrow(0, s.src_off, s.n);
-    Tensor part = t_layout ? onednn_tn_transposed(a, b, onednn) : mm_tn(a, b, onednn);
+    Tensor part = t_layout ? tn_transposed(a, b, onednn) : mm_tn(a, b, onednn);
     if (!part.defined()) part = rnnkit_common::transposed(at::mm(a.t(), b));
     acc = acc.defined() ? acc.add_(part) : part;
   }
