@@ -14,8 +14,11 @@ from ..conftest import default_dtype
 from .test_fused_kernels import require_ext
 
 # the inner dimension around brgemm's chunk (256) and the row tile (128), odd widths around
-# a vector (16) and the column block (256)
-SHAPES = [(1, 1, 1), (255, 17, 15), (256, 16, 128), (257, 300, 129), (700, 33, 1), (513, 1, 260)]
+# a vector (16) and the column block (256); K past mm_tn's 512-row tiles of b^T and mm_nn's
+# 512-column blocks of w (a wrong tile or block offset showed nowhere else)
+SHAPES = [
+    (1, 1, 1), (255, 17, 15), (256, 16, 128), (257, 300, 129), (700, 33, 1), (513, 1, 260), (260, 20, 1100),
+]  # fmt: skip
 
 
 def _ops():
@@ -153,3 +156,27 @@ def test_python_weight_gradients_stay_off_the_extension(monkeypatch, why):
     assert seen == []
     torch.testing.assert_close(dx, dy @ w, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(dw, dy.t() @ x, atol=1e-3, rtol=1e-4)
+
+
+# _gemm's functools.cache of the oneDNN check, traced through by dynamo; the other is inside torch
+@pytest.mark.filterwarnings("ignore:Dynamo detected a call to a `functools.lru_cache`")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+def test_traced_code_stays_off_the_extension_ops(monkeypatch):
+    """The ops have no fake implementation: under dynamo and on fake tensors (AOT tracing) _gemm
+    keeps off them (torch's GEMMs, the same values). The library never traces these GEMMs;
+    the guards are what keeps a traced caller working."""
+    seen = _calls(monkeypatch)
+    torch.manual_seed(0)
+    a, b, w = torch.randn(600, 512).float(), torch.randn(600, 64).float(), torch.randn(512, 64).float()
+    torch._dynamo.reset()
+    f = torch.compile(lambda a, b, w: (_gemm.mm_tn(a, b), _gemm.mm(a, w)), backend="eager")
+    tn, nn = f(a, b, w)  # (dynamo breaks at use_onednn, then resumes tracing)
+    assert seen == []
+    _close(tn, a.double().t() @ b.double())
+    _close(nn, a.double() @ w.double())
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fa, fb, fw = (mode.from_tensor(t) for t in (a, b, w))
+        assert _gemm.mm_tn(fa, fb).shape == (512, 64) and _gemm.mm(fa, fw).shape == (600, 64)
+    assert seen == []
