@@ -233,8 +233,10 @@ def forecast_next(
     from its last ``window`` values normalized with the training part's ``mean``/``std``."""
     if not is_int(window) or window < 1:  # values[-0:] is the whole series: window 0 (or -3) read all of it
         raise ValueError(f"window must be an int >= 1, got {window!r}")
-    if values.ndim != 1 or len(values) < window:
-        raise ValueError(f"need a series of at least --window {window} values, got {tuple(values.shape)}")
+    if values.ndim != 1:
+        raise ValueError(f"need a 1-D series (N,), got shape {tuple(values.shape)}")
+    if len(values) < window:
+        raise ValueError(f"need a series of at least --window {window} values, got {len(values)}")
     model.eval()
     ctx = ((values[-window:] - mean) / std)[None, :, None].to(next(model.parameters()).device)
     return model.forecast(ctx, horizon)[0, :, 0].cpu() * std + mean

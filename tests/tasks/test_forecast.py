@@ -105,6 +105,11 @@ def test_forecast_next_reads_the_last_window_and_refuses_a_window_below_one():
     for bad in (0, -3, True, 2.5):
         with pytest.raises(ValueError, match=rf"window must be an int >= 1, got {bad!r}"):
             forecast_next(m, values, bad, 3, 0.5, 2.0)
+    # a count, not a shape ("got (2,)"), and a 2-D series is named as such
+    with pytest.raises(ValueError, match=r"at least --window 4 values, got 2$"):
+        forecast_next(m, values[:2], 4, 3, 0.5, 2.0)
+    with pytest.raises(ValueError, match=r"need a 1-D series \(N,\), got shape \(3, 4\)"):
+        forecast_next(m, values.view(3, 4), 4, 3, 0.5, 2.0)
 
 
 @pytest.mark.parametrize(
