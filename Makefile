@@ -19,7 +19,7 @@ MINUTES ?= 5
 OUT := runs/charlm-$(shell date +%Y%m%d-%H%M%S)
 demo: setup
 	$(VENV)/bin/rnnkit train charlm --max-minutes $(MINUTES) --out $(OUT)
-	$(VENV)/bin/rnnkit sample --checkpoint $(OUT) --prime "ROMEO:" --temperature 0.8 --length 400 --seed 0
+	$(VENV)/bin/rnnkit sample --checkpoint $(OUT) --prime "ROMEO:" --temperature 0.8 --length 500 --seed 0
 
 test: setup
 	$(PY) -m pytest

@@ -13,8 +13,8 @@ from rnnkit.kernels import _gemm, ext
 from ..conftest import default_dtype
 from .test_fused_kernels import require_ext
 
-# the inner dimension around brgemm's chunk (256) and the row tile (128), odd widths around
-# a vector (16) and the column block (256); K past mm_tn's 512-row tiles of b^T and mm_nn's
+# the inner dimension around brgemm's chunk (256), b^T's row tile (512), odd widths around a
+# vector (16) and the column block (256); K past mm_tn's 512-row tiles of b^T and mm_nn's
 # 512-column blocks of w (a wrong tile or block offset showed nowhere else)
 SHAPES = [
     (1, 1, 1), (255, 17, 15), (256, 16, 128), (257, 300, 129), (700, 33, 1), (513, 1, 260), (260, 20, 1100),

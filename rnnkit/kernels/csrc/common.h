@@ -162,7 +162,8 @@ inline void tn_brgemm(const float* a, const float* bT, float* c, int64_t N, int6
   int64_t nb = std::max(threads, (M + kBlockCols - 1) / kBlockCols);
   nb = (nb + threads - 1) / threads * threads;
   const int64_t w = std::max<int64_t>(16, ((M + nb - 1) / nb + 15) / 16 * 16);
-  at::parallel_for(0, (M + w - 1) / w, 1, [&](int64_t q0, int64_t q1) {
+  const int64_t n = (M + w - 1) / w;
+  at::parallel_for(0, n, threads > 1 ? 1 : n, [&](int64_t q0, int64_t q1) {  // (one thread: inline)
     for (int64_t q = q0; q < q1; ++q) {
       const int64_t c0 = q * w, cw = std::min(w, M - c0);
       for (int64_t k0 = 0; k0 < N; k0 += kChunkRows)
