@@ -34,26 +34,19 @@ def _close(got: torch.Tensor, want: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_mm_tn_is_a_transposed_times_b(num_threads, threads, shape):
+def test_mm_tn_and_mm_nn_against_float64_products(num_threads, threads, shape):
+    """``mm_tn(a, b) = aᵀ b`` for a (N, M), b (N, K); ``mm_nn(a, w) = a w`` for w (M, K)."""
     num_threads(threads)
     N, M, K_ = shape
     torch.manual_seed(0)
-    a, b = torch.randn(N, M, dtype=torch.float32), torch.randn(N, K_, dtype=torch.float32)
+    f32 = dict(dtype=torch.float32)
+    a, b, w = torch.randn(N, M, **f32), torch.randn(N, K_, **f32), torch.randn(M, K_, **f32)
     want = a.double().t() @ b.double()
     _close(_ops().mm_tn(a, b), want)
     _close(_ops().mm_tn(a, b.t().contiguous().t()), want)  # b column-major: read in place
     # strided operands (every other row of larger tensors)
     a2, b2 = torch.randn(2 * N, M).float()[::2].copy_(a), torch.randn(2 * N, K_).float()[::2].copy_(b)
     _close(_ops().mm_tn(a2, b2), want)
-
-
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_mm_nn_is_a_times_w(num_threads, threads, shape):
-    num_threads(threads)
-    N, M, K_ = shape
-    torch.manual_seed(0)
-    a, w = torch.randn(N, M, dtype=torch.float32), torch.randn(M, K_, dtype=torch.float32)
     want = a.double() @ w.double()
     _close(_ops().mm_nn(a, w), want)
     _close(_ops().mm_nn(a.t().contiguous().t(), w.t().contiguous().t()), want)

@@ -520,16 +520,18 @@ def test_a_resume_on_another_batch_size_says_so(tmp_path, caplog, first_steps):
     tr = _settings_run(tmp_path, **kw)
     tr.config.max_steps = first_steps
     tr.fit(data(2))
+
+    def resume(where: str, batch_size: int):
+        tr = _settings_run(tmp_path / where, **kw)
+        tr.load(tmp_path / "checkpoints")
+        tr.config.max_steps = first_steps + 2
+        tr.fit(data(batch_size))
+        return tr
+
     with caplog.at_level("WARNING", logger="rnnkit.train"):
-        tr = _settings_run(tmp_path / "same", **kw)
-        tr.load(tmp_path / "checkpoints")
-        tr.config.max_steps = first_steps + 2
-        tr.fit(data(2))
+        resume("same", 2)
         assert not caplog.records, caplog.text
-        tr = _settings_run(tmp_path / "other", **kw)
-        tr.load(tmp_path / "checkpoints")
-        tr.config.max_steps = first_steps + 2
-        tr.fit(data(3))
+        tr = resume("other", 3)
     assert len(caplog.records) == 1, caplog.text
     assert "resuming on data of batch_size 3, the run's was 2: " in caplog.text
     why = "not where the run stopped" if first_steps == 3 else "the epochs left train otherwise"
@@ -542,10 +544,7 @@ def test_a_resume_on_another_batch_size_says_so(tmp_path, caplog, first_steps):
     doc["state"]["__dict__"] = [kv for kv in pairs if kv[0] != "batch_size"]
     state.write_text(json.dumps(doc))
     with caplog.at_level("WARNING", logger="rnnkit.train"):
-        tr = _settings_run(tmp_path / "before", **kw)
-        tr.load(tmp_path / "checkpoints")
-        tr.config.max_steps = first_steps + 2
-        tr.fit(data(3))
+        resume("before", 3)
     assert not caplog.records, caplog.text
 
 
