@@ -292,6 +292,14 @@ def test_update_running_rejects_steps_of_no_rows(ns):
     assert torch.equal(rm, _t(2, H))  # nothing updated
 
 
+def test_update_running_rejects_statistics_of_no_slot():
+    """Step k updates slot min(k, S - 1) of the running statistics: S = 0 is refused by name."""
+    require_ext()
+    msg = f"rm and rv must have at least one slot (S > 0), got [0, {H}]"
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        torch.ops.rnnkit_norm.update_running([_t(0, H)], [_t(0, H)], [_t(T, H)], [_t(T, H).abs()], BSZ, 0.1)
+
+
 def test_public_custom_op_raises():
     """``torch.ops.rnnkit.fused_direction`` (what torch.compile graphs call) reaches the checks."""
     require_ext()
