@@ -101,6 +101,10 @@ def _lines(path: str | None) -> list[str]:
     return lines
 
 
+# How the library's errors about one of a list of inputs begin (``input K: ...``, K from 1).
+_INPUT_K = re.compile(r"input (\d+): ")
+
+
 def _aligned(lines: list[str], predict: Callable[[list[str]], list[str]]) -> list[str]:
     """``predict`` of the non-blank ``lines``, one output line per input line, a blank line's empty
     (blank lines were skipped: the outputs of seq2seq and tag, which do not echo their input, then
@@ -109,7 +113,7 @@ def _aligned(lines: list[str], predict: Callable[[list[str]], list[str]]) -> lis
     try:
         results = predict([lines[n - 1] for n in where])
     except ValueError as e:
-        m = re.match(r"input (\d+): ", str(e))
+        m = _INPUT_K.match(str(e))
         if m is None:
             raise
         raise ValueError(f"input line {where[int(m[1]) - 1]}: {str(e)[m.end() :]}") from None
@@ -252,7 +256,7 @@ def _seq2seq(run: dict[str, Any], run_dir: Path, args: argparse.Namespace):
                 else:
                     _check_number_words(sources, m["src_vocab"], max_number)
             except ValueError as e:  # the first bad line's error, whichever check catches it
-                bad = int(re.match(r"input (\d+): ", str(e))[1])
+                bad = int(_INPUT_K.match(str(e))[1])
                 S.source_ids(sources[: bad - 1], m["src_vocab"])  # an earlier line's unknown token first
                 raise
             return [joiner.join(t) for t in S.translate(model, sources, m["src_vocab"], m["tgt_vocab"])]
