@@ -14,7 +14,7 @@ import inspect
 import torch
 from torch import _VF, Tensor, nn
 
-from . import _checks, options, regularizers
+from . import _checks, dispatch, options, regularizers
 from ._nn_compat import reference, refuse_script, reset_like_torch
 from .cells import Cell, GRUCellMath, LSTMCellMath, RNNCellMath, StepContext
 from .layers import RecurrentStack
@@ -302,7 +302,10 @@ class StepCell(nn.Module):
         mode = self.cell.torch_mode()
         if getattr(self.cell, "proj_size", 0):  # StepCell(LSTMCellMath(..., proj_size)): not in lstm_cell
             mode = None
-        use_torch = mode is not None and not self.needs_custom_loop()
+        # inside torch.func transforms the cell's own step (plain ops), as the layers take the loop
+        # there: torch's lstm_cell has no batching rule (vmap failed as torch.nn.LSTMCell does), and
+        # gru_cell / rnn_*_cell ran vmap's slow per-sample fallback, with a warning at every call
+        use_torch = mode is not None and not self.needs_custom_loop() and not dispatch._plain_ops_needed()
         precision = contextlib.nullcontext()
         if (not use_torch or any(self.zoneout_probs)) and autocast:
             # as the layers: autocast has no rule for the options torch lacks (mixed dtypes inside

@@ -55,6 +55,39 @@ def per_sample_grads(m, x):
     return per_sample, [grad(loss)(params, x[:, b]) for b in range(x.shape[1])]
 
 
+CELL_CASES = [("LSTMCell", {}), ("GRUCell", {"bias": False}), ("RNNCell", {"nonlinearity": "relu"})]
+
+
+@pytest.mark.parametrize(("name", "kw"), CELL_CASES)
+def test_cells_under_vmap_equal_each_call_alone(name, kw):
+    """The cells take their own step inside transforms, as the layers the loop: torch's lstm_cell
+    has no batching rule (vmap failed, as torch.nn.LSTMCell's does) and gru_cell / rnn_*_cell
+    ran vmap's per-sample fallback with a warning (an error here). An ensemble of parameter
+    sets (``stack_module_state``) and a batch of inputs, each equal to its call alone, and the
+    gradient of torch.nn's cell under ``jacrev``."""
+    torch.manual_seed(0)
+    cell, ref = getattr(rnnkit, name)(3, 4, **kw), getattr(torch.nn, name)(3, 4, **kw)
+    ref.load_state_dict(cell.state_dict())
+    x, h = torch.randn(2, 3), torch.randn(2, 4)
+    hx = (h, torch.randn(2, 4)) if name == "LSTMCell" else h
+    sets = [{k: v.detach() * s for k, v in cell.named_parameters()} for s in (1.0, 0.5, -2.0)]
+    stacked = {k: torch.stack([p[k] for p in sets]) for k in sets[0]}
+    got = _states(vmap(lambda p: functional_call(cell, p, (x, hx)))(stacked))
+    for i, p in enumerate(sets):
+        for a, b in zip(got, _states(functional_call(ref, p, (x, hx))), strict=True):
+            torch.testing.assert_close(a[i], b, rtol=0, atol=1e-12)
+    xs = torch.randn(5, 2, 3)
+    want = torch.stack([_states(ref(v, hx))[0] for v in xs])
+    torch.testing.assert_close(vmap(lambda v: _states(cell(v, hx))[0])(xs), want)
+    j = jacrev(lambda v: _states(cell(v, hx))[0])(x)
+    torch.testing.assert_close(j, jacrev(lambda v: _states(ref(v, hx))[0])(x))
+
+
+def _states(out):
+    """A cell's output as a tuple: ``(h, c)`` of an LSTM cell, ``(h,)`` of the others."""
+    return out if isinstance(out, tuple) else (out,)
+
+
 def test_auto_takes_the_loop_inside_a_transform(monkeypatch):
     monkeypatch.setattr(rnnkit.kernels, "backend", lambda x: "ext")  # as if compiled (selection only)
     m = rnnkit.GRU(3, 4, dtype=torch.float32)
