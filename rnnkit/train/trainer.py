@@ -33,7 +33,7 @@ from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
 from rnnkit.train.seed import check_generators, data_generators, get_rng_state, seed_rank, set_rng_state
-from rnnkit.train.state import lm_loss, move_to
+from rnnkit.train.state import is_nll_loss, lm_loss, move_to
 from rnnkit.train.step import TrainerStep, _seq_len
 
 __all__ = ["Trainer", "StepFn"]
@@ -57,6 +57,9 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     ``generators``: the ``torch.Generator`` objects training draws from besides the global RNGs and
     the data's own (which it finds), e.g. a ``ScheduledSampler(generator=g)``'s: checkpoints hold
     their states, so a resumed run draws as the one that never stopped.
+    ``perplexity``: whether the rows (and :meth:`evaluate`) have a ``ppl``, ``exp(loss)``, which is
+    a perplexity only for a negative log-likelihood; ``None``: when ``loss_fn`` is known to be one
+    (the default, a cross-entropy: :func:`~rnnkit.train.state.is_nll_loss`) and no ``step_fn``.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         step_fn: StepFn | None = None,
         callbacks: Iterable[Callback] = (),
         generators: Iterable[torch.Generator] = (),
+        perplexity: bool | None = None,
         **overrides: Any,
     ) -> None:
         check_trainer_arguments(config, model, loss_fn, step_fn)
@@ -88,6 +92,10 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             seed_rank(dist.get_rank())
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
+        if perplexity not in (None, True, False):
+            raise ValueError(f"perplexity must be a bool or None, got {perplexity!r}")
+        # exp(loss) of an MSE was logged as a "ppl" (5e55 for a loss of 128): it means nothing there
+        self.perplexity = is_nll_loss(loss_fn) and step_fn is None if perplexity is None else perplexity
         self.generators = check_generators(generators)
         self.is_main = dist.is_main_process()
         self.callbacks = list(callbacks) + (default_callbacks(cfg) if self.is_main else [])
@@ -133,8 +141,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     @torch.no_grad()
     def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
         """Token-weighted mean loss over ``data`` (NT-ASGD averages swapped in), summed
-        over ranks. Returns ``{"loss", "ppl", "tokens"}``. The state is carried across
-        batches when ``carry_state`` (evaluate LM streams in order)."""
+        over ranks. Returns ``{"loss", "ppl", "tokens"}`` (``"ppl"`` with ``perplexity``). The state is
+        carried across batches when ``carry_state`` (evaluate LM streams in order)."""
         with self.ntasgd.swapped() if self.ntasgd else nullcontext():
             total, tokens = evaluate_batches(
                 self.raw_model, data, lambda m, batch, st: self._forward(m, batch, st),
@@ -144,7 +152,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         if tokens == 0:
             raise dist.on_every_rank(ValueError("evaluate() got no target (no batches, or all targets -100)"))
         mean = total / tokens
-        return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": tokens}
+        ppl = {"ppl": math.exp(min(mean, 700.0))} if self.perplexity else {}
+        return {"loss": mean, **ppl, "tokens": tokens}
 
     def _reduce_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
@@ -157,8 +166,8 @@ class Trainer(TrainerStep, TrainerCheckpoints):
 
     def validation_row(self, res: dict[str, float]) -> dict[str, Any]:
         """The history/metrics row of :meth:`evaluate`'s ``res`` at the current step."""
-        return {"split": "val", "step": self.step, "epoch": self.step_epoch,
-                "loss": res["loss"], "ppl": res["ppl"]}  # fmt: skip
+        ppl = {"ppl": res["ppl"]} if self.perplexity and "ppl" in res else {}
+        return {"split": "val", "step": self.step, "epoch": self.step_epoch, "loss": res["loss"], **ppl}
 
     def _validate(self, val_data: Iterable[Any], at_end: bool = False) -> None:
         """A validation row, and what acts on it: NT-ASGD's trigger and a ``ReduceLROnPlateau``

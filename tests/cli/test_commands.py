@@ -112,6 +112,9 @@ def test_memory(cli, tmp_path, task, arch, metric):
     res = results(out)
     assert res["step"] == 3 and res["stop_reason"] == "max_steps"
     assert metric in res and "valid_loss" in res
+    # a perplexity of the cross-entropy tasks alone (adding's MSE logged exp(MSE) as one)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(("ppl" in row) == (task != "adding") for row in rows)
     if arch == "tcn":
         assert "receptive field" in r.out
     run = json.loads((out / "run.json").read_text())
