@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -273,6 +274,10 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
         return fams[cell](input_size, config["hidden"], num_layers=config["layers"], **kwargs)
     except TypeError as e:  # an unknown option: say which family rejected it
         raise ValueError(f"--arch {cell} rejected an option: {e}") from e
+    except ValueError as e:  # a bad --opt value: the layer's words name the option, not the flag
+        if not any(re.match(rf"{re.escape(k)}\b", str(e)) for k in options):
+            raise
+        raise ValueError(f"--arch {cell}: --opt {e}") from e
 
 
 def _check_centred_kernel(config: dict[str, Any], centred: bool) -> None:
