@@ -129,10 +129,11 @@ def add_arch_arguments(
     dropout: float | None = 0.0,
     by: str = "",
     dropout_by: str | None = None,
+    dropout_also: str = "",
 ) -> None:
     """The architecture flags. ``hidden`` / ``dropout`` ``None``: unset by default (the
     command decides later); ``by`` (``dropout_by`` for ``--dropout``, if given) says in their
-    help what decides."""
+    help what decides. ``dropout_also``: where else the command's model applies ``--dropout``."""
     g = p.add_argument_group("architecture")
     g.add_argument(
         "--arch", "--cell", dest="cell", default=cell, metavar="ARCH", action=Given,
@@ -151,7 +152,7 @@ def add_arch_arguments(
     )
     g.add_argument(
         "--dropout", type=probability, default=dropout, action=Given,
-        help=f"dropout between layers (torch semantics, as --opt dropout=P; default "
+        help=f"dropout between layers (torch semantics, as --opt dropout=P){dropout_also} (default "
         f"{(by if dropout_by is None else dropout_by) if dropout is None else dropout})",
     )  # fmt: skip
     g.add_argument(

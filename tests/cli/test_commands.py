@@ -55,6 +55,18 @@ def test_val_every_help_states_the_default_in_use(cli):
         assert shown == ("250 and at the end" if want else "every epoch end and at the end"), shown
 
 
+def test_dropout_help_says_where_it_drops(cli):
+    # charlm's --dropout also drops the top layer's output before the softmax head (CharLM.drop),
+    # with one layer too; its help said "dropout between layers" alone, as the other tasks'
+    import re
+
+    for task, head in (("charlm", True), ("tag", False)):
+        text = " ".join(cli("train", task, "--help").out.split())
+        shown = re.search(r"--dropout DROPOUT (.*?) --opt KEY=VALUE", text).group(1)
+        assert shown.startswith("dropout between layers (torch semantics, as --opt dropout=P)"), shown
+        assert ("and on the output before the softmax head (any --layers)" in shown) == head, shown
+
+
 def test_train_help_states_defaults_readably(cli):
     # --max-minutes used to read "(default None)"; charlm's --hidden/--dropout both read
     # "384 and 0 below 12 min ..., else 512 and 0.2" (each flag's help gave both flags' values)
