@@ -100,7 +100,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         self.is_main = dist.is_main_process()
         self.callbacks = list(callbacks) + (default_callbacks(cfg) if self.is_main else [])
         self.ntasgd = NTASGD(self.raw_model, cfg.nonmono) if cfg.nt_asgd else None
-        self.precision = MixedPrecision(cfg.amp, self.device)
+        self.precision = MixedPrecision(cfg.amp, self.device, self.raw_model)
         # Progress counters; all of them go into checkpoints.
         self.step = self.epoch = self.batch_in_epoch = self.tokens_seen = 0
         self.elapsed = 0.0

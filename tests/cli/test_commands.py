@@ -394,6 +394,21 @@ def test_resume_restores_the_runs_training_flags(cli, tmp_path):
     assert results(tmp_path / "run") == results(tmp_path / "ref")
 
 
+def test_amp_fp16_with_a_cpu_lstm_is_refused_up_front(cli, tmp_path):
+    # it failed at the first step in oneDNN's words ("could not create a primitive descriptor").
+    # (In float32, the command's own dtype: autocast leaves the suite's float64 as it is.)
+    from tests.conftest import default_dtype
+
+    out = tmp_path / "r"
+    copy = ["train", "memory", "--task", "copy", "--length", 6, "--n-copy", 2, "--n-train", 16]
+    with default_dtype(torch.float32):
+        r = cli(*copy, "--n-valid", 8, "--amp", "fp16", "--out", out, *TINY)
+        assert_one_line_error(r, "--amp fp16 on the CPU", "LSTM", "no float16 kernel", "use bf16 on the CPU")
+        assert not out.exists()
+        r = cli(*copy, "--n-valid", 8, "--arch", "gru", "--amp", "fp16", "--out", out, *TINY)
+    assert r.rc == 0, r.err
+
+
 def test_the_training_flags_given_are_known():
     """What --resume reports as ignored: the flags typed, never the parser's defaults (which are
     every flag's value when not given, and were all reported as the "command line's")."""
