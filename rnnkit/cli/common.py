@@ -242,13 +242,16 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
     the model's recurrent layers wrapped first); creates ``--out`` and writes the run description
     that :func:`prepare_out` returned as ``run.json``."""
     from rnnkit.train import Trainer
+    from rnnkit.train.precision import check_cpu_float16
 
+    amp = resolve_amp(getattr(args, "amp", None) or "off", device_of(args))
+    if amp == "fp16":  # before the run's directory: oneDNN's own words came at the first step
+        check_cpu_float16(model, device_of(args), "--amp fp16")
     # under torchrun every rank ran the same checks (prepare_out); rank 0 writes, its failure raised on all
     create_run_dir(Path(args.out), args.run_to_write, _collective_device(args))
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)
         echo(f"CUDA graphs for {graph_recurrent_layers(model)} recurrent layer(s)")
 
-    amp = resolve_amp(getattr(args, "amp", None) or "off", device_of(args))
     if amp:
         echo(f"mixed precision: {amp} autocast of the forward")
     bounded = args.max_minutes is not None or args.max_steps is not None

@@ -196,7 +196,9 @@ def train_classify(args: argparse.Namespace) -> int:
     _describe(model, model.encoder)
     train = C.loader(cd, "train", args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = C.loader(cd, "valid", 256, shuffle=False)
-    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=C.step_fn, carry_state=False)
+    trainer = make_trainer(
+        args, model, _optimizer(args, model), step_fn=C.step_fn, carry_state=False, perplexity=True
+    )
     result = trainer.fit(train, valid)
     finish(args, trainer, result, C.evaluate(model, valid), valid)
     return 0
@@ -229,7 +231,9 @@ def train_tag(args: argparse.Namespace) -> int:
     _describe(model, model.encoder)
     train = T.loader(td.train, args.batch_size, shuffle=True, seed=args.seed, **ranks())
     valid = T.loader(td.valid, 256, shuffle=False)
-    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=T.step_fn, carry_state=False)
+    trainer = make_trainer(
+        args, model, _optimizer(args, model), step_fn=T.step_fn, carry_state=False, perplexity=True
+    )
     result = trainer.fit(train, valid)
     finish(args, trainer, result, T.evaluate(model, valid), valid)
     return 0
@@ -291,7 +295,9 @@ def train_seq2seq(args: argparse.Namespace) -> int:
         smp, step = (sampler, trainer.step) if mod.training else (free, 0)
         return lm_loss(mod(src, lengths, tgt, smp, step), tgt), None
 
-    trainer = make_trainer(args, model, _optimizer(args, model), step_fn=step_fn, carry_state=False)
+    trainer = make_trainer(
+        args, model, _optimizer(args, model), step_fn=step_fn, carry_state=False, perplexity=True
+    )
     result = trainer.fit(train, valid)
     acc = S.exact_match(model, data.valid, device=trainer.device)
     finish(args, trainer, result, {"valid_exact_match": acc}, valid)

@@ -215,7 +215,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--steps", type=positive_int, default=None, help="fixed training steps per run (overrides the budget)"
     )
-    p.add_argument("--archs", default=None, help="comma-separated subset of the study's architectures")
+    # each study's names: a bad --archs pointed to this help, which named none of them
+    names = "; ".join(f"{n}: {', '.join(a.name for a in st.archs)}" for n, st in sorted(STUDIES.items()))
+    p.add_argument(
+        "--archs",
+        default=None,
+        help=f"comma-separated subset of the study's architectures (default all): {names}",
+    )
     p.add_argument("--set", action="append", type=parse_opt, default=[], metavar="KEY=VALUE",
                    help="override a task setting, e.g. --set digits=4 --set lr=[1e-3,3e-3]")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=1, help="processes running runs in parallel")

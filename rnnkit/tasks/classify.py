@@ -5,7 +5,7 @@ Data sources (:func:`load_classification`):
 * ``digits`` -- scikit-learn's 8x8 handwritten digits (1,797 images), each read row by
   row: a sequence of 8 steps of 8 pixel intensities (scaled to [0, 1]); 10 classes.
 * ``anyplus1`` -- "does the sequence contain a +1?" (Bernoulli inputs, balanced labels).
-* ``FILE.csv`` -- rows ``text,label`` (a header row ``text,label`` is skipped): word or
+* ``FILE.csv`` -- rows ``text,label`` (a header row is skipped: :func:`read_text_csv`): word or
   character tokens, variable-length sequences batched by length and run packed
   (``lengths=``), so padding never enters the recurrence.
 """
@@ -49,7 +49,11 @@ def tokenize(text: str, tokens: str) -> list[str]:
 
 
 def read_text_csv(path: str | Path) -> list[tuple[str, str]]:
-    """Rows ``(text, label)`` of a CSV file; raises ``ValueError`` naming the bad line."""
+    """Rows ``(text, label)`` of a CSV file; raises ``ValueError`` naming the bad line.
+
+    The first row that is not blank is a header, and skipped, when it is ``text,label`` (any case)
+    or when its label is none of the data's classes: on no other row, while the other rows' labels
+    (two or more) are each on two rows or more. Otherwise it is data."""
     return [(text, label) for text, label, _ in _read_rows(path)]
 
 
@@ -62,6 +66,7 @@ def _read_rows(path: str | Path) -> list[tuple[str, str, int]]:
     try:
         with open(p, encoding="utf-8-sig", newline="") as f:  # a BOM is not text
             first = True  # the header, if any, is the first row that is not blank
+            headed = False  # a text,label header skipped (else one of other names: _names_columns)
             reader = csv.reader(f)
             for row in reader:
                 i = reader.line_num  # the row's last line: a quoted text may span several lines
@@ -71,6 +76,7 @@ def _read_rows(path: str | Path) -> list[tuple[str, str, int]]:
                     raise ValueError(f"{p}:{i}: expected 2 columns text,label, got {len(row)}")
                 header, first = first and [c.strip().lower() for c in row] == ["text", "label"], False
                 if header:
+                    headed = True
                     continue
                 if not row[1].strip():  # a missing label is not a class ''
                     raise ValueError(f"{p}:{i}: empty label (expected text,label)")
@@ -79,9 +85,19 @@ def _read_rows(path: str | Path) -> list[tuple[str, str, int]]:
         raise ValueError(f"{p} is not valid UTF-8 (byte {utf8_error_offset(p.read_bytes())})") from None
     except csv.Error as e:
         raise ValueError(f"{p}: not a readable CSV file: {e}") from None
+    if not headed and rows and _names_columns(rows):
+        rows = rows[1:]
     if len(rows) < 2:
         raise ValueError(f"{p}: need at least 2 rows text,label, got {len(rows)}")
     return rows
+
+
+def _names_columns(rows: list[tuple[str, str, int]]) -> bool:
+    """Whether the first of ``rows`` is a header of other names (``review,sentiment``): its label
+    is on no other row while the others' labels, two or more, each repeat. (Its label was taken
+    for a class of one row, with the header's words in the vocabulary.)"""
+    counts = Counter(label for _, label, _ in rows[1:])
+    return rows[0][1] not in counts and len(counts) >= 2 and min(counts.values()) >= 2
 
 
 @dataclass

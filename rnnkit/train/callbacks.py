@@ -5,7 +5,8 @@ dict: training rows ``{"split": "train", "step", "epoch", "loss", "ppl", "lr",
 "tokens_per_s", "grad_norm", "seq_len", "elapsed_s"}`` (loss averaged per token over the
 last ``log_every`` steps: steps without a target stay out; NaN if none had one; ``tokens_per_s``
 their targets over their training time, validations and checkpoint writes left out) and
-validation rows ``{"split": "val", "step", "epoch", "loss", "ppl"}``. ``metrics.jsonl`` is strict
+validation rows ``{"split": "val", "step", "epoch", "loss", "ppl"}`` (``"ppl"`` only when
+``trainer.perplexity``: the loss is a negative log-likelihood). ``metrics.jsonl`` is strict
 JSON, one row a line: a non-finite value (a diverged loss) is ``null`` there and the row's
 ``"nonfinite"`` maps its key to ``"nan"``, ``"inf"`` or ``"-inf"``; :func:`read_metrics` reads
 the rows back with those floats.

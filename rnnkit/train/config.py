@@ -68,8 +68,8 @@ class TrainConfig:
     batch_first: bool = False  # time dimension of inputs/outputs: 1 if True else 0
     tbptt_k1: int | None = None
     tbptt_k2: int | None = None
-    clip_norm: float | None = None  # clip_grad_norm_ (L2 over all parameters)
-    clip_value: float | None = None  # clip_grad_value_
+    clip_norm: float | None = None  # clip_grad_norm_ (L2 over all parameters); not with clip_value
+    clip_value: float | None = None  # clip_grad_value_; not with clip_norm
     scale_lr_by_seq_len: bool = True  # multiply lr by batch.lr_scale (variable windows)
     val_every: int | None = None  # validate every N steps; None: at each epoch end
     patience: int | None = None  # early stopping: validations without improvement
@@ -198,6 +198,12 @@ class TrainConfig:
                 raise ValueError("tbptt_k1 needs a stateful model (stateful=True)")
             if self.tbptt_k2 is not None and self.tbptt_k2 < self.tbptt_k1:
                 raise ValueError(f"tbptt_k2 must be >= tbptt_k1, got k1={self.tbptt_k1}, k2={self.tbptt_k2}")
+        if self.clip_norm is not None and self.clip_value is not None:
+            # both applied, one after the other, in an order nothing said (Keras refuses the pair too)
+            raise ValueError(
+                f"clip_norm and clip_value are exclusive (choose one way to clip), "
+                f"got clip_norm={self.clip_norm}, clip_value={self.clip_value}"
+            )
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (where the checkpoints are)")
         if self.checkpoint_every is not None and self.out_dir is None:

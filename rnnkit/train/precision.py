@@ -33,6 +33,47 @@ def check_amp(amp: str | None) -> None:
         raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
 
 
+def check_cpu_float16(model: torch.nn.Module, device: torch.device, setting: str = "amp='fp16'") -> None:
+    """Refuse float16 autocast on the CPU for a model with an LSTM that has no float16 kernel there:
+    torch's (oneDNN's) LSTM, which ``torch.nn.LSTM`` and rnnkit's plain ``LSTM`` run (in eval mode
+    also one with ``recurrent_dropout``), failed at the first step in oneDNN's words ("could not
+    create a primitive descriptor"). Each LSTM is tried on one step in eval mode (validation's
+    path; nothing is drawn or updated), modes restored. GRU, RNN and rnnkit's loop run float16."""
+    from rnnkit.modules import LSTM
+
+    if device.type != "cpu":
+        return
+    for name, m in model.named_modules():
+        if not isinstance(m, (torch.nn.LSTM, LSTM)):
+            continue
+        if not _runs_float16(m):
+            raise ValueError(
+                f"{setting} on the CPU: the LSTM {name or 'model'} ({type(m).__name__}) has no float16 "
+                "kernel there; use bf16 on the CPU (or fp16 on a CUDA device)"
+            )
+
+
+def _runs_float16(lstm: torch.nn.Module) -> bool:
+    """Whether ``lstm`` runs one step under float16 autocast on the CPU, in eval mode (its modes
+    restored); a failure that float32 shares (not float16's) is not this check's to report."""
+    from rnnkit.train.evaluate import kept_modes
+
+    p = next(lstm.parameters())
+    x = torch.zeros(1, 1, lstm.input_size, dtype=p.dtype, device=p.device)
+    with kept_modes(lstm), torch.no_grad():
+        lstm.eval()
+        try:
+            with torch.autocast("cpu", dtype=torch.float16):
+                lstm(x)
+        except RuntimeError:  # (oneDNN's "could not create a primitive descriptor")
+            try:
+                lstm(x)
+            except RuntimeError:
+                return True
+            return False
+    return True
+
+
 def _to_float(x: Any) -> Any:
     """Half-precision tensors of a (nested) output/state in float32, the containers rebuilt as
     :func:`rnnkit.state.detach_state` rebuilds them (namedtuples, ``PackedSequence`` too, keep
@@ -41,10 +82,13 @@ def _to_float(x: Any) -> Any:
 
 
 class MixedPrecision:
-    """Autocast and (for float16) loss scaling, or nothing when ``amp`` is None."""
+    """Autocast and (for float16) loss scaling, or nothing when ``amp`` is None; ``model``: refused
+    when float16 would fail in it on the CPU (:func:`check_cpu_float16`)."""
 
-    def __init__(self, amp: str | None, device: torch.device) -> None:
+    def __init__(self, amp: str | None, device: torch.device, model: torch.nn.Module | None = None) -> None:
         check_amp(amp)
+        if amp == "fp16" and model is not None:
+            check_cpu_float16(model, device)
         self.amp, self.device = amp, device
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 

@@ -15,7 +15,9 @@ from torch import Tensor
 
 from rnnkit.state import detach_state, rebuild_dict
 
-__all__ = ["detach_state", "move_to", "count_tokens", "lm_loss", "output_and_state", "IGNORE_INDEX"]
+__all__ = [
+    "detach_state", "move_to", "count_tokens", "lm_loss", "is_nll_loss", "output_and_state", "IGNORE_INDEX",
+]  # fmt: skip
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index; PadCollate pads targets with it
 
@@ -137,3 +139,12 @@ def lm_loss(output: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(
         output.reshape(-1, output.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
     )
+
+
+def is_nll_loss(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` is known to give a mean negative log-likelihood in nats, whose ``exp`` is a
+    perplexity: :func:`lm_loss`, ``F.cross_entropy``, ``F.nll_loss``, or an ``nn.CrossEntropyLoss``
+    or ``nn.NLLLoss`` with ``reduction="mean"``. Any other (MSE, a lambda) is not known to be one."""
+    if loss_fn in (lm_loss, F.cross_entropy, F.nll_loss):
+        return True
+    return isinstance(loss_fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) and loss_fn.reduction == "mean"

@@ -190,7 +190,7 @@ class TrainerStep:
             "step": self.step,
             "epoch": self.epoch,
             "loss": mean,
-            "ppl": math.exp(min(mean, 700.0)),
+            **({"ppl": math.exp(min(mean, 700.0))} if self.perplexity else {}),  # an NLL's alone
             # a tensor rate (Adam(lr=torch.tensor(...)), capturable optimizers) failed metrics.jsonl
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "tokens_per_s": trained / max(now - since, 1e-9),

@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from rnnkit.train import distributed as dist
 from rnnkit.train.callbacks import Callback, default_callbacks
 from rnnkit.train.checkpoint import latest_checkpoint, stale_latest
 from rnnkit.train.config import TrainConfig, check_trainer_arguments
-from rnnkit.train.evaluate import evaluate_batches
 from rnnkit.train.historylog import HistoryLog
 from rnnkit.train.hooks import end_callbacks
 from rnnkit.train.ntasgd import NTASGD
@@ -33,8 +31,9 @@ from rnnkit.train.outdir import claim_out_dir, unlock_out_dir
 from rnnkit.train.precision import MixedPrecision
 from rnnkit.train.resume import TrainerCheckpoints
 from rnnkit.train.seed import check_generators, data_generators, get_rng_state, seed_rank, set_rng_state
-from rnnkit.train.state import lm_loss, move_to
+from rnnkit.train.state import is_nll_loss, lm_loss, move_to
 from rnnkit.train.step import TrainerStep, _seq_len
+from rnnkit.train.validation import TrainerValidation
 
 __all__ = ["Trainer", "StepFn"]
 
@@ -43,7 +42,7 @@ StepFn = Callable[[nn.Module, Any, Any], tuple[Tensor, Any]]
 log = logging.getLogger("rnnkit.train")
 
 
-class Trainer(TrainerStep, TrainerCheckpoints):
+class Trainer(TrainerStep, TrainerCheckpoints, TrainerValidation):
     """``Trainer(model, optimizer, config, **overrides).fit(train_data, val_data)``.
 
     ``loss_fn(output, targets) -> scalar`` (default: token cross-entropy, ``-100``
@@ -57,6 +56,9 @@ class Trainer(TrainerStep, TrainerCheckpoints):
     ``generators``: the ``torch.Generator`` objects training draws from besides the global RNGs and
     the data's own (which it finds), e.g. a ``ScheduledSampler(generator=g)``'s: checkpoints hold
     their states, so a resumed run draws as the one that never stopped.
+    ``perplexity``: whether the rows (and :meth:`evaluate`) have a ``ppl``, ``exp(loss)``, which is
+    a perplexity only for a negative log-likelihood; ``None``: when ``loss_fn`` is known to be one
+    (the default, a cross-entropy: :func:`~rnnkit.train.state.is_nll_loss`) and no ``step_fn``.
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         step_fn: StepFn | None = None,
         callbacks: Iterable[Callback] = (),
         generators: Iterable[torch.Generator] = (),
+        perplexity: bool | None = None,
         **overrides: Any,
     ) -> None:
         check_trainer_arguments(config, model, loss_fn, step_fn)
@@ -88,11 +91,15 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             seed_rank(dist.get_rank())
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
+        if perplexity not in (None, True, False):
+            raise ValueError(f"perplexity must be a bool or None, got {perplexity!r}")
+        # exp(loss) of an MSE was logged as a "ppl" (5e55 for a loss of 128): it means nothing there
+        self.perplexity = is_nll_loss(loss_fn) and step_fn is None if perplexity is None else perplexity
         self.generators = check_generators(generators)
         self.is_main = dist.is_main_process()
         self.callbacks = list(callbacks) + (default_callbacks(cfg) if self.is_main else [])
         self.ntasgd = NTASGD(self.raw_model, cfg.nonmono) if cfg.nt_asgd else None
-        self.precision = MixedPrecision(cfg.amp, self.device)
+        self.precision = MixedPrecision(cfg.amp, self.device, self.raw_model)
         # Progress counters; all of them go into checkpoints.
         self.step = self.epoch = self.batch_in_epoch = self.tokens_seen = 0
         self.elapsed = 0.0
@@ -130,22 +137,6 @@ class Trainer(TrainerStep, TrainerCheckpoints):
             getattr(cb, hook)(self, *args)
 
     # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def evaluate(self, data: Iterable[Any]) -> dict[str, float]:
-        """Token-weighted mean loss over ``data`` (NT-ASGD averages swapped in), summed
-        over ranks. Returns ``{"loss", "ppl", "tokens"}``. The state is carried across
-        batches when ``carry_state`` (evaluate LM streams in order)."""
-        with self.ntasgd.swapped() if self.ntasgd else nullcontext():
-            total, tokens = evaluate_batches(
-                self.raw_model, data, lambda m, batch, st: self._forward(m, batch, st),
-                carry_state=self.config.carry_state, device=self.device, batch_first=self.config.batch_first,
-            )  # fmt: skip
-        total, tokens = dist.all_reduce_sum([total, tokens], self._reduce_device())
-        if tokens == 0:
-            raise dist.on_every_rank(ValueError("evaluate() got no target (no batches, or all targets -100)"))
-        mean = total / tokens
-        return {"loss": mean, "ppl": math.exp(min(mean, 700.0)), "tokens": tokens}
-
     def _reduce_device(self) -> torch.device | None:
         return self.device if self.device.type == "cuda" else None
 
@@ -154,35 +145,6 @@ class Trainer(TrainerStep, TrainerCheckpoints):
         """The epoch of the last step trained, which the rows name: ``epoch`` counts the epochs
         ended, one more once an epoch's last step is done (``validate_at_end`` runs then)."""
         return self.epoch - 1 if self.batch_in_epoch == 0 and self.epoch > 0 else self.epoch
-
-    def validation_row(self, res: dict[str, float]) -> dict[str, Any]:
-        """The history/metrics row of :meth:`evaluate`'s ``res`` at the current step."""
-        return {"split": "val", "step": self.step, "epoch": self.step_epoch,
-                "loss": res["loss"], "ppl": res["ppl"]}  # fmt: skip
-
-    def _validate(self, val_data: Iterable[Any], at_end: bool = False) -> None:
-        """A validation row, and what acts on it: NT-ASGD's trigger and a ``ReduceLROnPlateau``
-        (not ``at_end``: they change training, which a run resumed with a larger budget would do
-        otherwise than one that never stopped), the best (``save_best``) and ``patience``."""
-        cfg = self.config
-        res = self.evaluate(val_data)
-        row = self.validation_row(res)
-        self.history.append(row)
-        if not at_end and self.ntasgd is not None and self.ntasgd.observe(res["loss"], self.step):
-            row["nt_asgd_triggered"] = True
-        if not at_end and isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            self.scheduler.step(res["loss"])
-        if res["loss"] < self.best_val - cfg.min_delta:
-            self.best_val, self.bad_evals = res["loss"], 0
-            if cfg.save_best and self.is_main:
-                self.save_best(res["loss"])
-        else:
-            self.bad_evals += 1
-            if cfg.patience is not None and self.bad_evals >= cfg.patience and not at_end:
-                # (at the end the run stopped for its own reason; a resume finds the patience spent)
-                self.should_stop, self.stop_reason = True, "early_stopping"
-        if self.is_main:
-            self._emit("on_validation_end", row)
 
     # ------------------------------------------------------------------ the loop
     def fit(self, train_data: Iterable[Any], val_data: Iterable[Any] | None = None) -> dict:

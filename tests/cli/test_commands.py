@@ -55,6 +55,18 @@ def test_val_every_help_states_the_default_in_use(cli):
         assert shown == ("250 and at the end" if want else "every epoch end and at the end"), shown
 
 
+def test_dropout_help_says_where_it_drops(cli):
+    # charlm's --dropout also drops the top layer's output before the softmax head (CharLM.drop),
+    # with one layer too; its help said "dropout between layers" alone, as the other tasks'
+    import re
+
+    for task, head in (("charlm", True), ("tag", False)):
+        text = " ".join(cli("train", task, "--help").out.split())
+        shown = re.search(r"--dropout DROPOUT (.*?) --opt KEY=VALUE", text).group(1)
+        assert shown.startswith("dropout between layers (torch semantics, as --opt dropout=P)"), shown
+        assert ("and on the output before the softmax head (any --layers)" in shown) == head, shown
+
+
 def test_train_help_states_defaults_readably(cli):
     # --max-minutes used to read "(default None)"; charlm's --hidden/--dropout both read
     # "384 and 0 below 12 min ..., else 512 and 0.2" (each flag's help gave both flags' values)
@@ -112,6 +124,9 @@ def test_memory(cli, tmp_path, task, arch, metric):
     res = results(out)
     assert res["step"] == 3 and res["stop_reason"] == "max_steps"
     assert metric in res and "valid_loss" in res
+    # a perplexity of the cross-entropy tasks alone (adding's MSE logged exp(MSE) as one)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(("ppl" in row) == (task != "adding") for row in rows)
     if arch == "tcn":
         assert "receptive field" in r.out
     run = json.loads((out / "run.json").read_text())
@@ -377,6 +392,21 @@ def test_resume_restores_the_runs_training_flags(cli, tmp_path):
                  for d in ("run", "ref"))  # fmt: skip
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
     assert results(tmp_path / "run") == results(tmp_path / "ref")
+
+
+def test_amp_fp16_with_a_cpu_lstm_is_refused_up_front(cli, tmp_path):
+    # it failed at the first step in oneDNN's words ("could not create a primitive descriptor").
+    # (In float32, the command's own dtype: autocast leaves the suite's float64 as it is.)
+    from tests.conftest import default_dtype
+
+    out = tmp_path / "r"
+    copy = ["train", "memory", "--task", "copy", "--length", 6, "--n-copy", 2, "--n-train", 16]
+    with default_dtype(torch.float32):
+        r = cli(*copy, "--n-valid", 8, "--amp", "fp16", "--out", out, *TINY)
+        assert_one_line_error(r, "--amp fp16 on the CPU", "LSTM", "no float16 kernel", "use bf16 on the CPU")
+        assert not out.exists()
+        r = cli(*copy, "--n-valid", 8, "--arch", "gru", "--amp", "fp16", "--out", out, *TINY)
+    assert r.rc == 0, r.err
 
 
 def test_the_training_flags_given_are_known():

@@ -49,3 +49,21 @@ def test_opt_without_a_key_is_refused_where_it_is_parsed(text):
     # it reached the layer as an option named '' ("does not take --opt ;" for the parallel layers)
     with pytest.raises(argparse.ArgumentTypeError, match="--opt expects key=value, got no key"):
         parse_opt(text)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "qrnn"])
+@pytest.mark.parametrize("text", ["zoneout=1e999", "zoneout=-0.5"])
+def test_a_bad_opt_value_names_the_flag(cell, text):
+    # the layer's own words named the option alone ("zoneout must be a number in [0, 1], got inf"),
+    # where every other flag's error names its flag
+    key, value = parse_opt(text)
+    config = {"cell": cell, "hidden": 4, "layers": 1, "dropout": 0.0, "options": {key: value}}
+    want = rf"^--arch {cell}: --opt zoneout must be a number in \[0, 1[\])], got"
+    with pytest.raises(ValueError, match=want):
+        build_recurrent(config, 3)
+
+
+def test_a_bad_opt_value_names_the_flag_on_the_command_line(cli, tmp_path):
+    r = cli("train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8,
+            "--opt", "zoneout=1e999", "--max-steps", 1, "--out", tmp_path / "r")  # fmt: skip
+    assert r.rc != 0 and "--opt zoneout must be a number in [0, 1], got inf" in r.err, r.err

@@ -158,3 +158,14 @@ def test_params_past_matching_is_a_usage_error_that_leaves_no_out(tmp_path, caps
         assert code == 2 and len(err.strip().splitlines()) == 1 and "params=1000000: a rnn model" in err
         (tmp_path / "kept").mkdir(exist_ok=True)
     assert not (tmp_path / "a").exists() and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_study_help_lists_each_studys_architectures(tmp_path, capsys):
+    """A bad --archs pointed to 'rnnkit study --help', which named none of the architectures."""
+    assert rnnkit_main(["study", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, study in STUDIES.items():
+        assert f"{name}: {', '.join(a.name for a in study.archs)}" in text
+    code = rnnkit_main(["study", "greff", "--archs", "foo", "--steps", "1", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "no architecture 'foo'" in err and "see rnnkit study --help" in err

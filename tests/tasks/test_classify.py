@@ -104,3 +104,18 @@ def test_predict_texts_refuses_a_str_as_its_texts():
     with pytest.raises(ValueError, match=r"texts must be a list of texts, got the str 'ab': pass \['ab'\]"):
         predict_texts(model, "ab", vocab, "char", ["x", "y"])
     assert len(predict_texts(model, ["ab"], vocab, "char", ["x", "y"])) == 1
+
+
+def test_a_header_of_other_names_is_skipped(tmp_path):
+    """Only a header written text,label was skipped: 'review,sentiment' became a data row, a class
+    'sentiment' of one row with 'review' in the vocabulary. A first row whose label is none of the
+    data's classes is the header; where every class is too rare to tell, the first row is data."""
+    p = tmp_path / "a.csv"
+    p.write_text("review,sentiment\ngood film,pos\nbad film,neg\nfine,pos\nawful,neg\n", encoding="utf-8")
+    assert read_text_csv(p) == [("good film", "pos"), ("bad film", "neg"), ("fine", "pos"), ("awful", "neg")]
+    p.write_text("hi there,a\nyo,b\nzz,c\n", encoding="utf-8")  # every label once: data
+    assert [label for _, label in read_text_csv(p)] == ["a", "b", "c"]
+    p.write_text("good,pos\nbad,neg\nfine,pos\nawful,neg\n", encoding="utf-8")  # its label repeats: data
+    assert len(read_text_csv(p)) == 4
+    p.write_text("text,label\nodd,x\nbad,neg\nfine,pos\nawful,neg\ngood,pos\n", encoding="utf-8")
+    assert read_text_csv(p)[0] == ("odd", "x")  # after the text,label header, a rare class is data

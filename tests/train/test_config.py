@@ -131,3 +131,18 @@ def test_every_setting_is_a_step_setting_or_one_a_resume_may_change():
     assert "val_every" in STEP_FIELDS and len(set(STEP_FIELDS)) == len(STEP_FIELDS)
     assert not resumable & set(STEP_FIELDS)
     assert names == resumable | set(STEP_FIELDS)
+
+
+def test_clip_norm_and_clip_value_are_exclusive():
+    """Both were taken and both applied, the norm's scaling then the clamp, an order nothing said:
+    the pair is refused (as Keras refuses it), at creation and when assigned later."""
+    msg = (
+        r"^clip_norm and clip_value are exclusive \(choose one way to clip\), "
+        r"got clip_norm=1.0, clip_value=0.5$"
+    )
+    with pytest.raises(ValueError, match=msg):
+        TrainConfig(clip_norm=1.0, clip_value=0.5)
+    cfg = TrainConfig(clip_norm=1.0)
+    with pytest.raises(ValueError, match=msg):
+        cfg.clip_value = 0.5
+    assert cfg.clip_value is None and TrainConfig(clip_value=0.5).clip_norm is None

@@ -90,3 +90,42 @@ def test_numpy_and_tensor_metrics_of_a_callback_reach_the_files_as_numbers(tmp_p
     again.load(tmp_path / "checkpoints")
     got = [(r["f32"], r["i64"], r["t"]) for r in again.history if r["split"] == "train"]
     assert got == [(0.5, 3, 0.25)] * 2
+
+
+class _Regression(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).squeeze(-1)
+
+
+def _regression_trainer(tmp_path, **kw) -> Trainer:
+    model = _Regression()
+    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), loss_fn=torch.nn.functional.mse_loss,
+                   stateful=False, carry_state=False, log_every=1, out_dir=str(tmp_path), progress=False,
+                   plot=False, tensorboard=False, **kw)  # fmt: skip
+
+
+def test_ppl_only_for_a_negative_log_likelihood(tmp_path):
+    """Every row had a "ppl", exp(loss), also for a regression trained with MSE (a loss of 128
+    logged 5e55): a perplexity only where the loss is a negative log-likelihood."""
+    torch.manual_seed(0)
+    data = [(torch.randn(4, 3), 10 * torch.randn(4)) for _ in range(2)]
+    tr = _regression_trainer(tmp_path / "mse")
+    tr.fit(data, data)
+    assert [r["split"] for r in tr.history] == ["train", "train", "val"]
+    assert not any("ppl" in r for r in tr.history) and "ppl" not in tr.evaluate(data)
+    assert not any("ppl" in r for r in read_metrics(tmp_path / "mse" / "metrics.jsonl"))
+    with open(tmp_path / "mse" / "metrics.csv", newline="") as f:
+        assert [r["ppl"] for r in csv.DictReader(f)] == ["", "", ""]
+    # the default loss (token cross-entropy) keeps it, and a step_fn's NLL says so
+    model = TinyLM()
+    tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=1, log_every=1, progress=False)
+    assert tr.perplexity and not _regression_trainer(tmp_path / "x", perplexity=False).perplexity
+    tr.fit(bptt_batches(tokens(100), 2, 5))
+    assert np.isclose(tr.history[0]["ppl"], np.exp(tr.history[0]["loss"]))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    assert Trainer(model, opt, loss_fn=torch.nn.CrossEntropyLoss()).perplexity
+    assert not Trainer(model, opt, step_fn=lambda m, b, s: (0, s)).perplexity

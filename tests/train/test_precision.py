@@ -128,6 +128,21 @@ def test_amp_must_be_known():
         Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), amp="fp8")
 
 
+def test_float16_on_the_cpu_refuses_an_lstm_without_a_float16_kernel():
+    """torch's CPU LSTM (oneDNN) has no float16 kernel: amp="fp16" failed at the first step in
+    oneDNN's words ("could not create a primitive descriptor"); rnnkit's LSTM with
+    recurrent_dropout in eval mode (validation) too. Refused at construction, naming the layer and
+    bf16; a GRU, and rnnkit's LSTM on its loop (zoneout), train in float16 there."""
+    want = r"^amp='fp16' on the CPU: the LSTM rnn \(LSTM\) has no float16 kernel there; use bf16 on the CPU"
+    for model in (TinyLM(), _RnnkitLM(), _RnnkitLM(recurrent_dropout=0.1)):
+        with pytest.raises(ValueError, match=want):
+            Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), amp="fp16")
+        assert model.training  # its modes as they were
+    for model in (TinyLM(cell="gru"), _RnnkitLM(zoneout=0.1)):
+        Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), amp="fp16")
+    Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), amp="bf16")
+
+
 class _HC(NamedTuple):
     h: torch.Tensor
     c: torch.Tensor
