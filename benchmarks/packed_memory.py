@@ -3,8 +3,13 @@ peak memory of a training step.
 
 * **Packed vs padded** — ``B = 32`` sequences of lengths uniform in 50–150 (``total`` tokens)
   as a ``PackedSequence``, against a dense batch of the same total tokens (``32 × ⌈total/32⌉``),
-  one training step (forward + backward of the output's sum, ``pack_padded_sequence``
-  included), for torch.nn and rnnkit's fused path, interleaved, median of ``--repeat``.
+  one training step (forward + backward of the output's sum, the input's gradient included),
+  for torch.nn and rnnkit's fused path, interleaved, median of ``--repeat``. Two packed
+  columns: the step with ``pack_padded_sequence(enforce_sorted=False)`` and its backward in it
+  (a padded batch packed in the step), and the layer alone on input packed once outside the
+  step (as a data pipeline packs token ids and an embedding runs on the packed ``.data``;
+  ``rnnkit.data``'s ``PaddedBatch.packed``), its data requiring a gradient as an embedding's
+  output would.
 * **Peak memory** — extra peak RSS of one training step at the medium shape (T=100, B=32,
   I=128, H=256), each contestant in a fresh process warmed up by a 2-step call (libraries,
   kernels, packed weights loaded) so that the measured step allocates its working set anew
@@ -23,7 +28,7 @@ import time
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkit
 
@@ -52,6 +57,17 @@ def step_fn(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None):
     return run
 
 
+def layer_fn(m: nn.Module, packed: PackedSequence):
+    """The layer alone on input packed outside the step: a fresh leaf for its data each call."""
+
+    def run() -> None:
+        inp = packed._replace(data=packed.data.detach().requires_grad_(True))
+        m(inp)[0].data.sum().backward()
+        m.zero_grad(set_to_none=True)
+
+    return run
+
+
 def packed_vs_padded(repeat: int) -> None:
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(50, 151, (B,), generator=g)
@@ -60,12 +76,20 @@ def packed_vs_padded(repeat: int) -> None:
     x_dense = torch.randn(-(-total // B), B, I, generator=g)
     print(f"\npacked: {B} sequences, lengths 50-150, {total} tokens; padded: {x_dense.shape[0]}x{B} = "
           f"{x_dense.shape[0] * B} tokens; training step, median of {repeat}")  # fmt: skip
-    print("| family | contestant | packed ms | padded ms | packed/padded |\n|---|---|---:|---:|---:|")
+    print(
+        "| family | contestant | packed ms (packing in the step) | packed ms (layer alone) | padded ms "
+        "| packed/padded | layer alone packed/padded |\n|---|---|---:|---:|---:|---:|---:|"
+    )
+    packed_once = pack_padded_sequence(x_packed, lengths, enforce_sorted=False)
     for family in FAMILIES:
         for who in ("torch", "fused"):
             torch.manual_seed(0)
             m = make(family, who)
-            fns = {"packed": step_fn(m, x_packed, lengths), "padded": step_fn(m, x_dense, None)}
+            fns = {
+                "packed": step_fn(m, x_packed, lengths),
+                "layer": layer_fn(m, packed_once),
+                "padded": step_fn(m, x_dense, None),
+            }
             for f in fns.values():
                 f()
             times: dict[str, list[float]] = {k: [] for k in fns}
@@ -74,8 +98,9 @@ def packed_vs_padded(repeat: int) -> None:
                     t0 = time.perf_counter()
                     f()
                     times[k].append(time.perf_counter() - t0)
-            p, d = (statistics.median(times[k]) * 1e3 for k in ("packed", "padded"))
-            print(f"| {family} | {who} | {p:.1f} | {d:.1f} | {p / d:.2f} |", flush=True)
+            p, q, d = (statistics.median(times[k]) * 1e3 for k in ("packed", "layer", "padded"))
+            row = f"| {family} | {who} | {p:.1f} | {q:.1f} | {d:.1f} | {p / d:.2f} | {q / d:.2f} |"
+            print(row, flush=True)
 
 
 def peak_memory(family: str, who: str, threads: int, repeat: int = 1) -> float:

@@ -130,3 +130,35 @@ def test_ab_benchmark_rejects_anything_but_two_trees(trees, why, capsys):
     with pytest.raises(SystemExit):
         _script("ab").main([*(str(ROOT.parent) if t == "." else t for t in trees), "--rounds", "1"])
     assert why in capsys.readouterr().err
+
+
+def test_packed_benchmark_times_the_layer_alone_on_the_same_work(monkeypatch, capsys):
+    """The "layer alone" column runs the layer on input packed once outside the step: it must
+    compute the packed step's parameter gradients, less the packing, and the table must print
+    it for every family and contestant."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    s = _script("packed_memory")
+    monkeypatch.setattr(s, "B", 4)
+    monkeypatch.setattr(s, "I", 3)
+    monkeypatch.setattr(s, "H", 5)
+    lengths = torch.tensor([3, 5, 2, 4])
+    x = torch.randn(5, 4, 3)
+    grads = []
+    for run in (s.step_fn, s.layer_fn):
+        torch.manual_seed(0)
+        m = s.make("lstm", "fused")
+        monkeypatch.setattr(m, "zero_grad", lambda set_to_none=True: None)  # keep the gradients
+        if run is s.step_fn:
+            run(m, x, lengths)()
+        else:
+            run(m, pack_padded_sequence(x, lengths, enforce_sorted=False))()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
+    s.packed_vs_padded(1)
+    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
+    assert "layer alone packed/padded" in table[0]
+    assert len(table) == 2 + 2 * len(s.FAMILIES)  # header, rule, torch and fused per family
+    assert all(len(ln.split("|")) == 9 for ln in table)
