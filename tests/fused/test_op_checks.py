@@ -206,6 +206,7 @@ BAD = {
         ("w_hh", _t(4 * H, H - 1), "w_hh must have shape (4H, P)"),
         ("c0", None, "c0 is required"),
         ("xp", _t(N, H), "xp must have shape (N, 4H)"),
+        ("b_hh", _t(4 * H), "b_hh must be None for the lstm (the caller adds it to xp)"),  # was ignored
     ],
     "rnnkit_norm::backward lstm": [
         ("ghn", _t(B, H - 1), "ghn must have shape (B, P)"),
