@@ -190,6 +190,7 @@ BAD = {
         ("c0", None, "c0 is required"),
         ("w_hh", _t(4 * H, H + 1), "w_hh must have shape (gates H, P)"),
         ("zg", _t(N, S - 1), "zg must have shape (N, S)"),
+        ("b_hh", _t(4 * H), "b_hh must be None for the LSTM layouts (the caller adds it"),  # was ignored
     ],
     "rnnkit_ext::variant_backward gru": [
         ("ghn", _t(B + 1, H + 1), "ghn must have shape (B, P)"),
