@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
-from ._checks import fail
+from ._checks import fail, kept
 from .cells.base import Cell, ParamSpec
 
 
@@ -29,14 +29,23 @@ class RNNBaseCompat:
 
     @property
     def _all_weights(self) -> list[list[str]]:
-        """Parameter names per layer-direction (``torch.nn.RNNBase._all_weights``)."""
-        return [
-            # not the running statistics (buffers); a parameter replaced by a plain tensor (the AWD
-            # WeightDrop trick: del m._parameters[name]; setattr(m, name, tensor)) stays listed, as in torch
-            [a for a in names.values() if a not in self._buffers]  # type: ignore[attr-defined]
-            for per in self._names  # type: ignore[attr-defined]
-            for names in per
-        ]
+        """Parameter names per layer-direction (``torch.nn.RNNBase._all_weights``): the cells'
+        specs that are no buffers (batch norm's running statistics), in registration order. Fixed
+        at construction as torch's, so built once (a copy per read: the caller may change it). By
+        spec, not by what ``_buffers`` holds now: a weight re-registered as a buffer (frozen) left
+        the list, and the torch path's check then failed on a zip of unequal lengths; a parameter
+        replaced by a plain tensor (AWD WeightDrop: del m._parameters[name]; setattr(m, name,
+        tensor)) stays listed, as in torch."""
+
+        def build() -> list[list[str]]:
+            cells, names = self.cells, self._names  # type: ignore[attr-defined]
+            return [
+                [per[s.name] for s in cell.param_specs() if not s.buffer]
+                for cell, d in zip(cells, names)
+                for per in d
+            ]
+
+        return [list(n) for n in kept(self, "_all_weight_names", build)]  # type: ignore[arg-type]
 
     @property
     def _flat_weights_names(self) -> list[str]:

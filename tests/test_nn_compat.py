@@ -166,3 +166,21 @@ def test_init_flat_weights_after_replacing_a_weight_as_torch_nn(family):
         m._init_flat_weights()
     x = torch.randn(5, 3, 4)
     torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
+def test_weight_frozen_as_a_buffer_stays_listed_as_torch_nn(family):
+    # a weight re-registered as a buffer (frozen, out of parameters()): torch.nn's name lists are
+    # fixed at construction and it runs; rnnkit's lists dropped the name (read off _buffers at each
+    # access), and the torch path's weight check failed: "zip() argument 2 is longer than argument 1"
+    theirs, ours = pair(family, {"num_layers": 2})
+    ours.load_state_dict(theirs.state_dict())
+    names = ours._flat_weights_names
+    for m in (theirs, ours):
+        m.register_buffer("weight_hh_l1", m._parameters.pop("weight_hh_l1").detach() * 0.5)
+    assert ours._flat_weights_names == theirs._flat_weights_names == names
+    assert ours._all_weights == theirs._all_weights
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+    ours._flat_weights_names.clear()  # a copy: the kept lists are not the caller's
+    assert ours._flat_weights_names == names and len(ours._all_weights[0]) == 4

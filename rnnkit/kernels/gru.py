@@ -46,7 +46,9 @@ def forward(xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | None, mask: Ten
         torch.add(x[:, : 2 * H], a[:, : 2 * H], out=g[:, : 2 * H]).sigmoid_()
         n = g[:, 2 * H :]
         torch.addcmul(x[:, 2 * H :], g[:, :H], a[:, 2 * H :], out=n).tanh_()
-        torch.lerp(n, hp, g[:, H : 2 * H], out=out[s])
+        # h = (h_{t-1} - n) z + n as torch's GRUCell (and the C++ kernel): lerp(n, h_{t-1}, z) gave
+        # NaN for an infinite h_{t-1} at z = 1, where torch.nn.GRU keeps the inf
+        torch.sub(hp, n, out=out[s]).mul_(g[:, H : 2 * H]).add_(n)
         if zh is not None:
             out[s].lerp_(hp, zh[s])
         hbuf[:bs].copy_(out[s])

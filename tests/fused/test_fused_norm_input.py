@@ -4,6 +4,8 @@ threads, and its layer-norm backward op against torch's."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -103,3 +105,22 @@ def test_input_group_layer_norm_backward_equals_torchs(num_threads, dtype, G, sh
     for u, v in zip(got[: 3 if shift else 2], want[: 3 if shift else 2], strict=True):
         torch.testing.assert_close(u, v, **tol)
     assert shift or got[2].numel() == 0
+
+
+@pytest.mark.parametrize("op", ["bn_input_forward", "bn_input_backward", "ln_input_backward"])
+def test_input_group_ops_reject_zero_width(op):
+    """G = 0 (no gate columns): bn_input_forward returned (N, 0) results, and both backward ops
+    died of SIGFPE (an integer division by 2G), taking the process with them."""
+    from .test_fused_kernels import require_ext
+
+    require_ext()
+    a, w, bsz = torch.randn(6, 0), torch.randn(0), [2, 2, 2]
+    args = {
+        "bn_input_forward": (a, w, None, bsz, True),
+        "bn_input_backward": (a, a, torch.randn(3, 0), w, False, bsz),
+        "ln_input_backward": (a, a, torch.randn(6, 1), w, False),
+    }[op]
+    name = "a" if op == "bn_input_forward" else "dy"
+    msg = f"rnnkit_norm::{op}: {name} must have shape (N, G) with a positive width, got [6, 0]"
+    with pytest.raises(RuntimeError, match=re.escape(msg)):
+        getattr(torch.ops.rnnkit_norm, op)(*args)

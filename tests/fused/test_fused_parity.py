@@ -99,3 +99,25 @@ def test_padded_lengths_match_loop(backend):
     gb = torch.autograd.grad((ob.sum() + hb.sum()), [x, *ref.parameters()])
     for u, v in zip(ga, gb):
         torch.testing.assert_close(u, v, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gru_infinite_state_matches_torch(backend, dtype):
+    """torch's GRUCell updates h = (h_{t-1} - n) z + n; the fused GRU computed lerp(n, h_{t-1}, z),
+    which for z >= 1/2 is h_{t-1} - (h_{t-1} - n)(1 - z): NaN for an infinite h_{t-1} at z = 1,
+    where torch.nn.GRU keeps the inf. Positive W_hh saturates every gate of a row holding +inf
+    (r = z = 1: inf stays inf) or -inf (r = z = 0: NaN in torch too, matched)."""
+    a, b = make_pair("GRU", 3, 4, impl="fused")
+    a, b, loop = a.to(dtype), b.to(dtype), make_pair("GRU", 3, 4, impl="loop")[0].to(dtype)  # the cell too
+    with torch.no_grad():
+        b.weight_hh_l0.abs_()
+        a.load_state_dict(b.state_dict())
+        loop.load_state_dict(b.state_dict())
+        x, h0 = torch.randn(5, 3, 3, dtype=dtype), torch.randn(1, 3, 4, dtype=dtype)
+        h0[0, 0, 1], h0[0, 1, 2], h0[0, 2, 0], h0[0, 2, 3] = float("inf"), float("-inf"), float("inf"), 1e30
+        ref, ref_hn = b(x, h0)
+        assert ref.isinf().any() and ref.isnan().any()  # both cases happen
+        tol = 1e-12 if dtype == torch.float64 else 1e-5
+        for out, hn in (a(x, h0), loop(x, h0)):
+            torch.testing.assert_close(out, ref, atol=tol, rtol=tol, equal_nan=True)
+            torch.testing.assert_close(hn, ref_hn, atol=tol, rtol=tol, equal_nan=True)

@@ -149,6 +149,8 @@ BAD = {
         ("zc", _t(N, 1), "zc must have shape (N, H)"),
         ("w_peep", _t(2 * H), r"w_peep must have shape \(3H,\)"),
         ("w_hr", _t(H + 1, H), "w_hr must have shape (P, H)"),
+        ("b_hh", _t(4 * H), "b_hh must be None for the LSTM (add it to xp"),  # it was ignored
+        ("b_hh", _t(7, dtype=torch.float32), "b_hh must be None for the LSTM"),
     ],
     "rnnkit_ext::forward gru": [
         ("w_hh", _t(3 * H, H + 1), "w_hh must have shape (3H, H)"),
@@ -159,6 +161,7 @@ BAD = {
     "rnnkit_ext::forward rnn": [
         ("w_hh", _t(H, H + 1), "w_hh must have shape (H, H)"),
         ("mask", _t(B, H - 1), "mask must have shape (B, H)"),
+        ("b_hh", _t(H), "b_hh must be None for the RNN (add it to xp"),  # it was ignored
     ],
     "rnnkit_ext::backward lstm": [
         ("ghn", _t(B, H + 1), "ghn must have shape (B, P)"),
@@ -187,6 +190,7 @@ BAD = {
         ("c0", None, "c0 is required"),
         ("w_hh", _t(4 * H, H + 1), "w_hh must have shape (gates H, P)"),
         ("zg", _t(N, S - 1), "zg must have shape (N, S)"),
+        ("b_hh", _t(4 * H), "b_hh must be None for the LSTM layouts (the caller adds it"),  # was ignored
     ],
     "rnnkit_ext::variant_backward gru": [
         ("ghn", _t(B + 1, H + 1), "ghn must have shape (B, P)"),
@@ -203,6 +207,7 @@ BAD = {
         ("w_hh", _t(4 * H, H - 1), "w_hh must have shape (4H, P)"),
         ("c0", None, "c0 is required"),
         ("xp", _t(N, H), "xp must have shape (N, 4H)"),
+        ("b_hh", _t(4 * H), "b_hh must be None for the lstm (the caller adds it to xp)"),  # was ignored
     ],
     "rnnkit_norm::backward lstm": [
         ("ghn", _t(B, H - 1), "ghn must have shape (B, P)"),

@@ -28,9 +28,8 @@ namespace rnnkit_blk {
 
 using at::Tensor;
 
-// Work (multiply-adds) of a step below which it stays on one thread: a fork/join costs a few us,
-// the small shape's whole 8x64x256 GEMM ~1.3 us.
-constexpr int64_t kParallelWork = 1 << 20;
+using rnnkit_common::kParallelWork;  // (common.h: the weight-gradient GEMMs share the rule)
+using rnnkit_common::threads_for;
 
 // Split [0, n) into `parts` blocks whose widths are multiples of 16 (one AVX-512 float register)
 // where possible; fewer blocks when n is small.
@@ -45,11 +44,6 @@ inline std::vector<int64_t> split(int64_t n, int64_t parts) {
 // brgemm runs best on blocks of at most this many output columns (one thread, 32x256 @ 256xN,
 // 100 steps: N = 1024 in one block 10 ms, as two blocks of 512 7.1 ms).
 constexpr int64_t kMaxColumns = 512;
-
-// Threads a step of `work` multiply-adds is worth: all of them, or one below kParallelWork.
-inline int64_t threads_for(int64_t work) {
-  return work >= kParallelWork ? std::max<int64_t>(1, at::get_num_threads()) : 1;
-}
 
 // Number of blocks for a step GEMM of `work` multiply-adds (at the full batch) and `cols` output
 // columns: at least `per_thread` per thread when the work is worth splitting, and blocks of at

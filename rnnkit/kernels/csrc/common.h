@@ -29,6 +29,16 @@ using Steps = std::vector<std::pair<int64_t, int64_t>>;  // (offset, batch) in f
 // for this format.
 constexpr auto kRowMajor = at::MemoryFormat::Contiguous;
 
+// Work (multiply-adds) of a step below which it stays on one thread: a fork/join costs a few us,
+// the small shape's whole 8x64x256 GEMM ~1.3 us.
+constexpr int64_t kParallelWork = 1 << 20;
+
+// Threads a step (or a weight-gradient GEMM) of `work` multiply-adds is worth: all of them, or
+// one below kParallelWork.
+inline int64_t threads_for(int64_t work) {
+  return work >= kParallelWork ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+}
+
 inline const c10::OperatorHandle* find_op(const char* name, const char* overload) {
   auto h = c10::Dispatcher::singleton().findSchema({name, overload});
   return h.has_value() ? new c10::OperatorHandle(*h) : nullptr;
@@ -150,15 +160,14 @@ inline Tensor transposed(const Tensor& w) {
 // and 4.01 -> 3.82 ms, small (N = 512) 1.4-1.6x faster, large (N = 6400, a: N x 2048) 34.4 ->
 // 32.8 ms for dW_ih and 31.6 -> 32.6 for dW_hh (the one loss). The threads own blocks of dW^T's
 // columns, so the bits do not depend on the thread count; a block runs kChunkRows rows of a at
-// a time against kTileRows rows of b^T.
-constexpr int64_t kWgradRows = 1 << 20;  // work (multiply-adds) from which the threads share it
+// a time against kTileRows rows of b^T. The threads share it from threads_for's work.
 // 256-column blocks and 512-row tiles of b^T beat narrower ones by 3-10% at large; the small
 // shape's 256 columns are split between the threads.
 constexpr int64_t kChunkRows = 256, kTileRows = 512, kBlockCols = 256;
 
 // C (K, M) = bT (K, N) a (N, M), all dense row-major: (a^T b)^T with bT = b^T. N > 0.
 inline void tn_brgemm(const float* a, const float* bT, float* c, int64_t N, int64_t M, int64_t K) {
-  const int64_t threads = N * M * K >= kWgradRows ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+  const int64_t threads = threads_for(N * M * K);
   int64_t nb = std::max(threads, (M + kBlockCols - 1) / kBlockCols);
   nb = (nb + threads - 1) / threads * threads;
   const int64_t w = std::max<int64_t>(16, ((M + nb - 1) / nb + 15) / 16 * 16);
@@ -203,7 +212,7 @@ inline Tensor mm_tn(const Tensor& a, const Tensor& b, bool allowed) {
 // 64 rows of a over the threads, columns in blocks of at most 512 (brgemm's best width),
 // kChunkRows of the inner dimension at a time. oneDNN's linear reordered w at every call.
 inline void nn_brgemm(const float* a, const float* w, float* c, int64_t N, int64_t M, int64_t K) {
-  const int64_t threads = N * M * K >= kWgradRows ? std::max<int64_t>(1, at::get_num_threads()) : 1;
+  const int64_t threads = threads_for(N * M * K);
   constexpr int64_t kRowBlock = 64;  // rows of a per block (64-256 measured alike)
   const int64_t rows = std::max<int64_t>(1, std::min(kRowBlock, (N + threads - 1) / threads));
   constexpr int64_t kCols = 512;

@@ -93,7 +93,7 @@ Tensor dw_from_out(const Tensor& da_all, const Tensor& out, const Tensor& h0, co
   return t_layout ? rnnkit_common::transposed(acc) : acc;
 }
 
-// ---- GRU (torch form): r, z = σ(xp_rz + a_rz); n = tanh(xp_n + r ⊙ a_n); h = lerp(n, h_{t-1}, z)
+// ---- GRU (torch form): r, z = σ(xp_rz + a_rz); n = tanh(xp_n + r ⊙ a_n); h = (h_{t-1} - n) z + n
 std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor& w_hh, const OptT& b_hh,
                                 const OptT& mask, const OptT& zh, const Steps& steps) {
   const int64_t N = xp.size(0), B = h0.size(0), H = h0.size(1), G = 3 * H;
@@ -142,7 +142,10 @@ std::vector<Tensor> gru_forward(const Tensor& xp, const Tensor& h0, const Tensor
           scalar_t* o = O + (off + b) * H;
           const scalar_t* z = ZH ? ZH + b * H : nullptr;
           for (int64_t j = 0; j < H; ++j) {
-            const scalar_t v = lerp(g[2 * H + j], hp[j], g[H + j]);
+            // h = (h_{t-1} - n) z + n, torch's GRUCell form, not lerp(n, h_{t-1}, z): for z >= 1/2
+            // the lerp computes h_{t-1} - (h_{t-1} - n)(1 - z), NaN for an infinite h_{t-1} at
+            // z = 1 where torch.nn.GRU keeps the inf (and other roundings)
+            const scalar_t v = (hp[j] - g[2 * H + j]) * g[H + j] + g[2 * H + j];
             h[j] = o[j] = z ? lerp(v, hp[j], z[j]) : v;
           }
         }

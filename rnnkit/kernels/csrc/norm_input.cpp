@@ -29,6 +29,7 @@ std::vector<Tensor> bn_input_forward(const Tensor& a_, const Tensor& w_, const O
     const char* op = "rnnkit_norm::bn_input_forward";
     const auto dt = floating(op, "a", a_);
     tensor(op, "a", a_, dt, "(N, G)", {kAny, kAny});
+    positive_width(op, "a", a_, "(N, G)");  // G = 0: (N, 0) results, whose backward died of SIGFPE
     tensor(op, "w", w_, dt, "(G,)", {a_.size(1)});
     opt(op, "b", b_, dt, "(G,)", {a_.size(1)});
   }
@@ -66,6 +67,7 @@ std::vector<Tensor> bn_input_backward(const Tensor& dy_, const Tensor& xh_, cons
     const char* op = "rnnkit_norm::bn_input_backward";
     const auto dt = floating(op, "dy", dy_);
     tensor(op, "dy", dy_, dt, "(N, G)", {kAny, kAny});
+    positive_width(op, "dy", dy_, "(N, G)");  // G = 0 died of SIGFPE (NormB::grads divides by 2G)
     const int64_t N = dy_.size(0), G = dy_.size(1), T = bsz.size();
     tensor(op, "xh", xh_, dt, "(N, G)", {N, G});
     tensor(op, "rs", rs_, dt, "(T, G)", {T, G});
@@ -110,6 +112,7 @@ std::vector<Tensor> ln_input_backward(const Tensor& dy_, const Tensor& xh_, cons
     const char* op = "rnnkit_norm::ln_input_backward";
     const auto dt = floating(op, "dy", dy_);
     tensor(op, "dy", dy_, dt, "(N, G)", {kAny, kAny});
+    positive_width(op, "dy", dy_, "(N, G)");  // as bn_input_backward's
     const int64_t N = dy_.size(0), G = dy_.size(1);
     tensor(op, "xh", xh_, dt, "(N, G)", {N, G});
     tensor(op, "rs", rs_, dt, "(N, 1)", {N, 1});
