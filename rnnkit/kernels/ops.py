@@ -63,6 +63,12 @@ def forward_impl(
         return res[0], res[1], res[2], tuple(res[3:])
     if proj is not None:
         raise ValueError("forward_impl: proj needs the compiled LSTM kernel")
+    if b_hh is not None and kind != "gru":  # the C++ check's words: ignored, it lost the bias
+        family = "LSTM" if kind == "lstm" else "RNN"
+        raise ValueError(
+            f"rnnkit::fused_direction: b_hh must be None for the {family} (add it to xp), got a tensor of "
+            f"shape {list(b_hh.shape)}"
+        )
     if kind == "lstm":
         return lstm.forward(xp, h0, c0, w_hh, w_hr, mask, bsz, reverse, zh, zc, w_peep)
     if kind == "gru":

@@ -249,3 +249,20 @@ def test_compile_evaluation_zoneout_matches_eager(cls, kw):
     gb = torch.autograd.grad(y_ref.sum(), [x, *ref.parameters()])
     for u, v in zip(ga, gb):
         torch.testing.assert_close(u, v, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind, G", [("lstm", 4), ("rnn_tanh", 1), ("rnn_relu", 1)])
+def test_pure_custom_op_refuses_a_b_hh_it_would_ignore(monkeypatch, kind, G):
+    """The pure-PyTorch path of ``rnnkit::fused_direction`` read no ``b_hh`` for the LSTM and RNN
+    kinds (the caller folds it into ``xp``): one passed was dropped, the outputs lacking the
+    bias, where the C++ op refuses it."""
+    monkeypatch.setattr(ops, "use_ext_for", lambda x: False)
+    H, N, B = 2, sum(BS), BS[0]
+    c0 = torch.randn(B, H) if kind == "lstm" else None
+    args = [torch.randn(N, G * H), torch.randn(B, H), c0, torch.randn(G * H, H), torch.randn(G * H)]
+    args += [None] * 5
+    msg = r"b_hh must be None for the (LSTM|RNN) \(add it to xp\), got a tensor of shape \[\d+\]"
+    with pytest.raises(ValueError, match=msg):
+        torch.ops.rnnkit.fused_direction(kind, *args, BS, False)
+    args[4] = None
+    torch.ops.rnnkit.fused_direction(kind, *args, BS, False)  # without it: runs
