@@ -70,7 +70,7 @@ def check_options(cls: type, math_cls: type, cell_opts: dict, exclude=()) -> Non
 class RNN(RecurrentStack):
     """Elman RNN, ``h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` (or ReLU).
 
-    Drop-in for :class:`torch.nn.RNN`; extra keywords select cell options (see the README's
+    Drop-in for :class:`torch.nn.RNN`; extra keywords select cell options (see docs/zoo.md's
     table of cells) and layer options (regularizers). Cell option: ``norm='layer'`` (Ba et al.
     2016), see :mod:`rnnkit.cells.rnn`.
     """

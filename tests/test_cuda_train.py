@@ -54,7 +54,7 @@ def test_mixed_precision_trains_in_half_on_cuda(amp):
         tr, model, seen = _lm_run(amp)
         fp32, _, seen32 = _lm_run(None)
     # torch's autocast wrapper of cuDNN's RNNs casts to float16 whatever autocast's dtype (torch
-    # 2.11): under "bf16" too (README, "Mixed precision"; a torch that follows the dtype gives bf16)
+    # 2.11): under "bf16" too (docs/fused.md, "Mixed precision"; a torch that follows the dtype gives bf16)
     half = {"bf16": (torch.float16, torch.bfloat16), "fp16": (torch.float16,)}[amp]
     assert len(set(seen)) == 1 and seen[0] in half and set(seen32) == {torch.float32}
     assert all(p.dtype == torch.float32 and p.is_cuda for p in model.parameters())

@@ -187,7 +187,7 @@ def test_long_sequence_float32_is_finite_and_accurate():
     # float32 error: relative to the scale of h (rounding of the inputs included)
     err = ((got.double() - want).abs().max(0).values / want.abs().max(0).values).max()
     # 5.15e-6 on the CPU, in the column a_t = 1 (a running sum of 100,000 terms); the other
-    # columns 0.9-2.4e-6. Not a bound for every input: README/docs/scan.md give the spread.
+    # columns 0.9-2.4e-6. Not a bound for every input: docs/scan.md gives the spread.
     assert err < 6e-6, err
 
 
