@@ -279,6 +279,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         # no sequence (dense input): torch.nn's empty outputs and states; under autocast torch's
         # kernel, whose dtypes there are autocast's (float32 for its LSTM and GRU, unlike a batch's)
         if batch == 0 and not (_checks.autocast_on(x.device.type) and dispatch.select(self, x) == "torch"):
+            if self.impl != "auto":  # a forced impl's refusals (select's checks) hold for no sequence too
+                dispatch.select(self, x)
             if _checks.autocast_on(x.device.type):  # the parameters' dtype, as a batch's (below)
                 x, state = x.to(self._ref.dtype), tuple(s.to(self._ref.dtype) for s in state)
             return self._empty_batch(x, state, batch_first, unbatched)
