@@ -320,6 +320,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         for all of them). Tied to the input and the first parameter alone, the output left the
         other parameters without gradients, and a final state of zeros needed none: a loss over
         ``h_n`` raised ("does not require grad") where torch.nn's gives zeros."""
+        for k in range(self.num_layers * self.num_directions):  # a weight replaced by one of another
+            self.layer_params(*divmod(k, self.num_directions))  # shape or dtype: refused as for a batch
         T = x.shape[1] if batch_first else x.shape[0]
         O = (self.proj_size or self.hidden_size) * self.num_directions
         out = x.new_zeros((0, T, O) if batch_first else (T, 0, O))
