@@ -279,6 +279,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         # no sequence (dense input): torch.nn's empty outputs and states; under autocast torch's
         # kernel, whose dtypes there are autocast's (float32 for its LSTM and GRU, unlike a batch's)
         if batch == 0 and not (_checks.autocast_on(x.device.type) and dispatch.select(self, x) == "torch"):
+            if self.impl != "auto":  # a forced impl's refusals (select's checks) hold for no sequence too
+                dispatch.select(self, x)
             if _checks.autocast_on(x.device.type):  # the parameters' dtype, as a batch's (below)
                 x, state = x.to(self._ref.dtype), tuple(s.to(self._ref.dtype) for s in state)
             return self._empty_batch(x, state, batch_first, unbatched)
@@ -318,6 +320,8 @@ class RecurrentStack(RNNBaseCompat, nn.Module):
         for all of them). Tied to the input and the first parameter alone, the output left the
         other parameters without gradients, and a final state of zeros needed none: a loss over
         ``h_n`` raised ("does not require grad") where torch.nn's gives zeros."""
+        for k in range(self.num_layers * self.num_directions):  # a weight replaced by one of another
+            self.layer_params(*divmod(k, self.num_directions))  # shape or dtype: refused as for a batch
         T = x.shape[1] if batch_first else x.shape[0]
         O = (self.proj_size or self.hidden_size) * self.num_directions
         out = x.new_zeros((0, T, O) if batch_first else (T, 0, O))

@@ -61,11 +61,13 @@ def zoneout_probs(zoneout: object, state_names: Sequence[str]) -> tuple[float, .
             raise ValueError(f"zoneout keys must be state names {names}, got {sorted(unknown)}")
         return tuple(check_prob(f"zoneout[{n!r}]", zoneout.get(n, 0.0)) for n in names)
     if isinstance(zoneout, (tuple, list)):
-        if len(zoneout) != 2 or not {"h", "c"} <= set(names):
+        if not {"h", "c"} <= set(names):
             raise ValueError(
                 "zoneout=(p_c, p_h) needs a cell whose state holds h and c (LSTM); this cell's "
                 f"state is {names}: pass a number or a dict {{state name: p}}, got {zoneout!r}"
             )
+        if len(zoneout) != 2:  # (an LSTM's: its message said the state lacked h and c)
+            raise ValueError(f"zoneout=(p_c, p_h) takes two probabilities, got {len(zoneout)}: {zoneout!r}")
         by_name = {"c": check_prob("zoneout p_c", zoneout[0]), "h": check_prob("zoneout p_h", zoneout[1])}
         return tuple(by_name.get(n, 0.0) for n in names)
     p = check_prob("zoneout", zoneout)

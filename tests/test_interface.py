@@ -165,6 +165,26 @@ def test_a_batch_of_no_sequences_backpropagates_from_the_final_state(name, impl)
         assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's jvp
+def test_a_batch_of_no_sequences_meets_a_forced_impl_s_refusals():
+    """A forced ``impl`` that cannot run a call (impl='torch' with recurrent dropout in training,
+    impl='fused' on complex parameters or under forward-mode AD) raised for a batch of sequences
+    but returned empty results for a batch of none: the refusal does not depend on the batch."""
+    x = torch.randn(5, 0, 3)
+    m = rnnkit.LSTM(3, 4, recurrent_dropout=0.3, impl="torch").train()
+    with pytest.raises(ValueError, match="impl='torch' needs a configuration torch.nn supports"):
+        m(x)
+    m.eval()(x)  # in evaluation torch's kernels compute it: empty results, as for a batch
+    with pytest.warns(UserWarning, match="Complex modules"):  # (torch's, at .to(complex))
+        c = rnnkit.GRU(3, 4, impl="fused").to(torch.complex128)
+    with pytest.raises(TypeError, match="impl='fused' has no kernel for complex dtypes"):
+        c(x.to(torch.complex128))
+    f = rnnkit.GRU(3, 4, impl="fused")
+    with pytest.raises(ValueError, match="impl='fused' cannot run inside torch.func transforms"):
+        torch.func.jvp(lambda u: f(u)[0], (x,), (x,))
+    assert f(x)[0].shape == (5, 0, 4)  # outside them: torch.nn's empty results
+
+
 def test_mode_is_torch_mode_whatever_the_options():
     pairs = [
         (rnnkit.LSTM(3, 4, norm="layer", peephole=False), nn.LSTM(3, 4)),

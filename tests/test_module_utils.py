@@ -202,6 +202,27 @@ def test_replaced_weight_of_another_dtype_is_refused_as_torch_nn(family, options
             ref(x)
 
 
+@pytest.mark.parametrize("impl", ["auto", "torch", "fused", "loop"])
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN"])
+def test_replaced_weight_is_refused_for_a_batch_of_no_sequences(family, impl):
+    # a dense batch of zero sequences returned torch.nn's empty results before any weight was read,
+    # so a weight of another shape or dtype passed silently there, where torch.nn fails (in a
+    # matmul's words) and a batch of sequences is refused; the same error now, whatever the batch
+    x = torch.randn(5, 0, 3)
+    for name, make in (
+        ("weight_hh_l1_reverse", lambda w: torch.randn(w.shape[0], w.shape[1] + 1)),
+        ("bias_ih_l0", lambda w: w.detach().float()),
+    ):
+        m = getattr(rnnkit, family)(3, 4, 2, bidirectional=True, impl=impl)
+        setattr(m, name, nn.Parameter(make(getattr(m, name))))
+        ref = getattr(nn, family)(3, 4, 2, bidirectional=True)
+        setattr(ref, name, nn.Parameter(make(getattr(ref, name))))
+        with pytest.raises(RuntimeError):
+            ref(x)
+        with pytest.raises(rnnkit.RecurrentInputError, match=rf"{name} (must have shape|has dtype)"):
+            m(x)
+
+
 @pytest.mark.parametrize(
     "family, options, name",
     [("LSTMCell", {}, "bias_hh"), ("GRUCell", {}, "weight_hh"), ("LSTMCell", {"norm": "layer"}, "bias_hh"),

@@ -219,6 +219,17 @@ def test_bad_options(kw, msg):
     assert msg in str(e.value)
 
 
+@pytest.mark.parametrize("zoneout", [(0.1,), (0.1, 0.2, 0.3), []])
+def test_zoneout_of_the_wrong_length_names_the_pair(zoneout):
+    """A tuple of other than two probabilities on an LSTM said the cell's state lacked h and c
+    while naming it ('h', 'c'): the error now says a pair is expected and how many were given."""
+    with pytest.raises(ValueError) as e:
+        rnnkit.LSTM(2, 3, zoneout=zoneout)
+    msg = str(e.value)
+    assert f"zoneout=(p_c, p_h) takes two probabilities, got {len(zoneout)}: {zoneout!r}" in msg
+    assert "needs a cell whose state holds h and c" not in msg
+
+
 def test_assigning_zoneout_takes_effect():
     """``layer.zoneout = ...`` after construction (to train on or evaluate without it) changed the
     repr alone: the layer and the step cell kept the probabilities derived at construction."""
