@@ -128,7 +128,8 @@ def check_input(x: Tensor, input_size: int, packed: bool, ref: Tensor, batch_dim
         )
     empty_other = any(n == 0 for i, n in enumerate(x.shape[:-1]) if i != batch_dim)
     if x.numel() == 0 and (batch_dim is None or empty_other):
-        fail(f"input must have at least one time step and one sequence, got shape {tuple(x.shape)}")
+        # (a batch of no sequences is allowed, as torch.nn: empty outputs; no time step is not)
+        fail(f"input must have at least one time step, got shape {tuple(x.shape)}")
     check_like(x, ref, "input")
 
 
