@@ -163,6 +163,20 @@ def test_variable_length_windows():
     assert a1 == a2
 
 
+def test_variable_length_draw_follows_awd_lstm():
+    """The draw, from its definition: base seq_len with probability p, else seq_len / 2, then
+    N(base, std) truncated by int() as AWD-LSTM's, clamped to [min_len, seq_len + 40]. std=0 pins
+    each length to its base; a huge std pins it to a bound (no test noticed a wrong half-base, a
+    swapped p, rounding for truncation, or a wrong max_len default)."""
+    kw = {"variable_length": True, "std": 0.0, "min_len": 1, "seed": 0}
+    assert {w.seq_len for w in bptt_batches(torch.arange(400), 2, 10, p=0.0, **kw)} == {5}
+    assert {w.seq_len for w in bptt_batches(torch.arange(402), 2, 9, p=0.0, **kw)} == {4, 201 % 4}
+    assert {w.seq_len for w in bptt_batches(torch.arange(400), 2, 10, p=1.0, **kw)} == {10}
+    assert {w.seq_len for w in bptt_batches(torch.arange(400), 2, 11, p=0.0, **kw)} == {5}  # int(5.5)
+    lens = [w.seq_len for w in bptt_batches(torch.arange(4000), 2, 10, variable_length=True, std=1e6, seed=0)]
+    assert set(lens[:-1]) == {5, 10 + 40} and sum(lens) == 2000
+
+
 def test_bucket_sampler_covers_all_and_reduces_padding():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 100, (500,), generator=g).tolist()
