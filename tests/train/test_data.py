@@ -196,6 +196,22 @@ def test_bucket_sampler_covers_all_and_reduces_padding():
     assert list(s) != batches
 
 
+def test_bucket_sampler_pools_follow_the_definition():
+    """Unshuffled, the pools are consecutive runs of bucket_size (default 50 * batch_size, at least
+    batch_size) indices, each sorted by ascending length and cut into batches: with lengths falling
+    along the indices, every pool comes out reversed (a 5 * batch_size default survived the tests)."""
+    lengths = list(range(300, 0, -1))
+
+    def expected(pool: int) -> list[list[int]]:
+        idx = [i for start in range(0, 300, pool) for i in reversed(range(start, min(start + pool, 300)))]
+        return [idx[i : i + 2] for i in range(0, 300, 2)]
+
+    assert list(BucketBatchSampler(lengths, 2, shuffle=False)) == expected(100)
+    assert list(BucketBatchSampler(lengths, 2, shuffle=False, bucket_size=30)) == expected(30)
+    pools_of_4 = [list(range(k + 3, k - 1, -1)) for k in range(0, 300, 4)]  # bucket_size 1 -> 4
+    assert list(BucketBatchSampler(lengths, 4, shuffle=False, bucket_size=1)) == pools_of_4
+
+
 def test_bucket_sampler_ddp_shards():
     lengths = list(range(1, 24))
     full = list(BucketBatchSampler(lengths, 4, seed=2))
