@@ -208,3 +208,35 @@ def test_parse_variant_names_a_spec_that_is_no_str():
     """parse_variant(None) failed on "'NoneType' object has no attribute 'split'"."""
     with pytest.raises(TypeError, match=r"variant spec must be a str \(.*\), got NoneType$"):
         parse_variant(None)
+
+
+def test_copy_scores_the_recall_steps():
+    """The copy task's scored logits are the last n_copy steps, where copy_memory's targets hold
+    the symbols: a window shifted one step back (the delimiter and n_copy - 1 recall steps)
+    survived every test."""
+    from rnnkit.datasets.synthetic import copy_memory
+    from rnnkit.diagnostics.memory import task_logits
+
+    budget = Budget(**TINY)
+    x = torch.randn(2, 9, 6)
+    assert torch.equal(task_logits("copy", lambda inp: inp, x, budget), x[:, -budget.n_copy :])
+    _, y = copy_memory(2, 5, n_copy=budget.n_copy)
+    assert (y[:, -budget.n_copy :] >= 2).all() and (y[:, : -budget.n_copy] == 0).all()
+
+
+def test_training_evaluates_at_its_last_step_and_stops_at_the_threshold(monkeypatch):
+    """Evaluations every eval_every steps and at the last one (steps=5, eval_every=2: 2, 4, 5),
+    stopping at the first accuracy >= threshold (equal is enough). An evaluation only at
+    multiples of eval_every, and a strict > threshold, survived every test."""
+    from rnnkit.diagnostics import memory
+
+    monkeypatch.setattr(memory, "accuracy", lambda *a: 0.5)
+    kw = {**TINY, "steps": 5, "eval_every": 2}
+    model = TaskModel(parse_variant("gru").build(1, 4), 2)
+    for threshold, want in ((0.6, (0.5, 5, [2, 4, 5])), (0.5, (0.5, 2, [2]))):
+        seen = []
+        best, steps = train_task(
+            model, "plus_one", 3, Budget(threshold=threshold, **kw), lambda s, a, seen=seen: seen.append(s)
+        )
+        assert (best, steps, seen) == want
+    assert memory_horizon(["gru"], ["plus_one"], Budget(threshold=0.5, **kw)).horizon["gru"]["plus_one"] == 4

@@ -232,7 +232,7 @@ def test_lru_spectrum_is_lambda():
         recurrent_matrices(m)
 
 
-@pytest.mark.parametrize("name", ["mingru", "minlstm", "qrnn1"])
+@pytest.mark.parametrize("name", ["mingru", "mingru_log", "minlstm", "minlstm_log", "qrnn1"])
 def test_decay_spectrum_from_the_equations(name):
     m = make(name, num_layers=2)
     x = torch.randn(6, 3, 3)
@@ -247,6 +247,34 @@ def test_decay_spectrum_from_the_equations(name):
         recurrent_eigenvalues(m)
     with pytest.raises(ValueError, match="no fixed recurrent matrix"):
         recurrent_matrices(m)
+
+
+@pytest.mark.parametrize("name", ["mingru", "qrnn2"])
+def test_step_jacobians_of_the_reverse_direction_are_in_processing_order(name):
+    """direction=1's J_n = diag(a) of the n-th step processed, time T-1-n: the reverse direction is
+    the forward recurrence on the flipped input (x_{t+1}, then x_T = 0 for the QRNN's window).
+    Returning them in time order survived the tests, which read only the forward direction."""
+    m = make(name, bidirectional=True)
+    x = torch.randn(5, 2, 3)
+    jac, _ = step_jacobians(m, x, direction=1, sample=1)
+    a, _, _ = paper_coefficients(m, m.layer_params(0, 1), x.flip(0))
+    np.testing.assert_allclose(np.stack([np.diag(j) for j in jac]), a[:, 1].detach().numpy(), rtol=1e-12)
+
+
+def test_lru_eigenvalues_are_sorted_and_quantiles_are_of_the_modulus():
+    """recurrent_eigenvalues sorts λ by decreasing modulus, and modulus_quantiles reads |λ| of the
+    complex decays: with make()'s |λ| already falling along the state an unsorted λ survived, and
+    so did quantiles of Re λ (here |λ| from 0.999 down to 0.19, three phases past π/2)."""
+    m = make("lru")
+    with torch.no_grad():
+        m.nu_log_l0.copy_(torch.tensor([-1.0, -7.0, 0.5, -3.0]))
+        m.theta_l0.copy_(torch.tensor([2.0, 3.0, 0.1, 1.9]))
+    lam = torch.exp(-torch.exp(m.nu_log_l0) + 1j * m.theta_l0).detach().numpy()
+    want = lam[np.argsort(-np.abs(lam))]
+    np.testing.assert_allclose(recurrent_eigenvalues(m)["l0"]["λ"], want, rtol=1e-12)
+    ds = decay_spectrum(m, torch.randn(4, 2, 3))
+    q = ds.modulus_quantiles("l0", (0.0, 0.5, 1.0))
+    np.testing.assert_allclose(q, np.quantile(np.abs(lam), (0.0, 0.5, 1.0)), rtol=1e-12)
 
 
 def test_decay_spectrum_rejects_classic_layers():

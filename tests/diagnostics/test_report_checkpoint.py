@@ -183,3 +183,18 @@ def test_checkpoint_with_two_recurrent_layers_picks_one_deterministically(tmp_pa
     torch.testing.assert_close(layer.weight_ih_l0, net.encoder.weight_ih_l0)
     names = [f"m{i}." for i in range(9, -1, -1)]  # equal lengths: the order must not be the set's
     assert _prefixes({n + "w": None for n in names}, {"w"}) == sorted(names)
+
+
+def test_prefixes_are_shortest_first_and_a_root_without_latest_is_its_highest_step(tmp_path):
+    """The prefix order is by length, then alphabetical (a layer saved whole before one nested in a
+    model); a checkpoint root without a ``latest`` pointer means its highest ``step-*``. An
+    alphabetical-only order and the lowest step each survived every test."""
+    from rnnkit.diagnostics.checkpoint import _prefixes, weights_file
+
+    names = ["model.rnn.", "decoder.", "enc.", ""]
+    assert _prefixes({n + "w": None for n in names}, {"w"}) == ["", "enc.", "decoder.", "model.rnn."]
+    for step in (2, 10, 7):
+        d = tmp_path / f"step-{step:09d}"
+        d.mkdir()
+        save_model(rnnkit.GRU(1, 2), str(d / "model.safetensors"))
+    assert weights_file(tmp_path) == tmp_path / "step-000000010" / "model.safetensors"

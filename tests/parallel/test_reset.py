@@ -3,6 +3,7 @@ PyTorch user does to a weight: a parametrization, pruning, weight norm."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -125,3 +126,19 @@ def test_lru_ring_init_is_the_papers_distribution(monkeypatch):
         m = rnnkit.LRU(3, 3, state_size=4096, r_min=0.0, dtype=torch.float32)
         radius = torch.exp(-torch.exp(m.nu_log_l0.detach().double()))
         assert torch.isfinite(m.nu_log_l0).all() and (radius < 0.999).all() and (radius > 0).all()
+
+
+def test_lru_phase_and_projection_init_are_the_papers(monkeypatch):
+    """θ = max_phase · u₂; B's entries N(0, 1/(2 H_in)), C's N(0, 1/S) (the module docstring): a
+    θ of u₂ alone, a B of N(0, 1/H_in) and a C of N(0, 1/H) survived every test."""
+    u = torch.linspace(0, 1, 1001, dtype=torch.float64)[1:-1]
+    with monkeypatch.context() as mp:
+        mp.setattr(torch, "rand_like", lambda t, *a, **k: u.to(t.dtype).clone())
+        for max_phase in (2 * math.pi, 1.5):
+            m = rnnkit.LRU(3, 3, state_size=999, max_phase=max_phase)
+            torch.testing.assert_close(m.theta_l0.detach(), max_phase * u, rtol=1e-12, atol=0)
+    torch.manual_seed(0)
+    m = rnnkit.LRU(200, 100, state_size=300)  # H_in, H, S all different
+    for name, std in (("B_re", 400**-0.5), ("B_im", 400**-0.5), ("C_re", 300**-0.5), ("C_im", 300**-0.5)):
+        got = float(getattr(m, f"{name}_l0").detach().std())
+        assert abs(got / std - 1) < 0.03, (name, got, std)

@@ -163,6 +163,20 @@ def test_variable_length_windows():
     assert a1 == a2
 
 
+def test_variable_length_draw_follows_awd_lstm():
+    """The draw, from its definition: base seq_len with probability p, else seq_len / 2, then
+    N(base, std) truncated by int() as AWD-LSTM's, clamped to [min_len, seq_len + 40]. std=0 pins
+    each length to its base; a huge std pins it to a bound (no test noticed a wrong half-base, a
+    swapped p, rounding for truncation, or a wrong max_len default)."""
+    kw = {"variable_length": True, "std": 0.0, "min_len": 1, "seed": 0}
+    assert {w.seq_len for w in bptt_batches(torch.arange(400), 2, 10, p=0.0, **kw)} == {5}
+    assert {w.seq_len for w in bptt_batches(torch.arange(402), 2, 9, p=0.0, **kw)} == {4, 201 % 4}
+    assert {w.seq_len for w in bptt_batches(torch.arange(400), 2, 10, p=1.0, **kw)} == {10}
+    assert {w.seq_len for w in bptt_batches(torch.arange(400), 2, 11, p=0.0, **kw)} == {5}  # int(5.5)
+    lens = [w.seq_len for w in bptt_batches(torch.arange(4000), 2, 10, variable_length=True, std=1e6, seed=0)]
+    assert set(lens[:-1]) == {5, 10 + 40} and sum(lens) == 2000
+
+
 def test_bucket_sampler_covers_all_and_reduces_padding():
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(1, 100, (500,), generator=g).tolist()
@@ -180,6 +194,30 @@ def test_bucket_sampler_covers_all_and_reduces_padding():
     assert list(s) == batches  # deterministic per epoch
     s.set_epoch(1)
     assert list(s) != batches
+
+
+def test_bucket_sampler_pools_follow_the_definition():
+    """Unshuffled, the pools are consecutive runs of bucket_size (default 50 * batch_size, at least
+    batch_size) indices, each sorted by ascending length and cut into batches: with lengths falling
+    along the indices, every pool comes out reversed (a 5 * batch_size default survived the tests)."""
+    lengths = list(range(300, 0, -1))
+
+    def expected(pool: int) -> list[list[int]]:
+        idx = [i for start in range(0, 300, pool) for i in reversed(range(start, min(start + pool, 300)))]
+        return [idx[i : i + 2] for i in range(0, 300, 2)]
+
+    assert list(BucketBatchSampler(lengths, 2, shuffle=False)) == expected(100)
+    assert list(BucketBatchSampler(lengths, 2, shuffle=False, bucket_size=30)) == expected(30)
+    pools_of_4 = [list(range(k + 3, k - 1, -1)) for k in range(0, 300, 4)]  # bucket_size 1 -> 4
+    assert list(BucketBatchSampler(lengths, 4, shuffle=False, bucket_size=1)) == pools_of_4
+
+
+def test_bucket_sampler_ties_keep_their_order():
+    """Within a pool, items of equal length keep the (here unshuffled) order: a stable sort. An
+    unstable one survived every test (torch's differs from the stable one on large pools)."""
+    lengths = [i % 3 for i in range(3000)]
+    batches = list(BucketBatchSampler(lengths, 10, shuffle=False, bucket_size=3000))
+    assert [i for b in batches for i in b] == sorted(range(3000), key=lambda i: (lengths[i], i))
 
 
 def test_bucket_sampler_ddp_shards():

@@ -65,6 +65,8 @@ def test_pad_collate_target_layout_does_not_depend_on_the_batch():
     assert labels_of(labels[:2]).targets.shape == labels_of(labels[2:]).targets.shape == (2, 4)
     assert torch.equal(labels_of(labels[2:]).targets, torch.stack([t for _, t in labels[2:]]))
     assert PadCollate()(labels[2:]).targets.shape == (4, 2)  # the default: sequences, as before
+    # the default reads labels unless *every* target has its input's length (one of two does here)
+    assert torch.equal(PadCollate()(labels[::2]).targets, torch.stack([labels[0][1], labels[2][1]]))
     seqs = [(torch.randn(L, 3), torch.arange(L)) for L in (3, 1)]
     b = pad_collate(seqs, sequence_targets=True)
     assert b.targets.tolist() == [[0, 0], [1, -100], [2, -100]]
