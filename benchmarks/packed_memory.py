@@ -9,7 +9,8 @@ peak memory of a training step.
   (a padded batch packed in the step), and the layer alone on input packed once outside the
   step (as a data pipeline packs token ids and an embedding runs on the packed ``.data``;
   ``rnnkit.data``'s ``PaddedBatch.packed``), its data requiring a gradient as an embedding's
-  output would.
+  output would. And for rnnkit, the padded batch of those sequences with ``lengths=``, which
+  the layer packs and pads back itself (``rnnkit/padded.py``).
 * **Peak memory** — extra peak RSS of one training step at the medium shape (T=100, B=32,
   I=128, H=256), each contestant in a fresh process warmed up by a 2-step call (libraries,
   kernels, packed weights loaded) so that the measured step allocates its working set anew
@@ -68,6 +69,16 @@ def layer_fn(m: nn.Module, packed: PackedSequence):
     return run
 
 
+def lengths_fn(m: nn.Module, x: torch.Tensor, lengths: torch.Tensor):
+    """rnnkit's ``lengths=`` on the padded batch (the layer packs and pads back inside)."""
+
+    def run() -> None:
+        m(x.detach().requires_grad_(True), lengths=lengths)[0].sum().backward()
+        m.zero_grad(set_to_none=True)
+
+    return run
+
+
 def packed_vs_padded(repeat: int) -> None:
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(50, 151, (B,), generator=g)
@@ -77,8 +88,9 @@ def packed_vs_padded(repeat: int) -> None:
     print(f"\npacked: {B} sequences, lengths 50-150, {total} tokens; padded: {x_dense.shape[0]}x{B} = "
           f"{x_dense.shape[0] * B} tokens; training step, median of {repeat}")  # fmt: skip
     print(
-        "| family | contestant | packed ms (packing in the step) | packed ms (layer alone) | padded ms "
-        "| packed/padded | layer alone packed/padded |\n|---|---|---:|---:|---:|---:|---:|"
+        "| family | contestant | packed ms (packing in the step) | packed ms (layer alone) | lengths= ms "
+        "| padded ms | packed/padded | layer alone packed/padded | lengths=/padded |"
+        "\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     packed_once = pack_padded_sequence(x_packed, lengths, enforce_sorted=False)
     for family in FAMILIES:
@@ -90,6 +102,8 @@ def packed_vs_padded(repeat: int) -> None:
                 "layer": layer_fn(m, packed_once),
                 "padded": step_fn(m, x_dense, None),
             }
+            if who != "torch":  # torch.nn has no lengths=
+                fns["lengths"] = lengths_fn(m, x_packed, lengths)
             for f in fns.values():
                 f()
             times: dict[str, list[float]] = {k: [] for k in fns}
@@ -98,9 +112,11 @@ def packed_vs_padded(repeat: int) -> None:
                     t0 = time.perf_counter()
                     f()
                     times[k].append(time.perf_counter() - t0)
-            p, q, d = (statistics.median(times[k]) * 1e3 for k in ("packed", "layer", "padded"))
-            row = f"| {family} | {who} | {p:.1f} | {q:.1f} | {d:.1f} | {p / d:.2f} | {q / d:.2f} |"
-            print(row, flush=True)
+            ms = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+            p, q, d, n = ms["packed"], ms["layer"], ms["padded"], ms.get("lengths")
+            cols = [f"{p:.1f}", f"{q:.1f}", "-" if n is None else f"{n:.1f}", f"{d:.1f}", f"{p / d:.2f}"]
+            cols += [f"{q / d:.2f}", "-" if n is None else f"{n / d:.2f}"]
+            print(f"| {family} | {who} | " + " | ".join(cols) + " |", flush=True)
 
 
 def peak_memory(family: str, who: str, threads: int, repeat: int = 1) -> float:

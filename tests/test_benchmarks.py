@@ -159,6 +159,7 @@ def test_packed_benchmark_times_the_layer_alone_on_the_same_work(monkeypatch, ca
         torch.testing.assert_close(a, b)
     s.packed_vs_padded(1)
     table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("|")]
-    assert "layer alone packed/padded" in table[0]
+    assert "layer alone packed/padded" in table[0] and "lengths=/padded" in table[0]
     assert len(table) == 2 + 2 * len(s.FAMILIES)  # header, rule, torch and fused per family
-    assert all(len(ln.split("|")) == 9 for ln in table)
+    assert all(len(ln.split("|")) == 11 for ln in table)
+    assert all(ln.split("|")[5].strip() == "-" for ln in table[2::2])  # torch.nn has no lengths=
