@@ -139,11 +139,12 @@ class GRUCellMath(Cell):
     def step(self, p: Params, xp: Tensor, state: State, ctx: StepContext) -> State:
         (h,) = state
         r, z, n = self._rzn(p, xp, ctx.drop_recurrent(h))
-        if self.variant is None and self.reset_after and self.norm is None:
-            # torch's GRU: (1 - z) n + z h as its GRUCell computes it (and the fused kernel), not
-            # lerp(n, h, z): NaN for an infinite h at z = 1, where torch.nn.GRU keeps the inf
+        if self.variant is None and self.reset_after:
+            # torch's GRU, layer norm or not: (1 - z) n + z h as torch's GRUCell computes it (and
+            # the fused kernels), not lerp(n, h, z): NaN for an infinite h at z = 1, where
+            # torch.nn.GRU keeps the inf
             return ((h - n) * z + n,)
-        if self.variant is None:  # (1 - z) n + z h; reset before, layer norm: their kernels' lerp
+        if self.variant is None:  # (1 - z) n + z h; reset before: its kernels' lerp
             return (torch.lerp(n, h, z),)
         return (torch.lerp(h, n, z),)  # n z + h (1 - z): the paper's z gates the candidate
 
