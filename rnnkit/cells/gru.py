@@ -139,13 +139,13 @@ class GRUCellMath(Cell):
     def step(self, p: Params, xp: Tensor, state: State, ctx: StepContext) -> State:
         (h,) = state
         r, z, n = self._rzn(p, xp, ctx.drop_recurrent(h))
-        if self.variant is None and self.reset_after and self.norm is None:
-            # torch's GRU: (1 - z) n + z h as its GRUCell computes it (and the fused kernel), not
+        if self.variant is None:
+            # (1 - z) n + z h as torch's GRUCell computes it (and the fused kernels), not
             # lerp(n, h, z): NaN for an infinite h at z = 1, where torch.nn.GRU keeps the inf
             return ((h - n) * z + n,)
-        if self.variant is None:  # (1 - z) n + z h; reset before, layer norm: their kernels' lerp
-            return (torch.lerp(n, h, z),)
-        return (torch.lerp(h, n, z),)  # n z + h (1 - z): the paper's z gates the candidate
+        # the paper's z gates the candidate: n z + h (1 - z) as written (and the fused kernels),
+        # not lerp(h, n, z) (NaN for an infinite h at z < 1/2) nor (n - h) z + h (at every z)
+        return (n * z + h * (1 - z),)
 
     def gates(self, p: Params, xp: Tensor, state: State, ctx: StepContext | None = None) -> dict[str, Tensor]:
         """The gate values of one step, for :func:`rnnkit.diagnostics.activity`: ``r, z, n``,

@@ -110,10 +110,11 @@ def forward(flags: int, xp: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor | Non
         else:
             torch.mul(r, hm, out=rh[:bs])
             torch.add(x[:, 2 * H :], lin_n(rh[:bs], bias=b_n), out=n).tanh_()
-        if L.cand_z:  # h + z (n - h): z gates the candidate
-            torch.lerp(hp, n, z, out=out[s])
-        else:  # n + z (h - n), as torch
-            torch.lerp(n, hp, z, out=out[s])
+        # not lerp, NaN for an infinite h_{t-1} where these keep the inf (as the C++ kernel)
+        if L.cand_z:  # n z + h (1 - z) as the paper writes it: z gates the candidate
+            torch.mul(n, z, out=out[s]).addcmul_(hp, 1 - z)
+        else:  # (h - n) z + n, as torch's GRUCell
+            torch.sub(hp, n, out=out[s]).mul_(z).add_(n)
         if zh is not None:
             out[s].lerp_(hp, zh[s])
         hbuf[:bs].copy_(out[s])

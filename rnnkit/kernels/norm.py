@@ -22,7 +22,7 @@ Per family (``a`` the recurrent group after normalization)::
     LSTM  a = xp + y_hh;  i, f, o = σ(.), g = tanh(.);  c_t = f c_{t-1} + i g
           h_t = o ⊙ tanh(y_c)   with y_c = norm_c(c_t)   (c_t carried unnormalized; proj_size)
           peepholes p (3H,): a_i, a_f += p_i ⊙ c_{t-1}, p_f ⊙ c_{t-1};  a_o += p_o ⊙ c̃_t
-    GRU   a = y_hh + b_hh;  r, z = σ(xp_rz + a_rz);  n = tanh(xp_n + r ⊙ a_n);  h = lerp(n, h, z)
+    GRU   a = y_hh + b_hh;  r, z = σ(xp_rz + a_rz);  n = tanh(xp_n + r ⊙ a_n);  h = (h - n) z + n
     RNN   h_t = act(xp + y_hh)
 
 Recurrent dropout (``mask (B, P)`` on ``h_{t-1}`` before the GEMM) and zoneout weights
@@ -196,7 +196,8 @@ def forward(kind: str, mode: int, xp: Tensor, h0: Tensor, c0: Tensor | None, w_h
             an[s].copy_(a[:, 2 * H :])
             torch.add(x[:, : 2 * H], a[:, : 2 * H], out=g[:, : 2 * H]).sigmoid_()
             n = torch.addcmul(x[:, 2 * H :], g[:, :H], a[:, 2 * H :], out=g[:, 2 * H :]).tanh_()
-            torch.lerp(n, hp, g[:, H : 2 * H], out=out[s])
+            # h = (h_{t-1} - n) z + n as torch's GRUCell (and the C++ kernel), not lerp(n, h_{t-1}, z)
+            torch.sub(hp, n, out=out[s]).mul_(g[:, H : 2 * H]).add_(n)
             if zh is not None:
                 out[s].lerp_(hp, zh[s])
             hbuf[:bs].copy_(out[s])

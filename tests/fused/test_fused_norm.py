@@ -360,3 +360,21 @@ def test_batch_norm_inf_input_gives_nan_variance_as_loop(dtype):
     res = [[*_outputs(m, x, seed=1), *(buf.clone() for buf in m.buffers())] for m in (a, b)]
     for u, v in zip(*res, strict=True):
         torch.testing.assert_close(u, v, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gru_ln_infinite_state_equals_loop(backend, dtype):
+    """The layer-norm GRU updates h = (h_{t-1} - n) z + n on the fused path as on the loop (as
+    torch's GRUCell), not lerp(n, h_{t-1}, z). An infinite h_{t-1} makes its row's W_hh h_{t-1}
+    infinite, and the layer norm of that row NaN on both; rows of large finite values (1e15, the
+    norm takes them back to gates of order 1) and of ordinary ones agree to rounding."""
+    a, b = _pair("gru_ln", {}, False, True)
+    a, b = a.to(dtype), b.to(dtype)
+    with torch.no_grad():
+        x, h0 = torch.randn(5, 3, 3, dtype=dtype), torch.randn(2, 3, 4, dtype=dtype)
+        h0[0, 0, 1], h0[0, 1, 2], h0[1, 2, 0] = float("inf"), 1e15, float("-inf")
+        (ref, ref_hn), (out, hn) = b(x, h0), a(x, h0)
+    assert ref.isnan().any() and ref[:, 1].isfinite().all()  # the inf's row NaN, the 1e15's finite
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol, equal_nan=True)
+    torch.testing.assert_close(hn, ref_hn, atol=tol, rtol=tol, equal_nan=True)

@@ -291,3 +291,39 @@ def test_float32_onednn_sizes_match_loop(family, kw, H):
         for use_ext in [False] + ([True] if not ext.disabled() and ext.ops() is not None else []):
             got = K.run_direction(cell, p, K.project_input(cell, p, x), bs, h0, False, mask, use_ext)
             _close([ref[0], *ref[1]], [got[0], *got[1]], 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["gru_cho", "mut1", "mut2", "mut3", "mut3-ra"])
+def test_gru_form_infinite_state_matches_equations(backend, name, dtype):
+    """Reset-before GRU h = (1 - z) n + z h_{t-1}, MUT1-3 h = z n + (1 - z) h_{t-1}: the fused
+    kernels and the loop computed them with lerp, whose branch gives NaN for an infinite h_{t-1}
+    (Cho at z = 1, MUT at z < 1/2) where the equations keep the inf. Positive W_hh saturates a
+    +inf row's r (and Cho's z) to 1, n to 1: inf (MUT2's z = 1: NaN, as its equation); b_z puts
+    MUT1/3's z of the inf units on both sides of 1/2; a -inf row gets r = 0, NaN; 1e30 stays
+    finite. First step against the equations written out from the cell's gates, all steps
+    fused against the loop."""
+    cls, kw = LAYERS[name]
+    torch.manual_seed(0)
+    loop, fused = cls(3, 4, impl="loop", **kw).to(dtype), cls(3, 4, impl="fused", **kw).to(dtype)
+    cell = rnnkit.GRUCell(3, 4, **kw).to(dtype)
+    with torch.no_grad():
+        loop.weight_hh_l0.abs_()
+        loop.bias_ih_l0[4:8] = torch.tensor([-4.0, -1.0, 1.0, 4.0])  # b_z
+        fused.load_state_dict(loop.state_dict())
+        cell.load_state_dict({k.removesuffix("_l0"): v for k, v in loop.state_dict().items()})
+        x, h0 = torch.randn(5, 3, 3, dtype=dtype), torch.randn(1, 3, 4, dtype=dtype)
+        h0[0, 0, 0], h0[0, 0, 3], h0[0, 1, 2], h0[0, 2, 1] = float("inf"), float("inf"), float("-inf"), 1e30
+        p, h = cell.params(), h0[0]
+        g = cell.cell.gates(p, cell.cell.project_input(p, x[0]), (h,))
+        z, n = g["z"], g["n"]
+        eq = (1 - z) * n + z * h if "variant" not in kw else z * n + (1 - z) * h
+        (ref, ref_hn), (out, hn) = loop(x, h0), fused(x, h0)
+    assert eq.isinf().any() != (name == "mut2") and eq.isnan().any()
+    if name in ("mut1", "mut3", "mut3-ra"):
+        assert z[0, 0] < 0.5 < z[0, 3]
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for o in (ref[0], out[0]):
+        torch.testing.assert_close(o, eq, atol=tol, rtol=tol, equal_nan=True)
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol, equal_nan=True)
+    torch.testing.assert_close(hn, ref_hn, atol=tol, rtol=tol, equal_nan=True)

@@ -313,9 +313,11 @@ std::vector<Tensor> forward(std::string kind, int64_t mode, const Tensor& xp_, c
               g[2 * H + j] = x[2 * H + j] + g[j] * r[2 * H + j];
             }
             tanh(g + 2 * H, g + 2 * H, H);  // n
-            for (int64_t j = 0; j < H; ++j) {  // lerp(n, h_{t-1}, z), in at::lerp's two-sided form
+            for (int64_t j = 0; j < H; ++j) {
+              // h = (h_{t-1} - n) z + n, torch's GRUCell form, not lerp(n, h_{t-1}, z) and its
+              // data-dependent branch per element
               const T_ nv = g[2 * H + j], z = g[H + j], h = hp[j];
-              T_ v = z < T_(0.5) ? nv + z * (h - nv) : h - (h - nv) * (1 - z);
+              T_ v = (h - nv) * z + nv;
               if (ZH) v = lerp(v, h, ZH[b * H + j]);
               y[j] = HB[b * H + j] = v;
             }

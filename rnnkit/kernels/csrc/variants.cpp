@@ -150,8 +150,12 @@ std::vector<Tensor> gru_forward(const GruLayout& L, const Tensor& xp, const Tens
           const scalar_t* z = ZH ? ZH + b * H : nullptr;
           scalar_t *o = O + (off + b) * H, *h = HB + b * H;
           for (int64_t j = 0; j < H; ++j) {
-            // MUT: h + z (n - h), z gates the candidate; Cho / torch: n + z (h - n)
-            const scalar_t v = L.cand_z ? lerp(hp[j], g[2 * H + j], g[H + j]) : lerp(g[2 * H + j], hp[j], g[H + j]);
+            // Cho / torch: (h_{t-1} - n) z + n as torch's GRUCell; MUT, z gates the candidate: the
+            // paper's n z + h_{t-1} (1 - z). Not lerp: a data-dependent branch per element, and NaN
+            // for an infinite h_{t-1} where these keep the inf (z > 0; z < 1), as
+            // (n - h_{t-1}) z + h_{t-1} would be at every z
+            const scalar_t nv = g[2 * H + j], u = g[H + j];
+            const scalar_t v = L.cand_z ? nv * u + hp[j] * (1 - u) : (hp[j] - nv) * u + nv;
             h[j] = o[j] = z ? lerp(v, hp[j], z[j]) : v;
           }
         }
