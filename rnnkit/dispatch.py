@@ -160,10 +160,14 @@ def _plain_ops_needed() -> bool:
     C++ kernels that functorch cannot see through and have no forward-mode derivative; the
     reference loop is plain ops (torch.nn's GRU supports ``jacrev`` and forward AD, not ``vmap``:
     its ops have no batching rule)."""
+    return in_transform() or getattr(forward_ad, "_current_level", -1) >= 0
+
+
+def in_transform() -> bool:
+    """Inside a ``torch.func`` transform (``grad``, ``jacrev``, ``vmap``, ...), forward-mode AD
+    alone not included."""
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if active is not None and active():
-        return True
-    return getattr(forward_ad, "_current_level", -1) >= 0
+    return active is not None and bool(active())
 
 
 @contextlib.contextmanager

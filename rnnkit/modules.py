@@ -304,8 +304,10 @@ class StepCell(nn.Module):
             mode = None
         # inside torch.func transforms the cell's own step (plain ops), as the layers take the loop
         # there: torch's lstm_cell has no batching rule (vmap failed as torch.nn.LSTMCell does), and
-        # gru_cell / rnn_*_cell ran vmap's slow per-sample fallback, with a warning at every call
-        use_torch = mode is not None and not self.needs_custom_loop() and not dispatch._plain_ops_needed()
+        # gru_cell / rnn_*_cell ran vmap's slow per-sample fallback, with a warning at every call.
+        # Not under forward-mode AD alone: torch's cell ops have forward derivatives, and there the
+        # own step's LSTM rounded otherwise than torch.nn.LSTMCell (and than the call outside it)
+        use_torch = mode is not None and not self.needs_custom_loop() and not dispatch.in_transform()
         precision = contextlib.nullcontext()
         if (not use_torch or any(self.zoneout_probs)) and autocast:
             # as the layers: autocast has no rule for the options torch lacks (mixed dtypes inside

@@ -83,6 +83,27 @@ def test_cells_under_vmap_equal_each_call_alone(name, kw):
     torch.testing.assert_close(j, jacrev(lambda v: _states(ref(v, hx))[0])(x))
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's make_dual
+@pytest.mark.parametrize(("name", "kw"), CELL_CASES)
+def test_cells_under_forward_mode_ad_alone_are_torch_nns(name, kw):
+    """Forward-mode AD is no transform to vmap: the cells keep torch's cell ops there, whose
+    forward derivatives exist. The own step taken there too made rnnkit.LSTMCell's float32 output
+    differ from torch.nn.LSTMCell's (and from its own call outside the dual level) in the last bit."""
+    import torch.autograd.forward_ad as fwAD
+
+    torch.manual_seed(0)
+    f32 = torch.float32
+    cell, ref = getattr(rnnkit, name)(3, 4, dtype=f32, **kw), getattr(torch.nn, name)(3, 4, dtype=f32, **kw)
+    ref.load_state_dict(cell.state_dict())
+    x, t = torch.randn(64, 3, dtype=f32), torch.randn(64, 3, dtype=f32)
+    with fwAD.dual_level():
+        got = [fwAD.unpack_dual(s) for s in _states(cell(fwAD.make_dual(x, t)))]
+        want = [fwAD.unpack_dual(s) for s in _states(ref(fwAD.make_dual(x, t)))]
+    for a, b, plain in zip(got, want, _states(cell(x)), strict=True):
+        assert torch.equal(a.primal, b.primal) and torch.equal(a.tangent, b.tangent)
+        assert torch.equal(a.primal, plain)
+
+
 def _states(out):
     """A cell's output as a tuple: ``(h, c)`` of an LSTM cell, ``(h,)`` of the others."""
     return out if isinstance(out, tuple) else (out,)

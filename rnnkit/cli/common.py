@@ -246,7 +246,10 @@ def make_trainer(args: argparse.Namespace, model: nn.Module, optimizer: torch.op
 
     amp = resolve_amp(getattr(args, "amp", None) or "off", device_of(args))
     if amp == "fp16":  # before the run's directory: oneDNN's own words came at the first step
-        check_cpu_float16(model, device_of(args), "--amp fp16")
+        try:
+            check_cpu_float16(model, device_of(args), "--amp fp16")
+        except ValueError as e:  # --amp against --arch and --device: flags that contradict each other
+            raise CLIError(str(e), code=2) from None
     # under torchrun every rank ran the same checks (prepare_out); rank 0 writes, its failure raised on all
     create_run_dir(Path(args.out), args.run_to_write, _collective_device(args))
     if getattr(args, "cuda_graphs", False):  # (a CUDA --device: checked by the CLI's entry)

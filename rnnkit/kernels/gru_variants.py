@@ -15,7 +15,8 @@ source (it depends on ``r``, so cannot join the first)::
     a_D = h̄ W_Dᵀ + b_D;   r = σ(x_r + a_r);   z = σ(x_z + a_z) or σ(x_z) (MUT1)
     n = tanh(x_n + r ⊙ a_n)              (reset_after=True, a_n in group D)
     n = tanh(x_n + (r ⊙ h̄) W_nᵀ + b_n)   (reset_after=False)
-    h_t = h_{t-1} + u ⊙ (n - h_{t-1}),   u = 1 - z (Cho, torch) or z (MUT: z gates n)
+    h_t = (h_{t-1} - n) ⊙ z + n          (Cho, torch's GRUCell: u = 1 - z below)
+    h_t = n ⊙ z + h_{t-1} ⊙ (1 - z)      (MUT, z gates n: u = z), each computed as written
 
 Backward per step (``dh`` after the zoneout split)::
 

@@ -35,6 +35,7 @@ from . import _common, _gemm
 from . import norm as pure
 from .norm import BN_EVAL, BN_TRAIN, LN
 from .norm_input import batch_norm_input, eval_stats, update_running_groups, use_ext_for
+from .ops import refuse_b_hh
 
 COL_HPREV = 32  # mode flag of rnnkit_norm::forward: save h_{t-1} column-major (csrc/norm.cpp)
 
@@ -162,6 +163,8 @@ def forward_impl(base, mode, use_ext, onednn, *args, save: bool = True, col_hpre
         no_input = (None, None, None, None)  # x_in, w_ih, g_ih, s_ih: xp given (run_direction_input)
         fwd = torch.ops.rnnkit_norm.forward
         return list(fwd(base, code, *tensors, *no_input, bsz, reverse, onednn, save))
+    if base != "gru":  # (tensors[4]: b_hh)
+        refuse_b_hh("rnnkit::fused_norm_direction", base, tensors[4], "the caller adds it to xp")
     out, hn, cn, stats, saved = pure.forward(base, mode, *tensors, tuple(bsz), reverse)
     return [out, hn, cn, *stats, *saved]
 

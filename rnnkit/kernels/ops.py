@@ -33,6 +33,16 @@ def use_ext_for(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in _EXT_DTYPES and ext.ops() is not None
 
 
+def refuse_b_hh(op: str, family: str, b_hh: Tensor | None, remedy: str) -> None:
+    """The C++ ops' refusal of a ``b_hh`` for a family that reads none (the caller folds it into
+    ``xp``), on the pure-PyTorch paths (CUDA, ``RNNKIT_NO_EXT``): one given was ignored there, and
+    the outputs silently lacked the bias."""
+    if b_hh is not None:
+        raise ValueError(
+            f"{op}: b_hh must be None for the {family} ({remedy}), got a tensor of shape {list(b_hh.shape)}"
+        )
+
+
 NO_SAVE = 16  # added to the C++ kind: inference, the LSTM kernel saves nothing for backward
 # added to the C++ kind by the eager path: the LSTM kernel saves h_{t-1} column-major (its
 # transpose dense: no transposed copy before the weight-gradient GEMM); the custom op keeps
@@ -63,12 +73,8 @@ def forward_impl(
         return res[0], res[1], res[2], tuple(res[3:])
     if proj is not None:
         raise ValueError("forward_impl: proj needs the compiled LSTM kernel")
-    if b_hh is not None and kind != "gru":  # the C++ check's words: ignored, it lost the bias
-        family = "LSTM" if kind == "lstm" else "RNN"
-        raise ValueError(
-            f"rnnkit::fused_direction: b_hh must be None for the {family} (add it to xp), got a tensor of "
-            f"shape {list(b_hh.shape)}"
-        )
+    if kind != "gru":
+        refuse_b_hh("rnnkit::fused_direction", "LSTM" if kind == "lstm" else "RNN", b_hh, "add it to xp")
     if kind == "lstm":
         return lstm.forward(xp, h0, c0, w_hh, w_hr, mask, bsz, reverse, zh, zc, w_peep)
     if kind == "gru":

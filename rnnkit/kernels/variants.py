@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..cells.base import Cell, Params, State
 from . import _common, _gemm, ext, gru_variants, lstm_variants
-from .ops import _opt, use_ext_for
+from .ops import _opt, refuse_b_hh, use_ext_for
 
 KINDS = {"lstm_v": 0, "gru_v": 1}
 
@@ -85,6 +85,7 @@ def forward_impl(kind, flags, bsz, reverse, use_ext, onednn, xp, h0, c0, w_hh, b
     if proj is not None:
         raise ValueError("forward_impl: proj needs the compiled LSTM-layout kernel")
     if kind == "lstm_v":
+        refuse_b_hh("rnnkit::fused_variant_direction", "LSTM layouts", b_hh, "the caller adds it to xp")
         args = (xp, h0, c0.contiguous(), w_hh, w_hr, mask, bsz, reverse, zh, zc, w_peep, a0, w_gg, zg)
         return lstm_variants.forward(flags, *args)
     out, hn, saved = gru_variants.forward(flags, xp, h0, w_hh, b_hh, mask, bsz, reverse, zh)

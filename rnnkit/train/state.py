@@ -7,6 +7,7 @@ tensors. These helpers never look inside a cell; they only walk the containers.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -143,8 +144,23 @@ def lm_loss(output: Tensor, targets: Tensor) -> Tensor:
 
 def is_nll_loss(loss_fn: Any) -> bool:
     """Whether ``loss_fn`` is known to give a mean negative log-likelihood in nats, whose ``exp`` is a
-    perplexity: :func:`lm_loss`, ``F.cross_entropy``, ``F.nll_loss``, or an ``nn.CrossEntropyLoss``
-    or ``nn.NLLLoss`` with ``reduction="mean"``. Any other (MSE, a lambda) is not known to be one."""
-    if loss_fn in (lm_loss, F.cross_entropy, F.nll_loss):
-        return True
-    return isinstance(loss_fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)) and loss_fn.reduction == "mean"
+    perplexity: :func:`lm_loss`, ``F.cross_entropy``, ``F.nll_loss`` (or a ``functools.partial`` of
+    one with keywords), or an ``nn.CrossEntropyLoss`` or ``nn.NLLLoss``, each with the mean reduction,
+    no class ``weight`` and no ``label_smoothing`` (any ``ignore_index``). Any other (MSE, a lambda)
+    is not known to be one."""
+    if isinstance(loss_fn, functools.partial) and not loss_fn.args:  # (positional ones: the logits)
+        fn, settings = loss_fn.func, dict(loss_fn.keywords)
+    elif isinstance(loss_fn, (torch.nn.CrossEntropyLoss, torch.nn.NLLLoss)):
+        fn = F.nll_loss
+        settings = {"reduction": loss_fn.reduction, "weight": loss_fn.weight,
+                    "label_smoothing": getattr(loss_fn, "label_smoothing", 0.0)}  # fmt: skip
+    else:
+        fn, settings = loss_fn, {}
+    if fn not in (lm_loss, F.cross_entropy, F.nll_loss):
+        return False
+    settings.pop("ignore_index", None)  # the targets left out: still a mean over the others
+    # a sum's exp is no perplexity; a class-weighted mean, or one against smoothed targets (which
+    # adds their entropy), is no likelihood of the data; other keywords (size_average): not known
+    reduction, weight = settings.pop("reduction", "mean"), settings.pop("weight", None)
+    smoothing = settings.pop("label_smoothing", 0.0)
+    return not settings and reduction == "mean" and weight is None and smoothing == 0

@@ -404,6 +404,7 @@ def test_amp_fp16_with_a_cpu_lstm_is_refused_up_front(cli, tmp_path):
     with default_dtype(torch.float32):
         r = cli(*copy, "--n-valid", 8, "--amp", "fp16", "--out", out, *TINY)
         assert_one_line_error(r, "--amp fp16 on the CPU", "LSTM", "no float16 kernel", "use bf16 on the CPU")
+        assert r.rc == 2  # a usage error (flags that contradict each other), as --opt's; it was 1
         assert not out.exists()
         r = cli(*copy, "--n-valid", 8, "--arch", "gru", "--amp", "fp16", "--out", out, *TINY)
     assert r.rc == 0, r.err

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.kernels import ops
+from rnnkit.kernels import lstm_variants, norm, norm_ops, ops, variants
 
 from .conftest import LSTMHead, assert_same_outputs_and_gradients
 
@@ -266,3 +266,30 @@ def test_pure_custom_op_refuses_a_b_hh_it_would_ignore(monkeypatch, kind, G):
         torch.ops.rnnkit.fused_direction(kind, *args, BS, False)
     args[4] = None
     torch.ops.rnnkit.fused_direction(kind, *args, BS, False)  # without it: runs
+
+
+def test_pure_variant_and_norm_ops_refuse_a_b_hh_they_would_ignore(monkeypatch):
+    """As ``rnnkit::fused_direction``'s: the pure-PyTorch paths (CUDA, RNNKIT_NO_EXT) of
+    ``rnnkit::fused_variant_direction`` (LSTM layouts) and ``rnnkit::fused_norm_direction`` (LSTM,
+    RNN) read no ``b_hh`` (the caller folds it into ``xp``): one passed was dropped, the outputs
+    lacking the bias, where the C++ ops refuse it."""
+    monkeypatch.setattr(variants, "use_ext_for", lambda x: False)
+    monkeypatch.setattr(norm_ops, "use_ext_for", lambda x: False)
+    H, N, B, r = 2, sum(BS), BS[0], torch.randn
+    flags = lstm_variants.HAS_I | lstm_variants.HAS_F | lstm_variants.HAS_O
+    flags |= lstm_variants.IN_ACT | lstm_variants.OUT_ACT
+    v = [r(N, 4 * H), r(B, H), r(B, H), r(4 * H, H), r(4 * H), *[None] * 8]
+    msg = r"^rnnkit::fused_variant_direction: b_hh must be None for the LSTM layouts \(the caller adds it"
+    with pytest.raises(ValueError, match=msg + r" to xp\), got a tensor of shape \[8\]$"):
+        torch.ops.rnnkit.fused_variant_direction("lstm_v", flags, *v, BS, False)
+    v[4] = None
+    torch.ops.rnnkit.fused_variant_direction("lstm_v", flags, *v, BS, False)  # without it: runs
+    for kind, G in (("lstm", 4), ("rnn_tanh", 1)):
+        c0, g_c, s_c = (r(B, H), 1 + r(H), r(H)) if kind == "lstm" else (None, None, None)
+        a = [r(N, G * H), r(B, H), c0, r(G * H, H), r(G * H), *[None] * 4]
+        a += [1 + r(G * H), r(G * H), g_c, s_c, None, None, None]
+        msg = rf"^rnnkit::fused_norm_direction: b_hh must be None for the {kind} \(the caller adds it to xp\)"
+        with pytest.raises(ValueError, match=msg):
+            torch.ops.rnnkit.fused_norm_direction(kind, norm.LN, *a, BS, False)
+        a[4] = None
+        torch.ops.rnnkit.fused_norm_direction(kind, norm.LN, *a, BS, False)

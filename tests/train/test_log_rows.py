@@ -1,6 +1,7 @@
 """The training rows (Trainer.history, metrics.jsonl/.csv, TensorBoard): plain numbers."""
 
 import csv
+import functools
 import sys
 import types
 
@@ -8,7 +9,8 @@ import numpy as np
 import torch
 
 from rnnkit.data import bptt_batches
-from rnnkit.train import Callback, TensorBoardLogger, Trainer, read_metrics
+from rnnkit.train import Callback, TensorBoardLogger, Trainer, lm_loss, read_metrics
+from rnnkit.train.state import is_nll_loss
 
 from .models import TinyLM, tokens
 
@@ -129,3 +131,22 @@ def test_ppl_only_for_a_negative_log_likelihood(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     assert Trainer(model, opt, loss_fn=torch.nn.CrossEntropyLoss()).perplexity
     assert not Trainer(model, opt, step_fn=lambda m, b, s: (0, s)).perplexity
+
+
+def test_ppl_by_default_only_for_a_plain_mean_negative_log_likelihood():
+    """A cross-entropy with label smoothing or class weights was taken for an NLL (its exp logged as a
+    "ppl": smoothing adds the smoothed targets' entropy), and a partial of F.cross_entropy with an
+    ignore_index, a plain NLL, was not."""
+    ce, nll = torch.nn.functional.cross_entropy, torch.nn.functional.nll_loss
+    known = [lm_loss, ce, nll, torch.nn.CrossEntropyLoss(ignore_index=0), torch.nn.NLLLoss(),
+             functools.partial(ce, ignore_index=0), functools.partial(nll, reduction="mean")]  # fmt: skip
+    other = [torch.nn.CrossEntropyLoss(label_smoothing=0.1), torch.nn.CrossEntropyLoss(weight=torch.ones(3)),
+             torch.nn.NLLLoss(weight=torch.ones(3)), torch.nn.CrossEntropyLoss(reduction="sum"),
+             functools.partial(ce, label_smoothing=0.1), functools.partial(ce, reduction="sum"),
+             functools.partial(ce, weight=torch.ones(3)), functools.partial(ce, size_average=False),
+             functools.partial(ce, torch.zeros(2, 3)), torch.nn.functional.mse_loss]  # fmt: skip
+    assert [is_nll_loss(f) for f in known] == [True] * len(known)
+    assert [is_nll_loss(f) for f in other] == [False] * len(other)
+    model = TinyLM()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    assert not Trainer(model, opt, loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=0.1)).perplexity
