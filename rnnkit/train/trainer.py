@@ -91,7 +91,7 @@ class Trainer(TrainerStep, TrainerCheckpoints, TrainerValidation):
             seed_rank(dist.get_rank())
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn, self.step_fn = loss_fn, step_fn
-        if perplexity not in (None, True, False):
+        if perplexity is not None and not isinstance(perplexity, bool):  # (1, 0.0, np.True_ were taken)
             raise ValueError(f"perplexity must be a bool or None, got {perplexity!r}")
         # exp(loss) of an MSE was logged as a "ppl" (5e55 for a loss of 128): it means nothing there
         self.perplexity = is_nll_loss(loss_fn) and step_fn is None if perplexity is None else perplexity

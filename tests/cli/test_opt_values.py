@@ -66,4 +66,4 @@ def test_a_bad_opt_value_names_the_flag(cell, text):
 def test_a_bad_opt_value_names_the_flag_on_the_command_line(cli, tmp_path):
     r = cli("train", "memory", "--task", "plus1", "--length", 5, "--n-train", 32, "--n-valid", 8,
             "--opt", "zoneout=1e999", "--max-steps", 1, "--out", tmp_path / "r")  # fmt: skip
-    assert r.rc != 0 and "--opt zoneout must be a number in [0, 1], got inf" in r.err, r.err
+    assert r.rc == 2 and "--opt zoneout must be a number in [0, 1], got inf" in r.err, r.err  # a usage error

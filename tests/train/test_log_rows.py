@@ -6,6 +6,7 @@ import sys
 import types
 
 import numpy as np
+import pytest
 import torch
 
 from rnnkit.data import bptt_batches
@@ -126,6 +127,9 @@ def test_ppl_only_for_a_negative_log_likelihood(tmp_path):
     model = TinyLM()
     tr = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.5), max_steps=1, log_every=1, progress=False)
     assert tr.perplexity and not _regression_trainer(tmp_path / "x", perplexity=False).perplexity
+    for bad in (1, 0.0, "yes"):  # 1 and 0.0 were taken as True and False
+        with pytest.raises(ValueError, match=rf"perplexity must be a bool or None, got {bad!r}"):
+            _regression_trainer(tmp_path / "y", perplexity=bad)
     tr.fit(bptt_batches(tokens(100), 2, 5))
     assert np.isclose(tr.history[0]["ppl"], np.exp(tr.history[0]["loss"]))
     opt = torch.optim.SGD(model.parameters(), lr=0.5)

@@ -143,6 +143,19 @@ def test_float16_on_the_cpu_refuses_an_lstm_without_a_float16_kernel():
     Trainer(TinyLM(), torch.optim.SGD(TinyLM().parameters(), lr=0.1), amp="bf16")
 
 
+def test_the_float16_probe_fires_no_forward_hook():
+    """The probe ran the LSTM through ``__call__``: a user's forward hook (an activation list kept
+    for AR/TAR, say) saw a (1, 1, H) output before training began."""
+    for model in (TinyLM(), _RnnkitLM(zoneout=0.1)):
+        seen = []
+        model.rnn.register_forward_hook(lambda m, args, out, seen=seen: seen.append(out))
+        try:
+            Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), amp="fp16")
+        except ValueError:
+            pass  # torch's LSTM: refused, as above
+        assert seen == []
+
+
 class _HC(NamedTuple):
     h: torch.Tensor
     c: torch.Tensor
