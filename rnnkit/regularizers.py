@@ -338,8 +338,7 @@ def check_step_masks(cell: Any, masks: object, p: dict[str, Tensor], batch: int)
             (masks.recurrent is not None, bool(masks.weights)),  # what the masks hold
         ]
         expect, hold = (
-            f"{'a' if r else 'no'} recurrent mask and {'' if w else 'no '}weight-drop masks"
-            for r, w in pairs
+            f"{'a' if r else 'no'} recurrent mask and {'' if w else 'no '}weight-drop masks" for r, w in pairs
         )
         _checks.fail(
             f"masks were not sampled by this cell: its recurrent_dropout={cell.recurrent_dropout} / "
@@ -348,9 +347,7 @@ def check_step_masks(cell: Any, masks: object, p: dict[str, Tensor], batch: int)
     shapes = {n: tuple(w.shape) for n, w in p.items() if cell.weight_drop and n.startswith("weight_hh")}
     if set(masks.weights) != set(shapes):
         got = sorted(masks.weights)
-        _checks.fail(
-            f"masks were not sampled by this cell: expected masks of {sorted(shapes)}, got {got}"
-        )
+        _checks.fail(f"masks were not sampled by this cell: expected masks of {sorted(shapes)}, got {got}")
     given = [(f"{n} mask", masks.weights[n], shapes[n]) for n in shapes]
     if masks.recurrent is not None:
         given.append(("recurrent mask", masks.recurrent, (batch, cell.cell.state_sizes()[0])))

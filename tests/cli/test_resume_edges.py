@@ -190,7 +190,6 @@ def test_an_interrupt_is_said_by_rank_0_only(cli, tmp_path, monkeypatch):
     assert r.rc == 130 and r.err == "", r.err
 
 
-
 def test_charlm_resume_keeps_the_runs_budget_unless_one_is_typed(cli, tmp_path, text_file):
     """charlm's learning-rate schedule spans its budget, which docs/cli.md says a resume restores
     when none is typed. It was not stored: such a resume ran the steps left on the default 5-minute

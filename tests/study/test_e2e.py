@@ -145,7 +145,6 @@ def test_music_studies_end_to_end(tmp_path, tiny_rolls, name, archs):
         assert sum(p.numel() for p in SeqModel(r["config"], KEYS, KEYS).parameters()) == r["params"]
 
 
-
 def test_a_resume_compares_the_data_file_not_its_spelling(tmp_path, tiny_rolls, monkeypatch):
     """``--set data=./rolls.npz`` on a study run with ``data=rolls.npz`` (one file) was refused:
     the settings were compared as strings. Paths are compared resolved; another file still refuses."""
@@ -219,8 +218,12 @@ def test_bad_arguments(tmp_path):
         (None, ["--archs", "LSTN"], "study 'jozefowicz' has no architecture 'LSTN'", 2),
         (None, ["--archs", "LSTM,"], "study 'jozefowicz' has no architecture ''", 2),
         # an empty one (--archs "$UNSET") ran every architecture
-        (None, ["--archs", "", "--steps", "1", "--seeds", "1", "--set", "n_valid=2", "--set", "n_test=2"],
-         "study 'jozefowicz' has no architecture ''", 2),
+        (
+            None,
+            ["--archs", "", "--steps", "1", "--seeds", "1", "--set", "n_valid=2", "--set", "n_test=2"],
+            "study 'jozefowicz' has no architecture ''",
+            2,
+        ),
         # a run that cannot resume is a failure at run time
         ({"study": "chung"}, [], "holds study 'chung', not 'jozefowicz'", 1),
         ({"study": "jozefowicz", "settings": {}, "steps": 3}, ["--steps", "5"], "3 steps per run, not 5", 1),

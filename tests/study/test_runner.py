@@ -34,7 +34,6 @@ def test_steps_for_budget():
     assert runner.steps_for_budget(costs, 2, 10**6, 1, 10, 7, 100) == 100
 
 
-
 def test_the_budget_counts_the_test_at_its_own_cost():
     """Calibration timed a validation only, and the budget counted the test (Arith's: 2000
     problems against 500) at that cost: the grid ran past its budget. It times the test too, and a
@@ -45,6 +44,7 @@ def test_the_budget_counts_the_test_at_its_own_cost():
     costs = {"a": [0.01, 0.5, 2.0], "b": [0.03, 0.5, 2.0]}
     # 2 trials: evaluations 2 * ((10 + 1) * 1.0 + 4.0) s = 30 s
     assert runner.steps_for_budget(costs, 2, 600, 1, 10, 1, 10**6) == int((0.9 * 600 - 30) / 0.08)
+
 
 def _counting_study(evaluated):
     """A generic study with a one-weight model that records every evaluation's split."""

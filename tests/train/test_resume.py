@@ -553,6 +553,7 @@ def test_a_resume_without_the_runs_scheduler_says_so(tmp_path, caplog):
     the checkpoint's rate, frozen, where the run would have gone on with its schedule (a scheduler
     of another class, or one where the run had none, is refused). load() logs a warning naming the
     run's scheduler class and the rates the steps left train at."""
+
     def run(sched, **kw):
         torch.manual_seed(0)
         model = TinyLM()

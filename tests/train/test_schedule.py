@@ -150,6 +150,7 @@ def test_autoregressive_unroll_asks_the_sampler_at_the_training_step():
 def test_autoregressive_unroll_checks_its_arguments_types():
     """batch_first='no' (true) swapped time and batch where the shapes allowed it, silently; a
     None first_input or targets failed on a missing attribute."""
+
     def step_fn(x, h):
         return torch.zeros(3, 5), h
 
