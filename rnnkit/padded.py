@@ -56,12 +56,13 @@ def forward_padded(module: nn.Module, input: Tensor, hx, lengths, step: int = 0)
 # backward (~1 ms of a 7 ms training step at T = 150, B = 32): one gather each way does the same.
 class PackPlan(NamedTuple):
     """Where torch's ``pack_padded_sequence(enforce_sorted=False)`` puts each row: its
-    ``batch_sizes (T_max,)`` (int64, CPU) and ``sorted_indices (B,)``, and ``index (N,)``, each
-    packed row's row in the padded batch's flat ``(T * B, F)`` view (``(B * T, F)`` batch-first).
+    ``batch_sizes (T_max,)`` (int64, CPU) and ``sorted_indices (B,)`` (``None``: a packed input's,
+    sorted), and ``index (N,)``, each packed row's row in the padded batch's flat ``(T * B, F)``
+    view (``(B * T, F)`` batch-first).
     """
 
     batch_sizes: Tensor
-    sorted_indices: Tensor
+    sorted_indices: Tensor | None
     index: Tensor
 
 
@@ -91,15 +92,48 @@ def plan_from_lengths(lengths: Tensor, T: int, B: int, batch_first: bool, device
     sorted_lengths, sorted_indices = torch.sort(lengths, descending=True)
     steps = torch.arange(int(sorted_lengths[0])).unsqueeze(1)
     valid = steps < sorted_lengths.unsqueeze(0)  # (T_max, B): a prefix of each row (sorted)
+    index = _rows(valid, sorted_indices, T, B, batch_first)
+    return PackPlan(valid.sum(1), sorted_indices.to(device), index.to(device))
+
+
+def plan_from_packed(packed: PackedSequence) -> tuple[PackPlan, Tensor]:
+    """The plan of a checked ``packed`` padded time-major, ``(T_max, B, F)`` with ``T_max`` its
+    steps, and its lengths ``(B,)`` (int64, CPU) in the caller's order: ``pad_packed_sequence``'s.
+    """
+    bs, order = packed.batch_sizes, packed.sorted_indices
+    T, B = bs.shape[0], int(bs[0])
+    sorted_lengths = (bs.unsqueeze(1) > torch.arange(B)).sum(0)
+    valid = torch.arange(T).unsqueeze(1) < sorted_lengths.unsqueeze(0)
+    index = _rows(valid, torch.arange(B) if order is None else order.cpu(), T, B, False)
+    lengths = sorted_lengths if order is None else sorted_lengths[packed.unsorted_indices.cpu()]
+    return PackPlan(bs, order, index.to(packed.data.device)), lengths
+
+
+def pad_packed(packed: PackedSequence) -> tuple[Tensor, Tensor, PackPlan]:
+    """``pad_packed_sequence(packed)`` of a checked ``packed``: ``(T_max, B, F)`` and the lengths,
+    in the caller's batch order; and the plan, to pack that layout again (:func:`gather`)."""
+    plan, lengths = plan_from_packed(packed)
+    T, B = plan.batch_sizes.shape[0], lengths.shape[0]
+    return unpack(packed.data, plan, T * B).view(T, B, -1), lengths, plan
+
+
+def _rows(valid: Tensor, sorted_indices: Tensor, T: int, B: int, batch_first: bool) -> Tensor:
+    """Each packed row's row in the flat padded batch, in packed order (time-major through
+    ``valid (T_max, B)``, sequences by ``sorted_indices (B,)``)."""
+    steps = torch.arange(valid.shape[0]).unsqueeze(1)
     rows = sorted_indices.unsqueeze(0) * T + steps if batch_first else steps * B + sorted_indices.unsqueeze(0)
-    return PackPlan(valid.sum(1), sorted_indices.to(device), rows[valid].to(device))  # time-major rows
+    return rows[valid]
+
+
+def gather(x: Tensor, plan: PackPlan) -> Tensor:
+    """The packed data ``(N, F)`` of the padded batch ``x`` (laid out as ``plan``'s)."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, plan.index)
 
 
 def pack(x: Tensor, plan: PackPlan) -> PackedSequence:
     """``pack_padded_sequence(x, lengths, batch_first, enforce_sorted=False)`` for ``x``'s plan:
-    the same PackedSequence (data ``(N, F)``; ``unsorted_indices`` by torch's inversion)."""
-    data = x.reshape(-1, x.shape[-1]).index_select(0, plan.index)
-    return PackedSequence(data, plan.batch_sizes, plan.sorted_indices, None)
+    the same PackedSequence (``unsorted_indices`` by torch's inversion)."""
+    return PackedSequence(gather(x, plan), plan.batch_sizes, plan.sorted_indices, None)
 
 
 def unpack(data: Tensor, plan: PackPlan, rows: int) -> Tensor:

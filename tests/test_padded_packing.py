@@ -1,5 +1,6 @@
-"""``lengths=``'s packing (rnnkit/padded.py): one gather each way in place of torch's
-``pack_padded_sequence`` / ``pad_packed_sequence`` (a tensor op per time step). The same
+"""``lengths=``'s packing (rnnkit/padded.py) and the time-parallel layers' padding of packed input
+(rnnkit/parallel/base.py): one gather each way in place of torch's ``pack_padded_sequence`` /
+``pad_packed_sequence`` (a tensor op per time step). The same
 PackedSequence as torch's, and the same outputs and gradients as torch's functions give, bit for
 bit; torch's functions wherever the gathers are not checked (transforms, forward AD, complex)."""
 
@@ -16,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
 from rnnkit import padded
+from rnnkit.parallel import base as parallel_base
 
 SETTINGS = settings(max_examples=200, deadline=None)
 DTYPES = [torch.float32, torch.float64]
@@ -35,10 +37,10 @@ def no_torch_packing():
     def fail(*args, **kwargs):
         raise AssertionError("torch's packing ran")
 
-    with (
-        mock.patch.object(padded, "pack_padded_sequence", fail),
-        mock.patch.object(padded, "pad_packed_sequence", fail),
-    ):
+    with contextlib.ExitStack() as stack:
+        for module in (padded, parallel_base):
+            stack.enter_context(mock.patch.object(module, "pack_padded_sequence", fail))
+            stack.enter_context(mock.patch.object(module, "pad_packed_sequence", fail))
         yield
 
 
@@ -131,3 +133,44 @@ def test_torchs_packing_where_the_gathers_are_not_checked():
     seen = []
     torch.func.vmap(lambda t: seen.append(padded.fast_packing(t)) or t)(x)
     assert seen == [False]
+
+
+@SETTINGS
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=7),
+    enforce_sorted=st.booleans(),
+    dtype=st.sampled_from(DTYPES),
+)
+def test_pad_packed_and_gather_equal_torchs(lengths, enforce_sorted, dtype):
+    """The time-parallel layers' padding of packed input and packing back, as torch's."""
+    L = torch.tensor(lengths)
+    if enforce_sorted:  # no sorted_indices
+        L = L.sort(descending=True).values
+    x, T, B = _batch(lengths, 0, False, dtype)
+    packed = pack_padded_sequence(x, L, enforce_sorted=enforce_sorted)
+    assert (packed.sorted_indices is None) == enforce_sorted
+    expected, expected_lengths = pad_packed_sequence(packed)
+    got, got_lengths, plan = padded.pad_packed(packed)
+    assert torch.equal(got, expected) and got.shape == (T, B, 3)
+    assert got_lengths.dtype == expected_lengths.dtype and torch.equal(got_lengths, expected_lengths)
+    assert torch.equal(padded.gather(expected, plan), packed.data)
+
+
+@pytest.mark.parametrize("cls", [rnnkit.parallel.MinGRU, rnnkit.parallel.QRNN])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_parallel_packed_input_equals_torchs_padding(cls, dtype):
+    """A time-parallel layer on packed input: the same outputs and gradients through the gathers."""
+    x, _, B = _batch([4, 1, 3, 4, 2], 0, False, dtype)
+    results = []
+    for context in (no_torch_packing, torch_packing):
+        torch.manual_seed(1)
+        m = cls(3, 4, num_layers=2, bidirectional=True, dtype=dtype)
+        xi = x.clone().requires_grad_()
+        with context():
+            out, h_n = m(pack_padded_sequence(xi, torch.tensor([4, 1, 3, 4, 2]), enforce_sorted=False))
+        h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+        torch.manual_seed(3)
+        (out.data * torch.randn_like(out.data)).sum().add((h_n * torch.randn_like(h_n)).sum()).backward()
+        results.append([out.data, h_n, xi.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b) and torch.equal(a.signbit(), b.signbit())

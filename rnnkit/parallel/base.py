@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .. import _checks, dispatch
+from .. import _checks, dispatch, padded
 from .._nn_compat import set_held, weight_storage
 from ..ops import linear_scan
 from ..ops.scan import _chunked_fwd
@@ -214,7 +214,11 @@ class ParallelRecurrent(nn.Module):
             # (under vmap, lengths= packs a batched batch_sizes: check_packed cannot read it)
             with dispatch.packing("packed input and lengths= are"):
                 _checks.check_packed(input)
-                x, lengths = pad_packed_sequence(input)  # (T, B, I), the caller's batch order
+                # (T, B, I), the caller's batch order: one gather each way where proven (torch: an op a step)
+                if padded.fast_packing(input.data):
+                    x, lengths, plan = padded.pad_packed(input)
+                else:
+                    (x, lengths), plan = pad_packed_sequence(input), None
             T = x.shape[0]
             mask = (torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)).unsqueeze(-1).to(x.device)
             unbatched = False
@@ -231,7 +235,7 @@ class ParallelRecurrent(nn.Module):
         out, h_n = self._run_layers(x, h0, mask)
         if packed:
             with dispatch.packing("packed input and lengths= are"):
-                out = _repack(out, lengths, input)
+                out = _repack(out, lengths, input, plan)
         elif unbatched:
             out, h_n = out.squeeze(1), self._unbatch_state(h_n)
         elif self.batch_first:
@@ -302,11 +306,16 @@ class ParallelRecurrent(nn.Module):
         return s
 
 
-def _repack(out: Tensor, lengths: Tensor, like: PackedSequence) -> PackedSequence:
-    """Pack padded time-major ``out`` (caller's batch order) in ``like``'s layout."""
-    if like.sorted_indices is not None:
-        out, lengths = out.index_select(1, like.sorted_indices), lengths[like.sorted_indices.cpu()]
-    data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
+def _repack(
+    out: Tensor, lengths: Tensor, like: PackedSequence, plan: padded.PackPlan | None
+) -> PackedSequence:
+    """Pack padded time-major ``out`` (caller's batch order) in ``like``'s layout (``plan``'s)."""
+    if plan is not None:
+        data = padded.gather(out, plan)
+    else:
+        if like.sorted_indices is not None:
+            out, lengths = out.index_select(1, like.sorted_indices), lengths[like.sorted_indices.cpu()]
+        data = pack_padded_sequence(out, lengths, enforce_sorted=True).data
     return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
 
 
