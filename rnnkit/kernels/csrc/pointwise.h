@@ -13,10 +13,12 @@
 #pragma once
 #include <ATen/native/CPUBlas.h>
 
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
 #include "act256.h"
 #include "act512.h"
@@ -160,10 +162,15 @@ inline void prefetch(const T* p, int64_t n) {
   for (int64_t k = 0; k < n * int64_t(sizeof(T)); k += 64) __builtin_prefetch(c + k, 0, 2);
 }
 
-// ATen's scalar lerp: self + w (end - self), from the other end when |w| >= 1/2.
+// ATen's scalar lerp: self + w (end - self), from the other end when |w| >= 1/2. Both ends are
+// computed and one is picked by a bit mask, not a branch: zoneout's weights in training are
+// random 0/1 masks, a data-dependent branch per element (GCC sinks a plain ?: back into one).
 template <typename T>
 inline T lerp(T self, T end, T w) {
-  return std::abs(w) < T(0.5) ? self + w * (end - self) : end - (end - self) * (T(1) - w);
+  using U = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  const T d = end - self, lo = self + w * d, hi = end - d * (T(1) - w);
+  const U near = U(0) - U(std::abs(w) < T(0.5));  // all ones where ATen takes self + w d
+  return std::bit_cast<T>((std::bit_cast<U>(lo) & near) | (std::bit_cast<U>(hi) & ~near));
 }
 
 // dst = gout + dh_next over n values (the LSTM backward's dL/dh of a step). With zoneout on h
