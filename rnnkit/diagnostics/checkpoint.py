@@ -21,6 +21,12 @@ from .memory import FAMILIES, Variant
 RUN_FILE = "run.json"
 
 
+def _step_key(d: Path) -> tuple[int, str]:
+    """Sort key of a ``step-*`` checkpoint folder: its step number (names without one first)."""
+    tail = d.name[len("step-") :]
+    return (int(tail), d.name) if tail.isdigit() else (-1, d.name)
+
+
 def weights_file(path: str | os.PathLike) -> Path:
     """``model.safetensors`` of ``path``: a ``.safetensors`` file, a checkpoint directory, a
     checkpoint root (its ``latest`` pointer, else its highest ``step-*``; the pointer file itself
@@ -36,7 +42,8 @@ def weights_file(path: str | os.PathLike) -> Path:
         p = p / "checkpoints"
     if p.is_dir() and not (p / "model.safetensors").is_file():
         latest = p / "latest"
-        steps = sorted(d for d in p.glob("step-*") if (d / "model.safetensors").is_file())
+        # by step number: the trainer's names are zero-padded, but a step-10 beside a step-9 is not
+        steps = sorted((d for d in p.glob("step-*") if (d / "model.safetensors").is_file()), key=_step_key)
         if latest.is_file() and (p / latest.read_text().strip() / "model.safetensors").is_file():
             p = p / latest.read_text().strip()
         elif steps:

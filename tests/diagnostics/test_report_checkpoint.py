@@ -198,3 +198,14 @@ def test_prefixes_are_shortest_first_and_a_root_without_latest_is_its_highest_st
         d.mkdir()
         save_model(rnnkit.GRU(1, 2), str(d / "model.safetensors"))
     assert weights_file(tmp_path) == tmp_path / "step-000000010" / "model.safetensors"
+
+
+def test_a_root_without_latest_orders_its_steps_by_number(tmp_path):
+    """``step-*`` folders were sorted as strings: right for the trainer's zero-padded names, but a
+    hand-made ``step-10`` sorted below ``step-9`` and the older weights were loaded."""
+    from rnnkit.diagnostics.checkpoint import weights_file
+
+    for name in ("step-9", "step-10", "step-extra"):
+        (tmp_path / name).mkdir()
+        save_model(rnnkit.GRU(1, 2), str(tmp_path / name / "model.safetensors"))
+    assert weights_file(tmp_path) == tmp_path / "step-10" / "model.safetensors"
