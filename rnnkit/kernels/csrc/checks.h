@@ -91,6 +91,14 @@ inline void positive_width(const char* op, const char* name, const Tensor& t, co
   TORCH_CHECK(t.size(1) > 0, op, ": ", name, " must have shape ", what, " with a positive width, got ", t.sizes());
 }
 
+// A b_hh given to a family whose caller folds it into xp (the kernels read none) is refused: it
+// was ignored whatever its shape, dtype or device, and the numbers silently lacked the bias.
+inline void no_b_hh(const char* op, const std::string& family, const std::optional<Tensor>& b_hh,
+                    const char* remedy) {
+  TORCH_CHECK(!b_hh.has_value(), op, ": b_hh must be None for the ", family, " (", remedy,
+              "), got a tensor of shape ", b_hh.has_value() ? b_hh->sizes() : c10::IntArrayRef{});
+}
+
 // The sizes every op reads off its first arguments, checked alike by each.
 struct Sizes {
   at::ScalarType dt;

@@ -51,11 +51,7 @@ void check_forward(int64_t kind, const Tensor& xp, const Tensor& h0, const Tenso
   const Sizes sz = forward_sizes(op, x.has_value() ? "x" : "xp", x.has_value() ? *x : xp, h0);
   const auto dt = sz.dt;
   const int64_t N = sz.N, B = sz.B, P = sz.P;
-  // the LSTM's and RNN's b_hh is folded into xp (b_ih with x) by the caller: one given here was
-  // ignored, whatever its shape, dtype or device (the numbers silently lacked it)
-  TORCH_CHECK(kind == 1 || !b_hh.has_value(), op, ": b_hh must be None for the ",
-              kind == 0 ? "LSTM" : "RNN", " (add it to xp, or to b_ih with x), got a tensor of shape ",
-              b_hh.has_value() ? b_hh->sizes() : c10::IntArrayRef{});
+  if (kind != 1) no_b_hh(op, kind == 0 ? "LSTM" : "RNN", b_hh, "add it to xp, or to b_ih with x");
   if (kind == 0) {
     const int64_t H = lstm_state(op, c0, dt, B, P, w_hr, h0);
     if (x.has_value()) {

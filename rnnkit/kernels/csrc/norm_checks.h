@@ -23,11 +23,7 @@ void check_forward(const std::string& kind, int64_t mode, const Tensor& xp, cons
   const auto dt = sz.dt;
   const int64_t N = sz.N, B = sz.B, P = sz.P;
   TORCH_CHECK(xp.scalar_type() == dt, op, ": xp must have dtype ", dt, " (as x_in), got ", xp.scalar_type());
-  // only the GRU reads b_hh (added to its normalized recurrent group): another kind's, given
-  // here, was ignored whatever its shape (as rnnkit_ext::forward's)
-  TORCH_CHECK(kind == "gru" || !b_hh.has_value(), op, ": b_hh must be None for the ", kind,
-              " (the caller adds it to xp), got a tensor of shape ",
-              b_hh.has_value() ? b_hh->sizes() : c10::IntArrayRef{});
+  if (kind != "gru") no_b_hh(op, kind, b_hh, "the caller adds it to xp");  // (the GRU adds its own)
   if (kind == "lstm") {
     const Tensor& c = req(op, "c0", c0, "by the LSTM");
     const int64_t H = lstm_state(op, c, dt, B, P, w_hr, h0), G = 4 * H;

@@ -305,10 +305,7 @@ void check_variant_forward(int64_t family, int64_t flags, const Tensor& xp, cons
   const auto dt = sz.dt;
   const int64_t N = sz.N, B = sz.B, P = sz.P;
   if (family == 0) {
-    // the LSTM layouts' b_hh is folded into xp (b_ih with x) by the caller: one given here was
-    // ignored whatever its shape (as rnnkit_ext::forward's)
-    TORCH_CHECK(!b_hh.has_value(), op, ": b_hh must be None for the LSTM layouts (the caller adds it to xp, or ",
-                "to b_ih with x), got a tensor of shape ", b_hh.has_value() ? b_hh->sizes() : c10::IntArrayRef{});
+    no_b_hh(op, "LSTM layouts", b_hh, "the caller adds it to xp, or to b_ih with x");
     const LstmSizes L(flags);
     const Tensor& c = req(op, "c0", c0, "by the LSTM layouts");
     const int64_t H = lstm_state(op, c, dt, B, P, w_hr, h0), W = L.ng * H, S = L.nsig * H;
